@@ -1,0 +1,197 @@
+"""The REST API: Klein routes that read like the API description."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException
+
+from .auth import REALM, Authenticator
+from .errors import JobworkerError, PayloadTooLarge, Unauthorized
+from .manager import JobManager
+from .permissions import Permission, User, authorize
+from .spool import SpoolReader
+from .validation import (
+    parseBool,
+    parseJobId,
+    parseJobRequest,
+    parseOffset,
+    parseStream,
+)
+
+#: The largest request body accepted.
+MAX_BODY_BYTES = 64 * 1024
+
+P = ParamSpec("P")
+Handler = Callable[Concatenate["JobsAPI", IRequest, User, P], Awaitable[Any]]
+Route = Callable[Concatenate["JobsAPI", IRequest, P], Awaitable[Any]]
+
+
+class BoundedRequest(Request):
+    """A request that keeps at most C{MAX_BODY_BYTES + 1} bytes of its body."""
+
+    _bodyBytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = MAX_BODY_BYTES + 1 - self._bodyBytes
+        if room > 0:
+            chunk = data[:room]
+            self._bodyBytes += len(chunk)
+            super().handleContentChunk(chunk)
+
+
+def _json(request: IRequest, value: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _arg(request: IRequest, name: bytes) -> str | None:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return None
+    try:
+        return bytes(values[-1]).decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd"
+
+
+def _body(request: IRequest) -> bytes:
+    assert request.content is not None
+    request.content.seek(0)
+    body = bytes(request.content.read(MAX_BODY_BYTES + 1))
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def guarded(
+    permission: Permission,
+) -> Callable[[Handler[P]], Route[P]]:
+    """Authenticate the request and check C{permission} before the handler."""
+
+    def decorate(handler: Handler[P]) -> Route[P]:
+        @functools.wraps(handler)
+        async def wrapper(
+            self: JobsAPI, request: IRequest, *args: P.args, **kwargs: P.kwargs
+        ) -> Any:
+            user = await self._authenticator.authenticate(request)
+            authorize(user, permission)
+            return await handler(self, request, user, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+class JobsAPI:
+    """
+    The HTTP face of a L{JobManager}. Each handler authenticates, authorises
+    through the permission table, then calls the manager.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, manager: JobManager, authenticator: Authenticator) -> None:
+        self._manager = manager
+        self._authenticator = authenticator
+
+    # -- errors: the one mapping from domain errors to HTTP --------------------
+
+    @app.handle_errors(JobworkerError)
+    def _domainError(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, JobworkerError)
+        if isinstance(error, Unauthorized):
+            request.setHeader(
+                b"www-authenticate", f'Basic realm="{REALM}"'.encode("ascii")
+            )
+        return _json(request, error.body(), error.code)
+
+    @app.handle_errors(HTTPException)
+    def _routingError(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        code = error.code or 500
+        if code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            methods = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+            request.setHeader(b"allow", methods.encode("ascii"))
+        message = {404: "no such route", 405: "method not allowed"}.get(
+            code, error.name.lower()
+        )
+        return _json(request, {"error": message}, code)
+
+    @app.handle_errors(Exception)
+    def _unexpectedError(self, request: IRequest, failure: Failure) -> bytes | None:
+        if failure.check(CancelledError):
+            return None
+        self.log.failure(
+            "unexpected error on {method} {path}",
+            failure,
+            method=request.method,
+            path=request.path,
+        )
+        return _json(request, {"error": "internal server error"}, 500)
+
+    # -- routes ----------------------------------------------------------------
+
+    @app.route("/jobs", methods=["POST"])
+    @guarded(Permission.CREATE)
+    async def createJob(self, request: IRequest, user: User) -> bytes:
+        jobRequest = parseJobRequest(_body(request))
+        record = self._manager.create(jobRequest, owner=user.name)
+        request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
+        return _json(request, record.toJSON(), 201)
+
+    @app.route("/jobs", methods=["GET"])
+    @guarded(Permission.GET)
+    async def listJobs(self, request: IRequest, user: User) -> bytes:
+        return _json(request, {"jobs": [r.toJSON() for r in self._manager.records()]})
+
+    @app.route("/jobs/<jobId>", methods=["GET"])
+    @app.route("/jobs/<jobId>/status", methods=["GET"])
+    @guarded(Permission.GET)
+    async def jobStatus(self, request: IRequest, user: User, jobId: str) -> bytes:
+        job = self._manager.job(parseJobId(jobId))
+        return _json(request, job.record.toJSON())
+
+    @app.route("/jobs/<jobId>/stop", methods=["POST"])
+    @guarded(Permission.STOP)
+    async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
+        job = self._manager.job(parseJobId(jobId))
+        authorize(user, Permission.STOP, owner=job.record.owner)
+        record = await self._manager.stop(job.record.id, by=user.name)
+        return _json(request, record.toJSON())
+
+    @app.route("/jobs/<jobId>/logs", methods=["GET"])
+    @guarded(Permission.LOGS)
+    async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
+        job = self._manager.job(parseJobId(jobId))
+        authorize(user, Permission.LOGS, owner=job.record.owner)
+        stream = parseStream(_arg(request, b"stream"))
+        offset = parseOffset(_arg(request, b"offset"))
+        follow = parseBool(_arg(request, b"follow"), "follow")
+        spool = self._manager.spool(job.record.id, stream)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-job-status", job.record.status.value.encode("ascii"))
+        if not follow:
+            length = max(0, spool.size - offset)
+            request.setHeader(b"content-length", str(length).encode("ascii"))
+        reader = SpoolReader(spool, request, offset, follow)
+        try:
+            await reader.start()
+        except CancelledError:
+            reader.stopProducing()
+            raise
+        return b""

@@ -1,0 +1,62 @@
+"""Typed domain errors; the API maps each one to an HTTP status in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobworkerError(Exception):
+    """
+    An error that a client caused or may see.
+
+    @cvar code: the HTTP status this error maps to.
+    @ivar message: one human-readable line.
+    @ivar extra: additional JSON members for the error body.
+    """
+
+    code = 500
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object sent to the client."""
+        return {"error": self.message, **self.extra}
+
+
+class BadRequest(JobworkerError):
+    """The request is malformed: bad JSON, wrong types, bad parameters."""
+
+    code = 400
+
+
+class Unauthorized(JobworkerError):
+    """No credentials, or credentials that do not match a user."""
+
+    code = 401
+
+
+class Forbidden(JobworkerError):
+    """The user is known but lacks the permission for this action."""
+
+    code = 403
+
+
+class NotFound(JobworkerError):
+    """No such job (or a malformed job id)."""
+
+    code = 404
+
+
+class Conflict(JobworkerError):
+    """The action does not fit the job's state (e.g. stopping an ended job)."""
+
+    code = 409
+
+
+class PayloadTooLarge(JobworkerError):
+    """The request body is over the limit."""
+
+    code = 413

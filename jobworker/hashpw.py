@@ -1,0 +1,54 @@
+"""C{jobworker-hash-password}: print a users-file line for a password read without echo."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+import bcrypt
+
+from .permissions import Role
+from .users import USER_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prompt twice for a password and print C{name:role:hash} (or the hash)."""
+    parser = argparse.ArgumentParser(
+        prog="jobworker-hash-password",
+        description="Print a bcrypt hash for the users file (--users FILE).",
+        epilog="example: jobworker-hash-password --user carol --role Developer "
+        ">> users.txt",
+    )
+    parser.add_argument("--user", help="print a whole name:role:hash line")
+    parser.add_argument(
+        "--role", default=Role.DEVELOPER.value, choices=[r.value for r in Role]
+    )
+    parser.add_argument("--cost", type=int, default=12, help="bcrypt cost (10-16)")
+    options = parser.parse_args(argv)
+    if not 10 <= options.cost <= 16:
+        parser.error("--cost must be between 10 and 16")
+    if options.user is not None and not USER_NAME.match(options.user):
+        parser.error("invalid user name")
+    try:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("jobworker-hash-password: passwords differ", file=sys.stderr)
+            return 1
+    except (EOFError, KeyboardInterrupt):
+        print("jobworker-hash-password: no password given", file=sys.stderr)
+        return 1
+    encoded = password.encode("utf-8")
+    if not encoded or len(encoded) > 72:
+        print(
+            "jobworker-hash-password: a password must be 1 to 72 bytes",
+            file=sys.stderr,
+        )
+        return 1
+    hashed = bcrypt.hashpw(encoded, bcrypt.gensalt(options.cost)).decode("ascii")
+    print(f"{options.user}:{options.role}:{hashed}" if options.user else hashed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Roles and what each may do: the one permission table."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import Forbidden
+
+
+class Permission(enum.Enum):
+    """An action on jobs."""
+
+    CREATE = "jobs.create"
+    GET = "jobs.get"
+    STOP = "jobs.stop"
+    LOGS = "jobs.logs"
+
+
+class Scope(enum.Enum):
+    """Which jobs a granted permission covers."""
+
+    OWN = "own"
+    ALL = "all"
+
+
+class Role(enum.Enum):
+    """The roles a user may hold (users file, second field)."""
+
+    READER = "Reader"
+    DEVELOPER = "Developer"
+    ADMIN = "Admin"
+
+
+#: The permission table. A permission absent from a role is denied.
+PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
+    Role.READER: {
+        Permission.GET: Scope.ALL,
+    },
+    Role.DEVELOPER: {
+        Permission.GET: Scope.ALL,
+        Permission.CREATE: Scope.ALL,
+        Permission.STOP: Scope.OWN,
+        Permission.LOGS: Scope.OWN,
+    },
+    Role.ADMIN: {permission: Scope.ALL for permission in Permission},
+}
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated user: the avatar of the cred realm."""
+
+    name: str
+    role: Role
+
+
+def authorize(user: User, permission: Permission, owner: str | None = None) -> None:
+    """
+    Check C{user} may do C{permission}, on a job owned by C{owner} if given.
+
+    @raise Forbidden: if the table does not allow it.
+    """
+    scope = PERMISSIONS[user.role].get(permission)
+    if scope is None:
+        raise Forbidden(
+            f"role {user.role.value} lacks permission {permission.value}"
+        )
+    if scope is Scope.OWN and owner is not None and owner != user.name:
+        raise Forbidden(
+            f"permission {permission.value} covers only your own jobs"
+        )

@@ -1,0 +1,274 @@
+"""One job's process: a thin ProcessProtocol over the object that owns its state."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .records import JobRecord, JobStatus, signalName
+from .spool import OutputSpool
+
+#: Extra time after the group's SIGKILL before we stop waiting for pipes held
+#: open by a process that left the job's session.
+ABANDON_AFTER_KILL = 1.0
+
+
+class JobProcessProtocol(ProcessProtocol):
+    """Forward a child's bytes and exit to its L{JobProcess}: nothing more."""
+
+    def __init__(self, job: JobProcess) -> None:
+        self._job = job
+        self._stdout = job.stdout.write
+        self._stderr = job.stderr.write
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.closeStdin()
+        self._job.started(self.transport)
+
+    def outReceived(self, data: bytes) -> None:
+        self._stdout(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._stderr(data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._job.mainExited(reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._job.pipesClosed()
+
+
+class JobProcess:
+    """
+    The live side of one job: its process group, output spools and timers.
+
+    The job's process runs in its own session, so its pid is also its process
+    group id and every signal goes to the whole group. When the main process
+    exits (or a user stops the job), the group gets SIGTERM, then SIGKILL after
+    C{grace} seconds. The record is finished exactly once, in L{_finish}, when
+    the main process was reaped and its output pipes are closed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        record: JobRecord,
+        stdout: OutputSpool,
+        stderr: OutputSpool,
+        grace: float,
+        killGroup: Callable[[int, int], bool] | None = None,
+    ) -> None:
+        self._clock = reactor
+        self.record = record
+        self.stdout = stdout
+        self.stderr = stderr
+        self._grace = grace
+        self._killGroup = killGroup if killGroup is not None else signalGroup
+        self._transport: IProcessTransport | None = None
+        self._pgid: int | None = None
+        self._exit: Failure | None = None
+        self._pipesClosed = False
+        self._killTimer: IDelayedCall | None = None
+        self._abandonTimer: IDelayedCall | None = None
+        self._endWaiters: list[Deferred[JobRecord]] = []
+        self._cleanWaiters: list[Deferred[None]] = []
+
+    # -- start ---------------------------------------------------------------
+
+    def started(self, transport: IProcessTransport) -> None:
+        """The child exists: remember its pid, which is its group id."""
+        self._transport = transport
+        self._pgid = transport.pid
+        self.record.pid = transport.pid
+        self.record.started_at = self._clock.seconds()
+
+    def failedToStart(self, error: str) -> None:
+        """The command could not be started: FAILED with C{error}."""
+        self.stdout.close()
+        self.stderr.close()
+        self.record.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
+        self._fireEnded()
+        self._fireCleaned()
+
+    # -- stop ----------------------------------------------------------------
+
+    def stop(self, by: str) -> Deferred[JobRecord]:
+        """
+        SIGTERM the job's group now, SIGKILL it after the grace period.
+
+        @return: fires with the record once the job has ended.
+        """
+        if self.record.stopped_by is None:
+            self.record.stopped_by = by
+            self.log.info(
+                "stopping job {job} (pid {pid}) for {user}",
+                job=self.record.id,
+                pid=self._pgid,
+                user=by,
+            )
+            self._terminate()
+        return self.whenEnded()
+
+    def _terminate(self) -> None:
+        if self._pgid is None:
+            return
+        if self._killGroup(self._pgid, signal.SIGTERM) and self._killTimer is None:
+            self._killTimer = self._clock.callLater(self._grace, self._kill)
+
+    def _kill(self) -> None:
+        self._killTimer = None
+        assert self._pgid is not None
+        if self._killGroup(self._pgid, signal.SIGKILL):
+            self.log.info(
+                "job {job}: process group {pgid} killed after {grace}s grace",
+                job=self.record.id,
+                pgid=self._pgid,
+                grace=self._grace,
+            )
+        if not self.record.status.ended:
+            self._abandonTimer = self._clock.callLater(
+                ABANDON_AFTER_KILL, self._abandonPipes
+            )
+        else:
+            self._fireCleaned()
+
+    def _abandonPipes(self) -> None:
+        # Something outside the group (it called setsid) holds our pipes:
+        # stop reading them so the job can end.
+        self._abandonTimer = None
+        if self._transport is not None and not self._pipesClosed:
+            self.log.warn(
+                "job {job}: output pipes still open after SIGKILL; "
+                "a process left the job's session",
+                job=self.record.id,
+            )
+            self._transport.loseConnection()
+
+    # -- end -----------------------------------------------------------------
+
+    def mainExited(self, reason: Failure) -> None:
+        """The main process was reaped; terminate what it left in its group."""
+        self._exit = reason
+        self._terminate()
+        self._maybeFinish()
+
+    def pipesClosed(self) -> None:
+        """Every output pipe is closed (and the main process reaped)."""
+        self._pipesClosed = True
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        if self._exit is None or not self._pipesClosed or self.record.status.ended:
+            return
+        self._finish(self._exit.value)
+
+    def _finish(self, exit: BaseException) -> None:
+        if self._abandonTimer is not None:
+            self._abandonTimer.cancel()
+            self._abandonTimer = None
+        self.stdout.close()
+        self.stderr.close()
+        record = self.record
+        record.stdout_bytes = self.stdout.size
+        record.stderr_bytes = self.stderr.size
+        exitCode: int | None = None
+        signalNumber: int | None = None
+        if isinstance(exit, ProcessDone):
+            exitCode = 0
+        elif isinstance(exit, ProcessTerminated):
+            exitCode = exit.exitCode
+            signalNumber = exit.signal
+        signalText = signalName(signalNumber) if signalNumber is not None else None
+        error: str | None = None
+        if record.stopped_by is not None:
+            status = JobStatus.STOPPED
+        elif exitCode == 0:
+            status = JobStatus.COMPLETED
+        else:
+            status = JobStatus.FAILED
+            error = (
+                f"killed by signal {signalText}"
+                if signalText is not None
+                else f"exited with code {exitCode}"
+            )
+        lost = self.stdout.lost + self.stderr.lost
+        if lost and error is None:
+            error = f"{lost} bytes of output could not be written to disk"
+        record.finish(
+            status,
+            self._clock.seconds(),
+            exit_code=exitCode,
+            signal=signalText,
+            error=error,
+        )
+        self.log.info(
+            "job {job} ended {status} (exit {exit_code}, signal {signal})",
+            job=record.id,
+            status=status.value,
+            exit_code=exitCode,
+            signal=signalText,
+        )
+        self._fireEnded()
+        if self._killTimer is None:
+            self._fireCleaned()
+
+    # -- waiting -------------------------------------------------------------
+
+    def whenEnded(self) -> Deferred[JobRecord]:
+        """Fires with the record once the job has ended."""
+        if self.record.status.ended:
+            return succeed(self.record)
+        d: Deferred[JobRecord] = Deferred(self._endWaiters.remove)
+        self._endWaiters.append(d)
+        return d
+
+    def whenCleanedUp(self) -> Deferred[None]:
+        """Fires once the job has ended and nothing of its group is pending."""
+        if self.record.status.ended and self._killTimer is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._cleanWaiters.append(d)
+        return d
+
+    def _fireEnded(self) -> None:
+        waiters, self._endWaiters = self._endWaiters, []
+        for d in waiters:
+            d.callback(self.record)
+
+    def _fireCleaned(self) -> None:
+        waiters, self._cleanWaiters = self._cleanWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+def signalGroup(pgid: int, signum: int) -> bool:
+    """
+    Send C{signum} to process group C{pgid}.
+
+    @return: False if the group no longer exists (nothing to signal).
+    """
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def spawnError(exc: BaseException) -> str:
+    """One line saying why a spawn failed."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot start: {exc.strerror}"
+    return f"cannot start: {exc}"
+

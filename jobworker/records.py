@@ -1,0 +1,112 @@
+"""The job record and its state machine: pure data, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import signal as _signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JobStatus(enum.Enum):
+    """The four states of a job. Only RUNNING is not final."""
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def ended(self) -> bool:
+        """True for every state a job cannot leave."""
+        return self is not JobStatus.RUNNING
+
+
+def rfc3339(when: float | None) -> str | None:
+    """Format a POSIX timestamp as RFC 3339 UTC with milliseconds, or None."""
+    if when is None:
+        return None
+    stamp = datetime.fromtimestamp(when, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def signalName(number: int) -> str:
+    """C{9} -> C{"SIGKILL"}; unknown numbers become C{"SIG<n>"}."""
+    try:
+        return _signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+@dataclass
+class JobRecord:
+    """
+    Everything the API tells about one job.
+
+    The environment is deliberately not part of the record's JSON: it may hold
+    secrets, and nobody but the job needs it back.
+    """
+
+    id: str
+    command: str
+    args: list[str]
+    owner: str
+    created_at: float
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    cwd: str | None = None
+    status: JobStatus = JobStatus.RUNNING
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    stopped_by: str | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+    def finish(
+        self,
+        status: JobStatus,
+        when: float,
+        *,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """
+        Record how the job ended. Called once; a second call is a bug.
+
+        @raise RuntimeError: if the job had already ended.
+        """
+        if self.status.ended:
+            raise RuntimeError(f"job {self.id} already ended as {self.status.value}")
+        if not status.ended:
+            raise ValueError("finish() needs a final status")
+        self.status = status
+        self.ended_at = when
+        self.exit_code = exit_code
+        self.signal = signal
+        self.error = error
+
+    def toJSON(self) -> dict[str, Any]:
+        """The job object of the API."""
+        return {
+            "id": self.id,
+            "command": self.command,
+            "args": list(self.args),
+            "cwd": self.cwd,
+            "owner": self.owner,
+            "status": self.status.value,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "error": self.error,
+            "created_at": rfc3339(self.created_at),
+            "started_at": rfc3339(self.started_at),
+            "ended_at": rfc3339(self.ended_at),
+            "stopped_by": self.stopped_by,
+            "stdout_bytes": self.stdout_bytes,
+            "stderr_bytes": self.stderr_bytes,
+        }

@@ -1,0 +1,165 @@
+"""Job output on disk: a spool file per stream, and producers that read it back."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+#: How much one read of a spool file sends at most.
+READ_CHUNK = 256 * 1024
+
+
+class OutputSpool:
+    """
+    One output stream of one job, appended to a file as it arrives.
+
+    Output is never held in memory and the writer is never blocked: readers
+    read the file at their own pace and wait on L{whenGrown} for more.
+
+    @ivar size: bytes written to the file so far.
+    @ivar lost: bytes that could not be written (disk full, I/O error).
+    @ivar closed: True once no more output will come.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size = 0
+        self.lost = 0
+        self.closed = False
+        self._fd: int | None = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
+        self._waiters: list[Deferred[None]] = []
+
+    def write(self, data: bytes) -> None:
+        """Append C{data}; on a disk error count it as lost and carry on."""
+        if self._fd is None:
+            self.lost += len(data)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                self.size += written
+                view = view[written:]
+        except OSError as e:
+            if not self.lost:
+                self.log.error(
+                    "cannot write output to {path}: {error}; "
+                    "output is being lost",
+                    path=self.path,
+                    error=os.strerror(e.errno or errno.EIO),
+                )
+            self.lost += len(view)
+        if self._waiters:
+            self._wake()
+
+    def close(self) -> None:
+        """No more output will come: wake every reader one last time."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.closed = True
+        self._wake()
+
+    def whenGrown(self) -> Deferred[None]:
+        """A Deferred that fires once more bytes arrive or the spool closes."""
+        if self.closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._waiters.remove)
+        self._waiters.append(d)
+        return d
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+@implementer(IPushProducer)
+class SpoolReader:
+    """
+    Send a spool to an HTTP response from C{offset}, respecting the
+    transport's back-pressure; with C{follow}, keep sending until the spool
+    closes, woken by the writer (no polling).
+
+    L{done} fires when every byte was sent, or fails with L{CancelledError}
+    if the transport stopped us first.
+    """
+
+    def __init__(
+        self, spool: OutputSpool, request: IRequest, offset: int, follow: bool
+    ) -> None:
+        self._spool = spool
+        self._request = request
+        self._offset = offset
+        self._follow = follow
+        self._limit = spool.size
+        self._fd: int | None = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._paused = False
+        self._waiting: Deferred[None] | None = None
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """Register with the request and start sending."""
+        self._request.registerProducer(self, True)
+        self._pump()
+        return self.done
+
+    def _pump(self) -> None:
+        while not self._paused and self._fd is not None:
+            end = self._spool.size if self._follow else self._limit
+            if self._offset < end:
+                data = os.pread(self._fd, min(READ_CHUNK, end - self._offset),
+                                self._offset)
+                if not data:  # the file is shorter than recorded: disk error
+                    self._finish()
+                    return
+                self._offset += len(data)
+                self._request.write(data)
+            elif self._follow and not self._spool.closed:
+                self._waiting = self._spool.whenGrown()
+                self._waiting.addCallbacks(self._grown, lambda f: None)
+                return
+            else:
+                self._finish()
+                return
+
+    def _grown(self, _: None) -> None:
+        self._waiting = None
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._waiting is None:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        if self._close():
+            self.done.errback(CancelledError("log reader stopped"))
+
+    def _finish(self) -> None:
+        if self._close():
+            self._request.unregisterProducer()
+            self.done.callback(None)
+
+    def _close(self) -> bool:
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
+        return True

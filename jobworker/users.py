@@ -1,0 +1,115 @@
+"""The user database: the users file format and the bundled development users."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import bcrypt
+
+from .permissions import Role, User
+
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+
+#: The development users seeded when no --users file is given. Their
+#: passwords are "<name>-pass"; they are public, so the server warns loudly.
+DEVELOPMENT_USERS = """\
+# name:role:bcrypt-hash   (passwords: alice-pass, bob-pass, rita-pass, ada-pass)
+alice:Developer:$2b$10$Cjf7bE7zQ28.0B/HE1ZfLO..SRXQvt06wjyMS4QR4GgIv2vniW3Lm
+bob:Developer:$2b$10$5BzLmImfxipRj/lOYigCrudDT5aFIgw2r.26Gbro7dKXepOSQ2nuS
+rita:Reader:$2b$10$yjOq/BxW/toGDDh9LaLoc.DSg4pOp9Py/Fy.yPHRPSu7akadH8lNe
+ada:Admin:$2b$10$a0h1Dh1nL1FagcvLmTqIfOVLj8GTINpbyFmJGiCFCvH0SP09plU66
+"""
+
+
+class UsersFileError(ValueError):
+    """The users file cannot be parsed; the message names the line."""
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    """One line of the users file."""
+
+    user: User
+    passwordHash: bytes
+
+
+class UserDatabase:
+    """
+    Users by name, plus a dummy hash of the same cost for unknown names, so a
+    failed lookup costs what a wrong password costs.
+    """
+
+    def __init__(self, entries: list[UserEntry], dummyHash: bytes) -> None:
+        self._entries = {entry.user.name: entry for entry in entries}
+        self.dummyHash = dummyHash
+
+    def lookup(self, name: str) -> UserEntry | None:
+        """The entry for C{name}, or None."""
+        return self._entries.get(name)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @classmethod
+    def fromText(cls, text: str, source: str = "users file") -> UserDatabase:
+        """
+        Parse C{name:role:bcrypt-hash} lines; blank lines and C{#} comments
+        are ignored.
+
+        @raise UsersFileError: on a malformed line, unknown role, bad hash or
+            duplicate name.
+        """
+        entries: list[UserEntry] = []
+        seen: set[str] = set()
+        costs: Counter[int] = Counter()
+        roles = {role.value: role for role in Role}
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{source}, line {number}"
+            parts = line.split(":")
+            if len(parts) != 3:
+                raise UsersFileError(f"{where}: expected name:role:bcrypt-hash")
+            name, roleName, hashText = parts
+            if not USER_NAME.match(name):
+                raise UsersFileError(f"{where}: invalid user name {name!r}")
+            if name in seen:
+                raise UsersFileError(f"{where}: duplicate user {name!r}")
+            if roleName not in roles:
+                raise UsersFileError(
+                    f"{where}: unknown role {roleName!r} "
+                    f"(one of {', '.join(sorted(roles))})"
+                )
+            match = _HASH.match(hashText)
+            if match is None:
+                raise UsersFileError(f"{where}: not a bcrypt hash")
+            costs[int(match.group(1))] += 1
+            seen.add(name)
+            entries.append(
+                UserEntry(User(name, roles[roleName]), hashText.encode("ascii"))
+            )
+        if not entries:
+            raise UsersFileError(f"{source}: no users defined")
+        cost = costs.most_common(1)[0][0]
+        dummy = bcrypt.hashpw(b"jobworker-no-such-user", bcrypt.gensalt(cost))
+        return cls(entries, dummy)
+
+    @classmethod
+    def fromFile(cls, path: str) -> UserDatabase:
+        """
+        Read a users file.
+
+        @raise OSError: if it cannot be read.
+        @raise UsersFileError: if it cannot be parsed.
+        """
+        with open(path, encoding="utf-8") as f:
+            return cls.fromText(f.read(), source=path)
+
+    @classmethod
+    def development(cls) -> UserDatabase:
+        """The four public development users (see the README)."""
+        return cls.fromText(DEVELOPMENT_USERS, source="development users")

@@ -1,0 +1,132 @@
+"""Parse and check what clients send: pure functions raising L{BadRequest}."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest, NotFound
+
+#: Limits on a job request; the 64 KiB body cap bounds the total anyway.
+MAX_ARGS = 4096
+MAX_ENV = 1024
+
+_CREATE_FIELDS = frozenset({"command", "args", "env", "cwd"})
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated C{POST /jobs} body."""
+
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    cwd: str | None
+
+
+def _text(value: object, what: str, *, allowEmpty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string")
+    if not allowEmpty and not value:
+        raise BadRequest(f"{what} must not be empty")
+    if "\x00" in value:
+        raise BadRequest(f"{what} must not contain NUL bytes")
+    return value
+
+
+def parseJSONObject(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+def parseJobRequest(body: bytes) -> JobRequest:
+    """
+    Validate a C{POST /jobs} body.
+
+    @raise BadRequest: on bad JSON, unknown fields, wrong types, empty command
+        or NUL bytes.
+    """
+    obj = parseJSONObject(body)
+    unknown = sorted(set(obj) - _CREATE_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    if "command" not in obj:
+        raise BadRequest("command is required")
+    command = _text(obj["command"], "command", allowEmpty=False)
+
+    rawArgs = obj.get("args", [])
+    if not isinstance(rawArgs, list):
+        raise BadRequest("args must be a list of strings")
+    if len(rawArgs) > MAX_ARGS:
+        raise BadRequest(f"at most {MAX_ARGS} args")
+    args = [_text(a, f"args[{i}]") for i, a in enumerate(rawArgs)]
+
+    rawEnv = obj.get("env", {})
+    if not isinstance(rawEnv, dict):
+        raise BadRequest("env must be an object of strings")
+    if len(rawEnv) > MAX_ENV:
+        raise BadRequest(f"at most {MAX_ENV} env variables")
+    env: dict[str, str] = {}
+    for key, value in rawEnv.items():
+        _text(key, "env name", allowEmpty=False)
+        if "=" in key:
+            raise BadRequest(f"env name {key!r} must not contain '='")
+        env[key] = _text(value, f"env[{key!r}]")
+
+    cwd = obj.get("cwd")
+    if cwd is not None:
+        cwd = _text(cwd, "cwd", allowEmpty=False)
+    return JobRequest(command=command, args=args, env=env, cwd=cwd)
+
+
+def parseJobId(text: str) -> str:
+    """
+    Canonicalise a job id; a malformed one is simply not found.
+
+    @raise NotFound: unless C{text} is a UUID in canonical form.
+    """
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise NotFound("no such job") from None
+    if str(parsed) != text:
+        raise NotFound("no such job")
+    return text
+
+
+def parseOffset(text: str | None) -> int:
+    """A non-negative byte offset; absent means 0."""
+    if text is None:
+        return 0
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise BadRequest("offset must be a non-negative integer")
+    return int(text)
+
+
+def parseBool(text: str | None, name: str, default: bool = False) -> bool:
+    """C{true}/C{false} (also 1/0); absent means C{default}."""
+    if text is None:
+        return default
+    lowered = text.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise BadRequest(f"{name} must be true or false")
+
+
+def parseStream(text: str | None) -> str:
+    """C{stdout} (the default) or C{stderr}."""
+    if text is None:
+        return "stdout"
+    if text not in ("stdout", "stderr"):
+        raise BadRequest("stream must be stdout or stderr")
+    return text

@@ -1,0 +1,10 @@
+"""twistd dropin: ``twistd -n jobworker --tls``. The real code is in L{jobworker.tap}."""
+
+from twisted.application.service import ServiceMaker
+
+jobworker = ServiceMaker(
+    "jobworker",
+    "jobworker.tap",
+    "Remote job execution server: HTTPS REST API over TLS 1.3.",
+    "jobworker",
+)
