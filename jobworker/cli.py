@@ -1,0 +1,309 @@
+"""C{jw}: the command-line client. A thin shell over L{JobworkerClient}."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater, react
+
+from .client import ClientError, JobworkerClient, exitStatusOf
+from .tls import TLSConfigError
+
+DEFAULT_SERVER = "https://localhost:8443"
+#: The development CA shipped in the source tree (certs/ca.pem).
+DEV_CA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs", "ca.pem"
+)
+
+EXAMPLES = """\
+examples:
+  jw exec -- sleep 30                      start a job, print its id
+  ID=$(jw exec -- make test)               keep the id for later
+  jw exec --follow -- sh -c 'echo hi'      run, stream output, exit with its code
+  jw list                                  every job, newest first
+  jw status $ID ; jw stop $ID
+  jw logs --follow $ID                     stdout until the job ends
+  jw logs --stderr --offset 100 $ID        stderr from byte 100
+
+environment:
+  JW_SERVER, JW_CA          server URL and CA file (like --server, --ca)
+  JW_USER, JW_PASSWORD      credentials for scripts (else prompted)
+"""
+
+#: How often a follower reconnects after its stream broke off.
+FOLLOW_RETRIES = 5
+
+
+class UsageFailure(Exception):
+    """Bad command-line input; the message is one line."""
+
+
+@dataclass
+class Streams:
+    """Where the CLI writes: swapped for buffers in tests."""
+
+    out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    err: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
+    messages: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """The C{jw} argument parser, with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="jw",
+        description="Run and watch jobs on a jobworker server.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("JW_SERVER", DEFAULT_SERVER),
+        help=f"server URL (env JW_SERVER, default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--ca",
+        default=os.environ.get("JW_CA", DEV_CA),
+        help="CA certificate that signs the server's (env JW_CA, default: "
+        "the development CA)",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    commands = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    execute = commands.add_parser(
+        "exec",
+        parents=[common],
+        help="start a job",
+        description="Start COMMAND with ARGs on the server (no shell) and print "
+        "the job id. With --follow, stream its output and exit with its exit "
+        "status (128+N if killed by signal N, 127 if it could not start).",
+        epilog="example: jw exec --env LEVEL=debug --cwd /tmp -- ls -la",
+    )
+    execute.add_argument("--follow", "-f", action="store_true", help="stream output")
+    execute.add_argument(
+        "--env", "-e", action="append", default=[], metavar="K=V", help="set a variable"
+    )
+    execute.add_argument("--cwd", help="working directory of the job")
+    execute.add_argument("command", metavar="COMMAND")
+    execute.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
+
+    commands.add_parser(
+        "list", parents=[common], help="list jobs", epilog="example: jw list --json"
+    )
+    for verb, text in (("status", "show a job"), ("stop", "stop a job")):
+        sub = commands.add_parser(
+            verb, parents=[common], help=text, epilog=f"example: jw {verb} $ID"
+        )
+        sub.add_argument("id", metavar="ID")
+
+    logs = commands.add_parser(
+        "logs",
+        help="print a job's output (raw bytes)",
+        epilog="example: jw logs --follow --stderr $ID",
+    )
+    logs.add_argument("--follow", "-f", action="store_true", help="wait for more")
+    logs.add_argument("--stderr", action="store_true", help="stderr, not stdout")
+    logs.add_argument("--offset", type=int, default=0, help="start at this byte")
+    logs.add_argument("id", metavar="ID")
+    return parser
+
+
+def parseEnv(pairs: list[str]) -> dict[str, str]:
+    """C{["K=V", ...]} -> C{{"K": "V"}}."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageFailure(f"--env needs NAME=VALUE, not {pair!r}")
+        env[name] = value
+    return env
+
+
+def credentials(environ: dict[str, str]) -> tuple[str, str]:
+    """C{JW_USER}/C{JW_PASSWORD}, else a prompt on the terminal."""
+    user = environ.get("JW_USER")
+    password = environ.get("JW_PASSWORD")
+    if user and password is not None:
+        return user, password
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            if not user:
+                tty.write("Username: ")
+                tty.flush()
+                user = tty.readline().strip()
+            password = getpass.getpass(f"Password for {user}: ", stream=tty)
+    except OSError:
+        raise UsageFailure(
+            "no terminal to ask for credentials: set JW_USER and JW_PASSWORD"
+        ) from None
+    if not user:
+        raise UsageFailure("no user name given")
+    return user, password
+
+
+def _printJob(job: dict[str, Any], out: BinaryIO) -> None:
+    lines = [f"{key}: {'' if value is None else value}" for key, value in job.items()]
+    out.write(("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _printTable(jobs: list[dict[str, Any]], out: BinaryIO) -> None:
+    rows = [("ID", "OWNER", "STATUS", "EXIT", "CREATED", "COMMAND")]
+    for job in jobs:
+        exitText = (
+            str(job["exit_code"])
+            if job["exit_code"] is not None
+            else (job["signal"] or "")
+        )
+        command = " ".join([job["command"], *job["args"]])
+        rows.append(
+            (
+                job["id"],
+                job["owner"],
+                job["status"],
+                exitText,
+                job["created_at"],
+                command if len(command) <= 60 else command[:57] + "...",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    text = "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+        for row in rows
+    )
+    out.write((text + "\n").encode("utf-8"))
+
+
+def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+
+    return write
+
+
+async def run(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+) -> int:
+    """Carry out one parsed command; return the exit status."""
+    verb = options.verb
+    if verb == "exec":
+        job = await client.createJob(
+            options.command, options.args, parseEnv(options.env), options.cwd
+        )
+        if options.json and not options.follow:
+            streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
+        elif not options.follow:
+            streams.out.write(job["id"].encode("ascii") + b"\n")
+        if not options.follow:
+            return 0
+        await gatherResults(
+            [
+                ensureDeferred(followStream(client, job["id"], "stdout", streams.out)),
+                ensureDeferred(followStream(client, job["id"], "stderr", streams.err)),
+            ],
+            consumeErrors=True,
+        )
+        final = await client.job(job["id"])
+        if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
+            streams.messages.write(f"jw: job {final['id']}: {final['error']}\n")
+        if options.json:
+            streams.out.write(json.dumps(final).encode("utf-8") + b"\n")
+        return exitStatusOf(final)
+    if verb == "list":
+        jobs = await client.listJobs()
+        if options.json:
+            streams.out.write(json.dumps({"jobs": jobs}).encode("utf-8") + b"\n")
+        else:
+            _printTable(jobs, streams.out)
+        return 0
+    if verb in ("status", "stop"):
+        job = await (client.job(options.id) if verb == "status" else client.stop(options.id))
+        if options.json:
+            streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
+        else:
+            _printJob(job, streams.out)
+        return 0
+    if verb == "logs":
+        stream = "stderr" if options.stderr else "stdout"
+        if options.offset < 0:
+            raise UsageFailure("--offset must not be negative")
+        if options.follow:
+            await followStream(client, options.id, stream, streams.out, options.offset)
+        else:
+            await client.logs(options.id, _writer(streams.out), stream, options.offset)
+        return 0
+    raise UsageFailure(f"unknown command {verb!r}")
+
+
+async def followStream(
+    client: JobworkerClient,
+    jobId: str,
+    stream: str,
+    out: BinaryIO,
+    offset: int = 0,
+) -> None:
+    """
+    Copy one stream to C{out} until the job ends; if the connection breaks,
+    reconnect from the byte after the last one received (no gap, no repeat).
+    """
+    position = offset
+
+    def sink(data: bytes) -> None:
+        nonlocal position
+        position += len(data)
+        out.write(data)
+        out.flush()
+
+    failures = 0
+    while True:
+        try:
+            await client.logs(jobId, sink, stream, position, follow=True)
+            return
+        except ClientError as e:
+            if e.status is not None or failures >= FOLLOW_RETRIES:
+                raise
+        failures += 1
+        await deferLater(client.reactor, 0.2 * failures)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the C{jw} console script."""
+    parser = buildParser()
+    options = parser.parse_args(argv)
+
+    async def _main(reactor: Any) -> int:
+        try:
+            user, password = credentials(dict(os.environ))
+            client = JobworkerClient(reactor, options.server, options.ca, user, password)
+        except (UsageFailure, ClientError, TLSConfigError) as e:
+            print(f"jw: {e}", file=sys.stderr)
+            return 2
+        try:
+            return await run(options, client, Streams())
+        except (UsageFailure, ClientError) as e:
+            print(f"jw: {e}", file=sys.stderr)
+            return 1
+        except Exception as e:  # a bug: still one line, never a traceback
+            print(f"jw: unexpected error: {e!r}", file=sys.stderr)
+            return 1
+        finally:
+            await client.close()
+
+    def _start(reactor: Any) -> Deferred[None]:
+        return ensureDeferred(_main(reactor)).addCallback(_exit)
+
+    react(_start)
+
+
+def _exit(code: int) -> None:
+    raise SystemExit(code)

@@ -1,0 +1,225 @@
+"""A typed HTTPS client of the jobworker API, built on treq; returns data, prints nothing."""
+
+from __future__ import annotations
+
+import json
+import signal as _signal
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import treq
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.iweb import IResponse
+
+from .tls import TrustRootPolicy
+
+#: What a job's end looks like in an exit status, for C{jw exec --follow}.
+EXIT_CANNOT_START = 127
+
+
+class ClientError(Exception):
+    """
+    A request failed; C{str()} is one line for a person.
+
+    @ivar status: the HTTP status, or None if no response came.
+    @ivar body: the decoded JSON error body, if any.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, body: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def exitStatusOf(job: dict[str, Any]) -> int:
+    """The shell-style exit status of an ended job: its code, 128+signal, or 127."""
+    if job.get("exit_code") is not None:
+        return int(job["exit_code"])
+    name = job.get("signal")
+    if name:
+        try:
+            return 128 + int(_signal.Signals[name])
+        except KeyError:
+            return 128
+    return EXIT_CANNOT_START
+
+
+def describeConnectionFailure(server: str, reason: BaseException) -> str:
+    """One line for a request that got no response."""
+    inner: list[BaseException] = [reason]
+    if isinstance(reason, ResponseFailed | ResponseNeverReceived):
+        inner = [f.value for f in getattr(reason, "reasons", [])] or inner
+    for error in inner:
+        if isinstance(error, SSL.Error):
+            text = str(error)
+            if "certificate verify failed" in text:
+                return (
+                    f"cannot connect to {server}: the server's certificate is "
+                    "not trusted (check --ca / JW_CA)"
+                )
+            if "version" in text or "protocol" in text:
+                return f"cannot connect to {server}: TLS 1.3 handshake failed"
+            return f"cannot connect to {server}: TLS handshake failed"
+        if error.__class__.__name__ == "VerificationError":
+            return (
+                f"cannot connect to {server}: the server's certificate does not "
+                "match its host name"
+            )
+        if isinstance(error, ConnectionRefusedError):
+            return f"cannot connect to {server}: connection refused (is the server running?)"
+        if isinstance(error, DNSLookupError):
+            return f"cannot connect to {server}: unknown host"
+        if isinstance(error, TimeoutError):
+            return f"cannot connect to {server}: timed out"
+        if isinstance(error, ConnectError):
+            return f"cannot connect to {server}: {error.osError or error}"
+    return f"connection to {server} failed: {inner[0]}"
+
+
+class JobworkerClient:
+    """
+    Talk to one jobworker server as one user.
+
+    @param reactor: the reactor the HTTP agent uses.
+    @param server: base URL, C{https://host:port}.
+    @param caPath: the CA that signs the server's certificate.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: str,
+        caPath: str,
+        user: str,
+        password: str,
+    ) -> None:
+        parts = urlsplit(server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ClientError(f"server must be an https:// URL, not {server!r}")
+        self.server = server.rstrip("/")
+        self.reactor = reactor
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        agent = Agent(reactor, contextFactory=TrustRootPolicy(caPath), pool=pool)
+        self._http = HTTPClient(agent)
+        self._auth = (user.encode("utf-8"), password.encode("utf-8"))
+        self._pool = pool
+
+    def close(self) -> Any:
+        """Close kept-alive connections; returns a Deferred."""
+        return self._pool.closeCachedConnections()
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, unbuffered: bool = False
+    ) -> IResponse:
+        kwargs: dict[str, Any] = {"auth": self._auth, "unbuffered": unbuffered}
+        if body is not None:
+            kwargs["data"] = json.dumps(body).encode("utf-8")
+            kwargs["headers"] = {b"content-type": [b"application/json"]}
+        try:
+            response: IResponse = await self._http.request(
+                method, self.server + path, **kwargs
+            )
+        except ClientError:
+            raise
+        except Exception as e:
+            raise ClientError(describeConnectionFailure(self.server, e)) from None
+        if response.code >= 400:
+            await self._raiseFor(response)
+        return response
+
+    async def _raiseFor(self, response: IResponse) -> None:
+        raw = await treq.content(response)
+        body: Any = None
+        try:
+            body = json.loads(raw)
+            message = str(body["error"])
+        except (ValueError, KeyError, TypeError):
+            message = raw.decode("utf-8", "replace").strip()[:200] or "no details"
+        prefix = {
+            401: "authentication failed",
+            403: "forbidden",
+            404: "not found",
+            409: "conflict",
+        }.get(response.code, f"server answered {response.code}")
+        raise ClientError(f"{prefix}: {message}", response.code, body)
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        response = await self._request(method, path, body)
+        return json.loads(await treq.content(response))
+
+    async def createJob(
+        self,
+        command: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> dict[str, Any]:
+        """C{POST /jobs}: start a job, return its record."""
+        body: dict[str, Any] = {"command": command, "args": args}
+        if env:
+            body["env"] = env
+        if cwd is not None:
+            body["cwd"] = cwd
+        result: dict[str, Any] = await self._json("POST", "/jobs", body)
+        return result
+
+    async def listJobs(self) -> list[dict[str, Any]]:
+        """C{GET /jobs}: every job, newest first."""
+        result = await self._json("GET", "/jobs")
+        jobs: list[dict[str, Any]] = result["jobs"]
+        return jobs
+
+    async def job(self, jobId: str) -> dict[str, Any]:
+        """C{GET /jobs/ID}."""
+        result: dict[str, Any] = await self._json("GET", f"/jobs/{_segment(jobId)}")
+        return result
+
+    async def stop(self, jobId: str) -> dict[str, Any]:
+        """C{POST /jobs/ID/stop}: returns the record once the job has ended."""
+        result: dict[str, Any] = await self._json(
+            "POST", f"/jobs/{_segment(jobId)}/stop"
+        )
+        return result
+
+    async def logs(
+        self,
+        jobId: str,
+        sink: Callable[[bytes], None],
+        stream: str = "stdout",
+        offset: int = 0,
+        follow: bool = False,
+    ) -> None:
+        """C{GET /jobs/ID/logs}: hand each chunk of output to C{sink}."""
+        query = urlencode(
+            {"stream": stream, "offset": str(offset), "follow": str(follow).lower()}
+        )
+        response = await self._request(
+            "GET", f"/jobs/{_segment(jobId)}/logs?{query}", unbuffered=True
+        )
+        try:
+            await treq.collect(response, sink)
+        except Exception as e:
+            raise ClientError(
+                f"log stream from {self.server} broke off: "
+                f"{describeConnectionFailure(self.server, e)}"
+            ) from None
+
+
+def _segment(jobId: str) -> str:
+    return quote(jobId, safe="")
