@@ -175,7 +175,9 @@ def _printTable(jobs: list[dict[str, Any]], out: BinaryIO) -> None:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     text = "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5]))
+        + "  "
+        + row[5]
         for row in rows
     )
     out.write((text + "\n").encode("utf-8"))
@@ -214,7 +216,11 @@ async def run(
             consumeErrors=True,
         )
         final = await client.job(job["id"])
-        if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
+        if (
+            final["error"]
+            and final["status"] == "FAILED"
+            and final["exit_code"] is None
+        ):
             streams.messages.write(f"jw: job {final['id']}: {final['error']}\n")
         if options.json:
             streams.out.write(json.dumps(final).encode("utf-8") + b"\n")
@@ -227,7 +233,9 @@ async def run(
             _printTable(jobs, streams.out)
         return 0
     if verb in ("status", "stop"):
-        job = await (client.job(options.id) if verb == "status" else client.stop(options.id))
+        job = await (
+            client.job(options.id) if verb == "status" else client.stop(options.id)
+        )
         if options.json:
             streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
         else:
@@ -284,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     async def _main(reactor: Any) -> int:
         try:
             user, password = credentials(dict(os.environ))
-            client = JobworkerClient(reactor, options.server, options.ca, user, password)
+            client = JobworkerClient(
+                reactor, options.server, options.ca, user, password
+            )
         except (UsageFailure, ClientError, TLSConfigError) as e:
             print(f"jw: {e}", file=sys.stderr)
             return 2

@@ -1,4 +1,4 @@
-"""A typed HTTPS client of the jobworker API, built on treq; returns data, prints nothing."""
+"""A typed HTTPS client of the jobworker API (treq); it returns data, never prints."""
 
 from __future__ import annotations
 
@@ -82,7 +82,10 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
                 "match its host name"
             )
         if isinstance(error, ConnectionRefusedError):
-            return f"cannot connect to {server}: connection refused (is the server running?)"
+            return (
+                f"cannot connect to {server}: connection refused "
+                "(is the server running?)"
+            )
         if isinstance(error, DNSLookupError):
             return f"cannot connect to {server}: unknown host"
         if isinstance(error, TimeoutError):

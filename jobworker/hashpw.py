@@ -1,4 +1,4 @@
-"""C{jobworker-hash-password}: print a users-file line for a password read without echo."""
+"""C{jobworker-hash-password}: a users-file line for a password read without echo."""
 
 from __future__ import annotations
 

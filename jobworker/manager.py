@@ -6,14 +6,14 @@ import os
 import pwd
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
 from .errors import Conflict, NotFound
-from .process import JobProcess, JobProcessProtocol, spawnError
+from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .records import JobRecord
 from .spool import OutputSpool
 from .validation import JobRequest
@@ -56,9 +56,13 @@ def checkRunnable(command: str, env: dict[str, str], cwd: str | None) -> None:
     base = cwd if cwd is not None else os.getcwd()
     if cwd is not None:
         if not os.path.isdir(cwd):
-            raise SpawnRefused(f"cannot start: working directory {cwd!r} does not exist")
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} does not exist"
+            )
         if not os.access(cwd, os.X_OK):
-            raise SpawnRefused(f"cannot start: working directory {cwd!r} is not accessible")
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} is not accessible"
+            )
     if "/" in command:
         path = os.path.join(base, command)
         if not os.path.exists(path):
@@ -86,12 +90,20 @@ class JobManager:
     @param reactor: spawns processes and keeps time.
     @param stateDir: where each job's output goes (C{jobs/<id>/stdout|stderr}).
     @param grace: seconds between SIGTERM and SIGKILL.
+    @param killGroup: signals a process group (L{signalGroup}; a fake in tests).
     """
 
     log = Logger()
 
-    def __init__(self, reactor: JobReactor, stateDir: str, grace: float) -> None:
+    def __init__(
+        self,
+        reactor: JobReactor,
+        stateDir: str,
+        grace: float,
+        killGroup: Callable[[int, int], bool] = signalGroup,
+    ) -> None:
         self._reactor = reactor
+        self._killGroup = killGroup
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._grace = grace
         self._jobs: dict[str, JobProcess] = {}
@@ -124,6 +136,7 @@ class JobManager:
             OutputSpool(os.path.join(directory, "stdout")),
             OutputSpool(os.path.join(directory, "stderr")),
             self._grace,
+            self._killGroup,
         )
         self._jobs[jobId] = job
         try:

@@ -63,10 +63,6 @@ def authorize(user: User, permission: Permission, owner: str | None = None) -> N
     """
     scope = PERMISSIONS[user.role].get(permission)
     if scope is None:
-        raise Forbidden(
-            f"role {user.role.value} lacks permission {permission.value}"
-        )
+        raise Forbidden(f"role {user.role.value} lacks permission {permission.value}")
     if scope is Scope.OWN and owner is not None and owner != user.name:
-        raise Forbidden(
-            f"permission {permission.value} covers only your own jobs"
-        )
+        raise Forbidden(f"permission {permission.value} covers only your own jobs")

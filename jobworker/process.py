@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
@@ -66,14 +67,14 @@ class JobProcess:
         stdout: OutputSpool,
         stderr: OutputSpool,
         grace: float,
-        killGroup: Callable[[int, int], bool] | None = None,
+        killGroup: Callable[[int, int], bool],
     ) -> None:
         self._clock = reactor
         self.record = record
         self.stdout = stdout
         self.stderr = stderr
         self._grace = grace
-        self._killGroup = killGroup if killGroup is not None else signalGroup
+        self._killGroup = killGroup
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
         self._exit: Failure | None = None
@@ -271,4 +272,3 @@ def spawnError(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot start: {exc.strerror}"
     return f"cannot start: {exc}"
-

@@ -53,8 +53,7 @@ class OutputSpool:
         except OSError as e:
             if not self.lost:
                 self.log.error(
-                    "cannot write output to {path}: {error}; "
-                    "output is being lost",
+                    "cannot write output to {path}: {error}; output is being lost",
                     path=self.path,
                     error=os.strerror(e.errno or errno.EIO),
                 )
@@ -118,8 +117,9 @@ class SpoolReader:
         while not self._paused and self._fd is not None:
             end = self._spool.size if self._follow else self._limit
             if self._offset < end:
-                data = os.pread(self._fd, min(READ_CHUNK, end - self._offset),
-                                self._offset)
+                data = os.pread(
+                    self._fd, min(READ_CHUNK, end - self._offset), self._offset
+                )
                 if not data:  # the file is shorter than recorded: disk error
                     self._finish()
                     return

@@ -47,7 +47,11 @@ class Options(usage.Options):
         "Example: twistd -n jobworker --tls --port 8443 --users users.txt"
     )
     optFlags = [
-        ["tls", None, "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode)."],
+        [
+            "tls",
+            None,
+            "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode).",
+        ],
     ]
     optParameters = [
         ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
@@ -55,8 +59,19 @@ class Options(usage.Options):
         ["cert", None, DEV_CERT, "PEM certificate (chain) of the server."],
         ["key", None, DEV_KEY, "PEM private key of the server."],
         ["users", None, None, "Users file (name:role:bcrypt-hash per line)."],
-        ["state-dir", None, None, "Where job output is kept (default $XDG_STATE_HOME/jobworker)."],
-        ["stop-grace", None, 10.0, "Seconds between SIGTERM and SIGKILL on stop.", float],
+        [
+            "state-dir",
+            None,
+            None,
+            "Where job output is kept (default $XDG_STATE_HOME/jobworker).",
+        ],
+        [
+            "stop-grace",
+            None,
+            10.0,
+            "Seconds between SIGTERM and SIGKILL on stop.",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:

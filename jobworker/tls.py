@@ -6,7 +6,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -73,6 +72,3 @@ class TrustRootPolicy:
             trustRoot=self._trustRoot,
             extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_3},
         )
-
-
-__all__ = ["BrowserLikePolicyForHTTPS", "TLSConfigError", "TrustRootPolicy", "serverOptions"]

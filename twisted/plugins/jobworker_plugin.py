@@ -1,4 +1,4 @@
-"""twistd dropin: ``twistd -n jobworker --tls``. The real code is in L{jobworker.tap}."""
+"""twistd dropin for ``twistd -n jobworker --tls``; the code is in L{jobworker.tap}."""
 
 from twisted.application.service import ServiceMaker
 

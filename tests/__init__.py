@@ -1,0 +1,1 @@
+"""jobworker's tests (trial)."""

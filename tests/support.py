@@ -1,0 +1,201 @@
+"""Test helpers: the real server on a loopback port, credentials, the jw CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from jobworker.tap import ListeningService, ManagerService, Options, makeService
+from jobworker.tls import TrustRootPolicy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CERTS = os.path.join(ROOT, "certs")
+CA = os.path.join(CERTS, "ca.pem")
+CERT = os.path.join(CERTS, "server.pem")
+KEY = os.path.join(CERTS, "server.key")
+BIN = os.path.dirname(sys.executable)
+JW = os.path.join(BIN, "jw")
+TWISTD = os.path.join(BIN, "twistd")
+
+#: The development users (see README) by role.
+PASSWORDS = {
+    "alice": "alice-pass",
+    "bob": "bob-pass",
+    "rita": "rita-pass",
+    "ada": "ada-pass",
+}
+
+
+def basic(user: str, password: str | None = None) -> dict[bytes, list[bytes]]:
+    """An Authorization header for C{user} (with the dev password by default)."""
+    if password is None:
+        password = PASSWORDS[user]
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {b"authorization": [f"Basic {token}".encode("ascii")]}
+
+
+class LiveServer:
+    """
+    The real jobworker service in this process: real TLS on a loopback port,
+    real processes, a temporary state dir. Stopped (jobs and all) at cleanup.
+    """
+
+    def __init__(self, testCase: TestCase, *extra: str, grace: float = 2.0) -> None:
+        self.stateDir = os.path.abspath(testCase.mktemp())
+        options = Options()
+        options.parseOptions(
+            [
+                "--tls",
+                "--port=0",
+                f"--cert={CERT}",
+                f"--key={KEY}",
+                f"--state-dir={self.stateDir}",
+                f"--stop-grace={grace}",
+                *extra,
+            ]
+        )
+        self.service = makeService(options, reactor)
+        self.service.startService()
+        testCase.addCleanup(self.service.stopService)
+        services = list(self.service)
+        self.manager = next(
+            s for s in services if isinstance(s, ManagerService)
+        ).manager
+        listening = next(s for s in services if isinstance(s, ListeningService))
+        self.port: int = listening._port.getHost().port  # type: ignore[attr-defined]
+        self.url = f"https://localhost:{self.port}"
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        testCase.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(
+            Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> Deferred[Any]:
+        """Send a request as C{user} (None: no credentials)."""
+        allHeaders: dict[bytes, list[bytes]] = dict(headers or {})
+        if user is not None:
+            allHeaders.update(basic(user))
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            allHeaders[b"content-type"] = [b"application/json"]
+        return self.http.request(method, self.url + path, data=data, headers=allHeaders)
+
+    async def json(
+        self, method: str, path: str, user: str | None = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        """Send a request; return (status, decoded JSON body)."""
+        response = await self.request(method, path, user, body)
+        content = await treq.content(response)
+        return response.code, json.loads(content)
+
+    async def createJob(
+        self, command: str, *args: str, user: str = "alice", **extra: Any
+    ) -> dict[str, Any]:
+        """Create a job; fail the test unless it answered 201."""
+        code, job = await self.json(
+            "POST", "/jobs", user, {"command": command, "args": list(args), **extra}
+        )
+        assert code == 201, (code, job)
+        return job  # type: ignore[no-any-return]
+
+    async def waitEnded(self, jobId: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll a job's status until it has ended."""
+        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+        while True:
+            code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
+            assert code == 200, (code, job)
+            if job["status"] != "RUNNING":
+                return job  # type: ignore[no-any-return]
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                raise AssertionError(f"job {jobId} still RUNNING after {timeout}s")
+            await sleep(0.02)
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    """A Deferred that fires after C{seconds} on the real reactor."""
+    return deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+def jwEnvironment(server: str, user: str = "alice", **extra: str) -> dict[str, str]:
+    """An environment for running C{jw} as C{user} against C{server}."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "JW_SERVER": server,
+        "JW_CA": CA,
+        "JW_USER": user,
+        "JW_PASSWORD": PASSWORDS.get(user, ""),
+    }
+    env.update(extra)
+    return env
+
+
+def runJW(
+    server: str, *args: str, user: str = "alice", **extra: str
+) -> Deferred[tuple[bytes, bytes, int]]:
+    """Run the installed C{jw} script; fires with (stdout, stderr, exit code)."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    return getProcessOutputAndValue(  # type: ignore[no-any-return]
+        JW, list(args), env=jwEnvironment(server, user, **extra), reactor=reactor
+    )
+
+
+def processAlive(pid: int) -> bool:
+    """True if C{pid} exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def groupMembers(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is C{pgid}."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def rssKiB(pid: int) -> int:
+    """Resident set size of C{pid} in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def runSync(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run a short command synchronously (for twistd --help and the like)."""
+    return subprocess.run(argv, capture_output=True, timeout=60, check=False, **kwargs)
