@@ -9,6 +9,7 @@ from typing import Any, Concatenate, ParamSpec
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -46,7 +47,7 @@ class BoundedRequest(Request):
         if room > 0:
             chunk = data[:room]
             self._bodyBytes += len(chunk)
-            super().handleContentChunk(chunk)
+            super().handleContentChunk(chunk)  # type: ignore[no-untyped-call]
 
 
 def _json(request: IRequest, value: object, code: int = 200) -> bytes:
@@ -80,14 +81,14 @@ def guarded(
     """Authenticate the request and check C{permission} before the handler."""
 
     def decorate(handler: Handler[P]) -> Route[P]:
-        @functools.wraps(handler)
         async def wrapper(
-            self: JobsAPI, request: IRequest, *args: P.args, **kwargs: P.kwargs
+            self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
             user = await self._authenticator.authenticate(request)
             authorize(user, permission)
             return await handler(self, request, user, *args, **kwargs)
 
+        functools.update_wrapper(wrapper, handler)
         return wrapper
 
     return decorate
@@ -188,7 +189,7 @@ class JobsAPI:
         if not follow:
             length = max(0, spool.size - offset)
             request.setHeader(b"content-length", str(length).encode("ascii"))
-        reader = SpoolReader(spool, request, offset, follow)
+        reader = SpoolReader(spool, IConsumer(request), offset, follow)
         try:
             await reader.start()
         except CancelledError:

@@ -55,25 +55,26 @@ class BcryptChecker:
         self._users = users
         self._runInThread = runInThread
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         """Fire with the user name, or fail with L{UnauthorizedLogin}."""
-        password: bytes = credentials.password
+        password = bytes(credentials.password)
         if not password or len(password) > MAX_PASSWORD_BYTES:
             return fail(UnauthorizedLogin())
         try:
-            name = credentials.username.decode("utf-8")
+            name = bytes(credentials.username).decode("utf-8")
         except UnicodeDecodeError:
             return fail(UnauthorizedLogin())
         entry = self._users.lookup(name)
         hashed = entry.passwordHash if entry is not None else self._users.dummyHash
         d: Deferred[bool] = self._runInThread(_checkPassword, password, hashed)
 
-        def verdict(ok: bool) -> bytes:
+        def verdict(ok: bool) -> bytes | tuple[()]:
             if ok and entry is not None:
                 return name.encode("utf-8")
             raise UnauthorizedLogin()
 
-        return d.addCallback(verdict)
+        result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
+        return result
 
 
 @implementer(IRealm)

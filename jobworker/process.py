@@ -171,7 +171,7 @@ class JobProcess:
     def _maybeFinish(self) -> None:
         if self._exit is None or not self._pipesClosed or self.record.status.ended:
             return
-        self._finish(self._exit.value)
+        self._finish(self._exit.value or ProcessDone(0))
 
     def _finish(self, exit: BaseException) -> None:
         if self._abandonTimer is not None:

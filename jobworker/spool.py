@@ -6,9 +6,8 @@ import errno
 import os
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 #: How much one read of a spool file sends at most.
@@ -86,7 +85,7 @@ class OutputSpool:
 @implementer(IPushProducer)
 class SpoolReader:
     """
-    Send a spool to an HTTP response from C{offset}, respecting the
+    Send a spool to a consumer (an HTTP response) from C{offset}, respecting the
     transport's back-pressure; with C{follow}, keep sending until the spool
     closes, woken by the writer (no polling).
 
@@ -95,7 +94,7 @@ class SpoolReader:
     """
 
     def __init__(
-        self, spool: OutputSpool, request: IRequest, offset: int, follow: bool
+        self, spool: OutputSpool, request: IConsumer, offset: int, follow: bool
     ) -> None:
         self._spool = spool
         self._request = request

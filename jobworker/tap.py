@@ -106,7 +106,7 @@ class ListeningService(Service):
         self._port = port
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         address = self._port.getHost()
         self.log.info(
             "jobworker listening on https://{host}:{port}",
@@ -115,8 +115,11 @@ class ListeningService(Service):
         )
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return maybeDeferred(self._port.stopListening)
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stopListening())
+
+    async def _stopListening(self) -> None:
+        await maybeDeferred(self._port.stopListening)
 
 
 class ManagerService(Service):
@@ -126,7 +129,7 @@ class ManagerService(Service):
         self.manager = manager
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self.manager.shutdown()
 
 
@@ -196,8 +199,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         fatal(f"cannot listen: {error}")
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
-    ManagerService(manager).setServiceParent(root)
-    ListeningService(ports[0]).setServiceParent(root)
+    root.addService(ManagerService(manager))
+    root.addService(ListeningService(ports[0]))
     return root
 
 
