@@ -23,9 +23,13 @@ from .permissions import Permission, User, authorize
 from .spool import SpoolReader
 from .validation import (
     parseBool,
+    parseCursor,
     parseJobId,
     parseJobRequest,
+    parseLimit,
     parseOffset,
+    parseOwner,
+    parseStatus,
     parseStream,
 )
 
@@ -157,35 +161,58 @@ class JobsAPI:
     @app.route("/jobs", methods=["GET"])
     @guarded(Permission.GET)
     async def listJobs(self, request: IRequest, user: User) -> bytes:
-        return _json(request, {"jobs": [r.toJSON() for r in self._manager.records()]})
+        records, following = self._manager.page(
+            status=parseStatus(_arg(request, b"status")),
+            owner=parseOwner(_arg(request, b"owner")),
+            limit=parseLimit(_arg(request, b"limit")),
+            before=parseCursor(_arg(request, b"cursor")),
+        )
+        return _json(
+            request,
+            {
+                "jobs": [r.toJSON() for r in records],
+                "next_cursor": None if following is None else str(following),
+            },
+        )
 
     @app.route("/jobs/<jobId>", methods=["GET"])
     @app.route("/jobs/<jobId>/status", methods=["GET"])
     @guarded(Permission.GET)
     async def jobStatus(self, request: IRequest, user: User, jobId: str) -> bytes:
-        job = self._manager.job(parseJobId(jobId))
-        return _json(request, job.record.toJSON())
+        record = self._manager.record(parseJobId(jobId))
+        return _json(request, record.toJSON())
+
+    @app.route("/jobs/<jobId>", methods=["DELETE"])
+    @guarded(Permission.DELETE)
+    async def deleteJob(self, request: IRequest, user: User, jobId: str) -> bytes:
+        record = self._manager.record(parseJobId(jobId))
+        authorize(user, Permission.DELETE, owner=record.owner)
+        self._manager.delete(record.id)
+        return _json(request, {"deleted": record.id})
 
     @app.route("/jobs/<jobId>/stop", methods=["POST"])
     @guarded(Permission.STOP)
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
-        job = self._manager.job(parseJobId(jobId))
-        authorize(user, Permission.STOP, owner=job.record.owner)
-        record = await self._manager.stop(job.record.id, by=user.name)
-        return _json(request, record.toJSON())
+        record = self._manager.record(parseJobId(jobId))
+        authorize(user, Permission.STOP, owner=record.owner)
+        stopped = await self._manager.stop(record.id, by=user.name)
+        return _json(request, stopped.toJSON())
 
     @app.route("/jobs/<jobId>/logs", methods=["GET"])
     @guarded(Permission.LOGS)
     async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
-        job = self._manager.job(parseJobId(jobId))
-        authorize(user, Permission.LOGS, owner=job.record.owner)
+        record = self._manager.record(parseJobId(jobId))
+        authorize(user, Permission.LOGS, owner=record.owner)
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
         follow = parseBool(_arg(request, b"follow"), "follow")
-        spool = self._manager.spool(job.record.id, stream)
+        spool = self._manager.output(record.id, stream)
+        dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"x-job-status", job.record.status.value.encode("ascii"))
+        request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
+        request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
+        request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
         if not follow:
             length = max(0, spool.size - offset)
             request.setHeader(b"content-length", str(length).encode("ascii"))

@@ -28,7 +28,9 @@ examples:
   jw exec -- sleep 30                      start a job, print its id
   ID=$(jw exec -- make test)               keep the id for later
   jw exec --follow -- sh -c 'echo hi'      run, stream output, exit with its code
-  jw list                                  every job, newest first
+  jw list                                  the newest 100 jobs
+  jw list --status RUNNING --owner alice   filter
+  jw rm $ID                                delete an ended job and its output
   jw status $ID ; jw stop $ID
   jw logs --follow $ID                     stdout until the job ends
   jw logs --stderr --offset 100 $ID        stderr from byte 100
@@ -95,10 +97,27 @@ def buildParser() -> argparse.ArgumentParser:
     execute.add_argument("command", metavar="COMMAND")
     execute.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
 
-    commands.add_parser(
-        "list", parents=[common], help="list jobs", epilog="example: jw list --json"
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list jobs, newest first",
+        epilog="example: jw list --status FAILED --owner alice --all",
     )
-    for verb, text in (("status", "show a job"), ("stop", "stop a job")):
+    listing.add_argument(
+        "--status",
+        type=str.upper,
+        choices=["RUNNING", "COMPLETED", "FAILED", "STOPPED"],
+    )
+    listing.add_argument("--owner", help="only this user's jobs")
+    listing.add_argument(
+        "--limit", type=int, default=100, help="jobs per page (1-1000, default 100)"
+    )
+    listing.add_argument("--all", action="store_true", help="every page, not just one")
+    for verb, text in (
+        ("status", "show a job"),
+        ("stop", "stop a job"),
+        ("rm", "delete an ended job and its output"),
+    ):
         sub = commands.add_parser(
             verb, parents=[common], help=text, epilog=f"example: jw {verb} $ID"
         )
@@ -226,7 +245,18 @@ async def run(
             streams.out.write(json.dumps(final).encode("utf-8") + b"\n")
         return exitStatusOf(final)
     if verb == "list":
-        jobs = await client.listJobs()
+        if not 1 <= options.limit <= 1000:
+            raise UsageFailure("--limit must be from 1 to 1000")
+        jobs, cursor = await client.listJobs(
+            options.status, options.owner, options.limit
+        )
+        while options.all and cursor is not None:
+            more, cursor = await client.listJobs(
+                options.status, options.owner, options.limit, cursor
+            )
+            jobs.extend(more)
+        if cursor is not None:
+            streams.messages.write("jw: more jobs exist: use --all or --limit\n")
         if options.json:
             streams.out.write(json.dumps({"jobs": jobs}).encode("utf-8") + b"\n")
         else:
@@ -240,6 +270,9 @@ async def run(
             streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
         else:
             _printJob(job, streams.out)
+        return 0
+    if verb == "rm":
+        await client.deleteJob(options.id)
         return 0
     if verb == "logs":
         stream = "stderr" if options.stderr else "stdout"

@@ -182,11 +182,31 @@ class JobworkerClient:
         result: dict[str, Any] = await self._json("POST", "/jobs", body)
         return result
 
-    async def listJobs(self) -> list[dict[str, Any]]:
-        """C{GET /jobs}: every job, newest first."""
-        result = await self._json("GET", "/jobs")
-        jobs: list[dict[str, Any]] = result["jobs"]
-        return jobs
+    async def listJobs(
+        self,
+        status: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """C{GET /jobs}: one page of jobs, newest first, and the next cursor."""
+        params = {
+            key: str(value)
+            for key, value in (
+                ("status", status),
+                ("owner", owner),
+                ("limit", limit),
+                ("cursor", cursor),
+            )
+            if value is not None
+        }
+        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
+        result = await self._json("GET", path)
+        return result["jobs"], result.get("next_cursor")
+
+    async def deleteJob(self, jobId: str) -> None:
+        """C{DELETE /jobs/ID}: remove an ended job and its output."""
+        await self._json("DELETE", f"/jobs/{_segment(jobId)}")
 
     async def job(self, jobId: str) -> dict[str, Any]:
         """C{GET /jobs/ID}."""

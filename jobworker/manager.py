@@ -1,12 +1,13 @@
-"""The job manager: creates, finds, lists and stops jobs; owns the job table."""
+"""The job manager: creates, finds, lists, stops and deletes jobs."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -14,8 +15,16 @@ from twisted.logger import Logger
 
 from .errors import Conflict, NotFound
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
-from .records import JobRecord
-from .spool import OutputSpool
+from .records import JobRecord, JobStatus
+from .recovery import (
+    currentBootId,
+    killAll,
+    leftovers,
+    processStartTime,
+    sessionMembers,
+)
+from .spool import OutputSource, OutputSpool, StoredOutput
+from .store import JobStore
 from .validation import JobRequest
 
 #: The environment every job starts from; the request's env is laid over it.
@@ -26,7 +35,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: own, then execs the command without a fork, so the pid stays the job's.
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
-STREAMS = ("stdout", "stderr")
+#: Default cap on each stream of each job.
+DEFAULT_MAX_LOG_BYTES = 1 << 30
+
+RESTARTED = "the worker restarted while the job ran"
 
 
 class SpawnRefused(Exception):
@@ -85,12 +97,17 @@ def _absolutePath(search: str, base: str) -> str:
 
 class JobManager:
     """
-    Every job this server knows, newest last, and the operations on them.
+    Every job this server knows. Running jobs live in memory; every record
+    is in the L{JobStore}, written when a job starts and when it ends, so
+    ended jobs cost no memory and survive restarts.
 
     @param reactor: spawns processes and keeps time.
-    @param stateDir: where each job's output goes (C{jobs/<id>/stdout|stderr}).
+    @param stateDir: holds the store and each job's output
+        (C{jobs/<id>/stdout|stderr}).
     @param grace: seconds between SIGTERM and SIGKILL.
     @param killGroup: signals a process group (L{signalGroup}; a fake in tests).
+    @param store: the job store (default: SQLite in C{stateDir}).
+    @param maxLogBytes: cap on each stream of each job.
     """
 
     log = Logger()
@@ -101,15 +118,57 @@ class JobManager:
         stateDir: str,
         grace: float,
         killGroup: Callable[[int, int], bool] = signalGroup,
+        store: JobStore | None = None,
+        maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         self._reactor = reactor
         self._killGroup = killGroup
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._grace = grace
-        self._jobs: dict[str, JobProcess] = {}
+        self._maxLogBytes = maxLogBytes
+        self._live: dict[str, JobProcess] = {}
         self._baseEnv = defaultEnvironment()
+        self._bootId = currentBootId()
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
+        self._store = (
+            store
+            if store is not None
+            else JobStore(os.path.join(stateDir, "jobs.sqlite3"))
+        )
+
+    # -- start-up --------------------------------------------------------------
+
+    def recover(self) -> list[JobRecord]:
+        """
+        Close the records of jobs that were running when the server died:
+        kill what is left of their sessions and mark them FAILED.
+        """
+        orphans = self._store.running()
+        if not orphans:
+            return []
+        sessions = sessionMembers()
+        now = self._reactor.seconds()
+        for record in orphans:
+            pids = leftovers(record.pid, record.boot_id, record.proc_start, sessions)
+            killed = killAll(pids)
+            for stream in ("stdout", "stderr"):
+                try:
+                    size = os.path.getsize(self._outputPath(record.id, stream))
+                except OSError:
+                    size = 0
+                setattr(record, f"{stream}_bytes", size)
+            record.finish(JobStatus.FAILED, now, error=RESTARTED)
+            self._store.update(record)
+            self.log.warn(
+                "job {job} was running when the worker stopped: marked FAILED, "
+                "{killed} leftover process(es) killed",
+                job=record.id,
+                killed=killed,
+            )
+        return orphans
+
+    # -- jobs ------------------------------------------------------------------
 
     def create(self, request: JobRequest, owner: str) -> JobRecord:
         """
@@ -127,18 +186,17 @@ class JobManager:
             created_at=self._reactor.seconds(),
             env=env,
             cwd=request.cwd,
+            boot_id=self._bootId,
         )
-        directory = os.path.join(self._jobsDir, jobId)
-        os.mkdir(directory, 0o700)
+        os.mkdir(os.path.join(self._jobsDir, jobId), 0o700)
         job = JobProcess(
             self._reactor,
             record,
-            OutputSpool(os.path.join(directory, "stdout")),
-            OutputSpool(os.path.join(directory, "stderr")),
+            OutputSpool(self._outputPath(jobId, "stdout"), self._maxLogBytes),
+            OutputSpool(self._outputPath(jobId, "stderr"), self._maxLogBytes),
             self._grace,
             self._killGroup,
         )
-        self._jobs[jobId] = job
         try:
             checkRunnable(request.command, env, request.cwd)
             self._reactor.spawnProcess(
@@ -153,6 +211,13 @@ class JobManager:
             job.failedToStart(str(e))
         except OSError as e:
             job.failedToStart(spawnError(e))
+        if record.pid is not None:
+            record.proc_start = processStartTime(record.pid)
+        self._store.insert(record)
+        if not record.status.ended:
+            self._live[jobId] = job
+            job.whenEnded().addCallback(self._ended)
+            job.whenCleanedUp().addCallback(lambda _: self._live.pop(jobId, None))
         self.log.info(
             "job {job} created by {owner}: {command!r} ({status})",
             job=jobId,
@@ -162,52 +227,121 @@ class JobManager:
         )
         return record
 
-    def job(self, jobId: str) -> JobProcess:
+    def _ended(self, record: JobRecord) -> JobRecord:
+        self._store.update(record)
+        return record
+
+    def record(self, jobId: str) -> JobRecord:
         """
-        The job with this id.
+        The current record of a job.
 
         @raise NotFound: if there is none.
         """
-        job = self._jobs.get(jobId)
-        if job is None:
+        job = self._live.get(jobId)
+        if job is not None:
+            return job.snapshot()
+        record = self._store.get(jobId)
+        if record is None:
             raise NotFound("no such job")
-        return job
+        return record
 
-    def records(self) -> Iterator[JobRecord]:
-        """Every job's record, newest first."""
-        for job in reversed(self._jobs.values()):
-            yield job.record
+    def page(
+        self,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[JobRecord], int | None]:
+        """Jobs newest first (see L{JobStore.page}), running ones up to date."""
+        records, following = self._store.page(
+            status=status, owner=owner, limit=limit, before=before
+        )
+        live = self._live
+        return [
+            live[r.id].snapshot() if r.id in live else r for r in records
+        ], following
 
     def stop(self, jobId: str, by: str) -> Deferred[JobRecord]:
         """
         Stop a running job (TERM, grace, KILL to its group).
 
         @raise Conflict: if it has already ended (the job goes in the body).
+        @raise NotFound: if there is no such job.
         """
-        job = self.job(jobId)
-        if job.record.status.ended:
+        job = self._live.get(jobId)
+        if job is None or job.record.status.ended:
+            record = self.record(jobId)
             raise Conflict(
-                f"job already ended ({job.record.status.value})",
-                job=job.record.toJSON(),
+                f"job already ended ({record.status.value})", job=record.toJSON()
             )
         return job.stop(by)
 
-    def spool(self, jobId: str, stream: str) -> OutputSpool:
-        """The spool of C{stream} (C{stdout} or C{stderr}) of a job."""
-        job = self.job(jobId)
-        return job.stdout if stream == "stdout" else job.stderr
+    def output(self, jobId: str, stream: str) -> OutputSource:
+        """C{stream} (C{stdout} or C{stderr}) of a job, live or stored."""
+        job = self._live.get(jobId)
+        if job is not None:
+            return job.stdout if stream == "stdout" else job.stderr
+        record = self.record(jobId)
+        size = record.stdout_bytes if stream == "stdout" else record.stderr_bytes
+        return StoredOutput(self._outputPath(jobId, stream), size)
+
+    def delete(self, jobId: str) -> None:
+        """
+        Remove an ended job's record and output.
+
+        @raise Conflict: if the job is still running.
+        """
+        record = self.record(jobId)
+        if not record.status.ended or jobId in self._live:
+            raise Conflict("job is still running: stop it first", job=record.toJSON())
+        self._remove(jobId)
+
+    def _remove(self, jobId: str) -> None:
+        self._store.delete(jobId)
+        try:
+            shutil.rmtree(os.path.join(self._jobsDir, jobId))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                self.log.error(
+                    "cannot remove output of job {job}: {error}",
+                    job=jobId,
+                    error=e.strerror,
+                )
+
+    def expire(self, olderThan: float) -> int:
+        """Delete every job that ended more than C{olderThan} seconds ago."""
+        cutoff = self._reactor.seconds() - olderThan
+        removed = 0
+        while True:
+            ids = [i for i in self._store.endedBefore(cutoff) if i not in self._live]
+            if not ids:
+                break
+            for jobId in ids:
+                self._remove(jobId)
+            removed += len(ids)
+        if removed:
+            self.log.info("retention: removed {count} ended job(s)", count=removed)
+        return removed
+
+    def _outputPath(self, jobId: str, stream: str) -> str:
+        return os.path.join(self._jobsDir, jobId, stream)
+
+    # -- shutdown --------------------------------------------------------------
 
     def shutdown(self) -> Deferred[None]:
         """
         Refuse new jobs, stop every running one and wait until each has ended
-        and its process group is gone.
+        (and is recorded) and its process group is gone.
         """
         self._shuttingDown = True
         waits: list[Deferred[None]] = []
-        for job in self._jobs.values():
+        for job in list(self._live.values()):
             if not job.record.status.ended:
                 job.stop("server shutdown")
             waits.append(job.whenCleanedUp())
-        pending = [d for d in waits if not d.called]
-        self.log.info("shutdown: waiting for {count} job(s)", count=len(pending))
-        return DeferredList(pending).addCallback(lambda _: None)
+        self.log.info("shutdown: waiting for {count} job(s)", count=len(waits))
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    def close(self) -> None:
+        """Close the store (after L{shutdown})."""
+        self._store.close()

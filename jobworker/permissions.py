@@ -15,6 +15,7 @@ class Permission(enum.Enum):
     GET = "jobs.get"
     STOP = "jobs.stop"
     LOGS = "jobs.logs"
+    DELETE = "jobs.delete"
 
 
 class Scope(enum.Enum):
@@ -42,6 +43,7 @@ PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.CREATE: Scope.ALL,
         Permission.STOP: Scope.OWN,
         Permission.LOGS: Scope.OWN,
+        Permission.DELETE: Scope.OWN,
     },
     Role.ADMIN: {permission: Scope.ALL for permission in Permission},
 }

@@ -101,6 +101,21 @@ class JobProcess:
         self._fireEnded()
         self._fireCleaned()
 
+    def snapshot(self) -> JobRecord:
+        """The record, with the output counters brought up to date."""
+        record = self.record
+        if not record.status.ended:
+            self._count()
+        return record
+
+    def _count(self) -> None:
+        record = self.record
+        record.stdout_bytes = self.stdout.size
+        record.stderr_bytes = self.stderr.size
+        record.stdout_dropped = self.stdout.dropped
+        record.stderr_dropped = self.stderr.dropped
+        record.output_lost = self.stdout.lost + self.stderr.lost
+
     # -- stop ----------------------------------------------------------------
 
     def stop(self, by: str) -> Deferred[JobRecord]:
@@ -180,8 +195,7 @@ class JobProcess:
         self.stdout.close()
         self.stderr.close()
         record = self.record
-        record.stdout_bytes = self.stdout.size
-        record.stderr_bytes = self.stderr.size
+        self._count()
         exitCode: int | None = None
         signalNumber: int | None = None
         if isinstance(exit, ProcessDone):
@@ -202,9 +216,8 @@ class JobProcess:
                 if signalText is not None
                 else f"exited with code {exitCode}"
             )
-        lost = self.stdout.lost + self.stderr.lost
-        if lost and error is None:
-            error = f"{lost} bytes of output could not be written to disk"
+        if record.output_lost and error is None:
+            error = f"{record.output_lost} bytes of output could not be written to disk"
         record.finish(
             status,
             self._clock.seconds(),

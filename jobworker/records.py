@@ -65,6 +65,18 @@ class JobRecord:
     stopped_by: str | None = None
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+    #: Bytes discarded past the per-stream cap (--max-log-bytes).
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+    #: Bytes that could not be written to disk (disk full, I/O error).
+    output_lost: int = 0
+    #: Internal: the store's sequence number (list order and cursors).
+    seq: int | None = field(default=None, compare=False)
+    #: Internal: the machine boot and the process start time (clock ticks
+    #: since boot) of the job's leader, to find its group after a crash
+    #: without ever signalling a reused pid.
+    boot_id: str | None = None
+    proc_start: int | None = None
 
     def finish(
         self,
@@ -109,4 +121,9 @@ class JobRecord:
             "stopped_by": self.stopped_by,
             "stdout_bytes": self.stdout_bytes,
             "stderr_bytes": self.stderr_bytes,
+            "stdout_truncated": self.stdout_dropped > 0,
+            "stdout_dropped": self.stdout_dropped,
+            "stderr_truncated": self.stderr_dropped > 0,
+            "stderr_dropped": self.stderr_dropped,
+            "output_lost": self.output_lost,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -22,24 +23,37 @@ class OutputSpool:
     read the file at their own pace and wait on L{whenGrown} for more.
 
     @ivar size: bytes written to the file so far.
+    @ivar dropped: bytes discarded because the spool reached C{maxBytes}.
     @ivar lost: bytes that could not be written (disk full, I/O error).
     @ivar closed: True once no more output will come.
     """
 
     log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, maxBytes: int | None = None) -> None:
         self.path = path
         self.size = 0
+        self.dropped = 0
         self.lost = 0
         self.closed = False
+        self._room = maxBytes if maxBytes is not None else -1
         self._fd: int | None = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
         )
         self._waiters: list[Deferred[None]] = []
 
     def write(self, data: bytes) -> None:
-        """Append C{data}; on a disk error count it as lost and carry on."""
+        """
+        Append C{data}. Past the cap the rest is counted as dropped; on a disk
+        error it is counted as lost. The writer never blocks or fails.
+        """
+        if self._room >= 0:
+            if len(data) > self._room:
+                self.dropped += len(data) - self._room
+                data = data[: self._room]
+            self._room -= len(data)
+            if not data:
+                return
         if self._fd is None:
             self.lost += len(data)
             return
@@ -82,6 +96,30 @@ class OutputSpool:
             d.callback(None)
 
 
+class OutputSource(Protocol):
+    """What a L{SpoolReader} reads: a live L{OutputSpool} or L{StoredOutput}."""
+
+    path: str
+    size: int
+    closed: bool
+
+    def whenGrown(self) -> Deferred[None]: ...
+
+
+class StoredOutput:
+    """The output of a job that has ended: a file that will not grow."""
+
+    closed = True
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def whenGrown(self) -> Deferred[None]:
+        """Already complete."""
+        return succeed(None)
+
+
 @implementer(IPushProducer)
 class SpoolReader:
     """
@@ -94,7 +132,7 @@ class SpoolReader:
     """
 
     def __init__(
-        self, spool: OutputSpool, request: IConsumer, offset: int, follow: bool
+        self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
     ) -> None:
         self._spool = spool
         self._request = request

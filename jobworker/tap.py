@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -19,7 +20,8 @@ from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
 from .auth import Authenticator, makePortal
-from .manager import JobManager, JobReactor
+from .manager import DEFAULT_MAX_LOG_BYTES, JobManager, JobReactor
+from .store import JobStore, StoreError
 from .tls import TLSConfigError, serverOptions
 from .users import UserDatabase, UsersFileError
 
@@ -36,6 +38,34 @@ def defaultStateDir() -> str:
         os.path.expanduser("~"), ".local", "state"
     )
     return os.path.join(base, "jobworker")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parseSize(text: str) -> int:
+    """C{"1G"}, C{"512M"}, C{"65536"} -> bytes (binary units)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def parseDuration(text: str) -> float:
+    """C{"7d"}, C{"12h"}, C{"30m"}, C{"45s"} or plain seconds -> seconds."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _TIME_UNITS else "s"
+    number = value[:-1] if value[-1:] in _TIME_UNITS else value
+    try:
+        seconds = float(number) * _TIME_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m)") from None
+    if not seconds > 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
 
 
 class Options(usage.Options):
@@ -72,6 +102,22 @@ class Options(usage.Options):
             "Seconds between SIGTERM and SIGKILL on stop.",
             float,
         ],
+        [
+            "max-log-bytes",
+            None,
+            DEFAULT_MAX_LOG_BYTES,
+            "Cap on each output stream of each job (e.g. 1G, 256M); the rest "
+            "is discarded and the job record says so.",
+            parseSize,
+        ],
+        [
+            "retain",
+            None,
+            None,
+            "Remove ended jobs (record and output) this long after they end "
+            "(e.g. 7d, 12h). Default: keep forever.",
+            parseDuration,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -84,6 +130,8 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if not 0 <= self["stop-grace"] <= 3600:
             raise usage.UsageError("--stop-grace must be between 0 and 3600 seconds")
+        if self["max-log-bytes"] < 0:
+            raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
             self["state-dir"] = defaultStateDir()
 
@@ -130,7 +178,31 @@ class ManagerService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        return self.manager.shutdown()
+        return self.manager.shutdown().addCallback(lambda _: self.manager.close())
+
+
+class RetentionService(Service):
+    """Every so often, delete the jobs that ended longer ago than C{retain}."""
+
+    def __init__(self, manager: JobManager, retain: float, clock: Any) -> None:
+        self._manager = manager
+        self._retain = retain
+        self._loop = LoopingCall(self._expire)
+        self._loop.clock = clock
+        #: How often to look: often enough to keep the promise within 1%.
+        self.interval = min(max(retain / 100, 1.0), 3600.0)
+
+    def _expire(self) -> None:
+        self._manager.expire(self._retain)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop.running:
+            self._loop.stop()
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -168,10 +240,22 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             fatal(f"cannot read users file {config['users']}: {e.strerror}")
         except (UsersFileError, UnicodeDecodeError) as e:
             fatal(f"bad users file: {e}")
+    stateDir = config["state-dir"]
     try:
-        manager = JobManager(reactor, config["state-dir"], config["stop-grace"])
+        os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
+        manager = JobManager(
+            reactor,
+            stateDir,
+            config["stop-grace"],
+            store=store,
+            maxLogBytes=config["max-log-bytes"],
+        )
     except OSError as e:
-        fatal(f"cannot use state dir {config['state-dir']}: {e.strerror}")
+        fatal(f"cannot use state dir {stateDir}: {e.strerror}")
+    except StoreError as e:
+        fatal(f"cannot use state dir {stateDir}: {e}")
+    manager.recover()
 
     threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
@@ -200,6 +284,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
     root.addService(ManagerService(manager))
+    if config["retain"] is not None:
+        root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(ListeningService(ports[0]))
     return root
 

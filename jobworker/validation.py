@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest, NotFound
+from .records import JobStatus
+from .users import USER_NAME
 
 #: Limits on a job request; the 64 KiB body cap bounds the total anyway.
 MAX_ARGS = 4096
@@ -121,6 +123,44 @@ def parseBool(text: str | None, name: str, default: bool = False) -> bool:
     if lowered in ("false", "0"):
         return False
     raise BadRequest(f"{name} must be true or false")
+
+
+def parseLimit(text: str | None, default: int = 100, maximum: int = 1000) -> int:
+    """A page size from 1 to C{maximum}; absent means C{default}."""
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+        raise BadRequest(f"limit must be an integer from 1 to {maximum}")
+    return int(text)
+
+
+def parseCursor(text: str | None) -> int | None:
+    """A list cursor (an opaque token from C{next_cursor}); absent means None."""
+    if text is None or text == "":
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise BadRequest("cursor is not one this server issued")
+    return int(text)
+
+
+def parseStatus(text: str | None) -> JobStatus | None:
+    """A job status filter; absent means None."""
+    if text is None or text == "":
+        return None
+    try:
+        return JobStatus(text.upper())
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise BadRequest(f"status must be one of {names}") from None
+
+
+def parseOwner(text: str | None) -> str | None:
+    """An owner filter: a user name; absent means None."""
+    if text is None or text == "":
+        return None
+    if not USER_NAME.match(text):
+        raise BadRequest("owner is not a valid user name")
+    return text
 
 
 def parseStream(text: str | None) -> str:

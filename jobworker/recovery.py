@@ -1,0 +1,77 @@
+"""After a crash: find what is left of jobs that were running, and kill it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def currentBootId() -> str | None:
+    """The kernel's id of this boot (changes at every reboot)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses.
+    return data[data.rindex(b")") + 2 :].decode("ascii").split()
+
+
+def processStartTime(pid: int) -> int | None:
+    """Start time of C{pid} in clock ticks since boot, or None if it is gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def sessionMembers() -> dict[int, list[int]]:
+    """Every live process, grouped by session id."""
+    sessions: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat(entry)
+        if fields is None or fields[0] == "Z":
+            continue
+        sessions.setdefault(int(fields[3]), []).append(int(entry))
+    return sessions
+
+
+def leftovers(
+    pid: int | None,
+    bootId: str | None,
+    procStart: int | None,
+    sessions: dict[int, list[int]],
+) -> list[int]:
+    """
+    The processes still alive in the session a job's leader C{pid} created.
+
+    Nothing is returned unless it is provably that session: same boot, and
+    the leader either gone or still the very process we started (same start
+    time), so a reused pid is never signalled.
+    """
+    if pid is None or bootId is None or bootId != currentBootId():
+        return []
+    start = processStartTime(pid)
+    if start is not None and start != procStart:
+        return []
+    return list(sessions.get(pid, []))
+
+
+def killAll(pids: list[int]) -> int:
+    """SIGKILL each pid; return how many were signalled."""
+    killed = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
+    return killed

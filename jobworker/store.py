@@ -1,0 +1,295 @@
+"""The job store: job records in SQLite (WAL), behind a narrow interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .records import JobRecord, JobStatus
+
+#: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
+#: database from version C{i} to C{i + 1}; version 0 is an empty file.
+SCHEMA_VERSION = 1
+
+#: Largest page a caller may ask for.
+MAX_PAGE = 1000
+
+_COLUMNS = (
+    "id",
+    "owner",
+    "command",
+    "args",
+    "cwd",
+    "status",
+    "pid",
+    "exit_code",
+    "signal",
+    "error",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "stopped_by",
+    "stdout_bytes",
+    "stderr_bytes",
+    "stdout_dropped",
+    "stderr_dropped",
+    "output_lost",
+    "boot_id",
+    "proc_start",
+)
+# The statements are built once from the constant column list above; every
+# value goes through a ? parameter.
+_SELECT = "SELECT seq, " + ", ".join(_COLUMNS) + " FROM jobs"
+_INSERT = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_UPDATE = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{column} = ?" for column in _COLUMNS[1:])
+    + " WHERE id = ?"
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says why."""
+
+
+def _migrateTo1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            cwd TEXT,
+            status TEXT NOT NULL,
+            pid INTEGER,
+            exit_code INTEGER,
+            signal TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            stopped_by TEXT,
+            stdout_bytes INTEGER NOT NULL DEFAULT 0,
+            stderr_bytes INTEGER NOT NULL DEFAULT 0,
+            stdout_dropped INTEGER NOT NULL DEFAULT 0,
+            stderr_dropped INTEGER NOT NULL DEFAULT 0,
+            output_lost INTEGER NOT NULL DEFAULT 0,
+            boot_id TEXT,
+            proc_start INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_status ON jobs (status, seq)")
+    db.execute("CREATE INDEX jobs_owner ON jobs (owner, seq)")
+    db.execute("CREATE INDEX jobs_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrateTo1]
+
+
+def _row(record: JobRecord) -> tuple[object, ...]:
+    return (
+        record.id,
+        record.owner,
+        record.command,
+        json.dumps(record.args),
+        record.cwd,
+        record.status.value,
+        record.pid,
+        record.exit_code,
+        record.signal,
+        record.error,
+        record.created_at,
+        record.started_at,
+        record.ended_at,
+        record.stopped_by,
+        record.stdout_bytes,
+        record.stderr_bytes,
+        record.stdout_dropped,
+        record.stderr_dropped,
+        record.output_lost,
+        record.boot_id,
+        record.proc_start,
+    )
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        seq=row["seq"],
+        id=row["id"],
+        owner=row["owner"],
+        command=row["command"],
+        args=json.loads(row["args"]),
+        cwd=row["cwd"],
+        status=JobStatus(row["status"]),
+        pid=row["pid"],
+        exit_code=row["exit_code"],
+        signal=row["signal"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        stopped_by=row["stopped_by"],
+        stdout_bytes=row["stdout_bytes"],
+        stderr_bytes=row["stderr_bytes"],
+        stdout_dropped=row["stdout_dropped"],
+        stderr_dropped=row["stderr_dropped"],
+        output_lost=row["output_lost"],
+        boot_id=row["boot_id"],
+        proc_start=row["proc_start"],
+    )
+
+
+class JobStore:
+    """
+    Job records in one SQLite file, WAL mode. Writes are small and happen on
+    state changes only (a job's start and its end), never per output chunk.
+
+    A crash of the server loses nothing committed: WAL pages are in the OS
+    page cache before C{execute} returns (C{synchronous=NORMAL}: a power cut
+    may lose the last transactions, never corrupt the file).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        existed = os.path.exists(path)
+        if existed and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"{path} is not readable and writable")
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {path}: {e}") from None
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
+
+    def _prepare(self) -> None:
+        # Reading the schema first makes SQLite reject a non-database file
+        # before anything is written to it.
+        self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this "
+                f"jobworker understands ({SCHEMA_VERSION})"
+            )
+        if (
+            version == 0
+            and self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+        ):
+            raise StoreError(f"{self.path} holds tables that are not jobworker's")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction():
+                MIGRATIONS[target - 1](self._db)
+                self._db.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @property
+    def version(self) -> int:
+        """The schema version of the open database."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def insert(self, record: JobRecord) -> None:
+        """Add a new job; sets C{record.seq}."""
+        cursor = self._db.execute(_INSERT, _row(record))
+        record.seq = cursor.lastrowid
+
+    def update(self, record: JobRecord) -> None:
+        """Write a job's changed state."""
+        self._db.execute(_UPDATE, (*_row(record)[1:], record.id))
+
+    def get(self, jobId: str) -> JobRecord | None:
+        """The job with this id, or None."""
+        row = self._db.execute(_SELECT + " WHERE id = ?", (jobId,)).fetchone()
+        return None if row is None else _record(row)
+
+    def page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> tuple[list[JobRecord], int | None]:
+        """
+        Jobs newest first, at most C{limit}, older than sequence C{before}.
+
+        @return: the records and the sequence to pass as C{before} for the
+            next page (None when this is the last page). Keyset paging: jobs
+            created meanwhile never shift a page.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1 to {MAX_PAGE}")
+        where: list[str] = []
+        params: list[object] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if before is not None:
+            where.append("seq < ?")
+            params.append(before)
+        query = _SELECT
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = self._db.execute(query, params).fetchall()
+        records = [_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return records, (records[-1].seq if more and records else None)
+
+    def running(self) -> list[JobRecord]:
+        """Every job recorded as RUNNING."""
+        rows = self._db.execute(
+            _SELECT + " WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def endedBefore(self, when: float, limit: int = 1000) -> list[str]:
+        """Ids of (at most C{limit}) jobs that ended before C{when}."""
+        rows = self._db.execute(
+            "SELECT id FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ? "
+            "ORDER BY ended_at LIMIT ?",
+            (when, limit),
+        ).fetchall()
+        return [row["id"] for row in rows]
+
+    def delete(self, jobId: str) -> None:
+        """Remove a job's record."""
+        self._db.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
+
+    def count(self) -> int:
+        """How many jobs are stored."""
+        return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
