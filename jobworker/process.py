@@ -7,7 +7,7 @@ import signal
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -138,13 +138,30 @@ class JobProcess:
     def _terminate(self) -> None:
         if self._pgid is None:
             return
-        if self._killGroup(self._pgid, signal.SIGTERM) and self._killTimer is None:
+        if self._signal(signal.SIGTERM) and self._killTimer is None:
             self._killTimer = self._clock.callLater(self._grace, self._kill)
+
+    def _signal(self, signum: int) -> bool:
+        """
+        Signal the job's group; True if anything was there to signal.
+
+        Until the child has called C{setsid} its group does not exist yet: then
+        signal the child itself, which (unreaped) cannot be a reused pid.
+        """
+        assert self._pgid is not None
+        if self._killGroup(self._pgid, signum):
+            return True
+        if self._exit is None and self._transport is not None:
+            try:
+                self._transport.signalProcess(signum)
+            except (ProcessExitedAlready, OSError):
+                return False
+            return True
+        return False
 
     def _kill(self) -> None:
         self._killTimer = None
-        assert self._pgid is not None
-        if self._killGroup(self._pgid, signal.SIGKILL):
+        if self._signal(signal.SIGKILL):
             self.log.info(
                 "job {job}: process group {pgid} killed after {grace}s grace",
                 job=self.record.id,

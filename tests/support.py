@@ -52,8 +52,14 @@ class LiveServer:
     real processes, a temporary state dir. Stopped (jobs and all) at cleanup.
     """
 
-    def __init__(self, testCase: TestCase, *extra: str, grace: float = 2.0) -> None:
-        self.stateDir = os.path.abspath(testCase.mktemp())
+    def __init__(
+        self,
+        testCase: TestCase,
+        *extra: str,
+        grace: float = 2.0,
+        stateDir: str | None = None,
+    ) -> None:
+        self.stateDir = stateDir or os.path.abspath(testCase.mktemp())
         options = Options()
         options.parseOptions(
             [
@@ -68,7 +74,7 @@ class LiveServer:
         )
         self.service = makeService(options, reactor)
         self.service.startService()
-        testCase.addCleanup(self.service.stopService)
+        testCase.addCleanup(self.stop)
         services = list(self.service)
         self.manager = next(
             s for s in services if isinstance(s, ManagerService)
@@ -81,6 +87,12 @@ class LiveServer:
         self.http = HTTPClient(
             Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
         )
+
+    def stop(self) -> Deferred[None] | None:
+        """Stop the service (jobs and all), once."""
+        if not self.service.running:
+            return None
+        return self.service.stopService()  # type: ignore[no-any-return]
 
     def request(
         self,

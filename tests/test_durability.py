@@ -1,0 +1,358 @@
+"""Durable jobs: restarts, crash recovery, output cap, deletion, retention, paging."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.manager import RESTARTED, JobManager
+from jobworker.records import JobStatus
+from jobworker.spool import OutputSpool
+from jobworker.tap import RetentionService, parseDuration, parseSize
+from jobworker.validation import JobRequest
+
+from .support import (
+    CERT,
+    KEY,
+    TWISTD,
+    LiveServer,
+    jwEnvironment,
+    processAlive,
+    sleep,
+)
+
+BINARY = bytes(range(256)) * 4 + b"\x00\xff\xfe not utf-8 \xc3\x28"
+
+
+class RestartTests(TestCase):
+    async def test_gracefulRestartKeepsEverything(self) -> None:
+        """Stop the server, start it on the same state dir: jobs and output intact."""
+        first = LiveServer(self, grace=1.0)
+        source = os.path.join(first.stateDir, "binary.dat")
+        with open(source, "wb") as f:
+            f.write(BINARY)
+        done = await first.createJob("cat", source)
+        await first.waitEnded(done["id"])
+        running = await first.createJob("sh", "-c", "echo begun; exec sleep 300")
+        for _ in range(500):
+            response = await first.request("GET", f"/jobs/{running['id']}/logs")
+            if await treq.content(response):
+                break
+            await sleep(0.02)
+        await first.stop()
+        second = LiveServer(self, grace=1.0, stateDir=first.stateDir)
+        code, stopped = await second.json("GET", f"/jobs/{running['id']}")
+        self.assertEqual(code, 200)
+        self.assertEqual(stopped["status"], "STOPPED")
+        self.assertEqual(stopped["stopped_by"], "server shutdown")
+        self.assertFalse(processAlive(running["pid"]))
+        code, completed = await second.json("GET", f"/jobs/{done['id']}")
+        self.assertEqual(completed["status"], "COMPLETED")
+        self.assertEqual(completed["stdout_bytes"], len(BINARY))
+        response = await second.request("GET", f"/jobs/{done['id']}/logs")
+        self.assertEqual(await treq.content(response), BINARY)
+        response = await second.request("GET", f"/jobs/{running['id']}/logs")
+        self.assertEqual(await treq.content(response), b"begun\n")
+        code, listing = await second.json("GET", "/jobs")
+        self.assertEqual(
+            [j["id"] for j in listing["jobs"]], [running["id"], done["id"]]
+        )
+
+
+def startTwistd(
+    testCase: TestCase, stateDir: str, logPath: str
+) -> subprocess.Popen[bytes]:
+    """A real twistd jobworker on a free port, logging to C{logPath}."""
+    log = open(logPath, "ab")
+    testCase.addCleanup(log.close)
+    process = subprocess.Popen(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "jobworker",
+            "--tls",
+            "--port=0",
+            f"--cert={CERT}",
+            f"--key={KEY}",
+            f"--state-dir={stateDir}",
+            "--stop-grace=1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+    def kill() -> None:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    testCase.addCleanup(kill)
+    return process
+
+
+async def listeningPort(logPath: str, after: int = 0, timeout: float = 20.0) -> int:
+    """The port of the newest 'listening on' line past byte C{after} of the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(logPath, "rb") as f:
+            f.seek(after)
+            found = re.findall(rb"listening on https://[^:]+:(\d+)", f.read())
+        if found:
+            return int(found[-1])
+        await sleep(0.05)
+    raise AssertionError("twistd did not start listening")
+
+
+async def jw(port: int, *args: str) -> tuple[bytes, bytes, int]:
+    """Run jw against a local port."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    from .support import JW
+
+    return await getProcessOutputAndValue(  # type: ignore[no-any-return]
+        JW, list(args), env=jwEnvironment(f"https://localhost:{port}"), reactor=reactor
+    )
+
+
+class CrashRecoveryTests(TestCase):
+    async def test_sigkillWhileJobsRun(self) -> None:
+        """
+        After SIGKILL of the server, the restarted server marks running jobs
+        FAILED (worker restarted), kills what was left of them, keeps output.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        logPath = os.path.abspath(self.mktemp())
+        server = startTwistd(self, stateDir, logPath)
+        port = await listeningPort(logPath)
+        out, err, code = await jw(
+            port, "exec", "--", "sh", "-c", "trap '' TERM; sleep 300 & echo $!; wait"
+        )
+        self.assertEqual(code, 0, err)
+        jobId = out.strip().decode()
+        out, err, code = await jw(port, "exec", "--", "echo", "finished")
+        doneId = out.strip().decode()
+        grandchild = None
+        for _ in range(200):
+            out, err, code = await jw(port, "logs", jobId)
+            if out.strip():
+                grandchild = int(out.strip())
+                break
+            await sleep(0.05)
+        assert grandchild is not None
+        out, _, _ = await jw(port, "status", "--json", jobId)
+        self.assertIn(b'"RUNNING"', out)
+        leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
+
+        server.kill()
+        server.wait()
+        self.assertTrue(processAlive(grandchild), "orphans survive a SIGKILLed server")
+
+        size = os.path.getsize(logPath)
+        startTwistd(self, stateDir, logPath)
+        port = await listeningPort(logPath, after=size)
+        out, err, code = await jw(port, "status", "--json", jobId)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b'"status": "FAILED"', out)
+        self.assertIn(RESTARTED.encode(), out)
+        self.assertFalse(processAlive(grandchild))
+        self.assertFalse(processAlive(leader))
+        out, err, code = await jw(port, "logs", jobId)
+        self.assertEqual(int(out.strip()), grandchild)
+        out, err, code = await jw(port, "status", "--json", doneId)
+        self.assertIn(b'"COMPLETED"', out)
+        out, err, code = await jw(port, "logs", doneId)
+        self.assertEqual(out, b"finished\n")
+
+    async def test_corruptStateRefused(self) -> None:
+        """A state dir whose store is garbage: a one-line error, file untouched."""
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        storePath = os.path.join(stateDir, "jobs.sqlite3")
+        garbage = b"garbage, not a database\n" * 100
+        with open(storePath, "wb") as f:
+            f.write(garbage)
+        result = subprocess.run(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "jobworker",
+                "--tls",
+                "--port=0",
+                f"--cert={CERT}",
+                f"--key={KEY}",
+                f"--state-dir={stateDir}",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(b"not a usable jobworker store", result.stderr)
+        self.assertNotIn(b"Traceback", result.stdout + result.stderr)
+        with open(storePath, "rb") as f:
+            self.assertEqual(f.read(), garbage)
+
+
+class OutputCapTests(TestCase):
+    async def test_outputPastCapDiscarded(self) -> None:
+        """Past --max-log-bytes output is dropped, the job runs on, all is said."""
+        server = LiveServer(self, "--max-log-bytes=1000")
+        job = await server.createJob(
+            "sh", "-c", "head -c 5000 /dev/zero; echo tail >&2; exit 0"
+        )
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
+        self.assertEqual(ended["stdout_bytes"], 1000)
+        self.assertTrue(ended["stdout_truncated"])
+        self.assertEqual(ended["stdout_dropped"], 4000)
+        self.assertFalse(ended["stderr_truncated"])
+        response = await server.request("GET", f"/jobs/{job['id']}/logs")
+        self.assertEqual(
+            response.headers.getRawHeaders(b"x-output-truncated"), [b"true"]
+        )
+        self.assertEqual(response.headers.getRawHeaders(b"x-output-dropped"), [b"4000"])
+        self.assertEqual(await treq.content(response), b"\x00" * 1000)
+        stored = os.path.join(server.stateDir, "jobs", job["id"], "stdout")
+        self.assertEqual(os.path.getsize(stored), 1000)
+
+
+class DiskErrorTests(SynchronousTestCase):
+    def test_diskFullCountsLostBytes(self) -> None:
+        """Writing to a full device (/dev/full: ENOSPC) loses bytes, raises nothing."""
+        spool = OutputSpool("/dev/full")
+        self.addCleanup(spool.close)
+        spool.write(b"x" * 100)
+        spool.write(b"y" * 50)
+        self.assertEqual(spool.lost, 150)
+        self.assertEqual(spool.size, 0)
+        self.flushLoggedErrors()
+
+
+class DeletionTests(TestCase):
+    async def test_deleteRules(self) -> None:
+        """Owner or Admin may delete an ended job; never a running one."""
+        server = LiveServer(self)
+        ended = await server.createJob("echo", "bye")
+        await server.waitEnded(ended["id"])
+        running = await server.createJob("sleep", "300")
+        path = f"/jobs/{ended['id']}"
+        for user, expected in (("rita", 403), ("bob", 403), (None, 401)):
+            response = await server.request("DELETE", path, user)
+            self.assertEqual(response.code, expected, user)
+            await treq.content(response)
+        code, body = await server.json("DELETE", f"/jobs/{running['id']}", "alice")
+        self.assertEqual(code, 409)
+        self.assertEqual(body["job"]["status"], "RUNNING")
+        code, body = await server.json("DELETE", path, "alice")
+        self.assertEqual((code, body), (200, {"deleted": ended["id"]}))
+        self.assertFalse(
+            os.path.exists(os.path.join(server.stateDir, "jobs", ended["id"]))
+        )
+        code, _ = await server.json("GET", path)
+        self.assertEqual(code, 404)
+        code, _ = await server.json("DELETE", path, "ada")
+        self.assertEqual(code, 404)
+
+    async def test_adminDeletesAnyEndedJob(self) -> None:
+        """Admin deletes another user's ended job."""
+        server = LiveServer(self)
+        job = await server.createJob("true", user="bob")
+        await server.waitEnded(job["id"])
+        code, _ = await server.json("DELETE", f"/jobs/{job['id']}", "ada")
+        self.assertEqual(code, 200)
+
+
+class FakeReactor(Clock):
+    """A clock that must never spawn: retention tests use jobs that cannot start."""
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("no process expected")
+
+
+class RetentionTests(SynchronousTestCase):
+    def test_retentionRemovesOldEndedJobs(self) -> None:
+        """--retain removes jobs (record and output) once they are old enough."""
+        clock = FakeReactor()
+        stateDir = self.mktemp()
+        manager = JobManager(clock, stateDir, grace=1.0, killGroup=lambda p, s: False)
+        self.addCleanup(manager.close)
+        request = JobRequest("no-such-command-at-all", [], {}, None)
+        old = manager.create(request, "alice")
+        clock.advance(parseDuration("1d"))
+        young = manager.create(request, "alice")
+        self.assertEqual(old.status, JobStatus.FAILED)
+        service = RetentionService(manager, parseDuration("2d"), clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        clock.advance(parseDuration("1d") + 1)
+        self.assertEqual({r.id for r in manager.page()[0]}, {young.id})
+        self.assertFalse(os.path.exists(os.path.join(stateDir, "jobs", old.id)))
+        clock.advance(parseDuration("1d"))
+        self.assertEqual(manager.page()[0], [])
+
+    def test_parseDurationAndSize(self) -> None:
+        """Option values: durations and sizes with units."""
+        self.assertEqual(parseDuration("7d"), 7 * 86400)
+        self.assertEqual(parseDuration("90"), 90)
+        self.assertEqual(parseDuration("1.5h"), 5400)
+        self.assertRaises(ValueError, parseDuration, "soon")
+        self.assertRaises(ValueError, parseDuration, "0s")
+        self.assertEqual(parseSize("1G"), 1 << 30)
+        self.assertEqual(parseSize("256MiB"), 256 << 20)
+        self.assertEqual(parseSize("1000"), 1000)
+        self.assertRaises(ValueError, parseSize, "lots")
+
+
+class ListingTests(TestCase):
+    async def test_pagingUnderConcurrentInserts(self) -> None:
+        """A cursor walk sees each job once while new jobs keep arriving."""
+        server = LiveServer(self)
+        created = []
+        for _ in range(12):
+            created.append((await server.createJob("no-such-command-xyz"))["id"])
+        seen: list[str] = []
+        cursor = None
+        while True:
+            query = "/jobs?limit=5" + (f"&cursor={cursor}" if cursor else "")
+            code, page = await server.json("GET", query)
+            self.assertEqual(code, 200)
+            seen += [j["id"] for j in page["jobs"]]
+            await server.createJob("no-such-command-xyz")
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, list(reversed(created)))
+
+    async def test_filtersAndBadParameters(self) -> None:
+        """status/owner filter; bad limit, cursor, status, owner are 400."""
+        server = LiveServer(self)
+        mine = await server.createJob("true")
+        theirs = await server.createJob("true", user="bob")
+        await server.waitEnded(mine["id"])
+        await server.waitEnded(theirs["id"])
+        code, page = await server.json("GET", "/jobs?owner=bob&status=COMPLETED")
+        self.assertEqual([j["id"] for j in page["jobs"]], [theirs["id"]])
+        code, page = await server.json("GET", "/jobs?status=RUNNING")
+        self.assertEqual(page["jobs"], [])
+        for query in (
+            "limit=0",
+            "limit=1001",
+            "limit=ten",
+            "cursor=abc",
+            "status=DONE",
+            "owner=%00",
+        ):
+            code, body = await server.json("GET", f"/jobs?{query}")
+            self.assertEqual(code, 400, query)
+            self.assertIn("error", body)

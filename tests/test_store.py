@@ -1,0 +1,191 @@
+"""The SQLite job store: schema, migrations, paging, recovery queries."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.records import JobRecord, JobStatus
+from jobworker.store import MIGRATIONS, SCHEMA_VERSION, JobStore, StoreError
+
+
+def makeRecord(n: int, owner: str = "alice") -> JobRecord:
+    """A RUNNING record with a recognisable id."""
+    return JobRecord(
+        id=f"00000000-0000-4000-8000-{n:012d}",
+        command="echo",
+        args=[str(n), "two words", "\u00e9"],
+        owner=owner,
+        created_at=1000.0 + n,
+        env={"SECRET": "never stored"},
+        cwd="/tmp",
+        pid=100 + n,
+        started_at=1000.5 + n,
+    )
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.store = JobStore(self.path)
+        self.addCleanup(self.store.close)
+
+    def test_newStoreHasCurrentSchema(self) -> None:
+        """A new file is migrated to the current schema version, in WAL mode."""
+        self.assertEqual(self.store.version, SCHEMA_VERSION)
+        self.assertEqual(len(MIGRATIONS), SCHEMA_VERSION)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    def test_roundTrip(self) -> None:
+        """What is inserted and updated comes back equal (but the env)."""
+        record = makeRecord(1)
+        self.store.insert(record)
+        self.assertIsNotNone(record.seq)
+        record.stdout_bytes = 12
+        record.stdout_dropped = 3
+        record.finish(JobStatus.FAILED, 2000.0, exit_code=None, signal="SIGKILL")
+        self.store.update(record)
+        loaded = self.store.get(record.id)
+        assert loaded is not None
+        self.assertEqual(loaded.toJSON(), record.toJSON())
+        self.assertEqual(loaded.env, {})
+        self.assertIsNone(self.store.get("nope"))
+
+    def test_environmentNotStored(self) -> None:
+        """The job's environment (maybe secrets) never reaches the file."""
+        self.store.insert(makeRecord(1))
+        self.store.close()
+        data = b""
+        for suffix in ("", "-wal"):
+            if os.path.exists(self.path + suffix):
+                with open(self.path + suffix, "rb") as f:
+                    data += f.read()
+        self.assertNotIn(b"never stored", data)
+        self.store = JobStore(self.path)
+
+    def test_pagesNewestFirst(self) -> None:
+        """Pages come newest first and the cursor walks every job once."""
+        for n in range(7):
+            self.store.insert(makeRecord(n))
+        seen: list[str] = []
+        page, cursor = self.store.page(limit=3)
+        seen += [r.id for r in page]
+        while cursor is not None:
+            page, cursor = self.store.page(limit=3, before=cursor)
+            seen += [r.id for r in page]
+        self.assertEqual(seen, [makeRecord(n).id for n in reversed(range(7))])
+
+    def test_cursorStableUnderInserts(self) -> None:
+        """Jobs inserted between pages neither shift nor repeat a page."""
+        for n in range(10):
+            self.store.insert(makeRecord(n))
+        first, cursor = self.store.page(limit=4)
+        for n in range(10, 15):
+            self.store.insert(makeRecord(n))
+        rest: list[JobRecord] = []
+        while cursor is not None:
+            page, cursor = self.store.page(limit=4, before=cursor)
+            rest += page
+        ids = [r.id for r in first + rest]
+        self.assertEqual(ids, [makeRecord(n).id for n in reversed(range(10))])
+
+    def test_filters(self) -> None:
+        """status and owner filters combine."""
+        for n in range(6):
+            record = makeRecord(n, owner="alice" if n % 2 else "bob")
+            self.store.insert(record)
+            if n % 3 == 0:
+                record.finish(JobStatus.COMPLETED, 3000.0, exit_code=0)
+                self.store.update(record)
+        page, _ = self.store.page(owner="alice")
+        self.assertEqual([r.id for r in page], [makeRecord(n).id for n in (5, 3, 1)])
+        page, _ = self.store.page(status=JobStatus.COMPLETED, owner="bob")
+        self.assertEqual([r.id for r in page], [makeRecord(0).id])
+        running = self.store.running()
+        self.assertEqual(
+            {r.id for r in running}, {makeRecord(n).id for n in (1, 2, 4, 5)}
+        )
+
+    def test_limitBounds(self) -> None:
+        """A page is 1 to 1000 jobs."""
+        self.assertRaises(ValueError, self.store.page, limit=0)
+        self.assertRaises(ValueError, self.store.page, limit=1001)
+
+    def test_endedBeforeAndDelete(self) -> None:
+        """Retention finds jobs that ended before a time; delete removes them."""
+        for n in range(3):
+            record = makeRecord(n)
+            self.store.insert(record)
+            if n < 2:
+                record.finish(JobStatus.COMPLETED, 100.0 * (n + 1), exit_code=0)
+                self.store.update(record)
+        self.assertEqual(self.store.endedBefore(150.0), [makeRecord(0).id])
+        self.assertEqual(
+            self.store.endedBefore(1e9), [makeRecord(0).id, makeRecord(1).id]
+        )
+        self.store.delete(makeRecord(0).id)
+        self.assertIsNone(self.store.get(makeRecord(0).id))
+        self.assertEqual(self.store.count(), 2)
+
+
+class MigrationTests(SynchronousTestCase):
+    def test_fromEmptyFile(self) -> None:
+        """An empty file (version 0) is migrated to the current version."""
+        path = self.mktemp()
+        open(path, "wb").close()
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual(store.version, SCHEMA_VERSION)
+        store.insert(makeRecord(1))
+        self.assertEqual(store.count(), 1)
+
+    def test_populatedStoreKeptOnReopen(self) -> None:
+        """Reopening a populated store migrates nothing and loses nothing."""
+        path = self.mktemp()
+        store = JobStore(path)
+        for n in range(50):
+            store.insert(makeRecord(n))
+        store.close()
+        again = JobStore(path)
+        self.addCleanup(again.close)
+        self.assertEqual(again.count(), 50)
+        self.assertEqual(again.version, SCHEMA_VERSION)
+        loaded = again.get(makeRecord(7).id)
+        assert loaded is not None
+        self.assertEqual(loaded.args, ["7", "two words", "\u00e9"])
+
+    def test_corruptFileRefusedUntouched(self) -> None:
+        """A file that is not a database: StoreError, and it is not rewritten."""
+        path = self.mktemp()
+        garbage = b"this is not sqlite\n" * 500
+        with open(path, "wb") as f:
+            f.write(garbage)
+        error = self.assertRaises(StoreError, JobStore, path)
+        self.assertIn("not a usable jobworker store", str(error))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), garbage)
+
+    def test_newerSchemaRefused(self) -> None:
+        """A store written by a newer jobworker is refused, not downgraded."""
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE jobs (x)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.commit()
+        db.close()
+        error = self.assertRaises(StoreError, JobStore, path)
+        self.assertIn("newer", str(error))
+
+    def test_foreignDatabaseRefused(self) -> None:
+        """An SQLite file with someone else's tables is refused."""
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE other (x)")
+        db.commit()
+        db.close()
+        error = self.assertRaises(StoreError, JobStore, path)
+        self.assertIn("not jobworker's", str(error))
