@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +13,8 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
@@ -40,20 +44,73 @@ def _checkPassword(password: bytes, hashed: bytes) -> bool:
         return False
 
 
+class VerifiedCredentials:
+    """
+    A bounded, expiring memory of credentials bcrypt has already accepted, so
+    a client repeating the same Basic credentials does not pay bcrypt on
+    every request.
+
+    Entries are keyed by an HMAC (with a per-process random key) of name and
+    password: the password itself is never stored. Only successes are kept,
+    so failures cannot fill it. A new users database gets a new cache.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, ttl: float = 300.0, maxEntries: int = 4096
+    ) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._maxEntries = maxEntries
+        self._key = os.urandom(32)
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def _digest(self, name: bytes, password: bytes) -> bytes:
+        message = len(name).to_bytes(4, "big") + name + password
+        return hmac.digest(self._key, message, "sha256")
+
+    def __contains__(self, credentials: tuple[bytes, bytes]) -> bool:
+        digest = self._digest(*credentials)
+        expires = self._entries.get(digest)
+        if expires is None:
+            return False
+        if expires <= self._clock.seconds():
+            del self._entries[digest]
+            return False
+        return True
+
+    def add(self, name: bytes, password: bytes) -> None:
+        """Remember that C{name} and C{password} were verified."""
+        digest = self._digest(name, password)
+        self._entries[digest] = self._clock.seconds() + self._ttl
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._maxEntries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 @implementer(ICredentialsChecker)
 class BcryptChecker:
     """
     Check user name and password against the users' bcrypt hashes.
 
     An unknown name is checked against a dummy hash of the same cost, so the
-    answer takes as long as for a wrong password.
+    answer takes as long as for a wrong password. With a L{VerifiedCredentials}
+    cache, credentials verified recently are accepted without bcrypt.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: UserDatabase, runInThread: ThreadRunner) -> None:
+    def __init__(
+        self,
+        users: UserDatabase,
+        runInThread: ThreadRunner,
+        cache: VerifiedCredentials | None = None,
+    ) -> None:
         self._users = users
         self._runInThread = runInThread
+        self._cache = cache
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         """Fire with the user name, or fail with L{UnauthorizedLogin}."""
@@ -65,12 +122,18 @@ class BcryptChecker:
         except UnicodeDecodeError:
             return fail(UnauthorizedLogin())
         entry = self._users.lookup(name)
+        cache = self._cache
+        nameBytes = name.encode("utf-8")
+        if entry is not None and cache is not None and (nameBytes, password) in cache:
+            return succeed(nameBytes)
         hashed = entry.passwordHash if entry is not None else self._users.dummyHash
         d: Deferred[bool] = self._runInThread(_checkPassword, password, hashed)
 
         def verdict(ok: bool) -> bytes | tuple[()]:
             if ok and entry is not None:
-                return name.encode("utf-8")
+                if cache is not None:
+                    cache.add(nameBytes, password)
+                return nameBytes
             raise UnauthorizedLogin()
 
         result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
@@ -95,9 +158,13 @@ class UserRealm:
         return IJobworkerUser, entry.user, lambda: None
 
 
-def makePortal(users: UserDatabase, runInThread: ThreadRunner) -> Portal:
+def makePortal(
+    users: UserDatabase,
+    runInThread: ThreadRunner,
+    cache: VerifiedCredentials | None = None,
+) -> Portal:
     """The portal the API logs requests in through."""
-    return Portal(UserRealm(users), [BcryptChecker(users, runInThread)])
+    return Portal(UserRealm(users), [BcryptChecker(users, runInThread, cache)])
 
 
 class Authenticator:

@@ -19,7 +19,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
-from .auth import Authenticator, makePortal
+from .auth import Authenticator, VerifiedCredentials, makePortal
 from .manager import DEFAULT_MAX_LOG_BYTES, JobManager, JobReactor
 from .store import JobStore, StoreError
 from .tls import TLSConfigError, serverOptions
@@ -262,7 +262,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     def runInThread(f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
 
-    api = JobsAPI(manager, Authenticator(makePortal(users, runInThread)))
+    portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
+    api = JobsAPI(manager, Authenticator(portal))
     site = Site(api.app.resource())
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
