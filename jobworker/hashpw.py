@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if not 10 <= options.cost <= 16:
         parser.error("--cost must be between 10 and 16")
-    if options.user is not None and not USER_NAME.match(options.user):
+    if options.user is not None and not USER_NAME.fullmatch(options.user):
         parser.error("invalid user name")
     try:
         password = getpass.getpass("Password: ")

@@ -138,8 +138,14 @@ class JobProcess:
     def _terminate(self) -> None:
         if self._pgid is None:
             return
-        if self._signal(signal.SIGTERM) and self._killTimer is None:
-            self._killTimer = self._clock.callLater(self._grace, self._kill)
+        if self._signal(signal.SIGTERM):
+            if self._killTimer is None:
+                self._killTimer = self._clock.callLater(self._grace, self._kill)
+        elif self._killTimer is not None:
+            # Nothing is left to kill: never SIGKILL a group id that may be
+            # reused once its last member is gone.
+            self._killTimer.cancel()
+            self._killTimer = None
 
     def _signal(self, signum: int) -> bool:
         """

@@ -147,6 +147,9 @@ class SpoolReader:
     def start(self) -> Deferred[None]:
         """Register with the request and start sending."""
         self._request.registerProducer(self, True)
+        # Send the headers now: a follower learns the stream is open even
+        # before the job prints anything.
+        self._request.write(b"")
         self._pump()
         return self.done
 
@@ -188,7 +191,6 @@ class SpoolReader:
 
     def _finish(self) -> None:
         if self._close():
-            self._request.unregisterProducer()
             self.done.callback(None)
 
     def _close(self) -> bool:
@@ -196,6 +198,10 @@ class SpoolReader:
             return False
         os.close(self._fd)
         self._fd = None
+        try:
+            self._request.unregisterProducer()
+        except AttributeError:  # the connection (channel) is already gone
+            pass
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()

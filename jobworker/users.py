@@ -75,7 +75,7 @@ class UserDatabase:
             if len(parts) != 3:
                 raise UsersFileError(f"{where}: expected name:role:bcrypt-hash")
             name, roleName, hashText = parts
-            if not USER_NAME.match(name):
+            if not USER_NAME.fullmatch(name):
                 raise UsersFileError(f"{where}: invalid user name {name!r}")
             if name in seen:
                 raise UsersFileError(f"{where}: duplicate user {name!r}")

@@ -129,7 +129,12 @@ def parseLimit(text: str | None, default: int = 100, maximum: int = 1000) -> int
     """A page size from 1 to C{maximum}; absent means C{default}."""
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 7
+        or not 1 <= int(text) <= maximum
+    ):
         raise BadRequest(f"limit must be an integer from 1 to {maximum}")
     return int(text)
 
@@ -158,7 +163,7 @@ def parseOwner(text: str | None) -> str | None:
     """An owner filter: a user name; absent means None."""
     if text is None or text == "":
         return None
-    if not USER_NAME.match(text):
+    if not USER_NAME.fullmatch(text):
         raise BadRequest("owner is not a valid user name")
     return text
 

@@ -1,0 +1,695 @@
+"""
+Unit tests for L{jobworker.api}: the Klein routes through treq's StubTreq, on
+a real JobManager over the fake process reactor.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.api import MAX_BODY_BYTES, JobsAPI
+from jobworker.auth import Authenticator, _checkPassword, makePortal
+from jobworker.manager import JobManager
+from jobworker.records import JobRecord
+from jobworker.users import UserDatabase
+from jobworker.validation import JobRequest
+
+from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
+
+BASE = "https://jobworker.test"
+GRACE = 5.0
+USERS = ("alice", "bob", "rita", "ada")
+#: Who asks: the four development users, and nobody (no credentials).
+NOBODY = None
+
+#: The development users, parsed once (parsing hashes a dummy password).
+DEVELOPMENT_USERS = UserDatabase.development()
+
+
+@functools.cache
+def _cachedCheck(password: bytes, hashed: bytes) -> bool:
+    # bcrypt.checkpw is a pure function; memoising it keeps a few hundred
+    # cost-10 checks from dominating the run. test_auth covers the checker.
+    return _checkPassword(password, hashed)
+
+
+def syncRunner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """A synchronous runInThread (memoised for the bcrypt check)."""
+    if f is _checkPassword:
+        return maybeDeferred(_cachedCheck, *args)
+    return maybeDeferred(f, *args)
+
+
+def authHeaders(user: str | None, password: str | None = None) -> dict[bytes, Any]:
+    """Basic credentials for a development user (none for None)."""
+    if user is None:
+        return {}
+    if password is None:
+        password = f"{user}-pass"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {b"authorization": [f"Basic {token}".encode("ascii")]}
+
+
+class Response:
+    """A finished response: code, headers and the whole body."""
+
+    def __init__(self, code: int, headers: Any, length: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        #: The announced Content-Length (an int), or UNKNOWN_LENGTH.
+        self.length = length
+        self.body = body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of header C{name}, or None."""
+        values = self.headers.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+class APITestCase(SynchronousTestCase):
+    """The API over a real manager on a fake process reactor."""
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.reactor = FakeProcessReactor()
+        self.killer = GroupKiller()
+        self.manager = JobManager(
+            self.reactor, os.path.abspath(self.mktemp()), GRACE, self.killer
+        )
+        self.addCleanup(self.manager.close)
+        authenticator = Authenticator(makePortal(DEVELOPMENT_USERS, syncRunner))
+        self.api = JobsAPI(self.manager, authenticator)
+        self.treq = StubTreq(self.api.app.resource())
+
+    # -- requests ---------------------------------------------------------------
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
+        raw: bytes | None = None,
+        password: str | None = None,
+    ) -> Deferred[Response]:
+        """Send a request; a Deferred of the complete L{Response}."""
+        headers = authHeaders(user, password)
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers[b"content-type"] = [b"application/json"]
+        d = self.treq.request(method, BASE + path, headers=headers, data=data)
+
+        def collect(response: Any) -> Deferred[Response]:
+            return self.treq.content(response).addCallback(
+                lambda content: Response(
+                    response.code, response.headers, response.length, content
+                )
+            )
+
+        d.addCallback(collect)
+        self.treq.flush()
+        return d
+
+    def call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Response:
+        """Send a request that completes at once; its L{Response}."""
+        return self.successResultOf(self.send(method, path, *args, **kwargs))
+
+    def assertError(self, response: Response, code: int) -> dict[str, Any]:
+        """C{response} is a JSON error with C{code}; its decoded body."""
+        self.assertEqual(response.code, code, response.body)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        body = response.json()
+        self.assertIsInstance(body, dict)
+        self.assertIsInstance(body.get("error"), str)
+        self.assertTrue(body["error"].strip())
+        return body  # type: ignore[no-any-return]
+
+    # -- jobs -------------------------------------------------------------------
+
+    def createJob(self, owner: str = "alice", command: str = "true") -> JobRecord:
+        """A running job, created through the manager."""
+        return self.manager.create(JobRequest(command, [], {}, None), owner=owner)
+
+    def spawned(self, record: JobRecord) -> SpawnedProcess:
+        """The fake process of a job."""
+        [spawned] = [s for s in self.reactor.spawned if s.pid == record.pid]
+        return spawned
+
+    def endJob(
+        self, record: JobRecord, code: int = 0, signum: int | None = None
+    ) -> None:
+        """The job's whole group ends (exit C{code}, or killed by C{signum})."""
+        spawned = self.spawned(record)
+        self.killer.groupGone(spawned.pid)
+        if signum is None:
+            spawned.exit(code)
+        else:
+            spawned.kill(signum)
+        self.treq.flush()
+
+
+class RoleMatrixTests(APITestCase):
+    """Every route, as every role (and as nobody), gets the expected status."""
+
+    #: route -> expected status per user; alice owns every job used.
+    EXPECTED: dict[str, dict[str | None, int]] = {
+        "POST /jobs": {"alice": 201, "bob": 201, "rita": 403, "ada": 201, None: 401},
+        "GET /jobs": {"alice": 200, "bob": 200, "rita": 200, "ada": 200, None: 401},
+        "GET /jobs/{id}": {
+            "alice": 200,
+            "bob": 200,
+            "rita": 200,
+            "ada": 200,
+            None: 401,
+        },
+        "GET /jobs/{id}/status": {
+            "alice": 200,
+            "bob": 200,
+            "rita": 200,
+            "ada": 200,
+            None: 401,
+        },
+        "POST /jobs/{id}/stop": {
+            "alice": 200,
+            "bob": 403,
+            "rita": 403,
+            "ada": 200,
+            None: 401,
+        },
+        "GET /jobs/{id}/logs": {
+            "alice": 200,
+            "bob": 403,
+            "rita": 403,
+            "ada": 200,
+            None: 401,
+        },
+        "DELETE /jobs/{id}": {
+            "alice": 200,
+            "bob": 403,
+            "rita": 403,
+            "ada": 200,
+            None: 401,
+        },
+    }
+
+    def attempt(self, route: str, user: str | None) -> Response:
+        """Do C{route} as C{user} on a fresh job of alice's."""
+        method, template = route.split(" ")
+        record = self.createJob(owner="alice")
+        if method == "DELETE":
+            self.endJob(record)
+        path = template.format(id=record.id)
+        body = {"command": "true"} if route == "POST /jobs" else None
+        d = self.send(method, path, user, body=body)
+        if route == "POST /jobs/{id}/stop" and self.killer.signalsTo(record.pid or 0):
+            # An accepted stop answers once the job has ended: end it on TERM.
+            self.assertNoResult(d)
+            self.assertEqual(self.killer.signalsTo(record.pid or 0), [signal.SIGTERM])
+            self.endJob(record, signum=signal.SIGTERM)
+        return self.successResultOf(d)
+
+    def test_everyRouteEveryRole(self) -> None:
+        """Each route x role combination answers with the expected status."""
+        results = {}
+        for route in self.EXPECTED:
+            for user in (*USERS, NOBODY):
+                response = self.attempt(route, user)
+                results[(route, user)] = response.code
+                if response.code >= 400:
+                    self.assertError(response, response.code)
+                else:
+                    self.assertEqual(
+                        response.header(b"content-type"),
+                        b"application/octet-stream"
+                        if route.endswith("/logs")
+                        else b"application/json",
+                    )
+        expectedAll = {
+            (route, user): code
+            for route, codes in self.EXPECTED.items()
+            for user, code in codes.items()
+        }
+        self.assertEqual(results, expectedAll)
+
+    def test_unauthenticatedEverywhere(self) -> None:
+        """Every route without credentials is 401 with a Basic challenge."""
+        record = self.createJob()
+        for route in self.EXPECTED:
+            method, template = route.split(" ")
+            response = self.call(method, template.format(id=record.id), NOBODY)
+            self.assertError(response, 401)
+            self.assertEqual(
+                response.header(b"www-authenticate"), b'Basic realm="jobworker"'
+            )
+
+    def test_wrongPassword(self) -> None:
+        """A wrong password is 401 with the challenge."""
+        response = self.call("GET", "/jobs", "alice", password="bob-pass")
+        self.assertError(response, 401)
+        self.assertEqual(
+            response.header(b"www-authenticate"), b'Basic realm="jobworker"'
+        )
+
+    def test_unknownUser(self) -> None:
+        """An unknown user is 401."""
+        self.assertError(self.call("GET", "/jobs", "mallory", password="x"), 401)
+
+    def test_forbiddenIsJSON(self) -> None:
+        """403 is a JSON error without a challenge."""
+        response = self.call("POST", "/jobs", "rita", body={"command": "true"})
+        body = self.assertError(response, 403)
+        self.assertIn("jobs.create", body["error"])
+        self.assertIsNone(response.header(b"www-authenticate"))
+
+    def test_forbiddenStopSendsNothing(self) -> None:
+        """A refused stop sends no signal and leaves the job running."""
+        record = self.createJob(owner="alice")
+        self.assertError(self.call("POST", f"/jobs/{record.id}/stop", "bob"), 403)
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(
+            self.call("GET", f"/jobs/{record.id}", "bob").json()["status"], "RUNNING"
+        )
+
+    def test_forbiddenDeleteKeepsJob(self) -> None:
+        """A refused delete leaves the job in place."""
+        record = self.createJob(owner="alice")
+        self.endJob(record)
+        self.assertError(self.call("DELETE", f"/jobs/{record.id}", "bob"), 403)
+        self.assertEqual(self.call("GET", f"/jobs/{record.id}", "bob").code, 200)
+
+
+class CreateTests(APITestCase):
+    """POST /jobs."""
+
+    def test_created(self) -> None:
+        """201 with a Location header and the job, RUNNING, owned by the caller."""
+        response = self.call(
+            "POST", "/jobs", "bob", body={"command": "sh", "args": ["-c", "x"]}
+        )
+        self.assertEqual(response.code, 201)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        job = response.json()
+        self.assertEqual(response.header(b"location"), f"/jobs/{job['id']}".encode())
+        self.assertEqual(str(uuid.UUID(job["id"])), job["id"])
+        self.assertEqual(job["owner"], "bob")
+        self.assertEqual(job["status"], "RUNNING")
+        self.assertEqual(job["command"], "sh")
+        self.assertEqual(job["args"], ["-c", "x"])
+        self.assertNotIn("env", job)
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.args[1:], ["sh", "-c", "x"])
+        self.assertEqual(job["pid"], spawned.pid)
+
+    def test_envNotEchoed(self) -> None:
+        """The env reaches the process but is not echoed back."""
+        response = self.call(
+            "POST", "/jobs", body={"command": "true", "env": {"TOKEN": "s3cret"}}
+        )
+        self.assertEqual(response.code, 201)
+        self.assertNotIn(b"s3cret", response.body)
+        env = self.reactor.spawned[0].env
+        assert env is not None
+        self.assertEqual(env["TOKEN"], "s3cret")
+
+    def test_commandNotFoundIsFailedJob(self) -> None:
+        """A command that cannot start is still 201, a FAILED job."""
+        response = self.call(
+            "POST", "/jobs", body={"command": "jobworker-no-such-command"}
+        )
+        self.assertEqual(response.code, 201)
+        job = response.json()
+        self.assertEqual(job["status"], "FAILED")
+        self.assertIsNone(job["exit_code"])
+        self.assertIn("not found in PATH", job["error"])
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_badRequests(self) -> None:
+        """Malformed, mistyped, empty, NUL-bearing or unknown-field bodies: 400."""
+        bodies: list[bytes] = [
+            b"{not json",
+            b"",
+            b"[]",
+            b'"true"',
+            json.dumps({"args": ["x"]}).encode(),
+            json.dumps({"command": ""}).encode(),
+            json.dumps({"command": 5}).encode(),
+            json.dumps({"command": "true", "args": "x"}).encode(),
+            json.dumps({"command": "true", "args": [1]}).encode(),
+            json.dumps({"command": "true", "env": {"A": 1}}).encode(),
+            json.dumps({"command": "true", "env": ["A=1"]}).encode(),
+            json.dumps({"command": "true", "env": {"A=B": "c"}}).encode(),
+            json.dumps({"command": "true", "cwd": 7}).encode(),
+            json.dumps({"command": "tr\x00ue"}).encode(),
+            json.dumps({"command": "true", "args": ["a\x00"]}).encode(),
+            json.dumps({"command": "true", "env": {"A": "\x00"}}).encode(),
+            json.dumps({"command": "true", "cwd": "/\x00"}).encode(),
+            json.dumps({"command": "true", "user": "root"}).encode(),
+            b'{"command": "\xff"}',
+        ]
+        for raw in bodies:
+            response = self.call("POST", "/jobs", "alice", raw=raw)
+            self.assertError(response, 400)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.manager.page(), ([], None))
+
+    def test_tooLarge(self) -> None:
+        """A body over 64 KiB is 413, and no job is created."""
+        raw = b'{"command": "true", "args": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+        self.assertGreater(len(raw), MAX_BODY_BYTES)
+        response = self.call("POST", "/jobs", "alice", raw=raw)
+        body = self.assertError(response, 413)
+        self.assertIn(str(MAX_BODY_BYTES), body["error"])
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_oneByteTooLarge(self) -> None:
+        """MAX_BODY_BYTES + 1 bytes is 413."""
+        raw = b'{"command": "true"}'.ljust(MAX_BODY_BYTES + 1)
+        self.assertError(self.call("POST", "/jobs", "alice", raw=raw), 413)
+
+    def test_exactlyMaxBody(self) -> None:
+        """A body of exactly 64 KiB is accepted."""
+        raw = b'{"command": "true"}'.ljust(MAX_BODY_BYTES)
+        self.assertEqual(len(raw), MAX_BODY_BYTES)
+        self.assertEqual(self.call("POST", "/jobs", "alice", raw=raw).code, 201)
+
+    def test_tooLargeNeedsAuthFirst(self) -> None:
+        """Without credentials, even a huge body is 401 first."""
+        raw = b"x" * (MAX_BODY_BYTES + 10)
+        self.assertError(self.call("POST", "/jobs", NOBODY, raw=raw), 401)
+
+
+class ListTests(APITestCase):
+    """GET /jobs."""
+
+    def test_listNewestFirst(self) -> None:
+        """Every job is listed, newest first, with no further page."""
+        ids = [self.createJob(owner).id for owner in ("alice", "bob", "ada")]
+        body = self.call("GET", "/jobs", "rita").json()
+        self.assertEqual([j["id"] for j in body["jobs"]], list(reversed(ids)))
+        self.assertIsNone(body["next_cursor"])
+
+    def test_empty(self) -> None:
+        """No jobs: an empty list."""
+        self.assertEqual(
+            self.call("GET", "/jobs").json(), {"jobs": [], "next_cursor": None}
+        )
+
+    def test_paging(self) -> None:
+        """limit and cursor page through every job once."""
+        ids = [self.createJob().id for _ in range(5)]
+        seen: list[str] = []
+        path = "/jobs?limit=2"
+        while True:
+            body = self.call("GET", path).json()
+            seen.extend(j["id"] for j in body["jobs"])
+            if body["next_cursor"] is None:
+                break
+            self.assertIsInstance(body["next_cursor"], str)
+            path = f"/jobs?limit=2&cursor={body['next_cursor']}"
+        self.assertEqual(seen, list(reversed(ids)))
+
+    def test_filters(self) -> None:
+        """status and owner filter the list."""
+        mine = self.createJob("alice")
+        theirs = self.createJob("bob")
+        self.endJob(theirs, code=1)
+        byOwner = self.call("GET", "/jobs?owner=alice").json()["jobs"]
+        self.assertEqual([j["id"] for j in byOwner], [mine.id])
+        failed = self.call("GET", "/jobs?status=failed").json()["jobs"]
+        self.assertEqual([j["id"] for j in failed], [theirs.id])
+
+    def test_badParameters(self) -> None:
+        """Bad limit, cursor, status or owner parameters are 400."""
+        for query in (
+            "limit=0",
+            "limit=1001",
+            "limit=ten",
+            "limit=-1",
+            "cursor=abc",
+            "cursor=-5",
+            "status=DONE",
+            "owner=not%20a%20name",
+        ):
+            self.assertError(self.call("GET", f"/jobs?{query}"), 400)
+
+    def test_hugeLimitIs400(self) -> None:
+        """A limit with thousands of digits is 400, not a server error."""
+        self.assertError(self.call("GET", "/jobs?limit=" + "9" * 5000), 400)
+
+
+class StatusTests(APITestCase):
+    """GET /jobs/{id} and /jobs/{id}/status."""
+
+    def test_status(self) -> None:
+        """Both routes give the same job object."""
+        record = self.createJob()
+        self.spawned(record).output(b"abc")
+        first = self.call("GET", f"/jobs/{record.id}", "rita")
+        second = self.call("GET", f"/jobs/{record.id}/status", "rita")
+        self.assertEqual(first.code, 200)
+        self.assertEqual(first.json(), second.json())
+        self.assertEqual(first.json()["id"], record.id)
+        self.assertEqual(first.json()["stdout_bytes"], 3)
+
+    def test_ended(self) -> None:
+        """An ended job shows its outcome."""
+        record = self.createJob()
+        self.endJob(record, code=3)
+        job = self.call("GET", f"/jobs/{record.id}").json()
+        self.assertEqual(job["status"], "FAILED")
+        self.assertEqual(job["exit_code"], 3)
+        self.assertEqual(job["error"], "exited with code 3")
+
+    def test_unknownJob(self) -> None:
+        """An unknown job is 404 on every job route."""
+        missing = str(uuid.uuid4())
+        for method, path in (
+            ("GET", f"/jobs/{missing}"),
+            ("GET", f"/jobs/{missing}/status"),
+            ("GET", f"/jobs/{missing}/logs"),
+            ("POST", f"/jobs/{missing}/stop"),
+            ("DELETE", f"/jobs/{missing}"),
+        ):
+            self.assertError(self.call(method, path, "ada"), 404)
+
+    def test_malformedId(self) -> None:
+        """A malformed or non-canonical id is 404."""
+        record = self.createJob()
+        for jobId in ("nope", "123", record.id.upper(), record.id.replace("-", "")):
+            for suffix in ("", "/status", "/logs"):
+                self.assertError(self.call("GET", f"/jobs/{jobId}{suffix}", "ada"), 404)
+            self.assertError(self.call("POST", f"/jobs/{jobId}/stop", "ada"), 404)
+
+
+class RoutingErrorTests(APITestCase):
+    """Unknown routes and wrong methods are JSON errors too."""
+
+    def test_wrongMethod(self) -> None:
+        """A wrong method is 405 with a JSON body and an Allow header."""
+        record = self.createJob()
+        for method, path, allowed in (
+            ("DELETE", "/jobs", {b"GET", b"POST"}),
+            ("PUT", "/jobs", {b"GET", b"POST"}),
+            ("GET", f"/jobs/{record.id}/stop", {b"POST"}),
+            ("POST", f"/jobs/{record.id}/logs", {b"GET"}),
+            ("POST", f"/jobs/{record.id}", {b"GET", b"DELETE"}),
+        ):
+            response = self.call(method, path, "ada")
+            body = self.assertError(response, 405)
+            self.assertEqual(body, {"error": "method not allowed"})
+            allow = response.header(b"allow")
+            assert allow is not None, (method, path)
+            methods = {m.strip() for m in allow.split(b",")}
+            self.assertTrue(allowed <= methods, (method, path, allow))
+        self.assertEqual(self.killer.calls, [])
+
+    def test_noSuchRoute(self) -> None:
+        """An unknown path is 404 with a JSON body."""
+        for path in ("/", "/nope", "/jobs/a/b/c"):
+            body = self.assertError(self.call("GET", path, "ada"), 404)
+            self.assertEqual(body, {"error": "no such route"})
+
+
+class StopTests(APITestCase):
+    """POST /jobs/{id}/stop."""
+
+    def test_stopWaitsForEnd(self) -> None:
+        """The answer comes once the job has ended, STOPPED by the caller."""
+        record = self.createJob(owner="alice")
+        d = self.send("POST", f"/jobs/{record.id}/stop", "alice")
+        self.assertNoResult(d)
+        self.assertEqual(self.killer.calls, [(record.pid, signal.SIGTERM)])
+        self.endJob(record, signum=signal.SIGTERM)
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        job = response.json()
+        self.assertEqual(job["status"], "STOPPED")
+        self.assertEqual(job["stopped_by"], "alice")
+        self.assertEqual(job["signal"], "SIGTERM")
+
+    def test_stopEscalates(self) -> None:
+        """A job ignoring SIGTERM is killed after grace; then the answer comes."""
+        record = self.createJob(owner="alice")
+        d = self.send("POST", f"/jobs/{record.id}/stop", "ada")
+        self.reactor.advance(GRACE)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.assertEqual(
+            self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
+        )
+        self.endJob(record, signum=signal.SIGKILL)
+        job = self.successResultOf(d).json()
+        self.assertEqual(job["status"], "STOPPED")
+        self.assertEqual(job["stopped_by"], "ada")
+        self.assertEqual(job["signal"], "SIGKILL")
+
+    def test_stopEndedConflict(self) -> None:
+        """Stopping an ended job is 409 with the job in the body."""
+        record = self.createJob(owner="alice")
+        self.endJob(record, code=0)
+        response = self.call("POST", f"/jobs/{record.id}/stop", "alice")
+        body = self.assertError(response, 409)
+        self.assertEqual(body["job"]["id"], record.id)
+        self.assertEqual(body["job"]["status"], "COMPLETED")
+        self.assertIn("COMPLETED", body["error"])
+
+    def test_stopTwiceConflict(self) -> None:
+        """A second stop after the job ended is 409, naming the first stopper."""
+        record = self.createJob(owner="alice")
+        d = self.send("POST", f"/jobs/{record.id}/stop", "alice")
+        self.endJob(record, signum=signal.SIGTERM)
+        self.successResultOf(d)
+        body = self.assertError(
+            self.call("POST", f"/jobs/{record.id}/stop", "ada"), 409
+        )
+        self.assertEqual(body["job"]["stopped_by"], "alice")
+        self.assertEqual(body["job"]["status"], "STOPPED")
+
+
+class DeleteTests(APITestCase):
+    """DELETE /jobs/{id}."""
+
+    def test_deleteEnded(self) -> None:
+        """An ended job is deleted and then not found."""
+        record = self.createJob(owner="alice")
+        self.endJob(record)
+        response = self.call("DELETE", f"/jobs/{record.id}", "alice")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json(), {"deleted": record.id})
+        self.assertError(self.call("GET", f"/jobs/{record.id}", "alice"), 404)
+
+    def test_deleteRightAfterStop(self) -> None:
+        """A job stopped by SIGTERM (its group gone) can be deleted at once."""
+        record = self.createJob(owner="alice")
+        d = self.send("POST", f"/jobs/{record.id}/stop", "alice")
+        self.endJob(record, signum=signal.SIGTERM)
+        self.assertEqual(self.successResultOf(d).json()["status"], "STOPPED")
+        response = self.call("DELETE", f"/jobs/{record.id}", "alice")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json(), {"deleted": record.id})
+
+    def test_deleteRunningConflict(self) -> None:
+        """A running job cannot be deleted: 409."""
+        record = self.createJob(owner="alice")
+        body = self.assertError(self.call("DELETE", f"/jobs/{record.id}", "ada"), 409)
+        self.assertEqual(body["job"]["id"], record.id)
+
+
+class LogsTests(APITestCase):
+    """GET /jobs/{id}/logs."""
+
+    OUTPUT = b"line one\n\x00binary\xff\xfe not utf-8\r\n"
+
+    def test_exactBytes(self) -> None:
+        """The body is exactly the bytes the job wrote, as octet-stream."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(self.OUTPUT)
+        response = self.call("GET", f"/jobs/{record.id}/logs", "alice")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.body, self.OUTPUT)
+        self.assertEqual(response.header(b"content-type"), b"application/octet-stream")
+        self.assertEqual(response.header(b"x-content-type-options"), b"nosniff")
+        self.assertEqual(response.header(b"x-job-status"), b"RUNNING")
+        self.assertEqual(response.length, len(self.OUTPUT))
+
+    def test_afterEnd(self) -> None:
+        """An ended job's output is served from its file, unchanged."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(self.OUTPUT)
+        self.endJob(record, code=0)
+        response = self.call("GET", f"/jobs/{record.id}/logs", "ada")
+        self.assertEqual(response.body, self.OUTPUT)
+        self.assertEqual(response.header(b"x-job-status"), b"COMPLETED")
+
+    def test_offset(self) -> None:
+        """offset skips that many bytes; past the end gives nothing."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(self.OUTPUT)
+        response = self.call("GET", f"/jobs/{record.id}/logs?offset=9", "alice")
+        self.assertEqual(response.body, self.OUTPUT[9:])
+        self.assertEqual(response.length, len(self.OUTPUT) - 9)
+        past = self.call("GET", f"/jobs/{record.id}/logs?offset=100000", "alice")
+        self.assertEqual(past.code, 200)
+        self.assertEqual(past.body, b"")
+
+    def test_stderr(self) -> None:
+        """stream=stderr gives stderr; stdout stays separate."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(b"to stdout")
+        self.spawned(record).errors(b"to stderr\x00")
+        err = self.call("GET", f"/jobs/{record.id}/logs?stream=stderr", "alice")
+        self.assertEqual(err.body, b"to stderr\x00")
+        out = self.call("GET", f"/jobs/{record.id}/logs?stream=stdout", "alice")
+        self.assertEqual(out.body, b"to stdout")
+
+    def test_empty(self) -> None:
+        """No output yet: 200 with an empty body."""
+        record = self.createJob(owner="alice")
+        response = self.call("GET", f"/jobs/{record.id}/logs", "alice")
+        self.assertEqual((response.code, response.body), (200, b""))
+
+    def test_follow(self) -> None:
+        """follow=true streams until the job ends."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(b"first ")
+        d = self.send("GET", f"/jobs/{record.id}/logs?follow=true", "alice")
+        self.assertNoResult(d)
+        self.spawned(record).output(b"second\x00")
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.endJob(record)
+        response = self.successResultOf(d)
+        self.assertEqual(response.body, b"first second\x00")
+
+    def test_badParameters(self) -> None:
+        """Bad stream, offset or follow parameters are 400."""
+        record = self.createJob(owner="alice")
+        for query in (
+            "stream=stdin",
+            "stream=",
+            "offset=-1",
+            "offset=abc",
+            "offset=1.5",
+            "offset=" + "9" * 30,
+            "follow=maybe",
+            "follow=",
+        ):
+            response = self.call("GET", f"/jobs/{record.id}/logs?{query}", "alice")
+            self.assertError(response, 400)

@@ -1,0 +1,583 @@
+"""Unit tests for L{jobworker.manager}: the job table, on a fake process reactor."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import signal
+import uuid
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.errors import Conflict, NotFound
+from jobworker.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
+from jobworker.records import JobStatus
+from jobworker.spool import OutputSpool, StoredOutput
+from jobworker.validation import JobRequest
+
+from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
+
+GRACE = 5.0
+MARKER = "JOBWORKER_TEST_LEAK_MARKER"
+
+
+def request(
+    command: str = "true",
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> JobRequest:
+    """A validated job request."""
+    return JobRequest(command=command, args=list(args), env=env or {}, cwd=cwd)
+
+
+class ManagerTestCase(SynchronousTestCase):
+    """A JobManager on a fake process reactor and a fake group killer."""
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        os.environ[MARKER] = "must-not-leak"
+        self.addCleanup(os.environ.pop, MARKER, None)
+        self.reactor = FakeProcessReactor()
+        self.killer = GroupKiller()
+        self.stateDir = os.path.abspath(self.mktemp())
+        self.manager = JobManager(self.reactor, self.stateDir, GRACE, self.killer)
+        self.addCleanup(self.manager.close)
+
+    def spawnedFor(self, jobId: str) -> SpawnedProcess:
+        """The fake process of a job."""
+        pid = self.manager.record(jobId).pid
+        [spawned] = [s for s in self.reactor.spawned if s.pid == pid]
+        return spawned
+
+    def exitGroup(self, jobId: str, code: int = 0) -> None:
+        """The job's whole group exits with C{code}."""
+        spawned = self.spawnedFor(jobId)
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(code)
+
+    def killGroup(self, jobId: str, signum: int) -> None:
+        """The job's whole group dies of C{signum}."""
+        spawned = self.spawnedFor(jobId)
+        self.killer.groupGone(spawned.pid)
+        spawned.kill(signum)
+
+    def makeFile(self, name: str, mode: int) -> str:
+        """A file with C{mode} in a fresh directory; its absolute path."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(path, mode)
+        return path
+
+    def assertFailedToStart(self, jobRequest: JobRequest, *fragments: str) -> None:
+        """The request gives a FAILED job with an error, and no spawn."""
+        record = self.manager.create(jobRequest, owner="alice")
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertIsNone(record.exit_code)
+        self.assertIsNone(record.pid)
+        self.assertIsNone(record.signal)
+        assert record.error is not None
+        self.assertTrue(record.error.startswith("cannot start: "), record.error)
+        for fragment in fragments:
+            self.assertIn(fragment, record.error)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(self.manager.record(record.id).toJSON(), record.toJSON())
+
+
+class CreateTests(ManagerTestCase):
+    """create(): how a job's process is spawned."""
+
+    def test_argvIsSetsidThenCommand(self) -> None:
+        """argv is [setsid, command, *args] with the command as given."""
+        self.manager.create(request("sh", "-c", "echo hi", ""), owner="alice")
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.executable, SETSID)
+        self.assertEqual(spawned.args, [SETSID, "sh", "-c", "echo hi", ""])
+
+    def test_setsidIsAbsolute(self) -> None:
+        """SETSID is an absolute path to an executable."""
+        self.assertTrue(os.path.isabs(SETSID))
+        self.assertTrue(os.access(SETSID, os.X_OK))
+
+    def test_childFDs(self) -> None:
+        """stdin is writable (and closed at once); stdout and stderr are read."""
+        self.manager.create(request(), owner="alice")
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.childFDs, {0: "w", 1: "r", 2: "r"})
+        self.assertTrue(spawned.transport.stdinClosed)
+
+    def test_noCwd(self) -> None:
+        """Without cwd, no path is given to spawnProcess."""
+        self.manager.create(request(), owner="alice")
+        self.assertIsNone(self.reactor.spawned[0].path)
+
+    def test_envIsDefaultPlusRequest(self) -> None:
+        """env is exactly PATH, LANG and HOME plus the request's variables."""
+        self.manager.create(request(env={"GREETING": "hi", "EMPTY": ""}), "alice")
+        [spawned] = self.reactor.spawned
+        self.assertEqual(
+            spawned.env,
+            {
+                "PATH": DEFAULT_PATH,
+                "LANG": "C.UTF-8",
+                "HOME": pwd.getpwuid(os.getuid()).pw_dir,
+                "GREETING": "hi",
+                "EMPTY": "",
+            },
+        )
+
+    def test_serverEnvironmentDoesNotLeak(self) -> None:
+        """Nothing of the server's own environment reaches the job."""
+        self.assertEqual(os.environ[MARKER], "must-not-leak")
+        record = self.manager.create(request(), owner="alice")
+        [spawned] = self.reactor.spawned
+        assert spawned.env is not None
+        self.assertNotIn(MARKER, spawned.env)
+        self.assertEqual(set(spawned.env), {"PATH", "LANG", "HOME"})
+        self.assertNotIn(MARKER, record.env)
+
+    def test_requestEnvOverridesDefaults(self) -> None:
+        """The request's env is laid over the defaults."""
+        self.manager.create(
+            request(env={"PATH": "/bin:/usr/bin", "LANG": "C"}), owner="alice"
+        )
+        env = self.reactor.spawned[0].env
+        assert env is not None
+        self.assertEqual(env["PATH"], "/bin:/usr/bin")
+        self.assertEqual(env["LANG"], "C")
+
+    def test_defaultEnvironment(self) -> None:
+        """defaultEnvironment() is PATH, LANG and HOME only."""
+        self.assertEqual(set(defaultEnvironment()), {"PATH", "LANG", "HOME"})
+
+    def test_recordRunning(self) -> None:
+        """A spawned job is RUNNING with its owner, pid and start time."""
+        self.reactor.advance(2)
+        record = self.manager.create(request("sh", "-c", "x"), owner="bob")
+        [spawned] = self.reactor.spawned
+        self.assertIs(record.status, JobStatus.RUNNING)
+        self.assertEqual(record.owner, "bob")
+        self.assertEqual(record.command, "sh")
+        self.assertEqual(record.args, ["sh", "-c", "x"][1:])
+        self.assertEqual(record.pid, spawned.pid)
+        self.assertEqual(record.created_at, self.reactor.seconds())
+        self.assertEqual(record.started_at, self.reactor.seconds())
+        self.assertEqual(str(uuid.UUID(record.id)), record.id)
+
+    def test_uniqueIds(self) -> None:
+        """Every job gets its own id."""
+        ids = {self.manager.create(request(), "alice").id for _ in range(20)}
+        self.assertEqual(len(ids), 20)
+
+    def test_spoolFiles(self) -> None:
+        """Output goes to jobs/<id>/stdout and stderr in the state dir."""
+        record = self.manager.create(request(), owner="alice")
+        directory = os.path.join(self.stateDir, "jobs", record.id)
+        self.assertEqual(
+            self.manager.output(record.id, "stdout").path,
+            os.path.join(directory, "stdout"),
+        )
+        self.assertEqual(
+            self.manager.output(record.id, "stderr").path,
+            os.path.join(directory, "stderr"),
+        )
+        self.assertTrue(os.path.isfile(os.path.join(directory, "stdout")))
+        self.assertTrue(os.path.isfile(os.path.join(directory, "stderr")))
+
+    def test_outputReachesSpools(self) -> None:
+        """Bytes from the fake process end up in the job's spools."""
+        record = self.manager.create(request(), owner="alice")
+        spawned = self.reactor.spawned[0]
+        spawned.output(b"hello\x00")
+        spawned.errors(b"oops")
+        self.assertEqual(self.manager.output(record.id, "stdout").size, 6)
+        self.assertEqual(self.manager.output(record.id, "stderr").size, 4)
+        self.assertEqual(self.manager.record(record.id).stdout_bytes, 6)
+        self.exitGroup(record.id)
+        self.assertEqual((record.stdout_bytes, record.stderr_bytes), (6, 4))
+
+    def test_cwdPassed(self) -> None:
+        """A cwd is passed as the spawn path."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.manager.create(request(cwd=directory), owner="alice")
+        self.assertEqual(self.reactor.spawned[0].path, directory)
+
+    def test_relativeCommandInCwd(self) -> None:
+        """A ./command is checked in cwd and passed on unchanged."""
+        script = self.makeFile("run.sh", 0o755)
+        directory = os.path.dirname(script)
+        record = self.manager.create(request("./run.sh", cwd=directory), "alice")
+        self.assertIs(record.status, JobStatus.RUNNING)
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.args, [SETSID, "./run.sh"])
+        self.assertEqual(spawned.path, directory)
+
+    def test_absoluteCommand(self) -> None:
+        """An absolute command that is executable is spawned as given."""
+        script = self.makeFile("run.sh", 0o700)
+        self.manager.create(request(script), owner="alice")
+        self.assertEqual(self.reactor.spawned[0].args, [SETSID, script])
+
+    def test_completed(self) -> None:
+        """A job whose process exits 0 is COMPLETED."""
+        record = self.manager.create(request(), owner="alice")
+        self.exitGroup(record.id, 0)
+        self.assertIs(record.status, JobStatus.COMPLETED)
+        self.assertEqual(record.exit_code, 0)
+
+
+class CreateFailureTests(ManagerTestCase):
+    """Commands that cannot start give FAILED jobs, never a spawn."""
+
+    def test_notFoundInPath(self) -> None:
+        """A command not in PATH fails, naming the command."""
+        self.assertFailedToStart(
+            request("jobworker-no-such-command-xyz"),
+            "'jobworker-no-such-command-xyz'",
+            "not found in PATH",
+        )
+
+    def test_notFoundInRequestPath(self) -> None:
+        """The job's PATH (not the server's) is searched."""
+        self.assertFailedToStart(
+            request("true", env={"PATH": os.path.abspath(self.mktemp())}),
+            "not found in PATH",
+        )
+
+    def test_noSuchFile(self) -> None:
+        """A path to nothing fails."""
+        missing = os.path.join(os.path.abspath(self.mktemp()), "nothing")
+        self.assertFailedToStart(request(missing), "no such file")
+
+    def test_notExecutable(self) -> None:
+        """A file without execute permission fails."""
+        path = self.makeFile("data.txt", 0o644)
+        self.assertFailedToStart(request(path), "is not executable")
+
+    def test_notExecutableInPath(self) -> None:
+        """A non-executable file in PATH does not count as found."""
+        path = self.makeFile("tool", 0o644)
+        self.assertFailedToStart(
+            request("tool", env={"PATH": os.path.dirname(path)}), "not found in PATH"
+        )
+
+    def test_directory(self) -> None:
+        """A directory as command fails."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.assertFailedToStart(request(directory), "is a directory")
+
+    def test_badCwd(self) -> None:
+        """A cwd that does not exist fails, naming it."""
+        missing = os.path.abspath(self.mktemp())
+        self.assertFailedToStart(
+            request("true", cwd=missing), "working directory", repr(missing)
+        )
+
+    def test_cwdIsFile(self) -> None:
+        """A cwd that is a file fails."""
+        path = self.makeFile("plain", 0o644)
+        self.assertFailedToStart(request("true", cwd=path), "working directory")
+
+    def test_spawnOSError(self) -> None:
+        """An OSError from spawnProcess gives a FAILED job with its reason."""
+        self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        record = self.manager.create(request(), owner="alice")
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertIsNone(record.exit_code)
+        self.assertEqual(record.error, f"cannot start: {os.strerror(errno.EAGAIN)}")
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_failedJobIsListedAndEnded(self) -> None:
+        """A job that could not start is in the table, ended and cleaned up."""
+        record = self.manager.create(request("jobworker-no-such-cmd"), "alice")
+        records, following = self.manager.page()
+        self.assertEqual([r.id for r in records], [record.id])
+        self.assertIsNone(following)
+        self.assertIs(records[0].status, JobStatus.FAILED)
+        output = self.manager.output(record.id, "stdout")
+        self.assertTrue(output.closed)
+        self.assertEqual(output.size, 0)
+
+
+class LookupTests(ManagerTestCase):
+    """page(), record() and output()."""
+
+    def test_pageNewestFirst(self) -> None:
+        """page() lists every job, newest first."""
+        ids = []
+        for _ in range(4):
+            ids.append(self.manager.create(request(), owner="alice").id)
+            self.reactor.advance(1)
+        ids.append(self.manager.create(request("jobworker-no-such-cmd"), "bob").id)
+        records, following = self.manager.page()
+        self.assertEqual([r.id for r in records], list(reversed(ids)))
+        self.assertIsNone(following)
+
+    def test_pageEmpty(self) -> None:
+        """No jobs, empty page."""
+        self.assertEqual(self.manager.page(), ([], None))
+
+    def test_pagesChain(self) -> None:
+        """Following the cursor walks every job once, newest first."""
+        ids = [self.manager.create(request(), owner="alice").id for _ in range(5)]
+        seen: list[str] = []
+        before = None
+        while True:
+            records, before = self.manager.page(limit=2, before=before)
+            seen.extend(r.id for r in records)
+            if before is None:
+                break
+        self.assertEqual(seen, list(reversed(ids)))
+
+    def test_pageFilters(self) -> None:
+        """page() filters by status and owner."""
+        running = self.manager.create(request(), owner="alice")
+        failed = self.manager.create(request("jobworker-no-such-cmd"), "bob")
+        byStatus, _ = self.manager.page(status=JobStatus.FAILED)
+        self.assertEqual([r.id for r in byStatus], [failed.id])
+        byOwner, _ = self.manager.page(owner="alice")
+        self.assertEqual([r.id for r in byOwner], [running.id])
+
+    def test_pageRunningUpToDate(self) -> None:
+        """A running job in a page shows its current output counts."""
+        record = self.manager.create(request(), owner="alice")
+        self.spawnedFor(record.id).output(b"abc")
+        [listed], _ = self.manager.page()
+        self.assertEqual(listed.stdout_bytes, 3)
+        self.assertIs(listed.status, JobStatus.RUNNING)
+
+    def test_recordUnknown(self) -> None:
+        """record() of an unknown id raises NotFound."""
+        self.manager.create(request(), owner="alice")
+        error = self.assertRaises(NotFound, self.manager.record, str(uuid.uuid4()))
+        self.assertEqual(error.code, 404)
+
+    def test_recordKnown(self) -> None:
+        """record() finds a running job by id."""
+        record = self.manager.create(request(), owner="alice")
+        self.assertEqual(self.manager.record(record.id).toJSON(), record.toJSON())
+
+    def test_recordAfterEnd(self) -> None:
+        """An ended job's record is still found, with its final state."""
+        record = self.manager.create(request(), owner="alice")
+        self.spawnedFor(record.id).output(b"hello")
+        self.exitGroup(record.id, 2)
+        found = self.manager.record(record.id)
+        self.assertIs(found.status, JobStatus.FAILED)
+        self.assertEqual(found.exit_code, 2)
+        self.assertEqual(found.stdout_bytes, 5)
+        self.assertEqual(found.toJSON(), record.toJSON())
+
+    def test_outputUnknownJob(self) -> None:
+        """output() of an unknown job raises NotFound."""
+        self.assertRaises(NotFound, self.manager.output, str(uuid.uuid4()), "stdout")
+
+    def test_outputLiveStreams(self) -> None:
+        """output() of a running job gives its live spools, by stream."""
+        record = self.manager.create(request(), owner="alice")
+        stdout = self.manager.output(record.id, "stdout")
+        stderr = self.manager.output(record.id, "stderr")
+        self.assertIsInstance(stdout, OutputSpool)
+        self.assertIsInstance(stderr, OutputSpool)
+        self.assertTrue(stdout.path.endswith("stdout"))
+        self.assertTrue(stderr.path.endswith("stderr"))
+        self.assertFalse(stdout.closed)
+
+    def test_outputStoredAfterEnd(self) -> None:
+        """output() of an ended job is the closed file with its final size."""
+        record = self.manager.create(request(), owner="alice")
+        self.spawnedFor(record.id).errors(b"boom\n")
+        self.exitGroup(record.id, 1)
+        stderr = self.manager.output(record.id, "stderr")
+        self.assertIsInstance(stderr, StoredOutput)
+        self.assertTrue(stderr.closed)
+        self.assertEqual(stderr.size, 5)
+        with open(stderr.path, "rb") as f:
+            self.assertEqual(f.read(), b"boom\n")
+
+
+class DeleteTests(ManagerTestCase):
+    """delete(): ended jobs only."""
+
+    def test_deleteEnded(self) -> None:
+        """An ended job's record and output are removed."""
+        record = self.manager.create(request(), owner="alice")
+        self.exitGroup(record.id)
+        self.manager.delete(record.id)
+        self.assertRaises(NotFound, self.manager.record, record.id)
+        self.assertFalse(os.path.exists(os.path.join(self.stateDir, "jobs", record.id)))
+        self.assertEqual(self.manager.page(), ([], None))
+
+    def test_deleteRightAfterStop(self) -> None:
+        """A job stopped by SIGTERM whose group is gone can be deleted at once."""
+        record = self.manager.create(request(), owner="alice")
+        d = self.manager.stop(record.id, by="alice")
+        self.killGroup(record.id, signal.SIGTERM)
+        self.successResultOf(d)
+        self.manager.delete(record.id)
+        self.assertRaises(NotFound, self.manager.record, record.id)
+
+    def test_deleteRunningConflict(self) -> None:
+        """A running job cannot be deleted."""
+        record = self.manager.create(request(), owner="alice")
+        error = self.assertRaises(Conflict, self.manager.delete, record.id)
+        self.assertEqual(error.body()["job"]["id"], record.id)
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+
+    def test_deleteUnknown(self) -> None:
+        """Deleting an unknown job raises NotFound."""
+        self.assertRaises(NotFound, self.manager.delete, str(uuid.uuid4()))
+
+
+class StopTests(ManagerTestCase):
+    """stop(): signals the group; refuses ended jobs."""
+
+    def test_stopRunning(self) -> None:
+        """stop() sends SIGTERM to the group and fires when the job ended."""
+        record = self.manager.create(request(), owner="alice")
+        d = self.manager.stop(record.id, by="ada")
+        self.assertEqual(self.killer.calls, [(record.pid, signal.SIGTERM)])
+        self.assertNoResult(d)
+        self.killGroup(record.id, signal.SIGTERM)
+        stopped = self.successResultOf(d)
+        self.assertIs(stopped, record)
+        self.assertIs(stopped.status, JobStatus.STOPPED)
+        self.assertEqual(stopped.stopped_by, "ada")
+
+    def test_stopKillsAfterGrace(self) -> None:
+        """A job ignoring SIGTERM gets SIGKILL after the grace period."""
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice")
+        self.reactor.advance(GRACE)
+        self.assertEqual(
+            self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
+        )
+
+    def test_stopUnknown(self) -> None:
+        """stop() of an unknown job raises NotFound."""
+        self.assertRaises(NotFound, self.manager.stop, str(uuid.uuid4()), "ada")
+
+    def test_stopEndedConflict(self) -> None:
+        """stop() of an ended job raises Conflict with the job in the body."""
+        record = self.manager.create(request(), owner="alice")
+        self.exitGroup(record.id, 1)
+        calls = list(self.killer.calls)
+        error = self.assertRaises(Conflict, self.manager.stop, record.id, "ada")
+        self.assertEqual(error.code, 409)
+        body = error.body()
+        self.assertIn("FAILED", body["error"])
+        self.assertEqual(body["job"], record.toJSON())
+        self.assertEqual(self.killer.calls, calls)
+        self.assertIsNone(record.stopped_by)
+
+    def test_stopFailedToStartConflict(self) -> None:
+        """A job that never started cannot be stopped either."""
+        record = self.manager.create(request("jobworker-no-such-cmd"), "alice")
+        error = self.assertRaises(Conflict, self.manager.stop, record.id, "ada")
+        self.assertEqual(error.body()["job"]["status"], "FAILED")
+
+    def test_stopStoppedConflict(self) -> None:
+        """A stopped job cannot be stopped again."""
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice")
+        self.killGroup(record.id, signal.SIGTERM)
+        error = self.assertRaises(Conflict, self.manager.stop, record.id, "ada")
+        self.assertEqual(error.body()["job"]["stopped_by"], "alice")
+
+
+class ShutdownTests(ManagerTestCase):
+    """shutdown(): refuse new jobs, stop running ones, wait for them."""
+
+    def test_noJobs(self) -> None:
+        """With no jobs, shutdown fires at once."""
+        self.successResultOf(self.manager.shutdown())
+
+    def test_onlyEndedJobs(self) -> None:
+        """With only ended (and cleaned up) jobs, shutdown fires at once."""
+        record = self.manager.create(request(), owner="alice")
+        self.exitGroup(record.id)
+        self.manager.create(request("jobworker-no-such-cmd"), owner="alice")
+        self.successResultOf(self.manager.shutdown())
+        self.assertEqual(self.killer.signalsTo(record.pid or 0), [signal.SIGTERM])
+
+    def test_stopsRunningJobs(self) -> None:
+        """Every running job gets SIGTERM, stopped by 'server shutdown'."""
+        first = self.manager.create(request(), owner="alice")
+        second = self.manager.create(request(), owner="bob")
+        ended = self.manager.create(request(), owner="bob")
+        self.exitGroup(ended.id)
+        self.killer.calls.clear()
+        self.manager.shutdown()
+        self.assertEqual(
+            sorted(self.killer.calls),
+            sorted([(first.pid, signal.SIGTERM), (second.pid, signal.SIGTERM)]),
+        )
+        self.assertEqual(first.stopped_by, "server shutdown")
+        self.assertEqual(second.stopped_by, "server shutdown")
+        self.assertIsNone(ended.stopped_by)
+        self.assertIs(ended.status, JobStatus.COMPLETED)
+
+    def test_waitsUntilEveryJobEnded(self) -> None:
+        """The Deferred fires only once every job has ended."""
+        first = self.manager.create(request(), owner="alice")
+        second = self.manager.create(request(), owner="bob")
+        d = self.manager.shutdown()
+        self.assertNoResult(d)
+        self.reactor.advance(GRACE * 3)
+        self.assertNoResult(d)
+        self.killGroup(first.id, signal.SIGKILL)
+        self.assertNoResult(d)
+        self.killGroup(second.id, signal.SIGKILL)
+        self.reactor.advance(GRACE)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIs(first.status, JobStatus.STOPPED)
+        self.assertIs(second.status, JobStatus.STOPPED)
+
+    def test_firesWhenJobsExitOnTerm(self) -> None:
+        """Jobs that exit on SIGTERM (group gone) let shutdown finish at once."""
+        first = self.manager.create(request(), owner="alice")
+        second = self.manager.create(request(), owner="bob")
+        d = self.manager.shutdown()
+        self.killGroup(first.id, signal.SIGTERM)
+        self.assertNoResult(d)
+        self.killGroup(second.id, signal.SIGTERM)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_waitsForLeftoverGroup(self) -> None:
+        """An ended job whose group still has members is waited for."""
+        record = self.manager.create(request(), owner="alice")
+        self.spawnedFor(record.id).exit(0)
+        self.assertIs(record.status, JobStatus.COMPLETED)
+        d = self.manager.shutdown()
+        self.assertNoResult(d)
+        self.reactor.advance(GRACE)
+        self.successResultOf(d)
+        self.assertEqual(
+            self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
+        )
+
+    def test_keepsUserStopper(self) -> None:
+        """A job already being stopped by a user keeps that stopper."""
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice")
+        self.manager.shutdown()
+        self.assertEqual(record.stopped_by, "alice")
+        self.assertEqual(self.killer.signalsTo(record.pid or 0), [signal.SIGTERM])
+
+    def test_createAfterShutdown(self) -> None:
+        """create() after shutdown raises Conflict and spawns nothing."""
+        self.manager.shutdown()
+        error = self.assertRaises(
+            Conflict, self.manager.create, request(), owner="alice"
+        )
+        self.assertEqual(error.code, 409)
+        self.assertIn("shutting down", error.message)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.manager.page(), ([], None))

@@ -1,0 +1,591 @@
+"""Unit tests for L{jobworker.process}: one job's process, on a fake clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import (
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.process import (
+    ABANDON_AFTER_KILL,
+    JobProcess,
+    JobProcessProtocol,
+    spawnError,
+)
+from jobworker.records import JobRecord, JobStatus
+from jobworker.spool import OutputSpool
+
+from .fakes import (
+    FakeProcessTransport,
+    GroupKiller,
+    forbidRealKill,
+    processExit,
+    processKilled,
+)
+
+PID = 5_100_123
+GRACE = 5.0
+START = 1_700_000_000.0
+
+
+class JobProcessTestCase(SynchronousTestCase):
+    """A JobProcess on a Clock, with a fake group killer and transport."""
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.killer = GroupKiller()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.record = JobRecord(
+            id="0b5f6c1e-3d0a-4c8e-9a43-1f0e2d3c4b5a",
+            command="sh",
+            args=["-c", "sleep 100"],
+            owner="alice",
+            created_at=START,
+        )
+        self.finishCalls: list[JobStatus] = []
+        realFinish = self.record.finish
+
+        def countingFinish(status: JobStatus, when: float, **kw: Any) -> None:
+            self.finishCalls.append(status)
+            realFinish(status, when, **kw)
+
+        self.record.finish = countingFinish  # type: ignore[method-assign]
+        self.stdout = OutputSpool(os.path.join(directory, "stdout"))
+        self.stderr = OutputSpool(os.path.join(directory, "stderr"))
+        self.job = JobProcess(
+            self.clock, self.record, self.stdout, self.stderr, GRACE, self.killer
+        )
+        self.protocol = JobProcessProtocol(self.job)
+        self.transport = FakeProcessTransport(PID)
+
+    def start(self) -> None:
+        """Connect the protocol, as spawnProcess does."""
+        self.protocol.makeConnection(self.transport)  # type: ignore[arg-type]
+
+    def end(self, reason: Failure) -> None:
+        """The main process is reaped and the pipes close, in Twisted's order."""
+        self.protocol.processExited(reason)
+        self.protocol.processEnded(reason)
+
+
+class StartTests(JobProcessTestCase):
+    """Connecting the protocol starts the job."""
+
+    def test_startRecordsPidAndTime(self) -> None:
+        """The pid (the group id) and start time are recorded."""
+        self.clock.advance(2.5)
+        self.start()
+        self.assertEqual(self.record.pid, PID)
+        self.assertEqual(self.record.started_at, START + 2.5)
+        self.assertIs(self.record.status, JobStatus.RUNNING)
+
+    def test_startClosesStdin(self) -> None:
+        """The child's stdin is closed at once: jobs get no input."""
+        self.start()
+        self.assertTrue(self.transport.stdinClosed)
+
+    def test_startSignalsNothing(self) -> None:
+        """Starting sends no signal and schedules nothing."""
+        self.start()
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_outputGoesToSpools(self) -> None:
+        """stdout and stderr bytes land in their spools, byte for byte."""
+        self.start()
+        self.protocol.childDataReceived(1, b"out\x00\xff")
+        self.protocol.childDataReceived(2, b"err")
+        self.protocol.childDataReceived(1, b"more")
+        self.assertEqual(self.stdout.size, 9)
+        self.assertEqual(self.stderr.size, 3)
+        with open(self.stdout.path, "rb") as f:
+            self.assertEqual(f.read(), b"out\x00\xffmore")
+        with open(self.stderr.path, "rb") as f:
+            self.assertEqual(f.read(), b"err")
+
+
+class ExitTests(JobProcessTestCase):
+    """How the main process's exit becomes the job's final state."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    def test_exitZeroCompleted(self) -> None:
+        """Exit code 0 is COMPLETED with exit_code 0 and no error."""
+        self.killer.exists = False
+        self.clock.advance(3)
+        self.end(Failure(ProcessDone(0)))
+        self.assertIs(self.record.status, JobStatus.COMPLETED)
+        self.assertEqual(self.record.exit_code, 0)
+        self.assertIsNone(self.record.signal)
+        self.assertIsNone(self.record.error)
+        self.assertEqual(self.record.ended_at, START + 3)
+
+    def test_exitNonZeroFailed(self) -> None:
+        """A non-zero exit code is FAILED, with the code and an error."""
+        self.killer.exists = False
+        self.end(processExit(3))
+        self.assertIs(self.record.status, JobStatus.FAILED)
+        self.assertEqual(self.record.exit_code, 3)
+        self.assertIsNone(self.record.signal)
+        self.assertEqual(self.record.error, "exited with code 3")
+
+    def test_killedUnrequestedFailed(self) -> None:
+        """A signal nobody asked for is FAILED, naming the signal."""
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGKILL))
+        self.assertIs(self.record.status, JobStatus.FAILED)
+        self.assertEqual(self.record.signal, "SIGKILL")
+        self.assertIsNone(self.record.exit_code)
+        self.assertEqual(self.record.error, "killed by signal SIGKILL")
+        self.assertIsNone(self.record.stopped_by)
+
+    def test_exitTerminatesGroup(self) -> None:
+        """When the main process exits, its group gets SIGTERM."""
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+
+    def test_emptyGroupNoTimer(self) -> None:
+        """If the group is already gone, no SIGKILL is scheduled."""
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.successResultOf(self.job.whenCleanedUp())
+
+    def test_groupMembersLeftTermThenKill(self) -> None:
+        """Members left in the group get SIGTERM now, SIGKILL after grace."""
+        self.end(processExit(0))
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.clock.advance(GRACE - 0.25)
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.clock.advance(0.25)
+        self.assertEqual(
+            self.killer.calls, [(PID, signal.SIGTERM), (PID, signal.SIGKILL)]
+        )
+
+    def test_groupMembersLeftRecordEndsFirst(self) -> None:
+        """The record ends when the main exits; cleanup waits for the KILL."""
+        ended = self.job.whenEnded()
+        cleaned = self.job.whenCleanedUp()
+        self.end(processExit(0))
+        self.assertIs(self.successResultOf(ended), self.record)
+        self.assertIs(self.record.status, JobStatus.COMPLETED)
+        self.assertNoResult(cleaned)
+        self.assertNoResult(self.job.whenCleanedUp())
+        self.clock.advance(GRACE)
+        self.assertIsNone(self.successResultOf(cleaned))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bytesCountedAtEnd(self) -> None:
+        """The record's byte counts are the spools' sizes at the end."""
+        self.killer.exists = False
+        self.protocol.outReceived(b"12345")
+        self.protocol.errReceived(b"12")
+        self.end(processExit(0))
+        self.assertEqual(self.record.stdout_bytes, 5)
+        self.assertEqual(self.record.stderr_bytes, 2)
+        self.assertTrue(self.stdout.closed)
+        self.assertTrue(self.stderr.closed)
+
+    def test_snapshotWhileRunning(self) -> None:
+        """snapshot() brings the byte counters of a running job up to date."""
+        self.protocol.outReceived(b"12345")
+        self.protocol.errReceived(b"1")
+        record = self.job.snapshot()
+        self.assertIs(record, self.record)
+        self.assertEqual((record.stdout_bytes, record.stderr_bytes), (5, 1))
+        self.protocol.outReceived(b"67")
+        self.assertEqual(self.job.snapshot().stdout_bytes, 7)
+
+    def test_snapshotAfterEndIsFinal(self) -> None:
+        """After the end, snapshot() returns the final counts unchanged."""
+        self.killer.exists = False
+        self.protocol.outReceived(b"abc")
+        self.end(processExit(0))
+        self.stdout.size = 999
+        self.assertEqual(self.job.snapshot().stdout_bytes, 3)
+
+    def test_droppedOutputCounted(self) -> None:
+        """Output past the spool's cap is counted as dropped, not an error."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        stdout = OutputSpool(os.path.join(directory, "stdout"), maxBytes=4)
+        stderr = OutputSpool(os.path.join(directory, "stderr"), maxBytes=4)
+        record = JobRecord("x", "yes", [], "alice", START)
+        job = JobProcess(self.clock, record, stdout, stderr, GRACE, self.killer)
+        protocol = JobProcessProtocol(job)
+        protocol.makeConnection(FakeProcessTransport(PID + 1))  # type: ignore[arg-type]
+        protocol.outReceived(b"abcdef")
+        protocol.outReceived(b"gh")
+        protocol.errReceived(b"xy")
+        self.killer.exists = False
+        protocol.processExited(processExit(0))
+        protocol.processEnded(processExit(0))
+        self.assertIs(record.status, JobStatus.COMPLETED)
+        self.assertEqual((record.stdout_bytes, record.stdout_dropped), (4, 4))
+        self.assertEqual((record.stderr_bytes, record.stderr_dropped), (2, 0))
+        self.assertEqual(record.output_lost, 0)
+        self.assertIsNone(record.error)
+        with open(stdout.path, "rb") as f:
+            self.assertEqual(f.read(), b"abcd")
+
+    def test_lostOutputIsAnError(self) -> None:
+        """Output that could not be written shows as an error on success."""
+        self.killer.exists = False
+        self.stdout.close()
+        self.protocol.outReceived(b"abc")
+        self.end(processExit(0))
+        self.assertIs(self.record.status, JobStatus.COMPLETED)
+        self.assertEqual(
+            self.record.error, "3 bytes of output could not be written to disk"
+        )
+        self.assertEqual(self.record.output_lost, 3)
+
+    def test_exitErrorWinsOverLostOutput(self) -> None:
+        """A failure's own error is kept even when output was lost too."""
+        self.killer.exists = False
+        self.stdout.close()
+        self.protocol.outReceived(b"abc")
+        self.end(processExit(2))
+        self.assertEqual(self.record.error, "exited with code 2")
+
+
+class FinishOnceTests(JobProcessTestCase):
+    """The record is finished exactly once, whatever the event order."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+        self.killer.exists = False
+
+    def test_exitedThenPipesClosed(self) -> None:
+        """mainExited then pipesClosed: ends at the second, once."""
+        ended = self.job.whenEnded()
+        self.job.mainExited(processExit(0))
+        self.assertIs(self.record.status, JobStatus.RUNNING)
+        self.assertNoResult(ended)
+        self.job.pipesClosed()
+        self.assertEqual(self.finishCalls, [JobStatus.COMPLETED])
+        self.successResultOf(ended)
+
+    def test_pipesClosedThenExited(self) -> None:
+        """pipesClosed then mainExited: ends at the second, once."""
+        ended = self.job.whenEnded()
+        self.job.pipesClosed()
+        self.assertIs(self.record.status, JobStatus.RUNNING)
+        self.assertNoResult(ended)
+        self.job.mainExited(processExit(1))
+        self.assertEqual(self.finishCalls, [JobStatus.FAILED])
+        self.assertEqual(self.record.exit_code, 1)
+        self.successResultOf(ended)
+
+    def test_repeatedEventsFinishOnce(self) -> None:
+        """Repeated end events do not finish the record again."""
+        self.job.mainExited(processExit(0))
+        self.job.pipesClosed()
+        self.job.pipesClosed()
+        self.job.mainExited(processExit(0))
+        self.assertEqual(self.finishCalls, [JobStatus.COMPLETED])
+
+    def test_whenEndedAfterEnd(self) -> None:
+        """whenEnded after the end fires at once with the record."""
+        self.job.mainExited(processExit(0))
+        self.job.pipesClosed()
+        self.assertIs(self.successResultOf(self.job.whenEnded()), self.record)
+        self.assertIsNone(self.successResultOf(self.job.whenCleanedUp()))
+
+    def test_cancelledWaiterIsForgotten(self) -> None:
+        """A cancelled whenEnded waiter is dropped; the end still works."""
+        cancelled = self.job.whenEnded()
+        kept = self.job.whenEnded()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.job.mainExited(processExit(0))
+        self.job.pipesClosed()
+        self.assertIs(self.successResultOf(kept), self.record)
+
+
+class StopTests(JobProcessTestCase):
+    """stop(): SIGTERM to the group, SIGKILL after the grace period."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    def test_stopSendsTermToGroup(self) -> None:
+        """stop() sends SIGTERM to the job's process group at once."""
+        self.job.stop("ada")
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.assertEqual(self.record.stopped_by, "ada")
+        self.assertEqual(self.transport.signals, [])
+
+    def test_stopWaitsForEnd(self) -> None:
+        """stop()'s Deferred has no result while the job runs."""
+        d = self.job.stop("ada")
+        self.assertNoResult(d)
+        self.assertIs(self.record.status, JobStatus.RUNNING)
+
+    def test_stopEscalatesToKill(self) -> None:
+        """SIGKILL goes to the group exactly C{grace} seconds after SIGTERM."""
+        self.job.stop("ada")
+        [timer] = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), START + GRACE)
+        self.clock.advance(GRACE - 0.25)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.clock.advance(0.25)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+
+    def test_stopTwiceSignalsOnce(self) -> None:
+        """A second stop() sends nothing more and keeps the first stopper."""
+        first = self.job.stop("alice")
+        second = self.job.stop("ada")
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.assertEqual(self.record.stopped_by, "alice")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGTERM))
+        self.assertIs(self.successResultOf(first), self.record)
+        self.assertIs(self.successResultOf(second), self.record)
+
+    def test_stopThenExitOnTerm(self) -> None:
+        """A job that exits on SIGTERM ends STOPPED, naming who stopped it."""
+        d = self.job.stop("ada")
+        self.killer.exists = False
+        self.clock.advance(1)
+        self.end(processKilled(signal.SIGTERM))
+        record = self.successResultOf(d)
+        self.assertIs(record, self.record)
+        self.assertIs(record.status, JobStatus.STOPPED)
+        self.assertEqual(record.stopped_by, "ada")
+        self.assertEqual(record.signal, "SIGTERM")
+        self.assertIsNone(record.exit_code)
+        self.assertIsNone(record.error)
+        self.assertEqual(record.ended_at, START + 1)
+        self.assertEqual(self.finishCalls, [JobStatus.STOPPED])
+
+    def test_stopThenExitOnTermSendsNoKill(self) -> None:
+        """Once the stopped job ended and its group is gone, no SIGKILL follows."""
+        self.job.stop("ada")
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGTERM))
+        self.clock.advance(GRACE * 2)
+        self.assertNotIn(signal.SIGKILL, self.killer.signalsTo(PID))
+        self.assertEqual(self.transport.lostConnection, 0)
+        self.assertEqual(self.finishCalls, [JobStatus.STOPPED])
+
+    def test_stopThenExitOnTermCleansUp(self) -> None:
+        """A stopped job whose group is gone is cleaned up when it ends."""
+        cleaned = self.job.whenCleanedUp()
+        self.job.stop("ada")
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGTERM))
+        self.assertIsNone(self.successResultOf(cleaned))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopCleanExitIsStillStopped(self) -> None:
+        """A stopped job that exits 0 on SIGTERM is STOPPED, not COMPLETED."""
+        self.job.stop("alice")
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertIs(self.record.status, JobStatus.STOPPED)
+        self.assertEqual(self.record.exit_code, 0)
+        self.assertIsNone(self.record.error)
+
+    def test_stopIgnoringTermIsKilled(self) -> None:
+        """A job ignoring SIGTERM is killed after grace and ends STOPPED."""
+        d = self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.assertNoResult(d)
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGKILL))
+        record = self.successResultOf(d)
+        self.assertIs(record.status, JobStatus.STOPPED)
+        self.assertEqual(record.signal, "SIGKILL")
+        self.assertEqual(record.stopped_by, "ada")
+        self.assertIsNone(record.error)
+
+    def test_cleanedUpAfterKill(self) -> None:
+        """whenCleanedUp fires when the killed job has ended."""
+        cleaned = self.job.whenCleanedUp()
+        self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.assertNoResult(cleaned)
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGKILL))
+        self.successResultOf(cleaned)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopBeforeSetsidSignalsChild(self) -> None:
+        """Before the group exists, stop() signals the (unreaped) child itself."""
+        self.killer.exists = False
+        d = self.job.stop("ada")
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.assertEqual(self.transport.signals, [signal.SIGTERM])
+        self.clock.advance(GRACE)
+        self.assertEqual(self.transport.signals, [signal.SIGTERM, signal.SIGKILL])
+        self.assertNoResult(d)
+        self.end(processKilled(signal.SIGKILL))
+        self.assertIs(self.successResultOf(d).status, JobStatus.STOPPED)
+
+    def test_stopChildAlreadyGone(self) -> None:
+        """If neither group nor child can be signalled, no KILL is scheduled."""
+        self.killer.exists = False
+        self.transport.signalError = ProcessExitedAlready()
+        d = self.job.stop("ada")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNoResult(d)
+        self.end(processExit(0))
+        self.assertIs(self.successResultOf(d).status, JobStatus.STOPPED)
+
+    def test_exitedChildNeverSignalledDirectly(self) -> None:
+        """Once the main process was reaped, its pid is never signalled."""
+        self.killer.exists = False
+        self.job.mainExited(processExit(0))
+        self.job.stop("ada")
+        self.clock.advance(GRACE * 2)
+        self.assertEqual(self.transport.signals, [])
+
+    def test_stopBeforeStartSignalsNothing(self) -> None:
+        """stop() of a job with no process yet signals nobody."""
+        job = JobProcess(
+            self.clock,
+            JobRecord("x", "true", [], "alice", START),
+            self.stdout,
+            self.stderr,
+            GRACE,
+            self.killer,
+        )
+        self.killer.calls.clear()
+        job.stop("ada")
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(job.record.stopped_by, "ada")
+
+
+class AbandonTests(JobProcessTestCase):
+    """Pipes held open by an escaped process are abandoned after SIGKILL."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    def test_abandonOneSecondAfterKill(self) -> None:
+        """loseConnection is called ABANDON_AFTER_KILL seconds after SIGKILL."""
+        self.assertEqual(ABANDON_AFTER_KILL, 1.0)
+        d = self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.job.mainExited(processKilled(signal.SIGKILL))
+        self.clock.advance(ABANDON_AFTER_KILL - 0.25)
+        self.assertEqual(self.transport.lostConnection, 0)
+        self.clock.advance(0.25)
+        self.assertEqual(self.transport.lostConnection, 1)
+        self.assertNoResult(d)
+        self.job.pipesClosed()
+        record = self.successResultOf(d)
+        self.assertIs(record.status, JobStatus.STOPPED)
+        self.assertEqual(record.signal, "SIGKILL")
+
+    def test_abandonOnlyOnce(self) -> None:
+        """The abandon timer fires once; nothing is left scheduled after it."""
+        self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.clock.advance(ABANDON_AFTER_KILL * 10)
+        self.assertEqual(self.transport.lostConnection, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noAbandonWhenPipesClose(self) -> None:
+        """If the job ends in time, the abandon timer is cancelled."""
+        cleaned = self.job.whenCleanedUp()
+        self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGKILL))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(ABANDON_AFTER_KILL * 2)
+        self.assertEqual(self.transport.lostConnection, 0)
+        self.successResultOf(cleaned)
+
+    def test_noAbandonIfPipesAlreadyClosed(self) -> None:
+        """Pipes already closed (main not yet reaped) are not abandoned."""
+        self.job.stop("ada")
+        self.job.pipesClosed()
+        self.clock.advance(GRACE + ABANDON_AFTER_KILL)
+        self.assertEqual(self.transport.lostConnection, 0)
+
+    def test_noAbandonAfterNaturalEnd(self) -> None:
+        """A job that ended before the SIGKILL schedules no abandon timer."""
+        self.end(processExit(0))
+        self.clock.advance(GRACE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.transport.lostConnection, 0)
+
+
+class FailedToStartTests(JobProcessTestCase):
+    """failedToStart(): FAILED without a process."""
+
+    def test_failed(self) -> None:
+        """The job is FAILED with the error, no exit code and no pid."""
+        self.clock.advance(1)
+        self.job.failedToStart("cannot start: 'nope' not found in PATH")
+        self.assertIs(self.record.status, JobStatus.FAILED)
+        self.assertIsNone(self.record.exit_code)
+        self.assertIsNone(self.record.signal)
+        self.assertIsNone(self.record.pid)
+        self.assertEqual(self.record.error, "cannot start: 'nope' not found in PATH")
+        self.assertEqual(self.record.ended_at, START + 1)
+        self.assertEqual(self.finishCalls, [JobStatus.FAILED])
+
+    def test_waitersFire(self) -> None:
+        """Waiters from before and after both fire; nothing is signalled."""
+        ended = self.job.whenEnded()
+        cleaned = self.job.whenCleanedUp()
+        self.job.failedToStart("cannot start: boom")
+        self.assertIs(self.successResultOf(ended), self.record)
+        self.assertIsNone(self.successResultOf(cleaned))
+        self.successResultOf(self.job.whenEnded())
+        self.successResultOf(self.job.whenCleanedUp())
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_spoolsClosed(self) -> None:
+        """Both spools are closed: log readers see the end."""
+        self.job.failedToStart("cannot start: boom")
+        self.assertTrue(self.stdout.closed)
+        self.assertTrue(self.stderr.closed)
+        self.successResultOf(self.stdout.whenGrown())
+
+
+class SpawnErrorTests(SynchronousTestCase):
+    """spawnError() says in one line why a spawn failed."""
+
+    def test_osError(self) -> None:
+        """An OSError gives its strerror."""
+        self.assertEqual(
+            spawnError(OSError(2, "No such file or directory")),
+            "cannot start: No such file or directory",
+        )
+
+    def test_other(self) -> None:
+        """Another exception gives its text."""
+        self.assertEqual(spawnError(ValueError("bad")), "cannot start: bad")
+
+    def test_processTerminatedIsNotConfusedWithDone(self) -> None:
+        """Sanity: the fake reasons are the real Twisted exception types."""
+        self.assertIsInstance(processExit(0).value, ProcessDone)
+        self.assertIsInstance(processExit(1).value, ProcessTerminated)
+        self.assertIsInstance(processKilled(9).value, ProcessTerminated)

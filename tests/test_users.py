@@ -1,0 +1,192 @@
+"""Unit tests for L{jobworker.users}: the users file and development users."""
+
+from __future__ import annotations
+
+import os
+
+import bcrypt
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.permissions import Role, User
+from jobworker.users import UserDatabase, UsersFileError
+
+#: Cheap hashes (cost 4) so parsing tests stay fast.
+HASH4 = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode("ascii")
+HASH5 = bcrypt.hashpw(b"other", bcrypt.gensalt(5)).decode("ascii")
+
+DEVELOPMENT = {
+    "alice": Role.DEVELOPER,
+    "bob": Role.DEVELOPER,
+    "rita": Role.READER,
+    "ada": Role.ADMIN,
+}
+
+
+def cost(hashed: bytes) -> int:
+    """The cost factor of a bcrypt hash."""
+    return int(hashed.split(b"$")[2])
+
+
+class FromTextTests(SynchronousTestCase):
+    """UserDatabase.fromText parses name:role:hash lines."""
+
+    def assertLineError(self, text: str, line: int, fragment: str) -> None:
+        """Assert parsing C{text} fails naming C{line} and C{fragment}."""
+        error = self.assertRaises(
+            UsersFileError, UserDatabase.fromText, text, source="users.txt"
+        )
+        self.assertIn(f"users.txt, line {line}:", str(error))
+        self.assertIn(fragment, str(error))
+
+    def test_parses(self) -> None:
+        """Valid lines give users with their role and hash."""
+        db = UserDatabase.fromText(
+            f"# comment\n\nalice:Developer:{HASH4}\n  rita:Reader:{HASH4}  \n"
+        )
+        self.assertEqual(len(db), 2)
+        alice = db.lookup("alice")
+        assert alice is not None
+        self.assertEqual(alice.user, User("alice", Role.DEVELOPER))
+        self.assertEqual(alice.passwordHash, HASH4.encode("ascii"))
+        rita = db.lookup("rita")
+        assert rita is not None
+        self.assertEqual(rita.user, User("rita", Role.READER))
+
+    def test_lookupUnknown(self) -> None:
+        """An unknown name looks up as None; lookup is case-sensitive."""
+        db = UserDatabase.fromText(f"alice:Admin:{HASH4}\n")
+        self.assertIsNone(db.lookup("bob"))
+        self.assertIsNone(db.lookup("Alice"))
+
+    def test_errorIsValueError(self) -> None:
+        """UsersFileError is a ValueError."""
+        self.assertTrue(issubclass(UsersFileError, ValueError))
+
+    def test_badLine(self) -> None:
+        """A line without exactly three fields names its line number."""
+        self.assertLineError(
+            f"# header\n\nalice:Developer:{HASH4}\nbob:Developer\n",
+            4,
+            "expected name:role:bcrypt-hash",
+        )
+
+    def test_tooManyFields(self) -> None:
+        """A line with four fields is refused too."""
+        self.assertLineError(f"alice:Developer:{HASH4}:extra\n", 1, "expected")
+
+    def test_unknownRole(self) -> None:
+        """An unknown role is refused and named, with the valid roles listed."""
+        self.assertLineError(
+            f"alice:Developer:{HASH4}\nbob:Root:{HASH4}\n", 2, "unknown role 'Root'"
+        )
+        error = self.assertRaises(
+            UsersFileError, UserDatabase.fromText, f"bob:admin:{HASH4}"
+        )
+        self.assertIn("Admin, Developer, Reader", str(error))
+
+    def test_badHash(self) -> None:
+        """Something that is not a bcrypt hash is refused."""
+        for bad in ("plaintext", HASH4[:-1], "$1$abc$def", HASH4.replace("$2b", "$3b")):
+            self.assertLineError(f"\nalice:Developer:{bad}\n", 2, "not a bcrypt hash")
+
+    def test_duplicate(self) -> None:
+        """A second line for the same name is refused at that line."""
+        self.assertLineError(
+            f"alice:Developer:{HASH4}\n#\nalice:Admin:{HASH4}\n",
+            3,
+            "duplicate user 'alice'",
+        )
+
+    def test_invalidName(self) -> None:
+        """A name with forbidden characters is refused."""
+        self.assertLineError(f"al ice:Developer:{HASH4}\n", 1, "invalid user name")
+        self.assertLineError(f":Developer:{HASH4}\n", 1, "invalid user name")
+
+    def test_empty(self) -> None:
+        """A file with no users (only comments and blanks) is refused."""
+        for text in ("", "\n\n", "# nobody\n   \n"):
+            error = self.assertRaises(
+                UsersFileError, UserDatabase.fromText, text, source="users.txt"
+            )
+            self.assertIn("users.txt", str(error))
+            self.assertIn("no users", str(error))
+
+    def test_dummyHashCost(self) -> None:
+        """The dummy hash has the cost most users' hashes have."""
+        db = UserDatabase.fromText(
+            f"a:Reader:{HASH5}\nb:Reader:{HASH4}\nc:Reader:{HASH4}\n"
+        )
+        self.assertEqual(cost(db.dummyHash), 4)
+        self.assertTrue(db.dummyHash.startswith(b"$2"))
+
+    def test_dummyHashMatchesNoUserPassword(self) -> None:
+        """The dummy hash is a valid bcrypt hash that the user's password fails."""
+        db = UserDatabase.fromText(f"a:Reader:{HASH4}\n")
+        self.assertFalse(bcrypt.checkpw(b"secret", db.dummyHash))
+
+
+class DevelopmentUsersTests(SynchronousTestCase):
+    """The bundled development users."""
+
+    def setUp(self) -> None:
+        self.db = UserDatabase.development()
+
+    def test_usersAndRoles(self) -> None:
+        """alice/bob are Developers, rita a Reader, ada an Admin; no others."""
+        self.assertEqual(len(self.db), len(DEVELOPMENT))
+        for name, role in DEVELOPMENT.items():
+            entry = self.db.lookup(name)
+            assert entry is not None, name
+            self.assertEqual(entry.user, User(name, role))
+
+    def test_passwords(self) -> None:
+        """Each user's password is '<name>-pass'."""
+        for name in DEVELOPMENT:
+            entry = self.db.lookup(name)
+            assert entry is not None
+            self.assertTrue(
+                bcrypt.checkpw(f"{name}-pass".encode(), entry.passwordHash), name
+            )
+
+    def test_wrongPasswordsFail(self) -> None:
+        """Another user's password does not match."""
+        alice = self.db.lookup("alice")
+        assert alice is not None
+        self.assertFalse(bcrypt.checkpw(b"bob-pass", alice.passwordHash))
+
+    def test_dummyHashSameCost(self) -> None:
+        """The dummy hash costs what every development user's hash costs."""
+        costs = set()
+        for name in DEVELOPMENT:
+            entry = self.db.lookup(name)
+            assert entry is not None
+            costs.add(cost(entry.passwordHash))
+        self.assertEqual(costs, {cost(self.db.dummyHash)})
+
+
+class FromFileTests(SynchronousTestCase):
+    """UserDatabase.fromFile reads a users file."""
+
+    def test_missingFile(self) -> None:
+        """A missing file raises OSError (not UsersFileError)."""
+        path = os.path.join(self.mktemp(), "users")
+        error = self.assertRaises(OSError, UserDatabase.fromFile, path)
+        self.assertNotIsInstance(error, UsersFileError)
+
+    def test_readsFile(self) -> None:
+        """A file's users are loaded."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"ada:Admin:{HASH4}\n")
+        db = UserDatabase.fromFile(path)
+        entry = db.lookup("ada")
+        assert entry is not None
+        self.assertEqual(entry.user.role, Role.ADMIN)
+
+    def test_errorNamesFile(self) -> None:
+        """Parse errors name the file path and line."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("ada:Admin\n")
+        error = self.assertRaises(UsersFileError, UserDatabase.fromFile, path)
+        self.assertIn(f"{path}, line 1", str(error))
