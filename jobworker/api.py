@@ -17,7 +17,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from .auth import REALM, Authenticator
-from .errors import JobworkerError, PayloadTooLarge, Unauthorized
+from .errors import JobworkerError, PayloadTooLarge, TooManyRequests, Unauthorized
 from .manager import JobManager
 from .permissions import Permission, User, authorize
 from .spool import SpoolReader
@@ -121,6 +121,8 @@ class JobsAPI:
             request.setHeader(
                 b"www-authenticate", f'Basic realm="{REALM}"'.encode("ascii")
             )
+        elif isinstance(error, TooManyRequests):
+            request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
         return _json(request, error.body(), error.code)
 
     @app.handle_errors(HTTPException)

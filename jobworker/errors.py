@@ -56,6 +56,16 @@ class Conflict(JobworkerError):
     code = 409
 
 
+class TooManyRequests(JobworkerError):
+    """A limit on concurrent work was reached; retry later (C{Retry-After})."""
+
+    code = 429
+
+    def __init__(self, message: str, retryAfter: int = 1, **extra: object) -> None:
+        super().__init__(message, **extra)
+        self.retryAfter = retryAfter
+
+
 class PayloadTooLarge(JobworkerError):
     """The request body is over the limit."""
 

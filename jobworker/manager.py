@@ -8,12 +8,15 @@ import pwd
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from .errors import Conflict, NotFound
+from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
+from .errors import BadRequest, Conflict, NotFound, TooManyRequests
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .records import JobRecord, JobStatus
 from .recovery import (
@@ -35,6 +38,22 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: own, then execs the command without a fork, so the pid stays the job's.
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
+#: The gate: the job's first process waits here, before running anything of
+#: the user's, until the server has placed it in its cgroup and says go.
+SH = shutil.which("sh") or "/bin/sh"
+GATE = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
+#: The same, for a request that sets PWD itself (the shell keeps it if true).
+GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+#: --isolate names and the unshare flags that make them.
+ISOLATION = {
+    "pid": ["--pid", "--fork", "--kill-child", "--mount-proc"],
+    "net": ["--net"],
+    "mount": ["--mount"],
+}
+
 #: Default cap on each stream of each job.
 DEFAULT_MAX_LOG_BYTES = 1 << 30
 
@@ -43,6 +62,61 @@ RESTARTED = "the worker restarted while the job ran"
 
 class SpawnRefused(Exception):
     """The command cannot be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged account jobs run as (C{--run-as})."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        """
+        @raise KeyError: no such user.
+        @raise ValueError: the user is root.
+        """
+        entry = pwd.getpwnam(name)
+        if entry.pw_uid == 0:
+            raise ValueError("jobs must not run as root")
+        return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """
+    Server-wide rules for jobs: default and maximum limits, timeouts,
+    isolation, the account jobs run as, and how many may run at once.
+    """
+
+    defaults: Limits = field(default_factory=Limits)
+    maxima: Limits = field(default_factory=Limits)
+    defaultTimeout: float | None = None
+    isolate: frozenset[str] = frozenset()
+    runAs: RunAs | None = None
+    maxRunning: int | None = None
+
+    def prefix(self) -> list[str]:
+        """What runs between C{setsid} and the command: unshare, setpriv."""
+        argv: list[str] = []
+        if self.isolate:
+            argv += [UNSHARE]
+            for name in ("pid", "net", "mount"):
+                if name in self.isolate:
+                    argv += ISOLATION[name]
+            argv += ["--"]
+        if self.runAs is not None:
+            argv += [
+                SETPRIV,
+                f"--reuid={self.runAs.uid}",
+                f"--regid={self.runAs.gid}",
+                "--init-groups",
+                "--",
+            ]
+        return argv
 
 
 class JobReactor(IReactorProcess, IReactorTime):
@@ -108,6 +182,8 @@ class JobManager:
     @param killGroup: signals a process group (L{signalGroup}; a fake in tests).
     @param store: the job store (default: SQLite in C{stateDir}).
     @param maxLogBytes: cap on each stream of each job.
+    @param cgroups: where job cgroups go (None: no limits, process-group kill).
+    @param policy: limits, timeouts, isolation, run-as, concurrency cap.
     """
 
     log = Logger()
@@ -120,14 +196,22 @@ class JobManager:
         killGroup: Callable[[int, int], bool] = signalGroup,
         store: JobStore | None = None,
         maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
+        cgroups: Cgroups | None = None,
+        policy: JobPolicy = JobPolicy(),
     ) -> None:
         self._reactor = reactor
+        self._cgroups = cgroups
+        self._policy = policy
+        self._prefix = policy.prefix()
+        self._running = 0
         self._killGroup = killGroup
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._grace = grace
         self._maxLogBytes = maxLogBytes
         self._live: dict[str, JobProcess] = {}
         self._baseEnv = defaultEnvironment()
+        if policy.runAs is not None:
+            self._baseEnv["HOME"] = policy.runAs.home
         self._bootId = currentBootId()
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
@@ -152,6 +236,11 @@ class JobManager:
         for record in orphans:
             pids = leftovers(record.pid, record.boot_id, record.proc_start, sessions)
             killed = killAll(pids)
+            group = self._cgroups.find(record.id) if self._cgroups else None
+            if group is not None:
+                killed += int(group.kill())
+                if not group.remove():
+                    self.log.warn("cgroup of job {job} not removed yet", job=record.id)
             for stream in ("stdout", "stderr"):
                 try:
                     size = os.path.getsize(self._outputPath(record.id, stream))
@@ -176,6 +265,14 @@ class JobManager:
         """
         if self._shuttingDown:
             raise Conflict("the server is shutting down")
+        maxRunning = self._policy.maxRunning
+        if maxRunning is not None and self._running >= maxRunning:
+            raise TooManyRequests(
+                f"{self._running} jobs are running, the most this server allows",
+                retryAfter=1,
+            )
+        limits = self._limitsFor(request.limits)
+        timeout = request.timeout or self._policy.defaultTimeout
         jobId = str(uuid.uuid4())
         env = {**self._baseEnv, **request.env}
         record = JobRecord(
@@ -187,8 +284,11 @@ class JobManager:
             env=env,
             cwd=request.cwd,
             boot_id=self._bootId,
+            limits=limits.toJSON() if self._cgroups is not None else None,
+            timeout_seconds=timeout,
         )
         os.mkdir(os.path.join(self._jobsDir, jobId), 0o700)
+        cgroup = None
         job = JobProcess(
             self._reactor,
             record,
@@ -196,25 +296,38 @@ class JobManager:
             OutputSpool(self._outputPath(jobId, "stderr"), self._maxLogBytes),
             self._grace,
             self._killGroup,
+            timeout=timeout,
         )
+        argv = [SETSID, *self._prefix, request.command, *request.args]
         try:
             checkRunnable(request.command, env, request.cwd)
-            self._reactor.spawnProcess(
+            if self._cgroups is not None:
+                cgroup = job.cgroup = self._cgroups.create(jobId, limits)
+                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
+                argv = [SH, "-c", gate, "jobworker-gate", *argv]
+            transport = self._reactor.spawnProcess(
                 JobProcessProtocol(job),
-                SETSID,
-                [SETSID, request.command, *request.args],
+                argv[0],
+                argv,
                 env=env,
                 path=request.cwd,
-                childFDs={0: "w", 1: "r", 2: "r"},
+                childFDs={0: "w", 1: "r", 2: "r", 3: "w"}
+                if cgroup is not None
+                else {0: "w", 1: "r", 2: "r"},
             )
+            if cgroup is not None:
+                self._openGate(job, cgroup, transport)
         except SpawnRefused as e:
             job.failedToStart(str(e))
+        except CgroupError as e:
+            job.failedToStart(f"cannot start: {e}")
         except OSError as e:
             job.failedToStart(spawnError(e))
         if record.pid is not None:
             record.proc_start = processStartTime(record.pid)
         self._store.insert(record)
         if not record.status.ended:
+            self._running += 1
             self._live[jobId] = job
             job.whenEnded().addCallback(self._ended)
             job.whenCleanedUp().addCallback(lambda _: self._live.pop(jobId, None))
@@ -227,7 +340,51 @@ class JobManager:
         )
         return record
 
+    def _openGate(self, job: JobProcess, cgroup: JobCgroup, transport: Any) -> None:
+        """Place the gated child in its cgroup, then let it run the command."""
+        try:
+            cgroup.addProcess(transport.pid)
+        except CgroupError as e:
+            job.setupFailed(f"cannot start: {e}")
+        else:
+            transport.writeToChild(3, b"go\n")
+        transport.closeChildFD(3)
+
+    def _limitsFor(self, requested: Limits) -> Limits:
+        """
+        The limits a job gets: the request's, defaults filling the rest.
+
+        @raise BadRequest: a limit over the server's maximum, or limits asked
+            for where the server cannot enforce them.
+        """
+        for name, value, maximum in requested.over(self._policy.maxima):
+            raise BadRequest(
+                f"limits.{name} {value} is over this server's maximum {maximum}"
+            )
+        asked = {name for name, _ in requested.given()}
+        if self._cgroups is None:
+            if asked:
+                raise BadRequest(
+                    "resource limits are not available on this server "
+                    "(no usable cgroups)"
+                )
+            return Limits()
+        unsupported = sorted(asked - self._cgroups.supported)
+        if unsupported:
+            raise BadRequest(
+                f"limit(s) {', '.join(unsupported)} not available on this server"
+            )
+        merged = requested.withDefaults(self._policy.defaults)
+        return Limits(
+            **{
+                name: value
+                for name, value in merged.given()
+                if name in self._cgroups.supported
+            }
+        )
+
     def _ended(self, record: JobRecord) -> JobRecord:
+        self._running -= 1
         self._store.update(record)
         return record
 

@@ -13,6 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .cgroups import JobCgroup
 from .records import JobRecord, JobStatus, signalName
 from .spool import OutputSpool
 
@@ -68,6 +69,8 @@ class JobProcess:
         stderr: OutputSpool,
         grace: float,
         killGroup: Callable[[int, int], bool],
+        cgroup: JobCgroup | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._clock = reactor
         self.record = record
@@ -75,12 +78,20 @@ class JobProcess:
         self.stderr = stderr
         self._grace = grace
         self._killGroup = killGroup
+        self.cgroup = cgroup
+        self._timeout = timeout
+        self._timedOut = False
+        self._killSent = False
+        self._setupError: str | None = None
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
         self._exit: Failure | None = None
         self._pipesClosed = False
         self._killTimer: IDelayedCall | None = None
         self._abandonTimer: IDelayedCall | None = None
+        self._timeoutTimer: IDelayedCall | None = None
+        self._removeTimer: IDelayedCall | None = None
+        self._removeTries = 0
         self._endWaiters: list[Deferred[JobRecord]] = []
         self._cleanWaiters: list[Deferred[None]] = []
 
@@ -92,6 +103,8 @@ class JobProcess:
         self._pgid = transport.pid
         self.record.pid = transport.pid
         self.record.started_at = self._clock.seconds()
+        if self._timeout is not None:
+            self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
 
     def failedToStart(self, error: str) -> None:
         """The command could not be started: FAILED with C{error}."""
@@ -100,6 +113,29 @@ class JobProcess:
         self.record.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
         self._fireEnded()
         self._fireCleaned()
+
+    def setupFailed(self, error: str) -> None:
+        """
+        The child exists but could not be set up (e.g. placed in its cgroup):
+        kill it; it ends FAILED with C{error}.
+        """
+        self._setupError = error
+        if self._transport is not None:
+            try:
+                self._transport.signalProcess(signal.SIGKILL)
+            except (ProcessExitedAlready, OSError):
+                pass
+
+    def _timesUp(self) -> None:
+        self._timeoutTimer = None
+        if not self.record.status.ended:
+            self._timedOut = True
+            self.log.info(
+                "job {job} timed out after {timeout}s: stopping it",
+                job=self.record.id,
+                timeout=self._timeout,
+            )
+            self._terminate()
 
     def snapshot(self) -> JobRecord:
         """The record, with the output counters brought up to date."""
@@ -136,7 +172,7 @@ class JobProcess:
         return self.whenEnded()
 
     def _terminate(self) -> None:
-        if self._pgid is None:
+        if self._pgid is None or self._killSent:
             return
         if self._signal(signal.SIGTERM):
             if self._killTimer is None:
@@ -149,13 +185,22 @@ class JobProcess:
 
     def _signal(self, signum: int) -> bool:
         """
-        Signal the job's group; True if anything was there to signal.
+        Signal the job's processes; True if anything was there to signal.
 
-        Until the child has called C{setsid} its group does not exist yet: then
-        signal the child itself, which (unreaped) cannot be a reused pid.
+        With a cgroup, every process in it is signalled (SIGKILL through the
+        cgroup's kill), even one that left the session. The session's group
+        is signalled too. Until the child has called C{setsid} its group does
+        not exist yet: then signal the child itself, which (unreaped) cannot
+        be a reused pid.
         """
         assert self._pgid is not None
-        if self._killGroup(self._pgid, signum):
+        if self.cgroup is not None:
+            cgroup = self.cgroup
+            hit = cgroup.kill() if signum == signal.SIGKILL else cgroup.signal(signum)
+            hit = self._killGroup(self._pgid, signum) or hit
+            if hit:
+                return True
+        elif self._killGroup(self._pgid, signum):
             return True
         if self._exit is None and self._transport is not None:
             try:
@@ -167,6 +212,7 @@ class JobProcess:
 
     def _kill(self) -> None:
         self._killTimer = None
+        self._killSent = True
         if self._signal(signal.SIGKILL):
             self.log.info(
                 "job {job}: process group {pgid} killed after {grace}s grace",
@@ -211,10 +257,16 @@ class JobProcess:
             return
         self._finish(self._exit.value or ProcessDone(0))
 
+    def _cancelTimer(self, name: str) -> None:
+        timer: IDelayedCall | None = getattr(self, name)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
     def _finish(self, exit: BaseException) -> None:
-        if self._abandonTimer is not None:
-            self._abandonTimer.cancel()
-            self._abandonTimer = None
+        self._cancelTimer("_abandonTimer")
+        self._cancelTimer("_timeoutTimer")
         self.stdout.close()
         self.stderr.close()
         record = self.record
@@ -230,6 +282,19 @@ class JobProcess:
         error: str | None = None
         if record.stopped_by is not None:
             status = JobStatus.STOPPED
+        elif self._setupError is not None:
+            status = JobStatus.FAILED
+            error = self._setupError
+        elif self._timedOut:
+            status = JobStatus.FAILED
+            error = f"timed out after {self._timeout:g} seconds"
+        elif (
+            signalNumber == signal.SIGKILL
+            and self.cgroup is not None
+            and self.cgroup.oomKilled()
+        ):
+            status = JobStatus.FAILED
+            error = "out of memory: killed at its memory limit"
         elif exitCode == 0:
             status = JobStatus.COMPLETED
         else:
@@ -271,7 +336,12 @@ class JobProcess:
 
     def whenCleanedUp(self) -> Deferred[None]:
         """Fires once the job has ended and nothing of its group is pending."""
-        if self.record.status.ended and self._killTimer is None:
+        if (
+            self.record.status.ended
+            and self._killTimer is None
+            and self.cgroup is None
+            and self._removeTimer is None
+        ):
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._cleanWaiters.append(d)
@@ -283,9 +353,27 @@ class JobProcess:
             d.callback(self.record)
 
     def _fireCleaned(self) -> None:
+        if self.cgroup is not None and not self._removeCgroup():
+            return
         waiters, self._cleanWaiters = self._cleanWaiters, []
         for d in waiters:
             d.callback(None)
+
+    def _removeCgroup(self) -> bool:
+        """
+        Remove the job's cgroup; while killed processes are still exiting
+        the kernel refuses, so try again shortly (then kill what is left).
+        """
+        self._removeTimer = None
+        assert self.cgroup is not None
+        if self.cgroup.remove():
+            self.cgroup = None
+            return True
+        self._removeTries += 1
+        if self._removeTries % 10 == 0:
+            self.cgroup.kill()
+        self._removeTimer = self._clock.callLater(0.05, self._fireCleaned)
+        return False
 
 
 def signalGroup(pgid: int, signum: int) -> bool:

@@ -77,6 +77,9 @@ class JobRecord:
     #: without ever signalling a reused pid.
     boot_id: str | None = None
     proc_start: int | None = None
+    #: Resource limits in force (cgroup), and the timeout, if any.
+    limits: dict[str, int | None] | None = None
+    timeout_seconds: float | None = None
 
     def finish(
         self,
@@ -126,4 +129,6 @@ class JobRecord:
             "stderr_truncated": self.stderr_dropped > 0,
             "stderr_dropped": self.stderr_dropped,
             "output_lost": self.output_lost,
+            "limits": self.limits,
+            "timeout_seconds": self.timeout_seconds,
         }

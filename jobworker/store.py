@@ -12,7 +12,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -39,6 +39,8 @@ _COLUMNS = (
     "output_lost",
     "boot_id",
     "proc_start",
+    "limits",
+    "timeout_seconds",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -92,7 +94,13 @@ def _migrateTo1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrateTo1]
+def _migrateTo2(db: sqlite3.Connection) -> None:
+    # Resource limits (JSON) and timeouts arrived with per-job cgroups.
+    db.execute("ALTER TABLE jobs ADD COLUMN limits TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN timeout_seconds REAL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrateTo1, _migrateTo2]
 
 
 def _row(record: JobRecord) -> tuple[object, ...]:
@@ -118,6 +126,8 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.output_lost,
         record.boot_id,
         record.proc_start,
+        None if record.limits is None else json.dumps(record.limits),
+        record.timeout_seconds,
     )
 
 
@@ -145,6 +155,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         output_lost=row["output_lost"],
         boot_id=row["boot_id"],
         proc_start=row["proc_start"],
+        limits=None if row["limits"] is None else json.loads(row["limits"]),
+        timeout_seconds=row["timeout_seconds"],
     )
 
 

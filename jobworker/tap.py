@@ -20,7 +20,16 @@ from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
 from .auth import Authenticator, VerifiedCredentials, makePortal
-from .manager import DEFAULT_MAX_LOG_BYTES, JobManager, JobReactor
+from .cgroups import Limits
+from .cgroups import detect as detectCgroups
+from .manager import (
+    DEFAULT_MAX_LOG_BYTES,
+    ISOLATION,
+    JobManager,
+    JobPolicy,
+    JobReactor,
+    RunAs,
+)
 from .store import JobStore, StoreError
 from .tls import TLSConfigError, serverOptions
 from .users import UserDatabase, UsersFileError
@@ -118,6 +127,57 @@ class Options(usage.Options):
             "(e.g. 7d, 12h). Default: keep forever.",
             parseDuration,
         ],
+        [
+            "cgroups",
+            None,
+            "auto",
+            "Per-job cgroups: auto (use v2 or v1 when usable) or off.",
+        ],
+        ["default-memory", None, None, "Memory limit of a job (e.g. 512M).", parseSize],
+        [
+            "max-memory",
+            None,
+            None,
+            "Largest memory limit a job may ask for.",
+            parseSize,
+        ],
+        ["default-cpu", None, None, "CPU limit of a job in millicores.", int],
+        [
+            "max-cpu",
+            None,
+            None,
+            "Largest CPU limit (millicores) a job may ask for.",
+            int,
+        ],
+        ["default-pids", None, None, "Process-count limit of a job.", int],
+        ["max-pids", None, None, "Largest process-count limit a job may ask for.", int],
+        [
+            "max-io-bps",
+            None,
+            None,
+            "Largest disk read/write limit (bytes/s).",
+            parseSize,
+        ],
+        [
+            "default-timeout",
+            None,
+            None,
+            "Stop a job (FAILED, timed out) after this long (e.g. 1h).",
+            parseDuration,
+        ],
+        [
+            "isolate",
+            None,
+            "",
+            "Namespaces for every job, comma-separated: pid, net, mount.",
+        ],
+        [
+            "run-as",
+            None,
+            None,
+            "Run jobs as this (non-root) user: recommended in production.",
+        ],
+        ["max-running", None, None, "At most this many jobs run at once (429).", int],
     ]
 
     def postOptions(self) -> None:
@@ -130,6 +190,25 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if not 0 <= self["stop-grace"] <= 3600:
             raise usage.UsageError("--stop-grace must be between 0 and 3600 seconds")
+        if self["cgroups"] not in ("auto", "off"):
+            raise usage.UsageError("--cgroups must be auto or off")
+        isolate = {name for name in self["isolate"].split(",") if name}
+        unknown = isolate - set(ISOLATION)
+        if unknown:
+            raise usage.UsageError(
+                f"--isolate: unknown namespace(s) {', '.join(sorted(unknown))} "
+                "(pid, net, mount)"
+            )
+        self["isolate"] = frozenset(isolate)
+        for name in (
+            "default-cpu",
+            "max-cpu",
+            "default-pids",
+            "max-pids",
+            "max-running",
+        ):
+            if self[name] is not None and self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         if self["max-log-bytes"] < 0:
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
@@ -240,6 +319,49 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             fatal(f"cannot read users file {config['users']}: {e.strerror}")
         except (UsersFileError, UnicodeDecodeError) as e:
             fatal(f"bad users file: {e}")
+    cgroups = None
+    if config["cgroups"] == "auto":
+        cgroups = detectCgroups()
+    if cgroups is None:
+        log.warn(
+            "per-job cgroups are off (not available or --cgroups off): resource "
+            "limits are refused and stop kills by process group"
+        )
+    else:
+        log.info(
+            "per-job cgroups v{version}: limits {limits}",
+            version=cgroups.version,
+            limits=", ".join(sorted(cgroups.supported)),
+        )
+    runAs = None
+    if config["run-as"] is not None:
+        try:
+            runAs = RunAs.lookup(config["run-as"])
+        except KeyError:
+            fatal(f"--run-as: no such user {config['run-as']!r}")
+        except ValueError as e:
+            fatal(f"--run-as: {e}")
+    elif os.getuid() == 0:
+        log.warn("jobs run as root: use --run-as USER in production")
+    ioMax = config["max-io-bps"]
+    policy = JobPolicy(
+        defaults=Limits(
+            memory_bytes=config["default-memory"],
+            cpu_millicores=config["default-cpu"],
+            pids=config["default-pids"],
+        ),
+        maxima=Limits(
+            memory_bytes=config["max-memory"],
+            cpu_millicores=config["max-cpu"],
+            pids=config["max-pids"],
+            io_read_bps=ioMax,
+            io_write_bps=ioMax,
+        ),
+        defaultTimeout=config["default-timeout"],
+        isolate=config["isolate"],
+        runAs=runAs,
+        maxRunning=config["max-running"],
+    )
     stateDir = config["state-dir"]
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
@@ -250,6 +372,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             config["stop-grace"],
             store=store,
             maxLogBytes=config["max-log-bytes"],
+            cgroups=cgroups,
+            policy=policy,
         )
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .cgroups import Limits
 from .errors import BadRequest, NotFound
 from .records import JobStatus
 from .users import USER_NAME
@@ -15,7 +16,12 @@ from .users import USER_NAME
 MAX_ARGS = 4096
 MAX_ENV = 1024
 
-_CREATE_FIELDS = frozenset({"command", "args", "env", "cwd"})
+_CREATE_FIELDS = frozenset(
+    {"command", "args", "env", "cwd", "limits", "timeout_seconds"}
+)
+_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+#: The longest timeout a request may ask for (a year).
+MAX_TIMEOUT = 366 * 86400
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class JobRequest:
     args: list[str]
     env: dict[str, str]
     cwd: str | None
+    limits: Limits = field(default_factory=Limits)
+    timeout: float | None = None
 
 
 def _text(value: object, what: str, *, allowEmpty: bool = True) -> str:
@@ -86,7 +94,49 @@ def parseJobRequest(body: bytes) -> JobRequest:
     cwd = obj.get("cwd")
     if cwd is not None:
         cwd = _text(cwd, "cwd", allowEmpty=False)
-    return JobRequest(command=command, args=args, env=env, cwd=cwd)
+    return JobRequest(
+        command=command,
+        args=args,
+        env=env,
+        cwd=cwd,
+        limits=_limits(obj.get("limits", {})),
+        timeout=_timeout(obj.get("timeout_seconds")),
+    )
+
+
+def _positive(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"{what} must be a positive integer")
+    if value > 1 << 62:
+        raise BadRequest(f"{what} is too large")
+    return value
+
+
+def _limits(value: object) -> Limits:
+    if value is None:
+        return Limits()
+    if not isinstance(value, dict):
+        raise BadRequest("limits must be an object")
+    unknown = sorted(set(value) - set(_LIMIT_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown limit(s): {', '.join(map(str, unknown))}")
+    return Limits(
+        **{
+            name: _positive(limit, f"limits.{name}")
+            for name, limit in value.items()
+            if limit is not None
+        }
+    )
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest("timeout_seconds must be a number")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise BadRequest(f"timeout_seconds must be above 0 and at most {MAX_TIMEOUT}")
+    return float(value)
 
 
 def parseJobId(text: str) -> str:

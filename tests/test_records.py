@@ -151,6 +151,8 @@ class ToJSONTests(SynchronousTestCase):
                 "stderr_truncated": False,
                 "stderr_dropped": 0,
                 "output_lost": 0,
+                "limits": None,
+                "timeout_seconds": None,
             },
         )
 

@@ -158,6 +158,36 @@ class MigrationTests(SynchronousTestCase):
         assert loaded is not None
         self.assertEqual(loaded.args, ["7", "two words", "\u00e9"])
 
+    def test_fromVersion1(self) -> None:
+        """A populated version 1 store is migrated in place, keeping every job."""
+        path = self.mktemp()
+        db = sqlite3.connect(path, isolation_level=None)
+        MIGRATIONS[0](db)
+        db.execute("PRAGMA user_version = 1")
+        for n in range(3):
+            db.execute(
+                "INSERT INTO jobs (id, owner, command, args, status, created_at) "
+                "VALUES (?, 'bob', 'true', '[]', 'COMPLETED', ?)",
+                (makeRecord(n).id, 5.0 + n),
+            )
+        db.close()
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual(store.version, SCHEMA_VERSION)
+        page, _ = store.page()
+        self.assertEqual([r.id for r in page], [makeRecord(n).id for n in (2, 1, 0)])
+        self.assertIsNone(page[0].limits)
+        record = makeRecord(9)
+        record.limits = {"memory_bytes": 1 << 20}
+        record.timeout_seconds = 2.5
+        store.insert(record)
+        loaded = store.get(record.id)
+        assert loaded is not None
+        self.assertEqual(
+            (loaded.limits, loaded.timeout_seconds),
+            record.limits and ({"memory_bytes": 1 << 20}, 2.5),
+        )
+
     def test_corruptFileRefusedUntouched(self) -> None:
         """A file that is not a database: StoreError, and it is not rewritten."""
         path = self.mktemp()

@@ -1,0 +1,483 @@
+"""Per-job cgroups, v1 and v2: limits, whole-tree kill, clean-up."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Protocol
+
+from twisted.logger import Logger
+
+log = Logger(namespace="jobworker.cgroups")
+
+#: The name of the folder under the server's own cgroup that holds the jobs'.
+JOBS_FOLDER = "jobworker"
+
+CPU_PERIOD_US = 100_000
+
+
+class CgroupError(Exception):
+    """A cgroup could not be set up; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one job; None means unlimited."""
+
+    memory_bytes: int | None = None
+    cpu_millicores: int | None = None
+    pids: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+
+    def toJSON(self) -> dict[str, int | None]:
+        """The C{limits} object of the API."""
+        return asdict(self)
+
+    def given(self) -> Iterator[tuple[str, int]]:
+        """The limits that are set, by name."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                yield field.name, value
+
+    def over(self, other: Limits) -> Iterator[tuple[str, int, int]]:
+        """The limits set here that exceed the same limit set in C{other}."""
+        for name, value in self.given():
+            maximum = getattr(other, name)
+            if maximum is not None and value > maximum:
+                yield name, value, maximum
+
+    def withDefaults(self, defaults: Limits) -> Limits:
+        """These limits, with C{defaults} filling what is unset."""
+        return Limits(
+            **{
+                field.name: getattr(self, field.name)
+                if getattr(self, field.name) is not None
+                else getattr(defaults, field.name)
+                for field in fields(self)
+            }
+        )
+
+
+class JobCgroup(Protocol):
+    """One job's cgroup, whatever the version."""
+
+    def addProcess(self, pid: int) -> None:
+        """Move C{pid} into the cgroup (before it runs the user's command)."""
+
+    def signal(self, signum: int) -> bool:
+        """Send C{signum} to every process in it; False if it is empty."""
+
+    def kill(self) -> bool:
+        """SIGKILL every process in it, escapees from the session included."""
+
+    def oomKilled(self) -> bool:
+        """True if the kernel killed a process of it at the memory limit."""
+
+    def remove(self) -> bool:
+        """Remove the cgroup; False while processes remain."""
+
+
+class Cgroups(Protocol):
+    """A cgroup hierarchy the server may create job cgroups in."""
+
+    version: int
+    supported: frozenset[str]
+
+    def create(self, jobId: str, limits: Limits) -> JobCgroup:
+        """Make the cgroup of a job and apply its limits."""
+
+    def find(self, jobId: str) -> JobCgroup | None:
+        """The cgroup an earlier run of the server made for a job, if any."""
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write(value)
+    except OSError as e:
+        raise CgroupError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read()
+
+
+def _pids(procs: str) -> list[int]:
+    try:
+        return [int(line) for line in _read(procs).split()]
+    except OSError:
+        return []
+
+
+def _signalAll(pids: list[int], signum: int) -> bool:
+    sent = False
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            sent = True
+        except OSError:
+            pass
+    return sent
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise
+    return True
+
+
+def _counter(path: str, key: str) -> int:
+    try:
+        for line in _read(path).splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def blockDevice(path: str) -> str | None:
+    """C{major:minor} of the block device holding C{path}, or None (no device)."""
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return None
+    major, minor = os.major(device), os.minor(device)
+    if major == 0:
+        return None
+    # Throttling applies to whole disks; a partition's parent is its disk.
+    disk = f"/sys/dev/block/{major}:{minor}/partition"
+    if os.path.exists(disk):
+        try:
+            parent = os.path.basename(
+                os.path.dirname(os.path.realpath(f"/sys/dev/block/{major}:{minor}"))
+            )
+            return _read(f"/sys/class/block/{parent}/dev").strip()
+        except OSError:
+            return None
+    return f"{major}:{minor}"
+
+
+def ownCgroups(selfCgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """The server's own cgroup path per v1 controller, and C{""} for v2."""
+    paths: dict[str, str] = {}
+    try:
+        lines = _read(selfCgroup).splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+# -- v1 ----------------------------------------------------------------------
+
+
+class V1Group:
+    """A job's cgroup in each v1 hierarchy (memory, cpu, pids, blkio, freezer)."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = paths
+
+    def addProcess(self, pid: int) -> None:
+        for path in self.paths.values():
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def _members(self) -> list[int]:
+        return _pids(os.path.join(self.paths["freezer"], "cgroup.procs"))
+
+    def signal(self, signum: int) -> bool:
+        return _signalAll(self._members(), signum)
+
+    def kill(self) -> bool:
+        # Freeze first, so nothing can fork while we kill, then thaw so the
+        # pending SIGKILLs are delivered.
+        state = os.path.join(self.paths["freezer"], "freezer.state")
+        try:
+            _write(state, "FROZEN")
+            deadline = time.monotonic() + 0.5
+            while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except (CgroupError, OSError):
+            pass
+        killed = _signalAll(self._members(), signal.SIGKILL)
+        try:
+            _write(state, "THAWED")
+        except CgroupError:
+            pass
+        return killed
+
+    def oomKilled(self) -> bool:
+        memory = self.paths.get("memory")
+        if memory is None:
+            return False
+        return _counter(os.path.join(memory, "memory.oom_control"), "oom_kill") > 0
+
+    def remove(self) -> bool:
+        return all([_rmdir(path) for path in self.paths.values()])
+
+
+class CgroupsV1:
+    """
+    cgroup v1: one folder per controller, under the server's own cgroup in
+    each hierarchy (C{<mount>/<own path>/jobworker/<job id>}).
+    """
+
+    version = 1
+    CONTROLLERS = ("memory", "cpu", "pids", "blkio", "freezer")
+
+    def __init__(self, bases: dict[str, str], ioDevice: str | None) -> None:
+        self._bases = bases
+        self._ioDevice = ioDevice
+        supported = {"memory_bytes", "cpu_millicores", "pids"}
+        if ioDevice is not None:
+            supported |= {"io_read_bps", "io_write_bps"}
+        self.supported = frozenset(supported)
+
+    @classmethod
+    def detect(
+        cls, root: str = "/sys/fs/cgroup", ioPath: str = "/"
+    ) -> CgroupsV1 | None:
+        """The v1 hierarchies, if every controller is mounted and writable."""
+        own = ownCgroups()
+        bases: dict[str, str] = {}
+        for controller in cls.CONTROLLERS:
+            mount = os.path.join(root, controller)
+            if not os.path.isfile(os.path.join(mount, "cgroup.procs")):
+                return None
+            relative = own.get(controller, "/").lstrip("/")
+            if controller == "cpu" and "cpu" not in own:
+                relative = own.get("cpu,cpuacct", "/").lstrip("/")
+            base = os.path.join(mount, relative, JOBS_FOLDER)
+            try:
+                os.makedirs(base, exist_ok=True)
+            except OSError:
+                return None
+            if not os.access(base, os.W_OK):
+                return None
+            bases[controller] = base
+        return cls(bases, blockDevice(ioPath))
+
+    def create(self, jobId: str, limits: Limits) -> V1Group:
+        paths = {c: os.path.join(base, jobId) for c, base in self._bases.items()}
+        for path in paths.values():
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+        group = V1Group(paths)
+        try:
+            self._apply(paths, limits)
+        except CgroupError:
+            group.remove()
+            raise
+        return group
+
+    def _apply(self, paths: dict[str, str], limits: Limits) -> None:
+        if limits.memory_bytes is not None:
+            memory = paths["memory"]
+            _write(
+                os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes)
+            )
+            swap = os.path.join(memory, "memory.memsw.limit_in_bytes")
+            if os.path.exists(swap):
+                _write(swap, str(limits.memory_bytes))
+        if limits.cpu_millicores is not None:
+            cpu = paths["cpu"]
+            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+            quota = limits.cpu_millicores * CPU_PERIOD_US // 1000
+            _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(max(quota, 1000)))
+        if limits.pids is not None:
+            _write(os.path.join(paths["pids"], "pids.max"), str(limits.pids))
+        for name, knob in (
+            ("io_read_bps", "blkio.throttle.read_bps_device"),
+            ("io_write_bps", "blkio.throttle.write_bps_device"),
+        ):
+            value = getattr(limits, name)
+            if value is not None:
+                _write(os.path.join(paths["blkio"], knob), f"{self._ioDevice} {value}")
+
+    def find(self, jobId: str) -> JobCgroup | None:
+        paths = {c: os.path.join(base, jobId) for c, base in self._bases.items()}
+        present = {c: path for c, path in paths.items() if os.path.isdir(path)}
+        return V1Group(present) if "freezer" in present else None
+
+
+# -- v2 ----------------------------------------------------------------------
+
+
+class V2Group:
+    """A job's cgroup in the unified (v2) hierarchy."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def addProcess(self, pid: int) -> None:
+        _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+
+    def _members(self) -> list[int]:
+        return _pids(os.path.join(self.path, "cgroup.procs"))
+
+    def signal(self, signum: int) -> bool:
+        return _signalAll(self._members(), signum)
+
+    def kill(self) -> bool:
+        members = self._members()
+        killFile = os.path.join(self.path, "cgroup.kill")
+        if os.path.exists(killFile):
+            _write(killFile, "1")
+            return bool(members)
+        freeze = os.path.join(self.path, "cgroup.freeze")
+        try:
+            _write(freeze, "1")
+        except CgroupError:
+            pass
+        killed = _signalAll(self._members(), signal.SIGKILL)
+        try:
+            _write(freeze, "0")
+        except CgroupError:
+            pass
+        return killed
+
+    def oomKilled(self) -> bool:
+        return _counter(os.path.join(self.path, "memory.events"), "oom_kill") > 0
+
+    def remove(self) -> bool:
+        return _rmdir(self.path)
+
+
+class CgroupsV2:
+    """
+    cgroup v2: job cgroups under C{<base>/<job id>}, where C{base} is a
+    folder whose C{cgroup.subtree_control} enables the controllers we use.
+    """
+
+    version = 2
+    WANTED = ("memory", "cpu", "pids", "io")
+
+    def __init__(
+        self, base: str, controllers: frozenset[str], ioDevice: str | None
+    ) -> None:
+        self.base = base
+        self._ioDevice = ioDevice
+        supported: set[str] = set()
+        if "memory" in controllers:
+            supported.add("memory_bytes")
+        if "cpu" in controllers:
+            supported.add("cpu_millicores")
+        if "pids" in controllers:
+            supported.add("pids")
+        if "io" in controllers and ioDevice is not None:
+            supported |= {"io_read_bps", "io_write_bps"}
+        self.supported = frozenset(supported)
+
+    @classmethod
+    def detect(
+        cls,
+        root: str = "/sys/fs/cgroup",
+        own: str | None = None,
+        ioPath: str = "/",
+        selfPid: int | None = None,
+    ) -> CgroupsV2 | None:
+        """
+        Set up the server's v2 sub-tree: move the server into a leaf of its
+        own cgroup (v2 allows no processes beside child cgroups), enable the
+        controllers below it, and make the jobs' folder.
+        """
+        if not os.path.isfile(os.path.join(root, "cgroup.controllers")):
+            return None
+        if own is None:
+            own = ownCgroups().get("", "/")
+        ownPath = os.path.join(root, own.lstrip("/"))
+        try:
+            available = set(_read(os.path.join(ownPath, "cgroup.controllers")).split())
+        except OSError:
+            return None
+        wanted = [c for c in cls.WANTED if c in available]
+        try:
+            leaf = os.path.join(ownPath, "jobworker-server")
+            os.makedirs(leaf, exist_ok=True)
+            for pid in _pids(os.path.join(ownPath, "cgroup.procs")):
+                if selfPid is None or pid == selfPid:
+                    _write(os.path.join(leaf, "cgroup.procs"), str(pid))
+            base = os.path.join(ownPath, JOBS_FOLDER)
+            os.makedirs(base, exist_ok=True)
+            enable = " ".join(f"+{c}" for c in wanted)
+            if enable:
+                _write(os.path.join(ownPath, "cgroup.subtree_control"), enable)
+                _write(os.path.join(base, "cgroup.subtree_control"), enable)
+        except (OSError, CgroupError) as e:
+            log.warn(
+                "cgroup v2 unusable at {path}: {error}", path=ownPath, error=str(e)
+            )
+            return None
+        return cls(base, frozenset(wanted), blockDevice(ioPath))
+
+    def create(self, jobId: str, limits: Limits) -> V2Group:
+        path = os.path.join(self.base, jobId)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+        group = V2Group(path)
+        try:
+            self._apply(path, limits)
+        except CgroupError:
+            group.remove()
+            raise
+        return group
+
+    def _apply(self, path: str, limits: Limits) -> None:
+        if limits.memory_bytes is not None:
+            _write(os.path.join(path, "memory.max"), str(limits.memory_bytes))
+            swap = os.path.join(path, "memory.swap.max")
+            if os.path.exists(swap):
+                _write(swap, "0")
+        if limits.cpu_millicores is not None:
+            quota = max(limits.cpu_millicores * CPU_PERIOD_US // 1000, 1000)
+            _write(os.path.join(path, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        if limits.pids is not None:
+            _write(os.path.join(path, "pids.max"), str(limits.pids))
+        io = []
+        if limits.io_read_bps is not None:
+            io.append(f"rbps={limits.io_read_bps}")
+        if limits.io_write_bps is not None:
+            io.append(f"wbps={limits.io_write_bps}")
+        if io:
+            _write(os.path.join(path, "io.max"), f"{self._ioDevice} {' '.join(io)}")
+
+    def find(self, jobId: str) -> JobCgroup | None:
+        path = os.path.join(self.base, jobId)
+        return V2Group(path) if os.path.isdir(path) else None
+
+
+def detect(root: str = "/sys/fs/cgroup", ioPath: str = "/") -> Cgroups | None:
+    """
+    The usable cgroup hierarchy: v2 when the unified hierarchy has
+    controllers for us, else v1 when its controllers are mounted and
+    writable, else None (limits off; process-group kill).
+    """
+    v2 = CgroupsV2.detect(root, ioPath=ioPath, selfPid=os.getpid())
+    if v2 is not None and v2.supported:
+        return v2
+    return CgroupsV1.detect(root, ioPath=ioPath)
