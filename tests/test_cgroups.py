@@ -1,0 +1,138 @@
+"""cgroup v2 logic against a fake cgroupfs tree (v1 runs for real in test_limits)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.cgroups import CgroupsV2, Limits, V2Group, ownCgroups
+
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class FakeV2Tests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.own = os.path.join(self.root, "system.slice", "jobworker.service")
+        os.makedirs(self.own)
+        write(
+            os.path.join(self.root, "cgroup.controllers"), "cpuset cpu io memory pids\n"
+        )
+        write(os.path.join(self.own, "cgroup.controllers"), "cpu io memory pids\n")
+        write(os.path.join(self.own, "cgroup.procs"), "4242\n")
+        self.v2 = CgroupsV2.detect(
+            self.root,
+            own="/system.slice/jobworker.service",
+            ioPath=self.root,
+            selfPid=4242,
+        )
+        assert self.v2 is not None
+
+    def test_detectPreparesSubtree(self) -> None:
+        """The server moves into a leaf; controllers are enabled below it."""
+        leaf = os.path.join(self.own, "jobworker-server")
+        self.assertEqual(read(os.path.join(leaf, "cgroup.procs")), "4242")
+        enabled = "+memory +cpu +pids +io"
+        self.assertEqual(
+            read(os.path.join(self.own, "cgroup.subtree_control")), enabled
+        )
+        base = os.path.join(self.own, "jobworker")
+        self.assertEqual(read(os.path.join(base, "cgroup.subtree_control")), enabled)
+        self.assertEqual(self.v2.base, base)
+        self.assertTrue({"memory_bytes", "cpu_millicores", "pids"} <= self.v2.supported)
+
+    def test_createWritesLimits(self) -> None:
+        """Each limit lands in its v2 file, in the v2 format."""
+        self.v2._ioDevice = "8:0"
+        group = self.v2.create(
+            "job-1",
+            Limits(
+                memory_bytes=64 << 20,
+                cpu_millicores=250,
+                pids=32,
+                io_read_bps=1000,
+                io_write_bps=2000,
+            ),
+        )
+        path = os.path.join(self.own, "jobworker", "job-1")
+        self.assertEqual(group.path, path)
+        self.assertEqual(read(os.path.join(path, "memory.max")), str(64 << 20))
+        self.assertEqual(read(os.path.join(path, "cpu.max")), "25000 100000")
+        self.assertEqual(read(os.path.join(path, "pids.max")), "32")
+        self.assertEqual(read(os.path.join(path, "io.max")), "8:0 rbps=1000 wbps=2000")
+
+    def test_noLimitsWritesNothing(self) -> None:
+        """A job without limits gets a cgroup (for the kill) and no limit files."""
+        group = self.v2.create("job-2", Limits())
+        self.assertEqual(os.listdir(group.path), [])
+
+    def test_addProcessAndKillFile(self) -> None:
+        """addProcess writes cgroup.procs; kill uses cgroup.kill when present."""
+        group = self.v2.create("job-3", Limits())
+        group.addProcess(999999)
+        self.assertEqual(read(os.path.join(group.path, "cgroup.procs")), "999999")
+        write(os.path.join(group.path, "cgroup.procs"), "")
+        write(os.path.join(group.path, "cgroup.kill"), "")
+        self.assertFalse(group.kill())
+        self.assertEqual(read(os.path.join(group.path, "cgroup.kill")), "1")
+
+    def test_signalEveryMember(self) -> None:
+        """signal() reaches each pid listed in cgroup.procs (here: ourselves, 0)."""
+        group = V2Group(os.path.abspath(self.mktemp()))
+        os.makedirs(group.path)
+        write(os.path.join(group.path, "cgroup.procs"), f"{os.getpid()}\n")
+        self.assertTrue(group.signal(0))
+        write(os.path.join(group.path, "cgroup.procs"), "")
+        self.assertFalse(group.signal(signal.SIGTERM))
+
+    def test_oomKilledFromMemoryEvents(self) -> None:
+        """memory.events' oom_kill counter tells an out-of-memory kill."""
+        group = self.v2.create("job-4", Limits(memory_bytes=1 << 20))
+        events = os.path.join(group.path, "memory.events")
+        write(events, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+        self.assertFalse(group.oomKilled())
+        write(events, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        self.assertTrue(group.oomKilled())
+
+    def test_removeAndFind(self) -> None:
+        """find() sees a job's cgroup from an earlier run; remove() deletes it."""
+        group = self.v2.create("job-5", Limits())
+        found = self.v2.find("job-5")
+        assert isinstance(found, V2Group)
+        self.assertEqual(found.path, group.path)
+        self.assertTrue(group.remove())
+        self.assertIsNone(self.v2.find("job-5"))
+        self.assertTrue(group.remove())
+
+    def test_notV2(self) -> None:
+        """Without cgroup.controllers at the root, v2 is not detected."""
+        self.assertIsNone(CgroupsV2.detect(os.path.abspath(self.mktemp())))
+
+    def test_ownCgroups(self) -> None:
+        """/proc/self/cgroup lines map controllers (v1) and "" (v2) to paths."""
+        path = self.mktemp()
+        write(path, "4:memory:/a/b\n1:cpu,cpuacct:/c\n0::/user.slice/x\n")
+        self.assertEqual(
+            ownCgroups(path),
+            {"memory": "/a/b", "cpu": "/c", "cpuacct": "/c", "": "/user.slice/x"},
+        )
+
+    def test_limitsArithmetic(self) -> None:
+        """Defaults fill unset limits; over() names what exceeds a maximum."""
+        asked = Limits(memory_bytes=10, pids=None)
+        merged = asked.withDefaults(Limits(memory_bytes=5, pids=7))
+        self.assertEqual(merged, Limits(memory_bytes=10, pids=7))
+        self.assertEqual(
+            list(asked.over(Limits(memory_bytes=8))), [("memory_bytes", 10, 8)]
+        )
+        self.assertEqual(list(asked.over(Limits())), [])
