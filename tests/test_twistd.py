@@ -1,0 +1,491 @@
+"""
+Integration tests of the real C{twistd jobworker} process: plugin discovery,
+start-up errors, graceful shutdown and bounded memory under heavy output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from jobworker.tap import Options
+from jobworker.tls import TrustRootPolicy
+
+from .support import (
+    CA,
+    CERT,
+    CERTS,
+    KEY,
+    TWISTD,
+    basic,
+    groupMembers,
+    rssKiB,
+    runSync,
+    sleep,
+)
+
+LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
+
+MiB = 1024 * 1024
+
+#: A job that ignores SIGTERM (its children too) and says when it is set up.
+TERM_IGNORING = 'trap "" TERM; echo ready; while :; do sleep 0.1; done'
+
+
+def startTime(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of C{pid}, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class TwistdProtocol(ProcessProtocol):
+    """Collect a twistd's output; tell when it listens and when it exits."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.errors = bytearray()
+        self.port: int | None = None
+        self.exitCode: int | None = None
+        self.exitSignal: int | None = None
+        self.ended = False
+        self._listenWaiters: list[Deferred[int]] = []
+        self._endWaiters: list[Deferred[int | None]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.port is None:
+            match = LISTENING.search(self.output)
+            if match is not None:
+                self.port = int(match.group(1))
+                waiters, self._listenWaiters = self._listenWaiters, []
+                for d in waiters:
+                    d.callback(self.port)
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended = True
+        if isinstance(reason.value, ProcessDone | ProcessTerminated):
+            self.exitCode = reason.value.exitCode
+            self.exitSignal = getattr(reason.value, "signal", None)
+        waiters, self._listenWaiters = self._listenWaiters, []
+        for d in waiters:
+            d.errback(RuntimeError(f"twistd exited before listening: {self.log()}"))
+        ends, self._endWaiters = self._endWaiters, []
+        for e in ends:
+            e.callback(self.exitCode)
+
+    def log(self) -> str:
+        """Everything twistd printed so far."""
+        return (bytes(self.output) + bytes(self.errors)).decode("utf-8", "replace")
+
+    def whenListening(self) -> Deferred[int]:
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[int] = Deferred()
+        self._listenWaiters.append(d)
+        return d
+
+    def whenEnded(self) -> Deferred[int | None]:
+        d: Deferred[int | None] = Deferred()
+        if self.ended:
+            d.callback(self.exitCode)
+        else:
+            self._endWaiters.append(d)
+        return d
+
+
+class Twistd:
+    """
+    A real C{twistd -n jobworker} on a free loopback port, in a temporary
+    folder, with a client for its API. Killed (with its jobs' process groups)
+    at cleanup, whatever happened.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.testCase = testCase
+        self.workDir = os.path.abspath(testCase.mktemp())
+        os.makedirs(self.workDir)
+        self.stateDir = os.path.join(self.workDir, "state")
+        self.protocol = TwistdProtocol()
+        self.pid: int = 0
+        self.port: int = 0
+        #: (process group id, start time of its leader) of each job.
+        self.jobGroups: list[tuple[int, int | None]] = []
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = pool
+        self.http = HTTPClient(
+            Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
+        )
+
+    async def start(self, *extra: str) -> Twistd:
+        argv = [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "jobworker",
+            "--tls",
+            "--port=0",
+            "--interface=127.0.0.1",
+            f"--cert={CERT}",
+            f"--key={KEY}",
+            f"--state-dir={self.stateDir}",
+            *extra,
+        ]
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            self.protocol, TWISTD, argv, env=dict(os.environ), path=self.workDir
+        )
+        self.pid = transport.pid
+        self.testCase.addCleanup(self.cleanUp)
+        self.port = await self.protocol.whenListening().addTimeout(60, reactor)
+        return self
+
+    async def cleanUp(self) -> None:
+        await self._pool.closeCachedConnections()
+        for pgid, leaderStarted in self.jobGroups:
+            # Never a group whose id was reused since: its leader is not ours.
+            now = startTime(pgid)
+            if now is not None and leaderStarted is not None and now != leaderStarted:
+                continue
+            if groupMembers(pgid):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+        if not self.protocol.ended:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            await self.protocol.whenEnded().addTimeout(30, reactor)
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    async def json(
+        self, method: str, path: str, user: str = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        """Send a request; (status, decoded JSON body)."""
+        headers = basic(user)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers[b"content-type"] = [b"application/json"]
+        response = await self.http.request(
+            method, self.url + path, headers=headers, data=data
+        )
+        return response.code, json.loads(await treq.content(response))
+
+    async def createJob(self, command: str, *args: str) -> dict[str, Any]:
+        code, job = await self.json(
+            "POST", "/jobs", body={"command": command, "args": list(args)}
+        )
+        assert code == 201, (code, job)
+        if job["pid"] is not None:
+            self.jobGroups.append((job["pid"], startTime(job["pid"])))
+        return job  # type: ignore[no-any-return]
+
+    async def logs(self, jobId: str) -> bytes:
+        response = await self.http.get(
+            f"{self.url}/jobs/{jobId}/logs", headers=basic("alice")
+        )
+        assert response.code == 200, response.code
+        return await treq.content(response)  # type: ignore[no-any-return]
+
+    async def poll(
+        self, check: Any, timeout: float, what: str, interval: float = 0.05
+    ) -> Any:
+        """Await C{check()} until it returns something truthy, within C{timeout}."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = await check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            await sleep(interval)
+
+
+class PluginTests(TestCase):
+    """The twistd plugin is installed where twistd looks for it."""
+
+    def test_pluginDiscoverable(self) -> None:
+        """getPlugins(IServiceMaker) yields exactly one 'jobworker' maker."""
+        makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "jobworker"]
+        self.assertEqual(len(makers), 1)
+        self.assertIs(makers[0].options, Options)
+
+    def test_twistdHelpListsJobworker(self) -> None:
+        """'twistd --help' lists the jobworker command."""
+        workDir = os.path.abspath(self.mktemp())
+        os.makedirs(workDir)
+        result = runSync(TWISTD, "--help", cwd=workDir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, rb"(?m)^\s+jobworker\s+\S")
+
+    def test_jobworkerHelpListsOptions(self) -> None:
+        """'twistd jobworker --help' documents --tls, --port and --stop-grace."""
+        result = runSync(TWISTD, "jobworker", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in (b"--tls", b"--port", b"--stop-grace", b"--users"):
+            self.assertIn(option, result.stdout)
+
+
+class StartupErrorTests(TestCase):
+    """Every start-up problem: a non-zero exit and one clear line, no traceback."""
+
+    def runTwistd(self, *options: str, tls: bool = True) -> tuple[str, str, int]:
+        """Run twistd jobworker, which must exit at once; (stdout, stderr, code)."""
+        workDir = os.path.abspath(self.mktemp())
+        os.makedirs(workDir)
+        argv = [TWISTD, "-n", "--pidfile=", "jobworker"]
+        if tls:
+            argv.append("--tls")
+        defaults = {
+            "--port": "0",
+            "--cert": CERT,
+            "--key": KEY,
+            "--state-dir": os.path.join(workDir, "state"),
+        }
+        given = {option.split("=", 1)[0] for option in options}
+        argv += [f"{k}={v}" for k, v in defaults.items() if k not in given]
+        argv += options
+        result = runSync(*argv, cwd=workDir)
+        stdout = result.stdout.decode("utf-8", "replace")
+        stderr = result.stderr.decode("utf-8", "replace")
+        self.assertNotEqual(result.returncode, 0, (stdout, stderr))
+        self.assertNotIn("Traceback", stdout + stderr)
+        self.assertNotIn("jobworker listening", stdout)
+        return stdout, stderr, result.returncode
+
+    def refused(self, *options: str) -> str:
+        """Run twistd jobworker expecting a start-up error; the one stderr line."""
+        _, stderr, _ = self.runTwistd(*options)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, stderr)
+        return lines[0]
+
+    def test_withoutTLSRefusesToStart(self) -> None:
+        """Without --tls twistd jobworker refuses to start, saying --tls is required."""
+        stdout, stderr, _ = self.runTwistd(tls=False)
+        # A usage error: twistd prints the usage and the reason (on stdout).
+        self.assertIn("--tls is required", stdout + stderr)
+
+    def test_portInUse(self) -> None:
+        """A port already in use: one line on stderr naming the port."""
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = self.refused(f"--port={port}")
+        self.assertIn(str(port), line)
+        self.assertIn("cannot listen", line)
+
+    def test_missingCertFile(self) -> None:
+        """A certificate file that does not exist is named in the one line."""
+        missing = os.path.abspath(self.mktemp())
+        line = self.refused(f"--cert={missing}")
+        self.assertIn(missing, line)
+        self.assertIn("certificate", line)
+
+    def test_missingKeyFile(self) -> None:
+        """A key file that does not exist is named in the one line."""
+        missing = os.path.abspath(self.mktemp())
+        line = self.refused(f"--key={missing}")
+        self.assertIn(missing, line)
+        self.assertIn("key", line)
+
+    def test_certNotPEM(self) -> None:
+        """A certificate file that holds no PEM certificate is refused."""
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "w") as f:
+            f.write("not a certificate\n")
+        line = self.refused(f"--cert={bad}")
+        self.assertIn(bad, line)
+
+    def test_keyNotMatchingCert(self) -> None:
+        """A key that does not belong to the certificate is refused."""
+        line = self.refused(f"--key={os.path.join(CERTS, 'ca.key')}")
+        self.assertIn("does not match", line)
+
+    def test_badUsersFile(self) -> None:
+        """A users file that does not parse is refused, naming the line."""
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "w") as f:
+            f.write("# users\nalice:Developer\n")
+        line = self.refused(f"--users={bad}")
+        self.assertIn("users file", line)
+        self.assertIn("line 2", line)
+
+    def test_usersFileNotUTF8(self) -> None:
+        """A users file that is not UTF-8 is refused with one line."""
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "wb") as f:
+            f.write(b"\xff\xfe\x00garbage\n")
+        line = self.refused(f"--users={bad}")
+        self.assertIn("users file", line)
+
+    def test_unreadableUsersFile(self) -> None:
+        """A users file that cannot be read (missing, a directory) is refused."""
+        missing = os.path.abspath(self.mktemp())
+        line = self.refused(f"--users={missing}")
+        self.assertIn(missing, line)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        line = self.refused(f"--users={directory}")
+        self.assertIn(directory, line)
+
+    def test_unusableStateDir(self) -> None:
+        """A state dir that cannot be created is refused with one line."""
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w"):
+            pass
+        stateDir = os.path.join(blocker, "state")
+        line = self.refused(f"--state-dir={stateDir}")
+        self.assertIn(stateDir, line)
+
+
+class ShutdownTests(TestCase):
+    """SIGTERM to twistd stops every job, escalating, before it exits."""
+
+    async def shutDownWithJobs(
+        self, grace: float, stubbornScript: str = TERM_IGNORING
+    ) -> tuple[Twistd, dict[str, Any], dict[str, Any], str]:
+        """
+        Start twistd, a TERM-ignoring job and a plain one, SIGTERM twistd and
+        wait for it to exit; (server, stubborn job, plain job, twistd's log).
+        """
+        server = await Twistd(self).start(f"--stop-grace={grace}")
+        stubborn = await server.createJob("sh", "-c", stubbornScript)
+        plain = await server.createJob("sleep", "300")
+        await server.poll(
+            lambda: server.logs(stubborn["id"]),
+            10,
+            "the TERM-ignoring job to be ready",
+        )
+        for job in (stubborn, plain):
+            self.assertTrue(groupMembers(job["pid"]), job)
+        os.kill(server.pid, signal.SIGTERM)
+        started = time.monotonic()
+        await server.protocol.whenEnded().addTimeout(30, reactor)
+        elapsed = time.monotonic() - started
+        log = server.protocol.log()
+        self.assertLess(elapsed, grace + 5, log)
+        return server, stubborn, plain, log
+
+    async def test_sigtermStopsEveryJob(self) -> None:
+        """SIGTERM: both job groups gone, each logged 'ended STOPPED', clean exit."""
+        server, stubborn, plain, log = await self.shutDownWithJobs(grace=1.0)
+        # A clean shutdown: exit status 0, or (as twistd does on SIGTERM) the
+        # same signal re-raised once the reactor has stopped.
+        self.assertIn(
+            (server.protocol.exitCode, server.protocol.exitSignal),
+            [(0, None), (None, signal.SIGTERM)],
+            log,
+        )
+        self.assertIn("Server Shut Down.", log)
+        self.assertNotIn("Traceback", log)
+        for job in (stubborn, plain):
+            self.assertEqual(groupMembers(job["pid"]), [], job)
+            self.assertIn(f"job {job['id']} ended STOPPED", log)
+        self.assertRegex(
+            log, rf"job {stubborn['id']} ended STOPPED \(exit None, signal SIGKILL\)"
+        )
+        self.assertRegex(
+            log, rf"job {plain['id']} ended STOPPED \(exit None, signal SIGTERM\)"
+        )
+
+    async def test_shutdownKillsEachGroupOnce(self) -> None:
+        """On shutdown a TERM-ignoring group is SIGKILLed once, not once per grace."""
+        # Many children dying with the main process: some are still exiting
+        # (or not yet reaped) when the main process is.
+        script = (
+            'trap "" TERM; i=0; while [ $i -lt 20 ]; do sleep 300 & i=$((i+1)); '
+            "done; echo ready; wait"
+        )
+        _, stubborn, plain, log = await self.shutDownWithJobs(1.0, script)
+        killed = "process group {} killed after"
+        self.assertEqual(log.count(killed.format(stubborn["pid"])), 1, log)
+        self.assertEqual(log.count(killed.format(plain["pid"])), 0, log)
+
+
+class LargeOutputTests(TestCase):
+    """100 MB of output goes to disk, not to the server's memory."""
+
+    async def test_hundredMegabytesWithBoundedMemory(self) -> None:
+        """100 MB of job output: spooled in full, read back, RSS grows < 50 MiB."""
+        size = 100 * MiB
+        server = await Twistd(self).start()
+        code, _ = await server.json("GET", "/jobs", "ada")  # warm up TLS and auth
+        self.assertEqual(code, 200)
+        baseline = rssKiB(server.pid)
+        peak = [baseline]
+
+        def sample() -> None:
+            try:
+                peak[0] = max(peak[0], rssKiB(server.pid))
+            except (OSError, AssertionError):
+                pass
+
+        sampler = LoopingCall(sample)
+        sampler.start(0.02)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+
+        job = await server.createJob("head", "-c", str(size), "/dev/zero")
+
+        async def ended() -> dict[str, Any] | None:
+            code, record = await server.json("GET", f"/jobs/{job['id']}", "ada")
+            assert code == 200, record
+            return record if record["status"] != "RUNNING" else None
+
+        record = await server.poll(ended, 60, "the 100 MB job to end")
+        self.assertEqual(record["status"], "COMPLETED", record)
+        self.assertEqual(record["stdout_bytes"], size)
+        spool = os.path.join(server.stateDir, "jobs", job["id"], "stdout")
+        self.assertEqual(os.path.getsize(spool), size)
+        sample()
+        growth = (peak[0] - baseline) * 1024
+        self.assertLess(growth, 50 * MiB, f"RSS grew {growth / MiB:.1f} MiB")
+
+        response = await server.http.get(
+            f"{server.url}/jobs/{job['id']}/logs?follow=true",
+            headers=basic("alice"),
+            unbuffered=True,
+        )
+        self.assertEqual(response.code, 200)
+        counts = {"bytes": 0, "nonzero": 0}
+
+        def count(data: bytes) -> None:
+            counts["bytes"] += len(data)
+            counts["nonzero"] += len(data) - data.count(b"\x00")
+
+        await treq.collect(response, count).addTimeout(120, reactor)
+        sample()
+        sampler.stop()
+        self.assertEqual(counts, {"bytes": size, "nonzero": 0})
+        growth = (peak[0] - baseline) * 1024
+        self.assertLess(growth, 50 * MiB, f"RSS grew {growth / MiB:.1f} MiB")
