@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -17,10 +18,17 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from .auth import REALM, Authenticator
-from .errors import JobworkerError, PayloadTooLarge, TooManyRequests, Unauthorized
+from .errors import (
+    BadRequest,
+    JobworkerError,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+)
 from .manager import JobManager
 from .permissions import Permission, User, authorize
-from .spool import SpoolReader
+from .spool import OutputSource, SpoolReader, tailOffset
+from .sse import EventStream, parseLastEventId
 from .validation import (
     parseBool,
     parseCursor,
@@ -31,6 +39,8 @@ from .validation import (
     parseOwner,
     parseStatus,
     parseStream,
+    parseTail,
+    parseWait,
 )
 
 #: The largest request body accepted.
@@ -107,9 +117,12 @@ class JobsAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, manager: JobManager, authenticator: Authenticator) -> None:
+    def __init__(
+        self, manager: JobManager, authenticator: Authenticator, clock: IReactorTime
+    ) -> None:
         self._manager = manager
         self._authenticator = authenticator
+        self._clock = clock
 
     # -- errors: the one mapping from domain errors to HTTP --------------------
 
@@ -177,11 +190,23 @@ class JobsAPI:
             },
         )
 
+    @app.route("/healthz", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        # No authentication and no details: fit for a load balancer's probe.
+        return _json(request, {"status": "ok"})
+
     @app.route("/jobs/<jobId>", methods=["GET"])
     @app.route("/jobs/<jobId>/status", methods=["GET"])
     @guarded(Permission.GET)
     async def jobStatus(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
+        wait = parseWait(_arg(request, b"wait"))
+        if wait and not record.status.ended:
+            ended = self._manager.whenEnded(record.id)
+            try:
+                record = await ended.addTimeout(wait, self._clock)
+            except defer.TimeoutError:
+                record = self._manager.record(record.id)
         return _json(request, record.toJSON())
 
     @app.route("/jobs/<jobId>", methods=["DELETE"])
@@ -207,21 +232,73 @@ class JobsAPI:
         authorize(user, Permission.LOGS, owner=record.owner)
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
-        follow = parseBool(_arg(request, b"follow"), "follow")
+        tail = parseTail(_arg(request, b"tail"))
+        sse = _wantsEvents(request)
+        follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
         spool = self._manager.output(record.id, stream)
+        lastEventId = request.getHeader(b"last-event-id") if sse else None
+        if lastEventId is not None:
+            offset = parseLastEventId(lastEventId.decode("utf-8", "replace"), stream)
+        elif tail is not None:
+            if _arg(request, b"offset") is not None:
+                raise BadRequest("give offset or tail, not both")
+            offset = tailOffset(spool.path, spool.size, tail)
         dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
-        request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
         request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
         request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
+        request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
+        if sse:
+            return await self._events(request, record.id, stream, spool, offset, follow)
+        request.setHeader(b"content-type", b"application/octet-stream")
         if not follow:
             length = max(0, spool.size - offset)
             request.setHeader(b"content-length", str(length).encode("ascii"))
-        reader = SpoolReader(spool, IConsumer(request), offset, follow)
+        await self._send(SpoolReader(spool, IConsumer(request), offset, follow))
+        return b""
+
+    async def _events(
+        self,
+        request: IRequest,
+        jobId: str,
+        stream: str,
+        spool: OutputSource,
+        offset: int,
+        follow: bool,
+    ) -> bytes:
+        """The logs route as Server-Sent Events, ending with an C{end} event."""
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        events = EventStream(IConsumer(request), stream, offset, self._clock)
+        try:
+            await self._send(SpoolReader(spool, events, offset, follow))
+            record = self._manager.record(jobId)
+            if follow or record.status.ended:
+                if follow:
+                    record = await self._manager.whenEnded(jobId)
+                dropped = getattr(record, f"{stream}_dropped")
+                if dropped:
+                    events.send("truncated", {"stream": stream, "dropped": dropped})
+                events.send("end", record.toJSON())
+        finally:
+            events.close()
+        return b""
+
+    async def _send(self, reader: SpoolReader) -> None:
         try:
             await reader.start()
         except CancelledError:
             reader.stopProducing()
             raise
-        return b""
+
+
+def _wantsEvents(request: IRequest) -> bool:
+    """SSE when asked by C{?format=sse} or C{Accept: text/event-stream}."""
+    form = _arg(request, b"format")
+    if form is not None:
+        if form not in ("raw", "sse"):
+            raise BadRequest("format must be raw or sse")
+        return form == "sse"
+    accept = request.getHeader(b"accept") or b""
+    return b"text/event-stream" in accept

@@ -34,6 +34,8 @@ examples:
   jw status $ID ; jw stop $ID
   jw logs --follow $ID                     stdout until the job ends
   jw logs --stderr --offset 100 $ID        stderr from byte 100
+  jw logs --tail 20 --follow $ID           the last 20 lines, then new output
+  jw wait --timeout 60 $ID                 wait for the end, exit with its status
 
 environment:
   JW_SERVER, JW_CA          server URL and CA file (like --server, --ca)
@@ -131,7 +133,20 @@ def buildParser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", "-f", action="store_true", help="wait for more")
     logs.add_argument("--stderr", action="store_true", help="stderr, not stdout")
     logs.add_argument("--offset", type=int, default=0, help="start at this byte")
+    logs.add_argument("--tail", type=int, help="start at the last N lines")
     logs.add_argument("id", metavar="ID")
+
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        help="wait until a job ends; exit with its exit status",
+        description="Wait for the job to end and exit with its exit status "
+        "(128+N if killed by signal N, 127 if it could not start); exit 124 "
+        "if --timeout passes first.",
+        epilog="example: jw wait --timeout 600 $ID && echo passed",
+    )
+    wait.add_argument("--timeout", type=float, help="give up after S seconds")
+    wait.add_argument("id", metavar="ID")
     return parser
 
 
@@ -271,6 +286,8 @@ async def run(
         else:
             _printJob(job, streams.out)
         return 0
+    if verb == "wait":
+        return await waitFor(client, options, streams)
     if verb == "rm":
         await client.deleteJob(options.id)
         return 0
@@ -278,12 +295,45 @@ async def run(
         stream = "stderr" if options.stderr else "stdout"
         if options.offset < 0:
             raise UsageFailure("--offset must not be negative")
+        if options.tail is not None and options.tail < 0:
+            raise UsageFailure("--tail must not be negative")
         if options.follow:
-            await followStream(client, options.id, stream, streams.out, options.offset)
+            await followStream(
+                client, options.id, stream, streams.out, options.offset, options.tail
+            )
         else:
-            await client.logs(options.id, _writer(streams.out), stream, options.offset)
+            await client.logs(
+                options.id,
+                _writer(streams.out),
+                stream,
+                options.offset,
+                tail=options.tail,
+            )
         return 0
     raise UsageFailure(f"unknown command {verb!r}")
+
+
+#: Exit status of C{jw wait} when its timeout passes first (as timeout(1)).
+EXIT_TIMED_OUT = 124
+
+
+async def waitFor(
+    client: JobworkerClient, options: argparse.Namespace, streams: Streams
+) -> int:
+    """Long-poll the job until it ends (or the timeout passes)."""
+    deadline = (
+        None if options.timeout is None else client.reactor.seconds() + options.timeout
+    )
+    while True:
+        remaining = 60.0 if deadline is None else deadline - client.reactor.seconds()
+        job = await client.job(options.id, wait=max(0.0, min(60.0, remaining)))
+        if job["status"] != "RUNNING":
+            if options.json:
+                streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
+            return exitStatusOf(job)
+        if deadline is not None and client.reactor.seconds() >= deadline:
+            streams.messages.write(f"jw: job {options.id} still running\n")
+            return EXIT_TIMED_OUT
 
 
 async def followStream(
@@ -292,6 +342,7 @@ async def followStream(
     stream: str,
     out: BinaryIO,
     offset: int = 0,
+    tail: int | None = None,
 ) -> None:
     """
     Copy one stream to C{out} until the job ends; if the connection breaks,
@@ -305,10 +356,19 @@ async def followStream(
         out.write(data)
         out.flush()
 
+    def started(start: int) -> None:
+        # Where the server began (it picks the start of a tail): from then on
+        # a reconnection resumes by absolute offset.
+        nonlocal position, tail
+        position = start
+        tail = None
+
     failures = 0
     while True:
         try:
-            await client.logs(jobId, sink, stream, position, follow=True)
+            await client.logs(
+                jobId, sink, stream, position, follow=True, tail=tail, onStart=started
+            )
             return
         except ClientError as e:
             if e.status is not None or failures >= FOLLOW_RETRIES:

@@ -208,9 +208,12 @@ class JobworkerClient:
         """C{DELETE /jobs/ID}: remove an ended job and its output."""
         await self._json("DELETE", f"/jobs/{_segment(jobId)}")
 
-    async def job(self, jobId: str) -> dict[str, Any]:
-        """C{GET /jobs/ID}."""
-        result: dict[str, Any] = await self._json("GET", f"/jobs/{_segment(jobId)}")
+    async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
+        """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
+        query = f"?wait={wait:g}" if wait else ""
+        result: dict[str, Any] = await self._json(
+            "GET", f"/jobs/{_segment(jobId)}{query}"
+        )
         return result
 
     async def stop(self, jobId: str) -> dict[str, Any]:
@@ -227,14 +230,25 @@ class JobworkerClient:
         stream: str = "stdout",
         offset: int = 0,
         follow: bool = False,
+        tail: int | None = None,
+        onStart: Callable[[int], None] | None = None,
     ) -> None:
-        """C{GET /jobs/ID/logs}: hand each chunk of output to C{sink}."""
-        query = urlencode(
-            {"stream": stream, "offset": str(offset), "follow": str(follow).lower()}
-        )
+        """
+        C{GET /jobs/ID/logs}: hand each chunk of output to C{sink}; tell
+        C{onStart} the offset the server starts from (C{X-Output-Offset}).
+        """
+        params = {"stream": stream, "follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = str(tail)
+        else:
+            params["offset"] = str(offset)
+        query = urlencode(params)
         response = await self._request(
             "GET", f"/jobs/{_segment(jobId)}/logs?{query}", unbuffered=True
         )
+        start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
+        if onStart is not None and start.isdigit():
+            onStart(int(start))
         try:
             await treq.collect(response, sink)
         except Exception as e:

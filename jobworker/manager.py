@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
@@ -417,6 +417,13 @@ class JobManager:
         return [
             live[r.id].snapshot() if r.id in live else r for r in records
         ], following
+
+    def whenEnded(self, jobId: str) -> Deferred[JobRecord]:
+        """Fires with a job's record once it has ended (now, if it has)."""
+        job = self._live.get(jobId)
+        if job is not None:
+            return job.whenEnded()
+        return succeed(self.record(jobId))
 
     def stop(self, jobId: str, by: str) -> Deferred[JobRecord]:
         """

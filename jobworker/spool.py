@@ -96,6 +96,37 @@ class OutputSpool:
             d.callback(None)
 
 
+def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
+    """
+    The offset where the last C{lines} lines of the first C{size} bytes of a
+    file begin, as C{tail -n}: a last line without a newline counts.
+    """
+    if lines <= 0:
+        return size
+    with open(path, "rb") as f:
+        end = size
+        # A final newline ends the last line; it does not start another.
+        if size:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                end -= 1
+        position = end
+        while position > 0:
+            start = max(0, position - block)
+            f.seek(start)
+            chunk = f.read(position - start)
+            index = len(chunk)
+            while True:
+                index = chunk.rfind(b"\n", 0, index)
+                if index < 0:
+                    break
+                lines -= 1
+                if lines == 0:
+                    return start + index + 1
+            position = start
+    return 0
+
+
 class OutputSource(Protocol):
     """What a L{SpoolReader} reads: a live L{OutputSpool} or L{StoredOutput}."""
 

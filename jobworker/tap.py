@@ -387,7 +387,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
 
     portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
-    api = JobsAPI(manager, Authenticator(portal))
+    api = JobsAPI(manager, Authenticator(portal), reactor)
     site = Site(api.app.resource())
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False

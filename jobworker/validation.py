@@ -218,6 +218,34 @@ def parseOwner(text: str | None) -> str | None:
     return text
 
 
+#: The longest a status request may wait for a job to end (long poll).
+MAX_WAIT = 300.0
+
+
+def parseWait(text: str | None) -> float:
+    """Seconds to wait for a job to end: 0 to C{MAX_WAIT}; absent means 0."""
+    if text is None or text == "":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(
+            f"wait must be a number of seconds (0 to {MAX_WAIT:g})"
+        ) from None
+    if not 0 <= value <= MAX_WAIT:
+        raise BadRequest(f"wait must be a number of seconds (0 to {MAX_WAIT:g})")
+    return value
+
+
+def parseTail(text: str | None) -> int | None:
+    """A number of last lines, 0 to 1,000,000; absent means None."""
+    if text is None or text == "":
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 7:
+        raise BadRequest("tail must be a number of lines (0 to 1000000)")
+    return int(text)
+
+
 def parseStream(text: str | None) -> str:
     """C{stdout} (the default) or C{stderr}."""
     if text is None:

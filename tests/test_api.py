@@ -93,7 +93,7 @@ class APITestCase(SynchronousTestCase):
         )
         self.addCleanup(self.manager.close)
         authenticator = Authenticator(makePortal(DEVELOPMENT_USERS, syncRunner))
-        self.api = JobsAPI(self.manager, authenticator)
+        self.api = JobsAPI(self.manager, authenticator, self.reactor)
         self.treq = StubTreq(self.api.app.resource())
 
     # -- requests ---------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Job output framed as Server-Sent Events: one event per chunk, resumable by id."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IReactorTime,
+)
+from zope.interface import implementer
+
+from .errors import BadRequest
+
+#: Seconds between heartbeat comments on an idle stream.
+HEARTBEAT = 15.0
+
+
+def payload(data: bytes) -> dict[str, str]:
+    """C{{"text": ...}} for UTF-8 output, else C{{"base64": ...}}."""
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def frame(event: str, data: Any, eventId: str | None = None) -> bytes:
+    """One SSE event; C{data} is sent as one line of JSON."""
+    lines = []
+    if eventId is not None:
+        lines.append(f"id: {eventId}")
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def parseLastEventId(text: str, stream: str) -> int:
+    """
+    The offset to resume C{stream} from, given a C{Last-Event-ID}
+    (C{<stream>:<offset>}, the offset just past the event's bytes).
+
+    @raise BadRequest: if it names another stream or is malformed.
+    """
+    name, _, offset = text.partition(":")
+    if (
+        name != stream
+        or not offset.isascii()
+        or not offset.isdigit()
+        or len(offset) > 19
+    ):
+        raise BadRequest(
+            f"Last-Event-ID {text[:40]!r} is not an id of the {stream} stream"
+        )
+    return int(offset)
+
+
+@implementer(IConsumer)
+class EventStream:
+    """
+    A consumer that frames raw output as SSE events on its way to the
+    response: C{event: stdout|stderr}, C{id: <stream>:<offset after>}, a
+    JSON payload saying whether the bytes are text or base64. A comment
+    goes out every C{HEARTBEAT} seconds so proxies and clients know the
+    stream is alive.
+    """
+
+    def __init__(
+        self,
+        request: IConsumer,
+        stream: str,
+        offset: int,
+        clock: IReactorTime,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        self._request = request
+        self._stream = stream
+        self._offset = offset
+        self._clock = clock
+        self._interval = heartbeat
+        self._heartbeat: IDelayedCall | None = clock.callLater(heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        self._request.write(b": heartbeat\n\n")
+        self._heartbeat = self._clock.callLater(self._interval, self._beat)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            self._request.write(b"")
+            return
+        self._offset += len(data)
+        self._request.write(
+            frame(self._stream, payload(data), f"{self._stream}:{self._offset}")
+        )
+
+    def send(self, event: str, data: Any) -> None:
+        """An event that is not output (C{truncated}, C{end})."""
+        self._request.write(frame(event, data))
+
+    def close(self) -> None:
+        """Stop the heartbeat."""
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
