@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, Concatenate, ParamSpec
 
 from klein import Klein
@@ -42,6 +43,9 @@ from .validation import (
     parseTail,
     parseWait,
 )
+
+#: The API's OpenAPI 3.1 document, kept in the package and served as is.
+OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()
 
 #: The largest request body accepted.
 MAX_BODY_BYTES = 64 * 1024
@@ -189,6 +193,12 @@ class JobsAPI:
                 "next_cursor": None if following is None else str(following),
             },
         )
+
+    @app.route("/openapi.json", methods=["GET"])
+    @guarded(Permission.GET)
+    async def openapi(self, request: IRequest, user: User) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return OPENAPI
 
     @app.route("/healthz", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:

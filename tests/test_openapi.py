@@ -1,0 +1,66 @@
+"""The OpenAPI document matches the routes Klein serves, both ways."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.api import OPENAPI, JobsAPI
+
+from .support import LiveServer
+
+
+def servedRoutes() -> set[tuple[str, str]]:
+    """(path, method) of every Klein route, paths in OpenAPI form."""
+    routes = set()
+    for rule in JobsAPI.app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?jobId>", "{id}", rule.rule)
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((path, method.lower()))
+    return routes
+
+
+class DocumentTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.doc = json.loads(OPENAPI)
+
+    def test_everyRouteDocumentedAndViceVersa(self) -> None:
+        """Each served route is in the document, each documented one is served."""
+        documented = {
+            (path, method)
+            for path, operations in self.doc["paths"].items()
+            for method in operations
+        }
+        self.assertEqual(servedRoutes(), documented)
+
+    def test_version(self) -> None:
+        """It is OpenAPI 3.1 and every operation documents its errors."""
+        self.assertTrue(self.doc["openapi"].startswith("3.1"))
+        for path, operations in self.doc["paths"].items():
+            for method, operation in operations.items():
+                self.assertIn("405", operation["responses"], (path, method))
+                if path != "/healthz":
+                    self.assertIn("401", operation["responses"], (path, method))
+
+    def test_jobSchemaMatchesRecord(self) -> None:
+        """The Job schema lists exactly the fields a job record sends."""
+        from jobworker.records import JobRecord
+
+        record = JobRecord(id="x", command="c", args=[], owner="o", created_at=0.0)
+        schema = self.doc["components"]["schemas"]["Job"]
+        self.assertEqual(set(schema["properties"]), set(record.toJSON()))
+
+
+class ServedTests(TestCase):
+    async def test_servedAsIs(self) -> None:
+        """GET /openapi.json serves the document byte for byte (authenticated)."""
+        server = LiveServer(self)
+        response = await server.request("GET", "/openapi.json", "rita")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await response.content(), OPENAPI)
+        response = await server.request("GET", "/openapi.json", None)
+        self.assertEqual(response.code, 401)
+        await response.content()
