@@ -31,6 +31,7 @@ from .permissions import Permission, User, authorize
 from .spool import OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
 from .validation import (
+    onlyParameters,
     parseBool,
     parseCursor,
     parseJobId,
@@ -94,9 +95,13 @@ def _body(request: IRequest) -> bytes:
 
 
 def guarded(
-    permission: Permission,
+    permission: Permission, *parameters: str
 ) -> Callable[[Handler[P]], Route[P]]:
-    """Authenticate the request and check C{permission} before the handler."""
+    """
+    Authenticate the request and check C{permission} before the handler;
+    refuse query parameters other than C{parameters}.
+    """
+    allowed = frozenset(parameters)
 
     def decorate(handler: Handler[P]) -> Route[P]:
         async def wrapper(
@@ -104,6 +109,7 @@ def guarded(
         ) -> Any:
             user = await self._authenticator.authenticate(request)
             authorize(user, permission)
+            onlyParameters(request.args or {}, allowed)
             return await handler(self, request, user, *args, **kwargs)
 
         functools.update_wrapper(wrapper, handler)
@@ -178,7 +184,7 @@ class JobsAPI:
         return _json(request, record.toJSON(), 201)
 
     @app.route("/jobs", methods=["GET"])
-    @guarded(Permission.GET)
+    @guarded(Permission.GET, "status", "owner", "limit", "cursor")
     async def listJobs(self, request: IRequest, user: User) -> bytes:
         records, following = self._manager.page(
             status=parseStatus(_arg(request, b"status")),
@@ -207,7 +213,7 @@ class JobsAPI:
 
     @app.route("/jobs/<jobId>", methods=["GET"])
     @app.route("/jobs/<jobId>/status", methods=["GET"])
-    @guarded(Permission.GET)
+    @guarded(Permission.GET, "wait")
     async def jobStatus(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         wait = parseWait(_arg(request, b"wait"))
@@ -236,7 +242,7 @@ class JobsAPI:
         return _json(request, stopped.toJSON())
 
     @app.route("/jobs/<jobId>/logs", methods=["GET"])
-    @guarded(Permission.LOGS)
+    @guarded(Permission.LOGS, "stream", "offset", "tail", "follow", "format")
     async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.LOGS, owner=record.owner)
@@ -250,9 +256,8 @@ class JobsAPI:
         if lastEventId is not None:
             offset = parseLastEventId(lastEventId.decode("utf-8", "replace"), stream)
         elif tail is not None:
-            if _arg(request, b"offset") is not None:
-                raise BadRequest("give offset or tail, not both")
-            offset = tailOffset(spool.path, spool.size, tail)
+            # The last lines, but none before offset (if given).
+            offset = max(offset, tailOffset(spool.path, spool.size, tail))
         dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,6 +44,10 @@ def _text(value: object, what: str, *, allowEmpty: bool = True) -> str:
         raise BadRequest(f"{what} must not be empty")
     if "\x00" in value:
         raise BadRequest(f"{what} must not contain NUL bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} must be valid Unicode (no lone surrogates)") from None
     return value
 
 
@@ -105,6 +110,8 @@ def parseJobRequest(body: bytes) -> JobRequest:
 
 
 def _positive(value: object, what: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 64.0 is the integer 64
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"{what} must be a positive integer")
     if value > 1 << 62:
@@ -191,7 +198,7 @@ def parseLimit(text: str | None, default: int = 100, maximum: int = 1000) -> int
 
 def parseCursor(text: str | None) -> int | None:
     """A list cursor (an opaque token from C{next_cursor}); absent means None."""
-    if text is None or text == "":
+    if text is None:
         return None
     if not text.isascii() or not text.isdigit() or len(text) > 19:
         raise BadRequest("cursor is not one this server issued")
@@ -200,7 +207,7 @@ def parseCursor(text: str | None) -> int | None:
 
 def parseStatus(text: str | None) -> JobStatus | None:
     """A job status filter; absent means None."""
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         return JobStatus(text.upper())
@@ -211,7 +218,7 @@ def parseStatus(text: str | None) -> JobStatus | None:
 
 def parseOwner(text: str | None) -> str | None:
     """An owner filter: a user name; absent means None."""
-    if text is None or text == "":
+    if text is None:
         return None
     if not USER_NAME.fullmatch(text):
         raise BadRequest("owner is not a valid user name")
@@ -244,6 +251,17 @@ def parseTail(text: str | None) -> int | None:
     if not text.isascii() or not text.isdigit() or len(text) > 7:
         raise BadRequest("tail must be a number of lines (0 to 1000000)")
     return int(text)
+
+
+def onlyParameters(given: Iterable[bytes], allowed: frozenset[str]) -> None:
+    """
+    Refuse query parameters a route does not know: a typo is an error, not
+    a silently ignored option.
+    """
+    unknown = sorted({name.decode("utf-8", "replace") for name in given} - allowed)
+    if unknown:
+        names = ", ".join(repr(name[:40]) for name in unknown[:5])
+        raise BadRequest(f"unknown query parameter(s): {names}")
 
 
 def parseStream(text: str | None) -> str:

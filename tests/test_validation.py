@@ -321,9 +321,9 @@ class ParseCursorTests(SynchronousTestCase):
     """parseCursor accepts the opaque numeric tokens the server issues."""
 
     def test_absent(self) -> None:
-        """Absent or empty means no cursor."""
+        """Absent means no cursor; empty is refused."""
         self.assertIsNone(parseCursor(None))
-        self.assertIsNone(parseCursor(""))
+        self.assertRaises(BadRequest, parseCursor, "")
 
     def test_valid(self) -> None:
         """A decimal token is its number."""
@@ -341,9 +341,9 @@ class ParseStatusTests(SynchronousTestCase):
     """parseStatus accepts a job status name, in any case."""
 
     def test_absent(self) -> None:
-        """Absent or empty means no filter."""
+        """Absent means no filter; empty is refused."""
         self.assertIsNone(parseStatus(None))
-        self.assertIsNone(parseStatus(""))
+        self.assertRaises(BadRequest, parseStatus, "")
 
     def test_valid(self) -> None:
         """Every status is accepted, case-insensitively."""
@@ -362,9 +362,9 @@ class ParseOwnerTests(SynchronousTestCase):
     """parseOwner accepts a user name."""
 
     def test_absent(self) -> None:
-        """Absent or empty means no filter."""
+        """Absent means no filter; empty is refused."""
         self.assertIsNone(parseOwner(None))
-        self.assertIsNone(parseOwner(""))
+        self.assertRaises(BadRequest, parseOwner, "")
 
     def test_valid(self) -> None:
         """Valid user names are returned."""
