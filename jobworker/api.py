@@ -253,8 +253,13 @@ class JobsAPI:
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
         spool = self._manager.output(record.id, stream)
         lastEventId = request.getHeader(b"last-event-id") if sse else None
-        if lastEventId is not None:
-            offset = parseLastEventId(lastEventId.decode("utf-8", "replace"), stream)
+        resume = (
+            None
+            if lastEventId is None
+            else parseLastEventId(lastEventId.decode("utf-8", "replace"), stream)
+        )
+        if resume is not None:
+            offset = resume
         elif tail is not None:
             # The last lines, but none before offset (if given).
             offset = max(offset, tailOffset(spool.path, spool.size, tail))

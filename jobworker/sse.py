@@ -14,8 +14,6 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from .errors import BadRequest
-
 #: Seconds between heartbeat comments on an idle stream.
 HEARTBEAT = 15.0
 
@@ -38,12 +36,12 @@ def frame(event: str, data: Any, eventId: str | None = None) -> bytes:
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
-def parseLastEventId(text: str, stream: str) -> int:
+def parseLastEventId(text: str, stream: str) -> int | None:
     """
     The offset to resume C{stream} from, given a C{Last-Event-ID}
-    (C{<stream>:<offset>}, the offset just past the event's bytes).
-
-    @raise BadRequest: if it names another stream or is malformed.
+    (C{<stream>:<offset>}, the offset just past the event's bytes), or None
+    when it is not an id of this stream (then it is ignored, as a browser's
+    EventSource never sends one).
     """
     name, _, offset = text.partition(":")
     if (
@@ -52,9 +50,7 @@ def parseLastEventId(text: str, stream: str) -> int:
         or not offset.isdigit()
         or len(offset) > 19
     ):
-        raise BadRequest(
-            f"Last-Event-ID {text[:40]!r} is not an id of the {stream} stream"
-        )
+        return None
     return int(offset)
 
 

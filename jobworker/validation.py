@@ -225,6 +225,9 @@ def parseOwner(text: str | None) -> str | None:
     return text
 
 
+#: The most lines C{?tail=} may ask for.
+MAX_TAIL = 1_000_000
+
 #: The longest a status request may wait for a job to end (long poll).
 MAX_WAIT = 300.0
 
@@ -248,8 +251,13 @@ def parseTail(text: str | None) -> int | None:
     """A number of last lines, 0 to 1,000,000; absent means None."""
     if text is None or text == "":
         return None
-    if not text.isascii() or not text.isdigit() or len(text) > 7:
-        raise BadRequest("tail must be a number of lines (0 to 1000000)")
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 7
+        or int(text) > MAX_TAIL
+    ):
+        raise BadRequest(f"tail must be a number of lines (0 to {MAX_TAIL})")
     return int(text)
 
 
