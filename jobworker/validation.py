@@ -13,6 +13,9 @@ from .errors import BadRequest, NotFound
 from .records import JobStatus
 from .users import USER_NAME
 
+#: Offsets and cursors are 64-bit signed integers (SQLite, file offsets).
+MAX_INT64 = (1 << 63) - 1
+
 #: Limits on a job request; the 64 KiB body cap bounds the total anyway.
 MAX_ARGS = 4096
 MAX_ENV = 1024
@@ -165,7 +168,12 @@ def parseOffset(text: str | None) -> int:
     """A non-negative byte offset; absent means 0."""
     if text is None:
         return 0
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 19
+        or int(text) > MAX_INT64
+    ):
         raise BadRequest("offset must be a non-negative integer")
     return int(text)
 
@@ -200,7 +208,12 @@ def parseCursor(text: str | None) -> int | None:
     """A list cursor (an opaque token from C{next_cursor}); absent means None."""
     if text is None:
         return None
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 19
+        or int(text) > MAX_INT64
+    ):
         raise BadRequest("cursor is not one this server issued")
     return int(text)
 
