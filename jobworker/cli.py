@@ -7,21 +7,18 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
 
 from .client import ClientError, JobworkerClient, exitStatusOf
+from .clientconfig import DEFAULT_SERVER, ConfigError, Settings, configPath, resolve
 from .tls import TLSConfigError
-
-DEFAULT_SERVER = "https://localhost:8443"
-#: The development CA shipped in the source tree (certs/ca.pem).
-DEV_CA = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs", "ca.pem"
-)
 
 EXAMPLES = """\
 examples:
@@ -37,9 +34,17 @@ examples:
   jw logs --tail 20 --follow $ID           the last 20 lines, then new output
   jw wait --timeout 60 $ID                 wait for the end, exit with its status
 
-environment:
-  JW_SERVER, JW_CA          server URL and CA file (like --server, --ca)
-  JW_USER, JW_PASSWORD      credentials for scripts (else prompted)
+  jw config                                the settings in force, and whence
+  source <(jw completion bash)             tab completion (bash; zsh too)
+
+settings (flags override the environment, which overrides the config file):
+  --server / JW_SERVER / server      default https://localhost:8443
+  --ca / JW_CA / ca                  default: the development CA
+  JW_USER / user, JW_PASSWORD        credentials (else prompted on the terminal)
+  config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
+    server = "https://jobs.example.com:8443"
+    ca = "ca.pem"      # relative to the config file
+    user = "alice"
 """
 
 #: How often a follower reconnects after its stream broke off.
@@ -68,13 +73,10 @@ def buildParser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--server",
-        default=os.environ.get("JW_SERVER", DEFAULT_SERVER),
-        help=f"server URL (env JW_SERVER, default {DEFAULT_SERVER})",
+        "--server", help=f"server URL (env JW_SERVER, default {DEFAULT_SERVER})"
     )
     parser.add_argument(
         "--ca",
-        default=os.environ.get("JW_CA", DEV_CA),
         help="CA certificate that signs the server's (env JW_CA, default: "
         "the development CA)",
     )
@@ -147,6 +149,19 @@ def buildParser() -> argparse.ArgumentParser:
     )
     wait.add_argument("--timeout", type=float, help="give up after S seconds")
     wait.add_argument("id", metavar="ID")
+
+    commands.add_parser(
+        "config",
+        help="show the settings in force and where each comes from",
+        epilog="example: jw --server https://other:8443 config",
+    )
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        epilog="example: source <(jw completion bash)",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    commands.add_parser("_ids", help=argparse.SUPPRESS)
     return parser
 
 
@@ -161,9 +176,9 @@ def parseEnv(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def credentials(environ: dict[str, str]) -> tuple[str, str]:
-    """C{JW_USER}/C{JW_PASSWORD}, else a prompt on the terminal."""
-    user = environ.get("JW_USER")
+def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
+    """C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt."""
+    user = environ.get("JW_USER") or user
     password = environ.get("JW_PASSWORD")
     if user and password is not None:
         return user, password
@@ -188,8 +203,22 @@ def _printJob(job: dict[str, Any], out: BinaryIO) -> None:
     out.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 
+def age(stamp: str, now: float) -> str:
+    """How long ago an RFC 3339 time was, shortly: C{42s}, C{5m}, C{3h}, C{2d}."""
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "?"
+    seconds = max(0, int(now - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _printTable(jobs: list[dict[str, Any]], out: BinaryIO) -> None:
-    rows = [("ID", "OWNER", "STATUS", "EXIT", "CREATED", "COMMAND")]
+    now = time.time()
+    rows = [("ID", "OWNER", "STATUS", "EXIT", "AGE", "COMMAND")]
     for job in jobs:
         exitText = (
             str(job["exit_code"])
@@ -203,7 +232,7 @@ def _printTable(jobs: list[dict[str, Any]], out: BinaryIO) -> None:
                 job["owner"],
                 job["status"],
                 exitText,
-                job["created_at"],
+                age(job["created_at"], now),
                 command if len(command) <= 60 else command[:57] + "...",
             )
         )
@@ -285,6 +314,10 @@ async def run(
             streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
         else:
             _printJob(job, streams.out)
+        return 0
+    if verb == "_ids":
+        jobs, _ = await client.listJobs(limit=200)
+        streams.out.write("".join(f"{job['id']}\n" for job in jobs).encode("ascii"))
         return 0
     if verb == "wait":
         return await waitFor(client, options, streams)
@@ -381,12 +414,26 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the C{jw} console script."""
     parser = buildParser()
     options = parser.parse_args(argv)
+    environ = dict(os.environ)
+    path = configPath(environ)
+    try:
+        settings = resolve({"server": options.server, "ca": options.ca}, environ, path)
+    except ConfigError as e:
+        print(f"jw: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if options.verb == "config":
+        raise SystemExit(showConfig(settings, path))
+    if options.verb == "completion":
+        sys.stdout.write(COMPLETION[options.shell])
+        raise SystemExit(0)
 
     async def _main(reactor: Any) -> int:
         try:
-            user, password = credentials(dict(os.environ))
+            if options.verb == "_ids" and "JW_PASSWORD" not in environ:
+                return 1  # completion never prompts
+            user, password = credentials(environ, settings.user)
             client = JobworkerClient(
-                reactor, options.server, options.ca, user, password
+                reactor, settings.server, settings.ca, user, password
             )
         except (UsageFailure, ClientError, TLSConfigError) as e:
             print(f"jw: {e}", file=sys.stderr)
@@ -410,3 +457,58 @@ def main(argv: list[str] | None = None) -> None:
 
 def _exit(code: int) -> None:
     raise SystemExit(code)
+
+
+def showConfig(settings: Settings, path: str) -> int:
+    """Print the settings in force and their origins (no network, no secrets)."""
+    print(f"config file: {path}" + ("" if os.path.exists(path) else " (absent)"))
+    for key in ("server", "ca", "user"):
+        value = getattr(settings, key) or "(prompted)"
+        print(f"{key} = {value}    # {settings.origins[key]}")
+    return 0
+
+
+_VERBS = "exec list status stop logs wait rm config completion"
+
+COMPLETION = {
+    "bash": f"""# jw completion for bash: source <(jw completion bash)
+_jw() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}}
+    local verb=${{COMP_WORDS[1]}}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{_VERBS} --server --ca --help" -- "$cur"))
+        return
+    fi
+    case "$verb" in
+        status|stop|logs|wait|rm)
+            if [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --follow --stderr --offset --tail \
+                    --timeout --help" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "$(jw _ids 2>/dev/null)" -- "$cur"))
+            fi ;;
+        exec) COMPREPLY=($(compgen -W "--follow --env --cwd --json --" -- "$cur")) ;;
+        list) COMPREPLY=($(compgen -W "--status --owner --limit --all --json" \\
+            -- "$cur")) ;;
+        completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
+    esac
+}}
+complete -F _jw jw
+""",
+    "zsh": f"""#compdef jw
+# jw completion for zsh: source <(jw completion zsh)
+_jw() {{
+    if (( CURRENT == 2 )); then
+        compadd -- {_VERBS}
+        return
+    fi
+    case "$words[2]" in
+        status|stop|logs|wait|rm) compadd -- $(jw _ids 2>/dev/null) ;;
+        exec) compadd -- --follow --env --cwd --json -- ;;
+        list) compadd -- --status --owner --limit --all --json ;;
+        completion) compadd -- bash zsh ;;
+    esac
+}}
+compdef _jw jw
+""",
+}

@@ -1,0 +1,140 @@
+"""jw settings (flags, environment, config file), completion, tables, start-up cost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.cli import COMPLETION, age
+from jobworker.clientconfig import DEV_CA, ConfigError, configPath, readConfig, resolve
+
+from .support import JW, LiveServer, runJW
+
+
+class SettingsTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "config.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_precedence(self) -> None:
+        """A flag beats the environment, which beats the file, which beats defaults."""
+        path = self.write('server = "https://file:1"\nca = "ca.pem"\nuser = "carol"\n')
+        both = resolve(
+            {"server": "https://flag:1"}, {"JW_SERVER": "https://env:1"}, path
+        )
+        self.assertEqual(
+            (both.server, both.origins["server"]), ("https://flag:1", "--server")
+        )
+        env = resolve({}, {"JW_SERVER": "https://env:1"}, path)
+        self.assertEqual(
+            (env.server, env.origins["server"]), ("https://env:1", "JW_SERVER")
+        )
+        fromFile = resolve({}, {}, path)
+        self.assertEqual(fromFile.server, "https://file:1")
+        self.assertEqual(fromFile.ca, os.path.join(os.path.dirname(path), "ca.pem"))
+        self.assertEqual(fromFile.user, "carol")
+        defaults = resolve({}, {}, path + "-absent")
+        self.assertEqual(
+            (defaults.server, defaults.ca, defaults.user),
+            ("https://localhost:8443", DEV_CA, None),
+        )
+
+    def test_badFiles(self) -> None:
+        """Unknown keys, non-strings and broken TOML are clear errors."""
+        for text, expected in (
+            ("colour = 'blue'\n", "unknown setting"),
+            ("server = 3\n", "must be a non-empty string"),
+            ("server = \n", "not valid TOML"),
+        ):
+            error = self.assertRaises(ConfigError, readConfig, self.write(text))
+            self.assertIn(expected, str(error))
+
+    def test_configPath(self) -> None:
+        """XDG_CONFIG_HOME wins; else ~/.config."""
+        self.assertEqual(
+            configPath({"XDG_CONFIG_HOME": "/x"}), "/x/jobworker/config.toml"
+        )
+        self.assertEqual(configPath({"HOME": "/h"}), "/h/.config/jobworker/config.toml")
+
+    def test_age(self) -> None:
+        """Relative times in whole units."""
+        self.assertEqual(age("1970-01-01T00:00:00.000Z", 42), "42s")
+        self.assertEqual(age("1970-01-01T00:00:00.000Z", 3 * 3600 + 5), "3h")
+        self.assertEqual(age("1970-01-01T00:00:00.000Z", 2 * 86400), "2d")
+        self.assertEqual(age("garbage", 0), "?")
+
+    def test_bashCompletionParses(self) -> None:
+        """The bash script is valid bash."""
+        result = subprocess.run(
+            ["bash", "-n"], input=COMPLETION["bash"].encode(), capture_output=True
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_cliImportsNoServerModule(self) -> None:
+        """jw loads only the client side (start-up stays fast)."""
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, jobworker.cli; "
+                "print(' '.join(sorted(m for m in sys.modules if 'jobworker' in m)))",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        loaded = set(result.stdout.decode().split())
+        self.assertEqual(
+            loaded,
+            {
+                "jobworker",
+                "jobworker.cli",
+                "jobworker.client",
+                "jobworker.clientconfig",
+                "jobworker.tls",
+            },
+        )
+
+
+class ConfigCommandTests(TestCase):
+    async def test_configFileUsed(self) -> None:
+        """A config file supplies server, CA and user; jw config shows whence."""
+        server = LiveServer(self)
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(home, "jobworker"))
+        from .support import CA
+
+        with open(os.path.join(home, "jobworker", "config.toml"), "w") as f:
+            f.write(f'server = "{server.url}"\nca = "{CA}"\nuser = "alice"\n')
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "XDG_CONFIG_HOME": home,
+            "JW_PASSWORD": "alice-pass",
+        }
+        out, err, code = await getProcessOutputAndValue(JW, ["config"], env=env)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"server = {server.url}".encode(), out)
+        self.assertIn(b"user = alice", out)
+        out, err, code = await getProcessOutputAndValue(
+            JW, ["exec", "--", "true"], env=env
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.strip()), 36)
+
+    async def test_tableShowsAge(self) -> None:
+        """jw list shows an AGE column with relative times."""
+        server = LiveServer(self)
+        await server.createJob("true")
+        out, err, code = await runJW(server.url, "list")
+        self.assertEqual(code, 0, err)
+        header, row = out.decode().splitlines()[:2]
+        self.assertEqual(header.split()[:5], ["ID", "OWNER", "STATUS", "EXIT", "AGE"])
+        self.assertRegex(row, r"RUNNING|COMPLETED")
+        self.assertRegex(row, r"\s\d+s\s")
