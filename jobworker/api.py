@@ -79,8 +79,10 @@ def _arg(request: IRequest, name: bytes) -> str | None:
     values = request.args.get(name) if request.args else None
     if not values:
         return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name.decode()} given more than once")
     try:
-        return bytes(values[-1]).decode("utf-8")
+        return bytes(values[0]).decode("utf-8")
     except UnicodeDecodeError:
         return "\ufffd"
 

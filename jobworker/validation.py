@@ -247,7 +247,7 @@ MAX_WAIT = 300.0
 
 def parseWait(text: str | None) -> float:
     """Seconds to wait for a job to end: 0 to C{MAX_WAIT}; absent means 0."""
-    if text is None or text == "":
+    if text is None:
         return 0.0
     try:
         value = float(text)
@@ -262,7 +262,7 @@ def parseWait(text: str | None) -> float:
 
 def parseTail(text: str | None) -> int | None:
     """A number of last lines, 0 to 1,000,000; absent means None."""
-    if text is None or text == "":
+    if text is None:
         return None
     if (
         not text.isascii()

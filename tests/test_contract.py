@@ -233,6 +233,14 @@ class LiveContractTests(TestCase):
             code, _ = await server.json("GET", f"/jobs/{job['id']}?wait={bad}")
             self.assertEqual(code, 400, bad)
 
+    async def test_repeatedOrUnknownParameters(self) -> None:
+        """A query parameter given twice, or unknown, is a 400, never ignored."""
+        server = LiveServer(self)
+        for query in ("limit=1&limit=2", "limits=5", "status=RUNNING&status=FAILED"):
+            code, body = await server.json("GET", f"/jobs?{query}")
+            self.assertEqual(code, 400, query)
+            self.assertIn("error", body)
+
     async def test_healthz(self) -> None:
         """/healthz answers without credentials and says nothing more."""
         server = LiveServer(self)

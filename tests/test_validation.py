@@ -237,7 +237,8 @@ class ParseOffsetTests(SynchronousTestCase):
         self.assertEqual(parseOffset("0"), 0)
         self.assertEqual(parseOffset("17"), 17)
         self.assertEqual(parseOffset("0042"), 42)
-        self.assertEqual(parseOffset("9" * 19), int("9" * 19))
+        self.assertEqual(parseOffset(str(2**63 - 1)), 2**63 - 1)
+        self.assertRaises(BadRequest, parseOffset, str(2**63))
 
     def test_invalid(self) -> None:
         """Negative, fractional, signed, spaced, non-ASCII or huge is refused."""
@@ -328,7 +329,8 @@ class ParseCursorTests(SynchronousTestCase):
     def test_valid(self) -> None:
         """A decimal token is its number."""
         self.assertEqual(parseCursor("42"), 42)
-        self.assertEqual(parseCursor("9" * 19), int("9" * 19))
+        self.assertEqual(parseCursor(str(2**63 - 1)), 2**63 - 1)
+        self.assertRaises(BadRequest, parseCursor, str(2**63))
 
     def test_invalid(self) -> None:
         """Anything else is refused."""
