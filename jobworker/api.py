@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -22,11 +24,13 @@ from .auth import REALM, Authenticator
 from .errors import (
     BadRequest,
     JobworkerError,
+    NotFound,
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
 )
 from .manager import JobManager
+from .metrics import Metrics
 from .permissions import Permission, User, authorize
 from .spool import OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
@@ -57,9 +61,23 @@ Route = Callable[Concatenate["JobsAPI", IRequest, P], Awaitable[Any]]
 
 
 class BoundedRequest(Request):
-    """A request that keeps at most C{MAX_BODY_BYTES + 1} bytes of its body."""
+    """
+    A request that keeps at most C{MAX_BODY_BYTES + 1} bytes of its body, and
+    reports itself to the site's metrics when it finishes.
+    """
 
     _bodyBytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._began = time.perf_counter()
+
+    def finish(self) -> None:
+        super().finish()  # type: ignore[no-untyped-call]
+        # twisted.web sets self.site when it processes the request.
+        metrics = getattr(getattr(self, "site", None), "metrics", None)
+        if metrics is not None:
+            metrics.request(self.path, self.code, time.perf_counter() - self._began)
 
     def handleContentChunk(self, data: bytes) -> None:
         room = MAX_BODY_BYTES + 1 - self._bodyBytes
@@ -130,11 +148,16 @@ class JobsAPI:
     log = Logger()
 
     def __init__(
-        self, manager: JobManager, authenticator: Authenticator, clock: IReactorTime
+        self,
+        manager: JobManager,
+        authenticator: Authenticator,
+        clock: IReactorTime,
+        metrics: Metrics | None = None,
     ) -> None:
         self._manager = manager
         self._authenticator = authenticator
         self._clock = clock
+        self._metrics = metrics
 
     # -- errors: the one mapping from domain errors to HTTP --------------------
 
@@ -207,6 +230,14 @@ class JobsAPI:
     async def openapi(self, request: IRequest, user: User) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return OPENAPI
+
+    @app.route("/metrics", methods=["GET"])
+    @guarded(Permission.METRICS)
+    async def metrics(self, request: IRequest, user: User) -> bytes:
+        if self._metrics is None:
+            raise NotFound("metrics are not enabled")
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._metrics.render()
 
     @app.route("/healthz", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:

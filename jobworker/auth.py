@@ -172,9 +172,12 @@ class Authenticator:
 
     log = Logger()
 
-    def __init__(self, portal: Portal) -> None:
+    def __init__(
+        self, portal: Portal, onFailure: Callable[[], object] | None = None
+    ) -> None:
         self._portal = portal
         self._basic = BasicCredentialFactory(REALM)
+        self._onFailure = onFailure
 
     async def authenticate(self, request: IRequest) -> User:
         """
@@ -195,6 +198,8 @@ class Authenticator:
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
         except UnauthorizedLogin:
+            if self._onFailure is not None:
+                self._onFailure()
             self.log.info(
                 "authentication failed for {user!r} from {client}",
                 user=credentials.username.decode("utf-8", "replace")[:64],

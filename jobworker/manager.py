@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
 from .errors import BadRequest, Conflict, NotFound, TooManyRequests
+from .metrics import Metrics
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .records import JobRecord, JobStatus
 from .recovery import (
@@ -198,8 +199,10 @@ class JobManager:
         maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
         cgroups: Cgroups | None = None,
         policy: JobPolicy = JobPolicy(),
+        metrics: Metrics | None = None,
     ) -> None:
         self._reactor = reactor
+        self._metrics = metrics if metrics is not None else Metrics()
         self._cgroups = cgroups
         self._policy = policy
         self._prefix = policy.prefix()
@@ -220,6 +223,7 @@ class JobManager:
             if store is not None
             else JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         )
+        self._metrics.watchJobs(self._countByStatus)
 
     # -- start-up --------------------------------------------------------------
 
@@ -326,7 +330,11 @@ class JobManager:
         if record.pid is not None:
             record.proc_start = processStartTime(record.pid)
         self._store.insert(record)
-        if not record.status.ended:
+        if record.status.ended:
+            self._metrics.spawnFailures.inc()
+            self._metrics.jobsEnded.labels(record.status.value).inc()
+        else:
+            self._metrics.jobsStarted.inc()
             self._running += 1
             self._live[jobId] = job
             job.whenEnded().addCallback(self._ended)
@@ -386,7 +394,14 @@ class JobManager:
     def _ended(self, record: JobRecord) -> JobRecord:
         self._running -= 1
         self._store.update(record)
+        metrics = self._metrics
+        metrics.jobsEnded.labels(record.status.value).inc()
+        metrics.outputBytes.labels("stdout").inc(record.stdout_bytes)
+        metrics.outputBytes.labels("stderr").inc(record.stderr_bytes)
         return record
+
+    def _countByStatus(self) -> dict[str, int]:
+        return self._store.countByStatus()
 
     def record(self, jobId: str) -> JobRecord:
         """
@@ -438,6 +453,7 @@ class JobManager:
             raise Conflict(
                 f"job already ended ({record.status.value})", job=record.toJSON()
             )
+        self._metrics.stops.inc()
         return job.stop(by)
 
     def output(self, jobId: str, stream: str) -> OutputSource:

@@ -16,6 +16,7 @@ class Permission(enum.Enum):
     STOP = "jobs.stop"
     LOGS = "jobs.logs"
     DELETE = "jobs.delete"
+    METRICS = "metrics.read"
 
 
 class Scope(enum.Enum):

@@ -302,6 +302,13 @@ class JobStore:
         """Remove a job's record."""
         self._db.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
 
+    def countByStatus(self) -> dict[str, int]:
+        """How many jobs are stored in each status."""
+        rows = self._db.execute(
+            "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+        ).fetchall()
+        return {row["status"]: row["n"] for row in rows}
+
     def count(self) -> int:
         """How many jobs are stored."""
         return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])

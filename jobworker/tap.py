@@ -30,6 +30,7 @@ from .manager import (
     JobReactor,
     RunAs,
 )
+from .metrics import Metrics
 from .store import JobStore, StoreError
 from .tls import TLSConfigError, serverOptions
 from .users import UserDatabase, UsersFileError
@@ -362,6 +363,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         runAs=runAs,
         maxRunning=config["max-running"],
     )
+    metrics = Metrics()
     stateDir = config["state-dir"]
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
@@ -374,6 +376,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             maxLogBytes=config["max-log-bytes"],
             cgroups=cgroups,
             policy=policy,
+            metrics=metrics,
         )
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
@@ -387,8 +390,10 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
 
     portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
-    api = JobsAPI(manager, Authenticator(portal), reactor)
+    authenticator = Authenticator(portal, metrics.authFailures.inc)
+    api = JobsAPI(manager, authenticator, reactor, metrics)
     site = Site(api.app.resource())
+    site.metrics = metrics  # type: ignore[attr-defined]
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     endpoint = SSL4ServerEndpoint(

@@ -28,7 +28,8 @@ NEVER: frozenset[str] = frozenset()
 #: The specification, written independently of the table: for each role and
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs and
-#: jobs.delete on their own jobs only. Admin: everything on every job.
+#: jobs.delete on their own jobs only. Admin: everything on every job, and
+#: metrics.read (GET /metrics), which no other role has.
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
     Role.READER: {
         Permission.GET: ALL_CASES,
@@ -36,6 +37,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: NEVER,
         Permission.LOGS: NEVER,
         Permission.DELETE: NEVER,
+        Permission.METRICS: NEVER,
     },
     Role.DEVELOPER: {
         Permission.GET: ALL_CASES,
@@ -43,6 +45,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: OWN_ONLY,
         Permission.LOGS: OWN_ONLY,
         Permission.DELETE: OWN_ONLY,
+        Permission.METRICS: NEVER,
     },
     Role.ADMIN: {
         Permission.GET: ALL_CASES,
@@ -50,6 +53,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: ALL_CASES,
         Permission.LOGS: ALL_CASES,
         Permission.DELETE: ALL_CASES,
+        Permission.METRICS: ALL_CASES,
     },
 }
 
@@ -79,7 +83,14 @@ class PermissionTableTests(SynchronousTestCase):
         """Permissions and roles carry the names used in docs and users file."""
         self.assertEqual(
             {p.value for p in Permission},
-            {"jobs.create", "jobs.get", "jobs.stop", "jobs.logs", "jobs.delete"},
+            {
+                "jobs.create",
+                "jobs.get",
+                "jobs.stop",
+                "jobs.logs",
+                "jobs.delete",
+                "metrics.read",
+            },
         )
         self.assertEqual({r.value for r in Role}, {"Reader", "Developer", "Admin"})
 
@@ -106,6 +117,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.STOP: Scope.ALL,
                     Permission.LOGS: Scope.ALL,
                     Permission.DELETE: Scope.ALL,
+                    Permission.METRICS: Scope.ALL,
                 },
             },
         )

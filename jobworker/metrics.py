@@ -1,0 +1,101 @@
+"""Prometheus metrics of one server: jobs, output, requests, authentication."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Route labels: request paths with the job id folded, so labels stay few.
+_ROUTES = [
+    (re.compile(r"^/jobs$"), "/jobs"),
+    (re.compile(r"^/jobs/[^/]+$"), "/jobs/{id}"),
+    (re.compile(r"^/jobs/[^/]+/(status|stop|logs)$"), None),
+    (re.compile(r"^/(healthz|metrics|openapi\.json)$"), None),
+]
+
+
+def routeLabel(path: bytes) -> str:
+    """C{/jobs/<uuid>/logs} -> C{/jobs/{id}/logs}; anything unknown -> C{other}."""
+    text = path.split(b"?", 1)[0].decode("ascii", "replace")
+    for pattern, label in _ROUTES:
+        match = pattern.match(text)
+        if match:
+            if label is not None:
+                return label
+            return re.sub(r"^/jobs/[^/]+/", "/jobs/{id}/", text)
+    return "other"
+
+
+class _JobCounts(Collector):
+    """Jobs by status, counted when scraped (from the store and the live table)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "jobworker_jobs", "Jobs known to the server, by status", labels=["status"]
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for status, count in sorted(self._counts().items()):
+            family.add_metric([status], count)
+        yield family
+
+
+class Metrics:
+    """The server's metrics, in a registry of its own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobsStarted = Counter(
+            "jobworker_job_starts", "Jobs whose process was started", registry=r
+        )
+        self.spawnFailures = Counter(
+            "jobworker_spawn_failures", "Jobs that could not be started", registry=r
+        )
+        self.stops = Counter("jobworker_job_stops", "Stop requests", registry=r)
+        self.jobsEnded = Counter(
+            "jobworker_jobs_ended", "Jobs that ended, by status", ["status"], registry=r
+        )
+        self.outputBytes = Counter(
+            "jobworker_output_bytes",
+            "Output bytes stored, by stream (counted when a job ends)",
+            ["stream"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "jobworker_http_requests", "HTTP requests", ["route", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "jobworker_http_request_seconds",
+            "HTTP request handling time (to the last byte; follows included)",
+            ["route"],
+            registry=r,
+        )
+        self.authFailures = Counter(
+            "jobworker_auth_failures", "Failed authentications", registry=r
+        )
+
+    def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Report C{counts()} (jobs by status) at every scrape."""
+        self.registry.register(_JobCounts(counts))
+
+    def request(self, path: bytes, code: int, seconds: float) -> None:
+        """Count one finished request."""
+        route = routeLabel(path)
+        self.requests.labels(route, str(code)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
