@@ -20,9 +20,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
-from .auth import REALM, Authenticator
+from .audit import AuditLog
+from .auth import REALM, Authenticator, clientAddress
 from .errors import (
     BadRequest,
+    Forbidden,
     JobworkerError,
     NotFound,
     PayloadTooLarge,
@@ -128,9 +130,13 @@ def guarded(
             self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
             user = await self._authenticator.authenticate(request)
-            authorize(user, permission)
-            onlyParameters(request.args or {}, allowed)
-            return await handler(self, request, user, *args, **kwargs)
+            try:
+                authorize(user, permission)
+                onlyParameters(request.args or {}, allowed)
+                return await handler(self, request, user, *args, **kwargs)
+            except Forbidden as e:
+                self._audit(request, "access.denied", user, "refused", reason=e.message)
+                raise
 
         functools.update_wrapper(wrapper, handler)
         return wrapper
@@ -153,11 +159,21 @@ class JobsAPI:
         authenticator: Authenticator,
         clock: IReactorTime,
         metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._manager = manager
+        self._auditLog = audit
         self._authenticator = authenticator
         self._clock = clock
         self._metrics = metrics
+
+    def _audit(
+        self, request: IRequest, event: str, user: User, result: str, **fields: Any
+    ) -> None:
+        if self._auditLog is not None:
+            self._auditLog.record(
+                event, user.name, clientAddress(request), result, **fields
+            )
 
     # -- errors: the one mapping from domain errors to HTTP --------------------
 
@@ -205,6 +221,15 @@ class JobsAPI:
     async def createJob(self, request: IRequest, user: User) -> bytes:
         jobRequest = parseJobRequest(_body(request))
         record = self._manager.create(jobRequest, owner=user.name)
+        self._audit(
+            request,
+            "job.create",
+            user,
+            record.status.value,
+            job=record.id,
+            command=record.command,
+            args=len(record.args),
+        )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)
 
@@ -264,6 +289,7 @@ class JobsAPI:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.DELETE, owner=record.owner)
         self._manager.delete(record.id)
+        self._audit(request, "job.delete", user, "ok", job=record.id)
         return _json(request, {"deleted": record.id})
 
     @app.route("/jobs/<jobId>/stop", methods=["POST"])
@@ -271,6 +297,7 @@ class JobsAPI:
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
+        self._audit(request, "job.stop", user, "requested", job=record.id)
         stopped = await self._manager.stop(record.id, by=user.name)
         return _json(request, stopped.toJSON())
 

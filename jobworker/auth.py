@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from .errors import Unauthorized
+from .audit import AuditLog
+from .errors import TooManyRequests, Unauthorized
 from .permissions import User
+from .throttle import LoginThrottle
 from .users import UserDatabase
 
 #: Runs a blocking callable off the reactor thread and returns a Deferred of
@@ -173,11 +176,17 @@ class Authenticator:
     log = Logger()
 
     def __init__(
-        self, portal: Portal, onFailure: Callable[[], object] | None = None
+        self,
+        portal: Portal,
+        onFailure: Callable[[], object] | None = None,
+        throttle: LoginThrottle | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._portal = portal
         self._basic = BasicCredentialFactory(REALM)
         self._onFailure = onFailure
+        self._throttle = throttle
+        self._audit = audit
 
     async def authenticate(self, request: IRequest) -> User:
         """
@@ -195,22 +204,41 @@ class Authenticator:
             credentials = self._basic.decode(response.strip(), request)
         except LoginFailed:
             raise Unauthorized("malformed Basic credentials") from None
+        name = credentials.username.decode("utf-8", "replace")[:64]
+        client = clientAddress(request)
+        throttle = self._throttle
+        if throttle is not None:
+            wait = throttle.retryAfter(name, client)
+            if wait > 0:
+                if self._audit is not None:
+                    self._audit.record("auth.throttled", name, client, "refused")
+                raise TooManyRequests(
+                    "too many failed logins: retry later", retryAfter=math.ceil(wait)
+                )
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
         except UnauthorizedLogin:
             if self._onFailure is not None:
                 self._onFailure()
-            self.log.info(
-                "authentication failed for {user!r} from {client}",
-                user=credentials.username.decode("utf-8", "replace")[:64],
-                client=_clientAddress(request),
-            )
+            if throttle is not None:
+                throttle.failed(name, client)
+            if self._audit is not None:
+                self._audit.record("auth.failure", name, client, "refused")
+            else:
+                self.log.info(
+                    "authentication failed for {user!r} from {client}",
+                    user=name,
+                    client=client,
+                )
             raise Unauthorized("invalid user name or password") from None
         assert isinstance(avatar, User)
+        if throttle is not None:
+            throttle.succeeded(name, client)
         return avatar
 
 
-def _clientAddress(request: IRequest) -> str:
+def clientAddress(request: IRequest) -> str:
+    """The client's IP address, for logs and throttling."""
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     return str(host) if host is not None else "unknown"

@@ -9,19 +9,22 @@ from typing import Any, NoReturn
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
+from .audit import AuditLog
 from .auth import Authenticator, VerifiedCredentials, makePortal
 from .cgroups import Limits
 from .cgroups import detect as detectCgroups
+from .connections import ConnectionsPerClient
 from .manager import (
     DEFAULT_MAX_LOG_BYTES,
     ISOLATION,
@@ -32,6 +35,7 @@ from .manager import (
 )
 from .metrics import Metrics
 from .store import JobStore, StoreError
+from .throttle import LoginThrottle
 from .tls import TLSConfigError, serverOptions
 from .users import UserDatabase, UsersFileError
 
@@ -179,6 +183,33 @@ class Options(usage.Options):
             "Run jobs as this (non-root) user: recommended in production.",
         ],
         ["max-running", None, None, "At most this many jobs run at once (429).", int],
+        [
+            "audit-log",
+            None,
+            None,
+            "Audit log file, JSON lines (default <state-dir>/audit.log).",
+        ],
+        [
+            "login-failures",
+            None,
+            5,
+            "Failed logins from one address before it is throttled (429).",
+            int,
+        ],
+        [
+            "max-connections-per-client",
+            None,
+            64,
+            "Concurrent connections one client address may hold.",
+            int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Close a connection idle (between requests) this many seconds.",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -207,6 +238,8 @@ class Options(usage.Options):
             "default-pids",
             "max-pids",
             "max-running",
+            "login-failures",
+            "max-connections-per-client",
         ):
             if self[name] is not None and self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
@@ -389,17 +422,34 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     def runInThread(f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
 
+    try:
+        audit = AuditLog(
+            config["audit-log"] or os.path.join(stateDir, "audit.log"), reactor
+        )
+    except OSError as e:
+        fatal(f"cannot open the audit log: {e.strerror}")
     portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
-    authenticator = Authenticator(portal, metrics.authFailures.inc)
-    api = JobsAPI(manager, authenticator, reactor, metrics)
-    site = Site(api.app.resource())
+    authenticator = Authenticator(
+        portal,
+        metrics.authFailures.inc,
+        LoginThrottle(reactor, threshold=config["login-failures"]),
+        audit,
+    )
+    api = JobsAPI(manager, authenticator, reactor, metrics, audit)
+    site = Site(api.app.resource(), timeout=config["idle-timeout"])
     site.metrics = metrics  # type: ignore[attr-defined]
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
-    endpoint = SSL4ServerEndpoint(
-        reactor, config["port"], tlsOptions, interface=config["interface"]
+    # The connection cap sits outside TLS: a refused client costs no handshake.
+    endpoint = TCP4ServerEndpoint(
+        reactor, config["port"], interface=config["interface"]
     )
-    listening = endpoint.listen(site)
+    listening = endpoint.listen(
+        ConnectionsPerClient(
+            TLSMemoryBIOFactory(tlsOptions, False, site),
+            config["max-connections-per-client"],
+        )
+    )
     failures: list[Exception] = []
     ports: list[IListeningPort] = []
     listening.addCallbacks(ports.append, lambda f: failures.append(f.value))

@@ -1,0 +1,64 @@
+"""The audit log: one JSON line per security-relevant event; never a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO, Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .records import rfc3339
+
+
+class AuditLog:
+    """
+    Append events to C{path} as JSON lines (mode 0600), and to the server's
+    log. Each line has C{time}, C{event}, C{user}, C{client}, C{result} and
+    event fields. Passwords and Authorization headers are never passed in,
+    so they can never be written.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str | None, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._file: IO[str] | None = None
+        if path is not None:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def record(
+        self, event: str, user: str | None, client: str, result: str, **fields: Any
+    ) -> None:
+        """Write one event."""
+        entry = {
+            "time": rfc3339(self._clock.seconds()),
+            "event": event,
+            "user": user,
+            "client": client,
+            "result": result,
+            **fields,
+        }
+        if self._file is not None:
+            try:
+                self._file.write(json.dumps(entry, ensure_ascii=True) + "\n")
+            except OSError as e:
+                self.log.error("cannot write the audit log: {error}", error=e.strerror)
+        self.log.info(
+            "audit {event} {result} user={user} client={client}",
+            event=event,
+            result=result,
+            user=user,
+            client=client,
+            audit=entry,
+        )
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,148 @@
+"""Login throttling, the audit log, and the per-client connection cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import treq
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.throttle import LoginThrottle
+
+from .support import LiveServer, basic, sleep
+
+
+class ThrottleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.throttle = LoginThrottle(self.clock, threshold=3, maximum=8, window=100)
+
+    def fail(self, times: int, user: str = "alice", address: str = "10.0.0.1") -> None:
+        for _ in range(times):
+            self.throttle.failed(user, address)
+
+    def test_growingDelays(self) -> None:
+        """From the threshold on, each failure doubles the wait, up to the cap."""
+        self.fail(2)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
+        self.fail(1)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 1)
+        self.fail(1)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 2)
+        self.fail(5)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 8)
+        self.clock.advance(8)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
+
+    def test_otherAddressUnaffected(self) -> None:
+        """An attacker's failures never lock the user out from elsewhere."""
+        self.fail(10, address="10.0.0.66")
+        self.assertGreater(self.throttle.retryAfter("alice", "10.0.0.66"), 0)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
+
+    def test_addressWideForAnyUser(self) -> None:
+        """Guessing many names from one address is throttled too."""
+        for name in ("a", "b", "c"):
+            self.throttle.failed(name, "10.0.0.9")
+        self.assertGreater(self.throttle.retryAfter("d", "10.0.0.9"), 0)
+
+    def test_forgottenAfterWindow(self) -> None:
+        """Failures older than the window are forgotten."""
+        self.fail(3)
+        self.clock.advance(101)
+        self.fail(1)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
+
+    def test_successClearsPairNotAddress(self) -> None:
+        """
+        A correct login clears that user's failures from that address, but
+        not the address's: a valid account must not reset a guesser's count.
+        """
+        self.fail(2)
+        self.throttle.succeeded("alice", "10.0.0.1")
+        self.assertNotIn(("pair", "alice", "10.0.0.1"), self.throttle._entries)
+        self.fail(1)
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 1)
+
+
+class LiveSecurityTests(TestCase):
+    async def test_bruteForceGets429(self) -> None:
+        """Repeated wrong passwords from one address get 429 with Retry-After."""
+        server = LiveServer(self, "--login-failures=3")
+        codes = []
+        for _ in range(4):
+            response = await server.http.request(
+                "GET", server.url + "/jobs", headers=basic("alice", "guess")
+            )
+            codes.append(response.code)
+            retry = response.headers.getRawHeaders(b"retry-after")
+            await treq.content(response)
+        self.assertEqual(codes, [401, 401, 401, 429])
+        self.assertEqual(retry, [b"1"])
+        response = await server.request("GET", "/jobs", "alice")
+        self.assertEqual(response.code, 429)
+        await treq.content(response)
+        await sleep(1.1)
+        response = await server.request("GET", "/jobs", "alice")
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+
+    async def test_auditLog(self) -> None:
+        """Security events become JSON lines; no password or header in them."""
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "30")
+        await server.json("POST", f"/jobs/{job['id']}/stop", "bob")
+        await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
+        await server.json("DELETE", f"/jobs/{job['id']}", "alice")
+        bad = await server.http.request(
+            "GET", server.url + "/jobs", headers=basic("mallory", "hunter2-secret")
+        )
+        await treq.content(bad)
+        path = os.path.join(server.stateDir, "audit.log")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path) as f:
+            text = f.read()
+        events = [json.loads(line) for line in text.splitlines()]
+        summary = [(e["event"], e["user"], e["result"]) for e in events]
+        self.assertEqual(
+            summary,
+            [
+                ("job.create", "alice", "RUNNING"),
+                ("access.denied", "bob", "refused"),
+                ("job.stop", "alice", "requested"),
+                ("job.delete", "alice", "ok"),
+                ("auth.failure", "mallory", "refused"),
+            ],
+        )
+        self.assertEqual({e["client"] for e in events}, {"127.0.0.1"})
+        self.assertEqual(events[0]["job"], job["id"])
+        for secret in ("hunter2-secret", "alice-pass", "bob-pass", "Basic "):
+            self.assertNotIn(secret, text)
+
+    async def test_connectionsPerClient(self) -> None:
+        """Past the per-client cap, new connections are closed at once."""
+        server = LiveServer(self, "--max-connections-per-client=2")
+
+        def probe() -> list[bytes | None]:
+            held = [
+                socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)
+            ]
+            extra = socket.create_connection(("127.0.0.1", server.port))
+            extra.settimeout(5)
+            try:
+                closed = extra.recv(1)
+            except TimeoutError:
+                closed = None
+            for s in [*held, extra]:
+                s.close()
+            return [closed]
+
+        self.assertEqual(await deferToThread(probe), [b""])
+        await sleep(0.2)
+        response = await server.request("GET", "/jobs", "alice")
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
