@@ -275,7 +275,22 @@ class CgroupsV1:
         return cls(bases, blockDevice(ioPath))
 
     def create(self, jobId: str, limits: Limits) -> V1Group:
-        paths = {c: os.path.join(base, jobId) for c, base in self._bases.items()}
+        # The freezer (for the whole-tree kill) always; the others only when
+        # they hold a limit: each hierarchy costs a mkdir, a write and a rmdir.
+        wanted = {"freezer"}
+        if limits.memory_bytes is not None:
+            wanted.add("memory")
+        if limits.cpu_millicores is not None:
+            wanted.add("cpu")
+        if limits.pids is not None:
+            wanted.add("pids")
+        if limits.io_read_bps is not None or limits.io_write_bps is not None:
+            wanted.add("blkio")
+        paths = {
+            c: os.path.join(base, jobId)
+            for c, base in self._bases.items()
+            if c in wanted
+        }
         for path in paths.values():
             try:
                 os.mkdir(path)

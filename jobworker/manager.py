@@ -291,7 +291,6 @@ class JobManager:
             limits=limits.toJSON() if self._cgroups is not None else None,
             timeout_seconds=timeout,
         )
-        os.mkdir(os.path.join(self._jobsDir, jobId), 0o700)
         cgroup = None
         job = JobProcess(
             self._reactor,

@@ -20,7 +20,9 @@ class OutputSpool:
     One output stream of one job, appended to a file as it arrives.
 
     Output is never held in memory and the writer is never blocked: readers
-    read the file at their own pace and wait on L{whenGrown} for more.
+    read the file at their own pace and wait on L{whenGrown} for more. The
+    file (and its folder) is created with the first byte: a job that prints
+    nothing costs no file.
 
     @ivar size: bytes written to the file so far.
     @ivar dropped: bytes discarded because the spool reached C{maxBytes}.
@@ -37,10 +39,24 @@ class OutputSpool:
         self.lost = 0
         self.closed = False
         self._room = maxBytes if maxBytes is not None else -1
-        self._fd: int | None = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
-        )
+        self._fd: int | None = None
+        self._broken = False
         self._waiters: list[Deferred[None]] = []
+
+    def _open(self) -> int | None:
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+            )
+        except OSError as e:
+            self.log.error(
+                "cannot create {path}: {error}; output is being lost",
+                path=self.path,
+                error=e.strerror,
+            )
+            self._broken = True
+        return self._fd
 
     def write(self, data: bytes) -> None:
         """
@@ -54,13 +70,14 @@ class OutputSpool:
             self._room -= len(data)
             if not data:
                 return
-        if self._fd is None:
+        fd = self._fd
+        if fd is None and (self._broken or self.closed or (fd := self._open()) is None):
             self.lost += len(data)
             return
         view = memoryview(data)
         try:
             while view:
-                written = os.write(self._fd, view)
+                written = os.write(fd, view)
                 self.size += written
                 view = view[written:]
         except OSError as e:
@@ -101,7 +118,7 @@ def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
     The offset where the last C{lines} lines of the first C{size} bytes of a
     file begin, as C{tail -n}: a last line without a newline counts.
     """
-    if lines <= 0:
+    if lines <= 0 or size == 0:
         return size
     with open(path, "rb") as f:
         end = size
@@ -170,7 +187,8 @@ class SpoolReader:
         self._offset = offset
         self._follow = follow
         self._limit = spool.size
-        self._fd: int | None = os.open(spool.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd: int | None = None  # opened at the first byte to send
+        self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
         self.done: Deferred[None] = Deferred()
@@ -185,12 +203,17 @@ class SpoolReader:
         return self.done
 
     def _pump(self) -> None:
-        while not self._paused and self._fd is not None:
+        while not self._paused and not self._done:
             end = self._spool.size if self._follow else self._limit
             if self._offset < end:
-                data = os.pread(
-                    self._fd, min(READ_CHUNK, end - self._offset), self._offset
-                )
+                try:
+                    if self._fd is None:
+                        self._fd = os.open(self._spool.path, os.O_RDONLY | os.O_CLOEXEC)
+                    data = os.pread(
+                        self._fd, min(READ_CHUNK, end - self._offset), self._offset
+                    )
+                except OSError:
+                    data = b""
                 if not data:  # the file is shorter than recorded: disk error
                     self._finish()
                     return
@@ -225,10 +248,12 @@ class SpoolReader:
             self.done.callback(None)
 
     def _close(self) -> bool:
-        if self._fd is None:
+        if self._done:
             return False
-        os.close(self._fd)
-        self._fd = None
+        self._done = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         try:
             self._request.unregisterProducer()
         except AttributeError:  # the connection (channel) is already gone

@@ -270,3 +270,22 @@ class LiveContractTests(TestCase):
             server.url, "logs", "--follow", "--tail", "1", job["id"]
         )
         self.assertEqual((out, code), (b"5\n", 0))
+
+
+class SilentJobTests(TestCase):
+    async def test_silentJobHasNoFilesButEmptyLogs(self) -> None:
+        """A job that prints nothing has no output files; its logs are empty."""
+        server = LiveServer(self)
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        self.assertFalse(
+            os.path.exists(os.path.join(server.stateDir, "jobs", job["id"]))
+        )
+        for query in ("", "?stream=stderr", "?follow=true", "?tail=3"):
+            response = await server.request("GET", f"/jobs/{job['id']}/logs{query}")
+            self.assertEqual((response.code, await treq.content(response)), (200, b""))
+        response = await server.request("GET", f"/jobs/{job['id']}/logs?format=sse")
+        events = parseEvents(await treq.content(response))
+        self.assertEqual([e["event"] for e in events], ["end"])
+        code, _ = await server.json("DELETE", f"/jobs/{job['id']}")
+        self.assertEqual(code, 200)

@@ -175,7 +175,7 @@ class CreateTests(ManagerTestCase):
         self.assertEqual(len(ids), 20)
 
     def test_spoolFiles(self) -> None:
-        """Output goes to jobs/<id>/stdout and stderr in the state dir."""
+        """Output goes to jobs/<id>/stdout and stderr, created at the first byte."""
         record = self.manager.create(request(), owner="alice")
         directory = os.path.join(self.stateDir, "jobs", record.id)
         self.assertEqual(
@@ -186,8 +186,12 @@ class CreateTests(ManagerTestCase):
             self.manager.output(record.id, "stderr").path,
             os.path.join(directory, "stderr"),
         )
-        self.assertTrue(os.path.isfile(os.path.join(directory, "stdout")))
-        self.assertTrue(os.path.isfile(os.path.join(directory, "stderr")))
+        # Files appear with the first byte: a silent job costs no file.
+        self.assertFalse(os.path.exists(directory))
+        self.manager.output(record.id, "stderr").write(b"oops")
+        self.assertFalse(os.path.exists(os.path.join(directory, "stdout")))
+        with open(os.path.join(directory, "stderr"), "rb") as f:
+            self.assertEqual(f.read(), b"oops")
 
     def test_outputReachesSpools(self) -> None:
         """Bytes from the fake process end up in the job's spools."""
