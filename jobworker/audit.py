@@ -14,10 +14,10 @@ from .records import rfc3339
 
 class AuditLog:
     """
-    Append events to C{path} as JSON lines (mode 0600), and to the server's
-    log. Each line has C{time}, C{event}, C{user}, C{client}, C{result} and
-    event fields. Passwords and Authorization headers are never passed in,
-    so they can never be written.
+    Append events to C{path} as JSON lines (mode 0600); without a file, to
+    the server's log. Each line has C{time}, C{event}, C{user}, C{client},
+    C{result} and event fields. Passwords and Authorization headers are
+    never passed in, so they can never be written.
     """
 
     log = Logger()
@@ -48,6 +48,7 @@ class AuditLog:
                 self._file.write(json.dumps(entry, ensure_ascii=True) + "\n")
             except OSError as e:
                 self.log.error("cannot write the audit log: {error}", error=e.strerror)
+            return
         self.log.info(
             "audit {event} {result} user={user} client={client}",
             event=event,

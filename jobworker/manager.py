@@ -326,7 +326,9 @@ class JobManager:
             job.failedToStart(f"cannot start: {e}")
         except OSError as e:
             job.failedToStart(spawnError(e))
-        if record.pid is not None:
+        if record.pid is not None and cgroup is None:
+            # Without a cgroup, crash recovery finds the job by its session and
+            # needs the leader's start time to never hit a reused pid.
             record.proc_start = processStartTime(record.pid)
         self._store.insert(record)
         if record.status.ended:
@@ -338,13 +340,6 @@ class JobManager:
             self._live[jobId] = job
             job.whenEnded().addCallback(self._ended)
             job.whenCleanedUp().addCallback(lambda _: self._live.pop(jobId, None))
-        self.log.info(
-            "job {job} created by {owner}: {command!r} ({status})",
-            job=jobId,
-            owner=owner,
-            command=request.command,
-            status=record.status.value,
-        )
         return record
 
     def _openGate(self, job: JobProcess, cgroup: JobCgroup, transport: Any) -> None:

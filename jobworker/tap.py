@@ -184,6 +184,13 @@ class Options(usage.Options):
         ],
         ["max-running", None, None, "At most this many jobs run at once (429).", int],
         [
+            "access-log",
+            None,
+            "off",
+            "Log every HTTP request to the server log: on or off (the audit "
+            "log and metrics record the important ones anyway).",
+        ],
+        [
             "audit-log",
             None,
             None,
@@ -222,6 +229,8 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if not 0 <= self["stop-grace"] <= 3600:
             raise usage.UsageError("--stop-grace must be between 0 and 3600 seconds")
+        if self["access-log"] not in ("on", "off"):
+            raise usage.UsageError("--access-log must be on or off")
         if self["cgroups"] not in ("auto", "off"):
             raise usage.UsageError("--cgroups must be auto or off")
         isolate = {name for name in self["isolate"].split(",") if name}
@@ -281,6 +290,13 @@ class ListeningService(Service):
 
     async def _stopListening(self) -> None:
         await maybeDeferred(self._port.stopListening)
+
+
+class QuietSite(Site):
+    """A Site without the per-request access log line (C{--access-log off})."""
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class ManagerService(Service):
@@ -436,7 +452,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         audit,
     )
     api = JobsAPI(manager, authenticator, reactor, metrics, audit)
-    site = Site(api.app.resource(), timeout=config["idle-timeout"])
+    siteClass = Site if config["access-log"] == "on" else QuietSite
+    site = siteClass(api.app.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
