@@ -127,6 +127,15 @@ def _signalAll(pids: list[int], signum: int) -> bool:
     return sent
 
 
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+
+
 def _rmdir(path: str) -> bool:
     try:
         os.rmdir(path)
@@ -292,12 +301,7 @@ class CgroupsV1:
             if c in wanted
         }
         for path in paths.values():
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+            _mkdir(path)
         group = V1Group(paths)
         try:
             self._apply(paths, limits)
@@ -448,12 +452,7 @@ class CgroupsV2:
 
     def create(self, jobId: str, limits: Limits) -> V2Group:
         path = os.path.join(self.base, jobId)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+        _mkdir(path)
         group = V2Group(path)
         try:
             self._apply(path, limits)
