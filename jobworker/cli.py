@@ -8,12 +8,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
 
 from .client import ClientError, JobworkerClient, exitStatusOf
@@ -29,7 +29,8 @@ examples:
   jw list --status RUNNING --owner alice   filter
   jw rm $ID                                delete an ended job and its output
   jw status $ID ; jw stop $ID
-  jw logs --follow $ID                     stdout until the job ends
+  jw logs --follow $ID                     stdout (and stderr to stderr) until
+                                           the job ends; exits with its status
   jw logs --stderr --offset 100 $ID        stderr from byte 100
   jw logs --tail 20 --follow $ID           the last 20 lines, then new output
   jw wait --timeout 60 $ID                 wait for the end, exit with its status
@@ -271,12 +272,9 @@ async def run(
             streams.out.write(job["id"].encode("ascii") + b"\n")
         if not options.follow:
             return 0
-        await gatherResults(
-            [
-                ensureDeferred(followStream(client, job["id"], "stdout", streams.out)),
-                ensureDeferred(followStream(client, job["id"], "stderr", streams.err)),
-            ],
-            consumeErrors=True,
+        await followAll(
+            followStream(client, job["id"], "stdout", streams.out),
+            followStream(client, job["id"], "stderr", streams.err),
         )
         final = await client.job(job["id"])
         if (
@@ -331,9 +329,22 @@ async def run(
         if options.tail is not None and options.tail < 0:
             raise UsageFailure("--tail must not be negative")
         if options.follow:
-            await followStream(
-                client, options.id, stream, streams.out, options.offset, options.tail
-            )
+            # Until the job ends; without --stderr its stderr goes along to
+            # our stderr, like jw exec --follow. Then exit with its status.
+            follows = [
+                followStream(
+                    client,
+                    options.id,
+                    stream,
+                    streams.out,
+                    options.offset,
+                    options.tail,
+                )
+            ]
+            if not options.stderr:
+                follows.append(followStream(client, options.id, "stderr", streams.err))
+            await followAll(*follows)
+            return exitStatusOf(await client.job(options.id))
         else:
             await client.logs(
                 options.id,
@@ -344,6 +355,14 @@ async def run(
             )
         return 0
     raise UsageFailure(f"unknown command {verb!r}")
+
+
+async def followAll(*follows: Coroutine[Any, Any, None]) -> None:
+    """Run followers side by side; the first failure is raised as itself."""
+    try:
+        await gatherResults([ensureDeferred(f) for f in follows], consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
 
 
 #: Exit status of C{jw wait} when its timeout passes first (as timeout(1)).

@@ -289,3 +289,18 @@ class SilentJobTests(TestCase):
         self.assertEqual([e["event"] for e in events], ["end"])
         code, _ = await server.json("DELETE", f"/jobs/{job['id']}")
         self.assertEqual(code, 200)
+
+
+class FollowBothTests(TestCase):
+    async def test_logsFollowBothStreamsAndExitStatus(self) -> None:
+        """jw logs --follow: stdout to stdout, stderr to stderr, the job's status."""
+        server = LiveServer(self)
+        job = await server.createJob(
+            "sh", "-c", "echo out; echo err >&2; sleep 0.3; echo more; exit 5"
+        )
+        out, err, code = await runJW(server.url, "logs", "--follow", job["id"])
+        self.assertEqual((out, err, code), (b"out\nmore\n", b"err\n", 5))
+        out, err, code = await runJW(
+            server.url, "logs", "--follow", "--stderr", job["id"]
+        )
+        self.assertEqual((out, err, code), (b"err\n", b"", 5))
