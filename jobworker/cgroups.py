@@ -82,6 +82,9 @@ class JobCgroup(Protocol):
     def remove(self) -> bool:
         """Remove the cgroup; False while processes remain."""
 
+    def empty(self) -> bool:
+        """True when no process is left in it."""
+
 
 class Cgroups(Protocol):
     """A cgroup hierarchy the server may create job cgroups in."""
@@ -241,6 +244,10 @@ class V1Group:
     def remove(self) -> bool:
         return all([_rmdir(path) for path in self.paths.values()])
 
+    def empty(self) -> bool:
+        """True when no process is left in it."""
+        return not self._members()
+
 
 class CgroupsV1:
     """
@@ -300,10 +307,10 @@ class CgroupsV1:
             for c, base in self._bases.items()
             if c in wanted
         }
-        for path in paths.values():
-            _mkdir(path)
         group = V1Group(paths)
         try:
+            for path in paths.values():
+                _mkdir(path)
             self._apply(paths, limits)
         except CgroupError:
             group.remove()
@@ -381,6 +388,10 @@ class V2Group:
 
     def remove(self) -> bool:
         return _rmdir(self.path)
+
+    def empty(self) -> bool:
+        """True when no process is left in it."""
+        return not self._members()
 
 
 class CgroupsV2:

@@ -6,6 +6,7 @@ import errno
 import os
 import pwd
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,34 @@ ISOLATION = {
 DEFAULT_MAX_LOG_BYTES = 1 << 30
 
 RESTARTED = "the worker restarted while the job ran"
+
+
+#: Environment variables the dynamic loader and libc honour. The wrappers a
+#: job starts through (the gate, setsid, unshare, setpriv) run as the server's
+#: user; with --run-as that is root, so a job may not set these: they would
+#: run its code as root before setpriv drops privileges.
+LOADER_VARIABLES = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+    }
+)
+
+
+def loaderVariable(name: str) -> bool:
+    """True for C{LD_*} and the other variables in L{LOADER_VARIABLES}."""
+    return (
+        name.startswith("LD_") or name.startswith("MALLOC_") or name in LOADER_VARIABLES
+    )
 
 
 class SpawnRefused(Exception):
@@ -122,6 +151,15 @@ class JobPolicy:
 
 class JobReactor(IReactorProcess, IReactorTime):
     """What the manager needs of a reactor: processes and time."""
+
+
+def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
+    """At start-up: remove a just-killed cgroup, waiting for its processes to go."""
+    for _ in range(tries):
+        if group.remove():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def defaultEnvironment() -> dict[str, str]:
@@ -243,8 +281,8 @@ class JobManager:
             group = self._cgroups.find(record.id) if self._cgroups else None
             if group is not None:
                 killed += int(group.kill())
-                if not group.remove():
-                    self.log.warn("cgroup of job {job} not removed yet", job=record.id)
+                if not removeSoon(group):
+                    self.log.warn("cgroup of job {job} not removed", job=record.id)
             for stream in ("stdout", "stderr"):
                 try:
                     size = os.path.getsize(self._outputPath(record.id, stream))
@@ -275,6 +313,14 @@ class JobManager:
                 f"{self._running} jobs are running, the most this server allows",
                 retryAfter=1,
             )
+        if self._policy.runAs is not None:
+            unsafe = sorted(name for name in request.env if loaderVariable(name))
+            if unsafe:
+                raise BadRequest(
+                    f"env {', '.join(unsafe)} not allowed with --run-as: the "
+                    "wrappers a job starts through run as root (set it inside "
+                    "the job instead, e.g. sh -c 'LD_LIBRARY_PATH=... exec prog')"
+                )
         limits = self._limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
         jobId = str(uuid.uuid4())
@@ -326,9 +372,9 @@ class JobManager:
             job.failedToStart(f"cannot start: {e}")
         except OSError as e:
             job.failedToStart(spawnError(e))
-        if record.pid is not None and cgroup is None:
-            # Without a cgroup, crash recovery finds the job by its session and
-            # needs the leader's start time to never hit a reused pid.
+        if record.pid is not None:
+            # Crash recovery finds the job's session by its leader, and needs
+            # the leader's start time never to hit a reused pid.
             record.proc_start = processStartTime(record.pid)
         self._store.insert(record)
         if record.status.ended:
@@ -466,7 +512,7 @@ class JobManager:
         @raise Conflict: if the job is still running.
         """
         record = self.record(jobId)
-        if not record.status.ended or jobId in self._live:
+        if not record.status.ended:
             raise Conflict("job is still running: stop it first", job=record.toJSON())
         self._remove(jobId)
 

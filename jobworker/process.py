@@ -195,10 +195,11 @@ class JobProcess:
         """
         assert self._pgid is not None
         if self.cgroup is not None:
+            # Every process of the job is in its cgroup (the gate put the
+            # leader there before it ran anything): signal only those, never
+            # a process-group id that may have been reused.
             cgroup = self.cgroup
-            hit = cgroup.kill() if signum == signal.SIGKILL else cgroup.signal(signum)
-            hit = self._killGroup(self._pgid, signum) or hit
-            if hit:
+            if cgroup.kill() if signum == signal.SIGKILL else cgroup.signal(signum):
                 return True
         elif self._killGroup(self._pgid, signum):
             return True
@@ -321,8 +322,18 @@ class JobProcess:
             signal=signalText,
         )
         self._fireEnded()
+        if self._killTimer is not None and self._nothingLeft():
+            # The leftovers went on SIGTERM: no SIGKILL for a group id that
+            # may be reused by now.
+            self._cancelTimer("_killTimer")
         if self._killTimer is None:
             self._fireCleaned()
+
+    def _nothingLeft(self) -> bool:
+        if self.cgroup is not None:
+            return self.cgroup.empty()
+        assert self._pgid is not None
+        return not self._killGroup(self._pgid, 0)
 
     # -- waiting -------------------------------------------------------------
 

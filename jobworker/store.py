@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -172,19 +173,50 @@ class JobStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._lock = self._exclusive(path + ".lock")
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
+            self._unlock()
             raise StoreError(f"{path} is not readable and writable")
         try:
+            if not existed:
+                # SQLite gives its -wal and -shm files the mode of this one.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             self._db = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as e:
+        except (OSError, sqlite3.Error) as e:
+            self._unlock()
             raise StoreError(f"cannot open {path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         try:
             self._prepare()
         except sqlite3.DatabaseError as e:
             self._db.close()
+            self._unlock()
             raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
+
+    @staticmethod
+    def _exclusive(lockPath: str) -> int:
+        """
+        Hold an exclusive lock for as long as the store is open: two servers
+        on one state dir would mark each other's jobs as crashed and kill them.
+        """
+        try:
+            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot create {lockPath}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"{lockPath} is held: another jobworker uses this state dir"
+            ) from None
+        return fd
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def _prepare(self) -> None:
         # Reading the schema first makes SQLite reject a non-database file
@@ -227,8 +259,9 @@ class JobStore:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and let another server have the state dir."""
         self._db.close()
+        self._unlock()
 
     def insert(self, record: JobRecord) -> None:
         """Add a new job; sets C{record.seq}."""

@@ -60,6 +60,8 @@ def parseJSONObject(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
     return value

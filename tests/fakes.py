@@ -69,12 +69,17 @@ class GroupKiller:
 
     def __init__(self, exists: bool = True) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.probes: list[int] = []
         self.exists = exists
         self.gone: set[int] = set()
 
     def __call__(self, pgid: int, signum: int) -> bool:
-        self.calls.append((pgid, signum))
-        return self.exists and pgid not in self.gone
+        alive = self.exists and pgid not in self.gone
+        if signum == 0:
+            self.probes.append(pgid)  # "is anyone left?" sends nothing
+        else:
+            self.calls.append((pgid, signum))
+        return alive
 
     def groupGone(self, pgid: int) -> None:
         """From now on, the group C{pgid} has no members."""

@@ -269,7 +269,7 @@ class LiveContractTests(TestCase):
         out, err, code = await runJW(
             server.url, "logs", "--follow", "--tail", "1", job["id"]
         )
-        self.assertEqual((out, code), (b"5\n", 0))
+        self.assertEqual((out, code), (b"5\n", 4))
 
 
 class SilentJobTests(TestCase):

@@ -167,6 +167,17 @@ class ExitTests(JobProcessTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(self.job.whenCleanedUp())
 
+    def test_leftoversGoneOnTermNoKill(self) -> None:
+        """Leftovers that die of the SIGTERM are not SIGKILLed later."""
+        self.job.mainExited(processExit(0))
+        self.killer.groupGone(PID)
+        self.job.pipesClosed()
+        self.assertEqual(self.killer.probes, [PID])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(GRACE * 2)
+        self.assertEqual(self.killer.calls, [(PID, signal.SIGTERM)])
+        self.successResultOf(self.job.whenCleanedUp())
+
     def test_groupMembersLeftTermThenKill(self) -> None:
         """Members left in the group get SIGTERM now, SIGKILL after grace."""
         self.end(processExit(0))
