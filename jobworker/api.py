@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec
+from urllib.parse import parse_qs
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -95,8 +96,17 @@ def _json(request: IRequest, value: object, code: int = 200) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
+def _query(request: IRequest) -> dict[bytes, list[bytes]]:
+    """
+    The URL's query parameters only: twisted.web also merges a form-encoded
+    body into C{request.args}, and a JSON body must never count as a query.
+    """
+    query = bytes(request.uri).partition(b"?")[2]
+    return parse_qs(query, keep_blank_values=True)
+
+
 def _arg(request: IRequest, name: bytes) -> str | None:
-    values = request.args.get(name) if request.args else None
+    values = _query(request).get(name)
     if not values:
         return None
     if len(values) > 1:
@@ -132,7 +142,7 @@ def guarded(
             user = await self._authenticator.authenticate(request)
             try:
                 authorize(user, permission)
-                onlyParameters(request.args or {}, allowed)
+                onlyParameters(_query(request), allowed)
                 return await handler(self, request, user, *args, **kwargs)
             except Forbidden as e:
                 self._audit(request, "access.denied", user, "refused", reason=e.message)
@@ -166,6 +176,7 @@ class JobsAPI:
         self._authenticator = authenticator
         self._clock = clock
         self._metrics = metrics
+        self._streams: set[Deferred[None]] = set()
 
     def _audit(
         self, request: IRequest, event: str, user: User, result: str, **fields: Any
@@ -194,6 +205,8 @@ class JobsAPI:
         error = failure.value
         assert isinstance(error, HTTPException)
         code = error.code or 500
+        if code in (301, 302, 307, 308):
+            code = 404  # werkzeug would redirect "//" paths: no such route here
         if code == 405 and error.valid_methods:  # type: ignore[attr-defined]
             methods = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
             request.setHeader(b"allow", methods.encode("ascii"))
@@ -306,6 +319,7 @@ class JobsAPI:
     async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.LOGS, owner=record.owner)
+        self._track(request)
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
         tail = parseTail(_arg(request, b"tail"))
@@ -371,6 +385,22 @@ class JobsAPI:
         except CancelledError:
             reader.stopProducing()
             raise
+
+    def _track(self, request: IRequest) -> None:
+        """Remember an open log response until it is finished or lost."""
+        finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+        self._streams.add(finished)
+        finished.addBoth(lambda _: self._streams.discard(finished))
+
+    def drain(self, timeout: float = 2.0) -> Deferred[None]:
+        """Fires once every open log response has finished (or after C{timeout})."""
+        pending = list(self._streams)
+        if not pending:
+            return succeed(None)
+        waiting: Deferred[None] = DeferredList(pending, consumeErrors=True).addCallback(
+            lambda _: None
+        )
+        return waiting.addTimeout(timeout, self._clock).addErrback(lambda _: None)
 
 
 def _wantsEvents(request: IRequest) -> bool:

@@ -365,6 +365,9 @@ async def followAll(*follows: Coroutine[Any, Any, None]) -> None:
         e.subFailure.raiseException()
 
 
+#: Exit status when our own stdout was closed under us (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
 #: Exit status of C{jw wait} when its timeout passes first (as timeout(1)).
 EXIT_TIMED_OUT = 124
 
@@ -404,9 +407,9 @@ async def followStream(
 
     def sink(data: bytes) -> None:
         nonlocal position
-        position += len(data)
         out.write(data)
         out.flush()
+        position += len(data)
 
     def started(start: int) -> None:
         # Where the server began (it picks the start of a tail): from then on
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
             client = JobworkerClient(
                 reactor, settings.server, settings.ca, user, password
             )
-        except (UsageFailure, ClientError, TLSConfigError) as e:
+        except (UsageFailure, ClientError, TLSConfigError, ValueError) as e:
             print(f"jw: {e}", file=sys.stderr)
             return 2
         try:
@@ -462,6 +465,12 @@ def main(argv: list[str] | None = None) -> None:
         except (UsageFailure, ClientError) as e:
             print(f"jw: {e}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            # Our reader went away (jw logs -f | head): stop quietly, as a
+            # pipeline's writer does, with the SIGPIPE status.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except Exception as e:  # a bug: still one line, never a traceback
             print(f"jw: unexpected error: {e!r}", file=sys.stderr)
             return 1

@@ -249,9 +249,20 @@ class JobworkerClient:
         start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
         if onStart is not None and start.isdigit():
             onStart(int(start))
+        sinkErrors: list[Exception] = []
+
+        def deliver(data: bytes) -> None:
+            try:
+                sink(data)
+            except Exception as e:  # our own output failed, not the network
+                sinkErrors.append(e)
+                raise
+
         try:
-            await treq.collect(response, sink)
+            await treq.collect(response, deliver)
         except Exception as e:
+            if sinkErrors:
+                raise sinkErrors[0] from None
             raise ClientError(
                 f"log stream from {self.server} broke off: "
                 f"{describeConnectionFailure(self.server, e)}"

@@ -41,7 +41,7 @@ def readConfig(path: str) -> dict[str, str]:
         return {}
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     unknown = sorted(set(values) - set(KEYS))
     if unknown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService, Service
@@ -302,12 +303,22 @@ class QuietSite(Site):
 class ManagerService(Service):
     """Stop every job, and wait for it, when the server shuts down."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(
+        self, manager: JobManager, drain: Callable[[], Deferred[None]] | None = None
+    ) -> None:
         self.manager = manager
+        self._drain = drain
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        return self.manager.shutdown().addCallback(lambda _: self.manager.close())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self.manager.shutdown()
+        if self._drain is not None:
+            # Let log followers send the last bytes and the end of stream.
+            await self._drain()
+        self.manager.close()
 
 
 class RetentionService(Service):
@@ -480,7 +491,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         fatal(f"cannot listen: {error}")
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
-    root.addService(ManagerService(manager))
+    root.addService(ManagerService(manager, api.drain))
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(ListeningService(ports[0]))
