@@ -341,8 +341,12 @@ class JobManager:
         job = JobProcess(
             self._reactor,
             record,
-            OutputSpool(self._outputPath(jobId, "stdout"), self._maxLogBytes),
-            OutputSpool(self._outputPath(jobId, "stderr"), self._maxLogBytes),
+            OutputSpool(
+                self._outputPath(jobId, "stdout"), self._maxLogBytes, self._reactor
+            ),
+            OutputSpool(
+                self._outputPath(jobId, "stderr"), self._maxLogBytes, self._reactor
+            ),
             self._grace,
             self._killGroup,
             timeout=timeout,

@@ -7,7 +7,12 @@ import os
 from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,8 +37,15 @@ class OutputSpool:
 
     log = Logger()
 
-    def __init__(self, path: str, maxBytes: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        maxBytes: int | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.path = path
+        self._clock = clock
+        self._wakeCall: IDelayedCall | None = None
         self.size = 0
         self.dropped = 0
         self.lost = 0
@@ -89,7 +101,7 @@ class OutputSpool:
                 )
             self.lost += len(view)
         if self._waiters:
-            self._wake()
+            self._wakeSoon()
 
     def close(self) -> None:
         """No more output will come: wake every reader one last time."""
@@ -107,7 +119,19 @@ class OutputSpool:
         self._waiters.append(d)
         return d
 
+    def _wakeSoon(self) -> None:
+        # With a clock, readers are woken once per reactor turn, not once per
+        # 8 KiB read from the pipe: each wake then sends all that arrived.
+        if self._clock is None:
+            self._wake()
+        elif self._wakeCall is None:
+            self._wakeCall = self._clock.callLater(0, self._wake)
+
     def _wake(self) -> None:
+        if self._wakeCall is not None:
+            if self._wakeCall.active():
+                self._wakeCall.cancel()
+            self._wakeCall = None
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
