@@ -66,6 +66,12 @@ class TooManyRequests(JobworkerError):
         self.retryAfter = retryAfter
 
 
+class ServiceUnavailable(JobworkerError):
+    """The server cannot do it now (its store cannot be written)."""
+
+    code = 503
+
+
 class PayloadTooLarge(JobworkerError):
     """The request body is over the limit."""
 

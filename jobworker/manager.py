@@ -17,7 +17,13 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
 from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
-from .errors import BadRequest, Conflict, NotFound, TooManyRequests
+from .errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from .metrics import Metrics
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .records import JobRecord, JobStatus
@@ -29,7 +35,7 @@ from .recovery import (
     sessionMembers,
 )
 from .spool import OutputSource, OutputSpool, StoredOutput
-from .store import JobStore
+from .store import JobStore, StoreError
 from .validation import JobRequest
 
 #: The environment every job starts from; the request's env is laid over it.
@@ -380,7 +386,15 @@ class JobManager:
             # Crash recovery finds the job's session by its leader, and needs
             # the leader's start time never to hit a reused pid.
             record.proc_start = processStartTime(record.pid)
-        self._store.insert(record)
+        try:
+            self._store.insert(record)
+        except StoreError as e:
+            # Never leave a process the store does not know about.
+            job.setupFailed(str(e))
+            self.log.error("{error}", error=str(e))
+            raise ServiceUnavailable(
+                "the job could not be recorded (is the state dir's disk full?)"
+            ) from None
         if record.status.ended:
             self._metrics.spawnFailures.inc()
             self._metrics.jobsEnded.labels(record.status.value).inc()
@@ -437,7 +451,12 @@ class JobManager:
 
     def _ended(self, record: JobRecord) -> JobRecord:
         self._running -= 1
-        self._store.update(record)
+        try:
+            self._store.update(record)
+        except StoreError as e:
+            # The record stays RUNNING in the store: a restart closes it as
+            # FAILED (worker restarted); the live table has the truth meanwhile.
+            self.log.error("{error}", error=str(e))
         metrics = self._metrics
         metrics.jobsEnded.labels(record.status.value).inc()
         metrics.outputBytes.labels("stdout").inc(record.stdout_bytes)

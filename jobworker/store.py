@@ -264,13 +264,27 @@ class JobStore:
         self._unlock()
 
     def insert(self, record: JobRecord) -> None:
-        """Add a new job; sets C{record.seq}."""
-        cursor = self._db.execute(_INSERT, _row(record))
+        """
+        Add a new job; sets C{record.seq}.
+
+        @raise StoreError: if it cannot be written (disk full, I/O error).
+        """
+        try:
+            cursor = self._db.execute(_INSERT, _row(record))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot record job {record.id}: {e}") from None
         record.seq = cursor.lastrowid
 
     def update(self, record: JobRecord) -> None:
-        """Write a job's changed state."""
-        self._db.execute(_UPDATE, (*_row(record)[1:], record.id))
+        """
+        Write a job's changed state.
+
+        @raise StoreError: if it cannot be written (disk full, I/O error).
+        """
+        try:
+            self._db.execute(_UPDATE, (*_row(record)[1:], record.id))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot record job {record.id}: {e}") from None
 
     def get(self, jobId: str) -> JobRecord | None:
         """The job with this id, or None."""

@@ -585,3 +585,19 @@ class ShutdownTests(ManagerTestCase):
         self.assertIn("shutting down", error.message)
         self.assertEqual(self.reactor.spawned, [])
         self.assertEqual(self.manager.page(), ([], None))
+
+
+class StoreFailureTests(ManagerTestCase):
+    def test_unrecordableJobIsKilledAnd503(self) -> None:
+        """If the store cannot take a new job, its process is killed: a 503."""
+        from jobworker.errors import ServiceUnavailable
+        from jobworker.store import StoreError
+
+        def refuse(record: object) -> None:
+            raise StoreError("cannot record job: database or disk is full")
+
+        self.patch(self.manager._store, "insert", refuse)
+        self.assertRaises(ServiceUnavailable, self.manager.create, request(), "alice")
+        [spawned] = self.reactor.spawned
+        self.assertIn(signal.SIGKILL, spawned.transport.signals)
+        self.assertEqual(self.manager.page()[0], [])
