@@ -175,8 +175,11 @@ class Context:
         profile = None
         if self.profileDir is not None:
             profile = os.path.join(self.profileDir, f"{name}.pstats")
+        # Every load generator connects from 127.0.0.1: lift the per-client
+        # connection cap (a defence against abuse, not what is measured here).
+        extra = ("--max-connections-per-client=100000", *self.serverArgs)
         server = Server(
-            self.cleanup, self.workdir, name, profile=profile, extra=self.serverArgs
+            self.cleanup, self.workdir, name, profile=profile, extra=extra
         ).start()
         self.nofile = nofileLimit(server.pid)
         if warm:  # pay bcrypt once, before anything is measured
