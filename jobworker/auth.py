@@ -92,6 +92,10 @@ class VerifiedCredentials:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forget everything (the users changed)."""
+        self._entries.clear()
+
 
 @implementer(ICredentialsChecker)
 class BcryptChecker:
@@ -168,6 +172,21 @@ def makePortal(
 ) -> Portal:
     """The portal the API logs requests in through."""
     return Portal(UserRealm(users), [BcryptChecker(users, runInThread, cache)])
+
+
+def replaceUsers(portal: Portal, users: UserDatabase) -> None:
+    """
+    Swap the user database of a portal made by L{makePortal} (a reloaded
+    users file); remembered credentials are forgotten.
+    """
+    realm = portal.realm
+    assert isinstance(realm, UserRealm)
+    realm._users = users
+    for checker in portal.checkers.values():
+        assert isinstance(checker, BcryptChecker)
+        checker._users = users
+        if checker._cache is not None:
+            checker._cache.clear()
 
 
 class Authenticator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -22,7 +23,7 @@ from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
 from .audit import AuditLog
-from .auth import Authenticator, VerifiedCredentials, makePortal
+from .auth import Authenticator, VerifiedCredentials, makePortal, replaceUsers
 from .cgroups import Limits
 from .cgroups import detect as detectCgroups
 from .connections import ConnectionsPerClient
@@ -321,6 +322,49 @@ class ManagerService(Service):
         self.manager.close()
 
 
+class UsersReloadService(Service):
+    """Reload the users file on SIGHUP (a bad file keeps the old users)."""
+
+    log = Logger()
+
+    def __init__(self, path: str, portal: Any, reactor: Any) -> None:
+        self._path = path
+        self._portal = portal
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._previous = signal.signal(
+            signal.SIGHUP,
+            lambda *_: self._reactor.callFromThread(self.reload),
+        )
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def reload(self) -> None:
+        """Read the users file again; keep the old users if it is unusable."""
+        try:
+            users = UserDatabase.fromFile(self._path)
+        except (OSError, UsersFileError, UnicodeDecodeError) as e:
+            self.log.error(
+                "users file {path} not reloaded, keeping the old users: {error}",
+                path=self._path,
+                error=str(e),
+            )
+            return
+        replaceUsers(self._portal, users)
+        self.log.info(
+            "users file {path} reloaded: {count} users",
+            path=self._path,
+            count=len(users),
+        )
+
+
 class RetentionService(Service):
     """Every so often, delete the jobs that ended longer ago than C{retain}."""
 
@@ -494,6 +538,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     root.addService(ManagerService(manager, api.drain))
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
+    if config["users"] is not None:
+        root.addService(UsersReloadService(config["users"], portal, reactor))
     root.addService(ListeningService(ports[0]))
     return root
 

@@ -146,3 +146,42 @@ class LiveSecurityTests(TestCase):
         response = await server.request("GET", "/jobs", "alice")
         self.assertEqual(response.code, 200)
         await treq.content(response)
+
+
+class UsersReloadTests(TestCase):
+    async def test_sighupReloadsUsers(self) -> None:
+        """SIGHUP rereads the users file; a broken file keeps the old users."""
+        import signal
+
+        import bcrypt
+
+        path = os.path.abspath(self.mktemp())
+
+        def line(name: str, role: str) -> str:
+            hashed = bcrypt.hashpw(f"{name}-pass".encode(), bcrypt.gensalt(4))
+            return f"{name}:{role}:{hashed.decode()}\n"
+
+        with open(path, "w") as f:
+            f.write(line("alice", "Developer"))
+        server = LiveServer(self, f"--users={path}")
+
+        async def status(user: str, password: str) -> int:
+            response = await server.http.request(
+                "GET", server.url + "/jobs", headers=basic(user, password)
+            )
+            await treq.content(response)
+            return int(response.code)
+
+        self.assertEqual(await status("alice", "alice-pass"), 200)
+        self.assertEqual(await status("carol", "carol-pass"), 401)
+        with open(path, "w") as f:
+            f.write(line("carol", "Reader"))
+        os.kill(os.getpid(), signal.SIGHUP)
+        await sleep(0.2)
+        self.assertEqual(await status("carol", "carol-pass"), 200)
+        self.assertEqual(await status("alice", "alice-pass"), 401)
+        with open(path, "w") as f:
+            f.write("this is not a users file\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await sleep(0.2)
+        self.assertEqual(await status("carol", "carol-pass"), 200)
