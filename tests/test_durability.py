@@ -67,6 +67,22 @@ class RestartTests(TestCase):
         )
 
 
+def twistdCommand(stateDir: str) -> list[str]:
+    """The command line of a real twistd jobworker on a free port."""
+    return [
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "jobworker",
+        "--tls",
+        "--port=0",
+        f"--cert={CERT}",
+        f"--key={KEY}",
+        f"--state-dir={stateDir}",
+        "--stop-grace=1",
+    ]
+
+
 def startTwistd(
     testCase: TestCase, stateDir: str, logPath: str
 ) -> subprocess.Popen[bytes]:
@@ -74,18 +90,7 @@ def startTwistd(
     log = open(logPath, "ab")
     testCase.addCleanup(log.close)
     process = subprocess.Popen(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "jobworker",
-            "--tls",
-            "--port=0",
-            f"--cert={CERT}",
-            f"--key={KEY}",
-            f"--state-dir={stateDir}",
-            "--stop-grace=1",
-        ],
+        twistdCommand(stateDir),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -182,17 +187,7 @@ class CrashRecoveryTests(TestCase):
         with open(storePath, "wb") as f:
             f.write(garbage)
         result = subprocess.run(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "jobworker",
-                "--tls",
-                "--port=0",
-                f"--cert={CERT}",
-                f"--key={KEY}",
-                f"--state-dir={stateDir}",
-            ],
+            twistdCommand(stateDir),
             capture_output=True,
             timeout=60,
             check=False,
