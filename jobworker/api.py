@@ -170,9 +170,11 @@ class JobsAPI:
         clock: IReactorTime,
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
+        maxStreams: int = 1000,
     ) -> None:
         self._manager = manager
         self._auditLog = audit
+        self._maxStreams = maxStreams
         self._authenticator = authenticator
         self._clock = clock
         self._metrics = metrics
@@ -319,6 +321,12 @@ class JobsAPI:
     async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.LOGS, owner=record.owner)
+        if len(self._streams) >= self._maxStreams:
+            raise TooManyRequests(
+                f"{len(self._streams)} log streams are open, the most this server "
+                "allows",
+                retryAfter=1,
+            )
         self._track(request)
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))

@@ -213,6 +213,13 @@ class Options(usage.Options):
             int,
         ],
         [
+            "max-log-streams",
+            None,
+            1000,
+            "Concurrent log responses (followers included) the server serves.",
+            int,
+        ],
+        [
             "idle-timeout",
             None,
             60.0,
@@ -251,6 +258,7 @@ class Options(usage.Options):
             "max-running",
             "login-failures",
             "max-connections-per-client",
+            "max-log-streams",
         ):
             if self[name] is not None and self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
@@ -506,7 +514,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         LoginThrottle(reactor, threshold=config["login-failures"]),
         audit,
     )
-    api = JobsAPI(manager, authenticator, reactor, metrics, audit)
+    api = JobsAPI(
+        manager, authenticator, reactor, metrics, audit, config["max-log-streams"]
+    )
     siteClass = Site if config["access-log"] == "on" else QuietSite
     site = siteClass(api.app.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]

@@ -185,3 +185,23 @@ class UsersReloadTests(TestCase):
         os.kill(os.getpid(), signal.SIGHUP)
         await sleep(0.2)
         self.assertEqual(await status("carol", "carol-pass"), 200)
+
+
+class LogStreamCapTests(TestCase):
+    async def test_followersCapped(self) -> None:
+        """Past --max-log-streams, a new log request is a 429; slots come back."""
+        server = LiveServer(self, "--max-log-streams=2")
+        job = await server.createJob("sleep", "30")
+        path = f"/jobs/{job['id']}/logs?follow=true"
+        held = [await server.request("GET", path) for _ in range(2)]
+        bodies = [treq.content(r) for r in held]
+        response = await server.request("GET", path)
+        self.assertEqual(response.code, 429)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        await treq.content(response)
+        await server.json("POST", f"/jobs/{job['id']}/stop")
+        for body in bodies:
+            await body
+        response = await server.request("GET", f"/jobs/{job['id']}/logs")
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
