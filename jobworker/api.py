@@ -101,8 +101,13 @@ def _query(request: IRequest) -> dict[bytes, list[bytes]]:
     The URL's query parameters only: twisted.web also merges a form-encoded
     body into C{request.args}, and a JSON body must never count as a query.
     """
-    query = bytes(request.uri).partition(b"?")[2]
-    return parse_qs(query, keep_blank_values=True)
+    # Parsed once per request: a handler asks for several parameters.
+    parsed: dict[bytes, list[bytes]] | None = getattr(request, "_jobworkerQuery", None)
+    if parsed is None:
+        query = bytes(request.uri).partition(b"?")[2]
+        parsed = parse_qs(query, keep_blank_values=True)
+        request._jobworkerQuery = parsed  # type: ignore[attr-defined]
+    return parsed
 
 
 def _arg(request: IRequest, name: bytes) -> str | None:

@@ -6,7 +6,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
@@ -139,6 +139,32 @@ def _mkdir(path: str) -> None:
         raise CgroupError(f"cannot create {path}: {e.strerror}") from None
 
 
+def _killFrozen(
+    control: str,
+    freeze: str,
+    thaw: str,
+    members: Callable[[], list[int]],
+    settle: Callable[[], None] | None = None,
+) -> bool:
+    """
+    Freeze a cgroup (so nothing in it can fork while we kill), SIGKILL every
+    member, then thaw it so the kills are delivered. A freezer that cannot be
+    written still gets the kills.
+    """
+    try:
+        _write(control, freeze)
+        if settle is not None:
+            settle()
+    except (CgroupError, OSError):
+        pass
+    killed = _signalAll(members(), signal.SIGKILL)
+    try:
+        _write(control, thaw)
+    except CgroupError:
+        pass
+    return killed
+
+
 def _rmdir(path: str) -> bool:
     try:
         os.rmdir(path)
@@ -221,19 +247,14 @@ class V1Group:
         # Freeze first, so nothing can fork while we kill, then thaw so the
         # pending SIGKILLs are delivered.
         state = os.path.join(self.paths["freezer"], "freezer.state")
-        try:
-            _write(state, "FROZEN")
+
+        def frozen() -> None:
+            # v1 freezes asynchronously (FREEZING, then FROZEN).
             deadline = time.monotonic() + 0.5
             while _read(state).strip() != "FROZEN" and time.monotonic() < deadline:
                 time.sleep(0.001)
-        except (CgroupError, OSError):
-            pass
-        killed = _signalAll(self._members(), signal.SIGKILL)
-        try:
-            _write(state, "THAWED")
-        except CgroupError:
-            pass
-        return killed
+
+        return _killFrozen(state, "FROZEN", "THAWED", self._members, frozen)
 
     def oomKilled(self) -> bool:
         memory = self.paths.get("memory")
@@ -372,16 +393,7 @@ class V2Group:
             _write(killFile, "1")
             return bool(members)
         freeze = os.path.join(self.path, "cgroup.freeze")
-        try:
-            _write(freeze, "1")
-        except CgroupError:
-            pass
-        killed = _signalAll(self._members(), signal.SIGKILL)
-        try:
-            _write(freeze, "0")
-        except CgroupError:
-            pass
-        return killed
+        return _killFrozen(freeze, "1", "0", self._members)
 
     def oomKilled(self) -> bool:
         return _counter(os.path.join(self.path, "memory.events"), "oom_kill") > 0

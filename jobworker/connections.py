@@ -50,7 +50,3 @@ class ConnectionsPerClient(WrappingFactory):
                 self._counts[host] = remaining
             else:
                 del self._counts[host]
-
-    def openConnections(self, host: str) -> int:
-        """How many connections C{host} holds now."""
-        return self._counts.get(host, 0)
