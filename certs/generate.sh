@@ -3,7 +3,10 @@
 #
 #   sh certs/generate.sh [DIR]      (DIR defaults to the folder of this script)
 #
-# Writes ca.pem, ca.key, server.pem, server.key. The server certificate is
+# Writes ca.pem, ca.key, server.pem, server.key, and client certificates
+# clients/NAME.pem + clients/NAME.key for the development users (alice, bob,
+# rita, ada; CN = user name, extendedKeyUsage clientAuth). Later client
+# certificates: jobworker-issue-cert --ca ca.pem --ca-key ca.key NAME. The server certificate is
 # signed by the CA and carries the SANs localhost, 127.0.0.1 and ::1, so the
 # jw CLI verifies it (host name included) out of the box. These files are for
 # development and tests only: the private keys are public, in git. For a real
@@ -31,3 +34,17 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
 rm -f server.csr server.ext ca.srl
 chmod 644 ca.pem server.pem
 chmod 600 ca.key server.key
+mkdir -p clients
+for name in alice bob rita ada; do
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+        -keyout "clients/$name.key" -out "clients/$name.csr" -subj "/CN=$name"
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=clientAuth" > clients/client.ext
+    openssl x509 -req -in "clients/$name.csr" -CA ca.pem -CAkey ca.key \
+        -CAcreateserial -out "clients/$name.pem" -days "$days" -sha256 \
+        -extfile clients/client.ext
+    rm -f "clients/$name.csr" clients/client.ext ca.srl
+    chmod 644 "clients/$name.pem"
+    chmod 600 "clients/$name.key"
+done

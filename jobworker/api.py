@@ -35,8 +35,10 @@ from .errors import (
 from .manager import JobManager
 from .metrics import Metrics
 from .permissions import Permission, User, authorize
+from .records import rfc3339
 from .spool import OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
+from .tokens import fingerprint
 from .validation import (
     onlyParameters,
     parseBool,
@@ -132,11 +134,12 @@ def _body(request: IRequest) -> bytes:
 
 
 def guarded(
-    permission: Permission, *parameters: str
+    permission: Permission, *parameters: str, tokens: bool = True
 ) -> Callable[[Handler[P]], Route[P]]:
     """
     Authenticate the request and check C{permission} before the handler;
-    refuse query parameters other than C{parameters}.
+    refuse query parameters other than C{parameters}, and bearer tokens
+    unless C{tokens}.
     """
     allowed = frozenset(parameters)
 
@@ -144,7 +147,7 @@ def guarded(
         async def wrapper(
             self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
-            user = await self._authenticator.authenticate(request)
+            user = await self._authenticator.authenticate(request, tokens)
             try:
                 authorize(user, permission)
                 onlyParameters(_query(request), allowed)
@@ -268,6 +271,28 @@ class JobsAPI:
                 "jobs": [r.toJSON() for r in records],
                 "next_cursor": None if following is None else str(following),
             },
+        )
+
+    @app.route("/tokens", methods=["POST"])
+    @guarded(Permission.TOKENS, tokens=False)
+    async def createToken(self, request: IRequest, user: User) -> bytes:
+        signer = self._authenticator.tokens
+        if signer is None:
+            raise NotFound("tokens are not enabled")
+        token, expires = signer.issue(user.name, user.role.value)
+        self._audit(
+            request,
+            "token.issue",
+            user,
+            "issued",
+            token=fingerprint(token),
+            expires_at=rfc3339(expires),
+        )
+        request.setHeader(b"cache-control", b"no-store")
+        return _json(
+            request,
+            {"token": token, "expires_at": rfc3339(expires), "user": user.name},
+            201,
         )
 
     @app.route("/openapi.json", methods=["GET"])

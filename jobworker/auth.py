@@ -22,9 +22,10 @@ from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
 from .audit import AuditLog
-from .errors import TooManyRequests, Unauthorized
+from .errors import Forbidden, TooManyRequests, Unauthorized
 from .permissions import User
 from .throttle import LoginThrottle
+from .tokens import InvalidToken, TokenSigner
 from .users import UserDatabase
 
 #: Runs a blocking callable off the reactor thread and returns a Deferred of
@@ -190,7 +191,12 @@ def replaceUsers(portal: Portal, users: UserDatabase) -> None:
 
 
 class Authenticator:
-    """Read the C{Authorization} header of a request and log it in."""
+    """
+    Find out who a request comes from: C{Authorization: Basic} (bcrypt, or
+    the verified-credential cache), C{Authorization: Bearer} (a signed token,
+    one HMAC) or, with no header, the client certificate the TLS layer
+    verified (its common name is the user).
+    """
 
     log = Logger()
 
@@ -200,60 +206,154 @@ class Authenticator:
         onFailure: Callable[[], object] | None = None,
         throttle: LoginThrottle | None = None,
         audit: AuditLog | None = None,
+        tokens: TokenSigner | None = None,
+        certificates: bool = False,
     ) -> None:
         self._portal = portal
         self._basic = BasicCredentialFactory(REALM)
         self._onFailure = onFailure
         self._throttle = throttle
         self._audit = audit
+        self.tokens = tokens
+        self._certificates = certificates
+        realm = portal.realm
+        assert isinstance(realm, UserRealm)
+        self._realm = realm
+        # The portal's own cache of verified credentials: checked here first,
+        # so a hit costs no Deferred chain at all.
+        checker = portal.checkers.get(IUsernamePassword)
+        self._cache = checker._cache if isinstance(checker, BcryptChecker) else None
 
-    async def authenticate(self, request: IRequest) -> User:
+    def replaceUsers(self, users: UserDatabase) -> None:
+        """
+        Use a new users database (a reloaded users file): remembered
+        credentials are forgotten, and tokens of removed users, or of users
+        whose role changed, stop working.
+        """
+        replaceUsers(self._portal, users)
+
+    def _refuse(
+        self, request: IRequest, name: str, reason: str, message: str
+    ) -> Unauthorized:
+        client = clientAddress(request)
+        if self._onFailure is not None:
+            self._onFailure()
+        if self._throttle is not None:
+            self._throttle.failed(name, client)
+        if self._audit is not None:
+            self._audit.record("auth.failure", name, client, "refused", reason=reason)
+        else:
+            self.log.info(
+                "authentication failed for {user!r} from {client}: {reason}",
+                user=name,
+                client=client,
+                reason=reason,
+            )
+        return Unauthorized(message)
+
+    def _checkThrottle(self, request: IRequest, name: str) -> None:
+        throttle = self._throttle
+        if throttle is None:
+            return
+        client = clientAddress(request)
+        wait = throttle.retryAfter(name, client)
+        if wait > 0:
+            if self._audit is not None:
+                self._audit.record("auth.throttled", name, client, "refused")
+            raise TooManyRequests(
+                "too many failed logins: retry later", retryAfter=math.ceil(wait)
+            )
+
+    async def authenticate(self, request: IRequest, allowToken: bool = True) -> User:
         """
         The user the request authenticates as.
 
+        @param allowToken: accept a bearer token (not when issuing tokens:
+            a token must not extend its own life).
         @raise Unauthorized: with no, malformed or wrong credentials.
+        @raise Forbidden: a token where C{allowToken} is false.
+        @raise TooManyRequests: too many failures from this client.
         """
         header = request.getHeader(b"authorization")
         if header is None:
-            raise Unauthorized("authentication required")
+            user = self._fromCertificate(request)
+            if user is None:
+                raise Unauthorized("authentication required")
+            return user
         scheme, _, response = header.partition(b" ")
-        if scheme.lower() != b"basic":
-            raise Unauthorized("unsupported authorization scheme; use Basic")
+        scheme = scheme.lower()
+        if scheme == b"bearer" and self.tokens is not None:
+            if not allowToken:
+                raise Forbidden(
+                    "a token cannot issue tokens: use a password or certificate"
+                )
+            return self._fromToken(request, response.strip())
+        if scheme != b"basic":
+            raise Unauthorized("unsupported authorization scheme; use Basic or Bearer")
         try:
             credentials = self._basic.decode(response.strip(), request)
         except LoginFailed:
             raise Unauthorized("malformed Basic credentials") from None
         name = credentials.username.decode("utf-8", "replace")[:64]
-        client = clientAddress(request)
-        throttle = self._throttle
-        if throttle is not None:
-            wait = throttle.retryAfter(name, client)
-            if wait > 0:
-                if self._audit is not None:
-                    self._audit.record("auth.throttled", name, client, "refused")
-                raise TooManyRequests(
-                    "too many failed logins: retry later", retryAfter=math.ceil(wait)
-                )
+        self._checkThrottle(request, name)
+        # The hot path: credentials bcrypt accepted a moment ago.
+        cache = self._cache
+        if cache is not None:
+            entry = self._realm._users.lookup(name)
+            password = bytes(credentials.password)
+            if entry is not None and (name.encode("utf-8"), password) in cache:
+                return entry.user
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
         except UnauthorizedLogin:
-            if self._onFailure is not None:
-                self._onFailure()
-            if throttle is not None:
-                throttle.failed(name, client)
-            if self._audit is not None:
-                self._audit.record("auth.failure", name, client, "refused")
-            else:
-                self.log.info(
-                    "authentication failed for {user!r} from {client}",
-                    user=name,
-                    client=client,
-                )
-            raise Unauthorized("invalid user name or password") from None
+            raise self._refuse(
+                request, name, "bad password", "invalid user name or password"
+            ) from None
         assert isinstance(avatar, User)
-        if throttle is not None:
-            throttle.succeeded(name, client)
+        if self._throttle is not None:
+            self._throttle.succeeded(name, clientAddress(request))
         return avatar
+
+    def _fromToken(self, request: IRequest, token: bytes) -> User:
+        assert self.tokens is not None
+        self._checkThrottle(request, "")
+        try:
+            name, role = self.tokens.verify(token.decode("ascii"))
+        except (InvalidToken, UnicodeDecodeError) as e:
+            raise self._refuse(
+                request, "", f"token: {e}", "invalid or expired token"
+            ) from None
+        entry = self._realm._users.lookup(name)
+        if entry is None or entry.user.role.value != role:
+            raise self._refuse(
+                request,
+                name,
+                "token: user removed or role changed",
+                "invalid or expired token",
+            )
+        return entry.user
+
+    def _fromCertificate(self, request: IRequest) -> User | None:
+        if not self._certificates:
+            return None
+        channel = getattr(request, "channel", None)
+        peerCertificate = getattr(
+            getattr(channel, "transport", None), "getPeerCertificate", None
+        )
+        certificate = peerCertificate() if peerCertificate is not None else None
+        if certificate is None:
+            return None
+        # The TLS layer verified it against --client-ca (purpose: client).
+        name = certificate.get_subject().commonName or ""
+        entry = self._realm._users.lookup(name)
+        if entry is None:
+            raise self._refuse(
+                request,
+                name[:64],
+                "certificate of an unknown user",
+                "the client certificate's user is not in the users file",
+            )
+        return entry.user
 
 
 def clientAddress(request: IRequest) -> str:

@@ -17,7 +17,17 @@ from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherR
 from twisted.internet.task import deferLater, react
 
 from .client import ClientError, JobworkerClient, exitStatusOf
-from .clientconfig import DEFAULT_SERVER, ConfigError, Settings, configPath, resolve
+from .clientconfig import (
+    DEFAULT_SERVER,
+    ConfigError,
+    Settings,
+    configPath,
+    forgetToken,
+    loadToken,
+    resolve,
+    saveToken,
+    tokensPath,
+)
 from .tls import TLSConfigError
 
 EXAMPLES = """\
@@ -35,17 +45,25 @@ examples:
   jw logs --tail 20 --follow $ID           the last 20 lines, then new output
   jw wait --timeout 60 $ID                 wait for the end, exit with its status
 
+  jw login                                 ask the password once, keep a token
+                                           (0600) that later commands use
+  jw logout                                forget it
+  jw --cert me.pem --key me.key list       authenticate with a client certificate
   jw config                                the settings in force, and whence
   source <(jw completion bash)             tab completion (bash; zsh too)
 
 settings (flags override the environment, which overrides the config file):
   --server / JW_SERVER / server      default https://localhost:8443
   --ca / JW_CA / ca                  default: the development CA
-  JW_USER / user, JW_PASSWORD        credentials (else prompted on the terminal)
+  --cert, --key / JW_CERT, JW_KEY / cert, key
+                                     a client certificate (no password asked)
+  JW_USER / user, JW_PASSWORD        credentials (else a token saved by
+                                     jw login, else prompted on the terminal)
   config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
     server = "https://jobs.example.com:8443"
     ca = "ca.pem"      # relative to the config file
     user = "alice"
+    cert = "alice.pem" # optional, with key = "alice.key"
 """
 
 #: How often a follower reconnects after its stream broke off.
@@ -81,6 +99,10 @@ def buildParser() -> argparse.ArgumentParser:
         help="CA certificate that signs the server's (env JW_CA, default: "
         "the development CA)",
     )
+    parser.add_argument(
+        "--cert", help="client certificate (PEM) to authenticate with (env JW_CERT)"
+    )
+    parser.add_argument("--key", help="its private key (PEM) (env JW_KEY)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
@@ -151,6 +173,20 @@ def buildParser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, help="give up after S seconds")
     wait.add_argument("id", metavar="ID")
 
+    commands.add_parser(
+        "login",
+        help="ask the password once and keep a token for later commands",
+        description="Get a bearer token from the server (POST /tokens) with "
+        "your password or client certificate, and keep it in "
+        "$XDG_CONFIG_HOME/jobworker/tokens.json (mode 0600). Later commands "
+        "use it until it expires, then ask for the password again.",
+        epilog="example: jw login && jw list",
+    )
+    commands.add_parser(
+        "logout",
+        help="delete the token jw login kept for this server",
+        epilog="example: jw logout",
+    )
     commands.add_parser(
         "config",
         help="show the settings in force and where each comes from",
@@ -439,30 +475,62 @@ def main(argv: list[str] | None = None) -> None:
     environ = dict(os.environ)
     path = configPath(environ)
     try:
-        settings = resolve({"server": options.server, "ca": options.ca}, environ, path)
+        settings = resolve(
+            {
+                "server": options.server,
+                "ca": options.ca,
+                "cert": options.cert,
+                "key": options.key,
+            },
+            environ,
+            path,
+        )
     except ConfigError as e:
         print(f"jw: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    tokens = tokensPath(environ)
     if options.verb == "config":
-        raise SystemExit(showConfig(settings, path))
+        raise SystemExit(showConfig(settings, path, tokens))
+    if options.verb == "logout":
+        try:
+            forgotten = forgetToken(tokens, settings.server)
+        except OSError as e:
+            print(f"jw: cannot delete {tokens}: {e.strerror}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(
+            f"logged out of {settings.server}"
+            if forgotten
+            else f"not logged in to {settings.server}"
+        )
+        raise SystemExit(0)
     if options.verb == "completion":
         sys.stdout.write(COMPLETION[options.shell])
         raise SystemExit(0)
 
     async def _main(reactor: Any) -> int:
         try:
-            if options.verb == "_ids" and "JW_PASSWORD" not in environ:
-                return 1  # completion never prompts
-            user, password = credentials(environ, settings.user)
-            client = JobworkerClient(
-                reactor, settings.server, settings.ca, user, password
-            )
+            session = Session.open(reactor, options.verb, settings, environ, tokens)
+        except _Quiet:
+            return 1  # completion never prompts
         except (UsageFailure, ClientError, TLSConfigError, ValueError) as e:
             print(f"jw: {e}", file=sys.stderr)
             return 2
+        client = session.client
         try:
+            if options.verb == "login" or session.renew:
+                await session.login()
+            if options.verb == "login":
+                return 0
             return await run(options, client, Streams())
         except (UsageFailure, ClientError) as e:
+            if isinstance(e, ClientError) and e.status == 401 and session.token:
+                forgetToken(tokens, settings.server)
+                print(
+                    "jw: the saved login was refused (expired, the server's key "
+                    "changed, or your user changed): run jw login",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"jw: {e}", file=sys.stderr)
             return 1
         except BrokenPipeError:
@@ -487,16 +555,86 @@ def _exit(code: int) -> None:
     raise SystemExit(code)
 
 
-def showConfig(settings: Settings, path: str) -> int:
+class _Quiet(Exception):
+    """Completion asked for ids but there is no way to log in without asking."""
+
+
+@dataclass
+class Session:
+    """
+    How this run of C{jw} authenticates: a client certificate, else
+    C{JW_PASSWORD}, else the token C{jw login} kept, else a prompt (and an
+    expired login is renewed with the password given).
+    """
+
+    client: JobworkerClient
+    server: str
+    tokensFile: str
+    token: str | None = None
+    renew: bool = False
+
+    @classmethod
+    def open(
+        cls,
+        reactor: Any,
+        verb: str,
+        settings: Settings,
+        environ: dict[str, str],
+        tokensFile: str,
+    ) -> Session:
+        """Choose the credentials and build the client (may prompt)."""
+        server, ca = settings.server, settings.ca
+        certificate = {"certPath": settings.cert, "keyPath": settings.key}
+        if settings.cert or settings.key:
+            client = JobworkerClient(reactor, server, ca, **certificate)
+            return cls(client, server, tokensFile)
+        token, saved = None, False
+        if verb != "login":
+            token, saved = loadToken(tokensFile, server, time.time())
+        if token is not None and "JW_PASSWORD" not in environ:
+            client = JobworkerClient(reactor, server, ca, token=token)
+            return cls(client, server, tokensFile, token=token)
+        if verb == "_ids" and "JW_PASSWORD" not in environ:
+            raise _Quiet()
+        user, password = credentials(environ, settings.user)
+        client = JobworkerClient(reactor, server, ca, user, password)
+        # An expired login is renewed with the password now given.
+        return cls(client, server, tokensFile, renew=saved and token is None)
+
+    async def login(self) -> None:
+        """Get a token with the credentials in use and keep it."""
+        result = await self.client.createToken()
+        expires = datetime.fromisoformat(
+            str(result["expires_at"]).replace("Z", "+00:00")
+        ).timestamp()
+        try:
+            saveToken(
+                self.tokensFile, self.server, result["token"], expires, result["user"]
+            )
+        except OSError as e:
+            raise UsageFailure(
+                f"cannot save the token in {self.tokensFile}: {e.strerror}"
+            ) from None
+        print(
+            f"logged in to {self.server} as {result['user']} until "
+            f"{result['expires_at']}",
+            file=sys.stderr,
+        )
+
+
+def showConfig(settings: Settings, path: str, tokensFile: str) -> int:
     """Print the settings in force and their origins (no network, no secrets)."""
     print(f"config file: {path}" + ("" if os.path.exists(path) else " (absent)"))
-    for key in ("server", "ca", "user"):
-        value = getattr(settings, key) or "(prompted)"
+    for key in ("server", "ca", "user", "cert", "key"):
+        value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
         print(f"{key} = {value}    # {settings.origins[key]}")
+    token, saved = loadToken(tokensFile, settings.server, time.time())
+    login = "valid" if token else ("expired" if saved else "none")
+    print(f"login token = {login}    # {tokensFile}")
     return 0
 
 
-_VERBS = "exec list status stop logs wait rm config completion"
+_VERBS = "exec list status stop logs wait rm login logout config completion"
 
 COMPLETION = {
     "bash": f"""# jw completion for bash: source <(jw completion bash)
@@ -504,7 +642,8 @@ _jw() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}}
     local verb=${{COMP_WORDS[1]}}
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "{_VERBS} --server --ca --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "{_VERBS} --server --ca --cert --key --help" \\
+            -- "$cur"))
         return
     fi
     case "$verb" in

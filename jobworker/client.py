@@ -102,6 +102,10 @@ class JobworkerClient:
     @param reactor: the reactor the HTTP agent uses.
     @param server: base URL, C{https://host:port}.
     @param caPath: the CA that signs the server's certificate.
+    @param user: with C{password}, Basic credentials.
+    @param token: else a bearer token (C{jw login}).
+    @param certPath: and C{keyPath}: a client certificate, presented in the
+        TLS handshake (used when no credentials are given).
     """
 
     def __init__(
@@ -109,8 +113,12 @@ class JobworkerClient:
         reactor: Any,
         server: str,
         caPath: str,
-        user: str,
-        password: str,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        certPath: str | None = None,
+        keyPath: str | None = None,
     ) -> None:
         parts = urlsplit(server)
         if parts.scheme != "https" or not parts.hostname:
@@ -118,9 +126,15 @@ class JobworkerClient:
         self.server = server.rstrip("/")
         self.reactor = reactor
         pool = HTTPConnectionPool(reactor, persistent=True)
-        agent = Agent(reactor, contextFactory=TrustRootPolicy(caPath), pool=pool)
+        policy = TrustRootPolicy(caPath, certPath, keyPath)
+        agent = Agent(reactor, contextFactory=policy, pool=pool)
         self._http = HTTPClient(agent)
-        self._auth = (user.encode("utf-8"), password.encode("utf-8"))
+        self._auth: tuple[bytes, bytes] | None = None
+        self._headers: dict[bytes, list[bytes]] = {}
+        if user is not None and password is not None:
+            self._auth = (user.encode("utf-8"), password.encode("utf-8"))
+        elif token is not None:
+            self._headers[b"authorization"] = [b"Bearer " + token.encode("ascii")]
         self._pool = pool
 
     def close(self) -> Any:
@@ -130,10 +144,13 @@ class JobworkerClient:
     async def _request(
         self, method: str, path: str, body: Any = None, unbuffered: bool = False
     ) -> IResponse:
-        kwargs: dict[str, Any] = {"auth": self._auth, "unbuffered": unbuffered}
+        headers = dict(self._headers)
+        kwargs: dict[str, Any] = {"unbuffered": unbuffered, "headers": headers}
+        if self._auth is not None:
+            kwargs["auth"] = self._auth
         if body is not None:
             kwargs["data"] = json.dumps(body).encode("utf-8")
-            kwargs["headers"] = {b"content-type": [b"application/json"]}
+            headers[b"content-type"] = [b"application/json"]
         try:
             response: IResponse = await self._http.request(
                 method, self.server + path, **kwargs
@@ -165,6 +182,11 @@ class JobworkerClient:
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
         response = await self._request(method, path, body)
         return json.loads(await treq.content(response))
+
+    async def createToken(self) -> dict[str, Any]:
+        """C{POST /tokens}: a bearer token for this user, and its expiry."""
+        result: dict[str, Any] = await self._json("POST", "/tokens")
+        return result
 
     async def createJob(
         self,

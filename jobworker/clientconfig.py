@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -13,7 +14,15 @@ DEV_CA = os.path.join(
 )
 
 #: Keys a config file may hold, and the environment variable of each.
-KEYS = {"server": "JW_SERVER", "ca": "JW_CA", "user": "JW_USER"}
+KEYS = {
+    "server": "JW_SERVER",
+    "ca": "JW_CA",
+    "user": "JW_USER",
+    "cert": "JW_CERT",
+    "key": "JW_KEY",
+}
+#: Keys holding file paths: relative to the config file that names them.
+PATH_KEYS = ("ca", "cert", "key")
 
 
 class ConfigError(Exception):
@@ -52,10 +61,11 @@ def readConfig(path: str) -> dict[str, str]:
     for key, value in values.items():
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: {key} must be a non-empty string")
-    if "ca" in values:
-        values["ca"] = os.path.join(
-            os.path.dirname(path), os.path.expanduser(values["ca"])
-        )
+    for key in PATH_KEYS:
+        if key in values:
+            values[key] = os.path.join(
+                os.path.dirname(path), os.path.expanduser(values[key])
+            )
     return values
 
 
@@ -66,6 +76,8 @@ class Settings:
     server: str = DEFAULT_SERVER
     ca: str = DEV_CA
     user: str | None = None
+    cert: str | None = None
+    key: str | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,7 +87,13 @@ def resolve(
     """Flags override the environment, which overrides the file and defaults."""
     fileValues = readConfig(path)
     settings = Settings(
-        origins={"server": "default", "ca": "default", "user": "prompt"}
+        origins={
+            "server": "default",
+            "ca": "default",
+            "user": "prompt",
+            "cert": "none",
+            "key": "none",
+        }
     )
     for key, variable in KEYS.items():
         for value, origin in (
@@ -88,3 +106,60 @@ def resolve(
                 settings.origins[key] = origin
                 break
     return settings
+
+
+def tokensPath(environ: dict[str, str]) -> str:
+    """Where C{jw login} keeps tokens: beside the config file."""
+    return os.path.join(os.path.dirname(configPath(environ)), "tokens.json")
+
+
+def _readTokens(path: str) -> dict[str, dict[str, object]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def loadToken(path: str, server: str, now: float) -> tuple[str | None, bool]:
+    """
+    The saved token for C{server}, if one is saved and unexpired, and
+    whether one was saved at all (an expired login is renewed, not dropped).
+    """
+    entry = _readTokens(path).get(server)
+    if not isinstance(entry, dict):
+        return None, False
+    token, expires = entry.get("token"), entry.get("expires")
+    if not isinstance(token, str) or not isinstance(expires, int | float):
+        return None, True
+    # A minute's margin: a token about to expire is renewed now.
+    return (token if expires - 60 > now else None), True
+
+
+def saveToken(path: str, server: str, token: str, expires: float, user: str) -> None:
+    """Keep a token for C{server} (file mode 0600, folder 0700)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tokens = _readTokens(path)
+    tokens[server] = {"token": token, "expires": expires, "user": user}
+    _writeTokens(path, tokens)
+
+
+def forgetToken(path: str, server: str) -> bool:
+    """Delete the token for C{server}; whether there was one."""
+    tokens = _readTokens(path)
+    if tokens.pop(server, None) is None:
+        return False
+    if tokens:
+        _writeTokens(path, tokens)
+    else:
+        os.unlink(path)
+    return True
+
+
+def _writeTokens(path: str, tokens: dict[str, dict[str, object]]) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(tokens, f)
+    os.replace(temporary, path)

@@ -17,6 +17,7 @@ class Permission(enum.Enum):
     LOGS = "jobs.logs"
     DELETE = "jobs.delete"
     METRICS = "metrics.read"
+    TOKENS = "tokens.create"
 
 
 class Scope(enum.Enum):
@@ -38,6 +39,7 @@ class Role(enum.Enum):
 PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
     Role.READER: {
         Permission.GET: Scope.ALL,
+        Permission.TOKENS: Scope.ALL,
     },
     Role.DEVELOPER: {
         Permission.GET: Scope.ALL,
@@ -45,6 +47,7 @@ PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.STOP: Scope.OWN,
         Permission.LOGS: Scope.OWN,
         Permission.DELETE: Scope.OWN,
+        Permission.TOKENS: Scope.ALL,
     },
     Role.ADMIN: {permission: Scope.ALL for permission in Permission},
 }

@@ -23,10 +23,11 @@ from twisted.web.server import Site
 
 from .api import BoundedRequest, JobsAPI
 from .audit import AuditLog
-from .auth import Authenticator, VerifiedCredentials, makePortal, replaceUsers
+from .auth import Authenticator, VerifiedCredentials, makePortal
 from .cgroups import Limits
 from .cgroups import detect as detectCgroups
 from .connections import ConnectionsPerClient
+from .deadlines import channelWithDeadlines
 from .manager import (
     DEFAULT_MAX_LOG_BYTES,
     ISOLATION,
@@ -39,6 +40,7 @@ from .metrics import Metrics
 from .store import JobStore, StoreError
 from .throttle import LoginThrottle
 from .tls import TLSConfigError, serverOptions
+from .tokens import TokenSigner, loadOrCreateKey
 from .users import UserDatabase, UsersFileError
 
 log = Logger(namespace="jobworker.tap")
@@ -97,6 +99,12 @@ class Options(usage.Options):
             "tls",
             None,
             "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode).",
+        ],
+        [
+            "require-client-cert",
+            None,
+            "Refuse, in the TLS handshake, clients without a certificate "
+            "signed by --client-ca.",
         ],
     ]
     optParameters = [
@@ -226,6 +234,42 @@ class Options(usage.Options):
             "Close a connection idle (between requests) this many seconds.",
             float,
         ],
+        [
+            "header-timeout",
+            None,
+            10.0,
+            "A request's headers must arrive within this many seconds of its "
+            "first byte (408, then the connection is closed).",
+            float,
+        ],
+        [
+            "body-timeout",
+            None,
+            30.0,
+            "A request's body must arrive within this many seconds of its headers.",
+            float,
+        ],
+        [
+            "client-ca",
+            None,
+            None,
+            "Accept client certificates signed by this CA (PEM); the user is "
+            "the certificate's common name, looked up in the users file.",
+        ],
+        [
+            "token-ttl",
+            None,
+            12 * 3600.0,
+            "Lifetime of a bearer token from POST /tokens (e.g. 12h, 30m).",
+            parseDuration,
+        ],
+        [
+            "token-key",
+            None,
+            None,
+            "File holding the token signing key, made if absent (default "
+            "<state-dir>/token.key); replacing it invalidates every token.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -262,6 +306,11 @@ class Options(usage.Options):
         ):
             if self[name] is not None and self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
+            if not 0 < self[name] <= 366 * 86400:
+                raise usage.UsageError(f"--{name} must be positive (at most a year)")
+        if self["require-client-cert"] and self["client-ca"] is None:
+            raise usage.UsageError("--require-client-cert needs --client-ca")
         if self["max-log-bytes"] < 0:
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
@@ -335,9 +384,9 @@ class UsersReloadService(Service):
 
     log = Logger()
 
-    def __init__(self, path: str, portal: Any, reactor: Any) -> None:
+    def __init__(self, path: str, authenticator: Authenticator, reactor: Any) -> None:
         self._path = path
-        self._portal = portal
+        self._authenticator = authenticator
         self._reactor = reactor
         self._previous: Any = None
 
@@ -365,7 +414,7 @@ class UsersReloadService(Service):
                 error=str(e),
             )
             return
-        replaceUsers(self._portal, users)
+        self._authenticator.replaceUsers(users)
         self.log.info(
             "users file {path} reloaded: {count} users",
             path=self._path,
@@ -411,7 +460,12 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
     try:
-        tlsOptions = serverOptions(config["cert"], config["key"])
+        tlsOptions = serverOptions(
+            config["cert"],
+            config["key"],
+            config["client-ca"],
+            bool(config["require-client-cert"]),
+        )
     except TLSConfigError as e:
         fatal(str(e))
     if os.path.abspath(config["key"]) == os.path.abspath(DEV_KEY):
@@ -507,12 +561,21 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         )
     except OSError as e:
         fatal(f"cannot open the audit log: {e.strerror}")
+    keyPath = config["token-key"] or os.path.join(stateDir, "token.key")
+    try:
+        tokenKey = loadOrCreateKey(keyPath)
+    except OSError as e:
+        fatal(f"cannot use the token key {keyPath}: {e.strerror}")
+    except ValueError as e:
+        fatal(f"cannot use the token key: {e}")
     portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
     authenticator = Authenticator(
         portal,
         metrics.authFailures.inc,
         LoginThrottle(reactor, threshold=config["login-failures"]),
         audit,
+        tokens=TokenSigner(tokenKey, reactor, config["token-ttl"]),
+        certificates=config["client-ca"] is not None,
     )
     api = JobsAPI(
         manager, authenticator, reactor, metrics, audit, config["max-log-streams"]
@@ -521,6 +584,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     site = siteClass(api.app.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]
     site.requestFactory = BoundedRequest
+    site.protocol = channelWithDeadlines(  # type: ignore[method-assign, assignment]
+        config["header-timeout"], config["body-timeout"]
+    )
     site.displayTracebacks = False
     # The connection cap sits outside TLS: a refused client costs no handshake.
     endpoint = TCP4ServerEndpoint(
@@ -549,7 +615,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
     if config["users"] is not None:
-        root.addService(UsersReloadService(config["users"], portal, reactor))
+        root.addService(UsersReloadService(config["users"], authenticator, reactor))
     root.addService(ListeningService(ports[0]))
     return root
 

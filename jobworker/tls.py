@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from OpenSSL.crypto import X509 as OpenSSLCertificate
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
@@ -22,11 +25,19 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
-def serverOptions(certPath: str, keyPath: str) -> ssl.CertificateOptions:
+def serverOptions(
+    certPath: str,
+    keyPath: str,
+    clientCAPath: str | None = None,
+    requireClientCert: bool = False,
+) -> ssl.CertificateOptions:
     """
     TLS options for the server: TLS 1.3 is the minimum.
 
-    C{certPath} may hold the chain (leaf first).
+    C{certPath} may hold the chain (leaf first). With C{clientCAPath},
+    clients may present a certificate signed by that CA (OpenSSL checks it,
+    for client use); with C{requireClientCert} as well, a client without
+    one fails the handshake.
 
     @raise TLSConfigError: if a file is missing, unreadable or not PEM, or the
         key does not match the certificate.
@@ -45,24 +56,59 @@ def serverOptions(certPath: str, keyPath: str) -> ssl.CertificateOptions:
         ) from None
     if chain[0].public_key() != key.public_key():
         raise TLSConfigError(f"{keyPath} does not match the certificate {certPath}")
+    clientCAs: list[Any] = []
+    if clientCAPath is not None:
+        caData = _read(clientCAPath, "client CA certificate")
+        try:
+            clientCAs = [
+                OpenSSLCertificate.from_cryptography(certificate)
+                for certificate in x509.load_pem_x509_certificates(caData)
+            ]
+        except ValueError:
+            raise TLSConfigError(f"{clientCAPath} holds no PEM certificate") from None
+    elif requireClientCert:
+        raise TLSConfigError("a required client certificate needs a client CA")
     return ssl.CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
+        verify=bool(clientCAs),
+        caCerts=clientCAs or None,
+        requireCertificate=requireClientCert,
     )
 
 
 @implementer(IPolicyForHTTPS)
 class TrustRootPolicy:
-    """Verify the server against one CA file, host name included; TLS 1.3 only."""
+    """
+    Verify the server against one CA file, host name included; TLS 1.3 only.
+    With C{certPath} and C{keyPath}, present that client certificate.
+    """
 
-    def __init__(self, caPath: str) -> None:
+    def __init__(
+        self, caPath: str, certPath: str | None = None, keyPath: str | None = None
+    ) -> None:
         caData = _read(caPath, "CA certificate")
         try:
             self._trustRoot = ssl.Certificate.loadPEM(caData)
         except Exception:
             raise TLSConfigError(f"{caPath} holds no PEM certificate") from None
+        self._clientCertificate: ssl.PrivateCertificate | None = None
+        if certPath is not None or keyPath is not None:
+            if certPath is None or keyPath is None:
+                raise TLSConfigError("a client certificate needs both --cert and --key")
+            certData = _read(certPath, "client certificate")
+            keyData = _read(keyPath, "client key")
+            try:
+                self._clientCertificate = ssl.PrivateCertificate.loadPEM(
+                    certData + b"\n" + keyData
+                )
+            except Exception:
+                raise TLSConfigError(
+                    f"{certPath} and {keyPath} are not a PEM certificate and "
+                    "its unencrypted key"
+                ) from None
 
     def creatorForNetloc(
         self, hostname: bytes, port: int
@@ -70,5 +116,6 @@ class TrustRootPolicy:
         return ssl.optionsForClientTLS(
             hostname.decode("ascii"),
             trustRoot=self._trustRoot,
+            clientCertificate=self._clientCertificate,
             extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_3},
         )

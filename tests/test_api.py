@@ -22,6 +22,7 @@ from jobworker.api import MAX_BODY_BYTES, JobsAPI
 from jobworker.auth import Authenticator, _checkPassword, makePortal
 from jobworker.manager import JobManager
 from jobworker.records import JobRecord
+from jobworker.tokens import TokenSigner
 from jobworker.users import UserDatabase
 from jobworker.validation import JobRequest
 
@@ -92,8 +93,11 @@ class APITestCase(SynchronousTestCase):
             self.reactor, os.path.abspath(self.mktemp()), GRACE, self.killer
         )
         self.addCleanup(self.manager.close)
-        authenticator = Authenticator(makePortal(DEVELOPMENT_USERS, syncRunner))
-        self.api = JobsAPI(self.manager, authenticator, self.reactor)
+        self.authenticator = Authenticator(
+            makePortal(DEVELOPMENT_USERS, syncRunner),
+            tokens=TokenSigner(b"k" * 32, self.reactor, 3600.0),
+        )
+        self.api = JobsAPI(self.manager, self.authenticator, self.reactor)
         self.treq = StubTreq(self.api.app.resource())
 
     # -- requests ---------------------------------------------------------------
@@ -108,7 +112,7 @@ class APITestCase(SynchronousTestCase):
         password: str | None = None,
     ) -> Deferred[Response]:
         """Send a request; a Deferred of the complete L{Response}."""
-        headers = authHeaders(user, password)
+        headers = self.credentials(user, password)
         data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")
@@ -125,6 +129,10 @@ class APITestCase(SynchronousTestCase):
         d.addCallback(collect)
         self.treq.flush()
         return d
+
+    def credentials(self, user: str | None, password: str | None) -> dict[bytes, Any]:
+        """The headers that authenticate C{user} (Basic here)."""
+        return authHeaders(user, password)
 
     def call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Response:
         """Send a request that completes at once; its L{Response}."""
@@ -206,6 +214,7 @@ class RoleMatrixTests(APITestCase):
             "ada": 200,
             None: 401,
         },
+        "POST /tokens": {"alice": 201, "bob": 201, "rita": 201, "ada": 201, None: 401},
     }
 
     def attempt(self, route: str, user: str | None) -> Response:

@@ -29,7 +29,8 @@ NEVER: frozenset[str] = frozenset()
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs and
 #: jobs.delete on their own jobs only. Admin: everything on every job, and
-#: metrics.read (GET /metrics), which no other role has.
+#: metrics.read (GET /metrics), which no other role has. Every role may
+#: get itself a token (tokens.create).
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
     Role.READER: {
         Permission.GET: ALL_CASES,
@@ -38,6 +39,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: NEVER,
         Permission.DELETE: NEVER,
         Permission.METRICS: NEVER,
+        Permission.TOKENS: ALL_CASES,
     },
     Role.DEVELOPER: {
         Permission.GET: ALL_CASES,
@@ -46,6 +48,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: OWN_ONLY,
         Permission.DELETE: OWN_ONLY,
         Permission.METRICS: NEVER,
+        Permission.TOKENS: ALL_CASES,
     },
     Role.ADMIN: {
         Permission.GET: ALL_CASES,
@@ -54,6 +57,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: ALL_CASES,
         Permission.DELETE: ALL_CASES,
         Permission.METRICS: ALL_CASES,
+        Permission.TOKENS: ALL_CASES,
     },
 }
 
@@ -90,6 +94,7 @@ class PermissionTableTests(SynchronousTestCase):
                 "jobs.logs",
                 "jobs.delete",
                 "metrics.read",
+                "tokens.create",
             },
         )
         self.assertEqual({r.value for r in Role}, {"Reader", "Developer", "Admin"})
@@ -103,13 +108,14 @@ class PermissionTableTests(SynchronousTestCase):
         self.assertEqual(
             PERMISSIONS,
             {
-                Role.READER: {Permission.GET: Scope.ALL},
+                Role.READER: {Permission.GET: Scope.ALL, Permission.TOKENS: Scope.ALL},
                 Role.DEVELOPER: {
                     Permission.GET: Scope.ALL,
                     Permission.CREATE: Scope.ALL,
                     Permission.STOP: Scope.OWN,
                     Permission.LOGS: Scope.OWN,
                     Permission.DELETE: Scope.OWN,
+                    Permission.TOKENS: Scope.ALL,
                 },
                 Role.ADMIN: {
                     Permission.GET: Scope.ALL,
@@ -118,6 +124,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.LOGS: Scope.ALL,
                     Permission.DELETE: Scope.ALL,
                     Permission.METRICS: Scope.ALL,
+                    Permission.TOKENS: Scope.ALL,
                 },
             },
         )

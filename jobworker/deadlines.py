@@ -1,0 +1,88 @@
+"""Read deadlines for HTTP requests: a slow client holds nothing for long."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: application/json\r\n"
+    b"connection: close\r\n"
+    b"content-length: 41\r\n\r\n"
+    b'{"error":"request not received in time"}\n'
+)
+
+
+class DeadlineChannel(HTTPChannel):
+    """
+    An HTTP channel with whole-request deadlines, where Twisted's own timeout
+    is an idle timer that every byte restarts (a client sending one byte a
+    second would hold the connection forever).
+
+    From a request's first byte, its headers must arrive within
+    C{headerTimeout} seconds; from the end of the headers, its body within
+    C{bodyTimeout}. A late client gets a 408 and the connection is closed.
+    Header size and count caps are Twisted's (16 KiB, 500 headers).
+    """
+
+    log = Logger()
+    headerTimeout: float = 10.0
+    bodyTimeout: float = 30.0
+    _deadline: IDelayedCall | None = None
+    _waitingForBody = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
+                self.headerTimeout, self._tooSlow, "headers"
+            )
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def allHeadersReceived(self) -> None:
+        self._cancelDeadline()
+        if self.length != 0:
+            self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
+                self.bodyTimeout, self._tooSlow, "body"
+            )
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def allContentReceived(self) -> None:
+        self._cancelDeadline()
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelDeadline()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _tooSlow(self, part: str) -> None:
+        self._deadline = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.info(
+            "closed a connection from {client}: request {part} not received in time",
+            client=getattr(peer, "host", "?"),
+            part=part,
+        )
+        if self.transport is not None:
+            self.transport.write(_TIMEOUT_RESPONSE)
+            self.loseConnection()  # type: ignore[no-untyped-call]
+
+
+def channelWithDeadlines(
+    headerTimeout: float, bodyTimeout: float
+) -> type[DeadlineChannel]:
+    """A L{DeadlineChannel} class with these deadlines, for C{Site.protocol}."""
+    return type(
+        "DeadlineChannel",
+        (DeadlineChannel,),
+        {"headerTimeout": headerTimeout, "bodyTimeout": bodyTimeout},
+    )

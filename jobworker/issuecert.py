@@ -1,0 +1,132 @@
+"""C{jobworker-issue-cert}: issue a client certificate for a user from a CA."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+USAGE_EXAMPLE = """\
+example:
+  jobworker-issue-cert --ca certs/ca.pem --ca-key certs/ca.key --out-dir ~/jw alice
+  jw --cert ~/jw/alice.pem --key ~/jw/alice.key list
+
+The server accepts it with --client-ca certs/ca.pem; the user (the common
+name) must be in its users file, which gives the role.
+"""
+
+
+class IssueError(Exception):
+    """The certificate cannot be issued; the message is one line."""
+
+
+def _load(caPath: str, caKeyPath: str) -> tuple[x509.Certificate, object]:
+    try:
+        with open(caPath, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(caKeyPath, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise IssueError(f"cannot read {e.filename}: {e.strerror}") from None
+    except (ValueError, TypeError):
+        raise IssueError(
+            f"{caPath} / {caKeyPath}: not a PEM certificate and unencrypted key"
+        ) from None
+    if ca.public_key() != key.public_key():
+        raise IssueError(f"{caKeyPath} is not the key of {caPath}")
+    return ca, key
+
+
+def issue(
+    name: str, caPath: str, caKeyPath: str, days: int = 365
+) -> tuple[bytes, bytes]:
+    """
+    A new client certificate (PEM) for user C{name}, signed by the CA, and
+    its new P-256 private key (PEM, unencrypted).
+
+    @raise IssueError: unusable CA files or name.
+    """
+    if not name or len(name) > 64 or any(c in name for c in ":\n\r\x00/"):
+        raise IssueError(f"not a usable user name: {name!r}")
+    ca, caKey = _load(caPath, caKeyPath)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    keyPEM = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), keyPEM
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of C{jobworker-issue-cert}."""
+    parser = argparse.ArgumentParser(
+        prog="jobworker-issue-cert",
+        description="Issue a client certificate (CN = user name) from a CA; "
+        "writes NAME.pem and NAME.key (mode 0600).",
+        epilog=USAGE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", help="the user name, as in the users file")
+    parser.add_argument("--ca", required=True, help="CA certificate (PEM)")
+    parser.add_argument("--ca-key", required=True, help="CA private key (PEM)")
+    parser.add_argument("--out-dir", default=".", help="where to write (default .)")
+    parser.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    options = parser.parse_args(argv)
+    if not 1 <= options.days <= 3650:
+        print("jobworker-issue-cert: --days must be 1..3650", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        certificate, key = issue(options.name, options.ca, options.ca_key, options.days)
+        os.makedirs(options.out_dir, exist_ok=True)
+        certPath = os.path.join(options.out_dir, f"{options.name}.pem")
+        keyPath = os.path.join(options.out_dir, f"{options.name}.key")
+        _write(keyPath, key, 0o600)
+        _write(certPath, certificate, 0o644)
+    except IssueError as e:
+        print(f"jobworker-issue-cert: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        print(f"jobworker-issue-cert: cannot write: {e.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"wrote {certPath} and {keyPath}")

@@ -1,0 +1,248 @@
+"""Client certificates (mTLS) over real TLS, and the certificate tooling."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+from typing import Any
+
+import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from jobworker.issuecert import IssueError, issue
+from jobworker.issuecert import main as issueMain
+from jobworker.tls import TLSConfigError, TrustRootPolicy
+
+from .support import BIN, CA, CERT, CERTS, JW, KEY, LiveServer, basic
+
+CA_KEY = os.path.join(CERTS, "ca.key")
+CLIENTS = os.path.join(CERTS, "clients")
+
+
+def clientCert(user: str) -> tuple[str, str]:
+    """The development client certificate and key of C{user}."""
+    return os.path.join(CLIENTS, f"{user}.pem"), os.path.join(CLIENTS, f"{user}.key")
+
+
+def rogueCA(directory: str) -> tuple[str, str]:
+    """A CA the server does not trust: (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(directory, exist_ok=True)
+    certPath = os.path.join(directory, "rogue-ca.pem")
+    keyPath = os.path.join(directory, "rogue-ca.key")
+    with open(certPath, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(keyPath, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return certPath, keyPath
+
+
+def writePair(directory: str, name: str, pair: tuple[bytes, bytes]) -> tuple[str, str]:
+    """Write an issued (certificate, key) pair; their paths."""
+    os.makedirs(directory, exist_ok=True)
+    certPath = os.path.join(directory, f"{name}.pem")
+    keyPath = os.path.join(directory, f"{name}.key")
+    with open(certPath, "wb") as f:
+        f.write(pair[0])
+    with open(keyPath, "wb") as f:
+        f.write(pair[1])
+    return certPath, keyPath
+
+
+class MutualTLSTests(TestCase):
+    """A server with --client-ca, and clients with and without certificates."""
+
+    timeout = 60
+
+    def client(self, certPath: str | None, keyPath: str | None) -> HTTPClient:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        policy = TrustRootPolicy(CA, certPath, keyPath)
+        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    async def ask(
+        self,
+        server: LiveServer,
+        pair: tuple[str, str] | None,
+        method: str = "GET",
+        path: str = "/jobs",
+        body: Any = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> tuple[int, Any]:
+        http = self.client(*(pair or (None, None)))
+        data = None if body is None else json.dumps(body).encode()
+        allHeaders = dict(headers or {})
+        if data is not None:
+            allHeaders[b"content-type"] = [b"application/json"]
+        response = await http.request(
+            method, server.url + path, data=data, headers=allHeaders
+        )
+        return response.code, json.loads(await treq.content(response))
+
+    async def refused(
+        self,
+        server: LiveServer,
+        pair: tuple[str, str] | None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> None:
+        """The request fails in TLS: no HTTP answer at all."""
+        try:
+            code, body = await self.ask(server, pair, headers=headers)
+        except Exception:
+            return
+        self.fail(f"expected a TLS failure, got {code} {body}")
+
+    async def test_certificateIsTheUser(self) -> None:
+        """alice's certificate alone creates a job owned by alice."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        code, job = await self.ask(
+            server, clientCert("alice"), "POST", "/jobs", {"command": "true"}
+        )
+        self.assertEqual(code, 201, job)
+        self.assertEqual(job["owner"], "alice")
+
+    async def test_certificateCarriesTheRole(self) -> None:
+        """rita (Reader) by certificate may list but not create."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        code, _ = await self.ask(server, clientCert("rita"))
+        self.assertEqual(code, 200)
+        code, body = await self.ask(
+            server, clientCert("rita"), "POST", "/jobs", {"command": "true"}
+        )
+        self.assertEqual(code, 403, body)
+
+    async def test_unknownUserCertificate(self) -> None:
+        """A genuine certificate for a name not in the users file is 401."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        pair = writePair(self.mktemp(), "mallory", issue("mallory", CA, CA_KEY))
+        code, body = await self.ask(server, pair)
+        self.assertEqual(code, 401, body)
+
+    async def test_otherCARefused(self) -> None:
+        """A certificate named alice from another CA fails the handshake."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        directory = self.mktemp()
+        rogueCert, rogueKey = rogueCA(directory)
+        pair = writePair(directory, "alice", issue("alice", rogueCert, rogueKey))
+        await self.refused(server, pair)
+
+    async def test_serverCertificateIsNoClientCertificate(self) -> None:
+        """The server's own certificate (serverAuth only) is refused as a client's."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        await self.refused(server, (CERT, KEY))
+
+    async def test_basicStillWorksWithoutRequire(self) -> None:
+        """With --client-ca alone, Basic without a certificate still works."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        code, _ = await self.ask(server, None, headers=basic("bob"))
+        self.assertEqual(code, 200)
+        code, _ = await self.ask(server, None)
+        self.assertEqual(code, 401)
+
+    async def test_requiredCertificate(self) -> None:
+        """--require-client-cert: Basic alone fails in TLS; a certificate works."""
+        server = LiveServer(self, f"--client-ca={CA}", "--require-client-cert")
+        await self.refused(server, None, headers=basic("alice"))
+        code, _ = await self.ask(server, clientCert("bob"))
+        self.assertEqual(code, 200)
+
+    async def test_certificateIgnoredWithoutClientCA(self) -> None:
+        """Without --client-ca no certificate is asked for, so none counts."""
+        server = LiveServer(self)
+        code, _ = await self.ask(server, clientCert("alice"))
+        self.assertEqual(code, 401)
+
+    async def test_jwWithCertificateNoPassword(self) -> None:
+        """jw --cert/--key and JW_CERT/JW_KEY log in with no password or tty."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        cert, key = clientCert("ada")
+        env = {
+            "PATH": os.environ.get("PATH", "") + ":" + BIN,
+            "JW_SERVER": server.url,
+            "JW_CA": CA,
+            "XDG_CONFIG_HOME": os.path.abspath(self.mktemp()),
+        }
+        out, err, code = await getProcessOutputAndValue(
+            JW,
+            ["--cert", cert, "--key", key, "exec", "--json", "--", "true"],
+            env=env,
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["owner"], "ada")
+        out, err, code = await getProcessOutputAndValue(
+            JW,
+            ["list", "--json"],
+            env={**env, "JW_CERT": cert, "JW_KEY": key},
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("jobs", json.loads(out))
+
+
+class IssueCertTests(SynchronousTestCase):
+    """C{jobworker-issue-cert}."""
+
+    def test_issuedCertificate(self) -> None:
+        """CN is the user, signed by the CA, client use only, key 0600 on disk."""
+        directory = self.mktemp()
+        issueMain(["--ca", CA, "--ca-key", CA_KEY, "--out-dir", directory, "zoe"])
+        with open(os.path.join(directory, "zoe.pem"), "rb") as f:
+            certificate = x509.load_pem_x509_certificate(f.read())
+        with open(CA, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        certificate.verify_directly_issued_by(ca)
+        self.assertEqual(
+            certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
+            "zoe",
+        )
+        usage = certificate.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage
+        ).value
+        self.assertEqual(list(usage), [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+        mode = stat.S_IMODE(os.stat(os.path.join(directory, "zoe.key")).st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def test_badInputs(self) -> None:
+        """A mismatched CA key or an unusable name is a one-line error."""
+        self.assertRaises(IssueError, issue, "zoe", CA, KEY)
+        self.assertRaises(IssueError, issue, "a:b", CA, CA_KEY)
+        self.assertRaises(IssueError, issue, "zoe", "/nonexistent", CA_KEY)
+        with self.assertRaises(SystemExit) as raised:
+            issueMain(["--ca", CA, "--ca-key", KEY, "zoe"])
+        self.assertEqual(raised.exception.code, 1)
+
+    def test_clientPolicyNeedsBoth(self) -> None:
+        """jw with --cert but no --key (or a mismatched pair) says so."""
+        cert, _key = clientCert("alice")
+        self.assertRaises(TLSConfigError, TrustRootPolicy, CA, cert, None)
+        self.assertRaises(TLSConfigError, TrustRootPolicy, CA, cert, KEY)
