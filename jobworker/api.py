@@ -35,7 +35,7 @@ from .errors import (
 from .manager import JobManager
 from .metrics import Metrics
 from .permissions import Permission, User, authorize
-from .records import rfc3339
+from .records import JobRecord, rfc3339
 from .spool import OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
 from .tokens import fingerprint
@@ -96,6 +96,20 @@ def _json(request: IRequest, value: object, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _recordJSON(request: IRequest, record: JobRecord) -> bytes:
+    """
+    A job's JSON. A final record's is encoded once: clients poll finished
+    jobs, and the manager hands out the same final record each time.
+    """
+    if record.encoded is not None:
+        request.setHeader(b"content-type", b"application/json")
+        return record.encoded
+    body = _json(request, record.toJSON())
+    if record.final:
+        record.encoded = body
+    return body
 
 
 def _query(request: IRequest) -> dict[bytes, list[bytes]]:
@@ -326,7 +340,7 @@ class JobsAPI:
                 record = await ended.addTimeout(wait, self._clock)
             except defer.TimeoutError:
                 record = self._manager.record(record.id)
-        return _json(request, record.toJSON())
+        return _recordJSON(request, record)
 
     @app.route("/jobs/<jobId>", methods=["DELETE"])
     @guarded(Permission.DELETE)

@@ -8,6 +8,7 @@ import pwd
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,8 @@ ISOLATION = {
 
 #: Default cap on each stream of each job.
 DEFAULT_MAX_LOG_BYTES = 1 << 30
+#: How many ended job records the manager keeps in memory (a few MB at most).
+ENDED_RECORDS_CACHED = 4096
 
 RESTARTED = "the worker restarted while the job ran"
 
@@ -256,6 +259,9 @@ class JobManager:
         self._grace = grace
         self._maxLogBytes = maxLogBytes
         self._live: dict[str, JobProcess] = {}
+        #: Ended records read lately: they never change again, and a client
+        #: polling a finished job should not cost a store read each time.
+        self._endedRecords: OrderedDict[str, JobRecord] = OrderedDict()
         self._baseEnv = defaultEnvironment()
         if policy.runAs is not None:
             self._baseEnv["HOME"] = policy.runAs.home
@@ -475,9 +481,18 @@ class JobManager:
         job = self._live.get(jobId)
         if job is not None:
             return job.snapshot()
+        cached = self._endedRecords.get(jobId)
+        if cached is not None:
+            self._endedRecords.move_to_end(jobId)
+            return cached
         record = self._store.get(jobId)
         if record is None:
             raise NotFound("no such job")
+        if record.status.ended:
+            record.final = True
+            self._endedRecords[jobId] = record
+            if len(self._endedRecords) > ENDED_RECORDS_CACHED:
+                self._endedRecords.popitem(last=False)
         return record
 
     def page(
@@ -540,6 +555,7 @@ class JobManager:
         self._remove(jobId)
 
     def _remove(self, jobId: str) -> None:
+        self._endedRecords.pop(jobId, None)
         self._store.delete(jobId)
         try:
             shutil.rmtree(os.path.join(self._jobsDir, jobId))

@@ -80,6 +80,10 @@ class JobRecord:
     #: Resource limits in force (cgroup), and the timeout, if any.
     limits: dict[str, int | None] | None = None
     timeout_seconds: float | None = None
+    #: Internal: set by the manager on an ended record read back from the
+    #: store, which never changes again; the API then keeps its encoded JSON.
+    final: bool = field(default=False, init=False, repr=False, compare=False)
+    encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def finish(
         self,

@@ -485,6 +485,23 @@ class StatusTests(APITestCase):
         self.assertEqual(job["exit_code"], 3)
         self.assertEqual(job["error"], "exited with code 3")
 
+    def test_endedJobAnsweredFromMemory(self) -> None:
+        """
+        Polling an ended job gives the same JSON each time (encoded once,
+        after the first read from the store), and nothing once it is deleted.
+        """
+        record = self.createJob()
+        self.endJob(record, code=0)
+        self.manager._live.clear()  # as after clean-up: read from the store
+        first = self.call("GET", f"/jobs/{record.id}")
+        self.assertTrue(self.manager.record(record.id).final)
+        second = self.call("GET", f"/jobs/{record.id}/status")
+        self.assertEqual(first.body, second.body)
+        self.assertEqual(second.header(b"content-type"), b"application/json")
+        self.assertEqual(second.json()["status"], "COMPLETED")
+        self.assertEqual(self.call("DELETE", f"/jobs/{record.id}").code, 200)
+        self.assertError(self.call("GET", f"/jobs/{record.id}"), 404)
+
     def test_unknownJob(self) -> None:
         """An unknown job is 404 on every job route."""
         missing = str(uuid.uuid4())

@@ -7,9 +7,11 @@ import os
 import pwd
 import signal
 import uuid
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jobworker import manager
 from jobworker.errors import Conflict, NotFound
 from jobworker.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
 from jobworker.records import JobStatus
@@ -378,6 +380,32 @@ class LookupTests(ManagerTestCase):
         self.assertEqual(found.exit_code, 2)
         self.assertEqual(found.stdout_bytes, 5)
         self.assertEqual(found.toJSON(), record.toJSON())
+
+    def test_endedRecordsCachedAndForgotten(self) -> None:
+        """
+        An ended record is read from the store once, then from memory (a
+        bounded cache); deleting the job forgets it there too.
+        """
+        self.patch(manager, "ENDED_RECORDS_CACHED", 2)
+        ids = []
+        for _ in range(3):
+            record = self.manager.create(request(), owner="alice")
+            self.exitGroup(record.id, 0)
+            ids.append(record.id)
+        reads: list[str] = []
+        realGet = self.manager._store.get
+
+        def countingGet(jobId: str) -> Any:
+            reads.append(jobId)
+            return realGet(jobId)
+
+        self.patch(self.manager._store, "get", countingGet)
+        for jobId in ids + ids[1:]:
+            self.assertIs(self.manager.record(jobId).status, JobStatus.COMPLETED)
+        # The third read evicted the first; the last two were in memory.
+        self.assertEqual(reads, ids)
+        self.manager.delete(ids[2])
+        self.assertRaises(NotFound, self.manager.record, ids[2])
 
     def test_outputUnknownJob(self) -> None:
         """output() of an unknown job raises NotFound."""
