@@ -67,10 +67,11 @@ Route = Callable[Concatenate["JobsAPI", IRequest, P], Awaitable[Any]]
 
 class BoundedRequest(Request):
     """
-    A request that keeps at most C{MAX_BODY_BYTES + 1} bytes of its body, and
+    A request that keeps at most C{maxBodyBytes + 1} bytes of its body, and
     reports itself to the site's metrics when it finishes.
     """
 
+    maxBodyBytes = MAX_BODY_BYTES
     _bodyBytes = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,11 +86,16 @@ class BoundedRequest(Request):
             metrics.request(self.path, self.code, time.perf_counter() - self._began)
 
     def handleContentChunk(self, data: bytes) -> None:
-        room = MAX_BODY_BYTES + 1 - self._bodyBytes
+        room = self.maxBodyBytes + 1 - self._bodyBytes
         if room > 0:
             chunk = data[:room]
             self._bodyBytes += len(chunk)
             super().handleContentChunk(chunk)  # type: ignore[no-untyped-call]
+
+
+def boundedRequestClass(maxBodyBytes: int) -> type[BoundedRequest]:
+    """A L{BoundedRequest} class with this body cap, for C{Site.requestFactory}."""
+    return type("BoundedRequest", (BoundedRequest,), {"maxBodyBytes": maxBodyBytes})
 
 
 def _json(request: IRequest, value: object, code: int = 200) -> bytes:
@@ -141,9 +147,10 @@ def _arg(request: IRequest, name: bytes) -> str | None:
 def _body(request: IRequest) -> bytes:
     assert request.content is not None
     request.content.seek(0)
-    body = bytes(request.content.read(MAX_BODY_BYTES + 1))
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
+    limit: int = getattr(request, "maxBodyBytes", MAX_BODY_BYTES)
+    body = bytes(request.content.read(limit + 1))
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
     return body
 
 

@@ -8,12 +8,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: application/json\r\n"
-    b"connection: close\r\n"
-    b"content-length: 41\r\n\r\n"
-    b'{"error":"request not received in time"}\n'
+
+def _closingResponse(status: bytes, message: str) -> bytes:
+    body = b'{"error":"' + message.encode("ascii") + b'"}\n'
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"content-type: application/json\r\n"
+        b"connection: close\r\n"
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
+    )
+
+
+_TIMEOUT_RESPONSE = _closingResponse(
+    b"408 Request Timeout", "request not received in time"
+)
+_TOO_LONG_RESPONSE = _closingResponse(
+    b"431 Request Header Fields Too Large", "request line or header too long"
 )
 
 
@@ -26,7 +36,8 @@ class DeadlineChannel(HTTPChannel):
     From a request's first byte, its headers must arrive within
     C{headerTimeout} seconds; from the end of the headers, its body within
     C{bodyTimeout}. A late client gets a 408 and the connection is closed.
-    Header size and count caps are Twisted's (16 KiB, 500 headers).
+    The request line and headers together are capped at C{totalHeadersSize}
+    bytes (Twisted answers 400 past it), and at Twisted's 500 headers.
     """
 
     log = Logger()
@@ -58,6 +69,13 @@ class DeadlineChannel(HTTPChannel):
         self._cancelDeadline()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Twisted's LineReceiver would just drop the connection, unanswered.
+        self._cancelDeadline()
+        if self.transport is not None:
+            self.transport.write(_TOO_LONG_RESPONSE)
+            self.loseConnection()  # type: ignore[no-untyped-call]
+
     def _cancelDeadline(self) -> None:
         if self._deadline is not None:
             if self._deadline.active():
@@ -78,11 +96,19 @@ class DeadlineChannel(HTTPChannel):
 
 
 def channelWithDeadlines(
-    headerTimeout: float, bodyTimeout: float
+    headerTimeout: float, bodyTimeout: float, maxHeaderBytes: int = 16384
 ) -> type[DeadlineChannel]:
-    """A L{DeadlineChannel} class with these deadlines, for C{Site.protocol}."""
+    """
+    A L{DeadlineChannel} class with these deadlines and this cap on the
+    request line and headers, for C{Site.protocol}.
+    """
     return type(
         "DeadlineChannel",
         (DeadlineChannel,),
-        {"headerTimeout": headerTimeout, "bodyTimeout": bodyTimeout},
+        {
+            "headerTimeout": headerTimeout,
+            "bodyTimeout": bodyTimeout,
+            "totalHeadersSize": maxHeaderBytes,
+            "MAX_LENGTH": maxHeaderBytes,
+        },
     )

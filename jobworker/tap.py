@@ -21,7 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
-from .api import BoundedRequest, JobsAPI
+from .api import JobsAPI, boundedRequestClass
 from .audit import AuditLog
 from .auth import Authenticator, VerifiedCredentials, makePortal
 from .cgroups import Limits
@@ -250,6 +250,20 @@ class Options(usage.Options):
             float,
         ],
         [
+            "max-header-bytes",
+            None,
+            16384,
+            "Largest request line plus headers, in bytes (400 past it).",
+            parseSize,
+        ],
+        [
+            "max-body-bytes",
+            None,
+            65536,
+            "Largest request body, in bytes (413 past it; the rest is not kept).",
+            parseSize,
+        ],
+        [
             "client-ca",
             None,
             None,
@@ -311,6 +325,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be positive (at most a year)")
         if self["require-client-cert"] and self["client-ca"] is None:
             raise usage.UsageError("--require-client-cert needs --client-ca")
+        if not 1024 <= self["max-header-bytes"] <= 1 << 20:
+            raise usage.UsageError("--max-header-bytes must be 1K..1M")
+        if not 1024 <= self["max-body-bytes"] <= 64 << 20:
+            raise usage.UsageError("--max-body-bytes must be 1K..64M")
         if self["max-log-bytes"] < 0:
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
@@ -583,9 +601,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     siteClass = Site if config["access-log"] == "on" else QuietSite
     site = siteClass(api.app.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]
-    site.requestFactory = BoundedRequest
+    site.requestFactory = boundedRequestClass(config["max-body-bytes"])
     site.protocol = channelWithDeadlines(  # type: ignore[method-assign, assignment]
-        config["header-timeout"], config["body-timeout"]
+        config["header-timeout"], config["body-timeout"], config["max-header-bytes"]
     )
     site.displayTracebacks = False
     # The connection cap sits outside TLS: a refused client costs no handshake.

@@ -21,8 +21,11 @@ class LoginThrottle:
     each failure, up to C{maximum} seconds. Failures are forgotten after
     C{window} quiet seconds, and a success clears the (user, address) pair.
 
-    Keys never include only the user name: an attacker failing from one
-    address cannot lock the real user out from another.
+    Guessing one user's password from many addresses is throttled per user
+    too, but gently (C{userThreshold} failures, delays up to C{userMaximum}
+    seconds), and never from an address the user has logged in from before
+    (within C{trustWindow}): an attacker cannot lock the real user out from
+    their usual address at all, nor from a new one for long.
     """
 
     def __init__(
@@ -33,6 +36,9 @@ class LoginThrottle:
         maximum: float = 300.0,
         window: float = 900.0,
         maxEntries: int = 100_000,
+        userThreshold: int | None = None,
+        userMaximum: float = 30.0,
+        trustWindow: float = 30 * 86400.0,
     ) -> None:
         self._clock = clock
         self._threshold = threshold
@@ -40,17 +46,31 @@ class LoginThrottle:
         self._maximum = maximum
         self._window = window
         self._maxEntries = maxEntries
+        self._userThreshold = userThreshold or 4 * threshold
+        self._userMaximum = userMaximum
+        self._trustWindow = trustWindow
         self._entries: OrderedDict[tuple[str, ...], _Failures] = OrderedDict()
+        #: (user, address) -> when the user last logged in from there.
+        self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def _keys(self, user: str, address: str) -> tuple[tuple[str, ...], ...]:
-        return (("address", address), ("pair", user, address))
+        if not user:
+            return (("address", address), ("pair", user, address))
+        return (("address", address), ("pair", user, address), ("user", user))
 
-    def _delay(self, failures: _Failures, now: float) -> float:
-        if failures.count < self._threshold:
+    def _delay(self, key: tuple[str, ...], failures: _Failures, now: float) -> float:
+        threshold, maximum = self._threshold, self._maximum
+        if key[0] == "user":
+            threshold, maximum = self._userThreshold, self._userMaximum
+        if failures.count < threshold:
             return 0.0
-        exponent = min(failures.count - self._threshold, 30)
-        delay = min(self._base * float(2**exponent), self._maximum)
+        exponent = min(failures.count - threshold, 30)
+        delay = min(self._base * float(2**exponent), maximum)
         return max(0.0, failures.last + delay - now)
+
+    def _isTrusted(self, user: str, address: str, now: float) -> bool:
+        since = self._trusted.get((user, address))
+        return since is not None and now - since <= self._trustWindow
 
     def retryAfter(self, user: str, address: str) -> float:
         """Seconds before this user may try again from this address (0: now)."""
@@ -63,7 +83,9 @@ class LoginThrottle:
             if now - failures.last > self._window:
                 del self._entries[key]
                 continue
-            wait = max(wait, self._delay(failures, now))
+            if key[0] == "user" and self._isTrusted(user, address, now):
+                continue
+            wait = max(wait, self._delay(key, failures, now))
         return wait
 
     def failed(self, user: str, address: str) -> None:
@@ -80,5 +102,13 @@ class LoginThrottle:
             self._entries.popitem(last=False)
 
     def succeeded(self, user: str, address: str) -> None:
-        """A correct login clears the pair (not the address: others may be guessing)."""
+        """
+        A correct login clears the pair (not the address, nor the user:
+        others may be guessing) and makes the address one the user is
+        known to log in from.
+        """
         self._entries.pop(("pair", user, address), None)
+        self._trusted[(user, address)] = self._clock.seconds()
+        self._trusted.move_to_end((user, address))
+        while len(self._trusted) > self._maxEntries:
+            self._trusted.popitem(last=False)

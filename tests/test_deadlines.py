@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -146,3 +147,38 @@ class SlowClientTests(TestCase):
         held, status = await self._slow("body")
         self.assertEqual(status, "HTTP/1.1 408 Request Timeout")
         self.assertLess(held, 15)
+
+
+class RequestCapTests(TestCase):
+    """--max-body-bytes and --max-header-bytes, over real TLS."""
+
+    async def test_caps(self) -> None:
+        """A body or headers past their caps are refused; just under passes."""
+        server = LiveServer(self, "--max-body-bytes=2K", "--max-header-bytes=4K")
+        command = {"command": "true", "args": []}
+        small = json.dumps({**command, "cwd": "/" + "a" * 1900}).encode()
+        big = json.dumps({**command, "cwd": "/" + "a" * 2100}).encode()
+        response = await server.request(
+            "POST", "/jobs", raw=big, headers={b"content-type": [b"application/json"]}
+        )
+        self.assertEqual(response.code, 413)
+        self.assertIn(b"2048", await treq.content(response))
+        response = await server.request(
+            "POST", "/jobs", raw=small, headers={b"content-type": [b"application/json"]}
+        )
+        # Under the cap: accepted (the job then fails: no such directory).
+        self.assertEqual(response.code, 201)
+        self.assertIn(b"/aaaa", await treq.content(response))
+        response = await server.request(
+            "GET", "/jobs", headers={b"x-pad": [b"p" * 5000]}
+        )
+        self.assertEqual(response.code, 431)
+        self.assertIn(b"too long", await treq.content(response))
+        many = {f"x-pad-{n}".encode(): [b"p" * 100] for n in range(50)}
+        response = await server.request("GET", "/jobs", headers=many)
+        self.assertEqual(response.code, 400)
+        response = await server.request(
+            "GET", "/jobs", headers={b"x-pad": [b"p" * 3000]}
+        )
+        self.assertEqual(response.code, 200)
+        await treq.content(response)

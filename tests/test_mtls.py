@@ -130,6 +130,16 @@ class MutualTLSTests(TestCase):
         self.assertEqual(code, 201, job)
         self.assertEqual(job["owner"], "alice")
 
+    async def test_certificateGetsAToken(self) -> None:
+        """POST /tokens with a certificate alone gives a token for its user."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        code, body = await self.ask(server, clientCert("rita"), "POST", "/tokens")
+        self.assertEqual(code, 201, body)
+        self.assertEqual(body["user"], "rita")
+        bearer = {b"authorization": [f"Bearer {body['token']}".encode()]}
+        code, _ = await self.ask(server, None, headers=bearer)
+        self.assertEqual(code, 200)
+
     async def test_certificateCarriesTheRole(self) -> None:
         """rita (Reader) by certificate may list but not create."""
         server = LiveServer(self, f"--client-ca={CA}")

@@ -57,6 +57,32 @@ class ThrottleTests(SynchronousTestCase):
         self.fail(1)
         self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
 
+    def test_distributedGuessingThrottledPerUser(self) -> None:
+        """
+        One user's password guessed from many addresses: after 4 x threshold
+        failures that user is throttled from new addresses, for at most
+        C{userMaximum} seconds at a time.
+        """
+        for n in range(11):
+            self.throttle.failed("alice", f"10.1.0.{n}")
+        self.assertEqual(self.throttle.retryAfter("alice", "10.2.0.1"), 0)
+        self.throttle.failed("alice", "10.1.0.99")
+        self.assertGreater(self.throttle.retryAfter("alice", "10.2.0.1"), 0)
+        for n in range(100):
+            self.throttle.failed("alice", f"10.3.0.{n}")
+        self.assertLessEqual(self.throttle.retryAfter("alice", "10.2.0.1"), 30)
+        # Other users are not affected.
+        self.assertEqual(self.throttle.retryAfter("bob", "10.2.0.1"), 0)
+
+    def test_knownAddressNeverLockedOutByOthers(self) -> None:
+        """Where alice logged in before, others' guessing never stops her."""
+        self.throttle.succeeded("alice", "10.0.0.1")
+        self.clock.advance(3600)
+        for n in range(200):
+            self.throttle.failed("alice", f"10.1.{n // 250}.{n % 250}")
+        self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
+        self.assertGreater(self.throttle.retryAfter("alice", "10.9.9.9"), 0)
+
     def test_successClearsPairNotAddress(self) -> None:
         """
         A correct login clears that user's failures from that address, but
