@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from .audit import AuditLog
 from .auth import REALM, Authenticator, clientAddress
+from .combined import STREAMS, CombinedReader, combinedId, parseCombinedId
 from .errors import (
     BadRequest,
     Forbidden,
@@ -384,6 +385,13 @@ class JobsAPI:
         tail = parseTail(_arg(request, b"tail"))
         sse = _wantsEvents(request)
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
+        if stream == "combined":
+            if _arg(request, b"offset") is not None or tail is not None:
+                raise BadRequest(
+                    "offset and tail are per stream: resume a combined stream "
+                    "with Last-Event-ID"
+                )
+            return await self._combined(request, record, sse, follow)
         spool = self._manager.output(record.id, stream)
         lastEventId = request.getHeader(b"last-event-id") if sse else None
         resume = (
@@ -426,19 +434,80 @@ class JobsAPI:
         events = EventStream(IConsumer(request), stream, offset, self._clock)
         try:
             await self._send(SpoolReader(spool, events, offset, follow))
-            record = self._manager.record(jobId)
-            if follow or record.status.ended:
-                if follow:
-                    record = await self._manager.whenEnded(jobId)
-                dropped = getattr(record, f"{stream}_dropped")
-                if dropped:
-                    events.send("truncated", {"stream": stream, "dropped": dropped})
-                events.send("end", record.toJSON())
+            await self._endEvents(events, jobId, (stream,), follow)
         finally:
             events.close()
         return b""
 
-    async def _send(self, reader: SpoolReader) -> None:
+    async def _combined(
+        self, request: IRequest, record: JobRecord, sse: bool, follow: bool
+    ) -> bytes:
+        """
+        Both streams interleaved in arrival order: raw bytes, or SSE events
+        (C{stdout}/C{stderr}) whose ids C{combined:<stdout>:<stderr>} hold
+        both offsets, so C{Last-Event-ID} resumes with no gap or repeat.
+        """
+        streams = (
+            self._manager.output(record.id, "stdout"),
+            self._manager.output(record.id, "stderr"),
+        )
+        order = self._manager.order(record.id)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
+        dropped = record.stdout_dropped + record.stderr_dropped
+        request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
+        request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
+        consumer = IConsumer(request)
+        if not sse:
+            request.setHeader(b"content-type", b"application/octet-stream")
+            if not follow:
+                length = sum(s.size for s in streams)
+                request.setHeader(b"content-length", str(length).encode("ascii"))
+            await self._send(
+                CombinedReader(
+                    streams,
+                    order,
+                    consumer,
+                    lambda _, data: consumer.write(data),
+                    follow=follow,
+                )
+            )
+            return b""
+        lastEventId = request.getHeader(b"last-event-id")
+        position = (0, 0)
+        if lastEventId is not None:
+            position = parseCombinedId(lastEventId.decode("utf-8", "replace")) or (0, 0)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        events = EventStream(consumer, "combined", 0, self._clock)
+
+        def sink(index: int, data: bytes) -> None:
+            events.output(STREAMS[index], data, combinedId(reader.position))
+
+        reader = CombinedReader(streams, order, events, sink, position, follow)
+        try:
+            await self._send(reader)
+            await self._endEvents(events, record.id, STREAMS, follow)
+        finally:
+            events.close()
+        return b""
+
+    async def _endEvents(
+        self, events: EventStream, jobId: str, streams: tuple[str, ...], follow: bool
+    ) -> None:
+        """C{truncated} events where output was dropped, then C{end}."""
+        record = self._manager.record(jobId)
+        if not (follow or record.status.ended):
+            return
+        if follow:
+            record = await self._manager.whenEnded(jobId)
+        for stream in streams:
+            dropped = getattr(record, f"{stream}_dropped")
+            if dropped:
+                events.send("truncated", {"stream": stream, "dropped": dropped})
+        events.send("end", record.toJSON())
+
+    async def _send(self, reader: SpoolReader | CombinedReader) -> None:
         try:
             await reader.start()
         except CancelledError:

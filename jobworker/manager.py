@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
 from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
+from .combined import OrderLog, OrderSource, StoredOrder
 from .errors import (
     BadRequest,
     Conflict,
@@ -350,14 +351,23 @@ class JobManager:
             timeout_seconds=timeout,
         )
         cgroup = None
+        order = OrderLog(self._outputPath(jobId, "order"))
         job = JobProcess(
             self._reactor,
             record,
             OutputSpool(
-                self._outputPath(jobId, "stdout"), self._maxLogBytes, self._reactor
+                self._outputPath(jobId, "stdout"),
+                self._maxLogBytes,
+                self._reactor,
+                order,
+                0,
             ),
             OutputSpool(
-                self._outputPath(jobId, "stderr"), self._maxLogBytes, self._reactor
+                self._outputPath(jobId, "stderr"),
+                self._maxLogBytes,
+                self._reactor,
+                order,
+                1,
             ),
             self._grace,
             self._killGroup,
@@ -533,6 +543,14 @@ class JobManager:
             )
         self._metrics.stops.inc()
         return job.stop(by)
+
+    def order(self, jobId: str) -> OrderSource:
+        """Where the order of a job's stdout and stderr chunks is recorded."""
+        job = self._live.get(jobId)
+        if job is not None and job.stdout.order is not None:
+            return job.stdout.order
+        self.record(jobId)
+        return StoredOrder(self._outputPath(jobId, "order"))
 
     def output(self, jobId: str, stream: str) -> OutputSource:
         """C{stream} (C{stdout} or C{stderr}) of a job, live or stored."""

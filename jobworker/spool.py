@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
@@ -15,6 +15,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from .combined import OrderLog
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024
@@ -42,8 +45,14 @@ class OutputSpool:
         path: str,
         maxBytes: int | None = None,
         clock: IReactorTime | None = None,
+        order: OrderLog | None = None,
+        index: int = 0,
     ) -> None:
         self.path = path
+        #: Where switches between this job's streams are recorded, and this
+        #: stream's number there (0 stdout, 1 stderr).
+        self.order = order
+        self._index = index
         self._clock = clock
         self._wakeCall: IDelayedCall | None = None
         self.size = 0
@@ -82,6 +91,9 @@ class OutputSpool:
             self._room -= len(data)
             if not data:
                 return
+        order = self.order
+        if order is not None and order.last != self._index:
+            order.switch(self._index, self.size)
         fd = self._fd
         if fd is None and (self._broken or self.closed or (fd := self._open()) is None):
             self.lost += len(data)
@@ -108,6 +120,8 @@ class OutputSpool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self.order is not None:
+            self.order.close()
         self.closed = True
         self._wake()
 

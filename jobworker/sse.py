@@ -94,9 +94,11 @@ class EventStream:
             self._request.write(b"")
             return
         self._offset += len(data)
-        self._request.write(
-            frame(self._stream, payload(data), f"{self._stream}:{self._offset}")
-        )
+        self.output(self._stream, data, f"{self._stream}:{self._offset}")
+
+    def output(self, stream: str, data: bytes, eventId: str) -> None:
+        """One chunk of C{stream}'s output, with its event id."""
+        self._request.write(frame(stream, payload(data), eventId))
 
     def send(self, event: str, data: Any) -> None:
         """An event that is not output (C{truncated}, C{end})."""

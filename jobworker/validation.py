@@ -288,9 +288,9 @@ def onlyParameters(given: Iterable[bytes], allowed: frozenset[str]) -> None:
 
 
 def parseStream(text: str | None) -> str:
-    """C{stdout} (the default) or C{stderr}."""
+    """C{stdout} (the default), C{stderr} or C{combined} (both, in order)."""
     if text is None:
         return "stdout"
-    if text not in ("stdout", "stderr"):
-        raise BadRequest("stream must be stdout or stderr")
+    if text not in ("stdout", "stderr", "combined"):
+        raise BadRequest("stream must be stdout, stderr or combined")
     return text

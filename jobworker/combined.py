@@ -1,0 +1,306 @@
+"""
+stdout and stderr together, in the order they arrived.
+
+Each stream is spooled to its own file (see L{jobworker.spool}); an order
+file next to them records the switch points: one 8-byte entry each time the
+job's output switches from one stream to the other, saying which stream
+continues and at which of its offsets. A job that writes to one stream only
+costs one entry; ingest pays one comparison per chunk.
+
+Run I{k} of the combined output is entry I{k}'s stream from its offset up
+to that stream's next entry (always I{k+2}: entries alternate), or to the
+stream's current size. Every byte of both files is in exactly one run, so a
+combined reader delivers every byte once, even from a partial order file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .spool import READ_CHUNK, OutputSource
+
+#: The streams by index, as entries and readers number them.
+STREAMS = ("stdout", "stderr")
+_ENTRY = struct.Struct(">Q")
+_STDERR_BIT = 1 << 63
+
+
+def encodeEntry(stream: int, offset: int) -> bytes:
+    """One order entry: the stream (top bit) and its offset."""
+    return _ENTRY.pack((_STDERR_BIT if stream else 0) | offset)
+
+
+def decodeEntries(data: bytes) -> list[tuple[int, int]]:
+    """(stream, offset) of each whole entry in C{data}."""
+    whole = len(data) - len(data) % _ENTRY.size
+    return [
+        (1 if value & _STDERR_BIT else 0, value & (_STDERR_BIT - 1))
+        for (value,) in _ENTRY.iter_unpack(data[:whole])
+    ]
+
+
+class OrderLog:
+    """
+    The order file of a running job, written at each stream switch.
+
+    @ivar last: the stream index of the latest entry, or None.
+    @ivar size: bytes written to the file.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.last: int | None = None
+        self.size = 0
+        self._fd: int | None = None
+        self._broken = False
+
+    def switch(self, stream: int, offset: int) -> None:
+        """Output continues on C{stream} (0 stdout, 1 stderr) at C{offset}."""
+        self.last = stream
+        if self._broken:
+            return
+        try:
+            if self._fd is None:
+                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                self._fd = os.open(
+                    self.path,
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                    0o600,
+                )
+            self.size += os.write(self._fd, encodeEntry(stream, offset))
+        except OSError as e:
+            # Readers then see coarser runs, never lost or repeated bytes.
+            self._broken = True
+            self.log.error(
+                "cannot record output order in {path}: {error}",
+                path=self.path,
+                error=os.strerror(e.errno or errno.EIO),
+            )
+
+    def close(self) -> None:
+        """Close the file (a later switch opens it again, to append)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class OrderSource(Protocol):
+    """What a L{CombinedReader} reads the order from."""
+
+    path: str
+    size: int
+
+
+class StoredOrder:
+    """The order file of an ended job (absent: stdout first, then stderr)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.size = os.stat(path).st_size
+        except OSError:
+            self.size = 0
+
+
+def parseCombinedId(text: str) -> tuple[int, int] | None:
+    """
+    The (stdout, stderr) offsets of a combined C{Last-Event-ID}
+    (C{combined:<stdout offset>:<stderr offset>}), or None if it is not one.
+    """
+    name, _, rest = text.partition(":")
+    first, _, second = rest.partition(":")
+    if name != "combined":
+        return None
+    for number in (first, second):
+        if not number.isascii() or not number.isdigit() or len(number) > 19:
+            return None
+    return int(first), int(second)
+
+
+def combinedId(position: list[int]) -> str:
+    """The event id after delivering up to C{position}."""
+    return f"combined:{position[0]}:{position[1]}"
+
+
+@implementer(IPushProducer)
+class CombinedReader:
+    """
+    Send both streams of a job, interleaved in arrival order, to
+    C{sink(streamIndex, data)}, from C{position} (bytes of each stream
+    already delivered), with the consumer's back-pressure; with C{follow},
+    until both streams close.
+
+    L{done} fires when everything was sent, or fails with L{CancelledError}
+    if the transport stopped us first.
+    """
+
+    def __init__(
+        self,
+        streams: tuple[OutputSource, OutputSource],
+        order: OrderSource,
+        consumer: IConsumer,
+        sink: Callable[[int, bytes], None],
+        position: tuple[int, int] = (0, 0),
+        follow: bool = False,
+    ) -> None:
+        self._streams = streams
+        self._order = order
+        self._consumer = consumer
+        self._sink = sink
+        self.position = list(position)
+        self._follow = follow
+        self._entries: list[tuple[int, int]] = []
+        self._orderRead = 0
+        self._run = 0
+        self._fds: list[int | None] = [None, None]
+        self._done = False
+        self._paused = False
+        self._waiting: Deferred[None] | None = None
+        self._limits = [s.size for s in streams]
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        """Register with the consumer and start sending."""
+        self._consumer.registerProducer(self, True)
+        self._consumer.write(b"")
+        self._pump()
+        return self.done
+
+    def _readOrder(self) -> None:
+        size = self._order.size
+        if size <= self._orderRead:
+            if size == 0 and not self._entries and self._closed():
+                # No order file (a job from before it existed, or silent):
+                # all of stdout, then all of stderr.
+                self._entries = [(0, 0), (1, 0)]
+            return
+        try:
+            with open(self._order.path, "rb") as f:
+                f.seek(self._orderRead)
+                data = f.read(size - self._orderRead)
+        except OSError:
+            data = b""
+        entries = decodeEntries(data)
+        self._orderRead += len(entries) * _ENTRY.size
+        self._entries.extend(entries)
+
+    def _closed(self) -> bool:
+        return all(s.closed for s in self._streams)
+
+    def _size(self, stream: int) -> int:
+        return self._streams[stream].size if self._follow else self._limits[stream]
+
+    def _pump(self) -> None:
+        while not self._paused and not self._done:
+            self._readOrder()
+            entries, k = self._entries, self._run
+            if k >= len(entries):
+                if self._follow and not self._closed():
+                    self._wait()
+                    return
+                self._finish()
+                return
+            stream, start = entries[k]
+            following = next(
+                (o for s, o in entries[k + 1 : k + 3] if s == stream), None
+            )
+            end = following if following is not None else self._size(stream)
+            offset = max(self.position[stream], start)
+            if offset < end:
+                data = self._read(stream, offset, min(READ_CHUNK, end - offset))
+                if not data:  # shorter than recorded: a disk error
+                    self._finish()
+                    return
+                self.position[stream] = offset + len(data)
+                self._sink(stream, data)
+            elif k + 1 < len(entries):
+                self._run += 1  # a later entry exists: this run is complete
+                if self._run > 64:  # drop what no reader will look at again
+                    del self._entries[: self._run - 2]
+                    self._run = 2
+            elif self._follow and not self._closed():
+                self._wait()
+                return
+            else:
+                self._finish()
+                return
+
+    def _read(self, stream: int, offset: int, length: int) -> bytes:
+        try:
+            fd = self._fds[stream]
+            if fd is None:
+                fd = self._fds[stream] = os.open(
+                    self._streams[stream].path, os.O_RDONLY | os.O_CLOEXEC
+                )
+            return os.pread(fd, length, offset)
+        except OSError:
+            return b""
+
+    def _wait(self) -> None:
+        waiting: Deferred[None] = Deferred(lambda _: self._cancelWaits(pending))
+        pending = [s.whenGrown() for s in self._streams if not s.closed]
+
+        def grown(_: object) -> None:
+            self._cancelWaits(pending)
+            if not waiting.called:
+                waiting.callback(None)
+
+        for d in pending:
+            d.addCallbacks(grown, lambda f: None)
+        if not waiting.called:
+            self._waiting = waiting
+            waiting.addCallbacks(self._grown, lambda f: None)
+
+    @staticmethod
+    def _cancelWaits(pending: list[Deferred[None]]) -> None:
+        for d in pending:
+            if not d.called:
+                d.cancel()
+
+    def _grown(self, _: None) -> None:
+        self._waiting = None
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._waiting is None:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        if self._close():
+            self.done.errback(CancelledError("log reader stopped"))
+
+    def _finish(self) -> None:
+        if self._close():
+            self.done.callback(None)
+
+    def _close(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        for index, fd in enumerate(self._fds):
+            if fd is not None:
+                os.close(fd)
+                self._fds[index] = None
+        try:
+            self._consumer.unregisterProducer()
+        except AttributeError:  # the connection (channel) is already gone
+            pass
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
+        return True

@@ -1,0 +1,273 @@
+"""stream=combined: the order file, the combined reader, and the live route."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import treq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.combined import (
+    CombinedReader,
+    OrderLog,
+    StoredOrder,
+    combinedId,
+    decodeEntries,
+    parseCombinedId,
+)
+from jobworker.spool import OutputSpool, StoredOutput
+
+from .support import LiveServer, basic
+from .test_contract import RecordingConsumer, bytesOf, parseEvents
+
+
+class Job:
+    """The two spools and order file of one fake job, in a temp dir."""
+
+    def __init__(
+        self, directory: str, maxBytes: int | None = None, clock: Clock | None = None
+    ) -> None:
+        self.directory = directory
+        self.order = OrderLog(os.path.join(directory, "order"))
+        self.spools = tuple(
+            OutputSpool(os.path.join(directory, name), maxBytes, clock, self.order, i)
+            for i, name in enumerate(("stdout", "stderr"))
+        )
+
+    def write(self, chunks: list[tuple[int, bytes]]) -> None:
+        for stream, data in chunks:
+            self.spools[stream].write(data)
+
+    def close(self) -> None:
+        for spool in self.spools:
+            spool.close()
+
+    def stored(self) -> tuple[tuple[StoredOutput, StoredOutput], StoredOrder]:
+        streams = (
+            StoredOutput(self.spools[0].path, self.spools[0].size),
+            StoredOutput(self.spools[1].path, self.spools[1].size),
+        )
+        return streams, StoredOrder(self.order.path)
+
+
+def readAll(
+    streams: Any, order: Any, position: tuple[int, int] = (0, 0)
+) -> list[tuple[int, bytes, str]]:
+    """Run a reader over stored output; (stream, data, id after) per chunk."""
+    got: list[tuple[int, bytes, str]] = []
+    reader: CombinedReader
+
+    def sink(stream: int, data: bytes) -> None:
+        got.append((stream, data, combinedId(reader.position)))
+
+    reader = CombinedReader(streams, order, RecordingConsumer(), sink, position)  # type: ignore[arg-type]
+    reader.start()
+    assert reader.done.called
+    return got
+
+
+CHUNKS = [
+    (0, b"out-1 "),
+    (1, b"err-1 "),
+    (1, b"err-2 "),
+    (0, b"out-2 "),
+    (1, b"err-3 "),
+    (0, b"out-3 "),
+    (0, b"out-4 "),
+]
+
+
+class OrderFileTests(SynchronousTestCase):
+    def test_entriesOnlyAtSwitches(self) -> None:
+        """One entry per switch of stream, with the offset the run starts at."""
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        with open(job.order.path, "rb") as f:
+            entries = decodeEntries(f.read())
+        self.assertEqual(entries, [(0, 0), (1, 0), (0, 6), (1, 12), (0, 12)])
+
+    def test_oneStreamOneEntry(self) -> None:
+        """A job writing only stdout costs a single entry."""
+        job = Job(self.mktemp())
+        job.write([(0, b"x" * 100)] * 50)
+        job.close()
+        self.assertEqual(os.path.getsize(job.order.path), 8)
+
+    def test_droppedOutputNotOrdered(self) -> None:
+        """Past the cap nothing is written, so no switch is recorded either."""
+        job = Job(self.mktemp(), maxBytes=3)
+        job.write([(0, b"abcd"), (1, b"e"), (0, b"zz"), (1, b"f")])
+        job.close()
+        with open(job.order.path, "rb") as f:
+            self.assertEqual(decodeEntries(f.read()), [(0, 0), (1, 0)])
+
+    def test_combinedIds(self) -> None:
+        """combined:<stdout>:<stderr> round-trips; anything else is None."""
+        self.assertEqual(parseCombinedId(combinedId([12, 5])), (12, 5))
+        for bad in ("stdout:3", "combined:1", "combined:x:1", "combined:1:-1", ""):
+            self.assertIsNone(parseCombinedId(bad))
+
+
+class CombinedReaderTests(SynchronousTestCase):
+    def test_arrivalOrder(self) -> None:
+        """The chunks come back in the order they were written, by stream."""
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        got = readAll(*job.stored())
+        merged = b"".join(data for _, data, _ in got)
+        self.assertEqual(merged, b"".join(data for _, data in CHUNKS))
+        streams = [stream for stream, data, _ in got for _ in data.split()]
+        self.assertEqual(streams, [0, 1, 1, 0, 1, 0, 0])
+        self.assertEqual(got[-1][2], "combined:24:18")
+
+    def test_resumeFromEveryId(self) -> None:
+        """From any event's id, the rest follows with no gap and no repeat."""
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        whole = readAll(*job.stored())
+        merged = b"".join(data for _, data, _ in whole)
+        for index, (_, _, eventId) in enumerate(whole):
+            position = parseCombinedId(eventId)
+            assert position is not None
+            rest = readAll(*job.stored(), position=position)
+            done = b"".join(data for _, data, _ in whole[: index + 1])
+            self.assertEqual(done + b"".join(d for _, d, _ in rest), merged)
+
+    def test_noOrderFile(self) -> None:
+        """Without an order file (older jobs): all stdout, then all stderr."""
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        os.unlink(job.order.path)
+        got = readAll(*job.stored())
+        self.assertEqual(
+            b"".join(d for _, d, _ in got),
+            b"out-1 out-2 out-3 out-4 err-1 err-2 err-3 ",
+        )
+
+    def test_partialOrderFileLosesNothing(self) -> None:
+        """A cut order file (crash, disk full): coarser order, every byte once."""
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        with open(job.order.path, "r+b") as f:
+            f.truncate(8 * 2 + 3)
+        got = readAll(*job.stored())
+        merged = b"".join(d for _, d, _ in got)
+        self.assertEqual(
+            sorted(merged.split()), sorted(b"".join(d for _, d in CHUNKS).split())
+        )
+        self.assertEqual(len(merged), 42)
+
+    def test_followLive(self) -> None:
+        """A follower gets chunks as they come, in order, and ends at close."""
+        clock = Clock()
+        job = Job(self.mktemp(), clock=clock)
+        got: list[tuple[int, bytes]] = []
+        reader = CombinedReader(
+            job.spools,
+            job.order,
+            RecordingConsumer(),  # type: ignore[arg-type]
+            lambda stream, data: got.append((stream, data)),
+            follow=True,
+        )
+        reader.start()
+        for chunk in CHUNKS:
+            job.write([chunk])
+            clock.advance(0)
+        self.assertFalse(reader.done.called)
+        job.close()
+        self.assertTrue(reader.done.called)
+        self.assertEqual(b"".join(d for _, d in got), b"".join(d for _, d in CHUNKS))
+        self.assertEqual([s for s, d in got for _ in d.split()], [s for s, _ in CHUNKS])
+
+    def test_stopWhileWaiting(self) -> None:
+        """Stopping a waiting follower cancels its waits on both spools."""
+        clock = Clock()
+        job = Job(self.mktemp(), clock=clock)
+        reader = CombinedReader(
+            job.spools,
+            job.order,
+            RecordingConsumer(),
+            lambda s, d: None,
+            follow=True,  # type: ignore[arg-type]
+        )
+        done = reader.start()
+        failures: list[Any] = []
+        done.addErrback(failures.append)
+        reader.stopProducing()
+        self.assertEqual(len(failures), 1)
+        self.assertEqual([s._waiters for s in job.spools], [[], []])
+
+
+class LiveCombinedTests(TestCase):
+    timeout = 60
+
+    SCRIPT = (
+        "printf 'o1\\n'; sleep 0.1; printf 'e1\\n' >&2; sleep 0.1; "
+        "printf 'o2\\n'; sleep 0.1; printf 'e2\\n' >&2; sleep 0.1; printf 'o3\\n'"
+    )
+
+    async def test_rawCombined(self) -> None:
+        """Raw bytes of both streams, in arrival order, with a length."""
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", self.SCRIPT)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&follow=true"
+        )
+        self.assertEqual(await treq.content(response), b"o1\ne1\no2\ne2\no3\n")
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined"
+        )
+        self.assertEqual(await treq.content(response), b"o1\ne1\no2\ne2\no3\n")
+        self.assertEqual(response.length, 15)
+
+    async def test_sseCombinedAndResume(self) -> None:
+        """SSE events per stream, combined ids, resume from the middle, then end."""
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", self.SCRIPT)
+        response = await server.request(
+            "GET",
+            f"/jobs/{job['id']}/logs?stream=combined",
+            headers={b"accept": [b"text/event-stream"]},
+        )
+        events = parseEvents(await treq.content(response))
+        output = [e for e in events if e["event"] in ("stdout", "stderr")]
+        self.assertEqual(
+            [(e["event"], e["data"]["text"]) for e in output],
+            [
+                ("stdout", "o1\n"),
+                ("stderr", "e1\n"),
+                ("stdout", "o2\n"),
+                ("stderr", "e2\n"),
+                ("stdout", "o3\n"),
+            ],
+        )
+        self.assertEqual(output[1]["id"], "combined:3:3")
+        self.assertEqual(events[-1]["event"], "end")
+        self.assertEqual(events[-1]["data"]["status"], "COMPLETED")
+        headers = {**basic("alice"), b"last-event-id": [output[2]["id"].encode()]}
+        response = await server.http.request(
+            "GET",
+            f"{server.url}/jobs/{job['id']}/logs?stream=combined&format=sse",
+            headers=headers,
+        )
+        rest = parseEvents(await treq.content(response))
+        self.assertEqual(bytesOf(rest, "stderr") + bytesOf(rest, "stdout"), b"e2\no3\n")
+        self.assertEqual(rest[0]["event"], "stderr")
+
+    async def test_offsetRefused(self) -> None:
+        """offset and tail are per stream: 400 with combined."""
+        server = LiveServer(self)
+        job = await server.createJob("true")
+        for query in ("offset=0", "tail=3"):
+            code, body = await server.json(
+                "GET", f"/jobs/{job['id']}/logs?stream=combined&{query}"
+            )
+            self.assertEqual(code, 400, body)
+            self.assertIn("Last-Event-ID", body["error"])
