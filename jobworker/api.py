@@ -266,6 +266,8 @@ class JobsAPI:
     async def createJob(self, request: IRequest, user: User) -> bytes:
         jobRequest = parseJobRequest(_body(request))
         record = self._manager.create(jobRequest, owner=user.name)
+        # Slurm answers sbatch asynchronously; locally this is at once.
+        record = await self._manager.accepted(record)
         self._audit(
             request,
             "job.create",
@@ -386,12 +388,7 @@ class JobsAPI:
         sse = _wantsEvents(request)
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
         if stream == "combined":
-            if _arg(request, b"offset") is not None or tail is not None:
-                raise BadRequest(
-                    "offset and tail are per stream: resume a combined stream "
-                    "with Last-Event-ID"
-                )
-            return await self._combined(request, record, sse, follow)
+            return await self._combined(request, record, sse, follow, offset, tail)
         spool = self._manager.output(record.id, stream)
         lastEventId = request.getHeader(b"last-event-id") if sse else None
         resume = (
@@ -440,17 +437,31 @@ class JobsAPI:
         return b""
 
     async def _combined(
-        self, request: IRequest, record: JobRecord, sse: bool, follow: bool
+        self,
+        request: IRequest,
+        record: JobRecord,
+        sse: bool,
+        follow: bool,
+        offset: int,
+        tail: int | None,
     ) -> bytes:
         """
         Both streams interleaved in arrival order: raw bytes, or SSE events
         (C{stdout}/C{stderr}) whose ids C{combined:<stdout>:<stderr>} hold
         both offsets, so C{Last-Event-ID} resumes with no gap or repeat.
+        C{offset} counts combined bytes; C{tail} starts each stream at its
+        own last C{tail} lines.
         """
         streams = (
             self._manager.output(record.id, "stdout"),
             self._manager.output(record.id, "stderr"),
         )
+        position = (0, 0)
+        if tail is not None:
+            position = (
+                tailOffset(streams[0].path, streams[0].size, tail),
+                tailOffset(streams[1].path, streams[1].size, tail),
+            )
         order = self._manager.order(record.id)
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
@@ -461,7 +472,11 @@ class JobsAPI:
         if not sse:
             request.setHeader(b"content-type", b"application/octet-stream")
             if not follow:
-                length = sum(s.size for s in streams)
+                length = sum(
+                    max(0, source.size - start)
+                    for source, start in zip(streams, position, strict=True)
+                )
+                length = max(0, length - offset)
                 request.setHeader(b"content-length", str(length).encode("ascii"))
             await self._send(
                 CombinedReader(
@@ -469,14 +484,17 @@ class JobsAPI:
                     order,
                     consumer,
                     lambda _, data: consumer.write(data),
-                    follow=follow,
+                    position,
+                    follow,
+                    offset,
                 )
             )
             return b""
         lastEventId = request.getHeader(b"last-event-id")
-        position = (0, 0)
         if lastEventId is not None:
-            position = parseCombinedId(lastEventId.decode("utf-8", "replace")) or (0, 0)
+            resumed = parseCombinedId(lastEventId.decode("utf-8", "replace"))
+            if resumed is not None:
+                position, offset = resumed, 0
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         events = EventStream(consumer, "combined", 0, self._clock)
@@ -484,7 +502,7 @@ class JobsAPI:
         def sink(index: int, data: bytes) -> None:
             events.output(STREAMS[index], data, combinedId(reader.position))
 
-        reader = CombinedReader(streams, order, events, sink, position, follow)
+        reader = CombinedReader(streams, order, events, sink, position, follow, offset)
         try:
             await self._send(reader)
             await self._endEvents(events, record.id, STREAMS, follow)

@@ -133,7 +133,7 @@ def buildParser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--status",
         type=str.upper,
-        choices=["RUNNING", "COMPLETED", "FAILED", "STOPPED"],
+        choices=["PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED"],
     )
     listing.add_argument("--owner", help="only this user's jobs")
     listing.add_argument(
@@ -418,7 +418,7 @@ async def waitFor(
     while True:
         remaining = 60.0 if deadline is None else deadline - client.reactor.seconds()
         job = await client.job(options.id, wait=max(0.0, min(60.0, remaining)))
-        if job["status"] != "RUNNING":
+        if job["status"] not in ("RUNNING", "PENDING"):
             if options.json:
                 streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
             return exitStatusOf(job)

@@ -138,8 +138,8 @@ class CombinedReader:
     """
     Send both streams of a job, interleaved in arrival order, to
     C{sink(streamIndex, data)}, from C{position} (bytes of each stream
-    already delivered), with the consumer's back-pressure; with C{follow},
-    until both streams close.
+    already delivered), passing over the first C{skip} combined bytes, with
+    the consumer's back-pressure; with C{follow}, until both streams close.
 
     L{done} fires when everything was sent, or fails with L{CancelledError}
     if the transport stopped us first.
@@ -153,6 +153,7 @@ class CombinedReader:
         sink: Callable[[int, bytes], None],
         position: tuple[int, int] = (0, 0),
         follow: bool = False,
+        skip: int = 0,
     ) -> None:
         self._streams = streams
         self._order = order
@@ -160,6 +161,8 @@ class CombinedReader:
         self._sink = sink
         self.position = list(position)
         self._follow = follow
+        #: Combined bytes still to pass over before sending (C{?offset=}).
+        self._skip = skip
         self._entries: list[tuple[int, int]] = []
         self._orderRead = 0
         self._run = 0
@@ -223,6 +226,12 @@ class CombinedReader:
                     self._finish()
                     return
                 self.position[stream] = offset + len(data)
+                if self._skip:
+                    skipped = min(self._skip, len(data))
+                    self._skip -= skipped
+                    data = data[skipped:]
+                    if not data:
+                        continue
                 self._sink(stream, data)
             elif k + 1 < len(entries):
                 self._run += 1  # a later entry exists: this run is complete

@@ -337,6 +337,10 @@ class JobProcess:
 
     # -- waiting -------------------------------------------------------------
 
+    def whenAccepted(self) -> Deferred[JobRecord]:
+        """A local job is taken at once (a failed start is a FAILED record)."""
+        return succeed(self.record)
+
     def whenEnded(self) -> Deferred[JobRecord]:
         """Fires with the record once the job has ended."""
         if self.record.status.ended:

@@ -10,8 +10,12 @@ from typing import Any
 
 
 class JobStatus(enum.Enum):
-    """The four states of a job. Only RUNNING is not final."""
+    """
+    The states of a job: PENDING (queued by an executor such as Slurm, not
+    yet running) and RUNNING are not final; the others are.
+    """
 
+    PENDING = "PENDING"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -20,7 +24,7 @@ class JobStatus(enum.Enum):
     @property
     def ended(self) -> bool:
         """True for every state a job cannot leave."""
-        return self is not JobStatus.RUNNING
+        return self is not JobStatus.RUNNING and self is not JobStatus.PENDING
 
 
 def rfc3339(when: float | None) -> str | None:
@@ -80,6 +84,11 @@ class JobRecord:
     #: Resource limits in force (cgroup), and the timeout, if any.
     limits: dict[str, int | None] | None = None
     timeout_seconds: float | None = None
+    #: Which executor runs it (C{local} or C{slurm}), and for Slurm its job
+    #: id and the node it ran on.
+    executor: str = "local"
+    slurm_job_id: str | None = None
+    node: str | None = None
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)
@@ -135,4 +144,7 @@ class JobRecord:
             "output_lost": self.output_lost,
             "limits": self.limits,
             "timeout_seconds": self.timeout_seconds,
+            "executor": self.executor,
+            "slurm_job_id": self.slurm_job_id,
+            "node": self.node,
         }

@@ -185,9 +185,14 @@ def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
 class OutputSource(Protocol):
     """What a L{SpoolReader} reads: a live L{OutputSpool} or L{StoredOutput}."""
 
-    path: str
-    size: int
-    closed: bool
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def closed(self) -> bool: ...
 
     def whenGrown(self) -> Deferred[None]: ...
 

@@ -13,7 +13,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -42,6 +42,9 @@ _COLUMNS = (
     "proc_start",
     "limits",
     "timeout_seconds",
+    "executor",
+    "slurm_job_id",
+    "node",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -101,7 +104,18 @@ def _migrateTo2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN timeout_seconds REAL")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrateTo1, _migrateTo2]
+def _migrateTo3(db: sqlite3.Connection) -> None:
+    # Executors arrived with Slurm: which one runs a job, its Slurm id, node.
+    db.execute("ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'")
+    db.execute("ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrateTo1,
+    _migrateTo2,
+    _migrateTo3,
+]
 
 
 def _row(record: JobRecord) -> tuple[object, ...]:
@@ -129,6 +143,9 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.proc_start,
         None if record.limits is None else json.dumps(record.limits),
         record.timeout_seconds,
+        record.executor,
+        record.slurm_job_id,
+        record.node,
     )
 
 
@@ -158,6 +175,9 @@ def _record(row: sqlite3.Row) -> JobRecord:
         proc_start=row["proc_start"],
         limits=None if row["limits"] is None else json.loads(row["limits"]),
         timeout_seconds=row["timeout_seconds"],
+        executor=row["executor"],
+        slurm_job_id=row["slurm_job_id"],
+        node=row["node"],
     )
 
 
@@ -330,9 +350,10 @@ class JobStore:
         return records, (records[-1].seq if more and records else None)
 
     def running(self) -> list[JobRecord]:
-        """Every job recorded as RUNNING."""
+        """Every job recorded as RUNNING or PENDING (not finished)."""
         rows = self._db.execute(
-            _SELECT + " WHERE status = ? ORDER BY seq", (JobStatus.RUNNING.value,)
+            _SELECT + " WHERE status IN (?, ?) ORDER BY seq",
+            (JobStatus.RUNNING.value, JobStatus.PENDING.value),
         ).fetchall()
         return [_record(row) for row in rows]
 

@@ -261,13 +261,17 @@ class LiveCombinedTests(TestCase):
         self.assertEqual(bytesOf(rest, "stderr") + bytesOf(rest, "stdout"), b"e2\no3\n")
         self.assertEqual(rest[0]["event"], "stderr")
 
-    async def test_offsetRefused(self) -> None:
-        """offset and tail are per stream: 400 with combined."""
+    async def test_offsetAndTail(self) -> None:
+        """offset skips combined bytes; tail=N starts each stream N lines back."""
         server = LiveServer(self)
-        job = await server.createJob("true")
-        for query in ("offset=0", "tail=3"):
-            code, body = await server.json(
-                "GET", f"/jobs/{job['id']}/logs?stream=combined&{query}"
-            )
-            self.assertEqual(code, 400, body)
-            self.assertIn("Last-Event-ID", body["error"])
+        job = await server.createJob("sh", "-c", self.SCRIPT)
+        await server.waitEnded(job["id"])
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&offset=4"
+        )
+        self.assertEqual(await treq.content(response), b"1\no2\ne2\no3\n")
+        self.assertEqual(response.length, 11)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&tail=1"
+        )
+        self.assertEqual(await treq.content(response), b"e2\no3\n")

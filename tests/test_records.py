@@ -25,13 +25,14 @@ def makeRecord(**extra: object) -> JobRecord:
 
 
 class JobStatusTests(SynchronousTestCase):
-    """The four states and which of them are final."""
+    """The five states and which of them are final."""
 
     def test_onlyRunningIsNotEnded(self) -> None:
-        """RUNNING is the only state that has not ended."""
+        """PENDING (queued in Slurm) and RUNNING are the states not ended."""
         self.assertEqual(
             {status: status.ended for status in JobStatus},
             {
+                JobStatus.PENDING: False,
                 JobStatus.RUNNING: False,
                 JobStatus.COMPLETED: True,
                 JobStatus.FAILED: True,
@@ -43,7 +44,7 @@ class JobStatusTests(SynchronousTestCase):
         """Each state's value is its upper-case name, as the API sends it."""
         self.assertEqual(
             [status.value for status in JobStatus],
-            ["RUNNING", "COMPLETED", "FAILED", "STOPPED"],
+            ["PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED"],
         )
 
 
@@ -153,6 +154,9 @@ class ToJSONTests(SynchronousTestCase):
                 "output_lost": 0,
                 "limits": None,
                 "timeout_seconds": None,
+                "executor": "local",
+                "slurm_job_id": None,
+                "node": None,
             },
         )
 

@@ -1,0 +1,109 @@
+"""
+What the job manager asks of an executor, and of the jobs it runs.
+
+Two executors implement it: L{jobworker.local.LocalExecutor} (a process of
+this machine per job) and L{jobworker.slurm.SlurmExecutor} (a Slurm batch
+job per job). The manager keeps the records, the store and the rules common
+to both; nothing above the manager (API, auth, CLI) knows which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from .cgroups import Limits
+from .combined import OrderLog
+from .records import JobRecord
+from .spool import OutputSource
+from .validation import JobRequest
+
+
+class LiveOutput(OutputSource, Protocol):
+    """A stream of a job that has not ended (it may record output order)."""
+
+    @property
+    def order(self) -> OrderLog | None: ...
+
+
+class LiveJob(Protocol):
+    """A job an executor is running (or has queued)."""
+
+    @property
+    def record(self) -> JobRecord: ...
+
+    @property
+    def stdout(self) -> LiveOutput: ...
+
+    @property
+    def stderr(self) -> LiveOutput: ...
+
+    def snapshot(self) -> JobRecord:
+        """The record, brought up to date."""
+
+    def whenAccepted(self) -> Deferred[JobRecord]:
+        """
+        Fires once the executor has taken the job (at once locally; after
+        C{sbatch} answered for Slurm); fails with L{ServiceUnavailable} when
+        the executor could not be reached, and then the job never existed.
+        """
+
+    def whenEnded(self) -> Deferred[JobRecord]:
+        """Fires with the final record."""
+
+    def whenCleanedUp(self) -> Deferred[None]:
+        """Fires once nothing of the job is left to watch."""
+
+    def stop(self, by: str) -> Deferred[JobRecord]:
+        """Stop it (TERM, the grace period, KILL); fires once it has ended."""
+
+    def setupFailed(self, reason: str) -> None:
+        """The job could not be recorded: end it at once."""
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere; the manager owns everything else."""
+
+    @property
+    def name(self) -> str:
+        """C{local} or C{slurm}: recorded with each job."""
+
+    @property
+    def baseEnvironment(self) -> dict[str, str]:
+        """The environment a job starts from; the request's env goes over it."""
+
+    def outputDir(self, jobId: str) -> str:
+        """The folder of a job's output files."""
+
+    def outputPath(self, jobId: str, stream: str) -> str:
+        """A job's C{stdout}, C{stderr} or C{order} file."""
+
+    def checkRequest(self, request: JobRequest) -> None:
+        """Refuse (L{BadRequest}) what this executor cannot run safely."""
+
+    def limitsFor(self, requested: Limits) -> Limits:
+        """The limits a job gets (L{BadRequest} past the maxima)."""
+
+    def recordedLimits(self, limits: Limits) -> dict[str, int | None] | None:
+        """What the job record shows of its limits."""
+
+    def launch(
+        self,
+        record: JobRecord,
+        request: JobRequest,
+        limits: Limits,
+        timeout: float | None,
+    ) -> LiveJob:
+        """Start (or queue) a job for C{record}."""
+
+    def recover(self, records: list[JobRecord], reason: str) -> Sequence[LiveJob]:
+        """
+        At start-up, jobs the store says were not finished: re-attach to the
+        ones still alive (returned) and close the others' records (FAILED,
+        C{reason}).
+        """
+
+    def shutdown(self, jobs: list[LiveJob]) -> Deferred[None]:
+        """The server stops: stop the jobs, or leave them to run (Slurm)."""

@@ -1,0 +1,399 @@
+"""The local executor: each job a process on this machine (ProcessProtocol)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.logger import Logger
+
+from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
+from .combined import OrderLog
+from .errors import BadRequest
+from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
+from .records import JobRecord, JobStatus
+from .recovery import killAll, leftovers, processStartTime, sessionMembers
+from .spool import OutputSpool
+from .validation import JobRequest
+
+#: The environment every job starts from; the request's env is laid over it.
+#: Nothing of the server's own environment reaches a job.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: util-linux setsid: puts the job in a session (and process group) of its
+#: own, then execs the command without a fork, so the pid stays the job's.
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+#: The gate: the job's first process waits here, before running anything of
+#: the user's, until the server has placed it in its cgroup and says go.
+SH = shutil.which("sh") or "/bin/sh"
+GATE = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
+#: The same, for a request that sets PWD itself (the shell keeps it if true).
+GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+#: --isolate names and the unshare flags that make them.
+ISOLATION = {
+    "pid": ["--pid", "--fork", "--kill-child", "--mount-proc"],
+    "net": ["--net"],
+    "mount": ["--mount"],
+}
+
+
+#: Environment variables the dynamic loader and libc honour. The wrappers a
+#: job starts through (the gate, setsid, unshare, setpriv) run as the server's
+#: user; with --run-as that is root, so a job may not set these: they would
+#: run its code as root before setpriv drops privileges.
+LOADER_VARIABLES = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+    }
+)
+
+
+def loaderVariable(name: str) -> bool:
+    """True for C{LD_*} and the other variables in L{LOADER_VARIABLES}."""
+    return (
+        name.startswith("LD_") or name.startswith("MALLOC_") or name in LOADER_VARIABLES
+    )
+
+
+class SpawnRefused(Exception):
+    """The command cannot be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged account jobs run as (C{--run-as})."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        """
+        @raise KeyError: no such user.
+        @raise ValueError: the user is root.
+        """
+        entry = pwd.getpwnam(name)
+        if entry.pw_uid == 0:
+            raise ValueError("jobs must not run as root")
+        return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """
+    Server-wide rules for jobs: default and maximum limits, timeouts,
+    isolation, the account jobs run as, and how many may run at once.
+    """
+
+    defaults: Limits = field(default_factory=Limits)
+    maxima: Limits = field(default_factory=Limits)
+    defaultTimeout: float | None = None
+    isolate: frozenset[str] = frozenset()
+    runAs: RunAs | None = None
+    maxRunning: int | None = None
+
+    def prefix(self) -> list[str]:
+        """What runs between C{setsid} and the command: unshare, setpriv."""
+        argv: list[str] = []
+        if self.isolate:
+            argv += [UNSHARE]
+            for name in ("pid", "net", "mount"):
+                if name in self.isolate:
+                    argv += ISOLATION[name]
+            argv += ["--"]
+        if self.runAs is not None:
+            argv += [
+                SETPRIV,
+                f"--reuid={self.runAs.uid}",
+                f"--regid={self.runAs.gid}",
+                "--init-groups",
+                "--",
+            ]
+        return argv
+
+
+class JobReactor(IReactorProcess, IReactorTime):
+    """What the manager needs of a reactor: processes and time."""
+
+
+def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
+    """At start-up: remove a just-killed cgroup, waiting for its processes to go."""
+    for _ in range(tries):
+        if group.remove():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def defaultEnvironment() -> dict[str, str]:
+    """C{PATH}, C{LANG} and C{HOME} (the server user's home)."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = "/"
+    return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": home}
+
+
+def checkRunnable(command: str, env: dict[str, str], cwd: str | None) -> None:
+    """
+    Check, as C{execvp} in the job will, that C{command} can be started.
+
+    @raise SpawnRefused: naming the cause (no such cwd, not found, not
+        executable, a directory).
+    """
+    base = cwd if cwd is not None else os.getcwd()
+    if cwd is not None:
+        if not os.path.isdir(cwd):
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} does not exist"
+            )
+        if not os.access(cwd, os.X_OK):
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} is not accessible"
+            )
+    if "/" in command:
+        path = os.path.join(base, command)
+        if not os.path.exists(path):
+            raise SpawnRefused(f"cannot start: {command!r}: no such file")
+        if os.path.isdir(path):
+            raise SpawnRefused(f"cannot start: {command!r} is a directory")
+        if not os.access(path, os.X_OK):
+            raise SpawnRefused(f"cannot start: {command!r} is not executable")
+        return
+    search = env.get("PATH", "")
+    if shutil.which(command, path=_absolutePath(search, base)) is None:
+        raise SpawnRefused(f"cannot start: {command!r} not found in PATH")
+
+
+def _absolutePath(search: str, base: str) -> str:
+    return os.pathsep.join(
+        os.path.join(base, entry) for entry in search.split(os.pathsep)
+    )
+
+
+class LocalExecutor:
+    """
+    Run each job as a process of this machine: C{setsid} (and the isolation
+    and run-as wrappers), in its own cgroup when there are cgroups, watched
+    by a L{JobProcessProtocol}.
+    """
+
+    log = Logger()
+    name = "local"
+
+    def __init__(
+        self,
+        reactor: JobReactor,
+        jobsDir: str,
+        grace: float,
+        killGroup: Callable[[int, int], bool] = signalGroup,
+        maxLogBytes: int | None = None,
+        cgroups: Cgroups | None = None,
+        policy: JobPolicy = JobPolicy(),
+    ) -> None:
+        self._reactor = reactor
+        self._jobsDir = jobsDir
+        self._grace = grace
+        self._killGroup = killGroup
+        self._maxLogBytes = maxLogBytes
+        self._cgroups = cgroups
+        self._policy = policy
+        self._prefix = policy.prefix()
+        self.baseEnvironment = defaultEnvironment()
+        if policy.runAs is not None:
+            self.baseEnvironment["HOME"] = policy.runAs.home
+
+    def outputDir(self, jobId: str) -> str:
+        """The folder of a job's output files."""
+        return os.path.join(self._jobsDir, jobId)
+
+    def outputPath(self, jobId: str, stream: str) -> str:
+        """A job's C{stdout}, C{stderr} or C{order} file."""
+        return os.path.join(self._jobsDir, jobId, stream)
+
+    def checkRequest(self, request: JobRequest) -> None:
+        """
+        @raise BadRequest: loader variables in the env under --run-as.
+        """
+        if self._policy.runAs is not None:
+            unsafe = sorted(name for name in request.env if loaderVariable(name))
+            if unsafe:
+                raise BadRequest(
+                    f"env {', '.join(unsafe)} not allowed with --run-as: the "
+                    "wrappers a job starts through run as root (set it inside "
+                    "the job instead, e.g. sh -c 'LD_LIBRARY_PATH=... exec prog')"
+                )
+
+    def limitsFor(self, requested: Limits) -> Limits:
+        """
+        The limits a job gets: the request's, defaults filling the rest.
+
+        @raise BadRequest: a limit over the server's maximum, or limits asked
+            for where the server cannot enforce them.
+        """
+        for name, value, maximum in requested.over(self._policy.maxima):
+            raise BadRequest(
+                f"limits.{name} {value} is over this server's maximum {maximum}"
+            )
+        asked = {name for name, _ in requested.given()}
+        if self._cgroups is None:
+            if asked:
+                raise BadRequest(
+                    "resource limits are not available on this server "
+                    "(no usable cgroups)"
+                )
+            return Limits()
+        unsupported = sorted(asked - self._cgroups.supported)
+        if unsupported:
+            raise BadRequest(
+                f"limit(s) {', '.join(unsupported)} not available on this server"
+            )
+        merged = requested.withDefaults(self._policy.defaults)
+        return Limits(
+            **{
+                name: value
+                for name, value in merged.given()
+                if name in self._cgroups.supported
+            }
+        )
+
+    def recordedLimits(self, limits: Limits) -> dict[str, int | None] | None:
+        """What the job record shows of its limits (None without cgroups)."""
+        return limits.toJSON() if self._cgroups is not None else None
+
+    def launch(
+        self,
+        record: JobRecord,
+        request: JobRequest,
+        limits: Limits,
+        timeout: float | None,
+    ) -> JobProcess:
+        """Start the job's process; a command that cannot start ends FAILED."""
+        jobId = record.id
+        order = OrderLog(self.outputPath(jobId, "order"))
+        job = JobProcess(
+            self._reactor,
+            record,
+            OutputSpool(
+                self.outputPath(jobId, "stdout"),
+                self._maxLogBytes,
+                self._reactor,
+                order,
+                0,
+            ),
+            OutputSpool(
+                self.outputPath(jobId, "stderr"),
+                self._maxLogBytes,
+                self._reactor,
+                order,
+                1,
+            ),
+            self._grace,
+            self._killGroup,
+            timeout=timeout,
+        )
+        env = record.env
+        cgroup = None
+        argv = [SETSID, *self._prefix, request.command, *request.args]
+        try:
+            checkRunnable(request.command, env, request.cwd)
+            if self._cgroups is not None:
+                cgroup = job.cgroup = self._cgroups.create(jobId, limits)
+                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
+                argv = [SH, "-c", gate, "jobworker-gate", *argv]
+            transport = self._reactor.spawnProcess(
+                JobProcessProtocol(job),
+                argv[0],
+                argv,
+                env=env,
+                path=request.cwd,
+                childFDs={0: "w", 1: "r", 2: "r", 3: "w"}
+                if cgroup is not None
+                else {0: "w", 1: "r", 2: "r"},
+            )
+            if cgroup is not None:
+                self._openGate(job, cgroup, transport)
+        except SpawnRefused as e:
+            job.failedToStart(str(e))
+        except CgroupError as e:
+            job.failedToStart(f"cannot start: {e}")
+        except OSError as e:
+            job.failedToStart(spawnError(e))
+        if record.pid is not None:
+            # Crash recovery finds the job's session by its leader, and needs
+            # the leader's start time never to hit a reused pid.
+            record.proc_start = processStartTime(record.pid)
+        return job
+
+    def _openGate(self, job: JobProcess, cgroup: JobCgroup, transport: Any) -> None:
+        """Place the gated child in its cgroup, then let it run the command."""
+        try:
+            cgroup.addProcess(transport.pid)
+        except CgroupError as e:
+            job.setupFailed(f"cannot start: {e}")
+        else:
+            transport.writeToChild(3, b"go\n")
+        transport.closeChildFD(3)
+
+    def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
+        """
+        Jobs that were running when the server died: kill what is left of
+        their sessions and cgroups, and close their records as FAILED
+        (C{reason}). A local job cannot be re-attached: its pipes died with
+        the server, so none is returned.
+        """
+        sessions = sessionMembers() if records else {}
+        for record in records:
+            pids = leftovers(record.pid, record.boot_id, record.proc_start, sessions)
+            killed = killAll(pids)
+            group = self._cgroups.find(record.id) if self._cgroups else None
+            if group is not None:
+                killed += int(group.kill())
+                if not removeSoon(group):
+                    self.log.warn("cgroup of job {job} not removed", job=record.id)
+            for stream in ("stdout", "stderr"):
+                try:
+                    size = os.path.getsize(self.outputPath(record.id, stream))
+                except OSError:
+                    size = 0
+                setattr(record, f"{stream}_bytes", size)
+            record.finish(JobStatus.FAILED, self._reactor.seconds(), error=reason)
+            self.log.warn(
+                "job {job} was running when the worker stopped: marked FAILED, "
+                "{killed} leftover process(es) killed",
+                job=record.id,
+                killed=killed,
+            )
+        return []
+
+    def shutdown(self, jobs: list[Any]) -> Deferred[None]:
+        """Stop every running job and wait until each is cleaned up."""
+        waits: list[Deferred[None]] = []
+        for job in jobs:
+            if not job.record.status.ended:
+                job.stop("server shutdown")
+            waits.append(job.whenCleanedUp())
+        return DeferredList(waits).addCallback(lambda _: None)
