@@ -9,7 +9,7 @@ to both; nothing above the manager (API, auth, CLI) knows which one runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -73,6 +73,9 @@ class Executor(Protocol):
     @property
     def baseEnvironment(self) -> dict[str, str]:
         """The environment a job starts from; the request's env goes over it."""
+
+    def attach(self, save: Callable[[JobRecord], None]) -> None:
+        """How to store a live job's record when it changes before its end."""
 
     def outputDir(self, jobId: str) -> str:
         """The folder of a job's output files."""

@@ -226,6 +226,9 @@ class LocalExecutor:
         if policy.runAs is not None:
             self.baseEnvironment["HOME"] = policy.runAs.home
 
+    def attach(self, save: Callable[[JobRecord], None]) -> None:
+        """A local job's record changes only at its end: nothing to save."""
+
     def outputDir(self, jobId: str) -> str:
         """The folder of a job's output files."""
         return os.path.join(self._jobsDir, jobId)

@@ -101,6 +101,7 @@ class JobManager:
                 reactor, self._jobsDir, grace, killGroup, maxLogBytes, cgroups, policy
             )
         self._executor = executor
+        executor.attach(self._save)
         self._live: dict[str, LiveJob] = {}
         #: Ended records read lately: they never change again, and a client
         #: polling a finished job should not cost a store read each time.
@@ -208,6 +209,13 @@ class JobManager:
             self._live.pop(record.id, None)
             self._remove(record.id)
             raise
+
+    def _save(self, record: JobRecord) -> None:
+        """A live job's record changed (Slurm: queued, running)."""
+        try:
+            self._store.update(record)
+        except StoreError as e:
+            self.log.error("{error}", error=str(e))
 
     def _ended(self, record: JobRecord) -> JobRecord:
         self._running -= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from .manager import (
     RunAs,
 )
 from .metrics import Metrics
+from .slurm import SlurmExecutor
 from .store import JobStore, StoreError
 from .throttle import LoginThrottle
 from .tls import TLSConfigError, serverOptions
@@ -271,6 +273,30 @@ class Options(usage.Options):
             "the certificate's common name, looked up in the users file.",
         ],
         [
+            "executor",
+            None,
+            "local",
+            "Where jobs run: local (processes of this machine) or slurm "
+            "(batch jobs of a Slurm cluster, through sbatch/scontrol/scancel).",
+        ],
+        [
+            "slurm-output-dir",
+            None,
+            None,
+            "With --executor slurm: a folder every cluster node sees at the same "
+            "path; job output and argv/env files go in <dir>/<job id>/.",
+        ],
+        ["slurm-partition", None, None, "With --executor slurm: sbatch --partition."],
+        ["slurm-account", None, None, "With --executor slurm: sbatch --account."],
+        [
+            "slurm-poll",
+            None,
+            1.0,
+            "With --executor slurm: seconds between state refreshes (one "
+            "scontrol call for all jobs).",
+            float,
+        ],
+        [
             "token-ttl",
             None,
             12 * 3600.0,
@@ -323,6 +349,18 @@ class Options(usage.Options):
         for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
             if not 0 < self[name] <= 366 * 86400:
                 raise usage.UsageError(f"--{name} must be positive (at most a year)")
+        if self["executor"] not in ("local", "slurm"):
+            raise usage.UsageError("--executor must be local or slurm")
+        if self["executor"] == "slurm":
+            if self["slurm-output-dir"] is None:
+                raise usage.UsageError("--executor slurm needs --slurm-output-dir")
+            if self["run-as"] is not None or self["isolate"]:
+                raise usage.UsageError(
+                    "--run-as and --isolate are for the local executor: Slurm "
+                    "runs jobs as the submitting user, isolated by its own config"
+                )
+            if not 0.1 <= self["slurm-poll"] <= 60:
+                raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
         if self["require-client-cert"] and self["client-ca"] is None:
             raise usage.UsageError("--require-client-cert needs --client-ca")
         if not 1024 <= self["max-header-bytes"] <= 1 << 20:
@@ -505,9 +543,12 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         except (UsersFileError, UnicodeDecodeError) as e:
             fatal(f"bad users file: {e}")
     cgroups = None
-    if config["cgroups"] == "auto":
+    slurm = config["executor"] == "slurm"
+    if config["cgroups"] == "auto" and not slurm:
         cgroups = detectCgroups()
-    if cgroups is None:
+    if slurm:
+        log.info("executor: Slurm (sbatch/scontrol/scancel)")
+    elif cgroups is None:
         log.warn(
             "per-job cgroups are off (not available or --cgroups off): resource "
             "limits are refused and stop kills by process group"
@@ -526,7 +567,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             fatal(f"--run-as: no such user {config['run-as']!r}")
         except ValueError as e:
             fatal(f"--run-as: {e}")
-    elif os.getuid() == 0:
+    elif os.getuid() == 0 and not slurm:
         log.warn("jobs run as root: use --run-as USER in production")
     ioMax = config["max-io-bps"]
     policy = JobPolicy(
@@ -549,6 +590,22 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     )
     metrics = Metrics()
     stateDir = config["state-dir"]
+    executor = None
+    if slurm:
+        if shutil.which("sbatch") is None:
+            fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
+        try:
+            executor = SlurmExecutor(
+                reactor,
+                os.path.abspath(config["slurm-output-dir"]),
+                config["stop-grace"],
+                policy,
+                config["slurm-partition"],
+                config["slurm-account"],
+                config["slurm-poll"],
+            )
+        except OSError as e:
+            fatal(f"cannot use --slurm-output-dir: {e.strerror}")
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
         store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
@@ -561,6 +618,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             cgroups=cgroups,
             policy=policy,
             metrics=metrics,
+            executor=executor,
         )
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Slurm batch script: exec an exact argv (and optionally an exact env) read
+# from NUL-separated files -- no shell interpretation of user data.
+#
+#   sbatch [...] exec-wrapper.sh [-C DIR] ARGV_FILE [ENV_FILE]
+#
+# ARGV_FILE: argv[0]\0argv[1]\0...      ENV_FILE: NAME=value\0NAME2=value\0...
+# (every element NUL-terminated: `printf '%s\0' "$@" > FILE` writes one;
+#  python: b"".join(a.encode() + b"\0" for a in argv)).
+# -C DIR: cd to DIR first and fail (exit 126) if that is impossible. Needed
+#   because sbatch --chdir=/missing does NOT fail the job: slurmstepd logs
+#   "couldn't chdir ... going to /tmp instead" and runs it in /tmp.
+# With ENV_FILE the command runs with exactly that environment (env -i);
+# without it, it inherits the job environment (per sbatch --export).
+# exec failure (command not found / not executable) -> exit 127 / 126 and a
+# message on stderr (the job's --error file).
+set -e
+if [ "${1:-}" = "-C" ]; then
+    cd -- "$2" || { echo "exec-wrapper: cannot chdir to $2" >&2; exit 126; }
+    shift 2
+fi
+mapfile -d '' -t argv < "$1"
+[ ${#argv[@]} -gt 0 ] || { echo "exec-wrapper: empty argv in $1" >&2; exit 127; }
+if [ $# -ge 2 ]; then
+    mapfile -d '' -t envv < "$2"
+    case "${argv[0]}" in *=*)  # env(1) would take it as NAME=value
+        echo "exec-wrapper: argv[0] may not contain '=' with an ENV_FILE" >&2
+        exit 127 ;;
+    esac
+    exec /usr/bin/env -i "${envv[@]}" "${argv[@]}"
+fi
+exec "${argv[@]}"

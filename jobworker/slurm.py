@@ -1,0 +1,770 @@
+"""
+The Slurm executor: each job a Slurm batch job, driven through Slurm's own
+commands (C{sbatch}, C{scontrol}, C{scancel}) run as child processes.
+
+Nothing blocks the reactor: every command is a C{spawnProcess} with a
+deadline. Job states are refreshed for all jobs at once, by one
+C{scontrol -o show job} per poll interval. A job's argv and environment go
+to files read by a small wrapper (C{data/slurm-exec.sh}) that C{exec}s the
+exact argv with exactly that environment: no shell sees user input. Output
+goes to files in a directory the cluster's nodes share, which followers read
+as they grow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .cgroups import Limits
+from .combined import OrderLog
+from .errors import BadRequest, ServiceUnavailable
+from .local import JobPolicy, JobReactor, defaultEnvironment
+from .records import JobRecord, JobStatus, signalName
+from .validation import JobRequest
+
+#: The batch script every job runs: exec the argv file with the env file.
+WRAPPER = str(resources.files("jobworker").joinpath("data/slurm-exec.sh"))
+
+#: Seconds a Slurm command may take before it is killed (slurmctld down
+#: makes them wait for Slurm's MessageTimeout first).
+COMMAND_TIMEOUT = 60.0
+
+#: Slurm states in which the job is queued, running, or finished.
+QUEUED = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+)
+FINAL = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
+
+#: What Slurm's commands say when slurmctld cannot be reached.
+_UNREACHABLE = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Connection refused"
+    r"|Zero Bytes were transmitted|Communication connection failure",
+    re.IGNORECASE,
+)
+
+#: Fields of one C{scontrol -o show job} line. The first match counts: these
+#: fields all come before the ones that hold user text (Command, WorkDir).
+_FIELDS = {
+    name: re.compile(rf"(?:^| ){name}=(\S*)")
+    for name in ("JobId", "JobName", "JobState", "Reason", "ExitCode", "NodeList")
+}
+
+
+class SlurmError(Exception):
+    """A Slurm command failed; C{unreachable} if slurmctld could not be reached."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class SlurmState:
+    """What C{scontrol} says of one job."""
+
+    state: str
+    reason: str
+    exitCode: int
+    signal: int
+    node: str | None
+
+
+def parseJobs(text: str) -> dict[str, SlurmState]:
+    """The jobs of C{scontrol -o show job} output, by Slurm job id."""
+    jobs: dict[str, SlurmState] = {}
+    for line in text.splitlines():
+        found = {name: pattern.search(line) for name, pattern in _FIELDS.items()}
+        jobId, state = found["JobId"], found["JobState"]
+        if jobId is None or state is None:
+            continue
+        code, signal = 0, 0
+        exitMatch = found["ExitCode"]
+        if exitMatch is not None:
+            first, _, second = exitMatch.group(1).partition(":")
+            if first.isdigit() and second.isdigit():
+                code, signal = int(first), int(second)
+        reason = found["Reason"]
+        nodes = found["NodeList"]
+        node = nodes.group(1) if nodes is not None else ""
+        jobs[jobId.group(1)] = SlurmState(
+            state=state.group(1),
+            reason=reason.group(1) if reason is not None else "",
+            exitCode=code,
+            signal=signal,
+            node=node if node and node != "(null)" else None,
+        )
+    return jobs
+
+
+class _Collect(ProcessProtocol):
+    """Gather a command's output; kill it past its deadline."""
+
+    def __init__(self, reactor: JobReactor, timeout: float) -> None:
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: Deferred[tuple[str, str, int]] = Deferred()
+        self._timer: IDelayedCall | None = reactor.callLater(timeout, self._expire)
+        self._expired = False
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired = True
+        if self.transport is not None:
+            with contextlib.suppress(ProcessExitedAlready, OSError):
+                self.transport.signalProcess("KILL")
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        code = 0
+        if isinstance(reason.value, ProcessTerminated):
+            code = reason.value.exitCode if reason.value.exitCode is not None else -1
+        elif not isinstance(reason.value, ProcessDone):
+            code = -1
+        err = b"".join(self.err).decode("utf-8", "replace")
+        if self._expired:
+            err += "\n(timed out: Unable to contact slurm controller in time)"
+        self.done.callback((b"".join(self.out).decode("utf-8", "replace"), err, code))
+
+
+class SlurmCommands:
+    """Slurm's command-line tools, each run as a child process."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: JobReactor,
+        env: dict[str, str] | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        if env is None:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            if "SLURM_CONF" in os.environ:
+                env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+        self._env = env
+
+    async def run(self, *argv: str) -> tuple[str, str, int]:
+        """Run one command; (stdout, stderr, exit code)."""
+        executable = shutil.which(argv[0], path=self._env.get("PATH")) or argv[0]
+        collect = _Collect(self._reactor, self._timeout)
+        try:
+            self._reactor.spawnProcess(collect, executable, list(argv), env=self._env)
+        except OSError as e:
+            raise SlurmError(f"cannot run {argv[0]}: {e.strerror}") from None
+        return await collect.done
+
+    def _check(self, what: str, result: tuple[str, str, int]) -> str:
+        out, err, code = result
+        if code == 0:
+            return out
+        message = (
+            " ".join(
+                line.strip().removeprefix(f"{what}: error: ")
+                for line in err.strip().splitlines()[-2:]
+            )
+            or f"{what} exited with status {code}"
+        )
+        raise SlurmError(f"{what}: {message}", bool(_UNREACHABLE.search(err)))
+
+    async def submit(self, options: list[str], script: list[str]) -> str:
+        """C{sbatch --parsable}: the new job's id."""
+        out = self._check(
+            "sbatch", await self.run("sbatch", "--parsable", *options, *script)
+        )
+        jobId = out.strip().split(";")[0]
+        if not jobId.isdigit():
+            raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")
+        return jobId
+
+    async def jobs(self) -> dict[str, SlurmState]:
+        """Every job slurmctld knows, in one call."""
+        out = self._check(
+            "scontrol", await self.run("scontrol", "--oneliner", "show", "job")
+        )
+        return parseJobs(out)
+
+    async def signal(self, jobId: str, name: str) -> None:
+        """Send signal C{name} to every process of the job (script included)."""
+        self._check(
+            "scancel", await self.run("scancel", "--full", f"--signal={name}", jobId)
+        )
+
+    async def cancel(self, jobId: str) -> None:
+        """Cancel it: Slurm sends TERM, then KILL after its KillWait."""
+        self._check("scancel", await self.run("scancel", jobId))
+
+
+class SlurmOutput:
+    """
+    One output file of a Slurm job, written by the node; read as it grows.
+    Its size is read from the file; readers waiting for more are woken by
+    the executor's file tick.
+    """
+
+    order: OrderLog | None = None
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.closed = False
+        self._final: int | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    @property
+    def size(self) -> int:
+        if self._final is not None:
+            return self._final
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def whenGrown(self) -> Deferred[None]:
+        if self.closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._waiters.remove)
+        self._waiters.append(d)
+        return d
+
+    def poke(self) -> None:
+        """Wake the readers (they read up to the current size)."""
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def close(self) -> None:
+        """The job has ended: the file will not grow."""
+        self._final = self.size
+        self.closed = True
+        self.poke()
+
+
+class SlurmJob:
+    """A jobworker job that is a Slurm batch job."""
+
+    log = Logger()
+
+    def __init__(self, executor: SlurmExecutor, record: JobRecord) -> None:
+        self._executor = executor
+        self.record = record
+        self.stdout = SlurmOutput(executor.outputPath(record.id, "stdout"))
+        self.stderr = SlurmOutput(executor.outputPath(record.id, "stderr"))
+        #: What sbatch said: the record, or a failure (Slurm unreachable).
+        self._acceptance: JobRecord | Failure | None = None
+        self._acceptWaiters: list[Deferred[JobRecord]] = []
+        self._endWaiters: list[Deferred[JobRecord]] = []
+        self._cleaned: Deferred[None] = Deferred()
+        self._stopRequested = False
+        self._killCall: IDelayedCall | None = None
+
+    def snapshot(self) -> JobRecord:
+        record = self.record
+        if not record.status.ended:
+            record.stdout_bytes = self.stdout.size
+            record.stderr_bytes = self.stderr.size
+        return record
+
+    def whenAccepted(self) -> Deferred[JobRecord]:
+        d: Deferred[JobRecord] = Deferred()
+        if self._acceptance is None:
+            self._acceptWaiters.append(d)
+        else:
+            self._relayAcceptance(d)
+        return d
+
+    def _relayAcceptance(self, d: Deferred[JobRecord]) -> None:
+        if isinstance(self._acceptance, Failure):
+            d.errback(self._acceptance)
+        elif self._acceptance is not None:
+            d.callback(self._acceptance)
+
+    def accepted(self, outcome: JobRecord | Failure) -> None:
+        """sbatch has answered (or the job was re-attached)."""
+        if self._acceptance is not None:
+            return
+        self._acceptance = outcome
+        waiters, self._acceptWaiters = self._acceptWaiters, []
+        for d in waiters:
+            self._relayAcceptance(d)
+
+    def whenEnded(self) -> Deferred[JobRecord]:
+        if self.record.status.ended:
+            return succeed(self.record)
+        d: Deferred[JobRecord] = Deferred(self._endWaiters.remove)
+        self._endWaiters.append(d)
+        return d
+
+    def whenCleanedUp(self) -> Deferred[None]:
+        if self._cleaned.called:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._cleaned.addCallback(lambda _: d.callback(None))
+        return d
+
+    # -- submission ------------------------------------------------------------
+
+    def submitted(self, slurmJobId: str) -> None:
+        self.record.slurm_job_id = slurmJobId
+        self._executor.save(self.record)
+        self.accepted(self.record)
+        if self._stopRequested:
+            self._executor.cancel(self)
+
+    def refused(self, error: SlurmError) -> None:
+        """sbatch said no: a job that cannot start (FAILED), or 503."""
+        if error.unreachable:
+            self._finish(JobStatus.FAILED, error=f"Slurm is unreachable: {error}")
+            self.accepted(
+                Failure(
+                    ServiceUnavailable(
+                        f"Slurm is unreachable, try again later ({error})"
+                    )
+                )
+            )
+            return
+        self._finish(JobStatus.FAILED, error=f"Slurm refused the job: {error}")
+        self.accepted(self.record)
+
+    # -- state -----------------------------------------------------------------
+
+    def update(self, state: SlurmState, now: float) -> None:
+        """Take in what scontrol says of the job."""
+        record = self.record
+        if state.state in QUEUED:
+            return
+        if state.state in FINAL:
+            self._ended(state)
+            return
+        if record.status is JobStatus.PENDING:
+            record.status = JobStatus.RUNNING
+            record.started_at = now
+            record.node = state.node
+            self._executor.save(record)
+            self.log.info(
+                "Slurm job {slurm} (job {job}) running on {node}",
+                slurm=record.slurm_job_id,
+                job=record.id,
+                node=state.node,
+            )
+
+    def _ended(self, state: SlurmState) -> None:
+        record = self.record
+        if record.node is None:
+            record.node = state.node
+        code: int | None = state.exitCode
+        signal = signalName(state.signal) if state.signal else None
+        if self._stopRequested:
+            self._finish(JobStatus.STOPPED, code if not signal else None, signal)
+        elif state.state == "COMPLETED" and code == 0:
+            self._finish(JobStatus.COMPLETED, 0, None)
+        elif state.state == "TIMEOUT":
+            self._finish(
+                JobStatus.FAILED,
+                None,
+                signal,
+                f"timed out (Slurm time limit of {record.timeout_seconds:g} s, "
+                "rounded up to whole minutes)",
+            )
+        elif state.state == "OUT_OF_MEMORY":
+            self._finish(JobStatus.FAILED, None, signal, "out of memory (Slurm)")
+        elif state.state == "FAILED" and not signal:
+            self._finish(JobStatus.FAILED, code, None, f"exited with code {code}")
+        elif signal:
+            self._finish(JobStatus.FAILED, None, signal, f"killed by signal {signal}")
+        else:
+            reason = f" ({state.reason})" if state.reason not in ("", "None") else ""
+            self._finish(
+                JobStatus.FAILED, code, None, f"Slurm ended it {state.state}{reason}"
+            )
+
+    def lost(self, reason: str) -> None:
+        """Slurm no longer knows the job."""
+        self._finish(JobStatus.FAILED, error=reason)
+
+    def _finish(
+        self,
+        status: JobStatus,
+        exitCode: int | None = None,
+        signal: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        record = self.record
+        if record.status.ended:
+            return
+        if self._killCall is not None and self._killCall.active():
+            self._killCall.cancel()
+        self.stdout.close()
+        self.stderr.close()
+        record.stdout_bytes = self.stdout.size
+        record.stderr_bytes = self.stderr.size
+        record.finish(
+            status,
+            self._executor.now(),
+            exit_code=exitCode,
+            signal=signal,
+            error=error,
+        )
+        self.log.info(
+            "job {job} (Slurm {slurm}) ended {status}",
+            job=record.id,
+            slurm=record.slurm_job_id,
+            status=status.value,
+        )
+        waiters, self._endWaiters = self._endWaiters, []
+        for d in waiters:
+            d.callback(record)
+        self._executor.forget(self)
+        self._cleaned.callback(None)
+
+    # -- stopping --------------------------------------------------------------
+
+    def stop(self, by: str) -> Deferred[JobRecord]:
+        ended = self.whenEnded()
+        if self._stopRequested:
+            return ended
+        self._stopRequested = True
+        self.record.stopped_by = by
+        if self.record.slurm_job_id is None:
+            return ended  # cancelled as soon as sbatch answers
+        result: Deferred[JobRecord] = Deferred()
+        signalled = Deferred.fromCoroutine(self._executor.terminate(self))
+
+        def failed(failure: Failure) -> None:
+            self._stopRequested = False
+            self.record.stopped_by = None
+            if not result.called:
+                result.errback(failure)
+
+        def relay(record: JobRecord) -> None:
+            if not result.called:
+                result.callback(record)
+
+        signalled.addErrback(failed)
+        ended.addCallback(relay)
+        return result
+
+    def setupFailed(self, reason: str) -> None:
+        """The job could not be recorded: cancel it in Slurm, end it FAILED."""
+        self._stopRequested = True
+        if self.record.slurm_job_id is not None:
+            self._executor.cancel(self)
+        self._finish(JobStatus.FAILED, error=reason)
+
+
+class SlurmExecutor:
+    """
+    Run jobs through Slurm (C{--executor slurm}).
+
+    @param outputDir: a folder every node of the cluster sees at the same
+        path (C{--slurm-output-dir}); each job's files go in C{<id>/}.
+    """
+
+    log = Logger()
+    name = "slurm"
+
+    def __init__(
+        self,
+        reactor: JobReactor,
+        outputDir: str,
+        grace: float,
+        policy: JobPolicy | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        pollInterval: float = 1.0,
+        commands: SlurmCommands | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._outputDir = outputDir
+        self._grace = grace
+        self._policy = policy if policy is not None else JobPolicy()
+        self._partition = partition
+        self._account = account
+        self._commands = commands if commands is not None else SlurmCommands(reactor)
+        self.baseEnvironment = defaultEnvironment()
+        self._jobs: dict[str, SlurmJob] = {}
+        self._polling = False
+        self._unreachableLogged = False
+        self._save: Callable[[JobRecord], None] = lambda record: None
+        self._poll = LoopingCall(self._refresh)
+        self._poll.clock = reactor
+        self._pollInterval = pollInterval
+        self._files = LoopingCall(self._pokeFiles)
+        self._files.clock = reactor
+        os.makedirs(outputDir, mode=0o700, exist_ok=True)
+
+    # -- the manager's side ----------------------------------------------------
+
+    def attach(self, save: Callable[[JobRecord], None]) -> None:
+        """How to store a record that changed (submitted, running)."""
+        self._save = save
+
+    def save(self, record: JobRecord) -> None:
+        self._save(record)
+
+    def now(self) -> float:
+        return self._reactor.seconds()
+
+    def outputDir(self, jobId: str) -> str:
+        return os.path.join(self._outputDir, jobId)
+
+    def outputPath(self, jobId: str, stream: str) -> str:
+        return os.path.join(self._outputDir, jobId, stream)
+
+    def checkRequest(self, request: JobRequest) -> None:
+        """Everything a local job may ask is fine here (limits aside)."""
+
+    def limitsFor(self, requested: Limits) -> Limits:
+        """Memory and CPU map to Slurm's --mem and --cpus-per-task."""
+        for name, value, maximum in requested.over(self._policy.maxima):
+            raise BadRequest(
+                f"limits.{name} {value} is over this server's maximum {maximum}"
+            )
+        unsupported = sorted(
+            name
+            for name, _ in requested.given()
+            if name not in ("memory_bytes", "cpu_millicores")
+        )
+        if unsupported:
+            raise BadRequest(
+                f"limit(s) {', '.join(unsupported)} not available with the Slurm "
+                "executor (memory_bytes and cpu_millicores are)"
+            )
+        merged = requested.withDefaults(self._policy.defaults)
+        return Limits(
+            memory_bytes=merged.memory_bytes, cpu_millicores=merged.cpu_millicores
+        )
+
+    def recordedLimits(self, limits: Limits) -> dict[str, int | None] | None:
+        return limits.toJSON()
+
+    def launch(
+        self,
+        record: JobRecord,
+        request: JobRequest,
+        limits: Limits,
+        timeout: float | None,
+    ) -> SlurmJob:
+        """Queue the job with sbatch; the record is PENDING until it runs."""
+        record.status = JobStatus.PENDING
+        job = SlurmJob(self, record)
+        self._track(job)
+        Deferred.fromCoroutine(self._submit(job, request, limits, timeout))
+        return job
+
+    async def _submit(
+        self,
+        job: SlurmJob,
+        request: JobRequest,
+        limits: Limits,
+        timeout: float | None,
+    ) -> None:
+        record = job.record
+        directory = self.outputDir(record.id)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            argvFile = os.path.join(directory, "argv")
+            envFile = os.path.join(directory, "env")
+            _writeNulSeparated(argvFile, [request.command, *request.args])
+            _writeNulSeparated(envFile, [f"{k}={v}" for k, v in record.env.items()])
+        except OSError as e:
+            job.refused(SlurmError(f"cannot write to {directory}: {e.strerror}"))
+            return
+        options = [
+            f"--job-name=jobworker-{record.id}",
+            f"--output={self.outputPath(record.id, 'stdout')}",
+            f"--error={self.outputPath(record.id, 'stderr')}",
+            f"--chdir={directory}",
+            "--export=ALL",
+        ]
+        if limits.memory_bytes is not None:
+            options.append(f"--mem={math.ceil(limits.memory_bytes / (1 << 20))}M")
+        if limits.cpu_millicores is not None:
+            options.append(f"--cpus-per-task={math.ceil(limits.cpu_millicores / 1000)}")
+        if timeout is not None:
+            options.append(f"--time={math.ceil(timeout / 60)}")
+        if self._partition is not None:
+            options.append(f"--partition={self._partition}")
+        if self._account is not None:
+            options.append(f"--account={self._account}")
+        script = [WRAPPER]
+        if request.cwd is not None:
+            script += ["-C", request.cwd]
+        script += [argvFile, envFile]
+        try:
+            slurmJobId = await self._commands.submit(options, script)
+        except SlurmError as e:
+            self.log.warn(
+                "sbatch refused job {job}: {error}", job=record.id, error=str(e)
+            )
+            job.refused(e)
+            return
+        self.log.info(
+            "job {job} queued as Slurm job {slurm}", job=record.id, slurm=slurmJobId
+        )
+        job.submitted(slurmJobId)
+
+    def recover(self, records: list[JobRecord], reason: str) -> Sequence[SlurmJob]:
+        """
+        Re-attach to the Slurm jobs of unfinished records (their state comes
+        with the next poll); records without a Slurm job are closed FAILED.
+        """
+        attached = []
+        for record in records:
+            if record.executor == self.name and record.slurm_job_id is not None:
+                job = SlurmJob(self, record)
+                job.accepted(record)
+                self._track(job)
+                attached.append(job)
+                self.log.info(
+                    "re-attached to Slurm job {slurm} (job {job}, {status})",
+                    slurm=record.slurm_job_id,
+                    job=record.id,
+                    status=record.status.value,
+                )
+            else:
+                record.finish(
+                    JobStatus.FAILED,
+                    self.now(),
+                    error=f"{reason} (before Slurm took the job)"
+                    if record.executor == self.name
+                    else f"{reason} (a local job, not re-attachable by Slurm)",
+                )
+        return attached
+
+    def shutdown(self, jobs: Sequence[Any]) -> Deferred[None]:
+        """Leave the jobs to Slurm: a restart re-attaches to them."""
+        for loop in (self._poll, self._files):
+            if loop.running:
+                loop.stop()
+        if jobs:
+            self.log.info("leaving {count} job(s) running in Slurm", count=len(jobs))
+        return succeed(None)
+
+    # -- polling ---------------------------------------------------------------
+
+    def _track(self, job: SlurmJob) -> None:
+        self._jobs[job.record.id] = job
+        if not self._poll.running:
+            self._poll.start(self._pollInterval, now=False)
+            self._files.start(min(0.2, self._pollInterval), now=False)
+
+    def forget(self, job: SlurmJob) -> None:
+        self._jobs.pop(job.record.id, None)
+
+    def _pokeFiles(self) -> None:
+        for job in list(self._jobs.values()):
+            for output in (job.stdout, job.stderr):
+                if output.waiting:
+                    output.poke()
+
+    async def _refresh(self) -> None:
+        """One scontrol for every job; skipped while the last one runs."""
+        watched = [j for j in self._jobs.values() if j.record.slurm_job_id]
+        if self._polling or not watched:
+            return
+        self._polling = True
+        try:
+            states = await self._commands.jobs()
+        except SlurmError as e:
+            if not self._unreachableLogged:
+                self.log.warn(
+                    "cannot refresh Slurm jobs, will retry: {error}", error=str(e)
+                )
+                self._unreachableLogged = True
+            return
+        finally:
+            self._polling = False
+        if self._unreachableLogged:
+            self.log.info("Slurm is reachable again")
+            self._unreachableLogged = False
+        now = self.now()
+        for job in watched:
+            state = states.get(job.record.slurm_job_id or "")
+            if state is None:
+                job.lost(
+                    f"Slurm no longer knows job {job.record.slurm_job_id} (purged "
+                    "after MinJobAge, or slurmctld lost its state)"
+                )
+            else:
+                job.update(state, now)
+
+    # -- stopping --------------------------------------------------------------
+
+    async def terminate(self, job: SlurmJob) -> None:
+        """TERM to every process of the job, KILL (scancel) after the grace."""
+        slurmJobId = job.record.slurm_job_id
+        assert slurmJobId is not None
+        try:
+            if job.record.status is JobStatus.PENDING:
+                await self._commands.cancel(slurmJobId)
+                return
+            await self._commands.signal(slurmJobId, "TERM")
+        except SlurmError as e:
+            if e.unreachable:
+                raise ServiceUnavailable(
+                    f"Slurm is unreachable, try again later ({e})"
+                ) from None
+            raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
+        job._killCall = self._reactor.callLater(self._grace, lambda: self.cancel(job))
+
+    def cancel(self, job: SlurmJob) -> None:
+        """scancel, in the background: the poll sees the job end."""
+        slurmJobId = job.record.slurm_job_id
+        if slurmJobId is None:
+            return
+
+        async def cancel() -> None:
+            try:
+                await self._commands.cancel(slurmJobId)
+            except SlurmError as e:
+                self.log.warn(
+                    "scancel {slurm} failed: {error}", slurm=slurmJobId, error=str(e)
+                )
+
+        Deferred.fromCoroutine(cancel())
+
+
+def _writeNulSeparated(path: str, items: list[str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(item.encode("utf-8") + b"\0" for item in items))
