@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -74,7 +75,15 @@ _UNREACHABLE = re.compile(
 #: fields all come before the ones that hold user text (Command, WorkDir).
 _FIELDS = {
     name: re.compile(rf"(?:^| ){name}=(\S*)")
-    for name in ("JobId", "JobName", "JobState", "Reason", "ExitCode", "NodeList")
+    for name in (
+        "JobId",
+        "JobName",
+        "JobState",
+        "Reason",
+        "ExitCode",
+        "StartTime",
+        "NodeList",
+    )
 }
 
 
@@ -95,6 +104,15 @@ class SlurmState:
     exitCode: int
     signal: int
     node: str | None
+    #: When it started (Slurm's StartTime, in the cluster's local time).
+    startTime: float | None = None
+
+
+def _localTime(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None  # Unknown, None, N/A
 
 
 def parseJobs(text: str) -> dict[str, SlurmState]:
@@ -112,6 +130,7 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
             if first.isdigit() and second.isdigit():
                 code, signal = int(first), int(second)
         reason = found["Reason"]
+        started = found["StartTime"]
         nodes = found["NodeList"]
         node = nodes.group(1) if nodes is not None else ""
         jobs[jobId.group(1)] = SlurmState(
@@ -120,6 +139,7 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
             exitCode=code,
             signal=signal,
             node=node if node and node != "(null)" else None,
+            startTime=_localTime(started.group(1)) if started is not None else None,
         )
     return jobs
 
@@ -377,7 +397,7 @@ class SlurmJob:
             return
         if record.status is JobStatus.PENDING:
             record.status = JobStatus.RUNNING
-            record.started_at = now
+            record.started_at = state.startTime or now
             record.node = state.node
             self._executor.save(record)
             self.log.info(
@@ -391,6 +411,9 @@ class SlurmJob:
         record = self.record
         if record.node is None:
             record.node = state.node
+        if record.started_at is None and state.state != "CANCELLED":
+            # It ran between two polls (or never, if cancelled while queued).
+            record.started_at = state.startTime
         code: int | None = state.exitCode
         signal = signalName(state.signal) if state.signal else None
         if self._stopRequested:
@@ -402,8 +425,12 @@ class SlurmJob:
                 JobStatus.FAILED,
                 None,
                 signal,
-                f"timed out (Slurm time limit of {record.timeout_seconds:g} s, "
-                "rounded up to whole minutes)",
+                "timed out (Slurm's time limit"
+                + (
+                    f": {record.timeout_seconds:g} s, rounded up to whole minutes)"
+                    if record.timeout_seconds is not None
+                    else ")"
+                ),
             )
         elif state.state == "OUT_OF_MEMORY":
             self._finish(JobStatus.FAILED, None, signal, "out of memory (Slurm)")
@@ -720,13 +747,17 @@ class SlurmExecutor:
         now = self.now()
         for job in watched:
             state = states.get(job.record.slurm_job_id or "")
-            if state is None:
-                job.lost(
-                    f"Slurm no longer knows job {job.record.slurm_job_id} (purged "
-                    "after MinJobAge, or slurmctld lost its state)"
-                )
-            else:
-                job.update(state, now)
+            try:
+                if state is None:
+                    job.lost(
+                        f"Slurm no longer knows job {job.record.slurm_job_id} "
+                        "(purged after MinJobAge, or slurmctld lost its state)"
+                    )
+                else:
+                    job.update(state, now)
+            except Exception:
+                # One job's bad news must not stop the others' polling.
+                self.log.failure("updating job {job}", job=job.record.id)
 
     # -- stopping --------------------------------------------------------------
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Slurm integration tests (tox -e slurm): start a one-node Slurm cluster
+# on loopback (up.sh: installs slurm-wlm and munge if missing), run
+# tests.test_slurm against it, stop it. Where Slurm cannot be installed the
+# tests are skipped and say why; a cluster that installs but does not start
+# fails the run.
+#
+#   bash slurm-ci/run-tests.sh [PYTHON]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python=${1:-python3}
+state=${JW_SLURM_STATE:-/tmp/jobworker-slurm-ci}
+log="$state.up.log"
+if SLURM_MESSAGE_TIMEOUT=2 bash slurm-ci/up.sh "$state" >"$log" 2>&1; then
+    export SLURM_CONF="$state/slurm.conf" JW_SLURM_CI_STATE="$state"
+    started=yes
+elif ! command -v slurmctld >/dev/null 2>&1; then
+    export JW_SLURM_UNAVAILABLE="Slurm could not be installed here ($(tail -n 1 "$log"))"
+    started=
+else
+    echo "slurm-ci: Slurm is installed but the test cluster did not start:" >&2
+    cat "$log" >&2
+    exit 1
+fi
+"$python" -m twisted.trial --reporter=verbose tests.test_slurm
+status=$?
+if [ -n "$started" ]; then
+    bash slurm-ci/down.sh "$state" >/dev/null 2>&1 || true
+fi
+exit "$status"
