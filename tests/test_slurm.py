@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -31,6 +32,19 @@ def slurmScript(name: str, *args: str) -> None:
         stdout=subprocess.DEVNULL,
         env={**os.environ, "SLURM_MESSAGE_TIMEOUT": "2"},
     )
+
+
+def nodeCPUs() -> int:
+    """The CPUs of the test cluster's (single) node, as Slurm counts them."""
+    out = subprocess.run(
+        ["scontrol", "--oneliner", "show", "node"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    match = re.search(r"(?:^| )CPUTot=(\d+)", out)
+    assert match is not None, out
+    return int(match.group(1))
 
 
 class SlurmTests(TestCase):
@@ -82,7 +96,7 @@ class SlurmTests(TestCase):
     async def test_pendingRunningCompleted(self) -> None:
         """A job queued behind one holding every CPU: PENDING, RUNNING, COMPLETED."""
         server = self.server()
-        cpus = (os.cpu_count() or 1) * 1000
+        cpus = nodeCPUs() * 1000
         blocker = await server.createJob("sleep", "60", limits={"cpu_millicores": cpus})
         await self.waitFor(server, blocker["id"], ("RUNNING",))
         job = await server.createJob(
