@@ -176,6 +176,13 @@ if ! pid_alive "$SLURMD_PID"; then
     slurmd -f "$CONF" >&2 || die "slurmd failed; see $STATE_DIR/log/slurmd.log"
 fi
 
+# The daemons write their pid files a moment after the starting command has
+# returned (they fork first): wait for both before watching them.
+for _ in $(seq 100); do
+    [ -s "$CTLD_PID" ] && [ -s "$SLURMD_PID" ] && break
+    sleep 0.1
+done
+
 # ---------------------------------------------------------------- wait idle
 deadline=$((SECONDS + TIMEOUT))
 state=""
