@@ -67,6 +67,9 @@ class VerifiedCredentials:
         self._maxEntries = maxEntries
         self._key = os.urandom(32)
         self._entries: OrderedDict[bytes, float] = OrderedDict()
+        #: Bumped by L{clear}: a check begun before a users-file reload must
+        #: not add its (old) verdict afterwards.
+        self.generation = 0
 
     def _digest(self, name: bytes, password: bytes) -> bytes:
         message = len(name).to_bytes(4, "big") + name + password
@@ -82,8 +85,13 @@ class VerifiedCredentials:
             return False
         return True
 
-    def add(self, name: bytes, password: bytes) -> None:
-        """Remember that C{name} and C{password} were verified."""
+    def add(self, name: bytes, password: bytes, generation: int | None = None) -> None:
+        """
+        Remember that C{name} and C{password} were verified (by a check that
+        began in C{generation}: ignored if the cache was cleared since).
+        """
+        if generation is not None and generation != self.generation:
+            return
         digest = self._digest(name, password)
         self._entries[digest] = self._clock.seconds() + self._ttl
         self._entries.move_to_end(digest)
@@ -96,6 +104,7 @@ class VerifiedCredentials:
     def clear(self) -> None:
         """Forget everything (the users changed)."""
         self._entries.clear()
+        self.generation += 1
 
 
 @implementer(ICredentialsChecker)
@@ -135,12 +144,13 @@ class BcryptChecker:
         if entry is not None and cache is not None and (nameBytes, password) in cache:
             return succeed(nameBytes)
         hashed = entry.passwordHash if entry is not None else self._users.dummyHash
+        generation = cache.generation if cache is not None else None
         d: Deferred[bool] = self._runInThread(_checkPassword, password, hashed)
 
         def verdict(ok: bool) -> bytes | tuple[()]:
             if ok and entry is not None:
                 if cache is not None:
-                    cache.add(nameBytes, password)
+                    cache.add(nameBytes, password, generation)
                 return nameBytes
             raise UnauthorizedLogin()
 
@@ -283,11 +293,20 @@ class Authenticator:
         scheme, _, response = header.partition(b" ")
         scheme = scheme.lower()
         if scheme == b"bearer" and self.tokens is not None:
+            user = self._fromToken(request, response.strip())
             if not allowToken:
+                if self._audit is not None:
+                    self._audit.record(
+                        "access.denied",
+                        user.name,
+                        clientAddress(request),
+                        "refused",
+                        reason="a token cannot issue tokens",
+                    )
                 raise Forbidden(
                     "a token cannot issue tokens: use a password or certificate"
                 )
-            return self._fromToken(request, response.strip())
+            return user
         if scheme != b"basic":
             raise Unauthorized("unsupported authorization scheme; use Basic or Bearer")
         try:

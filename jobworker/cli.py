@@ -590,7 +590,7 @@ class Session:
             return cls(client, server, tokensFile)
         token, saved = None, False
         if verb != "login":
-            token, saved = loadToken(tokensFile, server, time.time())
+            token, saved = loadToken(tokensFile, server, time.time(), settings.user)
         if token is not None and "JW_PASSWORD" not in environ:
             client = JobworkerClient(reactor, server, ca, token=token)
             return cls(client, server, tokensFile, token=token)

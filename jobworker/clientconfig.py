@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tomllib
@@ -122,14 +123,19 @@ def _readTokens(path: str) -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
-def loadToken(path: str, server: str, now: float) -> tuple[str | None, bool]:
+def loadToken(
+    path: str, server: str, now: float, user: str | None = None
+) -> tuple[str | None, bool]:
     """
-    The saved token for C{server}, if one is saved and unexpired, and
-    whether one was saved at all (an expired login is renewed, not dropped).
+    The saved token for C{server} (and for C{user}, if given), if one is
+    saved and unexpired, and whether one was saved at all (an expired login
+    is renewed, not dropped).
     """
     entry = _readTokens(path).get(server)
     if not isinstance(entry, dict):
         return None, False
+    if user is not None and entry.get("user") != user:
+        return None, False  # another user's login: not for this command
     token, expires = entry.get("token"), entry.get("expires")
     if not isinstance(token, str) or not isinstance(expires, int | float):
         return None, True
@@ -159,7 +165,9 @@ def forgetToken(path: str, server: str) -> bool:
 
 def _writeTokens(path: str, tokens: dict[str, dict[str, object]]) -> None:
     temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a leftover (or planted link) is never reused
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(tokens, f)
     os.replace(temporary, path)

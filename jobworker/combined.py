@@ -183,9 +183,11 @@ class CombinedReader:
     def _readOrder(self) -> None:
         size = self._order.size
         if size <= self._orderRead:
-            if size == 0 and not self._entries and self._closed():
-                # No order file (a job from before it existed, or silent):
-                # all of stdout, then all of stderr.
+            if size == 0 and not self._entries and (self._closed() or not self._follow):
+                # No order file (a Slurm job, a job from before it existed,
+                # a silent one): all of stdout, then all of stderr. Safe for
+                # a snapshot (sizes fixed at the start) or once both streams
+                # are closed; a follower of a live job waits for that.
                 self._entries = [(0, 0), (1, 0)]
             return
         try:

@@ -1,10 +1,10 @@
 """
 The Slurm executor: each job a Slurm batch job, driven through Slurm's own
-commands (C{sbatch}, C{scontrol}, C{scancel}) run as child processes.
+commands (C{sbatch}, C{squeue}, C{scancel}) run as child processes.
 
 Nothing blocks the reactor: every command is a C{spawnProcess} with a
 deadline. Job states are refreshed for all jobs at once, by one
-C{scontrol -o show job} per poll interval. A job's argv and environment go
+C{squeue --json} per poll interval. A job's argv and environment go
 to files read by a small wrapper (C{data/slurm-exec.sh}) that C{exec}s the
 exact argv with exactly that environment: no shell sees user input. Output
 goes to files in a directory the cluster's nodes share, which followers read
@@ -14,11 +14,11 @@ as they grow.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -71,21 +71,6 @@ _UNREACHABLE = re.compile(
     re.IGNORECASE,
 )
 
-#: Fields of one C{scontrol -o show job} line. The first match counts: these
-#: fields all come before the ones that hold user text (Command, WorkDir).
-_FIELDS = {
-    name: re.compile(rf"(?:^| ){name}=(\S*)")
-    for name in (
-        "JobId",
-        "JobName",
-        "JobState",
-        "Reason",
-        "ExitCode",
-        "StartTime",
-        "NodeList",
-    )
-}
-
 
 class SlurmError(Exception):
     """A Slurm command failed; C{unreachable} if slurmctld could not be reached."""
@@ -97,49 +82,61 @@ class SlurmError(Exception):
 
 @dataclass(frozen=True)
 class SlurmState:
-    """What C{scontrol} says of one job."""
+    """What Slurm says of one job."""
 
     state: str
     reason: str
     exitCode: int
     signal: int
     node: str | None
-    #: When it started (Slurm's StartTime, in the cluster's local time).
+    #: When it started (epoch seconds), if it has.
     startTime: float | None = None
-
-
-def _localTime(text: str) -> float | None:
-    try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None  # Unknown, None, N/A
+    #: The job's name (C{jobworker-<id>}), to find a job sbatch's answer was lost for.
+    name: str = ""
 
 
 def parseJobs(text: str) -> dict[str, SlurmState]:
-    """The jobs of C{scontrol -o show job} output, by Slurm job id."""
+    """
+    The jobs of C{squeue --json --states=all} output, by Slurm job id.
+
+    JSON, not C{scontrol}'s text: a job may rename itself (C{scontrol update
+    JobName=...}) to anything, spaces and C{JobState=} included, and no text
+    parsing can then tell its fields from its name.
+
+    @raise ValueError: the output is not the JSON expected.
+    @raise SlurmError: Slurm reported an error (with slurmctld down, squeue
+        --json exits 0 with no jobs and an error: never take that for "no
+        jobs").
+    """
+    document = json.loads(text)
+    errors = document.get("errors") or []
+    if errors:
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        raise SlurmError(
+            "squeue: " + str(first.get("description") or first.get("error") or "error"),
+            unreachable=True,
+        )
     jobs: dict[str, SlurmState] = {}
-    for line in text.splitlines():
-        found = {name: pattern.search(line) for name, pattern in _FIELDS.items()}
-        jobId, state = found["JobId"], found["JobState"]
-        if jobId is None or state is None:
-            continue
-        code, signal = 0, 0
-        exitMatch = found["ExitCode"]
-        if exitMatch is not None:
-            first, _, second = exitMatch.group(1).partition(":")
-            if first.isdigit() and second.isdigit():
-                code, signal = int(first), int(second)
-        reason = found["Reason"]
-        started = found["StartTime"]
-        nodes = found["NodeList"]
-        node = nodes.group(1) if nodes is not None else ""
-        jobs[jobId.group(1)] = SlurmState(
-            state=state.group(1),
-            reason=reason.group(1) if reason is not None else "",
-            exitCode=code,
-            signal=signal,
-            node=node if node and node != "(null)" else None,
-            startTime=_localTime(started.group(1)) if started is not None else None,
+    for job in document.get("jobs", []):
+        state = job.get("job_state")
+        if isinstance(state, list):  # newer Slurm: a list of flags
+            state = state[0] if state else ""
+        status = job.get("exit_code")
+        if isinstance(status, dict):  # newer Slurm: {"return_code": {...}, ...}
+            status = 0
+        status = status if isinstance(status, int) else 0
+        started = job.get("start_time")
+        if isinstance(started, dict):
+            started = started.get("number")
+        jobs[str(job.get("job_id"))] = SlurmState(
+            state=str(state),
+            reason=str(job.get("state_reason") or ""),
+            # A wait status: the exit code in the high byte, a signal low.
+            exitCode=(status >> 8) & 0xFF,
+            signal=status & 0x7F,
+            node=str(job.get("nodes") or "") or None,
+            startTime=float(started) if isinstance(started, int) and started else None,
+            name=str(job.get("name") or ""),
         )
     return jobs
 
@@ -235,10 +232,15 @@ class SlurmCommands:
 
     async def jobs(self) -> dict[str, SlurmState]:
         """Every job slurmctld knows, in one call."""
-        out = self._check(
-            "scontrol", await self.run("scontrol", "--oneliner", "show", "job")
-        )
-        return parseJobs(out)
+        out = self._check("squeue", await self.run("squeue", "--json", "--states=all"))
+        try:
+            return parseJobs(out)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def cancelByName(self, name: str) -> None:
+        """Cancel every job of this name (one whose sbatch answer was lost)."""
+        self._check("scancel", await self.run("scancel", f"--jobname={name}"))
 
     async def signal(self, jobId: str, name: str) -> None:
         """Send signal C{name} to every process of the job (script included)."""
@@ -316,6 +318,9 @@ class SlurmJob:
         self._cleaned: Deferred[None] = Deferred()
         self._stopRequested = False
         self._killCall: IDelayedCall | None = None
+        #: Set at recovery when sbatch's answer was lost: the reason to give
+        #: if no Slurm job of this job's name turns up.
+        self.findByName: str | None = None
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -388,7 +393,7 @@ class SlurmJob:
     # -- state -----------------------------------------------------------------
 
     def update(self, state: SlurmState, now: float) -> None:
-        """Take in what scontrol says of the job."""
+        """Take in what Slurm says of the job."""
         record = self.record
         if state.state in QUEUED:
             return
@@ -642,6 +647,9 @@ class SlurmExecutor:
             f"--error={self.outputPath(record.id, 'stderr')}",
             f"--chdir={directory}",
             "--export=ALL",
+            # A requeued job would run again untracked, truncating its output.
+            "--no-requeue",
+            "--open-mode=append",
         ]
         if limits.memory_bytes is not None:
             options.append(f"--mem={math.ceil(limits.memory_bytes / (1 << 20))}M")
@@ -660,11 +668,21 @@ class SlurmExecutor:
         try:
             slurmJobId = await self._commands.submit(options, script)
         except SlurmError as e:
-            self.log.warn(
-                "sbatch refused job {job}: {error}", job=record.id, error=str(e)
-            )
-            job.refused(e)
-            return
+            found = None
+            if e.unreachable:
+                # sbatch may have queued the job and then lost the answer
+                # (a timeout): look before saying no, and make sure a job
+                # we say no to never runs.
+                found = await self._lookUp(record.id)
+            if found is None:
+                self.log.warn(
+                    "sbatch refused job {job}: {error}", job=record.id, error=str(e)
+                )
+                if e.unreachable:
+                    self._cancelByName(record.id)
+                job.refused(e)
+                return
+            slurmJobId = found
         self.log.info(
             "job {job} queued as Slurm job {slurm}", job=record.id, slurm=slurmJobId
         )
@@ -677,14 +695,18 @@ class SlurmExecutor:
         """
         attached = []
         for record in records:
-            if record.executor == self.name and record.slurm_job_id is not None:
+            if record.executor == self.name:
                 job = SlurmJob(self, record)
                 job.accepted(record)
+                if record.slurm_job_id is None:
+                    # The server died with sbatch in flight: Slurm may have
+                    # the job. The next poll looks for it by name.
+                    job.findByName = reason
                 self._track(job)
                 attached.append(job)
                 self.log.info(
                     "re-attached to Slurm job {slurm} (job {job}, {status})",
-                    slurm=record.slurm_job_id,
+                    slurm=record.slurm_job_id or "(looked up by name)",
                     job=record.id,
                     status=record.status.value,
                 )
@@ -692,9 +714,7 @@ class SlurmExecutor:
                 record.finish(
                     JobStatus.FAILED,
                     self.now(),
-                    error=f"{reason} (before Slurm took the job)"
-                    if record.executor == self.name
-                    else f"{reason} (a local job, not re-attachable by Slurm)",
+                    error=f"{reason} (a local job, not re-attachable by Slurm)",
                 )
         return attached
 
@@ -725,8 +745,12 @@ class SlurmExecutor:
                     output.poke()
 
     async def _refresh(self) -> None:
-        """One scontrol for every job; skipped while the last one runs."""
-        watched = [j for j in self._jobs.values() if j.record.slurm_job_id]
+        """One squeue for every job; skipped while the last one runs."""
+        watched = [
+            j
+            for j in self._jobs.values()
+            if j.record.slurm_job_id or j.findByName is not None
+        ]
         if self._polling or not watched:
             return
         self._polling = True
@@ -746,6 +770,13 @@ class SlurmExecutor:
             self._unreachableLogged = False
         now = self.now()
         for job in watched:
+            if job.findByName is not None:
+                found = _byName(states, job.record.id)
+                if found is None:
+                    job.lost(f"{job.findByName} (before Slurm took the job)")
+                    continue
+                job.findByName = None
+                job.submitted(found)
             state = states.get(job.record.slurm_job_id or "")
             try:
                 if state is None:
@@ -778,6 +809,26 @@ class SlurmExecutor:
             raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
         job._killCall = self._reactor.callLater(self._grace, lambda: self.cancel(job))
 
+    async def _lookUp(self, jobId: str) -> str | None:
+        """The Slurm id of the job named for C{jobId}, if Slurm has one."""
+        try:
+            return _byName(await self._commands.jobs(), jobId)
+        except SlurmError:
+            return None
+
+    def _cancelByName(self, jobId: str) -> None:
+        async def cancel() -> None:
+            try:
+                await self._commands.cancelByName(f"jobworker-{jobId}")
+            except SlurmError as e:
+                self.log.warn(
+                    "cannot cancel a possibly queued job {job}: {error}",
+                    job=jobId,
+                    error=str(e),
+                )
+
+        Deferred.fromCoroutine(cancel())
+
     def cancel(self, job: SlurmJob) -> None:
         """scancel, in the background: the poll sees the job end."""
         slurmJobId = job.record.slurm_job_id
@@ -793,6 +844,14 @@ class SlurmExecutor:
                 )
 
         Deferred.fromCoroutine(cancel())
+
+
+def _byName(states: dict[str, SlurmState], jobId: str) -> str | None:
+    name = f"jobworker-{jobId}"
+    for slurmJobId, state in states.items():
+        if state.name == name:
+            return slurmJobId
+    return None
 
 
 def _writeNulSeparated(path: str, items: list[str]) -> None:

@@ -277,7 +277,7 @@ class Options(usage.Options):
             None,
             "local",
             "Where jobs run: local (processes of this machine) or slurm "
-            "(batch jobs of a Slurm cluster, through sbatch/scontrol/scancel).",
+            "(batch jobs of a Slurm cluster, through sbatch/squeue/scancel).",
         ],
         [
             "slurm-output-dir",
@@ -293,7 +293,7 @@ class Options(usage.Options):
             None,
             1.0,
             "With --executor slurm: seconds between state refreshes (one "
-            "scontrol call for all jobs).",
+            "squeue call for all jobs).",
             float,
         ],
         [
@@ -547,7 +547,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     if config["cgroups"] == "auto" and not slurm:
         cgroups = detectCgroups()
     if slurm:
-        log.info("executor: Slurm (sbatch/scontrol/scancel)")
+        log.info("executor: Slurm (sbatch/squeue/scancel)")
     elif cgroups is None:
         log.warn(
             "per-job cgroups are off (not available or --cgroups off): resource "

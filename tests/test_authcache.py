@@ -49,6 +49,21 @@ class VerifiedCredentialsTests(SynchronousTestCase):
         )
         self.assertEqual(self.runner.calls, 1)
 
+    def test_checkBeforeReloadNotRemembered(self) -> None:
+        """
+        A bcrypt check still running when the users file is reloaded does
+        not put its (old) verdict in the emptied cache.
+        """
+        pending: Deferred[bool] = Deferred()
+        checker = BcryptChecker(
+            UserDatabase.development(), lambda f, *a: pending, self.cache
+        )
+        result = checker.requestAvatarId(UsernamePassword(b"alice", b"alice-pass"))
+        self.cache.clear()  # what replaceUsers does on SIGHUP
+        pending.callback(True)
+        self.assertEqual(self.successResultOf(result), b"alice")
+        self.assertEqual(len(self.cache), 0)
+
     def test_failuresNotCached(self) -> None:
         """A wrong password is checked by bcrypt every time, and never cached."""
         for _ in range(2):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -20,26 +20,49 @@ from jobworker.slurm import SlurmError, SlurmExecutor, SlurmState, parseJobs
 from .fakes import FakeProcessReactor
 from .test_manager import request
 
-#: Lines as scontrol -o show job prints them (trimmed), one per job.
-SCONTROL = (
-    "JobId=14 JobName=jobworker-a UserId=root(0) GroupId=root(0) MCS_label=N/A "
-    "Priority=1 Nice=0 Account=(null) QOS=(null) JobState=FAILED "
-    "Reason=NonZeroExitCode Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 "
-    "Reboot=0 ExitCode=3:0 RunTime=00:00:00 StartTime=2026-11-29T21:03:16 "
-    "NodeList=vm BatchHost=vm "
-    "Command=/x/slurm-exec.sh WorkDir=/tmp/ JobState=COMPLETED ExitCode=0:0 "
-    "StdOut=/out/x\n"
-    "JobId=15 JobName=jobworker-b JobState=PENDING Reason=Resources "
-    "ExitCode=0:0 NodeList=(null)\n"
-    "JobId=27 JobName=jobworker-c JobState=TIMEOUT Reason=TimeLimit "
-    "ExitCode=0:15 NodeList=vm\n"
+#: As squeue --json --states=all prints it (Slurm 22.05), trimmed.
+SQUEUE = json.dumps(
+    {
+        "meta": {},
+        "errors": [],
+        "jobs": [
+            {
+                "job_id": 14,
+                # A job may rename itself to anything: JSON keeps it a name.
+                "name": "x JobState=COMPLETED ExitCode=0:0",
+                "job_state": "FAILED",
+                "state_reason": "NonZeroExitCode",
+                "exit_code": 768,
+                "nodes": "vm",
+                "start_time": 1795989003,
+            },
+            {
+                "job_id": 15,
+                "name": "jobworker-b",
+                "job_state": "PENDING",
+                "state_reason": "Resources",
+                "exit_code": 0,
+                "nodes": "",
+                "start_time": 0,
+            },
+            {
+                "job_id": 27,
+                "name": "jobworker-c",
+                "job_state": "TIMEOUT",
+                "state_reason": "TimeLimit",
+                "exit_code": 15,
+                "nodes": "vm",
+                "start_time": 1795989010,
+            },
+        ],
+    }
 )
 
 
 class ParseTests(SynchronousTestCase):
     def test_fields(self) -> None:
-        """State, reason, exit code:signal and node of each job."""
-        jobs = parseJobs(SCONTROL)
+        """State, reason, exit code and signal (a wait status), node, start."""
+        jobs = parseJobs(SQUEUE)
         self.assertEqual(
             jobs["14"],
             SlurmState(
@@ -48,20 +71,47 @@ class ParseTests(SynchronousTestCase):
                 3,
                 0,
                 "vm",
-                time.mktime(time.strptime("2026-11-29T21:03:16", "%Y-%m-%dT%H:%M:%S")),
+                1795989003.0,
+                "x JobState=COMPLETED ExitCode=0:0",
             ),
         )
-        self.assertEqual(jobs["15"], SlurmState("PENDING", "Resources", 0, 0, None))
-        self.assertEqual(jobs["27"].signal, 15)
+        self.assertEqual(
+            jobs["15"],
+            SlurmState("PENDING", "Resources", 0, 0, None, None, "jobworker-b"),
+        )
+        self.assertEqual((jobs["27"].exitCode, jobs["27"].signal), (0, 15))
 
-    def test_userTextCannotForgeState(self) -> None:
-        """A WorkDir holding ' JobState=COMPLETED' does not win: first match counts."""
-        self.assertEqual(parseJobs(SCONTROL)["14"].state, "FAILED")
-        self.assertEqual(parseJobs(SCONTROL)["14"].exitCode, 3)
+    def test_newerSlurmShapes(self) -> None:
+        """State lists and number objects (Slurm 23+) are read too."""
+        text = json.dumps(
+            {
+                "jobs": [
+                    {
+                        "job_id": 3,
+                        "job_state": ["RUNNING"],
+                        "start_time": {"set": True, "number": 5},
+                        "exit_code": {"return_code": {"number": 0}},
+                    }
+                ]
+            }
+        )
+        self.assertEqual(parseJobs(text)["3"].state, "RUNNING")
+        self.assertEqual(parseJobs(text)["3"].startTime, 5.0)
 
-    def test_noJobs(self) -> None:
-        """'No jobs in the system' is an empty table."""
-        self.assertEqual(parseJobs("No jobs in the system\n"), {})
+    def test_errorsAreNotEmptyTables(self) -> None:
+        """slurmctld down: squeue --json exits 0 with an error and no jobs."""
+        text = json.dumps(
+            {
+                "errors": [{"description": "Failed while looking for jobs"}],
+                "jobs": [],
+            }
+        )
+        error = self.assertRaises(SlurmError, parseJobs, text)
+        self.assertTrue(error.unreachable)
+
+    def test_notJSON(self) -> None:
+        """Anything else is a ValueError (the poll then reports it, and retries)."""
+        self.assertRaises(ValueError, parseJobs, "No jobs in the system")
 
 
 class FakeCommands:
@@ -93,9 +143,12 @@ class FakeCommands:
     async def cancel(self, jobId: str) -> None:
         self.cancels.append(jobId)
 
+    async def cancelByName(self, name: str) -> None:
+        self.cancels.append(name)
 
-def state(name: str, code: int = 0, signal: int = 0) -> SlurmState:
-    return SlurmState(name, "None", code, signal, "node7")
+
+def state(name: str, code: int = 0, signal: int = 0, jobName: str = "") -> SlurmState:
+    return SlurmState(name, "None", code, signal, "node7", None, jobName)
 
 
 class ExecutorTests(SynchronousTestCase):
@@ -214,15 +267,52 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIn("no longer knows", errors[3] or "")
 
     def test_unreachableIs503AndForgotten(self) -> None:
-        """sbatch cannot reach slurmctld: 503, and no record is kept."""
+        """
+        sbatch cannot reach slurmctld: Slurm is asked whether it has the job
+        after all; it has not, so 503, no record kept, and a cancel by name
+        makes sure it never runs.
+        """
         record = self.manager.create(request("true"), owner="alice")
         accepted = ensureDeferred(self.manager.accepted(record))
         self.commands.submissions[0][2].errback(
             SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
         )
+        self.assertNoResult(accepted)
+        self.commands.polls[-1].errback(SlurmError("down", unreachable=True))
         failure = self.failureResultOf(accepted, ServiceUnavailable)
         self.assertIn("unreachable", str(failure.value))
         self.assertEqual(self.manager.page()[0], [])
+        self.assertEqual(self.commands.cancels, [f"jobworker-{record.id}"])
+
+    def test_lostAnswerFoundByName(self) -> None:
+        """sbatch timed out but Slurm queued the job: it is found and kept."""
+        record = self.manager.create(request("true"), owner="alice")
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: (timed out)", unreachable=True)
+        )
+        self.commands.polls[-1].callback(
+            {"55": state("PENDING", jobName=f"jobworker-{record.id}")}
+        )
+        final = self.successResultOf(accepted)
+        self.assertEqual(final.slurm_job_id, "55")
+        self.assertEqual(self.commands.cancels, [])
+
+    def test_crashDuringSubmitRecovered(self) -> None:
+        """A record left without a Slurm id is looked up by name at restart."""
+        found = self.manager.create(request("true"), owner="alice")
+        gone = self.manager.create(request("true"), owner="alice")
+        self.manager.close()
+        manager = self.makeManager()
+        manager.recover()
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback(
+            {"77": state("RUNNING", jobName=f"jobworker-{found.id}")}
+        )
+        self.assertEqual(manager.record(found.id).slurm_job_id, "77")
+        self.assertIs(manager.record(found.id).status, JobStatus.RUNNING)
+        self.assertIs(manager.record(gone.id).status, JobStatus.FAILED)
+        self.assertIn("before Slurm took the job", manager.record(gone.id).error or "")
 
     def test_refusedIsFailedJob(self) -> None:
         """sbatch refusing the job (bad partition, too much memory): FAILED."""

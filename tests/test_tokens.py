@@ -291,12 +291,12 @@ class LoginCLITests(TestCase):
         self.config = os.path.abspath(self.mktemp())
         self.tokensFile = os.path.join(self.config, "jobworker", "tokens.json")
 
-    def jw(self, *args: str, password: str | None = None) -> Any:
+    def jw(self, *args: str, password: str | None = None, user: str = "bob") -> Any:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "JW_SERVER": self.server.url,
             "JW_CA": CA,
-            "JW_USER": "bob",
+            "JW_USER": user,
             "XDG_CONFIG_HOME": self.config,
         }
         if password is not None:
@@ -326,6 +326,17 @@ class LoginCLITests(TestCase):
         _, err, code = await self.jw("list")
         self.assertEqual(code, 2)
         self.assertIn(b"no terminal to ask for credentials", err)
+
+    async def test_tokenOnlyForItsUser(self) -> None:
+        """bob's saved login is not used when JW_USER names someone else."""
+        os.makedirs(self.config)
+        _, err, code = await self.jw("login", password="bob-pass")
+        self.assertEqual(code, 0, err)
+        _, err, code = await self.jw("list", user="alice")
+        self.assertEqual(code, 2)
+        self.assertIn(b"no terminal to ask for credentials", err)
+        _, err, code = await self.jw("list")
+        self.assertEqual(code, 0, err)
 
     async def test_wrongPasswordNoToken(self) -> None:
         """A failed login keeps nothing and exits non-zero with one line."""
@@ -358,7 +369,10 @@ class LoginCLITests(TestCase):
         """An expired saved token is not sent: jw asks for the password."""
         os.makedirs(os.path.dirname(self.tokensFile))
         with open(self.tokensFile, "w") as f:
-            json.dump({self.server.url: {"token": "jw1.x.y", "expires": 1.0}}, f)
+            json.dump(
+                {self.server.url: {"token": "jw1.x.y", "expires": 1.0, "user": "bob"}},
+                f,
+            )
         _, err, code = await self.jw("list")
         self.assertEqual(code, 2)
         self.assertIn(b"no terminal to ask for credentials", err)
