@@ -150,6 +150,30 @@ class CombinedReaderTests(SynchronousTestCase):
             b"out-1 out-2 out-3 out-4 err-1 err-2 err-3 ",
         )
 
+    def test_snapshotOfLiveJobWithoutOrder(self) -> None:
+        """
+        A live job without an order file (Slurm): a snapshot read gives all
+        of stdout so far, then all of stderr, exactly the sizes announced.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        spools = tuple(
+            OutputSpool(os.path.join(directory, name)) for name in ("stdout", "stderr")
+        )
+        spools[0].write(b"out ")
+        spools[1].write(b"err ")
+        spools[0].write(b"more ")
+        got: list[bytes] = []
+        reader = CombinedReader(
+            spools,  # type: ignore[arg-type]
+            StoredOrder(os.path.join(directory, "order")),
+            RecordingConsumer(),  # type: ignore[arg-type]
+            lambda stream, data: got.append(data),
+        )
+        reader.start()
+        self.assertTrue(reader.done.called)
+        self.assertEqual(b"".join(got), b"out more err ")
+
     def test_partialOrderFileLosesNothing(self) -> None:
         """A cut order file (crash, disk full): coarser order, every byte once."""
         job = Job(self.mktemp())
