@@ -266,17 +266,22 @@ class JobsAPI:
     async def createJob(self, request: IRequest, user: User) -> bytes:
         jobRequest = parseJobRequest(_body(request))
         record = self._manager.create(jobRequest, owner=user.name)
-        # Slurm answers sbatch asynchronously; locally this is at once.
-        record = await self._manager.accepted(record)
-        self._audit(
-            request,
-            "job.create",
-            user,
-            record.status.value,
-            job=record.id,
-            command=record.command,
-            args=len(record.args),
-        )
+        result = "refused"
+        try:
+            # Slurm answers sbatch asynchronously; locally this is at once.
+            record = await self._manager.accepted(record)
+            result = record.status.value
+        finally:
+            # Audited whatever happens: accepted, 503, or the client gone.
+            self._audit(
+                request,
+                "job.create",
+                user,
+                result,
+                job=record.id,
+                command=record.command,
+                args=len(record.args),
+            )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)
 
