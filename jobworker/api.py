@@ -37,7 +37,7 @@ from .manager import JobManager
 from .metrics import Metrics
 from .permissions import Permission, User, authorize
 from .records import JobRecord, rfc3339
-from .spool import OutputSource, SpoolReader, tailOffset
+from .spool import FileProducer, OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
 from .tokens import fingerprint
 from .validation import (
@@ -530,7 +530,7 @@ class JobsAPI:
                 events.send("truncated", {"stream": stream, "dropped": dropped})
         events.send("end", record.toJSON())
 
-    async def _send(self, reader: SpoolReader | CombinedReader) -> None:
+    async def _send(self, reader: FileProducer) -> None:
         try:
             await reader.start()
         except CancelledError:

@@ -21,12 +21,11 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from .spool import READ_CHUNK, OutputSource
+from .spool import READ_CHUNK, FileProducer, OutputSource
 
 #: The streams by index, as entries and readers number them.
 STREAMS = ("stdout", "stderr")
@@ -133,16 +132,12 @@ def combinedId(position: list[int]) -> str:
     return f"combined:{position[0]}:{position[1]}"
 
 
-@implementer(IPushProducer)
-class CombinedReader:
+class CombinedReader(FileProducer):
     """
     Send both streams of a job, interleaved in arrival order, to
     C{sink(streamIndex, data)}, from C{position} (bytes of each stream
     already delivered), passing over the first C{skip} combined bytes, with
     the consumer's back-pressure; with C{follow}, until both streams close.
-
-    L{done} fires when everything was sent, or fails with L{CancelledError}
-    if the transport stopped us first.
     """
 
     def __init__(
@@ -155,9 +150,9 @@ class CombinedReader:
         follow: bool = False,
         skip: int = 0,
     ) -> None:
+        super().__init__(consumer, 2)
         self._streams = streams
         self._order = order
-        self._consumer = consumer
         self._sink = sink
         self.position = list(position)
         self._follow = follow
@@ -166,19 +161,7 @@ class CombinedReader:
         self._entries: list[tuple[int, int]] = []
         self._orderRead = 0
         self._run = 0
-        self._fds: list[int | None] = [None, None]
-        self._done = False
-        self._paused = False
-        self._waiting: Deferred[None] | None = None
         self._limits = [s.size for s in streams]
-        self.done: Deferred[None] = Deferred()
-
-    def start(self) -> Deferred[None]:
-        """Register with the consumer and start sending."""
-        self._consumer.registerProducer(self, True)
-        self._consumer.write(b"")
-        self._pump()
-        return self.done
 
     def _readOrder(self) -> None:
         size = self._order.size
@@ -223,7 +206,12 @@ class CombinedReader:
             end = following if following is not None else self._size(stream)
             offset = max(self.position[stream], start)
             if offset < end:
-                data = self._read(stream, offset, min(READ_CHUNK, end - offset))
+                data = self._read(
+                    stream,
+                    self._streams[stream].path,
+                    offset,
+                    min(READ_CHUNK, end - offset),
+                )
                 if not data:  # shorter than recorded: a disk error
                     self._finish()
                     return
@@ -247,17 +235,6 @@ class CombinedReader:
                 self._finish()
                 return
 
-    def _read(self, stream: int, offset: int, length: int) -> bytes:
-        try:
-            fd = self._fds[stream]
-            if fd is None:
-                fd = self._fds[stream] = os.open(
-                    self._streams[stream].path, os.O_RDONLY | os.O_CLOEXEC
-                )
-            return os.pread(fd, length, offset)
-        except OSError:
-            return b""
-
     def _wait(self) -> None:
         waiting: Deferred[None] = Deferred(lambda _: self._cancelWaits(pending))
         pending = [s.whenGrown() for s in self._streams if not s.closed]
@@ -270,48 +247,10 @@ class CombinedReader:
         for d in pending:
             d.addCallbacks(grown, lambda f: None)
         if not waiting.called:
-            self._waiting = waiting
-            waiting.addCallbacks(self._grown, lambda f: None)
+            self._waitFor(waiting)
 
     @staticmethod
     def _cancelWaits(pending: list[Deferred[None]]) -> None:
         for d in pending:
             if not d.called:
                 d.cancel()
-
-    def _grown(self, _: None) -> None:
-        self._waiting = None
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if self._waiting is None:
-            self._pump()
-
-    def stopProducing(self) -> None:
-        if self._close():
-            self.done.errback(CancelledError("log reader stopped"))
-
-    def _finish(self) -> None:
-        if self._close():
-            self.done.callback(None)
-
-    def _close(self) -> bool:
-        if self._done:
-            return False
-        self._done = True
-        for index, fd in enumerate(self._fds):
-            if fd is not None:
-                os.close(fd)
-                self._fds[index] = None
-        try:
-            self._consumer.unregisterProducer()
-        except AttributeError:  # the connection (channel) is already gone
-            pass
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.cancel()
-        return True

@@ -115,6 +115,13 @@ class JobPolicy:
     runAs: RunAs | None = None
     maxRunning: int | None = None
 
+    def checkMaxima(self, requested: Limits) -> None:
+        """@raise BadRequest: a requested limit over the server's maximum."""
+        for name, value, maximum in requested.over(self.maxima):
+            raise BadRequest(
+                f"limits.{name} {value} is over this server's maximum {maximum}"
+            )
+
     def prefix(self) -> list[str]:
         """What runs between C{setsid} and the command: unshare, setpriv."""
         argv: list[str] = []
@@ -257,10 +264,7 @@ class LocalExecutor:
         @raise BadRequest: a limit over the server's maximum, or limits asked
             for where the server cannot enforce them.
         """
-        for name, value, maximum in requested.over(self._policy.maxima):
-            raise BadRequest(
-                f"limits.{name} {value} is over this server's maximum {maximum}"
-            )
+        self._policy.checkMaxima(requested)
         asked = {name for name, _ in requested.given()}
         if self._cgroups is None:
             if asked:

@@ -37,6 +37,7 @@ from .combined import OrderLog
 from .errors import BadRequest, ServiceUnavailable
 from .local import JobPolicy, JobReactor, defaultEnvironment
 from .records import JobRecord, JobStatus, signalName
+from .spool import Waiters
 from .validation import JobRequest
 
 #: The batch script every job runs: exec the argv file with the env file.
@@ -266,7 +267,7 @@ class SlurmOutput:
         self.path = path
         self.closed = False
         self._final: int | None = None
-        self._waiters: list[Deferred[None]] = []
+        self._waiters = Waiters()
 
     @property
     def size(self) -> int:
@@ -284,15 +285,11 @@ class SlurmOutput:
     def whenGrown(self) -> Deferred[None]:
         if self.closed:
             return succeed(None)
-        d: Deferred[None] = Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
+        return self._waiters.wait()
 
     def poke(self) -> None:
         """Wake the readers (they read up to the current size)."""
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._waiters.wake()
 
     def close(self) -> None:
         """The job has ended: the file will not grow."""
@@ -587,10 +584,7 @@ class SlurmExecutor:
 
     def limitsFor(self, requested: Limits) -> Limits:
         """Memory and CPU map to Slurm's --mem and --cpus-per-task."""
-        for name, value, maximum in requested.over(self._policy.maxima):
-            raise BadRequest(
-                f"limits.{name} {value} is over this server's maximum {maximum}"
-            )
+        self._policy.checkMaxima(requested)
         unsupported = sorted(
             name
             for name, _ in requested.given()

@@ -23,6 +23,27 @@ if TYPE_CHECKING:
 READ_CHUNK = 256 * 1024
 
 
+class Waiters:
+    """Readers waiting for a file to grow, woken all at once."""
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def wait(self) -> Deferred[None]:
+        """A Deferred fired at the next L{wake} (cancelling it stops waiting)."""
+        d: Deferred[None] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        return d
+
+    def wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
 class OutputSpool:
     """
     One output stream of one job, appended to a file as it arrives.
@@ -62,7 +83,7 @@ class OutputSpool:
         self._room = maxBytes if maxBytes is not None else -1
         self._fd: int | None = None
         self._broken = False
-        self._waiters: list[Deferred[None]] = []
+        self._waiters = Waiters()
 
     def _open(self) -> int | None:
         try:
@@ -129,9 +150,7 @@ class OutputSpool:
         """A Deferred that fires once more bytes arrive or the spool closes."""
         if self.closed:
             return succeed(None)
-        d: Deferred[None] = Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
+        return self._waiters.wait()
 
     def _wakeSoon(self) -> None:
         # With a clock, readers are woken once per reactor turn, not once per
@@ -146,9 +165,7 @@ class OutputSpool:
             if self._wakeCall.active():
                 self._wakeCall.cancel()
             self._wakeCall = None
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._waiters.wake()
 
 
 def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
@@ -212,63 +229,51 @@ class StoredOutput:
 
 
 @implementer(IPushProducer)
-class SpoolReader:
+class FileProducer:
     """
-    Send a spool to a consumer (an HTTP response) from C{offset}, respecting the
-    transport's back-pressure; with C{follow}, keep sending until the spool
-    closes, woken by the writer (no polling).
+    What the log readers share: a push producer that reads output files
+    (opened at the first byte, closed at the end) to a consumer, respects
+    its back-pressure, and, with nothing more to send yet, waits to be woken
+    (no polling).
 
     L{done} fires when every byte was sent, or fails with L{CancelledError}
     if the transport stopped us first.
     """
 
-    def __init__(
-        self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
-    ) -> None:
-        self._spool = spool
-        self._request = request
-        self._offset = offset
-        self._follow = follow
-        self._limit = spool.size
-        self._fd: int | None = None  # opened at the first byte to send
+    def __init__(self, consumer: IConsumer, files: int) -> None:
+        self._consumer = consumer
+        self._fds: list[int | None] = [None] * files
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
         self.done: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
-        """Register with the request and start sending."""
-        self._request.registerProducer(self, True)
+        """Register with the consumer and start sending."""
+        self._consumer.registerProducer(self, True)
         # Send the headers now: a follower learns the stream is open even
         # before the job prints anything.
-        self._request.write(b"")
+        self._consumer.write(b"")
         self._pump()
         return self.done
 
     def _pump(self) -> None:
-        while not self._paused and not self._done:
-            end = self._spool.size if self._follow else self._limit
-            if self._offset < end:
-                try:
-                    if self._fd is None:
-                        self._fd = os.open(self._spool.path, os.O_RDONLY | os.O_CLOEXEC)
-                    data = os.pread(
-                        self._fd, min(READ_CHUNK, end - self._offset), self._offset
-                    )
-                except OSError:
-                    data = b""
-                if not data:  # the file is shorter than recorded: disk error
-                    self._finish()
-                    return
-                self._offset += len(data)
-                self._request.write(data)
-            elif self._follow and not self._spool.closed:
-                self._waiting = self._spool.whenGrown()
-                self._waiting.addCallbacks(self._grown, lambda f: None)
-                return
-            else:
-                self._finish()
-                return
+        """Send what there is; then L{_waitFor} more, or L{_finish}."""
+        raise NotImplementedError
+
+    def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
+        """Up to C{length} bytes of file C{index} at C{offset} (b"" on error)."""
+        try:
+            fd = self._fds[index]
+            if fd is None:
+                fd = self._fds[index] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.pread(fd, length, offset)
+        except OSError:
+            return b""
+
+    def _waitFor(self, grown: Deferred[None]) -> None:
+        self._waiting = grown
+        grown.addCallbacks(self._grown, lambda f: None)
 
     def _grown(self, _: None) -> None:
         self._waiting = None
@@ -294,14 +299,53 @@ class SpoolReader:
         if self._done:
             return False
         self._done = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for index, fd in enumerate(self._fds):
+            if fd is not None:
+                os.close(fd)
+                self._fds[index] = None
         try:
-            self._request.unregisterProducer()
+            self._consumer.unregisterProducer()
         except AttributeError:  # the connection (channel) is already gone
             pass
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
         return True
+
+
+class SpoolReader(FileProducer):
+    """
+    Send a spool to a consumer (an HTTP response) from C{offset}; with
+    C{follow}, keep sending until the spool closes, woken by the writer.
+    """
+
+    def __init__(
+        self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
+    ) -> None:
+        super().__init__(request, 1)
+        self._spool = spool
+        self._offset = offset
+        self._follow = follow
+        self._limit = spool.size
+
+    def _pump(self) -> None:
+        while not self._paused and not self._done:
+            end = self._spool.size if self._follow else self._limit
+            if self._offset < end:
+                data = self._read(
+                    0,
+                    self._spool.path,
+                    self._offset,
+                    min(READ_CHUNK, end - self._offset),
+                )
+                if not data:  # the file is shorter than recorded: disk error
+                    self._finish()
+                    return
+                self._offset += len(data)
+                self._consumer.write(data)
+            elif self._follow and not self._spool.closed:
+                self._waitFor(self._spool.whenGrown())
+                return
+            else:
+                self._finish()
+                return

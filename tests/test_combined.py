@@ -226,7 +226,7 @@ class CombinedReaderTests(SynchronousTestCase):
         done.addErrback(failures.append)
         reader.stopProducing()
         self.assertEqual(len(failures), 1)
-        self.assertEqual([s._waiters for s in job.spools], [[], []])
+        self.assertEqual([len(s._waiters) for s in job.spools], [0, 0])
 
 
 class LiveCombinedTests(TestCase):
