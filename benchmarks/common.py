@@ -36,6 +36,8 @@ KEY = os.path.join(CERTS, "server.key")
 PYTHON = sys.executable
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
+#: A dynamic uid range no account of the test machines uses.
+FREE_UIDS = "70000-71999"
 JW = os.path.join(BIN, "jw")
 LOADGEN = os.path.join(HERE, "loadgen.py")
 BARE = os.path.join(HERE, "bare.py")
@@ -350,8 +352,22 @@ class Server:
             f"--cert={CERT}",
             f"--key={KEY}",
             f"--state-dir={self.stateDir}",
+            *self.identityOptions(),
             *self.extra,
         ]
+
+    def identityOptions(self) -> list[str]:
+        """
+        As root, jobs run as dynamic uids: from a range that no account of
+        this machine uses (Debian's slurm package takes 64030, inside the
+        default range), unless a scenario chose otherwise.
+        """
+        if os.getuid() != 0 or any(
+            option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
+            for option in self.extra
+        ):
+            return []
+        return [f"--dynamic-uids={FREE_UIDS}"]
 
     def start(self, timeout: float = 60.0) -> Server:
         """Start and wait for the listening line; C{startup} is that wait."""

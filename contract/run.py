@@ -4,7 +4,7 @@ Run schemathesis against a live jobworker server, authenticated as each role.
     python contract/run.py [--examples N]
 
 Starts ``twistd jobworker`` on a free loopback port (TLS, development users,
-jobs isolated and run as ``nobody`` with a short default timeout, so fuzzed
+jobs isolated and run as dynamic uids with a short default timeout, so fuzzed
 commands can do no harm), runs ``schemathesis run`` with every check for
 alice (Developer), rita (Reader) and ada (Admin), stops the server, and exits
 non-zero if schemathesis found anything (a 5xx, a response that violates the
@@ -54,7 +54,10 @@ def startServer(stateDir: str, log: str) -> tuple[subprocess.Popen[bytes], int]:
         "--login-failures=1000000",
     ]
     if os.getuid() == 0:
-        options += ["--run-as=nobody", "--isolate=pid,net,mount"]
+        # The default identities (a dynamic uid per job), from a range no
+        # account of the test machine uses, in their own PID and network
+        # namespaces.
+        options += ["--dynamic-uids=70000-71999", "--isolate=pid,net"]
     with open(log, "wb") as out:
         server = subprocess.Popen(options, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30

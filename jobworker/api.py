@@ -265,7 +265,7 @@ class JobsAPI:
     @guarded(Permission.CREATE)
     async def createJob(self, request: IRequest, user: User) -> bytes:
         jobRequest = parseJobRequest(_body(request))
-        record = self._manager.create(jobRequest, owner=user.name)
+        record = self._manager.create(jobRequest, owner=user.name, account=user.account)
         result = "refused"
         try:
             # Slurm answers sbatch asynchronously; locally this is at once.
@@ -281,6 +281,7 @@ class JobsAPI:
                 job=record.id,
                 command=record.command,
                 args=len(record.args),
+                run_as=record.run_as,
             )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from .cgroups import Limits
 from .combined import OrderLog
+from .identity import Identity
 from .records import JobRecord
 from .spool import OutputSource
 from .validation import JobRequest
@@ -70,9 +71,19 @@ class Executor(Protocol):
     def name(self) -> str:
         """C{local} or C{slurm}: recorded with each job."""
 
-    @property
-    def baseEnvironment(self) -> dict[str, str]:
-        """The environment a job starts from; the request's env goes over it."""
+    def identityFor(self, account: Identity | None) -> Identity:
+        """
+        The identity a new job runs as, for a user mapped to C{account} (or
+        not): L{Forbidden} if this executor cannot give that user one,
+        L{TooManyRequests} if none is free. Given back with L{release}.
+        """
+
+    def release(self, identity: Identity) -> None:
+        """A job that never launched gives its identity back."""
+
+    def environment(self, identity: Identity) -> dict[str, str]:
+        """The environment a job of C{identity} starts from; the request's
+        env goes over it."""
 
     def attach(self, save: Callable[[JobRecord], None]) -> None:
         """How to store a live job's record when it changes before its end."""
@@ -83,8 +94,9 @@ class Executor(Protocol):
     def outputPath(self, jobId: str, stream: str) -> str:
         """A job's C{stdout}, C{stderr} or C{order} file."""
 
-    def checkRequest(self, request: JobRequest) -> None:
-        """Refuse (L{BadRequest}) what this executor cannot run safely."""
+    def checkRequest(self, request: JobRequest, identity: Identity) -> None:
+        """Refuse (L{BadRequest}) what this executor cannot run safely as
+        C{identity}."""
 
     def limitsFor(self, requested: Limits) -> Limits:
         """The limits a job gets (L{BadRequest} past the maxima)."""
@@ -98,8 +110,10 @@ class Executor(Protocol):
         request: JobRequest,
         limits: Limits,
         timeout: float | None,
+        identity: Identity,
     ) -> LiveJob:
-        """Start (or queue) a job for C{record}."""
+        """Start (or queue) a job for C{record}, as C{identity}; the
+        executor gives the identity back once nothing of the job is left."""
 
     def recover(self, records: list[JobRecord], reason: str) -> Sequence[LiveJob]:
         """

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,42 +14,46 @@ from twisted.logger import Logger
 
 from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
 from .combined import OrderLog
-from .errors import BadRequest
+from .errors import BadRequest, TooManyRequests
+from .identity import Identities, Identity, PoolExhausted
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .records import JobRecord, JobStatus
-from .recovery import killAll, leftovers, processStartTime, sessionMembers
+from .recovery import (
+    killAll,
+    leftovers,
+    processesOf,
+    processStartTime,
+    sessionMembers,
+)
+from .sandbox import (
+    GATE,
+    GATE_KEEP_WORKDIR,
+    ISOLATION,
+    SETSID,
+    SH,
+    UNSHARE,
+    WORKDIR,
+    Sandbox,
+    SpawnRefused,
+    checkRunnable,
+)
 from .spool import OutputSpool
 from .validation import JobRequest
+
+__all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
 
 #: The environment every job starts from; the request's env is laid over it.
 #: Nothing of the server's own environment reaches a job.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: util-linux setsid: puts the job in a session (and process group) of its
-#: own, then execs the command without a fork, so the pid stays the job's.
-SETSID = shutil.which("setsid") or "/usr/bin/setsid"
-
-#: The gate: the job's first process waits here, before running anything of
-#: the user's, until the server has placed it in its cgroup and says go.
-SH = shutil.which("sh") or "/bin/sh"
-GATE = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
-#: The same, for a request that sets PWD itself (the shell keeps it if true).
-GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
-UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
-SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
-
-#: --isolate names and the unshare flags that make them.
-ISOLATION = {
-    "pid": ["--pid", "--fork", "--kill-child", "--mount-proc"],
-    "net": ["--net"],
-    "mount": ["--mount"],
-}
-
+#: Default size of each private tmpfs of a sandboxed job (--tmp-size).
+DEFAULT_TMP_SIZE = 1 << 30
 
 #: Environment variables the dynamic loader and libc honour. The wrappers a
-#: job starts through (the gate, setsid, unshare, setpriv) run as the server's
-#: user; with --run-as that is root, so a job may not set these: they would
-#: run its code as root before setpriv drops privileges.
+#: job starts through (the gate, setsid, unshare, the sandbox shell, setpriv)
+#: run as the server's user; when that is root and the job is not, a job may
+#: not set these: they would run its code as root before setpriv drops
+#: privileges.
 LOADER_VARIABLES = frozenset(
     {
         "GCONV_PATH",
@@ -76,44 +78,20 @@ def loaderVariable(name: str) -> bool:
     )
 
 
-class SpawnRefused(Exception):
-    """The command cannot be started; the message says why."""
-
-
-@dataclass(frozen=True)
-class RunAs:
-    """The unprivileged account jobs run as (C{--run-as})."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-    @classmethod
-    def lookup(cls, name: str) -> RunAs:
-        """
-        @raise KeyError: no such user.
-        @raise ValueError: the user is root.
-        """
-        entry = pwd.getpwnam(name)
-        if entry.pw_uid == 0:
-            raise ValueError("jobs must not run as root")
-        return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-
 @dataclass(frozen=True)
 class JobPolicy:
     """
     Server-wide rules for jobs: default and maximum limits, timeouts,
-    isolation, the account jobs run as, and how many may run at once.
+    isolation, who jobs run as, and how many may run at once.
     """
 
     defaults: Limits = field(default_factory=Limits)
     maxima: Limits = field(default_factory=Limits)
     defaultTimeout: float | None = None
     isolate: frozenset[str] = frozenset()
-    runAs: RunAs | None = None
     maxRunning: int | None = None
+    identities: Identities = field(default_factory=Identities)
+    tmpSize: int = DEFAULT_TMP_SIZE
 
     def checkMaxima(self, requested: Limits) -> None:
         """@raise BadRequest: a requested limit over the server's maximum."""
@@ -123,7 +101,8 @@ class JobPolicy:
             )
 
     def prefix(self) -> list[str]:
-        """What runs between C{setsid} and the command: unshare, setpriv."""
+        """What runs between C{setsid} and the command of a job that is not
+        sandboxed (it runs as the server's user): unshare, if asked for."""
         argv: list[str] = []
         if self.isolate:
             argv += [UNSHARE]
@@ -131,14 +110,6 @@ class JobPolicy:
                 if name in self.isolate:
                     argv += ISOLATION[name]
             argv += ["--"]
-        if self.runAs is not None:
-            argv += [
-                SETPRIV,
-                f"--reuid={self.runAs.uid}",
-                f"--regid={self.runAs.gid}",
-                "--init-groups",
-                "--",
-            ]
         return argv
 
 
@@ -155,50 +126,18 @@ def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
     return False
 
 
-def defaultEnvironment() -> dict[str, str]:
-    """C{PATH}, C{LANG} and C{HOME} (the server user's home)."""
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:
-        home = "/"
-    return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": home}
-
-
-def checkRunnable(command: str, env: dict[str, str], cwd: str | None) -> None:
+def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
     """
-    Check, as C{execvp} in the job will, that C{command} can be started.
-
-    @raise SpawnRefused: naming the cause (no such cwd, not found, not
-        executable, a directory).
+    C{PATH}, C{LANG}, and C{HOME}, C{USER}, C{LOGNAME}, C{SHELL} of the
+    identity (the server's user by default).
     """
-    base = cwd if cwd is not None else os.getcwd()
-    if cwd is not None:
-        if not os.path.isdir(cwd):
-            raise SpawnRefused(
-                f"cannot start: working directory {cwd!r} does not exist"
-            )
-        if not os.access(cwd, os.X_OK):
-            raise SpawnRefused(
-                f"cannot start: working directory {cwd!r} is not accessible"
-            )
-    if "/" in command:
-        path = os.path.join(base, command)
-        if not os.path.exists(path):
-            raise SpawnRefused(f"cannot start: {command!r}: no such file")
-        if os.path.isdir(path):
-            raise SpawnRefused(f"cannot start: {command!r} is a directory")
-        if not os.access(path, os.X_OK):
-            raise SpawnRefused(f"cannot start: {command!r} is not executable")
-        return
-    search = env.get("PATH", "")
-    if shutil.which(command, path=_absolutePath(search, base)) is None:
-        raise SpawnRefused(f"cannot start: {command!r} not found in PATH")
-
-
-def _absolutePath(search: str, base: str) -> str:
-    return os.pathsep.join(
-        os.path.join(base, entry) for entry in search.split(os.pathsep)
-    )
+    if identity is None:
+        identity = Identity.ofServer()
+    return {
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        **identity.environment(WORKDIR),
+    }
 
 
 class LocalExecutor:
@@ -229,9 +168,51 @@ class LocalExecutor:
         self._cgroups = cgroups
         self._policy = policy
         self._prefix = policy.prefix()
-        self.baseEnvironment = defaultEnvironment()
-        if policy.runAs is not None:
-            self.baseEnvironment["HOME"] = policy.runAs.home
+        self._identities = policy.identities
+        self._sandbox: Sandbox | None = None
+        if self._identities.switching:
+            self._sandbox = Sandbox(
+                os.path.join(os.path.dirname(jobsDir), "sandbox"),
+                policy.tmpSize,
+                policy.isolate,
+            )
+        self._environments: dict[Identity, dict[str, str]] = {}
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The sandbox of jobs that do not run as root (None: not root)."""
+        return self._sandbox
+
+    def identityFor(self, account: Identity | None) -> Identity:
+        """
+        The identity a new job of a user mapped to C{account} runs as.
+
+        @raise TooManyRequests: it needs a dynamic uid and none is free.
+        """
+        try:
+            return self._identities.acquire(account)
+        except PoolExhausted as e:
+            raise TooManyRequests(str(e), retryAfter=1) from None
+
+    def release(self, identity: Identity) -> None:
+        """
+        A job of C{identity} is over: give a dynamic uid back, once no
+        process of it is left (without a cgroup, kill what is).
+        """
+        if identity.dynamic and self._cgroups is None:
+            pids = processesOf(identity.uid)
+            if pids:
+                killAll(pids)
+                self._reactor.callLater(0.05, self.release, identity)
+                return
+        self._identities.release(identity)
+
+    def environment(self, identity: Identity) -> dict[str, str]:
+        """What a job of C{identity} starts with, before the request's env."""
+        env = self._environments.get(identity)
+        if env is None:
+            env = self._environments[identity] = defaultEnvironment(identity)
+        return env
 
     def attach(self, save: Callable[[JobRecord], None]) -> None:
         """A local job's record changes only at its end: nothing to save."""
@@ -244,17 +225,18 @@ class LocalExecutor:
         """A job's C{stdout}, C{stderr} or C{order} file."""
         return os.path.join(self._jobsDir, jobId, stream)
 
-    def checkRequest(self, request: JobRequest) -> None:
+    def checkRequest(self, request: JobRequest, identity: Identity) -> None:
         """
-        @raise BadRequest: loader variables in the env under --run-as.
+        @raise BadRequest: loader variables in the env of a job that starts
+            through root's wrappers but does not run as root.
         """
-        if self._policy.runAs is not None:
+        if self._identities.sandboxed(identity):
             unsafe = sorted(name for name in request.env if loaderVariable(name))
             if unsafe:
                 raise BadRequest(
-                    f"env {', '.join(unsafe)} not allowed with --run-as: the "
-                    "wrappers a job starts through run as root (set it inside "
-                    "the job instead, e.g. sh -c 'LD_LIBRARY_PATH=... exec prog')"
+                    f"env {', '.join(unsafe)} not allowed: the wrappers a job "
+                    "starts through run as root (set it inside the job instead, "
+                    "e.g. sh -c 'LD_LIBRARY_PATH=... exec prog')"
                 )
 
     def limitsFor(self, requested: Limits) -> Limits:
@@ -297,8 +279,13 @@ class LocalExecutor:
         request: JobRequest,
         limits: Limits,
         timeout: float | None,
+        identity: Identity,
     ) -> JobProcess:
-        """Start the job's process; a command that cannot start ends FAILED."""
+        """
+        Start the job's process as C{identity}; a command that cannot start
+        ends FAILED. A dynamic identity goes back to the pool once nothing
+        of the job is left.
+        """
         jobId = record.id
         order = OrderLog(self.outputPath(jobId, "order"))
         job = JobProcess(
@@ -322,21 +309,41 @@ class LocalExecutor:
             self._killGroup,
             timeout=timeout,
         )
+        job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env
         cgroup = None
-        argv = [SETSID, *self._prefix, request.command, *request.args]
+        command = [request.command, *request.args]
+        sandbox = self._sandbox if self._identities.sandboxed(identity) else None
         try:
-            checkRunnable(request.command, env, request.cwd)
+            if sandbox is not None:
+                checkRunnable(
+                    request.command,
+                    env,
+                    request.cwd,
+                    identity,
+                    sandbox.startFolder(identity),
+                    sandbox.folders,
+                )
+            else:
+                checkRunnable(request.command, env, request.cwd)
             if self._cgroups is not None:
                 cgroup = job.cgroup = self._cgroups.create(jobId, limits)
-                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
-                argv = [SH, "-c", gate, "jobworker-gate", *argv]
+            if sandbox is not None:
+                argv = sandbox.argv(identity, command, request.cwd, cgroup is not None)
+                # The sandbox enters the working directory as the job.
+                path = None
+            else:
+                argv = [SETSID, *self._prefix, *command]
+                path = request.cwd
+                if cgroup is not None:
+                    gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
+                    argv = [SH, "-c", gate, "jobworker-gate", *argv]
             transport = self._reactor.spawnProcess(
                 JobProcessProtocol(job),
                 argv[0],
                 argv,
                 env=env,
-                path=request.cwd,
+                path=path,
                 childFDs={0: "w", 1: "r", 2: "r", 3: "w"}
                 if cgroup is not None
                 else {0: "w", 1: "r", 2: "r"},

@@ -21,6 +21,7 @@ from .errors import (
     TooManyRequests,
 )
 from .executor import Executor, LiveJob
+from .identity import Identity
 from .local import (
     DEFAULT_PATH,
     ISOLATION,
@@ -28,7 +29,6 @@ from .local import (
     JobPolicy,
     JobReactor,
     LocalExecutor,
-    RunAs,
     defaultEnvironment,
 )
 from .metrics import Metrics
@@ -46,7 +46,6 @@ __all__ = [
     "JobManager",
     "JobPolicy",
     "JobReactor",
-    "RunAs",
     "defaultEnvironment",
 ]
 
@@ -137,9 +136,13 @@ class JobManager:
 
     # -- jobs ------------------------------------------------------------------
 
-    def create(self, request: JobRequest, owner: str) -> JobRecord:
+    def create(
+        self, request: JobRequest, owner: str, account: Identity | None = None
+    ) -> JobRecord:
         """
-        Start a job. A command that cannot start gives a FAILED job, not an error.
+        Start a job for C{owner}, whose Unix account (users file) is
+        C{account}. A command that cannot start gives a FAILED job, not an
+        error.
         """
         if self._shuttingDown:
             raise Conflict("the server is shutting down")
@@ -150,9 +153,14 @@ class JobManager:
                 retryAfter=1,
             )
         executor = self._executor
-        executor.checkRequest(request)
         limits = executor.limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
+        identity = executor.identityFor(account)
+        try:
+            executor.checkRequest(request, identity)
+        except Exception:
+            executor.release(identity)
+            raise
         jobId = str(uuid.uuid4())
         record = JobRecord(
             id=jobId,
@@ -160,14 +168,15 @@ class JobManager:
             args=list(request.args),
             owner=owner,
             created_at=self._reactor.seconds(),
-            env={**executor.baseEnvironment, **request.env},
+            env={**executor.environment(identity), **request.env},
             cwd=request.cwd,
             boot_id=self._bootId,
             limits=executor.recordedLimits(limits),
             timeout_seconds=timeout,
             executor=executor.name,
+            run_as=identity.label,
         )
-        job = executor.launch(record, request, limits, timeout)
+        job = executor.launch(record, request, limits, timeout, identity)
         try:
             self._store.insert(record)
         except StoreError as e:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from .errors import Forbidden
+from .identity import Identity
 
 
 class Permission(enum.Enum):
@@ -59,6 +60,8 @@ class User:
 
     name: str
     role: Role
+    #: The Unix account this user's jobs run as (users file, fourth field).
+    account: Identity | None = None
 
 
 def authorize(user: User, permission: Permission, owner: str | None = None) -> None:

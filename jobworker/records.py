@@ -89,6 +89,9 @@ class JobRecord:
     executor: str = "local"
     slurm_job_id: str | None = None
     node: str | None = None
+    #: The Unix identity the job runs as: an account name, C{dynamic:<uid>},
+    #: or the server's own user.
+    run_as: str | None = None
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)
@@ -147,4 +150,5 @@ class JobRecord:
             "executor": self.executor,
             "slurm_job_id": self.slurm_job_id,
             "node": self.node,
+            "run_as": self.run_as,
         }

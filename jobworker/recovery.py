@@ -75,3 +75,20 @@ def killAll(pids: list[int]) -> int:
         except OSError:
             pass
     return killed
+
+
+def processesOf(uid: int) -> list[int]:
+    """Every live process whose (effective) user is C{uid}."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        fields = _stat(entry)
+        if fields is not None and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids

@@ -9,6 +9,11 @@ to files read by a small wrapper (C{data/slurm-exec.sh}) that C{exec}s the
 exact argv with exactly that environment: no shell sees user input. Output
 goes to files in a directory the cluster's nodes share, which followers read
 as they grow.
+
+A job runs as its owner's mapped Unix account: C{sbatch} and C{scancel} run
+through C{setpriv} as that account (munge then vouches for its uid), and the
+job's folder belongs to it. Users without a mapped account are refused,
+unless the operator opts in to a shared service account.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -34,14 +40,22 @@ from twisted.python.failure import Failure
 
 from .cgroups import Limits
 from .combined import OrderLog
-from .errors import BadRequest, ServiceUnavailable
+from .errors import BadRequest, Forbidden, ServiceUnavailable
+from .identity import Identity, IdentityError
 from .local import JobPolicy, JobReactor, defaultEnvironment
 from .records import JobRecord, JobStatus, signalName
+from .sandbox import SETPRIV
 from .spool import Waiters
 from .validation import JobRequest
 
 #: The batch script every job runs: exec the argv file with the env file.
 WRAPPER = str(resources.files("jobworker").joinpath("data/slurm-exec.sh"))
+
+#: Seconds after a job is first seen running that the server removes its
+#: argv and env files if the batch script has not (it removes them as soon as
+#: it has read them). Not at once: Slurm says RUNNING before the node has
+#: started the script (a prolog may run first).
+SECRETS_GRACE = 60.0
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
 #: makes them wait for Slurm's MessageTimeout first).
@@ -189,21 +203,41 @@ class SlurmCommands:
         reactor: JobReactor,
         env: dict[str, str] | None = None,
         timeout: float = COMMAND_TIMEOUT,
+        serverUid: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._timeout = timeout
+        self._serverUid = os.getuid() if serverUid is None else serverUid
         if env is None:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             if "SLURM_CONF" in os.environ:
                 env["SLURM_CONF"] = os.environ["SLURM_CONF"]
         self._env = env
 
-    async def run(self, *argv: str) -> tuple[str, str, int]:
-        """Run one command; (stdout, stderr, exit code)."""
+    def becoming(self, identity: Identity | None) -> list[str]:
+        """
+        The C{setpriv} prefix that runs a command as C{identity}: none
+        unless the server is root and C{identity} is someone else.
+        """
+        if identity is None or self._serverUid != 0 or identity.uid == self._serverUid:
+            return []
+        return identity.setpriv(SETPRIV)
+
+    async def run(
+        self, *argv: str, identity: Identity | None = None
+    ) -> tuple[str, str, int]:
+        """
+        Run one command, as C{identity} if given (see L{becoming}); (stdout,
+        stderr, exit code).
+        """
         executable = shutil.which(argv[0], path=self._env.get("PATH")) or argv[0]
+        args = list(argv)
+        prefix = self.becoming(identity)
+        if prefix:
+            executable, args = prefix[0], [*prefix, executable, *argv[1:]]
         collect = _Collect(self._reactor, self._timeout)
         try:
-            self._reactor.spawnProcess(collect, executable, list(argv), env=self._env)
+            self._reactor.spawnProcess(collect, executable, args, env=self._env)
         except OSError as e:
             raise SlurmError(f"cannot run {argv[0]}: {e.strerror}") from None
         return await collect.done
@@ -221,10 +255,15 @@ class SlurmCommands:
         )
         raise SlurmError(f"{what}: {message}", bool(_UNREACHABLE.search(err)))
 
-    async def submit(self, options: list[str], script: list[str]) -> str:
-        """C{sbatch --parsable}: the new job's id."""
+    async def submit(
+        self, options: list[str], script: list[str], identity: Identity | None = None
+    ) -> str:
+        """C{sbatch --parsable}, as C{identity}: the new job's id."""
         out = self._check(
-            "sbatch", await self.run("sbatch", "--parsable", *options, *script)
+            "sbatch",
+            await self.run(
+                "sbatch", "--parsable", *options, *script, identity=identity
+            ),
         )
         jobId = out.strip().split(";")[0]
         if not jobId.isdigit():
@@ -239,19 +278,27 @@ class SlurmCommands:
         except (ValueError, TypeError, AttributeError) as e:
             raise SlurmError(f"squeue: unexpected output ({e})") from None
 
-    async def cancelByName(self, name: str) -> None:
+    async def cancelByName(self, name: str, identity: Identity | None = None) -> None:
         """Cancel every job of this name (one whose sbatch answer was lost)."""
-        self._check("scancel", await self.run("scancel", f"--jobname={name}"))
-
-    async def signal(self, jobId: str, name: str) -> None:
-        """Send signal C{name} to every process of the job (script included)."""
         self._check(
-            "scancel", await self.run("scancel", "--full", f"--signal={name}", jobId)
+            "scancel",
+            await self.run("scancel", f"--jobname={name}", identity=identity),
         )
 
-    async def cancel(self, jobId: str) -> None:
+    async def signal(
+        self, jobId: str, name: str, identity: Identity | None = None
+    ) -> None:
+        """Send signal C{name} to every process of the job (script included)."""
+        self._check(
+            "scancel",
+            await self.run(
+                "scancel", "--full", f"--signal={name}", jobId, identity=identity
+            ),
+        )
+
+    async def cancel(self, jobId: str, identity: Identity | None = None) -> None:
         """Cancel it: Slurm sends TERM, then KILL after its KillWait."""
-        self._check("scancel", await self.run("scancel", jobId))
+        self._check("scancel", await self.run("scancel", jobId, identity=identity))
 
 
 class SlurmOutput:
@@ -303,9 +350,17 @@ class SlurmJob:
 
     log = Logger()
 
-    def __init__(self, executor: SlurmExecutor, record: JobRecord) -> None:
+    def __init__(
+        self,
+        executor: SlurmExecutor,
+        record: JobRecord,
+        identity: Identity | None = None,
+    ) -> None:
         self._executor = executor
         self.record = record
+        #: Who the job runs as; None for a re-attached job until it is
+        #: needed (then looked up from the record's C{run_as}).
+        self.identity = identity
         self.stdout = SlurmOutput(executor.outputPath(record.id, "stdout"))
         self.stderr = SlurmOutput(executor.outputPath(record.id, "stderr"))
         #: What sbatch said: the record, or a failure (Slurm unreachable).
@@ -318,6 +373,9 @@ class SlurmJob:
         #: Set at recovery when sbatch's answer was lost: the reason to give
         #: if no Slurm job of this job's name turns up.
         self.findByName: str | None = None
+        #: When this server first saw the job running (see L{SECRETS_GRACE}).
+        self._runningSince: float | None = None
+        self._secretsRemoved = False
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -408,6 +466,19 @@ class SlurmJob:
                 job=record.id,
                 node=state.node,
             )
+        if self._runningSince is None:
+            self._runningSince = now
+        elif now - self._runningSince >= SECRETS_GRACE:
+            self._removeSecrets()
+
+    def _removeSecrets(self) -> None:
+        """
+        Remove the argv and env files, should the batch script not have
+        (a job that never started, or one submitted with an older script).
+        """
+        if not self._secretsRemoved:
+            self._secretsRemoved = True
+            self._executor.removeSecrets(self.record.id)
 
     def _ended(self, state: SlurmState) -> None:
         record = self.record
@@ -462,6 +533,7 @@ class SlurmJob:
             return
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
+        self._removeSecrets()
         self.stdout.close()
         self.stderr.close()
         record.stdout_bytes = self.stdout.size
@@ -525,7 +597,11 @@ class SlurmExecutor:
     Run jobs through Slurm (C{--executor slurm}).
 
     @param outputDir: a folder every node of the cluster sees at the same
-        path (C{--slurm-output-dir}); each job's files go in C{<id>/}.
+        path (C{--slurm-output-dir}); each job's files go in C{<id>/}, a
+        folder of the job's owner's.
+    @param sharedAccount: run the jobs of users without a mapped Unix
+        account as the service account (the server's user), a shared
+        identity (C{--slurm-shared-account}); without it they are refused.
     """
 
     log = Logger()
@@ -541,6 +617,7 @@ class SlurmExecutor:
         account: str | None = None,
         pollInterval: float = 1.0,
         commands: SlurmCommands | None = None,
+        sharedAccount: bool = False,
     ) -> None:
         self._reactor = reactor
         self._outputDir = outputDir
@@ -549,7 +626,8 @@ class SlurmExecutor:
         self._partition = partition
         self._account = account
         self._commands = commands if commands is not None else SlurmCommands(reactor)
-        self.baseEnvironment = defaultEnvironment()
+        self._server = Identity.ofServer()
+        self._sharedAccount = sharedAccount
         self._jobs: dict[str, SlurmJob] = {}
         self._polling = False
         self._unreachableLogged = False
@@ -559,7 +637,75 @@ class SlurmExecutor:
         self._pollInterval = pollInterval
         self._files = LoopingCall(self._pokeFiles)
         self._files.clock = reactor
-        os.makedirs(outputDir, mode=0o700, exist_ok=True)
+        self._wrapper = self._prepareOutputDir()
+        self._announceIdentities()
+
+    def _prepareOutputDir(self) -> str:
+        """
+        Make the top folder traversable but not listable by others (0711):
+        each job's folder belongs to its owner, who must reach it on the
+        node. Put in it a copy of the batch script that every account can
+        read (sbatch reads it as the job's owner; the installed one may sit
+        where they cannot).
+
+        @return: the copy's path.
+        @raise OSError: the folder cannot be made or written.
+        """
+        top = self._outputDir
+        os.makedirs(top, mode=0o711, exist_ok=True)
+        mode = stat.S_IMODE(os.stat(top).st_mode)
+        if mode != 0o711:
+            os.chmod(top, 0o711)  # noqa: S103 (searchable, not listable)
+            self.log.info(
+                "--slurm-output-dir {path}: mode {old:o} changed to 711 "
+                "(reachable, not listable, by the jobs' accounts)",
+                path=top,
+                old=mode,
+            )
+        if self._server.uid == 0:
+            for folder in _ancestors(top):
+                if not os.stat(folder).st_mode & stat.S_IXOTH:
+                    self.log.warn(
+                        "--slurm-output-dir {path}: {folder} is not searchable "
+                        "by others (o+x), so jobs of mapped accounts cannot "
+                        "reach their folders",
+                        path=top,
+                        folder=folder,
+                    )
+                    break
+        with open(WRAPPER, "rb") as f:
+            script = f.read()
+        copy = os.path.join(top, "slurm-exec.sh")
+        temporary = f"{copy}.{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(temporary, flags, 0o644), "wb") as f:
+            f.write(script)
+        os.chmod(temporary, 0o644)  # whatever the umask
+        os.replace(temporary, copy)
+        return copy
+
+    def _announceIdentities(self) -> None:
+        """Say, once at start-up, who Slurm jobs run as."""
+        if not self._sharedAccount:
+            self.log.info(
+                "Slurm jobs run as their owner's mapped Unix account; users "
+                "without one are refused (--slurm-shared-account would let them "
+                "share the service account)"
+            )
+            return
+        self.log.warn(
+            "--slurm-shared-account: the Slurm jobs of users without a mapped "
+            "Unix account run as {user}, ONE SHARED IDENTITY: they can read "
+            "each other's output folders and environment files (secrets "
+            "included) and cancel each other's Slurm jobs, and Slurm's "
+            "accounting and fair share see a single user",
+            user=self._server.label,
+        )
+        if self._server.uid == 0:
+            self.log.warn(
+                "--slurm-shared-account with a server running as root: those "
+                "jobs RUN AS ROOT on the compute nodes"
+            )
 
     # -- the manager's side ----------------------------------------------------
 
@@ -579,7 +725,59 @@ class SlurmExecutor:
     def outputPath(self, jobId: str, stream: str) -> str:
         return os.path.join(self._outputDir, jobId, stream)
 
-    def checkRequest(self, request: JobRequest) -> None:
+    def identityFor(self, account: Identity | None) -> Identity:
+        """
+        A mapped user's own account; for a user without one, the service
+        account if the operator allowed sharing it.
+
+        @raise Forbidden: the user has no mapped account and sharing is off
+            (dynamic identities do not exist on the compute nodes).
+        """
+        if account is not None:
+            return account
+        if self._sharedAccount:
+            return self._server
+        raise Forbidden(
+            "you have no Unix account mapped in the users file "
+            "(name:role:hash:unix-user): Slurm jobs run as their owner's "
+            "account (the operator may map one, or allow a shared account "
+            "with --slurm-shared-account)"
+        )
+
+    def ownerOf(self, job: SlurmJob) -> Identity:
+        """
+        Who acts on C{job} in Slurm: the identity it runs as. A re-attached
+        job's is looked up again from its record's C{run_as}.
+        """
+        if job.identity is None:
+            job.identity = self._identityOfRecord(job.record)
+        return job.identity
+
+    def _identityOfRecord(self, record: JobRecord) -> Identity:
+        account = record.run_as
+        if account is None or account == self._server.label:
+            return self._server
+        try:
+            return Identity.ofAccount(account)
+        except IdentityError as e:
+            self.log.warn(
+                "job {job} runs as {account}, which cannot be used now "
+                "({error}): acting on it in Slurm as {server}",
+                job=record.id,
+                account=account,
+                error=str(e),
+                server=self._server.label,
+            )
+            return self._server
+
+    def release(self, identity: Identity) -> None:
+        """Slurm identities are accounts: nothing to give back."""
+
+    def environment(self, identity: Identity) -> dict[str, str]:
+        """C{PATH}, C{LANG}, and C{HOME}, C{USER}... of C{identity}."""
+        return defaultEnvironment(identity)
+
+    def checkRequest(self, request: JobRequest, identity: Identity) -> None:
         """Everything a local job may ask is fine here (limits aside)."""
 
     def limitsFor(self, requested: Limits) -> Limits:
@@ -609,13 +807,45 @@ class SlurmExecutor:
         request: JobRequest,
         limits: Limits,
         timeout: float | None,
+        identity: Identity,
     ) -> SlurmJob:
         """Queue the job with sbatch; the record is PENDING until it runs."""
         record.status = JobStatus.PENDING
-        job = SlurmJob(self, record)
+        job = SlurmJob(self, record, identity)
         self._track(job)
-        Deferred.fromCoroutine(self._submit(job, request, limits, timeout))
+        Deferred.fromCoroutine(self._submit(job, request, limits, timeout, identity))
         return job
+
+    def _makeJobFolder(
+        self, directory: str, identity: Identity, files: dict[str, list[str]]
+    ) -> None:
+        """
+        The job's folder (0700) and its argv and env files (0600, NUL
+        separated), all owned by the job's identity: the files hold secrets,
+        which the job reads, then removes.
+        """
+        owner = None
+        if identity.uid != self._server.uid:
+            owner = (identity.uid, identity.gid)
+        os.mkdir(directory, 0o700)  # a new job id: never there before
+        os.chmod(directory, 0o700)  # whatever the umask
+        for path, items in files.items():
+            _writeNulSeparated(path, items, owner)
+        if owner is not None:
+            os.chown(directory, *owner)
+
+    def removeSecrets(self, jobId: str) -> None:
+        """Remove a job's argv and env files, if still there."""
+        for name in ("argv", "env"):
+            path = os.path.join(self.outputDir(jobId), name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.log.warn(
+                    "cannot remove {path}: {error}", path=path, error=e.strerror
+                )
 
     async def _submit(
         self,
@@ -623,20 +853,28 @@ class SlurmExecutor:
         request: JobRequest,
         limits: Limits,
         timeout: float | None,
+        identity: Identity,
     ) -> None:
         record = job.record
         directory = self.outputDir(record.id)
+        argvFile = os.path.join(directory, "argv")
+        envFile = os.path.join(directory, "env")
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            argvFile = os.path.join(directory, "argv")
-            envFile = os.path.join(directory, "env")
-            _writeNulSeparated(argvFile, [request.command, *request.args])
-            _writeNulSeparated(envFile, [f"{k}={v}" for k, v in record.env.items()])
+            self._makeJobFolder(
+                directory,
+                identity,
+                {
+                    argvFile: [request.command, *request.args],
+                    envFile: [f"{k}={v}" for k, v in record.env.items()],
+                },
+            )
         except OSError as e:
             job.refused(SlurmError(f"cannot write to {directory}: {e.strerror}"))
             return
         options = [
             f"--job-name=jobworker-{record.id}",
+            # For Slurm's administrators (one argv element: no shell splits it).
+            f"--comment=jobworker user={record.owner} job={record.id}",
             f"--output={self.outputPath(record.id, 'stdout')}",
             f"--error={self.outputPath(record.id, 'stderr')}",
             f"--chdir={directory}",
@@ -655,12 +893,15 @@ class SlurmExecutor:
             options.append(f"--partition={self._partition}")
         if self._account is not None:
             options.append(f"--account={self._account}")
-        script = [WRAPPER]
-        if request.cwd is not None:
-            script += ["-C", request.cwd]
+        cwd = request.cwd
+        if cwd is None and identity is not self._server and identity.home:
+            cwd = identity.home  # a mapped account's jobs start at home
+        script = [self._wrapper]
+        if cwd is not None:
+            script += ["-C", cwd]
         script += [argvFile, envFile]
         try:
-            slurmJobId = await self._commands.submit(options, script)
+            slurmJobId = await self._commands.submit(options, script, identity)
         except SlurmError as e:
             found = None
             if e.unreachable:
@@ -673,7 +914,7 @@ class SlurmExecutor:
                     "sbatch refused job {job}: {error}", job=record.id, error=str(e)
                 )
                 if e.unreachable:
-                    self._cancelByName(record.id)
+                    self._cancelByName(record.id, identity)
                 job.refused(e)
                 return
             slurmJobId = found
@@ -790,11 +1031,12 @@ class SlurmExecutor:
         """TERM to every process of the job, KILL (scancel) after the grace."""
         slurmJobId = job.record.slurm_job_id
         assert slurmJobId is not None
+        owner = self.ownerOf(job)
         try:
             if job.record.status is JobStatus.PENDING:
-                await self._commands.cancel(slurmJobId)
+                await self._commands.cancel(slurmJobId, owner)
                 return
-            await self._commands.signal(slurmJobId, "TERM")
+            await self._commands.signal(slurmJobId, "TERM", owner)
         except SlurmError as e:
             if e.unreachable:
                 raise ServiceUnavailable(
@@ -810,10 +1052,10 @@ class SlurmExecutor:
         except SlurmError:
             return None
 
-    def _cancelByName(self, jobId: str) -> None:
+    def _cancelByName(self, jobId: str, identity: Identity) -> None:
         async def cancel() -> None:
             try:
-                await self._commands.cancelByName(f"jobworker-{jobId}")
+                await self._commands.cancelByName(f"jobworker-{jobId}", identity)
             except SlurmError as e:
                 self.log.warn(
                     "cannot cancel a possibly queued job {job}: {error}",
@@ -828,10 +1070,11 @@ class SlurmExecutor:
         slurmJobId = job.record.slurm_job_id
         if slurmJobId is None:
             return
+        owner = self.ownerOf(job)
 
         async def cancel() -> None:
             try:
-                await self._commands.cancel(slurmJobId)
+                await self._commands.cancel(slurmJobId, owner)
             except SlurmError as e:
                 self.log.warn(
                     "scancel {slurm} failed: {error}", slurm=slurmJobId, error=str(e)
@@ -848,7 +1091,24 @@ def _byName(states: dict[str, SlurmState], jobId: str) -> str | None:
     return None
 
 
-def _writeNulSeparated(path: str, items: list[str]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _ancestors(path: str) -> list[str]:
+    """The folders above C{path}, from C{/} down."""
+    found = []
+    parent = os.path.dirname(path)
+    while parent != path:
+        found.append(parent)
+        path, parent = parent, os.path.dirname(parent)
+    return found[::-1]
+
+
+def _writeNulSeparated(
+    path: str, items: list[str], owner: tuple[int, int] | None = None
+) -> None:
+    """A new file (0600, given to C{owner} if set) of NUL-terminated items."""
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
     with os.fdopen(fd, "wb") as f:
+        if owner is not None:
+            os.fchown(fd, *owner)
         f.write(b"".join(item.encode("utf-8") + b"\0" for item in items))

@@ -13,7 +13,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -45,6 +45,7 @@ _COLUMNS = (
     "executor",
     "slurm_job_id",
     "node",
+    "run_as",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -111,10 +112,16 @@ def _migrateTo3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
 
 
+def _migrateTo4(db: sqlite3.Connection) -> None:
+    # Identities: the Unix identity each job runs as.
+    db.execute("ALTER TABLE jobs ADD COLUMN run_as TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
     _migrateTo3,
+    _migrateTo4,
 ]
 
 
@@ -146,6 +153,7 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.executor,
         record.slurm_job_id,
         record.node,
+        record.run_as,
     )
 
 
@@ -178,6 +186,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         executor=row["executor"],
         slurm_job_id=row["slurm_job_id"],
         node=row["node"],
+        run_as=row["run_as"],
     )
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -29,15 +30,26 @@ from .cgroups import Limits
 from .cgroups import detect as detectCgroups
 from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
+from .identity import (
+    DYNAMIC_UIDS,
+    DynamicUids,
+    Identities,
+    Identity,
+    IdentityError,
+    parseRange,
+    rangeClashes,
+)
+from .local import DEFAULT_TMP_SIZE, LocalExecutor
 from .manager import (
     DEFAULT_MAX_LOG_BYTES,
     ISOLATION,
     JobManager,
     JobPolicy,
     JobReactor,
-    RunAs,
 )
 from .metrics import Metrics
+from .recovery import killAll, processesOf
+from .sandbox import SandboxError
 from .slurm import SlurmExecutor
 from .store import JobStore, StoreError
 from .throttle import LoginThrottle
@@ -107,6 +119,19 @@ class Options(usage.Options):
             None,
             "Refuse, in the TLS handshake, clients without a certificate "
             "signed by --client-ca.",
+        ],
+        [
+            "allow-root-jobs",
+            None,
+            "Run the jobs of users without a mapped account as root (the "
+            "server's user). Dangerous: any Developer then owns the machine.",
+        ],
+        [
+            "slurm-shared-account",
+            None,
+            "With --executor slurm: run the jobs of users without a mapped Unix "
+            "account as the service account (this server's user), one identity "
+            "they all share (default: such users' jobs are refused, 403).",
         ],
     ]
     optParameters = [
@@ -192,7 +217,24 @@ class Options(usage.Options):
             "run-as",
             None,
             None,
-            "Run jobs as this (non-root) user: recommended in production.",
+            "Run the jobs of users without a mapped account as this one "
+            "(non-root) user: they then share it (default: a dynamic uid each).",
+        ],
+        [
+            "dynamic-uids",
+            None,
+            f"{DYNAMIC_UIDS[0]}-{DYNAMIC_UIDS[1]}",
+            "The uid range of per-job dynamic identities (no passwd or group "
+            "entry may use it).",
+            parseRange,
+        ],
+        [
+            "tmp-size",
+            None,
+            DEFAULT_TMP_SIZE,
+            "Size of each private tmpfs (/tmp, /var/tmp, /dev/shm, the "
+            "working directory) of a job that does not run as root.",
+            parseSize,
         ],
         ["max-running", None, None, "At most this many jobs run at once (429).", int],
         [
@@ -354,7 +396,7 @@ class Options(usage.Options):
         if self["executor"] == "slurm":
             if self["slurm-output-dir"] is None:
                 raise usage.UsageError("--executor slurm needs --slurm-output-dir")
-            if self["run-as"] is not None or self["isolate"]:
+            if self["run-as"] is not None or self["isolate"] or self["allow-root-jobs"]:
                 raise usage.UsageError(
                     "--run-as and --isolate are for the local executor: Slurm "
                     "runs jobs as the submitting user, isolated by its own config"
@@ -367,6 +409,15 @@ class Options(usage.Options):
             raise usage.UsageError("--max-header-bytes must be 1K..1M")
         if not 1024 <= self["max-body-bytes"] <= 64 << 20:
             raise usage.UsageError("--max-body-bytes must be 1K..64M")
+        if isinstance(self["dynamic-uids"], str):
+            try:
+                self["dynamic-uids"] = parseRange(self["dynamic-uids"])
+            except ValueError as e:
+                raise usage.UsageError(f"--dynamic-uids: {e}") from None
+        if self["run-as"] is not None and self["allow-root-jobs"]:
+            raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
+        if self["tmp-size"] < 1 << 20:
+            raise usage.UsageError("--tmp-size must be at least 1M")
         if self["max-log-bytes"] < 0:
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
@@ -559,16 +610,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             version=cgroups.version,
             limits=", ".join(sorted(cgroups.supported)),
         )
-    runAs = None
-    if config["run-as"] is not None:
-        try:
-            runAs = RunAs.lookup(config["run-as"])
-        except KeyError:
-            fatal(f"--run-as: no such user {config['run-as']!r}")
-        except ValueError as e:
-            fatal(f"--run-as: {e}")
-    elif os.getuid() == 0 and not slurm:
-        log.warn("jobs run as root: use --run-as USER in production")
+    identities = _identities(config, slurm)
     ioMax = config["max-io-bps"]
     policy = JobPolicy(
         defaults=Limits(
@@ -585,12 +627,13 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         ),
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
-        runAs=runAs,
         maxRunning=config["max-running"],
+        identities=identities,
+        tmpSize=config["tmp-size"],
     )
     metrics = Metrics()
     stateDir = config["state-dir"]
-    executor = None
+    executor: SlurmExecutor | LocalExecutor | None = None
     if slurm:
         if shutil.which("sbatch") is None:
             fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
@@ -603,11 +646,23 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
                 config["slurm-partition"],
                 config["slurm-account"],
                 config["slurm-poll"],
+                sharedAccount=config["slurm-shared-account"],
             )
         except OSError as e:
             fatal(f"cannot use --slurm-output-dir: {e.strerror}")
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        if executor is None:
+            local = LocalExecutor(
+                reactor,
+                os.path.join(stateDir, "jobs"),
+                config["stop-grace"],
+                maxLogBytes=config["max-log-bytes"],
+                cgroups=cgroups,
+                policy=policy,
+            )
+            _probeSandbox(local, identities)
+            executor = local
         store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         manager = JobManager(
             reactor,
@@ -694,6 +749,100 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         root.addService(UsersReloadService(config["users"], authenticator, reactor))
     root.addService(ListeningService(ports[0]))
     return root
+
+
+def _identities(config: Options, slurm: bool) -> Identities:
+    """Who jobs run as (see the README's threat model), said in the log."""
+    server = Identity.ofServer()
+    if server.uid != 0:
+        if config["run-as"] is not None:
+            fatal("--run-as needs the server to run as root")
+        log.warn(
+            "the server runs as {user}, not root: every user's jobs run as "
+            "{user} and share that identity (each can read the others' "
+            "environment and signal them)",
+            user=server.label,
+        )
+        return Identities(server=server)
+    if slurm:
+        return Identities(server=server)
+    if config["run-as"] is not None:
+        try:
+            shared = Identity.ofAccount(config["run-as"])
+        except IdentityError as e:
+            fatal(f"--run-as: {e}")
+        log.warn(
+            "--run-as {user}: the jobs of every user without a mapped account "
+            "share the account {user}: they can read each other's files and, "
+            "without --isolate pid, each other's environment and signal each "
+            "other",
+            user=shared.label,
+        )
+        return Identities(shared=shared, server=server)
+    if config["allow-root-jobs"]:
+        log.warn(
+            "--allow-root-jobs: the jobs of users without a mapped account RUN "
+            "AS ROOT: any Developer can read the token key and every secret "
+            "of this machine"
+        )
+        return Identities(server=server)
+    first, last = config["dynamic-uids"]
+    clashes = rangeClashes(first, last)
+    if clashes:
+        fatal(
+            f"--dynamic-uids {first}-{last} is used by {', '.join(clashes[:5])}: "
+            "choose a free range"
+        )
+    try:
+        pool = DynamicUids(first, last)
+    except OSError as e:
+        fatal(f"cannot make the dynamic uid lock folder: {e.strerror}")
+    _reclaim(pool)
+    log.info(
+        "jobs of users without a mapped account run as a dynamic uid of their "
+        "own ({first}-{last})",
+        first=first,
+        last=last,
+    )
+    return Identities(pool=pool, server=server)
+
+
+def _reclaim(pool: DynamicUids) -> None:
+    """Kill what a dead server's dynamic jobs left, then free their uids."""
+    found = pool.reclaim(processesOf, killAll)
+    for uid in found:
+        for _ in range(100):
+            if not processesOf(uid):
+                pool.release(uid)
+                break
+            time.sleep(0.01)
+        else:
+            log.warn("dynamic uid {uid} still has processes: not used", uid=uid)
+    if found:
+        log.warn("killed the leftovers of {count} dynamic uid(s)", count=len(found))
+
+
+def _probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
+    """Refuse to start if the job sandbox does not work on this machine."""
+    sandbox = executor.sandbox
+    if sandbox is None:
+        return
+    if identities.shared is not None:
+        probe = identities.shared
+    elif identities.pool is not None:
+        probe = Identity.ofDynamicUid(identities.pool.acquire())
+    else:
+        return
+    try:
+        sandbox.probe(probe)
+    except SandboxError as e:
+        fatal(
+            f"cannot sandbox jobs on this machine ({e}): jobs that do not run "
+            "as root need mount namespaces and per-mount /proc options "
+            "(Linux 5.8+)"
+        )
+    finally:
+        identities.release(probe)
 
 
 def _reason(error: CannotListenError) -> str:

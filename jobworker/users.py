@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 
 import bcrypt
 
+from .identity import Identity, IdentityError
 from .permissions import Role, User
 
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -56,11 +58,13 @@ class UserDatabase:
     @classmethod
     def fromText(cls, text: str, source: str = "users file") -> UserDatabase:
         """
-        Parse C{name:role:bcrypt-hash} lines; blank lines and C{#} comments
-        are ignored.
+        Parse C{name:role:bcrypt-hash[:unix-user]} lines; blank lines and
+        C{#} comments are ignored. The optional fourth field is the Unix
+        account the user's jobs run as.
 
-        @raise UsersFileError: on a malformed line, unknown role, bad hash or
-            duplicate name.
+        @raise UsersFileError: on a malformed line, unknown role, bad hash,
+            duplicate name, or an account that does not exist, is root, or
+            that this server cannot switch to.
         """
         entries: list[UserEntry] = []
         seen: set[str] = set()
@@ -72,9 +76,12 @@ class UserDatabase:
                 continue
             where = f"{source}, line {number}"
             parts = line.split(":")
-            if len(parts) != 3:
-                raise UsersFileError(f"{where}: expected name:role:bcrypt-hash")
-            name, roleName, hashText = parts
+            if len(parts) not in (3, 4):
+                raise UsersFileError(
+                    f"{where}: expected name:role:bcrypt-hash[:unix-user]"
+                )
+            name, roleName, hashText = parts[:3]
+            account = _account(parts[3], where) if len(parts) == 4 else None
             if not USER_NAME.fullmatch(name):
                 raise UsersFileError(f"{where}: invalid user name {name!r}")
             if name in seen:
@@ -90,13 +97,23 @@ class UserDatabase:
             costs[int(match.group(1))] += 1
             seen.add(name)
             entries.append(
-                UserEntry(User(name, roles[roleName]), hashText.encode("ascii"))
+                UserEntry(
+                    User(name, roles[roleName], account), hashText.encode("ascii")
+                )
             )
         if not entries:
             raise UsersFileError(f"{source}: no users defined")
         cost = costs.most_common(1)[0][0]
         dummy = bcrypt.hashpw(b"jobworker-no-such-user", bcrypt.gensalt(cost))
         return cls(entries, dummy)
+
+    def accounts(self) -> dict[str, str]:
+        """The mapped users and the Unix account of each."""
+        return {
+            name: entry.user.account.label
+            for name, entry in self._entries.items()
+            if entry.user.account is not None
+        }
 
     @classmethod
     def fromFile(cls, path: str) -> UserDatabase:
@@ -113,3 +130,18 @@ class UserDatabase:
     def development(cls) -> UserDatabase:
         """The four public development users (see the README)."""
         return cls.fromText(DEVELOPMENT_USERS, source="development users")
+
+
+def _account(text: str, where: str) -> Identity:
+    """The fourth field of a users file line: a Unix account to run jobs as."""
+    if not text:
+        raise UsersFileError(f"{where}: empty Unix account (omit the field)")
+    try:
+        account = Identity.ofAccount(text)
+    except IdentityError as e:
+        raise UsersFileError(f"{where}: {e}") from None
+    if os.getuid() not in (0, account.uid):
+        raise UsersFileError(
+            f"{where}: cannot run jobs as {text!r}: the server is not root"
+        )
+    return account

@@ -13,6 +13,10 @@ state=${JW_SLURM_STATE:-/tmp/jobworker-slurm-ci}
 log="$state.up.log"
 if SLURM_MESSAGE_TIMEOUT=2 bash slurm-ci/up.sh "$state" >"$log" 2>&1; then
     export SLURM_CONF="$state/slurm.conf" JW_SLURM_CI_STATE="$state"
+    # The tests' --slurm-output-dir: below folders the test accounts
+    # (jwalice, jwbob) can traverse, wherever this checkout lives.
+    export JW_SLURM_OUTPUT="$state/output"
+    install -d -m 0755 "$JW_SLURM_OUTPUT"
     started=yes
 elif ! command -v slurmctld >/dev/null 2>&1; then
     export JW_SLURM_UNAVAILABLE="Slurm could not be installed here ($(tail -n 1 "$log"))"

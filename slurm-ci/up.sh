@@ -17,6 +17,8 @@
 # SLURM_MIN_JOB_AGE (s, default 600: finished jobs stay visible to squeue/scontrol that long),
 # SLURM_CI_CGROUP=1: use proctrack/cgroup + task/cgroup (cgroup v1) so --mem
 # is enforced and OUT_OF_MEMORY can happen (default: pgid/none, no cgroups).
+# SLURM_CI_ACCOUNTS (default "jwalice jwbob"): Unix accounts (with homes)
+# created if missing, that the tests map jobworker users to.
 set -euo pipefail
 
 die() { echo "up.sh: ERROR: $*" >&2; exit 1; }
@@ -24,6 +26,8 @@ log() { echo "up.sh: $*" >&2; }
 
 [ $# -eq 1 ] || die "usage: $0 STATE_DIR"
 mkdir -p "$1"
+# Readable by the test accounts, whose sbatch and squeue read slurm.conf.
+chmod 0755 "$1"
 STATE_DIR=$(cd "$1" && pwd -P)
 CONF="$STATE_DIR/slurm.conf"
 TIMEOUT=${SLURM_UP_TIMEOUT:-60}
@@ -71,6 +75,17 @@ if ! munge_ok; then
     for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
     munge_ok || die "munged started but 'munge -n | unmunge' fails"
 fi
+
+# ---------------------------------------------------------------- accounts
+# Jobs run as their owner's account: two of them, so tests can check that
+# one cannot read or cancel the other's jobs.
+for account in ${SLURM_CI_ACCOUNTS-jwalice jwbob}; do
+    if ! getent passwd "$account" >/dev/null; then
+        log "creating account $account"
+        useradd --create-home --shell /bin/bash "$account" >&2 \
+            || die "useradd $account failed"
+    fi
+done
 
 # ---------------------------------------------------------------- config
 NODE=$(hostname -s)
@@ -162,6 +177,7 @@ else
     fi
     printf '%s\n' "$NEW_CONF" > "$CONF.tmp" && mv "$CONF.tmp" "$CONF"
 fi
+chmod 0644 "$CONF"
 export SLURM_CONF="$CONF"
 
 # ---------------------------------------------------------------- daemons

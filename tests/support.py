@@ -29,6 +29,9 @@ BIN = os.path.dirname(sys.executable)
 JW = os.path.join(BIN, "jw")
 TWISTD = os.path.join(BIN, "twistd")
 
+#: A dynamic uid range that no account of the test machines uses.
+FREE_UIDS = "70000-71999"
+
 #: The development users (see README) by role.
 PASSWORDS = {
     "alice": "alice-pass",
@@ -60,6 +63,12 @@ class LiveServer:
         stateDir: str | None = None,
     ) -> None:
         self.stateDir = stateDir or os.path.abspath(testCase.mktemp())
+        if not any(
+            option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
+            for option in extra
+        ):
+            # Debian's slurm package puts its account in the default range.
+            extra = (f"--dynamic-uids={FREE_UIDS}", *extra)
         options = Options()
         options.parseOptions(
             [
@@ -211,3 +220,14 @@ def rssKiB(pid: int) -> int:
 def runSync(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """Run a short command synchronously (for twistd --help and the like)."""
     return subprocess.run(argv, capture_output=True, timeout=60, check=False, **kwargs)
+
+
+def sharedPath(testCase: TestCase) -> str:
+    """
+    A fresh path in a folder every job may read and write (mode 1777): on a
+    root server jobs run as a dynamic uid of their own, which cannot enter
+    the test's private (0700) temporary folders.
+    """
+    path = os.path.realpath(testCase.mktemp())
+    os.chmod(os.path.dirname(path), 0o1777)  # noqa: S103 (jobs of any uid)
+    return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -89,9 +88,7 @@ class APITestCase(SynchronousTestCase):
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
         self.killer = GroupKiller()
-        self.manager = JobManager(
-            self.reactor, os.path.abspath(self.mktemp()), GRACE, self.killer
-        )
+        self.manager = JobManager(self.reactor, self.mktemp(), GRACE, self.killer)
         self.addCleanup(self.manager.close)
         self.authenticator = Authenticator(
             makePortal(DEVELOPMENT_USERS, syncRunner),

@@ -18,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from .support import CA, JW, LiveServer, jwEnvironment, runJW
+from .support import CA, JW, LiveServer, jwEnvironment, runJW, sharedPath
 
 #: Every key of the API's job object that the brief names.
 JOB_KEYS = {
@@ -247,7 +247,7 @@ class ExecTests(CLITestCase):
     async def test_followCwdMissing(self) -> None:
         """A working directory that does not exist exits 127 with one line."""
         server = LiveServer(self)
-        missing = os.path.abspath(self.mktemp())
+        missing = sharedPath(self)
         out, err, code = await runJW(
             server.url, "exec", "--follow", "--cwd", missing, "--", "pwd"
         )
@@ -277,7 +277,7 @@ class ExecTests(CLITestCase):
     async def test_cwdIsUsed(self) -> None:
         """--cwd DIR runs the job in DIR."""
         server = LiveServer(self)
-        directory = os.path.realpath(self.mktemp())
+        directory = sharedPath(self)
         os.makedirs(directory)
         out, err, code = await runJW(
             server.url, "exec", "--follow", "--cwd", directory, "--", "pwd"
@@ -461,7 +461,7 @@ class LogsTests(CLITestCase):
     async def test_logsFollowStreamsUntilEnd(self) -> None:
         """jw logs --follow streams output as it comes and exits 0 at the end."""
         server = LiveServer(self)
-        flag = os.path.abspath(self.mktemp())
+        flag = sharedPath(self)
         jobId = await self.execId(
             server,
             "sh",
@@ -550,7 +550,7 @@ class FailureTests(CLITestCase):
     async def test_untrustedCertificate(self) -> None:
         """A CA that did not sign the server's certificate is refused."""
         server = LiveServer(self)
-        directory = os.path.abspath(self.mktemp())
+        directory = sharedPath(self)
         os.makedirs(directory)
         ca = os.path.join(directory, "ca.pem")
         _out, err, code = await runProcess(
@@ -583,14 +583,14 @@ class FailureTests(CLITestCase):
     async def test_missingCAFile(self) -> None:
         """A CA file that does not exist is a one-line error naming it."""
         server = LiveServer(self)
-        missing = os.path.abspath(self.mktemp())
+        missing = sharedPath(self)
         result = await runJW(server.url, "list", JW_CA=missing)
         self.assertOneLineFailure(result, missing.encode())
 
     async def test_garbageCAFile(self) -> None:
         """A CA file that holds no certificate is a one-line error."""
         server = LiveServer(self)
-        garbage = os.path.abspath(self.mktemp())
+        garbage = sharedPath(self)
         with open(garbage, "wb") as f:
             f.write(b"this is not a certificate\n")
         result = await runJW(server.url, "list", JW_CA=garbage)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.spool import tailOffset
 from jobworker.sse import EventStream, frame, parseLastEventId, payload
 
-from .support import LiveServer, basic, runJW, sleep
+from .support import LiveServer, basic, runJW, sharedPath, sleep
 
 
 def parseEvents(body: bytes) -> list[dict[str, Any]]:
@@ -133,7 +133,7 @@ class LiveContractTests(TestCase):
     async def test_sseStreamAndEnd(self) -> None:
         """SSE: chunks with stream:offset ids, base64 for binary, a final end."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         job = await server.createJob(
             "sh",
             "-c",
@@ -218,7 +218,7 @@ class LiveContractTests(TestCase):
     async def test_waitLongPoll(self) -> None:
         """?wait returns when the job ends, or when the wait passes."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         job = await server.createJob(
             "sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.02; done', "sh", go
         )
@@ -250,7 +250,7 @@ class LiveContractTests(TestCase):
     async def test_jwWaitAndTail(self) -> None:
         """jw wait exits with the job's status (124 on timeout); jw logs --tail."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         job = await server.createJob(
             "sh",
             "-c",

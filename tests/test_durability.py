@@ -21,11 +21,13 @@ from jobworker.validation import JobRequest
 
 from .support import (
     CERT,
+    FREE_UIDS,
     KEY,
     TWISTD,
     LiveServer,
     jwEnvironment,
     processAlive,
+    sharedPath,
     sleep,
 )
 
@@ -36,7 +38,8 @@ class RestartTests(TestCase):
     async def test_gracefulRestartKeepsEverything(self) -> None:
         """Stop the server, start it on the same state dir: jobs and output intact."""
         first = LiveServer(self, grace=1.0)
-        source = os.path.join(first.stateDir, "binary.dat")
+        # Not in the state dir: no job may read that.
+        source = sharedPath(self)
         with open(source, "wb") as f:
             f.write(BINARY)
         done = await first.createJob("cat", source)
@@ -80,6 +83,7 @@ def twistdCommand(stateDir: str) -> list[str]:
         f"--key={KEY}",
         f"--state-dir={stateDir}",
         "--stop-grace=1",
+        f"--dynamic-uids={FREE_UIDS}",
     ]
 
 
@@ -135,8 +139,8 @@ class CrashRecoveryTests(TestCase):
         After SIGKILL of the server, the restarted server marks running jobs
         FAILED (worker restarted), kills what was left of them, keeps output.
         """
-        stateDir = os.path.abspath(self.mktemp())
-        logPath = os.path.abspath(self.mktemp())
+        stateDir = sharedPath(self)
+        logPath = sharedPath(self)
         server = startTwistd(self, stateDir, logPath)
         port = await listeningPort(logPath)
         out, err, code = await jw(
@@ -180,7 +184,7 @@ class CrashRecoveryTests(TestCase):
 
     async def test_corruptStateRefused(self) -> None:
         """A state dir whose store is garbage: a one-line error, file untouched."""
-        stateDir = os.path.abspath(self.mktemp())
+        stateDir = sharedPath(self)
         os.makedirs(stateDir)
         storePath = os.path.join(stateDir, "jobs.sqlite3")
         garbage = b"garbage, not a database\n" * 100

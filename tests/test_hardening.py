@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from jobworker.tap import Options, makeService
 
-from .support import CERT, JW, KEY, LiveServer, basic, jwEnvironment, sleep
+from .support import CERT, FREE_UIDS, JW, KEY, LiveServer, basic, jwEnvironment, sleep
 
 
 class HardeningTests(TestCase):
@@ -72,6 +72,7 @@ class HardeningTests(TestCase):
                 f"--cert={CERT}",
                 f"--key={KEY}",
                 f"--state-dir={first.stateDir}",
+                f"--dynamic-uids={FREE_UIDS}",
             ]
         )
         errors = io.StringIO()

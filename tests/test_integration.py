@@ -39,6 +39,7 @@ from .support import (
     groupMembers,
     processAlive,
     runSync,
+    sharedPath,
     sleep,
 )
 
@@ -560,7 +561,7 @@ class StopTests(TestCase):
         """A leftover ignoring SIGTERM (output redirected) is SIGKILLed after grace."""
         grace = 1.0
         server = LiveServer(self, grace=grace)
-        ready = os.path.abspath(self.mktemp())
+        ready = sharedPath(self)
         # The main process exits only once the leftover ignores SIGTERM.
         script = (
             '(trap "" TERM; : >"$1"; exec sleep 300) >/dev/null 2>&1 & echo $!; '
@@ -590,7 +591,7 @@ class StopTests(TestCase):
         """A TERM-ignoring leftover holding stdout is killed; the job COMPLETES."""
         grace = 1.0
         server = LiveServer(self, grace=grace)
-        ready = os.path.abspath(self.mktemp())
+        ready = sharedPath(self)
         script = (
             '(trap "" TERM; echo child-said-hi; : >"$1"; exec sleep 300) & '
             'echo $!; while [ ! -e "$1" ]; do sleep 0.01; done'
@@ -660,7 +661,7 @@ class OutputTests(TestCase):
     """Output is spooled byte for byte and served to any number of readers."""
 
     def writeFile(self, data: bytes) -> str:
-        path = os.path.abspath(self.mktemp())
+        path = sharedPath(self)
         with open(path, "wb") as f:
             f.write(data)
         return path
@@ -730,7 +731,7 @@ class OutputTests(TestCase):
     async def test_concurrentAndLateFollowersGetIdenticalOutput(self) -> None:
         """Five concurrent followers and a late one all get every byte, then end."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         script = (
             'echo start; while [ ! -e "$1" ]; do sleep 0.02; done; i=0; '
             'while [ $i -lt 20 ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done'
@@ -778,7 +779,7 @@ class OutputTests(TestCase):
     async def test_followerGetsHeadersBeforeAnyOutput(self) -> None:
         """A follower of a silent running job gets its 200 and headers at once."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         script = 'while [ ! -e "$1" ]; do sleep 0.02; done; echo done'
         job = await server.createJob("sh", "-c", script, "sh", go)
         cleanUpGroup(self, job["pid"])
@@ -812,7 +813,7 @@ class OutputTests(TestCase):
     async def test_followerDisconnectIsClean(self) -> None:
         """A follower that hangs up mid-stream leaves no error and harms no one."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         script = 'echo first; while [ ! -e "$1" ]; do sleep 0.02; done; echo second'
         job = await server.createJob("sh", "-c", script, "sh", go)
         cleanUpGroup(self, job["pid"])
@@ -840,7 +841,7 @@ class OutputTests(TestCase):
     async def test_followerFromOffsetWhileRunning(self) -> None:
         """A follower joining mid-run at an offset gets exactly the rest."""
         server = LiveServer(self)
-        go = os.path.abspath(self.mktemp())
+        go = sharedPath(self)
         script = 'echo first; while [ ! -e "$1" ]; do sleep 0.02; done; echo second'
         job = await server.createJob("sh", "-c", script, "sh", go)
         cleanUpGroup(self, job["pid"])
@@ -876,16 +877,21 @@ class EnvironmentTests(TestCase):
         self.assertIn("/bin", seen["PATH"].split(":"))
         for name, value in requestEnv.items():
             self.assertEqual(seen.get(name), value, name)
-        allowed = {"PATH", "LANG", "HOME", *requestEnv}
+        # The job's identity (USER, LOGNAME, SHELL), and PWD: its own folder.
+        identity = {"USER", "LOGNAME", "SHELL", "PWD"}
+        allowed = {"PATH", "LANG", "HOME", *identity, *requestEnv}
         leaked = sorted(n for n in os.environ if n in seen and n not in allowed)
         self.assertEqual(leaked, [])
+        if "PWD" in seen:
+            self.assertNotEqual(seen["PWD"], os.getcwd())
+            self.assertNotEqual(seen["PWD"], os.environ.get("PWD"))
         # The environment may hold secrets: the API never shows it.
         self.assertNotIn("env", ended)
 
     async def test_cwdIsUsed(self) -> None:
         """A job with cwd set runs in that directory."""
         server = LiveServer(self)
-        directory = os.path.abspath(self.mktemp()) + " with space"
+        directory = sharedPath(self) + " with space"
         os.makedirs(directory)
         job = await server.createJob("pwd", cwd=directory)
         self.assertEqual(job["cwd"], directory)
@@ -897,7 +903,7 @@ class EnvironmentTests(TestCase):
     async def test_badCwdFails(self) -> None:
         """A cwd that does not exist gives a FAILED job (201) with a clear error."""
         server = LiveServer(self)
-        missing = os.path.abspath(self.mktemp())
+        missing = sharedPath(self)
         job = await server.createJob("pwd", cwd=missing)
         for record in (job, (await server.json("GET", f"/jobs/{job['id']}"))[1]):
             self.assertEqual(record["status"], "FAILED")
@@ -921,7 +927,7 @@ class EnvironmentTests(TestCase):
     async def test_missingCommandPathFails(self) -> None:
         """A command path that does not exist gives a FAILED job with a clear error."""
         server = LiveServer(self)
-        missing = os.path.abspath(self.mktemp())
+        missing = sharedPath(self)
         job = await server.createJob(missing)
         self.assertEqual(job["status"], "FAILED")
         self.assertIsNone(job["exit_code"])
@@ -977,7 +983,7 @@ class TLSTests(TestCase):
     async def test_clientTrustingOtherCARefused(self) -> None:
         """A client that trusts a different CA refuses the server's certificate."""
         openssl = self.openssl()
-        directory = os.path.abspath(self.mktemp())
+        directory = sharedPath(self)
         os.makedirs(directory)
         otherCA = os.path.join(directory, "other-ca.pem")
         result = runSync(

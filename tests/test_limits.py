@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from jobworker import cgroups
 
-from .support import CERT, KEY, LiveServer, processAlive, sleep
+from .support import CERT, KEY, LiveServer, processAlive, sharedPath, sleep
 
 
 def requireCgroups() -> cgroups.Cgroups:
@@ -275,7 +275,7 @@ class IsolationTests(TestCase):
             nobody = pwd.getpwnam("nobody")
         except KeyError:
             raise SkipTest("no 'nobody' user") from None
-        secret = os.path.abspath(self.mktemp())
+        secret = sharedPath(self)
         shutil.copy(KEY, secret)
         os.chmod(secret, 0o600)
         server = LiveServer(self, "--run-as=nobody")
@@ -307,4 +307,4 @@ class IsolationTests(TestCase):
         errors = io.StringIO()
         self.patch(sys, "stderr", errors)
         self.assertRaises(SystemExit, makeService, options)
-        self.assertIn("must not run as root", errors.getvalue())
+        self.assertIn("jobs must not be", errors.getvalue())

@@ -91,6 +91,10 @@ class ManagerTestCase(SynchronousTestCase):
         self.assertEqual(self.manager.record(record.id).toJSON(), record.toJSON())
 
 
+#: The variables every job starts with.
+IDENTITY_ENV = {"PATH", "LANG", "HOME", "USER", "LOGNAME", "SHELL"}
+
+
 class CreateTests(ManagerTestCase):
     """create(): how a job's process is spawned."""
 
@@ -119,15 +123,20 @@ class CreateTests(ManagerTestCase):
         self.assertIsNone(self.reactor.spawned[0].path)
 
     def test_envIsDefaultPlusRequest(self) -> None:
-        """env is exactly PATH, LANG and HOME plus the request's variables."""
+        """env is exactly PATH, LANG, and HOME, USER, LOGNAME, SHELL of the
+        job's identity (here the server's user), plus the request's variables."""
         self.manager.create(request(env={"GREETING": "hi", "EMPTY": ""}), "alice")
         [spawned] = self.reactor.spawned
+        entry = pwd.getpwuid(os.getuid())
         self.assertEqual(
             spawned.env,
             {
                 "PATH": DEFAULT_PATH,
                 "LANG": "C.UTF-8",
-                "HOME": pwd.getpwuid(os.getuid()).pw_dir,
+                "HOME": entry.pw_dir,
+                "USER": entry.pw_name,
+                "LOGNAME": entry.pw_name,
+                "SHELL": entry.pw_shell,
                 "GREETING": "hi",
                 "EMPTY": "",
             },
@@ -140,7 +149,7 @@ class CreateTests(ManagerTestCase):
         [spawned] = self.reactor.spawned
         assert spawned.env is not None
         self.assertNotIn(MARKER, spawned.env)
-        self.assertEqual(set(spawned.env), {"PATH", "LANG", "HOME"})
+        self.assertEqual(set(spawned.env), IDENTITY_ENV)
         self.assertNotIn(MARKER, record.env)
 
     def test_requestEnvOverridesDefaults(self) -> None:
@@ -154,8 +163,8 @@ class CreateTests(ManagerTestCase):
         self.assertEqual(env["LANG"], "C")
 
     def test_defaultEnvironment(self) -> None:
-        """defaultEnvironment() is PATH, LANG and HOME only."""
-        self.assertEqual(set(defaultEnvironment()), {"PATH", "LANG", "HOME"})
+        """defaultEnvironment() is PATH, LANG and the identity's four only."""
+        self.assertEqual(set(defaultEnvironment()), IDENTITY_ENV)
 
     def test_recordRunning(self) -> None:
         """A spawned job is RUNNING with its owner, pid and start time."""

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.throttle import LoginThrottle
 
-from .support import LiveServer, basic, sleep
+from .support import LiveServer, basic, sharedPath, sleep
 
 
 class ThrottleTests(SynchronousTestCase):
@@ -181,7 +181,7 @@ class UsersReloadTests(TestCase):
 
         import bcrypt
 
-        path = os.path.abspath(self.mktemp())
+        path = sharedPath(self)
 
         def line(name: str, role: str) -> str:
             hashed = bcrypt.hashpw(f"{name}-pass".encode(), bcrypt.gensalt(4))

@@ -4,23 +4,74 @@ The Slurm executor against a real one-node Slurm cluster (slurm-ci/up.sh).
 Run by the C{slurm} tox environment (C{slurm-ci/run-tests.sh}), which starts
 munge, slurmctld and slurmd on loopback and sets C{SLURM_CONF} and
 C{JW_SLURM_CI_STATE}. Without them every test is skipped, saying why.
+
+Its users file maps alice and bob to the cluster's Unix accounts C{jwalice}
+and C{jwbob} (made by up.sh); ada (Admin) and rita (Reader) have none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import re
+import shutil
+import stat
 import subprocess
+import tempfile
 from typing import Any
 
 import treq
 from twisted.trial.unittest import SkipTest, TestCase
 
+from jobworker.users import DEVELOPMENT_USERS
+
 from .support import ROOT, LiveServer, sleep
 
 STATE = os.environ.get("JW_SLURM_CI_STATE")
 UNAVAILABLE = os.environ.get("JW_SLURM_UNAVAILABLE")
+#: Where the tests' --slurm-output-dir folders go: below folders the test
+#: accounts can traverse (run-tests.sh makes it), wherever the checkout is.
+OUTPUT = os.environ.get("JW_SLURM_OUTPUT")
+
+#: The Unix accounts of the mapped users.
+ACCOUNTS = {"alice": "jwalice", "bob": "jwbob"}
+
+
+def mappedUsers(path: str) -> str:
+    """Write the development users, alice and bob mapped to their accounts."""
+    lines = []
+    for line in DEVELOPMENT_USERS.splitlines():
+        name = line.split(":", 1)[0]
+        lines.append(f"{line}:{ACCOUNTS[name]}" if name in ACCOUNTS else line)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def squeueJobs() -> dict[str, dict[str, Any]]:
+    """Every job Slurm knows, as C{squeue --json} describes it, by id."""
+    out = subprocess.run(
+        ["squeue", "--json", "--states=all"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {str(job["job_id"]): job for job in json.loads(out)["jobs"]}
+
+
+def killRequests(slurmJobId: str) -> list[int]:
+    """The uids slurmctld logged a kill (scancel) request of the job from."""
+    assert STATE is not None
+    with open(os.path.join(STATE, "log", "slurmctld.log"), encoding="utf-8") as f:
+        return [
+            int(uid)
+            for job, uid in re.findall(
+                r"REQUEST_KILL_JOB JobId=(\d+) uid (\d+)", f.read()
+            )
+            if job == slurmJobId
+        ]
 
 
 def slurmScript(name: str, *args: str) -> None:
@@ -58,18 +109,38 @@ class SlurmTests(TestCase):
             )
             print(f"\nSKIPPED Slurm integration tests: {reason}")
             raise SkipTest(reason)
-        self.outputDir = os.path.abspath(self.mktemp())
+        if OUTPUT is not None:
+            self.outputDir = tempfile.mkdtemp(dir=OUTPUT)
+            self.addCleanup(shutil.rmtree, self.outputDir, True)
+        else:
+            self.outputDir = os.path.abspath(self.mktemp())
         self.stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(self.stateDir)
+        self.users = mappedUsers(os.path.join(self.stateDir, "users"))
 
-    def server(self) -> LiveServer:
+    def server(self, *extra: str) -> LiveServer:
         return LiveServer(
             self,
             "--executor=slurm",
             f"--slurm-output-dir={self.outputDir}",
             "--slurm-poll=0.5",
+            f"--users={self.users}",
+            *extra,
             grace=2.0,
             stateDir=self.stateDir,
         )
+
+    async def printed(self, jobId: str, lines: int, timeout: float = 60.0) -> str:
+        """What the (running) job has printed once it is C{lines} lines."""
+        path = os.path.join(self.outputDir, jobId, "stdout")
+        text = ""
+        for _ in range(int(timeout / 0.1)):
+            with contextlib.suppress(FileNotFoundError), open(path) as f:
+                text = f.read()
+            if text.count("\n") >= lines:
+                return text
+            await sleep(0.1)
+        raise AssertionError(f"job {jobId} printed only {text!r}")
 
     async def waitFor(
         self,
@@ -86,12 +157,15 @@ class SlurmTests(TestCase):
             await sleep(0.25)
         raise AssertionError(f"job {jobId} never reached {statuses}: {job}")
 
-    async def output(self, server: LiveServer, jobId: str, stream: str) -> bytes:
+    async def output(
+        self, server: LiveServer, jobId: str, stream: str, user: str = "alice"
+    ) -> bytes:
         response = await server.request(
-            "GET", f"/jobs/{jobId}/logs?stream={stream}&follow=true"
+            "GET", f"/jobs/{jobId}/logs?stream={stream}&follow=true", user
         )
-        self.assertEqual(response.code, 200)
-        return await treq.content(response)  # type: ignore[no-any-return]
+        content: bytes = await treq.content(response)
+        self.assertEqual(response.code, 200, content)
+        return content
 
     async def test_pendingRunningCompleted(self) -> None:
         """A job queued behind one holding every CPU: PENDING, RUNNING, COMPLETED."""
@@ -207,3 +281,131 @@ class SlurmTests(TestCase):
         final = await self.waitFor(server, again["id"], ("COMPLETED", "FAILED"))
         self.assertEqual(final["status"], "COMPLETED")
         self.assertEqual(json.loads(json.dumps(final))["executor"], "slurm")
+
+    async def test_jobsRunAsTheirOwners(self) -> None:
+        """
+        alice's job is jwalice's in Slurm (squeue, the comment, the process,
+        its home, its folder), bob's jwbob's; the argv and env files are gone
+        once the job runs, and the stop is asked by the owner's uid.
+        """
+        server = self.server()
+        script = "id -un; pwd; echo $HOME; sleep 60"
+        jobs = {
+            user: await server.createJob(
+                "sh", "-c", script, user=user, env={"TOKEN": "s3cret"}
+            )
+            for user in ACCOUNTS
+        }
+        for user, job in jobs.items():
+            account = pwd.getpwnam(ACCOUNTS[user])
+            self.assertEqual(job["run_as"], account.pw_name)
+            await self.waitFor(server, job["id"], ("RUNNING",))
+            printed = await self.printed(job["id"], 3)
+            home = account.pw_dir
+            self.assertEqual(printed, f"{account.pw_name}\n{home}\n{home}\n")
+            folder = os.path.join(self.outputDir, job["id"])
+            self.assertEqual(sorted(os.listdir(folder)), ["stderr", "stdout"])
+            st = os.stat(folder)
+            self.assertEqual((st.st_uid, st.st_gid), (account.pw_uid, account.pw_gid))
+            self.assertEqual(stat.S_IMODE(st.st_mode), 0o700)
+            slurm = squeueJobs()[job["slurm_job_id"]]
+            self.assertEqual(slurm["user_name"], account.pw_name)
+            self.assertEqual(slurm["comment"], f"jobworker user={user} job={job['id']}")
+        self.assertEqual(stat.S_IMODE(os.stat(self.outputDir).st_mode), 0o711)
+        listed = subprocess.run(
+            ["squeue", "-h", "-u", "jwalice", "-o", "%i"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        self.assertIn(jobs["alice"]["slurm_job_id"], listed)
+        self.assertNotIn(jobs["bob"]["slurm_job_id"], listed)
+        for user, job in jobs.items():
+            code, final = await server.json("POST", f"/jobs/{job['id']}/stop", user)
+            self.assertEqual((code, final["status"]), (200, "STOPPED"), final)
+            uid = pwd.getpwnam(ACCOUNTS[user]).pw_uid
+            self.assertEqual(set(killRequests(job["slurm_job_id"])), {uid})
+
+    async def test_bobCannotTouchAlicesJob(self) -> None:
+        """
+        bob's job can neither list nor read alice's output folder, nor cancel
+        or signal her Slurm job: she keeps running until she stops it.
+        """
+        server = self.server()
+        alices = await server.createJob(
+            "sh", "-c", "echo alice-secret; sleep 60", env={"DB_PASSWORD": "hunter2"}
+        )
+        await self.waitFor(server, alices["id"], ("RUNNING",))
+        await self.printed(alices["id"], 1)
+        folder = os.path.join(self.outputDir, alices["id"])
+        attack = (
+            'ls "$1"; echo "ls=$?"; cat "$1/stdout"; echo "cat=$?"; '
+            'scancel "$2"; echo "scancel=$?"; '
+            'scancel --full --signal=KILL "$2"; echo "signal=$?"'
+        )
+        bobs = await server.createJob(
+            "sh",
+            "-c",
+            attack,
+            "attack",
+            folder,
+            alices["slurm_job_id"],
+            user="bob",
+            env={"SLURM_CONF": os.environ["SLURM_CONF"]},
+        )
+        final = await self.waitFor(server, bobs["id"], ("COMPLETED", "FAILED"))
+        self.assertEqual(final["status"], "COMPLETED", final)
+        out = (await self.output(server, bobs["id"], "stdout", "bob")).decode()
+        self.assertNotIn("alice-secret", out)
+        results = dict(line.split("=") for line in out.split())
+        self.assertEqual(sorted(results), ["cat", "ls", "scancel", "signal"])
+        for what, code in results.items():
+            self.assertNotEqual(code, "0", (what, out))
+        err = (await self.output(server, bobs["id"], "stderr", "bob")).decode()
+        self.assertIn("Permission denied", err)
+        self.assertIn("Access/permission denied", err)
+        await sleep(1.0)  # a poll or two: alice's job would be seen gone
+        code, still = await server.json("GET", f"/jobs/{alices['id']}")
+        self.assertEqual(still["status"], "RUNNING", still)
+        self.assertEqual(squeueJobs()[alices["slurm_job_id"]]["job_state"], "RUNNING")
+        code, stopped = await server.json("POST", f"/jobs/{alices['id']}/stop")
+        self.assertEqual((code, stopped["status"]), (200, "STOPPED"), stopped)
+        self.assertEqual(stopped["stopped_by"], "alice")
+
+    async def test_unmappedRefused(self) -> None:
+        """A user without a mapped account may not run Slurm jobs: 403, why."""
+        server = self.server()
+        code, body = await server.json("POST", "/jobs", "ada", {"command": "true"})
+        self.assertEqual(code, 403, body)
+        self.assertIn("no Unix account mapped in the users file", body["error"])
+        code, listing = await server.json("GET", "/jobs", "ada")
+        self.assertEqual(listing["jobs"], [])
+
+    async def test_sharedAccount(self) -> None:
+        """
+        --slurm-shared-account: the unmapped run as the service account
+        (this server's user); the mapped still as their own.
+        """
+        server = self.server("--slurm-shared-account")
+        me = pwd.getpwuid(os.getuid()).pw_name
+        ada = await server.createJob("id", "-un", user="ada")
+        self.assertEqual(ada["run_as"], me)
+        alice = await server.createJob("id", "-un")
+        for user, job, account in (("ada", ada, me), ("alice", alice, "jwalice")):
+            final = await self.waitFor(server, job["id"], ("COMPLETED", "FAILED"))
+            self.assertEqual(final["status"], "COMPLETED", final)
+            out = await self.output(server, job["id"], "stdout", user)
+            self.assertEqual(out.decode(), f"{account}\n")
+
+    async def test_recoveredJobStoppedAsItsOwner(self) -> None:
+        """After a restart, a job is still stopped (scancel) as its account."""
+        server = self.server()
+        job = await server.createJob("sleep", "60")
+        await self.waitFor(server, job["id"], ("RUNNING",))
+        await server.stop()
+        server = self.server()
+        code, final = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual((code, final["status"]), (200, "STOPPED"), final)
+        self.assertEqual(final["run_as"], "jwalice")
+        uid = pwd.getpwnam("jwalice").pw_uid
+        self.assertEqual(set(killRequests(job["slurm_job_id"])), {uid})

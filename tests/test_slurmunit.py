@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.cgroups import Limits
-from jobworker.errors import BadRequest, ServiceUnavailable
+from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
+from jobworker.identity import Identity
 from jobworker.local import JobPolicy
 from jobworker.manager import JobManager
 from jobworker.records import JobStatus
-from jobworker.slurm import SlurmError, SlurmExecutor, SlurmState, parseJobs
+from jobworker.sandbox import SETPRIV
+from jobworker.slurm import (
+    SECRETS_GRACE,
+    WRAPPER,
+    SlurmCommands,
+    SlurmError,
+    SlurmExecutor,
+    SlurmState,
+    parseJobs,
+)
 
 from .fakes import FakeProcessReactor
 from .test_manager import request
@@ -114,19 +126,36 @@ class ParseTests(SynchronousTestCase):
         self.assertRaises(ValueError, parseJobs, "No jobs in the system")
 
 
+#: A mapped account (users file, fourth field) that need not exist.
+ALICE = Identity(  # noqa: S604 (a login shell, not a subprocess flag)
+    uid=4242,
+    gid=4243,
+    groups=(27, 100),
+    name="jwalice",
+    home="/home/jwalice",
+    shell="/bin/bash",
+    label="jwalice",
+)
+
+
 class FakeCommands:
-    """Slurm's commands, answered by the test."""
+    """Slurm's commands, answered by the test; who each was run as is kept."""
 
     def __init__(self) -> None:
         self.submissions: list[tuple[list[str], list[str], Deferred[str]]] = []
         self.polls: list[Deferred[dict[str, SlurmState]]] = []
         self.signals: list[tuple[str, str]] = []
         self.cancels: list[str] = []
+        #: (command, job id or name, identity) of each command on one job.
+        self.actors: list[tuple[str, str, Identity | None]] = []
         self.failNext: SlurmError | None = None
 
-    def submit(self, options: list[str], script: list[str]) -> Deferred[str]:
+    def submit(
+        self, options: list[str], script: list[str], identity: Identity | None = None
+    ) -> Deferred[str]:
         d: Deferred[str] = Deferred()
         self.submissions.append((options, script, d))
+        self.actors.append(("sbatch", "", identity))
         return d
 
     def jobs(self) -> Deferred[dict[str, SlurmState]]:
@@ -134,17 +163,22 @@ class FakeCommands:
         self.polls.append(d)
         return d
 
-    async def signal(self, jobId: str, name: str) -> None:
+    async def signal(
+        self, jobId: str, name: str, identity: Identity | None = None
+    ) -> None:
         if self.failNext is not None:
             error, self.failNext = self.failNext, None
             raise error
         self.signals.append((jobId, name))
+        self.actors.append(("signal", jobId, identity))
 
-    async def cancel(self, jobId: str) -> None:
+    async def cancel(self, jobId: str, identity: Identity | None = None) -> None:
         self.cancels.append(jobId)
+        self.actors.append(("cancel", jobId, identity))
 
-    async def cancelByName(self, name: str) -> None:
+    async def cancelByName(self, name: str, identity: Identity | None = None) -> None:
         self.cancels.append(name)
+        self.actors.append(("cancelByName", name, identity))
 
 
 def state(name: str, code: int = 0, signal: int = 0, jobName: str = "") -> SlurmState:
@@ -166,6 +200,7 @@ class ExecutorTests(SynchronousTestCase):
             account="physics",
             pollInterval=1.0,
             commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
         )
         self.manager = self.makeManager()
 
@@ -378,3 +413,304 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(manager.record(record.id).status, JobStatus.RUNNING)
         self.poll({"101": state("COMPLETED")})
         self.assertIs(manager.record(record.id).status, JobStatus.COMPLETED)
+
+
+class CommandsTests(SynchronousTestCase):
+    """Slurm's commands as child processes: as whom each one runs."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+
+    def commands(self, serverUid: int) -> SlurmCommands:
+        # No PATH lookup: the command names stay as given.
+        return SlurmCommands(
+            self.reactor,  # type: ignore[arg-type]
+            env={"PATH": "/nonexistent"},
+            serverUid=serverUid,
+        )
+
+    def lastArgv(self, stdout: bytes = b"") -> list[str]:
+        """The last command's argv, after letting it succeed."""
+        spawned = self.reactor.spawned[-1]
+        if stdout:
+            spawned.output(stdout)
+        spawned.exit(0)
+        if spawned.args[0] == SETPRIV:
+            self.assertEqual(spawned.executable, SETPRIV)
+        return spawned.args
+
+    def test_rootActsOnJobsAsTheOwner(self) -> None:
+        """
+        A root server runs sbatch and each scancel through setpriv as the
+        job's account (its uid, gid and groups); squeue stays its own.
+        """
+        commands = self.commands(serverUid=0)
+        becomeAlice = [
+            SETPRIV,
+            "--reuid=4242",
+            "--regid=4243",
+            "--groups=27,100",
+            "--",
+        ]
+        submitted = Deferred.fromCoroutine(
+            commands.submit(["--job-name=x"], ["script", "argv"], ALICE)
+        )
+        self.assertEqual(
+            self.lastArgv(b"7\n"),
+            [*becomeAlice, "sbatch", "--parsable", "--job-name=x", "script", "argv"],
+        )
+        self.assertEqual(self.successResultOf(submitted), "7")
+        Deferred.fromCoroutine(commands.signal("7", "TERM", ALICE))
+        self.assertEqual(
+            self.lastArgv(), [*becomeAlice, "scancel", "--full", "--signal=TERM", "7"]
+        )
+        Deferred.fromCoroutine(commands.cancel("7", ALICE))
+        self.assertEqual(self.lastArgv(), [*becomeAlice, "scancel", "7"])
+        Deferred.fromCoroutine(commands.cancelByName("jobworker-x", ALICE))
+        self.assertEqual(
+            self.lastArgv(), [*becomeAlice, "scancel", "--jobname=jobworker-x"]
+        )
+        Deferred.fromCoroutine(commands.jobs())
+        self.assertEqual(
+            self.lastArgv(b'{"jobs": []}'), ["squeue", "--json", "--states=all"]
+        )
+
+    def test_noGroupsCleared(self) -> None:
+        """An account without supplementary groups gets none of root's."""
+        commands = self.commands(serverUid=0)
+        lonely = Identity(4242, 4243, (), "jwalice", None, "/bin/sh", "jwalice")
+        Deferred.fromCoroutine(commands.cancel("7", lonely))
+        self.assertEqual(
+            self.lastArgv()[:5],
+            [SETPRIV, "--reuid=4242", "--regid=4243", "--clear-groups", "--"],
+        )
+
+    def test_noSwitchWhenNotNeeded(self) -> None:
+        """
+        Commands run as they are when the server is not root (it cannot
+        switch), or when the identity is the server's own.
+        """
+        server = Identity(0, 0, (), "root", "/root", "/bin/sh", "root")
+        for serverUid, identity in ((1000, ALICE), (0, server), (0, None)):
+            Deferred.fromCoroutine(self.commands(serverUid).cancel("7", identity))
+            self.assertEqual(self.lastArgv(), ["scancel", "7"])
+
+
+class IdentityTests(SynchronousTestCase):
+    """Whom a Slurm job runs as, and what of its folder belongs to whom."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        self.outputDir = os.path.abspath(self.mktemp())
+        self.stateDir = os.path.abspath(self.mktemp())
+
+    def executor(self, shared: bool = False) -> SlurmExecutor:
+        return SlurmExecutor(
+            self.reactor,
+            self.outputDir,
+            grace=5.0,
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=shared,
+        )
+
+    def manager(self, executor: SlurmExecutor) -> JobManager:
+        manager = JobManager(self.reactor, self.stateDir, 5.0, executor=executor)
+        self.addCleanup(manager.close)
+        return manager
+
+    def mapped(self) -> Identity:
+        """
+        alice's mapped account: ALICE when the tests run as root (the folder
+        can then be given to it), else one of this user's uid.
+        """
+        if os.getuid() == 0:
+            return ALICE
+        me = Identity.ofServer()
+        return Identity(
+            me.uid, me.gid, (), "jwalice", "/home/jwalice", "/bin/sh", "jwalice"
+        )
+
+    def test_unmappedRefused(self) -> None:
+        """Without a mapped account (and no shared account): 403, nothing made."""
+        manager = self.manager(self.executor())
+        error = self.assertRaises(
+            Forbidden, manager.create, request("true"), owner="bob"
+        )
+        self.assertIn("no Unix account mapped in the users file", error.message)
+        self.assertIn("name:role:hash:unix-user", error.message)
+        self.assertIn("--slurm-shared-account", error.message)
+        self.assertEqual(self.commands.submissions, [])
+        self.assertEqual(os.listdir(self.outputDir), ["slurm-exec.sh"])
+        self.assertEqual(manager.page()[0], [])
+
+    def test_sharedAccountRunsUnmapped(self) -> None:
+        """
+        With C{--slurm-shared-account} the unmapped run as the service
+        account, which the start-up log calls a shared identity.
+        """
+        events: list[dict[str, Any]] = []
+        self.patch(SlurmExecutor, "log", Logger(observer=events.append))
+        manager = self.manager(self.executor(shared=True))
+        warnings = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+        self.assertTrue(any("SHARED IDENTITY" in w for w in warnings), warnings)
+        record = manager.create(request("true"), owner="bob")
+        server = Identity.ofServer()
+        self.assertEqual(record.run_as, server.label)
+        self.assertEqual(self.commands.actors, [("sbatch", "", server)])
+        _options, script, _ = self.commands.submissions[0]
+        self.assertNotIn("-C", script)  # it starts in its output folder
+
+    def test_mappedJobIsTheAccounts(self) -> None:
+        """
+        A mapped user's job is submitted as the account, records it in
+        C{run_as}, starts in its home, and gets its C{HOME} and C{USER}.
+        """
+        account = self.mapped()
+        manager = self.manager(self.executor())
+        record = manager.create(request("true"), owner="alice", account=account)
+        self.assertEqual(record.run_as, "jwalice")
+        self.assertEqual(self.commands.actors, [("sbatch", "", account)])
+        _options, script, _ = self.commands.submissions[0]
+        self.assertEqual(script[1:3], ["-C", "/home/jwalice"])
+        self.assertEqual(
+            (record.env["HOME"], record.env["USER"]), ("/home/jwalice", "jwalice")
+        )
+
+    def test_commentNamesUserAndJob(self) -> None:
+        """
+        --comment tells Slurm's administrators whose job it is: one argv
+        element (no shell splits it), whoever the job runs as.
+        """
+        manager = self.manager(self.executor(shared=True))
+        record = manager.create(request("true"), owner="bob")
+        options = self.commands.submissions[0][0]
+        comments = [o for o in options if o.startswith("--comment")]
+        self.assertEqual(comments, [f"--comment=jobworker user=bob job={record.id}"])
+
+    def test_folderBelongsToTheAccount(self) -> None:
+        """
+        The job's folder is the account's, 0700; the argv and env files
+        too, 0600; the top folder is searchable but not listable (0711).
+        """
+        if os.getuid() != 0:
+            raise SkipTest("giving files to another uid needs root")
+        manager = self.manager(self.executor())
+        record = manager.create(request("true"), owner="alice", account=ALICE)
+        self.assertEqual(stat.S_IMODE(os.stat(self.outputDir).st_mode), 0o711)
+        folder = os.stat(os.path.join(self.outputDir, record.id))
+        self.assertEqual((folder.st_uid, folder.st_gid), (4242, 4243))
+        self.assertEqual(stat.S_IMODE(folder.st_mode), 0o700)
+        for name in ("argv", "env"):
+            st = os.stat(os.path.join(self.outputDir, record.id, name))
+            self.assertEqual((st.st_uid, st.st_gid), (4242, 4243))
+            self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+
+    def test_folderModeWhateverTheUmask(self) -> None:
+        """The job's folder is 0700 even under a umask that takes bits off."""
+        manager = self.manager(self.executor(shared=True))
+        self.addCleanup(os.umask, os.umask(0o277))
+        record = manager.create(request("true"), owner="bob")
+        folder = os.stat(os.path.join(self.outputDir, record.id))
+        self.assertEqual(stat.S_IMODE(folder.st_mode), 0o700)
+
+    def test_lostSubmissionCancelledAsTheOwner(self) -> None:
+        """A job sbatch may have queued without saying is cancelled as its owner."""
+        account = self.mapped()
+        manager = self.manager(self.executor())
+        record = manager.create(request("true"), owner="alice", account=account)
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: (timed out)", unreachable=True)
+        )
+        self.commands.polls[-1].errback(SlurmError("down", unreachable=True))
+        self.assertEqual(
+            self.commands.actors[-1],
+            ("cancelByName", f"jobworker-{record.id}", account),
+        )
+
+    def test_topFolderRepairedAndScriptReadable(self) -> None:
+        """
+        A top folder made 0700 (by an older version) becomes 0711, and holds
+        a copy of the batch script everyone can read, which sbatch is given.
+        """
+        os.makedirs(self.outputDir, mode=0o700)
+        manager = self.manager(self.executor(shared=True))
+        self.assertEqual(stat.S_IMODE(os.stat(self.outputDir).st_mode), 0o711)
+        copy = os.path.join(self.outputDir, "slurm-exec.sh")
+        self.assertEqual(stat.S_IMODE(os.stat(copy).st_mode), 0o644)
+        with open(copy, "rb") as f, open(WRAPPER, "rb") as g:
+            self.assertEqual(f.read(), g.read())
+        manager.create(request("true"), owner="bob")
+        self.assertEqual(self.commands.submissions[0][1][0], copy)
+
+    def test_stopAndCancelAsTheOwner(self) -> None:
+        """TERM and the scancel after the grace act as the job's account."""
+        account = self.mapped()
+        manager = self.manager(self.executor())
+        record = manager.create(request("sleep", "9"), owner="alice", account=account)
+        self.commands.submissions[0][2].callback("101")
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        manager.stop(record.id, "alice")
+        self.reactor.advance(5.0)
+        self.assertEqual(
+            self.commands.actors[1:],
+            [("signal", "101", account), ("cancel", "101", account)],
+        )
+
+    def test_recoveredJobCancelledAsTheOwner(self) -> None:
+        """
+        After a restart the job's account is looked up again by the name in
+        its record's C{run_as}, to cancel it as its owner.
+        """
+        account = self.mapped()
+        looked: list[str] = []
+
+        def ofAccount(name: str) -> Identity:
+            looked.append(name)
+            return account
+
+        manager = self.manager(self.executor())
+        record = manager.create(request("sleep", "9"), owner="alice", account=account)
+        self.commands.submissions[0][2].callback("101")
+        manager.close()
+        self.patch(Identity, "ofAccount", ofAccount)
+        manager = self.manager(self.executor())
+        manager.recover()
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("PENDING")})
+        self.assertEqual(looked, [])  # only when needed
+        manager.stop(record.id, "alice")
+        self.assertEqual(looked, ["jwalice"])
+        self.assertEqual(self.commands.actors[-1], ("cancel", "101", account))
+
+    def test_secretsRemovedOnceRunning(self) -> None:
+        """
+        The argv and env files go once the job has run a while (the batch
+        script removes them itself at once; this is the fallback), not as
+        soon as Slurm says RUNNING, which may be before the script read them.
+        """
+        manager = self.manager(self.executor(shared=True))
+        record = manager.create(request("true", env={"TOKEN": "s3cret"}), owner="bob")
+        self.commands.submissions[0][2].callback("101")
+        folder = os.path.join(self.outputDir, record.id)
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        self.assertEqual(sorted(os.listdir(folder)), ["argv", "env"])
+        self.reactor.advance(SECRETS_GRACE)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        self.assertEqual(os.listdir(folder), [])
+        self.assertIs(manager.record(record.id).status, JobStatus.RUNNING)
+
+    def test_secretsRemovedAtTheEnd(self) -> None:
+        """A job that ends (or never ran, or was refused) leaves no secrets."""
+        manager = self.manager(self.executor(shared=True))
+        ended = manager.create(request("true"), owner="bob")
+        self.commands.submissions[0][2].callback("101")
+        refused = manager.create(request("true"), owner="bob")
+        self.commands.submissions[1][2].errback(SlurmError("sbatch: Invalid account"))
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("CANCELLED")})
+        for record in (ended, refused):
+            self.assertTrue(manager.record(record.id).status.ended)
+            self.assertEqual(os.listdir(os.path.join(self.outputDir, record.id)), [])

@@ -33,6 +33,7 @@ from .support import (
     CA,
     CERT,
     CERTS,
+    FREE_UIDS,
     KEY,
     TWISTD,
     basic,
@@ -152,6 +153,7 @@ class Twistd:
             f"--cert={CERT}",
             f"--key={KEY}",
             f"--state-dir={self.stateDir}",
+            f"--dynamic-uids={FREE_UIDS}",
             *extra,
         ]
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
@@ -269,6 +271,7 @@ class StartupErrorTests(TestCase):
             "--cert": CERT,
             "--key": KEY,
             "--state-dir": os.path.join(workDir, "state"),
+            "--dynamic-uids": FREE_UIDS,
         }
         given = {option.split("=", 1)[0] for option in options}
         argv += [f"{k}={v}" for k, v in defaults.items() if k not in given]

@@ -72,7 +72,7 @@ class FromTextTests(SynchronousTestCase):
 
     def test_tooManyFields(self) -> None:
         """A line with four fields is refused too."""
-        self.assertLineError(f"alice:Developer:{HASH4}:extra\n", 1, "expected")
+        self.assertLineError(f"alice:Developer:{HASH4}:nobody:extra\n", 1, "expected")
 
     def test_unknownRole(self) -> None:
         """An unknown role is refused and named, with the valid roles listed."""

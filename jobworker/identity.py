@@ -1,0 +1,339 @@
+"""
+Who a job runs as: a user's mapped Unix account, a dynamic uid of its own,
+the shared C{--run-as} account, or the server's own user.
+
+The idea of dynamic identities is systemd's C{DynamicUser=}: a uid from a
+range no passwd or group entry uses, held by one live job at a time (a lock
+file per uid, shared by every jobworker server of the machine, so two servers
+never hand out the same uid), and given back only once nothing of the job is
+left.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import os
+import pwd
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+#: systemd's range for dynamic users (systemd.io/UIDS-GIDS): 65534 (nobody)
+#: lies outside it.
+DYNAMIC_UIDS = (61184, 65519)
+
+#: Where the per-uid lock files live: one folder for every server of the
+#: machine, on a tmpfs that a reboot empties.
+LOCK_DIR = "/run/jobworker/dynamic-uids"
+
+
+class IdentityError(ValueError):
+    """An identity cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """
+    The Unix identity a job runs as.
+
+    @ivar label: what the job record's C{run_as} shows: the account name,
+        C{dynamic:<uid>}, or the server's own user.
+    @ivar home: C{HOME} and the default working directory; None for a
+        dynamic identity, whose home is its private working directory.
+    """
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str | None
+    shell: str
+    label: str
+    dynamic: bool = False
+
+    @classmethod
+    def ofAccount(cls, name: str) -> Identity:
+        """
+        The identity of the Unix account C{name}: its uid, primary gid,
+        supplementary groups, home and shell from the user database.
+
+        @raise IdentityError: no such account, or it is root.
+        """
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise IdentityError(f"no such Unix account {name!r}") from None
+        if entry.pw_uid == 0:
+            raise IdentityError(f"Unix account {name!r} is root: jobs must not be")
+        groups = tuple(
+            sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid})
+        )
+        return cls(
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            groups=groups,
+            name=entry.pw_name,
+            home=entry.pw_dir or None,
+            shell=entry.pw_shell or "/bin/sh",
+            label=entry.pw_name,
+        )
+
+    @classmethod
+    def ofDynamicUid(cls, uid: int) -> Identity:
+        """A dynamic identity: uid and gid C{uid}, no groups, no account."""
+        return cls(  # noqa: S604 (a login shell, not a subprocess flag)
+            uid=uid,
+            gid=uid,
+            groups=(),
+            name=f"jobworker-{uid}",
+            home=None,
+            shell="/bin/sh",
+            label=f"dynamic:{uid}",
+            dynamic=True,
+        )
+
+    @classmethod
+    def ofServer(cls) -> Identity:
+        """The user this server runs as."""
+        uid = os.getuid()
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return cls(uid, os.getgid(), (), str(uid), "/", "/bin/sh", str(uid))
+        return cls(
+            uid=uid,
+            gid=entry.pw_gid,
+            groups=(),
+            name=entry.pw_name,
+            home=entry.pw_dir or "/",
+            shell=entry.pw_shell or "/bin/sh",
+            label=entry.pw_name,
+        )
+
+    def environment(self, workdir: str | None) -> dict[str, str]:
+        """C{HOME}, C{USER}, C{LOGNAME} and C{SHELL} of this identity."""
+        home = self.home if self.home is not None else workdir
+        return {
+            "HOME": home or "/",
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "SHELL": self.shell,
+        }
+
+    def setpriv(self, setprivPath: str) -> list[str]:
+        """The C{setpriv} argv that becomes this identity, then runs the rest."""
+        groups = (
+            [f"--groups={','.join(str(g) for g in self.groups)}"]
+            if self.groups
+            else ["--clear-groups"]
+        )
+        return [
+            setprivPath,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            *groups,
+            "--",
+        ]
+
+    def mayTraverse(self, st: os.stat_result) -> bool:
+        """May this identity search (C{x}) the directory C{st}?"""
+        return self._allows(st, 0o1)
+
+    def mayRead(self, st: os.stat_result) -> bool:
+        """May this identity read C{st}?"""
+        return self._allows(st, 0o4)
+
+    def mayExecute(self, st: os.stat_result) -> bool:
+        """May this identity execute the file C{st}?"""
+        return self._allows(st, 0o1)
+
+    def _allows(self, st: os.stat_result, bit: int) -> bool:
+        """Mode bits as the kernel applies them (ACLs aside)."""
+        if self.uid == 0:
+            return bit != 0o1 or bool(st.st_mode & 0o111) or _isDir(st)
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid == self.gid or st.st_gid in self.groups:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+
+def _isDir(st: os.stat_result) -> bool:
+    return (st.st_mode & 0o170000) == 0o040000
+
+
+def parseRange(text: str) -> tuple[int, int]:
+    """C{"61184-65519"} -> C{(61184, 65519)}.
+
+    @raise ValueError: not a range of at least one uid within 1..2**31-2,
+        or one that holds 65534 (nobody).
+    """
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"not a uid range: {text!r} (e.g. 61184-65519)")
+    low, high = int(first), int(last)
+    if not 1000 <= low <= high < 2**31 - 1:
+        raise ValueError(f"uid range {text!r} must lie within 1000..2147483646")
+    if low <= 65534 <= high:
+        raise ValueError(f"uid range {text!r} holds 65534 (nobody)")
+    return low, high
+
+
+def rangeClashes(
+    first: int,
+    last: int,
+    users: Iterable[tuple[str, int]] | None = None,
+    groups: Iterable[tuple[str, int]] | None = None,
+) -> list[str]:
+    """The passwd and group entries whose id lies in C{first..last}."""
+    if users is None:
+        users = ((e.pw_name, e.pw_uid) for e in pwd.getpwall())
+    if groups is None:
+        groups = ((e.gr_name, e.gr_gid) for e in grp.getgrall())
+    found = [f"user {n} ({i})" for n, i in users if first <= i <= last]
+    found += [f"group {n} ({i})" for n, i in groups if first <= i <= last]
+    return found
+
+
+class PoolExhausted(Exception):
+    """Every dynamic uid is held by a live job."""
+
+
+class DynamicUids:
+    """
+    The dynamic uid range, each uid held by one live job at a time.
+
+    A uid is held by an exclusive C{flock} on C{<lockDir>/<uid>}, kept open
+    while the job lives: a second server on the machine skips it, and the
+    kernel drops the lock if this server dies. Uids are handed out in turn
+    (not lowest first), so a uid just given back is the last to be reused.
+    """
+
+    def __init__(
+        self,
+        first: int = DYNAMIC_UIDS[0],
+        last: int = DYNAMIC_UIDS[1],
+        lockDir: str = LOCK_DIR,
+    ) -> None:
+        self.first = first
+        self.last = last
+        self._lockDir = lockDir
+        self._held: dict[int, int] = {}
+        self._next = first
+        os.makedirs(lockDir, mode=0o700, exist_ok=True)
+
+    def __len__(self) -> int:
+        """How many uids are held now."""
+        return len(self._held)
+
+    def acquire(self) -> int:
+        """
+        A uid no live job of any server holds.
+
+        @raise PoolExhausted: all are held.
+        """
+        size = self.last - self.first + 1
+        for _ in range(size):
+            uid = self._next
+            self._next = uid + 1 if uid < self.last else self.first
+            if uid not in self._held and self._lock(uid):
+                return uid
+        raise PoolExhausted(f"all {size} dynamic uids are in use")
+
+    def _lock(self, uid: int) -> bool:
+        fd = os.open(
+            os.path.join(self._lockDir, str(uid)),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        self._held[uid] = fd
+        return True
+
+    def release(self, uid: int) -> None:
+        """Give C{uid} back (only once nothing of its job is left)."""
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def reclaim(
+        self,
+        processesOf: Callable[[int], list[int]],
+        kill: Callable[[list[int]], object],
+    ) -> list[int]:
+        """
+        At start-up: uids of the range that still have processes, left by a
+        server that died, and that no live server holds. Each is held (so
+        it is not handed out) and its processes are killed; the caller
+        releases it once they are gone.
+        """
+        found: list[int] = []
+        for uid in _uidsWithProcesses(self.first, self.last):
+            if uid in self._held or not self._lock(uid):
+                continue
+            kill(processesOf(uid))
+            found.append(uid)
+        return found
+
+
+def _uidsWithProcesses(first: int, last: int) -> set[int]:
+    uids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        if first <= uid <= last:
+            uids.add(uid)
+    return uids
+
+
+@dataclass
+class Identities:
+    """
+    How a job's identity is chosen. A user's mapped account comes first;
+    an unmapped user's jobs share C{shared} (C{--run-as}), else get a uid of
+    their own from C{pool}, else run as the server's own user (a server not
+    running as root, or C{--allow-root-jobs}).
+    """
+
+    shared: Identity | None = None
+    pool: DynamicUids | None = None
+    server: Identity = field(default_factory=Identity.ofServer)
+
+    @property
+    def switching(self) -> bool:
+        """True when jobs may run as someone other than the server (root)."""
+        return self.server.uid == 0
+
+    def acquire(self, account: Identity | None) -> Identity:
+        """
+        The identity of a new job of a user mapped to C{account} (or not).
+
+        @raise PoolExhausted: a dynamic uid was needed and none is free.
+        """
+        if account is not None:
+            return account
+        if self.shared is not None:
+            return self.shared
+        if self.pool is not None:
+            return Identity.ofDynamicUid(self.pool.acquire())
+        return self.server
+
+    def release(self, identity: Identity) -> None:
+        """Give a dynamic identity's uid back to the pool."""
+        if identity.dynamic and self.pool is not None:
+            self.pool.release(identity.uid)
+
+    def sandboxed(self, identity: Identity) -> bool:
+        """Does a job of C{identity} get the private /proc, /tmp and namespaces?"""
+        return self.switching and identity.uid != 0

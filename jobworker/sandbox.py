@@ -1,0 +1,315 @@
+"""
+The sandbox a job runs in when the server switches identities (runs as root):
+a mount and IPC namespace of its own with a private C{/proc} (C{hidepid}),
+private C{/tmp}, C{/var/tmp}, C{/dev/shm} and C{/run/lock} (tmpfs), a fresh
+working directory, then C{setpriv} to the job's identity.
+
+Also the check, done as the job's identity would see it, that a command and
+a working directory can be used: what that identity cannot reach is "not
+found or not permitted", whichever it is, so the answer never tells whether
+something exists where the job may not look.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+from .identity import Identity
+
+SH = shutil.which("sh") or "/bin/sh"
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+MOUNT = shutil.which("mount") or "/usr/bin/mount"
+
+#: --isolate names and the unshare flags that make them.
+ISOLATION = {
+    "pid": ["--pid", "--fork", "--kill-child", "--mount-proc"],
+    "net": ["--net"],
+    "mount": ["--mount"],
+}
+
+#: The gate: the job's first process waits here, before running anything of
+#: the user's, until the server has placed it in its cgroup and says go.
+GATE = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
+#: The same, for a request that sets PWD itself (the shell keeps it if true).
+GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
+#: The gate in front of a sandbox, which sets PWD itself.
+GATE_ONLY = GATE_KEEP_WORKDIR
+
+#: Runs as root inside the job's new namespaces: mount the private folders
+#: (one C{mount -a} of a small fstab), enter the start folder, then exec
+#: setpriv and the command.
+SANDBOX = (
+    f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; shift; '
+    'exec "$@"'
+)
+#: The same, behind the cgroup gate (no PID namespace: the pid never changes).
+GATED_SANDBOX = "read -r _ <&3 || exit 125; exec 3<&-; " + SANDBOX
+#: Runs as the job's identity: enter the requested working directory.
+CHDIR = 'cd "$0" || exit 126; unset OLDPWD; exec "$@"'
+
+#: The job's private working directory (a tmpfs of its own, owned by it).
+WORKDIR = "/tmp/job"  # noqa: S108 (inside the job's own tmpfs)
+
+#: Folders every local user may write to, which a job gets a private tmpfs
+#: for (those that exist on this machine).
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # noqa: S108
+
+
+class SpawnRefused(Exception):
+    """The command cannot be started; the message says why."""
+
+
+class SandboxError(Exception):
+    """The sandbox does not work on this machine; the message says why."""
+
+
+def privateFolders(candidates: Iterable[str] = SHARED_WRITABLE) -> list[str]:
+    """The folders of C{candidates} that exist here as real folders."""
+    return [
+        path for path in candidates if os.path.isdir(path) and not os.path.islink(path)
+    ]
+
+
+class Sandbox:
+    """
+    Builds the argv that runs a command sandboxed as an identity.
+
+    @param directory: a root-only folder for the small fstab files (one per
+        uid and gid, written once).
+    @param tmpSize: the size of each private tmpfs, in bytes.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        tmpSize: int,
+        isolate: frozenset[str] = frozenset(),
+        folders: list[str] | None = None,
+    ) -> None:
+        self._dir = directory
+        self._tmpSize = tmpSize
+        self._isolate = isolate
+        self.folders = folders if folders is not None else privateFolders()
+        self._fstabs: dict[tuple[int, int], str] = {}
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.startswith("fstab-"):
+                os.unlink(os.path.join(directory, name))
+
+    def fstab(self, identity: Identity) -> str:
+        """The fstab (path) of C{identity}'s private mounts, written once."""
+        key = (identity.uid, identity.gid)
+        path = self._fstabs.get(key)
+        if path is None:
+            path = os.path.join(self._dir, f"fstab-{identity.uid}-{identity.gid}")
+            size = f"size={self._tmpSize}"
+            lines = ["jobworker-proc /proc proc nosuid,nodev,noexec,hidepid=invisible"]
+            lines += [
+                f"jobworker-tmp {folder} tmpfs nosuid,nodev,mode=1777,{size}"
+                for folder in self.folders
+            ]
+            lines.append(
+                f"jobworker-work {WORKDIR} tmpfs nosuid,nodev,mode=0700,"
+                f"uid={identity.uid},gid={identity.gid},{size},X-mount.mkdir=0755"
+            )
+            temporary = path + ".new"
+            with open(temporary, "w", encoding="ascii") as f:
+                f.write("".join(line + " 0 0\n" for line in lines))
+            os.replace(temporary, path)
+            self._fstabs[key] = path
+        return path
+
+    def startFolder(self, identity: Identity) -> str:
+        """Where a job starts without a C{cwd}: its home if it has one, else
+        its private working directory."""
+        home = identity.home
+        if home is not None and os.path.isdir(home):
+            return home
+        return WORKDIR
+
+    def argv(
+        self,
+        identity: Identity,
+        command: list[str],
+        cwd: str | None,
+        gated: bool,
+    ) -> list[str]:
+        """
+        The whole argv: [gate] setsid unshare sh(mounts) setpriv [chdir] command.
+
+        Without a PID namespace the gate sits inside the sandbox shell (one
+        exec fewer): setsid and unshare do not fork, so the pid the server
+        puts in the cgroup is still the job's. With one, unshare forks, so
+        the gate must come first.
+        """
+        pidNamespace = "pid" in self._isolate
+        argv: list[str] = []
+        if gated and pidNamespace:
+            argv += [SH, "-c", GATE_ONLY, "jobworker-gate"]
+        argv += [SETSID, UNSHARE]
+        for name in ("pid", "net"):
+            if name in self._isolate:
+                argv += ISOLATION[name]
+        argv += ["--mount", "--ipc", "--"]
+        script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
+        start = "/" if cwd is not None else self.startFolder(identity)
+        argv += [SH, "-c", script, self.fstab(identity), start]
+        argv += identity.setpriv(SETPRIV)
+        if cwd is not None:
+            argv += [SH, "-c", CHDIR, cwd]
+        return argv + command
+
+    def probe(self, identity: Identity) -> None:
+        """
+        Run the sandbox once, at start-up, as C{identity}.
+
+        @raise SandboxError: it does not work here (no mount namespaces, a
+            kernel without per-mount C{hidepid}, ...).
+        """
+        check = f"test -w . && test ! -e /proc/{os.getpid()}"
+        argv = self.argv(identity, [SH, "-c", check], None, False)
+        try:
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=30,
+                check=False,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SandboxError(str(e)) from None
+        if result.returncode != 0:
+            why = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise SandboxError(why[-1] if why else f"exit status {result.returncode}")
+
+
+# -- can this identity start that? --------------------------------------------
+
+
+def checkRunnable(
+    command: str,
+    env: dict[str, str],
+    cwd: str | None,
+    identity: Identity | None = None,
+    startFolder: str | None = None,
+    hidden: Iterable[str] = (),
+) -> None:
+    """
+    Check, as C{execvp} in the job will, that C{command} can be started.
+
+    With an C{identity} other than root the check is made as that identity:
+    every folder on the way must be searchable by it, and what it cannot
+    reach reads exactly like what does not exist. C{hidden} folders are
+    private to the job (its own C{/tmp}): nothing of the server's is there.
+
+    @raise SpawnRefused: naming the cause.
+    """
+    if identity is None or identity.uid == 0:
+        _checkAsRoot(command, env, cwd)
+        return
+    hiddenFolders = tuple(hidden)
+    if cwd is not None and not _reachableFolder(cwd, identity, hiddenFolders):
+        raise SpawnRefused(
+            f"cannot start: working directory {cwd!r}: not found or not permitted"
+        )
+    base = cwd if cwd is not None else startFolder
+    # The private working directory is empty when the job starts.
+    known = base if base is not None and base != WORKDIR else None
+    if "/" in command:
+        path = command if os.path.isabs(command) else None
+        if path is None and known is not None:
+            path = os.path.join(known, command)
+        if path is None or not _runnable(path, identity, hiddenFolders):
+            raise SpawnRefused(f"cannot start: {command!r}: not found or not permitted")
+        return
+    for entry in env.get("PATH", "").split(os.pathsep):
+        if not os.path.isabs(entry):
+            if known is None:
+                continue
+            entry = os.path.join(known, entry)
+        if _runnable(os.path.join(entry, command), identity, hiddenFolders):
+            return
+    raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
+
+
+def _within(path: str, folders: tuple[str, ...]) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def _traversable(path: str, identity: Identity) -> bool:
+    """Every folder from / down to C{path} (itself included) is searchable."""
+    current = "/"
+    parts = [p for p in path.split("/") if p]
+    for part in ["", *parts]:
+        current = os.path.join(current, part) if part else "/"
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        if (st.st_mode & 0o170000) != 0o040000 or not identity.mayTraverse(st):
+            return False
+    return True
+
+
+def _reachable(path: str, identity: Identity, hidden: tuple[str, ...]) -> str | None:
+    """The real path of C{path} if C{identity} can reach it, else None."""
+    path = os.path.normpath(path)
+    real = os.path.realpath(path)
+    if _within(path, hidden) or _within(real, hidden):
+        return None
+    for folder in {os.path.dirname(path), os.path.dirname(real)}:
+        if not _traversable(folder, identity):
+            return None
+    return real
+
+
+def _reachableFolder(path: str, identity: Identity, hidden: tuple[str, ...]) -> bool:
+    real = _reachable(path, identity, hidden)
+    return real is not None and _traversable(real, identity)
+
+
+def _runnable(path: str, identity: Identity, hidden: tuple[str, ...]) -> bool:
+    real = _reachable(path, identity, hidden)
+    if real is None:
+        return False
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o100000 and identity.mayExecute(st)
+
+
+def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
+    base = cwd if cwd is not None else os.getcwd()
+    if cwd is not None:
+        if not os.path.isdir(cwd):
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} does not exist"
+            )
+        if not os.access(cwd, os.X_OK):
+            raise SpawnRefused(
+                f"cannot start: working directory {cwd!r} is not accessible"
+            )
+    if "/" in command:
+        path = os.path.join(base, command)
+        if not os.path.exists(path):
+            raise SpawnRefused(f"cannot start: {command!r}: no such file")
+        if os.path.isdir(path):
+            raise SpawnRefused(f"cannot start: {command!r} is a directory")
+        if not os.access(path, os.X_OK):
+            raise SpawnRefused(f"cannot start: {command!r} is not executable")
+        return
+    search = env.get("PATH", "")
+    if shutil.which(command, path=_absolutePath(search, base)) is None:
+        raise SpawnRefused(f"cannot start: {command!r} not found in PATH")
+
+
+def _absolutePath(search: str, base: str) -> str:
+    return os.pathsep.join(
+        os.path.join(base, entry) for entry in search.split(os.pathsep)
+    )
