@@ -171,13 +171,15 @@ class Context:
         self.sshError: str | None = None
         self.nofile = "?"
 
-    def server(self, name: str, warm: bool = True) -> Server:
+    def server(
+        self, name: str, warm: bool = True, options: tuple[str, ...] = ()
+    ) -> Server:
         profile = None
         if self.profileDir is not None:
             profile = os.path.join(self.profileDir, f"{name}.pstats")
         # Every load generator connects from 127.0.0.1: lift the per-client
         # connection cap (a defence against abuse, not what is measured here).
-        extra = ("--max-connections-per-client=100000", *self.serverArgs)
+        extra = ("--max-connections-per-client=100000", *self.serverArgs, *options)
         server = Server(
             self.cleanup, self.workdir, name, profile=profile, extra=extra
         ).start()
@@ -343,6 +345,83 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         "bare_setsid": rawSetsid,
         "bare_gate_chain": rawGate,
     }
+
+
+# -- 1d. start rate by identity mode -------------------------------------------
+
+
+def startRateByIdentity(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """
+    The start rate of jobs under each identity mode, side by side in one run:
+    a dynamic uid per job (the default as root: a lock, a mount and IPC
+    namespace, private /proc and tmpfs folders) against today's shared
+    identity (--run-as nobody), and root jobs (--allow-root-jobs) for scale.
+    """
+    s = ctx.settings
+    if os.getuid() != 0:
+        return [
+            Row(
+                "1d",
+                "start rate, dynamic identities vs shared --run-as",
+                "-",
+                "-",
+                None,
+                ">= 0.77",
+                "skipped: identities need root",
+            )
+        ], {}
+    modes = {
+        "dynamic": (),
+        "shared": ("--run-as=nobody",),
+        "root": ("--allow-root-jobs",),
+    }
+    rates: dict[str, dict[str, Any]] = {}
+    for mode, options in modes.items():
+        server = ctx.server(f"start_rate_{mode}", options=options)
+        try:
+            rates[mode] = repeatLoad(
+                ctx,
+                server,
+                {
+                    "method": "POST",
+                    "path": "/jobs",
+                    "body": {"command": "true", "args": []},
+                    "expect": 201,
+                    "duration": s.start_rate_s,
+                },
+                s.clients,
+            )
+            client = server.client()
+            page = client.expect(200, "GET", "/jobs?limit=1")
+            newest = client.waitEnded(page["jobs"][0]["id"])
+            if newest["status"] != "COMPLETED":
+                raise BenchError(f"a `true` job ended {newest['status']} ({mode})")
+            client.close()
+        finally:
+            ctx.stop(server)
+    dynamic, shared, root = (rates[m]["rate"] for m in ("dynamic", "shared", "root"))
+    ratio = dynamic / shared
+    rows = [
+        Row(
+            "1d",
+            f"start rate, dynamic uid per job (default as root), {s.clients} clients",
+            f"{dynamic:.0f} jobs/s",
+            f"shared identity (--run-as nobody), same run: {shared:.0f} jobs/s",
+            ratio,
+            ">= 0.77 (within 1.3x)",
+            judged(ratio >= 1 / 1.3),
+        ),
+        Row(
+            "1d",
+            "  (info) shared identity against root jobs (--allow-root-jobs)",
+            f"{shared:.0f} jobs/s",
+            f"root jobs, no sandbox: {root:.0f} jobs/s",
+            shared / root,
+            "-",
+            "info",
+        ),
+    ]
+    return rows, {"rates": rates}
 
 
 # -- 2. job start latency ------------------------------------------------------
@@ -984,6 +1063,7 @@ def storeScale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
 
 SCENARIOS: dict[str, Callable[[Context], tuple[list[Row], dict[str, Any]]]] = {
     "start_rate": startRate,
+    "start_rate_identity": startRateByIdentity,
     "start_latency": startLatency,
     "ingest": ingest,
     "follow": followThroughput,

@@ -71,10 +71,10 @@ class Executor(Protocol):
     def name(self) -> str:
         """C{local} or C{slurm}: recorded with each job."""
 
-    def identityFor(self, account: Identity | None) -> Identity:
+    def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """
-        The identity a new job runs as, for a user mapped to C{account} (or
-        not): L{Forbidden} if this executor cannot give that user one,
+        The identity a new job of C{owner} runs as, who is mapped to
+        C{account} (or not): L{Forbidden} if this executor cannot give that user one,
         L{TooManyRequests} if none is free. Given back with L{release}.
         """
 

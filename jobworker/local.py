@@ -183,7 +183,7 @@ class LocalExecutor:
         """The sandbox of jobs that do not run as root (None: not root)."""
         return self._sandbox
 
-    def identityFor(self, account: Identity | None) -> Identity:
+    def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """
         The identity a new job of a user mapped to C{account} runs as.
 

@@ -155,7 +155,7 @@ class JobManager:
         executor = self._executor
         limits = executor.limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
-        identity = executor.identityFor(account)
+        identity = executor.identityFor(owner, account)
         try:
             executor.checkRequest(request, identity)
         except Exception:

@@ -725,7 +725,7 @@ class SlurmExecutor:
     def outputPath(self, jobId: str, stream: str) -> str:
         return os.path.join(self._outputDir, jobId, stream)
 
-    def identityFor(self, account: Identity | None) -> Identity:
+    def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """
         A mapped user's own account; for a user without one, the service
         account if the operator allowed sharing it.
@@ -738,7 +738,7 @@ class SlurmExecutor:
         if self._sharedAccount:
             return self._server
         raise Forbidden(
-            "you have no Unix account mapped in the users file "
+            f"user {owner} has no Unix account mapped in the users file "
             "(name:role:hash:unix-user): Slurm jobs run as their owner's "
             "account (the operator may map one, or allow a shared account "
             "with --slurm-shared-account)"

@@ -396,11 +396,24 @@ class Options(usage.Options):
         if self["executor"] == "slurm":
             if self["slurm-output-dir"] is None:
                 raise usage.UsageError("--executor slurm needs --slurm-output-dir")
-            if self["run-as"] is not None or self["isolate"] or self["allow-root-jobs"]:
+            if self["run-as"] is not None or self["isolate"]:
                 raise usage.UsageError(
                     "--run-as and --isolate are for the local executor: Slurm "
-                    "runs jobs as the submitting user, isolated by its own config"
+                    "runs each job as its owner's mapped account, isolated by "
+                    "its own config"
                 )
+            if (
+                self["slurm-shared-account"]
+                and os.getuid() == 0
+                and not self["allow-root-jobs"]
+            ):
+                raise usage.UsageError(
+                    "--slurm-shared-account on a server running as root would "
+                    "run unmapped users' jobs as root: add --allow-root-jobs to "
+                    "mean it, or run the server as a service account"
+                )
+        elif self["slurm-shared-account"]:
+            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
             if not 0.1 <= self["slurm-poll"] <= 60:
                 raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
         if self["require-client-cert"] and self["client-ca"] is None:

@@ -589,3 +589,38 @@ class DynamicIdentityTests(TestCase):
         self.patch(sys, "stderr", errors)
         self.assertRaises(SystemExit, makeService, options)
         self.assertIn("group jwtestclash (70950)", errors.getvalue())
+
+
+class OptionTests(SynchronousTestCase):
+    """The identity options refuse what they cannot mean."""
+
+    def parse(self, *argv: str) -> None:
+        from jobworker.tap import Options
+
+        Options().parseOptions(["--tls", *argv])
+
+    def test_refused(self) -> None:
+        from twisted.python.usage import UsageError
+
+        for argv in (
+            ("--slurm-shared-account",),
+            ("--run-as=nobody", "--allow-root-jobs"),
+            ("--dynamic-uids=65000-66000",),
+            ("--dynamic-uids=lots",),
+            ("--tmp-size=1K",),
+        ):
+            self.assertRaises(UsageError, self.parse, *argv)
+        self.parse("--dynamic-uids=70000-70010", "--tmp-size=64M")
+
+    def test_sharedSlurmAccountAsRootNeedsAllowRootJobs(self) -> None:
+        """As root the service account is root: the opt-in must say so."""
+        from twisted.python.usage import UsageError
+
+        if os.getuid() != 0:
+            raise SkipTest("only a root server's service account is root")
+        slurm = ("--executor=slurm", "--slurm-output-dir=/nonexistent")
+        error = self.assertRaises(
+            UsageError, self.parse, *slurm, "--slurm-shared-account"
+        )
+        self.assertIn("--allow-root-jobs", str(error))
+        self.parse(*slurm, "--slurm-shared-account", "--allow-root-jobs")

@@ -386,7 +386,9 @@ class SlurmTests(TestCase):
         --slurm-shared-account: the unmapped run as the service account
         (this server's user); the mapped still as their own.
         """
-        server = self.server("--slurm-shared-account")
+        # As root the service account is root: that needs saying twice.
+        extra = ("--allow-root-jobs",) if os.getuid() == 0 else ()
+        server = self.server("--slurm-shared-account", *extra)
         me = pwd.getpwuid(os.getuid()).pw_name
         ada = await server.createJob("id", "-un", user="ada")
         self.assertEqual(ada["run_as"], me)

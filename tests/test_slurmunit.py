@@ -537,7 +537,7 @@ class IdentityTests(SynchronousTestCase):
         error = self.assertRaises(
             Forbidden, manager.create, request("true"), owner="bob"
         )
-        self.assertIn("no Unix account mapped in the users file", error.message)
+        self.assertIn("user bob has no Unix account mapped", error.message)
         self.assertIn("name:role:hash:unix-user", error.message)
         self.assertIn("--slurm-shared-account", error.message)
         self.assertEqual(self.commands.submissions, [])
