@@ -624,3 +624,32 @@ class OptionTests(SynchronousTestCase):
         )
         self.assertIn("--allow-root-jobs", str(error))
         self.parse(*slurm, "--slurm-shared-account", "--allow-root-jobs")
+
+
+class ReloadTests(SynchronousTestCase):
+    """SIGHUP: a users file mapping to a missing account keeps the old users."""
+
+    def test_badMappingKeepsOldUsers(self) -> None:
+        from jobworker.tap import UsersReloadService
+
+        replaced: list[UserDatabase] = []
+
+        class Authenticator:
+            def replaceUsers(self, users: UserDatabase) -> None:
+                replaced.append(users)
+
+        path = self.mktemp()
+        alice = DEVELOPMENT_USERS.splitlines()[1]
+        with open(path, "w") as f:
+            f.write(alice + "\n")
+        service = UsersReloadService(path, Authenticator(), None)  # type: ignore[arg-type]
+        service.reload()
+        self.assertEqual(len(replaced), 1)
+        with open(path, "w") as f:
+            f.write(alice + ":no-such-account-jw\n")
+        service.reload()
+        self.assertEqual(len(replaced), 1)
+        with open(path, "w") as f:
+            f.write(alice + ":root\n")
+        service.reload()
+        self.assertEqual(len(replaced), 1)
