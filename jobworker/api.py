@@ -39,6 +39,7 @@ from .permissions import Permission, User, authorize
 from .records import JobRecord, rfc3339
 from .spool import FileProducer, OutputSource, SpoolReader, tailOffset
 from .sse import EventStream, parseLastEventId
+from .store import StoreError
 from .tokens import fingerprint
 from .validation import (
     onlyParameters,
@@ -231,6 +232,24 @@ class JobsAPI:
         elif isinstance(error, TooManyRequests):
             request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
         return _json(request, error.body(), error.code)
+
+    @app.handle_errors(StoreError)
+    def _storeError(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.error(
+            "store error on {method} {path}: {error}",
+            method=request.method,
+            path=request.path,
+            error=str(failure.value),
+        )
+        request.setHeader(b"retry-after", b"5")
+        return _json(
+            request,
+            {
+                "error": "the job store cannot be used right now (is the state "
+                "dir's disk full?): try again"
+            },
+            503,
+        )
 
     @app.handle_errors(HTTPException)
     def _routingError(self, request: IRequest, failure: Failure) -> bytes:

@@ -415,16 +415,25 @@ async def waitFor(
     deadline = (
         None if options.timeout is None else client.reactor.seconds() + options.timeout
     )
+    clock = client.reactor
     while True:
-        remaining = 60.0 if deadline is None else deadline - client.reactor.seconds()
-        job = await client.job(options.id, wait=max(0.0, min(60.0, remaining)))
+        remaining = 60.0 if deadline is None else deadline - clock.seconds()
+        wait = max(0.0, min(60.0, remaining))
+        asked = clock.seconds()
+        job = await client.job(options.id, wait=wait)
         if job["status"] not in ("RUNNING", "PENDING"):
             if options.json:
                 streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
             return exitStatusOf(job)
-        if deadline is not None and client.reactor.seconds() >= deadline:
+        if deadline is not None and clock.seconds() >= deadline:
             streams.messages.write(f"jw: job {options.id} still running\n")
             return EXIT_TIMED_OUT
+        # A server that answers "still running" before the wait is over
+        # (an old one, or a record it cannot wait on) must not make this a
+        # busy loop.
+        early = min(wait, 1.0) - (clock.seconds() - asked)
+        if early > 0:
+            await deferLater(clock, early)
 
 
 async def followStream(

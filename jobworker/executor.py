@@ -60,6 +60,10 @@ class LiveJob(Protocol):
     def stop(self, by: str) -> Deferred[JobRecord]:
         """Stop it (TERM, the grace period, KILL); fires once it has ended."""
 
+    def recorded(self) -> None:
+        """The store has the job's record: let it run (locally, it waits
+        behind its gate until then)."""
+
     def setupFailed(self, reason: str) -> None:
         """The job could not be recorded: end it at once."""
 

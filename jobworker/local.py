@@ -328,28 +328,31 @@ class LocalExecutor:
                 checkRunnable(request.command, env, request.cwd)
             if self._cgroups is not None:
                 cgroup = job.cgroup = self._cgroups.create(jobId, limits)
+            # Every job starts behind the gate: nothing of the user's runs
+            # before it is in its cgroup and the store has its record
+            # (JobProcess.recorded opens the gate).
             if sandbox is not None:
-                argv = sandbox.argv(identity, command, request.cwd, cgroup is not None)
+                argv = sandbox.argv(identity, command, request.cwd, gated=True)
                 # The sandbox enters the working directory as the job.
                 path = None
             else:
-                argv = [SETSID, *self._prefix, *command]
+                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
+                argv = [SH, "-c", gate, "jobworker-gate", SETSID, *self._prefix]
+                argv += command
                 path = request.cwd
-                if cgroup is not None:
-                    gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
-                    argv = [SH, "-c", gate, "jobworker-gate", *argv]
             transport = self._reactor.spawnProcess(
                 JobProcessProtocol(job),
                 argv[0],
                 argv,
                 env=env,
                 path=path,
-                childFDs={0: "w", 1: "r", 2: "r", 3: "w"}
-                if cgroup is not None
-                else {0: "w", 1: "r", 2: "r"},
+                childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
             )
             if cgroup is not None:
-                self._openGate(job, cgroup, transport)
+                try:
+                    cgroup.addProcess(transport.pid)
+                except CgroupError as e:
+                    job.setupFailed(f"cannot start: {e}")
         except SpawnRefused as e:
             job.failedToStart(str(e))
         except CgroupError as e:
@@ -361,16 +364,6 @@ class LocalExecutor:
             # the leader's start time never to hit a reused pid.
             record.proc_start = processStartTime(record.pid)
         return job
-
-    def _openGate(self, job: JobProcess, cgroup: JobCgroup, transport: Any) -> None:
-        """Place the gated child in its cgroup, then let it run the command."""
-        try:
-            cgroup.addProcess(transport.pid)
-        except CgroupError as e:
-            job.setupFailed(f"cannot start: {e}")
-        else:
-            transport.writeToChild(3, b"go\n")
-        transport.closeChildFD(3)
 
     def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
         """

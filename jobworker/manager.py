@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from .cgroups import Cgroups
@@ -55,6 +56,11 @@ DEFAULT_MAX_LOG_BYTES = 1 << 30
 ENDED_RECORDS_CACHED = 4096
 
 RESTARTED = "the worker restarted while the job ran"
+
+#: Seconds between tries to store final records the store refused (disk
+#: full), doubling up to the maximum.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 
 
 class JobManager:
@@ -105,6 +111,11 @@ class JobManager:
         #: Ended records read lately: they never change again, and a client
         #: polling a finished job should not cost a store read each time.
         self._endedRecords: OrderedDict[str, JobRecord] = OrderedDict()
+        #: Final records the store could not take yet (disk full): the truth
+        #: until it has them, written again every so often.
+        self._unsaved: dict[str, JobRecord] = {}
+        self._retryTimer: IDelayedCall | None = None
+        self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
@@ -186,6 +197,7 @@ class JobManager:
             raise ServiceUnavailable(
                 "the job could not be recorded (is the state dir's disk full?)"
             ) from None
+        job.recorded()
         if record.status.ended:
             self._metrics.spawnFailures.inc()
             self._metrics.jobsEnded.labels(record.status.value).inc()
@@ -231,17 +243,58 @@ class JobManager:
         try:
             self._store.update(record)
         except StoreError as e:
-            # The record stays RUNNING in the store: a restart closes it as
-            # FAILED (worker restarted); the live table has the truth meanwhile.
-            self.log.error("{error}", error=str(e))
+            # The store still says RUNNING: keep the final record as the
+            # truth (the API answers from it) and write it when space comes.
+            self.log.error(
+                "job {job} ended {status} but {error}: kept in memory, "
+                "written again until the store takes it",
+                job=record.id,
+                status=record.status.value,
+                error=str(e),
+            )
+            self._unsaved[record.id] = record
+            self._scheduleRetry()
         metrics = self._metrics
         metrics.jobsEnded.labels(record.status.value).inc()
         metrics.outputBytes.labels("stdout").inc(record.stdout_bytes)
         metrics.outputBytes.labels("stderr").inc(record.stderr_bytes)
         return record
 
+    def _scheduleRetry(self) -> None:
+        if self._retryTimer is None and not self._shuttingDown:
+            self._retryTimer = self._reactor.callLater(
+                self._retryDelay, self._retryUnsaved
+            )
+
+    def _retryUnsaved(self) -> None:
+        """Write the final records the store refused; again later if it still does."""
+        self._retryTimer = None
+        self.flushUnsaved()
+        if self._unsaved:
+            self._retryDelay = min(self._retryDelay * 2, RETRY_MAX)
+            self._scheduleRetry()
+        else:
+            self._retryDelay = RETRY_FIRST
+
+    def flushUnsaved(self) -> int:
+        """Try to store every kept final record; return how many are left."""
+        for jobId, record in list(self._unsaved.items()):
+            try:
+                self._store.update(record)
+            except StoreError:
+                return len(self._unsaved)
+            del self._unsaved[jobId]
+            self.log.info("job {job}: final record stored at last", job=jobId)
+        return 0
+
     def _countByStatus(self) -> dict[str, int]:
-        return self._store.countByStatus()
+        counts = self._store.countByStatus()
+        for jobId, record in list(self._unsaved.items()):
+            stored = self._store.get(jobId)
+            if stored is not None and stored.status is not record.status:
+                counts[stored.status.value] = counts.get(stored.status.value, 1) - 1
+                counts[record.status.value] = counts.get(record.status.value, 0) + 1
+        return counts
 
     def record(self, jobId: str) -> JobRecord:
         """
@@ -252,6 +305,9 @@ class JobManager:
         job = self._live.get(jobId)
         if job is not None:
             return job.snapshot()
+        unsaved = self._unsaved.get(jobId)
+        if unsaved is not None:
+            return unsaved
         cached = self._endedRecords.get(jobId)
         if cached is not None:
             self._endedRecords.move_to_end(jobId)
@@ -277,7 +333,12 @@ class JobManager:
         records, following = self._store.page(
             status=status, owner=owner, limit=limit, before=before
         )
-        live = self._live
+        live, unsaved = self._live, self._unsaved
+        if unsaved:
+            # The store is behind for these: answer with what is true.
+            records = [unsaved.get(r.id, r) for r in records]
+            if status is not None:
+                records = [r for r in records if r.status is status]
         return [
             live[r.id].snapshot() if r.id in live else r for r in records
         ], following
@@ -334,8 +395,14 @@ class JobManager:
         self._remove(jobId)
 
     def _remove(self, jobId: str) -> None:
-        self._endedRecords.pop(jobId, None)
+        """
+        Forget a job, record and output.
+
+        @raise StoreError: the store refused (the job is still there).
+        """
         self._store.delete(jobId)
+        self._endedRecords.pop(jobId, None)
+        self._unsaved.pop(jobId, None)
         try:
             shutil.rmtree(self._executor.outputDir(jobId))
         except OSError as e:
@@ -347,16 +414,28 @@ class JobManager:
                 )
 
     def expire(self, olderThan: float) -> int:
-        """Delete every job that ended more than C{olderThan} seconds ago."""
+        """
+        Delete every job that ended more than C{olderThan} seconds ago. A
+        store error stops this round (logged); the next round goes on.
+        """
         cutoff = self._reactor.seconds() - olderThan
         removed = 0
-        while True:
-            ids = [i for i in self._store.endedBefore(cutoff) if i not in self._live]
-            if not ids:
-                break
-            for jobId in ids:
-                self._remove(jobId)
-            removed += len(ids)
+        try:
+            while True:
+                ids = [
+                    i for i in self._store.endedBefore(cutoff) if i not in self._live
+                ]
+                if not ids:
+                    break
+                for jobId in ids:
+                    self._remove(jobId)
+                    removed += 1
+        except StoreError as e:
+            self.log.error(
+                "retention: {error}; {count} removed, trying again next round",
+                error=str(e),
+                count=removed,
+            )
         if removed:
             self.log.info("retention: removed {count} ended job(s)", count=removed)
         return removed
@@ -377,5 +456,16 @@ class JobManager:
         return self._executor.shutdown(jobs)
 
     def close(self) -> None:
-        """Close the store (after L{shutdown})."""
+        """Close the store (after L{shutdown}), storing what it can first."""
+        if self._retryTimer is not None and self._retryTimer.active():
+            self._retryTimer.cancel()
+        self._retryTimer = None
+        if self._unsaved and self.flushUnsaved():
+            for jobId, record in self._unsaved.items():
+                # Nothing else will keep it: say it where an operator looks.
+                self.log.error(
+                    "job {job}'s final record could not be stored: {record}",
+                    job=jobId,
+                    record=record.toJSON(),
+                )
         self._store.close()

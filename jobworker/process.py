@@ -83,6 +83,7 @@ class JobProcess:
         self._timedOut = False
         self._killSent = False
         self._setupError: str | None = None
+        self._gateClosed = False
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
         self._exit: Failure | None = None
@@ -106,6 +107,19 @@ class JobProcess:
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
 
+    def recorded(self) -> None:
+        """
+        The store has the job's record: open the gate, and the command runs.
+        A job whose setup failed gets the gate closed instead (it exits).
+        """
+        transport = self._transport
+        if transport is None or self._gateClosed:
+            return
+        self._gateClosed = True
+        if self._setupError is None and self._exit is None:
+            transport.writeToChild(3, b"go\n")
+        transport.closeChildFD(3)
+
     def failedToStart(self, error: str) -> None:
         """The command could not be started: FAILED with C{error}."""
         self.stdout.close()
@@ -120,6 +134,7 @@ class JobProcess:
         kill it; it ends FAILED with C{error}.
         """
         self._setupError = error
+        self.recorded()
         if self._transport is not None:
             try:
                 self._transport.signalProcess(signal.SIGKILL)

@@ -584,6 +584,9 @@ class SlurmJob:
         ended.addCallback(relay)
         return result
 
+    def recorded(self) -> None:
+        """sbatch runs after the record is stored (same reactor turn)."""
+
     def setupFailed(self, reason: str) -> None:
         """The job could not be recorded: cancel it in Slurm, end it FAILED."""
         self._stopRequested = True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from .records import JobRecord, JobStatus
 
@@ -63,6 +65,29 @@ _UPDATE = (
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says why."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _mapped(what: str) -> Callable[[_F], _F]:
+    """
+    Turn any SQLite error of the wrapped method into a L{StoreError}: any
+    statement, a read or a C{DELETE} included, may fail with "database or
+    disk is full" or "database disk image is malformed".
+    """
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot {what}: {e}") from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _migrateTo1(db: sqlite3.Connection) -> None:
@@ -218,6 +243,10 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         try:
             self._prepare()
+        except StoreError:
+            self._db.close()
+            self._unlock()
+            raise
         except sqlite3.DatabaseError as e:
             self._db.close()
             self._unlock()
@@ -251,6 +280,14 @@ class JobStore:
         # Reading the schema first makes SQLite reject a non-database file
         # before anything is written to it.
         self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # A damaged page would answer some requests with errors later on:
+        # refuse it now, before anything is written.
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path} is damaged ({problems[0]}): see the README's "
+                '"Durability" section to recover it'
+            )
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -315,11 +352,13 @@ class JobStore:
         except sqlite3.Error as e:
             raise StoreError(f"cannot record job {record.id}: {e}") from None
 
+    @_mapped("read a job")
     def get(self, jobId: str) -> JobRecord | None:
         """The job with this id, or None."""
         row = self._db.execute(_SELECT + " WHERE id = ?", (jobId,)).fetchone()
         return None if row is None else _record(row)
 
+    @_mapped("list jobs")
     def page(
         self,
         *,
@@ -358,6 +397,7 @@ class JobStore:
         more = len(rows) > limit
         return records, (records[-1].seq if more and records else None)
 
+    @_mapped("list running jobs")
     def running(self) -> list[JobRecord]:
         """Every job recorded as RUNNING or PENDING (not finished)."""
         rows = self._db.execute(
@@ -366,6 +406,7 @@ class JobStore:
         ).fetchall()
         return [_record(row) for row in rows]
 
+    @_mapped("list ended jobs")
     def endedBefore(self, when: float, limit: int = 1000) -> list[str]:
         """Ids of (at most C{limit}) jobs that ended before C{when}."""
         rows = self._db.execute(
@@ -375,10 +416,12 @@ class JobStore:
         ).fetchall()
         return [row["id"] for row in rows]
 
+    @_mapped("delete a job")
     def delete(self, jobId: str) -> None:
         """Remove a job's record."""
         self._db.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
 
+    @_mapped("count jobs")
     def countByStatus(self) -> dict[str, int]:
         """How many jobs are stored in each status."""
         rows = self._db.execute(
@@ -386,6 +429,7 @@ class JobStore:
         ).fetchall()
         return {row["status"]: row["n"] for row in rows}
 
+    @_mapped("count jobs")
     def count(self) -> int:
         """How many jobs are stored."""
         return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as _globalReactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -500,15 +500,30 @@ class ManagerService(Service):
 
 
 class UsersReloadService(Service):
-    """Reload the users file on SIGHUP (a bad file keeps the old users)."""
+    """
+    Reload the users file on SIGHUP (a bad file keeps the old users). The
+    file is read and parsed (bcrypt, account lookups) in a thread, never on
+    the reactor; a storm of HUPs costs at most one reload running and one
+    more queued. Without a users file a HUP is logged and ignored: it must
+    never end the server (logrotate and C{systemctl reload} send it).
+    """
 
     log = Logger()
 
-    def __init__(self, path: str, authenticator: Authenticator, reactor: Any) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        authenticator: Authenticator,
+        reactor: Any,
+        runInThread: Callable[..., Deferred[Any]] | None = None,
+    ) -> None:
         self._path = path
         self._authenticator = authenticator
         self._reactor = reactor
+        self._runInThread = runInThread
         self._previous: Any = None
+        self._reloading = False
+        self._again = False
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -523,21 +538,47 @@ class UsersReloadService(Service):
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
 
-    def reload(self) -> None:
+    def reload(self) -> Deferred[None]:
         """Read the users file again; keep the old users if it is unusable."""
+        if self._path is None:
+            self.log.info(
+                "SIGHUP: the server runs with the development users (no "
+                "--users file): nothing to reload"
+            )
+            return succeed(None)
+        if self._reloading:
+            self._again = True
+            return succeed(None)
+        self._reloading = True
+        return Deferred.fromCoroutine(self._reload(self._path))
+
+    async def _reload(self, path: str) -> None:
         try:
-            users = UserDatabase.fromFile(self._path)
+            while True:
+                self._again = False
+                await self._reloadOnce(path)
+                if not self._again:
+                    return
+        finally:
+            self._reloading = False
+
+    async def _reloadOnce(self, path: str) -> None:
+        try:
+            if self._runInThread is not None:
+                users = await self._runInThread(UserDatabase.fromFile, path)
+            else:
+                users = UserDatabase.fromFile(path)
         except (OSError, UsersFileError, UnicodeDecodeError) as e:
             self.log.error(
                 "users file {path} not reloaded, keeping the old users: {error}",
-                path=self._path,
+                path=path,
                 error=str(e),
             )
             return
         self._authenticator.replaceUsers(users)
         self.log.info(
             "users file {path} reloaded: {count} users",
-            path=self._path,
+            path=path,
             count=len(users),
         )
 
@@ -554,7 +595,11 @@ class RetentionService(Service):
         self.interval = min(max(retain / 100, 1.0), 3600.0)
 
     def _expire(self) -> None:
-        self._manager.expire(self._retain)
+        # One bad round must not end the LoopingCall (and retention with it).
+        try:
+            self._manager.expire(self._retain)
+        except Exception:
+            log.failure("retention round failed; trying again next round")
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -758,8 +803,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     root.addService(ManagerService(manager, api.drain))
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
-    if config["users"] is not None:
-        root.addService(UsersReloadService(config["users"], authenticator, reactor))
+    root.addService(
+        UsersReloadService(config["users"], authenticator, reactor, runInThread)
+    )
     root.addService(ListeningService(ports[0]))
     return root
 

@@ -32,6 +32,8 @@ class FakeProcessTransport:
         #: If set, signalProcess raises it (e.g. ProcessExitedAlready).
         self.signalError: BaseException | None = None
         self.closedChildFDs: list[int] = []
+        #: What the server wrote to the start gate (fd 3).
+        self.gate: list[bytes] = []
 
     def closeStdin(self) -> None:
         self.stdinClosed = True
@@ -54,7 +56,10 @@ class FakeProcessTransport:
         self.closedChildFDs.append(2)
 
     def writeToChild(self, childFD: int, data: bytes) -> None:
-        raise AssertionError("jobs never write to their child")
+        if childFD != 3:
+            raise AssertionError("jobs only write to their start gate")
+        assert 3 not in self.closedChildFDs, "the gate was written after closing"
+        self.gate.append(data)
 
     def write(self, data: bytes) -> None:
         raise AssertionError("jobs never write to their child")

@@ -319,7 +319,7 @@ class CreateTests(APITestCase):
         self.assertEqual(job["args"], ["-c", "x"])
         self.assertNotIn("env", job)
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.args[1:], ["sh", "-c", "x"])
+        self.assertEqual(spawned.args[-3:], ["sh", "-c", "x"])
         self.assertEqual(job["pid"], spawned.pid)
 
     def test_envNotEchoed(self) -> None:

@@ -15,6 +15,7 @@ from jobworker import manager
 from jobworker.errors import Conflict, NotFound
 from jobworker.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
 from jobworker.records import JobStatus
+from jobworker.sandbox import GATE, SH
 from jobworker.spool import OutputSpool, StoredOutput
 from jobworker.validation import JobRequest
 
@@ -91,6 +92,10 @@ class ManagerTestCase(SynchronousTestCase):
         self.assertEqual(self.manager.record(record.id).toJSON(), record.toJSON())
 
 
+#: Every job starts behind the gate, which the server opens once the store
+#: has the job's record.
+GATED = [SH, "-c", GATE, "jobworker-gate"]
+
 #: The variables every job starts with.
 IDENTITY_ENV = {"PATH", "LANG", "HOME", "USER", "LOGNAME", "SHELL"}
 
@@ -99,11 +104,11 @@ class CreateTests(ManagerTestCase):
     """create(): how a job's process is spawned."""
 
     def test_argvIsSetsidThenCommand(self) -> None:
-        """argv is [setsid, command, *args] with the command as given."""
+        """argv is [gate, setsid, command, *args] with the command as given."""
         self.manager.create(request("sh", "-c", "echo hi", ""), owner="alice")
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.executable, SETSID)
-        self.assertEqual(spawned.args, [SETSID, "sh", "-c", "echo hi", ""])
+        self.assertEqual(spawned.executable, SH)
+        self.assertEqual(spawned.args, [*GATED, SETSID, "sh", "-c", "echo hi", ""])
 
     def test_setsidIsAbsolute(self) -> None:
         """SETSID is an absolute path to an executable."""
@@ -111,11 +116,14 @@ class CreateTests(ManagerTestCase):
         self.assertTrue(os.access(SETSID, os.X_OK))
 
     def test_childFDs(self) -> None:
-        """stdin is writable (and closed at once); stdout and stderr are read."""
+        """stdin is writable (and closed at once); stdout and stderr are read;
+        fd 3 is the gate, opened once the record is stored."""
         self.manager.create(request(), owner="alice")
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.childFDs, {0: "w", 1: "r", 2: "r"})
+        self.assertEqual(spawned.childFDs, {0: "w", 1: "r", 2: "r", 3: "w"})
         self.assertTrue(spawned.transport.stdinClosed)
+        self.assertEqual(spawned.transport.gate, [b"go\n"])
+        self.assertIn(3, spawned.transport.closedChildFDs)
 
     def test_noCwd(self) -> None:
         """Without cwd, no path is given to spawnProcess."""
@@ -230,14 +238,14 @@ class CreateTests(ManagerTestCase):
         record = self.manager.create(request("./run.sh", cwd=directory), "alice")
         self.assertIs(record.status, JobStatus.RUNNING)
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.args, [SETSID, "./run.sh"])
+        self.assertEqual(spawned.args, [*GATED, SETSID, "./run.sh"])
         self.assertEqual(spawned.path, directory)
 
     def test_absoluteCommand(self) -> None:
         """An absolute command that is executable is spawned as given."""
         script = self.makeFile("run.sh", 0o700)
         self.manager.create(request(script), owner="alice")
-        self.assertEqual(self.reactor.spawned[0].args, [SETSID, script])
+        self.assertEqual(self.reactor.spawned[0].args, [*GATED, SETSID, script])
 
     def test_completed(self) -> None:
         """A job whose process exits 0 is COMPLETED."""

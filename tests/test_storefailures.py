@@ -1,0 +1,260 @@
+"""
+The store failing (disk full, a damaged page) loses nothing and breaks
+nothing: a real SQLite store that refuses writes on demand, under the real
+manager and API on a fake process reactor. (The fault suite, tests/faults,
+does the same with a real full disk.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.api import JobsAPI
+from jobworker.auth import Authenticator, makePortal
+from jobworker.manager import RETRY_FIRST, JobManager
+from jobworker.metrics import Metrics
+from jobworker.records import JobStatus
+from jobworker.store import JobStore, StoreError
+from jobworker.tap import RetentionService
+from jobworker.users import UserDatabase
+
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .support import basic
+
+
+class FullDiskStore(JobStore):
+    """
+    A real store whose writes (and, if asked, every statement) fail the way
+    SQLite fails on a full disk, until space comes back.
+    """
+
+    full = False
+    broken = False
+
+    def _fail(self) -> None:
+        if self.full:
+            raise StoreError("cannot record job: database or disk is full")
+
+    def insert(self, record: Any) -> None:
+        self._fail()
+        super().insert(record)
+
+    def update(self, record: Any) -> None:
+        self._fail()
+        super().update(record)
+
+    def delete(self, jobId: str) -> None:
+        if self.full:
+            # What the real delete raised before it was mapped: the store
+            # must turn any sqlite3 error into a StoreError.
+            raise StoreError("cannot delete a job: database or disk is full")
+        super().delete(jobId)
+
+    def get(self, jobId: str) -> Any:
+        if self.broken:
+            raise StoreError("cannot read a job: database disk image is malformed")
+        return super().get(jobId)
+
+    def page(self, **kwargs: Any) -> Any:
+        if self.broken:
+            raise StoreError("cannot list jobs: database disk image is malformed")
+        return super().page(**kwargs)
+
+
+def syncRunner(f: Any, *args: Any) -> Any:
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
+
+class StoreFailureTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.reactor = FakeProcessReactor()
+        self.killer = GroupKiller()
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        self.store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
+        self.metrics = Metrics()
+        self.manager = JobManager(
+            self.reactor,
+            stateDir,
+            5.0,
+            self.killer,
+            store=self.store,
+            metrics=self.metrics,
+        )
+        self.addCleanup(self.manager.close)
+        authenticator = Authenticator(
+            makePortal(UserDatabase.development(), syncRunner)
+        )
+        self.api = JobsAPI(self.manager, authenticator, self.reactor, self.metrics)
+        self.http = StubTreq(self.api.app.resource())
+
+    def call(
+        self, method: str, path: str, user: str = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        headers = basic(user)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers[b"content-type"] = [b"application/json"]
+        response = self.successResultOf(
+            self.http.request(method, "https://x" + path, data=data, headers=headers)
+        )
+        content = self.successResultOf(response.content())
+        self.http.flush()
+        if response.headers.getRawHeaders(b"content-type") == [b"text/plain"]:
+            return response.code, content
+        try:
+            return response.code, json.loads(content)
+        except ValueError:
+            return response.code, content
+
+    def endJob(self, code: int = 3) -> str:
+        status, job = self.call("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(status, 201, job)
+        [spawned] = [s for s in self.reactor.spawned if s.pid == job["pid"]]
+        self.killer.groupGone(spawned.pid)
+        self.store.full = True
+        spawned.exit(code)
+        return str(job["id"])
+
+    def test_finalRecordSurvivesFullDisk(self) -> None:
+        """
+        Defect 1: the job ends FAILED while the disk is full; the API keeps
+        saying FAILED (never RUNNING again), stop is 409 with the real
+        status, metrics count it as ended, and once space is back the store
+        gets it.
+        """
+        jobId = self.endJob(3)
+        code, job = self.call("GET", f"/jobs/{jobId}")
+        self.assertEqual((code, job["status"], job["exit_code"]), (200, "FAILED", 3))
+        code, body = self.call("GET", "/jobs?status=RUNNING")
+        self.assertEqual([j["id"] for j in body["jobs"]], [])
+        code, body = self.call("GET", "/jobs")
+        self.assertEqual(body["jobs"][0]["status"], "FAILED")
+        code, body = self.call("POST", f"/jobs/{jobId}/stop")
+        self.assertEqual(code, 409)
+        self.assertIn("FAILED", body["error"])
+        self.assertEqual(self.manager._countByStatus().get("RUNNING", 0), 0)
+        self.assertEqual(self.manager._countByStatus()["FAILED"], 1)
+        # Still full at the first retry; space comes back before the next.
+        self.reactor.advance(RETRY_FIRST)
+        self.assertEqual(self.store.get(jobId).status, JobStatus.RUNNING)
+        self.store.full = False
+        self.reactor.advance(RETRY_FIRST * 2)
+        stored = self.store.get(jobId)
+        self.assertEqual((stored.status, stored.exit_code), (JobStatus.FAILED, 3))
+        self.assertEqual(self.manager._unsaved, {})
+
+    def test_deleteOnFullDiskIs503ThenWorks(self) -> None:
+        """
+        Defect 2: DELETE of an ended job while the store refuses is 503 (never
+        409 "still running", never 500), and works once space is back.
+        """
+        jobId = self.endJob(0)
+        code, body = self.call("DELETE", f"/jobs/{jobId}", user="ada")
+        self.assertEqual(code, 503, body)
+        self.assertIn("try again", body["error"])
+        self.store.full = False
+        code, _ = self.call("DELETE", f"/jobs/{jobId}", user="ada")
+        self.assertEqual(code, 200)
+        code, _ = self.call("GET", f"/jobs/{jobId}")
+        self.assertEqual(code, 404)
+
+    def test_brokenReadsAre503(self) -> None:
+        """Defect 6 at run time: a store that cannot read answers 503 JSON."""
+        self.store.broken = True
+        for path in ("/jobs", "/jobs/7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1"):
+            code, body = self.call("GET", path)
+            self.assertEqual(code, 503, body)
+            self.assertIn("error", body)
+
+    def test_unrecordedJobNeverRuns(self) -> None:
+        """
+        Defect 5: when the record cannot be stored the process never passes
+        its gate (no "go"), the gate is closed and the process killed; the
+        client gets 503.
+        """
+        self.store.full = True
+        code, body = self.call("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(code, 503, body)
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.transport.gate, [])
+        self.assertIn(3, spawned.transport.closedChildFDs)
+        self.assertTrue(spawned.transport.signals)
+
+    def test_retentionSurvivesStoreErrors(self) -> None:
+        """Defect 2: a failing round of --retain does not end retention."""
+        jobId = self.endJob(0)
+        self.store.full = False
+        self.reactor.advance(RETRY_FIRST)
+        clock = Clock()
+        clock.seconds = self.reactor.seconds  # type: ignore[method-assign]
+        service = RetentionService(self.manager, 1.0, self.reactor)
+        self.store.full = True
+        self.reactor.advance(10)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIsNotNone(self.store.get(jobId))
+        self.assertTrue(service._loop.running)
+        self.store.full = False
+        self.reactor.advance(service.interval)
+        self.assertIsNone(self.store.get(jobId))
+
+
+class RealStoreErrorTests(SynchronousTestCase):
+    """Every statement of the real store maps SQLite errors to StoreError."""
+
+    def test_everyMethodMapsErrors(self) -> None:
+        store = JobStore(os.path.abspath(self.mktemp()))
+        store._db.close()  # any statement now raises sqlite3.ProgrammingError
+        self.addCleanup(store._unlock)
+        for call in (
+            lambda: store.get("x"),
+            lambda: store.page(),
+            lambda: store.running(),
+            lambda: store.endedBefore(0.0),
+            lambda: store.delete("x"),
+            lambda: store.countByStatus(),
+            lambda: store.count(),
+        ):
+            self.assertRaises(StoreError, call)
+        self.assertTrue(issubclass(sqlite3.ProgrammingError, sqlite3.Error))
+
+    def test_damagedStoreRefused(self) -> None:
+        """Defect 6: a damaged page is refused at open, nothing overwritten."""
+        path = os.path.abspath(self.mktemp())
+        store = JobStore(path)
+        from jobworker.records import JobRecord
+
+        for n in range(400):
+            store.insert(
+                JobRecord(
+                    id=f"{n:08d}-0000-4000-8000-000000000000",
+                    command="x" * 200,
+                    args=[],
+                    owner="alice",
+                    created_at=1.0,
+                )
+            )
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.close()
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.seek(size // 2)
+            f.write(os.urandom(4096))
+        with open(path, "rb") as f:
+            before = f.read()
+        error = self.assertRaises(StoreError, JobStore, path)
+        self.assertIn("damaged", str(error))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
