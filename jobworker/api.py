@@ -210,6 +210,8 @@ class JobsAPI:
         self._clock = clock
         self._metrics = metrics
         self._streams: set[Deferred[None]] = set()
+        #: The connection of each open log response (to close at shutdown).
+        self._streamChannels: dict[Deferred[None], Any] = {}
 
     def _audit(
         self, request: IRequest, event: str, user: User, result: str, **fields: Any
@@ -561,17 +563,60 @@ class JobsAPI:
         """Remember an open log response until it is finished or lost."""
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
         self._streams.add(finished)
-        finished.addBoth(lambda _: self._streams.discard(finished))
+        channel = getattr(request, "channel", None)
+        if channel is not None:
+            self._streamChannels[finished] = channel
 
-    def drain(self, timeout: float = 2.0) -> Deferred[None]:
-        """Fires once every open log response has finished (or after C{timeout})."""
+        def done(result: object) -> None:
+            self._streams.discard(finished)
+            whenClosed = getattr(channel, "whenClosed", None)
+            if result is not None or whenClosed is None:
+                # The client went away: nothing to close at shutdown.
+                self._streamChannels.pop(finished, None)
+            else:
+                # Its last bytes may still be on their way: keep it until
+                # its connection closes, so a shutdown can wait for them.
+                whenClosed().addCallback(
+                    lambda _: self._streamChannels.pop(finished, None)
+                )
+
+        finished.addBoth(done)
+
+    def drain(self, timeout: float = 5.0) -> Deferred[None]:
+        """
+        At shutdown, after the jobs ended: let every open log response send
+        its last bytes and its end (chunked terminator, SSE C{end} event),
+        then close its connection and wait until it is closed, so the bytes
+        have left the process before the reactor stops. Bounded by
+        C{timeout} seconds in all.
+        """
+        channels = list(self._streamChannels.values())
         pending = list(self._streams)
-        if not pending:
+        if not pending and not channels:
             return succeed(None)
-        waiting: Deferred[None] = DeferredList(pending, consumeErrors=True).addCallback(
-            lambda _: None
-        )
-        return waiting.addTimeout(timeout, self._clock).addErrback(lambda _: None)
+        return Deferred.fromCoroutine(self._drain(pending, channels, timeout))
+
+    async def _drain(
+        self, pending: list[Deferred[None]], channels: list[Any], timeout: float
+    ) -> None:
+        deadline = self._clock.seconds() + timeout
+
+        async def bounded(waits: list[Deferred[Any]]) -> None:
+            if not waits:
+                return
+            left = max(0.0, deadline - self._clock.seconds())
+            both = DeferredList(waits, consumeErrors=True)
+            await both.addTimeout(left, self._clock).addErrback(lambda _: None)
+
+        await bounded(pending)
+        closing = []
+        for channel in channels:
+            whenClosed = getattr(channel, "whenClosed", None)
+            if whenClosed is None:
+                continue
+            closing.append(whenClosed())
+            channel.loseConnection()
+        await bounded(closing)
 
 
 def _wantsEvents(request: IRequest) -> bool:

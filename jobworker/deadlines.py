@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -45,6 +46,18 @@ class DeadlineChannel(HTTPChannel):
     bodyTimeout: float = 30.0
     _deadline: IDelayedCall | None = None
     _waitingForBody = False
+    _closed = False
+    _closeWaiters: list[Deferred[None]] | None = None
+
+    def whenClosed(self) -> Deferred[None]:
+        """Fires once the connection is closed (its last byte written)."""
+        if self._closed:
+            return succeed(None)
+        if self._closeWaiters is None:
+            self._closeWaiters = []
+        d: Deferred[None] = Deferred()
+        self._closeWaiters.append(d)
+        return d
 
     def dataReceived(self, data: bytes) -> None:
         if self._deadline is None and not self._handlingRequest:
@@ -67,7 +80,11 @@ class DeadlineChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
+        self._closed = True
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        waiters, self._closeWaiters = self._closeWaiters or [], None
+        for d in waiters:
+            d.callback(None)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # Twisted's LineReceiver would just drop the connection, unanswered.

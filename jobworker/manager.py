@@ -119,6 +119,7 @@ class JobManager:
         self._bootId = currentBootId()
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
+        _checkWritable(self._jobsDir)
         self._store = (
             store
             if store is not None
@@ -469,3 +470,14 @@ class JobManager:
                     record=record.toJSON(),
                 )
         self._store.close()
+
+
+def _checkWritable(folder: str) -> None:
+    """
+    @raise OSError: nothing can be created in C{folder} (a read-only mount):
+        every job's output would be lost, so refuse at start-up instead.
+    """
+    probe = os.path.join(folder, f".writable-{os.getpid()}")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    os.unlink(probe)

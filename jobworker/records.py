@@ -89,6 +89,9 @@ class JobRecord:
     executor: str = "local"
     slurm_job_id: str | None = None
     node: str | None = None
+    #: Internal: when a stop was started (TERM sent), so that a restarted
+    #: server goes on with the escalation (Slurm).
+    stop_requested_at: float | None = None
     #: The Unix identity the job runs as: an account name, C{dynamic:<uid>},
     #: or the server's own user.
     run_as: str | None = None

@@ -941,6 +941,8 @@ class SlurmExecutor:
                     # the job. The next poll looks for it by name.
                     job.findByName = reason
                 self._track(job)
+                if record.stopped_by is not None:
+                    self._resumeStop(job)
                 attached.append(job)
                 self.log.info(
                     "re-attached to Slurm job {slurm} (job {job}, {status})",
@@ -957,10 +959,17 @@ class SlurmExecutor:
         return attached
 
     def shutdown(self, jobs: Sequence[Any]) -> Deferred[None]:
-        """Leave the jobs to Slurm: a restart re-attaches to them."""
+        """
+        Leave the jobs to Slurm: a restart re-attaches to them, and goes on
+        with the stops in progress (their escalation timers end here).
+        """
         for loop in (self._poll, self._files):
             if loop.running:
                 loop.stop()
+        for job in jobs:
+            killCall = getattr(job, "_killCall", None)
+            if killCall is not None and killCall.active():
+                killCall.cancel()
         if jobs:
             self.log.info("leaving {count} job(s) running in Slurm", count=len(jobs))
         return succeed(None)
@@ -1046,7 +1055,40 @@ class SlurmExecutor:
                     f"Slurm is unreachable, try again later ({e})"
                 ) from None
             raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
-        job._killCall = self._reactor.callLater(self._grace, lambda: self.cancel(job))
+        # Stored, so a restart goes on with the escalation (who and when).
+        job.record.stop_requested_at = self.now()
+        self.save(job.record)
+        self._escalate(job, self._grace)
+
+    def _escalate(self, job: SlurmJob, delay: float) -> None:
+        """scancel the job after C{delay} seconds (the rest of the grace)."""
+        job._killCall = self._reactor.callLater(
+            max(0.0, delay), lambda: self.cancel(job)
+        )
+
+    def _resumeStop(self, job: SlurmJob) -> None:
+        """After a restart: go on with a stop that was in progress."""
+        record = job.record
+        job._stopRequested = True
+        if record.stop_requested_at is not None:
+            left = record.stop_requested_at + self._grace - self.now()
+            self.log.info(
+                "job {job}: stop by {user} in progress, scancel in {left:.1f}s",
+                job=record.id,
+                user=record.stopped_by,
+                left=max(0.0, left),
+            )
+            self._escalate(job, left)
+        elif record.slurm_job_id is not None:
+            # Asked, but TERM may not have gone out: send it again.
+            def failed(failure: Failure) -> None:
+                self.log.warn(
+                    "job {job}: stop not resumed: {error}",
+                    job=record.id,
+                    error=failure.getErrorMessage(),
+                )
+
+            Deferred.fromCoroutine(self.terminate(job)).addErrback(failed)
 
     async def _lookUp(self, jobId: str) -> str | None:
         """The Slurm id of the job named for C{jobId}, if Slurm has one."""

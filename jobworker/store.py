@@ -15,7 +15,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -48,6 +48,7 @@ _COLUMNS = (
     "slurm_job_id",
     "node",
     "run_as",
+    "stop_requested_at",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -142,11 +143,17 @@ def _migrateTo4(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN run_as TEXT")
 
 
+def _migrateTo5(db: sqlite3.Connection) -> None:
+    # A stop in progress survives a restart (Slurm's escalation).
+    db.execute("ALTER TABLE jobs ADD COLUMN stop_requested_at REAL")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
     _migrateTo3,
     _migrateTo4,
+    _migrateTo5,
 ]
 
 
@@ -179,6 +186,7 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.slurm_job_id,
         record.node,
         record.run_as,
+        record.stop_requested_at,
     )
 
 
@@ -212,6 +220,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         slurm_job_id=row["slurm_job_id"],
         node=row["node"],
         run_as=row["run_as"],
+        stop_requested_at=row["stop_requested_at"],
     )
 
 
@@ -284,8 +293,9 @@ class JobStore:
         # refuse it now, before anything is written.
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
+            detail = " ".join(" ".join(problems).split())[:200]
             raise StoreError(
-                f"{self.path} is damaged ({problems[0]}): see the README's "
+                f"{self.path} is damaged ({detail}): see the README's "
                 '"Durability" section to recover it'
             )
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
