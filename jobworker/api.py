@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -609,6 +610,14 @@ class JobsAPI:
             await both.addTimeout(left, self._clock).addErrback(lambda _: None)
 
         await bounded(pending)
+        # A client whose stream just ended may ask one more thing on the
+        # same connection (jw asks for the job's final status): let each
+        # connection fall quiet before closing it.
+        while self._clock.seconds() < deadline and any(
+            getattr(channel, "idleFor", lambda: float("inf"))() < LINGER
+            for channel in channels
+        ):
+            await deferLater(self._clock, 0.05, lambda: None)
         closing = []
         for channel in channels:
             whenClosed = getattr(channel, "whenClosed", None)
@@ -617,6 +626,11 @@ class JobsAPI:
             closing.append(whenClosed())
             channel.loseConnection()
         await bounded(closing)
+
+
+#: At shutdown, how long a follower's connection must have been quiet
+#: before it is closed (time for its client's last request).
+LINGER = 0.3
 
 
 def _wantsEvents(request: IRequest) -> bool:

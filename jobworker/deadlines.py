@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
@@ -48,6 +51,20 @@ class DeadlineChannel(HTTPChannel):
     _waitingForBody = False
     _closed = False
     _closeWaiters: list[Deferred[None]] | None = None
+    _lastActive = 0.0
+
+    def idleFor(self) -> float:
+        """Seconds since this connection last received or answered anything
+        (0 while a request is in progress); infinite once it is closed."""
+        if self._closed:
+            return float("inf")
+        if self._handlingRequest:
+            return 0.0
+        return time.monotonic() - self._lastActive
+
+    def requestDone(self, request: Any) -> None:
+        self._lastActive = time.monotonic()
+        super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def whenClosed(self) -> Deferred[None]:
         """Fires once the connection is closed (its last byte written)."""
@@ -60,6 +77,7 @@ class DeadlineChannel(HTTPChannel):
         return d
 
     def dataReceived(self, data: bytes) -> None:
+        self._lastActive = time.monotonic()
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
                 self.headerTimeout, self._tooSlow, "headers"

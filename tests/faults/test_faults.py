@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from jobworker.records import JobRecord
 from jobworker.store import JobStore
 
+from ..support import JW, jwEnvironment
 from .harness import (
     Tmpfs,
     Twistd,
@@ -285,6 +286,15 @@ class ShutdownTests(FaultTestCase):
         ]
         for thread in threads:
             thread.start()
+        # And jw itself: it must exit with the job's status, not an error.
+        jwOut = os.path.realpath(self.mktemp())
+        with open(jwOut, "wb") as out:
+            jw = subprocess.Popen(
+                [JW, "logs", "--follow", job["id"]],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                env=jwEnvironment(f"https://localhost:{server.port}"),
+            )
         stdout = os.path.join(state, "jobs", job["id"], "stdout")
         waitUntil(
             lambda: (
@@ -299,8 +309,13 @@ class ShutdownTests(FaultTestCase):
         took = time.monotonic() - started
         for thread in threads:
             thread.join(60)
+        _, jwErrors = jw.communicate(timeout=60)
         with open(stdout, "rb") as f:
             expected = f.read()
+        with open(jwOut, "rb") as f:
+            self.assertEqual(f.read(), expected)
+        stopped = 128 + signal.SIGTERM
+        self.assertEqual(jw.returncode, stopped, jwErrors)
         self.assertEqual(len(results), 16)
         for kind, body, how in results:
             self.assertEqual(how, "complete", kind)
