@@ -258,3 +258,65 @@ class RealStoreErrorTests(SynchronousTestCase):
         self.assertIn("damaged", str(error))
         with open(path, "rb") as f:
             self.assertEqual(f.read(), before)
+
+
+class WaitLoopTests(SynchronousTestCase):
+    """Defect 7: jw wait never loops without a delay."""
+
+    def test_earlyAnswersAreNotABusyLoop(self) -> None:
+        """A server answering "RUNNING" at once: at most ~1 request a second."""
+        import argparse
+        import io
+
+        from twisted.internet.defer import ensureDeferred, succeed
+
+        from jobworker.cli import EXIT_TIMED_OUT, Streams, waitFor
+
+        clock = Clock()
+
+        class Client:
+            reactor = clock
+            calls = 0
+
+            def job(self, jobId: str, wait: float = 0) -> Any:
+                Client.calls += 1
+                if Client.calls > 100:
+                    raise AssertionError("jw wait is a busy loop")
+                return succeed({"id": jobId, "status": "RUNNING"})
+
+        options = argparse.Namespace(id="x", timeout=3.0, json=False)
+        streams = Streams(io.BytesIO(), io.BytesIO(), io.StringIO())
+        done = ensureDeferred(waitFor(Client(), options, streams))  # type: ignore[arg-type]
+        for _ in range(40):
+            clock.advance(0.1)
+        self.assertEqual(self.successResultOf(done), EXIT_TIMED_OUT)
+        self.assertLessEqual(Client.calls, 5)
+
+
+class ReloadThreadTests(SynchronousTestCase):
+    """Defect 7: a users-file reload parses (and hashes) off the reactor."""
+
+    def test_reloadRunsInTheThreadRunner(self) -> None:
+        from twisted.internet.defer import maybeDeferred
+
+        from jobworker.tap import UsersReloadService
+        from jobworker.users import DEVELOPMENT_USERS
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(DEVELOPMENT_USERS)
+        ran: list[Any] = []
+        replaced: list[Any] = []
+
+        def runInThread(f: Any, *args: Any) -> Any:
+            ran.append(f)
+            return maybeDeferred(f, *args)
+
+        class Authenticator:
+            def replaceUsers(self, users: Any) -> None:
+                replaced.append(users)
+
+        service = UsersReloadService(path, Authenticator(), None, runInThread)  # type: ignore[arg-type]
+        self.successResultOf(service.reload())
+        self.assertEqual(ran, [UserDatabase.fromFile])
+        self.assertEqual(len(replaced), 1)
