@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from jobworker.sandbox import privateFolders
 from jobworker.tap import ListeningService, ManagerService, Options, makeService
 from jobworker.tls import TrustRootPolicy
 
@@ -167,6 +168,10 @@ def jwEnvironment(server: str, user: str = "alice", **extra: str) -> dict[str, s
         "JW_USER": user,
         "JW_PASSWORD": PASSWORDS.get(user, ""),
     }
+    if "PYTHONPATH" in os.environ:
+        # So that jw runs the jobworker the tests import (a tree under test,
+        # e.g. a mutated copy), not only the installed one.
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(extra)
     return env
 
@@ -229,5 +234,12 @@ def sharedPath(testCase: TestCase) -> str:
     the test's private (0700) temporary folders.
     """
     path = os.path.realpath(testCase.mktemp())
+    if any(path.startswith(folder + "/") for folder in privateFolders()):
+        # A job sees its own tmpfs there, not this folder.
+        raise AssertionError(
+            f"the test folder {path} is in a folder jobs see privately "
+            "(/tmp, /var/tmp, ...): run the tests from a checkout elsewhere "
+            "(.ci/run does)"
+        )
     os.chmod(os.path.dirname(path), 0o1777)  # noqa: S103 (jobs of any uid)
     return path
