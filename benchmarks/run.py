@@ -179,7 +179,13 @@ class Context:
             profile = os.path.join(self.profileDir, f"{name}.pstats")
         # Every load generator connects from 127.0.0.1: lift the per-client
         # connection cap (a defence against abuse, not what is measured here).
-        extra = ("--max-connections-per-client=100000", *self.serverArgs, *options)
+        # Likewise the per-user creation rate: every load is one user.
+        extra = (
+            "--max-connections-per-client=100000",
+            "--create-rate=1000000",
+            *self.serverArgs,
+            *options,
+        )
         server = Server(
             self.cleanup, self.workdir, name, profile=profile, extra=extra
         ).start()

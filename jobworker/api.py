@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,8 +20,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
 from .audit import AuditLog
 from .auth import REALM, Authenticator, clientAddress
@@ -33,12 +36,13 @@ from .errors import (
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from .manager import JobManager
 from .metrics import Metrics
 from .permissions import Permission, User, authorize
 from .records import JobRecord, rfc3339
-from .spool import FileProducer, OutputSource, SpoolReader, tailOffset
+from .spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
 from .sse import EventStream, parseLastEventId
 from .store import StoreError
 from .tokens import fingerprint
@@ -129,9 +133,25 @@ def _query(request: IRequest) -> dict[bytes, list[bytes]]:
     # Parsed once per request: a handler asks for several parameters.
     parsed: dict[bytes, list[bytes]] | None = getattr(request, "_jobworkerQuery", None)
     if parsed is None:
-        query = bytes(request.uri).partition(b"?")[2]
-        parsed = parse_qs(query, keep_blank_values=True)
+        parsed = parseQuery(bytes(request.uri).partition(b"?")[2])
         request._jobworkerQuery = parsed  # type: ignore[attr-defined]
+    return parsed
+
+
+def parseQuery(query: bytes) -> dict[bytes, list[bytes]]:
+    """
+    C{a=1&b=%ff} -> C{{b"a": [b"1"], b"b": [b"\xff"]}}: bytes in, bytes out,
+    whatever the bytes (the standard library's parse_qs fails on a
+    percent-encoded byte that is not UTF-8).
+    """
+    parsed: dict[bytes, list[bytes]] = {}
+    for field in query.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        parsed.setdefault(unquote_to_bytes(name.replace(b"+", b" ")), []).append(
+            unquote_to_bytes(value.replace(b"+", b" "))
+        )
     return parsed
 
 
@@ -157,6 +177,49 @@ def _body(request: IRequest) -> bytes:
     return body
 
 
+#: The most bytes of jobs one list response holds (then it pages early).
+MAX_LIST_BYTES = 4 << 20
+
+#: Methods that change state: only from a JSON client of this origin.
+STATE_CHANGING = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+
+
+def refuseCrossSite(request: IRequest) -> None:
+    """
+    The CSRF defence, for state-changing requests: a browser on another
+    site can send a form (C{text/plain}, no body at all) with the user's
+    credentials or client certificate, but not C{application/json} without
+    a CORS preflight, which this server never grants (it sends no CORS
+    headers). And a browser says where a request comes from.
+
+    @raise Forbidden: C{Sec-Fetch-Site: cross-site}, or an C{Origin} other
+        than this server's own.
+    @raise UnsupportedMediaType: no C{Content-Type: application/json}.
+    """
+    if request.method not in STATE_CHANGING:
+        return
+    site = request.getHeader(b"sec-fetch-site")
+    if site is not None and site.strip().lower() == b"cross-site":
+        raise Forbidden("cross-site requests may not change anything")
+    origin = request.getHeader(b"origin")
+    if origin is not None:
+        host = request.getHeader(b"host") or b""
+        if origin.strip().lower() != b"https://" + host.strip().lower():
+            raise Forbidden("requests from another origin may not change anything")
+    contentType = request.getHeader(b"content-type") or b""
+    if contentType.split(b";")[0].strip().lower() != b"application/json":
+        raise UnsupportedMediaType(
+            "a request that changes something needs Content-Type: application/json"
+        )
+
+
+def _noBody(request: IRequest) -> None:
+    """@raise BadRequest: a body other than nothing or C{{}}."""
+    body = _body(request).strip()
+    if body and body != b"{}":
+        raise BadRequest("this request takes no body (or {})")
+
+
 def guarded(
     permission: Permission, *parameters: str, tokens: bool = True
 ) -> Callable[[Handler[P]], Route[P]]:
@@ -173,6 +236,7 @@ def guarded(
         ) -> Any:
             user = await self._authenticator.authenticate(request, tokens)
             try:
+                refuseCrossSite(request)
                 authorize(user, permission)
                 onlyParameters(_query(request), allowed)
                 return await handler(self, request, user, *args, **kwargs)
@@ -203,16 +267,29 @@ class JobsAPI:
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
         maxStreams: int = 1000,
+        maxStreamsPerUser: int | None = None,
     ) -> None:
         self._manager = manager
         self._auditLog = audit
         self._maxStreams = maxStreams
+        #: One user may hold this many of the log streams (a quarter of them
+        #: by default), so others can still follow their own jobs.
+        self._maxStreamsPerUser = (
+            maxStreamsPerUser
+            if maxStreamsPerUser is not None
+            else max(1, maxStreams // 4)
+        )
+        self._streamsBy: Counter[str] = Counter()
         self._authenticator = authenticator
         self._clock = clock
         self._metrics = metrics
         self._streams: set[Deferred[None]] = set()
         #: The connection of each open log response (to close at shutdown).
         self._streamChannels: dict[Deferred[None], Any] = {}
+
+    def resource(self) -> IResource:
+        """The API as a web resource (what the Site serves)."""
+        return _EncodingGuard(self.app.resource())
 
     def _audit(
         self, request: IRequest, event: str, user: User, result: str, **fields: Any
@@ -317,17 +394,26 @@ class JobsAPI:
             limit=parseLimit(_arg(request, b"limit")),
             before=parseCursor(_arg(request, b"cursor")),
         )
-        return _json(
-            request,
-            {
-                "jobs": [r.toJSON() for r in records],
-                "next_cursor": None if following is None else str(following),
-            },
-        )
+        # Bounded in bytes as well as in count: past MAX_LIST_BYTES the page
+        # ends early, and the cursor carries on from the last job in it.
+        parts: list[bytes] = []
+        size = 0
+        for index, record in enumerate(records):
+            encoded = json.dumps(record.toJSON(), separators=(",", ":")).encode()
+            if parts and size + len(encoded) > MAX_LIST_BYTES:
+                following = records[index - 1].seq
+                break
+            parts.append(encoded)
+            size += len(encoded) + 1
+        cursor = b"null" if following is None else b'"%d"' % following
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + cursor + b"}\n"
 
     @app.route("/tokens", methods=["POST"])
     @guarded(Permission.TOKENS, tokens=False)
     async def createToken(self, request: IRequest, user: User) -> bytes:
+        _noBody(request)
         signer = self._authenticator.tokens
         if signer is None:
             raise NotFound("tokens are not enabled")
@@ -383,6 +469,7 @@ class JobsAPI:
     @app.route("/jobs/<jobId>", methods=["DELETE"])
     @guarded(Permission.DELETE)
     async def deleteJob(self, request: IRequest, user: User, jobId: str) -> bytes:
+        _noBody(request)
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.DELETE, owner=record.owner)
         self._manager.delete(record.id)
@@ -392,6 +479,7 @@ class JobsAPI:
     @app.route("/jobs/<jobId>/stop", methods=["POST"])
     @guarded(Permission.STOP)
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
+        _noBody(request)
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
         self._audit(request, "job.stop", user, "requested", job=record.id)
@@ -409,7 +497,13 @@ class JobsAPI:
                 "allows",
                 retryAfter=1,
             )
-        self._track(request)
+        if self._streamsBy[user.name] >= self._maxStreamsPerUser:
+            raise TooManyRequests(
+                f"you have {self._streamsBy[user.name]} log streams open, the "
+                "most one user may",
+                retryAfter=1,
+            )
+        self._track(request, user.name)
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
         tail = parseTail(_arg(request, b"tail"))
@@ -428,7 +522,10 @@ class JobsAPI:
             offset = resume
         elif tail is not None:
             # The last lines, but none before offset (if given).
-            offset = max(offset, tailOffset(spool.path, spool.size, tail))
+            offset = max(
+                offset,
+                await tailOffsetSoon(self._clock, spool.path, spool.size, tail),
+            )
         dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
@@ -487,8 +584,12 @@ class JobsAPI:
         position = (0, 0)
         if tail is not None:
             position = (
-                tailOffset(streams[0].path, streams[0].size, tail),
-                tailOffset(streams[1].path, streams[1].size, tail),
+                await tailOffsetSoon(
+                    self._clock, streams[0].path, streams[0].size, tail
+                ),
+                await tailOffsetSoon(
+                    self._clock, streams[1].path, streams[1].size, tail
+                ),
             )
         order = self._manager.order(record.id)
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -560,16 +661,20 @@ class JobsAPI:
             reader.stopProducing()
             raise
 
-    def _track(self, request: IRequest) -> None:
+    def _track(self, request: IRequest, user: str) -> None:
         """Remember an open log response until it is finished or lost."""
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
         self._streams.add(finished)
+        self._streamsBy[user] += 1
         channel = getattr(request, "channel", None)
         if channel is not None:
             self._streamChannels[finished] = channel
 
         def done(result: object) -> None:
             self._streams.discard(finished)
+            self._streamsBy[user] -= 1
+            if self._streamsBy[user] <= 0:
+                del self._streamsBy[user]
             whenClosed = getattr(channel, "whenClosed", None)
             if result is not None or whenClosed is None:
                 # The client went away: nothing to close at shutdown.
@@ -631,6 +736,32 @@ class JobsAPI:
 #: At shutdown, how long a follower's connection must have been quiet
 #: before it is closed (time for its client's last request).
 LINGER = 0.3
+
+
+@implementer(IResource)
+class _EncodingGuard:
+    """
+    Answer a path that is not UTF-8 once percent-decoded (C{/jobs/%ff}) with
+    a 400 JSON error: Klein would fail decoding it with a 500.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        self._inner = inner
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError("the API has no children to add")
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            b"/".join(request.postpath or []).decode("utf-8")
+        except UnicodeDecodeError:
+            return _json(request, {"error": "the path is not valid UTF-8"}, 400)
+        return self._inner.render(request)  # type: ignore[no-any-return]
 
 
 def _wantsEvents(request: IRequest) -> bool:

@@ -41,11 +41,24 @@ class IJobworkerUser(Interface):
     """The avatar interface: an authenticated L{User}."""
 
 
-def _checkPassword(password: bytes, hashed: bytes) -> bool:
+def _checkPassword(password: bytes, hashed: bytes, *padding: bytes) -> bool:
+    """
+    Whether C{password} matches C{hashed} (bcrypt: run it off the reactor).
+    After a mismatch C{password} is also checked against each C{padding}
+    hash, answers ignored, so that every failure costs the same work
+    (L{UserDatabase.padding}).
+    """
     try:
-        return bcrypt.checkpw(password, hashed)
+        ok = bcrypt.checkpw(password, hashed)
     except ValueError:
-        return False
+        ok = False
+    if not ok:
+        for extra in padding:
+            try:
+                bcrypt.checkpw(password, extra)
+            except ValueError:
+                pass
+    return ok
 
 
 class VerifiedCredentials:
@@ -112,9 +125,11 @@ class BcryptChecker:
     """
     Check user name and password against the users' bcrypt hashes.
 
-    An unknown name is checked against a dummy hash of the same cost, so the
-    answer takes as long as for a wrong password. With a L{VerifiedCredentials}
-    cache, credentials verified recently are accepted without bcrypt.
+    Every refusal costs one check at the highest cost in the users file: an
+    unknown name is checked against a dummy hash of that cost, and a wrong
+    password for a user whose hash costs less is padded up to it, so timing
+    does not tell which names exist. With a L{VerifiedCredentials} cache,
+    credentials verified recently are accepted without bcrypt.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -143,9 +158,14 @@ class BcryptChecker:
         nameBytes = name.encode("utf-8")
         if entry is not None and cache is not None and (nameBytes, password) in cache:
             return succeed(nameBytes)
-        hashed = entry.passwordHash if entry is not None else self._users.dummyHash
+        if entry is not None:
+            hashed, padding = entry.passwordHash, self._users.padding(entry)
+        else:
+            hashed, padding = self._users.dummyHash, ()
         generation = cache.generation if cache is not None else None
-        d: Deferred[bool] = self._runInThread(_checkPassword, password, hashed)
+        d: Deferred[bool] = self._runInThread(
+            _checkPassword, password, hashed, *padding
+        )
 
         def verdict(ok: bool) -> bytes | tuple[()]:
             if ok and entry is not None:
@@ -206,6 +226,10 @@ class Authenticator:
     the verified-credential cache), C{Authorization: Bearer} (a signed token,
     one HMAC) or, with no header, the client certificate the TLS layer
     verified (its common name is the user).
+
+    Only Basic credentials are throttled: a password check is counted by
+    the L{LoginThrottle} before it runs. A valid token or certificate is
+    never refused for failures from its address.
     """
 
     log = Logger()
@@ -224,31 +248,70 @@ class Authenticator:
         self._onFailure = onFailure
         self._throttle = throttle
         self._audit = audit
-        self.tokens = tokens
         self._certificates = certificates
         realm = portal.realm
         assert isinstance(realm, UserRealm)
         self._realm = realm
+        self._tokens: TokenSigner | None = None
+        self.tokens = tokens
         # The portal's own cache of verified credentials: checked here first,
         # so a hit costs no Deferred chain at all.
         checker = portal.checkers.get(IUsernamePassword)
         self._cache = checker._cache if isinstance(checker, BcryptChecker) else None
 
+    @property
+    def tokens(self) -> TokenSigner | None:
+        """
+        The signer of bearer tokens (None: tokens are off). Setting one
+        binds its tokens to the credentials of the users here.
+        """
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, signer: TokenSigner | None) -> None:
+        if signer is not None:
+            signer.bind(self._credentialsOf)
+        self._tokens = signer
+
+    def _credentialsOf(self, name: str) -> bytes | None:
+        entry = self._realm._users.lookup(name)
+        return None if entry is None else entry.credentials
+
     def replaceUsers(self, users: UserDatabase) -> None:
         """
         Use a new users database (a reloaded users file): remembered
-        credentials are forgotten, and tokens of removed users, or of users
-        whose role changed, stop working.
+        credentials are forgotten, and the tokens of users removed, or whose
+        password or role changed, stop working for good (restoring the old
+        line does not revive them).
         """
+        old = self._realm._users
         replaceUsers(self._portal, users)
+        if self._tokens is None:
+            return
+        for name in old.names():
+            before, after = old.lookup(name), users.lookup(name)
+            assert before is not None
+            if after is None or after.credentials != before.credentials:
+                self._tokens.revoke(name)
 
     def _refuse(
-        self, request: IRequest, name: str, reason: str, message: str
+        self,
+        request: IRequest,
+        name: str,
+        reason: str,
+        message: str,
+        counted: bool = False,
     ) -> Unauthorized:
+        """
+        Record a failed authentication and return the error to raise.
+
+        @param counted: the throttle counts it already (a password check
+            begun with L{LoginThrottle.begin}).
+        """
         client = clientAddress(request)
         if self._onFailure is not None:
             self._onFailure()
-        if self._throttle is not None:
+        if self._throttle is not None and not counted:
             self._throttle.failed(name, client)
         if self._audit is not None:
             self._audit.record("auth.failure", name, client, "refused", reason=reason)
@@ -261,12 +324,17 @@ class Authenticator:
             )
         return Unauthorized(message)
 
-    def _checkThrottle(self, request: IRequest, name: str) -> None:
+    def _beginCheck(self, request: IRequest, name: str) -> None:
+        """
+        Count a password check for C{name} before it runs.
+
+        @raise TooManyRequests: too many failures, or checks in flight.
+        """
         throttle = self._throttle
         if throttle is None:
             return
         client = clientAddress(request)
-        wait = throttle.retryAfter(name, client)
+        wait = throttle.begin(name, client)
         if wait > 0:
             if self._audit is not None:
                 self._audit.record("auth.throttled", name, client, "refused")
@@ -292,7 +360,7 @@ class Authenticator:
             return user
         scheme, _, response = header.partition(b" ")
         scheme = scheme.lower()
-        if scheme == b"bearer" and self.tokens is not None:
+        if scheme == b"bearer" and self._tokens is not None:
             user = self._fromToken(request, response.strip())
             if not allowToken:
                 if self._audit is not None:
@@ -314,30 +382,52 @@ class Authenticator:
         except LoginFailed:
             raise Unauthorized("malformed Basic credentials") from None
         name = credentials.username.decode("utf-8", "replace")[:64]
-        self._checkThrottle(request, name)
-        # The hot path: credentials bcrypt accepted a moment ago.
-        cache = self._cache
-        if cache is not None:
-            entry = self._realm._users.lookup(name)
-            password = bytes(credentials.password)
-            if entry is not None and (name.encode("utf-8"), password) in cache:
-                return entry.user
+        self._beginCheck(request, name)
+        succeeded = False
         try:
-            _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
+            user = self._remembered(name, credentials)
+            if user is None:
+                _, avatar, _ = await self._portal.login(
+                    credentials, None, IJobworkerUser
+                )
+                assert isinstance(avatar, User)
+                user = avatar
+            succeeded = True
         except UnauthorizedLogin:
             raise self._refuse(
-                request, name, "bad password", "invalid user name or password"
+                request,
+                name,
+                "bad password",
+                "invalid user name or password",
+                counted=True,
             ) from None
-        assert isinstance(avatar, User)
-        if self._throttle is not None:
-            self._throttle.succeeded(name, clientAddress(request))
-        return avatar
+        finally:
+            # Whatever happened (a client that hangs up cancels the check),
+            # anything but a success counts as a failure.
+            if self._throttle is not None:
+                self._throttle.finish(name, clientAddress(request), succeeded)
+        return user
+
+    def _remembered(self, name: str, credentials: Any) -> User | None:
+        """
+        The user, if bcrypt accepted these credentials a moment ago (the hot
+        path: no Deferred chain at all).
+        """
+        cache = self._cache
+        if cache is None:
+            return None
+        entry = self._realm._users.lookup(name)
+        password = bytes(credentials.password)
+        if entry is not None and (name.encode("utf-8"), password) in cache:
+            return entry.user
+        return None
 
     def _fromToken(self, request: IRequest, token: bytes) -> User:
-        assert self.tokens is not None
-        self._checkThrottle(request, "")
+        # Not throttled: a valid token is never refused for others' failures
+        # from its address, and forging one is hopeless (HMAC-SHA256).
+        assert self._tokens is not None
         try:
-            name, role = self.tokens.verify(token.decode("ascii"))
+            name, role = self._tokens.verify(token.decode("ascii"))
         except (InvalidToken, UnicodeDecodeError) as e:
             raise self._refuse(
                 request, "", f"token: {e}", "invalid or expired token"

@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater, react
 from .client import ClientError, JobworkerClient, exitStatusOf
 from .clientconfig import (
     DEFAULT_SERVER,
+    DEV_CA_HOSTS,
     ConfigError,
     Settings,
     configPath,
@@ -27,6 +28,7 @@ from .clientconfig import (
     resolve,
     saveToken,
     tokensPath,
+    trustedCA,
 )
 from .tls import TLSConfigError
 
@@ -54,7 +56,8 @@ examples:
 
 settings (flags override the environment, which overrides the config file):
   --server / JW_SERVER / server      default https://localhost:8443
-  --ca / JW_CA / ca                  default: the development CA
+  --ca / JW_CA / ca                  default: the development CA, for
+                                     localhost, 127.0.0.1 and ::1 only
   --cert, --key / JW_CERT, JW_KEY / cert, key
                                      a client certificate (no password asked)
   JW_USER / user, JW_PASSWORD        credentials (else a token saved by
@@ -97,7 +100,7 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ca",
         help="CA certificate that signs the server's (env JW_CA, default: "
-        "the development CA)",
+        "the development CA, for localhost, 127.0.0.1 and ::1 only)",
     )
     parser.add_argument(
         "--cert", help="client certificate (PEM) to authenticate with (env JW_CERT)"
@@ -235,8 +238,23 @@ def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, 
     return user, password
 
 
+def printable(text: str) -> str:
+    """
+    C{text} as it may reach a terminal: every character that is not
+    printable (controls such as ESC and newline, format characters such as a
+    right-to-left override, lone surrogates) shown as its Python escape, so
+    job data cannot move the cursor, retitle the window or fake a line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _printJob(job: dict[str, Any], out: BinaryIO) -> None:
-    lines = [f"{key}: {'' if value is None else value}" for key, value in job.items()]
+    lines = [
+        printable(f"{key}: {'' if value is None else value}")
+        for key, value in job.items()
+    ]
     out.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 
@@ -262,13 +280,13 @@ def _printTable(jobs: list[dict[str, Any]], out: BinaryIO) -> None:
             if job["exit_code"] is not None
             else (job["signal"] or "")
         )
-        command = " ".join([job["command"], *job["args"]])
+        command = printable(" ".join([job["command"], *job["args"]]))
         rows.append(
             (
-                job["id"],
-                job["owner"],
-                job["status"],
-                exitText,
+                printable(job["id"]),
+                printable(job["owner"]),
+                printable(job["status"]),
+                printable(exitText),
                 age(job["created_at"], now),
                 command if len(command) <= 60 else command[:57] + "...",
             )
@@ -305,7 +323,7 @@ async def run(
         if options.json and not options.follow:
             streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
         elif not options.follow:
-            streams.out.write(job["id"].encode("ascii") + b"\n")
+            streams.out.write(printable(job["id"]).encode("utf-8") + b"\n")
         if not options.follow:
             return 0
         await followAll(
@@ -318,7 +336,9 @@ async def run(
             and final["status"] == "FAILED"
             and final["exit_code"] is None
         ):
-            streams.messages.write(f"jw: job {final['id']}: {final['error']}\n")
+            streams.messages.write(
+                printable(f"jw: job {final['id']}: {final['error']}") + "\n"
+            )
         if options.json:
             streams.out.write(json.dumps(final).encode("utf-8") + b"\n")
         return exitStatusOf(final)
@@ -351,7 +371,8 @@ async def run(
         return 0
     if verb == "_ids":
         jobs, _ = await client.listJobs(limit=200)
-        streams.out.write("".join(f"{job['id']}\n" for job in jobs).encode("ascii"))
+        ids = "".join(f"{printable(job['id'])}\n" for job in jobs)
+        streams.out.write(ids.encode("utf-8"))
         return 0
     if verb == "wait":
         return await waitFor(client, options, streams)
@@ -426,7 +447,9 @@ async def waitFor(
                 streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
             return exitStatusOf(job)
         if deadline is not None and clock.seconds() >= deadline:
-            streams.messages.write(f"jw: job {options.id} still running\n")
+            streams.messages.write(
+                printable(f"jw: job {options.id} still running") + "\n"
+            )
             return EXIT_TIMED_OUT
         # A server that answers "still running" before the wait is over
         # (an old one, or a record it cannot wait on) must not make this a
@@ -495,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
             path,
         )
     except ConfigError as e:
-        print(f"jw: {e}", file=sys.stderr)
+        _say(f"jw: {e}")
         raise SystemExit(2) from None
     tokens = tokensPath(environ)
     if options.verb == "config":
@@ -521,8 +544,14 @@ def main(argv: list[str] | None = None) -> None:
             session = Session.open(reactor, options.verb, settings, environ, tokens)
         except _Quiet:
             return 1  # completion never prompts
-        except (UsageFailure, ClientError, TLSConfigError, ValueError) as e:
-            print(f"jw: {e}", file=sys.stderr)
+        except (
+            UsageFailure,
+            ClientError,
+            ConfigError,
+            TLSConfigError,
+            ValueError,
+        ) as e:
+            _say(f"jw: {e}")
             return 2
         client = session.client
         try:
@@ -540,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                 )
                 return 1
-            print(f"jw: {e}", file=sys.stderr)
+            _say(f"jw: {e}")
             return 1
         except BrokenPipeError:
             # Our reader went away (jw logs -f | head): stop quietly, as a
@@ -549,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             os.dup2(devnull, sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
         except Exception as e:  # a bug: still one line, never a traceback
-            print(f"jw: unexpected error: {e!r}", file=sys.stderr)
+            _say(f"jw: unexpected error: {e!r}")
             return 1
         finally:
             await client.close()
@@ -558,6 +587,11 @@ def main(argv: list[str] | None = None) -> None:
         return ensureDeferred(_main(reactor)).addCallback(_exit)
 
     react(_start)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever a server or job put in it."""
+    print(printable(line), file=sys.stderr)
 
 
 def _exit(code: int) -> None:
@@ -592,7 +626,7 @@ class Session:
         tokensFile: str,
     ) -> Session:
         """Choose the credentials and build the client (may prompt)."""
-        server, ca = settings.server, settings.ca
+        server, ca = settings.server, trustedCA(settings)
         certificate = {"certPath": settings.cert, "keyPath": settings.key}
         if settings.cert or settings.key:
             client = JobworkerClient(reactor, server, ca, **certificate)
@@ -624,10 +658,9 @@ class Session:
             raise UsageFailure(
                 f"cannot save the token in {self.tokensFile}: {e.strerror}"
             ) from None
-        print(
+        _say(
             f"logged in to {self.server} as {result['user']} until "
-            f"{result['expires_at']}",
-            file=sys.stderr,
+            f"{result['expires_at']}"
         )
 
 
@@ -636,7 +669,10 @@ def showConfig(settings: Settings, path: str, tokensFile: str) -> int:
     print(f"config file: {path}" + ("" if os.path.exists(path) else " (absent)"))
     for key in ("server", "ca", "user", "cert", "key"):
         value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
-        print(f"{key} = {value}    # {settings.origins[key]}")
+        origin = settings.origins[key]
+        if key == "ca" and origin == "default":
+            origin += f" (the development CA: for {', '.join(DEV_CA_HOSTS)} only)"
+        print(f"{key} = {value}    # {origin}")
     token, saved = loadToken(tokensFile, settings.server, time.time())
     login = "valid" if token else ("expired" if saved else "none")
     print(f"login token = {login}    # {tokensFile}")

@@ -150,6 +150,9 @@ class JobworkerClient:
             kwargs["auth"] = self._auth
         if body is not None:
             kwargs["data"] = json.dumps(body).encode("utf-8")
+        if body is not None or method in ("POST", "DELETE"):
+            # The server refuses a state change without it (no HTML form
+            # can send it: the CSRF defence).
             headers[b"content-type"] = [b"application/json"]
         try:
             response: IResponse = await self._http.request(

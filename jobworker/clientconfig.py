@@ -7,12 +7,16 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 DEFAULT_SERVER = "https://localhost:8443"
 #: The development CA shipped in the source tree (certs/ca.pem).
 DEV_CA = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs", "ca.pem"
 )
+#: The only hosts the development CA is trusted for when no CA is configured:
+#: its key is public, so it vouches for no server anywhere else.
+DEV_CA_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 #: Keys a config file may hold, and the environment variable of each.
 KEYS = {
@@ -107,6 +111,32 @@ def resolve(
                 settings.origins[key] = origin
                 break
     return settings
+
+
+def trustedCA(settings: Settings) -> str:
+    """
+    The CA to verify C{settings.server} with: the one configured (flag,
+    environment or file), else the development CA, but only for the
+    loopback names in L{DEV_CA_HOSTS}.
+
+    @raise ConfigError: no CA configured for another host (the message says
+        what to pass), or a server URL with no usable host.
+    """
+    if settings.origins.get("ca", "default") != "default":
+        return settings.ca
+    try:
+        host = urlsplit(settings.server).hostname
+    except ValueError:
+        raise ConfigError(
+            f"server must be an https:// URL, not {settings.server!r}"
+        ) from None
+    if host in DEV_CA_HOSTS:
+        return settings.ca
+    raise ConfigError(
+        f"no CA configured for {settings.server}: pass --ca FILE (or set JW_CA, "
+        'or ca = "FILE" in the config file); the development CA is trusted '
+        f"only for {', '.join(DEV_CA_HOSTS)}"
+    )
 
 
 def tokensPath(environ: dict[str, str]) -> str:

@@ -31,6 +31,10 @@ from .spool import READ_CHUNK, FileProducer, OutputSource
 STREAMS = ("stdout", "stderr")
 _ENTRY = struct.Struct(">Q")
 _STDERR_BIT = 1 << 63
+#: Order entries read at a time (32 KiB), and how many must be ahead of the
+#: run being sent (a run ends at the next entry of its stream: two ahead).
+ORDER_CHUNK = 4096 * 8
+ORDER_LOOKAHEAD = 2
 
 
 def encodeEntry(stream: int, offset: int) -> bytes:
@@ -173,10 +177,14 @@ class CombinedReader(FileProducer):
                 # are closed; a follower of a live job waits for that.
                 self._entries = [(0, 0), (1, 0)]
             return
+        if len(self._entries) - self._run > ORDER_LOOKAHEAD:
+            # Enough entries ahead: memory stays constant per reader, however
+            # long the order file grows.
+            return
         try:
             with open(self._order.path, "rb") as f:
                 f.seek(self._orderRead)
-                data = f.read(size - self._orderRead)
+                data = f.read(min(size - self._orderRead, ORDER_CHUNK))
         except OSError:
             data = b""
         entries = decodeEntries(data)

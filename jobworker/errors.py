@@ -72,6 +72,12 @@ class ServiceUnavailable(JobworkerError):
     code = 503
 
 
+class UnsupportedMediaType(JobworkerError):
+    """A state change without C{Content-Type: application/json}."""
+
+    code = 415
+
+
 class PayloadTooLarge(JobworkerError):
     """The request body is over the limit."""
 

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .users import USER_NAME
+
 USAGE_EXAMPLE = """\
 example:
   jobworker-issue-cert --ca certs/ca.pem --ca-key certs/ca.key --out-dir ~/jw alice
@@ -52,8 +54,11 @@ def issue(
 
     @raise IssueError: unusable CA files or name.
     """
-    if not name or len(name) > 64 or any(c in name for c in ":\n\r\x00/"):
-        raise IssueError(f"not a usable user name: {name!r}")
+    if not USER_NAME.fullmatch(name):
+        raise IssueError(
+            f"not a user name: {name!r} (as in the users file: up to 64 "
+            "letters, digits, '.', '_', '@' or '-', the first a letter or digit)"
+        )
     ca, caKey = _load(caPath, caKeyPath)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -91,11 +96,38 @@ def issue(
     return certificate.public_bytes(serialization.Encoding.PEM), keyPEM
 
 
-def _write(path: str, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def _create(path: str, mode: int) -> int:
+    """
+    A new file, opened for writing: never an existing file, nor one a
+    symlink planted there points to (the folder may be shared).
+
+    @raise IssueError: something is already at C{path}.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise IssueError(
+            f"{path} already exists (a file or a link): remove it first"
+        ) from None
+    os.fchmod(fd, mode)  # exactly C{mode}, whatever the umask
+    return fd
+
+
+def _write(fd: int, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(path, mode)
+
+
+def _createBoth(keyPath: str, certPath: str) -> tuple[int, int]:
+    """Create the key (0600) and certificate (0644) files, both or neither."""
+    keyFile = _create(keyPath, 0o600)
+    try:
+        certFile = _create(certPath, 0o644)
+    except BaseException:
+        os.close(keyFile)
+        os.unlink(keyPath)
+        raise
+    return keyFile, certFile
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="jobworker-issue-cert",
         description="Issue a client certificate (CN = user name) from a CA; "
-        "writes NAME.pem and NAME.key (mode 0600).",
+        "writes NAME.pem and NAME.key (mode 0600), both new files: it never "
+        "overwrites one, nor follows a symlink.",
         epilog=USAGE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -121,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(options.out_dir, exist_ok=True)
         certPath = os.path.join(options.out_dir, f"{options.name}.pem")
         keyPath = os.path.join(options.out_dir, f"{options.name}.key")
-        _write(keyPath, key, 0o600)
-        _write(certPath, certificate, 0o644)
+        keyFile, certFile = _createBoth(keyPath, certPath)
+        _write(keyFile, key)
+        _write(certFile, certificate)
     except IssueError as e:
         print(f"jobworker-issue-cert: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -90,6 +90,11 @@ class JobPolicy:
     defaultTimeout: float | None = None
     isolate: frozenset[str] = frozenset()
     maxRunning: int | None = None
+    #: At most this many running (or queued) jobs per user.
+    maxRunningPerUser: int | None = None
+    #: Jobs a user may create per second, on average (a burst of twice
+    #: as many at once); None: no limit.
+    createRate: float | None = None
     identities: Identities = field(default_factory=Identities)
     tmpSize: int = DEFAULT_TMP_SIZE
 
@@ -140,6 +145,27 @@ def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
     }
 
 
+def machineLimits() -> Limits:
+    """What this machine has: a limit above it cannot be honoured."""
+    memory = None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    pids = None
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+            pids = int(f.read())
+    except (OSError, ValueError):
+        pass
+    cpus = os.cpu_count()
+    return Limits(
+        memory_bytes=memory,
+        cpu_millicores=cpus * 1000 if cpus else None,
+        pids=pids,
+    )
+
+
 class LocalExecutor:
     """
     Run each job as a process of this machine: C{setsid} (and the isolation
@@ -177,6 +203,7 @@ class LocalExecutor:
                 policy.isolate,
             )
         self._environments: dict[Identity, dict[str, str]] = {}
+        self._machine = machineLimits()
 
     @property
     def sandbox(self) -> Sandbox | None:
@@ -247,6 +274,10 @@ class LocalExecutor:
             for where the server cannot enforce them.
         """
         self._policy.checkMaxima(requested)
+        for name, value, most in requested.over(self._machine):
+            raise BadRequest(
+                f"limits.{name} {value} is more than this machine has ({most})"
+            )
         asked = {name for name, _ in requested.given()}
         if self._cgroups is None:
             if asked:

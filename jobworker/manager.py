@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -100,6 +101,9 @@ class JobManager:
         self._metrics = metrics if metrics is not None else Metrics()
         self._policy = policy
         self._running = 0
+        self._runningBy: Counter[str] = Counter()
+        #: Per user: (tokens, when last refilled) of the creation rate limit.
+        self._createBuckets: dict[str, tuple[float, float]] = {}
         self._jobsDir = os.path.join(stateDir, "jobs")
         if executor is None:
             executor = LocalExecutor(
@@ -164,6 +168,14 @@ class JobManager:
                 f"{self._running} jobs are running, the most this server allows",
                 retryAfter=1,
             )
+        perUser = self._policy.maxRunningPerUser
+        if perUser is not None and self._runningBy[owner] >= perUser:
+            raise TooManyRequests(
+                f"you have {self._runningBy[owner]} jobs running, the most one "
+                "user may",
+                retryAfter=1,
+            )
+        self._takeCreateToken(owner)
         executor = self._executor
         limits = executor.limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
@@ -207,8 +219,38 @@ class JobManager:
             self._watch(job)
         return record
 
+    def _takeCreateToken(self, owner: str) -> None:
+        """
+        The per-user creation rate limit (a token bucket: C{createRate} per
+        second, bursts of twice that).
+
+        @raise TooManyRequests: with the seconds until the next token.
+        """
+        rate = self._policy.createRate
+        if rate is None:
+            return
+        burst = max(1.0, 2 * rate)
+        now = self._reactor.seconds()
+        tokens, last = self._createBuckets.get(owner, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1:
+            self._createBuckets[owner] = (tokens, now)
+            raise TooManyRequests(
+                f"you are creating jobs faster than {rate:g} a second",
+                retryAfter=max(1, math.ceil((1 - tokens) / rate)),
+            )
+        self._createBuckets[owner] = (tokens - 1, now)
+        if len(self._createBuckets) > 10000:
+            # Forget the users whose bucket is full again.
+            self._createBuckets = {
+                user: (t, when)
+                for user, (t, when) in self._createBuckets.items()
+                if t + (now - when) * rate < burst
+            }
+
     def _watch(self, job: LiveJob) -> None:
         jobId = job.record.id
+        self._runningBy[job.record.owner] += 1
         self._running += 1
         self._live[jobId] = job
         job.whenEnded().addCallback(self._ended)
@@ -241,6 +283,9 @@ class JobManager:
 
     def _ended(self, record: JobRecord) -> JobRecord:
         self._running -= 1
+        self._runningBy[record.owner] -= 1
+        if self._runningBy[record.owner] <= 0:
+            del self._runningBy[record.owner]
         try:
             self._store.update(record)
         except StoreError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -13,6 +14,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -168,13 +170,45 @@ class OutputSpool:
         self._waiters.wake()
 
 
+#: Bytes a tail search scans before it lets the reactor run other work.
+TAIL_STEP = 1 << 20
+
+
 def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
     """
     The offset where the last C{lines} lines of the first C{size} bytes of a
     file begin, as C{tail -n}: a last line without a newline counts.
     """
+    for found in tailSteps(path, size, lines, block):
+        if found is not None:
+            return found
+    return 0
+
+
+async def tailOffsetSoon(clock: IReactorTime, path: str, size: int, lines: int) -> int:
+    """
+    L{tailOffset} in steps of L{TAIL_STEP} bytes, letting the reactor serve
+    others between steps: a tail of a huge file without newlines never
+    stalls the server.
+    """
+    for found in tailSteps(path, size, lines):
+        if found is not None:
+            return found
+        await deferLater(clock, 0, lambda: None)
+    return 0
+
+
+def tailSteps(
+    path: str, size: int, lines: int, block: int = 64 * 1024
+) -> Iterator[int | None]:
+    """
+    The search of L{tailOffset}: yields None after each L{TAIL_STEP} bytes
+    scanned, then the offset.
+    """
     if lines <= 0 or size == 0:
-        return size
+        yield size
+        return
+    scanned = 0
     with open(path, "rb") as f:
         end = size
         # A final newline ends the last line; it does not start another.
@@ -194,9 +228,14 @@ def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
                     break
                 lines -= 1
                 if lines == 0:
-                    return start + index + 1
+                    yield start + index + 1
+                    return
             position = start
-    return 0
+            scanned += len(chunk)
+            if scanned >= TAIL_STEP:
+                scanned = 0
+                yield None
+    yield 0
 
 
 class OutputSource(Protocol):

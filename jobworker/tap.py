@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -53,7 +54,7 @@ from .sandbox import SandboxError
 from .slurm import SlurmExecutor
 from .store import JobStore, StoreError
 from .throttle import LoginThrottle
-from .tls import TLSConfigError, serverOptions
+from .tls import TLSConfigError, isDevelopmentCertificate, serverOptions
 from .tokens import TokenSigner, loadOrCreateKey
 from .users import UserDatabase, UsersFileError
 
@@ -238,6 +239,29 @@ class Options(usage.Options):
         ],
         ["max-running", None, None, "At most this many jobs run at once (429).", int],
         [
+            "max-running-per-user",
+            None,
+            None,
+            "At most this many jobs of one user run (or queue) at once (429).",
+            int,
+        ],
+        [
+            "create-rate",
+            None,
+            50.0,
+            "Jobs one user may create per second on average, bursts of twice "
+            "that (429 with Retry-After past it).",
+            float,
+        ],
+        [
+            "max-log-streams-per-user",
+            None,
+            None,
+            "Log streams one user may hold open (default: a quarter of "
+            "--max-log-streams).",
+            int,
+        ],
+        [
             "access-log",
             None,
             "off",
@@ -382,6 +406,8 @@ class Options(usage.Options):
             "default-pids",
             "max-pids",
             "max-running",
+            "max-running-per-user",
+            "max-log-streams-per-user",
             "login-failures",
             "max-connections-per-client",
             "max-log-streams",
@@ -427,6 +453,8 @@ class Options(usage.Options):
                 self["dynamic-uids"] = parseRange(self["dynamic-uids"])
             except ValueError as e:
                 raise usage.UsageError(f"--dynamic-uids: {e}") from None
+        if not 0 < self["create-rate"] <= 1e6:
+            raise usage.UsageError("--create-rate must be positive (at most 1e6)")
         if self["run-as"] is not None and self["allow-root-jobs"]:
             raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
         if self["tmp-size"] < 1 << 20:
@@ -623,6 +651,16 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     return _build(config, reactor)
 
 
+def _isLoopback(interface: str) -> bool:
+    """Whether listening on C{interface} serves this host only."""
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:  # "" (every interface) or a host name
+        return False
+
+
 def _build(config: Options, reactor: JobReactor) -> MultiService:
     try:
         tlsOptions = serverOptions(
@@ -633,12 +671,27 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         )
     except TLSConfigError as e:
         fatal(str(e))
-    if os.path.abspath(config["key"]) == os.path.abspath(DEV_KEY):
+    # The development key and users are public: fine on loopback (with a
+    # warning), never where another host can reach them.
+    beyondLoopback = not _isLoopback(config["interface"])
+    where = f"--interface {config['interface'] or '(every interface)'}"
+    if isDevelopmentCertificate(config["cert"]):  # wherever it was copied to
+        if beyondLoopback:
+            fatal(
+                "the DEVELOPMENT certificate (its key, certs/server.key, is "
+                f"public) must not serve {where}: give --cert and --key of "
+                "your own"
+            )
         log.warn(
             "running with the bundled DEVELOPMENT certificate and key "
             "(certs/server.key is public): use --cert/--key in production"
         )
     if config["users"] is None:
+        if beyondLoopback:
+            fatal(
+                "the DEVELOPMENT users (their passwords are public) must not "
+                f"serve {where}: give --users FILE"
+            )
         users = UserDatabase.development()
         log.warn(
             "running with the DEVELOPMENT users alice, bob, rita and ada, whose "
@@ -686,6 +739,8 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
         maxRunning=config["max-running"],
+        maxRunningPerUser=config["max-running-per-user"],
+        createRate=config["create-rate"],
         identities=identities,
         tmpSize=config["tmp-size"],
     )
@@ -710,6 +765,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             fatal(f"cannot use --slurm-output-dir: {e.strerror}")
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        # The store's lock first: nothing may touch a state dir that another
+        # server uses (its sandbox files, its jobs).
+        store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         if executor is None:
             local = LocalExecutor(
                 reactor,
@@ -721,7 +779,6 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             )
             _probeSandbox(local, identities)
             executor = local
-        store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         manager = JobManager(
             reactor,
             stateDir,
@@ -767,10 +824,16 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         certificates=config["client-ca"] is not None,
     )
     api = JobsAPI(
-        manager, authenticator, reactor, metrics, audit, config["max-log-streams"]
+        manager,
+        authenticator,
+        reactor,
+        metrics,
+        audit,
+        config["max-log-streams"],
+        config["max-log-streams-per-user"],
     )
     siteClass = Site if config["access-log"] == "on" else QuietSite
-    site = siteClass(api.app.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
+    site = siteClass(api.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]
     site.requestFactory = boundedRequestClass(config["max-body-bytes"])
     site.protocol = channelWithDeadlines(  # type: ignore[method-assign, assignment]

@@ -1,4 +1,4 @@
-"""Failed-login throttling, per client address and per (user, address)."""
+"""Failed-login throttling, per client address, per (user, address) and per user."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from twisted.internet.interfaces import IReactorTime
 
 @dataclass
 class _Failures:
-    count: int
-    last: float
+    count: int = 0
+    last: float = 0.0
+    #: Attempts begun (their bcrypt check running) and not yet finished.
+    pending: int = 0
 
 
 class LoginThrottle:
@@ -21,11 +23,18 @@ class LoginThrottle:
     each failure, up to C{maximum} seconds. Failures are forgotten after
     C{window} quiet seconds, and a success clears the (user, address) pair.
 
+    A password check counts from the moment it begins (L{begin}), before
+    bcrypt runs, until it is finished (L{finish}): checks in flight count
+    as failures, so N concurrent guesses from one address get at most
+    C{threshold} bcrypt checks, and the rest are refused at once.
+
     Guessing one user's password from many addresses is throttled per user
     too, but gently (C{userThreshold} failures, delays up to C{userMaximum}
-    seconds), and never from an address the user has logged in from before
-    (within C{trustWindow}): an attacker cannot lock the real user out from
-    their usual address at all, nor from a new one for long.
+    seconds). From an address where the user has logged in within
+    C{trustWindow}, neither the per-user nor the per-address throttle
+    applies to that user (only the (user, address) pair does): an attacker
+    cannot lock the real user out from their usual address by guessing
+    other names, nor from a new one for long.
     """
 
     def __init__(
@@ -62,52 +71,102 @@ class LoginThrottle:
         threshold, maximum = self._threshold, self._maximum
         if key[0] == "user":
             threshold, maximum = self._userThreshold, self._userMaximum
-        if failures.count < threshold:
+        count = failures.count + failures.pending
+        if count < threshold:
             return 0.0
-        exponent = min(failures.count - threshold, 30)
+        exponent = min(count - threshold, 30)
         delay = min(self._base * float(2**exponent), maximum)
-        return max(0.0, failures.last + delay - now)
+        # An attempt in flight is a failure happening now.
+        last = now if failures.pending else failures.last
+        return max(0.0, last + delay - now)
 
     def _isTrusted(self, user: str, address: str, now: float) -> bool:
         since = self._trusted.get((user, address))
         return since is not None and now - since <= self._trustWindow
 
-    def retryAfter(self, user: str, address: str) -> float:
-        """Seconds before this user may try again from this address (0: now)."""
-        now = self._clock.seconds()
+    def _wait(self, user: str, address: str, now: float) -> float:
+        trusted = bool(user) and self._isTrusted(user, address, now)
         wait = 0.0
         for key in self._keys(user, address):
             failures = self._entries.get(key)
             if failures is None:
                 continue
             if now - failures.last > self._window:
-                del self._entries[key]
-                continue
-            if key[0] == "user" and self._isTrusted(user, address, now):
+                if not failures.pending:
+                    del self._entries[key]
+                    continue
+                failures.count = 0
+            if trusted and key[0] != "pair":
                 continue
             wait = max(wait, self._delay(key, failures, now))
         return wait
 
-    def failed(self, user: str, address: str) -> None:
-        """Count a failed login."""
-        now = self._clock.seconds()
-        for key in self._keys(user, address):
-            failures = self._entries.get(key)
-            if failures is None or now - failures.last > self._window:
-                failures = self._entries[key] = _Failures(0, now)
-            failures.count += 1
-            failures.last = now
-            self._entries.move_to_end(key)
+    def _entry(self, key: tuple[str, ...]) -> _Failures:
+        failures = self._entries.get(key)
+        if failures is None:
+            failures = self._entries[key] = _Failures()
+        self._entries.move_to_end(key)
+        return failures
+
+    def _evict(self) -> None:
         while len(self._entries) > self._maxEntries:
             self._entries.popitem(last=False)
 
+    def retryAfter(self, user: str, address: str) -> float:
+        """Seconds before this user may try again from this address (0: now)."""
+        return self._wait(user, address, self._clock.seconds())
+
+    def begin(self, user: str, address: str) -> float:
+        """
+        Begin a password check for C{user} from C{address}, before it runs.
+
+        @return: 0 if it may go ahead: it then counts as a failure until
+            L{finish}ed (call that exactly once, whatever happens). Otherwise
+            the seconds to wait; nothing is counted.
+        """
+        wait = self.retryAfter(user, address)
+        if wait > 0:
+            return wait
+        for key in self._keys(user, address):
+            self._entry(key).pending += 1
+        self._evict()
+        return 0.0
+
+    def finish(self, user: str, address: str, succeeded: bool) -> None:
+        """End a check L{begin} let go ahead: a success or a failure."""
+        for key in self._keys(user, address):
+            failures = self._entries.get(key)
+            if failures is not None and failures.pending > 0:
+                failures.pending -= 1
+        if succeeded:
+            self.succeeded(user, address)
+        else:
+            self.failed(user, address)
+
+    def failed(self, user: str, address: str) -> None:
+        """Count a failed login (one that L{begin} did not begin: see L{finish})."""
+        now = self._clock.seconds()
+        for key in self._keys(user, address):
+            failures = self._entry(key)
+            if now - failures.last > self._window:
+                failures.count = 0
+            failures.count += 1
+            failures.last = now
+        self._evict()
+
     def succeeded(self, user: str, address: str) -> None:
         """
-        A correct login clears the pair (not the address, nor the user:
-        others may be guessing) and makes the address one the user is
-        known to log in from.
+        A correct login clears the pair's failures (not the address's, nor
+        the user's: others may be guessing) and makes the address one the
+        user is known to log in from.
         """
-        self._entries.pop(("pair", user, address), None)
+        pair = ("pair", user, address)
+        failures = self._entries.get(pair)
+        if failures is not None:
+            if failures.pending:
+                failures.count = 0
+            else:
+                del self._entries[pair]
         self._trusted[(user, address)] = self._clock.seconds()
         self._trusted.move_to_end((user, address))
         while len(self._trusted) > self._maxEntries:

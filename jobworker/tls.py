@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 from OpenSSL.crypto import X509 as OpenSSLCertificate
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+#: SHA-256 of the public key (SubjectPublicKeyInfo, DER) of the development
+#: server certificate, certs/server.pem: its private key is in the repository.
+DEVELOPMENT_SERVER_KEY_SHA256 = (
+    "45727c9c214094f50d79c69a4a2c1df65bce18689f5467da55d59e994a2efd01"
+)
+
 
 class TLSConfigError(ValueError):
     """A certificate or key cannot be used; the message says which and why."""
+
+
+def publicKeySHA256(certificate: x509.Certificate) -> str:
+    """The SHA-256 (hex) of a certificate's public key, as DER SubjectPublicKeyInfo."""
+    der = certificate.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def isDevelopmentCertificate(certPath: str) -> bool:
+    """
+    Whether the certificate (the first in C{certPath}) has the development
+    server key, whose private half anyone can read: wherever the files were
+    copied to. False if the file cannot be read.
+    """
+    try:
+        with open(certPath, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+    except (OSError, ValueError):
+        return False
+    return publicKeySHA256(leaf) == DEVELOPMENT_SERVER_KEY_SHA256
 
 
 def _read(path: str, what: str) -> bytes:

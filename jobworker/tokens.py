@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -60,58 +61,119 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
 
 
+def _unbound(name: str) -> bytes:
+    return b""
+
+
 class TokenSigner:
     """
     Issue and check bearer tokens for users.
 
-    A token is C{jw1.<payload>.<mac>}: the payload (user, role, expiry) in
-    base64url JSON, the mac an HMAC-SHA256 of it under the server's key. The
-    server keeps no list of tokens: a token is valid while its mac matches
-    the current key and its expiry is in the future; the caller also checks
-    that the user still exists with the same role.
+    A token is C{jw1.<payload>.<mac>}: the payload (user, role, issue time,
+    expiry, nonce) in base64url JSON, the mac an HMAC-SHA256 under the
+    server's key of the payload I{and of the user's current credentials}
+    (role and password hash, which the token does not reveal). The server
+    keeps no list of tokens: a token is valid while its mac matches the
+    current key and the user's current credentials, its expiry is in the
+    future, and it was issued after any L{revoke} of its user. So a new
+    password, a new role or the user's removal invalidates every earlier
+    token, across restarts too. Checking one is one HMAC.
     """
 
     def __init__(self, key: bytes, clock: IReactorTime, ttl: float) -> None:
         self._key = key
         self._clock = clock
         self.ttl = ttl
+        self._credentials: Callable[[str], bytes | None] = _unbound
+        #: user name -> when its tokens were revoked (kept for one ttl).
+        self._revoked: dict[str, float] = {}
 
-    def _mac(self, payload: str) -> str:
-        digest = hmac.digest(self._key, payload.encode("ascii"), "sha256")
-        return _b64(digest)
+    def bind(self, credentials: Callable[[str], bytes | None]) -> None:
+        """
+        Bind tokens to C{credentials(name)}: a user's current credentials,
+        or None for a name that is not a user. (Unbound, every name has
+        the same empty credentials.)
+        """
+        self._credentials = credentials
+
+    def revoke(self, name: str) -> None:
+        """
+        Refuse every token of C{name} issued until now, even if the user's
+        old credentials come back (a removed line put back, a password
+        changed back). Remembered in memory for one token lifetime; the
+        credentials in the mac are what holds across restarts.
+        """
+        now = self._clock.seconds()
+        self._revoked = {
+            other: when
+            for other, when in self._revoked.items()
+            if when > now - self.ttl
+        }
+        self._revoked[name] = now
+
+    def _mac(self, payload: str, credentials: bytes) -> str:
+        message = payload.encode("ascii") + b"." + credentials
+        return _b64(hmac.digest(self._key, message, "sha256"))
 
     def issue(self, name: str, role: str) -> tuple[str, int]:
-        """A new token for C{name} holding C{role}, and its expiry (epoch s)."""
-        expires = int(self._clock.seconds() + self.ttl)
-        claims = {"u": name, "r": role, "e": expires, "n": _b64(os.urandom(9))}
+        """
+        A new token for C{name} holding C{role}, and its expiry (epoch s).
+        For a name that is not a user, a token that never verifies.
+        """
+        now = self._clock.seconds()
+        expires = int(now + self.ttl)
+        claims = {
+            "u": name,
+            "r": role,
+            "i": now,
+            "e": expires,
+            "n": _b64(os.urandom(9)),
+        }
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
-        return f"{PREFIX}.{payload}.{self._mac(payload)}", expires
+        credentials = self._credentials(name)
+        if credentials is None:
+            credentials = secrets.token_bytes(KEY_BYTES)
+        return f"{PREFIX}.{payload}.{self._mac(payload, credentials)}", expires
 
     def verify(self, token: str) -> tuple[str, str]:
         """
         The user name and role a valid token was issued for.
 
-        @raise InvalidToken: forged, another key's, malformed or expired.
+        @raise InvalidToken: forged, another key's, malformed, expired, or
+            its user was removed or changed since.
         """
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("token too long")
         prefix, _, rest = token.partition(".")
         payload, _, mac = rest.partition(".")
-        if prefix != PREFIX or not payload or not mac:
+        if prefix != PREFIX or not payload or not mac or not token.isascii():
             raise InvalidToken("not a jobworker token")
-        try:
-            expected = self._mac(payload)
-        except UnicodeEncodeError:
-            raise InvalidToken("not a jobworker token") from None
-        if not hmac.compare_digest(expected, mac):
-            raise InvalidToken("bad signature")
+        # The claims are read before the mac is checked, to know whose
+        # credentials it covers; nothing in them is trusted until then.
         try:
             claims = json.loads(_unb64(payload))
-            name, role, expires = claims["u"], claims["r"], claims["e"]
+            name, role = claims["u"], claims["r"]
+            issued, expires = claims["i"], claims["e"]
         except (ValueError, KeyError, TypeError):
             raise InvalidToken("malformed token") from None
-        if not isinstance(name, str) or not isinstance(role, str):
+        if (
+            not isinstance(name, str)
+            or not isinstance(role, str)
+            or not isinstance(issued, int | float)
+            or isinstance(issued, bool)
+            or not isinstance(expires, int)
+            or isinstance(expires, bool)
+        ):
             raise InvalidToken("malformed token")
-        if not isinstance(expires, int) or expires <= self._clock.seconds():
+        credentials = self._credentials(name)
+        expected = self._mac(payload, b"" if credentials is None else credentials)
+        if credentials is None:
+            raise InvalidToken("no such user (removed?)")
+        if not hmac.compare_digest(expected, mac):
+            raise InvalidToken("bad signature, or its user's password or role changed")
+        revoked = self._revoked.get(name)
+        if revoked is not None and issued <= revoked:
+            raise InvalidToken("issued before its user was changed or removed")
+        if expires <= self._clock.seconds():
             raise InvalidToken("token expired")
         return name, role

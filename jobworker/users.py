@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 import bcrypt
@@ -37,20 +36,68 @@ class UserEntry:
     user: User
     passwordHash: bytes
 
+    @property
+    def credentials(self) -> bytes:
+        """
+        What the user's bearer tokens are bound to: the role and the
+        password hash. A new password (even the same one hashed again) or a
+        new role makes every earlier token invalid.
+        """
+        return self.user.role.value.encode("ascii") + b":" + self.passwordHash
+
+
+def _cost(hashed: bytes) -> int:
+    """The cost factor of a bcrypt hash."""
+    return int(hashed[4:6])
+
+
+def _unmatchableHash(cost: int) -> bytes:
+    """
+    A bcrypt hash of cost C{cost} that no password matches in practice (its
+    checksum is all zero bits: a chance of 2**-184), made without running
+    bcrypt; checking a password against it costs what a real hash of that
+    cost costs.
+    """
+    return bcrypt.gensalt(cost) + b"." * 31
+
 
 class UserDatabase:
     """
-    Users by name, plus a dummy hash of the same cost for unknown names, so a
-    failed lookup costs what a wrong password costs.
+    Users by name, plus what makes a failed login cost the same whatever
+    the name: a dummy hash of the highest cost in the file, checked for
+    unknown names, and padding hashes checked after a wrong password for a
+    user whose hash costs less (see L{padding}).
     """
 
     def __init__(self, entries: list[UserEntry], dummyHash: bytes) -> None:
         self._entries = {entry.user.name: entry for entry in entries}
         self.dummyHash = dummyHash
+        #: The highest cost of any hash here (the dummy's included).
+        self._maxCost = max(
+            [_cost(dummyHash)] + [_cost(e.passwordHash) for e in entries]
+        )
+        self._padding = {
+            cost: tuple(_unmatchableHash(k) for k in range(cost, self._maxCost))
+            for cost in {_cost(e.passwordHash) for e in entries}
+        }
 
     def lookup(self, name: str) -> UserEntry | None:
         """The entry for C{name}, or None."""
         return self._entries.get(name)
+
+    def names(self) -> set[str]:
+        """The names of all users."""
+        return set(self._entries)
+
+    def padding(self, entry: UserEntry) -> tuple[bytes, ...]:
+        """
+        Hashes to check after a wrong password for C{entry}, so that the
+        failure costs one check at the highest cost, as an unknown name does:
+        for cost M{c} below the highest M{m}, one hash each of cost M{c},
+        M{c+1}, ..., M{m-1}, since M{2^c + (2^c + ... + 2^(m-1)) = 2^m}.
+        Empty when the entry's hash has the highest cost.
+        """
+        return self._padding.get(_cost(entry.passwordHash), ())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,7 +115,6 @@ class UserDatabase:
         """
         entries: list[UserEntry] = []
         seen: set[str] = set()
-        costs: Counter[int] = Counter()
         roles = {role.value: role for role in Role}
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -94,7 +140,6 @@ class UserDatabase:
             match = _HASH.match(hashText)
             if match is None:
                 raise UsersFileError(f"{where}: not a bcrypt hash")
-            costs[int(match.group(1))] += 1
             seen.add(name)
             entries.append(
                 UserEntry(
@@ -103,9 +148,11 @@ class UserDatabase:
             )
         if not entries:
             raise UsersFileError(f"{source}: no users defined")
-        cost = costs.most_common(1)[0][0]
-        dummy = bcrypt.hashpw(b"jobworker-no-such-user", bcrypt.gensalt(cost))
-        return cls(entries, dummy)
+        # The highest cost, not the commonest: with one user at cost 12 and
+        # the rest at 10, a dummy of cost 10 made that user's wrong passwords
+        # four times slower than unknown names (issue 14, finding 7).
+        cost = max(_cost(entry.passwordHash) for entry in entries)
+        return cls(entries, _unmatchableHash(cost))
 
     def accounts(self) -> dict[str, str]:
         """The mapped users and the Unix account of each."""

@@ -19,6 +19,9 @@ MAX_INT64 = (1 << 63) - 1
 #: Limits on a job request; the 64 KiB body cap bounds the total anyway.
 MAX_ARGS = 4096
 MAX_ENV = 1024
+#: The most bytes (UTF-8) a job's command, args, env and cwd may hold
+#: together: what each job costs the store, every list and every record.
+MAX_JOB_DATA = 32 * 1024
 
 _CREATE_FIELDS = frozenset(
     {"command", "args", "env", "cwd", "limits", "timeout_seconds"}
@@ -104,6 +107,15 @@ def parseJobRequest(body: bytes) -> JobRequest:
     cwd = obj.get("cwd")
     if cwd is not None:
         cwd = _text(cwd, "cwd", allowEmpty=False)
+    size = sum(
+        len(text.encode("utf-8", "surrogatepass"))
+        for text in (command, cwd or "", *args, *env, *env.values())
+    )
+    if size > MAX_JOB_DATA:
+        raise BadRequest(
+            f"command, args, env and cwd hold {size} bytes together, over the "
+            f"{MAX_JOB_DATA} allowed"
+        )
     return JobRequest(
         command=command,
         args=args,

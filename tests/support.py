@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -120,6 +123,9 @@ class LiveServer:
         data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")
+        if (body is not None or method in ("POST", "DELETE")) and (
+            b"content-type" not in allHeaders
+        ):
             allHeaders[b"content-type"] = [b"application/json"]
         return self.http.request(method, self.url + path, data=data, headers=allHeaders)
 
@@ -157,6 +163,25 @@ class LiveServer:
 def sleep(seconds: float) -> Deferred[None]:
     """A Deferred that fires after C{seconds} on the real reactor."""
     return deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+async def waitUntil(
+    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """
+    Poll C{check} (sync or async) until it is truthy, for at most C{timeout}
+    seconds; return its value.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await sleep(0.02)
 
 
 def jwEnvironment(server: str, user: str = "alice", **extra: str) -> dict[str, str]:

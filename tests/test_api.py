@@ -16,8 +16,9 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyChannel
 
-from jobworker.api import MAX_BODY_BYTES, JobsAPI
+from jobworker.api import MAX_BODY_BYTES, BoundedRequest, JobsAPI, boundedRequestClass
 from jobworker.auth import Authenticator, _checkPassword, makePortal
 from jobworker.manager import JobManager
 from jobworker.records import JobRecord
@@ -113,6 +114,7 @@ class APITestCase(SynchronousTestCase):
         data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")
+        if body is not None or method in ("POST", "DELETE"):
             headers[b"content-type"] = [b"application/json"]
         d = self.treq.request(method, BASE + path, headers=headers, data=data)
 
@@ -398,6 +400,55 @@ class CreateTests(APITestCase):
         """Without credentials, even a huge body is 401 first."""
         raw = b"x" * (MAX_BODY_BYTES + 10)
         self.assertError(self.call("POST", "/jobs", NOBODY, raw=raw), 401)
+
+
+def keptBody(
+    requestClass: type[BoundedRequest], chunks: list[bytes], length: int | None
+) -> bytes:
+    """
+    What a request of C{requestClass} keeps of a body received in C{chunks},
+    announced with C{length} (None: chunked; large: spooled to a file).
+    """
+    request = requestClass(DummyChannel())
+    request.gotLength(length)
+    for chunk in chunks:
+        request.handleContentChunk(chunk)
+    content = request.content
+    assert content is not None
+    content.seek(0)
+    kept: bytes = content.read()
+    return kept
+
+
+class BoundedRequestTests(SynchronousTestCase):
+    """
+    The body cap bounds what is kept (memory or spool file), not only the
+    answer: past the cap, a body is read and dropped.
+    """
+
+    def test_hugeBodyKeepsCapPlusOne(self) -> None:
+        """
+        Of 8 MiB sent in 64 KiB chunks, chunked or announced, only the first
+        cap + 1 bytes are kept (enough to tell that the cap was passed).
+        """
+        chunks = [bytes([n]) * 65536 for n in range(128)]
+        body = b"".join(chunks)
+        for length in (None, len(body)):
+            kept = keptBody(boundedRequestClass(1000), chunks, length)
+            self.assertEqual(kept, body[:1001], length)
+
+    def test_defaultCap(self) -> None:
+        """Without a configured cap, MAX_BODY_BYTES + 1 bytes are kept."""
+        body = b"x" * (4 * MAX_BODY_BYTES)
+        kept = keptBody(BoundedRequest, [body], None)
+        self.assertEqual(len(kept), MAX_BODY_BYTES + 1)
+
+    def test_bodyUnderCapKeptWhole(self) -> None:
+        """A body up to the cap is kept whole, however it is cut into chunks."""
+        body = bytes(range(256)) * 4
+        chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+        kept = keptBody(boundedRequestClass(len(body)), chunks, len(body))
+        self.assertEqual(kept, body)
 
 
 class ListTests(APITestCase):

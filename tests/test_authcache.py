@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
-from jobworker.auth import BcryptChecker, VerifiedCredentials
+from jobworker.auth import (
+    Authenticator,
+    BcryptChecker,
+    VerifiedCredentials,
+    makePortal,
+)
+from jobworker.errors import Unauthorized
+from jobworker.permissions import User
 from jobworker.users import UserDatabase
 
 
@@ -99,3 +109,52 @@ class VerifiedCredentialsTests(SynchronousTestCase):
         self.assertEqual(len(keys), 1)
         self.assertNotIn(b"alice-pass", keys[0])
         self.assertEqual(len(keys[0]), 32)
+
+
+def basicRequest(name: str, password: str) -> DummyRequest:
+    """A request carrying Basic credentials."""
+    request = DummyRequest([b"jobs"])
+    request.client = IPv4Address("TCP", "192.0.2.7", 4321)
+    token = base64.b64encode(f"{name}:{password}".encode())
+    request.requestHeaders.setRawHeaders(b"authorization", [b"Basic " + token])
+    return request
+
+
+class AuthenticatorCacheTests(SynchronousTestCase):
+    """
+    The L{Authenticator} consults the cache itself (before the portal): a
+    hit must match name and password, not merely find the cache non-empty.
+    """
+
+    def setUp(self) -> None:
+        self.cache = VerifiedCredentials(Clock(), ttl=60.0)
+        self.runner = CountingRunner()
+        self.authenticator = Authenticator(
+            makePortal(UserDatabase.development(), self.runner, self.cache)
+        )
+
+    def authenticate(self, name: str, password: str) -> Deferred[User]:
+        return ensureDeferred(
+            self.authenticator.authenticate(basicRequest(name, password))
+        )
+
+    def test_hitSkipsBcrypt(self) -> None:
+        """The second correct login comes from the cache, without bcrypt."""
+        for _ in range(2):
+            user = self.successResultOf(self.authenticate("alice", "alice-pass"))
+            self.assertEqual(user.name, "alice")
+        self.assertEqual(self.runner.calls, 1)
+
+    def test_cachedUserWrongPassword(self) -> None:
+        """With alice cached, a wrong password for alice is still refused."""
+        self.successResultOf(self.authenticate("alice", "alice-pass"))
+        self.failureResultOf(self.authenticate("alice", "wrong"), Unauthorized)
+        self.failureResultOf(self.authenticate("alice", "alice-pasS"), Unauthorized)
+        self.assertEqual(self.runner.calls, 3)
+
+    def test_cachedPasswordOtherUser(self) -> None:
+        """Alice's cached credentials do not log bob in with her password."""
+        self.successResultOf(self.authenticate("alice", "alice-pass"))
+        self.failureResultOf(self.authenticate("bob", "alice-pass"), Unauthorized)
+        user = self.successResultOf(self.authenticate("bob", "bob-pass"))
+        self.assertEqual(user.name, "bob")

@@ -580,6 +580,20 @@ class FailureTests(CLITestCase):
         # The same server is fine with the right CA.
         self.assertSucceeded(await runJW(server.url, "list", JW_CA=CA))
 
+    async def test_hostNameChecked(self) -> None:
+        """
+        The certificate must name the host jw connects to: its names are
+        localhost, 127.0.0.1 and ::1, so a server reached as 127.0.0.2 (still
+        loopback, signed by the trusted CA) is refused; under a name the
+        certificate lists, it is accepted.
+        """
+        named = LiveServer(self)
+        for host in ("localhost", "127.0.0.1"):
+            self.assertSucceeded(await runJW(f"https://{host}:{named.port}", "list"))
+        unnamed = LiveServer(self, "--interface=127.0.0.2")
+        result = await runJW(f"https://127.0.0.2:{unnamed.port}", "list")
+        self.assertOneLineFailure(result, b"does not match its host name")
+
     async def test_missingCAFile(self) -> None:
         """A CA file that does not exist is a one-line error naming it."""
         server = LiveServer(self)

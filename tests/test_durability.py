@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.manager import RESTARTED, JobManager
 from jobworker.records import JobStatus
+from jobworker.recovery import processStartTime
 from jobworker.spool import OutputSpool
 from jobworker.tap import RetentionService, parseDuration, parseSize
 from jobworker.validation import JobRequest
@@ -70,8 +72,16 @@ class RestartTests(TestCase):
         )
 
 
-def twistdCommand(stateDir: str) -> list[str]:
-    """The command line of a real twistd jobworker on a free port."""
+def twistdCommand(stateDir: str, *extra: str) -> list[str]:
+    """
+    The command line of a real twistd jobworker on a free port (jobs as
+    dynamic uids unless C{extra} says who they run as).
+    """
+    if not any(
+        option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
+        for option in extra
+    ):
+        extra = (f"--dynamic-uids={FREE_UIDS}", *extra)
     return [
         TWISTD,
         "-n",
@@ -83,18 +93,21 @@ def twistdCommand(stateDir: str) -> list[str]:
         f"--key={KEY}",
         f"--state-dir={stateDir}",
         "--stop-grace=1",
-        f"--dynamic-uids={FREE_UIDS}",
+        *extra,
     ]
 
 
 def startTwistd(
-    testCase: TestCase, stateDir: str, logPath: str
+    testCase: TestCase, stateDir: str, logPath: str, *extra: str
 ) -> subprocess.Popen[bytes]:
-    """A real twistd jobworker on a free port, logging to C{logPath}."""
+    """
+    A real twistd jobworker on a free port, logging to C{logPath}, with the
+    options C{extra}.
+    """
     log = open(logPath, "ab")
     testCase.addCleanup(log.close)
     process = subprocess.Popen(
-        twistdCommand(stateDir),
+        twistdCommand(stateDir, *extra),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -133,7 +146,28 @@ async def jw(port: int, *args: str) -> tuple[bytes, bytes, int]:
     )
 
 
+def cleanUpProcesses(testCase: TestCase, *pids: int) -> None:
+    """
+    At cleanup, SIGKILL each of C{pids} that is still the process it is now
+    (same start time: never a reused pid).
+    """
+    started = {pid: processStartTime(pid) for pid in pids}
+
+    def kill() -> None:
+        for pid, start in started.items():
+            if start is not None and processStartTime(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    testCase.addCleanup(kill)
+
+
 class CrashRecoveryTests(TestCase):
+    #: Server options of this variant of the tests.
+    serverOptions: tuple[str, ...] = ()
+
     async def test_sigkillWhileJobsRun(self) -> None:
         """
         After SIGKILL of the server, the restarted server marks running jobs
@@ -141,7 +175,7 @@ class CrashRecoveryTests(TestCase):
         """
         stateDir = sharedPath(self)
         logPath = sharedPath(self)
-        server = startTwistd(self, stateDir, logPath)
+        server = startTwistd(self, stateDir, logPath, *self.serverOptions)
         port = await listeningPort(logPath)
         out, err, code = await jw(
             port, "exec", "--", "sh", "-c", "trap '' TERM; sleep 300 & echo $!; wait"
@@ -161,13 +195,14 @@ class CrashRecoveryTests(TestCase):
         out, _, _ = await jw(port, "status", "--json", jobId)
         self.assertIn(b'"RUNNING"', out)
         leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
+        cleanUpProcesses(self, leader, grandchild)
 
         server.kill()
         server.wait()
         self.assertTrue(processAlive(grandchild), "orphans survive a SIGKILLed server")
 
         size = os.path.getsize(logPath)
-        startTwistd(self, stateDir, logPath)
+        startTwistd(self, stateDir, logPath, *self.serverOptions)
         port = await listeningPort(logPath, after=size)
         out, err, code = await jw(port, "status", "--json", jobId)
         self.assertEqual(code, 0, err)
@@ -182,6 +217,18 @@ class CrashRecoveryTests(TestCase):
         out, err, code = await jw(port, "logs", doneId)
         self.assertEqual(out, b"finished\n")
 
+
+class CrashRecoveryWithoutCgroupsTests(CrashRecoveryTests):
+    """
+    The same without cgroups, and with jobs under a fixed account (not a
+    dynamic uid, whose leftovers are swept at start-up anyway): what is left
+    of a job after a crash is found and killed through its session alone.
+    """
+
+    serverOptions = ("--cgroups=off", "--run-as=nobody")
+
+
+class DamagedStoreTests(TestCase):
     async def test_corruptStateRefused(self) -> None:
         """A state dir whose store is garbage: a one-line error, file untouched."""
         stateDir = sharedPath(self)

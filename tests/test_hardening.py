@@ -14,7 +14,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from jobworker.tap import Options, makeService
 
-from .support import CERT, FREE_UIDS, JW, KEY, LiveServer, basic, jwEnvironment, sleep
+from .support import (
+    CERT,
+    FREE_UIDS,
+    JW,
+    KEY,
+    LiveServer,
+    basic,
+    jwEnvironment,
+    waitUntil,
+)
 
 
 class HardeningTests(TestCase):
@@ -41,8 +50,11 @@ class HardeningTests(TestCase):
         self.assertEqual(response.code, 400)
         self.assertIn(b"nested too deeply", await treq.content(response))
 
-    async def test_formContentTypeIsStillJSON(self) -> None:
-        """A JSON body sent as a form is parsed as JSON, not as query parameters."""
+    async def test_formContentTypeIsRefused(self) -> None:
+        """
+        A JSON body sent as a form is refused (415: no HTML form may change
+        anything), and never parsed as query parameters.
+        """
         server = LiveServer(self)
         headers = {
             **basic("alice"),
@@ -52,7 +64,7 @@ class HardeningTests(TestCase):
         response = await server.http.request(
             "POST", server.url + "/jobs", data=body.encode(), headers=headers
         )
-        self.assertEqual(response.code, 201, await treq.content(response))
+        self.assertEqual(response.code, 415, await treq.content(response))
 
     async def test_doubleSlashIs404(self) -> None:
         """A path werkzeug would redirect ("//") is a JSON 404."""
@@ -86,12 +98,14 @@ class HardeningTests(TestCase):
         """A follower still connected at shutdown receives the final end event."""
         server = LiveServer(self, grace=1.0)
         job = await server.createJob("sh", "-c", "echo started; exec sleep 300")
-        pending = server.request("GET", f"/jobs/{job['id']}/logs?format=sse")
-        response = await pending
-        body = treq.content(response)
-        await sleep(0.2)
+        response = await server.request("GET", f"/jobs/{job['id']}/logs?format=sse")
+        received = bytearray()
+        done = treq.collect(response, received.extend)
+        # Mid-stream: the job's first output has reached the follower.
+        await waitUntil(lambda: b"started" in received, 10.0, "the job's output")
         await server.stop()
-        text = await body
+        await done
+        text = bytes(received)
         self.assertIn(b"event: end", text)
         self.assertIn(b'"STOPPED"', text)
 

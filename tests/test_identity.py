@@ -573,13 +573,13 @@ class DynamicIdentityTests(TestCase):
 
         if shutil.which("groupadd") is None:
             raise SkipTest("no groupadd")
-        subprocess.run(["groupadd", "-g", "70950", "jwtestclash"], check=True)
+        subprocess.run(["groupadd", "-g", "72950", "jwtestclash"], check=True)
         self.addCleanup(subprocess.run, ["groupdel", "jwtestclash"], check=False)
         options = Options()
         options.parseOptions(
             [
                 "--tls",
-                "--dynamic-uids=70900-70999",
+                "--dynamic-uids=72900-72999",
                 f"--state-dir={self.mktemp()}",
                 f"--cert={CERT}",
                 f"--key={KEY}",
@@ -588,7 +588,7 @@ class DynamicIdentityTests(TestCase):
         errors = io.StringIO()
         self.patch(sys, "stderr", errors)
         self.assertRaises(SystemExit, makeService, options)
-        self.assertIn("group jwtestclash (70950)", errors.getvalue())
+        self.assertIn("group jwtestclash (72950)", errors.getvalue())
 
 
 class OptionTests(SynchronousTestCase):

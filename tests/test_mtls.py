@@ -101,7 +101,7 @@ class MutualTLSTests(TestCase):
         http = self.client(*(pair or (None, None)))
         data = None if body is None else json.dumps(body).encode()
         allHeaders = dict(headers or {})
-        if data is not None:
+        if data is not None or method in ("POST", "DELETE"):
             allHeaders[b"content-type"] = [b"application/json"]
         response = await http.request(
             method, server.url + path, data=data, headers=allHeaders

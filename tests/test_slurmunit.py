@@ -301,6 +301,31 @@ class ExecutorTests(SynchronousTestCase):
         self.assertEqual(errors[2], "killed by signal SIGSEGV")
         self.assertIn("no longer knows", errors[3] or "")
 
+    def test_completedWithNonZeroCodeFailed(self) -> None:
+        """
+        Slurm may say COMPLETED with a non-zero exit code: the job FAILED,
+        with that code; only COMPLETED with code 0 is COMPLETED.
+        """
+        failed, completed = self.submit("false"), self.submit("true")
+        self.poll({"101": state("COMPLETED", 3), "102": state("COMPLETED", 0)})
+        record = self.manager.record(failed.id)
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertEqual((record.exit_code, record.signal), (3, None))
+        self.assertTrue(record.error)
+        record = self.manager.record(completed.id)
+        self.assertIs(record.status, JobStatus.COMPLETED)
+        self.assertEqual((record.exit_code, record.error), (0, None))
+
+    def test_neverRequeued(self) -> None:
+        """
+        sbatch is told --no-requeue: a requeued job would run a second time,
+        untracked, over its own output.
+        """
+        self.submit("true")
+        options = self.commands.submissions[0][0]
+        self.assertIn("--no-requeue", options)
+        self.assertNotIn("--requeue", options)
+
     def test_unreachableIs503AndForgotten(self) -> None:
         """
         sbatch cannot reach slurmctld: Slurm is asked whether it has the job

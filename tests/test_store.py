@@ -188,6 +188,38 @@ class MigrationTests(SynchronousTestCase):
             record.limits and ({"memory_bytes": 1 << 20}, 2.5),
         )
 
+    def test_fromVersion2(self) -> None:
+        """
+        Jobs of a version 2 store (before executors) were all local: after
+        the migration they say so, and the later columns start empty.
+        """
+        path = self.mktemp()
+        db = sqlite3.connect(path, isolation_level=None)
+        for migrate in MIGRATIONS[:2]:
+            migrate(db)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO jobs (id, owner, command, args, status, created_at, "
+            "pid, limits, timeout_seconds) "
+            "VALUES (?, 'bob', 'sleep', '[\"1\"]', 'RUNNING', 5.0, 321, "
+            "'{\"pids\": 10}', 7.5)",
+            (makeRecord(1).id,),
+        )
+        db.close()
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual(store.version, SCHEMA_VERSION)
+        loaded = store.get(makeRecord(1).id)
+        assert loaded is not None
+        self.assertEqual(loaded.executor, "local")
+        self.assertEqual(
+            (loaded.slurm_job_id, loaded.node, loaded.run_as),
+            (None, None, None),
+        )
+        self.assertEqual((loaded.owner, loaded.args, loaded.pid), ("bob", ["1"], 321))
+        self.assertEqual((loaded.limits, loaded.timeout_seconds), ({"pids": 10}, 7.5))
+        self.assertEqual([r.executor for r in store.running()], ["local"])
+
     def test_corruptFileRefusedUntouched(self) -> None:
         """A file that is not a database: StoreError, and it is not rewritten."""
         path = self.mktemp()

@@ -96,7 +96,7 @@ class StoreFailureTests(SynchronousTestCase):
             makePortal(UserDatabase.development(), syncRunner)
         )
         self.api = JobsAPI(self.manager, authenticator, self.reactor, self.metrics)
-        self.http = StubTreq(self.api.app.resource())
+        self.http = StubTreq(self.api.resource())
 
     def call(
         self, method: str, path: str, user: str = "alice", body: Any = None
@@ -105,7 +105,7 @@ class StoreFailureTests(SynchronousTestCase):
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers[b"content-type"] = [b"application/json"]
+        headers[b"content-type"] = [b"application/json"]
         response = self.successResultOf(
             self.http.request(method, "https://x" + path, data=data, headers=headers)
         )

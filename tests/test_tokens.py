@@ -100,7 +100,7 @@ class SignerTests(SynchronousTestCase):
             token[:-2],
             f"jw1.{payload}",
             "jw1.\u00e9\u00e9.abc",
-            f"jw1.{unsignedPayload}.{self.signer._mac(unsignedPayload)}",
+            f"jw1.{unsignedPayload}.{self.signer._mac(unsignedPayload, b'')}",
             "a" * (MAX_TOKEN_CHARS + 1),
         ):
             self.assertRaises(InvalidToken, self.signer.verify, bad)
@@ -239,7 +239,9 @@ class TokenAPITests(APITestCase):
             UserDatabase(entries, DEVELOPMENT_USERS.dummyHash)
         )
         self.assertError(self.bearer("GET", "/jobs", token), 401)
-        # A new login gets a Reader token, which works as a Reader.
+        # A new login (a moment later) gets a Reader token, which works as a
+        # Reader. (One issued at the very instant of the change is refused.)
+        self.reactor.advance(1)
         fresh = self.login("alice")
         self.assertEqual(self.bearer("GET", "/jobs", fresh).code, 200)
         self.assertError(

@@ -180,6 +180,7 @@ class Twistd:
         data = None
         if body is not None:
             data = json.dumps(body).encode()
+        if body is not None or method in ("POST", "DELETE"):
             headers["Content-Type"] = "application/json"
         connection = self.connection(timeout)
         try:

@@ -1,0 +1,263 @@
+"""
+Issue 14, finding 5: one user cannot exhaust the server: memory and reactor
+time per request are bounded, and each user gets a fair share of streams,
+running jobs and job creations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import treq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.combined import CombinedReader, StoredOrder, encodeEntry
+from jobworker.errors import BadRequest, TooManyRequests
+from jobworker.local import JobPolicy
+from jobworker.manager import JobManager
+from jobworker.spool import StoredOutput, tailOffsetSoon
+from jobworker.validation import MAX_JOB_DATA, parseJobRequest
+
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .support import LiveServer, rssKiB, sharedPath, sleep
+
+
+class Sink:
+    """A consumer that takes everything at once."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+class CombinedMemoryTests(SynchronousTestCase):
+    def test_orderFileReadIncrementally(self) -> None:
+        """A reader of a 200,000-entry order file never holds more than a
+        few thousand entries (it used to load them all, per request)."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        entries = 200_000
+        with open(os.path.join(folder, "stdout"), "wb") as f:
+            f.write(b"o" * (entries // 2))
+        with open(os.path.join(folder, "stderr"), "wb") as f:
+            f.write(b"e" * (entries // 2))
+        with open(os.path.join(folder, "order"), "wb") as f:
+            f.write(b"".join(encodeEntry(n % 2, n // 2) for n in range(entries)))
+        streams = (
+            StoredOutput(os.path.join(folder, "stdout"), entries // 2),
+            StoredOutput(os.path.join(folder, "stderr"), entries // 2),
+        )
+        got: list[bytes] = []
+        most = 0
+        reader = CombinedReader(
+            streams,
+            StoredOrder(os.path.join(folder, "order")),
+            Sink(),  # type: ignore[arg-type]
+            lambda stream, data: got.append(data),
+        )
+        original = reader._readOrder
+
+        def watched() -> None:
+            nonlocal most
+            original()
+            most = max(most, len(reader._entries))
+
+        reader._readOrder = watched  # type: ignore[method-assign]
+        self.successResultOf(reader.start())
+        self.assertEqual(b"".join(got), b"oe" * (entries // 2))
+        self.assertLess(most, 5000)
+
+
+class TailTests(SynchronousTestCase):
+    def test_hugeTailSearchYields(self) -> None:
+        """A tail search over megabytes without newlines lets the reactor run."""
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"x" * (5 << 20))
+        clock = Clock()
+        d = tailOffsetSoon(clock, path, 5 << 20, 10)
+        from twisted.internet.defer import ensureDeferred
+
+        found = ensureDeferred(d)
+        self.assertNoResult(found)
+        for _ in range(10):
+            clock.advance(0)
+        self.assertEqual(self.successResultOf(found), 0)
+
+
+class ManagerFairnessTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.reactor = FakeProcessReactor()
+
+    def manager(self, **policy: Any) -> JobManager:
+        manager = JobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            GroupKiller(),
+            policy=JobPolicy(**policy),
+        )
+        self.addCleanup(manager.close)
+        return manager
+
+    def test_createRatePerUser(self) -> None:
+        """Past the burst one user gets 429 with Retry-After; others do not."""
+        manager = self.manager(createRate=2.0)
+        request = parseJobRequest(b'{"command": "true"}')
+        for _ in range(4):
+            manager.create(request, "bob")
+        error = self.assertRaises(TooManyRequests, manager.create, request, "bob")
+        self.assertGreaterEqual(error.retryAfter, 1)
+        manager.create(request, "alice")
+        self.reactor.advance(0.5)
+        manager.create(request, "bob")
+
+    def test_runningPerUser(self) -> None:
+        """--max-running-per-user: bob's third running job is 429; alice runs."""
+        manager = self.manager(maxRunningPerUser=2)
+        request = parseJobRequest(b'{"command": "sleep", "args": ["9"]}')
+        manager.create(request, "bob")
+        manager.create(request, "bob")
+        self.assertRaises(TooManyRequests, manager.create, request, "bob")
+        manager.create(request, "alice")
+
+    def test_limitsAboveTheMachineRefused(self) -> None:
+        """memory_bytes of 10**15 is 400 even with no --max-memory."""
+        from jobworker import cgroups
+
+        if os.getuid() != 0 or cgroups.detect() is None:
+            # Without cgroups every limit is refused anyway.
+            manager = self.manager()
+        else:
+            manager = JobManager(
+                self.reactor,
+                os.path.abspath(self.mktemp()),
+                5.0,
+                GroupKiller(),
+                cgroups=cgroups.detect(),
+            )
+            self.addCleanup(manager.close)
+        request = parseJobRequest(
+            b'{"command": "true", "limits": {"memory_bytes": 1000000000000000}}'
+        )
+        self.assertRaises(BadRequest, manager.create, request, "bob")
+        request = parseJobRequest(
+            b'{"command": "true", "limits": {"cpu_millicores": 100000000}}'
+        )
+        self.assertRaises(BadRequest, manager.create, request, "bob")
+
+
+class RequestSizeTests(SynchronousTestCase):
+    def test_jobDataBounded(self) -> None:
+        """args and env together over the bound: 400."""
+        big = "x" * (MAX_JOB_DATA // 2)
+        body = json.dumps({"command": "true", "args": [big], "env": {"A": big}})
+        self.assertRaises(BadRequest, parseJobRequest, body.encode())
+        fine = json.dumps({"command": "true", "args": ["x" * 1000]})
+        parseJobRequest(fine.encode())
+
+
+class LiveExhaustionTests(TestCase):
+    timeout = 120
+
+    async def test_listResponseBoundedInBytes(self) -> None:
+        """Big jobs: a page stops early (bounded bytes) and paging loses none."""
+        server = LiveServer(self, "--create-rate=1000")
+        arg = "a" * 30000
+        ids = set()
+        for _ in range(160):
+            job = await server.createJob("true", arg)
+            ids.add(job["id"])
+        seen: set[str] = set()
+        cursor = None
+        pages = 0
+        while True:
+            path = "/jobs?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+            response = await server.request("GET", path, "ada")
+            body = await treq.content(response)
+            self.assertLessEqual(len(body), (4 << 20) + 64 * 1024)
+            page = json.loads(body)
+            seen.update(job["id"] for job in page["jobs"])
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, ids)
+        self.assertGreater(pages, 1)
+
+    async def test_logStreamsShared(self) -> None:
+        """One user holding their share of streams: others still follow."""
+        server = LiveServer(self, "--max-log-streams=8")
+        bobs = await server.createJob("sleep", "30", user="bob")
+        alices = await server.createJob("sh", "-c", "echo hi; sleep 30")
+        follows = [
+            server.request("GET", f"/jobs/{bobs['id']}/logs?follow=true", "bob")
+            for _ in range(2)
+        ]
+        responses = [await d for d in follows]
+        third = await server.request(
+            "GET", f"/jobs/{bobs['id']}/logs?follow=true", "bob"
+        )
+        self.assertEqual(third.code, 429)
+        mine = await server.request(
+            "GET", f"/jobs/{alices['id']}/logs?follow=false", "alice"
+        )
+        self.assertEqual(mine.code, 200)
+        await treq.content(mine)
+        for job, user in ((bobs, "bob"), (alices, "alice")):
+            await server.json("POST", f"/jobs/{job['id']}/stop", user)
+        for response in responses:  # they end with the job
+            await treq.content(response)
+
+    async def test_hostileCombinedRequestsBounded(self) -> None:
+        """
+        Ten combined requests on a job with a huge order file: the server's
+        memory grows less than 64 MiB, and /healthz keeps answering.
+        """
+        script = sharedPath(self)
+        with open(script, "w") as f:
+            f.write(
+                "import os\n"
+                "for i in range(150000):\n"
+                "    os.write(1, b'o'); os.write(2, b'e')\n"
+            )
+        server = LiveServer(self)
+        job = await server.createJob("python3", script)
+        ended = await server.waitEnded(job["id"], timeout=60)
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        before = rssKiB(os.getpid())
+        pending = [
+            server.request(
+                "GET", f"/jobs/{job['id']}/logs?stream=combined&follow=false", "alice"
+            )
+            for _ in range(10)
+        ]
+        worst = 0.0
+        for _ in range(10):
+            started = time.monotonic()
+            health = await server.request("GET", "/healthz", None)
+            await treq.content(health)
+            worst = max(worst, time.monotonic() - started)
+            await sleep(0.01)
+        bodies = [await treq.content(await d) for d in pending]
+        grown = (rssKiB(os.getpid()) - before) / 1024
+        print(
+            f"\nFIGURES combined x10: rss +{grown:.1f} MiB, "
+            f"healthz worst {worst * 1000:.0f} ms (one reactor for client and server)"
+        )
+        for body in bodies:
+            self.assertEqual(len(body), 300000)
+        self.assertLess(grown, 64)

@@ -1,0 +1,923 @@
+"""
+Hostile logins (issue 14, findings 1, 2, 7 and 8): each test tries the attack.
+
+1. Concurrent guesses from one address must not each get a bcrypt check.
+2. A burst of failures from a shared address must not lock out valid tokens,
+   certificates, or users who log in from there.
+7. A wrong password and an unknown name must cost the same bcrypt work.
+8. A token must die with its user's password, role or existence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import bcrypt
+import treq
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import (
+    Deferred,
+    ensureDeferred,
+    gatherResults,
+    maybeDeferred,
+)
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from jobworker import auth as authModule
+from jobworker import tokens as tokensModule
+from jobworker.audit import AuditLog
+from jobworker.auth import Authenticator, _checkPassword, makePortal
+from jobworker.errors import TooManyRequests, Unauthorized
+from jobworker.permissions import Role, User
+from jobworker.throttle import LoginThrottle
+from jobworker.tokens import TokenSigner
+from jobworker.users import UserDatabase, UserEntry
+
+from .support import LiveServer, basic
+
+KEY = b"k" * 32
+#: Where the attacker (and everyone else behind the same NAT) comes from.
+SHARED = "198.51.100.9"
+ELSEWHERE = "203.0.113.5"
+THRESHOLD = 5
+
+
+def _hash(password: str, cost: int = 4) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode("ascii")
+
+
+def cost(hashed: bytes) -> int:
+    """The cost factor of a bcrypt hash."""
+    return int(hashed.split(b"$")[2])
+
+
+USERS_TEXT = (
+    f"alice:Developer:{_hash('alice-pass')}\n"
+    f"bob:Developer:{_hash('bob-pass')}\n"
+    f"rita:Reader:{_hash('rita-pass')}\n"
+)
+
+
+def request(
+    address: str = SHARED,
+    authorization: bytes | None = None,
+    certificateUser: str | None = None,
+) -> DummyRequest:
+    """A request from C{address} with this header and/or client certificate."""
+    result = DummyRequest([b"jobs"])
+    result.client = IPv4Address("TCP", address, 4321)
+    if authorization is not None:
+        result.requestHeaders.setRawHeaders(b"authorization", [authorization])
+    if certificateUser is not None:
+        certificate = _Certificate(certificateUser)
+        result.channel = _Channel(_Transport(certificate))  # type: ignore[attr-defined]
+    return result
+
+
+class _Subject:
+    def __init__(self, commonName: str) -> None:
+        self.commonName = commonName
+
+
+class _Certificate:
+    """What the TLS layer hands over for a verified client certificate."""
+
+    def __init__(self, commonName: str) -> None:
+        self._subject = _Subject(commonName)
+
+    def get_subject(self) -> _Subject:
+        return self._subject
+
+
+class _Transport:
+    def __init__(self, certificate: _Certificate) -> None:
+        self._certificate = certificate
+
+    def getPeerCertificate(self) -> _Certificate:
+        return self._certificate
+
+
+class _Channel:
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+
+
+def basicHeader(name: str, password: str) -> bytes:
+    """An C{Authorization: Basic} value."""
+    return b"Basic " + base64.b64encode(f"{name}:{password}".encode())
+
+
+def bearerHeader(token: str) -> bytes:
+    """An C{Authorization: Bearer} value."""
+    return b"Bearer " + token.encode("ascii")
+
+
+class RecordingRunner:
+    """A synchronous thread runner that records every call (the bcrypt checks)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.calls.append((f, args))
+        return maybeDeferred(f, *args)
+
+
+class HeldRunner:
+    """
+    A thread runner that holds every call until L{release}: the bcrypt
+    checks of concurrent logins, all in flight at once.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def release(self) -> None:
+        """Run the held calls and fire their Deferreds."""
+        held, self.held = self.held, []
+        for d, f, args in held:
+            if not d.called:
+                d.callback(f(*args))
+
+
+class HostileAuthMixin:
+    """
+    Cheap (cost 4) users alice, bob and rita; the real portal, throttle and
+    token signer on a L{Clock}; client certificates accepted.
+    """
+
+    clock: Clock
+    runner: Any
+
+    def makeAuthenticator(self, users: UserDatabase, runner: Any) -> Authenticator:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.runner = runner
+        self.throttle = LoginThrottle(self.clock, threshold=THRESHOLD)
+        self.failures = 0
+        self.signer = TokenSigner(KEY, self.clock, 3600.0)
+        return Authenticator(
+            makePortal(users, runner),
+            self.countFailure,
+            self.throttle,
+            tokens=self.signer,
+            certificates=True,
+        )
+
+    def countFailure(self) -> None:
+        self.failures += 1
+
+    def authenticate(
+        self, authenticator: Authenticator, req: DummyRequest
+    ) -> Deferred[User]:
+        d = ensureDeferred(authenticator.authenticate(req))
+        # Outcomes a test does not look at are still consumed.
+        self.addCleanup(d.addErrback, lambda failure: None)  # type: ignore[attr-defined]
+        return d
+
+
+# -- Finding 1: the throttle race ---------------------------------------------
+
+
+class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Finding 1: 60 concurrent guesses from one address all got a bcrypt check
+    although C{--login-failures} was 5; attempts in flight must count.
+    """
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.held = HeldRunner()
+        self.authenticator = self.makeAuthenticator(self.users, self.held)
+
+    def guess(self, name: str, password: str, address: str = SHARED) -> Deferred[User]:
+        return self.authenticate(
+            self.authenticator, request(address, basicHeader(name, password))
+        )
+
+    def test_concurrentGuessesCostAtMostThreshold(self) -> None:
+        """
+        60 guesses in flight at once: only C{threshold} reach bcrypt, the
+        rest are 429 with Retry-After before any bcrypt; the 5 that ran are
+        401 once bcrypt answers, and the address stays throttled.
+        """
+        results = [self.guess("rita", f"guess{n}") for n in range(60)]
+        self.assertEqual(len(self.held.held), THRESHOLD)
+        refused = [d for d in results if d.called]
+        self.assertEqual(len(refused), 60 - THRESHOLD)
+        for d in refused:
+            error = self.failureResultOf(d, TooManyRequests).value
+            assert isinstance(error, TooManyRequests)
+            self.assertGreaterEqual(error.retryAfter, 1)
+        self.held.release()
+        for d in results:
+            if d not in refused:
+                self.failureResultOf(d, Unauthorized)
+        self.assertEqual(self.failures, THRESHOLD)
+        self.failureResultOf(self.guess("rita", "one-more"), TooManyRequests)
+        self.assertEqual(self.held.held, [])
+
+    def test_manyNamesInFlight(self) -> None:
+        """Spreading the guesses over many names does not get more checks."""
+        results = [self.guess(f"user{n}", "guess") for n in range(60)]
+        self.assertEqual(len(self.held.held), THRESHOLD)
+        self.held.release()
+        for d in results:
+            self.assertIsNotNone(self.failureResultOf(d))
+
+    def test_otherAddressUnaffected(self) -> None:
+        """Guesses in flight from one address do not hold back another."""
+        for n in range(THRESHOLD):
+            self.guess("rita", f"guess{n}")
+        d = self.guess("rita", "rita-pass", ELSEWHERE)
+        self.assertEqual(len(self.held.held), THRESHOLD + 1)
+        self.held.release()
+        self.assertEqual(self.successResultOf(d).name, "rita")
+
+    def test_successesInFlightGiveTheirCountBack(self) -> None:
+        """
+        Correct logins in flight count too, but once bcrypt accepts them they
+        no longer count: only the failures remain against the address.
+        """
+        for name in ("alice", "bob", "rita"):
+            self.guess(name, f"{name}-pass")
+        self.guess("mallory", "x")
+        self.guess("mallory", "y")
+        self.failureResultOf(self.guess("mallory", "z"), TooManyRequests)
+        self.held.release()
+        # Two failures remain: three more are allowed before the throttle.
+        for n in range(THRESHOLD - 2):
+            self.guess("mallory", f"again{n}")
+        self.assertEqual(len(self.held.held), THRESHOLD - 2)
+        self.failureResultOf(self.guess("mallory", "over"), TooManyRequests)
+        self.held.release()
+
+    def test_abandonedAttemptCountsAsFailure(self) -> None:
+        """
+        A client that hangs up while bcrypt runs (the request's Deferred is
+        cancelled) is counted as a failure: hanging up cannot free the slot
+        for another check, and the throttle keeps no attempt in flight.
+        """
+        for n in range(THRESHOLD):
+            self.guess("rita", f"guess{n}").cancel()
+        self.failureResultOf(self.guess("rita", "more"), TooManyRequests)
+        self.assertEqual(len(self.held.held), THRESHOLD)
+        self.held.release()
+        self.failureResultOf(self.guess("rita", "more"), TooManyRequests)
+        self.assertTrue(
+            all(entry.pending == 0 for entry in self.throttle._entries.values())
+        )
+
+    def test_unexpectedErrorEndsAttempt(self) -> None:
+        """An error from the thread runner ends the attempt as a failure."""
+        for n in range(THRESHOLD):
+            d = self.guess("rita", f"guess{n}")
+            held, _, _ = self.held.held.pop()
+            held.errback(Failure(RuntimeError("pool broken")))
+            self.failureResultOf(d, RuntimeError)
+        self.failureResultOf(self.guess("rita", "more"), TooManyRequests)
+        self.assertTrue(
+            all(entry.pending == 0 for entry in self.throttle._entries.values())
+        )
+
+
+class InFlightThrottleTests(SynchronousTestCase):
+    """L{LoginThrottle.begin} and L{LoginThrottle.finish} on their own."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.throttle = LoginThrottle(self.clock, threshold=THRESHOLD, window=900)
+
+    def test_staleFailuresDoNotCountWithAttemptsInFlight(self) -> None:
+        """
+        Failures older than the window are forgotten even while an attempt
+        begun before they expired is still in flight.
+        """
+        for _ in range(THRESHOLD - 1):
+            self.throttle.failed("rita", SHARED)
+        self.clock.advance(899)
+        self.assertEqual(self.throttle.begin("rita", SHARED), 0)
+        self.clock.advance(2)
+        self.assertEqual(self.throttle.begin("rita", SHARED), 0)
+
+    def test_successKeepsOthersAttemptsInFlight(self) -> None:
+        """
+        alice logging in clears her pair's failures, but not the guesses
+        for her that are still in flight from the same address.
+        """
+        self.throttle.succeeded("alice", SHARED)
+        for _ in range(3):
+            self.assertEqual(self.throttle.begin("alice", SHARED), 0)
+        self.assertEqual(self.throttle.begin("alice", SHARED), 0)
+        self.throttle.finish("alice", SHARED, True)
+        for _ in range(THRESHOLD - 3):
+            self.assertEqual(self.throttle.begin("alice", SHARED), 0)
+        self.assertGreater(self.throttle.begin("alice", SHARED), 0)
+
+    def test_finishedAttemptsLeaveNothingInFlight(self) -> None:
+        """After every begun attempt is finished, none is pending."""
+        for n in range(THRESHOLD):
+            self.assertEqual(self.throttle.begin(f"u{n}", SHARED), 0)
+        for n in range(THRESHOLD):
+            self.throttle.finish(f"u{n}", SHARED, n % 2 == 0)
+        self.assertEqual(
+            [e.pending for e in self.throttle._entries.values()],
+            [0] * len(self.throttle._entries),
+        )
+        address = self.throttle._entries[("address", SHARED)]
+        self.assertEqual(address.count, THRESHOLD // 2)
+
+
+class RealThreadsRaceTests(TestCase):
+    """
+    Finding 1 with real threads: bcrypt runs in a thread pool and is held
+    until all 60 attempts are in flight.
+    """
+
+    def test_heldThreadsCostAtMostThreshold(self) -> Deferred[None]:
+        """
+        60 guesses from one address, their checks held in real threads
+        until all have been made: C{threshold} bcrypt checks and 401s, the
+        rest 429.
+        """
+        pool = ThreadPool(minthreads=0, maxthreads=10, name="hostile-auth")
+        pool.start()
+        self.addCleanup(pool.stop)
+        gate = threading.Event()
+        checks: list[bytes] = []
+        lock = threading.Lock()
+
+        def heldCheck(password: bytes, hashed: bytes, *padding: bytes) -> bool:
+            with lock:
+                checks.append(password)
+            gate.wait(10)
+            return _checkPassword(password, hashed, *padding)
+
+        def runner(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            assert f is _checkPassword
+            return deferToThreadPool(reactor, pool, heldCheck, *args)  # type: ignore[arg-type]
+
+        clock = Clock()
+        authenticator = Authenticator(
+            makePortal(UserDatabase.fromText(USERS_TEXT), runner),
+            throttle=LoginThrottle(clock, threshold=THRESHOLD),
+        )
+        results = [
+            ensureDeferred(
+                authenticator.authenticate(
+                    request(SHARED, basicHeader("rita", f"guess{n}"))
+                )
+            )
+            for n in range(60)
+        ]
+        gate.set()
+        outcomes: list[type[Exception]] = []
+
+        def collect(_: object) -> None:
+            self.assertEqual(len(checks), THRESHOLD)
+            self.assertEqual(outcomes.count(Unauthorized), THRESHOLD)
+            self.assertEqual(outcomes.count(TooManyRequests), 60 - THRESHOLD)
+
+        def outcome(failure: Failure) -> None:
+            outcomes.append(failure.type)  # type: ignore[arg-type]
+
+        for d in results:
+            d.addErrback(outcome)
+        return gatherResults(results).addCallback(collect)
+
+
+class LiveThrottleRaceTests(TestCase):
+    """Finding 1 as reported: 60 TLS connections guessing at the same moment."""
+
+    timeout = 60
+
+    async def test_concurrentGuessesOverTLS(self) -> None:
+        """At most C{--login-failures} bad-password checks; the rest are 429."""
+        server = LiveServer(self, f"--login-failures={THRESHOLD}")
+
+        async def guess(n: int) -> int:
+            response = await server.http.request(
+                "GET", server.url + "/jobs", headers=basic("rita", f"guess{n}")
+            )
+            await treq.content(response)
+            return int(response.code)
+
+        codes = await gatherResults(
+            [Deferred.fromCoroutine(guess(n)) for n in range(60)]
+        )
+        audit = self.auditEvents(server)
+        badPassword = [
+            e
+            for e in audit
+            if e["event"] == "auth.failure" and e.get("reason") == "bad password"
+        ]
+        self.assertLessEqual(len(badPassword), THRESHOLD, codes)
+        self.assertEqual(codes.count(401), len(badPassword))
+        self.assertEqual(codes.count(429), 60 - len(badPassword))
+
+    def auditEvents(self, server: LiveServer) -> list[dict[str, Any]]:
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            return [json.loads(line) for line in f]
+
+
+# -- Finding 2: lock-out of a shared address --------------------------------
+
+
+class SharedAddressTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Finding 2: 30 failures for a nonexistent name from an address made
+    alice (correct password) and bob (valid token) get 429 from there.
+    """
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.authenticator = self.makeAuthenticator(self.users, RecordingRunner())
+
+    def auth(self, req: DummyRequest) -> Deferred[User]:
+        return self.authenticate(self.authenticator, req)
+
+    def burst(self, times: int = 30, name: str = "nobody") -> None:
+        """The attacker's failures from the shared address."""
+        for n in range(times):
+            d = self.auth(request(SHARED, basicHeader(name, f"guess{n}")))
+            self.assertIsNotNone(self.failureResultOf(d))
+
+    def test_validTokenNotBlocked(self) -> None:
+        """bob's valid bearer token works from the throttled address."""
+        token, _ = self.signer.issue("bob", "Developer")
+        self.burst()
+        user = self.successResultOf(self.auth(request(SHARED, bearerHeader(token))))
+        self.assertEqual(user.name, "bob")
+
+    def test_invalidTokenStillRefused(self) -> None:
+        """A forged token is still refused there (and costs no bcrypt)."""
+        token, _ = self.signer.issue("bob", "Developer")
+        self.burst()
+        before = len(self.runner.calls)
+        d = self.auth(request(SHARED, bearerHeader(token[:-2] + "xx")))
+        self.failureResultOf(d, Unauthorized, TooManyRequests)
+        self.assertEqual(len(self.runner.calls), before)
+
+    def test_certificateNotBlocked(self) -> None:
+        """A client certificate works from the throttled address."""
+        self.burst()
+        user = self.successResultOf(self.auth(request(SHARED, certificateUser="rita")))
+        self.assertEqual(user.name, "rita")
+
+    def test_userWhoLoggedInThereNotBlocked(self) -> None:
+        """
+        alice logged in from the shared address yesterday: the burst does
+        not lock her out from there.
+        """
+        header = basicHeader("alice", "alice-pass")
+        self.successResultOf(self.auth(request(SHARED, header)))
+        self.clock.advance(86400)
+        self.burst()
+        user = self.successResultOf(self.auth(request(SHARED, header)))
+        self.assertEqual(user.name, "alice")
+
+    def test_trustExpires(self) -> None:
+        """A login from there longer ago than the trust window does not count."""
+        header = basicHeader("alice", "alice-pass")
+        self.successResultOf(self.auth(request(SHARED, header)))
+        self.clock.advance(31 * 86400)
+        self.burst()
+        self.failureResultOf(self.auth(request(SHARED, header)), TooManyRequests)
+
+    def test_strangerStillThrottled(self) -> None:
+        """
+        bob never logged in from the shared address: per-address throttling
+        still applies to him (the server cannot tell him from the guesser).
+        """
+        self.burst()
+        d = self.auth(request(SHARED, basicHeader("bob", "bob-pass")))
+        self.failureResultOf(d, TooManyRequests)
+
+    def test_guessingTrustedUserStillThrottledPerPair(self) -> None:
+        """
+        Guessing alice's password from an address she logs in from is
+        still throttled per (user, address): at most C{threshold} checks.
+        """
+        self.successResultOf(
+            self.auth(request(SHARED, basicHeader("alice", "alice-pass")))
+        )
+        self.clock.advance(60)
+        calls = len(self.runner.calls)
+        for n in range(THRESHOLD):
+            d = self.auth(request(SHARED, basicHeader("alice", f"guess{n}")))
+            self.failureResultOf(d, Unauthorized)
+        for n in range(10):
+            d = self.auth(request(SHARED, basicHeader("alice", f"more{n}")))
+            self.failureResultOf(d, TooManyRequests)
+        self.assertEqual(len(self.runner.calls) - calls, THRESHOLD)
+
+    def test_guessingTrustedUsersBoundedPerName(self) -> None:
+        """
+        Even when every user is trusted at the address, the guesser gets at
+        most C{threshold} checks per name there.
+        """
+        for name in ("alice", "bob", "rita"):
+            self.successResultOf(
+                self.auth(request(SHARED, basicHeader(name, f"{name}-pass")))
+            )
+        calls = len(self.runner.calls)
+        for name in ("alice", "bob", "rita"):
+            for n in range(20):
+                self.auth(request(SHARED, basicHeader(name, f"guess{n}")))
+        self.assertEqual(len(self.runner.calls) - calls, 3 * THRESHOLD)
+
+    def test_perUserGuessingStillThrottled(self) -> None:
+        """
+        Guessing alice's password from many addresses still throttles alice
+        from a new address, but not from one she logs in from.
+        """
+        self.successResultOf(
+            self.auth(request(SHARED, basicHeader("alice", "alice-pass")))
+        )
+        for n in range(4 * THRESHOLD):
+            d = self.auth(request(f"10.0.0.{n}", basicHeader("alice", "guess")))
+            self.failureResultOf(d, Unauthorized)
+        d = self.auth(request("10.9.9.9", basicHeader("alice", "alice-pass")))
+        self.failureResultOf(d, TooManyRequests)
+        d = self.auth(request(SHARED, basicHeader("alice", "alice-pass")))
+        self.assertEqual(self.successResultOf(d).name, "alice")
+
+
+# -- Finding 7: user names enumerated by timing ------------------------------
+
+#: Three users at cost 4 and one at cost 6 (the "one user at the hash tool's
+#: default" case of the report, made cheap).
+MIXED_TEXT = (
+    f"a:Reader:{_hash('a-pass', 4)}\n"
+    f"b:Reader:{_hash('b-pass', 4)}\n"
+    f"c:Reader:{_hash('c-pass', 4)}\n"
+    f"d:Reader:{_hash('d-pass', 6)}\n"
+)
+
+
+def bcryptWork(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> int:
+    """The bcrypt work the recorded checks do: the sum of 2**cost per hash."""
+    work = 0
+    for f, args in calls:
+        assert f is _checkPassword
+        for hashed in args[1:]:
+            work += 2 ** cost(hashed)
+    return work
+
+
+class DummyHashTests(SynchronousTestCase):
+    """
+    Finding 7: with mixed costs a wrong password and an unknown name took
+    different times, so names could be enumerated.
+    """
+
+    def test_dummyHashHasHighestCost(self) -> None:
+        """The dummy hash has the highest cost in the file, not the commonest."""
+        users = UserDatabase.fromText(MIXED_TEXT)
+        self.assertEqual(cost(users.dummyHash), 6)
+        self.assertFalse(bcrypt.checkpw(b"d-pass", users.dummyHash))
+
+    def test_everyFailureCostsTheSame(self) -> None:
+        """
+        A wrong password for a cost-4 user, for the cost-6 user, and any
+        password for an unknown name, cost the same bcrypt work: that of one
+        check at the highest cost.
+        """
+        users = UserDatabase.fromText(MIXED_TEXT)
+        work = {}
+        for name in ("a", "c", "d", "nobody", "zz"):
+            runner = RecordingRunner()
+            authenticator = Authenticator(makePortal(users, runner))
+            d = ensureDeferred(
+                authenticator.authenticate(request(SHARED, basicHeader(name, "guess")))
+            )
+            self.failureResultOf(d, Unauthorized)
+            work[name] = bcryptWork(runner.calls)
+        self.assertEqual(set(work.values()), {2**6}, work)
+
+    def test_successPaysNoPadding(self) -> None:
+        """A correct password is not padded (the client knows the name exists)."""
+        users = UserDatabase.fromText(MIXED_TEXT)
+        calls: list[bytes] = []
+        real = bcrypt.checkpw
+
+        def counting(password: bytes, hashed: bytes) -> bool:
+            calls.append(hashed)
+            return real(password, hashed)
+
+        self.patch(authModule.bcrypt, "checkpw", counting)
+        runner = RecordingRunner()
+        authenticator = Authenticator(makePortal(users, runner))
+        d = ensureDeferred(
+            authenticator.authenticate(request(SHARED, basicHeader("a", "a-pass")))
+        )
+        self.assertEqual(self.successResultOf(d).name, "a")
+        self.assertEqual(len(calls), 1)
+        calls.clear()
+        d = ensureDeferred(
+            authenticator.authenticate(request(SHARED, basicHeader("a", "wrong")))
+        )
+        self.failureResultOf(d, Unauthorized)
+        self.assertEqual([cost(h) for h in calls], [4, 4, 5])
+
+    def test_sameCostsNeedNoPadding(self) -> None:
+        """With one cost throughout, a failure is still a single check."""
+        users = UserDatabase.fromText(USERS_TEXT)
+        runner = RecordingRunner()
+        authenticator = Authenticator(makePortal(users, runner))
+        d = ensureDeferred(
+            authenticator.authenticate(request(SHARED, basicHeader("alice", "x")))
+        )
+        self.failureResultOf(d, Unauthorized)
+        entry = users.lookup("alice")
+        assert entry is not None
+        self.assertEqual(runner.calls, [(_checkPassword, (b"x", entry.passwordHash))])
+
+
+# -- Finding 8: tokens outliving their user's credentials --------------------
+
+
+class TokenLifetimeTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Finding 8: a token survived its user's password change, and a removed
+    user's tokens worked again when a user of that name was added back.
+    """
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.authenticator = self.makeAuthenticator(self.users, RecordingRunner())
+
+    def issue(self, name: str = "alice") -> str:
+        """A token issued the way C{POST /tokens} issues one."""
+        entry = self.authenticator._realm._users.lookup(name)
+        assert entry is not None
+        signer = self.authenticator.tokens
+        assert signer is not None
+        token, _ = signer.issue(entry.user.name, entry.user.role.value)
+        return token
+
+    def useToken(self, token: str, address: str = ELSEWHERE) -> Deferred[User]:
+        return self.authenticate(
+            self.authenticator, request(address, bearerHeader(token))
+        )
+
+    def assertRefused(self, token: str) -> None:
+        self.failureResultOf(self.useToken(token), Unauthorized)
+
+    def withUsers(self, **changed: UserEntry | None) -> UserDatabase:
+        """The current users with some entries replaced (None: removed)."""
+        current = self.authenticator._realm._users
+        entries = []
+        for name in ("alice", "bob", "rita"):
+            entry = changed.get(name, current.lookup(name))
+            if entry is not None:
+                entries.append(entry)
+        return UserDatabase(entries, current.dummyHash)
+
+    def alice(self, password: str, role: Role = Role.DEVELOPER) -> UserEntry:
+        return UserEntry(User("alice", role), _hash(password).encode("ascii"))
+
+    def reload(self, users: UserDatabase) -> None:
+        """What SIGHUP does, a moment later."""
+        self.clock.advance(1)
+        self.authenticator.replaceUsers(users)
+        self.clock.advance(1)
+
+    def test_tokenWorks(self) -> None:
+        """Unchanged users: the token works, with no bcrypt."""
+        user = self.successResultOf(self.useToken(self.issue()))
+        self.assertEqual(user, User("alice", Role.DEVELOPER))
+        self.assertEqual(self.runner.calls, [])
+
+    def test_passwordChangeInvalidates(self) -> None:
+        """alice's password changes: her earlier token is 401."""
+        token = self.issue()
+        self.reload(self.withUsers(alice=self.alice("new-pass")))
+        self.assertRefused(token)
+        # A token issued after the change works.
+        self.assertEqual(
+            self.successResultOf(self.useToken(self.issue())).name, "alice"
+        )
+
+    def test_passwordChangeInvalidatesAfterRestart(self) -> None:
+        """
+        The password changed while the server was down: a new server with
+        the same key refuses the old token too (nothing kept in memory).
+        """
+        token = self.issue()
+        users = self.withUsers(alice=self.alice("new-pass"))
+        restarted = Authenticator(
+            makePortal(users, RecordingRunner()),
+            tokens=TokenSigner(KEY, self.clock, 3600.0),
+        )
+        d = ensureDeferred(
+            restarted.authenticate(request(ELSEWHERE, bearerHeader(token)))
+        )
+        self.failureResultOf(d, Unauthorized)
+
+    def test_sameRoleNewHashInvalidates(self) -> None:
+        """Rehashing the same password (new salt) is a change too."""
+        token = self.issue()
+        self.reload(self.withUsers(alice=self.alice("alice-pass")))
+        self.assertRefused(token)
+
+    def test_roleChangeInvalidates(self) -> None:
+        """alice demoted (same hash): her Developer token is 401."""
+        token = self.issue()
+        current = self.users.lookup("alice")
+        assert current is not None
+        demoted = UserEntry(User("alice", Role.READER), current.passwordHash)
+        self.reload(self.withUsers(alice=demoted))
+        self.assertRefused(token)
+
+    def test_removedThenReaddedWithNewPassword(self) -> None:
+        """alice removed, then a new alice added: the old token stays dead."""
+        token = self.issue()
+        self.reload(self.withUsers(alice=None))
+        self.assertRefused(token)
+        self.reload(self.withUsers(alice=self.alice("another-pass")))
+        self.assertRefused(token)
+
+    def test_removedThenSameLineRestored(self) -> None:
+        """
+        alice removed, then her very same line put back: the token issued
+        before the removal is not revived.
+        """
+        token = self.issue()
+        original = self.users.lookup("alice")
+        self.reload(self.withUsers(alice=None))
+        self.reload(self.withUsers(alice=original))
+        self.assertRefused(token)
+        self.assertEqual(
+            self.successResultOf(self.useToken(self.issue())).name, "alice"
+        )
+
+    def test_passwordChangedBack(self) -> None:
+        """alice's password changed, then the old line restored: still 401."""
+        token = self.issue()
+        original = self.users.lookup("alice")
+        self.reload(self.withUsers(alice=self.alice("new-pass")))
+        self.reload(self.withUsers(alice=original))
+        self.assertRefused(token)
+
+    def test_otherUsersTokensSurvive(self) -> None:
+        """Changing alice does not touch bob's token."""
+        token = self.issue("bob")
+        self.reload(self.withUsers(alice=self.alice("new-pass")))
+        self.assertEqual(self.successResultOf(self.useToken(token)).name, "bob")
+
+    def test_reloadWithoutChangeKeepsTokens(self) -> None:
+        """Re-reading an unchanged users file keeps every token."""
+        token = self.issue()
+        self.reload(UserDatabase.fromText(USERS_TEXT))
+        self.reload(self.withUsers())
+        self.assertEqual(self.successResultOf(self.useToken(token)).name, "alice")
+
+    def test_tokenForUnknownUserNeverVerifies(self) -> None:
+        """A token issued for a name not in the users file is refused."""
+        signer = self.authenticator.tokens
+        assert signer is not None
+        token, _ = signer.issue("mallory", "Admin")
+        self.assertRefused(token)
+
+    def test_tokenHoldsNoHash(self) -> None:
+        """The token's readable claims reveal nothing of the password hash."""
+        token = self.issue()
+        entry = self.users.lookup("alice")
+        assert entry is not None
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+        self.assertEqual(set(claims), {"u", "r", "e", "i", "n"})
+        self.assertNotIn(entry.passwordHash[7:29].decode(), json.dumps(claims))
+
+    def test_checkIsOneHMAC(self) -> None:
+        """Checking a token is one HMAC and no bcrypt."""
+        token = self.issue()
+        digests = []
+        real = hmac.digest
+
+        def counting(key: bytes, message: bytes, digest: str) -> bytes:
+            digests.append(message)
+            return real(key, message, digest)
+
+        self.patch(tokensModule.hmac, "digest", counting)
+        self.successResultOf(self.useToken(token))
+        self.assertEqual(len(digests), 1)
+        self.assertEqual(self.runner.calls, [])
+
+
+class TokenAuditTests(HostileAuthMixin, SynchronousTestCase):
+    """A token refused because its user changed is audited with a reason."""
+
+    def test_auditReason(self) -> None:
+        users = UserDatabase.fromText(USERS_TEXT)
+        authenticator = self.makeAuthenticator(users, RecordingRunner())
+        path = self.mktemp()
+        audit = authenticator._audit = AuditLog(path, self.clock)
+        self.addCleanup(audit.close)
+        signer = authenticator.tokens
+        assert signer is not None
+        token, _ = signer.issue("alice", "Developer")
+        self.clock.advance(1)
+        authenticator.replaceUsers(
+            UserDatabase(
+                [
+                    UserEntry(User("alice", Role.DEVELOPER), _hash("x").encode()),
+                ],
+                users.dummyHash,
+            )
+        )
+        self.clock.advance(1)
+        d = ensureDeferred(
+            authenticator.authenticate(request(ELSEWHERE, bearerHeader(token)))
+        )
+        self.failureResultOf(d, Unauthorized)
+        audit.close()
+        with open(path) as f:
+            events = [json.loads(line) for line in f]
+        self.assertEqual([e["event"] for e in events], ["auth.failure"])
+        self.assertIn("password or role changed", events[0]["reason"])
+
+    def test_auditReasonRemoved(self) -> None:
+        users = UserDatabase.fromText(USERS_TEXT)
+        authenticator = self.makeAuthenticator(users, RecordingRunner())
+        path = self.mktemp()
+        audit = authenticator._audit = AuditLog(path, self.clock)
+        self.addCleanup(audit.close)
+        signer = authenticator.tokens
+        assert signer is not None
+        token, _ = signer.issue("alice", "Developer")
+        bob = users.lookup("bob")
+        assert bob is not None
+        authenticator.replaceUsers(UserDatabase([bob], users.dummyHash))
+        d = ensureDeferred(
+            authenticator.authenticate(request(ELSEWHERE, bearerHeader(token)))
+        )
+        self.failureResultOf(d, Unauthorized)
+        audit.close()
+        with open(path) as f:
+            events = [json.loads(line) for line in f]
+        self.assertIn("no such user", events[0]["reason"])
+
+
+class SignerRevocationTests(SynchronousTestCase):
+    """L{TokenSigner.revoke} and the claims it relies on."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.signer = TokenSigner(KEY, self.clock, 600.0)
+
+    def test_revocationsForgottenAfterATokenLifetime(self) -> None:
+        """A revocation is kept one token lifetime, so they cannot pile up."""
+        for n in range(100):
+            self.signer.revoke(f"user{n}")
+            self.clock.advance(60)
+        self.assertLessEqual(len(self.signer._revoked), 11)
+
+    def test_revokedOnlyBefore(self) -> None:
+        """A revocation refuses the tokens issued before it, not after."""
+        old, _ = self.signer.issue("alice", "Developer")
+        self.clock.advance(1)
+        self.signer.revoke("alice")
+        self.clock.advance(1)
+        new, _ = self.signer.issue("alice", "Developer")
+        self.assertRaises(tokensModule.InvalidToken, self.signer.verify, old)
+        self.assertEqual(self.signer.verify(new), ("alice", "Developer"))
+
+    def test_signedButIllTypedClaims(self) -> None:
+        """Well-signed claims of the wrong types are refused, not trusted."""
+        for claims in (
+            {"u": "alice", "r": "Developer", "i": True, "e": 1_900_000_000},
+            {"u": "alice", "r": "Developer", "i": "0", "e": 1_900_000_000},
+            {"u": "alice", "r": "Developer", "e": 1_900_000_000},
+            {"u": "alice", "r": "Developer", "i": 0, "e": True},
+            {"u": 1, "r": "Developer", "i": 0, "e": 1_900_000_000},
+            ["alice"],
+        ):
+            payload = tokensModule._b64(json.dumps(claims).encode())
+            token = f"jw1.{payload}.{self.signer._mac(payload, b'')}"
+            self.assertRaises(tokensModule.InvalidToken, self.signer.verify, token)
+
+    def test_nonASCII(self) -> None:
+        """A token with non-ASCII characters is refused, not an error."""
+        token, _ = self.signer.issue("alice", "Developer")
+        for bad in (token + "\u00e9", "jw1.abc.\u00e9\u00e9"):
+            self.assertRaises(tokensModule.InvalidToken, self.signer.verify, bad)

@@ -1,0 +1,81 @@
+"""Unit tests for L{jobworker.recovery}: what crash recovery may kill."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.recovery import (
+    currentBootId,
+    leftovers,
+    processStartTime,
+    sessionMembers,
+)
+
+
+def missingPid() -> int:
+    """A pid no process can have (above the kernel's pid_max)."""
+    with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+        return int(f.read()) + 1
+
+
+class LeftoversTests(SynchronousTestCase):
+    """
+    L{leftovers} names a job's session only when it is provably that
+    session. The "leader" here is this test process, with its real start
+    time and the real boot id; the sessions table is made up.
+    """
+
+    def setUp(self) -> None:
+        self.pid = os.getpid()
+        start = processStartTime(self.pid)
+        bootId = currentBootId()
+        assert start is not None and bootId is not None
+        self.start = start
+        self.bootId = bootId
+        self.sessions = {self.pid: [self.pid, 4242], 777: [778]}
+
+    def test_sameLeaderSameStart(self) -> None:
+        """The leader alive with the start time recorded: its whole session."""
+        self.assertEqual(
+            leftovers(self.pid, self.bootId, self.start, self.sessions),
+            [self.pid, 4242],
+        )
+
+    def test_reusedPid(self) -> None:
+        """
+        A live process under the leader's pid that started at another time
+        is someone else (the pid was reused): nothing is killed.
+        """
+        for otherStart in (self.start + 1, self.start - 1):
+            self.assertEqual(
+                leftovers(self.pid, self.bootId, otherStart, self.sessions), []
+            )
+
+    def test_startUnknown(self) -> None:
+        """A live leader whose start time was never recorded is not trusted."""
+        self.assertEqual(leftovers(self.pid, self.bootId, None, self.sessions), [])
+
+    def test_leaderGone(self) -> None:
+        """
+        With the leader gone, what is left of its session (whose id is the
+        leader's pid, and cannot be reused while a member lives) is returned.
+        """
+        gone = missingPid()
+        sessions = {gone: [5001, 5002]}
+        self.assertEqual(leftovers(gone, self.bootId, 12345, sessions), [5001, 5002])
+        self.assertEqual(leftovers(gone, self.bootId, 12345, {}), [])
+
+    def test_otherBoot(self) -> None:
+        """Records from another boot name nothing of this one."""
+        for bootId in ("another-boot", None):
+            self.assertEqual(leftovers(self.pid, bootId, self.start, self.sessions), [])
+
+    def test_noPid(self) -> None:
+        """A job that never had a process has no leftovers."""
+        self.assertEqual(leftovers(None, self.bootId, None, self.sessions), [])
+
+    def test_sessionMembers(self) -> None:
+        """This process is listed in its own session."""
+        self.assertIn(self.pid, sessionMembers()[os.getsid(0)])
