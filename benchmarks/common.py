@@ -495,6 +495,7 @@ class Client:
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
+        if body is not None or method in ("POST", "DELETE"):
             headers["Content-Type"] = "application/json"
         if time.monotonic() - self._used > IDLE_RECONNECT:
             self.conn.close()  # the server drops idle connections after 60 s
@@ -558,6 +559,7 @@ class RawClient:
         data = b""
         if body is not None:
             data = json.dumps(body).encode("utf-8")
+        if body is not None or method in ("POST", "DELETE"):
             lines.append("Content-Type: application/json")
         if data or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {len(data)}")

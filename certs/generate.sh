@@ -12,7 +12,8 @@
 # development and tests only: the private keys are public, in git. For a real
 # deployment issue a certificate from your own CA and pass --cert/--key.
 set -eu
-dir=${1:-$(dirname "$0")}
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${1:-$here}
 cd "$dir"
 days=3650
 umask 077
@@ -33,6 +34,10 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
     -out server.pem -days "$days" -sha256 -extfile server.ext
 rm -f server.csr server.ext ca.srl
 chmod 644 ca.pem server.pem
+if [ "$(pwd)" = "$here" ]; then
+    # jw trusts the development CA for loopback names: ship it in the package.
+    cp ca.pem "$here/../jobworker/data/dev-ca.pem"
+fi
 chmod 600 ca.key server.key
 mkdir -p clients
 for name in alice bob rita ada; do

@@ -7,13 +7,13 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from urllib.parse import urlsplit
 
 DEFAULT_SERVER = "https://localhost:8443"
-#: The development CA shipped in the source tree (certs/ca.pem).
-DEV_CA = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "certs", "ca.pem"
-)
+#: The development CA (certs/ca.pem), shipped with the package so that a
+#: wheel install finds it too.
+DEV_CA = str(resources.files("jobworker").joinpath("data/dev-ca.pem"))
 #: The only hosts the development CA is trusted for when no CA is configured:
 #: its key is public, so it vouches for no server anywhere else.
 DEV_CA_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -574,3 +574,13 @@ class IssueCertTests(SynchronousTestCase):
         self.assertEqual(flags & wanted, wanted)
         self.assertEqual(mode, 0o600)
         self.assertEqual(stat.S_IMODE(os.lstat(keyPath).st_mode), 0o600)
+
+
+class PackagedCATests(SynchronousTestCase):
+    """jw finds the development CA in a wheel install too (package data)."""
+
+    def test_packagedCopyIsTheSourceTreeCA(self) -> None:
+        from jobworker.clientconfig import DEV_CA
+
+        with open(DEV_CA, "rb") as packaged, open(CA, "rb") as tree:
+            self.assertEqual(packaged.read(), tree.read())
