@@ -734,7 +734,7 @@ def jwEnvironment(port: int, user: str = "alice") -> dict[str, str]:
 def jwCommand() -> list[str]:
     if os.path.exists(JW):
         return [JW]
-    return [PYTHON, "-c", "from jobworker.cli import main; main()"]
+    return [PYTHON, "-c", "from jobworker.client.cli import main; main()"]
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:

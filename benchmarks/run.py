@@ -817,7 +817,7 @@ def cliRoundTrip(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             timed([PYTHON, "-c", "pass"], env) for _ in range(5)
         ),
         "import_jobworker_cli_s": statistics.median(
-            timed([PYTHON, "-c", "import jobworker.cli"], env) for _ in range(5)
+            timed([PYTHON, "-c", "import jobworker.client.cli"], env) for _ in range(5)
         ),
     }
     raw: dict[str, Any] = {**{k: v for k, v in times.items() if v}, **floors}
@@ -855,7 +855,7 @@ def cliRoundTrip(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     rows.append(
         Row(
             "7i",
-            "  (info) python -c 'import jobworker.cli' (jw's floor)",
+            "  (info) python -c 'import jobworker.client.cli' (jw's floor)",
             ms(floors["import_jobworker_cli_s"]),
             f"python -c pass: {ms(floors['python_startup_s'])}",
             None,

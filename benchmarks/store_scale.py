@@ -2,7 +2,7 @@
 Store scale: the server with 100,000 ended jobs in its store, against the same
 server with an empty store, in one run.
 
-Fills a state dir's store directly through jobworker.store.JobStore (public
+Fills a state dir's store directly through jobworker.jobs.store.JobStore (public
 insert() inside one manual transaction), starts the real server on it and
 measures: start-up (process start to the listening line), GET /jobs first
 page p50/p99 (after one warm-up request that pays bcrypt), GET
@@ -31,8 +31,8 @@ from common import BenchError, Cleanup, Server, log, summary
 
 def fill(stateDir: str, jobs: int) -> dict[str, Any]:
     """Write C{jobs} ended job records into C{stateDir}'s store, in one go."""
-    from jobworker.records import JobRecord, JobStatus
-    from jobworker.store import JobStore
+    from jobworker.jobs.records import JobRecord, JobStatus
+    from jobworker.jobs.store import JobStore
 
     os.makedirs(stateDir, mode=0o700, exist_ok=True)
     started = time.monotonic()

@@ -20,8 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from jobworker.sandbox import privateFolders
-from jobworker.tap import ListeningService, ManagerService, Options, makeService
+from jobworker.executors.local.sandbox import privateFolders
+from jobworker.server.tap import ListeningService, ManagerService, Options, makeService
 from jobworker.tls import TrustRootPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

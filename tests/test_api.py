@@ -1,5 +1,5 @@
 """
-Unit tests for L{jobworker.api}: the Klein routes through treq's StubTreq, on
+Unit tests for L{jobworker.server.api}: the Klein routes through treq's StubTreq, on
 a real JobManager over the fake process reactor.
 """
 
@@ -18,13 +18,18 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 
-from jobworker.api import MAX_BODY_BYTES, BoundedRequest, JobsAPI, boundedRequestClass
-from jobworker.auth import Authenticator, _checkPassword, makePortal
-from jobworker.manager import JobManager
-from jobworker.records import JobRecord
-from jobworker.tokens import TokenSigner
-from jobworker.users import UserDatabase
-from jobworker.validation import JobRequest
+from jobworker.auth.authenticator import Authenticator, _checkPassword, makePortal
+from jobworker.auth.tokens import TokenSigner
+from jobworker.auth.users import UserDatabase
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.records import JobRecord
+from jobworker.jobs.validation import JobRequest
+from jobworker.server.api import (
+    MAX_BODY_BYTES,
+    BoundedRequest,
+    JobsAPI,
+    boundedRequestClass,
+)
 
 from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
 

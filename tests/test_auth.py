@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.auth}: Basic credentials checked with bcrypt."""
+"""Unit tests for L{jobworker.auth.authenticator}: Basic credentials, bcrypt."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from jobworker.auth import (
+from jobworker.auth.authenticator import (
     MAX_PASSWORD_BYTES,
     REALM,
     Authenticator,
@@ -25,9 +25,9 @@ from jobworker.auth import (
     _checkPassword,
     makePortal,
 )
+from jobworker.auth.permissions import Role, User
+from jobworker.auth.users import UserDatabase
 from jobworker.errors import Unauthorized
-from jobworker.permissions import Role, User
-from jobworker.users import UserDatabase
 
 LONG_PASSWORD = "p" * MAX_PASSWORD_BYTES
 

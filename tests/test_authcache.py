@@ -13,15 +13,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from jobworker.auth import (
+from jobworker.auth.authenticator import (
     Authenticator,
     BcryptChecker,
     VerifiedCredentials,
     makePortal,
 )
+from jobworker.auth.permissions import User
+from jobworker.auth.users import UserDatabase
 from jobworker.errors import Unauthorized
-from jobworker.permissions import User
-from jobworker.users import UserDatabase
 
 
 class CountingRunner:

@@ -7,7 +7,7 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.cgroups import CgroupsV2, Limits, V2Group, ownCgroups
+from jobworker.executors.local.cgroups import CgroupsV2, Limits, V2Group, ownCgroups
 
 
 def write(path: str, text: str) -> None:

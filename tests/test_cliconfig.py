@@ -9,8 +9,8 @@ import sys
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.cli import COMPLETION, age
-from jobworker.clientconfig import DEV_CA, ConfigError, configPath, readConfig, resolve
+from jobworker.client.cli import COMPLETION, age
+from jobworker.client.config import DEV_CA, ConfigError, configPath, readConfig, resolve
 
 from .support import JW, LiveServer, runJW
 
@@ -84,7 +84,7 @@ class SettingsTests(SynchronousTestCase):
             [
                 sys.executable,
                 "-c",
-                "import sys, jobworker.cli; "
+                "import sys, jobworker.client.cli; "
                 "print(' '.join(sorted(m for m in sys.modules if 'jobworker' in m)))",
             ],
             capture_output=True,
@@ -95,9 +95,10 @@ class SettingsTests(SynchronousTestCase):
             loaded,
             {
                 "jobworker",
-                "jobworker.cli",
                 "jobworker.client",
-                "jobworker.clientconfig",
+                "jobworker.client.cli",
+                "jobworker.client.http",
+                "jobworker.client.config",
                 "jobworker.tls",
             },
         )

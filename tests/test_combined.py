@@ -9,7 +9,7 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.combined import (
+from jobworker.jobs.combined import (
     CombinedReader,
     OrderLog,
     StoredOrder,
@@ -17,7 +17,7 @@ from jobworker.combined import (
     decodeEntries,
     parseCombinedId,
 )
-from jobworker.spool import OutputSpool, StoredOutput
+from jobworker.jobs.spool import OutputSpool, StoredOutput
 
 from .support import LiveServer, basic
 from .test_contract import RecordingConsumer, bytesOf, parseEvents

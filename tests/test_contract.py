@@ -11,8 +11,8 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.spool import tailOffset
-from jobworker.sse import EventStream, frame, parseLastEventId, payload
+from jobworker.jobs.spool import tailOffset
+from jobworker.server.sse import EventStream, frame, parseLastEventId, payload
 
 from .support import LiveServer, basic, runJW, sharedPath, sleep
 

@@ -15,13 +15,13 @@ from treq.testing import StubTreq
 from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.api import JobsAPI
-from jobworker.audit import AuditLog
-from jobworker.auth import Authenticator, makePortal
-from jobworker.manager import JobManager
+from jobworker.auth.audit import AuditLog
+from jobworker.auth.authenticator import Authenticator, makePortal
+from jobworker.auth.users import UserDatabase
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.records import JobStatus
 from jobworker.metrics import Metrics
-from jobworker.records import JobStatus
-from jobworker.users import UserDatabase
+from jobworker.server.api import JobsAPI
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import basic

@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from jobworker.deadlines import channelWithDeadlines
+from jobworker.server.deadlines import channelWithDeadlines
 
 from .support import LiveServer
 

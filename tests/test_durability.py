@@ -14,12 +14,12 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.manager import RESTARTED, JobManager
-from jobworker.records import JobStatus
-from jobworker.recovery import processStartTime
-from jobworker.spool import OutputSpool
-from jobworker.tap import RetentionService, parseDuration, parseSize
-from jobworker.validation import JobRequest
+from jobworker.jobs.manager import RESTARTED, JobManager
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.recovery import processStartTime
+from jobworker.jobs.spool import OutputSpool
+from jobworker.jobs.validation import JobRequest
+from jobworker.server.tap import RetentionService, parseDuration, parseSize
 
 from .support import (
     CERT,

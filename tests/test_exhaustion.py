@@ -15,12 +15,12 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.combined import CombinedReader, StoredOrder, encodeEntry
 from jobworker.errors import BadRequest, TooManyRequests
-from jobworker.local import JobPolicy
-from jobworker.manager import JobManager
-from jobworker.spool import StoredOutput, tailOffsetSoon
-from jobworker.validation import MAX_JOB_DATA, parseJobRequest
+from jobworker.executors.local.executor import JobPolicy
+from jobworker.jobs.combined import CombinedReader, StoredOrder, encodeEntry
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.spool import StoredOutput, tailOffsetSoon
+from jobworker.jobs.validation import MAX_JOB_DATA, parseJobRequest
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import LiveServer, rssKiB, sharedPath, sleep
@@ -136,7 +136,7 @@ class ManagerFairnessTests(SynchronousTestCase):
 
     def test_limitsAboveTheMachineRefused(self) -> None:
         """memory_bytes of 10**15 is 400 even with no --max-memory."""
-        from jobworker import cgroups
+        from jobworker.executors.local import cgroups
 
         if os.getuid() != 0 or cgroups.detect() is None:
             # Without cgroups every limit is refused anyway.

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jobworker.tap import Options, makeService
+from jobworker.server.tap import Options, makeService
 
 from .support import (
     CERT,

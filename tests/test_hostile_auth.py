@@ -35,15 +35,15 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from jobworker import auth as authModule
-from jobworker import tokens as tokensModule
-from jobworker.audit import AuditLog
-from jobworker.auth import Authenticator, _checkPassword, makePortal
+from jobworker.auth import authenticator as authModule
+from jobworker.auth import tokens as tokensModule
+from jobworker.auth.audit import AuditLog
+from jobworker.auth.authenticator import Authenticator, _checkPassword, makePortal
+from jobworker.auth.permissions import Role, User
+from jobworker.auth.throttle import LoginThrottle
+from jobworker.auth.tokens import TokenSigner
+from jobworker.auth.users import UserDatabase, UserEntry
 from jobworker.errors import TooManyRequests, Unauthorized
-from jobworker.permissions import Role, User
-from jobworker.throttle import LoginThrottle
-from jobworker.tokens import TokenSigner
-from jobworker.users import UserDatabase, UserEntry
 
 from .support import LiveServer, basic
 

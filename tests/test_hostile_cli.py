@@ -31,13 +31,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from jobworker import clientconfig
-from jobworker.clientconfig import DEV_CA, ConfigError, Settings, resolve
-from jobworker.issuecert import IssueError, issue
-from jobworker.issuecert import main as issueMain
-from jobworker.tap import ListeningService, Options, makeService
+from jobworker.auth.issuecert import IssueError, issue
+from jobworker.auth.issuecert import main as issueMain
+from jobworker.auth.users import DEVELOPMENT_USERS
+from jobworker.client import config as clientconfig
+from jobworker.client.config import DEV_CA, ConfigError, Settings, resolve
+from jobworker.server.tap import ListeningService, Options, makeService
 from jobworker.tls import serverOptions
-from jobworker.users import DEVELOPMENT_USERS
 
 from .support import (
     CA,
@@ -580,7 +580,7 @@ class PackagedCATests(SynchronousTestCase):
     """jw finds the development CA in a wheel install too (package data)."""
 
     def test_packagedCopyIsTheSourceTreeCA(self) -> None:
-        from jobworker.clientconfig import DEV_CA
+        from jobworker.client.config import DEV_CA
 
         with open(DEV_CA, "rb") as packaged, open(CA, "rb") as tree:
             self.assertEqual(packaged.read(), tree.read())

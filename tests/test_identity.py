@@ -17,7 +17,14 @@ from typing import Any
 import treq
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from jobworker.identity import (
+from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
+from jobworker.executors.local.sandbox import (
+    WORKDIR,
+    Sandbox,
+    SpawnRefused,
+    checkRunnable,
+)
+from jobworker.jobs.identity import (
     DynamicUids,
     Identities,
     Identity,
@@ -26,9 +33,7 @@ from jobworker.identity import (
     parseRange,
     rangeClashes,
 )
-from jobworker.recovery import processesOf
-from jobworker.sandbox import WORKDIR, Sandbox, SpawnRefused, checkRunnable
-from jobworker.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
+from jobworker.jobs.recovery import processesOf
 
 from .support import CERT, KEY, LiveServer, sharedPath, sleep
 
@@ -569,7 +574,7 @@ class DynamicIdentityTests(TestCase):
         import io
         import sys
 
-        from jobworker.tap import Options, makeService
+        from jobworker.server.tap import Options, makeService
 
         if shutil.which("groupadd") is None:
             raise SkipTest("no groupadd")
@@ -595,7 +600,7 @@ class OptionTests(SynchronousTestCase):
     """The identity options refuse what they cannot mean."""
 
     def parse(self, *argv: str) -> None:
-        from jobworker.tap import Options
+        from jobworker.server.tap import Options
 
         Options().parseOptions(["--tls", *argv])
 
@@ -630,7 +635,7 @@ class ReloadTests(SynchronousTestCase):
     """SIGHUP: a users file mapping to a missing account keeps the old users."""
 
     def test_badMappingKeepsOldUsers(self) -> None:
-        from jobworker.tap import UsersReloadService
+        from jobworker.server.tap import UsersReloadService
 
         replaced: list[UserDatabase] = []
 

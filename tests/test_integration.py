@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
-from jobworker.api import MAX_BODY_BYTES
-from jobworker.spool import READ_CHUNK
+from jobworker.jobs.spool import READ_CHUNK
+from jobworker.server.api import MAX_BODY_BYTES
 from jobworker.tls import TrustRootPolicy
 
 from .support import (

@@ -12,7 +12,7 @@ from typing import Any
 import treq
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jobworker import cgroups
+from jobworker.executors.local import cgroups
 
 from .support import CERT, KEY, LiveServer, processAlive, sharedPath, sleep
 
@@ -292,7 +292,7 @@ class IsolationTests(TestCase):
 
     def test_runAsRootRefused(self) -> None:
         """--run-as root is refused at start-up."""
-        from jobworker.tap import Options, makeService
+        from jobworker.server.tap import Options, makeService
 
         options = Options()
         options.parseOptions(

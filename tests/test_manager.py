@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.manager}: the job table, on a fake process reactor."""
+"""Unit tests for L{jobworker.jobs.manager}: the job table, on a fake reactor."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker import manager
 from jobworker.errors import Conflict, NotFound
-from jobworker.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
-from jobworker.records import JobStatus
-from jobworker.sandbox import GATE, SH
-from jobworker.spool import OutputSpool, StoredOutput
-from jobworker.validation import JobRequest
+from jobworker.executors.local.sandbox import GATE, SH
+from jobworker.jobs import manager
+from jobworker.jobs.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.spool import OutputSpool, StoredOutput
+from jobworker.jobs.validation import JobRequest
 
 from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
 
@@ -636,7 +636,7 @@ class StoreFailureTests(ManagerTestCase):
     def test_unrecordableJobIsKilledAnd503(self) -> None:
         """If the store cannot take a new job, its process is killed: a 503."""
         from jobworker.errors import ServiceUnavailable
-        from jobworker.store import StoreError
+        from jobworker.jobs.store import StoreError
 
         def refuse(record: object) -> None:
             raise StoreError("cannot record job: database or disk is full")

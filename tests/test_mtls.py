@@ -19,8 +19,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from jobworker.issuecert import IssueError, issue
-from jobworker.issuecert import main as issueMain
+from jobworker.auth.issuecert import IssueError, issue
+from jobworker.auth.issuecert import main as issueMain
 from jobworker.tls import TLSConfigError, TrustRootPolicy
 
 from .support import BIN, CA, CERT, CERTS, JW, KEY, LiveServer, basic

@@ -7,7 +7,7 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.api import OPENAPI, JobsAPI
+from jobworker.server.api import OPENAPI, JobsAPI
 
 from .support import LiveServer
 
@@ -47,7 +47,7 @@ class DocumentTests(SynchronousTestCase):
 
     def test_jobSchemaMatchesRecord(self) -> None:
         """The Job schema lists exactly the fields a job record sends."""
-        from jobworker.records import JobRecord
+        from jobworker.jobs.records import JobRecord
 
         record = JobRecord(id="x", command="c", args=[], owner="o", created_at=0.0)
         schema = self.doc["components"]["schemas"]["Job"]

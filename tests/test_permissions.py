@@ -1,11 +1,10 @@
-"""Unit tests for L{jobworker.permissions}: the one permission table."""
+"""Unit tests for L{jobworker.auth.permissions}: the one permission table."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.errors import Forbidden
-from jobworker.permissions import (
+from jobworker.auth.permissions import (
     PERMISSIONS,
     Permission,
     Role,
@@ -13,6 +12,7 @@ from jobworker.permissions import (
     User,
     authorize,
 )
+from jobworker.errors import Forbidden
 
 #: The ownership cases: the job is the user's, someone else's, or not given
 #: (the role-level check made before a job is looked up).

@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.process}: one job's process, on a fake clock."""
+"""Unit tests for L{jobworker.executors.local.process}: one job, on a fake clock."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.process import (
+from jobworker.executors.local.process import (
     ABANDON_AFTER_KILL,
     JobProcess,
     JobProcessProtocol,
     spawnError,
 )
-from jobworker.records import JobRecord, JobStatus
-from jobworker.spool import OutputSpool
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.spool import OutputSpool
 
 from .fakes import (
     FakeProcessTransport,

@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.records}: the job record and its state machine."""
+"""Unit tests for L{jobworker.jobs.records}: the job record and its state machine."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.records import JobRecord, JobStatus, rfc3339, signalName
+from jobworker.jobs.records import JobRecord, JobStatus, rfc3339, signalName
 
 JOB_ID = "0b5f6c1e-3d0a-4c8e-9a43-1f0e2d3c4b5a"
 

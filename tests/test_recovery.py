@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.recovery}: what crash recovery may kill."""
+"""Unit tests for L{jobworker.jobs.recovery}: what crash recovery may kill."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.recovery import (
+from jobworker.jobs.recovery import (
     currentBootId,
     leftovers,
     processStartTime,

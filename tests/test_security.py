@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
-from jobworker.throttle import LoginThrottle
+from jobworker.auth.throttle import LoginThrottle
 
 from .support import LiveServer, basic, sharedPath, waitUntil
 

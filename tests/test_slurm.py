@@ -25,7 +25,7 @@ from typing import Any
 import treq
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jobworker.users import DEVELOPMENT_USERS
+from jobworker.auth.users import DEVELOPMENT_USERS
 
 from .support import ROOT, LiveServer, sleep
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.records import JobStatus
+from jobworker.jobs.records import JobStatus
 
 from . import test_slurmunit as unit
 from .test_slurmunit import state

@@ -12,14 +12,11 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from jobworker.cgroups import Limits
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
-from jobworker.identity import Identity
-from jobworker.local import JobPolicy
-from jobworker.manager import JobManager
-from jobworker.records import JobStatus
-from jobworker.sandbox import SETPRIV
-from jobworker.slurm import (
+from jobworker.executors.local.cgroups import Limits
+from jobworker.executors.local.executor import JobPolicy
+from jobworker.executors.local.sandbox import SETPRIV
+from jobworker.executors.slurm.executor import (
     SECRETS_GRACE,
     WRAPPER,
     SlurmCommands,
@@ -28,6 +25,9 @@ from jobworker.slurm import (
     SlurmState,
     parseJobs,
 )
+from jobworker.jobs.identity import Identity
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.records import JobStatus
 
 from .fakes import FakeProcessReactor
 from .test_manager import request

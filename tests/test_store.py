@@ -7,8 +7,8 @@ import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.records import JobRecord, JobStatus
-from jobworker.store import MIGRATIONS, SCHEMA_VERSION, JobStore, StoreError
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.store import MIGRATIONS, SCHEMA_VERSION, JobStore, StoreError
 
 
 def makeRecord(n: int, owner: str = "alice") -> JobRecord:

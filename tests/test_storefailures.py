@@ -16,14 +16,14 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.api import JobsAPI
-from jobworker.auth import Authenticator, makePortal
-from jobworker.manager import RETRY_FIRST, JobManager
+from jobworker.auth.authenticator import Authenticator, makePortal
+from jobworker.auth.users import UserDatabase
+from jobworker.jobs.manager import RETRY_FIRST, JobManager
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.store import JobStore, StoreError
 from jobworker.metrics import Metrics
-from jobworker.records import JobStatus
-from jobworker.store import JobStore, StoreError
-from jobworker.tap import RetentionService
-from jobworker.users import UserDatabase
+from jobworker.server.api import JobsAPI
+from jobworker.server.tap import RetentionService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import basic
@@ -234,7 +234,7 @@ class RealStoreErrorTests(SynchronousTestCase):
         """Defect 6: a damaged page is refused at open, nothing overwritten."""
         path = os.path.abspath(self.mktemp())
         store = JobStore(path)
-        from jobworker.records import JobRecord
+        from jobworker.jobs.records import JobRecord
 
         for n in range(400):
             store.insert(
@@ -270,7 +270,7 @@ class WaitLoopTests(SynchronousTestCase):
 
         from twisted.internet.defer import ensureDeferred, succeed
 
-        from jobworker.cli import EXIT_TIMED_OUT, Streams, waitFor
+        from jobworker.client.cli import EXIT_TIMED_OUT, Streams, waitFor
 
         clock = Clock()
 
@@ -299,8 +299,8 @@ class ReloadThreadTests(SynchronousTestCase):
     def test_reloadRunsInTheThreadRunner(self) -> None:
         from twisted.internet.defer import maybeDeferred
 
-        from jobworker.tap import UsersReloadService
-        from jobworker.users import DEVELOPMENT_USERS
+        from jobworker.auth.users import DEVELOPMENT_USERS
+        from jobworker.server.tap import UsersReloadService
 
         path = self.mktemp()
         with open(path, "w") as f:

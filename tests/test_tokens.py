@@ -13,16 +13,16 @@ from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.audit import AuditLog
-from jobworker.permissions import Role
-from jobworker.tokens import (
+from jobworker.auth.audit import AuditLog
+from jobworker.auth.permissions import Role
+from jobworker.auth.tokens import (
     MAX_TOKEN_CHARS,
     InvalidToken,
     TokenSigner,
     fingerprint,
     loadOrCreateKey,
 )
-from jobworker.users import UserDatabase, UserEntry
+from jobworker.auth.users import UserDatabase, UserEntry
 
 from .support import CA, JW, LiveServer
 from .test_api import (

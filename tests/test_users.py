@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.users}: the users file and development users."""
+"""Unit tests for L{jobworker.auth.users}: the users file and development users."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.permissions import Role, User
-from jobworker.users import UserDatabase, UsersFileError
+from jobworker.auth.permissions import Role, User
+from jobworker.auth.users import UserDatabase, UsersFileError
 
 #: Cheap hashes (cost 4) so parsing tests stay fast.
 HASH4 = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode("ascii")

@@ -1,4 +1,4 @@
-"""Unit tests for L{jobworker.validation}: parsing what clients send."""
+"""Unit tests for L{jobworker.jobs.validation}: parsing what clients send."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.errors import BadRequest, NotFound
-from jobworker.records import JobStatus
-from jobworker.validation import (
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.validation import (
     MAX_ARGS,
     MAX_ENV,
     JobRequest,

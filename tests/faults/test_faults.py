@@ -20,8 +20,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.records import JobRecord
-from jobworker.store import JobStore
+from jobworker.jobs.records import JobRecord
+from jobworker.jobs.store import JobStore
 
 from ..support import JW, jwEnvironment
 from .harness import (
@@ -366,7 +366,7 @@ class SighupTests(FaultTestCase):
         figures("sighup no --users", healthz_worst_ms=f"{worst * 1000:.0f}")
 
     def test_withUsersFile(self) -> None:
-        from jobworker.users import DEVELOPMENT_USERS
+        from jobworker.auth.users import DEVELOPMENT_USERS
 
         users = os.path.realpath(self.mktemp())
         with open(users, "w") as f:
@@ -435,6 +435,6 @@ class StartupRefusalTests(SynchronousTestCase):
 
 
 def _ended() -> Any:
-    from jobworker.records import JobStatus
+    from jobworker.jobs.records import JobStatus
 
     return JobStatus.COMPLETED

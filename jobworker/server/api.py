@@ -25,10 +25,11 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
-from .audit import AuditLog
-from .auth import REALM, Authenticator, clientAddress
-from .combined import STREAMS, CombinedReader, combinedId, parseCombinedId
-from .errors import (
+from ..auth.audit import AuditLog
+from ..auth.authenticator import REALM, Authenticator, clientAddress
+from ..auth.permissions import Permission, User, authorize
+from ..auth.tokens import fingerprint
+from ..errors import (
     BadRequest,
     Forbidden,
     JobworkerError,
@@ -38,15 +39,12 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .manager import JobManager
-from .metrics import Metrics
-from .permissions import Permission, User, authorize
-from .records import JobRecord, rfc3339
-from .spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
-from .sse import EventStream, parseLastEventId
-from .store import StoreError
-from .tokens import fingerprint
-from .validation import (
+from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
+from ..jobs.manager import JobManager
+from ..jobs.records import JobRecord, rfc3339
+from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
+from ..jobs.store import StoreError
+from ..jobs.validation import (
     onlyParameters,
     parseBool,
     parseCursor,
@@ -60,6 +58,8 @@ from .validation import (
     parseTail,
     parseWait,
 )
+from ..metrics import Metrics
+from .sse import EventStream, parseLastEventId
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
 OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()

@@ -1,7 +1,7 @@
 """
 stdout and stderr together, in the order they arrived.
 
-Each stream is spooled to its own file (see L{jobworker.spool}); an order
+Each stream is spooled to its own file (see L{jobworker.jobs.spool}); an order
 file next to them records the switch points: one 8-byte entry each time the
 job's output switches from one stream to the other, saying which stream
 continues and at which of its offsets. A job that writes to one stream only

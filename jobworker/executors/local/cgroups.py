@@ -12,7 +12,7 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-log = Logger(namespace="jobworker.cgroups")
+log = Logger(namespace="jobworker.executors.local.cgroups")
 
 #: The name of the folder under the server's own cgroup that holds the jobs'.
 JOBS_FOLDER = "jobworker"

@@ -38,15 +38,15 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .cgroups import Limits
-from .combined import OrderLog
-from .errors import BadRequest, Forbidden, ServiceUnavailable
-from .identity import Identity, IdentityError
-from .local import JobPolicy, JobReactor, defaultEnvironment
-from .records import JobRecord, JobStatus, signalName
-from .sandbox import SETPRIV
-from .spool import Waiters
-from .validation import JobRequest
+from ...errors import BadRequest, Forbidden, ServiceUnavailable
+from ...jobs.combined import OrderLog
+from ...jobs.identity import Identity, IdentityError
+from ...jobs.records import JobRecord, JobStatus, signalName
+from ...jobs.spool import Waiters
+from ...jobs.validation import JobRequest
+from ..local.cgroups import Limits
+from ..local.executor import JobPolicy, JobReactor, defaultEnvironment
+from ..local.sandbox import SETPRIV
 
 #: The batch script every job runs: exec the argv file with the env file.
 WRAPPER = str(resources.files("jobworker").joinpath("data/slurm-exec.sh"))

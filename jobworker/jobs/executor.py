@@ -1,9 +1,10 @@
 """
 What the job manager asks of an executor, and of the jobs it runs.
 
-Two executors implement it: L{jobworker.local.LocalExecutor} (a process of
-this machine per job) and L{jobworker.slurm.SlurmExecutor} (a Slurm batch
-job per job). The manager keeps the records, the store and the rules common
+Two executors implement it:
+L{jobworker.executors.local.executor.LocalExecutor} (a process of this
+machine per job) and L{jobworker.executors.slurm.executor.SlurmExecutor} (a
+Slurm batch job per job). The manager keeps the records, the store and the rules common
 to both; nothing above the manager (API, auth, CLI) knows which one runs.
 """
 
@@ -14,7 +15,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from .cgroups import Limits
+from ..executors.local.cgroups import Limits
 from .combined import OrderLog
 from .identity import Identity
 from .records import JobRecord

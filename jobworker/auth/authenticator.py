@@ -21,8 +21,8 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
+from ..errors import Forbidden, TooManyRequests, Unauthorized
 from .audit import AuditLog
-from .errors import Forbidden, TooManyRequests, Unauthorized
 from .permissions import User
 from .throttle import LoginThrottle
 from .tokens import InvalidToken, TokenSigner

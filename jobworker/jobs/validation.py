@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .cgroups import Limits
-from .errors import BadRequest, NotFound
+from ..auth.users import USER_NAME
+from ..errors import BadRequest, NotFound
+from ..executors.local.cgroups import Limits
 from .records import JobStatus
-from .users import USER_NAME
 
 #: Offsets and cursors are 64-bit signed integers (SQLite, file offsets).
 MAX_INT64 = (1 << 63) - 1

@@ -25,7 +25,7 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IResponse
 
-from .tls import TrustRootPolicy
+from ..tls import TrustRootPolicy
 
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
 EXIT_CANNOT_START = 127

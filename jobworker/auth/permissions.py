@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import Forbidden
-from .identity import Identity
+from ..errors import Forbidden
+from ..jobs.identity import Identity
 
 
 class Permission(enum.Enum):

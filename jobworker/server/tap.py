@@ -24,14 +24,17 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
-from .api import JobsAPI, boundedRequestClass
-from .audit import AuditLog
-from .auth import Authenticator, VerifiedCredentials, makePortal
-from .cgroups import Limits
-from .cgroups import detect as detectCgroups
-from .connections import ConnectionsPerClient
-from .deadlines import channelWithDeadlines
-from .identity import (
+from ..auth.audit import AuditLog
+from ..auth.authenticator import Authenticator, VerifiedCredentials, makePortal
+from ..auth.throttle import LoginThrottle
+from ..auth.tokens import TokenSigner, loadOrCreateKey
+from ..auth.users import UserDatabase, UsersFileError
+from ..executors.local.cgroups import Limits
+from ..executors.local.cgroups import detect as detectCgroups
+from ..executors.local.executor import DEFAULT_TMP_SIZE, LocalExecutor
+from ..executors.local.sandbox import SandboxError
+from ..executors.slurm.executor import SlurmExecutor
+from ..jobs.identity import (
     DYNAMIC_UIDS,
     DynamicUids,
     Identities,
@@ -40,25 +43,22 @@ from .identity import (
     parseRange,
     rangeClashes,
 )
-from .local import DEFAULT_TMP_SIZE, LocalExecutor
-from .manager import (
+from ..jobs.manager import (
     DEFAULT_MAX_LOG_BYTES,
     ISOLATION,
     JobManager,
     JobPolicy,
     JobReactor,
 )
-from .metrics import Metrics
-from .recovery import killAll, processesOf
-from .sandbox import SandboxError
-from .slurm import SlurmExecutor
-from .store import JobStore, StoreError
-from .throttle import LoginThrottle
-from .tls import TLSConfigError, isDevelopmentCertificate, serverOptions
-from .tokens import TokenSigner, loadOrCreateKey
-from .users import UserDatabase, UsersFileError
+from ..jobs.recovery import killAll, processesOf
+from ..jobs.store import JobStore, StoreError
+from ..metrics import Metrics
+from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
+from .api import JobsAPI, boundedRequestClass
+from .connections import ConnectionsPerClient
+from .deadlines import channelWithDeadlines
 
-log = Logger(namespace="jobworker.tap")
+log = Logger(namespace="jobworker.server.tap")
 
 #: The bundled development certificate, relative to the working directory.
 DEV_CERT = os.path.join("certs", "server.pem")

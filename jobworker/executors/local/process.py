@@ -13,9 +13,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ...jobs.records import JobRecord, JobStatus, signalName
+from ...jobs.spool import OutputSpool
 from .cgroups import JobCgroup
-from .records import JobRecord, JobStatus, signalName
-from .spool import OutputSpool
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
 #: open by a process that left the job's session.

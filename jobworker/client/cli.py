@@ -16,8 +16,8 @@ from typing import Any, BinaryIO, TextIO
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
 
-from .client import ClientError, JobworkerClient, exitStatusOf
-from .clientconfig import (
+from ..tls import TLSConfigError
+from .config import (
     DEFAULT_SERVER,
     DEV_CA_HOSTS,
     ConfigError,
@@ -30,7 +30,7 @@ from .clientconfig import (
     tokensPath,
     trustedCA,
 )
-from .tls import TLSConfigError
+from .http import ClientError, JobworkerClient, exitStatusOf
 
 EXAMPLES = """\
 examples:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import bcrypt
 
-from .identity import Identity, IdentityError
+from ..jobs.identity import Identity, IdentityError
 from .permissions import Role, User
 
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")

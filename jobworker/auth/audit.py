@@ -9,7 +9,7 @@ from typing import IO, Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .records import rfc3339
+from ..jobs.records import rfc3339
 
 
 class AuditLog:

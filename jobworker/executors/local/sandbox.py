@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
-from .identity import Identity
+from ...jobs.identity import Identity
 
 SH = shutil.which("sh") or "/bin/sh"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"

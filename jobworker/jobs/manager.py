@@ -14,17 +14,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from .cgroups import Cgroups
-from .combined import OrderSource, StoredOrder
-from .errors import (
+from ..errors import (
     Conflict,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
 )
-from .executor import Executor, LiveJob
-from .identity import Identity
-from .local import (
+from ..executors.local.cgroups import Cgroups
+from ..executors.local.executor import (
     DEFAULT_PATH,
     ISOLATION,
     SETSID,
@@ -33,8 +30,11 @@ from .local import (
     LocalExecutor,
     defaultEnvironment,
 )
-from .metrics import Metrics
-from .process import signalGroup
+from ..executors.local.process import signalGroup
+from ..metrics import Metrics
+from .combined import OrderSource, StoredOrder
+from .executor import Executor, LiveJob
+from .identity import Identity
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .spool import OutputSource, StoredOutput

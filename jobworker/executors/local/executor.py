@@ -12,19 +12,21 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
-from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
-from .combined import OrderLog
-from .errors import BadRequest, TooManyRequests
-from .identity import Identities, Identity, PoolExhausted
-from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
-from .records import JobRecord, JobStatus
-from .recovery import (
+from ...errors import BadRequest, TooManyRequests
+from ...jobs.combined import OrderLog
+from ...jobs.identity import Identities, Identity, PoolExhausted
+from ...jobs.records import JobRecord, JobStatus
+from ...jobs.recovery import (
     killAll,
     leftovers,
     processesOf,
     processStartTime,
     sessionMembers,
 )
+from ...jobs.spool import OutputSpool
+from ...jobs.validation import JobRequest
+from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
+from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .sandbox import (
     GATE,
     GATE_KEEP_WORKDIR,
@@ -37,8 +39,6 @@ from .sandbox import (
     SpawnRefused,
     checkRunnable,
 )
-from .spool import OutputSpool
-from .validation import JobRequest
 
 __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
 

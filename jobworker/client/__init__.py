@@ -1,0 +1,1 @@
+"""The jw command line and its HTTP client."""

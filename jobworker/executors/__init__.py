@@ -1,0 +1,1 @@
+"""Where jobs run: this machine (local) or a Slurm cluster (slurm)."""

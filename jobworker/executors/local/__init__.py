@@ -1,0 +1,1 @@
+"""The local executor: processes, cgroups, the sandbox."""

@@ -1,0 +1,1 @@
+"""The Slurm executor: batch jobs through Slurm's commands."""

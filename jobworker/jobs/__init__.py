@@ -1,0 +1,1 @@
+"""Jobs: records, the manager and its store, output, the executor seam."""

@@ -1,0 +1,1 @@
+"""The server: twistd options and services, the Klein API, HTTP plumbing."""
