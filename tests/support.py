@@ -21,7 +21,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from jobworker.executors.local.sandbox import privateFolders
-from jobworker.server.tap import ListeningService, ManagerService, Options, makeService
+from jobworker.server.options import Options
+from jobworker.server.services import ListeningService, ManagerService
+from jobworker.server.tap import makeService
 from jobworker.tls import TrustRootPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,8 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.executors.local.cgroups import CgroupsV2, Limits, V2Group, ownCgroups
+from jobworker.executors.local.cgroups import CgroupsV2, V2Group, ownCgroups
+from jobworker.jobs.limits import Limits
 
 
 def write(path: str, text: str) -> None:

@@ -19,7 +19,8 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.recovery import processStartTime
 from jobworker.jobs.spool import OutputSpool
 from jobworker.jobs.validation import JobRequest
-from jobworker.server.tap import RetentionService, parseDuration, parseSize
+from jobworker.server.options import parseDuration, parseSize
+from jobworker.server.services import RetentionService
 
 from .support import (
     CERT,

@@ -12,7 +12,8 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jobworker.server.tap import Options, makeService
+from jobworker.server.options import Options
+from jobworker.server.tap import makeService
 
 from .support import (
     CERT,

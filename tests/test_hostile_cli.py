@@ -36,7 +36,9 @@ from jobworker.auth.issuecert import main as issueMain
 from jobworker.auth.users import DEVELOPMENT_USERS
 from jobworker.client import config as clientconfig
 from jobworker.client.config import DEV_CA, ConfigError, Settings, resolve
-from jobworker.server.tap import ListeningService, Options, makeService
+from jobworker.server.options import Options
+from jobworker.server.services import ListeningService
+from jobworker.server.tap import makeService
 from jobworker.tls import serverOptions
 
 from .support import (

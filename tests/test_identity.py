@@ -574,7 +574,8 @@ class DynamicIdentityTests(TestCase):
         import io
         import sys
 
-        from jobworker.server.tap import Options, makeService
+        from jobworker.server.options import Options
+        from jobworker.server.tap import makeService
 
         if shutil.which("groupadd") is None:
             raise SkipTest("no groupadd")
@@ -600,7 +601,7 @@ class OptionTests(SynchronousTestCase):
     """The identity options refuse what they cannot mean."""
 
     def parse(self, *argv: str) -> None:
-        from jobworker.server.tap import Options
+        from jobworker.server.options import Options
 
         Options().parseOptions(["--tls", *argv])
 
@@ -635,7 +636,7 @@ class ReloadTests(SynchronousTestCase):
     """SIGHUP: a users file mapping to a missing account keeps the old users."""
 
     def test_badMappingKeepsOldUsers(self) -> None:
-        from jobworker.server.tap import UsersReloadService
+        from jobworker.server.services import UsersReloadService
 
         replaced: list[UserDatabase] = []
 

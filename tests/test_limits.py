@@ -292,7 +292,8 @@ class IsolationTests(TestCase):
 
     def test_runAsRootRefused(self) -> None:
         """--run-as root is refused at start-up."""
-        from jobworker.server.tap import Options, makeService
+        from jobworker.server.options import Options
+        from jobworker.server.tap import makeService
 
         options = Options()
         options.parseOptions(

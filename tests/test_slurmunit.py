@@ -13,19 +13,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
-from jobworker.executors.local.cgroups import Limits
 from jobworker.executors.local.executor import JobPolicy
 from jobworker.executors.local.sandbox import SETPRIV
-from jobworker.executors.slurm.executor import (
-    SECRETS_GRACE,
-    WRAPPER,
+from jobworker.executors.slurm.commands import (
     SlurmCommands,
     SlurmError,
-    SlurmExecutor,
     SlurmState,
     parseJobs,
 )
+from jobworker.executors.slurm.executor import SECRETS_GRACE, WRAPPER, SlurmExecutor
 from jobworker.jobs.identity import Identity
+from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobStatus
 

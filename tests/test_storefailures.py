@@ -23,7 +23,7 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
-from jobworker.server.tap import RetentionService
+from jobworker.server.services import RetentionService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import basic
@@ -300,7 +300,7 @@ class ReloadThreadTests(SynchronousTestCase):
         from twisted.internet.defer import maybeDeferred
 
         from jobworker.auth.users import DEVELOPMENT_USERS
-        from jobworker.server.tap import UsersReloadService
+        from jobworker.server.services import UsersReloadService
 
         path = self.mktemp()
         with open(path, "w") as f:

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from jobworker.server.tap import Options
+from jobworker.server.options import Options
 from jobworker.tls import TrustRootPolicy
 
 from .support import (

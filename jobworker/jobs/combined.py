@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 
 from .spool import READ_CHUNK, FileProducer, OutputSource
+from .validation import MAX_INT64, boundedInteger
 
 #: The streams by index, as entries and readers number them.
 STREAMS = ("stdout", "stderr")
@@ -125,10 +126,10 @@ def parseCombinedId(text: str) -> tuple[int, int] | None:
     first, _, second = rest.partition(":")
     if name != "combined":
         return None
-    for number in (first, second):
-        if not number.isascii() or not number.isdigit() or len(number) > 19:
-            return None
-    return int(first), int(second)
+    offsets = [boundedInteger(number, 0, MAX_INT64) for number in (first, second)]
+    if offsets[0] is None or offsets[1] is None:
+        return None
+    return offsets[0], offsets[1]
 
 
 def combinedId(position: list[int]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..auth.users import USER_NAME
 from ..errors import BadRequest, NotFound
-from ..executors.local.cgroups import Limits
+from .limits import Limits
 from .records import JobStatus
 
 #: Offsets and cursors are 64-bit signed integers (SQLite, file offsets).
@@ -178,16 +178,27 @@ def parseJobId(text: str) -> str:
     return text
 
 
+def boundedInteger(text: str, low: int, high: int) -> int | None:
+    """
+    The decimal integer C{text} if it is only ASCII digits and within
+    C{low..high}, else None: the one check every number a client sends in a
+    query passes (no sign, no spaces, no other digits, no huge strings).
+    """
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > len(str(high))
+        or not low <= int(text) <= high
+    ):
+        return None
+    return int(text)
+
+
 def parseOffset(text: str | None) -> int:
     """A non-negative byte offset; absent means 0."""
     if text is None:
         return 0
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > 19
-        or int(text) > MAX_INT64
-    ):
+    if boundedInteger(text, 0, MAX_INT64) is None:
         raise BadRequest("offset must be a non-negative integer")
     return int(text)
 
@@ -208,12 +219,7 @@ def parseLimit(text: str | None, default: int = 100, maximum: int = 1000) -> int
     """A page size from 1 to C{maximum}; absent means C{default}."""
     if text is None:
         return default
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > 7
-        or not 1 <= int(text) <= maximum
-    ):
+    if boundedInteger(text, 1, maximum) is None:
         raise BadRequest(f"limit must be an integer from 1 to {maximum}")
     return int(text)
 
@@ -222,12 +228,7 @@ def parseCursor(text: str | None) -> int | None:
     """A list cursor (an opaque token from C{next_cursor}); absent means None."""
     if text is None:
         return None
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > 19
-        or int(text) > MAX_INT64
-    ):
+    if boundedInteger(text, 0, MAX_INT64) is None:
         raise BadRequest("cursor is not one this server issued")
     return int(text)
 
@@ -278,12 +279,7 @@ def parseTail(text: str | None) -> int | None:
     """A number of last lines, 0 to 1,000,000; absent means None."""
     if text is None:
         return None
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > 7
-        or int(text) > MAX_TAIL
-    ):
+    if boundedInteger(text, 0, MAX_TAIL) is None:
         raise BadRequest(f"tail must be a number of lines (0 to {MAX_TAIL})")
     return int(text)
 

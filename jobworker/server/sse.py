@@ -14,6 +14,8 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from ..jobs.validation import MAX_INT64, boundedInteger
+
 #: Seconds between heartbeat comments on an idle stream.
 HEARTBEAT = 15.0
 
@@ -44,14 +46,9 @@ def parseLastEventId(text: str, stream: str) -> int | None:
     EventSource never sends one).
     """
     name, _, offset = text.partition(":")
-    if (
-        name != stream
-        or not offset.isascii()
-        or not offset.isdigit()
-        or len(offset) > 19
-    ):
+    if name != stream:
         return None
-    return int(offset)
+    return boundedInteger(offset, 0, MAX_INT64)
 
 
 @implementer(IConsumer)

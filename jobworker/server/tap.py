@@ -5,23 +5,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet import reactor as _globalReactor
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import usage
 from twisted.web.server import Site
 
 from ..auth.audit import AuditLog
@@ -29,23 +25,19 @@ from ..auth.authenticator import Authenticator, VerifiedCredentials, makePortal
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenSigner, loadOrCreateKey
 from ..auth.users import UserDatabase, UsersFileError
-from ..executors.local.cgroups import Limits
 from ..executors.local.cgroups import detect as detectCgroups
-from ..executors.local.executor import DEFAULT_TMP_SIZE, LocalExecutor
+from ..executors.local.executor import LocalExecutor
 from ..executors.local.sandbox import SandboxError
 from ..executors.slurm.executor import SlurmExecutor
 from ..jobs.identity import (
-    DYNAMIC_UIDS,
     DynamicUids,
     Identities,
     Identity,
     IdentityError,
-    parseRange,
     rangeClashes,
 )
+from ..jobs.limits import Limits
 from ..jobs.manager import (
-    DEFAULT_MAX_LOG_BYTES,
-    ISOLATION,
     JobManager,
     JobPolicy,
     JobReactor,
@@ -57,586 +49,27 @@ from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
 from .api import JobsAPI, boundedRequestClass
 from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
+from .options import (
+    Options,
+)
+from .services import (
+    ListeningService,
+    ManagerService,
+    QuietSite,
+    RetentionService,
+    UsersReloadService,
+)
 
 log = Logger(namespace="jobworker.server.tap")
 
-#: The bundled development certificate, relative to the working directory.
-DEV_CERT = os.path.join("certs", "server.pem")
-DEV_KEY = os.path.join("certs", "server.key")
 
-
-def defaultStateDir() -> str:
-    """C{$XDG_STATE_HOME/jobworker}, else C{~/.local/state/jobworker}."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(base, "jobworker")
-
-
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parseSize(text: str) -> int:
-    """C{"1G"}, C{"512M"}, C{"65536"} -> bytes (binary units)."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
-    number = value[: len(value) - len(unit)]
-    if not number.isdigit():
-        raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
-    return int(number) * _SIZE_UNITS[unit]
-
-
-def parseDuration(text: str) -> float:
-    """C{"7d"}, C{"12h"}, C{"30m"}, C{"45s"} or plain seconds -> seconds."""
-    value = text.strip().lower()
-    unit = value[-1:] if value[-1:] in _TIME_UNITS else "s"
-    number = value[:-1] if value[-1:] in _TIME_UNITS else value
-    try:
-        seconds = float(number) * _TIME_UNITS[unit]
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m)") from None
-    if not seconds > 0:
-        raise ValueError(f"duration must be positive: {text!r}")
-    return seconds
-
-
-class Options(usage.Options):
-    """C{twistd jobworker} options."""
-
-    synopsis = "[--tls] [options]"
-    longdesc = (
-        "Serve the jobworker REST API over HTTPS (TLS 1.3 only). "
-        "Example: twistd -n jobworker --tls --port 8443 --users users.txt"
-    )
-    optFlags = [
-        [
-            "tls",
-            None,
-            "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode).",
-        ],
-        [
-            "require-client-cert",
-            None,
-            "Refuse, in the TLS handshake, clients without a certificate "
-            "signed by --client-ca.",
-        ],
-        [
-            "allow-root-jobs",
-            None,
-            "Run the jobs of users without a mapped account as root (the "
-            "server's user). Dangerous: any Developer then owns the machine.",
-        ],
-        [
-            "slurm-shared-account",
-            None,
-            "With --executor slurm: run the jobs of users without a mapped Unix "
-            "account as the service account (this server's user), one identity "
-            "they all share (default: such users' jobs are refused, 403).",
-        ],
-    ]
-    optParameters = [
-        ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
-        ["interface", None, "127.0.0.1", "Address to listen on."],
-        ["cert", None, DEV_CERT, "PEM certificate (chain) of the server."],
-        ["key", None, DEV_KEY, "PEM private key of the server."],
-        ["users", None, None, "Users file (name:role:bcrypt-hash per line)."],
-        [
-            "state-dir",
-            None,
-            None,
-            "Where job output is kept (default $XDG_STATE_HOME/jobworker).",
-        ],
-        [
-            "stop-grace",
-            None,
-            10.0,
-            "Seconds between SIGTERM and SIGKILL on stop.",
-            float,
-        ],
-        [
-            "max-log-bytes",
-            None,
-            DEFAULT_MAX_LOG_BYTES,
-            "Cap on each output stream of each job (e.g. 1G, 256M); the rest "
-            "is discarded and the job record says so.",
-            parseSize,
-        ],
-        [
-            "retain",
-            None,
-            None,
-            "Remove ended jobs (record and output) this long after they end "
-            "(e.g. 7d, 12h). Default: keep forever.",
-            parseDuration,
-        ],
-        [
-            "cgroups",
-            None,
-            "auto",
-            "Per-job cgroups: auto (use v2 or v1 when usable) or off.",
-        ],
-        ["default-memory", None, None, "Memory limit of a job (e.g. 512M).", parseSize],
-        [
-            "max-memory",
-            None,
-            None,
-            "Largest memory limit a job may ask for.",
-            parseSize,
-        ],
-        ["default-cpu", None, None, "CPU limit of a job in millicores.", int],
-        [
-            "max-cpu",
-            None,
-            None,
-            "Largest CPU limit (millicores) a job may ask for.",
-            int,
-        ],
-        ["default-pids", None, None, "Process-count limit of a job.", int],
-        ["max-pids", None, None, "Largest process-count limit a job may ask for.", int],
-        [
-            "max-io-bps",
-            None,
-            None,
-            "Largest disk read/write limit (bytes/s).",
-            parseSize,
-        ],
-        [
-            "default-timeout",
-            None,
-            None,
-            "Stop a job (FAILED, timed out) after this long (e.g. 1h).",
-            parseDuration,
-        ],
-        [
-            "isolate",
-            None,
-            "",
-            "Namespaces for every job, comma-separated: pid, net, mount.",
-        ],
-        [
-            "run-as",
-            None,
-            None,
-            "Run the jobs of users without a mapped account as this one "
-            "(non-root) user: they then share it (default: a dynamic uid each).",
-        ],
-        [
-            "dynamic-uids",
-            None,
-            f"{DYNAMIC_UIDS[0]}-{DYNAMIC_UIDS[1]}",
-            "The uid range of per-job dynamic identities (no passwd or group "
-            "entry may use it).",
-            parseRange,
-        ],
-        [
-            "tmp-size",
-            None,
-            DEFAULT_TMP_SIZE,
-            "Size of each private tmpfs (/tmp, /var/tmp, /dev/shm, the "
-            "working directory) of a job that does not run as root.",
-            parseSize,
-        ],
-        ["max-running", None, None, "At most this many jobs run at once (429).", int],
-        [
-            "max-running-per-user",
-            None,
-            None,
-            "At most this many jobs of one user run (or queue) at once (429).",
-            int,
-        ],
-        [
-            "create-rate",
-            None,
-            50.0,
-            "Jobs one user may create per second on average, bursts of twice "
-            "that (429 with Retry-After past it).",
-            float,
-        ],
-        [
-            "max-log-streams-per-user",
-            None,
-            None,
-            "Log streams one user may hold open (default: a quarter of "
-            "--max-log-streams).",
-            int,
-        ],
-        [
-            "access-log",
-            None,
-            "off",
-            "Log every HTTP request to the server log: on or off (the audit "
-            "log and metrics record the important ones anyway).",
-        ],
-        [
-            "audit-log",
-            None,
-            None,
-            "Audit log file, JSON lines (default <state-dir>/audit.log).",
-        ],
-        [
-            "login-failures",
-            None,
-            5,
-            "Failed logins from one address before it is throttled (429).",
-            int,
-        ],
-        [
-            "max-connections-per-client",
-            None,
-            64,
-            "Concurrent connections one client address may hold.",
-            int,
-        ],
-        [
-            "max-log-streams",
-            None,
-            1000,
-            "Concurrent log responses (followers included) the server serves.",
-            int,
-        ],
-        [
-            "idle-timeout",
-            None,
-            60.0,
-            "Close a connection idle (between requests) this many seconds.",
-            float,
-        ],
-        [
-            "header-timeout",
-            None,
-            10.0,
-            "A request's headers must arrive within this many seconds of its "
-            "first byte (408, then the connection is closed).",
-            float,
-        ],
-        [
-            "body-timeout",
-            None,
-            30.0,
-            "A request's body must arrive within this many seconds of its headers.",
-            float,
-        ],
-        [
-            "max-header-bytes",
-            None,
-            16384,
-            "Largest request line plus headers, in bytes (400 past it).",
-            parseSize,
-        ],
-        [
-            "max-body-bytes",
-            None,
-            65536,
-            "Largest request body, in bytes (413 past it; the rest is not kept).",
-            parseSize,
-        ],
-        [
-            "client-ca",
-            None,
-            None,
-            "Accept client certificates signed by this CA (PEM); the user is "
-            "the certificate's common name, looked up in the users file.",
-        ],
-        [
-            "executor",
-            None,
-            "local",
-            "Where jobs run: local (processes of this machine) or slurm "
-            "(batch jobs of a Slurm cluster, through sbatch/squeue/scancel).",
-        ],
-        [
-            "slurm-output-dir",
-            None,
-            None,
-            "With --executor slurm: a folder every cluster node sees at the same "
-            "path; job output and argv/env files go in <dir>/<job id>/.",
-        ],
-        ["slurm-partition", None, None, "With --executor slurm: sbatch --partition."],
-        ["slurm-account", None, None, "With --executor slurm: sbatch --account."],
-        [
-            "slurm-poll",
-            None,
-            1.0,
-            "With --executor slurm: seconds between state refreshes (one "
-            "squeue call for all jobs).",
-            float,
-        ],
-        [
-            "token-ttl",
-            None,
-            12 * 3600.0,
-            "Lifetime of a bearer token from POST /tokens (e.g. 12h, 30m).",
-            parseDuration,
-        ],
-        [
-            "token-key",
-            None,
-            None,
-            "File holding the token signing key, made if absent (default "
-            "<state-dir>/token.key); replacing it invalidates every token.",
-        ],
-    ]
-
-    def postOptions(self) -> None:
-        if not self["tls"]:
-            raise usage.UsageError(
-                "--tls is required: jobworker only serves HTTPS (TLS 1.3), "
-                "there is no plaintext mode"
-            )
-        if not 0 <= self["port"] <= 65535:
-            raise usage.UsageError("--port must be between 0 and 65535")
-        if not 0 <= self["stop-grace"] <= 3600:
-            raise usage.UsageError("--stop-grace must be between 0 and 3600 seconds")
-        if self["access-log"] not in ("on", "off"):
-            raise usage.UsageError("--access-log must be on or off")
-        if self["cgroups"] not in ("auto", "off"):
-            raise usage.UsageError("--cgroups must be auto or off")
-        isolate = {name for name in self["isolate"].split(",") if name}
-        unknown = isolate - set(ISOLATION)
-        if unknown:
-            raise usage.UsageError(
-                f"--isolate: unknown namespace(s) {', '.join(sorted(unknown))} "
-                "(pid, net, mount)"
-            )
-        self["isolate"] = frozenset(isolate)
-        for name in (
-            "default-cpu",
-            "max-cpu",
-            "default-pids",
-            "max-pids",
-            "max-running",
-            "max-running-per-user",
-            "max-log-streams-per-user",
-            "login-failures",
-            "max-connections-per-client",
-            "max-log-streams",
-        ):
-            if self[name] is not None and self[name] < 1:
-                raise usage.UsageError(f"--{name} must be at least 1")
-        for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
-            if not 0 < self[name] <= 366 * 86400:
-                raise usage.UsageError(f"--{name} must be positive (at most a year)")
-        if self["executor"] not in ("local", "slurm"):
-            raise usage.UsageError("--executor must be local or slurm")
-        if self["executor"] == "slurm":
-            if self["slurm-output-dir"] is None:
-                raise usage.UsageError("--executor slurm needs --slurm-output-dir")
-            if self["run-as"] is not None or self["isolate"]:
-                raise usage.UsageError(
-                    "--run-as and --isolate are for the local executor: Slurm "
-                    "runs each job as its owner's mapped account, isolated by "
-                    "its own config"
-                )
-            if (
-                self["slurm-shared-account"]
-                and os.getuid() == 0
-                and not self["allow-root-jobs"]
-            ):
-                raise usage.UsageError(
-                    "--slurm-shared-account on a server running as root would "
-                    "run unmapped users' jobs as root: add --allow-root-jobs to "
-                    "mean it, or run the server as a service account"
-                )
-        elif self["slurm-shared-account"]:
-            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
-            if not 0.1 <= self["slurm-poll"] <= 60:
-                raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
-        if self["require-client-cert"] and self["client-ca"] is None:
-            raise usage.UsageError("--require-client-cert needs --client-ca")
-        if not 1024 <= self["max-header-bytes"] <= 1 << 20:
-            raise usage.UsageError("--max-header-bytes must be 1K..1M")
-        if not 1024 <= self["max-body-bytes"] <= 64 << 20:
-            raise usage.UsageError("--max-body-bytes must be 1K..64M")
-        if isinstance(self["dynamic-uids"], str):
-            try:
-                self["dynamic-uids"] = parseRange(self["dynamic-uids"])
-            except ValueError as e:
-                raise usage.UsageError(f"--dynamic-uids: {e}") from None
-        if not 0 < self["create-rate"] <= 1e6:
-            raise usage.UsageError("--create-rate must be positive (at most 1e6)")
-        if self["run-as"] is not None and self["allow-root-jobs"]:
-            raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
-        if self["tmp-size"] < 1 << 20:
-            raise usage.UsageError("--tmp-size must be at least 1M")
-        if self["max-log-bytes"] < 0:
-            raise usage.UsageError("--max-log-bytes must not be negative")
-        if self["state-dir"] is None:
-            self["state-dir"] = defaultStateDir()
+class StartupError(Exception):
+    """The server cannot start; the message says why, in one line."""
 
 
 def fatal(message: str) -> NoReturn:
-    """Refuse to start: one line on stderr, exit status 1, no traceback."""
-    print(f"jobworker: error: {message}", file=sys.stderr)
-    raise SystemExit(1)
-
-
-class ListeningService(Service):
-    """
-    Own a port that was bound while building the service (so a port in use is
-    a clean start-up error); stop listening on shutdown.
-    """
-
-    log = Logger()
-
-    def __init__(self, port: IListeningPort) -> None:
-        self._port = port
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        address = self._port.getHost()
-        self.log.info(
-            "jobworker listening on https://{host}:{port}",
-            host=getattr(address, "host", "?"),
-            port=getattr(address, "port", "?"),
-        )
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stopListening())
-
-    async def _stopListening(self) -> None:
-        await maybeDeferred(self._port.stopListening)
-
-
-class QuietSite(Site):
-    """A Site without the per-request access log line (C{--access-log off})."""
-
-    def log(self, request: Any) -> None:
-        pass
-
-
-class ManagerService(Service):
-    """Stop every job, and wait for it, when the server shuts down."""
-
-    def __init__(
-        self, manager: JobManager, drain: Callable[[], Deferred[None]] | None = None
-    ) -> None:
-        self.manager = manager
-        self._drain = drain
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        await self.manager.shutdown()
-        if self._drain is not None:
-            # Let log followers send the last bytes and the end of stream.
-            await self._drain()
-        self.manager.close()
-
-
-class UsersReloadService(Service):
-    """
-    Reload the users file on SIGHUP (a bad file keeps the old users). The
-    file is read and parsed (bcrypt, account lookups) in a thread, never on
-    the reactor; a storm of HUPs costs at most one reload running and one
-    more queued. Without a users file a HUP is logged and ignored: it must
-    never end the server (logrotate and C{systemctl reload} send it).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        path: str | None,
-        authenticator: Authenticator,
-        reactor: Any,
-        runInThread: Callable[..., Deferred[Any]] | None = None,
-    ) -> None:
-        self._path = path
-        self._authenticator = authenticator
-        self._reactor = reactor
-        self._runInThread = runInThread
-        self._previous: Any = None
-        self._reloading = False
-        self._again = False
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self._previous = signal.signal(
-            signal.SIGHUP,
-            lambda *_: self._reactor.callFromThread(self.reload),
-        )
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-
-    def reload(self) -> Deferred[None]:
-        """Read the users file again; keep the old users if it is unusable."""
-        if self._path is None:
-            self.log.info(
-                "SIGHUP: the server runs with the development users (no "
-                "--users file): nothing to reload"
-            )
-            return succeed(None)
-        if self._reloading:
-            self._again = True
-            return succeed(None)
-        self._reloading = True
-        return Deferred.fromCoroutine(self._reload(self._path))
-
-    async def _reload(self, path: str) -> None:
-        try:
-            while True:
-                self._again = False
-                await self._reloadOnce(path)
-                if not self._again:
-                    return
-        finally:
-            self._reloading = False
-
-    async def _reloadOnce(self, path: str) -> None:
-        try:
-            if self._runInThread is not None:
-                users = await self._runInThread(UserDatabase.fromFile, path)
-            else:
-                users = UserDatabase.fromFile(path)
-        except (OSError, UsersFileError, UnicodeDecodeError) as e:
-            self.log.error(
-                "users file {path} not reloaded, keeping the old users: {error}",
-                path=path,
-                error=str(e),
-            )
-            return
-        self._authenticator.replaceUsers(users)
-        self.log.info(
-            "users file {path} reloaded: {count} users",
-            path=path,
-            count=len(users),
-        )
-
-
-class RetentionService(Service):
-    """Every so often, delete the jobs that ended longer ago than C{retain}."""
-
-    def __init__(self, manager: JobManager, retain: float, clock: Any) -> None:
-        self._manager = manager
-        self._retain = retain
-        self._loop = LoopingCall(self._expire)
-        self._loop.clock = clock
-        #: How often to look: often enough to keep the promise within 1%.
-        self.interval = min(max(retain / 100, 1.0), 3600.0)
-
-    def _expire(self) -> None:
-        # One bad round must not end the LoopingCall (and retention with it).
-        try:
-            self._manager.expire(self._retain)
-        except Exception:
-            log.failure("retention round failed; trying again next round")
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        if self._loop.running:
-            self._loop.stop()
+    """A builder refuses to go on: reported by L{makeService}."""
+    raise StartupError(message)
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -648,7 +81,13 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         reactor = _globalReactor
-    return _build(config, reactor)
+    try:
+        return _build(config, reactor)
+    except StartupError as e:
+        # The one place a start-up problem is reported: one line on
+        # stderr, exit status 1, no traceback.
+        print(f"jobworker: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _isLoopback(interface: str) -> bool:

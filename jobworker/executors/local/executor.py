@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from ...errors import BadRequest, TooManyRequests
 from ...jobs.combined import OrderLog
 from ...jobs.identity import Identities, Identity, PoolExhausted
+from ...jobs.limits import Limits
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
     killAll,
@@ -25,7 +26,7 @@ from ...jobs.recovery import (
 )
 from ...jobs.spool import OutputSpool
 from ...jobs.validation import JobRequest
-from .cgroups import CgroupError, Cgroups, JobCgroup, Limits
+from .cgroups import CgroupError, Cgroups, JobCgroup
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .sandbox import (
     GATE,

@@ -1,0 +1,421 @@
+"""twistd jobworker options: what each means, its default, and its checks."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from ..executors.local.executor import DEFAULT_TMP_SIZE
+from ..jobs.identity import (
+    DYNAMIC_UIDS,
+    parseRange,
+)
+from ..jobs.manager import (
+    DEFAULT_MAX_LOG_BYTES,
+    ISOLATION,
+)
+
+#: The bundled development certificate, relative to the working directory.
+DEV_CERT = os.path.join("certs", "server.pem")
+DEV_KEY = os.path.join("certs", "server.key")
+
+
+def defaultStateDir() -> str:
+    """C{$XDG_STATE_HOME/jobworker}, else C{~/.local/state/jobworker}."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "jobworker")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parseSize(text: str) -> int:
+    """C{"1G"}, C{"512M"}, C{"65536"} -> bytes (binary units)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def parseDuration(text: str) -> float:
+    """C{"7d"}, C{"12h"}, C{"30m"}, C{"45s"} or plain seconds -> seconds."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _TIME_UNITS else "s"
+    number = value[:-1] if value[-1:] in _TIME_UNITS else value
+    try:
+        seconds = float(number) * _TIME_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m)") from None
+    if not seconds > 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return seconds
+
+
+class Options(usage.Options):
+    """C{twistd jobworker} options."""
+
+    synopsis = "[--tls] [options]"
+    longdesc = (
+        "Serve the jobworker REST API over HTTPS (TLS 1.3 only). "
+        "Example: twistd -n jobworker --tls --port 8443 --users users.txt"
+    )
+    optFlags = [
+        [
+            "tls",
+            None,
+            "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode).",
+        ],
+        [
+            "require-client-cert",
+            None,
+            "Refuse, in the TLS handshake, clients without a certificate "
+            "signed by --client-ca.",
+        ],
+        [
+            "allow-root-jobs",
+            None,
+            "Run the jobs of users without a mapped account as root (the "
+            "server's user). Dangerous: any Developer then owns the machine.",
+        ],
+        [
+            "slurm-shared-account",
+            None,
+            "With --executor slurm: run the jobs of users without a mapped Unix "
+            "account as the service account (this server's user), one identity "
+            "they all share (default: such users' jobs are refused, 403).",
+        ],
+    ]
+    optParameters = [
+        ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
+        ["interface", None, "127.0.0.1", "Address to listen on."],
+        ["cert", None, DEV_CERT, "PEM certificate (chain) of the server."],
+        ["key", None, DEV_KEY, "PEM private key of the server."],
+        ["users", None, None, "Users file (name:role:bcrypt-hash per line)."],
+        [
+            "state-dir",
+            None,
+            None,
+            "Where job output is kept (default $XDG_STATE_HOME/jobworker).",
+        ],
+        [
+            "stop-grace",
+            None,
+            10.0,
+            "Seconds between SIGTERM and SIGKILL on stop.",
+            float,
+        ],
+        [
+            "max-log-bytes",
+            None,
+            DEFAULT_MAX_LOG_BYTES,
+            "Cap on each output stream of each job (e.g. 1G, 256M); the rest "
+            "is discarded and the job record says so.",
+            parseSize,
+        ],
+        [
+            "retain",
+            None,
+            None,
+            "Remove ended jobs (record and output) this long after they end "
+            "(e.g. 7d, 12h). Default: keep forever.",
+            parseDuration,
+        ],
+        [
+            "cgroups",
+            None,
+            "auto",
+            "Per-job cgroups: auto (use v2 or v1 when usable) or off.",
+        ],
+        ["default-memory", None, None, "Memory limit of a job (e.g. 512M).", parseSize],
+        [
+            "max-memory",
+            None,
+            None,
+            "Largest memory limit a job may ask for.",
+            parseSize,
+        ],
+        ["default-cpu", None, None, "CPU limit of a job in millicores.", int],
+        [
+            "max-cpu",
+            None,
+            None,
+            "Largest CPU limit (millicores) a job may ask for.",
+            int,
+        ],
+        ["default-pids", None, None, "Process-count limit of a job.", int],
+        ["max-pids", None, None, "Largest process-count limit a job may ask for.", int],
+        [
+            "max-io-bps",
+            None,
+            None,
+            "Largest disk read/write limit (bytes/s).",
+            parseSize,
+        ],
+        [
+            "default-timeout",
+            None,
+            None,
+            "Stop a job (FAILED, timed out) after this long (e.g. 1h).",
+            parseDuration,
+        ],
+        [
+            "isolate",
+            None,
+            "",
+            "Namespaces for every job, comma-separated: pid, net, mount.",
+        ],
+        [
+            "run-as",
+            None,
+            None,
+            "Run the jobs of users without a mapped account as this one "
+            "(non-root) user: they then share it (default: a dynamic uid each).",
+        ],
+        [
+            "dynamic-uids",
+            None,
+            f"{DYNAMIC_UIDS[0]}-{DYNAMIC_UIDS[1]}",
+            "The uid range of per-job dynamic identities (no passwd or group "
+            "entry may use it).",
+            parseRange,
+        ],
+        [
+            "tmp-size",
+            None,
+            DEFAULT_TMP_SIZE,
+            "Size of each private tmpfs (/tmp, /var/tmp, /dev/shm, the "
+            "working directory) of a job that does not run as root.",
+            parseSize,
+        ],
+        ["max-running", None, None, "At most this many jobs run at once (429).", int],
+        [
+            "max-running-per-user",
+            None,
+            None,
+            "At most this many jobs of one user run (or queue) at once (429).",
+            int,
+        ],
+        [
+            "create-rate",
+            None,
+            50.0,
+            "Jobs one user may create per second on average, bursts of twice "
+            "that (429 with Retry-After past it).",
+            float,
+        ],
+        [
+            "max-log-streams-per-user",
+            None,
+            None,
+            "Log streams one user may hold open (default: a quarter of "
+            "--max-log-streams).",
+            int,
+        ],
+        [
+            "access-log",
+            None,
+            "off",
+            "Log every HTTP request to the server log: on or off (the audit "
+            "log and metrics record the important ones anyway).",
+        ],
+        [
+            "audit-log",
+            None,
+            None,
+            "Audit log file, JSON lines (default <state-dir>/audit.log).",
+        ],
+        [
+            "login-failures",
+            None,
+            5,
+            "Failed logins from one address before it is throttled (429).",
+            int,
+        ],
+        [
+            "max-connections-per-client",
+            None,
+            64,
+            "Concurrent connections one client address may hold.",
+            int,
+        ],
+        [
+            "max-log-streams",
+            None,
+            1000,
+            "Concurrent log responses (followers included) the server serves.",
+            int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Close a connection idle (between requests) this many seconds.",
+            float,
+        ],
+        [
+            "header-timeout",
+            None,
+            10.0,
+            "A request's headers must arrive within this many seconds of its "
+            "first byte (408, then the connection is closed).",
+            float,
+        ],
+        [
+            "body-timeout",
+            None,
+            30.0,
+            "A request's body must arrive within this many seconds of its headers.",
+            float,
+        ],
+        [
+            "max-header-bytes",
+            None,
+            16384,
+            "Largest request line plus headers, in bytes (400 past it).",
+            parseSize,
+        ],
+        [
+            "max-body-bytes",
+            None,
+            65536,
+            "Largest request body, in bytes (413 past it; the rest is not kept).",
+            parseSize,
+        ],
+        [
+            "client-ca",
+            None,
+            None,
+            "Accept client certificates signed by this CA (PEM); the user is "
+            "the certificate's common name, looked up in the users file.",
+        ],
+        [
+            "executor",
+            None,
+            "local",
+            "Where jobs run: local (processes of this machine) or slurm "
+            "(batch jobs of a Slurm cluster, through sbatch/squeue/scancel).",
+        ],
+        [
+            "slurm-output-dir",
+            None,
+            None,
+            "With --executor slurm: a folder every cluster node sees at the same "
+            "path; job output and argv/env files go in <dir>/<job id>/.",
+        ],
+        ["slurm-partition", None, None, "With --executor slurm: sbatch --partition."],
+        ["slurm-account", None, None, "With --executor slurm: sbatch --account."],
+        [
+            "slurm-poll",
+            None,
+            1.0,
+            "With --executor slurm: seconds between state refreshes (one "
+            "squeue call for all jobs).",
+            float,
+        ],
+        [
+            "token-ttl",
+            None,
+            12 * 3600.0,
+            "Lifetime of a bearer token from POST /tokens (e.g. 12h, 30m).",
+            parseDuration,
+        ],
+        [
+            "token-key",
+            None,
+            None,
+            "File holding the token signing key, made if absent (default "
+            "<state-dir>/token.key); replacing it invalidates every token.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["tls"]:
+            raise usage.UsageError(
+                "--tls is required: jobworker only serves HTTPS (TLS 1.3), "
+                "there is no plaintext mode"
+            )
+        if not 0 <= self["port"] <= 65535:
+            raise usage.UsageError("--port must be between 0 and 65535")
+        if not 0 <= self["stop-grace"] <= 3600:
+            raise usage.UsageError("--stop-grace must be between 0 and 3600 seconds")
+        if self["access-log"] not in ("on", "off"):
+            raise usage.UsageError("--access-log must be on or off")
+        if self["cgroups"] not in ("auto", "off"):
+            raise usage.UsageError("--cgroups must be auto or off")
+        isolate = {name for name in self["isolate"].split(",") if name}
+        unknown = isolate - set(ISOLATION)
+        if unknown:
+            raise usage.UsageError(
+                f"--isolate: unknown namespace(s) {', '.join(sorted(unknown))} "
+                "(pid, net, mount)"
+            )
+        self["isolate"] = frozenset(isolate)
+        for name in (
+            "default-cpu",
+            "max-cpu",
+            "default-pids",
+            "max-pids",
+            "max-running",
+            "max-running-per-user",
+            "max-log-streams-per-user",
+            "login-failures",
+            "max-connections-per-client",
+            "max-log-streams",
+        ):
+            if self[name] is not None and self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
+            if not 0 < self[name] <= 366 * 86400:
+                raise usage.UsageError(f"--{name} must be positive (at most a year)")
+        if self["executor"] not in ("local", "slurm"):
+            raise usage.UsageError("--executor must be local or slurm")
+        if self["executor"] == "slurm":
+            if self["slurm-output-dir"] is None:
+                raise usage.UsageError("--executor slurm needs --slurm-output-dir")
+            if self["run-as"] is not None or self["isolate"]:
+                raise usage.UsageError(
+                    "--run-as and --isolate are for the local executor: Slurm "
+                    "runs each job as its owner's mapped account, isolated by "
+                    "its own config"
+                )
+            if (
+                self["slurm-shared-account"]
+                and os.getuid() == 0
+                and not self["allow-root-jobs"]
+            ):
+                raise usage.UsageError(
+                    "--slurm-shared-account on a server running as root would "
+                    "run unmapped users' jobs as root: add --allow-root-jobs to "
+                    "mean it, or run the server as a service account"
+                )
+        elif self["slurm-shared-account"]:
+            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
+            if not 0.1 <= self["slurm-poll"] <= 60:
+                raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
+        if self["require-client-cert"] and self["client-ca"] is None:
+            raise usage.UsageError("--require-client-cert needs --client-ca")
+        if not 1024 <= self["max-header-bytes"] <= 1 << 20:
+            raise usage.UsageError("--max-header-bytes must be 1K..1M")
+        if not 1024 <= self["max-body-bytes"] <= 64 << 20:
+            raise usage.UsageError("--max-body-bytes must be 1K..64M")
+        if isinstance(self["dynamic-uids"], str):
+            try:
+                self["dynamic-uids"] = parseRange(self["dynamic-uids"])
+            except ValueError as e:
+                raise usage.UsageError(f"--dynamic-uids: {e}") from None
+        if not 0 < self["create-rate"] <= 1e6:
+            raise usage.UsageError("--create-rate must be positive (at most 1e6)")
+        if self["run-as"] is not None and self["allow-root-jobs"]:
+            raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
+        if self["tmp-size"] < 1 << 20:
+            raise usage.UsageError("--tmp-size must be at least 1M")
+        if self["max-log-bytes"] < 0:
+            raise usage.UsageError("--max-log-bytes must not be negative")
+        if self["state-dir"] is None:
+            self["state-dir"] = defaultStateDir()

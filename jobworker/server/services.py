@@ -1,0 +1,193 @@
+"""
+The long-lived parts of the server: the listening port, job shutdown, the
+users reload, retention.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from ..auth.authenticator import Authenticator
+from ..auth.users import UserDatabase, UsersFileError
+from ..jobs.manager import (
+    JobManager,
+)
+
+
+class ListeningService(Service):
+    """
+    Own a port that was bound while building the service (so a port in use is
+    a clean start-up error); stop listening on shutdown.
+    """
+
+    log = Logger()
+
+    def __init__(self, port: IListeningPort) -> None:
+        self._port = port
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        address = self._port.getHost()
+        self.log.info(
+            "jobworker listening on https://{host}:{port}",
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stopListening())
+
+    async def _stopListening(self) -> None:
+        await maybeDeferred(self._port.stopListening)
+
+
+class QuietSite(Site):
+    """A Site without the per-request access log line (C{--access-log off})."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class ManagerService(Service):
+    """Stop every job, and wait for it, when the server shuts down."""
+
+    def __init__(
+        self, manager: JobManager, drain: Callable[[], Deferred[None]] | None = None
+    ) -> None:
+        self.manager = manager
+        self._drain = drain
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self.manager.shutdown()
+        if self._drain is not None:
+            # Let log followers send the last bytes and the end of stream.
+            await self._drain()
+        self.manager.close()
+
+
+class UsersReloadService(Service):
+    """
+    Reload the users file on SIGHUP (a bad file keeps the old users). The
+    file is read and parsed (bcrypt, account lookups) in a thread, never on
+    the reactor; a storm of HUPs costs at most one reload running and one
+    more queued. Without a users file a HUP is logged and ignored: it must
+    never end the server (logrotate and C{systemctl reload} send it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str | None,
+        authenticator: Authenticator,
+        reactor: Any,
+        runInThread: Callable[..., Deferred[Any]] | None = None,
+    ) -> None:
+        self._path = path
+        self._authenticator = authenticator
+        self._reactor = reactor
+        self._runInThread = runInThread
+        self._previous: Any = None
+        self._reloading = False
+        self._again = False
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._previous = signal.signal(
+            signal.SIGHUP,
+            lambda *_: self._reactor.callFromThread(self.reload),
+        )
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def reload(self) -> Deferred[None]:
+        """Read the users file again; keep the old users if it is unusable."""
+        if self._path is None:
+            self.log.info(
+                "SIGHUP: the server runs with the development users (no "
+                "--users file): nothing to reload"
+            )
+            return succeed(None)
+        if self._reloading:
+            self._again = True
+            return succeed(None)
+        self._reloading = True
+        return Deferred.fromCoroutine(self._reload(self._path))
+
+    async def _reload(self, path: str) -> None:
+        try:
+            while True:
+                self._again = False
+                await self._reloadOnce(path)
+                if not self._again:
+                    return
+        finally:
+            self._reloading = False
+
+    async def _reloadOnce(self, path: str) -> None:
+        try:
+            if self._runInThread is not None:
+                users = await self._runInThread(UserDatabase.fromFile, path)
+            else:
+                users = UserDatabase.fromFile(path)
+        except (OSError, UsersFileError, UnicodeDecodeError) as e:
+            self.log.error(
+                "users file {path} not reloaded, keeping the old users: {error}",
+                path=path,
+                error=str(e),
+            )
+            return
+        self._authenticator.replaceUsers(users)
+        self.log.info(
+            "users file {path} reloaded: {count} users",
+            path=path,
+            count=len(users),
+        )
+
+
+class RetentionService(Service):
+    """Every so often, delete the jobs that ended longer ago than C{retain}."""
+
+    log = Logger()
+
+    def __init__(self, manager: JobManager, retain: float, clock: Any) -> None:
+        self._manager = manager
+        self._retain = retain
+        self._loop = LoopingCall(self._expire)
+        self._loop.clock = clock
+        #: How often to look: often enough to keep the promise within 1%.
+        self.interval = min(max(retain / 100, 1.0), 3600.0)
+
+    def _expire(self) -> None:
+        # One bad round must not end the LoopingCall (and retention with it).
+        try:
+            self._manager.expire(self._retain)
+        except Exception:
+            self.log.failure("retention round failed; trying again next round")
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop.running:
+            self._loop.stop()
