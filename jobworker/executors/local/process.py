@@ -13,6 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ...jobs.ending import Ending
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from .cgroups import JobCgroup
@@ -93,7 +94,7 @@ class JobProcess:
         self._timeoutTimer: IDelayedCall | None = None
         self._removeTimer: IDelayedCall | None = None
         self._removeTries = 0
-        self._endWaiters: list[Deferred[JobRecord]] = []
+        self._ending = Ending(record)
         self._cleanWaiters: list[Deferred[None]] = []
 
     # -- start ---------------------------------------------------------------
@@ -124,8 +125,7 @@ class JobProcess:
         """The command could not be started: FAILED with C{error}."""
         self.stdout.close()
         self.stderr.close()
-        self.record.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
-        self._fireEnded()
+        self._ending.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
         self._fireCleaned()
 
     def setupFailed(self, error: str) -> None:
@@ -273,16 +273,22 @@ class JobProcess:
             return
         self._finish(self._exit.value or ProcessDone(0))
 
-    def _cancelTimer(self, name: str) -> None:
-        timer: IDelayedCall | None = getattr(self, name)
-        if timer is not None:
-            if timer.active():
-                timer.cancel()
-            setattr(self, name, None)
+    #: Every timer a job process owns (buildbot's runprocess keeps them so):
+    #: one list, one way to cancel them.
+    TIMERS = ("_killTimer", "_abandonTimer", "_timeoutTimer", "_removeTimer")
+
+    def _cancelTimers(self, *names: str) -> None:
+        """Cancel the named timers (all of L{TIMERS} by default)."""
+        for name in names or self.TIMERS:
+            timer: IDelayedCall | None = getattr(self, name)
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                setattr(self, name, None)
 
     def _finish(self, exit: BaseException) -> None:
-        self._cancelTimer("_abandonTimer")
-        self._cancelTimer("_timeoutTimer")
+        # The kill timer (leftovers) and the cgroup's removal outlive the end.
+        self._cancelTimers("_abandonTimer", "_timeoutTimer")
         self.stdout.close()
         self.stderr.close()
         record = self.record
@@ -322,25 +328,17 @@ class JobProcess:
             )
         if record.output_lost and error is None:
             error = f"{record.output_lost} bytes of output could not be written to disk"
-        record.finish(
+        self._ending.finish(
             status,
             self._clock.seconds(),
             exit_code=exitCode,
             signal=signalText,
             error=error,
         )
-        self.log.info(
-            "job {job} ended {status} (exit {exit_code}, signal {signal})",
-            job=record.id,
-            status=status.value,
-            exit_code=exitCode,
-            signal=signalText,
-        )
-        self._fireEnded()
         if self._killTimer is not None and self._nothingLeft():
             # The leftovers went on SIGTERM: no SIGKILL for a group id that
             # may be reused by now.
-            self._cancelTimer("_killTimer")
+            self._cancelTimers("_killTimer")
         if self._killTimer is None:
             self._fireCleaned()
 
@@ -358,11 +356,7 @@ class JobProcess:
 
     def whenEnded(self) -> Deferred[JobRecord]:
         """Fires with the record once the job has ended."""
-        if self.record.status.ended:
-            return succeed(self.record)
-        d: Deferred[JobRecord] = Deferred(self._endWaiters.remove)
-        self._endWaiters.append(d)
-        return d
+        return self._ending.whenEnded()
 
     def whenCleanedUp(self) -> Deferred[None]:
         """Fires once the job has ended and nothing of its group is pending."""
@@ -376,11 +370,6 @@ class JobProcess:
         d: Deferred[None] = Deferred()
         self._cleanWaiters.append(d)
         return d
-
-    def _fireEnded(self) -> None:
-        waiters, self._endWaiters = self._endWaiters, []
-        for d in waiters:
-            d.callback(self.record)
 
     def _fireCleaned(self) -> None:
         if self.cgroup is not None and not self._removeCgroup():

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from ...errors import BadRequest, Forbidden, ServiceUnavailable
 from ...jobs.combined import OrderLog
+from ...jobs.ending import Ending
 from ...jobs.identity import Identity, IdentityError
 from ...jobs.limits import Limits
 from ...jobs.records import JobRecord, JobStatus, signalName
@@ -122,7 +123,7 @@ class SlurmJob:
         #: What sbatch said: the record, or a failure (Slurm unreachable).
         self._acceptance: JobRecord | Failure | None = None
         self._acceptWaiters: list[Deferred[JobRecord]] = []
-        self._endWaiters: list[Deferred[JobRecord]] = []
+        self._ending = Ending(record)
         self._cleaned: Deferred[None] = Deferred()
         self._stopRequested = False
         self._killCall: IDelayedCall | None = None
@@ -164,11 +165,7 @@ class SlurmJob:
             self._relayAcceptance(d)
 
     def whenEnded(self) -> Deferred[JobRecord]:
-        if self.record.status.ended:
-            return succeed(self.record)
-        d: Deferred[JobRecord] = Deferred(self._endWaiters.remove)
-        self._endWaiters.append(d)
-        return d
+        return self._ending.whenEnded()
 
     def whenCleanedUp(self) -> Deferred[None]:
         if self._cleaned.called:
@@ -294,22 +291,14 @@ class SlurmJob:
         self.stderr.close()
         record.stdout_bytes = self.stdout.size
         record.stderr_bytes = self.stderr.size
-        record.finish(
+        self._ending.finish(
             status,
             self._executor.now(),
             exit_code=exitCode,
             signal=signal,
             error=error,
-        )
-        self.log.info(
-            "job {job} (Slurm {slurm}) ended {status}",
-            job=record.id,
             slurm=record.slurm_job_id,
-            status=status.value,
         )
-        waiters, self._endWaiters = self._endWaiters, []
-        for d in waiters:
-            d.callback(record)
         self._executor.forget(self)
         self._cleaned.callback(None)
 
