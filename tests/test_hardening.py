@@ -33,7 +33,16 @@ class HardeningTests(TestCase):
         if os.getuid() != 0:
             raise SkipTest("--run-as needs root")
         server = LiveServer(self, "--run-as=nobody")
-        for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "GCONV_PATH", "GLIBC_TUNABLES"):
+        for name in (
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "LIBMOUNT_UTAB",
+            "LIBMOUNT_FSTAB",
+            "BASH_ENV",
+            "ENV",
+        ):
             code, body = await server.json(
                 "POST", "/jobs", body={"command": "true", "env": {name: "/tmp/x"}}
             )

@@ -68,15 +68,29 @@ LOADER_VARIABLES = frozenset(
         "NLSPATH",
         "RESOLV_HOST_CONF",
         "RES_OPTIONS",
+        # Startup files a shell reads (the sandbox shell runs as root).
+        "ENV",
+        "BASH_ENV",
     }
+)
+
+#: Prefixes of the same kind: the loader's and libc's, and util-linux's
+#: libraries (libmount honours LIBMOUNT_UTAB, LIBMOUNT_FSTAB, ... when not
+#: setuid, and the sandbox's mount runs as plain root).
+LOADER_PREFIXES = (
+    "LD_",
+    "MALLOC_",
+    "LIBMOUNT_",
+    "LIBBLKID_",
+    "LIBSMARTCOLS_",
+    "LIBUUID_",
+    "LIBFDISK_",
 )
 
 
 def loaderVariable(name: str) -> bool:
-    """True for C{LD_*} and the other variables in L{LOADER_VARIABLES}."""
-    return (
-        name.startswith("LD_") or name.startswith("MALLOC_") or name in LOADER_VARIABLES
-    )
+    """True for the variables of L{LOADER_VARIABLES} and L{LOADER_PREFIXES}."""
+    return name.startswith(LOADER_PREFIXES) or name in LOADER_VARIABLES
 
 
 @dataclass(frozen=True)
