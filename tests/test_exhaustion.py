@@ -261,3 +261,73 @@ class LiveExhaustionTests(TestCase):
         for body in bodies:
             self.assertEqual(len(body), 300000)
         self.assertLess(grown, 64)
+
+
+class SeparateServerTests(SynchronousTestCase):
+    """
+    The same attack against twistd in its own process, measured from
+    outside: ten combined readers of a job with a 300,000-entry order file,
+    and /healthz p99 meanwhile.
+    """
+
+    timeout = 120
+
+    def test_healthzStaysQuick(self) -> None:
+        import http.client
+        import threading
+
+        from .faults.harness import Twistd
+
+        if os.getuid() != 0:
+            from twisted.trial.unittest import SkipTest
+
+            raise SkipTest("the jobs write through the sandbox: needs root")
+        script = sharedPath(self)
+        with open(script, "w") as f:
+            f.write(
+                "import os\n"
+                "for i in range(150000):\n"
+                "    os.write(1, b'o'); os.write(2, b'e')\n"
+            )
+        server = Twistd(self, os.path.realpath(self.mktemp())).start()
+        job = server.request(
+            "POST", "/jobs", body={"command": "python3", "args": [script]}
+        ).json()
+        deadline = time.monotonic() + 60
+        while server.request("GET", f"/jobs/{job['id']}").json()["status"] == "RUNNING":
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        sizes: list[int] = []
+
+        def read() -> None:
+            for _ in range(5):
+                got = server.request(
+                    "GET", f"/jobs/{job['id']}/logs?stream=combined&follow=false"
+                )
+                sizes.append(len(got.body))
+
+        readers = [threading.Thread(target=read) for _ in range(10)]
+        health = server.connection(10)
+        health.request("GET", "/healthz")
+        health.getresponse().read()
+        for reader in readers:
+            reader.start()
+        samples = []
+        while any(r.is_alive() for r in readers) or len(samples) < 50:
+            started = time.monotonic()
+            health.request("GET", "/healthz")
+            health.getresponse().read()
+            samples.append(time.monotonic() - started)
+            time.sleep(0.005)
+        for reader in readers:
+            reader.join()
+        health.close()
+        samples.sort()
+        p99 = samples[int(len(samples) * 0.99) - 1]
+        print(
+            f"\nFIGURES separate server, 10 combined readers: healthz p99 "
+            f"{p99 * 1000:.1f} ms over {len(samples)} samples"
+        )
+        self.assertEqual(sizes, [300000] * 50)
+        self.assertLess(p99, 0.050)
+        del http

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .spool import READ_CHUNK, FileProducer, OutputSource
@@ -36,6 +37,8 @@ _STDERR_BIT = 1 << 63
 #: run being sent (a run ends at the next entry of its stream: two ahead).
 ORDER_CHUNK = 4096 * 8
 ORDER_LOOKAHEAD = 2
+#: Runs one reader sends before it lets the reactor serve others.
+RUNS_PER_TURN = 256
 
 
 def encodeEntry(stream: int, offset: int) -> bytes:
@@ -154,8 +157,13 @@ class CombinedReader(FileProducer):
         position: tuple[int, int] = (0, 0),
         follow: bool = False,
         skip: int = 0,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(consumer, 2)
+        #: With a clock, the reader lets the reactor serve others after
+        #: every L{RUNS_PER_TURN} runs (a job that switched streams at every
+        #: byte has a run per byte).
+        self._clock = clock
         self._streams = streams
         self._order = order
         self._sink = sink
@@ -199,7 +207,12 @@ class CombinedReader(FileProducer):
         return self._streams[stream].size if self._follow else self._limits[stream]
 
     def _pump(self) -> None:
+        runs = 0
         while not self._paused and not self._done:
+            runs += 1
+            if runs > RUNS_PER_TURN and self._clock is not None:
+                self._waitFor(deferLater(self._clock, 0, lambda: None))
+                return
             self._readOrder()
             entries, k = self._entries, self._run
             if k >= len(entries):

@@ -616,6 +616,7 @@ class JobsAPI:
                     position,
                     follow,
                     offset,
+                    self._clock,
                 )
             )
             return b""
@@ -631,7 +632,9 @@ class JobsAPI:
         def sink(index: int, data: bytes) -> None:
             events.output(STREAMS[index], data, combinedId(reader.position))
 
-        reader = CombinedReader(streams, order, events, sink, position, follow, offset)
+        reader = CombinedReader(
+            streams, order, events, sink, position, follow, offset, self._clock
+        )
         try:
             await self._send(reader)
             await self._endEvents(events, record.id, STREAMS, follow)
