@@ -659,3 +659,49 @@ class ReloadTests(SynchronousTestCase):
             f.write(alice + ":root\n")
         service.reload()
         self.assertEqual(len(replaced), 1)
+
+
+class RootStagesEnvironmentTests(SynchronousTestCase):
+    """
+    The request's environment never reaches the stages that run as root:
+    where /bin/sh is bash, BASH_FUNC_read%% would otherwise run as root.
+    """
+
+    def test_requestEnvOnlyAfterSetpriv(self) -> None:
+        from jobworker.executors.local.executor import JobPolicy
+        from jobworker.executors.local.sandbox import ENV, ROOT_ENVIRONMENT, SETPRIV
+        from jobworker.jobs.manager import JobManager
+        from jobworker.jobs.validation import JobRequest
+
+        from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+
+        if os.getuid() != 0:
+            raise SkipTest("only a root server switches identities")
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        pool = DynamicUids(70700, 70709, self.mktemp())
+        manager = JobManager(
+            reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            GroupKiller(),
+            policy=JobPolicy(identities=Identities(pool=pool)),
+        )
+        self.addCleanup(manager.close)
+        hostile = {"BASH_FUNC_read%%": "() { id; }", "SECRET": "s3"}
+        manager.create(JobRequest("true", [], hostile, None), "bob")
+        [spawned] = reactor.spawned
+        self.assertEqual(spawned.env, ROOT_ENVIRONMENT)
+        args = spawned.args
+        self.assertLess(args.index(SETPRIV), args.index(ENV))
+        after = args[args.index(ENV) :]
+        self.assertIn("SECRET=s3", after)
+        self.assertIn("BASH_FUNC_read%%=() { id; }", after)
+        self.assertNotIn("SECRET=s3", args[: args.index(ENV)])
+
+    def test_commandWithEqualsRefused(self) -> None:
+        """env -i would read such a command as an assignment: 400."""
+        from jobworker.executors.local.sandbox import checkCommand
+
+        self.assertIsNotNone(checkCommand("./a=b"))
+        self.assertIsNone(checkCommand("/usr/bin/true"))

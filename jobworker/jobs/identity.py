@@ -66,6 +66,10 @@ class Identity:
             raise IdentityError(f"no such Unix account {name!r}") from None
         if entry.pw_uid == 0:
             raise IdentityError(f"Unix account {name!r} is root: jobs must not be")
+        if entry.pw_gid == 0:
+            raise IdentityError(
+                f"Unix account {name!r} has root's group as its primary group"
+            )
         groups = tuple(
             sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid})
         )

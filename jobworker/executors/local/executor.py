@@ -32,12 +32,14 @@ from .sandbox import (
     GATE,
     GATE_KEEP_WORKDIR,
     ISOLATION,
+    ROOT_ENVIRONMENT,
     SETSID,
     SH,
     UNSHARE,
     WORKDIR,
     Sandbox,
     SpawnRefused,
+    checkCommand,
     checkRunnable,
 )
 
@@ -273,6 +275,9 @@ class LocalExecutor:
             through root's wrappers but does not run as root.
         """
         if self._identities.sandboxed(identity):
+            why = checkCommand(request.command)
+            if why is not None:
+                raise BadRequest(why)
             unsafe = sorted(name for name in request.env if loaderVariable(name))
             if unsafe:
                 raise BadRequest(
@@ -377,10 +382,13 @@ class LocalExecutor:
             # Every job starts behind the gate: nothing of the user's runs
             # before it is in its cgroup and the store has its record
             # (JobProcess.recorded opens the gate).
+            spawnEnv = env
             if sandbox is not None:
-                argv = sandbox.argv(identity, command, request.cwd, gated=True)
-                # The sandbox enters the working directory as the job.
+                argv = sandbox.argv(identity, command, request.cwd, True, env)
+                # The sandbox enters the working directory as the job, and
+                # the root stages never see the request's environment.
                 path = None
+                spawnEnv = ROOT_ENVIRONMENT
             else:
                 gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
                 argv = [SH, "-c", gate, "jobworker-gate", SETSID, *self._prefix]
@@ -390,7 +398,7 @@ class LocalExecutor:
                 JobProcessProtocol(job),
                 argv[0],
                 argv,
-                env=env,
+                env=spawnEnv,
                 path=path,
                 childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
             )

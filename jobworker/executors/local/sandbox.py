@@ -24,6 +24,14 @@ SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 MOUNT = shutil.which("mount") or "/usr/bin/mount"
+ENV = shutil.which("env") or "/usr/bin/env"
+
+#: The only environment the root stages of a sandboxed job see (setsid,
+#: unshare, the sandbox shell, mount, setpriv): never the request's. A
+#: shell that is bash would import functions from it (BASH_FUNC_read%%),
+#: and libraries read settings from it. The job's own environment is set
+#: after setpriv, by env -i, running as the job.
+ROOT_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 
 #: --isolate names and the unshare flags that make them.
 ISOLATION = {
@@ -62,6 +70,16 @@ SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # noqa: S108
 
 class SpawnRefused(Exception):
     """The command cannot be started; the message says why."""
+
+
+def checkCommand(command: str) -> str | None:
+    """
+    Why C{command} cannot run in the sandbox, or None: C{env} would take a
+    name containing C{=} for a variable to set.
+    """
+    if "=" in command:
+        return "a command whose name contains '=' cannot be run as another user"
+    return None
 
 
 class SandboxError(Exception):
@@ -113,6 +131,10 @@ class Sandbox:
                 f"jobworker-tmp {folder} tmpfs nosuid,nodev,mode=1777,{size}"
                 for folder in self.folders
             ]
+            if os.path.isdir("/dev/mqueue"):
+                # The POSIX message queues of the job's own IPC namespace: no
+                # queue left for the next job of this uid.
+                lines.append("jobworker-mqueue /dev/mqueue mqueue nosuid,nodev,noexec")
             lines.append(
                 f"jobworker-work {WORKDIR} tmpfs nosuid,nodev,mode=0700,"
                 f"uid={identity.uid},gid={identity.gid},{size},X-mount.mkdir=0755"
@@ -138,9 +160,14 @@ class Sandbox:
         command: list[str],
         cwd: str | None,
         gated: bool,
+        env: dict[str, str] | None = None,
     ) -> list[str]:
         """
-        The whole argv: [gate] setsid unshare sh(mounts) setpriv [chdir] command.
+        The whole argv: [gate] setsid unshare sh(mounts) setpriv env [chdir]
+        command. The root stages run with L{ROOT_ENVIRONMENT} (spawn with
+        it); C{env}, the job's environment, is set by C{env -i} after
+        setpriv, as the job (a command containing C{=} cannot be run so:
+        L{checkCommand}).
 
         Without a PID namespace the gate sits inside the sandbox shell (one
         exec fewer): setsid and unshare do not fork, so the pid the server
@@ -160,6 +187,12 @@ class Sandbox:
         start = "/" if cwd is not None else self.startFolder(identity)
         argv += [SH, "-c", script, self.fstab(identity), start]
         argv += identity.setpriv(SETPRIV)
+        if env is not None:
+            assignments = dict(env)
+            if cwd is None and "PWD" not in assignments:
+                assignments["PWD"] = start
+            argv += [ENV, "-i", "--"]
+            argv += [f"{name}={value}" for name, value in assignments.items()]
         if cwd is not None:
             argv += [SH, "-c", CHDIR, cwd]
         return argv + command
@@ -172,7 +205,9 @@ class Sandbox:
             kernel without per-mount C{hidepid}, ...).
         """
         check = f"test -w . && test ! -e /proc/{os.getpid()}"
-        argv = self.argv(identity, [SH, "-c", check], None, False)
+        argv = self.argv(
+            identity, [SH, "-c", check], None, False, {"PATH": "/usr/bin:/bin"}
+        )
         try:
             result = subprocess.run(
                 argv,
