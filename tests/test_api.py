@@ -24,10 +24,10 @@ from jobworker.auth.users import UserDatabase
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobRecord
 from jobworker.jobs.validation import JobRequest
-from jobworker.server.api import (
+from jobworker.server.api import JobsAPI
+from jobworker.server.requests import (
     MAX_BODY_BYTES,
     BoundedRequest,
-    JobsAPI,
     boundedRequestClass,
 )
 

@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
 from jobworker.jobs.spool import READ_CHUNK
-from jobworker.server.api import MAX_BODY_BYTES
+from jobworker.server.requests import MAX_BODY_BYTES
 from jobworker.tls import TrustRootPolicy
 
 from .support import (

@@ -46,12 +46,13 @@ from ..jobs.recovery import killAll, processesOf
 from ..jobs.store import JobStore, StoreError
 from ..metrics import Metrics
 from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
-from .api import JobsAPI, boundedRequestClass
+from .api import JobsAPI
 from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
 from .options import (
     Options,
 )
+from .requests import boundedRequestClass
 from .services import (
     ListeningService,
     ManagerService,

@@ -1,0 +1,325 @@
+"""Log responses: raw, SSE and combined; their caps, and their drain at shutdown."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.web.iweb import IRequest
+
+from ..auth.permissions import User
+from ..errors import (
+    BadRequest,
+    TooManyRequests,
+)
+from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
+from ..jobs.manager import JobManager
+from ..jobs.records import JobRecord
+from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
+from ..jobs.validation import (
+    parseBool,
+    parseOffset,
+    parseStream,
+    parseTail,
+)
+from .requests import (
+    _arg,
+)
+from .sse import EventStream, parseLastEventId
+
+#: At shutdown, how long a follower's connection must have been quiet
+#: before it is closed (time for its client's last request).
+LINGER = 0.3
+
+
+class LogStreams:
+    """
+    Every open log response: the caps (in all, per user), the readers that
+    send a job's output, and the drain that lets each finish at shutdown.
+    """
+
+    def __init__(
+        self,
+        manager: JobManager,
+        clock: IReactorTime,
+        maxStreams: int = 1000,
+        maxStreamsPerUser: int | None = None,
+    ) -> None:
+        self._manager = manager
+        self._clock = clock
+        self._maxStreams = maxStreams
+        #: One user may hold this many of the log streams (a quarter of them
+        #: by default), so others can still follow their own jobs.
+        self._maxStreamsPerUser = (
+            maxStreamsPerUser
+            if maxStreamsPerUser is not None
+            else max(1, maxStreams // 4)
+        )
+        self._streamsBy: Counter[str] = Counter()
+        self._streams: set[Deferred[None]] = set()
+        #: The connection of each open log response (to close at shutdown).
+        self._streamChannels: dict[Deferred[None], Any] = {}
+
+    def __len__(self) -> int:
+        """How many log responses are open."""
+        return len(self._streams)
+
+    async def serve(self, request: IRequest, user: User, record: JobRecord) -> bytes:
+        """The logs route, once the user may read this job's logs."""
+        if len(self._streams) >= self._maxStreams:
+            raise TooManyRequests(
+                f"{len(self._streams)} log streams are open, the most this server "
+                "allows",
+                retryAfter=1,
+            )
+        if self._streamsBy[user.name] >= self._maxStreamsPerUser:
+            raise TooManyRequests(
+                f"you have {self._streamsBy[user.name]} log streams open, the "
+                "most one user may",
+                retryAfter=1,
+            )
+        self._track(request, user.name)
+        stream = parseStream(_arg(request, b"stream"))
+        offset = parseOffset(_arg(request, b"offset"))
+        tail = parseTail(_arg(request, b"tail"))
+        sse = _wantsEvents(request)
+        follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
+        if stream == "combined":
+            return await self._combined(request, record, sse, follow, offset, tail)
+        spool = self._manager.output(record.id, stream)
+        lastEventId = request.getHeader(b"last-event-id") if sse else None
+        resume = (
+            None
+            if lastEventId is None
+            else parseLastEventId(lastEventId.decode("utf-8", "replace"), stream)
+        )
+        if resume is not None:
+            offset = resume
+        elif tail is not None:
+            # The last lines, but none before offset (if given).
+            offset = max(
+                offset,
+                await tailOffsetSoon(self._clock, spool.path, spool.size, tail),
+            )
+        dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
+        request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
+        request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
+        request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
+        if sse:
+            return await self._events(request, record.id, stream, spool, offset, follow)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        if not follow:
+            length = max(0, spool.size - offset)
+            request.setHeader(b"content-length", str(length).encode("ascii"))
+        await self._send(SpoolReader(spool, IConsumer(request), offset, follow))
+        return b""
+
+    async def _events(
+        self,
+        request: IRequest,
+        jobId: str,
+        stream: str,
+        spool: OutputSource,
+        offset: int,
+        follow: bool,
+    ) -> bytes:
+        """The logs route as Server-Sent Events, ending with an C{end} event."""
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        events = EventStream(IConsumer(request), stream, offset, self._clock)
+        try:
+            await self._send(SpoolReader(spool, events, offset, follow))
+            await self._endEvents(events, jobId, (stream,), follow)
+        finally:
+            events.close()
+        return b""
+
+    async def _combined(
+        self,
+        request: IRequest,
+        record: JobRecord,
+        sse: bool,
+        follow: bool,
+        offset: int,
+        tail: int | None,
+    ) -> bytes:
+        """
+        Both streams interleaved in arrival order: raw bytes, or SSE events
+        (C{stdout}/C{stderr}) whose ids C{combined:<stdout>:<stderr>} hold
+        both offsets, so C{Last-Event-ID} resumes with no gap or repeat.
+        C{offset} counts combined bytes; C{tail} starts each stream at its
+        own last C{tail} lines.
+        """
+        streams = (
+            self._manager.output(record.id, "stdout"),
+            self._manager.output(record.id, "stderr"),
+        )
+        position = (0, 0)
+        if tail is not None:
+            position = (
+                await tailOffsetSoon(
+                    self._clock, streams[0].path, streams[0].size, tail
+                ),
+                await tailOffsetSoon(
+                    self._clock, streams[1].path, streams[1].size, tail
+                ),
+            )
+        order = self._manager.order(record.id)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
+        dropped = record.stdout_dropped + record.stderr_dropped
+        request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
+        request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
+        consumer = IConsumer(request)
+        if not sse:
+            request.setHeader(b"content-type", b"application/octet-stream")
+            if not follow:
+                length = sum(
+                    max(0, source.size - start)
+                    for source, start in zip(streams, position, strict=True)
+                )
+                length = max(0, length - offset)
+                request.setHeader(b"content-length", str(length).encode("ascii"))
+            await self._send(
+                CombinedReader(
+                    streams,
+                    order,
+                    consumer,
+                    lambda _, data: consumer.write(data),
+                    position,
+                    follow,
+                    offset,
+                    self._clock,
+                )
+            )
+            return b""
+        lastEventId = request.getHeader(b"last-event-id")
+        if lastEventId is not None:
+            resumed = parseCombinedId(lastEventId.decode("utf-8", "replace"))
+            if resumed is not None:
+                position, offset = resumed, 0
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        events = EventStream(consumer, "combined", 0, self._clock)
+
+        def sink(index: int, data: bytes) -> None:
+            events.output(STREAMS[index], data, combinedId(reader.position))
+
+        reader = CombinedReader(
+            streams, order, events, sink, position, follow, offset, self._clock
+        )
+        try:
+            await self._send(reader)
+            await self._endEvents(events, record.id, STREAMS, follow)
+        finally:
+            events.close()
+        return b""
+
+    async def _endEvents(
+        self, events: EventStream, jobId: str, streams: tuple[str, ...], follow: bool
+    ) -> None:
+        """C{truncated} events where output was dropped, then C{end}."""
+        record = self._manager.record(jobId)
+        if not (follow or record.status.ended):
+            return
+        if follow:
+            record = await self._manager.whenEnded(jobId)
+        for stream in streams:
+            dropped = getattr(record, f"{stream}_dropped")
+            if dropped:
+                events.send("truncated", {"stream": stream, "dropped": dropped})
+        events.send("end", record.toJSON())
+
+    async def _send(self, reader: FileProducer) -> None:
+        try:
+            await reader.start()
+        except CancelledError:
+            reader.stopProducing()
+            raise
+
+    def _track(self, request: IRequest, user: str) -> None:
+        """Remember an open log response until it is finished or lost."""
+        finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
+        self._streams.add(finished)
+        self._streamsBy[user] += 1
+        channel = getattr(request, "channel", None)
+        if channel is not None:
+            self._streamChannels[finished] = channel
+
+        def done(result: object) -> None:
+            self._streams.discard(finished)
+            self._streamsBy[user] -= 1
+            if self._streamsBy[user] <= 0:
+                del self._streamsBy[user]
+            whenClosed = getattr(channel, "whenClosed", None)
+            if result is not None or whenClosed is None:
+                # The client went away: nothing to close at shutdown.
+                self._streamChannels.pop(finished, None)
+            else:
+                # Its last bytes may still be on their way: keep it until
+                # its connection closes, so a shutdown can wait for them.
+                whenClosed().addCallback(
+                    lambda _: self._streamChannels.pop(finished, None)
+                )
+
+        finished.addBoth(done)
+
+    def drain(self, timeout: float = 5.0) -> Deferred[None]:
+        """
+        At shutdown, after the jobs ended: let every open log response send
+        its last bytes and its end (chunked terminator, SSE C{end} event),
+        then close its connection and wait until it is closed, so the bytes
+        have left the process before the reactor stops. Bounded by
+        C{timeout} seconds in all.
+        """
+        channels = list(self._streamChannels.values())
+        pending = list(self._streams)
+        if not pending and not channels:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._drain(pending, channels, timeout))
+
+    async def _drain(
+        self, pending: list[Deferred[None]], channels: list[Any], timeout: float
+    ) -> None:
+        deadline = self._clock.seconds() + timeout
+
+        async def bounded(waits: list[Deferred[Any]]) -> None:
+            if not waits:
+                return
+            left = max(0.0, deadline - self._clock.seconds())
+            both = DeferredList(waits, consumeErrors=True)
+            await both.addTimeout(left, self._clock).addErrback(lambda _: None)
+
+        await bounded(pending)
+        # A client whose stream just ended may ask one more thing on the
+        # same connection (jw asks for the job's final status): let each
+        # connection fall quiet before closing it.
+        while self._clock.seconds() < deadline and any(
+            getattr(channel, "idleFor", lambda: float("inf"))() < LINGER
+            for channel in channels
+        ):
+            await deferLater(self._clock, 0.05, lambda: None)
+        closing = []
+        for channel in channels:
+            whenClosed = getattr(channel, "whenClosed", None)
+            if whenClosed is None:
+                continue
+            closing.append(whenClosed())
+            channel.loseConnection()
+        await bounded(closing)
+
+
+def _wantsEvents(request: IRequest) -> bool:
+    """SSE when asked by C{?format=sse} or C{Accept: text/event-stream}."""
+    form = _arg(request, b"format")
+    if form is not None:
+        if form not in ("raw", "sse"):
+            raise BadRequest("format must be raw or sse")
+        return form == "sse"
+    accept = request.getHeader(b"accept") or b""
+    return b"text/event-stream" in accept

@@ -1,0 +1,198 @@
+"""What every request goes through: body caps, query parsing, CSRF, JSON answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from ..jobs.records import JobRecord
+
+#: The largest request body accepted.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BoundedRequest(Request):
+    """
+    A request that keeps at most C{maxBodyBytes + 1} bytes of its body, and
+    reports itself to the site's metrics when it finishes.
+    """
+
+    maxBodyBytes = MAX_BODY_BYTES
+    _bodyBytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._began = time.perf_counter()
+
+    def finish(self) -> None:
+        super().finish()  # type: ignore[no-untyped-call]
+        # twisted.web sets self.site when it processes the request.
+        metrics = getattr(getattr(self, "site", None), "metrics", None)
+        if metrics is not None:
+            metrics.request(self.path, self.code, time.perf_counter() - self._began)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = self.maxBodyBytes + 1 - self._bodyBytes
+        if room > 0:
+            chunk = data[:room]
+            self._bodyBytes += len(chunk)
+            super().handleContentChunk(chunk)  # type: ignore[no-untyped-call]
+
+
+def boundedRequestClass(maxBodyBytes: int) -> type[BoundedRequest]:
+    """A L{BoundedRequest} class with this body cap, for C{Site.requestFactory}."""
+    return type("BoundedRequest", (BoundedRequest,), {"maxBodyBytes": maxBodyBytes})
+
+
+def _json(request: IRequest, value: object, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _recordJSON(request: IRequest, record: JobRecord) -> bytes:
+    """
+    A job's JSON. A final record's is encoded once: clients poll finished
+    jobs, and the manager hands out the same final record each time.
+    """
+    if record.encoded is not None:
+        request.setHeader(b"content-type", b"application/json")
+        return record.encoded
+    body = _json(request, record.toJSON())
+    if record.final:
+        record.encoded = body
+    return body
+
+
+def _query(request: IRequest) -> dict[bytes, list[bytes]]:
+    """
+    The URL's query parameters only: twisted.web also merges a form-encoded
+    body into C{request.args}, and a JSON body must never count as a query.
+    """
+    # Parsed once per request: a handler asks for several parameters.
+    parsed: dict[bytes, list[bytes]] | None = getattr(request, "_jobworkerQuery", None)
+    if parsed is None:
+        parsed = parseQuery(bytes(request.uri).partition(b"?")[2])
+        request._jobworkerQuery = parsed  # type: ignore[attr-defined]
+    return parsed
+
+
+def parseQuery(query: bytes) -> dict[bytes, list[bytes]]:
+    """
+    C{a=1&b=%ff} -> C{{b"a": [b"1"], b"b": [b"\xff"]}}: bytes in, bytes out,
+    whatever the bytes (the standard library's parse_qs fails on a
+    percent-encoded byte that is not UTF-8).
+    """
+    parsed: dict[bytes, list[bytes]] = {}
+    for field in query.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        parsed.setdefault(unquote_to_bytes(name.replace(b"+", b" ")), []).append(
+            unquote_to_bytes(value.replace(b"+", b" "))
+        )
+    return parsed
+
+
+def _arg(request: IRequest, name: bytes) -> str | None:
+    values = _query(request).get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name.decode()} given more than once")
+    try:
+        return bytes(values[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd"
+
+
+def _body(request: IRequest) -> bytes:
+    assert request.content is not None
+    request.content.seek(0)
+    limit: int = getattr(request, "maxBodyBytes", MAX_BODY_BYTES)
+    body = bytes(request.content.read(limit + 1))
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    return body
+
+
+#: The most bytes of jobs one list response holds (then it pages early).
+MAX_LIST_BYTES = 4 << 20
+
+#: Methods that change state: only from a JSON client of this origin.
+STATE_CHANGING = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+
+
+def refuseCrossSite(request: IRequest) -> None:
+    """
+    The CSRF defence, for state-changing requests: a browser on another
+    site can send a form (C{text/plain}, no body at all) with the user's
+    credentials or client certificate, but not C{application/json} without
+    a CORS preflight, which this server never grants (it sends no CORS
+    headers). And a browser says where a request comes from.
+
+    @raise Forbidden: C{Sec-Fetch-Site: cross-site}, or an C{Origin} other
+        than this server's own.
+    @raise UnsupportedMediaType: no C{Content-Type: application/json}.
+    """
+    if request.method not in STATE_CHANGING:
+        return
+    site = request.getHeader(b"sec-fetch-site")
+    if site is not None and site.strip().lower() == b"cross-site":
+        raise Forbidden("cross-site requests may not change anything")
+    origin = request.getHeader(b"origin")
+    if origin is not None:
+        host = request.getHeader(b"host") or b""
+        if origin.strip().lower() != b"https://" + host.strip().lower():
+            raise Forbidden("requests from another origin may not change anything")
+    contentType = request.getHeader(b"content-type") or b""
+    if contentType.split(b";")[0].strip().lower() != b"application/json":
+        raise UnsupportedMediaType(
+            "a request that changes something needs Content-Type: application/json"
+        )
+
+
+def _noBody(request: IRequest) -> None:
+    """@raise BadRequest: a body other than nothing or C{{}}."""
+    body = _body(request).strip()
+    if body and body != b"{}":
+        raise BadRequest("this request takes no body (or {})")
+
+
+@implementer(IResource)
+class _EncodingGuard:
+    """
+    Answer a path that is not UTF-8 once percent-decoded (C{/jobs/%ff}) with
+    a 400 JSON error: Klein would fail decoding it with a 500.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        self._inner = inner
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError("the API has no children to add")
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            b"/".join(request.postpath or []).decode("utf-8")
+        except UnicodeDecodeError:
+            return _json(request, {"error": "the path is not valid UTF-8"}, 400)
+        return self._inner.render(request)  # type: ignore[no-any-return]
