@@ -278,11 +278,15 @@ def repeatLoad(
 # -- 1. job start rate ---------------------------------------------------------
 
 
-def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+def measureStartRate(
+    ctx: Context, name: str, options: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """POST /jobs of `true` from the clients on a server of its own; the
+    newest job must have COMPLETED (the jobs really ran)."""
     s = ctx.settings
-    server = ctx.server("start_rate")
+    server = ctx.server(name, options=options)
     try:
-        api = repeatLoad(
+        result = repeatLoad(
             ctx,
             server,
             {
@@ -298,10 +302,16 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         page = client.expect(200, "GET", "/jobs?limit=1")
         newest = client.waitEnded(page["jobs"][0]["id"])
         if newest["status"] != "COMPLETED":
-            raise BenchError(f"a `true` job ended {newest['status']}")
+            raise BenchError(f"a `true` job ended {newest['status']} ({name})")
         client.close()
     finally:
         ctx.stop(server)
+    return result
+
+
+def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    s = ctx.settings
+    api = measureStartRate(ctx, "start_rate")
     duration = str(s.start_rate_s)
     inflight = str(s.clients)
     raw = runBare("spawn", "--duration", duration, "--inflight", inflight)
@@ -383,28 +393,7 @@ def startRateByIdentity(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     }
     rates: dict[str, dict[str, Any]] = {}
     for mode, options in modes.items():
-        server = ctx.server(f"start_rate_{mode}", options=options)
-        try:
-            rates[mode] = repeatLoad(
-                ctx,
-                server,
-                {
-                    "method": "POST",
-                    "path": "/jobs",
-                    "body": {"command": "true", "args": []},
-                    "expect": 201,
-                    "duration": s.start_rate_s,
-                },
-                s.clients,
-            )
-            client = server.client()
-            page = client.expect(200, "GET", "/jobs?limit=1")
-            newest = client.waitEnded(page["jobs"][0]["id"])
-            if newest["status"] != "COMPLETED":
-                raise BenchError(f"a `true` job ended {newest['status']} ({mode})")
-            client.close()
-        finally:
-            ctx.stop(server)
+        rates[mode] = measureStartRate(ctx, f"start_rate_{mode}", options)
     dynamic, shared, root = (rates[m]["rate"] for m in ("dynamic", "shared", "root"))
     ratio = dynamic / shared
     rows = [
