@@ -648,6 +648,16 @@ class StopWithoutCgroupsTests(StopTests):
     serverOptions = ("--cgroups=off", "--run-as=nobody")
 
 
+class StopWithoutCgroupsDynamicTests(StopTests):
+    """
+    The same without cgroups, with dynamic uids (the default as root): a
+    uid waiting for its leftovers to die never outlives the server's
+    shutdown (no pending call left behind).
+    """
+
+    serverOptions = ("--cgroups=off",)
+
+
 class NeighbourTests(TestCase):
     """Several servers on one host (separate state dirs) leave each other alone."""
 

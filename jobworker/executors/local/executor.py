@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
 from ...errors import BadRequest, TooManyRequests
@@ -220,6 +220,8 @@ class LocalExecutor:
                 policy.isolate,
             )
         self._environments: dict[Identity, dict[str, str]] = {}
+        #: Dynamic uids waiting for their last processes to die (no cgroups).
+        self._releasing: dict[int, IDelayedCall] = {}
         self._machine = machineLimits()
 
     @property
@@ -243,11 +245,14 @@ class LocalExecutor:
         A job of C{identity} is over: give a dynamic uid back, once no
         process of it is left (without a cgroup, kill what is).
         """
+        self._releasing.pop(identity.uid, None)
         if identity.dynamic and self._cgroups is None:
             pids = processesOf(identity.uid)
             if pids:
                 killAll(pids)
-                self._reactor.callLater(0.05, self.release, identity)
+                self._releasing[identity.uid] = self._reactor.callLater(
+                    0.05, self.release, identity
+                )
                 return
         self._identities.release(identity)
 
@@ -457,4 +462,13 @@ class LocalExecutor:
             if not job.record.status.ended:
                 job.stop("server shutdown")
             waits.append(job.whenCleanedUp())
-        return DeferredList(waits).addCallback(lambda _: None)
+
+        def done(_: object) -> None:
+            # Uids still waiting for leftovers: this server lets them go
+            # (their locks end with it; the next start-up reclaims them).
+            for call in self._releasing.values():
+                if call.active():
+                    call.cancel()
+            self._releasing.clear()
+
+        return DeferredList(waits).addCallback(done)
