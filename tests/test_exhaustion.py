@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
-from jobworker.executors.local.executor import JobPolicy
 from jobworker.jobs.combined import CombinedReader, StoredOrder, encodeEntry
 from jobworker.jobs.manager import JobManager
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.spool import StoredOutput, tailOffsetSoon
 from jobworker.jobs.validation import MAX_JOB_DATA, parseJobRequest
 

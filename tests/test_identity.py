@@ -668,9 +668,9 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
     """
 
     def test_requestEnvOnlyAfterSetpriv(self) -> None:
-        from jobworker.executors.local.executor import JobPolicy
         from jobworker.executors.local.sandbox import ENV, ROOT_ENVIRONMENT, SETPRIV
         from jobworker.jobs.manager import JobManager
+        from jobworker.jobs.policy import JobPolicy
         from jobworker.jobs.validation import JobRequest
 
         from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill

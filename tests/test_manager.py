@@ -12,9 +12,10 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.errors import Conflict, NotFound
-from jobworker.executors.local.sandbox import GATE, SH
+from jobworker.executors.local.executor import DEFAULT_PATH, defaultEnvironment
+from jobworker.executors.local.sandbox import GATE, SETSID, SH
 from jobworker.jobs import manager
-from jobworker.jobs.manager import DEFAULT_PATH, SETSID, JobManager, defaultEnvironment
+from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.jobs.validation import JobRequest

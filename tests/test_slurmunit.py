@@ -13,7 +13,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
-from jobworker.executors.local.executor import JobPolicy
 from jobworker.executors.local.sandbox import SETPRIV
 from jobworker.executors.slurm.commands import (
     SlurmCommands,
@@ -25,6 +24,7 @@ from jobworker.executors.slurm.executor import SECRETS_GRACE, WRAPPER, SlurmExec
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
 
 from .fakes import FakeProcessReactor

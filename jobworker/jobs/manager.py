@@ -21,35 +21,18 @@ from ..errors import (
     TooManyRequests,
 )
 from ..executors.local.cgroups import Cgroups
-from ..executors.local.executor import (
-    DEFAULT_PATH,
-    ISOLATION,
-    SETSID,
-    JobPolicy,
-    JobReactor,
-    LocalExecutor,
-    defaultEnvironment,
-)
+from ..executors.local.executor import LocalExecutor
 from ..executors.local.process import signalGroup
 from ..metrics import Metrics
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, LiveJob
 from .identity import Identity
+from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .spool import OutputSource, StoredOutput
 from .store import JobStore, StoreError
 from .validation import JobRequest
-
-__all__ = [
-    "DEFAULT_PATH",
-    "ISOLATION",
-    "SETSID",
-    "JobManager",
-    "JobPolicy",
-    "JobReactor",
-    "defaultEnvironment",
-]
 
 #: Default cap on each stream of each job.
 DEFAULT_MAX_LOG_BYTES = 1 << 30

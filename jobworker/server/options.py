@@ -6,15 +6,13 @@ import os
 
 from twisted.python import usage
 
-from ..executors.local.executor import DEFAULT_TMP_SIZE
+from ..executors.local.sandbox import ISOLATION
 from ..jobs.identity import (
     DYNAMIC_UIDS,
     parseRange,
 )
-from ..jobs.manager import (
-    DEFAULT_MAX_LOG_BYTES,
-    ISOLATION,
-)
+from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
+from ..jobs.policy import DEFAULT_TMP_SIZE
 
 #: The bundled development certificate, relative to the working directory.
 DEV_CERT = os.path.join("certs", "server.pem")

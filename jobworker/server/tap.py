@@ -37,11 +37,8 @@ from ..jobs.identity import (
     rangeClashes,
 )
 from ..jobs.limits import Limits
-from ..jobs.manager import (
-    JobManager,
-    JobPolicy,
-    JobReactor,
-)
+from ..jobs.manager import JobManager
+from ..jobs.policy import JobPolicy, JobReactor
 from ..jobs.recovery import killAll, processesOf
 from ..jobs.store import JobStore, StoreError
 from ..metrics import Metrics

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ...errors import BadRequest, TooManyRequests
 from ...jobs.combined import OrderLog
-from ...jobs.identity import Identities, Identity, PoolExhausted
+from ...jobs.identity import Identity, PoolExhausted
 from ...jobs.limits import Limits
+from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
     killAll,
@@ -49,8 +49,6 @@ __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
 #: Nothing of the server's own environment reaches a job.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: Default size of each private tmpfs of a sandboxed job (--tmp-size).
-DEFAULT_TMP_SIZE = 1 << 30
 
 #: Environment variables the dynamic loader and libc honour. The wrappers a
 #: job starts through (the gate, setsid, unshare, the sandbox shell, setpriv)
@@ -95,48 +93,17 @@ def loaderVariable(name: str) -> bool:
     return name.startswith(LOADER_PREFIXES) or name in LOADER_VARIABLES
 
 
-@dataclass(frozen=True)
-class JobPolicy:
-    """
-    Server-wide rules for jobs: default and maximum limits, timeouts,
-    isolation, who jobs run as, and how many may run at once.
-    """
-
-    defaults: Limits = field(default_factory=Limits)
-    maxima: Limits = field(default_factory=Limits)
-    defaultTimeout: float | None = None
-    isolate: frozenset[str] = frozenset()
-    maxRunning: int | None = None
-    #: At most this many running (or queued) jobs per user.
-    maxRunningPerUser: int | None = None
-    #: Jobs a user may create per second, on average (a burst of twice
-    #: as many at once); None: no limit.
-    createRate: float | None = None
-    identities: Identities = field(default_factory=Identities)
-    tmpSize: int = DEFAULT_TMP_SIZE
-
-    def checkMaxima(self, requested: Limits) -> None:
-        """@raise BadRequest: a requested limit over the server's maximum."""
-        for name, value, maximum in requested.over(self.maxima):
-            raise BadRequest(
-                f"limits.{name} {value} is over this server's maximum {maximum}"
-            )
-
-    def prefix(self) -> list[str]:
-        """What runs between C{setsid} and the command of a job that is not
-        sandboxed (it runs as the server's user): unshare, if asked for."""
-        argv: list[str] = []
-        if self.isolate:
-            argv += [UNSHARE]
-            for name in ("pid", "net", "mount"):
-                if name in self.isolate:
-                    argv += ISOLATION[name]
-            argv += ["--"]
-        return argv
-
-
-class JobReactor(IReactorProcess, IReactorTime):
-    """What the manager needs of a reactor: processes and time."""
+def isolationPrefix(isolate: frozenset[str]) -> list[str]:
+    """What runs between C{setsid} and the command of a job that is not
+    sandboxed (it runs as the server's user): unshare, if asked for."""
+    argv: list[str] = []
+    if isolate:
+        argv += [UNSHARE]
+        for name in ("pid", "net", "mount"):
+            if name in isolate:
+                argv += ISOLATION[name]
+        argv += ["--"]
+    return argv
 
 
 def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
@@ -201,8 +168,10 @@ class LocalExecutor:
         killGroup: Callable[[int, int], bool] = signalGroup,
         maxLogBytes: int | None = None,
         cgroups: Cgroups | None = None,
-        policy: JobPolicy = JobPolicy(),
+        policy: JobPolicy | None = None,
     ) -> None:
+        if policy is None:
+            policy = JobPolicy()
         self._reactor = reactor
         self._jobsDir = jobsDir
         self._grace = grace
@@ -210,7 +179,7 @@ class LocalExecutor:
         self._maxLogBytes = maxLogBytes
         self._cgroups = cgroups
         self._policy = policy
-        self._prefix = policy.prefix()
+        self._prefix = isolationPrefix(policy.isolate)
         self._identities = policy.identities
         self._sandbox: Sandbox | None = None
         if self._identities.switching:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...jobs.identity import Identity
-from ..local.executor import JobReactor
+from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down

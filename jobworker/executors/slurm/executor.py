@@ -36,10 +36,11 @@ from ...jobs.combined import OrderLog
 from ...jobs.ending import Ending
 from ...jobs.identity import Identity, IdentityError
 from ...jobs.limits import Limits
+from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import Waiters
 from ...jobs.validation import JobRequest
-from ..local.executor import JobPolicy, JobReactor, defaultEnvironment
+from ..local.executor import defaultEnvironment
 from .commands import (
     FINAL,
     QUEUED,

@@ -1,0 +1,46 @@
+"""Server-wide rules for jobs, whatever runs them: a pure type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+
+from ..errors import BadRequest
+from .identity import Identities
+from .limits import Limits
+
+#: Default size of each private tmpfs of a sandboxed job (--tmp-size).
+DEFAULT_TMP_SIZE = 1 << 30
+
+
+class JobReactor(IReactorProcess, IReactorTime):
+    """What the manager needs of a reactor: processes and time."""
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """
+    Server-wide rules for jobs: default and maximum limits, timeouts,
+    isolation, who jobs run as, and how many may run at once.
+    """
+
+    defaults: Limits = field(default_factory=Limits)
+    maxima: Limits = field(default_factory=Limits)
+    defaultTimeout: float | None = None
+    isolate: frozenset[str] = frozenset()
+    maxRunning: int | None = None
+    #: At most this many running (or queued) jobs per user.
+    maxRunningPerUser: int | None = None
+    #: Jobs a user may create per second, on average (a burst of twice
+    #: as many at once); None: no limit.
+    createRate: float | None = None
+    identities: Identities = field(default_factory=Identities)
+    tmpSize: int = DEFAULT_TMP_SIZE
+
+    def checkMaxima(self, requested: Limits) -> None:
+        """@raise BadRequest: a requested limit over the server's maximum."""
+        for name, value, maximum in requested.over(self.maxima):
+            raise BadRequest(
+                f"limits.{name} {value} is over this server's maximum {maximum}"
+            )
