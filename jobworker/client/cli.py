@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import os
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NoReturn, Protocol, TextIO
 
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater, react
@@ -77,18 +78,103 @@ class UsageFailure(Exception):
     """Bad command-line input; the message is one line."""
 
 
+class StartFailure(Exception):
+    """
+    The command could not begin (a bad setting, file or server URL, no
+    terminal to ask for a password): nothing was sent; the message is one line.
+    """
+
+
+class SavedLoginRefused(Exception):
+    """The server refused the token C{jw login} kept (now forgotten)."""
+
+
+class HelpShown(Exception):
+    """C{--help} printed the help: the command is done."""
+
+
+class ArgumentsRefused(Exception):
+    """The argument parser refused the command line (its usage is printed)."""
+
+
+class _NoPrompt(Exception):
+    """Completion asked for ids but there is no way to log in without asking."""
+
+
+def _stdoutToDevNull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 @dataclass
 class Streams:
-    """Where the CLI writes: swapped for buffers in tests."""
+    """
+    Where the CLI writes: the process's stdout and stderr by default,
+    in-memory buffers in tests.
+
+    @ivar out: the job's stdout and every result.
+    @ivar err: the job's stderr (C{exec --follow}, C{logs --follow}).
+    @ivar messages: C{jw}'s own one-line messages.
+    @ivar abandonOut: called once C{out}'s reader has gone (a broken pipe),
+        so that no later flush of C{out} fails.
+    """
 
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     err: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
     messages: TextIO = field(default_factory=lambda: sys.stderr)
+    abandonOut: Callable[[], None] = _stdoutToDevNull
+
+    def say(self, line: str) -> None:
+        """One line on C{messages}, whatever a server or job put in it."""
+        self.messages.write(printable(line) + "\n")
+
+    def show(self, text: str) -> None:
+        """Text (lines, each ending in a newline) on C{out}."""
+        self.out.write(text.encode("utf-8"))
 
 
-def buildParser() -> argparse.ArgumentParser:
-    """The C{jw} argument parser, with its subcommands."""
-    parser = argparse.ArgumentParser(
+class Connect(Protocol):
+    """Builds the client for a server (L{JobworkerClient.connect}, or a fake)."""
+
+    def __call__(
+        self,
+        reactor: Any,
+        server: str,
+        caPath: str,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        certPath: str | None = None,
+        keyPath: str | None = None,
+    ) -> JobworkerClient:
+        """A client of C{server} with these credentials."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that writes to L{Streams} and raises, never exits."""
+
+    def __init__(self, *args: Any, streams: Streams, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams = streams
+
+    def print_help(self, file: Any = None) -> None:
+        self._streams.show(self.format_help())
+
+    def print_usage(self, file: Any = None) -> None:
+        # Only a refused command line prints the usage (before its error).
+        self._streams.messages.write(self.format_usage())
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0:
+            raise HelpShown()
+        raise ArgumentsRefused((message or "").rstrip("\n"))
+
+
+def buildParser(streams: Streams) -> argparse.ArgumentParser:
+    """The C{jw} argument parser, with its subcommands; it writes to C{streams}."""
+    parser = _Parser(
+        streams=streams,
         prog="jw",
         description="Run and watch jobs on a jobworker server.",
         epilog=EXAMPLES,
@@ -106,11 +192,12 @@ def buildParser() -> argparse.ArgumentParser:
         "--cert", help="client certificate (PEM) to authenticate with (env JW_CERT)"
     )
     parser.add_argument("--key", help="its private key (PEM) (env JW_KEY)")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False, streams=streams)
     common.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    command = functools.partial(commands.add_parser, streams=streams)
 
-    execute = commands.add_parser(
+    execute = command(
         "exec",
         parents=[common],
         help="start a job",
@@ -127,7 +214,7 @@ def buildParser() -> argparse.ArgumentParser:
     execute.add_argument("command", metavar="COMMAND")
     execute.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
 
-    listing = commands.add_parser(
+    listing = command(
         "list",
         parents=[common],
         help="list jobs, newest first",
@@ -148,12 +235,12 @@ def buildParser() -> argparse.ArgumentParser:
         ("stop", "stop a job"),
         ("rm", "delete an ended job and its output"),
     ):
-        sub = commands.add_parser(
+        sub = command(
             verb, parents=[common], help=text, epilog=f"example: jw {verb} $ID"
         )
         sub.add_argument("id", metavar="ID")
 
-    logs = commands.add_parser(
+    logs = command(
         "logs",
         help="print a job's output (raw bytes)",
         epilog="example: jw logs --follow --stderr $ID",
@@ -164,7 +251,7 @@ def buildParser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, help="start at the last N lines")
     logs.add_argument("id", metavar="ID")
 
-    wait = commands.add_parser(
+    wait = command(
         "wait",
         parents=[common],
         help="wait until a job ends; exit with its exit status",
@@ -176,7 +263,7 @@ def buildParser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, help="give up after S seconds")
     wait.add_argument("id", metavar="ID")
 
-    commands.add_parser(
+    command(
         "login",
         help="ask the password once and keep a token for later commands",
         description="Get a bearer token from the server (POST /tokens) with "
@@ -185,23 +272,23 @@ def buildParser() -> argparse.ArgumentParser:
         "use it until it expires, then ask for the password again.",
         epilog="example: jw login && jw list",
     )
-    commands.add_parser(
+    command(
         "logout",
         help="delete the token jw login kept for this server",
         epilog="example: jw logout",
     )
-    commands.add_parser(
+    command(
         "config",
         help="show the settings in force and where each comes from",
         epilog="example: jw --server https://other:8443 config",
     )
-    completion = commands.add_parser(
+    completion = command(
         "completion",
         help="print a shell completion script",
         epilog="example: source <(jw completion bash)",
     )
     completion.add_argument("shell", choices=["bash", "zsh"])
-    commands.add_parser("_ids", help=argparse.SUPPRESS)
+    command("_ids", help=argparse.SUPPRESS)
     return parser
 
 
@@ -309,12 +396,12 @@ def _writer(stream: BinaryIO) -> Callable[[bytes], None]:
     return write
 
 
-async def run(
+async def carryOut(
     options: argparse.Namespace,
     client: JobworkerClient,
     streams: Streams,
 ) -> int:
-    """Carry out one parsed command; return the exit status."""
+    """Carry out one parsed command with C{client}; return the exit status."""
     verb = options.verb
     if verb == "exec":
         job = await client.createJob(
@@ -500,106 +587,137 @@ async def followStream(
         await deferLater(client.reactor, 0.2 * failures)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the C{jw} console script."""
-    parser = buildParser()
-    options = parser.parse_args(argv)
-    environ = dict(os.environ)
-    path = configPath(environ)
+#: How each failure is shown, first match wins: its exit status, and the
+#: one line on stderr (None: nothing more). Never a traceback.
+FAILURES: tuple[tuple[type[Exception], int, Callable[[Exception], str | None]], ...] = (
+    (HelpShown, 0, lambda e: None),
+    (ArgumentsRefused, 2, str),  # after the usage; "jw VERB: error: ..."
+    (StartFailure, 2, lambda e: f"jw: {e}"),
+    (ConfigError, 2, lambda e: f"jw: {e}"),
+    (TLSConfigError, 2, lambda e: f"jw: {e}"),
+    (_NoPrompt, 1, lambda e: None),  # completion never prompts
+    (
+        SavedLoginRefused,
+        1,
+        lambda e: (
+            "jw: the saved login was refused (expired, the server's key "
+            "changed, or your user changed): run jw login"
+        ),
+    ),
+    (UsageFailure, 1, lambda e: f"jw: {e}"),
+    (ClientError, 1, lambda e: f"jw: {e}"),
+    # Our reader went away (jw logs -f | head): stop quietly, as a
+    # pipeline's writer does, with the SIGPIPE status.
+    (BrokenPipeError, EXIT_BROKEN_PIPE, lambda e: None),
+    (Exception, 1, lambda e: f"jw: unexpected error: {e!r}"),  # a bug
+)
+
+
+def report(error: Exception, streams: Streams) -> int:
+    """Show C{error} as L{FAILURES} says; return its exit status."""
+    if isinstance(error, BrokenPipeError):
+        streams.abandonOut()
+    for kind, status, message in FAILURES:
+        if isinstance(error, kind):
+            line = message(error)
+            if line is not None:
+                streams.say(line)
+            return status
+    raise error  # unreachable: the last row matches every Exception
+
+
+async def run(
+    reactor: Any,
+    argv: list[str] | None,
+    environ: dict[str, str],
+    streams: Streams,
+    connect: Connect = JobworkerClient.connect,
+) -> int:
+    """
+    Carry out one C{jw} command line; return its exit status. Every byte of
+    output goes to C{streams}, every failure is shown by L{report}.
+
+    @param reactor: the reactor (or, in tests, a clock) the client waits on.
+    @param argv: the arguments (None: C{sys.argv[1:]}).
+    @param environ: the environment (settings, credentials, config folder).
+    @param connect: builds the client (tests: one over C{StubTreq}).
+    """
     try:
-        settings = resolve(
-            {
-                "server": options.server,
-                "ca": options.ca,
-                "cert": options.cert,
-                "key": options.key,
-            },
-            environ,
-            path,
-        )
-    except ConfigError as e:
-        _say(f"jw: {e}")
-        raise SystemExit(2) from None
+        return await _commandLine(reactor, argv, environ, streams, connect)
+    except Exception as e:
+        return report(e, streams)
+
+
+async def _commandLine(
+    reactor: Any,
+    argv: list[str] | None,
+    environ: dict[str, str],
+    streams: Streams,
+    connect: Connect,
+) -> int:
+    options = buildParser(streams).parse_args(argv)
+    path = configPath(environ)
+    settings = resolve(
+        {
+            "server": options.server,
+            "ca": options.ca,
+            "cert": options.cert,
+            "key": options.key,
+        },
+        environ,
+        path,
+    )
     tokens = tokensPath(environ)
     if options.verb == "config":
-        raise SystemExit(showConfig(settings, path, tokens))
+        return showConfig(settings, path, tokens, streams)
     if options.verb == "logout":
         try:
             forgotten = forgetToken(tokens, settings.server)
         except OSError as e:
-            print(f"jw: cannot delete {tokens}: {e.strerror}", file=sys.stderr)
-            raise SystemExit(1) from None
-        print(
-            f"logged out of {settings.server}"
+            raise UsageFailure(f"cannot delete {tokens}: {e.strerror}") from None
+        streams.show(
+            f"logged out of {settings.server}\n"
             if forgotten
-            else f"not logged in to {settings.server}"
+            else f"not logged in to {settings.server}\n"
         )
-        raise SystemExit(0)
+        return 0
     if options.verb == "completion":
-        sys.stdout.write(COMPLETION[options.shell])
-        raise SystemExit(0)
+        streams.show(COMPLETION[options.shell])
+        return 0
+    try:
+        session = Session.open(
+            reactor, options.verb, settings, environ, tokens, connect
+        )
+    except (UsageFailure, ClientError, ValueError) as e:
+        raise StartFailure(str(e)) from None
+    try:
+        if options.verb == "login" or session.renew:
+            await session.login(streams)
+        if options.verb == "login":
+            return 0
+        return await carryOut(options, session.client, streams)
+    except ClientError as e:
+        if e.status == 401 and session.token:
+            forgetToken(tokens, settings.server)
+            raise SavedLoginRefused() from None
+        raise
+    finally:
+        await session.client.close()
 
-    async def _main(reactor: Any) -> int:
-        try:
-            session = Session.open(reactor, options.verb, settings, environ, tokens)
-        except _Quiet:
-            return 1  # completion never prompts
-        except (
-            UsageFailure,
-            ClientError,
-            ConfigError,
-            TLSConfigError,
-            ValueError,
-        ) as e:
-            _say(f"jw: {e}")
-            return 2
-        client = session.client
-        try:
-            if options.verb == "login" or session.renew:
-                await session.login()
-            if options.verb == "login":
-                return 0
-            return await run(options, client, Streams())
-        except (UsageFailure, ClientError) as e:
-            if isinstance(e, ClientError) and e.status == 401 and session.token:
-                forgetToken(tokens, settings.server)
-                print(
-                    "jw: the saved login was refused (expired, the server's key "
-                    "changed, or your user changed): run jw login",
-                    file=sys.stderr,
-                )
-                return 1
-            _say(f"jw: {e}")
-            return 1
-        except BrokenPipeError:
-            # Our reader went away (jw logs -f | head): stop quietly, as a
-            # pipeline's writer does, with the SIGPIPE status.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return EXIT_BROKEN_PIPE
-        except Exception as e:  # a bug: still one line, never a traceback
-            _say(f"jw: unexpected error: {e!r}")
-            return 1
-        finally:
-            await client.close()
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the C{jw} console script: L{run} on the real reactor."""
+    streams = Streams()
+    environ = dict(os.environ)
 
     def _start(reactor: Any) -> Deferred[None]:
-        return ensureDeferred(_main(reactor)).addCallback(_exit)
+        return ensureDeferred(run(reactor, argv, environ, streams)).addCallback(_exit)
 
     react(_start)
 
 
-def _say(line: str) -> None:
-    """One line on stderr, whatever a server or job put in it."""
-    print(printable(line), file=sys.stderr)
-
-
 def _exit(code: int) -> None:
     raise SystemExit(code)
-
-
-class _Quiet(Exception):
-    """Completion asked for ids but there is no way to log in without asking."""
 
 
 @dataclass
@@ -624,27 +742,29 @@ class Session:
         settings: Settings,
         environ: dict[str, str],
         tokensFile: str,
+        connect: Connect = JobworkerClient.connect,
     ) -> Session:
         """Choose the credentials and build the client (may prompt)."""
         server, ca = settings.server, trustedCA(settings)
-        certificate = {"certPath": settings.cert, "keyPath": settings.key}
         if settings.cert or settings.key:
-            client = JobworkerClient(reactor, server, ca, **certificate)
+            client = connect(
+                reactor, server, ca, certPath=settings.cert, keyPath=settings.key
+            )
             return cls(client, server, tokensFile)
         token, saved = None, False
         if verb != "login":
             token, saved = loadToken(tokensFile, server, time.time(), settings.user)
         if token is not None and "JW_PASSWORD" not in environ:
-            client = JobworkerClient(reactor, server, ca, token=token)
+            client = connect(reactor, server, ca, token=token)
             return cls(client, server, tokensFile, token=token)
         if verb == "_ids" and "JW_PASSWORD" not in environ:
-            raise _Quiet()
+            raise _NoPrompt()
         user, password = credentials(environ, settings.user)
-        client = JobworkerClient(reactor, server, ca, user, password)
+        client = connect(reactor, server, ca, user, password)
         # An expired login is renewed with the password now given.
         return cls(client, server, tokensFile, renew=saved and token is None)
 
-    async def login(self) -> None:
+    async def login(self, streams: Streams) -> None:
         """Get a token with the credentials in use and keep it."""
         result = await self.client.createToken()
         expires = datetime.fromisoformat(
@@ -658,24 +778,25 @@ class Session:
             raise UsageFailure(
                 f"cannot save the token in {self.tokensFile}: {e.strerror}"
             ) from None
-        _say(
+        streams.say(
             f"logged in to {self.server} as {result['user']} until "
             f"{result['expires_at']}"
         )
 
 
-def showConfig(settings: Settings, path: str, tokensFile: str) -> int:
+def showConfig(settings: Settings, path: str, tokensFile: str, streams: Streams) -> int:
     """Print the settings in force and their origins (no network, no secrets)."""
-    print(f"config file: {path}" + ("" if os.path.exists(path) else " (absent)"))
+    lines = [f"config file: {path}" + ("" if os.path.exists(path) else " (absent)")]
     for key in ("server", "ca", "user", "cert", "key"):
         value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
         origin = settings.origins[key]
         if key == "ca" and origin == "default":
             origin += f" (the development CA: for {', '.join(DEV_CA_HOSTS)} only)"
-        print(f"{key} = {value}    # {origin}")
+        lines.append(f"{key} = {value}    # {origin}")
     token, saved = loadToken(tokensFile, settings.server, time.time())
     login = "valid" if token else ("expired" if saved else "none")
-    print(f"login token = {login}    # {tokensFile}")
+    lines.append(f"login token = {login}    # {tokensFile}")
+    streams.show("".join(line + "\n" for line in lines))
     return 0
 
 

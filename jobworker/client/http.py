@@ -11,12 +11,14 @@ from urllib.parse import quote, urlencode, urlsplit
 import treq
 from OpenSSL import SSL
 from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import (
     ConnectError,
     ConnectionRefusedError,
     DNSLookupError,
     TimeoutError,
 )
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -97,19 +99,45 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
 
 class JobworkerClient:
     """
-    Talk to one jobworker server as one user.
+    Talk to one jobworker server as one user, over any HTTP client; see
+    L{connect} for the real one (TLS, kept-alive connections).
 
-    @param reactor: the reactor the HTTP agent uses.
+    @param http: sends the requests: treq's C{HTTPClient}, or in tests
+        C{treq.testing.StubTreq} (which has its interface) over the API's
+        resource, in memory.
     @param server: base URL, C{https://host:port}.
-    @param caPath: the CA that signs the server's certificate.
+    @param reactor: the clock that waits between retries and polls.
     @param user: with C{password}, Basic credentials.
     @param token: else a bearer token (C{jw login}).
-    @param certPath: and C{keyPath}: a client certificate, presented in the
-        TLS handshake (used when no credentials are given).
+    @param pool: the connections that L{close} closes, if any.
     """
 
     def __init__(
         self,
+        http: HTTPClient,
+        server: str,
+        *,
+        reactor: IReactorTime,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        _checkServer(server)
+        self.server = server.rstrip("/")
+        self.reactor = reactor
+        self._http = http
+        self._auth: tuple[bytes, bytes] | None = None
+        self._headers: dict[bytes, list[bytes]] = {}
+        if user is not None and password is not None:
+            self._auth = (user.encode("utf-8"), password.encode("utf-8"))
+        elif token is not None:
+            self._headers[b"authorization"] = [b"Bearer " + token.encode("ascii")]
+        self._pool = pool
+
+    @classmethod
+    def connect(
+        cls,
         reactor: Any,
         server: str,
         caPath: str,
@@ -119,27 +147,35 @@ class JobworkerClient:
         token: str | None = None,
         certPath: str | None = None,
         keyPath: str | None = None,
-    ) -> None:
-        parts = urlsplit(server)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ClientError(f"server must be an https:// URL, not {server!r}")
-        self.server = server.rstrip("/")
-        self.reactor = reactor
+    ) -> JobworkerClient:
+        """
+        A client over real HTTPS: the server verified against the CA in
+        C{caPath} (TLS 1.3), with the client certificate C{certPath} and
+        C{keyPath} presented in the handshake if given (used when no
+        credentials are), and connections kept alive until L{close}.
+
+        @raise ClientError: C{server} is not an C{https://} URL.
+        @raise TLSConfigError: the CA or client certificate cannot be used.
+        """
+        _checkServer(server)  # before any file is read
         pool = HTTPConnectionPool(reactor, persistent=True)
         policy = TrustRootPolicy(caPath, certPath, keyPath)
         agent = Agent(reactor, contextFactory=policy, pool=pool)
-        self._http = HTTPClient(agent)
-        self._auth: tuple[bytes, bytes] | None = None
-        self._headers: dict[bytes, list[bytes]] = {}
-        if user is not None and password is not None:
-            self._auth = (user.encode("utf-8"), password.encode("utf-8"))
-        elif token is not None:
-            self._headers[b"authorization"] = [b"Bearer " + token.encode("ascii")]
-        self._pool = pool
+        return cls(
+            HTTPClient(agent),
+            server,
+            reactor=reactor,
+            user=user,
+            password=password,
+            token=token,
+            pool=pool,
+        )
 
-    def close(self) -> Any:
-        """Close kept-alive connections; returns a Deferred."""
-        return self._pool.closeCachedConnections()
+    def close(self) -> Deferred[None]:
+        """Close kept-alive connections, if any."""
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
 
     async def _request(
         self, method: str, path: str, body: Any = None, unbuffered: bool = False
@@ -292,6 +328,12 @@ class JobworkerClient:
                 f"log stream from {self.server} broke off: "
                 f"{describeConnectionFailure(self.server, e)}"
             ) from None
+
+
+def _checkServer(server: str) -> None:
+    parts = urlsplit(server)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ClientError(f"server must be an https:// URL, not {server!r}")
 
 
 def _segment(jobId: str) -> str:

@@ -65,7 +65,7 @@ class LiveJob(Protocol):
         """The store has the job's record: let it run (locally, it waits
         behind its gate until then)."""
 
-    def setupFailed(self, reason: str) -> None:
+    def abort(self, reason: str) -> None:
         """The job could not be recorded: end it at once."""
 
 

@@ -188,7 +188,7 @@ class JobManager:
             self._store.insert(record)
         except StoreError as e:
             # Never leave a process the store does not know about.
-            job.setupFailed(str(e))
+            job.abort(str(e))
             self.log.error("{error}", error=str(e))
             raise ServiceUnavailable(
                 "the job could not be recorded (is the state dir's disk full?)"

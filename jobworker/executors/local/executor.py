@@ -380,7 +380,7 @@ class LocalExecutor:
                 try:
                     cgroup.addProcess(transport.pid)
                 except CgroupError as e:
-                    job.setupFailed(f"cannot start: {e}")
+                    job.abort(f"cannot start: {e}")
         except SpawnRefused as e:
             job.failedToStart(str(e))
         except CgroupError as e:

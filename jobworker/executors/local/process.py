@@ -128,7 +128,7 @@ class JobProcess:
         self._ending.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
         self._fireCleaned()
 
-    def setupFailed(self, error: str) -> None:
+    def abort(self, error: str) -> None:
         """
         The child exists but could not be set up (e.g. placed in its cgroup):
         kill it; it ends FAILED with C{error}.

@@ -122,7 +122,7 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
     return jobs
 
 
-class _Collect(ProcessProtocol):
+class _CommandOutput(ProcessProtocol):
     """Gather a command's output; kill it past its deadline."""
 
     def __init__(self, reactor: JobReactor, timeout: float) -> None:
@@ -201,7 +201,7 @@ class SlurmCommands:
         prefix = self.becoming(identity)
         if prefix:
             executable, args = prefix[0], [*prefix, executable, *argv[1:]]
-        collect = _Collect(self._reactor, self._timeout)
+        collect = _CommandOutput(self._reactor, self._timeout)
         try:
             self._reactor.spawnProcess(collect, executable, args, env=self._env)
         except OSError as e:

@@ -92,7 +92,7 @@ class SlurmOutput:
             return succeed(None)
         return self._waiters.wait()
 
-    def poke(self) -> None:
+    def checkGrowth(self) -> None:
         """Wake the readers (they read up to the current size)."""
         self._waiters.wake()
 
@@ -100,7 +100,7 @@ class SlurmOutput:
         """The job has ended: the file will not grow."""
         self._final = self.size
         self.closed = True
-        self.poke()
+        self.checkGrowth()
 
 
 class SlurmJob:
@@ -130,7 +130,7 @@ class SlurmJob:
         self._killCall: IDelayedCall | None = None
         #: Set at recovery when sbatch's answer was lost: the reason to give
         #: if no Slurm job of this job's name turns up.
-        self.findByName: str | None = None
+        self.lookUpReason: str | None = None
         #: When this server first saw the job running (see L{SECRETS_GRACE}).
         self._runningSince: float | None = None
         self._secretsRemoved = False
@@ -156,7 +156,7 @@ class SlurmJob:
         elif self._acceptance is not None:
             d.callback(self._acceptance)
 
-    def accepted(self, outcome: JobRecord | Failure) -> None:
+    def settle(self, outcome: JobRecord | Failure) -> None:
         """sbatch has answered (or the job was re-attached)."""
         if self._acceptance is not None:
             return
@@ -180,7 +180,7 @@ class SlurmJob:
     def submitted(self, slurmJobId: str) -> None:
         self.record.slurm_job_id = slurmJobId
         self._executor.save(self.record)
-        self.accepted(self.record)
+        self.settle(self.record)
         if self._stopRequested:
             self._executor.cancel(self)
 
@@ -188,7 +188,7 @@ class SlurmJob:
         """sbatch said no: a job that cannot start (FAILED), or 503."""
         if error.unreachable:
             self._finish(JobStatus.FAILED, error=f"Slurm is unreachable: {error}")
-            self.accepted(
+            self.settle(
                 Failure(
                     ServiceUnavailable(
                         f"Slurm is unreachable, try again later ({error})"
@@ -197,7 +197,7 @@ class SlurmJob:
             )
             return
         self._finish(JobStatus.FAILED, error=f"Slurm refused the job: {error}")
-        self.accepted(self.record)
+        self.settle(self.record)
 
     # -- state -----------------------------------------------------------------
 
@@ -333,7 +333,7 @@ class SlurmJob:
     def recorded(self) -> None:
         """sbatch runs after the record is stored (same reactor turn)."""
 
-    def setupFailed(self, reason: str) -> None:
+    def abort(self, reason: str) -> None:
         """The job could not be recorded: cancel it in Slurm, end it FAILED."""
         self._stopRequested = True
         if self.record.slurm_job_id is not None:
@@ -681,11 +681,11 @@ class SlurmExecutor:
         for record in records:
             if record.executor == self.name:
                 job = SlurmJob(self, record)
-                job.accepted(record)
+                job.settle(record)
                 if record.slurm_job_id is None:
                     # The server died with sbatch in flight: Slurm may have
                     # the job. The next poll looks for it by name.
-                    job.findByName = reason
+                    job.lookUpReason = reason
                 self._track(job)
                 if record.stopped_by is not None:
                     self._resumeStop(job)
@@ -735,14 +735,14 @@ class SlurmExecutor:
         for job in list(self._jobs.values()):
             for output in (job.stdout, job.stderr):
                 if output.waiting:
-                    output.poke()
+                    output.checkGrowth()
 
     async def _refresh(self) -> None:
         """One squeue for every job; skipped while the last one runs."""
         watched = [
             j
             for j in self._jobs.values()
-            if j.record.slurm_job_id or j.findByName is not None
+            if j.record.slurm_job_id or j.lookUpReason is not None
         ]
         if self._polling or not watched:
             return
@@ -763,12 +763,12 @@ class SlurmExecutor:
             self._unreachableLogged = False
         now = self.now()
         for job in watched:
-            if job.findByName is not None:
+            if job.lookUpReason is not None:
                 found = _byName(states, job.record.id)
                 if found is None:
-                    job.lost(f"{job.findByName} (before Slurm took the job)")
+                    job.lost(f"{job.lookUpReason} (before Slurm took the job)")
                     continue
-                job.findByName = None
+                job.lookUpReason = None
                 job.submitted(found)
             state = states.get(job.record.slurm_job_id or "")
             try:
