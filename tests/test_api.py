@@ -21,7 +21,7 @@ from twisted.web.test.requesthelper import DummyChannel
 from jobworker.auth.authenticator import Authenticator, _checkPassword, makePortal
 from jobworker.auth.tokens import TokenSigner
 from jobworker.auth.users import UserDatabase
-from jobworker.jobs.manager import JobManager
+from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.records import JobRecord
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.api import JobsAPI
@@ -94,7 +94,7 @@ class APITestCase(SynchronousTestCase):
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
         self.killer = GroupKiller()
-        self.manager = JobManager(self.reactor, self.mktemp(), GRACE, self.killer)
+        self.manager = localJobManager(self.reactor, self.mktemp(), GRACE, self.killer)
         self.addCleanup(self.manager.close)
         self.authenticator = Authenticator(
             makePortal(DEVELOPMENT_USERS, syncRunner),

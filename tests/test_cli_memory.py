@@ -27,7 +27,7 @@ from jobworker.auth.tokens import TokenSigner
 from jobworker.auth.users import UserDatabase
 from jobworker.client import cli
 from jobworker.client.http import JobworkerClient
-from jobworker.jobs.manager import JobManager
+from jobworker.executors.local.executor import localJobManager
 from jobworker.server.api import JobsAPI
 from jobworker.tls import TrustRootPolicy
 
@@ -112,7 +112,7 @@ class MemoryCLITestCase(SynchronousTestCase):
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
         self.killer = GroupKiller()
-        self.manager = JobManager(self.reactor, self.mktemp(), GRACE, self.killer)
+        self.manager = localJobManager(self.reactor, self.mktemp(), GRACE, self.killer)
         self.addCleanup(self.manager.close)
         authenticator = Authenticator(
             makePortal(DEVELOPMENT_USERS, syncRunner),

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
-from jobworker.jobs.manager import JobManager
+from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.records import JobStatus
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
@@ -38,7 +38,7 @@ class CrossSiteTests(SynchronousTestCase):
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
         state = os.path.abspath(self.mktemp())
-        self.manager = JobManager(self.reactor, state, 5.0, GroupKiller())
+        self.manager = localJobManager(self.reactor, state, 5.0, GroupKiller())
         self.addCleanup(self.manager.close)
         self.auditPath = os.path.join(state, "audit.log")
         api = JobsAPI(

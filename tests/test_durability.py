@@ -14,7 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.jobs.manager import RESTARTED, JobManager
+from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs.manager import RESTARTED
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.recovery import processStartTime
 from jobworker.jobs.spool import OutputSpool
@@ -332,7 +333,9 @@ class RetentionTests(SynchronousTestCase):
         """--retain removes jobs (record and output) once they are old enough."""
         clock = FakeReactor()
         stateDir = self.mktemp()
-        manager = JobManager(clock, stateDir, grace=1.0, killGroup=lambda p, s: False)
+        manager = localJobManager(
+            clock, stateDir, grace=1.0, killGroup=lambda p, s: False
+        )
         self.addCleanup(manager.close)
         request = JobRequest("no-such-command-at-all", [], {}, None)
         old = manager.create(request, "alice")

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
+from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.combined import CombinedReader, StoredOrder, encodeEntry
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.policy import JobPolicy
@@ -103,7 +104,7 @@ class ManagerFairnessTests(SynchronousTestCase):
         self.reactor = FakeProcessReactor()
 
     def manager(self, **policy: Any) -> JobManager:
-        manager = JobManager(
+        manager = localJobManager(
             self.reactor,
             os.path.abspath(self.mktemp()),
             5.0,
@@ -142,7 +143,7 @@ class ManagerFairnessTests(SynchronousTestCase):
             # Without cgroups every limit is refused anyway.
             manager = self.manager()
         else:
-            manager = JobManager(
+            manager = localJobManager(
                 self.reactor,
                 os.path.abspath(self.mktemp()),
                 5.0,

@@ -668,8 +668,8 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
     """
 
     def test_requestEnvOnlyAfterSetpriv(self) -> None:
+        from jobworker.executors.local.executor import localJobManager
         from jobworker.executors.local.sandbox import ENV, ROOT_ENVIRONMENT, SETPRIV
-        from jobworker.jobs.manager import JobManager
         from jobworker.jobs.policy import JobPolicy
         from jobworker.jobs.validation import JobRequest
 
@@ -680,7 +680,7 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
         forbidRealKill(self.patch)
         reactor = FakeProcessReactor()
         pool = DynamicUids(70700, 70709, self.mktemp())
-        manager = JobManager(
+        manager = localJobManager(
             reactor,
             os.path.abspath(self.mktemp()),
             5.0,

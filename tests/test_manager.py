@@ -12,10 +12,13 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.errors import Conflict, NotFound
-from jobworker.executors.local.executor import DEFAULT_PATH, defaultEnvironment
+from jobworker.executors.local.executor import (
+    DEFAULT_PATH,
+    defaultEnvironment,
+    localJobManager,
+)
 from jobworker.executors.local.sandbox import GATE, SETSID, SH
 from jobworker.jobs import manager
-from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.jobs.validation import JobRequest
@@ -46,7 +49,7 @@ class ManagerTestCase(SynchronousTestCase):
         self.reactor = FakeProcessReactor()
         self.killer = GroupKiller()
         self.stateDir = os.path.abspath(self.mktemp())
-        self.manager = JobManager(self.reactor, self.stateDir, GRACE, self.killer)
+        self.manager = localJobManager(self.reactor, self.stateDir, GRACE, self.killer)
         self.addCleanup(self.manager.close)
 
     def spawnedFor(self, jobId: str) -> SpawnedProcess:

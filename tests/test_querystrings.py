@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
-from jobworker.jobs.manager import JobManager
+from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
@@ -58,7 +58,7 @@ class QueryFuzzTests(SynchronousTestCase):
     def setUp(self) -> None:
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
-        self.manager = JobManager(
+        self.manager = localJobManager(
             self.reactor, os.path.abspath(self.mktemp()), 5.0, GroupKiller()
         )
         self.addCleanup(self.manager.close)

@@ -203,7 +203,7 @@ class ExecutorTests(SynchronousTestCase):
         self.manager = self.makeManager()
 
     def makeManager(self) -> JobManager:
-        manager = JobManager(self.reactor, self.stateDir, 5.0, executor=self.executor)
+        manager = JobManager(self.reactor, self.stateDir, self.executor)
         self.addCleanup(manager.close)
         return manager
 
@@ -538,7 +538,7 @@ class IdentityTests(SynchronousTestCase):
         )
 
     def manager(self, executor: SlurmExecutor) -> JobManager:
-        manager = JobManager(self.reactor, self.stateDir, 5.0, executor=executor)
+        manager = JobManager(self.reactor, self.stateDir, executor)
         self.addCleanup(manager.close)
         return manager
 

@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
-from jobworker.jobs.manager import RETRY_FIRST, JobManager
+from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs.manager import RETRY_FIRST
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.metrics import Metrics
@@ -83,7 +84,7 @@ class StoreFailureTests(SynchronousTestCase):
         os.makedirs(stateDir)
         self.store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
         self.metrics = Metrics()
-        self.manager = JobManager(
+        self.manager = localJobManager(
             self.reactor,
             stateDir,
             5.0,

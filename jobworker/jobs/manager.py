@@ -8,7 +8,6 @@ import os
 import shutil
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -20,9 +19,6 @@ from ..errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from ..executors.local.cgroups import Cgroups
-from ..executors.local.executor import LocalExecutor
-from ..executors.local.process import signalGroup
 from ..metrics import Metrics
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, LiveJob
@@ -56,12 +52,10 @@ class JobManager:
     @param reactor: spawns processes and keeps time.
     @param stateDir: holds the store and each job's output
         (C{jobs/<id>/stdout|stderr}).
-    @param grace: seconds between SIGTERM and SIGKILL.
-    @param killGroup: signals a process group (L{signalGroup}; a fake in tests).
+    @param executor: runs the jobs (built by the composition root, or by
+        L{jobworker.executors.local.executor.localJobManager}).
     @param store: the job store (default: SQLite in C{stateDir}).
-    @param maxLogBytes: cap on each stream of each job.
-    @param cgroups: where job cgroups go (None: no limits, process-group kill).
-    @param policy: limits, timeouts, isolation, run-as, concurrency cap.
+    @param policy: limits, timeouts, fairness, concurrency cap.
     """
 
     log = Logger()
@@ -70,14 +64,10 @@ class JobManager:
         self,
         reactor: JobReactor,
         stateDir: str,
-        grace: float,
-        killGroup: Callable[[int, int], bool] = signalGroup,
+        executor: Executor,
         store: JobStore | None = None,
-        maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
-        cgroups: Cgroups | None = None,
         policy: JobPolicy | None = None,
         metrics: Metrics | None = None,
-        executor: Executor | None = None,
     ) -> None:
         policy = policy if policy is not None else JobPolicy()
         self._reactor = reactor
@@ -88,10 +78,6 @@ class JobManager:
         #: Per user: (tokens, when last refilled) of the creation rate limit.
         self._createBuckets: dict[str, tuple[float, float]] = {}
         self._jobsDir = os.path.join(stateDir, "jobs")
-        if executor is None:
-            executor = LocalExecutor(
-                reactor, self._jobsDir, grace, killGroup, maxLogBytes, cgroups, policy
-            )
         self._executor = executor
         executor.attach(self._save)
         self._live: dict[str, LiveJob] = {}

@@ -217,15 +217,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             _probeSandbox(local, identities)
             executor = local
         manager = JobManager(
-            reactor,
-            stateDir,
-            config["stop-grace"],
-            store=store,
-            maxLogBytes=config["max-log-bytes"],
-            cgroups=cgroups,
-            policy=policy,
-            metrics=metrics,
-            executor=executor,
+            reactor, stateDir, executor, store=store, policy=policy, metrics=metrics
         )
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")

@@ -15,6 +15,7 @@ from ...errors import BadRequest, TooManyRequests
 from ...jobs.combined import OrderLog
 from ...jobs.identity import Identity, PoolExhausted
 from ...jobs.limits import Limits
+from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
@@ -25,7 +26,9 @@ from ...jobs.recovery import (
     sessionMembers,
 )
 from ...jobs.spool import OutputSpool
+from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
+from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, JobCgroup
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .sandbox import (
@@ -441,3 +444,27 @@ class LocalExecutor:
             self._releasing.clear()
 
         return DeferredList(waits).addCallback(done)
+
+
+def localJobManager(
+    reactor: JobReactor,
+    stateDir: str,
+    grace: float,
+    killGroup: Callable[[int, int], bool] = signalGroup,
+    store: JobStore | None = None,
+    maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
+    cgroups: Cgroups | None = None,
+    policy: JobPolicy | None = None,
+    metrics: Metrics | None = None,
+) -> JobManager:
+    """A L{JobManager} over a L{LocalExecutor} in C{stateDir}/jobs."""
+    executor = LocalExecutor(
+        reactor,
+        os.path.join(stateDir, "jobs"),
+        grace,
+        killGroup,
+        maxLogBytes,
+        cgroups,
+        policy,
+    )
+    return JobManager(reactor, stateDir, executor, store, policy, metrics)
