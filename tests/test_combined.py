@@ -11,12 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.jobs.combined import (
     CombinedReader,
-    OrderLog,
     StoredOrder,
     combinedId,
-    decodeEntries,
     parseCombinedId,
 )
+from jobworker.jobs.order import OrderLog, decodeEntries
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 
 from .support import LiveServer, basic

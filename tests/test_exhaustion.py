@@ -17,8 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
 from jobworker.executors.local.executor import localJobManager
-from jobworker.jobs.combined import CombinedReader, StoredOrder, encodeEntry
+from jobworker.jobs.combined import CombinedReader, StoredOrder
 from jobworker.jobs.manager import JobManager
+from jobworker.jobs.order import encodeEntry
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.spool import StoredOutput, tailOffsetSoon
 from jobworker.jobs.validation import MAX_JOB_DATA, parseJobRequest

@@ -8,8 +8,8 @@ import sys
 
 import bcrypt
 
+from .names import USER_NAME
 from .permissions import Role
-from .users import USER_NAME
 
 
 def main(argv: list[str] | None = None) -> int:

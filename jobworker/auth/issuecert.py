@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .users import USER_NAME
+from .names import USER_NAME
 
 USAGE_EXAMPLE = """\
 example:

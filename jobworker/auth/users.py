@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import bcrypt
 
 from ..jobs.identity import Identity, IdentityError
+from .names import USER_NAME
 from .permissions import Role, User
 
-USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 
 #: The development users seeded when no --users file is given. Their

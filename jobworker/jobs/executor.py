@@ -15,9 +15,9 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from .combined import OrderLog
 from .identity import Identity
 from .limits import Limits
+from .order import OrderLog
 from .records import JobRecord
 from .spool import OutputSource
 from .validation import JobRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
@@ -18,8 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from .combined import OrderLog
+from .order import OrderLog
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..auth.users import USER_NAME
+from ..auth.names import USER_NAME
 from ..errors import BadRequest, NotFound
 from .limits import Limits
 from .records import JobStatus

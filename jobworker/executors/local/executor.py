@@ -12,10 +12,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ...errors import BadRequest, TooManyRequests
-from ...jobs.combined import OrderLog
 from ...jobs.identity import Identity, PoolExhausted
 from ...jobs.limits import Limits
 from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
+from ...jobs.order import OrderLog
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (

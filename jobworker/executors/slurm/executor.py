@@ -32,10 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...errors import BadRequest, Forbidden, ServiceUnavailable
-from ...jobs.combined import OrderLog
 from ...jobs.ending import Ending
 from ...jobs.identity import Identity, IdentityError
 from ...jobs.limits import Limits
+from ...jobs.order import OrderLog
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import Waiters
