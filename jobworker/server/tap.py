@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
@@ -25,6 +26,7 @@ from ..auth.authenticator import Authenticator, VerifiedCredentials, makePortal
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenSigner, loadOrCreateKey
 from ..auth.users import UserDatabase, UsersFileError
+from ..executors.local.cgroups import Cgroups
 from ..executors.local.cgroups import detect as detectCgroups
 from ..executors.local.executor import LocalExecutor
 from ..executors.local.sandbox import SandboxError
@@ -99,6 +101,46 @@ def _isLoopback(interface: str) -> bool:
 
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
+    """The composition root: each part made by one builder, in order."""
+    tlsOptions = _tls(config)
+    users = _users(config)
+    slurm = config["executor"] == "slurm"
+    cgroups = _cgroups(config, slurm)
+    identities = _identities(config, slurm)
+    policy = _policy(config, identities)
+    metrics = Metrics()
+    manager = _manager(config, reactor, slurm, cgroups, policy, metrics)
+    threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
+
+    def runInThread(f: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
+
+    audit = _audit(config, reactor)
+    authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
+    api = JobsAPI(
+        manager,
+        authenticator,
+        reactor,
+        metrics,
+        audit,
+        config["max-log-streams"],
+        config["max-log-streams-per-user"],
+    )
+    port = _listen(config, reactor, tlsOptions, _site(config, api, metrics))
+    root = MultiService()
+    # Services stop in reverse order: the port closes first, then jobs stop.
+    root.addService(ManagerService(manager, api.drain))
+    if config["retain"] is not None:
+        root.addService(RetentionService(manager, config["retain"], reactor))
+    root.addService(
+        UsersReloadService(config["users"], authenticator, reactor, runInThread)
+    )
+    root.addService(ListeningService(port))
+    return root
+
+
+def _tls(config: Options) -> Any:
+    """TLS 1.3 options; the development certificate only on loopback."""
     try:
         tlsOptions = serverOptions(
             config["cert"],
@@ -110,39 +152,48 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         fatal(str(e))
     # The development key and users are public: fine on loopback (with a
     # warning), never where another host can reach them.
-    beyondLoopback = not _isLoopback(config["interface"])
-    where = f"--interface {config['interface'] or '(every interface)'}"
     if isDevelopmentCertificate(config["cert"]):  # wherever it was copied to
-        if beyondLoopback:
+        if not _isLoopback(config["interface"]):
             fatal(
                 "the DEVELOPMENT certificate (its key, certs/server.key, is "
-                f"public) must not serve {where}: give --cert and --key of "
-                "your own"
+                f"public) must not serve {_where(config)}: give --cert and "
+                "--key of your own"
             )
         log.warn(
             "running with the bundled DEVELOPMENT certificate and key "
             "(certs/server.key is public): use --cert/--key in production"
         )
+    return tlsOptions
+
+
+def _where(config: Options) -> str:
+    return f"--interface {config['interface'] or '(every interface)'}"
+
+
+def _users(config: Options) -> UserDatabase:
+    """The users file, or the development users (only on loopback)."""
     if config["users"] is None:
-        if beyondLoopback:
+        if not _isLoopback(config["interface"]):
             fatal(
                 "the DEVELOPMENT users (their passwords are public) must not "
-                f"serve {where}: give --users FILE"
+                f"serve {_where(config)}: give --users FILE"
             )
-        users = UserDatabase.development()
         log.warn(
             "running with the DEVELOPMENT users alice, bob, rita and ada, whose "
             "passwords are public: use --users FILE in production"
         )
-    else:
-        try:
-            users = UserDatabase.fromFile(config["users"])
-        except OSError as e:
-            fatal(f"cannot read users file {config['users']}: {e.strerror}")
-        except (UsersFileError, UnicodeDecodeError) as e:
-            fatal(f"bad users file: {e}")
+        return UserDatabase.development()
+    try:
+        return UserDatabase.fromFile(config["users"])
+    except OSError as e:
+        fatal(f"cannot read users file {config['users']}: {e.strerror}")
+    except (UsersFileError, UnicodeDecodeError) as e:
+        fatal(f"bad users file: {e}")
+
+
+def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
+    """Per-job cgroups, if usable here (never with Slurm)."""
     cgroups = None
-    slurm = config["executor"] == "slurm"
     if config["cgroups"] == "auto" and not slurm:
         cgroups = detectCgroups()
     if slurm:
@@ -158,9 +209,13 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             version=cgroups.version,
             limits=", ".join(sorted(cgroups.supported)),
         )
-    identities = _identities(config, slurm)
+    return cgroups
+
+
+def _policy(config: Options, identities: Identities) -> JobPolicy:
+    """The server-wide rules for jobs, from the options."""
     ioMax = config["max-io-bps"]
-    policy = JobPolicy(
+    return JobPolicy(
         defaults=Limits(
             memory_bytes=config["default-memory"],
             cpu_millicores=config["default-cpu"],
@@ -181,25 +236,21 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         identities=identities,
         tmpSize=config["tmp-size"],
     )
-    metrics = Metrics()
+
+
+def _manager(
+    config: Options,
+    reactor: JobReactor,
+    slurm: bool,
+    cgroups: Cgroups | None,
+    policy: JobPolicy,
+    metrics: Metrics,
+) -> JobManager:
+    """The store (its lock first), the executor, the manager; recovered."""
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
     if slurm:
-        if shutil.which("sbatch") is None:
-            fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
-        try:
-            executor = SlurmExecutor(
-                reactor,
-                os.path.abspath(config["slurm-output-dir"]),
-                config["stop-grace"],
-                policy,
-                config["slurm-partition"],
-                config["slurm-account"],
-                config["slurm-poll"],
-                sharedAccount=config["slurm-shared-account"],
-            )
-        except OSError as e:
-            fatal(f"cannot use --slurm-output-dir: {e.strerror}")
+        executor = _slurmExecutor(config, reactor, policy)
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
         # The store's lock first: nothing may touch a state dir that another
@@ -214,7 +265,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
                 cgroups=cgroups,
                 policy=policy,
             )
-            _probeSandbox(local, identities)
+            _probeSandbox(local, policy.identities)
             executor = local
         manager = JobManager(
             reactor, stateDir, executor, store=store, policy=policy, metrics=metrics
@@ -224,19 +275,47 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     except StoreError as e:
         fatal(f"cannot use state dir {stateDir}: {e}")
     manager.recover()
+    return manager
 
-    threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
-    def runInThread(f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
-
+def _slurmExecutor(
+    config: Options, reactor: JobReactor, policy: JobPolicy
+) -> SlurmExecutor:
+    if shutil.which("sbatch") is None:
+        fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
     try:
-        audit = AuditLog(
-            config["audit-log"] or os.path.join(stateDir, "audit.log"), reactor
+        return SlurmExecutor(
+            reactor,
+            os.path.abspath(config["slurm-output-dir"]),
+            config["stop-grace"],
+            policy,
+            config["slurm-partition"],
+            config["slurm-account"],
+            config["slurm-poll"],
+            sharedAccount=config["slurm-shared-account"],
         )
     except OSError as e:
+        fatal(f"cannot use --slurm-output-dir: {e.strerror}")
+
+
+def _audit(config: Options, reactor: JobReactor) -> AuditLog:
+    path = config["audit-log"] or os.path.join(config["state-dir"], "audit.log")
+    try:
+        return AuditLog(path, reactor)
+    except OSError as e:
         fatal(f"cannot open the audit log: {e.strerror}")
-    keyPath = config["token-key"] or os.path.join(stateDir, "token.key")
+
+
+def _authenticator(
+    config: Options,
+    reactor: JobReactor,
+    users: UserDatabase,
+    runInThread: Callable[..., Deferred[Any]],
+    metrics: Metrics,
+    audit: AuditLog,
+) -> Authenticator:
+    """Basic (bcrypt in threads), tokens (signed with the key), certificates."""
+    keyPath = config["token-key"] or os.path.join(config["state-dir"], "token.key")
     try:
         tokenKey = loadOrCreateKey(keyPath)
     except OSError as e:
@@ -244,7 +323,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     except ValueError as e:
         fatal(f"cannot use the token key: {e}")
     portal = makePortal(users, runInThread, VerifiedCredentials(reactor))
-    authenticator = Authenticator(
+    return Authenticator(
         portal,
         metrics.authFailures.inc,
         LoginThrottle(reactor, threshold=config["login-failures"]),
@@ -252,15 +331,10 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         tokens=TokenSigner(tokenKey, reactor, config["token-ttl"]),
         certificates=config["client-ca"] is not None,
     )
-    api = JobsAPI(
-        manager,
-        authenticator,
-        reactor,
-        metrics,
-        audit,
-        config["max-log-streams"],
-        config["max-log-streams-per-user"],
-    )
+
+
+def _site(config: Options, api: JobsAPI, metrics: Metrics) -> Site:
+    """The HTTP site: body cap, read deadlines, no tracebacks."""
     siteClass = Site if config["access-log"] == "on" else QuietSite
     site = siteClass(api.resource(), timeout=config["idle-timeout"])  # type: ignore[no-untyped-call]
     site.metrics = metrics  # type: ignore[attr-defined]
@@ -269,6 +343,13 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         config["header-timeout"], config["body-timeout"], config["max-header-bytes"]
     )
     site.displayTracebacks = False
+    return site
+
+
+def _listen(
+    config: Options, reactor: JobReactor, tlsOptions: Any, site: Site
+) -> IListeningPort:
+    """Bind now, so a port in use is a start-up error."""
     # The connection cap sits outside TLS: a refused client costs no handshake.
     endpoint = TCP4ServerEndpoint(
         reactor, config["port"], interface=config["interface"]
@@ -290,16 +371,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
                 f"{_reason(error)}"
             )
         fatal(f"cannot listen: {error}")
-    root = MultiService()
-    # Services stop in reverse order: the port closes first, then jobs stop.
-    root.addService(ManagerService(manager, api.drain))
-    if config["retain"] is not None:
-        root.addService(RetentionService(manager, config["retain"], reactor))
-    root.addService(
-        UsersReloadService(config["users"], authenticator, reactor, runInThread)
-    )
-    root.addService(ListeningService(ports[0]))
-    return root
+    return ports[0]
 
 
 def _identities(config: Options, slurm: bool) -> Identities:
