@@ -330,6 +330,7 @@ class JobStore:
         self._db.execute("COMMIT")
 
     @property
+    @_mapped("read the schema version")
     def version(self) -> int:
         """The schema version of the open database."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])

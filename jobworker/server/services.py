@@ -62,10 +62,15 @@ class ManagerService(Service):
     """Stop every job, and wait for it, when the server shuts down."""
 
     def __init__(
-        self, manager: JobManager, drain: Callable[[], Deferred[None]] | None = None
+        self,
+        manager: JobManager,
+        drain: Callable[[], Deferred[None]] | None = None,
+        closing: Callable[[], object] | None = None,
     ) -> None:
         self.manager = manager
         self._drain = drain
+        #: Called last (the audit log's close).
+        self._closing = closing
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -77,6 +82,8 @@ class ManagerService(Service):
             # Let log followers send the last bytes and the end of stream.
             await self._drain()
         self.manager.close()
+        if self._closing is not None:
+            self._closing()
 
 
 class UsersReloadService(Service):

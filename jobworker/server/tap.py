@@ -129,7 +129,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     port = _listen(config, reactor, tlsOptions, _site(config, api, metrics))
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
-    root.addService(ManagerService(manager, api.drain))
+    root.addService(ManagerService(manager, api.drain, audit.close))
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(
@@ -270,11 +270,17 @@ def _manager(
         manager = JobManager(
             reactor, stateDir, executor, store=store, policy=policy, metrics=metrics
         )
+        manager.recover()
+        log.info(
+            "job store {path}: schema v{version}, {count} jobs",
+            path=store.path,
+            version=store.version,
+            count=store.count(),
+        )
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
     except StoreError as e:
         fatal(f"cannot use state dir {stateDir}: {e}")
-    manager.recover()
     return manager
 
 
