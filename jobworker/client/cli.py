@@ -309,20 +309,36 @@ def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, 
     password = environ.get("JW_PASSWORD")
     if user and password is not None:
         return user, password
+    # Not open("/dev/tty", "r+"): a terminal is not seekable, and that
+    # raises io.UnsupportedOperation (an OSError) on a working terminal.
     try:
-        with open("/dev/tty", "r+", encoding="utf-8") as tty:
-            if not user:
-                tty.write("Username: ")
-                tty.flush()
-                user = tty.readline().strip()
-            password = getpass.getpass(f"Password for {user}: ", stream=tty)
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
         raise UsageFailure(
             "no terminal to ask for credentials: set JW_USER and JW_PASSWORD"
         ) from None
+    try:
+        if not user:
+            os.write(fd, b"Username: ")
+            user = _readLine(fd).strip()
+        # getpass opens the terminal itself and turns echo off.
+        password = getpass.getpass(f"Password for {user}: ")
+    finally:
+        os.close(fd)
     if not user:
         raise UsageFailure("no user name given")
     return user, password
+
+
+def _readLine(fd: int, limit: int = 1024) -> str:
+    """A line typed on the terminal C{fd} (without its newline)."""
+    data = b""
+    while len(data) < limit:
+        chunk = os.read(fd, 1)
+        if not chunk or chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8", "replace")
 
 
 def printable(text: str) -> str:

@@ -1,0 +1,80 @@
+"""
+Issue 17, finding 1: jw's password prompt works on a real terminal (a pty):
+`open("/dev/tty", "r+")` raised io.UnsupportedOperation on every terminal,
+which was taken for "no terminal".
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import time
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from .support import CA, JW, LiveServer
+
+
+def converse(
+    argv: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes]:
+    """
+    Run C{argv} with a pty as its controlling terminal; on each expected
+    prompt, type its answer. The exit status and everything it showed.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal and stdio
+        try:
+            os.execve(argv[0], argv, env)  # noqa: S606 (jw itself, no shell)
+        finally:
+            os._exit(127)
+    seen = b""
+    pending = list(answers)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if pending and pending[0][0] in seen:
+                os.write(fd, pending.pop(0)[1])
+        else:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                os.close(fd)
+                return os.waitstatus_to_exitcode(status), seen
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen
+
+
+class PromptTests(TestCase):
+    timeout = 120
+
+    async def test_promptOnARealTerminal(self) -> None:
+        """No JW_USER/JW_PASSWORD: jw asks on the terminal, and it works."""
+        server = LiveServer(self)
+        job = await server.createJob("true", user="alice")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "JW_SERVER": server.url,
+            "JW_CA": CA,
+            "HOME": os.path.realpath(self.mktemp()),
+            "XDG_CONFIG_HOME": os.path.realpath(self.mktemp()),
+        }
+        code, seen = await deferToThread(
+            converse,
+            [JW, "status", job["id"]],
+            env,
+            [(b"Username: ", b"alice\n"), (b"Password for alice: ", b"alice-pass\n")],
+        )
+        self.assertEqual(code, 0, seen)
+        self.assertIn(job["id"].encode(), seen)
+        self.assertNotIn(b"alice-pass", seen, "the password was echoed")
