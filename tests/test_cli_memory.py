@@ -717,3 +717,35 @@ class HelpTests(MemoryCLITestCase):
         self.assertIn(b"usage: jw", err)
         self.assertIn(b"frobnicate", err)
         self.assertNotIn(b"Traceback", err)
+
+
+class ExecOptionsTests(MemoryCLITestCase):
+    """Issue 17, finding 5 (in part): the API's timeout reaches jw exec."""
+
+    def test_timeoutReachesTheJob(self) -> None:
+        """jw exec --timeout 30: the record shows timeout_seconds 30."""
+        out, err, code = self.jw("exec", "--json", "--timeout", "30", "--", "true")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["timeout_seconds"], 30)
+
+    def test_limitsAreChecked(self) -> None:
+        """--memory needs a size; limits the server cannot honour are its 400."""
+        self.assertOneLineFailure(
+            self.jw("exec", "--memory", "lots", "--", "true"), b"--memory"
+        )
+        _out, err, code = self.jw("exec", "--memory", "64M", "--", "true")
+        # Without cgroups here the server refuses any limit, clearly.
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"limit", err)
+
+
+class TokenEnvironmentTests(MemoryCLITestCase):
+    """Issue 17, finding 1 (in part): JW_TOKEN for CI, no password anywhere."""
+
+    def test_tokenFromTheEnvironment(self) -> None:
+        code, body = self.apiJSON("POST", "/tokens", "alice")
+        self.assertEqual(code, 201, body)
+        _out, err, code = self.jw(
+            "list", JW_TOKEN=body["token"], JW_USER="", JW_PASSWORD=""
+        )
+        self.assertEqual(code, 0, err)

@@ -63,6 +63,8 @@ settings (flags override the environment, which overrides the config file):
                                      a client certificate (no password asked)
   JW_USER / user, JW_PASSWORD        credentials (else a token saved by
                                      jw login, else prompted on the terminal)
+  JW_TOKEN                           a bearer token to use (CI: from POST
+                                     /tokens); no password, nothing saved
   config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
     server = "https://jobs.example.com:8443"
     ca = "ca.pem"      # relative to the config file
@@ -211,6 +213,12 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "--env", "-e", action="append", default=[], metavar="K=V", help="set a variable"
     )
     execute.add_argument("--cwd", help="working directory of the job")
+    execute.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop it after this long"
+    )
+    execute.add_argument("--memory", metavar="SIZE", help="memory limit (512M, 2G)")
+    execute.add_argument("--cpu", type=int, metavar="MILLICORES", help="CPU limit")
+    execute.add_argument("--pids", type=int, metavar="N", help="process-count limit")
     execute.add_argument("command", metavar="COMMAND")
     execute.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG")
 
@@ -301,6 +309,26 @@ def parseEnv(pairs: list[str]) -> dict[str, str]:
             raise UsageFailure(f"--env needs NAME=VALUE, not {pair!r}")
         env[name] = value
     return env
+
+
+_SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def execLimits(options: argparse.Namespace) -> dict[str, int]:
+    """The C{limits} of C{jw exec --memory/--cpu/--pids} (the server checks)."""
+    limits: dict[str, int] = {}
+    if options.memory is not None:
+        text = options.memory.strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in _SIZES else ""
+        number = text[: len(text) - len(unit)]
+        if not number.isdigit():
+            raise UsageFailure(f"--memory: not a size: {options.memory!r} (512M, 2G)")
+        limits["memory_bytes"] = int(number) * _SIZES[unit]
+    if options.cpu is not None:
+        limits["cpu_millicores"] = options.cpu
+    if options.pids is not None:
+        limits["pids"] = options.pids
+    return limits
 
 
 def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
@@ -421,7 +449,12 @@ async def carryOut(
     verb = options.verb
     if verb == "exec":
         job = await client.createJob(
-            options.command, options.args, parseEnv(options.env), options.cwd
+            options.command,
+            options.args,
+            parseEnv(options.env),
+            options.cwd,
+            timeout=options.timeout,
+            limits=execLimits(options),
         )
         if options.json and not options.follow:
             streams.out.write(json.dumps(job).encode("utf-8") + b"\n")
@@ -766,6 +799,10 @@ class Session:
             client = connect(
                 reactor, server, ca, certPath=settings.cert, keyPath=settings.key
             )
+            return cls(client, server, tokensFile)
+        if environ.get("JW_TOKEN") and verb != "login":
+            # A token given outright (CI): used as is, never saved or forgotten.
+            client = connect(reactor, server, ca, token=environ["JW_TOKEN"])
             return cls(client, server, tokensFile)
         token, saved = None, False
         if verb != "login":

@@ -233,6 +233,9 @@ class JobworkerClient:
         args: list[str],
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        *,
+        timeout: float | None = None,
+        limits: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """C{POST /jobs}: start a job, return its record."""
         body: dict[str, Any] = {"command": command, "args": args}
@@ -240,6 +243,10 @@ class JobworkerClient:
             body["env"] = env
         if cwd is not None:
             body["cwd"] = cwd
+        if timeout is not None:
+            body["timeout_seconds"] = timeout
+        if limits:
+            body["limits"] = limits
         result: dict[str, Any] = await self._json("POST", "/jobs", body)
         return result
 
