@@ -270,3 +270,39 @@ def sharedPath(testCase: TestCase) -> str:
         )
     os.chmod(os.path.dirname(path), 0o1777)  # noqa: S103 (jobs of any uid)
     return path
+
+
+class JWAssertions:
+    """What every C{jw} run is checked for, in memory or as a subprocess."""
+
+    assertEqual: Any
+    assertNotEqual: Any
+    assertNotIn: Any
+    assertIn: Any
+    assertTrue: Any
+
+    def assertSucceeded(self, result: tuple[bytes, bytes, int]) -> bytes:
+        """Exit 0, no traceback; return stdout."""
+        out, err, code = result
+        self.assertEqual(code, 0, (out, err))
+        self.assertNotIn(b"Traceback", out + err)
+        return out
+
+    def assertOneLineFailure(
+        self, result: tuple[bytes, bytes, int], *expected: bytes
+    ) -> bytes:
+        """
+        A non-zero exit, nothing on stdout, exactly one line on stderr (that
+        starts with C{jw:} and contains each of C{expected}), no traceback.
+        Returns that line.
+        """
+        out, err, code = result
+        self.assertNotEqual(code, 0, (out, err))
+        self.assertNotIn(b"Traceback", out + err)
+        self.assertEqual(out, b"", err)
+        self.assertTrue(err.endswith(b"\n"), err)
+        self.assertEqual(err.count(b"\n"), 1, err)
+        self.assertTrue(err.startswith(b"jw: "), err)
+        for text in expected:
+            self.assertIn(text, err)
+        return err

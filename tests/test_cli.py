@@ -22,7 +22,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from .support import CA, JW, LiveServer, jwEnvironment, runJW, sharedPath
+from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment, runJW, sharedPath
 
 UUID_LINE = re.compile(
     rb"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n\Z"
@@ -113,34 +113,8 @@ class StreamingProtocol(ProcessProtocol):
         return waiter
 
 
-class CLITestCase(TestCase):
+class CLITestCase(JWAssertions, TestCase):
     """Shared assertions for C{jw} runs."""
-
-    def assertSucceeded(self, result: tuple[bytes, bytes, int]) -> bytes:
-        """Exit 0, no traceback; return stdout."""
-        out, err, code = result
-        self.assertEqual(code, 0, (out, err))
-        self.assertNotIn(b"Traceback", out + err)
-        return out
-
-    def assertOneLineFailure(
-        self, result: tuple[bytes, bytes, int], *expected: bytes
-    ) -> bytes:
-        """
-        A non-zero exit, nothing on stdout, exactly one line on stderr (that
-        starts with C{jw:} and contains each of C{expected}), no traceback.
-        Returns that line.
-        """
-        out, err, code = result
-        self.assertNotEqual(code, 0, (out, err))
-        self.assertNotIn(b"Traceback", out + err)
-        self.assertEqual(out, b"", err)
-        self.assertTrue(err.endswith(b"\n"), err)
-        self.assertEqual(err.count(b"\n"), 1, err)
-        self.assertTrue(err.startswith(b"jw: "), err)
-        for text in expected:
-            self.assertIn(text, err)
-        return err
 
     async def execId(self, server: LiveServer, *command: str) -> str:
         """C{jw exec -- COMMAND...}: return the new job's id."""

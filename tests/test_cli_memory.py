@@ -32,7 +32,7 @@ from jobworker.server.api import JobsAPI
 from jobworker.tls import TrustRootPolicy
 
 from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
-from .support import CA, PASSWORDS, basic
+from .support import CA, PASSWORDS, JWAssertions, basic
 
 #: Where the in-memory server "is" (the development CA is trusted for it).
 SERVER = "https://localhost:8443"
@@ -105,7 +105,7 @@ class RefusingHTTP:
         return fail(ConnectionRefusedError())
 
 
-class MemoryCLITestCase(SynchronousTestCase):
+class MemoryCLITestCase(JWAssertions, SynchronousTestCase):
     """C{jw} against the API in memory, on a fake process reactor."""
 
     def setUp(self) -> None:
@@ -233,34 +233,6 @@ class MemoryCLITestCase(SynchronousTestCase):
         else:
             spawned.kill(signum)
         self.flush()
-
-    # -- assertions ------------------------------------------------------------
-
-    def assertSucceeded(self, result: tuple[bytes, bytes, int]) -> bytes:
-        """Exit 0, no traceback; return stdout."""
-        out, err, code = result
-        self.assertEqual(code, 0, (out, err))
-        self.assertNotIn(b"Traceback", out + err)
-        return out
-
-    def assertOneLineFailure(
-        self, result: tuple[bytes, bytes, int], *expected: bytes
-    ) -> bytes:
-        """
-        A non-zero exit, nothing on stdout, exactly one line on stderr (that
-        starts with C{jw:} and contains each of C{expected}), no traceback.
-        Returns that line.
-        """
-        out, err, code = result
-        self.assertNotEqual(code, 0, (out, err))
-        self.assertNotIn(b"Traceback", out + err)
-        self.assertEqual(out, b"", err)
-        self.assertTrue(err.endswith(b"\n"), err)
-        self.assertEqual(err.count(b"\n"), 1, err)
-        self.assertTrue(err.startswith(b"jw: "), err)
-        for text in expected:
-            self.assertIn(text, err)
-        return err
 
     def execId(self, *command: str) -> str:
         """C{jw exec -- COMMAND...}: return the new job's id."""
