@@ -100,6 +100,7 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker.client.http",
                 "jobworker.client.config",
                 "jobworker.tls",
+                "jobworker.units",
             },
         )
 

@@ -20,8 +20,9 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.recovery import processStartTime
 from jobworker.jobs.spool import OutputSpool
 from jobworker.jobs.validation import JobRequest
-from jobworker.server.options import parseDuration, parseSize
+from jobworker.server.options import parseDuration
 from jobworker.server.services import RetentionService
+from jobworker.units import parseSize
 
 from .support import (
     CERT,

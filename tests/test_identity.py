@@ -705,3 +705,35 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
 
         self.assertIsNotNone(checkCommand("./a=b"))
         self.assertIsNone(checkCommand("/usr/bin/true"))
+
+
+class ReclaimTests(SynchronousTestCase):
+    """At start-up, what a dead server's dynamic jobs left is killed."""
+
+    def test_orphansKilledHeldOnesLeftAlone(self) -> None:
+        lockDir = self.mktemp()
+        other = DynamicUids(70000, 70009, lockDir)  # a live server
+        held = other.acquire()
+        pool = DynamicUids(70000, 70009, lockDir)
+        killed: list[list[int]] = []
+        found = pool.reclaim({held: [11], 70005: [12, 13], 99999: [14]}, killed.append)
+        self.assertEqual(found, [70005])
+        self.assertEqual(killed, [[12, 13]])
+        # Reclaimed uids are held until their processes are gone.
+        self.assertNotIn(70005, [pool.acquire() for _ in range(8)])
+
+
+class RootGroupAccountTests(SynchronousTestCase):
+    def test_primaryGroupRootRefused(self) -> None:
+        """An account whose primary group is root's is refused too."""
+        if os.getuid() != 0 or shutil.which("useradd") is None:
+            raise SkipTest("creating a test account needs root and useradd")
+        subprocess.run(
+            ["useradd", "--no-create-home", "-g", "0", "jwtestgid0"],
+            check=True,
+            capture_output=True,
+        )
+        self.addCleanup(subprocess.run, ["userdel", "jwtestgid0"], check=False)
+        with self.assertRaises(IdentityError) as caught:
+            Identity.ofAccount("jwtestgid0")
+        self.assertIn("root's group", str(caught.exception))

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherR
 from twisted.internet.task import deferLater, react
 
 from ..tls import TLSConfigError
+from ..units import parseSize
 from .config import (
     DEFAULT_SERVER,
     DEV_CA_HOSTS,
@@ -311,19 +312,14 @@ def parseEnv(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-_SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def execLimits(options: argparse.Namespace) -> dict[str, int]:
     """The C{limits} of C{jw exec --memory/--cpu/--pids} (the server checks)."""
     limits: dict[str, int] = {}
     if options.memory is not None:
-        text = options.memory.strip().upper().removesuffix("B").removesuffix("I")
-        unit = text[-1:] if text[-1:] in _SIZES else ""
-        number = text[: len(text) - len(unit)]
-        if not number.isdigit():
-            raise UsageFailure(f"--memory: not a size: {options.memory!r} (512M, 2G)")
-        limits["memory_bytes"] = int(number) * _SIZES[unit]
+        try:
+            limits["memory_bytes"] = parseSize(options.memory)
+        except ValueError as e:
+            raise UsageFailure(f"--memory: {e}") from None
     if options.cpu is not None:
         limits["cpu_millicores"] = options.cpu
     if options.pids is not None:

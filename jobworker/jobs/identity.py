@@ -267,38 +267,29 @@ class DynamicUids:
         if fd is not None:
             os.close(fd)
 
+    @property
+    def uids(self) -> range:
+        """The whole range."""
+        return range(self.first, self.last + 1)
+
     def reclaim(
         self,
-        processesOf: Callable[[int], list[int]],
+        processes: dict[int, list[int]],
         kill: Callable[[list[int]], object],
     ) -> list[int]:
         """
-        At start-up: uids of the range that still have processes, left by a
-        server that died, and that no live server holds. Each is held (so
-        it is not handed out) and its processes are killed; the caller
-        releases it once they are gone.
+        At start-up, given the live C{processes} of the range by uid: the
+        uids left by a server that died, that no live server holds. Each is
+        held (so it is not handed out) and its processes are killed; the
+        caller releases it once they are gone.
         """
         found: list[int] = []
-        for uid in _uidsWithProcesses(self.first, self.last):
-            if uid in self._held or not self._lock(uid):
+        for uid, pids in processes.items():
+            if uid not in self.uids or uid in self._held or not self._lock(uid):
                 continue
-            kill(processesOf(uid))
+            kill(pids)
             found.append(uid)
         return found
-
-
-def _uidsWithProcesses(first: int, last: int) -> set[int]:
-    uids: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            uid = os.stat(f"/proc/{entry}").st_uid
-        except OSError:
-            continue
-        if first <= uid <= last:
-            uids.add(uid)
-    return uids
 
 
 @dataclass

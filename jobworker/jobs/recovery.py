@@ -77,18 +77,27 @@ def killAll(pids: list[int]) -> int:
     return killed
 
 
-def processesOf(uid: int) -> list[int]:
-    """Every live process whose (effective) user is C{uid}."""
-    pids = []
+def processesByUid(uids: range | None = None) -> dict[int, list[int]]:
+    """
+    Every live (non-zombie) process, by its (effective) user; only users in
+    C{uids} if given. One scan of /proc.
+    """
+    found: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
+            uid = os.stat(f"/proc/{entry}").st_uid
         except OSError:
+            continue
+        if uids is not None and uid not in uids:
             continue
         fields = _stat(entry)
         if fields is not None and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
+            found.setdefault(uid, []).append(int(entry))
+    return found
+
+
+def processesOf(uid: int) -> list[int]:
+    """Every live process whose (effective) user is C{uid}."""
+    return processesByUid(range(uid, uid + 1)).get(uid, [])

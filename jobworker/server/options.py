@@ -13,6 +13,7 @@ from ..jobs.identity import (
 )
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
 from ..jobs.policy import DEFAULT_TMP_SIZE
+from ..units import parseSize
 
 #: The bundled development certificate, relative to the working directory.
 DEV_CERT = os.path.join("certs", "server.pem")
@@ -27,18 +28,7 @@ def defaultStateDir() -> str:
     return os.path.join(base, "jobworker")
 
 
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parseSize(text: str) -> int:
-    """C{"1G"}, C{"512M"}, C{"65536"} -> bytes (binary units)."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
-    number = value[: len(value) - len(unit)]
-    if not number.isdigit():
-        raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
-    return int(number) * _SIZE_UNITS[unit]
 
 
 def parseDuration(text: str) -> float:

@@ -41,7 +41,7 @@ from ..jobs.identity import (
 from ..jobs.limits import Limits
 from ..jobs.manager import JobManager
 from ..jobs.policy import JobPolicy, JobReactor
-from ..jobs.recovery import killAll, processesOf
+from ..jobs.recovery import killAll, processesByUid, processesOf
 from ..jobs.store import JobStore, StoreError
 from ..metrics import Metrics
 from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
@@ -438,7 +438,7 @@ def _identities(config: Options, slurm: bool) -> Identities:
 
 def _reclaim(pool: DynamicUids) -> None:
     """Kill what a dead server's dynamic jobs left, then free their uids."""
-    found = pool.reclaim(processesOf, killAll)
+    found = pool.reclaim(processesByUid(pool.uids), killAll)
     for uid in found:
         for _ in range(100):
             if not processesOf(uid):

@@ -1,0 +1,18 @@
+"""Sizes as people write them (512M, 2G): shared by the server and jw (pure)."""
+
+from __future__ import annotations
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parseSize(text: str) -> int:
+    """C{"1G"}, C{"512M"}, C{"65536"} -> bytes (binary units).
+
+    @raise ValueError: not a size.
+    """
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
+    return int(number) * _SIZE_UNITS[unit]
