@@ -89,12 +89,17 @@ class Run:
     out: io.BytesIO = field(default_factory=io.BytesIO)
     err: io.BytesIO = field(default_factory=io.BytesIO)
     abandoned: list[bool] = field(default_factory=list)
+    inp: io.BytesIO = field(default_factory=io.BytesIO)
     done: Deferred[int] | None = None
 
     def __post_init__(self) -> None:
         messages = io.TextIOWrapper(self.err, encoding="utf-8", write_through=True)
         self.streams = cli.Streams(
-            self.out, self.err, messages, lambda: self.abandoned.append(True)
+            self.out,
+            self.err,
+            messages,
+            lambda: self.abandoned.append(True),
+            self.inp,
         )
 
 
@@ -240,6 +245,30 @@ class MemoryCLITestCase(JWAssertions, SynchronousTestCase):
         self.assertRegex(out, UUID_LINE)
         return out.decode("ascii").strip()
 
+    def followed(self, *command: str) -> tuple[Run, SpawnedProcess]:
+        """C{jw exec --follow -- COMMAND...} under way, and its job's process."""
+        run = self.start("exec", "--follow", "--", *command)
+        spawned = self.reactor.spawned[-1]
+        assert run.done is not None
+        self.assertNoResult(run.done)
+        return run, spawned
+
+    def started(self, err: bytes) -> bytes:
+        """
+        C{err} without its first line, which says the job started
+        (C{jw exec --follow} names the job before anything else).
+        """
+        first, _, rest = err.partition(b"\n")
+        self.assertRegex(first, rb"\Ajw: job [0-9a-f-]{36} started\Z")
+        return rest
+
+    def fields(self, out: bytes) -> list[str]:
+        """C{jw status}'s aligned lines as C{key: value}."""
+        return [
+            re.sub(r":\s+", ": ", line, count=1)
+            for line in out.decode("utf-8").splitlines()
+        ]
+
     def statusJSON(self, jobId: str, user: str = "alice") -> dict[str, Any]:
         """C{jw status ID --json}, decoded."""
         out = self.assertSucceeded(self.jw("status", jobId, "--json", user=user))
@@ -265,26 +294,20 @@ class ExecTests(MemoryCLITestCase):
         self.assertEqual(job["args"], ["60"])
         self.assertEqual(job["owner"], "alice")
 
-    def followed(self, *command: str) -> tuple[Run, SpawnedProcess]:
-        """C{jw exec --follow -- COMMAND...} under way, and its job's process."""
-        run = self.start("exec", "--follow", "--", *command)
-        [spawned] = self.reactor.spawned
-        assert run.done is not None
-        self.assertNoResult(run.done)
-        return run, spawned
-
     def test_followSeparatesStreamsAndExitCode(self) -> None:
         """--follow copies stdout and stderr apart and exits with the job's code."""
         run, spawned = self.followed("sh", "-c", "echo out; echo err >&2; exit 3")
         spawned.output(b"out\n")
         spawned.errors(b"err\n")
         self.flush()
-        self.assertEqual((run.out.getvalue(), run.err.getvalue()), (b"out\n", b"err\n"))
+        self.assertEqual(
+            (run.out.getvalue(), self.started(run.err.getvalue())), (b"out\n", b"err\n")
+        )
         self.killer.groupGone(spawned.pid)
         spawned.exit(3)
         out, err, code = self.finish(run)
         self.assertEqual(out, b"out\n")
-        self.assertIn(b"err\n", err)
+        self.assertEqual(self.started(err), b"err\n")
         self.assertNotIn(b"Traceback", out + err)
         self.assertEqual(code, 3)
 
@@ -294,7 +317,8 @@ class ExecTests(MemoryCLITestCase):
         spawned.output(b"hello world\n")
         self.killer.groupGone(spawned.pid)
         spawned.exit(0)
-        self.assertEqual(self.finish(run), (b"hello world\n", b"", 0))
+        out, err, code = self.finish(run)
+        self.assertEqual((out, self.started(err), code), (b"hello world\n", b"", 0))
 
     def test_followKilledBySignal(self) -> None:
         """A job killed by SIGKILL makes jw exec --follow exit 128+9."""
@@ -310,6 +334,7 @@ class ExecTests(MemoryCLITestCase):
         out, err, code = self.jw("exec", "--follow", "--", "no-such-command-xyz")
         self.assertEqual(code, 127, (out, err))
         self.assertEqual(out, b"")
+        err = self.started(err)
         self.assertEqual(err.count(b"\n"), 1, err)
         self.assertIn(b"no-such-command-xyz", err)
         self.assertNotIn(b"Traceback", err)
@@ -320,6 +345,7 @@ class ExecTests(MemoryCLITestCase):
         out, err, code = self.jw("exec", "--follow", "--cwd", missing, "--", "pwd")
         self.assertEqual(code, 127, (out, err))
         self.assertEqual(out, b"")
+        err = self.started(err)
         self.assertEqual(err.count(b"\n"), 1, err)
         self.assertIn(missing.encode(), err)
 
@@ -343,7 +369,8 @@ class ExecTests(MemoryCLITestCase):
         spawned.output(b"hi a=b\n")
         self.killer.groupGone(spawned.pid)
         spawned.exit(0)
-        self.assertEqual(self.finish(run), (b"hi a=b\n", b"", 0))
+        out, err, code = self.finish(run)
+        self.assertEqual((out, self.started(err), code), (b"hi a=b\n", b"", 0))
 
     def test_cwdIsUsed(self) -> None:
         """--cwd DIR runs the job in DIR."""
@@ -355,7 +382,10 @@ class ExecTests(MemoryCLITestCase):
         spawned.output(directory.encode() + b"\n")
         self.killer.groupGone(spawned.pid)
         spawned.exit(0)
-        self.assertEqual(self.finish(run), (directory.encode() + b"\n", b"", 0))
+        out, err, code = self.finish(run)
+        self.assertEqual(
+            (out, self.started(err), code), (directory.encode() + b"\n", b"", 0)
+        )
 
     def test_envWithoutEqualsIsRejected(self) -> None:
         """--env BAD (no '=') is a one-line usage error and starts no job."""
@@ -383,9 +413,12 @@ class ListAndStatusTests(MemoryCLITestCase):
         out = self.assertSucceeded(self.jw("list"))
         lines = out.decode("utf-8").splitlines()
         self.assertEqual(len(lines), 3, out)
-        self.assertEqual(lines[0].split()[:3], ["ID", "OWNER", "STATUS"])
-        self.assertTrue(lines[1].startswith(second), out)
-        self.assertTrue(lines[2].startswith(first), out)
+        self.assertEqual(
+            lines[0].split(),
+            ["ID", "OWNER", "STATUS", "EXIT", "AGE", "DURATION", "COMMAND"],
+        )
+        self.assertTrue(lines[1].startswith(second[:8] + " "), out)
+        self.assertTrue(lines[2].startswith(first[:8] + " "), out)
         self.assertIn("sleep 60", lines[2])
         self.assertIn("RUNNING", lines[2])
 
@@ -411,11 +444,11 @@ class ListAndStatusTests(MemoryCLITestCase):
         """jw status ID shows the id, the command and the status."""
         jobId = self.execId("sleep", "60")
         out = self.assertSucceeded(self.jw("status", jobId))
-        lines = out.decode("utf-8").splitlines()
+        lines = self.fields(out)
         self.assertIn(f"id: {jobId}", lines)
         self.assertIn("status: RUNNING", lines)
         self.assertIn("owner: alice", lines)
-        self.assertIn("command: sleep", lines)
+        self.assertIn("command: sleep 60", lines)
 
     def test_statusJSONMatchesAPI(self) -> None:
         """jw status --json is the API's job object, key for key."""
@@ -453,7 +486,7 @@ class StopTests(MemoryCLITestCase):
         """jw stop ID prints the job, now STOPPED, stopped by the caller."""
         jobId = self.execId("sleep", "300")
         out = self.assertSucceeded(self.stopped(jobId))
-        lines = out.decode("utf-8").splitlines()
+        lines = self.fields(out)
         self.assertIn(f"id: {jobId}", lines)
         self.assertIn("status: STOPPED", lines)
         self.assertIn("stopped_by: alice", lines)
@@ -496,9 +529,17 @@ class LogsTests(MemoryCLITestCase):
         return jobId
 
     def test_logsRawBytes(self) -> None:
-        """jw logs prints stdout byte for byte, NUL and invalid UTF-8 included."""
+        """
+        jw logs prints stdout to stdout and stderr to stderr byte for byte,
+        NUL and invalid UTF-8 included; --stdout only stdout.
+        """
         jobId = self.binaryJob()
-        self.assertEqual(self.jw("logs", jobId), (b"\x00\xff\xfeabc", b"", 0))
+        self.assertEqual(
+            self.jw("logs", jobId), (b"\x00\xff\xfeabc", b"e\x01\x80rr", 0)
+        )
+        self.assertEqual(
+            self.jw("logs", "--stdout", jobId), (b"\x00\xff\xfeabc", b"", 0)
+        )
 
     def test_logsStderr(self) -> None:
         """jw logs --stderr prints the job's stderr byte for byte."""
@@ -607,10 +648,11 @@ class FailureTests(MemoryCLITestCase):
         self.assertOneLineFailure(result, b"not found")
 
     def test_statusMalformedId(self) -> None:
-        """jw status of malformed ids is not found (even with slashes or dots)."""
+        """jw status of malformed ids is refused (even with slashes or dots)."""
         for bad in ("not-a-uuid", "../../etc/passwd", "..", "%2e%2e"):
             result = self.jw("status", bad)
-            self.assertOneLineFailure(result, b"not found")
+            self.assertOneLineFailure(result, b"not a job id")
+        self.assertOneLineFailure(self.jw("status", "abcdef12"), b"no job id starts")
 
     def test_serverDown(self) -> None:
         """A refused connection gives a one-line connection failure."""
@@ -666,13 +708,20 @@ class HelpTests(MemoryCLITestCase):
     """C{--help} needs no server and shows examples."""
 
     def test_topLevelHelp(self) -> None:
-        """jw --help exits 0 and lists examples and the environment variables."""
+        """
+        jw --help exits 0, lists the verbs and examples, fits on one screen
+        (40 lines), shows no hidden verb; jw config --help has the settings.
+        """
         out = self.assertSucceeded(self.jw("--help"))
         self.assertIn(b"examples:", out)
-        self.assertIn(b"jw exec -- sleep 30", out)
-        self.assertIn(b"JW_USER", out)
-        for verb in (b"exec", b"list", b"status", b"stop", b"logs"):
+        self.assertIn(b"jw exec -f -- make test", out)
+        for verb in (b"exec", b"list", b"status", b"stop", b"logs", b"clean"):
             self.assertIn(verb, out)
+        self.assertLessEqual(out.count(b"\n"), 40, out.decode())
+        self.assertNotIn(b"SUPPRESS", out)
+        self.assertNotIn(b"_ids", out)
+        out = self.assertSucceeded(self.jw("config", "--help"))
+        self.assertIn(b"JW_USER", out)
 
     def test_execHelp(self) -> None:
         """jw exec --help exits 0 and shows an example."""
@@ -682,13 +731,13 @@ class HelpTests(MemoryCLITestCase):
         self.assertIn(b"--follow", out)
 
     def test_unknownCommand(self) -> None:
-        """An unknown subcommand is a usage error with a non-zero exit."""
+        """An unknown subcommand is one line, with a "did you mean" if close."""
         out, err, code = self.jw("frobnicate")
-        self.assertEqual(code, 2)
-        self.assertEqual(out, b"")
-        self.assertIn(b"usage: jw", err)
-        self.assertIn(b"frobnicate", err)
-        self.assertNotIn(b"Traceback", err)
+        self.assertEqual((out, code), (b"", 2))
+        self.assertEqual(err, b"jw: unknown command 'frobnicate' (see jw --help)\n")
+        out, err, code = self.jw("lsit")
+        self.assertEqual((out, code), (b"", 2))
+        self.assertIn(b"did you mean 'list'?", err)
 
 
 class ExecOptionsTests(MemoryCLITestCase):

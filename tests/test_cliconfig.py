@@ -97,8 +97,18 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker",
                 "jobworker.client",
                 "jobworker.client.cli",
-                "jobworker.client.http",
+                "jobworker.client.completion",
                 "jobworker.client.config",
+                "jobworker.client.events",
+                "jobworker.client.failures",
+                "jobworker.client.follow",
+                "jobworker.client.http",
+                "jobworker.client.interrupts",
+                "jobworker.client.parser",
+                "jobworker.client.session",
+                "jobworker.client.show",
+                "jobworker.client.streams",
+                "jobworker.client.verbs",
                 "jobworker.tls",
                 "jobworker.units",
             },
@@ -137,6 +147,8 @@ class ConfigCommandTests(TestCase):
         out, err, code = await runJW(server.url, "list")
         self.assertEqual(code, 0, err)
         header, row = out.decode().splitlines()[:2]
-        self.assertEqual(header.split()[:5], ["ID", "OWNER", "STATUS", "EXIT", "AGE"])
+        self.assertEqual(
+            header.split()[:6], ["ID", "OWNER", "STATUS", "EXIT", "AGE", "DURATION"]
+        )
         self.assertRegex(row, r"RUNNING|COMPLETED")
         self.assertRegex(row, r"\s\d+s\s")

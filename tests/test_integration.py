@@ -381,6 +381,83 @@ class RBACMatrixTests(TestCase):
                 self.assertEqual(status, 200, identity)
 
 
+class BulkAndSignalTests(TestCase):
+    """Issue 17: DELETE /jobs (jw clean) by role, and stops with a chosen signal."""
+
+    async def test_cleanMatrix(self) -> None:
+        """
+        DELETE /jobs: a Developer deletes only their own ended jobs, a Reader
+        nothing, an Admin anyone's; running jobs are never deleted; naming
+        another owner is 403 for a Developer.
+        """
+        server = LiveServer(self)
+        ended: dict[str, str] = {}
+        for owner in ("alice", "bob", "ada"):
+            job = await server.createJob("true", user=owner)
+            await server.waitEnded(job["id"])
+            ended[owner] = job["id"]
+        running = await server.createJob("sleep", "300", user="alice")
+        cleanUpGroup(self, running["pid"])
+
+        async def remaining() -> set[str]:
+            return {job["id"] for job in await listJobs(server)}
+
+        code, body = await server.json("DELETE", "/jobs?owner=alice", "bob")
+        self.assertEqual(code, 403, body)
+        code, body = await server.json("DELETE", "/jobs", "rita")
+        self.assertEqual(code, 403, body)
+        code, body = await server.json("DELETE", "/jobs?status=RUNNING", "ada")
+        self.assertEqual(code, 400, body)
+        self.assertEqual(len(await remaining()), 4)
+        code, body = await server.json("DELETE", "/jobs", "alice")
+        self.assertEqual((code, body), (200, {"deleted": 1, "more": False}))
+        self.assertEqual(await remaining(), {ended["bob"], ended["ada"], running["id"]})
+        code, body = await server.json("DELETE", "/jobs?older_than_seconds=3600", "ada")
+        self.assertEqual((code, body["deleted"]), (200, 0))
+        code, body = await server.json("DELETE", "/jobs", "ada")
+        self.assertEqual((code, body["deleted"]), (200, 2))
+        self.assertEqual(await remaining(), {running["id"]})
+
+    async def test_stopWithSignalAndKill(self) -> None:
+        """
+        A stop with {"signal": "INT"} reaches the job's trap as SIGINT; one
+        with {"signal": "KILL"} ends a job that ignores TERM at once, with no
+        grace waited for (the server's is 60 s here).
+        """
+        server = LiveServer(self, grace=60.0)
+        ready = sharedPath(self)
+        trapping = await server.createJob(
+            "sh",
+            "-c",
+            f'trap "echo got INT; exit 7" INT; touch {ready}; '
+            "while :; do sleep 0.05; done",
+        )
+        cleanUpGroup(self, trapping["pid"])
+        await waitUntil(lambda: os.path.exists(ready), what="the trap")
+        code, job = await server.json(
+            "POST", f"/jobs/{trapping['id']}/stop", "alice", {"signal": "INT"}
+        )
+        self.assertEqual(code, 200, job)
+        self.assertEqual((job["status"], job["exit_code"]), ("STOPPED", 7))
+        _, out = await logs(server, trapping["id"], "alice")
+        self.assertEqual(out, b"got INT\n")
+        stubborn = await server.createJob("sh", "-c", 'trap "" TERM; sleep 300')
+        cleanUpGroup(self, stubborn["pid"])
+        started = time.monotonic()
+        code, job = await server.json(
+            "POST", f"/jobs/{stubborn['id']}/stop", "alice", {"signal": "KILL"}
+        )
+        self.assertEqual(
+            (code, job["status"], job["signal"]), (200, "STOPPED", "SIGKILL")
+        )
+        self.assertLess(time.monotonic() - started, 30)
+        for bad in ({"signal": "STOP"}, {"grace_seconds": -1}, {"colour": 1}):
+            code, body = await server.json(
+                "POST", f"/jobs/{stubborn['id']}/stop", "alice", bad
+            )
+            self.assertEqual(code, 400, (bad, body))
+
+
 class ErrorCodeTests(TestCase):
     """Each error status over the wire, always with a JSON body."""
 
@@ -437,8 +514,8 @@ class ErrorCodeTests(TestCase):
         server = LiveServer(self)
         jobId = str(uuid.uuid4())
         for method, path, allowed in (
-            ("DELETE", "/jobs", b"POST"),
-            ("PUT", "/jobs", b"GET"),
+            ("PATCH", "/jobs", b"POST"),
+            ("PUT", "/jobs", b"DELETE"),
             ("POST", f"/jobs/{jobId}", b"GET"),
             ("GET", f"/jobs/{jobId}/stop", b"POST"),
             ("DELETE", f"/jobs/{jobId}/logs", b"GET"),

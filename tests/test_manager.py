@@ -20,6 +20,7 @@ from jobworker.executors.local.executor import (
 from jobworker.executors.local.sandbox import GATE, SETSID, SH
 from jobworker.jobs import manager
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.jobs.validation import JobRequest
 
@@ -367,9 +368,9 @@ class LookupTests(ManagerTestCase):
         """page() filters by status and owner."""
         running = self.manager.create(request(), owner="alice")
         failed = self.manager.create(request("jobworker-no-such-cmd"), "bob")
-        byStatus, _ = self.manager.page(status=JobStatus.FAILED)
+        byStatus, _ = self.manager.page(JobFilter(status=JobStatus.FAILED))
         self.assertEqual([r.id for r in byStatus], [failed.id])
-        byOwner, _ = self.manager.page(owner="alice")
+        byOwner, _ = self.manager.page(JobFilter(owner="alice"))
         self.assertEqual([r.id for r in byOwner], [running.id])
 
     def test_pageRunningUpToDate(self) -> None:

@@ -158,6 +158,8 @@ class ToJSONTests(SynchronousTestCase):
                 "slurm_job_id": None,
                 "node": None,
                 "run_as": None,
+                "name": None,
+                "labels": {},
             },
         )
 

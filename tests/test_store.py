@@ -8,6 +8,7 @@ import sqlite3
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.store import MIGRATIONS, SCHEMA_VERSION, JobStore, StoreError
 
 
@@ -101,9 +102,9 @@ class StoreTests(SynchronousTestCase):
             if n % 3 == 0:
                 record.finish(JobStatus.COMPLETED, 3000.0, exit_code=0)
                 self.store.update(record)
-        page, _ = self.store.page(owner="alice")
+        page, _ = self.store.page(JobFilter(owner="alice"))
         self.assertEqual([r.id for r in page], [makeRecord(n).id for n in (5, 3, 1)])
-        page, _ = self.store.page(status=JobStatus.COMPLETED, owner="bob")
+        page, _ = self.store.page(JobFilter(status=JobStatus.COMPLETED, owner="bob"))
         self.assertEqual([r.id for r in page], [makeRecord(0).id])
         running = self.store.running()
         self.assertEqual(

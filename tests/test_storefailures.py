@@ -63,10 +63,10 @@ class FullDiskStore(JobStore):
             raise StoreError("cannot read a job: database disk image is malformed")
         return super().get(jobId)
 
-    def page(self, **kwargs: Any) -> Any:
+    def page(self, *args: Any, **kwargs: Any) -> Any:
         if self.broken:
             raise StoreError("cannot list jobs: database disk image is malformed")
-        return super().page(**kwargs)
+        return super().page(*args, **kwargs)
 
 
 def syncRunner(f: Any, *args: Any) -> Any:

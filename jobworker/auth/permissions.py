@@ -75,3 +75,8 @@ def authorize(user: User, permission: Permission, owner: str | None = None) -> N
         raise Forbidden(f"role {user.role.value} lacks permission {permission.value}")
     if scope is Scope.OWN and owner is not None and owner != user.name:
         raise Forbidden(f"permission {permission.value} covers only your own jobs")
+
+
+def onlyOwnJobs(user: User, permission: Permission) -> bool:
+    """Whether C{permission} covers only C{user}'s own jobs (or none)."""
+    return PERMISSIONS[user.role].get(permission) is not Scope.ALL

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import treq
 from OpenSSL import SSL
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import (
     ConnectError,
     ConnectionRefusedError,
@@ -19,6 +19,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -60,6 +61,15 @@ def exitStatusOf(job: dict[str, Any]) -> int:
         except KeyError:
             return 128
     return EXIT_CANNOT_START
+
+
+def isCancellation(error: BaseException) -> bool:
+    """Whether C{error} wraps (as the agent's failures do) a cancellation."""
+    reasons = getattr(error, "reasons", None) or []
+    return any(
+        isinstance(reason, Failure) and reason.check(CancelledError)
+        for reason in reasons
+    )
 
 
 def describeConnectionFailure(server: str, reason: BaseException) -> str:
@@ -178,9 +188,15 @@ class JobworkerClient:
         return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
 
     async def _request(
-        self, method: str, path: str, body: Any = None, unbuffered: bool = False
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        unbuffered: bool = False,
+        extraHeaders: dict[bytes, list[bytes]] | None = None,
     ) -> IResponse:
         headers = dict(self._headers)
+        headers.update(extraHeaders or {})
         kwargs: dict[str, Any] = {"unbuffered": unbuffered, "headers": headers}
         if self._auth is not None:
             kwargs["auth"] = self._auth
@@ -194,9 +210,11 @@ class JobworkerClient:
             response: IResponse = await self._http.request(
                 method, self.server + path, **kwargs
             )
-        except ClientError:
-            raise
+        except (ClientError, CancelledError):
+            raise  # CancelledError: the user interrupted jw
         except Exception as e:
+            if isCancellation(e):
+                raise CancelledError() from None
             raise ClientError(describeConnectionFailure(self.server, e)) from None
         if response.code >= 400:
             await self._raiseFor(response)
@@ -236,9 +254,13 @@ class JobworkerClient:
         *,
         timeout: float | None = None,
         limits: dict[str, int] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """C{POST /jobs}: start a job, return its record."""
-        body: dict[str, Any] = {"command": command, "args": args}
+        """
+        C{POST /jobs}: start a job, return its record. C{fields}: more of
+        the request (C{name}, C{labels}, C{stdin}, ...) as the API names them.
+        """
+        body: dict[str, Any] = {"command": command, "args": args, **(fields or {})}
         if env:
             body["env"] = env
         if cwd is not None:
@@ -256,21 +278,48 @@ class JobworkerClient:
         owner: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        idPrefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """C{GET /jobs}: one page of jobs, newest first, and the next cursor."""
-        params = {
-            key: str(value)
+        params = [
+            (key, str(value))
             for key, value in (
                 ("status", status),
                 ("owner", owner),
+                ("name", name),
+                ("id_prefix", idPrefix),
                 ("limit", limit),
                 ("cursor", cursor),
             )
             if value is not None
-        }
+        ]
+        params.extend(("label", f"{k}={v}") for k, v in (labels or {}).items())
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
         result = await self._json("GET", path)
         return result["jobs"], result.get("next_cursor")
+
+    async def clean(
+        self,
+        status: str | None = None,
+        owner: str | None = None,
+        olderThan: float | None = None,
+    ) -> dict[str, Any]:
+        """C{DELETE /jobs}: delete the ended jobs that match, in one request."""
+        params = [
+            (key, str(value))
+            for key, value in (
+                ("status", status),
+                ("owner", owner),
+                ("older_than_seconds", None if olderThan is None else int(olderThan)),
+            )
+            if value is not None
+        ]
+        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
+        result: dict[str, Any] = await self._json("DELETE", path)
+        return result
 
     async def deleteJob(self, jobId: str) -> None:
         """C{DELETE /jobs/ID}: remove an ended job and its output."""
@@ -284,12 +333,51 @@ class JobworkerClient:
         )
         return result
 
-    async def stop(self, jobId: str) -> dict[str, Any]:
-        """C{POST /jobs/ID/stop}: returns the record once the job has ended."""
+    async def stop(
+        self, jobId: str, signal: str | None = None, grace: float | None = None
+    ) -> dict[str, Any]:
+        """
+        C{POST /jobs/ID/stop}: returns the record once the job has ended.
+        C{signal} (a name, C{TERM} by default) goes first; C{grace} seconds
+        later, C{KILL} (the server's grace by default).
+        """
+        body: dict[str, Any] = {}
+        if signal is not None:
+            body["signal"] = signal
+        if grace is not None:
+            body["grace_seconds"] = grace
         result: dict[str, Any] = await self._json(
-            "POST", f"/jobs/{_segment(jobId)}/stop"
+            "POST", f"/jobs/{_segment(jobId)}/stop", body or None
         )
         return result
+
+    async def events(
+        self,
+        jobId: str,
+        sink: Callable[[bytes], None],
+        stream: str = "combined",
+        follow: bool = True,
+        tail: int | None = None,
+        lastEventId: str | None = None,
+    ) -> None:
+        """
+        C{GET /jobs/ID/logs} as Server-Sent Events: hand the raw event
+        stream to C{sink} (L{jobworker.client.events.EventParser} reads it),
+        resuming after C{lastEventId} if given.
+        """
+        params = {"stream": stream, "follow": str(follow).lower()}
+        if tail is not None and lastEventId is None:
+            params["tail"] = str(tail)
+        headers = {b"accept": [b"text/event-stream"]}
+        if lastEventId is not None:
+            headers[b"last-event-id"] = [lastEventId.encode("ascii", "replace")]
+        response = await self._request(
+            "GET",
+            f"/jobs/{_segment(jobId)}/logs?{urlencode(params)}",
+            unbuffered=True,
+            extraHeaders=headers,
+        )
+        await self._collect(response, sink)
 
     async def logs(
         self,
@@ -317,6 +405,12 @@ class JobworkerClient:
         start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
         if onStart is not None and start.isdigit():
             onStart(int(start))
+        await self._collect(response, sink)
+
+    async def _collect(
+        self, response: IResponse, sink: Callable[[bytes], None]
+    ) -> None:
+        """The body, chunk by chunk, to C{sink}; a broken stream a L{ClientError}."""
         sinkErrors: list[Exception] = []
 
         def deliver(data: bytes) -> None:
@@ -328,6 +422,8 @@ class JobworkerClient:
 
         try:
             await treq.collect(response, deliver)
+        except CancelledError:
+            raise  # the user interrupted jw
         except Exception as e:
             if sinkErrors:
                 raise sinkErrors[0] from None

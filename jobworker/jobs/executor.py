@@ -20,6 +20,7 @@ from .limits import Limits
 from .order import OrderLog
 from .records import JobRecord
 from .spool import OutputSource
+from .stopping import DEFAULT_STOP, StopRequest
 from .validation import JobRequest
 
 
@@ -58,8 +59,11 @@ class LiveJob(Protocol):
     def whenCleanedUp(self) -> Deferred[None]:
         """Fires once nothing of the job is left to watch."""
 
-    def stop(self, by: str) -> Deferred[JobRecord]:
-        """Stop it (TERM, the grace period, KILL); fires once it has ended."""
+    def stop(self, by: str, how: StopRequest = DEFAULT_STOP) -> Deferred[JobRecord]:
+        """
+        Stop it (C{how.signal}, TERM by default; the grace period; KILL);
+        fires once it has ended.
+        """
 
     def recorded(self) -> None:
         """The store has the job's record: let it run (locally, it waits

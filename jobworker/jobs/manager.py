@@ -24,9 +24,11 @@ from .combined import OrderSource, StoredOrder
 from .executor import Executor, LiveJob
 from .identity import Identity
 from .policy import JobPolicy, JobReactor
-from .records import JobRecord, JobStatus
+from .records import JobRecord
 from .recovery import currentBootId
+from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
+from .stopping import DEFAULT_STOP, StopRequest
 from .store import JobStore, StoreError
 from .validation import JobRequest
 
@@ -168,6 +170,8 @@ class JobManager:
             timeout_seconds=timeout,
             executor=executor.name,
             run_as=identity.label,
+            name=request.name,
+            labels=dict(request.labels),
         )
         job = executor.launch(record, request, limits, timeout, identity)
         try:
@@ -339,21 +343,18 @@ class JobManager:
 
     def page(
         self,
-        status: JobStatus | None = None,
-        owner: str | None = None,
+        selection: JobFilter = ANY_JOB,
         limit: int = 100,
         before: int | None = None,
     ) -> tuple[list[JobRecord], int | None]:
         """Jobs newest first (see L{JobStore.page}), running ones up to date."""
-        records, following = self._store.page(
-            status=status, owner=owner, limit=limit, before=before
-        )
+        records, following = self._store.page(selection, limit, before)
         live, unsaved = self._live, self._unsaved
         if unsaved:
             # The store is behind for these: answer with what is true.
             records = [unsaved.get(r.id, r) for r in records]
-            if status is not None:
-                records = [r for r in records if r.status is status]
+            if selection.status is not None:
+                records = [r for r in records if r.status is selection.status]
         return [
             live[r.id].snapshot() if r.id in live else r for r in records
         ], following
@@ -365,9 +366,11 @@ class JobManager:
             return job.whenEnded()
         return succeed(self.record(jobId))
 
-    def stop(self, jobId: str, by: str) -> Deferred[JobRecord]:
+    def stop(
+        self, jobId: str, by: str, how: StopRequest = DEFAULT_STOP
+    ) -> Deferred[JobRecord]:
         """
-        Stop a running job (TERM, grace, KILL to its group).
+        Stop a running job (C{how.signal}, the grace, KILL to its group).
 
         @raise Conflict: if it has already ended (the job goes in the body).
         @raise NotFound: if there is no such job.
@@ -379,7 +382,7 @@ class JobManager:
                 f"job already ended ({record.status.value})", job=record.toJSON()
             )
         self._metrics.stops.inc()
-        return job.stop(by)
+        return job.stop(by, how)
 
     def order(self, jobId: str) -> OrderSource:
         """Where the order of a job's stdout and stderr chunks is recorded."""
@@ -408,6 +411,19 @@ class JobManager:
         if not record.status.ended:
             raise Conflict("job is still running: stop it first", job=record.toJSON())
         self._remove(jobId)
+
+    def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
+        """
+        Delete up to C{most} ended jobs that C{selection} picks, oldest
+        first: (how many were deleted, whether more are left).
+        """
+        ids = self._store.endedMatching(selection, most + 1)
+        removed = 0
+        for jobId in ids[:most]:
+            if jobId not in self._live:
+                self._remove(jobId)
+                removed += 1
+        return removed, len(ids) > most
 
     def _remove(self, jobId: str) -> None:
         """

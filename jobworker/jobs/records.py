@@ -95,6 +95,9 @@ class JobRecord:
     #: The Unix identity the job runs as: an account name, C{dynamic:<uid>},
     #: or the server's own user.
     run_as: str | None = None
+    #: An optional name and labels to find the job by (L{selection}).
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)
@@ -154,4 +157,6 @@ class JobRecord:
             "slurm_job_id": self.slurm_job_id,
             "node": self.node,
             "run_as": self.run_as,
+            "name": self.name,
+            "labels": dict(self.labels),
         }

@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .records import JobRecord, JobStatus
+from .selection import ANY_JOB, JobFilter
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -49,6 +50,8 @@ _COLUMNS = (
     "node",
     "run_as",
     "stop_requested_at",
+    "name",
+    "labels",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -148,12 +151,20 @@ def _migrateTo5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN stop_requested_at REAL")
 
 
+def _migrateTo6(db: sqlite3.Connection) -> None:
+    # Names and labels (JSON) to find jobs by.
+    db.execute("ALTER TABLE jobs ADD COLUMN name TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN labels TEXT")
+    db.execute("CREATE INDEX jobs_name ON jobs (name, seq) WHERE name IS NOT NULL")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
     _migrateTo3,
     _migrateTo4,
     _migrateTo5,
+    _migrateTo6,
 ]
 
 
@@ -187,6 +198,8 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.node,
         record.run_as,
         record.stop_requested_at,
+        record.name,
+        json.dumps(record.labels) if record.labels else None,
     )
 
 
@@ -221,6 +234,8 @@ def _record(row: sqlite3.Row) -> JobRecord:
         node=row["node"],
         run_as=row["run_as"],
         stop_requested_at=row["stop_requested_at"],
+        name=row["name"],
+        labels={} if row["labels"] is None else json.loads(row["labels"]),
     )
 
 
@@ -372,14 +387,13 @@ class JobStore:
     @_mapped("list jobs")
     def page(
         self,
-        *,
-        status: JobStatus | None = None,
-        owner: str | None = None,
+        selection: JobFilter = ANY_JOB,
         limit: int = 100,
         before: int | None = None,
     ) -> tuple[list[JobRecord], int | None]:
         """
-        Jobs newest first, at most C{limit}, older than sequence C{before}.
+        Jobs newest first, at most C{limit}, older than sequence C{before},
+        those C{selection} picks.
 
         @return: the records and the sequence to pass as C{before} for the
             next page (None when this is the last page). Keyset paging: jobs
@@ -387,14 +401,7 @@ class JobStore:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1 to {MAX_PAGE}")
-        where: list[str] = []
-        params: list[object] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.value)
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
+        where, params = selection.where()
         if before is not None:
             where.append("seq < ?")
             params.append(before)
@@ -407,6 +414,15 @@ class JobStore:
         records = [_record(row) for row in rows[:limit]]
         more = len(rows) > limit
         return records, (records[-1].seq if more and records else None)
+
+    @_mapped("list ended jobs")
+    def endedMatching(self, selection: JobFilter, limit: int) -> list[str]:
+        """Ids of (at most C{limit}) ended jobs C{selection} picks, oldest first."""
+        where, params = selection.where()
+        where.append("ended_at IS NOT NULL")
+        query = f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        rows = self._db.execute(query, [*params, limit]).fetchall()
+        return [row["id"] for row in rows]
 
     @_mapped("list running jobs")
     def running(self) -> list[JobRecord]:

@@ -12,6 +12,7 @@ from ..auth.names import USER_NAME
 from ..errors import BadRequest, NotFound
 from .limits import Limits
 from .records import JobStatus
+from .selection import parseLabels, parseName
 
 #: Offsets and cursors are 64-bit signed integers (SQLite, file offsets).
 MAX_INT64 = (1 << 63) - 1
@@ -24,7 +25,7 @@ MAX_ENV = 1024
 MAX_JOB_DATA = 32 * 1024
 
 _CREATE_FIELDS = frozenset(
-    {"command", "args", "env", "cwd", "limits", "timeout_seconds"}
+    {"command", "args", "env", "cwd", "limits", "timeout_seconds", "name", "labels"}
 )
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 #: The longest timeout a request may ask for (a year).
@@ -41,6 +42,8 @@ class JobRequest:
     cwd: str | None
     limits: Limits = field(default_factory=Limits)
     timeout: float | None = None
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _text(value: object, what: str, *, allowEmpty: bool = True) -> str:
@@ -123,6 +126,8 @@ def parseJobRequest(body: bytes) -> JobRequest:
         cwd=cwd,
         limits=_limits(obj.get("limits", {})),
         timeout=_timeout(obj.get("timeout_seconds")),
+        name=parseName(obj.get("name")),
+        labels=parseLabels(obj.get("labels")),
     )
 
 
@@ -273,6 +278,16 @@ def parseWait(text: str | None) -> float:
     if not 0 <= value <= MAX_WAIT:
         raise BadRequest(f"wait must be a number of seconds (0 to {MAX_WAIT:g})")
     return value
+
+
+def parseAge(text: str | None) -> float | None:
+    """C{older_than_seconds}: whole seconds, 0 to 100 years (None if absent)."""
+    if text is None:
+        return None
+    value = boundedInteger(text, 0, 100 * 366 * 86400)
+    if value is None:
+        raise BadRequest("older_than_seconds must be whole seconds (0 to 100 years)")
+    return float(value)
 
 
 def parseTail(text: str | None) -> int | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec
 
@@ -21,9 +23,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..auth.audit import AuditLog
 from ..auth.authenticator import REALM, Authenticator, clientAddress
-from ..auth.permissions import Permission, User, authorize
+from ..auth.permissions import Permission, User, authorize, onlyOwnJobs
 from ..auth.tokens import fingerprint
 from ..errors import (
+    BadRequest,
     Forbidden,
     JobworkerError,
     NotFound,
@@ -32,12 +35,21 @@ from ..errors import (
 )
 from ..jobs.manager import JobManager
 from ..jobs.records import rfc3339
+from ..jobs.selection import (
+    JobFilter,
+    parseIdPrefix,
+    parseLabelFilters,
+    parseName,
+)
+from ..jobs.stopping import parseStopRequest
 from ..jobs.store import StoreError
 from ..jobs.validation import (
     onlyParameters,
+    parseAge,
     parseCursor,
     parseJobId,
     parseJobRequest,
+    parseJSONObject,
     parseLimit,
     parseOwner,
     parseStatus,
@@ -94,6 +106,26 @@ def guarded(
         return wrapper
 
     return decorate
+
+
+#: The query parameters that filter a listing (L{_selection}).
+FILTERS = ("status", "owner", "name", "label", "id_prefix")
+
+#: The most jobs one C{DELETE /jobs} deletes (C{"more": true} says to go on).
+MAX_CLEAN = 1000
+
+
+def _selection(request: IRequest) -> JobFilter:
+    """The job filter of a listing's (or bulk delete's) query."""
+    return JobFilter(
+        status=parseStatus(_arg(request, b"status")),
+        owner=parseOwner(_arg(request, b"owner")),
+        name=parseName(_arg(request, b"name")),
+        labels=parseLabelFilters(
+            [v.decode("utf-8", "replace") for v in _query(request).get(b"label", [])]
+        ),
+        idPrefix=parseIdPrefix(_arg(request, b"id_prefix")),
+    )
 
 
 class JobsAPI:
@@ -225,11 +257,10 @@ class JobsAPI:
         return _json(request, record.toJSON(), 201)
 
     @app.route("/jobs", methods=["GET"])
-    @guarded(Permission.GET, "status", "owner", "limit", "cursor")
+    @guarded(Permission.GET, *FILTERS, "limit", "cursor")
     async def listJobs(self, request: IRequest, user: User) -> bytes:
         records, following = self._manager.page(
-            status=parseStatus(_arg(request, b"status")),
-            owner=parseOwner(_arg(request, b"owner")),
+            _selection(request),
             limit=parseLimit(_arg(request, b"limit")),
             before=parseCursor(_arg(request, b"cursor")),
         )
@@ -248,6 +279,31 @@ class JobsAPI:
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + cursor + b"}\n"
+
+    @app.route("/jobs", methods=["DELETE"])
+    @guarded(Permission.DELETE, "status", "owner", "older_than_seconds")
+    async def cleanJobs(self, request: IRequest, user: User) -> bytes:
+        _noBody(request)
+        selection = _selection(request)
+        if selection.status is not None and not selection.status.ended:
+            raise BadRequest("only ended jobs can be deleted: status must be ended")
+        if selection.owner is None and onlyOwnJobs(user, Permission.DELETE):
+            selection = replace(selection, owner=user.name)
+        authorize(user, Permission.DELETE, owner=selection.owner)
+        age = parseAge(_arg(request, b"older_than_seconds"))
+        if age is not None:
+            selection = replace(selection, endedBefore=self._clock.seconds() - age)
+        deleted, more = self._manager.clean(selection, MAX_CLEAN)
+        self._audit(
+            request,
+            "job.clean",
+            user,
+            "ok",
+            deleted=deleted,
+            owner=selection.owner,
+            status=None if selection.status is None else selection.status.value,
+        )
+        return _json(request, {"deleted": deleted, "more": more})
 
     @app.route("/tokens", methods=["POST"])
     @guarded(Permission.TOKENS, tokens=False)
@@ -318,11 +374,20 @@ class JobsAPI:
     @app.route("/jobs/<jobId>/stop", methods=["POST"])
     @guarded(Permission.STOP)
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
-        _noBody(request)
+        body = _body(request).strip()
+        how = parseStopRequest(parseJSONObject(body) if body else {})
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
-        self._audit(request, "job.stop", user, "requested", job=record.id)
-        stopped = await self._manager.stop(record.id, by=user.name)
+        self._audit(
+            request,
+            "job.stop",
+            user,
+            "requested",
+            job=record.id,
+            signal=signal.Signals(how.signal).name,
+            grace=how.grace,
+        )
+        stopped = await self._manager.stop(record.id, user.name, how)
         return _json(request, stopped.toJSON())
 
     @app.route("/jobs/<jobId>/logs", methods=["GET"])

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from ...jobs.ending import Ending
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
+from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
@@ -169,34 +170,41 @@ class JobProcess:
 
     # -- stop ----------------------------------------------------------------
 
-    def stop(self, by: str) -> Deferred[JobRecord]:
+    def stop(self, by: str, how: StopRequest = DEFAULT_STOP) -> Deferred[JobRecord]:
         """
-        SIGTERM the job's group now, SIGKILL it after the grace period.
+        Send the job's processes C{how.signal} now (SIGTERM by default),
+        SIGKILL after the grace period (C{how.grace}, else the server's).
 
         @return: fires with the record once the job has ended.
         """
         if self.record.stopped_by is None:
             self.record.stopped_by = by
             self.log.info(
-                "stopping job {job} (pid {pid}) for {user}",
+                "stopping job {job} (pid {pid}) for {user} with {signal}",
                 job=self.record.id,
                 pid=self._pgid,
                 user=by,
+                signal=signal.Signals(how.signal).name,
             )
-            self._terminate()
+            self._terminate(how)
         return self.whenEnded()
 
-    def _terminate(self) -> None:
+    def _terminate(self, how: StopRequest = DEFAULT_STOP) -> None:
         if self._pgid is None or self._killSent:
             return
-        if self._signal(signal.SIGTERM):
-            if self._killTimer is None:
-                self._killTimer = self._clock.callLater(self._grace, self._kill)
-        elif self._killTimer is not None:
+        grace = self._grace if how.grace is None else how.grace
+        if how.signal == signal.SIGKILL:
+            self._cancelTimers("_killTimer")
+            self._kill()
+        elif not self._signal(how.signal):
             # Nothing is left to kill: never SIGKILL a group id that may be
             # reused once its last member is gone.
-            self._killTimer.cancel()
-            self._killTimer = None
+            self._cancelTimers("_killTimer")
+        elif grace <= 0:
+            self._cancelTimers("_killTimer")
+            self._kill()
+        elif self._killTimer is None:
+            self._killTimer = self._clock.callLater(grace, self._kill)
 
     def _signal(self, signum: int) -> bool:
         """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import stat
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -39,6 +40,7 @@ from ...jobs.order import OrderLog
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import Waiters
+from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from ...jobs.validation import JobRequest
 from ..local.executor import defaultEnvironment
 from .commands import (
@@ -305,7 +307,7 @@ class SlurmJob:
 
     # -- stopping --------------------------------------------------------------
 
-    def stop(self, by: str) -> Deferred[JobRecord]:
+    def stop(self, by: str, how: StopRequest = DEFAULT_STOP) -> Deferred[JobRecord]:
         ended = self.whenEnded()
         if self._stopRequested:
             return ended
@@ -314,7 +316,7 @@ class SlurmJob:
         if self.record.slurm_job_id is None:
             return ended  # cancelled as soon as sbatch answers
         result: Deferred[JobRecord] = Deferred()
-        signalled = Deferred.fromCoroutine(self._executor.terminate(self))
+        signalled = Deferred.fromCoroutine(self._executor.terminate(self, how))
 
         def failed(failure: Failure) -> None:
             self._stopRequested = False
@@ -785,8 +787,11 @@ class SlurmExecutor:
 
     # -- stopping --------------------------------------------------------------
 
-    async def terminate(self, job: SlurmJob) -> None:
-        """TERM to every process of the job, KILL (scancel) after the grace."""
+    async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
+        """
+        C{how.signal} (TERM) to every process of the job, KILL (scancel)
+        after the grace (C{how.grace}, else the server's).
+        """
         slurmJobId = job.record.slurm_job_id
         assert slurmJobId is not None
         owner = self.ownerOf(job)
@@ -794,7 +799,11 @@ class SlurmExecutor:
             if job.record.status is JobStatus.PENDING:
                 await self._commands.cancel(slurmJobId, owner)
                 return
-            await self._commands.signal(slurmJobId, "TERM", owner)
+            if how.signal == signal.SIGKILL:
+                await self._commands.cancel(slurmJobId, owner)
+                return
+            name = signal.Signals(how.signal).name.removeprefix("SIG")
+            await self._commands.signal(slurmJobId, name, owner)
         except SlurmError as e:
             if e.unreachable:
                 raise ServiceUnavailable(
@@ -804,7 +813,7 @@ class SlurmExecutor:
         # Stored, so a restart goes on with the escalation (who and when).
         job.record.stop_requested_at = self.now()
         self.save(job.record)
-        self._escalate(job, self._grace)
+        self._escalate(job, self._grace if how.grace is None else how.grace)
 
     def _escalate(self, job: SlurmJob, delay: float) -> None:
         """scancel the job after C{delay} seconds (the rest of the grace)."""

@@ -1,0 +1,108 @@
+"""Tab completion scripts for bash, zsh and fish (C{jw completion SHELL})."""
+
+from __future__ import annotations
+
+from .parser import STATUSES, VERBS
+
+_VERBS = " ".join(VERBS)
+_STATUSES = " ".join(STATUSES)
+_GLOBAL = "--server --ca --cert --key --help"
+#: Options per verb (a test checks them against the parser).
+OPTIONS = {
+    "exec": "--follow --detach-on-interrupt --name --label --env --cwd "
+    "--timeout --memory --cpu --pids --io-read --io-write --json",
+    "list": "--status --owner --name --label --limit --all --wide --json",
+    "status": "--json",
+    "logs": "--follow --stdout --stderr --offset --tail",
+    "wait": "--timeout --json",
+    "stop": "--signal --grace --kill --json",
+    "rm": "",
+    "clean": "--status --owner --older-than --json",
+    "completion": "",
+}
+_ID_VERBS = "status|logs|wait|stop|rm"
+_CASES = "\n".join(
+    f'        {verb}) opts="{options} {_GLOBAL}" ;;'
+    for verb, options in OPTIONS.items()
+)
+
+BASH = f"""# jw completion for bash: source <(jw completion bash)
+_jw() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
+    local verb="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in
+            --) # after --: the job's command and its files
+                COMPREPLY=($(compgen -c -f -- "$cur")); return ;;
+            --server|--ca|--cert|--key) ((i++)) ;;
+            -*) ;;
+            *) [ -z "$verb" ] && verb=${{COMP_WORDS[i]}} ;;
+        esac
+    done
+    case "$prev" in
+        --status) COMPREPLY=($(compgen -W "{_STATUSES}" -- "${{cur^^}}")); return ;;
+        --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    esac
+    if [ -z "$verb" ]; then
+        COMPREPLY=($(compgen -W "{_VERBS} {_GLOBAL} --version" -- "$cur"))
+        return
+    fi
+    local opts=""
+    case "$verb" in
+{_CASES}
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    elif [ "$verb" = completion ]; then
+        COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
+    elif [[ "$verb" =~ ^({_ID_VERBS})$ ]]; then
+        COMPREPLY=($(compgen -W "$(jw _ids 2>/dev/null)" -- "$cur"))
+    fi
+}}
+complete -F _jw jw
+"""
+
+ZSH = f"""#compdef jw
+# jw completion for zsh: source <(jw completion zsh)
+_jw() {{
+    local -a words_after
+    if (( ${{words[(I)--]}} && ${{words[(I)--]}} < CURRENT )); then
+        _files; return   # after --: the job's command and its files
+    fi
+    if [[ "$words[CURRENT-1]" == --status ]]; then
+        compadd -- {_STATUSES}; return
+    fi
+    if (( CURRENT == 2 )); then
+        compadd -- {_VERBS}; return
+    fi
+    case "$words[2]" in
+        {_ID_VERBS}) [[ "$PREFIX" == -* ]] || compadd -- $(jw _ids 2>/dev/null) ;;
+        completion) compadd -- bash zsh fish ;;
+    esac
+    case "$words[2]" in
+{chr(10).join(f"        {v}) compadd -- {o} {_GLOBAL} ;;" for v, o in OPTIONS.items())}
+    esac
+}}
+compdef _jw jw
+"""
+
+FISH = f"""# jw completion for fish: jw completion fish | source
+complete -c jw -f
+complete -c jw -n __fish_use_subcommand -a "{_VERBS}"
+complete -c jw -l server -l ca -l cert -l key -r
+complete -c jw -n "__fish_seen_subcommand_from list clean" -l status -x -a "{_STATUSES}"
+complete -c jw -n "__fish_seen_subcommand_from {_ID_VERBS.replace("|", " ")}" \\
+    -x -a "(jw _ids 2>/dev/null)"
+complete -c jw -n "__fish_seen_subcommand_from completion" -x -a "bash zsh fish"
+complete -c jw -n "contains -- -- (commandline -opc)" -F
+{
+    chr(10).join(
+        f'complete -c jw -n "__fish_seen_subcommand_from {v}" '
+        + " ".join(f"-l {o[2:]}" for o in opts.split())
+        for v, opts in OPTIONS.items()
+        if opts
+    )
+}
+"""
+
+COMPLETION = {"bash": BASH, "zsh": ZSH, "fish": FISH}

@@ -1,0 +1,93 @@
+"""
+What can stop a C{jw} command, and the one table from each failure to its
+exit status and its one line on stderr (never a traceback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..tls import TLSConfigError
+from .config import ConfigError
+from .http import ClientError
+from .streams import Streams
+
+#: Exit status when our own stdout was closed under us (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
+#: Exit status of C{jw wait} when its timeout passes first (as timeout(1)).
+EXIT_TIMED_OUT = 124
+
+#: Exit status after an interrupt (Ctrl-C, SIGTERM, SIGHUP), as a shell's.
+EXIT_INTERRUPTED = 130
+
+
+class UsageFailure(Exception):
+    """Bad command-line input; the message is one line."""
+
+
+class StartFailure(Exception):
+    """
+    The command could not begin (a bad setting, file or server URL, no
+    terminal to ask for a password): nothing was sent; the message is one line.
+    """
+
+
+class SavedLoginRefused(Exception):
+    """The server refused the token C{jw login} kept (now forgotten)."""
+
+
+class HelpShown(Exception):
+    """C{--help} or C{--version} printed what was asked: the command is done."""
+
+
+class ArgumentsRefused(Exception):
+    """The argument parser refused the command line (its usage is printed)."""
+
+
+class NoPrompt(Exception):
+    """Completion asked for ids but there is no way to log in without asking."""
+
+
+#: How each failure is shown, first match wins: its exit status, and the
+#: one line on stderr (None: nothing more). Never a traceback.
+FAILURES: tuple[
+    tuple[type[BaseException], int, Callable[[BaseException], str | None]], ...
+] = (
+    (HelpShown, 0, lambda e: None),
+    (ArgumentsRefused, 2, str),  # after the usage; "jw VERB: error: ..."
+    (StartFailure, 2, lambda e: f"jw: {e}"),
+    (ConfigError, 2, lambda e: f"jw: {e}"),
+    (TLSConfigError, 2, lambda e: f"jw: {e}"),
+    (NoPrompt, 1, lambda e: None),  # completion never prompts
+    (
+        SavedLoginRefused,
+        1,
+        lambda e: (
+            "jw: the saved login was refused (expired, the server's key "
+            "changed, or your user changed): run jw login"
+        ),
+    ),
+    (UsageFailure, 1, lambda e: f"jw: {e}"),
+    (ClientError, 1, lambda e: f"jw: {e}"),
+    # Our reader went away (jw logs -f | head): stop quietly, as a
+    # pipeline's writer does, with the SIGPIPE status.
+    (BrokenPipeError, EXIT_BROKEN_PIPE, lambda e: None),
+    (Exception, 1, lambda e: f"jw: unexpected error: {e!r}"),  # a bug
+)
+
+
+def report(error: Exception, streams: Streams) -> int:
+    """Show C{error} as L{FAILURES} says; return its exit status."""
+    if isinstance(error, BrokenPipeError):
+        streams.abandonOut()
+    for kind, status, message in FAILURES:
+        if isinstance(error, kind):
+            line = message(error)
+            if line is not None:
+                try:
+                    streams.say(line)
+                except BrokenPipeError:
+                    pass  # stderr gone too: the status says it
+            return status
+    raise error  # unreachable: the last row matches every Exception

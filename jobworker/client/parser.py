@@ -1,0 +1,275 @@
+"""C{jw}'s command line: its verbs, their options, and help that fits a screen."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import re
+from typing import Any, NoReturn
+
+from .. import __version__
+from .config import DEFAULT_SERVER
+from .failures import ArgumentsRefused, HelpShown
+from .streams import Streams
+
+#: The job states, for C{--status} (and completion).
+STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
+
+#: The verbs, in the order help lists them (completion reads this too).
+VERBS = (
+    "exec",
+    "list",
+    "status",
+    "logs",
+    "wait",
+    "stop",
+    "rm",
+    "clean",
+    "login",
+    "logout",
+    "config",
+    "completion",
+)
+
+EXAMPLES = """\
+examples:
+  jw exec -f -- make test          run, stream output, exit with its status
+  jw exec --name nightly -- ./build.sh
+  jw list --status RUNNING         jw status 5c08db  (any unique id prefix)
+  jw logs -f 5c08db                jw stop --kill 5c08db
+  jw clean --older-than 7d         delete your ended jobs older than a week
+
+Settings: jw config --help. Every command: jw COMMAND --help.
+"""
+
+SETTINGS = """\
+settings (flags override the environment, which overrides the config file):
+  --server / JW_SERVER / server      default https://localhost:8443
+  --ca / JW_CA / ca                  default: the CA of a server on this
+                                     machine, else the development CA (for
+                                     localhost, 127.0.0.1 and ::1 only)
+  --cert, --key / JW_CERT, JW_KEY / cert, key
+                                     a client certificate (no password asked)
+  JW_USER / user, JW_PASSWORD        credentials (else a token saved by
+                                     jw login, else prompted on the terminal)
+  JW_TOKEN                           a bearer token to use (CI: from POST
+                                     /tokens); no password, nothing saved
+  config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
+    server = "https://jobs.example.com:8443"
+    ca = "ca.pem"      # relative to the config file
+    user = "alice"
+"""
+
+_INVALID_CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that writes to L{Streams} and raises, never exits."""
+
+    def __init__(self, *args: Any, streams: Streams, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams = streams
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            self._streams.show(message)
+
+    def print_usage(self, file: Any = None) -> None:
+        # Only a refused command line prints the usage (before its error).
+        self._streams.messages.write(self.format_usage())
+
+    def error(self, message: str) -> NoReturn:
+        unknown = _INVALID_CHOICE.search(message)
+        if unknown:
+            close = difflib.get_close_matches(unknown.group(1), VERBS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ArgumentsRefused(
+                f"jw: unknown command {unknown.group(1)!r}{hint} (see jw --help)"
+            )
+        super().error(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0:
+            raise HelpShown()
+        raise ArgumentsRefused((message or "").rstrip("\n"))
+
+
+def _globalOptions(streams: Streams) -> argparse.ArgumentParser:
+    """The options every verb takes, before or after it."""
+    options = _Parser(add_help=False, streams=streams)
+    flag = functools.partial(options.add_argument, default=argparse.SUPPRESS)
+    flag("--server", help=f"server URL (env JW_SERVER, default {DEFAULT_SERVER})")
+    flag("--ca", help="CA certificate that signs the server's (env JW_CA)")
+    flag("--cert", help="client certificate (PEM) to log in with (env JW_CERT)")
+    flag("--key", help="its private key (PEM) (env JW_KEY)")
+    return options
+
+
+def buildParser(streams: Streams) -> argparse.ArgumentParser:
+    """The C{jw} argument parser, with its subcommands; it writes to C{streams}."""
+    shared = _globalOptions(streams)
+    parser = _Parser(
+        streams=streams,
+        prog="jw",
+        description="Run and watch jobs on a jobworker server.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[shared],
+    )
+    parser.add_argument("--version", action="version", version=f"jw {__version__}")
+    asJSON = _Parser(add_help=False, streams=streams)
+    asJSON.add_argument(
+        "--json", action="store_true", help="print the API's JSON (one document)"
+    )
+    commands = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    def command(name: str, *, json: bool = True, **kwargs: Any) -> Any:
+        parents: list[Any] = [shared, asJSON] if json else [shared]
+        return commands.add_parser(
+            name,
+            streams=streams,
+            parents=parents,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+
+    _execOptions(command)
+    listing = command(
+        "list",
+        help="list jobs, newest first",
+        epilog="example: jw list --status FAILED --owner alice --all",
+    )
+    listing.add_argument("--status", type=str.upper, choices=STATUSES)
+    listing.add_argument("--owner", help="only this user's jobs")
+    listing.add_argument("--name", help="only jobs of this name")
+    listing.add_argument(
+        "--label", action="append", default=[], metavar="K=V", help="with this label"
+    )
+    listing.add_argument(
+        "--limit", type=int, default=100, help="jobs per page (1-1000, default 100)"
+    )
+    listing.add_argument("--all", action="store_true", help="every page, not just one")
+    listing.add_argument(
+        "--wide", "-w", action="store_true", help="whole ids and commands"
+    )
+    status = command("status", help="show a job", epilog="example: jw status 5c08db")
+    status.add_argument("id", metavar="ID")
+    _logsOptions(command)
+    wait = command(
+        "wait",
+        help="wait until a job ends; exit with its exit status",
+        description="Wait for the job to end and exit with its exit status "
+        "(128+N if killed by signal N, 127 if it could not start); exit 124 "
+        "if --timeout passes first, 130 on Ctrl-C.",
+        epilog="example: jw wait --timeout 600 $ID && echo passed",
+    )
+    wait.add_argument("--timeout", type=float, help="give up after S seconds")
+    wait.add_argument("id", metavar="ID")
+    stop = command(
+        "stop",
+        help="stop a job (TERM, then KILL after the grace)",
+        description="Send the job's whole process tree SIGTERM (or --signal), "
+        "then SIGKILL after the grace period; print the record once it ended.",
+        epilog="example: jw stop --signal INT --grace 30 $ID",
+    )
+    stop.add_argument("--signal", "-s", metavar="NAME", help="first signal (TERM)")
+    stop.add_argument("--grace", type=float, metavar="S", help="seconds before KILL")
+    stop.add_argument("--kill", action="store_true", help="KILL at once")
+    stop.add_argument("id", metavar="ID")
+    remove = command(
+        "rm",
+        json=False,
+        help="delete ended jobs and their output",
+        epilog="example: jw rm $A $B",
+    )
+    remove.add_argument("ids", nargs="+", metavar="ID")
+    clean = command(
+        "clean",
+        help="delete ended jobs in one request",
+        description="Delete your ended jobs (all users' for an Admin with "
+        "--owner), or those of one status, or older than a time.",
+        epilog="example: jw clean --status COMPLETED --older-than 7d",
+    )
+    clean.add_argument("--status", type=str.upper, choices=STATUSES[2:])
+    clean.add_argument("--owner", help="only this user's jobs")
+    clean.add_argument("--older-than", metavar="AGE", help="e.g. 90s, 30m, 12h, 7d")
+    command(
+        "login",
+        json=False,
+        help="ask the password once and keep a token for later commands",
+        description="Get a bearer token from the server (POST /tokens) with "
+        "your password or client certificate, and keep it in "
+        "$XDG_CONFIG_HOME/jobworker/tokens.json (mode 0600). Later commands "
+        "use it until it expires, then ask for the password again.",
+        epilog="example: jw login && jw list",
+    )
+    command("logout", json=False, help="forget the token jw login kept")
+    command(
+        "config",
+        json=False,
+        help="show the settings in force and where each comes from",
+        epilog=SETTINGS,
+    )
+    completion = command(
+        "completion",
+        json=False,
+        help="print a shell completion script",
+        epilog="example: source <(jw completion bash)",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+    return parser
+
+
+def _execOptions(command: Any) -> None:
+    execute = command(
+        "exec",
+        help="start a job",
+        description="Start COMMAND with ARGs on the server (no shell) and print "
+        "the job id. With --follow, stream its output in order and exit with "
+        "its exit status (128+N if killed by signal N, 127 if it could not "
+        "start); Ctrl-C stops the job (a second Ctrl-C leaves it running).",
+        epilog="example: jw exec --env LEVEL=debug --cwd /srv -- ls -la",
+    )
+    add = execute.add_argument
+    add(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="stream output, exit with its status",
+    )
+    add(
+        "--detach-on-interrupt",
+        action="store_true",
+        help="Ctrl-C leaves the job running",
+    )
+    add("--name", "-n", help="a name to find the job by")
+    add("--label", "-l", action="append", default=[], metavar="K=V", help="a label")
+    add("--env", "-e", action="append", default=[], metavar="K=V", help="a variable")
+    add("--cwd", help="working directory of the job")
+    add("--timeout", type=float, metavar="S", help="stop it after S seconds")
+    add("--memory", metavar="SIZE", help="memory limit (512M, 2G)")
+    add("--cpu", type=int, metavar="MILLICORES", help="CPU limit (1000 = 1 CPU)")
+    add("--pids", type=int, metavar="N", help="process-count limit")
+    add("--io-read", metavar="SIZE", help="read bytes per second (disk)")
+    add("--io-write", metavar="SIZE", help="write bytes per second (disk)")
+    add("command", metavar="COMMAND", nargs="?")
+    add("args", nargs=argparse.REMAINDER, metavar="ARG")
+
+
+def _logsOptions(command: Any) -> None:
+    logs = command(
+        "logs",
+        json=False,
+        help="print a job's output",
+        description="Print the job's stdout to stdout and its stderr to "
+        "stderr, in the order the job wrote them. With --follow, until the "
+        "job ends, then exit with its status (130 on Ctrl-C).",
+        epilog="example: jw logs --follow --tail 20 $ID",
+    )
+    logs.add_argument("--follow", "-f", action="store_true", help="wait for more")
+    logs.add_argument("--stdout", action="store_true", help="only stdout (raw)")
+    logs.add_argument("--stderr", action="store_true", help="only stderr (raw)")
+    logs.add_argument("--offset", type=int, help="start at this byte (one stream)")
+    logs.add_argument("--tail", type=int, help="start at the last N lines")
+    logs.add_argument("id", metavar="ID")

@@ -1,0 +1,139 @@
+"""How one run of C{jw} authenticates: which credentials, a prompt, a kept token."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from .config import Settings, loadToken, saveToken, trustedCA
+from .failures import NoPrompt, UsageFailure
+from .http import JobworkerClient
+from .streams import Streams
+
+
+class Connect(Protocol):
+    """Builds the client for a server (L{JobworkerClient.connect}, or a fake)."""
+
+    def __call__(
+        self,
+        reactor: Any,
+        server: str,
+        caPath: str,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        certPath: str | None = None,
+        keyPath: str | None = None,
+    ) -> JobworkerClient:
+        """A client of C{server} with these credentials."""
+
+
+def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
+    """C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt."""
+    user = environ.get("JW_USER") or user
+    password = environ.get("JW_PASSWORD")
+    if user and password is not None:
+        return user, password
+    # Not open("/dev/tty", "r+"): a terminal is not seekable, and that
+    # raises io.UnsupportedOperation (an OSError) on a working terminal.
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        raise UsageFailure(
+            "no terminal to ask for credentials: set JW_USER and JW_PASSWORD"
+        ) from None
+    try:
+        if not user:
+            os.write(fd, b"Username: ")
+            user = _readLine(fd).strip()
+        # getpass opens the terminal itself and turns echo off.
+        password = getpass.getpass(f"Password for {user}: ")
+    finally:
+        os.close(fd)
+    if not user:
+        raise UsageFailure("no user name given")
+    return user, password
+
+
+def _readLine(fd: int, limit: int = 1024) -> str:
+    """A line typed on the terminal C{fd} (without its newline)."""
+    data = b""
+    while len(data) < limit:
+        chunk = os.read(fd, 1)
+        if not chunk or chunk == b"\n":
+            break
+        data += chunk
+    return data.decode("utf-8", "replace")
+
+
+@dataclass
+class Session:
+    """
+    How this run of C{jw} authenticates: a client certificate, else
+    C{JW_PASSWORD}, else the token C{jw login} kept, else a prompt (and an
+    expired login is renewed with the password given).
+    """
+
+    client: JobworkerClient
+    server: str
+    tokensFile: str
+    token: str | None = None
+    renew: bool = False
+
+    @classmethod
+    def open(
+        cls,
+        reactor: Any,
+        verb: str,
+        settings: Settings,
+        environ: dict[str, str],
+        tokensFile: str,
+        connect: Connect = JobworkerClient.connect,
+    ) -> Session:
+        """Choose the credentials and build the client (may prompt)."""
+        server, ca = settings.server, trustedCA(settings)
+        if settings.cert or settings.key:
+            client = connect(
+                reactor, server, ca, certPath=settings.cert, keyPath=settings.key
+            )
+            return cls(client, server, tokensFile)
+        if environ.get("JW_TOKEN") and verb != "login":
+            # A token given outright (CI): used as is, never saved or forgotten.
+            client = connect(reactor, server, ca, token=environ["JW_TOKEN"])
+            return cls(client, server, tokensFile)
+        token, saved = None, False
+        if verb != "login":
+            token, saved = loadToken(tokensFile, server, time.time(), settings.user)
+        if token is not None and "JW_PASSWORD" not in environ:
+            client = connect(reactor, server, ca, token=token)
+            return cls(client, server, tokensFile, token=token)
+        if verb == "_ids" and "JW_PASSWORD" not in environ:
+            raise NoPrompt()
+        user, password = credentials(environ, settings.user)
+        client = connect(reactor, server, ca, user, password)
+        # An expired login is renewed with the password now given.
+        return cls(client, server, tokensFile, renew=saved and token is None)
+
+    async def login(self, streams: Streams) -> None:
+        """Get a token with the credentials in use and keep it."""
+        result = await self.client.createToken()
+        expires = datetime.fromisoformat(
+            str(result["expires_at"]).replace("Z", "+00:00")
+        ).timestamp()
+        try:
+            saveToken(
+                self.tokensFile, self.server, result["token"], expires, result["user"]
+            )
+        except OSError as e:
+            raise UsageFailure(
+                f"cannot save the token in {self.tokensFile}: {e.strerror}"
+            ) from None
+        streams.say(
+            f"logged in to {self.server} as {result['user']} until "
+            f"{result['expires_at']}"
+        )

@@ -1,0 +1,203 @@
+"""How C{jw} shows jobs to a person: aligned fields, a table, ages and durations."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import UTC, datetime
+from typing import Any
+
+from .streams import printable
+
+#: Record fields a person does not need to see (internal or repeated).
+_HIDDEN = {"stdout_truncated", "stderr_truncated"}
+
+#: Executor-specific fields, shown only when set.
+_OPTIONAL = {
+    "slurm_job_id",
+    "node",
+    "pending_reason",
+    "error",
+    "stopped_by",
+    "pid",
+    "cwd",
+    "name",
+    "labels",
+    "limits",
+    "timeout_seconds",
+    "run_as",
+    "stdout_dropped",
+    "stderr_dropped",
+    "output_lost",
+    "signal",
+    "exit_code",
+    "started_at",
+    "ended_at",
+    "slurm",
+}
+
+
+def jsonLine(document: Any) -> str:
+    """One JSON document on one line."""
+    return json.dumps(document) + "\n"
+
+
+def parseTime(stamp: str | None) -> float | None:
+    """An RFC 3339 time of the API as seconds since the epoch (None if absent)."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def span(seconds: float) -> str:
+    """A duration, shortly: C{0.4s}, C{42s}, C{5m3s}, C{3h12m}, C{2d4h}."""
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    whole = int(seconds)
+    for big, bigSize, small, smallSize in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if whole >= bigSize:
+            rest = (whole % bigSize) // smallSize
+            return f"{whole // bigSize}{big}" + (f"{rest}{small}" if rest else "")
+    return f"{whole}s"
+
+
+def age(stamp: str, now: float) -> str:
+    """How long ago an RFC 3339 time was, shortly: C{42s}, C{5m}, C{3h}, C{2d}."""
+    then = parseTime(stamp)
+    if then is None:
+        return "?"
+    seconds = max(0, int(now - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def duration(job: dict[str, Any], now: float) -> str:
+    """How long the job ran (so far, if it runs); empty if it never started."""
+    start = parseTime(job.get("started_at"))
+    if start is None:
+        return ""
+    end = parseTime(job.get("ended_at")) or now
+    return span(end - start)
+
+
+def commandLine(job: dict[str, Any]) -> str:
+    """The command as a shell would need it typed (quoted), printable."""
+    return printable(shlex.join([job["command"], *job["args"]]))
+
+
+def outcome(job: dict[str, Any]) -> str:
+    """What the job's end means, in words."""
+    status = str(job["status"])
+    if status in ("RUNNING", "PENDING"):
+        reason = job.get("pending_reason")
+        return status.lower() + (f" ({reason})" if reason else "")
+    if job.get("exit_code") is not None:
+        text = f"exited with code {job['exit_code']}"
+    elif job.get("signal"):
+        text = f"killed by {job['signal']}"
+    else:
+        text = "never ran"
+    if job.get("stopped_by"):
+        text += f" (stopped by {job['stopped_by']})"
+    if job.get("error") and job["error"] != text:
+        text += f": {job['error']}"
+    return text
+
+
+def _when(stamp: str | None, now: float) -> str:
+    then = parseTime(stamp)
+    if then is None:
+        return ""
+    local = datetime.fromtimestamp(then, UTC).astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({age(stamp or '', now)} ago)"
+
+
+def _value(key: str, value: Any, now: float) -> str:
+    if key.endswith("_at"):
+        return _when(value, now)
+    if key == "args":
+        return shlex.join(value)
+    if key == "limits":
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    if key == "labels":
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
+def jobLines(job: dict[str, Any], now: float) -> str:
+    """C{jw status}: aligned C{key: value} lines, empty optional fields left out."""
+    rows: list[tuple[str, str]] = [
+        ("id", job["id"]),
+        ("status", job["status"]),
+        ("outcome", outcome(job)),
+        ("command", commandLine(job)),
+        ("owner", job["owner"]),
+    ]
+    if job.get("started_at"):
+        rows.append(("duration", duration(job, now)))
+    shown = {"id", "status", "command", "args", "owner"}
+    for key, value in job.items():
+        if key in shown or key in _HIDDEN:
+            continue
+        if key in _OPTIONAL and value in (None, 0, False, {}, [], ""):
+            continue
+        if isinstance(value, dict) and not any(v is not None for v in value.values()):
+            continue
+        if key == "executor" and value == "local":
+            continue
+        rows.append((key, _value(key, value, now)))
+    width = max(len(key) for key, _ in rows)
+    return "".join(
+        printable(f"{key + ':':<{width + 1}} {value}") + "\n" for key, value in rows
+    )
+
+
+def jobTable(jobs: list[dict[str, Any]], now: float, wide: bool = False) -> str:
+    """C{jw list}: one row per job; the command shell-quoted, cut unless C{wide}."""
+    header = ["ID", "NAME", "OWNER", "STATUS", "EXIT", "AGE", "DURATION", "COMMAND"]
+    rows = [header]
+    for job in jobs:
+        exitText = (
+            str(job["exit_code"])
+            if job["exit_code"] is not None
+            else (job["signal"] or "")
+        )
+        command = commandLine(job)
+        if not wide and len(command) > 60:
+            command = command[:57] + "..."
+        rows.append(
+            [
+                printable(job["id"] if wide else job["id"][:8]),
+                printable(job.get("name") or ""),
+                printable(job["owner"]),
+                printable(job["status"]),
+                printable(exitText),
+                age(job["created_at"], now),
+                duration(job, now),
+                command,
+            ]
+        )
+    if not any(row[1] for row in rows[1:]):
+        rows = [row[:1] + row[2:] for row in rows]  # no job has a name
+    last = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
+    return "".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:last]))
+        + "  "
+        + row[last]
+        + "\n"
+        for row in rows
+    )

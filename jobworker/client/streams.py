@@ -1,0 +1,93 @@
+"""Where C{jw} writes: the job's output, results, and its own one-line messages."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import stat
+import sys
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, TextIO
+
+
+def printable(text: str) -> str:
+    """
+    C{text} as it may reach a terminal: every character that is not
+    printable (controls such as ESC and newline, format characters such as a
+    right-to-left override, lone surrogates) shown as its Python escape, so
+    job data cannot move the cursor, retitle the window or fake a line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _stdoutToDevNull() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+@dataclass
+class Streams:
+    """
+    Where the CLI writes: the process's stdout and stderr by default,
+    in-memory buffers in tests.
+
+    @ivar out: the job's stdout and every result.
+    @ivar err: the job's stderr (C{exec --follow}, C{logs}).
+    @ivar messages: C{jw}'s own one-line messages.
+    @ivar abandonOut: called once C{out}'s reader has gone (a broken pipe),
+        so that no later flush of C{out} fails.
+    """
+
+    out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    err: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
+    messages: TextIO = field(default_factory=lambda: sys.stderr)
+    abandonOut: Callable[[], None] = _stdoutToDevNull
+    inp: BinaryIO | None = field(default_factory=lambda: sys.stdin.buffer)
+
+    def say(self, line: str) -> None:
+        """One line on C{messages}, whatever a server or job put in it."""
+        self.messages.write(printable(line) + "\n")
+        self.messages.flush()
+
+    def show(self, text: str) -> None:
+        """Text (lines, each ending in a newline) on C{out}."""
+        self.out.write(text.encode("utf-8"))
+        self.out.flush()
+
+    def pipedInput(self) -> bool:
+        """
+        Whether C{inp} is a pipe or file with bytes waiting (data a user may
+        think goes to the job). Never reads it.
+        """
+        if self.inp is None:
+            return False
+        try:
+            fd = self.inp.fileno()
+        except (AttributeError, OSError, ValueError):
+            return bool(getattr(self.inp, "getvalue", lambda: b"")())
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                return os.fstat(fd).st_size > os.lseek(fd, 0, os.SEEK_CUR)
+            if not stat.S_ISFIFO(mode):
+                return False
+            waiting = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, waiting)
+            return waiting[0] > 0
+        except OSError:
+            return False
+
+    def writer(self, stream: str) -> Callable[[bytes], None]:
+        """Write job output of C{stream} (C{stdout}/C{stderr}) as it comes."""
+        target = self.err if stream == "stderr" else self.out
+
+        def write(data: bytes) -> None:
+            target.write(data)
+            target.flush()
+
+        return write

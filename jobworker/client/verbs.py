@@ -1,0 +1,336 @@
+"""
+What each C{jw} verb does, given a client: one coroutine per verb, found
+in L{VERBS}. Each returns the exit status; failures are raised (the table
+in L{jobworker.client.failures} shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, ensureDeferred, gatherResults
+
+from ..units import parseSize
+from .failures import EXIT_INTERRUPTED, UsageFailure
+from .follow import followCombined, followStream, waitFor
+from .http import ClientError, JobworkerClient, exitStatusOf
+from .interrupts import Interrupts
+from .show import jobLines, jobTable, jsonLine
+from .streams import Streams
+
+Verb = Callable[
+    [argparse.Namespace, JobworkerClient, Streams, Interrupts], Awaitable[int]
+]
+
+#: A whole job id, as the server makes them.
+_UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+#: The shortest id prefix jw looks up.
+MIN_PREFIX = 6
+
+#: Seconds a stop may take before jw says what it is waiting for.
+STOP_PATIENCE = 1.0
+
+
+def pairs(items: list[str], flag: str) -> dict[str, str]:
+    """C{["K=V", ...]} -> C{{"K": "V"}}."""
+    result: dict[str, str] = {}
+    for pair in items:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageFailure(f"{flag} needs NAME=VALUE, not {pair!r}")
+        result[name] = value
+    return result
+
+
+def parseAge(text: str) -> float:
+    """C{90s}, C{30m}, C{12h}, C{7d} (or plain seconds) -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        raise UsageFailure(f"--older-than: {text!r} is not an age like 90s, 12h, 7d")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def execRequest(options: argparse.Namespace) -> dict[str, Any]:
+    """The request body of C{jw exec} beyond the command (the server checks it)."""
+    fields: dict[str, Any] = {}
+    limits: dict[str, int] = {}
+    for flag, key in (
+        ("memory", "memory_bytes"),
+        ("io_read", "io_read_bps"),
+        ("io_write", "io_write_bps"),
+    ):
+        value = getattr(options, flag)
+        if value is not None:
+            try:
+                limits[key] = parseSize(value)
+            except ValueError as e:
+                raise UsageFailure(f"--{flag.replace('_', '-')}: {e}") from None
+    if options.cpu is not None:
+        limits["cpu_millicores"] = options.cpu
+    if options.pids is not None:
+        limits["pids"] = options.pids
+    if limits:
+        fields["limits"] = limits
+    if options.env:
+        fields["env"] = pairs(options.env, "--env")
+    if options.cwd is not None:
+        fields["cwd"] = options.cwd
+    if options.timeout is not None:
+        fields["timeout_seconds"] = options.timeout
+    if options.name is not None:
+        fields["name"] = options.name
+    if options.label:
+        fields["labels"] = pairs(options.label, "--label")
+    return fields
+
+
+async def resolveId(client: JobworkerClient, text: str) -> str:
+    """A whole job id for C{text}: itself, or the one job it is a prefix of."""
+    if _UUID.match(text):
+        return text
+    if len(text) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f-]+", text):
+        raise UsageFailure(
+            f"{text!r} is not a job id or a prefix of one "
+            f"({MIN_PREFIX} or more of its characters)"
+        )
+    jobs, _ = await client.listJobs(idPrefix=text, limit=10)
+    ids = [str(job["id"]) for job in jobs]
+    if not ids:
+        raise UsageFailure(f"no job id starts with {text}")
+    if len(ids) > 1:
+        raise UsageFailure(f"{text} is ambiguous: {', '.join(ids)}")
+    return ids[0]
+
+
+async def doExec(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    if not options.command:
+        raise UsageFailure(
+            "jw exec needs the command to run, after --: jw exec -- make test"
+        )
+    fields = execRequest(options)
+    if streams.pipedInput():
+        streams.say("jw: the job's stdin is closed: jw's stdin is not sent")
+    job = await client.createJob(options.command, options.args, fields=fields)
+    jobId = job["id"]
+    if not options.follow:
+        streams.show(jsonLine(job) if options.json else jobId + "\n")
+        return 0
+    streams.say(f"jw: job {jobId} started")
+    # With --json, stdout holds one JSON document: the job's output goes
+    # to stderr.
+    output = streams
+    if options.json:
+        output = Streams(streams.err, streams.err, streams.messages, inp=None)
+    following = ensureDeferred(followCombined(client, jobId, output))
+    state = {"detached": False}
+
+    def interrupted(name: str) -> None:
+        if options.detach_on_interrupt or interrupts.count > 1:
+            state["detached"] = True
+            streams.say(
+                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}"
+                f" , jw stop {jobId}"
+            )
+            following.cancel()
+            return
+        streams.say(f"jw: {name}: stopping job {jobId} (again to leave it running)")
+        stopping = ensureDeferred(client.stop(jobId))
+        stopping.addErrback(lambda f: streams.say(f"jw: could not stop: {f.value}"))
+
+    interrupts.handle(interrupted)
+    try:
+        end = await following
+    except CancelledError:
+        if state["detached"]:
+            return EXIT_INTERRUPTED
+        raise
+    finally:
+        interrupts.handle(None)
+    final = end if end is not None else await client.job(jobId)
+    if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
+        streams.say(f"jw: job {final['id']}: {final['error']}")
+    if options.json:
+        streams.show(jsonLine(final))
+    if interrupts.count:
+        return EXIT_INTERRUPTED
+    return exitStatusOf(final)
+
+
+async def doList(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    if not 1 <= options.limit <= 1000:
+        raise UsageFailure("--limit must be from 1 to 1000")
+    filters: dict[str, Any] = {
+        "status": options.status,
+        "owner": options.owner,
+        "name": options.name,
+        "labels": pairs(options.label, "--label"),
+        "limit": options.limit,
+    }
+    jobs, cursor = await client.listJobs(**filters)
+    while options.all and cursor is not None:
+        more, cursor = await client.listJobs(**filters, cursor=cursor)
+        jobs.extend(more)
+    if cursor is not None:
+        streams.say("jw: more jobs exist: use --all or --limit")
+    if options.json:
+        streams.show(jsonLine({"jobs": jobs}))
+    else:
+        streams.show(jobTable(jobs, client.reactor.seconds(), options.wide))
+    return 0
+
+
+async def doStatus(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    job = await client.job(await resolveId(client, options.id))
+    streams.show(
+        jsonLine(job) if options.json else jobLines(job, client.reactor.seconds())
+    )
+    return 0
+
+
+async def doStop(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    jobId = await resolveId(client, options.id)
+    signal, grace = options.signal, options.grace
+    if options.kill:
+        if signal not in (None, "KILL", "SIGKILL", "9") or grace not in (None, 0):
+            raise UsageFailure("--kill sends KILL at once: no --signal or --grace")
+        signal, grace = "KILL", 0.0
+    later = client.reactor.callLater(
+        STOP_PATIENCE,
+        streams.say,
+        f"jw: waiting for job {jobId} to end (KILL follows after the grace)",
+    )
+    try:
+        job = await client.stop(jobId, signal, grace)
+    finally:
+        if later.active():
+            later.cancel()
+    streams.show(
+        jsonLine(job) if options.json else jobLines(job, client.reactor.seconds())
+    )
+    return 0
+
+
+async def doRemove(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    async def remove(text: str) -> bool:
+        try:
+            await client.deleteJob(await resolveId(client, text))
+        except (ClientError, UsageFailure) as e:
+            streams.say(f"jw: {text}: {e}")
+            return False
+        return True
+
+    results = await gatherResults([ensureDeferred(remove(t)) for t in options.ids])
+    return 0 if all(results) else 1
+
+
+async def doClean(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    olderThan = None if options.older_than is None else parseAge(options.older_than)
+    deleted, more = 0, True
+    while more:  # the server deletes a bounded batch per request
+        result = await client.clean(options.status, options.owner, olderThan)
+        deleted += result["deleted"]
+        more = bool(result.get("more")) and result["deleted"] > 0
+    if options.json:
+        streams.show(jsonLine({"deleted": deleted}))
+    else:
+        streams.show(f"deleted {deleted} ended job{'s' if deleted != 1 else ''}\n")
+    return 0
+
+
+async def doLogs(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    jobId = await resolveId(client, options.id)
+    if options.stdout and options.stderr:
+        raise UsageFailure("--stdout and --stderr: choose one (or neither: both)")
+    if options.offset is not None and options.offset < 0:
+        raise UsageFailure("--offset must not be negative")
+    if options.tail is not None and options.tail < 0:
+        raise UsageFailure("--tail must not be negative")
+    if options.stdout or options.stderr or options.offset is not None:
+        # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
+        stream = "stderr" if options.stderr else "stdout"
+        write, offset = streams.writer("stdout"), options.offset or 0
+        if options.follow:
+            await followStream(client, jobId, stream, write, offset, options.tail)
+            return exitStatusOf(await client.job(jobId))
+        await client.logs(jobId, write, stream, offset, tail=options.tail)
+        return 0
+    end = await followCombined(client, jobId, streams, options.follow, options.tail)
+    if not options.follow:
+        return 0
+    return exitStatusOf(end if end is not None else await client.job(jobId))
+
+
+async def doWait(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    options.id = await resolveId(client, options.id)
+    return await waitFor(client, options, streams)
+
+
+async def doIds(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    """The hidden C{jw _ids} of the completion scripts: recent job ids."""
+    jobs, _ = await client.listJobs(limit=200)
+    streams.show("".join(f"{job['id']}\n" for job in jobs))
+    return 0
+
+
+#: The verbs that talk to the server, by name.
+VERBS: dict[str, Verb] = {
+    "exec": doExec,
+    "list": doList,
+    "status": doStatus,
+    "stop": doStop,
+    "rm": doRemove,
+    "clean": doClean,
+    "logs": doLogs,
+    "wait": doWait,
+    "_ids": doIds,
+}

@@ -1,0 +1,129 @@
+"""
+Finding jobs: their optional name and labels (what they may hold), and the
+filter of a listing or a bulk delete. Pure: parsing raises L{BadRequest}.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import BadRequest
+from .records import JobStatus
+
+#: A job name: a word a person types (letters, digits, C{._:@+-}), 1-128.
+NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}\Z")
+#: A label key (as Kubernetes' names, C{team}, C{app.kubernetes.io/name}).
+LABEL_KEY = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+#: The most labels one job may carry, and the longest label value.
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 256
+#: A label value: no control characters (C0, DEL, C1), at most 256.
+LABEL_VALUE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f]{0,256}\Z")
+#: An id prefix: at least 6 of a job id's characters.
+ID_PREFIX = re.compile(r"\A[0-9a-f][0-9a-f-]{5,35}\Z")
+
+
+def parseName(value: object) -> str | None:
+    """A request's C{name} (None: no name)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NAME.match(value):
+        raise BadRequest(
+            "name must be 1 to 128 letters, digits or ._:@+- (starting with a "
+            "letter or digit)"
+        )
+    return value
+
+
+def _labelValue(value: object, key: str) -> str:
+    if not isinstance(value, str) or not LABEL_VALUE.match(value):
+        raise BadRequest(
+            f"label {key!r} must be text of at most {MAX_LABEL_VALUE} characters, "
+            "no control characters"
+        )
+    return value
+
+
+def _labelKey(key: object) -> str:
+    if not isinstance(key, str) or not LABEL_KEY.match(key):
+        raise BadRequest(
+            f"label name {key!r} must be 1 to 63 letters, digits or ._/- "
+            "(starting with a letter or digit)"
+        )
+    return key
+
+
+def parseLabels(value: object) -> dict[str, str]:
+    """A request's C{labels}: an object of at most L{MAX_LABELS} strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest("labels must be an object of strings")
+    if len(value) > MAX_LABELS:
+        raise BadRequest(f"at most {MAX_LABELS} labels")
+    return {_labelKey(k): _labelValue(v, k) for k, v in value.items()}
+
+
+def parseLabelFilters(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """C{?label=k=v&label=...}: the pairs every listed job must carry."""
+    if len(values) > MAX_LABELS:
+        raise BadRequest(f"at most {MAX_LABELS} label filters")
+    pairs = []
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise BadRequest(f"label filter {text!r} must be name=value")
+        pairs.append((_labelKey(key), _labelValue(value, key)))
+    return tuple(pairs)
+
+
+def parseIdPrefix(text: str | None) -> str | None:
+    """C{?id_prefix=}: 6 to 36 of an id's first characters."""
+    if text is None:
+        return None
+    if not ID_PREFIX.match(text):
+        raise BadRequest("id_prefix must be 6 to 36 characters of a job id")
+    return text
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing (or a bulk delete) is about; None: any."""
+
+    status: JobStatus | None = None
+    owner: str | None = None
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    idPrefix: str | None = None
+    #: Only jobs that ended before this time (bulk delete).
+    endedBefore: float | None = None
+
+    def where(self) -> tuple[list[str], list[object]]:
+        """SQL conditions and their parameters (for L{JobStore})."""
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("status", None if self.status is None else self.status.value),
+            ("owner", self.owner),
+            ("name", self.name),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for key, value in self.labels:
+            # Keys are checked (LABEL_KEY): safe inside the JSON path.
+            where.append(f"json_extract(labels, '$.\"{key}\"') = ?")
+            params.append(value)
+        if self.idPrefix is not None:
+            # Ids and prefixes are lowercase hex and "-", all before "~".
+            where.append("id >= ? AND id < ?")
+            params.extend([self.idPrefix, self.idPrefix + "~"])
+        if self.endedBefore is not None:
+            where.append("ended_at IS NOT NULL AND ended_at < ?")
+            params.append(self.endedBefore)
+        return where, params
+
+
+#: The filter that picks every job.
+ANY_JOB = JobFilter()

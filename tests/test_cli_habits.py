@@ -1,0 +1,347 @@
+"""
+Issue 17: jw as people expect a CLI to behave, in memory (L{cli.run} over
+C{StubTreq} of the real API, on the fake process reactor): Ctrl-C with a
+meaning, output in the job's order, short ids, names and labels, stop with
+a signal, bulk delete, --json as one document, readable status.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from jobworker.client.completion import COMPLETION, OPTIONS
+from jobworker.client.interrupts import Interrupts
+from jobworker.client.parser import buildParser
+from jobworker.client.streams import Streams
+
+from .test_cli_memory import MemoryCLITestCase, Run
+
+
+class InterruptTests(MemoryCLITestCase):
+    """Finding 2: Ctrl-C (and SIGTERM, SIGHUP) on exec --follow, logs -f, wait."""
+
+    def interruptible(self, *argv: str) -> tuple[Run, Interrupts]:
+        interrupts = Interrupts()
+        run = Run()
+        from twisted.internet.defer import ensureDeferred
+
+        from jobworker.client import cli
+
+        run.done = ensureDeferred(
+            cli.run(
+                self.reactor,
+                list(argv),
+                self.environ(),
+                run.streams,
+                self.connect,
+                interrupts,
+            )
+        )
+        self.flush()
+        return run, interrupts
+
+    def test_execFollowCtrlCStopsTheJob(self) -> None:
+        """
+        The job id is printed as it starts; the first Ctrl-C stops the job,
+        jw waits for its end and exits 130; the job is STOPPED by the user.
+        """
+        run, interrupts = self.interruptible("exec", "-f", "--", "sleep", "300")
+        [spawned] = self.reactor.spawned
+        err = run.err.getvalue()
+        jobId = err.split()[2].decode()
+        self.assertEqual(err, f"jw: job {jobId} started\n".encode())
+        interrupts.fire("SIGINT")
+        self.flush()
+        self.assertIn((spawned.pid, signal.SIGTERM), self.killer.calls)
+        assert run.done is not None
+        self.assertNoResult(run.done)  # waits for the end
+        self.endJob(jobId, signum=signal.SIGTERM)
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130, err)
+        self.assertIn(b"stopping job", err)
+        job = self.statusJSON(jobId)
+        self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
+
+    def test_secondCtrlCDetaches(self) -> None:
+        """A second Ctrl-C leaves the job running and says how to come back."""
+        run, interrupts = self.interruptible("exec", "-f", "--", "sleep", "300")
+        jobId = run.err.getvalue().split()[2].decode()
+        # The job ignores TERM: the first Ctrl-C's stop is still waiting.
+        interrupts.fire("SIGINT")
+        self.flush()
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130)
+        self.assertIn(f"jw logs -f {jobId}".encode(), err)
+        self.assertNotIn(b"Traceback", err)
+
+    def test_detachOnInterrupt(self) -> None:
+        """--detach-on-interrupt: Ctrl-C leaves the job running, saying so."""
+        run, interrupts = self.interruptible(
+            "exec", "-f", "--detach-on-interrupt", "--", "sleep", "300"
+        )
+        jobId = run.err.getvalue().split()[2].decode()
+        interrupts.fire("SIGTERM")
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130)
+        self.assertIn(b"left job", err)
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
+
+    def test_logsFollowAndWaitStopQuietly(self) -> None:
+        """jw logs -f and jw wait on Ctrl-C: no message, exit 130, job untouched."""
+        jobId = self.execId("sleep", "300")
+        for argv in (("logs", "-f", jobId), ("wait", jobId)):
+            run, interrupts = self.interruptible(*argv)
+            assert run.done is not None
+            self.assertNoResult(run.done)
+            interrupts.fire("SIGINT")
+            out, err, code = self.finish(run)
+            self.assertEqual((out, err, code), (b"", b"", 130), argv)
+        self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
+
+
+class OrderTests(MemoryCLITestCase):
+    """Finding 3: stdout and stderr in the order the job wrote them."""
+
+    def test_followKeepsTheJobsOrder(self) -> None:
+        """
+        With both written to one place (2>&1), jw exec -f and jw logs show
+        the job's order, each chunk on the stream the job used.
+        """
+        run, spawned = self.followed("sh", "-c", "echo out1; echo err1 >&2; ...")
+        jobId = run.err.getvalue().split()[2].decode()
+        shared: list[bytes] = []
+        run.out.write = lambda data: shared.append(b"O" + data)  # type: ignore[method-assign,assignment,return-value]
+        run.err.write = lambda data: shared.append(b"E" + data)  # type: ignore[method-assign,assignment,return-value]
+        for data, stream in (
+            (b"out1\n", "out"),
+            (b"err1\n", "err"),
+            (b"out2\n", "out"),
+            (b"err2\n", "err"),
+        ):
+            (spawned.output if stream == "out" else spawned.errors)(data)
+        self.flush()
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        self.finish(run)
+        self.assertEqual(shared, [b"Oout1\n", b"Eerr1\n", b"Oout2\n", b"Eerr2\n"])
+        out, err, code = self.jw("logs", jobId)
+        self.assertEqual((out, err, code), (b"out1\nout2\n", b"err1\nerr2\n", 0))
+
+
+class FindingTests(MemoryCLITestCase):
+    """Finding 7: short ids, names and labels."""
+
+    def test_shortIds(self) -> None:
+        """Any unique prefix of 6+ characters works; ambiguous ones say so."""
+        jobId = self.execId("sleep", "60")
+        job = self.statusJSON(jobId[:6])
+        self.assertEqual(job["id"], jobId)
+        self.assertOneLineFailure(self.jw("status", jobId[:5]), b"6 or more")
+        # Two ids sharing a prefix: make one by hand in the store's order.
+        other = self.execId("sleep", "60")
+        common = ""
+        for a, b in zip(jobId, other, strict=True):
+            if a != b:
+                break
+            common += a
+        if len(common) >= 6:  # rare, but then it must be ambiguous
+            self.assertOneLineFailure(self.jw("status", common), b"ambiguous")
+        self.assertOneLineFailure(self.jw("status", "ffffff"), b"no job id starts")
+
+    def test_namesAndLabels(self) -> None:
+        """jw exec --name/--label; jw list --name/--label finds them."""
+        named = (
+            self.assertSucceeded(
+                self.jw("exec", "--name", "nightly", "-l", "team=web", "--", "true")
+            )
+            .decode()
+            .strip()
+        )
+        self.execId("true")
+        job = self.statusJSON(named)
+        self.assertEqual((job["name"], job["labels"]), ("nightly", {"team": "web"}))
+        for argv in (("--name", "nightly"), ("--label", "team=web")):
+            out = self.assertSucceeded(self.jw("list", "--json", *argv))
+            self.assertEqual([j["id"] for j in json.loads(out)["jobs"]], [named])
+        out = self.assertSucceeded(self.jw("list", "--label", "team=ops", "--json"))
+        self.assertEqual(json.loads(out)["jobs"], [])
+        self.assertOneLineFailure(
+            self.jw("exec", "--name", "bad name", "--", "true"), b"name"
+        )
+        table = self.assertSucceeded(self.jw("list")).decode()
+        self.assertIn("NAME", table.splitlines()[0])
+        self.assertIn("nightly", table)
+
+
+class ControlTests(MemoryCLITestCase):
+    """Finding 5: jw stop --signal/--kill/--grace; limits from jw exec."""
+
+    def test_stopWithSignal(self) -> None:
+        """--signal INT sends SIGINT to the job's group first."""
+        jobId = self.execId("sleep", "300")
+        run = self.start("stop", "--signal", "INT", jobId[:8])
+        spawned = self.process(jobId)
+        self.assertIn((spawned.pid, signal.SIGINT), self.killer.calls)
+        self.assertNotIn((spawned.pid, signal.SIGTERM), self.killer.calls)
+        self.endJob(jobId, signum=signal.SIGINT)
+        out, err, code = self.finish(run)
+        self.assertEqual(code, 0, err)
+        self.assertIn("outcome: killed by SIGINT (stopped by alice)", self.fields(out))
+
+    def test_stopKillAtOnce(self) -> None:
+        """--kill: SIGKILL now, no TERM, no grace."""
+        jobId = self.execId("sleep", "300")
+        run = self.start("stop", "--kill", jobId)
+        spawned = self.process(jobId)
+        self.assertIn((spawned.pid, signal.SIGKILL), self.killer.calls)
+        self.assertNotIn((spawned.pid, signal.SIGTERM), self.killer.calls)
+        self.endJob(jobId, signum=signal.SIGKILL)
+        self.assertSucceeded(self.finish(run))
+        self.assertOneLineFailure(
+            self.jw("stop", "--kill", "--signal", "INT", jobId), b"--kill"
+        )
+
+    def test_stopSaysWhatItWaitsFor(self) -> None:
+        """A stop that takes more than a second says it is waiting."""
+        jobId = self.execId("sleep", "300")
+        run = self.start("stop", jobId)
+        self.reactor.advance(1.5)
+        self.flush()
+        self.assertIn(b"waiting for job", run.err.getvalue())
+        self.endJob(jobId, signum=signal.SIGTERM)
+        self.assertSucceeded(self.finish(run))
+
+    def test_badSignalIsOneLine(self) -> None:
+        """An unknown signal is the server's 400, one line."""
+        jobId = self.execId("sleep", "300")
+        self.assertOneLineFailure(self.jw("stop", "-s", "STOP", jobId), b"signal")
+
+
+class BulkTests(MemoryCLITestCase):
+    """Finding 8: jw rm ID..., jw clean in one request."""
+
+    def test_rmSeveral(self) -> None:
+        """jw rm A B deletes both; an unknown one is reported, exit 1."""
+        first, second = self.execId("true"), self.execId("true")
+        self.endJob(first)
+        self.endJob(second)
+        self.assertSucceeded(self.jw("rm", first[:8], second))
+        self.assertEqual(self.listedIds(), [])
+        _out, err, code = self.jw("rm", "abcdef12")
+        self.assertEqual(code, 1)
+        self.assertIn(b"abcdef12", err)
+
+    def test_clean(self) -> None:
+        """jw clean deletes the caller's ended jobs, not running ones."""
+        done, running = self.execId("true"), self.execId("sleep", "60")
+        self.endJob(done)
+        out = self.assertSucceeded(self.jw("clean"))
+        self.assertEqual(out, b"deleted 1 ended job\n")
+        self.assertEqual(self.listedIds(), [running])
+        out = self.assertSucceeded(self.jw("clean", "--older-than", "7d", "--json"))
+        self.assertEqual(json.loads(out), {"deleted": 0})
+        self.assertOneLineFailure(self.jw("clean", "--older-than", "soon"), b"age")
+
+
+class OutputTests(MemoryCLITestCase):
+    """Finding 6: --json is one document; status for people; list quoting."""
+
+    def test_execJSONFollowIsOneDocument(self) -> None:
+        """exec --json -f: stdout holds only the final record; output on stderr."""
+        run, spawned = self.followed("sh", "-c", "echo hi")
+        # (followed() starts without --json: start another with it)
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        self.finish(run)
+        run = self.start("exec", "--json", "-f", "--", "echo", "hi")
+        spawned = self.reactor.spawned[-1]
+        spawned.output(b"hi\n")
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        out, err, code = self.finish(run)
+        self.assertEqual(code, 0)
+        self.assertEqual(json.loads(out)["status"], "COMPLETED")
+        self.assertIn(b"hi\n", err)
+
+    def test_statusForPeople(self) -> None:
+        """No Python reprs, no empty executor fields, an outcome in words."""
+        jobId = self.execId("sh", "-c", "exit 4")
+        self.endJob(jobId, 4)
+        out = self.assertSucceeded(self.jw("status", jobId))
+        text = out.decode()
+        for junk in ("None", "['", "{'", "False", "slurm_job_id", "node:"):
+            self.assertNotIn(junk, text)
+        self.assertIn("outcome: exited with code 4", self.fields(out))
+        self.assertIn("command: sh -c 'exit 4'", self.fields(out))
+
+    def test_listQuotesCommands(self) -> None:
+        """A command with spaces in its name is shown quoted, as a shell needs it."""
+        self.assertSucceeded(self.jw("exec", "--", "echo hi"))
+        table = self.assertSucceeded(self.jw("list", "--wide")).decode()
+        self.assertIn("'echo hi'", table)
+
+
+class HabitTests(MemoryCLITestCase):
+    """Finding 8: habits from other CLIs."""
+
+    def test_globalFlagsAnywhere(self) -> None:
+        """--server after the verb works as before it."""
+        out = self.assertSucceeded(
+            self.jw("list", "--server", "https://localhost:8443")
+        )
+        self.assertIn(b"ID", out)
+
+    def test_version(self) -> None:
+        """jw --version prints the version."""
+        out = self.assertSucceeded(self.jw("--version"))
+        self.assertRegex(out, rb"\Ajw \d+\.\d+")
+
+    def test_execWithoutCommand(self) -> None:
+        """jw exec with no command says how to give one, in one line."""
+        self.assertOneLineFailure(self.jw("exec"), b"jw exec -- ")
+
+    def test_brokenPipeOnEveryVerb(self) -> None:
+        """A closed stdout on config, completion, logout: exit 141, no traceback."""
+        for argv in (("config",), ("completion", "bash"), ("logout",)):
+            run = Run()
+
+            def gone(data: bytes) -> int:
+                raise BrokenPipeError(32, "Broken pipe")
+
+            run.out.write = gone  # type: ignore[method-assign]
+            from twisted.internet.defer import ensureDeferred
+
+            from jobworker.client import cli
+
+            run.done = ensureDeferred(
+                cli.run(
+                    self.reactor, list(argv), self.environ(), run.streams, self.connect
+                )
+            )
+            _out, err, code = self.finish(run)
+            self.assertEqual((err, code), (b"", 141), argv)
+
+    def test_completionKnowsEveryOption(self) -> None:
+        """
+        Each verb's completion offers exactly the options its parser takes;
+        status values and files after -- are completed in every shell.
+        """
+        parser = buildParser(Streams(inp=None))
+        verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        shared = {"--server", "--ca", "--cert", "--key", "--help", "-h"}
+        for verb, options in OPTIONS.items():
+            taken = {
+                flag
+                for action in verbs[verb]._actions
+                for flag in action.option_strings
+                if flag.startswith("--")
+            } - shared
+            self.assertEqual(set(options.split()), taken, verb)
+        for shell, script in COMPLETION.items():
+            self.assertIn("COMPLETED", script, shell)
+        self.assertIn("compgen -c -f", COMPLETION["bash"])
+        self.assertIn("_files", COMPLETION["zsh"])
+        self.assertIn("-F", COMPLETION["fish"])
