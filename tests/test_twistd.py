@@ -284,18 +284,29 @@ class StartupErrorTests(TestCase):
         self.assertNotIn("jobworker listening", stdout)
         return stdout, stderr, result.returncode
 
-    def refused(self, *options: str) -> str:
+    def refused(self, *options: str, tls: bool = True) -> str:
         """Run twistd jobworker expecting a start-up error; the one stderr line."""
-        _, stderr, _ = self.runTwistd(*options)
+        _, stderr, _ = self.runTwistd(*options, tls=tls)
         lines = [line for line in stderr.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, stderr)
         return lines[0]
 
     def test_withoutTLSRefusesToStart(self) -> None:
-        """Without --tls twistd jobworker refuses to start, saying --tls is required."""
-        stdout, stderr, _ = self.runTwistd(tls=False)
-        # A usage error: twistd prints the usage and the reason (on stdout).
-        self.assertIn("--tls is required", stdout + stderr)
+        """
+        Without --tls twistd jobworker refuses to start with one line saying
+        --tls is required (not the whole help first).
+        """
+        self.assertIn("--tls is required", self.refused(tls=False))
+
+    def test_helpAgreesWithTheREADME(self) -> None:
+        """--help says 431 (as the README) and the token TTL as 12h, not 43200.0."""
+        result = runSync(TWISTD, "jobworker", "--help")
+        text = " ".join(result.stdout.decode().split())
+        self.assertIn("431 past it", text)
+        self.assertIn("[default: 12h]", text)
+        self.assertNotIn("43200", text)
+        with open(os.path.join(CERTS, "..", "README.md")) as f:
+            self.assertIn("`431` a request or header line", f.read())
 
     def test_portInUse(self) -> None:
         """A port already in use: one line on stderr naming the port."""

@@ -265,7 +265,7 @@ class Options(usage.Options):
             "max-header-bytes",
             None,
             16384,
-            "Largest request line plus headers, in bytes (400 past it).",
+            "Largest request line plus headers, in bytes (431 past it).",
             parseSize,
         ],
         [
@@ -309,7 +309,7 @@ class Options(usage.Options):
         [
             "token-ttl",
             None,
-            12 * 3600.0,
+            "12h",
             "Lifetime of a bearer token from POST /tokens (e.g. 12h, 30m).",
             parseDuration,
         ],
@@ -323,11 +323,10 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if not self["tls"]:
-            raise usage.UsageError(
-                "--tls is required: jobworker only serves HTTPS (TLS 1.3), "
-                "there is no plaintext mode"
-            )
+        # A missing --tls is reported by makeService, in one line: a usage
+        # error here would print the whole help before it.
+        if isinstance(self["token-ttl"], str):  # the default, shown as "12h"
+            self["token-ttl"] = parseDuration(self["token-ttl"])
         if not 0 <= self["port"] <= 65535:
             raise usage.UsageError("--port must be between 0 and 65535")
         if not 0 <= self["stop-grace"] <= 3600:

@@ -102,6 +102,11 @@ def _isLoopback(interface: str) -> bool:
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
     """The composition root: each part made by one builder, in order."""
+    if not config["tls"]:
+        fatal(
+            "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
+            "is no plaintext mode (twistd -n jobworker --tls)"
+        )
     tlsOptions = _tls(config)
     users = _users(config)
     slurm = config["executor"] == "slurm"

@@ -370,7 +370,9 @@ class LocalExecutor:
                 gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
                 argv = [SH, "-c", gate, "jobworker-gate", SETSID, *self._prefix]
                 argv += command
-                path = request.cwd
+                # Never the server's own working directory (a checkout, say):
+                # the job's home, else the root folder.
+                path = request.cwd or _homeOrRoot(env)
             transport = self._reactor.spawnProcess(
                 JobProcessProtocol(job),
                 argv[0],
@@ -468,3 +470,9 @@ def localJobManager(
         policy,
     )
     return JobManager(reactor, stateDir, executor, store, policy, metrics)
+
+
+def _homeOrRoot(env: dict[str, str]) -> str:
+    """The default working directory of a job that is not sandboxed."""
+    home = env.get("HOME", "")
+    return home if home.startswith("/") and os.path.isdir(home) else "/"
