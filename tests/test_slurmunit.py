@@ -14,13 +14,16 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
 from jobworker.executors.local.sandbox import SETPRIV
+from jobworker.executors.slurm.accounts import SlurmAccounts
 from jobworker.executors.slurm.commands import (
     SlurmCommands,
     SlurmError,
     SlurmState,
     parseJobs,
 )
-from jobworker.executors.slurm.executor import SECRETS_GRACE, WRAPPER, SlurmExecutor
+from jobworker.executors.slurm.executor import SlurmExecutor
+from jobworker.executors.slurm.folders import WRAPPER
+from jobworker.executors.slurm.job import SECRETS_GRACE
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
@@ -573,7 +576,7 @@ class IdentityTests(SynchronousTestCase):
         account, which the start-up log calls a shared identity.
         """
         events: list[dict[str, Any]] = []
-        self.patch(SlurmExecutor, "log", Logger(observer=events.append))
+        self.patch(SlurmAccounts, "log", Logger(observer=events.append))
         manager = self.manager(self.executor(shared=True))
         warnings = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
         self.assertTrue(any("SHARED IDENTITY" in w for w in warnings), warnings)

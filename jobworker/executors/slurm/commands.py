@@ -1,16 +1,14 @@
 """
 Slurm's command-line tools (sbatch, squeue, scancel) as child processes
-with deadlines, and what their JSON says.
+with deadlines (what they print is read by L{documents}).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -22,28 +20,11 @@ from twisted.python.failure import Failure
 from ...jobs.identity import Identity
 from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
+from .documents import SlurmError, SlurmState, parseJobs
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
 #: makes them wait for Slurm's MessageTimeout first).
 COMMAND_TIMEOUT = 60.0
-
-#: Slurm states in which the job is queued, running, or finished.
-QUEUED = frozenset(
-    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-)
-FINAL = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 
 #: What Slurm's commands say when slurmctld cannot be reached.
 _UNREACHABLE = re.compile(
@@ -51,75 +32,6 @@ _UNREACHABLE = re.compile(
     r"|Zero Bytes were transmitted|Communication connection failure",
     re.IGNORECASE,
 )
-
-
-class SlurmError(Exception):
-    """A Slurm command failed; C{unreachable} if slurmctld could not be reached."""
-
-    def __init__(self, message: str, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
-@dataclass(frozen=True)
-class SlurmState:
-    """What Slurm says of one job."""
-
-    state: str
-    reason: str
-    exitCode: int
-    signal: int
-    node: str | None
-    #: When it started (epoch seconds), if it has.
-    startTime: float | None = None
-    #: The job's name (C{jobworker-<id>}), to find a job sbatch's answer was lost for.
-    name: str = ""
-
-
-def parseJobs(text: str) -> dict[str, SlurmState]:
-    """
-    The jobs of C{squeue --json --states=all} output, by Slurm job id.
-
-    JSON, not C{scontrol}'s text: a job may rename itself (C{scontrol update
-    JobName=...}) to anything, spaces and C{JobState=} included, and no text
-    parsing can then tell its fields from its name.
-
-    @raise ValueError: the output is not the JSON expected.
-    @raise SlurmError: Slurm reported an error (with slurmctld down, squeue
-        --json exits 0 with no jobs and an error: never take that for "no
-        jobs").
-    """
-    document = json.loads(text)
-    errors = document.get("errors") or []
-    if errors:
-        first = errors[0] if isinstance(errors[0], dict) else {}
-        raise SlurmError(
-            "squeue: " + str(first.get("description") or first.get("error") or "error"),
-            unreachable=True,
-        )
-    jobs: dict[str, SlurmState] = {}
-    for job in document.get("jobs", []):
-        state = job.get("job_state")
-        if isinstance(state, list):  # newer Slurm: a list of flags
-            state = state[0] if state else ""
-        status = job.get("exit_code")
-        if isinstance(status, dict):  # newer Slurm: {"return_code": {...}, ...}
-            status = 0
-        status = status if isinstance(status, int) else 0
-        started = job.get("start_time")
-        if isinstance(started, dict):
-            started = started.get("number")
-        jobs[str(job.get("job_id"))] = SlurmState(
-            state=str(state),
-            reason=str(job.get("state_reason") or ""),
-            # A wait status: the exit code in the high byte, a signal low.
-            exitCode=(status >> 8) & 0xFF,
-            signal=status & 0x7F,
-            node=str(job.get("nodes") or "") or None,
-            startTime=float(started) if isinstance(started, int) and started else None,
-            name=str(job.get("name") or ""),
-        )
-    return jobs
 
 
 class _CommandOutput(ProcessProtocol):
