@@ -15,7 +15,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
@@ -49,6 +49,7 @@ _COLUMNS = (
     "node",
     "run_as",
     "stop_requested_at",
+    "pending_reason",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -148,12 +149,18 @@ def _migrateTo5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN stop_requested_at REAL")
 
 
+def _migrateTo6(db: sqlite3.Connection) -> None:
+    # Why a queued job waits (Slurm's reason; the local queue's too).
+    db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
     _migrateTo3,
     _migrateTo4,
     _migrateTo5,
+    _migrateTo6,
 ]
 
 
@@ -187,6 +194,7 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.node,
         record.run_as,
         record.stop_requested_at,
+        record.pending_reason,
     )
 
 
@@ -221,6 +229,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         node=row["node"],
         run_as=row["run_as"],
         stop_requested_at=row["stop_requested_at"],
+        pending_reason=row["pending_reason"],
     )
 
 

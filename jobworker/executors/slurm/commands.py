@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from ...jobs.identity import Identity
 from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
-from .documents import SlurmError, SlurmState, parseJobs
+from .documents import STATE_FORMAT, SlurmError, SlurmState, parseJobs, parseStates
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
 #: makes them wait for Slurm's MessageTimeout first).
@@ -90,7 +91,8 @@ class SlurmCommands:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             if "SLURM_CONF" in os.environ:
                 env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-        self._env = env
+        #: Times as epoch seconds in squeue's --format output.
+        self._env = {**env, "SLURM_TIME_FORMAT": "%s"}
 
     def becoming(self, identity: Identity | None) -> list[str]:
         """
@@ -148,13 +150,82 @@ class SlurmCommands:
             raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")
         return jobId
 
-    async def jobs(self) -> dict[str, SlurmState]:
-        """Every job slurmctld knows, in one call."""
-        out = self._check("squeue", await self.run("squeue", "--json", "--states=all"))
+    async def states(self, ids: list[str]) -> dict[str, SlurmState]:
+        """
+        The state of the jobs C{ids} (and only theirs), in one call; no exit
+        status (see L{exits}). Jobs Slurm no longer knows are left out.
+        """
+        if not ids:
+            return {}
+        # One id alone, unknown to Slurm, is an error ("Invalid job id
+        # specified"); two or more unknown ones are an empty answer.
+        asked = ",".join(ids if len(ids) > 1 else ids * 2)
+        return self._states(
+            await self.run(
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={asked}",
+                f"--format={STATE_FORMAT}",
+            )
+        )
+
+    async def byName(self, name: str) -> dict[str, SlurmState]:
+        """The jobs named C{name} (one whose sbatch answer was lost)."""
+        return self._states(
+            await self.run(
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--name={name}",
+                f"--format={STATE_FORMAT}",
+            )
+        )
+
+    def _states(self, result: tuple[str, str, int]) -> dict[str, SlurmState]:
+        out = self._check("squeue", result)
+        try:
+            return parseStates(out)
+        except ValueError as e:
+            raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def exits(self, ids: list[str]) -> dict[str, SlurmState]:
+        """
+        The jobs C{ids} as C{squeue --json} describes them, exit status
+        included: through L{sieve}, so that only these jobs reach the server
+        however many the cluster has.
+        """
+        if not ids:
+            return {}
+        out = self._check(
+            "squeue",
+            await self.run(
+                sys.executable,
+                "-m",
+                "jobworker.executors.slurm.sieve",
+                *ids,
+                "--",
+                "squeue",
+                "--json",
+                "--states=all",
+                f"--jobs={','.join(ids)}",
+            ),
+        )
         try:
             return parseJobs(out)
         except (ValueError, TypeError, AttributeError) as e:
             raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def ping(self) -> None:
+        """
+        Ask slurmctld whether it is up (C{scontrol ping}).
+
+        @raise SlurmError: it is not (unreachable).
+        """
+        out, err, code = await self.run("scontrol", "ping")
+        if code != 0 or " is UP" not in out:
+            message = (out.strip() or err.strip() or f"status {code}")[-200:]
+            raise SlurmError(f"scontrol ping: {message}", unreachable=True)
 
     async def cancelByName(self, name: str, identity: Identity | None = None) -> None:
         """Cancel every job of this name (one whose sbatch answer was lost)."""
@@ -164,16 +235,33 @@ class SlurmCommands:
         )
 
     async def signal(
-        self, jobId: str, name: str, identity: Identity | None = None
+        self, jobId: str, jobName: str, signal: str, identity: Identity | None = None
     ) -> None:
-        """Send signal C{name} to every process of the job (script included)."""
+        """
+        Send C{signal} to every process of the job (script included), if
+        Slurm's job C{jobId} is still named C{jobName}: a job number Slurm
+        gave again to someone else's job is never signalled.
+        """
         self._check(
             "scancel",
             await self.run(
-                "scancel", "--full", f"--signal={name}", jobId, identity=identity
+                "scancel",
+                "--full",
+                f"--signal={signal}",
+                f"--jobname={jobName}",
+                jobId,
+                identity=identity,
             ),
         )
 
-    async def cancel(self, jobId: str, identity: Identity | None = None) -> None:
-        """Cancel it: Slurm sends TERM, then KILL after its KillWait."""
-        self._check("scancel", await self.run("scancel", jobId, identity=identity))
+    async def cancel(
+        self, jobId: str, jobName: str, identity: Identity | None = None
+    ) -> None:
+        """
+        Cancel it (Slurm sends TERM, then KILL after its KillWait), if it
+        is still named C{jobName} (see L{signal}).
+        """
+        self._check(
+            "scancel",
+            await self.run("scancel", f"--jobname={jobName}", jobId, identity=identity),
+        )

@@ -26,7 +26,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ...errors import BadRequest
+from ...errors import BadRequest, ServiceUnavailable
+from ...jobs.executor import ExecutorHealth
 from ...jobs.identity import Identity
 from ...jobs.limits import Limits
 from ...jobs.policy import JobPolicy, JobReactor
@@ -37,7 +38,9 @@ from .accounts import SlurmAccounts
 from .commands import SlurmCommands
 from .documents import SlurmError, SlurmState
 from .folders import makeJobFolder, prepareOutputDir, removeSecrets
-from .job import SlurmJob
+from .health import Reachability
+from .job import SlurmJob, isOurs
+from .outcomes import FINAL
 from .stopping import SlurmStops
 from .submission import batchScript, jobName, sbatchOptions
 
@@ -83,7 +86,7 @@ class SlurmExecutor:
         )
         self._jobs: dict[str, SlurmJob] = {}
         self._polling = False
-        self._unreachableLogged = False
+        self._reach = Reachability()
         self._save: Callable[[JobRecord], None] = lambda record: None
         self._poll = LoopingCall(self._refresh)
         self._poll.clock = reactor
@@ -127,7 +130,21 @@ class SlurmExecutor:
         return defaultEnvironment(identity)
 
     def checkRequest(self, request: JobRequest, identity: Identity) -> None:
-        """Everything a local job may ask is fine here (limits aside)."""
+        """
+        Refuse at once while Slurm is known to be unreachable (rather than
+        let sbatch wait for its own timeout).
+
+        @raise ServiceUnavailable: the last Slurm command could not reach
+            slurmctld.
+        """
+        if self._reach.down:
+            raise ServiceUnavailable(
+                f"Slurm is unreachable, try again later ({self._reach.reason})"
+            )
+
+    def health(self) -> ExecutorHealth:
+        """Whether Slurm answered the last command (C{/healthz}, C{/metrics})."""
+        return self._reach.health()
 
     def limitsFor(self, requested: Limits) -> Limits:
         """Memory and CPU map to Slurm's --mem and --cpus-per-task."""
@@ -210,21 +227,23 @@ class SlurmExecutor:
         try:
             slurmJobId = await self._commands.submit(options, script, identity)
         except SlurmError as e:
+            self._unreachable(e)
             found = None
-            if e.unreachable:
+            if e.unreachable and not _neverSent(e):
                 # sbatch may have queued the job and then lost the answer
                 # (a timeout): look before saying no, and make sure a job
                 # we say no to never runs.
-                found = await self._lookUp(record.id)
+                found = await self._lookUpQuietly(record)
             if found is None:
                 self.log.warn(
                     "sbatch refused job {job}: {error}", job=record.id, error=str(e)
                 )
-                if e.unreachable:
+                if e.unreachable and not _neverSent(e):
                     self._stops.cancelByName(record.id, identity)
                 job.refused(e)
                 return
             slurmJobId = found
+        self._reach.answered()
         self.log.info(
             "job {job} queued as Slurm job {slurm}", job=record.id, slurm=slurmJobId
         )
@@ -294,51 +313,109 @@ class SlurmExecutor:
                 if output.waiting:
                     output.checkGrowth()
 
+    async def _lookUpQuietly(self, record: JobRecord) -> str | None:
+        try:
+            return await self._lookUp(record)
+        except SlurmError:
+            return None
+
+    def _unreachable(self, error: SlurmError) -> None:
+        """A command failed: if slurmctld was out of reach, poll until it is back."""
+        self._reach.failed(error)
+        if self._reach.down and not self._poll.running:
+            self._poll.start(self._pollInterval, now=False)
+
     async def _refresh(self) -> None:
-        """One squeue for every job; skipped while the last one runs."""
-        watched = [
-            j
-            for j in self._jobs.values()
-            if j.record.slurm_job_id or j.lookUpReason is not None
-        ]
-        if self._polling or not watched:
+        """
+        One poll: the state of jobworker's own jobs only (one squeue), the
+        exit status of those that ended (one more), names looked up for jobs
+        whose sbatch answer was lost. While Slurm is down and nothing is
+        watched, a ping finds out when it is back. Skipped while the last
+        poll runs.
+        """
+        if self._polling:
+            return
+        submitted = [j for j in self._jobs.values() if j.record.slurm_job_id]
+        searching = [j for j in self._jobs.values() if j.lookUpReason is not None]
+        if not submitted and not searching and not self._reach.down:
             return
         self._polling = True
         try:
-            states = await self._commands.jobs()
+            states, exits, found = await self._ask(submitted, searching)
         except SlurmError as e:
-            if not self._unreachableLogged:
-                self.log.warn(
-                    "cannot refresh Slurm jobs, will retry: {error}", error=str(e)
-                )
-                self._unreachableLogged = True
+            self._unreachable(e)
+            if not e.unreachable:
+                self.log.warn("cannot refresh Slurm jobs, will retry: {e}", e=str(e))
             return
         finally:
             self._polling = False
-        if self._unreachableLogged:
-            self.log.info("Slurm is reachable again")
-            self._unreachableLogged = False
+        self._reach.answered()
         now = self.now()
-        for job in watched:
-            if job.lookUpReason is not None:
-                found = _byName(states, job.record.id)
-                if found is None:
-                    job.lost(f"{job.lookUpReason} (before Slurm took the job)")
-                    continue
+        for job in searching:
+            slurmJobId = found.get(job.record.id)
+            if slurmJobId is None:
+                job.lost(f"{job.lookUpReason} (before Slurm took the job)")
+            else:
                 job.lookUpReason = None
-                job.submitted(found)
-            state = states.get(job.record.slurm_job_id or "")
+                job.submitted(slurmJobId)
+        for job in submitted:
             try:
-                if state is None:
-                    job.lost(
-                        f"Slurm no longer knows job {job.record.slurm_job_id} "
-                        "(purged after MinJobAge, or slurmctld lost its state)"
-                    )
-                else:
-                    job.update(state, now)
+                self._update(job, states, exits, now)
             except Exception:
                 # One job's bad news must not stop the others' polling.
                 self.log.failure("updating job {job}", job=job.record.id)
+
+    async def _ask(
+        self, submitted: list[SlurmJob], searching: list[SlurmJob]
+    ) -> tuple[dict[str, SlurmState], dict[str, SlurmState], dict[str, str | None]]:
+        """What one poll asks Slurm (see L{_refresh})."""
+        if not submitted and not searching:
+            await self._commands.ping()
+            return {}, {}, {}
+        ids = [j.record.slurm_job_id for j in submitted if j.record.slurm_job_id]
+        states = await self._commands.states(ids) if ids else {}
+        ended = [
+            j.record.slurm_job_id
+            for j in submitted
+            if j.record.slurm_job_id in states
+            and states[j.record.slurm_job_id].state in FINAL
+            and isOurs(j.record, states[j.record.slurm_job_id])
+        ]
+        exits = await self._commands.exits(ended) if ended else {}
+        found = {j.record.id: await self._lookUp(j.record) for j in searching}
+        return states, exits, found
+
+    def _update(
+        self,
+        job: SlurmJob,
+        states: dict[str, SlurmState],
+        exits: dict[str, SlurmState],
+        now: float,
+    ) -> None:
+        slurmJobId = job.record.slurm_job_id or ""
+        state = states.get(slurmJobId)
+        if state is None:
+            job.lost(
+                f"Slurm no longer knows job {slurmJobId} "
+                "(purged after MinJobAge, or slurmctld lost its state)"
+            )
+        elif not isOurs(job.record, state):
+            self.log.warn(
+                "Slurm job {slurm} is no longer job {job}'s: Slurm gave the "
+                "number to job {name!r}",
+                slurm=slurmJobId,
+                job=job.record.id,
+                name=state.name,
+            )
+            job.lost(
+                f"Slurm no longer knows job {slurmJobId} (the number now belongs "
+                "to another job: slurmctld lost its state)"
+            )
+        else:
+            exit = exits.get(slurmJobId)
+            if exit is not None and isOurs(job.record, exit):
+                state = state.withExit(exit)
+            job.update(state, now)
 
     # -- stopping --------------------------------------------------------------
 
@@ -350,17 +427,18 @@ class SlurmExecutor:
         """See L{SlurmStops.cancel}."""
         self._stops.cancel(job)
 
-    async def _lookUp(self, jobId: str) -> str | None:
-        """The Slurm id of the job named for C{jobId}, if Slurm has one."""
-        try:
-            return _byName(await self._commands.jobs(), jobId)
-        except SlurmError:
-            return None
+    async def _lookUp(self, record: JobRecord) -> str | None:
+        """The Slurm id of the job named for C{record}, if Slurm has one."""
+        named = await self._commands.byName(jobName(record.id))
+        for slurmJobId, state in named.items():
+            if isOurs(record, state):
+                return slurmJobId
+        return None
 
 
-def _byName(states: dict[str, SlurmState], jobId: str) -> str | None:
-    name = jobName(jobId)
-    for slurmJobId, state in states.items():
-        if state.name == name:
-            return slurmJobId
-    return None
+def _neverSent(error: SlurmError) -> bool:
+    """
+    sbatch could not connect at all: slurmctld never saw the job (no need
+    to look for it, or cancel it).
+    """
+    return "connect failure" in str(error)

@@ -19,12 +19,31 @@ from ...jobs.records import JobRecord, JobStatus
 from .documents import SlurmError, SlurmState
 from .outcomes import FINAL, QUEUED, outcomeOf
 from .output import SlurmOutput
+from .submission import jobName
 
 #: Seconds after a job is first seen running that the server removes its
 #: argv and env files if the batch script has not (it removes them as soon as
 #: it has read them). Not at once: Slurm says RUNNING before the node has
 #: started the script (a prolog may run first).
 SECRETS_GRACE = 60.0
+
+#: Seconds Slurm's submit time of a job may lie from its record's creation
+#: and still be ours: sbatch may wait for slurmctld (up to the command
+#: timeout), and the two hosts' clocks may differ a little.
+SUBMIT_SLACK = 600.0
+
+
+def isOurs(record: JobRecord, state: SlurmState) -> bool:
+    """
+    Whether the Slurm job C{state} describes is C{record}'s: by name (and
+    submit time), never by number alone. Slurm numbers jobs again from its
+    first number once its state is lost, so another job may have the number.
+    """
+    if state.name != jobName(record.id):
+        return False
+    if state.submitTime is None:
+        return True
+    return abs(state.submitTime - record.created_at) <= SUBMIT_SLACK
 
 
 class SlurmHost(Protocol):
@@ -147,13 +166,18 @@ class SlurmJob:
         """Take in what Slurm says of the job."""
         record = self.record
         if state.state in QUEUED:
+            reason = state.reason if state.reason not in ("", "None") else None
+            if record.status is JobStatus.PENDING and reason != record.pending_reason:
+                record.pending_reason = reason
+                self._executor.save(record)
             return
         if state.state in FINAL:
             self._ended(state)
             return
         if record.status is JobStatus.PENDING:
             record.status = JobStatus.RUNNING
-            record.started_at = state.startTime or now
+            record.pending_reason = None
+            record.started_at = self._startedAt(state, now)
             record.node = state.node
             self._executor.save(record)
             self.log.info(
@@ -166,6 +190,16 @@ class SlurmJob:
             self._runningSince = now
         elif now - self._runningSince >= SECRETS_GRACE:
             self._removeSecrets()
+
+    def _startedAt(self, state: SlurmState, now: float | None) -> float | None:
+        """
+        When it started: Slurm's whole seconds, never before the record's
+        creation (Slurm truncates, and its clock is another host's).
+        """
+        started = state.startTime or now
+        if started is None:
+            return None
+        return max(started, self.record.created_at)
 
     def _removeSecrets(self) -> None:
         """
@@ -180,9 +214,10 @@ class SlurmJob:
         record = self.record
         if record.node is None:
             record.node = state.node
+        record.pending_reason = None
         if record.started_at is None and state.state != "CANCELLED":
             # It ran between two polls (or never, if cancelled while queued).
-            record.started_at = state.startTime
+            record.started_at = self._startedAt(state, None)
         outcome = outcomeOf(state, self._stopRequested, record.timeout_seconds)
         self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
 

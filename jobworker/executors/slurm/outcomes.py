@@ -49,8 +49,9 @@ def outcomeOf(
         whatever Slurm's state).
     @param timeoutSeconds: the job's time limit as asked, for the message.
     """
-    code: int | None = state.exitCode
+    code = state.exitCode
     signal = signalName(state.signal) if state.signal else None
+    reason = f" ({state.reason})" if state.reason not in ("", "None") else ""
     if stopRequested:
         return Outcome(JobStatus.STOPPED, code if not signal else None, signal)
     if state.state == "COMPLETED" and code == 0:
@@ -65,12 +66,30 @@ def outcomeOf(
             JobStatus.FAILED, None, signal, "timed out (Slurm's time limit" + limit
         )
     if state.state == "OUT_OF_MEMORY":
-        return Outcome(JobStatus.FAILED, None, signal, "out of memory (Slurm)")
-    if state.state == "FAILED" and not signal:
-        return Outcome(JobStatus.FAILED, code, None, f"exited with code {code}")
+        return Outcome(JobStatus.FAILED, None, None, "out of memory (Slurm)")
+    if state.invalidStatus is not None:
+        # Slurm's own error number where a wait status belongs: the node
+        # could not start the batch script (e.g. 4021, its output file
+        # could not be opened). Not a signal.
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            f"Slurm could not launch the job{reason}, status {state.invalidStatus}: "
+            "the node could not start it (is --slurm-output-dir shared with "
+            "the nodes, and writable there by the job's account?)",
+        )
     if signal:
         return Outcome(JobStatus.FAILED, None, signal, f"killed by signal {signal}")
-    reason = f" ({state.reason})" if state.reason not in ("", "None") else ""
+    if code is not None and code != 0:
+        return Outcome(JobStatus.FAILED, code, None, f"exited with code {code}")
+    if state.state == "FAILED" and state.reason == "NonZeroExitCode":
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            "exited with a non-zero code (Slurm's JSON does not say which)",
+        )
     return Outcome(
         JobStatus.FAILED, code, None, f"Slurm ended it {state.state}{reason}"
     )

@@ -57,9 +57,11 @@ class SlurmStops:
         owner = self.ownerOf(job)
         try:
             if job.record.status is JobStatus.PENDING:
-                await self._commands.cancel(slurmJobId, owner)
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
                 return
-            await self._commands.signal(slurmJobId, "TERM", owner)
+            await self._commands.signal(
+                slurmJobId, jobName(job.record.id), "TERM", owner
+            )
         except SlurmError as e:
             if e.unreachable:
                 raise ServiceUnavailable(
@@ -121,7 +123,7 @@ class SlurmStops:
 
         async def cancel() -> None:
             try:
-                await self._commands.cancel(slurmJobId, owner)
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
             except SlurmError as e:
                 self.log.warn(
                     "scancel {slurm} failed: {error}", slurm=slurmJobId, error=str(e)
