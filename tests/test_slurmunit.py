@@ -8,6 +8,7 @@ import stat
 from dataclasses import replace
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
@@ -26,8 +27,11 @@ from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
+from jobworker.metrics import Metrics
+from jobworker.server.api import JobsAPI
 
 from .fakes import FakeProcessReactor
+from .test_api import APITestCase
 from .test_manager import request
 
 #: As squeue --json --states=all prints it (Slurm 22.05), trimmed.
@@ -909,3 +913,57 @@ class IdentityTests(SynchronousTestCase):
         for record in (ended, refused):
             self.assertTrue(manager.record(record.id).status.ended)
             self.assertEqual(os.listdir(os.path.join(self.outputDir, record.id)), [])
+
+
+class UnreachableAPITests(APITestCase):
+    """Slurm known down, through the HTTP API: 503 at once, degraded health."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.commands = FakeCommands()
+        stateDir = os.path.abspath(self.mktemp())
+        executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(stateDir, "shared"),
+            grace=5.0,
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+        self.metrics = Metrics()
+        self.manager = JobManager(
+            self.reactor, stateDir, executor, metrics=self.metrics
+        )
+        self.addCleanup(self.manager.close)
+        self.api = JobsAPI(self.manager, self.authenticator, self.reactor, self.metrics)
+        self.treq = StubTreq(self.api.app.resource())
+
+    def test_downIs503AtOnceAndDegraded(self) -> None:
+        self.assertEqual(self.call("GET", "/healthz", None).json(), {"status": "ok"})
+        body = {"command": "true"}
+        first = self.send("POST", "/jobs", "alice", body=body)
+        self.commands.submissions[0][2].errback(
+            SlurmError(
+                "sbatch: Unable to contact slurm controller (connect failure)",
+                unreachable=True,
+            )
+        )
+        self.treq.flush()
+        self.assertError(self.successResultOf(first), 503)
+        # Known down: the next POST is answered without running sbatch.
+        refused = self.call("POST", "/jobs", "alice", body=body)
+        self.assertIn("unreachable", self.assertError(refused, 503)["error"])
+        self.assertEqual(len(self.commands.submissions), 1)
+        health = self.call("GET", "/healthz", None).json()
+        self.assertEqual(health["status"], "degraded")
+        self.assertEqual(health["executor"], "slurm")
+        self.assertIn("Unable to contact", health["reason"])
+        metrics = self.call("GET", "/metrics", "ada").body.decode()
+        self.assertIn('jobworker_executor_up{executor="slurm"} 0.0', metrics)
+        # Slurm answers again: ok, and jobs are taken.
+        self.reactor.advance(1.0)
+        self.commands.pings[-1].callback(None)
+        self.assertEqual(self.call("GET", "/healthz", None).json(), {"status": "ok"})
+        metrics = self.call("GET", "/metrics", "ada").body.decode()
+        self.assertIn('jobworker_executor_up{executor="slurm"} 1.0', metrics)
+        self.send("POST", "/jobs", "alice", body=body)
+        self.assertEqual(len(self.commands.submissions), 2)

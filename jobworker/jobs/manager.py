@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from .combined import OrderSource, StoredOrder
-from .executor import Executor, LiveJob
+from .executor import Executor, ExecutorHealth, LiveJob
 from .identity import Identity
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
@@ -99,6 +99,7 @@ class JobManager:
             else JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         )
         self._metrics.watchJobs(self._countByStatus)
+        self._metrics.watchExecutor(self._executorUp)
 
     # -- start-up --------------------------------------------------------------
 
@@ -310,6 +311,21 @@ class JobManager:
                 counts[stored.status.value] = counts.get(stored.status.value, 1) - 1
                 counts[record.status.value] = counts.get(record.status.value, 0) + 1
         return counts
+
+    def health(self) -> ExecutorHealth:
+        """
+        Whether the executor can take jobs now: its own C{health()} if it
+        has one (Slurm: whether slurmctld answered), else always up.
+        """
+        check = getattr(self._executor, "health", None)
+        if check is None:
+            return ExecutorHealth(self._executor.name, True)
+        health: ExecutorHealth = check()
+        return health
+
+    def _executorUp(self) -> tuple[str, bool]:
+        health = self.health()
+        return health.executor, health.up
 
     def record(self, jobId: str) -> JobRecord:
         """
