@@ -20,7 +20,11 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.executors.slurm.documents import parseJobs, parseStates
+from jobworker.executors.slurm.documents import (
+    parseAccounting,
+    parseJobs,
+    parseStates,
+)
 from jobworker.executors.slurm.outcomes import Outcome, outcomeOf
 from jobworker.executors.slurm.sieve import sieve
 from jobworker.jobs.records import JobStatus
@@ -259,6 +263,33 @@ class PollLinesTests(SynchronousTestCase):
         self.assertIsNone(states["274"].node)
         self.assertEqual(states["272"].submitTime, 1796027633.0)
         self.assertIsNone(states["272"].exitCode)
+
+    def test_accountingLines(self) -> None:
+        """
+        sacct --parsable2 (here from the job completion log, 22.05): every
+        job that had the number, steps left out; "code:signal", a launch
+        failure's "0:53" not a signal.
+        """
+        text = (
+            "14|COMPLETED|0:0|vm|1796019075|1796019075|jobworker-6b31\n"
+            "14|FAILED|3:0|vm|1796027633|1796027633|jobworker-a\n"
+            "14.batch|FAILED|3:0|vm|1796027633|1796027633|batch\n"
+            "272|FAILED|0:53|vm|1796027633|1796027633|wrap\n"
+            "273|CANCELLED by 0|0:9|vm|1796027633|1796027633|a|b\n"
+        )
+        jobs = parseAccounting(text)
+        self.assertEqual(sorted(jobs), ["14", "272", "273"])
+        self.assertEqual(
+            [j.name for j in jobs["14"]], ["jobworker-6b31", "jobworker-a"]
+        )
+        self.assertEqual(jobs["14"][1].exitCode, 3)
+        self.assertEqual(jobs["14"][1].submitTime, 1796027633.0)
+        self.assertEqual((jobs["272"][0].signal, jobs["272"][0].invalidStatus), (0, 53))
+        self.assertEqual(
+            (jobs["273"][0].state, jobs["273"][0].signal), ("CANCELLED", 9)
+        )
+        launch = outcomeOf(jobs["272"][0], False, None)
+        self.assertIn("could not launch", launch.error or "")
 
     def test_badLine(self) -> None:
         self.assertRaises(ValueError, parseStates, "squeue: error: something\n")

@@ -156,6 +156,9 @@ class FakeCommands:
         self.exitsAsked: list[list[str]] = []
         self.lookUps: list[Deferred[dict[str, SlurmState]]] = []
         self.pings: list[Deferred[None]] = []
+        #: What sacct says of purged jobs, and the ids it was asked about.
+        self.accounted: dict[str, list[SlurmState]] = {}
+        self.accountingAsked: list[list[str]] = []
         self.signals: list[tuple[str, str]] = []
         self.cancels: list[str] = []
         #: (command, job id or name, identity) of each command on one job.
@@ -205,6 +208,10 @@ class FakeCommands:
         d: Deferred[dict[str, SlurmState]] = Deferred()
         self.lookUps.append(d)
         return d
+
+    async def accounting(self, ids: list[str]) -> dict[str, list[SlurmState]]:
+        self.accountingAsked.append(list(ids))
+        return {i: self.accounted[i] for i in ids if i in self.accounted}
 
     def ping(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -449,6 +456,28 @@ class ExecutorTests(SynchronousTestCase):
         self.assertEqual(len(self.commands.pings), 1)
         self.commands.pings[-1].callback(None)
         self.assertTrue(self.executor.health().up)
+
+    def test_purgedJobReadFromAccounting(self) -> None:
+        """
+        A job squeue no longer knows (ended, purged while the server was
+        down) ends with what accounting kept of it: its own entry, by name,
+        not another job's that had the number before.
+        """
+        record = self.submit("false")
+        created = self.manager.record(record.id).created_at
+        ours = replace(
+            state("FAILED", 3, jobName=f"jobworker-{record.id}"),
+            submitTime=created + 1,
+        )
+        older = replace(
+            state("COMPLETED", 0, jobName="jobworker-other"),
+            submitTime=created - 86400,
+        )
+        self.commands.accounted["101"] = [older, ours]
+        self.poll({})
+        self.assertEqual(self.commands.accountingAsked, [["101"]])
+        ended = self.manager.record(record.id)
+        self.assertEqual((ended.status, ended.exit_code), (JobStatus.FAILED, 3))
 
     def test_completedWithNonZeroCodeFailed(self) -> None:
         """

@@ -21,7 +21,15 @@ from twisted.python.failure import Failure
 from ...jobs.identity import Identity
 from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
-from .documents import STATE_FORMAT, SlurmError, SlurmState, parseJobs, parseStates
+from .documents import (
+    ACCOUNTING_FORMAT,
+    STATE_FORMAT,
+    SlurmError,
+    SlurmState,
+    parseAccounting,
+    parseJobs,
+    parseStates,
+)
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
 #: makes them wait for Slurm's MessageTimeout first).
@@ -215,6 +223,32 @@ class SlurmCommands:
             return parseJobs(out)
         except (ValueError, TypeError, AttributeError) as e:
             raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def accounting(self, ids: list[str]) -> dict[str, list[SlurmState]]:
+        """
+        What Slurm's accounting keeps of the jobs C{ids} (ended, and purged
+        from slurmctld's memory): C{sacct}, else the job completion log
+        (C{sacct --completion}) when accounting storage is off. Empty when
+        neither is kept.
+        """
+        if not ids:
+            return {}
+        query = [
+            "--noheader",
+            "--parsable2",
+            f"--jobs={','.join(ids)}",
+            f"--format={ACCOUNTING_FORMAT}",
+        ]
+        result = await self.run("sacct", *query)
+        if result[2] != 0 and "accounting storage is disabled" in result[1]:
+            result = await self.run("sacct", "--completion", *query)
+            if result[2] != 0 and "disabled" in result[1]:
+                return {}
+        out = self._check("sacct", result)
+        try:
+            return parseAccounting(out)
+        except ValueError as e:
+            raise SlurmError(f"sacct: unexpected output ({e})") from None
 
     async def ping(self) -> None:
         """

@@ -187,6 +187,56 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
     return jobs
 
 
+#: The C{sacct --format} of jobs that squeue no longer knows (name last).
+ACCOUNTING_FORMAT = "JobID,State,ExitCode,NodeList,Start,Submit,JobName"
+
+
+def parseAccounting(text: str) -> dict[str, list[SlurmState]]:
+    """
+    The jobs of C{sacct --noheader --parsable2 --format=ACCOUNTING_FORMAT}
+    output, by Slurm job id: a list each, since accounting keeps every job
+    that ever had the number (numbering restarts when slurmctld's state is
+    reset). Steps (C{14.batch}) are left out. C{ExitCode} is C{code:signal};
+    a "signal" above 31 is Slurm's own launch error, not a signal.
+
+    @raise ValueError: a line is not in the format asked for.
+    """
+    jobs: dict[str, list[SlurmState]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|", 6)
+        if len(fields) != 7:
+            raise ValueError(f"unexpected sacct line {line[:100]!r}")
+        jobId, state, exitCode, nodes, start, submit, name = fields
+        if not jobId.isdigit():
+            continue
+        code, _, signal = exitCode.partition(":")
+        status = ExitStatus()
+        if code.isdigit() and signal.isdigit():
+            number = int(signal)
+            if number > _LAST_SIGNAL:
+                status = ExitStatus(invalid=(int(code) << 8) | number)
+            elif number:
+                status = ExitStatus(signal=number)
+            else:
+                status = ExitStatus(code=int(code))
+        jobs.setdefault(jobId, []).append(
+            SlurmState(
+                state=state.split(" ")[0],  # "CANCELLED by 0"
+                reason="",
+                exitCode=status.code,
+                signal=status.signal,
+                node=nodes if nodes not in ("", "None assigned") else None,
+                startTime=_epoch(start),
+                name=name,
+                submitTime=_epoch(submit),
+                invalidStatus=status.invalid,
+            )
+        )
+    return jobs
+
+
 def _epoch(text: str) -> float | None:
     return float(text) if text.isdigit() and text != "0" else None
 

@@ -214,7 +214,7 @@ class SlurmExecutor:
             record,
             directory,
             self.outputPath(record.id, "stdout"),
-            self.outputPath(record.id, "stderr"),
+            self.outputPath(record.id, "slurm.log"),
             limits,
             timeout,
             self._partition,
@@ -223,7 +223,9 @@ class SlurmExecutor:
         cwd = request.cwd
         if cwd is None and identity is not self._server and identity.home:
             cwd = identity.home  # a mapped account's jobs start at home
-        script = batchScript(self._wrapper, cwd, argvFile, envFile)
+        script = batchScript(
+            self._wrapper, cwd, self.outputPath(record.id, "stderr"), argvFile, envFile
+        )
         try:
             slurmJobId = await self._commands.submit(options, script, identity)
         except SlurmError as e:
@@ -382,8 +384,31 @@ class SlurmExecutor:
             and isOurs(j.record, states[j.record.slurm_job_id])
         ]
         exits = await self._commands.exits(ended) if ended else {}
+        gone = [i for i in ids if i not in states]
+        if gone:
+            exits.update(await self._accounted(gone, submitted))
         found = {j.record.id: await self._lookUp(j.record) for j in searching}
         return states, exits, found
+
+    async def _accounted(
+        self, ids: list[str], jobs: list[SlurmJob]
+    ) -> dict[str, SlurmState]:
+        """
+        What accounting says of the jobs squeue no longer knows (ended
+        while the server was down, then purged): each one's own entry.
+        """
+        try:
+            entries = await self._commands.accounting(ids)
+        except SlurmError as e:
+            self.log.warn("cannot read Slurm's accounting: {error}", error=str(e))
+            return {}
+        found = {}
+        for job in jobs:
+            slurmJobId = job.record.slurm_job_id or ""
+            for entry in entries.get(slurmJobId, []):
+                if entry.state in FINAL and isOurs(job.record, entry):
+                    found[slurmJobId] = entry
+        return found
 
     def _update(
         self,
@@ -394,7 +419,9 @@ class SlurmExecutor:
     ) -> None:
         slurmJobId = job.record.slurm_job_id or ""
         state = states.get(slurmJobId)
-        if state is None:
+        if state is None and slurmJobId in exits:
+            job.update(exits[slurmJobId], now)  # from accounting
+        elif state is None:
             job.lost(
                 f"Slurm no longer knows job {slurmJobId} "
                 "(purged after MinJobAge, or slurmctld lost its state)"

@@ -17,7 +17,7 @@ def sbatchOptions(
     record: JobRecord,
     directory: str,
     stdout: str,
-    stderr: str,
+    slurmLog: str,
     limits: Limits,
     timeout: float | None,
     partition: str | None,
@@ -29,7 +29,9 @@ def sbatchOptions(
         # For Slurm's administrators (one argv element: no shell splits it).
         f"--comment=jobworker user={record.owner} job={record.id}",
         f"--output={stdout}",
-        f"--error={stderr}",
+        # Slurm's own messages (slurmstepd's "*** JOB N CANCELLED ***");
+        # the job's stderr is the wrapper's -E file.
+        f"--error={slurmLog}",
         f"--chdir={directory}",
         "--export=ALL",
         # A requeued job would run again untracked, truncating its output.
@@ -50,10 +52,13 @@ def sbatchOptions(
 
 
 def batchScript(
-    wrapper: str, cwd: str | None, argvFile: str, envFile: str
+    wrapper: str, cwd: str | None, stderr: str, argvFile: str, envFile: str
 ) -> list[str]:
-    """The batch script and its arguments: the wrapper execs the argv file."""
+    """
+    The batch script and its arguments: the wrapper execs the argv file,
+    its stderr to C{stderr} (Slurm's own messages go to sbatch's --error).
+    """
     script = [wrapper]
     if cwd is not None:
         script += ["-C", cwd]
-    return [*script, argvFile, envFile]
+    return [*script, "-E", stderr, argvFile, envFile]
