@@ -36,13 +36,13 @@ from ...jobs.validation import JobRequest
 from ..local.executor import defaultEnvironment
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands
-from .documents import SlurmError, SlurmState
+from .documents import SlurmError
 from .folders import makeJobFolder, prepareOutputDir, removeSecrets
 from .health import Reachability
-from .job import SlurmJob, isOurs
-from .outcomes import FINAL
+from .job import SlurmJob
+from .poll import SlurmPoll
 from .stopping import SlurmStops
-from .submission import batchScript, jobName, sbatchOptions
+from .submission import batchScript, sbatchOptions
 
 
 class SlurmExecutor:
@@ -85,10 +85,12 @@ class SlurmExecutor:
             reactor, self._commands, grace, self._accounts, self.save
         )
         self._jobs: dict[str, SlurmJob] = {}
-        self._polling = False
         self._reach = Reachability()
         self._save: Callable[[JobRecord], None] = lambda record: None
-        self._poll = LoopingCall(self._refresh)
+        self._poller = SlurmPoll(
+            self._commands, self._reach, self._jobs, self.now, self._unreachable
+        )
+        self._poll = LoopingCall(self._poller.refresh)
         self._poll.clock = reactor
         self._pollInterval = pollInterval
         self._files = LoopingCall(self._pokeFiles)
@@ -235,7 +237,7 @@ class SlurmExecutor:
                 # sbatch may have queued the job and then lost the answer
                 # (a timeout): look before saying no, and make sure a job
                 # we say no to never runs.
-                found = await self._lookUpQuietly(record)
+                found = await self._poller.lookUpQuietly(record)
             if found is None:
                 self.log.warn(
                     "sbatch refused job {job}: {error}", job=record.id, error=str(e)
@@ -309,142 +311,17 @@ class SlurmExecutor:
     def forget(self, job: SlurmJob) -> None:
         self._jobs.pop(job.record.id, None)
 
-    def _pokeFiles(self) -> None:
-        for job in list(self._jobs.values()):
-            for output in (job.stdout, job.stderr):
-                if output.waiting:
-                    output.checkGrowth()
-
-    async def _lookUpQuietly(self, record: JobRecord) -> str | None:
-        try:
-            return await self._lookUp(record)
-        except SlurmError:
-            return None
-
     def _unreachable(self, error: SlurmError) -> None:
         """A command failed: if slurmctld was out of reach, poll until it is back."""
         self._reach.failed(error)
         if self._reach.down and not self._poll.running:
             self._poll.start(self._pollInterval, now=False)
 
-    async def _refresh(self) -> None:
-        """
-        One poll: the state of jobworker's own jobs only (one squeue), the
-        exit status of those that ended (one more), names looked up for jobs
-        whose sbatch answer was lost. While Slurm is down and nothing is
-        watched, a ping finds out when it is back. Skipped while the last
-        poll runs.
-        """
-        if self._polling:
-            return
-        submitted = [j for j in self._jobs.values() if j.record.slurm_job_id]
-        searching = [j for j in self._jobs.values() if j.lookUpReason is not None]
-        if not submitted and not searching and not self._reach.down:
-            return
-        self._polling = True
-        try:
-            states, exits, found = await self._ask(submitted, searching)
-        except SlurmError as e:
-            self._unreachable(e)
-            if not e.unreachable:
-                self.log.warn("cannot refresh Slurm jobs, will retry: {e}", e=str(e))
-            return
-        finally:
-            self._polling = False
-        self._reach.answered()
-        now = self.now()
-        for job in searching:
-            slurmJobId = found.get(job.record.id)
-            if slurmJobId is None:
-                job.lost(f"{job.lookUpReason} (before Slurm took the job)")
-            else:
-                job.lookUpReason = None
-                job.submitted(slurmJobId)
-        for job in submitted:
-            try:
-                self._update(job, states, exits, now)
-            except Exception:
-                # One job's bad news must not stop the others' polling.
-                self.log.failure("updating job {job}", job=job.record.id)
-
-    async def _ask(
-        self, submitted: list[SlurmJob], searching: list[SlurmJob]
-    ) -> tuple[dict[str, SlurmState], dict[str, SlurmState], dict[str, str | None]]:
-        """What one poll asks Slurm (see L{_refresh})."""
-        if not submitted and not searching:
-            await self._commands.ping()
-            return {}, {}, {}
-        ids = [j.record.slurm_job_id for j in submitted if j.record.slurm_job_id]
-        states = await self._commands.states(ids) if ids else {}
-        ended = [
-            j.record.slurm_job_id
-            for j in submitted
-            if j.record.slurm_job_id in states
-            and states[j.record.slurm_job_id].state in FINAL
-            and isOurs(j.record, states[j.record.slurm_job_id])
-        ]
-        exits = await self._commands.exits(ended) if ended else {}
-        gone = [i for i in ids if i not in states]
-        if gone:
-            exits.update(await self._accounted(gone, submitted))
-        found = {j.record.id: await self._lookUp(j.record) for j in searching}
-        return states, exits, found
-
-    async def _accounted(
-        self, ids: list[str], jobs: list[SlurmJob]
-    ) -> dict[str, SlurmState]:
-        """
-        What accounting says of the jobs squeue no longer knows (ended
-        while the server was down, then purged): each one's own entry.
-        """
-        try:
-            entries = await self._commands.accounting(ids)
-        except SlurmError as e:
-            self.log.warn("cannot read Slurm's accounting: {error}", error=str(e))
-            return {}
-        found = {}
-        for job in jobs:
-            slurmJobId = job.record.slurm_job_id or ""
-            for entry in entries.get(slurmJobId, []):
-                if entry.state in FINAL and isOurs(job.record, entry):
-                    found[slurmJobId] = entry
-        return found
-
-    def _update(
-        self,
-        job: SlurmJob,
-        states: dict[str, SlurmState],
-        exits: dict[str, SlurmState],
-        now: float,
-    ) -> None:
-        slurmJobId = job.record.slurm_job_id or ""
-        state = states.get(slurmJobId)
-        if state is None and slurmJobId in exits:
-            job.update(exits[slurmJobId], now)  # from accounting
-        elif state is None:
-            job.lost(
-                f"Slurm no longer knows job {slurmJobId} "
-                "(purged after MinJobAge, or slurmctld lost its state)"
-            )
-        elif not isOurs(job.record, state):
-            self.log.warn(
-                "Slurm job {slurm} is no longer job {job}'s: Slurm gave the "
-                "number to job {name!r}",
-                slurm=slurmJobId,
-                job=job.record.id,
-                name=state.name,
-            )
-            job.lost(
-                f"Slurm no longer knows job {slurmJobId} (the number now belongs "
-                "to another job: slurmctld lost its state)"
-            )
-        else:
-            exit = exits.get(slurmJobId)
-            if exit is not None and isOurs(job.record, exit):
-                state = state.withExit(exit)
-            job.update(state, now)
-
-    # -- stopping --------------------------------------------------------------
+    def _pokeFiles(self) -> None:
+        for job in list(self._jobs.values()):
+            for output in (job.stdout, job.stderr):
+                if output.waiting:
+                    output.checkGrowth()
 
     async def terminate(self, job: SlurmJob) -> None:
         """See L{SlurmStops.terminate}."""
@@ -453,14 +330,6 @@ class SlurmExecutor:
     def cancel(self, job: SlurmJob) -> None:
         """See L{SlurmStops.cancel}."""
         self._stops.cancel(job)
-
-    async def _lookUp(self, record: JobRecord) -> str | None:
-        """The Slurm id of the job named for C{record}, if Slurm has one."""
-        named = await self._commands.byName(jobName(record.id))
-        for slurmJobId, state in named.items():
-            if isOurs(record, state):
-                return slurmJobId
-        return None
 
 
 def _neverSent(error: SlurmError) -> bool:
