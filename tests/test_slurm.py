@@ -162,8 +162,10 @@ class SlurmTests(TestCase):
             "--executor=slurm",
             f"--slurm-output-dir={self.outputDir}",
             "--slurm-poll=0.5",
+            # One test probes; the others' job numbers stay theirs.
+            *(() if "--probe" in extra else ("--slurm-no-probe",)),
             f"--users={self.users}",
-            *extra,
+            *(option for option in extra if option != "--probe"),
             grace=2.0,
             stateDir=self.stateDir,
         )
@@ -553,3 +555,40 @@ class SlurmTests(TestCase):
         self.assertIsNone(final["pending_reason"])
         self.assertIn("could not launch", final["error"])
         self.assertIn("JobLaunchFailure", final["error"])
+
+    async def test_outputDirProbe(self) -> None:
+        """
+        At start-up a probe job writes into --slurm-output-dir on a node and
+        the server finds it there: healthy, the probe's file gone.
+        """
+
+        def probes() -> dict[str, str]:
+            out = subprocess.run(
+                [
+                    "squeue",
+                    "--noheader",
+                    "--states=all",
+                    "--name=jobworker-output-dir-probe",
+                    "--format=%i %T",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            return dict(line.split() for line in out.splitlines())
+
+        before = probes()
+        server = self.server("--probe")
+        for _ in range(120):
+            new = {i: s for i, s in probes().items() if i not in before}
+            if list(new.values()) == ["COMPLETED"]:
+                break
+            await sleep(0.25)
+        else:
+            self.fail(f"no probe job ran: {new}")
+        await sleep(1.5)  # the server's next look at it
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual((code, health), (200, {"status": "ok"}))
+        self.assertEqual(
+            [n for n in os.listdir(self.outputDir) if n.startswith(".probe-")], []
+        )

@@ -944,6 +944,60 @@ class IdentityTests(SynchronousTestCase):
             self.assertEqual(os.listdir(os.path.join(self.outputDir, record.id)), [])
 
 
+class ProbeTests(SynchronousTestCase):
+    """The start-up probe of --slurm-output-dir, on fake Slurm commands."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        self.outputDir = os.path.abspath(self.mktemp())
+        self.executor = SlurmExecutor(
+            self.reactor,
+            self.outputDir,
+            grace=5.0,
+            partition="debug",
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+
+    def probe(self, nodeWrites: bool) -> None:
+        done = self.executor.probe()
+        options, script, submitted = self.commands.submissions[0]
+        self.assertEqual(script, [])
+        self.assertIn("--partition=debug", options)
+        [wrap] = [o for o in options if o.startswith("--wrap=")]
+        _, token, _, path = wrap.removeprefix("--wrap=").split(" ")
+        self.assertEqual(os.path.dirname(path), self.outputDir)
+        submitted.callback("500")
+        self.reactor.advance(1.0)
+        self.assertEqual(self.commands.asked[-1], ["500"])
+        if nodeWrites:
+            with open(path, "w") as f:
+                f.write(token + "\n")
+        self.commands.polls[-1].callback(
+            {"500": state("COMPLETED", jobName="jobworker-output-dir-probe")}
+        )
+        self.successResultOf(done)
+        self.assertFalse(os.path.exists(path))
+
+    def test_shared(self) -> None:
+        """The node's file arrived: healthy."""
+        self.probe(nodeWrites=True)
+        self.assertTrue(self.executor.health().up)
+
+    def test_notShared(self) -> None:
+        """
+        The probe ended but its file never appeared here: the executor says
+        it is degraded, and why (jobs are still taken: another node may see
+        the folder).
+        """
+        self.probe(nodeWrites=False)
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("is not shared with the nodes", health.reason or "")
+        self.assertIn("node7", health.reason or "")
+
+
 class UnreachableAPITests(APITestCase):
     """Slurm known down, through the HTTP API: 503 at once, degraded health."""
 

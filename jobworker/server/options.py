@@ -78,6 +78,12 @@ class Options(usage.Options):
             "account as the service account (this server's user), one identity "
             "they all share (default: such users' jobs are refused, 403).",
         ],
+        [
+            "slurm-no-probe",
+            None,
+            "With --executor slurm: skip the start-up probe job that checks "
+            "that the nodes write where this server reads (--slurm-output-dir).",
+        ],
     ]
     optParameters = [
         ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
@@ -382,10 +388,10 @@ class Options(usage.Options):
                     "run unmapped users' jobs as root: add --allow-root-jobs to "
                     "mean it, or run the server as a service account"
                 )
-        elif self["slurm-shared-account"]:
-            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
             if not 0.1 <= self["slurm-poll"] <= 60:
                 raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
+        elif self["slurm-shared-account"]:
+            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
         if self["require-client-cert"] and self["client-ca"] is None:
             raise usage.UsageError("--require-client-cert needs --client-ca")
         if not 1024 <= self["max-header-bytes"] <= 1 << 20:

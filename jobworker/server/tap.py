@@ -290,7 +290,7 @@ def _slurmExecutor(
     if shutil.which("sbatch") is None:
         fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
     try:
-        return SlurmExecutor(
+        executor = SlurmExecutor(
             reactor,
             os.path.abspath(config["slurm-output-dir"]),
             config["stop-grace"],
@@ -302,6 +302,13 @@ def _slurmExecutor(
         )
     except OSError as e:
         fatal(f"cannot use --slurm-output-dir: {e.strerror}")
+    if not config["slurm-no-probe"]:
+        # In the background: the server answers meanwhile; a folder the
+        # nodes do not share makes it report itself degraded.
+        executor.probe().addErrback(
+            lambda failure: log.failure("the --slurm-output-dir probe", failure)
+        )
+    return executor
 
 
 def _audit(config: Options, reactor: JobReactor) -> AuditLog:

@@ -41,8 +41,9 @@ from .folders import makeJobFolder, prepareOutputDir, removeSecrets
 from .health import Reachability
 from .job import SlurmJob
 from .poll import SlurmPoll
+from .probe import OutputDirProbe
 from .stopping import SlurmStops
-from .submission import batchScript, sbatchOptions
+from .submission import batchScript, placementOptions, sbatchOptions
 
 
 class SlurmExecutor:
@@ -143,6 +144,27 @@ class SlurmExecutor:
             raise ServiceUnavailable(
                 f"Slurm is unreachable, try again later ({self._reach.reason})"
             )
+
+    def probe(self, patience: float = 300.0) -> Deferred[None]:
+        """
+        Check, with a tiny probe job, that the nodes write where this server
+        reads (C{--slurm-output-dir}); if not, the executor reports itself
+        degraded (C{/healthz}) with the reason, and says so in the log.
+        """
+        options = placementOptions(self._partition, self._account)
+        probe = OutputDirProbe(
+            self._reactor,
+            self._commands,
+            self._outputDir,
+            options,
+            self._pollInterval,
+            patience,
+        )
+
+        async def run() -> None:
+            self._reach.problem = await probe.run()
+
+        return Deferred.fromCoroutine(run())
 
     def health(self) -> ExecutorHealth:
         """Whether Slurm answered the last command (C{/healthz}, C{/metrics})."""

@@ -20,6 +20,8 @@ class Reachability:
 
     def __init__(self) -> None:
         self._reason: str | None = None
+        #: A configuration problem found at start-up (the output folder).
+        self.problem: str | None = None
 
     @property
     def down(self) -> bool:
@@ -47,4 +49,6 @@ class Reachability:
         self._reason = str(error)
 
     def health(self) -> ExecutorHealth:
-        return ExecutorHealth("slurm", not self.down, self._reason)
+        if self.down:
+            return ExecutorHealth("slurm", False, self._reason)
+        return ExecutorHealth("slurm", self.problem is None, self.problem)

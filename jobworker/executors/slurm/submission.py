@@ -44,6 +44,12 @@ def sbatchOptions(
         options.append(f"--cpus-per-task={math.ceil(limits.cpu_millicores / 1000)}")
     if timeout is not None:
         options.append(f"--time={math.ceil(timeout / 60)}")
+    return options + placementOptions(partition, account)
+
+
+def placementOptions(partition: str | None, account: str | None) -> list[str]:
+    """Where the server's jobs go: its partition and account, if set."""
+    options = []
     if partition is not None:
         options.append(f"--partition={partition}")
     if account is not None:
