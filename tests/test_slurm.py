@@ -592,3 +592,41 @@ class SlurmTests(TestCase):
         self.assertEqual(
             [n for n in os.listdir(self.outputDir) if n.startswith(".probe-")], []
         )
+
+    async def test_perJobSlurmOptions(self) -> None:
+        """
+        A job's "slurm" choices within the server's allowances reach sbatch
+        exactly (squeue shows them); outside them: 400, nothing submitted.
+        """
+        server = self.server(
+            "--slurm-allow-partitions=debug",
+            "--slurm-allow-accounts=physics chem",
+            "--slurm-max-ntasks=2",
+            "--slurm-allow-exclusive",
+        )
+        slurm = {
+            "partition": "debug",
+            "account": "physics",
+            "nodes": 1,
+            "ntasks": 2,
+            "exclusive": True,
+        }
+        job = await server.createJob("sleep", "30", slurm=slurm)
+        slurmId = job["slurm_job_id"]
+        seen = subprocess.run(
+            ["squeue", "-h", f"--jobs={slurmId},{slurmId}", "-o", "%P|%a|%D|%C|%h"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.assertEqual(seen, "debug|physics|1|2|NO")
+        for refused in ({"account": "biology"}, {"ntasks": 3}, {"nodes": 2}):
+            code, body = await server.json(
+                "POST", "/jobs", "alice", {"command": "true", "slurm": refused}
+            )
+            self.assertEqual(code, 400, body)
+            self.assertIn("slurm.", body["error"])
+        code, listing = await server.json("GET", "/jobs")
+        self.assertEqual([j["id"] for j in listing["jobs"]], [job["id"]])
+        code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 200, stopped)

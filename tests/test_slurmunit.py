@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
+from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.sandbox import SETPRIV
 from jobworker.executors.slurm.accounts import SlurmAccounts
 from jobworker.executors.slurm.commands import SlurmCommands
@@ -27,6 +28,7 @@ from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.validation import SlurmAllowances, SlurmRequest, parseJobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
 
@@ -622,6 +624,122 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(manager.record(record.id).status, JobStatus.RUNNING)
         self.poll({"101": state("COMPLETED")})
         self.assertIs(manager.record(record.id).status, JobStatus.COMPLETED)
+
+
+class PerJobOptionsTests(SynchronousTestCase):
+    """A job's own "slurm" choices: parsed, checked against the server's
+    allow-lists and maxima (400 otherwise), passed to sbatch exactly."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        stateDir = os.path.abspath(self.mktemp())
+        executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(stateDir, "shared"),
+            grace=5.0,
+            partition="debug",
+            account="physics",
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+            allowances=SlurmAllowances(
+                partition=frozenset({"gpu"}),
+                account=frozenset({"chem"}),
+                qos=frozenset({"high"}),
+                gres=frozenset({"gpu:a100:2"}),
+                constraint=frozenset({"intel&ib"}),
+                nodes=2,
+                ntasks=4,
+                exclusive=True,
+            ),
+        )
+        self.manager = JobManager(self.reactor, stateDir, executor)
+        self.addCleanup(self.manager.close)
+
+    def create(self, slurm: dict[str, Any]) -> list[str]:
+        body = json.dumps({"command": "true", "slurm": slurm}).encode()
+        self.manager.create(parseJobRequest(body), owner="alice")
+        return self.commands.submissions[-1][0]
+
+    def test_passedExactly(self) -> None:
+        options = self.create(
+            {
+                "partition": "gpu",
+                "account": "chem",
+                "qos": "high",
+                "gres": "gpu:a100:2",
+                "constraint": "intel&ib",
+                "nodes": 2,
+                "ntasks": 4,
+                "exclusive": True,
+            }
+        )
+        for option in (
+            "--partition=gpu",
+            "--account=chem",
+            "--qos=high",
+            "--gres=gpu:a100:2",
+            "--constraint=intel&ib",
+            "--nodes=2",
+            "--ntasks=4",
+            "--exclusive",
+        ):
+            self.assertIn(option, options)
+        self.assertNotIn("--partition=debug", options)
+        self.assertNotIn("--account=physics", options)
+
+    def test_serverDefaultsOtherwise(self) -> None:
+        options = self.create({"qos": "high"})
+        self.assertIn("--partition=debug", options)
+        self.assertIn("--account=physics", options)
+        self.assertNotIn("--exclusive", options)
+        self.assertFalse([o for o in options if o.startswith("--nodes")])
+
+    def test_outsideTheAllowancesIs400(self) -> None:
+        for slurm, said in (
+            ({"partition": "debug"}, "slurm.partition 'debug' is not allowed"),
+            ({"account": "physics"}, "allowed: chem"),
+            ({"gres": "gpu:a100:3"}, "slurm.gres"),
+            ({"nodes": 3}, "over this server's maximum 2"),
+            ({"ntasks": 5}, "slurm.ntasks"),
+        ):
+            error = self.assertRaises(BadRequest, self.create, slurm)
+            self.assertIn(said, error.message)
+        self.assertEqual(len(self.commands.submissions), 0)
+
+    def test_badShapesAre400(self) -> None:
+        for slurm in (
+            {"partition": "a b"},
+            {"partition": ""},
+            {"qos": 3},
+            {"nodes": 0},
+            {"nodes": "2"},
+            {"exclusive": "yes"},
+            {"gpus": 1},
+            [],
+        ):
+            body = json.dumps({"command": "true", "slurm": slurm}).encode()
+            self.assertRaises(BadRequest, parseJobRequest, body)
+
+    def test_nothingAllowedByDefault(self) -> None:
+        self.assertRaises(
+            BadRequest, SlurmAllowances().check, SlurmRequest(partition="debug")
+        )
+        self.assertRaises(BadRequest, SlurmAllowances().check, SlurmRequest(nodes=2))
+        self.assertRaises(
+            BadRequest, SlurmAllowances().check, SlurmRequest(exclusive=True)
+        )
+        SlurmAllowances().check(SlurmRequest(nodes=1, ntasks=1))
+
+    def test_localExecutorRefuses(self) -> None:
+        """Slurm options to a server that runs jobs locally: 400."""
+        manager = localJobManager(FakeProcessReactor(), self.mktemp(), 5.0)
+        self.addCleanup(manager.close)
+        body = json.dumps({"command": "true", "slurm": {"nodes": 1}}).encode()
+        error = self.assertRaises(
+            BadRequest, manager.create, parseJobRequest(body), owner="alice"
+        )
+        self.assertIn("--executor slurm", error.message)
 
 
 class CommandsTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..errors import (
+    BadRequest,
     Conflict,
     NotFound,
     ServiceUnavailable,
@@ -151,6 +152,10 @@ class JobManager:
         timeout = request.timeout or self._policy.defaultTimeout
         identity = executor.identityFor(owner, account)
         try:
+            if request.slurm is not None and executor.name != "slurm":
+                raise BadRequest(
+                    '"slurm" options need the Slurm executor (--executor slurm)'
+                )
             executor.checkRequest(request, identity)
         except Exception:
             executor.release(identity)

@@ -43,6 +43,7 @@ from ..jobs.manager import JobManager
 from ..jobs.policy import JobPolicy, JobReactor
 from ..jobs.recovery import killAll, processesByUid, processesOf
 from ..jobs.store import JobStore, StoreError
+from ..jobs.validation import SlurmAllowances
 from ..metrics import Metrics
 from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
 from .api import JobsAPI
@@ -299,6 +300,16 @@ def _slurmExecutor(
             config["slurm-account"],
             config["slurm-poll"],
             sharedAccount=config["slurm-shared-account"],
+            allowances=SlurmAllowances(
+                partition=frozenset(config["slurm-allow-partitions"].split()),
+                account=frozenset(config["slurm-allow-accounts"].split()),
+                qos=frozenset(config["slurm-allow-qos"].split()),
+                gres=frozenset(config["slurm-allow-gres"].split()),
+                constraint=frozenset(config["slurm-allow-constraints"].split()),
+                nodes=config["slurm-max-nodes"],
+                ntasks=config["slurm-max-ntasks"],
+                exclusive=bool(config["slurm-allow-exclusive"]),
+            ),
         )
     except OSError as e:
         fatal(f"cannot use --slurm-output-dir: {e.strerror}")

@@ -32,7 +32,7 @@ from ...jobs.identity import Identity
 from ...jobs.limits import Limits
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
-from ...jobs.validation import JobRequest
+from ...jobs.validation import JobRequest, SlurmAllowances
 from ..local.executor import defaultEnvironment
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands
@@ -72,6 +72,7 @@ class SlurmExecutor:
         pollInterval: float = 1.0,
         commands: SlurmCommands | None = None,
         sharedAccount: bool = False,
+        allowances: SlurmAllowances | None = None,
     ) -> None:
         self._reactor = reactor
         self._outputDir = outputDir
@@ -79,6 +80,7 @@ class SlurmExecutor:
         self._policy = policy if policy is not None else JobPolicy()
         self._partition = partition
         self._account = account
+        self._allowances = allowances if allowances is not None else SlurmAllowances()
         self._commands = commands if commands is not None else SlurmCommands(reactor)
         self._server = Identity.ofServer()
         self._accounts = SlurmAccounts(self._server, sharedAccount)
@@ -140,6 +142,8 @@ class SlurmExecutor:
         @raise ServiceUnavailable: the last Slurm command could not reach
             slurmctld.
         """
+        if request.slurm is not None:
+            self._allowances.check(request.slurm)
         if self._reach.down:
             raise ServiceUnavailable(
                 f"Slurm is unreachable, try again later ({self._reach.reason})"
@@ -243,6 +247,7 @@ class SlurmExecutor:
             timeout,
             self._partition,
             self._account,
+            request.slurm,
         )
         cwd = request.cwd
         if cwd is None and identity is not self._server and identity.home:

@@ -6,6 +6,7 @@ import math
 
 from ...jobs.limits import Limits
 from ...jobs.records import JobRecord
+from ...jobs.validation import SlurmRequest
 
 
 def jobName(jobId: str) -> str:
@@ -22,8 +23,12 @@ def sbatchOptions(
     timeout: float | None,
     partition: str | None,
     account: str | None,
+    slurm: SlurmRequest | None = None,
 ) -> list[str]:
-    """The options of the job's C{sbatch} (each one argv element)."""
+    """
+    The options of the job's C{sbatch} (each one argv element); the job's
+    own C{slurm} choices (already allowed) before the server's defaults.
+    """
     options = [
         f"--job-name={jobName(record.id)}",
         # For Slurm's administrators (one argv element: no shell splits it).
@@ -44,6 +49,15 @@ def sbatchOptions(
         options.append(f"--cpus-per-task={math.ceil(limits.cpu_millicores / 1000)}")
     if timeout is not None:
         options.append(f"--time={math.ceil(timeout / 60)}")
+    if slurm is not None:
+        partition = slurm.partition or partition
+        account = slurm.account or account
+        for name in ("qos", "gres", "constraint", "nodes", "ntasks"):
+            value = getattr(slurm, name)
+            if value is not None:
+                options.append(f"--{name}={value}")
+        if slurm.exclusive:
+            options.append("--exclusive")
     return options + placementOptions(partition, account)
 
 
