@@ -628,5 +628,9 @@ class SlurmTests(TestCase):
             self.assertIn("slurm.", body["error"])
         code, listing = await server.json("GET", "/jobs")
         self.assertEqual([j["id"] for j in listing["jobs"]], [job["id"]])
+        with open(os.path.join(self.stateDir, "audit.log"), encoding="utf-8") as f:
+            events = [json.loads(line) for line in f]
+        [create] = [e for e in events if e.get("job") == job["id"]]
+        self.assertEqual(create["slurm"], slurm)
         code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
         self.assertEqual(code, 200, stopped)

@@ -56,6 +56,14 @@ class SlurmRequest:
     ntasks: int | None = None
     exclusive: bool = False
 
+    def given(self) -> dict[str, str | int | bool]:
+        """The fields the request set (for the audit log)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) not in (None, False)
+        }
+
 
 @dataclass(frozen=True)
 class SlurmAllowances:

@@ -220,6 +220,7 @@ class JobsAPI:
                 command=record.command,
                 args=len(record.args),
                 run_as=record.run_as,
+                **({"slurm": jobRequest.slurm.given()} if jobRequest.slurm else {}),
             )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)
