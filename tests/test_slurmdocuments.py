@@ -243,6 +243,19 @@ class ExitStatusTests(SynchronousTestCase):
             )
 
 
+class NodeFailTests(SynchronousTestCase):
+    def test_nodeFailSaysWhichNode(self) -> None:
+        """A job whose node died: FAILED, naming the node and Slurm's reason."""
+        line = "4|NODE_FAIL|NodeDown|n1|1796027633|1796027630|jobworker-a\n"
+        got = outcomeOf(parseStates(line)["4"], False, None)
+        self.assertEqual(
+            (got.status, got.exitCode, got.signal), (JobStatus.FAILED, None, None)
+        )
+        self.assertEqual(
+            got.error, "its node n1 failed: Slurm ended it NODE_FAIL (NodeDown)"
+        )
+
+
 class PollLinesTests(SynchronousTestCase):
     def test_lines(self) -> None:
         """

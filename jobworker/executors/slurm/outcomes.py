@@ -67,6 +67,14 @@ def outcomeOf(
         )
     if state.state == "OUT_OF_MEMORY":
         return Outcome(JobStatus.FAILED, None, None, "out of memory (Slurm)")
+    if state.state == "NODE_FAIL":
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            f"its node {state.node or '(unknown)'} failed: Slurm ended it "
+            f"NODE_FAIL{reason}",
+        )
     if state.invalidStatus is not None:
         # Slurm's own error number where a wait status belongs: the node
         # could not start the batch script (e.g. 4021, its output file
