@@ -166,6 +166,7 @@ class FakeCommands:
         #: (command, job id or name, identity) of each command on one job.
         self.actors: list[tuple[str, str, Identity | None]] = []
         self.failNext: SlurmError | None = None
+        self.failExits: SlurmError | None = None
         self._last: dict[str, SlurmState] = {}
 
     def submit(
@@ -189,6 +190,8 @@ class FakeCommands:
 
     async def exits(self, ids: list[str]) -> dict[str, SlurmState]:
         self.exitsAsked.append(list(ids))
+        if self.failExits is not None:
+            raise self.failExits
         return {i: self._last[i] for i in ids if i in self._last}
 
     def named(self, states: dict[str, SlurmState]) -> dict[str, SlurmState]:
@@ -398,6 +401,18 @@ class ExecutorTests(SynchronousTestCase):
         self.assertEqual(self.commands.exitsAsked, [["102"]])
         self.poll({"101": state("RUNNING")})
         self.assertEqual(self.commands.asked[-1], ["101"])
+
+    def test_exitStatusUnreadableStillEnds(self) -> None:
+        """
+        The exit-status helper fails (not Slurm down): the job still ends,
+        without a code, rather than stay RUNNING forever.
+        """
+        record = self.submit("true")
+        self.commands.failExits = SlurmError("squeue: unexpected output")
+        self.poll({"101": replace(state("FAILED"), exitCode=None)})
+        ended = self.manager.record(record.id)
+        self.assertIs(ended.status, JobStatus.FAILED)
+        self.assertIsNone(ended.exit_code)
 
     def test_pendingReasonAndStartTime(self) -> None:
         """

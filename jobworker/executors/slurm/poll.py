@@ -107,12 +107,30 @@ class SlurmPoll:
             and states[j.record.slurm_job_id].state in FINAL
             and isOurs(j.record, states[j.record.slurm_job_id])
         ]
-        exits = await self._commands.exits(ended) if ended else {}
+        exits = await self._exits(ended) if ended else {}
         gone = [i for i in ids if i not in states]
         if gone:
             exits.update(await self._accounted(gone, submitted))
         found = {j.record.id: await self._lookUp(j.record) for j in searching}
         return states, exits, found
+
+    async def _exits(self, ended: list[str]) -> dict[str, SlurmState]:
+        """
+        The exit statuses of the jobs that ended. A failure other than Slurm
+        being unreachable ends them without one (logged) rather than keep
+        them running forever.
+        """
+        try:
+            return await self._commands.exits(ended)
+        except SlurmError as e:
+            if e.unreachable:
+                raise
+            self.log.warn(
+                "cannot read the exit status of Slurm jobs {ids}: {error}",
+                ids=",".join(ended),
+                error=str(e),
+            )
+            return {}
 
     async def _accounted(
         self, ids: list[str], jobs: list[SlurmJob]
