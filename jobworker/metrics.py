@@ -51,6 +51,29 @@ class _JobCounts(Collector):
         yield family
 
 
+class _ExecutorUp(Collector):
+    """Whether the executor can take jobs (1) or not (0), asked when scraped."""
+
+    def __init__(self, up: Callable[[], tuple[str, bool]]) -> None:
+        self._up = up
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "jobworker_executor_up",
+            "Whether the executor can take jobs (Slurm: slurmctld answers)",
+            labels=["executor"],
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        executor, up = self._up()
+        family.add_metric([executor], 1 if up else 0)
+        yield family
+
+
 class Metrics:
     """The server's metrics, in a registry of its own (no global state)."""
 
@@ -89,6 +112,10 @@ class Metrics:
     def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Report C{counts()} (jobs by status) at every scrape."""
         self.registry.register(_JobCounts(counts))
+
+    def watchExecutor(self, up: Callable[[], tuple[str, bool]]) -> None:
+        """Report C{up()} (executor name, up) as C{jobworker_executor_up}."""
+        self.registry.register(_ExecutorUp(up))
 
     def request(self, path: bytes, code: int, seconds: float) -> None:
         """Count one finished request."""

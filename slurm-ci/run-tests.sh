@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Slurm integration tests (tox -e slurm): start a one-node Slurm cluster
 # on loopback (up.sh: installs slurm-wlm and munge if missing), run
-# tests.test_slurm against it, stop it. Where Slurm cannot be installed the
+# tests.test_slurm against it, stop it; then a two-node cluster in network
+# namespaces (nodes2.sh), run tests.test_slurmnodes against it, stop it. Where Slurm cannot be installed the
 # tests are skipped and say why; a cluster that installs but does not start
 # fails the run.
 #
@@ -31,4 +32,22 @@ status=$?
 if [ -n "$started" ]; then
     bash slurm-ci/down.sh "$state" >/dev/null 2>&1 || true
 fi
-exit "$status"
+[ -n "$started" ] || exit "$status"
+
+# The two-node cluster (nodes2.sh: two slurmd in network namespaces of their
+# own), after the one-node one is down (same ports).
+state2=${JW_SLURM_NODES_STATE:-/tmp/jobworker-slurm-ci2}
+if ! bash slurm-ci/nodes2.sh up "$state2" >"$state2.up.log" 2>&1; then
+    echo "slurm-ci: the two-node test cluster did not start:" >&2
+    cat "$state2.up.log" >&2
+    bash slurm-ci/nodes2.sh down "$state2" >/dev/null 2>&1 || true
+    exit 1
+fi
+export SLURM_CONF="$state2/slurm.conf" JW_SLURM_NODES_STATE="$state2"
+export JW_SLURM_OUTPUT="$state2/output"
+install -d -m 0755 "$JW_SLURM_OUTPUT"
+"$python" -m twisted.trial --reporter=verbose tests.test_slurmnodes
+status2=$?
+bash slurm-ci/nodes2.sh down "$state2" >/dev/null 2>&1 || true
+[ "$status" -ne 0 ] && exit "$status"
+exit "$status2"

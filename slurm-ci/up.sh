@@ -15,6 +15,7 @@
 # SLURM_MESSAGE_TIMEOUT (s, default 10 = Slurm default; a client talking to a
 # dead slurmctld fails after ~MessageTimeout-1 s, 2x that for job queries),
 # SLURM_MIN_JOB_AGE (s, default 600: finished jobs stay visible to squeue/scontrol that long),
+# SLURM_MAX_JOB_COUNT (default 30000: jobs slurmctld keeps at once),
 # SLURM_CI_CGROUP=1: use proctrack/cgroup + task/cgroup (cgroup v1) so --mem
 # is enforced and OUT_OF_MEMORY can happen (default: pgid/none, no cgroups).
 # SLURM_CI_ACCOUNTS (default "jwalice jwbob"): Unix accounts (with homes)
@@ -149,6 +150,8 @@ SlurmctldDebug=info
 SlurmdDebug=info
 ReturnToService=2
 MinJobAge=${SLURM_MIN_JOB_AGE:-600}
+# Room for the poll benchmark's 10,000 foreign jobs (Slurm's default is 10000).
+MaxJobCount=${SLURM_MAX_JOB_COUNT:-30000}
 KillWait=2
 # Reject at submit time jobs that can never run (e.g. -c > node CPUs);
 # without it they are accepted and pend forever with Reason=PartitionConfig.

@@ -131,9 +131,15 @@ class CreateTests(ManagerTestCase):
         self.assertIn(3, spawned.transport.closedChildFDs)
 
     def test_noCwd(self) -> None:
-        """Without cwd, no path is given to spawnProcess."""
-        self.manager.create(request(), owner="alice")
-        self.assertIsNone(self.reactor.spawned[0].path)
+        """
+        Without cwd a job starts in its HOME (else /), never in the server's
+        own working directory (issue 17, finding 9).
+        """
+        record = self.manager.create(request(), owner="alice")
+        home = record.env["HOME"]
+        expected = home if os.path.isdir(home) else "/"
+        self.assertEqual(self.reactor.spawned[0].path, expected)
+        self.assertNotEqual(self.reactor.spawned[0].path, os.getcwd())
 
     def test_envIsDefaultPlusRequest(self) -> None:
         """env is exactly PATH, LANG, and HOME, USER, LOGNAME, SHELL of the

@@ -157,6 +157,7 @@ class ToJSONTests(SynchronousTestCase):
                 "executor": "local",
                 "slurm_job_id": None,
                 "node": None,
+                "pending_reason": None,
                 "run_as": None,
                 "name": None,
                 "labels": {},

@@ -61,10 +61,18 @@ def squeueJobs() -> dict[str, dict[str, Any]]:
     return {str(job["job_id"]): job for job in json.loads(out)["jobs"]}
 
 
-def killRequests(slurmJobId: str) -> list[int]:
-    """The uids slurmctld logged a kill (scancel) request of the job from."""
+def slurmctldLog() -> str:
     assert STATE is not None
-    with open(os.path.join(STATE, "log", "slurmctld.log"), encoding="utf-8") as f:
+    return os.path.join(STATE, "log", "slurmctld.log")
+
+
+def killRequests(slurmJobId: str, since: int = 0) -> list[int]:
+    """
+    The uids slurmctld logged a kill (scancel) request of the job from,
+    since offset C{since} of its log (job numbers repeat after a reset).
+    """
+    with open(slurmctldLog(), encoding="utf-8") as f:
+        f.seek(since)
         return [
             int(uid)
             for job, uid in re.findall(
@@ -83,6 +91,34 @@ def slurmScript(name: str, *args: str) -> None:
         stdout=subprocess.DEVNULL,
         env={**os.environ, "SLURM_MESSAGE_TIMEOUT": "2"},
     )
+
+
+def resetCluster() -> None:
+    """
+    Lose slurmctld's state, as a reinstalled or wiped controller would: every
+    job is cancelled and forgotten, and job numbers start again from 1 (the
+    job completion log, like accounting, keeps what ended).
+    """
+    assert STATE is not None
+    slurmScript("down.sh")
+    saved = os.path.join(STATE, "state")
+    for name in os.listdir(saved):
+        path = os.path.join(saved, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    slurmScript("up.sh")
+
+
+def foreignJob(*argv: str) -> str:
+    """Submit someone else's job (root's, not jobworker's): its Slurm id."""
+    return subprocess.run(
+        ["sbatch", "--parsable", "--output=/dev/null", "--job-name=foreign", *argv],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def nodeCPUs() -> int:
@@ -117,6 +153,8 @@ class SlurmTests(TestCase):
         self.stateDir = os.path.abspath(self.mktemp())
         os.makedirs(self.stateDir)
         self.users = mappedUsers(os.path.join(self.stateDir, "users"))
+        #: Where slurmctld's log stood when the test began.
+        self.logStart = os.path.getsize(slurmctldLog())
 
     def server(self, *extra: str) -> LiveServer:
         return LiveServer(
@@ -124,8 +162,10 @@ class SlurmTests(TestCase):
             "--executor=slurm",
             f"--slurm-output-dir={self.outputDir}",
             "--slurm-poll=0.5",
+            # One test probes; the others' job numbers stay theirs.
+            *(() if "--probe" in extra else ("--slurm-no-probe",)),
             f"--users={self.users}",
-            *extra,
+            *(option for option in extra if option != "--probe"),
             grace=2.0,
             stateDir=self.stateDir,
         )
@@ -304,7 +344,9 @@ class SlurmTests(TestCase):
             home = account.pw_dir
             self.assertEqual(printed, f"{account.pw_name}\n{home}\n{home}\n")
             folder = os.path.join(self.outputDir, job["id"])
-            self.assertEqual(sorted(os.listdir(folder)), ["stderr", "stdout"])
+            self.assertEqual(
+                sorted(os.listdir(folder)), ["slurm.log", "stderr", "stdout"]
+            )
             st = os.stat(folder)
             self.assertEqual((st.st_uid, st.st_gid), (account.pw_uid, account.pw_gid))
             self.assertEqual(stat.S_IMODE(st.st_mode), 0o700)
@@ -324,7 +366,9 @@ class SlurmTests(TestCase):
             code, final = await server.json("POST", f"/jobs/{job['id']}/stop", user)
             self.assertEqual((code, final["status"]), (200, "STOPPED"), final)
             uid = pwd.getpwnam(ACCOUNTS[user]).pw_uid
-            self.assertEqual(set(killRequests(job["slurm_job_id"])), {uid})
+            self.assertEqual(
+                set(killRequests(job["slurm_job_id"], self.logStart)), {uid}
+            )
 
     async def test_bobCannotTouchAlicesJob(self) -> None:
         """
@@ -410,4 +454,183 @@ class SlurmTests(TestCase):
         self.assertEqual((code, final["status"]), (200, "STOPPED"), final)
         self.assertEqual(final["run_as"], "jwalice")
         uid = pwd.getpwnam("jwalice").pw_uid
-        self.assertEqual(set(killRequests(job["slurm_job_id"])), {uid})
+        self.assertEqual(set(killRequests(job["slurm_job_id"], self.logStart)), {uid})
+
+    async def test_reusedNumberNotFollowed(self) -> None:
+        """
+        slurmctld loses its state while jobworker is down; a foreign job gets
+        the number jobworker's job had: the record ends FAILED "Slurm no
+        longer knows job N", and the foreign job is neither followed nor
+        signalled (jw stop is refused: the job has ended).
+        """
+        resetCluster()
+        server = self.server()
+        job = await server.createJob("sleep", "300")
+        self.assertEqual(job["slurm_job_id"], "1")
+        await self.waitFor(server, job["id"], ("RUNNING",))
+        await server.stop()
+        resetCluster()
+        foreign = foreignJob("--wrap", "sleep 300")
+        self.assertEqual(foreign, job["slurm_job_id"])
+        since = os.path.getsize(slurmctldLog())
+        server = self.server()
+        final = await self.waitFor(server, job["id"], ("FAILED", "COMPLETED"), 30)
+        self.assertEqual(final["status"], "FAILED", final)
+        self.assertIn("Slurm no longer knows job 1", final["error"])
+        self.assertIsNone(final["exit_code"])
+        code, body = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 409, body)
+        await sleep(1.5)
+        self.assertEqual(squeueJobs()[foreign]["job_state"], "RUNNING")
+        self.assertEqual(killRequests(foreign, since), [])
+        subprocess.run(["scancel", foreign], check=True)
+
+    async def test_endedWhileDownFromAccounting(self) -> None:
+        """
+        A job that ended while jobworker was down, then was forgotten by
+        slurmctld, keeps its exit code: read from accounting (here the job
+        completion log, sacct --completion), not "no longer knows".
+        """
+        server = self.server()
+        job = await server.createJob("sh", "-c", "sleep 2; exit 3")
+        await self.waitFor(server, job["id"], ("RUNNING",))
+        await server.stop()
+        for _ in range(60):
+            state = squeueJobs().get(job["slurm_job_id"], {}).get("job_state")
+            if state == "FAILED":
+                break
+            await sleep(0.5)
+        resetCluster()
+        server = self.server()
+        final = await self.waitFor(server, job["id"], ("FAILED", "COMPLETED"), 30)
+        self.assertEqual((final["status"], final["exit_code"]), ("FAILED", 3), final)
+
+    async def test_cancelLineOutOfStderrAndSlurmEnvironment(self) -> None:
+        """
+        The job sees SLURM_JOB_ID, SLURM_CPUS_PER_TASK and TMPDIR as Slurm
+        sets them, and the request's env; when it is stopped, Slurm's
+        "*** JOB N CANCELLED ***" is not in its stderr.
+        """
+        server = self.server()
+        job = await server.createJob(
+            "sh",
+            "-c",
+            'echo "id=$SLURM_JOB_ID cpus=$SLURM_CPUS_PER_TASK tmp=$TMPDIR k=$K"; '
+            "echo started >&2; sleep 300",
+            env={"K": "v"},
+            limits={"cpu_millicores": 1000},
+        )
+        await self.waitFor(server, job["id"], ("RUNNING",))
+        printed = await self.printed(job["id"], 1)
+        self.assertEqual(printed, f"id={job['slurm_job_id']} cpus=1 tmp=/tmp k=v\n")
+        code, final = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual((code, final["status"]), (200, "STOPPED"), final)
+        err = await self.output(server, job["id"], "stderr")
+        self.assertEqual(err, b"started\n")
+
+    async def test_pendingReasonAndLaunchFailure(self) -> None:
+        """
+        A job queued behind a blocker says why it waits (pending_reason); its
+        folder removed before it starts, Slurm cannot launch it (raw status
+        4021): FAILED, saying what Slurm said, never "killed by a signal".
+        """
+        server = self.server()
+        cpus = nodeCPUs() * 1000
+        blocker = await server.createJob("sleep", "60", limits={"cpu_millicores": cpus})
+        await self.waitFor(server, blocker["id"], ("RUNNING",))
+        job = await server.createJob("echo", "never")
+        for _ in range(40):
+            code, seen = await server.json("GET", f"/jobs/{job['id']}")
+            if seen["pending_reason"]:
+                break
+            await sleep(0.25)
+        self.assertEqual(seen["status"], "PENDING")
+        self.assertIn(seen["pending_reason"], ("Resources", "Priority"))
+        shutil.rmtree(os.path.join(self.outputDir, job["id"]))
+        code, stopped = await server.json("POST", f"/jobs/{blocker['id']}/stop")
+        self.assertEqual(code, 200, stopped)
+        final = await self.waitFor(server, job["id"], ("FAILED", "COMPLETED"))
+        self.assertEqual(final["status"], "FAILED", final)
+        self.assertIsNone(final["signal"])
+        self.assertIsNone(final["pending_reason"])
+        self.assertIn("could not launch", final["error"])
+        self.assertIn("JobLaunchFailure", final["error"])
+
+    async def test_outputDirProbe(self) -> None:
+        """
+        At start-up a probe job writes into --slurm-output-dir on a node and
+        the server finds it there: healthy, the probe's file gone.
+        """
+
+        def probes() -> dict[str, str]:
+            out = subprocess.run(
+                [
+                    "squeue",
+                    "--noheader",
+                    "--states=all",
+                    "--name=jobworker-output-dir-probe",
+                    "--format=%i %T",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            return dict(line.split() for line in out.splitlines())
+
+        before = probes()
+        server = self.server("--probe")
+        for _ in range(120):
+            new = {i: s for i, s in probes().items() if i not in before}
+            if list(new.values()) == ["COMPLETED"]:
+                break
+            await sleep(0.25)
+        else:
+            self.fail(f"no probe job ran: {new}")
+        await sleep(1.5)  # the server's next look at it
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual((code, health), (200, {"status": "ok"}))
+        self.assertEqual(
+            [n for n in os.listdir(self.outputDir) if n.startswith(".probe-")], []
+        )
+
+    async def test_perJobSlurmOptions(self) -> None:
+        """
+        A job's "slurm" choices within the server's allowances reach sbatch
+        exactly (squeue shows them); outside them: 400, nothing submitted.
+        """
+        server = self.server(
+            "--slurm-allow-partitions=debug",
+            "--slurm-allow-accounts=physics chem",
+            "--slurm-max-ntasks=2",
+            "--slurm-allow-exclusive",
+        )
+        slurm = {
+            "partition": "debug",
+            "account": "physics",
+            "nodes": 1,
+            "ntasks": 2,
+            "exclusive": True,
+        }
+        job = await server.createJob("sleep", "30", slurm=slurm)
+        slurmId = job["slurm_job_id"]
+        seen = subprocess.run(
+            ["squeue", "-h", f"--jobs={slurmId},{slurmId}", "-o", "%P|%a|%D|%C|%h"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.assertEqual(seen, "debug|physics|1|2|NO")
+        for refused in ({"account": "biology"}, {"ntasks": 3}, {"nodes": 2}):
+            code, body = await server.json(
+                "POST", "/jobs", "alice", {"command": "true", "slurm": refused}
+            )
+            self.assertEqual(code, 400, body)
+            self.assertIn("slurm.", body["error"])
+        code, listing = await server.json("GET", "/jobs")
+        self.assertEqual([j["id"] for j in listing["jobs"]], [job["id"]])
+        with open(os.path.join(self.stateDir, "audit.log"), encoding="utf-8") as f:
+            events = [json.loads(line) for line in f]
+        [create] = [e for e in events if e.get("job") == job["id"]]
+        self.assertEqual(create["slurm"], slurm)
+        code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 200, stopped)

@@ -5,29 +5,35 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
+from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.sandbox import SETPRIV
-from jobworker.executors.slurm.commands import (
-    SlurmCommands,
-    SlurmError,
-    SlurmState,
-    parseJobs,
-)
-from jobworker.executors.slurm.executor import SECRETS_GRACE, WRAPPER, SlurmExecutor
+from jobworker.executors.slurm.accounts import SlurmAccounts
+from jobworker.executors.slurm.commands import SlurmCommands
+from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseJobs
+from jobworker.executors.slurm.executor import SlurmExecutor
+from jobworker.executors.slurm.folders import WRAPPER
+from jobworker.executors.slurm.job import SECRETS_GRACE
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.validation import SlurmAllowances, SlurmRequest, parseJobRequest
+from jobworker.metrics import Metrics
+from jobworker.server.api import JobsAPI
 
 from .fakes import FakeProcessReactor
+from .test_api import APITestCase
 from .test_manager import request
 
 #: As squeue --json --states=all prints it (Slurm 22.05), trimmed.
@@ -89,7 +95,7 @@ class ParseTests(SynchronousTestCase):
             jobs["15"],
             SlurmState("PENDING", "Resources", 0, 0, None, None, "jobworker-b"),
         )
-        self.assertEqual((jobs["27"].exitCode, jobs["27"].signal), (0, 15))
+        self.assertEqual((jobs["27"].exitCode, jobs["27"].signal), (None, 15))
 
     def test_newerSlurmShapes(self) -> None:
         """State lists and number objects (Slurm 23+) are read too."""
@@ -137,16 +143,31 @@ ALICE = Identity(  # noqa: S604 (a login shell, not a subprocess flag)
 
 
 class FakeCommands:
-    """Slurm's commands, answered by the test; who each was run as is kept."""
+    """
+    Slurm's commands, answered by the test; who each was run as is kept.
+    Each poll's squeue (L{states}) waits for the test; the exit statuses of
+    the jobs it reports ended come from the same answer (L{exits}), as
+    squeue --json would give them.
+    """
 
     def __init__(self) -> None:
         self.submissions: list[tuple[list[str], list[str], Deferred[str]]] = []
         self.polls: list[Deferred[dict[str, SlurmState]]] = []
+        #: The ids each poll asked about, and those asked for exit statuses.
+        self.asked: list[list[str]] = []
+        self.exitsAsked: list[list[str]] = []
+        self.lookUps: list[Deferred[dict[str, SlurmState]]] = []
+        self.pings: list[Deferred[None]] = []
+        #: What sacct says of purged jobs, and the ids it was asked about.
+        self.accounted: dict[str, list[SlurmState]] = {}
+        self.accountingAsked: list[list[str]] = []
         self.signals: list[tuple[str, str]] = []
         self.cancels: list[str] = []
         #: (command, job id or name, identity) of each command on one job.
         self.actors: list[tuple[str, str, Identity | None]] = []
         self.failNext: SlurmError | None = None
+        self.failExits: SlurmError | None = None
+        self._last: dict[str, SlurmState] = {}
 
     def submit(
         self, options: list[str], script: list[str], identity: Identity | None = None
@@ -156,13 +177,54 @@ class FakeCommands:
         self.actors.append(("sbatch", "", identity))
         return d
 
-    def jobs(self) -> Deferred[dict[str, SlurmState]]:
+    def states(self, ids: list[str]) -> Deferred[dict[str, SlurmState]]:
         d: Deferred[dict[str, SlurmState]] = Deferred()
+        self.asked.append(list(ids))
         self.polls.append(d)
+
+        def keep(states: dict[str, SlurmState]) -> dict[str, SlurmState]:
+            self._last = self.named(states)
+            return self._last
+
+        return d.addCallback(keep)
+
+    async def exits(self, ids: list[str]) -> dict[str, SlurmState]:
+        self.exitsAsked.append(list(ids))
+        if self.failExits is not None:
+            raise self.failExits
+        return {i: self._last[i] for i in ids if i in self._last}
+
+    def named(self, states: dict[str, SlurmState]) -> dict[str, SlurmState]:
+        """
+        C{states}, each unnamed one named as the job submitted as Slurm job
+        101 + n (the tests' numbering) was.
+        """
+        names = {}
+        for index, (options, _, _) in enumerate(self.submissions):
+            for option in options:
+                if option.startswith("--job-name="):
+                    names[str(101 + index)] = option.removeprefix("--job-name=")
+        return {
+            slurmId: s if s.name else replace(s, name=names.get(slurmId, ""))
+            for slurmId, s in states.items()
+        }
+
+    def byName(self, name: str) -> Deferred[dict[str, SlurmState]]:
+        d: Deferred[dict[str, SlurmState]] = Deferred()
+        self.lookUps.append(d)
+        return d
+
+    async def accounting(self, ids: list[str]) -> dict[str, list[SlurmState]]:
+        self.accountingAsked.append(list(ids))
+        return {i: self.accounted[i] for i in ids if i in self.accounted}
+
+    def ping(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.pings.append(d)
         return d
 
     async def signal(
-        self, jobId: str, name: str, identity: Identity | None = None
+        self, jobId: str, jobName: str, name: str, identity: Identity | None = None
     ) -> None:
         if self.failNext is not None:
             error, self.failNext = self.failNext, None
@@ -170,7 +232,9 @@ class FakeCommands:
         self.signals.append((jobId, name))
         self.actors.append(("signal", jobId, identity))
 
-    async def cancel(self, jobId: str, identity: Identity | None = None) -> None:
+    async def cancel(
+        self, jobId: str, jobName: str, identity: Identity | None = None
+    ) -> None:
         self.cancels.append(jobId)
         self.actors.append(("cancel", jobId, identity))
 
@@ -180,6 +244,7 @@ class FakeCommands:
 
 
 def state(name: str, code: int = 0, signal: int = 0, jobName: str = "") -> SlurmState:
+    """A job's state; without C{jobName}, the poll gives it the job's own name."""
     return SlurmState(name, "None", code, signal, "node7", None, jobName)
 
 
@@ -299,6 +364,138 @@ class ExecutorTests(SynchronousTestCase):
         self.assertEqual(errors[2], "killed by signal SIGSEGV")
         self.assertIn("no longer knows", errors[3] or "")
 
+    def test_reusedNumberIsNotOurs(self) -> None:
+        """
+        Slurm gave the job's number to another job (its state was reset): the
+        record is FAILED "Slurm no longer knows", never follows the other
+        job, and nothing is sent to it.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.poll({"101": state("COMPLETED", jobName="someone-elses")})
+        ended = self.manager.record(record.id)
+        self.assertIs(ended.status, JobStatus.FAILED)
+        self.assertIn("Slurm no longer knows job 101", ended.error or "")
+        self.assertIn("another job", ended.error or "")
+        self.assertIsNone(ended.exit_code)
+        self.assertEqual((self.commands.signals, self.commands.cancels), ([], []))
+        self.assertEqual(self.commands.exitsAsked, [])
+
+    def test_sameNameOtherSubmitTime(self) -> None:
+        """The same name, submitted long before the record existed: not ours."""
+        record = self.submit("true")
+        created = self.manager.record(record.id).created_at
+        other = replace(
+            state("RUNNING", jobName=f"jobworker-{record.id}"),
+            submitTime=created - 3600,
+        )
+        self.poll({"101": other})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
+
+    def test_pollAsksOnlyAboutOurJobs(self) -> None:
+        """One squeue for jobworker's jobs only; exit statuses only for ended ones."""
+        self.submit("true")
+        self.submit("true")
+        self.poll({"101": state("RUNNING"), "102": state("FAILED", 3)})
+        self.assertEqual(self.commands.asked, [["101", "102"]])
+        self.assertEqual(self.commands.exitsAsked, [["102"]])
+        self.poll({"101": state("RUNNING")})
+        self.assertEqual(self.commands.asked[-1], ["101"])
+
+    def test_exitStatusUnreadableStillEnds(self) -> None:
+        """
+        The exit-status helper fails (not Slurm down): the job still ends,
+        without a code, rather than stay RUNNING forever.
+        """
+        record = self.submit("true")
+        self.commands.failExits = SlurmError("squeue: unexpected output")
+        self.poll({"101": replace(state("FAILED"), exitCode=None)})
+        ended = self.manager.record(record.id)
+        self.assertIs(ended.status, JobStatus.FAILED)
+        self.assertIsNone(ended.exit_code)
+
+    def test_pendingReasonAndStartTime(self) -> None:
+        """
+        A queued job carries Slurm's reason; once it runs, none; its start
+        is never before its creation (Slurm's whole seconds).
+        """
+        record = self.submit("true")
+        self.poll({"101": replace(state("PENDING"), reason="Resources")})
+        self.assertEqual(self.manager.record(record.id).pending_reason, "Resources")
+        self.assertEqual(
+            self.manager.record(record.id).toJSON()["pending_reason"], "Resources"
+        )
+        created = self.manager.record(record.id).created_at
+        self.poll({"101": replace(state("RUNNING"), startTime=created - 0.7)})
+        running = self.manager.record(record.id)
+        self.assertIsNone(running.pending_reason)
+        assert running.started_at is not None
+        self.assertGreaterEqual(running.started_at, created)
+
+    def test_knownUnreachableRefusedAtOnce(self) -> None:
+        """
+        Once a poll found slurmctld unreachable, new jobs are 503 at once
+        (no sbatch), the executor reports itself down, and a ping brings it
+        back when Slurm answers again.
+        """
+        self.submit("true")
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].errback(
+            SlurmError("squeue: Unable to contact slurm controller", unreachable=True)
+        )
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("Unable to contact", health.reason or "")
+        error = self.assertRaises(
+            ServiceUnavailable, self.manager.create, request("true"), owner="alice"
+        )
+        self.assertIn("unreachable", error.message)
+        self.assertEqual(len(self.commands.submissions), 1)
+        self.poll({"101": state("COMPLETED")})
+        self.assertTrue(self.executor.health().up)
+        self.manager.create(request("true"), owner="alice")
+        self.assertEqual(len(self.commands.submissions), 2)
+
+    def test_unreachableWithoutJobsPings(self) -> None:
+        """With no job to poll, a ping finds out when Slurm is back."""
+        record = self.manager.create(request("true"), owner="alice")
+        self.commands.submissions[0][2].errback(
+            SlurmError(
+                "sbatch: Unable to contact slurm controller (connect failure)",
+                unreachable=True,
+            )
+        )
+        self.assertEqual(self.commands.lookUps, [])  # never reached slurmctld
+        self.assertEqual(self.commands.cancels, [])
+        self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
+        self.assertFalse(self.executor.health().up)
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.commands.pings), 1)
+        self.commands.pings[-1].callback(None)
+        self.assertTrue(self.executor.health().up)
+
+    def test_purgedJobReadFromAccounting(self) -> None:
+        """
+        A job squeue no longer knows (ended, purged while the server was
+        down) ends with what accounting kept of it: its own entry, by name,
+        not another job's that had the number before.
+        """
+        record = self.submit("false")
+        created = self.manager.record(record.id).created_at
+        ours = replace(
+            state("FAILED", 3, jobName=f"jobworker-{record.id}"),
+            submitTime=created + 1,
+        )
+        older = replace(
+            state("COMPLETED", 0, jobName="jobworker-other"),
+            submitTime=created - 86400,
+        )
+        self.commands.accounted["101"] = [older, ours]
+        self.poll({})
+        self.assertEqual(self.commands.accountingAsked, [["101"]])
+        ended = self.manager.record(record.id)
+        self.assertEqual((ended.status, ended.exit_code), (JobStatus.FAILED, 3))
+
     def test_completedWithNonZeroCodeFailed(self) -> None:
         """
         Slurm may say COMPLETED with a non-zero exit code: the job FAILED,
@@ -336,7 +533,7 @@ class ExecutorTests(SynchronousTestCase):
             SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
         )
         self.assertNoResult(accepted)
-        self.commands.polls[-1].errback(SlurmError("down", unreachable=True))
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
         failure = self.failureResultOf(accepted, ServiceUnavailable)
         self.assertIn("unreachable", str(failure.value))
         self.assertEqual(self.manager.page()[0], [])
@@ -349,7 +546,7 @@ class ExecutorTests(SynchronousTestCase):
         self.commands.submissions[0][2].errback(
             SlurmError("sbatch: (timed out)", unreachable=True)
         )
-        self.commands.polls[-1].callback(
+        self.commands.lookUps[-1].callback(
             {"55": state("PENDING", jobName=f"jobworker-{record.id}")}
         )
         final = self.successResultOf(accepted)
@@ -364,10 +561,16 @@ class ExecutorTests(SynchronousTestCase):
         manager = self.makeManager()
         manager.recover()
         self.reactor.advance(1.0)
+        self.commands.lookUps[0].callback(
+            {"77": state("RUNNING", jobName=f"jobworker-{found.id}")}
+        )
+        self.commands.lookUps[1].callback({})
+        self.assertEqual(manager.record(found.id).slurm_job_id, "77")
+        self.reactor.advance(1.0)
+        self.assertEqual(self.commands.asked[-1], ["77"])
         self.commands.polls[-1].callback(
             {"77": state("RUNNING", jobName=f"jobworker-{found.id}")}
         )
-        self.assertEqual(manager.record(found.id).slurm_job_id, "77")
         self.assertIs(manager.record(found.id).status, JobStatus.RUNNING)
         self.assertIs(manager.record(gone.id).status, JobStatus.FAILED)
         self.assertIn("before Slurm took the job", manager.record(gone.id).error or "")
@@ -438,6 +641,122 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(manager.record(record.id).status, JobStatus.COMPLETED)
 
 
+class PerJobOptionsTests(SynchronousTestCase):
+    """A job's own "slurm" choices: parsed, checked against the server's
+    allow-lists and maxima (400 otherwise), passed to sbatch exactly."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        stateDir = os.path.abspath(self.mktemp())
+        executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(stateDir, "shared"),
+            grace=5.0,
+            partition="debug",
+            account="physics",
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+            allowances=SlurmAllowances(
+                partition=frozenset({"gpu"}),
+                account=frozenset({"chem"}),
+                qos=frozenset({"high"}),
+                gres=frozenset({"gpu:a100:2"}),
+                constraint=frozenset({"intel&ib"}),
+                nodes=2,
+                ntasks=4,
+                exclusive=True,
+            ),
+        )
+        self.manager = JobManager(self.reactor, stateDir, executor)
+        self.addCleanup(self.manager.close)
+
+    def create(self, slurm: dict[str, Any]) -> list[str]:
+        body = json.dumps({"command": "true", "slurm": slurm}).encode()
+        self.manager.create(parseJobRequest(body), owner="alice")
+        return self.commands.submissions[-1][0]
+
+    def test_passedExactly(self) -> None:
+        options = self.create(
+            {
+                "partition": "gpu",
+                "account": "chem",
+                "qos": "high",
+                "gres": "gpu:a100:2",
+                "constraint": "intel&ib",
+                "nodes": 2,
+                "ntasks": 4,
+                "exclusive": True,
+            }
+        )
+        for option in (
+            "--partition=gpu",
+            "--account=chem",
+            "--qos=high",
+            "--gres=gpu:a100:2",
+            "--constraint=intel&ib",
+            "--nodes=2",
+            "--ntasks=4",
+            "--exclusive",
+        ):
+            self.assertIn(option, options)
+        self.assertNotIn("--partition=debug", options)
+        self.assertNotIn("--account=physics", options)
+
+    def test_serverDefaultsOtherwise(self) -> None:
+        options = self.create({"qos": "high"})
+        self.assertIn("--partition=debug", options)
+        self.assertIn("--account=physics", options)
+        self.assertNotIn("--exclusive", options)
+        self.assertFalse([o for o in options if o.startswith("--nodes")])
+
+    def test_outsideTheAllowancesIs400(self) -> None:
+        for slurm, said in (
+            ({"partition": "debug"}, "slurm.partition 'debug' is not allowed"),
+            ({"account": "physics"}, "allowed: chem"),
+            ({"gres": "gpu:a100:3"}, "slurm.gres"),
+            ({"nodes": 3}, "over this server's maximum 2"),
+            ({"ntasks": 5}, "slurm.ntasks"),
+        ):
+            error = self.assertRaises(BadRequest, self.create, slurm)
+            self.assertIn(said, error.message)
+        self.assertEqual(len(self.commands.submissions), 0)
+
+    def test_badShapesAre400(self) -> None:
+        for slurm in (
+            {"partition": "a b"},
+            {"partition": ""},
+            {"qos": 3},
+            {"nodes": 0},
+            {"nodes": "2"},
+            {"exclusive": "yes"},
+            {"gpus": 1},
+            [],
+        ):
+            body = json.dumps({"command": "true", "slurm": slurm}).encode()
+            self.assertRaises(BadRequest, parseJobRequest, body)
+
+    def test_nothingAllowedByDefault(self) -> None:
+        self.assertRaises(
+            BadRequest, SlurmAllowances().check, SlurmRequest(partition="debug")
+        )
+        self.assertRaises(BadRequest, SlurmAllowances().check, SlurmRequest(nodes=2))
+        self.assertRaises(
+            BadRequest, SlurmAllowances().check, SlurmRequest(exclusive=True)
+        )
+        SlurmAllowances().check(SlurmRequest(nodes=1, ntasks=1))
+
+    def test_localExecutorRefuses(self) -> None:
+        """Slurm options to a server that runs jobs locally: 400."""
+        manager = localJobManager(FakeProcessReactor(), self.mktemp(), 5.0)
+        self.addCleanup(manager.close)
+        body = json.dumps({"command": "true", "slurm": {"nodes": 1}}).encode()
+        error = self.assertRaises(
+            BadRequest, manager.create, parseJobRequest(body), owner="alice"
+        )
+        self.assertIn("--executor slurm", error.message)
+
+
 class CommandsTests(SynchronousTestCase):
     """Slurm's commands as child processes: as whom each one runs."""
 
@@ -483,26 +802,43 @@ class CommandsTests(SynchronousTestCase):
             [*becomeAlice, "sbatch", "--parsable", "--job-name=x", "script", "argv"],
         )
         self.assertEqual(self.successResultOf(submitted), "7")
-        Deferred.fromCoroutine(commands.signal("7", "TERM", ALICE))
+        Deferred.fromCoroutine(commands.signal("7", "jobworker-x", "TERM", ALICE))
         self.assertEqual(
-            self.lastArgv(), [*becomeAlice, "scancel", "--full", "--signal=TERM", "7"]
+            self.lastArgv(),
+            [
+                *becomeAlice,
+                "scancel",
+                "--full",
+                "--signal=TERM",
+                "--jobname=jobworker-x",
+                "7",
+            ],
         )
-        Deferred.fromCoroutine(commands.cancel("7", ALICE))
-        self.assertEqual(self.lastArgv(), [*becomeAlice, "scancel", "7"])
+        Deferred.fromCoroutine(commands.cancel("7", "jobworker-x", ALICE))
+        self.assertEqual(
+            self.lastArgv(), [*becomeAlice, "scancel", "--jobname=jobworker-x", "7"]
+        )
         Deferred.fromCoroutine(commands.cancelByName("jobworker-x", ALICE))
         self.assertEqual(
             self.lastArgv(), [*becomeAlice, "scancel", "--jobname=jobworker-x"]
         )
-        Deferred.fromCoroutine(commands.jobs())
+        Deferred.fromCoroutine(commands.states(["7", "8"]))
         self.assertEqual(
-            self.lastArgv(b'{"jobs": []}'), ["squeue", "--json", "--states=all"]
+            self.lastArgv(b""),
+            [
+                "squeue",
+                "--noheader",
+                "--states=all",
+                "--jobs=7,8",
+                "--format=%i|%T|%r|%N|%S|%V|%j",
+            ],
         )
 
     def test_noGroupsCleared(self) -> None:
         """An account without supplementary groups gets none of root's."""
         commands = self.commands(serverUid=0)
         lonely = Identity(4242, 4243, (), "jwalice", None, "/bin/sh", "jwalice")
-        Deferred.fromCoroutine(commands.cancel("7", lonely))
+        Deferred.fromCoroutine(commands.cancel("7", "jobworker-x", lonely))
         self.assertEqual(
             self.lastArgv()[:5],
             [SETPRIV, "--reuid=4242", "--regid=4243", "--clear-groups", "--"],
@@ -515,8 +851,10 @@ class CommandsTests(SynchronousTestCase):
         """
         server = Identity(0, 0, (), "root", "/root", "/bin/sh", "root")
         for serverUid, identity in ((1000, ALICE), (0, server), (0, None)):
-            Deferred.fromCoroutine(self.commands(serverUid).cancel("7", identity))
-            self.assertEqual(self.lastArgv(), ["scancel", "7"])
+            Deferred.fromCoroutine(
+                self.commands(serverUid).cancel("7", "jobworker-x", identity)
+            )
+            self.assertEqual(self.lastArgv(), ["scancel", "--jobname=jobworker-x", "7"])
 
 
 class IdentityTests(SynchronousTestCase):
@@ -573,7 +911,7 @@ class IdentityTests(SynchronousTestCase):
         account, which the start-up log calls a shared identity.
         """
         events: list[dict[str, Any]] = []
-        self.patch(SlurmExecutor, "log", Logger(observer=events.append))
+        self.patch(SlurmAccounts, "log", Logger(observer=events.append))
         manager = self.manager(self.executor(shared=True))
         warnings = [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
         self.assertTrue(any("SHARED IDENTITY" in w for w in warnings), warnings)
@@ -645,7 +983,7 @@ class IdentityTests(SynchronousTestCase):
         self.commands.submissions[0][2].errback(
             SlurmError("sbatch: (timed out)", unreachable=True)
         )
-        self.commands.polls[-1].errback(SlurmError("down", unreachable=True))
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
         self.assertEqual(
             self.commands.actors[-1],
             ("cancelByName", f"jobworker-{record.id}", account),
@@ -737,3 +1075,111 @@ class IdentityTests(SynchronousTestCase):
         for record in (ended, refused):
             self.assertTrue(manager.record(record.id).status.ended)
             self.assertEqual(os.listdir(os.path.join(self.outputDir, record.id)), [])
+
+
+class ProbeTests(SynchronousTestCase):
+    """The start-up probe of --slurm-output-dir, on fake Slurm commands."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        self.outputDir = os.path.abspath(self.mktemp())
+        self.executor = SlurmExecutor(
+            self.reactor,
+            self.outputDir,
+            grace=5.0,
+            partition="debug",
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+
+    def probe(self, nodeWrites: bool) -> None:
+        done = self.executor.probe()
+        options, script, submitted = self.commands.submissions[0]
+        self.assertEqual(script, [])
+        self.assertIn("--partition=debug", options)
+        [wrap] = [o for o in options if o.startswith("--wrap=")]
+        _, token, _, path = wrap.removeprefix("--wrap=").split(" ")
+        self.assertEqual(os.path.dirname(path), self.outputDir)
+        submitted.callback("500")
+        self.reactor.advance(1.0)
+        self.assertEqual(self.commands.asked[-1], ["500"])
+        if nodeWrites:
+            with open(path, "w") as f:
+                f.write(token + "\n")
+        self.commands.polls[-1].callback(
+            {"500": state("COMPLETED", jobName="jobworker-output-dir-probe")}
+        )
+        self.successResultOf(done)
+        self.assertFalse(os.path.exists(path))
+
+    def test_shared(self) -> None:
+        """The node's file arrived: healthy."""
+        self.probe(nodeWrites=True)
+        self.assertTrue(self.executor.health().up)
+
+    def test_notShared(self) -> None:
+        """
+        The probe ended but its file never appeared here: the executor says
+        it is degraded, and why (jobs are still taken: another node may see
+        the folder).
+        """
+        self.probe(nodeWrites=False)
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("is not shared with the nodes", health.reason or "")
+        self.assertIn("node7", health.reason or "")
+
+
+class UnreachableAPITests(APITestCase):
+    """Slurm known down, through the HTTP API: 503 at once, degraded health."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.commands = FakeCommands()
+        stateDir = os.path.abspath(self.mktemp())
+        executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(stateDir, "shared"),
+            grace=5.0,
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+        self.metrics = Metrics()
+        self.manager = JobManager(
+            self.reactor, stateDir, executor, metrics=self.metrics
+        )
+        self.addCleanup(self.manager.close)
+        self.api = JobsAPI(self.manager, self.authenticator, self.reactor, self.metrics)
+        self.treq = StubTreq(self.api.app.resource())
+
+    def test_downIs503AtOnceAndDegraded(self) -> None:
+        self.assertEqual(self.call("GET", "/healthz", None).json(), {"status": "ok"})
+        body = {"command": "true"}
+        first = self.send("POST", "/jobs", "alice", body=body)
+        self.commands.submissions[0][2].errback(
+            SlurmError(
+                "sbatch: Unable to contact slurm controller (connect failure)",
+                unreachable=True,
+            )
+        )
+        self.treq.flush()
+        self.assertError(self.successResultOf(first), 503)
+        # Known down: the next POST is answered without running sbatch.
+        refused = self.call("POST", "/jobs", "alice", body=body)
+        self.assertIn("unreachable", self.assertError(refused, 503)["error"])
+        self.assertEqual(len(self.commands.submissions), 1)
+        health = self.call("GET", "/healthz", None).json()
+        self.assertEqual(health["status"], "degraded")
+        self.assertEqual(health["executor"], "slurm")
+        self.assertIn("Unable to contact", health["reason"])
+        metrics = self.call("GET", "/metrics", "ada").body.decode()
+        self.assertIn('jobworker_executor_up{executor="slurm"} 0.0', metrics)
+        # Slurm answers again: ok, and jobs are taken.
+        self.reactor.advance(1.0)
+        self.commands.pings[-1].callback(None)
+        self.assertEqual(self.call("GET", "/healthz", None).json(), {"status": "ok"})
+        metrics = self.call("GET", "/metrics", "ada").body.decode()
+        self.assertIn('jobworker_executor_up{executor="slurm"} 1.0', metrics)
+        self.send("POST", "/jobs", "alice", body=body)
+        self.assertEqual(len(self.commands.submissions), 2)

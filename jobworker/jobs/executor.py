@@ -11,6 +11,7 @@ to both; nothing above the manager (API, auth, CLI) knows which one runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
@@ -22,6 +23,20 @@ from .records import JobRecord
 from .spool import OutputSource
 from .stopping import DEFAULT_STOP, StopRequest
 from .validation import JobRequest
+
+
+@dataclass(frozen=True)
+class ExecutorHealth:
+    """
+    Whether an executor can take jobs now (C{/healthz}, C{/metrics}). An
+    executor may offer C{health() -> ExecutorHealth}; one that does not is
+    always up.
+    """
+
+    executor: str
+    up: bool
+    #: Why it is not up (what the last attempt said), else None.
+    reason: str | None = None
 
 
 class LiveOutput(OutputSource, Protocol):

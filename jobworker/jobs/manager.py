@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..errors import (
+    BadRequest,
     Conflict,
     NotFound,
     ServiceUnavailable,
@@ -21,7 +22,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from .combined import OrderSource, StoredOrder
-from .executor import Executor, LiveJob
+from .executor import Executor, ExecutorHealth, LiveJob
 from .identity import Identity
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord
@@ -101,6 +102,7 @@ class JobManager:
             else JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         )
         self._metrics.watchJobs(self._countByStatus)
+        self._metrics.watchExecutor(self._executorUp)
 
     # -- start-up --------------------------------------------------------------
 
@@ -152,6 +154,10 @@ class JobManager:
         timeout = request.timeout or self._policy.defaultTimeout
         identity = executor.identityFor(owner, account)
         try:
+            if request.slurm is not None and executor.name != "slurm":
+                raise BadRequest(
+                    '"slurm" options need the Slurm executor (--executor slurm)'
+                )
             executor.checkRequest(request, identity)
         except Exception:
             executor.release(identity)
@@ -314,6 +320,21 @@ class JobManager:
                 counts[stored.status.value] = counts.get(stored.status.value, 1) - 1
                 counts[record.status.value] = counts.get(record.status.value, 0) + 1
         return counts
+
+    def health(self) -> ExecutorHealth:
+        """
+        Whether the executor can take jobs now: its own C{health()} if it
+        has one (Slurm: whether slurmctld answered), else always up.
+        """
+        check = getattr(self._executor, "health", None)
+        if check is None:
+            return ExecutorHealth(self._executor.name, True)
+        health: ExecutorHealth = check()
+        return health
+
+    def _executorUp(self) -> tuple[str, bool]:
+        health = self.health()
+        return health.executor, health.up
 
     def record(self, jobId: str) -> JobRecord:
         """

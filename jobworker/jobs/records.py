@@ -89,6 +89,9 @@ class JobRecord:
     executor: str = "local"
     slurm_job_id: str | None = None
     node: str | None = None
+    #: Why a PENDING job waits (Slurm's reason, e.g. C{Resources}); None
+    #: once it runs, and for jobs that never waited.
+    pending_reason: str | None = None
     #: Internal: when a stop was started (TERM sent), so that a restarted
     #: server goes on with the escalation (Slurm).
     stop_requested_at: float | None = None
@@ -156,6 +159,7 @@ class JobRecord:
             "executor": self.executor,
             "slurm_job_id": self.slurm_job_id,
             "node": self.node,
+            "pending_reason": self.pending_reason,
             "run_as": self.run_as,
             "name": self.name,
             "labels": dict(self.labels),

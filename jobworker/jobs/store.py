@@ -52,6 +52,7 @@ _COLUMNS = (
     "stop_requested_at",
     "name",
     "labels",
+    "pending_reason",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -156,6 +157,8 @@ def _migrateTo6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN name TEXT")
     db.execute("ALTER TABLE jobs ADD COLUMN labels TEXT")
     db.execute("CREATE INDEX jobs_name ON jobs (name, seq) WHERE name IS NOT NULL")
+    # Why a queued job waits (Slurm's reason; the local queue's too).
+    db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -200,6 +203,7 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.stop_requested_at,
         record.name,
         json.dumps(record.labels) if record.labels else None,
+        record.pending_reason,
     )
 
 
@@ -236,6 +240,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         stop_requested_at=row["stop_requested_at"],
         name=row["name"],
         labels={} if row["labels"] is None else json.loads(row["labels"]),
+        pending_reason=row["pending_reason"],
     )
 
 

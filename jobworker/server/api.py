@@ -252,6 +252,7 @@ class JobsAPI:
                 command=record.command,
                 args=len(record.args),
                 run_as=record.run_as,
+                **({"slurm": jobRequest.slurm.given()} if jobRequest.slurm else {}),
             )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)
@@ -344,8 +345,19 @@ class JobsAPI:
 
     @app.route("/healthz", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
-        # No authentication and no details: fit for a load balancer's probe.
-        return _json(request, {"status": "ok"})
+        # No authentication and few details: fit for a load balancer's probe.
+        # An executor that cannot take jobs (Slurm unreachable) is "degraded".
+        health = self._manager.health()
+        if health.up:
+            return _json(request, {"status": "ok"})
+        return _json(
+            request,
+            {
+                "status": "degraded",
+                "executor": health.executor,
+                "reason": health.reason,
+            },
+        )
 
     @app.route("/jobs/<jobId>", methods=["GET"])
     @app.route("/jobs/<jobId>/status", methods=["GET"])

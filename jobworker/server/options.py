@@ -78,6 +78,18 @@ class Options(usage.Options):
             "account as the service account (this server's user), one identity "
             "they all share (default: such users' jobs are refused, 403).",
         ],
+        [
+            "slurm-no-probe",
+            None,
+            "With --executor slurm: skip the start-up probe job that checks "
+            "that the nodes write where this server reads (--slurm-output-dir).",
+        ],
+        [
+            "slurm-allow-exclusive",
+            None,
+            'With --executor slurm: jobs may ask for whole nodes ("slurm": '
+            '{"exclusive": true}, sbatch --exclusive).',
+        ],
     ]
     optParameters = [
         ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
@@ -297,6 +309,39 @@ class Options(usage.Options):
             "path; job output and argv/env files go in <dir>/<job id>/.",
         ],
         ["slurm-partition", None, None, "With --executor slurm: sbatch --partition."],
+        *(
+            [
+                f"slurm-allow-{plural}",
+                None,
+                "",
+                f"With --executor slurm: the {what} a job may ask for "
+                f'("slurm": {{"{field}": ...}}), separated by spaces; none '
+                "unless given.",
+            ]
+            for plural, field, what in (
+                ("partitions", "partition", "partitions"),
+                ("accounts", "account", "accounts"),
+                ("qos", "qos", "QOS names"),
+                ("gres", "gres", "--gres values (e.g. gpu:1 gpu:2)"),
+                ("constraints", "constraint", "--constraint values"),
+            )
+        ),
+        [
+            "slurm-max-nodes",
+            None,
+            1,
+            'With --executor slurm: the most nodes a job may ask for ("slurm": '
+            '{"nodes": N}, sbatch --nodes).',
+            int,
+        ],
+        [
+            "slurm-max-ntasks",
+            None,
+            1,
+            'With --executor slurm: the most tasks a job may ask for ("slurm": '
+            '{"ntasks": N}, sbatch --ntasks).',
+            int,
+        ],
         ["slurm-account", None, None, "With --executor slurm: sbatch --account."],
         [
             "slurm-poll",
@@ -381,10 +426,13 @@ class Options(usage.Options):
                     "run unmapped users' jobs as root: add --allow-root-jobs to "
                     "mean it, or run the server as a service account"
                 )
-        elif self["slurm-shared-account"]:
-            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
             if not 0.1 <= self["slurm-poll"] <= 60:
                 raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
+            for name in ("slurm-max-nodes", "slurm-max-ntasks"):
+                if not 1 <= self[name] <= 1 << 20:
+                    raise usage.UsageError(f"--{name} must be at least 1")
+        elif self["slurm-shared-account"]:
+            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
         if self["require-client-cert"] and self["client-ca"] is None:
             raise usage.UsageError("--require-client-cert needs --client-ca")
         if not 1024 <= self["max-header-bytes"] <= 1 << 20:

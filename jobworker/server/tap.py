@@ -43,6 +43,7 @@ from ..jobs.manager import JobManager
 from ..jobs.policy import JobPolicy, JobReactor
 from ..jobs.recovery import killAll, processesByUid, processesOf
 from ..jobs.store import JobStore, StoreError
+from ..jobs.validation import SlurmAllowances
 from ..metrics import Metrics
 from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
 from .api import JobsAPI
@@ -295,7 +296,7 @@ def _slurmExecutor(
     if shutil.which("sbatch") is None:
         fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
     try:
-        return SlurmExecutor(
+        executor = SlurmExecutor(
             reactor,
             os.path.abspath(config["slurm-output-dir"]),
             config["stop-grace"],
@@ -304,9 +305,26 @@ def _slurmExecutor(
             config["slurm-account"],
             config["slurm-poll"],
             sharedAccount=config["slurm-shared-account"],
+            allowances=SlurmAllowances(
+                partition=frozenset(config["slurm-allow-partitions"].split()),
+                account=frozenset(config["slurm-allow-accounts"].split()),
+                qos=frozenset(config["slurm-allow-qos"].split()),
+                gres=frozenset(config["slurm-allow-gres"].split()),
+                constraint=frozenset(config["slurm-allow-constraints"].split()),
+                nodes=config["slurm-max-nodes"],
+                ntasks=config["slurm-max-ntasks"],
+                exclusive=bool(config["slurm-allow-exclusive"]),
+            ),
         )
     except OSError as e:
         fatal(f"cannot use --slurm-output-dir: {e.strerror}")
+    if not config["slurm-no-probe"]:
+        # In the background: the server answers meanwhile; a folder the
+        # nodes do not share makes it report itself degraded.
+        executor.probe().addErrback(
+            lambda failure: log.failure("the --slurm-output-dir probe", failure)
+        )
+    return executor
 
 
 def _audit(config: Options, reactor: JobReactor) -> AuditLog:

@@ -1,16 +1,15 @@
 """
 Slurm's command-line tools (sbatch, squeue, scancel) as child processes
-with deadlines, and what their JSON says.
+with deadlines (what they print is read by L{documents}).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import sys
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -22,28 +21,19 @@ from twisted.python.failure import Failure
 from ...jobs.identity import Identity
 from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
+from .documents import (
+    ACCOUNTING_FORMAT,
+    STATE_FORMAT,
+    SlurmError,
+    SlurmState,
+    parseAccounting,
+    parseJobs,
+    parseStates,
+)
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
 #: makes them wait for Slurm's MessageTimeout first).
 COMMAND_TIMEOUT = 60.0
-
-#: Slurm states in which the job is queued, running, or finished.
-QUEUED = frozenset(
-    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-)
-FINAL = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 
 #: What Slurm's commands say when slurmctld cannot be reached.
 _UNREACHABLE = re.compile(
@@ -51,75 +41,6 @@ _UNREACHABLE = re.compile(
     r"|Zero Bytes were transmitted|Communication connection failure",
     re.IGNORECASE,
 )
-
-
-class SlurmError(Exception):
-    """A Slurm command failed; C{unreachable} if slurmctld could not be reached."""
-
-    def __init__(self, message: str, unreachable: bool = False) -> None:
-        super().__init__(message)
-        self.unreachable = unreachable
-
-
-@dataclass(frozen=True)
-class SlurmState:
-    """What Slurm says of one job."""
-
-    state: str
-    reason: str
-    exitCode: int
-    signal: int
-    node: str | None
-    #: When it started (epoch seconds), if it has.
-    startTime: float | None = None
-    #: The job's name (C{jobworker-<id>}), to find a job sbatch's answer was lost for.
-    name: str = ""
-
-
-def parseJobs(text: str) -> dict[str, SlurmState]:
-    """
-    The jobs of C{squeue --json --states=all} output, by Slurm job id.
-
-    JSON, not C{scontrol}'s text: a job may rename itself (C{scontrol update
-    JobName=...}) to anything, spaces and C{JobState=} included, and no text
-    parsing can then tell its fields from its name.
-
-    @raise ValueError: the output is not the JSON expected.
-    @raise SlurmError: Slurm reported an error (with slurmctld down, squeue
-        --json exits 0 with no jobs and an error: never take that for "no
-        jobs").
-    """
-    document = json.loads(text)
-    errors = document.get("errors") or []
-    if errors:
-        first = errors[0] if isinstance(errors[0], dict) else {}
-        raise SlurmError(
-            "squeue: " + str(first.get("description") or first.get("error") or "error"),
-            unreachable=True,
-        )
-    jobs: dict[str, SlurmState] = {}
-    for job in document.get("jobs", []):
-        state = job.get("job_state")
-        if isinstance(state, list):  # newer Slurm: a list of flags
-            state = state[0] if state else ""
-        status = job.get("exit_code")
-        if isinstance(status, dict):  # newer Slurm: {"return_code": {...}, ...}
-            status = 0
-        status = status if isinstance(status, int) else 0
-        started = job.get("start_time")
-        if isinstance(started, dict):
-            started = started.get("number")
-        jobs[str(job.get("job_id"))] = SlurmState(
-            state=str(state),
-            reason=str(job.get("state_reason") or ""),
-            # A wait status: the exit code in the high byte, a signal low.
-            exitCode=(status >> 8) & 0xFF,
-            signal=status & 0x7F,
-            node=str(job.get("nodes") or "") or None,
-            startTime=float(started) if isinstance(started, int) and started else None,
-            name=str(job.get("name") or ""),
-        )
-    return jobs
 
 
 class _CommandOutput(ProcessProtocol):
@@ -178,7 +99,8 @@ class SlurmCommands:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             if "SLURM_CONF" in os.environ:
                 env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-        self._env = env
+        #: Times as epoch seconds in squeue's --format output.
+        self._env = {**env, "SLURM_TIME_FORMAT": "%s"}
 
     def becoming(self, identity: Identity | None) -> list[str]:
         """
@@ -236,13 +158,108 @@ class SlurmCommands:
             raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")
         return jobId
 
-    async def jobs(self) -> dict[str, SlurmState]:
-        """Every job slurmctld knows, in one call."""
-        out = self._check("squeue", await self.run("squeue", "--json", "--states=all"))
+    async def states(self, ids: list[str]) -> dict[str, SlurmState]:
+        """
+        The state of the jobs C{ids} (and only theirs), in one call; no exit
+        status (see L{exits}). Jobs Slurm no longer knows are left out.
+        """
+        if not ids:
+            return {}
+        # One id alone, unknown to Slurm, is an error ("Invalid job id
+        # specified"); two or more unknown ones are an empty answer.
+        asked = ",".join(ids if len(ids) > 1 else ids * 2)
+        return self._states(
+            await self.run(
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={asked}",
+                f"--format={STATE_FORMAT}",
+            )
+        )
+
+    async def byName(self, name: str) -> dict[str, SlurmState]:
+        """The jobs named C{name} (one whose sbatch answer was lost)."""
+        return self._states(
+            await self.run(
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--name={name}",
+                f"--format={STATE_FORMAT}",
+            )
+        )
+
+    def _states(self, result: tuple[str, str, int]) -> dict[str, SlurmState]:
+        out = self._check("squeue", result)
+        try:
+            return parseStates(out)
+        except ValueError as e:
+            raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def exits(self, ids: list[str]) -> dict[str, SlurmState]:
+        """
+        The jobs C{ids} as C{squeue --json} describes them, exit status
+        included: through L{sieve}, so that only these jobs reach the server
+        however many the cluster has.
+        """
+        if not ids:
+            return {}
+        out = self._check(
+            "squeue",
+            await self.run(
+                sys.executable,
+                "-m",
+                "jobworker.executors.slurm.sieve",
+                *ids,
+                "--",
+                "squeue",
+                "--json",
+                "--states=all",
+                f"--jobs={','.join(ids)}",
+            ),
+        )
         try:
             return parseJobs(out)
         except (ValueError, TypeError, AttributeError) as e:
             raise SlurmError(f"squeue: unexpected output ({e})") from None
+
+    async def accounting(self, ids: list[str]) -> dict[str, list[SlurmState]]:
+        """
+        What Slurm's accounting keeps of the jobs C{ids} (ended, and purged
+        from slurmctld's memory): C{sacct}, else the job completion log
+        (C{sacct --completion}) when accounting storage is off. Empty when
+        neither is kept.
+        """
+        if not ids:
+            return {}
+        query = [
+            "--noheader",
+            "--parsable2",
+            f"--jobs={','.join(ids)}",
+            f"--format={ACCOUNTING_FORMAT}",
+        ]
+        result = await self.run("sacct", *query)
+        if result[2] != 0 and "accounting storage is disabled" in result[1]:
+            result = await self.run("sacct", "--completion", *query)
+            if result[2] != 0 and "disabled" in result[1]:
+                return {}
+        out = self._check("sacct", result)
+        try:
+            return parseAccounting(out)
+        except ValueError as e:
+            raise SlurmError(f"sacct: unexpected output ({e})") from None
+
+    async def ping(self) -> None:
+        """
+        Ask slurmctld whether it is up (C{scontrol ping}).
+
+        @raise SlurmError: it is not (unreachable).
+        """
+        out, err, code = await self.run("scontrol", "ping")
+        if code != 0 or " is UP" not in out:
+            message = (out.strip() or err.strip() or f"status {code}")[-200:]
+            raise SlurmError(f"scontrol ping: {message}", unreachable=True)
 
     async def cancelByName(self, name: str, identity: Identity | None = None) -> None:
         """Cancel every job of this name (one whose sbatch answer was lost)."""
@@ -252,16 +269,33 @@ class SlurmCommands:
         )
 
     async def signal(
-        self, jobId: str, name: str, identity: Identity | None = None
+        self, jobId: str, jobName: str, signal: str, identity: Identity | None = None
     ) -> None:
-        """Send signal C{name} to every process of the job (script included)."""
+        """
+        Send C{signal} to every process of the job (script included), if
+        Slurm's job C{jobId} is still named C{jobName}: a job number Slurm
+        gave again to someone else's job is never signalled.
+        """
         self._check(
             "scancel",
             await self.run(
-                "scancel", "--full", f"--signal={name}", jobId, identity=identity
+                "scancel",
+                "--full",
+                f"--signal={signal}",
+                f"--jobname={jobName}",
+                jobId,
+                identity=identity,
             ),
         )
 
-    async def cancel(self, jobId: str, identity: Identity | None = None) -> None:
-        """Cancel it: Slurm sends TERM, then KILL after its KillWait."""
-        self._check("scancel", await self.run("scancel", jobId, identity=identity))
+    async def cancel(
+        self, jobId: str, jobName: str, identity: Identity | None = None
+    ) -> None:
+        """
+        Cancel it (Slurm sends TERM, then KILL after its KillWait), if it
+        is still named C{jobName} (see L{signal}).
+        """
+        self._check(
+            "scancel",
+            await self.run("scancel", f"--jobname={jobName}", jobId, identity=identity),
+        )

@@ -1,0 +1,307 @@
+"""
+One jobworker job that is a Slurm batch job: its acceptance by sbatch, its
+states as the poll reports them, its stop, and its end (once).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ...errors import ServiceUnavailable
+from ...jobs.ending import Ending
+from ...jobs.identity import Identity
+from ...jobs.records import JobRecord, JobStatus
+from ...jobs.stopping import DEFAULT_STOP, StopRequest
+from .documents import SlurmError, SlurmState
+from .outcomes import FINAL, QUEUED, outcomeOf
+from .output import SlurmOutput
+from .submission import jobName
+
+#: Seconds after a job is first seen running that the server removes its
+#: argv and env files if the batch script has not (it removes them as soon as
+#: it has read them). Not at once: Slurm says RUNNING before the node has
+#: started the script (a prolog may run first).
+SECRETS_GRACE = 60.0
+
+#: Seconds Slurm's submit time of a job may lie from its record's creation
+#: and still be ours: sbatch may wait for slurmctld (up to the command
+#: timeout), and the two hosts' clocks may differ a little.
+SUBMIT_SLACK = 600.0
+
+
+def isOurs(record: JobRecord, state: SlurmState) -> bool:
+    """
+    Whether the Slurm job C{state} describes is C{record}'s: by name (and
+    submit time), never by number alone. Slurm numbers jobs again from its
+    first number once its state is lost, so another job may have the number.
+    """
+    if state.name != jobName(record.id):
+        return False
+    if state.submitTime is None:
+        return True
+    return abs(state.submitTime - record.created_at) <= SUBMIT_SLACK
+
+
+class SlurmHost(Protocol):
+    """What a L{SlurmJob} asks of its executor."""
+
+    def save(self, record: JobRecord) -> None: ...
+
+    def now(self) -> float: ...
+
+    def outputPath(self, jobId: str, stream: str) -> str: ...
+
+    def removeSecrets(self, jobId: str) -> None: ...
+
+    def forget(self, job: SlurmJob) -> None: ...
+
+    def cancel(self, job: SlurmJob) -> None: ...
+
+    async def terminate(
+        self, job: SlurmJob, how: StopRequest = DEFAULT_STOP
+    ) -> None: ...
+
+
+class SlurmJob:
+    """A jobworker job that is a Slurm batch job."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        executor: SlurmHost,
+        record: JobRecord,
+        identity: Identity | None = None,
+    ) -> None:
+        self._executor = executor
+        self.record = record
+        #: Who the job runs as; None for a re-attached job until it is
+        #: needed (then looked up from the record's C{run_as}).
+        self.identity = identity
+        self.stdout = SlurmOutput(executor.outputPath(record.id, "stdout"))
+        self.stderr = SlurmOutput(executor.outputPath(record.id, "stderr"))
+        #: What sbatch said: the record, or a failure (Slurm unreachable).
+        self._acceptance: JobRecord | Failure | None = None
+        self._acceptWaiters: list[Deferred[JobRecord]] = []
+        self._ending = Ending(record)
+        self._cleaned: Deferred[None] = Deferred()
+        self._stopRequested = False
+        self._killCall: IDelayedCall | None = None
+        #: Set at recovery when sbatch's answer was lost: the reason to give
+        #: if no Slurm job of this job's name turns up.
+        self.lookUpReason: str | None = None
+        #: When this server first saw the job running (see L{SECRETS_GRACE}).
+        self._runningSince: float | None = None
+        self._secretsRemoved = False
+
+    def snapshot(self) -> JobRecord:
+        record = self.record
+        if not record.status.ended:
+            record.stdout_bytes = self.stdout.size
+            record.stderr_bytes = self.stderr.size
+        return record
+
+    def whenAccepted(self) -> Deferred[JobRecord]:
+        d: Deferred[JobRecord] = Deferred()
+        if self._acceptance is None:
+            self._acceptWaiters.append(d)
+        else:
+            self._relayAcceptance(d)
+        return d
+
+    def _relayAcceptance(self, d: Deferred[JobRecord]) -> None:
+        if isinstance(self._acceptance, Failure):
+            d.errback(self._acceptance)
+        elif self._acceptance is not None:
+            d.callback(self._acceptance)
+
+    def settle(self, outcome: JobRecord | Failure) -> None:
+        """sbatch has answered (or the job was re-attached)."""
+        if self._acceptance is not None:
+            return
+        self._acceptance = outcome
+        waiters, self._acceptWaiters = self._acceptWaiters, []
+        for d in waiters:
+            self._relayAcceptance(d)
+
+    def whenEnded(self) -> Deferred[JobRecord]:
+        return self._ending.whenEnded()
+
+    def whenCleanedUp(self) -> Deferred[None]:
+        if self._cleaned.called:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._cleaned.addCallback(lambda _: d.callback(None))
+        return d
+
+    # -- submission ------------------------------------------------------------
+
+    def submitted(self, slurmJobId: str) -> None:
+        self.record.slurm_job_id = slurmJobId
+        self._executor.save(self.record)
+        self.settle(self.record)
+        if self._stopRequested:
+            self._executor.cancel(self)
+
+    def refused(self, error: SlurmError) -> None:
+        """sbatch said no: a job that cannot start (FAILED), or 503."""
+        if error.unreachable:
+            self._finish(JobStatus.FAILED, error=f"Slurm is unreachable: {error}")
+            self.settle(
+                Failure(
+                    ServiceUnavailable(
+                        f"Slurm is unreachable, try again later ({error})"
+                    )
+                )
+            )
+            return
+        self._finish(JobStatus.FAILED, error=f"Slurm refused the job: {error}")
+        self.settle(self.record)
+
+    # -- state -----------------------------------------------------------------
+
+    def update(self, state: SlurmState, now: float) -> None:
+        """Take in what Slurm says of the job."""
+        record = self.record
+        if state.state in QUEUED:
+            reason = state.reason if state.reason not in ("", "None") else None
+            if record.status is JobStatus.PENDING and reason != record.pending_reason:
+                record.pending_reason = reason
+                self._executor.save(record)
+            return
+        if state.state in FINAL:
+            self._ended(state)
+            return
+        if record.status is JobStatus.PENDING:
+            record.status = JobStatus.RUNNING
+            record.pending_reason = None
+            record.started_at = self._startedAt(state, now)
+            record.node = state.node
+            self._executor.save(record)
+            self.log.info(
+                "Slurm job {slurm} (job {job}) running on {node}",
+                slurm=record.slurm_job_id,
+                job=record.id,
+                node=state.node,
+            )
+        if self._runningSince is None:
+            self._runningSince = now
+        elif now - self._runningSince >= SECRETS_GRACE:
+            self._removeSecrets()
+
+    def _startedAt(self, state: SlurmState, now: float | None) -> float | None:
+        """
+        When it started: Slurm's whole seconds, never before the record's
+        creation (Slurm truncates, and its clock is another host's).
+        """
+        started = state.startTime or now
+        if started is None:
+            return None
+        return max(started, self.record.created_at)
+
+    def _removeSecrets(self) -> None:
+        """
+        Remove the argv and env files, should the batch script not have
+        (a job that never started, or one submitted with an older script).
+        """
+        if not self._secretsRemoved:
+            self._secretsRemoved = True
+            self._executor.removeSecrets(self.record.id)
+
+    def _ended(self, state: SlurmState) -> None:
+        record = self.record
+        if record.node is None:
+            record.node = state.node
+        record.pending_reason = None
+        if record.started_at is None and state.state != "CANCELLED":
+            # It ran between two polls (or never, if cancelled while queued).
+            record.started_at = self._startedAt(state, None)
+        outcome = outcomeOf(state, self._stopRequested, record.timeout_seconds)
+        self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
+
+    def lost(self, reason: str) -> None:
+        """Slurm no longer knows the job."""
+        self._finish(JobStatus.FAILED, error=reason)
+
+    def _finish(
+        self,
+        status: JobStatus,
+        exitCode: int | None = None,
+        signal: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        record = self.record
+        if record.status.ended:
+            return
+        self.disarmKill()
+        self._removeSecrets()
+        self.stdout.close()
+        self.stderr.close()
+        record.stdout_bytes = self.stdout.size
+        record.stderr_bytes = self.stderr.size
+        self._ending.finish(
+            status,
+            self._executor.now(),
+            exit_code=exitCode,
+            signal=signal,
+            error=error,
+            slurm=record.slurm_job_id,
+        )
+        self._executor.forget(self)
+        self._cleaned.callback(None)
+
+    # -- stopping --------------------------------------------------------------
+
+    def stop(self, by: str, how: StopRequest = DEFAULT_STOP) -> Deferred[JobRecord]:
+        ended = self.whenEnded()
+        if self._stopRequested:
+            return ended
+        self._stopRequested = True
+        self.record.stopped_by = by
+        if self.record.slurm_job_id is None:
+            return ended  # cancelled as soon as sbatch answers
+        result: Deferred[JobRecord] = Deferred()
+        signalled = Deferred.fromCoroutine(self._executor.terminate(self, how))
+
+        def failed(failure: Failure) -> None:
+            self._stopRequested = False
+            self.record.stopped_by = None
+            if not result.called:
+                result.errback(failure)
+
+        def relay(record: JobRecord) -> None:
+            if not result.called:
+                result.callback(record)
+
+        signalled.addErrback(failed)
+        ended.addCallback(relay)
+        return result
+
+    def markStopping(self) -> None:
+        """A stop was in progress when the server last stopped (see recover)."""
+        self._stopRequested = True
+
+    def armKill(self, call: IDelayedCall) -> None:
+        """The timer that cancels the job at the end of its stop's grace."""
+        self.disarmKill()
+        self._killCall = call
+
+    def disarmKill(self) -> None:
+        if self._killCall is not None and self._killCall.active():
+            self._killCall.cancel()
+        self._killCall = None
+
+    def recorded(self) -> None:
+        """sbatch runs after the record is stored (same reactor turn)."""
+
+    def abort(self, reason: str) -> None:
+        """The job could not be recorded: cancel it in Slurm, end it FAILED."""
+        self._stopRequested = True
+        if self.record.slurm_job_id is not None:
+            self._executor.cancel(self)
+        self._finish(JobStatus.FAILED, error=reason)

@@ -1,0 +1,103 @@
+"""
+How a Slurm job's end becomes a jobworker ending: the mapping from Slurm's
+state and exit status to a status, exit code, signal and error. Pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...jobs.records import JobStatus, signalName
+from .documents import SlurmState
+
+#: Slurm states in which the job is queued, running, or finished.
+QUEUED = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+)
+FINAL = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended, in jobworker's terms."""
+
+    status: JobStatus
+    exitCode: int | None = None
+    signal: str | None = None
+    error: str | None = None
+
+
+def outcomeOf(
+    state: SlurmState, stopRequested: bool, timeoutSeconds: float | None
+) -> Outcome:
+    """
+    The ending of a job Slurm reports in a final state.
+
+    @param stopRequested: a user asked to stop it (then it is STOPPED,
+        whatever Slurm's state).
+    @param timeoutSeconds: the job's time limit as asked, for the message.
+    """
+    code = state.exitCode
+    signal = signalName(state.signal) if state.signal else None
+    reason = f" ({state.reason})" if state.reason not in ("", "None") else ""
+    if stopRequested:
+        return Outcome(JobStatus.STOPPED, code if not signal else None, signal)
+    if state.state == "COMPLETED" and code == 0:
+        return Outcome(JobStatus.COMPLETED, 0)
+    if state.state == "TIMEOUT":
+        limit = (
+            f": {timeoutSeconds:g} s, rounded up to whole minutes)"
+            if timeoutSeconds is not None
+            else ")"
+        )
+        return Outcome(
+            JobStatus.FAILED, None, signal, "timed out (Slurm's time limit" + limit
+        )
+    if state.state == "OUT_OF_MEMORY":
+        return Outcome(JobStatus.FAILED, None, None, "out of memory (Slurm)")
+    if state.state == "NODE_FAIL":
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            f"its node {state.node or '(unknown)'} failed: Slurm ended it "
+            f"NODE_FAIL{reason}",
+        )
+    if state.invalidStatus is not None:
+        # Slurm's own error number where a wait status belongs: the node
+        # could not start the batch script (e.g. 4021, its output file
+        # could not be opened). Not a signal.
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            f"Slurm could not launch the job{reason}, status {state.invalidStatus}: "
+            "the node could not start it (is --slurm-output-dir shared with "
+            "the nodes, and writable there by the job's account?)",
+        )
+    if signal:
+        return Outcome(JobStatus.FAILED, None, signal, f"killed by signal {signal}")
+    if code is not None and code != 0:
+        return Outcome(JobStatus.FAILED, code, None, f"exited with code {code}")
+    if state.state == "FAILED" and state.reason == "NonZeroExitCode":
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            "exited with a non-zero code (Slurm's JSON does not say which)",
+        )
+    return Outcome(
+        JobStatus.FAILED, code, None, f"Slurm ended it {state.state}{reason}"
+    )

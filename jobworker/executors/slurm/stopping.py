@@ -1,0 +1,143 @@
+"""
+Stopping Slurm jobs: TERM to every process of the job, then scancel once
+the grace is over; a stop goes on across a restart of the server.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ...errors import ServiceUnavailable
+from ...jobs.identity import Identity
+from ...jobs.policy import JobReactor
+from ...jobs.records import JobRecord, JobStatus
+from ...jobs.stopping import DEFAULT_STOP, StopRequest
+from .accounts import SlurmAccounts
+from .commands import SlurmCommands
+from .documents import SlurmError
+from .job import SlurmJob
+from .submission import jobName
+
+
+class SlurmStops:
+    """Stops and cancels of Slurm jobs, run as each job's owner."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: JobReactor,
+        commands: SlurmCommands,
+        grace: float,
+        accounts: SlurmAccounts,
+        save: Callable[[JobRecord], None],
+    ) -> None:
+        self._reactor = reactor
+        self._commands = commands
+        self._grace = grace
+        self._accounts = accounts
+        self._save = save
+
+    def ownerOf(self, job: SlurmJob) -> Identity:
+        """
+        Who acts on C{job} in Slurm: the identity it runs as. A re-attached
+        job's is looked up again from its record's C{run_as}.
+        """
+        if job.identity is None:
+            job.identity = self._accounts.ofRecord(job.record)
+        return job.identity
+
+    async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
+        """
+        C{how.signal} (TERM) to every process of the job, KILL (scancel)
+        after the grace (C{how.grace}, else the server's).
+        """
+        slurmJobId = job.record.slurm_job_id
+        assert slurmJobId is not None
+        owner = self.ownerOf(job)
+        try:
+            if job.record.status is JobStatus.PENDING:
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+                return
+            if how.signal == signal.SIGKILL:
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+                return
+            await self._commands.signal(
+                slurmJobId,
+                jobName(job.record.id),
+                signal.Signals(how.signal).name.removeprefix("SIG"),
+                owner,
+            )
+        except SlurmError as e:
+            if e.unreachable:
+                raise ServiceUnavailable(
+                    f"Slurm is unreachable, try again later ({e})"
+                ) from None
+            raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
+        # Stored, so a restart goes on with the escalation (who and when).
+        job.record.stop_requested_at = self._reactor.seconds()
+        self._save(job.record)
+        self.escalate(job, self._grace if how.grace is None else how.grace)
+
+    def escalate(self, job: SlurmJob, delay: float) -> None:
+        """scancel the job after C{delay} seconds (the rest of the grace)."""
+        job.armKill(self._reactor.callLater(max(0.0, delay), lambda: self.cancel(job)))
+
+    def resume(self, job: SlurmJob) -> None:
+        """After a restart: go on with a stop that was in progress."""
+        record = job.record
+        job.markStopping()
+        if record.stop_requested_at is not None:
+            left = record.stop_requested_at + self._grace - self._reactor.seconds()
+            self.log.info(
+                "job {job}: stop by {user} in progress, scancel in {left:.1f}s",
+                job=record.id,
+                user=record.stopped_by,
+                left=max(0.0, left),
+            )
+            self.escalate(job, left)
+        elif record.slurm_job_id is not None:
+            # Asked, but TERM may not have gone out: send it again.
+            def failed(failure: Failure) -> None:
+                self.log.warn(
+                    "job {job}: stop not resumed: {error}",
+                    job=record.id,
+                    error=failure.getErrorMessage(),
+                )
+
+            Deferred.fromCoroutine(self.terminate(job)).addErrback(failed)
+
+    def cancelByName(self, jobId: str, identity: Identity) -> None:
+        async def cancel() -> None:
+            try:
+                await self._commands.cancelByName(jobName(jobId), identity)
+            except SlurmError as e:
+                self.log.warn(
+                    "cannot cancel a possibly queued job {job}: {error}",
+                    job=jobId,
+                    error=str(e),
+                )
+
+        Deferred.fromCoroutine(cancel())
+
+    def cancel(self, job: SlurmJob) -> None:
+        """scancel, in the background: the poll sees the job end."""
+        slurmJobId = job.record.slurm_job_id
+        if slurmJobId is None:
+            return
+        owner = self.ownerOf(job)
+
+        async def cancel() -> None:
+            try:
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+            except SlurmError as e:
+                self.log.warn(
+                    "scancel {slurm} failed: {error}", slurm=slurmJobId, error=str(e)
+                )
+
+        Deferred.fromCoroutine(cancel())
