@@ -27,6 +27,7 @@ class FakeProcessTransport:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.stdinClosed = False
+        self.stdin: list[bytes] = []
         self.lostConnection = 0
         self.signals: list[Any] = []
         #: If set, signalProcess raises it (e.g. ProcessExitedAlready).
@@ -56,8 +57,13 @@ class FakeProcessTransport:
         self.closedChildFDs.append(2)
 
     def writeToChild(self, childFD: int, data: bytes) -> None:
+        if childFD == 0:
+            # A "stdin": true job's stdin (jobs without it close it at once).
+            assert not self.stdinClosed, "stdin was written after closing"
+            self.stdin.append(data)
+            return
         if childFD != 3:
-            raise AssertionError("jobs only write to their start gate")
+            raise AssertionError("jobs only write to their start gate and stdin")
         assert 3 not in self.closedChildFDs, "the gate was written after closing"
         self.gate.append(data)
 

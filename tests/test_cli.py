@@ -274,3 +274,62 @@ class FailureTests(CLITestCase):
         del env["JW_PASSWORD"]
         result = await runDetachedJW("list", env=env)
         self.assertOneLineFailure(result, b"JW_USER", b"JW_PASSWORD")
+
+
+class InputAndInterruptTests(CLITestCase):
+    """Issue 17 over real TLS and real processes: stdin, and SIGINT to jw."""
+
+    async def test_stdinPipedThroughToTheJob(self) -> None:
+        """
+        `... | jw exec -i -f -- sha256sum`: 3 MiB of stdin (many chunks, the
+        pipe's back-pressure) reach the sandboxed job byte for byte, then EOF.
+        """
+        import hashlib
+        import subprocess
+
+        from twisted.internet.threads import deferToThread
+
+        server = LiveServer(self)
+        data = os.urandom(3 << 20)
+        result = await deferToThread(
+            subprocess.run,
+            [JW, "exec", "-i", "-f", "--", "sha256sum"],
+            input=data,
+            env=jwEnvironment(server.url),
+            capture_output=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            result.stdout.split()[0].decode(), hashlib.sha256(data).hexdigest()
+        )
+
+    async def test_ctrlCStopsTheFollowedJob(self) -> None:
+        """SIGINT to `jw exec -f`: the job is STOPPED, jw exits 130."""
+        import signal
+        import subprocess
+
+        from twisted.internet.threads import deferToThread
+
+        from .support import waitUntil
+
+        server = LiveServer(self, grace=2.0)
+        process = subprocess.Popen(
+            [JW, "exec", "-f", "--", "sleep", "300"],
+            env=jwEnvironment(server.url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        jobs = await waitUntil(
+            lambda: [j for j in server.manager.page()[0] if j.pid], 30, "the job"
+        )
+        assert process.stderr is not None
+        started = await deferToThread(process.stderr.readline)
+        self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started\n$")
+        process.send_signal(signal.SIGINT)
+        code = await deferToThread(process.wait, 60)
+        err = process.stderr.read()
+        self.assertEqual(code, 130, err)
+        self.assertIn(b"stopping job", err)
+        self.assertEqual(server.manager.record(jobs[0].id).status.value, "STOPPED")

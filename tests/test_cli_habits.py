@@ -15,7 +15,8 @@ from jobworker.client.interrupts import Interrupts
 from jobworker.client.parser import buildParser
 from jobworker.client.streams import Streams
 
-from .test_cli_memory import MemoryCLITestCase, Run
+from .support import basic
+from .test_cli_memory import SERVER, MemoryCLITestCase, Run
 
 
 class InterruptTests(MemoryCLITestCase):
@@ -345,3 +346,149 @@ class HabitTests(MemoryCLITestCase):
         self.assertIn("compgen -c -f", COMPLETION["bash"])
         self.assertIn("_files", COMPLETION["zsh"])
         self.assertIn("-F", COMPLETION["fish"])
+
+
+class StdinTests(MemoryCLITestCase):
+    """Finding 4: jw exec -i streams jw's stdin to the job; without -i it says so."""
+
+    def test_stdinReachesTheJob(self) -> None:
+        """jw exec -i -f: every byte of jw's stdin, then end of file."""
+        run = Run()
+        run.inp.write(b"hello\n" + bytes(range(256)) * 300)  # over one chunk
+        run.inp.seek(0)
+        from twisted.internet.defer import ensureDeferred
+
+        from jobworker.client import cli
+
+        run.done = ensureDeferred(
+            cli.run(
+                self.reactor,
+                ["exec", "-i", "-f", "--", "cat"],
+                self.environ(),
+                run.streams,
+                self.connect,
+            )
+        )
+        self.flush()
+        spawned = self.reactor.spawned[-1]
+        self.assertEqual(b"".join(spawned.transport.stdin), run.inp.getvalue())
+        self.assertTrue(spawned.transport.stdinClosed)
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 0, err)
+
+    def test_withoutDashIStdinStaysClosed(self) -> None:
+        """Without -i the job's stdin is closed, and jw says so if it has data."""
+        run = Run()
+        run.inp.write(b"hello\n")
+        run.inp.seek(0)
+        from twisted.internet.defer import ensureDeferred
+
+        from jobworker.client import cli
+
+        run.done = ensureDeferred(
+            cli.run(
+                self.reactor,
+                ["exec", "--", "cat"],
+                self.environ(),
+                run.streams,
+                self.connect,
+            )
+        )
+        spawned = self.reactor.spawned[-1]
+        self.assertTrue(spawned.transport.stdinClosed)
+        self.assertEqual(spawned.transport.stdin, [])
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 0)
+        self.assertEqual(err.count(b"stdin is closed"), 1, err)
+
+    def sendStdin(self, jobId: str, user: str, data: bytes, query: str = "") -> int:
+        """POST /jobs/ID/stdin as C{user}: the status."""
+        headers = basic(user)
+        headers[b"content-type"] = [b"application/octet-stream"]
+        response = self.successResultOf(
+            self.http.request(
+                "POST",
+                f"{SERVER}/jobs/{jobId}/stdin{query}",
+                headers=headers,
+                data=data,
+            )
+        )
+        return int(response.code)
+
+    def test_stdinRouteRules(self) -> None:
+        """
+        POST /jobs/ID/stdin: the owner and Admins (403 for others), raw
+        bytes only (415 for JSON), 409 for a job without stdin or once
+        closed; the job sees the bytes, then end of file.
+        """
+        plain = self.execId("sleep", "60")
+        code, body = self.apiJSON("POST", f"/jobs/{plain}/stdin", "alice")
+        self.assertEqual(code, 415, body)
+        self.assertEqual(self.sendStdin(plain, "alice", b"x"), 409)
+        headers = basic("alice")
+        headers[b"content-type"] = [b"application/json"]
+        response = self.successResultOf(
+            self.http.request(
+                "POST",
+                f"{SERVER}/jobs",
+                headers=headers,
+                data=b'{"command": "cat", "stdin": true}',
+            )
+        )
+        fed = json.loads(self.successResultOf(response.content()))
+        self.assertTrue(fed["stdin"])
+        spawned = self.process(fed["id"])
+        self.assertFalse(spawned.transport.stdinClosed)
+        codes = {u: self.sendStdin(fed["id"], u, u.encode()) for u in ("bob", "rita")}
+        self.assertEqual(codes, {"bob": 403, "rita": 403})
+        self.assertEqual(self.sendStdin(fed["id"], "alice", b"a"), 200)
+        self.assertEqual(self.sendStdin(fed["id"], "ada", b"b", "?eof=true"), 200)
+        self.assertEqual(spawned.transport.stdin, [b"a", b"b"])
+        self.assertTrue(spawned.transport.stdinClosed)
+        self.assertEqual(self.sendStdin(fed["id"], "alice", b"c"), 409)
+
+
+class HelpAgreesWithREADMETests(MemoryCLITestCase):
+    """Finding 8: the README's jw synopsis and each --help name the same options."""
+
+    def test_synopsisMatchesTheParser(self) -> None:
+        import os
+        import re
+
+        readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("## jw\n", 1)[1].split("```", 2)[1]
+        documented: dict[str, set[str]] = {}
+        verb = ""
+        for line in block.splitlines():
+            match = re.match(r"  (\w+) ", line + " ")
+            if match and not line.startswith("   "):
+                verb = match.group(1)
+                documented.setdefault(verb, set())
+                if "|" in line and "[" not in line:
+                    verb = ""  # login | logout | ...: verbs without options
+            if verb:
+                documented[verb] |= set(re.findall(r"--[a-z-]+", line))
+        parser = buildParser(Streams(inp=None))
+        verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        shared = {"--server", "--ca", "--cert", "--key", "--help"}
+        for name, sub in verbs.items():
+            if name not in documented:
+                continue  # login | logout | config | completion: one line
+            taken = {
+                flag
+                for action in sub._actions
+                for flag in action.option_strings
+                if flag.startswith("--")
+            } - shared
+            self.assertEqual(documented[name], taken, name)
+            for flag in taken:
+                out = self.assertSucceeded(self.jw(name, "--help"))
+                self.assertIn(flag.encode(), out, (name, flag))
+        self.assertEqual(
+            set(documented),
+            {"exec", "list", "status", "logs", "wait", "stop", "rm", "clean", "login"},
+        )

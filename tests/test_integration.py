@@ -73,6 +73,7 @@ async def call(
     identity: str = "alice",
     body: Any = None,
     raw: bytes | None = None,
+    contentType: bytes = b"application/json",
 ) -> tuple[Any, bytes]:
     """Send a request with C{identity}'s credentials; (response, body bytes)."""
     headers = dict(IDENTITIES[identity])
@@ -80,7 +81,7 @@ async def call(
     if body is not None:
         data = json.dumps(body).encode("utf-8")
     if body is not None or method in ("POST", "DELETE"):
-        headers[b"content-type"] = [b"application/json"]
+        headers[b"content-type"] = [contentType]
     response = await server.http.request(
         method, server.url + path, headers=headers, data=data
     )
@@ -456,6 +457,44 @@ class BulkAndSignalTests(TestCase):
                 "POST", f"/jobs/{stubborn['id']}/stop", "alice", bad
             )
             self.assertEqual(code, 400, (bad, body))
+
+
+class StdinMatrixTests(TestCase):
+    """POST /jobs/{id}/stdin (issue 17): the owner and Admins, every byte in order."""
+
+    checkDenial = RBACMatrixTests.checkDenial
+    matrix = RBACMatrixTests.matrix
+
+    async def test_stdinMatrix(self) -> None:
+        """Owner and Admin feed a real `cat`; others 403 (or 401) and change nothing."""
+        server = LiveServer(self)
+        out = sharedPath(self)
+        job = await server.createJob("sh", "-c", f"cat > {out}", stdin=True)
+        self.assertTrue(job["stdin"])
+
+        async def send(identity: str) -> tuple[Any, bytes]:
+            return await call(
+                server,
+                "POST",
+                f"/jobs/{job['id']}/stdin",
+                identity,
+                raw=f"{identity}\n".encode(),
+                contentType=b"application/octet-stream",
+            )
+
+        await self.matrix(server, expected(alice=200, bob=403, rita=403, ada=200), send)
+        response, body = await call(
+            server,
+            "POST",
+            f"/jobs/{job['id']}/stdin?eof=true",
+            raw=b"",
+            contentType=b"application/octet-stream",
+        )
+        self.assertEqual(response.code, 200, body)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), b"alice\nada\n")
 
 
 class ErrorCodeTests(TestCase):

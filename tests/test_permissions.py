@@ -28,7 +28,7 @@ NEVER: frozenset[str] = frozenset()
 #: The specification, written independently of the table: for each role and
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs and
-#: jobs.delete on their own jobs only. Admin: everything on every job, and
+#: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every job, and
 #: metrics.read (GET /metrics), which no other role has. Every role may
 #: get itself a token (tokens.create).
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
@@ -38,6 +38,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: NEVER,
         Permission.LOGS: NEVER,
         Permission.DELETE: NEVER,
+        Permission.STDIN: NEVER,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
     },
@@ -47,6 +48,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: OWN_ONLY,
         Permission.LOGS: OWN_ONLY,
         Permission.DELETE: OWN_ONLY,
+        Permission.STDIN: OWN_ONLY,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
     },
@@ -56,6 +58,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.STOP: ALL_CASES,
         Permission.LOGS: ALL_CASES,
         Permission.DELETE: ALL_CASES,
+        Permission.STDIN: ALL_CASES,
         Permission.METRICS: ALL_CASES,
         Permission.TOKENS: ALL_CASES,
     },
@@ -93,6 +96,7 @@ class PermissionTableTests(SynchronousTestCase):
                 "jobs.stop",
                 "jobs.logs",
                 "jobs.delete",
+                "jobs.stdin",
                 "metrics.read",
                 "tokens.create",
             },
@@ -115,6 +119,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.STOP: Scope.OWN,
                     Permission.LOGS: Scope.OWN,
                     Permission.DELETE: Scope.OWN,
+                    Permission.STDIN: Scope.OWN,
                     Permission.TOKENS: Scope.ALL,
                 },
                 Role.ADMIN: {
@@ -123,6 +128,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.STOP: Scope.ALL,
                     Permission.LOGS: Scope.ALL,
                     Permission.DELETE: Scope.ALL,
+                    Permission.STDIN: Scope.ALL,
                     Permission.METRICS: Scope.ALL,
                     Permission.TOKENS: Scope.ALL,
                 },

@@ -161,6 +161,7 @@ class ToJSONTests(SynchronousTestCase):
                 "run_as": None,
                 "name": None,
                 "labels": {},
+                "stdin": False,
             },
         )
 

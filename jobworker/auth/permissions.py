@@ -17,6 +17,7 @@ class Permission(enum.Enum):
     STOP = "jobs.stop"
     LOGS = "jobs.logs"
     DELETE = "jobs.delete"
+    STDIN = "jobs.stdin"
     METRICS = "metrics.read"
     TOKENS = "tokens.create"
 
@@ -48,6 +49,7 @@ PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.STOP: Scope.OWN,
         Permission.LOGS: Scope.OWN,
         Permission.DELETE: Scope.OWN,
+        Permission.STDIN: Scope.OWN,
         Permission.TOKENS: Scope.ALL,
     },
     Role.ADMIN: {permission: Scope.ALL for permission in Permission},

@@ -194,6 +194,7 @@ class JobworkerClient:
         body: Any = None,
         unbuffered: bool = False,
         extraHeaders: dict[bytes, list[bytes]] | None = None,
+        raw: bytes | None = None,
     ) -> IResponse:
         headers = dict(self._headers)
         headers.update(extraHeaders or {})
@@ -202,7 +203,10 @@ class JobworkerClient:
             kwargs["auth"] = self._auth
         if body is not None:
             kwargs["data"] = json.dumps(body).encode("utf-8")
-        if body is not None or method in ("POST", "DELETE"):
+        if raw is not None:
+            kwargs["data"] = raw
+            headers[b"content-type"] = [b"application/octet-stream"]
+        elif body is not None or method in ("POST", "DELETE"):
             # The server refuses a state change without it (no HTML form
             # can send it: the CSRF defence).
             headers[b"content-type"] = [b"application/json"]
@@ -350,6 +354,15 @@ class JobworkerClient:
             "POST", f"/jobs/{_segment(jobId)}/stop", body or None
         )
         return result
+
+    async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
+        """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
+        response = await self._request(
+            "POST",
+            f"/jobs/{_segment(jobId)}/stdin?eof={str(eof).lower()}",
+            raw=data,
+        )
+        await treq.content(response)
 
     async def events(
         self,

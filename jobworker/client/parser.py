@@ -238,6 +238,7 @@ def _execOptions(command: Any) -> None:
         action="store_true",
         help="stream output, exit with its status",
     )
+    add("--stdin", "-i", action="store_true", help="send jw's stdin to the job")
     add(
         "--detach-on-interrupt",
         action="store_true",

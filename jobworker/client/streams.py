@@ -10,7 +10,10 @@ import sys
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 
 
 def printable(text: str) -> str:
@@ -81,6 +84,20 @@ class Streams:
             return waiting[0] > 0
         except OSError:
             return False
+
+    def readInput(self, reactor: Any, size: int) -> Deferred[bytes]:
+        """
+        Up to C{size} bytes of C{inp} (b"" at its end), read in a thread so
+        the reactor goes on (a terminal or a pipe may block).
+        """
+        source = self.inp
+        if source is None:
+            return succeed(b"")
+        try:
+            fd = source.fileno()
+        except (AttributeError, OSError, ValueError):
+            return succeed(source.read(size))
+        return deferToThreadPool(reactor, reactor.getThreadPool(), os.read, fd, size)
 
     def writer(self, stream: str) -> Callable[[bytes], None]:
         """Write job output of C{stream} (C{stdout}/C{stderr}) as it comes."""

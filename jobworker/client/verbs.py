@@ -86,6 +86,8 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
         fields["name"] = options.name
     if options.label:
         fields["labels"] = pairs(options.label, "--label")
+    if options.stdin:
+        fields["stdin"] = True
     return fields
 
 
@@ -118,12 +120,28 @@ async def doExec(
             "jw exec needs the command to run, after --: jw exec -- make test"
         )
     fields = execRequest(options)
-    if streams.pipedInput():
-        streams.say("jw: the job's stdin is closed: jw's stdin is not sent")
-    job = await client.createJob(options.command, options.args, fields=fields)
+    if not options.stdin and streams.pipedInput():
+        streams.say("jw: the job's stdin is closed: jw's stdin is not sent (use -i)")
+    early: list[str] = []
+    if options.follow and not options.detach_on_interrupt:
+        # Ctrl-C while the job is being created: stop it once it exists.
+        interrupts.handle(early.append)
+    try:
+        job = await client.createJob(options.command, options.args, fields=fields)
+    finally:
+        interrupts.handle(None)
     jobId = job["id"]
+    if early:
+        streams.say(f"jw: {early[0]}: stopping job {jobId}")
+        await client.stop(jobId)
+        return EXIT_INTERRUPTED
+    feeding = (
+        ensureDeferred(feedStdin(client, jobId, streams)) if options.stdin else None
+    )
     if not options.follow:
         streams.show(jsonLine(job) if options.json else jobId + "\n")
+        if feeding is not None:
+            await feeding
         return 0
     streams.say(f"jw: job {jobId} started")
     # With --json, stdout holds one JSON document: the job's output goes
@@ -156,6 +174,9 @@ async def doExec(
         raise
     finally:
         interrupts.handle(None)
+        if feeding is not None and not feeding.called:
+            feeding.cancel()  # the job ended (or we left): no more input
+            feeding.addErrback(lambda f: f.trap(CancelledError))
     final = end if end is not None else await client.job(jobId)
     if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
         streams.say(f"jw: job {final['id']}: {final['error']}")
@@ -164,6 +185,27 @@ async def doExec(
     if interrupts.count:
         return EXIT_INTERRUPTED
     return exitStatusOf(final)
+
+
+#: Bytes per C{POST /jobs/ID/stdin} (under the server's smallest body cap).
+STDIN_CHUNK = 32 * 1024
+
+
+async def feedStdin(client: JobworkerClient, jobId: str, streams: Streams) -> None:
+    """
+    Send jw's stdin to the job, one chunk per request (each answered once
+    the job's pipe can take more), then end of file. A job that ended or
+    closed its stdin first just stops the feed, as a closed pipe would.
+    """
+    try:
+        while True:
+            data = await streams.readInput(client.reactor, STDIN_CHUNK)
+            await client.sendStdin(jobId, data, eof=not data)
+            if not data:
+                return
+    except ClientError as e:
+        if e.status != 409:  # 409: the job has ended, or closed its stdin
+            streams.say(f"jw: stdin: {e}")
 
 
 async def doList(

@@ -80,6 +80,9 @@ class LiveJob(Protocol):
         fires once it has ended.
         """
 
+    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+        """Feed the job's stdin (C{"stdin": true} jobs); see L{JobManager}."""
+
     def recorded(self) -> None:
         """The store has the job's record: let it run (locally, it waits
         behind its gate until then)."""

@@ -178,6 +178,7 @@ class JobManager:
             run_as=identity.label,
             name=request.name,
             labels=dict(request.labels),
+            stdin=request.stdin,
         )
         job = executor.launch(record, request, limits, timeout, identity)
         try:
@@ -404,6 +405,22 @@ class JobManager:
             )
         self._metrics.stops.inc()
         return job.stop(by, how)
+
+    def writeStdin(self, jobId: str, data: bytes, eof: bool) -> Deferred[None]:
+        """
+        Feed a running C{"stdin": true} job's stdin; fires once it can take
+        more (see L{StdinFeed<jobworker.executors.local.stdin.StdinFeed>}).
+
+        @raise Conflict: the job has ended, or was not started with stdin.
+        @raise NotFound: if there is no such job.
+        """
+        record = self.record(jobId)
+        if not record.stdin:
+            raise Conflict('the job was not started with "stdin": true')
+        job = self._live.get(jobId)
+        if job is None or job.record.status.ended:
+            raise Conflict(f"job already ended ({record.status.value})")
+        return job.writeStdin(data, eof)
 
     def order(self, jobId: str) -> OrderSource:
         """Where the order of a job's stdout and stderr chunks is recorded."""

@@ -18,6 +18,10 @@ class JobReactor(IReactorProcess, IReactorTime):
     """What the manager needs of a reactor: processes and time."""
 
 
+#: Default of C{--max-stdin-bytes}: 1 GiB.
+DEFAULT_MAX_STDIN = 1 << 30
+
+
 @dataclass(frozen=True)
 class JobPolicy:
     """
@@ -37,6 +41,8 @@ class JobPolicy:
     createRate: float | None = None
     identities: Identities = field(default_factory=Identities)
     tmpSize: int = DEFAULT_TMP_SIZE
+    #: The most bytes one job's stdin may take (C{"stdin": true} jobs).
+    maxStdinBytes: int = DEFAULT_MAX_STDIN
 
     def checkMaxima(self, requested: Limits) -> None:
         """@raise BadRequest: a requested limit over the server's maximum."""

@@ -101,6 +101,8 @@ class JobRecord:
     #: An optional name and labels to find the job by (L{selection}).
     name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: Whether the job's stdin is fed through C{POST /jobs/ID/stdin}.
+    stdin: bool = False
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)
@@ -163,4 +165,5 @@ class JobRecord:
             "run_as": self.run_as,
             "name": self.name,
             "labels": dict(self.labels),
+            "stdin": self.stdin,
         }

@@ -53,6 +53,7 @@ _COLUMNS = (
     "name",
     "labels",
     "pending_reason",
+    "stdin",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -159,6 +160,8 @@ def _migrateTo6(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_name ON jobs (name, seq) WHERE name IS NOT NULL")
     # Why a queued job waits (Slurm's reason; the local queue's too).
     db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
+    # Jobs whose stdin the API feeds.
+    db.execute("ALTER TABLE jobs ADD COLUMN stdin INTEGER NOT NULL DEFAULT 0")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -204,6 +207,7 @@ def _row(record: JobRecord) -> tuple[object, ...]:
         record.name,
         json.dumps(record.labels) if record.labels else None,
         record.pending_reason,
+        int(record.stdin),
     )
 
 
@@ -241,6 +245,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         name=row["name"],
         labels={} if row["labels"] is None else json.loads(row["labels"]),
         pending_reason=row["pending_reason"],
+        stdin=bool(row["stdin"]),
     )
 
 

@@ -36,6 +36,7 @@ _CREATE_FIELDS = frozenset(
         "name",
         "labels",
         "slurm",
+        "stdin",
     }
 )
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
@@ -158,6 +159,8 @@ class JobRequest:
     timeout: float | None = None
     name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: Feed the job's stdin through C{POST /jobs/ID/stdin} (else it is closed).
+    stdin: bool = False
     #: Where in the Slurm cluster to run (C{--executor slurm} only).
     slurm: SlurmRequest | None = None
 
@@ -244,8 +247,15 @@ def parseJobRequest(body: bytes) -> JobRequest:
         timeout=_timeout(obj.get("timeout_seconds")),
         name=parseName(obj.get("name")),
         labels=parseLabels(obj.get("labels")),
+        stdin=_flag(obj.get("stdin", False), "stdin"),
         slurm=_slurm(obj.get("slurm")),
     )
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false")
+    return value
 
 
 def _positive(value: object, what: str) -> int:

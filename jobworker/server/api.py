@@ -46,6 +46,7 @@ from ..jobs.store import StoreError
 from ..jobs.validation import (
     onlyParameters,
     parseAge,
+    parseBool,
     parseCursor,
     parseJobId,
     parseJobRequest,
@@ -79,12 +80,15 @@ Route = Callable[Concatenate["JobsAPI", IRequest, P], Awaitable[Any]]
 
 
 def guarded(
-    permission: Permission, *parameters: str, tokens: bool = True
+    permission: Permission,
+    *parameters: str,
+    tokens: bool = True,
+    bodyType: bytes = b"application/json",
 ) -> Callable[[Handler[P]], Route[P]]:
     """
     Authenticate the request and check C{permission} before the handler;
-    refuse query parameters other than C{parameters}, and bearer tokens
-    unless C{tokens}.
+    refuse query parameters other than C{parameters}, bearer tokens unless
+    C{tokens}, and a state change whose body is not C{bodyType}.
     """
     allowed = frozenset(parameters)
 
@@ -94,7 +98,7 @@ def guarded(
         ) -> Any:
             user = await self._authenticator.authenticate(request, tokens)
             try:
-                refuseCrossSite(request)
+                refuseCrossSite(request, (bodyType,))
                 authorize(user, permission)
                 onlyParameters(_query(request), allowed)
                 return await handler(self, request, user, *args, **kwargs)
@@ -401,6 +405,18 @@ class JobsAPI:
         )
         stopped = await self._manager.stop(record.id, user.name, how)
         return _json(request, stopped.toJSON())
+
+    @app.route("/jobs/<jobId>/stdin", methods=["POST"])
+    @guarded(Permission.STDIN, "eof", bodyType=b"application/octet-stream")
+    async def jobStdin(self, request: IRequest, user: User, jobId: str) -> bytes:
+        record = self._manager.record(parseJobId(jobId))
+        authorize(user, Permission.STDIN, owner=record.owner)
+        eof = parseBool(_arg(request, b"eof"), "eof")
+        data = _body(request)
+        await self._manager.writeStdin(record.id, data, eof)
+        if eof:
+            self._audit(request, "job.stdin", user, "closed", job=record.id)
+        return _json(request, {"written": len(data), "closed": eof})
 
     @app.route("/jobs/<jobId>/logs", methods=["GET"])
     @guarded(Permission.LOGS, "stream", "offset", "tail", "follow", "format")

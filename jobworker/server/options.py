@@ -12,7 +12,7 @@ from ..jobs.identity import (
     parseRange,
 )
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
-from ..jobs.policy import DEFAULT_TMP_SIZE
+from ..jobs.policy import DEFAULT_MAX_STDIN, DEFAULT_TMP_SIZE
 from ..units import parseSize
 
 #: The bundled development certificate, relative to the working directory.
@@ -191,6 +191,13 @@ class Options(usage.Options):
             DEFAULT_TMP_SIZE,
             "Size of each private tmpfs (/tmp, /var/tmp, /dev/shm, the "
             "working directory) of a job that does not run as root.",
+            parseSize,
+        ],
+        [
+            "max-stdin-bytes",
+            None,
+            DEFAULT_MAX_STDIN,
+            'Most bytes one "stdin": true job may be sent (413 past it).',
             parseSize,
         ],
         ["max-running", None, None, "At most this many jobs run at once (429).", int],
@@ -448,6 +455,8 @@ class Options(usage.Options):
             raise usage.UsageError("--create-rate must be positive (at most 1e6)")
         if self["run-as"] is not None and self["allow-root-jobs"]:
             raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
+        if self["max-stdin-bytes"] < 1:
+            raise usage.UsageError("--max-stdin-bytes must be at least 1")
         if self["tmp-size"] < 1 << 20:
             raise usage.UsageError("--tmp-size must be at least 1M")
         if self["max-log-bytes"] < 0:

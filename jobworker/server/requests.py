@@ -136,7 +136,9 @@ MAX_LIST_BYTES = 4 << 20
 STATE_CHANGING = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 
-def refuseCrossSite(request: IRequest) -> None:
+def refuseCrossSite(
+    request: IRequest, contentTypes: tuple[bytes, ...] = (b"application/json",)
+) -> None:
     """
     The CSRF defence, for state-changing requests: a browser on another
     site can send a form (C{text/plain}, no body at all) with the user's
@@ -159,9 +161,11 @@ def refuseCrossSite(request: IRequest) -> None:
         if origin.strip().lower() != b"https://" + host.strip().lower():
             raise Forbidden("requests from another origin may not change anything")
     contentType = request.getHeader(b"content-type") or b""
-    if contentType.split(b";")[0].strip().lower() != b"application/json":
+    if contentType.split(b";")[0].strip().lower() not in contentTypes:
+        # Neither type can come from an HTML form without a CORS preflight.
         raise UnsupportedMediaType(
-            "a request that changes something needs Content-Type: application/json"
+            "a request that changes something needs Content-Type: "
+            + " or ".join(t.decode() for t in contentTypes)
         )
 
 

@@ -241,6 +241,7 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
         createRate=config["create-rate"],
         identities=identities,
         tmpSize=config["tmp-size"],
+        maxStdinBytes=config["max-stdin-bytes"],
     )
 
 

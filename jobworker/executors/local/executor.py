@@ -45,6 +45,7 @@ from .sandbox import (
     checkCommand,
     checkRunnable,
 )
+from .stdin import StdinFeed
 
 __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
 
@@ -336,6 +337,7 @@ class LocalExecutor:
             self._grace,
             self._killGroup,
             timeout=timeout,
+            stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env

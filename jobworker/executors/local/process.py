@@ -13,11 +13,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ...errors import Conflict
 from ...jobs.ending import Ending
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
+from .stdin import StdinFeed
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
 #: open by a process that left the job's session.
@@ -34,7 +36,10 @@ class JobProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.closeStdin()
+        if self._job.stdinFeed is None:
+            self.transport.closeStdin()
+        else:
+            self._job.stdinFeed.attach(self.transport)
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
@@ -73,6 +78,7 @@ class JobProcess:
         killGroup: Callable[[int, int], bool],
         cgroup: JobCgroup | None = None,
         timeout: float | None = None,
+        stdinFeed: StdinFeed | None = None,
     ) -> None:
         self._clock = reactor
         self.record = record
@@ -82,6 +88,8 @@ class JobProcess:
         self._killGroup = killGroup
         self.cgroup = cgroup
         self._timeout = timeout
+        #: The job's stdin, fed by the API; None: closed at start.
+        self.stdinFeed = stdinFeed
         self._timedOut = False
         self._killSent = False
         self._setupError: str | None = None
@@ -108,6 +116,16 @@ class JobProcess:
         self.record.started_at = self._clock.seconds()
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
+
+    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+        """
+        Feed the job's stdin; fires once the pipe can take more.
+
+        @raise Conflict: the job has no stdin feed, or it is closed.
+        """
+        if self.stdinFeed is None:
+            raise Conflict('the job was not started with "stdin": true')
+        return self.stdinFeed.write(data, eof)
 
     def recorded(self) -> None:
         """

@@ -145,6 +145,8 @@ class SlurmExecutor:
         """
         if request.slurm is not None:
             self._allowances.check(request.slurm)
+        if request.stdin:
+            raise BadRequest('"stdin": true is not supported by the Slurm executor')
         if self._reach.down:
             raise ServiceUnavailable(
                 f"Slurm is unreachable, try again later ({self._reach.reason})"

@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ...errors import ServiceUnavailable
+from ...errors import Conflict, ServiceUnavailable
 from ...jobs.ending import Ending
 from ...jobs.identity import Identity
 from ...jobs.records import JobRecord, JobStatus
@@ -295,6 +295,10 @@ class SlurmJob:
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         self._killCall = None
+
+    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+        """Slurm jobs never take stdin from the API (refused at creation)."""
+        raise Conflict('the job was not started with "stdin": true')
 
     def recorded(self) -> None:
         """sbatch runs after the record is stored (same reactor turn)."""
