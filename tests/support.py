@@ -67,6 +67,7 @@ class LiveServer:
         *extra: str,
         grace: float = 2.0,
         stateDir: str | None = None,
+        ownCertificate: bool = False,
     ) -> None:
         self.stateDir = stateDir or os.path.abspath(testCase.mktemp())
         if not any(
@@ -80,8 +81,7 @@ class LiveServer:
             [
                 "--tls",
                 "--port=0",
-                f"--cert={CERT}",
-                f"--key={KEY}",
+                *([] if ownCertificate else [f"--cert={CERT}", f"--key={KEY}"]),
                 f"--state-dir={self.stateDir}",
                 f"--stop-grace={grace}",
                 *extra,
@@ -99,8 +99,10 @@ class LiveServer:
         self.url = f"https://localhost:{self.port}"
         pool = HTTPConnectionPool(reactor, persistent=True)
         testCase.addCleanup(pool.closeCachedConnections)
+        #: The CA that signs the server's certificate.
+        self.ca = os.path.join(self.stateDir, "tls", "ca.pem") if ownCertificate else CA
         self.http = HTTPClient(
-            Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
+            Agent(reactor, contextFactory=TrustRootPolicy(self.ca), pool=pool)
         )
 
     def stop(self) -> Deferred[None] | None:

@@ -112,6 +112,8 @@ class DevelopmentCAClientTests(TestCase):
         Without a CA configured, a server that is not localhost, 127.0.0.1 or
         ::1 is refused with one line naming --ca and JW_CA, exit 2, before
         any connection is made (127.0.0.2 is a listener here that counts).
+        Only jw login connects, to fetch the CA for a person to trust (issue
+        17), and sends nothing of the user's there.
         """
         counter, port = await self.listenOn("127.0.0.2")
         for server in (
@@ -121,7 +123,7 @@ class DevelopmentCAClientTests(TestCase):
             "https://localhost.example.com:8443",
         ):
             env = plainEnvironment(self, server)
-            for verb in (["list"], ["status", "x"], ["login"], ["exec", "--", "true"]):
+            for verb in (["list"], ["status", "x"], ["exec", "--", "true"]):
                 out, err, code = await getProcessOutputAndValue(
                     JW, verb, env=env, reactor=reactor
                 )
@@ -132,6 +134,15 @@ class DevelopmentCAClientTests(TestCase):
                 for name in (b"--ca", b"JW_CA"):
                     self.assertIn(name, err)
         self.assertEqual(counter.connections, 0)
+        env = plainEnvironment(self, f"https://127.0.0.2:{port}")
+        out, err, code = await getProcessOutputAndValue(
+            JW, ["login"], env=env, reactor=reactor
+        )
+        self.assertEqual((out, code, err.count(b"\n")), (b"", 2, 1), err)
+        for name in (b"--ca", b"JW_CA"):
+            self.assertIn(name, err)
+        # One connection, hung up during the handshake: nothing was sent.
+        self.assertEqual(counter.connections, 1)
 
     async def test_loopbackNamesStillUseTheDevelopmentCA(self) -> None:
         """localhost (and 127.0.0.1) work with no CA configured, as before."""

@@ -27,8 +27,9 @@ NEVER: frozenset[str] = frozenset()
 
 #: The specification, written independently of the table: for each role and
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
-#: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs and
-#: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every job, and
+#: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs,
+#: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every
+#: job, and
 #: metrics.read (GET /metrics), which no other role has. Every role may
 #: get itself a token (tokens.create).
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {

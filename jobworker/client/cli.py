@@ -39,7 +39,7 @@ from .follow import waitFor
 from .http import ClientError, JobworkerClient
 from .interrupts import Interrupts
 from .parser import buildParser
-from .session import Connect, Session
+from .session import Connect, Session, trustOnFirstUse
 from .show import age
 from .streams import Streams
 from .verbs import VERBS
@@ -126,6 +126,8 @@ async def _commandLine(
         streams.show(COMPLETION[options.shell])
         return 0
     try:
+        if verb == "login":
+            trustOnFirstUse(settings, environ, path)
         session = Session.open(reactor, verb, settings, environ, tokens, connect)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None

@@ -113,11 +113,33 @@ def resolve(
     return settings
 
 
-def trustedCA(settings: Settings) -> str:
+def stateDir(environ: dict[str, str]) -> str:
+    """A server's default state dir for this user (as C{twistd jobworker})."""
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "jobworker")
+
+
+def localServerCA(environ: dict[str, str]) -> str | None:
+    """The CA a server of this user on this machine made, if there is one."""
+    path = os.path.join(stateDir(environ), "tls", "ca.pem")
+    return path if os.path.isfile(path) else None
+
+
+def trustedPath(configFolder: str, server: str) -> str:
+    """Where the CA trusted for C{server} at C{jw login} is kept."""
+    parts = urlsplit(server)
+    host = (parts.hostname or "").replace(":", "_")
+    return os.path.join(configFolder, "trusted", f"{host}_{parts.port or 443}.pem")
+
+
+def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     """
     The CA to verify C{settings.server} with: the one configured (flag,
-    environment or file), else the development CA, but only for the
-    loopback names in L{DEV_CA_HOSTS}.
+    environment or file); else the one trusted for it at C{jw login}; else,
+    for the loopback names in L{DEV_CA_HOSTS}, the CA of this user's server
+    on this machine if it made one, or the development CA.
 
     @raise ConfigError: no CA configured for another host (the message says
         what to pass), or a server URL with no usable host.
@@ -130,12 +152,16 @@ def trustedCA(settings: Settings) -> str:
         raise ConfigError(
             f"server must be an https:// URL, not {settings.server!r}"
         ) from None
+    environ = os.environ.copy() if environ is None else environ
+    saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
+    if os.path.isfile(saved):
+        return saved
     if host in DEV_CA_HOSTS:
-        return settings.ca
+        return localServerCA(environ) or settings.ca
     raise ConfigError(
-        f"no CA configured for {settings.server}: pass --ca FILE (or set JW_CA, "
-        'or ca = "FILE" in the config file); the development CA is trusted '
-        f"only for {', '.join(DEV_CA_HOSTS)}"
+        f"no CA known for {settings.server}: run jw login --server "
+        f"{settings.server} to see its CA's fingerprint and trust it, or pass "
+        '--ca FILE (JW_CA, or ca = "FILE" in the config file)'
     )
 
 

@@ -8,8 +8,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from .config import Settings, loadToken, saveToken, trustedCA
+from .config import (
+    DEV_CA_HOSTS,
+    Settings,
+    loadToken,
+    saveToken,
+    trustedCA,
+    trustedPath,
+)
 from .failures import NoPrompt, UsageFailure
 from .http import JobworkerClient
 from .streams import Streams
@@ -71,6 +79,60 @@ def _readLine(fd: int, limit: int = 1024) -> str:
     return data.decode("utf-8", "replace")
 
 
+def trustOnFirstUse(
+    settings: Settings, environ: dict[str, str], configFile: str
+) -> None:
+    """
+    At C{jw login}, for a server whose CA jw does not know: fetch the CA it
+    presents, show its SHA-256 fingerprint on the terminal and keep it for
+    that server if the person says yes (as ssh asks about a host key).
+
+    @raise UsageFailure: no terminal, the CA could not be fetched, or "no".
+    """
+    if settings.origins.get("ca", "default") != "default":
+        return
+    server = settings.server
+    saved = trustedPath(os.path.dirname(configFile), server)
+    if os.path.isfile(saved) or urlsplit(server).hostname in DEV_CA_HOSTS:
+        return
+    from .trust import TrustError, fetchCA, fingerprint, remember
+
+    try:
+        pem = fetchCA(server)
+    except TrustError as e:
+        raise UsageFailure(
+            f"{e} (to trust the server's CA; or pass --ca FILE, JW_CA)"
+        ) from None
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        raise UsageFailure(
+            f"no CA known for {server} and no terminal to confirm its "
+            "fingerprint: pass --ca FILE (or JW_CA)"
+        ) from None
+    try:
+        os.write(
+            fd,
+            (
+                f"The CA of {server} has the SHA-256 fingerprint\n"
+                f"  {fingerprint(pem)}\n"
+                "Compare it with the one its operator gives you (the server "
+                "logs it when it starts).\n"
+                f"Trust this CA for {server}? [y/N] "
+            ).encode(),
+        )
+        answer = _readLine(fd).strip().lower()
+        if answer not in ("y", "yes"):
+            raise UsageFailure(f"the CA of {server} was not trusted: nothing sent")
+        try:
+            remember(saved, pem)
+        except TrustError as e:
+            raise UsageFailure(str(e)) from None
+        os.write(fd, f"Kept in {saved}.\n".encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Session:
     """
@@ -96,7 +158,7 @@ class Session:
         connect: Connect = JobworkerClient.connect,
     ) -> Session:
         """Choose the credentials and build the client (may prompt)."""
-        server, ca = settings.server, trustedCA(settings)
+        server, ca = settings.server, trustedCA(settings, environ)
         if settings.cert or settings.key:
             client = connect(
                 reactor, server, ca, certPath=settings.cert, keyPath=settings.key

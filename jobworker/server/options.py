@@ -16,8 +16,6 @@ from ..jobs.policy import DEFAULT_MAX_STDIN, DEFAULT_TMP_SIZE
 from ..units import parseSize
 
 #: The bundled development certificate, relative to the working directory.
-DEV_CERT = os.path.join("certs", "server.pem")
-DEV_KEY = os.path.join("certs", "server.key")
 
 
 def defaultStateDir() -> str:
@@ -94,8 +92,14 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
         ["interface", None, "127.0.0.1", "Address to listen on."],
-        ["cert", None, DEV_CERT, "PEM certificate (chain) of the server."],
-        ["key", None, DEV_KEY, "PEM private key of the server."],
+        [
+            "cert",
+            None,
+            None,
+            "PEM certificate (chain) of the server (default: its own, made in "
+            "<state-dir>/tls on first start).",
+        ],
+        ["key", None, None, "PEM private key of the server (with --cert)."],
         ["users", None, None, "Users file (name:role:bcrypt-hash per line)."],
         [
             "state-dir",

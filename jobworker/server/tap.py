@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from .options import (
     Options,
 )
 from .requests import boundedRequestClass
+from .selfcert import SelfCertError, ensureServerCertificate
 from .services import (
     ListeningService,
     ManagerService,
@@ -146,11 +148,20 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
 
 
 def _tls(config: Options) -> Any:
-    """TLS 1.3 options; the development certificate only on loopback."""
+    """
+    TLS 1.3 options; the development certificate only on loopback; without
+    C{--cert} and C{--key}, the server's own (made on first start).
+    """
+    cert: str | None = config["cert"]
+    key: str | None = config["key"]
+    if cert is None and key is None:
+        cert, key = _ownCertificate(config)
+    elif cert is None or key is None:
+        fatal("--cert and --key go together: give both, or neither")
     try:
         tlsOptions = serverOptions(
-            config["cert"],
-            config["key"],
+            cert,
+            key,
             config["client-ca"],
             bool(config["require-client-cert"]),
         )
@@ -158,7 +169,7 @@ def _tls(config: Options) -> Any:
         fatal(str(e))
     # The development key and users are public: fine on loopback (with a
     # warning), never where another host can reach them.
-    if isDevelopmentCertificate(config["cert"]):  # wherever it was copied to
+    if isDevelopmentCertificate(cert):  # wherever it was copied to
         if not _isLoopback(config["interface"]):
             fatal(
                 "the DEVELOPMENT certificate (its key, certs/server.key, is "
@@ -170,6 +181,37 @@ def _tls(config: Options) -> Any:
             "(certs/server.key is public): use --cert/--key in production"
         )
     return tlsOptions
+
+
+def _ownCertificate(config: Options) -> tuple[str, str]:
+    """Use the server's own CA and certificate (made if absent): see selfcert."""
+    hosts = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    interface = config["interface"]
+    if interface and not _isWildcard(interface) and interface not in hosts:
+        hosts.append(interface)
+    folder = os.path.join(config["state-dir"], "tls")
+    try:
+        own = ensureServerCertificate(folder, hosts)
+    except SelfCertError as e:
+        fatal(str(e))
+    log.info(
+        "TLS: the server's own certificate for {hosts}, by its CA {ca} "
+        "(SHA-256 {fingerprint}){made}: jw on this machine finds it; elsewhere "
+        "give jw --ca with a copy, or trust it at jw login",
+        hosts=", ".join(hosts),
+        ca=own.ca,
+        fingerprint=own.fingerprint,
+        made=" (made now)" if own.made else "",
+    )
+    return own.cert, own.key
+
+
+def _isWildcard(interface: str) -> bool:
+    """Whether C{interface} means every address (no name to certify)."""
+    try:
+        return ipaddress.ip_address(interface).is_unspecified
+    except ValueError:
+        return False
 
 
 def _where(config: Options) -> str:

@@ -1,0 +1,86 @@
+"""
+Trust on first use, at C{jw login}: fetch the CA a server presents, show its
+SHA-256 fingerprint (as ssh shows a host key) and keep it once the person
+said yes. Imported only then (C{jw}'s other commands start without it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+#: Seconds to wait for a server's certificate chain.
+FETCH_TIMEOUT = 10.0
+
+
+class TrustError(Exception):
+    """The server's CA could not be fetched or kept; the message says why."""
+
+
+def fingerprint(pem: bytes) -> str:
+    """The SHA-256 fingerprint of a PEM certificate, as C{AB:CD:...}."""
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def fetchCA(server: str) -> bytes:
+    """
+    The CA certificate (PEM) at the end of the chain C{server} presents,
+    fetched WITHOUT verifying it: only to show its fingerprint for a person
+    to compare with the one the server's operator gives.
+
+    @raise TrustError: no connection, no TLS 1.3, or no CA in the chain.
+    """
+    parts = urlsplit(server)
+    host, port = parts.hostname or "", parts.port or 443
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    try:
+        raw = socket.create_connection((host, port), timeout=FETCH_TIMEOUT)
+    except OSError as e:
+        raise TrustError(f"cannot connect to {server}: {e.strerror or e}") from None
+    try:
+        connection = SSL.Connection(context, raw)
+        connection.set_tlsext_host_name(host.encode("idna"))
+        connection.set_connect_state()
+        raw.setblocking(True)
+        connection.do_handshake()
+        chain = connection.get_peer_cert_chain() or []
+    except (SSL.Error, OSError) as e:
+        raise TrustError(f"TLS 1.3 handshake with {server} failed: {e}") from None
+    finally:
+        raw.close()
+    if not chain:
+        raise TrustError(f"{server} sent no certificate")
+    last = chain[-1].to_cryptography()
+    try:
+        constraints = last.extensions.get_extension_for_class(x509.BasicConstraints)
+        isCA = constraints.value.ca
+    except x509.ExtensionNotFound:
+        isCA = False
+    if not isCA:
+        raise TrustError(
+            f"{server} sends no CA certificate with its own: ask its operator "
+            "for the CA file and pass it with --ca"
+        )
+    return last.public_bytes(serialization.Encoding.PEM)
+
+
+def remember(path: str, pem: bytes) -> None:
+    """Keep the CA trusted for a server (its folder 0700, the file 0644)."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        temporary = path + ".new"
+        with open(temporary, "wb") as f:
+            f.write(pem)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise TrustError(f"cannot keep the CA in {path}: {e.strerror}") from None

@@ -1,0 +1,217 @@
+"""
+The server's own CA and certificate, made on first start when no C{--cert}
+and C{--key} are given, and reused after: a server that works from any
+folder, with a CA that C{jw} can be told to trust (or finds by itself on the
+same machine).
+
+Layout, in C{<state-dir>/tls/}: C{ca.pem} (0644) and C{ca.key} (0600), the
+CA; C{server.pem} (0644: the server's certificate, then the CA's) and
+C{server.key} (0600). The server certificate is made anew, by the same CA,
+when it has less than L{RENEW_BEFORE} left or does not name every host it
+must; the CA is kept (clients that trust it go on trusting).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: How long the CA and the server certificate are valid.
+CA_DAYS = 3650
+SERVER_DAYS = 397
+#: A server certificate with less than this left is made anew at start.
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+class SelfCertError(Exception):
+    """The certificate folder cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """Where the server's own TLS files are, and the CA's fingerprint."""
+
+    cert: str
+    key: str
+    ca: str
+    fingerprint: str
+    made: bool
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """The SHA-256 of the certificate (DER), as C{AB:CD:...}, as browsers show."""
+    digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER))
+    return ":".join(f"{b:02X}" for b in digest.digest())
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _usage(ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _names(hosts: list[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"jobworker CA of {hostname}")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .add_extension(_usage(True), True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return ca, key
+
+
+def _makeServer(
+    ca: x509.Certificate, caKey: ec.EllipticCurvePrivateKey, hosts: list[str]
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(_usage(False), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.SubjectAlternativeName(_names(hosts)), False)
+        .sign(caKey, hashes.SHA256())
+    )
+    return certificate, key
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    """Write a whole file, C{mode} from the start, replacing it atomically."""
+    temporary = f"{path}.new"
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _current(
+    certPath: str, keyPath: str, ca: x509.Certificate, hosts: list[str]
+) -> bool:
+    """Whether the server certificate there is the CA's, names C{hosts}, lasts."""
+    try:
+        with open(certPath, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+        with open(keyPath, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+    except (OSError, ValueError):
+        return False
+    if leaf.issuer != ca.subject or leaf.public_key() != key.public_key():
+        return False
+    left = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    if left < RENEW_BEFORE:
+        return False
+    try:
+        named = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return set(_names(hosts)) <= set(named.value)
+
+
+def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
+    """
+    The server's own CA and certificate for C{hosts} in C{folder}: made if
+    absent, the server certificate renewed if it is old or misses a host.
+
+    @raise SelfCertError: the folder or its files cannot be used.
+    """
+    caPath = os.path.join(folder, "ca.pem")
+    caKeyPath = os.path.join(folder, "ca.key")
+    certPath = os.path.join(folder, "server.pem")
+    keyPath = os.path.join(folder, "server.key")
+    made = False
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        if not os.path.exists(caPath) and not os.path.exists(caKeyPath):
+            ca, caKey = _makeCA(hosts[0])
+            _write(caKeyPath, _keyPEM(caKey), 0o600)
+            _write(caPath, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+            made = True
+        with open(caPath, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(caKeyPath, "rb") as f:
+            loaded = serialization.load_pem_private_key(f.read(), None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or (
+            loaded.public_key() != ca.public_key()
+        ):
+            raise SelfCertError(f"{caKeyPath} is not the key of {caPath}")
+        if not _current(certPath, keyPath, ca, hosts):
+            leaf, key = _makeServer(ca, loaded, hosts)
+            _write(keyPath, _keyPEM(key), 0o600)
+            chain = leaf.public_bytes(serialization.Encoding.PEM)
+            chain += ca.public_bytes(serialization.Encoding.PEM)
+            _write(certPath, chain, 0o644)
+            made = True
+    except OSError as e:
+        raise SelfCertError(
+            f"cannot make the server's certificate in {folder}: {e.strerror}"
+        ) from None
+    except ValueError as e:
+        raise SelfCertError(
+            f"cannot use the certificate files in {folder}: {e}"
+        ) from None
+    return ServerCertificate(certPath, keyPath, caPath, fingerprint(ca), made)

@@ -1,0 +1,252 @@
+"""
+Issue 17, finding 9: a first run from any folder. Without --cert/--key the
+server makes its own CA and certificate in its state dir and reuses them;
+jw on the same machine (same user) finds that CA; for another host name,
+jw login shows the CA's fingerprint and keeps it once trusted; a built wheel
+works from a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+from cryptography import x509
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.server.selfcert import ensureServerCertificate
+
+from .support import JW, ROOT, LiveServer, jwEnvironment, runJW, waitUntil
+from .test_prompt import converse
+
+HOSTS = ["testhost", "localhost", "127.0.0.1", "::1"]
+
+
+def jwWith(env: dict[str, str], *argv: str) -> Deferred[tuple[bytes, bytes, int]]:
+    """Run jw with exactly C{env}: (stdout, stderr, exit status)."""
+    return getProcessOutputAndValue(  # type: ignore[no-any-return]
+        JW, list(argv), env=env, reactor=reactor
+    )
+
+
+class SelfCertTests(SynchronousTestCase):
+    def test_madeOnceThenReused(self) -> None:
+        """
+        The CA and server certificate are made with private keys 0600,
+        the chain holds the CA, and a second start reuses both.
+        """
+        folder = os.path.abspath(self.mktemp())
+        first = ensureServerCertificate(folder, HOSTS)
+        self.assertTrue(first.made)
+        for name, mode in (
+            ("ca.key", 0o600),
+            ("server.key", 0o600),
+            ("ca.pem", 0o644),
+            ("server.pem", 0o644),
+        ):
+            self.assertEqual(
+                stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode), mode, name
+            )
+        with open(first.cert, "rb") as f:
+            leaf, ca = x509.load_pem_x509_certificates(f.read())
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertEqual(
+            set(names.value.get_values_for_type(x509.DNSName)),
+            {"testhost", "localhost"},
+        )
+        self.assertEqual(leaf.issuer, ca.subject)
+        again = ensureServerCertificate(folder, HOSTS)
+        self.assertFalse(again.made)
+        self.assertEqual(again.fingerprint, first.fingerprint)
+
+    def test_newHostRenewsTheLeafKeepsTheCA(self) -> None:
+        """A host the certificate lacks: a new server certificate, the same CA."""
+        folder = os.path.abspath(self.mktemp())
+        first = ensureServerCertificate(folder, HOSTS)
+        with open(first.cert, "rb") as f:
+            before = f.read()
+        second = ensureServerCertificate(folder, [*HOSTS, "10.1.2.3"])
+        self.assertTrue(second.made)
+        self.assertEqual(second.fingerprint, first.fingerprint)
+        with open(second.cert, "rb") as f:
+            self.assertNotEqual(f.read(), before)
+
+
+class FirstRunTests(TestCase):
+    timeout = 240
+
+    async def test_jwFindsTheLocalServersCA(self) -> None:
+        """
+        A server without --cert/--key in this user's default state dir: jw
+        with no CA setting trusts it (not the development CA) for localhost.
+        """
+        xdg = os.path.abspath(self.mktemp())
+        server = LiveServer(
+            self, stateDir=os.path.join(xdg, "jobworker"), ownCertificate=True
+        )
+        job = await server.createJob("true")
+        env = jwEnvironment(server.url, XDG_STATE_HOME=xdg)
+        del env["JW_CA"]
+        out, err, code = await jwWith(env, "status", job["id"])
+        self.assertEqual(code, 0, err)
+        self.assertIn(job["id"].encode(), out)
+        # The development CA alone does not verify this server.
+        out, err, code = await runJW(server.url, "status", job["id"])
+        self.assertEqual(code, 1)
+        self.assertIn(b"not trusted", err)
+
+    async def test_loginTrustsOnFirstUse(self) -> None:
+        """
+        For a host name without a known CA, jw login shows the CA's SHA-256
+        fingerprint; "n" keeps nothing, "y" keeps it and later commands use it.
+        """
+        server = LiveServer(self, "--interface=127.0.0.2", ownCertificate=True)
+        url = f"https://127.0.0.2:{server.port}"
+        config = os.path.realpath(self.mktemp())
+        env = jwEnvironment(url, XDG_CONFIG_HOME=config, HOME=config)
+        del env["JW_CA"]
+        _out, err, code = await jwWith(env, "list")
+        self.assertEqual(code, 2, err)
+        self.assertIn(b"jw login --server", err)
+        with open(server.ca, "rb") as f:
+            from jobworker.client.trust import fingerprint
+
+            expected = fingerprint(f.read()).encode()
+        code, seen = await deferToThread(
+            converse, [JW, "login"], env, [(b"[y/N] ", b"n\n")]
+        )
+        self.assertNotEqual(code, 0, seen)
+        self.assertIn(expected, seen)
+        self.assertFalse(os.path.exists(os.path.join(config, "jobworker", "trusted")))
+        code, seen = await deferToThread(
+            converse, [JW, "login"], env, [(b"[y/N] ", b"y\n")]
+        )
+        self.assertEqual(code, 0, seen)
+        self.assertIn(b"logged in to", seen)
+        _out, err, code = await jwWith(env, "list")
+        self.assertEqual(code, 0, err)
+
+    async def test_wheelFromATemporaryFolder(self) -> None:
+        """
+        The built wheel, installed into a temporary folder, starts the
+        server from another folder (no certs/ there) and jw talks to it.
+        """
+        work = os.path.realpath(self.mktemp())
+        os.makedirs(work)
+        wheels, target = os.path.join(work, "wheels"), os.path.join(work, "site")
+
+        def build() -> None:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    wheels,
+                    ROOT,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            [wheel] = os.listdir(wheels)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--target",
+                    target,
+                    os.path.join(wheels, wheel),
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+        await deferToThread(build)
+        elsewhere = os.path.join(work, "elsewhere")
+        os.makedirs(elsewhere)
+        xdg = os.path.join(work, "state")
+        env = {
+            **os.environ,
+            "PYTHONPATH": target,
+            "XDG_STATE_HOME": xdg,
+            "HOME": work,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "twisted", "jobworker", "--help"],
+            cwd=elsewhere,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server.wait(60)
+        log = os.path.join(work, "server.log")
+        with open(log, "wb") as logFile:
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from twisted.scripts.twistd import run; "
+                    "sys.argv = ['twistd', '-n', '--pidfile=', 'jobworker', "
+                    "'--tls', '--port=0', '--dynamic-uids=70000-71999']; run()",
+                ],
+                cwd=elsewhere,
+                env=env,
+                stdout=logFile,
+                stderr=subprocess.STDOUT,
+            )
+        self.addCleanup(server.wait)
+        self.addCleanup(server.terminate)
+
+        def port() -> int | None:
+            with open(log, "rb") as f:
+                text = f.read()
+            marker = b"jobworker listening on https://127.0.0.1:"
+            if marker not in text:
+                self.assertIsNone(server.poll(), text)
+                return None
+            return int(text.split(marker)[1].split()[0])
+
+        listening = await waitUntil(port, 60, "the server")
+        url = f"https://localhost:{listening}"
+        jwEnv = {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": target,
+            "XDG_STATE_HOME": xdg,
+            "XDG_CONFIG_HOME": os.path.join(work, "config"),
+            "HOME": work,
+            "JW_SERVER": url,
+            "JW_USER": "alice",
+            "JW_PASSWORD": "alice-pass",
+        }
+
+        def jw(*argv: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "from jobworker.client.cli import main; main()",
+                    *argv,
+                ],
+                cwd=elsewhere,
+                env=jwEnv,
+                capture_output=True,
+                timeout=60,
+            )
+
+        result = await deferToThread(jw, "exec", "-f", "--", "pwd")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotEqual(result.stdout.strip(), elsewhere.encode())
+        self.assertTrue(os.path.exists(os.path.join(xdg, "jobworker", "tls", "ca.pem")))
