@@ -78,3 +78,53 @@ class PromptTests(TestCase):
         self.assertEqual(code, 0, seen)
         self.assertIn(job["id"].encode(), seen)
         self.assertNotIn(b"alice-pass", seen, "the password was echoed")
+
+    async def test_loginThenRenewalOnARealTerminal(self) -> None:
+        """
+        jw login asks for the name and password on the terminal and keeps a
+        token; later commands use it without asking; once it is about to
+        expire, the next command asks for the password again and renews it.
+        """
+        server = LiveServer(self, "--token-ttl=90")
+        job = await server.createJob("true", user="alice")
+        home = os.path.realpath(self.mktemp())
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "JW_SERVER": server.url,
+            "JW_CA": CA,
+            "HOME": home,
+            "XDG_CONFIG_HOME": home,
+        }
+        answers = [
+            (b"Username: ", b"alice\n"),
+            (b"Password for alice: ", b"alice-pass\n"),
+        ]
+        code, seen = await deferToThread(converse, [JW, "login"], env, answers)
+        self.assertEqual(code, 0, seen)
+        self.assertIn(b"logged in to", seen)
+        tokens = os.path.join(home, "jobworker", "tokens.json")
+        self.assertTrue(os.path.exists(tokens))
+        with open(tokens) as f:
+            saved = f.read()
+        # 90 s of life, renewed a minute before the end: not yet.
+        code, seen = await deferToThread(converse, [JW, "status", job["id"]], env, [])
+        self.assertEqual(code, 0, seen)
+        self.assertNotIn(b"Password", seen)
+        # Make the kept token about to expire: the next command renews it.
+        import json
+
+        entries = json.loads(saved)
+        for entry in entries.values():
+            entry["expires"] = entry["expires"] - 60
+        with open(tokens, "w") as f:
+            json.dump(entries, f)
+        code, seen = await deferToThread(
+            converse,
+            [JW, "status", job["id"]],
+            env,
+            [(b"Password for alice: ", b"alice-pass\n")],
+        )
+        self.assertEqual(code, 0, seen)
+        self.assertIn(b"logged in to", seen)
+        with open(tokens) as f:
+            self.assertNotEqual(f.read(), saved)

@@ -199,6 +199,13 @@ def loadToken(
     return (token if expires - 60 > now else None), True
 
 
+def savedUser(path: str, server: str) -> str | None:
+    """The user of the login kept for C{server}, if any."""
+    entry = _readTokens(path).get(server)
+    user = entry.get("user") if isinstance(entry, dict) else None
+    return user if isinstance(user, str) else None
+
+
 def saveToken(path: str, server: str, token: str, expires: float, user: str) -> None:
     """Keep a token for C{server} (file mode 0600, folder 0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

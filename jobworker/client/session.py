@@ -14,6 +14,7 @@ from .config import (
     DEV_CA_HOSTS,
     Settings,
     loadToken,
+    savedUser,
     saveToken,
     trustedCA,
     trustedPath,
@@ -176,7 +177,9 @@ class Session:
             return cls(client, server, tokensFile, token=token)
         if verb == "_ids" and "JW_PASSWORD" not in environ:
             raise NoPrompt()
-        user, password = credentials(environ, settings.user)
+        # An expired login is renewed for the user it was of.
+        known = settings.user or (savedUser(tokensFile, server) if saved else None)
+        user, password = credentials(environ, known)
         client = connect(reactor, server, ca, user, password)
         # An expired login is renewed with the password now given.
         return cls(client, server, tokensFile, renew=saved and token is None)
