@@ -99,6 +99,7 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker.client.cli",
                 "jobworker.client.completion",
                 "jobworker.client.config",
+                "jobworker.client.errors",
                 "jobworker.client.events",
                 "jobworker.client.failures",
                 "jobworker.client.follow",

@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
-from jobworker.jobs.store import MIGRATIONS, SCHEMA_VERSION, JobStore, StoreError
+from jobworker.jobs.schema import MIGRATIONS, SCHEMA_VERSION
+from jobworker.jobs.store import JobStore, StoreError
 
 
 def makeRecord(n: int, owner: str = "alice") -> JobRecord:

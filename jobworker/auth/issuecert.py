@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ..certificates import keyPEM, leafCertificate, newKey
 from .names import USER_NAME
 
 USAGE_EXAMPLE = """\
@@ -60,40 +59,16 @@ def issue(
             "letters, digits, '.', '_', '@' or '-', the first a letter or digit)"
         )
     ca, caKey = _load(caPath, caKeyPath)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
+    key = newKey()
+    certificate = leafCertificate(
+        name,
+        ca,
+        caKey,  # type: ignore[arg-type]
+        key.public_key(),
+        days,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
     )
-    keyPEM = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), keyPEM
+    return certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)
 
 
 def _create(path: str, mode: int) -> int:

@@ -26,6 +26,7 @@ from .config import (
     resolve,
     tokensPath,
 )
+from .errors import ClientError
 from .failures import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -36,7 +37,7 @@ from .failures import (
     report,
 )
 from .follow import waitFor
-from .http import ClientError, JobworkerClient
+from .http import JobworkerClient
 from .interrupts import Interrupts
 from .parser import buildParser
 from .session import Connect, Session, trustOnFirstUse

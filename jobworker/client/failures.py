@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..tls import TLSConfigError
 from .config import ConfigError
-from .http import ClientError
+from .errors import ClientError
 from .streams import Streams
 
 #: Exit status when our own stdout was closed under us (128 + SIGPIPE).

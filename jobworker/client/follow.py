@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.task import deferLater
 
+from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
-from .http import ClientError, JobworkerClient, exitStatusOf
+from .http import JobworkerClient, exitStatusOf
 from .show import jsonLine
 from .streams import Streams
 
 #: How often a follower reconnects after its stream broke off.
 FOLLOW_RETRIES = 5
+
+
+async def resuming(
+    client: JobworkerClient, attempt: Callable[[], Awaitable[None]]
+) -> None:
+    """
+    Run C{attempt} until it completes; when the connection broke (no HTTP
+    answer), run it again after a short, growing pause, up to
+    L{FOLLOW_RETRIES} times. Each attempt resumes where the last one left.
+    """
+    failures = 0
+    while True:
+        try:
+            await attempt()
+            return
+        except ClientError as e:
+            if e.status is not None or failures >= FOLLOW_RETRIES:
+                raise
+        failures += 1
+        await deferLater(client.reactor, 0.2 * failures)
 
 
 async def followCombined(
@@ -48,25 +69,15 @@ async def followCombined(
         elif event == "end":
             state["end"] = data
 
-    failures = 0
-    while True:
+    async def attempt() -> None:
         parser = EventParser(onEvent)
-        try:
-            await client.events(
-                jobId,
-                parser.feed,
-                "combined",
-                follow,
-                tail,
-                lastEventId=state["last"],
-            )
-            end: dict[str, Any] | None = state["end"]
-            return end
-        except ClientError as e:
-            if e.status is not None or failures >= FOLLOW_RETRIES:
-                raise
-        failures += 1
-        await deferLater(client.reactor, 0.2 * failures)
+        await client.events(
+            jobId, parser.feed, "combined", follow, tail, lastEventId=state["last"]
+        )
+
+    await resuming(client, attempt)
+    end: dict[str, Any] | None = state["end"]
+    return end
 
 
 async def followStream(
@@ -95,18 +106,12 @@ async def followStream(
         position = start
         tail = None
 
-    failures = 0
-    while True:
-        try:
-            await client.logs(
-                jobId, sink, stream, position, follow=True, tail=tail, onStart=started
-            )
-            return
-        except ClientError as e:
-            if e.status is not None or failures >= FOLLOW_RETRIES:
-                raise
-        failures += 1
-        await deferLater(client.reactor, 0.2 * failures)
+    async def attempt() -> None:
+        await client.logs(
+            jobId, sink, stream, position, follow=True, tail=tail, onStart=started
+        )
+
+    await resuming(client, attempt)
 
 
 async def waitFor(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from .config import (
@@ -23,23 +24,10 @@ from .failures import NoPrompt, UsageFailure
 from .http import JobworkerClient
 from .streams import Streams
 
-
-class Connect(Protocol):
-    """Builds the client for a server (L{JobworkerClient.connect}, or a fake)."""
-
-    def __call__(
-        self,
-        reactor: Any,
-        server: str,
-        caPath: str,
-        user: str | None = None,
-        password: str | None = None,
-        *,
-        token: str | None = None,
-        certPath: str | None = None,
-        keyPath: str | None = None,
-    ) -> JobworkerClient:
-        """A client of C{server} with these credentials."""
+#: Builds the client for a server: L{JobworkerClient.connect}'s signature
+#: (reactor, server, CA path, user, password, *, token, certPath, keyPath);
+#: tests pass one over C{StubTreq}.
+Connect = Callable[..., JobworkerClient]
 
 
 def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:

@@ -14,9 +14,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError, ensureDeferred, gatherResults
 
 from ..units import parseSize
+from .errors import ClientError
 from .failures import EXIT_INTERRUPTED, UsageFailure
 from .follow import followCombined, followStream, waitFor
-from .http import ClientError, JobworkerClient, exitStatusOf
+from .http import JobworkerClient, exitStatusOf
 from .interrupts import Interrupts
 from .show import jobLines, jobTable, jsonLine
 from .streams import Streams
@@ -89,6 +90,18 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
     if options.stdin:
         fields["stdin"] = True
     return fields
+
+
+def showJob(
+    job: dict[str, Any],
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+) -> int:
+    """A job as JSON (C{--json}) or as lines for a person; exit status 0."""
+    now = client.reactor.seconds()
+    streams.show(jsonLine(job) if options.json else jobLines(job, now))
+    return 0
 
 
 async def resolveId(client: JobworkerClient, text: str) -> str:
@@ -243,10 +256,7 @@ async def doStatus(
     interrupts: Interrupts,
 ) -> int:
     job = await client.job(await resolveId(client, options.id))
-    streams.show(
-        jsonLine(job) if options.json else jobLines(job, client.reactor.seconds())
-    )
-    return 0
+    return showJob(job, options, client, streams)
 
 
 async def doStop(
@@ -271,10 +281,7 @@ async def doStop(
     finally:
         if later.active():
             later.cancel()
-    streams.show(
-        jsonLine(job) if options.json else jobLines(job, client.reactor.seconds())
-    )
-    return 0
+    return showJob(job, options, client, streams)
 
 
 async def doRemove(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -12,61 +11,19 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .records import JobRecord, JobStatus
+from .schema import (
+    INSERT,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SELECT,
+    UPDATE,
+    fromRow,
+    toRow,
+)
 from .selection import ANY_JOB, JobFilter
-
-#: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
-#: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 6
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
-
-_COLUMNS = (
-    "id",
-    "owner",
-    "command",
-    "args",
-    "cwd",
-    "status",
-    "pid",
-    "exit_code",
-    "signal",
-    "error",
-    "created_at",
-    "started_at",
-    "ended_at",
-    "stopped_by",
-    "stdout_bytes",
-    "stderr_bytes",
-    "stdout_dropped",
-    "stderr_dropped",
-    "output_lost",
-    "boot_id",
-    "proc_start",
-    "limits",
-    "timeout_seconds",
-    "executor",
-    "slurm_job_id",
-    "node",
-    "run_as",
-    "stop_requested_at",
-    "name",
-    "labels",
-    "pending_reason",
-    "stdin",
-)
-# The statements are built once from the constant column list above; every
-# value goes through a ? parameter.
-_SELECT = "SELECT seq, " + ", ".join(_COLUMNS) + " FROM jobs"
-_INSERT = (
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_UPDATE = (
-    "UPDATE jobs SET "
-    + ", ".join(f"{column} = ?" for column in _COLUMNS[1:])
-    + " WHERE id = ?"
-)
 
 
 class StoreError(Exception):
@@ -94,159 +51,6 @@ def _mapped(what: str) -> Callable[[_F], _F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def _migrateTo1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            owner TEXT NOT NULL,
-            command TEXT NOT NULL,
-            args TEXT NOT NULL,
-            cwd TEXT,
-            status TEXT NOT NULL,
-            pid INTEGER,
-            exit_code INTEGER,
-            signal TEXT,
-            error TEXT,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            ended_at REAL,
-            stopped_by TEXT,
-            stdout_bytes INTEGER NOT NULL DEFAULT 0,
-            stderr_bytes INTEGER NOT NULL DEFAULT 0,
-            stdout_dropped INTEGER NOT NULL DEFAULT 0,
-            stderr_dropped INTEGER NOT NULL DEFAULT 0,
-            output_lost INTEGER NOT NULL DEFAULT 0,
-            boot_id TEXT,
-            proc_start INTEGER
-        )
-        """
-    )
-    db.execute("CREATE INDEX jobs_status ON jobs (status, seq)")
-    db.execute("CREATE INDEX jobs_owner ON jobs (owner, seq)")
-    db.execute("CREATE INDEX jobs_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL")
-
-
-def _migrateTo2(db: sqlite3.Connection) -> None:
-    # Resource limits (JSON) and timeouts arrived with per-job cgroups.
-    db.execute("ALTER TABLE jobs ADD COLUMN limits TEXT")
-    db.execute("ALTER TABLE jobs ADD COLUMN timeout_seconds REAL")
-
-
-def _migrateTo3(db: sqlite3.Connection) -> None:
-    # Executors arrived with Slurm: which one runs a job, its Slurm id, node.
-    db.execute("ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'")
-    db.execute("ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT")
-    db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
-
-
-def _migrateTo4(db: sqlite3.Connection) -> None:
-    # Identities: the Unix identity each job runs as.
-    db.execute("ALTER TABLE jobs ADD COLUMN run_as TEXT")
-
-
-def _migrateTo5(db: sqlite3.Connection) -> None:
-    # A stop in progress survives a restart (Slurm's escalation).
-    db.execute("ALTER TABLE jobs ADD COLUMN stop_requested_at REAL")
-
-
-def _migrateTo6(db: sqlite3.Connection) -> None:
-    # Names and labels (JSON) to find jobs by.
-    db.execute("ALTER TABLE jobs ADD COLUMN name TEXT")
-    db.execute("ALTER TABLE jobs ADD COLUMN labels TEXT")
-    db.execute("CREATE INDEX jobs_name ON jobs (name, seq) WHERE name IS NOT NULL")
-    # Why a queued job waits (Slurm's reason; the local queue's too).
-    db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
-    # Jobs whose stdin the API feeds.
-    db.execute("ALTER TABLE jobs ADD COLUMN stdin INTEGER NOT NULL DEFAULT 0")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _migrateTo1,
-    _migrateTo2,
-    _migrateTo3,
-    _migrateTo4,
-    _migrateTo5,
-    _migrateTo6,
-]
-
-
-def _row(record: JobRecord) -> tuple[object, ...]:
-    return (
-        record.id,
-        record.owner,
-        record.command,
-        json.dumps(record.args),
-        record.cwd,
-        record.status.value,
-        record.pid,
-        record.exit_code,
-        record.signal,
-        record.error,
-        record.created_at,
-        record.started_at,
-        record.ended_at,
-        record.stopped_by,
-        record.stdout_bytes,
-        record.stderr_bytes,
-        record.stdout_dropped,
-        record.stderr_dropped,
-        record.output_lost,
-        record.boot_id,
-        record.proc_start,
-        None if record.limits is None else json.dumps(record.limits),
-        record.timeout_seconds,
-        record.executor,
-        record.slurm_job_id,
-        record.node,
-        record.run_as,
-        record.stop_requested_at,
-        record.name,
-        json.dumps(record.labels) if record.labels else None,
-        record.pending_reason,
-        int(record.stdin),
-    )
-
-
-def _record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        seq=row["seq"],
-        id=row["id"],
-        owner=row["owner"],
-        command=row["command"],
-        args=json.loads(row["args"]),
-        cwd=row["cwd"],
-        status=JobStatus(row["status"]),
-        pid=row["pid"],
-        exit_code=row["exit_code"],
-        signal=row["signal"],
-        error=row["error"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        stopped_by=row["stopped_by"],
-        stdout_bytes=row["stdout_bytes"],
-        stderr_bytes=row["stderr_bytes"],
-        stdout_dropped=row["stdout_dropped"],
-        stderr_dropped=row["stderr_dropped"],
-        output_lost=row["output_lost"],
-        boot_id=row["boot_id"],
-        proc_start=row["proc_start"],
-        limits=None if row["limits"] is None else json.loads(row["limits"]),
-        timeout_seconds=row["timeout_seconds"],
-        executor=row["executor"],
-        slurm_job_id=row["slurm_job_id"],
-        node=row["node"],
-        run_as=row["run_as"],
-        stop_requested_at=row["stop_requested_at"],
-        name=row["name"],
-        labels={} if row["labels"] is None else json.loads(row["labels"]),
-        pending_reason=row["pending_reason"],
-        stdin=bool(row["stdin"]),
-    )
 
 
 class JobStore:
@@ -372,7 +176,7 @@ class JobStore:
         @raise StoreError: if it cannot be written (disk full, I/O error).
         """
         try:
-            cursor = self._db.execute(_INSERT, _row(record))
+            cursor = self._db.execute(INSERT, toRow(record))
         except sqlite3.Error as e:
             raise StoreError(f"cannot record job {record.id}: {e}") from None
         record.seq = cursor.lastrowid
@@ -384,15 +188,15 @@ class JobStore:
         @raise StoreError: if it cannot be written (disk full, I/O error).
         """
         try:
-            self._db.execute(_UPDATE, (*_row(record)[1:], record.id))
+            self._db.execute(UPDATE, (*toRow(record)[1:], record.id))
         except sqlite3.Error as e:
             raise StoreError(f"cannot record job {record.id}: {e}") from None
 
     @_mapped("read a job")
     def get(self, jobId: str) -> JobRecord | None:
         """The job with this id, or None."""
-        row = self._db.execute(_SELECT + " WHERE id = ?", (jobId,)).fetchone()
-        return None if row is None else _record(row)
+        row = self._db.execute(SELECT + " WHERE id = ?", (jobId,)).fetchone()
+        return None if row is None else fromRow(row)
 
     @_mapped("list jobs")
     def page(
@@ -415,13 +219,13 @@ class JobStore:
         if before is not None:
             where.append("seq < ?")
             params.append(before)
-        query = _SELECT
+        query = SELECT
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY seq DESC LIMIT ?"
         params.append(limit + 1)
         rows = self._db.execute(query, params).fetchall()
-        records = [_record(row) for row in rows[:limit]]
+        records = [fromRow(row) for row in rows[:limit]]
         more = len(rows) > limit
         return records, (records[-1].seq if more and records else None)
 
@@ -438,10 +242,10 @@ class JobStore:
     def running(self) -> list[JobRecord]:
         """Every job recorded as RUNNING or PENDING (not finished)."""
         rows = self._db.execute(
-            _SELECT + " WHERE status IN (?, ?) ORDER BY seq",
+            SELECT + " WHERE status IN (?, ?) ORDER BY seq",
             (JobStatus.RUNNING.value, JobStatus.PENDING.value),
         ).fetchall()
-        return [_record(row) for row in rows]
+        return [fromRow(row) for row in rows]
 
     @_mapped("list ended jobs")
     def endedBefore(self, when: float, limit: int = 1000) -> list[str]:

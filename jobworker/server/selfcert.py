@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..certificates import keyPEM, keyUsage, leafCertificate, newKey
+
 #: How long the CA and the server certificate are valid.
 CA_DAYS = 3650
 SERVER_DAYS = 397
@@ -52,32 +54,6 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return ":".join(f"{b:02X}" for b in digest.digest())
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _usage(ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def _names(hosts: list[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -89,7 +65,7 @@ def _names(hosts: list[str]) -> list[x509.GeneralName]:
 
 
 def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
+    key = newKey()
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"jobworker CA of {hostname}")]
@@ -103,7 +79,7 @@ def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
-        .add_extension(_usage(True), True)
+        .add_extension(keyUsage(True), True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
         )
@@ -115,21 +91,15 @@ def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
 def _makeServer(
     ca: x509.Certificate, caKey: ec.EllipticCurvePrivateKey, hosts: list[str]
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_usage(False), True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(x509.SubjectAlternativeName(_names(hosts)), False)
-        .sign(caKey, hashes.SHA256())
+    key = newKey()
+    certificate = leafCertificate(
+        hosts[0],
+        ca,
+        caKey,
+        key.public_key(),
+        SERVER_DAYS,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        _names(hosts),
     )
     return certificate, key
 
@@ -188,7 +158,7 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
         os.makedirs(folder, mode=0o755, exist_ok=True)
         if not os.path.exists(caPath) and not os.path.exists(caKeyPath):
             ca, caKey = _makeCA(hosts[0])
-            _write(caKeyPath, _keyPEM(caKey), 0o600)
+            _write(caKeyPath, keyPEM(caKey), 0o600)
             _write(caPath, ca.public_bytes(serialization.Encoding.PEM), 0o644)
             made = True
         with open(caPath, "rb") as f:
@@ -201,7 +171,7 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
             raise SelfCertError(f"{caKeyPath} is not the key of {caPath}")
         if not _current(certPath, keyPath, ca, hosts):
             leaf, key = _makeServer(ca, loaded, hosts)
-            _write(keyPath, _keyPEM(key), 0o600)
+            _write(keyPath, keyPEM(key), 0o600)
             chain = leaf.public_bytes(serialization.Encoding.PEM)
             chain += ca.public_bytes(serialization.Encoding.PEM)
             _write(certPath, chain, 0o644)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
-import socket
 import sys
-import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor as _globalReactor
@@ -30,31 +27,25 @@ from ..auth.users import UserDatabase, UsersFileError
 from ..executors.local.cgroups import Cgroups
 from ..executors.local.cgroups import detect as detectCgroups
 from ..executors.local.executor import LocalExecutor
-from ..executors.local.sandbox import SandboxError
 from ..executors.slurm.executor import SlurmExecutor
 from ..jobs.identity import (
-    DynamicUids,
     Identities,
-    Identity,
-    IdentityError,
-    rangeClashes,
 )
 from ..jobs.limits import Limits
 from ..jobs.manager import JobManager
 from ..jobs.policy import JobPolicy, JobReactor
-from ..jobs.recovery import killAll, processesByUid, processesOf
 from ..jobs.store import JobStore, StoreError
 from ..jobs.validation import SlurmAllowances
 from ..metrics import Metrics
-from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
+from . import identitysetup, tlssetup
 from .api import JobsAPI
 from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
+from .identitysetup import probeSandbox
 from .options import (
     Options,
 )
 from .requests import boundedRequestClass
-from .selfcert import SelfCertError, ensureServerCertificate
 from .services import (
     ListeningService,
     ManagerService,
@@ -62,17 +53,10 @@ from .services import (
     RetentionService,
     UsersReloadService,
 )
+from .startup import StartupError, fatal
+from .tlssetup import isLoopback, where
 
 log = Logger(namespace="jobworker.server.tap")
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says why, in one line."""
-
-
-def fatal(message: str) -> NoReturn:
-    """A builder refuses to go on: reported by L{makeService}."""
-    raise StartupError(message)
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -93,16 +77,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         raise SystemExit(1) from None
 
 
-def _isLoopback(interface: str) -> bool:
-    """Whether listening on C{interface} serves this host only."""
-    if interface == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(interface).is_loopback
-    except ValueError:  # "" (every interface) or a host name
-        return False
-
-
 def _build(config: Options, reactor: JobReactor) -> MultiService:
     """The composition root: each part made by one builder, in order."""
     if not config["tls"]:
@@ -110,11 +84,11 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
             "is no plaintext mode (twistd -n jobworker --tls)"
         )
-    tlsOptions = _tls(config)
+    tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
     slurm = config["executor"] == "slurm"
     cgroups = _cgroups(config, slurm)
-    identities = _identities(config, slurm)
+    identities = identitysetup.identities(config, slurm)
     policy = _policy(config, identities)
     metrics = Metrics()
     manager = _manager(config, reactor, slurm, cgroups, policy, metrics)
@@ -147,84 +121,13 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     return root
 
 
-def _tls(config: Options) -> Any:
-    """
-    TLS 1.3 options; the development certificate only on loopback; without
-    C{--cert} and C{--key}, the server's own (made on first start).
-    """
-    cert: str | None = config["cert"]
-    key: str | None = config["key"]
-    if cert is None and key is None:
-        cert, key = _ownCertificate(config)
-    elif cert is None or key is None:
-        fatal("--cert and --key go together: give both, or neither")
-    try:
-        tlsOptions = serverOptions(
-            cert,
-            key,
-            config["client-ca"],
-            bool(config["require-client-cert"]),
-        )
-    except TLSConfigError as e:
-        fatal(str(e))
-    # The development key and users are public: fine on loopback (with a
-    # warning), never where another host can reach them.
-    if isDevelopmentCertificate(cert):  # wherever it was copied to
-        if not _isLoopback(config["interface"]):
-            fatal(
-                "the DEVELOPMENT certificate (its key, certs/server.key, is "
-                f"public) must not serve {_where(config)}: give --cert and "
-                "--key of your own"
-            )
-        log.warn(
-            "running with the bundled DEVELOPMENT certificate and key "
-            "(certs/server.key is public): use --cert/--key in production"
-        )
-    return tlsOptions
-
-
-def _ownCertificate(config: Options) -> tuple[str, str]:
-    """Use the server's own CA and certificate (made if absent): see selfcert."""
-    hosts = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    interface = config["interface"]
-    if interface and not _isWildcard(interface) and interface not in hosts:
-        hosts.append(interface)
-    folder = os.path.join(config["state-dir"], "tls")
-    try:
-        own = ensureServerCertificate(folder, hosts)
-    except SelfCertError as e:
-        fatal(str(e))
-    log.info(
-        "TLS: the server's own certificate for {hosts}, by its CA {ca} "
-        "(SHA-256 {fingerprint}){made}: jw on this machine finds it; elsewhere "
-        "give jw --ca with a copy, or trust it at jw login",
-        hosts=", ".join(hosts),
-        ca=own.ca,
-        fingerprint=own.fingerprint,
-        made=" (made now)" if own.made else "",
-    )
-    return own.cert, own.key
-
-
-def _isWildcard(interface: str) -> bool:
-    """Whether C{interface} means every address (no name to certify)."""
-    try:
-        return ipaddress.ip_address(interface).is_unspecified
-    except ValueError:
-        return False
-
-
-def _where(config: Options) -> str:
-    return f"--interface {config['interface'] or '(every interface)'}"
-
-
 def _users(config: Options) -> UserDatabase:
     """The users file, or the development users (only on loopback)."""
     if config["users"] is None:
-        if not _isLoopback(config["interface"]):
+        if not isLoopback(config["interface"]):
             fatal(
                 "the DEVELOPMENT users (their passwords are public) must not "
-                f"serve {_where(config)}: give --users FILE"
+                f"serve {where(config)}: give --users FILE"
             )
         log.warn(
             "running with the DEVELOPMENT users alice, bob, rita and ada, whose "
@@ -314,7 +217,7 @@ def _manager(
                 cgroups=cgroups,
                 policy=policy,
             )
-            _probeSandbox(local, policy.identities)
+            probeSandbox(local, policy.identities)
             executor = local
         manager = JobManager(
             reactor, stateDir, executor, store=store, policy=policy, metrics=metrics
@@ -444,100 +347,6 @@ def _listen(
             )
         fatal(f"cannot listen: {error}")
     return ports[0]
-
-
-def _identities(config: Options, slurm: bool) -> Identities:
-    """Who jobs run as (see the README's threat model), said in the log."""
-    server = Identity.ofServer()
-    if server.uid != 0:
-        if config["run-as"] is not None:
-            fatal("--run-as needs the server to run as root")
-        log.warn(
-            "the server runs as {user}, not root: every user's jobs run as "
-            "{user} and share that identity (each can read the others' "
-            "environment and signal them)",
-            user=server.label,
-        )
-        return Identities(server=server)
-    if slurm:
-        return Identities(server=server)
-    if config["run-as"] is not None:
-        try:
-            shared = Identity.ofAccount(config["run-as"])
-        except IdentityError as e:
-            fatal(f"--run-as: {e}")
-        log.warn(
-            "--run-as {user}: the jobs of every user without a mapped account "
-            "share the account {user}: they can read each other's files and, "
-            "without --isolate pid, each other's environment and signal each "
-            "other",
-            user=shared.label,
-        )
-        return Identities(shared=shared, server=server)
-    if config["allow-root-jobs"]:
-        log.warn(
-            "--allow-root-jobs: the jobs of users without a mapped account RUN "
-            "AS ROOT: any Developer can read the token key and every secret "
-            "of this machine"
-        )
-        return Identities(server=server)
-    first, last = config["dynamic-uids"]
-    clashes = rangeClashes(first, last)
-    if clashes:
-        fatal(
-            f"--dynamic-uids {first}-{last} is used by {', '.join(clashes[:5])}: "
-            "choose a free range"
-        )
-    try:
-        pool = DynamicUids(first, last)
-    except OSError as e:
-        fatal(f"cannot make the dynamic uid lock folder: {e.strerror}")
-    _reclaim(pool)
-    log.info(
-        "jobs of users without a mapped account run as a dynamic uid of their "
-        "own ({first}-{last})",
-        first=first,
-        last=last,
-    )
-    return Identities(pool=pool, server=server)
-
-
-def _reclaim(pool: DynamicUids) -> None:
-    """Kill what a dead server's dynamic jobs left, then free their uids."""
-    found = pool.reclaim(processesByUid(pool.uids), killAll)
-    for uid in found:
-        for _ in range(100):
-            if not processesOf(uid):
-                pool.release(uid)
-                break
-            time.sleep(0.01)
-        else:
-            log.warn("dynamic uid {uid} still has processes: not used", uid=uid)
-    if found:
-        log.warn("killed the leftovers of {count} dynamic uid(s)", count=len(found))
-
-
-def _probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
-    """Refuse to start if the job sandbox does not work on this machine."""
-    sandbox = executor.sandbox
-    if sandbox is None:
-        return
-    if identities.shared is not None:
-        probe = identities.shared
-    elif identities.pool is not None:
-        probe = Identity.ofDynamicUid(identities.pool.acquire())
-    else:
-        return
-    try:
-        sandbox.probe(probe)
-    except SandboxError as e:
-        fatal(
-            f"cannot sandbox jobs on this machine ({e}): jobs that do not run "
-            "as root need mount namespaces and per-mount /proc options "
-            "(Linux 5.8+)"
-        )
-    finally:
-        identities.release(probe)
 
 
 def _reason(error: CannotListenError) -> str:

@@ -1,0 +1,216 @@
+"""
+The job store's schema: its columns, the statements built from them, the
+migrations from each version to the next, and a record to a row and back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+from .records import JobRecord, JobStatus
+
+#: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
+#: database from version C{i} to C{i + 1}; version 0 is an empty file.
+SCHEMA_VERSION = 6
+
+COLUMNS = (
+    "id",
+    "owner",
+    "command",
+    "args",
+    "cwd",
+    "status",
+    "pid",
+    "exit_code",
+    "signal",
+    "error",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "stopped_by",
+    "stdout_bytes",
+    "stderr_bytes",
+    "stdout_dropped",
+    "stderr_dropped",
+    "output_lost",
+    "boot_id",
+    "proc_start",
+    "limits",
+    "timeout_seconds",
+    "executor",
+    "slurm_job_id",
+    "node",
+    "run_as",
+    "stop_requested_at",
+    "name",
+    "labels",
+    "pending_reason",
+    "stdin",
+)
+# The statements are built once from the constant column list above; every
+# value goes through a ? parameter.
+SELECT = "SELECT seq, " + ", ".join(COLUMNS) + " FROM jobs"
+INSERT = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+UPDATE = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{column} = ?" for column in COLUMNS[1:])
+    + " WHERE id = ?"
+)
+
+
+def _migrateTo1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            cwd TEXT,
+            status TEXT NOT NULL,
+            pid INTEGER,
+            exit_code INTEGER,
+            signal TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            stopped_by TEXT,
+            stdout_bytes INTEGER NOT NULL DEFAULT 0,
+            stderr_bytes INTEGER NOT NULL DEFAULT 0,
+            stdout_dropped INTEGER NOT NULL DEFAULT 0,
+            stderr_dropped INTEGER NOT NULL DEFAULT 0,
+            output_lost INTEGER NOT NULL DEFAULT 0,
+            boot_id TEXT,
+            proc_start INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_status ON jobs (status, seq)")
+    db.execute("CREATE INDEX jobs_owner ON jobs (owner, seq)")
+    db.execute("CREATE INDEX jobs_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL")
+
+
+def _migrateTo2(db: sqlite3.Connection) -> None:
+    # Resource limits (JSON) and timeouts arrived with per-job cgroups.
+    db.execute("ALTER TABLE jobs ADD COLUMN limits TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN timeout_seconds REAL")
+
+
+def _migrateTo3(db: sqlite3.Connection) -> None:
+    # Executors arrived with Slurm: which one runs a job, its Slurm id, node.
+    db.execute("ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'")
+    db.execute("ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN node TEXT")
+
+
+def _migrateTo4(db: sqlite3.Connection) -> None:
+    # Identities: the Unix identity each job runs as.
+    db.execute("ALTER TABLE jobs ADD COLUMN run_as TEXT")
+
+
+def _migrateTo5(db: sqlite3.Connection) -> None:
+    # A stop in progress survives a restart (Slurm's escalation).
+    db.execute("ALTER TABLE jobs ADD COLUMN stop_requested_at REAL")
+
+
+def _migrateTo6(db: sqlite3.Connection) -> None:
+    # Names and labels (JSON) to find jobs by.
+    db.execute("ALTER TABLE jobs ADD COLUMN name TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN labels TEXT")
+    db.execute("CREATE INDEX jobs_name ON jobs (name, seq) WHERE name IS NOT NULL")
+    # Why a queued job waits (Slurm's reason; the local queue's too).
+    db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
+    # Jobs whose stdin the API feeds.
+    db.execute("ALTER TABLE jobs ADD COLUMN stdin INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrateTo1,
+    _migrateTo2,
+    _migrateTo3,
+    _migrateTo4,
+    _migrateTo5,
+    _migrateTo6,
+]
+
+
+def toRow(record: JobRecord) -> tuple[object, ...]:
+    return (
+        record.id,
+        record.owner,
+        record.command,
+        json.dumps(record.args),
+        record.cwd,
+        record.status.value,
+        record.pid,
+        record.exit_code,
+        record.signal,
+        record.error,
+        record.created_at,
+        record.started_at,
+        record.ended_at,
+        record.stopped_by,
+        record.stdout_bytes,
+        record.stderr_bytes,
+        record.stdout_dropped,
+        record.stderr_dropped,
+        record.output_lost,
+        record.boot_id,
+        record.proc_start,
+        None if record.limits is None else json.dumps(record.limits),
+        record.timeout_seconds,
+        record.executor,
+        record.slurm_job_id,
+        record.node,
+        record.run_as,
+        record.stop_requested_at,
+        record.name,
+        json.dumps(record.labels) if record.labels else None,
+        record.pending_reason,
+        int(record.stdin),
+    )
+
+
+def fromRow(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        seq=row["seq"],
+        id=row["id"],
+        owner=row["owner"],
+        command=row["command"],
+        args=json.loads(row["args"]),
+        cwd=row["cwd"],
+        status=JobStatus(row["status"]),
+        pid=row["pid"],
+        exit_code=row["exit_code"],
+        signal=row["signal"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        stopped_by=row["stopped_by"],
+        stdout_bytes=row["stdout_bytes"],
+        stderr_bytes=row["stderr_bytes"],
+        stdout_dropped=row["stdout_dropped"],
+        stderr_dropped=row["stderr_dropped"],
+        output_lost=row["output_lost"],
+        boot_id=row["boot_id"],
+        proc_start=row["proc_start"],
+        limits=None if row["limits"] is None else json.loads(row["limits"]),
+        timeout_seconds=row["timeout_seconds"],
+        executor=row["executor"],
+        slurm_job_id=row["slurm_job_id"],
+        node=row["node"],
+        run_as=row["run_as"],
+        stop_requested_at=row["stop_requested_at"],
+        name=row["name"],
+        labels={} if row["labels"] is None else json.loads(row["labels"]),
+        pending_reason=row["pending_reason"],
+        stdin=bool(row["stdin"]),
+    )

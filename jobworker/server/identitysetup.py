@@ -1,0 +1,120 @@
+"""
+Who jobs run as, decided at start (see the README's threat model): the
+server's own user, a shared account, root, or dynamic uids (their range
+checked, a dead server's leftovers reclaimed); and the sandbox probe.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.logger import Logger
+
+from ..executors.local.executor import LocalExecutor
+from ..executors.local.sandbox import SandboxError
+from ..jobs.identity import (
+    DynamicUids,
+    Identities,
+    Identity,
+    IdentityError,
+    rangeClashes,
+)
+from ..jobs.recovery import killAll, processesByUid, processesOf
+from .options import Options
+from .startup import fatal
+
+log = Logger(namespace="jobworker.server.tap")
+
+
+def identities(config: Options, slurm: bool) -> Identities:
+    """Who jobs run as (see the README's threat model), said in the log."""
+    server = Identity.ofServer()
+    if server.uid != 0:
+        if config["run-as"] is not None:
+            fatal("--run-as needs the server to run as root")
+        log.warn(
+            "the server runs as {user}, not root: every user's jobs run as "
+            "{user} and share that identity (each can read the others' "
+            "environment and signal them)",
+            user=server.label,
+        )
+        return Identities(server=server)
+    if slurm:
+        return Identities(server=server)
+    if config["run-as"] is not None:
+        try:
+            shared = Identity.ofAccount(config["run-as"])
+        except IdentityError as e:
+            fatal(f"--run-as: {e}")
+        log.warn(
+            "--run-as {user}: the jobs of every user without a mapped account "
+            "share the account {user}: they can read each other's files and, "
+            "without --isolate pid, each other's environment and signal each "
+            "other",
+            user=shared.label,
+        )
+        return Identities(shared=shared, server=server)
+    if config["allow-root-jobs"]:
+        log.warn(
+            "--allow-root-jobs: the jobs of users without a mapped account RUN "
+            "AS ROOT: any Developer can read the token key and every secret "
+            "of this machine"
+        )
+        return Identities(server=server)
+    first, last = config["dynamic-uids"]
+    clashes = rangeClashes(first, last)
+    if clashes:
+        fatal(
+            f"--dynamic-uids {first}-{last} is used by {', '.join(clashes[:5])}: "
+            "choose a free range"
+        )
+    try:
+        pool = DynamicUids(first, last)
+    except OSError as e:
+        fatal(f"cannot make the dynamic uid lock folder: {e.strerror}")
+    _reclaim(pool)
+    log.info(
+        "jobs of users without a mapped account run as a dynamic uid of their "
+        "own ({first}-{last})",
+        first=first,
+        last=last,
+    )
+    return Identities(pool=pool, server=server)
+
+
+def _reclaim(pool: DynamicUids) -> None:
+    """Kill what a dead server's dynamic jobs left, then free their uids."""
+    found = pool.reclaim(processesByUid(pool.uids), killAll)
+    for uid in found:
+        for _ in range(100):
+            if not processesOf(uid):
+                pool.release(uid)
+                break
+            time.sleep(0.01)
+        else:
+            log.warn("dynamic uid {uid} still has processes: not used", uid=uid)
+    if found:
+        log.warn("killed the leftovers of {count} dynamic uid(s)", count=len(found))
+
+
+def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
+    """Refuse to start if the job sandbox does not work on this machine."""
+    sandbox = executor.sandbox
+    if sandbox is None:
+        return
+    if identities.shared is not None:
+        probe = identities.shared
+    elif identities.pool is not None:
+        probe = Identity.ofDynamicUid(identities.pool.acquire())
+    else:
+        return
+    try:
+        sandbox.probe(probe)
+    except SandboxError as e:
+        fatal(
+            f"cannot sandbox jobs on this machine ({e}): jobs that do not run "
+            "as root need mount namespaces and per-mount /proc options "
+            "(Linux 5.8+)"
+        )
+    finally:
+        identities.release(probe)

@@ -1,0 +1,102 @@
+"""
+The server's TLS set-up at start: its certificate (given, or its own made in
+the state dir), TLS 1.3 options, and the rule that the development
+certificate serves loopback only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from typing import Any
+
+from twisted.logger import Logger
+
+from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
+from .options import Options
+from .selfcert import SelfCertError, ensureServerCertificate
+from .startup import fatal
+
+log = Logger(namespace="jobworker.server.tap")
+
+
+def isLoopback(interface: str) -> bool:
+    """Whether listening on C{interface} serves this host only."""
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:  # "" (every interface) or a host name
+        return False
+
+
+def tlsOptions(config: Options) -> Any:
+    """
+    TLS 1.3 options; the development certificate only on loopback; without
+    C{--cert} and C{--key}, the server's own (made on first start).
+    """
+    cert: str | None = config["cert"]
+    key: str | None = config["key"]
+    if cert is None and key is None:
+        cert, key = _ownCertificate(config)
+    elif cert is None or key is None:
+        fatal("--cert and --key go together: give both, or neither")
+    try:
+        tlsOptions = serverOptions(
+            cert,
+            key,
+            config["client-ca"],
+            bool(config["require-client-cert"]),
+        )
+    except TLSConfigError as e:
+        fatal(str(e))
+    # The development key and users are public: fine on loopback (with a
+    # warning), never where another host can reach them.
+    if isDevelopmentCertificate(cert):  # wherever it was copied to
+        if not isLoopback(config["interface"]):
+            fatal(
+                "the DEVELOPMENT certificate (its key, certs/server.key, is "
+                f"public) must not serve {where(config)}: give --cert and "
+                "--key of your own"
+            )
+        log.warn(
+            "running with the bundled DEVELOPMENT certificate and key "
+            "(certs/server.key is public): use --cert/--key in production"
+        )
+    return tlsOptions
+
+
+def _ownCertificate(config: Options) -> tuple[str, str]:
+    """Use the server's own CA and certificate (made if absent): see selfcert."""
+    hosts = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    interface = config["interface"]
+    if interface and not _isWildcard(interface) and interface not in hosts:
+        hosts.append(interface)
+    folder = os.path.join(config["state-dir"], "tls")
+    try:
+        own = ensureServerCertificate(folder, hosts)
+    except SelfCertError as e:
+        fatal(str(e))
+    log.info(
+        "TLS: the server's own certificate for {hosts}, by its CA {ca} "
+        "(SHA-256 {fingerprint}){made}: jw on this machine finds it; elsewhere "
+        "give jw --ca with a copy, or trust it at jw login",
+        hosts=", ".join(hosts),
+        ca=own.ca,
+        fingerprint=own.fingerprint,
+        made=" (made now)" if own.made else "",
+    )
+    return own.cert, own.key
+
+
+def _isWildcard(interface: str) -> bool:
+    """Whether C{interface} means every address (no name to certify)."""
+    try:
+        return ipaddress.ip_address(interface).is_unspecified
+    except ValueError:
+        return False
+
+
+def where(config: Options) -> str:
+    return f"--interface {config['interface'] or '(every interface)'}"
