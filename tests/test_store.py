@@ -8,8 +8,8 @@ import sqlite3
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.records import JobRecord, JobStatus
-from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.schema import MIGRATIONS, SCHEMA_VERSION
+from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.store import JobStore, StoreError
 
 
