@@ -74,6 +74,29 @@ class _ExecutorUp(Collector):
         yield family
 
 
+class _QueueLength(Collector):
+    """Jobs waiting in the queue, per user, counted when scraped."""
+
+    def __init__(self, byUser: Callable[[], dict[str, int]]) -> None:
+        self._byUser = byUser
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "jobworker_queued_jobs",
+            "Jobs waiting in the queue, by user",
+            labels=["user"],
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for user, count in sorted(self._byUser().items()):
+            family.add_metric([user], count)
+        yield family
+
+
 class Metrics:
     """The server's metrics, in a registry of its own (no global state)."""
 
@@ -105,6 +128,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.pendingSeconds = Histogram(
+            "jobworker_job_pending_seconds",
+            "Time jobs waited in the queue before they started",
+            buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
         self.authFailures = Counter(
             "jobworker_auth_failures", "Failed authentications", registry=r
         )
@@ -112,6 +141,10 @@ class Metrics:
     def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Report C{counts()} (jobs by status) at every scrape."""
         self.registry.register(_JobCounts(counts))
+
+    def watchQueue(self, byUser: Callable[[], dict[str, int]]) -> None:
+        """Report C{byUser()} (queued jobs per user) at every scrape."""
+        self.registry.register(_QueueLength(byUser))
 
     def watchExecutor(self, up: Callable[[], tuple[str, bool]]) -> None:
         """Report C{up()} (executor name, up) as C{jobworker_executor_up}."""

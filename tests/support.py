@@ -157,7 +157,7 @@ class LiveServer:
         while True:
             code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
             assert code == 200, (code, job)
-            if job["status"] != "RUNNING":
+            if job["status"] not in ("RUNNING", "PENDING"):
                 return job  # type: ignore[no-any-return]
             if reactor.seconds() > deadline:  # type: ignore[attr-defined]
                 raise AssertionError(f"job {jobId} still RUNNING after {timeout}s")

@@ -128,13 +128,18 @@ class ManagerFairnessTests(SynchronousTestCase):
         manager.create(request, "bob")
 
     def test_runningPerUser(self) -> None:
-        """--max-running-per-user: bob's third running job is 429; alice runs."""
-        manager = self.manager(maxRunningPerUser=2)
+        """
+        --max-running-per-user: bob's third job waits in the queue (issue 18);
+        alice's runs; past --max-queued-per-user it is 429.
+        """
+        manager = self.manager(maxRunningPerUser=2, maxQueuedPerUser=1)
         request = parseJobRequest(b'{"command": "sleep", "args": ["9"]}')
         manager.create(request, "bob")
         manager.create(request, "bob")
+        third = manager.create(request, "bob")
+        self.assertEqual(third.status.value, "PENDING")
         self.assertRaises(TooManyRequests, manager.create, request, "bob")
-        manager.create(request, "alice")
+        self.assertEqual(manager.create(request, "alice").status.value, "RUNNING")
 
     def test_limitsAboveTheMachineRefused(self) -> None:
         """memory_bytes of 10**15 is 400 even with no --max-memory."""

@@ -204,16 +204,22 @@ class TimeAndCountTests(TestCase):
         self.assertIn("timed out", ended["error"])
 
     async def test_maxRunning(self) -> None:
-        """Past --max-running jobs, POST /jobs is 429 with Retry-After."""
-        server = LiveServer(self, "--max-running=1", grace=1.0)
+        """
+        Past --max-running a job waits PENDING (issue 18) and runs as soon as
+        the slot frees; past --max-queued POST /jobs is 429 with Retry-After.
+        """
+        server = LiveServer(self, "--max-running=1", "--max-queued=1", grace=1.0)
         first = await server.createJob("sleep", "30")
+        second = await server.createJob("true")
+        self.assertEqual(second["status"], "PENDING")
+        self.assertIn("queued", second["pending_reason"])
         response = await server.request("POST", "/jobs", body={"command": "true"})
         self.assertEqual(response.code, 429)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
         self.assertIn(b"error", await treq.content(response))
         await server.json("POST", f"/jobs/{first['id']}/stop")
-        job = await server.createJob("true")
-        self.assertEqual(job["status"], "RUNNING")
+        ended = await server.waitEnded(second["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
 
     async def test_limitsRefusedWithoutCgroups(self) -> None:
         """With cgroups off, a request for limits is a clear 400; others run."""

@@ -29,8 +29,8 @@ NEVER: frozenset[str] = frozenset()
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs,
 #: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every
-#: job, and
-#: metrics.read (GET /metrics), which no other role has. Every role may
+#: job, jobs.prioritize (a priority above the default) and metrics.read
+#: (GET /metrics), which no other role has. Every role may
 #: get itself a token (tokens.create).
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
     Role.READER: {
@@ -40,6 +40,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: NEVER,
         Permission.DELETE: NEVER,
         Permission.STDIN: NEVER,
+        Permission.PRIORITIZE: NEVER,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
     },
@@ -50,6 +51,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: OWN_ONLY,
         Permission.DELETE: OWN_ONLY,
         Permission.STDIN: OWN_ONLY,
+        Permission.PRIORITIZE: NEVER,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
     },
@@ -60,6 +62,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.LOGS: ALL_CASES,
         Permission.DELETE: ALL_CASES,
         Permission.STDIN: ALL_CASES,
+        Permission.PRIORITIZE: ALL_CASES,
         Permission.METRICS: ALL_CASES,
         Permission.TOKENS: ALL_CASES,
     },
@@ -98,6 +101,7 @@ class PermissionTableTests(SynchronousTestCase):
                 "jobs.logs",
                 "jobs.delete",
                 "jobs.stdin",
+                "jobs.prioritize",
                 "metrics.read",
                 "tokens.create",
             },
@@ -130,6 +134,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.LOGS: Scope.ALL,
                     Permission.DELETE: Scope.ALL,
                     Permission.STDIN: Scope.ALL,
+                    Permission.PRIORITIZE: Scope.ALL,
                     Permission.METRICS: Scope.ALL,
                     Permission.TOKENS: Scope.ALL,
                 },

@@ -162,6 +162,9 @@ class ToJSONTests(SynchronousTestCase):
                 "name": None,
                 "labels": {},
                 "stdin": False,
+                "priority": 0,
+                "after": [],
+                "after_ok": [],
             },
         )
 

@@ -18,6 +18,7 @@ class Permission(enum.Enum):
     LOGS = "jobs.logs"
     DELETE = "jobs.delete"
     STDIN = "jobs.stdin"
+    PRIORITIZE = "jobs.prioritize"
     METRICS = "metrics.read"
     TOKENS = "tokens.create"
 

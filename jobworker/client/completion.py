@@ -9,7 +9,8 @@ _STATUSES = " ".join(STATUSES)
 _GLOBAL = "--server --ca --cert --key --help"
 #: Options per verb (a test checks them against the parser).
 OPTIONS = {
-    "exec": "--follow --stdin --detach-on-interrupt --name --label --env --cwd "
+    "exec": "--follow --stdin --detach-on-interrupt --name --after --after-ok "
+    "--priority --label --env --cwd "
     "--timeout --memory --cpu --pids --io-read --io-write --json",
     "list": "--status --owner --name --label --limit --all --wide --json",
     "status": "--json",

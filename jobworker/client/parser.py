@@ -245,6 +245,21 @@ def _execOptions(command: Any) -> None:
         help="Ctrl-C leaves the job running",
     )
     add("--name", "-n", help="a name to find the job by")
+    add(
+        "--after",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="start after ID ended",
+    )
+    add(
+        "--after-ok",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="start after ID COMPLETED (else fail without running)",
+    )
+    add("--priority", type=int, metavar="N", help="queue priority (-100..100, 0)")
     add("--label", "-l", action="append", default=[], metavar="K=V", help="a label")
     add("--env", "-e", action="append", default=[], metavar="K=V", help="a variable")
     add("--cwd", help="working directory of the job")

@@ -165,6 +165,16 @@ def jobLines(job: dict[str, Any], now: float) -> str:
     )
 
 
+def _shortReason(reason: str) -> str:
+    """A pending reason in a table cell: C{#3/7}, C{after 5c08db76}."""
+    words = reason.split()
+    if reason.startswith("queued: position") and len(words) >= 5:
+        return f"#{words[2]}/{words[4]}"
+    if reason.startswith("waiting for job") and len(words) >= 4:
+        return f"after {words[3][:8]}"
+    return reason[:20]
+
+
 def jobTable(jobs: list[dict[str, Any]], now: float, wide: bool = False) -> str:
     """C{jw list}: one row per job; the command shell-quoted, cut unless C{wide}."""
     header = ["ID", "NAME", "OWNER", "STATUS", "EXIT", "AGE", "DURATION", "COMMAND"]
@@ -175,6 +185,8 @@ def jobTable(jobs: list[dict[str, Any]], now: float, wide: bool = False) -> str:
             if job["exit_code"] is not None
             else (job["signal"] or "")
         )
+        if job["status"] == "PENDING" and job.get("pending_reason"):
+            exitText = _shortReason(job["pending_reason"])
         command = commandLine(job)
         if not wide and len(command) > 60:
             command = command[:57] + "..."

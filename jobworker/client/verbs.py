@@ -89,6 +89,8 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
         fields["labels"] = pairs(options.label, "--label")
     if options.stdin:
         fields["stdin"] = True
+    if options.priority is not None:
+        fields["priority"] = options.priority
     return fields
 
 
@@ -133,6 +135,9 @@ async def doExec(
             "jw exec needs the command to run, after --: jw exec -- make test"
         )
     fields = execRequest(options)
+    for flag in ("after", "after_ok"):
+        if getattr(options, flag):
+            fields[flag] = [await resolveId(client, i) for i in getattr(options, flag)]
     if not options.stdin and streams.pipedInput():
         streams.say("jw: the job's stdin is closed: jw's stdin is not sent (use -i)")
     early: list[str] = []

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from ..errors import (
     BadRequest,
     Conflict,
+    JobworkerError,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -23,10 +24,13 @@ from ..errors import (
 from ..metrics import Metrics
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob
-from .identity import Identity
+from .identity import Identity, IdentityError
+from .limits import Limits
 from .policy import JobPolicy, JobReactor
-from .records import JobRecord
+from .queue import Waiting
+from .records import JobRecord, JobStatus
 from .recovery import currentBootId
+from .scheduling import Scheduler
 from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
@@ -103,6 +107,10 @@ class JobManager:
         )
         self._metrics.watchJobs(self._countByStatus)
         self._metrics.watchExecutor(self._executorUp)
+        self._scheduler = Scheduler(
+            self._startQueued, self._mayStartMore, self._mayStart, self._queuedEnded
+        )
+        self._metrics.watchQueue(self._scheduler.queue.owners)
 
     # -- start-up --------------------------------------------------------------
 
@@ -114,14 +122,44 @@ class JobManager:
         records it closed.
         """
         unfinished = self._store.running()
-        if not unfinished:
-            return []
-        for job in self._executor.recover(unfinished, RESTARTED):
-            self._watch(job)
-        closed = [record for record in unfinished if record.status.ended]
-        for record in closed:
-            self._store.update(record)
+        queued = [record for record in unfinished if record.queued]
+        unfinished = [record for record in unfinished if not record.queued]
+        closed: list[JobRecord] = []
+        if unfinished:
+            for job in self._executor.recover(unfinished, RESTARTED):
+                self._watch(job)
+            closed = [record for record in unfinished if record.status.ended]
+            for record in closed:
+                self._store.update(record)
+        self._requeue(queued)
         return closed
+
+    def _requeue(self, records: list[JobRecord]) -> None:
+        """After a restart: the queue as it was, in order, then start what may."""
+        waiting = {record.id for record in records}
+
+        def unfinished(jobId: str) -> bool:
+            if jobId in waiting or jobId in self._live:
+                return True
+            stored = self._store.get(jobId)
+            return stored is not None and not stored.status.ended
+
+        for record in records:
+            account = None
+            if record.run_as and not record.run_as.startswith("dynamic:"):
+                try:
+                    account = Identity.ofAccount(record.run_as)
+                except IdentityError:
+                    account = None  # the users file is read again at start
+            entry = Waiting(
+                record, account, frozenset(record.after), frozenset(record.after_ok)
+            )
+            self._scheduler.queue.add(entry, unfinished)
+        if records:
+            self.log.info(
+                "{count} queued job(s) kept across the restart", count=len(records)
+            )
+        self._scheduler.dispatch()
 
     # -- jobs ------------------------------------------------------------------
 
@@ -135,51 +173,39 @@ class JobManager:
         """
         if self._shuttingDown:
             raise Conflict("the server is shutting down")
-        maxRunning = self._policy.maxRunning
-        if maxRunning is not None and self._running >= maxRunning:
-            raise TooManyRequests(
-                f"{self._running} jobs are running, the most this server allows",
-                retryAfter=1,
-            )
-        perUser = self._policy.maxRunningPerUser
-        if perUser is not None and self._runningBy[owner] >= perUser:
-            raise TooManyRequests(
-                f"you have {self._runningBy[owner]} jobs running, the most one "
-                "user may",
-                retryAfter=1,
-            )
         self._takeCreateToken(owner)
         executor = self._executor
         limits = executor.limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
+        if request.slurm is not None and executor.name != "slurm":
+            raise BadRequest(
+                '"slurm" options need the Slurm executor (--executor slurm)'
+            )
+        dependencies = self._dependencies(request)
+        failedDependency = next(
+            (
+                f"dependency {d.id} ended {d.status.value}"
+                for d in dependencies
+                if d.id in request.after_ok
+                and d.status.ended
+                and d.status is not JobStatus.COMPLETED
+            ),
+            None,
+        )
+        waits = any(not d.status.ended for d in dependencies)
+        if failedDependency is not None or waits or not self._mayStartNow(owner):
+            return self._enqueue(
+                request, owner, account, limits, timeout, failedDependency
+            )
         identity = executor.identityFor(owner, account)
         try:
-            if request.slurm is not None and executor.name != "slurm":
-                raise BadRequest(
-                    '"slurm" options need the Slurm executor (--executor slurm)'
-                )
             executor.checkRequest(request, identity)
         except Exception:
             executor.release(identity)
             raise
-        jobId = str(uuid.uuid4())
-        record = JobRecord(
-            id=jobId,
-            command=request.command,
-            args=list(request.args),
-            owner=owner,
-            created_at=self._reactor.seconds(),
-            env={**executor.environment(identity), **request.env},
-            cwd=request.cwd,
-            boot_id=self._bootId,
-            limits=executor.recordedLimits(limits),
-            timeout_seconds=timeout,
-            executor=executor.name,
-            run_as=identity.label,
-            name=request.name,
-            labels=dict(request.labels),
-            stdin=request.stdin,
-        )
+        record = self._newRecord(request, owner, limits, timeout)
+        record.env = {**executor.environment(identity), **request.env}
+        record.run_as = identity.label
         job = executor.launch(record, request, limits, timeout, identity)
         try:
             self._store.insert(record)
@@ -198,6 +224,177 @@ class JobManager:
             self._metrics.jobsStarted.inc()
             self._watch(job)
         return record
+
+    def _newRecord(
+        self,
+        request: JobRequest,
+        owner: str,
+        limits: Limits,
+        timeout: float | None,
+    ) -> JobRecord:
+        return JobRecord(
+            id=str(uuid.uuid4()),
+            command=request.command,
+            args=list(request.args),
+            owner=owner,
+            created_at=self._reactor.seconds(),
+            cwd=request.cwd,
+            boot_id=self._bootId,
+            limits=self._executor.recordedLimits(limits),
+            timeout_seconds=timeout,
+            executor=self._executor.name,
+            name=request.name,
+            labels=dict(request.labels),
+            stdin=request.stdin,
+            priority=request.priority,
+            after=list(request.after),
+            after_ok=list(request.after_ok),
+        )
+
+    def _dependencies(self, request: JobRequest) -> list[JobRecord]:
+        """The jobs a request waits for; an unknown id is a 400."""
+        found = []
+        for jobId in (*request.after, *request.after_ok):
+            try:
+                found.append(self.record(jobId))
+            except NotFound:
+                raise BadRequest(f"no job {jobId} to wait for") from None
+        return found
+
+    # -- the queue -------------------------------------------------------------
+
+    def _mayStartMore(self) -> bool:
+        cap = self._policy.maxRunning
+        return not self._shuttingDown and (cap is None or self._running < cap)
+
+    def _mayStart(self, owner: str) -> bool:
+        cap = self._policy.maxRunningPerUser
+        return cap is None or self._runningBy[owner] < cap
+
+    def _mayStartNow(self, owner: str) -> bool:
+        return self._mayStartMore() and self._mayStart(owner)
+
+    def _enqueue(
+        self,
+        request: JobRequest,
+        owner: str,
+        account: Identity | None,
+        limits: Limits,
+        timeout: float | None,
+        failedDependency: str | None,
+    ) -> JobRecord:
+        """
+        Keep a job that cannot start now in the queue (in the store too,
+        PENDING), or record it FAILED at once if a dependency already failed.
+
+        @raise TooManyRequests: past C{--max-queued} or the per-user cap.
+        """
+        queue = self._scheduler.queue
+        policy = self._policy
+        if failedDependency is None:
+            if len(queue) >= policy.maxQueued:
+                raise TooManyRequests(
+                    f"{len(queue)} jobs are queued, the most this server allows",
+                    retryAfter=1,
+                )
+            if queue.queuedBy(owner) >= policy.maxQueuedPerUser:
+                raise TooManyRequests(
+                    f"you have {queue.queuedBy(owner)} jobs queued, the most one "
+                    "user may",
+                    retryAfter=1,
+                )
+        record = self._newRecord(request, owner, limits, timeout)
+        record.env = dict(request.env)
+        record.run_as = account.label if account is not None else None
+        record.status = JobStatus.PENDING
+        record.queued = True
+        if failedDependency is not None:
+            record.queued = False
+            record.env = {}
+            record.finish(JobStatus.FAILED, record.created_at, error=failedDependency)
+        try:
+            self._store.insert(record)
+        except StoreError as e:
+            self.log.error("{error}", error=str(e))
+            raise ServiceUnavailable(
+                "the job could not be recorded (is the state dir's disk full?)"
+            ) from None
+        if record.status.ended:
+            self._metrics.jobsEnded.labels(record.status.value).inc()
+            return record
+        entry = Waiting(
+            record, account, frozenset(request.after), frozenset(request.after_ok)
+        )
+        queue.add(entry, lambda jobId: not self.record(jobId).status.ended)
+        record.pending_reason = queue.reason(record.id)
+        self.log.info(
+            "job {job} of {user} queued: {reason}",
+            job=record.id,
+            user=owner,
+            reason=record.pending_reason,
+        )
+        return record
+
+    def _startQueued(self, waiting: Waiting) -> bool:
+        """Start a queued job now; False to keep it queued (no identity free)."""
+        record = waiting.record
+        executor = self._executor
+        try:
+            identity = executor.identityFor(record.owner, waiting.account)
+        except TooManyRequests:
+            return False
+        request = JobRequest(
+            command=record.command,
+            args=list(record.args),
+            env=dict(record.env),
+            cwd=record.cwd,
+            limits=Limits(**(record.limits or {})),
+            timeout=record.timeout_seconds,
+            name=record.name,
+            labels=dict(record.labels),
+            stdin=record.stdin,
+        )
+        now = self._reactor.seconds()
+        try:
+            executor.checkRequest(request, identity)
+        except JobworkerError as e:
+            executor.release(identity)
+            self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
+            return True
+        self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
+        record.env = {**executor.environment(identity), **request.env}
+        record.run_as = identity.label
+        record.status = JobStatus.RUNNING
+        record.queued = False
+        record.pending_reason = None
+        job = executor.launch(
+            record, request, request.limits, request.timeout, identity
+        )
+        try:
+            self._store.update(record)
+        except StoreError as e:
+            job.abort(str(e))
+            self.log.error("{error}", error=str(e))
+        job.recorded()
+        if record.status.ended:
+            self._metrics.spawnFailures.inc()
+            self._scheduler.started(record.id, job)
+            self._queuedEnded(record)
+            self._scheduler.jobEnded(record, now)
+        else:
+            self._metrics.jobsStarted.inc()
+            self._watch(job)
+            self._scheduler.started(record.id, job)
+        return True
+
+    def _queuedEnded(self, record: JobRecord) -> None:
+        """A queued job ended without running: store it, count it."""
+        self._save(record)
+        self._metrics.jobsEnded.labels(record.status.value).inc()
+
+    def whenStarted(self, jobId: str) -> Deferred[None]:
+        """Fires once a job has started (at once unless it is queued)."""
+        return self._scheduler.whenStarted(jobId)
 
     def _takeCreateToken(self, owner: str) -> None:
         """
@@ -284,6 +481,8 @@ class JobManager:
         metrics.jobsEnded.labels(record.status.value).inc()
         metrics.outputBytes.labels("stdout").inc(record.stdout_bytes)
         metrics.outputBytes.labels("stderr").inc(record.stderr_bytes)
+        self._scheduler.jobEnded(record, self._reactor.seconds())
+        self._scheduler.dispatch()
         return record
 
     def _scheduleRetry(self) -> None:
@@ -338,6 +537,14 @@ class JobManager:
         return health.executor, health.up
 
     def record(self, jobId: str) -> JobRecord:
+        """A job's record, up to date (a queued job's with why it waits)."""
+        waiting = self._scheduler.queue.get(jobId)
+        if waiting is not None:
+            waiting.record.pending_reason = self._scheduler.queue.reason(jobId)
+            return waiting.record
+        return self._storedOrLive(jobId)
+
+    def _storedOrLive(self, jobId: str) -> JobRecord:
         """
         The current record of a job.
 
@@ -377,8 +584,12 @@ class JobManager:
             records = [unsaved.get(r.id, r) for r in records]
             if selection.status is not None:
                 records = [r for r in records if r.status is selection.status]
+        queue = self._scheduler.queue
         return [
-            live[r.id].snapshot() if r.id in live else r for r in records
+            live[r.id].snapshot()
+            if r.id in live
+            else (self.record(r.id) if r.id in queue else r)
+            for r in records
         ], following
 
     def whenEnded(self, jobId: str) -> Deferred[JobRecord]:
@@ -386,6 +597,8 @@ class JobManager:
         job = self._live.get(jobId)
         if job is not None:
             return job.whenEnded()
+        if jobId in self._scheduler.queue:
+            return self._scheduler.whenEnded(jobId)
         return succeed(self.record(jobId))
 
     def stop(
@@ -397,6 +610,10 @@ class JobManager:
         @raise Conflict: if it has already ended (the job goes in the body).
         @raise NotFound: if there is no such job.
         """
+        stopped = self._scheduler.stop(jobId, by, self._reactor.seconds())
+        if stopped is not None:
+            self._metrics.stops.inc()
+            return succeed(stopped)
         job = self._live.get(jobId)
         if job is None or job.record.status.ended:
             record = self.record(jobId)

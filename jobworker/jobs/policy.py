@@ -18,6 +18,10 @@ class JobReactor(IReactorProcess, IReactorTime):
     """What the manager needs of a reactor: processes and time."""
 
 
+#: Defaults of C{--max-queued} and C{--max-queued-per-user}.
+DEFAULT_MAX_QUEUED = 100_000
+DEFAULT_MAX_QUEUED_PER_USER = 10_000
+
 #: Default of C{--max-stdin-bytes}: 1 GiB.
 DEFAULT_MAX_STDIN = 1 << 30
 
@@ -36,6 +40,9 @@ class JobPolicy:
     maxRunning: int | None = None
     #: At most this many running (or queued) jobs per user.
     maxRunningPerUser: int | None = None
+    #: Past these, a job that would wait in the queue is refused (429).
+    maxQueued: int = DEFAULT_MAX_QUEUED
+    maxQueuedPerUser: int = DEFAULT_MAX_QUEUED_PER_USER
     #: Jobs a user may create per second, on average (a burst of twice
     #: as many at once); None: no limit.
     createRate: float | None = None

@@ -103,6 +103,12 @@ class JobRecord:
     labels: dict[str, str] = field(default_factory=dict)
     #: Whether the job's stdin is fed through C{POST /jobs/ID/stdin}.
     stdin: bool = False
+    #: The queue: its priority, the jobs it starts after (any end / only
+    #: COMPLETED), and (internal) whether it still waits in jobworker's queue.
+    priority: int = 0
+    after: list[str] = field(default_factory=list)
+    after_ok: list[str] = field(default_factory=list)
+    queued: bool = False
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)
@@ -166,4 +172,7 @@ class JobRecord:
             "name": self.name,
             "labels": dict(self.labels),
             "stdin": self.stdin,
+            "priority": self.priority,
+            "after": list(self.after),
+            "after_ok": list(self.after_ok),
         }

@@ -48,6 +48,11 @@ COLUMNS = (
     "labels",
     "pending_reason",
     "stdin",
+    "priority",
+    "after_ids",
+    "after_ok_ids",
+    "queued",
+    "queued_env",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -129,6 +134,14 @@ def _migrateTo6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN pending_reason TEXT")
     # Jobs whose stdin the API feeds.
     db.execute("ALTER TABLE jobs ADD COLUMN stdin INTEGER NOT NULL DEFAULT 0")
+    # The queue: priority, dependencies, and a queued job's request
+    # environment (kept only until it starts: the state dir is 0700).
+    db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN after_ids TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN after_ok_ids TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN queued_env TEXT")
+    db.execute("CREATE INDEX jobs_queued ON jobs (seq) WHERE queued = 1")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -175,6 +188,11 @@ def toRow(record: JobRecord) -> tuple[object, ...]:
         json.dumps(record.labels) if record.labels else None,
         record.pending_reason,
         int(record.stdin),
+        record.priority,
+        json.dumps(record.after) if record.after else None,
+        json.dumps(record.after_ok) if record.after_ok else None,
+        int(record.queued),
+        json.dumps(record.env) if record.queued else None,
     )
 
 
@@ -213,4 +231,9 @@ def fromRow(row: sqlite3.Row) -> JobRecord:
         labels={} if row["labels"] is None else json.loads(row["labels"]),
         pending_reason=row["pending_reason"],
         stdin=bool(row["stdin"]),
+        priority=row["priority"],
+        after=[] if row["after_ids"] is None else json.loads(row["after_ids"]),
+        after_ok=[] if row["after_ok_ids"] is None else json.loads(row["after_ok_ids"]),
+        queued=bool(row["queued"]),
+        env={} if row["queued_env"] is None else json.loads(row["queued_env"]),
     )

@@ -12,6 +12,7 @@ from typing import Any
 from ..auth.names import USER_NAME
 from ..errors import BadRequest, NotFound
 from .limits import Limits
+from .queue import MAX_PRIORITY, MIN_PRIORITY
 from .records import JobStatus
 from .selection import parseLabels, parseName
 
@@ -37,6 +38,9 @@ _CREATE_FIELDS = frozenset(
         "labels",
         "slurm",
         "stdin",
+        "priority",
+        "after",
+        "after_ok",
     }
 )
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
@@ -161,6 +165,10 @@ class JobRequest:
     labels: dict[str, str] = field(default_factory=dict)
     #: Feed the job's stdin through C{POST /jobs/ID/stdin} (else it is closed).
     stdin: bool = False
+    #: The queue: priority, and jobs to start after (any end / COMPLETED).
+    priority: int = 0
+    after: tuple[str, ...] = ()
+    after_ok: tuple[str, ...] = ()
     #: Where in the Slurm cluster to run (C{--executor slurm} only).
     slurm: SlurmRequest | None = None
 
@@ -248,8 +256,41 @@ def parseJobRequest(body: bytes) -> JobRequest:
         name=parseName(obj.get("name")),
         labels=parseLabels(obj.get("labels")),
         stdin=_flag(obj.get("stdin", False), "stdin"),
+        priority=_priority(obj.get("priority", 0)),
+        after=_jobIds(obj.get("after"), "after"),
+        after_ok=_jobIds(obj.get("after_ok"), "after_ok"),
         slurm=_slurm(obj.get("slurm")),
     )
+
+
+#: The most jobs one job may wait for.
+MAX_DEPENDENCIES = 64
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("priority must be an integer")
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise BadRequest(f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}")
+    return value
+
+
+def _jobIds(value: object, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_DEPENDENCIES:
+        raise BadRequest(f"{what} must be a list of at most {MAX_DEPENDENCIES} job ids")
+    ids: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise BadRequest(f"{what} must hold job ids")
+        try:
+            jobId = parseJobId(item)
+        except NotFound:
+            raise BadRequest(f"{what}: {item!r} is not a job id") from None
+        if jobId not in ids:
+            ids.append(jobId)
+    return tuple(ids)
 
 
 def _flag(value: object, what: str) -> bool:

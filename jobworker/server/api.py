@@ -239,6 +239,9 @@ class JobsAPI:
     @guarded(Permission.CREATE)
     async def createJob(self, request: IRequest, user: User) -> bytes:
         jobRequest = parseJobRequest(_body(request))
+        if jobRequest.priority > 0:
+            # Anyone may lower their jobs' priority; only Admins raise it.
+            authorize(user, Permission.PRIORITIZE)
         record = self._manager.create(jobRequest, owner=user.name, account=user.account)
         result = "refused"
         try:

@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
 from ..jobs.manager import JobManager
-from ..jobs.records import JobRecord
+from ..jobs.records import JobRecord, JobStatus
 from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
 from ..jobs.validation import (
     parseBool,
@@ -87,6 +87,10 @@ class LogStreams:
         tail = parseTail(_arg(request, b"tail"))
         sse = _wantsEvents(request)
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
+        if follow and record.status is JobStatus.PENDING:
+            # A queued job has no output yet: follow it from its start.
+            await self._manager.whenStarted(record.id)
+            record = self._manager.record(record.id)
         if stream == "combined":
             return await self._combined(request, record, sse, follow, offset, tail)
         spool = self._manager.output(record.id, stream)

@@ -12,7 +12,12 @@ from ..jobs.identity import (
     parseRange,
 )
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
-from ..jobs.policy import DEFAULT_MAX_STDIN, DEFAULT_TMP_SIZE
+from ..jobs.policy import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_PER_USER,
+    DEFAULT_MAX_STDIN,
+    DEFAULT_TMP_SIZE,
+)
 from ..units import parseSize
 
 #: The bundled development certificate, relative to the working directory.
@@ -204,7 +209,27 @@ class Options(usage.Options):
             'Most bytes one "stdin": true job may be sent (413 past it).',
             parseSize,
         ],
-        ["max-running", None, None, "At most this many jobs run at once (429).", int],
+        [
+            "max-running",
+            None,
+            None,
+            "At most this many jobs run at once; more wait in the queue.",
+            int,
+        ],
+        [
+            "max-queued",
+            None,
+            DEFAULT_MAX_QUEUED,
+            "At most this many jobs wait in the queue (429 past it).",
+            int,
+        ],
+        [
+            "max-queued-per-user",
+            None,
+            DEFAULT_MAX_QUEUED_PER_USER,
+            "At most this many of one user's jobs wait in the queue (429 past it).",
+            int,
+        ],
         [
             "max-running-per-user",
             None,
@@ -459,6 +484,9 @@ class Options(usage.Options):
             raise usage.UsageError("--create-rate must be positive (at most 1e6)")
         if self["run-as"] is not None and self["allow-root-jobs"]:
             raise usage.UsageError("--run-as and --allow-root-jobs exclude each other")
+        for name in ("max-queued", "max-queued-per-user"):
+            if not 0 <= self[name] <= 10_000_000:
+                raise usage.UsageError(f"--{name} must be from 0 to 10000000")
         if self["max-stdin-bytes"] < 1:
             raise usage.UsageError("--max-stdin-bytes must be at least 1")
         if self["tmp-size"] < 1 << 20:

@@ -187,6 +187,8 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
         identities=identities,
         tmpSize=config["tmp-size"],
         maxStdinBytes=config["max-stdin-bytes"],
+        maxQueued=config["max-queued"],
+        maxQueuedPerUser=config["max-queued-per-user"],
     )
 
 

@@ -1,0 +1,213 @@
+"""
+The queue of jobs waiting to start: fair among users, then by priority,
+then first come first served; jobs waiting on other jobs (C{after},
+C{after_ok}) are held apart until those end. Pure: no I/O, no reactor.
+
+The next job to start goes round the users that have a job ready: one of
+alice's, then one of bob's, then alice's again, so one user's thousand jobs
+never starve another's one. Within one user, the highest priority first,
+then the oldest.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .identity import Identity
+from .records import JobRecord, JobStatus
+
+#: The range of a request's priority; the default is 0 and only Admins may
+#: ask for more.
+MIN_PRIORITY = -100
+MAX_PRIORITY = 100
+
+
+@dataclass(eq=False)
+class Waiting:
+    """One queued job: its record, and what it still waits for."""
+
+    record: JobRecord
+    #: The owner's mapped Unix account, if any (the identity is chosen when
+    #: the job starts: a dynamic uid is only taken then).
+    account: Identity | None = None
+    #: Jobs that must end first (any status), and end COMPLETED first.
+    after: frozenset[str] = frozenset()
+    afterOk: frozenset[str] = frozenset()
+    #: Those of them that have not ended yet.
+    waitingOn: set[str] = field(default_factory=set)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Order within one user: higher priority first, then older."""
+        return (-self.record.priority, self.record.seq or 0)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the end of a job means for the jobs that waited on it."""
+
+    #: Jobs now free of dependencies (ready to start when a slot frees).
+    ready: list[Waiting]
+    #: Jobs that can never run (an C{after_ok} job ended otherwise), with
+    #: the reason.
+    failed: list[tuple[Waiting, str]]
+
+
+class FairQueue:
+    """The waiting jobs, ready or blocked on dependencies."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Waiting] = {}
+        #: Per user, the ready jobs as sorted (key, job id): the first
+        #: starts next.
+        self._ready: dict[str, list[tuple[tuple[int, int], str]]] = {}
+        #: Users with ready jobs, in turn order.
+        self._turns: deque[str] = deque()
+        #: For each job still running or queued, the jobs waiting on it.
+        self._waiters: dict[str, list[Waiting]] = {}
+        self._byOwner: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, jobId: object) -> bool:
+        return jobId in self._entries
+
+    def get(self, jobId: str) -> Waiting | None:
+        """The queued job C{jobId}, if it is queued."""
+        return self._entries.get(jobId)
+
+    def queuedBy(self, owner: str) -> int:
+        """How many jobs C{owner} has queued (ready or blocked)."""
+        return self._byOwner.get(owner, 0)
+
+    def owners(self) -> dict[str, int]:
+        """How many jobs each user has queued."""
+        return dict(self._byOwner)
+
+    def add(self, waiting: Waiting, unfinished: Callable[[str], bool]) -> None:
+        """
+        Queue a job. C{unfinished(id)} says whether one of its dependencies
+        has yet to end (those that have are not waited on).
+        """
+        jobId = waiting.record.id
+        self._entries[jobId] = waiting
+        self._count(waiting.record.owner, 1)
+        waiting.waitingOn = {
+            d for d in (waiting.after | waiting.afterOk) if unfinished(d)
+        }
+        if waiting.waitingOn:
+            for dependency in waiting.waitingOn:
+                self._waiters.setdefault(dependency, []).append(waiting)
+        else:
+            self._makeReady(waiting)
+
+    def _makeReady(self, waiting: Waiting) -> None:
+        owner = waiting.record.owner
+        ready = self._ready.setdefault(owner, [])
+        bisect.insort(ready, (waiting.key, waiting.record.id))
+        if len(ready) == 1:
+            self._turns.append(owner)
+
+    def remove(self, jobId: str) -> Waiting | None:
+        """Take a job out of the queue (stopped); None if it was not queued."""
+        waiting = self._entries.pop(jobId, None)
+        if waiting is None:
+            return None
+        self._count(waiting.record.owner, -1)
+        if waiting.waitingOn:
+            for dependency in waiting.waitingOn:
+                waiters = self._waiters.get(dependency, [])
+                if waiting in waiters:
+                    waiters.remove(waiting)
+        else:
+            self._dropReady(waiting)
+        return waiting
+
+    def _dropReady(self, waiting: Waiting) -> None:
+        owner = waiting.record.owner
+        ready = self._ready[owner]
+        entry = (waiting.key, waiting.record.id)
+        index = bisect.bisect_left(ready, entry)
+        if index < len(ready) and ready[index] == entry:
+            del ready[index]
+        if not ready:
+            del self._ready[owner]
+            self._turns.remove(owner)
+
+    def _count(self, owner: str, change: int) -> None:
+        count = self._byOwner.get(owner, 0) + change
+        if count:
+            self._byOwner[owner] = count
+        else:
+            self._byOwner.pop(owner, None)
+
+    def next(self, mayStart: Callable[[str], bool]) -> Waiting | None:
+        """
+        Take the next job to start: the users with a ready job in turn,
+        skipping those C{mayStart(user)} refuses (at their running limit);
+        within the user, by priority then age. None: nothing may start.
+        """
+        for _ in range(len(self._turns)):
+            owner = self._turns[0]
+            self._turns.rotate(-1)
+            if not mayStart(owner):
+                continue
+            _, jobId = self._ready[owner][0]
+            waiting = self._entries.pop(jobId)
+            self._count(owner, -1)
+            self._dropReady(waiting)
+            return waiting
+        return None
+
+    def ended(self, record: JobRecord) -> Resolution:
+        """A job ended: free or fail the jobs that waited on it."""
+        ready: list[Waiting] = []
+        failed: list[tuple[Waiting, str]] = []
+        for waiting in self._waiters.pop(record.id, []):
+            if waiting.record.id not in self._entries:
+                continue
+            if (
+                record.id in waiting.afterOk
+                and record.status is not JobStatus.COMPLETED
+            ):
+                self.remove(waiting.record.id)
+                failed.append(
+                    (waiting, f"dependency {record.id} ended {record.status.value}")
+                )
+                continue
+            waiting.waitingOn.discard(record.id)
+            if not waiting.waitingOn:
+                self._makeReady(waiting)
+                ready.append(waiting)
+        return Resolution(ready, failed)
+
+    def position(self, jobId: str) -> tuple[int, int]:
+        """
+        Where a ready job stands among its owner's ready jobs: (1-based
+        place, how many). Users take turns, so that is what it waits for.
+        """
+        waiting = self._entries[jobId]
+        ready = self._ready.get(waiting.record.owner, [])
+        place = bisect.bisect_left(ready, (waiting.key, jobId)) + 1
+        return place, len(ready)
+
+    def reason(self, jobId: str) -> str | None:
+        """Why a queued job waits, for its record's C{pending_reason}."""
+        waiting = self._entries.get(jobId)
+        if waiting is None:
+            return None
+        if waiting.waitingOn:
+            return f"waiting for job {min(waiting.waitingOn)}"
+        place, count = self.position(jobId)
+        return (
+            f"queued: position {place} of {count} of {waiting.record.owner}'s, "
+            f"{len(self._turns)} user(s) taking turns"
+        )
+
+    def entries(self) -> Iterable[Waiting]:
+        """Every queued job."""
+        return self._entries.values()

@@ -1,0 +1,132 @@
+"""
+The queue's life in the server: who waits on a queued job (its end, its
+start), taking queued jobs out in turn when slots free, and the jobs that
+end without running (stopped while queued, or a failed C{after_ok}). The
+order itself is L{FairQueue}'s; starting a job is the manager's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
+
+from .executor import LiveJob
+from .queue import FairQueue, Waiting
+from .records import JobRecord, JobStatus
+
+
+class Scheduler:
+    """
+    The queued jobs of one manager and those waiting on them.
+
+    @param start: starts a queued job now; False if it could not be started
+        yet (no identity free): then it is queued again, first of its user.
+    @param mayStartMore: whether a slot is free (the server's cap).
+    @param mayStart: whether this user may start one more (their cap).
+    @param finished: records a queued job's end (store, metrics).
+    """
+
+    def __init__(
+        self,
+        start: Callable[[Waiting], bool],
+        mayStartMore: Callable[[], bool],
+        mayStart: Callable[[str], bool],
+        finished: Callable[[JobRecord], None],
+    ) -> None:
+        self.queue = FairQueue()
+        self._start = start
+        self._mayStartMore = mayStartMore
+        self._mayStart = mayStart
+        self._finished = finished
+        self._endWaiters: dict[str, list[Deferred[JobRecord]]] = {}
+        self._startWaiters: dict[str, list[Deferred[None]]] = {}
+        self._dispatching = False
+        self._again = False
+        self.paused = False
+
+    # -- waiting on queued jobs ------------------------------------------------
+
+    def whenEnded(self, jobId: str) -> Deferred[JobRecord]:
+        """Fires with a queued job's final record (after it ran, or not)."""
+        waiters = self._endWaiters.setdefault(jobId, [])
+        d: Deferred[JobRecord] = Deferred(waiters.remove)
+        waiters.append(d)
+        return d
+
+    def whenStarted(self, jobId: str) -> Deferred[None]:
+        """Fires once a queued job started, or ended without starting."""
+        if jobId not in self.queue:
+            return succeed(None)
+        waiters = self._startWaiters.setdefault(jobId, [])
+        d: Deferred[None] = Deferred(waiters.remove)
+        waiters.append(d)
+        return d
+
+    def started(self, jobId: str, job: LiveJob) -> None:
+        """A queued job started as C{job}: hand its waiters over."""
+        for started in self._startWaiters.pop(jobId, []):
+            started.callback(None)
+        for ended in self._endWaiters.pop(jobId, []):
+            job.whenEnded().chainDeferred(ended)
+
+    def _ended(self, record: JobRecord) -> None:
+        for started in self._startWaiters.pop(record.id, []):
+            started.callback(None)
+        for ended in self._endWaiters.pop(record.id, []):
+            ended.callback(record)
+
+    # -- ends ------------------------------------------------------------------
+
+    def stop(self, jobId: str, by: str, when: float) -> JobRecord | None:
+        """Stop a queued job: STOPPED, never started. None if not queued."""
+        waiting = self.queue.remove(jobId)
+        if waiting is None:
+            return None
+        record = waiting.record
+        record.stopped_by = by
+        self._end(record, JobStatus.STOPPED, when, "stopped while queued")
+        self.dispatch()
+        return record
+
+    def fail(self, waiting: Waiting, error: str, when: float) -> None:
+        """A queued job that cannot start: FAILED, with why."""
+        self._end(waiting.record, JobStatus.FAILED, when, error)
+
+    def _end(
+        self, record: JobRecord, status: JobStatus, when: float, error: str
+    ) -> None:
+        record.queued = False
+        record.pending_reason = None
+        record.finish(status, when, error=error)
+        self._finished(record)
+        self._ended(record)
+        self.jobEnded(record, when)
+
+    def jobEnded(self, record: JobRecord, when: float) -> None:
+        """Any job ended: the jobs that waited on it may start, or fail."""
+        resolution = self.queue.ended(record)
+        for waiting, reason in resolution.failed:
+            self.fail(waiting, reason, when)
+
+    # -- starting --------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Start queued jobs while slots are free (re-entrant calls coalesce)."""
+        if self._dispatching:
+            self._again = True
+            return
+        self._dispatching = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                while not self.paused and self._mayStartMore():
+                    waiting = self.queue.next(self._mayStart)
+                    if waiting is None:
+                        break
+                    if not self._start(waiting):
+                        self.queue.add(waiting, lambda jobId: False)
+                        break
+        finally:
+            self._dispatching = False

@@ -1,0 +1,301 @@
+"""
+Issue 18: jobs wait instead of bouncing. The fair queue itself (pure), the
+manager's queue on the fake process reactor, and a real server restarted
+with a full queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.errors import BadRequest, TooManyRequests
+from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs.policy import JobPolicy
+from jobworker.jobs.queue import FairQueue, Waiting
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.validation import JobRequest
+
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .support import LiveServer
+
+
+def waiting(owner: str, seq: int, priority: int = 0, **deps: Any) -> Waiting:
+    record = JobRecord(
+        id=f"{owner}-{seq}",
+        command="true",
+        args=[],
+        owner=owner,
+        created_at=0.0,
+        priority=priority,
+        seq=seq,
+    )
+    return Waiting(
+        record,
+        after=frozenset(deps.get("after", ())),
+        afterOk=frozenset(deps.get("afterOk", ())),
+    )
+
+
+def ended(jobId: str, status: JobStatus) -> JobRecord:
+    record = JobRecord(id=jobId, command="x", args=[], owner="x", created_at=0.0)
+    record.status = status
+    return record
+
+
+class FairQueueTests(SynchronousTestCase):
+    """The order: users in turn, then priority, then age."""
+
+    def drain(self, queue: FairQueue, mayStart: Any = lambda user: True) -> list[str]:
+        order = []
+        while (entry := queue.next(mayStart)) is not None:
+            order.append(entry.record.id)
+        return order
+
+    def test_oneUsersThousandDoNotStarveAnother(self) -> None:
+        """alice queues 1000, then bob 1: bob's starts second."""
+        queue = FairQueue()
+        for seq in range(1000):
+            queue.add(waiting("alice", seq), lambda jobId: False)
+        queue.add(waiting("bob", 1000), lambda jobId: False)
+        order = self.drain(queue)
+        self.assertEqual(order[:3], ["alice-0", "bob-1000", "alice-1"])
+        self.assertEqual(len(order), 1001)
+
+    def test_priorityThenAge(self) -> None:
+        """Within one user: higher priority first, then the older."""
+        queue = FairQueue()
+        for seq, priority in ((1, 0), (2, 5), (3, 0), (4, 5), (5, -3)):
+            queue.add(waiting("alice", seq, priority), lambda jobId: False)
+        self.assertEqual(
+            self.drain(queue), ["alice-2", "alice-4", "alice-1", "alice-3", "alice-5"]
+        )
+
+    def test_userAtLimitIsSkipped(self) -> None:
+        """A user at their running cap is passed over; others go on."""
+        queue = FairQueue()
+        queue.add(waiting("alice", 1), lambda jobId: False)
+        queue.add(waiting("bob", 2), lambda jobId: False)
+        self.assertEqual(self.drain(queue, lambda user: user != "alice"), ["bob-2"])
+        self.assertEqual(len(queue), 1)
+
+    def test_dependencies(self) -> None:
+        """
+        after: ready once the job ended, however; after_ok: fails unless it
+        COMPLETED. A blocked job says what it waits for.
+        """
+        queue = FairQueue()
+        queue.add(waiting("alice", 1, after={"a"}), lambda jobId: True)
+        queue.add(waiting("alice", 2, afterOk={"a"}), lambda jobId: True)
+        queue.add(waiting("alice", 3, afterOk={"b"}), lambda jobId: True)
+        self.assertEqual(queue.reason("alice-1"), "waiting for job a")
+        self.assertEqual(self.drain(queue), [])
+        resolution = queue.ended(ended("a", JobStatus.FAILED))
+        self.assertEqual([w.record.id for w in resolution.ready], ["alice-1"])
+        self.assertEqual(
+            [(w.record.id, why) for w, why in resolution.failed],
+            [("alice-2", "dependency a ended FAILED")],
+        )
+        queue.ended(ended("b", JobStatus.COMPLETED))
+        self.assertEqual(self.drain(queue), ["alice-1", "alice-3"])
+
+    def test_removeAndPosition(self) -> None:
+        """A stopped job leaves the queue; positions count the user's ready jobs."""
+        queue = FairQueue()
+        for seq in range(3):
+            queue.add(waiting("alice", seq), lambda jobId: False)
+        self.assertEqual(queue.position("alice-2"), (3, 3))
+        self.assertIsNotNone(queue.remove("alice-1"))
+        self.assertEqual(queue.position("alice-2"), (2, 2))
+        self.assertEqual(queue.queuedBy("alice"), 2)
+        self.assertEqual(self.drain(queue), ["alice-0", "alice-2"])
+
+
+class ManagerQueueTests(SynchronousTestCase):
+    """The manager's queue, on the fake process reactor."""
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.reactor = FakeProcessReactor()
+        self.killer = GroupKiller()
+
+    def manager(self, **policy: Any) -> Any:
+        manager = localJobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            self.killer,
+            policy=JobPolicy(**policy),
+        )
+        self.addCleanup(manager.close)
+        return manager
+
+    def end(self, manager: Any, jobId: str, code: int = 0) -> None:
+        pid = manager.record(jobId).pid
+        [spawned] = [s for s in self.reactor.spawned if s.pid == pid]
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(code)
+
+    def request(self, **fields: Any) -> JobRequest:
+        return dataclasses.replace(
+            JobRequest(command="sleep", args=["9"], env={}, cwd=None), **fields
+        )
+
+    def test_waitsForASlotThenStarts(self) -> None:
+        """--max-running 1: the second job is PENDING, then starts at once."""
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        second = manager.create(self.request(), "alice")
+        self.assertEqual(second.status, JobStatus.PENDING)
+        self.assertIn(
+            "queued: position 1 of 1", manager.record(second.id).pending_reason
+        )
+        self.assertEqual(len(self.reactor.spawned), 1)
+        ended = manager.whenEnded(second.id)
+        self.end(manager, first.id)
+        self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
+        self.assertIsNone(manager.record(second.id).pending_reason)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.assertNoResult(ended)
+        self.end(manager, second.id, 3)
+        self.assertEqual(self.successResultOf(ended).exit_code, 3)
+
+    def test_fairAmongUsers(self) -> None:
+        """alice's many queued jobs do not keep bob's one waiting past a turn."""
+        manager = self.manager(maxRunning=1)
+        running = manager.create(self.request(), "alice")
+        for _ in range(20):
+            manager.create(self.request(), "alice")
+        bobs = manager.create(self.request(), "bob")
+        self.end(manager, running.id)  # alice's next one starts (her turn)
+        [nextAlice] = [r for r in manager.page()[0] if r.status is JobStatus.RUNNING]
+        self.end(manager, nextAlice.id)
+        self.assertEqual(manager.record(bobs.id).status, JobStatus.RUNNING)
+
+    def test_afterOkFailsWithoutRunning(self) -> None:
+        """
+        after_ok on a job that fails: FAILED "dependency ... ended FAILED",
+        never spawned; after (any end) runs all the same.
+        """
+        manager = self.manager()
+        first = manager.create(self.request(), "alice")
+        strict = manager.create(self.request(after_ok=(first.id,)), "alice")
+        lenient = manager.create(self.request(after=(first.id,)), "alice")
+        self.assertEqual(
+            manager.record(strict.id).pending_reason, f"waiting for job {first.id}"
+        )
+        self.assertEqual(len(self.reactor.spawned), 1)
+        self.end(manager, first.id, 1)
+        self.assertEqual(manager.record(strict.id).status, JobStatus.FAILED)
+        self.assertEqual(
+            manager.record(strict.id).error, f"dependency {first.id} ended FAILED"
+        )
+        self.assertIsNone(manager.record(strict.id).pid)
+        self.assertEqual(manager.record(lenient.id).status, JobStatus.RUNNING)
+        # Already failed: a new after_ok job fails at once.
+        late = manager.create(self.request(after_ok=(first.id,)), "alice")
+        self.assertEqual(late.status, JobStatus.FAILED)
+
+    def test_unknownDependencyIs400(self) -> None:
+        """Only existing jobs can be named (so no cycle can ever be made)."""
+        manager = self.manager()
+        self.assertRaises(
+            BadRequest,
+            manager.create,
+            self.request(after=(str(uuid.uuid4()),)),
+            "alice",
+        )
+
+    def test_stopWhileQueued(self) -> None:
+        """Stopping a queued job: STOPPED, never started, stopped_by set."""
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        ended = manager.whenEnded(queued.id)
+        stopped = self.successResultOf(manager.stop(queued.id, "ada"))
+        self.assertEqual(
+            (stopped.status, stopped.stopped_by), (JobStatus.STOPPED, "ada")
+        )
+        self.assertIsNone(stopped.pid)
+        self.assertEqual(self.successResultOf(ended).status, JobStatus.STOPPED)
+        self.end(manager, first.id)
+        self.assertEqual(len(self.reactor.spawned), 1)
+
+    def test_queueCaps(self) -> None:
+        """Past --max-queued (or the per-user cap): 429."""
+        manager = self.manager(maxRunning=1, maxQueued=2, maxQueuedPerUser=1)
+        manager.create(self.request(), "alice")
+        manager.create(self.request(), "alice")
+        self.assertRaises(TooManyRequests, manager.create, self.request(), "alice")
+        manager.create(self.request(), "bob")
+        self.assertRaises(TooManyRequests, manager.create, self.request(), "carol")
+
+
+class RestartTests(TestCase):
+    timeout = 120
+
+    async def test_restartKeepsTheQueue(self) -> None:
+        """
+        A real server with --max-running 1 and a full queue is restarted:
+        every PENDING job is still there, in order, and runs.
+        """
+        state = os.path.abspath(self.mktemp())
+        server = LiveServer(self, "--max-running=1", stateDir=state, grace=1.0)
+        running = await server.createJob("sleep", "300")
+        queued = [
+            (await server.createJob("true", name=f"q{i}"))["id"] for i in range(5)
+        ]
+        _code, job = await server.json("GET", f"/jobs/{queued[0]}")
+        self.assertEqual(job["status"], "PENDING")
+        await server.stop()
+        again = LiveServer(self, "--max-running=1", stateDir=state, grace=1.0)
+        _, job = await again.json("GET", f"/jobs/{running['id']}")
+        self.assertEqual(job["status"], "STOPPED")  # stopped by the shutdown
+        for jobId in queued:
+            ended = await again.waitEnded(jobId)
+            self.assertEqual(ended["status"], "COMPLETED", ended)
+        starts = [
+            (await again.json("GET", f"/jobs/{jobId}"))[1]["started_at"]
+            for jobId in queued
+        ]
+        self.assertEqual(starts, sorted(starts))
+
+    async def test_priorityAboveDefaultIsForAdmins(self) -> None:
+        """A Developer may lower a job's priority, not raise it (403); Admins may."""
+        server = LiveServer(self)
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "priority": 5}
+        )
+        self.assertEqual(code, 403, body)
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "priority": -5}
+        )
+        self.assertEqual((code, body["priority"]), (201, -5))
+        code, body = await server.json(
+            "POST", "/jobs", "ada", {"command": "true", "priority": 50}
+        )
+        self.assertEqual((code, body["priority"]), (201, 50))
+
+    async def test_followAQueuedJob(self) -> None:
+        """jw exec --after-ok -f follows a PENDING job from its start to its end."""
+        from .support import runJW
+
+        server = LiveServer(self)
+        first = await server.createJob("sleep", "1")
+        out, err, code = await runJW(
+            server.url,
+            "exec",
+            "--after-ok",
+            first["id"][:8],
+            "-f",
+            "--",
+            "echo",
+            "then",
+        )
+        self.assertEqual((out, code), (b"then\n", 0), err)
+        done = await server.waitEnded(first["id"])
+        self.assertEqual(done["status"], "COMPLETED")
