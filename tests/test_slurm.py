@@ -101,13 +101,16 @@ def resetCluster() -> None:
     """
     assert STATE is not None
     slurmScript("down.sh")
-    saved = os.path.join(STATE, "state")
-    for name in os.listdir(saved):
-        path = os.path.join(saved, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+    # slurmctld's saved state, and the node's (a job id slurmd still
+    # remembers would clash with the new job of that number).
+    for saved in ("state", "spool"):
+        folder = os.path.join(STATE, saved)
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
     slurmScript("up.sh")
 
 
@@ -473,6 +476,13 @@ class SlurmTests(TestCase):
         foreign = foreignJob("--wrap", "sleep 300")
         self.assertEqual(foreign, job["slurm_job_id"])
         since = os.path.getsize(slurmctldLog())
+        for _ in range(120):
+            seen = squeueJobs()[foreign]
+            if seen["job_state"] == "RUNNING":
+                break
+            await sleep(0.25)
+        else:
+            self.fail(f"the foreign job never ran: {seen['state_reason']}")
         server = self.server()
         final = await self.waitFor(server, job["id"], ("FAILED", "COMPLETED"), 30)
         self.assertEqual(final["status"], "FAILED", final)
