@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 import treq
@@ -308,9 +309,24 @@ class SlurmTests(TestCase):
         await self.waitFor(server, job["id"], ("RUNNING",))
         slurmScript("down.sh", "--keep-jobs")
         try:
+            # The poll finds slurmctld gone: /healthz says so ...
+            for _ in range(120):
+                code, health = await server.json("GET", "/healthz", None)
+                if health["status"] != "ok":
+                    break
+                await sleep(0.25)
+            self.assertEqual((code, health["status"]), (200, "degraded"), health)
+            self.assertEqual(health["executor"], "slurm")
+            self.assertIn("Unable to contact slurm controller", health["reason"])
+            response = await server.request("GET", "/metrics", "ada")
+            metrics = (await treq.content(response)).decode()
+            self.assertIn('jobworker_executor_up{executor="slurm"} 0.0', metrics)
+            # ... and new jobs are refused at once, no sbatch waiting.
+            started = time.monotonic()
             code, body = await server.json(
                 "POST", "/jobs", "alice", {"command": "true"}
             )
+            self.assertLess(time.monotonic() - started, 1.0)
             self.assertEqual(code, 503, body)
             self.assertIn("Slurm is unreachable", body["error"])
             code, listing = await server.json("GET", "/jobs")
