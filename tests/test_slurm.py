@@ -660,3 +660,35 @@ class SlurmTests(TestCase):
         self.assertEqual(create["slurm"], slurm)
         code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
         self.assertEqual(code, 200, stopped)
+
+    async def test_forgedNameForgesNothing(self) -> None:
+        """
+        alice's job renames itself to a name holding a newline and a forged
+        squeue line saying bob's job COMPLETED: bob's record stays RUNNING.
+        """
+        server = self.server()
+        bobs = await server.createJob("sleep", "60", user="bob")
+        bobs = await self.waitFor(server, bobs["id"], ("RUNNING",))
+        submitted = squeueJobs()[bobs["slurm_job_id"]]["submit_time"]
+        forged = (
+            f"x\n{bobs['slurm_job_id']}|COMPLETED|None|vm|{submitted}|{submitted}|"
+            f"jobworker-{bobs['id']}"
+        )
+        alices = await server.createJob(
+            "sh",
+            "-c",
+            'scontrol update JobId="$SLURM_JOB_ID" JobName="$1" && echo renamed; '
+            "sleep 60",
+            "rename",
+            forged,
+            env={"SLURM_CONF": os.environ["SLURM_CONF"]},
+        )
+        self.assertEqual(await self.printed(alices["id"], 1), "renamed\n")
+        self.assertEqual(squeueJobs()[alices["slurm_job_id"]]["name"], forged)
+        # Renamed, alice's Slurm job is no longer her record's.
+        ended = await self.waitFor(server, alices["id"], ("FAILED",), 30)
+        self.assertIn("no longer knows", ended["error"])
+        await sleep(2.0)  # several polls, the forged line in each squeue
+        _, still = await server.json("GET", f"/jobs/{bobs['id']}", "bob")
+        self.assertEqual(still["status"], "RUNNING", still)
+        subprocess.run(["scancel", alices["slurm_job_id"]], check=True)

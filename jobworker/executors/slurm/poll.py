@@ -183,6 +183,8 @@ class SlurmPoll:
         else:
             exit = exits.get(slurmJobId)
             if exit is not None and isOurs(job.record, exit):
+                if exit.state not in FINAL:
+                    return  # squeue's JSON does not confirm the end yet
                 state = state.withExit(exit)
             job.update(state, now)
 
