@@ -306,9 +306,9 @@ class PollLinesTests(SynchronousTestCase):
             "14|FAILED|3:0|vm|1796027633|1796027633|jobworker-a\n"
             "14.batch|FAILED|3:0|vm|1796027633|1796027633|batch\n"
             "272|FAILED|0:53|vm|1796027633|1796027633|wrap\n"
-            "273|CANCELLED by 0|0:9|vm|1796027633|1796027633|a|b\n"
-        )
-        jobs = parseAccounting(text)
+            "273|CANCELLED by 0|0:9|vm|1796027633|1796027633|a\nb\n"
+        ).replace("|", "TK")
+        jobs = parseAccounting(text, "TK")
         self.assertEqual(sorted(jobs), ["14", "272", "273"])
         self.assertEqual(
             [j.name for j in jobs["14"]], ["jobworker-6b31", "jobworker-a"]
@@ -319,8 +319,18 @@ class PollLinesTests(SynchronousTestCase):
         self.assertEqual(
             (jobs["273"][0].state, jobs["273"][0].signal), ("CANCELLED", 9)
         )
+        self.assertEqual(jobs["273"][0].name, "a\nb")
         launch = outcomeOf(jobs["272"][0], False, None)
         self.assertIn("could not launch", launch.error or "")
+        self.assertEqual(parseAccounting("", "TK"), {})
+
+    def test_accountingNameForgesNothing(self) -> None:
+        """A name holding a newline and a forged record (no token) stays a name."""
+        forged = "x\n14|COMPLETED|0:0|vm|1|1|jobworker-a"
+        one = "TK".join(["15", "FAILED", "1:0", "vm", "5", "5", forged]) + "\n"
+        jobs = parseAccounting(one, "TK")
+        self.assertEqual(sorted(jobs), ["15"])
+        self.assertEqual(jobs["15"][0].name, forged)
 
     def test_badLine(self) -> None:
         self.assertRaises(ValueError, parseStates, "squeue: error: something\n", "T")

@@ -228,9 +228,11 @@ class SlurmCommands:
         """
         if not ids:
             return {}
+        token = uuid.uuid4().hex
         query = [
             "--noheader",
             "--parsable2",
+            f"--delimiter={token}",
             f"--jobs={','.join(ids)}",
             f"--format={ACCOUNTING_FORMAT}",
         ]
@@ -241,7 +243,7 @@ class SlurmCommands:
                 return {}
         out = self._check("sacct", result)
         try:
-            return parseAccounting(out)
+            return parseAccounting(out, token)
         except ValueError as e:
             raise SlurmError(f"sacct: unexpected output ({e})") from None
 

@@ -203,23 +203,44 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
 ACCOUNTING_FORMAT = "JobID,State,ExitCode,NodeList,Start,Submit,JobName"
 
 
-def parseAccounting(text: str) -> dict[str, list[SlurmState]]:
+def _accountingRecords(text: str, token: str) -> list[list[str]]:
     """
-    The jobs of C{sacct --noheader --parsable2 --format=ACCOUNTING_FORMAT}
-    output, by Slurm job id: a list each, since accounting keeps every job
-    that ever had the number (numbering restarts when slurmctld's state is
-    reset). Steps (C{14.batch}) are left out. C{ExitCode} is C{code:signal};
-    a "signal" above 31 is Slurm's own launch error, not a signal.
+    The records of sacct output whose fields are separated by C{token}
+    (C{--delimiter}), the free-text name last. A name may hold newlines:
+    a record ends at the last newline before the next record's first field.
+    """
+    pieces = text.split(token)
+    fields = len(ACCOUNTING_FORMAT.split(","))
+    if len(pieces) == 1 and not pieces[0].strip():
+        return []
+    if (len(pieces) - 1) % (fields - 1) != 0:
+        raise ValueError(f"unexpected sacct output {text[:100]!r}")
+    records = []
+    first = pieces[0].strip()
+    for start in range(1, len(pieces), fields - 1):
+        record = [first, *pieces[start : start + fields - 2]]
+        last = pieces[start + fields - 2]
+        if start + fields - 1 < len(pieces):  # the next record's JobID follows
+            last, _, first = last.rpartition("\n")
+        record.append(last.removesuffix("\n"))
+        records.append(record)
+    return records
 
-    @raise ValueError: a line is not in the format asked for.
+
+def parseAccounting(text: str, token: str) -> dict[str, list[SlurmState]]:
+    """
+    The jobs of C{sacct --noheader --parsable2 --delimiter=TOKEN
+    --format=ACCOUNTING_FORMAT} output, by Slurm job id: a list each, since
+    accounting keeps every job that ever had the number (numbering restarts
+    when slurmctld's state is reset). Steps (C{14.batch}) are left out.
+    C{ExitCode} is C{code:signal}; a "signal" above 31 is Slurm's own launch
+    error, not a signal. A token made for each query separates the fields,
+    so that no job name can forge another job's record.
+
+    @raise ValueError: the output is not in the format asked for.
     """
     jobs: dict[str, list[SlurmState]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("|", 6)
-        if len(fields) != 7:
-            raise ValueError(f"unexpected sacct line {line[:100]!r}")
+    for fields in _accountingRecords(text, token):
         jobId, state, exitCode, nodes, start, submit, name = fields
         if not jobId.isdigit():
             continue
