@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 import treq
@@ -101,13 +102,16 @@ def resetCluster() -> None:
     """
     assert STATE is not None
     slurmScript("down.sh")
-    saved = os.path.join(STATE, "state")
-    for name in os.listdir(saved):
-        path = os.path.join(saved, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+    # slurmctld's saved state, and the node's (a job id slurmd still
+    # remembers would clash with the new job of that number).
+    for saved in ("state", "spool"):
+        folder = os.path.join(STATE, saved)
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
     slurmScript("up.sh")
 
 
@@ -305,9 +309,24 @@ class SlurmTests(TestCase):
         await self.waitFor(server, job["id"], ("RUNNING",))
         slurmScript("down.sh", "--keep-jobs")
         try:
+            # The poll finds slurmctld gone: /healthz says so ...
+            for _ in range(120):
+                code, health = await server.json("GET", "/healthz", None)
+                if health["status"] != "ok":
+                    break
+                await sleep(0.25)
+            self.assertEqual((code, health["status"]), (200, "degraded"), health)
+            self.assertEqual(health["executor"], "slurm")
+            self.assertIn("Unable to contact slurm controller", health["reason"])
+            response = await server.request("GET", "/metrics", "ada")
+            metrics = (await treq.content(response)).decode()
+            self.assertIn('jobworker_executor_up{executor="slurm"} 0.0', metrics)
+            # ... and new jobs are refused at once, no sbatch waiting.
+            started = time.monotonic()
             code, body = await server.json(
                 "POST", "/jobs", "alice", {"command": "true"}
             )
+            self.assertLess(time.monotonic() - started, 1.0)
             self.assertEqual(code, 503, body)
             self.assertIn("Slurm is unreachable", body["error"])
             code, listing = await server.json("GET", "/jobs")
@@ -473,6 +492,13 @@ class SlurmTests(TestCase):
         foreign = foreignJob("--wrap", "sleep 300")
         self.assertEqual(foreign, job["slurm_job_id"])
         since = os.path.getsize(slurmctldLog())
+        for _ in range(120):
+            seen = squeueJobs()[foreign]
+            if seen["job_state"] == "RUNNING":
+                break
+            await sleep(0.25)
+        else:
+            self.fail(f"the foreign job never ran: {seen['state_reason']}")
         server = self.server()
         final = await self.waitFor(server, job["id"], ("FAILED", "COMPLETED"), 30)
         self.assertEqual(final["status"], "FAILED", final)
@@ -634,3 +660,35 @@ class SlurmTests(TestCase):
         self.assertEqual(create["slurm"], slurm)
         code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
         self.assertEqual(code, 200, stopped)
+
+    async def test_forgedNameForgesNothing(self) -> None:
+        """
+        alice's job renames itself to a name holding a newline and a forged
+        squeue line saying bob's job COMPLETED: bob's record stays RUNNING.
+        """
+        server = self.server()
+        bobs = await server.createJob("sleep", "60", user="bob")
+        bobs = await self.waitFor(server, bobs["id"], ("RUNNING",))
+        submitted = squeueJobs()[bobs["slurm_job_id"]]["submit_time"]
+        forged = (
+            f"x\n{bobs['slurm_job_id']}|COMPLETED|None|vm|{submitted}|{submitted}|"
+            f"jobworker-{bobs['id']}"
+        )
+        alices = await server.createJob(
+            "sh",
+            "-c",
+            'scontrol update JobId="$SLURM_JOB_ID" JobName="$1" && echo renamed; '
+            "sleep 60",
+            "rename",
+            forged,
+            env={"SLURM_CONF": os.environ["SLURM_CONF"]},
+        )
+        self.assertEqual(await self.printed(alices["id"], 1), "renamed\n")
+        self.assertEqual(squeueJobs()[alices["slurm_job_id"]]["name"], forged)
+        # Renamed, alice's Slurm job is no longer her record's.
+        ended = await self.waitFor(server, alices["id"], ("FAILED",), 30)
+        self.assertIn("no longer knows", ended["error"])
+        await sleep(2.0)  # several polls, the forged line in each squeue
+        _, still = await server.json("GET", f"/jobs/{bobs['id']}", "bob")
+        self.assertEqual(still["status"], "RUNNING", still)
+        subprocess.run(["scancel", alices["slurm_job_id"]], check=True)

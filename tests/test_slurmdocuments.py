@@ -246,8 +246,8 @@ class ExitStatusTests(SynchronousTestCase):
 class NodeFailTests(SynchronousTestCase):
     def test_nodeFailSaysWhichNode(self) -> None:
         """A job whose node died: FAILED, naming the node and Slurm's reason."""
-        line = "4|NODE_FAIL|NodeDown|n1|1796027633|1796027630|jobworker-a\n"
-        got = outcomeOf(parseStates(line)["4"], False, None)
+        line = "T4|NODE_FAIL|NodeDown|n1|1796027633|1796027630|jobworker-aT\n"
+        got = outcomeOf(parseStates(line, "T")["4"], False, None)
         self.assertEqual(
             (got.status, got.exitCode, got.signal), (JobStatus.FAILED, None, None)
         )
@@ -259,16 +259,18 @@ class NodeFailTests(SynchronousTestCase):
 class PollLinesTests(SynchronousTestCase):
     def test_lines(self) -> None:
         """
-        squeue --format lines (SLURM_TIME_FORMAT=%s): a name holding the
-        separator stays whole; "N/A" times are None; array parts skipped.
+        squeue --format output (SLURM_TIME_FORMAT=%s), each job between two
+        copies of the poll's token: a name holding the separator stays
+        whole; "N/A" times are None; array parts skipped.
         """
+        t = "0123abcd"
         text = (
-            "272|FAILED|JobLaunchFailure|vm|1796027633|1796027633|wrap\n"
-            "273|FAILED|NonZeroExitCode|vm|1796027633|1796027633|a|b c\n"
-            "274|PENDING|JobHeldUser||N/A|1796027760|jobworker-x\n"
-            "275_1|PENDING|None||N/A|1796027760|array\n"
+            f"{t}272|FAILED|JobLaunchFailure|vm|1796027633|1796027633|wrap{t}\n"
+            f"{t}273|FAILED|NonZeroExitCode|vm|1796027633|1796027633|a|b c{t}\n"
+            f"{t}274|PENDING|JobHeldUser||N/A|1796027760|jobworker-x{t}\n"
+            f"{t}275_1|PENDING|None||N/A|1796027760|array{t}\n"
         )
-        states = parseStates(text)
+        states = parseStates(text, t)
         self.assertEqual(sorted(states), ["272", "273", "274"])
         self.assertEqual(states["273"].name, "a|b c")
         self.assertEqual(states["274"].reason, "JobHeldUser")
@@ -276,6 +278,22 @@ class PollLinesTests(SynchronousTestCase):
         self.assertIsNone(states["274"].node)
         self.assertEqual(states["272"].submitTime, 1796027633.0)
         self.assertIsNone(states["272"].exitCode)
+
+    def test_forgedLinesInANameStayTheName(self) -> None:
+        """
+        A job may rename itself to text holding newlines and a whole forged
+        line of another job (Slurm 22.05 allows it: checked); without the
+        token, that text stays its name and forges nothing.
+        """
+        t = "5f0e9c1d"
+        forged = "c\n9|COMPLETED|None|vm|1|1|jobworker-victim"
+        text = (
+            f"{t}10|PENDING|JobHeldUser||N/A|1796027760|{forged}{t}\n"
+            f"{t}9|RUNNING|None|vm|1796027700|1796027690|jobworker-victim{t}\n"
+        )
+        states = parseStates(text, t)
+        self.assertEqual(states["10"].name, forged)
+        self.assertEqual(states["9"].state, "RUNNING")
 
     def test_accountingLines(self) -> None:
         """
@@ -288,9 +306,9 @@ class PollLinesTests(SynchronousTestCase):
             "14|FAILED|3:0|vm|1796027633|1796027633|jobworker-a\n"
             "14.batch|FAILED|3:0|vm|1796027633|1796027633|batch\n"
             "272|FAILED|0:53|vm|1796027633|1796027633|wrap\n"
-            "273|CANCELLED by 0|0:9|vm|1796027633|1796027633|a|b\n"
-        )
-        jobs = parseAccounting(text)
+            "273|CANCELLED by 0|0:9|vm|1796027633|1796027633|a\nb\n"
+        ).replace("|", "TK")
+        jobs = parseAccounting(text, "TK")
         self.assertEqual(sorted(jobs), ["14", "272", "273"])
         self.assertEqual(
             [j.name for j in jobs["14"]], ["jobworker-6b31", "jobworker-a"]
@@ -301,11 +319,22 @@ class PollLinesTests(SynchronousTestCase):
         self.assertEqual(
             (jobs["273"][0].state, jobs["273"][0].signal), ("CANCELLED", 9)
         )
+        self.assertEqual(jobs["273"][0].name, "a\nb")
         launch = outcomeOf(jobs["272"][0], False, None)
         self.assertIn("could not launch", launch.error or "")
+        self.assertEqual(parseAccounting("", "TK"), {})
+
+    def test_accountingNameForgesNothing(self) -> None:
+        """A name holding a newline and a forged record (no token) stays a name."""
+        forged = "x\n14|COMPLETED|0:0|vm|1|1|jobworker-a"
+        one = "TK".join(["15", "FAILED", "1:0", "vm", "5", "5", forged]) + "\n"
+        jobs = parseAccounting(one, "TK")
+        self.assertEqual(sorted(jobs), ["15"])
+        self.assertEqual(jobs["15"][0].name, forged)
 
     def test_badLine(self) -> None:
-        self.assertRaises(ValueError, parseStates, "squeue: error: something\n")
+        self.assertRaises(ValueError, parseStates, "squeue: error: something\n", "T")
+        self.assertRaises(ValueError, parseStates, "T1|RUNNING|None|T\n", "T")
 
 
 class SieveTests(SynchronousTestCase):

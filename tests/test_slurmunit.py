@@ -167,6 +167,8 @@ class FakeCommands:
         self.actors: list[tuple[str, str, Identity | None]] = []
         self.failNext: SlurmError | None = None
         self.failExits: SlurmError | None = None
+        #: What squeue --json says, when it differs from the poll's squeue.
+        self.exitsSay: dict[str, SlurmState] | None = None
         self._last: dict[str, SlurmState] = {}
 
     def submit(
@@ -192,6 +194,8 @@ class FakeCommands:
         self.exitsAsked.append(list(ids))
         if self.failExits is not None:
             raise self.failExits
+        if self.exitsSay is not None:
+            return self.named(self.exitsSay)
         return {i: self._last[i] for i in ids if i in self._last}
 
     def named(self, states: dict[str, SlurmState]) -> dict[str, SlurmState]:
@@ -413,6 +417,19 @@ class ExecutorTests(SynchronousTestCase):
         ended = self.manager.record(record.id)
         self.assertIs(ended.status, JobStatus.FAILED)
         self.assertIsNone(ended.exit_code)
+
+    def test_endConfirmedByTheJSON(self) -> None:
+        """
+        The poll's text says the job ended, squeue's JSON (which no job name
+        can forge) says it runs: nothing ends until both agree.
+        """
+        record = self.submit("sleep", "100")
+        self.commands.exitsSay = {"101": state("RUNNING")}
+        self.poll({"101": state("COMPLETED")})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.PENDING)
+        self.commands.exitsSay = None
+        self.poll({"101": state("COMPLETED")})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.COMPLETED)
 
     def test_pendingReasonAndStartTime(self) -> None:
         """
@@ -823,15 +840,12 @@ class CommandsTests(SynchronousTestCase):
             self.lastArgv(), [*becomeAlice, "scancel", "--jobname=jobworker-x"]
         )
         Deferred.fromCoroutine(commands.states(["7", "8"]))
+        argv = self.lastArgv(b"")
         self.assertEqual(
-            self.lastArgv(b""),
-            [
-                "squeue",
-                "--noheader",
-                "--states=all",
-                "--jobs=7,8",
-                "--format=%i|%T|%r|%N|%S|%V|%j",
-            ],
+            argv[:4], ["squeue", "--noheader", "--states=all", "--jobs=7,8"]
+        )
+        self.assertRegex(
+            argv[4], r"^--format=([0-9a-f]{32})%i\|%T\|%r\|%N\|%S\|%V\|%j\1$"
         )
 
     def test_noGroupsCleared(self) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import sys
+import uuid
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -23,12 +24,12 @@ from ...jobs.policy import JobReactor
 from ..local.sandbox import SETPRIV
 from .documents import (
     ACCOUNTING_FORMAT,
-    STATE_FORMAT,
     SlurmError,
     SlurmState,
     parseAccounting,
     parseJobs,
     parseStates,
+    stateFormat,
 )
 
 #: Seconds a Slurm command may take before it is killed (slurmctld down
@@ -168,32 +169,26 @@ class SlurmCommands:
         # One id alone, unknown to Slurm, is an error ("Invalid job id
         # specified"); two or more unknown ones are an empty answer.
         asked = ",".join(ids if len(ids) > 1 else ids * 2)
-        return self._states(
-            await self.run(
-                "squeue",
-                "--noheader",
-                "--states=all",
-                f"--jobs={asked}",
-                f"--format={STATE_FORMAT}",
-            )
-        )
+        return await self._states(f"--jobs={asked}")
 
     async def byName(self, name: str) -> dict[str, SlurmState]:
         """The jobs named C{name} (one whose sbatch answer was lost)."""
-        return self._states(
+        return await self._states(f"--name={name}")
+
+    async def _states(self, which: str) -> dict[str, SlurmState]:
+        token = uuid.uuid4().hex
+        out = self._check(
+            "squeue",
             await self.run(
                 "squeue",
                 "--noheader",
                 "--states=all",
-                f"--name={name}",
-                f"--format={STATE_FORMAT}",
-            )
+                which,
+                f"--format={stateFormat(token)}",
+            ),
         )
-
-    def _states(self, result: tuple[str, str, int]) -> dict[str, SlurmState]:
-        out = self._check("squeue", result)
         try:
-            return parseStates(out)
+            return parseStates(out, token)
         except ValueError as e:
             raise SlurmError(f"squeue: unexpected output ({e})") from None
 
@@ -233,9 +228,11 @@ class SlurmCommands:
         """
         if not ids:
             return {}
+        token = uuid.uuid4().hex
         query = [
             "--noheader",
             "--parsable2",
+            f"--delimiter={token}",
             f"--jobs={','.join(ids)}",
             f"--format={ACCOUNTING_FORMAT}",
         ]
@@ -246,7 +243,7 @@ class SlurmCommands:
                 return {}
         out = self._check("sacct", result)
         try:
-            return parseAccounting(out)
+            return parseAccounting(out, token)
         except ValueError as e:
             raise SlurmError(f"sacct: unexpected output ({e})") from None
 

@@ -22,9 +22,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 #: The poll's C{squeue --format}: id, state, reason, nodes, start, submit,
-#: name. The name last: it may hold anything, "|" included. Times are epoch
+#: name, each job's between two copies of a token (L{stateFormat}). The name
+#: last: it may hold anything, "|" and newlines included. Times are epoch
 #: seconds with C{SLURM_TIME_FORMAT=%s}.
 STATE_FORMAT = "%i|%T|%r|%N|%S|%V|%j"
+
+
+def stateFormat(token: str) -> str:
+    """
+    The poll's C{--format}, each job's fields between two copies of
+    C{token}: a job may rename itself to text holding newlines and whole
+    forged lines of another job, but it cannot know a token made afresh for
+    each poll.
+    """
+    return f"{token}{STATE_FORMAT}{token}"
+
 
 #: Highest number that is a signal: above it, Slurm's "signal" is a code of
 #: its own (a launch failure: 4021 is read as "signal 53").
@@ -191,23 +203,44 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
 ACCOUNTING_FORMAT = "JobID,State,ExitCode,NodeList,Start,Submit,JobName"
 
 
-def parseAccounting(text: str) -> dict[str, list[SlurmState]]:
+def _accountingRecords(text: str, token: str) -> list[list[str]]:
     """
-    The jobs of C{sacct --noheader --parsable2 --format=ACCOUNTING_FORMAT}
-    output, by Slurm job id: a list each, since accounting keeps every job
-    that ever had the number (numbering restarts when slurmctld's state is
-    reset). Steps (C{14.batch}) are left out. C{ExitCode} is C{code:signal};
-    a "signal" above 31 is Slurm's own launch error, not a signal.
+    The records of sacct output whose fields are separated by C{token}
+    (C{--delimiter}), the free-text name last. A name may hold newlines:
+    a record ends at the last newline before the next record's first field.
+    """
+    pieces = text.split(token)
+    fields = len(ACCOUNTING_FORMAT.split(","))
+    if len(pieces) == 1 and not pieces[0].strip():
+        return []
+    if (len(pieces) - 1) % (fields - 1) != 0:
+        raise ValueError(f"unexpected sacct output {text[:100]!r}")
+    records = []
+    first = pieces[0].strip()
+    for start in range(1, len(pieces), fields - 1):
+        record = [first, *pieces[start : start + fields - 2]]
+        last = pieces[start + fields - 2]
+        if start + fields - 1 < len(pieces):  # the next record's JobID follows
+            last, _, first = last.rpartition("\n")
+        record.append(last.removesuffix("\n"))
+        records.append(record)
+    return records
 
-    @raise ValueError: a line is not in the format asked for.
+
+def parseAccounting(text: str, token: str) -> dict[str, list[SlurmState]]:
+    """
+    The jobs of C{sacct --noheader --parsable2 --delimiter=TOKEN
+    --format=ACCOUNTING_FORMAT} output, by Slurm job id: a list each, since
+    accounting keeps every job that ever had the number (numbering restarts
+    when slurmctld's state is reset). Steps (C{14.batch}) are left out.
+    C{ExitCode} is C{code:signal}; a "signal" above 31 is Slurm's own launch
+    error, not a signal. A token made for each query separates the fields,
+    so that no job name can forge another job's record.
+
+    @raise ValueError: the output is not in the format asked for.
     """
     jobs: dict[str, list[SlurmState]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("|", 6)
-        if len(fields) != 7:
-            raise ValueError(f"unexpected sacct line {line[:100]!r}")
+    for fields in _accountingRecords(text, token):
         jobId, state, exitCode, nodes, start, submit, name = fields
         if not jobId.isdigit():
             continue
@@ -241,19 +274,20 @@ def _epoch(text: str) -> float | None:
     return float(text) if text.isdigit() and text != "0" else None
 
 
-def parseStates(text: str) -> dict[str, SlurmState]:
+def parseStates(text: str, token: str) -> dict[str, SlurmState]:
     """
-    The jobs of the poll's C{squeue --noheader --format=STATE_FORMAT}
+    The jobs of the poll's C{squeue --noheader --format=stateFormat(token)}
     output, by Slurm job id (no exit status: squeue has no field for it).
-    Lines of ids that are not plain numbers (array or het job parts) are
-    left out.
+    Jobs whose ids are not plain numbers (array or het job parts) are left
+    out.
 
-    @raise ValueError: a line is not in the format asked for.
+    @raise ValueError: the output is not in the format asked for.
     """
     jobs: dict[str, SlurmState] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
+    pieces = text.split(token)
+    if len(pieces) % 2 != 1 or any(p.strip() for p in pieces[::2]):
+        raise ValueError(f"unexpected squeue output {text[:100]!r}")
+    for line in pieces[1::2]:
         fields = line.split("|", 6)
         if len(fields) != 7:
             raise ValueError(f"unexpected squeue line {line[:100]!r}")

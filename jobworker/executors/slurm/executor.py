@@ -3,8 +3,10 @@ The Slurm executor: each job a Slurm batch job, driven through Slurm's own
 commands (C{sbatch}, C{squeue}, C{scancel}) run as child processes.
 
 Nothing blocks the reactor: every command is a C{spawnProcess} with a
-deadline. Job states are refreshed for all jobs at once, by one
-C{squeue --json} per poll interval. A job's argv and environment go
+deadline. Job states are refreshed for all of jobworker's jobs at once, by
+one C{squeue} about them per poll interval (L{poll}). A record is tied to
+its Slurm job by number, name and submit time, never by number alone. A
+job's argv and environment go
 to files read by a small wrapper (C{data/slurm-exec.sh}) that C{exec}s the
 exact argv with exactly that environment: no shell sees user input. Output
 goes to files in a directory the cluster's nodes share, which followers read

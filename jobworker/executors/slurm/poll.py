@@ -94,7 +94,7 @@ class SlurmPoll:
     async def _ask(
         self, submitted: list[SlurmJob], searching: list[SlurmJob]
     ) -> tuple[dict[str, SlurmState], dict[str, SlurmState], dict[str, str | None]]:
-        """What one poll asks Slurm (see L{_refresh})."""
+        """What one poll asks Slurm (see L{refresh})."""
         if not submitted and not searching:
             await self._commands.ping()
             return {}, {}, {}
@@ -183,6 +183,8 @@ class SlurmPoll:
         else:
             exit = exits.get(slurmJobId)
             if exit is not None and isOurs(job.record, exit):
+                if exit.state not in FINAL:
+                    return  # squeue's JSON does not confirm the end yet
                 state = state.withExit(exit)
             job.update(state, now)
 
