@@ -23,7 +23,7 @@ export function session() {
   try {
     const value = JSON.parse(raw);
     if (Date.parse(value.expires_at) <= Date.now()) {
-      forget();
+      expired();
       return null;
     }
     return value;
@@ -56,12 +56,14 @@ async function errorOf(response) {
   return new APIError(response.status, message);
 }
 
+function expired() {
+  forget();
+  for (const listener of expiredListeners) listener();
+}
+
 /** Note a 401 for a request that carried a token: the token no longer works. */
-export function checkExpired(response) {
-  if (response.status === 401 && session()) {
-    forget();
-    for (const listener of expiredListeners) listener();
-  }
+export function checkExpired(response, headers) {
+  if (response.status === 401 && headers.Authorization) expired();
 }
 
 /**
@@ -76,7 +78,7 @@ export async function request(method, path, { body, signal, text } = {}) {
     init.body = JSON.stringify(body ?? {});
   }
   const response = await fetch(path, init);
-  checkExpired(response);
+  checkExpired(response, headers);
   if (!response.ok) throw await errorOf(response);
   return text ? response.text() : response.json();
 }

@@ -60,7 +60,7 @@ export function follow(url, handlers) {
       cache: "no-store",
       credentials: "omit",
     });
-    checkExpired(response);
+    checkExpired(response, headers);
     if (!response.ok) {
       let message = response.statusText;
       try {
