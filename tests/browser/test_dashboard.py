@@ -50,7 +50,6 @@ class DashboardTests(TestCase):
             row = f'tr[data-id="{job["id"]}"]'
             b.wait(lambda d: b.text(row) is not None, timeout=10)
             self.assertIn("RUNNING", b.text(row))
-            b.screenshot("ui-jobs.png")
             # Keyboard: focus the job's link, Enter opens it.
             from selenium.webdriver.common.keys import Keys
 
@@ -83,6 +82,41 @@ class DashboardTests(TestCase):
         await browser.run(scenario)
         _, record = await server.json("GET", "/jobs?name=ticker", "alice")
         self.assertEqual(record["jobs"][0]["status"], "STOPPED")
+
+    async def test_adminPanelAndNarrowScreen(self) -> None:
+        """
+        ada (Admin) sees the metrics panel drawn from /metrics; alice does
+        not. At 320 px wide nothing overflows sideways but the job table.
+        """
+        server = LiveServer(self)
+        for index in range(3):
+            await server.createJob("sh", "-c", f"echo {index}", name=f"quick-{index}")
+        running = await server.createJob("sleep", "300", labels={"team": "ml"})
+        browser = await Browser.start(self)
+        points = (
+            "return [...document.querySelectorAll('.chart polyline')]"
+            ".map(p => p.getAttribute('points'))"
+        )
+
+        def scenario(b: Browser) -> None:
+            b.login(server.url, "ada", PASSWORDS["ada"])
+            b.wait(lambda d: b.text(".chart-value") not in (None, "…"))
+            self.assertEqual(len(b.driver.execute_script(points)), 4)
+            b.wait(lambda d: b.text(".chart .chart-value") == "1")  # running
+            rows = "tbody tr"
+            b.wait(lambda d: len(d.find_elements("css selector", rows)) == 4)
+            b.screenshot("ui-jobs.png")
+            b.driver.set_window_size(320, 700)
+            width = "return [document.documentElement.scrollWidth, window.innerWidth]"
+            scroll, inner = b.driver.execute_script(width)
+            self.assertLessEqual(scroll, inner)
+            b.byId("logout").click()
+            b.login(server.url, "alice", PASSWORDS["alice"])
+            b.wait(lambda d: b.text("tbody") is not None)
+            self.assertIsNone(b.text(".metrics"))
+
+        await browser.run(scenario)
+        await server.json("POST", f"/jobs/{running['id']}/stop", "ada", {})
 
     async def test_readerSeesNoStopButton(self) -> None:
         """rita (Reader) sees alice's running job, no stop button, no output."""

@@ -47,8 +47,13 @@ function chart(title) {
 }
 
 function draw(parts, series) {
-  const top = Math.max(1, ...series);
-  const points = series.map((v, i) => `${(i * 120) / (KEEP - 1)},${38 - (v / top) * 36}`);
+  // The newest sample on the right; a lone sample as a flat line.
+  const shown = series.length === 1 ? [series[0], series[0]] : series;
+  const top = Math.max(1, ...shown);
+  const step = 120 / (KEEP - 1);
+  const points = shown.map(
+    (v, i) => `${120 - (shown.length - 1 - i) * step},${38 - (v / top) * 36}`,
+  );
   parts.line.setAttribute("points", points.join(" "));
   const last = series.at(-1) ?? 0;
   parts.value.textContent = Number.isInteger(last) ? String(last) : last.toFixed(1);
