@@ -158,6 +158,38 @@ class DashboardTests(TestCase):
         await browser.run(scenario)
 
 
+class TailTests(TestCase):
+    """A long log starts with its tail; "Load earlier" shows the rest."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        requireBrowserRun()
+
+    async def test_loadEarlier(self) -> None:
+        """1,500 lines: the last 1,000 first, then all of them, once each."""
+        server = LiveServer(self)
+        job = await server.createJob("seq", "1", "1500")
+        await server.waitEnded(job["id"])
+        browser = await Browser.start(self)
+
+        def scenario(b: Browser) -> None:
+            b.login(server.url, "alice", PASSWORDS["alice"])
+            b.driver.get(f"{server.url}/ui/#/jobs/{job['id']}")
+            b.wait(lambda d: b.text(".log-state") == "complete")
+            self.assertEqual(
+                lines(b.text("pre.log")), [str(i) for i in range(501, 1501)]
+            )
+            earlier = b.driver.find_element("xpath", "//button[.='Load earlier']")
+            self.assertTrue(earlier.is_displayed())
+            earlier.click()
+            b.wait(lambda d: not earlier.is_displayed())
+            b.wait(lambda d: b.text(".log-state") == "complete")
+            self.assertEqual(lines(b.text("pre.log")), [str(i) for i in range(1, 1501)])
+
+        await browser.run(scenario)
+
+
 class SafetyTests(TestCase):
     """Job data is text, never markup; the CSP refuses inline script."""
 
