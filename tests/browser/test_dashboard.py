@@ -106,6 +106,16 @@ class DashboardTests(TestCase):
             rows = "tbody tr"
             b.wait(lambda d: len(d.find_elements("css selector", rows)) == 4)
             b.screenshot("ui-jobs.png")
+            # Filters: a status chosen from the list, a label typed and applied.
+            from selenium.webdriver.support.ui import Select
+
+            Select(b.driver.find_element("name", "status")).select_by_value("COMPLETED")
+            b.wait(lambda d: len(d.find_elements("css selector", rows)) == 3)
+            self.assertIn("status=COMPLETED", b.driver.current_url)
+            Select(b.driver.find_element("name", "status")).select_by_value("")
+            b.driver.find_element("name", "label").send_keys("team=ml\n")
+            b.wait(lambda d: len(d.find_elements("css selector", rows)) == 1)
+            self.assertIn(running["id"], b.text("tbody"))
             b.driver.set_window_size(320, 700)
             width = "return [document.documentElement.scrollWidth, window.innerWidth]"
             scroll, inner = b.driver.execute_script(width)

@@ -22,7 +22,7 @@ function filterForm(values, onChange) {
     form.append(wrap);
   };
   const status = el("select");
-  for (const value of ["", "PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED", "ended"]) {
+  for (const value of ["", "PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED"]) {
     status.append(new Option(value || "any", value));
   }
   field("status", "Status", status);
