@@ -11,12 +11,17 @@ from jobworker.server.api import OPENAPI, JobsAPI
 
 from .support import LiveServer
 
+#: The routes that need no credentials (so document no 401): the health
+#: probe and the dashboard's static files.
+PUBLIC = {"/healthz", "/ui/", "/ui/{file}"}
+
 
 def servedRoutes() -> set[tuple[str, str]]:
     """(path, method) of every Klein route, paths in OpenAPI form."""
     routes = set()
     for rule in JobsAPI.app.url_map.iter_rules():
         path = re.sub(r"<(?:\w+:)?jobId>", "{id}", rule.rule)
+        path = re.sub(r"<(?:\w+:)?file>", "{file}", path)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((path, method.lower()))
@@ -42,8 +47,18 @@ class DocumentTests(SynchronousTestCase):
         for path, operations in self.doc["paths"].items():
             for method, operation in operations.items():
                 self.assertIn("405", operation["responses"], (path, method))
-                if path != "/healthz":
+                if path not in PUBLIC:
                     self.assertIn("401", operation["responses"], (path, method))
+
+    def test_publicRoutesNeedNoCredentials(self) -> None:
+        """The public routes say so (security: []); no other route does."""
+        public = {
+            path
+            for path, operations in self.doc["paths"].items()
+            for operation in operations.values()
+            if operation.get("security") == []
+        }
+        self.assertEqual(public, PUBLIC)
 
     def test_jobSchemaMatchesRecord(self) -> None:
         """The Job schema lists exactly the fields a job record sends."""

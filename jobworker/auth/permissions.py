@@ -80,6 +80,11 @@ def authorize(user: User, permission: Permission, owner: str | None = None) -> N
         raise Forbidden(f"permission {permission.value} covers only your own jobs")
 
 
+def grants(user: User) -> dict[str, str]:
+    """What C{user}'s role may do: permission name to scope (C{own}, C{all})."""
+    return {p.value: scope.value for p, scope in PERMISSIONS[user.role].items()}
+
+
 def onlyOwnJobs(user: User, permission: Permission) -> bool:
     """Whether C{permission} covers only C{user}'s own jobs (or none)."""
     return PERMISSIONS[user.role].get(permission) is not Scope.ALL

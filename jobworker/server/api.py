@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..auth.audit import AuditLog
 from ..auth.authenticator import REALM, Authenticator, clientAddress
-from ..auth.permissions import Permission, User, authorize, onlyOwnJobs
+from ..auth.permissions import Permission, User, authorize, grants, onlyOwnJobs
 from ..auth.tokens import fingerprint
 from ..errors import (
     BadRequest,
@@ -69,6 +69,7 @@ from .requests import (
     _recordJSON,
     refuseCrossSite,
 )
+from .ui import Dashboard
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
 OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()
@@ -150,6 +151,7 @@ class JobsAPI:
         audit: AuditLog | None = None,
         maxStreams: int = 1000,
         maxStreamsPerUser: int | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self._manager = manager
         self._auditLog = audit
@@ -157,6 +159,7 @@ class JobsAPI:
         self._clock = clock
         self._metrics = metrics
         self._logs = LogStreams(manager, clock, maxStreams, maxStreamsPerUser)
+        self._dashboard = dashboard or Dashboard()
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """At shutdown: let every log response finish (L{LogStreams.drain})."""
@@ -349,6 +352,21 @@ class JobsAPI:
             raise NotFound("metrics are not enabled")
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self._metrics.render()
+
+    @app.route("/whoami", methods=["GET"])
+    @guarded(Permission.GET)
+    async def whoami(self, request: IRequest, user: User) -> bytes:
+        # What the dashboard shows, from the one permission table.
+        return _json(
+            request,
+            {"user": user.name, "role": user.role.value, "permissions": grants(user)},
+        )
+
+    @app.route("/ui/", methods=["GET"])
+    @app.route("/ui/<file>", methods=["GET"])
+    async def dashboard(self, request: IRequest, file: str = "index.html") -> bytes:
+        # No credentials for the page's files; its data requests need a token.
+        return self._dashboard.serve(request, file)
 
     @app.route("/healthz", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
