@@ -26,6 +26,7 @@ process) makes the exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -47,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import datapath
 import store_scale
 from common import (
     HERE,
@@ -712,6 +714,80 @@ def fanout(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     ], raw
 
 
+# -- 4c, 5j. the data path to curl (issue 16) ----------------------------------
+
+
+def followCurl(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """Live follow and finished log to curl, beside the bare TLS sender; best of 3."""
+    s = ctx.settings
+    size = s.follow_bytes
+    raw: dict[str, Any] = {"bytes": size, "bare": [], "runs": []}
+    server = ctx.server("follow_curl")
+    try:
+        for _ in range(s.follow_runs):
+            raw["bare"].append(datapath.bareSend(ctx.cleanup, size))
+            raw["runs"].append(datapath.liveAndFinished(server, size))
+    finally:
+        ctx.stop(server)
+    bare = max(r["rate_mb_s"] for r in raw["bare"])
+    live = max(r["live"]["rate_mb_s"] for r in raw["runs"])
+    done = max(r["finished"]["rate_mb_s"] for r in raw["runs"])
+    reference = f"bare Twisted TLS sender (1 MiB writes): {mbps(bare)}"
+    return [
+        Row(
+            "4c",
+            f"live follow of a {humanBytes(size)} job to curl, best of {s.follow_runs}",
+            mbps(live),
+            reference,
+            live / bare,
+            ">= 0.55",
+            judged(live / bare >= 0.55),
+        ),
+        Row(
+            "4f",
+            f"finished {humanBytes(size)} log to curl, best of {s.follow_runs}",
+            mbps(done),
+            reference,
+            done / bare,
+            ">= 0.60",
+            judged(done / bare >= 0.60),
+        ),
+    ], raw
+
+
+def followersJob(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """
+    The job's own wall (head's, timed inside the job) with 16 live curl
+    followers against the same job alone, alternating, best of each.
+    """
+    s = ctx.settings
+    size = s.follow_bytes
+    n = min(16, s.fanout_followers)
+    raw: dict[str, Any] = {"bytes": size, "alone": [], "followed": []}
+    server = ctx.server("followers_job")
+    try:
+        for _ in range(s.follow_runs):
+            raw["alone"].append(datapath.followedJob(server, size, 0))
+            raw["followed"].append(datapath.followedJob(server, size, n))
+    finally:
+        ctx.stop(server)
+    alone = min(r["job_wall_s"] for r in raw["alone"])
+    followed = min(r["job_wall_s"] for r in raw["followed"])
+    ratio = followed / alone
+    return [
+        Row(
+            "5j",
+            f"{humanBytes(size)} job with {n} live curl followers: job wall "
+            f"(all got every byte), best of {s.follow_runs}",
+            f"{followed:.2f} s",
+            f"same job alone: {alone:.2f} s",
+            ratio,
+            "<= 1.5",
+            judged(ratio <= 1.5),
+        )
+    ], raw
+
+
 # -- 6. request rate -------------------------------------------------------------
 
 
@@ -1063,6 +1139,8 @@ SCENARIOS: dict[str, Callable[[Context], tuple[list[Row], dict[str, Any]]]] = {
     "ingest": ingest,
     "follow": followThroughput,
     "fanout": fanout,
+    "follow_curl": followCurl,
+    "followers_job": followersJob,
     "request_rate": requestRate,
     "cli": cliRoundTrip,
     "concurrency": concurrency,
@@ -1252,8 +1330,16 @@ def main() -> int:
         help="extra twistd jobworker option for every server (repeatable), "
         "e.g. --server-arg=--cgroups=off",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="repeats of the follow scenarios (default: 3, 1 with --smoke)",
+    )
     args = parser.parse_args()
     settings = SMOKE if args.smoke else FULL
+    if args.runs is not None:
+        settings = dataclasses.replace(settings, follow_runs=args.runs)
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.smoke else 180.0
     names = list(SCENARIOS)
