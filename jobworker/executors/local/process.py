@@ -17,6 +17,7 @@ from ...jobs.ending import Ending
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from .cgroups import JobCgroup
+from .pipes import drainInLargeReads
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
 #: open by a process that left the job's session.
@@ -34,6 +35,7 @@ class JobProcessProtocol(ProcessProtocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.closeStdin()
+        drainInLargeReads(self.transport)
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
