@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .order import OrderLog
+from .pacing import Allowance, Pacer
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024
@@ -77,6 +78,8 @@ class OutputSpool:
         self._index = index
         self._clock = clock
         self._wakeCall: IDelayedCall | None = None
+        #: How much its readers may send per turn while the job presses.
+        self.pacer = Pacer(clock) if clock is not None else None
         self.size = 0
         self.dropped = 0
         self.lost = 0
@@ -106,6 +109,8 @@ class OutputSpool:
         Append C{data}. Past the cap the rest is counted as dropped; on a disk
         error it is counted as lost. The writer never blocks or fails.
         """
+        if self.pacer is not None:
+            self.pacer.wrote(len(data))
         if self._room >= 0:
             if len(data) > self._room:
                 self.dropped += len(data) - self._room
@@ -266,6 +271,12 @@ class StoredOutput:
         return succeed(None)
 
 
+def pacerOf(source: OutputSource) -> Pacer | None:
+    """The L{Pacer} of a live local spool (other sources have none)."""
+    pacer: Pacer | None = getattr(source, "pacer", None)
+    return pacer
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -278,9 +289,14 @@ class FileProducer:
     if the transport stopped us first.
     """
 
-    def __init__(self, consumer: IConsumer, files: int) -> None:
+    def __init__(self, consumer: IConsumer, sources: tuple[OutputSource, ...]) -> None:
         self._consumer = consumer
-        self._fds: list[int | None] = [None] * files
+        self._fds: list[int | None] = [None] * len(sources)
+        #: The pacers of the live sources this reader counts as a follower of.
+        self._pacers = [p for p in map(pacerOf, sources) if p is not None]
+        for pacer in self._pacers:
+            pacer.followers += 1
+        self._allowance = Allowance()
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
@@ -298,6 +314,21 @@ class FileProducer:
     def _pump(self) -> None:
         """Send what there is; then L{_waitFor} more, or L{_finish}."""
         raise NotImplementedError
+
+    def _allowed(self, source: OutputSource, length: int) -> int:
+        """
+        How many of C{length} bytes of C{source} to send now; with 0, the
+        reader is waiting for the next turn (its job presses: L{Pacer}).
+        """
+        pacer = pacerOf(source)
+        allowed = self._allowance.allowed(pacer, length)
+        if not allowed:
+            assert pacer is not None
+            self._waitFor(pacer.nextTurn())
+        return allowed
+
+    def _sent(self, size: int) -> None:
+        self._allowance.sent(size)
 
     def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
         """Up to C{length} bytes of file C{index} at C{offset} (b"" on error)."""
@@ -337,6 +368,9 @@ class FileProducer:
         if self._done:
             return False
         self._done = True
+        for pacer in self._pacers:
+            pacer.followers -= 1
+        self._pacers = []
         for index, fd in enumerate(self._fds):
             if fd is not None:
                 os.close(fd)
@@ -360,7 +394,7 @@ class SpoolReader(FileProducer):
     def __init__(
         self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
     ) -> None:
-        super().__init__(request, 1)
+        super().__init__(request, (spool,))
         self._spool = spool
         self._offset = offset
         self._follow = follow
@@ -370,16 +404,15 @@ class SpoolReader(FileProducer):
         while not self._paused and not self._done:
             end = self._spool.size if self._follow else self._limit
             if self._offset < end:
-                data = self._read(
-                    0,
-                    self._spool.path,
-                    self._offset,
-                    min(READ_CHUNK, end - self._offset),
-                )
+                length = self._allowed(self._spool, min(READ_CHUNK, end - self._offset))
+                if not length:
+                    return
+                data = self._read(0, self._spool.path, self._offset, length)
                 if not data:  # the file is shorter than recorded: disk error
                     self._finish()
                     return
                 self._offset += len(data)
+                self._sent(len(data))
                 self._consumer.write(data)
             elif self._follow and not self._spool.closed:
                 self._waitFor(self._spool.whenGrown())
