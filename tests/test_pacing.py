@@ -9,7 +9,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.combined import CombinedReader
 from jobworker.jobs.order import OrderLog
-from jobworker.jobs.pacing import BUDGET, MIN_SHARE, PRESSING, Allowance, Pacer
+from jobworker.jobs.pacing import (
+    GRANT,
+    MAX_CREDIT,
+    PRESSING,
+    QUIET,
+    SHARE,
+    Allowance,
+    Pacer,
+)
 from jobworker.jobs.spool import OutputSpool, SpoolReader
 
 from .test_contract import RecordingConsumer
@@ -39,51 +47,52 @@ def received(consumer: RecordingConsumer) -> bytes:
 
 
 class PacerTests(SynchronousTestCase):
-    def test_shareSplitsTheBudget(self) -> None:
-        """The budget is split among followers, never below the minimum."""
-        pacer = Pacer(Clock())
-        pacer.followers = 4
-        self.assertEqual(pacer.share(), BUDGET // 4)
-        pacer.followers = 10**6
-        self.assertEqual(pacer.share(), MIN_SHARE)
-
     def test_pressingOnlyAfterALargeWrite(self) -> None:
-        pacer = Pacer(Clock())
+        """A large write presses; a small one, or a quiet spell, does not."""
+        clock = Clock()
+        pacer = Pacer(clock)
         pacer.wrote(PRESSING - 1)
         self.assertFalse(pacer.pressing)
         pacer.wrote(PRESSING)
         self.assertTrue(pacer.pressing)
+        clock.advance(QUIET)
+        self.assertFalse(pacer.pressing)
+        pacer.wrote(PRESSING)
+        pacer.ended()
+        self.assertFalse(pacer.pressing)
 
-    def test_allowanceNotPressingIsUnbounded(self) -> None:
+    def test_notPressingIsUnbounded(self) -> None:
         pacer = Pacer(Clock())
         pacer.wrote(10)
         self.assertEqual(Allowance().allowed(pacer, 10**9), 10**9)
 
-    def test_allowancePerWrite(self) -> None:
-        """A share per write; then 0 until the next write."""
+    def test_grantsAShareOfWhatWasWritten(self) -> None:
+        """One byte per SHARE written, in grants, credit capped."""
         pacer = Pacer(Clock())
-        pacer.followers = 2
-        allowance = Allowance()
-        pacer.wrote(PRESSING)
-        self.assertEqual(allowance.allowed(pacer, 10**9), BUDGET // 2)
-        allowance.sent(BUDGET // 2)
-        self.assertEqual(allowance.allowed(pacer, 10**9), 0)
-        pacer.wrote(PRESSING)
-        self.assertEqual(allowance.allowed(pacer, 10**9), BUDGET // 2)
+        pacer.wrote(GRANT * SHARE)
+        self.assertEqual(pacer.grant(10**9), GRANT)
+        self.assertEqual(pacer.grant(10**9), 0)
+        for _ in range(10):
+            pacer.wrote(GRANT * SHARE)
+        granted = 0
+        while share := pacer.grant(10**9):
+            granted += share
+        self.assertEqual(granted, MAX_CREDIT)
 
-    def test_nextTurnIsOneTimer(self) -> None:
-        """Every waiter is woken by one timer at the next turn."""
+    def test_nextTurnIsOneTimerStarvedFirst(self) -> None:
+        """One timer wakes every waiter; those served this write come last."""
         clock = Clock()
         pacer = Pacer(clock)
-        woken = []
-        for _ in range(5):
-            pacer.nextTurn().addCallback(woken.append)
-        cancelled = pacer.nextTurn()
+        woken: list[str] = []
+        for name in ("served-1", "starved-1", "served-2", "starved-2"):
+            d = pacer.nextTurn(name.startswith("served"))
+            d.addCallback(lambda _, name=name: woken.append(name))
+        cancelled = pacer.nextTurn(False)
         cancelled.addErrback(lambda _: None)
         cancelled.cancel()
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         clock.advance(0)
-        self.assertEqual(len(woken), 5)
+        self.assertEqual(woken, ["starved-1", "starved-2", "served-1", "served-2"])
 
 
 class PacedFollowerTests(SynchronousTestCase):
@@ -110,27 +119,33 @@ class PacedFollowerTests(SynchronousTestCase):
         every byte, in order.
         """
         consumers = self.follow(16)
-        sent = []
         for _ in range(8):
             self.spool.write(BIG)
             self.clock.turn()
-            sent.append(sum(len(received(c)) for c in consumers))
-        self.assertEqual(sent[-1], 8 * (BUDGET // 16) * 16)
-        self.assertLess(sent[-1], 16 * 8 * len(BIG))
+        sent = sorted(len(received(c)) for c in consumers)
+        # A grant per write, each to a follower that had none yet.
+        self.assertEqual(sum(sent), 8 * len(BIG) // SHARE)
+        self.assertEqual(sent, [0] * 8 + [GRANT] * 8)
         self.spool.close()
         while self.clock.getDelayedCalls():
             self.clock.turn()
         for consumer in consumers:
             self.assertEqual(received(consumer), BIG * 8)
-        self.assertEqual(self.spool.pacer.followers, 0)  # type: ignore[union-attr]
 
-    def test_oneFollowerKeepsPace(self) -> None:
-        """A single follower's share is the whole budget: a pipe per turn."""
+    def test_oneFollowerLagsThenCatchesUp(self) -> None:
+        """
+        Even a single follower takes only its share while the job presses,
+        and gets the rest once the stream closes.
+        """
         (consumer,) = self.follow(1)
         for turn in range(1, 5):
-            self.spool.write(BIG[:BUDGET])
+            self.spool.write(BIG)
             self.clock.turn()
-            self.assertEqual(len(received(consumer)), turn * BUDGET)
+            self.assertEqual(len(received(consumer)), turn * len(BIG) // SHARE)
+        self.spool.close()
+        while self.clock.getDelayedCalls():
+            self.clock.turn()
+        self.assertEqual(received(consumer), BIG * 4)
 
     def test_followersCatchUpWhenTheJobPauses(self) -> None:
         """
@@ -141,7 +156,7 @@ class PacedFollowerTests(SynchronousTestCase):
         self.spool.write(BIG)
         self.clock.turn()
         self.assertLess(len(received(consumers[0])), len(BIG))
-        self.clock.turn()
+        self.clock.advance(QUIET)
         self.clock.turn()
         for consumer in consumers:
             self.assertEqual(received(consumer), BIG)

@@ -94,7 +94,7 @@ class CombinedReader(FileProducer):
         skip: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(consumer, streams)
+        super().__init__(consumer, 2)
         #: With a clock, the reader lets the reactor serve others after
         #: every L{RUNS_PER_TURN} runs (a job that switched streams at every
         #: byte has a run per byte).
@@ -171,7 +171,6 @@ class CombinedReader(FileProducer):
                 if not data:  # shorter than recorded: a disk error
                     self._finish()
                     return
-                self._sent(len(data))
                 self.position[stream] = offset + len(data)
                 if self._skip:
                     skipped = min(self._skip, len(data))

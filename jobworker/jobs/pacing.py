@@ -1,4 +1,4 @@
-"""Followers of a live spool never slow its job: their share of each reactor turn."""
+"""Followers of a live spool never slow its job: their share of the reactor."""
 
 from __future__ import annotations
 
@@ -9,96 +9,115 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 #: was read: the job writes faster than the server reads, and its pipe may
 #: fill while the reactor serves followers.
 PRESSING = 256 * 1024
-#: While the job presses, its followers together send about this much per
-#: write (per reactor turn, since the pipe is read once a turn) ...
-BUDGET = 1 << 20
-#: ... each at least this much, however many they are: every follower
-#: progresses, and catches up from the file once the job ends.
-MIN_SHARE = 16 * 1024
+#: A job that wrote nothing for this long (seconds) no longer presses.
+QUIET = 0.01
+#: While the job presses, its followers together may send one byte for
+#: every SHARE bytes it writes ...
+SHARE = 4
+#: ... in grants of this much (one large TLS write each, to one follower
+#: at a time: a send's cost is mostly per write, not per byte) ...
+GRANT = 256 * 1024
+#: ... and credit never piles up beyond this.
+MAX_CREDIT = 2 * GRANT
 
 
 class Pacer:
     """
-    The share of the reactor that the followers of one spool may take.
+    How much the readers of one spool may send while its job presses.
 
-    The job's pipe and its followers' connections share one reactor thread:
-    while that thread encrypts for followers, the pipe is not read, and once
-    it is full the job blocks. So while the job presses (its last read was at
-    least L{PRESSING}), each follower sends at most L{share} bytes per write
-    of the spool, then waits for the next reactor turn (L{nextTurn}). A turn
-    that passed with no write means the job is no longer pressing: followers
-    then send freely. Followers lag while the job runs at full speed, and
-    catch up from the spool file; every byte still reaches each of them.
+    The job's pipe and its readers' connections share one reactor thread,
+    and on a small machine the readers' clients share the CPUs with the job:
+    while the server encrypts for readers the pipe is not read, and once it
+    is full the job blocks. So while the job presses (its last write, less
+    than L{QUIET} seconds ago, was at least L{PRESSING}), its readers
+    together send one byte for every L{SHARE} it writes, in L{GRANT}s, in
+    turn: a reader denied a grant waits for the next reactor turn
+    (L{nextTurn}), and readers that got nothing this write are woken before
+    those that did. Readers lag while the job runs at full speed and catch
+    up from the spool file; every byte still reaches each of them.
 
-    @ivar writes: writes of the spool so far (one per pipe read, so one per
-        reactor turn at most).
-    @ivar pressing: whether the last write was at least L{PRESSING}.
-    @ivar followers: live followers sharing L{BUDGET}.
+    @ivar pressing: whether the job is writing faster than it is read.
+    @ivar writes: writes of the spool so far.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self.writes = 0
-        self.pressing = False
-        self.followers = 0
-        self._waiting: list[Deferred[None]] = []
+        self._heavyAt: float | None = None
+        self._credit = 0
+        self._starved: list[Deferred[None]] = []
+        self._served: list[Deferred[None]] = []
         self._turnCall: IDelayedCall | None = None
+
+    @property
+    def pressing(self) -> bool:
+        return (
+            self._heavyAt is not None and self._clock.seconds() - self._heavyAt < QUIET
+        )
 
     def wrote(self, size: int) -> None:
         """The spool took C{size} bytes from the job."""
         self.writes += 1
-        self.pressing = size >= PRESSING
+        if size >= PRESSING:
+            self._heavyAt = self._clock.seconds()
+            self._credit = min(MAX_CREDIT, self._credit + size // SHARE)
+        else:
+            self._heavyAt = None
 
-    def share(self) -> int:
-        """Bytes one follower may send per write while the job presses."""
-        return max(MIN_SHARE, BUDGET // max(1, self.followers))
+    def ended(self) -> None:
+        """The job's stream closed: nothing presses any more."""
+        self._heavyAt = None
 
-    def nextTurn(self) -> Deferred[None]:
-        """A Deferred fired at the next reactor turn (one timer for all)."""
-        d: Deferred[None] = Deferred(self._waiting.remove)
-        self._waiting.append(d)
+    def grant(self, wanted: int) -> int:
+        """Up to C{wanted} bytes to send now; 0 until more credit comes."""
+        if not self.pressing:
+            return wanted
+        granted = min(wanted, GRANT)
+        if self._credit < granted:
+            return 0
+        self._credit -= granted
+        return granted
+
+    def nextTurn(self, served: bool) -> Deferred[None]:
+        """
+        A Deferred fired at the next reactor turn (one timer for all);
+        readers C{served} during this write are woken after the others.
+        """
+        waiting = self._served if served else self._starved
+        d: Deferred[None] = Deferred(lambda d: self._forget(waiting, d))
+        waiting.append(d)
         if self._turnCall is None:
             self._turnCall = self._clock.callLater(0, self._turn)
         return d
 
+    @staticmethod
+    def _forget(waiting: list[Deferred[None]], d: Deferred[None]) -> None:
+        if d in waiting:
+            waiting.remove(d)
+
     def _turn(self) -> None:
         self._turnCall = None
-        waiting, self._waiting = self._waiting, []
+        waiting = self._starved + self._served
+        self._starved, self._served = [], []
         for d in waiting:
             d.callback(None)
 
 
 class Allowance:
-    """
-    One follower's account with the L{Pacer}s of the spools it reads: how
-    much it may send now.
-    """
+    """One reader's account with the L{Pacer}s of the spools it reads."""
 
     def __init__(self) -> None:
-        self._shareOf = -1
-        self._sent = 0
-        self._waitedAt = -1
+        self._servedAt = -1
 
     def allowed(self, pacer: Pacer | None, wanted: int) -> int:
-        """
-        How many of C{wanted} bytes may be sent now: 0 means wait for
-        C{pacer.nextTurn()}.
-        """
-        if pacer is None or not pacer.pressing:
+        """How many of C{wanted} bytes to send now: 0 means wait (L{wait})."""
+        if pacer is None:
             return wanted
-        share = pacer.share()
-        if pacer.writes != self._shareOf:
-            self._shareOf = pacer.writes
-            self._sent = 0
-        elif self._sent >= share and self._waitedAt == pacer.writes:
-            # A whole turn passed with no write: the job stopped pressing.
-            return wanted
-        left = share - self._sent
-        if left <= 0:
-            self._waitedAt = pacer.writes
-            return 0
-        return min(wanted, left)
+        granted = pacer.grant(wanted)
+        if granted:
+            self._servedAt = pacer.writes
+        return granted
 
-    def sent(self, size: int) -> None:
-        """C{size} bytes were sent."""
-        self._sent += size
+    def wait(self, pacer: Pacer) -> Deferred[None]:
+        """The next turn, at this reader's place in line."""
+        return pacer.nextTurn(self._servedAt == pacer.writes)

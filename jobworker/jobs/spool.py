@@ -149,6 +149,8 @@ class OutputSpool:
             self._fd = None
         if self.order is not None:
             self.order.close()
+        if self.pacer is not None:
+            self.pacer.ended()
         self.closed = True
         self._wake()
 
@@ -289,13 +291,9 @@ class FileProducer:
     if the transport stopped us first.
     """
 
-    def __init__(self, consumer: IConsumer, sources: tuple[OutputSource, ...]) -> None:
+    def __init__(self, consumer: IConsumer, files: int) -> None:
         self._consumer = consumer
-        self._fds: list[int | None] = [None] * len(sources)
-        #: The pacers of the live sources this reader counts as a follower of.
-        self._pacers = [p for p in map(pacerOf, sources) if p is not None]
-        for pacer in self._pacers:
-            pacer.followers += 1
+        self._fds: list[int | None] = [None] * files
         self._allowance = Allowance()
         self._done = False
         self._paused = False
@@ -324,11 +322,8 @@ class FileProducer:
         allowed = self._allowance.allowed(pacer, length)
         if not allowed:
             assert pacer is not None
-            self._waitFor(pacer.nextTurn())
+            self._waitFor(self._allowance.wait(pacer))
         return allowed
-
-    def _sent(self, size: int) -> None:
-        self._allowance.sent(size)
 
     def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
         """Up to C{length} bytes of file C{index} at C{offset} (b"" on error)."""
@@ -368,9 +363,6 @@ class FileProducer:
         if self._done:
             return False
         self._done = True
-        for pacer in self._pacers:
-            pacer.followers -= 1
-        self._pacers = []
         for index, fd in enumerate(self._fds):
             if fd is not None:
                 os.close(fd)
@@ -394,7 +386,7 @@ class SpoolReader(FileProducer):
     def __init__(
         self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
     ) -> None:
-        super().__init__(request, (spool,))
+        super().__init__(request, 1)
         self._spool = spool
         self._offset = offset
         self._follow = follow
@@ -412,7 +404,6 @@ class SpoolReader(FileProducer):
                     self._finish()
                     return
                 self._offset += len(data)
-                self._sent(len(data))
                 self._consumer.write(data)
             elif self._follow and not self._spool.closed:
                 self._waitFor(self._spool.whenGrown())
