@@ -61,6 +61,25 @@ class PacerTests(SynchronousTestCase):
         pacer.ended()
         self.assertFalse(pacer.pressing)
 
+    def test_pressingByRateNotByReadSize(self) -> None:
+        """
+        Many small writes in quick succession press (a fast reader makes
+        small reads); the same writes spread out do not.
+        """
+        clock = Clock()
+        pacer = Pacer(clock)
+        for _ in range(2 * PRESSING // 8192):
+            pacer.wrote(8192)
+            self.assertFalse(pacer.pressing)
+            clock.advance(QUIET * 2)
+        for _ in range(PRESSING // 8192):
+            pacer.wrote(8192)
+            clock.advance(QUIET / 1000)
+        self.assertTrue(pacer.pressing)
+        clock.advance(QUIET)  # the window ends: the next writes still press
+        pacer.wrote(8192)
+        self.assertTrue(pacer.pressing)
+
     def test_notPressingIsUnbounded(self) -> None:
         pacer = Pacer(Clock())
         pacer.wrote(10)

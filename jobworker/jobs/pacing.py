@@ -5,11 +5,11 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-#: A write of at least this much means the job's pipe held that much when it
-#: was read: the job writes faster than the server reads, and its pipe may
-#: fill while the reactor serves followers.
+#: A job that wrote at least PRESSING bytes within QUIET seconds, and wrote
+#: again less than QUIET seconds ago, presses: it writes fast enough (25 MB/s
+#: and more) that its pipe may fill while the reactor serves readers. (Not
+#: "its last read was large": pacing makes turns short and reads small.)
 PRESSING = 256 * 1024
-#: A job that wrote nothing for this long (seconds) no longer presses.
 QUIET = 0.01
 #: While the job presses, its followers together may send one byte for
 #: every SHARE bytes it writes ...
@@ -28,8 +28,7 @@ class Pacer:
     The job's pipe and its readers' connections share one reactor thread,
     and on a small machine the readers' clients share the CPUs with the job:
     while the server encrypts for readers the pipe is not read, and once it
-    is full the job blocks. So while the job presses (its last write, less
-    than L{QUIET} seconds ago, was at least L{PRESSING}), its readers
+    is full the job blocks. So while the job presses (L{PRESSING}), its readers
     together send one byte for every L{SHARE} it writes, in L{GRANT}s, in
     turn: a reader denied a grant waits for the next reactor turn
     (L{nextTurn}), and readers that got nothing this write are woken before
@@ -43,7 +42,12 @@ class Pacer:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self.writes = 0
-        self._heavyAt: float | None = None
+        #: The current window of QUIET seconds: its start and bytes; whether
+        #: the window before it was heavy; the last write.
+        self._windowStart = -QUIET
+        self._windowBytes = 0
+        self._heavyBefore = False
+        self._lastWrite: float | None = None
         self._credit = 0
         self._starved: list[Deferred[None]] = []
         self._served: list[Deferred[None]] = []
@@ -52,21 +56,27 @@ class Pacer:
     @property
     def pressing(self) -> bool:
         return (
-            self._heavyAt is not None and self._clock.seconds() - self._heavyAt < QUIET
+            self._lastWrite is not None
+            and self._clock.seconds() - self._lastWrite < QUIET
+            and (self._heavyBefore or self._windowBytes >= PRESSING)
         )
 
     def wrote(self, size: int) -> None:
         """The spool took C{size} bytes from the job."""
         self.writes += 1
-        if size >= PRESSING:
-            self._heavyAt = self._clock.seconds()
-            self._credit = min(MAX_CREDIT, self._credit + size // SHARE)
-        else:
-            self._heavyAt = None
+        now = self._lastWrite = self._clock.seconds()
+        if now - self._windowStart >= QUIET:
+            self._heavyBefore = (
+                self._windowBytes >= PRESSING and now - self._windowStart < 2 * QUIET
+            )
+            self._windowStart = now
+            self._windowBytes = 0
+        self._windowBytes += size
+        self._credit = min(MAX_CREDIT, self._credit + size // SHARE)
 
     def ended(self) -> None:
         """The job's stream closed: nothing presses any more."""
-        self._heavyAt = None
+        self._lastWrite = None
 
     def grant(self, wanted: int) -> int:
         """Up to C{wanted} bytes to send now; 0 until more credit comes."""
