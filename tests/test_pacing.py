@@ -15,7 +15,6 @@ from jobworker.jobs.pacing import (
     PRESSING,
     QUIET,
     SHARE,
-    Allowance,
     Pacer,
 )
 from jobworker.jobs.spool import OutputSpool, SpoolReader
@@ -24,22 +23,6 @@ from .test_contract import RecordingConsumer
 
 #: One pipe's worth, as a heavy writer's reads bring it.
 BIG = bytes(range(256)) * (PRESSING // 256) * 4
-
-
-class TurnClock(Clock):
-    """
-    A Clock whose L{turn} runs only the calls due when it starts, as one
-    reactor iteration does (C{Clock.advance} would also run the zero-delay
-    calls those calls add).
-    """
-
-    def turn(self) -> None:
-        due = [call for call in self.calls if call.getTime() <= self.seconds()]
-        for call in due:
-            if call.active():
-                self.calls.remove(call)
-                call.called = 1
-                call.func(*call.args, **call.kw)
 
 
 def received(consumer: RecordingConsumer) -> bytes:
@@ -83,7 +66,7 @@ class PacerTests(SynchronousTestCase):
     def test_notPressingIsUnbounded(self) -> None:
         pacer = Pacer(Clock())
         pacer.wrote(10)
-        self.assertEqual(Allowance().allowed(pacer, 10**9), 10**9)
+        self.assertEqual(pacer.grant(10**9), 10**9)
 
     def test_grantsAShareOfWhatWasWritten(self) -> None:
         """One byte per SHARE written, in grants, credit capped."""
@@ -98,25 +81,48 @@ class PacerTests(SynchronousTestCase):
             granted += share
         self.assertEqual(granted, MAX_CREDIT)
 
-    def test_nextTurnIsOneTimerStarvedFirst(self) -> None:
-        """One timer wakes every waiter; those served this write come last."""
+    def test_eachWriteWakesWhomItsCreditPays(self) -> None:
+        """
+        Waiting readers are woken in line, as many per write as its credit
+        pays grants for; the rest cost nothing until their turn.
+        """
         clock = Clock()
         pacer = Pacer(clock)
-        woken: list[str] = []
-        for name in ("served-1", "starved-1", "served-2", "starved-2"):
-            d = pacer.nextTurn(name.startswith("served"))
-            d.addCallback(lambda _, name=name: woken.append(name))
-        cancelled = pacer.nextTurn(False)
+        pacer.wrote(PRESSING)
+        pacer.grant(GRANT)
+        woken: list[int] = []
+        for n in range(5):
+            pacer.wait().addCallback(lambda _, n=n: woken.append(n))
+        cancelled = pacer.wait()
         cancelled.addErrback(lambda _: None)
         cancelled.cancel()
-        self.assertEqual(len(clock.getDelayedCalls()), 1)
-        clock.advance(0)
-        self.assertEqual(woken, ["starved-1", "starved-2", "served-1", "served-2"])
+        pacer.wrote(GRANT * SHARE)
+        self.assertEqual(woken, [0])
+        pacer.wrote(2 * GRANT * SHARE)
+        self.assertEqual(woken, [0, 1, 2])
+        pacer.ended()
+        self.assertEqual(woken, [0, 1, 2, 3, 4])
+
+    def test_lineReleasedWhenTheJobGoesQuiet(self) -> None:
+        """A job that stops writing releases every waiting reader."""
+        clock = Clock()
+        pacer = Pacer(clock)
+        pacer.wrote(PRESSING)
+        pacer.grant(GRANT)
+        woken: list[None] = []
+        pacer.wait().addCallback(woken.append)
+        clock.advance(QUIET / 2)
+        pacer.wrote(PRESSING // 4)
+        clock.advance(QUIET / 2)
+        self.assertEqual(woken, [])  # it wrote within QUIET: still pressing
+        clock.advance(QUIET)
+        self.assertEqual(woken, [None])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class PacedFollowerTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = TurnClock()
+        self.clock = Clock()
         directory = self.mktemp()
         self.order = OrderLog(os.path.join(directory, "order"))
         self.spools = tuple(
@@ -140,14 +146,18 @@ class PacedFollowerTests(SynchronousTestCase):
         consumers = self.follow(16)
         for _ in range(8):
             self.spool.write(BIG)
-            self.clock.turn()
+            self.clock.advance(0)
         sent = sorted(len(received(c)) for c in consumers)
-        # A grant per write, each to a follower that had none yet.
+        # A grant per write, in line: (the first one served, from the
+        # spool's wake, was first to be denied too, so first in line.)
         self.assertEqual(sum(sent), 8 * len(BIG) // SHARE)
-        self.assertEqual(sent, [0] * 8 + [GRANT] * 8)
+        self.assertEqual(sent, [0] * 9 + [GRANT] * 6 + [2 * GRANT])
+        # Waiting followers cost no timer per turn: only the spool's wake
+        # and the pacer's release check are pending.
+        self.assertLessEqual(len(self.clock.getDelayedCalls()), 2)
         self.spool.close()
         while self.clock.getDelayedCalls():
-            self.clock.turn()
+            self.clock.advance(0)
         for consumer in consumers:
             self.assertEqual(received(consumer), BIG * 8)
 
@@ -159,11 +169,11 @@ class PacedFollowerTests(SynchronousTestCase):
         (consumer,) = self.follow(1)
         for turn in range(1, 5):
             self.spool.write(BIG)
-            self.clock.turn()
+            self.clock.advance(0)
             self.assertEqual(len(received(consumer)), turn * len(BIG) // SHARE)
         self.spool.close()
         while self.clock.getDelayedCalls():
-            self.clock.turn()
+            self.clock.advance(0)
         self.assertEqual(received(consumer), BIG * 4)
 
     def test_followersCatchUpWhenTheJobPauses(self) -> None:
@@ -173,10 +183,10 @@ class PacedFollowerTests(SynchronousTestCase):
         """
         consumers = self.follow(4)
         self.spool.write(BIG)
-        self.clock.turn()
+        self.clock.advance(0)
         self.assertLess(len(received(consumers[0])), len(BIG))
         self.clock.advance(QUIET)
-        self.clock.turn()
+        self.clock.advance(0)
         for consumer in consumers:
             self.assertEqual(received(consumer), BIG)
 
@@ -185,7 +195,7 @@ class PacedFollowerTests(SynchronousTestCase):
         consumers = self.follow(16)
         for _ in range(10):
             self.spool.write(b"x" * 1000)
-        self.clock.turn()
+        self.clock.advance(0)
         for consumer in consumers:
             self.assertEqual(received(consumer), b"x" * 10000)
 
@@ -208,12 +218,12 @@ class PacedFollowerTests(SynchronousTestCase):
             reader.start()
         self.spools[0].write(BIG)
         self.spools[1].write(BIG)
-        self.clock.turn()
+        self.clock.advance(0)
         self.assertLess(sum(map(len, got)), 8 * 2 * len(BIG))
         for spool in self.spools:
             spool.close()
         while self.clock.getDelayedCalls():
-            self.clock.turn()
+            self.clock.advance(0)
         self.assertEqual(sum(map(len, got)), 8 * 2 * len(BIG))
         for reader in readers:
             self.assertEqual(reader.position, [len(BIG), len(BIG)])

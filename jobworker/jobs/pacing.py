@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -28,14 +30,14 @@ class Pacer:
     The job's pipe and its readers' connections share one reactor thread,
     and on a small machine the readers' clients share the CPUs with the job:
     while the server encrypts for readers the pipe is not read, and once it
-    is full the job blocks. So while the job presses (L{PRESSING}), its readers
-    together send one byte for every L{SHARE} it writes, in L{GRANT}s, in
-    turn: a reader denied a grant waits for the next reactor turn
-    (L{nextTurn}), and readers that got nothing this write are woken before
-    those that did. Readers lag while the job runs at full speed and catch
-    up from the spool file; every byte still reaches each of them.
+    is full the job blocks. So while the job presses (L{PRESSING}), its
+    readers together send one byte for every L{SHARE} it writes, in
+    L{GRANT}s. A reader denied a grant waits in line (L{wait}), costing
+    nothing per turn: each write wakes only as many readers as its credit
+    pays for, first come first served, and everyone is woken once the job
+    stops pressing or ends. Readers lag while the job runs at full speed and
+    catch up from the spool file; every byte still reaches each of them.
 
-    @ivar pressing: whether the job is writing faster than it is read.
     @ivar writes: writes of the spool so far.
     """
 
@@ -49,12 +51,12 @@ class Pacer:
         self._heavyBefore = False
         self._lastWrite: float | None = None
         self._credit = 0
-        self._starved: list[Deferred[None]] = []
-        self._served: list[Deferred[None]] = []
-        self._turnCall: IDelayedCall | None = None
+        self._line: deque[Deferred[None]] = deque()
+        self._releaseCall: IDelayedCall | None = None
 
     @property
     def pressing(self) -> bool:
+        """Whether the job writes fast enough to be paced for (L{PRESSING})."""
         return (
             self._lastWrite is not None
             and self._clock.seconds() - self._lastWrite < QUIET
@@ -73,10 +75,17 @@ class Pacer:
             self._windowBytes = 0
         self._windowBytes += size
         self._credit = min(MAX_CREDIT, self._credit + size // SHARE)
+        if self._line:
+            if not self.pressing:
+                self._wakeAll()
+            else:
+                for _ in range(min(len(self._line), self._credit // GRANT)):
+                    self._line.popleft().callback(None)
 
     def ended(self) -> None:
         """The job's stream closed: nothing presses any more."""
         self._lastWrite = None
+        self._wakeAll()
 
     def grant(self, wanted: int) -> int:
         """Up to C{wanted} bytes to send now; 0 until more credit comes."""
@@ -88,46 +97,29 @@ class Pacer:
         self._credit -= granted
         return granted
 
-    def nextTurn(self, served: bool) -> Deferred[None]:
+    def wait(self) -> Deferred[None]:
         """
-        A Deferred fired at the next reactor turn (one timer for all);
-        readers C{served} during this write are woken after the others.
+        A Deferred fired when there is credit for this reader (or the job
+        no longer presses); cancelling it leaves the line.
         """
-        waiting = self._served if served else self._starved
-        d: Deferred[None] = Deferred(lambda d: self._forget(waiting, d))
-        waiting.append(d)
-        if self._turnCall is None:
-            self._turnCall = self._clock.callLater(0, self._turn)
+        d: Deferred[None] = Deferred(self._line.remove)
+        self._line.append(d)
+        if self._releaseCall is None:
+            self._releaseCall = self._clock.callLater(QUIET, self._release)
         return d
 
-    @staticmethod
-    def _forget(waiting: list[Deferred[None]], d: Deferred[None]) -> None:
-        if d in waiting:
-            waiting.remove(d)
+    def _release(self) -> None:
+        # The job may have stopped writing: then nothing else wakes the line.
+        self._releaseCall = None
+        if not self.pressing:
+            self._wakeAll()
+        elif self._line:
+            self._releaseCall = self._clock.callLater(QUIET, self._release)
 
-    def _turn(self) -> None:
-        self._turnCall = None
-        waiting = self._starved + self._served
-        self._starved, self._served = [], []
-        for d in waiting:
+    def _wakeAll(self) -> None:
+        line, self._line = self._line, deque()
+        if self._releaseCall is not None and self._releaseCall.active():
+            self._releaseCall.cancel()
+        self._releaseCall = None
+        for d in line:
             d.callback(None)
-
-
-class Allowance:
-    """One reader's account with the L{Pacer}s of the spools it reads."""
-
-    def __init__(self) -> None:
-        self._servedAt = -1
-
-    def allowed(self, pacer: Pacer | None, wanted: int) -> int:
-        """How many of C{wanted} bytes to send now: 0 means wait (L{wait})."""
-        if pacer is None:
-            return wanted
-        granted = pacer.grant(wanted)
-        if granted:
-            self._servedAt = pacer.writes
-        return granted
-
-    def wait(self, pacer: Pacer) -> Deferred[None]:
-        """The next turn, at this reader's place in line."""
-        return pacer.nextTurn(self._servedAt == pacer.writes)

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .order import OrderLog
-from .pacing import Allowance, Pacer
+from .pacing import Pacer
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024
@@ -109,8 +109,11 @@ class OutputSpool:
         Append C{data}. Past the cap the rest is counted as dropped; on a disk
         error it is counted as lost. The writer never blocks or fails.
         """
+        self._append(data)
         if self.pacer is not None:
             self.pacer.wrote(len(data))
+
+    def _append(self, data: bytes) -> None:
         if self._room >= 0:
             if len(data) > self._room:
                 self.dropped += len(data) - self._room
@@ -294,7 +297,6 @@ class FileProducer:
     def __init__(self, consumer: IConsumer, files: int) -> None:
         self._consumer = consumer
         self._fds: list[int | None] = [None] * files
-        self._allowance = Allowance()
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
@@ -319,10 +321,11 @@ class FileProducer:
         reader is waiting for the next turn (its job presses: L{Pacer}).
         """
         pacer = pacerOf(source)
-        allowed = self._allowance.allowed(pacer, length)
+        if pacer is None:
+            return length
+        allowed = pacer.grant(length)
         if not allowed:
-            assert pacer is not None
-            self._waitFor(self._allowance.wait(pacer))
+            self._waitFor(pacer.wait())
         return allowed
 
     def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
