@@ -15,7 +15,7 @@ PRESSING = 256 * 1024
 QUIET = 0.01
 #: While the job presses, its followers together may send one byte for
 #: every SHARE bytes it writes ...
-SHARE = 4
+SHARE = 16
 #: ... in grants of this much (one large TLS write each, to one follower
 #: at a time: a send's cost is mostly per write, not per byte) ...
 GRANT = 256 * 1024
