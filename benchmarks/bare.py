@@ -5,7 +5,9 @@ does with no server around it. Prints one JSON object.
     python benchmarks/bare.py spawn --duration 10 --inflight 8 [--wrap W]
         reactor.spawnProcess of `true`, N in flight, for D seconds: jobs/s;
         --wrap setsid / gate: through `setsid`, or `sh -c 'exec "$@"'` and
-        `setsid` (the exec chain of a job, with and without cgroups).
+        `setsid` (the exec chain of a job, with and without cgroups);
+        --wrap sandbox: the chain of a sandboxed job (setsid, unshare, a
+        shell mounting a tmpfs, setpriv, env -i), as root only.
     python benchmarks/bare.py latency --samples 200
         spawnProcess of `true` one at a time: spawn -> processEnded seconds.
     python benchmarks/bare.py ingest --bytes N [--write FILE]
@@ -75,6 +77,34 @@ def spawn(args: argparse.Namespace) -> dict[str, Any]:
     if args.wrap == "gate":
         # The exec chain of a job with cgroups: sh (the gate) -> setsid -> cmd.
         argv = [which("sh"), "-c", 'exec "$@"', "jobworker-gate", *argv]
+    if args.wrap == "sandbox":
+        # The exec chain of a sandboxed job (dynamic uid), as sandbox.py
+        # builds it: setsid, unshare, a shell that mounts a private /tmp
+        # (mount -a of a one-line fstab) then execs setpriv, env -i, cmd.
+        fstab = os.path.join(os.environ.get("TMPDIR", "/tmp"), "bare-fstab")
+        with open(fstab, "w", encoding="ascii") as f:
+            f.write("tmpfs /tmp tmpfs rw,nosuid,nodev,size=1m 0 0\n")
+        script = f'{which("mount")} -a -T "$0" || exit 125; exec "$@"'
+        argv = [
+            which("setsid"),
+            which("unshare"),
+            "--mount",
+            "--ipc",
+            "--",
+            which("sh"),
+            "-c",
+            script,
+            fstab,
+            which("setpriv"),
+            "--reuid=70000",
+            "--regid=70000",
+            "--clear-groups",
+            "--",
+            which("env"),
+            "-i",
+            "--",
+            which("true"),
+        ]
     state = {"started": 0, "ended": 0, "end": 0.0}
     begin = time.monotonic()
     deadline = begin + args.duration
@@ -254,7 +284,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8)
     p.add_argument(
         "--wrap",
-        choices=["none", "setsid", "gate"],
+        choices=["none", "setsid", "gate", "sandbox"],
         default="none",
         help="exec `true` directly, through setsid, or through sh + setsid",
     )
