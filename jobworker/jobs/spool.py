@@ -294,9 +294,11 @@ class FileProducer:
     if the transport stopped us first.
     """
 
-    def __init__(self, consumer: IConsumer, files: int) -> None:
+    def __init__(self, consumer: IConsumer, sources: tuple[OutputSource, ...]) -> None:
         self._consumer = consumer
-        self._fds: list[int | None] = [None] * files
+        self._fds: list[int | None] = [None] * len(sources)
+        #: Each source's L{Pacer}, if it is a live local spool.
+        self._pacers = tuple(pacerOf(source) for source in sources)
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
@@ -315,12 +317,12 @@ class FileProducer:
         """Send what there is; then L{_waitFor} more, or L{_finish}."""
         raise NotImplementedError
 
-    def _allowed(self, source: OutputSource, length: int) -> int:
+    def _allowed(self, index: int, length: int) -> int:
         """
-        How many of C{length} bytes of C{source} to send now; with 0, the
-        reader is waiting for the next turn (its job presses: L{Pacer}).
+        How many of C{length} bytes of source C{index} to send now; with 0,
+        the reader waits for its turn (the job presses: L{Pacer}).
         """
-        pacer = pacerOf(source)
+        pacer = self._pacers[index]
         if pacer is None:
             return length
         allowed = pacer.grant(length)
@@ -389,7 +391,7 @@ class SpoolReader(FileProducer):
     def __init__(
         self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
     ) -> None:
-        super().__init__(request, 1)
+        super().__init__(request, (spool,))
         self._spool = spool
         self._offset = offset
         self._follow = follow
@@ -399,7 +401,7 @@ class SpoolReader(FileProducer):
         while not self._paused and not self._done:
             end = self._spool.size if self._follow else self._limit
             if self._offset < end:
-                length = self._allowed(self._spool, min(READ_CHUNK, end - self._offset))
+                length = self._allowed(0, min(READ_CHUNK, end - self._offset))
                 if not length:
                     return
                 data = self._read(0, self._spool.path, self._offset, length)
