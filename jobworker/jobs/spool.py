@@ -78,7 +78,7 @@ class OutputSpool:
         self._index = index
         self._clock = clock
         self._wakeCall: IDelayedCall | None = None
-        #: How much its readers may send per turn while the job presses.
+        #: How much its readers may send while the job writes at full speed.
         self.pacer = Pacer(clock) if clock is not None else None
         self.size = 0
         self.dropped = 0
