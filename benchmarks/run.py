@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import datapath
 import store_scale
 from common import (
+    BARE_SPAWNER,
     HERE,
     MB,
     PYTHON,
@@ -330,6 +331,18 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         if os.getuid() == 0
         else None
     )
+    rawSpawner = (
+        runBare(
+            "--duration",
+            duration,
+            "--inflight",
+            inflight,
+            "--sandbox",
+            script=BARE_SPAWNER,
+        )
+        if os.getuid() == 0
+        else None
+    )
     ratio = api["rate"] / raw["rate"]
     rows = [
         Row(
@@ -377,12 +390,28 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 "info",
             )
         )
+    if rawSpawner is not None:
+        if rawSpawner["failed"]:
+            raise BenchError(f"bare spawner: {rawSpawner['failed']} jobs failed")
+        rows.append(
+            Row(
+                "1i",
+                "  (info) bare long-lived spawner: fork, then setsid, unshare, "
+                "tmpfs, setresuid in-process, one exec (bare_spawner.py)",
+                f"{rawSpawner['rate']:.0f} jobs/s",
+                f"bare `true`: {raw['rate']:.0f} jobs/s",
+                rawSpawner["rate"] / raw["rate"],
+                "-",
+                "info",
+            )
+        )
     return rows, {
         "api": api,
         "bare": raw,
         "bare_setsid": rawSetsid,
         "bare_gate_chain": rawGate,
         "bare_sandbox_chain": rawSandbox,
+        "bare_spawner_sandbox": rawSpawner,
     }
 
 
