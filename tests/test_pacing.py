@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 
+import treq
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.jobs.combined import CombinedReader
 from jobworker.jobs.order import OrderLog
@@ -20,7 +22,8 @@ from jobworker.jobs.pacing import (
 )
 from jobworker.jobs.spool import OutputSpool, SpoolReader
 
-from .test_contract import RecordingConsumer
+from .support import LiveServer
+from .test_contract import RecordingConsumer, parseEvents
 
 #: One pipe's worth, as a heavy writer's reads bring it.
 BIG = bytes(range(256)) * (PRESSING // 256) * 4
@@ -205,6 +208,32 @@ class PacedFollowerTests(SynchronousTestCase):
         for consumer in consumers:
             self.assertEqual(consumer.digest.hexdigest(), digestOf(BIG))
 
+    def test_followerGoneWhileWaitingIsForgotten(self) -> None:
+        """
+        A follower whose client went away while it waited in line leaves the
+        line: later writes wake the others, and nothing fails.
+        """
+        consumers = [Tally() for _ in range(3)]
+        readers = [
+            SpoolReader(self.spool, consumer, 0, True)  # type: ignore[arg-type]
+            for consumer in consumers
+        ]
+        for reader in readers:
+            reader.start().addErrback(lambda _: None)
+        self.spool.write(PACE)
+        self.clock.advance(0)
+        readers[1].stopProducing()
+        self.assertTrue(readers[1].done.called)
+        for _ in range(3):
+            self.spool.write(PACE)
+            self.clock.advance(0)
+        self.spool.close()
+        self.clock.advance(0)
+        for index in (0, 2):
+            self.assertEqual(consumers[index].digest.hexdigest(), digestOf(PACE * 4))
+        self.assertLess(consumers[1].size, 4 * len(PACE))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_quietJobNotPaced(self) -> None:
         """Small writes (the pipe never filled) reach followers at once."""
         consumers = self.follow(16)
@@ -242,3 +271,47 @@ class PacedFollowerTests(SynchronousTestCase):
         self.assertEqual(sum(map(len, got)), 8 * 2 * len(BIG))
         for reader in readers:
             self.assertEqual(reader.position, [len(BIG), len(BIG)])
+
+
+class PacedFollowersLiveTests(TestCase):
+    """The real server: a job writing at full speed, followed four ways."""
+
+    #: 48 MiB of a pattern, 1 MiB per write, after the followers attached.
+    SCRIPT = (
+        "import os, time\n"
+        "time.sleep(1)\n"
+        "block = bytes(range(256)) * 4096\n"
+        "for _ in range(48):\n"
+        "    os.write(1, block)\n"
+    )
+
+    async def test_everyFollowerEveryByte(self) -> None:
+        """
+        Raw, SSE and combined followers of a job that presses each get every
+        byte, in order, while the job writes far faster than they are paced.
+        """
+        server = LiveServer(self)
+        job = await server.createJob("python3", "-c", self.SCRIPT)
+        expected = hashlib.sha256(bytes(range(256)) * 4096 * 48).hexdigest()
+        paths = [f"/jobs/{job['id']}/logs?follow=true"] * 2 + [
+            f"/jobs/{job['id']}/logs?stream=combined&follow=true"
+        ]
+        responses = [await server.request("GET", path) for path in paths]
+        events = await server.request(
+            "GET",
+            f"/jobs/{job['id']}/logs?follow=true",
+            headers={b"accept": [b"text/event-stream"]},
+        )
+        bodies = [await treq.content(response) for response in responses]
+        for body in bodies:
+            self.assertEqual(hashlib.sha256(body).hexdigest(), expected)
+        output = [
+            base64.b64decode(e["data"]["base64"])
+            if "base64" in e["data"]
+            else e["data"]["text"].encode("utf-8")
+            for e in parseEvents(await treq.content(events))
+            if e["event"] == "stdout"
+        ]
+        self.assertEqual(hashlib.sha256(b"".join(output)).hexdigest(), expected)
+        record = await server.manager.whenEnded(job["id"])
+        self.assertEqual(record.stdout_bytes, 48 << 20)
