@@ -37,13 +37,10 @@ class Pacer:
     pays for, first come first served, and everyone is woken once the job
     stops pressing or ends. Readers lag while the job runs at full speed and
     catch up from the spool file; every byte still reaches each of them.
-
-    @ivar writes: writes of the spool so far.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self.writes = 0
         #: The current window of QUIET seconds: its start and bytes; whether
         #: the window before it was heavy; the last write.
         self._windowStart = -QUIET
@@ -65,7 +62,6 @@ class Pacer:
 
     def wrote(self, size: int) -> None:
         """The spool took C{size} bytes from the job."""
-        self.writes += 1
         now = self._lastWrite = self._clock.seconds()
         if now - self._windowStart >= QUIET:
             self._heavyBefore = (
