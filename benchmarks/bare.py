@@ -5,12 +5,18 @@ does with no server around it. Prints one JSON object.
     python benchmarks/bare.py spawn --duration 10 --inflight 8 [--wrap W]
         reactor.spawnProcess of `true`, N in flight, for D seconds: jobs/s;
         --wrap setsid / gate: through `setsid`, or `sh -c 'exec "$@"'` and
-        `setsid` (the exec chain of a job, with and without cgroups).
+        `setsid` (the exec chain of a job, with and without cgroups);
+        --wrap sandbox: the chain of a sandboxed job (setsid, unshare, a
+        shell mounting a tmpfs, setpriv, env -i), as root only.
     python benchmarks/bare.py latency --samples 200
         spawnProcess of `true` one at a time: spawn -> processEnded seconds.
     python benchmarks/bare.py ingest --bytes N [--write FILE]
         `head -c N /dev/zero` read by a bare ProcessProtocol that discards
         the output (or, with --write, appends it to FILE like a spool).
+    python benchmarks/bare.py send --bytes N
+        a TLS 1.3 server (TLSMemoryBIOProtocol, the server's certificate) that
+        answers one request with N bytes written in 1 MiB chunks by a push
+        producer; prints {"port": P} when listening, then its JSON when done.
 
 The child gets the same environment and file descriptors as a job
 (PATH, LANG, HOME; stdin closed at once; stdout and stderr pipes).
@@ -71,6 +77,34 @@ def spawn(args: argparse.Namespace) -> dict[str, Any]:
     if args.wrap == "gate":
         # The exec chain of a job with cgroups: sh (the gate) -> setsid -> cmd.
         argv = [which("sh"), "-c", 'exec "$@"', "jobworker-gate", *argv]
+    if args.wrap == "sandbox":
+        # The exec chain of a sandboxed job (dynamic uid), as sandbox.py
+        # builds it: setsid, unshare, a shell that mounts a private /tmp
+        # (mount -a of a one-line fstab) then execs setpriv, env -i, cmd.
+        fstab = os.path.join(os.environ.get("TMPDIR", "/tmp"), "bare-fstab")
+        with open(fstab, "w", encoding="ascii") as f:
+            f.write("tmpfs /tmp tmpfs rw,nosuid,nodev,size=1m 0 0\n")
+        script = f'{which("mount")} -a -T "$0" || exit 125; exec "$@"'
+        argv = [
+            which("setsid"),
+            which("unshare"),
+            "--mount",
+            "--ipc",
+            "--",
+            which("sh"),
+            "-c",
+            script,
+            fstab,
+            which("setpriv"),
+            "--reuid=70000",
+            "--regid=70000",
+            "--clear-groups",
+            "--",
+            which("env"),
+            "-i",
+            "--",
+            which("true"),
+        ]
     state = {"started": 0, "ended": 0, "end": 0.0}
     begin = time.monotonic()
     deadline = begin + args.duration
@@ -159,6 +193,89 @@ def ingest(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+class Sender:
+    """One response of N zero bytes: 1 MiB per write, paced as a push producer."""
+
+    CHUNK = b"\0" * (1 << 20)
+
+    def __init__(self, size: int, finished: Any) -> None:
+        self.left = size
+        self.paused = False
+        self.finished = finished
+        self.transport: Any = None
+
+    def start(self, transport: Any) -> None:
+        self.transport = transport
+        transport.registerProducer(self, True)
+        transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % self.left
+        )
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.left > 0:
+            chunk = self.CHUNK[: min(self.left, len(self.CHUNK))]
+            self.left -= len(chunk)
+            self.transport.write(chunk)
+        if self.left == 0 and self.transport is not None:
+            transport, self.transport = self.transport, None
+            transport.unregisterProducer()
+            transport.loseConnection()
+            self.finished()
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+def send(args: argparse.Namespace) -> dict[str, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from zope.interface import implementer
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    certs = os.path.join(os.path.dirname(here), "certs")
+    with open(os.path.join(certs, "server.pem"), "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(certs, "server.key"), "rb") as f:
+        key = load_pem_private_key(f.read(), None)
+    options = CertificateOptions(
+        privateKey=key, certificate=cert, raiseMinimumTo=TLSVersion.TLSv1_3
+    )
+    result: dict[str, Any] = {"bytes": args.bytes}
+
+    class OneRequest(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data and "started" not in result:
+                result["started"] = time.monotonic()
+                Sender(args.bytes, done).start(self.transport)
+
+    def done() -> None:
+        result["elapsed"] = time.monotonic() - result["started"]
+        reactor.callLater(0.5, reactor.stop)
+
+    @implementer(IProtocolNegotiationFactory)
+    class HTTP11(Factory):
+        protocol = OneRequest
+
+        def acceptableProtocols(self) -> list[bytes]:
+            return [b"http/1.1"]  # as twisted.web's Site answers ALPN
+
+    factory = TLSMemoryBIOFactory(options, False, HTTP11())
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    print(json.dumps({"port": port.getHost().port}), flush=True)
+    reactor.run()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     modes = parser.add_subparsers(dest="mode", required=True)
@@ -167,7 +284,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8)
     p.add_argument(
         "--wrap",
-        choices=["none", "setsid", "gate"],
+        choices=["none", "setsid", "gate", "sandbox"],
         default="none",
         help="exec `true` directly, through setsid, or through sh + setsid",
     )
@@ -176,8 +293,12 @@ def main() -> None:
     p = modes.add_parser("ingest")
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--write")
+    p = modes.add_parser("send")
+    p.add_argument("--bytes", type=int, default=1 << 30)
     args = parser.parse_args()
-    result = {"spawn": spawn, "latency": latency, "ingest": ingest}[args.mode](args)
+    result = {"spawn": spawn, "latency": latency, "ingest": ingest, "send": send}[
+        args.mode
+    ](args)
     json.dump(result, sys.stdout)
 
 

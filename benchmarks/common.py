@@ -41,6 +41,7 @@ FREE_UIDS = "70000-71999"
 JW = os.path.join(BIN, "jw")
 LOADGEN = os.path.join(HERE, "loadgen.py")
 BARE = os.path.join(HERE, "bare.py")
+BARE_SPAWNER = os.path.join(HERE, "bare_spawner.py")
 PROFILED_TWISTD = os.path.join(HERE, "profiled_twistd.py")
 
 #: Development users (see README).
@@ -699,10 +700,10 @@ class Workers:
         return out
 
 
-def runBare(*args: str, timeout: float = 900) -> dict[str, Any]:
+def runBare(*args: str, timeout: float = 900, script: str = BARE) -> dict[str, Any]:
     """Run benchmarks/bare.py (a bare Twisted script) and return its JSON."""
     done = subprocess.run(
-        [PYTHON, BARE, *args], capture_output=True, timeout=timeout, check=False
+        [PYTHON, script, *args], capture_output=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
         raise BenchError(

@@ -26,6 +26,7 @@ process) makes the exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -47,8 +48,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import datapath
 import store_scale
 from common import (
+    BARE_SPAWNER,
     HERE,
     MB,
     PYTHON,
@@ -321,6 +324,25 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     rawGate = runBare(
         "spawn", "--duration", duration, "--inflight", inflight, "--wrap", "gate"
     )
+    rawSandbox = (
+        runBare(
+            "spawn", "--duration", duration, "--inflight", inflight, "--wrap", "sandbox"
+        )
+        if os.getuid() == 0
+        else None
+    )
+    rawSpawner = (
+        runBare(
+            "--duration",
+            duration,
+            "--inflight",
+            inflight,
+            "--sandbox",
+            script=BARE_SPAWNER,
+        )
+        if os.getuid() == 0
+        else None
+    )
     ratio = api["rate"] / raw["rate"]
     rows = [
         Row(
@@ -355,11 +377,41 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             "info",
         )
     )
+    if rawSandbox is not None:
+        rows.append(
+            Row(
+                "1i",
+                "  (info) bare spawnProcess of a sandboxed job's chain (setsid "
+                "unshare sh+mount setpriv env true)",
+                f"{rawSandbox['rate']:.0f} jobs/s",
+                f"bare `true`: {raw['rate']:.0f} jobs/s",
+                rawSandbox["rate"] / raw["rate"],
+                "-",
+                "info",
+            )
+        )
+    if rawSpawner is not None:
+        if rawSpawner["failed"]:
+            raise BenchError(f"bare spawner: {rawSpawner['failed']} jobs failed")
+        rows.append(
+            Row(
+                "1i",
+                "  (info) bare long-lived spawner: fork, then setsid, unshare, "
+                "tmpfs, setresuid in-process, one exec (bare_spawner.py)",
+                f"{rawSpawner['rate']:.0f} jobs/s",
+                f"bare `true`: {raw['rate']:.0f} jobs/s",
+                rawSpawner["rate"] / raw["rate"],
+                "-",
+                "info",
+            )
+        )
     return rows, {
         "api": api,
         "bare": raw,
         "bare_setsid": rawSetsid,
         "bare_gate_chain": rawGate,
+        "bare_sandbox_chain": rawSandbox,
+        "bare_spawner_sandbox": rawSpawner,
     }
 
 
@@ -709,6 +761,80 @@ def fanout(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             "< 64 MiB",
             judged(growth < 64 * 1024),
         ),
+    ], raw
+
+
+# -- 4c, 5j. the data path to curl (issue 16) ----------------------------------
+
+
+def followCurl(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """Live follow and finished log to curl, beside the bare TLS sender; best of 3."""
+    s = ctx.settings
+    size = s.follow_bytes
+    raw: dict[str, Any] = {"bytes": size, "bare": [], "runs": []}
+    server = ctx.server("follow_curl")
+    try:
+        for _ in range(s.follow_runs):
+            raw["bare"].append(datapath.bareSend(ctx.cleanup, size))
+            raw["runs"].append(datapath.liveAndFinished(server, size))
+    finally:
+        ctx.stop(server)
+    bare = max(r["rate_mb_s"] for r in raw["bare"])
+    live = max(r["live"]["rate_mb_s"] for r in raw["runs"])
+    done = max(r["finished"]["rate_mb_s"] for r in raw["runs"])
+    reference = f"bare Twisted TLS sender (1 MiB writes): {mbps(bare)}"
+    return [
+        Row(
+            "4c",
+            f"live follow of a {humanBytes(size)} job to curl, best of {s.follow_runs}",
+            mbps(live),
+            reference,
+            live / bare,
+            ">= 0.55",
+            judged(live / bare >= 0.55),
+        ),
+        Row(
+            "4f",
+            f"finished {humanBytes(size)} log to curl, best of {s.follow_runs}",
+            mbps(done),
+            reference,
+            done / bare,
+            ">= 0.60",
+            judged(done / bare >= 0.60),
+        ),
+    ], raw
+
+
+def followersJob(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """
+    The job's own wall (head's, timed inside the job) with 16 live curl
+    followers against the same job alone, alternating, best of each.
+    """
+    s = ctx.settings
+    size = s.follow_bytes
+    n = min(16, s.fanout_followers)
+    raw: dict[str, Any] = {"bytes": size, "alone": [], "followed": []}
+    server = ctx.server("followers_job")
+    try:
+        for _ in range(s.follow_runs):
+            raw["alone"].append(datapath.followedJob(server, size, 0))
+            raw["followed"].append(datapath.followedJob(server, size, n))
+    finally:
+        ctx.stop(server)
+    alone = min(r["job_wall_s"] for r in raw["alone"])
+    followed = min(r["job_wall_s"] for r in raw["followed"])
+    ratio = followed / alone
+    return [
+        Row(
+            "5j",
+            f"{humanBytes(size)} job with {n} live curl followers: job wall "
+            f"(all got every byte), best of {s.follow_runs}",
+            f"{followed:.2f} s",
+            f"same job alone: {alone:.2f} s",
+            ratio,
+            "<= 1.5",
+            judged(ratio <= 1.5),
+        )
     ], raw
 
 
@@ -1063,6 +1189,8 @@ SCENARIOS: dict[str, Callable[[Context], tuple[list[Row], dict[str, Any]]]] = {
     "ingest": ingest,
     "follow": followThroughput,
     "fanout": fanout,
+    "follow_curl": followCurl,
+    "followers_job": followersJob,
     "request_rate": requestRate,
     "cli": cliRoundTrip,
     "concurrency": concurrency,
@@ -1252,8 +1380,16 @@ def main() -> int:
         help="extra twistd jobworker option for every server (repeatable), "
         "e.g. --server-arg=--cgroups=off",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="repeats of the follow scenarios (default: 3, 1 with --smoke)",
+    )
     args = parser.parse_args()
     settings = SMOKE if args.smoke else FULL
+    if args.runs is not None:
+        settings = dataclasses.replace(settings, follow_runs=args.runs)
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.smoke else 180.0
     names = list(SCENARIOS)

@@ -94,7 +94,7 @@ class CombinedReader(FileProducer):
         skip: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(consumer, 2)
+        super().__init__(consumer, streams)
         #: With a clock, the reader lets the reactor serve others after
         #: every L{RUNS_PER_TURN} runs (a job that switched streams at every
         #: byte has a run per byte).
@@ -163,12 +163,11 @@ class CombinedReader(FileProducer):
             end = following if following is not None else self._size(stream)
             offset = max(self.position[stream], start)
             if offset < end:
-                data = self._read(
-                    stream,
-                    self._streams[stream].path,
-                    offset,
-                    min(READ_CHUNK, end - offset),
-                )
+                source = self._streams[stream]
+                length = self._allowed(stream, min(READ_CHUNK, end - offset))
+                if not length:
+                    return
+                data = self._read(stream, source.path, offset, length)
                 if not data:  # shorter than recorded: a disk error
                     self._finish()
                     return

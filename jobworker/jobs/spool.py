@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .order import OrderLog
+from .pacing import Pacer
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024
@@ -77,6 +78,8 @@ class OutputSpool:
         self._index = index
         self._clock = clock
         self._wakeCall: IDelayedCall | None = None
+        #: How much its readers may send while the job writes at full speed.
+        self.pacer = Pacer(clock) if clock is not None else None
         self.size = 0
         self.dropped = 0
         self.lost = 0
@@ -106,6 +109,11 @@ class OutputSpool:
         Append C{data}. Past the cap the rest is counted as dropped; on a disk
         error it is counted as lost. The writer never blocks or fails.
         """
+        self._append(data)
+        if self.pacer is not None:
+            self.pacer.wrote(len(data))
+
+    def _append(self, data: bytes) -> None:
         if self._room >= 0:
             if len(data) > self._room:
                 self.dropped += len(data) - self._room
@@ -144,6 +152,8 @@ class OutputSpool:
             self._fd = None
         if self.order is not None:
             self.order.close()
+        if self.pacer is not None:
+            self.pacer.ended()
         self.closed = True
         self._wake()
 
@@ -266,6 +276,12 @@ class StoredOutput:
         return succeed(None)
 
 
+def pacerOf(source: OutputSource) -> Pacer | None:
+    """The L{Pacer} of a live local spool (other sources have none)."""
+    pacer: Pacer | None = getattr(source, "pacer", None)
+    return pacer
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -278,9 +294,11 @@ class FileProducer:
     if the transport stopped us first.
     """
 
-    def __init__(self, consumer: IConsumer, files: int) -> None:
+    def __init__(self, consumer: IConsumer, sources: tuple[OutputSource, ...]) -> None:
         self._consumer = consumer
-        self._fds: list[int | None] = [None] * files
+        self._fds: list[int | None] = [None] * len(sources)
+        #: Each source's L{Pacer}, if it is a live local spool.
+        self._pacers = tuple(pacerOf(source) for source in sources)
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
@@ -298,6 +316,19 @@ class FileProducer:
     def _pump(self) -> None:
         """Send what there is; then L{_waitFor} more, or L{_finish}."""
         raise NotImplementedError
+
+    def _allowed(self, index: int, length: int) -> int:
+        """
+        How many of C{length} bytes of source C{index} to send now; with 0,
+        the reader waits for its turn (the job presses: L{Pacer}).
+        """
+        pacer = self._pacers[index]
+        if pacer is None:
+            return length
+        allowed = pacer.grant(length)
+        if not allowed:
+            self._waitFor(pacer.wait())
+        return allowed
 
     def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
         """Up to C{length} bytes of file C{index} at C{offset} (b"" on error)."""
@@ -360,7 +391,7 @@ class SpoolReader(FileProducer):
     def __init__(
         self, spool: OutputSource, request: IConsumer, offset: int, follow: bool
     ) -> None:
-        super().__init__(request, 1)
+        super().__init__(request, (spool,))
         self._spool = spool
         self._offset = offset
         self._follow = follow
@@ -370,12 +401,10 @@ class SpoolReader(FileProducer):
         while not self._paused and not self._done:
             end = self._spool.size if self._follow else self._limit
             if self._offset < end:
-                data = self._read(
-                    0,
-                    self._spool.path,
-                    self._offset,
-                    min(READ_CHUNK, end - self._offset),
-                )
+                length = self._allowed(0, min(READ_CHUNK, end - self._offset))
+                if not length:
+                    return
+                data = self._read(0, self._spool.path, self._offset, length)
                 if not data:  # the file is shorter than recorded: disk error
                     self._finish()
                     return

@@ -19,6 +19,7 @@ from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
+from .pipes import drainInLargeReads
 from .stdin import StdinFeed
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
@@ -40,6 +41,7 @@ class JobProcessProtocol(ProcessProtocol):
             self.transport.closeStdin()
         else:
             self._job.stdinFeed.attach(self.transport)
+        drainInLargeReads(self.transport)
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:

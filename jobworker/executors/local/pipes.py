@@ -1,0 +1,73 @@
+"""A job's output pipes: drained in large reads, widened once a stream is heavy."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+
+#: F_SETPIPE_SZ (Linux), absent from older Pythons' fcntl module.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: What one read of a quiet stream asks for: the default pipe's capacity.
+QUIET_READ = 64 * 1024
+#: A heavy stream's pipe capacity and read size. 1 MiB is Linux's default
+#: /proc/sys/fs/pipe-max-size, so the widening needs no privilege.
+HEAVY = 1 << 20
+
+
+class PipeDrain:
+    """
+    The C{doRead} of one of Twisted's process output readers: one read per
+    wake-up, of up to a whole pipe.
+
+    Twisted reads a child's pipe 8 KiB per reactor turn; a job printing a
+    gigabyte then costs 131,072 turns of Python work. This reads 64 KiB (a
+    default pipe's capacity) at a time, and the first time a read finds
+    the pipe full, the stream is heavy: its pipe is widened to L{HEAVY} and
+    read a whole pipe at a time. Only heavy writers pay for a large pipe
+    (pipe pages are accounted per user; a quiet job keeps the default), and
+    the job can write a whole pipe's worth while the reactor serves others.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._fd: int = reader.fileno()
+        self._size = QUIET_READ
+
+    def __call__(self) -> object:
+        try:
+            data = os.read(self._fd, self._size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        if len(data) == self._size < HEAVY:
+            self._widen()
+        self._reader.dataReceived(data)
+        return None
+
+    def _widen(self) -> None:
+        try:
+            capacity = fcntl.fcntl(self._fd, F_SETPIPE_SZ, HEAVY)
+        except OSError:  # over the user's pipe-page allowance: keep 64 KiB
+            return
+        self._size = max(self._size, min(capacity, HEAVY))
+
+
+def drainInLargeReads(transport: object) -> None:
+    """
+    Give the output readers (fds 1 and 2) of a process transport made by
+    C{reactor.spawnProcess} a L{PipeDrain}. A transport without pipes
+    (a test's fake) is left alone.
+    """
+    pipes = getattr(transport, "pipes", {})
+    for name in (1, 2):
+        reader = pipes.get(name)
+        if reader is not None:
+            # Twisted's ProcessReader reads in its doRead; the reactor calls
+            # the instance's attribute, so this replaces only that method.
+            reader.doRead = PipeDrain(reader)
