@@ -17,15 +17,15 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from .tlserrors import TLSConfigError
+
+__all__ = ["TLSConfigError"]
+
 #: SHA-256 of the public key (SubjectPublicKeyInfo, DER) of the development
 #: server certificate, certs/server.pem: its private key is in the repository.
 DEVELOPMENT_SERVER_KEY_SHA256 = (
     "45727c9c214094f50d79c69a4a2c1df65bce18689f5467da55d59e994a2efd01"
 )
-
-
-class TLSConfigError(ValueError):
-    """A certificate or key cannot be used; the message says which and why."""
 
 
 def publicKeySHA256(certificate: x509.Certificate) -> str:

@@ -96,24 +96,36 @@ class SettingsTests(SynchronousTestCase):
             {
                 "jobworker",
                 "jobworker.client",
+                "jobworker.client.calls",
                 "jobworker.client.cli",
                 "jobworker.client.completion",
                 "jobworker.client.config",
                 "jobworker.client.errors",
-                "jobworker.client.events",
                 "jobworker.client.failures",
-                "jobworker.client.follow",
-                "jobworker.client.http",
                 "jobworker.client.interrupts",
                 "jobworker.client.parser",
                 "jobworker.client.session",
                 "jobworker.client.show",
                 "jobworker.client.streams",
                 "jobworker.client.verbs",
-                "jobworker.tls",
+                "jobworker.tlserrors",
                 "jobworker.units",
             },
         )
+        # Nor Twisted, treq or pyOpenSSL: short commands run without them
+        # (jobworker.client.quick), so jw status costs a Python start.
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, jobworker.client.cli; "
+                "print(' '.join(sorted(m for m in sys.modules "
+                "if m.split('.')[0] in ('twisted', 'treq', 'OpenSSL'))))",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        self.assertEqual(result.stdout.strip(), b"")
 
 
 class ConfigCommandTests(TestCase):

@@ -271,7 +271,8 @@ class WaitLoopTests(SynchronousTestCase):
 
         from twisted.internet.defer import ensureDeferred, succeed
 
-        from jobworker.client.cli import EXIT_TIMED_OUT, Streams, waitFor
+        from jobworker.client.cli import EXIT_TIMED_OUT, Streams
+        from jobworker.client.follow import waitFor
 
         clock = Clock()
 

@@ -13,9 +13,6 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.task import react
-
 from .completion import COMPLETION
 from .config import (
     DEV_CA_HOSTS,
@@ -31,13 +28,13 @@ from .failures import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_TIMED_OUT,
+    ArgumentsRefused,
+    HelpShown,
     SavedLoginRefused,
     StartFailure,
     UsageFailure,
     report,
 )
-from .follow import waitFor
-from .http import JobworkerClient
 from .interrupts import Interrupts
 from .parser import buildParser
 from .session import Connect, Session, trustOnFirstUse
@@ -54,8 +51,11 @@ __all__ = [
     "age",
     "main",
     "run",
-    "waitFor",
 ]
+
+#: Verbs that make one or a few requests and never wait: they run on the
+#: standard library's HTTP client (L{jobworker.client.quick}), no reactor.
+QUICK_VERBS = frozenset({"status", "list", "clean", "config", "logout", "completion"})
 
 
 async def run(
@@ -63,7 +63,7 @@ async def run(
     argv: list[str] | None,
     environ: dict[str, str],
     streams: Streams,
-    connect: Connect = JobworkerClient.connect,
+    connect: Connect | None = None,
     interrupts: Interrupts | None = None,
 ) -> int:
     """
@@ -76,6 +76,12 @@ async def run(
     @param connect: builds the client (tests: one over C{StubTreq}).
     @param interrupts: Ctrl-C and friends (tests fire them by hand).
     """
+    from twisted.internet.defer import CancelledError, ensureDeferred
+
+    if connect is None:
+        from .http import JobworkerClient
+
+        connect = JobworkerClient.connect
     interrupts = interrupts or Interrupts()
     command = ensureDeferred(
         _commandLine(reactor, argv, environ, streams, connect, interrupts)
@@ -147,13 +153,57 @@ async def _commandLine(
         await session.client.close()
 
 
+def quickRun(
+    argv: list[str] | None, environ: dict[str, str], streams: Streams
+) -> int | None:
+    """
+    Carry out a short command (L{QUICK_VERBS}, C{exec} without following)
+    without Twisted; None: the command needs the reactor.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] == "_ids":
+            return None
+        options = buildParser(streams).parse_args(args)
+    except (HelpShown, ArgumentsRefused) as e:
+        return report(e, streams)
+    quick = options.verb in QUICK_VERBS or (
+        options.verb == "exec"
+        and not (options.follow or options.stdin or options.after or options.after_ok)
+    )
+    if not quick:
+        return None
+    from .quick import QuickClient, QuickClock, drive
+
+    try:
+        return drive(
+            _commandLine(
+                QuickClock(), args, environ, streams, QuickClient.connect, Interrupts()
+            )
+        )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        return report(e, streams)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the C{jw} console script: L{run} on the real reactor."""
+    """
+    Entry point of the C{jw} console script: a short command on the
+    standard library (L{quickRun}), else L{run} on the real reactor.
+    """
     streams = Streams()
     environ = dict(os.environ)
+    code = quickRun(argv, environ, streams)
+    if code is not None:
+        _flushQuietly(streams)
+        raise SystemExit(code)
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import react
+
     interrupts = Interrupts()
 
-    def _start(reactor: Any) -> Deferred[None]:
+    def _start(reactor: Any) -> Any:
         reactor.callWhenRunning(interrupts.install, reactor)
         return ensureDeferred(
             run(reactor, argv, environ, streams, interrupts=interrupts)
@@ -164,6 +214,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def _exit(code: int) -> None:
     raise SystemExit(code)
+
+
+def _flushQuietly(streams: Streams) -> None:
+    """Flush stdout at exit; a reader gone by then is the SIGPIPE status."""
+    try:
+        streams.out.flush()
+    except BrokenPipeError:
+        streams.abandonOut()
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
 
 
 def showConfig(settings: Settings, path: str, tokensFile: str, streams: Streams) -> int:

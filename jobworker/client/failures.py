@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..tls import TLSConfigError
+from ..tlserrors import TLSConfigError
 from .config import ConfigError
 from .errors import ClientError
 from .streams import Streams

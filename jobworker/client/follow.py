@@ -8,10 +8,11 @@ from typing import Any
 
 from twisted.internet.task import deferLater
 
+from .calls import exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
-from .http import JobworkerClient, exitStatusOf
+from .http import JobworkerClient
 from .show import jsonLine
 from .streams import Streams
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal as _signal
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import treq
 from treq.client import HTTPClient
@@ -19,26 +18,14 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from ..tls import TrustRootPolicy
-from .errors import ClientError, describeConnectionFailure, isCancellation
+from .calls import ApiCalls, checkServer, errorFor, exitStatusOf, segment
+from .errors import ClientError
+from .netfailures import describeConnectionFailure, isCancellation
 
-#: What a job's end looks like in an exit status, for C{jw exec --follow}.
-EXIT_CANNOT_START = 127
-
-
-def exitStatusOf(job: dict[str, Any]) -> int:
-    """The shell-style exit status of an ended job: its code, 128+signal, or 127."""
-    if job.get("exit_code") is not None:
-        return int(job["exit_code"])
-    name = job.get("signal")
-    if name:
-        try:
-            return 128 + int(_signal.Signals[name])
-        except KeyError:
-            return 128
-    return EXIT_CANNOT_START
+__all__ = ["ClientError", "JobworkerClient", "exitStatusOf"]
 
 
-class JobworkerClient:
+class JobworkerClient(ApiCalls):
     """
     Talk to one jobworker server as one user, over any HTTP client; see
     L{connect} for the real one (TLS, kept-alive connections).
@@ -64,7 +51,7 @@ class JobworkerClient:
         token: str | None = None,
         pool: HTTPConnectionPool | None = None,
     ) -> None:
-        _checkServer(server)
+        checkServer(server)
         self.server = server.rstrip("/")
         self.reactor = reactor
         self._http = http
@@ -98,7 +85,7 @@ class JobworkerClient:
         @raise ClientError: C{server} is not an C{https://} URL.
         @raise TLSConfigError: the CA or client certificate cannot be used.
         """
-        _checkServer(server)  # before any file is read
+        checkServer(server)  # before any file is read
         pool = HTTPConnectionPool(reactor, persistent=True)
         policy = TrustRootPolicy(caPath, certPath, keyPath)
         agent = Agent(reactor, contextFactory=policy, pool=pool)
@@ -156,141 +143,17 @@ class JobworkerClient:
         return response
 
     async def _raiseFor(self, response: IResponse) -> None:
-        raw = await treq.content(response)
-        body: Any = None
-        try:
-            body = json.loads(raw)
-            message = str(body["error"])
-        except (ValueError, KeyError, TypeError):
-            message = raw.decode("utf-8", "replace").strip()[:200] or "no details"
-        prefix = {
-            401: "authentication failed",
-            403: "forbidden",
-            404: "not found",
-            409: "conflict",
-        }.get(response.code, f"server answered {response.code}")
-        raise ClientError(f"{prefix}: {message}", response.code, body)
+        raise errorFor(response.code, await treq.content(response))
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
         response = await self._request(method, path, body)
         return json.loads(await treq.content(response))
 
-    async def createToken(self) -> dict[str, Any]:
-        """C{POST /tokens}: a bearer token for this user, and its expiry."""
-        result: dict[str, Any] = await self._json("POST", "/tokens")
-        return result
-
-    async def createJob(
-        self,
-        command: str,
-        args: list[str],
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-        *,
-        timeout: float | None = None,
-        limits: dict[str, int] | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """
-        C{POST /jobs}: start a job, return its record. C{fields}: more of
-        the request (C{name}, C{labels}, C{stdin}, ...) as the API names them.
-        """
-        body: dict[str, Any] = {"command": command, "args": args, **(fields or {})}
-        if env:
-            body["env"] = env
-        if cwd is not None:
-            body["cwd"] = cwd
-        if timeout is not None:
-            body["timeout_seconds"] = timeout
-        if limits:
-            body["limits"] = limits
-        result: dict[str, Any] = await self._json("POST", "/jobs", body)
-        return result
-
-    async def listJobs(
-        self,
-        status: str | None = None,
-        owner: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-        *,
-        name: str | None = None,
-        labels: dict[str, str] | None = None,
-        idPrefix: str | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """C{GET /jobs}: one page of jobs, newest first, and the next cursor."""
-        params = [
-            (key, str(value))
-            for key, value in (
-                ("status", status),
-                ("owner", owner),
-                ("name", name),
-                ("id_prefix", idPrefix),
-                ("limit", limit),
-                ("cursor", cursor),
-            )
-            if value is not None
-        ]
-        params.extend(("label", f"{k}={v}") for k, v in (labels or {}).items())
-        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result = await self._json("GET", path)
-        return result["jobs"], result.get("next_cursor")
-
-    async def clean(
-        self,
-        status: str | None = None,
-        owner: str | None = None,
-        olderThan: float | None = None,
-    ) -> dict[str, Any]:
-        """C{DELETE /jobs}: delete the ended jobs that match, in one request."""
-        params = [
-            (key, str(value))
-            for key, value in (
-                ("status", status),
-                ("owner", owner),
-                ("older_than_seconds", None if olderThan is None else int(olderThan)),
-            )
-            if value is not None
-        ]
-        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result: dict[str, Any] = await self._json("DELETE", path)
-        return result
-
-    async def deleteJob(self, jobId: str) -> None:
-        """C{DELETE /jobs/ID}: remove an ended job and its output."""
-        await self._json("DELETE", f"/jobs/{_segment(jobId)}")
-
-    async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
-        """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
-        query = f"?wait={wait:g}" if wait else ""
-        result: dict[str, Any] = await self._json(
-            "GET", f"/jobs/{_segment(jobId)}{query}"
-        )
-        return result
-
-    async def stop(
-        self, jobId: str, signal: str | None = None, grace: float | None = None
-    ) -> dict[str, Any]:
-        """
-        C{POST /jobs/ID/stop}: returns the record once the job has ended.
-        C{signal} (a name, C{TERM} by default) goes first; C{grace} seconds
-        later, C{KILL} (the server's grace by default).
-        """
-        body: dict[str, Any] = {}
-        if signal is not None:
-            body["signal"] = signal
-        if grace is not None:
-            body["grace_seconds"] = grace
-        result: dict[str, Any] = await self._json(
-            "POST", f"/jobs/{_segment(jobId)}/stop", body or None
-        )
-        return result
-
     async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
         """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
         response = await self._request(
             "POST",
-            f"/jobs/{_segment(jobId)}/stdin?eof={str(eof).lower()}",
+            f"/jobs/{segment(jobId)}/stdin?eof={str(eof).lower()}",
             raw=data,
         )
         await treq.content(response)
@@ -317,7 +180,7 @@ class JobworkerClient:
             headers[b"last-event-id"] = [lastEventId.encode("ascii", "replace")]
         response = await self._request(
             "GET",
-            f"/jobs/{_segment(jobId)}/logs?{urlencode(params)}",
+            f"/jobs/{segment(jobId)}/logs?{urlencode(params)}",
             unbuffered=True,
             extraHeaders=headers,
         )
@@ -344,7 +207,7 @@ class JobworkerClient:
             params["offset"] = str(offset)
         query = urlencode(params)
         response = await self._request(
-            "GET", f"/jobs/{_segment(jobId)}/logs?{query}", unbuffered=True
+            "GET", f"/jobs/{segment(jobId)}/logs?{query}", unbuffered=True
         )
         start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
         if onStart is not None and start.isdigit():
@@ -375,13 +238,3 @@ class JobworkerClient:
                 f"log stream from {self.server} broke off: "
                 f"{describeConnectionFailure(self.server, e)}"
             ) from None
-
-
-def _checkServer(server: str) -> None:
-    parts = urlsplit(server)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ClientError(f"server must be an https:// URL, not {server!r}")
-
-
-def _segment(jobId: str) -> str:
-    return quote(jobId, safe="")

@@ -21,13 +21,12 @@ from .config import (
     trustedPath,
 )
 from .failures import NoPrompt, UsageFailure
-from .http import JobworkerClient
 from .streams import Streams
 
 #: Builds the client for a server: L{JobworkerClient.connect}'s signature
 #: (reactor, server, CA path, user, password, *, token, certPath, keyPath);
 #: tests pass one over C{StubTreq}.
-Connect = Callable[..., JobworkerClient]
+Connect = Callable[..., Any]
 
 
 def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
@@ -130,7 +129,7 @@ class Session:
     expired login is renewed with the password given).
     """
 
-    client: JobworkerClient
+    client: Any  # a JobworkerClient or a QuickClient
     server: str
     tokensFile: str
     token: str | None = None
@@ -144,7 +143,7 @@ class Session:
         settings: Settings,
         environ: dict[str, str],
         tokensFile: str,
-        connect: Connect = JobworkerClient.connect,
+        connect: Connect,
     ) -> Session:
         """Choose the credentials and build the client (may prompt)."""
         server, ca = settings.server, trustedCA(settings, environ)

@@ -10,10 +10,10 @@ import sys
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 def printable(text: str) -> str:
@@ -90,6 +90,9 @@ class Streams:
         Up to C{size} bytes of C{inp} (b"" at its end), read in a thread so
         the reactor goes on (a terminal or a pipe may block).
         """
+        from twisted.internet.defer import succeed
+        from twisted.internet.threads import deferToThreadPool
+
         source = self.inp
         if source is None:
             return succeed(b"")

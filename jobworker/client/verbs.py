@@ -9,21 +9,21 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from twisted.internet.defer import CancelledError, ensureDeferred, gatherResults
+from typing import TYPE_CHECKING, Any
 
 from ..units import parseSize
+from .calls import exitStatusOf
 from .errors import ClientError
 from .failures import EXIT_INTERRUPTED, UsageFailure
-from .follow import followCombined, followStream, waitFor
-from .http import JobworkerClient, exitStatusOf
 from .interrupts import Interrupts
+
+if TYPE_CHECKING:
+    from .http import JobworkerClient
 from .show import jobLines, jobTable, jsonLine
 from .streams import Streams
 
 Verb = Callable[
-    [argparse.Namespace, JobworkerClient, Streams, Interrupts], Awaitable[int]
+    [argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]
 ]
 
 #: A whole job id, as the server makes them.
@@ -130,6 +130,10 @@ async def doExec(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
+    from twisted.internet.defer import CancelledError, ensureDeferred
+
+    from .follow import followCombined
+
     if not options.command:
         raise UsageFailure(
             "jw exec needs the command to run, after --: jw exec -- make test"
@@ -295,6 +299,8 @@ async def doRemove(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
     async def remove(text: str) -> bool:
         try:
             await client.deleteJob(await resolveId(client, text))
@@ -332,6 +338,8 @@ async def doLogs(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
+    from .follow import followCombined, followStream
+
     jobId = await resolveId(client, options.id)
     if options.stdout and options.stderr:
         raise UsageFailure("--stdout and --stderr: choose one (or neither: both)")
@@ -360,6 +368,8 @@ async def doWait(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
+    from .follow import waitFor
+
     options.id = await resolveId(client, options.id)
     return await waitFor(client, options, streams)
 

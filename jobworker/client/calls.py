@@ -1,0 +1,184 @@
+"""
+The jobworker API's calls as paths, queries and bodies, and what their
+answers mean: shared by the Twisted client (L{jobworker.client.http}) and
+the standard-library one for short commands (L{jobworker.client.quick}).
+Nothing here imports Twisted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal as _signal
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from .errors import ClientError
+
+#: What a job's end looks like in an exit status, for C{jw exec --follow}.
+EXIT_CANNOT_START = 127
+
+
+def exitStatusOf(job: dict[str, Any]) -> int:
+    """The shell-style exit status of an ended job: its code, 128+signal, or 127."""
+    if job.get("exit_code") is not None:
+        return int(job["exit_code"])
+    name = job.get("signal")
+    if name:
+        try:
+            return 128 + int(_signal.Signals[name])
+        except KeyError:
+            return 128
+    return EXIT_CANNOT_START
+
+
+def errorFor(code: int, raw: bytes) -> ClientError:
+    """The L{ClientError} of an answer with status C{code} and body C{raw}."""
+    body: Any = None
+    try:
+        body = json.loads(raw)
+        message = str(body["error"])
+    except (ValueError, KeyError, TypeError):
+        message = raw.decode("utf-8", "replace").strip()[:200] or "no details"
+    prefix = {
+        401: "authentication failed",
+        403: "forbidden",
+        404: "not found",
+        409: "conflict",
+    }.get(code, f"server answered {code}")
+    return ClientError(f"{prefix}: {message}", code, body)
+
+
+class ApiCalls:
+    """
+    The calls of the API that answer with one JSON document. How a request
+    travels is a subclass's L{_json}.
+
+    @ivar server: base URL, C{https://host:port}.
+    """
+
+    server: str
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one request; its decoded JSON answer, or a L{ClientError}."""
+        raise NotImplementedError
+
+    async def createToken(self) -> dict[str, Any]:
+        """C{POST /tokens}: a bearer token for this user, and its expiry."""
+        result: dict[str, Any] = await self._json("POST", "/tokens")
+        return result
+
+    async def createJob(
+        self,
+        command: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        *,
+        timeout: float | None = None,
+        limits: dict[str, int] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        C{POST /jobs}: start a job, return its record. C{fields}: more of
+        the request (C{name}, C{labels}, C{stdin}, ...) as the API names them.
+        """
+        body: dict[str, Any] = {"command": command, "args": args, **(fields or {})}
+        if env:
+            body["env"] = env
+        if cwd is not None:
+            body["cwd"] = cwd
+        if timeout is not None:
+            body["timeout_seconds"] = timeout
+        if limits:
+            body["limits"] = limits
+        result: dict[str, Any] = await self._json("POST", "/jobs", body)
+        return result
+
+    async def listJobs(
+        self,
+        status: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        idPrefix: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """C{GET /jobs}: one page of jobs, newest first, and the next cursor."""
+        params = [
+            (key, str(value))
+            for key, value in (
+                ("status", status),
+                ("owner", owner),
+                ("name", name),
+                ("id_prefix", idPrefix),
+                ("limit", limit),
+                ("cursor", cursor),
+            )
+            if value is not None
+        ]
+        params.extend(("label", f"{k}={v}") for k, v in (labels or {}).items())
+        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
+        result = await self._json("GET", path)
+        return result["jobs"], result.get("next_cursor")
+
+    async def clean(
+        self,
+        status: str | None = None,
+        owner: str | None = None,
+        olderThan: float | None = None,
+    ) -> dict[str, Any]:
+        """C{DELETE /jobs}: delete the ended jobs that match, in one request."""
+        params = [
+            (key, str(value))
+            for key, value in (
+                ("status", status),
+                ("owner", owner),
+                ("older_than_seconds", None if olderThan is None else int(olderThan)),
+            )
+            if value is not None
+        ]
+        path = "/jobs" + (f"?{urlencode(params)}" if params else "")
+        result: dict[str, Any] = await self._json("DELETE", path)
+        return result
+
+    async def deleteJob(self, jobId: str) -> None:
+        """C{DELETE /jobs/ID}: remove an ended job and its output."""
+        await self._json("DELETE", f"/jobs/{segment(jobId)}")
+
+    async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
+        """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
+        query = f"?wait={wait:g}" if wait else ""
+        result: dict[str, Any] = await self._json(
+            "GET", f"/jobs/{segment(jobId)}{query}"
+        )
+        return result
+
+    async def stop(
+        self, jobId: str, signal: str | None = None, grace: float | None = None
+    ) -> dict[str, Any]:
+        """
+        C{POST /jobs/ID/stop}: returns the record once the job has ended.
+        C{signal} (a name, C{TERM} by default) goes first; C{grace} seconds
+        later, C{KILL} (the server's grace by default).
+        """
+        body: dict[str, Any] = {}
+        if signal is not None:
+            body["signal"] = signal
+        if grace is not None:
+            body["grace_seconds"] = grace
+        result: dict[str, Any] = await self._json(
+            "POST", f"/jobs/{segment(jobId)}/stop", body or None
+        )
+        return result
+
+
+def checkServer(server: str) -> None:
+    parts = urlsplit(server)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ClientError(f"server must be an https:// URL, not {server!r}")
+
+
+def segment(jobId: str) -> str:
+    return quote(jobId, safe="")
