@@ -73,7 +73,7 @@ class FakeProcessTransport:
 
 class GroupKiller:
     """
-    A fake C{killGroup(pgid, signum) -> bool}: records each call and answers
+    A fake C{signalGroupOf(pgid, signum) -> bool}: records each call and answers
     whether the group "exists". Every group exists until marked gone (or
     until C{exists} is set to False for all of them).
     """

@@ -335,7 +335,7 @@ class RetentionTests(SynchronousTestCase):
         clock = FakeReactor()
         stateDir = self.mktemp()
         manager = localJobManager(
-            clock, stateDir, grace=1.0, killGroup=lambda p, s: False
+            clock, stateDir, grace=1.0, signalGroupOf=lambda p, s: False
         )
         self.addCleanup(manager.close)
         request = JobRequest("no-such-command-at-all", [], {}, None)

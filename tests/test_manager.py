@@ -17,7 +17,7 @@ from jobworker.executors.local.executor import (
     defaultEnvironment,
     localJobManager,
 )
-from jobworker.executors.local.sandbox import GATE, SETSID, SH
+from jobworker.executors.local.sandbox import GATE_SCRIPT, POSIX_SHELL, SETSID
 from jobworker.jobs import manager
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import JobFilter
@@ -65,7 +65,7 @@ class ManagerTestCase(SynchronousTestCase):
         self.killer.groupGone(spawned.pid)
         spawned.exit(code)
 
-    def killGroup(self, jobId: str, signum: int) -> None:
+    def signalGroupOf(self, jobId: str, signum: int) -> None:
         """The job's whole group dies of C{signum}."""
         spawned = self.spawnedFor(jobId)
         self.killer.groupGone(spawned.pid)
@@ -99,7 +99,7 @@ class ManagerTestCase(SynchronousTestCase):
 
 #: Every job starts behind the gate, which the server opens once the store
 #: has the job's record.
-GATED = [SH, "-c", GATE, "jobworker-gate"]
+GATED = [POSIX_SHELL, "-c", GATE_SCRIPT, "jobworker-gate"]
 
 #: The variables every job starts with.
 IDENTITY_ENV = {"PATH", "LANG", "HOME", "USER", "LOGNAME", "SHELL"}
@@ -112,7 +112,7 @@ class CreateTests(ManagerTestCase):
         """argv is [gate, setsid, command, *args] with the command as given."""
         self.manager.create(request("sh", "-c", "echo hi", ""), owner="alice")
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.executable, SH)
+        self.assertEqual(spawned.executable, POSIX_SHELL)
         self.assertEqual(spawned.args, [*GATED, SETSID, "sh", "-c", "echo hi", ""])
 
     def test_setsidIsAbsolute(self) -> None:
@@ -479,7 +479,7 @@ class DeleteTests(ManagerTestCase):
         """A job stopped by SIGTERM whose group is gone can be deleted at once."""
         record = self.manager.create(request(), owner="alice")
         d = self.manager.stop(record.id, by="alice")
-        self.killGroup(record.id, signal.SIGTERM)
+        self.signalGroupOf(record.id, signal.SIGTERM)
         self.successResultOf(d)
         self.manager.delete(record.id)
         self.assertRaises(NotFound, self.manager.record, record.id)
@@ -505,7 +505,7 @@ class StopTests(ManagerTestCase):
         d = self.manager.stop(record.id, by="ada")
         self.assertEqual(self.killer.calls, [(record.pid, signal.SIGTERM)])
         self.assertNoResult(d)
-        self.killGroup(record.id, signal.SIGTERM)
+        self.signalGroupOf(record.id, signal.SIGTERM)
         stopped = self.successResultOf(d)
         self.assertIs(stopped, record)
         self.assertIs(stopped.status, JobStatus.STOPPED)
@@ -547,7 +547,7 @@ class StopTests(ManagerTestCase):
         """A stopped job cannot be stopped again."""
         record = self.manager.create(request(), owner="alice")
         self.manager.stop(record.id, by="alice")
-        self.killGroup(record.id, signal.SIGTERM)
+        self.signalGroupOf(record.id, signal.SIGTERM)
         error = self.assertRaises(Conflict, self.manager.stop, record.id, "ada")
         self.assertEqual(error.body()["job"]["stopped_by"], "alice")
 
@@ -592,9 +592,9 @@ class ShutdownTests(ManagerTestCase):
         self.assertNoResult(d)
         self.reactor.advance(GRACE * 3)
         self.assertNoResult(d)
-        self.killGroup(first.id, signal.SIGKILL)
+        self.signalGroupOf(first.id, signal.SIGKILL)
         self.assertNoResult(d)
-        self.killGroup(second.id, signal.SIGKILL)
+        self.signalGroupOf(second.id, signal.SIGKILL)
         self.reactor.advance(GRACE)
         self.assertIsNone(self.successResultOf(d))
         self.assertIs(first.status, JobStatus.STOPPED)
@@ -605,9 +605,9 @@ class ShutdownTests(ManagerTestCase):
         first = self.manager.create(request(), owner="alice")
         second = self.manager.create(request(), owner="bob")
         d = self.manager.shutdown()
-        self.killGroup(first.id, signal.SIGTERM)
+        self.signalGroupOf(first.id, signal.SIGTERM)
         self.assertNoResult(d)
-        self.killGroup(second.id, signal.SIGTERM)
+        self.signalGroupOf(second.id, signal.SIGTERM)
         self.assertIsNone(self.successResultOf(d))
 
     def test_waitsForLeftoverGroup(self) -> None:

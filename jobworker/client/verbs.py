@@ -22,9 +22,7 @@ if TYPE_CHECKING:
 from .show import jobLines, jobTable, jsonLine
 from .streams import Streams
 
-Verb = Callable[
-    [argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]
-]
+Verb = Callable[[argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]]
 
 #: A whole job id, as the server makes them.
 _UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")

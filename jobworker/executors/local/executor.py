@@ -32,12 +32,12 @@ from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, JobCgroup
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
 from .sandbox import (
-    GATE,
     GATE_KEEP_WORKDIR,
+    GATE_SCRIPT,
     ISOLATION,
+    POSIX_SHELL,
     ROOT_ENVIRONMENT,
     SETSID,
-    SH,
     UNSHARE,
     WORKDIR,
     Sandbox,
@@ -169,7 +169,7 @@ class LocalExecutor:
         reactor: JobReactor,
         jobsDir: str,
         grace: float,
-        killGroup: Callable[[int, int], bool] = signalGroup,
+        signalGroupOf: Callable[[int, int], bool] = signalGroup,
         maxLogBytes: int | None = None,
         cgroups: Cgroups | None = None,
         policy: JobPolicy | None = None,
@@ -179,7 +179,7 @@ class LocalExecutor:
         self._reactor = reactor
         self._jobsDir = jobsDir
         self._grace = grace
-        self._killGroup = killGroup
+        self._signalGroupOf = signalGroupOf
         self._maxLogBytes = maxLogBytes
         self._cgroups = cgroups
         self._policy = policy
@@ -335,7 +335,7 @@ class LocalExecutor:
                 1,
             ),
             self._grace,
-            self._killGroup,
+            self._signalGroupOf,
             timeout=timeout,
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
         )
@@ -369,8 +369,15 @@ class LocalExecutor:
                 path = None
                 spawnEnv = ROOT_ENVIRONMENT
             else:
-                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE
-                argv = [SH, "-c", gate, "jobworker-gate", SETSID, *self._prefix]
+                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE_SCRIPT
+                argv = [
+                    POSIX_SHELL,
+                    "-c",
+                    gate,
+                    "jobworker-gate",
+                    SETSID,
+                    *self._prefix,
+                ]
                 argv += command
                 # Never the server's own working directory (a checkout, say):
                 # the job's home, else the root folder.
@@ -454,7 +461,7 @@ def localJobManager(
     reactor: JobReactor,
     stateDir: str,
     grace: float,
-    killGroup: Callable[[int, int], bool] = signalGroup,
+    signalGroupOf: Callable[[int, int], bool] = signalGroup,
     store: JobStore | None = None,
     maxLogBytes: int = DEFAULT_MAX_LOG_BYTES,
     cgroups: Cgroups | None = None,
@@ -466,7 +473,7 @@ def localJobManager(
         reactor,
         os.path.join(stateDir, "jobs"),
         grace,
-        killGroup,
+        signalGroupOf,
         maxLogBytes,
         cgroups,
         policy,

@@ -77,7 +77,7 @@ class JobProcess:
         stdout: OutputSpool,
         stderr: OutputSpool,
         grace: float,
-        killGroup: Callable[[int, int], bool],
+        signalGroupOf: Callable[[int, int], bool],
         cgroup: JobCgroup | None = None,
         timeout: float | None = None,
         stdinFeed: StdinFeed | None = None,
@@ -87,7 +87,7 @@ class JobProcess:
         self.stdout = stdout
         self.stderr = stderr
         self._grace = grace
-        self._killGroup = killGroup
+        self._signalGroupOf = signalGroupOf
         self.cgroup = cgroup
         self._timeout = timeout
         #: The job's stdin, fed by the API; None: closed at start.
@@ -244,7 +244,7 @@ class JobProcess:
             cgroup = self.cgroup
             if cgroup.kill() if signum == signal.SIGKILL else cgroup.signal(signum):
                 return True
-        elif self._killGroup(self._pgid, signum):
+        elif self._signalGroupOf(self._pgid, signum):
             return True
         if self._exit is None and self._transport is not None:
             try:
@@ -374,7 +374,7 @@ class JobProcess:
         if self.cgroup is not None:
             return self.cgroup.empty()
         assert self._pgid is not None
-        return not self._killGroup(self._pgid, 0)
+        return not self._signalGroupOf(self._pgid, 0)
 
     # -- waiting -------------------------------------------------------------
 

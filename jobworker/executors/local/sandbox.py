@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from ...jobs.identity import Identity
 
-SH = shutil.which("sh") or "/bin/sh"
+POSIX_SHELL = shutil.which("sh") or "/bin/sh"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -42,7 +42,7 @@ ISOLATION = {
 
 #: The gate: the job's first process waits here, before running anything of
 #: the user's, until the server has placed it in its cgroup and says go.
-GATE = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
+GATE_SCRIPT = 'read -r _ <&3 || exit 125; exec 3<&-; unset PWD; exec "$@"'
 #: The same, for a request that sets PWD itself (the shell keeps it if true).
 GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
 #: The gate in front of a sandbox, which sets PWD itself.
@@ -177,7 +177,7 @@ class Sandbox:
         pidNamespace = "pid" in self._isolate
         argv: list[str] = []
         if gated and pidNamespace:
-            argv += [SH, "-c", GATE_ONLY, "jobworker-gate"]
+            argv += [POSIX_SHELL, "-c", GATE_ONLY, "jobworker-gate"]
         argv += [SETSID, UNSHARE]
         for name in ("pid", "net"):
             if name in self._isolate:
@@ -185,7 +185,7 @@ class Sandbox:
         argv += ["--mount", "--ipc", "--"]
         script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
         start = "/" if cwd is not None else self.startFolder(identity)
-        argv += [SH, "-c", script, self.fstab(identity), start]
+        argv += [POSIX_SHELL, "-c", script, self.fstab(identity), start]
         argv += identity.setpriv(SETPRIV)
         if env is not None:
             assignments = dict(env)
@@ -194,7 +194,7 @@ class Sandbox:
             argv += [ENV, "-i", "--"]
             argv += [f"{name}={value}" for name, value in assignments.items()]
         if cwd is not None:
-            argv += [SH, "-c", CHDIR, cwd]
+            argv += [POSIX_SHELL, "-c", CHDIR, cwd]
         return argv + command
 
     def probe(self, identity: Identity) -> None:
@@ -206,7 +206,7 @@ class Sandbox:
         """
         check = f"test -w . && test ! -e /proc/{os.getpid()}"
         argv = self.argv(
-            identity, [SH, "-c", check], None, False, {"PATH": "/usr/bin:/bin"}
+            identity, [POSIX_SHELL, "-c", check], None, False, {"PATH": "/usr/bin:/bin"}
         )
         try:
             result = subprocess.run(
