@@ -26,9 +26,10 @@ from jobworker.executors.slurm.job import SECRETS_GRACE
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
+from jobworker.jobs.placement import SlurmAllowances, SlurmRequest
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
-from jobworker.jobs.validation import SlurmAllowances, SlurmRequest, parseJobRequest
+from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
 

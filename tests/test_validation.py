@@ -9,20 +9,22 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.errors import BadRequest, NotFound
-from jobworker.jobs.records import JobStatus
-from jobworker.jobs.validation import (
-    MAX_ARGS,
-    MAX_ENV,
-    JobRequest,
+from jobworker.jobs.queries import (
     parseBool,
     parseCursor,
-    parseJobId,
-    parseJobRequest,
     parseLimit,
     parseOffset,
     parseOwner,
     parseStatus,
     parseStream,
+)
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.validation import (
+    MAX_ARGS,
+    MAX_ENV,
+    JobRequest,
+    parseJobId,
+    parseJobRequest,
 )
 
 

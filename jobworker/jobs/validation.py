@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..auth.names import USER_NAME
 from ..errors import BadRequest, NotFound
 from .limits import Limits
+from .placement import SlurmRequest, parseSlurmOptions, positiveInteger
 from .queue import MAX_PRIORITY, MIN_PRIORITY
-from .records import JobStatus
 from .selection import parseLabels, parseName
 
 #: Offsets and cursors are 64-bit signed integers (SQLite, file offsets).
@@ -46,109 +43,6 @@ _CREATE_FIELDS = frozenset(
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 #: The longest timeout a request may ask for (a year).
 MAX_TIMEOUT = 366 * 86400
-
-
-#: A Slurm name or specification (partition, account, QOS, GRES, constraint):
-#: what Slurm's own syntax uses, no whitespace or control characters.
-_SLURM_TEXT = re.compile(r"[A-Za-z0-9_.:,=+\-/&|!*()\[\]@%]{1,256}")
-_SLURM_TEXTS = ("partition", "account", "qos", "gres", "constraint")
-_SLURM_COUNTS = ("nodes", "ntasks")
-
-
-@dataclass(frozen=True)
-class SlurmRequest:
-    """
-    Where in the Slurm cluster a job asks to run (C{"slurm"} of C{POST
-    /jobs}); each given field goes to sbatch as is, once the server allows
-    it (L{SlurmAllowances}).
-    """
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gres: str | None = None
-    constraint: str | None = None
-    nodes: int | None = None
-    ntasks: int | None = None
-    exclusive: bool = False
-
-    def given(self) -> dict[str, str | int | bool]:
-        """The fields the request set (for the audit log)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if getattr(self, f.name) not in (None, False)
-        }
-
-
-@dataclass(frozen=True)
-class SlurmAllowances:
-    """
-    What the server lets jobs ask of Slurm (C{--slurm-allow-*},
-    C{--slurm-max-*}): exact values for the names, maxima for the counts.
-    Nothing is allowed unless the operator says so.
-    """
-
-    partition: frozenset[str] = frozenset()
-    account: frozenset[str] = frozenset()
-    qos: frozenset[str] = frozenset()
-    gres: frozenset[str] = frozenset()
-    constraint: frozenset[str] = frozenset()
-    nodes: int = 1
-    ntasks: int = 1
-    exclusive: bool = False
-
-    def check(self, request: SlurmRequest) -> None:
-        """
-        @raise BadRequest: C{request} asks for something not allowed here.
-        """
-        for name in _SLURM_TEXTS:
-            value = getattr(request, name)
-            allowed: frozenset[str] = getattr(self, name)
-            if value is not None and value not in allowed:
-                choices = ", ".join(sorted(allowed)) or "none"
-                raise BadRequest(
-                    f"slurm.{name} {value!r} is not allowed by this server "
-                    f"(allowed: {choices})"
-                )
-        for name in _SLURM_COUNTS:
-            value = getattr(request, name)
-            maximum: int = getattr(self, name)
-            if value is not None and value > maximum:
-                raise BadRequest(
-                    f"slurm.{name} {value} is over this server's maximum {maximum}"
-                )
-        if request.exclusive and not self.exclusive:
-            raise BadRequest("slurm.exclusive is not allowed by this server")
-
-
-def _slurm(value: object) -> SlurmRequest | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise BadRequest("slurm must be an object")
-    known = {*_SLURM_TEXTS, *_SLURM_COUNTS, "exclusive"}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise BadRequest(f"unknown slurm field(s): {', '.join(map(str, unknown))}")
-    given: dict[str, Any] = {}
-    for name in _SLURM_TEXTS:
-        text = value.get(name)
-        if text is None:
-            continue
-        if not isinstance(text, str) or not _SLURM_TEXT.fullmatch(text):
-            raise BadRequest(
-                f"slurm.{name} must be 1 to 256 characters of letters, digits "
-                "and _.:,=+-/&|!*()[]@% (no spaces)"
-            )
-        given[name] = text
-    for name in _SLURM_COUNTS:
-        if value.get(name) is not None:
-            given[name] = _positive(value[name], f"slurm.{name}")
-    exclusive = value.get("exclusive", False)
-    if not isinstance(exclusive, bool):
-        raise BadRequest("slurm.exclusive must be true or false")
-    return SlurmRequest(**given, exclusive=exclusive)
 
 
 @dataclass(frozen=True)
@@ -259,7 +153,7 @@ def parseJobRequest(body: bytes) -> JobRequest:
         priority=_priority(obj.get("priority", 0)),
         after=_jobIds(obj.get("after"), "after"),
         after_ok=_jobIds(obj.get("after_ok"), "after_ok"),
-        slurm=_slurm(obj.get("slurm")),
+        slurm=parseSlurmOptions(obj.get("slurm")),
     )
 
 
@@ -299,16 +193,6 @@ def _flag(value: object, what: str) -> bool:
     return value
 
 
-def _positive(value: object, what: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: 64.0 is the integer 64
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest(f"{what} must be a positive integer")
-    if value > 1 << 62:
-        raise BadRequest(f"{what} is too large")
-    return value
-
-
 def _limits(value: object) -> Limits:
     if value is None:
         return Limits()
@@ -319,7 +203,7 @@ def _limits(value: object) -> Limits:
         raise BadRequest(f"unknown limit(s): {', '.join(map(str, unknown))}")
     return Limits(
         **{
-            name: _positive(limit, f"limits.{name}")
+            name: positiveInteger(limit, f"limits.{name}")
             for name, limit in value.items()
             if limit is not None
         }
@@ -365,123 +249,3 @@ def boundedInteger(text: str, low: int, high: int) -> int | None:
     ):
         return None
     return int(text)
-
-
-def parseOffset(text: str | None) -> int:
-    """A non-negative byte offset; absent means 0."""
-    if text is None:
-        return 0
-    if boundedInteger(text, 0, MAX_INT64) is None:
-        raise BadRequest("offset must be a non-negative integer")
-    return int(text)
-
-
-def parseBool(text: str | None, name: str, default: bool = False) -> bool:
-    """C{true}/C{false} (also 1/0); absent means C{default}."""
-    if text is None:
-        return default
-    lowered = text.lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
-    raise BadRequest(f"{name} must be true or false")
-
-
-def parseLimit(text: str | None, default: int = 100, maximum: int = 1000) -> int:
-    """A page size from 1 to C{maximum}; absent means C{default}."""
-    if text is None:
-        return default
-    if boundedInteger(text, 1, maximum) is None:
-        raise BadRequest(f"limit must be an integer from 1 to {maximum}")
-    return int(text)
-
-
-def parseCursor(text: str | None) -> int | None:
-    """A list cursor (an opaque token from C{next_cursor}); absent means None."""
-    if text is None:
-        return None
-    if boundedInteger(text, 0, MAX_INT64) is None:
-        raise BadRequest("cursor is not one this server issued")
-    return int(text)
-
-
-def parseStatus(text: str | None) -> JobStatus | None:
-    """A job status filter; absent means None."""
-    if text is None:
-        return None
-    try:
-        return JobStatus(text.upper())
-    except ValueError:
-        names = ", ".join(s.value for s in JobStatus)
-        raise BadRequest(f"status must be one of {names}") from None
-
-
-def parseOwner(text: str | None) -> str | None:
-    """An owner filter: a user name; absent means None."""
-    if text is None:
-        return None
-    if not USER_NAME.fullmatch(text):
-        raise BadRequest("owner is not a valid user name")
-    return text
-
-
-#: The most lines C{?tail=} may ask for.
-MAX_TAIL = 1_000_000
-
-#: The longest a status request may wait for a job to end (long poll).
-MAX_WAIT = 300.0
-
-
-def parseWait(text: str | None) -> float:
-    """Seconds to wait for a job to end: 0 to C{MAX_WAIT}; absent means 0."""
-    if text is None:
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(
-            f"wait must be a number of seconds (0 to {MAX_WAIT:g})"
-        ) from None
-    if not 0 <= value <= MAX_WAIT:
-        raise BadRequest(f"wait must be a number of seconds (0 to {MAX_WAIT:g})")
-    return value
-
-
-def parseAge(text: str | None) -> float | None:
-    """C{older_than_seconds}: whole seconds, 0 to 100 years (None if absent)."""
-    if text is None:
-        return None
-    value = boundedInteger(text, 0, 100 * 366 * 86400)
-    if value is None:
-        raise BadRequest("older_than_seconds must be whole seconds (0 to 100 years)")
-    return float(value)
-
-
-def parseTail(text: str | None) -> int | None:
-    """A number of last lines, 0 to 1,000,000; absent means None."""
-    if text is None:
-        return None
-    if boundedInteger(text, 0, MAX_TAIL) is None:
-        raise BadRequest(f"tail must be a number of lines (0 to {MAX_TAIL})")
-    return int(text)
-
-
-def onlyParameters(given: Iterable[bytes], allowed: frozenset[str]) -> None:
-    """
-    Refuse query parameters a route does not know: a typo is an error, not
-    a silently ignored option.
-    """
-    unknown = sorted({name.decode("utf-8", "replace") for name in given} - allowed)
-    if unknown:
-        names = ", ".join(repr(name[:40]) for name in unknown[:5])
-        raise BadRequest(f"unknown query parameter(s): {names}")
-
-
-def parseStream(text: str | None) -> str:
-    """C{stdout} (the default), C{stderr} or C{combined} (both, in order)."""
-    if text is None:
-        return "stdout"
-    if text not in ("stdout", "stderr", "combined"):
-        raise BadRequest("stream must be stdout, stderr or combined")
-    return text

@@ -34,31 +34,22 @@ from ..errors import (
     Unauthorized,
 )
 from ..jobs.manager import JobManager
-from ..jobs.records import rfc3339
-from ..jobs.selection import (
-    JobFilter,
-    parseIdPrefix,
-    parseLabelFilters,
-    parseName,
-)
-from ..jobs.stopping import parseStopRequest
-from ..jobs.store import StoreError
-from ..jobs.validation import (
+from ..jobs.queries import (
     onlyParameters,
     parseAge,
     parseBool,
     parseCursor,
-    parseJobId,
-    parseJobRequest,
-    parseJSONObject,
     parseLimit,
-    parseOwner,
-    parseStatus,
     parseWait,
 )
+from ..jobs.records import rfc3339
+from ..jobs.stopping import parseStopRequest
+from ..jobs.store import StoreError
+from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
 from ..metrics import Metrics
 from .logs import LogStreams
 from .requests import (
+    FILTERS,
     MAX_LIST_BYTES,
     _arg,
     _body,
@@ -67,6 +58,7 @@ from .requests import (
     _noBody,
     _query,
     _recordJSON,
+    jobSelection,
     refuseCrossSite,
 )
 from .ui import Dashboard
@@ -113,24 +105,8 @@ def guarded(
     return decorate
 
 
-#: The query parameters that filter a listing (L{_selection}).
-FILTERS = ("status", "owner", "name", "label", "id_prefix")
-
 #: The most jobs one C{DELETE /jobs} deletes (C{"more": true} says to go on).
 MAX_CLEAN = 1000
-
-
-def _selection(request: IRequest) -> JobFilter:
-    """The job filter of a listing's (or bulk delete's) query."""
-    return JobFilter(
-        status=parseStatus(_arg(request, b"status")),
-        owner=parseOwner(_arg(request, b"owner")),
-        name=parseName(_arg(request, b"name")),
-        labels=parseLabelFilters(
-            [v.decode("utf-8", "replace") for v in _query(request).get(b"label", [])]
-        ),
-        idPrefix=parseIdPrefix(_arg(request, b"id_prefix")),
-    )
 
 
 class JobsAPI:
@@ -271,7 +247,7 @@ class JobsAPI:
     @guarded(Permission.GET, *FILTERS, "limit", "cursor")
     async def listJobs(self, request: IRequest, user: User) -> bytes:
         records, following = self._manager.page(
-            _selection(request),
+            jobSelection(request),
             limit=parseLimit(_arg(request, b"limit")),
             before=parseCursor(_arg(request, b"cursor")),
         )
@@ -295,7 +271,7 @@ class JobsAPI:
     @guarded(Permission.DELETE, "status", "owner", "older_than_seconds")
     async def cleanJobs(self, request: IRequest, user: User) -> bytes:
         _noBody(request)
-        selection = _selection(request)
+        selection = jobSelection(request)
         if selection.status is not None and not selection.status.ended:
             raise BadRequest("only ended jobs can be deleted: status must be ended")
         if selection.owner is None and onlyOwnJobs(user, Permission.DELETE):

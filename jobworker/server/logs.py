@@ -17,14 +17,14 @@ from ..errors import (
 )
 from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
 from ..jobs.manager import JobManager
-from ..jobs.records import JobRecord, JobStatus
-from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
-from ..jobs.validation import (
+from ..jobs.queries import (
     parseBool,
     parseOffset,
     parseStream,
     parseTail,
 )
+from ..jobs.records import JobRecord, JobStatus
+from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
 from .requests import (
     _arg,
 )

@@ -18,7 +18,9 @@ from ..errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from ..jobs.queries import parseOwner, parseStatus
 from ..jobs.records import JobRecord
+from ..jobs.selection import JobFilter, parseIdPrefix, parseLabelFilters, parseName
 
 #: The largest request body accepted.
 MAX_BODY_BYTES = 64 * 1024
@@ -200,3 +202,20 @@ class _EncodingGuard:
         except UnicodeDecodeError:
             return _json(request, {"error": "the path is not valid UTF-8"}, 400)
         return self._inner.render(request)  # type: ignore[no-any-return]
+
+
+#: The query parameters that filter a listing (L{jobSelection}).
+FILTERS = ("status", "owner", "name", "label", "id_prefix")
+
+
+def jobSelection(request: IRequest) -> JobFilter:
+    """The job filter of a listing's (or bulk delete's) query."""
+    return JobFilter(
+        status=parseStatus(_arg(request, b"status")),
+        owner=parseOwner(_arg(request, b"owner")),
+        name=parseName(_arg(request, b"name")),
+        labels=parseLabelFilters(
+            [v.decode("utf-8", "replace") for v in _query(request).get(b"label", [])]
+        ),
+        idPrefix=parseIdPrefix(_arg(request, b"id_prefix")),
+    )

@@ -33,9 +33,9 @@ from ..jobs.identity import (
 )
 from ..jobs.limits import Limits
 from ..jobs.manager import JobManager
+from ..jobs.placement import SlurmAllowances
 from ..jobs.policy import JobPolicy, JobReactor
 from ..jobs.store import JobStore, StoreError
-from ..jobs.validation import SlurmAllowances
 from ..metrics import Metrics
 from . import identitysetup, tlssetup
 from .api import JobsAPI

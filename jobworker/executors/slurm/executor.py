@@ -32,10 +32,11 @@ from ...errors import BadRequest, ServiceUnavailable
 from ...jobs.executor import ExecutorHealth
 from ...jobs.identity import Identity
 from ...jobs.limits import Limits
+from ...jobs.placement import SlurmAllowances
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
-from ...jobs.validation import JobRequest, SlurmAllowances
+from ...jobs.validation import JobRequest
 from ..local.executor import defaultEnvironment
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands

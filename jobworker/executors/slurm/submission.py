@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from ...jobs.limits import Limits
+from ...jobs.placement import SlurmRequest
 from ...jobs.records import JobRecord
-from ...jobs.validation import SlurmRequest
 
 
 def jobName(jobId: str) -> str:
