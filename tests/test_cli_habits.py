@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import Any
 
 from jobworker.client.completion import COMPLETION, OPTIONS
 from jobworker.client.interrupts import Interrupts
@@ -491,4 +492,29 @@ class HelpAgreesWithREADMETests(MemoryCLITestCase):
         self.assertEqual(
             set(documented),
             {"exec", "list", "status", "logs", "wait", "stop", "rm", "clean", "login"},
+        )
+
+
+class SlurmFlagTests(MemoryCLITestCase):
+    """Issue 19, item 7: jw exec's Slurm flags reach the request's "slurm"."""
+
+    def test_slurmFlagsSent(self) -> None:
+        """--partition and --nodes go as "slurm"; the local server says 400."""
+        seen: list[Any] = []
+        original = self.api.app.execute_endpoint
+
+        def spy(endpoint: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if endpoint == "createJob":
+                request.content.seek(0)
+                seen.append(json.loads(request.content.read()))
+                request.content.seek(0)
+            return original(endpoint, request, *args, **kwargs)
+
+        self.patch(self.api.app, "execute_endpoint", spy)
+        result = self.jw(
+            "exec", "--partition", "debug", "--nodes", "2", "--exclusive", "--", "true"
+        )
+        self.assertOneLineFailure(result, b"Slurm executor")
+        self.assertEqual(
+            seen[0]["slurm"], {"partition": "debug", "nodes": 2, "exclusive": True}
         )

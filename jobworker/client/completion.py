@@ -10,7 +10,8 @@ _GLOBAL = "--server --ca --cert --key --help"
 #: Options per verb (a test checks them against the parser).
 OPTIONS = {
     "exec": "--follow --stdin --detach-on-interrupt --name --after --after-ok "
-    "--priority --label --env --cwd "
+    "--priority --label --env --cwd --partition --account --qos --gres "
+    "--constraint --nodes --ntasks --exclusive "
     "--timeout --memory --cpu --pids --io-read --io-write --json",
     "list": "--status --owner --name --label --limit --all --wide --json",
     "status": "--json",

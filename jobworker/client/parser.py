@@ -13,6 +13,10 @@ from .config import DEFAULT_SERVER
 from .failures import ArgumentsRefused, HelpShown
 from .streams import Streams
 
+#: The per-job Slurm options of C{jw exec} (the request's C{"slurm"}).
+SLURM_TEXTS = ("partition", "account", "qos", "gres", "constraint")
+SLURM_COUNTS = ("nodes", "ntasks")
+
 #: The job states, for C{--status} (and completion).
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
 
@@ -269,6 +273,12 @@ def _execOptions(command: Any) -> None:
     add("--pids", type=int, metavar="N", help="process-count limit")
     add("--io-read", metavar="SIZE", help="read bytes per second (disk)")
     add("--io-write", metavar="SIZE", help="write bytes per second (disk)")
+    slurm = execute.add_argument_group("Slurm (--executor slurm; the server allows)")
+    for name in SLURM_TEXTS:
+        slurm.add_argument(f"--{name}", metavar="NAME", help=f"sbatch --{name}")
+    for name in SLURM_COUNTS:
+        slurm.add_argument(f"--{name}", type=int, metavar="N", help=f"sbatch --{name}")
+    slurm.add_argument("--exclusive", action="store_true", help="sbatch --exclusive")
     add("command", metavar="COMMAND", nargs="?")
     add("args", nargs=argparse.REMAINDER, metavar="ARG")
 

@@ -16,6 +16,7 @@ from .calls import exitStatusOf
 from .errors import ClientError
 from .failures import EXIT_INTERRUPTED, UsageFailure
 from .interrupts import Interrupts
+from .parser import SLURM_COUNTS, SLURM_TEXTS
 
 if TYPE_CHECKING:
     from .http import JobworkerClient
@@ -89,6 +90,15 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
         fields["stdin"] = True
     if options.priority is not None:
         fields["priority"] = options.priority
+    slurm = {
+        name: getattr(options, name)
+        for name in (*SLURM_TEXTS, *SLURM_COUNTS)
+        if getattr(options, name) is not None
+    }
+    if options.exclusive:
+        slurm["exclusive"] = True
+    if slurm:
+        fields["slurm"] = slurm
     return fields
 
 
