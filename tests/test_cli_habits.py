@@ -518,3 +518,20 @@ class SlurmFlagTests(MemoryCLITestCase):
         self.assertEqual(
             seen[0]["slurm"], {"partition": "debug", "nodes": 2, "exclusive": True}
         )
+
+
+class DestinationTests(MemoryCLITestCase):
+    """Order where it shows: both streams to one place, or each apart."""
+
+    def test_sharedDestination(self) -> None:
+        """Two files: apart; one file twice (2>&1): shared; in memory: shared."""
+        import os
+
+        one = open(self.mktemp(), "wb")
+        two = open(self.mktemp(), "wb")
+        same = os.fdopen(os.dup(one.fileno()), "wb")
+        for f in (one, two, same):
+            self.addCleanup(f.close)
+        self.assertFalse(Streams(one, two, inp=None).sharedDestination())
+        self.assertTrue(Streams(one, same, inp=None).sharedDestination())
+        self.assertTrue(Run().streams.sharedDestination())

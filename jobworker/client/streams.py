@@ -102,6 +102,20 @@ class Streams:
             return succeed(source.read(size))
         return deferToThreadPool(reactor, reactor.getThreadPool(), os.read, fd, size)
 
+    def sharedDestination(self) -> bool:
+        """
+        Whether C{out} and C{err} end in one place (the same terminal, file
+        or pipe: C{2>&1}), so the order of their bytes can be seen. When it
+        cannot be told (in-memory streams), yes.
+        """
+        if self.out is self.err:
+            return True
+        try:
+            one, two = os.fstat(self.out.fileno()), os.fstat(self.err.fileno())
+        except (AttributeError, OSError, ValueError):
+            return True
+        return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
     def writer(self, stream: str) -> Callable[[bytes], None]:
         """Write job output of C{stream} (C{stdout}/C{stderr}) as it comes."""
         target = self.err if stream == "stderr" else self.out

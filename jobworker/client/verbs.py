@@ -140,7 +140,7 @@ async def doExec(
 ) -> int:
     from twisted.internet.defer import CancelledError, ensureDeferred
 
-    from .follow import followCombined
+    from .follow import followOutput
 
     if not options.command:
         raise UsageFailure(
@@ -179,7 +179,7 @@ async def doExec(
     output = streams
     if options.json:
         output = Streams(streams.err, streams.err, streams.messages, inp=None)
-    following = ensureDeferred(followCombined(client, jobId, output))
+    following = ensureDeferred(followOutput(client, jobId, output))
     state = {"detached": False}
 
     def interrupted(name: str) -> None:
@@ -346,7 +346,7 @@ async def doLogs(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    from .follow import followCombined, followStream
+    from .follow import followOutput, followStream
 
     jobId = await resolveId(client, options.id)
     if options.stdout and options.stderr:
@@ -364,7 +364,7 @@ async def doLogs(
             return exitStatusOf(await client.job(jobId))
         await client.logs(jobId, write, stream, offset, tail=options.tail)
         return 0
-    end = await followCombined(client, jobId, streams, options.follow, options.tail)
+    end = await followOutput(client, jobId, streams, options.follow, options.tail)
     if not options.follow:
         return 0
     return exitStatusOf(end if end is not None else await client.job(jobId))
