@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 python=${1:-python3}
 state=${JW_SLURM_STATE:-/tmp/jobworker-slurm-ci}
 log="$state.up.log"
+# A fresh job completion log each run: the tests read it (a job that ended
+# while jobworker was down), and Slurm 22.05's sacct --completion crashes on a
+# log holding a job name with a newline (test_forgedNameForgesNothing makes
+# one), so one run's log must not reach the next.
+rm -f "$state/log/jobcomp.txt"
 if SLURM_MESSAGE_TIMEOUT=2 bash slurm-ci/up.sh "$state" >"$log" 2>&1; then
     export SLURM_CONF="$state/slurm.conf" JW_SLURM_CI_STATE="$state"
     # The tests' --slurm-output-dir: below folders the test accounts

@@ -233,6 +233,9 @@ class SlurmCommands:
             "--noheader",
             "--parsable2",
             f"--delimiter={token}",
+            # Every job that had the number, not only the latest: numbering
+            # restarts when slurmctld's state is reset (sacct --duplicates).
+            "--duplicates",
             f"--jobs={','.join(ids)}",
             f"--format={ACCOUNTING_FORMAT}",
         ]
