@@ -25,17 +25,11 @@ from .support import LiveServer
 
 
 def waiting(owner: str, seq: int, priority: int = 0, **deps: Any) -> Waiting:
-    record = JobRecord(
-        id=f"{owner}-{seq}",
-        command="true",
-        args=[],
-        owner=owner,
-        created_at=0.0,
-        priority=priority,
-        seq=seq,
-    )
     return Waiting(
-        record,
+        f"{owner}-{seq}",
+        owner,
+        priority,
+        seq,
         after=frozenset(deps.get("after", ())),
         afterOk=frozenset(deps.get("afterOk", ())),
     )
@@ -53,7 +47,7 @@ class FairQueueTests(SynchronousTestCase):
     def drain(self, queue: FairQueue, mayStart: Any = lambda user: True) -> list[str]:
         order = []
         while (entry := queue.next(mayStart)) is not None:
-            order.append(entry.record.id)
+            order.append(entry.jobId)
         return order
 
     def test_oneUsersThousandDoNotStarveAnother(self) -> None:
@@ -95,9 +89,9 @@ class FairQueueTests(SynchronousTestCase):
         self.assertEqual(queue.reason("alice-1"), "waiting for job a")
         self.assertEqual(self.drain(queue), [])
         resolution = queue.ended(ended("a", JobStatus.FAILED))
-        self.assertEqual([w.record.id for w in resolution.ready], ["alice-1"])
+        self.assertEqual([w.jobId for w in resolution.ready], ["alice-1"])
         self.assertEqual(
-            [(w.record.id, why) for w, why in resolution.failed],
+            [(w.jobId, why) for w, why in resolution.failed],
             [("alice-2", "dependency a ended FAILED")],
         )
         queue.ended(ended("b", JobStatus.COMPLETED))

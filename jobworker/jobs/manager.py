@@ -34,7 +34,7 @@ from .scheduling import Scheduler
 from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
-from .store import JobStore, StoreError
+from .store import JobStore, QueuedEntry, StoreError
 from .validation import JobRequest
 
 #: Default cap on each stream of each job.
@@ -108,7 +108,11 @@ class JobManager:
         self._metrics.watchJobs(self._countByStatus)
         self._metrics.watchExecutor(self._executorUp)
         self._scheduler = Scheduler(
-            self._startQueued, self._mayStartMore, self._mayStart, self._queuedEnded
+            self._startQueued,
+            self._mayStartMore,
+            self._mayStart,
+            self._queuedEnded,
+            self._stored,
         )
         self._metrics.watchQueue(self._scheduler.queue.owners)
 
@@ -122,8 +126,7 @@ class JobManager:
         records it closed.
         """
         unfinished = self._store.running()
-        queued = [record for record in unfinished if record.queued]
-        unfinished = [record for record in unfinished if not record.queued]
+        queued = self._store.queued()
         closed: list[JobRecord] = []
         if unfinished:
             for job in self._executor.recover(unfinished, RESTARTED):
@@ -134,9 +137,9 @@ class JobManager:
         self._requeue(queued)
         return closed
 
-    def _requeue(self, records: list[JobRecord]) -> None:
+    def _requeue(self, entries: list[QueuedEntry]) -> None:
         """After a restart: the queue as it was, in order, then start what may."""
-        waiting = {record.id for record in records}
+        waiting = {entry.jobId for entry in entries}
 
         def unfinished(jobId: str) -> bool:
             if jobId in waiting or jobId in self._live:
@@ -144,20 +147,29 @@ class JobManager:
             stored = self._store.get(jobId)
             return stored is not None and not stored.status.ended
 
-        for record in records:
-            account = None
-            if record.run_as and not record.run_as.startswith("dynamic:"):
+        accounts: dict[str, Identity | None] = {}
+        for entry in entries:
+            runAs = entry.runAs
+            if runAs and not runAs.startswith("dynamic:") and runAs not in accounts:
                 try:
-                    account = Identity.ofAccount(record.run_as)
+                    accounts[runAs] = Identity.ofAccount(runAs)
                 except IdentityError:
-                    account = None  # the users file is read again at start
-            entry = Waiting(
-                record, account, frozenset(record.after), frozenset(record.after_ok)
+                    accounts[runAs] = None  # gone: the users file decides at start
+            self._scheduler.queue.add(
+                Waiting(
+                    entry.jobId,
+                    entry.owner,
+                    entry.priority,
+                    entry.seq,
+                    accounts.get(runAs or ""),
+                    frozenset(entry.after),
+                    frozenset(entry.afterOk),
+                ),
+                unfinished,
             )
-            self._scheduler.queue.add(entry, unfinished)
-        if records:
+        if entries:
             self.log.info(
-                "{count} queued job(s) kept across the restart", count=len(records)
+                "{count} queued job(s) kept across the restart", count=len(entries)
             )
         self._scheduler.dispatch()
 
@@ -322,8 +334,15 @@ class JobManager:
         if record.status.ended:
             self._metrics.jobsEnded.labels(record.status.value).inc()
             return record
+        assert record.seq is not None
         entry = Waiting(
-            record, account, frozenset(request.after), frozenset(request.after_ok)
+            record.id,
+            owner,
+            record.priority,
+            record.seq,
+            account,
+            frozenset(request.after),
+            frozenset(request.after_ok),
         )
         queue.add(entry, lambda jobId: not self.record(jobId).status.ended)
         record.pending_reason = queue.reason(record.id)
@@ -337,7 +356,7 @@ class JobManager:
 
     def _startQueued(self, waiting: Waiting) -> bool:
         """Start a queued job now; False to keep it queued (no identity free)."""
-        record = waiting.record
+        record = self._stored(waiting.jobId)
         executor = self._executor
         try:
             identity = executor.identityFor(record.owner, waiting.account)
@@ -538,11 +557,17 @@ class JobManager:
 
     def record(self, jobId: str) -> JobRecord:
         """A job's record, up to date (a queued job's with why it waits)."""
-        waiting = self._scheduler.queue.get(jobId)
-        if waiting is not None:
-            waiting.record.pending_reason = self._scheduler.queue.reason(jobId)
-            return waiting.record
-        return self._storedOrLive(jobId)
+        record = self._storedOrLive(jobId)
+        if jobId in self._scheduler.queue:
+            record.pending_reason = self._scheduler.queue.reason(jobId)
+        return record
+
+    def _stored(self, jobId: str) -> JobRecord:
+        """A job's record as the store has it (a queued job's, whole)."""
+        record = self._store.get(jobId)
+        if record is None:
+            raise NotFound("no such job")
+        return record
 
     def _storedOrLive(self, jobId: str) -> JobRecord:
         """
@@ -588,7 +613,7 @@ class JobManager:
         return [
             live[r.id].snapshot()
             if r.id in live
-            else (self.record(r.id) if r.id in queue else r)
+            else (_withReason(r, queue.reason(r.id)) if r.id in queue else r)
             for r in records
         ], following
 
@@ -755,6 +780,11 @@ class JobManager:
                     record=record.toJSON(),
                 )
         self._store.close()
+
+
+def _withReason(record: JobRecord, reason: str | None) -> JobRecord:
+    record.pending_reason = reason
+    return record
 
 
 def _checkWritable(folder: str) -> None:

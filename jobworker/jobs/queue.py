@@ -25,11 +25,18 @@ MIN_PRIORITY = -100
 MAX_PRIORITY = 100
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Waiting:
-    """One queued job: its record, and what it still waits for."""
+    """
+    One queued job: what its place needs, and what it still waits for. The
+    record itself stays in the store until the job starts (a queue of
+    100,000 costs memory per job, not per record).
+    """
 
-    record: JobRecord
+    jobId: str
+    owner: str
+    priority: int
+    seq: int
     #: The owner's mapped Unix account, if any (the identity is chosen when
     #: the job starts: a dynamic uid is only taken then).
     account: Identity | None = None
@@ -42,7 +49,7 @@ class Waiting:
     @property
     def key(self) -> tuple[int, int]:
         """Order within one user: higher priority first, then older."""
-        return (-self.record.priority, self.record.seq or 0)
+        return (-self.priority, self.seq)
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,9 @@ class FairQueue:
         Queue a job. C{unfinished(id)} says whether one of its dependencies
         has yet to end (those that have are not waited on).
         """
-        jobId = waiting.record.id
+        jobId = waiting.jobId
         self._entries[jobId] = waiting
-        self._count(waiting.record.owner, 1)
+        self._count(waiting.owner, 1)
         waiting.waitingOn = {
             d for d in (waiting.after | waiting.afterOk) if unfinished(d)
         }
@@ -106,9 +113,9 @@ class FairQueue:
             self._makeReady(waiting)
 
     def _makeReady(self, waiting: Waiting) -> None:
-        owner = waiting.record.owner
+        owner = waiting.owner
         ready = self._ready.setdefault(owner, [])
-        bisect.insort(ready, (waiting.key, waiting.record.id))
+        bisect.insort(ready, (waiting.key, waiting.jobId))
         if len(ready) == 1:
             self._turns.append(owner)
 
@@ -117,7 +124,7 @@ class FairQueue:
         waiting = self._entries.pop(jobId, None)
         if waiting is None:
             return None
-        self._count(waiting.record.owner, -1)
+        self._count(waiting.owner, -1)
         if waiting.waitingOn:
             for dependency in waiting.waitingOn:
                 waiters = self._waiters.get(dependency, [])
@@ -128,9 +135,9 @@ class FairQueue:
         return waiting
 
     def _dropReady(self, waiting: Waiting) -> None:
-        owner = waiting.record.owner
+        owner = waiting.owner
         ready = self._ready[owner]
-        entry = (waiting.key, waiting.record.id)
+        entry = (waiting.key, waiting.jobId)
         index = bisect.bisect_left(ready, entry)
         if index < len(ready) and ready[index] == entry:
             del ready[index]
@@ -168,13 +175,13 @@ class FairQueue:
         ready: list[Waiting] = []
         failed: list[tuple[Waiting, str]] = []
         for waiting in self._waiters.pop(record.id, []):
-            if waiting.record.id not in self._entries:
+            if waiting.jobId not in self._entries:
                 continue
             if (
                 record.id in waiting.afterOk
                 and record.status is not JobStatus.COMPLETED
             ):
-                self.remove(waiting.record.id)
+                self.remove(waiting.jobId)
                 failed.append(
                     (waiting, f"dependency {record.id} ended {record.status.value}")
                 )
@@ -191,7 +198,7 @@ class FairQueue:
         place, how many). Users take turns, so that is what it waits for.
         """
         waiting = self._entries[jobId]
-        ready = self._ready.get(waiting.record.owner, [])
+        ready = self._ready.get(waiting.owner, [])
         place = bisect.bisect_left(ready, (waiting.key, jobId)) + 1
         return place, len(ready)
 
@@ -204,7 +211,7 @@ class FairQueue:
             return f"waiting for job {min(waiting.waitingOn)}"
         place, count = self.position(jobId)
         return (
-            f"queued: position {place} of {count} of {waiting.record.owner}'s, "
+            f"queued: position {place} of {count} of {waiting.owner}'s, "
             f"{len(self._turns)} user(s) taking turns"
         )
 

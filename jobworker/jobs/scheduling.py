@@ -25,6 +25,7 @@ class Scheduler:
     @param mayStartMore: whether a slot is free (the server's cap).
     @param mayStart: whether this user may start one more (their cap).
     @param finished: records a queued job's end (store, metrics).
+    @param load: a queued job's record, from the store.
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class Scheduler:
         mayStartMore: Callable[[], bool],
         mayStart: Callable[[str], bool],
         finished: Callable[[JobRecord], None],
+        load: Callable[[str], JobRecord],
     ) -> None:
         self.queue = FairQueue()
         self._start = start
         self._mayStartMore = mayStartMore
         self._mayStart = mayStart
         self._finished = finished
+        self._load = load
         self._endWaiters: dict[str, list[Deferred[JobRecord]]] = {}
         self._startWaiters: dict[str, list[Deferred[None]]] = {}
         self._dispatching = False
@@ -83,7 +86,7 @@ class Scheduler:
         waiting = self.queue.remove(jobId)
         if waiting is None:
             return None
-        record = waiting.record
+        record = self._load(jobId)
         record.stopped_by = by
         self._end(record, JobStatus.STOPPED, when, "stopped while queued")
         self.dispatch()
@@ -91,7 +94,7 @@ class Scheduler:
 
     def fail(self, waiting: Waiting, error: str, when: float) -> None:
         """A queued job that cannot start: FAILED, with why."""
-        self._end(waiting.record, JobStatus.FAILED, when, error)
+        self._end(self._load(waiting.jobId), JobStatus.FAILED, when, error)
 
     def _end(
         self, record: JobRecord, status: JobStatus, when: float, error: str

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .records import JobRecord, JobStatus
@@ -24,6 +26,19 @@ from .selection import ANY_JOB, JobFilter
 
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class QueuedEntry:
+    """A job waiting in jobworker's queue, as a restart needs it."""
+
+    jobId: str
+    owner: str
+    priority: int
+    seq: int
+    runAs: str | None
+    after: list[str]
+    afterOk: list[str]
 
 
 class StoreError(Exception):
@@ -240,12 +255,32 @@ class JobStore:
 
     @_mapped("list running jobs")
     def running(self) -> list[JobRecord]:
-        """Every job recorded as RUNNING or PENDING (not finished)."""
+        """Every job recorded as RUNNING or PENDING (not finished), but queued ones."""
         rows = self._db.execute(
-            SELECT + " WHERE status IN (?, ?) ORDER BY seq",
+            SELECT + " WHERE status IN (?, ?) AND queued = 0 ORDER BY seq",
             (JobStatus.RUNNING.value, JobStatus.PENDING.value),
         ).fetchall()
         return [fromRow(row) for row in rows]
+
+    @_mapped("list queued jobs")
+    def queued(self) -> list[QueuedEntry]:
+        """The jobs waiting in jobworker's queue, in order: only what it needs."""
+        rows = self._db.execute(
+            "SELECT id, owner, priority, seq, run_as, after_ids, after_ok_ids "
+            "FROM jobs WHERE queued = 1 ORDER BY seq"
+        ).fetchall()
+        return [
+            QueuedEntry(
+                row["id"],
+                row["owner"],
+                row["priority"],
+                row["seq"],
+                row["run_as"],
+                json.loads(row["after_ids"]) if row["after_ids"] else [],
+                json.loads(row["after_ok_ids"]) if row["after_ok_ids"] else [],
+            )
+            for row in rows
+        ]
 
     @_mapped("list ended jobs")
     def endedBefore(self, when: float, limit: int = 1000) -> list[str]:
