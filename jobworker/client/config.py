@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from urllib.parse import urlsplit
 
 DEFAULT_SERVER = "https://localhost:8443"
 #: The development CA (certs/ca.pem), shipped with the package so that a
 #: wheel install finds it too.
-DEV_CA = str(resources.files("jobworker").joinpath("data/dev-ca.pem"))
+DEV_CA = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dev-ca.pem"
+)
 #: The only hosts the development CA is trusted for when no CA is configured:
 #: its key is public, so it vouches for no server anywhere else.
 DEV_CA_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -50,12 +50,14 @@ def readConfig(path: str) -> dict[str, str]:
     """
     try:
         with open(path, "rb") as f:
+            import tomllib  # only when there is a file: jw starts faster
+
             values = tomllib.load(f)
     except FileNotFoundError:
         return {}
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError is one
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
