@@ -131,6 +131,16 @@ class DashboardFilesTests(TestCase):
         await response.content()
         self.assertSecurityHeaders(response)
 
+    async def test_queryStringRefused(self) -> None:
+        """A query string under /ui/ is a JSON 400, as on the API's routes."""
+        server = LiveServer(self)
+        for path in ("/ui/?x=1", "/ui/app.js?v=2"):
+            response = await server.request("GET", path, None)
+            body = await response.content()
+            self.assertEqual(response.code, 400, (path, body))
+            self.assertIn("error", json.loads(body))
+            self.assertSecurityHeaders(response)
+
     async def test_notModified(self) -> None:
         """A client's current copy (If-None-Match) gets a 304 with the headers."""
         server = LiveServer(self)

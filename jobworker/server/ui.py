@@ -10,6 +10,8 @@ from importlib.resources.abc import Traversable
 from twisted.web.iweb import IRequest
 
 from ..errors import NotFound
+from ..jobs.queries import onlyParameters
+from .requests import _query
 
 #: The content type of each kind of file the dashboard is made of.
 CONTENT_TYPES = {
@@ -78,9 +80,11 @@ class Dashboard:
         client's copy is current.
 
         @raise NotFound: for a name that is not one of the files.
+        @raise BadRequest: a query string (the page routes by its fragment).
         """
         for header, value in SECURITY_HEADERS:
             request.setHeader(header, value)
+        onlyParameters(_query(request), frozenset())
         found = self._files.get(name)
         if found is None:
             raise NotFound("no such file of the dashboard")
