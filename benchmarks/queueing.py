@@ -13,7 +13,7 @@ The queue's figures (issue 18), each against a reference in the same run:
              them queued (goal < 2 s) and the server's RSS growth (goal
              < 64 MiB).
 
-    python benchmarks/queue.py [--jobs 10000] [--alice 1000] [--pending 100000]
+    python benchmarks/queueing.py [--jobs 10000] [--alice 1000] [--pending 100000]
                                [--smoke]
 """
 
