@@ -1,4 +1,4 @@
-"""The benchmark scripts run with benchmarks/ first on sys.path: no name may hide the stdlib's."""
+"""Benchmark scripts run with benchmarks/ first on sys.path: no stdlib names."""
 
 from __future__ import annotations
 
