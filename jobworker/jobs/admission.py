@@ -1,0 +1,375 @@
+"""
+How jobs are admitted: started at once, queued (PENDING) behind the
+server's or the user's running limit or their dependencies, or ended at once
+(a failed C{after_ok}); starting queued jobs when a slot frees; the queue
+again after a restart; the creation rate. The half of the L{JobManager
+<jobworker.jobs.manager.JobManager>} that decides where a new job goes; the
+manager keeps the registry (find, stop, delete, ends, the store write).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..errors import (
+    BadRequest,
+    Conflict,
+    JobworkerError,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from ..metrics import Metrics
+from .executor import Executor, LiveJob
+from .identity import Identity, IdentityError
+from .limits import Limits
+from .policy import JobPolicy, JobReactor
+from .queue import Waiting
+from .records import JobRecord, JobStatus
+from .scheduling import Scheduler
+from .store import JobStore, QueuedEntry, StoreError
+from .validation import JobRequest
+
+
+class Admission:
+    """
+    Where a new job goes, and when a queued one starts. Mixed into
+    L{JobManager<jobworker.jobs.manager.JobManager>}, which provides the
+    attributes and the registry methods declared here.
+    """
+
+    log = Logger()
+
+    _reactor: JobReactor
+    _executor: Executor
+    _store: JobStore
+    _policy: JobPolicy
+    _metrics: Metrics
+    _scheduler: Scheduler
+    _bootId: str | None
+    _shuttingDown: bool
+    _running: int
+    _runningBy: dict[str, int]
+    _live: dict[str, LiveJob]
+    _createBuckets: dict[str, tuple[float, float]]
+
+    def record(self, jobId: str) -> JobRecord:
+        raise NotImplementedError  # the manager's
+
+    def _stored(self, jobId: str) -> JobRecord:
+        raise NotImplementedError  # the manager's
+
+    def _watch(self, job: LiveJob) -> None:
+        raise NotImplementedError  # the manager's
+
+    def _save(self, record: JobRecord) -> None:
+        raise NotImplementedError  # the manager's
+
+    def create(
+        self, request: JobRequest, owner: str, account: Identity | None = None
+    ) -> JobRecord:
+        """
+        Start a job for C{owner}, whose Unix account (users file) is
+        C{account}. A command that cannot start gives a FAILED job, not an
+        error.
+        """
+        if self._shuttingDown:
+            raise Conflict("the server is shutting down")
+        self._takeCreateToken(owner)
+        executor = self._executor
+        limits = executor.limitsFor(request.limits)
+        timeout = request.timeout or self._policy.defaultTimeout
+        if request.slurm is not None and executor.name != "slurm":
+            raise BadRequest(
+                '"slurm" options need the Slurm executor (--executor slurm)'
+            )
+        dependencies = self._dependencies(request)
+        failedDependency = next(
+            (
+                f"dependency {d.id} ended {d.status.value}"
+                for d in dependencies
+                if d.id in request.after_ok
+                and d.status.ended
+                and d.status is not JobStatus.COMPLETED
+            ),
+            None,
+        )
+        waits = any(not d.status.ended for d in dependencies)
+        if failedDependency is not None or waits or not self._mayStartNow(owner):
+            return self._enqueue(
+                request, owner, account, limits, timeout, failedDependency
+            )
+        identity = executor.identityFor(owner, account)
+        try:
+            executor.checkRequest(request, identity)
+        except Exception:
+            executor.release(identity)
+            raise
+        record = self._newRecord(request, owner, limits, timeout)
+        record.env = {**executor.environment(identity), **request.env}
+        record.run_as = identity.label
+        job = executor.launch(record, request, limits, timeout, identity)
+        try:
+            self._store.insert(record)
+        except StoreError as e:
+            # Never leave a process the store does not know about.
+            job.abort(str(e))
+            self.log.error("{error}", error=str(e))
+            raise ServiceUnavailable(
+                "the job could not be recorded (is the state dir's disk full?)"
+            ) from None
+        job.recorded()
+        if record.status.ended:
+            self._metrics.spawnFailures.inc()
+            self._metrics.jobsEnded.labels(record.status.value).inc()
+        else:
+            self._metrics.jobsStarted.inc()
+            self._watch(job)
+        return record
+
+    def _newRecord(
+        self,
+        request: JobRequest,
+        owner: str,
+        limits: Limits,
+        timeout: float | None,
+    ) -> JobRecord:
+        return JobRecord(
+            id=str(uuid.uuid4()),
+            command=request.command,
+            args=list(request.args),
+            owner=owner,
+            created_at=self._reactor.seconds(),
+            cwd=request.cwd,
+            boot_id=self._bootId,
+            limits=self._executor.recordedLimits(limits),
+            timeout_seconds=timeout,
+            executor=self._executor.name,
+            name=request.name,
+            labels=dict(request.labels),
+            stdin=request.stdin,
+            priority=request.priority,
+            after=list(request.after),
+            after_ok=list(request.after_ok),
+        )
+
+    def _dependencies(self, request: JobRequest) -> list[JobRecord]:
+        """The jobs a request waits for; an unknown id is a 400."""
+        found = []
+        for jobId in (*request.after, *request.after_ok):
+            try:
+                found.append(self.record(jobId))
+            except NotFound:
+                raise BadRequest(f"no job {jobId} to wait for") from None
+        return found
+
+    # -- the queue -------------------------------------------------------------
+
+    def _mayStartMore(self) -> bool:
+        cap = self._policy.maxRunning
+        return not self._shuttingDown and (cap is None or self._running < cap)
+
+    def _mayStart(self, owner: str) -> bool:
+        cap = self._policy.maxRunningPerUser
+        return cap is None or self._runningBy[owner] < cap
+
+    def _mayStartNow(self, owner: str) -> bool:
+        return self._mayStartMore() and self._mayStart(owner)
+
+    def _enqueue(
+        self,
+        request: JobRequest,
+        owner: str,
+        account: Identity | None,
+        limits: Limits,
+        timeout: float | None,
+        failedDependency: str | None,
+    ) -> JobRecord:
+        """
+        Keep a job that cannot start now in the queue (in the store too,
+        PENDING), or record it FAILED at once if a dependency already failed.
+
+        @raise TooManyRequests: past C{--max-queued} or the per-user cap.
+        """
+        queue = self._scheduler.queue
+        policy = self._policy
+        if failedDependency is None:
+            if len(queue) >= policy.maxQueued:
+                raise TooManyRequests(
+                    f"{len(queue)} jobs are queued, the most this server allows",
+                    retryAfter=1,
+                )
+            if queue.queuedBy(owner) >= policy.maxQueuedPerUser:
+                raise TooManyRequests(
+                    f"you have {queue.queuedBy(owner)} jobs queued, the most one "
+                    "user may",
+                    retryAfter=1,
+                )
+        record = self._newRecord(request, owner, limits, timeout)
+        record.env = dict(request.env)
+        record.run_as = account.label if account is not None else None
+        record.status = JobStatus.PENDING
+        record.queued = True
+        if failedDependency is not None:
+            record.queued = False
+            record.env = {}
+            record.finish(JobStatus.FAILED, record.created_at, error=failedDependency)
+        try:
+            self._store.insert(record)
+        except StoreError as e:
+            self.log.error("{error}", error=str(e))
+            raise ServiceUnavailable(
+                "the job could not be recorded (is the state dir's disk full?)"
+            ) from None
+        if record.status.ended:
+            self._metrics.jobsEnded.labels(record.status.value).inc()
+            return record
+        assert record.seq is not None
+        entry = Waiting(
+            record.id,
+            owner,
+            record.priority,
+            record.seq,
+            account,
+            frozenset(request.after),
+            frozenset(request.after_ok),
+        )
+        queue.add(entry, lambda jobId: not self.record(jobId).status.ended)
+        record.pending_reason = queue.reason(record.id)
+        self.log.info(
+            "job {job} of {user} queued: {reason}",
+            job=record.id,
+            user=owner,
+            reason=record.pending_reason,
+        )
+        return record
+
+    def _startQueued(self, waiting: Waiting) -> bool:
+        """Start a queued job now; False to keep it queued (no identity free)."""
+        record = self._stored(waiting.jobId)
+        executor = self._executor
+        try:
+            identity = executor.identityFor(record.owner, waiting.account)
+        except TooManyRequests:
+            return False
+        request = JobRequest(
+            command=record.command,
+            args=list(record.args),
+            env=dict(record.env),
+            cwd=record.cwd,
+            limits=Limits(**(record.limits or {})),
+            timeout=record.timeout_seconds,
+            name=record.name,
+            labels=dict(record.labels),
+            stdin=record.stdin,
+        )
+        now = self._reactor.seconds()
+        try:
+            executor.checkRequest(request, identity)
+        except JobworkerError as e:
+            executor.release(identity)
+            self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
+            return True
+        self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
+        record.env = {**executor.environment(identity), **request.env}
+        record.run_as = identity.label
+        record.status = JobStatus.RUNNING
+        record.queued = False
+        record.pending_reason = None
+        job = executor.launch(
+            record, request, request.limits, request.timeout, identity
+        )
+        try:
+            self._store.update(record)
+        except StoreError as e:
+            job.abort(str(e))
+            self.log.error("{error}", error=str(e))
+        job.recorded()
+        if record.status.ended:
+            self._metrics.spawnFailures.inc()
+            self._scheduler.started(record.id, job)
+            self._queuedEnded(record)
+            self._scheduler.jobEnded(record, now)
+        else:
+            self._metrics.jobsStarted.inc()
+            self._watch(job)
+            self._scheduler.started(record.id, job)
+        return True
+
+    def _queuedEnded(self, record: JobRecord) -> None:
+        """A queued job ended without running: store it, count it."""
+        self._save(record)
+        self._metrics.jobsEnded.labels(record.status.value).inc()
+
+    def whenStarted(self, jobId: str) -> Deferred[None]:
+        """Fires once a job has started (at once unless it is queued)."""
+        return self._scheduler.whenStarted(jobId)
+
+    def _takeCreateToken(self, owner: str) -> None:
+        """
+        The per-user creation rate limit (a token bucket: C{createRate} per
+        second, bursts of twice that).
+
+        @raise TooManyRequests: with the seconds until the next token.
+        """
+        rate = self._policy.createRate
+        if rate is None:
+            return
+        burst = max(1.0, 2 * rate)
+        now = self._reactor.seconds()
+        tokens, last = self._createBuckets.get(owner, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1:
+            self._createBuckets[owner] = (tokens, now)
+            raise TooManyRequests(
+                f"you are creating jobs faster than {rate:g} a second",
+                retryAfter=max(1, math.ceil((1 - tokens) / rate)),
+            )
+        self._createBuckets[owner] = (tokens - 1, now)
+        if len(self._createBuckets) > 10000:
+            # Forget the users whose bucket is full again.
+            self._createBuckets = {
+                user: (t, when)
+                for user, (t, when) in self._createBuckets.items()
+                if t + (now - when) * rate < burst
+            }
+
+    def _requeue(self, entries: list[QueuedEntry]) -> None:
+        """After a restart: the queue as it was, in order, then start what may."""
+        waiting = {entry.jobId for entry in entries}
+
+        def unfinished(jobId: str) -> bool:
+            if jobId in waiting or jobId in self._live:
+                return True
+            stored = self._store.get(jobId)
+            return stored is not None and not stored.status.ended
+
+        accounts: dict[str, Identity | None] = {}
+        for entry in entries:
+            runAs = entry.runAs
+            if runAs and not runAs.startswith("dynamic:") and runAs not in accounts:
+                try:
+                    accounts[runAs] = Identity.ofAccount(runAs)
+                except IdentityError:
+                    accounts[runAs] = None  # gone: the users file decides at start
+            self._scheduler.queue.add(
+                Waiting(
+                    entry.jobId,
+                    entry.owner,
+                    entry.priority,
+                    entry.seq,
+                    accounts.get(runAs or ""),
+                    frozenset(entry.after),
+                    frozenset(entry.afterOk),
+                ),
+                unfinished,
+            )
+        if entries:
+            self.log.info(
+                "{count} queued job(s) kept across the restart", count=len(entries)
+            )
+        self._scheduler.dispatch()
