@@ -308,3 +308,9 @@ class JWAssertions:
         for text in expected:
             self.assertIn(text, err)
         return err
+
+
+def writePEM(path: str, data: bytes) -> None:
+    """Write a certificate or key file made by a test."""
+    with open(path, "wb") as f:
+        f.write(data)

@@ -35,6 +35,7 @@ from twisted.web.server import Request, Site
 from jobworker.auth.issuecert import IssueError, issue
 from jobworker.auth.issuecert import main as issueMain
 from jobworker.auth.users import DEVELOPMENT_USERS
+from jobworker.certificates import keyPEM
 from jobworker.client import config as clientconfig
 from jobworker.client.config import DEV_CA, ConfigError, Settings, resolve
 from jobworker.server.options import Options
@@ -53,6 +54,7 @@ from .support import (
     jwEnvironment,
     runJW,
     sharedPath,
+    writePEM,
 )
 
 CA_KEY = os.path.join(CERTS, "ca.key")
@@ -227,16 +229,8 @@ def ownCertificate(directory: str) -> tuple[str, str]:
     os.makedirs(directory, exist_ok=True)
     certPath = os.path.join(directory, "server.pem")
     keyPath = os.path.join(directory, "server.key")
-    with open(certPath, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(keyPath, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    writePEM(certPath, certificate.public_bytes(serialization.Encoding.PEM))
+    writePEM(keyPath, keyPEM(key))
     return certPath, keyPath
 
 

@@ -21,9 +21,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from jobworker.auth.issuecert import IssueError, issue
 from jobworker.auth.issuecert import main as issueMain
+from jobworker.certificates import keyPEM
 from jobworker.tls import TLSConfigError, TrustRootPolicy
 
-from .support import BIN, CA, CERT, CERTS, JW, KEY, LiveServer, basic
+from .support import BIN, CA, CERT, CERTS, JW, KEY, LiveServer, basic, writePEM
 
 CA_KEY = os.path.join(CERTS, "ca.key")
 CLIENTS = os.path.join(CERTS, "clients")
@@ -53,16 +54,8 @@ def rogueCA(directory: str) -> tuple[str, str]:
     os.makedirs(directory, exist_ok=True)
     certPath = os.path.join(directory, "rogue-ca.pem")
     keyPath = os.path.join(directory, "rogue-ca.key")
-    with open(certPath, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(keyPath, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    writePEM(certPath, certificate.public_bytes(serialization.Encoding.PEM))
+    writePEM(keyPath, keyPEM(key))
     return certPath, keyPath
 
 
