@@ -156,16 +156,26 @@ def main() -> int:
     parser.add_argument("--alice", type=int, default=1_000)
     parser.add_argument("--pending", type=int, default=100_000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes")
+    parser.add_argument(
+        "--only",
+        default="overhead,fairness,scale",
+        help="comma-separated parts to run (default: all three)",
+    )
     options = parser.parse_args()
     if options.smoke:
         options.jobs, options.alice, options.pending = 40, 40, 200
     cleanup = Cleanup()
     try:
         work = cleanup.tempdir()
+        parts = {
+            "overhead": lambda: overhead(cleanup, work, options.jobs),
+            "fairness": lambda: fairness(cleanup, work, options.alice),
+            "scale": lambda: scale(cleanup, work, options.pending),
+        }
         results = {
-            "overhead": overhead(cleanup, work, options.jobs),
-            "fairness": fairness(cleanup, work, options.alice),
-            "scale": scale(cleanup, work, options.pending),
+            name: run()
+            for name, run in parts.items()
+            if name in options.only.split(",")
         }
     finally:
         cleanup.run()

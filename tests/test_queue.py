@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import uuid
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
@@ -234,28 +236,40 @@ class RestartTests(TestCase):
 
     async def test_restartKeepsTheQueue(self) -> None:
         """
-        A real server with --max-running 1 and a full queue is restarted:
-        every PENDING job is still there, in order, and runs.
+        A real C{twistd jobworker} with --max-running 1 and a full queue is
+        stopped with SIGTERM and started again on the same state: every
+        PENDING job is still there and PENDING at once, and they all run, in
+        their order (a lower-priority one queued first runs last).
         """
-        state = os.path.abspath(self.mktemp())
-        server = LiveServer(self, "--max-running=1", stateDir=state, grace=1.0)
-        running = await server.createJob("sleep", "300")
-        queued = [
-            (await server.createJob("true", name=f"q{i}"))["id"] for i in range(5)
-        ]
-        _code, job = await server.json("GET", f"/jobs/{queued[0]}")
-        self.assertEqual(job["status"], "PENDING")
-        await server.stop()
-        again = LiveServer(self, "--max-running=1", stateDir=state, grace=1.0)
+        from .test_twistd import Twistd
+
+        first = await Twistd(self).start("--max-running=1", "--stop-grace=1")
+        running = await first.createJob("sleep", "300")
+        low = (await first.createJob("true", name="low", priority=-1))["id"]
+        queued = [(await first.createJob("true", name=f"q{i}"))["id"] for i in range(5)]
+        for jobId in (low, *queued):
+            _code, job = await first.json("GET", f"/jobs/{jobId}")
+            self.assertEqual(job["status"], "PENDING", job)
+        os.kill(first.pid, signal.SIGTERM)
+        await first.protocol.whenEnded().addTimeout(30, reactor)
+        self.assertIn(f"job {running['id']} ended STOPPED", first.protocol.log())
+
+        again = await Twistd(self, stateDir=first.stateDir).start(
+            "--max-running=1", "--stop-grace=1"
+        )
+        self.assertIn("6 queued job(s) kept across the restart", again.protocol.log())
         _, job = await again.json("GET", f"/jobs/{running['id']}")
         self.assertEqual(job["status"], "STOPPED")  # stopped by the shutdown
-        for jobId in queued:
-            ended = await again.waitEnded(jobId)
-            self.assertEqual(ended["status"], "COMPLETED", ended)
-        starts = [
-            (await again.json("GET", f"/jobs/{jobId}"))[1]["started_at"]
-            for jobId in queued
-        ]
+
+        async def ended(jobId: str) -> Any:
+            _, job = await again.json("GET", f"/jobs/{jobId}")
+            return job if job["status"] not in ("PENDING", "RUNNING") else None
+
+        starts = []
+        for jobId in (*queued, low):
+            job = await again.poll(lambda j=jobId: ended(j), 30, f"{jobId} to end")
+            self.assertEqual(job["status"], "COMPLETED", job)
+            starts.append(job["started_at"])
         self.assertEqual(starts, sorted(starts))
 
     async def test_priorityAboveDefaultIsForAdmins(self) -> None:

@@ -125,11 +125,12 @@ class Twistd:
     at cleanup, whatever happened.
     """
 
-    def __init__(self, testCase: TestCase) -> None:
+    def __init__(self, testCase: TestCase, stateDir: str | None = None) -> None:
         self.testCase = testCase
         self.workDir = os.path.abspath(testCase.mktemp())
         os.makedirs(self.workDir)
-        self.stateDir = os.path.join(self.workDir, "state")
+        #: Another server's, to start where it stopped.
+        self.stateDir = stateDir or os.path.join(self.workDir, "state")
         self.protocol = TwistdProtocol()
         self.pid: int = 0
         self.port: int = 0
@@ -201,9 +202,11 @@ class Twistd:
         )
         return response.code, json.loads(await treq.content(response))
 
-    async def createJob(self, command: str, *args: str) -> dict[str, Any]:
+    async def createJob(
+        self, command: str, *args: str, **fields: Any
+    ) -> dict[str, Any]:
         code, job = await self.json(
-            "POST", "/jobs", body={"command": command, "args": list(args)}
+            "POST", "/jobs", body={"command": command, "args": list(args), **fields}
         )
         assert code == 201, (code, job)
         if job["pid"] is not None:

@@ -28,7 +28,7 @@ from .executor import Executor, LiveJob
 from .identity import Identity, IdentityError
 from .limits import Limits
 from .policy import JobPolicy, JobReactor
-from .queue import Waiting
+from .queue import Waiting, jobIds
 from .records import JobRecord, JobStatus
 from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
@@ -235,8 +235,8 @@ class Admission:
             record.priority,
             record.seq,
             account,
-            frozenset(request.after),
-            frozenset(request.after_ok),
+            jobIds(request.after),
+            jobIds(request.after_ok),
         )
         queue.add(entry, lambda jobId: not self.record(jobId).status.ended)
         record.pending_reason = queue.reason(record.id)
@@ -363,8 +363,8 @@ class Admission:
                     entry.priority,
                     entry.seq,
                     accounts.get(runAs or ""),
-                    frozenset(entry.after),
-                    frozenset(entry.afterOk),
+                    jobIds(entry.after),
+                    jobIds(entry.afterOk),
                 ),
                 unfinished,
             )

@@ -24,6 +24,16 @@ from .records import JobRecord, JobStatus
 MIN_PRIORITY = -100
 MAX_PRIORITY = 100
 
+#: The one empty set of job ids all entries without dependencies share (an
+#: empty frozenset built from a list is a new 216-byte object each time:
+#: 43 MB for 100,000 queued jobs).
+NO_JOBS: frozenset[str] = frozenset()
+
+
+def jobIds(ids: Iterable[str]) -> frozenset[str]:
+    """The job ids C{ids} as a set, the shared L{NO_JOBS} if there are none."""
+    return frozenset(ids) or NO_JOBS
+
 
 @dataclass(eq=False, slots=True)
 class Waiting:
@@ -41,11 +51,11 @@ class Waiting:
     #: the job starts: a dynamic uid is only taken then).
     account: Identity | None = None
     #: Jobs that must end first (any status), and end COMPLETED first.
-    after: frozenset[str] = frozenset()
-    afterOk: frozenset[str] = frozenset()
+    after: frozenset[str] = NO_JOBS
+    afterOk: frozenset[str] = NO_JOBS
     #: Those of them that have not ended yet (a shared empty one if none:
     #: most jobs wait on nothing, and an empty set costs 200 bytes).
-    waitingOn: set[str] | frozenset[str] = frozenset()
+    waitingOn: set[str] | frozenset[str] = NO_JOBS
 
     @property
     def place(self) -> tuple[int, int, str]:
@@ -106,9 +116,7 @@ class FairQueue:
         self._count(waiting.owner, 1)
         dependencies = waiting.after | waiting.afterOk
         if dependencies:
-            waiting.waitingOn = {
-                d for d in dependencies if unfinished(d)
-            } or frozenset()
+            waiting.waitingOn = {d for d in dependencies if unfinished(d)} or NO_JOBS
         if waiting.waitingOn:
             for dependency in waiting.waitingOn:
                 self._waiters.setdefault(dependency, []).append(waiting)
@@ -189,7 +197,7 @@ class FairQueue:
                     (waiting, f"dependency {record.id} ended {record.status.value}")
                 )
                 continue
-            waiting.waitingOn = set(waiting.waitingOn) - {record.id} or frozenset()
+            waiting.waitingOn = set(waiting.waitingOn) - {record.id} or NO_JOBS
             if not waiting.waitingOn:
                 self._makeReady(waiting)
                 ready.append(waiting)
