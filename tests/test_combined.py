@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -9,6 +10,7 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.framing import HEADER, FrameError, FrameParser
 from jobworker.jobs.combined import (
     CombinedReader,
     StoredOrder,
@@ -298,3 +300,110 @@ class LiveCombinedTests(TestCase):
             "GET", f"/jobs/{job['id']}/logs?stream=combined&tail=1"
         )
         self.assertEqual(await treq.content(response), b"e2\no3\n")
+
+
+def frameBytes(tag: bytes, payload: bytes) -> bytes:
+    return HEADER.pack(tag, len(payload)) + payload
+
+
+class FrameParserTests(SynchronousTestCase):
+    """The frame format's incremental parser."""
+
+    def test_framesSplitAnywhere(self) -> None:
+        """Frames cut at every byte boundary come out whole, in order."""
+        stream = (
+            frameBytes(b"o", b"out\n")
+            + frameBytes(b"e", b"")
+            + frameBytes(b"e", bytes(range(256)))
+            + frameBytes(b"x", b"{}")
+        )
+        for cut in range(len(stream) + 1):
+            parser = FrameParser()
+            frames = parser.feed(stream[:cut]) + parser.feed(stream[cut:])
+            self.assertEqual(
+                frames,
+                [
+                    (b"o", b"out\n"),
+                    (b"e", b""),
+                    (b"e", bytes(range(256))),
+                    (b"x", b"{}"),
+                ],
+            )
+            self.assertEqual(parser.pending, 0)
+
+    def test_hugeLengthRefused(self) -> None:
+        """A header announcing more than the most a frame may hold is an error."""
+        with self.assertRaises(FrameError):
+            FrameParser().feed(HEADER.pack(b"o", 2**31))
+
+
+async def readFrames(response: Any) -> list[tuple[bytes, bytes]]:
+    parser = FrameParser()
+    frames: list[tuple[bytes, bytes]] = []
+    await treq.collect(response, lambda data: frames.extend(parser.feed(data)))
+    return frames
+
+
+class LiveFramesTests(TestCase):
+    """C{format=frames}: the combined order as binary frames, resumable."""
+
+    timeout = 60
+
+    async def test_framesInOrderThenEnd(self) -> None:
+        """Runs tagged by stream in arrival order, binary intact, then the end."""
+        server = LiveServer(self)
+        script = LiveCombinedTests.SCRIPT + "; printf '\\377\\000' >&2"
+        job = await server.createJob("sh", "-c", script)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&format=frames&follow=true"
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"application/x-jobworker-frames"],
+        )
+        frames = await readFrames(response)
+        output = [(tag, data) for tag, data in frames if tag in (b"o", b"e")]
+        self.assertEqual(
+            output,
+            [
+                (b"o", b"o1\n"),
+                (b"e", b"e1\n"),
+                (b"o", b"o2\n"),
+                (b"e", b"e2\n"),
+                (b"o", b"o3\n"),
+                (b"e", b"\xff\x00"),
+            ],
+        )
+        tag, payload = frames[-1]
+        self.assertEqual(tag, b"x")
+        self.assertEqual(json.loads(payload)["status"], "COMPLETED")
+
+    async def test_resumeByCountedBytes(self) -> None:
+        """Last-Event-ID combined:<stdout>:<stderr> resumes with no gap or repeat."""
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", LiveCombinedTests.SCRIPT)
+        await server.waitEnded(job["id"])
+        # After o1, e1, o2: 6 bytes of stdout and 3 of stderr.
+        headers = {**basic("alice"), b"last-event-id": [b"combined:6:3"]}
+        response = await server.http.request(
+            "GET",
+            f"{server.url}/jobs/{job['id']}/logs?stream=combined&format=frames",
+            headers=headers,
+        )
+        frames = await readFrames(response)
+        self.assertEqual(
+            [f for f in frames if f[0] in (b"o", b"e")],
+            [(b"e", b"e2\n"), (b"o", b"o3\n")],
+        )
+        self.assertEqual(frames[-1][0], b"x")
+
+    async def test_framesOnlyCombined(self) -> None:
+        """format=frames of one stream is a 400 with a message."""
+        server = LiveServer(self)
+        job = await server.createJob("true")
+        code, body = await server.json(
+            "GET", f"/jobs/{job['id']}/logs?stream=stdout&format=frames"
+        )
+        self.assertEqual(code, 400)
+        self.assertIn("stream=combined", body["error"])

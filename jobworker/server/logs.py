@@ -1,8 +1,9 @@
-"""Log responses: raw, SSE and combined; their caps, and their drain at shutdown."""
+"""Log responses (raw, SSE, frames; one stream or combined), caps and drain."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -15,6 +16,7 @@ from ..errors import (
     BadRequest,
     TooManyRequests,
 )
+from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
 from ..jobs.manager import JobManager
 from ..jobs.queries import (
@@ -25,6 +27,7 @@ from ..jobs.queries import (
 )
 from ..jobs.records import JobRecord, JobStatus
 from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
+from .frames import FrameStream
 from .requests import (
     _arg,
 )
@@ -85,14 +88,17 @@ class LogStreams:
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
         tail = parseTail(_arg(request, b"tail"))
-        sse = _wantsEvents(request)
+        form = _format(request)
+        sse = form == "sse"
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
         if follow and record.status is JobStatus.PENDING:
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
             record = self._manager.record(record.id)
+        if form == "frames" and stream != "combined":
+            raise BadRequest("format=frames is for stream=combined")
         if stream == "combined":
-            return await self._combined(request, record, sse, follow, offset, tail)
+            return await self._combined(request, record, form, follow, offset, tail)
         spool = self._manager.output(record.id, stream)
         lastEventId = request.getHeader(b"last-event-id") if sse else None
         resume = (
@@ -147,15 +153,16 @@ class LogStreams:
         self,
         request: IRequest,
         record: JobRecord,
-        sse: bool,
+        form: str,
         follow: bool,
         offset: int,
         tail: int | None,
     ) -> bytes:
         """
-        Both streams interleaved in arrival order: raw bytes, or SSE events
+        Both streams interleaved in arrival order: raw bytes, SSE events
         (C{stdout}/C{stderr}) whose ids C{combined:<stdout>:<stderr>} hold
-        both offsets, so C{Last-Event-ID} resumes with no gap or repeat.
+        both offsets, so C{Last-Event-ID} resumes with no gap or repeat, or
+        binary frames (L{jobworker.server.frames}), resumed the same way.
         C{offset} counts combined bytes; C{tail} starts each stream at its
         own last C{tail} lines.
         """
@@ -180,7 +187,7 @@ class LogStreams:
         request.setHeader(b"x-output-truncated", b"true" if dropped else b"false")
         request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
         consumer = IConsumer(request)
-        if not sse:
+        if form == "raw":
             request.setHeader(b"content-type", b"application/octet-stream")
             if not follow:
                 length = sum(
@@ -207,12 +214,21 @@ class LogStreams:
             resumed = parseCombinedId(lastEventId.decode("utf-8", "replace"))
             if resumed is not None:
                 position, offset = resumed, 0
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        events = EventStream(consumer, "combined", 0, self._clock)
+        events: EventStream | FrameStream
+        sink: Callable[[int, bytes], None]
+        if form == "frames":
+            request.setHeader(b"content-type", FRAMES_TYPE.encode("ascii"))
+            framed = FrameStream(consumer, self._clock)
+            events, sink = framed, framed.output
+        else:
+            request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-cache")
+            sse = EventStream(consumer, "combined", 0, self._clock)
 
-        def sink(index: int, data: bytes) -> None:
-            events.output(STREAMS[index], data, combinedId(reader.position))
+            def toEvents(index: int, data: bytes) -> None:
+                sse.output(STREAMS[index], data, combinedId(reader.position))
+
+            events, sink = sse, toEvents
 
         reader = CombinedReader(
             streams, order, events, sink, position, follow, offset, self._clock
@@ -225,7 +241,11 @@ class LogStreams:
         return b""
 
     async def _endEvents(
-        self, events: EventStream, jobId: str, streams: tuple[str, ...], follow: bool
+        self,
+        events: EventStream | FrameStream,
+        jobId: str,
+        streams: tuple[str, ...],
+        follow: bool,
     ) -> None:
         """C{truncated} events where output was dropped, then C{end}."""
         record = self._manager.record(jobId)
@@ -318,12 +338,19 @@ class LogStreams:
         await bounded(closing)
 
 
-def _wantsEvents(request: IRequest) -> bool:
-    """SSE when asked by C{?format=sse} or C{Accept: text/event-stream}."""
+def _format(request: IRequest) -> str:
+    """
+    C{raw}, C{sse} (asked by C{?format=sse} or C{Accept: text/event-stream})
+    or C{frames}.
+    """
     form = _arg(request, b"format")
     if form is not None:
-        if form not in ("raw", "sse"):
-            raise BadRequest("format must be raw or sse")
-        return form == "sse"
+        if form not in FORMATS:
+            raise BadRequest("format must be raw, sse or frames")
+        return form
     accept = request.getHeader(b"accept") or b""
-    return b"text/event-stream" in accept
+    return "sse" if b"text/event-stream" in accept else "raw"
+
+
+#: The formats of a log response.
+FORMATS = ("raw", "sse", "frames")
