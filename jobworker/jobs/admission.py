@@ -28,7 +28,7 @@ from .executor import Executor, LiveJob
 from .identity import Identity, IdentityError
 from .limits import Limits
 from .policy import JobPolicy, JobReactor
-from .queue import Waiting
+from .queue import Waiting, dependencyFailure
 from .records import JobRecord, JobStatus
 from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
@@ -90,7 +90,7 @@ class Admission:
         dependencies = self._dependencies(request)
         failedDependency = next(
             (
-                f"dependency {d.id} ended {d.status.value}"
+                dependencyFailure(d)
                 for d in dependencies
                 if d.id in request.after_ok
                 and d.status.ended

@@ -25,6 +25,14 @@ MIN_PRIORITY = -100
 MAX_PRIORITY = 100
 
 
+def dependencyFailure(dependency: JobRecord) -> str:
+    """
+    The error of a job that never runs because C{dependency}, one of its
+    C{after_ok}, ended otherwise than COMPLETED (whichever executor held it).
+    """
+    return f"dependency {dependency.id} ended {dependency.status.value}"
+
+
 @dataclass(eq=False, slots=True)
 class Waiting:
     """
@@ -185,9 +193,7 @@ class FairQueue:
                 and record.status is not JobStatus.COMPLETED
             ):
                 self.remove(waiting.jobId)
-                failed.append(
-                    (waiting, f"dependency {record.id} ended {record.status.value}")
-                )
+                failed.append((waiting, dependencyFailure(record)))
                 continue
             waiting.waitingOn = set(waiting.waitingOn) - {record.id} or frozenset()
             if not waiting.waitingOn:
