@@ -1,0 +1,91 @@
+"""
+The jobs Slurm holds for their C{after}/C{after_ok}: whether it can hold a
+new one, the Slurm ids it waits for, and which live jobs wait on which, so
+that a dependency ending otherwise than COMPLETED never lets its dependents
+start. No I/O: cancelling is the job's own (L{SlurmJob.dependencyFailed}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ...jobs.records import JobRecord, JobStatus
+from .dependencies import DependencyVerdict, failedDependency
+from .job import SlurmJob
+
+
+class HeldJobs:
+    """
+    The executor's dependents: for each job, the live jobs Slurm holds
+    until it completes (their C{after_ok}, given to Slurm as C{afterok}).
+
+    @param jobs: the executor's live jobs, by jobworker id.
+    @param find: a job's current record, None if there is none (the
+        manager's).
+    """
+
+    def __init__(
+        self, jobs: dict[str, SlurmJob], find: Callable[[str], JobRecord | None]
+    ) -> None:
+        self._jobs = jobs
+        self._find = find
+        self._dependents: dict[str, set[str]] = {}
+
+    def canHold(self, unended: Sequence[JobRecord]) -> bool:
+        """
+        Whether Slurm can hold a job until C{unended} end: each is a live
+        Slurm job whose Slurm id is known (not one whose sbatch has yet to
+        answer).
+        """
+        return all(
+            record.id in self._jobs and record.slurm_job_id is not None
+            for record in unended
+        )
+
+    def slurmIds(self, jobIds: Sequence[str]) -> list[str]:
+        """
+        The Slurm ids of those of C{jobIds} still live: those Slurm must
+        wait for. Those that ended need no waiting (an C{after_ok} that
+        failed never gets this far: the manager ends its dependent at once).
+        """
+        ids = []
+        for jobId in jobIds:
+            job = self._jobs.get(jobId)
+            if job is not None and job.record.slurm_job_id is not None:
+                ids.append(job.record.slurm_job_id)
+        return ids
+
+    def watch(self, job: SlurmJob) -> None:
+        """
+        Keep track of the C{after_ok} jobs a queued job waits for. One that
+        already ended otherwise than COMPLETED (while the server was down)
+        fails it now.
+        """
+        record = job.record
+        if record.status is not JobStatus.PENDING:
+            return
+        for jobId in record.after_ok:
+            dependency = self._find(jobId)
+            if dependency is None or not dependency.status.ended:
+                self._dependents.setdefault(jobId, set()).add(record.id)
+            elif dependency.status is not JobStatus.COMPLETED:
+                job.dependencyFailed()
+
+    def ended(self, record: JobRecord) -> None:
+        """A job ended: it waits no more; if it failed, so do those held on it."""
+        for jobId in record.after_ok:
+            dependents = self._dependents.get(jobId)
+            if dependents is not None:
+                dependents.discard(record.id)
+                if not dependents:
+                    del self._dependents[jobId]
+        held = self._dependents.pop(record.id, set())
+        if record.status is not JobStatus.COMPLETED:
+            for jobId in sorted(held):
+                dependent = self._jobs.get(jobId)
+                if dependent is not None:
+                    dependent.dependencyFailed()
+
+    def verdict(self, record: JobRecord) -> DependencyVerdict:
+        """Which C{after_ok} of C{record} ended otherwise than COMPLETED."""
+        return failedDependency(record.after_ok, self._find)
