@@ -369,7 +369,7 @@ class SlurmExecutor:
     def forget(self, job: SlurmJob) -> None:
         """C{job} ended: forget it; if it failed, so do the jobs held on it."""
         self._jobs.pop(job.record.id, None)
-        self._held.ended(job.record)
+        self._held.ended(job)
 
     def _unreachable(self, error: SlurmError) -> None:
         """A command failed: if slurmctld was out of reach, poll until it is back."""
@@ -384,8 +384,12 @@ class SlurmExecutor:
                     output.checkGrowth()
 
     async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
-        """See L{SlurmStops.terminate}."""
+        """
+        See L{SlurmStops.terminate}; once the stop is under way, the jobs
+        held on this one (C{after_ok}) are cancelled.
+        """
         await self._stops.terminate(job, how)
+        self._held.stopping(job)
 
     def cancel(self, job: SlurmJob) -> None:
         """See L{SlurmStops.cancel}."""

@@ -69,10 +69,17 @@ class HeldJobs:
             if dependency is None or not dependency.status.ended:
                 self._dependents.setdefault(jobId, set()).add(record.id)
             elif dependency.status is not JobStatus.COMPLETED:
-                job.dependencyFailed()
+                # Ended while the server was down: whether Slurm saw it
+                # fail is not known here, so cancel (a no-op if it did).
+                job.dependencyFailed(jobId)
 
-    def ended(self, record: JobRecord) -> None:
-        """A job ended: it waits no more; if it failed, so do those held on it."""
+    def ended(self, job: SlurmJob) -> None:
+        """
+        A job ended: it waits no more. If it failed for jobworker where Slurm
+        saw no failure, the jobs held on it are cancelled (Slurm cancels
+        them itself when it saw one: C{--kill-on-invalid-dep}).
+        """
+        record = job.record
         for jobId in record.after_ok:
             dependents = self._dependents.get(jobId)
             if dependents is not None:
@@ -80,11 +87,22 @@ class HeldJobs:
                 if not dependents:
                     del self._dependents[jobId]
         held = self._dependents.pop(record.id, set())
-        if record.status is not JobStatus.COMPLETED:
-            for jobId in sorted(held):
-                dependent = self._jobs.get(jobId)
-                if dependent is not None:
-                    dependent.dependencyFailed()
+        if record.status is not JobStatus.COMPLETED and not job.failedInSlurm:
+            self._fail(record.id, held)
+
+    def stopping(self, job: SlurmJob) -> None:
+        """
+        C{job} is being stopped: it will end STOPPED, so the jobs held on it
+        never start. Cancelled now, before Slurm could start them (for
+        Slurm, a job that exits 0 on TERM has COMPLETED).
+        """
+        self._fail(job.record.id, self._dependents.get(job.record.id, set()))
+
+    def _fail(self, dependency: str, dependents: set[str]) -> None:
+        for jobId in sorted(dependents):
+            dependent = self._jobs.get(jobId)
+            if dependent is not None:
+                dependent.dependencyFailed(dependency)
 
     def verdict(self, record: JobRecord) -> DependencyVerdict:
         """Which C{after_ok} of C{record} ended otherwise than COMPLETED."""

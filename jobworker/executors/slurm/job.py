@@ -112,6 +112,9 @@ class SlurmJob:
         self._dependencyFailed = False
         #: When Slurm was first seen to have cancelled it for a dependency.
         self._cancelledSince: float | None = None
+        #: Slurm itself saw it end otherwise than COMPLETED: Slurm cancels
+        #: the jobs held on it (afterok) without jobworker's help.
+        self.failedInSlurm = False
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -227,20 +230,23 @@ class SlurmJob:
             self._secretsRemoved = True
             self._executor.removeSecrets(self.record.id)
 
-    def dependencyFailed(self) -> None:
+    def dependencyFailed(self, dependency: str) -> None:
         """
-        One of its C{after_ok} ended otherwise than COMPLETED in jobworker's
-        records: never let it start. Slurm cancels it itself when it saw the
-        failure too; not when it took the end for a success (a job stopped
-        that exited 0 on TERM), so cancel it here as well.
+        C{dependency}, one of its C{after_ok}, is being stopped (it will end
+        STOPPED), or ended otherwise than COMPLETED in jobworker's records
+        where Slurm saw no failure (a job Slurm lost): Slurm would let this
+        one start (a stopped job that exits 0 on TERM is COMPLETED for
+        Slurm), so cancel it here. Its end then waits for the dependency's.
         """
         record = self.record
         if record.status is not JobStatus.PENDING or self._dependencyFailed:
             return
         self._dependencyFailed = True
         self.log.info(
-            "job {job}: an after_ok dependency failed, cancelling Slurm job {slurm}",
+            "job {job}: its after_ok job {dependency} will not complete, "
+            "cancelling Slurm job {slurm}",
             job=record.id,
+            dependency=dependency,
             slurm=record.slurm_job_id,
         )
         self._executor.cancel(self)
@@ -266,6 +272,7 @@ class SlurmJob:
 
     def _ended(self, state: SlurmState) -> None:
         record = self.record
+        self.failedInSlurm = state.state != "COMPLETED"
         if self._cancelledForDependency(state):
             # The same words as the manager's queue, naming the dependency.
             verdict = self._executor.failedDependency(record)
@@ -273,8 +280,10 @@ class SlurmJob:
                 record.pending_reason = None
                 self._finish(JobStatus.FAILED, error=verdict.error)
                 return
-            if verdict.waiting and self._patient():
-                return  # a later poll brings that dependency's end
+            if verdict.waiting and (self._dependencyFailed or self._patient()):
+                # A later poll brings that dependency's end (jobworker
+                # cancelled this job for a stop: that stop will end it).
+                return
         if record.node is None:
             record.node = state.node
         record.pending_reason = None
