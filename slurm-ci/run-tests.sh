@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The Slurm integration tests (tox -e slurm): start a one-node Slurm cluster
 # on loopback (up.sh: installs slurm-wlm and munge if missing), run
-# tests.test_slurm against it, stop it; then a two-node cluster in network
-# namespaces (nodes2.sh), run tests.test_slurmnodes against it, stop it. Where Slurm cannot be installed the
-# tests are skipped and say why; a cluster that installs but does not start
-# fails the run.
+# tests.test_slurm and tests.test_slurmafter against it, stop it; then a
+# two-node cluster in network namespaces (nodes2.sh), run
+# tests.test_slurmnodes against it, stop it. Where Slurm cannot be installed
+# the tests are skipped and say why; a cluster that installs but does not
+# start fails the run.
 #
 #   bash slurm-ci/run-tests.sh [PYTHON]
 set -uo pipefail
@@ -32,7 +33,7 @@ else
     cat "$log" >&2
     exit 1
 fi
-"$python" -m twisted.trial --reporter=verbose tests.test_slurm
+"$python" -m twisted.trial --reporter=verbose tests.test_slurm tests.test_slurmafter
 status=$?
 if [ -n "$started" ]; then
     bash slurm-ci/down.sh "$state" >/dev/null 2>&1 || true

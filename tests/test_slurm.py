@@ -138,7 +138,12 @@ def nodeCPUs() -> int:
     return int(match.group(1))
 
 
-class SlurmTests(TestCase):
+class SlurmCase(TestCase):
+    """
+    A jobworker server with the Slurm executor on the test cluster, and
+    ways to watch its jobs (no tests of its own: other modules build on it).
+    """
+
     timeout = 240
 
     def setUp(self) -> None:
@@ -211,6 +216,8 @@ class SlurmTests(TestCase):
         self.assertEqual(response.code, 200, content)
         return content
 
+
+class SlurmTests(SlurmCase):
     async def test_pendingRunningCompleted(self) -> None:
         """A job queued behind one holding every CPU: PENDING, RUNNING, COMPLETED."""
         server = self.server()

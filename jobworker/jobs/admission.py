@@ -28,7 +28,7 @@ from .executor import Executor, LiveJob
 from .identity import Identity, IdentityError
 from .limits import Limits
 from .policy import JobPolicy, JobReactor
-from .queue import Waiting, jobIds
+from .queue import Waiting, dependencyFailure, jobIds
 from .records import JobRecord, JobStatus
 from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
@@ -90,7 +90,7 @@ class Admission:
         dependencies = self._dependencies(request)
         failedDependency = next(
             (
-                f"dependency {d.id} ended {d.status.value}"
+                dependencyFailure(d)
                 for d in dependencies
                 if d.id in request.after_ok
                 and d.status.ended
@@ -98,7 +98,8 @@ class Admission:
             ),
             None,
         )
-        waits = any(not d.status.ended for d in dependencies)
+        unended = [d for d in dependencies if not d.status.ended]
+        waits = bool(unended) and not self._executorHolds(unended)
         if failedDependency is not None or waits or not self._mayStartNow(owner):
             return self._enqueue(
                 request, owner, account, limits, timeout, failedDependency
@@ -166,6 +167,16 @@ class Admission:
             except NotFound:
                 raise BadRequest(f"no job {jobId} to wait for") from None
         return found
+
+    def _executorHolds(self, unended: list[JobRecord]) -> bool:
+        """
+        Whether the executor holds a new job until C{unended} end (Slurm's
+        C{--dependency}), so that it is handed over at once. Never while a
+        running cap is set: then the queue decides when a job is handed over.
+        """
+        return not self._policy.capsRunning and self._executor.holdsDependencies(
+            unended
+        )
 
     # -- the queue -------------------------------------------------------------
 

@@ -112,8 +112,25 @@ class Executor(Protocol):
         """The environment a job of C{identity} starts from; the request's
         env goes over it."""
 
-    def attach(self, save: Callable[[JobRecord], None]) -> None:
-        """How to store a live job's record when it changes before its end."""
+    def attach(
+        self,
+        save: Callable[[JobRecord], None],
+        find: Callable[[str], JobRecord | None],
+    ) -> None:
+        """
+        How to store a live job's record when it changes before its end
+        (C{save}), and how to read another job's record, None if there is
+        none (C{find}: the Slurm executor reads a job's dependencies).
+        """
+
+    def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
+        """
+        Whether this executor itself holds a new job until C{unended}, the
+        jobs its request names in C{after}/C{after_ok} that have not ended,
+        have (Slurm: C{--dependency}). Then the manager launches it at once,
+        and the executor reads the dependencies from the request; else the
+        manager's queue holds it until they end.
+        """
 
     def outputDir(self, jobId: str) -> str:
         """The folder of a job's output files."""

@@ -78,7 +78,7 @@ class JobManager(Admission):
         self._createBuckets: dict[str, tuple[float, float]] = {}
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._executor = executor
-        executor.attach(self._save)
+        executor.attach(self._save, self._find)
         self._live: dict[str, LiveJob] = {}
         #: Ended records read lately: they never change again, and a client
         #: polling a finished job should not cost a store read each time.
@@ -248,6 +248,13 @@ class JobManager(Admission):
         if jobId in self._scheduler.queue:
             record.pending_reason = self._scheduler.queue.reason(jobId)
         return record
+
+    def _find(self, jobId: str) -> JobRecord | None:
+        """A job's current record; None if there is no such job."""
+        try:
+            return self.record(jobId)
+        except NotFound:
+            return None
 
     def _stored(self, jobId: str) -> JobRecord:
         """A job's record as the store has it (a queued job's, whole)."""

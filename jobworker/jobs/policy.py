@@ -51,6 +51,15 @@ class JobPolicy:
     #: The most bytes one job's stdin may take (C{"stdin": true} jobs).
     maxStdinBytes: int = DEFAULT_MAX_STDIN
 
+    @property
+    def capsRunning(self) -> bool:
+        """
+        Whether a running cap is set (C{--max-running}, C{--max-running-per-user}):
+        only then does the queue decide when a job may be handed to an
+        executor that can hold jobs itself (Slurm).
+        """
+        return self.maxRunning is not None or self.maxRunningPerUser is not None
+
     def checkMaxima(self, requested: Limits) -> None:
         """@raise BadRequest: a requested limit over the server's maximum."""
         for name, value, maximum in requested.over(self.maxima):

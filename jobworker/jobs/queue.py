@@ -35,6 +35,14 @@ def jobIds(ids: Iterable[str]) -> frozenset[str]:
     return frozenset(ids) or NO_JOBS
 
 
+def dependencyFailure(dependency: JobRecord) -> str:
+    """
+    The error of a job that never runs because C{dependency}, one of its
+    C{after_ok}, ended otherwise than COMPLETED (whichever executor held it).
+    """
+    return f"dependency {dependency.id} ended {dependency.status.value}"
+
+
 @dataclass(eq=False, slots=True)
 class Waiting:
     """
@@ -193,9 +201,7 @@ class FairQueue:
                 and record.status is not JobStatus.COMPLETED
             ):
                 self.remove(waiting.jobId)
-                failed.append(
-                    (waiting, f"dependency {record.id} ended {record.status.value}")
-                )
+                failed.append((waiting, dependencyFailure(record)))
                 continue
             waiting.waitingOn = set(waiting.waitingOn) - {record.id} or NO_JOBS
             if not waiting.waitingOn:

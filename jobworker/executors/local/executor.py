@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -236,8 +236,16 @@ class LocalExecutor:
             env = self._environments[identity] = defaultEnvironment(identity)
         return env
 
-    def attach(self, save: Callable[[JobRecord], None]) -> None:
+    def attach(
+        self,
+        save: Callable[[JobRecord], None],
+        find: Callable[[str], JobRecord | None],
+    ) -> None:
         """A local job's record changes only at its end: nothing to save."""
+
+    def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
+        """Never: a local job waiting on others waits in the manager's queue."""
+        return False
 
     def outputDir(self, jobId: str) -> str:
         """The folder of a job's output files."""

@@ -40,9 +40,11 @@ from ...jobs.validation import JobRequest
 from ..local.executor import defaultEnvironment
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands
+from .dependencies import DependencyVerdict, dependencyOptions
 from .documents import SlurmError
 from .folders import makeJobFolder, prepareOutputDir, removeSecrets
 from .health import Reachability
+from .held import HeldJobs
 from .job import SlurmJob
 from .poll import SlurmPoll
 from .probe import OutputDirProbe
@@ -94,6 +96,8 @@ class SlurmExecutor:
         self._jobs: dict[str, SlurmJob] = {}
         self._reach = Reachability()
         self._save: Callable[[JobRecord], None] = lambda record: None
+        self._find: Callable[[str], JobRecord | None] = lambda jobId: None
+        self._held = HeldJobs(self._jobs, lambda jobId: self._find(jobId))
         self._poller = SlurmPoll(
             self._commands, self._reach, self._jobs, self.now, self._unreachable
         )
@@ -107,9 +111,25 @@ class SlurmExecutor:
 
     # -- the manager's side ----------------------------------------------------
 
-    def attach(self, save: Callable[[JobRecord], None]) -> None:
-        """How to store a record that changed (submitted, running)."""
+    def attach(
+        self,
+        save: Callable[[JobRecord], None],
+        find: Callable[[str], JobRecord | None],
+    ) -> None:
+        """
+        How to store a record that changed (submitted, running), and how to
+        read a dependency's.
+        """
         self._save = save
+        self._find = find
+
+    def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
+        """Slurm holds the job (C{--dependency}): see L{HeldJobs.canHold}."""
+        return self._held.canHold(unended)
+
+    def failedDependency(self, record: JobRecord) -> DependencyVerdict:
+        """See L{HeldJobs.verdict}."""
+        return self._held.verdict(record)
 
     def save(self, record: JobRecord) -> None:
         self._save(record)
@@ -213,6 +233,7 @@ class SlurmExecutor:
         record.status = JobStatus.PENDING
         job = SlurmJob(self, record, identity)
         self._track(job)
+        self._held.watch(job)
         Deferred.fromCoroutine(self._submit(job, request, limits, timeout, identity))
         return job
 
@@ -254,6 +275,8 @@ class SlurmExecutor:
             self._partition,
             self._account,
             request.slurm,
+        ) + dependencyOptions(
+            self._held.slurmIds(request.after), self._held.slurmIds(request.after_ok)
         )
         cwd = request.cwd
         if cwd is None and identity is not self._server and identity.home:
@@ -303,6 +326,8 @@ class SlurmExecutor:
                 self._track(job)
                 if record.stopped_by is not None:
                     self._stops.resume(job)
+                else:
+                    self._held.watch(job)
                 attached.append(job)
                 self.log.info(
                     "re-attached to Slurm job {slurm} (job {job}, {status})",
@@ -342,7 +367,9 @@ class SlurmExecutor:
             self._files.start(min(0.2, self._pollInterval), now=False)
 
     def forget(self, job: SlurmJob) -> None:
+        """C{job} ended: forget it; if it failed, so do the jobs held on it."""
         self._jobs.pop(job.record.id, None)
+        self._held.ended(job)
 
     def _unreachable(self, error: SlurmError) -> None:
         """A command failed: if slurmctld was out of reach, poll until it is back."""
@@ -357,8 +384,12 @@ class SlurmExecutor:
                     output.checkGrowth()
 
     async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
-        """See L{SlurmStops.terminate}."""
+        """
+        See L{SlurmStops.terminate}; once the stop is under way, the jobs
+        held on this one (C{after_ok}) are cancelled.
+        """
         await self._stops.terminate(job, how)
+        self._held.stopping(job)
 
     def cancel(self, job: SlurmJob) -> None:
         """See L{SlurmStops.cancel}."""

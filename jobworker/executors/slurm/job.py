@@ -17,6 +17,7 @@ from ...jobs.ending import Ending
 from ...jobs.identity import Identity
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
+from .dependencies import NEVER_SATISFIED, DependencyVerdict
 from .documents import SlurmError, SlurmState
 from .outcomes import FINAL, QUEUED, outcomeOf
 from .output import SlurmOutput
@@ -32,6 +33,12 @@ SECRETS_GRACE = 60.0
 #: and still be ours: sbatch may wait for slurmctld (up to the command
 #: timeout), and the two hosts' clocks may differ a little.
 SUBMIT_SLACK = 600.0
+
+#: Seconds a job Slurm cancelled for a failed C{after_ok} waits for that
+#: dependency's end to reach jobworker's records (squeue says COMPLETING
+#: while a cancelled job is cleaned up), to say which one failed. Past it,
+#: it ends with Slurm's own words.
+DEPENDENCY_PATIENCE = 60.0
 
 
 def isOurs(record: JobRecord, state: SlurmState) -> bool:
@@ -57,6 +64,8 @@ class SlurmHost(Protocol):
     def outputPath(self, jobId: str, stream: str) -> str: ...
 
     def removeSecrets(self, jobId: str) -> None: ...
+
+    def failedDependency(self, record: JobRecord) -> DependencyVerdict: ...
 
     def forget(self, job: SlurmJob) -> None: ...
 
@@ -98,6 +107,14 @@ class SlurmJob:
         #: When this server first saw the job running (see L{SECRETS_GRACE}).
         self._runningSince: float | None = None
         self._secretsRemoved = False
+        #: One of its C{after_ok} ended otherwise than COMPLETED: Slurm
+        #: cancels it (or jobworker did, where Slurm would still run it).
+        self._dependencyFailed = False
+        #: When Slurm was first seen to have cancelled it for a dependency.
+        self._cancelledSince: float | None = None
+        #: Slurm itself saw it end otherwise than COMPLETED: Slurm cancels
+        #: the jobs held on it (afterok) without jobworker's help.
+        self.failedInSlurm = False
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -145,7 +162,7 @@ class SlurmJob:
         self.record.slurm_job_id = slurmJobId
         self._executor.save(self.record)
         self.settle(self.record)
-        if self._stopRequested:
+        if self._stopRequested or self._dependencyFailed:
             self._executor.cancel(self)
 
     def refused(self, error: SlurmError) -> None:
@@ -213,8 +230,60 @@ class SlurmJob:
             self._secretsRemoved = True
             self._executor.removeSecrets(self.record.id)
 
+    def dependencyFailed(self, dependency: str) -> None:
+        """
+        C{dependency}, one of its C{after_ok}, is being stopped (it will end
+        STOPPED), or ended otherwise than COMPLETED in jobworker's records
+        where Slurm saw no failure (a job Slurm lost): Slurm would let this
+        one start (a stopped job that exits 0 on TERM is COMPLETED for
+        Slurm), so cancel it here. Its end then waits for the dependency's.
+        """
+        record = self.record
+        if record.status is not JobStatus.PENDING or self._dependencyFailed:
+            return
+        self._dependencyFailed = True
+        self.log.info(
+            "job {job}: its after_ok job {dependency} will not complete, "
+            "cancelling Slurm job {slurm}",
+            job=record.id,
+            dependency=dependency,
+            slurm=record.slurm_job_id,
+        )
+        self._executor.cancel(self)
+
+    def _cancelledForDependency(self, state: SlurmState) -> bool:
+        """
+        Whether Slurm ended it because an C{after_ok} failed
+        (C{--kill-on-invalid-dep}), or after jobworker cancelled it for that.
+        """
+        return (
+            not self._stopRequested
+            and bool(self.record.after_ok)
+            and state.state == "CANCELLED"
+            and (state.reason == NEVER_SATISFIED or self._dependencyFailed)
+        )
+
+    def _patient(self) -> bool:
+        """Whether it may wait on for a dependency's end (L{DEPENDENCY_PATIENCE})."""
+        now = self._executor.now()
+        if self._cancelledSince is None:
+            self._cancelledSince = now
+        return now - self._cancelledSince < DEPENDENCY_PATIENCE
+
     def _ended(self, state: SlurmState) -> None:
         record = self.record
+        self.failedInSlurm = state.state != "COMPLETED"
+        if self._cancelledForDependency(state):
+            # The same words as the manager's queue, naming the dependency.
+            verdict = self._executor.failedDependency(record)
+            if verdict.error is not None:
+                record.pending_reason = None
+                self._finish(JobStatus.FAILED, error=verdict.error)
+                return
+            if verdict.waiting and (self._dependencyFailed or self._patient()):
+                # A later poll brings that dependency's end (jobworker
+                # cancelled this job for a stop: that stop will end it).
+                return
         if record.node is None:
             record.node = state.node
         record.pending_reason = None
