@@ -44,8 +44,7 @@ def requireBrowserRun() -> None:
     missing = [
         path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)
     ]
-    if shutil.which("certutil") is None:
-        missing.append("certutil")
+    missing += [tool for tool in ("certutil", "pk12util") if shutil.which(tool) is None]
     if missing:
         raise AssertionError(
             f"missing {', '.join(missing)}: apt-get install -y chromium "
@@ -82,7 +81,7 @@ def trustingHome(folder: str, clientCertificate: tuple[bytes, bytes] | None) -> 
 
 
 #: The password of the PKCS#12 bundle a client certificate travels in to
-#: pk12util (which refuses a bundle without one); the file lives a moment.
+#: pk12util (deleted once imported).
 BUNDLE_PASSWORD = "jobworker-test"
 
 
