@@ -279,6 +279,36 @@ class RoleMatrixTests(APITestCase):
             response.header(b"www-authenticate"), b'Basic realm="jobworker"'
         )
 
+    def test_scriptChallengedForBearer(self) -> None:
+        """
+        A browser script's request (fetch: Sec-Fetch-Mode cors or
+        same-origin) is challenged for Bearer, so that no browser puts up a
+        password dialog in front of the page; a navigation still for Basic.
+        """
+        for mode, scheme in (
+            (b"cors", b"Bearer"),
+            (b"same-origin", b"Bearer"),
+            (b"navigate", b"Basic"),
+            (b"Navigate ", b"Basic"),
+        ):
+            d = self.treq.request(
+                "POST",
+                BASE + "/tokens",
+                headers={
+                    b"content-type": [b"application/json"],
+                    b"sec-fetch-mode": [mode],
+                },
+                data=b"{}",
+            )
+            self.treq.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 401, mode)
+            self.assertEqual(
+                response.headers.getRawHeaders(b"www-authenticate"),
+                [scheme + b' realm="jobworker"'],
+                mode,
+            )
+
     def test_unknownUser(self) -> None:
         """An unknown user is 401."""
         self.assertError(self.call("GET", "/jobs", "mallory", password="x"), 401)

@@ -105,6 +105,23 @@ def guarded(
     return decorate
 
 
+def challenge(request: IRequest) -> bytes:
+    """
+    The C{WWW-Authenticate} challenge of a 401: C{Basic}, but C{Bearer} for
+    a request a page's script sent (C{fetch}: a C{Sec-Fetch-Mode} other than
+    C{navigate}, set by the browser and never by the script).
+
+    A browser answers a Basic challenge to a script's credentialed request
+    (the dashboard's certificate login) with its own password dialog in
+    front of the page, which headless chromium waits on for ever; a page
+    logs in by itself. No browser prompts for Bearer, the scheme the page
+    uses once logged in.
+    """
+    mode = request.getHeader(b"sec-fetch-mode")
+    script = mode is not None and mode.strip().lower() != b"navigate"
+    return f'{"Bearer" if script else "Basic"} realm="{REALM}"'.encode("ascii")
+
+
 #: The most jobs one C{DELETE /jobs} deletes (C{"more": true} says to go on).
 MAX_CLEAN = 1000
 
@@ -160,9 +177,7 @@ class JobsAPI:
         error = failure.value
         assert isinstance(error, JobworkerError)
         if isinstance(error, Unauthorized):
-            request.setHeader(
-                b"www-authenticate", f'Basic realm="{REALM}"'.encode("ascii")
-            )
+            request.setHeader(b"www-authenticate", challenge(request))
         elif isinstance(error, TooManyRequests):
             request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
         return _json(request, error.body(), error.code)

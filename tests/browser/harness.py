@@ -44,8 +44,7 @@ def requireBrowserRun() -> None:
     missing = [
         path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)
     ]
-    if shutil.which("certutil") is None:
-        missing.append("certutil")
+    missing += [tool for tool in ("certutil", "pk12util") if shutil.which(tool) is None]
     if missing:
         raise AssertionError(
             f"missing {', '.join(missing)}: apt-get install -y chromium "
@@ -53,8 +52,12 @@ def requireBrowserRun() -> None:
         )
 
 
-def trustingHome(folder: str) -> str:
-    """A HOME whose NSS database (~/.pki/nssdb) trusts the test CA."""
+def trustingHome(folder: str, clientCertificate: tuple[bytes, bytes] | None) -> str:
+    """
+    A HOME whose NSS database (~/.pki/nssdb) trusts the test CA and, given
+    C{clientCertificate} (certificate and key, PEM), holds that certificate
+    with its key, as a person's browser would after importing it.
+    """
     nssdb = os.path.join(folder, ".pki", "nssdb")
     os.makedirs(nssdb)
     database = f"sql:{nssdb}"
@@ -63,19 +66,86 @@ def trustingHome(folder: str) -> str:
         ["certutil", "-d", database, "-A", "-n", "jobworker-test-ca", *TRUST, CA],
         check=True,
     )
+    if clientCertificate is not None:
+        bundle = os.path.join(folder, "client.p12")
+        with open(bundle, "wb") as f:
+            f.write(pkcs12Bundle(*clientCertificate))
+        # pk12util: the NSS database's password is empty (-K), the bundle's -W.
+        subprocess.run(
+            ["pk12util", "-i", bundle, "-d", database, "-K", "", "-W", BUNDLE_PASSWORD],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        os.unlink(bundle)
     return folder
+
+
+#: The password of the PKCS#12 bundle a client certificate travels in to
+#: pk12util (deleted once imported).
+BUNDLE_PASSWORD = "jobworker-test"
+
+
+def pkcs12Bundle(certificatePEM: bytes, keyPEM: bytes) -> bytes:
+    """A certificate and its key as PKCS#12, the format pk12util imports."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
+        load_pem_private_key,
+    )
+    from cryptography.hazmat.primitives.serialization.pkcs12 import (
+        serialize_key_and_certificates,
+    )
+
+    certificate = x509.load_pem_x509_certificate(certificatePEM)
+    key = load_pem_private_key(keyPEM, password=None)
+    return serialize_key_and_certificates(
+        certificate.subject.rfc4514_string().encode(),
+        key,  # type: ignore[arg-type]
+        certificate,
+        None,
+        BestAvailableEncryption(BUNDLE_PASSWORD.encode()),
+    )
+
+
+def autoSelectCertificate(origin: str) -> dict[str, Any]:
+    """
+    Profile preferences that make chromium present a client certificate
+    (issued by the test CA) to C{origin} without asking. The managed policy
+    C{AutoSelectCertificateForUrls} sets the same content setting machine
+    wide, from a file in /etc; the profile's own setting changes nothing
+    outside the test's profile folder.
+    """
+    issuer = {"ISSUER": {"CN": "jobworker development CA"}}
+    setting = {f"{origin},*": {"setting": {"filters": [issuer]}}}
+    exceptions = {"auto_select_certificate": setting}
+    return {"profile": {"content_settings": {"exceptions": exceptions}}}
 
 
 class Browser:
     """One headless chromium session; quit at the test's cleanup."""
 
-    def __init__(self, testCase: TestCase, width: int = 1280, height: int = 900):
+    def __init__(
+        self,
+        testCase: TestCase,
+        width: int = 1280,
+        height: int = 900,
+        clientCertificate: tuple[bytes, bytes] | None = None,
+        presentTo: str | None = None,
+    ):
+        """
+        @param clientCertificate: a client certificate and its key (PEM) for
+            the browser's certificate store.
+        @param presentTo: an origin (C{https://host:port}) the browser sends
+            that certificate to without asking.
+        """
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
         folder = os.path.abspath(testCase.mktemp())
-        home = trustingHome(os.path.join(folder, "home"))
+        home = trustingHome(os.path.join(folder, "home"), clientCertificate)
         options = webdriver.ChromeOptions()
+        if presentTo is not None:
+            options.add_experimental_option("prefs", autoSelectCertificate(presentTo))
         options.binary_location = CHROMIUM
         options.add_argument("--headless=new")
         options.add_argument(f"--window-size={width},{height}")
@@ -90,8 +160,8 @@ class Browser:
         self.driver.set_script_timeout(30)
 
     @classmethod
-    async def start(cls, testCase: TestCase, **size: int) -> Browser:
-        browser: Browser = await deferToThread(cls, testCase, **size)
+    async def start(cls, testCase: TestCase, **options: Any) -> Browser:
+        browser: Browser = await deferToThread(cls, testCase, **options)
         testCase.addCleanup(deferToThread, browser.driver.quit)
         return browser
 

@@ -83,24 +83,43 @@ export async function request(method, path, { body, signal, text } = {}) {
   return text ? response.text() : response.json();
 }
 
-/** Log in with a name and password: a token for this tab only. */
-export async function login(name, password) {
-  const basic = btoa(String.fromCodePoint(...new TextEncoder().encode(`${name}:${password}`)));
+/**
+ * POST /tokens with `headers` (besides the JSON ones) and keep the token for
+ * this tab only. `credentials` is the fetch credentials mode: "omit" unless
+ * the TLS client certificate must go with the request.
+ */
+async function obtainToken(headers, credentials) {
   const response = await fetch("/tokens", {
     method: "POST",
-    headers: {
-      Authorization: "Basic " + basic,
-      "Content-Type": "application/json",
-      Accept: "application/json",
-    },
+    headers: { ...headers, "Content-Type": "application/json", Accept: "application/json" },
     body: "{}",
     cache: "no-store",
-    credentials: "omit",
+    credentials,
   });
   if (!response.ok) throw await errorOf(response);
   const token = await response.json();
   sessionStorage.setItem(TOKEN_KEY, JSON.stringify(token));
   return token;
+}
+
+/** Log in with a name and password: a token for this tab only. */
+export function login(name, password) {
+  const basic = btoa(String.fromCodePoint(...new TextEncoder().encode(`${name}:${password}`)));
+  return obtainToken({ Authorization: "Basic " + basic }, "omit");
+}
+
+/**
+ * Log in with the client certificate the browser presents in the TLS
+ * handshake (the server asks for one when it runs with --client-ca): no
+ * Authorization header, so the server takes the user from the certificate.
+ * The Fetch standard counts a client certificate among a request's
+ * credentials, hence "same-origin" (the page sets no cookies: there are none
+ * to send); chromium happens to present one to uncredentialed requests too,
+ * other browsers need not. Every later request carries the token,
+ * uncredentialed, as before.
+ */
+export function loginWithCertificate() {
+  return obtainToken({}, "same-origin");
 }
 
 /** Who the token is of, with the role's permissions (GET /whoami). */

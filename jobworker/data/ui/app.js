@@ -1,7 +1,7 @@
 // The dashboard's entry point: login and logout, and the two views by URL
 // fragment (#/jobs?filters, #/jobs/<id>).
 
-import { forget, login, onExpired, session, whoami } from "./api.js";
+import { forget, login, loginWithCertificate, onExpired, session, whoami } from "./api.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 import { metricsPanel } from "./metrics.js";
@@ -74,22 +74,36 @@ async function start() {
   route();
 }
 
+/**
+ * Obtain a token with `obtain` (either way of logging in), then show the
+ * jobs; a 401 shows `refused`, any other error the server's message.
+ */
+async function logIn(obtain, refused) {
+  const buttons = [$("login-submit"), $("login-certificate")];
+  for (const button of buttons) button.disabled = true;
+  $("login-message").textContent = "";
+  try {
+    await obtain();
+    $("login-password").value = "";
+    await start();
+  } catch (error) {
+    $("login-message").textContent = error.status === 401 ? refused : error.message;
+  } finally {
+    for (const button of buttons) button.disabled = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  $("login-form").addEventListener("submit", async (event) => {
+  $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    const button = $("login-submit");
-    button.disabled = true;
-    $("login-message").textContent = "";
-    try {
-      await login($("login-name").value, $("login-password").value);
-      $("login-password").value = "";
-      await start();
-    } catch (error) {
-      $("login-message").textContent =
-        error.status === 401 ? "Wrong name or password." : error.message;
-    } finally {
-      button.disabled = false;
-    }
+    logIn(() => login($("login-name").value, $("login-password").value), "Wrong name or password.");
+  });
+  $("login-certificate").addEventListener("click", () => {
+    logIn(
+      loginWithCertificate,
+      "No client certificate was accepted: your browser sent none the server " +
+        "trusts, or its name is not a user here. Log in with your name and password.",
+    );
   });
   $("logout").addEventListener("click", () => {
     forget();
