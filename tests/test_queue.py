@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.permissions import PERMISSIONS, Permission, Role, Scope
 from jobworker.errors import BadRequest, TooManyRequests
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.policy import JobPolicy
@@ -287,6 +288,37 @@ class RestartTests(TestCase):
             "POST", "/jobs", "ada", {"command": "true", "priority": 50}
         )
         self.assertEqual((code, body["priority"]), (201, 50))
+
+    async def test_onlyJobsTheUserMaySee(self) -> None:
+        """
+        A job may wait for any job its owner may read (every role reads
+        every job today); with a table where Developers read only their own,
+        naming bob's job is the same 400 as naming no job at all.
+        """
+        server = LiveServer(self)
+        bobs = await server.createJob("true", user="bob")
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "after": [bobs["id"]]}
+        )
+        self.assertEqual(code, 201, body)
+        ownOnly = {
+            **PERMISSIONS[Role.DEVELOPER],
+            Permission.GET: Scope.OWN,
+        }
+        original = PERMISSIONS[Role.DEVELOPER]
+        PERMISSIONS[Role.DEVELOPER] = ownOnly
+        self.addCleanup(PERMISSIONS.__setitem__, Role.DEVELOPER, original)
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "after_ok": [bobs["id"]]}
+        )
+        self.assertEqual(
+            (code, body["error"]), (400, f"no job {bobs['id']} to wait for")
+        )
+        alices = await server.createJob("true")
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "after_ok": [alices["id"]]}
+        )
+        self.assertEqual(code, 201, body)
 
     async def test_followAQueuedJob(self) -> None:
         """jw exec --after-ok -f follows a PENDING job from its start to its end."""

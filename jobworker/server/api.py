@@ -236,6 +236,8 @@ class JobsAPI:
         if jobRequest.priority > 0:
             # Anyone may lower their jobs' priority; only Admins raise it.
             authorize(user, Permission.PRIORITIZE)
+        for dependency in (*jobRequest.after, *jobRequest.after_ok):
+            self._mayWaitFor(user, dependency)
         record = self._manager.create(jobRequest, owner=user.name, account=user.account)
         result = "refused"
         try:
@@ -257,6 +259,16 @@ class JobsAPI:
             )
         request.setHeader(b"location", f"/jobs/{record.id}".encode("ascii"))
         return _json(request, record.toJSON(), 201)
+
+    def _mayWaitFor(self, user: User, jobId: str) -> None:
+        """
+        A job may wait only for jobs its owner may see: another's job that
+        C{user} may not read is as unknown as a job that does not exist.
+        """
+        try:
+            authorize(user, Permission.GET, self._manager.record(jobId).owner)
+        except (NotFound, Forbidden):
+            raise BadRequest(f"no job {jobId} to wait for") from None
 
     @app.route("/jobs", methods=["GET"])
     @guarded(Permission.GET, *FILTERS, "limit", "cursor")
