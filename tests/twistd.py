@@ -15,7 +15,7 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -27,6 +27,12 @@ from jobworker.tls import TrustRootPolicy
 from .support import CA, CERT, FREE_UIDS, KEY, TWISTD, basic, groupMembers, sleep
 
 LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
+
+#: What a failure logged by twistd starts its traceback with.
+TRACEBACK = "Traceback (most recent call last)"
+
+#: Seconds twistd may take to exit after SIGTERM: its jobs' grace and more.
+STOP_TIMEOUT = 30.0
 
 
 def startTime(pid: int) -> int | None:
@@ -99,8 +105,11 @@ class TwistdProtocol(ProcessProtocol):
 class Twistd:
     """
     A real C{twistd -n jobworker} on a free loopback port, in a temporary
-    folder, with a client for its API. Killed (with its jobs' process groups)
-    at cleanup, whatever happened.
+    folder, with a client for its API (the methods of L{tests.support.LiveServer}
+    that tests of a child process need). At cleanup, whatever happened: stopped
+    with SIGTERM as an operator would (its jobs with it), then killed if it
+    still runs, with any job process group left; and its log must hold no
+    traceback, as trial fails a test for an error logged in its own process.
     """
 
     def __init__(self, testCase: TestCase, stateDir: str | None = None) -> None:
@@ -112,15 +121,18 @@ class Twistd:
         self.protocol = TwistdProtocol()
         self.pid: int = 0
         self.port: int = 0
+        #: The CA that signs the server's certificate.
+        self.ca = CA
         #: (process group id, start time of its leader) of each job.
         self.jobGroups: list[tuple[int, int | None]] = []
         pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool = pool
         self.http = HTTPClient(
-            Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
+            Agent(reactor, contextFactory=TrustRootPolicy(self.ca), pool=pool)
         )
 
     async def start(self, *extra: str) -> Twistd:
+        """Spawn twistd with C{extra} options; fires once it listens."""
         argv = [
             TWISTD,
             "-n",
@@ -143,8 +155,34 @@ class Twistd:
         self.port = await self.protocol.whenListening().addTimeout(60, reactor)
         return self
 
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """
+        SIGTERM twistd (it stops every job, then exits) and wait for it to
+        exit; fail if it is still running after C{timeout} seconds. Nothing
+        to do once it has exited.
+        """
+        if self.protocol.ended:
+            return
+        ended = self.protocol.whenEnded()
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            await ended.addTimeout(timeout, reactor)
+        except TimeoutError:
+            raise AssertionError(
+                f"twistd still ran {timeout}s after SIGTERM: {self.protocol.log()}"
+            ) from None
+
     async def cleanUp(self) -> None:
+        """Stop twistd, kill what is left of it and its jobs; check its log."""
         await self._pool.closeCachedConnections()
+        problems = []
+        try:
+            await self.stop()
+        except AssertionError as e:
+            problems.append(str(e))
         for pgid, leaderStarted in self.jobGroups:
             # Never a group whose id was reused since: its leader is not ours.
             now = startTime(pgid)
@@ -161,35 +199,66 @@ class Twistd:
             except OSError:
                 pass
             await self.protocol.whenEnded().addTimeout(30, reactor)
+        log = self.protocol.log()
+        if TRACEBACK in log:
+            problems.append(f"twistd logged a traceback: {log}")
+        if problems:
+            raise AssertionError("\n".join(problems))
 
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
 
-    async def json(
-        self, method: str, path: str, user: str = "alice", body: Any = None
-    ) -> tuple[int, Any]:
-        """Send a request; (status, decoded JSON body)."""
-        headers = basic(user)
-        data = None
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> Deferred[Any]:
+        """Send a request as C{user} (None: no credentials)."""
+        allHeaders: dict[bytes, list[bytes]] = dict(headers or {})
+        if user is not None:
+            allHeaders.update(basic(user))
+        data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")
-            headers[b"content-type"] = [b"application/json"]
-        response = await self.http.request(
-            method, self.url + path, headers=headers, data=data
-        )
+        if (body is not None or method in ("POST", "DELETE")) and (
+            b"content-type" not in allHeaders
+        ):
+            allHeaders[b"content-type"] = [b"application/json"]
+        return self.http.request(method, self.url + path, data=data, headers=allHeaders)
+
+    async def json(
+        self, method: str, path: str, user: str | None = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        """Send a request; (status, decoded JSON body)."""
+        response = await self.request(method, path, user, body)
         return response.code, json.loads(await treq.content(response))
 
     async def createJob(
-        self, command: str, *args: str, **fields: Any
+        self, command: str, *args: str, user: str = "alice", **fields: Any
     ) -> dict[str, Any]:
+        """Create a job as C{user}; fail the test unless it answered 201."""
         code, job = await self.json(
-            "POST", "/jobs", body={"command": command, "args": list(args), **fields}
+            "POST", "/jobs", user, {"command": command, "args": list(args), **fields}
         )
         assert code == 201, (code, job)
         if job["pid"] is not None:
             self.jobGroups.append((job["pid"], startTime(job["pid"])))
         return job  # type: ignore[no-any-return]
+
+    async def waitEnded(self, jobId: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll a job's record until it has ended; the record."""
+
+        async def ended() -> dict[str, Any] | None:
+            code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
+            assert code == 200, (code, job)
+            return None if job["status"] in ("RUNNING", "PENDING") else job
+
+        return await self.poll(ended, timeout, f"job {jobId} to end")  # type: ignore[no-any-return]
 
     async def logs(self, jobId: str) -> bytes:
         response = await self.http.get(
