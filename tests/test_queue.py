@@ -242,7 +242,7 @@ class RestartTests(TestCase):
         PENDING job is still there and PENDING at once, and they all run, in
         their order (a lower-priority one queued first runs last).
         """
-        from .test_twistd import Twistd
+        from .twistd import Twistd
 
         first = await Twistd(self).start("--max-running=1", "--stop-grace=1")
         running = await first.createJob("sleep", "300")

@@ -5,32 +5,22 @@ start-up errors, graceful shutdown and bounded memory under heavy output.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import time
 from typing import Any
 
 import treq
-from treq.client import HTTPClient
 from twisted.application.service import IServiceMaker
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.plugin import getPlugins
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from jobworker.server.options import Options
-from jobworker.tls import TrustRootPolicy
 
 from .support import (
-    CA,
     CERT,
     CERTS,
     FREE_UIDS,
@@ -40,198 +30,13 @@ from .support import (
     groupMembers,
     rssKiB,
     runSync,
-    sleep,
 )
-
-LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
+from .twistd import Twistd
 
 MiB = 1024 * 1024
 
 #: A job that ignores SIGTERM (its children too) and says when it is set up.
 TERM_IGNORING = 'trap "" TERM; echo ready; while :; do sleep 0.1; done'
-
-
-def startTime(pid: int) -> int | None:
-    """The start time (clock ticks after boot) of C{pid}, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class TwistdProtocol(ProcessProtocol):
-    """Collect a twistd's output; tell when it listens and when it exits."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.errors = bytearray()
-        self.port: int | None = None
-        self.exitCode: int | None = None
-        self.exitSignal: int | None = None
-        self.ended = False
-        self._listenWaiters: list[Deferred[int]] = []
-        self._endWaiters: list[Deferred[int | None]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        if self.port is None:
-            match = LISTENING.search(self.output)
-            if match is not None:
-                self.port = int(match.group(1))
-                waiters, self._listenWaiters = self._listenWaiters, []
-                for d in waiters:
-                    d.callback(self.port)
-
-    def errReceived(self, data: bytes) -> None:
-        self.errors += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended = True
-        if isinstance(reason.value, ProcessDone | ProcessTerminated):
-            self.exitCode = reason.value.exitCode
-            self.exitSignal = getattr(reason.value, "signal", None)
-        waiters, self._listenWaiters = self._listenWaiters, []
-        for d in waiters:
-            d.errback(RuntimeError(f"twistd exited before listening: {self.log()}"))
-        ends, self._endWaiters = self._endWaiters, []
-        for e in ends:
-            e.callback(self.exitCode)
-
-    def log(self) -> str:
-        """Everything twistd printed so far."""
-        return (bytes(self.output) + bytes(self.errors)).decode("utf-8", "replace")
-
-    def whenListening(self) -> Deferred[int]:
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred[int] = Deferred()
-        self._listenWaiters.append(d)
-        return d
-
-    def whenEnded(self) -> Deferred[int | None]:
-        d: Deferred[int | None] = Deferred()
-        if self.ended:
-            d.callback(self.exitCode)
-        else:
-            self._endWaiters.append(d)
-        return d
-
-
-class Twistd:
-    """
-    A real C{twistd -n jobworker} on a free loopback port, in a temporary
-    folder, with a client for its API. Killed (with its jobs' process groups)
-    at cleanup, whatever happened.
-    """
-
-    def __init__(self, testCase: TestCase, stateDir: str | None = None) -> None:
-        self.testCase = testCase
-        self.workDir = os.path.abspath(testCase.mktemp())
-        os.makedirs(self.workDir)
-        #: Another server's, to start where it stopped.
-        self.stateDir = stateDir or os.path.join(self.workDir, "state")
-        self.protocol = TwistdProtocol()
-        self.pid: int = 0
-        self.port: int = 0
-        #: (process group id, start time of its leader) of each job.
-        self.jobGroups: list[tuple[int, int | None]] = []
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool = pool
-        self.http = HTTPClient(
-            Agent(reactor, contextFactory=TrustRootPolicy(CA), pool=pool)
-        )
-
-    async def start(self, *extra: str) -> Twistd:
-        argv = [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "jobworker",
-            "--tls",
-            "--port=0",
-            "--interface=127.0.0.1",
-            f"--cert={CERT}",
-            f"--key={KEY}",
-            f"--state-dir={self.stateDir}",
-            f"--dynamic-uids={FREE_UIDS}",
-            *extra,
-        ]
-        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.protocol, TWISTD, argv, env=dict(os.environ), path=self.workDir
-        )
-        self.pid = transport.pid
-        self.testCase.addCleanup(self.cleanUp)
-        self.port = await self.protocol.whenListening().addTimeout(60, reactor)
-        return self
-
-    async def cleanUp(self) -> None:
-        await self._pool.closeCachedConnections()
-        for pgid, leaderStarted in self.jobGroups:
-            # Never a group whose id was reused since: its leader is not ours.
-            now = startTime(pgid)
-            if now is not None and leaderStarted is not None and now != leaderStarted:
-                continue
-            if groupMembers(pgid):
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except OSError:
-                    pass
-        if not self.protocol.ended:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            await self.protocol.whenEnded().addTimeout(30, reactor)
-
-    @property
-    def url(self) -> str:
-        return f"https://localhost:{self.port}"
-
-    async def json(
-        self, method: str, path: str, user: str = "alice", body: Any = None
-    ) -> tuple[int, Any]:
-        """Send a request; (status, decoded JSON body)."""
-        headers = basic(user)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers[b"content-type"] = [b"application/json"]
-        response = await self.http.request(
-            method, self.url + path, headers=headers, data=data
-        )
-        return response.code, json.loads(await treq.content(response))
-
-    async def createJob(
-        self, command: str, *args: str, **fields: Any
-    ) -> dict[str, Any]:
-        code, job = await self.json(
-            "POST", "/jobs", body={"command": command, "args": list(args), **fields}
-        )
-        assert code == 201, (code, job)
-        if job["pid"] is not None:
-            self.jobGroups.append((job["pid"], startTime(job["pid"])))
-        return job  # type: ignore[no-any-return]
-
-    async def logs(self, jobId: str) -> bytes:
-        response = await self.http.get(
-            f"{self.url}/jobs/{jobId}/logs", headers=basic("alice")
-        )
-        assert response.code == 200, response.code
-        return await treq.content(response)  # type: ignore[no-any-return]
-
-    async def poll(
-        self, check: Any, timeout: float, what: str, interval: float = 0.05
-    ) -> Any:
-        """Await C{check()} until it returns something truthy, within C{timeout}."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = await check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            await sleep(interval)
 
 
 class PluginTests(TestCase):

@@ -1,12 +1,13 @@
 """
-The browser tests' tools: Debian's chromium, headless, driven by
-chromedriver through selenium, trusting the test CA through an NSS database
-(no certificate errors ignored); and a TCP relay in front of the server
-whose connections a test can drop.
+The browser tests' tools: a real C{twistd -n jobworker --tls} child process
+(L{startTwistd}); Debian's chromium, headless, driven by chromedriver through
+selenium, trusting the test CA through an NSS database (no certificate errors
+ignored); and a TCP relay between the browser and the twistd whose
+connections a test can drop.
 
-Selenium blocks, and the server under test runs on this process's reactor:
-a scenario runs in a thread (L{Browser.run}) and reaches the reactor with
-L{Browser.onReactor}.
+Selenium blocks, and the test's client of the server (and the relay) run on
+this process's reactor: a scenario runs in a thread (L{Browser.run}) and
+reaches the reactor with L{Browser.onReactor}.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ..support import CA, ROOT
+from ..twistd import Twistd
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -50,6 +52,15 @@ def requireBrowserRun() -> None:
             f"missing {', '.join(missing)}: apt-get install -y chromium "
             "chromium-driver libnss3-tools (as .ci/run does)"
         )
+
+
+async def startTwistd(testCase: TestCase, *extra: str) -> Twistd:
+    """
+    A real C{twistd -n jobworker --tls} with C{extra} options, listening;
+    its jobs get 2 s between SIGTERM and SIGKILL. Stopped at cleanup, its log
+    free of tracebacks (L{Twistd.cleanUp}).
+    """
+    return await Twistd(testCase).start("--stop-grace=2", *extra)
 
 
 def trustingHome(folder: str, clientCertificate: tuple[bytes, bytes] | None) -> str:
@@ -228,9 +239,9 @@ class _TrackedProxy(ProxyServer):
 
 class Relay:
     """
-    A plain TCP relay to the server's port (TLS stays end to end): the
-    browser talks through it, and L{drop} cuts every connection at once, as
-    a network failure would.
+    A plain TCP relay to the server's port (TLS stays end to end, from the
+    browser to the twistd): the browser talks through it, and L{drop} cuts
+    every connection at once, as a network failure would.
     """
 
     def __init__(self, testCase: TestCase, port: int) -> None:

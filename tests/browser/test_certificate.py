@@ -8,8 +8,8 @@ from twisted.trial.unittest import TestCase
 
 from jobworker.auth.issuecert import issue
 
-from ..support import CA, CERTS, PASSWORDS, LiveServer
-from .harness import Browser, requireBrowserRun
+from ..support import CA, CERTS, PASSWORDS
+from .harness import Browser, requireBrowserRun, startTwistd
 
 CA_KEY = f"{CERTS}/ca.key"
 #: What the page says when the server took no certificate.
@@ -42,7 +42,7 @@ class CertificateLoginTests(TestCase):
         password form still logs in whoever types a password (rita), the
         certificate notwithstanding.
         """
-        server = LiveServer(self, f"--client-ca={CA}")
+        server = await startTwistd(self, f"--client-ca={CA}")
         job = await server.createJob("sleep", "300", name="alices")
         browser = await Browser.start(
             self,
@@ -82,7 +82,7 @@ class CertificateLoginTests(TestCase):
         certificate is optional), the button says no certificate was
         accepted, and the password form logs in as before.
         """
-        server = LiveServer(self, f"--client-ca={CA}")
+        server = await startTwistd(self, f"--client-ca={CA}")
         browser = await Browser.start(self)
 
         def scenario(b: Browser) -> None:

@@ -1,4 +1,4 @@
-"""The dashboard at /ui/ in Debian's chromium, headless, against the real service."""
+"""The dashboard at /ui/ in Debian's chromium, headless, against a real twistd."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread
 from twisted.trial.unittest import TestCase
 
-from ..support import PASSWORDS, LiveServer
-from .harness import Browser, Relay, requireBrowserRun
+from ..support import PASSWORDS
+from .harness import Browser, Relay, requireBrowserRun, startTwistd
 
 #: Prints numbered lines, every third on stderr, one every C{pause} seconds.
 NUMBERED = (
@@ -38,7 +38,7 @@ class DashboardTests(TestCase):
         reload; its output arrives live and in order (stdout and stderr told
         apart); the stop button stops it and the page says STOPPED.
         """
-        server = LiveServer(self)
+        server = await startTwistd(self)
         browser = await Browser.start(self)
 
         def scenario(b: Browser) -> None:
@@ -88,7 +88,7 @@ class DashboardTests(TestCase):
         ada (Admin) sees the metrics panel drawn from /metrics; alice does
         not. At 320 px wide nothing overflows sideways but the job table.
         """
-        server = LiveServer(self)
+        server = await startTwistd(self)
         for index in range(3):
             await server.createJob("sh", "-c", f"echo {index}", name=f"quick-{index}")
         running = await server.createJob("sleep", "300", labels={"team": "ml"})
@@ -130,7 +130,7 @@ class DashboardTests(TestCase):
 
     async def test_readerSeesNoStopButton(self) -> None:
         """rita (Reader) sees alice's running job, no stop button, no output."""
-        server = LiveServer(self)
+        server = await startTwistd(self)
         job = await server.createJob("sleep", "300")
         browser = await Browser.start(self)
 
@@ -152,7 +152,7 @@ class DashboardTests(TestCase):
 
     async def test_expiredTokenReturnsToLogin(self) -> None:
         """A token the server no longer takes brings back the login form."""
-        server = LiveServer(self, "--token-ttl=2")
+        server = await startTwistd(self, "--token-ttl=2")
         browser = await Browser.start(self)
 
         def scenario(b: Browser) -> None:
@@ -178,7 +178,7 @@ class TailTests(TestCase):
 
     async def test_loadEarlier(self) -> None:
         """1,500 lines: the last 1,000 first, then all of them, once each."""
-        server = LiveServer(self)
+        server = await startTwistd(self)
         job = await server.createJob("seq", "1", "1500")
         await server.waitEnded(job["id"])
         browser = await Browser.start(self)
@@ -214,7 +214,7 @@ class SafetyTests(TestCase):
         with an <img onerror>, are shown as text: nothing runs, no element is
         made, the escapes are stripped; bytes that are not UTF-8 are a marker.
         """
-        server = LiveServer(self)
+        server = await startTwistd(self)
         output = (
             r"printf '<script>window.pwned=1</script>\033[31mred\033[0m"
             r" <b>bold</b>\033]0;title\007\n'; printf '\377\376\n' >&2"
@@ -245,7 +245,7 @@ class SafetyTests(TestCase):
 
     async def test_cspBlocksInlineScript(self) -> None:
         """An inline script put in the page does not run; the console says why."""
-        server = LiveServer(self)
+        server = await startTwistd(self)
         browser = await Browser.start(self)
 
         def scenario(b: Browser) -> None:
@@ -277,10 +277,11 @@ class ResumeTests(TestCase):
 
     async def test_dropResumes(self) -> None:
         """
-        The page follows through a relay whose connections are cut twice
-        mid-stream; every line arrives once, in order.
+        The page follows through a relay (between the browser and the
+        twistd) whose connections are cut twice mid-stream; every line
+        arrives once, in order.
         """
-        server = LiveServer(self)
+        server = await startTwistd(self)
         relay = Relay(self, server.port)
         job = await server.createJob("sh", "-c", NUMBERED.format(n=50, pause=0.1))
         browser = await Browser.start(self)
