@@ -55,7 +55,70 @@ def basic(user: str, password: str | None = None) -> dict[bytes, list[bytes]]:
     return {b"authorization": [f"Basic {token}".encode("ascii")]}
 
 
-class LiveServer:
+class ApiClient:
+    """
+    Requests to a server under test as one of the test users; the server
+    classes (L{LiveServer}, C{tests.twistd.Twistd}) provide C{http} (a treq
+    client trusting the test CA) and C{url}.
+    """
+
+    http: HTTPClient
+    url: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> Deferred[Any]:
+        """Send a request as C{user} (None: no credentials)."""
+        allHeaders: dict[bytes, list[bytes]] = dict(headers or {})
+        if user is not None:
+            allHeaders.update(basic(user))
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+        if (body is not None or method in ("POST", "DELETE")) and (
+            b"content-type" not in allHeaders
+        ):
+            allHeaders[b"content-type"] = [b"application/json"]
+        return self.http.request(method, self.url + path, data=data, headers=allHeaders)
+
+    async def json(
+        self, method: str, path: str, user: str | None = "alice", body: Any = None
+    ) -> tuple[int, Any]:
+        """Send a request; return (status, decoded JSON body)."""
+        response = await self.request(method, path, user, body)
+        content = await treq.content(response)
+        return response.code, json.loads(content)
+
+    async def createJob(
+        self, command: str, *args: str, user: str = "alice", **extra: Any
+    ) -> dict[str, Any]:
+        """Create a job; fail the test unless it answered 201."""
+        code, job = await self.json(
+            "POST", "/jobs", user, {"command": command, "args": list(args), **extra}
+        )
+        assert code == 201, (code, job)
+        return job  # type: ignore[no-any-return]
+
+    async def waitEnded(self, jobId: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll a job's status until it has ended."""
+        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+        while True:
+            code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
+            assert code == 200, (code, job)
+            if job["status"] not in ("RUNNING", "PENDING"):
+                return job  # type: ignore[no-any-return]
+            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+                raise AssertionError(f"job {jobId} still RUNNING after {timeout}s")
+            await sleep(0.02)
+
+
+class LiveServer(ApiClient):
     """
     The real jobworker service in this process: real TLS on a loopback port,
     real processes, a temporary state dir. Stopped (jobs and all) at cleanup.
@@ -110,58 +173,6 @@ class LiveServer:
         if not self.service.running:
             return None
         return self.service.stopService()  # type: ignore[no-any-return]
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        user: str | None = "alice",
-        body: Any = None,
-        raw: bytes | None = None,
-        headers: dict[bytes, list[bytes]] | None = None,
-    ) -> Deferred[Any]:
-        """Send a request as C{user} (None: no credentials)."""
-        allHeaders: dict[bytes, list[bytes]] = dict(headers or {})
-        if user is not None:
-            allHeaders.update(basic(user))
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-        if (body is not None or method in ("POST", "DELETE")) and (
-            b"content-type" not in allHeaders
-        ):
-            allHeaders[b"content-type"] = [b"application/json"]
-        return self.http.request(method, self.url + path, data=data, headers=allHeaders)
-
-    async def json(
-        self, method: str, path: str, user: str | None = "alice", body: Any = None
-    ) -> tuple[int, Any]:
-        """Send a request; return (status, decoded JSON body)."""
-        response = await self.request(method, path, user, body)
-        content = await treq.content(response)
-        return response.code, json.loads(content)
-
-    async def createJob(
-        self, command: str, *args: str, user: str = "alice", **extra: Any
-    ) -> dict[str, Any]:
-        """Create a job; fail the test unless it answered 201."""
-        code, job = await self.json(
-            "POST", "/jobs", user, {"command": command, "args": list(args), **extra}
-        )
-        assert code == 201, (code, job)
-        return job  # type: ignore[no-any-return]
-
-    async def waitEnded(self, jobId: str, timeout: float = 20.0) -> dict[str, Any]:
-        """Poll a job's status until it has ended."""
-        deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
-        while True:
-            code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
-            assert code == 200, (code, job)
-            if job["status"] not in ("RUNNING", "PENDING"):
-                return job  # type: ignore[no-any-return]
-            if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-                raise AssertionError(f"job {jobId} still RUNNING after {timeout}s")
-            await sleep(0.02)
 
 
 def sleep(seconds: float) -> Deferred[None]:

@@ -19,6 +19,7 @@ from jobworker.jobs.combined import (
 )
 from jobworker.jobs.order import OrderLog, decodeEntries
 from jobworker.jobs.spool import OutputSpool, StoredOutput
+from jobworker.server.frames import FrameStream
 
 from .support import LiveServer, basic
 from .test_contract import RecordingConsumer, bytesOf, parseEvents
@@ -330,6 +331,21 @@ class FrameParserTests(SynchronousTestCase):
                 ],
             )
             self.assertEqual(parser.pending, 0)
+
+    def test_heartbeatsUntilClosed(self) -> None:
+        """An idle frame stream sends an empty h frame every 15 s until closed."""
+        clock = Clock()
+        consumer = RecordingConsumer()
+        framed = FrameStream(consumer, clock)  # type: ignore[arg-type]
+        framed.output(1, b"err")
+        clock.advance(15)
+        clock.advance(15)
+        framed.close()
+        clock.advance(60)
+        parser = FrameParser()
+        frames = parser.feed(b"".join(consumer.written))
+        self.assertEqual(frames, [(b"e", b"err"), (b"h", b""), (b"h", b"")])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_hugeLengthRefused(self) -> None:
         """A header announcing more than the most a frame may hold is an error."""

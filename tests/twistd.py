@@ -5,7 +5,6 @@ for its API: for the tests of twistd itself and the browser tests.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -24,7 +23,17 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from jobworker.tls import TrustRootPolicy
 
-from .support import CA, CERT, FREE_UIDS, KEY, TWISTD, basic, groupMembers, sleep
+from .support import (
+    CA,
+    CERT,
+    FREE_UIDS,
+    KEY,
+    TWISTD,
+    ApiClient,
+    basic,
+    groupMembers,
+    sleep,
+)
 
 LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
 
@@ -102,7 +111,7 @@ class TwistdProtocol(ProcessProtocol):
         return d
 
 
-class Twistd:
+class Twistd(ApiClient):
     """
     A real C{twistd -n jobworker} on a free loopback port, in a temporary
     folder, with a client for its API (the methods of L{tests.support.LiveServer}
@@ -209,56 +218,15 @@ class Twistd:
     def url(self) -> str:
         return f"https://localhost:{self.port}"
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        user: str | None = "alice",
-        body: Any = None,
-        raw: bytes | None = None,
-        headers: dict[bytes, list[bytes]] | None = None,
-    ) -> Deferred[Any]:
-        """Send a request as C{user} (None: no credentials)."""
-        allHeaders: dict[bytes, list[bytes]] = dict(headers or {})
-        if user is not None:
-            allHeaders.update(basic(user))
-        data = raw
-        if body is not None:
-            data = json.dumps(body).encode("utf-8")
-        if (body is not None or method in ("POST", "DELETE")) and (
-            b"content-type" not in allHeaders
-        ):
-            allHeaders[b"content-type"] = [b"application/json"]
-        return self.http.request(method, self.url + path, data=data, headers=allHeaders)
-
-    async def json(
-        self, method: str, path: str, user: str | None = "alice", body: Any = None
-    ) -> tuple[int, Any]:
-        """Send a request; (status, decoded JSON body)."""
-        response = await self.request(method, path, user, body)
-        return response.code, json.loads(await treq.content(response))
-
     async def createJob(
         self, command: str, *args: str, user: str = "alice", **fields: Any
     ) -> dict[str, Any]:
-        """Create a job as C{user}; fail the test unless it answered 201."""
-        code, job = await self.json(
-            "POST", "/jobs", user, {"command": command, "args": list(args), **fields}
-        )
-        assert code == 201, (code, job)
+        """Create a job as C{user} (201 or the test fails); its group is killed
+        at cleanup."""
+        job = await super().createJob(command, *args, user=user, **fields)
         if job["pid"] is not None:
             self.jobGroups.append((job["pid"], startTime(job["pid"])))
-        return job  # type: ignore[no-any-return]
-
-    async def waitEnded(self, jobId: str, timeout: float = 20.0) -> dict[str, Any]:
-        """Poll a job's record until it has ended; the record."""
-
-        async def ended() -> dict[str, Any] | None:
-            code, job = await self.json("GET", f"/jobs/{jobId}", "ada")
-            assert code == 200, (code, job)
-            return None if job["status"] in ("RUNNING", "PENDING") else job
-
-        return await self.poll(ended, timeout, f"job {jobId} to end")  # type: ignore[no-any-return]
+        return job
 
     async def logs(self, jobId: str) -> bytes:
         response = await self.http.get(

@@ -52,14 +52,54 @@ def parseLastEventId(text: str, stream: str) -> int | None:
 
 
 @implementer(IConsumer)
-class EventStream:
+class HeartbeatConsumer:
+    """
+    A consumer in front of a log response that writes C{beat} every
+    C{heartbeat} seconds, so proxies and clients know an idle followed
+    stream is alive; L{close} stops it. The producer's registration passes
+    through.
+    """
+
+    #: What one heartbeat writes.
+    beat = b""
+
+    def __init__(
+        self, request: IConsumer, clock: IReactorTime, heartbeat: float = HEARTBEAT
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._interval = heartbeat
+        self._heartbeat: IDelayedCall | None = clock.callLater(heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        self._request.write(self.beat)
+        self._heartbeat = self._clock.callLater(self._interval, self._beat)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the heartbeat."""
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
+
+
+class EventStream(HeartbeatConsumer):
     """
     A consumer that frames raw output as SSE events on its way to the
     response: C{event: stdout|stderr}, C{id: <stream>:<offset after>}, a
     JSON payload saying whether the bytes are text or base64. A comment
-    goes out every C{HEARTBEAT} seconds so proxies and clients know the
-    stream is alive.
+    goes out every C{HEARTBEAT} seconds.
     """
+
+    beat = b": heartbeat\n\n"
 
     def __init__(
         self,
@@ -69,22 +109,9 @@ class EventStream:
         clock: IReactorTime,
         heartbeat: float = HEARTBEAT,
     ) -> None:
-        self._request = request
+        super().__init__(request, clock, heartbeat)
         self._stream = stream
         self._offset = offset
-        self._clock = clock
-        self._interval = heartbeat
-        self._heartbeat: IDelayedCall | None = clock.callLater(heartbeat, self._beat)
-
-    def _beat(self) -> None:
-        self._request.write(b": heartbeat\n\n")
-        self._heartbeat = self._clock.callLater(self._interval, self._beat)
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._request.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -100,9 +127,3 @@ class EventStream:
     def send(self, event: str, data: Any) -> None:
         """An event that is not output (C{truncated}, C{end})."""
         self._request.write(frame(event, data))
-
-    def close(self) -> None:
-        """Stop the heartbeat."""
-        if self._heartbeat is not None and self._heartbeat.active():
-            self._heartbeat.cancel()
-        self._heartbeat = None
