@@ -145,6 +145,8 @@ class Spawner(FileDescriptor):
         self.buffer = b""
         #: Jobs whose exit status was not 0 (a set-up step failed).
         self.failed = 0
+        #: The wait statuses of those jobs (the first few), to say why.
+        self.statuses: list[int] = []
         self.startReading()
 
     def fileno(self) -> int:
@@ -170,7 +172,9 @@ class Spawner(FileDescriptor):
                 job = self.pending.pop(0)
                 self.byPid[pid] = job
             else:
-                self.failed += status != 0
+                if status != 0:
+                    self.failed += 1
+                    self.statuses = [*self.statuses, status][:5]
                 self.byPid.pop(pid).part()
         return None
 
@@ -225,6 +229,7 @@ def main() -> None:
             "inflight": args.inflight,
             "jobs": state["ended"],
             "failed": spawner.failed,
+            "failed_statuses": spawner.statuses,
             "elapsed": elapsed,
             "rate": state["ended"] / elapsed,
         },

@@ -392,7 +392,10 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         )
     if rawSpawner is not None:
         if rawSpawner["failed"]:
-            raise BenchError(f"bare spawner: {rawSpawner['failed']} jobs failed")
+            raise BenchError(
+                f"bare spawner: {rawSpawner['failed']} jobs failed (wait statuses "
+                f"{rawSpawner.get('failed_statuses')})"
+            )
         rows.append(
             Row(
                 "1i",

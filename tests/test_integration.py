@@ -150,7 +150,8 @@ def cleanUpGroup(testCase: TestCase, pgid: int | None) -> None:
 
     def kill() -> None:
         now = startTime(pgid)
-        if now is not None and leaderStarted is not None and now != leaderStarted:
+        if now is not None and now != leaderStarted:
+            # (A leader now that was gone when the job was seen is not ours.)
             return
         if groupMembers(pgid):
             try:

@@ -195,7 +195,8 @@ class Twistd(ApiClient):
         for pgid, leaderStarted in self.jobGroups:
             # Never a group whose id was reused since: its leader is not ours.
             now = startTime(pgid)
-            if now is not None and leaderStarted is not None and now != leaderStarted:
+            if now is not None and now != leaderStarted:
+                # (A leader now that was gone when the job was seen is not ours.)
                 continue
             if groupMembers(pgid):
                 try:
