@@ -182,3 +182,24 @@ def checkServer(server: str) -> None:
 
 def segment(jobId: str) -> str:
     return quote(jobId, safe="")
+
+
+def logsPath(
+    jobId: str,
+    stream: str,
+    follow: bool,
+    offset: int | None = None,
+    tail: int | None = None,
+    resuming: bool = False,
+) -> str:
+    """
+    C{/jobs/ID/logs?...}: the last C{tail} lines (unless C{resuming} events
+    after an id, which the server takes from C{Last-Event-ID}), else from
+    C{offset} if given.
+    """
+    params = {"stream": stream, "follow": str(follow).lower()}
+    if tail is not None and not resuming:
+        params["tail"] = str(tail)
+    elif offset is not None:
+        params["offset"] = str(offset)
+    return f"/jobs/{segment(jobId)}/logs?{urlencode(params)}"

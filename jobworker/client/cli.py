@@ -40,7 +40,7 @@ from .parser import buildParser
 from .session import Connect, Session, trustOnFirstUse
 from .show import age
 from .streams import Streams
-from .verbs import VERBS
+from .verbs import VERBS, Verb
 
 __all__ = [
     "COMPLETION",
@@ -53,9 +53,13 @@ __all__ = [
     "run",
 ]
 
-#: Verbs that make one or a few requests and never wait: they run on the
-#: standard library's HTTP client (L{jobworker.client.quick}), no reactor.
-QUICK_VERBS = frozenset({"status", "list", "clean", "config", "logout", "completion"})
+#: Verbs that run on the standard library's HTTP client
+#: (L{jobworker.client.quick}), no reactor: the short ones, and those that
+#: follow output or wait (L{jobworker.client.quickexec}, threads).
+QUICK_VERBS = frozenset(
+    {"status", "list", "clean", "config", "logout", "completion"}
+    | {"exec", "logs", "wait"}
+)
 
 
 async def run(
@@ -102,6 +106,7 @@ async def _commandLine(
     streams: Streams,
     connect: Connect,
     interrupts: Interrupts,
+    verbs: dict[str, Verb] = VERBS,
 ) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_ids":  # completion's helper, not a verb to show
@@ -143,7 +148,7 @@ async def _commandLine(
             await session.login(streams)
         if verb == "login":
             return 0
-        return await VERBS[verb](options, session.client, streams, interrupts)
+        return await verbs[verb](options, session.client, streams, interrupts)
     except ClientError as e:
         if e.status == 401 and session.token:
             forgetToken(tokens, settings.server)
@@ -157,8 +162,9 @@ def quickRun(
     argv: list[str] | None, environ: dict[str, str], streams: Streams
 ) -> int | None:
     """
-    Carry out a short command (L{QUICK_VERBS}, C{exec} without following)
-    without Twisted; None: the command needs the reactor.
+    Carry out a command of L{QUICK_VERBS} without Twisted; None: the
+    command needs the reactor. Interrupts stop it at once (exit status
+    L{EXIT_INTERRUPTED}), unless the command answers them itself.
     """
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -167,18 +173,23 @@ def quickRun(
         options = buildParser(streams).parse_args(args)
     except (HelpShown, ArgumentsRefused) as e:
         return report(e, streams)
-    quick = options.verb in QUICK_VERBS or (
-        options.verb == "exec"
-        and not (options.follow or options.stdin or options.after or options.after_ok)
-    )
-    if not quick:
+    if options.verb not in QUICK_VERBS:
         return None
     from .quick import QuickClient, QuickClock, drive
+    from .quickexec import quickExec
 
+    interrupts = Interrupts()
     try:
+        interrupts.installWithoutReactor()
         return drive(
             _commandLine(
-                QuickClock(), args, environ, streams, QuickClient.connect, Interrupts()
+                QuickClock(),
+                args,
+                environ,
+                streams,
+                QuickClient.connect,
+                interrupts,
+                {**VERBS, "exec": quickExec},
             )
         )
     except KeyboardInterrupt:

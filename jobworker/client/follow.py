@@ -1,4 +1,10 @@
-"""Following a job: its output as it comes, in the job's order; waiting for its end."""
+"""
+Following a job: its output as it comes, in the job's order; waiting for its
+end. The same code runs over either client: the Twisted one
+(L{jobworker.client.http}), where it waits on the reactor, and the
+standard-library one (L{jobworker.client.quick}), where every call blocks and
+the two raw streams are read by two threads (C{client.concurrently}).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,23 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.task import deferLater
-
 from .calls import exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
-from .http import JobworkerClient
 from .show import jsonLine
 from .streams import Streams
+
+#: A L{JobworkerClient<jobworker.client.http.JobworkerClient>} or a
+#: L{QuickClient<jobworker.client.quick.QuickClient>}: both have C{events},
+#: C{logs}, C{job}, C{pause}, C{another} and C{concurrently}.
+Client = Any
 
 #: How often a follower reconnects after its stream broke off.
 FOLLOW_RETRIES = 5
 
 
-async def resuming(
-    client: JobworkerClient, attempt: Callable[[], Awaitable[None]]
-) -> None:
+async def resuming(client: Client, attempt: Callable[[], Awaitable[None]]) -> None:
     """
     Run C{attempt} until it completes; when the connection broke (no HTTP
     answer), run it again after a short, growing pause, up to
@@ -37,11 +43,11 @@ async def resuming(
             if e.status is not None or failures >= FOLLOW_RETRIES:
                 raise
         failures += 1
-        await deferLater(client.reactor, 0.2 * failures)
+        await client.pause(0.2 * failures)
 
 
 async def followCombined(
-    client: JobworkerClient,
+    client: Client,
     jobId: str,
     streams: Streams,
     follow: bool = True,
@@ -82,7 +88,7 @@ async def followCombined(
 
 
 async def followOutput(
-    client: JobworkerClient,
+    client: Client,
     jobId: str,
     streams: Streams,
     follow: bool = True,
@@ -98,27 +104,17 @@ async def followOutput(
     """
     if not follow or streams.sharedDestination():
         return await followCombined(client, jobId, streams, follow, tail)
-    from twisted.internet.defer import ensureDeferred, gatherResults
 
-    both = [
-        ensureDeferred(
-            followStream(client, jobId, name, streams.writer(name), tail=tail)
-        )
-        for name in ("stdout", "stderr")
-    ]
-    try:
-        await gatherResults(both, consumeErrors=True)
-    except Exception as e:
-        # The first failure as itself (FirstError wraps it).
-        inner = getattr(e, "subFailure", None)
-        if inner is not None:
-            inner.raiseException()
-        raise
+    def reader(name: str) -> Callable[[Client], Awaitable[None]]:
+        write = streams.writer(name)
+        return lambda each: followStream(each, jobId, name, write, tail=tail)
+
+    await client.concurrently([reader("stdout"), reader("stderr")])
     return None
 
 
 async def followStream(
-    client: JobworkerClient,
+    client: Client,
     jobId: str,
     stream: str,
     write: Callable[[bytes], None],
@@ -151,9 +147,7 @@ async def followStream(
     await resuming(client, attempt)
 
 
-async def waitFor(
-    client: JobworkerClient, options: argparse.Namespace, streams: Streams
-) -> int:
+async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:
     """Long-poll the job until it ends (or the timeout passes)."""
     deadline = (
         None if options.timeout is None else client.reactor.seconds() + options.timeout
@@ -176,4 +170,4 @@ async def waitFor(
         # busy loop.
         early = min(wait, 1.0) - (clock.seconds() - asked)
         if early > 0:
-            await deferLater(clock, early)
+            await client.pause(early)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlencode
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    ensureDeferred,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -18,7 +25,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IResponse
 
 from ..tls import TrustRootPolicy
-from .calls import ApiCalls, checkServer, errorFor, exitStatusOf, segment
+from .calls import ApiCalls, checkServer, errorFor, exitStatusOf, logsPath, segment
 from .errors import ClientError
 from .netfailures import describeConnectionFailure, isCancellation
 
@@ -99,6 +106,27 @@ class JobworkerClient(ApiCalls):
             pool=pool,
         )
 
+    def another(self) -> JobworkerClient:
+        """A client for work at the same time: this one (its pool has room)."""
+        return self
+
+    def pause(self, seconds: float) -> Deferred[None]:
+        """A Deferred that fires C{seconds} later."""
+        return deferLater(self.reactor, seconds, lambda: None)
+
+    async def concurrently(
+        self, works: list[Callable[[JobworkerClient], Coroutine[Any, Any, None]]]
+    ) -> None:
+        """
+        Run C{works} (each given this client) at the same time until all
+        have ended; the first failure is raised as itself, as it comes.
+        """
+        both = [ensureDeferred(work(self)) for work in works]
+        try:
+            await gatherResults(both, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+
     def close(self) -> Deferred[None]:
         """Close kept-alive connections, if any."""
         if self._pool is None:
@@ -172,17 +200,14 @@ class JobworkerClient(ApiCalls):
         stream to C{sink} (L{jobworker.client.events.EventParser} reads it),
         resuming after C{lastEventId} if given.
         """
-        params = {"stream": stream, "follow": str(follow).lower()}
-        if tail is not None and lastEventId is None:
-            params["tail"] = str(tail)
         headers = {b"accept": [b"text/event-stream"]}
         if lastEventId is not None:
             headers[b"last-event-id"] = [lastEventId.encode("ascii", "replace")]
+        path = logsPath(
+            jobId, stream, follow, tail=tail, resuming=lastEventId is not None
+        )
         response = await self._request(
-            "GET",
-            f"/jobs/{segment(jobId)}/logs?{urlencode(params)}",
-            unbuffered=True,
-            extraHeaders=headers,
+            "GET", path, unbuffered=True, extraHeaders=headers
         )
         await self._collect(response, sink)
 
@@ -200,14 +225,8 @@ class JobworkerClient(ApiCalls):
         C{GET /jobs/ID/logs}: hand each chunk of output to C{sink}; tell
         C{onStart} the offset the server starts from (C{X-Output-Offset}).
         """
-        params = {"stream": stream, "follow": str(follow).lower()}
-        if tail is not None:
-            params["tail"] = str(tail)
-        else:
-            params["offset"] = str(offset)
-        query = urlencode(params)
         response = await self._request(
-            "GET", f"/jobs/{segment(jobId)}/logs?{query}", unbuffered=True
+            "GET", logsPath(jobId, stream, follow, offset, tail), unbuffered=True
         )
         start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
         if onStart is not None and start.isdigit():

@@ -14,7 +14,8 @@ class Interrupts:
     """
     The interrupts of one C{jw} run. The command in progress may
     L{handle} them itself (C{jw exec --follow} stops its job on the first);
-    otherwise L{run<jobworker.client.cli.run>}'s default cancels the command.
+    otherwise L{run<jobworker.client.cli.run>}'s default cancels the command
+    (without a reactor: a C{KeyboardInterrupt}, see L{installWithoutReactor}).
 
     @ivar count: how many interrupts came so far.
     """
@@ -23,9 +24,19 @@ class Interrupts:
         self.count = 0
         self._default: Callable[[str], None] | None = None
         self._handler: Callable[[str], None] | None = None
+        self._queued: list[str] = []
+        #: Whether signals wait for L{dispatch} (L{installWithoutReactor}).
+        self.queueing = False
 
     def handle(self, handler: Callable[[str], None] | None) -> None:
-        """Answer the next interrupts with C{handler} (None: the default)."""
+        """
+        Answer the next interrupts with C{handler} (None: the default).
+        Interrupts queued (L{installWithoutReactor}) while a handler was in
+        force go to it first; those queued while none was wait for the next
+        L{dispatch}, as a reactor would have run them after this call.
+        """
+        if self._handler is not None:
+            self.dispatch()
         self._handler = handler
 
     def setDefault(self, handler: Callable[[str], None]) -> None:
@@ -47,3 +58,28 @@ class Interrupts:
 
         for number in SIGNALS:
             signal.signal(number, onSignal)
+
+    def installWithoutReactor(self) -> None:
+        """
+        Take over the real signals in a run with no reactor (from the main
+        thread): a signal stops the command at once, as a
+        C{KeyboardInterrupt}; while L{queueing}, it is queued instead, for
+        the main thread to L{dispatch} when it next waits (it sets
+        C{signal.set_wakeup_fd} to be woken), so that no handler runs in the
+        middle of whatever the main thread was doing.
+        """
+
+        def onSignal(number: int, frame: Any) -> None:
+            name = signal.Signals(number).name
+            if not self.queueing:
+                self.count += 1
+                raise KeyboardInterrupt(name)
+            self._queued.append(name)
+
+        for number in SIGNALS:
+            signal.signal(number, onSignal)
+
+    def dispatch(self) -> None:
+        """Answer the queued interrupts (L{installWithoutReactor}), in order."""
+        while self._queued:
+            self.fire(self._queued.pop(0))

@@ -6,24 +6,41 @@ verified as the Twisted client verifies it: against the same CA file, host
 name included, TLS 1.3 at least, with the same client certificate.
 
 The API's calls are L{ApiCalls}'; its coroutines never wait on anything
-here (each request is made at once), so L{drive} runs them to their end
-without an event loop.
+here (each request is made at once, blocking), so L{drive} runs them to
+their end without an event loop. Following output (L{QuickClient.events},
+L{QuickClient.logs}) blocks too; what must run at once runs in threads
+(L{QuickClient.concurrently}, L{jobworker.client.workers}).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import queue
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..tlserrors import TLSConfigError
-from .calls import ApiCalls, checkServer, errorFor
+from .calls import ApiCalls, checkServer, errorFor, logsPath, segment
 from .errors import ClientError
+from .workers import startThread
+
+T = TypeVar("T")
+
+#: Seconds a request may wait for its connection or its answer (a long
+#: poll asks for up to 60).
+TIMEOUT = 300
+
+#: Bytes asked for per read of a log stream: TLS hands over at most a
+#: record (16 KiB) per read, but nothing smaller is asked for.
+READ_SIZE = 256 * 1024
+
+#: The longest chunk-size or trailer line of a chunked body read.
+MAX_LINE = 1024
 
 
 class QuickClock:
@@ -34,7 +51,11 @@ class QuickClock:
 
 
 class QuickClient(ApiCalls):
-    """One keep-alive HTTPS connection to the server, blocking."""
+    """
+    One keep-alive HTTPS connection to the server, blocking. Following
+    output uses more of them at once (L{another}, L{concurrently}), one per
+    thread.
+    """
 
     def __init__(
         self,
@@ -47,9 +68,10 @@ class QuickClient(ApiCalls):
         checkServer(server)
         self.server = server.rstrip("/")
         self.reactor = QuickClock()
+        self._context = context
         parts = urlsplit(self.server)
         self._connection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port or 443, context=context, timeout=300
+            parts.hostname or "", parts.port or 443, context=context, timeout=TIMEOUT
         )
         self._headers: dict[str, str] = {}
         if user is not None and password is not None:
@@ -77,27 +99,227 @@ class QuickClient(ApiCalls):
         checkServer(server)
         return cls(server, tlsContext(caPath, certPath, keyPath), user, password, token)
 
+    def another(self) -> QuickClient:
+        """The same server, TLS and credentials on a connection of its own."""
+        twin = QuickClient(self.server, self._context)
+        twin._headers = dict(self._headers)
+        return twin
+
+    async def pause(self, seconds: float) -> None:
+        """Wait C{seconds} (this thread sleeps)."""
+        time.sleep(seconds)
+
+    async def concurrently(
+        self, works: list[Callable[[QuickClient], Coroutine[Any, Any, None]]]
+    ) -> None:
+        """
+        Run each of C{works} in a thread of its own, on a connection of its
+        own (never this one: the caller may close it while they run), until
+        all have ended. The first failure is raised as soon as it comes (the
+        other threads, daemons, are left to the exit).
+        """
+        outcomes: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def run(work: Callable[[QuickClient], Coroutine[Any, Any, None]]) -> None:
+            client = self.another()
+            try:
+                drive(work(client))
+            except BaseException as e:  # raised in the waiting thread
+                outcomes.put(e)
+            else:
+                outcomes.put(None)
+            finally:
+                client._connection.close()
+
+        for work in works:
+            startThread(run, work)
+        for _ in works:
+            error = outcomes.get()
+            if error is not None:
+                raise error
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        """
+        Send one request; its response, headers read, or a L{ClientError}
+        for a failed connection or an error status. A GET over a kept-alive
+        connection that the server has closed meanwhile is sent again once.
+        """
+        allHeaders = {**self._headers, **(headers or {})}
+        for attempt in (1, 2):
+            reused = self._connection.sock is not None
+            try:
+                self._connection.request(method, path, body=data, headers=allHeaders)
+                response = self._connection.getresponse()
+            except (ConnectionResetError, BrokenPipeError) as e:
+                # RemoteDisconnected is a ConnectionResetError.
+                self._connection.close()
+                if attempt == 1 and reused and method == "GET":
+                    continue
+                raise ClientError(describe(self.server, e)) from None
+            except OSError as e:
+                self._connection.close()
+                raise ClientError(describe(self.server, e)) from None
+            except http.client.HTTPException as e:
+                self._connection.close()
+                raise ClientError(
+                    f"connection to {self.server} failed: {e!r}"
+                ) from None
+            if response.status >= 400:
+                raise errorFor(response.status, self._body(response))
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _body(self, response: http.client.HTTPResponse) -> bytes:
+        try:
+            return response.read()
+        except OSError as e:
+            raise ClientError(describe(self.server, e)) from None
+        except http.client.HTTPException as e:
+            raise ClientError(f"connection to {self.server} failed: {e!r}") from None
+
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
-        headers = dict(self._headers)
+        headers = {}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
         if body is not None or method in ("POST", "DELETE"):
             headers["Content-Type"] = "application/json"
+        return json.loads(self._body(self._send(method, path, data, headers)))
+
+    async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
+        """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
+        response = self._send(
+            "POST",
+            f"/jobs/{segment(jobId)}/stdin?eof={str(eof).lower()}",
+            data,
+            {"Content-Type": "application/octet-stream"},
+        )
+        self._body(response)
+
+    async def events(
+        self,
+        jobId: str,
+        sink: Callable[[bytes], None],
+        stream: str = "combined",
+        follow: bool = True,
+        tail: int | None = None,
+        lastEventId: str | None = None,
+    ) -> None:
+        """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
+        headers = {"Accept": "text/event-stream"}
+        if lastEventId is not None:
+            headers["Last-Event-ID"] = lastEventId
+        path = logsPath(
+            jobId, stream, follow, tail=tail, resuming=lastEventId is not None
+        )
+        response = self._send("GET", path, headers=headers)
+        self._collect(response, lambda piece: sink(bytes(piece)))
+
+    async def logs(
+        self,
+        jobId: str,
+        sink: Callable[[memoryview], None],
+        stream: str = "stdout",
+        offset: int = 0,
+        follow: bool = False,
+        tail: int | None = None,
+        onStart: Callable[[int], None] | None = None,
+    ) -> None:
+        """
+        As L{JobworkerClient.logs<jobworker.client.http.JobworkerClient>},
+        but C{sink} is handed views of a reused buffer (to write at once).
+        """
+        response = self._send("GET", logsPath(jobId, stream, follow, offset, tail))
+        start = response.getheader("X-Output-Offset", "")
+        if onStart is not None and start.isdigit():
+            onStart(int(start))
+        self._collect(response, sink)
+
+    def _collect(
+        self, response: http.client.HTTPResponse, sink: Callable[[memoryview], None]
+    ) -> None:
+        """
+        The body to C{sink} as it comes, each piece a view of one reused
+        buffer (valid during the call only), with no read timeout (a
+        followed job may say nothing for hours). A broken stream is a
+        L{ClientError} with no status; a failing C{sink}, its own error.
+        """
+        sock = self._connection.sock
+        if sock is not None:
+            sock.settimeout(None)
+        pieces = bodyPieces(response, bytearray(READ_SIZE))
         try:
-            self._connection.request(method, path, body=data, headers=headers)
-            response = self._connection.getresponse()
-            raw = response.read()
-        except OSError as e:
-            raise ClientError(describe(self.server, e)) from None
-        except http.client.HTTPException as e:
-            raise ClientError(f"connection to {self.server} failed: {e!r}") from None
-        if response.status >= 400:
-            raise errorFor(response.status, raw)
-        return json.loads(raw)
+            while True:
+                try:
+                    piece = next(pieces, None)
+                except (OSError, ValueError, http.client.HTTPException) as e:
+                    self._connection.close()
+                    why = describe(self.server, e) if isinstance(e, OSError) else e
+                    raise ClientError(
+                        f"log stream from {self.server} broke off: {why}"
+                    ) from None
+                if piece is None:
+                    response.close()  # read to its end: the connection is free
+                    return
+                sink(piece)
+        finally:
+            if self._connection.sock is not None:
+                self._connection.sock.settimeout(TIMEOUT)
 
     async def close(self) -> None:
         self._connection.close()
+
+
+def bodyPieces(
+    response: http.client.HTTPResponse, buffer: bytearray
+) -> Iterator[memoryview]:
+    """
+    The body of C{response} (its headers read) in pieces as they arrive,
+    each a view of C{buffer}, valid until the next: read straight into it,
+    with no bytes object made per read (C{HTTPResponse.read1} makes one of
+    the size asked for, however little TLS hands over: a record at most).
+    Chunked bodies are decoded here, C{Content-Length} ones read to their
+    length, others to the end of the connection.
+
+    @raise http.client.IncompleteRead: the body was cut short.
+    @raise ValueError: a chunk's size line is not one.
+    """
+    source = response.fp
+    view = memoryview(buffer)
+    if response.chunked:
+        while True:
+            line = source.readline(MAX_LINE)
+            if not line.endswith(b"\n"):
+                raise http.client.IncompleteRead(line)
+            size = int(line.split(b";", 1)[0], 16)
+            if size == 0:
+                while source.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            yield from _exactly(source, view, size)
+            if source.read(2) != b"\r\n":
+                raise http.client.IncompleteRead(b"")
+    elif response.length is not None:
+        yield from _exactly(source, view, response.length)
+    else:
+        while count := source.readinto1(view):
+            yield view[:count]
+
+
+def _exactly(source: Any, view: memoryview, size: int) -> Iterator[memoryview]:
+    """C{size} bytes of C{source}, each read into C{view} as it comes."""
+    while size:
+        count = source.readinto1(view[: min(size, len(view))])
+        if not count:
+            raise http.client.IncompleteRead(b"", size)
+        size -= count
+        yield view[:count]
 
 
 def tlsContext(
@@ -169,14 +391,16 @@ def describe(server: str, error: OSError) -> str:
     return f"cannot connect to {server}: {error.strerror or error}"
 
 
-def drive(coroutine: Coroutine[Any, Any, int]) -> int:
+def drive(coroutine: Coroutine[Any, Any, T]) -> T:
     """
     Run a command's coroutine to its end at once: with L{QuickClient} it
-    never waits (a coroutine that does is a bug, said as such).
+    never waits on an event loop (it blocks instead; a coroutine that waits
+    is a bug, said as such).
     """
     try:
         coroutine.send(None)
     except StopIteration as done:
-        return int(done.value)
+        result: T = done.value
+        return result
     coroutine.close()
     raise RuntimeError("a short command waited on the reactor")

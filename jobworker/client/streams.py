@@ -93,14 +93,27 @@ class Streams:
         from twisted.internet.defer import succeed
         from twisted.internet.threads import deferToThreadPool
 
+        if self._inputFd() is None:
+            return succeed(self.readInputNow(size))
+        return deferToThreadPool(
+            reactor, reactor.getThreadPool(), self.readInputNow, size
+        )
+
+    def readInputNow(self, size: int) -> bytes:
+        """Up to C{size} bytes of C{inp} (b"" at its end), blocking."""
         source = self.inp
         if source is None:
-            return succeed(b"")
+            return b""
+        fd = self._inputFd()
+        if fd is None:
+            return source.read(size)
+        return os.read(fd, size)
+
+    def _inputFd(self) -> int | None:
         try:
-            fd = source.fileno()
+            return None if self.inp is None else self.inp.fileno()
         except (AttributeError, OSError, ValueError):
-            return succeed(source.read(size))
-        return deferToThreadPool(reactor, reactor.getThreadPool(), os.read, fd, size)
+            return None
 
     def sharedDestination(self) -> bool:
         """
@@ -117,11 +130,26 @@ class Streams:
         return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
 
     def writer(self, stream: str) -> Callable[[bytes], None]:
-        """Write job output of C{stream} (C{stdout}/C{stderr}) as it comes."""
+        """
+        Write job output of C{stream} (C{stdout}/C{stderr}) as it comes:
+        straight to the file descriptor when there is one (no copy into a
+        buffer, whatever the size of the chunk).
+        """
         target = self.err if stream == "stderr" else self.out
+        try:
+            fd = target.fileno()
+        except (AttributeError, OSError, ValueError):
 
-        def write(data: bytes) -> None:
-            target.write(data)
-            target.flush()
+            def write(data: bytes) -> None:
+                target.write(data)
+                target.flush()
 
-        return write
+            return write
+        target.flush()  # what was written before goes first
+
+        def writeFd(data: bytes) -> None:
+            written = os.write(fd, data)
+            while written < len(data):  # a signal may cut a write short
+                written += os.write(fd, memoryview(data)[written:])
+
+        return writeFd

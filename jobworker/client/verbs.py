@@ -20,6 +20,10 @@ from .parser import SLURM_COUNTS, SLURM_TEXTS
 
 if TYPE_CHECKING:
     from .http import JobworkerClient
+    from .quick import QuickClient
+
+    #: Either client: the helpers of C{exec} serve both.
+    AnyClient = JobworkerClient | QuickClient
 from .show import jobLines, jobTable, jsonLine
 from .streams import Streams
 
@@ -114,7 +118,7 @@ def showJob(
     return 0
 
 
-async def resolveId(client: JobworkerClient, text: str) -> str:
+async def resolveId(client: AnyClient, text: str) -> str:
     """A whole job id for C{text}: itself, or the one job it is a prefix of."""
     if _UUID.match(text):
         return text
@@ -132,16 +136,17 @@ async def resolveId(client: JobworkerClient, text: str) -> str:
     return ids[0]
 
 
-async def doExec(
+async def createExecJob(
     options: argparse.Namespace,
-    client: JobworkerClient,
+    client: AnyClient,
     streams: Streams,
     interrupts: Interrupts,
-) -> int:
-    from twisted.internet.defer import CancelledError, ensureDeferred
-
-    from .follow import followOutput
-
+) -> dict[str, Any] | None:
+    """
+    The job C{jw exec} asks for, created; None if an interrupt came while
+    it was being created (it was stopped at once: the exit status is
+    L{EXIT_INTERRUPTED}).
+    """
     if not options.command:
         raise UsageFailure(
             "jw exec needs the command to run, after --: jw exec -- make test"
@@ -157,16 +162,92 @@ async def doExec(
         # Ctrl-C while the job is being created: stop it once it exists.
         interrupts.handle(early.append)
     try:
-        job = await client.createJob(options.command, options.args, fields=fields)
+        job: dict[str, Any] = await client.createJob(
+            options.command, options.args, fields=fields
+        )
     finally:
         interrupts.handle(None)
-    jobId = job["id"]
     if early:
-        streams.say(f"jw: {early[0]}: stopping job {jobId}")
-        await client.stop(jobId)
+        streams.say(f"jw: {early[0]}: stopping job {job['id']}")
+        await client.stop(job["id"])
+        return None
+    return job
+
+
+def execInterrupted(
+    options: argparse.Namespace,
+    jobId: str,
+    streams: Streams,
+    interrupts: Interrupts,
+    leave: Callable[[], None],
+    stop: Callable[[], None],
+) -> Callable[[str], None]:
+    """
+    What an interrupt does while C{jw exec} follows its job: the first
+    L{stop}s the job (jw waits for its end); a second, or the first with
+    C{--detach-on-interrupt}, L{leave}s it running and says how to come back.
+    """
+
+    def interrupted(name: str) -> None:
+        if options.detach_on_interrupt or interrupts.count > 1:
+            streams.say(
+                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}"
+                f" , jw stop {jobId}"
+            )
+            leave()
+            return
+        streams.say(f"jw: {name}: stopping job {jobId} (again to leave it running)")
+        stop()
+
+    return interrupted
+
+
+def execOutput(options: argparse.Namespace, streams: Streams) -> Streams:
+    """Where the followed job's output goes: with --json, all to stderr
+    (stdout holds one JSON document)."""
+    if options.json:
+        return Streams(streams.err, streams.err, streams.messages, inp=None)
+    return streams
+
+
+def execEnded(
+    final: dict[str, Any],
+    options: argparse.Namespace,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    """The followed job has ended as C{final}: say how; the exit status."""
+    if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
+        streams.say(f"jw: job {final['id']}: {final['error']}")
+    if options.json:
+        streams.show(jsonLine(final))
+    if interrupts.count:
         return EXIT_INTERRUPTED
+    return exitStatusOf(final)
+
+
+async def doExec(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    from twisted.internet.defer import CancelledError, ensureDeferred
+
+    from .follow import followOutput
+
+    job = await createExecJob(options, client, streams, interrupts)
+    if job is None:
+        return EXIT_INTERRUPTED
+    jobId = job["id"]
     feeding = (
-        ensureDeferred(feedStdin(client, jobId, streams)) if options.stdin else None
+        ensureDeferred(
+            feedStdin(
+                client, jobId, streams, lambda n: streams.readInput(client.reactor, n)
+            )
+        )
+        if options.stdin
+        else None
     )
     if not options.follow:
         streams.show(jsonLine(job) if options.json else jobId + "\n")
@@ -174,28 +255,20 @@ async def doExec(
             await feeding
         return 0
     streams.say(f"jw: job {jobId} started")
-    # With --json, stdout holds one JSON document: the job's output goes
-    # to stderr.
-    output = streams
-    if options.json:
-        output = Streams(streams.err, streams.err, streams.messages, inp=None)
-    following = ensureDeferred(followOutput(client, jobId, output))
+    following = ensureDeferred(
+        followOutput(client, jobId, execOutput(options, streams))
+    )
     state = {"detached": False}
 
-    def interrupted(name: str) -> None:
-        if options.detach_on_interrupt or interrupts.count > 1:
-            state["detached"] = True
-            streams.say(
-                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}"
-                f" , jw stop {jobId}"
-            )
-            following.cancel()
-            return
-        streams.say(f"jw: {name}: stopping job {jobId} (again to leave it running)")
+    def leave() -> None:
+        state["detached"] = True
+        following.cancel()
+
+    def stop() -> None:
         stopping = ensureDeferred(client.stop(jobId))
         stopping.addErrback(lambda f: streams.say(f"jw: could not stop: {f.value}"))
 
-    interrupts.handle(interrupted)
+    interrupts.handle(execInterrupted(options, jobId, streams, interrupts, leave, stop))
     try:
         end = await following
     except CancelledError:
@@ -208,28 +281,28 @@ async def doExec(
             feeding.cancel()  # the job ended (or we left): no more input
             feeding.addErrback(lambda f: f.trap(CancelledError))
     final = end if end is not None else await client.job(jobId)
-    if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
-        streams.say(f"jw: job {final['id']}: {final['error']}")
-    if options.json:
-        streams.show(jsonLine(final))
-    if interrupts.count:
-        return EXIT_INTERRUPTED
-    return exitStatusOf(final)
+    return execEnded(final, options, streams, interrupts)
 
 
 #: Bytes per C{POST /jobs/ID/stdin} (under the server's smallest body cap).
 STDIN_CHUNK = 32 * 1024
 
 
-async def feedStdin(client: JobworkerClient, jobId: str, streams: Streams) -> None:
+async def feedStdin(
+    client: AnyClient,
+    jobId: str,
+    streams: Streams,
+    read: Callable[[int], Awaitable[bytes]],
+) -> None:
     """
-    Send jw's stdin to the job, one chunk per request (each answered once
-    the job's pipe can take more), then end of file. A job that ended or
-    closed its stdin first just stops the feed, as a closed pipe would.
+    Send jw's stdin (C{read(size)}: its next bytes, b"" at its end) to the
+    job, one chunk per request (each answered once the job's pipe can take
+    more), then end of file. A job that ended or closed its stdin first
+    just stops the feed, as a closed pipe would.
     """
     try:
         while True:
-            data = await streams.readInput(client.reactor, STDIN_CHUNK)
+            data = await read(STDIN_CHUNK)
             await client.sendStdin(jobId, data, eof=not data)
             if not data:
                 return
