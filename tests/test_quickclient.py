@@ -5,13 +5,25 @@ commands that run on it, checked over real TLS against a live server.
 
 from __future__ import annotations
 
+import signal
 import ssl
+import subprocess
+import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.protocols.portforward import (
+    ProxyClient,
+    ProxyClientFactory,
+    ProxyFactory,
+    ProxyServer,
+)
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.quick import tlsContext
 
-from .support import CA
+from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment
 
 
 class TrustTests(SynchronousTestCase):
@@ -30,3 +42,202 @@ class TrustTests(SynchronousTestCase):
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
         self.assertEqual(context.minimum_version, ssl.TLSVersion.TLSv1_3)
+
+
+def seq(last: int) -> bytes:
+    """What C{seq 1 LAST} prints."""
+    return "".join(f"{n}\n" for n in range(1, last + 1)).encode("ascii")
+
+
+def runBlocking(
+    argv: list[str], env: dict[str, str], merged: bool = False
+) -> Deferred[subprocess.CompletedProcess[bytes]]:
+    """
+    Run C{argv} in a thread (the live server needs the reactor meanwhile),
+    stdin empty; C{merged}: its stderr on the same pipe as its stdout (2>&1),
+    else apart.
+    """
+    return deferToThread(
+        subprocess.run,
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        timeout=120,
+    )
+
+
+def importedPackages(importtime: bytes) -> set[str]:
+    """The top-level packages a C{python -X importtime} run's stderr names."""
+    names = set()
+    for line in importtime.decode("utf-8", "replace").splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+class _CuttingClient(ProxyClient):
+    """The relay's side towards the server: counts what it hands back."""
+
+    carried = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.carried += len(data)
+        assert self.peer is not None
+        proxy = self.peer.factory
+        assert isinstance(proxy, CuttingProxy)
+        if self.carried >= proxy.after and proxy.cuts > 0:
+            proxy.cuts -= 1
+            self.carried = -(1 << 62)  # this connection is cut once
+            self.peer.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+class _CuttingClientFactory(ProxyClientFactory):
+    protocol = _CuttingClient
+
+
+class _CuttingServer(ProxyServer):
+    clientProtocolFactory = _CuttingClientFactory
+
+
+class CuttingProxy(ProxyFactory):
+    """
+    A TCP relay to a server (TLS passes through it untouched) that cuts
+    any connection once it has carried C{after} bytes to the client, until
+    it has cut C{cuts} of them: a network that drops long streams.
+    """
+
+    protocol = _CuttingServer
+
+    def __init__(self, port: int, after: int, cuts: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.after = after
+        self.cuts = cuts
+
+    def listen(self, testCase: TestCase) -> str:
+        """Listen on loopback until the test ends; the server URL through it."""
+        listening = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[attr-defined]
+        testCase.addCleanup(listening.stopListening)
+        return f"https://localhost:{listening.getHost().port}"
+
+
+class FollowTests(JWAssertions, TestCase):
+    """
+    C{jw exec --follow}, C{jw logs -f} and C{jw wait} as the real C{jw}
+    runs them, on the standard library, against a live server.
+    """
+
+    async def test_noTwistedImported(self) -> None:
+        """
+        Following (both streams apart, or in order to one place), logs -f
+        and wait import neither Twisted, treq nor pyOpenSSL.
+        """
+        server = LiveServer(self)
+        env = jwEnvironment(server.url)
+        trace = [sys.executable, "-X", "importtime", JW]
+        runs = [
+            await runBlocking([*trace, "exec", "--follow", "--", "true"], env),
+            await runBlocking([*trace, "exec", "-f", "--", "true"], env, merged=True),
+        ]
+        jobId = (await server.createJob("echo", "hi"))["id"]
+        await server.waitEnded(jobId)
+        runs.append(await runBlocking([*trace, "logs", "-f", jobId], env))
+        runs.append(await runBlocking([*trace, "wait", jobId], env))
+        for run in runs:
+            self.assertEqual(run.returncode, 0, run.stderr or run.stdout)
+            # Merged, the trace is in stdout.
+            imported = importedPackages((run.stderr or b"") + run.stdout)
+            self.assertIn("jobworker", imported)
+            self.assertEqual(imported & {"twisted", "treq", "OpenSSL"}, set())
+
+    async def test_streamsApart(self) -> None:
+        """
+        Written to different places, the job's stdout and stderr reach
+        jw's own byte for byte (a megabyte: many reads), and jw exits with
+        the job's code.
+        """
+        server = LiveServer(self)
+        result = await runBlocking(
+            [JW, "exec", "-f", "--", "sh", "-c", "seq 1 150000; seq 1 900 >&2; exit 7"],
+            jwEnvironment(server.url),
+        )
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertEqual(result.stdout, seq(150000))
+        started, rest = result.stderr.split(b"\n", 1)
+        self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
+        self.assertEqual(rest, seq(900))
+
+    async def test_orderToOnePlace(self) -> None:
+        """Written to one place (2>&1), the output is in the job's order."""
+        server = LiveServer(self)
+        script = "echo out1; sleep 0.3; echo err1 >&2; sleep 0.3; echo out2; exit 4"
+        result = await runBlocking(
+            [JW, "exec", "-f", "--", "sh", "-c", script],
+            jwEnvironment(server.url),
+            merged=True,
+        )
+        self.assertEqual(result.returncode, 4, result.stdout)
+        started, rest = result.stdout.split(b"\n", 1)
+        self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
+        self.assertEqual(rest, b"out1\nerr1\nout2\n")
+
+    async def test_resumesAfterDroppedConnections(self) -> None:
+        """
+        When the network drops the stream (twice, mid-body), jw reconnects
+        and resumes where it was: every byte once, in order, for the
+        ordered stream (Last-Event-ID) and the two raw ones (offsets).
+        """
+        server = LiveServer(self)
+        script = "echo start >&2; sleep 0.3; seq 1 150000; sleep 0.3; echo end >&2"
+        for merged in (True, False):
+            proxy = CuttingProxy(server.port, after=64 * 1024, cuts=2)
+            result = await runBlocking(
+                [JW, "exec", "-f", "--", "sh", "-c", script],
+                jwEnvironment(proxy.listen(self)),
+                merged=merged,
+            )
+            self.assertEqual(proxy.cuts, 0, "the proxy did not cut")
+            self.assertEqual(result.returncode, 0, result.stderr or result.stdout)
+            if merged:
+                started, rest = result.stdout.split(b"\n", 1)
+                self.assertEqual(rest, b"start\n" + seq(150000) + b"end\n")
+            else:
+                started, rest = result.stderr.split(b"\n", 1)
+                self.assertEqual(rest, b"start\nend\n")
+                self.assertEqual(result.stdout, seq(150000))
+            self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
+
+    async def test_interruptsStopThenDetach(self) -> None:
+        """
+        SIGINT stops the followed job (exit 130, STOPPED: test_cli); with a
+        job that ignores TERM, SIGTERM starts the stop and a SIGHUP leaves
+        the job running, exit 130, saying how to come back.
+        """
+        server = LiveServer(self, grace=8.0)
+        process = subprocess.Popen(
+            [JW, "exec", "-f", "--", "sh", "-c", 'trap "" TERM; echo ready; sleep 300'],
+            env=jwEnvironment(server.url),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        assert process.stdout is not None and process.stderr is not None
+        started = await deferToThread(process.stderr.readline)
+        self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started\n$")
+        jobId = started.split()[2].decode()
+        self.assertEqual(await deferToThread(process.stdout.readline), b"ready\n")
+        process.send_signal(signal.SIGTERM)
+        stopping = await deferToThread(process.stderr.readline)
+        self.assertIn(b"SIGTERM: stopping job", stopping)
+        process.send_signal(signal.SIGHUP)
+        code = await deferToThread(process.wait, 60)
+        err = process.stderr.read()
+        self.assertEqual(code, 130, err)
+        self.assertIn(f"SIGHUP: left job {jobId} running".encode(), err)
+        self.assertIn(f"jw logs -f {jobId}".encode(), err)
+        self.assertNotIn(b"Traceback", err)
+        self.assertEqual(server.manager.record(jobId).status.value, "RUNNING")
