@@ -270,6 +270,7 @@ class WaitLoopTests(SynchronousTestCase):
         import io
 
         from twisted.internet.defer import ensureDeferred, succeed
+        from twisted.internet.task import deferLater
 
         from jobworker.client.cli import EXIT_TIMED_OUT, Streams
         from jobworker.client.follow import waitFor
@@ -285,6 +286,9 @@ class WaitLoopTests(SynchronousTestCase):
                 if Client.calls > 100:
                     raise AssertionError("jw wait is a busy loop")
                 return succeed({"id": jobId, "status": "RUNNING"})
+
+            def pause(self, seconds: float) -> Any:
+                return deferLater(clock, seconds)
 
         options = argparse.Namespace(id="x", timeout=3.0, json=False)
         streams = Streams(io.BytesIO(), io.BytesIO(), io.StringIO())
