@@ -116,27 +116,38 @@ class QuickClient(ApiCalls):
         Run each of C{works} in a thread of its own, on a connection of its
         own (never this one: the caller may close it while they run), until
         all have ended. The first failure is raised as soon as it comes (the
-        other threads, daemons, are left to the exit).
+        other threads, daemons, are left to the exit). Once all succeed,
+        this client keeps one of their connections if it has none open, as
+        a pool would (a server shutting down still answers on it).
         """
-        outcomes: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        outcomes: queue.SimpleQueue[BaseException | QuickClient]
+        outcomes = queue.SimpleQueue()
 
         def run(work: Callable[[QuickClient], Coroutine[Any, Any, None]]) -> None:
             client = self.another()
             try:
                 drive(work(client))
             except BaseException as e:  # raised in the waiting thread
+                client._connection.close()
                 outcomes.put(e)
             else:
-                outcomes.put(None)
-            finally:
-                client._connection.close()
+                outcomes.put(client)
 
         for work in works:
             startThread(run, work)
+        done = []
         for _ in works:
-            error = outcomes.get()
-            if error is not None:
-                raise error
+            outcome = outcomes.get()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            done.append(outcome)
+        for other in done:
+            if self._connection.sock is None and other._connection.sock is not None:
+                self._connection, other._connection = (
+                    other._connection,
+                    self._connection,
+                )
+            other._connection.close()
 
     def _send(
         self,
