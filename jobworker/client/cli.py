@@ -107,9 +107,16 @@ async def _commandLine(
     connect: Connect,
     interrupts: Interrupts,
     verbs: dict[str, Verb] = VERBS,
+    parsed: argparse.Namespace | None = None,
 ) -> int:
+    """
+    One command line (C{parsed}: its options, if they were parsed already),
+    its verb found in C{verbs}.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_ids":  # completion's helper, not a verb to show
+    if parsed is not None:
+        verb, options = parsed.verb, parsed
+    elif argv and argv[0] == "_ids":  # completion's helper, not a verb to show
         verb, options = "_ids", argparse.Namespace()
     else:
         options = buildParser(streams).parse_args(argv)
@@ -190,6 +197,7 @@ def quickRun(
                 QuickClient.connect,
                 interrupts,
                 {**VERBS, "exec": quickExec},
+                options,
             )
         )
     except KeyboardInterrupt:
