@@ -5,6 +5,8 @@ commands that run on it, checked over real TLS against a live server.
 
 from __future__ import annotations
 
+import http.client
+import io
 import signal
 import ssl
 import subprocess
@@ -21,6 +23,7 @@ from twisted.protocols.portforward import (
 )
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.client.bodies import bodyPieces
 from jobworker.client.quick import tlsContext
 
 from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment
@@ -42,6 +45,47 @@ class TrustTests(SynchronousTestCase):
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
         self.assertEqual(context.minimum_version, ssl.TLSVersion.TLSv1_3)
+
+
+class _Response:
+    """The little of an C{HTTPResponse} that L{bodyPieces} reads."""
+
+    def __init__(self, raw: bytes, chunked: bool, length: int | None = None) -> None:
+        self.fp = io.BufferedReader(io.BytesIO(raw), 8)  # type: ignore[arg-type]
+        self.chunked = chunked
+        self.length = length
+
+
+class BodyTests(SynchronousTestCase):
+    """Response bodies read into one buffer (L{bodyPieces})."""
+
+    def body(self, response: _Response, size: int = 5) -> bytes:
+        pieces = bodyPieces(response, bytearray(size))  # type: ignore[arg-type]
+        return b"".join(bytes(piece) for piece in pieces)
+
+    def test_chunked(self) -> None:
+        """Chunks of any size (bigger than the buffer too), extensions, trailers."""
+        raw = b"3\r\nabc\r\nc;x=y\r\nhello world!\r\n0\r\nTrailer: 1\r\n\r\nNEXT"
+        response = _Response(raw, chunked=True)
+        self.assertEqual(self.body(response), b"abchello world!")
+        self.assertEqual(response.fp.read(), b"NEXT")  # not one byte further
+
+    def test_lengthAndToTheEnd(self) -> None:
+        """A Content-Length body stops at its length; without one, at the end."""
+        response = _Response(b"0123456789NEXT", chunked=False, length=10)
+        self.assertEqual(self.body(response, 4), b"0123456789")
+        self.assertEqual(response.fp.read(), b"NEXT")
+        self.assertEqual(
+            self.body(_Response(b"all of it", chunked=False)), b"all of it"
+        )
+
+    def test_cutShort(self) -> None:
+        """A body that ends early, or a chunk size that is not one, is an error."""
+        for raw in (b"a\r\nabc", b"3\r\nabc\r\n", b"3\r\nabcXY", b"zz\r\nabc"):
+            with self.assertRaises((http.client.IncompleteRead, ValueError)):
+                self.body(_Response(raw, chunked=True))
+        with self.assertRaises(http.client.IncompleteRead):
+            self.body(_Response(b"short", chunked=False, length=10))
 
 
 def seq(last: int) -> bytes:
