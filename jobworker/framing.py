@@ -7,11 +7,13 @@ A frame is a 5-byte header, then its payload::
 
     tag (1 byte)   length (4 bytes, big-endian)   payload (length bytes)
 
-Tags: C{o} stdout bytes, C{e} stderr bytes, C{t} a truncation (JSON
-C{{"stream", "dropped"}}), C{x} the end (JSON: the job), C{h} a heartbeat
-(empty). Unknown tags are skipped by readers (room to grow). A client that
-counts the bytes of each stream resumes with C{Last-Event-ID:
-combined:<stdout bytes>:<stderr bytes>}, as with SSE.
+Tags: C{p} where the output starts (JSON C{{"stdout": offset, "stderr":
+offset}}, before the first output frame), C{o} stdout bytes, C{e} stderr
+bytes, C{t} a truncation (JSON C{{"stream", "dropped"}}), C{x} the end
+(JSON: the job), C{h} a heartbeat (empty). Unknown tags are skipped by
+readers (room to grow). A client that adds each output frame's length to
+its stream's offset resumes with C{Last-Event-ID: combined:<stdout
+offset>:<stderr offset>}, as with SSE.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ CONTENT_TYPE = "application/x-jobworker-frames"
 HEADER = struct.Struct(">cI")
 #: The tag of each stream's output, by stream index (0 stdout, 1 stderr).
 OUTPUT_TAGS = (b"o", b"e")
+POSITION_TAG = b"p"
 #: The tags of the events that are not output.
-EVENT_TAGS = {"truncated": b"t", "end": b"x"}
+EVENT_TAGS = {"position": POSITION_TAG, "truncated": b"t", "end": b"x"}
 HEARTBEAT_TAG = b"h"
 #: The largest payload a reader accepts (the server sends at most 256 KiB
 #: of output, or one job record, per frame).

@@ -132,6 +132,40 @@ class OrderTests(MemoryCLITestCase):
         out, err, code = self.jw("logs", jobId)
         self.assertEqual((out, err, code), (b"out1\nout2\n", b"err1\nerr2\n", 0))
 
+    def test_serverWithoutFrames(self) -> None:
+        """
+        A server from before format=frames answers 400: jw follows the
+        combined order as Server-Sent Events instead, the same bytes.
+        """
+        from jobworker.server import logs
+
+        self.patch(logs, "FORMATS", ("raw", "sse"))
+        self.test_followKeepsTheJobsOrder()
+
+    def test_framesResumeWhereTheServerStarted(self) -> None:
+        """
+        The position frame of a tail sets where each stream starts, so a
+        resumption asks for the byte after the last one received.
+        """
+        from jobworker.client.follow import _CombinedFollower
+        from jobworker.client.streams import Streams
+
+        written: list[tuple[str, bytes]] = []
+        streams = Streams.__new__(Streams)
+        streams.writer = lambda name: lambda data: written.append((name, data))  # type: ignore[method-assign]
+        follower = _CombinedFollower(streams)
+        self.assertIsNone(follower.lastId)
+        follower.frame(b"p", b'{"stdout":100,"stderr":7}')
+        follower.frame(b"o", b"abc")
+        self.assertEqual(follower.lastId, "combined:103:7")
+        follower.frame(b"e", b"zz")
+        follower.frame(b"h", b"")
+        follower.frame(b"?", b"a tag from a newer server")
+        self.assertEqual(follower.lastId, "combined:103:9")
+        follower.frame(b"x", b'{"status": "COMPLETED"}')
+        self.assertEqual(follower.end, {"status": "COMPLETED"})
+        self.assertEqual(written, [("stdout", b"abc"), ("stderr", b"zz")])
+
 
 class FindingTests(MemoryCLITestCase):
     """Finding 7: short ids, names and labels."""

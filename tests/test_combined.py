@@ -337,14 +337,22 @@ class FrameParserTests(SynchronousTestCase):
         clock = Clock()
         consumer = RecordingConsumer()
         framed = FrameStream(consumer, clock)  # type: ignore[arg-type]
-        framed.output(1, b"err")
+        framed.output(1, b"err", [0, 3])
         clock.advance(15)
         clock.advance(15)
         framed.close()
         clock.advance(60)
         parser = FrameParser()
         frames = parser.feed(b"".join(consumer.written))
-        self.assertEqual(frames, [(b"e", b"err"), (b"h", b""), (b"h", b"")])
+        self.assertEqual(
+            frames,
+            [
+                (b"p", b'{"stdout":0,"stderr":0}'),
+                (b"e", b"err"),
+                (b"h", b""),
+                (b"h", b""),
+            ],
+        )
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_hugeLengthRefused(self) -> None:
@@ -391,6 +399,7 @@ class LiveFramesTests(TestCase):
                 (b"e", b"\xff\x00"),
             ],
         )
+        self.assertEqual(frames[0], (b"p", b'{"stdout":0,"stderr":0}'))
         tag, payload = frames[-1]
         self.assertEqual(tag, b"x")
         self.assertEqual(json.loads(payload)["status"], "COMPLETED")
@@ -412,7 +421,18 @@ class LiveFramesTests(TestCase):
             [f for f in frames if f[0] in (b"o", b"e")],
             [(b"e", b"e2\n"), (b"o", b"o3\n")],
         )
+        self.assertEqual(frames[0], (b"p", b'{"stdout":6,"stderr":3}'))
         self.assertEqual(frames[-1][0], b"x")
+        # tail=1: each stream's last line; the position frame says where.
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&format=frames&tail=1"
+        )
+        frames = await readFrames(response)
+        self.assertEqual(frames[0], (b"p", b'{"stdout":6,"stderr":3}'))
+        self.assertEqual(
+            [f for f in frames if f[0] in (b"o", b"e")],
+            [(b"e", b"e2\n"), (b"o", b"o3\n")],
+        )
 
     async def test_framesOnlyCombined(self) -> None:
         """format=frames of one stream is a 400 with a message."""

@@ -191,13 +191,16 @@ def logsPath(
     offset: int | None = None,
     tail: int | None = None,
     resuming: bool = False,
+    form: str | None = None,
 ) -> str:
     """
     C{/jobs/ID/logs?...}: the last C{tail} lines (unless C{resuming} events
     after an id, which the server takes from C{Last-Event-ID}), else from
-    C{offset} if given.
+    C{offset} if given; in C{form} (C{frames}) if given.
     """
     params = {"stream": stream, "follow": str(follow).lower()}
+    if form is not None:
+        params["format"] = form
     if tail is not None and not resuming:
         params["tail"] = str(tail)
     elif offset is not None:

@@ -9,15 +9,20 @@ the two raw streams are read by two threads (C{client.concurrently}).
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameParser
 from .calls import exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
 from .show import jsonLine
 from .streams import Streams
+
+#: The streams by index, as frames number them.
+STREAMS = ("stdout", "stderr")
 
 #: A L{JobworkerClient<jobworker.client.http.JobworkerClient>} or a
 #: L{QuickClient<jobworker.client.quick.QuickClient>}: both have C{events},
@@ -55,36 +60,87 @@ async def followCombined(
 ) -> dict[str, Any] | None:
     """
     Copy the job's stdout to ours and its stderr to ours, in the order the
-    job wrote them (the server's C{combined} stream, as events), until it
-    ends (C{follow}) or to the end of what is there. If the connection
-    breaks, resume after the last event received (no gap, no repeat).
+    job wrote them (the server's C{combined} stream, as binary frames; as
+    events from a server without frames), until it ends (C{follow}) or to
+    the end of what is there. If the connection breaks, resume after the
+    last byte received (no gap, no repeat).
 
-    @return: the job's record from the C{end} event, or None without one.
+    @return: the job's record from the end, or None without one.
     """
-    writers = {name: streams.writer(name) for name in ("stdout", "stderr")}
-    state: dict[str, Any] = {"last": None, "end": None}
-
-    def onEvent(event: str, data: Any, eventId: str | None) -> None:
-        if event in writers:
-            writers[event](outputBytes(data))
-            state["last"] = eventId
-        elif event == "truncated":
-            streams.say(
-                f"jw: {data.get('dropped')} bytes of the job's {data.get('stream')} "
-                "were dropped (the server's output cap)"
-            )
-        elif event == "end":
-            state["end"] = data
+    reader = _CombinedFollower(streams)
 
     async def attempt() -> None:
-        parser = EventParser(onEvent)
+        if reader.frames:
+            parser = FrameParser()
+
+            def feed(data: bytes) -> None:
+                for tag, payload in parser.feed(data):
+                    reader.frame(tag, payload)
+
+            try:
+                await client.events(
+                    jobId,
+                    feed,
+                    "combined",
+                    follow,
+                    tail,
+                    lastEventId=reader.lastId,
+                    frames=True,
+                )
+                return
+            except ClientError as e:
+                if e.status != 400 or reader.lastId is not None:
+                    raise
+                reader.frames = False  # a server from before frames
+        events = EventParser(reader.event)
         await client.events(
-            jobId, parser.feed, "combined", follow, tail, lastEventId=state["last"]
+            jobId, events.feed, "combined", follow, tail, lastEventId=reader.lastId
         )
 
     await resuming(client, attempt)
-    end: dict[str, Any] | None = state["end"]
-    return end
+    return reader.end
+
+
+class _CombinedFollower:
+    """Where a combined follow is: what it wrote of each stream, the end."""
+
+    def __init__(self, streams: Streams) -> None:
+        self._streams = streams
+        self._writers = [streams.writer(name) for name in STREAMS]
+        self.frames = True
+        #: The id to resume after (None: nothing received yet).
+        self.lastId: str | None = None
+        self._position = [0, 0]
+        self.end: dict[str, Any] | None = None
+
+    def frame(self, tag: bytes, payload: bytes) -> None:
+        if tag in OUTPUT_TAGS:
+            index = OUTPUT_TAGS.index(tag)
+            self._writers[index](payload)
+            self._position[index] += len(payload)
+            self.lastId = "combined:{}:{}".format(*self._position)
+        elif tag == POSITION_TAG:
+            start = json.loads(payload)
+            self._position = [int(start["stdout"]), int(start["stderr"])]
+        elif tag == EVENT_TAGS["truncated"]:
+            self._dropped(json.loads(payload))
+        elif tag == EVENT_TAGS["end"]:
+            self.end = json.loads(payload)
+
+    def event(self, event: str, data: Any, eventId: str | None) -> None:
+        if event in STREAMS:
+            self._writers[STREAMS.index(event)](outputBytes(data))
+            self.lastId = eventId
+        elif event == "truncated":
+            self._dropped(data)
+        elif event == "end":
+            self.end = data
+
+    def _dropped(self, data: dict[str, Any]) -> None:
+        self._streams.say(
+            f"jw: {data.get('dropped')} bytes of the job's {data.get('stream')} "
+            "were dropped (the server's output cap)"
+        )
 
 
 async def followOutput(

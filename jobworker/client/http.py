@@ -24,6 +24,7 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IResponse
 
+from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..tls import TrustRootPolicy
 from .calls import ApiCalls, checkServer, errorFor, exitStatusOf, logsPath, segment
 from .errors import ClientError
@@ -194,17 +195,26 @@ class JobworkerClient(ApiCalls):
         follow: bool = True,
         tail: int | None = None,
         lastEventId: str | None = None,
+        frames: bool = False,
     ) -> None:
         """
-        C{GET /jobs/ID/logs} as Server-Sent Events: hand the raw event
-        stream to C{sink} (L{jobworker.client.events.EventParser} reads it),
-        resuming after C{lastEventId} if given.
+        C{GET /jobs/ID/logs} as Server-Sent Events, or with C{frames} as
+        binary frames (L{jobworker.framing}): hand the raw body to C{sink}
+        (L{jobworker.client.events.EventParser} or
+        L{jobworker.framing.FrameParser} reads it), resuming after
+        C{lastEventId} if given.
         """
-        headers = {b"accept": [b"text/event-stream"]}
+        accept = FRAMES_TYPE.encode("ascii") if frames else b"text/event-stream"
+        headers = {b"accept": [accept]}
         if lastEventId is not None:
             headers[b"last-event-id"] = [lastEventId.encode("ascii", "replace")]
         path = logsPath(
-            jobId, stream, follow, tail=tail, resuming=lastEventId is not None
+            jobId,
+            stream,
+            follow,
+            tail=tail,
+            resuming=lastEventId is not None,
+            form="frames" if frames else None,
         )
         response = await self._request(
             "GET", path, unbuffered=True, extraHeaders=headers

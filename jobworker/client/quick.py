@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..tlserrors import TLSConfigError
 from .bodies import bodyPieces
 from .calls import ApiCalls, checkServer, errorFor, logsPath, segment
@@ -219,13 +220,19 @@ class QuickClient(ApiCalls):
         follow: bool = True,
         tail: int | None = None,
         lastEventId: str | None = None,
+        frames: bool = False,
     ) -> None:
         """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": FRAMES_TYPE if frames else "text/event-stream"}
         if lastEventId is not None:
             headers["Last-Event-ID"] = lastEventId
         path = logsPath(
-            jobId, stream, follow, tail=tail, resuming=lastEventId is not None
+            jobId,
+            stream,
+            follow,
+            tail=tail,
+            resuming=lastEventId is not None,
+            form="frames" if frames else None,
         )
         response = self._send("GET", path, headers=headers)
         self._collect(response, lambda piece: sink(bytes(piece)))

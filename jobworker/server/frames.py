@@ -20,6 +20,7 @@ class FrameStream(HeartbeatConsumer):
     """
 
     beat = HEADER.pack(HEARTBEAT_TAG, 0)
+    _positioned = False
 
     def write(self, data: bytes) -> None:
         # Only the reader's empty flush writes here; output goes by output().
@@ -27,8 +28,17 @@ class FrameStream(HeartbeatConsumer):
             raise ValueError("a frame stream takes output by output()")
         self._request.write(b"")
 
-    def output(self, index: int, data: bytes) -> None:
-        """One run of stream C{index} (0 stdout, 1 stderr)."""
+    def output(self, index: int, data: bytes, after: list[int]) -> None:
+        """
+        One run of stream C{index} (0 stdout, 1 stderr), which ends at the
+        offsets C{after}; before the first, where the output starts (a
+        tail or an offset starts it where only the server knows).
+        """
+        if not self._positioned:
+            self._positioned = True
+            start = list(after)
+            start[index] -= len(data)
+            self.send("position", {"stdout": start[0], "stderr": start[1]})
         self._request.write(HEADER.pack(OUTPUT_TAGS[index], len(data)) + data)
 
     def send(self, event: str, data: Any) -> None:

@@ -219,7 +219,11 @@ class LogStreams:
         if form == "frames":
             request.setHeader(b"content-type", FRAMES_TYPE.encode("ascii"))
             framed = FrameStream(consumer, self._clock)
-            events, sink = framed, framed.output
+
+            def toFrames(index: int, data: bytes) -> None:
+                framed.output(index, data, reader.position)
+
+            events, sink = framed, toFrames
         else:
             request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
             request.setHeader(b"cache-control", b"no-cache")
