@@ -134,6 +134,17 @@ class BuildTests(SynchronousTestCase):
             launcher.build([self.cache], self.compiler, b"int main(void) { x }\n")
         self.assertIn("error", str(caught.exception))
 
+    def test_sourceMissing(self) -> None:
+        """A package without launcher.c: LauncherUnavailable, not a crash."""
+
+        def missing() -> bytes:
+            raise FileNotFoundError(2, "No such file or directory")
+
+        self.patch(launcher, "source", missing)
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([self.cache], self.compiler)
+        self.assertIn("no launcher.c", str(caught.exception))
+
     def test_unsafeFolderOrFileRefused(self) -> None:
         """A cache folder others may write is skipped for the next one; a
         binary others may write is compiled again, never run."""

@@ -67,7 +67,10 @@ def build(
 
     @raise LauncherUnavailable: no folder is usable, or the compiler failed.
     """
-    code = source() if text is None else text
+    try:
+        code = source() if text is None else text
+    except OSError as e:
+        raise LauncherUnavailable(f"no launcher.c in the package: {e}") from None
     key = hashlib.sha256(
         b"\0".join([code, compiler.encode(), " ".join(FLAGS).encode()])
     ).hexdigest()[:20]
