@@ -7,7 +7,9 @@ does with no server around it. Prints one JSON object.
         --wrap setsid / gate: through `setsid`, or `sh -c 'exec "$@"'` and
         `setsid` (the exec chain of a job, with and without cgroups);
         --wrap sandbox: the chain of a sandboxed job (setsid, unshare, a
-        shell mounting a tmpfs, setpriv, env -i), as root only.
+        shell mounting a tmpfs, setpriv, env -i), as root only;
+        --wrap launcher: the same set-up by the compiled job launcher
+        (jobworker/data/launcher.c) in one process, as root only.
     python benchmarks/bare.py latency --samples 200
         spawnProcess of `true` one at a time: spawn -> processEnded seconds.
     python benchmarks/bare.py ingest --bytes N [--write FILE]
@@ -105,6 +107,14 @@ def spawn(args: argparse.Namespace) -> dict[str, Any]:
             "--",
             which("true"),
         ]
+    if args.wrap == "launcher":
+        # The same set-up (one private tmpfs on /tmp) by the job launcher,
+        # compiled (or found in its cache) as the server does.
+        from jobworker.executors.local import launcher
+
+        path = launcher.build([launcher.CACHE_DIR], launcher.findCompiler())
+        mount = ["tmpfs", "/tmp", "tmpfs", "sd", "size=1m"]
+        argv = [path, "-", "/", "70000", "70000", "-", "", "1", *mount, "0", *argv]
     state = {"started": 0, "ended": 0, "end": 0.0}
     begin = time.monotonic()
     deadline = begin + args.duration
@@ -284,7 +294,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8)
     p.add_argument(
         "--wrap",
-        choices=["none", "setsid", "gate", "sandbox"],
+        choices=["none", "setsid", "gate", "sandbox", "launcher"],
         default="none",
         help="exec `true` directly, through setsid, or through sh + setsid",
     )

@@ -331,6 +331,21 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         if os.getuid() == 0
         else None
     )
+    rawLauncher = None
+    if os.getuid() == 0:
+        try:
+            rawLauncher = runBare(
+                "spawn",
+                "--duration",
+                duration,
+                "--inflight",
+                inflight,
+                "--wrap",
+                "launcher",
+            )
+        except BenchError as e:
+            # A commit from before the launcher, or no C compiler here.
+            log(f"start_rate: no bare launcher row ({str(e).splitlines()[-1]})")
     rawSpawner = (
         runBare(
             "--duration",
@@ -390,6 +405,19 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 "info",
             )
         )
+    if rawLauncher is not None:
+        rows.append(
+            Row(
+                "1i",
+                "  (info) bare spawnProcess of the job launcher doing the same "
+                "(setsid unshare mount setresuid in one process, true)",
+                f"{rawLauncher['rate']:.0f} jobs/s",
+                f"bare `true`: {raw['rate']:.0f} jobs/s",
+                rawLauncher["rate"] / raw["rate"],
+                "-",
+                "info",
+            )
+        )
     if rawSpawner is not None:
         if rawSpawner["failed"]:
             raise BenchError(
@@ -414,6 +442,7 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         "bare_setsid": rawSetsid,
         "bare_gate_chain": rawGate,
         "bare_sandbox_chain": rawSandbox,
+        "bare_sandbox_launcher": rawLauncher,
         "bare_spawner_sandbox": rawSpawner,
     }
 

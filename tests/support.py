@@ -133,6 +133,9 @@ class LiveServer(ApiClient):
         ownCertificate: bool = False,
     ) -> None:
         self.stateDir = stateDir or os.path.abspath(testCase.mktemp())
+        # A variant of a test class (e.g. the exec chain: --launcher=off)
+        # names its options once, in a serverOptions class attribute.
+        extra = (*getattr(testCase, "serverOptions", ()), *extra)
         if not any(
             option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
             for option in extra

@@ -9,6 +9,7 @@ works from a temporary folder.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -250,3 +251,7 @@ class FirstRunTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotEqual(result.stdout.strip(), elsewhere.encode())
         self.assertTrue(os.path.exists(os.path.join(xdg, "jobworker", "tls", "ca.pem")))
+        if os.getuid() == 0 and (shutil.which("cc") or shutil.which("gcc")):
+            # The launcher's C source is in the wheel: the server built it.
+            with open(log, "rb") as f:
+                self.assertIn(b"sandboxed jobs start through the launcher", f.read())

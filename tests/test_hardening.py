@@ -141,3 +141,9 @@ class HardeningTests(TestCase):
         self.assertNotIn(b"Traceback", err)
         code, still = await server.json("GET", f"/jobs/{job['id']}")
         self.assertEqual(still["status"], "RUNNING")
+
+
+class HardeningChainTests(HardeningTests):
+    """The same with sandboxed jobs started through the exec chain."""
+
+    serverOptions = ("--launcher=off",)

@@ -466,6 +466,13 @@ class IdentityModeTests(TestCase):
         self.assertIn(b"GOT:signal-0", self.got)
 
 
+class IdentityModeChainTests(IdentityModeTests):
+    """The same attacks on jobs started through the exec chain
+    (--launcher=off; the default is the compiled launcher)."""
+
+    serverOptions = ("--launcher=off",)
+
+
 class DynamicIdentityTests(TestCase):
     timeout = 60
 
@@ -597,6 +604,12 @@ class DynamicIdentityTests(TestCase):
         self.assertIn("group jwtestclash (72950)", errors.getvalue())
 
 
+class DynamicIdentityChainTests(DynamicIdentityTests):
+    """The same through the exec chain (--launcher=off)."""
+
+    serverOptions = ("--launcher=off",)
+
+
 class OptionTests(SynchronousTestCase):
     """The identity options refuse what they cannot mean."""
 
@@ -614,9 +627,11 @@ class OptionTests(SynchronousTestCase):
             ("--dynamic-uids=65000-66000",),
             ("--dynamic-uids=lots",),
             ("--tmp-size=1K",),
+            ("--launcher=on",),
         ):
             self.assertRaises(UsageError, self.parse, *argv)
         self.parse("--dynamic-uids=70000-70010", "--tmp-size=64M")
+        self.parse("--launcher=off")
 
     def test_sharedSlurmAccountAsRootNeedsAllowRootJobs(self) -> None:
         """As root the service account is root: the opt-in must say so."""

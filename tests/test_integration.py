@@ -617,7 +617,7 @@ class StopTests(TestCase):
 
     def liveServer(self, grace: float) -> LiveServer:
         """A server for this variant, with a stop grace of C{grace} seconds."""
-        return LiveServer(self, *self.serverOptions, grace=grace)
+        return LiveServer(self, grace=grace)
 
     async def test_stopKillsTermIgnoringJob(self) -> None:
         """A job ignoring SIGTERM is SIGKILLed after the grace; its group is gone."""
@@ -773,6 +773,12 @@ class StopWithoutCgroupsDynamicTests(StopTests):
     """
 
     serverOptions = ("--cgroups=off",)
+
+
+class StopChainTests(StopTests):
+    """The same with sandboxed jobs started through the exec chain."""
+
+    serverOptions = ("--launcher=off",)
 
 
 class NeighbourTests(TestCase):

@@ -1,15 +1,18 @@
 """
 Who jobs run as, decided at start (see the README's threat model): the
 server's own user, a shared account, root, or dynamic uids (their range
-checked, a dead server's leftovers reclaimed); and the sandbox probe.
+checked, a dead server's leftovers reclaimed); how sandboxed jobs start
+(the compiled launcher or the exec chain); and the sandbox probe.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from twisted.logger import Logger
 
+from ..executors.local import launcher as launchers
 from ..executors.local.executor import LocalExecutor
 from ..executors.local.sandbox import SandboxError
 from ..jobs.identity import (
@@ -97,8 +100,52 @@ def _reclaim(pool: DynamicUids) -> None:
         log.warn("killed the leftovers of {count} dynamic uid(s)", count=len(found))
 
 
+#: The exec chain, as the log names it.
+CHAIN = "the exec chain (setsid, unshare, sh, setpriv, env)"
+
+
+def chooseLauncher(config: Options, identities: Identities) -> str | None:
+    """
+    The compiled launcher sandboxed jobs start through, or None (the exec
+    chain): one log line says which, and why.
+    """
+    if not identities.switching:
+        return None
+    why = None
+    if config["launcher"] == "off":
+        log.info("sandboxed jobs start through {chain}: --launcher off", chain=CHAIN)
+        return None
+    if "pid" in config["isolate"]:
+        why = "--isolate pid (unshare --fork stays with the chain)"
+    else:
+        try:
+            compiler = launchers.findCompiler()
+            path = launchers.build(
+                [
+                    launchers.CACHE_DIR,
+                    os.path.join(config["state-dir"], "launcher"),
+                ],
+                compiler,
+            )
+        except launchers.LauncherUnavailable as e:
+            why = f"no launcher: {e}"
+        else:
+            log.info(
+                "sandboxed jobs start through the launcher {path} (compiled "
+                "with {compiler}: one process, then the command)",
+                path=path,
+                compiler=compiler,
+            )
+            return path
+    log.warn("sandboxed jobs start through {chain}: {why}", chain=CHAIN, why=why)
+    return None
+
+
 def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
-    """Refuse to start if the job sandbox does not work on this machine."""
+    """
+    Refuse to start if the job sandbox does not work on this machine; a
+    launcher that fails the probe gives way to the exec chain.
+    """
     sandbox = executor.sandbox
     if sandbox is None:
         return
@@ -109,6 +156,19 @@ def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
     else:
         return
     try:
+        if sandbox.usesLauncher:
+            try:
+                sandbox.probe(probe)
+            except SandboxError as e:
+                log.warn(
+                    "sandboxed jobs start through {chain}: the launcher failed "
+                    "its probe ({why})",
+                    chain=CHAIN,
+                    why=str(e),
+                )
+                sandbox.launcher = None
+            else:
+                return
         sandbox.probe(probe)
     except SandboxError as e:
         fatal(

@@ -195,6 +195,15 @@ class Options(usage.Options):
             parseRange,
         ],
         [
+            "launcher",
+            None,
+            "auto",
+            "How a root server starts sandboxed jobs: auto (a small C launcher "
+            "compiled at start-up with cc, one process; the exec chain if it "
+            "cannot be built) or off (the exec chain: setsid, unshare, sh, "
+            "setpriv, env).",
+        ],
+        [
             "tmp-size",
             None,
             DEFAULT_TMP_SIZE,
@@ -416,6 +425,8 @@ class Options(usage.Options):
             raise usage.UsageError("--access-log must be on or off")
         if self["cgroups"] not in ("auto", "off"):
             raise usage.UsageError("--cgroups must be auto or off")
+        if self["launcher"] not in ("auto", "off"):
+            raise usage.UsageError("--launcher must be auto or off")
         isolate = {name for name in self["isolate"].split(",") if name}
         unknown = isolate - set(ISOLATION)
         if unknown:

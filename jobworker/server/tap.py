@@ -218,6 +218,7 @@ def _manager(
                 maxLogBytes=config["max-log-bytes"],
                 cgroups=cgroups,
                 policy=policy,
+                launcher=identitysetup.chooseLauncher(config, policy.identities),
             )
             probeSandbox(local, policy.identities)
             executor = local

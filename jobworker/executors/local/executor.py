@@ -159,6 +159,9 @@ class LocalExecutor:
     Run each job as a process of this machine: C{setsid} (and the isolation
     and run-as wrappers), in its own cgroup when there are cgroups, watched
     by a L{JobProcessProtocol}.
+
+    @param launcher: the compiled launcher that sets up sandboxed jobs in
+        one process (None: they start through the exec chain).
     """
 
     log = Logger()
@@ -173,6 +176,7 @@ class LocalExecutor:
         maxLogBytes: int | None = None,
         cgroups: Cgroups | None = None,
         policy: JobPolicy | None = None,
+        launcher: str | None = None,
     ) -> None:
         if policy is None:
             policy = JobPolicy()
@@ -191,6 +195,7 @@ class LocalExecutor:
                 os.path.join(os.path.dirname(jobsDir), "sandbox"),
                 policy.tmpSize,
                 policy.isolate,
+                launcher=launcher,
             )
         self._environments: dict[Identity, dict[str, str]] = {}
         #: Dynamic uids waiting for their last processes to die (no cgroups).

@@ -2,7 +2,10 @@
 The sandbox a job runs in when the server switches identities (runs as root):
 a mount and IPC namespace of its own with a private C{/proc} (C{hidepid}),
 private C{/tmp}, C{/var/tmp}, C{/dev/shm} and C{/run/lock} (tmpfs), a fresh
-working directory, then C{setpriv} to the job's identity.
+working directory, then the job's identity. Set up by the compiled launcher
+(C{launcher.c}) in one process, or by the exec chain C{setsid}, C{unshare},
+C{sh} (C{mount -a}), C{setpriv}, C{env} where there is no launcher or under
+C{--isolate pid}.
 
 Also the check, done as the job's identity would see it, that a command and
 a working directory can be used: what that identity cannot reach is "not
@@ -13,6 +16,7 @@ something exists where the job may not look.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -68,6 +72,34 @@ WORKDIR = "/tmp/job"  # noqa: S108 (inside the job's own tmpfs)
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # noqa: S108
 
 
+#: The launcher's mount FLAGS letter of each mount(8) option the sandbox uses.
+LAUNCHER_FLAGS = {"nosuid": "s", "nodev": "d", "noexec": "x", "X-mount.mkdir=0755": "m"}
+
+
+def logicalFolder(cwd: str) -> str:
+    """
+    Where C{cd "$cwd"} from C{/} lands and what it sets C{PWD} to: the
+    path made absolute and cleaned of C{.}, C{..} and repeated slashes
+    without looking at the disk (a shell's logical C{cd}).
+    """
+    return posixpath.normpath(posixpath.join("/", cwd))
+
+
+def jobEnvironment(env: dict[str, str], cwd: str | None, start: str) -> dict[str, str]:
+    """
+    The environment the command gets: C{env}, with C{PWD} the start folder
+    unless the request set it; with a C{cwd}, C{PWD} that folder (logical)
+    and no C{OLDPWD}, as the chain's C{cd "$cwd"; unset OLDPWD} leaves it.
+    """
+    assignments = dict(env)
+    if cwd is None:
+        assignments.setdefault("PWD", start)
+    else:
+        assignments.pop("OLDPWD", None)
+        assignments["PWD"] = logicalFolder(cwd)
+    return assignments
+
+
 class SpawnRefused(Exception):
     """The command cannot be started; the message says why."""
 
@@ -108,16 +140,63 @@ class Sandbox:
         tmpSize: int,
         isolate: frozenset[str] = frozenset(),
         folders: list[str] | None = None,
+        launcher: str | None = None,
     ) -> None:
         self._dir = directory
         self._tmpSize = tmpSize
         self._isolate = isolate
         self.folders = folders if folders is not None else privateFolders()
+        #: The compiled launcher (None: the exec chain); see L{usesLauncher}.
+        self.launcher = launcher
         self._fstabs: dict[tuple[int, int], str] = {}
+        self._mounts: dict[tuple[int, int], list[str]] = {}
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for name in os.listdir(directory):
             if name.startswith("fstab-"):
                 os.unlink(os.path.join(directory, name))
+
+    @property
+    def usesLauncher(self) -> bool:
+        """Jobs start through the launcher: there is one, and no PID
+        namespace is asked for (C{unshare --fork} stays with the chain)."""
+        return self.launcher is not None and "pid" not in self._isolate
+
+    def mounts(self, identity: Identity) -> list[tuple[str, str, str, str, str]]:
+        """
+        C{identity}'s private mounts, in order: source, target, type, the
+        options mount(8) reads (C{X-mount.mkdir=0755}: make the folder
+        first), and the data the kernel gets.
+        """
+        size = f"size={self._tmpSize}"
+        found = [
+            (
+                "jobworker-proc",
+                "/proc",
+                "proc",
+                "nosuid,nodev,noexec",
+                "hidepid=invisible",
+            )
+        ]
+        found += [
+            ("jobworker-tmp", folder, "tmpfs", "nosuid,nodev", f"mode=1777,{size}")
+            for folder in self.folders
+        ]
+        if os.path.isdir("/dev/mqueue"):
+            # The POSIX message queues of the job's own IPC namespace: no
+            # queue left for the next job of this uid.
+            found.append(
+                ("jobworker-mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec", "")
+            )
+        found.append(
+            (
+                "jobworker-work",
+                WORKDIR,
+                "tmpfs",
+                "nosuid,nodev,X-mount.mkdir=0755",
+                f"mode=0700,uid={identity.uid},gid={identity.gid},{size}",
+            )
+        )
+        return found
 
     def fstab(self, identity: Identity) -> str:
         """The fstab (path) of C{identity}'s private mounts, written once."""
@@ -125,20 +204,10 @@ class Sandbox:
         path = self._fstabs.get(key)
         if path is None:
             path = os.path.join(self._dir, f"fstab-{identity.uid}-{identity.gid}")
-            size = f"size={self._tmpSize}"
-            lines = ["jobworker-proc /proc proc nosuid,nodev,noexec,hidepid=invisible"]
-            lines += [
-                f"jobworker-tmp {folder} tmpfs nosuid,nodev,mode=1777,{size}"
-                for folder in self.folders
+            lines = [
+                f"{source} {target} {kind} " + ",".join(o for o in (options, data) if o)
+                for source, target, kind, options, data in self.mounts(identity)
             ]
-            if os.path.isdir("/dev/mqueue"):
-                # The POSIX message queues of the job's own IPC namespace: no
-                # queue left for the next job of this uid.
-                lines.append("jobworker-mqueue /dev/mqueue mqueue nosuid,nodev,noexec")
-            lines.append(
-                f"jobworker-work {WORKDIR} tmpfs nosuid,nodev,mode=0700,"
-                f"uid={identity.uid},gid={identity.gid},{size},X-mount.mkdir=0755"
-            )
             temporary = path + ".new"
             with open(temporary, "w", encoding="ascii") as f:
                 f.write("".join(line + " 0 0\n" for line in lines))
@@ -163,17 +232,21 @@ class Sandbox:
         env: dict[str, str] | None = None,
     ) -> list[str]:
         """
-        The whole argv: [gate] setsid unshare sh(mounts) setpriv env [chdir]
-        command. The root stages run with L{ROOT_ENVIRONMENT} (spawn with
-        it); C{env}, the job's environment, is set by C{env -i} after
-        setpriv, as the job (a command containing C{=} cannot be run so:
-        L{checkCommand}).
+        The whole argv. With a launcher (L{usesLauncher}): the launcher,
+        its arguments and the command, one process. Otherwise the chain:
+        [gate] setsid unshare sh(mounts) setpriv env [chdir] command. The
+        root stages run with L{ROOT_ENVIRONMENT} (spawn with it); C{env},
+        the job's environment, is set by the launcher's execvp or by
+        C{env -i} after setpriv, as the job (a command containing C{=}
+        cannot be run so by C{env}: L{checkCommand}, kept for both).
 
         Without a PID namespace the gate sits inside the sandbox shell (one
         exec fewer): setsid and unshare do not fork, so the pid the server
         puts in the cgroup is still the job's. With one, unshare forks, so
         the gate must come first.
         """
+        if self.usesLauncher:
+            return self._launcherArgv(identity, command, cwd, gated, env)
         pidNamespace = "pid" in self._isolate
         argv: list[str] = []
         if gated and pidNamespace:
@@ -196,6 +269,51 @@ class Sandbox:
         if cwd is not None:
             argv += [POSIX_SHELL, "-c", CHDIR, cwd]
         return argv + command
+
+    def _launcherArgv(
+        self,
+        identity: Identity,
+        command: list[str],
+        cwd: str | None,
+        gated: bool,
+        env: dict[str, str] | None,
+    ) -> list[str]:
+        """The same job through the launcher (its arguments: launcher.c)."""
+        assert self.launcher is not None
+        key = (identity.uid, identity.gid)
+        mounts = self._mounts.get(key)
+        if mounts is None:
+            mounts = self._mounts[key] = [
+                text
+                for source, target, kind, options, data in self.mounts(identity)
+                for text in (
+                    source,
+                    target,
+                    kind,
+                    "".join(LAUNCHER_FLAGS[o] for o in options.split(",")) or "-",
+                    data,
+                )
+            ]
+        options = ("g" if gated else "") + ("n" if "net" in self._isolate else "")
+        start = "/" if cwd is not None else self.startFolder(identity)
+        groups = ",".join(str(g) for g in identity.groups) or "-"
+        assignments = jobEnvironment(
+            env if env is not None else ROOT_ENVIRONMENT, cwd, start
+        )
+        return [
+            self.launcher,
+            options or "-",
+            start,
+            str(identity.uid),
+            str(identity.gid),
+            groups,
+            "" if cwd is None else logicalFolder(cwd),
+            str(len(mounts) // 5),
+            *mounts,
+            str(len(assignments)),
+            *(f"{name}={value}" for name, value in assignments.items()),
+            *command,
+        ]
 
     def probe(self, identity: Identity) -> None:
         """

@@ -1,0 +1,246 @@
+/*
+ * jobworker-launch: how a root jobworker server starts a sandboxed job, in
+ * one process, instead of the exec chain setsid, unshare --mount --ipc,
+ * sh (gate, mount -a, cd), setpriv, env -i. Compiled at server start-up
+ * from this file (jobworker/executors/local/launcher.py); it is the only
+ * root code between the server and the user's command, so it is kept small.
+ *
+ * What it guarantees, in this order, before execvp() of the command:
+ *  1. a session and process group of its own (setsid): the server kills
+ *     the job's whole tree through it;
+ *  2. with option g: nothing else happens until the server writes one line
+ *     on fd 3 (the pid is in the job's cgroup, the record is stored); EOF
+ *     first means "do not start": exit 125. fd 3 is closed after;
+ *  3. new mount and IPC namespaces (and network, option n), every mount
+ *     made private, then exactly the mounts given, in order (a folder made
+ *     with mode 0755 first where asked);
+ *  4. the start folder entered, as root;
+ *  5. setgroups, setresgid, setresuid (never uid or gid 0), each checked
+ *     afterwards with getgroups, getresgid, getresuid, and no capability
+ *     left (effective and permitted empty; no_new_privs untouched, as
+ *     setpriv leaves it);
+ *  6. the request's working directory entered as the job;
+ *  7. execvp() of the command with exactly the environment given (its PATH
+ *     searched, as env -i does).
+ * Exit status: 125 the set-up failed (nothing of the job ran), 126 a folder
+ * could not be entered or the command could not be run, 127 the command was
+ * not found; a message on stderr says which, except for a closed gate.
+ *
+ * Arguments, all required, in this order (counts make the lists exact):
+ *   OPTIONS START UID GID GROUPS CWD
+ *   NMOUNTS {SOURCE TARGET FSTYPE FLAGS DATA}...  NENV {NAME=VALUE}...
+ *   COMMAND [ARG]...
+ * OPTIONS: "-", or letters: g (the gate on fd 3), n (a network namespace).
+ * GROUPS: supplementary gids separated by commas, or "-" for none.
+ * CWD: entered after the identity change; "" for none.
+ * FLAGS: "-", or letters: s nosuid, d nodev, x noexec, m mkdir 0755 first.
+ * DATA: mount(2)'s data, e.g. "mode=1777,size=1048576"; "" for none.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define SETUP_FAILED 125
+#define CANNOT_RUN 126
+#define NOT_FOUND 127
+#define MAX_GROUPS 65536     /* the kernel's NGROUPS_MAX */
+#define MAX_ENV 4096         /* a request holds at most 1024 */
+#define MAX_ID 4294967294UL  /* (uid_t)-1 means "unchanged" */
+
+extern char **environ;
+static gid_t groups[MAX_GROUPS], seen[MAX_GROUPS];
+static char *jobEnvironment[MAX_ENV + 1];
+
+/* Say why on stderr (with errno's text if error is not 0), then exit. */
+static void die(int status, const char *what, const char *arg, int error) {
+    fprintf(stderr, "jobworker-launch: %s%s%s%s%s%s\n", what,
+            arg ? " '" : "", arg ? arg : "", arg ? "'" : "",
+            error ? ": " : "", error ? strerror(error) : "");
+    _exit(status);
+}
+
+static void usage(const char *what, const char *arg) {
+    die(SETUP_FAILED, what, arg, 0);
+}
+
+/* A decimal number from 0 to most, nothing else. */
+static unsigned long number(const char *text, unsigned long most,
+                            const char *what) {
+    char *end;
+    unsigned long value;
+    if (*text < '0' || *text > '9')
+        usage(what, text);
+    errno = 0;
+    value = strtoul(text, &end, 10);
+    if (errno != 0 || *end != '\0' || value > most)
+        usage(what, text);
+    return value;
+}
+
+/* GROUPS into groups[], sorted as getgroups() reports them; their count. */
+static size_t parseGroups(const char *text) {
+    size_t count = 0;
+    const char *next = text;
+    char *end;
+    if (strcmp(text, "-") == 0)
+        return 0;
+    for (;;) {
+        if (*next < '0' || *next > '9' || count == MAX_GROUPS)
+            usage("bad GROUPS", text);
+        errno = 0;
+        unsigned long gid = strtoul(next, &end, 10);
+        if (errno != 0 || gid > MAX_ID || (*end != '\0' && *end != ','))
+            usage("bad GROUPS", text);
+        groups[count++] = (gid_t)gid;
+        if (*end == '\0')
+            break;
+        next = end + 1;
+    }
+    for (size_t i = 1; i < count; i++)  /* insertion sort: few groups */
+        for (size_t j = i; j > 0 && groups[j - 1] > groups[j]; j--) {
+            gid_t swap = groups[j];
+            groups[j] = groups[j - 1];
+            groups[j - 1] = swap;
+        }
+    return count;
+}
+
+/* FLAGS into mount(2) flags; *mkdirFirst set for m. */
+static unsigned long mountFlags(const char *text, int *mkdirFirst) {
+    unsigned long flags = 0;
+    *mkdirFirst = 0;
+    if (strcmp(text, "-") == 0)
+        return 0;
+    for (const char *c = text; *c; c++) {
+        if (*c == 's') flags |= MS_NOSUID;
+        else if (*c == 'd') flags |= MS_NODEV;
+        else if (*c == 'x') flags |= MS_NOEXEC;
+        else if (*c == 'm') *mkdirFirst = 1;
+        else usage("bad mount FLAGS", text);
+    }
+    if (*text == '\0')
+        usage("bad mount FLAGS", text);
+    return flags;
+}
+
+/* The gate: one line on fd 3, then fd 3 closed; EOF first: exit 125. */
+static void waitForGo(void) {
+    char buffer[64];
+    for (;;) {
+        ssize_t got = read(3, buffer, sizeof buffer);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            die(SETUP_FAILED, "cannot read the gate (fd 3)", NULL, errno);
+        if (got == 0)
+            _exit(SETUP_FAILED);
+        if (memchr(buffer, '\n', (size_t)got) != NULL)
+            break;
+    }
+    if (close(3) != 0)
+        die(SETUP_FAILED, "cannot close the gate (fd 3)", NULL, errno);
+}
+
+/* The job's identity, checked; no capability may be left. */
+static void becomeJob(uid_t uid, gid_t gid, size_t count) {
+    uid_t ruid, euid, suid;
+    gid_t rgid, egid, sgid;
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3];
+    if (setgroups(count, groups) != 0)
+        die(SETUP_FAILED, "setgroups", NULL, errno);
+    if (setresgid(gid, gid, gid) != 0)
+        die(SETUP_FAILED, "setresgid", NULL, errno);
+    if (setresuid(uid, uid, uid) != 0)
+        die(SETUP_FAILED, "setresuid", NULL, errno);
+    if (getresuid(&ruid, &euid, &suid) != 0 || ruid != uid || euid != uid ||
+        suid != uid)
+        die(SETUP_FAILED, "the uid did not change", NULL, 0);
+    if (getresgid(&rgid, &egid, &sgid) != 0 || rgid != gid || egid != gid ||
+        sgid != gid)
+        die(SETUP_FAILED, "the gid did not change", NULL, 0);
+    int got = getgroups(MAX_GROUPS, seen);
+    if (got < 0 || (size_t)got != count ||
+        (count > 0 && memcmp(seen, groups, count * sizeof *groups) != 0))
+        die(SETUP_FAILED, "the groups did not change", NULL, 0);
+    if (syscall(SYS_capget, &header, caps) != 0)
+        die(SETUP_FAILED, "capget", NULL, errno);
+    for (int i = 0; i < _LINUX_CAPABILITY_U32S_3; i++)
+        if (caps[i].effective != 0 || caps[i].permitted != 0)
+            die(SETUP_FAILED, "capabilities left after setresuid", NULL, 0);
+}
+
+int main(int argc, char **argv) {
+    int gate = 0, mkdirFirst, at = 7;
+    unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
+    if (argc < 10)
+        usage("too few arguments (see the comment in launcher.c)", NULL);
+    const char *options = argv[1], *start = argv[2], *cwd = argv[6];
+    for (const char *c = options; *c && strcmp(options, "-") != 0; c++) {
+        if (*c == 'g') gate = 1;
+        else if (*c == 'n') namespaces |= CLONE_NEWNET;
+        else usage("bad OPTIONS", options);
+    }
+    if (*options == '\0' || *start != '/')
+        usage("bad OPTIONS or START", NULL);
+    uid_t uid = (uid_t)number(argv[3], MAX_ID, "bad UID");
+    gid_t gid = (gid_t)number(argv[4], MAX_ID, "bad GID");
+    if (uid == 0 || gid == 0)
+        usage("refusing to run a job as root", NULL);
+    size_t count = parseGroups(argv[5]);
+    unsigned long mounts = number(argv[at], (unsigned long)(argc - at - 1) / 5,
+                                  "bad NMOUNTS");
+    int firstMount = at + 1;
+    at = firstMount + 5 * (int)mounts;
+    for (int m = firstMount; m < at; m += 5)
+        mountFlags(argv[m + 3], &mkdirFirst);  /* checked before any change */
+    if (at >= argc)
+        usage("no NENV", NULL);
+    unsigned long variables = number(argv[at], MAX_ENV, "bad NENV");
+    if (variables >= (unsigned long)(argc - at - 1))  /* and a COMMAND */
+        usage("no COMMAND after NENV variables", argv[at]);
+    for (unsigned long v = 0; v < variables; v++) {
+        char *assignment = argv[at + 1 + (int)v];
+        if (assignment[0] == '=' || strchr(assignment, '=') == NULL)
+            usage("not NAME=VALUE", assignment);
+        jobEnvironment[v] = assignment;
+    }
+    jobEnvironment[variables] = NULL;
+    char **command = argv + at + 1 + variables;
+
+    if (setsid() < 0)
+        die(SETUP_FAILED, "setsid", NULL, errno);
+    if (gate)
+        waitForGo();
+    if (unshare((int)namespaces) != 0)
+        die(SETUP_FAILED, "unshare", NULL, errno);
+    if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        die(SETUP_FAILED, "cannot make the mounts private", NULL, errno);
+    for (int m = firstMount; m < firstMount + 5 * (int)mounts; m += 5) {
+        unsigned long flags = mountFlags(argv[m + 3], &mkdirFirst);
+        if (mkdirFirst && mkdir(argv[m + 1], 0755) != 0 && errno != EEXIST)
+            die(SETUP_FAILED, "cannot make the folder", argv[m + 1], errno);
+        if (mount(argv[m], argv[m + 1], argv[m + 2], flags,
+                  *argv[m + 4] ? argv[m + 4] : NULL) != 0)
+            die(SETUP_FAILED, "cannot mount on", argv[m + 1], errno);
+    }
+    if (chdir(start) != 0)
+        die(CANNOT_RUN, "cannot enter the start folder", start, errno);
+    becomeJob(uid, gid, count);
+    if (*cwd && chdir(cwd) != 0)
+        die(CANNOT_RUN, "cannot enter the working directory", cwd, errno);
+    environ = jobEnvironment;
+    execvp(command[0], command);
+    die(errno == ENOENT ? NOT_FOUND : CANNOT_RUN, "cannot run", command[0],
+        errno);
+    return CANNOT_RUN;
+}

@@ -1,0 +1,149 @@
+"""
+The job launcher: C{jobworker/data/launcher.c}, one small C program that
+sets up a sandboxed job in one process (setsid, the gate, namespaces,
+mounts, identity, working directory) and execs its command; compiled here,
+at server start-up, into a root-only cache keyed by what was compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from importlib.resources import files
+
+#: The environment variable naming the C compiler (default: cc, else gcc).
+COMPILER_VARIABLE = "JW_LAUNCHER_CC"
+
+#: Where compiled launchers are kept, one per source, compiler and flags;
+#: the server's state dir is the fallback when this cannot be used.
+CACHE_DIR = "/var/cache/jobworker"
+
+#: No -Werror here: a newer compiler's new warning must not turn the
+#: launcher off; the tests compile with -Werror (tests/test_launcher.py).
+FLAGS = ("-O2", "-Wall", "-Wextra")
+
+#: How long a compilation may take.
+COMPILE_TIMEOUT = 120.0
+
+
+class LauncherUnavailable(Exception):
+    """The launcher cannot be built or used here; the message says why."""
+
+
+def source() -> bytes:
+    """The launcher's C source, as shipped in the package."""
+    return files("jobworker").joinpath("data", "launcher.c").read_bytes()
+
+
+def findCompiler(environ: dict[str, str] | None = None) -> str:
+    """
+    The C compiler to use: C{$JW_LAUNCHER_CC}, else C{cc}, else C{gcc}.
+
+    @raise LauncherUnavailable: there is none.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    wanted = environ.get(COMPILER_VARIABLE)
+    names = [wanted] if wanted else ["cc", "gcc"]
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return os.path.abspath(found)
+    raise LauncherUnavailable(f"no C compiler ({' or '.join(names)}) found")
+
+
+def build(
+    cacheDirs: list[str],
+    compiler: str,
+    text: bytes | None = None,
+) -> str:
+    """
+    The path of the compiled launcher: from the first usable folder of
+    C{cacheDirs} if it is already there, else compiled into it (a temporary
+    name, then a rename: servers starting together never see half a file).
+
+    @raise LauncherUnavailable: no folder is usable, or the compiler failed.
+    """
+    try:
+        code = source() if text is None else text
+    except OSError as e:
+        raise LauncherUnavailable(f"no launcher.c in the package: {e}") from None
+    key = hashlib.sha256(
+        b"\0".join([code, compiler.encode(), " ".join(FLAGS).encode()])
+    ).hexdigest()[:20]
+    why = "no cache folder"
+    for folder in cacheDirs:
+        try:
+            _privateFolder(folder)
+        except OSError as e:
+            why = f"cannot use {folder}: {e.strerror or e}"
+            continue
+        except LauncherUnavailable as e:
+            why = str(e)
+            continue
+        target = os.path.join(folder, f"launcher-{key}")
+        if _trusted(target):
+            return target
+        try:
+            _compile(compiler, code, folder, target)
+        except OSError as e:
+            raise LauncherUnavailable(
+                f"cannot compile into {folder}: {e.strerror or e}"
+            ) from None
+        return target
+    raise LauncherUnavailable(why)
+
+
+def _privateFolder(folder: str) -> None:
+    """Make C{folder} (0700) if missing; refuse one others could change."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise LauncherUnavailable(f"{folder} is not a folder of this user")
+    if st.st_mode & 0o022:
+        raise LauncherUnavailable(f"{folder} is writable by others")
+
+
+def _trusted(path: str) -> bool:
+    """A regular file of this user that no one else may write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & 0o022
+        and bool(st.st_mode & stat.S_IXUSR)
+    )
+
+
+def _compile(compiler: str, code: bytes, folder: str, target: str) -> None:
+    work = tempfile.mkdtemp(prefix=".build-", dir=folder)
+    try:
+        sourcePath = os.path.join(work, "launcher.c")
+        binary = os.path.join(work, "launcher")
+        with open(sourcePath, "wb") as f:
+            f.write(code)
+        try:
+            result = subprocess.run(
+                [compiler, *FLAGS, "-o", binary, sourcePath],
+                capture_output=True,
+                timeout=COMPILE_TIMEOUT,
+                check=False,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise LauncherUnavailable(f"{compiler}: {e}") from None
+        if result.returncode != 0 or not os.path.isfile(binary):
+            lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            errors = [line for line in lines if "error" in line] or lines
+            why = errors[0] if errors else f"exit status {result.returncode}"
+            raise LauncherUnavailable(f"{compiler} failed: {why}")
+        os.chmod(binary, 0o700)
+        os.replace(binary, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,700 @@
+"""
+The job launcher (jobworker/data/launcher.c): how it is built and found,
+its arguments, and, as root on the real kernel, that a job started through
+it gets what the exec chain gives (identity, no capabilities, private
+mounts, environment, working directory, exit codes, the gate), side by side
+with the chain; and that the server says which it uses and falls back to
+the chain when the launcher cannot be built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from typing import Any
+
+import treq
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from jobworker.executors.local import launcher
+from jobworker.executors.local.sandbox import (
+    ROOT_ENVIRONMENT,
+    WORKDIR,
+    Sandbox,
+    jobEnvironment,
+    logicalFolder,
+    privateFolders,
+)
+from jobworker.jobs.identity import DynamicUids, Identities, Identity
+
+from .support import LiveServer, sharedPath
+
+#: Ids of the jobs these tests start by hand (outside the servers' range).
+UID, GID, GROUPS = 72100, 72101, (72103, 72102)
+
+
+def compiled(testCase: SynchronousTestCase) -> str:
+    """The launcher, built (or found in the cache) as the server would."""
+    try:
+        compiler = launcher.findCompiler()
+        return launcher.build(
+            [launcher.CACHE_DIR, os.path.abspath(testCase.mktemp())], compiler
+        )
+    except launcher.LauncherUnavailable as e:
+        raise SkipTest(f"no launcher here: {e}") from None
+
+
+def requireRoot() -> None:
+    if os.getuid() != 0:
+        raise SkipTest("the sandbox needs root")
+    for tool in ("unshare", "setpriv", "mount"):
+        if shutil.which(tool) is None:
+            raise SkipTest(f"util-linux {tool} is not installed")
+
+
+def testIdentity(home: str | None = None) -> Identity:
+    """The identity of the jobs started by hand: two supplementary groups."""
+    return Identity(  # noqa: S604 (a login shell, not a subprocess flag)
+        uid=UID,
+        gid=GID,
+        groups=tuple(sorted(GROUPS)),
+        name="jwlaunchtest",
+        home=home,
+        shell="/bin/sh",
+        label="jwlaunchtest",
+    )
+
+
+# -- building ---------------------------------------------------------------
+
+
+class BuildTests(SynchronousTestCase):
+    """Compiled once per source and compiler, atomically, root-only."""
+
+    def setUp(self) -> None:
+        try:
+            self.compiler = launcher.findCompiler()
+        except launcher.LauncherUnavailable as e:
+            raise SkipTest(str(e)) from None
+        self.cache = os.path.abspath(self.mktemp())
+
+    def test_warningFree(self) -> None:
+        """The shipped source compiles with -Wall -Wextra -Werror -pedantic,
+        and stays small (under 250 lines)."""
+        text = launcher.source()
+        self.assertLess(text.count(b"\n"), 250)
+        path = os.path.join(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(text)
+        result = subprocess.run(
+            [
+                *(self.compiler, "-Wall", "-Wextra", "-Werror", "-pedantic"),
+                *("-std=gnu11", "-O2", "-fsyntax-only", "-x", "c", path),
+            ],
+            capture_output=True,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_compiledOnceThenReused(self) -> None:
+        """A second build finds the first one's file (no compiler run); the
+        folder and the file are the server's alone."""
+        first = launcher.build([self.cache], self.compiler)
+        self.assertEqual(os.path.dirname(first), self.cache)
+        self.assertEqual(stat.S_IMODE(os.stat(self.cache).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(first).st_mode), 0o700)
+        before = os.stat(first).st_mtime_ns
+        self.patch(launcher, "_compile", lambda *a: self.fail("compiled again"))
+        self.assertEqual(launcher.build([self.cache], self.compiler), first)
+        self.assertEqual(os.stat(first).st_mtime_ns, before)
+        # No temporary files left beside it.
+        self.assertEqual(os.listdir(self.cache), [os.path.basename(first)])
+
+    def test_keyedBySourceAndCompiler(self) -> None:
+        """Another source or another compiler is another file."""
+        first = launcher.build([self.cache], self.compiler)
+        other = launcher.build(
+            [self.cache], self.compiler, launcher.source() + b"\n/* v2 */\n"
+        )
+        self.assertNotEqual(first, other)
+
+    def test_compilerFailureSaysWhy(self) -> None:
+        """A failing compiler: LauncherUnavailable naming it, nothing left."""
+        false = shutil.which("false") or "/bin/false"
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([self.cache], false)
+        self.assertIn(f"{false} failed", str(caught.exception))
+        self.assertEqual(os.listdir(self.cache), [])
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([self.cache], self.compiler, b"int main(void) { x }\n")
+        self.assertIn("error", str(caught.exception))
+
+    def test_sourceMissing(self) -> None:
+        """A package without launcher.c: LauncherUnavailable, not a crash."""
+
+        def missing() -> bytes:
+            raise FileNotFoundError(2, "No such file or directory")
+
+        self.patch(launcher, "source", missing)
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([self.cache], self.compiler)
+        self.assertIn("no launcher.c", str(caught.exception))
+
+    def test_unsafeFolderOrFileRefused(self) -> None:
+        """A cache folder others may write is skipped for the next one; a
+        binary others may write is compiled again, never run."""
+        os.makedirs(self.cache)
+        os.chmod(self.cache, 0o777)  # noqa: S103
+        fallback = os.path.abspath(self.mktemp())
+        path = launcher.build([self.cache, fallback], self.compiler)
+        self.assertEqual(os.path.dirname(path), fallback)
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([self.cache], self.compiler)
+        self.assertIn("writable by others", str(caught.exception))
+        os.chmod(path, 0o777)  # noqa: S103
+        self.assertEqual(launcher.build([fallback], self.compiler), path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+
+    def test_compilerFromEnvironment(self) -> None:
+        """$JW_LAUNCHER_CC names the compiler; a missing one is said."""
+        false = shutil.which("false") or "/bin/false"
+        self.assertEqual(launcher.findCompiler({"JW_LAUNCHER_CC": false}), false)
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.findCompiler({"JW_LAUNCHER_CC": "no-such-cc-jw"})
+        self.assertIn("no-such-cc-jw", str(caught.exception))
+
+
+# -- arguments ----------------------------------------------------------------
+
+
+class ArgvTests(SynchronousTestCase):
+    """What the server hands the launcher."""
+
+    def setUp(self) -> None:
+        self.identity = testIdentity()
+
+    def sandbox(self, **kwargs: Any) -> Sandbox:
+        return Sandbox(
+            self.mktemp(), 1 << 20, folders=["/tmp"], launcher="/L", **kwargs
+        )
+
+    def test_layout(self) -> None:
+        """Options, start, ids, groups, cwd, counted mounts and environment,
+        then the command; the mounts are the fstab's."""
+        sandbox = self.sandbox()
+        argv = sandbox.argv(self.identity, ["id", "-u"], None, True, {"A": "1"})
+        count = len(sandbox.mounts(self.identity))
+        self.assertEqual(
+            argv[:8],
+            ["/L", "g", WORKDIR, "72100", "72101", "72102,72103", "", str(count)],
+        )
+        mounts = argv[8 : 8 + 5 * count]
+        self.assertEqual(
+            mounts[:5], ["jobworker-proc", "/proc", "proc", "sdx", "hidepid=invisible"]
+        )
+        self.assertEqual(mounts[5:9], ["jobworker-tmp", "/tmp", "tmpfs", "sd"])
+        self.assertEqual(mounts[-5:-1], ["jobworker-work", WORKDIR, "tmpfs", "sdm"])
+        self.assertIn(f"uid={UID},gid={GID}", mounts[-1])
+        self.assertEqual(
+            argv[8 + 5 * count :], ["2", "A=1", f"PWD={WORKDIR}", "id", "-u"]
+        )
+        # The chain's fstab holds the same mounts.
+        chain = Sandbox(self.mktemp(), 1 << 20, folders=["/tmp"])
+        with open(chain.fstab(self.identity)) as f:
+            fstab = f.read()
+        self.assertIn("jobworker-proc /proc proc nosuid,nodev,noexec,hidepid", fstab)
+        self.assertIn(mounts[-1], fstab)
+
+    def test_cwdAndNetwork(self) -> None:
+        """A cwd: start at /, the cwd (logical) entered as the job, PWD set
+        and OLDPWD gone; --isolate net is option n; no groups is '-'."""
+        sandbox = self.sandbox(isolate=frozenset({"net"}))
+        identity = Identity.ofDynamicUid(72104)
+        env = {"OLDPWD": "/x", "PWD": "/y", "B": "2"}
+        argv = sandbox.argv(identity, ["pwd"], "srv//a/../b/", False, env)
+        self.assertEqual(argv[1:7], ["n", "/", "72104", "72104", "-", "/srv/b"])
+        self.assertEqual(argv[-4:], ["2", "PWD=/srv/b", "B=2", "pwd"])
+
+    def test_pidNamespaceKeepsTheChain(self) -> None:
+        """--isolate pid: unshare --fork's semantics stay with the chain."""
+        sandbox = self.sandbox(isolate=frozenset({"pid"}))
+        self.assertFalse(sandbox.usesLauncher)
+        argv = sandbox.argv(self.identity, ["id"], None, True, {})
+        self.assertNotIn("/L", argv)
+        self.assertIn("--pid", argv)
+
+    def test_environmentRules(self) -> None:
+        """PWD: the start folder unless the request set one; with a cwd,
+        the logical cwd."""
+        self.assertEqual(jobEnvironment({}, None, "/h"), {"PWD": "/h"})
+        self.assertEqual(jobEnvironment({"PWD": "/p"}, None, "/h"), {"PWD": "/p"})
+        self.assertEqual(
+            jobEnvironment({"OLDPWD": "/o", "X": "y"}, "a/b", "/"),
+            {"X": "y", "PWD": "/a/b"},
+        )
+        self.assertEqual(logicalFolder("/a/./b/../c//"), "/a/c")
+
+    def test_rootStagesSeeNoRequestEnvironment(self) -> None:
+        """The launcher is spawned with ROOT_ENVIRONMENT; the request's
+        variables are only arguments, for the command."""
+        from jobworker.executors.local.executor import localJobManager
+        from jobworker.jobs.policy import JobPolicy
+        from jobworker.jobs.validation import JobRequest
+
+        from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+
+        if os.getuid() != 0:
+            raise SkipTest("only a root server switches identities")
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        pool = DynamicUids(72110, 72119, self.mktemp())
+        manager = localJobManager(
+            reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            GroupKiller(),
+            policy=JobPolicy(identities=Identities(pool=pool)),
+        )
+        self.addCleanup(manager.close)
+        local = manager._executor  # type: ignore[attr-defined]
+        assert local.sandbox is not None
+        local.sandbox.launcher = "/L"
+        hostile = {"BASH_FUNC_read%%": "() { id; }", "SECRET": "s3"}
+        manager.create(JobRequest("true", [], hostile, None), "bob")
+        [spawned] = reactor.spawned
+        self.assertEqual(spawned.env, ROOT_ENVIRONMENT)
+        self.assertEqual(spawned.args[:2], ["/L", "g"])
+        self.assertIn("SECRET=s3", spawned.args)
+        self.assertEqual(spawned.args[-1], "true")
+
+
+# -- the real kernel: the launcher beside the chain ---------------------------
+
+
+def run(
+    argv: list[str], gate: bytes | None = None, wait: float = 0.0
+) -> subprocess.CompletedProcess[bytes]:
+    """
+    Run C{argv} as the server would (ROOT_ENVIRONMENT, no other descriptor
+    than 0-2, and fd 3 a pipe when C{gate} is given: C{wait} seconds later
+    it gets C{gate} and is closed).
+    """
+    if gate is None:
+        return subprocess.run(
+            argv, capture_output=True, env=ROOT_ENVIRONMENT, timeout=60, check=False
+        )
+    # Every descriptor Python opens is close-on-exec: only the dup2'd ones
+    # reach the child.
+    reader, writer = os.pipe()
+    outRead, outWrite = os.pipe()
+    errRead, errWrite = os.pipe()
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, outWrite, 1),
+        (os.POSIX_SPAWN_DUP2, errWrite, 2),
+        (os.POSIX_SPAWN_DUP2, reader, 3),
+    ]
+    try:
+        pid = os.posix_spawn(argv[0], argv, ROOT_ENVIRONMENT, file_actions=actions)
+    finally:
+        for fd in (reader, outWrite, errWrite):
+            os.close(fd)
+    time.sleep(wait)
+    with os.fdopen(writer, "wb") as pipe:
+        pipe.write(gate)
+    with os.fdopen(outRead, "rb") as out, os.fdopen(errRead, "rb") as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(
+        argv, os.waitstatus_to_exitcode(status), stdout, stderr
+    )
+
+
+#: What a job reports of itself: who, capabilities, mounts, folders, env.
+REPORT = r"""
+id -u; id -g; id -G
+grep -E '^(CapPrm|CapEff|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
+awk '$0 ~ / jobworker-/ { n = split($0, f, " - "); split(f[1], a, " ");
+  print a[5], a[6], f[2] }' /proc/self/mountinfo | sort
+awk '$7 ~ /shared:/ { n++ } END { print n + 0, "shared mounts" }' /proc/self/mountinfo
+stat -c '%n %a %u %g' /tmp /tmp/job
+pwd; echo "PWD=$PWD"
+test -e /proc/$$/fd/3 && echo fd3-open || echo fd3-closed
+ps -o pid=,pgid=,sid= -p $$ | awk '{ print ($1 == $2 && $2 == $3) ? "own" : "shared" }'
+env | sort
+"""
+
+
+class SideBySideTests(TestCase):
+    """
+    The same job through the launcher and through the chain, on the real
+    kernel: everything the job can observe of its set-up must be equal.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        requireRoot()
+        self.launcher = compiled(self)
+        self.folders = privateFolders()
+
+    def sandboxes(self) -> tuple[Sandbox, Sandbox]:
+        folder = os.path.abspath(self.mktemp())
+        return (
+            Sandbox(folder, 1 << 20, folders=self.folders, launcher=self.launcher),
+            Sandbox(folder, 1 << 20, folders=self.folders),
+        )
+
+    def both(
+        self,
+        command: list[str],
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        identity: Identity | None = None,
+        gate: bytes | None = b"go\n",
+    ) -> tuple[subprocess.CompletedProcess[bytes], subprocess.CompletedProcess[bytes]]:
+        identity = identity or testIdentity()
+        env = (
+            {"PATH": "/usr/bin:/bin", "HOME": "/h", "K": "v w"} if env is None else env
+        )
+        viaLauncher, viaChain = self.sandboxes()
+        gated = gate is not None
+        one = run(viaLauncher.argv(identity, command, cwd, gated, env), gate)
+        self.assertEqual(
+            viaLauncher.argv(identity, command, cwd, gated, env)[0], self.launcher
+        )
+        two = run(viaChain.argv(identity, command, cwd, gated, env), gate)
+        return one, two
+
+    def test_whatTheJobSees(self) -> None:
+        """Identity, no capabilities, private mounts as the fstab has them,
+        the work folder's owner and mode, PWD, fd 3 closed, own session,
+        exactly the job's environment: equal, and as expected."""
+        one, two = self.both(["sh", "-c", REPORT])
+        self.assertEqual((one.returncode, one.stderr), (0, b""))
+        self.assertEqual(one.stdout, two.stdout)
+        seen = one.stdout.decode()
+        lines = seen.splitlines()
+        self.assertEqual(lines[:3], [str(UID), str(GID), f"{GID} 72102 72103"])
+        for field in ("CapPrm", "CapEff", "CapAmb"):
+            self.assertIn(f"{field}:\t0000000000000000", seen)
+        self.assertIn("NoNewPrivs:\t0", seen)
+        self.assertRegex(
+            seen,
+            r"/proc \S*nosuid,nodev,noexec\S* proc jobworker-proc "
+            r"\S*hidepid=invisible",
+        )
+        self.assertIn("\n0 shared mounts\n", seen)
+        self.assertIn(f"{WORKDIR} 700 {UID} {GID}", seen)
+        self.assertIn("/tmp 1777 0 0", seen)
+        self.assertIn(f"{WORKDIR}\nPWD={WORKDIR}\n", seen)
+        self.assertIn("fd3-closed", seen)
+        self.assertIn("fd3-closed\nown\n", seen)
+        environment = seen.split("fd3-closed\nown\n", 1)[1].splitlines()
+        self.assertEqual(
+            environment,
+            ["HOME=/h", "K=v w", "PATH=/usr/bin:/bin", f"PWD={WORKDIR}"],
+        )
+
+    def test_namespaces(self) -> None:
+        """New mount and IPC namespaces; a network one only under --isolate
+        net (option n), as unshare --net."""
+        kinds = ("mnt", "ipc", "net")
+        host = [os.readlink(f"/proc/self/ns/{kind}") for kind in kinds]
+        report = [
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/mnt /proc/self/ns/ipc /proc/self/ns/net",
+        ]
+        one, _ = self.both(report)
+        seen = one.stdout.decode().split()
+        self.assertNotEqual(seen[0], host[0])
+        self.assertNotEqual(seen[1], host[1])
+        self.assertEqual(seen[2], host[2])
+        folder = os.path.abspath(self.mktemp())
+        net = frozenset({"net"})
+        for sandbox in (
+            Sandbox(folder, 1 << 20, net, self.folders, launcher=self.launcher),
+            Sandbox(folder, 1 << 20, net, self.folders),
+        ):
+            argv = sandbox.argv(testIdentity(), report, None, False, {})
+            result = run(argv)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotEqual(result.stdout.decode().split()[2], host[2])
+
+    def test_privateTmp(self) -> None:
+        """What the job writes in /tmp stays in its own tmpfs."""
+        name = f"jw-launch-{os.getpid()}"
+        one, _ = self.both(["sh", "-c", f"echo x > /tmp/{name} && ls /tmp"])
+        self.assertEqual(one.stdout.split(), [b"job", name.encode()])
+        self.assertFalse(os.path.exists(f"/tmp/{name}"))
+
+    def test_cwdEnteredAsTheJob(self) -> None:
+        """A cwd only the job's uid may enter is entered; one only root may
+        enter fails with 126, as the chain's; the logical path is PWD."""
+        base = sharedPath(self)
+        mine = os.path.join(base, "mine")
+        os.makedirs(os.path.join(mine, "sub"))
+        os.chmod(base, 0o755)  # noqa: S103
+        os.chown(mine, UID, GID)
+        os.chmod(mine, 0o700)
+        one, two = self.both(["sh", "-c", 'pwd; echo "$PWD"'], cwd=mine + "/sub/..")
+        self.assertEqual(
+            (one.returncode, one.stdout), (0, f"{mine}\n{mine}\n".encode())
+        )
+        self.assertEqual(one.stdout, two.stdout)
+        os.chown(mine, 0, 0)
+        one, two = self.both(["pwd"], cwd=mine)
+        self.assertEqual((one.returncode, two.returncode), (126, 126))
+        self.assertEqual(
+            one.stderr,
+            f"jobworker-launch: cannot enter the working directory '{mine}': "
+            "Permission denied\n".encode(),
+        )
+        self.assertIn(b"can't cd to", two.stderr)
+        self.assertEqual(one.stdout, b"")
+
+    def test_startFolderEnteredAsRoot(self) -> None:
+        """Without a cwd the job starts in its home, entered before the
+        identity change (as the chain's root shell does)."""
+        home = sharedPath(self)
+        os.makedirs(home, mode=0o700)
+        one, two = self.both(["pwd"], identity=testIdentity(home))
+        self.assertEqual((one.returncode, one.stdout), (0, f"{home}\n".encode()))
+        self.assertEqual(one.stdout, two.stdout)
+
+    def test_exitCodes(self) -> None:
+        """127 command not found (PATH searched), 126 not runnable: as env's,
+        with a message naming the command."""
+        script = sharedPath(self)
+        with open(script, "w") as f:
+            f.write("#!/no/such/interpreter\n")
+        os.chmod(script, 0o755)  # noqa: S103
+        for command, code, why in (
+            ("no-such-command-jw", 127, b"No such file or directory"),
+            (script, 127, b"No such file or directory"),
+            ("/etc/passwd", 126, b"Permission denied"),
+            ("/", 126, b"Permission denied"),
+        ):
+            one, two = self.both([command])
+            self.assertEqual((one.returncode, two.returncode), (code, code), command)
+            self.assertEqual(
+                one.stderr,
+                b"jobworker-launch: cannot run '"
+                + command.encode()
+                + b"': "
+                + why
+                + b"\n",
+            )
+            self.assertIn(command.encode(), two.stderr)
+        one, _ = self.both(["id", "-u"], env={"PATH": "/nowhere:/usr/bin"})
+        self.assertEqual(one.stdout, f"{UID}\n".encode())
+
+    def test_gateHolds(self) -> None:
+        """Nothing of the job runs before the line on fd 3; EOF instead:
+        exit 125 and nothing ran, through the launcher as through the chain."""
+        marker = sharedPath(self)
+        os.chmod(os.path.dirname(marker), 0o1777)  # noqa: S103
+        command = ["sh", "-c", f"date +%s.%N > {marker}"]
+        one, two = self.both(command, gate=b"")
+        self.assertEqual((one.returncode, two.returncode), (125, 125))
+        self.assertEqual(one.stderr, b"")
+        self.assertFalse(os.path.exists(marker))
+        viaLauncher, _ = self.sandboxes()
+        argv = viaLauncher.argv(testIdentity(), command, None, True, {})
+        released = time.time() + 0.5
+        result = run(argv, b"go\n", wait=0.5)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(marker) as f:
+            self.assertGreaterEqual(float(f.read()), released - 0.05)
+        # A gate line in pieces is still one line.
+        self.assertEqual(run(argv, b"g", wait=0.1).returncode, 125)
+
+    def test_badArgumentsRefused(self) -> None:
+        """Anything but the exact layout: 125 before any change; never uid 0."""
+        good = Sandbox(
+            os.path.abspath(self.mktemp()), 1 << 20, folders=[], launcher=self.launcher
+        ).argv(testIdentity(), ["true"], None, False, {})
+        self.assertEqual(run(good).returncode, 0, run(good).stderr)
+        for index, value in (
+            (1, "x"),
+            (2, "relative"),
+            (3, "0"),
+            (4, "0"),
+            (3, "-1"),
+            (3, "4294967295"),
+            (5, "1,,2"),
+            (7, "99"),
+            (11, "q"),
+        ):
+            bad = list(good)
+            bad[index] = value
+            result = run(bad)
+            self.assertEqual(result.returncode, 125, (index, value, result))
+            self.assertTrue(result.stderr.startswith(b"jobworker-launch: "))
+        self.assertEqual(run(good[:-1]).returncode, 125)
+        environment = 8 + 5 * int(good[7])
+        self.assertEqual(good[environment:], ["1", "PWD=/tmp/job", "true"])
+        for tail in (["1", "NOEQUALS", "true"], ["1", "=x", "true"], ["2", "A=1"]):
+            result = run([*good[:environment], *tail])
+            self.assertEqual(result.returncode, 125, (tail, result))
+
+
+# -- the server ----------------------------------------------------------------
+
+
+class ServerLogs:
+    """Collect the server's log lines while it starts."""
+
+    def __init__(self, testCase: SynchronousTestCase) -> None:
+        self.lines: list[str] = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.lines.append(formatEvent(event))
+
+    def which(self) -> list[str]:
+        return [line for line in self.lines if "sandboxed jobs start" in line]
+
+
+#: A job reporting what it was given; the first line: its cgroups.
+JOB_REPORT = "cat /proc/self/cgroup; id -u; id -G; pwd; env | sort"
+
+
+class ServerLauncherTests(TestCase):
+    """The default root server uses the launcher; jobs see what they must."""
+
+    timeout = 60
+    serverOptions: tuple[str, ...] = ()
+    expected = "the launcher"
+
+    def setUp(self) -> None:
+        requireRoot()
+        compiled(self)
+
+    async def test_jobThroughTheServer(self) -> None:
+        """The log says which start path; the job runs in its cgroup from its
+        first instruction, as its dynamic uid with no groups, in its private
+        work folder, with exactly its environment."""
+        logs = ServerLogs(self)
+        server = LiveServer(self)
+        [which] = logs.which()
+        self.assertIn(self.expected, which)
+        sandbox = server.manager._executor.sandbox  # type: ignore[attr-defined]
+        self.assertEqual(sandbox.usesLauncher, self.expected == "the launcher")
+        job = await server.createJob("sh", "-c", JOB_REPORT, env={"A": "b c"})
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        response = await server.request("GET", f"/jobs/{job['id']}/logs", "ada")
+        text = (await treq.content(response)).decode()
+        uid = job["run_as"].split(":")[1]
+        if server.manager._executor._cgroups is not None:  # type: ignore[attr-defined]
+            cgroups = text.split(f"\n{uid}\n")[0]
+            self.assertIn(job["id"], cgroups)
+        after = text.split(f"\n{uid}\n", 1)[1].splitlines()
+        self.assertEqual(after[:2], [uid, WORKDIR])
+        self.assertEqual(
+            after[2:],
+            sorted(
+                [
+                    "A=b c",
+                    f"HOME={WORKDIR}",
+                    "LANG=C.UTF-8",
+                    f"LOGNAME=jobworker-{uid}",
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    f"PWD={WORKDIR}",
+                    "SHELL=/bin/sh",
+                    f"USER=jobworker-{uid}",
+                ]
+            ),
+        )
+
+    async def test_failuresRecordedAlike(self) -> None:
+        """A command that passes the start check but cannot run (a missing
+        interpreter: 127; not executable by the kernel: 126) ends with the
+        same record whichever path started it."""
+        server = LiveServer(self)
+        script = sharedPath(self)
+        with open(script, "w") as f:
+            f.write("#!/no/such/interpreter\n")
+        os.chmod(script, 0o755)  # noqa: S103
+        job = await server.createJob(script)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(
+            (ended["status"], ended["exit_code"], ended["error"]),
+            ("FAILED", 127, "exited with code 127"),
+        )
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=stderr", "ada"
+        )
+        err = await treq.content(response)
+        self.assertIn(script.encode(), err)
+        self.assertIn(b"No such file or directory", err)
+
+
+class ProbeFallbackTests(SynchronousTestCase):
+    """A launcher that fails the start-up probe gives way to the chain."""
+
+    def test_brokenLauncherReplaced(self) -> None:
+        from jobworker.executors.local.executor import LocalExecutor
+        from jobworker.jobs.policy import JobPolicy
+        from jobworker.server.identitysetup import probeSandbox
+
+        from .fakes import FakeProcessReactor
+
+        requireRoot()
+        identities = Identities(pool=DynamicUids(72120, 72129, self.mktemp()))
+        local = LocalExecutor(
+            FakeProcessReactor(),
+            os.path.join(os.path.abspath(self.mktemp()), "jobs"),
+            5.0,
+            policy=JobPolicy(identities=identities),
+            launcher=shutil.which("false") or "/bin/false",
+        )
+        assert local.sandbox is not None
+        self.assertTrue(local.sandbox.usesLauncher)
+        logs = ServerLogs(self)
+        probeSandbox(local, identities)
+        self.assertIsNone(local.sandbox.launcher)
+        [which] = logs.which()
+        self.assertIn("the launcher failed its probe", which)
+
+
+class ServerChainTests(ServerLauncherTests):
+    """--launcher=off: the exec chain, with the same results."""
+
+    serverOptions = ("--launcher=off",)
+    expected = "the exec chain"
+
+
+class ServerFallbackTests(ServerLauncherTests):
+    """A compiler that fails: one log line why, then the chain."""
+
+    expected = "the exec chain"
+
+    def setUp(self) -> None:
+        super().setUp()
+        false = shutil.which("false") or "/bin/false"
+        old = os.environ.get(launcher.COMPILER_VARIABLE)
+        os.environ[launcher.COMPILER_VARIABLE] = false
+
+        def restore() -> None:
+            if old is None:
+                os.environ.pop(launcher.COMPILER_VARIABLE, None)
+            else:
+                os.environ[launcher.COMPILER_VARIABLE] = old
+
+        self.addCleanup(restore)
+
+    async def test_saysWhy(self) -> None:
+        """The line names the failing compiler."""
+        logs = ServerLogs(self)
+        LiveServer(self)
+        [which] = logs.which()
+        self.assertTrue(re.search(r"no launcher: \S*false failed", which), which)
