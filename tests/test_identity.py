@@ -475,6 +475,10 @@ class IdentityModeChainTests(IdentityModeTests):
 
 class DynamicIdentityTests(TestCase):
     timeout = 60
+    #: The uid of the tests with a pool of one, outside the range other test
+    #: servers take; the chain's variant, which may run at the same time
+    #: (trial -j), has its own.
+    soleUid = 72500
 
     def setUp(self) -> None:
         requireRoot()
@@ -498,7 +502,8 @@ class DynamicIdentityTests(TestCase):
     async def test_sameUidNextJobFindsNothing(self) -> None:
         """With a pool of one uid, the next job gets the same uid and a fresh
         /tmp, /var/tmp, /dev/shm and working folder; no process survives."""
-        server = LiveServer(self, "--dynamic-uids=70500-70500")
+        uid = self.soleUid
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
         first = await server.createJob(
             "sh",
             "-c",
@@ -522,15 +527,16 @@ class DynamicIdentityTests(TestCase):
             self.assertEqual(second[0], 429, second)
             await sleep(0.05)
         job = second[1]
-        self.assertEqual(job["run_as"], "dynamic:70500")
+        self.assertEqual(job["run_as"], f"dynamic:{uid}")
         await server.waitEnded(job["id"])
-        self.assertEqual((await output(server, job["id"])).split(), [b"70500"])
-        self.assertEqual(processesOf(70500), [])
+        self.assertEqual((await output(server, job["id"])).split(), [str(uid).encode()])
+        self.assertEqual(processesOf(uid), [])
         self.assertEqual([n for n in os.listdir("/tmp") if n.startswith("left-")], [])
 
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""
-        server = LiveServer(self, "--dynamic-uids=70600-70600")
+        uid = self.soleUid + 100
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
         job = await server.createJob("sleep", "30")
         response = await server.request("POST", "/jobs", "alice", {"command": "true"})
         self.assertEqual(response.code, 429)
@@ -608,6 +614,7 @@ class DynamicIdentityChainTests(DynamicIdentityTests):
     """The same through the exec chain (--launcher=off)."""
 
     serverOptions = ("--launcher=off",)
+    soleUid = 72510
 
 
 class OptionTests(SynchronousTestCase):
