@@ -142,6 +142,39 @@ class OrderTests(MemoryCLITestCase):
         self.patch(logs, "FORMATS", ("raw", "sse"))
         self.test_followKeepsTheJobsOrder()
 
+    def test_malformedFramesAreOneLine(self) -> None:
+        """
+        A frame stream that is not one (a length past the cap, a position
+        that is not JSON) ends as jw's one-line error after the retries,
+        never a traceback.
+        """
+        from twisted.internet.defer import Deferred
+
+        from jobworker.client.errors import ClientError
+        from jobworker.client.follow import FOLLOW_RETRIES, followCombined
+        from jobworker.client.streams import Streams
+
+        class Garbage:
+            def __init__(self, body: bytes) -> None:
+                self.body = body
+                self.asked = 0
+
+            async def events(self, *args: Any, **kwargs: Any) -> None:
+                self.asked += 1
+                args[1](self.body)
+
+            async def pause(self, seconds: float) -> None:
+                pass
+
+        for body in (b"o\xff\xff\xff\xff", b"p\x00\x00\x00\x01{"):
+            client = Garbage(body)
+            streams = Streams.__new__(Streams)
+            streams.writer = lambda name: lambda data: None  # type: ignore[method-assign]
+            done = Deferred.fromCoroutine(followCombined(client, "id", streams))
+            failure = self.failureResultOf(done, ClientError)
+            self.assertIn("malformed", str(failure.value))
+            self.assertEqual(client.asked, FOLLOW_RETRIES + 1)
+
     def test_framesResumeWhereTheServerStarted(self) -> None:
         """
         The position frame of a tail sets where each stream starts, so a

@@ -26,6 +26,7 @@ from jobworker.executors.local.sandbox import (
     ROOT_ENVIRONMENT,
     WORKDIR,
     Sandbox,
+    SandboxError,
     jobEnvironment,
     logicalFolder,
     privateFolders,
@@ -85,9 +86,9 @@ class BuildTests(SynchronousTestCase):
 
     def test_warningFree(self) -> None:
         """The shipped source compiles with -Wall -Wextra -Werror -pedantic,
-        and stays small (under 250 lines)."""
+        and stays small (under 260 lines)."""
         text = launcher.source()
-        self.assertLess(text.count(b"\n"), 250)
+        self.assertLess(text.count(b"\n"), 260)
         path = os.path.join(self.mktemp())
         with open(path, "wb") as f:
             f.write(text)
@@ -159,6 +160,25 @@ class BuildTests(SynchronousTestCase):
         os.chmod(path, 0o777)  # noqa: S103
         self.assertEqual(launcher.build([fallback], self.compiler), path)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+
+    def test_unwritableFolderFallsBack(self) -> None:
+        """A cache folder that cannot be written (a read-only /var) gives way
+        to the next one, as one others may write does."""
+        compileForReal = launcher._compile
+        first = self.cache
+
+        def readOnlyFirst(compiler: str, code: bytes, folder: str, target: str) -> None:
+            if folder == first:
+                raise OSError(30, "Read-only file system")
+            compileForReal(compiler, code, folder, target)
+
+        self.patch(launcher, "_compile", readOnlyFirst)
+        fallback = os.path.abspath(self.mktemp())
+        path = launcher.build([first, fallback], self.compiler)
+        self.assertEqual(os.path.dirname(path), fallback)
+        with self.assertRaises(launcher.LauncherUnavailable) as caught:
+            launcher.build([first], self.compiler)
+        self.assertIn("Read-only file system", str(caught.exception))
 
     def test_compilerFromEnvironment(self) -> None:
         """$JW_LAUNCHER_CC names the compiler; a missing one is said."""
@@ -494,6 +514,16 @@ class SideBySideTests(TestCase):
             self.assertIn(command.encode(), two.stderr)
         one, _ = self.both(["id", "-u"], env={"PATH": "/nowhere:/usr/bin"})
         self.assertEqual(one.stdout, f"{UID}\n".encode())
+        # The job's PATH is searched, not the launcher's own: a command only
+        # in a folder the job names is found; without /usr/bin, id is not.
+        folder = os.path.dirname(sharedPath(self))
+        with open(os.path.join(folder, "jw-only-here"), "w") as f:
+            f.write("#!/bin/sh\necho found here\n")
+        os.chmod(os.path.join(folder, "jw-only-here"), 0o755)  # noqa: S103
+        one, two = self.both(["jw-only-here"], env={"PATH": folder})
+        self.assertEqual((one.stdout, two.stdout), (b"found here\n",) * 2, one)
+        one, two = self.both(["id"], env={"PATH": folder})
+        self.assertEqual((one.returncode, two.returncode), (127, 127), one)
 
     def test_gateHolds(self) -> None:
         """Nothing of the job runs before the line on fd 3; EOF instead:
@@ -529,6 +559,8 @@ class SideBySideTests(TestCase):
             (3, "-1"),
             (3, "4294967295"),
             (5, "1,,2"),
+            (5, "0"),
+            (5, "27,0"),
             (7, "99"),
             (11, "q"),
         ):
@@ -664,6 +696,19 @@ class ProbeFallbackTests(SynchronousTestCase):
         self.assertIsNone(local.sandbox.launcher)
         [which] = logs.which()
         self.assertIn("the launcher failed its probe", which)
+
+
+class ProbeWorkFolderTests(SynchronousTestCase):
+    def test_sharedTmpRefused(self) -> None:
+        """
+        Where /tmp gets no private tmpfs (a symlink here), /tmp/job would be
+        made in the shared /tmp, where a user may have planted a symlink to
+        /etc: the probe refuses before anything runs.
+        """
+        sandbox = Sandbox(self.mktemp(), 1 << 20, folders=["/var/tmp"])
+        with self.assertRaises(SandboxError) as caught:
+            sandbox.probe(testIdentity())
+        self.assertIn("/tmp is not a real folder here", str(caught.exception))
 
 
 class ServerChainTests(ServerLauncherTests):

@@ -87,6 +87,22 @@ class BodyTests(SynchronousTestCase):
         with self.assertRaises(http.client.IncompleteRead):
             self.body(_Response(b"short", chunked=False, length=10))
 
+    def test_onlyHexSizes(self) -> None:
+        """
+        A size with a sign, 0x, _ or spaces inside is refused before any byte
+        of the chunk is handed on (int() took -3 and passed garbage on).
+        """
+        for size in (b"-3", b"+3", b"0x3", b"1_0", b" 3", b"", b"1" * 17):
+            got: list[bytes] = []
+            pieces = bodyPieces(
+                _Response(size + b"\r\nabcdefghij\r\n0\r\n\r\n", chunked=True),  # type: ignore[arg-type]
+                bytearray(5),
+            )
+            with self.assertRaises(ValueError, msg=size):
+                for piece in pieces:
+                    got.append(bytes(piece))
+            self.assertEqual(got, [], size)
+
 
 def seq(last: int) -> bytes:
     """What C{seq 1 LAST} prints."""

@@ -35,7 +35,7 @@ def bodyPieces(
             line = source.readline(MAX_LINE)
             if not line.endswith(b"\n"):
                 raise http.client.IncompleteRead(line)
-            size = int(line.split(b";", 1)[0], 16)
+            size = chunkSize(line)
             if size == 0:
                 while source.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -58,3 +58,19 @@ def _exactly(source: Any, view: memoryview, size: int) -> Iterator[memoryview]:
             raise http.client.IncompleteRead(b"", size)
         size -= count
         yield view[:count]
+
+
+def chunkSize(line: bytes) -> int:
+    """
+    The size on a chunk's size line (hex digits, then an optional
+    extension); nothing else (C{int()} would take a sign, C{0x}, C{_}).
+
+    @raise ValueError: it is not one.
+    """
+    digits = line.split(b";", 1)[0].rstrip(b"\r\n \t")
+    if not 0 < len(digits) <= 16 or digits.strip(HEX_DIGITS):
+        raise ValueError(f"bad chunk size line {line[:40]!r}")
+    return int(digits, 16)
+
+
+HEX_DIGITS = b"0123456789abcdefABCDEF"

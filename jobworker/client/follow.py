@@ -74,8 +74,12 @@ async def followCombined(
             parser = FrameParser()
 
             def feed(data: bytes) -> None:
-                for tag, payload in parser.feed(data):
-                    reader.frame(tag, payload)
+                try:
+                    for tag, payload in parser.feed(data):
+                        reader.frame(tag, payload)
+                except (ValueError, KeyError, TypeError) as e:
+                    # FrameError, or JSON that is not what a frame holds.
+                    raise ClientError(f"the output stream is malformed: {e}") from None
 
             try:
                 await client.events(

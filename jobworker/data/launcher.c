@@ -15,10 +15,10 @@
  *     made private, then exactly the mounts given, in order (a folder made
  *     with mode 0755 first where asked);
  *  4. the start folder entered, as root;
- *  5. setgroups, setresgid, setresuid (never uid or gid 0), each checked
- *     afterwards with getgroups, getresgid, getresuid, and no capability
- *     left (effective and permitted empty; no_new_privs untouched, as
- *     setpriv leaves it);
+ *  5. setgroups, setresgid, setresuid (never uid 0, gid 0 or group 0),
+ *     each checked afterwards with getgroups, getresgid, getresuid, and no
+ *     capability left (effective and permitted empty; no_new_privs
+ *     untouched, as setpriv leaves it);
  *  6. the request's working directory entered as the job;
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
@@ -98,7 +98,7 @@ static size_t parseGroups(const char *text) {
             usage("bad GROUPS", text);
         errno = 0;
         unsigned long gid = strtoul(next, &end, 10);
-        if (errno != 0 || gid > MAX_ID || (*end != '\0' && *end != ','))
+        if (errno != 0 || gid == 0 || gid > MAX_ID || (*end != '\0' && *end != ','))
             usage("bad GROUPS", text);
         groups[count++] = (gid_t)gid;
         if (*end == '\0')

@@ -58,7 +58,8 @@ class Identity:
         The identity of the Unix account C{name}: its uid, primary gid,
         supplementary groups, home and shell from the user database.
 
-        @raise IdentityError: no such account, or it is root.
+        @raise IdentityError: no such account, or it is root, or in root's
+            group.
         """
         try:
             entry = pwd.getpwnam(name)
@@ -73,6 +74,10 @@ class Identity:
         groups = tuple(
             sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid})
         )
+        if 0 in groups:
+            raise IdentityError(
+                f"Unix account {name!r} is in root's group: jobs must not be"
+            )
         return cls(
             uid=entry.pw_uid,
             gid=entry.pw_gid,

@@ -90,9 +90,9 @@ def build(
         try:
             _compile(compiler, code, folder, target)
         except OSError as e:
-            raise LauncherUnavailable(
-                f"cannot compile into {folder}: {e.strerror or e}"
-            ) from None
+            # A folder that cannot be written (read-only /var): the next.
+            why = f"cannot compile into {folder}: {e.strerror or e}"
+            continue
         return target
     raise LauncherUnavailable(why)
 
@@ -140,7 +140,7 @@ def _compile(compiler: str, code: bytes, folder: str, target: str) -> None:
             raise LauncherUnavailable(f"{compiler}: {e}") from None
         if result.returncode != 0 or not os.path.isfile(binary):
             lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-            errors = [line for line in lines if "error" in line] or lines
+            errors = [line for line in lines if ": error:" in line] or lines
             why = errors[0] if errors else f"exit status {result.returncode}"
             raise LauncherUnavailable(f"{compiler} failed: {why}")
         os.chmod(binary, 0o700)

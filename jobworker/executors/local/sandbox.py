@@ -322,6 +322,14 @@ class Sandbox:
         @raise SandboxError: it does not work here (no mount namespaces, a
             kernel without per-mount C{hidepid}, ...).
         """
+        parent = os.path.dirname(WORKDIR)
+        if parent not in self.folders:
+            # The job's working tmpfs would be mounted in a shared folder,
+            # where another user may have put a symlink in its place.
+            raise SandboxError(
+                f"{parent} is not a real folder here, so it gets no private "
+                f"tmpfs, and {WORKDIR} cannot be made safely"
+            )
         check = f"test -w . && test ! -e /proc/{os.getpid()}"
         argv = self.argv(
             identity, [POSIX_SHELL, "-c", check], None, False, {"PATH": "/usr/bin:/bin"}
