@@ -6,6 +6,7 @@ import base64
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,6 +239,32 @@ def processAlive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def startTime(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of C{pid}, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def killGroupIfOurs(pgid: int, leaderStarted: int | None) -> None:
+    """
+    SIGKILL what is left of a job's process group, whose leader started at
+    C{leaderStarted} (None: it was gone already); never a group whose id
+    was reused since (a leader now that started at another time, or at all
+    when it was gone, is someone else's).
+    """
+    now = startTime(pgid)
+    if now is not None and now != leaderStarted:
+        return
+    if groupMembers(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def groupMembers(pgid: int) -> list[int]:

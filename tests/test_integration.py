@@ -36,9 +36,11 @@ from .support import (
     LiveServer,
     basic,
     groupMembers,
+    killGroupIfOurs,
     processAlive,
     runSync,
     sharedPath,
+    startTime,
     waitUntil,
 )
 
@@ -130,15 +132,6 @@ async def listJobs(server: LiveServer) -> list[dict[str, Any]]:
     return body["jobs"]  # type: ignore[no-any-return]
 
 
-def startTime(pid: int) -> int | None:
-    """The start time (clock ticks after boot) of C{pid}, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def cleanUpGroup(testCase: TestCase, pgid: int | None) -> None:
     """
     At cleanup, SIGKILL what is left of a job's process group; never a group
@@ -146,20 +139,7 @@ def cleanUpGroup(testCase: TestCase, pgid: int | None) -> None:
     """
     if pgid is None:
         return
-    leaderStarted = startTime(pgid)
-
-    def kill() -> None:
-        now = startTime(pgid)
-        if now is not None and now != leaderStarted:
-            # (A leader now that was gone when the job was seen is not ours.)
-            return
-        if groupMembers(pgid):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    testCase.addCleanup(kill)
+    testCase.addCleanup(killGroupIfOurs, pgid, startTime(pgid))
 
 
 def cleanUpProcess(testCase: TestCase, pid: int, pgid: int) -> None:

@@ -31,8 +31,9 @@ from .support import (
     TWISTD,
     ApiClient,
     basic,
-    groupMembers,
+    killGroupIfOurs,
     sleep,
+    startTime,
 )
 
 LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
@@ -42,15 +43,6 @@ TRACEBACK = "Traceback (most recent call last)"
 
 #: Seconds twistd may take to exit after SIGTERM: its jobs' grace and more.
 STOP_TIMEOUT = 30.0
-
-
-def startTime(pid: int) -> int | None:
-    """The start time (clock ticks after boot) of C{pid}, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class TwistdProtocol(ProcessProtocol):
@@ -193,16 +185,7 @@ class Twistd(ApiClient):
         except AssertionError as e:
             problems.append(str(e))
         for pgid, leaderStarted in self.jobGroups:
-            # Never a group whose id was reused since: its leader is not ours.
-            now = startTime(pgid)
-            if now is not None and now != leaderStarted:
-                # (A leader now that was gone when the job was seen is not ours.)
-                continue
-            if groupMembers(pgid):
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except OSError:
-                    pass
+            killGroupIfOurs(pgid, leaderStarted)
         if not self.protocol.ended:
             try:
                 os.kill(self.pid, signal.SIGKILL)

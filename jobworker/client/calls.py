@@ -12,6 +12,7 @@ import signal as _signal
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from .errors import ClientError
 
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
@@ -182,6 +183,33 @@ def checkServer(server: str) -> None:
 
 def segment(jobId: str) -> str:
     return quote(jobId, safe="")
+
+
+def eventsRequest(
+    jobId: str,
+    stream: str,
+    follow: bool,
+    tail: int | None,
+    lastEventId: str | None,
+    frames: bool,
+) -> tuple[str, dict[str, str]]:
+    """
+    The path and headers of a log request as Server-Sent Events, or with
+    C{frames} as binary frames (L{jobworker.framing}), resuming after
+    C{lastEventId} if given: the same for both clients.
+    """
+    headers = {"Accept": FRAMES_TYPE if frames else "text/event-stream"}
+    if lastEventId is not None:
+        headers["Last-Event-ID"] = lastEventId
+    path = logsPath(
+        jobId,
+        stream,
+        follow,
+        tail=tail,
+        resuming=lastEventId is not None,
+        form="frames" if frames else None,
+    )
+    return path, headers
 
 
 def logsPath(

@@ -24,9 +24,16 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IResponse
 
-from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..tls import TrustRootPolicy
-from .calls import ApiCalls, checkServer, errorFor, exitStatusOf, logsPath, segment
+from .calls import (
+    ApiCalls,
+    checkServer,
+    errorFor,
+    eventsRequest,
+    exitStatusOf,
+    logsPath,
+    segment,
+)
 from .errors import ClientError
 from .netfailures import describeConnectionFailure, isCancellation
 
@@ -204,18 +211,11 @@ class JobworkerClient(ApiCalls):
         L{jobworker.framing.FrameParser} reads it), resuming after
         C{lastEventId} if given.
         """
-        accept = FRAMES_TYPE.encode("ascii") if frames else b"text/event-stream"
-        headers = {b"accept": [accept]}
-        if lastEventId is not None:
-            headers[b"last-event-id"] = [lastEventId.encode("ascii", "replace")]
-        path = logsPath(
-            jobId,
-            stream,
-            follow,
-            tail=tail,
-            resuming=lastEventId is not None,
-            form="frames" if frames else None,
-        )
+        path, given = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
+        headers = {
+            name.lower().encode("ascii"): [value.encode("ascii", "replace")]
+            for name, value in given.items()
+        }
         response = await self._request(
             "GET", path, unbuffered=True, extraHeaders=headers
         )

@@ -24,10 +24,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..tlserrors import TLSConfigError
 from .bodies import bodyPieces
-from .calls import ApiCalls, checkServer, errorFor, logsPath, segment
+from .calls import ApiCalls, checkServer, errorFor, eventsRequest, logsPath, segment
 from .errors import ClientError
 from .workers import startThread
 
@@ -223,17 +222,7 @@ class QuickClient(ApiCalls):
         frames: bool = False,
     ) -> None:
         """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
-        headers = {"Accept": FRAMES_TYPE if frames else "text/event-stream"}
-        if lastEventId is not None:
-            headers["Last-Event-ID"] = lastEventId
-        path = logsPath(
-            jobId,
-            stream,
-            follow,
-            tail=tail,
-            resuming=lastEventId is not None,
-            form="frames" if frames else None,
-        )
+        path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
         response = self._send("GET", path, headers=headers)
         self._collect(response, lambda piece: sink(bytes(piece)))
 
