@@ -108,6 +108,8 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker.client.show",
                 "jobworker.client.streams",
                 "jobworker.client.verbs",
+                # The frame format: pure, shared with the server's writer.
+                "jobworker.framing",
                 "jobworker.tlserrors",
                 "jobworker.units",
             },
