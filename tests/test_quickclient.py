@@ -230,6 +230,34 @@ class FollowTests(JWAssertions, TestCase):
         self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
         self.assertEqual(rest, seq(900))
 
+    async def test_followsAJobQueuedLongerThanTheRequestTimeout(self) -> None:
+        """
+        A followed job may wait in the queue for hours: no answer comes
+        until it starts, and that is not a dead connection. jw, its request
+        timeout cut to 0.3 s here (5 retries of it with their pauses take
+        4.5 s), follows a job queued for 6 s, both ways.
+        """
+        server = LiveServer(self, "--max-running=1")
+        jw = (
+            "import sys; import jobworker.client.quick as q; q.TIMEOUT = 0.3; "
+            "from jobworker.client.cli import main; sys.argv[0] = 'jw'; main()"
+        )
+        for merged in (True, False):
+            first = await server.createJob("sleep", "6")
+            result = await runBlocking(
+                [
+                    *(sys.executable, "-c", jw, "exec", "--after", first["id"]),
+                    *("-f", "--", "sh", "-c", "echo out; echo err >&2"),
+                ],
+                jwEnvironment(server.url),
+                merged=merged,
+            )
+            output = result.stdout + (result.stderr or b"")
+            self.assertEqual(result.returncode, 0, output)
+            self.assertIn(b"out\n", result.stdout)
+            self.assertIn(b"err\n", output)
+            self.assertNotIn(b"broke off", output)
+
     async def test_orderToOnePlace(self) -> None:
         """Written to one place (2>&1), the output is in the job's order."""
         server = LiveServer(self)

@@ -153,16 +153,24 @@ class QuickClient(ApiCalls):
         path: str,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        patient: bool = False,
     ) -> http.client.HTTPResponse:
         """
         Send one request; its response, headers read, or a L{ClientError}
         for a failed connection or an error status. A GET over a kept-alive
         connection that the server has closed meanwhile is sent again once.
+        C{patient}: the answer may take hours (a followed job still in the
+        queue answers when it starts), so no read timeout, only the
+        connection's.
         """
         allHeaders = {**self._headers, **(headers or {})}
         for attempt in (1, 2):
             reused = self._connection.sock is not None
             try:
+                if patient:
+                    if self._connection.sock is None:
+                        self._connection.connect()
+                    self._connection.sock.settimeout(None)
                 self._connection.request(method, path, body=data, headers=allHeaders)
                 response = self._connection.getresponse()
             except (ConnectionResetError, BrokenPipeError) as e:
@@ -180,6 +188,8 @@ class QuickClient(ApiCalls):
                     f"connection to {self.server} failed: {e!r}"
                 ) from None
             if response.status >= 400:
+                if patient and self._connection.sock is not None:
+                    self._connection.sock.settimeout(TIMEOUT)
                 raise errorFor(response.status, self._body(response))
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -223,7 +233,7 @@ class QuickClient(ApiCalls):
     ) -> None:
         """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
         path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
-        response = self._send("GET", path, headers=headers)
+        response = self._send("GET", path, headers=headers, patient=follow)
         self._collect(response, lambda piece: sink(bytes(piece)))
 
     async def logs(
@@ -240,7 +250,9 @@ class QuickClient(ApiCalls):
         As L{JobworkerClient.logs<jobworker.client.http.JobworkerClient>},
         but C{sink} is handed views of a reused buffer (to write at once).
         """
-        response = self._send("GET", logsPath(jobId, stream, follow, offset, tail))
+        response = self._send(
+            "GET", logsPath(jobId, stream, follow, offset, tail), patient=follow
+        )
         start = response.getheader("X-Output-Offset", "")
         if onStart is not None and start.isdigit():
             onStart(int(start))
