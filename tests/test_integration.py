@@ -125,6 +125,12 @@ async def waitForOutput(
     )
 
 
+async def hasPidLine(server: LiveServer, jobId: str) -> bytes | None:
+    """The job's stdout once a line of it is a number (a pid), else None."""
+    _, body = await logs(server, jobId)
+    return body if re.search(rb"^[0-9]+$", body, re.MULTILINE) else None
+
+
 async def listJobs(server: LiveServer) -> list[dict[str, Any]]:
     """Every job, as an Admin sees them through the API."""
     code, body = await server.json("GET", "/jobs", "ada")
@@ -699,6 +705,10 @@ class StopTests(TestCase):
         job = await server.createJob("sh", "-c", script, "sh", ready)
         cleanUpGroup(self, job["pid"])
         output = await waitForOutput(server, job["id"], b"child-said-hi")
+        # The child may speak before its parent has printed its pid.
+        output = await waitUntil(
+            lambda: hasPidLine(server, job["id"]), 10.0, "the leftover's pid"
+        )
         match = re.search(rb"^([0-9]+)$", output, re.MULTILINE)
         assert match is not None, output
         grandchild = int(match.group(1))
