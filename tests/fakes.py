@@ -212,3 +212,46 @@ def forbidRealKill(patch: Callable[[Any, str, Any], None]) -> None:
 
     patch(os, "killpg", refuse)
     patch(os, "kill", refuse)
+
+
+#: A request environment that would run code as root if a root stage saw
+#: it (where /bin/sh is bash), and a secret.
+HOSTILE_ENVIRONMENT = {"BASH_FUNC_read%%": "() { id; }", "SECRET": "s3"}
+
+
+def spawnHostileJob(testCase: Any, firstUid: int, launcher: str | None = None) -> Any:
+    """
+    As root, a manager on the fake process reactor (ten dynamic uids from
+    C{firstUid}; the sandbox started through C{launcher}, or the exec chain)
+    creates one job of C{bob} with L{HOSTILE_ENVIRONMENT}: what was spawned.
+    Skips where not root.
+    """
+    import os
+
+    from twisted.trial.unittest import SkipTest
+
+    from jobworker.executors.local.executor import localJobManager
+    from jobworker.jobs.identity import DynamicUids, Identities
+    from jobworker.jobs.policy import JobPolicy
+    from jobworker.jobs.validation import JobRequest
+
+    if os.getuid() != 0:
+        raise SkipTest("only a root server switches identities")
+    forbidRealKill(testCase.patch)
+    reactor = FakeProcessReactor()
+    pool = DynamicUids(firstUid, firstUid + 9, testCase.mktemp())
+    manager = localJobManager(
+        reactor,
+        os.path.abspath(testCase.mktemp()),
+        5.0,
+        GroupKiller(),
+        policy=JobPolicy(identities=Identities(pool=pool)),
+    )
+    testCase.addCleanup(manager.close)
+    if launcher is not None:
+        sandbox = manager._executor.sandbox
+        assert sandbox is not None
+        sandbox.launcher = launcher
+    manager.create(JobRequest("true", [], HOSTILE_ENVIRONMENT, None), "bob")
+    [spawned] = reactor.spawned
+    return spawned

@@ -690,29 +690,11 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
     """
 
     def test_requestEnvOnlyAfterSetpriv(self) -> None:
-        from jobworker.executors.local.executor import localJobManager
         from jobworker.executors.local.sandbox import ENV, ROOT_ENVIRONMENT, SETPRIV
-        from jobworker.jobs.policy import JobPolicy
-        from jobworker.jobs.validation import JobRequest
 
-        from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+        from .fakes import spawnHostileJob
 
-        if os.getuid() != 0:
-            raise SkipTest("only a root server switches identities")
-        forbidRealKill(self.patch)
-        reactor = FakeProcessReactor()
-        pool = DynamicUids(70700, 70709, self.mktemp())
-        manager = localJobManager(
-            reactor,
-            os.path.abspath(self.mktemp()),
-            5.0,
-            GroupKiller(),
-            policy=JobPolicy(identities=Identities(pool=pool)),
-        )
-        self.addCleanup(manager.close)
-        hostile = {"BASH_FUNC_read%%": "() { id; }", "SECRET": "s3"}
-        manager.create(JobRequest("true", [], hostile, None), "bob")
-        [spawned] = reactor.spawned
+        spawned = spawnHostileJob(self, 70700)
         self.assertEqual(spawned.env, ROOT_ENVIRONMENT)
         args = spawned.args
         self.assertLess(args.index(SETPRIV), args.index(ENV))

@@ -262,31 +262,9 @@ class ArgvTests(SynchronousTestCase):
     def test_rootStagesSeeNoRequestEnvironment(self) -> None:
         """The launcher is spawned with ROOT_ENVIRONMENT; the request's
         variables are only arguments, for the command."""
-        from jobworker.executors.local.executor import localJobManager
-        from jobworker.jobs.policy import JobPolicy
-        from jobworker.jobs.validation import JobRequest
+        from .fakes import spawnHostileJob
 
-        from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-
-        if os.getuid() != 0:
-            raise SkipTest("only a root server switches identities")
-        forbidRealKill(self.patch)
-        reactor = FakeProcessReactor()
-        pool = DynamicUids(72110, 72119, self.mktemp())
-        manager = localJobManager(
-            reactor,
-            os.path.abspath(self.mktemp()),
-            5.0,
-            GroupKiller(),
-            policy=JobPolicy(identities=Identities(pool=pool)),
-        )
-        self.addCleanup(manager.close)
-        local = manager._executor  # type: ignore[attr-defined]
-        assert local.sandbox is not None
-        local.sandbox.launcher = "/L"
-        hostile = {"BASH_FUNC_read%%": "() { id; }", "SECRET": "s3"}
-        manager.create(JobRequest("true", [], hostile, None), "bob")
-        [spawned] = reactor.spawned
+        spawned = spawnHostileJob(self, 72110, launcher="/L")
         self.assertEqual(spawned.env, ROOT_ENVIRONMENT)
         self.assertEqual(spawned.args[:2], ["/L", "g"])
         self.assertIn("SECRET=s3", spawned.args)
