@@ -10,7 +10,10 @@
  *     the job's whole tree through it;
  *  2. with option g: nothing else happens until the server writes one line
  *     on fd 3 (the pid is in the job's cgroup, the record is stored); EOF
- *     first means "do not start": exit 125. fd 3 is closed after;
+ *     first means "do not start": exit 125. fd 3 is closed after. With
+ *     option e as well, the job's environment follows the line, as
+ *     NAME=VALUE entries each ended by a NUL byte, up to EOF: it is never
+ *     on this command line, which local users may read in /proc;
  *  3. new mount and IPC namespaces (and network, option n), every mount
  *     made private, then exactly the mounts given, in order (a folder made
  *     with mode 0755 first where asked);
@@ -30,7 +33,9 @@
  *   OPTIONS START UID GID GROUPS CWD
  *   NMOUNTS {SOURCE TARGET FSTYPE FLAGS DATA}...  NENV {NAME=VALUE}...
  *   COMMAND [ARG]...
- * OPTIONS: "-", or letters: g (the gate on fd 3), n (a network namespace).
+ * OPTIONS: "-", or letters: g (the gate on fd 3), e (the environment on the
+ *   gate, after its line: NENV must then be 0; needs g), n (a network
+ *   namespace).
  * GROUPS: supplementary gids separated by commas, or "-" for none.
  * CWD: entered after the identity change; "" for none.
  * FLAGS: "-", or letters: s nosuid, d nodev, x noexec, m mkdir 0755 first.
@@ -55,10 +60,12 @@
 #define MAX_GROUPS 65536     /* the kernel's NGROUPS_MAX */
 #define MAX_ENV 4096         /* a request holds at most 1024 */
 #define MAX_ID 4294967294UL  /* (uid_t)-1 means "unchanged" */
+#define MAX_GATE (256 * 1024)  /* a request holds at most 32 KiB */
 
 extern char **environ;
 static gid_t groups[MAX_GROUPS], seen[MAX_GROUPS];
 static char *jobEnvironment[MAX_ENV + 1];
+static char gateBuffer[MAX_GATE + 1];
 
 /* Say why on stderr (with errno's text if error is not 0), then exit. */
 static void die(int status, const char *what, const char *arg, int error) {
@@ -132,22 +139,46 @@ static unsigned long mountFlags(const char *text, int *mkdirFirst) {
     return flags;
 }
 
-/* The gate: one line on fd 3, then fd 3 closed; EOF first: exit 125. */
-static void waitForGo(void) {
-    char buffer[64];
-    for (;;) {
-        ssize_t got = read(3, buffer, sizeof buffer);
+/* NAME=VALUE, checked, as jobEnvironment[at] (the list ends after it). */
+static void setVariable(unsigned long at, char *assignment) {
+    if (at >= MAX_ENV)
+        usage("too many variables", NULL);
+    if (assignment[0] == '=' || strchr(assignment, '=') == NULL)
+        usage("not NAME=VALUE", assignment);
+    jobEnvironment[at] = assignment;
+    jobEnvironment[at + 1] = NULL;
+}
+
+/* The gate: one line on fd 3, then (withEnvironment) the environment up
+ * to EOF, NUL-ended entries; fd 3 closed after. EOF before the line: 125. */
+static void waitForGo(int withEnvironment) {
+    size_t have = 0;
+    char *line = NULL;
+    for (ssize_t got; line == NULL || withEnvironment; have += (size_t)got) {
+        if (have == MAX_GATE)
+            die(SETUP_FAILED, "the environment on the gate is too large", NULL, 0);
+        got = read(3, gateBuffer + have, MAX_GATE - have);
         if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0)
+            got = 0;
+        else if (got < 0)
             die(SETUP_FAILED, "cannot read the gate (fd 3)", NULL, errno);
-        if (got == 0)
-            _exit(SETUP_FAILED);
-        if (memchr(buffer, '\n', (size_t)got) != NULL)
+        else if (got == 0)
             break;
+        else if (line == NULL)
+            line = memchr(gateBuffer, '\n', have + (size_t)got);
     }
+    if (line == NULL)
+        _exit(SETUP_FAILED);
     if (close(3) != 0)
         die(SETUP_FAILED, "cannot close the gate (fd 3)", NULL, errno);
+    char *end = gateBuffer + have;
+    if (withEnvironment && line + 1 < end && end[-1] != '\0')
+        usage("the environment on the gate does not end with NUL", NULL);
+    unsigned long count = 0;
+    for (char *entry = line + 1; withEnvironment && entry < end; count++) {
+        setVariable(count, entry);
+        entry += strlen(entry) + 1;
+    }
 }
 
 /* The job's identity, checked; no capability may be left. */
@@ -180,17 +211,18 @@ static void becomeJob(uid_t uid, gid_t gid, size_t count) {
 }
 
 int main(int argc, char **argv) {
-    int gate = 0, mkdirFirst, at = 7;
+    int gate = 0, gateEnvironment = 0, mkdirFirst, at = 7;
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
     if (argc < 10)
         usage("too few arguments (see the comment in launcher.c)", NULL);
     const char *options = argv[1], *start = argv[2], *cwd = argv[6];
     for (const char *c = options; *c && strcmp(options, "-") != 0; c++) {
         if (*c == 'g') gate = 1;
+        else if (*c == 'e') gateEnvironment = 1;
         else if (*c == 'n') namespaces |= CLONE_NEWNET;
         else usage("bad OPTIONS", options);
     }
-    if (*options == '\0' || *start != '/')
+    if (*options == '\0' || *start != '/' || (gateEnvironment && !gate))
         usage("bad OPTIONS or START", NULL);
     uid_t uid = (uid_t)number(argv[3], MAX_ID, "bad UID");
     gid_t gid = (gid_t)number(argv[4], MAX_ID, "bad GID");
@@ -205,22 +237,18 @@ int main(int argc, char **argv) {
         mountFlags(argv[m + 3], &mkdirFirst);  /* checked before any change */
     if (at >= argc)
         usage("no NENV", NULL);
-    unsigned long variables = number(argv[at], MAX_ENV, "bad NENV");
+    unsigned long variables = number(argv[at], gateEnvironment ? 0 : MAX_ENV,
+                                     "bad NENV");
     if (variables >= (unsigned long)(argc - at - 1))  /* and a COMMAND */
         usage("no COMMAND after NENV variables", argv[at]);
-    for (unsigned long v = 0; v < variables; v++) {
-        char *assignment = argv[at + 1 + (int)v];
-        if (assignment[0] == '=' || strchr(assignment, '=') == NULL)
-            usage("not NAME=VALUE", assignment);
-        jobEnvironment[v] = assignment;
-    }
-    jobEnvironment[variables] = NULL;
+    for (unsigned long v = 0; v < variables; v++)
+        setVariable(v, argv[at + 1 + (int)v]);
     char **command = argv + at + 1 + variables;
 
     if (setsid() < 0)
         die(SETUP_FAILED, "setsid", NULL, errno);
     if (gate)
-        waitForGo();
+        waitForGo(gateEnvironment);
     if (unshare((int)namespaces) != 0)
         die(SETUP_FAILED, "unshare", NULL, errno);
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)

@@ -20,6 +20,7 @@ from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
 from .pipes import drainInLargeReads
+from .sandbox import GO
 from .stdin import StdinFeed
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
@@ -95,6 +96,9 @@ class JobProcess:
         self._timedOut = False
         self._killSent = False
         self._setupError: str | None = None
+        #: What L{recorded} writes on the gate (fd 3): the go line, and for
+        #: the launcher the job's environment (L{Sandbox.gate}).
+        self.gateLine = GO
         self._gateClosed = False
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
@@ -139,7 +143,7 @@ class JobProcess:
             return
         self._gateClosed = True
         if self._setupError is None and self._exit is None:
-            transport.writeToChild(3, b"go\n")
+            transport.writeToChild(3, self.gateLine)
         transport.closeChildFD(3)
 
     def failedToStart(self, error: str) -> None:

@@ -37,6 +37,9 @@ ENV = shutil.which("env") or "/usr/bin/env"
 #: after setpriv, by env -i, running as the job.
 ROOT_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 
+#: The line a gated job waits for on fd 3 (JobProcess.recorded writes it).
+GO = b"go\n"
+
 #: --isolate names and the unshare flags that make them.
 ISOLATION = {
     "pid": ["--pid", "--fork", "--kill-child", "--mount-proc"],
@@ -294,11 +297,17 @@ class Sandbox:
                     data,
                 )
             ]
-        options = ("g" if gated else "") + ("n" if "net" in self._isolate else "")
+        # Gated, the environment comes on the gate (option e): a command
+        # line is readable by every local user in /proc/<pid>/cmdline.
+        options = ("ge" if gated else "") + ("n" if "net" in self._isolate else "")
         start = "/" if cwd is not None else self.startFolder(identity)
         groups = ",".join(str(g) for g in identity.groups) or "-"
-        assignments = jobEnvironment(
-            env if env is not None else ROOT_ENVIRONMENT, cwd, start
+        assignments = (
+            {}
+            if gated
+            else jobEnvironment(
+                env if env is not None else ROOT_ENVIRONMENT, cwd, start
+            )
         )
         return [
             self.launcher,
@@ -314,6 +323,29 @@ class Sandbox:
             *(f"{name}={value}" for name, value in assignments.items()),
             *command,
         ]
+
+    def gate(
+        self,
+        identity: Identity,
+        cwd: str | None,
+        env: dict[str, str] | None = None,
+    ) -> bytes:
+        """
+        What the server writes on fd 3 of a job started with C{argv(...,
+        gated=True, env)} once it may run: the L{GO} line, and through the
+        launcher the job's environment after it (C{NAME=VALUE}, each ended
+        by a NUL byte; the request's text never holds NUL: validation).
+        """
+        if not self.usesLauncher:
+            return GO
+        start = "/" if cwd is not None else self.startFolder(identity)
+        assignments = jobEnvironment(
+            env if env is not None else ROOT_ENVIRONMENT, cwd, start
+        )
+        return GO + b"".join(
+            os.fsencode(f"{name}={value}") + b"\0"
+            for name, value in assignments.items()
+        )
 
     def probe(self, identity: Identity) -> None:
         """
