@@ -676,11 +676,18 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     command = ["head", "-c", str(size), "/dev/zero"]
     jwTimes: list[float] = []
     sshTimes: list[float] = []
+    # jobworker keeps every byte in a file on the server as it sends it;
+    # ssh keeps nothing. The same ssh run with `tee` to a file on the server
+    # shows what keeping costs here (info).
+    kept = os.path.join(ctx.workdir, "ssh-kept.out")
+    keptTimes: list[float] = []
     try:
         for _ in range(s.follow_runs):
             jwTimes.append(timed([*jw, "exec", "--follow", "--", *command], env))
             if sshd is not None:
                 sshTimes.append(timed(sshd.argv(" ".join(command))))
+                keptTimes.append(timed(sshd.argv(" ".join(command) + f" | tee {kept}")))
+                os.unlink(kept)
         client = server.client()
         page = client.expect(200, "GET", f"/jobs?limit={s.follow_runs}")
         for job in page["jobs"]:
@@ -711,7 +718,13 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             )
         ], raw
     sshWall = statistics.median(sshTimes)
-    raw.update(ssh_wall_s=sshTimes, ssh_mb_s=size / MB / sshWall, ssh=sshd.version)
+    keptWall = statistics.median(keptTimes)
+    raw.update(
+        ssh_wall_s=sshTimes,
+        ssh_mb_s=size / MB / sshWall,
+        ssh=sshd.version,
+        ssh_kept_wall_s=keptTimes,
+    )
     ratio = sshWall / jwWall  # speed ratio: jw MB/s over ssh MB/s
     return [
         Row(
@@ -723,7 +736,17 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             ratio,
             ">= 1.00",
             judged(ratio >= 1.0),
-        )
+        ),
+        Row(
+            "4i",
+            "  (info) the same, ssh keeping the output in a file on the server "
+            "as jobworker does (piped through `tee FILE`)",
+            f"jw: {jwWall:.2f} s",
+            f"ssh, through tee: {keptWall:.2f} s, {mbps(size / MB / keptWall)}",
+            keptWall / jwWall,
+            "-",
+            "info",
+        ),
     ], raw
 
 
