@@ -132,9 +132,14 @@ class Twistd(ApiClient):
             Agent(reactor, contextFactory=TrustRootPolicy(self.ca), pool=pool)
         )
 
-    async def start(self, *extra: str) -> Twistd:
-        """Spawn twistd with C{extra} options; fires once it listens."""
+    async def start(self, *extra: str, prefix: tuple[str, ...] = ()) -> Twistd:
+        """
+        Spawn twistd with C{extra} options (through the command C{prefix},
+        which execs its arguments: twistd keeps the pid spawned); fires once
+        it listens.
+        """
         argv = [
+            *prefix,
             TWISTD,
             "-n",
             "--pidfile=",
@@ -149,7 +154,7 @@ class Twistd(ApiClient):
             *extra,
         ]
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.protocol, TWISTD, argv, env=dict(os.environ), path=self.workDir
+            self.protocol, argv[0], argv, env=dict(os.environ), path=self.workDir
         )
         self.pid = transport.pid
         self.testCase.addCleanup(self.cleanUp)

@@ -8,6 +8,7 @@ L{jobworker.client.failures}.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -182,19 +183,20 @@ def quickRun(
         return report(e, streams)
     if options.verb not in QUICK_VERBS:
         return None
-    from .quick import QuickClient, QuickClock, drive
+    from .quick import QuickClient, QuickClock, drive, keepAliveSeconds
     from .quickexec import quickExec
 
     interrupts = Interrupts()
     try:
         interrupts.installWithoutReactor()
+        keepalive = keepAliveSeconds(environ)
         return drive(
             _commandLine(
                 QuickClock(),
                 args,
                 environ,
                 streams,
-                QuickClient.connect,
+                functools.partial(QuickClient.connect, keepalive=keepalive),
                 interrupts,
                 {**VERBS, "exec": quickExec},
                 options,

@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ..keepalive import keepAlive, parseSeconds
 from ..tlserrors import TLSConfigError
 from .bodies import bodyPieces
 from .calls import ApiCalls, checkServer, errorFor, eventsRequest, logsPath, segment
@@ -35,6 +36,61 @@ T = TypeVar("T")
 #: Seconds a request may wait for its connection or its answer (a long
 #: poll asks for up to 60).
 TIMEOUT = 300
+
+#: Seconds a connection may be silent before its peer is probed (TCP
+#: keepalive): a follow whose network died is so noticed in about a minute
+#: and resumed, or given up, instead of waited on for ever. JW_KEEPALIVE.
+KEEPALIVE = 30
+
+
+def keepAliveSeconds(environ: dict[str, str]) -> int:
+    """C{JW_KEEPALIVE}, else L{KEEPALIVE}. @raise ClientError: not seconds."""
+    text = environ.get("JW_KEEPALIVE")
+    if not text:
+        return KEEPALIVE
+    try:
+        return parseSeconds(text, "JW_KEEPALIVE")
+    except ValueError as e:
+        raise ClientError(str(e)) from None
+
+
+class KeptAliveConnection(http.client.HTTPSConnection):
+    """
+    An HTTPS connection whose socket has TCP keepalive (L{keepAlive}) from
+    before it connects: a connection attempt into a dead network fails as
+    soon as a silent one does, not after L{TIMEOUT}.
+    """
+
+    def __init__(self, *args: Any, keepalive: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keepalive = keepalive
+        self._create_connection = self._connectKeptAlive
+
+    def _connectKeptAlive(
+        self,
+        address: tuple[str, int],
+        timeout: float | None,
+        source: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        """C{socket.create_connection}, with keepalive set before C{connect}."""
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, where in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            try:
+                keepAlive(sock, self.keepalive)
+                sock.settimeout(timeout)
+                if source is not None:
+                    sock.bind(source)
+                sock.connect(where)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+        raise error or OSError(f"{host} has no address")
+
 
 #: Bytes asked for per read of a log stream: TLS hands over at most a
 #: record (16 KiB) per read, but nothing smaller is asked for.
@@ -62,14 +118,19 @@ class QuickClient(ApiCalls):
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        keepalive: int = KEEPALIVE,
     ) -> None:
         checkServer(server)
         self.server = server.rstrip("/")
         self.reactor = QuickClock()
         self._context = context
         parts = urlsplit(self.server)
-        self._connection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port or 443, context=context, timeout=TIMEOUT
+        self._connection = KeptAliveConnection(
+            parts.hostname or "",
+            parts.port or 443,
+            context=context,
+            timeout=TIMEOUT,
+            keepalive=keepalive,
         )
         self._headers: dict[str, str] = {}
         if user is not None and password is not None:
@@ -92,14 +153,21 @@ class QuickClient(ApiCalls):
         token: str | None = None,
         certPath: str | None = None,
         keyPath: str | None = None,
+        keepalive: int = KEEPALIVE,
     ) -> QuickClient:
-        """As L{JobworkerClient.connect<jobworker.client.http.JobworkerClient>}."""
+        """
+        As L{JobworkerClient.connect<jobworker.client.http.JobworkerClient>},
+        with TCP keepalive after C{keepalive} silent seconds.
+        """
         checkServer(server)
-        return cls(server, tlsContext(caPath, certPath, keyPath), user, password, token)
+        context = tlsContext(caPath, certPath, keyPath)
+        return cls(server, context, user, password, token, keepalive)
 
     def another(self) -> QuickClient:
         """The same server, TLS and credentials on a connection of its own."""
-        twin = QuickClient(self.server, self._context)
+        twin = QuickClient(
+            self.server, self._context, keepalive=self._connection.keepalive
+        )
         twin._headers = dict(self._headers)
         return twin
 

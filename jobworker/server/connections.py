@@ -1,24 +1,49 @@
-"""A cap on concurrent connections per client address."""
+"""Accepted connections: a cap per client address, and TCP keepalive."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+from ..keepalive import keepAlive
+
+
+class KeptAlive(ProtocolWrapper):
+    """The outermost protocol of a connection: turns on its TCP keepalive."""
+
+    factory: ConnectionsPerClient
+
+    def makeConnection(self, transport: ITransport) -> None:
+        seconds = self.factory.keepalive
+        if seconds is not None:
+            try:
+                keepAlive(transport.getHandle(), seconds)  # type: ignore[attr-defined]
+            except OSError as e:  # not TCP (a test's transport)
+                self.factory.log.debug("no keepalive: {error}", error=e)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
 
 class ConnectionsPerClient(WrappingFactory):
     """
     Refuse a connection when its client address already holds C{limit}
-    (Twisted's own LimitConnectionsByPeer predates address objects).
+    (Twisted's own LimitConnectionsByPeer predates address objects), and
+    probe every connection silent for C{keepalive} seconds (None: never):
+    a client that vanished without a word (a follower of a quiet job, whom
+    nothing is ever written to) so frees its connection and its log-stream
+    slot in about twice that, instead of holding them for ever.
     """
 
     log = Logger()
+    protocol = KeptAlive
 
-    def __init__(self, wrappedFactory: Any, limit: int) -> None:
+    def __init__(
+        self, wrappedFactory: Any, limit: int, keepalive: int | None = None
+    ) -> None:
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
+        self.keepalive = keepalive
         self._limit = limit
         self._counts: dict[str, int] = {}
         self._hosts: dict[ProtocolWrapper, str] = {}

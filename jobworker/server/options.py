@@ -18,6 +18,7 @@ from ..jobs.policy import (
     DEFAULT_MAX_STDIN,
     DEFAULT_TMP_SIZE,
 )
+from ..keepalive import MOST as MOST_KEEPALIVE
 from ..units import parseSize
 
 #: The bundled development certificate, relative to the working directory.
@@ -297,6 +298,15 @@ class Options(usage.Options):
             int,
         ],
         [
+            "keepalive",
+            None,
+            60,
+            "Seconds a connection may be silent before the client is probed "
+            "(TCP keepalive, 3 probes): a client that vanished is let go in "
+            "about twice this, with its log-stream slot.",
+            int,
+        ],
+        [
             "idle-timeout",
             None,
             60.0,
@@ -449,6 +459,10 @@ class Options(usage.Options):
         ):
             if self[name] is not None and self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if not 1 <= self["keepalive"] <= MOST_KEEPALIVE:
+            raise usage.UsageError(
+                f"--keepalive must be whole seconds from 1 to {MOST_KEEPALIVE}"
+            )
         for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
             if not 0 < self[name] <= 366 * 86400:
                 raise usage.UsageError(f"--{name} must be positive (at most a year)")

@@ -336,6 +336,7 @@ def _listen(
         ConnectionsPerClient(
             TLSMemoryBIOFactory(tlsOptions, False, site),
             config["max-connections-per-client"],
+            config["keepalive"],
         )
     )
     failures: list[Exception] = []
