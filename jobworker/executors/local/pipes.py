@@ -1,4 +1,5 @@
-"""A job's output pipes: drained in large reads, widened once a stream is heavy."""
+"""A job's pipes: output drained in large reads (widened once a stream is
+heavy), the gate written at once."""
 
 from __future__ import annotations
 
@@ -71,3 +72,26 @@ def drainInLargeReads(transport: object) -> None:
             # Twisted's ProcessReader reads in its doRead; the reactor calls
             # the instance's attribute, so this replaces only that method.
             reader.doRead = PipeDrain(reader)
+
+
+def writeAtOnce(transport: Any, childFD: int, data: bytes) -> None:
+    """
+    Write C{data} to a child's pipe now, in this reactor turn, rather than
+    at the reactor's next pass over writable descriptors as
+    C{writeToChild} does; what the pipe does not take goes through
+    C{writeToChild}. For the start gate: written right after the spawn, the
+    line is there before the launcher reads it, so the launcher never
+    sleeps on the gate and waking it costs nothing. A transport without
+    pipes (a test's fake) gets C{writeToChild}.
+    """
+    writer = getattr(transport, "pipes", {}).get(childFD)
+    if writer is not None:
+        try:
+            written = os.write(writer.fileno(), data)  # non-blocking
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the child is gone: nothing more to say to it
+            return
+        data = data[written:]
+    if data:
+        transport.writeToChild(childFD, data)

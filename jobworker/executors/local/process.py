@@ -19,7 +19,7 @@ from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
-from .pipes import drainInLargeReads
+from .pipes import drainInLargeReads, writeAtOnce
 from .sandbox import GO
 from .stdin import StdinFeed
 
@@ -143,7 +143,7 @@ class JobProcess:
             return
         self._gateClosed = True
         if self._setupError is None and self._exit is None:
-            transport.writeToChild(3, self.gateLine)
+            writeAtOnce(transport, 3, self.gateLine)
         transport.closeChildFD(3)
 
     def failedToStart(self, error: str) -> None:
