@@ -11,9 +11,10 @@
  *  2. with option g: nothing else happens until the server writes one line
  *     on fd 3 (the pid is in the job's cgroup, the record is stored); EOF
  *     first means "do not start": exit 125. fd 3 is closed after. With
- *     option e as well, the job's environment follows the line, as
- *     NAME=VALUE entries each ended by a NUL byte, up to EOF: it is never
- *     on this command line, which local users may read in /proc;
+ *     option e as well, the line is "go LENGTH" and the job's environment
+ *     follows it: LENGTH bytes of NAME=VALUE entries each ended by a NUL
+ *     byte. It is never on this command line, which local users may read
+ *     in /proc;
  *  3. new mount and IPC namespaces (and network, option n), every mount
  *     made private, then exactly the mounts given, in order (a folder made
  *     with mode 0755 first where asked);
@@ -149,33 +150,41 @@ static void setVariable(unsigned long at, char *assignment) {
     jobEnvironment[at + 1] = NULL;
 }
 
-/* The gate: one line on fd 3, then (withEnvironment) the environment up
- * to EOF, NUL-ended entries; fd 3 closed after. EOF before the line: 125. */
+/* The gate: one line on fd 3; withEnvironment, the line is "go N" and N
+ * bytes of NUL-ended entries follow (counted: no wait for EOF). fd 3 is
+ * closed after. EOF first: exit 125 (the server decided not to start). */
 static void waitForGo(int withEnvironment) {
-    size_t have = 0;
+    size_t have = 0, need = 0;
     char *line = NULL;
-    for (ssize_t got; line == NULL || withEnvironment; have += (size_t)got) {
+    while (line == NULL || have < need) {
         if (have == MAX_GATE)
             die(SETUP_FAILED, "the environment on the gate is too large", NULL, 0);
-        got = read(3, gateBuffer + have, MAX_GATE - have);
+        ssize_t got = read(3, gateBuffer + have, MAX_GATE - have);
         if (got < 0 && errno == EINTR)
-            got = 0;
-        else if (got < 0)
+            continue;
+        if (got < 0)
             die(SETUP_FAILED, "cannot read the gate (fd 3)", NULL, errno);
-        else if (got == 0)
-            break;
-        else if (line == NULL)
-            line = memchr(gateBuffer, '\n', have + (size_t)got);
+        if (got == 0)
+            _exit(SETUP_FAILED);
+        have += (size_t)got;
+        if (line == NULL && (line = memchr(gateBuffer, '\n', have)) != NULL) {
+            need = (size_t)(line + 1 - gateBuffer);
+            if (withEnvironment) {
+                *line = '\0';
+                if (strncmp(gateBuffer, "go ", 3) != 0)
+                    usage("not 'go LENGTH' on the gate", gateBuffer);
+                need += number(gateBuffer + 3, MAX_GATE - need, "bad gate LENGTH");
+            }
+        }
     }
-    if (line == NULL)
-        _exit(SETUP_FAILED);
+    if (withEnvironment && have > need)
+        usage("more on the gate than its LENGTH", NULL);
     if (close(3) != 0)
         die(SETUP_FAILED, "cannot close the gate (fd 3)", NULL, errno);
-    char *end = gateBuffer + have;
-    if (withEnvironment && line + 1 < end && end[-1] != '\0')
+    char *entry = line + 1, *end = gateBuffer + need;
+    if (withEnvironment && entry < end && end[-1] != '\0')
         usage("the environment on the gate does not end with NUL", NULL);
-    unsigned long count = 0;
-    for (char *entry = line + 1; withEnvironment && entry < end; count++) {
+    for (unsigned long count = 0; withEnvironment && entry < end; count++) {
         setVariable(count, entry);
         entry += strlen(entry) + 1;
     }

@@ -332,9 +332,10 @@ class Sandbox:
     ) -> bytes:
         """
         What the server writes on fd 3 of a job started with C{argv(...,
-        gated=True, env)} once it may run: the L{GO} line, and through the
-        launcher the job's environment after it (C{NAME=VALUE}, each ended
-        by a NUL byte; the request's text never holds NUL: validation).
+        gated=True, env)} once it may run: the L{GO} line; through the
+        launcher C{go LENGTH} and the job's environment after it, LENGTH
+        bytes of C{NAME=VALUE} each ended by a NUL byte (the request's text
+        never holds NUL: validation).
         """
         if not self.usesLauncher:
             return GO
@@ -342,10 +343,13 @@ class Sandbox:
         assignments = jobEnvironment(
             env if env is not None else ROOT_ENVIRONMENT, cwd, start
         )
-        return GO + b"".join(
+        block = b"".join(
             os.fsencode(f"{name}={value}") + b"\0"
             for name, value in assignments.items()
         )
+        # Counted, so the launcher takes it without waiting for the pipe's
+        # end (which would wake it a second time).
+        return b"go %d\n" % len(block) + block
 
     def probe(self, identity: Identity) -> None:
         """
