@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import pstats
+import shlex
 import shutil
 import signal
 import ssl
@@ -686,7 +687,11 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             jwTimes.append(timed([*jw, "exec", "--follow", "--", *command], env))
             if sshd is not None:
                 sshTimes.append(timed(sshd.argv(" ".join(command))))
-                keptTimes.append(timed(sshd.argv(" ".join(command) + f" | tee {kept}")))
+                keeping = " ".join(command) + f" | tee {shlex.quote(kept)}"
+                keptTimes.append(timed(sshd.argv(keeping)))
+                # A pipeline's status is tee's: check what head gave it.
+                if os.path.getsize(kept) != size:
+                    raise BenchError(f"ssh ... | tee kept {os.path.getsize(kept)} B")
                 os.unlink(kept)
         client = server.client()
         page = client.expect(200, "GET", f"/jobs?limit={s.follow_runs}")

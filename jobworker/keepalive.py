@@ -15,28 +15,34 @@ import socket
 #: Probes sent to a silent peer before the connection is given up.
 PROBES = 3
 
-#: The most seconds of silence allowed before probing (a day).
-MOST = 86400
+#: The most seconds of silence allowed before probing: Linux's
+#: MAX_TCP_KEEPIDLE (about 9 hours).
+MOST = 32767
 
 
-def keepAlive(sock: socket.socket, seconds: int) -> None:
+def keepAlive(sock: socket.socket, seconds: int, userTimeout: bool = True) -> None:
     """
     After C{seconds} of silence, probe the peer every C{seconds // 3} (at
     least 1) seconds, L{PROBES} times; unanswered, the connection fails
-    with C{ETIMEDOUT}. Data left unacknowledged as long fails it too
-    (C{TCP_USER_TIMEOUT}). A dead peer is so noticed in about twice
-    C{seconds}; a live, silent one costs a few bytes per C{seconds}.
+    with C{ETIMEDOUT}. A dead peer is so noticed in about twice C{seconds};
+    a live, silent one costs a few bytes per C{seconds}.
+
+    @param userTimeout: also fail a connection attempt, or data left
+        unacknowledged, after as long (C{TCP_USER_TIMEOUT}, in ms). Not for
+        a sender: a live reader that stops reading for a while (a paused
+        pager) keeps its window closed, and would be cut.
     """
     interval = max(1, seconds // PROBES)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PROBES)
-    sock.setsockopt(
-        socket.IPPROTO_TCP,
-        socket.TCP_USER_TIMEOUT,
-        (seconds + interval * PROBES) * 1000,
-    )
+    if userTimeout:
+        sock.setsockopt(
+            socket.IPPROTO_TCP,
+            socket.TCP_USER_TIMEOUT,
+            (seconds + interval * PROBES) * 1000,
+        )
 
 
 def parseSeconds(text: str, what: str) -> int:

@@ -175,6 +175,48 @@ class OrderTests(MemoryCLITestCase):
             self.assertIn("malformed", str(failure.value))
             self.assertEqual(client.asked, FOLLOW_RETRIES + 1)
 
+    def test_aFollowThatGetsSomewhereKeepsTrying(self) -> None:
+        """
+        A raw follow whose connection breaks more than FOLLOW_RETRIES times,
+        each after some bytes (a flaky link over days), resumes each time
+        after the last byte and ends with everything; one that breaks that
+        many times in a row with nothing received gives up.
+        """
+        from twisted.internet.defer import Deferred
+
+        from jobworker.client.errors import ClientError
+        from jobworker.client.follow import FOLLOW_RETRIES, followStream
+
+        class Flaky:
+            def __init__(self, chunks: int) -> None:
+                self.chunks = chunks
+                self.offsets: list[int] = []
+
+            async def logs(
+                self, jobId: str, sink: Any, stream: str, offset: int, **kwargs: Any
+            ) -> None:
+                self.offsets.append(offset)
+                if len(self.offsets) <= self.chunks:
+                    sink(b"x" * 10)
+                    raise ClientError("log stream broke off")
+                if self.chunks < 0:
+                    raise ClientError("cannot connect")
+
+            async def pause(self, seconds: float) -> None:
+                pass
+
+        got = bytearray()
+        client = Flaky(3 * FOLLOW_RETRIES)
+        self.successResultOf(
+            Deferred.fromCoroutine(followStream(client, "id", "stdout", got.extend))
+        )
+        self.assertEqual(len(got), 30 * FOLLOW_RETRIES)
+        self.assertEqual(client.offsets, list(range(0, 30 * FOLLOW_RETRIES + 1, 10)))
+        dead = Flaky(-1)
+        done = Deferred.fromCoroutine(followStream(dead, "id", "stdout", got.extend))
+        self.failureResultOf(done, ClientError)
+        self.assertEqual(len(dead.offsets), FOLLOW_RETRIES + 1)
+
     def test_framesResumeWhereTheServerStarted(self) -> None:
         """
         The position frame of a tail sets where each stream starts, so a

@@ -88,11 +88,11 @@ class SettingTests(TestCase):
         """JW_KEEPALIVE: whole seconds from 1 to a day, else one line."""
         self.assertEqual(keepAliveSeconds({}), KEEPALIVE)
         self.assertEqual(keepAliveSeconds({"JW_KEEPALIVE": "7"}), 7)
-        for bad in ("0", "-1", "1.5", "x", "86401"):
+        for bad in ("0", "-1", "1.5", "x", "32768", "86400"):
             with self.assertRaises(ClientError) as caught:
                 keepAliveSeconds({"JW_KEEPALIVE": bad})
             self.assertIn("JW_KEEPALIVE must be whole seconds", str(caught.exception))
-        self.assertEqual(parseSeconds("86400", "x"), 86400)
+        self.assertEqual(parseSeconds("32767", "x"), 32767)  # MAX_TCP_KEEPIDLE
 
 
 class DeadNetworkTests(TestCase):
@@ -165,7 +165,9 @@ class DeadNetworkTests(TestCase):
         message = follower.err.decode().strip()
         self.assertEqual(len(message.splitlines()), 1, message)
         self.assertTrue(message.startswith("jw: "), message)
-        self.assertIn("timed out", message)
+        # The retries' connection attempts time out (keepalive's user
+        # timeout), or find no route to the loopback, depending on the kernel.
+        self.assertRegex(message, "timed out|unreachable")
         self.assertNotIn("Traceback", message)
         self.assertLess(waited, 45)
 

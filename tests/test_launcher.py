@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -293,12 +294,17 @@ class ArgvTests(SynchronousTestCase):
 
 
 def run(
-    argv: list[str], gate: bytes | None = None, wait: float = 0.0
+    argv: list[str],
+    gate: bytes | None = None,
+    wait: float = 0.0,
+    beforeGate: Callable[[int], object] | None = None,
+    pieces: list[bytes] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """
     Run C{argv} as the server would (ROOT_ENVIRONMENT, no other descriptor
-    than 0-2, and fd 3 a pipe when C{gate} is given: C{wait} seconds later
-    it gets C{gate} and is closed).
+    than 0-2, and fd 3 a pipe when C{gate} is given: C{wait} seconds later,
+    and after C{beforeGate(pid)}, it gets C{gate}, or C{pieces} one after
+    the other, and is closed).
     """
     if gate is None:
         return subprocess.run(
@@ -321,9 +327,18 @@ def run(
         for fd in (reader, outWrite, errWrite):
             os.close(fd)
     time.sleep(wait)
+    if beforeGate is not None:
+        try:
+            beforeGate(pid)
+        except BaseException:
+            os.close(writer)  # the closed gate: the launcher exits 125
+            os.waitpid(pid, 0)
+            raise
     try:
-        with os.fdopen(writer, "wb") as pipe:
-            pipe.write(gate)
+        with os.fdopen(writer, "wb", buffering=0) as pipe:
+            for piece in pieces or [gate]:
+                pipe.write(piece)
+                time.sleep(0.05 if pieces else 0)
     except BrokenPipeError:  # the launcher refused what it read, and left
         pass
     with os.fdopen(outRead, "rb") as out, os.fdopen(errRead, "rb") as err:
@@ -572,18 +587,8 @@ class SideBySideTests(TestCase):
         identity = testIdentity()
         env = {"PATH": "/usr/bin:/bin", "SECRET": "s3cr3t\nline=2"}
         argv = viaLauncher.argv(identity, ["env"], None, True, env)
-        reader, writer = os.pipe()
-        outRead, outWrite = os.pipe()
-        actions = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, outWrite, 1),
-            (os.POSIX_SPAWN_DUP2, outWrite, 2),
-            (os.POSIX_SPAWN_DUP2, reader, 3),
-        ]
-        pid = os.posix_spawn(argv[0], argv, ROOT_ENVIRONMENT, file_actions=actions)
-        os.close(reader)
-        os.close(outWrite)
-        try:
+
+        def commandLineHoldsNoSecret(pid: int) -> None:
             # Until the gate opens the launcher waits with this command line.
             deadline = time.monotonic() + 10
             while True:
@@ -594,13 +599,14 @@ class SideBySideTests(TestCase):
                 self.assertLess(time.monotonic(), deadline, cmdline)
                 time.sleep(0.01)
             self.assertNotIn(b"s3cr3t", cmdline)
-            os.write(writer, viaLauncher.gate(identity, None, env))
-        finally:
-            os.close(writer)
-        with os.fdopen(outRead, "rb") as out:
-            seen = out.read()
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0, seen)
+
+        result = run(
+            argv,
+            viaLauncher.gate(identity, None, env),
+            beforeGate=commandLineHoldsNoSecret,
+        )
+        self.assertEqual(result.returncode, 0, result)
+        seen = result.stdout
         self.assertEqual(
             sorted(seen.decode().split("\n")),
             sorted(
@@ -617,6 +623,9 @@ class SideBySideTests(TestCase):
         argv = viaLauncher.argv(identity, ["true"], None, True, {})
         self.assertEqual(argv[1], "ge")
         self.assertEqual(run(argv, b"go 4\nA=1\0").returncode, 0)
+        # In pieces, the line cut too: the launcher reads until it has all.
+        split = [b"go", b" 8\nA=1", b"\0B=", b"2\0"]
+        self.assertEqual(run(argv, b"", pieces=split).returncode, 0)
         self.assertEqual(run(argv, b"go 0\n").returncode, 0)
         for gate in (
             b"go\nA=1\0",  # no LENGTH

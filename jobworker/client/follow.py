@@ -33,19 +33,30 @@ Client = Any
 FOLLOW_RETRIES = 5
 
 
-async def resuming(client: Client, attempt: Callable[[], Awaitable[None]]) -> None:
+async def resuming(
+    client: Client,
+    attempt: Callable[[], Awaitable[None]],
+    progress: Callable[[], object] = lambda: None,
+) -> None:
     """
     Run C{attempt} until it completes; when the connection broke (no HTTP
     answer), run it again after a short, growing pause, up to
-    L{FOLLOW_RETRIES} times. Each attempt resumes where the last one left.
+    L{FOLLOW_RETRIES} times in a row. Each attempt resumes where the last
+    one left; one that got somewhere (C{progress()} changed: a follow of
+    days over a flaky link) starts a new count.
     """
     failures = 0
     while True:
+        before = progress()
         try:
             await attempt()
             return
         except ClientError as e:
-            if e.status is not None or failures >= FOLLOW_RETRIES:
+            if e.status is not None:
+                raise
+            if progress() != before:
+                failures = 0
+            if failures >= FOLLOW_RETRIES:
                 raise
         failures += 1
         await client.pause(0.2 * failures)
@@ -101,7 +112,7 @@ async def followCombined(
             jobId, events.feed, "combined", follow, tail, lastEventId=reader.lastId
         )
 
-    await resuming(client, attempt)
+    await resuming(client, attempt, lambda: reader.lastId)
     return reader.end
 
 
@@ -204,7 +215,7 @@ async def followStream(
             jobId, sink, stream, position, follow=True, tail=tail, onStart=started
         )
 
-    await resuming(client, attempt)
+    await resuming(client, attempt, lambda: position)
 
 
 async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:

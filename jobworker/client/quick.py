@@ -81,7 +81,8 @@ class KeptAliveConnection(http.client.HTTPSConnection):
             sock = socket.socket(family, kind, proto)
             try:
                 keepAlive(sock, self.keepalive)
-                sock.settimeout(timeout)
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)
                 if source is not None:
                     sock.bind(source)
                 sock.connect(where)

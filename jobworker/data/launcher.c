@@ -145,7 +145,7 @@ static void setVariable(unsigned long at, char *assignment) {
     if (at >= MAX_ENV)
         usage("too many variables", NULL);
     if (assignment[0] == '=' || strchr(assignment, '=') == NULL)
-        usage("not NAME=VALUE", assignment);
+        usage("an environment entry is not NAME=VALUE", NULL);
     jobEnvironment[at] = assignment;
     jobEnvironment[at + 1] = NULL;
 }

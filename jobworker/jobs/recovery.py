@@ -16,7 +16,7 @@ def currentBootId() -> str | None:
 
 
 def _stat(pid: int | str) -> list[str] | None:
-    # Two system calls, not a buffered file's six: this runs for every job
+    # Three system calls, not a buffered file's six: this runs for every job
     # started (its leader's start time), where it cost ~160 us, now ~95.
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)

@@ -19,10 +19,14 @@ class KeptAlive(ProtocolWrapper):
     def makeConnection(self, transport: ITransport) -> None:
         seconds = self.factory.keepalive
         if seconds is not None:
+            # Probes only: the server mostly sends, and a live follower that
+            # stops reading for a while (a paused pager) must not be cut.
             try:
-                keepAlive(transport.getHandle(), seconds)  # type: ignore[attr-defined]
-            except OSError as e:  # not TCP (a test's transport)
-                self.factory.log.debug("no keepalive: {error}", error=e)
+                keepAlive(transport.getHandle(), seconds, userTimeout=False)  # type: ignore[attr-defined]
+            except (OSError, AttributeError) as e:
+                self.factory.log.warn(
+                    "no TCP keepalive on a connection: {error}", error=e
+                )
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
 
