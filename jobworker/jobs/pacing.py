@@ -14,8 +14,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 PRESSING = 256 * 1024
 QUIET = 0.01
 #: While the job presses, its followers together may send one byte for
-#: every SHARE bytes it writes ...
-SHARE = 16
+#: every SHARE bytes it writes (16 held 16 followers' job wall at 1.41-1.80x
+#: alone on the development machine, 64 at 1.18-1.39x; BENCHMARKS.md) ...
+SHARE = 64
 #: ... in grants of this much (one large TLS write each, to one follower
 #: at a time: a send's cost is mostly per write, not per byte) ...
 GRANT = 256 * 1024
