@@ -376,8 +376,9 @@ class LocalExecutor:
             # (JobProcess.recorded opens the gate).
             spawnEnv = env
             if sandbox is not None:
-                argv = sandbox.argv(identity, command, request.cwd, True, env)
-                job.gateLine = sandbox.gate(identity, request.cwd, env)
+                argv, job.gateLine = sandbox.gatedStart(
+                    identity, command, request.cwd, env
+                )
                 # The sandbox enters the working directory as the job, and
                 # the root stages never see the request's environment.
                 path = None

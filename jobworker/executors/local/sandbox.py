@@ -249,7 +249,8 @@ class Sandbox:
         the gate must come first.
         """
         if self.usesLauncher:
-            return self._launcherArgv(identity, command, cwd, gated, env)
+            start = self._start(identity, cwd)
+            return self._launcherArgv(identity, command, cwd, gated, env, start)
         pidNamespace = "pid" in self._isolate
         argv: list[str] = []
         if gated and pidNamespace:
@@ -260,7 +261,7 @@ class Sandbox:
                 argv += ISOLATION[name]
         argv += ["--mount", "--ipc", "--"]
         script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
-        start = "/" if cwd is not None else self.startFolder(identity)
+        start = self._start(identity, cwd)
         argv += [POSIX_SHELL, "-c", script, self.fstab(identity), start]
         argv += identity.setpriv(SETPRIV)
         if env is not None:
@@ -280,6 +281,7 @@ class Sandbox:
         cwd: str | None,
         gated: bool,
         env: dict[str, str] | None,
+        start: str,
     ) -> list[str]:
         """The same job through the launcher (its arguments: launcher.c)."""
         assert self.launcher is not None
@@ -300,7 +302,6 @@ class Sandbox:
         # Gated, the environment comes on the gate (option e): a command
         # line is readable by every local user in /proc/<pid>/cmdline.
         options = ("ge" if gated else "") + ("n" if "net" in self._isolate else "")
-        start = "/" if cwd is not None else self.startFolder(identity)
         groups = ",".join(str(g) for g in identity.groups) or "-"
         assignments = (
             {}
@@ -324,6 +325,28 @@ class Sandbox:
             *command,
         ]
 
+    def _start(self, identity: Identity, cwd: str | None) -> str:
+        """The folder the set-up enters as root: / with a cwd."""
+        return "/" if cwd is not None else self.startFolder(identity)
+
+    def gatedStart(
+        self,
+        identity: Identity,
+        command: list[str],
+        cwd: str | None,
+        env: dict[str, str],
+    ) -> tuple[list[str], bytes]:
+        """
+        C{argv(identity, command, cwd, True, env)} and C{gate(identity, cwd,
+        env)} from one look at the start folder, so the launcher's START and
+        the job's PWD cannot disagree.
+        """
+        if not self.usesLauncher:
+            return self.argv(identity, command, cwd, True, env), GO
+        start = self._start(identity, cwd)
+        argv = self._launcherArgv(identity, command, cwd, True, env, start)
+        return argv, self._gateLine(cwd, env, start)
+
     def gate(
         self,
         identity: Identity,
@@ -339,7 +362,11 @@ class Sandbox:
         """
         if not self.usesLauncher:
             return GO
-        start = "/" if cwd is not None else self.startFolder(identity)
+        return self._gateLine(cwd, env, self._start(identity, cwd))
+
+    def _gateLine(
+        self, cwd: str | None, env: dict[str, str] | None, start: str
+    ) -> bytes:
         assignments = jobEnvironment(
             env if env is not None else ROOT_ENVIRONMENT, cwd, start
         )
