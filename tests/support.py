@@ -355,3 +355,29 @@ def writePEM(path: str, data: bytes) -> None:
     """Write a certificate or key file made by a test."""
     with open(path, "wb") as f:
         f.write(data)
+
+
+def twistdCommand(stateDir: str, *extra: str, stopGrace: str | None = "1") -> list[str]:
+    """
+    The command line of a real twistd jobworker on a free port (jobs as
+    dynamic uids unless C{extra} says who they run as; jobs given
+    C{stopGrace} seconds at shutdown, None: the server's default).
+    """
+    if not any(
+        option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
+        for option in extra
+    ):
+        extra = (f"--dynamic-uids={FREE_UIDS}", *extra)
+    return [
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "jobworker",
+        "--tls",
+        "--port=0",
+        f"--cert={CERT}",
+        f"--key={KEY}",
+        f"--state-dir={stateDir}",
+        *([f"--stop-grace={stopGrace}"] if stopGrace is not None else []),
+        *extra,
+    ]

@@ -25,15 +25,12 @@ from jobworker.server.services import RetentionService
 from jobworker.units import parseSize
 
 from .support import (
-    CERT,
-    FREE_UIDS,
-    KEY,
-    TWISTD,
     LiveServer,
     jwEnvironment,
     processAlive,
     sharedPath,
     sleep,
+    twistdCommand,
 )
 
 BINARY = bytes(range(256)) * 4 + b"\x00\xff\xfe not utf-8 \xc3\x28"
@@ -73,31 +70,6 @@ class RestartTests(TestCase):
         self.assertEqual(
             [j["id"] for j in listing["jobs"]], [running["id"], done["id"]]
         )
-
-
-def twistdCommand(stateDir: str, *extra: str) -> list[str]:
-    """
-    The command line of a real twistd jobworker on a free port (jobs as
-    dynamic uids unless C{extra} says who they run as).
-    """
-    if not any(
-        option.startswith(("--dynamic-uids", "--run-as", "--allow-root-jobs"))
-        for option in extra
-    ):
-        extra = (f"--dynamic-uids={FREE_UIDS}", *extra)
-    return [
-        TWISTD,
-        "-n",
-        "--pidfile=",
-        "jobworker",
-        "--tls",
-        "--port=0",
-        f"--cert={CERT}",
-        f"--key={KEY}",
-        f"--state-dir={stateDir}",
-        "--stop-grace=1",
-        *extra,
-    ]
 
 
 def startTwistd(

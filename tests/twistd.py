@@ -25,15 +25,12 @@ from jobworker.tls import TrustRootPolicy
 
 from .support import (
     CA,
-    CERT,
-    FREE_UIDS,
-    KEY,
-    TWISTD,
     ApiClient,
     basic,
     killGroupIfOurs,
     sleep,
     startTime,
+    twistdCommand,
 )
 
 LISTENING = re.compile(rb"jobworker listening on https://127\.0\.0\.1:(\d+)")
@@ -140,18 +137,9 @@ class Twistd(ApiClient):
         """
         argv = [
             *prefix,
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "jobworker",
-            "--tls",
-            "--port=0",
-            "--interface=127.0.0.1",
-            f"--cert={CERT}",
-            f"--key={KEY}",
-            f"--state-dir={self.stateDir}",
-            f"--dynamic-uids={FREE_UIDS}",
-            *extra,
+            *twistdCommand(
+                self.stateDir, "--interface=127.0.0.1", *extra, stopGrace=None
+            ),
         ]
         transport = reactor.spawnProcess(  # type: ignore[attr-defined]
             self.protocol, argv[0], argv, env=dict(os.environ), path=self.workDir

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from ..support import CA, CERT, FREE_UIDS, KEY, TWISTD, basic
+from ..support import CA, basic, twistdCommand
 
 
 def requireFaultRun() -> None:
@@ -107,20 +107,7 @@ class Twistd:
         testCase.addCleanup(self.kill)
 
     def argv(self) -> list[str]:
-        return [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "jobworker",
-            "--tls",
-            "--port=0",
-            f"--cert={CERT}",
-            f"--key={KEY}",
-            f"--state-dir={self.stateDir}",
-            "--stop-grace=1",
-            f"--dynamic-uids={FREE_UIDS}",
-            *self.extra,
-        ]
+        return twistdCommand(self.stateDir, *self.extra)
 
     def start(self, timeout: float = 30.0) -> Twistd:
         """Start; wait for its listening line (fail if it exits first)."""
