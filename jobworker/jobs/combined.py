@@ -111,6 +111,9 @@ class CombinedReader(FileProducer):
         self._run = 0
         self._limits = [s.size for s in streams]
 
+    def at(self, index: int) -> int:
+        return self.position[index]
+
     def _readOrder(self) -> None:
         size = self._order.size
         if size <= self._orderRead:

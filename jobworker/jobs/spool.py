@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .dropbehind import DropBehind
 from .order import OrderLog
 from .pacing import Pacer
 
@@ -88,6 +89,21 @@ class OutputSpool:
         self._fd: int | None = None
         self._broken = False
         self._waiters = Waiters()
+        #: What leaves the page cache, and the readers it must wait for:
+        #: (reader, index of this spool among the reader's sources).
+        self._dropBehind = DropBehind(path)
+        self._readers: list[tuple[Positioned, int]] = []
+
+    def attach(self, reader: Positioned, index: int) -> None:
+        """
+        C{reader} reads this spool (its source C{index}): what it has yet to
+        read stays in the page cache until L{detach}.
+        """
+        self._readers.append((reader, index))
+
+    def detach(self, reader: Positioned) -> None:
+        """C{reader} reads no more."""
+        self._readers = [entry for entry in self._readers if entry[0] is not reader]
 
     def _open(self) -> int | None:
         try:
@@ -142,6 +158,10 @@ class OutputSpool:
                     error=os.strerror(e.errno or errno.EIO),
                 )
             self.lost += len(view)
+        if self.size >= self._dropBehind.due:
+            self._dropBehind.wrote(
+                fd, self.size, [reader.at(index) for reader, index in self._readers]
+            )
         if self._waiters:
             self._wakeSoon()
 
@@ -247,6 +267,14 @@ def tailSteps(
     yield 0
 
 
+class Positioned(Protocol):
+    """A reader of one or more spools: where it is in each."""
+
+    def at(self, index: int) -> int:
+        """The next offset to read in source C{index}."""
+        ...
+
+
 class OutputSource(Protocol):
     """What a L{SpoolReader} reads: a live L{OutputSpool} or L{StoredOutput}."""
 
@@ -299,6 +327,13 @@ class FileProducer:
         self._fds: list[int | None] = [None] * len(sources)
         #: Each source's L{Pacer}, if it is a live local spool.
         self._pacers = tuple(pacerOf(source) for source in sources)
+        #: The live local spools, which keep what this reader has yet to read
+        #: in the page cache while it reads (L{OutputSpool.attach}).
+        self._attached = [
+            (index, source)
+            for index, source in enumerate(sources)
+            if isinstance(source, OutputSpool) and not source.closed
+        ]
         self._done = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
@@ -307,6 +342,8 @@ class FileProducer:
     def start(self) -> Deferred[None]:
         """Register with the consumer and start sending."""
         self._consumer.registerProducer(self, True)
+        for index, spool in self._attached:
+            spool.attach(self, index)
         # Send the headers now: a follower learns the stream is open even
         # before the job prints anything.
         self._consumer.write(b"")
@@ -315,6 +352,10 @@ class FileProducer:
 
     def _pump(self) -> None:
         """Send what there is; then L{_waitFor} more, or L{_finish}."""
+        raise NotImplementedError
+
+    def at(self, index: int) -> int:
+        """The next offset this reader reads in source C{index}."""
         raise NotImplementedError
 
     def _allowed(self, index: int, length: int) -> int:
@@ -368,6 +409,8 @@ class FileProducer:
         if self._done:
             return False
         self._done = True
+        for _, spool in self._attached:
+            spool.detach(self)
         for index, fd in enumerate(self._fds):
             if fd is not None:
                 os.close(fd)
@@ -396,6 +439,9 @@ class SpoolReader(FileProducer):
         self._offset = offset
         self._follow = follow
         self._limit = spool.size
+
+    def at(self, index: int) -> int:
+        return self._offset
 
     def _pump(self) -> None:
         while not self._paused and not self._done:
