@@ -71,6 +71,7 @@ class OutputSpool:
         clock: IReactorTime | None = None,
         order: OrderLog | None = None,
         index: int = 0,
+        dropBehind: DropBehind | None = None,
     ) -> None:
         self.path = path
         #: Where switches between this job's streams are recorded, and this
@@ -91,7 +92,7 @@ class OutputSpool:
         self._waiters = Waiters()
         #: What leaves the page cache, and the readers it must wait for:
         #: (reader, index of this spool among the reader's sources).
-        self._dropBehind = DropBehind(path)
+        self._dropBehind = dropBehind if dropBehind is not None else DropBehind(path)
         self._readers: list[tuple[Positioned, int]] = []
 
     def attach(self, reader: Positioned, index: int) -> None:
@@ -100,6 +101,9 @@ class OutputSpool:
         read stays in the page cache until L{detach}.
         """
         self._readers.append((reader, index))
+
+    def _positions(self) -> list[int]:
+        return [reader.at(index) for reader, index in self._readers]
 
     def detach(self, reader: Positioned) -> None:
         """C{reader} reads no more."""
@@ -159,15 +163,14 @@ class OutputSpool:
                 )
             self.lost += len(view)
         if self.size >= self._dropBehind.due:
-            self._dropBehind.wrote(
-                fd, self.size, [reader.at(index) for reader, index in self._readers]
-            )
+            self._dropBehind.wrote(fd, self.size, self._positions())
         if self._waiters:
             self._wakeSoon()
 
     def close(self) -> None:
         """No more output will come: wake every reader one last time."""
         if self._fd is not None:
+            self._dropBehind.sweep(self._fd, self.size, self._positions())
             os.close(self._fd)
             self._fd = None
         if self.order is not None:
@@ -330,7 +333,7 @@ class FileProducer:
         #: The live local spools, which keep what this reader has yet to read
         #: in the page cache while it reads (L{OutputSpool.attach}).
         self._attached = [
-            (index, source)
+            (source, index)
             for index, source in enumerate(sources)
             if isinstance(source, OutputSpool) and not source.closed
         ]
@@ -341,13 +344,19 @@ class FileProducer:
 
     def start(self) -> Deferred[None]:
         """Register with the consumer and start sending."""
+        if self._done:
+            return self.done
         self._consumer.registerProducer(self, True)
-        for index, spool in self._attached:
+        for spool, index in self._attached:
             spool.attach(self, index)
-        # Send the headers now: a follower learns the stream is open even
-        # before the job prints anything.
-        self._consumer.write(b"")
-        self._pump()
+        try:
+            # Send the headers now: a follower learns the stream is open
+            # even before the job prints anything.
+            self._consumer.write(b"")
+            self._pump()
+        except BaseException:
+            self._close()
+            raise
         return self.done
 
     def _pump(self) -> None:
@@ -409,7 +418,7 @@ class FileProducer:
         if self._done:
             return False
         self._done = True
-        for _, spool in self._attached:
+        for spool, _ in self._attached:
             spool.detach(self)
         for index, fd in enumerate(self._fds):
             if fd is not None:

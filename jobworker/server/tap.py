@@ -91,11 +91,12 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     identities = identitysetup.identities(config, slurm)
     policy = _policy(config, identities)
     metrics = Metrics()
-    manager = _manager(config, reactor, slurm, cgroups, policy, metrics)
     threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
     def runInThread(f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
+
+    manager = _manager(config, reactor, slurm, cgroups, policy, metrics, runInThread)
 
     audit = _audit(config, reactor)
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
@@ -199,6 +200,7 @@ def _manager(
     cgroups: Cgroups | None,
     policy: JobPolicy,
     metrics: Metrics,
+    runInThread: Callable[..., Deferred[Any]] | None = None,
 ) -> JobManager:
     """The store (its lock first), the executor, the manager; recovered."""
     stateDir = config["state-dir"]
@@ -219,6 +221,7 @@ def _manager(
                 cgroups=cgroups,
                 policy=policy,
                 launcher=identitysetup.chooseLauncher(config, policy.identities),
+                runInThread=runInThread,
             )
             probeSandbox(local, policy.identities)
             executor = local

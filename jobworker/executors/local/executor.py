@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ...errors import BadRequest, TooManyRequests
+from ...jobs.dropbehind import DropBehind, RunInThread
 from ...jobs.identity import Identity, PoolExhausted
 from ...jobs.limits import Limits
 from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
@@ -177,10 +178,14 @@ class LocalExecutor:
         cgroups: Cgroups | None = None,
         policy: JobPolicy | None = None,
         launcher: str | None = None,
+        runInThread: RunInThread | None = None,
     ) -> None:
         if policy is None:
             policy = JobPolicy()
         self._reactor = reactor
+        #: Where the spools hand their pages back to the kernel (None: in
+        #: the reactor's thread, for tests).
+        self._runInThread = runInThread
         self._jobsDir = jobsDir
         self._grace = grace
         self._signalGroupOf = signalGroupOf
@@ -255,6 +260,18 @@ class LocalExecutor:
     def outputDir(self, jobId: str) -> str:
         """The folder of a job's output files."""
         return os.path.join(self._jobsDir, jobId)
+
+    def _spool(self, jobId: str, name: str, order: OrderLog, index: int) -> OutputSpool:
+        """A new job's spool for stream C{name} (number C{index})."""
+        path = self.outputPath(jobId, name)
+        return OutputSpool(
+            path,
+            self._maxLogBytes,
+            self._reactor,
+            order,
+            index,
+            DropBehind(path, self._runInThread),
+        )
 
     def outputPath(self, jobId: str, stream: str) -> str:
         """A job's C{stdout}, C{stderr} or C{order} file."""
@@ -333,20 +350,8 @@ class LocalExecutor:
         job = JobProcess(
             self._reactor,
             record,
-            OutputSpool(
-                self.outputPath(jobId, "stdout"),
-                self._maxLogBytes,
-                self._reactor,
-                order,
-                0,
-            ),
-            OutputSpool(
-                self.outputPath(jobId, "stderr"),
-                self._maxLogBytes,
-                self._reactor,
-                order,
-                1,
-            ),
+            self._spool(jobId, "stdout", order, 0),
+            self._spool(jobId, "stderr", order, 1),
             self._grace,
             self._signalGroupOf,
             timeout=timeout,
