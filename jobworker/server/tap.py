@@ -16,7 +16,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from ..auth.audit import AuditLog
@@ -55,6 +54,7 @@ from .services import (
 )
 from .startup import StartupError, fatal
 from .tlssetup import isLoopback, where
+from .tlswrites import LargeWritesTLSFactory
 
 log = Logger(namespace="jobworker.server.tap")
 
@@ -337,7 +337,7 @@ def _listen(
     )
     listening = endpoint.listen(
         ConnectionsPerClient(
-            TLSMemoryBIOFactory(tlsOptions, False, site),
+            LargeWritesTLSFactory(tlsOptions, False, site),
             config["max-connections-per-client"],
             config["keepalive"],
         )

@@ -1,0 +1,71 @@
+"""
+Twisted's TLS, with a large write encrypted in large pieces.
+
+C{TLSMemoryBIOProtocol} hands OpenSSL a write 16 KiB at a time (one record)
+and reads the result back 32 KiB at a time: a 1 GiB log costs 65,536 rounds
+of Python, each copying its 16 KiB slice. Here a write of more than one
+record goes to OpenSSL in pieces of L{PIECE} bytes, without copies (a
+memoryview), and each piece's records are read back at once. OpenSSL makes
+the same 16 KiB records of it; what reaches the socket is the same.
+Everything else (small writes, the handshake, back-pressure, errors) is
+Twisted's own.
+"""
+
+from __future__ import annotations
+
+from OpenSSL.SSL import Error, WantReadError
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+#: One TLS record's payload: writes up to this size go Twisted's way.
+RECORD = 1 << 14
+#: The most given to OpenSSL at once.
+PIECE = 1 << 18
+#: What one read of the send BIO asks for: a piece's records, with room
+#: for their headers and tags.
+DRAIN = PIECE + (1 << 16)
+
+#: What L{LargeWritesTLSProtocol._write} relies on in Twisted's class (a
+#: test checks they are still there).
+RELIED_ON = ("_lostTLSConnection", "_tlsConnection", "_bufferedWrite")
+
+
+class LargeWritesTLSProtocol(TLSMemoryBIOProtocol):
+    """C{TLSMemoryBIOProtocol}, with large writes in L{PIECE}s."""
+
+    def _write(self, bytes: bytes) -> None:
+        if len(bytes) <= RECORD or self._lostTLSConnection:
+            super()._write(bytes)  # type: ignore[no-untyped-call]
+            return
+        view = memoryview(bytes)
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += self._tlsConnection.send(view[sent : sent + PIECE])
+            except WantReadError:
+                # As Twisted does: keep the rest until the peer has spoken.
+                self._bufferedWrite(bytes[sent:])  # type: ignore[no-untyped-call]
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
+                break
+            self._drainSendBIO()
+
+    def _drainSendBIO(self) -> None:
+        """Write all the send BIO holds to the transport."""
+        transport = self.transport
+        assert transport is not None
+        while True:
+            try:
+                data = self._tlsConnection.bio_read(DRAIN)
+            except WantReadError:
+                return
+            transport.write(data)
+            if len(data) < DRAIN:
+                return
+
+
+class LargeWritesTLSFactory(TLSMemoryBIOFactory):
+    """C{TLSMemoryBIOFactory} whose connections are L{LargeWritesTLSProtocol}s."""
+
+    protocol = LargeWritesTLSProtocol
