@@ -43,9 +43,9 @@ class TwistedTests(SynchronousTestCase):
         assert protocol is not None
         self.assertIsInstance(protocol, LargeWritesTLSProtocol)
         protocol.makeConnection(StringTransport())
-        for name in (*RELIED_ON, "_write", "_tlsShutdownFinished"):
+        for name in RELIED_ON:
             self.assertTrue(hasattr(protocol, name), name)
-        self.assertIsNot(LargeWritesTLSProtocol._write, TLSMemoryBIOProtocol._write)
+        self.assertIsNot(LargeWritesTLSProtocol.write, TLSMemoryBIOProtocol.write)
 
 
 class LargeWritesTests(TestCase):
