@@ -158,30 +158,6 @@ class DropBehindTests(SynchronousTestCase):
         self.assertEqual(len(seen), 1)
         self.assertIn("spool", seen[0]["path"])
 
-    def test_aReadSpoolWaitsForTheRunningCall(self) -> None:
-        """
-        The last reader of a closed spool left while a call was running:
-        the whole of what is left goes in one call once that one is done.
-        """
-        advice = Advice()
-        threads = Threads()
-        drop = DropBehind("spool", threads, advice)
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "stdout")
-        with open(path, "wb"):
-            pass
-        fd = os.open(path, os.O_RDONLY)
-        self.addCleanup(os.close, fd)
-        drop.wrote(fd, KEEP + STEP, [])
-        size = KEEP + 10 * MOST
-        drop.read(path, size)
-        self.assertEqual(len(threads.pending), 1)
-        threads.runNext()
-        self.assertEqual(len(threads.pending), 1)  # the waiting one
-        threads.runNext()
-        self.assertEqual(advice.calls, [(0, STEP), (0, size - KEEP)])
-
     def test_inAThreadOneAtATimeOnItsOwnDescriptor(self) -> None:
         """
         In a thread, the call gets a descriptor of its own (closed after),
@@ -349,25 +325,6 @@ class SpoolCacheTests(SynchronousTestCase):
         reader.stopProducing()
         self.failureResultOf(reader.done)
         spool.close()
-
-    def test_theLastReaderOfAClosedSpoolLetsItGo(self) -> None:
-        """
-        A spool that closed while its follower lagged keeps what the
-        follower had yet to read; once the follower has read it all, all
-        but the newest KEEP leaves the cache.
-        """
-        spool = self.spool()
-        consumer = RecordingConsumer()
-        reader = SpoolReader(spool, consumer, 0, follow=True)  # type: ignore[arg-type]
-        reader.start()
-        reader.pauseProducing()
-        self.fill(spool, TEST_KEEP + TEST_STEP)
-        spool.close()
-        self.assertEqual(self.cached(spool), "+" * 20)
-        reader.resumeProducing()
-        self.successResultOf(reader.done)
-        self.assertEqual(sum(map(len, consumer.written)), spool.size)
-        self.assertEqual(self.cached(spool), "...." + "+" * 16)
 
     def test_aReaderThatLeftHoldsNothing(self) -> None:
         """

@@ -81,8 +81,6 @@ class DropBehind:
         self.due = keep + step
         self.dropped = 0
         self._busy = False
-        #: The L{read} that waits for the running call.
-        self._final: tuple[str, int] | None = None
 
     def wrote(self, fd: int, size: int, readers: list[int]) -> None:
         """
@@ -94,53 +92,30 @@ class DropBehind:
 
     def sweep(self, fd: int, size: int, readers: list[int]) -> None:
         """Give the kernel what is behind the newest output and C{readers}."""
-        span = self._span(size, readers, MOST)
-        if span is not None:
-            self._launch(lambda: os.dup(fd), *span)
-
-    def read(self, path: str, size: int) -> None:
-        """
-        The spool at C{path} is closed and its last reader has read it: give
-        the kernel all but its newest output (it is never written again),
-        in one call; after one that is running, if there is one.
-        """
-        if self._busy:
-            self._final = (path, size)
-            return
-        span = self._span(size, [], NEVER)
-        if span is not None:
-            self._launch(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), *span)
-
-    def _span(self, size: int, readers: list[int], most: int) -> tuple[int, int] | None:
-        """What to give back now, if anything: C{(start, end)}."""
         if self._busy or self.due == NEVER:
-            return None  # the call before is still running; the next goes on
+            return  # the call before is still running; the next step goes on
         floor = min([size - self._keep, *readers])
         floor -= floor % PAGE
         # A reader that came late reads old output back into the cache:
         # follow it from where it is.
         self.dropped = min(self.dropped, max(0, floor))
         start = max(0, self.dropped - self._recheck)
-        end = min(floor, start + most)
-        return (start, end) if start < end else None
-
-    def _launch(self, opened: Callable[[], int], start: int, end: int) -> None:
-        """
-        The call on C{[start, end)}, on a descriptor of its own (the spool
-        may close its own while the call runs): in a thread if there is a
-        C{runInThread}, else now.
-        """
-        try:
-            own = opened()
-        except OSError:
+        end = min(floor, start + MOST)
+        if end <= start:
             return
         if self._runInThread is None:
             try:
-                end = self._adviseAndClose(own, start, end)
+                self._advise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
             except OSError as e:
                 self._failed(e)
             else:
-                self._advised(end)
+                self.dropped = end
+            return
+        # The call gets a descriptor of its own: the spool may close its
+        # own while the call runs.
+        try:
+            own = os.dup(fd)
+        except OSError:
             return
         self._busy = True
         running = self._runInThread(self._adviseAndClose, own, start, end)
@@ -170,7 +145,3 @@ class DropBehind:
 
     def _idle(self, result: object) -> None:
         self._busy = False
-        if self._final is not None:
-            path, size = self._final
-            self._final = None
-            self.read(path, size)

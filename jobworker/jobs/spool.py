@@ -106,13 +106,8 @@ class OutputSpool:
         return [reader.at(index) for reader, index in self._readers]
 
     def detach(self, reader: Positioned) -> None:
-        """
-        C{reader} reads no more. The last reader of a closed spool lets its
-        output leave the page cache.
-        """
+        """C{reader} reads no more."""
         self._readers = [entry for entry in self._readers if entry[0] is not reader]
-        if self.closed and not self._readers and self.size:
-            self._dropBehind.read(self.path, self.size)
 
     def _open(self) -> int | None:
         try:
