@@ -167,3 +167,24 @@ def followedJob(server: Server, size: int, followers: int) -> dict[str, Any]:
         raise BenchError(f"followers got {wrong[:3]} bytes, not {size}")
     log(f"job wall {wall:.2f}s with {followers} followers (caught up {caughtUp:.1f}s)")
     return {"job_wall_s": wall, "followers": followers, "all_caught_up_s": caughtUp}
+
+
+def unfollowedFinished(server: Server, size: int) -> dict[str, Any]:
+    """A job nobody followed, then its finished log read by curl."""
+    client = server.client()
+    try:
+        job = client.create("head", "-c", str(size), "/dev/zero")
+        final = client.waitEnded(job["id"])
+        if final["status"] != "COMPLETED" or final["stdout_bytes"] != size:
+            raise BenchError(f"unfollowed job ended {final}")
+    finally:
+        client.close()
+    got = curlReceive(f"https://localhost:{server.port}/jobs/{job['id']}/logs")
+    client = server.client()
+    try:
+        client.expect(200, "DELETE", f"/jobs/{job['id']}")
+    finally:
+        client.close()
+    if got["bytes"] != size:
+        raise BenchError(f"curl got {got['bytes']} bytes, not {size}")
+    return got
