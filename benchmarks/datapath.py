@@ -123,11 +123,7 @@ def liveAndFinished(server: Server, size: int) -> dict[str, Any]:
     live = curlReceive(base + "?follow=true")
     wall = jobWall(server, job["id"], size, delete=False)
     finished = curlReceive(base)
-    client = server.client()
-    try:
-        client.expect(200, "DELETE", f"/jobs/{job['id']}")
-    finally:
-        client.close()
+    deleteJob(server, job["id"])
     for got in (live, finished):
         if got["bytes"] != size:
             raise BenchError(f"curl got {got['bytes']} bytes, not {size}")
@@ -180,11 +176,16 @@ def unfollowedFinished(server: Server, size: int) -> dict[str, Any]:
     finally:
         client.close()
     got = curlReceive(f"https://localhost:{server.port}/jobs/{job['id']}/logs")
-    client = server.client()
-    try:
-        client.expect(200, "DELETE", f"/jobs/{job['id']}")
-    finally:
-        client.close()
+    deleteJob(server, job["id"])
     if got["bytes"] != size:
         raise BenchError(f"curl got {got['bytes']} bytes, not {size}")
     return got
+
+
+def deleteJob(server: Server, jobId: str) -> None:
+    """Delete an ended job and its output (its spool leaves the disk)."""
+    client = server.client()
+    try:
+        client.expect(200, "DELETE", f"/jobs/{jobId}")
+    finally:
+        client.close()

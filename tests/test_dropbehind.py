@@ -79,6 +79,11 @@ def warnings(case: SynchronousTestCase) -> list[dict[str, Any]]:
 
 
 class DropBehindTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        #: Any open file: each call gets a duplicate of it.
+        self.fd = os.open(os.devnull, os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
     def test_keepsTheNewestOutput(self) -> None:
         """
         The first call comes once the spool holds KEEP + STEP bytes, and
@@ -87,7 +92,7 @@ class DropBehindTests(SynchronousTestCase):
         advice = Advice()
         drop = DropBehind("spool", advise=advice)
         self.assertEqual(drop.due, KEEP + STEP)
-        drop.wrote(3, KEEP + STEP, [])
+        drop.wrote(self.fd, KEEP + STEP, [])
         self.assertEqual(advice.calls, [(0, STEP)])
         self.assertEqual(drop.due, KEEP + 2 * STEP)
         self.assertEqual(drop.dropped, STEP)
@@ -96,10 +101,10 @@ class DropBehindTests(SynchronousTestCase):
         """Nothing at or after the slowest reader's offset is dropped."""
         advice = Advice()
         drop = DropBehind("spool", advise=advice)
-        drop.wrote(3, KEEP + 4 * STEP, [3 * MiB + 5, 10**12])
+        drop.wrote(self.fd, KEEP + 4 * STEP, [3 * MiB + 5, 10**12])
         self.assertEqual(advice.calls, [(0, 3 * MiB)])  # rounded down to a page
         advice.calls.clear()
-        drop.wrote(3, KEEP + 5 * STEP, [0])
+        drop.wrote(self.fd, KEEP + 5 * STEP, [0])
         self.assertEqual(advice.calls, [])  # a reader at 0: nothing to drop
 
     def test_reachesBackForPagesStillBeingWritten(self) -> None:
@@ -113,14 +118,14 @@ class DropBehindTests(SynchronousTestCase):
         drop = DropBehind("spool", advise=advice)
         size = KEEP + STEP
         while size - KEEP < 2 * RECHECK:
-            drop.wrote(3, size, [])
+            drop.wrote(self.fd, size, [])
             size += STEP
         start, end = advice.calls[-1]
         self.assertEqual(end, size - STEP - KEEP)
         self.assertEqual(start, end - STEP - RECHECK)  # the last call's end
         size += 10 * MOST
         for _ in range(40):
-            drop.wrote(3, size, [])
+            drop.wrote(self.fd, size, [])
         reach = 0
         for start, end in advice.calls:
             self.assertLessEqual(start, reach)  # no gap is ever left
@@ -136,10 +141,10 @@ class DropBehindTests(SynchronousTestCase):
         advice = Advice()
         drop = DropBehind("spool", advise=advice)
         size = 10 * RECHECK
-        drop.wrote(3, size, [])
+        drop.wrote(self.fd, size, [])
         advice.calls.clear()
         for position in range(0, 9 * RECHECK, 2 * RECHECK):
-            drop.wrote(3, size, [position])
+            drop.wrote(self.fd, size, [position])
         reach = 0
         for start, end in advice.calls:
             self.assertLessEqual(start, reach)
@@ -151,10 +156,10 @@ class DropBehindTests(SynchronousTestCase):
         seen = warnings(self)
         advice = Advice(errno.ESPIPE)
         drop = DropBehind("spool", advise=advice)
-        drop.wrote(3, KEEP + STEP, [])
+        drop.wrote(self.fd, KEEP + STEP, [])
         self.assertEqual(drop.due, NEVER)
         self.assertEqual(drop.dropped, 0)
-        drop.sweep(3, KEEP + 10 * STEP, [])
+        drop.sweep(self.fd, KEEP + 10 * STEP, [])
         self.assertEqual(len(seen), 1)
         self.assertIn("spool", seen[0]["path"])
 

@@ -103,19 +103,17 @@ class DropBehind:
         end = min(floor, start + MOST)
         if end <= start:
             return
-        if self._runInThread is None:
-            try:
-                self._advise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
-            except OSError as e:
-                self._failed(e)
-            else:
-                self.dropped = end
-            return
         # The call gets a descriptor of its own: the spool may close its
-        # own while the call runs.
+        # own while the call runs in a thread.
         try:
             own = os.dup(fd)
         except OSError:
+            return
+        if self._runInThread is None:
+            try:
+                self._advised(self._adviseAndClose(own, start, end))
+            except OSError as e:
+                self._failed(e)
             return
         self._busy = True
         running = self._runInThread(self._adviseAndClose, own, start, end)
@@ -123,7 +121,7 @@ class DropBehind:
         running.addBoth(self._idle)
 
     def _adviseAndClose(self, fd: int, start: int, end: int) -> int:
-        """In a thread: the call itself; C{end} once it is done."""
+        """The call itself (in a thread, if there is one); C{end} once done."""
         try:
             self._advise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
         finally:
