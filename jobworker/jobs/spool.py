@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -45,6 +46,19 @@ class Waiters:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What a spool gives the thread that takes its writes over (L{handOver})."""
+
+    #: A duplicate of the spool's descriptor, the thread's to close.
+    fd: int
+    size: int
+    dropped: int
+    lost: int
+    #: Bytes it may still write (-1: no cap).
+    room: int
 
 
 class OutputSpool:
@@ -164,6 +178,45 @@ class OutputSpool:
             self.lost += len(view)
         if self.size >= self._dropBehind.due:
             self._dropBehind.wrote(fd, self.size, self._positions())
+        if self._waiters:
+            self._wakeSoon()
+
+    def handOver(self) -> Handover | None:
+        """
+        From now on a thread appends to the file and reports each growth
+        (L{grew}); L{write} is no longer called. None if the file is not
+        open (no byte yet, broken, capped at nothing, or closed).
+        """
+        if self._fd is None or self.closed or self._broken:
+            return None
+        try:
+            fd = os.dup(self._fd)
+        except OSError:
+            return None
+        return Handover(fd, self.size, self.dropped, self.lost, self._room)
+
+    def grew(self, size: int, dropped: int, lost: int, error: str | None) -> None:
+        """
+        The thread that took the file over (L{handOver}) has appended up
+        to C{size}: the same bookkeeping as L{write}, without the write.
+        """
+        if self.closed:
+            return
+        if lost and not self.lost:
+            self.log.error(
+                "cannot write output to {path}: {error}; output is being lost",
+                path=self.path,
+                error=error or os.strerror(errno.EIO),
+            )
+        self.dropped, self.lost = dropped, lost
+        if size == self.size:
+            return
+        order = self.order
+        if order is not None and order.last != self._index:
+            order.switch(self._index, self.size)
+        self.size = size
+        if self._fd is not None and size >= self._dropBehind.due:
+            self._dropBehind.wrote(self._fd, size, self._positions())
         if self._waiters:
             self._wakeSoon()
 

@@ -6,6 +6,7 @@ import os
 
 from twisted.python import usage
 
+from ..executors.local.pump import MAX_PUMPS
 from ..executors.local.sandbox import ISOLATION
 from ..jobs.identity import (
     DYNAMIC_UIDS,
@@ -291,6 +292,15 @@ class Options(usage.Options):
             int,
         ],
         [
+            "output-threads",
+            None,
+            MAX_PUMPS,
+            "Threads that read heavy output streams (a job printing at full "
+            "speed), one stream each, so its followers never slow it; other "
+            "streams are read by the server's main thread. 0: all are.",
+            int,
+        ],
+        [
             "max-log-streams",
             None,
             1000,
@@ -516,6 +526,8 @@ class Options(usage.Options):
             raise usage.UsageError("--max-stdin-bytes must be at least 1")
         if self["tmp-size"] < 1 << 20:
             raise usage.UsageError("--tmp-size must be at least 1M")
+        if not 0 <= self["output-threads"] <= 256:
+            raise usage.UsageError("--output-threads must be from 0 to 256")
         if self["max-log-bytes"] < 0:
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:

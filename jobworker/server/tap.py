@@ -26,6 +26,7 @@ from ..auth.users import UserDatabase, UsersFileError
 from ..executors.local.cgroups import Cgroups
 from ..executors.local.cgroups import detect as detectCgroups
 from ..executors.local.executor import LocalExecutor
+from ..executors.local.pump import Pumps
 from ..executors.slurm.executor import SlurmExecutor
 from ..jobs.identity import (
     Identities,
@@ -222,6 +223,7 @@ def _manager(
                 policy=policy,
                 launcher=identitysetup.chooseLauncher(config, policy.identities),
                 runInThread=runInThread,
+                pumps=Pumps(reactor, config["output-threads"]),  # type: ignore[arg-type]
             )
             probeSandbox(local, policy.identities)
             executor = local

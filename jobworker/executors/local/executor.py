@@ -32,6 +32,7 @@ from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, JobCgroup
 from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
+from .pump import Pumps
 from .sandbox import (
     GATE_KEEP_WORKDIR,
     GATE_SCRIPT,
@@ -179,6 +180,7 @@ class LocalExecutor:
         policy: JobPolicy | None = None,
         launcher: str | None = None,
         runInThread: RunInThread | None = None,
+        pumps: Pumps | None = None,
     ) -> None:
         if policy is None:
             policy = JobPolicy()
@@ -186,6 +188,9 @@ class LocalExecutor:
         #: Where the spools hand their pages back to the kernel (None: in
         #: the reactor's thread, for tests).
         self._runInThread = runInThread
+        #: The threads heavy output streams are read by (None: the reactor
+        #: reads every stream, for tests).
+        self._pumps = pumps
         self._jobsDir = jobsDir
         self._grace = grace
         self._signalGroupOf = signalGroupOf
@@ -356,6 +361,7 @@ class LocalExecutor:
             self._signalGroupOf,
             timeout=timeout,
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
+            pumps=self._pumps,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env

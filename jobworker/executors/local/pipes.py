@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -32,10 +34,13 @@ class PipeDrain:
     the job can write a whole pipe's worth while the reactor serves others.
     """
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, heavy: Callable[[Any], bool] | None = None) -> None:
         self._reader = reader
         self._fd: int = reader.fileno()
         self._size = QUIET_READ
+        #: Offered the reader once its stream turns heavy; True: a thread
+        #: reads it from now on (L{pump}).
+        self._heavy = heavy
 
     def __call__(self) -> object:
         try:
@@ -46,9 +51,12 @@ class PipeDrain:
             return CONNECTION_LOST
         if not data:
             return CONNECTION_DONE
-        if len(data) == self._size < HEAVY:
+        widen = len(data) == self._size < HEAVY
+        if widen:
             self._widen()
         self._reader.dataReceived(data)
+        if widen and self._heavy is not None:
+            self._heavy(self._reader)
         return None
 
     def _widen(self) -> None:
@@ -59,11 +67,14 @@ class PipeDrain:
         self._size = max(self._size, min(capacity, HEAVY))
 
 
-def drainInLargeReads(transport: object) -> None:
+def drainInLargeReads(
+    transport: object, heavy: Callable[[int, Any], bool] | None = None
+) -> None:
     """
     Give the output readers (fds 1 and 2) of a process transport made by
-    C{reactor.spawnProcess} a L{PipeDrain}. A transport without pipes
-    (a test's fake) is left alone.
+    C{reactor.spawnProcess} a L{PipeDrain}; C{heavy(fd, reader)} is offered
+    each reader whose stream turns heavy. A transport without pipes (a
+    test's fake) is left alone.
     """
     pipes = getattr(transport, "pipes", {})
     for name in (1, 2):
@@ -71,7 +82,8 @@ def drainInLargeReads(transport: object) -> None:
         if reader is not None:
             # Twisted's ProcessReader reads in its doRead; the reactor calls
             # the instance's attribute, so this replaces only that method.
-            reader.doRead = PipeDrain(reader)
+            offer = None if heavy is None else partial(heavy, name)
+            reader.doRead = PipeDrain(reader, offer)
 
 
 def writeAtOnce(transport: Any, childFD: int, data: bytes) -> None:

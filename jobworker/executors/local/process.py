@@ -20,6 +20,7 @@ from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
 from .pipes import drainInLargeReads, writeAtOnce
+from .pump import Pumps
 from .sandbox import GO
 from .stdin import StdinFeed
 
@@ -42,7 +43,7 @@ class JobProcessProtocol(ProcessProtocol):
             self.transport.closeStdin()
         else:
             self._job.stdinFeed.attach(self.transport)
-        drainInLargeReads(self.transport)
+        drainInLargeReads(self.transport, self._job.pump)
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
@@ -82,6 +83,7 @@ class JobProcess:
         cgroup: JobCgroup | None = None,
         timeout: float | None = None,
         stdinFeed: StdinFeed | None = None,
+        pumps: Pumps | None = None,
     ) -> None:
         self._clock = reactor
         self.record = record
@@ -93,6 +95,8 @@ class JobProcess:
         self._timeout = timeout
         #: The job's stdin, fed by the API; None: closed at start.
         self.stdinFeed = stdinFeed
+        #: The threads a heavy stream may be read by (None: the reactor).
+        self._pumps = pumps
         self._timedOut = False
         self._killSent = False
         self._setupError: str | None = None
@@ -132,6 +136,15 @@ class JobProcess:
         if self.stdinFeed is None:
             raise Conflict('the job was not started with "stdin": true')
         return self.stdinFeed.write(data, eof)
+
+    def pump(self, fd: int, reader: object) -> bool:
+        """
+        Output fd C{fd} turned heavy: read it in a thread of its own from
+        now on, if one is free (L{Pumps.take}). True if so.
+        """
+        if self._pumps is None:
+            return False
+        return self._pumps.take(reader, self.stdout if fd == 1 else self.stderr)
 
     def recorded(self) -> None:
         """

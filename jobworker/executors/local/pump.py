@@ -1,0 +1,179 @@
+"""
+A heavy output stream drained by a thread of its own.
+
+The reactor's one thread reads every job's pipes and sends every log
+response. A job printing at full speed and its followers then take turns on
+one CPU: while the reactor encrypts for a follower, the pipe is not read.
+Once a stream turns heavy (its pipe was found full: L{pipes.PipeDrain}),
+a L{Pump} thread takes its pipe over: it reads it and appends to the
+spool file, with the GIL released in both system calls, on another CPU.
+The reactor only learns how far the file has grown (L{OutputSpool.grew},
+once per reactor turn at most) and wakes the readers. So followers are no
+longer paced against the job (L{pacing}), and the job never waits for them.
+
+The thread owns nothing of the job's state: it reads the pipe, writes its
+own duplicate of the spool's descriptor, and counts. Sizes, the order of
+the streams, the page cache, readers and the end of the stream are all
+handled on the reactor, in the order the thread reported them. At most
+L{MAX_PUMPS} streams are pumped at once; the others are read by the
+reactor as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+from typing import Any
+
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.python.failure import Failure
+
+from ...jobs.spool import Handover, OutputSpool
+
+#: Streams pumped at once, server-wide: one thread each.
+MAX_PUMPS = 4
+#: What one read of the pipe asks for (the heavy pipe's capacity).
+READ = 1 << 20
+
+
+class Pumps:
+    """The server's pump threads: how many run, and the most that may."""
+
+    def __init__(self, reactor: IReactorFromThreads, limit: int = MAX_PUMPS) -> None:
+        self._reactor = reactor
+        self.limit = limit
+        #: Threads pumping now, and started since the server started.
+        self.running = 0
+        self.started = 0
+
+    def take(self, reader: Any, spool: OutputSpool) -> bool:
+        """
+        Pump C{reader} (a process's output reader) into C{spool} if a
+        thread is free and the spool can hand its file over; True if so.
+        """
+        if self.running >= self.limit:
+            return False
+        handover = spool.handOver()
+        if handover is None:
+            return False
+        self.running += 1
+        self.started += 1
+        Pump(self._reactor, reader, spool, handover, self._ended).start()
+        return True
+
+    def _ended(self) -> None:
+        self.running -= 1
+
+
+class Pump:
+    """One pumped stream: its thread, and the reactor's side of it."""
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        reader: Any,
+        spool: OutputSpool,
+        handover: Handover,
+        ended: Any,
+    ) -> None:
+        self._reactor = reactor
+        self._reader = reader
+        self._spool = spool
+        self._pipe: int = reader.fileno()
+        self._out = handover.fd
+        self._room = handover.room
+        #: Counted by the thread, published to the spool by the reactor.
+        self.size = handover.size
+        self.dropped = handover.dropped
+        self.lost = handover.lost
+        self._failed = False
+        self.error: str | None = None
+        self._pending = False
+        self._stopping = False
+        self._ended = ended
+        self._wakeRead, self._wakeWrite = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def start(self) -> None:
+        """Take the pipe from the reactor and start the thread."""
+        self._reader.stopReading()
+        # Process.loseConnection (a job abandoned after SIGKILL) stops the
+        # thread before the pipe is closed: never close a descriptor a
+        # thread is polling.
+        self._reader.loseConnection = self.stop
+        threading.Thread(target=self._run, name="jobworker-pump", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop pumping; the reader's connection is lost once the thread ends."""
+        if not self._stopping:
+            self._stopping = True
+            self._reader.disconnecting = 1
+            try:
+                os.write(self._wakeWrite, b"x")
+            except OSError:
+                pass
+
+    # -- the thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        reason: Exception = CONNECTION_DONE
+        try:
+            poller = select.poll()
+            poller.register(self._pipe, select.POLLIN)
+            poller.register(self._wakeRead, select.POLLIN)
+            while not self._stopping:
+                try:
+                    data = os.read(self._pipe, READ)
+                except (BlockingIOError, InterruptedError):
+                    poller.poll()
+                    continue
+                except OSError:
+                    reason = CONNECTION_LOST
+                    break
+                if not data:
+                    break
+                self._take(data)
+        finally:
+            os.close(self._out)
+            self._reactor.callFromThread(self._end, reason)
+
+    def _take(self, data: bytes) -> None:
+        if self._room >= 0:
+            if len(data) > self._room:
+                self.dropped += len(data) - self._room
+                data = data[: self._room]
+            self._room -= len(data)
+        view = memoryview(data)
+        if self._failed:
+            self.lost += len(view)
+        else:
+            try:
+                while view:
+                    written = os.write(self._out, view)
+                    self.size += written
+                    view = view[written:]
+            except OSError as e:
+                self._failed = True
+                self.lost += len(view)
+                self.error = os.strerror(e.errno or errno.EIO)
+        if not self._pending:
+            self._pending = True
+            self._reactor.callFromThread(self._publish)
+
+    # -- the reactor -----------------------------------------------------------
+
+    def _publish(self) -> None:
+        # Cleared before the counts are read: a count the thread changes
+        # after this line is published again.
+        self._pending = False
+        self._spool.grew(self.size, self.dropped, self.lost, self.error)
+
+    def _end(self, reason: Exception) -> None:
+        # The thread's last count was published before this call (calls
+        # from a thread run in order): the spool has every byte.
+        for fd in (self._wakeRead, self._wakeWrite):
+            os.close(fd)
+        self._ended()
+        self._reader.connectionLost(Failure(reason))
