@@ -486,6 +486,22 @@ class BoundedRequestTests(SynchronousTestCase):
         self.assertEqual(kept, body)
 
 
+    def test_formBodiesAreNotParsed(self) -> None:
+        """
+        A form body (which the API refuses: JSON only) is never parsed into
+        the request's args: they hold the query string alone.
+        """
+        body = b"stream=body&extra=1"
+        request = BoundedRequest(DummyChannel())
+        request.requestHeaders.setRawHeaders(
+            b"content-type", [b"application/x-www-form-urlencoded"]
+        )
+        request.gotLength(len(body))
+        request.handleContentChunk(body)
+        request.requestReceived(b"POST", b"/jobs?stream=query", b"HTTP/1.1")
+        self.assertEqual(request.args, {b"stream": [b"query"]})
+
+
 class ListTests(APITestCase):
     """GET /jobs."""
 
