@@ -37,6 +37,10 @@ from ...jobs.spool import Handover, OutputSpool
 MAX_PUMPS = 4
 #: What one read of the pipe asks for (the heavy pipe's capacity).
 READ = 1 << 20
+#: While the pipe stays full, the reactor hears of the growth once per this
+#: many bytes read (each time costs it a wake-up); at once when the pipe
+#: runs dry, and at the end.
+ANNOUNCE = 4 << 20
 
 
 class Pumps:
@@ -59,9 +63,15 @@ class Pumps:
         handover = spool.handOver()
         if handover is None:
             return False
+        try:
+            pump = Pump(self._reactor, reader, spool, handover, self._ended)
+        except OSError:  # no descriptor for its wake-up pipe
+            os.close(handover.fd)
+            return False
+        if not pump.start():
+            return False
         self.running += 1
         self.started += 1
-        Pump(self._reactor, reader, spool, handover, self._ended).start()
         return True
 
     def _ended(self) -> None:
@@ -92,18 +102,34 @@ class Pump:
         self._failed = False
         self.error: str | None = None
         self._pending = False
+        #: Bytes read from the pipe, and as many when last announced.
+        self._read = 0
+        self._announced = 0
         self._stopping = False
         self._ended = ended
         self._wakeRead, self._wakeWrite = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
-    def start(self) -> None:
-        """Take the pipe from the reactor and start the thread."""
+    def start(self) -> bool:
+        """
+        Start the thread and take the pipe from the reactor; False (and
+        nothing taken) if no thread can be started.
+        """
+        try:
+            # The reactor is in this reader's doRead: it reads no more of
+            # this pipe before stopReading below.
+            threading.Thread(
+                target=self._run, name="jobworker-pump", daemon=True
+            ).start()
+        except RuntimeError:
+            for fd in (self._out, self._wakeRead, self._wakeWrite):
+                os.close(fd)
+            return False
         self._reader.stopReading()
         # Process.loseConnection (a job abandoned after SIGKILL) stops the
         # thread before the pipe is closed: never close a descriptor a
         # thread is polling.
         self._reader.loseConnection = self.stop
-        threading.Thread(target=self._run, name="jobworker-pump", daemon=True).start()
+        return True
 
     def stop(self) -> None:
         """Stop pumping; the reader's connection is lost once the thread ends."""
@@ -127,6 +153,7 @@ class Pump:
                 try:
                     data = os.read(self._pipe, READ)
                 except (BlockingIOError, InterruptedError):
+                    self._announce()
                     poller.poll()
                     continue
                 except OSError:
@@ -135,11 +162,14 @@ class Pump:
                 if not data:
                     break
                 self._take(data)
+                if self._read - self._announced >= ANNOUNCE:
+                    self._announce()
         finally:
             os.close(self._out)
             self._reactor.callFromThread(self._end, reason)
 
     def _take(self, data: bytes) -> None:
+        self._read += len(data)
         if self._room >= 0:
             if len(data) > self._room:
                 self.dropped += len(data) - self._room
@@ -158,7 +188,11 @@ class Pump:
                 self._failed = True
                 self.lost += len(view)
                 self.error = os.strerror(e.errno or errno.EIO)
-        if not self._pending:
+
+    def _announce(self) -> None:
+        """Have the reactor publish the counts (once, however often asked)."""
+        if self._read != self._announced and not self._pending:
+            self._announced = self._read
             self._pending = True
             self._reactor.callFromThread(self._publish)
 
@@ -171,8 +205,8 @@ class Pump:
         self._spool.grew(self.size, self.dropped, self.lost, self.error)
 
     def _end(self, reason: Exception) -> None:
-        # The thread's last count was published before this call (calls
-        # from a thread run in order): the spool has every byte.
+        self._publish()
+        self._stopping = True  # a late stop() writes to no closed descriptor
         for fd in (self._wakeRead, self._wakeWrite):
             os.close(fd)
         self._ended()
