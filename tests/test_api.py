@@ -485,7 +485,6 @@ class BoundedRequestTests(SynchronousTestCase):
         kept = keptBody(boundedRequestClass(len(body)), chunks, len(body))
         self.assertEqual(kept, body)
 
-
     def test_formBodiesAreNotParsed(self) -> None:
         """
         A form body (which the API refuses: JSON only) is never parsed into

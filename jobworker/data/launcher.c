@@ -15,9 +15,14 @@
  *     follows it: LENGTH bytes of NAME=VALUE entries each ended by a NUL
  *     byte. It is never on this command line, which local users may read
  *     in /proc;
- *  3. new mount and IPC namespaces (and network, option n), every mount
- *     made private, then exactly the mounts given, in order (a folder made
- *     with mode 0755 first where asked);
+ *  3. new mount and IPC namespaces (and network, option n; PID, option p),
+ *     every mount made private, then exactly the mounts given, in order (a
+ *     folder made with mode 0755 first where asked). With option p the
+ *     launcher forks first, as unshare --fork --kill-child does: the child
+ *     is PID 1 of the new namespace and goes on (its /proc mount shows that
+ *     namespace); the parent ignores SIGINT and SIGTERM, waits for it and
+ *     exits as it did (same status, or same signal), and if the parent
+ *     dies the child is killed (PR_SET_PDEATHSIG);
  *  4. the start folder entered, as root;
  *  5. setgroups, setresgid, setresuid (never uid 0, gid 0 or group 0),
  *     each checked afterwards with getgroups, getresgid, getresuid, and no
@@ -36,7 +41,7 @@
  *   COMMAND [ARG]...
  * OPTIONS: "-", or letters: g (the gate on fd 3), e (the environment on the
  *   gate, after its line: NENV must then be 0; needs g), n (a network
- *   namespace).
+ *   namespace), p (a PID namespace).
  * GROUPS: supplementary gids separated by commas, or "-" for none.
  * CWD: entered after the identity change; "" for none.
  * FLAGS: "-", or letters: s nosuid, d nodev, x noexec, m mkdir 0755 first.
@@ -44,15 +49,21 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define SETUP_FAILED 125
@@ -219,8 +230,61 @@ static void becomeJob(uid_t uid, gid_t gid, size_t count) {
             die(SETUP_FAILED, "capabilities left after setresuid", NULL, 0);
 }
 
+/* After unshare(CLONE_NEWPID): fork. Returns in the child, PID 1 of the
+ * new namespace, the read end of a pipe the parent holds (see
+ * dieWithParent); the parent waits for it and exits as it did, as
+ * unshare --fork --kill-child does. */
+static int becomeInit(void) {
+    int alive[2];
+    if (pipe2(alive, O_CLOEXEC) != 0)
+        die(SETUP_FAILED, "pipe", NULL, errno);
+    pid_t child = fork();
+    if (child < 0)
+        die(SETUP_FAILED, "fork", NULL, errno);
+    if (child == 0) {
+        close(alive[1]);
+        return alive[0];
+    }
+    close(alive[0]);
+    /* The job's stop signal is for the job (PID 1 gets it if it handles
+     * it); SIGKILL of the group ends both. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    int status;
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR)
+            die(SETUP_FAILED, "waitpid", NULL, errno);
+    if (WIFEXITED(status))
+        _exit(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) {
+        int signum = WTERMSIG(status);
+        struct rlimit none = {0, 0};
+        sigset_t only;
+        setrlimit(RLIMIT_CORE, &none); /* the job's core is the job's */
+        signal(signum, SIG_DFL);
+        sigemptyset(&only);
+        sigaddset(&only, signum);
+        sigprocmask(SIG_UNBLOCK, &only, NULL);
+        kill(getpid(), signum);
+    }
+    _exit(SETUP_FAILED);
+}
+
+/* As the job: be killed when the parent dies. Set after the identity
+ * change, which clears it; a parent already gone has closed its end of
+ * the pipe, and then nothing of the job may run. */
+static void dieWithParent(int alive) {
+    struct pollfd parent = {alive, 0, 0};
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        die(SETUP_FAILED, "prctl(PR_SET_PDEATHSIG)", NULL, errno);
+    if (poll(&parent, 1, 0) != 0)
+        _exit(SETUP_FAILED);
+    close(alive);
+}
+
 int main(int argc, char **argv) {
-    int gate = 0, gateEnvironment = 0, mkdirFirst, at = 7;
+    int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, mkdirFirst;
+    int at = 7;
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
     if (argc < 10)
         usage("too few arguments (see the comment in launcher.c)", NULL);
@@ -229,6 +293,7 @@ int main(int argc, char **argv) {
         if (*c == 'g') gate = 1;
         else if (*c == 'e') gateEnvironment = 1;
         else if (*c == 'n') namespaces |= CLONE_NEWNET;
+        else if (*c == 'p') pidNamespace = 1;
         else usage("bad OPTIONS", options);
     }
     if (*options == '\0' || *start != '/' || (gateEnvironment && !gate))
@@ -258,8 +323,12 @@ int main(int argc, char **argv) {
         die(SETUP_FAILED, "setsid", NULL, errno);
     if (gate)
         waitForGo(gateEnvironment);
+    if (pidNamespace)
+        namespaces |= CLONE_NEWPID;
     if (unshare((int)namespaces) != 0)
         die(SETUP_FAILED, "unshare", NULL, errno);
+    if (pidNamespace)
+        alive = becomeInit();
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
         die(SETUP_FAILED, "cannot make the mounts private", NULL, errno);
     for (int m = firstMount; m < firstMount + 5 * (int)mounts; m += 5) {
@@ -273,6 +342,8 @@ int main(int argc, char **argv) {
     if (chdir(start) != 0)
         die(CANNOT_RUN, "cannot enter the start folder", start, errno);
     becomeJob(uid, gid, count);
+    if (alive >= 0)
+        dieWithParent(alive);
     if (*cwd && chdir(cwd) != 0)
         die(CANNOT_RUN, "cannot enter the working directory", cwd, errno);
     environ = jobEnvironment;

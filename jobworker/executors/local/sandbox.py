@@ -3,9 +3,10 @@ The sandbox a job runs in when the server switches identities (runs as root):
 a mount and IPC namespace of its own with a private C{/proc} (C{hidepid}),
 private C{/tmp}, C{/var/tmp}, C{/dev/shm} and C{/run/lock} (tmpfs), a fresh
 working directory, then the job's identity. Set up by the compiled launcher
-(C{launcher.c}) in one process, or by the exec chain C{setsid}, C{unshare},
-C{sh} (C{mount -a}), C{setpriv}, C{env} where there is no launcher or under
-C{--isolate pid}.
+(C{launcher.c}) in one process (which forks once more under C{--isolate
+pid}), or by the exec chain C{setsid}, C{unshare}, C{sh} (C{mount -a}),
+C{setpriv}, C{env} where there is no launcher (C{--launcher off}, no
+compiler).
 
 Also the check, done as the job's identity would see it, that a command and
 a working directory can be used: what that identity cannot reach is "not
@@ -160,9 +161,8 @@ class Sandbox:
 
     @property
     def usesLauncher(self) -> bool:
-        """Jobs start through the launcher: there is one, and no PID
-        namespace is asked for (C{unshare --fork} stays with the chain)."""
-        return self.launcher is not None and "pid" not in self._isolate
+        """Jobs start through the launcher (there is one)."""
+        return self.launcher is not None
 
     def mounts(self, identity: Identity) -> list[tuple[str, str, str, str, str]]:
         """
@@ -301,7 +301,11 @@ class Sandbox:
             ]
         # Gated, the environment comes on the gate (option e): a command
         # line is readable by every local user in /proc/<pid>/cmdline.
-        options = ("ge" if gated else "") + ("n" if "net" in self._isolate else "")
+        options = (
+            ("ge" if gated else "")
+            + ("n" if "net" in self._isolate else "")
+            + ("p" if "pid" in self._isolate else "")
+        )
         groups = ",".join(str(g) for g in identity.groups) or "-"
         assignments = (
             {}
