@@ -34,7 +34,7 @@ from jobworker.executors.local.sandbox import (
 )
 from jobworker.jobs.identity import DynamicUids, Identities, Identity
 
-from .support import LiveServer, sharedPath
+from .support import LiveServer, sharedPath, sleep
 
 #: Ids of the jobs these tests start by hand (outside the servers' range).
 UID, GID, GROUPS = 72100, 72101, (72103, 72102)
@@ -930,6 +930,37 @@ class ServerLauncherTests(TestCase):
         err = await treq.content(response)
         self.assertIn(script.encode(), err)
         self.assertIn(b"No such file or directory", err)
+
+
+class ServerPidNamespaceTests(ServerLauncherTests):
+    """--isolate pid: the launcher too (it forks the namespace's PID 1)."""
+
+    serverOptions = ("--isolate=pid",)
+
+    async def test_stoppedWhole(self) -> None:
+        """A stop reaches the job as PID 1: a job that handles SIGTERM ends
+        by its handler; one that does not is killed after the grace, and
+        nothing of either is left."""
+        server = LiveServer(self)
+        handles = await server.createJob(
+            "sh", "-c", "trap 'echo bye; exit 7' TERM; echo up; sleep 60 & wait"
+        )
+        ignores = await server.createJob("sleep", "60")
+        deadline = time.monotonic() + 10
+        while (await server.json("GET", f"/jobs/{handles['id']}"))[1][
+            "stdout_bytes"
+        ] == 0:
+            self.assertLess(time.monotonic(), deadline, "the trap is not set")
+            await sleep(0.05)
+        for job in (handles, ignores):
+            code, _ = await server.json("POST", f"/jobs/{job['id']}/stop")
+            self.assertEqual(code, 200)
+        first = await server.waitEnded(handles["id"])
+        second = await server.waitEnded(ignores["id"])
+        self.assertEqual((first["status"], first["exit_code"]), ("STOPPED", 7))
+        self.assertEqual((second["status"], second["signal"]), ("STOPPED", "SIGKILL"))
+        for job in (first, second):
+            self.assertFalse(os.path.exists(f"/proc/{job['pid']}"), job)
 
 
 class ProbeFallbackTests(SynchronousTestCase):

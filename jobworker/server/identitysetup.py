@@ -111,34 +111,35 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
     """
     if not identities.switching:
         return None
-    why = None
     if config["launcher"] == "off":
         log.info("sandboxed jobs start through {chain}: --launcher off", chain=CHAIN)
         return None
-    if "pid" in config["isolate"]:
-        why = "--isolate pid (unshare --fork stays with the chain)"
-    else:
-        try:
-            compiler = launchers.findCompiler()
-            path = launchers.build(
-                [
-                    launchers.CACHE_DIR,
-                    os.path.join(config["state-dir"], "launcher"),
-                ],
-                compiler,
-            )
-        except launchers.LauncherUnavailable as e:
-            why = f"no launcher: {e}"
-        else:
-            log.info(
-                "sandboxed jobs start through the launcher {path} (compiled "
-                "with {compiler}: one process, then the command)",
-                path=path,
-                compiler=compiler,
-            )
-            return path
-    log.warn("sandboxed jobs start through {chain}: {why}", chain=CHAIN, why=why)
-    return None
+    try:
+        compiler = launchers.findCompiler()
+        path = launchers.build(
+            [
+                launchers.CACHE_DIR,
+                os.path.join(config["state-dir"], "launcher"),
+            ],
+            compiler,
+        )
+    except launchers.LauncherUnavailable as e:
+        log.warn(
+            "sandboxed jobs start through {chain}: {why}",
+            chain=CHAIN,
+            why=f"no launcher: {e}",
+        )
+        return None
+    log.info(
+        "sandboxed jobs start through the launcher {path} (compiled "
+        "with {compiler}: one process{fork}, then the command)",
+        path=path,
+        compiler=compiler,
+        fork=", which forks PID 1 of the job's namespace"
+        if "pid" in config["isolate"]
+        else "",
+    )
+    return path
 
 
 def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
