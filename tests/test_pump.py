@@ -49,6 +49,33 @@ if len(sys.argv) > 2:
 """
 
 
+#: Writes N bytes of the pattern to stdout, then for each further pair of
+#: arguments sleeps that many seconds and writes that many bytes more.
+BURSTS = """
+import os, sys, time
+block = bytes(range(256)) * 4096
+def out(n):
+    while n:
+        n -= os.write(1, block[:n])
+out(int(sys.argv[1]))
+rest = sys.argv[2:]
+for pause, n in zip(rest[::2], rest[1::2]):
+    time.sleep(float(pause))
+    out(int(n))
+"""
+
+
+def expectedPieces(*sizes: int) -> str:
+    """The digest of BURSTS' output: the pattern from its start, each time."""
+    block = bytes(range(256)) * 4096
+    digest = hashlib.sha256()
+    for n in sizes:
+        while n:
+            digest.update(block[:n])
+            n -= len(block[:n])
+    return digest.hexdigest()
+
+
 def pumped() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "jobworker-pump"]
 
@@ -157,8 +184,9 @@ class PumpTests(TestCase):
         self.assertEqual(job.sizesAtEnd, {1: 2 * n, 2: len(b"between")})
         self.assertEqual(digestOf(job.spools[1].path), expectedTwice(n))
         # stdout first, then stderr, then stdout again: where it resumes
-        # depends on what the thread had read when stderr arrived (the
-        # order is that of arrival at the server, as for the reactor).
+        # depends on what the thread had read when stderr arrived (a pipe
+        # carries no timestamps); before the switch, the thread's count
+        # was taken (SpoolHandoverTests).
         with open(job.spools[1].order.path, "rb") as f:  # type: ignore[union-attr]
             entries = decodeEntries(f.read())
         self.assertEqual(entries[:2], [(0, 0), (1, 0)])
@@ -170,16 +198,24 @@ class PumpTests(TestCase):
         self.assertEqual(pumpsLeft(), [])
 
     async def test_aFollowerGetsEveryByte(self) -> None:
-        """A reader following a pumped spool gets every byte, in order."""
+        """
+        A reader following a pumped spool gets every byte, in order, while
+        the job still runs (woken by the published growth, not the end).
+        """
         n = 16 * HEAVY
         job = Job(self.spools(), Pumps(reactor))
         follower = Collect()
         reader = SpoolReader(job.spools[1], follower, 0, follow=True)
         following = reader.start()
-        self.spawn(job, WRITER, str(n))
+        self.spawn(job, BURSTS, str(n), "3", "0")
+        deadline = reactor.seconds() + 10  # type: ignore[attr-defined]
+        while follower.size < n:
+            self.assertLess(reactor.seconds(), deadline)  # type: ignore[attr-defined]
+            await sleep(0.02)
+        self.assertFalse(job.exited.called)
+        self.assertEqual(job.taken, [1])
         await job.ended
         await following
-        self.assertEqual(job.taken, [1])
         self.assertEqual(follower.size, n)
         self.assertEqual(follower.digest.hexdigest(), expected(n))
 
@@ -217,20 +253,47 @@ class PumpTests(TestCase):
     async def test_noThreadFreeTheReactorReads(self) -> None:
         """
         With every thread taken, a heavy stream stays with the reactor and
-        loses nothing.
+        loses nothing; once its thread is free (the other stream went
+        quiet and was given back), a stream still heavy gets it.
         """
         n = 8 * HEAVY
-        pumps = Pumps(reactor, limit=1)
+        pumps = Pumps(reactor, limit=1, idle=0.3)
         first, second = Job(self.spools(), pumps), Job(self.spoolsIn("b"), pumps)
-        self.spawn(first, WRITER, str(n))
+        # The first holds the thread (quiet for less than 0.3 s at a time)
+        # while the second writes all it has.
+        self.spawn(first, BURSTS, str(n), *["0.1", str(HEAVY)] * 8)
+        while first.taken != [1]:
+            await sleep(0.01)
         self.spawn(second, WRITER, str(n))
-        await first.ended
         await second.ended
-        self.assertEqual(sorted([first.taken, second.taken]), [[], [1]])
-        for job in (first, second):
-            self.assertEqual(job.spools[1].size, n)
-            self.assertEqual(digestOf(job.spools[1].path), expected(n))
+        self.assertEqual(second.taken, [])
+        await first.ended
+        self.assertEqual(second.spools[1].size, n)
+        self.assertEqual(digestOf(second.spools[1].path), expected(n))
+        self.assertEqual(first.spools[1].size, 2 * n)
+        self.assertEqual(
+            digestOf(first.spools[1].path), expectedPieces(n, *[HEAVY] * 8)
+        )
         self.assertEqual(pumps.running, 0)
+
+    async def test_aQuietStreamGoesBackToTheReactor(self) -> None:
+        """
+        A pumped stream quiet for the idle time is read by the reactor
+        again and its thread is free; when it turns heavy again, it is
+        pumped again. Every byte arrives, once, in order.
+        """
+        n = 4 * HEAVY
+        pumps = Pumps(reactor, limit=1, idle=0.2)
+        job = Job(self.spools(maxBytes=3 * n), pumps)
+        self.spawn(job, BURSTS, str(n), "0.8", str(n), "0.8", str(2 * n))
+        await job.ended
+        self.assertEqual(job.taken, [1, 1, 1])
+        self.assertEqual((pumps.started, pumps.idled, pumps.running), (3, 2, 0))
+        spool = job.spools[1]
+        # The cap went back and forth with the stream: 3n kept, n dropped.
+        self.assertEqual((spool.size, spool.dropped), (3 * n, n))
+        self.assertEqual(digestOf(spool.path), expectedPieces(n, n, n))
+        self.assertEqual(pumpsLeft(), [])
 
     def spoolsIn(self, name: str) -> dict[int, OutputSpool]:
         folder = os.path.join(self.folder, name)
@@ -247,21 +310,25 @@ class PumpTests(TestCase):
         pipe closed and the process's end reported.
         """
         n = 2 * HEAVY
-        pumps = Pumps(reactor)
+        pumps = Pumps(reactor, idle=60)
         job = Job(self.spools(), pumps)
-        transport = self.spawn(job, INTERLEAVED, str(n), "hold")
+        marker = os.path.abspath(self.mktemp())
+        transport = self.spawn(job, INTERLEAVED, str(n), marker)
         await job.exited
         holders = [
             pid
             for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if readCmdline(pid).endswith(b"\0hold") and pid != os.getpid()
+            if readCmdline(pid).endswith(b"\0" + marker.encode()) and pid != os.getpid()
         ]
         self.assertEqual(len(holders), 1)
         self.addCleanup(os.kill, holders[0], 9)
         # The grandchild holds stdout open: the thread waits on the pipe.
-        await sleep(0.2)
+        deadline = reactor.seconds() + 10  # type: ignore[attr-defined]
+        while job.spools[1].size < 2 * n:
+            self.assertLess(reactor.seconds(), deadline)  # type: ignore[attr-defined]
+            await sleep(0.02)
         self.assertEqual(job.taken, [1])
-        self.assertEqual(len(pumped()), 1)
+        self.assertEqual(pumps.running, 1)
         self.assertFalse(job.ended.called)
         transport.loseConnection()
         await job.ended
@@ -287,6 +354,78 @@ def expectedTwice(n: int) -> str:
             digest.update(block[:left])
             left -= len(block[:left])
     return digest.hexdigest()
+
+
+class SpoolHandoverTests(SynchronousTestCase):
+    """The spool's side of a pump, on its own: grew, takeBack, the order."""
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.order = OrderLog(os.path.join(folder, "order"))
+        self.out, self.err = (
+            OutputSpool(os.path.join(folder, name), None, None, self.order, index)
+            for index, name in enumerate(("stdout", "stderr"))
+        )
+        self.addCleanup(self.out.close)
+        self.addCleanup(self.err.close)
+
+    def entries(self) -> list[tuple[int, int]]:
+        with open(self.order.path, "rb") as f:
+            return decodeEntries(f.read())
+
+    def test_theThreadsCountIsTakenBeforeASwitch(self) -> None:
+        """
+        stdout is pumped; stderr (the reactor's) is about to switch the
+        order: what the thread wrote so far is published first, so it is
+        ordered before stderr's bytes, not after.
+        """
+        self.out.write(b"a" * 10)
+        handover = self.out.handOver()
+        assert handover is not None
+        self.addCleanup(os.close, handover.fd)
+        os.write(handover.fd, b"b" * 20)  # the thread appends ...
+        self.order.beforeSwitch.append(lambda: self.out.grew(30, 0, 0, None))
+        self.err.write(b"e")  # ... then stderr arrives
+        self.out.grew(50, 0, 0, None)
+        self.assertEqual(self.entries(), [(0, 0), (1, 0), (0, 30)])
+        self.assertEqual((self.out.size, self.err.size), (50, 1))
+
+    def test_grewLogsTheFirstLossOnce(self) -> None:
+        """The first lost byte is logged once, with the thread's error."""
+        events: list[dict[str, Any]] = []
+        self.out.log = Logger(observer=events.append)
+        self.out.write(b"x")
+        handover = self.out.handOver()
+        assert handover is not None
+        os.close(handover.fd)
+        self.out.grew(1, 0, 5, "No space left on device")
+        self.out.grew(1, 0, 9, "No space left on device")
+        self.assertEqual([e["error"] for e in events], ["No space left on device"])
+        self.assertEqual(self.out.lost, 9)
+
+    def test_takeBackRestoresTheCap(self) -> None:
+        """After takeBack, write goes on with the room the thread left."""
+        spool = OutputSpool(os.path.join(self.mktemp()), 10, None)
+        self.addCleanup(spool.close)
+        spool.write(b"abc")
+        handover = spool.handOver()
+        assert handover is not None and handover.room == 7
+        os.write(handover.fd, b"defg")
+        os.close(handover.fd)
+        spool.grew(7, 0, 0, None)
+        spool.takeBack(3)
+        spool.write(b"hijkl")
+        self.assertEqual((spool.size, spool.dropped), (10, 2))
+        with open(spool.path, "rb") as f:
+            self.assertEqual(f.read(), b"abcdefghij")
+
+    def test_aClosedSpoolIgnoresLateCounts(self) -> None:
+        """Counts that arrive after the spool closed change nothing."""
+        self.out.write(b"x")
+        self.out.close()
+        self.out.grew(100, 3, 4, "late")
+        self.assertEqual((self.out.size, self.out.dropped, self.out.lost), (1, 0, 0))
 
 
 class OutputThreadsOptionTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
 
 from twisted.logger import Logger
 
@@ -38,6 +39,9 @@ class OrderLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        #: Called before a stream written by the reactor records a switch:
+        #: the streams a thread reads publish what it has written so far.
+        self.beforeSwitch: list[Callable[[], None]] = []
         self.last: int | None = None
         self.size = 0
         self._fd: int | None = None

@@ -157,6 +157,8 @@ class OutputSpool:
                 return
         order = self.order
         if order is not None and order.last != self._index:
+            for publish in order.beforeSwitch:
+                publish()
             order.switch(self._index, self.size)
         fd = self._fd
         if fd is None and (self._broken or self.closed or (fd := self._open()) is None):
@@ -184,8 +186,8 @@ class OutputSpool:
     def handOver(self) -> Handover | None:
         """
         From now on a thread appends to the file and reports each growth
-        (L{grew}); L{write} is no longer called. None if the file is not
-        open (no byte yet, broken, capped at nothing, or closed).
+        (L{grew}); L{write} is not called until L{takeBack}. None if the
+        file is not open (no byte yet, broken, or closed).
         """
         if self._fd is None or self.closed or self._broken:
             return None
@@ -194,6 +196,13 @@ class OutputSpool:
         except OSError:
             return None
         return Handover(fd, self.size, self.dropped, self.lost, self._room)
+
+    def takeBack(self, room: int) -> None:
+        """
+        The thread that took the file over has stopped (the stream went
+        quiet) with C{room} bytes left under the cap: L{write} goes on.
+        """
+        self._room = room
 
     def grew(self, size: int, dropped: int, lost: int, error: str | None) -> None:
         """

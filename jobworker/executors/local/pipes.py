@@ -51,11 +51,13 @@ class PipeDrain:
             return CONNECTION_LOST
         if not data:
             return CONNECTION_DONE
-        widen = len(data) == self._size < HEAVY
-        if widen:
+        full = len(data) == self._size
+        if full and self._size < HEAVY:
             self._widen()
         self._reader.dataReceived(data)
-        if widen and self._heavy is not None:
+        if full and self._heavy is not None:
+            # Offered at each full read: a stream declined (every thread
+            # busy) or given back (quiet a while) is offered again.
             self._heavy(self._reader)
         return None
 

@@ -14,9 +14,13 @@ longer paced against the job (L{pacing}), and the job never waits for them.
 The thread owns nothing of the job's state: it reads the pipe, writes its
 own duplicate of the spool's descriptor, and counts. Sizes, the order of
 the streams, the page cache, readers and the end of the stream are all
-handled on the reactor, in the order the thread reported them. At most
-L{MAX_PUMPS} streams are pumped at once; the others are read by the
-reactor as before.
+handled on the reactor, in the order the thread reported them; before the
+reactor records that the output switched to the other stream, it takes
+the thread's counts (L{OrderLog.beforeSwitch}), so the combined order is
+as fine as the reactor's own. At most L{MAX_PUMPS} streams are pumped at
+once (C{--output-threads}); the others are read by the reactor as before.
+A stream quiet for L{IDLE} seconds goes back to the reactor, and its
+thread to the next heavy stream.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import errno
 import os
 import select
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads
@@ -41,17 +46,23 @@ READ = 1 << 20
 #: many bytes read (each time costs it a wake-up); at once when the pipe
 #: runs dry, and at the end.
 ANNOUNCE = 4 << 20
+#: Seconds a pumped stream may stay quiet before the reactor reads it again.
+IDLE = 2.0
 
 
 class Pumps:
     """The server's pump threads: how many run, and the most that may."""
 
-    def __init__(self, reactor: IReactorFromThreads, limit: int = MAX_PUMPS) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads, limit: int = MAX_PUMPS, idle: float = IDLE
+    ) -> None:
         self._reactor = reactor
         self.limit = limit
-        #: Threads pumping now, and started since the server started.
+        self.idle = idle
+        #: Threads pumping now; started, and given back for being idle, in all.
         self.running = 0
         self.started = 0
+        self.idled = 0
 
     def take(self, reader: Any, spool: OutputSpool) -> bool:
         """
@@ -64,18 +75,21 @@ class Pumps:
         if handover is None:
             return False
         try:
-            pump = Pump(self._reactor, reader, spool, handover, self._ended)
+            pump = Pump(self._reactor, reader, spool, handover, self._ended, self.idle)
         except OSError:  # no descriptor for its wake-up pipe
+            spool.takeBack(handover.room)
             os.close(handover.fd)
             return False
         if not pump.start():
+            spool.takeBack(handover.room)
             return False
         self.running += 1
         self.started += 1
         return True
 
-    def _ended(self) -> None:
+    def _ended(self, idle: bool) -> None:
         self.running -= 1
+        self.idled += idle
 
 
 class Pump:
@@ -87,7 +101,8 @@ class Pump:
         reader: Any,
         spool: OutputSpool,
         handover: Handover,
-        ended: Any,
+        ended: Callable[[bool], None],
+        idle: float = IDLE,
     ) -> None:
         self._reactor = reactor
         self._reader = reader
@@ -95,11 +110,11 @@ class Pump:
         self._pipe: int = reader.fileno()
         self._out = handover.fd
         self._room = handover.room
+        self._idleMs = max(1, int(idle * 1000))
         #: Counted by the thread, published to the spool by the reactor.
         self.size = handover.size
         self.dropped = handover.dropped
         self.lost = handover.lost
-        self._failed = False
         self.error: str | None = None
         self._pending = False
         #: Bytes read from the pipe, and as many when last announced.
@@ -124,11 +139,16 @@ class Pump:
             for fd in (self._out, self._wakeRead, self._wakeWrite):
                 os.close(fd)
             return False
-        self._reader.stopReading()
+        reader = self._reader
+        reader.stopReading()
         # Process.loseConnection (a job abandoned after SIGKILL) stops the
         # thread before the pipe is closed: never close a descriptor a
-        # thread is polling.
-        self._reader.loseConnection = self.stop
+        # thread is polling. Process.resumeProducing must not make the
+        # reactor read it too.
+        reader.loseConnection = self.stop
+        reader.startReading = _notWhilePumped
+        if self._spool.order is not None:
+            self._spool.order.beforeSwitch.append(self._publish)
         return True
 
     def stop(self) -> None:
@@ -144,7 +164,7 @@ class Pump:
     # -- the thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        reason: Exception = CONNECTION_DONE
+        reason: Exception | None = CONNECTION_DONE
         try:
             poller = select.poll()
             poller.register(self._pipe, select.POLLIN)
@@ -154,7 +174,9 @@ class Pump:
                     data = os.read(self._pipe, READ)
                 except (BlockingIOError, InterruptedError):
                     self._announce()
-                    poller.poll()
+                    if not poller.poll(self._idleMs):
+                        reason = None  # quiet: back to the reactor
+                        break
                     continue
                 except OSError:
                     reason = CONNECTION_LOST
@@ -165,7 +187,10 @@ class Pump:
                 if self._read - self._announced >= ANNOUNCE:
                     self._announce()
         finally:
-            os.close(self._out)
+            try:
+                os.close(self._out)
+            except OSError:  # NFS, FUSE: the bytes were counted as written
+                pass
             self._reactor.callFromThread(self._end, reason)
 
     def _take(self, data: bytes) -> None:
@@ -176,18 +201,15 @@ class Pump:
                 data = data[: self._room]
             self._room -= len(data)
         view = memoryview(data)
-        if self._failed:
+        try:
+            while view:
+                written = os.write(self._out, view)
+                self.size += written
+                view = view[written:]
+        except OSError as e:
+            # As OutputSpool.write: this chunk's rest is lost, the next is tried.
+            self.error = os.strerror(e.errno or errno.EIO)
             self.lost += len(view)
-        else:
-            try:
-                while view:
-                    written = os.write(self._out, view)
-                    self.size += written
-                    view = view[written:]
-            except OSError as e:
-                self._failed = True
-                self.lost += len(view)
-                self.error = os.strerror(e.errno or errno.EIO)
 
     def _announce(self) -> None:
         """Have the reactor publish the counts (once, however often asked)."""
@@ -204,10 +226,32 @@ class Pump:
         self._pending = False
         self._spool.grew(self.size, self.dropped, self.lost, self.error)
 
-    def _end(self, reason: Exception) -> None:
-        self._publish()
-        self._stopping = True  # a late stop() writes to no closed descriptor
-        for fd in (self._wakeRead, self._wakeWrite):
-            os.close(fd)
-        self._ended()
-        self._reader.connectionLost(Failure(reason))
+    def _end(self, reason: Exception | None) -> None:
+        """
+        The thread has returned: with C{reason}, the pipe is done; with
+        None, the stream was quiet and goes back to the reactor (unless a
+        stop came meanwhile).
+        """
+        reader = self._reader
+        if reason is None and self._stopping:
+            reason = CONNECTION_DONE
+        try:
+            self._publish()
+        finally:
+            self._stopping = True  # a late stop() writes to no closed descriptor
+            for fd in (self._wakeRead, self._wakeWrite):
+                os.close(fd)
+            order = self._spool.order
+            if order is not None and self._publish in order.beforeSwitch:
+                order.beforeSwitch.remove(self._publish)
+            self._ended(reason is None)
+            del reader.loseConnection, reader.startReading
+            if reason is None:
+                self._spool.takeBack(self._room)
+                reader.startReading()
+            else:
+                reader.connectionLost(Failure(reason))
+
+
+def _notWhilePumped() -> None:
+    """A pumped reader's startReading: the thread reads it."""
