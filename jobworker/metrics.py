@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: Route labels: request paths with the job id folded, so labels stay few.
@@ -97,6 +97,39 @@ class _QueueLength(Collector):
         yield family
 
 
+class _OutputThreads(Collector):
+    """The threads that read heavy output streams, asked when scraped."""
+
+    def __init__(self, state: Callable[[], tuple[int, int, int]]) -> None:
+        self._state = state
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "jobworker_output_threads",
+                "Threads reading heavy output streams: busy now, and the most "
+                "(--output-threads)",
+                labels=["state"],
+            ),
+            CounterMetricFamily(
+                "jobworker_output_streams_pumped",
+                "Output streams a thread took over from the main thread",
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        threads, pumped = self._families()
+        busy, limit, started = self._state()
+        threads.add_metric(["busy"], busy)
+        threads.add_metric(["limit"], limit)
+        pumped.add_metric([], started)
+        yield threads
+        yield pumped
+
+
 class Metrics:
     """The server's metrics, in a registry of its own (no global state)."""
 
@@ -149,6 +182,10 @@ class Metrics:
     def watchExecutor(self, up: Callable[[], tuple[str, bool]]) -> None:
         """Report C{up()} (executor name, up) as C{jobworker_executor_up}."""
         self.registry.register(_ExecutorUp(up))
+
+    def watchOutputThreads(self, state: Callable[[], tuple[int, int, int]]) -> None:
+        """Report C{state()} (busy, limit, streams taken in all) at every scrape."""
+        self.registry.register(_OutputThreads(state))
 
     def request(self, path: bytes, code: int, seconds: float) -> None:
         """Count one finished request."""

@@ -61,3 +61,19 @@ class LiveMetricsTests(TestCase):
             response = await server.request("GET", "/metrics", user)
             self.assertEqual(response.code, code, user)
             await treq.content(response)
+
+    async def test_outputThreads(self) -> None:
+        """A job printing at full speed has its stream taken by a thread:
+        counted, and the thread is free again once the job ended."""
+        server = LiveServer(self)
+        job = await server.createJob("head", "-c", str(32 << 20), "/dev/zero")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["stdout_bytes"], 32 << 20)
+        response = await server.request("GET", "/metrics", "ada")
+        text = (await treq.content(response)).decode()
+        for line in (
+            'jobworker_output_threads{state="busy"} 0.0',
+            'jobworker_output_threads{state="limit"} 4.0',
+            "jobworker_output_streams_pumped_total 1.0",
+        ):
+            self.assertIn(line, text)

@@ -214,6 +214,10 @@ def _manager(
         # server uses (its sandbox files, its jobs).
         store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         if executor is None:
+            pumps = Pumps(reactor, config["output-threads"])  # type: ignore[arg-type]
+            metrics.watchOutputThreads(
+                lambda: (pumps.running, pumps.limit, pumps.started)
+            )
             local = LocalExecutor(
                 reactor,
                 os.path.join(stateDir, "jobs"),
@@ -223,7 +227,7 @@ def _manager(
                 policy=policy,
                 launcher=identitysetup.chooseLauncher(config, policy.identities),
                 runInThread=runInThread,
-                pumps=Pumps(reactor, config["output-threads"]),  # type: ignore[arg-type]
+                pumps=pumps,
             )
             probeSandbox(local, policy.identities)
             executor = local
