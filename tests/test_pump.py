@@ -276,6 +276,24 @@ class PumpTests(TestCase):
         )
         self.assertEqual(pumps.running, 0)
 
+    async def test_theReactorNeverReadsAPumpedPipe(self) -> None:
+        """
+        Process.resumeProducing starts reading every pipe: not a pumped
+        one, which the thread alone reads. Every byte arrives once.
+        """
+        n = 4 * HEAVY
+        job = Job(self.spools(), Pumps(reactor, idle=30))
+        transport = self.spawn(job, BURSTS, str(n), "0.5", str(n))
+        while job.taken != [1]:
+            await sleep(0.01)
+        reader = transport.pipes[1]
+        transport.pauseProducing()
+        transport.resumeProducing()
+        self.assertNotIn(reader, reactor.getReaders())  # type: ignore[attr-defined]
+        await job.ended
+        self.assertEqual(job.spools[1].size, 2 * n)
+        self.assertEqual(digestOf(job.spools[1].path), expectedPieces(n, n))
+
     async def test_aQuietStreamGoesBackToTheReactor(self) -> None:
         """
         A pumped stream quiet for the idle time is read by the reactor

@@ -172,12 +172,20 @@ class OutputSpool:
                 view = view[written:]
         except OSError as e:
             if not self.lost:
-                self.log.error(
-                    "cannot write output to {path}: {error}; output is being lost",
-                    path=self.path,
-                    error=os.strerror(e.errno or errno.EIO),
-                )
+                self._losing(os.strerror(e.errno or errno.EIO))
             self.lost += len(view)
+        self._grown(fd)
+
+    def _losing(self, error: str) -> None:
+        """The first byte is lost: say so, once."""
+        self.log.error(
+            "cannot write output to {path}: {error}; output is being lost",
+            path=self.path,
+            error=error,
+        )
+
+    def _grown(self, fd: int) -> None:
+        """The file grew to C{size}: the page cache's turn, then the readers'."""
         if self.size >= self._dropBehind.due:
             self._dropBehind.wrote(fd, self.size, self._positions())
         if self._waiters:
@@ -212,22 +220,16 @@ class OutputSpool:
         if self.closed:
             return
         if lost and not self.lost:
-            self.log.error(
-                "cannot write output to {path}: {error}; output is being lost",
-                path=self.path,
-                error=error or os.strerror(errno.EIO),
-            )
+            self._losing(error or os.strerror(errno.EIO))
         self.dropped, self.lost = dropped, lost
-        if size == self.size:
+        if size == self.size or self._fd is None:
             return
         order = self.order
         if order is not None and order.last != self._index:
+            # No beforeSwitch here: the hooks are the pumps' own publishes.
             order.switch(self._index, self.size)
         self.size = size
-        if self._fd is not None and size >= self._dropBehind.due:
-            self._dropBehind.wrote(self._fd, size, self._positions())
-        if self._waiters:
-            self._wakeSoon()
+        self._grown(self._fd)
 
     def close(self) -> None:
         """No more output will come: wake every reader one last time."""

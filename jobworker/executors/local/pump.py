@@ -7,8 +7,9 @@ one CPU: while the reactor encrypts for a follower, the pipe is not read.
 Once a stream turns heavy (its pipe was found full: L{pipes.PipeDrain}),
 a L{Pump} thread takes its pipe over: it reads it and appends to the
 spool file, with the GIL released in both system calls, on another CPU.
-The reactor only learns how far the file has grown (L{OutputSpool.grew},
-once per reactor turn at most) and wakes the readers. So followers are no
+The reactor only learns how far the file has grown (L{OutputSpool.grew}:
+every L{ANNOUNCE} bytes while the pipe stays full, at once when it runs
+dry, and at the end) and wakes the readers. So followers are no
 longer paced against the job (L{pacing}), and the job never waits for them.
 
 The thread owns nothing of the job's state: it reads the pipe, writes its
@@ -74,14 +75,13 @@ class Pumps:
         handover = spool.handOver()
         if handover is None:
             return False
+        # Handing over changes nothing in the spool until the thread runs.
         try:
             pump = Pump(self._reactor, reader, spool, handover, self._ended, self.idle)
         except OSError:  # no descriptor for its wake-up pipe
-            spool.takeBack(handover.room)
             os.close(handover.fd)
             return False
         if not pump.start():
-            spool.takeBack(handover.room)
             return False
         self.running += 1
         self.started += 1
