@@ -7,10 +7,13 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.recovery import (
+    START_SLACK,
+    bootTicks,
     currentBootId,
     leftovers,
     processStartTime,
     sessionMembers,
+    spawnedAt,
 )
 
 
@@ -45,13 +48,22 @@ class LeftoversTests(SynchronousTestCase):
 
     def test_reusedPid(self) -> None:
         """
-        A live process under the leader's pid that started at another time
-        is someone else (the pid was reused): nothing is killed.
+        A live process under the leader's pid that started outside the
+        window recorded (its first tick, and START_SLACK more) is someone
+        else (the pid was reused): nothing is killed.
         """
-        for otherStart in (self.start + 1, self.start - 1):
+        for recorded in (self.start + 1, self.start - START_SLACK - 1):
             self.assertEqual(
-                leftovers(self.pid, self.bootId, otherStart, self.sessions), []
+                leftovers(self.pid, self.bootId, recorded, self.sessions), []
             )
+
+    def test_startInTheWindow(self) -> None:
+        """The leader started in the recorded window's last tick: its
+        session."""
+        self.assertEqual(
+            leftovers(self.pid, self.bootId, self.start - START_SLACK, self.sessions),
+            [self.pid, 4242],
+        )
 
     def test_startUnknown(self) -> None:
         """A live leader whose start time was never recorded is not trusted."""
@@ -79,3 +91,56 @@ class LeftoversTests(SynchronousTestCase):
     def test_sessionMembers(self) -> None:
         """This process is listed in its own session."""
         self.assertIn(self.pid, sessionMembers()[os.getsid(0)])
+
+
+class SpawnedAtTests(SynchronousTestCase):
+    """
+    L{spawnedAt}: the start time recorded for a job's leader without a read
+    of /proc, checked against /proc for real processes.
+    """
+
+    def spawn(self) -> tuple[int, int, int]:
+        """A real child (left unreaped until the test ends) and the
+        L{bootTicks} readings around its spawn."""
+        before = bootTicks()
+        pid = os.posix_spawn("/bin/sleep", ["sleep", "5"], {})
+        after = bootTicks()
+
+        def reap() -> None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+        self.addCleanup(reap)
+        return pid, before, after
+
+    def test_theWindowHoldsTheStart(self) -> None:
+        """For each of many spawns, /proc's start time lies in the window
+        recorded: its first tick, or at most START_SLACK later."""
+        for _ in range(50):
+            pid, before, after = self.spawn()
+            recorded = spawnedAt(pid, before, after)
+            actual = processStartTime(pid)
+            assert recorded is not None and actual is not None
+            self.assertTrue(
+                recorded <= actual <= recorded + START_SLACK,
+                (recorded, actual, before, after),
+            )
+
+    def test_aWideWindowReadsProc(self) -> None:
+        """A spawn that took longer than START_SLACK ticks is not guessed:
+        the start time is read from /proc."""
+        pid, before, after = self.spawn()
+        self.assertEqual(
+            spawnedAt(pid, before - START_SLACK - 1, after), processStartTime(pid)
+        )
+
+    def test_sameClockAsProc(self) -> None:
+        """bootTicks() counts as /proc does: this process started before
+        now, and a child started now shows now."""
+        mine = processStartTime(os.getpid())
+        assert mine is not None
+        self.assertLessEqual(mine, bootTicks())
+        pid, before, after = self.spawn()
+        actual = processStartTime(pid)
+        assert actual is not None
+        self.assertTrue(before <= actual <= after, (before, actual, after))

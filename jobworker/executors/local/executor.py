@@ -20,11 +20,12 @@ from ...jobs.order import OrderLog
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
+    bootTicks,
     killAll,
     leftovers,
     processesOf,
-    processStartTime,
     sessionMembers,
+    spawnedAt,
 )
 from ...jobs.spool import OutputSpool
 from ...jobs.store import JobStore
@@ -408,6 +409,7 @@ class LocalExecutor:
                 # Never the server's own working directory (a checkout, say):
                 # the job's home, else the root folder.
                 path = request.cwd or _homeOrRoot(env)
+            before = bootTicks()
             transport = self._reactor.spawnProcess(
                 JobProcessProtocol(job),
                 argv[0],
@@ -416,6 +418,10 @@ class LocalExecutor:
                 path=path,
                 childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
             )
+            if record.pid is not None:
+                # Crash recovery finds the job's session by its leader, and
+                # needs the leader's start time never to hit a reused pid.
+                record.proc_start = spawnedAt(record.pid, before, bootTicks())
             if cgroup is not None:
                 try:
                     cgroup.addProcess(transport.pid)
@@ -427,10 +433,6 @@ class LocalExecutor:
             job.failedToStart(f"cannot start: {e}")
         except OSError as e:
             job.failedToStart(spawnError(e))
-        if record.pid is not None:
-            # Crash recovery finds the job's session by its leader, and needs
-            # the leader's start time never to hit a reused pid.
-            record.proc_start = processStartTime(record.pid)
         return job
 
     def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
