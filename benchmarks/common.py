@@ -738,14 +738,20 @@ def jwCommand() -> list[str]:
     return [PYTHON, "-c", "from jobworker.client.cli import main; main()"]
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    """Wall time of a command whose stdout goes to /dev/null; it must exit 0."""
+def timed(
+    argv: list[str], env: dict[str, str] | None = None, shared: bool = False
+) -> float:
+    """
+    Wall time of a command whose stdout goes to /dev/null; it must exit 0.
+    Its stderr is read (a pipe), or with C{shared} goes where its stdout
+    goes (2>&1).
+    """
     started = time.monotonic()
     done = subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT if shared else subprocess.PIPE,
         env=env,
         timeout=900,
         check=False,
@@ -754,6 +760,8 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     if done.returncode != 0:
         raise BenchError(
             f"{' '.join(argv[:6])}... exited {done.returncode}: "
-            + done.stderr.decode("utf-8", "replace")[-1000:]
+            + (done.stderr or b"(its stderr went to /dev/null)").decode(
+                "utf-8", "replace"
+            )[-1000:]
         )
     return elapsed

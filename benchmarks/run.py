@@ -700,6 +700,7 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     env = jwEnvironment(server.port)
     command = ["head", "-c", str(size), "/dev/zero"]
     jwTimes: list[float] = []
+    sharedTimes: list[float] = []
     sshTimes: list[float] = []
     # jobworker keeps every byte in a file on the server as it sends it;
     # ssh keeps nothing. The same ssh run with `tee` to a file on the server
@@ -709,6 +710,10 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     try:
         for _ in range(s.follow_runs):
             jwTimes.append(timed([*jw, "exec", "--follow", "--", *command], env))
+            # stdout and stderr to one place: jw follows the combined stream.
+            sharedTimes.append(
+                timed([*jw, "exec", "--follow", "--", *command], env, shared=True)
+            )
             if sshd is not None:
                 sshTimes.append(timed(sshd.argv(" ".join(command))))
                 keeping = " ".join(command) + f" | tee {shlex.quote(kept)}"
@@ -718,7 +723,7 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                     raise BenchError(f"ssh ... | tee kept {os.path.getsize(kept)} B")
                 os.unlink(kept)
         client = server.client()
-        page = client.expect(200, "GET", f"/jobs?limit={s.follow_runs}")
+        page = client.expect(200, "GET", f"/jobs?limit={2 * s.follow_runs}")
         for job in page["jobs"]:
             if job["status"] != "COMPLETED" or job["stdout_bytes"] != size:
                 raise BenchError(f"followed job ended {job}")
@@ -726,10 +731,12 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     finally:
         ctx.stop(server)
     jwWall = statistics.median(jwTimes)
+    sharedWall = statistics.median(sharedTimes)
     raw: dict[str, Any] = {
         "bytes": size,
         "jw_wall_s": jwTimes,
         "jw_mb_s": size / MB / jwWall,
+        "jw_shared_wall_s": sharedTimes,
     }
     value = f"{jwWall:.2f} s, {mbps(size / MB / jwWall)}"
     measure = f"follow: jw exec --follow -- head -c {humanBytes(size)}, median"
@@ -765,6 +772,16 @@ def followThroughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             ratio,
             ">= 1.00",
             judged(ratio >= 1.0),
+        ),
+        Row(
+            "4m",
+            "  (info) the same with jw's stdout and stderr to one place (2>&1: "
+            "the combined stream, framed)",
+            f"{sharedWall:.2f} s, {mbps(size / MB / sharedWall)}",
+            f"ssh: {sshWall:.2f} s",
+            sshWall / sharedWall,
+            "-",
+            "info",
         ),
         Row(
             "4i",

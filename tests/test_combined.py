@@ -10,7 +10,7 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.framing import HEADER, FrameError, FrameParser
+from jobworker.framing import HEADER, FrameError, FrameParser, FrameReader
 from jobworker.jobs.combined import (
     CombinedReader,
     StoredOrder,
@@ -330,7 +330,56 @@ class FrameParserTests(SynchronousTestCase):
                     (b"x", b"{}"),
                 ],
             )
-            self.assertEqual(parser.pending, 0)
+            self.assertFalse(parser.pending)
+
+    def test_readerPassesOutputThrough(self) -> None:
+        """FrameReader hands an output frame's bytes on as they arrive, as
+        views of the bytes fed (no copy), and says which piece ends it;
+        other frames come whole."""
+        reader = FrameReader()
+        first = HEADER.pack(b"o", 10) + b"abcd"
+        pieces = reader.feed(first)
+        self.assertEqual(
+            [(tag, bytes(payload), ends) for tag, payload, ends in pieces],
+            [(b"o", b"abcd", False)],
+        )
+        self.assertIs(pieces[0][1].obj, first)  # type: ignore[union-attr]
+        self.assertTrue(reader.pending)
+        second = b"efghij" + frameBytes(b"x", b'{"a": 1}')[:3]
+        pieces = reader.feed(second)
+        self.assertEqual(
+            [(tag, bytes(payload), ends) for tag, payload, ends in pieces],
+            [(b"o", b"efghij", True)],
+        )
+        self.assertIs(pieces[0][1].obj, second)  # type: ignore[union-attr]
+        self.assertEqual(
+            reader.feed(frameBytes(b"x", b'{"a": 1}')[3:]), [(b"x", b'{"a": 1}', True)]
+        )
+        self.assertFalse(reader.pending)
+
+    def test_readerSplitAnywhere(self) -> None:
+        """Cut at any two places, the pieces of each frame join up to it."""
+        frames = [
+            (b"p", b'{"stdout":0,"stderr":0}'),
+            (b"o", b"out\n"),
+            (b"e", b""),
+            (b"e", bytes(range(256))),
+            (b"h", b""),
+            (b"x", b"{}"),
+        ]
+        stream = b"".join(frameBytes(tag, payload) for tag, payload in frames)
+        for one in range(0, len(stream) + 1, 3):
+            for two in range(one, len(stream) + 1, 7):
+                reader = FrameReader()
+                joined: list[tuple[bytes, bytes]] = []
+                part = b""
+                for chunk in (stream[:one], stream[one:two], stream[two:]):
+                    for tag, payload, ends in reader.feed(chunk):
+                        part += bytes(payload)
+                        if ends:
+                            joined.append((tag, part))
+                            part = b""
+                self.assertEqual(joined, frames, (one, two))
 
     def test_heartbeatsUntilClosed(self) -> None:
         """An idle frame stream sends an empty h frame every 15 s until closed."""
@@ -359,6 +408,10 @@ class FrameParserTests(SynchronousTestCase):
         """A header announcing more than the most a frame may hold is an error."""
         with self.assertRaises(FrameError):
             FrameParser().feed(HEADER.pack(b"o", 2**31))
+        reader = FrameReader()
+        reader.feed(HEADER.pack(b"e", 2**31)[:2])
+        with self.assertRaises(FrameError):
+            reader.feed(HEADER.pack(b"e", 2**31)[2:])
 
 
 async def readFrames(response: Any) -> list[tuple[bytes, bytes]]:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameParser
+from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
 from .calls import exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
@@ -82,11 +82,12 @@ async def followCombined(
 
     async def attempt() -> None:
         if reader.frames:
-            parser = FrameParser()
+            parser = FrameReader()
 
             def feed(data: bytes) -> None:
                 try:
-                    for tag, payload in parser.feed(data):
+                    # Output is written piece by piece as it comes (no copy).
+                    for tag, payload, _ in parser.feed(data):
                         reader.frame(tag, payload)
                 except (ValueError, KeyError, TypeError) as e:
                     # FrameError, or JSON that is not what a frame holds.
@@ -128,13 +129,15 @@ class _CombinedFollower:
         self._position = [0, 0]
         self.end: dict[str, Any] | None = None
 
-    def frame(self, tag: bytes, payload: bytes) -> None:
+    def frame(self, tag: bytes, payload: bytes | memoryview) -> None:
         if tag in OUTPUT_TAGS:
             index = OUTPUT_TAGS.index(tag)
             self._writers[index](payload)
             self._position[index] += len(payload)
             self.lastId = "combined:{}:{}".format(*self._position)
-        elif tag == POSITION_TAG:
+            return
+        payload = bytes(payload)  # events come whole, as bytes: no copy
+        if tag == POSITION_TAG:
             start = json.loads(payload)
             self._position = [int(start["stdout"]), int(start["stderr"])]
         elif tag == EVENT_TAGS["truncated"]:

@@ -129,25 +129,26 @@ class Streams:
             return True
         return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
 
-    def writer(self, stream: str) -> Callable[[bytes], None]:
+    def writer(self, stream: str) -> Callable[[bytes | memoryview], None]:
         """
         Write job output of C{stream} (C{stdout}/C{stderr}) as it comes:
         straight to the file descriptor when there is one (no copy into a
-        buffer, whatever the size of the chunk).
+        buffer, whatever the size of the chunk). It takes bytes or a view
+        of them (written before it returns).
         """
         target = self.err if stream == "stderr" else self.out
         try:
             fd = target.fileno()
         except (AttributeError, OSError, ValueError):
 
-            def write(data: bytes) -> None:
+            def write(data: bytes | memoryview) -> None:
                 target.write(data)
                 target.flush()
 
             return write
         target.flush()  # what was written before goes first
 
-        def writeFd(data: bytes) -> None:
+        def writeFd(data: bytes | memoryview) -> None:
             written = os.write(fd, data)
             while written < len(data):  # a signal may cut a write short
                 written += os.write(fd, memoryview(data)[written:])
