@@ -140,6 +140,26 @@ class CombinedReaderTests(SynchronousTestCase):
             done = b"".join(data for _, data, _ in whole[: index + 1])
             self.assertEqual(done + b"".join(d for _, d, _ in rest), merged)
 
+    def test_resumeFromEveryByte(self) -> None:
+        """
+        From any byte of the combined output, not only from an event's id
+        (jw counts each piece of a frame as it writes it, so a broken
+        connection may leave it mid-frame), the rest follows with no gap
+        and no repeat.
+        """
+        job = Job(self.mktemp())
+        job.write(CHUNKS)
+        job.close()
+        tagged = [(stream, byte) for stream, data in CHUNKS for byte in data]
+        merged = bytes(byte for _, byte in tagged)
+        for cut in range(len(tagged) + 1):
+            position = (
+                sum(1 for stream, _ in tagged[:cut] if stream == 0),
+                sum(1 for stream, _ in tagged[:cut] if stream == 1),
+            )
+            rest = readAll(*job.stored(), position=position)
+            self.assertEqual(b"".join(d for _, d, _ in rest), merged[cut:], cut)
+
     def test_noOrderFile(self) -> None:
         """Without an order file (older jobs): all stdout, then all stderr."""
         job = Job(self.mktemp())
