@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -774,6 +775,31 @@ class PidNamespaceTests(TestCase):
         seen, _ = self.both(["readlink", "/proc/self/ns/pid"])
         self.assertNotEqual(seen.stdout.decode().strip(), host)
 
+    def test_jobKeepsDefaultSignals(self) -> None:
+        """The launcher ignores SIGTERM and SIGINT from its start (a stop
+        is for the job); the job does not inherit that: neither is in its
+        ignored set, as with the chain."""
+        one, two = self.both(["grep", "^SigIgn:", "/proc/self/status"])
+        for result in (one, two):
+            self.assertEqual(result.returncode, 0, result.stderr)
+            ignored = int(result.stdout.split()[1], 16)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.assertFalse(ignored & (1 << (signum - 1)), result.stdout)
+
+    def test_aStopDuringTheSetUpIsForTheJob(self) -> None:
+        """A SIGTERM that reaches the launcher before it has made the
+        namespace (here: at the gate) does not end it, as one after does
+        not: the job then runs (a stop's SIGKILL would end both)."""
+        env = {"PATH": "/usr/bin:/bin"}
+        argv = self.viaLauncher.argv(testIdentity(), ["echo", "ran"], None, True, env)
+        result = run(
+            argv,
+            self.viaLauncher.gate(testIdentity(), None, env),
+            wait=0.2,
+            beforeGate=lambda pid: os.kill(pid, signal.SIGTERM),
+        )
+        self.assertEqual((result.returncode, result.stdout), (0, b"ran\n"))
+
     def test_exitStatus(self) -> None:
         """The launcher exits with the job's status; set-up and exec
         failures keep their codes."""
@@ -945,13 +971,15 @@ class ServerPidNamespaceTests(ServerLauncherTests):
         handles = await server.createJob(
             "sh", "-c", "trap 'echo bye; exit 7' TERM; echo up; sleep 60 & wait"
         )
-        ignores = await server.createJob("sleep", "60")
+        ignores = await server.createJob("sh", "-c", "echo up; exec sleep 60")
         deadline = time.monotonic() + 10
-        while (await server.json("GET", f"/jobs/{handles['id']}"))[1][
-            "stdout_bytes"
-        ] == 0:
-            self.assertLess(time.monotonic(), deadline, "the trap is not set")
-            await sleep(0.05)
+        for job in (handles, ignores):
+            # Running as PID 1 (the trap set): past the launcher's set-up.
+            while (await server.json("GET", f"/jobs/{job['id']}"))[1][
+                "stdout_bytes"
+            ] == 0:
+                self.assertLess(time.monotonic(), deadline, "the job is not up")
+                await sleep(0.05)
         for job in (handles, ignores):
             code, _ = await server.json("POST", f"/jobs/{job['id']}/stop")
             self.assertEqual(code, 200)

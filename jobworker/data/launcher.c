@@ -20,7 +20,8 @@
  *     folder made with mode 0755 first where asked). With option p the
  *     launcher forks first, as unshare --fork --kill-child does: the child
  *     is PID 1 of the new namespace and goes on (its /proc mount shows that
- *     namespace); the parent ignores SIGINT and SIGTERM, waits for it and
+ *     namespace); the parent ignores SIGINT and SIGTERM (from its start:
+ *     the child takes the defaults back), waits for it and
  *     exits as it did (same status, or same signal), and if the parent
  *     dies the child is killed (PR_SET_PDEATHSIG);
  *  4. the start folder entered, as root;
@@ -243,13 +244,11 @@ static int becomeInit(void) {
         die(SETUP_FAILED, "fork", NULL, errno);
     if (child == 0) {
         close(alive[1]);
+        signal(SIGINT, SIG_DFL);  /* ignored since main (see there) */
+        signal(SIGTERM, SIG_DFL);
         return alive[0];
     }
     close(alive[0]);
-    /* The job's stop signal is for the job (PID 1 gets it if it handles
-     * it); SIGKILL of the group ends both. */
-    signal(SIGINT, SIG_IGN);
-    signal(SIGTERM, SIG_IGN);
     int status;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR)
@@ -295,6 +294,15 @@ int main(int argc, char **argv) {
         else if (*c == 'n') namespaces |= CLONE_NEWNET;
         else if (*c == 'p') pidNamespace = 1;
         else usage("bad OPTIONS", options);
+    }
+    /* With a PID namespace, a stop's SIGTERM (and SIGINT) is for the job,
+     * PID 1, which gets it only if it handles it; this process waits and
+     * ends as the job does. Ignored from here on, so a stop that comes
+     * while the namespace is being made is not taken for the job's end;
+     * SIGKILL of the group ends everything. */
+    if (pidNamespace) {
+        signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
     }
     if (*options == '\0' || *start != '/' || (gateEnvironment && !gate))
         usage("bad OPTIONS or START", NULL);
