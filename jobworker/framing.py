@@ -1,7 +1,8 @@
 """
 The binary frame format of C{?stream=combined&format=frames}: both streams
 of a job's output in order, at the speed of raw bytes. Pure: the server's
-L{jobworker.server.frames} writes it, C{jw} reads it with L{FrameParser}.
+L{jobworker.server.frames} writes it, C{jw} reads it with L{FrameReader}
+(output passed through as it arrives); L{FrameParser} gives whole frames.
 
 A frame is a 5-byte header, then its payload::
 

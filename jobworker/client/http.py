@@ -208,7 +208,7 @@ class JobworkerClient(ApiCalls):
         C{GET /jobs/ID/logs} as Server-Sent Events, or with C{frames} as
         binary frames (L{jobworker.framing}): hand the raw body to C{sink}
         (L{jobworker.client.events.EventParser} or
-        L{jobworker.framing.FrameParser} reads it), resuming after
+        L{jobworker.framing.FrameReader} reads it), resuming after
         C{lastEventId} if given.
         """
         path, given = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
