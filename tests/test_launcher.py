@@ -88,10 +88,11 @@ class BuildTests(SynchronousTestCase):
 
     def test_warningFree(self) -> None:
         """The shipped source compiles with -Wall -Wextra -Werror -pedantic,
-        and stays small (under 400 lines; 260 before the environment moved
-        to the gate, 283 before the PID namespace)."""
+        and stays small (under 800 lines; 260 before the environment moved
+        to the gate, 283 before the PID namespace, 370 before the
+        spawner)."""
         text = launcher.source()
-        self.assertLess(text.count(b"\n"), 400)
+        self.assertLess(text.count(b"\n"), 800)
         path = os.path.join(self.mktemp())
         with open(path, "wb") as f:
             f.write(text)

@@ -52,19 +52,27 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
 #include <unistd.h>
 
 #define SETUP_FAILED 125
@@ -281,7 +289,8 @@ static void dieWithParent(int alive) {
     close(alive);
 }
 
-int main(int argc, char **argv) {
+/* One job, from OPTIONS on (argv[0] is this program): never returns. */
+static int launch(int argc, char **argv) {
     int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, mkdirFirst;
     int at = 7;
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
@@ -359,4 +368,384 @@ int main(int argc, char **argv) {
     die(errno == ENOENT ? NOT_FOUND : CANNOT_RUN, "cannot run", command[0],
         errno);
     return CANNOT_RUN;
+}
+
+/* -- the spawner ---------------------------------------------------------
+ *
+ * "jobworker-launch --spawner": a long-lived process the server starts
+ * once. The server's process is large and Python; this one is small, so it
+ * forks fast, on another CPU, and the server's thread neither waits for a
+ * fork or an exec nor scans its descriptors for each job.
+ *
+ * The spawner keeps one child forked ahead of the next job, the standby,
+ * waiting on a socket of its own. fd 3 is a SOCK_SEQPACKET socket to the
+ * server:
+ *   from the spawner, 'A' (announce): the standby's pid (int32) and start
+ *       time (uint64, clock ticks since boot, as /proc's starttime, or the
+ *       tick before it), with a pidfd of it (SCM_RIGHTS). One at a time:
+ *       the next once the server has used this one (or it died).
+ *   from the server, 'S' (start): the standby's pid (int32), then the
+ *       launcher's arguments as above (from OPTIONS on), each ended by a
+ *       NUL byte, with exactly four descriptors: the job's fds 0, 1, 2 and
+ *       the gate, 3. The standby takes them as its 0-3, closes every other
+ *       descriptor, unblocks every signal and goes on exactly as a launcher
+ *       exec'd with those arguments (launch()). No answer: the server knew
+ *       the pid before it asked. A start for a standby that has died (its
+ *       end is reported) only has its descriptors closed.
+ *   from the server, 'R' (reap): pids (int32s) whose ends the server has
+ *       taken in: reaped now.
+ * fd 4 is a pipe: each child's end, as two int32s, pid and wait status,
+ * taken with WNOWAIT. A child stays a zombie until its 'R': its pid (and
+ * its process group id) cannot be reused before the server knows it
+ * ended, as when the server was its parent. EOF on fd 3: the server is
+ * gone or done; the spawner exits (jobs go on, as when the server dies,
+ * and init reaps them; the standby sees EOF and exits). */
+
+#define MAX_REQUEST (512 * 1024)
+#define MAX_ARGS (MAX_REQUEST / 2)
+#define REQUEST_FDS 4
+#define SOCKET_KEY (~0ULL)
+#define PIPE_KEY (~1ULL)
+
+static char request[MAX_REQUEST];
+static char *requestArgv[MAX_ARGS + 2];
+static int32_t *ended;            /* (pid, status) pairs not yet written */
+static size_t endedCount, endedRoom;
+static int watched;               /* the epoll of fd 3, fd 4 and pidfds */
+static pid_t standbyPid = -1;     /* the child forked ahead of a job */
+static int standbyPidfd = -1, standbySocket = -1;
+
+/* In the forked child: the request's descriptors as 0-3, nothing else. */
+static void takeDescriptors(const int *fds) {
+    int moved[REQUEST_FDS];
+    sigset_t none;
+    for (int i = 0; i < REQUEST_FDS; i++) {
+        /* Out of the way of 0-3 first: a received fd may be one of them. */
+        moved[i] = fcntl(fds[i], F_DUPFD, 10);
+        if (moved[i] < 0)
+            _exit(SETUP_FAILED);
+    }
+    for (int i = 0; i < REQUEST_FDS; i++)
+        if (dup2(moved[i], i) != i)
+            _exit(SETUP_FAILED);
+    if (syscall(SYS_close_range, REQUEST_FDS, ~0U, 0) != 0)
+        _exit(SETUP_FAILED);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* The standby: nothing of the spawner's but its own socket (as fd 3);
+ * then one request, and the job. EOF first: the spawner is gone. */
+static void standbyMain(int sock) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+    } control;
+    struct iovec iov = {request, MAX_REQUEST};
+    struct msghdr msg = {0};
+    int fds[REQUEST_FDS], argc = 1;
+    ssize_t got;
+    if (dup2(sock, 3) != 3 || syscall(SYS_close_range, 4, ~0U, 0) != 0)
+        _exit(SETUP_FAILED);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    while ((got = recvmsg(3, &msg, MSG_CMSG_CLOEXEC)) < 0)
+        if (errno != EINTR)
+            _exit(SETUP_FAILED);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (got <= 0 || c == NULL || c->cmsg_type != SCM_RIGHTS ||
+        c->cmsg_len != CMSG_LEN(REQUEST_FDS * sizeof(int)))
+        _exit(SETUP_FAILED);
+    memcpy(fds, CMSG_DATA(c), sizeof fds);
+    requestArgv[0] = "jobworker-launch";
+    for (char *at = request; at < request + got; at += strlen(at) + 1)
+        requestArgv[argc++] = at;
+    requestArgv[argc] = NULL;
+    takeDescriptors(fds);  /* the gate takes fd 3 */
+    _exit(launch(argc, requestArgv));
+}
+
+/* CLOCK_BOOTTIME in clock ticks, as /proc's starttime counts. */
+static uint64_t bootTicks(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_BOOTTIME, &now);
+    uint64_t ns = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+    return ns / (1000000000ULL / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
+/* pid's starttime from /proc (0 if it cannot be read). */
+static uint64_t procStart(pid_t pid) {
+    char path[64], text[1024];
+    unsigned long long start = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t got = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (got <= 0)
+        return 0;
+    text[got] = '\0';
+    char *field = strrchr(text, ')');
+    for (int i = 0; field != NULL && i < 20; i++)  /* to field 22 */
+        field = strchr(field + 1, ' ');
+    if (field == NULL || sscanf(field + 1, "%llu", &start) != 1)
+        return 0;
+    return start;
+}
+
+/* Fork the next standby and announce it on fd 3. 0, or an errno. */
+static int makeStandby(void) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
+        return errno;
+    uint64_t before = bootTicks();
+    pid_t child = fork();
+    if (child == 0)
+        standbyMain(pair[1]);
+    uint64_t after = bootTicks();
+    int error = errno;
+    close(pair[1]);
+    if (child < 0) {
+        close(pair[0]);
+        return error;
+    }
+    int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+    struct epoll_event watch = {EPOLLIN, {.u64 = (uint64_t)pidfd}};
+    if (pidfd < 0 || epoll_ctl(watched, EPOLL_CTL_ADD, pidfd, &watch) != 0) {
+        /* Without it the server could not signal it safely. */
+        error = errno;
+        close(pair[0]);  /* EOF: it exits */
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+            ;
+        if (pidfd >= 0)
+            close(pidfd);
+        return error;
+    }
+    standbyPid = child;
+    standbyPidfd = pidfd;
+    standbySocket = pair[0];
+    /* The kernel stamps the child between the two readings; within one
+     * tick, the first is its start or the tick before (the server's
+     * crash recovery accepts either). */
+    struct {
+        char kind;
+        char pad[3];
+        int32_t pid;
+        uint64_t start;
+    } announce = {'A', {0, 0, 0}, child, after - before <= 1 ? before : procStart(child)};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct iovec iov = {&announce, sizeof announce};
+    struct msghdr msg = {0};
+    memset(&control, 0, sizeof control);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
+    while (sendmsg(3, &msg, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            _exit(0);  /* the server is gone */
+    return 0;
+}
+
+/* Until one is made: the server waits for an announcement. */
+static void replaceStandby(void) {
+    int error = makeStandby();
+    if (error != 0)
+        die(SETUP_FAILED, "spawner: cannot fork a standby", NULL, error);
+}
+
+/* 'S': hand the request (of length got) to the standby it names. */
+static void start(ssize_t got, const int *fds, int count) {
+    int32_t pid;
+    if (got < 1 + (ssize_t)sizeof pid + 2 || request[got - 1] != '\0' ||
+        count != REQUEST_FDS)
+        die(SETUP_FAILED, "spawner: a bad start request", NULL, 0);
+    memcpy(&pid, request + 1, sizeof pid);
+    if (pid != standbyPid)
+        return;  /* that standby died: its end is reported */
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+    } control;
+    struct iovec iov = {request + 1 + sizeof pid, (size_t)got - 1 - sizeof pid};
+    struct msghdr msg = {0};
+    memset(&control, 0, sizeof control);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(REQUEST_FDS * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, REQUEST_FDS * sizeof(int));
+    /* If it died meanwhile the send fails; its pidfd reports its end. */
+    while (sendmsg(standbySocket, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+    close(standbySocket);
+    standbyPid = standbyPidfd = standbySocket = -1;  /* a job now */
+    replaceStandby();
+}
+
+/* 'R': reap the ended children the server has taken in. */
+static void reap(ssize_t got) {
+    for (ssize_t at = 1; at + (ssize_t)sizeof(int32_t) <= got; at += sizeof(int32_t)) {
+        int32_t pid;
+        memcpy(&pid, request + at, sizeof pid);
+        while (waitpid(pid, NULL, WNOHANG) < 0 && errno == EINTR)
+            ;
+    }
+}
+
+/* One message from the server. 0 on EOF. */
+static int serve(void) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+    } control;
+    struct iovec iov = {request, MAX_REQUEST};
+    struct msghdr msg = {0};
+    int fds[REQUEST_FDS], count = 0;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    ssize_t got = recvmsg(3, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (got < 0)
+        return errno == EINTR || errno == EAGAIN;
+    if (got == 0)
+        return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < n && count < REQUEST_FDS; i++)
+            memcpy(&fds[count++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+        die(SETUP_FAILED, "spawner: a request too large", NULL, 0);
+    if (request[0] == 'S')
+        start(got, fds, count);
+    else if (request[0] == 'R')
+        reap(got);
+    else
+        die(SETUP_FAILED, "spawner: an unknown request", NULL, 0);
+    for (int i = 0; i < count; i++)
+        close(fds[i]);
+    return 1;
+}
+
+/* A child ended: note its pid and status (it stays a zombie until 'R'). */
+static void childEnded(int pidfd) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    while (waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG | WNOWAIT) < 0)
+        if (errno != EINTR)
+            die(SETUP_FAILED, "spawner: waitid", NULL, errno);
+    if (info.si_pid == 0)
+        return;  /* not yet */
+    int status;
+    if (info.si_code == CLD_EXITED)
+        status = (info.si_status & 0xff) << 8;
+    else
+        status = (info.si_status & 0x7f) | (info.si_code == CLD_DUMPED ? 0x80 : 0);
+    if (endedCount + 2 > endedRoom) {
+        size_t room = endedRoom ? endedRoom * 2 : 1024;
+        int32_t *grown = realloc(ended, room * sizeof *ended);
+        if (grown == NULL)
+            die(SETUP_FAILED, "spawner: out of memory", NULL, 0);
+        ended = grown;
+        endedRoom = room;
+    }
+    ended[endedCount++] = (int32_t)info.si_pid;
+    ended[endedCount++] = (int32_t)status;
+    epoll_ctl(watched, EPOLL_CTL_DEL, pidfd, NULL);
+    close(pidfd);
+    if (pidfd == standbyPidfd) {
+        /* The standby died waiting: reported like a job's end (a start
+         * the server sent for it meanwhile ends so), and replaced. */
+        close(standbySocket);
+        standbyPid = standbyPidfd = standbySocket = -1;
+        replaceStandby();
+    }
+}
+
+/* Write what the pipe takes of the ended list (whole records only: a
+ * pipe write of at most PIPE_BUF bytes is all or nothing). */
+static void reportEnded(void) {
+    size_t sent = 0;
+    while (sent < endedCount) {
+        size_t pairs = (endedCount - sent) / 2;
+        if (pairs > PIPE_BUF / 8)
+            pairs = PIPE_BUF / 8;
+        ssize_t wrote = write(4, ended + sent, pairs * 8);
+        if (wrote < 0 && errno == EINTR)
+            continue;
+        if (wrote < 0 && errno == EAGAIN)
+            break;
+        if (wrote < 0)
+            _exit(0);  /* the server is gone */
+        sent += (size_t)wrote / 4;
+    }
+    memmove(ended, ended + sent, (endedCount - sent) * sizeof *ended);
+    endedCount -= sent;
+}
+
+static int spawner(void) {
+    struct epoll_event events[64];
+    struct epoll_event onSocket = {EPOLLIN, {.u64 = SOCKET_KEY}};
+    struct epoll_event onPipe = {EPOLLOUT, {.u64 = PIPE_KEY}};
+    int pipeWatched = 0;
+    if (fcntl(3, F_SETFD, FD_CLOEXEC) != 0 || fcntl(4, F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(4, F_SETFL, O_NONBLOCK) != 0)
+        die(SETUP_FAILED, "spawner: fds 3 and 4", NULL, errno);
+    watched = epoll_create1(EPOLL_CLOEXEC);
+    if (watched < 0 || epoll_ctl(watched, EPOLL_CTL_ADD, 3, &onSocket) != 0)
+        die(SETUP_FAILED, "spawner: epoll", NULL, errno);
+    replaceStandby();
+    for (;;) {
+        int n = epoll_wait(watched, events, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die(SETUP_FAILED, "spawner: epoll_wait", NULL, errno);
+        }
+        for (int i = 0; i < n; i++) {
+            uint64_t key = events[i].data.u64;
+            if (key == SOCKET_KEY) {
+                if (!serve())
+                    return 0;
+            } else if (key == PIPE_KEY) {
+                if (events[i].events & (EPOLLERR | EPOLLHUP))
+                    return 0;  /* the server is gone */
+            } else {
+                childEnded((int)key);
+            }
+        }
+        if (endedCount)
+            reportEnded();
+        if (!!endedCount != pipeWatched) {
+            pipeWatched = !!endedCount;
+            if (epoll_ctl(watched, pipeWatched ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, 4,
+                          &onPipe) != 0)
+                die(SETUP_FAILED, "spawner: epoll of fd 4", NULL, errno);
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--spawner") == 0)
+        return spawner();
+    return launch(argc, argv);
 }

@@ -201,8 +201,10 @@ class Options(usage.Options):
             None,
             "auto",
             "How a root server starts sandboxed jobs: auto (a small C launcher "
-            "compiled at start-up with cc, one process; the exec chain if it "
-            "cannot be built) or off (the exec chain: setsid, unshare, sh, "
+            "compiled at start-up with cc, one process, forked for each job "
+            "by a long-lived copy of it, the spawner; the exec chain if it "
+            "cannot be built), exec (the same launcher, spawned by the server "
+            "for each job) or off (the exec chain: setsid, unshare, sh, "
             "setpriv, env).",
         ],
         [
@@ -445,8 +447,8 @@ class Options(usage.Options):
             raise usage.UsageError("--access-log must be on or off")
         if self["cgroups"] not in ("auto", "off"):
             raise usage.UsageError("--cgroups must be auto or off")
-        if self["launcher"] not in ("auto", "off"):
-            raise usage.UsageError("--launcher must be auto or off")
+        if self["launcher"] not in ("auto", "exec", "off"):
+            raise usage.UsageError("--launcher must be auto, exec or off")
         isolate = {name for name in self["isolate"].split(",") if name}
         unknown = isolate - set(ISOLATION)
         if unknown:

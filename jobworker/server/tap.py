@@ -228,6 +228,7 @@ def _manager(
                 launcher=identitysetup.chooseLauncher(config, policy.identities),
                 runInThread=runInThread,
                 pumps=pumps,
+                spawner=config["launcher"] == "auto",
             )
             probeSandbox(local, policy.identities)
             executor = local

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.logger import Logger
 
 from ...errors import BadRequest, TooManyRequests
@@ -48,6 +48,7 @@ from .sandbox import (
     checkCommand,
     checkRunnable,
 )
+from .spawner import Spawner
 from .stdin import StdinFeed
 
 __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
@@ -182,6 +183,7 @@ class LocalExecutor:
         launcher: str | None = None,
         runInThread: RunInThread | None = None,
         pumps: Pumps | None = None,
+        spawner: bool = False,
     ) -> None:
         if policy is None:
             policy = JobPolicy()
@@ -209,9 +211,26 @@ class LocalExecutor:
                 launcher=launcher,
             )
         self._environments: dict[Identity, dict[str, str]] = {}
+        #: Whether sandboxed jobs are forked by a long-lived spawner (the
+        #: launcher's --spawner mode) rather than spawned one by one.
+        self._useSpawner = spawner
+        self._spawner: Spawner | None = None
         #: Dynamic uids waiting for their last processes to die (no cgroups).
         self._releasing: dict[int, IDelayedCall] = {}
         self._machine = machineLimits()
+
+    def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
+        """The spawner that forks the jobs of C{sandbox} (None: none)."""
+        if not self._useSpawner or sandbox is None or sandbox.launcher is None:
+            return None
+        spawner = self._spawner
+        if spawner is None or spawner.launcher != sandbox.launcher:
+            if spawner is not None:
+                spawner.stop()
+            spawner = self._spawner = Spawner(
+                self._reactor, sandbox.launcher, ROOT_ENVIRONMENT
+            )
+        return spawner
 
     @property
     def sandbox(self) -> Sandbox | None:
@@ -381,8 +400,6 @@ class LocalExecutor:
                 )
             else:
                 checkRunnable(request.command, env, request.cwd)
-            if self._cgroups is not None:
-                cgroup = job.cgroup = self._cgroups.create(jobId, limits)
             # Every job starts behind the gate: nothing of the user's runs
             # before it is in its cgroup and the store has its record
             # (JobProcess.recorded opens the gate).
@@ -409,20 +426,30 @@ class LocalExecutor:
                 # Never the server's own working directory (a checkout, say):
                 # the job's home, else the root folder.
                 path = request.cwd or _homeOrRoot(env)
-            before = bootTicks()
-            transport = self._reactor.spawnProcess(
-                JobProcessProtocol(job),
-                argv[0],
-                argv,
-                env=spawnEnv,
-                path=path,
-                childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
-            )
-            if record.pid is not None:
+            if self._cgroups is not None:
+                cgroup = job.cgroup = self._cgroups.create(jobId, limits)
+            protocol = JobProcessProtocol(job)
+            spawner = self._spawnerOf(sandbox)
+            if spawner is not None:
+                spawned = spawner.spawnProcess(protocol, argv)
                 # Crash recovery finds the job's session by its leader, and
                 # needs the leader's start time never to hit a reused pid.
-                record.proc_start = spawnedAt(record.pid, before, bootTicks())
-            if cgroup is not None:
+                record.proc_start = spawned.startTicks
+                transport: IProcessTransport = spawned
+            else:
+                before = bootTicks()
+                transport = self._reactor.spawnProcess(
+                    protocol,
+                    argv[0],
+                    argv,
+                    env=spawnEnv,
+                    path=path,
+                    childFDs={0: "w", 1: "r", 2: "r", 3: "w"},
+                )
+                if record.pid is not None:
+                    record.proc_start = spawnedAt(record.pid, before, bootTicks())
+            if cgroup is not None and transport.pid is not None:
+                # (No pid: it ended already, behind the gate.)
                 try:
                     cgroup.addProcess(transport.pid)
                 except CgroupError as e:
@@ -474,13 +501,16 @@ class LocalExecutor:
                 job.stop("server shutdown")
             waits.append(job.whenCleanedUp())
 
-        def done(_: object) -> None:
+        def done(_: object) -> Deferred[None] | None:
             # Uids still waiting for leftovers: this server lets them go
             # (their locks end with it; the next start-up reclaims them).
             for call in self._releasing.values():
                 if call.active():
                     call.cancel()
             self._releasing.clear()
+            if self._spawner is not None:
+                return self._spawner.stop()
+            return None
 
         return DeferredList(waits).addCallback(done)
 

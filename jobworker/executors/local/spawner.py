@@ -1,0 +1,495 @@
+"""
+The spawner: one small long-lived process (C{launcher.c --spawner}) that
+forks every sandboxed job, so the server's thread neither waits for a fork
+or an exec nor scans its descriptors per job.
+
+The spawner keeps one child forked ahead, the standby, and announces it
+(pid, start time, a pidfd) before it is needed: a spawn sends the job's
+launcher arguments and pipe ends to that standby and goes on at once, with
+no answer to wait for. L{Spawner.spawnProcess} has the shape of
+C{IReactorProcess.spawnProcess} for the launcher's argv and returns a
+L{SpawnedProcess}: Twisted's C{Process} for the pipes, so a job is still a
+C{ProcessProtocol} fed by the same readers and writers. Only the fork, the
+reaping and the signals differ: the spawner reports each end; signals go
+through the pidfd; an ended child stays a zombie until the server has taken
+its end in (its pid and group id cannot be reused before), then the spawner
+reaps it.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import signal
+import socket
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProcessProtocol
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.process import Process, ProcessReader, ProcessWriter, _BaseProcess
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_N = 0
+_W = 0.0
+#: An end record on the events pipe: pid, wait status.
+ENDED = struct.Struct("=ii")
+#: An announcement of the next standby: 'A', pid, start time in ticks.
+ANNOUNCE = struct.Struct("=c3xiQ")
+#: The head of a start request: 'S', the standby's pid.
+START = struct.Struct("=ci")
+#: The most pids one reap message carries.
+MAX_REAP = 4096
+#: A request's largest size (launcher.c's MAX_REQUEST).
+MAX_REQUEST = 512 * 1024
+#: How long a spawn may wait for the spawner's first announcement, seconds.
+ANNOUNCE_TIMEOUT = 10.0
+#: The wait status of a process killed by SIGKILL.
+KILLED = signal.SIGKILL
+
+
+class SpawnerGone(OSError):
+    """The spawner is not running (it died, or was stopped)."""
+
+    def __init__(self, why: str = "the job spawner is not running") -> None:
+        super().__init__(errno.ECHILD, why)
+
+
+class SpawnedProcess(Process):
+    """
+    A job's process transport whose child the spawner forked: fd 0 and the
+    gate (3) written to, 1 and 2 read, as C{childFDs={0: "w", 1: "r", 2:
+    "r", 3: "w"}} would make them.
+    """
+
+    def __init__(
+        self,
+        spawner: Spawner,
+        pid: int,
+        pidfd: int,
+        startTicks: int,
+        ends: dict[int, int],
+        proto: IProcessProtocol,
+    ) -> None:
+        _BaseProcess.__init__(self, proto)
+        #: When the child started, in clock ticks since boot (as /proc's
+        #: starttime, or the tick before): for crash recovery.
+        self.startTicks = startTicks
+        reactor = spawner.reactor
+        self._reactor = reactor
+        self.pid = pid
+        self.pidfd: int | None = pidfd
+        self._watch: PidfdWatch | None = None
+        self.status = -1
+        self.pipes: dict[int, Any] = {}
+        for childFD, fd in ends.items():
+            if childFD in (0, 3):
+                self.pipes[childFD] = ProcessWriter(
+                    reactor, self, childFD, fd, forceReadHack=True
+                )
+            else:
+                self.pipes[childFD] = ProcessReader(reactor, self, childFD, fd)
+        spawner.track(self)
+        try:
+            if self.proto is not None:
+                self.proto.makeConnection(self)
+        except BaseException:
+            Logger().failure("spawned process: makeConnection failed")
+
+    def reapProcess(self) -> None:
+        """The spawner reaps; its end report calls L{processEnded}."""
+
+    def signalProcess(self, signalID: Any) -> None:
+        """Signal the child through its pidfd: never a reused pid."""
+        if signalID in ("HUP", "STOP", "INT", "KILL", "TERM"):
+            signalID = getattr(signal, f"SIG{signalID}")
+        if self.pid is None or self.pidfd is None:
+            raise error.ProcessExitedAlready()
+        try:
+            signal.pidfd_send_signal(self.pidfd, signalID)
+        except ProcessLookupError:
+            raise error.ProcessExitedAlready() from None
+
+    def orphaned(self) -> None:
+        """
+        The spawner died before this child's end: its status is lost. Kill
+        it and end it as killed once its pidfd says it is gone.
+        """
+        if self.pidfd is None or self._watch is not None:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._watch = PidfdWatch(self._reactor, self.pidfd, self._gone)
+        self._watch.startReading()  # type: ignore[no-untyped-call]
+
+    def _gone(self) -> None:
+        if self._watch is not None:
+            self._watch.stopReading()  # type: ignore[no-untyped-call]
+            self._watch = None
+        pidfd, self.pidfd = self.pidfd, None
+        self.processEnded(KILLED)
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def __repr__(self) -> str:
+        return f"<SpawnedProcess pid={self.pid} status={self.status}>"
+
+
+class PidfdWatch(FileDescriptor):
+    """Call C{gone} once the process of C{pidfd} has ended (readable)."""
+
+    def __init__(self, reactor: Any, pidfd: int, gone: Any) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self._fd = pidfd
+        self._gone = gone
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        self._gone()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Nothing: the pidfd belongs to its process transport."""
+
+
+class EndsReader(FileDescriptor):
+    """The read end of the spawner's events pipe: each child's end."""
+
+    def __init__(self, reactor: Any, fd: int, spawner: Spawner) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self._fd = fd
+        self._spawner = spawner
+        self._partial = b""
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> object:
+        try:
+            data = os.read(self._fd, 64 * ENDED.size * 64)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE
+        data = self._partial + data
+        whole = len(data) - len(data) % ENDED.size
+        self._partial = data[whole:]
+        self._spawner.ended(ENDED.iter_unpack(data[:whole]))
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        FileDescriptor.connectionLost(self, reason)
+        os.close(self._fd)
+        self._spawner.lost(self)
+
+
+class SpawnerProtocol(ProcessProtocol):
+    """The spawner's own process: what it says goes to the log."""
+
+    log = Logger()
+
+    def __init__(self, spawner: Spawner) -> None:
+        self._spawner = spawner
+        self._endWaiters: list[Deferred[None]] = []
+        self.ended = False
+
+    def whenEnded(self) -> Deferred[None]:
+        if self.ended:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._endWaiters.append(d)
+        return d
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.log.warn(
+            "job spawner: {text}", text=data.decode("utf-8", "replace").rstrip()
+        )
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended = True
+        self._spawner.died(self, reason)
+        waiters, self._endWaiters = self._endWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+class Spawner:
+    """
+    The server's side of the spawner: started at the first spawn, again
+    after it died; L{stop} at shutdown.
+
+    @param launcher: the compiled launcher (C{launcher.c}).
+    @param environment: the spawner's environment, which the launcher
+        runs with until it sets the job's own.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, launcher: str, environment: dict[str, str]
+    ) -> None:
+        self.reactor = reactor
+        self.launcher = launcher
+        self._environment = environment
+        self._socket: socket.socket | None = None
+        self._ends: EndsReader | None = None
+        self._process: Any = None
+        self._protocol: SpawnerProtocol | None = None
+        #: Children the spawner forked whose end is not yet taken in.
+        self._live: dict[int, SpawnedProcess] = {}
+        #: How many spawners were started (the first, then after deaths).
+        self.started = 0
+        #: Standbys announced and not yet used: pid, start time, pidfd.
+        self._announced: deque[tuple[int, int, int]] = deque()
+
+    @property
+    def running(self) -> bool:
+        return self._socket is not None
+
+    def spawnProcess(self, proto: IProcessProtocol, args: list[str]) -> SpawnedProcess:
+        """
+        Start the launcher with C{args} (C{args[0]} is the launcher) in the
+        standby; fds as C{{0: "w", 1: "r", 2: "r", 3: "w"}}.
+
+        @raise OSError: there is no spawner, or no pipe.
+        """
+        if args[0] != self.launcher:
+            raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
+        message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
+        if len(message) + START.size > MAX_REQUEST:
+            raise OSError(errno.E2BIG, "the job's arguments are too long")
+        pid, startTicks, pidfd = self._standby()
+        ends: dict[int, int] = {}
+        theirs: list[int] = []
+        try:
+            for childFD in range(4):
+                readEnd, writeEnd = os.pipe()
+                if childFD in (0, 3):
+                    ends[childFD], child = writeEnd, readEnd
+                else:
+                    ends[childFD], child = readEnd, writeEnd
+                theirs.append(child)
+            self._send([START.pack(b"S", pid), message], theirs)
+        except BaseException:
+            # The standby was not told: it waits for the next spawn.
+            self._announced.appendleft((pid, startTicks, pidfd))
+            for fd in ends.values():
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return SpawnedProcess(self, pid, pidfd, startTicks, ends, proto)
+
+    def _send(self, parts: list[bytes], fds: list[int]) -> None:
+        sock = self._socket
+        if sock is None:
+            raise SpawnerGone()
+        try:
+            sock.sendmsg(parts, _rights(fds) if fds else [])
+        except OSError as e:
+            self._close()
+            raise SpawnerGone(f"the job spawner is gone: {e.strerror}") from None
+
+    def _standby(self) -> tuple[int, int, int]:
+        """The announced standby: pid, start time, pidfd (waits for one)."""
+        if not self._announced:
+            if self._socket is None:
+                self._start()
+            self._receive(ANNOUNCE_TIMEOUT)
+            if not self._announced:
+                raise SpawnerGone("the job spawner announced no process")
+        return self._announced.popleft()
+
+    def _receive(self, timeout: float | None) -> None:
+        """
+        Take in the announcements waiting on the socket; with a
+        C{timeout}, wait that long for one if none is there.
+        """
+        sock = self._socket
+        while sock is not None:
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                try:
+                    data, ancillary, _, _ = sock.recvmsg(
+                        ANNOUNCE.size, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC
+                    )
+                finally:
+                    if timeout is not None:
+                        sock.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close()
+                return
+            fds = _received(ancillary)
+            if len(data) != ANNOUNCE.size or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                self._close()  # EOF, or not the spawner's protocol
+                return
+            kind, pid, startTicks = ANNOUNCE.unpack(data)
+            if kind != b"A":
+                os.close(fds[0])
+                self._close()
+                return
+            self._announced.append((pid, startTicks, fds[0]))
+            timeout = None
+
+    def track(self, process: SpawnedProcess) -> None:
+        assert process.pid is not None
+        self._live[process.pid] = process
+
+    def ended(self, records: Any) -> None:
+        """End records from the spawner: each child's end, then reap them."""
+        pids: list[int] = []
+        for pid, status in records:
+            pids.append(pid)
+            process = self._live.pop(pid, None)
+            if process is None:
+                self._standbyDied(pid)
+                continue
+            pidfd, process.pidfd = process.pidfd, None
+            try:
+                process.processEnded(status)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+        for at in range(0, len(pids), MAX_REAP):
+            try:
+                self._send(
+                    [
+                        b"R",
+                        struct.pack(
+                            f"={len(pids[at : at + MAX_REAP])}i",
+                            *pids[at : at + MAX_REAP],
+                        ),
+                    ],
+                    [],
+                )
+            except SpawnerGone:
+                break  # init reaps its children
+
+    def _standbyDied(self, pid: int) -> None:
+        """An announced standby ended before any job was given to it."""
+        self._receive(None)
+        for entry in self._announced:
+            if entry[0] == pid:
+                self._announced.remove(entry)
+                os.close(entry[2])
+                return
+        self.log.warn("job spawner: end of unknown pid {pid}", pid=pid)
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_REQUEST)
+            ours.setblocking(False)
+            readEnd, writeEnd = os.pipe()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            protocol = SpawnerProtocol(self)
+            self._process = self.reactor.spawnProcess(
+                protocol,
+                self.launcher,
+                [self.launcher, "--spawner"],
+                env=self._environment,
+                path="/",
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno(), 4: writeEnd},
+            )
+        except BaseException:
+            ours.close()
+            os.close(readEnd)
+            raise
+        finally:
+            theirs.close()
+            os.close(writeEnd)
+        self._protocol = protocol
+        self._socket = ours
+        self._ends = EndsReader(self.reactor, readEnd, self)
+        self._ends.startReading()  # type: ignore[no-untyped-call]
+        self.started += 1
+        self.log.info(
+            "job spawner started (pid {pid})", pid=getattr(self._process, "pid", None)
+        )
+
+    def _close(self) -> None:
+        """Stop using this spawner (it exits at EOF on its socket)."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        while self._announced:
+            os.close(self._announced.popleft()[2])
+
+    def lost(self, reader: EndsReader) -> None:
+        """
+        The events pipe reached its end: the spawner is gone, and every end
+        it reported has been taken in. Its children left are orphans; the
+        next spawn starts a new spawner.
+        """
+        if reader is self._ends:
+            self._ends = None
+            self._close()
+            self._orphan()
+
+    def died(self, protocol: SpawnerProtocol, reason: Failure) -> None:
+        """
+        A spawner's process ended. What it reported is still read from its
+        pipe first (L{lost} comes at the pipe's end); one stopped by
+        L{stop} ends its waiters.
+        """
+        self.log.info("job spawner ended: {why}", why=reason.getErrorMessage())
+        if protocol is self._protocol:
+            self._protocol = None
+            self._close()
+
+    def _orphan(self) -> None:
+        live, self._live = self._live, {}
+        if live:
+            self.log.error(
+                "job spawner ended with {count} job(s) still running: "
+                "they are killed (their exit status is lost)",
+                count=len(live),
+            )
+        for process in live.values():
+            process.orphaned()
+
+    def stop(self) -> Deferred[None]:
+        """
+        At shutdown, once every job has ended: the spawner exits (EOF on
+        its socket). Fires once its process has ended.
+        """
+        self._close()
+        if self._protocol is None:
+            return succeed(None)
+        return self._protocol.whenEnded()
+
+
+def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
+    """The ancillary data that passes C{fds} (SCM_RIGHTS)."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+
+
+def _received(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors in C{recvmsg}'s ancillary data."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
