@@ -430,6 +430,18 @@ static void takeDescriptors(const int *fds) {
             _exit(SETUP_FAILED);
     if (syscall(SYS_close_range, REQUEST_FDS, ~0U, 0) != 0)
         _exit(SETUP_FAILED);
+    /* Every signal with its default action, none blocked, whatever the
+     * spawner was started with. The kernel's call: glibc's refuses its own
+     * two (32 and 33), which an ignoring parent passes on as well. */
+    struct {
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)(void);
+        uint64_t mask;
+    } byDefault = {SIG_DFL, 0, NULL, 0};
+    for (int signum = 1; signum <= 64; signum++)
+        if (signum != SIGKILL && signum != SIGSTOP)
+            syscall(SYS_rt_sigaction, signum, &byDefault, NULL, sizeof byDefault.mask);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 }

@@ -132,12 +132,15 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         return None
     log.info(
         "sandboxed jobs start through the launcher {path} (compiled "
-        "with {compiler}: one process{fork}, then the command)",
+        "with {compiler}: one process{fork}, then the command; {how})",
         path=path,
         compiler=compiler,
         fork=", which forks PID 1 of the job's namespace"
         if "pid" in config["isolate"]
         else "",
+        how="spawned by the server for each job: --launcher exec"
+        if config["launcher"] == "exec"
+        else "forked ahead of each job by a long-lived copy, the spawner",
     )
     return path
 

@@ -1,0 +1,357 @@
+"""
+The spawner (C{launcher.c --spawner}, L{jobworker.executors.local.spawner}):
+its protocol on the real kernel, driven by hand (the standby announced
+before it is asked for, its start time, the job it becomes, the zombie held
+until the server has taken the end in, a standby that dies, EOF), and a
+root server that starts every sandboxed job through it (the jobs' parent,
+the spawner dying under running jobs).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import signal
+import socket
+import struct
+import time
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
+from jobworker.executors.local.spawner import ANNOUNCE, ENDED, START
+from jobworker.jobs.recovery import processStartTime
+
+from .support import LiveServer, sleep
+from .test_launcher import compiled, readState, requireRoot, testIdentity
+
+
+def _rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def _openFds(pid: int) -> list[int]:
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class HandDriven:
+    """A spawner started by hand: its socket (fd 3) and end pipe (fd 4)."""
+
+    def __init__(self, testCase: SynchronousTestCase, launcher: str) -> None:
+        self.socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.ends, endsWrite = os.pipe()
+        self.errors, errorsWrite = os.pipe()
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, errorsWrite, 2),
+            (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+            (os.POSIX_SPAWN_DUP2, endsWrite, 4),
+        ]
+        try:
+            self.pid = os.posix_spawn(
+                launcher,
+                [launcher, "--spawner"],
+                ROOT_ENVIRONMENT,
+                file_actions=actions,
+            )
+        finally:
+            theirs.close()
+            os.close(endsWrite)
+            os.close(errorsWrite)
+        testCase.addCleanup(self.close)
+        self._pidfds: list[int] = []
+        self.exited = False
+
+    def wait(self) -> int:
+        """The spawner's exit code, once it has exited."""
+        _, status = os.waitpid(self.pid, 0)
+        self.exited = True
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        self.socket.close()
+        if not self.exited:
+            self.wait()
+        os.close(self.ends)
+        os.close(self.errors)
+        for fd in self._pidfds:
+            os.close(fd)
+
+    def announced(self, timeout: float = 10.0) -> tuple[int, int, int]:
+        """The next announcement: pid, start ticks, pidfd."""
+        self.socket.settimeout(timeout)
+        data, ancillary, _, _ = self.socket.recvmsg(ANNOUNCE.size, socket.CMSG_SPACE(4))
+        [(_, _, fdData)] = ancillary
+        [pidfd] = array.array("i", fdData)
+        self._pidfds.append(pidfd)
+        kind, pid, ticks = ANNOUNCE.unpack(data)
+        assert kind == b"A", kind
+        return pid, ticks, pidfd
+
+    def start(self, pid: int, args: list[str], fds: list[int]) -> None:
+        message = b"".join(os.fsencode(a) + b"\0" for a in args)
+        self.socket.sendmsg([START.pack(b"S", pid), message], _rights(fds))
+
+    def reap(self, *pids: int) -> None:
+        self.socket.sendmsg([b"R", struct.pack(f"={len(pids)}i", *pids)])
+
+    def ended(self, timeout: float = 10.0) -> tuple[int, int]:
+        ready, _, _ = select.select([self.ends], [], [], timeout)
+        if not ready:
+            raise AssertionError("no end reported")
+        data = os.read(self.ends, ENDED.size)
+        pid, status = ENDED.unpack(data)
+        return pid, status
+
+
+class Job:
+    """The pipes of one job handed to a standby: fds 0-3 as the server's."""
+
+    def __init__(self) -> None:
+        self.stdinRead, self.stdinWrite = os.pipe()
+        self.outRead, self.outWrite = os.pipe()
+        self.errRead, self.errWrite = os.pipe()
+        self.gateRead, self.gateWrite = os.pipe()
+
+    def theirs(self) -> list[int]:
+        return [self.stdinRead, self.outWrite, self.errWrite, self.gateRead]
+
+    def handed(self) -> None:
+        """The child has its copies: close ours of its ends."""
+        for fd in self.theirs():
+            os.close(fd)
+        os.close(self.stdinWrite)
+
+    def output(self) -> tuple[bytes, bytes]:
+        with os.fdopen(self.outRead, "rb") as out, os.fdopen(self.errRead, "rb") as err:
+            return out.read(), err.read()
+
+
+class ProtocolTests(SynchronousTestCase):
+    """The spawner's protocol, as root, by hand."""
+
+    def setUp(self) -> None:
+        requireRoot()
+        self.launcher = compiled(self)
+        self.spawner = HandDriven(self, self.launcher)
+        self.sandbox = Sandbox(
+            os.path.abspath(self.mktemp()),
+            1 << 20,
+            folders=privateFolders(),
+            launcher=self.launcher,
+        )
+
+    def argv(self, script: str) -> tuple[list[str], bytes]:
+        env = {"PATH": "/usr/bin:/bin"}
+        argv, gate = self.sandbox.gatedStart(
+            testIdentity(), ["sh", "-c", script], None, env
+        )
+        self.assertEqual(argv[0], self.launcher)
+        return argv[1:], gate
+
+    def runJob(
+        self, script: str, pid: int | None = None
+    ) -> tuple[int, int, bytes, bytes]:
+        """A job through the announced standby (C{pid}, else the next
+        announced): pid, status, out, err."""
+        if pid is None:
+            pid, _, _ = self.spawner.announced()
+        args, gate = self.argv(script)
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        os.write(job.gateWrite, gate)
+        os.close(job.gateWrite)
+        out, err = job.output()
+        ended, status = self.spawner.ended()
+        self.assertEqual(ended, pid)
+        self.spawner.reap(pid)
+        return pid, status, out, err
+
+    def test_announcedAhead(self) -> None:
+        """A standby is announced before anything is asked: a child of the
+        spawner, holding only fds 0-3, started when it says (or one tick
+        later, as the server's crash recovery allows)."""
+        pid, ticks, pidfd = self.spawner.announced()
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        self.assertEqual(ppid, self.spawner.pid)
+        self.assertIn(processStartTime(pid), (ticks, ticks + 1))
+        self.assertEqual(_openFds(pid), [0, 1, 2, 3])
+        self.assertEqual(readState(pid), "S")  # waiting for its request
+        self.assertGreaterEqual(pidfd, 0)
+
+    def test_theStandbyBecomesTheJob(self) -> None:
+        """The job runs as the launcher would run it, in the standby's pid,
+        with default signals and no descriptor but its three; its exit
+        status is reported; the next standby is another process."""
+        pid, status, out, err = self.runJob(
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; ls /proc/self/fd; "
+            "echo $$; id -u; exit 3"
+        )
+        self.assertEqual(err, b"")
+        self.assertEqual(os.waitstatus_to_exitcode(status), 3)
+        lines = out.decode().split()
+        self.assertEqual(
+            lines[:4], ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+        )
+        # ls's own directory descriptor is the fourth.
+        self.assertEqual(lines[4:7], ["0", "1", "2"])
+        self.assertEqual(lines[-2:], [str(pid), str(testIdentity().uid)])
+        nextPid, _, _ = self.spawner.announced()
+        self.assertNotEqual(nextPid, pid)
+
+    def test_zombieUntilReaped(self) -> None:
+        """An ended child stays a zombie (its pid and group id held) until
+        the server says it took the end in; then it is reaped."""
+        pid, _, _ = self.spawner.announced()
+        args, gate = self.argv("exit 0")
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        os.write(job.gateWrite, gate)
+        os.close(job.gateWrite)
+        job.output()
+        self.assertEqual(self.spawner.ended(), (pid, 0))
+        time.sleep(0.2)
+        self.assertEqual(readState(pid), "Z")
+        self.spawner.reap(pid)
+        self.assertTrue(_gone(pid))
+
+    def test_killedStandbyReportedAndReplaced(self) -> None:
+        """A standby killed before its job: its end is reported (the server
+        fails a job it gave it meanwhile), a new one is announced, and a
+        start for the dead one runs nothing."""
+        pid, _, pidfd = self.spawner.announced()
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        self.assertEqual(self.spawner.ended(), (pid, signal.SIGKILL))
+        nextPid, _, _ = self.spawner.announced()
+        self.assertNotEqual(nextPid, pid)
+        args, gate = self.argv("echo ran")
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        try:
+            os.write(job.gateWrite, gate)
+        except BrokenPipeError:
+            pass  # the spawner has closed it already
+        os.close(job.gateWrite)
+        self.assertEqual(job.output(), (b"", b""))  # closed by the spawner
+        self.spawner.reap(pid)
+        self.assertTrue(_gone(pid))
+        # The new standby still takes the next job.
+        _, status, out, _ = self.runJob("echo ran", nextPid)
+        self.assertEqual((status, out), (0, b"ran\n"))
+
+    def test_closedGateRunsNothing(self) -> None:
+        """The gate closed without its line: the job exits 125 and nothing
+        of its command ran."""
+        pid, _, _ = self.spawner.announced()
+        args, _ = self.argv("echo ran")
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        os.close(job.gateWrite)
+        self.assertEqual(job.output(), (b"", b""))
+        ended, status = self.spawner.ended()
+        self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
+        self.spawner.reap(pid)
+
+    def test_eofEndsSpawnerAndStandby(self) -> None:
+        """The server's end of the socket closed: the spawner exits, and so
+        does its standby."""
+        pid, _, _ = self.spawner.announced()
+        self.spawner.socket.close()
+        self.assertEqual(self.spawner.wait(), 0)
+        self.assertTrue(_gone(pid))
+
+    def test_badRequestEndsTheSpawner(self) -> None:
+        """A message that is not the protocol's: the spawner says so and
+        exits (the server then kills what it had started)."""
+        self.spawner.announced()
+        self.spawner.socket.sendmsg([b"X"])
+        self.assertEqual(self.spawner.wait(), 125)
+        self.assertIn(b"unknown request", os.read(self.spawner.errors, 4096))
+
+
+class ServerSpawnerTests(TestCase):
+    """A root server starts sandboxed jobs through the spawner."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        requireRoot()
+        compiled(self)
+
+    def parentOf(self, pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    async def running(self, server: LiveServer, *argv: str) -> dict[str, object]:
+        job = await server.createJob(*argv)
+        deadline = time.monotonic() + 10
+        while (await server.json("GET", f"/jobs/{job['id']}"))[1]["stdout_bytes"] == 0:
+            self.assertLess(time.monotonic(), deadline, "the job is not up")
+            await sleep(0.05)
+        return job
+
+    async def test_jobsForkedByTheSpawner(self) -> None:
+        """The job's process is a child of the spawner, not of the server
+        (--launcher exec: of the server)."""
+        server = LiveServer(self)
+        job = await self.running(server, "sh", "-c", "echo up; exec sleep 60")
+        spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
+        self.assertIsNotNone(spawner)
+        parent = self.parentOf(job["pid"])
+        self.assertEqual(parent, spawner._process.pid)
+        self.assertNotEqual(parent, os.getpid())
+
+    async def test_execStartsJobsItself(self) -> None:
+        """--launcher exec: the server spawns each job's launcher itself."""
+        server = LiveServer(self, "--launcher=exec")
+        job = await self.running(server, "sh", "-c", "echo up; exec sleep 60")
+        self.assertEqual(self.parentOf(job["pid"]), os.getpid())
+        self.assertIsNone(server.manager._executor._spawner)  # type: ignore[attr-defined]
+
+    async def test_spawnerDeathEndsItsJobs(self) -> None:
+        """The spawner killed under a running job: the job is killed and
+        ends FAILED (its exit status is lost with its parent), nothing of it
+        is left, and the next job starts through a new spawner."""
+        server = LiveServer(self)
+        job = await self.running(server, "sh", "-c", "echo up; sleep 60 & wait")
+        executor = server.manager._executor  # type: ignore[attr-defined]
+        spawner = executor._spawner
+        os.kill(spawner._process.pid, signal.SIGKILL)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(
+            (ended["status"], ended["signal"]), ("FAILED", "SIGKILL"), ended
+        )
+        self.assertTrue(_gone(job["pid"]))
+        again = await server.createJob("sh", "-c", "echo again")
+        done = await server.waitEnded(again["id"])
+        self.assertEqual(done["status"], "COMPLETED", done)
+        self.assertEqual(spawner.started, 2)
+
+    async def test_stopReachesTheJob(self) -> None:
+        """A stop's SIGTERM reaches a job the spawner forked, and the whole
+        tree goes."""
+        server = LiveServer(self)
+        job = await self.running(
+            server, "sh", "-c", "trap 'echo bye; exit 7' TERM; echo up; sleep 60 & wait"
+        )
+        code, _ = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 200)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual((ended["status"], ended["exit_code"]), ("STOPPED", 7))
+        self.assertTrue(_gone(job["pid"]))
