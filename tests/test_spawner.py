@@ -10,6 +10,7 @@ the spawner dying under running jobs).
 from __future__ import annotations
 
 import array
+import errno
 import os
 import select
 import signal
@@ -17,7 +18,7 @@ import socket
 import struct
 import time
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
 from jobworker.executors.local.spawner import ANNOUNCE, ENDED, START
@@ -42,6 +43,19 @@ def _gone(pid: int, within: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def leavePidsGroup(group: str) -> None:
+    """Every process of a test's pids cgroup back to the root one (so that
+    the group can be removed)."""
+    with open(os.path.join(group, "cgroup.procs")) as f:
+        members = f.read().split()
+    for pid in members:
+        try:
+            with open("/sys/fs/cgroup/pids/cgroup.procs", "w") as f:
+                f.write(pid)
+        except OSError:
+            pass
 
 
 class HandDriven:
@@ -268,6 +282,45 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
         self.spawner.reap(pid)
 
+    def test_noStandbyForkedSaysWhy(self) -> None:
+        """When no standby can be forked (here: a pids cgroup at its limit)
+        the spawner says so ('F', the errno) instead of announcing one, and
+        tries again when asked ('N')."""
+        pids = "/sys/fs/cgroup/pids"
+        if not os.path.isfile(os.path.join(pids, "cgroup.procs")):
+            raise SkipTest("no v1 pids cgroup hierarchy at /sys/fs/cgroup/pids")
+        group = os.path.join(pids, f"jobworker-test-spawner-{os.getpid()}")
+        os.mkdir(group)
+        self.addCleanup(os.rmdir, group)
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("2")  # the spawner and one standby
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(self.spawner.pid))
+        self.addCleanup(leavePidsGroup, group)
+        # Forked before the limit: the first standby takes a job...
+        pid, _, _ = self.spawner.announced()
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        args, gate = self.argv("exec sleep 30")
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        os.write(job.gateWrite, gate)
+        os.close(job.gateWrite)
+        # ... and the next cannot be forked: 'F' and the errno.
+        self.spawner.socket.settimeout(10)
+        data = self.spawner.socket.recv(ANNOUNCE.size)
+        self.assertEqual(ANNOUNCE.unpack(data), (b"F", errno.EAGAIN, 0))
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("max")
+        self.spawner.socket.send(b"N")
+        nextPid, _, _ = self.spawner.announced()
+        self.assertNotEqual(nextPid, pid)
+        os.kill(pid, signal.SIGKILL)
+        self.assertEqual(self.spawner.ended(), (pid, signal.SIGKILL))
+        self.spawner.reap(pid)
+        job.output()
+
     def test_eofEndsSpawnerAndStandby(self) -> None:
         """The server's end of the socket closed: the spawner exits, and so
         does its standby."""
@@ -342,6 +395,42 @@ class ServerSpawnerTests(TestCase):
         done = await server.waitEnded(again["id"])
         self.assertEqual(done["status"], "COMPLETED", done)
         self.assertEqual(spawner.started, 2)
+
+    async def test_noForkFailsOneJob(self) -> None:
+        """The spawner cannot fork (a pids cgroup at its limit): that job
+        ends FAILED, saying why, and the next one starts once it can."""
+        pids = "/sys/fs/cgroup/pids"
+        if not os.path.isfile(os.path.join(pids, "cgroup.procs")):
+            raise SkipTest("no v1 pids cgroup hierarchy at /sys/fs/cgroup/pids")
+        server = LiveServer(self, "--cgroups=off")
+        first = await server.createJob("true")
+        await server.waitEnded(first["id"])
+        spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
+        group = os.path.join(pids, f"jobworker-test-server-spawner-{os.getpid()}")
+        os.mkdir(group)
+        self.addCleanup(os.rmdir, group)
+        spawner._receive(10.0)  # the next standby's announcement
+        members = [spawner._process.pid, spawner._announced[0][0]]
+        self.addCleanup(leavePidsGroup, group)
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write(str(len(members)))
+        for pid in members:
+            with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        taken = await server.createJob("true")  # the standby forked before
+        refused = await server.createJob("true")
+        ended = await server.waitEnded(refused["id"])
+        self.assertEqual(
+            (ended["status"], ended["error"]),
+            ("FAILED", f"cannot start: {os.strerror(errno.EAGAIN)}"),
+        )
+        done = await server.waitEnded(taken["id"])
+        self.assertEqual(done["status"], "COMPLETED", done)
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("max")
+        again = await server.createJob("true")
+        done = await server.waitEnded(again["id"])
+        self.assertEqual(done["status"], "COMPLETED", done)
 
     async def test_stopReachesTheJob(self) -> None:
         """A stop's SIGTERM reaches a job the spawner forked, and the whole

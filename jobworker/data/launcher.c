@@ -394,6 +394,9 @@ static int launch(int argc, char **argv) {
  *       end is reported) only has its descriptors closed.
  *   from the server, 'R' (reap): pids (int32s) whose ends the server has
  *       taken in: reaped now.
+ *   from the spawner, 'F' (failed): instead of an 'A' when no standby can
+ *       be forked, the errno (int32; then 8 bytes of zeros). The server
+ *       fails that spawn, and asks again ('N', next) at its next one.
  * fd 4 is a pipe: each child's end, as two int32s, pid and wait status,
  * taken with WNOWAIT. A child stays a zombie until its 'R': its pid (and
  * its process group id) cannot be reused before the server knows it
@@ -570,11 +573,22 @@ static int makeStandby(void) {
     return 0;
 }
 
-/* Until one is made: the server waits for an announcement. */
+/* A standby, announced; or, when it cannot be made (no pid left, say), the
+ * error announced instead ('F', errno, no descriptor): the server fails
+ * that spawn at once, and asks again ('N') at its next one. */
 static void replaceStandby(void) {
     int error = makeStandby();
-    if (error != 0)
-        die(SETUP_FAILED, "spawner: cannot fork a standby", NULL, error);
+    if (error == 0)
+        return;
+    struct {
+        char kind;
+        char pad[3];
+        int32_t error;
+        uint64_t unused;
+    } failed = {'F', {0, 0, 0}, error, 0};
+    while (send(3, &failed, sizeof failed, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            _exit(0);  /* the server is gone */
 }
 
 /* 'S': hand the request (of length got) to the standby it names. */
@@ -651,6 +665,8 @@ static int serve(void) {
         start(got, fds, count);
     else if (request[0] == 'R')
         reap(got);
+    else if (request[0] == 'N' && standbyPid < 0)
+        replaceStandby();
     else
         die(SETUP_FAILED, "spawner: an unknown request", NULL, 0);
     for (int i = 0; i < count; i++)

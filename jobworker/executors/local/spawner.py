@@ -41,7 +41,8 @@ _N = 0
 _W = 0.0
 #: An end record on the events pipe: pid, wait status.
 ENDED = struct.Struct("=ii")
-#: An announcement of the next standby: 'A', pid, start time in ticks.
+#: An announcement of the next standby: 'A', pid, start time in ticks (or
+#: 'F', errno, 0: no standby could be forked).
 ANNOUNCE = struct.Struct("=c3xiQ")
 #: The head of a start request: 'S', the standby's pid.
 START = struct.Struct("=ci")
@@ -253,6 +254,8 @@ class Spawner:
         self.started = 0
         #: Standbys announced and not yet used: pid, start time, pidfd.
         self._announced: deque[tuple[int, int, int]] = deque()
+        #: The spawner said it could not fork: the next spawn asks again.
+        self._askAgain = False
 
     @property
     def running(self) -> bool:
@@ -308,10 +311,19 @@ class Spawner:
         if not self._announced:
             if self._socket is None:
                 self._start()
+            elif self._askAgain:
+                # The last try to fork failed: ask for a fresh one now.
+                self._send([b"N"], [])
+            self._askAgain = False
             self._receive(ANNOUNCE_TIMEOUT)
             if not self._announced:
-                raise SpawnerGone("the job spawner announced no process")
-        return self._announced.popleft()
+                raise SpawnerGone("the job spawner did not answer")
+        pid, startTicks, pidfd = self._announced.popleft()
+        if pid < 0:
+            # It could not fork: this spawn fails; the next one asks again.
+            self._askAgain = True
+            raise OSError(-pid, os.strerror(-pid))
+        return pid, startTicks, pidfd
 
     def _receive(self, timeout: float | None) -> None:
         """
@@ -330,23 +342,24 @@ class Spawner:
                 finally:
                     if timeout is not None:
                         sock.setblocking(False)
-            except (BlockingIOError, InterruptedError):
-                return
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                return  # none waiting; or, slow to answer: this spawn fails
             except OSError:
                 self._close()
                 return
             fds = _received(ancillary)
-            if len(data) != ANNOUNCE.size or len(fds) != 1:
+            kind, pid, startTicks = (
+                ANNOUNCE.unpack(data) if len(data) == ANNOUNCE.size else (b"", 0, 0)
+            )
+            if kind == b"A" and len(fds) == 1:
+                self._announced.append((pid, startTicks, fds[0]))
+            elif kind == b"F" and not fds and pid > 0:
+                self._announced.append((-pid, 0, -1))
+            else:
                 for fd in fds:
                     os.close(fd)
                 self._close()  # EOF, or not the spawner's protocol
                 return
-            kind, pid, startTicks = ANNOUNCE.unpack(data)
-            if kind != b"A":
-                os.close(fds[0])
-                self._close()
-                return
-            self._announced.append((pid, startTicks, fds[0]))
             timeout = None
 
     def track(self, process: SpawnedProcess) -> None:
@@ -387,13 +400,14 @@ class Spawner:
         """An announced standby ended before any job was given to it."""
         self._receive(None)
         for entry in self._announced:
-            if entry[0] == pid:
+            if entry[0] == pid and entry[2] >= 0:
                 self._announced.remove(entry)
                 os.close(entry[2])
                 return
         self.log.warn("job spawner: end of unknown pid {pid}", pid=pid)
 
     def _start(self) -> None:
+        self._askAgain = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_REQUEST)
@@ -435,7 +449,9 @@ class Spawner:
             self._socket.close()
             self._socket = None
         while self._announced:
-            os.close(self._announced.popleft()[2])
+            pidfd = self._announced.popleft()[2]
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def lost(self, reader: EndsReader) -> None:
         """
