@@ -198,8 +198,28 @@ def inSessions(sessions: set[int]) -> list[int]:
 
 
 def childSessions(ppid: int) -> set[int]:
-    """Session ids of the live children of C{ppid} (the server's jobs)."""
-    return {sid for _, _, parent, sid in processes() if parent == ppid}
+    """
+    Session ids of the server C{ppid}'s jobs: its children and its
+    spawner's (launcher.c --spawner) that lead a session of their own. The
+    spawner (its own session too) and the server's session are not jobs.
+    """
+    found = processes()
+    spawners = {
+        pid for pid, _, parent, _ in found if parent == ppid and _isSpawner(pid)
+    }
+    return {
+        sid
+        for pid, _, parent, sid in found
+        if (parent == ppid or parent in spawners) and sid == pid and pid not in spawners
+    }
+
+
+def _isSpawner(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[1:2] == [b"--spawner"]
+    except OSError:
+        return False
 
 
 def killSessions(sessions: set[int]) -> int:

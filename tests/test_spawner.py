@@ -321,6 +321,19 @@ class ProtocolTests(SynchronousTestCase):
         self.spawner.reap(pid)
         job.output()
 
+    def test_deafToStopSignals(self) -> None:
+        """The spawner leads a session of its own (a terminal's ^C or a
+        signal to the server's group never reaches it) and ignores SIGINT,
+        SIGTERM and SIGHUP: only the server ends it, after its jobs."""
+        pid, _, _ = self.spawner.announced()
+        self.assertEqual(os.getsid(self.spawner.pid), self.spawner.pid)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(self.spawner.pid, signum)
+        # Still there, and still serving: the standby takes a job.
+        _, status, out, _ = self.runJob("echo still", pid)
+        self.assertEqual((status, out), (0, b"still\n"))
+        self.spawner.announced()  # and the next
+
     def test_eofEndsSpawnerAndStandby(self) -> None:
         """The server's end of the socket closed: the spawner exits, and so
         does its standby."""

@@ -735,6 +735,15 @@ static int spawner(void) {
     struct epoll_event onSocket = {EPOLLIN, {.u64 = SOCKET_KEY}};
     struct epoll_event onPipe = {EPOLLOUT, {.u64 = PIPE_KEY}};
     int pipeWatched = 0;
+    /* A session of its own, deaf to the stop signals: a terminal's ^C or a
+     * SIGTERM to the server's group is for the server, which stops its
+     * jobs first and then closes fd 3. Children take the defaults back
+     * (takeDescriptors). */
+    if (setsid() < 0 && getsid(0) != getpid())
+        die(SETUP_FAILED, "spawner: setsid", NULL, errno);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     if (fcntl(3, F_SETFD, FD_CLOEXEC) != 0 || fcntl(4, F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(4, F_SETFL, O_NONBLOCK) != 0)
         die(SETUP_FAILED, "spawner: fds 3 and 4", NULL, errno);
