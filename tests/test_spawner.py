@@ -18,10 +18,20 @@ import socket
 import struct
 import time
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
-from jobworker.executors.local.spawner import ANNOUNCE, ENDED, START
+from jobworker.executors.local.spawner import (
+    ANNOUNCE,
+    ENDED,
+    START,
+    Spawner,
+    SpawnerGone,
+)
 from jobworker.jobs.recovery import processStartTime
 
 from .support import LiveServer, sleep
@@ -349,6 +359,46 @@ class ProtocolTests(SynchronousTestCase):
         self.spawner.socket.sendmsg([b"X"])
         self.assertEqual(self.spawner.wait(), 125)
         self.assertIn(b"unknown request", os.read(self.spawner.errors, 4096))
+
+
+class DeadSpawnerTests(TestCase):
+    """The server's side when its spawner died unnoticed."""
+
+    timeout = 30
+
+    async def test_sendToADeadSpawner(self) -> None:
+        """A spawn that finds the spawner dead (before the reactor noticed)
+        fails, saying so, and drops that spawner's standby; the next spawn
+        starts a new spawner."""
+        requireRoot()
+        path = compiled(self)
+        sandbox = Sandbox(
+            os.path.abspath(self.mktemp()),
+            1 << 20,
+            folders=privateFolders(),
+            launcher=path,
+        )
+        argv, gate = sandbox.gatedStart(
+            testIdentity(), ["true"], None, {"PATH": "/bin"}
+        )
+        spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
+        self.addCleanup(spawner.stop)
+        spawner._start()
+        spawner._receive(10.0)
+        [(standby, _, _)] = spawner._announced
+        os.kill(spawner._process.pid, signal.SIGKILL)
+        self.assertTrue(_gone(standby))  # it saw EOF on its socket
+        with self.assertRaises(SpawnerGone):
+            spawner.spawnProcess(ProcessProtocol(), argv)
+        self.assertEqual(list(spawner._announced), [])
+        ended = Deferred()
+        proto = ProcessProtocol()
+        proto.processEnded = lambda reason: ended.callback(reason.value)
+        process = spawner.spawnProcess(proto, argv)
+        self.assertEqual(spawner.started, 2)
+        os.write(process.pipes[3].fileno(), gate)
+        process.closeChildFD(3)
+        self.assertIsInstance(await ended, ProcessDone)
 
 
 class ServerSpawnerTests(TestCase):

@@ -502,6 +502,10 @@ def _reachableFolder(path: str, identity: Identity, hidden: tuple[str, ...]) -> 
 
 
 def _runnable(path: str, identity: Identity, hidden: tuple[str, ...]) -> bool:
+    if not os.path.exists(path):
+        # Not there for root either: the walk below cannot find it. (Most
+        # of a PATH search's entries end here, at one stat.)
+        return False
     real = _reachable(path, identity, hidden)
     if real is None:
         return False

@@ -286,8 +286,11 @@ class Spawner:
                 theirs.append(child)
             self._send([START.pack(b"S", pid), message], theirs)
         except BaseException:
-            # The standby was not told: it waits for the next spawn.
-            self._announced.appendleft((pid, startTicks, pidfd))
+            if self._socket is not None:
+                # The standby was not told: it waits for the next spawn.
+                self._announced.appendleft((pid, startTicks, pidfd))
+            else:
+                os.close(pidfd)  # that spawner is gone, and its standby
             for fd in ends.values():
                 os.close(fd)
             raise
@@ -382,17 +385,9 @@ class Spawner:
                 if pidfd is not None:
                     os.close(pidfd)
         for at in range(0, len(pids), MAX_REAP):
+            batch = pids[at : at + MAX_REAP]
             try:
-                self._send(
-                    [
-                        b"R",
-                        struct.pack(
-                            f"={len(pids[at : at + MAX_REAP])}i",
-                            *pids[at : at + MAX_REAP],
-                        ),
-                    ],
-                    [],
-                )
+                self._send([b"R", struct.pack(f"={len(batch)}i", *batch)], [])
             except SpawnerGone:
                 break  # init reaps its children
 
