@@ -184,6 +184,23 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(argv[0], self.launcher)
         return argv[1:], gate
 
+    def startJob(self, pid: int, script: str, opened: bool = True) -> Job:
+        """
+        Hand C{script} to the standby C{pid}; open its gate (C{opened}), else
+        close the gate without its line. The gate's write end is closed.
+        """
+        args, gate = self.argv(script)
+        job = Job()
+        self.spawner.start(pid, args, job.theirs())
+        job.handed()
+        try:
+            if opened:
+                os.write(job.gateWrite, gate)
+        except BrokenPipeError:
+            pass  # nobody reads it: the spawner closed it
+        os.close(job.gateWrite)
+        return job
+
     def runJob(
         self, script: str, pid: int | None = None
     ) -> tuple[int, int, bytes, bytes]:
@@ -191,13 +208,7 @@ class ProtocolTests(SynchronousTestCase):
         announced): pid, status, out, err."""
         if pid is None:
             pid, _, _ = self.spawner.announced()
-        args, gate = self.argv(script)
-        job = Job()
-        self.spawner.start(pid, args, job.theirs())
-        job.handed()
-        os.write(job.gateWrite, gate)
-        os.close(job.gateWrite)
-        out, err = job.output()
+        out, err = self.startJob(pid, script).output()
         ended, status = self.spawner.ended()
         self.assertEqual(ended, pid)
         self.spawner.reap(pid)
@@ -240,13 +251,7 @@ class ProtocolTests(SynchronousTestCase):
         """An ended child stays a zombie (its pid and group id held) until
         the server says it took the end in; then it is reaped."""
         pid, _, _ = self.spawner.announced()
-        args, gate = self.argv("exit 0")
-        job = Job()
-        self.spawner.start(pid, args, job.theirs())
-        job.handed()
-        os.write(job.gateWrite, gate)
-        os.close(job.gateWrite)
-        job.output()
+        self.startJob(pid, "exit 0").output()
         self.assertEqual(self.spawner.ended(), (pid, 0))
         time.sleep(0.2)
         self.assertEqual(readState(pid), "Z")
@@ -262,15 +267,7 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(self.spawner.ended(), (pid, signal.SIGKILL))
         nextPid, _, _ = self.spawner.announced()
         self.assertNotEqual(nextPid, pid)
-        args, gate = self.argv("echo ran")
-        job = Job()
-        self.spawner.start(pid, args, job.theirs())
-        job.handed()
-        try:
-            os.write(job.gateWrite, gate)
-        except BrokenPipeError:
-            pass  # the spawner has closed it already
-        os.close(job.gateWrite)
+        job = self.startJob(pid, "echo ran")
         self.assertEqual(job.output(), (b"", b""))  # closed by the spawner
         self.spawner.reap(pid)
         self.assertTrue(_gone(pid))
@@ -282,11 +279,7 @@ class ProtocolTests(SynchronousTestCase):
         """The gate closed without its line: the job exits 125 and nothing
         of its command ran."""
         pid, _, _ = self.spawner.announced()
-        args, _ = self.argv("echo ran")
-        job = Job()
-        self.spawner.start(pid, args, job.theirs())
-        job.handed()
-        os.close(job.gateWrite)
+        job = self.startJob(pid, "echo ran", opened=False)
         self.assertEqual(job.output(), (b"", b""))
         ended, status = self.spawner.ended()
         self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
@@ -311,12 +304,7 @@ class ProtocolTests(SynchronousTestCase):
         pid, _, _ = self.spawner.announced()
         with open(os.path.join(group, "cgroup.procs"), "w") as f:
             f.write(str(pid))
-        args, gate = self.argv("exec sleep 30")
-        job = Job()
-        self.spawner.start(pid, args, job.theirs())
-        job.handed()
-        os.write(job.gateWrite, gate)
-        os.close(job.gateWrite)
+        job = self.startJob(pid, "exec sleep 30")
         # ... and the next cannot be forked: 'F' and the errno.
         self.spawner.socket.settimeout(10)
         data = self.spawner.socket.recv(ANNOUNCE.size)

@@ -20,6 +20,21 @@ QUIET_READ = 64 * 1024
 HEAVY = 1 << 20
 
 
+def readSome(fd: int, size: int) -> bytes | Exception | None:
+    """
+    One non-blocking read of C{fd}, as a reactor's C{doRead} needs it: the
+    bytes read; None when there are none yet; C{CONNECTION_DONE} at the
+    end; C{CONNECTION_LOST} on an error.
+    """
+    try:
+        data = os.read(fd, size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return CONNECTION_LOST
+    return data if data else CONNECTION_DONE
+
+
 class PipeDrain:
     """
     The C{doRead} of one of Twisted's process output readers: one read per
@@ -43,14 +58,9 @@ class PipeDrain:
         self._heavy = heavy
 
     def __call__(self) -> object:
-        try:
-            data = os.read(self._fd, self._size)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return CONNECTION_LOST
-        if not data:
-            return CONNECTION_DONE
+        data = readSome(self._fd, self._size)
+        if not isinstance(data, bytes):
+            return data
         full = len(data) == self._size
         if full and self._size < HEAVY:
             self._widen()

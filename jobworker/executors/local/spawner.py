@@ -31,11 +31,12 @@ from twisted.internet import error
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProcessProtocol
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.process import Process, ProcessReader, ProcessWriter, _BaseProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from .pipes import readSome
 
 _N = 0
 _W = 0.0
@@ -176,14 +177,9 @@ class EndsReader(FileDescriptor):
         return self._fd
 
     def doRead(self) -> object:
-        try:
-            data = os.read(self._fd, 64 * ENDED.size * 64)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return CONNECTION_LOST
-        if not data:
-            return CONNECTION_DONE
+        data = readSome(self._fd, ENDED.size * 4096)
+        if not isinstance(data, bytes):
+            return data
         data = self._partial + data
         whole = len(data) - len(data) % ENDED.size
         self._partial = data[whole:]
