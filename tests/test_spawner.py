@@ -13,6 +13,7 @@ import array
 import errno
 import os
 import select
+import shlex
 import signal
 import socket
 import struct
@@ -66,6 +67,34 @@ def leavePidsGroup(group: str) -> None:
                 f.write(pid)
         except OSError:
             pass
+
+
+#: A job's leader that gets itself traced by its own child, then exits;
+#: the tracer holds it (never waits) for three seconds.
+TRACED_LEADER = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)  # PR_SET_PTRACER, any
+r, w = os.pipe()
+leader = os.getpid()
+if os.fork() == 0:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if libc.ptrace(0x4206, leader, None, None) != 0:  # PTRACE_SEIZE
+        os._exit(1)
+    os.write(w, b"x")
+    time.sleep(3)
+    os._exit(0)
+os.read(r, 1)
+os._exit(7)
+"""
+
+
+def _cpuTicks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 class HandDriven:
@@ -285,6 +314,26 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
         self.spawner.reap(pid)
 
+    def test_tracedZombieDoesNotSpin(self) -> None:
+        """A job whose leader ends traced by another of its processes: the
+        spawner cannot wait for it until the tracer lets it go, and must
+        not spin meanwhile (a pidfd stays readable); the end is reported
+        once the tracer exits."""
+        pid, _, _ = self.spawner.announced()
+        job = self.startJob(pid, "exec python3 -c " + shlex.quote(TRACED_LEADER))
+        deadline = time.monotonic() + 10
+        while readState(pid) != "Z":
+            self.assertLess(time.monotonic(), deadline, "the leader did not end")
+            time.sleep(0.05)
+        before = _cpuTicks(self.spawner.pid)
+        time.sleep(1.0)
+        spent = _cpuTicks(self.spawner.pid) - before
+        self.assertLess(spent, 20, f"the spawner used {spent} ticks in 1 s")
+        ended, status = self.spawner.ended(timeout=15)
+        self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 7))
+        self.spawner.reap(pid)
+        job.output()
+
     def test_noStandbyForkedSaysWhy(self) -> None:
         """When no standby can be forked (here: a pids cgroup at its limit)
         the spawner says so ('F', the errno) instead of announcing one, and
@@ -371,14 +420,14 @@ class DeadSpawnerTests(TestCase):
         )
         spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
         self.addCleanup(spawner.stop)
-        spawner._start()
-        spawner._receive(10.0)
-        [(standby, _, _)] = spawner._announced
-        os.kill(spawner._process.pid, signal.SIGKILL)
+        generation = spawner.running()
+        generation.receive(10.0)
+        [(standby, _, _)] = generation.announced
+        os.kill(spawner.current.process.pid, signal.SIGKILL)
         self.assertTrue(_gone(standby))  # it saw EOF on its socket
         with self.assertRaises(SpawnerGone):
             spawner.spawnProcess(ProcessProtocol(), argv)
-        self.assertEqual(list(spawner._announced), [])
+        self.assertEqual(list(generation.announced), [])
         ended = Deferred()
         proto = ProcessProtocol()
         proto.processEnded = lambda reason: ended.callback(reason.value)
@@ -387,6 +436,50 @@ class DeadSpawnerTests(TestCase):
         os.write(process.pipes[3].fileno(), gate)
         process.closeChildFD(3)
         self.assertIsInstance(await ended, ProcessDone)
+
+
+class GenerationTests(TestCase):
+    """A spawner replaced before the old one's pipe has ended."""
+
+    timeout = 60
+
+    async def test_oldSpawnersJobsStillEnd(self) -> None:
+        """The spawner dies under a running job and two spawns come before
+        the reactor notices: the first fails, the second starts a new
+        spawner, and the old one's job still ends (killed, FAILED) once its
+        pipe is read to the end."""
+        requireRoot()
+        compiled(self)
+        server = LiveServer(self)
+        executor = server.manager._executor  # type: ignore[attr-defined]
+        if executor._cgroups is None:
+            raise SkipTest("no cgroups here: jobs do not start through the spawner")
+        job = await server.createJob("sh", "-c", "echo up; exec sleep 60")
+        deadline = time.monotonic() + 10
+        while (await server.json("GET", f"/jobs/{job['id']}"))[1]["stdout_bytes"] == 0:
+            self.assertLess(time.monotonic(), deadline, "the job is not up")
+            await sleep(0.05)
+        spawner = executor._spawner
+        old = spawner.current
+        os.kill(old.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while readState(old.process.pid) not in ("Z", ""):  # no reactor turn
+            self.assertLess(time.monotonic(), deadline, "the spawner lives on")
+            time.sleep(0.01)
+        argv, _ = executor.sandbox.gatedStart(
+            testIdentity(), ["true"], None, {"PATH": "/bin"}
+        )
+        with self.assertRaises(OSError):
+            spawner.spawnProcess(ProcessProtocol(), argv)
+        ended = Deferred()
+        proto = ProcessProtocol()
+        proto.processEnded = lambda reason: ended.callback(reason.value)
+        fresh = spawner.spawnProcess(proto, argv)
+        self.assertIsNot(spawner.current, old)
+        fresh.closeChildFD(3)  # the gate, unopened: it exits 125
+        self.assertEqual((await ended).exitCode, 125)
+        record = await server.waitEnded(job["id"])
+        self.assertEqual((record["status"], record["signal"]), ("FAILED", "SIGKILL"))
 
 
 class ServerSpawnerTests(TestCase):
@@ -418,8 +511,17 @@ class ServerSpawnerTests(TestCase):
         spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
         self.assertIsNotNone(spawner)
         parent = self.parentOf(job["pid"])
-        self.assertEqual(parent, spawner._process.pid)
+        self.assertEqual(parent, spawner.current.process.pid)
         self.assertNotEqual(parent, os.getpid())
+
+    async def test_noCgroupsNoSpawner(self) -> None:
+        """Without cgroups the server spawns each job's launcher itself: a
+        group whose leader the spawner keeps a zombie would take signals,
+        and look alive, to the end of the grace."""
+        server = LiveServer(self, "--cgroups=off")
+        job = await self.running(server, "sh", "-c", "echo up; exec sleep 60")
+        self.assertEqual(self.parentOf(job["pid"]), os.getpid())
+        self.assertIsNone(server.manager._executor._spawner)  # type: ignore[attr-defined]
 
     async def test_execStartsJobsItself(self) -> None:
         """--launcher exec: the server spawns each job's launcher itself."""
@@ -436,7 +538,7 @@ class ServerSpawnerTests(TestCase):
         job = await self.running(server, "sh", "-c", "echo up; sleep 60 & wait")
         executor = server.manager._executor  # type: ignore[attr-defined]
         spawner = executor._spawner
-        os.kill(spawner._process.pid, signal.SIGKILL)
+        os.kill(spawner.current.process.pid, signal.SIGKILL)
         ended = await server.waitEnded(job["id"])
         self.assertEqual(
             (ended["status"], ended["signal"]), ("FAILED", "SIGKILL"), ended
@@ -453,21 +555,25 @@ class ServerSpawnerTests(TestCase):
         pids = "/sys/fs/cgroup/pids"
         if not os.path.isfile(os.path.join(pids, "cgroup.procs")):
             raise SkipTest("no v1 pids cgroup hierarchy at /sys/fs/cgroup/pids")
-        server = LiveServer(self, "--cgroups=off")
+        server = LiveServer(self)
+        if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
+            raise SkipTest("no cgroups here: jobs do not start through the spawner")
         first = await server.createJob("true")
         await server.waitEnded(first["id"])
         spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
         group = os.path.join(pids, f"jobworker-test-server-spawner-{os.getpid()}")
         os.mkdir(group)
         self.addCleanup(os.rmdir, group)
-        spawner._receive(10.0)  # the next standby's announcement
-        members = [spawner._process.pid, spawner._announced[0][0]]
+        spawner.current.receive(10.0)  # the next standby's announcement
+        members = [spawner.current.process.pid, spawner.current.announced[0][0]]
         self.addCleanup(leavePidsGroup, group)
-        with open(os.path.join(group, "pids.max"), "w") as f:
-            f.write(str(len(members)))
         for pid in members:
             with open(os.path.join(group, "cgroup.procs"), "w") as f:
                 f.write(str(pid))
+        # Those two stay; no new process may join (the standby leaves for
+        # its job's cgroup, and the next cannot be forked).
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("1")
         taken = await server.createJob("true")  # the standby forked before
         refused = await server.createJob("true")
         ended = await server.waitEnded(refused["id"])

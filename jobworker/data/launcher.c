@@ -65,6 +65,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -404,11 +405,12 @@ static int launch(int argc, char **argv) {
  * gone or done; the spawner exits (jobs go on, as when the server dies,
  * and init reaps them; the standby sees EOF and exits). */
 
-#define MAX_REQUEST (512 * 1024)
+#define MAX_REQUEST (128 * 1024)  /* under a socket's default buffer */
 #define MAX_ARGS (MAX_REQUEST / 2)
 #define REQUEST_FDS 4
 #define SOCKET_KEY (~0ULL)
 #define PIPE_KEY (~1ULL)
+#define SIGNAL_KEY (~2ULL)
 
 static char request[MAX_REQUEST];
 static char *requestArgv[MAX_ARGS + 2];
@@ -416,7 +418,35 @@ static int32_t *ended;            /* (pid, status) pairs not yet written */
 static size_t endedCount, endedRoom;
 static int watched;               /* the epoll of fd 3, fd 4 and pidfds */
 static pid_t standbyPid = -1;     /* the child forked ahead of a job */
+static int *waiting;              /* pidfds readable, not yet waitable */
+static size_t waitingCount, waitingRoom;
 static int standbyPidfd = -1, standbySocket = -1;
+
+/* sendmsg of len bytes with count (at most REQUEST_FDS) descriptors
+ * (SCM_RIGHTS), again after EINTR; sendmsg's result. */
+static ssize_t sendWithFds(int sock, void *data, size_t len, const int *fds,
+                           int count) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+    } control;
+    struct iovec iov = {data, len};
+    struct msghdr msg = {0};
+    ssize_t sent;
+    memset(&control, 0, sizeof control);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = CMSG_SPACE((size_t)count * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN((size_t)count * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)count * sizeof(int));
+    while ((sent = sendmsg(sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    return sent;
+}
 
 /* In the forked child: the request's descriptors as 0-3, nothing else. */
 static void takeDescriptors(const int *fds) {
@@ -475,8 +505,11 @@ static void standbyMain(int sock) {
         _exit(SETUP_FAILED);
     memcpy(fds, CMSG_DATA(c), sizeof fds);
     requestArgv[0] = "jobworker-launch";
-    for (char *at = request; at < request + got; at += strlen(at) + 1)
+    for (char *at = request; at < request + got; at += strlen(at) + 1) {
+        if (argc > MAX_ARGS)
+            _exit(SETUP_FAILED);
         requestArgv[argc++] = at;
+    }
     requestArgv[argc] = NULL;
     takeDescriptors(fds);  /* the gate takes fd 3 */
     _exit(launch(argc, requestArgv));
@@ -551,25 +584,8 @@ static int makeStandby(void) {
         int32_t pid;
         uint64_t start;
     } announce = {'A', {0, 0, 0}, child, after - before <= 1 ? before : procStart(child)};
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    struct iovec iov = {&announce, sizeof announce};
-    struct msghdr msg = {0};
-    memset(&control, 0, sizeof control);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = sizeof control.space;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
-    while (sendmsg(3, &msg, MSG_NOSIGNAL) < 0)
-        if (errno != EINTR)
-            _exit(0);  /* the server is gone */
+    if (sendWithFds(3, &announce, sizeof announce, &pidfd, 1) < 0)
+        _exit(0);  /* the server is gone */
     return 0;
 }
 
@@ -600,25 +616,9 @@ static void start(ssize_t got, const int *fds, int count) {
     memcpy(&pid, request + 1, sizeof pid);
     if (pid != standbyPid)
         return;  /* that standby died: its end is reported */
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
-    } control;
-    struct iovec iov = {request + 1 + sizeof pid, (size_t)got - 1 - sizeof pid};
-    struct msghdr msg = {0};
-    memset(&control, 0, sizeof control);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = sizeof control.space;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(REQUEST_FDS * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, REQUEST_FDS * sizeof(int));
     /* If it died meanwhile the send fails; its pidfd reports its end. */
-    while (sendmsg(standbySocket, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
-        ;
+    sendWithFds(standbySocket, request + 1 + sizeof pid,
+                (size_t)got - 1 - sizeof pid, fds, REQUEST_FDS);
     close(standbySocket);
     standbyPid = standbyPidfd = standbySocket = -1;  /* a job now */
     replaceStandby();
@@ -629,6 +629,8 @@ static void reap(ssize_t got) {
     for (ssize_t at = 1; at + (ssize_t)sizeof(int32_t) <= got; at += sizeof(int32_t)) {
         int32_t pid;
         memcpy(&pid, request + at, sizeof pid);
+        if (pid <= 0)
+            die(SETUP_FAILED, "spawner: a bad pid to reap", NULL, 0);
         while (waitpid(pid, NULL, WNOHANG) < 0 && errno == EINTR)
             ;
     }
@@ -681,8 +683,22 @@ static void childEnded(int pidfd) {
     while (waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG | WNOWAIT) < 0)
         if (errno != EINTR)
             die(SETUP_FAILED, "spawner: waitid", NULL, errno);
-    if (info.si_pid == 0)
-        return;  /* not yet */
+    if (info.si_pid == 0) {
+        /* Readable, but not ours to wait for yet: another process traces
+         * it. Off the epoll (it would wake us without end), retried at the
+         * next SIGCHLD, which comes when the tracer lets it go. */
+        epoll_ctl(watched, EPOLL_CTL_DEL, pidfd, NULL);
+        if (waitingCount == waitingRoom) {
+            size_t room = waitingRoom ? waitingRoom * 2 : 64;
+            int *grown = realloc(waiting, room * sizeof *waiting);
+            if (grown == NULL)
+                die(SETUP_FAILED, "spawner: out of memory", NULL, 0);
+            waiting = grown;
+            waitingRoom = room;
+        }
+        waiting[waitingCount++] = pidfd;
+        return;
+    }
     int status;
     if (info.si_code == CLD_EXITED)
         status = (info.si_status & 0xff) << 8;
@@ -707,6 +723,17 @@ static void childEnded(int pidfd) {
         standbyPid = standbyPidfd = standbySocket = -1;
         replaceStandby();
     }
+}
+
+/* SIGCHLD: try the pidfds that were not waitable yet again. */
+static void childSignalled(int signals) {
+    struct signalfd_siginfo info;
+    while (read(signals, &info, sizeof info) > 0)
+        ;
+    size_t count = waitingCount;
+    waitingCount = 0;
+    for (size_t i = 0; i < count; i++)
+        childEnded(waiting[i]);  /* back on the list if still not */
 }
 
 /* Write what the pipe takes of the ended list (whole records only: a
@@ -744,11 +771,23 @@ static int spawner(void) {
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
+    sigset_t child;
+    sigemptyset(&child);
+    sigaddset(&child, SIGCHLD);
+    /* Blocked here, read from a signalfd; children unblock every signal
+     * (takeDescriptors). */
+    int signals = sigprocmask(SIG_BLOCK, &child, NULL) == 0
+                      ? signalfd(-1, &child, SFD_CLOEXEC | SFD_NONBLOCK)
+                      : -1;
+    struct epoll_event onSignal = {EPOLLIN, {.u64 = SIGNAL_KEY}};
+    if (signals < 0)
+        die(SETUP_FAILED, "spawner: signalfd", NULL, errno);
     if (fcntl(3, F_SETFD, FD_CLOEXEC) != 0 || fcntl(4, F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(4, F_SETFL, O_NONBLOCK) != 0)
         die(SETUP_FAILED, "spawner: fds 3 and 4", NULL, errno);
     watched = epoll_create1(EPOLL_CLOEXEC);
-    if (watched < 0 || epoll_ctl(watched, EPOLL_CTL_ADD, 3, &onSocket) != 0)
+    if (watched < 0 || epoll_ctl(watched, EPOLL_CTL_ADD, 3, &onSocket) != 0 ||
+        epoll_ctl(watched, EPOLL_CTL_ADD, signals, &onSignal) != 0)
         die(SETUP_FAILED, "spawner: epoll", NULL, errno);
     replaceStandby();
     for (;;) {
@@ -766,6 +805,8 @@ static int spawner(void) {
             } else if (key == PIPE_KEY) {
                 if (events[i].events & (EPOLLERR | EPOLLHUP))
                     return 0;  /* the server is gone */
+            } else if (key == SIGNAL_KEY) {
+                childSignalled(signals);
             } else {
                 childEnded((int)key);
             }

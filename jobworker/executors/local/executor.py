@@ -220,8 +220,19 @@ class LocalExecutor:
         self._machine = machineLimits()
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
-        """The spawner that forks the jobs of C{sandbox} (None: none)."""
-        if not self._useSpawner or sandbox is None or sandbox.launcher is None:
+        """
+        The spawner that forks the jobs of C{sandbox} (None: none). Only
+        with cgroups: it keeps an ended job's leader a zombie until the
+        server has taken its end in, and a process group whose only member
+        is a zombie still takes signals, so without a cgroup to say what
+        is left the group would look alive to the end of the grace.
+        """
+        if (
+            not self._useSpawner
+            or self._cgroups is None
+            or sandbox is None
+            or sandbox.launcher is None
+        ):
             return None
         spawner = self._spawner
         if spawner is None or spawner.launcher != sandbox.launcher:

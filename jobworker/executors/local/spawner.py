@@ -50,7 +50,7 @@ START = struct.Struct("=ci")
 #: The most pids one reap message carries.
 MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
-MAX_REQUEST = 512 * 1024
+MAX_REQUEST = 128 * 1024
 #: How long a spawn may wait for the spawner's first announcement, seconds.
 ANNOUNCE_TIMEOUT = 10.0
 #: The wait status of a process killed by SIGKILL.
@@ -73,7 +73,7 @@ class SpawnedProcess(Process):
 
     def __init__(
         self,
-        spawner: Spawner,
+        generation: Generation,
         pid: int,
         pidfd: int,
         startTicks: int,
@@ -84,7 +84,7 @@ class SpawnedProcess(Process):
         #: When the child started, in clock ticks since boot (as /proc's
         #: starttime, or the tick before): for crash recovery.
         self.startTicks = startTicks
-        reactor = spawner.reactor
+        reactor = generation.reactor
         self._reactor = reactor
         self.pid = pid
         self.pidfd: int | None = pidfd
@@ -98,12 +98,12 @@ class SpawnedProcess(Process):
                 )
             else:
                 self.pipes[childFD] = ProcessReader(reactor, self, childFD, fd)
-        spawner.track(self)
+        generation.live[pid] = self
         try:
             if self.proto is not None:
                 self.proto.makeConnection(self)
         except BaseException:
-            Logger().failure("spawned process: makeConnection failed")
+            Generation.log.failure("spawned process: makeConnection failed")
 
     def reapProcess(self) -> None:
         """The spawner reaps; its end report calls L{processEnded}."""
@@ -165,12 +165,12 @@ class PidfdWatch(FileDescriptor):
 
 
 class EndsReader(FileDescriptor):
-    """The read end of the spawner's events pipe: each child's end."""
+    """The read end of a spawner's events pipe: each child's end."""
 
-    def __init__(self, reactor: Any, fd: int, spawner: Spawner) -> None:
+    def __init__(self, reactor: Any, fd: int, generation: Generation) -> None:
         FileDescriptor.__init__(self, reactor)
         self._fd = fd
-        self._spawner = spawner
+        self._generation = generation
         self._partial = b""
 
     def fileno(self) -> int:
@@ -183,22 +183,21 @@ class EndsReader(FileDescriptor):
         data = self._partial + data
         whole = len(data) - len(data) % ENDED.size
         self._partial = data[whole:]
-        self._spawner.ended(ENDED.iter_unpack(data[:whole]))
+        self._generation.ended(ENDED.iter_unpack(data[:whole]))
         return None
 
     def connectionLost(self, reason: Failure) -> None:
         FileDescriptor.connectionLost(self, reason)
         os.close(self._fd)
-        self._spawner.lost(self)
+        self._generation.lost()
 
 
 class SpawnerProtocol(ProcessProtocol):
-    """The spawner's own process: what it says goes to the log."""
+    """A spawner's own process: what it says goes to the log."""
 
     log = Logger()
 
-    def __init__(self, spawner: Spawner) -> None:
-        self._spawner = spawner
+    def __init__(self) -> None:
         self._endWaiters: list[Deferred[None]] = []
         self.ended = False
 
@@ -216,20 +215,18 @@ class SpawnerProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.ended = True
-        self._spawner.died(self, reason)
+        self.log.info("job spawner ended: {why}", why=reason.getErrorMessage())
         waiters, self._endWaiters = self._endWaiters, []
         for d in waiters:
             d.callback(None)
 
 
-class Spawner:
+class Generation:
     """
-    The server's side of the spawner: started at the first spawn, again
-    after it died; L{stop} at shutdown.
-
-    @param launcher: the compiled launcher (C{launcher.c}).
-    @param environment: the spawner's environment, which the launcher
-        runs with until it sets the job's own.
+    One spawner process and what belongs to it: its socket, its end
+    reports, the standbys it announced and the children it forked. A
+    spawner that died is replaced by a new generation; the old one's
+    children are orphaned once its pipe says all its reports are in.
     """
 
     log = Logger()
@@ -238,98 +235,88 @@ class Spawner:
         self, reactor: Any, launcher: str, environment: dict[str, str]
     ) -> None:
         self.reactor = reactor
-        self.launcher = launcher
-        self._environment = environment
-        self._socket: socket.socket | None = None
-        self._ends: EndsReader | None = None
-        self._process: Any = None
-        self._protocol: SpawnerProtocol | None = None
-        #: Children the spawner forked whose end is not yet taken in.
-        self._live: dict[int, SpawnedProcess] = {}
-        #: How many spawners were started (the first, then after deaths).
-        self.started = 0
-        #: Standbys announced and not yet used: pid, start time, pidfd.
-        self._announced: deque[tuple[int, int, int]] = deque()
-        #: The spawner said it could not fork: the next spawn asks again.
-        self._askAgain = False
-
-    @property
-    def running(self) -> bool:
-        return self._socket is not None
-
-    def spawnProcess(self, proto: IProcessProtocol, args: list[str]) -> SpawnedProcess:
-        """
-        Start the launcher with C{args} (C{args[0]} is the launcher) in the
-        standby; fds as C{{0: "w", 1: "r", 2: "r", 3: "w"}}.
-
-        @raise OSError: there is no spawner, or no pipe.
-        """
-        if args[0] != self.launcher:
-            raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
-        message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
-        if len(message) + START.size > MAX_REQUEST:
-            raise OSError(errno.E2BIG, "the job's arguments are too long")
-        pid, startTicks, pidfd = self._standby()
-        ends: dict[int, int] = {}
-        theirs: list[int] = []
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            for childFD in range(4):
-                readEnd, writeEnd = os.pipe()
-                if childFD in (0, 3):
-                    ends[childFD], child = writeEnd, readEnd
-                else:
-                    ends[childFD], child = readEnd, writeEnd
-                theirs.append(child)
-            self._send([START.pack(b"S", pid), message], theirs)
+            ours.setblocking(False)
+            readEnd, writeEnd = os.pipe()
         except BaseException:
-            if self._socket is not None:
-                # The standby was not told: it waits for the next spawn.
-                self._announced.appendleft((pid, startTicks, pidfd))
-            else:
-                os.close(pidfd)  # that spawner is gone, and its standby
-            for fd in ends.values():
-                os.close(fd)
+            ours.close()
+            theirs.close()
+            raise
+        self.protocol = SpawnerProtocol()
+        try:
+            self.process = reactor.spawnProcess(
+                self.protocol,
+                launcher,
+                [launcher, "--spawner"],
+                env=environment,
+                path="/",
+                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno(), 4: writeEnd},
+            )
+        except BaseException:
+            ours.close()
+            os.close(readEnd)
             raise
         finally:
-            for fd in theirs:
-                os.close(fd)
-        return SpawnedProcess(self, pid, pidfd, startTicks, ends, proto)
+            theirs.close()
+            os.close(writeEnd)
+        self.socket: socket.socket | None = ours
+        #: Children forked by this spawner whose end is not yet taken in.
+        self.live: dict[int, SpawnedProcess] = {}
+        #: Standbys announced and not yet used: pid, start time, pidfd
+        #: (a negative pid: -errno, no standby could be forked).
+        self.announced: deque[tuple[int, int, int]] = deque()
+        #: The spawner said it could not fork: the next spawn asks again.
+        self.askAgain = False
+        #: Ended pids whose 'R' could not be sent yet (a full socket).
+        self._unreaped: list[int] = []
+        self._ends: EndsReader | None = EndsReader(reactor, readEnd, self)
+        self._ends.startReading()  # type: ignore[no-untyped-call]
+        self.log.info(
+            "job spawner started (pid {pid})", pid=getattr(self.process, "pid", None)
+        )
 
-    def _send(self, parts: list[bytes], fds: list[int]) -> None:
-        sock = self._socket
+    def standby(self) -> tuple[int, int, int]:
+        """The announced standby: pid, start time, pidfd (waits for one)."""
+        if not self.announced:
+            if self.askAgain:
+                # The last try to fork failed: ask for a fresh one now.
+                self.send([b"N"], [])
+            self.askAgain = False
+            self.receive(ANNOUNCE_TIMEOUT)
+            if not self.announced:
+                raise SpawnerGone("the job spawner did not answer")
+        pid, startTicks, pidfd = self.announced.popleft()
+        if pid < 0:
+            # It could not fork: this spawn fails; the next one asks again.
+            self.askAgain = True
+            raise OSError(-pid, os.strerror(-pid))
+        return pid, startTicks, pidfd
+
+    def send(self, parts: list[bytes], fds: list[int]) -> None:
+        """
+        One message to the spawner.
+
+        @raise OSError: EAGAIN: its socket is full (it is slow), nothing is
+            lost; L{SpawnerGone}: it is gone (this generation is closed).
+        """
+        sock = self.socket
         if sock is None:
             raise SpawnerGone()
         try:
             sock.sendmsg(parts, _rights(fds) if fds else [])
+        except BlockingIOError:
+            raise OSError(errno.EAGAIN, "the job spawner is busy") from None
         except OSError as e:
-            self._close()
+            self.close()
             raise SpawnerGone(f"the job spawner is gone: {e.strerror}") from None
 
-    def _standby(self) -> tuple[int, int, int]:
-        """The announced standby: pid, start time, pidfd (waits for one)."""
-        if not self._announced:
-            if self._socket is None:
-                self._start()
-            elif self._askAgain:
-                # The last try to fork failed: ask for a fresh one now.
-                self._send([b"N"], [])
-            self._askAgain = False
-            self._receive(ANNOUNCE_TIMEOUT)
-            if not self._announced:
-                raise SpawnerGone("the job spawner did not answer")
-        pid, startTicks, pidfd = self._announced.popleft()
-        if pid < 0:
-            # It could not fork: this spawn fails; the next one asks again.
-            self._askAgain = True
-            raise OSError(-pid, os.strerror(-pid))
-        return pid, startTicks, pidfd
-
-    def _receive(self, timeout: float | None) -> None:
+    def receive(self, timeout: float | None) -> None:
         """
         Take in the announcements waiting on the socket; with a
         C{timeout}, wait that long for one if none is there.
         """
-        sock = self._socket
+        sock = self.socket
         while sock is not None:
             try:
                 if timeout is not None:
@@ -344,33 +331,29 @@ class Spawner:
             except (BlockingIOError, InterruptedError, TimeoutError):
                 return  # none waiting; or, slow to answer: this spawn fails
             except OSError:
-                self._close()
+                self.close()
                 return
             fds = _received(ancillary)
             kind, pid, startTicks = (
                 ANNOUNCE.unpack(data) if len(data) == ANNOUNCE.size else (b"", 0, 0)
             )
             if kind == b"A" and len(fds) == 1:
-                self._announced.append((pid, startTicks, fds[0]))
+                self.announced.append((pid, startTicks, fds[0]))
             elif kind == b"F" and not fds and pid > 0:
-                self._announced.append((-pid, 0, -1))
+                self.announced.append((-pid, 0, -1))
             else:
                 for fd in fds:
                     os.close(fd)
-                self._close()  # EOF, or not the spawner's protocol
+                self.close()  # EOF, or not the spawner's protocol
                 return
             timeout = None
 
-    def track(self, process: SpawnedProcess) -> None:
-        assert process.pid is not None
-        self._live[process.pid] = process
-
     def ended(self, records: Any) -> None:
         """End records from the spawner: each child's end, then reap them."""
-        pids: list[int] = []
+        pids, self._unreaped = self._unreaped, []
         for pid, status in records:
             pids.append(pid)
-            process = self._live.pop(pid, None)
+            process = self.live.pop(pid, None)
             if process is None:
                 self._standbyDied(pid)
                 continue
@@ -383,91 +366,42 @@ class Spawner:
         for at in range(0, len(pids), MAX_REAP):
             batch = pids[at : at + MAX_REAP]
             try:
-                self._send([b"R", struct.pack(f"={len(batch)}i", *batch)], [])
+                self.send([b"R", struct.pack(f"={len(batch)}i", *batch)], [])
             except SpawnerGone:
-                break  # init reaps its children
+                return  # init reaps its children
+            except OSError:
+                self._unreaped = pids[at:]  # with the next ends
+                return
 
     def _standbyDied(self, pid: int) -> None:
         """An announced standby ended before any job was given to it."""
-        self._receive(None)
-        for entry in self._announced:
+        self.receive(None)
+        for entry in self.announced:
             if entry[0] == pid and entry[2] >= 0:
-                self._announced.remove(entry)
+                self.announced.remove(entry)
                 os.close(entry[2])
                 return
         self.log.warn("job spawner: end of unknown pid {pid}", pid=pid)
 
-    def _start(self) -> None:
-        self._askAgain = False
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_REQUEST)
-            ours.setblocking(False)
-            readEnd, writeEnd = os.pipe()
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        try:
-            protocol = SpawnerProtocol(self)
-            self._process = self.reactor.spawnProcess(
-                protocol,
-                self.launcher,
-                [self.launcher, "--spawner"],
-                env=self._environment,
-                path="/",
-                childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno(), 4: writeEnd},
-            )
-        except BaseException:
-            ours.close()
-            os.close(readEnd)
-            raise
-        finally:
-            theirs.close()
-            os.close(writeEnd)
-        self._protocol = protocol
-        self._socket = ours
-        self._ends = EndsReader(self.reactor, readEnd, self)
-        self._ends.startReading()  # type: ignore[no-untyped-call]
-        self.started += 1
-        self.log.info(
-            "job spawner started (pid {pid})", pid=getattr(self._process, "pid", None)
-        )
-
-    def _close(self) -> None:
-        """Stop using this spawner (it exits at EOF on its socket)."""
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        while self._announced:
-            pidfd = self._announced.popleft()[2]
+    def close(self) -> None:
+        """Use this spawner no more (it exits at EOF on its socket)."""
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        while self.announced:
+            pidfd = self.announced.popleft()[2]
             if pidfd >= 0:
                 os.close(pidfd)
 
-    def lost(self, reader: EndsReader) -> None:
+    def lost(self) -> None:
         """
         The events pipe reached its end: the spawner is gone, and every end
-        it reported has been taken in. Its children left are orphans; the
-        next spawn starts a new spawner.
+        it reported has been taken in. The children left are orphans: they
+        are killed (their exit statuses died with their parent).
         """
-        if reader is self._ends:
-            self._ends = None
-            self._close()
-            self._orphan()
-
-    def died(self, protocol: SpawnerProtocol, reason: Failure) -> None:
-        """
-        A spawner's process ended. What it reported is still read from its
-        pipe first (L{lost} comes at the pipe's end); one stopped by
-        L{stop} ends its waiters.
-        """
-        self.log.info("job spawner ended: {why}", why=reason.getErrorMessage())
-        if protocol is self._protocol:
-            self._protocol = None
-            self._close()
-
-    def _orphan(self) -> None:
-        live, self._live = self._live, {}
+        self._ends = None
+        self.close()
+        live, self.live = self.live, {}
         if live:
             self.log.error(
                 "job spawner ended with {count} job(s) still running: "
@@ -477,15 +411,87 @@ class Spawner:
         for process in live.values():
             process.orphaned()
 
+
+class Spawner:
+    """
+    The server's side of the spawner: started at the first spawn, again
+    after it died; L{stop} at shutdown.
+
+    @param launcher: the compiled launcher (C{launcher.c}).
+    @param environment: the spawner's environment, which the launcher
+        runs with until it sets the job's own.
+    """
+
+    def __init__(
+        self, reactor: Any, launcher: str, environment: dict[str, str]
+    ) -> None:
+        self.reactor = reactor
+        self.launcher = launcher
+        self._environment = environment
+        #: The spawner in use (None: none yet, or it is gone).
+        self.current: Generation | None = None
+        #: How many spawners were started (the first, then after deaths).
+        self.started = 0
+
+    def spawnProcess(self, proto: IProcessProtocol, args: list[str]) -> SpawnedProcess:
+        """
+        Start the launcher with C{args} (C{args[0]} is the launcher) in the
+        standby; fds as C{{0: "w", 1: "r", 2: "r", 3: "w"}}.
+
+        @raise OSError: no spawner, no standby, or no pipe.
+        """
+        if args[0] != self.launcher:
+            raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
+        message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
+        if len(message) + START.size > MAX_REQUEST:
+            raise OSError(errno.E2BIG, "the job's arguments are too long")
+        generation = self.running()
+        pid, startTicks, pidfd = generation.standby()
+        ends: dict[int, int] = {}
+        theirs: list[int] = []
+        try:
+            for childFD in range(4):
+                readEnd, writeEnd = os.pipe()
+                if childFD in (0, 3):
+                    ends[childFD], child = writeEnd, readEnd
+                else:
+                    ends[childFD], child = readEnd, writeEnd
+                theirs.append(child)
+            generation.send([START.pack(b"S", pid), message], theirs)
+        except BaseException:
+            if generation.socket is not None:
+                # The standby was not told: it waits for the next spawn.
+                generation.announced.appendleft((pid, startTicks, pidfd))
+            else:
+                os.close(pidfd)  # that spawner is gone, and its standby
+            for fd in ends.values():
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return SpawnedProcess(generation, pid, pidfd, startTicks, ends, proto)
+
+    def running(self) -> Generation:
+        """The spawner in use; a new one if there is none, or it is gone."""
+        generation = self.current
+        if generation is None or generation.socket is None:
+            generation = self.current = Generation(
+                self.reactor, self.launcher, self._environment
+            )
+            self.started += 1
+        return generation
+
     def stop(self) -> Deferred[None]:
         """
         At shutdown, once every job has ended: the spawner exits (EOF on
         its socket). Fires once its process has ended.
         """
-        self._close()
-        if self._protocol is None:
+        generation, self.current = self.current, None
+        if generation is None:
             return succeed(None)
-        return self._protocol.whenEnded()
+        generation.close()
+        return generation.protocol.whenEnded()
 
 
 def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
