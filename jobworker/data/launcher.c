@@ -479,31 +479,53 @@ static void takeDescriptors(const int *fds) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* The standby: nothing of the spawner's but its own socket (as fd 3);
- * then one request, and the job. EOF first: the spawner is gone. */
-static void standbyMain(int sock) {
+/* One message into request[], with at most REQUEST_FDS descriptors (any
+ * more are closed) into fds, *count of them; *truncated if the message or
+ * its descriptors did not fit. The message's length, or -1 (errno). */
+static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
+                              int *truncated) {
     union {
         struct cmsghdr header;
         char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
     } control;
     struct iovec iov = {request, MAX_REQUEST};
     struct msghdr msg = {0};
-    int fds[REQUEST_FDS], argc = 1;
     ssize_t got;
-    if (dup2(sock, 3) != 3 || syscall(SYS_close_range, 4, ~0U, 0) != 0)
-        _exit(SETUP_FAILED);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.space;
     msg.msg_controllen = sizeof control.space;
-    while ((got = recvmsg(3, &msg, MSG_CMSG_CLOEXEC)) < 0)
-        if (errno != EINTR)
-            _exit(SETUP_FAILED);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (got <= 0 || c == NULL || c->cmsg_type != SCM_RIGHTS ||
-        c->cmsg_len != CMSG_LEN(REQUEST_FDS * sizeof(int)))
+    *count = 0;
+    while ((got = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    if (got < 0)
+        return got;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + (size_t)i * sizeof(int), sizeof fd);
+            if (*count < REQUEST_FDS)
+                fds[(*count)++] = fd;
+            else
+                close(fd);
+        }
+    }
+    *truncated = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    return got;
+}
+
+/* The standby: nothing of the spawner's but its own socket (as fd 3);
+ * then one request, and the job. EOF first: the spawner is gone. */
+static void standbyMain(int sock) {
+    int fds[REQUEST_FDS], count, truncated, argc = 1;
+    if (dup2(sock, 3) != 3 || syscall(SYS_close_range, 4, ~0U, 0) != 0)
         _exit(SETUP_FAILED);
-    memcpy(fds, CMSG_DATA(c), sizeof fds);
+    ssize_t got = receiveWithFds(3, 0, fds, &count, &truncated);
+    if (got <= 0 || count != REQUEST_FDS || truncated)
+        _exit(SETUP_FAILED);
     requestArgv[0] = "jobworker-launch";
     for (char *at = request; at < request + got; at += strlen(at) + 1) {
         if (argc > MAX_ARGS)
@@ -638,37 +660,22 @@ static void reap(ssize_t got) {
 
 /* One message from the server. 0 on EOF. */
 static int serve(void) {
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
-    } control;
-    struct iovec iov = {request, MAX_REQUEST};
-    struct msghdr msg = {0};
-    int fds[REQUEST_FDS], count = 0;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = sizeof control.space;
-    ssize_t got = recvmsg(3, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    int fds[REQUEST_FDS], count, truncated;
+    ssize_t got = receiveWithFds(3, MSG_DONTWAIT, fds, &count, &truncated);
     if (got < 0)
-        return errno == EINTR || errno == EAGAIN;
+        return errno == EAGAIN;
     if (got == 0)
         return 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < n && count < REQUEST_FDS; i++)
-            memcpy(&fds[count++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
-    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+    if (truncated)
         die(SETUP_FAILED, "spawner: a request too large", NULL, 0);
     if (request[0] == 'S')
         start(got, fds, count);
     else if (request[0] == 'R')
         reap(got);
-    else if (request[0] == 'N' && standbyPid < 0)
-        replaceStandby();
+    else if (request[0] == 'N') {
+        if (standbyPid < 0)
+            replaceStandby();
+    }
     else
         die(SETUP_FAILED, "spawner: an unknown request", NULL, 0);
     for (int i = 0; i < count; i++)
