@@ -140,7 +140,8 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         else "",
         how="spawned by the server for each job: --launcher exec"
         if config["launcher"] == "exec"
-        else "forked ahead of each job by a long-lived copy, the spawner",
+        else "with cgroups, forked ahead of each job by a long-lived copy, "
+        "the spawner; without, spawned by the server for each job",
     )
     return path
 
