@@ -270,8 +270,8 @@ class Generation:
         self.askAgain = False
         #: Ended pids whose 'R' could not be sent yet (a full socket).
         self._unreaped: list[int] = []
-        self._ends: EndsReader | None = EndsReader(reactor, readEnd, self)
-        self._ends.startReading()  # type: ignore[no-untyped-call]
+        # The reactor holds the reader; its end calls lost().
+        EndsReader(reactor, readEnd, self).startReading()  # type: ignore[no-untyped-call]
         self.log.info(
             "job spawner started (pid {pid})", pid=getattr(self.process, "pid", None)
         )
@@ -399,7 +399,6 @@ class Generation:
         it reported has been taken in. The children left are orphans: they
         are killed (their exit statuses died with their parent).
         """
-        self._ends = None
         self.close()
         live, self.live = self.live, {}
         if live:
