@@ -19,12 +19,14 @@ import socket
 import struct
 import time
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.executors.local import cgroups
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
 from jobworker.executors.local.spawner import (
     ANNOUNCE,
@@ -33,6 +35,7 @@ from jobworker.executors.local.spawner import (
     Spawner,
     SpawnerGone,
 )
+from jobworker.jobs.limits import Limits
 from jobworker.jobs.recovery import processStartTime
 
 from .support import LiveServer, sleep
@@ -41,6 +44,11 @@ from .test_launcher import compiled, readState, requireRoot, testIdentity
 
 def _rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def _cgroupOf(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return f.read()
 
 
 def _openFds(pid: int) -> list[int]:
@@ -318,6 +326,70 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
         self.spawner.reap(pid)
 
+    def test_joinsTheCgroupBeforeTheGate(self) -> None:
+        """Handed its cgroup's cgroup.procs files, the standby joins the
+        cgroup itself before it waits at the gate: nothing of the job runs
+        outside it. The cgroup can be removed once the child is reaped."""
+        found = cgroups.detect()
+        if found is None:
+            raise SkipTest("no writable cgroup hierarchy here")
+        name = f"spawner-join-{os.getpid()}"
+        group = found.create(name, Limits())
+        self.addCleanup(group.remove)
+        pid, _, _ = self.spawner.announced()
+        args, gate = self.argv("cat /proc/self/cgroup")
+        job = Job()
+        join = group.openProcs()
+        self.assertGreaterEqual(len(join), 1)
+        try:
+            self.spawner.start(pid, args, job.theirs() + join)
+        finally:
+            for fd in join:
+                os.close(fd)
+        job.handed()
+        # Still at the gate, already in the cgroup.
+        deadline = time.monotonic() + 10
+        while name not in _cgroupOf(pid) or readState(pid) != "S":
+            self.assertLess(time.monotonic(), deadline, _cgroupOf(pid))
+            time.sleep(0.01)
+        self.assertFalse(group.empty())
+        os.write(job.gateWrite, gate)
+        os.close(job.gateWrite)
+        out, err = job.output()
+        self.assertEqual(err, b"")
+        # (v1: in the hierarchies it was made in, the freezer at least.)
+        self.assertTrue(
+            any(line.endswith("/" + name) for line in out.decode().splitlines()), out
+        )
+        self.assertEqual(self.spawner.ended(), (pid, 0))
+        self.spawner.reap(pid)
+        self.assertTrue(_gone(pid))
+        self.assertTrue(group.remove())
+
+    def test_cannotJoinRunsNothing(self) -> None:
+        """A cgroup file the standby cannot write: it exits 125 before its
+        gate, says why on the job's stderr, and nothing of the job ran."""
+        pid, _, _ = self.spawner.announced()
+        args, gate = self.argv("echo ran")
+        job = Job()
+        full = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self.spawner.start(pid, args, [*job.theirs(), full])
+        finally:
+            os.close(full)
+        job.handed()
+        try:
+            os.write(job.gateWrite, gate)
+        except BrokenPipeError:
+            pass
+        os.close(job.gateWrite)
+        out, err = job.output()
+        self.assertEqual(out, b"")
+        self.assertIn(b"cannot join the job's cgroup: No space left on device", err)
+        ended, status = self.spawner.ended()
+        self.assertEqual((ended, os.waitstatus_to_exitcode(status)), (pid, 125))
+        self.spawner.reap(pid)
+
     def test_tracedZombieDoesNotSpin(self) -> None:
         """A job whose leader ends traced by another of its processes: the
         spawner cannot wait for it until the tracer lets it go, and must
@@ -517,6 +589,32 @@ class ServerSpawnerTests(TestCase):
         parent = self.parentOf(job["pid"])
         self.assertEqual(parent, spawner.current.process.pid)
         self.assertNotEqual(parent, os.getpid())
+
+    async def test_stdinAndCgroup(self) -> None:
+        """A job without stdin reads /dev/null, not a pipe (it sees the end
+        at once, as before); one with "stdin": true has its pipe. Each runs
+        in its own cgroup, which it joined itself."""
+        server = LiveServer(self)
+        script = "readlink /proc/self/fd/0; cat /proc/self/cgroup"
+        for stdin, expected in ((False, "/dev/null"), (True, "pipe:[")):
+            job = await server.createJob("sh", "-c", script, stdin=stdin)
+            if stdin:
+                response = await server.request(
+                    "POST",
+                    f"/jobs/{job['id']}/stdin?eof=true",
+                    raw=b"",
+                    headers={b"content-type": [b"application/octet-stream"]},
+                )
+                self.assertEqual(response.code, 200)
+                await treq.content(response)
+            ended = await server.waitEnded(job["id"])
+            self.assertEqual(ended["exit_code"], 0, ended)
+            response = await server.request("GET", f"/jobs/{job['id']}/logs")
+            lines = (await treq.content(response)).decode().splitlines()
+            self.assertTrue(lines[0].startswith(expected), lines)
+            self.assertTrue(
+                any(line.endswith("/" + job["id"]) for line in lines[1:]), lines
+            )
 
     async def test_noCgroupsNoSpawner(self) -> None:
         """Without cgroups the server spawns each job's launcher itself: a

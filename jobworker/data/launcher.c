@@ -387,10 +387,14 @@ static int launch(int argc, char **argv) {
  *       the next once the server has used this one (or it died).
  *   from the server, 'S' (start): the standby's pid (int32), then the
  *       launcher's arguments as above (from OPTIONS on), each ended by a
- *       NUL byte, with exactly four descriptors: the job's fds 0, 1, 2 and
- *       the gate, 3. The standby takes them as its 0-3, closes every other
- *       descriptor, unblocks every signal and goes on exactly as a launcher
- *       exec'd with those arguments (launch()). No answer: the server knew
+ *       NUL byte, with four descriptors: the job's fds 0, 1, 2 and the
+ *       gate, 3; then up to MAX_JOIN more, the cgroup.procs files of the
+ *       job's cgroup (one per v1 hierarchy), opened for writing. The
+ *       standby takes the four as its 0-3, gives every signal its default
+ *       action and unblocks it, joins the cgroup (writes "0" to each file;
+ *       exit 125 if it cannot), closes every other descriptor, and goes on
+ *       exactly as a launcher exec'd with those arguments (launch()): the
+ *       gate comes after the join. No answer: the server knew
  *       the pid before it asked. A start for a standby that has died (its
  *       end is reported) only has its descriptors closed.
  *   from the server, 'R' (reap): pids (int32s) whose ends the server has
@@ -407,7 +411,9 @@ static int launch(int argc, char **argv) {
 
 #define MAX_REQUEST (128 * 1024)  /* under a socket's default buffer */
 #define MAX_ARGS (MAX_REQUEST / 2)
-#define REQUEST_FDS 4
+#define REQUEST_FDS 4     /* the job's fds 0-3 */
+#define MAX_JOIN 8        /* cgroup.procs files after them (v1: 5 at most) */
+#define MAX_FDS (REQUEST_FDS + MAX_JOIN)
 #define SOCKET_KEY (~0ULL)
 #define PIPE_KEY (~1ULL)
 #define SIGNAL_KEY (~2ULL)
@@ -422,13 +428,13 @@ static int *waiting;              /* pidfds readable, not yet waitable */
 static size_t waitingCount, waitingRoom;
 static int standbyPidfd = -1, standbySocket = -1;
 
-/* sendmsg of len bytes with count (at most REQUEST_FDS) descriptors
+/* sendmsg of len bytes with count (at most MAX_FDS) descriptors
  * (SCM_RIGHTS), again after EINTR; sendmsg's result. */
 static ssize_t sendWithFds(int sock, void *data, size_t len, const int *fds,
                            int count) {
     union {
         struct cmsghdr header;
-        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+        char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
     } control;
     struct iovec iov = {data, len};
     struct msghdr msg = {0};
@@ -448,11 +454,13 @@ static ssize_t sendWithFds(int sock, void *data, size_t len, const int *fds,
     return sent;
 }
 
-/* In the forked child: the request's descriptors as 0-3, nothing else. */
-static void takeDescriptors(const int *fds) {
-    int moved[REQUEST_FDS];
+/* In the forked child: the request's first four descriptors as 0-3, every
+ * signal reset, the job's cgroups joined through the rest (count in all),
+ * then nothing else open. */
+static void takeDescriptors(const int *fds, int count) {
+    int moved[MAX_FDS];
     sigset_t none;
-    for (int i = 0; i < REQUEST_FDS; i++) {
+    for (int i = 0; i < count; i++) {
         /* Out of the way of 0-3 first: a received fd may be one of them. */
         moved[i] = fcntl(fds[i], F_DUPFD, 10);
         if (moved[i] < 0)
@@ -461,8 +469,6 @@ static void takeDescriptors(const int *fds) {
     for (int i = 0; i < REQUEST_FDS; i++)
         if (dup2(moved[i], i) != i)
             _exit(SETUP_FAILED);
-    if (syscall(SYS_close_range, REQUEST_FDS, ~0U, 0) != 0)
-        _exit(SETUP_FAILED);
     /* Every signal with its default action, none blocked, whatever the
      * spawner was started with. The kernel's call: glibc's refuses its own
      * two (32 and 33), which an ignoring parent passes on as well. */
@@ -477,16 +483,25 @@ static void takeDescriptors(const int *fds) {
             syscall(SYS_rt_sigaction, signum, &byDefault, NULL, sizeof byDefault.mask);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Into the job's cgroup ("0": the writer) before the gate, so nothing
+     * of the user's ever runs outside it; here rather than in the server,
+     * whose thread would wait out the kernel's migration (an RCU grace
+     * period on cgroup v1). A failure is said on the job's stderr. */
+    for (int i = REQUEST_FDS; i < count; i++)
+        if (write(moved[i], "0", 1) != 1)
+            die(SETUP_FAILED, "cannot join the job's cgroup", NULL, errno);
+    if (syscall(SYS_close_range, REQUEST_FDS, ~0U, 0) != 0)
+        _exit(SETUP_FAILED);
 }
 
-/* One message into request[], with at most REQUEST_FDS descriptors (any
+/* One message into request[], with at most MAX_FDS descriptors (any
  * more are closed) into fds, *count of them; *truncated if the message or
  * its descriptors did not fit. The message's length, or -1 (errno). */
 static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
                               int *truncated) {
     union {
         struct cmsghdr header;
-        char space[CMSG_SPACE(REQUEST_FDS * sizeof(int))];
+        char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
     } control;
     struct iovec iov = {request, MAX_REQUEST};
     struct msghdr msg = {0};
@@ -507,7 +522,7 @@ static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
         for (int i = 0; i < n; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(c) + (size_t)i * sizeof(int), sizeof fd);
-            if (*count < REQUEST_FDS)
+            if (*count < MAX_FDS)
                 fds[(*count)++] = fd;
             else
                 close(fd);
@@ -520,11 +535,11 @@ static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
 /* The standby: nothing of the spawner's but its own socket (as fd 3);
  * then one request, and the job. EOF first: the spawner is gone. */
 static void standbyMain(int sock) {
-    int fds[REQUEST_FDS], count, truncated, argc = 1;
+    int fds[MAX_FDS], count, truncated, argc = 1;
     if (dup2(sock, 3) != 3 || syscall(SYS_close_range, 4, ~0U, 0) != 0)
         _exit(SETUP_FAILED);
     ssize_t got = receiveWithFds(3, 0, fds, &count, &truncated);
-    if (got <= 0 || count != REQUEST_FDS || truncated)
+    if (got <= 0 || count < REQUEST_FDS || truncated)
         _exit(SETUP_FAILED);
     requestArgv[0] = "jobworker-launch";
     for (char *at = request; at < request + got; at += strlen(at) + 1) {
@@ -533,7 +548,7 @@ static void standbyMain(int sock) {
         requestArgv[argc++] = at;
     }
     requestArgv[argc] = NULL;
-    takeDescriptors(fds);  /* the gate takes fd 3 */
+    takeDescriptors(fds, count);  /* the gate takes fd 3 */
     _exit(launch(argc, requestArgv));
 }
 
@@ -633,14 +648,14 @@ static void replaceStandby(void) {
 static void start(ssize_t got, const int *fds, int count) {
     int32_t pid;
     if (got < 1 + (ssize_t)sizeof pid + 2 || request[got - 1] != '\0' ||
-        count != REQUEST_FDS)
+        count < REQUEST_FDS)
         die(SETUP_FAILED, "spawner: a bad start request", NULL, 0);
     memcpy(&pid, request + 1, sizeof pid);
     if (pid != standbyPid)
         return;  /* that standby died: its end is reported */
     /* If it died meanwhile the send fails; its pidfd reports its end. */
     sendWithFds(standbySocket, request + 1 + sizeof pid,
-                (size_t)got - 1 - sizeof pid, fds, REQUEST_FDS);
+                (size_t)got - 1 - sizeof pid, fds, count);
     close(standbySocket);
     standbyPid = standbyPidfd = standbySocket = -1;  /* a job now */
     replaceStandby();
@@ -660,7 +675,7 @@ static void reap(ssize_t got) {
 
 /* One message from the server. 0 on EOF. */
 static int serve(void) {
-    int fds[REQUEST_FDS], count, truncated;
+    int fds[MAX_FDS], count, truncated;
     ssize_t got = receiveWithFds(3, MSG_DONTWAIT, fds, &count, &truncated);
     if (got < 0)
         return errno == EAGAIN;

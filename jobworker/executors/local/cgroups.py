@@ -6,7 +6,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from twisted.logger import Logger
@@ -30,6 +30,13 @@ class JobCgroup(Protocol):
 
     def addProcess(self, pid: int) -> None:
         """Move C{pid} into the cgroup (before it runs the user's command)."""
+
+    def openProcs(self) -> list[int]:
+        """
+        Its C{cgroup.procs} files (one per hierarchy), opened for writing:
+        a process that writes C{"0"} to each joins the cgroup. The caller
+        closes them.
+        """
 
     def signal(self, signum: int) -> bool:
         """Send C{signum} to every process in it; False if it is empty."""
@@ -66,6 +73,19 @@ def _write(path: str, value: str) -> None:
             f.write(value)
     except OSError as e:
         raise CgroupError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+
+
+def _openProcs(folders: Iterable[str]) -> list[int]:
+    fds: list[int] = []
+    try:
+        for folder in folders:
+            path = os.path.join(folder, "cgroup.procs")
+            fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise CgroupError(f"cannot open {path}: {e.strerror}") from None
+    return fds
 
 
 def _read(path: str) -> str:
@@ -197,6 +217,9 @@ class V1Group:
     def addProcess(self, pid: int) -> None:
         for path in self.paths.values():
             _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def openProcs(self) -> list[int]:
+        return _openProcs(self.paths.values())
 
     def _members(self) -> list[int]:
         return _pids(os.path.join(self.paths["freezer"], "cgroup.procs"))
@@ -340,6 +363,9 @@ class V2Group:
 
     def addProcess(self, pid: int) -> None:
         _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+
+    def openProcs(self) -> list[int]:
+        return _openProcs([self.path])
 
     def _members(self) -> list[int]:
         return _pids(os.path.join(self.path, "cgroup.procs"))

@@ -442,7 +442,17 @@ class LocalExecutor:
             protocol = JobProcessProtocol(job)
             spawner = self._spawnerOf(sandbox)
             if spawner is not None:
-                spawned = spawner.spawnProcess(protocol, argv)
+                # The child joins the cgroup itself, before its gate: the
+                # server's thread does not wait out the migration.
+                assert cgroup is not None  # (the spawner needs cgroups)
+                join = cgroup.openProcs()
+                try:
+                    spawned = spawner.spawnProcess(
+                        protocol, argv, stdin=request.stdin, join=join
+                    )
+                finally:
+                    for fd in join:
+                        os.close(fd)
                 # Crash recovery finds the job's session by its leader, and
                 # needs the leader's start time never to hit a reused pid.
                 record.proc_start = spawned.startTicks
@@ -459,7 +469,7 @@ class LocalExecutor:
                 )
                 if record.pid is not None:
                     record.proc_start = spawnedAt(record.pid, before, bootTicks())
-            if cgroup is not None and transport.pid is not None:
+            if cgroup is not None and spawner is None and transport.pid is not None:
                 # (No pid: it ended already, behind the gate.)
                 try:
                     cgroup.addProcess(transport.pid)

@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import error
@@ -38,8 +39,6 @@ from twisted.python.failure import Failure
 
 from .pipes import readSome
 
-_N = 0
-_W = 0.0
 #: An end record on the events pipe: pid, wait status.
 ENDED = struct.Struct("=ii")
 #: An announcement of the next standby: 'A', pid, start time in ticks (or
@@ -47,6 +46,9 @@ ENDED = struct.Struct("=ii")
 ANNOUNCE = struct.Struct("=c3xiQ")
 #: The head of a start request: 'S', the standby's pid.
 START = struct.Struct("=ci")
+#: The most cgroup.procs files a start request carries (launcher.c's
+#: MAX_JOIN): one per v1 hierarchy.
+MAX_JOIN = 8
 #: The most pids one reap message carries.
 MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
@@ -68,7 +70,8 @@ class SpawnedProcess(Process):
     """
     A job's process transport whose child the spawner forked: fd 0 and the
     gate (3) written to, 1 and 2 read, as C{childFDs={0: "w", 1: "r", 2:
-    "r", 3: "w"}} would make them.
+    "r", 3: "w"}} would make them; or fd 0 not a pipe at all (C{/dev/null}),
+    as if it were closed at once.
     """
 
     def __init__(
@@ -431,32 +434,53 @@ class Spawner:
         self.current: Generation | None = None
         #: How many spawners were started (the first, then after deaths).
         self.started = 0
+        #: C{/dev/null}, the stdin of a job that has none (opened once).
+        self._nothing = -1
 
-    def spawnProcess(self, proto: IProcessProtocol, args: list[str]) -> SpawnedProcess:
+    def spawnProcess(
+        self,
+        proto: IProcessProtocol,
+        args: list[str],
+        *,
+        stdin: bool = True,
+        join: Sequence[int] = (),
+    ) -> SpawnedProcess:
         """
         Start the launcher with C{args} (C{args[0]} is the launcher) in the
         standby; fds as C{{0: "w", 1: "r", 2: "r", 3: "w"}}.
 
+        @param stdin: False: the child's fd 0 is C{/dev/null}, not a pipe
+            (its reads see the end at once, as from a pipe closed at once).
+        @param join: the job's cgroup, as its C{cgroup.procs} files opened
+            for writing (the caller's: they are not closed here). The child
+            joins it before its gate.
         @raise OSError: no spawner, no standby, or no pipe.
         """
         if args[0] != self.launcher:
             raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
+        if len(join) > MAX_JOIN:
+            raise ValueError(f"at most {MAX_JOIN} cgroup.procs files")
         message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
+        if not stdin and self._nothing < 0:
+            self._nothing = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         generation = self.running()
         pid, startTicks, pidfd = generation.standby()
         ends: dict[int, int] = {}
         theirs: list[int] = []
         try:
             for childFD in range(4):
+                if childFD == 0 and not stdin:
+                    theirs.append(self._nothing)
+                    continue
                 readEnd, writeEnd = os.pipe()
                 if childFD in (0, 3):
                     ends[childFD], child = writeEnd, readEnd
                 else:
                     ends[childFD], child = readEnd, writeEnd
                 theirs.append(child)
-            generation.send([START.pack(b"S", pid), message], theirs)
+            generation.send([START.pack(b"S", pid), message], [*theirs, *join])
         except BaseException:
             if generation.socket is not None:
                 # The standby was not told: it waits for the next spawn.
@@ -468,7 +492,8 @@ class Spawner:
             raise
         finally:
             for fd in theirs:
-                os.close(fd)
+                if fd != self._nothing:
+                    os.close(fd)
         return SpawnedProcess(generation, pid, pidfd, startTicks, ends, proto)
 
     def running(self) -> Generation:
@@ -487,6 +512,9 @@ class Spawner:
         its socket). Fires once its process has ended.
         """
         generation, self.current = self.current, None
+        if self._nothing >= 0:
+            os.close(self._nothing)
+            self._nothing = -1
         if generation is None:
             return succeed(None)
         generation.close()
