@@ -20,8 +20,9 @@ from jobworker.auth.authenticator import (
     makePortal,
 )
 from jobworker.auth.permissions import User
+from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.users import UserDatabase
-from jobworker.errors import Unauthorized
+from jobworker.errors import TooManyRequests, Unauthorized
 
 
 class CountingRunner:
@@ -158,3 +159,45 @@ class AuthenticatorCacheTests(SynchronousTestCase):
         self.failureResultOf(self.authenticate("bob", "alice-pass"), Unauthorized)
         user = self.successResultOf(self.authenticate("bob", "bob-pass"))
         self.assertEqual(user.name, "bob")
+
+
+class ThrottledCacheTests(SynchronousTestCase):
+    """
+    A remembered login skips bcrypt and the throttle's count of checks in
+    flight, never the throttle's verdict: a client locked out is refused the
+    right password too, or a correct guess would show through the lockout.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.cache = VerifiedCredentials(self.clock, ttl=3600.0)
+        self.runner = CountingRunner()
+        self.throttle = LoginThrottle(self.clock, threshold=3)
+        self.authenticator = Authenticator(
+            makePortal(UserDatabase.development(), self.runner, self.cache),
+            throttle=self.throttle,
+        )
+
+    def authenticate(self, name: str, password: str) -> Deferred[User]:
+        return ensureDeferred(
+            self.authenticator.authenticate(basicRequest(name, password))
+        )
+
+    def test_lockedOutRefusedTheRememberedPassword(self) -> None:
+        """Remembered, then three wrong guesses for alice from the address:
+        the right password is refused (429) without bcrypt; once the wait
+        is over it logs in from the cache, and the pair's failures are gone."""
+        self.successResultOf(self.authenticate("alice", "alice-pass"))
+        for n in range(3):
+            self.failureResultOf(self.authenticate("alice", f"guess{n}"), Unauthorized)
+        calls = self.runner.calls
+        self.failureResultOf(self.authenticate("alice", "alice-pass"), TooManyRequests)
+        self.assertEqual(self.runner.calls, calls)
+        self.clock.advance(self.throttle.retryAfter("alice", "192.0.2.7"))
+        user = self.successResultOf(self.authenticate("alice", "alice-pass"))
+        self.assertEqual((user.name, self.runner.calls), ("alice", calls))
+        self.assertEqual(self.throttle.retryAfter("alice", "192.0.2.7"), 0.0)
+        self.assertTrue(
+            all(entry.pending == 0 for entry in self.throttle._entries.values())
+        )

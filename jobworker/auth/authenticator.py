@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -67,9 +67,10 @@ class VerifiedCredentials:
     a client repeating the same Basic credentials does not pay bcrypt on
     every request.
 
-    Entries are keyed by an HMAC (with a per-process random key) of name and
-    password: the password itself is never stored. Only successes are kept,
-    so failures cannot fill it. A new users database gets a new cache.
+    Entries are keyed by a MAC (keyed BLAKE2b, a per-process random key) of
+    name and password: the password itself is never stored. Only successes
+    are kept, so failures cannot fill it. A new users database gets a new
+    cache.
     """
 
     def __init__(
@@ -86,7 +87,9 @@ class VerifiedCredentials:
 
     def _digest(self, name: bytes, password: bytes) -> bytes:
         message = len(name).to_bytes(4, "big") + name + password
-        return hmac.digest(self._key, message, "sha256")
+        # Keyed BLAKE2b is a MAC (as HMAC-SHA256 is), computed without
+        # OpenSSL's per-call digest fetch: once per authenticated request.
+        return hashlib.blake2b(message, key=self._key, digest_size=32).digest()
 
     def __contains__(self, credentials: tuple[bytes, bytes]) -> bool:
         digest = self._digest(*credentials)
@@ -324,17 +327,20 @@ class Authenticator:
             )
         return Unauthorized(message)
 
-    def _beginCheck(self, request: IRequest, name: str) -> None:
+    def _beginCheck(self, name: str, client: str, counted: bool) -> None:
         """
-        Count a password check for C{name} before it runs.
+        Before a password check for C{name}: refuse it if the throttle says
+        wait; else, if C{counted}, count it (as a failure until it ends).
 
         @raise TooManyRequests: too many failures, or checks in flight.
         """
         throttle = self._throttle
         if throttle is None:
             return
-        client = clientAddress(request)
-        wait = throttle.begin(name, client)
+        if counted:
+            wait = throttle.begin(name, client)
+        else:
+            wait = throttle.retryAfter(name, client)
         if wait > 0:
             if self._audit is not None:
                 self._audit.record("auth.throttled", name, client, "refused")
@@ -382,16 +388,22 @@ class Authenticator:
         except LoginFailed:
             raise Unauthorized("malformed Basic credentials") from None
         name = credentials.username.decode("utf-8", "replace")[:64]
-        self._beginCheck(request, name)
+        client = clientAddress(request)
+        # A throttled client is refused even the right password: otherwise
+        # a correct guess would show through a lockout.
+        self._beginCheck(name, client, counted=False)
+        user = self._remembered(name, credentials)
+        if user is not None:
+            # (No check runs: nothing to count as in flight.)
+            if self._throttle is not None:
+                self._throttle.succeeded(name, client)
+            return user
+        self._beginCheck(name, client, counted=True)
         succeeded = False
         try:
-            user = self._remembered(name, credentials)
-            if user is None:
-                _, avatar, _ = await self._portal.login(
-                    credentials, None, IJobworkerUser
-                )
-                assert isinstance(avatar, User)
-                user = avatar
+            _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
+            assert isinstance(avatar, User)
+            user = avatar
             succeeded = True
         except UnauthorizedLogin:
             raise self._refuse(
@@ -405,7 +417,7 @@ class Authenticator:
             # Whatever happened (a client that hangs up cancels the check),
             # anything but a success counts as a failure.
             if self._throttle is not None:
-                self._throttle.finish(name, clientAddress(request), succeeded)
+                self._throttle.finish(name, client, succeeded)
         return user
 
     def _remembered(self, name: str, credentials: Any) -> User | None:
