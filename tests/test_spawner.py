@@ -509,9 +509,43 @@ class DeadSpawnerTests(TestCase):
         proto.processEnded = lambda reason: ended.callback(reason.value)
         process = spawner.spawnProcess(proto, argv)
         self.assertEqual(spawner.started, 2)
-        os.write(process.pipes[3].fileno(), gate)
+        process.writeToChild(3, gate)
         process.closeChildFD(3)
         self.assertIsInstance(await ended, ProcessDone)
+
+    async def test_gateLongerThanItsPipe(self) -> None:
+        """A gate line longer than its pipe takes at once (a large job
+        environment): the rest goes through a pipe writer, the launcher
+        reads it whole, and the job sees every byte."""
+        requireRoot()
+        path = compiled(self)
+        sandbox = Sandbox(
+            os.path.abspath(self.mktemp()),
+            1 << 20,
+            folders=privateFolders(),
+            launcher=path,
+        )
+        big = "x" * 100_000
+        argv, gate = sandbox.gatedStart(
+            testIdentity(),
+            ["sh", "-c", 'printf %s "$BIG" | wc -c'],
+            None,
+            {"PATH": "/usr/bin:/bin", "BIG": big},
+        )
+        self.assertGreater(len(gate), 65536)
+        spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
+        self.addCleanup(spawner.stop)
+        ended: Deferred[object] = Deferred()
+        out: list[bytes] = []
+        proto = ProcessProtocol()
+        proto.childDataReceived = lambda fd, data: out.append(data)  # type: ignore[method-assign]
+        proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+        process = spawner.spawnProcess(proto, argv, stdin=False)
+        process.writeToChild(3, gate)
+        self.assertIn(3, process.pipes)  # the rest is with a writer
+        process.closeChildFD(3)
+        self.assertIsInstance(await ended, ProcessDone)
+        self.assertEqual(b"".join(out).strip(), str(len(big)).encode())
 
 
 class GenerationTests(TestCase):

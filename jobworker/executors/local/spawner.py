@@ -94,8 +94,13 @@ class SpawnedProcess(Process):
         self._watch: PidfdWatch | None = None
         self.status = -1
         self.pipes: dict[int, Any] = {}
+        #: The gate's write end: written once and closed, never watched by
+        #: the reactor (unless its line does not fit: L{writeToChild}).
+        self._gate: int | None = None
         for childFD, fd in ends.items():
-            if childFD in (0, 3):
+            if childFD == 3:
+                self._gate = fd
+            elif childFD == 0:
                 self.pipes[childFD] = ProcessWriter(
                     reactor, self, childFD, fd, forceReadHack=True
                 )
@@ -110,6 +115,43 @@ class SpawnedProcess(Process):
 
     def reapProcess(self) -> None:
         """The spawner reaps; its end report calls L{processEnded}."""
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        """
+        The gate's line goes straight into its pipe, which takes it whole
+        (it is empty, and far larger than a line). What does not fit goes
+        through a pipe writer, as any other child fd's data.
+        """
+        gate = self._gate
+        if childFD == 3 and gate is not None:
+            try:
+                os.set_blocking(gate, False)
+                data = data[os.write(gate, data) :]
+            except BlockingIOError:
+                pass
+            except OSError:  # the child is gone: nothing more to say to it
+                return
+            if not data:
+                return
+            self._gate = None
+            writer = ProcessWriter(self._reactor, self, 3, gate, forceReadHack=True)
+            self.pipes[3] = writer
+        Process.writeToChild(self, childFD, data)
+
+    def closeChildFD(self, childFD: int) -> None:
+        if childFD == 3 and self._gate is not None:
+            self._closeGate()
+        else:
+            Process.closeChildFD(self, childFD)
+
+    def _closeGate(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            os.close(gate)
+
+    def processEnded(self, status: int) -> None:
+        self._closeGate()
+        Process.processEnded(self, status)
 
     def signalProcess(self, signalID: Any) -> None:
         """Signal the child through its pidfd: never a reused pid."""
@@ -286,7 +328,11 @@ class Generation:
                 # The last try to fork failed: ask for a fresh one now.
                 self.send([b"N"], [])
             self.askAgain = False
-            self.receive(ANNOUNCE_TIMEOUT)
+            # Announced ahead, it is almost always there already: one
+            # recvmsg, no poll and no socket mode changes.
+            self.receive(None, one=True)
+            if not self.announced:
+                self.receive(ANNOUNCE_TIMEOUT, one=True)
             if not self.announced:
                 raise SpawnerGone("the job spawner did not answer")
         pid, startTicks, pidfd = self.announced.popleft()
@@ -314,10 +360,11 @@ class Generation:
             self.close()
             raise SpawnerGone(f"the job spawner is gone: {e.strerror}") from None
 
-    def receive(self, timeout: float | None) -> None:
+    def receive(self, timeout: float | None, *, one: bool = False) -> None:
         """
-        Take in the announcements waiting on the socket; with a
-        C{timeout}, wait that long for one if none is there.
+        Take in the announcements waiting on the socket (only the first,
+        if C{one}); with a C{timeout}, wait that long for one if none is
+        there.
         """
         sock = self.socket
         while sock is not None:
@@ -348,6 +395,8 @@ class Generation:
                 for fd in fds:
                     os.close(fd)
                 self.close()  # EOF, or not the spawner's protocol
+                return
+            if one:
                 return
             timeout = None
 
