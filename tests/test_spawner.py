@@ -105,6 +105,19 @@ def _cpuTicks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def launcherSandbox(testCase: SynchronousTestCase) -> tuple[str, Sandbox]:
+    """As root: the compiled launcher, and a sandbox that starts jobs with it."""
+    requireRoot()
+    path = compiled(testCase)
+    sandbox = Sandbox(
+        os.path.abspath(testCase.mktemp()),
+        1 << 20,
+        folders=privateFolders(),
+        launcher=path,
+    )
+    return path, sandbox
+
+
 class HandDriven:
     """A spawner started by hand: its socket (fd 3) and end pipe (fd 4)."""
 
@@ -203,15 +216,8 @@ class ProtocolTests(SynchronousTestCase):
     """The spawner's protocol, as root, by hand."""
 
     def setUp(self) -> None:
-        requireRoot()
-        self.launcher = compiled(self)
+        self.launcher, self.sandbox = launcherSandbox(self)
         self.spawner = HandDriven(self, self.launcher)
-        self.sandbox = Sandbox(
-            os.path.abspath(self.mktemp()),
-            1 << 20,
-            folders=privateFolders(),
-            launcher=self.launcher,
-        )
 
     def argv(self, script: str) -> tuple[list[str], bytes]:
         env = {"PATH": "/usr/bin:/bin"}
@@ -483,14 +489,7 @@ class DeadSpawnerTests(TestCase):
         """A spawn that finds the spawner dead (before the reactor noticed)
         fails, saying so, and drops that spawner's standby; the next spawn
         starts a new spawner."""
-        requireRoot()
-        path = compiled(self)
-        sandbox = Sandbox(
-            os.path.abspath(self.mktemp()),
-            1 << 20,
-            folders=privateFolders(),
-            launcher=path,
-        )
+        path, sandbox = launcherSandbox(self)
         argv, gate = sandbox.gatedStart(
             testIdentity(), ["true"], None, {"PATH": "/bin"}
         )
@@ -517,14 +516,7 @@ class DeadSpawnerTests(TestCase):
         """A gate line longer than its pipe takes at once (a large job
         environment): the rest goes through a pipe writer, the launcher
         reads it whole, and the job sees every byte."""
-        requireRoot()
-        path = compiled(self)
-        sandbox = Sandbox(
-            os.path.abspath(self.mktemp()),
-            1 << 20,
-            folders=privateFolders(),
-            launcher=path,
-        )
+        path, sandbox = launcherSandbox(self)
         big = "x" * 100_000
         argv, gate = sandbox.gatedStart(
             testIdentity(),
