@@ -642,6 +642,25 @@ class ServerSpawnerTests(TestCase):
                 any(line.endswith("/" + job["id"]) for line in lines[1:]), lines
             )
 
+    async def test_stdinNotSharedBetweenJobs(self) -> None:
+        """Each job's /dev/null stdin is an open file of its own: flags one
+        job sets on its fd 0 (a channel to other users' jobs, if shared)
+        are not seen on the next job's."""
+        server = LiveServer(self)
+        setter = await server.createJob(
+            "python3",
+            "-c",
+            "import fcntl, os; "
+            "fcntl.fcntl(0, fcntl.F_SETFL, os.O_NONBLOCK | os.O_APPEND)",
+        )
+        self.assertEqual((await server.waitEnded(setter["id"]))["exit_code"], 0)
+        job = await server.createJob("grep", "^flags:", "/proc/self/fdinfo/0")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["exit_code"], 0, ended)
+        response = await server.request("GET", f"/jobs/{job['id']}/logs")
+        flags = int((await treq.content(response)).split()[1], 8)
+        self.assertEqual(flags & (os.O_NONBLOCK | os.O_APPEND), 0, oct(flags))
+
     async def test_noCgroupsNoSpawner(self) -> None:
         """Without cgroups the server spawns each job's launcher itself: a
         group whose leader the spawner keeps a zombie would take signals,

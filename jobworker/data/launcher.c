@@ -487,9 +487,12 @@ static void takeDescriptors(const int *fds, int count) {
      * of the user's ever runs outside it; here rather than in the server,
      * whose thread would wait out the kernel's migration (an RCU grace
      * period on cgroup v1). A failure is said on the job's stderr. */
-    for (int i = REQUEST_FDS; i < count; i++)
-        if (write(moved[i], "0", 1) != 1)
-            die(SETUP_FAILED, "cannot join the job's cgroup", NULL, errno);
+    for (int i = REQUEST_FDS; i < count; i++) {
+        ssize_t wrote = write(moved[i], "0", 1);
+        if (wrote != 1)
+            die(SETUP_FAILED, "cannot join the job's cgroup", NULL,
+                wrote < 0 ? errno : EIO);
+    }
     if (syscall(SYS_close_range, REQUEST_FDS, ~0U, 0) != 0)
         _exit(SETUP_FAILED);
 }

@@ -483,8 +483,6 @@ class Spawner:
         self.current: Generation | None = None
         #: How many spawners were started (the first, then after deaths).
         self.started = 0
-        #: C{/dev/null}, the stdin of a job that has none (opened once).
-        self._nothing = -1
 
     def spawnProcess(
         self,
@@ -499,7 +497,9 @@ class Spawner:
         standby; fds as C{{0: "w", 1: "r", 2: "r", 3: "w"}}.
 
         @param stdin: False: the child's fd 0 is C{/dev/null}, not a pipe
-            (its reads see the end at once, as from a pipe closed at once).
+            (its reads see the end at once, as from a pipe closed at once),
+            opened for this child alone: an open file shared between jobs
+            would share its flags and locks, a channel between users.
         @param join: the job's cgroup, as its C{cgroup.procs} files opened
             for writing (the caller's: they are not closed here). The child
             joins it before its gate.
@@ -508,12 +508,10 @@ class Spawner:
         if args[0] != self.launcher:
             raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
         if len(join) > MAX_JOIN:
-            raise ValueError(f"at most {MAX_JOIN} cgroup.procs files")
+            raise OSError(errno.EINVAL, f"at most {MAX_JOIN} cgroup.procs files")
         message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
-        if not stdin and self._nothing < 0:
-            self._nothing = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         generation = self.running()
         pid, startTicks, pidfd = generation.standby()
         ends: dict[int, int] = {}
@@ -521,7 +519,7 @@ class Spawner:
         try:
             for childFD in range(4):
                 if childFD == 0 and not stdin:
-                    theirs.append(self._nothing)
+                    theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
                     continue
                 readEnd, writeEnd = os.pipe()
                 if childFD in (0, 3):
@@ -541,8 +539,7 @@ class Spawner:
             raise
         finally:
             for fd in theirs:
-                if fd != self._nothing:
-                    os.close(fd)
+                os.close(fd)
         return SpawnedProcess(generation, pid, pidfd, startTicks, ends, proto)
 
     def running(self) -> Generation:
@@ -561,9 +558,6 @@ class Spawner:
         its socket). Fires once its process has ended.
         """
         generation, self.current = self.current, None
-        if self._nothing >= 0:
-            os.close(self._nothing)
-            self._nothing = -1
         if generation is None:
             return succeed(None)
         generation.close()
