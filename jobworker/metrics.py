@@ -130,6 +130,28 @@ class _OutputThreads(Collector):
         yield pumped
 
 
+class _SpawnerStarts(Collector):
+    """How many job spawners were started, asked when scraped."""
+
+    def __init__(self, starts: Callable[[], int]) -> None:
+        self._starts = starts
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "jobworker_spawner_starts",
+            "Job spawners started: the first, then one after each that died "
+            "(the jobs it had forked were killed)",
+        )
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        family.add_metric([], self._starts())
+        yield family
+
+
 class Metrics:
     """The server's metrics, in a registry of its own (no global state)."""
 
@@ -186,6 +208,10 @@ class Metrics:
     def watchOutputThreads(self, state: Callable[[], tuple[int, int, int]]) -> None:
         """Report C{state()} (busy, limit, streams taken in all) at every scrape."""
         self.registry.register(_OutputThreads(state))
+
+    def watchSpawner(self, starts: Callable[[], int]) -> None:
+        """Report C{starts()} (job spawners started) at every scrape."""
+        self.registry.register(_SpawnerStarts(starts))
 
     def request(self, path: bytes, code: int, seconds: float) -> None:
         """Count one finished request."""

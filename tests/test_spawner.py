@@ -695,6 +695,10 @@ class ServerSpawnerTests(TestCase):
         done = await server.waitEnded(again["id"])
         self.assertEqual(done["status"], "COMPLETED", done)
         self.assertEqual(spawner.started, 2)
+        # The restart shows on /metrics.
+        response = await server.request("GET", "/metrics", "ada")
+        text = (await treq.content(response)).decode()
+        self.assertIn("jobworker_spawner_starts_total 2.0", text)
 
     async def test_noForkFailsOneJob(self) -> None:
         """The spawner cannot fork (a pids cgroup at its limit): that job

@@ -230,6 +230,7 @@ def _manager(
                 pumps=pumps,
                 spawner=config["launcher"] == "auto",
             )
+            metrics.watchSpawner(lambda: local.spawnerStarts)
             probeSandbox(local, policy.identities)
             executor = local
         manager = JobManager(

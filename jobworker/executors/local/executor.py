@@ -215,6 +215,8 @@ class LocalExecutor:
         #: launcher's --spawner mode) rather than spawned one by one.
         self._useSpawner = spawner
         self._spawner: Spawner | None = None
+        #: Spawner processes started by spawners replaced since.
+        self._retiredStarts = 0
         #: Dynamic uids waiting for their last processes to die (no cgroups).
         self._releasing: dict[int, IDelayedCall] = {}
         self._machine = machineLimits()
@@ -238,10 +240,18 @@ class LocalExecutor:
         if spawner is None or spawner.launcher != sandbox.launcher:
             if spawner is not None:
                 spawner.stop()
+                self._retiredStarts += spawner.started
             spawner = self._spawner = Spawner(
                 self._reactor, sandbox.launcher, ROOT_ENVIRONMENT
             )
         return spawner
+
+    @property
+    def spawnerStarts(self) -> int:
+        """How many spawner processes were started: more than one means one
+        died (and its jobs were killed) or was replaced."""
+        current = self._spawner.started if self._spawner is not None else 0
+        return self._retiredStarts + current
 
     @property
     def sandbox(self) -> Sandbox | None:
