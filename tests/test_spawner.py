@@ -621,7 +621,8 @@ class ServerSpawnerTests(TestCase):
         at once, as before); one with "stdin": true has its pipe. Each runs
         in its own cgroup, which it joined itself."""
         server = LiveServer(self)
-        script = "readlink /proc/self/fd/0; cat /proc/self/cgroup"
+        # (cat last: the stdin job waits for its end, not ending before it.)
+        script = "readlink /proc/self/fd/0; cat /proc/self/cgroup; cat"
         for stdin, expected in ((False, "/dev/null"), (True, "pipe:[")):
             job = await server.createJob("sh", "-c", script, stdin=stdin)
             if stdin:
