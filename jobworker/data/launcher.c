@@ -428,22 +428,35 @@ static int *waiting;              /* pidfds readable, not yet waitable */
 static size_t waitingCount, waitingRoom;
 static int standbyPidfd = -1, standbySocket = -1;
 
+/* Room for the most descriptors one message carries (SCM_RIGHTS), aligned
+ * for a cmsghdr. */
+union fdControl {
+    struct cmsghdr header;
+    char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
+};
+
+/* A message of one buffer (iov) whose descriptors go in control, room
+ * bytes of it. */
+static struct msghdr withFds(struct iovec *iov, union fdControl *control,
+                             size_t room) {
+    struct msghdr msg = {0};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control->space;
+    msg.msg_controllen = room;
+    return msg;
+}
+
 /* sendmsg of len bytes with count (at most MAX_FDS) descriptors
  * (SCM_RIGHTS), again after EINTR; sendmsg's result. */
 static ssize_t sendWithFds(int sock, void *data, size_t len, const int *fds,
                            int count) {
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
-    } control;
+    union fdControl control;
     struct iovec iov = {data, len};
-    struct msghdr msg = {0};
     ssize_t sent;
     memset(&control, 0, sizeof control);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = CMSG_SPACE((size_t)count * sizeof(int));
+    struct msghdr msg =
+        withFds(&iov, &control, CMSG_SPACE((size_t)count * sizeof(int)));
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -502,17 +515,10 @@ static void takeDescriptors(const int *fds, int count) {
  * its descriptors did not fit. The message's length, or -1 (errno). */
 static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
                               int *truncated) {
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(MAX_FDS * sizeof(int))];
-    } control;
+    union fdControl control;
     struct iovec iov = {request, MAX_REQUEST};
-    struct msghdr msg = {0};
+    struct msghdr msg = withFds(&iov, &control, sizeof control.space);
     ssize_t got;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = sizeof control.space;
     *count = 0;
     while ((got = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
         ;
@@ -666,7 +672,7 @@ static void start(ssize_t got, const int *fds, int count) {
 
 /* 'R': reap the ended children the server has taken in. */
 static void reap(ssize_t got) {
-    for (ssize_t at = 1; at + (ssize_t)sizeof(int32_t) <= got; at += sizeof(int32_t)) {
+    for (ssize_t at = 1; at + (ssize_t)sizeof(int32_t) <= got; at += (ssize_t)sizeof(int32_t)) {
         int32_t pid;
         memcpy(&pid, request + at, sizeof pid);
         if (pid <= 0)
