@@ -316,6 +316,8 @@ def measureStartRate(
 def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     s = ctx.settings
     api = measureStartRate(ctx, "start_rate")
+    # The second goal: the same load with no cgroups at all.
+    noCgroups = measureStartRate(ctx, "start_rate_cgroups_off", ("--cgroups=off",))
     duration = str(s.start_rate_s)
     inflight = str(s.clients)
     raw = runBare("spawn", "--duration", duration, "--inflight", inflight)
@@ -370,6 +372,15 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             ratio,
             ">= 0.50",
             judged(ratio >= 0.5),
+        ),
+        Row(
+            "1o",
+            f"job start rate with --cgroups off, {s.clients} keep-alive clients",
+            f"{noCgroups['rate']:.0f} jobs/s",
+            f"bare reactor.spawnProcess(true): {raw['rate']:.0f} jobs/s",
+            noCgroups["rate"] / raw["rate"],
+            ">= 0.70",
+            judged(noCgroups["rate"] / raw["rate"] >= 0.7),
         ),
         Row(
             "1i",
@@ -439,6 +450,7 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         )
     return rows, {
         "api": api,
+        "api_cgroups_off": noCgroups,
         "bare": raw,
         "bare_setsid": rawSetsid,
         "bare_gate_chain": rawGate,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -192,6 +193,8 @@ class Metrics:
         self.authFailures = Counter(
             "jobworker_auth_failures", "Failed authentications", registry=r
         )
+        self._requestChildren: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._endChildren: dict[str, tuple[Any, Any, Any]] = {}
 
     def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Report C{counts()} (jobs by status) at every scrape."""
@@ -216,8 +219,32 @@ class Metrics:
     def request(self, path: bytes, code: int, seconds: float) -> None:
         """Count one finished request."""
         route = routeLabel(path)
-        self.requests.labels(route, str(code)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, code)
+        children = self._requestChildren.get(key)
+        if children is None:
+            # labels() costs more than the count: looked up once per pair
+            # (routes and codes are few).
+            children = self._requestChildren[key] = (
+                self.requests.labels(route, str(code)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def jobEnded(self, status: str, stdoutBytes: int = 0, stderrBytes: int = 0) -> None:
+        """Count one ended job (by status) and its output."""
+        children = self._endChildren.get(status)
+        if children is None:
+            children = self._endChildren[status] = (
+                self.jobsEnded.labels(status),
+                self.outputBytes.labels("stdout"),
+                self.outputBytes.labels("stderr"),
+            )
+        children[0].inc()
+        if stdoutBytes:
+            children[1].inc(stdoutBytes)
+        if stderrBytes:
+            children[2].inc(stderrBytes)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

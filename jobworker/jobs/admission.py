@@ -126,7 +126,7 @@ class Admission:
         job.recorded()
         if record.status.ended:
             self._metrics.spawnFailures.inc()
-            self._metrics.jobsEnded.labels(record.status.value).inc()
+            self._metrics.jobEnded(record.status.value)
         else:
             self._metrics.jobsStarted.inc()
             self._watch(job)
@@ -237,7 +237,7 @@ class Admission:
                 "the job could not be recorded (is the state dir's disk full?)"
             ) from None
         if record.status.ended:
-            self._metrics.jobsEnded.labels(record.status.value).inc()
+            self._metrics.jobEnded(record.status.value)
             return record
         assert record.seq is not None
         entry = Waiting(
@@ -314,7 +314,7 @@ class Admission:
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""
         self._save(record)
-        self._metrics.jobsEnded.labels(record.status.value).inc()
+        self._metrics.jobEnded(record.status.value)
 
     def whenStarted(self, jobId: str) -> Deferred[None]:
         """Fires once a job has started (at once unless it is queued)."""

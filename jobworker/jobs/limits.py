@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,14 @@ class Limits:
 
     def toJSON(self) -> dict[str, int | None]:
         """The C{limits} object of the API."""
-        return asdict(self)
+        return {name: getattr(self, name) for name in NAMES}
 
     def given(self) -> Iterator[tuple[str, int]]:
         """The limits that are set, by name."""
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for name in NAMES:
+            value = getattr(self, name)
             if value is not None:
-                yield field.name, value
+                yield name, value
 
     def over(self, other: Limits) -> Iterator[tuple[str, int, int]]:
         """The limits set here that exceed the same limit set in C{other}."""
@@ -38,9 +38,14 @@ class Limits:
         """These limits, with C{defaults} filling what is unset."""
         return Limits(
             **{
-                field.name: getattr(self, field.name)
-                if getattr(self, field.name) is not None
-                else getattr(defaults, field.name)
-                for field in fields(self)
+                name: getattr(self, name)
+                if getattr(self, name) is not None
+                else getattr(defaults, name)
+                for name in NAMES
             }
         )
+
+
+#: The limits' names, in their order (the fields of L{Limits}: looked up
+#: once, not per job).
+NAMES: tuple[str, ...] = tuple(field.name for field in fields(Limits))

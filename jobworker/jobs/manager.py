@@ -183,10 +183,9 @@ class JobManager(Admission):
             )
             self._unsaved[record.id] = record
             self._scheduleRetry()
-        metrics = self._metrics
-        metrics.jobsEnded.labels(record.status.value).inc()
-        metrics.outputBytes.labels("stdout").inc(record.stdout_bytes)
-        metrics.outputBytes.labels("stderr").inc(record.stderr_bytes)
+        self._metrics.jobEnded(
+            record.status.value, record.stdout_bytes, record.stderr_bytes
+        )
         self._scheduler.jobEnded(record, self._reactor.seconds())
         self._scheduler.dispatch()
         return record

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +54,9 @@ MAX_JOIN = 8
 MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
 MAX_REQUEST = 128 * 1024
+#: How os.fsencode encodes a str argument.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 #: How long a spawn may wait for the spawner's first announcement, seconds.
 ANNOUNCE_TIMEOUT = 10.0
 #: The wait status of a process killed by SIGKILL.
@@ -509,7 +513,7 @@ class Spawner:
             raise ValueError(f"the spawner runs {self.launcher}, not {args[0]}")
         if len(join) > MAX_JOIN:
             raise OSError(errno.EINVAL, f"at most {MAX_JOIN} cgroup.procs files")
-        message = b"".join(os.fsencode(arg) + b"\0" for arg in args[1:])
+        message = encodeArguments(args[1:])
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
         generation = self.running()
@@ -562,6 +566,15 @@ class Spawner:
             return succeed(None)
         generation.close()
         return generation.protocol.whenEnded()
+
+
+def encodeArguments(args: Sequence[str]) -> bytes:
+    """
+    C{args} as a start request carries them: each as C{os.fsencode} makes
+    it, ended by a NUL byte (one encode for all: a job has dozens).
+    """
+    text = "\0".join(args) + "\0" if args else ""
+    return text.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
