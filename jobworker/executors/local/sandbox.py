@@ -153,7 +153,9 @@ class Sandbox:
         #: The compiled launcher (None: the exec chain); see L{usesLauncher}.
         self.launcher = launcher
         self._fstabs: dict[tuple[int, int], str] = {}
-        self._mounts: dict[tuple[int, int], list[str]] = {}
+        #: The launcher's arguments for the mounts every job has alike
+        #: (all but its working directory's), made at the first job.
+        self._sharedMounts: list[str] | None = None
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for name in os.listdir(directory):
             if name.startswith("fstab-"):
@@ -170,6 +172,10 @@ class Sandbox:
         options mount(8) reads (C{X-mount.mkdir=0755}: make the folder
         first), and the data the kernel gets.
         """
+        return [*self._mountsAlike(), self._workMount(identity)]
+
+    def _mountsAlike(self) -> list[tuple[str, str, str, str, str]]:
+        """The mounts every job has alike, in order (L{mounts})."""
         size = f"size={self._tmpSize}"
         found = [
             (
@@ -190,16 +196,17 @@ class Sandbox:
             found.append(
                 ("jobworker-mqueue", "/dev/mqueue", "mqueue", "nosuid,nodev,noexec", "")
             )
-        found.append(
-            (
-                "jobworker-work",
-                WORKDIR,
-                "tmpfs",
-                "nosuid,nodev,X-mount.mkdir=0755",
-                f"mode=0700,uid={identity.uid},gid={identity.gid},{size}",
-            )
-        )
         return found
+
+    def _workMount(self, identity: Identity) -> tuple[str, str, str, str, str]:
+        """C{identity}'s own mount, its working directory: the last one."""
+        return (
+            "jobworker-work",
+            WORKDIR,
+            "tmpfs",
+            "nosuid,nodev,X-mount.mkdir=0755",
+            f"mode=0700,uid={identity.uid},gid={identity.gid},size={self._tmpSize}",
+        )
 
     def fstab(self, identity: Identity) -> str:
         """The fstab (path) of C{identity}'s private mounts, written once."""
@@ -285,20 +292,10 @@ class Sandbox:
     ) -> list[str]:
         """The same job through the launcher (its arguments: launcher.c)."""
         assert self.launcher is not None
-        key = (identity.uid, identity.gid)
-        mounts = self._mounts.get(key)
-        if mounts is None:
-            mounts = self._mounts[key] = [
-                text
-                for source, target, kind, options, data in self.mounts(identity)
-                for text in (
-                    source,
-                    target,
-                    kind,
-                    "".join(LAUNCHER_FLAGS[o] for o in options.split(",")) or "-",
-                    data,
-                )
-            ]
+        shared = self._sharedMounts
+        if shared is None:
+            shared = self._sharedMounts = _launcherMounts(self._mountsAlike())
+        mounts = shared + _launcherMounts([self._workMount(identity)])
         # Gated, the environment comes on the gate (option e): a command
         # line is readable by every local user in /proc/<pid>/cmdline.
         options = (
@@ -414,6 +411,21 @@ class Sandbox:
         if result.returncode != 0:
             why = result.stderr.decode("utf-8", "replace").strip().splitlines()
             raise SandboxError(why[-1] if why else f"exit status {result.returncode}")
+
+
+def _launcherMounts(mounts: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """Mounts as the launcher's arguments: five each (launcher.c)."""
+    return [
+        text
+        for source, target, kind, options, data in mounts
+        for text in (
+            source,
+            target,
+            kind,
+            "".join(LAUNCHER_FLAGS[o] for o in options.split(",")) or "-",
+            data,
+        )
+    ]
 
 
 # -- can this identity start that? --------------------------------------------
