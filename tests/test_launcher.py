@@ -1065,3 +1065,30 @@ class ServerFallbackTests(ServerLauncherTests):
         LiveServer(self)
         [which] = logs.which()
         self.assertTrue(re.search(r"no launcher: \S*false failed", which), which)
+
+
+class EncodingTests(SynchronousTestCase):
+    """What a start request says of the launcher's arguments."""
+
+    def test_asFsencodeMakesThem(self) -> None:
+        """Each argument is encoded as os.fsencode would (undecodable bytes
+        given back through surrogateescape included), each ended by NUL."""
+        cases = [
+            [],
+            ["a"],
+            ["", "", "x"],
+            ["p\u00e9", "\u2603", os.fsdecode(b"raw\xff\xfe"), "=", "a b"],
+        ]
+        for args in cases:
+            self.assertEqual(
+                launcher.encodeArguments(args),
+                b"".join(os.fsencode(arg) + b"\0" for arg in args),
+            )
+
+    def test_unencodable(self) -> None:
+        """A lone surrogate that is no escaped byte cannot be encoded, as
+        with os.fsencode: an error, not a mangled argument."""
+        with self.assertRaises(UnicodeEncodeError):
+            os.fsencode("\ud800")
+        with self.assertRaises(UnicodeEncodeError):
+            launcher.encodeArguments(["ok", "\ud800"])

@@ -34,7 +34,6 @@ from jobworker.executors.local.spawner import (
     START,
     Spawner,
     SpawnerGone,
-    encodeArguments,
 )
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.recovery import processStartTime
@@ -211,33 +210,6 @@ class Job:
     def output(self) -> tuple[bytes, bytes]:
         with os.fdopen(self.outRead, "rb") as out, os.fdopen(self.errRead, "rb") as err:
             return out.read(), err.read()
-
-
-class EncodingTests(SynchronousTestCase):
-    """What a start request says of the launcher's arguments."""
-
-    def test_asFsencodeMakesThem(self) -> None:
-        """Each argument is encoded as os.fsencode would (undecodable bytes
-        given back through surrogateescape included), each ended by NUL."""
-        cases = [
-            [],
-            ["a"],
-            ["", "", "x"],
-            ["p\u00e9", "\u2603", os.fsdecode(b"raw\xff\xfe"), "=", "a b"],
-        ]
-        for args in cases:
-            self.assertEqual(
-                encodeArguments(args),
-                b"".join(os.fsencode(arg) + b"\0" for arg in args),
-            )
-
-    def test_unencodable(self) -> None:
-        """A lone surrogate that is no escaped byte cannot be encoded, as
-        with os.fsencode: an error, not a mangled argument."""
-        with self.assertRaises(UnicodeEncodeError):
-            os.fsencode("\ud800")
-        with self.assertRaises(UnicodeEncodeError):
-            encodeArguments(["ok", "\ud800"])
 
 
 class ProtocolTests(SynchronousTestCase):

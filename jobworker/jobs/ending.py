@@ -44,8 +44,15 @@ class Ending:
         """End the job: record, log (with C{context}), wake the waiters."""
         record = self.record
         record.finish(status, when, exit_code=exit_code, signal=signal, error=error)
+        # The text made here, once (a literal for the formatter: braces
+        # doubled); the fields stay in the event for structured observers.
+        # Twisted's formatter would parse the format and look up each field
+        # at every job's end.
+        text = (
+            f"job {record.id} ended {status.value} (exit {exit_code}, signal {signal})"
+        )
         self.log.info(
-            "job {job} ended {status} (exit {exit_code}, signal {signal})",
+            text.replace("{", "{{").replace("}", "}}"),
             job=record.id,
             status=status.value,
             exit_code=exit_code,

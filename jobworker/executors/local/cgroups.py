@@ -79,7 +79,7 @@ def _openProcs(folders: Iterable[str]) -> list[int]:
     fds: list[int] = []
     try:
         for folder in folders:
-            path = os.path.join(folder, "cgroup.procs")
+            path = f"{folder}/cgroup.procs"
             fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
     except OSError as e:
         for fd in fds:
@@ -222,7 +222,7 @@ class V1Group:
         return _openProcs(self.paths.values())
 
     def _members(self) -> list[int]:
-        return _pids(os.path.join(self.paths["freezer"], "cgroup.procs"))
+        return _pids(f"{self.paths['freezer']}/cgroup.procs")
 
     def signal(self, signum: int) -> bool:
         return _signalAll(self._members(), signum)
@@ -307,11 +307,7 @@ class CgroupsV1:
             wanted.add("pids")
         if limits.io_read_bps is not None or limits.io_write_bps is not None:
             wanted.add("blkio")
-        paths = {
-            c: os.path.join(base, jobId)
-            for c, base in self._bases.items()
-            if c in wanted
-        }
+        paths = {c: f"{base}/{jobId}" for c, base in self._bases.items() if c in wanted}
         group = V1Group(paths)
         try:
             for path in paths.values():

@@ -12,7 +12,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
+from collections.abc import Sequence
 from importlib.resources import files
 
 #: The environment variable naming the C compiler (default: cc, else gcc).
@@ -28,6 +30,20 @@ FLAGS = ("-O2", "-Wall", "-Wextra")
 
 #: How long a compilation may take.
 COMPILE_TIMEOUT = 120.0
+
+#: How os.fsencode encodes a str.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+def encodeArguments(args: Sequence[str]) -> bytes:
+    """
+    C{args} as the launcher reads them from a start request or its gate:
+    each as C{os.fsencode} makes it, ended by a NUL byte (one encode for
+    all: a job has dozens).
+    """
+    text = "\0".join(args) + "\0" if args else ""
+    return text.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 class LauncherUnavailable(Exception):

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Iterable
 
 from ...jobs.identity import Identity
+from .launcher import encodeArguments
 
 POSIX_SHELL = shutil.which("sh") or "/bin/sh"
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
@@ -371,9 +372,8 @@ class Sandbox:
         assignments = jobEnvironment(
             env if env is not None else ROOT_ENVIRONMENT, cwd, start
         )
-        block = b"".join(
-            os.fsencode(f"{name}={value}") + b"\0"
-            for name, value in assignments.items()
+        block = encodeArguments(
+            [f"{name}={value}" for name, value in assignments.items()]
         )
         # Counted, so the launcher takes it without waiting for the pipe's
         # end (which would wake it a second time).
@@ -468,11 +468,13 @@ def checkRunnable(
             raise SpawnRefused(f"cannot start: {command!r}: not found or not permitted")
         return
     for entry in env.get("PATH", "").split(os.pathsep):
-        if not os.path.isabs(entry):
+        if not entry.startswith("/"):  # (os.path.isabs)
             if known is None:
                 continue
             entry = os.path.join(known, entry)
-        if _runnable(os.path.join(entry, command), identity, hiddenFolders):
+        # os.path.join(entry, command), without its checks: one per entry.
+        path = entry + command if entry.endswith("/") else f"{entry}/{command}"
+        if _runnable(path, identity, hiddenFolders):
             return
     raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
 
@@ -483,10 +485,11 @@ def _within(path: str, folders: tuple[str, ...]) -> bool:
 
 def _traversable(path: str, identity: Identity) -> bool:
     """Every folder from / down to C{path} (itself included) is searchable."""
-    current = "/"
-    parts = [p for p in path.split("/") if p]
-    for part in ["", *parts]:
-        current = os.path.join(current, part) if part else "/"
+    folders = ["/"]
+    for part in path.split("/"):
+        if part:
+            folders.append(f"{folders[-1].rstrip('/')}/{part}")
+    for current in folders:
         try:
             st = os.stat(current)
         except OSError:

@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import struct
-import sys
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .launcher import encodeArguments
 from .pipes import readSome
 
 #: An end record on the events pipe: pid, wait status.
@@ -54,9 +54,6 @@ MAX_JOIN = 8
 MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
 MAX_REQUEST = 128 * 1024
-#: How os.fsencode encodes a str argument.
-_FS_ENCODING = sys.getfilesystemencoding()
-_FS_ERRORS = sys.getfilesystemencodeerrors()
 #: How long a spawn may wait for the spawner's first announcement, seconds.
 ANNOUNCE_TIMEOUT = 10.0
 #: The wait status of a process killed by SIGKILL.
@@ -566,15 +563,6 @@ class Spawner:
             return succeed(None)
         generation.close()
         return generation.protocol.whenEnded()
-
-
-def encodeArguments(args: Sequence[str]) -> bytes:
-    """
-    C{args} as a start request carries them: each as C{os.fsencode} makes
-    it, ended by a NUL byte (one encode for all: a job has dozens).
-    """
-    text = "\0".join(args) + "\0" if args else ""
-    return text.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
