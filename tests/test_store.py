@@ -57,6 +57,21 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(loaded.env, {})
         self.assertIsNone(self.store.get("nope"))
 
+    def test_noneIsNull(self) -> None:
+        """A None field is stored as SQL NULL (through the store's adapter
+        for None), not as text or a number."""
+        record = makeRecord(2)
+        record.cwd = None
+        self.store.insert(record)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        row = db.execute(
+            "SELECT typeof(cwd), typeof(exit_code), typeof(name) FROM jobs"
+            " WHERE id = ?",
+            (record.id,),
+        ).fetchone()
+        self.assertEqual(row, ("null", "null", "null"))
+
     def test_environmentNotStored(self) -> None:
         """The job's environment (maybe secrets) never reaches the file."""
         self.store.insert(makeRecord(1))

@@ -9,9 +9,10 @@ import subprocess
 import treq
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.server.tlswrites import (
@@ -20,8 +21,9 @@ from jobworker.server.tlswrites import (
     LargeWritesTLSFactory,
     LargeWritesTLSProtocol,
 )
+from jobworker.tls import serverOptions
 
-from .support import CA, LiveServer
+from .support import CA, CERT, KEY, LiveServer
 
 
 class TwistedTests(SynchronousTestCase):
@@ -68,4 +70,111 @@ class LargeWritesTests(TestCase):
         self.assertEqual(len(body), len(expected))
         self.assertEqual(
             hashlib.sha256(body).digest(), hashlib.sha256(expected).digest()
+        )
+
+
+class Answering(Protocol):
+    """Answers each request in two small writes, as twisted.web does (the
+    head, then the body); "bye" also closes, "big" adds a large write."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"head:" + data + b";")
+        if data == b"big":
+            self.transport.write(b"x" * (3 * PIECE // 2))
+        self.transport.write(b"body;")
+        if data == b"bye":
+            self.transport.loseConnection()
+
+
+class Collecting(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object) -> None:
+        self.lost = True
+
+
+def records(wire: bytes) -> int:
+    """How many TLS records of application data C{wire} holds."""
+    count = at = 0
+    while at + 5 <= len(wire):
+        if wire[at] == 23:
+            count += 1
+        at += 5 + int.from_bytes(wire[at + 3 : at + 5], "big")
+    return count
+
+
+class UnbufferedTLSFactory(TLSMemoryBIOFactory):
+    """Twisted's TLS without its default buffering (which waits for the
+    next reactor turn): what the server's protocol is built on."""
+
+    protocol = TLSMemoryBIOProtocol
+
+
+class HeldWritesTests(SynchronousTestCase):
+    """Writes made while one request is handled leave as one record."""
+
+    def connected(
+        self, factoryClass: type[TLSMemoryBIOFactory]
+    ) -> tuple[Collecting, list[bytes], object]:
+        server = factoryClass(
+            serverOptions(CERT, KEY), False, Factory.forProtocol(Answering)
+        ).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        with open(CA) as f:
+            trust = Certificate.loadPEM(f.read())
+        collecting = Collecting()
+        client = UnbufferedTLSFactory(
+            optionsForClientTLS("localhost", trustRoot=trust),
+            True,
+            Factory.forProtocol(lambda: collecting),
+        ).buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        serverTransport = FakeTransport(server, isServer=True)
+        pump = connect(server, serverTransport, client, FakeTransport(client, False))
+        pump.flush()  # the handshake, and TLS 1.3's session tickets
+        sent: list[bytes] = []
+        write = serverTransport.write
+
+        def recording(data: bytes) -> None:
+            sent.append(data)
+            write(data)
+
+        serverTransport.write = recording  # type: ignore[method-assign]
+        return collecting, sent, pump
+
+    def ask(
+        self, factoryClass: type[TLSMemoryBIOFactory], what: bytes
+    ) -> tuple[Collecting, list[bytes]]:
+        collecting, sent, pump = self.connected(factoryClass)
+        assert collecting.transport is not None
+        collecting.transport.write(what)
+        pump.flush()  # type: ignore[attr-defined]
+        return collecting, sent
+
+    def test_oneRecord(self) -> None:
+        """A head and a body written while a request is handled: one record
+        (Twisted's class under ours makes two), every byte in order."""
+        plain, plainSent = self.ask(UnbufferedTLSFactory, b"ping")
+        self.assertEqual(records(b"".join(plainSent)), 2)
+        self.assertEqual(plain.received, b"head:ping;body;")
+        held, heldSent = self.ask(LargeWritesTLSFactory, b"ping")
+        self.assertEqual(records(b"".join(heldSent)), 1)
+        self.assertEqual(len(heldSent), 1)
+        self.assertEqual(held.received, b"head:ping;body;")
+
+    def test_closedAfterWhatWasHeld(self) -> None:
+        """A close while the request is handled comes after what it wrote."""
+        collecting, _ = self.ask(LargeWritesTLSFactory, b"bye")
+        self.assertEqual(collecting.received, b"head:bye;body;")
+        self.assertTrue(collecting.lost)
+
+    def test_largeWriteAfterHeld(self) -> None:
+        """A large write sends what was held first: the order holds."""
+        collecting, _ = self.ask(LargeWritesTLSFactory, b"big")
+        self.assertEqual(
+            collecting.received, b"head:big;" + b"x" * (3 * PIECE // 2) + b"body;"
         )

@@ -38,17 +38,58 @@ RELIED_ON = (
 
 
 class LargeWritesTLSProtocol(TLSMemoryBIOProtocol):
-    """C{TLSMemoryBIOProtocol}, with large writes in L{PIECE}s."""
+    """
+    C{TLSMemoryBIOProtocol}, with large writes in L{PIECE}s, and the small
+    writes made while received data is handled sent together once it is
+    (a response's head and body: one record, one C{SSL_write}, one
+    C{bio_read}, one socket write instead of two of each).
+    """
+
+    #: While received data is handled: the small writes it made, in order
+    #: (None: not handling, each write goes at once).
+    _held: list[bytes] | None = None
+
+    def dataReceived(self, bytes: bytes) -> None:
+        if self._held is not None:  # (re-entered: still held)
+            TLSMemoryBIOProtocol.dataReceived(self, bytes)
+            return
+        self._held = []
+        try:
+            TLSMemoryBIOProtocol.dataReceived(self, bytes)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Send the held writes, as one; write at once from now on."""
+        held, self._held = self._held, None
+        if held:
+            self._send(b"".join(held) if len(held) > 1 else held[0])
 
     def write(self, bytes: bytes) -> None:
         # Twisted's write, with the large ones sent our way: a small write
         # costs no more than it does in Twisted (the request path).
         if self.disconnecting and self._producer is None:
             return
+        held = self._held
+        if held is not None and len(bytes) <= RECORD and not self._lostTLSConnection:
+            held.append(bytes)
+            return
+        self._release()  # what was held goes first
+        self._send(bytes)
+
+    def _send(self, bytes: bytes) -> None:
         if len(bytes) <= RECORD or self._lostTLSConnection:
             self._write(bytes)  # type: ignore[no-untyped-call]
         else:
             self._writeLarge(bytes)
+
+    def loseConnection(self) -> None:
+        self._release()  # before the close alert
+        TLSMemoryBIOProtocol.loseConnection(self)
+
+    def abortConnection(self) -> None:
+        self._held = None  # an abort drops what was not sent
+        TLSMemoryBIOProtocol.abortConnection(self)
 
     def _writeLarge(self, bytes: bytes) -> None:
         view = memoryview(bytes)
