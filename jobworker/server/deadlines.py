@@ -53,6 +53,15 @@ class DeadlineChannel(HTTPChannel):
     _closeWaiters: list[Deferred[None]] | None = None
     _lastActive = 0.0
 
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once: Twisted asks for it
+        at every request (a getsockname each), and it never changes."""
+        if self._host is None:
+            self._host = HTTPChannel.getHost(self)
+        return self._host
+
     def idleFor(self) -> float:
         """Seconds since this connection last received or answered anything
         (0 while a request is in progress); infinite once it is closed."""
