@@ -5,7 +5,6 @@ users reload, retention.
 
 from __future__ import annotations
 
-import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +36,6 @@ class ListeningService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        # What start-up made (modules, the site, the users) lives as long as
-        # the server: out of the collector's way, so that each collection
-        # only looks at what requests and jobs made since.
-        gc.freeze()
-        gc.set_threshold(10000, 10, 10)
         address = self._port.getHost()
         self.log.info(
             "jobworker listening on https://{host}:{port}",
