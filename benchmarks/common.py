@@ -743,7 +743,7 @@ def jwEnvironment(port: int, user: str = "alice") -> dict[str, str]:
         "JW_CA": CA,
         "JW_USER": user,
         "JW_PASSWORD": PASSWORDS[user],
-        # --commit: the snapshot of jobworker to measure (see run.py).
+        # The jobworker measured: the working tree or a snapshot (run.py).
         **(
             {"PYTHONPATH": os.environ["PYTHONPATH"]}
             if "PYTHONPATH" in os.environ

@@ -1547,9 +1547,14 @@ def main() -> int:
         # Measure a fixed commit, untouched by edits made while the suite runs:
         # every server, jw and the store fill import jobworker from it.
         codeRoot = snapshot(ctx.cleanup, args.commit)
-        os.environ["PYTHONPATH"] = codeRoot
-        sys.path.insert(0, codeRoot)
         log(f"measuring commit {git('rev-parse', '--short', args.commit)}")
+    # Every server, jw and the store fill import jobworker from the code the
+    # results name (the working tree, or the snapshot), not from whatever
+    # build of it the virtualenv holds.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [codeRoot, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    sys.path.insert(0, codeRoot)
     measured = gitState(args.commit)
     digestBefore = codeDigest(codeRoot)
     began = time.monotonic()
