@@ -17,11 +17,11 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from jobworker.executors.local.pipes import HEAVY, drainInLargeReads
-from jobworker.executors.local.pump import MAX_PUMPS, Pumps
+from jobworker.executors.local.pump import MAX_PUMPS, NICE, Pumps
 from jobworker.jobs.order import OrderLog, decodeEntries
 from jobworker.jobs.spool import OutputSpool, SpoolReader
 
@@ -140,6 +140,12 @@ class Collect:
     def write(self, data: bytes) -> None:
         self.digest.update(data)
         self.size += len(data)
+
+
+def niceOf(tid: int) -> int:
+    """A thread of this process's nice value (/proc's stat, field 19)."""
+    with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[16])
 
 
 def digestOf(path: str) -> str:
@@ -312,6 +318,25 @@ class PumpTests(TestCase):
         self.assertEqual((spool.size, spool.dropped), (3 * n, n))
         self.assertEqual(digestOf(spool.path), expectedPieces(n, n, n))
         self.assertEqual(pumpsLeft(), [])
+
+    async def test_thePumpGoesFirst(self) -> None:
+        """
+        As root, a pump thread runs at a higher priority (NICE) than the
+        server's other threads: a job's pipe is drained before followers
+        are served. Every byte still arrives.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("only root may raise a thread's priority")
+        n = 4 * HEAVY
+        job = Job(self.spools(), Pumps(reactor, idle=30))
+        self.spawn(job, BURSTS, str(n), "1", str(n))
+        while job.taken != [1]:
+            await sleep(0.01)
+        (thread,) = pumped()
+        self.assertEqual(niceOf(thread.native_id), NICE)
+        self.assertEqual(niceOf(threading.get_native_id()), 0)
+        await job.ended
+        self.assertEqual(digestOf(job.spools[1].path), expectedPieces(n, n))
 
     def spoolsIn(self, name: str) -> dict[int, OutputSpool]:
         folder = os.path.join(self.folder, name)

@@ -5,8 +5,9 @@ The reactor's one thread reads every job's pipes and sends every log
 response. A job printing at full speed and its followers then take turns on
 one CPU: while the reactor encrypts for a follower, the pipe is not read.
 Once a stream turns heavy (its pipe was found full: L{pipes.PipeDrain}),
-a L{Pump} thread takes its pipe over: it reads it and appends to the
-spool file, with the GIL released in both system calls, on another CPU.
+a L{Pump} thread takes its pipe over: it splices it into the spool file,
+kernel to kernel with the GIL released, on another CPU, and at a higher
+priority than the reactor's (L{NICE}).
 The reactor only learns how far the file has grown (L{OutputSpool.grew}:
 every L{ANNOUNCE} bytes while the pipe stays full, at once when it runs
 dry, and at the end) and wakes the readers. So followers are no
@@ -47,6 +48,11 @@ READ = 1 << 20
 #: many bytes read (each time costs it a wake-up); at once when the pipe
 #: runs dry, and at the end.
 ANNOUNCE = 4 << 20
+#: How the pipe is spliced into the file: never waiting for the pipe.
+SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: The pump threads' nice value (as root): the reactor's followers, at 0,
+#: never starve the pipe they read from.
+NICE = -5
 #: Seconds a pumped stream may stay quiet before the reactor reads it again.
 IDLE = 2.0
 
@@ -116,6 +122,7 @@ class Pump:
         self.dropped = handover.dropped
         self.lost = handover.lost
         self.error: str | None = None
+        self._splicing = True
         self._pending = False
         #: Bytes read from the pipe, and as many when last announced.
         self._read = 0
@@ -166,12 +173,13 @@ class Pump:
     def _run(self) -> None:
         reason: Exception | None = CONNECTION_DONE
         try:
+            _prioritise()
             poller = select.poll()
             poller.register(self._pipe, select.POLLIN)
             poller.register(self._wakeRead, select.POLLIN)
             while not self._stopping:
                 try:
-                    data = os.read(self._pipe, READ)
+                    moved = self._move()
                 except (BlockingIOError, InterruptedError):
                     self._announce()
                     if not poller.poll(self._idleMs):
@@ -181,9 +189,8 @@ class Pump:
                 except OSError:
                     reason = CONNECTION_LOST
                     break
-                if not data:
+                if not moved:
                     break
-                self._take(data)
                 if self._read - self._announced >= ANNOUNCE:
                     self._announce()
         finally:
@@ -192,6 +199,40 @@ class Pump:
             except OSError:  # NFS, FUSE: the bytes were counted as written
                 pass
             self._reactor.callFromThread(self._end, reason)
+
+    def _move(self) -> int:
+        """
+        Move what the pipe holds into the file: spliced, kernel to kernel,
+        while there is room under the cap and the file takes it; else read
+        and counted by L{_take} (dropped past the cap; lost if the write
+        fails, as the splice did). 0 at the end of the pipe.
+
+        @raise OSError: the pipe's: EAGAIN when it is empty.
+        """
+        room = self._room
+        if room and self._splicing:
+            try:
+                moved = os.splice(
+                    self._pipe,
+                    self._out,
+                    READ if room < 0 else min(READ, room),
+                    flags=SPLICE,
+                )
+            except (BlockingIOError, InterruptedError):
+                raise
+            except OSError:
+                # The file's error, or a file that takes no splice: from now
+                # on, read and write (what the write loses is counted).
+                self._splicing = False
+            else:
+                self._read += moved
+                self.size += moved
+                if room > 0:
+                    self._room -= moved
+                return moved
+        data = os.read(self._pipe, READ)
+        self._take(data)
+        return len(data)
 
     def _take(self, data: bytes) -> None:
         self._read += len(data)
@@ -251,6 +292,18 @@ class Pump:
                 reader.startReading()
             else:
                 reader.connectionLost(Failure(reason))
+
+
+def _prioritise() -> None:
+    """
+    The calling thread (a pump) goes before the server's other work, as
+    root: a job's pipe is drained first, and the followers it feeds wait.
+    Without the privilege it keeps the server's priority.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except OSError:
+        pass
 
 
 def _notWhilePumped() -> None:
