@@ -76,13 +76,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--out", default=None, help="callgrind's output file")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra twistd jobworker option (repeatable), e.g. --cgroups=off",
+    )
     args = parser.parse_args()
     cleanup = Cleanup()
     workdir = cleanup.tempdir()
     out = args.out or os.path.join(
         tempfile.mkdtemp(prefix="jw-callgrind-"), "callgrind.out"
     )
-    server = CountedServer(out, cleanup, workdir, "counted", extra=EXTRA)
+    server = CountedServer(
+        out, cleanup, workdir, "counted", extra=(*EXTRA, *args.server_arg)
+    )
     try:
         server.start(timeout=600)
         client = server.client()

@@ -36,6 +36,7 @@ from jobworker.jobs.identity import (
 from jobworker.jobs.recovery import processesOf
 
 from .support import CERT, KEY, LiveServer, sharedPath, sleep
+from .test_pump import readCmdline
 
 #: Accounts the mapped-mode tests run alice's and bob's jobs as (also used
 #: by the Slurm CI cluster).
@@ -533,6 +534,33 @@ class DynamicIdentityTests(TestCase):
         self.assertEqual(processesOf(uid), [])
         self.assertEqual([n for n in os.listdir("/tmp") if n.startswith("left-")], [])
 
+    async def test_escapedLeftoverGoneBeforeTheUidIsReused(self) -> None:
+        """
+        A leftover that left the job's session and ignores SIGTERM: the
+        uid is handed out again only once it is gone (without cgroups, the
+        uid's sweep finds and kills it).
+        """
+        uid = self.soleUid + 50
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
+        first = await server.createJob(
+            "sh",
+            "-c",
+            "setsid sh -c 'trap \"\" TERM HUP; exec sleep 301' "
+            "</dev/null >/dev/null 2>&1 & echo started",
+        )
+        ended = await server.waitEnded(first["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        for _ in range(200):
+            second = await server.json("POST", "/jobs", "alice", {"command": "true"})
+            if second[0] == 201:
+                break
+            self.assertEqual(second[0], 429, second)
+            await sleep(0.05)
+        self.assertEqual(second[1]["run_as"], f"dynamic:{uid}")
+        left = [pid for pid in processesOf(uid) if b"301" in readCmdline(pid)]
+        self.assertEqual(left, [], "the uid was handed out again while in use")
+        await server.waitEnded(second[1]["id"])
+
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""
         uid = self.soleUid + 100
@@ -615,6 +643,13 @@ class DynamicIdentityChainTests(DynamicIdentityTests):
 
     serverOptions = ("--launcher=off",)
     soleUid = 72510
+
+
+class DynamicIdentityNoCgroupsTests(DynamicIdentityTests):
+    """The same without cgroups: the uid's own sweep finds what is left."""
+
+    serverOptions = ("--cgroups=off",)
+    soleUid = 72520
 
 
 class OptionTests(SynchronousTestCase):

@@ -31,6 +31,7 @@ from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, private
 from jobworker.executors.local.spawner import (
     ANNOUNCE,
     ENDED,
+    REAPED,
     START,
     Spawner,
     SpawnerGone,
@@ -173,9 +174,11 @@ class HandDriven:
         assert kind == b"A", kind
         return pid, ticks, pidfd
 
-    def start(self, pid: int, args: list[str], fds: list[int]) -> None:
+    def start(
+        self, pid: int, args: list[str], fds: list[int], kind: bytes = b"S"
+    ) -> None:
         message = b"".join(os.fsencode(a) + b"\0" for a in args)
-        self.socket.sendmsg([START.pack(b"S", pid), message], _rights(fds))
+        self.socket.sendmsg([START.pack(kind, pid), message], _rights(fds))
 
     def reap(self, *pids: int) -> None:
         self.socket.sendmsg([b"R", struct.pack(f"={len(pids)}i", *pids)])
@@ -293,6 +296,20 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(lines[-2:], [str(pid), str(testIdentity().uid)])
         nextPid, _, _ = self.spawner.announced()
         self.assertNotEqual(nextPid, pid)
+
+    def test_reapedAtOnce(self) -> None:
+        """A child started with 's' is reaped as soon as it ends, and its
+        end record says so (no 'R' for it)."""
+        pid, _, _ = self.spawner.announced()
+        args, gate = self.argv("exit 4")
+        job = Job()
+        self.spawner.start(pid, args, job.theirs(), kind=b"s")
+        job.handed()
+        os.write(job.gateWrite, gate)
+        os.close(job.gateWrite)
+        job.output()
+        self.assertEqual(self.spawner.ended(), (pid, REAPED | 4 << 8))
+        self.assertTrue(_gone(pid))
 
     def test_zombieUntilReaped(self) -> None:
         """An ended child stays a zombie (its pid and group id held) until
@@ -662,14 +679,32 @@ class ServerSpawnerTests(TestCase):
         flags = int((await treq.content(response)).split()[1], 8)
         self.assertEqual(flags & (os.O_NONBLOCK | os.O_APPEND), 0, oct(flags))
 
-    async def test_noCgroupsNoSpawner(self) -> None:
-        """Without cgroups the server spawns each job's launcher itself: a
-        group whose leader the spawner keeps a zombie would take signals,
-        and look alive, to the end of the grace."""
-        server = LiveServer(self, "--cgroups=off")
+    async def test_noCgroupsThroughTheSpawner(self) -> None:
+        """
+        Without cgroups the spawner forks the jobs too, and reaps each as
+        soon as it ends: a group whose leader were kept a zombie would take
+        signals, and look alive, to the end of the grace. A job that leaves
+        nothing is done with (its uid given back) at once; what one leaves
+        in its group is killed.
+        """
+        server = LiveServer(self, "--cgroups=off", grace=60)
+        executor = server.manager._executor  # type: ignore[attr-defined]
         job = await self.running(server, "sh", "-c", "echo up; exec sleep 60")
-        self.assertEqual(self.parentOf(job["pid"]), os.getpid())
-        self.assertIsNone(server.manager._executor._spawner)  # type: ignore[attr-defined]
+        self.assertEqual(
+            self.parentOf(job["pid"]), executor._spawner.current.process.pid
+        )
+        done = await server.createJob("true")
+        self.assertEqual((await server.waitEnded(done["id"]))["status"], "COMPLETED")
+        deadline = time.monotonic() + 10
+        while done["id"] in server.manager._live:  # type: ignore[attr-defined]
+            self.assertLess(time.monotonic(), deadline, "kept to the end of the grace")
+            await sleep(0.05)
+        self.assertTrue(_gone(done["pid"]))
+        left = await self.running(server, "sh", "-c", "sleep 60 & echo $!")
+        ended = await server.waitEnded(left["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        response = await server.request("GET", f"/jobs/{left['id']}/logs")
+        self.assertTrue(_gone(int(await treq.content(response))))
 
     async def test_execStartsJobsItself(self) -> None:
         """--launcher exec: the server spawns each job's launcher itself."""

@@ -397,13 +397,17 @@ static int launch(int argc, char **argv) {
  *       gate comes after the join. No answer: the server knew
  *       the pid before it asked. A start for a standby that has died (its
  *       end is reported) only has its descriptors closed.
+ *   from the server, 's': as 'S', for a child reaped as soon as it ends
+ *       (a job without a cgroup, whose group the server asks about: a
+ *       zombie leader would keep it alive). Its end record says so.
  *   from the server, 'R' (reap): pids (int32s) whose ends the server has
  *       taken in: reaped now.
  *   from the spawner, 'F' (failed): instead of an 'A' when no standby can
  *       be forked, the errno (int32; then 8 bytes of zeros). The server
  *       fails that spawn, and asks again ('N', next) at its next one.
  * fd 4 is a pipe: each child's end, as two int32s, pid and wait status,
- * taken with WNOWAIT. A child stays a zombie until its 'R': its pid (and
+ * taken with WNOWAIT (with REAPED added: reaped already, the child of an
+ * 's', which takes no 'R'). A child stays a zombie until its 'R': its pid (and
  * its process group id) cannot be reused before the server knows it
  * ended, as when the server was its parent. EOF on fd 3: the server is
  * gone or done; the spawner exits (jobs go on, as when the server dies,
@@ -417,6 +421,7 @@ static int launch(int argc, char **argv) {
 #define SOCKET_KEY (~0ULL)
 #define PIPE_KEY (~1ULL)
 #define SIGNAL_KEY (~2ULL)
+#define REAPED 0x10000    /* in an end record's status: no 'R' wanted */
 
 static char request[MAX_REQUEST];
 static char *requestArgv[MAX_ARGS + 2];
@@ -427,6 +432,8 @@ static pid_t standbyPid = -1;     /* the child forked ahead of a job */
 static int *waiting;              /* pidfds readable, not yet waitable */
 static size_t waitingCount, waitingRoom;
 static int standbyPidfd = -1, standbySocket = -1;
+static unsigned char *reapNow;    /* by pidfd: a child of an 's' */
+static size_t reapNowRoom;
 
 /* Room for the most descriptors one message carries (SCM_RIGHTS), aligned
  * for a cmsghdr. */
@@ -662,6 +669,20 @@ static void start(ssize_t got, const int *fds, int count) {
     memcpy(&pid, request + 1, sizeof pid);
     if (pid != standbyPid)
         return;  /* that standby died: its end is reported */
+    if (request[0] == 's') {
+        if ((size_t)standbyPidfd >= reapNowRoom) {
+            size_t room = reapNowRoom ? reapNowRoom : 1024;
+            while (room <= (size_t)standbyPidfd)
+                room *= 2;
+            unsigned char *grown = realloc(reapNow, room);
+            if (grown == NULL)
+                die(SETUP_FAILED, "spawner: out of memory", NULL, 0);
+            memset(grown + reapNowRoom, 0, room - reapNowRoom);
+            reapNow = grown;
+            reapNowRoom = room;
+        }
+        reapNow[standbyPidfd] = 1;
+    }
     /* If it died meanwhile the send fails; its pidfd reports its end. */
     sendWithFds(standbySocket, request + 1 + sizeof pid,
                 (size_t)got - 1 - sizeof pid, fds, count);
@@ -692,7 +713,7 @@ static int serve(void) {
         return 0;
     if (truncated)
         die(SETUP_FAILED, "spawner: a request too large", NULL, 0);
-    if (request[0] == 'S')
+    if (request[0] == 'S' || request[0] == 's')
         start(got, fds, count);
     else if (request[0] == 'R')
         reap(got);
@@ -707,11 +728,14 @@ static int serve(void) {
     return 1;
 }
 
-/* A child ended: note its pid and status (it stays a zombie until 'R'). */
+/* A child ended: note its pid and status (it stays a zombie until 'R',
+ * unless it is an 's' child: reaped now). */
 static void childEnded(int pidfd) {
     siginfo_t info;
+    int now = (size_t)pidfd < reapNowRoom && reapNow[pidfd];
     memset(&info, 0, sizeof info);
-    while (waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG | WNOWAIT) < 0)
+    while (waitid(P_PIDFD, (id_t)pidfd, &info,
+                  WEXITED | WNOHANG | (now ? 0 : WNOWAIT)) < 0)
         if (errno != EINTR)
             die(SETUP_FAILED, "spawner: waitid", NULL, errno);
     if (info.si_pid == 0) {
@@ -744,8 +768,10 @@ static void childEnded(int pidfd) {
         endedRoom = room;
     }
     ended[endedCount++] = (int32_t)info.si_pid;
-    ended[endedCount++] = (int32_t)status;
+    ended[endedCount++] = (int32_t)(status | (now ? REAPED : 0));
     epoll_ctl(watched, EPOLL_CTL_DEL, pidfd, NULL);
+    if (now)
+        reapNow[pidfd] = 0;
     close(pidfd);
     if (pidfd == standbyPidfd) {
         /* The standby died waiting: reported like a job's end (a start

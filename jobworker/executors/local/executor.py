@@ -23,7 +23,7 @@ from ...jobs.recovery import (
     bootTicks,
     killAll,
     leftovers,
-    processesOf,
+    processesByUid,
     sessionMembers,
     spawnedAt,
 )
@@ -217,24 +217,17 @@ class LocalExecutor:
         self._spawner: Spawner | None = None
         #: Spawner processes started by spawners replaced since.
         self._retiredStarts = 0
-        #: Dynamic uids waiting for their last processes to die (no cgroups).
-        self._releasing: dict[int, IDelayedCall] = {}
+        #: Dynamic uids waiting for their last processes to die (no cgroups),
+        #: and the sweep that looks for them all in one scan of /proc.
+        self._releasing: dict[int, Identity] = {}
+        self._sweepCall: IDelayedCall | None = None
         self._machine = machineLimits()
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
-        The spawner that forks the jobs of C{sandbox} (None: none). Only
-        with cgroups: it keeps an ended job's leader a zombie until the
-        server has taken its end in, and a process group whose only member
-        is a zombie still takes signals, so without a cgroup to say what
-        is left the group would look alive to the end of the grace.
+        The spawner that forks the jobs of C{sandbox} (None: none).
         """
-        if (
-            not self._useSpawner
-            or self._cgroups is None
-            or sandbox is None
-            or sandbox.launcher is None
-        ):
+        if not self._useSpawner or sandbox is None or sandbox.launcher is None:
             return None
         spawner = self._spawner
         if spawner is None or spawner.launcher != sandbox.launcher:
@@ -272,18 +265,33 @@ class LocalExecutor:
     def release(self, identity: Identity) -> None:
         """
         A job of C{identity} is over: give a dynamic uid back, once no
-        process of it is left (without a cgroup, kill what is).
+        process of it is left (without a cgroup, kill what is: L{_sweep}).
         """
-        self._releasing.pop(identity.uid, None)
         if identity.dynamic and self._cgroups is None:
-            pids = processesOf(identity.uid)
+            self._releasing[identity.uid] = identity
+            if self._sweepCall is None:
+                self._sweepCall = self._reactor.callLater(0, self._sweep)
+            return
+        self._identities.release(identity)
+
+    def _sweep(self) -> None:
+        """
+        Give back each uid of L{_releasing} that no process has left; kill
+        what the others have, and look again shortly. One scan of /proc
+        for every uid released in the same reactor turn, not one per job.
+        """
+        self._sweepCall = None
+        pending, self._releasing = self._releasing, {}
+        left = processesByUid(range(min(pending), max(pending) + 1))
+        for uid, identity in pending.items():
+            pids = left.get(uid)
             if pids:
                 killAll(pids)
-                self._releasing[identity.uid] = self._reactor.callLater(
-                    0.05, self.release, identity
-                )
-                return
-        self._identities.release(identity)
+                self._releasing[uid] = identity
+            else:
+                self._identities.release(identity)
+        if self._releasing:
+            self._sweepCall = self._reactor.callLater(0.05, self._sweep)
 
     def environment(self, identity: Identity) -> dict[str, str]:
         """What a job of C{identity} starts with, before the request's env."""
@@ -454,12 +462,17 @@ class LocalExecutor:
             spawner = self._spawnerOf(sandbox)
             if spawner is not None:
                 # The child joins the cgroup itself, before its gate: the
-                # server's thread does not wait out the migration.
-                assert cgroup is not None  # (the spawner needs cgroups)
-                join = cgroup.openProcs()
+                # server's thread does not wait out the migration. Without
+                # a cgroup, its group says what is left of it once it has
+                # ended: the spawner keeps no zombie leader in it.
+                join = cgroup.openProcs() if cgroup is not None else []
                 try:
                     spawned = spawner.spawnProcess(
-                        protocol, argv, stdin=request.stdin, join=join
+                        protocol,
+                        argv,
+                        stdin=request.stdin,
+                        join=join,
+                        reaped=cgroup is None,
                     )
                 finally:
                     for fd in join:
@@ -536,9 +549,9 @@ class LocalExecutor:
         def done(_: object) -> Deferred[None] | None:
             # Uids still waiting for leftovers: this server lets them go
             # (their locks end with it; the next start-up reclaims them).
-            for call in self._releasing.values():
-                if call.active():
-                    call.cancel()
+            if self._sweepCall is not None and self._sweepCall.active():
+                self._sweepCall.cancel()
+            self._sweepCall = None
             self._releasing.clear()
             if self._spawner is not None:
                 return self._spawner.stop()

@@ -13,7 +13,9 @@ C{ProcessProtocol} fed by the same readers and writers. Only the fork, the
 reaping and the signals differ: the spawner reports each end; signals go
 through the pidfd; an ended child stays a zombie until the server has taken
 its end in (its pid and group id cannot be reused before), then the spawner
-reaps it.
+reaps it. A job without a cgroup is reaped as soon as it ends instead, as
+Twisted reaps its own children: the server asks whether anything is left
+of its process group, and a zombie leader would say yes.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ from .pipes import readSome
 
 #: An end record on the events pipe: pid, wait status.
 ENDED = struct.Struct("=ii")
+#: Added to an end record's status: the child was reaped already (it was
+#: started reaped at once: no 'R' for it).
+REAPED = 0x10000
 #: An announcement of the next standby: 'A', pid, start time in ticks (or
 #: 'F', errno, 0: no standby could be forked).
 ANNOUNCE = struct.Struct("=c3xiQ")
-#: The head of a start request: 'S', the standby's pid.
+#: The head of a start request: 'S' (or 's': reaped as soon as it ends),
+#: the standby's pid.
 START = struct.Struct("=ci")
 #: The most cgroup.procs files a start request carries (launcher.c's
 #: MAX_JOIN): one per v1 hierarchy.
@@ -405,7 +411,10 @@ class Generation:
         """End records from the spawner: each child's end, then reap them."""
         pids, self._unreaped = self._unreaped, []
         for pid, status in records:
-            pids.append(pid)
+            if status & REAPED:
+                status &= ~REAPED
+            else:
+                pids.append(pid)
             process = self.live.pop(pid, None)
             if process is None:
                 self._standbyDied(pid)
@@ -492,6 +501,7 @@ class Spawner:
         *,
         stdin: bool = True,
         join: Sequence[int] = (),
+        reaped: bool = False,
     ) -> SpawnedProcess:
         """
         Start the launcher with C{args} (C{args[0]} is the launcher) in the
@@ -504,6 +514,8 @@ class Spawner:
         @param join: the job's cgroup, as its C{cgroup.procs} files opened
             for writing (the caller's: they are not closed here). The child
             joins it before its gate.
+        @param reaped: the child is reaped as soon as it ends, not kept a
+            zombie until its end is taken in (a job without a cgroup).
         @raise OSError: no spawner, no standby, or no pipe.
         """
         if args[0] != self.launcher:
@@ -528,7 +540,9 @@ class Spawner:
                 else:
                     ends[childFD], child = readEnd, writeEnd
                 theirs.append(child)
-            generation.send([START.pack(b"S", pid), message], [*theirs, *join])
+            generation.send(
+                [START.pack(b"s" if reaped else b"S", pid), message], [*theirs, *join]
+            )
         except BaseException:
             if generation.socket is not None:
                 # The standby was not told: it waits for the next spawn.
