@@ -319,24 +319,35 @@ class PumpTests(TestCase):
         self.assertEqual(digestOf(spool.path), expectedPieces(n, n, n))
         self.assertEqual(pumpsLeft(), [])
 
-    async def test_thePumpGoesFirst(self) -> None:
+    async def test_thePumpGoesFirstWhenFollowed(self) -> None:
         """
-        As root, a pump thread runs at a higher priority (NICE) than the
-        server's other threads: a job's pipe is drained before followers
-        are served. Every byte still arrives.
+        As root, a pump thread whose stream has a live reader runs at a
+        higher priority (NICE) than the server's other threads: the job's
+        pipe is drained before the reader is served. Unfollowed, it keeps
+        the server's (it would only preempt the job). Every byte arrives.
         """
         if os.getuid() != 0:
             raise SkipTest("only root may raise a thread's priority")
         n = 4 * HEAVY
-        job = Job(self.spools(), Pumps(reactor, idle=30))
-        self.spawn(job, BURSTS, str(n), "1", str(n))
-        while job.taken != [1]:
-            await sleep(0.01)
-        (thread,) = pumped()
-        self.assertEqual(niceOf(thread.native_id), NICE)
-        self.assertEqual(niceOf(threading.get_native_id()), 0)
-        await job.ended
-        self.assertEqual(digestOf(job.spools[1].path), expectedPieces(n, n))
+        for followed, nice in ((False, 0), (True, NICE)):
+            job = Job(self.spoolsIn(f"followed-{followed}"), Pumps(reactor, idle=30))
+            follower = Collect()
+            if followed:
+                reader = SpoolReader(job.spools[1], follower, 0, follow=True)
+                following = reader.start()
+            self.spawn(job, BURSTS, str(n), "1", str(n))
+            while job.taken != [1]:
+                await sleep(0.01)
+            (thread,) = pumped()
+            await sleep(0.1)
+            self.assertEqual((followed, niceOf(thread.native_id)), (followed, nice))
+            self.assertEqual(niceOf(threading.get_native_id()), 0)
+            await job.ended
+            self.assertEqual(digestOf(job.spools[1].path), expectedPieces(n, n))
+            if followed:
+                await following
+                self.assertEqual(follower.digest.hexdigest(), expectedPieces(n, n))
+            self.assertEqual(pumpsLeft(), [])
 
     def spoolsIn(self, name: str) -> dict[int, OutputSpool]:
         folder = os.path.join(self.folder, name)

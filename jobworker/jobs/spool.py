@@ -116,6 +116,11 @@ class OutputSpool:
         """
         self._readers.append((reader, index))
 
+    @property
+    def followed(self) -> bool:
+        """Does any reader read this spool while it is written?"""
+        return bool(self._readers)
+
     def _positions(self) -> list[int]:
         return [reader.at(index) for reader, index in self._readers]
 

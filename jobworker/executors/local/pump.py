@@ -6,8 +6,8 @@ response. A job printing at full speed and its followers then take turns on
 one CPU: while the reactor encrypts for a follower, the pipe is not read.
 Once a stream turns heavy (its pipe was found full: L{pipes.PipeDrain}),
 a L{Pump} thread takes its pipe over: it splices it into the spool file,
-kernel to kernel with the GIL released, on another CPU, and at a higher
-priority than the reactor's (L{NICE}).
+kernel to kernel with the GIL released, on another CPU; while the stream
+has live readers, at a higher priority than the reactor's (L{NICE}).
 The reactor only learns how far the file has grown (L{OutputSpool.grew}:
 every L{ANNOUNCE} bytes while the pipe stays full, at once when it runs
 dry, and at the end) and wakes the readers. So followers are no
@@ -50,8 +50,10 @@ READ = 1 << 20
 ANNOUNCE = 4 << 20
 #: How the pipe is spliced into the file: never waiting for the pipe.
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-#: The pump threads' nice value (as root): the reactor's followers, at 0,
-#: never starve the pipe they read from.
+#: A pump thread's nice value while its spool has live readers (as root):
+#: the reactor, at 0, sending to them, never starves the pipe they read
+#: from. Without readers, 0: a higher priority would only make the thread
+#: preempt the job writing into its pipe, for a few KiB each time.
 NICE = -5
 #: Seconds a pumped stream may stay quiet before the reactor reads it again.
 IDLE = 2.0
@@ -123,6 +125,8 @@ class Pump:
         self.lost = handover.lost
         self.error: str | None = None
         self._splicing = True
+        #: The nice value the thread should run at (set by the reactor).
+        self.nice = NICE if spool.followed else 0
         self._pending = False
         #: Bytes read from the pipe, and as many when last announced.
         self._read = 0
@@ -173,7 +177,7 @@ class Pump:
     def _run(self) -> None:
         reason: Exception | None = CONNECTION_DONE
         try:
-            _prioritise()
+            nice = _prioritise(self.nice)
             poller = select.poll()
             poller.register(self._pipe, select.POLLIN)
             poller.register(self._wakeRead, select.POLLIN)
@@ -193,6 +197,8 @@ class Pump:
                     break
                 if self._read - self._announced >= ANNOUNCE:
                     self._announce()
+                if self.nice != nice:
+                    nice = _prioritise(self.nice)
         finally:
             try:
                 os.close(self._out)
@@ -266,6 +272,7 @@ class Pump:
         # after this line is published again.
         self._pending = False
         self._spool.grew(self.size, self.dropped, self.lost, self.error)
+        self.nice = NICE if self._spool.followed else 0
 
     def _end(self, reason: Exception | None) -> None:
         """
@@ -294,16 +301,17 @@ class Pump:
                 reader.connectionLost(Failure(reason))
 
 
-def _prioritise() -> None:
+def _prioritise(nice: int) -> int:
     """
-    The calling thread (a pump) goes before the server's other work, as
-    root: a job's pipe is drained first, and the followers it feeds wait.
-    Without the privilege it keeps the server's priority.
+    Give the calling thread (a pump) this nice value, as root (without the
+    privilege, a negative one is refused: it keeps the server's). The
+    value asked for, so that it is asked once.
     """
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except OSError:
         pass
+    return nice
 
 
 def _notWhilePumped() -> None:
