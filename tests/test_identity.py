@@ -500,6 +500,23 @@ class DynamicIdentityTests(TestCase):
         for job in jobs:
             await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
 
+    async def afterTheFirst(
+        self, server: LiveServer, first: dict[str, Any], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """
+        Once C{first} has COMPLETED, the job of C{body}: created as soon as
+        the pool of one uid has it back (429 until then).
+        """
+        ended = await server.waitEnded(first["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        for _ in range(200):
+            code, job = await server.json("POST", "/jobs", "alice", body)
+            if code == 201:
+                return dict(job)
+            self.assertEqual(code, 429, job)
+            await sleep(0.05)
+        self.fail("the uid never came back")
+
     async def test_sameUidNextJobFindsNothing(self) -> None:
         """With a pool of one uid, the next job gets the same uid and a fresh
         /tmp, /var/tmp, /dev/shm and working folder; no process survives."""
@@ -511,23 +528,14 @@ class DynamicIdentityTests(TestCase):
             "for d in /tmp /var/tmp /dev/shm .; do echo x > $d/left-$$; done; "
             "(trap '' TERM HUP; exec sleep 300) >/dev/null 2>&1 & echo started",
         )
-        ended = await server.waitEnded(first["id"])
-        self.assertEqual(ended["status"], "COMPLETED", ended)
-        for _ in range(200):
-            second = await server.json(
-                "POST",
-                "/jobs",
-                "alice",
-                {
-                    "command": "sh",
-                    "args": ["-c", "ls -A /tmp /var/tmp /dev/shm . | grep left; id -u"],
-                },
-            )
-            if second[0] == 201:
-                break
-            self.assertEqual(second[0], 429, second)
-            await sleep(0.05)
-        job = second[1]
+        job = await self.afterTheFirst(
+            server,
+            first,
+            {
+                "command": "sh",
+                "args": ["-c", "ls -A /tmp /var/tmp /dev/shm . | grep left; id -u"],
+            },
+        )
         self.assertEqual(job["run_as"], f"dynamic:{uid}")
         await server.waitEnded(job["id"])
         self.assertEqual((await output(server, job["id"])).split(), [str(uid).encode()])
@@ -548,18 +556,31 @@ class DynamicIdentityTests(TestCase):
             "setsid sh -c 'trap \"\" TERM HUP; exec sleep 301' "
             "</dev/null >/dev/null 2>&1 & echo started",
         )
-        ended = await server.waitEnded(first["id"])
-        self.assertEqual(ended["status"], "COMPLETED", ended)
-        for _ in range(200):
-            second = await server.json("POST", "/jobs", "alice", {"command": "true"})
-            if second[0] == 201:
-                break
-            self.assertEqual(second[0], 429, second)
-            await sleep(0.05)
-        self.assertEqual(second[1]["run_as"], f"dynamic:{uid}")
+        second = await self.afterTheFirst(server, first, {"command": "true"})
+        self.assertEqual(second["run_as"], f"dynamic:{uid}")
         left = [pid for pid in processesOf(uid) if b"301" in readCmdline(pid)]
         self.assertEqual(left, [], "the uid was handed out again while in use")
-        await server.waitEnded(second[1]["id"])
+        await server.waitEnded(second["id"])
+
+    async def test_leftoversOfTheLastJobsKilledAtShutdown(self) -> None:
+        """
+        The server stops with a job running whose leftover left its
+        session and ignores SIGTERM: the leftover is gone once the server
+        has stopped (its uid's lock ends with the server, and another
+        server may hand the uid out).
+        """
+        uid = self.soleUid + 60
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
+        job = await server.createJob(
+            "sh",
+            "-c",
+            "setsid sh -c 'trap \"\" TERM HUP; exec sleep 302' "
+            "</dev/null >/dev/null 2>&1 & echo started; exec sleep 60",
+        )
+        await waitOutput(server, job["id"], b"started")
+        await server.stop()
+        left = [pid for pid in processesOf(uid) if b"302" in readCmdline(pid)]
+        self.assertEqual(left, [], "a leftover outlived the server")
 
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""

@@ -406,10 +406,13 @@ static int launch(int argc, char **argv) {
  *       be forked, the errno (int32; then 8 bytes of zeros). The server
  *       fails that spawn, and asks again ('N', next) at its next one.
  * fd 4 is a pipe: each child's end, as two int32s, pid and wait status,
- * taken with WNOWAIT (with REAPED added: reaped already, the child of an
- * 's', which takes no 'R'). A child stays a zombie until its 'R': its pid (and
- * its process group id) cannot be reused before the server knows it
- * ended, as when the server was its parent. EOF on fd 3: the server is
+ * taken with WNOWAIT; or, for the child of an 's', with REAPED added: it
+ * was reaped at once, and takes no 'R'. An 'S' child stays a zombie until
+ * its 'R': its pid (and its process group id) cannot be reused before the
+ * server knows it ended, as when the server was its parent. An 's' child's
+ * pid can be, as when Twisted reaps: only after the pid numbers have gone
+ * round, the server signals it through its pidfd, and its group by number
+ * only while the group has members. EOF on fd 3: the server is
  * gone or done; the spawner exits (jobs go on, as when the server dies,
  * and init reaps them; the standby sees EOF and exits). */
 
@@ -667,7 +670,7 @@ static void start(ssize_t got, const int *fds, int count) {
         count < REQUEST_FDS)
         die(SETUP_FAILED, "spawner: a bad start request", NULL, 0);
     memcpy(&pid, request + 1, sizeof pid);
-    if (pid != standbyPid)
+    if (pid != standbyPid || standbyPid < 0)
         return;  /* that standby died: its end is reported */
     if (request[0] == 's') {
         if ((size_t)standbyPidfd >= reapNowRoom) {

@@ -281,8 +281,16 @@ class LocalExecutor:
         for every uid released in the same reactor turn, not one per job.
         """
         self._sweepCall = None
-        pending, self._releasing = self._releasing, {}
-        left = processesByUid(range(min(pending), max(pending) + 1))
+        pending = self._releasing
+        if not pending:
+            return
+        try:
+            left = processesByUid(range(min(pending), max(pending) + 1))
+        except OSError as e:  # no descriptor for /proc: every uid stays held
+            self.log.warn("cannot look for leftover processes: {why}", why=e)
+            self._sweepCall = self._reactor.callLater(0.05, self._sweep)
+            return
+        self._releasing = {}
         for uid, identity in pending.items():
             pids = left.get(uid)
             if pids:
@@ -292,6 +300,11 @@ class LocalExecutor:
                 self._identities.release(identity)
         if self._releasing:
             self._sweepCall = self._reactor.callLater(0.05, self._sweep)
+
+    def _stopSweeping(self) -> None:
+        if self._sweepCall is not None and self._sweepCall.active():
+            self._sweepCall.cancel()
+        self._sweepCall = None
 
     def environment(self, identity: Identity) -> dict[str, str]:
         """What a job of C{identity} starts with, before the request's env."""
@@ -547,11 +560,14 @@ class LocalExecutor:
             waits.append(job.whenCleanedUp())
 
         def done(_: object) -> Deferred[None] | None:
-            # Uids still waiting for leftovers: this server lets them go
-            # (their locks end with it; the next start-up reclaims them).
-            if self._sweepCall is not None and self._sweepCall.active():
-                self._sweepCall.cancel()
-            self._sweepCall = None
+            # The last jobs' uids: their leftovers are killed once now (they
+            # may have ended in this very turn). Uids still waiting for
+            # leftovers: this server lets them go (their locks end with
+            # it; the next start-up reclaims them).
+            self._stopSweeping()
+            if self._releasing:
+                self._sweep()
+                self._stopSweeping()
             self._releasing.clear()
             if self._spawner is not None:
                 return self._spawner.stop()

@@ -13,8 +13,8 @@ every L{ANNOUNCE} bytes while the pipe stays full, at once when it runs
 dry, and at the end) and wakes the readers. So followers are no
 longer paced against the job (L{pacing}), and the job never waits for them.
 
-The thread owns nothing of the job's state: it reads the pipe, writes its
-own duplicate of the spool's descriptor, and counts. Sizes, the order of
+The thread owns nothing of the job's state: it splices (or reads) the
+pipe into its own duplicate of the spool's descriptor, and counts. Sizes, the order of
 the streams, the page cache, readers and the end of the stream are all
 handled on the reactor, in the order the thread reported them; before the
 reactor records that the output switched to the other stream, it takes
@@ -42,7 +42,7 @@ from ...jobs.spool import Handover, OutputSpool
 
 #: Streams pumped at once, server-wide: one thread each.
 MAX_PUMPS = 4
-#: What one read of the pipe asks for (the heavy pipe's capacity).
+#: What one splice (or read) of the pipe asks for (the heavy pipe's capacity).
 READ = 1 << 20
 #: While the pipe stays full, the reactor hears of the growth once per this
 #: many bytes read (each time costs it a wake-up); at once when the pipe
@@ -50,10 +50,11 @@ READ = 1 << 20
 ANNOUNCE = 4 << 20
 #: How the pipe is spliced into the file: never waiting for the pipe.
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-#: A pump thread's nice value while its spool has live readers (as root):
-#: the reactor, at 0, sending to them, never starves the pipe they read
-#: from. Without readers, 0: a higher priority would only make the thread
-#: preempt the job writing into its pipe, for a few KiB each time.
+#: A pump thread's nice value, relative to the server's, while its spool
+#: has readers (as root): the reactor, sending to them, never starves the
+#: pipe they read from. Without readers, the server's own: a higher
+#: priority would only make the thread preempt the job writing into its
+#: pipe, for a few KiB each time.
 NICE = -5
 #: Seconds a pumped stream may stay quiet before the reactor reads it again.
 IDLE = 2.0
@@ -125,7 +126,8 @@ class Pump:
         self.lost = handover.lost
         self.error: str | None = None
         self._splicing = True
-        #: The nice value the thread should run at (set by the reactor).
+        #: The nice value the thread should run at, relative to the
+        #: server's (set by the reactor).
         self.nice = NICE if spool.followed else 0
         self._pending = False
         #: Bytes read from the pipe, and as many when last announced.
@@ -177,7 +179,9 @@ class Pump:
     def _run(self) -> None:
         reason: Exception | None = CONNECTION_DONE
         try:
-            nice = _prioritise(self.nice)
+            # (A thread starts at its creator's nice value: the reactor's.)
+            base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            nice = _prioritise(base, self.nice)
             poller = select.poll()
             poller.register(self._pipe, select.POLLIN)
             poller.register(self._wakeRead, select.POLLIN)
@@ -198,7 +202,7 @@ class Pump:
                 if self._read - self._announced >= ANNOUNCE:
                     self._announce()
                 if self.nice != nice:
-                    nice = _prioritise(self.nice)
+                    nice = _prioritise(base, self.nice)
         finally:
             try:
                 os.close(self._out)
@@ -301,14 +305,14 @@ class Pump:
                 reader.connectionLost(Failure(reason))
 
 
-def _prioritise(nice: int) -> int:
+def _prioritise(base: int, nice: int) -> int:
     """
-    Give the calling thread (a pump) this nice value, as root (without the
-    privilege, a negative one is refused: it keeps the server's). The
-    value asked for, so that it is asked once.
+    Give the calling thread (a pump) the nice value C{base + nice}, as root
+    (without the privilege, a raise is refused: it keeps what it has). The
+    C{nice} asked for, so that it is asked once.
     """
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), base + nice)
     except OSError:
         pass
     return nice
