@@ -474,6 +474,21 @@ class IdentityModeChainTests(IdentityModeTests):
     serverOptions = ("--launcher=off",)
 
 
+def escapee(seconds: int) -> str:
+    """A job's script: a leftover that leaves the job's session, ignores
+    SIGTERM and sleeps C{seconds} (its mark); then "started"."""
+    return (
+        f"setsid sh -c 'trap \"\" TERM HUP; exec sleep {seconds}' "
+        "</dev/null >/dev/null 2>&1 & echo started"
+    )
+
+
+def escapees(uid: int, seconds: int) -> list[int]:
+    """The live processes of C{uid} that L{escapee}(C{seconds}) left."""
+    mark = b"sleep\0" + str(seconds).encode()
+    return [pid for pid in processesOf(uid) if readCmdline(pid).endswith(mark)]
+
+
 class DynamicIdentityTests(TestCase):
     timeout = 60
     #: The uid of the tests with a pool of one, outside the range other test
@@ -550,16 +565,10 @@ class DynamicIdentityTests(TestCase):
         """
         uid = self.soleUid + 50
         server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
-        first = await server.createJob(
-            "sh",
-            "-c",
-            "setsid sh -c 'trap \"\" TERM HUP; exec sleep 301' "
-            "</dev/null >/dev/null 2>&1 & echo started",
-        )
+        first = await server.createJob("sh", "-c", escapee(301))
         second = await self.afterTheFirst(server, first, {"command": "true"})
         self.assertEqual(second["run_as"], f"dynamic:{uid}")
-        left = [pid for pid in processesOf(uid) if b"301" in readCmdline(pid)]
-        self.assertEqual(left, [], "the uid was handed out again while in use")
+        self.assertEqual(escapees(uid, 301), [], "the uid was handed out again")
         await server.waitEnded(second["id"])
 
     async def test_leftoversOfTheLastJobsKilledAtShutdown(self) -> None:
@@ -571,16 +580,10 @@ class DynamicIdentityTests(TestCase):
         """
         uid = self.soleUid + 60
         server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
-        job = await server.createJob(
-            "sh",
-            "-c",
-            "setsid sh -c 'trap \"\" TERM HUP; exec sleep 302' "
-            "</dev/null >/dev/null 2>&1 & echo started; exec sleep 60",
-        )
+        job = await server.createJob("sh", "-c", escapee(302) + "; exec sleep 60")
         await waitOutput(server, job["id"], b"started")
         await server.stop()
-        left = [pid for pid in processesOf(uid) if b"302" in readCmdline(pid)]
-        self.assertEqual(left, [], "a leftover outlived the server")
+        self.assertEqual(escapees(uid, 302), [], "a leftover outlived the server")
 
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""
