@@ -14,15 +14,15 @@ dry, and at the end) and wakes the readers. So followers are no
 longer paced against the job (L{pacing}), and the job never waits for them.
 
 The thread owns nothing of the job's state: it splices (or reads) the
-pipe into its own duplicate of the spool's descriptor, and counts. Sizes, the order of
-the streams, the page cache, readers and the end of the stream are all
-handled on the reactor, in the order the thread reported them; before the
-reactor records that the output switched to the other stream, it takes
-the thread's counts (L{OrderLog.beforeSwitch}), so the combined order is
-as fine as the reactor's own. At most L{MAX_PUMPS} streams are pumped at
-once (C{--output-threads}); the others are read by the reactor as before.
-A stream quiet for L{IDLE} seconds goes back to the reactor, and its
-thread to the next heavy stream.
+pipe into its own duplicate of the spool's descriptor, and counts. Sizes,
+the order of the streams, the page cache, readers and the end of the
+stream are all handled on the reactor, in the order the thread reported
+them; before the reactor records that the output switched to the other
+stream, it takes the thread's counts (L{OrderLog.beforeSwitch}), so the
+combined order is as fine as the reactor's own. At most L{MAX_PUMPS}
+streams are pumped at once (C{--output-threads}); the others are read by
+the reactor as before. A stream quiet for L{IDLE} seconds goes back to
+the reactor, and its thread to the next heavy stream.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ class Pump:
         self.error: str | None = None
         self._splicing = True
         #: The nice value the thread should run at, relative to the
-        #: server's (set by the reactor).
-        self.nice = NICE if spool.followed else 0
+        #: server's (set by the reactor: L{_wantedNice}).
+        self.nice = self._wantedNice()
         self._pending = False
         #: Bytes read from the pipe, and as many when last announced.
         self._read = 0
@@ -276,7 +276,11 @@ class Pump:
         # after this line is published again.
         self._pending = False
         self._spool.grew(self.size, self.dropped, self.lost, self.error)
-        self.nice = NICE if self._spool.followed else 0
+        self.nice = self._wantedNice()
+
+    def _wantedNice(self) -> int:
+        """L{NICE} while the spool has readers, else the server's own."""
+        return NICE if self._spool.followed else 0
 
     def _end(self, reason: Exception | None) -> None:
         """
