@@ -14,7 +14,7 @@ from .harness import Browser, Relay, requireBrowserRun, startTwistd
 
 #: Prints numbered lines, every third on stderr, one every C{pause} seconds.
 NUMBERED = (
-    "for i in $(seq 1 {n}); do "
+    "for i in $(seq {n}); do "
     'if [ $((i % 3)) = 0 ]; then echo "line $i" >&2; else echo "line $i"; fi; '
     "sleep {pause}; done"
 )
@@ -280,20 +280,42 @@ class ResumeTests(TestCase):
         The page follows through a relay (between the browser and the
         twistd) whose connections are cut twice mid-stream; every line
         arrives once, in order.
+
+        The job waits on its stdin after line 10 and after line 25, and
+        the test lets it go on only once it has cut the relay: the stream
+        cannot end before a cut, however slow the browser is, and lines
+        keep coming while the page connects again.
         """
         server = await startTwistd(self)
         relay = Relay(self, server.port)
-        job = await server.createJob("sh", "-c", NUMBERED.format(n=50, pause=0.1))
+        script = "; read go; ".join(
+            NUMBERED.format(n=f"{first} {last}", pause=0.05)
+            for first, last in ((1, 10), (11, 25), (26, 50))
+        )
+        job = await server.createJob("sh", "-c", script, stdin=True)
         browser = await Browser.start(self)
         drops: list[int] = []
+
+        def goOn(eof: bool) -> Any:
+            path = f"/jobs/{job['id']}/stdin" + ("?eof=true" if eof else "")
+            response = blockingCallFromThread(
+                reactor,
+                server.request,
+                "POST",
+                path,
+                raw=b"" if eof else b"go\n",
+                headers={b"content-type": [b"application/octet-stream"]},
+            )
+            self.assertEqual(response.code, 200)
 
         def scenario(b: Browser) -> Any:
             b.login(relay.url, "alice", PASSWORDS["alice"])
             b.driver.get(f"{relay.url}/ui/#/jobs/{job['id']}")
-            for seen in ("line 10", "line 25"):
+            for seen, eof in (("line 10", False), ("line 25", True)):
                 b.wait(lambda d, seen=seen: seen in (b.text("pre.log") or ""))
                 before = relay.accepted
                 drops.append(blockingCallFromThread(reactor, relay.drop))
+                goOn(eof)
                 # The page connects again (and resumes from its last event).
                 b.wait(lambda d, before=before: relay.accepted > before, timeout=15)
             b.wait(lambda d: b.text("#job-status") == "COMPLETED", timeout=30)
