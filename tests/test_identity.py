@@ -15,11 +15,13 @@ import subprocess
 from typing import Any
 
 import treq
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local.sandbox import (
     WORKDIR,
+    RunnableChecks,
     Sandbox,
     SpawnRefused,
     checkRunnable,
@@ -280,6 +282,94 @@ class RunnableAsIdentityTests(SynchronousTestCase):
             checkRunnable(
                 "/bin/sh", {}, "/tmp", self.identity, WORKDIR, hidden=["/tmp"]
             )
+
+
+class RunnableMemoryTests(SynchronousTestCase):
+    """
+    The start check's answers are remembered for a second: a runnable
+    command is not walked again, a refusal always is, and one job's uid
+    never answers for another's when it owns anything on the way.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.checks = RunnableChecks(self.clock, ttl=1.0)
+        self.folder = sharedPath(self)
+        os.makedirs(self.folder)
+        os.chmod(self.folder, 0o755)  # noqa: S103
+        self.tool = os.path.join(self.folder, "tool")
+        self.env = {"PATH": f"{self.folder}:/usr/bin:/bin"}
+
+    def makeTool(self) -> None:
+        with open(self.tool, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(self.tool, 0o755)  # noqa: S103
+
+    def check(self, identity: Identity, cwd: str | None = None) -> None:
+        self.checks.check("tool", self.env, cwd, identity, WORKDIR)
+
+    def account(self, uid: int) -> Identity:
+        return Identity(uid, uid, (), f"u{uid}", None, "/bin/sh", f"u{uid}")
+
+    def test_runnableRemembered(self) -> None:
+        """Found runnable: taken as runnable for a second, then checked again."""
+        alice = self.account(70101)
+        self.makeTool()
+        self.check(alice)
+        os.unlink(self.tool)
+        self.check(alice)
+        self.clock.advance(0.5)
+        self.check(alice)
+        self.clock.advance(0.5)
+        self.assertRaises(SpawnRefused, self.check, alice)
+
+    def test_refusalNotRemembered(self) -> None:
+        """A refusal is not remembered: the command made since passes."""
+        alice = self.account(70101)
+        self.assertRaises(SpawnRefused, self.check, alice)
+        self.makeTool()
+        self.check(alice)
+
+    def test_anotherAccountOrPlaceChecksAfresh(self) -> None:
+        """Another account, working directory or PATH is not answered for."""
+        self.makeTool()
+        self.check(self.account(70101))
+        os.unlink(self.tool)
+        self.assertRaises(SpawnRefused, self.check, self.account(70102))
+        self.assertRaises(SpawnRefused, self.check, self.account(70101), "/")
+        self.env = {"PATH": f"/usr/bin:{self.folder}"}
+        self.assertRaises(SpawnRefused, self.check, self.account(70101))
+
+    def test_dynamicUidsShareWhatNoneOwns(self) -> None:
+        """One dynamic uid's answer serves the next, none owning anything there."""
+        self.makeTool()
+        self.check(Identity.ofDynamicUid(70006))
+        os.unlink(self.tool)
+        self.check(Identity.ofDynamicUid(70007))
+
+    def test_ownedOnTheWayNotShared(self) -> None:
+        """
+        When a dynamic uid owns a folder on the way (as user or group), its
+        answer is its own, and it is not given one checked by another.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("giving a folder to another uid needs root")
+        first, second = Identity.ofDynamicUid(70006), Identity.ofDynamicUid(70007)
+        self.makeTool()
+        # The folder is the first uid's: its answer is not shared.
+        os.chown(self.folder, first.uid, 0)
+        self.check(first)
+        os.unlink(self.tool)
+        self.assertRaises(SpawnRefused, self.check, second)
+        # The folder's group is the second uid's: the first's answer is
+        # not given to it.
+        self.makeTool()
+        os.chown(self.folder, 0, second.gid)
+        self.clock.advance(1.0)
+        self.check(first)
+        os.unlink(self.tool)
+        self.check(first)
+        self.assertRaises(SpawnRefused, self.check, second)
 
 
 # -- the real kernel ----------------------------------------------------------

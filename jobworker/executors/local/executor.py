@@ -43,10 +43,10 @@ from .sandbox import (
     SETSID,
     UNSHARE,
     WORKDIR,
+    RunnableChecks,
     Sandbox,
     SpawnRefused,
     checkCommand,
-    checkRunnable,
 )
 from .spawner import Spawner
 from .stdin import StdinFeed
@@ -222,6 +222,8 @@ class LocalExecutor:
         self._releasing: dict[int, Identity] = {}
         self._sweepCall: IDelayedCall | None = None
         self._machine = machineLimits()
+        #: Whether a command can be started: asked before each job's fork.
+        self._runnable = RunnableChecks(reactor)
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
@@ -433,7 +435,7 @@ class LocalExecutor:
         sandbox = self._sandbox if self._identities.sandboxed(identity) else None
         try:
             if sandbox is not None:
-                checkRunnable(
+                self._runnable.check(
                     request.command,
                     env,
                     request.cwd,
@@ -442,7 +444,7 @@ class LocalExecutor:
                     sandbox.folders,
                 )
             else:
-                checkRunnable(request.command, env, request.cwd)
+                self._runnable.check(request.command, env, request.cwd)
             # Every job starts behind the gate: nothing of the user's runs
             # before it is in its cgroup and the store has its record
             # (JobProcess.recorded opens the gate).

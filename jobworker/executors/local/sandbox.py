@@ -21,6 +21,9 @@ import posixpath
 import shutil
 import subprocess
 from collections.abc import Iterable
+from typing import Protocol
+
+from twisted.internet.interfaces import IReactorTime
 
 from ...jobs.identity import Identity
 from .launcher import encodeArguments
@@ -431,11 +434,22 @@ def _launcherMounts(mounts: list[tuple[str, str, str, str, str]]) -> list[str]:
 # -- can this identity start that? --------------------------------------------
 
 
+class Permissions(Protocol):
+    """What L{checkRunnable} asks of an identity."""
+
+    @property
+    def uid(self) -> int: ...
+
+    def mayTraverse(self, st: os.stat_result) -> bool: ...
+
+    def mayExecute(self, st: os.stat_result) -> bool: ...
+
+
 def checkRunnable(
     command: str,
     env: dict[str, str],
     cwd: str | None,
-    identity: Identity | None = None,
+    identity: Permissions | None = None,
     startFolder: str | None = None,
     hidden: Iterable[str] = (),
 ) -> None:
@@ -479,11 +493,100 @@ def checkRunnable(
     raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
 
 
+class _Owners:
+    """
+    An identity for L{checkRunnable} that also notes the owner and group of
+    every file and folder whose permissions it was asked about.
+    """
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self.uid = identity.uid
+        self.seen: set[int] = set()
+
+    def mayTraverse(self, st: os.stat_result) -> bool:
+        self.seen.update((st.st_uid, st.st_gid))
+        return self._identity.mayTraverse(st)
+
+    def mayExecute(self, st: os.stat_result) -> bool:
+        self.seen.update((st.st_uid, st.st_gid))
+        return self._identity.mayExecute(st)
+
+
+class RunnableChecks:
+    """
+    L{checkRunnable} with a short memory: a command found runnable is taken
+    as runnable again, for the same identity, working directory, C{PATH}
+    and sandbox, for C{ttl} seconds. Only answers that let a job start are
+    remembered; a refusal is always checked afresh.
+
+    The check is advice, given before the job is forked; the job's own
+    C{execvp} decides. A command removed within C{ttl} of a check starts a
+    job that fails at its C{execvp} (exit 127 and the launcher's message)
+    instead of being refused.
+
+    Dynamic identities (a new uid for nearly every job) share their answers:
+    an answer is reused for a dynamic uid only when neither the uid that was
+    checked nor this one owns (as user or group) any file or folder the
+    check looked at. Every such uid is "other" to all of them, so the check
+    would have answered the same for it, and nothing about what one job's
+    uid owns is told to another's.
+    """
+
+    def __init__(self, clock: IReactorTime, ttl: float = 1.0, size: int = 4096):
+        self._clock = clock
+        self._ttl = ttl
+        self._size = size
+        #: key -> (until, the owners seen: None when the answer is not shared)
+        self._known: dict[tuple[object, ...], tuple[float, frozenset[int]]] = {}
+
+    def check(
+        self,
+        command: str,
+        env: dict[str, str],
+        cwd: str | None,
+        identity: Identity | None = None,
+        startFolder: str | None = None,
+        hidden: Iterable[str] = (),
+    ) -> None:
+        """L{checkRunnable}, or its answer of less than C{ttl} ago."""
+        hiddenFolders = tuple(hidden)
+        shared = identity is not None and identity.uid != 0 and identity.dynamic
+        uid = identity.uid if identity is not None else 0
+        who: object
+        if uid == 0:
+            who = 0
+        elif shared:
+            who = "dynamic"
+        else:
+            assert identity is not None
+            who = (uid, identity.gid, identity.groups)
+        key = (command, env.get("PATH"), cwd, startFolder, hiddenFolders, who)
+        now = self._clock.seconds()
+        known = self._known.get(key)
+        if known is not None and known[0] > now and uid not in known[1]:
+            return
+        owners: frozenset[int] = frozenset()
+        if shared:
+            assert identity is not None
+            recorder = _Owners(identity)
+            checkRunnable(command, env, cwd, recorder, startFolder, hiddenFolders)
+            owners = frozenset(recorder.seen)
+            if uid in owners:
+                # This uid's own files decided the answer: not for others.
+                return
+        else:
+            checkRunnable(command, env, cwd, identity, startFolder, hiddenFolders)
+        if len(self._known) >= self._size:
+            self._known.clear()
+        self._known[key] = (now + self._ttl, owners)
+
+
 def _within(path: str, folders: tuple[str, ...]) -> bool:
     return any(path == f or path.startswith(f + "/") for f in folders)
 
 
-def _traversable(path: str, identity: Identity) -> bool:
+def _traversable(path: str, identity: Permissions) -> bool:
     """Every folder from / down to C{path} (itself included) is searchable."""
     folders = ["/"]
     for part in path.split("/"):
@@ -499,7 +602,7 @@ def _traversable(path: str, identity: Identity) -> bool:
     return True
 
 
-def _reachable(path: str, identity: Identity, hidden: tuple[str, ...]) -> str | None:
+def _reachable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> str | None:
     """The real path of C{path} if C{identity} can reach it, else None."""
     path = os.path.normpath(path)
     real = os.path.realpath(path)
@@ -511,12 +614,12 @@ def _reachable(path: str, identity: Identity, hidden: tuple[str, ...]) -> str | 
     return real
 
 
-def _reachableFolder(path: str, identity: Identity, hidden: tuple[str, ...]) -> bool:
+def _reachableFolder(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
     real = _reachable(path, identity, hidden)
     return real is not None and _traversable(real, identity)
 
 
-def _runnable(path: str, identity: Identity, hidden: tuple[str, ...]) -> bool:
+def _runnable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
     if not os.path.exists(path):
         # Not there for root either: the walk below cannot find it. (Most
         # of a PATH search's entries end here, at one stat.)
