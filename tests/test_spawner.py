@@ -14,10 +14,13 @@ import errno
 import os
 import select
 import shlex
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import time
+from typing import Any
 
 import treq
 from twisted.internet import reactor
@@ -27,7 +30,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local import cgroups
-from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
+from jobworker.executors.local.sandbox import (
+    ROOT_ENVIRONMENT,
+    UNSHARE,
+    Sandbox,
+    privateFolders,
+)
 from jobworker.executors.local.spawner import (
     ANNOUNCE,
     ENDED,
@@ -599,6 +607,104 @@ class GenerationTests(TestCase):
         self.assertEqual((await ended).exitCode, 125)
         record = await server.waitEnded(job["id"])
         self.assertEqual((record["status"], record["signal"]), ("FAILED", "SIGKILL"))
+
+
+class Ended(ProcessProtocol):
+    """A process protocol that fires L{ended} with the exit code."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[int | None] = Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class PidReuseTests(TestCase):
+    """
+    An 's' child is reaped as soon as it ends, so its pid may come back, to
+    a standby, before the server has read that end.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        launcher, _ = launcherSandbox(self)
+        if shutil.which("nsenter") is None:
+            raise SkipTest("util-linux nsenter is not installed")
+        # The spawner as PID 1 of a PID namespace of its own: the only
+        # process there that forks, so which pid its next child gets can
+        # be set (ns_last_pid).
+        wrapper = os.path.abspath(self.mktemp())
+        with open(wrapper, "w") as f:
+            f.write(
+                f'#!/bin/sh\nexec {UNSHARE} --pid --fork --kill-child {launcher} "$@"\n'
+            )
+        os.chmod(wrapper, 0o700)
+        self.sandbox = Sandbox(
+            os.path.abspath(self.mktemp()),
+            1 << 20,
+            folders=privateFolders(),
+            launcher=wrapper,
+        )
+        self.spawner = Spawner(reactor, wrapper, ROOT_ENVIRONMENT)
+        self.addCleanup(self.spawner.stop)
+
+    def start(self, script: str, reaped: bool = False) -> tuple[Any, Ended]:
+        argv, gate = self.sandbox.gatedStart(
+            testIdentity(), ["sh", "-c", script], None, {"PATH": "/usr/bin:/bin"}
+        )
+        protocol = Ended()
+        process = self.spawner.spawnProcess(protocol, argv, reaped=reaped)
+        process.writeToChild(3, gate)
+        process.closeChildFD(3)
+        return process, protocol
+
+    async def nextPidWillBe(self, pid: int) -> None:
+        """The next process the spawner forks gets C{pid}."""
+        unshare = self.spawner.current.process.pid  # type: ignore[union-attr]
+        with open(f"/proc/{unshare}/task/{unshare}/children") as f:
+            [inside] = f.read().split()
+        done = subprocess.run(
+            [
+                "nsenter",
+                f"--target={inside}",
+                "--pid",
+                "--",
+                "sh",
+                "-c",
+                f"echo {pid - 1} > /proc/sys/kernel/ns_last_pid",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+    async def test_anEarlierChildsEndFirst(self) -> None:
+        """
+        An 's' child ends; before the server reads that end, a standby with
+        its pid becomes the next job. The first end record for the pid ends
+        the earlier child (with its own exit code), the next the later one.
+        """
+        generation = self.spawner.running()
+        earlier, earlierEnded = self.start("exit 5", reaped=True)
+        pid, pidfd = earlier.pid, earlier.pidfd
+        # The server does not read the end pipe for a while (a busy server).
+        generation.endsReader.stopReading()  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 10
+        while not select.select([pidfd], [], [], 0)[0]:
+            self.assertLess(time.monotonic(), deadline, "the child did not end")
+            await sleep(0.01)
+        await sleep(0.2)  # the spawner reaps it: its pid is free
+        await self.nextPidWillBe(pid)
+        _, betweenEnded = self.start("exit 0")  # the standby forked next: that pid
+        later, laterEnded = self.start("exit 7")
+        self.assertEqual(later.pid, pid, "the pid did not come back")
+        self.assertFalse(earlierEnded.ended.called)
+        generation.endsReader.startReading()  # type: ignore[no-untyped-call]
+        self.assertEqual(await laterEnded.ended, 7)
+        self.assertEqual(await earlierEnded.ended, 5)
+        self.assertEqual(await betweenEnded.ended, 0)
+        self.assertEqual(generation.live, {})
 
 
 class ServerSpawnerTests(TestCase):

@@ -412,7 +412,10 @@ static int launch(int argc, char **argv) {
  * server knows it ended, as when the server was its parent. An 's' child's
  * pid can be, as when Twisted reaps: only after the pid numbers have gone
  * round, the server signals it through its pidfd, and its group by number
- * only while the group has members. EOF on fd 3: the server is
+ * only while the group has members. A standby may then be announced with
+ * the pid of a child whose end the server has not read yet: records are
+ * written in the order children end, so the server takes the first record
+ * for that pid as the earlier child's. EOF on fd 3: the server is
  * gone or done; the spawner exits (jobs go on, as when the server dies,
  * and init reaps them; the standby sees EOF and exits). */
 

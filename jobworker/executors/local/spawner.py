@@ -113,7 +113,7 @@ class SpawnedProcess(Process):
                 )
             else:
                 self.pipes[childFD] = ProcessReader(reactor, self, childFD, fd)
-        generation.live[pid] = self
+        generation.adopt(pid, self)
         try:
             if self.proto is not None:
                 self.proto.makeConnection(self)
@@ -315,6 +315,9 @@ class Generation:
         self.socket: socket.socket | None = ours
         #: Children forked by this spawner whose end is not yet taken in.
         self.live: dict[int, SpawnedProcess] = {}
+        #: Children whose pid an earlier child in L{live} still has, in the
+        #: order they were forked (see L{adopt}).
+        self._after: dict[int, deque[SpawnedProcess]] = {}
         #: Standbys announced and not yet used: pid, start time, pidfd
         #: (a negative pid: -errno, no standby could be forked).
         self.announced: deque[tuple[int, int, int]] = deque()
@@ -322,11 +325,38 @@ class Generation:
         self.askAgain = False
         #: Ended pids whose 'R' could not be sent yet (a full socket).
         self._unreaped: list[int] = []
-        # The reactor holds the reader; its end calls lost().
-        EndsReader(reactor, readEnd, self).startReading()  # type: ignore[no-untyped-call]
+        # Its end calls lost().
+        self.endsReader = EndsReader(reactor, readEnd, self)
+        self.endsReader.startReading()  # type: ignore[no-untyped-call]
         self.log.info(
             "job spawner started (pid {pid})", pid=getattr(self.process, "pid", None)
         )
+
+    def adopt(self, pid: int, process: SpawnedProcess) -> None:
+        """
+        A child forked by this spawner, from now until its end is taken in.
+
+        An 's' child is reaped as soon as it ends, so its pid is free before
+        its end record has been read here: a later child may have the same
+        pid while the earlier one is still live here. The spawner writes
+        end records in the order the children ended, and the later child
+        cannot end before it was forked, so the first record for that pid
+        is the earlier child's: the later one waits behind it.
+        """
+        if pid in self.live:
+            self._after.setdefault(pid, deque()).append(process)
+        else:
+            self.live[pid] = process
+
+    def _ending(self, pid: int) -> SpawnedProcess | None:
+        """The child an end record for C{pid} is about (None: a standby)."""
+        process = self.live.pop(pid, None)
+        later = self._after.get(pid)
+        if later:
+            self.live[pid] = later.popleft()
+            if not later:
+                del self._after[pid]
+        return process
 
     def standby(self) -> tuple[int, int, int]:
         """The announced standby: pid, start time, pidfd (waits for one)."""
@@ -415,7 +445,7 @@ class Generation:
                 status &= ~REAPED
             else:
                 pids.append(pid)
-            process = self.live.pop(pid, None)
+            process = self._ending(pid)
             if process is None:
                 self._standbyDied(pid)
                 continue
@@ -462,14 +492,15 @@ class Generation:
         are killed (their exit statuses died with their parent).
         """
         self.close()
-        live, self.live = self.live, {}
+        live = [*self.live.values(), *(p for q in self._after.values() for p in q)]
+        self.live, self._after = {}, {}
         if live:
             self.log.error(
                 "job spawner ended with {count} job(s) still running: "
                 "they are killed (their exit status is lost)",
                 count=len(live),
             )
-        for process in live.values():
+        for process in live:
             process.orphaned()
 
 
