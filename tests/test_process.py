@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.executors.local.process import (
     ABANDON_AFTER_KILL,
+    GroupNumbers,
     JobProcess,
     JobProcessProtocol,
     spawnError,
@@ -329,6 +330,90 @@ class FinishOnceTests(JobProcessTestCase):
         self.job.mainExited(processExit(0))
         self.job.pipesClosed()
         self.assertIs(self.successResultOf(kept), self.record)
+
+
+class GroupNumberTests(JobProcessTestCase):
+    """
+    Without a cgroup a job is signalled by its group number, its leader's
+    pid. Once that number is a later job's leader (the pid came back), the
+    earlier job never signals it again.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.groups = GroupNumbers()
+        self.job = JobProcess(
+            self.clock,
+            self.record,
+            self.stdout,
+            self.stderr,
+            GRACE,
+            self.killer,
+            groups=self.groups,
+        )
+        self.protocol = JobProcessProtocol(self.job)
+        self.start()
+
+    def later(self) -> tuple[JobProcess, GroupKiller]:
+        """A later job whose leader has the same pid (its own fake killer)."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        record = JobRecord(
+            id="5d1c6a2e-0f3b-4b7d-8e21-9c4a7f0b3d16",
+            command="sh",
+            args=[],
+            owner="bob",
+            created_at=START,
+        )
+        killer = GroupKiller()
+        job = JobProcess(
+            self.clock,
+            record,
+            OutputSpool(os.path.join(directory, "stdout")),
+            OutputSpool(os.path.join(directory, "stderr")),
+            GRACE,
+            killer,
+            groups=self.groups,
+        )
+        JobProcessProtocol(job).makeConnection(FakeProcessTransport(PID))  # type: ignore[arg-type]
+        return job, killer
+
+    def test_ownNumberSignalled(self) -> None:
+        """Alone, the job's end sends its group SIGTERM, then SIGKILL."""
+        self.end(Failure(ProcessDone(0)))
+        self.clock.advance(GRACE)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+        self.assertEqual(len(self.groups), 0)
+
+    def test_laterLeaderTakesTheNumber(self) -> None:
+        """
+        The leader was reaped and its pid is a later job's leader before
+        the earlier end is read: that end signals nothing, and the job is
+        cleaned up at once; the later job's group is still signalled.
+        """
+        later, laterKiller = self.later()
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.killer.calls, [])
+        self.assertIs(self.record.status, JobStatus.COMPLETED)
+        self.successResultOf(self.job.whenCleanedUp())
+        later.stop("bob")
+        self.assertEqual(laterKiller.signalsTo(PID), [signal.SIGTERM])
+
+    def test_numberGivenBackStaysGone(self) -> None:
+        """
+        In its grace the earlier job's group empties, a later job gets the
+        number and is done with it: the grace's end sends no SIGKILL.
+        """
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        later, laterKiller = self.later()
+        laterKiller.exists = False  # nothing of it left: cleaned up at its end
+        later.mainExited(processExit(0))
+        later.pipesClosed()
+        self.successResultOf(later.whenCleanedUp())
+        self.clock.advance(GRACE)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.successResultOf(self.job.whenCleanedUp())
 
 
 class StopTests(JobProcessTestCase):

@@ -799,6 +799,8 @@ class ServerSpawnerTests(TestCase):
         self.assertEqual(
             self.parentOf(job["pid"]), executor._spawner.current.process.pid
         )
+        # Its group number is its own while it runs (see GroupNumbers).
+        self.assertEqual(len(executor._groups), 1)
         done = await server.createJob("true")
         self.assertEqual((await server.waitEnded(done["id"]))["status"], "COMPLETED")
         deadline = time.monotonic() + 10

@@ -32,7 +32,13 @@ from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, JobCgroup
-from .process import JobProcess, JobProcessProtocol, signalGroup, spawnError
+from .process import (
+    GroupNumbers,
+    JobProcess,
+    JobProcessProtocol,
+    signalGroup,
+    spawnError,
+)
 from .pump import Pumps
 from .sandbox import (
     GATE_KEEP_WORKDIR,
@@ -224,6 +230,8 @@ class LocalExecutor:
         self._machine = machineLimits()
         #: Whether a command can be started: asked before each job's fork.
         self._runnable = RunnableChecks(reactor)
+        #: The process-group numbers of the live jobs.
+        self._groups = GroupNumbers()
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
@@ -427,6 +435,7 @@ class LocalExecutor:
             timeout=timeout,
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
             pumps=self._pumps,
+            groups=self._groups,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env

@@ -59,6 +59,37 @@ class JobProcessProtocol(ProcessProtocol):
         self._job.pipesClosed()
 
 
+class GroupNumbers:
+    """
+    Which job each process-group number belongs to, for the jobs signalled
+    by number (no cgroup). A job's group number is its leader's pid. Once
+    the leader is reaped and the group has emptied, the number is free, and
+    when the pid numbers have gone round it can come back as another job's
+    leader (another user's, say): from then on it is that job's, and the
+    earlier job has nothing left under it. L{JobProcess} claims its number
+    when it starts and signals by number only while it holds it.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[int, JobProcess] = {}
+
+    def claim(self, pgid: int, job: JobProcess) -> None:
+        """C{job}'s leader has pid C{pgid}: the number is C{job}'s now."""
+        self._owners[pgid] = job
+
+    def holds(self, pgid: int, job: JobProcess) -> bool:
+        """Is C{pgid} still C{job}'s (claimed, and no later job's since)?"""
+        return self._owners.get(pgid) is job
+
+    def release(self, pgid: int, job: JobProcess) -> None:
+        """C{job} is done with C{pgid} (unless a later job has it)."""
+        if self._owners.get(pgid) is job:
+            del self._owners[pgid]
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+
 class JobProcess:
     """
     The live side of one job: its process group, output spools and timers.
@@ -84,7 +115,12 @@ class JobProcess:
         timeout: float | None = None,
         stdinFeed: StdinFeed | None = None,
         pumps: Pumps | None = None,
+        groups: GroupNumbers | None = None,
     ) -> None:
+        """
+        @param groups: the group numbers of the executor's jobs (None: this
+            job's number is taken as its own until it is cleaned up).
+        """
         self._clock = reactor
         self.record = record
         self.stdout = stdout
@@ -106,6 +142,7 @@ class JobProcess:
         self._gateClosed = False
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
+        self._groups = groups
         self._exit: Failure | None = None
         self._pipesClosed = False
         self._killTimer: IDelayedCall | None = None
@@ -122,6 +159,8 @@ class JobProcess:
         """The child exists: remember its pid, which is its group id."""
         self._transport = transport
         self._pgid = transport.pid
+        if self._groups is not None and transport.pid is not None:
+            self._groups.claim(transport.pid, self)
         self.record.pid = transport.pid
         self.record.started_at = self._clock.seconds()
         if self._timeout is not None:
@@ -261,7 +300,7 @@ class JobProcess:
             cgroup = self.cgroup
             if cgroup.kill() if signum == signal.SIGKILL else cgroup.signal(signum):
                 return True
-        elif self._signalGroupOf(self._pgid, signum):
+        elif self._holdsGroup() and self._signalGroupOf(self._pgid, signum):
             return True
         if self._exit is None and self._transport is not None:
             try:
@@ -391,7 +430,11 @@ class JobProcess:
         if self.cgroup is not None:
             return self.cgroup.empty()
         assert self._pgid is not None
-        return not self._signalGroupOf(self._pgid, 0)
+        return not (self._holdsGroup() and self._signalGroupOf(self._pgid, 0))
+
+    def _holdsGroup(self) -> bool:
+        """Is the group number still this job's (see L{GroupNumbers})?"""
+        return self._groups is None or self._groups.holds(self._pgid or 0, self)
 
     # -- waiting -------------------------------------------------------------
 
@@ -419,6 +462,8 @@ class JobProcess:
     def _fireCleaned(self) -> None:
         if self.cgroup is not None and not self._removeCgroup():
             return
+        if self._groups is not None and self._pgid is not None:
+            self._groups.release(self._pgid, self)
         waiters, self._cleanWaiters = self._cleanWaiters, []
         for d in waiters:
             d.callback(None)
