@@ -340,6 +340,39 @@ class RunnableMemoryTests(SynchronousTestCase):
         self.env = {"PATH": f"/usr/bin:{self.folder}"}
         self.assertRaises(SpawnRefused, self.check, self.account(70101))
 
+    def test_expiredAnswersDropped(self) -> None:
+        """What is remembered is what was checked in the last second."""
+        alice = self.account(70101)
+        self.makeTool()
+        for i in range(10):
+            env = {"PATH": f"{self.folder}:/first{i}"}
+            self.checks.check("tool", env, None, alice, WORKDIR)
+        self.assertEqual(len(self.checks._known), 10)
+        self.clock.advance(2)
+        for i in range(5):
+            env = {"PATH": f"{self.folder}:/later{i}"}
+            self.checks.check("tool", env, None, alice, WORKDIR)
+        self.assertEqual(len(self.checks._known), 5)
+
+    def test_longOnesNotRemembered(self) -> None:
+        """A check with a very long PATH or folder is made every time."""
+        alice = self.account(70101)
+        self.makeTool()
+        self.env["PATH"] += ":/nowhere" * 500
+        self.check(alice)
+        os.unlink(self.tool)
+        self.assertRaises(SpawnRefused, self.check, alice)
+
+    def test_clockBackChecksAfresh(self) -> None:
+        """An answer dated later than a second from now (the clock went
+        back) is not taken."""
+        alice = self.account(70101)
+        self.makeTool()
+        self.check(alice)
+        os.unlink(self.tool)
+        self.clock.rightNow -= 60
+        self.assertRaises(SpawnRefused, self.check, alice)
+
     def test_dynamicUidsShareWhatNoneOwns(self) -> None:
         """One dynamic uid's answer serves the next, none owning anything there."""
         self.makeTool()

@@ -21,6 +21,7 @@ import posixpath
 import shutil
 import subprocess
 from collections.abc import Iterable
+from itertools import islice
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -533,11 +534,16 @@ class RunnableChecks:
     uid owns is told to another's.
     """
 
+    #: Answers about longer commands, C{PATH}s and folders than this (in
+    #: characters, together) are not remembered: what is kept stays small.
+    MAX_KEY = 4096
+
     def __init__(self, clock: IReactorTime, ttl: float = 1.0, size: int = 4096):
         self._clock = clock
         self._ttl = ttl
         self._size = size
-        #: key -> (until, the owners seen: None when the answer is not shared)
+        #: key -> (until, the owners seen: empty when the answer is not
+        #: shared), oldest first: expired answers are dropped from the front.
         self._known: dict[tuple[object, ...], tuple[float, frozenset[int]]] = {}
 
     def check(
@@ -561,11 +567,14 @@ class RunnableChecks:
         else:
             assert identity is not None
             who = (uid, identity.gid, identity.groups)
-        key = (command, env.get("PATH"), cwd, startFolder, hiddenFolders, who)
+        path = env.get("PATH")
+        key = (command, path, cwd, startFolder, hiddenFolders, who)
         now = self._clock.seconds()
         known = self._known.get(key)
-        if known is not None and known[0] > now and uid not in known[1]:
-            return
+        # (An answer from "later" than now + ttl: the clock went back.)
+        if known is not None and now < known[0] <= now + self._ttl:
+            if uid not in known[1]:
+                return
         owners: frozenset[int] = frozenset()
         if shared:
             assert identity is not None
@@ -577,9 +586,24 @@ class RunnableChecks:
                 return
         else:
             checkRunnable(command, env, cwd, identity, startFolder, hiddenFolders)
-        if len(self._known) >= self._size:
-            self._known.clear()
-        self._known[key] = (now + self._ttl, owners)
+        length = sum(len(part or "") for part in (command, path, cwd, startFolder))
+        if length <= self.MAX_KEY:
+            self._remember(key, now, owners)
+
+    def _remember(
+        self, key: tuple[object, ...], now: float, owners: frozenset[int]
+    ) -> None:
+        known = self._known
+        for old in list(islice(known, 2)):
+            # Up to two dropped for each one added: the expired never pile up.
+            until = known[old][0]
+            if now < until <= now + self._ttl:
+                break
+            del known[old]
+        known.pop(key, None)  # to the end: the newest
+        if len(known) >= self._size:
+            del known[next(iter(known))]
+        known[key] = (now + self._ttl, owners)
 
 
 def _within(path: str, folders: tuple[str, ...]) -> bool:
