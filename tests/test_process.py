@@ -342,6 +342,9 @@ class GroupNumberTests(JobProcessTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.groups = GroupNumbers()
+        #: Pids another process has now, and what the job asked.
+        self.reused: set[int] = set()
+        self.asked: list[tuple[int, int | None]] = []
         self.job = JobProcess(
             self.clock,
             self.record,
@@ -350,9 +353,14 @@ class GroupNumberTests(JobProcessTestCase):
             GRACE,
             self.killer,
             groups=self.groups,
+            pidReused=self.pidReused,
         )
         self.protocol = JobProcessProtocol(self.job)
         self.start()
+
+    def pidReused(self, pid: int, start: int | None) -> bool:
+        self.asked.append((pid, start))
+        return pid in self.reused
 
     def later(self) -> tuple[JobProcess, GroupKiller]:
         """A later job whose leader has the same pid (its own fake killer)."""
@@ -398,6 +406,18 @@ class GroupNumberTests(JobProcessTestCase):
         self.successResultOf(self.job.whenCleanedUp())
         later.stop("bob")
         self.assertEqual(laterKiller.signalsTo(PID), [signal.SIGTERM])
+
+    def test_pidTakenByAnotherProcess(self) -> None:
+        """
+        The leader's pid is another process's now (not a job's): the end
+        signals nothing, and the job is cleaned up at once.
+        """
+        self.reused.add(PID)
+        self.record.proc_start = 4242
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.killer.calls, [])
+        self.assertEqual(self.asked[0], (PID, 4242))
+        self.successResultOf(self.job.whenCleanedUp())
 
     def test_numberGivenBackStaysGone(self) -> None:
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -11,6 +12,7 @@ from jobworker.jobs.recovery import (
     bootTicks,
     currentBootId,
     leftovers,
+    pidReused,
     processStartTime,
     sessionMembers,
     spawnedAt,
@@ -91,6 +93,31 @@ class LeftoversTests(SynchronousTestCase):
     def test_sessionMembers(self) -> None:
         """This process is listed in its own session."""
         self.assertIn(self.pid, sessionMembers()[os.getsid(0)])
+
+
+class PidReusedTests(SynchronousTestCase):
+    """L{pidReused}, on real processes: this one, and a child reaped."""
+
+    def test_sameProcess(self) -> None:
+        """The process started then (within the slack) still has the pid."""
+        start = processStartTime(os.getpid())
+        assert start is not None
+        self.assertFalse(pidReused(os.getpid(), start))
+        self.assertFalse(pidReused(os.getpid(), start - START_SLACK))
+
+    def test_anotherProcess(self) -> None:
+        """A process started at another time has the pid now."""
+        start = processStartTime(os.getpid())
+        assert start is not None
+        self.assertTrue(pidReused(os.getpid(), start - START_SLACK - 1))
+        self.assertTrue(pidReused(os.getpid(), start + 1))
+
+    def test_goneOrUnknown(self) -> None:
+        """No process has the pid, or the start is unknown: not reused."""
+        child = subprocess.Popen(["true"])
+        child.wait()
+        self.assertFalse(pidReused(child.pid, 12345))
+        self.assertFalse(pidReused(os.getpid(), None))
 
 
 class SpawnedAtTests(SynchronousTestCase):

@@ -83,6 +83,18 @@ def sessionMembers() -> dict[int, list[int]]:
     return sessions
 
 
+def pidReused(pid: int, procStart: int | None) -> bool:
+    """
+    Is C{pid} now held by another process than the one started at
+    C{procStart} (L{spawnedAt}'s window)? False when no process has that pid
+    now, or when C{procStart} is not known.
+    """
+    start = processStartTime(pid)
+    if start is None or procStart is None:
+        return False
+    return not procStart <= start <= procStart + START_SLACK
+
+
 def leftovers(
     pid: int | None,
     bootId: str | None,

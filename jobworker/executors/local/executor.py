@@ -23,6 +23,7 @@ from ...jobs.recovery import (
     bootTicks,
     killAll,
     leftovers,
+    pidReused,
     processesByUid,
     sessionMembers,
     spawnedAt,
@@ -436,6 +437,7 @@ class LocalExecutor:
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
             pumps=self._pumps,
             groups=self._groups,
+            pidReused=pidReused,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env

@@ -116,10 +116,14 @@ class JobProcess:
         stdinFeed: StdinFeed | None = None,
         pumps: Pumps | None = None,
         groups: GroupNumbers | None = None,
+        pidReused: Callable[[int, int | None], bool] | None = None,
     ) -> None:
         """
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
+        @param pidReused: C{(pid, start)}: is that pid now another process
+            than the one started then (C{jobs.recovery.pidReused})? If the
+            leader's pid is, its group number is not the job's any more.
         """
         self._clock = reactor
         self.record = record
@@ -143,6 +147,7 @@ class JobProcess:
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
         self._groups = groups
+        self._pidReused = pidReused
         self._exit: Failure | None = None
         self._pipesClosed = False
         self._killTimer: IDelayedCall | None = None
@@ -433,8 +438,18 @@ class JobProcess:
         return not (self._holdsGroup() and self._signalGroupOf(self._pgid, 0))
 
     def _holdsGroup(self) -> bool:
-        """Is the group number still this job's (see L{GroupNumbers})?"""
-        return self._groups is None or self._groups.holds(self._pgid or 0, self)
+        """
+        Is the group number still this job's? Not once a later job's leader
+        has it (L{GroupNumbers}), nor once any other process has its pid: the
+        kernel gives a pid out again only when no group has that number, so
+        the job's group had emptied.
+        """
+        pgid = self._pgid or 0
+        if self._groups is not None and not self._groups.holds(pgid, self):
+            return False
+        return self._pidReused is None or not self._pidReused(
+            pgid, self.record.proc_start
+        )
 
     # -- waiting -------------------------------------------------------------
 
