@@ -118,6 +118,8 @@ class PidReusedTests(SynchronousTestCase):
         child.wait()
         self.assertFalse(pidReused(child.pid, 12345))
         self.assertFalse(pidReused(os.getpid(), None))
+        # The spawner announces 0 when it could not read the start time.
+        self.assertFalse(pidReused(os.getpid(), 0))
 
 
 class SpawnedAtTests(SynchronousTestCase):

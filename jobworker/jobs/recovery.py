@@ -87,10 +87,13 @@ def pidReused(pid: int, procStart: int | None) -> bool:
     """
     Is C{pid} now held by another process than the one started at
     C{procStart} (L{spawnedAt}'s window)? False when no process has that pid
-    now, or when C{procStart} is not known.
+    now, or when C{procStart} is not known (None, or 0: the spawner could not
+    read it).
     """
+    if not procStart:
+        return False
     start = processStartTime(pid)
-    if start is None or procStart is None:
+    if start is None:
         return False
     return not procStart <= start <= procStart + START_SLACK
 
