@@ -121,6 +121,14 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machineBusySeconds() -> float:
+    """CPU seconds every CPU of the machine has been busy so far (/proc/stat:
+    all but idle and iowait)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
 def _cpuByProcess() -> dict[int, tuple[str, int]]:
     found = {}
     for entry in os.listdir("/proc"):

@@ -68,6 +68,7 @@ from common import (
     jwCommand,
     jwEnvironment,
     log,
+    machineBusySeconds,
     nofileLimit,
     processes,
     resetPeakRSS,
@@ -260,9 +261,11 @@ def repeatLoad(
     """n workers repeating one request for settings.request_s; aggregate."""
     workers = Workers(ctx.cleanup, n, {"mode": "repeat", "port": server.port, **config})
     cpu0 = server.cpu()
+    busy0, wall0 = machineBusySeconds(), time.monotonic()
     workers.go()
     results = workers.results()
     cpu = server.cpu() - cpu0
+    busy, wall = machineBusySeconds() - busy0, time.monotonic() - wall0
     errors = [e for r in results for e in r["errors"]]
     if errors:
         raise BenchError(f"{config['method']} {config['path']}: {errors[:3]}")
@@ -276,6 +279,11 @@ def repeatLoad(
         "latency": summary(latencies),
         "server_cpu_util": cpu / span,
         "client_cpu_s": sum(r["cpu"] for r in results),
+        # Every process of the machine, from the go to the last result:
+        # the server, its jobs, the clients, the kernel's threads.
+        "server_cpu_s": cpu,
+        "machine_cpu_s": busy,
+        "machine_wall_s": wall,
     }
 
 
@@ -362,6 +370,7 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         else None
     )
     ratio = api["rate"] / raw["rate"]
+    cpus = os.cpu_count() or 1
     rows = [
         Row(
             "1",
@@ -381,6 +390,23 @@ def startRate(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             noCgroups["rate"] / raw["rate"],
             ">= 0.70",
             judged(noCgroups["rate"] / raw["rate"] >= 0.7),
+        ),
+        *(
+            Row(
+                "1c",
+                f"  (info) CPU per started job{label}: the machine's busy time "
+                "(server, jobs, clients, kernel) / jobs",
+                f"{result['machine_cpu_s'] / result['requests'] * 1e3:.2f} ms",
+                f"the server's own: "
+                f"{result['server_cpu_s'] / result['requests'] * 1e3:.2f} ms; "
+                f"{cpus} CPUs "
+                f"{result['machine_cpu_s'] / result['machine_wall_s'] / cpus:.0%}"
+                " busy",
+                None,
+                "-",
+                "info",
+            )
+            for label, result in (("", api), (", --cgroups off", noCgroups))
         ),
         Row(
             "1i",
