@@ -341,10 +341,10 @@ class GroupNumberTests(JobProcessTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.groups = GroupNumbers()
-        #: Pids another process has now, and what the job asked.
+        #: Pids another process has now, and what the jobs asked.
         self.reused: set[int] = set()
         self.asked: list[tuple[int, int | None]] = []
+        self.groups = GroupNumbers(self.pidReused)
         self.job = JobProcess(
             self.clock,
             self.record,
@@ -353,7 +353,6 @@ class GroupNumberTests(JobProcessTestCase):
             GRACE,
             self.killer,
             groups=self.groups,
-            pidReused=self.pidReused,
         )
         self.protocol = JobProcessProtocol(self.job)
         self.start()

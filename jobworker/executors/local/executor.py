@@ -232,7 +232,7 @@ class LocalExecutor:
         #: Whether a command can be started: asked before each job's fork.
         self._runnable = RunnableChecks(reactor)
         #: The process-group numbers of the live jobs.
-        self._groups = GroupNumbers()
+        self._groups = GroupNumbers(pidReused)
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
@@ -437,7 +437,6 @@ class LocalExecutor:
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
             pumps=self._pumps,
             groups=self._groups,
-            pidReused=pidReused,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env

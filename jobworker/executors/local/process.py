@@ -66,20 +66,36 @@ class GroupNumbers:
     the leader is reaped and the group has emptied, the number is free, and
     when the pid numbers have gone round it can come back as another job's
     leader (another user's, say): from then on it is that job's, and the
-    earlier job has nothing left under it. L{JobProcess} claims its number
-    when it starts and signals by number only while it holds it.
+    earlier job has nothing left under it. Nor once any other process has
+    the leader's pid (C{pidReused}): the kernel gives a pid out again only
+    when no group has that number, so the job's group had emptied.
+    L{JobProcess} claims its number when it starts and signals by number
+    only while it holds it.
+
+    @param pidReused: C{(pid, start)}: is that pid now another process than
+        the one started then (C{jobs.recovery.pidReused})? None: not asked.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, pidReused: Callable[[int, int | None], bool] | None = None
+    ) -> None:
         self._owners: dict[int, JobProcess] = {}
+        self._pidReused = pidReused
 
     def claim(self, pgid: int, job: JobProcess) -> None:
         """C{job}'s leader has pid C{pgid}: the number is C{job}'s now."""
         self._owners[pgid] = job
 
     def holds(self, pgid: int, job: JobProcess) -> bool:
-        """Is C{pgid} still C{job}'s (claimed, and no later job's since)?"""
-        return self._owners.get(pgid) is job
+        """
+        Is C{pgid} still C{job}'s: claimed, no later job's since, and its
+        leader's pid no other process's?
+        """
+        if self._owners.get(pgid) is not job:
+            return False
+        return self._pidReused is None or not self._pidReused(
+            pgid, job.record.proc_start
+        )
 
     def release(self, pgid: int, job: JobProcess) -> None:
         """C{job} is done with C{pgid} (unless a later job has it)."""
@@ -116,14 +132,10 @@ class JobProcess:
         stdinFeed: StdinFeed | None = None,
         pumps: Pumps | None = None,
         groups: GroupNumbers | None = None,
-        pidReused: Callable[[int, int | None], bool] | None = None,
     ) -> None:
         """
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
-        @param pidReused: C{(pid, start)}: is that pid now another process
-            than the one started then (C{jobs.recovery.pidReused})? If the
-            leader's pid is, its group number is not the job's any more.
         """
         self._clock = reactor
         self.record = record
@@ -147,7 +159,6 @@ class JobProcess:
         self._transport: IProcessTransport | None = None
         self._pgid: int | None = None
         self._groups = groups
-        self._pidReused = pidReused
         self._exit: Failure | None = None
         self._pipesClosed = False
         self._killTimer: IDelayedCall | None = None
@@ -438,18 +449,8 @@ class JobProcess:
         return not (self._holdsGroup() and self._signalGroupOf(self._pgid, 0))
 
     def _holdsGroup(self) -> bool:
-        """
-        Is the group number still this job's? Not once a later job's leader
-        has it (L{GroupNumbers}), nor once any other process has its pid: the
-        kernel gives a pid out again only when no group has that number, so
-        the job's group had emptied.
-        """
-        pgid = self._pgid or 0
-        if self._groups is not None and not self._groups.holds(pgid, self):
-            return False
-        return self._pidReused is None or not self._pidReused(
-            pgid, self.record.proc_start
-        )
+        """Is the group number still this job's (L{GroupNumbers})?"""
+        return self._groups is None or self._groups.holds(self._pgid or 0, self)
 
     # -- waiting -------------------------------------------------------------
 
