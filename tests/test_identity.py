@@ -27,6 +27,7 @@ from jobworker.executors.local.sandbox import (
     checkRunnable,
 )
 from jobworker.jobs.identity import (
+    DYNAMIC_UIDS,
     DynamicUids,
     Identities,
     Identity,
@@ -97,6 +98,22 @@ class RangeTests(SynchronousTestCase):
         self.assertEqual(parseRange("70000-70000"), (70000, 70000))
         for bad in ("61184", "a-b", "500-600", "70000-60000", "65000-66000", ""):
             self.assertRaises(ValueError, parseRange, bad)
+
+    def test_defaultRangeAllocatesWithNoOne(self) -> None:
+        """
+        The default range is one no other allocator of this kind of machine
+        takes from. Dynamic uids have no passwd entry, so a service manager
+        that checks NSS before it hands out a uid would not see them: systemd's
+        C{DynamicUser=} (61184-65519) and C{systemd-homed} (60001-60513),
+        Debian's package users (60000-64999: C{slurm} is 64030), useradd's
+        regular users (up to 60000) and its subordinate ranges for rootless
+        containers (from 100000).
+        """
+        first, last = DYNAMIC_UIDS
+        self.assertEqual(parseRange(f"{first}-{last}"), (first, last))
+        self.assertGreater(first, 65535)
+        self.assertLess(last, 100000)
+        self.assertGreaterEqual(last - first + 1, 1000, "room for 1,000 live jobs")
 
     def test_clashesNamed(self) -> None:
         """Users and groups inside the range are named; outside ones not."""

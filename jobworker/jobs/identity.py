@@ -19,9 +19,13 @@ import pwd
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-#: systemd's range for dynamic users (systemd.io/UIDS-GIDS): 65534 (nobody)
-#: lies outside it.
-DYNAMIC_UIDS = (61184, 65519)
+#: Where per-job dynamic uids come from by default: in the 65536-524287 gap
+#: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
+#: rootless containers). Not systemd's own C{DynamicUser=} range (61184-65519):
+#: these uids have no passwd entry, and systemd, which checks NSS before it
+#: hands one out, could give a service a uid a job is running as. Nor Debian's
+#: package users (60000-64999: C{slurm} is 64030).
+DYNAMIC_UIDS = (70000, 79999)
 
 #: Where the per-uid lock files live: one folder for every server of the
 #: machine, on a tmpfs that a reboot empties.
@@ -173,14 +177,14 @@ def _isDir(st: os.stat_result) -> bool:
 
 
 def parseRange(text: str) -> tuple[int, int]:
-    """C{"61184-65519"} -> C{(61184, 65519)}.
+    """C{"70000-79999"} -> C{(70000, 79999)}.
 
     @raise ValueError: not a range of at least one uid within 1..2**31-2,
         or one that holds 65534 (nobody).
     """
     first, sep, last = text.partition("-")
     if not sep or not first.strip().isdigit() or not last.strip().isdigit():
-        raise ValueError(f"not a uid range: {text!r} (e.g. 61184-65519)")
+        raise ValueError(f"not a uid range: {text!r} (e.g. 70000-79999)")
     low, high = int(first), int(last)
     if not 1000 <= low <= high < 2**31 - 1:
         raise ValueError(f"uid range {text!r} must lie within 1000..2147483646")
