@@ -10,12 +10,60 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.cli import COMPLETION, age
-from jobworker.client.config import DEV_CA, ConfigError, configPath, readConfig, resolve
+from jobworker.client.config import (
+    DEV_CA,
+    ConfigError,
+    caInUse,
+    configPath,
+    readConfig,
+    resolve,
+    stateDir,
+    trustedPath,
+)
 
 from .support import JW, LiveServer, runJW
 
 
 class SettingsTests(SynchronousTestCase):
+    def test_configShowsTheCAInUse(self) -> None:
+        """
+        C{jw config} names the CA C{jw} would verify the server with, and
+        why: for a loopback server, the one this user's server made (what the
+        quick start uses), else the development CA; one trusted at C{jw
+        login}; none for another host, saying what to do.
+        """
+        base = os.path.abspath(self.mktemp())
+        environ = {
+            "XDG_CONFIG_HOME": os.path.join(base, "config"),
+            "XDG_STATE_HOME": os.path.join(base, "state"),
+        }
+        path = configPath(environ)
+        local = resolve({"server": "https://localhost:8443"}, environ, path)
+        self.assertEqual(caInUse(local, environ)[0], DEV_CA)
+        self.assertIn("development CA", caInUse(local, environ)[1])
+
+        made = os.path.join(stateDir(environ), "tls", "ca.pem")
+        os.makedirs(os.path.dirname(made))
+        with open(made, "w") as f:
+            f.write("a CA\n")
+        self.assertEqual(caInUse(local, environ), (made, caInUse(local, environ)[1]))
+        self.assertIn("this user's server", caInUse(local, environ)[1])
+
+        remote = resolve({"server": "https://jobs.example.com"}, environ, path)
+        value, why = caInUse(remote, environ)
+        self.assertEqual(value, "(none)")
+        self.assertIn("jw login", why)
+        saved = trustedPath(os.path.dirname(path), remote.server)
+        os.makedirs(os.path.dirname(saved))
+        with open(saved, "w") as f:
+            f.write("a CA\n")
+        self.assertEqual(
+            caInUse(remote, environ), (saved, "default, trusted at jw login")
+        )
+
+        flagged = resolve({"server": remote.server, "ca": "/etc/ca.pem"}, environ, path)
+        self.assertEqual(caInUse(flagged, environ), ("/etc/ca.pem", "--ca"))
+
     def write(self, text: str) -> str:
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)

@@ -173,13 +173,18 @@ class DevelopmentCAClientTests(TestCase):
     def test_trustedCA(self) -> None:
         """The rule itself, over every origin of the CA setting."""
         path = os.path.abspath(self.mktemp())
+        # No CA from a login or from a server of this user's: not this
+        # machine's, whatever its user has run.
+        empty = os.path.abspath(self.mktemp())
+        home = {"XDG_CONFIG_HOME": empty, "XDG_STATE_HOME": empty}
 
         def settingsFor(server: str, **environ: str) -> Settings:
             return resolve({"server": server}, environ, path)
 
         for host in ("localhost", "LOCALHOST", "127.0.0.1", "[::1]"):
             self.assertEqual(
-                clientconfig.trustedCA(settingsFor(f"https://{host}:8443")), DEV_CA
+                clientconfig.trustedCA(settingsFor(f"https://{host}:8443"), home),
+                DEV_CA,
             )
         for host in (
             "127.0.0.2",
@@ -190,7 +195,7 @@ class DevelopmentCAClientTests(TestCase):
         ):
             settings = settingsFor(f"https://{host}:8443")
             with self.assertRaises(ConfigError) as raised:
-                clientconfig.trustedCA(settings)
+                clientconfig.trustedCA(settings, home)
             message = str(raised.exception)
             self.assertNotIn("\n", message)
             self.assertIn("--ca", message)

@@ -16,8 +16,8 @@ from typing import Any
 
 from .completion import COMPLETION
 from .config import (
-    DEV_CA_HOSTS,
     Settings,
+    caInUse,
     configPath,
     forgetToken,
     loadToken,
@@ -130,7 +130,7 @@ async def _commandLine(
     )
     tokens = tokensPath(environ)
     if verb == "config":
-        return showConfig(settings, path, tokens, streams)
+        return showConfig(settings, path, tokens, streams, environ)
     if verb == "logout":
         try:
             forgotten = forgetToken(tokens, settings.server)
@@ -246,14 +246,20 @@ def _flushQuietly(streams: Streams) -> None:
         raise SystemExit(EXIT_BROKEN_PIPE) from None
 
 
-def showConfig(settings: Settings, path: str, tokensFile: str, streams: Streams) -> int:
+def showConfig(
+    settings: Settings,
+    path: str,
+    tokensFile: str,
+    streams: Streams,
+    environ: dict[str, str],
+) -> int:
     """Print the settings in force and their origins (no network, no secrets)."""
     lines = [f"config file: {path}" + ("" if os.path.exists(path) else " (absent)")]
     for key in ("server", "ca", "user", "cert", "key"):
         value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
         origin = settings.origins[key]
-        if key == "ca" and origin == "default":
-            origin += f" (the development CA: for {', '.join(DEV_CA_HOSTS)} only)"
+        if key == "ca":
+            value, origin = caInUse(settings, environ)
         lines.append(f"{key} = {value}    # {origin}")
     token, saved = loadToken(tokensFile, settings.server, time.time())
     login = "valid" if token else ("expired" if saved else "none")

@@ -167,6 +167,27 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     )
 
 
+def caInUse(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
+    """
+    The CA C{jw} verifies C{settings.server} with, as L{trustedCA} picks
+    it, and whence (for C{jw config}): C{("(none)", why)} when there is none.
+    """
+    origin = settings.origins.get("ca", "default")
+    if origin != "default":
+        return settings.ca, origin
+    try:
+        path = trustedCA(settings, environ)
+    except ConfigError as e:
+        return "(none)", f"default: {e}"
+    if path == trustedPath(os.path.dirname(configPath(environ)), settings.server):
+        why = "trusted at jw login"
+    elif path == localServerCA(environ):
+        why = "made by this user's server on this machine"
+    else:
+        why = f"the development CA: for {', '.join(DEV_CA_HOSTS)} only"
+    return path, f"default, {why}"
+
+
 def tokensPath(environ: dict[str, str]) -> str:
     """Where C{jw login} keeps tokens: beside the config file."""
     return os.path.join(os.path.dirname(configPath(environ)), "tokens.json")
