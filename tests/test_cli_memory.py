@@ -692,6 +692,38 @@ class FailureTests(MemoryCLITestCase):
             self.assertOneLineFailure(result, b"https://")
             self.assertEqual(result[2], 2)
 
+    def test_badCommandLineExitsTwo(self) -> None:
+        """
+        A wrong command line, whether the parser or the verb finds it, is one
+        line (no usage before it) and exit status 2; nothing is created.
+        """
+        for argv, text in (
+            (("exec",), b"needs the command"),
+            (("exec", "--memory", "lots", "--", "true"), b"--memory"),
+            (("exec", "-e", "NOVALUE", "--", "true"), b"NAME=VALUE"),
+            (("exec", "--bogus", "--", "true"), b"--bogus"),
+            (("clean", "--older-than", "yesterday"), b"age"),
+            (("list", "--limit", "0"), b"--limit"),
+            (("list", "--status", "RUNNNING"), b"RUNNNING"),
+            (("logs",), b"jw logs --help"),
+            (("logs", "--offset", "-1", str(uuid.uuid4())), b"--offset"),
+            (("status", "not-a-uuid"), b"not a job id"),
+        ):
+            result = self.jw(*argv)
+            self.assertOneLineFailure(result, text)
+            self.assertEqual(result[2], 2, argv)
+        self.assertEqual(self.listedIds(), [])
+
+    def test_serverWithoutScheme(self) -> None:
+        """
+        A server given without C{https://} says so, not that no CA is known
+        for it (a CA configured or not).
+        """
+        for extra in ({}, {"JW_CA": ""}):
+            result = self.jw("--server", "localhost:8443", "list", **extra)
+            self.assertOneLineFailure(result, b"https://", b"localhost:8443")
+            self.assertEqual(result[2], 2)
+
     def test_unexpectedErrorIsOneLine(self) -> None:
         """A bug in jw is still one line and exit 1, never a traceback."""
 

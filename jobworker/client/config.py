@@ -146,14 +146,16 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     @raise ConfigError: no CA configured for another host (the message says
         what to pass), or a server URL with no usable host.
     """
+    try:
+        parts = urlsplit(settings.server)
+        host, usable = parts.hostname, parts.scheme == "https"
+    except ValueError:
+        host, usable = None, False
+    if not usable or not host:
+        # Before any CA: "localhost:8443" is not a host without a CA.
+        raise ConfigError(f"server must be an https:// URL, not {settings.server!r}")
     if settings.origins.get("ca", "default") != "default":
         return settings.ca
-    try:
-        host = urlsplit(settings.server).hostname
-    except ValueError:
-        raise ConfigError(
-            f"server must be an https:// URL, not {settings.server!r}"
-        ) from None
     environ = os.environ.copy() if environ is None else environ
     saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
     if os.path.isfile(saved):
@@ -178,7 +180,8 @@ def caInUse(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     try:
         path = trustedCA(settings, environ)
     except ConfigError as e:
-        return "(none)", f"default: {e}"
+        hosts = ", ".join(DEV_CA_HOSTS)
+        return "(none)", f"default: none (the development CA is for {hosts} only): {e}"
     if path == trustedPath(os.path.dirname(configPath(environ)), settings.server):
         why = "trusted at jw login"
     elif path == localServerCA(environ):

@@ -23,7 +23,14 @@ EXIT_INTERRUPTED = 130
 
 
 class UsageFailure(Exception):
-    """Bad command-line input; the message is one line."""
+    """The command cannot be carried out as given; the message is one line."""
+
+
+class BadArguments(UsageFailure):
+    """
+    The command line itself is wrong (a flag's value, a missing command):
+    found before anything is sent, exit status 2 as the parser's refusals.
+    """
 
 
 class StartFailure(Exception):
@@ -55,7 +62,8 @@ FAILURES: tuple[
     tuple[type[BaseException], int, Callable[[BaseException], str | None]], ...
 ] = (
     (HelpShown, 0, lambda e: None),
-    (ArgumentsRefused, 2, str),  # after the usage; "jw VERB: error: ..."
+    (ArgumentsRefused, 2, str),  # "jw VERB: ... (see jw VERB --help)"
+    (BadArguments, 2, lambda e: f"jw: {e}"),
     (StartFailure, 2, lambda e: f"jw: {e}"),
     (ConfigError, 2, lambda e: f"jw: {e}"),
     (TLSConfigError, 2, lambda e: f"jw: {e}"),

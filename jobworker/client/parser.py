@@ -80,11 +80,9 @@ class _Parser(argparse.ArgumentParser):
         if message:
             self._streams.show(message)
 
-    def print_usage(self, file: Any = None) -> None:
-        # Only a refused command line prints the usage (before its error).
-        self._streams.messages.write(self.format_usage())
-
     def error(self, message: str) -> NoReturn:
+        # One line, as every other failure: no usage before it (the help
+        # is one flag away, and says so).
         unknown = _INVALID_CHOICE.search(message)
         if unknown:
             close = difflib.get_close_matches(unknown.group(1), VERBS, n=1)
@@ -92,7 +90,8 @@ class _Parser(argparse.ArgumentParser):
             raise ArgumentsRefused(
                 f"jw: unknown command {unknown.group(1)!r}{hint} (see jw --help)"
             )
-        super().error(message)
+        line = " ".join(message.split())
+        raise ArgumentsRefused(f"jw: {line} (see {self.prog} --help)")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if status == 0:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..units import parseSize
 from .calls import exitStatusOf
 from .errors import ClientError
-from .failures import EXIT_INTERRUPTED, UsageFailure
+from .failures import EXIT_INTERRUPTED, BadArguments, UsageFailure
 from .interrupts import Interrupts
 from .parser import SLURM_COUNTS, SLURM_TEXTS
 
@@ -45,7 +45,7 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     for pair in items:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise UsageFailure(f"{flag} needs NAME=VALUE, not {pair!r}")
+            raise BadArguments(f"{flag} needs NAME=VALUE, not {pair!r}")
         result[name] = value
     return result
 
@@ -54,7 +54,7 @@ def parseAge(text: str) -> float:
     """C{90s}, C{30m}, C{12h}, C{7d} (or plain seconds) -> seconds."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
     if not match:
-        raise UsageFailure(f"--older-than: {text!r} is not an age like 90s, 12h, 7d")
+        raise BadArguments(f"--older-than: {text!r} is not an age like 90s, 12h, 7d")
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     return float(match.group(1)) * scale
 
@@ -73,7 +73,7 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
             try:
                 limits[key] = parseSize(value)
             except ValueError as e:
-                raise UsageFailure(f"--{flag.replace('_', '-')}: {e}") from None
+                raise BadArguments(f"--{flag.replace('_', '-')}: {e}") from None
     if options.cpu is not None:
         limits["cpu_millicores"] = options.cpu
     if options.pids is not None:
@@ -123,7 +123,7 @@ async def resolveId(client: AnyClient, text: str) -> str:
     if _UUID.match(text):
         return text
     if len(text) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f-]+", text):
-        raise UsageFailure(
+        raise BadArguments(
             f"{text!r} is not a job id or a prefix of one "
             f"({MIN_PREFIX} or more of its characters)"
         )
@@ -148,7 +148,7 @@ async def createExecJob(
     L{EXIT_INTERRUPTED}).
     """
     if not options.command:
-        raise UsageFailure(
+        raise BadArguments(
             "jw exec needs the command to run, after --: jw exec -- make test"
         )
     fields = execRequest(options)
@@ -318,7 +318,7 @@ async def doList(
     interrupts: Interrupts,
 ) -> int:
     if not 1 <= options.limit <= 1000:
-        raise UsageFailure("--limit must be from 1 to 1000")
+        raise BadArguments("--limit must be from 1 to 1000")
     filters: dict[str, Any] = {
         "status": options.status,
         "owner": options.owner,
@@ -359,7 +359,7 @@ async def doStop(
     signal, grace = options.signal, options.grace
     if options.kill:
         if signal not in (None, "KILL", "SIGKILL", "9") or grace not in (None, 0):
-            raise UsageFailure("--kill sends KILL at once: no --signal or --grace")
+            raise BadArguments("--kill sends KILL at once: no --signal or --grace")
         signal, grace = "KILL", 0.0
     later = client.reactor.callLater(
         STOP_PATIENCE,
@@ -423,11 +423,11 @@ async def doLogs(
 
     jobId = await resolveId(client, options.id)
     if options.stdout and options.stderr:
-        raise UsageFailure("--stdout and --stderr: choose one (or neither: both)")
+        raise BadArguments("--stdout and --stderr: choose one (or neither: both)")
     if options.offset is not None and options.offset < 0:
-        raise UsageFailure("--offset must not be negative")
+        raise BadArguments("--offset must not be negative")
     if options.tail is not None and options.tail < 0:
-        raise UsageFailure("--tail must not be negative")
+        raise BadArguments("--tail must not be negative")
     if options.stdout or options.stderr or options.offset is not None:
         # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
         stream = "stderr" if options.stderr else "stdout"
