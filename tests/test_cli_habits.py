@@ -387,6 +387,11 @@ class OutputTests(MemoryCLITestCase):
             self.assertNotIn(junk, text)
         self.assertIn("outcome: exited with code 4", self.fields(out))
         self.assertIn("command: sh -c 'exit 4'", self.fields(out))
+        # Empty fields left out (no "after: []"), and the error is in the
+        # outcome, not once more on a line of its own.
+        for line in out.decode().splitlines():
+            self.assertTrue(line.partition(":")[2].strip(" []{}"), line)
+        self.assertEqual(text.count("exited with code 4"), 1, text)
 
     def test_listQuotesCommands(self) -> None:
         """A command with spaces in its name is shown quoted, as a shell needs it."""

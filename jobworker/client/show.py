@@ -9,8 +9,9 @@ from typing import Any
 
 from .streams import printable
 
-#: Record fields a person does not need to see (internal or repeated).
-_HIDDEN = {"stdout_truncated", "stderr_truncated"}
+#: Record fields a person does not need to see (internal or repeated:
+#: C{error} is part of the outcome's words).
+_HIDDEN = {"stdout_truncated", "stderr_truncated", "error"}
 
 #: Executor-specific fields, shown only when set.
 _OPTIONAL = {
@@ -152,7 +153,9 @@ def jobLines(job: dict[str, Any], now: float) -> str:
     for key, value in job.items():
         if key in shown or key in _HIDDEN:
             continue
-        if key in _OPTIONAL and value in (None, 0, False, {}, [], ""):
+        if value is None or value in ({}, [], ""):
+            continue  # empty: nothing to show, whatever the field
+        if key in _OPTIONAL and value in (0, False):
             continue
         if isinstance(value, dict) and not any(v is not None for v in value.values()):
             continue
