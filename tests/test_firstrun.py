@@ -66,6 +66,15 @@ class SelfCertTests(SynchronousTestCase):
         self.assertFalse(again.made)
         self.assertEqual(again.fingerprint, first.fingerprint)
 
+    def test_stateDirMadePrivate(self) -> None:
+        """
+        On a first start the certificate folder is made first, and the
+        state dir it lies in with it: 0700, as the README says, not 0755.
+        """
+        stateDir = os.path.join(os.path.abspath(self.mktemp()), "jobworker")
+        ensureServerCertificate(os.path.join(stateDir, "tls"), HOSTS)
+        self.assertEqual(stat.S_IMODE(os.stat(stateDir).st_mode), 0o700)
+
     def test_newHostRenewsTheLeafKeepsTheCA(self) -> None:
         """A host the certificate lacks: a new server certificate, the same CA."""
         folder = os.path.abspath(self.mktemp())
@@ -221,6 +230,8 @@ class FirstRunTests(TestCase):
             return int(text.split(marker)[1].split()[0])
 
         listening = await waitUntil(port, 60, "the server")
+        mode = os.stat(os.path.join(xdg, "jobworker")).st_mode
+        self.assertEqual(stat.S_IMODE(mode), 0o700, "the default state dir")
         url = f"https://localhost:{listening}"
         jwEnv = {
             "PATH": os.environ["PATH"],
