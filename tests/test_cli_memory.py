@@ -422,6 +422,21 @@ class ListAndStatusTests(MemoryCLITestCase):
         self.assertIn("sleep 60", lines[2])
         self.assertIn("RUNNING", lines[2])
 
+    def test_listSaysMoreExist(self) -> None:
+        """
+        A page that is not the last says how many it shows and how to see
+        the rest, even when --limit was given; --all shows them all.
+        """
+        for _ in range(3):
+            self.execId("true")
+        out, err, code = self.jw("list", "--limit", "2")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out.decode().splitlines()), 3, out)
+        self.assertEqual(err, b"jw: 2 shown, more exist (--all: every one)\n")
+        out, err, code = self.jw("list", "--limit", "2", "--all")
+        self.assertEqual((code, err), (0, b""))
+        self.assertEqual(len(out.decode().splitlines()), 4, out)
+
     def test_listEmpty(self) -> None:
         """jw list --json on a fresh server is an empty jobs list."""
         out = self.assertSucceeded(self.jw("list", "--json"))

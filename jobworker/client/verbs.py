@@ -331,7 +331,7 @@ async def doList(
         more, cursor = await client.listJobs(**filters, cursor=cursor)
         jobs.extend(more)
     if cursor is not None:
-        streams.say("jw: more jobs exist: use --all or --limit")
+        streams.say(f"jw: {len(jobs)} shown, more exist (--all: every one)")
     if options.json:
         streams.show(jsonLine({"jobs": jobs}))
     else:

@@ -107,7 +107,12 @@ class Options(usage.Options):
             "<state-dir>/tls on first start).",
         ],
         ["key", None, None, "PEM private key of the server (with --cert)."],
-        ["users", None, None, "Users file (name:role:bcrypt-hash per line)."],
+        [
+            "users",
+            None,
+            None,
+            "Users file (name:role:bcrypt-hash[:unix-account] per line).",
+        ],
         [
             "state-dir",
             None,
@@ -247,7 +252,7 @@ class Options(usage.Options):
             "max-running-per-user",
             None,
             None,
-            "At most this many jobs of one user run (or queue) at once (429).",
+            "At most this many jobs of one user run at once; more wait in the queue.",
             int,
         ],
         [
