@@ -1,8 +1,10 @@
-"""Unit tests for L{jobworker.auth.users}: the users file and development users."""
+"""L{jobworker.auth.users}: the users file, development users; hash-password."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase
@@ -190,3 +192,36 @@ class FromFileTests(SynchronousTestCase):
             f.write("ada:Admin\n")
         error = self.assertRaises(UsersFileError, UserDatabase.fromFile, path)
         self.assertIn(f"{path}, line 1", str(error))
+
+
+class HashPasswordTests(SynchronousTestCase):
+    def hashPassword(
+        self, given: bytes, *argv: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "jobworker.auth.hashpw", "--cost", "10", *argv],
+            input=given,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def test_fromAPipe(self) -> None:
+        """
+        A password piped in is one line, read once, with no warning about
+        echo: the line printed verifies it.
+        """
+        done = self.hashPassword(b"s3cret pass\n", "--user", "carol")
+        self.assertEqual((done.returncode, done.stderr), (0, b""))
+        name, role, hashed = done.stdout.decode().strip().split(":")
+        self.assertEqual((name, role), ("carol", "Developer"))
+        self.assertTrue(bcrypt.checkpw(b"s3cret pass", hashed.encode()))
+
+    def test_nothingPiped(self) -> None:
+        """An empty pipe or line is refused in one line, exit 1."""
+        for given in (b"", b"\n"):
+            done = self.hashPassword(given)
+            self.assertEqual(done.returncode, 1)
+            self.assertEqual(
+                done.stderr, b"jobworker-hash-password: no password given\n"
+            )
+            self.assertEqual(done.stdout, b"")

@@ -13,7 +13,10 @@ from .permissions import Role
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Prompt twice for a password and print C{name:role:hash} (or the hash)."""
+    """
+    Prompt twice for a password (or read one line from stdin when it is not a
+    terminal) and print C{name:role:hash} (or the hash).
+    """
     parser = argparse.ArgumentParser(
         prog="jobworker-hash-password",
         description="Print a bcrypt hash for the users file (--users FILE).",
@@ -31,10 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     if options.user is not None and not USER_NAME.fullmatch(options.user):
         parser.error("invalid user name")
     try:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("jobworker-hash-password: passwords differ", file=sys.stderr)
-            return 1
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                print("jobworker-hash-password: passwords differ", file=sys.stderr)
+                return 1
+        else:
+            # A script's pipe: one line, asked once, nothing echoed anywhere.
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+            if not password:
+                raise EOFError()
     except (EOFError, KeyboardInterrupt):
         print("jobworker-hash-password: no password given", file=sys.stderr)
         return 1
