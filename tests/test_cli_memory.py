@@ -716,7 +716,7 @@ class FailureTests(MemoryCLITestCase):
             (("exec",), b"needs the command"),
             (("exec", "--memory", "lots", "--", "true"), b"--memory"),
             (("exec", "-e", "NOVALUE", "--", "true"), b"NAME=VALUE"),
-            (("exec", "--bogus", "--", "true"), b"--bogus"),
+            (("exec", "--bogus", "--", "true"), b"--bogus (see jw exec --help)"),
             (("clean", "--older-than", "yesterday"), b"age"),
             (("list", "--limit", "0"), b"--limit"),
             (("list", "--status", "RUNNNING"), b"RUNNNING"),

@@ -80,6 +80,20 @@ class _Parser(argparse.ArgumentParser):
         if message:
             self._streams.show(message)
 
+    def parse_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        parsed: argparse.Namespace
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # Found by the top parser, but the verb's help is the one to read.
+            verb = getattr(parsed, "verb", None)
+            where = f"{self.prog} {verb}" if verb else self.prog
+            raise ArgumentsRefused(
+                f"jw: unrecognized arguments: {' '.join(extras)} (see {where} --help)"
+            )
+        return parsed
+
     def error(self, message: str) -> NoReturn:
         # One line, as every other failure: no usage before it (the help
         # is one flag away, and says so).
