@@ -146,7 +146,11 @@ class JobStore:
         self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         # A damaged page would answer some requests with errors later on:
         # refuse it now, before anything is written.
-        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as e:
+            # Some damage stops the check itself ("malformed"): the same.
+            problems = [str(e)]
         if problems != ["ok"]:
             detail = " ".join(" ".join(problems).split())[:200]
             raise StoreError(
