@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import treq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -224,8 +225,10 @@ class LiveContractTests(TestCase):
         )
         code, still = await server.json("GET", f"/jobs/{job['id']}?wait=0.2")
         self.assertEqual((code, still["status"]), (200, "RUNNING"))
-        pending = server.json("GET", f"/jobs/{job['id']}?wait=30")
-        await sleep(0.1)
+        # Sent now (a coroutine would wait for its await, after the go).
+        pending = ensureDeferred(server.json("GET", f"/jobs/{job['id']}?wait=30"))
+        await sleep(0.5)
+        self.assertFalse(pending.called, "answered while the job ran")
         open(go, "w").close()
         code, ended = await pending
         self.assertEqual(ended["status"], "COMPLETED")
