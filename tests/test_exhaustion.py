@@ -304,19 +304,20 @@ class SeparateServerTests(SynchronousTestCase):
         # Best of three rounds: another process may load this machine for
         # one round; the old code stalled the reactor every time (seconds).
         # The bound tells a stall from a busy machine (the figure itself, a
-        # few ms when quiet, is printed, and belongs to the benchmarks).
+        # few ms when quiet, is printed, and belongs to the benchmarks): 50 ms
+        # quiet here, 100-240 ms beside 8 busy loops, up to 320 ms beside 12.
         best = float("inf")
         for _ in range(3):
             p99, sizes = self.attack(server, job["id"])
             self.assertEqual(sizes, [300000] * 50)
             best = min(best, p99)
-            if best < 0.250:
+            if best < 1.0:
                 break
         print(
             f"\nFIGURES separate server, 10 combined readers: healthz p99 "
             f"{best * 1000:.1f} ms (best of up to 3 rounds)"
         )
-        self.assertLess(best, 0.250)
+        self.assertLess(best, 1.0)
 
     def attack(self, server: Any, jobId: str) -> tuple[float, list[int]]:
         """Ten combined readers (5 reads each); /healthz p99 meanwhile."""
