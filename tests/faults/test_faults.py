@@ -120,7 +120,9 @@ class DiskFullTests(FaultTestCase):
         keeps running (no dead LoopingCall), and once space is back the
         expired jobs go.
         """
-        server = Twistd(self, self.state, "--retain=2s").start()
+        # Expiry 4 s after the end: the first DELETE comes well before it
+        # on a loaded machine (1.2 s measured beside 16 busy loops).
+        server = Twistd(self, self.state, "--retain=4s").start()
         ids = []
         for n in range(5):
             job = server.request(
@@ -137,7 +139,9 @@ class DiskFullTests(FaultTestCase):
         )
         self.disk.fill()
         codes = [server.request("DELETE", f"/jobs/{ids[0]}", "ada").status]
-        time.sleep(3.5)  # at least two retention rounds on the full disk
+        # The jobs expire within 4 s of it: then at least two retention
+        # rounds (one a second) try to remove them from the full disk.
+        time.sleep(6.5)
         health = server.request("GET", "/healthz", None)
         self.assertEqual(health.status, 200)
         codes.append(server.request("GET", "/jobs", "ada").status)
