@@ -29,10 +29,11 @@ from .support import sleep
 from .test_pipes import WRITER, expected
 
 #: Writes N bytes of the pattern to stdout, then "between" to stderr, then
-#: N more to stdout; with a third argument it then keeps its stdout open
-#: (a grandchild holds it) while the process itself exits.
+#: N more to stdout; with a second argument (not empty) it then keeps its
+#: stdout open (a grandchild holds it) while the process itself exits; with
+#: a third, a file, it writes the second N only once that file exists.
 INTERLEAVED = """
-import os, sys
+import os, sys, time
 n = int(sys.argv[1])
 block = bytes(range(256)) * 4096
 def out(n):
@@ -40,8 +41,11 @@ def out(n):
         n -= os.write(1, block[:n])
 out(n)
 os.write(2, b"between")
+if len(sys.argv) > 3:  # a go file: the rest only once it is there
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.005)
 out(n)
-if len(sys.argv) > 2:
+if len(sys.argv) > 2 and sys.argv[2]:  # a leftover, marked
     if os.fork() == 0:
         os.setsid()
         import time
@@ -184,7 +188,15 @@ class PumpTests(TestCase):
         n = 8 * HEAVY + 4321
         pumps = Pumps(reactor)
         job = Job(self.spools(), pumps)
-        self.spawn(job, INTERLEAVED, str(n))
+        go = os.path.abspath(self.mktemp())
+        self.spawn(job, INTERLEAVED, str(n), "", go)
+        # The second half only once stderr is in (however late the reactor
+        # is on a loaded machine), so that it is ordered between the halves.
+        for _ in range(3000):
+            if job.spools[2].size:
+                break
+            await sleep(0.01)
+        open(go, "w").close()
         await job.ended
         self.assertEqual(job.taken, [1])
         self.assertEqual(job.sizesAtEnd, {1: 2 * n, 2: len(b"between")})
