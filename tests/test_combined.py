@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import treq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -21,7 +22,7 @@ from jobworker.jobs.order import OrderLog, decodeEntries
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.server.frames import FrameStream
 
-from .support import LiveServer, basic
+from .support import LiveServer, basic, sharedPath, sleep
 from .test_contract import RecordingConsumer, bytesOf, parseEvents
 
 
@@ -251,22 +252,54 @@ class CombinedReaderTests(SynchronousTestCase):
         self.assertEqual([len(s._waiters) for s in job.spools], [0, 0])
 
 
+#: o1, e1, o2, e2, o3 and then the command `then`, each once its go file
+#: ($1 to $5) is there.
+INTERLEAVED = (
+    'w() { while [ ! -e "$1" ]; do sleep 0.01; done; }; '
+    "printf 'o1\\n'; w \"$1\"; printf 'e1\\n' >&2; w \"$2\"; "
+    "printf 'o2\\n'; w \"$3\"; printf 'e2\\n' >&2; w \"$4\"; printf 'o3\\n'; "
+    'w "$5"; '
+)
+
+
+async def interleaved(
+    testCase: TestCase, server: LiveServer, then: str = ":"
+) -> tuple[dict[str, Any], Any]:
+    """
+    Start the job of L{INTERLEAVED} and step it: each line is let out only
+    once the server has counted the one before, so the order is the one
+    written however late the server reads (sleeps between the lines were
+    not enough on a loaded machine). Returns the job and the stepping (a
+    Deferred, done once the last gate is open).
+    """
+    gates = [sharedPath(testCase) for _ in range(5)]
+    job = await server.createJob("sh", "-c", INTERLEAVED + then, "sh", *gates)
+
+    async def step() -> None:
+        counted = [(3, 0), (3, 3), (6, 3), (6, 6), (9, 6)]
+        for gate, counts in zip(gates, counted, strict=True):
+            while True:
+                _, record = await server.json("GET", f"/jobs/{job['id']}")
+                if (record["stdout_bytes"], record["stderr_bytes"]) == counts:
+                    break
+                await sleep(0.01)
+            open(gate, "w").close()
+
+    return job, ensureDeferred(step())
+
+
 class LiveCombinedTests(TestCase):
     timeout = 60
-
-    SCRIPT = (
-        "printf 'o1\\n'; sleep 0.1; printf 'e1\\n' >&2; sleep 0.1; "
-        "printf 'o2\\n'; sleep 0.1; printf 'e2\\n' >&2; sleep 0.1; printf 'o3\\n'"
-    )
 
     async def test_rawCombined(self) -> None:
         """Raw bytes of both streams, in arrival order, with a length."""
         server = LiveServer(self)
-        job = await server.createJob("sh", "-c", self.SCRIPT)
+        job, stepping = await interleaved(self, server)
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?stream=combined&follow=true"
         )
         self.assertEqual(await treq.content(response), b"o1\ne1\no2\ne2\no3\n")
+        await stepping
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?stream=combined"
         )
@@ -276,13 +309,14 @@ class LiveCombinedTests(TestCase):
     async def test_sseCombinedAndResume(self) -> None:
         """SSE events per stream, combined ids, resume from the middle, then end."""
         server = LiveServer(self)
-        job = await server.createJob("sh", "-c", self.SCRIPT)
+        job, stepping = await interleaved(self, server)
         response = await server.request(
             "GET",
             f"/jobs/{job['id']}/logs?stream=combined",
             headers={b"accept": [b"text/event-stream"]},
         )
         events = parseEvents(await treq.content(response))
+        await stepping
         output = [e for e in events if e["event"] in ("stdout", "stderr")]
         self.assertEqual(
             [(e["event"], e["data"]["text"]) for e in output],
@@ -310,7 +344,8 @@ class LiveCombinedTests(TestCase):
     async def test_offsetAndTail(self) -> None:
         """offset skips combined bytes; tail=N starts each stream N lines back."""
         server = LiveServer(self)
-        job = await server.createJob("sh", "-c", self.SCRIPT)
+        job, stepping = await interleaved(self, server)
+        await stepping
         await server.waitEnded(job["id"])
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?stream=combined&offset=4"
@@ -449,8 +484,7 @@ class LiveFramesTests(TestCase):
     async def test_framesInOrderThenEnd(self) -> None:
         """Runs tagged by stream in arrival order, binary intact, then the end."""
         server = LiveServer(self)
-        script = LiveCombinedTests.SCRIPT + "; printf '\\377\\000' >&2"
-        job = await server.createJob("sh", "-c", script)
+        job, stepping = await interleaved(self, server, "printf '\\377\\000' >&2")
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?stream=combined&format=frames&follow=true"
         )
@@ -460,6 +494,7 @@ class LiveFramesTests(TestCase):
             [b"application/x-jobworker-frames"],
         )
         frames = await readFrames(response)
+        await stepping
         output = [(tag, data) for tag, data in frames if tag in (b"o", b"e")]
         self.assertEqual(
             output,
@@ -480,7 +515,8 @@ class LiveFramesTests(TestCase):
     async def test_resumeByCountedBytes(self) -> None:
         """Last-Event-ID combined:<stdout>:<stderr> resumes with no gap or repeat."""
         server = LiveServer(self)
-        job = await server.createJob("sh", "-c", LiveCombinedTests.SCRIPT)
+        job, stepping = await interleaved(self, server)
+        await stepping
         await server.waitEnded(job["id"])
         # After o1, e1, o2: 6 bytes of stdout and 3 of stderr.
         headers = {**basic("alice"), b"last-event-id": [b"combined:6:3"]}
