@@ -41,6 +41,19 @@ async def output(server: LiveServer, jobId: str, stream: str = "stdout") -> byte
     return bytes(await treq.content(response))
 
 
+def inOwnSession(command: str) -> str:
+    """
+    Shell that starts C{command} (words, shell-quoted) in a session of its
+    own (setsid), its output to /dev/null, and goes on once it runs: its pid
+    is then in the file C{"$p"} (in the job's own /tmp).
+    """
+    return (
+        'p=$(mktemp); setsid sh -c \'echo $$ > "$1"; shift; exec "$@"\' sh "$p" '
+        f"{command} >/dev/null 2>&1 </dev/null & "
+        'while [ ! -s "$p" ]; do sleep 0.01; done; '
+    )
+
+
 class CgroupLimitTests(TestCase):
     def setUp(self) -> None:
         self.cgroups = requireCgroups()
@@ -147,9 +160,9 @@ class CgroupLimitTests(TestCase):
         job = await server.createJob(
             "sh",
             "-c",
-            "setsid sh -c 'trap \"\" TERM; exec sleep 300' >/dev/null 2>&1 "
-            "</dev/null & sleep 0.3; pgrep -s 0 -x sleep >/dev/null; "
-            "pgrep -n -x sleep",
+            # The escapee says its own pid (pgrep -n would name the newest
+            # sleep of the machine, or none yet on a loaded one).
+            inOwnSession("sh -c 'trap \"\" TERM; exec sleep 300'") + 'cat "$p"',
         )
         group = server.manager._live[job["id"]].cgroup
         assert group is not None
@@ -169,8 +182,7 @@ class CgroupLimitTests(TestCase):
         job = await server.createJob(
             "sh",
             "-c",
-            "setsid sleep 300 >/dev/null 2>&1 </dev/null & "
-            "sleep 0.2; pgrep -n -x sleep; exec sleep 300",
+            inOwnSession("sleep 300") + 'cat "$p"; exec sleep 300',
         )
         for _ in range(200):
             text = await output(server, job["id"])
