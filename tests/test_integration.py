@@ -665,7 +665,9 @@ class StopTests(TestCase):
 
     async def test_termIgnoringLeftoverKilledAfterGrace(self) -> None:
         """A leftover ignoring SIGTERM (output redirected) is SIGKILLed after grace."""
-        grace = 1.0
+        # Long enough that the leftover is seen alive after the job's end and
+        # a logs request, on a loaded machine too.
+        grace = 3.0
         server = self.liveServer(grace)
         ready = sharedPath(self)
         # The main process exits only once the leftover ignores SIGTERM.
