@@ -109,6 +109,8 @@ class LiveSecurityTests(TestCase):
         server = LiveServer(self, "--login-failures=3")
         codes = []
         for _ in range(4):
+            if len(codes) == 2:
+                thirdSent = time.monotonic()  # the third failure is after it
             response = await server.http.request(
                 "GET", server.url + "/jobs", headers=basic("alice", "guess")
             )
@@ -117,6 +119,12 @@ class LiveSecurityTests(TestCase):
             await treq.content(response)
             if len(codes) == 3:
                 lastFailure = time.monotonic()
+        if time.monotonic() - thirdSent >= 1.0:
+            # So slow a machine that the second of refusal may be over: the
+            # rule itself is tested on a fake clock (ThrottleTests).
+            self.assertEqual(codes[:3], [401, 401, 401])
+            self.assertIn(codes[3], (401, 429))
+            return
         self.assertEqual(codes, [401, 401, 401, 429])
         self.assertEqual(retry, [b"1"])
 
@@ -131,7 +139,9 @@ class LiveSecurityTests(TestCase):
             return code == 200
 
         # The right password is refused until the second has passed, then let in.
-        self.assertEqual(await status(), 429)
+        first = await status()
+        if time.monotonic() - thirdSent < 1.0:
+            self.assertEqual(first, 429)
         await waitUntil(letIn, 5.0, "alice to be let in again")
         self.assertGreater(time.monotonic() - lastFailure, 0.8)
 
