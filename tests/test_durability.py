@@ -167,6 +167,9 @@ class CrashRecoveryTests(TestCase):
                 break
             await sleep(0.05)
         assert grandchild is not None
+        # The other job has ended (and its end is stored) before the crash.
+        out, err, code = await jw(port, "wait", doneId)
+        self.assertEqual(code, 0, err)
         out, _, _ = await jw(port, "status", "--json", jobId)
         self.assertIn(b'"RUNNING"', out)
         leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
