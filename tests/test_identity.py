@@ -784,6 +784,8 @@ class DynamicIdentityTests(TestCase):
 
         if shutil.which("groupadd") is None:
             raise SkipTest("no groupadd")
+        # One left by a run killed before its cleanup would stop this one.
+        subprocess.run(["groupdel", "jwtestclash"], check=False, capture_output=True)
         subprocess.run(["groupadd", "-g", "72950", "jwtestclash"], check=True)
         self.addCleanup(subprocess.run, ["groupdel", "jwtestclash"], check=False)
         options = Options()
@@ -931,6 +933,7 @@ class RootGroupAccountTests(SynchronousTestCase):
         """An account whose primary group is root's is refused too."""
         if os.getuid() != 0 or shutil.which("useradd") is None:
             raise SkipTest("creating a test account needs root and useradd")
+        subprocess.run(["userdel", "jwtestgid0"], check=False, capture_output=True)
         subprocess.run(
             ["useradd", "--no-create-home", "-g", "0", "jwtestgid0"],
             check=True,
