@@ -694,7 +694,10 @@ class PidReuseTests(TestCase):
         while not select.select([pidfd], [], [], 0)[0]:
             self.assertLess(time.monotonic(), deadline, "the child did not end")
             await sleep(0.01)
-        await sleep(0.2)  # the spawner reaps it: its pid is free
+        # The spawner reaps it: its pid is free once the pidfd says so.
+        while not pidfdReaped(pidfd):
+            self.assertLess(time.monotonic(), deadline, "the child was not reaped")
+            await sleep(0.01)
         await self.nextPidWillBe(pid)
         _, betweenEnded = self.start("exit 0")  # the standby forked next: that pid
         later, laterEnded = self.start("exit 7")
@@ -705,6 +708,15 @@ class PidReuseTests(TestCase):
         self.assertEqual(await earlierEnded.ended, 5)
         self.assertEqual(await betweenEnded.ended, 0)
         self.assertEqual(generation.live, {})
+
+
+def pidfdReaped(pidfd: int) -> bool:
+    """Whether the process of C{pidfd} is reaped (its fdinfo's pid is -1)."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return line.split()[1] == "-1"
+    raise AssertionError("no Pid: line in a pidfd's fdinfo")
 
 
 class ServerSpawnerTests(TestCase):
