@@ -124,7 +124,12 @@ class TwoNodeTests(TestCase):
             )
             self.assertEqual(response.code, 200)
             follows.append(defer.ensureDeferred(treq.content(response)))
-        await sleep(1.5)
+        for job in jobs:  # its three lines written (they come every 0.2 s)
+            for _ in range(300):
+                _, record = await server.json("GET", f"/jobs/{job['id']}")
+                if record["stdout_bytes"] >= len(b"line 1\n") * 3:
+                    break
+                await sleep(0.1)
         for job in jobs:
             code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
             self.assertEqual((code, stopped["status"]), (200, "STOPPED"), stopped)
