@@ -266,3 +266,28 @@ class FirstRunTests(TestCase):
             # The launcher's C source is in the wheel: the server built it.
             with open(log, "rb") as f:
                 self.assertIn(b"sandboxed jobs start through the launcher", f.read())
+
+
+class OpenStateDirTests(SynchronousTestCase):
+    def test_openStateDirSaidAtStart(self) -> None:
+        """
+        A state dir others may enter (made 0755 by an older first start) is
+        named in a warning; a 0700 one is not; neither is changed.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from jobworker.server.tap import warnIfOpen
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        os.chmod(folder, 0o755)  # noqa: S103 (what an older first start left)
+        self.assertTrue(warnIfOpen(folder))
+        said = [e for e in events if e.get("path") == folder]
+        self.assertEqual([e["mode"] for e in said], ["0755"])
+        self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o755)
+        os.chmod(folder, 0o700)
+        self.assertFalse(warnIfOpen(folder))
+        self.assertEqual(len([e for e in events if e.get("path") == folder]), 1)

@@ -210,6 +210,7 @@ def _manager(
         executor = _slurmExecutor(config, reactor, policy)
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        warnIfOpen(stateDir)
         # The store's lock first: nothing may touch a state dir that another
         # server uses (its sandbox files, its jobs).
         store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
@@ -248,6 +249,23 @@ def _manager(
     except StoreError as e:
         fatal(f"cannot use state dir {stateDir}: {e}")
     return manager
+
+
+def warnIfOpen(stateDir: str) -> bool:
+    """
+    Say so at start if other users may enter the state dir (an older
+    jobworker made it 0755 on a first start; the README says 0700). Its
+    files keep their own modes; nothing is changed here.
+    """
+    mode = os.stat(stateDir).st_mode & 0o777
+    if not mode & 0o077:
+        return False
+    log.warn(
+        "state dir {path} is open to other users (mode {mode}): chmod 700 it",
+        path=stateDir,
+        mode=f"{mode:04o}",
+    )
+    return True
 
 
 def _slurmExecutor(
