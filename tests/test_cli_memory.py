@@ -709,9 +709,17 @@ class FailureTests(MemoryCLITestCase):
 
     def test_badCommandLineExitsTwo(self) -> None:
         """
-        A wrong command line, whether the parser or the verb finds it, is one
-        line (no usage before it) and exit status 2; nothing is created.
+        A wrong command line, whether the parser or the verb's rules find it,
+        is one line (no usage before it) and exit status 2, and nothing is
+        sent: jw does not even connect (no login, no id lookup, no delete).
         """
+        known = self.execId("true")
+        connections: list[str] = []
+
+        def counted(reactor: Any, server: str, *args: Any, **kw: Any) -> Any:
+            connections.append(server)
+            return self.connect(reactor, server, *args, **kw)
+
         for argv, text in (
             (("exec",), b"needs the command"),
             (("exec", "--memory", "lots", "--", "true"), b"--memory"),
@@ -723,21 +731,32 @@ class FailureTests(MemoryCLITestCase):
             (("logs",), b"jw logs --help"),
             (("logs", "--offset", "-1", str(uuid.uuid4())), b"--offset"),
             (("status", "not-a-uuid"), b"not a job id"),
+            (("rm", known, "not-an-id"), b"not-an-id"),
+            (("logs", "--stdout", "--stderr", known), b"choose one"),
+            (("logs", "--tail", "-1", known), b"--tail"),
+            (("stop", "--kill", "--signal", "TERM", known), b"--kill"),
+            (("wait", "--timeout", "-1", known), b"--timeout"),
+            (("exec", "--after", known[:8], "--after", "xyz", "--", "true"), b"xyz"),
+            (("clean", "--older-than", "soon"), b"age"),
         ):
-            result = self.jw(*argv)
+            result = self.jw(*argv, connect=counted)
             self.assertOneLineFailure(result, text)
             self.assertEqual(result[2], 2, argv)
-        self.assertEqual(self.listedIds(), [])
+            self.assertEqual(connections, [], argv)
+        self.assertEqual(self.listedIds(), [known])
 
     def test_serverWithoutScheme(self) -> None:
         """
         A server given without C{https://} says so, not that no CA is known
         for it (a CA configured or not).
         """
-        for extra in ({}, {"JW_CA": ""}):
-            result = self.jw("--server", "localhost:8443", "list", **extra)
-            self.assertOneLineFailure(result, b"https://", b"localhost:8443")
-            self.assertEqual(result[2], 2)
+        for verb in ("list", "login"):
+            for extra in ({}, {"JW_CA": ""}):
+                result = self.jw("--server", "localhost:8443", verb, **extra)
+                self.assertOneLineFailure(result, b"https://", b"localhost:8443")
+                self.assertEqual(result[2], 2)
+        # Nor is a CA fetched, asked about or kept for such an address.
+        self.assertFalse(os.path.exists(self.configHome))
 
     def test_unexpectedErrorIsOneLine(self) -> None:
         """A bug in jw is still one line and exit 1, never a traceback."""

@@ -125,7 +125,7 @@ class DevelopmentCAClientTests(TestCase):
             "https://localhost.example.com:8443",
         ):
             env = plainEnvironment(self, server)
-            for verb in (["list"], ["status", "x"], ["exec", "--", "true"]):
+            for verb in (["list"], ["status", "abcdef12"], ["exec", "--", "true"]):
                 out, err, code = await getProcessOutputAndValue(
                     JW, verb, env=env, reactor=reactor
                 )

@@ -216,6 +216,37 @@ class HashPasswordTests(SynchronousTestCase):
         self.assertEqual((name, role), ("carol", "Developer"))
         self.assertTrue(bcrypt.checkpw(b"s3cret pass", hashed.encode()))
 
+    def test_oddPipes(self) -> None:
+        """
+        A line that is not UTF-8, one too long (however long: it is not all
+        read), CRLF, and a closed stdin: one line each, never a traceback.
+        """
+        done = self.hashPassword(b"p\xffw\n")
+        self.assertEqual(
+            (done.returncode, done.stderr),
+            (1, b"jobworker-hash-password: the password is not UTF-8\n"),
+        )
+        for given in (b"x" * 73 + b"\n", b"y" * 5_000_000):
+            done = self.hashPassword(given)
+            self.assertEqual(
+                (done.returncode, done.stderr),
+                (1, b"jobworker-hash-password: a password must be 1 to 72 bytes\n"),
+            )
+        done = self.hashPassword(b"crlf\r\n")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(bcrypt.checkpw(b"crlf", done.stdout.strip()))
+        closed = subprocess.run(
+            [sys.executable, "-m", "jobworker.auth.hashpw", "--cost", "10"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            preexec_fn=lambda: os.close(0),
+        )
+        self.assertEqual(
+            (closed.returncode, closed.stderr),
+            (1, b"jobworker-hash-password: no password given\n"),
+        )
+
     def test_nothingPiped(self) -> None:
         """An empty pipe or line is refused in one line, exit 1."""
         for given in (b"", b"\n"):

@@ -11,6 +11,9 @@ import bcrypt
 from .names import USER_NAME
 from .permissions import Role
 
+#: The longest line read from a pipe (a password is at most 72 bytes).
+LONGEST_LINE = 1024
+
 
 def main(argv: list[str] | None = None) -> int:
     """
@@ -34,20 +37,31 @@ def main(argv: list[str] | None = None) -> int:
     if options.user is not None and not USER_NAME.fullmatch(options.user):
         parser.error("invalid user name")
     try:
+        if sys.stdin is None:  # closed: nothing to read a password from
+            raise EOFError()
         if sys.stdin.isatty():
             password = getpass.getpass("Password: ")
             if getpass.getpass("Again: ") != password:
                 print("jobworker-hash-password: passwords differ", file=sys.stderr)
                 return 1
+            encoded = password.encode("utf-8")
         else:
-            # A script's pipe: one line, asked once, nothing echoed anywhere.
-            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-            if not password:
+            # A script's pipe: one line, asked once, nothing echoed anywhere;
+            # read as bytes, no more than a line may hold.
+            line = sys.stdin.buffer.readline(LONGEST_LINE + 1)
+            if len(line) > LONGEST_LINE:
+                encoded = line  # too long: refused below, with the rest unread
+            else:
+                encoded = line.removesuffix(b"\n").removesuffix(b"\r")
+            if not encoded:
                 raise EOFError()
+            encoded.decode("utf-8")
     except (EOFError, KeyboardInterrupt):
         print("jobworker-hash-password: no password given", file=sys.stderr)
         return 1
-    encoded = password.encode("utf-8")
+    except UnicodeDecodeError:
+        print("jobworker-hash-password: the password is not UTF-8", file=sys.stderr)
+        return 1
     if not encoded or len(encoded) > 72:
         print(
             "jobworker-hash-password: a password must be 1 to 72 bytes",

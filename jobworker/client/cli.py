@@ -18,6 +18,7 @@ from .completion import COMPLETION
 from .config import (
     Settings,
     caInUse,
+    checkServer,
     configPath,
     forgetToken,
     loadToken,
@@ -41,7 +42,7 @@ from .parser import buildParser
 from .session import Connect, Session, trustOnFirstUse
 from .show import age
 from .streams import Streams
-from .verbs import VERBS, Verb
+from .verbs import VERBS, Verb, checkArguments
 
 __all__ = [
     "COMPLETION",
@@ -145,6 +146,10 @@ async def _commandLine(
     if verb == "completion":
         streams.show(COMPLETION[options.shell])
         return 0
+    # Nothing is sent (no login either) for a command line that is wrong
+    # by itself, or a server that is not an https:// URL.
+    checkArguments(verb, options)
+    checkServer(settings.server)
     try:
         if verb == "login":
             trustOnFirstUse(settings, environ, path)

@@ -136,6 +136,22 @@ def trustedPath(configFolder: str, server: str) -> str:
     return os.path.join(configFolder, "trusted", f"{host}_{parts.port or 443}.pem")
 
 
+def checkServer(server: str) -> str:
+    """
+    The host of C{server}, an C{https://} URL with one.
+
+    @raise ConfigError: another scheme, none, or no host.
+    """
+    try:
+        parts = urlsplit(server)
+        host, usable = parts.hostname, parts.scheme == "https"
+    except ValueError:
+        host, usable = None, False
+    if not usable or not host:
+        raise ConfigError(f"server must be an https:// URL, not {server!r}")
+    return host
+
+
 def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     """
     The CA to verify C{settings.server} with: the one configured (flag,
@@ -146,14 +162,8 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     @raise ConfigError: no CA configured for another host (the message says
         what to pass), or a server URL with no usable host.
     """
-    try:
-        parts = urlsplit(settings.server)
-        host, usable = parts.hostname, parts.scheme == "https"
-    except ValueError:
-        host, usable = None, False
-    if not usable or not host:
-        # Before any CA: "localhost:8443" is not a host without a CA.
-        raise ConfigError(f"server must be an https:// URL, not {settings.server!r}")
+    # Before any CA: "localhost:8443" is not a host without a CA.
+    host = checkServer(settings.server)
     if settings.origins.get("ca", "default") != "default":
         return settings.ca
     environ = os.environ.copy() if environ is None else environ
@@ -174,6 +184,10 @@ def caInUse(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     The CA C{jw} verifies C{settings.server} with, as L{trustedCA} picks
     it, and whence (for C{jw config}): C{("(none)", why)} when there is none.
     """
+    try:
+        checkServer(settings.server)
+    except ConfigError as e:
+        return "(none)", str(e)
     origin = settings.origins.get("ca", "default")
     if origin != "default":
         return settings.ca, origin

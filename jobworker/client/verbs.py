@@ -118,15 +118,83 @@ def showJob(
     return 0
 
 
-async def resolveId(client: AnyClient, text: str) -> str:
-    """A whole job id for C{text}: itself, or the one job it is a prefix of."""
+def checkId(text: str) -> None:
+    """
+    @raise BadArguments: C{text} is neither a job id nor a prefix of one
+        that may be looked up.
+    """
     if _UUID.match(text):
-        return text
+        return
     if len(text) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f-]+", text):
         raise BadArguments(
             f"{text!r} is not a job id or a prefix of one "
             f"({MIN_PREFIX} or more of its characters)"
         )
+
+
+def checkArguments(verb: str, options: argparse.Namespace) -> None:
+    """
+    What the command line alone shows to be wrong, found before anything
+    is sent (no login, no request): each verb checks the same again where it
+    uses the value.
+
+    @raise BadArguments: a flag's value or a combination that cannot be
+        carried out, a missing command, an id that cannot be one.
+    """
+    for text in [getattr(options, "id", None), *getattr(options, "ids", [])]:
+        if text is not None:
+            checkId(text)
+    if verb == "exec":
+        if not options.command:
+            raise BadArguments(_NO_COMMAND)
+        execRequest(options)
+        for text in [*options.after, *options.after_ok]:
+            checkId(text)
+    elif verb == "list":
+        _checkLimit(options.limit)
+        pairs(options.label, "--label")
+    elif verb == "clean" and options.older_than is not None:
+        parseAge(options.older_than)
+    elif verb == "logs":
+        _checkLogsOptions(options)
+    elif verb == "stop":
+        _stopSignal(options)
+    elif verb == "wait" and options.timeout is not None and options.timeout < 0:
+        raise BadArguments("--timeout must not be negative")
+
+
+_NO_COMMAND = "jw exec needs the command to run, after --: jw exec -- make test"
+
+
+def _checkLimit(limit: int) -> None:
+    if not 1 <= limit <= 1000:
+        raise BadArguments("--limit must be from 1 to 1000")
+
+
+def _checkLogsOptions(options: argparse.Namespace) -> None:
+    if options.stdout and options.stderr:
+        raise BadArguments("--stdout and --stderr: choose one (or neither: both)")
+    if options.offset is not None and options.offset < 0:
+        raise BadArguments("--offset must not be negative")
+    if options.tail is not None and options.tail < 0:
+        raise BadArguments("--tail must not be negative")
+
+
+def _stopSignal(options: argparse.Namespace) -> tuple[str | None, float | None]:
+    """The stop's first signal and grace (C{--kill}: KILL at once)."""
+    signal, grace = options.signal, options.grace
+    if options.kill:
+        if signal not in (None, "KILL", "SIGKILL", "9") or grace not in (None, 0):
+            raise BadArguments("--kill sends KILL at once: no --signal or --grace")
+        signal, grace = "KILL", 0.0
+    return signal, grace
+
+
+async def resolveId(client: AnyClient, text: str) -> str:
+    """A whole job id for C{text}: itself, or the one job it is a prefix of."""
+    if _UUID.match(text):
+        return text
+    checkId(text)
     jobs, _ = await client.listJobs(idPrefix=text, limit=10)
     ids = [str(job["id"]) for job in jobs]
     if not ids:
@@ -148,9 +216,7 @@ async def createExecJob(
     L{EXIT_INTERRUPTED}).
     """
     if not options.command:
-        raise BadArguments(
-            "jw exec needs the command to run, after --: jw exec -- make test"
-        )
+        raise BadArguments(_NO_COMMAND)
     fields = execRequest(options)
     for flag in ("after", "after_ok"):
         if getattr(options, flag):
@@ -317,8 +383,7 @@ async def doList(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    if not 1 <= options.limit <= 1000:
-        raise BadArguments("--limit must be from 1 to 1000")
+    _checkLimit(options.limit)
     filters: dict[str, Any] = {
         "status": options.status,
         "owner": options.owner,
@@ -356,11 +421,7 @@ async def doStop(
     interrupts: Interrupts,
 ) -> int:
     jobId = await resolveId(client, options.id)
-    signal, grace = options.signal, options.grace
-    if options.kill:
-        if signal not in (None, "KILL", "SIGKILL", "9") or grace not in (None, 0):
-            raise BadArguments("--kill sends KILL at once: no --signal or --grace")
-        signal, grace = "KILL", 0.0
+    signal, grace = _stopSignal(options)
     later = client.reactor.callLater(
         STOP_PATIENCE,
         streams.say,
@@ -422,12 +483,7 @@ async def doLogs(
     from .follow import followOutput, followStream
 
     jobId = await resolveId(client, options.id)
-    if options.stdout and options.stderr:
-        raise BadArguments("--stdout and --stderr: choose one (or neither: both)")
-    if options.offset is not None and options.offset < 0:
-        raise BadArguments("--offset must not be negative")
-    if options.tail is not None and options.tail < 0:
-        raise BadArguments("--tail must not be negative")
+    _checkLogsOptions(options)
     if options.stdout or options.stderr or options.offset is not None:
         # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
         stream = "stderr" if options.stderr else "stdout"

@@ -79,6 +79,10 @@ def _mapped(what: str) -> Callable[[_F], _F]:
     return decorate
 
 
+#: SQLite's errors that mean the file's content is damaged.
+DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
 class JobStore:
     """
     Job records in one SQLite file, WAL mode. Writes are small and happen on
@@ -149,7 +153,10 @@ class JobStore:
         try:
             problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as e:
-            # Some damage stops the check itself ("malformed"): the same.
+            # Some damage stops the check itself ("malformed"): the same. Not
+            # a busy, locked or failing disk, which is not damage to recover.
+            if getattr(e, "sqlite_errorname", None) not in DAMAGE:
+                raise
             problems = [str(e)]
         if problems != ["ok"]:
             detail = " ".join(" ".join(problems).split())[:200]
