@@ -66,15 +66,6 @@ class SelfCertTests(SynchronousTestCase):
         self.assertFalse(again.made)
         self.assertEqual(again.fingerprint, first.fingerprint)
 
-    def test_stateDirMadePrivate(self) -> None:
-        """
-        On a first start the certificate folder is made first, and the
-        state dir it lies in with it: 0700, as the README says, not 0755.
-        """
-        stateDir = os.path.join(os.path.abspath(self.mktemp()), "jobworker")
-        ensureServerCertificate(os.path.join(stateDir, "tls"), HOSTS)
-        self.assertEqual(stat.S_IMODE(os.stat(stateDir).st_mode), 0o700)
-
     def test_newHostRenewsTheLeafKeepsTheCA(self) -> None:
         """A host the certificate lacks: a new server certificate, the same CA."""
         folder = os.path.abspath(self.mktemp())
@@ -269,6 +260,19 @@ class FirstRunTests(TestCase):
 
 
 class OpenStateDirTests(SynchronousTestCase):
+    def test_stateDirMadePrivate(self) -> None:
+        """
+        The state dir is made 0700, as the README says, before the server's
+        certificate folder is made in it (which would have made it 0755);
+        test_wheelFromATemporaryFolder checks the server does so first.
+        """
+        from jobworker.server.tap import _stateDir
+
+        stateDir = os.path.join(os.path.abspath(self.mktemp()), "jobworker")
+        _stateDir(stateDir)
+        ensureServerCertificate(os.path.join(stateDir, "tls"), HOSTS)
+        self.assertEqual(stat.S_IMODE(os.stat(stateDir).st_mode), 0o700)
+
     def test_openStateDirSaidAtStart(self) -> None:
         """
         A state dir others may enter (made 0755 by an older first start) is

@@ -155,10 +155,6 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
     keyPath = os.path.join(folder, "server.key")
     made = False
     try:
-        # The state dir it lies in, if made here (the server's first start),
-        # is 0700 as when the store makes it: not 0755 as makedirs would
-        # make a parent.
-        os.makedirs(os.path.dirname(folder) or ".", mode=0o700, exist_ok=True)
         os.makedirs(folder, mode=0o755, exist_ok=True)
         if not os.path.exists(caPath) and not os.path.exists(caKeyPath):
             ca, caKey = _makeCA(hosts[0])

@@ -85,6 +85,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
             "is no plaintext mode (twistd -n jobworker --tls)"
         )
+    _stateDir(config["state-dir"])
     tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
     slurm = config["executor"] == "slurm"
@@ -209,8 +210,6 @@ def _manager(
     if slurm:
         executor = _slurmExecutor(config, reactor, policy)
     try:
-        os.makedirs(stateDir, mode=0o700, exist_ok=True)
-        warnIfOpen(stateDir)
         # The store's lock first: nothing may touch a state dir that another
         # server uses (its sandbox files, its jobs).
         store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
@@ -249,6 +248,18 @@ def _manager(
     except StoreError as e:
         fatal(f"cannot use state dir {stateDir}: {e}")
     return manager
+
+
+def _stateDir(stateDir: str) -> None:
+    """
+    The state dir, made 0700 before anything goes in it (the server's own
+    certificate folder is the first); an open one is named in a warning.
+    """
+    try:
+        os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        warnIfOpen(stateDir)
+    except OSError as e:
+        fatal(f"cannot use state dir {stateDir}: {e.strerror}")
 
 
 def warnIfOpen(stateDir: str) -> bool:
