@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import signal as _signal
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
+from . import config
 from .errors import ClientError
 
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
@@ -176,9 +177,11 @@ class ApiCalls:
 
 
 def checkServer(server: str) -> None:
-    parts = urlsplit(server)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ClientError(f"server must be an https:// URL, not {server!r}")
+    """L{config.checkServer} for a client made without the CLI: a ClientError."""
+    try:
+        config.checkServer(server)
+    except config.ConfigError as e:
+        raise ClientError(str(e)) from None
 
 
 def segment(jobId: str) -> str:

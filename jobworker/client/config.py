@@ -162,47 +162,42 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     @raise ConfigError: no CA configured for another host (the message says
         what to pass), or a server URL with no usable host.
     """
-    # Before any CA: "localhost:8443" is not a host without a CA.
-    host = checkServer(settings.server)
-    if settings.origins.get("ca", "default") != "default":
-        return settings.ca
-    environ = os.environ.copy() if environ is None else environ
-    saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
-    if os.path.isfile(saved):
-        return saved
-    if host in DEV_CA_HOSTS:
-        return localServerCA(environ) or settings.ca
-    raise ConfigError(
-        f"no CA known for {settings.server}: run jw login --server "
-        f"{settings.server} to see its CA's fingerprint and trust it, or pass "
-        '--ca FILE (JW_CA, or ca = "FILE" in the config file)'
-    )
+    return _chosenCA(settings, os.environ.copy() if environ is None else environ)[0]
 
 
 def caInUse(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     """
-    The CA C{jw} verifies C{settings.server} with, as L{trustedCA} picks
-    it, and whence (for C{jw config}): C{("(none)", why)} when there is none.
+    The CA C{jw} verifies C{settings.server} with (L{trustedCA}), and whence
+    (for C{jw config}): C{("(none)", why)} when there is none.
     """
     try:
-        checkServer(settings.server)
+        return _chosenCA(settings, environ)
     except ConfigError as e:
-        return "(none)", str(e)
+        return "(none)", f"default: none: {e}"
+
+
+def _chosenCA(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
+    """L{trustedCA}'s choice, and why it was made (the rule is here only)."""
+    # Before any CA: "localhost:8443" is not a host without a CA.
+    host = checkServer(settings.server)
     origin = settings.origins.get("ca", "default")
     if origin != "default":
         return settings.ca, origin
-    try:
-        path = trustedCA(settings, environ)
-    except ConfigError as e:
-        hosts = ", ".join(DEV_CA_HOSTS)
-        return "(none)", f"default: none (the development CA is for {hosts} only): {e}"
-    if path == trustedPath(os.path.dirname(configPath(environ)), settings.server):
-        why = "trusted at jw login"
-    elif path == localServerCA(environ):
-        why = "made by this user's server on this machine"
-    else:
-        why = f"the development CA: for {', '.join(DEV_CA_HOSTS)} only"
-    return path, f"default, {why}"
+    saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
+    if os.path.isfile(saved):
+        return saved, "default, trusted at jw login"
+    hosts = ", ".join(DEV_CA_HOSTS)
+    if host in DEV_CA_HOSTS:
+        local = localServerCA(environ)
+        if local is not None:
+            return local, "default, made by this user's server on this machine"
+        return settings.ca, f"default, the development CA: for {hosts} only"
+    raise ConfigError(
+        f"no CA known for {settings.server} (the development CA is for {hosts} "
+        f"only): run jw login --server {settings.server} to see its CA's "
+        'fingerprint and trust it, or pass --ca FILE (JW_CA, or ca = "FILE" in '
+        "the config file)"
+    )
 
 
 def tokensPath(environ: dict[str, str]) -> str:

@@ -83,6 +83,11 @@ def sessionMembers() -> dict[int, list[int]]:
     return sessions
 
 
+def _startedThen(start: int, procStart: int) -> bool:
+    """Is a process that started at C{start} the one recorded at C{procStart}?"""
+    return procStart <= start <= procStart + START_SLACK
+
+
 def pidReused(pid: int, procStart: int | None) -> bool:
     """
     Is C{pid} now held by another process than the one started at
@@ -95,7 +100,7 @@ def pidReused(pid: int, procStart: int | None) -> bool:
     start = processStartTime(pid)
     if start is None:
         return False
-    return not procStart <= start <= procStart + START_SLACK
+    return not _startedThen(start, procStart)
 
 
 def leftovers(
@@ -116,9 +121,7 @@ def leftovers(
     if pid is None or bootId is None or bootId != currentBootId():
         return []
     start = processStartTime(pid)
-    if start is not None and (
-        procStart is None or not procStart <= start <= procStart + START_SLACK
-    ):
+    if start is not None and (procStart is None or not _startedThen(start, procStart)):
         return []
     return list(sessions.get(pid, []))
 
