@@ -69,6 +69,25 @@ for pause, n in zip(rest[::2], rest[1::2]):
 """
 
 
+#: Writes N bytes of the pattern, then K more every 50 ms until the file
+#: GO exists (for at most a minute), then N more: the pipe stays busy, and
+#: open, for as long as the test needs.
+PACED = """
+import os, sys, time
+block = bytes(range(256)) * 4096
+def out(n):
+    while n:
+        n -= os.write(1, block[:n])
+n, go, k = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+out(n)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+    out(k)
+out(n)
+"""
+
+
 def expectedPieces(*sizes: int) -> str:
     """The digest of BURSTS' output: the pattern from its start, each time."""
     block = bytes(range(256)) * 4096
@@ -342,14 +361,18 @@ class PumpTests(TestCase):
         if os.getuid() != 0:
             raise SkipTest("only root may raise a thread's priority")
         base = niceOf(threading.get_native_id())
-        n = 4 * HEAVY
+        n, k = 4 * HEAVY, 4096
         for early in (True, False):
             job = Job(self.spoolsIn(f"early-{early}"), Pumps(reactor, idle=30))
             follower = Collect()
             reader = SpoolReader(job.spools[1], follower, 0, follow=True)
             if early:
                 following = reader.start()
-            self.spawn(job, BURSTS, str(n), "1", str(n), "2", str(n))
+            # The job writes on until the priority is seen: the thread, which
+            # ends at the pipe's end, is there to be looked at (a job that
+            # ended first, on a loaded machine, took it away).
+            go = os.path.abspath(self.mktemp())
+            self.spawn(job, PACED, str(n), go, str(k))
             while job.taken != [1]:
                 await sleep(0.01)
             (thread,) = pumped()
@@ -361,10 +384,13 @@ class PumpTests(TestCase):
                 self.assertLess(reactor.seconds(), deadline)  # type: ignore[attr-defined]
                 await sleep(0.01)
             self.assertEqual(niceOf(threading.get_native_id()), base)
+            open(go, "w").close()
             await job.ended
             await following
-            self.assertEqual(digestOf(job.spools[1].path), expectedPieces(n, n, n))
-            self.assertEqual(follower.digest.hexdigest(), expectedPieces(n, n, n))
+            paced = (job.spools[1].size - 2 * n) // k
+            expected = expectedPieces(n, *[k] * paced, n)
+            self.assertEqual(digestOf(job.spools[1].path), expected)
+            self.assertEqual(follower.digest.hexdigest(), expected)
             self.assertEqual(pumpsLeft(), [])
 
     def spoolsIn(self, name: str) -> dict[int, OutputSpool]:
