@@ -14,8 +14,10 @@ from prometheus_client.registry import Collector
 _ROUTES = [
     (re.compile(r"^/jobs$"), "/jobs"),
     (re.compile(r"^/jobs/[^/]+$"), "/jobs/{id}"),
-    (re.compile(r"^/jobs/[^/]+/(status|stop|logs)$"), None),
-    (re.compile(r"^/(healthz|metrics|openapi\.json)$"), None),
+    (re.compile(r"^/jobs/[^/]+/(status|stop|logs|stdin)$"), None),
+    (re.compile(r"^/(healthz|metrics|openapi\.json|tokens|whoami)$"), None),
+    # The dashboard's files, one label for all (a name is anything asked).
+    (re.compile(r"^/ui(/.*)?$"), "/ui/"),
 ]
 
 

@@ -728,6 +728,22 @@ class DeleteTests(APITestCase):
         self.assertEqual(response.code, 200, response.body)
         self.assertEqual(response.json(), {"deleted": record.id})
 
+    def test_emptyObjectBody(self) -> None:
+        """
+        A body that is an empty JSON object, however spaced, is no body
+        (the OpenAPI document: C{maxProperties: 0}); an object with a member
+        is refused and the job stays.
+        """
+        record = self.createJob(owner="alice")
+        self.endJob(record)
+        refused = self.send("DELETE", f"/jobs/{record.id}", "alice", raw=b'{"x": 1}')
+        self.assertError(self.successResultOf(refused), 400)
+        response = self.successResultOf(
+            self.send("DELETE", f"/jobs/{record.id}", "alice", raw=b"{ \n }")
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json(), {"deleted": record.id})
+
     def test_deleteRunningConflict(self) -> None:
         """A running job cannot be deleted: 409."""
         record = self.createJob(owner="alice")
@@ -771,6 +787,17 @@ class LogsTests(APITestCase):
         past = self.call("GET", f"/jobs/{record.id}/logs?offset=100000", "alice")
         self.assertEqual(past.code, 200)
         self.assertEqual(past.body, b"")
+
+    def test_combinedOffsetHeader(self) -> None:
+        """The raw combined stream names its offset, as a single stream does."""
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(b"out ")
+        self.spawned(record).errors(b"err")
+        response = self.call(
+            "GET", f"/jobs/{record.id}/logs?stream=combined&offset=2", "alice"
+        )
+        self.assertEqual(response.body, b"t err")
+        self.assertEqual(response.header(b"x-output-offset"), b"2")
 
     def test_stderr(self) -> None:
         """stream=stderr gives stderr; stdout stays separate."""

@@ -127,9 +127,26 @@ class DashboardFilesTests(TestCase):
             body = await response.content()
             self.assertEqual(response.code, 404, (path, body))
             self.assertEqual(json.loads(body)["error"].split()[0], "no", path)
-        response = await server.request("GET", "/ui/nothing.js", None)
-        await response.content()
+            # The router's 404s (a path no route has) too, not only the
+            # dashboard's own.
+            self.assertSecurityHeaders(response)
+        response = await server.request("PUT", "/ui/app.js", None)
+        body = await response.content()
+        self.assertEqual(response.code, 405)
+        self.assertEqual(json.loads(body), {"error": "method not allowed"})
         self.assertSecurityHeaders(response)
+
+    async def test_folderAddress(self) -> None:
+        """/ui, as a person types it, leads to /ui/ (with the headers)."""
+        server = LiveServer(self)
+        response = await server.http.get(server.url + "/ui", allow_redirects=False)
+        await response.content()
+        self.assertEqual(response.code, 308)
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/"])
+        self.assertSecurityHeaders(response)
+        response = await server.request("GET", "/ui?x=1", None)
+        await response.content()
+        self.assertEqual(response.code, 400)
 
     async def test_queryStringRefused(self) -> None:
         """A query string under /ui/ is a JSON 400, as on the API's routes."""

@@ -19,6 +19,13 @@ class RouteLabelTests(SynchronousTestCase):
         self.assertEqual(routeLabel(b"/jobs/" + jobId), "/jobs/{id}")
         self.assertEqual(routeLabel(b"/jobs/" + jobId + b"/logs"), "/jobs/{id}/logs")
         self.assertEqual(routeLabel(b"/metrics"), "/metrics")
+        self.assertEqual(routeLabel(b"/jobs/" + jobId + b"/stdin"), "/jobs/{id}/stdin")
+        self.assertEqual(routeLabel(b"/tokens"), "/tokens")
+        self.assertEqual(routeLabel(b"/whoami"), "/whoami")
+        self.assertEqual(routeLabel(b"/ui/"), "/ui/")
+        self.assertEqual(routeLabel(b"/ui/app.js"), "/ui/")
+        self.assertEqual(routeLabel(b"/ui"), "/ui/")
+        self.assertEqual(routeLabel(b"/uix"), "other")
         self.assertEqual(routeLabel(b"/etc/passwd"), "other")
         self.assertEqual(routeLabel(b"/jobs/x/y/z"), "other")
 

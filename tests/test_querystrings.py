@@ -137,7 +137,7 @@ class QueryFuzzTests(SynchronousTestCase):
         """
         for path in (
             "/jobs/{id}?wait=1",
-            "/jobs/{id}/status?wait=%202",
+            "/jobs/{id}/status?wait=2.5",
             "/jobs/{id}?wait=3e2",
         ):
             code, body = self.get(path.replace("{id}", self.jobId))

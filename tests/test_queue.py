@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.permissions import PERMISSIONS, Permission, Role, Scope
-from jobworker.errors import BadRequest, TooManyRequests
+from jobworker.errors import BadRequest, Conflict, TooManyRequests
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import NO_JOBS, FairQueue, Waiting
@@ -160,6 +160,18 @@ class ManagerQueueTests(SynchronousTestCase):
         self.assertNoResult(ended)
         self.end(manager, second.id, 3)
         self.assertEqual(self.successResultOf(ended).exit_code, 3)
+
+    def test_stdinOfAQueuedJob(self) -> None:
+        """Input for a job still in the queue is refused, saying it has not
+        started (it said "already ended (PENDING)"); once it runs, it goes."""
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(stdin=True), "alice")
+        error = self.assertRaises(Conflict, manager.writeStdin, queued.id, b"x", True)
+        self.assertIn("not started yet (PENDING)", error.message)
+        self.end(manager, first.id)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+        self.successResultOf(manager.writeStdin(queued.id, b"x", True))
 
     def test_fairAmongUsers(self) -> None:
         """alice's many queued jobs do not keep bob's one waiting past a turn."""

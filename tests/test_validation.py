@@ -17,6 +17,7 @@ from jobworker.jobs.queries import (
     parseOwner,
     parseStatus,
     parseStream,
+    parseWait,
 )
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.validation import (
@@ -74,6 +75,27 @@ class ParseJobRequestTests(SynchronousTestCase):
     def test_nullCwd(self) -> None:
         """An explicit null cwd means no cwd."""
         self.assertIsNone(parseJobRequest(body({"command": "x", "cwd": None})).cwd)
+
+    def test_nullMeansAbsent(self) -> None:
+        """null for stdin and priority is the default, as the OpenAPI
+        document's nullable types say (it was a 400)."""
+        request = parseJobRequest(
+            body({"command": "x", "stdin": None, "priority": None})
+        )
+        self.assertEqual((request.stdin, request.priority), (False, 0))
+
+    def test_loneSurrogateInLabel(self) -> None:
+        """A label value holding a lone surrogate is refused, escaped or as
+        raw bytes: it would make every listing that shows the job invalid
+        for a strict JSON parser (and no label filter could find it)."""
+        self.assertBad(b'{"command": "x", "labels": {"k": "a\\ud800"}}', "label 'k'")
+        self.assertBad(
+            b'{"command": "x", "labels": {"k": "a\xed\xa0\x80"}}', "label 'k'"
+        )
+        # Characters outside the BMP, as a surrogate pair, are text.
+        pair = b'{"command": "x", "labels": {"k": "\\ud83d\\ude00"}}'
+        request = parseJobRequest(pair)
+        self.assertEqual(request.labels, {"k": "\U0001f600"})
 
     def test_unicodeKept(self) -> None:
         """Non-ASCII text passes through unchanged."""
@@ -385,3 +407,24 @@ class ParseOwnerTests(SynchronousTestCase):
         """A name followed by a newline is not a valid user name."""
         error = self.assertRaises(BadRequest, parseOwner, "alice\n")
         self.assertIn("owner", error.message)
+
+
+class ParseWaitTests(SynchronousTestCase):
+    """parseWait takes seconds as a JSON number (the OpenAPI type)."""
+
+    def test_valid(self) -> None:
+        """Whole and fractional seconds within the bound."""
+        self.assertEqual(parseWait(None), 0.0)
+        self.assertEqual(parseWait("0"), 0.0)
+        self.assertEqual(parseWait("2.5"), 2.5)
+        self.assertEqual(parseWait("30"), 30.0)
+        self.assertEqual(parseWait("1e1"), 10.0)  # a JSON number, as documented
+        self.assertEqual(parseWait("1e-05"), 1e-05)  # how jw's {:g} writes it
+
+    def test_invalid(self) -> None:
+        """What float() would take but is no JSON number is refused:
+        underscores (C{1_0} is ten), spaces, a plus sign, other scripts'
+        digits, C{nan}, C{inf}; and numbers out of range."""
+        for text in ("1_0", " 1 ", "+1", "\u0661", "nan", "inf", "", ".", "301", "-1"):
+            error = self.assertRaises(BadRequest, parseWait, text)
+            self.assertIn("wait", error.message)

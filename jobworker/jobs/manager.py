@@ -21,7 +21,7 @@ from .admission import Admission
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob
 from .policy import JobPolicy, JobReactor
-from .records import JobRecord
+from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .scheduling import Scheduler
 from .selection import ANY_JOB, JobFilter
@@ -346,13 +346,18 @@ class JobManager(Admission):
         Feed a running C{"stdin": true} job's stdin; fires once it can take
         more (see L{StdinFeed<jobworker.executors.local.stdin.StdinFeed>}).
 
-        @raise Conflict: the job has ended, or was not started with stdin.
+        @raise Conflict: the job has ended, has not started yet, or was not
+            started with stdin.
         @raise NotFound: if there is no such job.
         """
         record = self.record(jobId)
         if not record.stdin:
             raise Conflict('the job was not started with "stdin": true')
         job = self._live.get(jobId)
+        if record.status is JobStatus.PENDING:
+            raise Conflict(
+                "job has not started yet (PENDING): send its stdin once it runs"
+            )
         if job is None or job.record.status.ended:
             raise Conflict(f"job already ended ({record.status.value})")
         return job.writeStdin(data, eof)

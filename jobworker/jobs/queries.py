@@ -5,6 +5,7 @@ one bounded-integer check every number passes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ..auth.names import USER_NAME
@@ -77,18 +78,19 @@ MAX_TAIL = 1_000_000
 
 #: The longest a status request may wait for a job to end (long poll).
 MAX_WAIT = 300.0
+#: Seconds as a JSON number (the OpenAPI type): C{30}, C{2.5}, C{1e-05}.
+_DECIMAL = re.compile(r"\A-?[0-9]{1,12}(\.[0-9]{1,12})?([eE][-+]?[0-9]{1,3})?\Z")
 
 
 def parseWait(text: str | None) -> float:
     """Seconds to wait for a job to end: 0 to C{MAX_WAIT}; absent means 0."""
     if text is None:
         return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(
-            f"wait must be a number of seconds (0 to {MAX_WAIT:g})"
-        ) from None
+    # A JSON number only: float() would also take "1_0" (ten), spaces,
+    # "nan", "inf" and other scripts' digits.
+    if not _DECIMAL.match(text):
+        raise BadRequest(f"wait must be a number of seconds (0 to {MAX_WAIT:g})")
+    value = float(text)
     if not 0 <= value <= MAX_WAIT:
         raise BadRequest(f"wait must be a number of seconds (0 to {MAX_WAIT:g})")
     return value

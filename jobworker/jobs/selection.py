@@ -18,8 +18,10 @@ LABEL_KEY = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
 #: The most labels one job may carry, and the longest label value.
 MAX_LABELS = 16
 MAX_LABEL_VALUE = 256
-#: A label value: no control characters (C0, DEL, C1), at most 256.
-LABEL_VALUE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f]{0,256}\Z")
+#: A label value: no control characters (C0, DEL, C1) and no lone
+#: surrogate (not Unicode text: a strict JSON parser refuses a listing
+#: holding one), at most 256.
+LABEL_VALUE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{0,256}\Z")
 #: An id prefix: at least 6 of a job id's characters.
 ID_PREFIX = re.compile(r"\A[0-9a-f][0-9a-f-]{5,35}\Z")
 
@@ -40,7 +42,7 @@ def _labelValue(value: object, key: str) -> str:
     if not isinstance(value, str) or not LABEL_VALUE.match(value):
         raise BadRequest(
             f"label {key!r} must be text of at most {MAX_LABEL_VALUE} characters, "
-            "no control characters"
+            "no control characters (nor lone surrogates)"
         )
     return value
 

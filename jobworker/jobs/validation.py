@@ -149,8 +149,10 @@ def parseJobRequest(body: bytes) -> JobRequest:
         timeout=_timeout(obj.get("timeout_seconds")),
         name=parseName(obj.get("name")),
         labels=parseLabels(obj.get("labels")),
-        stdin=_flag(obj.get("stdin", False), "stdin"),
-        priority=_priority(obj.get("priority", 0)),
+        # null is the default for every optional field (the OpenAPI
+        # document types them nullable).
+        stdin=_flag(_orDefault(obj.get("stdin"), False), "stdin"),
+        priority=_priority(_orDefault(obj.get("priority"), 0)),
         after=_jobIds(obj.get("after"), "after"),
         after_ok=_jobIds(obj.get("after_ok"), "after_ok"),
         slurm=parseSlurmOptions(obj.get("slurm")),
@@ -185,6 +187,10 @@ def _jobIds(value: object, what: str) -> tuple[str, ...]:
         if jobId not in ids:
             ids.append(jobId)
     return tuple(ids)
+
+
+def _orDefault(value: object, default: object) -> object:
+    return default if value is None else value
 
 
 def _flag(value: object, what: str) -> bool:

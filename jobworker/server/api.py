@@ -61,7 +61,7 @@ from .requests import (
     jobSelection,
     refuseCrossSite,
 )
-from .ui import Dashboard
+from .ui import SECURITY_HEADERS, Dashboard
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
 OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()
@@ -160,7 +160,8 @@ class JobsAPI:
 
     def resource(self) -> IResource:
         """The API as a web resource (what the Site serves)."""
-        return _EncodingGuard(self.app.resource())
+        urls = self.app.url_map.bind("localhost")
+        return _EncodingGuard(self.app.resource(), urls.allowed_methods)
 
     def _audit(
         self, request: IRequest, event: str, user: User, result: str, **fields: Any
@@ -213,6 +214,10 @@ class JobsAPI:
         message = {404: "no such route", 405: "method not allowed"}.get(
             code, error.name.lower()
         )
+        if request.path == b"/ui" or request.path.startswith(b"/ui/"):
+            # The dashboard's headers go with everything under /ui/.
+            for header, value in SECURITY_HEADERS:
+                request.setHeader(header, value)
         return _json(request, {"error": message}, code)
 
     @app.handle_errors(Exception)
@@ -365,6 +370,16 @@ class JobsAPI:
             {"user": user.name, "role": user.role.value, "permissions": grants(user)},
         )
 
+    @app.route("/ui", methods=["GET"])
+    async def dashboardFolder(self, request: IRequest) -> bytes:
+        # The address a person types: on to the page, whose files are /ui/*.
+        for header, value in SECURITY_HEADERS:
+            request.setHeader(header, value)
+        onlyParameters(_query(request), frozenset())
+        request.redirect(b"/ui/")
+        request.setResponseCode(308)
+        return b""
+
     @app.route("/ui/", methods=["GET"])
     @app.route("/ui/<file>", methods=["GET"])
     async def dashboard(self, request: IRequest, file: str = "index.html") -> bytes:
@@ -375,6 +390,7 @@ class JobsAPI:
     async def health(self, request: IRequest) -> bytes:
         # No authentication and few details: fit for a load balancer's probe.
         # An executor that cannot take jobs (Slurm unreachable) is "degraded".
+        onlyParameters(_query(request), frozenset())
         health = self._manager.health()
         if health.up:
             return _json(request, {"status": "ok"})

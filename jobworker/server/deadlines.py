@@ -29,6 +29,9 @@ _TIMEOUT_RESPONSE = _closingResponse(
 _TOO_LONG_RESPONSE = _closingResponse(
     b"431 Request Header Fields Too Large", "request line or header too long"
 )
+_MALFORMED_RESPONSE = _closingResponse(
+    b"400 Bad Request", "malformed HTTP request (request line, headers or chunks)"
+)
 
 
 class DeadlineChannel(HTTPChannel):
@@ -115,9 +118,34 @@ class DeadlineChannel(HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # Twisted's LineReceiver would just drop the connection, unanswered.
+        self._refuse(_TOO_LONG_RESPONSE)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted answers what its parser refuses (a NUL in a header, two
+        # Content-Lengths, a bad chunk size, ...) with a bare 400 and no
+        # body: the API's errors are JSON, this one too.
+        self._refuse(_MALFORMED_RESPONSE)
+
+    def _send100Continue(self) -> None:
+        # A client that asks before sending a body too large for any route
+        # is told so at once (RFC 9110 10.1.1), not invited to send it all
+        # to be read and thrown away.
+        limit = getattr(self.requests[-1], "maxBodyBytes", None)
+        if limit is not None and self.length is not None and self.length > limit:
+            self._refuse(
+                _closingResponse(
+                    b"413 Request Entity Too Large", f"request body over {limit} bytes"
+                )
+            )
+            return
+        super()._send100Continue()  # type: ignore[no-untyped-call]
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer with C{response} and close; read nothing more."""
         self._cancelDeadline()
+        self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         if self.transport is not None:
-            self.transport.write(_TOO_LONG_RESPONSE)
+            self.transport.write(response)
             self.loseConnection()  # type: ignore[no-untyped-call]
 
     def _cancelDeadline(self) -> None:
@@ -134,9 +162,11 @@ class DeadlineChannel(HTTPChannel):
             client=getattr(peer, "host", "?"),
             part=part,
         )
-        if self.transport is not None:
-            self.transport.write(_TIMEOUT_RESPONSE)
-            self.loseConnection()  # type: ignore[no-untyped-call]
+        self._refuse(_TIMEOUT_RESPONSE)
+
+
+def _ignore(data: bytes) -> None:
+    """What a refused connection does with what the client still sends."""
 
 
 def channelWithDeadlines(

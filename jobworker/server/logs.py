@@ -91,7 +91,7 @@ class LogStreams:
         form = _format(request)
         sse = form == "sse"
         follow = parseBool(_arg(request, b"follow"), "follow", default=sse)
-        if follow and record.status is JobStatus.PENDING:
+        if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
             record = self._manager.record(record.id)
@@ -126,6 +126,8 @@ class LogStreams:
         if not follow:
             length = max(0, spool.size - offset)
             request.setHeader(b"content-length", str(length).encode("ascii"))
+        if _headOnly(request):
+            return b""
         await self._send(SpoolReader(spool, IConsumer(request), offset, follow))
         return b""
 
@@ -141,6 +143,8 @@ class LogStreams:
         """The logs route as Server-Sent Events, ending with an C{end} event."""
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
+        if _headOnly(request):
+            return b""
         events = EventStream(IConsumer(request), stream, offset, self._clock)
         try:
             await self._send(SpoolReader(spool, events, offset, follow))
@@ -189,6 +193,7 @@ class LogStreams:
         consumer = IConsumer(request)
         if form == "raw":
             request.setHeader(b"content-type", b"application/octet-stream")
+            request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
             if not follow:
                 length = sum(
                     max(0, source.size - start)
@@ -196,6 +201,8 @@ class LogStreams:
                 )
                 length = max(0, length - offset)
                 request.setHeader(b"content-length", str(length).encode("ascii"))
+            if _headOnly(request):
+                return b""
             await self._send(
                 CombinedReader(
                     streams,
@@ -218,6 +225,8 @@ class LogStreams:
         sink: Callable[[int, bytes], None]
         if form == "frames":
             request.setHeader(b"content-type", FRAMES_TYPE.encode("ascii"))
+            if _headOnly(request):
+                return b""
             framed = FrameStream(consumer, self._clock)
 
             def toFrames(index: int, data: bytes) -> None:
@@ -227,6 +236,8 @@ class LogStreams:
         else:
             request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
             request.setHeader(b"cache-control", b"no-cache")
+            if _headOnly(request):
+                return b""
             sse = EventStream(consumer, "combined", 0, self._clock)
 
             def toEvents(index: int, data: bytes) -> None:
@@ -358,3 +369,9 @@ def _format(request: IRequest) -> str:
 
 #: The formats of a log response.
 FORMATS = ("raw", "sse", "frames")
+
+
+def _headOnly(request: IRequest) -> bool:
+    """A C{HEAD}: its headers are all it gets, at once (no body to wait
+    for, however long the job may run)."""
+    return bytes(request.method) == b"HEAD"

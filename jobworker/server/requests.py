@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -21,6 +22,7 @@ from ..errors import (
 from ..jobs.queries import parseOwner, parseStatus
 from ..jobs.records import JobRecord
 from ..jobs.selection import JobFilter, parseIdPrefix, parseLabelFilters, parseName
+from ..jobs.validation import parseJSONObject
 
 #: The largest request body accepted.
 MAX_BODY_BYTES = 64 * 1024
@@ -176,9 +178,10 @@ def refuseCrossSite(
 
 
 def _noBody(request: IRequest) -> None:
-    """@raise BadRequest: a body other than nothing or C{{}}."""
+    """@raise BadRequest: a body other than nothing or an empty JSON object
+    (C{{}}, C{{ }}, as the OpenAPI document's C{maxProperties: 0})."""
     body = _body(request).strip()
-    if body and body != b"{}":
+    if body and body != b"{}" and parseJSONObject(body):
         raise BadRequest("this request takes no body (or {})")
 
 
@@ -186,13 +189,24 @@ def _noBody(request: IRequest) -> None:
 class _EncodingGuard:
     """
     Answer a path that is not UTF-8 once percent-decoded (C{/jobs/%ff}) with
-    a 400 JSON error: Klein would fail decoding it with a 500.
+    a 400 JSON error: Klein would fail decoding it with a 500. And answer a
+    method that is not all capitals (C{post}) as one no route has: methods
+    are case-sensitive (RFC 9110 9.1), but werkzeug's routing capitalises
+    them, so C{post} would reach the POST handler, whose CSRF check (like
+    any C{request.method} test) would not know it.
+
+    @param allowedMethods: the methods a path has routes for.
     """
 
     isLeaf = True
 
-    def __init__(self, inner: IResource) -> None:
+    def __init__(
+        self,
+        inner: IResource,
+        allowedMethods: Callable[[str], Iterable[str]] = lambda path: (),
+    ) -> None:
         self._inner = inner
+        self._allowedMethods = allowedMethods
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
         return self
@@ -202,9 +216,20 @@ class _EncodingGuard:
 
     def render(self, request: IRequest) -> bytes | int:
         try:
-            b"/".join(request.postpath or []).decode("utf-8")
+            path = b"/".join(request.postpath or []).decode("utf-8")
         except UnicodeDecodeError:
             return _json(request, {"error": "the path is not valid UTF-8"}, 400)
+        method = bytes(request.method)
+        if method != method.upper():
+            allowed = sorted(self._allowedMethods("/" + path))
+            if not allowed:
+                return _json(request, {"error": "no such route"}, 404)
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return _json(
+                request,
+                {"error": "method not allowed (methods are case-sensitive)"},
+                405,
+            )
         return self._inner.render(request)  # type: ignore[no-any-return]
 
 
