@@ -7,6 +7,7 @@ account with --isolate pid).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pwd
@@ -612,6 +613,99 @@ class IdentityModeChainTests(IdentityModeTests):
     (--launcher=off; the default is the compiled launcher)."""
 
     serverOptions = ("--launcher=off",)
+
+
+#: A job's script (C{python3 -c}): the kernel's key calls, each answer an
+#: id or an errno name. argv: what to do, then its arguments.
+KEYS = """
+import ctypes, errno, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+ADD_KEY, KEYCTL, SEARCH, SESSION, USER = 248, 250, 10, -3, -4
+def call(*args):
+    got = libc.syscall(*args)
+    return str(got) if got >= 0 else errno.errorcode[ctypes.get_errno()]
+what = sys.argv[1]
+if what == "add":
+    ring = {"session": SESSION, "user": USER}[sys.argv[2]]
+    print("add", call(ADD_KEY, b"user", sys.argv[3].encode(), b"s3cr3t", 6, ring))
+else:
+    ring = {"session": SESSION, "user": USER}[sys.argv[2]]
+    print("search", call(KEYCTL, SEARCH, ring, b"user", sys.argv[3].encode(), 0))
+"""
+
+
+def keyCalls(testCase: TestCase) -> None:
+    """Skip unless the kernel's key calls can be made here as L{KEYS} does."""
+    requireRoot()
+    if os.uname().machine != "x86_64":
+        raise SkipTest("the keyring script uses x86_64's system call numbers")
+    if not os.path.exists("/usr/bin/python3"):
+        raise SkipTest("the jobs' keyring script needs /usr/bin/python3")
+
+
+class KeyringTests(TestCase):
+    """
+    The kernel's keyrings are not namespaced: a uid's user keyrings outlive
+    its last process, and a session keyring is inherited. A dynamic uid's
+    jobs (one user's, then another's, in turn) therefore get no key calls at
+    all; every sandboxed job gets a session keyring of its own, never the
+    server's.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def keys(self, server: LiveServer, user: str, *argv: str) -> bytes:
+        job = await server.createJob("/usr/bin/python3", "-c", KEYS, *argv, user=user)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        return (await output(server, job["id"])).strip()
+
+    async def test_dynamicUidHasNoKeyrings(self) -> None:
+        """
+        bob's job (the pool's one uid) cannot put a key in its uid's user
+        keyring, where the next job of that uid, alice's, would find it:
+        every key call is ENOSYS, as on a kernel without keys.
+        """
+        uid = 72700
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
+        self.assertEqual(
+            await self.keys(server, "bob", "add", "user", "jw-left"), b"add ENOSYS"
+        )
+        self.assertEqual(
+            await self.keys(server, "alice", "search", "user", "jw-left"),
+            b"search ENOSYS",
+        )
+
+    async def test_noJobHasTheServersSessionKeyring(self) -> None:
+        """
+        A key in the server's session keyring (a systemd service has one of
+        its own) is not found from a job, whose session keyring is its own;
+        a job of an account may still use keys, in a session keyring that
+        the next job does not share.
+        """
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        # This process is the server: a session keyring holding a secret.
+        self.assertGreater(libc.syscall(250, 1, b"jw-test-server"), 0)
+        self.assertGreater(
+            libc.syscall(248, b"user", b"jw-server-secret", b"x", 1, -3), 0
+        )
+        ensureAccounts()
+        server = LiveServer(self, "--run-as=jwbob")
+        self.assertEqual(
+            await self.keys(server, "bob", "search", "session", "jw-server-secret"),
+            b"search ENOKEY",
+        )
+        added = await self.keys(server, "bob", "add", "session", "jw-job-key")
+        self.assertTrue(added.startswith(b"add ") and added[4:].isdigit(), added)
+        self.assertEqual(
+            await self.keys(server, "alice", "search", "session", "jw-job-key"),
+            b"search ENOKEY",
+        )
 
 
 def escapee(seconds: int) -> str:

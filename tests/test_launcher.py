@@ -88,11 +88,11 @@ class BuildTests(SynchronousTestCase):
 
     def test_warningFree(self) -> None:
         """The shipped source compiles with -Wall -Wextra -Werror -pedantic,
-        and stays small (under 900 lines; 260 before the environment moved
+        and stays small (under 1,000 lines; 260 before the environment moved
         to the gate, 283 before the PID namespace, 370 before the
-        spawner)."""
+        spawner, 890 before the keyrings)."""
         text = launcher.source()
-        self.assertLess(text.count(b"\n"), 900)
+        self.assertLess(text.count(b"\n"), 1000)
         path = os.path.join(self.mktemp())
         with open(path, "wb") as f:
             f.write(text)
@@ -245,7 +245,7 @@ class ArgvTests(SynchronousTestCase):
         identity = Identity.ofDynamicUid(72104)
         env = {"OLDPWD": "/x", "PWD": "/y", "B": "2"}
         argv = sandbox.argv(identity, ["pwd"], "srv//a/../b/", False, env)
-        self.assertEqual(argv[1:7], ["n", "/", "72104", "72104", "-", "/srv/b"])
+        self.assertEqual(argv[1:7], ["nk", "/", "72104", "72104", "-", "/srv/b"])
         self.assertEqual(argv[-4:], ["2", "PWD=/srv/b", "B=2", "pwd"])
         self.assertEqual(
             sandbox.gate(identity, "srv//a/../b/", env), b"go 15\nPWD=/srv/b\0B=2\0"
@@ -284,7 +284,7 @@ class ArgvTests(SynchronousTestCase):
 
         spawned = spawnHostileJob(self, 72110, launcher="/L")
         self.assertEqual(spawned.env, ROOT_ENVIRONMENT)
-        self.assertEqual(spawned.args[:2], ["/L", "ge"])
+        self.assertEqual(spawned.args[:2], ["/L", "gek"])
         self.assertEqual(spawned.args[-1], "true")
         # Not on the command line (any local user reads /proc/<pid>/cmdline
         # until the exec): on the gate, once the record is stored.

@@ -25,6 +25,13 @@
  *     exits as it did (same status, or same signal), and if the parent
  *     dies the child is killed (PR_SET_PDEATHSIG);
  *  4. the start folder entered, as root;
+ *  4a. a new session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING): it
+ *     possesses nothing of the server's (a systemd service has a session
+ *     keyring of its own); with option k, then, a seccomp filter that
+ *     makes add_key, request_key and keyctl fail with ENOSYS, as on a
+ *     kernel without keys (the kernel keeps a uid's user keyrings after
+ *     its last process: a dynamic uid's jobs, one user's after another's,
+ *     would share them). Installed as root, so no_new_privs stays off;
  *  5. setgroups, setresgid, setresuid (never uid 0, gid 0 or group 0),
  *     each checked afterwards with getgroups, getresgid, getresuid, and no
  *     capability left (effective and permitted empty; no_new_privs
@@ -42,7 +49,7 @@
  *   COMMAND [ARG]...
  * OPTIONS: "-", or letters: g (the gate on fd 3), e (the environment on the
  *   gate, after its line: NENV must then be 0; needs g), n (a network
- *   namespace), p (a PID namespace).
+ *   namespace), p (a PID namespace), k (no kernel keyrings: 4a).
  * GROUPS: supplementary gids separated by commas, or "-" for none.
  * CWD: entered after the identity change; "" for none.
  * FLAGS: "-", or letters: s nosuid, d nodev, x noexec, m mkdir 0755 first.
@@ -53,7 +60,12 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/keyctl.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -211,6 +223,67 @@ static void waitForGo(int withEnvironment) {
     }
 }
 
+/* A session keyring of the job's own (4a): none of the server's. A kernel
+ * without keys (ENOSYS) has none to share. */
+static void ownSessionKeyring(void) {
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 &&
+        errno != ENOSYS)
+        die(SETUP_FAILED, "cannot make a session keyring", NULL, errno);
+}
+
+/* The key management calls of each system call ABI this machine runs, by
+ * seccomp's arch (x86_64 also runs x32, bit 30 of the number, and i386). */
+static const struct {
+    uint32_t arch, calls[3];
+} keyCalls[] = {
+#if defined(__x86_64__)
+    {AUDIT_ARCH_X86_64, {248, 249, 250}},
+    {AUDIT_ARCH_X86_64, {0x40000000 | 248, 0x40000000 | 249, 0x40000000 | 250}},
+    {AUDIT_ARCH_I386, {286, 287, 288}},
+#elif defined(__aarch64__)
+    {AUDIT_ARCH_AARCH64, {217, 218, 219}},
+    {AUDIT_ARCH_ARM, {309, 310, 311}},
+#elif defined(__i386__)
+    {AUDIT_ARCH_I386, {286, 287, 288}},
+#else
+#define NO_KEY_FILTER 1
+    {0, {0, 0, 0}},
+#endif
+};
+#define ABIS (sizeof keyCalls / sizeof keyCalls[0])
+
+/* Option k (4a): add_key, request_key and keyctl fail with ENOSYS from
+ * here on, in every ABI. Per ABI: if the arch is its, load the number and
+ * compare it with the three, then load the arch again for the next ABI. */
+static void noKeyrings(void) {
+#ifdef NO_KEY_FILTER
+    die(SETUP_FAILED, "no keyring filter for this architecture", NULL, 0);
+#else
+    struct sock_filter program[3 + 6 * ABIS];
+    unsigned short at = 0, deny = (unsigned short)(1 + 6 * ABIS + 1);
+    program[at++] = (struct sock_filter)BPF_STMT(
+        BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    for (size_t abi = 0; abi < ABIS; abi++) {
+        program[at++] = (struct sock_filter)BPF_JUMP(
+            BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].arch, 0, 5);
+        program[at++] = (struct sock_filter)BPF_STMT(
+            BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+        for (int call = 0; call < 3; call++, at++)
+            program[at] = (struct sock_filter)BPF_JUMP(
+                BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].calls[call],
+                (unsigned char)(deny - at - 1), 0);
+        program[at++] = (struct sock_filter)BPF_STMT(
+            BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    }
+    program[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[at++] = (struct sock_filter)BPF_STMT(
+        BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA));
+    struct sock_fprog filter = {at, program};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter) != 0)
+        die(SETUP_FAILED, "cannot filter the keyring calls", NULL, errno);
+#endif
+}
+
 /* The job's identity, checked; no capability may be left. */
 static void becomeJob(uid_t uid, gid_t gid, size_t count) {
     uid_t ruid, euid, suid;
@@ -293,6 +366,7 @@ static void dieWithParent(int alive) {
 /* One job, from OPTIONS on (argv[0] is this program): never returns. */
 static int launch(int argc, char **argv) {
     int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, mkdirFirst;
+    int keys = 1;
     int at = 7;
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
     if (argc < 10)
@@ -303,6 +377,7 @@ static int launch(int argc, char **argv) {
         else if (*c == 'e') gateEnvironment = 1;
         else if (*c == 'n') namespaces |= CLONE_NEWNET;
         else if (*c == 'p') pidNamespace = 1;
+        else if (*c == 'k') keys = 0;
         else usage("bad OPTIONS", options);
     }
     /* With a PID namespace, a stop's SIGTERM (and SIGINT) is for the job,
@@ -359,6 +434,9 @@ static int launch(int argc, char **argv) {
     }
     if (chdir(start) != 0)
         die(CANNOT_RUN, "cannot enter the start folder", start, errno);
+    ownSessionKeyring();
+    if (!keys)
+        noKeyrings();
     becomeJob(uid, gid, count);
     if (alive >= 0)
         dieWithParent(alive);

@@ -101,7 +101,11 @@ def _reclaim(pool: DynamicUids) -> None:
 
 
 #: The exec chain, as the log names it.
-CHAIN = "the exec chain (setsid, unshare, sh, setpriv, env)"
+CHAIN = (
+    "the exec chain (setsid, unshare, sh, setpriv, env; its jobs keep the "
+    "server's session keyring, and a dynamic uid's jobs share its user "
+    "keyrings: only the launcher keeps kernel keyrings apart)"
+)
 
 
 def chooseLauncher(config: Options, identities: Identities) -> str | None:
