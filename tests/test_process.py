@@ -465,6 +465,24 @@ class StopTests(JobProcessTestCase):
         self.clock.advance(0.25)
         self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
 
+    def test_stopAfterTheMainExitKeepsItsStatus(self) -> None:
+        """
+        A stop that comes after the main process ended on its own, while
+        the pipes it left are still held open (the job is not over yet),
+        ends the leftovers but not the job's own status: exit 0 stays
+        COMPLETED (it was STOPPED, "exited with code 0"), and a job that
+        depends on it with after_ok still runs.
+        """
+        self.job.mainExited(processExit(0))
+        ended = self.job.whenEnded()
+        self.assertNoResult(ended)
+        stopped = self.job.stop("alice")
+        self.assertIsNone(self.record.stopped_by)
+        self.job.pipesClosed()
+        self.assertIs(self.successResultOf(stopped), self.record)
+        self.assertIs(self.record.status, JobStatus.COMPLETED)
+        self.assertEqual(self.record.exit_code, 0)
+
     def test_stopTwiceSignalsOnce(self) -> None:
         """A second stop() sends nothing more and keeps the first stopper."""
         first = self.job.stop("alice")

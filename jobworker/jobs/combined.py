@@ -171,8 +171,7 @@ class CombinedReader(FileProducer):
                 if not length:
                     return
                 data = self._read(stream, source.path, offset, length)
-                if not data:  # shorter than recorded: a disk error
-                    self._finish()
+                if not data:  # unreadable: the reader has failed
                     return
                 self.position[stream] = offset + len(data)
                 if self._skip:

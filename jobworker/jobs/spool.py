@@ -382,6 +382,11 @@ def pacerOf(source: OutputSource) -> Pacer | None:
     return pacer
 
 
+class OutputUnreadable(OSError):
+    """A job's output file cannot be read (gone, cut short, no descriptor
+    left): a log response must fail, not end as if that were all."""
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -450,14 +455,28 @@ class FileProducer:
         return allowed
 
     def _read(self, index: int, path: str, offset: int, length: int) -> bytes:
-        """Up to C{length} bytes of file C{index} at C{offset} (b"" on error)."""
+        """
+        Up to C{length} bytes of file C{index} at C{offset}. b"" when they
+        cannot be read (an error, or a file shorter than recorded): then the
+        reader has failed (L{OutputUnreadable}), and its caller stops.
+        """
         try:
             fd = self._fds[index]
             if fd is None:
                 fd = self._fds[index] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            return os.pread(fd, length, offset)
-        except OSError:
+            data = os.pread(fd, length, offset)
+        except OSError as e:
+            self._fail(OutputUnreadable(e.errno, f"{e.strerror}: {path}"))
             return b""
+        if not data:
+            self._fail(
+                OutputUnreadable(f"{path} ends at {offset}, shorter than recorded")
+            )
+        return data
+
+    def _fail(self, error: OutputUnreadable) -> None:
+        if self._close():
+            self.done.errback(error)
 
     def _waitFor(self, grown: Deferred[None]) -> None:
         self._waiting = grown
@@ -529,8 +548,7 @@ class SpoolReader(FileProducer):
                 if not length:
                     return
                 data = self._read(0, self._spool.path, self._offset, length)
-                if not data:  # the file is shorter than recorded: disk error
-                    self._finish()
+                if not data:  # unreadable: the reader has failed
                     return
                 self._offset += len(data)
                 self._consumer.write(data)

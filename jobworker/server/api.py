@@ -30,6 +30,7 @@ from ..errors import (
     Forbidden,
     JobworkerError,
     NotFound,
+    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -181,6 +182,9 @@ class JobsAPI:
             request.setHeader(b"www-authenticate", challenge(request))
         elif isinstance(error, TooManyRequests):
             request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
+        elif isinstance(error, ServiceUnavailable):
+            # As the store's own errors: the state dir's disk may come back.
+            request.setHeader(b"retry-after", b"5")
         return _json(request, error.body(), error.code)
 
     @app.handle_errors(StoreError)

@@ -9,11 +9,13 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ..auth.permissions import User
 from ..errors import (
     BadRequest,
+    ServiceUnavailable,
     TooManyRequests,
 )
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
@@ -26,7 +28,13 @@ from ..jobs.queries import (
     parseTail,
 )
 from ..jobs.records import JobRecord, JobStatus
-from ..jobs.spool import FileProducer, OutputSource, SpoolReader, tailOffsetSoon
+from ..jobs.spool import (
+    FileProducer,
+    OutputSource,
+    OutputUnreadable,
+    SpoolReader,
+    tailOffsetSoon,
+)
 from .frames import FrameStream
 from .requests import (
     _arg,
@@ -43,6 +51,8 @@ class LogStreams:
     Every open log response: the caps (in all, per user), the readers that
     send a job's output, and the drain that lets each finish at shutdown.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -110,10 +120,7 @@ class LogStreams:
             offset = resume
         elif tail is not None:
             # The last lines, but none before offset (if given).
-            offset = max(
-                offset,
-                await tailOffsetSoon(self._clock, spool.path, spool.size, tail),
-            )
+            offset = max(offset, await self._tail(spool, tail))
         dropped = record.stdout_dropped if stream == "stdout" else record.stderr_dropped
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
@@ -121,20 +128,22 @@ class LogStreams:
         request.setHeader(b"x-output-dropped", str(dropped).encode("ascii"))
         request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
         if sse:
-            return await self._events(request, record.id, stream, spool, offset, follow)
+            return await self._events(request, record, stream, spool, offset, follow)
         request.setHeader(b"content-type", b"application/octet-stream")
         if not follow:
             length = max(0, spool.size - offset)
             request.setHeader(b"content-length", str(length).encode("ascii"))
         if _headOnly(request):
             return b""
-        await self._send(SpoolReader(spool, IConsumer(request), offset, follow))
+        await self._send(
+            SpoolReader(spool, IConsumer(request), offset, follow), request
+        )
         return b""
 
     async def _events(
         self,
         request: IRequest,
-        jobId: str,
+        record: JobRecord,
         stream: str,
         spool: OutputSource,
         offset: int,
@@ -145,10 +154,11 @@ class LogStreams:
         request.setHeader(b"cache-control", b"no-cache")
         if _headOnly(request):
             return b""
+        final = self._final(record, follow)
         events = EventStream(IConsumer(request), stream, offset, self._clock)
         try:
-            await self._send(SpoolReader(spool, events, offset, follow))
-            await self._endEvents(events, jobId, (stream,), follow)
+            await self._send(SpoolReader(spool, events, offset, follow), request)
+            await self._endEvents(events, final, (stream,))
         finally:
             events.close()
         return b""
@@ -177,12 +187,8 @@ class LogStreams:
         position = (0, 0)
         if tail is not None:
             position = (
-                await tailOffsetSoon(
-                    self._clock, streams[0].path, streams[0].size, tail
-                ),
-                await tailOffsetSoon(
-                    self._clock, streams[1].path, streams[1].size, tail
-                ),
+                await self._tail(streams[0], tail),
+                await self._tail(streams[1], tail),
             )
         order = self._manager.order(record.id)
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -213,7 +219,8 @@ class LogStreams:
                     follow,
                     offset,
                     self._clock,
-                )
+                ),
+                request,
             )
             return b""
         lastEventId = request.getHeader(b"last-event-id")
@@ -245,41 +252,81 @@ class LogStreams:
 
             events, sink = sse, toEvents
 
+        final = self._final(record, follow)
         reader = CombinedReader(
             streams, order, events, sink, position, follow, offset, self._clock
         )
         try:
-            await self._send(reader)
-            await self._endEvents(events, record.id, STREAMS, follow)
+            await self._send(reader, request)
+            await self._endEvents(events, final, STREAMS)
         finally:
             events.close()
         return b""
 
+    async def _tail(self, source: OutputSource, lines: int) -> int:
+        """
+        Where the last C{lines} lines of C{source} start.
+
+        @raise ServiceUnavailable: its file cannot be read (nothing is sent
+            yet: a clear error, not a 500).
+        """
+        try:
+            return await tailOffsetSoon(self._clock, source.path, source.size, lines)
+        except OSError as e:
+            self.log.error(
+                "cannot read {path} for a tail: {error}",
+                path=source.path,
+                error=e.strerror,
+            )
+            raise ServiceUnavailable(
+                f"the job's output cannot be read now ({e.strerror})"
+            ) from None
+
+    def _final(
+        self, record: JobRecord, follow: bool
+    ) -> Deferred[JobRecord] | JobRecord | None:
+        """
+        The record an event stream ends with, asked for before it starts:
+        the job's end, if followed; the record itself if it has ended; else
+        none (a stream of a running job, not followed, has no end event).
+        Never looked up after the output was sent: the job may have been
+        deleted (or expired) meanwhile, and its end is known.
+        """
+        if follow:
+            return self._manager.whenEnded(record.id)
+        return record if record.status.ended else None
+
     async def _endEvents(
         self,
         events: EventStream | FrameStream,
-        jobId: str,
+        final: Deferred[JobRecord] | JobRecord | None,
         streams: tuple[str, ...],
-        follow: bool,
     ) -> None:
         """C{truncated} events where output was dropped, then C{end}."""
-        record = self._manager.record(jobId)
-        if not (follow or record.status.ended):
+        if final is None:
             return
-        if follow:
-            record = await self._manager.whenEnded(jobId)
+        record = await final if isinstance(final, Deferred) else final
         for stream in streams:
             dropped = getattr(record, f"{stream}_dropped")
             if dropped:
                 events.send("truncated", {"stream": stream, "dropped": dropped})
         events.send("end", record.toJSON())
 
-    async def _send(self, reader: FileProducer) -> None:
+    async def _send(self, reader: FileProducer, request: IRequest) -> None:
         try:
             await reader.start()
         except CancelledError:
             reader.stopProducing()
             raise
+        except OutputUnreadable as e:
+            # The headers (and maybe some bytes) are out: the only honest
+            # end left is a broken one, so the client cannot take what it
+            # got for the whole output.
+            self.log.error("log response cut: {error}", error=e.strerror or str(e))
+            transport = getattr(getattr(request, "channel", None), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            raise CancelledError("the output cannot be read") from e
 
     def _track(self, request: IRequest, user: str) -> None:
         """Remember an open log response until it is finished or lost."""

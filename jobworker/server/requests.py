@@ -65,8 +65,12 @@ def boundedRequestClass(maxBodyBytes: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"maxBodyBytes": maxBodyBytes})
 
 
+#: Reason phrases twisted.web does not know ("Unknown Status" otherwise).
+REASONS = {429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
+
+
 def _json(request: IRequest, value: object, code: int = 200) -> bytes:
-    request.setResponseCode(code)
+    request.setResponseCode(code, REASONS.get(code))
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n"
 

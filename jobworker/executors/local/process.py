@@ -142,6 +142,8 @@ class JobProcess:
         self.stdout = stdout
         self.stderr = stderr
         self._grace = grace
+        #: The grace of the SIGTERM that was sent (a stop's own, or the server's).
+        self._graceUsed = grace
         self._signalGroupOf = signalGroupOf
         self.cgroup = cgroup
         self._timeout = timeout
@@ -269,6 +271,12 @@ class JobProcess:
 
         @return: fires with the record once the job has ended.
         """
+        if self._exit is not None:
+            # The main process ended on its own; only what it left in the
+            # group is still being ended (its pipes held open). Its status
+            # stands: the stop only hastens that end.
+            self._terminate(how)
+            return self.whenEnded()
         if self.record.stopped_by is None:
             self.record.stopped_by = by
             self.log.info(
@@ -287,6 +295,7 @@ class JobProcess:
         grace = self._grace if how.grace is None else how.grace
         if how.signal == signal.SIGKILL:
             self._cancelTimers("_killTimer")
+            self._graceUsed = 0.0
             self._kill()
         elif not self._signal(how.signal):
             # Nothing is left to kill: never SIGKILL a group id that may be
@@ -294,8 +303,10 @@ class JobProcess:
             self._cancelTimers("_killTimer")
         elif grace <= 0:
             self._cancelTimers("_killTimer")
+            self._graceUsed = 0.0
             self._kill()
         elif self._killTimer is None:
+            self._graceUsed = grace
             self._killTimer = self._clock.callLater(grace, self._kill)
 
     def _signal(self, signum: int) -> bool:
@@ -334,7 +345,7 @@ class JobProcess:
                 "job {job}: process group {pgid} killed after {grace}s grace",
                 job=self.record.id,
                 pgid=self._pgid,
-                grace=self._grace,
+                grace=self._graceUsed,
             )
         if not self.record.status.ended:
             self._abandonTimer = self._clock.callLater(
