@@ -728,6 +728,25 @@ class DeleteTests(APITestCase):
         self.assertEqual(response.code, 200, response.body)
         self.assertEqual(response.json(), {"deleted": record.id})
 
+    def test_deletedWhileItsLeftoversAreKilled(self) -> None:
+        """
+        A job that ended but whose group still has members (killed after
+        the grace) is gone as soon as it is deleted: it was still served,
+        record and logs, until its leftovers were dead.
+        """
+        record = self.createJob(owner="alice")
+        self.spawned(record).exit(0)  # the group is not gone: leftovers
+        self.assertEqual(self.call("GET", f"/jobs/{record.id}", "alice").code, 200)
+        response = self.call("DELETE", f"/jobs/{record.id}", "alice")
+        self.assertEqual(response.code, 200)
+        for path in ("", "/status", "/logs"):
+            self.assertError(self.call("GET", f"/jobs/{record.id}{path}", "alice"), 404)
+        listed = self.call("GET", "/jobs", "alice").json()["jobs"]
+        self.assertEqual([job["id"] for job in listed], [])
+        self.reactor.advance(GRACE)  # the leftovers' SIGKILL
+        self.killer.groupGone(record.pid or 0)
+        self.assertError(self.call("GET", f"/jobs/{record.id}", "alice"), 404)
+
     def test_emptyObjectBody(self) -> None:
         """
         A body that is an empty JSON object, however spaced, is no body

@@ -38,6 +38,7 @@ from jobworker.executors.local.sandbox import (
 )
 from jobworker.executors.local.spawner import (
     ANNOUNCE,
+    ANNOUNCE_TIMEOUT,
     ENDED,
     REAPED,
     START,
@@ -855,6 +856,50 @@ class ServerSpawnerTests(TestCase):
         response = await server.request("GET", "/metrics", "ada")
         text = (await treq.content(response)).decode()
         self.assertIn("jobworker_spawner_starts_total 2.0", text)
+
+    async def test_aSilentSpawnerHoldsTheReactorOnce(self) -> None:
+        """
+        A spawner that stops answering (SIGSTOP, or starved): the server's
+        thread waits for a standby once (ANNOUNCE_TIMEOUT), and then fails
+        spawns at once until the spawner speaks again; each spawn waited
+        10 s, with every request of the server behind it. Once it goes on,
+        jobs start again.
+        """
+        server = LiveServer(self)
+        await self.running(server, "sh", "-c", "echo up")
+        generation = server.manager._executor._spawner.current  # type: ignore[attr-defined]
+        waits: list[float] = []
+        receive = generation.receive
+
+        def counted(timeout: float | None, *, one: bool = False) -> None:
+            if timeout is not None:
+                waits.append(timeout)
+            receive(timeout, one=one)
+
+        generation.receive = counted
+        pid = generation.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        # The first may take the standby announced before the stop (its
+        # end then waits for the spawner); the others find none.
+        jobs = [await server.createJob("true") for _ in range(4)]
+        for job in jobs[1:]:
+            self.assertEqual(
+                (job["status"], job["error"]),
+                ("FAILED", "cannot start: the job spawner did not answer"),
+            )
+        self.assertEqual(waits, [ANNOUNCE_TIMEOUT])
+        os.kill(pid, signal.SIGCONT)
+        self.assertIn(
+            (await server.waitEnded(jobs[0]["id"]))["status"], ("COMPLETED", "FAILED")
+        )
+        for _ in range(100):
+            job = await server.createJob("true")
+            if (await server.waitEnded(job["id"]))["status"] == "COMPLETED":
+                break
+            await sleep(0.05)
+        else:
+            self.fail("no job started once the spawner went on")
 
     async def test_noForkFailsOneJob(self) -> None:
         """The spawner cannot fork (a pids cgroup at its limit): that job

@@ -20,9 +20,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
 from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs.admission import DISPATCH_RETRY
 from jobworker.jobs.manager import RETRY_FIRST
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
+from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
 from jobworker.server.services import RetentionService
@@ -156,6 +159,47 @@ class StoreFailureTests(SynchronousTestCase):
         stored = self.store.get(jobId)
         self.assertEqual((stored.status, stored.exit_code), (JobStatus.FAILED, 3))
         self.assertEqual(self.manager._unsaved, {})
+
+    def test_queuedJobsWaitOutAFullDisk(self) -> None:
+        """
+        A queued job whose start the store refuses (a full disk) stays
+        queued and starts once the disk has room again: it was FAILED for
+        good, and so was every job queued behind it, one after another.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
+        manager = localJobManager(
+            self.reactor,
+            stateDir,
+            5.0,
+            self.killer,
+            store=store,
+            policy=JobPolicy(maxRunning=1),
+        )
+        self.addCleanup(manager.close)
+        first = manager.create(JobRequest("sleep", ["9"], {}, None), "alice")
+        queued = [
+            manager.create(JobRequest("true", [], {}, None), "alice").id
+            for _ in range(3)
+        ]
+        [spawned] = [s for s in self.reactor.spawned if s.pid == first.pid]
+        store.full = True
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        self.assertEqual(
+            [manager.record(i).status for i in queued], [JobStatus.PENDING] * 3
+        )
+        self.assertEqual(len(self.reactor.spawned), 1)
+        self.reactor.advance(DISPATCH_RETRY)  # still full: still queued
+        self.assertEqual(manager.record(queued[0]).status, JobStatus.PENDING)
+        store.full = False
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertEqual(manager.record(queued[0]).status, JobStatus.RUNNING)
+        self.assertEqual(
+            [manager.record(i).status for i in queued[1:]], [JobStatus.PENDING] * 2
+        )
+        self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
 
     def test_deleteOnFullDiskIs503ThenWorks(self) -> None:
         """

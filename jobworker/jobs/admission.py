@@ -13,6 +13,7 @@ import math
 import uuid
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..errors import (
@@ -33,6 +34,9 @@ from .records import JobRecord, JobStatus
 from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
 from .validation import JobRequest
+
+#: Seconds before queued jobs are tried again after the store refused one.
+DISPATCH_RETRY = 1.0
 
 
 class Admission:
@@ -56,6 +60,7 @@ class Admission:
     _runningBy: dict[str, int]
     _live: dict[str, LiveJob]
     _createBuckets: dict[str, tuple[float, float]]
+    _dispatchTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
         raise NotImplementedError  # the manager's
@@ -285,12 +290,24 @@ class Admission:
             executor.release(identity)
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
             return True
-        self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
         record.status = JobStatus.RUNNING
         record.queued = False
         record.pending_reason = None
+        try:
+            # Stored as started before anything runs: a store that cannot
+            # take it (a full disk) keeps the job queued, to be tried again,
+            # instead of failing it for good.
+            self._store.update(record)
+        except StoreError as e:
+            executor.release(identity)
+            self.log.error(
+                "job {job} stays queued: {error}", job=record.id, error=str(e)
+            )
+            self._dispatchLater()
+            return False
+        self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
         job = executor.launch(
             record, request, request.limits, request.timeout, identity
         )
@@ -310,6 +327,14 @@ class Admission:
             self._watch(job)
             self._scheduler.started(record.id, job)
         return True
+
+    def _dispatchLater(self) -> None:
+        """Start queued jobs again in a while (the store refused one)."""
+        timer = self._dispatchTimer
+        if (timer is None or not timer.active()) and not self._shuttingDown:
+            self._dispatchTimer = self._reactor.callLater(
+                DISPATCH_RETRY, self._scheduler.dispatch
+            )
 
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""

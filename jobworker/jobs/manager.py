@@ -80,6 +80,9 @@ class JobManager(Admission):
         self._executor = executor
         executor.attach(self._save, self._find)
         self._live: dict[str, LiveJob] = {}
+        #: Deleted jobs whose leftovers are still being ended: no longer
+        #: found, still waited for at shutdown.
+        self._cleaning: dict[str, LiveJob] = {}
         #: Ended records read lately: they never change again, and a client
         #: polling a finished job should not cost a store read each time.
         self._endedRecords: OrderedDict[str, JobRecord] = OrderedDict()
@@ -137,7 +140,12 @@ class JobManager(Admission):
         self._running += 1
         self._live[jobId] = job
         job.whenEnded().addCallback(self._ended)
-        job.whenCleanedUp().addCallback(lambda _: self._live.pop(jobId, None))
+        job.whenCleanedUp().addCallback(lambda _: self._forget(jobId))
+
+    def _forget(self, jobId: str) -> None:
+        """A job is over, leftovers and all."""
+        self._live.pop(jobId, None)
+        self._cleaning.pop(jobId, None)
 
     async def accepted(self, record: JobRecord) -> JobRecord:
         """
@@ -389,6 +397,11 @@ class JobManager(Admission):
         if not record.status.ended:
             raise Conflict("job is still running: stop it first", job=record.toJSON())
         self._remove(jobId)
+        job = self._live.pop(jobId, None)
+        if job is not None:
+            # Ended, but what it left in its group is still being killed:
+            # gone for every request now, still waited for at shutdown.
+            self._cleaning[jobId] = job
 
     def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
         """
@@ -460,15 +473,16 @@ class JobManager(Admission):
         (and is recorded) and its process group is gone.
         """
         self._shuttingDown = True
-        jobs = list(self._live.values())
+        jobs = [*self._live.values(), *self._cleaning.values()]
         self.log.info("shutdown: {count} job(s) live", count=len(jobs))
         return self._executor.shutdown(jobs)
 
     def close(self) -> None:
         """Close the store (after L{shutdown}), storing what it can first."""
-        if self._retryTimer is not None and self._retryTimer.active():
-            self._retryTimer.cancel()
-        self._retryTimer = None
+        for timer in (self._retryTimer, self._dispatchTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._retryTimer = self._dispatchTimer = None
         if self._unsaved and self.flushUnsaved():
             for jobId, record in self._unsaved.items():
                 # Nothing else will keep it: say it where an operator looks.

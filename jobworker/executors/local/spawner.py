@@ -60,8 +60,9 @@ MAX_JOIN = 8
 MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
 MAX_REQUEST = 128 * 1024
-#: How long a spawn may wait for the spawner's first announcement, seconds.
-ANNOUNCE_TIMEOUT = 10.0
+#: How long a spawn may wait for a standby not announced yet, seconds (the
+#: reactor waits with it: once per silence, see L{Generation.late}).
+ANNOUNCE_TIMEOUT = 2.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
 
@@ -323,6 +324,10 @@ class Generation:
         self.announced: deque[tuple[int, int, int]] = deque()
         #: The spawner said it could not fork: the next spawn asks again.
         self.askAgain = False
+        #: The last wait for a standby ran out: until the spawner announces
+        #: one again (stopped, or starved of CPU), spawns fail at once
+        #: instead of each holding the reactor, every request, that long.
+        self.late = False
         #: Ended pids whose 'R' could not be sent yet (a full socket).
         self._unreaped: list[int] = []
         # Its end calls lost().
@@ -368,8 +373,9 @@ class Generation:
             # Announced ahead, it is almost always there already: one
             # recvmsg, no poll and no socket mode changes.
             self.receive(None, one=True)
-            if not self.announced:
+            if not self.announced and not self.late:
                 self.receive(ANNOUNCE_TIMEOUT, one=True)
+                self.late = not self.announced
             if not self.announced:
                 raise SpawnerGone("the job spawner did not answer")
         pid, startTicks, pidfd = self.announced.popleft()
@@ -424,6 +430,7 @@ class Generation:
             kind, pid, startTicks = (
                 ANNOUNCE.unpack(data) if len(data) == ANNOUNCE.size else (b"", 0, 0)
             )
+            self.late = False
             if kind == b"A" and len(fds) == 1:
                 self.announced.append((pid, startTicks, fds[0]))
             elif kind == b"F" and not fds and pid > 0:
