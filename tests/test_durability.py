@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs import spool as spoolModule
 from jobworker.jobs.manager import RESTARTED
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.recovery import processStartTime
@@ -260,6 +261,34 @@ class DiskErrorTests(SynchronousTestCase):
         spool.write(b"y" * 50)
         self.assertEqual(spool.lost, 150)
         self.assertEqual(spool.size, 0)
+        self.flushLoggedErrors()
+
+    def test_createdOnceItCanBe(self) -> None:
+        """
+        An output file that cannot be created at the job's first byte (a
+        full disk, no descriptor left; here a file where its folder goes)
+        is tried again a second later: what comes then is kept. It was
+        lost for the job's whole life.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        blocker = os.path.join(base, "jobs")
+        with open(blocker, "w"):
+            pass
+        now = [100.0]
+        self.patch(spoolModule.time, "monotonic", lambda: now[0])
+        path = os.path.join(blocker, "job", "stdout")
+        spool = OutputSpool(path)
+        self.addCleanup(spool.close)
+        spool.write(b"early")
+        os.unlink(blocker)
+        spool.write(b"still")  # within the second: not tried again
+        self.assertEqual((spool.lost, spool.size), (10, 0))
+        now[0] += spoolModule.REOPEN_AFTER
+        spool.write(b"late")
+        self.assertEqual((spool.lost, spool.size), (10, 4))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"late")
         self.flushLoggedErrors()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,8 @@ from .pacing import Pacer
 
 #: How much one read of a spool file sends at most.
 READ_CHUNK = 256 * 1024
+#: Seconds between tries to create an output file that could not be.
+REOPEN_AFTER = 1.0
 
 
 class Waiters:
@@ -102,7 +105,9 @@ class OutputSpool:
         self.closed = False
         self._room = maxBytes if maxBytes is not None else -1
         self._fd: int | None = None
+        #: The file could not be created; try again at this monotonic time.
         self._broken = False
+        self._reopenAt = 0.0
         self._waiters = Waiters()
         #: What leaves the page cache, and the readers it must wait for:
         #: (reader, index of this spool among the reader's sources).
@@ -129,18 +134,36 @@ class OutputSpool:
         self._readers = [entry for entry in self._readers if entry[0] is not reader]
 
     def _open(self) -> int | None:
+        """
+        The file, created at the first byte. If it cannot be (a full disk,
+        no descriptor left), the output is lost until it can: tried again
+        at most every L{REOPEN_AFTER} seconds, as a write that failed is
+        tried again at the next (it was lost for the job's whole life).
+        """
+        if self._broken and time.monotonic() < self._reopenAt:
+            return None
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
             )
         except OSError as e:
-            self.log.error(
-                "cannot create {path}: {error}; output is being lost",
-                path=self.path,
-                error=e.strerror,
-            )
+            if not self._broken:
+                self.log.error(
+                    "cannot create {path}: {error}; output is being lost",
+                    path=self.path,
+                    error=e.strerror,
+                )
             self._broken = True
+            self._reopenAt = time.monotonic() + REOPEN_AFTER
+            return None
+        if self._broken:
+            self._broken = False
+            self.log.info(
+                "created {path} at last: {lost} bytes were lost before",
+                path=self.path,
+                lost=self.lost,
+            )
         return self._fd
 
     def write(self, data: bytes) -> None:
@@ -166,7 +189,7 @@ class OutputSpool:
                 publish()
             order.switch(self._index, self.size)
         fd = self._fd
-        if fd is None and (self._broken or self.closed or (fd := self._open()) is None):
+        if fd is None and (self.closed or (fd := self._open()) is None):
             self.lost += len(data)
             return
         view = memoryview(data)
