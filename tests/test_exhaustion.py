@@ -127,6 +127,22 @@ class ManagerFairnessTests(SynchronousTestCase):
         self.reactor.advance(0.5)
         manager.create(request, "bob")
 
+    def test_createRateAfterTheClockWentBack(self) -> None:
+        """
+        The system clock stepped back an hour: bob's bucket does not owe
+        that hour (every create was a 429 with Retry-After 3600 until the
+        clock caught up); it keeps the tokens it had.
+        """
+        manager = self.manager(createRate=2.0)
+        request = parseJobRequest(b'{"command": "true"}')
+        manager.create(request, "bob")
+        self.reactor.rightNow -= 3600
+        manager.create(request, "bob")
+        for _ in range(2):
+            manager.create(request, "bob")
+        error = self.assertRaises(TooManyRequests, manager.create, request, "bob")
+        self.assertEqual(error.retryAfter, 1)
+
     def test_runningPerUser(self) -> None:
         """
         --max-running-per-user: bob's third job waits in the queue (issue 18);

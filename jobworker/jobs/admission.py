@@ -358,7 +358,8 @@ class Admission:
         burst = max(1.0, 2 * rate)
         now = self._reactor.seconds()
         tokens, last = self._createBuckets.get(owner, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
+        # A clock stepped back refills nothing (it owed no time).
+        tokens = min(burst, tokens + max(0.0, now - last) * rate)
         if tokens < 1:
             self._createBuckets[owner] = (tokens, now)
             raise TooManyRequests(
