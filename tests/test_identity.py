@@ -726,8 +726,9 @@ def escapees(uid: int, seconds: int) -> list[int]:
 class DynamicIdentityTests(TestCase):
     timeout = 60
     #: The uid of the tests with a pool of one, outside the range other test
-    #: servers take; the chain's variant, which may run at the same time
-    #: (trial -j), has its own.
+    #: servers take; each variant, which may run at the same time (trial
+    #: -j), has its own, and the tests use it plus 0, 50, 60 and 100: the
+    #: variants' are 300 apart (10 apart, 72510 + 60 was 72520 + 50).
     soleUid = 72500
 
     def setUp(self) -> None:
@@ -902,14 +903,14 @@ class DynamicIdentityChainTests(DynamicIdentityTests):
     """The same through the exec chain (--launcher=off)."""
 
     serverOptions = ("--launcher=off",)
-    soleUid = 72510
+    soleUid = 73200
 
 
 class DynamicIdentityNoCgroupsTests(DynamicIdentityTests):
     """The same without cgroups: the uid's own sweep finds what is left."""
 
     serverOptions = ("--cgroups=off",)
-    soleUid = 72520
+    soleUid = 73500
 
 
 class OptionTests(SynchronousTestCase):

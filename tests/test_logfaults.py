@@ -90,18 +90,23 @@ class UnreadableOutputTests(TestCase):
 
     async def test_eventsEndWhenTheJobIsDeletedMeanwhile(self) -> None:
         """
-        A follower that reads slowly (paused) while its ended job is
-        deleted still gets every byte and the C{end} event with the job's
-        record: it got C{{"error": "no such job"}} in the middle of the
+        A follower (one stream, or both) that reads slowly (paused) while
+        its ended job is deleted still gets every byte and the C{end} event
+        with the job's record: it got C{{"error": "no such job"}} in the middle of the
         event stream (a lookup after the output was sent).
         """
+        for query in ("format=sse", "stream=combined&format=sse"):
+            await self.deletedMeanwhile(query)
+
+    async def deletedMeanwhile(self, query: str) -> None:
+        """One follower of L{test_eventsEndWhenTheJobIsDeletedMeanwhile}."""
         server = LiveServer(self)
         size = 20_000_000
         job = await server.createJob(
             "sh", "-c", f"head -c {size} /dev/zero | tr '\\0' y"
         )
         response = await server.request(
-            "GET", f"/jobs/{job['id']}/logs?format=sse", "alice"
+            "GET", f"/jobs/{job['id']}/logs?{query}", "alice"
         )
         self.assertEqual(response.code, 200)
 

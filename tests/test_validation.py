@@ -420,6 +420,8 @@ class ParseWaitTests(SynchronousTestCase):
         self.assertEqual(parseWait("30"), 30.0)
         self.assertEqual(parseWait("1e1"), 10.0)  # a JSON number, as documented
         self.assertEqual(parseWait("1e-05"), 1e-05)  # how jw's {:g} writes it
+        # As Python (and schemathesis) print a float: 17 significant digits.
+        self.assertEqual(parseWait("18.288028410254658"), 18.288028410254658)
 
     def test_invalid(self) -> None:
         """What float() would take but is no JSON number is refused:

@@ -231,5 +231,6 @@ class WireTests(SynchronousTestCase):
             self.assertEqual((code, body), (200, b""), query)
             self.assertEqual(headers[b"x-job-status"], b"RUNNING")
             self.assertTrue(transport.value().endswith(b"\r\n\r\n"), query)
-        # Every log-stream slot is free again: none is held by a HEAD.
-        self.assertEqual(len(self.api._logs), 0)
+            # Finished: its log-stream slot is free again (a HEAD of a
+            # followed log held it until the job ended).
+            self.assertEqual(len(self.api._logs), 0, query)

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 
 from .order import _ENTRY, decodeEntries
-from .spool import READ_CHUNK, FileProducer, OutputSource
+from .spool import READ_CHUNK, FileProducer, OutputSource, OutputUnreadable
 from .validation import MAX_INT64, boundedInteger
 
 #: The streams by index, as entries and readers number them.
@@ -110,6 +110,7 @@ class CombinedReader(FileProducer):
         self._orderRead = 0
         self._run = 0
         self._limits = [s.size for s in streams]
+        self._orderFd: int | None = None
 
     def at(self, index: int) -> int:
         return self.position[index]
@@ -129,14 +130,26 @@ class CombinedReader(FileProducer):
             # long the order file grows.
             return
         try:
-            with open(self._order.path, "rb") as f:
-                f.seek(self._orderRead)
-                data = f.read(min(size - self._orderRead, ORDER_CHUNK))
-        except OSError:
-            data = b""
+            if self._orderFd is None:
+                # Kept open: a job deleted while this is sent stays readable.
+                self._orderFd = os.open(self._order.path, os.O_RDONLY | os.O_CLOEXEC)
+            data = os.pread(
+                self._orderFd, min(size - self._orderRead, ORDER_CHUNK), self._orderRead
+            )
+        except OSError as e:
+            # Without the order the rest cannot be interleaved: a broken
+            # end, not a clean one that leaves output out.
+            self._fail(OutputUnreadable(e.errno, f"{e.strerror}: {self._order.path}"))
+            return
         entries = decodeEntries(data)
         self._orderRead += len(entries) * _ENTRY.size
         self._entries.extend(entries)
+
+    def _close(self) -> bool:
+        if self._orderFd is not None:
+            os.close(self._orderFd)
+            self._orderFd = None
+        return super()._close()
 
     def _closed(self) -> bool:
         return all(s.closed for s in self._streams)
@@ -152,6 +165,8 @@ class CombinedReader(FileProducer):
                 self._waitFor(deferLater(self._clock, 0, lambda: None))
                 return
             self._readOrder()
+            if self._done:
+                return
             entries, k = self._entries, self._run
             if k >= len(entries):
                 if self._follow and not self._closed():

@@ -396,12 +396,7 @@ class JobManager(Admission):
         record = self.record(jobId)
         if not record.status.ended:
             raise Conflict("job is still running: stop it first", job=record.toJSON())
-        self._remove(jobId)
-        job = self._live.pop(jobId, None)
-        if job is not None:
-            # Ended, but what it left in its group is still being killed:
-            # gone for every request now, still waited for at shutdown.
-            self._cleaning[jobId] = job
+        self._removeEnded(jobId)
 
     def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
         """
@@ -409,12 +404,22 @@ class JobManager(Admission):
         first: (how many were deleted, whether more are left).
         """
         ids = self._store.endedMatching(selection, most + 1)
-        removed = 0
         for jobId in ids[:most]:
-            if jobId not in self._live:
-                self._remove(jobId)
-                removed += 1
-        return removed, len(ids) > most
+            self._removeEnded(jobId)
+        return min(len(ids), most), len(ids) > most
+
+    def _removeEnded(self, jobId: str) -> None:
+        """
+        Forget an ended job. If what it left in its group is still being
+        killed, it is gone for every request at once, and still waited for
+        at shutdown.
+
+        @raise StoreError: the store refused (the job is still there).
+        """
+        self._remove(jobId)
+        job = self._live.pop(jobId, None)
+        if job is not None:
+            self._cleaning[jobId] = job
 
     def _remove(self, jobId: str) -> None:
         """
@@ -444,13 +449,11 @@ class JobManager(Admission):
         removed = 0
         try:
             while True:
-                ids = [
-                    i for i in self._store.endedBefore(cutoff) if i not in self._live
-                ]
+                ids = self._store.endedBefore(cutoff)
                 if not ids:
                     break
                 for jobId in ids:
-                    self._remove(jobId)
+                    self._removeEnded(jobId)
                     removed += 1
         except StoreError as e:
             self.log.error(

@@ -79,7 +79,7 @@ MAX_TAIL = 1_000_000
 #: The longest a status request may wait for a job to end (long poll).
 MAX_WAIT = 300.0
 #: Seconds as a JSON number (the OpenAPI type): C{30}, C{2.5}, C{1e-05}.
-_DECIMAL = re.compile(r"\A-?[0-9]{1,12}(\.[0-9]{1,12})?([eE][-+]?[0-9]{1,3})?\Z")
+_DECIMAL = re.compile(r"\A-?[0-9]{1,32}(\.[0-9]{1,32})?([eE][-+]?[0-9]{1,3})?\Z")
 
 
 def parseWait(text: str | None) -> float:

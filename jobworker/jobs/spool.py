@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -386,13 +387,32 @@ class OutputSource(Protocol):
 
 
 class StoredOutput:
-    """The output of a job that has ended: a file that will not grow."""
+    """
+    The output of a job that has ended: a file that will not grow. Its
+    size is the record's, or the file's if that is less (a power cut
+    after the record was stored, before the file's last pages were; the
+    file removed by hand): what is there is served, and the log says so.
+    """
 
     closed = True
+    log = Logger()
 
     def __init__(self, path: str, size: int) -> None:
         self.path = path
         self.size = size
+        if size:
+            try:
+                there = os.stat(path).st_size
+            except OSError:
+                there = 0
+            if there < size:
+                self.log.warn(
+                    "{path} holds {there} bytes, its record says {size}",
+                    path=path,
+                    there=there,
+                    size=size,
+                )
+                self.size = there
 
     def whenGrown(self) -> Deferred[None]:
         """Already complete."""
@@ -424,6 +444,7 @@ class FileProducer:
 
     def __init__(self, consumer: IConsumer, sources: tuple[OutputSource, ...]) -> None:
         self._consumer = consumer
+        self._sources = sources
         self._fds: list[int | None] = [None] * len(sources)
         #: Each source's L{Pacer}, if it is a live local spool.
         self._pacers = tuple(pacerOf(source) for source in sources)
@@ -443,6 +464,13 @@ class FileProducer:
         """Register with the consumer and start sending."""
         if self._done:
             return self.done
+        for index, source in enumerate(self._sources):
+            if source.size and self._fds[index] is None:
+                # Opened now, kept: a job deleted (or expired) while this is
+                # sent stays readable to the end. (A file not there yet is
+                # opened at its first read; a failure is reported there.)
+                with contextlib.suppress(OSError):
+                    self._fds[index] = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
         self._consumer.registerProducer(self, True)
         for spool, index in self._attached:
             spool.attach(self, index)

@@ -62,7 +62,7 @@ from .requests import (
     jobSelection,
     refuseCrossSite,
 )
-from .ui import SECURITY_HEADERS, Dashboard
+from .ui import Dashboard
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
 OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()
@@ -218,10 +218,6 @@ class JobsAPI:
         message = {404: "no such route", 405: "method not allowed"}.get(
             code, error.name.lower()
         )
-        if request.path == b"/ui" or request.path.startswith(b"/ui/"):
-            # The dashboard's headers go with everything under /ui/.
-            for header, value in SECURITY_HEADERS:
-                request.setHeader(header, value)
         return _json(request, {"error": message}, code)
 
     @app.handle_errors(Exception)
@@ -376,9 +372,8 @@ class JobsAPI:
 
     @app.route("/ui", methods=["GET"])
     async def dashboardFolder(self, request: IRequest) -> bytes:
-        # The address a person types: on to the page, whose files are /ui/*.
-        for header, value in SECURITY_HEADERS:
-            request.setHeader(header, value)
+        # The address a person types: on to the page, whose files are /ui/*
+        # (the security headers: the guard's, as for all of /ui).
         onlyParameters(_query(request), frozenset())
         request.redirect(b"/ui/")
         request.setResponseCode(308)
@@ -434,7 +429,7 @@ class JobsAPI:
     @app.route("/jobs/<jobId>/stop", methods=["POST"])
     @guarded(Permission.STOP)
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
-        body = _body(request).strip()
+        body = _body(request)
         how = parseStopRequest(parseJSONObject(body) if body else {})
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)

@@ -53,6 +53,7 @@ class DeadlineChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _waitingForBody = False
     _closed = False
+    _refused = False
     _closeWaiters: list[Deferred[None]] | None = None
     _lastActive = 0.0
 
@@ -89,6 +90,8 @@ class DeadlineChannel(HTTPChannel):
         return d
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: nothing more is read
         self._lastActive = time.monotonic()
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
@@ -123,8 +126,16 @@ class DeadlineChannel(HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted answers what its parser refuses (a NUL in a header, two
         # Content-Lengths, a bad chunk size, ...) with a bare 400 and no
-        # body: the API's errors are JSON, this one too.
-        self._refuse(_MALFORMED_RESPONSE)
+        # body: the API's errors are JSON, this one too. Headers too large
+        # in all, or too many (RFC 6585), are a 431, as a line too long is.
+        large = (
+            getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize
+            or getattr(self, "_receivedHeaderCount", 0) > self.maxHeaders
+        )
+        if large:
+            self._refuse(_TOO_LONG_RESPONSE)
+        else:
+            self._refuse(_MALFORMED_RESPONSE)
 
     def _send100Continue(self) -> None:
         # A client that asks before sending a body too large for any route
@@ -142,6 +153,7 @@ class DeadlineChannel(HTTPChannel):
 
     def _refuse(self, response: bytes) -> None:
         """Answer with C{response} and close; read nothing more."""
+        self._refused = True
         self._cancelDeadline()
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         if self.transport is not None:

@@ -161,6 +161,7 @@ class LogStreams:
             await self._endEvents(events, final, (stream,))
         finally:
             events.close()
+            _forget(final)
         return b""
 
     async def _combined(
@@ -261,6 +262,7 @@ class LogStreams:
             await self._endEvents(events, final, STREAMS)
         finally:
             events.close()
+            _forget(final)
         return b""
 
     async def _tail(self, source: OutputSource, lines: int) -> int:
@@ -416,6 +418,15 @@ def _format(request: IRequest) -> str:
 
 #: The formats of a log response.
 FORMATS = ("raw", "sse", "frames")
+
+
+def _forget(final: Deferred[JobRecord] | JobRecord | None) -> None:
+    """A stream that ended before its job did (its client went away) no
+    longer waits for the job's end: a client that reconnects for days
+    would leave a waiter each time."""
+    if isinstance(final, Deferred) and not final.called:
+        final.addErrback(lambda _: None)
+        final.cancel()
 
 
 def _headOnly(request: IRequest) -> bool:

@@ -11,7 +11,9 @@ from twisted.web.iweb import IRequest
 
 from ..errors import NotFound
 from ..jobs.queries import onlyParameters
-from .requests import _query
+from .requests import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, _query
+
+__all__ = ["CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "Dashboard"]
 
 #: The content type of each kind of file the dashboard is made of.
 CONTENT_TYPES = {
@@ -21,25 +23,6 @@ CONTENT_TYPES = {
     ".svg": b"image/svg+xml",
     ".txt": b"text/plain; charset=utf-8",
 }
-
-#: No inline script or style, nothing from another origin, no framing, no
-#: forms posted anywhere: the page only talks to this server, with fetch.
-CONTENT_SECURITY_POLICY = (
-    b"default-src 'self'; script-src 'self'; style-src 'self'; "
-    b"img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
-#: Sent with everything under C{/ui/}, errors included.
-SECURITY_HEADERS = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"cross-origin-opener-policy", b"same-origin"),
-    (b"cross-origin-resource-policy", b"same-origin"),
-    (b"cache-control", b"no-cache"),
-)
 
 
 @dataclass(frozen=True)
