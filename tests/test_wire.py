@@ -174,6 +174,11 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         sent = transport.value()
         channel.dataReceived(b"x" * 100000)
+        # Nothing more is read, and no deadline is armed for it: no 408
+        # after the 413 (the header deadline is 10 s; the idle timeout, 60 s,
+        # would find the connection closed, as this fake one never is).
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")
+        self.reactor.advance(30)
         self.assertEqual(transport.value(), sent)
 
         transport, _ = self.exchange(
