@@ -224,10 +224,11 @@ static void waitForGo(int withEnvironment) {
 }
 
 /* A session keyring of the job's own (4a): none of the server's. A kernel
- * without keys (ENOSYS) has none to share. */
+ * without keys (ENOSYS), or a sandbox around the server that refuses the
+ * call (EPERM: a container's seccomp profile), leaves none to share. */
 static void ownSessionKeyring(void) {
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 &&
-        errno != ENOSYS)
+        errno != ENOSYS && errno != EPERM)
         die(SETUP_FAILED, "cannot make a session keyring", NULL, errno);
 }
 
