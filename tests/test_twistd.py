@@ -114,7 +114,7 @@ class StartupErrorTests(TestCase):
         self.assertIn("[default: 12h]", text)
         self.assertNotIn("43200", text)
         with open(os.path.join(CERTS, "..", "README.md")) as f:
-            self.assertIn("`431` a request or header line", f.read())
+            self.assertIn("`431` the request line, a header line or all the", f.read())
 
     def test_portInUse(self) -> None:
         """A port already in use: one line on stderr naming the port."""

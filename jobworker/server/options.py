@@ -349,7 +349,8 @@ class Options(usage.Options):
             "max-header-bytes",
             None,
             16384,
-            "Largest request line plus headers, in bytes (431 past it).",
+            "Largest request line plus headers, in bytes (431 past it, "
+            "a line or all together).",
             parseSize,
         ],
         [
