@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -754,10 +755,14 @@ class DeleteTests(APITestCase):
         # Still waited for (at shutdown) until the leftovers are dead.
         cleaning = self.manager._cleaning
         self.assertEqual(sorted(cleaning), sorted([record.id, other.id]))
+        # A shutdown now waits for them too.
+        stopped = self.manager.shutdown()
+        self.assertNoResult(stopped)
         for job in (record, other):
             self.killer.groupGone(job.pid or 0)
         self.reactor.advance(GRACE)  # the leftovers' SIGKILL finds none
         self.assertEqual(cleaning, {})
+        self.successResultOf(stopped)
 
     def test_emptyObjectBody(self) -> None:
         """
@@ -808,6 +813,23 @@ class LogsTests(APITestCase):
         response = self.call("GET", f"/jobs/{record.id}/logs", "ada")
         self.assertEqual(response.body, self.OUTPUT)
         self.assertEqual(response.header(b"x-job-status"), b"COMPLETED")
+
+    def test_storedFileShorterThanItsRecord(self) -> None:
+        """
+        An ended job's file shorter than its record (a power cut before its
+        last pages reached the disk): what is there is served, whole, with
+        a Content-Length that says so (it was cut, or hung on the record's
+        length).
+        """
+        record = self.createJob(owner="alice")
+        self.spawned(record).output(self.OUTPUT)
+        self.endJob(record)
+        path = self.manager._executor.outputPath(record.id, "stdout")
+        os.truncate(path, 9)
+        response = self.call("GET", f"/jobs/{record.id}/logs", "alice")
+        self.assertEqual((response.code, response.body), (200, self.OUTPUT[:9]))
+        self.assertEqual(response.length, 9)
+        self.flushLoggedErrors()
 
     def test_offset(self) -> None:
         """offset skips that many bytes; past the end gives nothing."""

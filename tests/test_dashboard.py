@@ -9,7 +9,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from jobworker.auth.permissions import PERMISSIONS, Role
-from jobworker.server.ui import CONTENT_SECURITY_POLICY
+from jobworker.server.requests import CONTENT_SECURITY_POLICY
 
 from . import test_integration as integration
 from .support import LiveServer

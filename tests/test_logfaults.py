@@ -11,7 +11,6 @@ import json
 import os
 from typing import Any
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
@@ -19,16 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone, ResponseNeverReceived
 
-from .support import LiveServer, sleep
-
-
-async def waitFor(server: LiveServer, jobId: str, marker: bytes) -> None:
-    for _ in range(500):
-        response = await server.request("GET", f"/jobs/{jobId}/logs", "alice")
-        if marker in await treq.content(response):
-            return
-        await sleep(0.02)
-    raise AssertionError(f"job {jobId} never printed {marker!r}")
+from .support import LiveServer
+from .test_identity import waitOutput
 
 
 class Collect(Protocol):
@@ -67,7 +58,7 @@ class UnreadableOutputTests(TestCase):
         """
         server = LiveServer(self)
         job = await server.createJob("sh", "-c", "echo hello; exec sleep 30")
-        await waitFor(server, job["id"], b"hello")
+        await waitOutput(server, job["id"], b"hello")
         os.unlink(os.path.join(server.stateDir, "jobs", job["id"], "stdout"))
         for query in ("", "?follow=true", "?format=sse", "?stream=combined"):
             try:
@@ -95,16 +86,32 @@ class UnreadableOutputTests(TestCase):
         with the job's record: it got C{{"error": "no such job"}} in the middle of the
         event stream (a lookup after the output was sent).
         """
-        for query in ("format=sse", "stream=combined&format=sse"):
-            await self.deletedMeanwhile(query)
+        size = 20_000_000
+        oneWriteThenTheOther = f"head -c {size} /dev/zero | tr '\\0' y; echo e >&2"
+        # Thousands of switches: an order file longer than one read of it,
+        # read on (through the descriptor kept) after the deletion.
+        interleaved = (
+            "/usr/bin/python3 -c 'import sys\n"
+            "for i in range(2000):\n"
+            ' sys.stdout.write("y" * 9999 + "\\n"); sys.stdout.flush()\n'
+            ' sys.stderr.write("e\\n"); sys.stderr.flush()\''
+        )
+        for query, script in (
+            ("format=sse", oneWriteThenTheOther),
+            ("stream=combined&format=sse", oneWriteThenTheOther),
+            ("stream=combined&format=sse", interleaved),
+        ):
+            await self.deletedMeanwhile(query, script, size)
 
-    async def deletedMeanwhile(self, query: str) -> None:
+    async def deletedMeanwhile(self, query: str, script: str, size: int) -> None:
         """One follower of L{test_eventsEndWhenTheJobIsDeletedMeanwhile}."""
         server = LiveServer(self)
-        size = 20_000_000
-        job = await server.createJob(
-            "sh", "-c", f"head -c {size} /dev/zero | tr '\\0' y"
-        )
+        job = await server.createJob("sh", "-c", script)
+        # Ended before the stream starts: its files all exist then (stderr's
+        # is read last, after the deletion, through the descriptor opened
+        # at the start).
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?{query}", "alice"
         )
@@ -125,8 +132,6 @@ class UnreadableOutputTests(TestCase):
         resumed: Deferred[None] = Deferred()
         collect = Paused()
         response.deliverBody(collect)
-        ended = await server.waitEnded(job["id"])
-        self.assertEqual(ended["status"], "COMPLETED")
         code, _ = await server.json("DELETE", f"/jobs/{job['id']}", "alice")
         self.assertEqual(code, 200)
         resumed.callback(None)
@@ -139,3 +144,13 @@ class UnreadableOutputTests(TestCase):
         self.assertIn(b"event: end", last)
         record = json.loads(last.split(b"data: ", 1)[1])
         self.assertEqual((record["id"], record["stdout_bytes"]), (job["id"], size))
+        if query.startswith("stream=combined"):
+            # stderr, read after the deletion, from the file opened at the start.
+            stderr = 0
+            for block in collect.data.split(b"\n\n"):
+                lines = dict(
+                    line.split(b": ", 1) for line in block.split(b"\n") if b": " in line
+                )
+                if lines.get(b"event") == b"stderr":
+                    stderr += len(json.loads(lines[b"data"])["text"])
+            self.assertEqual(stderr, record["stderr_bytes"])

@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
@@ -23,15 +23,13 @@ from jobworker.jobs.records import JobStatus
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
 from jobworker.server.options import Options
+from jobworker.server.requests import _json
 from jobworker.server.tap import _site
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .test_api import syncRunner
 
 ALICE = b"Basic " + base64.b64encode(b"alice:alice-pass")
-
-
-def syncRunner(f: Any, *args: Any) -> Any:
-    return maybeDeferred(f, *args)
 
 
 def parse(raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -193,6 +191,19 @@ class WireTests(SynchronousTestCase):
         )
         self.assertEqual(transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
         self.assertFalse(transport.disconnecting)
+
+    def test_reasonPhrases(self) -> None:
+        """A 429 or 431 answer has its reason phrase (twisted.web's table
+        has none: its status line said "Unknown Status")."""
+        for code, phrase in (
+            (429, b"Too Many Requests"),
+            (431, b"Request Header Fields Too Large"),
+        ):
+            request = DummyRequest([b""])
+            _json(request, {"error": "x"}, code)
+            self.assertEqual(
+                (request.responseCode, request.responseMessage), (code, phrase)
+            )
 
     def test_healthzQueryChecked(self) -> None:
         """/healthz refuses unknown parameters, as every other route."""

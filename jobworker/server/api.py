@@ -54,11 +54,11 @@ from .requests import (
     MAX_LIST_BYTES,
     _arg,
     _body,
-    _EncodingGuard,
     _json,
     _noBody,
     _query,
     _recordJSON,
+    _RequestGuard,
     jobSelection,
     refuseCrossSite,
 )
@@ -162,7 +162,7 @@ class JobsAPI:
     def resource(self) -> IResource:
         """The API as a web resource (what the Site serves)."""
         urls = self.app.url_map.bind("localhost")
-        return _EncodingGuard(self.app.resource(), urls.allowed_methods)
+        return _RequestGuard(self.app.resource(), urls.allowed_methods)
 
     def _audit(
         self, request: IRequest, event: str, user: User, result: str, **fields: Any
@@ -178,12 +178,16 @@ class JobsAPI:
     def _domainError(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, JobworkerError)
+        return self._answer(request, error)
+
+    def _answer(self, request: IRequest, error: JobworkerError) -> bytes:
+        """The one mapping of a domain error to its HTTP answer."""
         if isinstance(error, Unauthorized):
             request.setHeader(b"www-authenticate", challenge(request))
         elif isinstance(error, TooManyRequests):
             request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
         elif isinstance(error, ServiceUnavailable):
-            # As the store's own errors: the state dir's disk may come back.
+            # The state dir's disk (or Slurm) may come back.
             request.setHeader(b"retry-after", b"5")
         return _json(request, error.body(), error.code)
 
@@ -195,15 +199,11 @@ class JobsAPI:
             path=request.path,
             error=str(failure.value),
         )
-        request.setHeader(b"retry-after", b"5")
-        return _json(
-            request,
-            {
-                "error": "the job store cannot be used right now (is the state "
-                "dir's disk full?): try again"
-            },
-            503,
+        unavailable = ServiceUnavailable(
+            "the job store cannot be used right now (is the state dir's disk "
+            "full?): try again"
         )
+        return self._answer(request, unavailable)
 
     @app.handle_errors(HTTPException)
     def _routingError(self, request: IRequest, failure: Failure) -> bytes:

@@ -129,8 +129,8 @@ class DeadlineChannel(HTTPChannel):
         # body: the API's errors are JSON, this one too. Headers too large
         # in all, or too many (RFC 6585), are a 431, as a line too long is.
         large = (
-            getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize
-            or getattr(self, "_receivedHeaderCount", 0) > self.maxHeaders
+            self._receivedHeaderSize > self.totalHeadersSize
+            or self._receivedHeaderCount > self.maxHeaders
         )
         if large:
             self._refuse(_TOO_LONG_RESPONSE)

@@ -210,10 +210,12 @@ def _noBody(request: IRequest) -> None:
 
 
 @implementer(IResource)
-class _EncodingGuard:
+class _RequestGuard:
     """
-    Answer a path that is not UTF-8 once percent-decoded (C{/jobs/%ff}) with
-    a 400 JSON error: Klein would fail decoding it with a 500. And answer a
+    What every request meets before routing. The dashboard's security
+    headers on all of C{/ui}. A path that is not UTF-8 once percent-decoded
+    (C{/jobs/%ff}) is a 400 JSON error: Klein would fail decoding it with a
+    500. And a
     method that is not all capitals (C{post}) as one no route has: methods
     are case-sensitive (RFC 9110 9.1), but werkzeug's routing capitalises
     them, so C{post} would reach the POST handler, whose CSRF check (like

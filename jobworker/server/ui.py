@@ -11,9 +11,7 @@ from twisted.web.iweb import IRequest
 
 from ..errors import NotFound
 from ..jobs.queries import onlyParameters
-from .requests import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, _query
-
-__all__ = ["CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "Dashboard"]
+from .requests import _query
 
 #: The content type of each kind of file the dashboard is made of.
 CONTENT_TYPES = {
@@ -65,8 +63,7 @@ class Dashboard:
         @raise NotFound: for a name that is not one of the files.
         @raise BadRequest: a query string (the page routes by its fragment).
         """
-        for header, value in SECURITY_HEADERS:
-            request.setHeader(header, value)
+        # (The security headers: the request guard's, on all of /ui.)
         onlyParameters(_query(request), frozenset())
         found = self._files.get(name)
         if found is None:
