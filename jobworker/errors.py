@@ -72,6 +72,14 @@ class ServiceUnavailable(JobworkerError):
     code = 503
 
 
+class CannotStartNow(ServiceUnavailable):
+    """
+    The server itself cannot start a process now (no descriptor left, no
+    process slot, no memory, its spawner silent): nothing was started, and
+    the job is not failed by it (a new one is a 503, a queued one waits).
+    """
+
+
 class UnsupportedMediaType(JobworkerError):
     """A state change without C{Content-Type: application/json}."""
 

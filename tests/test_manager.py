@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.errors import Conflict, NotFound
+from jobworker.errors import Conflict, NotFound, ServiceUnavailable
 from jobworker.executors.local.executor import (
     DEFAULT_PATH,
     defaultEnvironment,
@@ -19,6 +19,8 @@ from jobworker.executors.local.executor import (
 )
 from jobworker.executors.local.sandbox import GATE_SCRIPT, POSIX_SHELL, SETSID
 from jobworker.jobs import manager
+from jobworker.jobs.admission import DISPATCH_RETRY
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.spool import OutputSpool, StoredOutput
@@ -320,13 +322,65 @@ class CreateFailureTests(ManagerTestCase):
         self.assertFailedToStart(request("true", cwd=path), "working directory")
 
     def test_spawnOSError(self) -> None:
-        """An OSError from spawnProcess gives a FAILED job with its reason."""
-        self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        """An OSError of the job's own from spawnProcess (its arguments too
+        long) gives a FAILED job with its reason."""
+        self.reactor.spawnError = OSError(errno.E2BIG, os.strerror(errno.E2BIG))
         record = self.manager.create(request(), owner="alice")
         self.assertIs(record.status, JobStatus.FAILED)
         self.assertIsNone(record.exit_code)
-        self.assertEqual(record.error, f"cannot start: {os.strerror(errno.EAGAIN)}")
+        self.assertEqual(record.error, f"cannot start: {os.strerror(errno.E2BIG)}")
         self.assertEqual(self.reactor.spawned, [])
+
+    def test_serverCannotSpawnNow(self) -> None:
+        """
+        The server itself cannot start a process now (no descriptor left,
+        no process slot, no memory, the spawner silent): a 503 to try again,
+        and nothing stored. It was a FAILED job, a record of the server's
+        trouble kept as the user's job's outcome.
+        """
+        for number in (errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            self.reactor.spawnError = OSError(number, os.strerror(number))
+            with self.assertRaises(ServiceUnavailable) as caught:
+                self.manager.create(request(), owner="alice")
+            self.assertIn(os.strerror(number), caught.exception.message)
+        self.assertEqual(self.manager.page()[0], [])
+        self.assertEqual(self.reactor.spawned, [])
+        # Nothing of those attempts is left in the output folder.
+        jobsDir = self.manager._executor._jobsDir  # type: ignore[attr-defined]
+        self.assertEqual(os.listdir(jobsDir) if os.path.isdir(jobsDir) else [], [])
+        record = self.manager.create(request(), owner="alice")
+        self.assertIs(record.status, JobStatus.RUNNING)
+
+    def test_queuedJobWaitsOutABusyServer(self) -> None:
+        """
+        A queued job the server cannot start when its turn comes (no
+        process slot) stays queued, stored as queued, and starts at the next
+        try. It was FAILED for good.
+        """
+        manager = localJobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            GRACE,
+            self.killer,
+            policy=JobPolicy(maxRunning=1),
+        )
+        self.addCleanup(manager.close)
+        first = manager.create(request("sleep", "9"), "alice")
+        queued = manager.create(request("true"), "alice")
+        self.assertIs(queued.status, JobStatus.PENDING)
+        [spawned] = self.reactor.spawned
+        self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self.killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
+        self.assertEqual(len(self.reactor.spawned), 1)
+        self.assertIs(manager.record(queued.id).status, JobStatus.PENDING)
+        stored = manager._store.get(queued.id)
+        self.assertEqual((stored.status, stored.queued), (JobStatus.PENDING, True))
+        self.assertEqual((stored.run_as, stored.env), (queued.run_as, queued.env))
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertIs(manager.record(queued.id).status, JobStatus.RUNNING)
+        self.assertEqual(len(self.reactor.spawned), 2)
 
     def test_failedJobIsListedAndEnded(self) -> None:
         """A job that could not start is in the table, ended and cleaned up."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import errno
+import json
 import os
 import select
 import shlex
@@ -881,37 +882,54 @@ class ServerSpawnerTests(TestCase):
         os.kill(pid, signal.SIGSTOP)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
         # The first may take the standby announced before the stop (its
-        # end then waits for the spawner); the others find none.
-        jobs = [await server.createJob("true") for _ in range(4)]
-        for job in jobs[1:]:
-            self.assertEqual(
-                (job["status"], job["error"]),
-                ("FAILED", "cannot start: the job spawner did not answer"),
+        # end then waits for the spawner); the others find none: the server
+        # cannot start them now, a 503 to try again (they were FAILED jobs).
+        first = await server.createJob("true")
+        for _ in range(3):
+            response = await server.request(
+                "POST", "/jobs", body={"command": "true", "name": "refused"}
             )
+            body = json.loads(await treq.content(response))
+            self.assertEqual(
+                (response.code, body["error"]),
+                (
+                    503,
+                    "the server cannot start a job now (the job spawner did not "
+                    "answer); try again shortly",
+                ),
+            )
+            self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"])
         self.assertEqual(waits, [ANNOUNCE_TIMEOUT])
+        code, listed = await server.json("GET", "/jobs?name=refused")
+        self.assertEqual((code, listed["jobs"]), (200, []))
         os.kill(pid, signal.SIGCONT)
         self.assertIn(
-            (await server.waitEnded(jobs[0]["id"]))["status"], ("COMPLETED", "FAILED")
+            (await server.waitEnded(first["id"]))["status"], ("COMPLETED", "FAILED")
         )
         for _ in range(100):
-            job = await server.createJob("true")
-            if (await server.waitEnded(job["id"]))["status"] == "COMPLETED":
-                break
+            response = await server.request("POST", "/jobs", body={"command": "true"})
+            if response.code == 201:
+                job = json.loads(await treq.content(response))
+                if (await server.waitEnded(job["id"]))["status"] == "COMPLETED":
+                    break
+            else:
+                await treq.content(response)
             await sleep(0.05)
         else:
             self.fail("no job started once the spawner went on")
 
-    async def test_noForkFailsOneJob(self) -> None:
-        """The spawner cannot fork (a pids cgroup at its limit): that job
-        ends FAILED, saying why, and the next one starts once it can."""
+    def limitSpawnerForks(self, server: LiveServer) -> str:
+        """
+        Put the spawner and its standby in a v1 pids cgroup that no new
+        process may join: the standby forked before still takes a job (it
+        leaves for the job's cgroup), the next cannot be forked. Returns the
+        group's C{pids.max} file, to write C{max} to.
+        """
         pids = "/sys/fs/cgroup/pids"
         if not os.path.isfile(os.path.join(pids, "cgroup.procs")):
             raise SkipTest("no v1 pids cgroup hierarchy at /sys/fs/cgroup/pids")
-        server = LiveServer(self)
         if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
             raise SkipTest("no cgroups here: jobs do not start through the spawner")
-        first = await server.createJob("true")
-        await server.waitEnded(first["id"])
         spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
         group = os.path.join(pids, f"jobworker-test-server-spawner-{os.getpid()}")
         os.mkdir(group)
@@ -922,23 +940,59 @@ class ServerSpawnerTests(TestCase):
         for pid in members:
             with open(os.path.join(group, "cgroup.procs"), "w") as f:
                 f.write(str(pid))
-        # Those two stay; no new process may join (the standby leaves for
-        # its job's cgroup, and the next cannot be forked).
-        with open(os.path.join(group, "pids.max"), "w") as f:
+        limit = os.path.join(group, "pids.max")
+        with open(limit, "w") as f:
             f.write("1")
+        return limit
+
+    async def test_noForkIsA503(self) -> None:
+        """The spawner cannot fork (a pids cgroup at its limit): that job is
+        a 503 saying why, to try again, and nothing is stored (it was a
+        FAILED job); the next one starts once it can."""
+        server = LiveServer(self)
+        first = await server.createJob("true")
+        await server.waitEnded(first["id"])
+        limit = self.limitSpawnerForks(server)
         taken = await server.createJob("true")  # the standby forked before
-        refused = await server.createJob("true")
-        ended = await server.waitEnded(refused["id"])
+        code, refused = await server.json("POST", "/jobs", body={"command": "true"})
         self.assertEqual(
-            (ended["status"], ended["error"]),
-            ("FAILED", f"cannot start: {os.strerror(errno.EAGAIN)}"),
+            (code, refused["error"]),
+            (
+                503,
+                f"the server cannot start a job now ({os.strerror(errno.EAGAIN)}); "
+                "try again shortly",
+            ),
         )
         done = await server.waitEnded(taken["id"])
         self.assertEqual(done["status"], "COMPLETED", done)
-        with open(os.path.join(group, "pids.max"), "w") as f:
+        code, listed = await server.json("GET", "/jobs")
+        self.assertEqual(
+            {job["id"] for job in listed["jobs"]}, {first["id"], taken["id"]}
+        )
+        with open(limit, "w") as f:
             f.write("max")
         again = await server.createJob("true")
         done = await server.waitEnded(again["id"])
+        self.assertEqual(done["status"], "COMPLETED", done)
+
+    async def test_noForkKeepsAQueuedJobQueued(self) -> None:
+        """A queued job whose turn comes while the spawner cannot fork stays
+        queued (it was FAILED for good), and starts once it can."""
+        server = LiveServer(self, "--max-running=1")
+        first = await server.createJob("true")
+        await server.waitEnded(first["id"])
+        limit = self.limitSpawnerForks(server)
+        taken = await server.createJob("sleep", "0.5")  # the standby
+        queued = await server.createJob("true")
+        self.assertEqual(queued["status"], "PENDING")
+        self.assertEqual((await server.waitEnded(taken["id"]))["status"], "COMPLETED")
+        # Its turn came, and the next tries (one a second) found no fork.
+        await sleep(2.5)
+        code, job = await server.json("GET", f"/jobs/{queued['id']}")
+        self.assertEqual((code, job["status"]), (200, "PENDING"), job)
+        with open(limit, "w") as f:
+            f.write("max")
+        done = await server.waitEnded(queued["id"])
         self.assertEqual(done["status"], "COMPLETED", done)
 
     async def test_stopReachesTheJob(self) -> None:

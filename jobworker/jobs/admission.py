@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from ..errors import (
     BadRequest,
+    CannotStartNow,
     Conflict,
     JobworkerError,
     NotFound,
@@ -81,6 +82,9 @@ class Admission:
         Start a job for C{owner}, whose Unix account (users file) is
         C{account}. A command that cannot start gives a FAILED job, not an
         error.
+
+        @raise CannotStartNow: the server cannot start a process now (no
+            descriptor or process slot): nothing is stored.
         """
         if self._shuttingDown:
             raise Conflict("the server is shutting down")
@@ -118,7 +122,14 @@ class Admission:
         record = self._newRecord(request, owner, limits, timeout)
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
-        job = executor.launch(record, request, limits, timeout, identity)
+        try:
+            job = executor.launch(record, request, limits, timeout, identity)
+        except CannotStartNow as e:
+            self._metrics.spawnFailures.inc()
+            self.log.warn(
+                "a job of {user} was not started: {error}", user=owner, error=e.message
+            )
+            raise
         try:
             self._store.insert(record)
         except StoreError as e:
@@ -290,6 +301,7 @@ class Admission:
             executor.release(identity)
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
             return True
+        queuedAs = (record.env, record.run_as)
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
         record.status = JobStatus.RUNNING
@@ -307,10 +319,23 @@ class Admission:
             )
             self._dispatchLater()
             return False
+        try:
+            job = executor.launch(
+                record, request, request.limits, request.timeout, identity
+            )
+        except CannotStartNow as e:
+            # The server's trouble, not the job's: it waits its turn again.
+            self._metrics.spawnFailures.inc()
+            record.env, record.run_as = queuedAs
+            record.status = JobStatus.PENDING
+            record.queued = True
+            self.log.warn(
+                "job {job} stays queued: {error}", job=record.id, error=e.message
+            )
+            self._save(record)
+            self._dispatchLater()
+            return False
         self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
-        job = executor.launch(
-            record, request, request.limits, request.timeout, identity
-        )
         try:
             self._store.update(record)
         except StoreError as e:

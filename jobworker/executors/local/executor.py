@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.logger import Logger
 
-from ...errors import BadRequest, TooManyRequests
+from ...errors import BadRequest, CannotStartNow, TooManyRequests
 from ...jobs.dropbehind import DropBehind, RunInThread
 from ...jobs.identity import Identity, PoolExhausted
 from ...jobs.limits import Limits
@@ -34,10 +34,12 @@ from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, JobCgroup
 from .process import (
+    SERVER_SHORT_OF,
     GroupNumbers,
     JobProcess,
     JobProcessProtocol,
     signalGroup,
+    spawnCause,
     spawnError,
 )
 from .pump import Pumps
@@ -55,7 +57,7 @@ from .sandbox import (
     SpawnRefused,
     checkCommand,
 )
-from .spawner import Spawner
+from .spawner import Spawner, SpawnerGone
 from .stdin import StdinFeed
 
 __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
@@ -423,6 +425,10 @@ class LocalExecutor:
         Start the job's process as C{identity}; a command that cannot start
         ends FAILED. A dynamic identity goes back to the pool once nothing
         of the job is left.
+
+        @raise CannotStartNow: the server itself cannot start a process now
+            (L{SERVER_SHORT_OF}, or its spawner silent or gone); nothing of
+            the job is left, and its record is as it was.
         """
         jobId = record.id
         order = OrderLog(self.outputPath(jobId, "order"))
@@ -529,6 +535,12 @@ class LocalExecutor:
         except CgroupError as e:
             job.failedToStart(f"cannot start: {e}")
         except OSError as e:
+            if isinstance(e, SpawnerGone) or e.errno in SERVER_SHORT_OF:
+                job.withdraw()
+                raise CannotStartNow(
+                    f"the server cannot start a job now ({spawnCause(e)}); "
+                    "try again shortly"
+                ) from None
             job.failedToStart(spawnError(e))
         return job
 

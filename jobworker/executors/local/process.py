@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Callable
@@ -221,6 +222,16 @@ class JobProcess:
         self.stdout.close()
         self.stderr.close()
         self._ending.finish(JobStatus.FAILED, self._clock.seconds(), error=error)
+        self._fireCleaned()
+
+    def withdraw(self) -> None:
+        """
+        The server could not start the job for now (L{CannotStartNow}):
+        let go of what it holds (its cgroup, its identity once cleaned
+        up); its record is left as it was, not ended.
+        """
+        self.stdout.close()
+        self.stderr.close()
         self._fireCleaned()
 
     def abort(self, error: str) -> None:
@@ -527,8 +538,18 @@ def signalGroup(pgid: int, signum: int) -> bool:
     return True
 
 
+#: A failed spawn with one of these says something of the server, not of
+#: the job: no descriptor left, no process slot, no memory.
+SERVER_SHORT_OF = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
 def spawnError(exc: BaseException) -> str:
     """One line saying why a spawn failed."""
+    return f"cannot start: {spawnCause(exc)}"
+
+
+def spawnCause(exc: BaseException) -> str:
+    """Why a spawn failed, in a few words."""
     if isinstance(exc, OSError) and exc.strerror:
-        return f"cannot start: {exc.strerror}"
-    return f"cannot start: {exc}"
+        return exc.strerror
+    return str(exc)
