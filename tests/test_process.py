@@ -483,6 +483,31 @@ class StopTests(JobProcessTestCase):
         self.assertIs(self.record.status, JobStatus.COMPLETED)
         self.assertEqual(self.record.exit_code, 0)
 
+    def test_timeoutAfterTheMainExitKeepsItsStatus(self) -> None:
+        """
+        A timeout that passes after the main process ended on its own (in
+        time), while leftovers still hold its pipes, is no timeout of the
+        job: exit 0 stays COMPLETED (it was FAILED "timed out", exit 0).
+        """
+        job = JobProcess(
+            self.clock,
+            self.record,
+            self.stdout,
+            self.stderr,
+            GRACE,
+            self.killer,
+            timeout=10.0,
+        )
+        JobProcessProtocol(job).makeConnection(self.transport)  # type: ignore[arg-type]
+        self.clock.advance(9)
+        job.mainExited(processExit(0))
+        self.clock.advance(1.5)
+        job.pipesClosed()
+        self.assertEqual(
+            (self.record.status, self.record.exit_code, self.record.error),
+            (JobStatus.COMPLETED, 0, None),
+        )
+
     def test_stopTwiceSignalsOnce(self) -> None:
         """A second stop() sends nothing more and keeps the first stopper."""
         first = self.job.stop("alice")

@@ -16,11 +16,18 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.permissions import PERMISSIONS, Permission, Role, Scope
-from jobworker.errors import BadRequest, Conflict, TooManyRequests
+from jobworker.errors import (
+    BadRequest,
+    Conflict,
+    TooManyRequests,
+)
 from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs.admission import DISPATCH_RETRY
+from jobworker.jobs.identity import PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import NO_JOBS, FairQueue, Waiting
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.store import StoreError
 from jobworker.jobs.validation import JobRequest
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
@@ -160,6 +167,137 @@ class ManagerQueueTests(SynchronousTestCase):
         self.assertNoResult(ended)
         self.end(manager, second.id, 3)
         self.assertEqual(self.successResultOf(ended).exit_code, 3)
+
+    def test_afterOkAcrossARestart(self) -> None:
+        """
+        A job queued after_ok of a job the server's crash ended (recovery
+        closes it FAILED) fails at the restart, as it would have had the
+        server lived; it ran, waiting on nothing.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        before = localJobManager(self.reactor, stateDir, 5.0, self.killer)
+        first = before.create(self.request(), "alice")
+        strict = before.create(self.request(after_ok=(first.id,)), "alice")
+        loose = before.create(self.request(after=(first.id,)), "alice")
+        behind = before.create(self.request(after_ok=(strict.id,)), "alice")
+        before.close()  # a crash: nothing ended
+        after = localJobManager(self.reactor, stateDir, 5.0, self.killer)
+        self.addCleanup(after.close)
+        after.recover()
+        self.assertEqual(after.record(first.id).status, JobStatus.FAILED)
+        failed = after.record(strict.id)
+        self.assertEqual(
+            (failed.status, failed.error),
+            (JobStatus.FAILED, f"dependency {first.id} ended FAILED"),
+        )
+        self.assertEqual(after.record(behind.id).status, JobStatus.FAILED)
+        self.assertEqual(after.record(loose.id).status, JobStatus.RUNNING)
+
+    def test_queuedJobWaitsForAUidGivenBackLate(self) -> None:
+        """
+        A queued job whose turn comes while the uid pool is empty (the job
+        that ended gives its uid back only once nothing of it is left)
+        starts once one is back; it stayed PENDING for good.
+        """
+        manager = self.manager(maxRunning=1)
+        executor = manager._executor
+        acquire = executor._identities.acquire
+        held: list[bool] = []
+
+        def pool(account: Any) -> Any:
+            if held:
+                raise PoolExhausted("no dynamic uid is free")
+            return acquire(account)
+
+        self.patch(executor._identities, "acquire", pool)
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        held.append(True)
+        self.end(manager, first.id)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.PENDING)
+        held.clear()  # given back later (a sweep, say)
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+
+    def test_unreadableStoreAtDispatchKeepsTheJobQueued(self) -> None:
+        """
+        The store cannot be read when a queued job's turn comes: the job
+        stays queued, and starts once it can be read. The error escaped a
+        job's end (an unhandled error in a Deferred) and the job was in no
+        queue any more, PENDING for good.
+        """
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        started = manager.whenStarted(queued.id)
+        get = manager._store.get
+        broken: list[bool] = [True]
+
+        def unreadable(jobId: str) -> Any:
+            if broken:
+                raise StoreError("cannot read a job: disk I/O error")
+            return get(jobId)
+
+        self.patch(manager._store, "get", unreadable)
+        self.end(manager, first.id)
+        self.assertIn(queued.id, manager._scheduler.queue)
+        broken.clear()
+        self.reactor.advance(DISPATCH_RETRY)
+        self.successResultOf(started)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+
+    def test_unreadableStoreWhenADependencyFails(self) -> None:
+        """
+        The store cannot be read when a job's after_ok job fails: the job
+        is failed once it can be (it stayed PENDING for good, in no queue,
+        and the error escaped the dependency's end).
+        """
+        manager = self.manager()
+        first = manager.create(self.request(), "alice")
+        strict = manager.create(self.request(after_ok=(first.id,)), "alice")
+        ended = manager.whenEnded(strict.id)
+        get = manager._store.get
+        broken: list[bool] = [True]
+
+        def unreadable(jobId: str) -> Any:
+            if broken:
+                raise StoreError("cannot read a job: disk I/O error")
+            return get(jobId)
+
+        self.patch(manager._store, "get", unreadable)
+        self.end(manager, first.id, 1)
+        self.assertNoResult(ended)
+        broken.clear()
+        self.reactor.advance(DISPATCH_RETRY)
+        failed = self.successResultOf(ended)
+        self.assertEqual(
+            (failed.status, failed.error),
+            (JobStatus.FAILED, f"dependency {first.id} ended FAILED"),
+        )
+        self.assertEqual(manager.record(strict.id).status, JobStatus.FAILED)
+        self.assertEqual(self.reactor.spawned[1:], [])
+
+    def test_unreadableStoreAtStopKeepsTheJobQueued(self) -> None:
+        """A stop of a queued job the store cannot read is an error (a 503
+        through the API),
+        and the job is still queued, to be stopped once it can."""
+        manager = self.manager(maxRunning=1)
+        manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        get = manager._store.get
+        broken: list[bool] = [True]
+
+        def unreadable(jobId: str) -> Any:
+            if broken:
+                raise StoreError("cannot read a job: disk I/O error")
+            return get(jobId)
+
+        self.patch(manager._store, "get", unreadable)
+        self.assertRaises(StoreError, manager.stop, queued.id, "alice")
+        self.assertIn(queued.id, manager._scheduler.queue)
+        broken.clear()
+        stopped = self.successResultOf(manager.stop(queued.id, "alice"))
+        self.assertEqual(stopped.status, JobStatus.STOPPED)
 
     def test_stdinOfAQueuedJob(self) -> None:
         """Input for a job still in the queue is refused, saying it has not

@@ -201,6 +201,39 @@ class StoreFailureTests(SynchronousTestCase):
         )
         self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
 
+    def test_queuedJobStoppedOnAFullDisk(self) -> None:
+        """
+        A queued job stopped while the disk is full stays STOPPED: its final
+        record is kept and written once there is room, like a running job's.
+        It was lost: the store kept it PENDING and queued, so a restart ran
+        it, and meanwhile it could be neither stopped nor deleted.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
+        manager = localJobManager(
+            self.reactor,
+            stateDir,
+            5.0,
+            self.killer,
+            store=store,
+            policy=JobPolicy(maxRunning=1),
+        )
+        self.addCleanup(manager.close)
+        manager.create(JobRequest("sleep", ["9"], {}, None), "alice")
+        queued = manager.create(JobRequest("true", [], {}, None), "alice")
+        store.full = True
+        stopped = self.successResultOf(manager.stop(queued.id, "alice"))
+        self.assertEqual(stopped.status, JobStatus.STOPPED)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.STOPPED)
+        self.assertEqual(manager._countByStatus().get("STOPPED"), 1)
+        store.full = False
+        self.reactor.advance(RETRY_FIRST)
+        kept = store.get(queued.id)
+        self.assertEqual((kept.status, kept.queued), (JobStatus.STOPPED, False))
+        self.assertEqual(store.queued(), [])
+        self.assertEqual(manager._unsaved, {})
+
     def test_deleteOnFullDiskIs503ThenWorks(self) -> None:
         """
         Defect 2: DELETE of an ended job while the store refuses is 503 (never

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -69,10 +70,16 @@ class Admission:
     def _stored(self, jobId: str) -> JobRecord:
         raise NotImplementedError  # the manager's
 
+    def _find(self, jobId: str) -> JobRecord | None:
+        raise NotImplementedError  # the manager's
+
     def _watch(self, job: LiveJob) -> None:
         raise NotImplementedError  # the manager's
 
     def _save(self, record: JobRecord) -> None:
+        raise NotImplementedError  # the manager's
+
+    def _storeFinal(self, record: JobRecord) -> None:
         raise NotImplementedError  # the manager's
 
     def create(
@@ -276,12 +283,25 @@ class Admission:
         return record
 
     def _startQueued(self, waiting: Waiting) -> bool:
-        """Start a queued job now; False to keep it queued (no identity free)."""
-        record = self._stored(waiting.jobId)
+        """
+        Start a queued job now; False to keep it queued, and try again in a
+        while (no identity free, the store unreadable, no process to be had).
+        """
+        try:
+            record = self._stored(waiting.jobId)
+        except StoreError as e:
+            self.log.error(
+                "job {job} stays queued: {error}", job=waiting.jobId, error=str(e)
+            )
+            self._dispatchLater()
+            return False
         executor = self._executor
         try:
             identity = executor.identityFor(record.owner, waiting.account)
         except TooManyRequests:
+            # A uid comes back once nothing of its last job is left: that
+            # may be after the end that called this.
+            self._dispatchLater()
             return False
         request = JobRequest(
             command=record.command,
@@ -354,7 +374,7 @@ class Admission:
         return True
 
     def _dispatchLater(self) -> None:
-        """Start queued jobs again in a while (the store refused one)."""
+        """Start queued jobs again in a while (one could not start now)."""
         timer = self._dispatchTimer
         if (timer is None or not timer.active()) and not self._shuttingDown:
             self._dispatchTimer = self._reactor.callLater(
@@ -363,7 +383,7 @@ class Admission:
 
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""
-        self._save(record)
+        self._storeFinal(record)
         self._metrics.jobEnded(record.status.value)
 
     def whenStarted(self, jobId: str) -> Deferred[None]:
@@ -400,6 +420,19 @@ class Admission:
                 if t + (now - when) * rate < burst
             }
 
+    def _failedBefore(
+        self, entry: QueuedEntry, unfinished: Callable[[str], bool]
+    ) -> JobRecord | None:
+        """One of C{entry}'s after_ok jobs that has ended otherwise than
+        COMPLETED, if any."""
+        for jobId in entry.afterOk:
+            if unfinished(jobId):
+                continue
+            found = self._find(jobId)
+            if found is not None and found.status is not JobStatus.COMPLETED:
+                return found
+        return None
+
     def _requeue(self, entries: list[QueuedEntry]) -> None:
         """After a restart: the queue as it was, in order, then start what may."""
         waiting = {entry.jobId for entry in entries}
@@ -407,11 +440,23 @@ class Admission:
         def unfinished(jobId: str) -> bool:
             if jobId in waiting or jobId in self._live:
                 return True
-            stored = self._store.get(jobId)
-            return stored is not None and not stored.status.ended
+            found = self._find(jobId)
+            return found is not None and not found.status.ended
 
         accounts: dict[str, Identity | None] = {}
+        now = self._reactor.seconds()
         for entry in entries:
+            failed = self._failedBefore(entry, unfinished)
+            if failed is not None:
+                # Its after_ok job ended otherwise (before the restart, or
+                # closed by the recovery just now): it never runs.
+                waiting.discard(entry.jobId)
+                self._scheduler.fail(
+                    Waiting(entry.jobId, entry.owner, entry.priority, entry.seq),
+                    dependencyFailure(failed),
+                    now,
+                )
+                continue
             runAs = entry.runAs
             if runAs and not runAs.startswith("dynamic:") and runAs not in accounts:
                 try:

@@ -108,6 +108,7 @@ class JobManager(Admission):
             self._mayStart,
             self._queuedEnded,
             self._stored,
+            self._dispatchLater,
         )
         self._metrics.watchQueue(self._scheduler.queue.owners)
 
@@ -177,11 +178,23 @@ class JobManager(Admission):
         self._runningBy[record.owner] -= 1
         if self._runningBy[record.owner] <= 0:
             del self._runningBy[record.owner]
+        self._storeFinal(record)
+        self._metrics.jobEnded(
+            record.status.value, record.stdout_bytes, record.stderr_bytes
+        )
+        self._scheduler.jobEnded(record, self._reactor.seconds())
+        self._scheduler.dispatch()
+        return record
+
+    def _storeFinal(self, record: JobRecord) -> None:
+        """
+        Store a job's final record. If the store refuses it, it still says
+        RUNNING (or queued): keep the final record as the truth (the API
+        answers from it) and write it again until the store takes it.
+        """
         try:
             self._store.update(record)
         except StoreError as e:
-            # The store still says RUNNING: keep the final record as the
-            # truth (the API answers from it) and write it when space comes.
             self.log.error(
                 "job {job} ended {status} but {error}: kept in memory, "
                 "written again until the store takes it",
@@ -191,12 +204,6 @@ class JobManager(Admission):
             )
             self._unsaved[record.id] = record
             self._scheduleRetry()
-        self._metrics.jobEnded(
-            record.status.value, record.stdout_bytes, record.stderr_bytes
-        )
-        self._scheduler.jobEnded(record, self._reactor.seconds())
-        self._scheduler.dispatch()
-        return record
 
     def _scheduleRetry(self) -> None:
         if self._retryTimer is None and not self._shuttingDown:

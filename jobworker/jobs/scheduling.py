@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from .executor import LiveJob
 from .queue import FairQueue, Waiting
 from .records import JobRecord, JobStatus
+from .store import StoreError
 
 
 class Scheduler:
@@ -26,6 +27,8 @@ class Scheduler:
     @param mayStart: whether this user may start one more (their cap).
     @param finished: records a queued job's end (store, metrics).
     @param load: a queued job's record, from the store.
+    @param later: call L{dispatch} again in a while (a job's record could
+        not be read).
     """
 
     def __init__(
@@ -35,8 +38,13 @@ class Scheduler:
         mayStart: Callable[[str], bool],
         finished: Callable[[JobRecord], None],
         load: Callable[[str], JobRecord],
+        later: Callable[[], None],
     ) -> None:
         self.queue = FairQueue()
+        self._later = later
+        #: Jobs out of the queue to be failed, whose records could not be
+        #: read yet: (entry, error, when).
+        self._failing: list[tuple[Waiting, str, float]] = []
         self._start = start
         self._mayStartMore = mayStartMore
         self._mayStart = mayStart
@@ -82,19 +90,32 @@ class Scheduler:
     # -- ends ------------------------------------------------------------------
 
     def stop(self, jobId: str, by: str, when: float) -> JobRecord | None:
-        """Stop a queued job: STOPPED, never started. None if not queued."""
-        waiting = self.queue.remove(jobId)
-        if waiting is None:
+        """
+        Stop a queued job: STOPPED, never started. None if not queued.
+
+        @raise StoreError: its record cannot be read; it stays queued.
+        """
+        if jobId not in self.queue:
             return None
         record = self._load(jobId)
+        self.queue.remove(jobId)
         record.stopped_by = by
         self._end(record, JobStatus.STOPPED, when, "stopped while queued")
         self.dispatch()
         return record
 
     def fail(self, waiting: Waiting, error: str, when: float) -> None:
-        """A queued job that cannot start: FAILED, with why."""
-        self._end(self._load(waiting.jobId), JobStatus.FAILED, when, error)
+        """
+        A queued job that cannot start (out of the queue): FAILED, with why;
+        at the next L{dispatch} if its record cannot be read now.
+        """
+        try:
+            record = self._load(waiting.jobId)
+        except StoreError:
+            self._failing.append((waiting, error, when))
+            self._later()
+            return
+        self._end(record, JobStatus.FAILED, when, error)
 
     def _end(
         self, record: JobRecord, status: JobStatus, when: float, error: str
@@ -121,6 +142,9 @@ class Scheduler:
             return
         self._dispatching = True
         try:
+            failing, self._failing = self._failing, []
+            for entry, error, when in failing:
+                self.fail(entry, error, when)
             self._again = True
             while self._again:
                 self._again = False

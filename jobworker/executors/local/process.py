@@ -249,7 +249,9 @@ class JobProcess:
 
     def _timesUp(self) -> None:
         self._timeoutTimer = None
-        if not self.record.status.ended:
+        # After the main process ended on its own, in time, what is left is
+        # being ended already: no timeout of the job's.
+        if not self.record.status.ended and self._exit is None:
             self._timedOut = True
             self.log.info(
                 "job {job} timed out after {timeout}s: stopping it",
