@@ -21,7 +21,7 @@ from typing import Any
 import bcrypt
 import treq
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import (
     Deferred,
     ensureDeferred,
@@ -77,7 +77,8 @@ def request(
 ) -> DummyRequest:
     """A request from C{address} with this header and/or client certificate."""
     result = DummyRequest([b"jobs"])
-    result.client = IPv4Address("TCP", address, 4321)
+    kind = IPv6Address if ":" in address else IPv4Address
+    result.client = kind("TCP", address, 4321)
     if authorization is not None:
         result.requestHeaders.setRawHeaders(b"authorization", [authorization])
     if certificateUser is not None:
@@ -247,6 +248,33 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
         for n in range(THRESHOLD):
             self.guess("rita", f"guess{n}")
         d = self.guess("rita", "rita-pass", ELSEWHERE)
+        self.assertEqual(len(self.held.held), THRESHOLD + 1)
+        self.held.release()
+        self.assertEqual(self.successResultOf(d).name, "rita")
+
+    def test_loopbackRangeIsOneClient(self) -> None:
+        """
+        Every address of 127.0.0.0/8 (and ::1, and mapped ones) is one
+        client: a local process (another user's job) may connect from any
+        of them, and each was a new address with a throttle of its own.
+        """
+        addresses = [f"127.{n}.{n}.{n + 1}" for n in range(THRESHOLD)]
+        for n, address in enumerate(addresses):
+            self.guess(f"user{n}", "guess", address)
+        self.assertEqual(len(self.held.held), THRESHOLD)
+        for address in ("127.200.1.1", "::1", "::ffff:127.3.2.1"):
+            self.failureResultOf(self.guess("x", "y", address), TooManyRequests)
+        self.held.release()
+
+    def test_anIPv6NetworkIsOneClient(self) -> None:
+        """An IPv6 client is its /64 (a site's smallest network): its other
+        addresses are not new clients; another /64 is."""
+        for n in range(THRESHOLD):
+            self.guess(f"user{n}", "guess", f"2001:db8:1:2::{n + 1:x}")
+        self.failureResultOf(
+            self.guess("x", "y", "2001:db8:1:2:ffff::9"), TooManyRequests
+        )
+        d = self.guess("rita", "rita-pass", "2001:db8:1:3::1")
         self.assertEqual(len(self.held.held), THRESHOLD + 1)
         self.held.release()
         self.assertEqual(self.successResultOf(d).name, "rita")

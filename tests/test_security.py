@@ -197,6 +197,33 @@ class LiveSecurityTests(TestCase):
 
         self.assertEqual(await deferToThread(probe), [b""])
 
+        def fromAnotherLoopbackAddress() -> bytes | None:
+            # Any local process (another user's job) may connect from any of
+            # 127.0.0.0/8: all of it is one client, not 16 million.
+            held = [
+                socket.create_connection(
+                    ("127.0.0.1", server.port), source_address=(f"127.0.5.{n}", 0)
+                )
+                for n in (1, 2)
+            ]
+            extra = socket.create_connection(
+                ("127.0.0.1", server.port), source_address=("127.0.5.3", 0)
+            )
+            extra.settimeout(5)
+            try:
+                closed = extra.recv(1)
+            except TimeoutError:
+                closed = None
+            for s in [*held, extra]:
+                s.close()
+            return closed
+
+        async def refusedFromTheRange() -> bool:
+            return await deferToThread(fromAnotherLoopbackAddress) == b""
+
+        # (Once the first probe's connections are seen closed.)
+        await waitUntil(refusedFromTheRange, 5.0, "the range counted as one client")
+
         async def admitted() -> bool:
             try:
                 response = await server.request("GET", "/jobs", "alice")

@@ -1,4 +1,8 @@
-"""Failed-login throttling, per client address, per (user, address) and per user."""
+"""
+Failed-login throttling, per client address, per (user, address) and per
+user; an address counts as its client (L{clientKey}: all of loopback is one,
+an IPv6 address is its /64).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
+
+from ..peers import clientKey
 
 
 @dataclass
@@ -63,6 +69,7 @@ class LoginThrottle:
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def _keys(self, user: str, address: str) -> tuple[tuple[str, ...], ...]:
+        address = clientKey(address)
         if not user:
             return (("address", address), ("pair", user, address))
         return (("address", address), ("pair", user, address), ("user", user))
@@ -81,7 +88,7 @@ class LoginThrottle:
         return max(0.0, last + delay - now)
 
     def _isTrusted(self, user: str, address: str, now: float) -> bool:
-        since = self._trusted.get((user, address))
+        since = self._trusted.get((user, clientKey(address)))
         return since is not None and now - since <= self._trustWindow
 
     def _wait(self, user: str, address: str, now: float) -> float:
@@ -160,6 +167,7 @@ class LoginThrottle:
         the user's: others may be guessing) and makes the address one the
         user is known to log in from.
         """
+        address = clientKey(address)
         pair = ("pair", user, address)
         failures = self._entries.get(pair)
         if failures is not None:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from ..keepalive import keepAlive
+from ..peers import clientKey
 
 
 class KeptAlive(ProtocolWrapper):
@@ -32,7 +33,8 @@ class KeptAlive(ProtocolWrapper):
 
 class ConnectionsPerClient(WrappingFactory):
     """
-    Refuse a connection when its client address already holds C{limit}
+    Refuse a connection when its client (L{clientKey}: all of loopback is
+    one, an IPv6 address is its /64) already holds C{limit}
     (Twisted's own LimitConnectionsByPeer predates address objects), and
     probe every connection silent for C{keepalive} seconds (None: never):
     a client that vanished without a word (a follower of a quiet job, whom
@@ -55,12 +57,13 @@ class ConnectionsPerClient(WrappingFactory):
     def buildProtocol(  # type: ignore[override]
         self, addr: IAddress | None
     ) -> ProtocolWrapper | None:
-        host = str(getattr(addr, "host", addr))
+        address = str(getattr(addr, "host", addr))
+        host = clientKey(address)
         count = self._counts.get(host, 0)
         if count >= self._limit:
             self.log.warn(
                 "refused a connection from {client}: {count} already open",
-                client=host,
+                client=address if host == address else f"{address} ({host})",
                 count=count,
             )
             return None

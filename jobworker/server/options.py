@@ -288,14 +288,16 @@ class Options(usage.Options):
             "login-failures",
             None,
             5,
-            "Failed logins from one address before it is throttled (429).",
+            "Failed logins from one client before it is throttled (429); all "
+            "of loopback is one client, an IPv6 client its /64.",
             int,
         ],
         [
             "max-connections-per-client",
             None,
             64,
-            "Concurrent connections one client address may hold.",
+            "Concurrent connections one client may hold (all of loopback is "
+            "one client, an IPv6 client its /64).",
             int,
         ],
         [

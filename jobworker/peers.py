@@ -1,0 +1,45 @@
+"""
+What counts as one client, for the limits kept per client: connections
+(L{ConnectionsPerClient<jobworker.server.connections.ConnectionsPerClient>})
+and failed logins (L{LoginThrottle<jobworker.auth.throttle.LoginThrottle>}).
+Logs and the audit log keep the address itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+#: The one client every loopback address is.
+LOOPBACK = "loopback"
+
+
+def clientKey(host: str) -> str:
+    """
+    The client a peer address counts as:
+      - the whole loopback range (127.0.0.0/8, C{::1}, IPv4-mapped ones) is
+        one: any local process, another user's job among them, may connect
+        from any of its 16 million addresses;
+      - an IPv6 address counts as its /64, the smallest network a site is
+        given (whose owner picks any address in it);
+      - any other address is itself.
+    The same key for the same client, whatever form it came in (so it may be
+    applied twice).
+    """
+    if ":" not in host:
+        return LOOPBACK if host.startswith("127.") else host
+    return _ipv6Key(host)
+
+
+@lru_cache(maxsize=4096)
+def _ipv6Key(host: str) -> str:
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host  # a key already, or no address at all
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return clientKey(str(mapped))
+    if address.is_loopback:
+        return LOOPBACK
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
