@@ -32,6 +32,9 @@
  *     kernel without keys (the kernel keeps a uid's user keyrings after
  *     its last process: a dynamic uid's jobs, one user's after another's,
  *     would share them). Installed as root, so no_new_privs stays off;
+ *  4b. a Landlock domain scoping abstract unix sockets (ABI 6+, else shared):
+ *     none made outside it (another job's) can be reached from the job;
+ *  4c. its pipes (fds 0-2, made as root) its own: /dev/stderr opens again;
  *  5. setgroups, setresgid, setresuid (never uid 0, gid 0 or group 0),
  *     each checked afterwards with getgroups, getresgid, getresuid, and no
  *     capability left (effective and permitted empty; no_new_privs
@@ -230,6 +233,29 @@ static void ownSessionKeyring(void) {
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 &&
         errno != ENOSYS && errno != EPERM)
         die(SETUP_FAILED, "cannot make a session keyring", NULL, errno);
+}
+
+/* 4b, as root. Landlock's calls: 444 create_ruleset (flag 1: the ABI), 446
+ * restrict_self; its ruleset's third field (ABI 6), scoped, bit 0. */
+static void ownAbstractSockets(void) {
+    uint64_t ruleset[3] = {0, 0, 1};
+    if (syscall(444, NULL, 0, 1U) < 6)
+        return;  /* no Landlock, not enabled, or too old: shared, as before */
+    long fd = syscall(444, ruleset, sizeof ruleset, 0U);
+    if (fd < 0 || syscall(446, (int)fd, 0U) != 0)
+        die(SETUP_FAILED, "cannot enter a Landlock domain", NULL, errno);
+    close((int)fd);
+}
+
+/* 4c: only pipes ("pipe:[INODE]"), never the job's /dev/null. */
+static void ownPipes(uid_t uid, gid_t gid) {
+    char link[20], target[8];
+    for (int fd = 0; fd <= 2; fd++) {
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        if (readlink(link, target, sizeof target) >= 6 &&
+            memcmp(target, "pipe:[", 6) == 0 && fchown(fd, uid, gid) != 0)
+            die(SETUP_FAILED, "cannot give the job its pipe", NULL, errno);
+    }
 }
 
 /* The key management calls of each system call ABI this machine runs, by
@@ -436,6 +462,8 @@ static int launch(int argc, char **argv) {
     if (chdir(start) != 0)
         die(CANNOT_RUN, "cannot enter the start folder", start, errno);
     ownSessionKeyring();
+    ownAbstractSockets();
+    ownPipes(uid, gid);
     if (!keys)
         noKeyrings();
     becomeJob(uid, gid, count);

@@ -103,8 +103,9 @@ def _reclaim(pool: DynamicUids) -> None:
 #: The exec chain, as the log names it.
 CHAIN = (
     "the exec chain (setsid, unshare, sh, setpriv, env; its jobs keep the "
-    "server's session keyring, and a dynamic uid's jobs share its user "
-    "keyrings: only the launcher keeps kernel keyrings apart)"
+    "server's session keyring, a dynamic uid's jobs share its user "
+    "keyrings, and jobs share abstract unix sockets: only the launcher keeps "
+    "kernel keyrings and abstract sockets apart)"
 )
 
 
@@ -134,11 +135,18 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
             why=f"no launcher: {e}",
         )
         return None
+    abi = launchers.landlockABI()
     log.info(
         "sandboxed jobs start through the launcher {path} (compiled "
-        "with {compiler}: one process{fork}, then the command; {how})",
+        "with {compiler}: one process{fork}, then the command; {how}); "
+        "abstract unix sockets: {sockets}",
         path=path,
         compiler=compiler,
+        sockets=f"each job's own (Landlock ABI {abi})"
+        if abi >= launchers.LANDLOCK_SCOPES
+        else f"shared between jobs (Landlock ABI {abi}, "
+        f"{launchers.LANDLOCK_SCOPES} needed: Linux 6.12, with landlock in "
+        "lsm=); --isolate net keeps them apart",
         fork=", which forks PID 1 of the job's namespace"
         if "pid" in config["isolate"]
         else "",

@@ -119,6 +119,21 @@ def _signalAll(pids: list[int], signum: int) -> bool:
     return sent
 
 
+def unlisted(base: str) -> None:
+    """
+    The jobs' folder of a hierarchy: entered by anyone (a job reads its own
+    cgroup's files), listed by none but root. Its entries are the job ids
+    and, in each, the pids and the memory use of every running job: a job
+    (another user's, a dynamic uid) learns none of them, as /proc shows it
+    no process of another uid. A job's own is found by its path, in
+    /proc/self/cgroup.
+    """
+    try:
+        os.chmod(base, 0o711)  # noqa: S103 (search, never list: see above)
+    except OSError as e:
+        log.warn("cgroup folder {path} left listable: {error}", path=base, error=str(e))
+
+
 def _mkdir(path: str) -> None:
     try:
         os.mkdir(path)
@@ -298,6 +313,7 @@ class CgroupsV1:
                 os.makedirs(base, exist_ok=True)
             except OSError:
                 return None
+            unlisted(base)
             if not os.access(base, os.W_OK):
                 return None
             bases[controller] = base
@@ -453,6 +469,7 @@ class CgroupsV2:
                     _write(os.path.join(leaf, "cgroup.procs"), str(pid))
             base = os.path.join(ownPath, JOBS_FOLDER)
             os.makedirs(base, exist_ok=True)
+            unlisted(base)
             enable = " ".join(f"+{c}" for c in wanted)
             if enable:
                 _write(os.path.join(ownPath, "cgroup.subtree_control"), enable)

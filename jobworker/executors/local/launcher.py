@@ -7,6 +7,7 @@ at server start-up, into a root-only cache keyed by what was compiled.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -34,6 +35,22 @@ COMPILE_TIMEOUT = 120.0
 #: How os.fsencode encodes a str.
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+#: The Landlock ABI that scopes abstract unix sockets (Linux 6.12).
+LANDLOCK_SCOPES = 6
+
+
+def landlockABI() -> int:
+    """
+    The kernel's Landlock ABI version (0: none, or not enabled). The
+    launcher scopes each job's abstract unix sockets from L{LANDLOCK_SCOPES}.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    version = libc.syscall(444, None, 0, 1)
+    return max(0, int(version))
 
 
 def encodeArguments(args: Sequence[str]) -> bytes:

@@ -65,8 +65,11 @@ GATE_ONLY = GATE_KEEP_WORKDIR
 #: (one C{mount -a} of a small fstab), enter the start folder, then exec
 #: setpriv and the command.
 SANDBOX = (
-    f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; shift; '
-    'exec "$@"'
+    f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; '
+    # The job's pipes are its own (who may open them again by path, as
+    # /dev/stderr: their owner), as the launcher's 4c; not its /dev/null.
+    'for f in 0 1 2; do [ -p /proc/self/fd/$f ] && chown "$2" /proc/self/fd/$f; '
+    'done; shift 2; exec "$@"'
 )
 #: The same, behind the cgroup gate (no PID namespace: the pid never changes).
 GATED_SANDBOX = "read -r _ <&3 || exit 125; exec 3<&-; " + SANDBOX
@@ -274,7 +277,14 @@ class Sandbox:
         argv += ["--mount", "--ipc", "--"]
         script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
         start = self._start(identity, cwd)
-        argv += [POSIX_SHELL, "-c", script, self.fstab(identity), start]
+        argv += [
+            POSIX_SHELL,
+            "-c",
+            script,
+            self.fstab(identity),
+            start,
+            f"{identity.uid}:{identity.gid}",
+        ]
         argv += identity.setpriv(SETPRIV)
         if env is not None:
             assignments = dict(env)

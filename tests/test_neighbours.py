@@ -1,0 +1,141 @@
+"""
+What a job shares with its neighbours on the machine, and what it may not
+reach of theirs: abstract unix sockets (one network namespace for all jobs),
+the cgroup file system, and its own pipes by path. Real servers, real jobs,
+as root; each test also runs through the exec chain where it applies.
+"""
+
+from __future__ import annotations
+
+import os
+
+import treq
+from twisted.trial.unittest import SkipTest, TestCase
+
+from jobworker.executors.local.launcher import LANDLOCK_SCOPES, landlockABI
+
+from .support import LiveServer
+from .test_identity import output, requireRoot, waitOutput
+
+#: alice's job: an abstract unix socket named after its argument; it answers
+#: each connection with a secret, after checking its own connection works.
+LISTENER = r"""
+import socket, sys
+name = "\0" + sys.argv[1]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(name)
+server.listen(5)
+mine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+mine.connect(name)
+own, _ = server.accept()
+own.sendall(b"own-ok")
+print("own", mine.recv(10).decode(), flush=True)
+print("ready", flush=True)
+while True:
+    peer, _ = server.accept()
+    peer.sendall(b"alice-secret")
+    peer.close()
+"""
+
+#: bob's job: connect to the name, and to send a datagram to it; say what
+#: came of each.
+CONNECTOR = r"""
+import errno, socket, sys
+name = "\0" + sys.argv[1]
+client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    client.connect(name)
+    print("GOT", client.recv(100).decode())
+except OSError as e:
+    print("refused", errno.errorcode[e.errno])
+"""
+
+
+class NeighbourTests(TestCase):
+    timeout = 60
+    #: The server's options (a variant sets the exec chain).
+    serverOptions: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        requireRoot()
+
+    async def test_abstractSocketsAreTheJobsOwn(self) -> None:
+        """
+        bob's job cannot connect to the abstract unix socket alice's job
+        listens on (one network namespace: abstract names are shared, and
+        it read her secret, or took her name first); alice's job reaches
+        its own.
+        """
+        if self.serverOptions:
+            raise SkipTest("the exec chain leaves abstract sockets shared (README)")
+        abi = landlockABI()
+        if abi < LANDLOCK_SCOPES:
+            raise SkipTest(
+                f"Landlock ABI {abi} here; scoping abstract sockets needs "
+                f"{LANDLOCK_SCOPES} (Linux 6.12, landlock in lsm=)"
+            )
+        python = "/usr/bin/python3"
+        if not os.path.exists(python):
+            raise SkipTest("the jobs' socket scripts need /usr/bin/python3")
+        server = LiveServer(self)
+        name = f"jw-test-abstract-{os.getpid()}"
+        listener = await server.createJob(python, "-c", LISTENER, name, user="alice")
+        text = await waitOutput(server, listener["id"], b"ready")
+        self.assertIn(b"own own-ok", text)
+        connector = await server.createJob(python, "-c", CONNECTOR, name, user="bob")
+        ended = await server.waitEnded(connector["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual(
+            (await output(server, connector["id"])).strip(), b"refused EPERM"
+        )
+        await server.json("POST", f"/jobs/{listener['id']}/stop", "alice")
+
+    async def test_otherJobsCgroupsUnlisted(self) -> None:
+        """
+        A job cannot list the jobs' cgroup folder (every job's id, pids and
+        memory use were there to read); it still reads its own cgroup.
+        """
+        server = LiveServer(self, *self.serverOptions)
+        if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
+            raise SkipTest("no cgroups here")
+        script = (
+            "line=$(grep :freezer: /proc/self/cgroup || grep '^0::' /proc/self/cgroup);"
+            " own=${line#*:*:}; case $line in *freezer*) root=/sys/fs/cgroup/freezer;;"
+            " *) root=/sys/fs/cgroup;; esac;"
+            ' ls "$root$own" >/dev/null && echo own-readable;'
+            ' ls "$root${own%/*}/" >/dev/null 2>&1 && echo LISTED; echo done'
+        )
+        job = await server.createJob("sh", "-c", script, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual(
+            (await output(server, job["id"])).split(), [b"own-readable", b"done"]
+        )
+
+    async def test_pipesOpenByPath(self) -> None:
+        """
+        A job may write to /dev/stdout, /dev/stderr and /proc/self/fd/N (its
+        pipes, opened again): they were root's, so a dynamic uid got
+        "Permission denied", where a shell's user does not.
+        """
+        server = LiveServer(self, *self.serverOptions)
+        script = (
+            "echo to-err > /dev/stderr && echo to-out > /dev/stdout && "
+            "echo by-fd > /proc/self/fd/1 && echo done"
+        )
+        job = await server.createJob("sh", "-c", script, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual((ended["status"], ended["exit_code"]), ("COMPLETED", 0), ended)
+        self.assertEqual(
+            (await output(server, job["id"])).split(), [b"to-out", b"by-fd", b"done"]
+        )
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=stderr", "ada"
+        )
+        self.assertEqual(await treq.content(response), b"to-err\n")
+
+
+class NeighbourChainTests(NeighbourTests):
+    """The same through the exec chain (--launcher=off)."""
+
+    serverOptions = ("--launcher=off",)
