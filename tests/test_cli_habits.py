@@ -11,9 +11,13 @@ import json
 import signal
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.client.calls import EXIT_STATUS_LOST, exitStatusOf
 from jobworker.client.completion import COMPLETION, OPTIONS
 from jobworker.client.interrupts import Interrupts
 from jobworker.client.parser import buildParser
+from jobworker.client.show import jobLines, outcome
 from jobworker.client.streams import Streams
 
 from .support import basic
@@ -45,8 +49,10 @@ class InterruptTests(MemoryCLITestCase):
 
     def test_execFollowCtrlCStopsTheJob(self) -> None:
         """
-        The job id is printed as it starts; the first Ctrl-C stops the job,
-        jw waits for its end and exits 130; the job is STOPPED by the user.
+        The job id is printed as it starts; the first Ctrl-C stops the job
+        with SIGINT, as a local command gets it (it was TERM: a Python job's
+        KeyboardInterrupt clean-up never ran), jw waits for its end and
+        exits 130; the job is STOPPED by the user.
         """
         run, interrupts = self.interruptible("exec", "-f", "--", "sleep", "300")
         [spawned] = self.reactor.spawned
@@ -55,10 +61,10 @@ class InterruptTests(MemoryCLITestCase):
         self.assertEqual(err, f"jw: job {jobId} started\n".encode())
         interrupts.fire("SIGINT")
         self.flush()
-        self.assertIn((spawned.pid, signal.SIGTERM), self.killer.calls)
+        self.assertEqual([(spawned.pid, signal.SIGINT)], self.killer.calls)
         assert run.done is not None
         self.assertNoResult(run.done)  # waits for the end
-        self.endJob(jobId, signum=signal.SIGTERM)
+        self.endJob(jobId, signum=signal.SIGINT)
         _out, err, code = self.finish(run)
         self.assertEqual(code, 130, err)
         self.assertIn(b"stopping job", err)
@@ -66,7 +72,8 @@ class InterruptTests(MemoryCLITestCase):
         self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
 
     def test_secondCtrlCDetaches(self) -> None:
-        """A second Ctrl-C leaves the job running and says how to come back."""
+        """A second Ctrl-C stops following, and says the stop goes on (it
+        said the job was left running: its KILL came after the grace)."""
         run, interrupts = self.interruptible("exec", "-f", "--", "sleep", "300")
         jobId = run.err.getvalue().split()[2].decode()
         # The job ignores TERM: the first Ctrl-C's stop is still waiting.
@@ -75,8 +82,33 @@ class InterruptTests(MemoryCLITestCase):
         interrupts.fire("SIGINT")
         _out, err, code = self.finish(run)
         self.assertEqual(code, 130)
-        self.assertIn(f"jw logs -f {jobId}".encode(), err)
+        self.assertIn(b"its stop goes on", err)
+        self.assertIn(f"jw status {jobId}".encode(), err)
+        self.assertNotIn(b"left job", err)
         self.assertNotIn(b"Traceback", err)
+
+    def test_stoppedByAnotherSaysSo(self) -> None:
+        """
+        A followed job stopped by someone else (an admin, the server's
+        shutdown): jw exec -f and jw logs -f say so in one line, beside the
+        exit status (143 came with no word).
+        """
+        run, _spawned = self.followed("sleep", "300")
+        jobId = run.err.getvalue().split()[2].decode()
+        logs = self.start("logs", "-f", jobId)
+        headers = basic("ada")
+        headers[b"content-type"] = [b"application/json"]
+        stopping = self.http.request(
+            "POST", f"{SERVER}/jobs/{jobId}/stop", headers=headers
+        )
+        self.flush()
+        self.endJob(jobId, signum=signal.SIGTERM)
+        self.assertEqual(self.successResultOf(stopping).code, 200)
+        line = f"jw: job {jobId}: killed by SIGTERM (stopped by ada)\n".encode()
+        for each in (run, logs):
+            _out, err, code = self.finish(each)
+            self.assertEqual(code, 143, err)
+            self.assertTrue(err.endswith(line), err)
 
     def test_detachOnInterrupt(self) -> None:
         """--detach-on-interrupt: Ctrl-C leaves the job running, saying so."""
@@ -86,8 +118,10 @@ class InterruptTests(MemoryCLITestCase):
         jobId = run.err.getvalue().split()[2].decode()
         interrupts.fire("SIGTERM")
         _out, err, code = self.finish(run)
-        self.assertEqual(code, 130)
-        self.assertIn(b"left job", err)
+        self.assertEqual(code, 143)  # 128 + SIGTERM, as a shell's
+        self.assertIn(
+            f"left job {jobId} running; again: jw logs -f {jobId}, ".encode(), err
+        )
         self.assertEqual(self.killer.calls, [])
         self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
 
@@ -180,7 +214,8 @@ class OrderTests(MemoryCLITestCase):
         A raw follow whose connection breaks more than FOLLOW_RETRIES times,
         each after some bytes (a flaky link over days), resumes each time
         after the last byte and ends with everything; one that breaks that
-        many times in a row with nothing received gives up.
+        many times in a row with nothing received gives up, after pausing
+        long enough for a server to restart (it gave up after 3 s).
         """
         from twisted.internet.defer import Deferred
 
@@ -191,6 +226,7 @@ class OrderTests(MemoryCLITestCase):
             def __init__(self, chunks: int) -> None:
                 self.chunks = chunks
                 self.offsets: list[int] = []
+                self.paused: list[float] = []
 
             async def logs(
                 self, jobId: str, sink: Any, stream: str, offset: int, **kwargs: Any
@@ -203,7 +239,7 @@ class OrderTests(MemoryCLITestCase):
                     raise ClientError("cannot connect")
 
             async def pause(self, seconds: float) -> None:
-                pass
+                self.paused.append(seconds)
 
         got = bytearray()
         client = Flaky(3 * FOLLOW_RETRIES)
@@ -215,6 +251,8 @@ class OrderTests(MemoryCLITestCase):
         dead = Flaky(-1)
         done = Deferred.fromCoroutine(followStream(dead, "id", "stdout", got.extend))
         self.failureResultOf(done, ClientError)
+        self.assertGreaterEqual(sum(dead.paused), 10.0)
+        self.assertLessEqual(max(dead.paused), 2.0)
         self.assertEqual(len(dead.offsets), FOLLOW_RETRIES + 1)
 
     def test_framesResumeWhereTheServerStarted(self) -> None:
@@ -649,3 +687,53 @@ class DestinationTests(MemoryCLITestCase):
         self.assertFalse(Streams(one, two, inp=None).sharedDestination())
         self.assertTrue(Streams(one, same, inp=None).sharedDestination())
         self.assertTrue(Run().streams.sharedDestination())
+
+
+class OutcomeTests(SynchronousTestCase):
+    """How an ended job's end reads, and the exit status jw gives it."""
+
+    LOST = {
+        "status": "FAILED",
+        "exit_code": None,
+        "signal": None,
+        "stopped_by": None,
+        "error": "the worker restarted while the job ran",
+        "started_at": "2026-12-01T20:00:00.000Z",
+        "pid": 4242,
+    }
+
+    def test_aJobLostToACrashRan(self) -> None:
+        """
+        A job the server's crash took (it ran: a start, a pid, output) ended
+        without an exit status, and jw exits 255 for it, as ssh does for a
+        lost connection; it read "never ran" and exited 127, "could not
+        start".
+        """
+        self.assertEqual(
+            outcome(self.LOST),
+            "ended without an exit status: the worker restarted while the job ran",
+        )
+        self.assertEqual(exitStatusOf(self.LOST), EXIT_STATUS_LOST)
+        self.assertEqual(EXIT_STATUS_LOST, 255)
+
+    def test_aJobThatNeverStarted(self) -> None:
+        """A job that could not start never ran: 127."""
+        job = {**self.LOST, "started_at": None, "pid": None, "error": "cannot start"}
+        self.assertEqual(outcome(job), "never ran: cannot start")
+        self.assertEqual(exitStatusOf(job), 127)
+
+    def test_dependenciesReadAsAList(self) -> None:
+        """after and after_ok read as ids, not as a Python list's repr."""
+        job = {
+            **self.LOST,
+            "id": "c0ffee",
+            "status": "PENDING",
+            "command": "true",
+            "args": [],
+            "owner": "alice",
+            "after_ok": ["a1", "b2"],
+            "after": [],
+        }
+        lines = jobLines(job, 0.0).splitlines()
+        self.assertIn("after_ok: a1, b2", [" ".join(line.split()) for line in lines])
+        self.assertNotIn("[", jobLines(job, 0.0))

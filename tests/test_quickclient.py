@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.bodies import bodyPieces
 from jobworker.client.quick import tlsContext
+from jobworker.tlserrors import TLSConfigError
 
 from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment
 
@@ -45,6 +46,25 @@ class TrustTests(SynchronousTestCase):
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
         self.assertEqual(context.minimum_version, ssl.TLSVersion.TLSv1_3)
+
+    def test_aFileThatIsNotPEM(self) -> None:
+        """
+        A CA file that is not text (random bytes, a README with accents) is
+        "holds no PEM certificate" (exit 2), not an unexpected TypeError;
+        a PEM file with a non-ASCII comment before its certificate is used.
+        """
+        for content in (bytes(range(256)), "Société générale\n".encode()):
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(content)
+            error = self.assertRaises(TLSConfigError, tlsContext, path)
+            self.assertEqual(str(error), f"{path} holds no PEM certificate")
+        path = self.mktemp()
+        with open(CA, "rb") as f:
+            pem = f.read()
+        with open(path, "wb") as f:
+            f.write("# Autorité de certification\n".encode() + pem)
+        self.assertEqual(len(tlsContext(path).get_ca_certs()), 1)
 
 
 class _Response:
@@ -301,8 +321,10 @@ class FollowTests(JWAssertions, TestCase):
     async def test_interruptsStopThenDetach(self) -> None:
         """
         SIGINT stops the followed job (exit 130, STOPPED: test_cli); with a
-        job that ignores TERM, SIGTERM starts the stop and a SIGHUP leaves
-        the job running, exit 130, saying how to come back.
+        job that ignores TERM, SIGTERM starts the stop (with TERM: the
+        signal jw got) and a SIGHUP stops following, exit 143 (the first
+        signal's, as a shell's), saying the stop goes on: the job is still
+        running until its grace ends (it said "left job running").
         """
         server = LiveServer(self, grace=8.0)
         process = subprocess.Popen(
@@ -321,11 +343,13 @@ class FollowTests(JWAssertions, TestCase):
         process.send_signal(signal.SIGTERM)
         stopping = await deferToThread(process.stderr.readline)
         self.assertIn(b"SIGTERM: stopping job", stopping)
+        self.assertIn(b"with TERM", stopping)
         process.send_signal(signal.SIGHUP)
         code = await deferToThread(process.wait, 60)
         err = process.stderr.read()
-        self.assertEqual(code, 130, err)
-        self.assertIn(f"SIGHUP: left job {jobId} running".encode(), err)
-        self.assertIn(f"jw logs -f {jobId}".encode(), err)
+        self.assertEqual(code, 143, err)
+        self.assertIn(f"SIGHUP: no longer following job {jobId}".encode(), err)
+        self.assertIn(b"its stop goes on", err)
+        self.assertIn(f"jw status {jobId}".encode(), err)
         self.assertNotIn(b"Traceback", err)
         self.assertEqual(server.manager.record(jobId).status.value, "RUNNING")

@@ -19,9 +19,17 @@ from .errors import ClientError
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
 EXIT_CANNOT_START = 127
 
+#: Exit status for a job that ran but whose end is not known (the server
+#: crashed under it), as ssh exits 255 when its connection is lost.
+EXIT_STATUS_LOST = 255
+
 
 def exitStatusOf(job: dict[str, Any]) -> int:
-    """The shell-style exit status of an ended job: its code, 128+signal, or 127."""
+    """
+    The shell-style exit status of an ended job: its code, 128+signal, 127
+    if it never started, L{EXIT_STATUS_LOST} if it ran but its end is not
+    known (the server's crash took it).
+    """
     if job.get("exit_code") is not None:
         return int(job["exit_code"])
     name = job.get("signal")
@@ -30,7 +38,12 @@ def exitStatusOf(job: dict[str, Any]) -> int:
             return 128 + int(_signal.Signals[name])
         except KeyError:
             return 128
-    return EXIT_CANNOT_START
+    return EXIT_STATUS_LOST if started(job) else EXIT_CANNOT_START
+
+
+def started(job: dict[str, Any]) -> bool:
+    """Did the job's process start (whatever became of it)?"""
+    return job.get("started_at") is not None or job.get("pid") is not None
 
 
 def errorFor(code: int, raw: bytes) -> ClientError:

@@ -97,7 +97,7 @@ async def run(
         return await command
     except Exception as e:
         if interrupts.count and isinstance(e, CancelledError):
-            return EXIT_INTERRUPTED  # stopped on request: nothing more to say
+            return interrupts.status  # stopped on request: nothing more to say
         return report(e, streams)
 
 
@@ -208,7 +208,7 @@ def quickRun(
             )
         )
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return interrupts.status
     except Exception as e:
         return report(e, streams)
 

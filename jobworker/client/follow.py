@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,8 +30,14 @@ STREAMS = ("stdout", "stderr")
 #: C{logs}, C{job}, C{pause}, C{another} and C{concurrently}.
 Client = Any
 
-#: How often a follower reconnects after its stream broke off.
-FOLLOW_RETRIES = 5
+#: How often a follower reconnects after its stream broke off, pausing
+#: 0.2 s longer each time, up to L{FOLLOW_PAUSE_MAX}: about 11 s in all,
+#: what a server's restart takes (a crash: the job's end is read after it);
+#: and for no longer than L{RESUME_FOR} seconds in all (attempts that time
+#: out on a dead link take seconds each).
+FOLLOW_RETRIES = 10
+FOLLOW_PAUSE_MAX = 2.0
+RESUME_FOR = 12.0
 
 
 async def resuming(
@@ -41,11 +48,13 @@ async def resuming(
     """
     Run C{attempt} until it completes; when the connection broke (no HTTP
     answer), run it again after a short, growing pause, up to
-    L{FOLLOW_RETRIES} times in a row. Each attempt resumes where the last
-    one left; one that got somewhere (C{progress()} changed: a follow of
-    days over a flaky link) starts a new count.
+    L{FOLLOW_RETRIES} times in a row and for L{RESUME_FOR} seconds. Each
+    attempt resumes where the last one left; one that got somewhere
+    (C{progress()} changed: a follow of days over a flaky link) starts a new
+    count.
     """
     failures = 0
+    brokeAt: float | None = None
     while True:
         before = progress()
         try:
@@ -54,12 +63,13 @@ async def resuming(
         except ClientError as e:
             if e.status is not None:
                 raise
-            if progress() != before:
-                failures = 0
-            if failures >= FOLLOW_RETRIES:
+            now = time.monotonic()
+            if progress() != before or brokeAt is None:
+                failures, brokeAt = 0, now
+            if failures >= FOLLOW_RETRIES or now - brokeAt >= RESUME_FOR:
                 raise
         failures += 1
-        await client.pause(0.2 * failures)
+        await client.pause(min(0.2 * failures, FOLLOW_PAUSE_MAX))
 
 
 async def followCombined(

@@ -22,11 +22,30 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.count = 0
+        #: The first interrupt's name (C{SIGINT}, ...), once one came.
+        self.first: str | None = None
         self._default: Callable[[str], None] | None = None
         self._handler: Callable[[str], None] | None = None
         self._queued: list[str] = []
         #: Whether signals wait for L{dispatch} (L{installWithoutReactor}).
         self.queueing = False
+
+    def _count(self, name: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = name
+
+    @property
+    def status(self) -> int:
+        """
+        The exit status of a command the interrupts ended, as a shell's for
+        a command a signal ended: 128 + the first one's number (130 for
+        Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+        """
+        try:
+            return 128 + signal.Signals[self.first or "SIGINT"].value
+        except KeyError:
+            return 128 + signal.SIGINT
 
     def handle(self, handler: Callable[[str], None] | None) -> None:
         """
@@ -45,7 +64,7 @@ class Interrupts:
 
     def fire(self, name: str) -> None:
         """An interrupt came (C{name}: C{SIGINT}, ...); tests call this."""
-        self.count += 1
+        self._count(name)
         handler = self._handler or self._default
         if handler is not None:
             handler(name)
@@ -72,7 +91,7 @@ class Interrupts:
         def onSignal(number: int, frame: Any) -> None:
             name = signal.Signals(number).name
             if not self.queueing:
-                self.count += 1
+                self._count(name)
                 raise KeyboardInterrupt(name)
             self._queued.append(name)
 

@@ -303,13 +303,19 @@ def _logsOptions(command: Any) -> None:
         json=False,
         help="print a job's output",
         description="Print the job's stdout to stdout and its stderr to "
-        "stderr, in the order the job wrote them. With --follow, until the "
-        "job ends, then exit with its status (130 on Ctrl-C).",
+        "stderr, in the order the server read them from the job's pipes. "
+        "With --follow, until the job ends, then exit with its status (130 "
+        "on Ctrl-C).",
         epilog="example: jw logs --follow --tail 20 $ID",
     )
     logs.add_argument("--follow", "-f", action="store_true", help="wait for more")
     logs.add_argument("--stdout", action="store_true", help="only stdout (raw)")
     logs.add_argument("--stderr", action="store_true", help="only stderr (raw)")
-    logs.add_argument("--offset", type=int, help="start at this byte (one stream)")
+    logs.add_argument(
+        "--offset",
+        type=int,
+        help="start at this byte of stdout (of stderr with --stderr): that "
+        "one stream, raw",
+    )
     logs.add_argument("--tail", type=int, help="start at the last N lines")
     logs.add_argument("id", metavar="ID")

@@ -373,7 +373,8 @@ def tlsContext(
     """
     try:
         with open(caPath, "rb") as f:
-            ca = f.read().decode("ascii", "replace")
+            # PEM is ASCII; text around it need not be (a comment, say).
+            ca = f.read().decode("ascii", "ignore")
     except OSError as e:
         raise TLSConfigError(
             f"cannot read CA certificate {caPath}: {e.strerror}"
@@ -385,7 +386,7 @@ def tlsContext(
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
         context.load_verify_locations(cadata=ca)
-    except (ssl.SSLError, ValueError):
+    except (ssl.SSLError, ValueError, TypeError):
         raise TLSConfigError(f"{caPath} holds no PEM certificate") from None
     if certPath is not None or keyPath is not None:
         if certPath is None or keyPath is None:

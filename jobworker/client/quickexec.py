@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from .failures import EXIT_INTERRUPTED
 from .follow import followOutput
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
@@ -41,7 +40,7 @@ async def quickExec(
     with Background(interrupts) as background:
         job = await createExecJob(options, client, streams, interrupts)
         if job is None:
-            return EXIT_INTERRUPTED
+            return interrupts.status
         jobId: str = job["id"]
         if options.stdin:
             feeder = client.another()
@@ -64,10 +63,10 @@ async def quickExec(
             return 0
         detached: list[bool] = []
 
-        def stop() -> None:
+        def stop(signal: str) -> None:
             stopper = client.another()
             background.start(
-                lambda: drive(stopper.stop(jobId)),
+                lambda: drive(stopper.stop(jobId, signal)),
                 onError=lambda e: streams.say(f"jw: could not stop: {e}"),
             )
 
@@ -88,7 +87,7 @@ async def quickExec(
         finally:
             interrupts.handle(None)
         if detached:
-            return EXIT_INTERRUPTED  # the follower is left to the exit
+            return interrupts.status  # the follower is left to the exit
         end = following.outcome()
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)

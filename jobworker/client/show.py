@@ -7,6 +7,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import Any
 
+from .calls import started
 from .streams import printable
 
 #: Record fields a person does not need to see (internal or repeated:
@@ -105,6 +106,8 @@ def outcome(job: dict[str, Any]) -> str:
         text = f"exited with code {job['exit_code']}"
     elif job.get("signal"):
         text = f"killed by {job['signal']}"
+    elif started(job):
+        text = "ended without an exit status"
     else:
         text = "never ran"
     if job.get("stopped_by"):
@@ -133,6 +136,8 @@ def _value(key: str, value: Any, now: float) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)  # after, after_ok
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
     return str(value)

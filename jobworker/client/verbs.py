@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..units import parseSize
 from .calls import exitStatusOf
 from .errors import ClientError
-from .failures import EXIT_INTERRUPTED, BadArguments, UsageFailure
+from .failures import BadArguments, UsageFailure
 from .interrupts import Interrupts
 from .parser import SLURM_COUNTS, SLURM_TEXTS
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     #: Either client: the helpers of C{exec} serve both.
     AnyClient = JobworkerClient | QuickClient
-from .show import jobLines, jobTable, jsonLine
+from .show import jobLines, jobTable, jsonLine, outcome
 from .streams import Streams
 
 Verb = Callable[[argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]]
@@ -246,26 +246,51 @@ def execInterrupted(
     streams: Streams,
     interrupts: Interrupts,
     leave: Callable[[], None],
-    stop: Callable[[], None],
+    stop: Callable[[str], None],
 ) -> Callable[[str], None]:
     """
     What an interrupt does while C{jw exec} follows its job: the first
-    L{stop}s the job (jw waits for its end); a second, or the first with
-    C{--detach-on-interrupt}, L{leave}s it running and says how to come back.
+    L{stop}s the job with the same signal (Ctrl-C: SIGINT, as a local
+    command gets it; then KILL after the server's grace), and jw waits for
+    its end; a second stops following (the stop goes on); the first with
+    C{--detach-on-interrupt} L{leave}s the job running, saying how to come
+    back.
     """
 
     def interrupted(name: str) -> None:
-        if options.detach_on_interrupt or interrupts.count > 1:
+        if options.detach_on_interrupt:
             streams.say(
-                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}"
-                f" , jw stop {jobId}"
+                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}, "
+                f"jw stop {jobId}"
             )
             leave()
             return
-        streams.say(f"jw: {name}: stopping job {jobId} (again to leave it running)")
-        stop()
+        if interrupts.count > 1:
+            streams.say(
+                f"jw: {name}: no longer following job {jobId}; its stop goes on "
+                f"(KILL after the server's grace): jw status {jobId}"
+            )
+            leave()
+            return
+        signal = STOP_SIGNALS.get(name, "TERM")
+        streams.say(
+            f"jw: {name}: stopping job {jobId} with {signal} (again to stop following)"
+        )
+        stop(signal)
 
     return interrupted
+
+
+#: The signal a stop sends for each interrupt of C{jw exec --follow}: the
+#: one jw got.
+STOP_SIGNALS = {"SIGINT": "INT", "SIGTERM": "TERM", "SIGHUP": "HUP"}
+
+
+def sayStopped(final: dict[str, Any], streams: Streams) -> None:
+    """A followed job that someone else stopped (another client, the
+    server's shutdown): one line saying so, not a bare exit status."""
+    if final["status"] == "STOPPED":
+        streams.say(f"jw: job {final['id']}: {outcome(final)}")
 
 
 def execOutput(options: argparse.Namespace, streams: Streams) -> Streams:
@@ -285,10 +310,12 @@ def execEnded(
     """The followed job has ended as C{final}: say how; the exit status."""
     if final["error"] and final["status"] == "FAILED" and final["exit_code"] is None:
         streams.say(f"jw: job {final['id']}: {final['error']}")
+    elif not interrupts.count:
+        sayStopped(final, streams)
     if options.json:
         streams.show(jsonLine(final))
     if interrupts.count:
-        return EXIT_INTERRUPTED
+        return interrupts.status
     return exitStatusOf(final)
 
 
@@ -304,7 +331,7 @@ async def doExec(
 
     job = await createExecJob(options, client, streams, interrupts)
     if job is None:
-        return EXIT_INTERRUPTED
+        return interrupts.status
     jobId = job["id"]
     feeding = (
         ensureDeferred(
@@ -330,8 +357,8 @@ async def doExec(
         state["detached"] = True
         following.cancel()
 
-    def stop() -> None:
-        stopping = ensureDeferred(client.stop(jobId))
+    def stop(signal: str) -> None:
+        stopping = ensureDeferred(client.stop(jobId, signal))
         stopping.addErrback(lambda f: streams.say(f"jw: could not stop: {f.value}"))
 
     interrupts.handle(execInterrupted(options, jobId, streams, interrupts, leave, stop))
@@ -339,7 +366,7 @@ async def doExec(
         end = await following
     except CancelledError:
         if state["detached"]:
-            return EXIT_INTERRUPTED
+            return interrupts.status
         raise
     finally:
         interrupts.handle(None)
@@ -496,7 +523,9 @@ async def doLogs(
     end = await followOutput(client, jobId, streams, options.follow, options.tail)
     if not options.follow:
         return 0
-    return exitStatusOf(end if end is not None else await client.job(jobId))
+    final = end if end is not None else await client.job(jobId)
+    sayStopped(final, streams)
+    return exitStatusOf(final)
 
 
 async def doWait(
