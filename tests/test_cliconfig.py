@@ -14,6 +14,7 @@ from jobworker.client.config import (
     DEV_CA,
     ConfigError,
     caInUse,
+    checkServer,
     configPath,
     readConfig,
     resolve,
@@ -215,3 +216,27 @@ class ConfigCommandTests(TestCase):
         )
         self.assertRegex(row, r"RUNNING|COMPLETED")
         self.assertRegex(row, r"\s\d+s\s")
+
+
+class ServerURLTests(SynchronousTestCase):
+    """What a server URL may be: https, a host, a port; nothing else."""
+
+    def test_badPortNamesTheURL(self) -> None:
+        """A port that is not a number is refused naming the URL (it said
+        "Port could not be cast to integer value", naming nothing)."""
+        for url in ("https://localhost:notaport", "https://localhost:99999"):
+            error = self.assertRaises(ConfigError, checkServer, url)
+            self.assertIn(repr(url), str(error))
+
+    def test_aPathIsRefused(self) -> None:
+        """A path, query or fragment is refused: jw would drop it silently
+        (every request goes to /jobs... on the host)."""
+        for url in ("https://localhost:8443/sub/path", "https://h/?x=1", "https://h#f"):
+            error = self.assertRaises(ConfigError, checkServer, url)
+            self.assertIn("no path", str(error))
+        for url in (
+            "https://localhost:8443",
+            "https://localhost:8443/",
+            "https://[::1]",
+        ):
+            checkServer(url)

@@ -227,6 +227,11 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
             error = self.failureResultOf(d, TooManyRequests).value
             assert isinstance(error, TooManyRequests)
             self.assertGreaterEqual(error.retryAfter, 1)
+            # The wait, in the message a person reads too (not "later").
+            self.assertEqual(
+                error.message,
+                f"too many failed logins: retry in {error.retryAfter} s",
+            )
         self.held.release()
         for d in results:
             if d not in refused:

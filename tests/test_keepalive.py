@@ -23,7 +23,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jobworker.client.errors import ClientError
+from jobworker.client.config import ConfigError
 from jobworker.client.quick import KEEPALIVE, keepAliveSeconds
 from jobworker.keepalive import parseSeconds
 
@@ -89,7 +89,8 @@ class SettingTests(TestCase):
         self.assertEqual(keepAliveSeconds({}), KEEPALIVE)
         self.assertEqual(keepAliveSeconds({"JW_KEEPALIVE": "7"}), 7)
         for bad in ("0", "-1", "1.5", "x", "32768", "86400"):
-            with self.assertRaises(ClientError) as caught:
+            # A setting: exit 2, as every bad setting (it was 1).
+            with self.assertRaises(ConfigError) as caught:
                 keepAliveSeconds({"JW_KEEPALIVE": bad})
             self.assertIn("JW_KEEPALIVE must be whole seconds", str(caught.exception))
         self.assertEqual(parseSeconds("32767", "x"), 32767)  # MAX_TCP_KEEPIDLE

@@ -344,8 +344,9 @@ class Authenticator:
         if wait > 0:
             if self._audit is not None:
                 self._audit.record("auth.throttled", name, client, "refused")
+            seconds = math.ceil(wait)
             raise TooManyRequests(
-                "too many failed logins: retry later", retryAfter=math.ceil(wait)
+                f"too many failed logins: retry in {seconds} s", retryAfter=seconds
             )
 
     async def authenticate(self, request: IRequest, allowToken: bool = True) -> User:

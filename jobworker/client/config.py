@@ -145,10 +145,19 @@ def checkServer(server: str) -> str:
     try:
         parts = urlsplit(server)
         host, usable = parts.hostname, parts.scheme == "https"
+        parts.port  # noqa: B018 (it checks the port: ValueError)
     except ValueError:
         host, usable = None, False
     if not usable or not host:
-        raise ConfigError(f"server must be an https:// URL, not {server!r}")
+        raise ConfigError(
+            f"server must be an https:// URL with a host and a port number, "
+            f"not {server!r}"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"server must be an https:// URL with no path, not {server!r} "
+            "(every request goes to the host's /jobs...)"
+        )
     return host
 
 

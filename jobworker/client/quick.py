@@ -28,6 +28,7 @@ from ..keepalive import keepAlive, parseSeconds
 from ..tlserrors import TLSConfigError
 from .bodies import bodyPieces
 from .calls import ApiCalls, checkServer, errorFor, eventsRequest, logsPath, segment
+from .config import ConfigError
 from .errors import ClientError
 from .workers import startThread
 
@@ -44,14 +45,14 @@ KEEPALIVE = 30
 
 
 def keepAliveSeconds(environ: dict[str, str]) -> int:
-    """C{JW_KEEPALIVE}, else L{KEEPALIVE}. @raise ClientError: not seconds."""
+    """C{JW_KEEPALIVE}, else L{KEEPALIVE}. @raise ConfigError: not seconds."""
     text = environ.get("JW_KEEPALIVE")
     if not text:
         return KEEPALIVE
     try:
         return parseSeconds(text, "JW_KEEPALIVE")
     except ValueError as e:
-        raise ClientError(str(e)) from None
+        raise ConfigError(str(e)) from None
 
 
 class KeptAliveConnection(http.client.HTTPSConnection):
