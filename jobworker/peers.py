@@ -21,7 +21,8 @@ def clientKey(host: str) -> str:
         one: any local process, another user's job among them, may connect
         from any of its 16 million addresses;
       - an IPv6 address counts as its /64, the smallest network a site is
-        given (whose owner picks any address in it);
+        given (whose owner picks any address in it), but for a link-local
+        one (C{fe80::/64} is every link's prefix);
       - any other address is itself.
     The same key for the same client, whatever form it came in (so it may be
     applied twice).
@@ -42,4 +43,6 @@ def _ipv6Key(host: str) -> str:
         return clientKey(str(mapped))
     if address.is_loopback:
         return LOOPBACK
+    if address.is_link_local:
+        return host  # fe80::/64 is every link's: the address (and scope) itself
     return str(ipaddress.IPv6Network((address, 64), strict=False))

@@ -7,6 +7,7 @@ with a full queue.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import uuid
@@ -18,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.auth.permissions import PERMISSIONS, Permission, Role, Scope
 from jobworker.errors import (
     BadRequest,
+    CannotStartNow,
     Conflict,
     TooManyRequests,
 )
@@ -219,6 +221,59 @@ class ManagerQueueTests(SynchronousTestCase):
         self.reactor.advance(DISPATCH_RETRY)
         self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
 
+    def test_noDescriptorForTheUidLockKeepsTheJobQueued(self) -> None:
+        """
+        The uid pool's lock file cannot be opened when a queued job's turn
+        comes (EMFILE): the job stays queued and starts at the next try (the
+        OSError escaped the dispatch, and the job was in no queue any more).
+        """
+        manager = self.manager(maxRunning=1)
+        executor = manager._executor
+        acquire = executor._identities.acquire
+        short: list[bool] = []
+
+        def pool(account: Any) -> Any:
+            if short:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return acquire(account)
+
+        self.patch(executor._identities, "acquire", pool)
+        short.append(True)  # a new job: a 503, nothing stored
+        error = self.assertRaises(CannotStartNow, manager.create, self.request(), "bob")
+        self.assertIn(os.strerror(errno.EMFILE), error.message)
+        self.assertEqual(manager.page()[0], [])
+        short.clear()
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        self.assertIn(queued.id, manager._scheduler.queue)
+        short.clear()
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+
+    def test_anUnforeseenErrorAtDispatchKeepsTheJobQueued(self) -> None:
+        """Whatever a queued job's start raises, the job stays queued (it was
+        out of the queue for good) and is tried again; the error is logged."""
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        queued = manager.create(self.request(), "alice")
+        start = manager._scheduler._start
+        calls: list[str] = []
+
+        def once(waiting: Any) -> bool:
+            calls.append(waiting.jobId)
+            if len(calls) == 1:
+                raise RuntimeError("unforeseen")
+            return bool(start(waiting))
+
+        self.patch(manager._scheduler, "_start", once)
+        self.end(manager, first.id)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn(queued.id, manager._scheduler.queue)
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+
     def test_unreadableStoreAtDispatchKeepsTheJobQueued(self) -> None:
         """
         The store cannot be read when a queued job's turn comes: the job
@@ -267,6 +322,11 @@ class ManagerQueueTests(SynchronousTestCase):
         self.patch(manager._store, "get", unreadable)
         self.end(manager, first.id, 1)
         self.assertNoResult(ended)
+        # Still queued (held, never started): to stop, and to wait for.
+        self.assertIn(strict.id, manager._scheduler.queue)
+        self.assertNoResult(manager.whenEnded(strict.id))
+        self.reactor.advance(DISPATCH_RETRY)  # still unreadable: still held
+        self.assertIn(strict.id, manager._scheduler.queue)
         broken.clear()
         self.reactor.advance(DISPATCH_RETRY)
         failed = self.successResultOf(ended)

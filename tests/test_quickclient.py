@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import os
 import signal
 import ssl
 import subprocess
@@ -24,7 +25,8 @@ from twisted.protocols.portforward import (
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.bodies import bodyPieces
-from jobworker.client.quick import tlsContext
+from jobworker.client.errors import ClientError
+from jobworker.client.quick import QuickClient, drive, tlsContext
 from jobworker.tlserrors import TLSConfigError
 
 from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment
@@ -204,6 +206,32 @@ class CuttingProxy(ProxyFactory):
         return f"https://localhost:{listening.getHost().port}"
 
 
+class PrefixTests(TestCase):
+    """A server URL's path is the API's prefix (a reverse proxy's)."""
+
+    async def test_thePathIsSent(self) -> None:
+        """
+        Every request goes to the URL's path + the route: through a proxy
+        that serves the API under /api/, jw works as the Twisted client did
+        (the standard-library client dropped the path). Here the server
+        itself has no /api/, so the prefix shows as its 404.
+        """
+        server = LiveServer(self)
+
+        def listed(url: str) -> int:
+            client = QuickClient(url, tlsContext(CA), "alice", "alice-pass")
+            try:
+                drive(client.listJobs())
+            except ClientError as e:
+                return e.status or 0
+            finally:
+                drive(client.close())
+            return 200
+
+        self.assertEqual(await deferToThread(listed, server.url + "/"), 200)
+        self.assertEqual(await deferToThread(listed, server.url + "/api/"), 404)
+
+
 class FollowTests(JWAssertions, TestCase):
     """
     C{jw exec --follow}, C{jw logs -f} and C{jw wait} as the real C{jw}
@@ -318,12 +346,49 @@ class FollowTests(JWAssertions, TestCase):
                 self.assertEqual(result.stdout, seq(150000))
             self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
 
+    async def test_aClosedStdoutStopsTheJob(self) -> None:
+        """
+        jw exec -f ... | head: once our reader is gone, the job is stopped
+        and jw exits with the SIGPIPE status, as over ssh the remote command
+        dies at its next write; it ran on, unread, for ever.
+        """
+        server = LiveServer(self)
+        read, write = os.pipe()
+        process = subprocess.Popen(
+            [
+                JW,
+                "exec",
+                "-f",
+                "--",
+                "sh",
+                "-c",
+                "while :; do echo y; sleep 0.01; done",
+            ],
+            env=jwEnvironment(server.url),
+            stdin=subprocess.DEVNULL,
+            stdout=write,
+            stderr=subprocess.PIPE,
+        )
+        os.close(write)
+        self.addCleanup(process.kill)
+        with os.fdopen(read, "rb") as reader:
+            self.assertEqual(await deferToThread(reader.readline), b"y\n")
+        code = await deferToThread(process.wait, 60)
+        assert process.stderr is not None
+        err = process.stderr.read()
+        self.assertEqual(code, 141, err)
+        jobId = err.split()[2].decode()
+        self.assertIn(f"jw: stdout closed: stopping job {jobId}".encode(), err)
+        self.assertNotIn(b"Traceback", err)
+        job = await server.waitEnded(jobId)
+        self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
+
     async def test_interruptsStopThenDetach(self) -> None:
         """
         SIGINT stops the followed job (exit 130, STOPPED: test_cli); with a
         job that ignores TERM, SIGTERM starts the stop (with TERM: the
         signal jw got) and a SIGHUP stops following, exit 143 (the first
-        signal's, as a shell's), saying the stop goes on: the job is still
+        signal's, as a shell's), saying a stop was asked for: the job is still
         running until its grace ends (it said "left job running").
         """
         server = LiveServer(self, grace=8.0)
@@ -349,7 +414,7 @@ class FollowTests(JWAssertions, TestCase):
         err = process.stderr.read()
         self.assertEqual(code, 143, err)
         self.assertIn(f"SIGHUP: no longer following job {jobId}".encode(), err)
-        self.assertIn(b"its stop goes on", err)
+        self.assertIn(b"a stop was asked for", err)
         self.assertIn(f"jw status {jobId}".encode(), err)
         self.assertNotIn(b"Traceback", err)
         self.assertEqual(server.manager.record(jobId).status.value, "RUNNING")

@@ -150,13 +150,12 @@ def checkServer(server: str) -> str:
         host, usable = None, False
     if not usable or not host:
         raise ConfigError(
-            f"server must be an https:// URL with a host and a port number, "
-            f"not {server!r}"
+            f"server must be an https:// URL with a host (and a port number, "
+            f"if any), not {server!r}"
         )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.query or parts.fragment:
         raise ConfigError(
-            f"server must be an https:// URL with no path, not {server!r} "
-            "(every request goes to the host's /jobs...)"
+            f"server must be an https:// URL with no query or fragment, not {server!r}"
         )
     return host
 

@@ -127,6 +127,8 @@ class QuickClient(ApiCalls):
         self.reactor = QuickClock()
         self._context = context
         parts = urlsplit(self.server)
+        #: The API's path on its host (a reverse proxy's prefix), or "".
+        self._prefix = parts.path
         self._connection = KeptAliveConnection(
             parts.hostname or "",
             parts.port or 443,
@@ -241,7 +243,9 @@ class QuickClient(ApiCalls):
                     if self._connection.sock is None:
                         self._connection.connect()
                     self._connection.sock.settimeout(None)
-                self._connection.request(method, path, body=data, headers=allHeaders)
+                self._connection.request(
+                    method, self._prefix + path, body=data, headers=allHeaders
+                )
                 response = self._connection.getresponse()
             except (ConnectionResetError, BrokenPipeError) as e:
                 # RemoteDisconnected is a ConnectionResetError.

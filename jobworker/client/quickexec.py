@@ -20,6 +20,7 @@ from .verbs import (
     execInterrupted,
     execOutput,
     feedStdin,
+    stopUnread,
 )
 from .workers import Background
 
@@ -88,6 +89,10 @@ async def quickExec(
             interrupts.handle(None)
         if detached:
             return interrupts.status  # the follower is left to the exit
-        end = following.outcome()
+        try:
+            end = following.outcome()
+        except BrokenPipeError:
+            await stopUnread(client, jobId, streams)
+            raise
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)

@@ -252,7 +252,8 @@ def execInterrupted(
     What an interrupt does while C{jw exec} follows its job: the first
     L{stop}s the job with the same signal (Ctrl-C: SIGINT, as a local
     command gets it; then KILL after the server's grace), and jw waits for
-    its end; a second stops following (the stop goes on); the first with
+    its end; a second stops following (the stop asked for is not taken
+    back); the first with
     C{--detach-on-interrupt} L{leave}s the job running, saying how to come
     back.
     """
@@ -267,8 +268,8 @@ def execInterrupted(
             return
         if interrupts.count > 1:
             streams.say(
-                f"jw: {name}: no longer following job {jobId}; its stop goes on "
-                f"(KILL after the server's grace): jw status {jobId}"
+                f"jw: {name}: no longer following job {jobId}; a stop was asked "
+                f"for (KILL after the server's grace): jw status {jobId}"
             )
             leave()
             return
@@ -284,6 +285,23 @@ def execInterrupted(
 #: The signal a stop sends for each interrupt of C{jw exec --follow}: the
 #: one jw got.
 STOP_SIGNALS = {"SIGINT": "INT", "SIGTERM": "TERM", "SIGHUP": "HUP"}
+
+
+async def stopUnread(client: AnyClient, jobId: str, streams: Streams) -> None:
+    """
+    Our stdout was closed under C{jw exec -f} (C{| head}): stop the job,
+    as a remote command over ssh dies of SIGPIPE at its next write, rather
+    than leave it running unread. jw then exits with the SIGPIPE status.
+    """
+    try:
+        streams.say(f"jw: stdout closed: stopping job {jobId}")
+    except BrokenPipeError:
+        pass
+    try:
+        await client.stop(jobId)
+    except ClientError as e:
+        if e.status != 409:  # 409: it ended meanwhile
+            streams.say(f"jw: could not stop job {jobId}: {e}")
 
 
 def sayStopped(final: dict[str, Any], streams: Streams) -> None:
@@ -367,6 +385,9 @@ async def doExec(
     except CancelledError:
         if state["detached"]:
             return interrupts.status
+        raise
+    except BrokenPipeError:
+        await stopUnread(client, jobId, streams)
         raise
     finally:
         interrupts.handle(None)
@@ -517,7 +538,9 @@ async def doLogs(
         write, offset = streams.writer("stdout"), options.offset or 0
         if options.follow:
             await followStream(client, jobId, stream, write, offset, options.tail)
-            return exitStatusOf(await client.job(jobId))
+            final = await client.job(jobId)
+            sayStopped(final, streams)
+            return exitStatusOf(final)
         await client.logs(jobId, write, stream, offset, tail=options.tail)
         return 0
     end = await followOutput(client, jobId, streams, options.follow, options.tail)

@@ -20,7 +20,7 @@
  *     folder made with mode 0755 first where asked). With option p the
  *     launcher forks first, as unshare --fork --kill-child does: the child
  *     is PID 1 of the new namespace and goes on (its /proc mount shows that
- *     namespace); the parent ignores SIGINT and SIGTERM (from its start:
+ *     namespace); the parent ignores a stop's signals (from its start:
  *     the child takes the defaults back), waits for it and
  *     exits as it did (same status, or same signal), and if the parent
  *     dies the child is killed (PR_SET_PDEATHSIG);
@@ -239,7 +239,7 @@ static void ownSessionKeyring(void) {
  * restrict_self; its ruleset's third field (ABI 6), scoped, bit 0. */
 static void ownAbstractSockets(void) {
     uint64_t ruleset[3] = {0, 0, 1};
-    if (syscall(444, NULL, 0, 1U) < 6)
+    if (syscall(444, NULL, (size_t)0, 1U) < 6)
         return;  /* no Landlock, not enabled, or too old: shared, as before */
     long fd = syscall(444, ruleset, sizeof ruleset, 0U);
     if (fd < 0 || syscall(446, (int)fd, 0U) != 0)
@@ -344,6 +344,7 @@ static void becomeJob(uid_t uid, gid_t gid, size_t count) {
  * new namespace, the read end of a pipe the parent holds (see
  * dieWithParent); the parent waits for it and exits as it did, as
  * unshare --fork --kill-child does. */
+static const int stopSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM};
 static int becomeInit(void) {
     int alive[2];
     if (pipe2(alive, O_CLOEXEC) != 0)
@@ -353,8 +354,8 @@ static int becomeInit(void) {
         die(SETUP_FAILED, "fork", NULL, errno);
     if (child == 0) {
         close(alive[1]);
-        signal(SIGINT, SIG_DFL);  /* ignored since main (see there) */
-        signal(SIGTERM, SIG_DFL);
+        for (size_t i = 0; i < sizeof stopSignals / sizeof *stopSignals; i++)
+            signal(stopSignals[i], SIG_DFL);  /* ignored since launch() */
         return alive[0];
     }
     close(alive[0]);
@@ -407,15 +408,12 @@ static int launch(int argc, char **argv) {
         else if (*c == 'k') keys = 0;
         else usage("bad OPTIONS", options);
     }
-    /* With a PID namespace, a stop's SIGTERM (and SIGINT) is for the job,
-     * PID 1, which gets it only if it handles it; this process waits and
-     * ends as the job does. Ignored from here on, so a stop that comes
-     * while the namespace is being made is not taken for the job's end;
-     * SIGKILL of the group ends everything. */
-    if (pidNamespace) {
-        signal(SIGINT, SIG_IGN);
-        signal(SIGTERM, SIG_IGN);
-    }
+    /* With a PID namespace, a stop's signal is for the job, PID 1, which
+     * gets it only if it handles it; this process waits and ends as the job
+     * does. Ignored from here on (a stop while the namespace is being made
+     * is not the job's end); SIGKILL of the group ends everything. */
+    for (size_t i = 0; pidNamespace && i < sizeof stopSignals / sizeof *stopSignals; i++)
+        signal(stopSignals[i], SIG_IGN);
     if (*options == '\0' || *start != '/' || (gateEnvironment && !gate))
         usage("bad OPTIONS or START", NULL);
     uid_t uid = (uid_t)number(argv[3], MAX_ID, "bad UID");

@@ -82,6 +82,9 @@ class Admission:
     def _storeFinal(self, record: JobRecord) -> None:
         raise NotImplementedError  # the manager's
 
+    def _storeOrKeep(self, record: JobRecord, what: str) -> None:
+        raise NotImplementedError  # the manager's
+
     def create(
         self, request: JobRequest, owner: str, account: Identity | None = None
     ) -> JobRecord:
@@ -298,9 +301,10 @@ class Admission:
         executor = self._executor
         try:
             identity = executor.identityFor(record.owner, waiting.account)
-        except TooManyRequests:
+        except (TooManyRequests, CannotStartNow):
             # A uid comes back once nothing of its last job is left: that
-            # may be after the end that called this.
+            # may be after the end that called this. (Or no descriptor
+            # was left to take one.)
             self._dispatchLater()
             return False
         request = JobRequest(
@@ -322,6 +326,13 @@ class Admission:
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
             return True
         queuedAs = (record.env, record.run_as)
+
+        def requeue() -> None:
+            # (The record may be the one kept in memory: see _storeOrKeep.)
+            record.env, record.run_as = queuedAs
+            record.status = JobStatus.PENDING
+            record.queued = True
+
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
         record.status = JobStatus.RUNNING
@@ -334,6 +345,7 @@ class Admission:
             self._store.update(record)
         except StoreError as e:
             executor.release(identity)
+            requeue()
             self.log.error(
                 "job {job} stays queued: {error}", job=record.id, error=str(e)
             )
@@ -346,13 +358,11 @@ class Admission:
         except CannotStartNow as e:
             # The server's trouble, not the job's: it waits its turn again.
             self._metrics.spawnFailures.inc()
-            record.env, record.run_as = queuedAs
-            record.status = JobStatus.PENDING
-            record.queued = True
+            requeue()
             self.log.warn(
                 "job {job} stays queued: {error}", job=record.id, error=e.message
             )
-            self._save(record)
+            self._storeOrKeep(record, "stays queued")
             self._dispatchLater()
             return False
         self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))

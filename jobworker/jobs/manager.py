@@ -192,14 +192,23 @@ class JobManager(Admission):
         RUNNING (or queued): keep the final record as the truth (the API
         answers from it) and write it again until the store takes it.
         """
+        self._storeOrKeep(record, f"ended {record.status.value}")
+
+    def _storeOrKeep(self, record: JobRecord, what: str) -> None:
+        """
+        Store C{record} (the job C{what}: "ended FAILED", "stays queued");
+        if the store refuses, the record in memory stays the truth, for the
+        API and for the job's next start (L{_stored}), and is written again
+        until the store takes it.
+        """
         try:
             self._store.update(record)
         except StoreError as e:
             self.log.error(
-                "job {job} ended {status} but {error}: kept in memory, "
-                "written again until the store takes it",
+                "job {job} {what} but {error}: kept in memory, written again "
+                "until the store takes it",
                 job=record.id,
-                status=record.status.value,
+                what=what,
                 error=str(e),
             )
             self._unsaved[record.id] = record
@@ -271,7 +280,13 @@ class JobManager(Admission):
             return None
 
     def _stored(self, jobId: str) -> JobRecord:
-        """A job's record as the store has it (a queued job's, whole)."""
+        """
+        A job's record as the store has it (a queued job's, whole), or as
+        it is kept until the store takes it (L{_storeOrKeep}).
+        """
+        kept = self._unsaved.get(jobId)
+        if kept is not None:
+            return kept
         record = self._store.get(jobId)
         if record is None:
             raise NotFound("no such job")

@@ -8,13 +8,18 @@ order itself is L{FairQueue}'s; starting a job is the manager's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from .executor import LiveJob
-from .queue import FairQueue, Waiting
+from .queue import NO_JOBS, FairQueue, Waiting
 from .records import JobRecord, JobStatus
 from .store import StoreError
+
+#: What a queued job whose failure could not be recorded yet waits on.
+FAILING = "(its failure, to be recorded)"
 
 
 class Scheduler:
@@ -30,6 +35,8 @@ class Scheduler:
     @param later: call L{dispatch} again in a while (a job's record could
         not be read).
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -112,7 +119,11 @@ class Scheduler:
         try:
             record = self._load(waiting.jobId)
         except StoreError:
-            self._failing.append((waiting, error, when))
+            # Back in the queue, held (waiting on its own failure): it is
+            # still there to stop, and to wait for, and never starts.
+            held = replace(waiting, after=waiting.after | {FAILING}, waitingOn=NO_JOBS)
+            self.queue.add(held, lambda jobId: jobId == FAILING)
+            self._failing.append((held, error, when))
             self._later()
             return
         self._end(record, JobStatus.FAILED, when, error)
@@ -144,7 +155,8 @@ class Scheduler:
         try:
             failing, self._failing = self._failing, []
             for entry, error, when in failing:
-                self.fail(entry, error, when)
+                if self.queue.remove(entry.jobId) is not None:  # not stopped since
+                    self.fail(entry, error, when)
             self._again = True
             while self._again:
                 self._again = False
@@ -152,7 +164,17 @@ class Scheduler:
                     waiting = self.queue.next(self._mayStart)
                     if waiting is None:
                         break
-                    if not self._start(waiting):
+                    try:
+                        started = self._start(waiting)
+                    except Exception:
+                        # A bug, or a failure nobody foresaw: the job stays
+                        # queued (it was in no queue any more), tried again.
+                        self.log.failure(
+                            "queued job {job} could not be started", job=waiting.jobId
+                        )
+                        started = False
+                        self._later()
+                    if not started:
                         self.queue.add(waiting, lambda jobId: False)
                         break
         finally:

@@ -142,7 +142,9 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         "abstract unix sockets: {sockets}",
         path=path,
         compiler=compiler,
-        sockets=f"each job's own (Landlock ABI {abi})"
+        sockets="each job's own (--isolate net)"
+        if "net" in config["isolate"]
+        else f"each job's own (Landlock ABI {abi})"
         if abi >= launchers.LANDLOCK_SCOPES
         else f"shared between jobs (Landlock ABI {abi}, "
         f"{launchers.LANDLOCK_SCOPES} needed: Linux 6.12, with landlock in "

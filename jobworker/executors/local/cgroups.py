@@ -22,7 +22,15 @@ CPU_PERIOD_US = 100_000
 
 
 class CgroupError(Exception):
-    """A cgroup could not be set up; the message says which file and why."""
+    """
+    A cgroup could not be set up; the message says which file and why.
+
+    @ivar errno: the system call's error number, if one failed.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class JobCgroup(Protocol):
@@ -72,7 +80,9 @@ def _write(path: str, value: str) -> None:
         with open(path, "w", encoding="ascii") as f:
             f.write(value)
     except OSError as e:
-        raise CgroupError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+        raise CgroupError(
+            f"cannot write {value!r} to {path}: {e.strerror}", e.errno
+        ) from None
 
 
 def _openProcs(folders: Iterable[str]) -> list[int]:
@@ -84,7 +94,7 @@ def _openProcs(folders: Iterable[str]) -> list[int]:
     except OSError as e:
         for fd in fds:
             os.close(fd)
-        raise CgroupError(f"cannot open {path}: {e.strerror}") from None
+        raise CgroupError(f"cannot open {path}: {e.strerror}", e.errno) from None
     return fds
 
 
@@ -140,7 +150,7 @@ def _mkdir(path: str) -> None:
     except FileExistsError:
         pass
     except OSError as e:
-        raise CgroupError(f"cannot create {path}: {e.strerror}") from None
+        raise CgroupError(f"cannot create {path}: {e.strerror}", e.errno) from None
 
 
 def _killFrozen(
@@ -313,9 +323,9 @@ class CgroupsV1:
                 os.makedirs(base, exist_ok=True)
             except OSError:
                 return None
-            unlisted(base)
             if not os.access(base, os.W_OK):
                 return None
+            unlisted(base)
             bases[controller] = base
         return cls(bases, blockDevice(ioPath))
 

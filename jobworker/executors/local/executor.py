@@ -146,6 +146,13 @@ def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
     }
 
 
+def cannotStartNow(error: Exception) -> CannotStartNow:
+    """The 503 of a start the server cannot make now, saying why."""
+    return CannotStartNow(
+        f"the server cannot start a job now ({spawnCause(error)}); try again shortly"
+    )
+
+
 def machineLimits() -> Limits:
     """What this machine has: a limit above it cannot be honoured."""
     memory = None
@@ -269,11 +276,17 @@ class LocalExecutor:
         The identity a new job of a user mapped to C{account} runs as.
 
         @raise TooManyRequests: it needs a dynamic uid and none is free.
+        @raise CannotStartNow: the pool's lock cannot be taken now (no
+            descriptor left).
         """
         try:
             return self._identities.acquire(account)
         except PoolExhausted as e:
             raise TooManyRequests(str(e), retryAfter=1) from None
+        except OSError as e:
+            if e.errno in SERVER_SHORT_OF:
+                raise cannotStartNow(e) from None
+            raise
 
     def release(self, identity: Identity) -> None:
         """
@@ -533,14 +546,14 @@ class LocalExecutor:
         except SpawnRefused as e:
             job.failedToStart(str(e))
         except CgroupError as e:
+            if e.errno in SERVER_SHORT_OF:
+                job.withdraw()
+                raise cannotStartNow(e) from None
             job.failedToStart(f"cannot start: {e}")
         except OSError as e:
             if isinstance(e, SpawnerGone) or e.errno in SERVER_SHORT_OF:
                 job.withdraw()
-                raise CannotStartNow(
-                    f"the server cannot start a job now ({spawnCause(e)}); "
-                    "try again shortly"
-                ) from None
+                raise cannotStartNow(e) from None
             job.failedToStart(spawnError(e))
         return job
 

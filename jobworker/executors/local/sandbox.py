@@ -68,8 +68,8 @@ SANDBOX = (
     f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; '
     # The job's pipes are its own (who may open them again by path, as
     # /dev/stderr: their owner), as the launcher's 4c; not its /dev/null.
-    'for f in 0 1 2; do [ -p /proc/self/fd/$f ] && chown "$2" /proc/self/fd/$f; '
-    'done; shift 2; exec "$@"'
+    'p=; for f in 0 1 2; do [ -p /proc/self/fd/$f ] && p="$p /proc/self/fd/$f"; '
+    'done; [ -z "$p" ] || chown "$2" $p || exit 125; shift 2; exec "$@"'
 )
 #: The same, behind the cgroup gate (no PID namespace: the pid never changes).
 GATED_SANDBOX = "read -r _ <&3 || exit 125; exec 3<&-; " + SANDBOX
@@ -283,7 +283,7 @@ class Sandbox:
             script,
             self.fstab(identity),
             start,
-            f"{identity.uid}:{identity.gid}",
+            f"+{identity.uid}:+{identity.gid}",
         ]
         argv += identity.setpriv(SETPRIV)
         if env is not None:
@@ -419,6 +419,9 @@ class Sandbox:
         try:
             result = subprocess.run(
                 argv,
+                # Never the server's own stdin: a pipe there would be
+                # given to the probe's uid (the job's pipes are its own).
+                stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=30,
                 check=False,
