@@ -139,3 +139,32 @@ class NeighbourChainTests(NeighbourTests):
     """The same through the exec chain (--launcher=off)."""
 
     serverOptions = ("--launcher=off",)
+
+
+class IsolatedPidStopTests(TestCase):
+    """
+    Under --isolate pid the launcher's first process waits for the job (PID
+    1 of its namespace) and ends as it does; a stop signals the whole group,
+    so that process must let every stop signal pass to the job, not die of
+    it (SIGKILL of the job then followed, at once: PR_SET_PDEATHSIG).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        requireRoot()
+
+    async def test_everyStopSignalReachesTheJob(self) -> None:
+        """A stop with HUP (what jw exec -f sends when its terminal goes)
+        runs the job's own HUP handler: it exits 3, not killed."""
+        server = LiveServer(self, "--isolate=pid")
+        job = await server.createJob(
+            "sh", "-c", "trap 'exit 3' HUP; echo ready; while :; do sleep 0.1; done"
+        )
+        await waitOutput(server, job["id"], b"ready")
+        code, _ = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "HUP"}
+        )
+        self.assertEqual(code, 200)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual((ended["exit_code"], ended["signal"]), (3, None), ended)
