@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.framing import HEADER, FrameError, FrameParser, FrameReader
 from jobworker.jobs.combined import (
+    RUNS_PER_TURN,
     CombinedReader,
     StoredOrder,
     combinedId,
@@ -288,8 +289,127 @@ async def interleaved(
     return job, ensureDeferred(step())
 
 
+class DamagedOrderTests(SynchronousTestCase):
+    """
+    An order file cut short or no longer written (a full disk, an I/O
+    error) gives coarser order, never a lost byte; a reader of a running
+    job's output as it is now sends exactly that (its Content-Length).
+    """
+
+    def merged(self, job: Job) -> bytes:
+        return b"".join(data for _, data, _ in readAll(*job.stored()))
+
+    def test_orderCutToOneEntry(self) -> None:
+        """A stream without an entry left (it was all lost) is read after
+        the others, whole."""
+        job = Job(self.mktemp())
+        job.write([(0, b"out-1 "), (1, b"err-1 "), (0, b"out-2 ")])
+        job.close()
+        with open(job.order.path, "r+b") as f:
+            f.truncate(8)  # only the first entry, stdout at 0
+        self.assertEqual(self.merged(job), b"out-1 out-2 err-1 ")
+
+    def test_orderShorterThanAnEntry(self) -> None:
+        """No whole entry at all is no order file: stdout, then stderr (it
+        sent nothing)."""
+        job = Job(self.mktemp())
+        job.write([(0, b"out-1 "), (1, b"err-1 ")])
+        job.close()
+        with open(job.order.path, "r+b") as f:
+            f.truncate(5)
+        self.assertEqual(self.merged(job), b"out-1 err-1 ")
+
+    def test_aFollowerAfterTheOrderBreaks(self) -> None:
+        """
+        A follower of a job whose order file stopped being written (a
+        failed write) still gets every byte: bytes of the stream that has
+        no entry past the follower's place were never sent.
+        """
+        clock = Clock()
+        job = Job(self.mktemp(), clock=clock)
+        got: list[tuple[int, bytes]] = []
+        reader = CombinedReader(
+            job.spools,
+            job.order,
+            RecordingConsumer(),  # type: ignore[arg-type]
+            lambda stream, data: got.append((stream, data)),
+            follow=True,
+        )
+        reader.start()
+        job.write([(0, b"o1 "), (1, b"e1 ")])
+        clock.advance(0)
+        assert job.order._fd is not None
+        os.close(job.order._fd)  # the next entry's write fails
+        job.order._fd = os.open(job.order.path, os.O_RDONLY)
+        job.write([(0, b"o2 ")])
+        clock.advance(0)
+        job.write([(1, b"e2 ")])
+        clock.advance(0)
+        job.close()
+        self.assertTrue(job.order._broken)
+        self.assertTrue(reader.done.called)
+        live = b"".join(data for _, data in got)
+        self.assertEqual(sorted(live.split()), [b"e1", b"e2", b"o1", b"o2"])
+        self.assertEqual(len(live), sum(spool.size for spool in job.spools))
+
+    def test_aSnapshotOfARunningJobSendsItsSizes(self) -> None:
+        """
+        A reader of a running job's output as it is (no follow) sends the
+        sizes it started with, and no more, however long it takes: it sent
+        what the job wrote meanwhile too, past the Content-Length announced,
+        and the job's bytes were read as the next response on the connection.
+        """
+        clock = Clock()
+        job = Job(self.mktemp(), clock=clock)
+        for _ in range(RUNS_PER_TURN):
+            job.write([(0, b"o"), (1, b"e")])
+        announced = sum(spool.size for spool in job.spools)
+        got: list[bytes] = []
+        reader = CombinedReader(
+            job.spools,
+            job.order,
+            RecordingConsumer(),  # type: ignore[arg-type]
+            lambda stream, data: got.append(data),
+            follow=False,
+            clock=clock,
+        )
+        reader.start()
+        self.assertFalse(reader.done.called)  # it let the reactor go on
+        for _ in range(RUNS_PER_TURN):  # and the job wrote more meanwhile
+            job.write([(0, b"O"), (1, b"E")])
+        while not reader.done.called:
+            clock.advance(0)
+        self.assertEqual(sum(len(data) for data in got), announced)
+        self.assertEqual(b"".join(got), b"oe" * RUNS_PER_TURN)
+
+
 class LiveCombinedTests(TestCase):
     timeout = 60
+
+    async def test_aRunningJobsOutputAsItIsThenTheNextRequest(self) -> None:
+        """
+        The combined output of a job writing fast to both streams, read as
+        it is (no follow), is exactly its Content-Length, and the next
+        request on the same kept-alive connection is answered: the job's
+        output went on past the length, and was read as that answer (a job
+        could forge another user's responses so).
+        """
+        server = LiveServer(self)
+        job = await server.createJob(
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 400000 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done",
+        )
+        await sleep(0.5)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined"
+        )
+        body = await treq.content(response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(body), response.length)
+        code, record = await server.json("GET", f"/jobs/{job['id']}")
+        self.assertEqual((code, record["id"]), (200, job["id"]))
+        await server.json("POST", f"/jobs/{job['id']}/stop")
 
     async def test_rawCombined(self) -> None:
         """Raw bytes of both streams, in arrival order, with a length."""

@@ -110,19 +110,31 @@ class CombinedReader(FileProducer):
         self._orderRead = 0
         self._run = 0
         self._limits = [s.size for s in streams]
+        #: A reader of the output as it is now reads the order file as it
+        #: was then too (entries written since cover bytes past the sizes).
+        self._orderLimit = order.size
         self._orderFd: int | None = None
 
     def at(self, index: int) -> int:
         return self.position[index]
 
-    def _readOrder(self) -> None:
+    def _orderSize(self) -> int:
         size = self._order.size
-        if size <= self._orderRead:
-            if size == 0 and not self._entries and (self._closed() or not self._follow):
-                # No order file (a Slurm job, a job from before it existed,
-                # a silent one): all of stdout, then all of stderr. Safe for
-                # a snapshot (sizes fixed at the start) or once both streams
-                # are closed; a follower of a live job waits for that.
+        return size if self._follow else min(size, self._orderLimit)
+
+    def _orderExhausted(self) -> bool:
+        """Has every whole entry of the order file been read?"""
+        return self._orderSize() - self._orderRead < _ENTRY.size
+
+    def _readOrder(self) -> None:
+        size = self._orderSize()
+        if size - self._orderRead < _ENTRY.size:
+            if not self._entries and (self._closed() or not self._follow):
+                # No order file, or not one whole entry (a Slurm job, a job
+                # from before it existed, a silent one, a file cut short):
+                # all of stdout, then all of stderr. Safe for a snapshot
+                # (sizes fixed at the start) or once both streams are
+                # closed; a follower of a live job waits for that.
                 self._entries = [(0, 0), (1, 0)]
             return
         if len(self._entries) - self._run > ORDER_LOOKAHEAD:
@@ -179,6 +191,8 @@ class CombinedReader(FileProducer):
                 (o for s, o in entries[k + 1 : k + 3] if s == stream), None
             )
             end = following if following is not None else self._size(stream)
+            if not self._follow:
+                end = min(end, self._limits[stream])  # the sizes it announced
             offset = max(self.position[stream], start)
             if offset < end:
                 source = self._streams[stream]
@@ -201,12 +215,22 @@ class CombinedReader(FileProducer):
                 if self._run > 64:  # drop what no reader will look at again
                     del self._entries[: self._run - 2]
                     self._run = 2
+            elif self._unrecorded(1 - stream):
+                # Bytes of the other stream past where it was read, and no
+                # entry to place them (the order file cut short, or a write
+                # of it failed): read them next, coarser order but no byte
+                # lost. (Healthy, an entry is always written first.)
+                entries.append((1 - stream, self.position[1 - stream]))
             elif self._follow and not self._closed():
                 self._wait()
                 return
             else:
                 self._finish()
                 return
+
+    def _unrecorded(self, stream: int) -> bool:
+        """Has C{stream} bytes no order entry will place?"""
+        return self._orderExhausted() and self._size(stream) > self.position[stream]
 
     def _wait(self) -> None:
         waiting: Deferred[None] = Deferred(lambda _: self._cancelWaits(pending))
