@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.client.calls import EXIT_STATUS_LOST, exitStatusOf
 from jobworker.client.completion import COMPLETION, OPTIONS
-from jobworker.client.interrupts import Interrupts
+from jobworker.client.interrupts import SIGNALS, Interrupts
 from jobworker.client.parser import buildParser
 from jobworker.client.show import jobLines, outcome
 from jobworker.client.streams import Streams
@@ -70,6 +70,22 @@ class InterruptTests(MemoryCLITestCase):
         self.assertIn(b"stopping job", err)
         job = self.statusJSON(jobId)
         self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
+
+    def test_ctrlBackslashStopsTheJobWithQuit(self) -> None:
+        """
+        Ctrl-\\ (SIGQUIT) is an interrupt too: the job is stopped with
+        QUIT, and jw exits 131 (it was killed, leaving the job running).
+        """
+        self.assertIn(signal.SIGQUIT, SIGNALS)
+        run, interrupts = self.interruptible("exec", "-f", "--", "sleep", "300")
+        [spawned] = self.reactor.spawned
+        jobId = run.err.getvalue().split()[2].decode()
+        interrupts.fire("SIGQUIT")
+        self.flush()
+        self.assertEqual([(spawned.pid, signal.SIGQUIT)], self.killer.calls)
+        self.endJob(jobId, signum=signal.SIGQUIT)
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 131, err)
 
     def test_secondCtrlCDetaches(self) -> None:
         """A second Ctrl-C stops following, and says a stop was asked for (it

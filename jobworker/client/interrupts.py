@@ -1,4 +1,4 @@
-"""Ctrl-C, SIGTERM and SIGHUP as events a running C{jw} command answers."""
+"""Ctrl-C, Ctrl-\\, SIGTERM and SIGHUP as events a running C{jw} command answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: The signals that interrupt C{jw}.
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class Interrupts:

@@ -284,7 +284,7 @@ def execInterrupted(
 
 #: The signal a stop sends for each interrupt of C{jw exec --follow}: the
 #: one jw got.
-STOP_SIGNALS = {"SIGINT": "INT", "SIGTERM": "TERM", "SIGHUP": "HUP"}
+STOP_SIGNALS = {"SIGINT": "INT", "SIGTERM": "TERM", "SIGHUP": "HUP", "SIGQUIT": "QUIT"}
 
 
 async def stopUnread(client: AnyClient, jobId: str, streams: Streams) -> None:
