@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.errors import Conflict, NotFound, ServiceUnavailable
+from jobworker.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests
 from jobworker.executors.local.executor import (
     DEFAULT_PATH,
     defaultEnvironment,
@@ -350,6 +350,24 @@ class CreateFailureTests(ManagerTestCase):
         self.assertEqual(os.listdir(jobsDir) if os.path.isdir(jobsDir) else [], [])
         record = self.manager.create(request(), owner="alice")
         self.assertIs(record.status, JobStatus.RUNNING)
+
+    def test_aBusyServerTakesNoCreationToken(self) -> None:
+        """A 503 of the server's (no process slot) does not count toward the
+        user's --create-rate: only jobs it made do."""
+        manager = localJobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            GRACE,
+            self.killer,
+            policy=JobPolicy(createRate=1.0),
+        )
+        self.addCleanup(manager.close)
+        for _ in range(5):
+            self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            self.assertRaises(ServiceUnavailable, manager.create, request(), "alice")
+        for _ in range(2):  # the burst, whole
+            self.assertIs(manager.create(request(), "alice").status, JobStatus.RUNNING)
+        self.assertRaises(TooManyRequests, manager.create, request(), "alice")
 
     def test_queuedJobWaitsOutABusyServer(self) -> None:
         """

@@ -99,6 +99,17 @@ class Admission:
         if self._shuttingDown:
             raise Conflict("the server is shutting down")
         self._takeCreateToken(owner)
+        try:
+            return self._admit(request, owner, account)
+        except CannotStartNow:
+            # The server's trouble: the user's try is not counted.
+            self._refundCreateToken(owner)
+            raise
+
+    def _admit(
+        self, request: JobRequest, owner: str, account: Identity | None
+    ) -> JobRecord:
+        """L{create}, once the creation rate allowed it."""
         executor = self._executor
         limits = executor.limitsFor(request.limits)
         timeout = request.timeout or self._policy.defaultTimeout
@@ -442,6 +453,14 @@ class Admission:
             if found is not None and found.status is not JobStatus.COMPLETED:
                 return found
         return None
+
+    def _refundCreateToken(self, owner: str) -> None:
+        """Give back the token a creation the server could not make took."""
+        rate = self._policy.createRate
+        bucket = self._createBuckets.get(owner)
+        if rate is not None and bucket is not None:
+            tokens, when = bucket
+            self._createBuckets[owner] = (min(max(1.0, 2 * rate), tokens + 1), when)
 
     def _requeue(self, entries: list[QueuedEntry]) -> None:
         """After a restart: the queue as it was, in order, then start what may."""
