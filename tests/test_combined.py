@@ -72,6 +72,23 @@ def readAll(
     return got
 
 
+def readerOf(
+    job: Job,
+    got: list[tuple[int, bytes]],
+    follow: bool = False,
+    clock: Clock | None = None,
+) -> CombinedReader:
+    """A combined reader of C{job}'s spools, (stream, data) to C{got}."""
+    return CombinedReader(
+        job.spools,
+        job.order,
+        RecordingConsumer(),  # type: ignore[arg-type]
+        lambda stream, data: got.append((stream, data)),
+        follow=follow,
+        clock=clock,
+    )
+
+
 CHUNKS = [
     (0, b"out-1 "),
     (1, b"err-1 "),
@@ -217,13 +234,7 @@ class CombinedReaderTests(SynchronousTestCase):
         clock = Clock()
         job = Job(self.mktemp(), clock=clock)
         got: list[tuple[int, bytes]] = []
-        reader = CombinedReader(
-            job.spools,
-            job.order,
-            RecordingConsumer(),  # type: ignore[arg-type]
-            lambda stream, data: got.append((stream, data)),
-            follow=True,
-        )
+        reader = readerOf(job, got, follow=True)
         reader.start()
         for chunk in CHUNKS:
             job.write([chunk])
@@ -328,13 +339,7 @@ class DamagedOrderTests(SynchronousTestCase):
         clock = Clock()
         job = Job(self.mktemp(), clock=clock)
         got: list[tuple[int, bytes]] = []
-        reader = CombinedReader(
-            job.spools,
-            job.order,
-            RecordingConsumer(),  # type: ignore[arg-type]
-            lambda stream, data: got.append((stream, data)),
-            follow=True,
-        )
+        reader = readerOf(job, got, follow=True)
         reader.start()
         job.write([(0, b"o1 "), (1, b"e1 ")])
         clock.advance(0)
@@ -364,23 +369,16 @@ class DamagedOrderTests(SynchronousTestCase):
         for _ in range(RUNS_PER_TURN):
             job.write([(0, b"o"), (1, b"e")])
         announced = sum(spool.size for spool in job.spools)
-        got: list[bytes] = []
-        reader = CombinedReader(
-            job.spools,
-            job.order,
-            RecordingConsumer(),  # type: ignore[arg-type]
-            lambda stream, data: got.append(data),
-            follow=False,
-            clock=clock,
-        )
+        got: list[tuple[int, bytes]] = []
+        reader = readerOf(job, got, clock=clock)
         reader.start()
         self.assertFalse(reader.done.called)  # it let the reactor go on
         for _ in range(RUNS_PER_TURN):  # and the job wrote more meanwhile
             job.write([(0, b"O"), (1, b"E")])
         while not reader.done.called:
             clock.advance(0)
-        self.assertEqual(sum(len(data) for data in got), announced)
-        self.assertEqual(b"".join(got), b"oe" * RUNS_PER_TURN)
+        self.assertEqual(sum(len(data) for _, data in got), announced)
+        self.assertEqual(b"".join(data for _, data in got), b"oe" * RUNS_PER_TURN)
 
 
 class LiveCombinedTests(TestCase):

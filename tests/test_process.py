@@ -72,6 +72,18 @@ class JobProcessTestCase(SynchronousTestCase):
         self.protocol = JobProcessProtocol(self.job)
         self.transport = FakeProcessTransport(PID)
 
+    def another(self, **options: Any) -> JobProcess:
+        """A JobProcess of the same record and spools, with C{options}."""
+        return JobProcess(
+            self.clock,
+            self.record,
+            self.stdout,
+            self.stderr,
+            GRACE,
+            self.killer,
+            **options,
+        )
+
     def start(self) -> None:
         """Connect the protocol, as spawnProcess does."""
         self.protocol.makeConnection(self.transport)  # type: ignore[arg-type]
@@ -345,15 +357,7 @@ class GroupNumberTests(JobProcessTestCase):
         self.reused: set[int] = set()
         self.asked: list[tuple[int, int | None]] = []
         self.groups = GroupNumbers(self.pidReused)
-        self.job = JobProcess(
-            self.clock,
-            self.record,
-            self.stdout,
-            self.stderr,
-            GRACE,
-            self.killer,
-            groups=self.groups,
-        )
+        self.job = self.another(groups=self.groups)
         self.protocol = JobProcessProtocol(self.job)
         self.start()
 
@@ -489,15 +493,7 @@ class StopTests(JobProcessTestCase):
         time), while leftovers still hold its pipes, is no timeout of the
         job: exit 0 stays COMPLETED (it was FAILED "timed out", exit 0).
         """
-        job = JobProcess(
-            self.clock,
-            self.record,
-            self.stdout,
-            self.stderr,
-            GRACE,
-            self.killer,
-            timeout=10.0,
-        )
+        job = self.another(timeout=10.0)
         JobProcessProtocol(job).makeConnection(self.transport)  # type: ignore[arg-type]
         self.clock.advance(9)
         job.mainExited(processExit(0))

@@ -146,6 +146,32 @@ class ManagerQueueTests(SynchronousTestCase):
         self.killer.groupGone(spawned.pid)
         spawned.exit(code)
 
+    def unreadableStore(self, manager: Any) -> list[bool]:
+        """Every read of the manager's store fails until the list is cleared."""
+        get = manager._store.get
+        broken: list[bool] = [True]
+
+        def unreadable(jobId: str) -> Any:
+            if broken:
+                raise StoreError("cannot read a job: disk I/O error")
+            return get(jobId)
+
+        self.patch(manager._store, "get", unreadable)
+        return broken
+
+    def failingPool(self, manager: Any, error: Exception) -> list[bool]:
+        """The uid pool raises C{error} while the list is not empty."""
+        acquire = manager._executor._identities.acquire
+        failing: list[bool] = []
+
+        def pool(account: Any) -> Any:
+            if failing:
+                raise error
+            return acquire(account)
+
+        self.patch(manager._executor._identities, "acquire", pool)
+        return failing
+
     def request(self, **fields: Any) -> JobRequest:
         return dataclasses.replace(
             JobRequest(command="sleep", args=["9"], env={}, cwd=None), **fields
@@ -202,16 +228,7 @@ class ManagerQueueTests(SynchronousTestCase):
         starts once one is back; it stayed PENDING for good.
         """
         manager = self.manager(maxRunning=1)
-        executor = manager._executor
-        acquire = executor._identities.acquire
-        held: list[bool] = []
-
-        def pool(account: Any) -> Any:
-            if held:
-                raise PoolExhausted("no dynamic uid is free")
-            return acquire(account)
-
-        self.patch(executor._identities, "acquire", pool)
+        held = self.failingPool(manager, PoolExhausted("no dynamic uid is free"))
         first = manager.create(self.request(), "alice")
         queued = manager.create(self.request(), "alice")
         held.append(True)
@@ -228,16 +245,9 @@ class ManagerQueueTests(SynchronousTestCase):
         OSError escaped the dispatch, and the job was in no queue any more).
         """
         manager = self.manager(maxRunning=1)
-        executor = manager._executor
-        acquire = executor._identities.acquire
-        short: list[bool] = []
-
-        def pool(account: Any) -> Any:
-            if short:
-                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-            return acquire(account)
-
-        self.patch(executor._identities, "acquire", pool)
+        short = self.failingPool(
+            manager, OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        )
         short.append(True)  # a new job: a 503, nothing stored
         error = self.assertRaises(CannotStartNow, manager.create, self.request(), "bob")
         self.assertIn(os.strerror(errno.EMFILE), error.message)
@@ -285,15 +295,7 @@ class ManagerQueueTests(SynchronousTestCase):
         first = manager.create(self.request(), "alice")
         queued = manager.create(self.request(), "alice")
         started = manager.whenStarted(queued.id)
-        get = manager._store.get
-        broken: list[bool] = [True]
-
-        def unreadable(jobId: str) -> Any:
-            if broken:
-                raise StoreError("cannot read a job: disk I/O error")
-            return get(jobId)
-
-        self.patch(manager._store, "get", unreadable)
+        broken = self.unreadableStore(manager)
         self.end(manager, first.id)
         self.assertIn(queued.id, manager._scheduler.queue)
         broken.clear()
@@ -311,15 +313,7 @@ class ManagerQueueTests(SynchronousTestCase):
         first = manager.create(self.request(), "alice")
         strict = manager.create(self.request(after_ok=(first.id,)), "alice")
         ended = manager.whenEnded(strict.id)
-        get = manager._store.get
-        broken: list[bool] = [True]
-
-        def unreadable(jobId: str) -> Any:
-            if broken:
-                raise StoreError("cannot read a job: disk I/O error")
-            return get(jobId)
-
-        self.patch(manager._store, "get", unreadable)
+        broken = self.unreadableStore(manager)
         self.end(manager, first.id, 1)
         self.assertNoResult(ended)
         # Still queued (held, never started): to stop, and to wait for.
@@ -344,15 +338,7 @@ class ManagerQueueTests(SynchronousTestCase):
         manager = self.manager(maxRunning=1)
         manager.create(self.request(), "alice")
         queued = manager.create(self.request(), "alice")
-        get = manager._store.get
-        broken: list[bool] = [True]
-
-        def unreadable(jobId: str) -> Any:
-            if broken:
-                raise StoreError("cannot read a job: disk I/O error")
-            return get(jobId)
-
-        self.patch(manager._store, "get", unreadable)
+        broken = self.unreadableStore(manager)
         self.assertRaises(StoreError, manager.stop, queued.id, "alice")
         self.assertIn(queued.id, manager._scheduler.queue)
         broken.clear()

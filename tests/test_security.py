@@ -103,6 +103,27 @@ class ThrottleTests(SynchronousTestCase):
         self.assertEqual(self.throttle.retryAfter("alice", "10.0.0.1"), 0)
 
 
+def pastTheCap(port: int, sources: list[str]) -> bytes | None:
+    """
+    Connect from each of C{sources} in turn and hold them; what the last one
+    reads: C{b""} if the server closed it at once (past a cap of one fewer),
+    None if it kept it open.
+    """
+    connections = [
+        socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        for source in sources
+    ]
+    last = connections[-1]
+    last.settimeout(5)
+    try:
+        closed: bytes | None = last.recv(1)
+    except TimeoutError:
+        closed = None
+    for each in connections:
+        each.close()
+    return closed
+
+
 class LiveSecurityTests(TestCase):
     async def test_bruteForceGets429(self) -> None:
         """Repeated wrong passwords from one address get 429 with Retry-After."""
@@ -181,21 +202,8 @@ class LiveSecurityTests(TestCase):
         """Past the per-client cap, new connections are closed at once."""
         server = LiveServer(self, "--max-connections-per-client=2")
 
-        def probe() -> list[bytes | None]:
-            held = [
-                socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)
-            ]
-            extra = socket.create_connection(("127.0.0.1", server.port))
-            extra.settimeout(5)
-            try:
-                closed = extra.recv(1)
-            except TimeoutError:
-                closed = None
-            for s in [*held, extra]:
-                s.close()
-            return [closed]
-
-        self.assertEqual(await deferToThread(probe), [b""])
+        sources = ["127.0.0.1"] * 3
+        self.assertEqual(await deferToThread(pastTheCap, server.port, sources), b"")
 
         async def admitted() -> bool:
             try:
@@ -216,27 +224,8 @@ class LiveSecurityTests(TestCase):
         (a job held every descriptor of the server so).
         """
         server = LiveServer(self, "--max-connections-per-client=2")
-
-        def probe() -> bytes | None:
-            held = [
-                socket.create_connection(
-                    ("127.0.0.1", server.port), source_address=(f"127.0.5.{n}", 0)
-                )
-                for n in (1, 2)
-            ]
-            extra = socket.create_connection(
-                ("127.0.0.1", server.port), source_address=("127.0.5.3", 0)
-            )
-            extra.settimeout(5)
-            try:
-                closed = extra.recv(1)
-            except TimeoutError:
-                closed = None
-            for s in [*held, extra]:
-                s.close()
-            return closed
-
-        self.assertEqual(await deferToThread(probe), b"")
+        sources = [f"127.0.5.{n}" for n in (1, 2, 3)]
+        self.assertEqual(await deferToThread(pastTheCap, server.port, sources), b"")
 
 
 class UsersReloadTests(TestCase):

@@ -123,6 +123,22 @@ class StoreFailureTests(SynchronousTestCase):
         except ValueError:
             return response.code, content
 
+    def queueing(self) -> tuple[Any, FullDiskStore]:
+        """A manager of its own that runs one job at a time, and its store."""
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
+        manager = localJobManager(
+            self.reactor,
+            stateDir,
+            5.0,
+            self.killer,
+            store=store,
+            policy=JobPolicy(maxRunning=1),
+        )
+        self.addCleanup(manager.close)
+        return manager, store
+
     def endJob(self, code: int = 3) -> str:
         status, job = self.call("POST", "/jobs", body={"command": "true"})
         self.assertEqual(status, 201, job)
@@ -166,18 +182,7 @@ class StoreFailureTests(SynchronousTestCase):
         queued and starts once the disk has room again: it was FAILED for
         good, and so was every job queued behind it, one after another.
         """
-        stateDir = os.path.abspath(self.mktemp())
-        os.makedirs(stateDir)
-        store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
-        manager = localJobManager(
-            self.reactor,
-            stateDir,
-            5.0,
-            self.killer,
-            store=store,
-            policy=JobPolicy(maxRunning=1),
-        )
-        self.addCleanup(manager.close)
+        manager, store = self.queueing()
         first = manager.create(JobRequest("sleep", ["9"], {}, None), "alice")
         queued = [
             manager.create(JobRequest("true", [], {}, None), "alice").id
@@ -208,18 +213,7 @@ class StoreFailureTests(SynchronousTestCase):
         It was lost: the store kept it PENDING and queued, so a restart ran
         it, and meanwhile it could be neither stopped nor deleted.
         """
-        stateDir = os.path.abspath(self.mktemp())
-        os.makedirs(stateDir)
-        store = FullDiskStore(os.path.join(stateDir, "jobs.sqlite3"))
-        manager = localJobManager(
-            self.reactor,
-            stateDir,
-            5.0,
-            self.killer,
-            store=store,
-            policy=JobPolicy(maxRunning=1),
-        )
-        self.addCleanup(manager.close)
+        manager, store = self.queueing()
         manager.create(JobRequest("sleep", ["9"], {}, None), "alice")
         queued = manager.create(JobRequest("true", [], {}, None), "alice")
         store.full = True
