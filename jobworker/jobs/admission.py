@@ -41,6 +41,11 @@ from .validation import JobRequest
 DISPATCH_RETRY = 1.0
 
 
+def createBurst(rate: float) -> float:
+    """The most jobs one user may create at once under C{--create-rate}."""
+    return max(1.0, 2 * rate)
+
+
 class Admission:
     """
     Where a new job goes, and when a queued one starts. Mixed into
@@ -421,7 +426,7 @@ class Admission:
         rate = self._policy.createRate
         if rate is None:
             return
-        burst = max(1.0, 2 * rate)
+        burst = createBurst(rate)
         now = self._reactor.seconds()
         tokens, last = self._createBuckets.get(owner, (burst, now))
         # A clock stepped back refills nothing (it owed no time).
@@ -460,7 +465,7 @@ class Admission:
         bucket = self._createBuckets.get(owner)
         if rate is not None and bucket is not None:
             tokens, when = bucket
-            self._createBuckets[owner] = (min(max(1.0, 2 * rate), tokens + 1), when)
+            self._createBuckets[owner] = (min(createBurst(rate), tokens + 1), when)
 
     def _requeue(self, entries: list[QueuedEntry]) -> None:
         """After a restart: the queue as it was, in order, then start what may."""
