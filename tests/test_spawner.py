@@ -13,6 +13,7 @@ import array
 import errno
 import json
 import os
+import resource
 import select
 import shlex
 import shutil
@@ -944,6 +945,44 @@ class ServerSpawnerTests(TestCase):
         with open(limit, "w") as f:
             f.write("1")
         return limit
+
+    async def test_noDescriptorForAStandbysPidfd(self) -> None:
+        """
+        The server has no descriptor free when the next standby's
+        announcement comes in: the kernel drops its pidfd. That is no
+        protocol error: the spawner stays (it was closed, and every job it
+        had forked was killed, another user's among them); the standby is
+        taken once a descriptor is free again.
+        """
+        server = LiveServer(self)
+        if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
+            raise SkipTest("no cgroups here: jobs do not start through the spawner")
+        other = await self.running(server, "sh", "-c", "echo up; exec sleep 60")
+        generation = server.manager._executor._spawner.current  # type: ignore[attr-defined]
+        await sleep(0.5)  # the next standby's announcement, not yet taken in
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        fillers: list[int] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 16, hard))
+        try:
+            while True:  # every descriptor number below the limit taken
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as e:
+                    self.assertEqual(e.errno, errno.EMFILE)
+                    break
+            generation.receive(None, one=True)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertIsNotNone(generation.socket, "the spawner was given up")
+        self.assertEqual([entry[2] for entry in generation.announced], [-1])
+        job = await server.createJob("true")
+        self.assertEqual((await server.waitEnded(job["id"]))["status"], "COMPLETED")
+        self.assertIs(server.manager._executor._spawner.current, generation)  # type: ignore[attr-defined]
+        code, still = await server.json("GET", f"/jobs/{other['id']}")
+        self.assertEqual((code, still["status"]), (200, "RUNNING"), still)
 
     async def test_noForkIsA503(self) -> None:
         """The spawner cannot fork (a pids cgroup at its limit): that job is

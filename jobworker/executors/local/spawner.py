@@ -67,6 +67,10 @@ ANNOUNCE_TIMEOUT = 2.0
 KILLED = signal.SIGKILL
 
 
+#: An announced standby's pidfd that did not come (no descriptor was free).
+NO_PIDFD = -1
+
+
 class SpawnerGone(OSError):
     """The spawner is not running (it died, or was stopped)."""
 
@@ -383,6 +387,14 @@ class Generation:
             # It could not fork: this spawn fails; the next one asks again.
             self.askAgain = True
             raise OSError(-pid, os.strerror(-pid))
+        if pidfd == NO_PIDFD:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                    # Still no descriptor: it waits for the next spawn.
+                    self.announced.appendleft((pid, startTicks, NO_PIDFD))
+                raise
         return pid, startTicks, pidfd
 
     def send(self, parts: list[bytes], fds: list[int]) -> None:
@@ -433,8 +445,13 @@ class Generation:
             self.late = False
             if kind == b"A" and len(fds) == 1:
                 self.announced.append((pid, startTicks, fds[0]))
+            elif kind == b"A" and not fds and pid > 0:
+                # Its pidfd came when no descriptor was free: the kernel
+                # dropped it. The standby is there (a zombie at worst until
+                # its 'R'): its pidfd is opened when it is taken (standby).
+                self.announced.append((pid, startTicks, NO_PIDFD))
             elif kind == b"F" and not fds and pid > 0:
-                self.announced.append((-pid, 0, -1))
+                self.announced.append((-pid, 0, NO_PIDFD))
             else:
                 for fd in fds:
                     os.close(fd)
@@ -476,9 +493,10 @@ class Generation:
         """An announced standby ended before any job was given to it."""
         self.receive(None)
         for entry in self.announced:
-            if entry[0] == pid and entry[2] >= 0:
+            if entry[0] == pid:  # (a failure's entry has a negative pid)
                 self.announced.remove(entry)
-                os.close(entry[2])
+                if entry[2] >= 0:
+                    os.close(entry[2])
                 return
         self.log.warn("job spawner: end of unknown pid {pid}", pid=pid)
 
