@@ -262,6 +262,26 @@ class ManagerQueueTests(SynchronousTestCase):
         self.reactor.advance(DISPATCH_RETRY)
         self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
 
+    def test_aNewJobWaitsBehindAHeldOne(self) -> None:
+        """
+        A queued job held back (the server could not start it at its turn,
+        tried again in a second) keeps its place: a job created meanwhile
+        queues behind it (it started at once, ahead of older ones).
+        """
+        manager = self.manager(maxRunning=1)
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        short = self.failingPool(manager, emfile)
+        first = manager.create(self.request(), "alice")
+        held = manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        short.clear()
+        newer = manager.create(self.request(), "bob")
+        self.assertEqual(newer.status, JobStatus.PENDING)
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertEqual(manager.record(held.id).status, JobStatus.RUNNING)
+        self.assertEqual(manager.record(newer.id).status, JobStatus.PENDING)
+
     def test_anUnforeseenErrorAtDispatchKeepsTheJobQueued(self) -> None:
         """Whatever a queued job's start raises, the job stays queued (it was
         out of the queue for good) and is tried again; the error is logged."""

@@ -231,7 +231,13 @@ class Admission:
         return cap is None or self._runningBy[owner] < cap
 
     def _mayStartNow(self, owner: str) -> bool:
-        return self._mayStartMore() and self._mayStart(owner)
+        # Never ahead of a queued job that may start (one held back for a
+        # second: the server could not start it at its turn).
+        return (
+            self._mayStartMore()
+            and self._mayStart(owner)
+            and not self._scheduler.queue.anyReady(self._mayStart)
+        )
 
     def _enqueue(
         self,

@@ -171,6 +171,10 @@ class FairQueue:
         else:
             self._byOwner.pop(owner, None)
 
+    def anyReady(self, mayStart: Callable[[str], bool]) -> bool:
+        """Is a job ready that C{mayStart(user)} would let start now?"""
+        return any(mayStart(owner) for owner in self._turns)
+
     def next(self, mayStart: Callable[[str], bool]) -> Waiting | None:
         """
         Take the next job to start: the users with a ready job in turn,
