@@ -7,15 +7,17 @@ does the same with a real full disk.)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import sqlite3
+import subprocess
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
@@ -282,6 +284,67 @@ class StoreFailureTests(SynchronousTestCase):
         self.store.full = False
         self.reactor.advance(service.interval)
         self.assertIsNone(self.store.get(jobId))
+
+
+class DiskReserveTests(SynchronousTestCase):
+    """
+    On a really full disk (a small tmpfs), the server keeps a reserve file
+    it gives up at shutdown to store the final records it could not.
+    """
+
+    def setUp(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        forbidRealKill(self.patch)
+        self.reactor = FakeProcessReactor()
+        self.killer = GroupKiller()
+        self.stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(self.stateDir)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "jwreserve", self.stateDir],
+            check=True,
+        )
+        self.addCleanup(subprocess.run, ["umount", "-l", self.stateDir], check=False)
+
+    def manager(self) -> Any:
+        return localJobManager(
+            self.reactor,
+            self.stateDir,
+            5.0,
+            self.killer,
+            policy=JobPolicy(maxRunning=1),
+        )
+
+    def fill(self) -> None:
+        with open(os.path.join(self.stateDir, "ballast"), "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+
+    def test_aStopOnAFullDiskSurvivesTheShutdown(self) -> None:
+        """
+        A queued job stopped while the disk is full, and the server stopped
+        before space comes back: its STOPPED record is stored at shutdown
+        (from the reserve), and the restart does not run it (it did).
+        """
+        manager = self.manager()
+        self.assertTrue(os.path.exists(os.path.join(self.stateDir, "reserve")))
+        manager.create(JobRequest("sleep", ["9"], {}, None), "alice")
+        queued = manager.create(JobRequest("true", [], {}, None), "alice")
+        self.fill()
+        stopped = self.successResultOf(manager.stop(queued.id, "alice"))
+        self.assertEqual(stopped.status, JobStatus.STOPPED)
+        self.assertIn(queued.id, manager._unsaved)  # the disk really was full
+        manager.close()
+        os.unlink(os.path.join(self.stateDir, "ballast"))
+        again = self.manager()
+        self.addCleanup(again.close)
+        again.recover()
+        self.assertEqual(again.record(queued.id).status, JobStatus.STOPPED)
+        self.assertEqual(len(self.reactor.spawned), 1)  # the sleep alone
 
 
 class RealStoreErrorTests(SynchronousTestCase):

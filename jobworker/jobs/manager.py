@@ -41,6 +41,11 @@ RESTARTED = "the worker restarted while the job ran"
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 
+#: Bytes the server keeps allocated in its state dir and gives up at
+#: shutdown when the disk is full, to store the final records it could not
+#: (a queued job stopped meanwhile would run again after the restart).
+RESERVE_BYTES = 1 << 20
+
 
 class JobManager(Admission):
     """
@@ -77,6 +82,7 @@ class JobManager(Admission):
         #: Per user: (tokens, when last refilled) of the creation rate limit.
         self._createBuckets: dict[str, tuple[float, float]] = {}
         self._jobsDir = os.path.join(stateDir, "jobs")
+        self._reserve = os.path.join(stateDir, "reserve")
         self._executor = executor
         executor.attach(self._save, self._find)
         self._live: dict[str, LiveJob] = {}
@@ -95,6 +101,7 @@ class JobManager(Admission):
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
         _checkWritable(self._jobsDir)
+        self._keepReserve()
         self._store = (
             store
             if store is not None
@@ -502,13 +509,46 @@ class JobManager(Admission):
         self.log.info("shutdown: {count} job(s) live", count=len(jobs))
         return self._executor.shutdown(jobs)
 
+    def _keepReserve(self) -> None:
+        """Allocate L{RESERVE_BYTES} in the state dir, if not there already."""
+        try:
+            if os.path.getsize(self._reserve) >= RESERVE_BYTES:
+                return
+        except OSError:
+            pass
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.warn(
+                "no disk reserve in {path}: {error}", path=self._reserve, error=str(e)
+            )
+
+    def _giveUpReserve(self) -> bool:
+        """Free the reserve for the last writes; True if there was one."""
+        try:
+            os.unlink(self._reserve)
+        except OSError:
+            return False
+        self.log.warn(
+            "the disk is full: the reserve is given up to store {count} final "
+            "record(s)",
+            count=len(self._unsaved),
+        )
+        return True
+
     def close(self) -> None:
         """Close the store (after L{shutdown}), storing what it can first."""
         for timer in (self._retryTimer, self._dispatchTimer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._retryTimer = self._dispatchTimer = None
-        if self._unsaved and self.flushUnsaved():
+        if self._unsaved and self.flushUnsaved() and self._giveUpReserve():
+            self.flushUnsaved()
+        if self._unsaved:
             for jobId, record in self._unsaved.items():
                 # Nothing else will keep it: say it where an operator looks.
                 self.log.error(
