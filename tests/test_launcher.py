@@ -34,6 +34,7 @@ from jobworker.executors.local.sandbox import (
     privateFolders,
 )
 from jobworker.jobs.identity import DynamicUids, Identities, Identity
+from jobworker.jobs.stopping import STOP_SIGNALS
 
 from .support import LiveServer, sharedPath, sleep
 
@@ -85,6 +86,18 @@ class BuildTests(SynchronousTestCase):
         except launcher.LauncherUnavailable as e:
             raise SkipTest(str(e)) from None
         self.cache = os.path.abspath(self.mktemp())
+
+    def test_theStopSignalsAgree(self) -> None:
+        """The signals the launcher lets pass to a PID namespace's job are a
+        stop's (jobs/stopping.py) but KILL, which none can catch."""
+        text = launcher.source().decode()
+        line = next(
+            each
+            for each in text.splitlines()
+            if each.startswith("static const int stopSignals")
+        )
+        names = re.findall(r"SIG([A-Z0-9]+)", line.split("=", 1)[1])
+        self.assertEqual(set(names), set(STOP_SIGNALS) - {"KILL"})
 
     def test_warningFree(self) -> None:
         """The shipped source compiles with -Wall -Wextra -Werror -pedantic,

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests
+from jobworker.executors.local.cgroups import CgroupError
 from jobworker.executors.local.executor import (
     DEFAULT_PATH,
     defaultEnvironment,
@@ -350,6 +351,41 @@ class CreateFailureTests(ManagerTestCase):
         self.assertEqual(os.listdir(jobsDir) if os.path.isdir(jobsDir) else [], [])
         record = self.manager.create(request(), owner="alice")
         self.assertIs(record.status, JobStatus.RUNNING)
+
+    def test_noDescriptorForACgroupIsA503(self) -> None:
+        """
+        A job's cgroup cannot be made for the server's own reason (EMFILE
+        opening its files): a 503 and nothing stored; for the job's own
+        (EACCES, say) a FAILED job as before.
+        """
+
+        class Refusing:
+            version, supported = 1, frozenset({"memory"})
+
+            def __init__(self) -> None:
+                self.errno = errno.EMFILE
+
+            def create(self, jobId: str, limits: Any) -> Any:
+                raise CgroupError(f"cannot open {jobId}: refused", self.errno)
+
+            def find(self, jobId: str) -> None:
+                return None
+
+        cgroups = Refusing()
+        manager = localJobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            GRACE,
+            self.killer,
+            cgroups=cgroups,  # type: ignore[arg-type]
+        )
+        self.addCleanup(manager.close)
+        self.assertRaises(ServiceUnavailable, manager.create, request(), "alice")
+        self.assertEqual(manager.page()[0], [])
+        cgroups.errno = errno.EACCES
+        record = manager.create(request(), "alice")
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertEqual(self.reactor.spawned, [])
 
     def test_aBusyServerTakesNoCreationToken(self) -> None:
         """A 503 of the server's (no process slot) does not count toward the

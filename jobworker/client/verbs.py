@@ -273,18 +273,13 @@ def execInterrupted(
             )
             leave()
             return
-        signal = STOP_SIGNALS.get(name, "TERM")
+        signal = name.removeprefix("SIG")  # every interrupt is a stop's signal
         streams.say(
             f"jw: {name}: stopping job {jobId} with {signal} (again to stop following)"
         )
         stop(signal)
 
     return interrupted
-
-
-#: The signal a stop sends for each interrupt of C{jw exec --follow}: the
-#: one jw got.
-STOP_SIGNALS = {"SIGINT": "INT", "SIGTERM": "TERM", "SIGHUP": "HUP", "SIGQUIT": "QUIT"}
 
 
 async def stopUnread(client: AnyClient, jobId: str, streams: Streams) -> None:

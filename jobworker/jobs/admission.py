@@ -81,9 +81,6 @@ class Admission:
     def _watch(self, job: LiveJob) -> None:
         raise NotImplementedError  # the manager's
 
-    def _save(self, record: JobRecord) -> None:
-        raise NotImplementedError  # the manager's
-
     def _storeFinal(self, record: JobRecord) -> None:
         raise NotImplementedError  # the manager's
 

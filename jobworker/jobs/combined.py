@@ -127,8 +127,7 @@ class CombinedReader(FileProducer):
         return self._orderSize() - self._orderRead < _ENTRY.size
 
     def _readOrder(self) -> None:
-        size = self._orderSize()
-        if size - self._orderRead < _ENTRY.size:
+        if self._orderExhausted():
             if not self._entries and (self._closed() or not self._follow):
                 # No order file, or not one whole entry (a Slurm job, a job
                 # from before it existed, a silent one, a file cut short):
@@ -145,9 +144,8 @@ class CombinedReader(FileProducer):
             if self._orderFd is None:
                 # Kept open: a job deleted while this is sent stays readable.
                 self._orderFd = os.open(self._order.path, os.O_RDONLY | os.O_CLOEXEC)
-            data = os.pread(
-                self._orderFd, min(size - self._orderRead, ORDER_CHUNK), self._orderRead
-            )
+            unread = self._orderSize() - self._orderRead
+            data = os.pread(self._orderFd, min(unread, ORDER_CHUNK), self._orderRead)
         except OSError as e:
             # Without the order the rest cannot be interleaved: a broken
             # end, not a clean one that leaves output out.

@@ -146,6 +146,13 @@ def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
     }
 
 
+def serverShort(error: BaseException) -> bool:
+    """Does C{error} say the server, not the job, cannot start a process now?"""
+    return isinstance(error, SpawnerGone) or (
+        getattr(error, "errno", None) in SERVER_SHORT_OF
+    )
+
+
 def cannotStartNow(error: Exception) -> CannotStartNow:
     """The 503 of a start the server cannot make now, saying why."""
     return CannotStartNow(
@@ -284,7 +291,7 @@ class LocalExecutor:
         except PoolExhausted as e:
             raise TooManyRequests(str(e), retryAfter=1) from None
         except OSError as e:
-            if e.errno in SERVER_SHORT_OF:
+            if serverShort(e):
                 raise cannotStartNow(e) from None
             raise
 
@@ -545,13 +552,8 @@ class LocalExecutor:
                     job.abort(f"cannot start: {e}")
         except SpawnRefused as e:
             job.failedToStart(str(e))
-        except CgroupError as e:
-            if e.errno in SERVER_SHORT_OF:
-                job.withdraw()
-                raise cannotStartNow(e) from None
-            job.failedToStart(f"cannot start: {e}")
-        except OSError as e:
-            if isinstance(e, SpawnerGone) or e.errno in SERVER_SHORT_OF:
+        except (CgroupError, OSError) as e:
+            if serverShort(e):
                 job.withdraw()
                 raise cannotStartNow(e) from None
             job.failedToStart(spawnError(e))

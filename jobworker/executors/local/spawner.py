@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from .launcher import encodeArguments
 from .pipes import readSome
+from .process import SERVER_SHORT_OF
 
 #: An end record on the events pipe: pid, wait status.
 ENDED = struct.Struct("=ii")
@@ -391,7 +392,7 @@ class Generation:
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                if e.errno in SERVER_SHORT_OF:
                     # Still no descriptor: it waits for the next spawn.
                     self.announced.appendleft((pid, startTicks, NO_PIDFD))
                 raise
