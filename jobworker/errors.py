@@ -67,9 +67,16 @@ class TooManyRequests(JobworkerError):
 
 
 class ServiceUnavailable(JobworkerError):
-    """The server cannot do it now (its store cannot be written)."""
+    """
+    The server cannot do it now (its store cannot be written, it has no
+    room for more work): retry after C{retryAfter} seconds.
+    """
 
     code = 503
+
+    def __init__(self, message: str, retryAfter: int = 5, **extra: object) -> None:
+        super().__init__(message, **extra)
+        self.retryAfter = retryAfter
 
 
 class CannotStartNow(ServiceUnavailable):

@@ -195,6 +195,13 @@ class Metrics:
         self.authFailures = Counter(
             "jobworker_auth_failures", "Failed authentications", registry=r
         )
+        self.connectionsRefused = Counter(
+            "jobworker_connections_refused",
+            "Connections closed at once, by the cap that refused them "
+            "(client: --max-connections-per-client; server: --max-connections)",
+            ["cap"],
+            registry=r,
+        )
         self._requestChildren: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._endChildren: dict[str, tuple[Any, Any, Any]] = {}
 

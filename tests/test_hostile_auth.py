@@ -38,12 +38,17 @@ from twisted.web.test.requesthelper import DummyRequest
 from jobworker.auth import authenticator as authModule
 from jobworker.auth import tokens as tokensModule
 from jobworker.auth.audit import AuditLog
-from jobworker.auth.authenticator import Authenticator, _checkPassword, makePortal
+from jobworker.auth.authenticator import (
+    Authenticator,
+    VerifiedCredentials,
+    _checkPassword,
+    makePortal,
+)
 from jobworker.auth.permissions import Role, User
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.tokens import TokenSigner
 from jobworker.auth.users import UserDatabase, UserEntry
-from jobworker.errors import TooManyRequests, Unauthorized
+from jobworker.errors import ServiceUnavailable, TooManyRequests, Unauthorized
 
 from .support import LiveServer, basic
 
@@ -954,3 +959,77 @@ class SignerRevocationTests(SynchronousTestCase):
         token, _ = self.signer.issue("alice", "Developer")
         for bad in (token + "\u00e9", "jw1.abc.\u00e9\u00e9"):
             self.assertRaises(tokensModule.InvalidToken, self.signer.verify, bad)
+
+
+class GlobalCheckCapTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Password checks in flight were bounded per client only: guesses from
+    many addresses each queued a bcrypt check, without end, in the thread
+    pool the server's other work shares. Past C{maxChecks} in flight, a
+    check is refused at once (503, Retry-After), before bcrypt and without
+    counting as a failure of the client; remembered credentials, tokens
+    and certificates need no check and still pass.
+    """
+
+    CAP = 3
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.held = HeldRunner()
+        self.authenticator = self.makeAuthenticator(self.users, self.held)
+        self.authenticator.maxChecks = self.CAP
+
+    def guess(self, n: int, password: str = "guess") -> Deferred[User]:  # noqa: S107
+        return self.authenticate(
+            self.authenticator,
+            request(f"198.51.{n // 250}.{n % 250 + 1}", basicHeader("rita", password)),
+        )
+
+    def test_checksInFlightBounded(self) -> None:
+        """Guesses from many clients: at most C{CAP} bcrypt checks at once."""
+        results = [self.guess(n) for n in range(40)]
+        self.assertEqual(len(self.held.held), self.CAP)
+        refused = [d for d in results if d.called]
+        self.assertEqual(len(refused), 40 - self.CAP)
+        for d in refused:
+            error = self.failureResultOf(d, ServiceUnavailable).value
+            assert isinstance(error, ServiceUnavailable)
+            self.assertEqual(error.retryAfter, 1)
+            self.assertIn("too many password checks", error.message)
+        # Not failures of those clients: none is throttled for them.
+        self.assertEqual(self.failures, 0)
+        self.held.release()
+        # The checks that ran ended: room again, for the right password.
+        d = self.guess(100, "rita-pass")
+        self.held.release()
+        self.assertEqual(self.successResultOf(d).name, "rita")
+
+    def test_tokensAndCertificatesNeedNoCheck(self) -> None:
+        """With every check slot taken, a token and a certificate still pass."""
+        for n in range(self.CAP):
+            self.guess(n)
+        token, _ = self.signer.issue("alice", Role.DEVELOPER.value)
+        viaToken = self.authenticate(
+            self.authenticator, request(ELSEWHERE, bearerHeader(token))
+        )
+        self.assertEqual(self.successResultOf(viaToken).name, "alice")
+        viaCertificate = self.authenticate(
+            self.authenticator, request(ELSEWHERE, certificateUser="bob")
+        )
+        self.assertEqual(self.successResultOf(viaCertificate).name, "bob")
+        self.held.release()
+
+    def test_rememberedCredentialsNeedNoCheck(self) -> None:
+        """Credentials bcrypt accepted a moment ago pass with every slot taken."""
+        self.authenticator = Authenticator(
+            makePortal(self.users, self.held, VerifiedCredentials(self.clock)),
+            maxChecks=self.CAP,
+        )
+        first = self.guess(0, "rita-pass")
+        self.held.release()
+        self.assertEqual(self.successResultOf(first).name, "rita")
+        for n in range(1, self.CAP + 1):
+            self.guess(n)
+        again = self.guess(0, "rita-pass")
+        self.assertEqual(self.successResultOf(again).name, "rita")
+        self.held.release()

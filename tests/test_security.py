@@ -10,13 +10,21 @@ import time
 from typing import Any
 
 import treq
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
 from jobworker.auth.throttle import LoginThrottle
+from jobworker.metrics import Metrics
+from jobworker.server.connections import ConnectionsPerClient
 
 from .support import LiveServer, basic, sharedPath, waitUntil
 
@@ -226,6 +234,84 @@ class LiveSecurityTests(TestCase):
         server = LiveServer(self, "--max-connections-per-client=2")
         sources = [f"127.0.5.{n}" for n in (1, 2, 3)]
         self.assertEqual(await deferToThread(pastTheCap, server.port, sources), b"")
+
+    async def test_connectionsInAll(self) -> None:
+        """
+        Past --max-connections, whoever connects, a new connection is closed
+        at once: clients from many addresses (each under its own cap) held
+        every descriptor of the server, and then no job could start.
+        """
+        server = LiveServer(
+            self, "--max-connections=2", "--max-connections-per-client=64"
+        )
+        sources = ["127.0.0.1"] * 3
+        self.assertEqual(await deferToThread(pastTheCap, server.port, sources), b"")
+
+        async def admitted() -> bool:
+            try:
+                response = await server.request("GET", "/jobs", "alice")
+            except ResponseNeverReceived:
+                return False
+            await treq.content(response)
+            return response.code == 200
+
+        await waitUntil(admitted, 5.0, "a connection to be admitted again")
+
+
+class ServerWideCapTests(SynchronousTestCase):
+    """The cap in all, apart: clients from addresses of their own."""
+
+    def setUp(self) -> None:
+        self.factory = ConnectionsPerClient(Factory.forProtocol(Protocol), 64, total=3)
+
+    def connect(self, host: str) -> ProtocolWrapper | None:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", host, 4000))
+        if protocol is not None:
+            protocol.makeConnection(StringTransport())
+        return protocol
+
+    def test_refusedPastTheTotal(self) -> None:
+        """Three clients fill it; a fourth is refused, until one leaves."""
+        held = [self.connect(f"198.51.100.{n}") for n in (1, 2, 3)]
+        self.assertNotIn(None, held)
+        self.assertIsNone(self.connect("203.0.113.9"))
+        first = held[0]
+        assert first is not None
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect("203.0.113.9"))
+
+    def test_refusalsLoggedOnceASecond(self) -> None:
+        """
+        A flood of refusals is one line a second, the next line saying how
+        many were not logged: a line each would fill the disk.
+        """
+        clock = Clock()
+        events: list[dict[str, Any]] = []
+        self.factory = ConnectionsPerClient(
+            Factory.forProtocol(Protocol), 64, total=1, clock=clock
+        )
+        self.factory.log = Logger(observer=events.append)
+        self.connect("198.51.100.1")
+        for n in range(5):
+            self.connect(f"203.0.113.{n + 1}")
+        self.assertEqual(len(events), 1)
+        clock.advance(1.5)
+        self.connect("203.0.113.99")
+        self.assertEqual(len(events), 2)
+        self.assertIn("(4 more refused since the last line)", formatEvent(events[1]))
+        self.assertIn("1 already open in all", formatEvent(events[1]))
+
+    def test_refusalsCounted(self) -> None:
+        """Each refusal counts in the metric, by which cap refused it."""
+        metrics = Metrics()
+        self.factory = ConnectionsPerClient(
+            Factory.forProtocol(Protocol), 1, total=2, metrics=metrics
+        )
+        for host in ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            self.connect(host)
+        text = metrics.render().decode()
+        self.assertIn('jobworker_connections_refused_total{cap="client"} 1.0', text)
+        self.assertIn('jobworker_connections_refused_total{cap="server"} 1.0', text)
 
 
 class UsersReloadTests(TestCase):

@@ -21,7 +21,7 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from ..errors import Forbidden, TooManyRequests, Unauthorized
+from ..errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from .audit import AuditLog
 from .permissions import User
 from .throttle import LoginThrottle
@@ -245,8 +245,13 @@ class Authenticator:
         audit: AuditLog | None = None,
         tokens: TokenSigner | None = None,
         certificates: bool = False,
+        maxChecks: int | None = None,
     ) -> None:
         self._portal = portal
+        #: Password checks (bcrypt) in flight at most, whoever asks: past
+        #: it a check is refused at once (None: no bound).
+        self.maxChecks = maxChecks
+        self._checking = 0
         self._basic = BasicCredentialFactory(REALM)
         self._onFailure = onFailure
         self._throttle = throttle
@@ -399,7 +404,9 @@ class Authenticator:
             if self._throttle is not None:
                 self._throttle.succeeded(name, client)
             return user
+        self._admitCheck(name, client)
         self._beginCheck(name, client, counted=True)
+        self._checking += 1
         succeeded = False
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
@@ -417,9 +424,31 @@ class Authenticator:
         finally:
             # Whatever happened (a client that hangs up cancels the check),
             # anything but a success counts as a failure.
+            self._checking -= 1
             if self._throttle is not None:
                 self._throttle.finish(name, client, succeeded)
         return user
+
+    def _admitCheck(self, name: str, client: str) -> None:
+        """
+        Refuse a password check when L{maxChecks} are in flight: bcrypt runs
+        in the thread pool the server's other work shares, and checks from
+        many clients (each under its own throttle) would queue there
+        without end. Not a failure of the client: nothing is counted.
+
+        @raise ServiceUnavailable: with Retry-After 1.
+        """
+        if self.maxChecks is None or self._checking < self.maxChecks:
+            return
+        if self._audit is not None:
+            self._audit.record(
+                "auth.busy", name, client, "refused", reason="password checks full"
+            )
+        raise ServiceUnavailable(
+            f"too many password checks in progress ({self.maxChecks}): retry in "
+            "1 s, or use a token or a client certificate, which need none",
+            retryAfter=1,
+        )
 
     def _remembered(self, name: str, credentials: Any) -> User | None:
         """

@@ -184,11 +184,8 @@ class JobsAPI:
         """The one mapping of a domain error to its HTTP answer."""
         if isinstance(error, Unauthorized):
             request.setHeader(b"www-authenticate", challenge(request))
-        elif isinstance(error, TooManyRequests):
+        elif isinstance(error, (TooManyRequests, ServiceUnavailable)):
             request.setHeader(b"retry-after", str(error.retryAfter).encode("ascii"))
-        elif isinstance(error, ServiceUnavailable):
-            # The state dir's disk (or Slurm) may come back.
-            request.setHeader(b"retry-after", b"5")
         return _json(request, error.body(), error.code)
 
     @app.handle_errors(StoreError)

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from ..keepalive import keepAlive
+from ..metrics import Metrics
 from ..peers import clientKey
+
+#: What refused a connection: the client's own cap, or the server's in all.
+CAPS = ("client", "server")
+
+
+def connectionCap(wanted: int) -> int:
+    """
+    The cap on connections in all: C{wanted}, but at most half the
+    server's descriptor limit (soft C{RLIMIT_NOFILE}), whose other half is
+    for the jobs' pipes, output files and the store. (A connection past
+    the limit is refused by the kernel's C{EMFILE}, and so is a job.)
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft // 2))
 
 
 class KeptAlive(ProtocolWrapper):
@@ -34,25 +52,44 @@ class KeptAlive(ProtocolWrapper):
 class ConnectionsPerClient(WrappingFactory):
     """
     Refuse a connection when its client (L{clientKey}: all of loopback is
-    one, an IPv6 address is its /64) already holds C{limit}
-    (Twisted's own LimitConnectionsByPeer predates address objects), and
-    probe every connection silent for C{keepalive} seconds (None: never):
-    a client that vanished without a word (a follower of a quiet job, whom
-    nothing is ever written to) so frees its connection and its log-stream
-    slot in about twice that, instead of holding them for ever.
+    one, an IPv6 address is its /64) already holds C{limit}, or when the
+    server holds C{total} in all (Twisted's own LimitConnectionsByPeer
+    predates address objects), and probe every connection silent for
+    C{keepalive} seconds (None: never): a client that vanished without a
+    word (a follower of a quiet job, whom nothing is ever written to) so
+    frees its connection and its log-stream slot in about twice that,
+    instead of holding them for ever.
+
+    Refusals are logged at most once a second per cap, with the count of
+    those not logged: a flood of them must not fill the disk.
     """
 
     log = Logger()
     protocol = KeptAlive
 
     def __init__(
-        self, wrappedFactory: Any, limit: int, keepalive: int | None = None
+        self,
+        wrappedFactory: Any,
+        limit: int,
+        keepalive: int | None = None,
+        total: int | None = None,
+        metrics: Metrics | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.keepalive = keepalive
         self._limit = limit
+        self._total = total
         self._counts: dict[str, int] = {}
         self._hosts: dict[ProtocolWrapper, str] = {}
+        self._refusals = (
+            {cap: metrics.connectionsRefused.labels(cap) for cap in CAPS}
+            if metrics is not None
+            else {}
+        )
+        self._clock = clock
+        #: Per cap: when a refusal was last logged, and those since.
+        self._quiet: dict[str, tuple[float, int]] = {}
 
     def buildProtocol(  # type: ignore[override]
         self, addr: IAddress | None
@@ -61,17 +98,39 @@ class ConnectionsPerClient(WrappingFactory):
         host = clientKey(address)
         count = self._counts.get(host, 0)
         if count >= self._limit:
-            self.log.warn(
-                "refused a connection from {client}: {count} already open",
-                client=address if host == address else f"{address} ({host})",
-                count=count,
-            )
+            self._refused("client", address, host, count)
+            return None
+        if self._total is not None and len(self._hosts) >= self._total:
+            self._refused("server", address, host, len(self._hosts))
             return None
         protocol: ProtocolWrapper | None = super().buildProtocol(addr)
         if protocol is not None:
             self._counts[host] = count + 1
             self._hosts[protocol] = host
         return protocol
+
+    def _refused(self, cap: str, address: str, host: str, count: int) -> None:
+        counter = self._refusals.get(cap)
+        if counter is not None:
+            counter.inc()
+        now = self._clock.seconds() if self._clock is not None else None
+        last, unlogged = self._quiet.get(cap, (None, 0))
+        if now is not None and last is not None and now - last < 1.0:
+            self._quiet[cap] = (last, unlogged + 1)
+            return
+        if now is not None:
+            self._quiet[cap] = (now, 0)
+        self.log.warn(
+            "refused a connection from {client}: {count} already open "
+            "{where}{unlogged}",
+            client=address if host == address else f"{address} ({host})",
+            count=count,
+            where="from it" if cap == "client" else "in all",
+            unlogged=f" ({unlogged} more refused since the last line)"
+            if unlogged
+            else "",
+            cap=cap,
+        )
 
     def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
         super().unregisterProtocol(protocol)  # type: ignore[no-untyped-call]

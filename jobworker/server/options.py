@@ -22,7 +22,8 @@ from ..jobs.policy import (
 from ..keepalive import MOST as MOST_KEEPALIVE
 from ..units import parseSize
 
-#: The bundled development certificate, relative to the working directory.
+#: Connections in all, by default (--max-connections).
+MAX_CONNECTIONS = 1024
 
 
 def defaultStateDir() -> str:
@@ -301,6 +302,23 @@ class Options(usage.Options):
             int,
         ],
         [
+            "max-connections",
+            None,
+            MAX_CONNECTIONS,
+            "Concurrent connections in all, whoever holds them; more are closed "
+            "before the TLS handshake. At most half the server's descriptor "
+            "limit (RLIMIT_NOFILE): the rest are the jobs' pipes and files.",
+            int,
+        ],
+        [
+            "max-password-checks",
+            None,
+            32,
+            "Password (bcrypt) checks in flight at once, whoever asks; more "
+            "are 503 with Retry-After (tokens and certificates need none).",
+            int,
+        ],
+        [
             "output-threads",
             None,
             MAX_PUMPS,
@@ -475,6 +493,8 @@ class Options(usage.Options):
             "max-log-streams-per-user",
             "login-failures",
             "max-connections-per-client",
+            "max-connections",
+            "max-password-checks",
             "max-log-streams",
         ):
             if self[name] is not None and self[name] < 1:

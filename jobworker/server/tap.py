@@ -39,7 +39,7 @@ from ..jobs.store import JobStore, StoreError
 from ..metrics import Metrics
 from . import identitysetup, tlssetup
 from .api import JobsAPI
-from .connections import ConnectionsPerClient
+from .connections import ConnectionsPerClient, connectionCap
 from .deadlines import channelWithDeadlines
 from .identitysetup import probeSandbox
 from .options import (
@@ -348,6 +348,7 @@ def _authenticator(
         audit,
         tokens=TokenSigner(tokenKey, reactor, config["token-ttl"]),
         certificates=config["client-ca"] is not None,
+        maxChecks=config["max-password-checks"],
     )
 
 
@@ -372,11 +373,22 @@ def _listen(
     endpoint = TCP4ServerEndpoint(
         reactor, config["port"], interface=config["interface"]
     )
+    total = connectionCap(config["max-connections"])
+    if total < config["max-connections"]:
+        log.warn(
+            "--max-connections {wanted} is more than half the descriptor limit: "
+            "at most {total} connections (raise RLIMIT_NOFILE for more)",
+            wanted=config["max-connections"],
+            total=total,
+        )
     listening = endpoint.listen(
         ConnectionsPerClient(
             LargeWritesTLSFactory(tlsOptions, False, site),
             config["max-connections-per-client"],
             config["keepalive"],
+            total=total,
+            metrics=site.metrics,  # type: ignore[attr-defined]
+            clock=reactor,
         )
     )
     failures: list[Exception] = []
