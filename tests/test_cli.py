@@ -275,6 +275,48 @@ class FailureTests(CLITestCase):
         result = await runDetachedJW("list", env=env)
         self.assertOneLineFailure(result, b"JW_USER", b"JW_PASSWORD")
 
+    async def test_emptyPasswordCountsAsUnset(self) -> None:
+        """
+        C{JW_PASSWORD=} (set, empty) counts as unset, as every empty C{JW_*}
+        does: with no tty to ask, jw says to set it, exit 2, and sends
+        nothing; after C{jw login}, the saved login is used. (The empty
+        password was sent, and refused: exit 1, the login unused.)
+        """
+        server = LiveServer(self)
+        home = os.path.abspath(self.mktemp())
+        empty = jwEnvironment(server.url, XDG_CONFIG_HOME=home, JW_PASSWORD="")
+        result = await runDetachedJW("exec", "--", "true", env=empty)
+        self.assertOneLineFailure(result, b"JW_USER", b"JW_PASSWORD")
+        self.assertEqual(result[2], 2)
+        self.assertEqual(await self.listedIds(server), [])
+        login = jwEnvironment(server.url, XDG_CONFIG_HOME=home)
+        self.assertEqual((await runDetachedJW("login", env=login))[2], 0)
+        out = self.assertSucceeded(await runDetachedJW("exec", "--", "true", env=empty))
+        self.assertRegex(out, UUID_LINE)
+
+
+class ListTests(CLITestCase):
+    """C{jw list} as a shell runs it."""
+
+    async def test_moreExistFollowsTheTable(self) -> None:
+        """
+        With C{2>&1}, the hint that more jobs exist comes after the table,
+        where a reader looks once the rows end (it came above the header).
+        """
+        server = LiveServer(self)
+        for _ in range(2):
+            await server.createJob("true")
+        out, err, code = await runProcess(
+            "/bin/sh",
+            ["-c", 'exec "$0" list --limit 1 2>&1', JW],
+            jwEnvironment(server.url),
+        )
+        self.assertEqual((code, err), (0, b""), out)
+        lines = out.decode().splitlines()
+        self.assertEqual(len(lines), 3, out)
+        self.assertEqual(lines[0].split()[0], "ID", out)
+        self.assertEqual(lines[2], "jw: 1 shown, more exist (--all: every one)")
+
 
 class InputAndInterruptTests(CLITestCase):
     """Issue 17 over real TLS and real processes: stdin, and SIGINT to jw."""

@@ -8,13 +8,18 @@ a signal, bulk delete, --json as one document, readable status.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
+import uuid
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.client.calls import EXIT_STATUS_LOST, exitStatusOf
 from jobworker.client.completion import COMPLETION, OPTIONS
+from jobworker.client.http import JobworkerClient
 from jobworker.client.interrupts import SIGNALS, Interrupts
 from jobworker.client.parser import buildParser
 from jobworker.client.show import jobLines, outcome
@@ -399,6 +404,30 @@ class BulkTests(MemoryCLITestCase):
         self.assertEqual(code, 1)
         self.assertIn(b"abcdef12", err)
 
+    def test_rmReportsInArgumentOrder(self) -> None:
+        """
+        The failures of jw rm A B are one line each in the order of A and
+        B, whichever answer comes first (they were in the order the answers
+        came).
+        """
+        running = self.execId("sleep", "60")
+        unknown = str(uuid.uuid4())
+        answered: Deferred[None] = Deferred()
+        realDelete = JobworkerClient.deleteJob
+
+        async def slowForRunning(client: JobworkerClient, jobId: str) -> None:
+            if jobId == running:
+                await answered  # A's answer comes after B's
+            await realDelete(client, jobId)
+
+        self.patch(JobworkerClient, "deleteJob", slowForRunning)
+        run = self.start("rm", running[:8], unknown)
+        answered.callback(None)
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 1, err)
+        named = [line.split(": ")[1] for line in err.decode().splitlines()]
+        self.assertEqual(named, [running[:8], unknown], err)
+
     def test_clean(self) -> None:
         """jw clean deletes the caller's ended jobs, not running ones."""
         done, running = self.execId("true"), self.execId("sleep", "60")
@@ -409,6 +438,50 @@ class BulkTests(MemoryCLITestCase):
         out = self.assertSucceeded(self.jw("clean", "--older-than", "7d", "--json"))
         self.assertEqual(json.loads(out), {"deleted": 0})
         self.assertOneLineFailure(self.jw("clean", "--older-than", "soon"), b"age")
+
+
+class LoginFileTests(MemoryCLITestCase):
+    """The tokens C{jw login} keeps (test_cli: an empty C{JW_PASSWORD})."""
+
+    def tokensFile(self) -> str:
+        return os.path.join(self.configHome, "jobworker", "tokens.json")
+
+    def test_tokensFileOthersMayReadIsRefused(self) -> None:
+        """
+        A tokens file that group or others may read is refused as ssh
+        refuses such a key: one line naming it and C{chmod 600}, exit 2,
+        nothing sent (it was used without a word); C{jw config} says so.
+        Once private again, it is used.
+        """
+        self.assertSucceeded(self.jw("login"))
+        path = self.tokensFile()
+        os.chmod(path, 0o644)
+        requests: list[str] = []
+        realRequest = self.http.request
+
+        def counted(method: str, url: str, **kwargs: Any) -> Any:
+            requests.append(url)
+            return realRequest(method, url, **kwargs)
+
+        self.patch(self.http, "request", counted)
+        for argv in (("list",), ("login",), ("logout",)):
+            result = self.jw(*argv)
+            self.assertOneLineFailure(result, path.encode(), b"chmod 600")
+            self.assertEqual(result[2], 2, argv)
+        self.assertEqual(requests, [])
+        out = self.assertSucceeded(self.jw("config"))
+        self.assertIn(b"login token = refused: ", out)
+        os.chmod(path, 0o600)
+        self.assertSucceeded(self.jw("list"))
+
+    def test_loginKeepsTokensPrivate(self) -> None:
+        """jw login writes the tokens file 0600 whatever the umask."""
+        old = os.umask(0)
+        try:
+            self.assertSucceeded(self.jw("login"))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(self.tokensFile()).st_mode), 0o600)
 
 
 class OutputTests(MemoryCLITestCase):
@@ -623,7 +696,6 @@ class HelpAgreesWithREADMETests(MemoryCLITestCase):
     """Finding 8: the README's jw synopsis and each --help name the same options."""
 
     def test_synopsisMatchesTheParser(self) -> None:
-        import os
         import re
 
         readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
@@ -693,8 +765,6 @@ class DestinationTests(MemoryCLITestCase):
 
     def test_sharedDestination(self) -> None:
         """Two files: apart; one file twice (2>&1): shared; in memory: shared."""
-        import os
-
         one = open(self.mktemp(), "wb")
         two = open(self.mktemp(), "wb")
         same = os.fdopen(os.dup(one.fileno()), "wb")

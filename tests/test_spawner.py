@@ -515,8 +515,8 @@ class DeadSpawnerTests(TestCase):
 
     async def test_sendToADeadSpawner(self) -> None:
         """A spawn that finds the spawner dead (before the reactor noticed)
-        fails, saying so, and drops that spawner's standby; the next spawn
-        starts a new spawner."""
+        drops that spawner's standby and starts the job in a new spawner:
+        it failed, a 503 for a spawner nothing was wrong with any more."""
         path, sandbox = launcherSandbox(self)
         argv, gate = sandbox.gatedStart(
             testIdentity(), ["true"], None, {"PATH": "/bin"}
@@ -528,17 +528,34 @@ class DeadSpawnerTests(TestCase):
         [(standby, _, _)] = generation.announced
         os.kill(spawner.current.process.pid, signal.SIGKILL)
         self.assertTrue(_gone(standby))  # it saw EOF on its socket
-        with self.assertRaises(SpawnerGone):
-            spawner.spawnProcess(ProcessProtocol(), argv)
-        self.assertEqual(list(generation.announced), [])
         ended = Deferred()
         proto = ProcessProtocol()
         proto.processEnded = lambda reason: ended.callback(reason.value)
         process = spawner.spawnProcess(proto, argv)
+        self.assertEqual(list(generation.announced), [])
+        self.assertIsNone(generation.socket)
         self.assertEqual(spawner.started, 2)
         process.writeToChild(3, gate)
         process.closeChildFD(3)
         self.assertIsInstance(await ended, ProcessDone)
+
+    async def test_silentSpawnerNotReplaced(self) -> None:
+        """A spawner alive but silent (stopped) is not replaced: its spawn
+        fails (a 503), and no second spawner forks beside it."""
+        path, sandbox = launcherSandbox(self)
+        argv, _ = sandbox.gatedStart(testIdentity(), ["true"], None, {"PATH": "/bin"})
+        spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
+        self.addCleanup(spawner.stop)
+        generation = spawner.running()
+        generation.receive(10.0)
+        pid = generation.process.pid
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGSTOP)
+        spawner.spawnProcess(ProcessProtocol(), argv).closeChildFD(3)  # the standby
+        with self.assertRaises(SpawnerGone):
+            spawner.spawnProcess(ProcessProtocol(), argv)
+        self.assertIs(spawner.current, generation)
+        self.assertEqual(spawner.started, 1)
 
     async def test_gateLongerThanItsPipe(self) -> None:
         """A gate line longer than its pipe takes at once (a large job
@@ -574,10 +591,9 @@ class GenerationTests(TestCase):
     timeout = 60
 
     async def test_oldSpawnersJobsStillEnd(self) -> None:
-        """The spawner dies under a running job and two spawns come before
-        the reactor notices: the first fails, the second starts a new
-        spawner, and the old one's job still ends (killed, FAILED) once its
-        pipe is read to the end."""
+        """The spawner dies under a running job and a spawn comes before the
+        reactor notices: it starts a new spawner, and the old one's job
+        still ends (killed, FAILED) once its pipe is read to the end."""
         requireRoot()
         compiled(self)
         server = LiveServer(self)
@@ -599,13 +615,12 @@ class GenerationTests(TestCase):
         argv, _ = executor.sandbox.gatedStart(
             testIdentity(), ["true"], None, {"PATH": "/bin"}
         )
-        with self.assertRaises(OSError):
-            spawner.spawnProcess(ProcessProtocol(), argv)
         ended = Deferred()
         proto = ProcessProtocol()
         proto.processEnded = lambda reason: ended.callback(reason.value)
         fresh = spawner.spawnProcess(proto, argv)
         self.assertIsNot(spawner.current, old)
+        self.assertEqual(spawner.started, 2)
         fresh.closeChildFD(3)  # the gate, unopened: it exits 125
         self.assertEqual((await ended).exitCode, 125)
         record = await server.waitEnded(job["id"])

@@ -375,6 +375,7 @@ class LoginCLITests(TestCase):
                 {self.server.url: {"token": "jw1.x.y", "expires": 1.0, "user": "bob"}},
                 f,
             )
+        os.chmod(self.tokensFile, 0o600)  # as jw writes it: others' is refused
         _, err, code = await self.jw("list")
         self.assertEqual(code, 2)
         self.assertIn(b"no terminal to ask for credentials", err)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .completion import COMPLETION
 from .config import (
+    ConfigError,
     Settings,
     caInUse,
     checkServer,
@@ -266,8 +267,11 @@ def showConfig(
         if key == "ca":
             value, origin = caInUse(settings, environ)
         lines.append(f"{key} = {value}    # {origin}")
-    token, saved = loadToken(tokensFile, settings.server, time.time())
-    login = "valid" if token else ("expired" if saved else "none")
+    try:
+        token, saved = loadToken(tokensFile, settings.server, time.time())
+        login = "valid" if token else ("expired" if saved else "none")
+    except ConfigError as e:  # the file others may read: say why it is unused
+        login = f"refused: {e}"
     lines.append(f"login token = {login}    # {tokensFile}")
     streams.show("".join(line + "\n" for line in lines))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -213,9 +214,43 @@ def tokensPath(environ: dict[str, str]) -> str:
     return os.path.join(os.path.dirname(configPath(environ)), "tokens.json")
 
 
+def checkPrivate(path: str) -> None:
+    """
+    Refuse the tokens file at C{path} if others may use it (L{_refuseShared});
+    an absent file is fine.
+
+    @raise ConfigError: its group or others have any permission on it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent, or unreadable: reading it says so
+    _refuseShared(path, mode)
+
+
+def _refuseShared(path: str, mode: int) -> None:
+    """
+    A token is a login: a tokens file its group or others may read (or
+    write) is not used, as ssh refuses such a private key.
+
+    @raise ConfigError: C{mode} gives its group or others any permission.
+    """
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: permissions {stat.S_IMODE(mode):04o} are too open, others "
+            f"could use the logins in it: run chmod 600 {path}"
+        )
+
+
 def _readTokens(path: str) -> dict[str, dict[str, object]]:
+    """
+    The tokens kept in C{path} (none if it is absent or unreadable).
+
+    @raise ConfigError: others may use the file (L{_refuseShared}).
+    """
     try:
         with open(path, encoding="utf-8") as f:
+            _refuseShared(path, os.fstat(f.fileno()).st_mode)
             data = json.load(f)
     except (OSError, ValueError):
         return {}

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from .config import (
     DEV_CA_HOSTS,
     Settings,
+    checkPrivate,
     loadToken,
     savedUser,
     saveToken,
@@ -29,10 +30,18 @@ from .streams import Streams
 Connect = Callable[..., Any]
 
 
+def givenPassword(environ: dict[str, str]) -> str | None:
+    """
+    C{JW_PASSWORD}, if set and not empty: empty counts as unset, as for every
+    C{JW_*} variable (no password is empty, so it was never meant to be sent).
+    """
+    return environ.get("JW_PASSWORD") or None
+
+
 def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
     """C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt."""
     user = environ.get("JW_USER") or user
-    password = environ.get("JW_PASSWORD")
+    password = givenPassword(environ)
     if user and password is not None:
         return user, password
     # Not open("/dev/tty", "r+"): a terminal is not seekable, and that
@@ -157,12 +166,15 @@ class Session:
             client = connect(reactor, server, ca, token=environ["JW_TOKEN"])
             return cls(client, server, tokensFile)
         token, saved = None, False
-        if verb != "login":
+        if verb == "login":
+            checkPrivate(tokensFile)  # before the password is sent, not after
+        else:
             token, saved = loadToken(tokensFile, server, time.time(), settings.user)
-        if token is not None and "JW_PASSWORD" not in environ:
+        password = givenPassword(environ)
+        if token is not None and password is None:
             client = connect(reactor, server, ca, token=token)
             return cls(client, server, tokensFile, token=token)
-        if verb == "_ids" and "JW_PASSWORD" not in environ:
+        if verb == "_ids" and password is None:
             raise NoPrompt()
         # An expired login is renewed for the user it was of.
         known = settings.user or (savedUser(tokensFile, server) if saved else None)

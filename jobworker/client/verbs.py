@@ -438,12 +438,12 @@ async def doList(
     while options.all and cursor is not None:
         more, cursor = await client.listJobs(**filters, cursor=cursor)
         jobs.extend(more)
-    if cursor is not None:
-        streams.say(f"jw: {len(jobs)} shown, more exist (--all: every one)")
     if options.json:
         streams.show(jsonLine({"jobs": jobs}))
     else:
         streams.show(jobTable(jobs, client.reactor.seconds(), options.wide))
+    if cursor is not None:  # after the table (shown and flushed): 2>&1 reads so
+        streams.say(f"jw: {len(jobs)} shown, more exist (--all: every one)")
     return 0
 
 
@@ -486,16 +486,21 @@ async def doRemove(
 ) -> int:
     from twisted.internet.defer import ensureDeferred, gatherResults
 
-    async def remove(text: str) -> bool:
+    async def remove(text: str) -> str | None:
+        """Delete one job; why it could not be, if it could not."""
         try:
             await client.deleteJob(await resolveId(client, text))
         except (ClientError, UsageFailure) as e:
-            streams.say(f"jw: {text}: {e}")
-            return False
-        return True
+            return f"jw: {text}: {e}"
+        return None
 
+    # All at once, but each failure said in the order of the arguments,
+    # not of the answers.
     results = await gatherResults([ensureDeferred(remove(t)) for t in options.ids])
-    return 0 if all(results) else 1
+    failures = [line for line in results if line is not None]
+    for line in failures:
+        streams.say(line)
+    return 1 if failures else 0
 
 
 async def doClean(

@@ -583,6 +583,26 @@ class Spawner:
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
         generation = self.running()
+        try:
+            return self._spawnIn(generation, proto, message, stdin, join, reaped)
+        except SpawnerGone:
+            if generation.socket is not None:
+                raise  # alive but silent (stopped, starved): not replaced
+        # It died before the reactor saw it (its socket ended under this
+        # spawn): the job starts in a new one, rather than fail for a
+        # spawner that is no more.
+        return self._spawnIn(self.running(), proto, message, stdin, join, reaped)
+
+    def _spawnIn(
+        self,
+        generation: Generation,
+        proto: IProcessProtocol,
+        message: bytes,
+        stdin: bool,
+        join: Sequence[int],
+        reaped: bool,
+    ) -> SpawnedProcess:
+        """L{spawnProcess} in the spawner of C{generation}."""
         pid, startTicks, pidfd = generation.standby()
         ends: dict[int, int] = {}
         theirs: list[int] = []
