@@ -103,6 +103,22 @@ class DashboardFilesTests(TestCase):
             self.assertSecurityHeaders(response)
             self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
 
+    async def test_headersWhateverThePathsSpelling(self) -> None:
+        """
+        /ui/ spelled another way the router takes as the same (a percent-
+        encoded letter, a doubled slash) still has the security headers:
+        the page was served without them, to be framed (clickjacking).
+        """
+        server = LiveServer(self)
+        for path in ("/%75i/", "//ui/", "/%75i/app.js", "//ui/index.html"):
+            response = await server.request("GET", path, None)
+            await response.content()
+            self.assertEqual(response.code, 200, path)
+            self.assertSecurityHeaders(response)
+            self.assertEqual(
+                response.headers.getRawHeaders(b"x-frame-options"), [b"DENY"], path
+            )
+
     async def test_everyModuleIsServed(self) -> None:
         """Each packaged file is served (the modules import one another)."""
         server = LiveServer(self)

@@ -96,6 +96,9 @@ class _Subject:
     def __init__(self, commonName: str) -> None:
         self.commonName = commonName
 
+    def get_components(self) -> list[tuple[bytes, bytes]]:
+        return [(b"CN", self.commonName.encode())]
+
 
 class _Certificate:
     """What the TLS layer hands over for a verified client certificate."""
@@ -107,11 +110,41 @@ class _Certificate:
         return self._subject
 
 
+def realCertificate(*attributes: tuple[str, str]) -> Any:
+    """
+    A pyOpenSSL certificate (as the TLS layer hands over) whose subject is
+    C{attributes}, in order: ("CN", "ada"), ("OU", "x"), ...
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from OpenSSL.crypto import X509
+
+    oids = {"CN": NameOID.COMMON_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
+    name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in attributes])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return X509.from_cryptography(certificate)
+
+
 class _Transport:
-    def __init__(self, certificate: _Certificate) -> None:
+    def __init__(self, certificate: Any) -> None:
         self._certificate = certificate
 
-    def getPeerCertificate(self) -> _Certificate:
+    def getPeerCertificate(self) -> Any:
         return self._certificate
 
 
@@ -548,6 +581,31 @@ class SharedAddressTests(HostileAuthMixin, SynchronousTestCase):
         d = self.auth(request(SHARED, basicHeader("bob", "bob-pass")))
         self.failureResultOf(d, TooManyRequests)
 
+    def withCertificate(self, *attributes: tuple[str, str]) -> Deferred[User]:
+        req = request(ELSEWHERE)
+        req.channel = _Channel(_Transport(realCertificate(*attributes)))  # type: ignore[attr-defined]
+        return self.auth(req)
+
+    def test_certificateOfOneCommonName(self) -> None:
+        """A real certificate with one CN (and other parts) is its user."""
+        user = self.successResultOf(self.withCertificate(("OU", "x"), ("CN", "rita")))
+        self.assertEqual(user.name, "rita")
+
+    def test_certificateOfTwoCommonNamesRefused(self) -> None:
+        """
+        A certificate with two common names was the user of the first one
+        (CN=alice, CN=rita: alice, a developer): which one is meant is anyone's
+        guess, so it is none.
+        """
+        for attributes in (
+            (("CN", "alice"), ("CN", "rita")),
+            (("CN", "rita"), ("CN", "rita")),
+        ):
+            failure = self.failureResultOf(
+                self.withCertificate(*attributes), Unauthorized
+            )
+            self.assertIn("exactly one common name", failure.value.message)
+
     def test_guessingTrustedUserStillThrottledPerPair(self) -> None:
         """
         Guessing alice's password from an address she logs in from is
@@ -959,6 +1017,99 @@ class SignerRevocationTests(SynchronousTestCase):
         token, _ = self.signer.issue("alice", "Developer")
         for bad in (token + "\u00e9", "jw1.abc.\u00e9\u00e9"):
             self.assertRaises(tokensModule.InvalidToken, self.signer.verify, bad)
+
+
+class ReloadDuringCheckTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    A password check that was running when the users file was reloaded
+    (SIGHUP) judged by the file before: alice's old password let her in
+    after its change, and could mint a token the new file did not revoke.
+    """
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.held = HeldRunner()
+        self.authenticator = self.makeAuthenticator(self.users, self.held)
+
+    def changed(self, password: str) -> UserDatabase:
+        entries = [
+            UserEntry(User("alice", Role.DEVELOPER), _hash(password).encode("ascii"))
+        ]
+        return UserDatabase(entries, self.users.dummyHash)
+
+    def test_oldPasswordRefusedAfterReload(self) -> None:
+        d = self.authenticate(
+            self.authenticator, request(ELSEWHERE, basicHeader("alice", "alice-pass"))
+        )
+        self.authenticator.replaceUsers(self.changed("new-pass"))
+        self.held.release()
+        self.failureResultOf(d, Unauthorized)
+
+    def test_unchangedUserStillLetIn(self) -> None:
+        """A reload that leaves alice's password as it was lets her in."""
+        d = self.authenticate(
+            self.authenticator, request(ELSEWHERE, basicHeader("alice", "alice-pass"))
+        )
+        same = self.users.lookup("alice")
+        assert same is not None
+        self.authenticator.replaceUsers(UserDatabase([same], self.users.dummyHash))
+        self.held.release()
+        self.assertEqual(self.successResultOf(d).name, "alice")
+
+
+class UnauthenticatedFloodTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Anyone, without credentials, grew the audit log without bound: each bad
+    token was an C{auth.failure} line and never throttled, and each attempt
+    refused by the throttle an C{auth.throttled} line (about 200 KiB/s from
+    one connection).
+    """
+
+    def setUp(self) -> None:
+        self.users = UserDatabase.fromText(USERS_TEXT)
+        self.authenticator = self.makeAuthenticator(self.users, RecordingRunner())
+        self.path = self.mktemp()
+        self.authenticator._audit = AuditLog(self.path, self.clock)
+
+    def auth(self, header: bytes) -> Deferred[User]:
+        return self.authenticate(self.authenticator, request(SHARED, header))
+
+    def events(self) -> list[dict[str, Any]]:
+        with open(self.path) as f:
+            return [json.loads(line) for line in f]
+
+    def test_badTokensThrottled(self) -> None:
+        """Past the threshold a bad token is a 429, and a valid one still passes."""
+        for _ in range(THRESHOLD):
+            self.failureResultOf(self.auth(bearerHeader("jw1.x.y")), Unauthorized)
+        self.failureResultOf(self.auth(bearerHeader("jw1.x.y")), TooManyRequests)
+        token, _ = self.signer.issue("bob", Role.DEVELOPER.value)
+        self.assertEqual(
+            self.successResultOf(self.auth(bearerHeader(token))).name, "bob"
+        )
+
+    def test_auditLinesBounded(self) -> None:
+        """
+        1,000 bad tokens and 1,000 bad passwords in a minute: the first
+        failures, then one C{auth.throttled} line, which says how many were
+        refused; a minute on, one more line with the count since.
+        """
+        for n in range(1000):
+            self.auth(bearerHeader("jw1.x.y"))
+            self.auth(basicHeader("nobody", f"guess{n}"))
+        events = self.events()
+        failures = [e for e in events if e["event"] == "auth.failure"]
+        throttled = [e for e in events if e["event"] == "auth.throttled"]
+        self.assertEqual(len(failures), THRESHOLD)
+        self.assertEqual(len(throttled), 1)
+        self.assertEqual(throttled[0]["refused"], 1)
+        self.clock.advance(61)
+        # (The first is a failure again, the throttle's delay over; the
+        # rest are refused, and the first of those is reported.)
+        for _ in range(10):
+            self.auth(bearerHeader("jw1.x.y"))
+        throttled = [e for e in self.events() if e["event"] == "auth.throttled"]
+        self.assertEqual([e["refused"] for e in throttled], [1, 2000 - THRESHOLD])
 
 
 class GlobalCheckCapTests(HostileAuthMixin, SynchronousTestCase):

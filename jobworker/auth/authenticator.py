@@ -26,7 +26,7 @@ from .audit import AuditLog
 from .permissions import User
 from .throttle import LoginThrottle
 from .tokens import InvalidToken, TokenSigner
-from .users import UserDatabase
+from .users import UserDatabase, UserEntry
 
 #: Runs a blocking callable off the reactor thread and returns a Deferred of
 #: its result (C{deferToThreadPool} in the server, a synchronous call in tests).
@@ -171,7 +171,9 @@ class BcryptChecker:
         )
 
         def verdict(ok: bool) -> bytes | tuple[()]:
-            if ok and entry is not None:
+            # The users file may have been reloaded while bcrypt ran: a
+            # password is right only if it is still the user's.
+            if ok and entry is not None and self._stillHolds(name, entry):
                 if cache is not None:
                     cache.add(nameBytes, password, generation)
                 return nameBytes
@@ -179,6 +181,11 @@ class BcryptChecker:
 
         result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
         return result
+
+    def _stillHolds(self, name: str, entry: UserEntry) -> bool:
+        """Whether C{entry}'s password is still C{name}'s in the users now."""
+        current = self._users.lookup(name)
+        return current is not None and current.passwordHash == entry.passwordHash
 
 
 @implementer(IRealm)
@@ -347,12 +354,23 @@ class Authenticator:
         else:
             wait = throttle.retryAfter(name, client)
         if wait > 0:
-            if self._audit is not None:
-                self._audit.record("auth.throttled", name, client, "refused")
-            seconds = math.ceil(wait)
-            raise TooManyRequests(
-                f"too many failed logins: retry in {seconds} s", retryAfter=seconds
+            raise self._throttled(name, client, wait)
+
+    def _throttled(self, name: str, client: str, wait: float) -> TooManyRequests:
+        """
+        The error for an attempt the throttle refuses (C{wait} seconds more);
+        audited at most once a minute per client, with the count refused.
+        """
+        assert self._throttle is not None
+        refused = self._throttle.refused(client)
+        if self._audit is not None and refused is not None:
+            self._audit.record(
+                "auth.throttled", name, client, "refused", refused=refused
             )
+        seconds = math.ceil(wait)
+        return TooManyRequests(
+            f"too many failed logins: retry in {seconds} s", retryAfter=seconds
+        )
 
     async def authenticate(self, request: IRequest, allowToken: bool = True) -> User:
         """
@@ -471,6 +489,14 @@ class Authenticator:
         try:
             name, role = self._tokens.verify(token.decode("ascii"))
         except (InvalidToken, UnicodeDecodeError) as e:
+            # A bad token counts as a failed login, and a client throttled
+            # for them is refused without a word more in the audit log: they
+            # cost nothing to send, and each was a line.
+            client = clientAddress(request)
+            throttle = self._throttle
+            wait = throttle.retryAfter("", client) if throttle is not None else 0.0
+            if wait > 0:
+                raise self._throttled("", client, wait) from None
             raise self._refuse(
                 request, "", f"token: {e}", "invalid or expired token"
             ) from None
@@ -495,7 +521,21 @@ class Authenticator:
         if certificate is None:
             return None
         # The TLS layer verified it against --client-ca (purpose: client).
-        name = certificate.get_subject().commonName or ""
+        names = [
+            value.decode("utf-8", "replace")
+            for key, value in certificate.get_subject().get_components()
+            if key == b"CN"
+        ]
+        if len(names) != 1:
+            # (pyOpenSSL's commonName is the first: CN=alice, CN=rita was
+            # alice.) Which one is meant is anyone's guess: none is.
+            raise self._refuse(
+                request,
+                ",".join(names)[:64],
+                f"certificate with {len(names)} common names",
+                "the client certificate must have exactly one common name",
+            )
+        name = names[0]
         entry = self._realm._users.lookup(name)
         if entry is None:
             raise self._refuse(

@@ -59,6 +59,7 @@ from .requests import (
     _query,
     _recordJSON,
     _RequestGuard,
+    dashboardHeaders,
     jobSelection,
     refuseCrossSite,
 )
@@ -369,8 +370,9 @@ class JobsAPI:
 
     @app.route("/ui", methods=["GET"])
     async def dashboardFolder(self, request: IRequest) -> bytes:
-        # The address a person types: on to the page, whose files are /ui/*
-        # (the security headers: the guard's, as for all of /ui).
+        # The address a person types: on to the page, whose files are /ui/*.
+        # The headers here too: the guard sees /ui only as it is spelled.
+        dashboardHeaders(request)
         onlyParameters(_query(request), frozenset())
         request.redirect(b"/ui/")
         request.setResponseCode(308)
@@ -380,6 +382,7 @@ class JobsAPI:
     @app.route("/ui/<file>", methods=["GET"])
     async def dashboard(self, request: IRequest, file: str = "index.html") -> bytes:
         # No credentials for the page's files; its data requests need a token.
+        dashboardHeaders(request)
         return self._dashboard.serve(request, file)
 
     @app.route("/healthz", methods=["GET"])

@@ -43,6 +43,13 @@ SECURITY_HEADERS = (
     (b"cache-control", b"no-cache"),
 )
 
+
+def dashboardHeaders(request: IRequest) -> None:
+    """Set the dashboard's L{SECURITY_HEADERS} on the answer to C{request}."""
+    for header, value in SECURITY_HEADERS:
+        request.setHeader(header, value)
+
+
 #: The largest request body accepted.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -242,9 +249,9 @@ class _RequestGuard:
 
     def render(self, request: IRequest) -> bytes | int:
         if request.path == b"/ui" or request.path.startswith(b"/ui/"):
-            # The dashboard's headers go with every answer under /ui.
-            for header, value in SECURITY_HEADERS:
-                request.setHeader(header, value)
+            # The dashboard's headers go with every answer under /ui (its
+            # routes set them too, for /ui spelled otherwise: //ui/, /%75i/).
+            dashboardHeaders(request)
         try:
             path = b"/".join(request.postpath or []).decode("utf-8")
         except UnicodeDecodeError:

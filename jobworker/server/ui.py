@@ -63,7 +63,7 @@ class Dashboard:
         @raise NotFound: for a name that is not one of the files.
         @raise BadRequest: a query string (the page routes by its fragment).
         """
-        # (The security headers: the request guard's, on all of /ui.)
+        # (The security headers: set by the routes, and the request guard.)
         onlyParameters(_query(request), frozenset())
         found = self._files.get(name)
         if found is None:
