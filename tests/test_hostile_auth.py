@@ -126,7 +126,7 @@ def realCertificate(*attributes: tuple[str, str]) -> Any:
     oids = {"CN": NameOID.COMMON_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
     name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in attributes])
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
