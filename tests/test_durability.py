@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from typing import Any
@@ -195,6 +196,42 @@ class CrashRecoveryTests(TestCase):
         self.assertIn(b'"COMPLETED"', out)
         out, err, code = await jw(port, "logs", doneId)
         self.assertEqual(out, b"finished\n")
+
+
+class DaemonTests(TestCase):
+    async def test_daemonKeepsRecordsAcrossACrash(self) -> None:
+        """
+        twistd without -n (a daemon, as the README allows): a job created
+        after an outside reader of the store (a backup, the sqlite3 shell)
+        is still there after kill -9 and a restart. It was lost: the store
+        was opened before twistd forked, without SQLite's locks after it.
+        """
+        stateDir = sharedPath(self)
+        logPath = sharedPath(self)
+        pidPath = sharedPath(self)
+        command = twistdCommand(stateDir)
+        command[1:3] = [f"--pidfile={pidPath}", f"--logfile={logPath}"]
+        subprocess.run(command, check=True, timeout=60, stdin=subprocess.DEVNULL)
+        port = await listeningPort(logPath)
+        with open(pidPath) as f:
+            daemon = int(f.read())
+        cleanUpProcesses(self, daemon)
+        out, err, code = await jw(port, "exec", "--", "true")
+        self.assertEqual(code, 0, err)
+        reader = sqlite3.connect(os.path.join(stateDir, "jobs.sqlite3"))
+        reader.execute("SELECT count(*) FROM jobs").fetchone()
+        reader.close()
+        out, err, code = await jw(port, "exec", "--", "true")
+        self.assertEqual(code, 0, err)
+        after = out.strip().decode()
+        out, err, code = await jw(port, "wait", after)
+        os.kill(daemon, signal.SIGKILL)
+        size = os.path.getsize(logPath)
+        startTwistd(self, stateDir, logPath)
+        port = await listeningPort(logPath, after=size)
+        out, err, code = await jw(port, "status", "--json", after)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b'"COMPLETED"', out)
 
 
 class CrashRecoveryWithoutCgroupsTests(CrashRecoveryTests):

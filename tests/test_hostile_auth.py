@@ -802,6 +802,23 @@ class TokenLifetimeTests(HostileAuthMixin, SynchronousTestCase):
         self.assertEqual(user, User("alice", Role.DEVELOPER))
         self.assertEqual(self.runner.calls, [])
 
+    def test_shorterTtlAppliesToTokensIssued(self) -> None:
+        """
+        The server restarted with a shorter --token-ttl: a token issued for
+        longer dies when the new ttl says (it lived its old lifetime: a
+        leaked year-long token could not be cut short but by changing the
+        key, and every user's tokens with it).
+        """
+        self.signer.ttl = 366 * 86400.0
+        token = self.issue()
+        self.clock.advance(7200)
+        restarted = TokenSigner(KEY, self.clock, 3600.0)
+        restarted.bind(self.authenticator._credentialsOf)
+        self.authenticator.tokens = restarted
+        self.assertRefused(token)
+        fresh = self.issue()
+        self.assertEqual(self.successResultOf(self.useToken(fresh)).name, "alice")
+
     def test_passwordChangeInvalidates(self) -> None:
         """alice's password changes: her earlier token is 401."""
         token = self.issue()

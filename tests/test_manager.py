@@ -25,6 +25,7 @@ from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.spool import OutputSpool, StoredOutput
+from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.validation import JobRequest
 
 from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
@@ -738,6 +739,32 @@ class ShutdownTests(ManagerTestCase):
         self.manager.shutdown()
         self.assertEqual(record.stopped_by, "alice")
         self.assertEqual(self.killer.signalsTo(record.pid or 0), [signal.SIGTERM])
+
+    def test_shutdownKeepsItsOwnGrace(self) -> None:
+        """
+        A job a user stopped with a long grace (an hour), ignoring TERM, is
+        killed the server's grace after the shutdown began: the shutdown
+        waited out the user's hour (and systemd killed the server first).
+        """
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice", how=StopRequest(grace=3600.0))
+        self.reactor.advance(GRACE / 2)
+        self.manager.shutdown()
+        self.reactor.advance(GRACE)
+        self.assertEqual(
+            self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
+        )
+        self.assertEqual(record.stopped_by, "alice")
+
+    def test_shutdownLeavesAShorterGrace(self) -> None:
+        """A user's grace shorter than the server's stands."""
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice", how=StopRequest(grace=GRACE / 4))
+        self.manager.shutdown()
+        self.reactor.advance(GRACE / 4)
+        self.assertEqual(
+            self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
+        )
 
     def test_createAfterShutdown(self) -> None:
         """create() after shutdown raises Conflict and spawns nothing."""

@@ -22,9 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 
+from jobworker.auth.audit import AuditLog
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.metrics import Metrics
 from jobworker.server.connections import ConnectionsPerClient
+from jobworker.server.services import UsersReloadService
 
 from .support import LiveServer, basic, sharedPath, waitUntil
 
@@ -256,6 +258,39 @@ class LiveSecurityTests(TestCase):
             return response.code == 200
 
         await waitUntil(admitted, 5.0, "a connection to be admitted again")
+
+
+class AuditFileTests(SynchronousTestCase):
+    """The audit log's file: private, and let go of at SIGHUP (logrotate)."""
+
+    def test_looseModeMadePrivate(self) -> None:
+        """An audit log others may read (made so by hand) is made 0600."""
+        path = self.mktemp()
+        with open(path, "w"):
+            pass
+        os.chmod(path, 0o644)
+        AuditLog(path, Clock()).close()
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+    def test_reopenedAtHangUp(self) -> None:
+        """
+        logrotate moves the file and sends SIGHUP: the next lines go to a
+        new file of that name. They went to the moved one, then, once it
+        was removed, nowhere.
+        """
+        path = self.mktemp()
+        audit = AuditLog(path, Clock())
+        self.addCleanup(audit.close)
+        audit.record("job.create", "alice", "127.0.0.1", "RUNNING")
+        os.rename(path, path + ".1")
+        service = UsersReloadService(None, None, None, reopen=audit.reopen)  # type: ignore[arg-type]
+        service.hangUp()
+        audit.record("job.stop", "alice", "127.0.0.1", "requested")
+        with open(path) as f:
+            self.assertEqual([json.loads(line)["event"] for line in f], ["job.stop"])
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path + ".1") as f:
+            self.assertEqual([json.loads(line)["event"] for line in f], ["job.create"])
 
 
 class ServerWideCapTests(SynchronousTestCase):

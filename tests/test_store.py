@@ -268,3 +268,56 @@ class MigrationTests(SynchronousTestCase):
         db.close()
         error = self.assertRaises(StoreError, JobStore, path)
         self.assertIn("not jobworker's", str(error))
+
+
+#: Run as a script: open the store, fork as twistd does to become a daemon
+#: (the parent leaves at once), then in the child what the server does
+#: after the fork; an outside reader (a backup, the sqlite3 shell) comes and
+#: goes between two inserts; then the child dies without closing (kill -9).
+DAEMON_SCRIPT = """
+import os, sqlite3, subprocess, sys
+sys.path.insert(0, sys.argv[2])
+from tests.test_store import makeRecord
+from jobworker.jobs.store import JobStore
+store = JobStore(sys.argv[1])
+if os.fork():
+    os._exit(0)
+store.afterFork()
+store.insert(makeRecord(1))
+subprocess.run([sys.executable, "-c",
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    "c.execute('SELECT count(*) FROM jobs').fetchone(); c.close()", sys.argv[1]],
+    check=True)
+store.insert(makeRecord(2))
+open(sys.argv[1] + ".done", "w").close()
+os._exit(0)
+"""
+
+
+class DaemonForkTests(SynchronousTestCase):
+    """
+    twistd forks to become a daemon after the plugin opened the store, and
+    SQLite's POSIX locks do not pass to a child: an outside reader then took
+    itself for the last connection, checkpointed and deleted the WAL, and
+    every later commit went to a deleted file, lost at the next crash.
+    """
+
+    def test_recordsAfterAnOutsideReaderKept(self) -> None:
+        import subprocess
+        import sys
+        import time
+
+        path = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run(
+            [sys.executable, "-c", DAEMON_SCRIPT, path, root], check=True, timeout=30
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path + ".done"):
+            self.assertLess(time.monotonic(), deadline, "the daemon did not finish")
+            time.sleep(0.05)
+        time.sleep(0.2)  # its exit
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        for n in (1, 2):
+            self.assertIsNotNone(store.get(makeRecord(n).id), n)

@@ -124,6 +124,19 @@ class KeyFileTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual(loadOrCreateKey(path), key)
 
+    def test_keyOthersMayReadRefused(self) -> None:
+        """
+        A key its group or others may read is refused (it was used without
+        a word): with it and a user's line of the users file, anyone who
+        read it could sign that user's tokens, an admin's among them.
+        """
+        path = self.mktemp()
+        loadOrCreateKey(path)
+        os.chmod(path, 0o644)
+        error = self.assertRaises(ValueError, loadOrCreateKey, path)
+        self.assertIn("permissions 0644 are too open", str(error))
+        self.assertIn(f"chmod 600 {path}", str(error))
+
     def test_shortKeyRefused(self) -> None:
         """A file with too short a key is an error, not a weak key."""
         path = self.mktemp()

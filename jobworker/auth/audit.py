@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -24,12 +25,48 @@ class AuditLog:
 
     def __init__(self, path: str | None, clock: IReactorTime) -> None:
         self._clock = clock
+        self._path = path
         self._file: IO[str] | None = None
         if path is not None:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            self._file = self._open(path)
+
+    def _open(self, path: str) -> IO[str]:
+        """The file at C{path}, for appending, made private if it was not."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, 0o600)
+                self.log.warn(
+                    "audit log {path} was mode {mode}: made 0600",
+                    path=path,
+                    mode=f"{mode:04o}",
+                )
+        except OSError:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def reopen(self) -> None:
+        """
+        Open the file again by its name (SIGHUP, after logrotate moved it):
+        the next lines go to a new file there. If that cannot be opened,
+        the old file is kept.
+        """
+        if self._path is None or self._file is None:
+            return
+        try:
+            new = self._open(self._path)
+        except OSError as e:
+            self.log.error(
+                "cannot reopen the audit log {path}: {error}; still writing to "
+                "the file it was",
+                path=self._path,
+                error=e.strerror,
             )
-            self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+            return
+        old, self._file = self._file, new
+        old.close()
 
     def record(
         self, event: str, user: str | None, client: str, result: str, **fields: Any

@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -40,12 +41,21 @@ def loadOrCreateKey(path: str) -> bytes:
     every token issued before.
 
     @raise OSError: the file cannot be read or made.
-    @raise ValueError: the file holds too short a key.
+    @raise ValueError: the file holds too short a key, or its group or
+        others may use it.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o077:
+                # With it and a user's line of the users file, whoever read
+                # it could sign that user's tokens (ssh refuses such a key).
+                raise ValueError(
+                    f"{path}: permissions {mode:04o} are too open, others could "
+                    f"sign tokens with it: run chmod 600 {path}"
+                ) from None
             key = f.read()
         if len(key) < KEY_BYTES:
             raise ValueError(f"{path} holds under {KEY_BYTES} bytes") from None
@@ -174,6 +184,10 @@ class TokenSigner:
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
             raise InvalidToken("issued before its user was changed or removed")
-        if expires <= self._clock.seconds():
+        now = self._clock.seconds()
+        if expires <= now:
             raise InvalidToken("token expired")
+        if now - issued > self.ttl:
+            # Issued under a longer --token-ttl: the server's ttl now rules.
+            raise InvalidToken("token older than the server's --token-ttl")
         return name, role

@@ -121,6 +121,10 @@ class JobManager(Admission):
 
     # -- start-up --------------------------------------------------------------
 
+    def afterFork(self) -> None:
+        """In a process forked since (twistd's daemon): the store connects again."""
+        self._store.afterFork()
+
     def recover(self) -> list[JobRecord]:
         """
         At start-up: hand the jobs the store says were not finished to the

@@ -95,6 +95,8 @@ class JobStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        #: The process that opened it (see L{afterFork}).
+        self._pid = os.getpid()
         self._lock = self._exclusive(path + ".lock")
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
@@ -178,8 +180,7 @@ class JobStore:
         ):
             raise StoreError(f"{self.path} holds tables that are not jobworker's")
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
+        self._connected()
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._transaction():
                 MIGRATIONS[target - 1](self._db)
@@ -200,6 +201,34 @@ class JobStore:
     def version(self) -> int:
         """The schema version of the open database."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def afterFork(self) -> None:
+        """
+        In a process forked after the store was opened (twistd becoming a
+        daemon: the plugin opens the store before the fork), connect again.
+        SQLite's POSIX locks stay with the parent, so the inherited
+        connection held none: an outside reader (a backup, the sqlite3
+        shell) took itself for the last connection, checkpointed and
+        deleted the WAL, and every later commit went to a deleted file.
+        The C{flock} on the lock file is the child's too. Nothing to do in
+        the process that opened it.
+        """
+        if os.getpid() == self._pid:
+            return
+        # (Its close holds no lock to lose: the parent has left.)
+        self._db.close()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._connected()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {self.path} again: {e}") from None
+        self._pid = os.getpid()
+
+    def _connected(self) -> None:
+        """The settings of each connection (WAL mode is the file's own)."""
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
 
     def close(self) -> None:
         """Close the database and let another server have the state dir."""

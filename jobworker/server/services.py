@@ -72,6 +72,12 @@ class ManagerService(Service):
         #: Called last (the audit log's close).
         self._closing = closing
 
+    def privilegedStartService(self) -> None:
+        # twistd becomes a daemon (forks) after the plugin made the service
+        # and before it starts: what cannot pass a fork is opened again.
+        self.manager.afterFork()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._stop())
@@ -88,7 +94,8 @@ class ManagerService(Service):
 
 class UsersReloadService(Service):
     """
-    Reload the users file on SIGHUP (a bad file keeps the old users). The
+    On SIGHUP, reopen the audit log (logrotate moved it) and reload the
+    users file (a bad file keeps the old users). The
     file is read and parsed (bcrypt, account lookups) in a thread, never on
     the reactor; a storm of HUPs costs at most one reload running and one
     more queued. Without a users file a HUP is logged and ignored: it must
@@ -103,8 +110,10 @@ class UsersReloadService(Service):
         authenticator: Authenticator,
         reactor: Any,
         runInThread: Callable[..., Deferred[Any]] | None = None,
+        reopen: Callable[[], object] | None = None,
     ) -> None:
         self._path = path
+        self._reopen = reopen
         self._authenticator = authenticator
         self._reactor = reactor
         self._runInThread = runInThread
@@ -116,7 +125,7 @@ class UsersReloadService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._previous = signal.signal(
             signal.SIGHUP,
-            lambda *_: self._reactor.callFromThread(self.reload),
+            lambda *_: self._reactor.callFromThread(self.hangUp),
         )
 
     def stopService(self) -> None:
@@ -124,6 +133,12 @@ class UsersReloadService(Service):
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
+
+    def hangUp(self) -> Deferred[None]:
+        """SIGHUP: reopen the files logrotate moves (the audit log), reload."""
+        if self._reopen is not None:
+            self._reopen()
+        return self.reload()
 
     def reload(self) -> Deferred[None]:
         """Read the users file again; keep the old users if it is unusable."""

@@ -118,7 +118,9 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(
-        UsersReloadService(config["users"], authenticator, reactor, runInThread)
+        UsersReloadService(
+            config["users"], authenticator, reactor, runInThread, audit.reopen
+        )
     )
     root.addService(ListeningService(port))
     return root

@@ -595,7 +595,7 @@ class LocalExecutor:
         waits: list[Deferred[None]] = []
         for job in jobs:
             if not job.record.status.ended:
-                job.stop("server shutdown")
+                job.stopForShutdown()
             waits.append(job.whenCleanedUp())
 
         def done(_: object) -> Deferred[None] | None:

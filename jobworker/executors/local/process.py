@@ -302,6 +302,21 @@ class JobProcess:
             self._terminate(how)
         return self.whenEnded()
 
+    def stopForShutdown(self) -> Deferred[JobRecord]:
+        """
+        L{stop} at the server's shutdown: SIGKILL comes at most the
+        server's grace from now, even where a user's stop asked for a
+        longer one (an hour of it held the shutdown, until the service
+        manager killed the server).
+        """
+        d = self.stop("server shutdown")
+        timer = self._killTimer
+        if timer is not None and timer.getTime() - self._clock.seconds() > self._grace:
+            timer.cancel()
+            self._graceUsed = self._grace
+            self._killTimer = self._clock.callLater(self._grace, self._kill)
+        return d
+
     def _terminate(self, how: StopRequest = DEFAULT_STOP) -> None:
         if self._pgid is None or self._killSent:
             return
