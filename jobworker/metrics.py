@@ -167,6 +167,12 @@ class Metrics:
         self.spawnFailures = Counter(
             "jobworker_spawn_failures", "Jobs that could not be started", registry=r
         )
+        self.startsDeferred = Counter(
+            "jobworker_starts_deferred",
+            "Starts put off: the server could not start a process then (a new "
+            "job's 503; a queued job kept queued, counted at each try)",
+            registry=r,
+        )
         self.stops = Counter("jobworker_job_stops", "Stop requests", registry=r)
         self.jobsEnded = Counter(
             "jobworker_jobs_ended", "Jobs that ended, by status", ["status"], registry=r

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import (
@@ -18,6 +18,11 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from .tlserrors import TLSConfigError
+
+if TYPE_CHECKING:
+    # Named by optionsForClientTLS's signature; twisted.internet.ssl does
+    # not export it.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
 __all__ = ["TLSConfigError"]
 
@@ -58,6 +63,21 @@ def _read(path: str, what: str) -> bytes:
         raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
+def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:
+    """
+    Every certificate in the PEM file C{path} (a bundle), not only the
+    first; text around them (a comment) is no matter.
+
+    @raise TLSConfigError: the file cannot be read or holds no PEM certificate.
+    """
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError(f"{path} holds no PEM certificate") from None
+    return [OpenSSLCertificate.from_cryptography(c) for c in certificates]
+
+
 def serverOptions(
     certPath: str,
     keyPath: str,
@@ -68,9 +88,9 @@ def serverOptions(
     TLS options for the server: TLS 1.3 is the minimum.
 
     C{certPath} may hold the chain (leaf first). With C{clientCAPath},
-    clients may present a certificate signed by that CA (OpenSSL checks it,
-    for client use); with C{requireClientCert} as well, a client without
-    one fails the handshake.
+    clients may present a certificate signed by a CA in that file (any of
+    them: OpenSSL checks it, for client use); with C{requireClientCert} as
+    well, a client without one fails the handshake.
 
     @raise TLSConfigError: if a file is missing, unreadable or not PEM, or the
         key does not match the certificate.
@@ -91,14 +111,7 @@ def serverOptions(
         raise TLSConfigError(f"{keyPath} does not match the certificate {certPath}")
     clientCAs: list[Any] = []
     if clientCAPath is not None:
-        caData = _read(clientCAPath, "client CA certificate")
-        try:
-            clientCAs = [
-                OpenSSLCertificate.from_cryptography(certificate)
-                for certificate in x509.load_pem_x509_certificates(caData)
-            ]
-        except ValueError:
-            raise TLSConfigError(f"{clientCAPath} holds no PEM certificate") from None
+        clientCAs = _caCertificates(clientCAPath, "client CA certificate")
     elif requireClientCert:
         raise TLSConfigError("a required client certificate needs a client CA")
     return ssl.CertificateOptions(
@@ -112,21 +125,33 @@ def serverOptions(
     )
 
 
+def trustRootFromFile(caPath: str) -> IOpenSSLTrustRoot:
+    """
+    Every certificate in the PEM file C{caPath} (a bundle: one CA or
+    several, in any order), as the standard-library client trusts them
+    (L{jobworker.client.quick.tlsContext}).
+
+    @raise TLSConfigError: the file cannot be read or holds no PEM certificate.
+    """
+    certificates = _caCertificates(caPath, "CA certificate")
+    root: IOpenSSLTrustRoot = ssl.trustRootFromCertificates(
+        [ssl.Certificate(ca) for ca in certificates]
+    )
+    return root
+
+
 @implementer(IPolicyForHTTPS)
 class TrustRootPolicy:
     """
-    Verify the server against one CA file, host name included; TLS 1.3 only.
+    Verify the server against the CA file (every certificate in it), host
+    name included; TLS 1.3 only.
     With C{certPath} and C{keyPath}, present that client certificate.
     """
 
     def __init__(
         self, caPath: str, certPath: str | None = None, keyPath: str | None = None
     ) -> None:
-        caData = _read(caPath, "CA certificate")
-        try:
-            self._trustRoot = ssl.Certificate.loadPEM(caData)
-        except Exception:
-            raise TLSConfigError(f"{caPath} holds no PEM certificate") from None
+        self._trustRoot = trustRootFromFile(caPath)
         self._clientCertificate: ssl.PrivateCertificate | None = None
         if certPath is not None or keyPath is not None:
             if certPath is None or keyPath is None:

@@ -119,8 +119,10 @@ class OrderFileTests(SynchronousTestCase):
 
     def test_droppedOutputNotOrdered(self) -> None:
         """Past the cap nothing is written, so no switch is recorded either."""
-        job = Job(self.mktemp(), maxBytes=3)
-        job.write([(0, b"abcd"), (1, b"e"), (0, b"zz"), (1, b"f")])
+        # (A cap of 24 leaves the order file room for 3 entries: the third,
+        # stdout's dropped "zz", is left out for being dropped.)
+        job = Job(self.mktemp(), maxBytes=24)
+        job.write([(0, b"a" * 24 + b"d"), (1, b"e"), (0, b"zz"), (1, b"f")])
         job.close()
         with open(job.order.path, "rb") as f:
             self.assertEqual(decodeEntries(f.read()), [(0, 0), (1, 0)])

@@ -252,6 +252,8 @@ class ManagerQueueTests(SynchronousTestCase):
         error = self.assertRaises(CannotStartNow, manager.create, self.request(), "bob")
         self.assertIn(os.strerror(errno.EMFILE), error.message)
         self.assertEqual(manager.page()[0], [])
+        text = manager._metrics.render().decode()
+        self.assertIn("jobworker_starts_deferred_total 1.0", text)
         short.clear()
         first = manager.create(self.request(), "alice")
         queued = manager.create(self.request(), "alice")
@@ -261,6 +263,48 @@ class ManagerQueueTests(SynchronousTestCase):
         short.clear()
         self.reactor.advance(DISPATCH_RETRY)
         self.assertEqual(manager.record(queued.id).status, JobStatus.RUNNING)
+
+    def test_aHeldJobSaysWhy(self) -> None:
+        """
+        A queued job the server could not start at its turn says why it
+        waits, and that it is tried again (it said "position 1 of 1", as if
+        nothing held it); once started, nothing.
+        """
+        manager = self.manager(maxRunning=1)
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        short = self.failingPool(manager, emfile)
+        first = manager.create(self.request(), "alice")
+        held = manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        reason = manager.record(held.id).pending_reason
+        assert reason is not None
+        self.assertTrue(reason.startswith("held: the server cannot start"), reason)
+        self.assertIn(os.strerror(errno.EMFILE), reason)
+        self.assertIn(f"tried again every {DISPATCH_RETRY:g} s", reason)
+        short.clear()
+        self.reactor.advance(DISPATCH_RETRY)
+        self.assertIsNone(manager.record(held.id).pending_reason)
+        self.assertEqual(manager._held, {})
+
+    def test_retriesAreNotSpawnFailures(self) -> None:
+        """
+        Each try of a held job counted in jobworker_spawn_failures_total
+        (one a second), as did a 503: neither is a job that failed to start.
+        They count in jobworker_starts_deferred_total.
+        """
+        manager = self.manager(maxRunning=1)
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        short = self.failingPool(manager, emfile)
+        first = manager.create(self.request(), "alice")
+        manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        for _ in range(3):
+            self.reactor.advance(DISPATCH_RETRY)
+        text = manager._metrics.render().decode()
+        self.assertIn("jobworker_spawn_failures_total 0.0", text)
+        self.assertIn("jobworker_starts_deferred_total 4.0", text)
 
     def test_aNewJobWaitsBehindAHeldOne(self) -> None:
         """

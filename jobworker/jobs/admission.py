@@ -67,6 +67,7 @@ class Admission:
     _runningBy: dict[str, int]
     _live: dict[str, LiveJob]
     _createBuckets: dict[str, tuple[float, float]]
+    _held: dict[str, str]
     _dispatchTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
@@ -105,6 +106,7 @@ class Admission:
             return self._admit(request, owner, account)
         except CannotStartNow:
             # The server's trouble: the user's try is not counted.
+            self._metrics.startsDeferred.inc()
             self._refundCreateToken(owner)
             raise
 
@@ -148,7 +150,6 @@ class Admission:
         try:
             job = executor.launch(record, request, limits, timeout, identity)
         except CannotStartNow as e:
-            self._metrics.spawnFailures.inc()
             self.log.warn(
                 "a job of {user} was not started: {error}", user=owner, error=e.message
             )
@@ -320,11 +321,11 @@ class Admission:
         executor = self._executor
         try:
             identity = executor.identityFor(record.owner, waiting.account)
-        except (TooManyRequests, CannotStartNow):
+        except (TooManyRequests, CannotStartNow) as e:
             # A uid comes back once nothing of its last job is left: that
             # may be after the end that called this. (Or no descriptor
             # was left to take one.)
-            self._dispatchLater()
+            self._holdBack(record.id, e.message)
             return False
         request = JobRequest(
             command=record.command,
@@ -376,14 +377,14 @@ class Admission:
             )
         except CannotStartNow as e:
             # The server's trouble, not the job's: it waits its turn again.
-            self._metrics.spawnFailures.inc()
             requeue()
             self.log.warn(
                 "job {job} stays queued: {error}", job=record.id, error=e.message
             )
             self._storeOrKeep(record, "stays queued")
-            self._dispatchLater()
+            self._holdBack(record.id, e.message)
             return False
+        self._held.pop(record.id, None)
         self._metrics.pendingSeconds.observe(max(0.0, now - record.created_at))
         try:
             self._store.update(record)
@@ -402,6 +403,19 @@ class Admission:
             self._scheduler.started(record.id, job)
         return True
 
+    def _holdBack(self, jobId: str, why: str) -> None:
+        """
+        A queued job's turn came and the server could not start it: it
+        stays queued, says why (its C{pending_reason}), and is tried again
+        in L{DISPATCH_RETRY} seconds.
+        """
+        self._metrics.startsDeferred.inc()
+        self._held[jobId] = (
+            f"held: the server cannot start it now ({why}); tried again every "
+            f"{DISPATCH_RETRY:g} s"
+        )
+        self._dispatchLater()
+
     def _dispatchLater(self) -> None:
         """Start queued jobs again in a while (one could not start now)."""
         timer = self._dispatchTimer
@@ -412,6 +426,7 @@ class Admission:
 
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""
+        self._held.pop(record.id, None)
         self._storeFinal(record)
         self._metrics.jobEnded(record.status.value)
 

@@ -33,6 +33,8 @@ from .store import JobStore, StoreError
 DEFAULT_MAX_LOG_BYTES = 1 << 30
 #: How many ended job records the manager keeps in memory (a few MB at most).
 ENDED_RECORDS_CACHED = 4096
+#: Jobs a retention round deletes per reactor turn.
+DELETE_SLICE = 100
 
 RESTARTED = "the worker restarted while the job ran"
 
@@ -95,6 +97,8 @@ class JobManager(Admission):
         #: Final records the store could not take yet (disk full): the truth
         #: until it has them, written again every so often.
         self._unsaved: dict[str, JobRecord] = {}
+        #: Queued jobs the server could not start at their turn: why.
+        self._held: dict[str, str] = {}
         self._retryTimer: IDelayedCall | None = None
         self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
@@ -280,7 +284,9 @@ class JobManager(Admission):
         """A job's record, up to date (a queued job's with why it waits)."""
         record = self._storedOrLive(jobId)
         if jobId in self._scheduler.queue:
-            record.pending_reason = self._scheduler.queue.reason(jobId)
+            record.pending_reason = self._held.get(
+                jobId
+            ) or self._scheduler.queue.reason(jobId)
         return record
 
     def _find(self, jobId: str) -> JobRecord | None:

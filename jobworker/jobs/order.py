@@ -11,6 +11,8 @@ from twisted.logger import Logger
 
 _ENTRY = struct.Struct(">Q")
 _STDERR_BIT = 1 << 63
+#: No cap: more than any file holds.
+_UNBOUNDED = 1 << 63
 
 
 def encodeEntry(stream: int, offset: int) -> bytes:
@@ -31,8 +33,15 @@ class OrderLog:
     """
     The order file of a running job, written at each stream switch.
 
-    @ivar last: the stream index of the latest entry, or None.
+    It takes at most the bytes given to L{bound} (the job's cap on each
+    stream), so a job switching streams at every byte cannot make it 8
+    times its output. Past that no entry is written: readers then send the
+    bytes no entry places after those placed (L{jobworker.jobs.combined}),
+    coarser order, never a lost or repeated byte, as when a write failed.
+
+    @ivar last: the stream index of the latest switch, or None.
     @ivar size: bytes written to the file.
+    @ivar full: True once a switch was left out for want of room.
     """
 
     log = Logger()
@@ -44,13 +53,27 @@ class OrderLog:
         self.beforeSwitch: list[Callable[[], None]] = []
         self.last: int | None = None
         self.size = 0
+        self.full = False
+        #: The size at which entries stop: the cap, or 0 once a write failed
+        #: (one comparison per switch for both).
+        self._stopAt = _UNBOUNDED
         self._fd: int | None = None
         self._broken = False
+
+    def bound(self, maxBytes: int) -> None:
+        """
+        Take at most C{maxBytes} (the least of those given), in whole
+        entries, and at least one: where the output starts is always
+        recorded (a live reader with no entry waits for the job's end).
+        """
+        stopAt = max(_ENTRY.size, maxBytes - maxBytes % _ENTRY.size)
+        self._stopAt = min(self._stopAt, stopAt)
 
     def switch(self, stream: int, offset: int) -> None:
         """Output continues on C{stream} (0 stdout, 1 stderr) at C{offset}."""
         self.last = stream
-        if self._broken:
+        if self.size >= self._stopAt:
+            self._leftOut()
             return
         try:
             if self._fd is None:
@@ -64,10 +87,22 @@ class OrderLog:
         except OSError as e:
             # Readers then see coarser runs, never lost or repeated bytes.
             self._broken = True
+            self._stopAt = 0
             self.log.error(
                 "cannot record output order in {path}: {error}",
                 path=self.path,
                 error=os.strerror(e.errno or errno.EIO),
+            )
+
+    def _leftOut(self) -> None:
+        """A switch was not recorded: if for want of room, say so once."""
+        if not self.full and not self._broken:
+            self.full = True
+            self.log.info(
+                "{path} is full ({size} bytes): the output's order is coarser "
+                "from here, no byte is lost",
+                path=self.path,
+                size=self.size,
             )
 
     def close(self) -> None:

@@ -93,8 +93,12 @@ class OutputSpool:
     ) -> None:
         self.path = path
         #: Where switches between this job's streams are recorded, and this
-        #: stream's number there (0 stdout, 1 stderr).
+        #: stream's number there (0 stdout, 1 stderr). It takes no more than
+        #: the stream may: a job's output, order and all, stays within three
+        #: times its cap, however often it switches.
         self.order = order
+        if order is not None and maxBytes is not None:
+            order.bound(maxBytes)
         self._index = index
         self._clock = clock
         self._wakeCall: IDelayedCall | None = None
