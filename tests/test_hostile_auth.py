@@ -1129,6 +1129,27 @@ class UnauthenticatedFloodTests(HostileAuthMixin, SynchronousTestCase):
         self.assertEqual([e["refused"] for e in throttled], [1, 2000 - THRESHOLD])
 
 
+class LongNameTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Remembered credentials were looked up by the name cut to 64 characters
+    (as logs keep it): once a user with a 64-character name had logged in,
+    that name with any suffix and the same password was let in as them.
+    """
+
+    def test_suffixedNameRefused(self) -> None:
+        long = "l" * 64
+        users = UserDatabase.fromText(f"{long}:Reader:{_hash('long-pass')}\n")
+        authenticator = Authenticator(
+            makePortal(users, RecordingRunner(), VerifiedCredentials(Clock())),
+        )
+        header = basicHeader(long, "long-pass")
+        first = self.authenticate(authenticator, request(ELSEWHERE, header))
+        self.assertEqual(self.successResultOf(first).name, long)
+        suffixed = basicHeader(long + "-not-a-user", "long-pass")
+        d = self.authenticate(authenticator, request(ELSEWHERE, suffixed))
+        self.failureResultOf(d, Unauthorized)
+
+
 class GlobalCheckCapTests(HostileAuthMixin, SynchronousTestCase):
     """
     Password checks in flight were bounded per client only: guesses from

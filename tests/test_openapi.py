@@ -49,6 +49,20 @@ class DocumentTests(SynchronousTestCase):
                 self.assertIn("405", operation["responses"], (path, method))
                 if path not in PUBLIC:
                     self.assertIn("401", operation["responses"], (path, method))
+                    # Any password check may be refused (--max-password-checks).
+                    busy = operation["responses"].get("503", {})
+                    self.assertIn(
+                        "Retry-After", busy.get("headers", {}), (path, method)
+                    )
+
+    def test_whoamiNamesEveryPermission(self) -> None:
+        """/whoami's permissions: each of the table (jobs.prioritize was missing)."""
+        from jobworker.auth.permissions import Permission
+
+        schema = self.doc["paths"]["/whoami"]["get"]["responses"]["200"]["content"]
+        text = schema["application/json"]["schema"]["properties"]["permissions"]
+        for permission in Permission:
+            self.assertIn(permission.value, text["description"])
 
     def test_publicRoutesNeedNoCredentials(self) -> None:
         """The public routes say so (security: []); no other route does."""

@@ -416,7 +416,7 @@ class Authenticator:
         # A throttled client is refused even the right password: otherwise
         # a correct guess would show through a lockout.
         self._beginCheck(name, client, counted=False)
-        user = self._remembered(name, credentials)
+        user = self._remembered(credentials)
         if user is not None:
             # (No check runs: nothing to count as in flight.)
             if self._throttle is not None:
@@ -468,17 +468,22 @@ class Authenticator:
             retryAfter=1,
         )
 
-    def _remembered(self, name: str, credentials: Any) -> User | None:
+    def _remembered(self, credentials: Any) -> User | None:
         """
         The user, if bcrypt accepted these credentials a moment ago (the hot
-        path: no Deferred chain at all).
+        path: no Deferred chain at all). By the whole name as sent, never
+        the name cut short for the logs.
         """
         cache = self._cache
         if cache is None:
             return None
-        entry = self._realm._users.lookup(name)
+        nameBytes = bytes(credentials.username)
+        try:
+            entry = self._realm._users.lookup(nameBytes.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
         password = bytes(credentials.password)
-        if entry is not None and (name.encode("utf-8"), password) in cache:
+        if entry is not None and (nameBytes, password) in cache:
             return entry.user
         return None
 

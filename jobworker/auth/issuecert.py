@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="jobworker-issue-cert",
         description="Issue a client certificate (CN = user name) from a CA; "
-        "writes NAME.pem and NAME.key (mode 0600), both new files: it never "
-        "overwrites one, nor follows a symlink.",
+        "writes NAME.pem (mode 0644) and NAME.key (mode 0600), both new files: "
+        "it never overwrites one, nor follows a symlink.",
         epilog=USAGE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

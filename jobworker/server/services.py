@@ -37,9 +37,10 @@ class ListeningService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         address = self._port.getHost()
+        host = str(getattr(address, "host", "?"))
         self.log.info(
             "jobworker listening on https://{host}:{port}",
-            host=getattr(address, "host", "?"),
+            host=f"[{host}]" if ":" in host else host,  # an IPv6 address
             port=getattr(address, "port", "?"),
         )
 
