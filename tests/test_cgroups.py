@@ -137,3 +137,45 @@ class FakeV2Tests(SynchronousTestCase):
             list(asked.over(Limits(memory_bytes=8))), [("memory_bytes", 10, 8)]
         )
         self.assertEqual(list(asked.over(Limits())), [])
+
+
+class V1KillTests(SynchronousTestCase):
+    """
+    A v1 kill waited for FROZEN with time.sleep, up to half a second, on the
+    reactor's thread: every request and job of the server stood still.
+    """
+
+    def test_noWaitForFrozen(self) -> None:
+        """A freezer still FREEZING: members are killed, thawed, no sleep."""
+        import subprocess
+        import time
+
+        from jobworker.executors.local import cgroups
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        child = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(child.wait)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        write(os.path.join(folder, "cgroup.procs"), f"{child.pid}\n")
+        state = os.path.join(folder, "freezer.state")
+        write(state, "THAWED\n")
+        written: list[str] = []
+        realRead, realWrite = cgroups._read, cgroups._write
+
+        def freezing(path: str) -> str:
+            return "FREEZING\n" if path == state else realRead(path)
+
+        def recording(path: str, value: str) -> None:
+            written.append(value)
+            realWrite(path, value)
+
+        def noSleep(seconds: float) -> None:
+            raise AssertionError(f"slept {seconds} s on the reactor's thread")
+
+        self.patch(cgroups, "_read", freezing)
+        self.patch(cgroups, "_write", recording)
+        self.patch(time, "sleep", noSleep)
+        self.assertTrue(cgroups.V1Group({"freezer": folder}).kill())
+        self.assertEqual(written, ["FROZEN", "THAWED"])
+        self.assertEqual(child.wait(10), -signal.SIGKILL)
