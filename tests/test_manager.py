@@ -22,7 +22,7 @@ from jobworker.executors.local.sandbox import GATE_SCRIPT, POSIX_SHELL, SETSID
 from jobworker.jobs import manager
 from jobworker.jobs.admission import DISPATCH_RETRY
 from jobworker.jobs.policy import JobPolicy
-from jobworker.jobs.records import JobStatus
+from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.jobs.stopping import StopRequest
@@ -543,6 +543,56 @@ class LookupTests(ManagerTestCase):
         self.assertEqual(reads, ids)
         self.manager.delete(ids[2])
         self.assertRaises(NotFound, self.manager.record, ids[2])
+
+    def storeEnded(self, args: list[str]) -> str:
+        """A COMPLETED job with these args, in the store only; its id."""
+        now = self.reactor.seconds()
+        record = JobRecord(
+            id=str(uuid.uuid4()),
+            command="true",
+            args=args,
+            owner="alice",
+            created_at=now,
+            status=JobStatus.COMPLETED,
+            exit_code=0,
+            started_at=now,
+            ended_at=now,
+        )
+        self.manager._store.insert(record)
+        return record.id
+
+    def test_endedRecordsBoundedInBytes(self) -> None:
+        """
+        The ended-records cache is bounded in bytes too (an estimate from
+        each record's strings): reading 700 ended jobs with 30 KB of args
+        each (21 MB) keeps it under 16 MiB, the oldest read out first; a
+        small record is still kept, one past the cap on one record never
+        (nor does it push others out), and a deleted one gives its bytes back.
+        """
+        ids = [self.storeEnded(["x" * 30_000]) for _ in range(700)]
+        for jobId in ids:
+            self.manager.record(jobId)
+        cache = self.manager._endedRecords
+        held = sum(len(r.command) + sum(map(len, r.args)) for r in cache.values())
+        self.assertLess(held, 16 << 20)
+        self.assertGreater(len(cache), 200)
+        self.assertEqual(list(cache), ids[-len(cache) :])
+        estimate = self.manager._endedBytes
+        self.assertLessEqual(estimate, manager.ENDED_RECORDS_BYTES)
+        self.assertEqual(estimate, sum(manager.recordBytes(r) for r in cache.values()))
+        small = self.storeEnded(["y"])
+        self.manager.record(small)
+        self.assertEqual(list(cache)[-1], small)
+        huge = self.storeEnded(["z" * manager.ENDED_RECORD_MAX_BYTES])
+        before = list(cache)
+        self.manager.record(huge)
+        self.assertEqual(list(cache), before)
+        self.manager.delete(small)
+        self.assertNotIn(small, cache)
+        self.assertEqual(
+            self.manager._endedBytes,
+            sum(manager.recordBytes(r) for r in cache.values()),
+        )
 
     def test_outputUnknownJob(self) -> None:
         """output() of an unknown job raises NotFound."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -147,6 +148,44 @@ class StoreTests(SynchronousTestCase):
         self.store.delete(makeRecord(0).id)
         self.assertIsNone(self.store.get(makeRecord(0).id))
         self.assertEqual(self.store.count(), 2)
+
+    def test_deleteManyAllOrNone(self) -> None:
+        """deleteMany removes every record named, or (on an error) none."""
+        for n in range(4):
+            self.store.insert(makeRecord(n))
+        ids = [makeRecord(n).id for n in range(4)]
+        self.store.deleteMany(ids[:2])
+        self.assertEqual([self.store.get(i) is None for i in ids], [1, 1, 0, 0])
+        unbindable: Any = object()
+        self.assertRaises(StoreError, self.store.deleteMany, [ids[2], unbindable])
+        self.assertIsNotNone(self.store.get(ids[2]))
+        self.assertFalse(self.store._db.in_transaction)
+        self.assertEqual(self.store.count(), 2)
+
+    def test_existing(self) -> None:
+        """existing: which of some ids have a record."""
+        for n in range(3):
+            self.store.insert(makeRecord(n))
+        asked = [makeRecord(n).id for n in (0, 2, 5)]
+        self.assertEqual(self.store.existing(asked), set(asked[:2]))
+
+    def test_refusedCommitEndsTheTransaction(self) -> None:
+        """
+        A COMMIT SQLite refuses (here a deferred constraint; a full disk
+        alike) is rolled back: left open, every later statement would join
+        it and never be written.
+        """
+        db = self.store._db
+        db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        db.execute(
+            "CREATE TABLE child (p INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with self.assertRaises(sqlite3.IntegrityError):
+            with self.store._transaction():
+                db.execute("INSERT INTO child VALUES (1)")
+        self.assertFalse(db.in_transaction)
+        self.assertEqual(db.execute("SELECT count(*) FROM child").fetchone()[0], 0)
 
 
 class MigrationTests(SynchronousTestCase):

@@ -191,10 +191,13 @@ class JobStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A COMMIT refused (disk full) leaves the transaction open: every
+            # later statement would join it, and none would be written.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     @property
     @_mapped("read the schema version")
@@ -347,6 +350,23 @@ class JobStore:
     def delete(self, jobId: str) -> None:
         """Remove a job's record."""
         self._db.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
+
+    @_mapped("delete jobs")
+    def deleteMany(self, jobIds: list[str]) -> None:
+        """Remove these jobs' records, all or none (one transaction)."""
+        with self._transaction():
+            self._db.executemany(
+                "DELETE FROM jobs WHERE id = ?", [(jobId,) for jobId in jobIds]
+            )
+
+    @_mapped("look jobs up")
+    def existing(self, jobIds: list[str]) -> set[str]:
+        """Those of C{jobIds} (a few hundred at most) that have a record."""
+        marks = ",".join("?" * len(jobIds))
+        rows = self._db.execute(
+            f"SELECT id FROM jobs WHERE id IN ({marks})", jobIds
+        ).fetchall()
+        return {row["id"] for row in rows}
 
     @_mapped("count jobs")
     def countByStatus(self) -> dict[str, int]:

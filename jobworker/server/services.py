@@ -187,7 +187,11 @@ class UsersReloadService(Service):
 
 
 class RetentionService(Service):
-    """Every so often, delete the jobs that ended longer ago than C{retain}."""
+    """
+    Every so often, delete the jobs that ended longer ago than C{retain}
+    (a round deletes a slice of them per reactor turn: see
+    L{JobManager.expire}).
+    """
 
     log = Logger()
 
@@ -198,13 +202,22 @@ class RetentionService(Service):
         self._loop.clock = clock
         #: How often to look: often enough to keep the promise within 1%.
         self.interval = min(max(retain / 100, 1.0), 3600.0)
+        #: The round under way, if any.
+        self._round: Deferred[Any] | None = None
 
-    def _expire(self) -> None:
-        # One bad round must not end the LoopingCall (and retention with it).
-        try:
-            self._manager.expire(self._retain)
-        except Exception:
-            self.log.failure("retention round failed; trying again next round")
+    def _expire(self) -> Deferred[None]:
+        # The LoopingCall waits for the round (many reactor turns), so two
+        # never overlap. One bad round must not end the LoopingCall (and
+        # retention with it).
+        expiring = self._round = maybeDeferred(self._manager.expire, self._retain)
+        return expiring.addCallbacks(self._roundOver, self._roundFailed)
+
+    def _roundOver(self, removed: int) -> None:
+        self._round = None
+
+    def _roundFailed(self, failure: Any) -> None:
+        self._round = None
+        self.log.failure("retention round failed; trying again next round", failure)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -214,3 +227,6 @@ class RetentionService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._loop.running:
             self._loop.stop()
+        if self._round is not None:
+            # It stops between two slices: every job left is whole.
+            self._round.cancel()
