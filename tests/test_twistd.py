@@ -106,6 +106,30 @@ class StartupErrorTests(TestCase):
         """
         self.assertIn("--tls is required", self.refused(tls=False))
 
+    def test_badOptionValueOneLine(self) -> None:
+        """
+        A bad option value, whichever check refuses it (its type, its range,
+        a rule between options, an unknown option): one line on stderr naming
+        the option, exit status 2, not twistd's whole usage first.
+        """
+        for options, expected in (
+            (("--port=abc",), "jobworker: error: --port: not a whole number: 'abc'"),
+            (("--port=70000",), "jobworker: error: --port must be between"),
+            (("--default-timeout=inf",), "jobworker: error: --default-timeout: "),
+            (("--default-memory=0",), "jobworker: error: --default-memory "),
+            (
+                ("--default-memory=1G", "--max-memory=1M"),
+                "jobworker: error: --default-memory 1073741824 is over --max-memory",
+            ),
+            (("--no-such-option",), "jobworker: error: option --no-such-option"),
+        ):
+            stdout, stderr, code = self.runTwistd(*options)
+            self.assertEqual(code, 2, (options, stderr))
+            self.assertEqual(stdout, "", options)
+            lines = stderr.splitlines()
+            self.assertEqual(len(lines), 1, (options, stderr))
+            self.assertTrue(lines[0].startswith(expected), (options, lines[0]))
+
     def test_helpAgreesWithTheREADME(self) -> None:
         """--help says 431 (as the README) and the token TTL as 12h, not 43200.0."""
         result = runSync(TWISTD, "jobworker", "--help")

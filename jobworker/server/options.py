@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 from twisted.python import usage
 
+from ..errors import BadRequest
+from ..executors.local.executor import machineLimits
 from ..executors.local.pump import MAX_PUMPS
 from ..executors.local.sandbox import ISOLATION
 from ..jobs.identity import (
     DYNAMIC_UIDS,
     parseRange,
 )
+from ..jobs.limits import Limits
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
+from ..jobs.placement import positiveInteger
 from ..jobs.policy import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_QUEUED_PER_USER,
     DEFAULT_MAX_STDIN,
     DEFAULT_TMP_SIZE,
 )
+from ..jobs.validation import MAX_TIMEOUT
 from ..keepalive import MOST as MOST_KEEPALIVE
 from ..units import parseSize
 
@@ -38,7 +48,13 @@ _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parseDuration(text: str) -> float:
-    """C{"7d"}, C{"12h"}, C{"30m"}, C{"45s"} or plain seconds -> seconds."""
+    """
+    C{"7d"}, C{"12h"}, C{"30m"}, C{"45s"} or plain seconds -> seconds: more
+    than 0, at most what a request's C{timeout_seconds} may be (366 days).
+
+    @raise ValueError: not such a duration (C{inf} and C{nan} are not: a
+        job record carrying one would not be JSON).
+    """
     value = text.strip().lower()
     unit = value[-1:] if value[-1:] in _TIME_UNITS else "s"
     number = value[:-1] if value[-1:] in _TIME_UNITS else value
@@ -46,9 +62,70 @@ def parseDuration(text: str) -> float:
         seconds = float(number) * _TIME_UNITS[unit]
     except ValueError:
         raise ValueError(f"not a duration: {text!r} (e.g. 7d, 12h, 30m)") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {text!r}")
     if not seconds > 0:
         raise ValueError(f"duration must be positive: {text!r}")
+    if seconds > MAX_TIMEOUT:
+        raise ValueError(
+            f"duration must be at most {MAX_TIMEOUT // 86400}d "
+            f"({MAX_TIMEOUT} seconds): {text!r}"
+        )
     return seconds
+
+
+_WHOLE_NUMBER = re.compile("[+-]?[0-9]+", re.ASCII)
+
+
+def wholeNumber(text: str) -> int:
+    """
+    C{"8443"} -> 8443: ASCII digits, with an optional sign.
+
+    @raise ValueError: not a whole number.
+    """
+    if _WHOLE_NUMBER.fullmatch(text.strip()) is None:
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def finiteNumber(text: str) -> float:
+    """
+    C{"2.5"} -> 2.5; not C{inf} nor C{nan}.
+
+    @raise ValueError: not a finite number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
+
+
+def _naming(parameter: list[Any]) -> list[Any]:
+    """
+    An C{optParameters} entry whose coercion's C{ValueError} becomes a
+    L{usage.UsageError} naming the option (C{--port: not a whole number:
+    'abc'}): C{usage.CoerceParameter} would say only "Parameter type
+    enforcement failed", and passes a C{UsageError} on as it is.
+    """
+    if len(parameter) < 5:
+        return parameter
+    name, short, default, doc, coerce = parameter
+
+    def coerceNaming(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+
+    return [name, short, default, doc, coerceNaming]
+
+
+#: The limits a job has a --default-X and a --max-X of: L{Limits} field ->
+#: option suffix.
+_LIMIT_OPTIONS = {"memory_bytes": "memory", "cpu_millicores": "cpu", "pids": "pids"}
 
 
 class Options(usage.Options):
@@ -97,8 +174,8 @@ class Options(usage.Options):
             '{"exclusive": true}, sbatch --exclusive).',
         ],
     ]
-    optParameters = [
-        ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", int],
+    optParameters: list[list[Any]] = [
+        ["port", "p", 8443, "TCP port to listen on (0 picks a free one).", wholeNumber],
         ["interface", None, "127.0.0.1", "Address to listen on."],
         [
             "cert",
@@ -125,7 +202,7 @@ class Options(usage.Options):
             None,
             10.0,
             "Seconds between SIGTERM and SIGKILL on stop.",
-            float,
+            finiteNumber,
         ],
         [
             "max-log-bytes",
@@ -157,16 +234,22 @@ class Options(usage.Options):
             "Largest memory limit a job may ask for.",
             parseSize,
         ],
-        ["default-cpu", None, None, "CPU limit of a job in millicores.", int],
+        ["default-cpu", None, None, "CPU limit of a job in millicores.", wholeNumber],
         [
             "max-cpu",
             None,
             None,
             "Largest CPU limit (millicores) a job may ask for.",
-            int,
+            wholeNumber,
         ],
-        ["default-pids", None, None, "Process-count limit of a job.", int],
-        ["max-pids", None, None, "Largest process-count limit a job may ask for.", int],
+        ["default-pids", None, None, "Process-count limit of a job.", wholeNumber],
+        [
+            "max-pids",
+            None,
+            None,
+            "Largest process-count limit a job may ask for.",
+            wholeNumber,
+        ],
         [
             "max-io-bps",
             None,
@@ -233,28 +316,28 @@ class Options(usage.Options):
             None,
             None,
             "At most this many jobs run at once; more wait in the queue.",
-            int,
+            wholeNumber,
         ],
         [
             "max-queued",
             None,
             DEFAULT_MAX_QUEUED,
             "At most this many jobs wait in the queue (429 past it).",
-            int,
+            wholeNumber,
         ],
         [
             "max-queued-per-user",
             None,
             DEFAULT_MAX_QUEUED_PER_USER,
             "At most this many of one user's jobs wait in the queue (429 past it).",
-            int,
+            wholeNumber,
         ],
         [
             "max-running-per-user",
             None,
             None,
             "At most this many jobs of one user run at once; more wait in the queue.",
-            int,
+            wholeNumber,
         ],
         [
             "create-rate",
@@ -262,7 +345,7 @@ class Options(usage.Options):
             50.0,
             "Jobs one user may create per second on average, bursts of twice "
             "that (429 with Retry-After past it).",
-            float,
+            finiteNumber,
         ],
         [
             "max-log-streams-per-user",
@@ -270,7 +353,7 @@ class Options(usage.Options):
             None,
             "Log streams one user may hold open (default: a quarter of "
             "--max-log-streams).",
-            int,
+            wholeNumber,
         ],
         [
             "access-log",
@@ -291,7 +374,7 @@ class Options(usage.Options):
             5,
             "Failed logins from one client before it is throttled (429); all "
             "of loopback is one client, an IPv6 client its /64.",
-            int,
+            wholeNumber,
         ],
         [
             "max-connections-per-client",
@@ -299,7 +382,7 @@ class Options(usage.Options):
             64,
             "Concurrent connections one client may hold (all of loopback is "
             "one client, an IPv6 client its /64).",
-            int,
+            wholeNumber,
         ],
         [
             "max-connections",
@@ -308,7 +391,7 @@ class Options(usage.Options):
             "Concurrent connections in all, whoever holds them; more are closed "
             "before the TLS handshake. At most half the server's descriptor "
             "limit (RLIMIT_NOFILE): the rest are the jobs' pipes and files.",
-            int,
+            wholeNumber,
         ],
         [
             "max-password-checks",
@@ -316,7 +399,7 @@ class Options(usage.Options):
             32,
             "Password (bcrypt) checks in flight at once, whoever asks; more "
             "are 503 with Retry-After (tokens and certificates need none).",
-            int,
+            wholeNumber,
         ],
         [
             "output-threads",
@@ -325,14 +408,14 @@ class Options(usage.Options):
             "Threads that read heavy output streams (a job printing at full "
             "speed), one stream each, so its followers never slow it; other "
             "streams are read by the server's main thread. 0: all are.",
-            int,
+            wholeNumber,
         ],
         [
             "max-log-streams",
             None,
             1000,
             "Concurrent log responses (followers included) the server serves.",
-            int,
+            wholeNumber,
         ],
         [
             "keepalive",
@@ -341,14 +424,14 @@ class Options(usage.Options):
             "Seconds a connection may be silent before the client is probed "
             "(TCP keepalive, 3 probes): a client that vanished is let go in "
             "about twice this, with its log-stream slot.",
-            int,
+            wholeNumber,
         ],
         [
             "idle-timeout",
             None,
             60.0,
             "Close a connection idle (between requests) this many seconds.",
-            float,
+            finiteNumber,
         ],
         [
             "header-timeout",
@@ -356,14 +439,14 @@ class Options(usage.Options):
             10.0,
             "A request's headers must arrive within this many seconds of its "
             "first byte (408, then the connection is closed).",
-            float,
+            finiteNumber,
         ],
         [
             "body-timeout",
             None,
             30.0,
             "A request's body must arrive within this many seconds of its headers.",
-            float,
+            finiteNumber,
         ],
         [
             "max-header-bytes",
@@ -425,7 +508,7 @@ class Options(usage.Options):
             1,
             'With --executor slurm: the most nodes a job may ask for ("slurm": '
             '{"nodes": N}, sbatch --nodes).',
-            int,
+            wholeNumber,
         ],
         [
             "slurm-max-ntasks",
@@ -433,7 +516,7 @@ class Options(usage.Options):
             1,
             'With --executor slurm: the most tasks a job may ask for ("slurm": '
             '{"ntasks": N}, sbatch --ntasks).',
-            int,
+            wholeNumber,
         ],
         ["slurm-account", None, None, "With --executor slurm: sbatch --account."],
         [
@@ -442,7 +525,7 @@ class Options(usage.Options):
             1.0,
             "With --executor slurm: seconds between state refreshes (one "
             "squeue call for all jobs).",
-            float,
+            finiteNumber,
         ],
         [
             "token-ttl",
@@ -459,10 +542,35 @@ class Options(usage.Options):
             "<state-dir>/token.key); replacing it invalidates every token.",
         ],
     ]
+    optParameters = [_naming(parameter) for parameter in optParameters]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options} (C{sys.argv}'s by default), then check them.
+
+        @raise usage.UsageError: a bad option, called directly.
+        @raise SystemExit: a bad option, as twistd's subcommand (a parent):
+            one line on stderr naming it, exit status 2. twistd would print
+            its whole usage first, to stdout, and exit 1.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            print(f"jobworker: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def parseArgs(self, *args: str) -> None:
+        """Every option has a name: a bare word is a mistake, named."""
+        if args:
+            raise usage.UsageError(
+                f"unexpected argument(s): {' '.join(args)} (options are --name=value)"
+            )
 
     def postOptions(self) -> None:
-        # A missing --tls is reported by makeService, in one line: a usage
-        # error here would print the whole help before it.
+        # A missing --tls is reported by makeService, with the other
+        # start-up problems.
         if isinstance(self["token-ttl"], str):  # the default, shown as "12h"
             self["token-ttl"] = parseDuration(self["token-ttl"])
         if not 0 <= self["port"] <= 65535:
@@ -483,11 +591,8 @@ class Options(usage.Options):
                 "(pid, net, mount)"
             )
         self["isolate"] = frozenset(isolate)
+        self._checkLimits()
         for name in (
-            "default-cpu",
-            "max-cpu",
-            "default-pids",
-            "max-pids",
             "max-running",
             "max-running-per-user",
             "max-log-streams-per-user",
@@ -504,8 +609,10 @@ class Options(usage.Options):
                 f"--keepalive must be whole seconds from 1 to {MOST_KEEPALIVE}"
             )
         for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
-            if not 0 < self[name] <= 366 * 86400:
-                raise usage.UsageError(f"--{name} must be positive (at most a year)")
+            if not 0 < self[name] <= MAX_TIMEOUT:
+                raise usage.UsageError(
+                    f"--{name} must be positive (at most {MAX_TIMEOUT} seconds)"
+                )
         if self["executor"] not in ("local", "slurm"):
             raise usage.UsageError("--executor must be local or slurm")
         if self["executor"] == "slurm":
@@ -562,3 +669,41 @@ class Options(usage.Options):
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
             self["state-dir"] = defaultStateDir()
+
+    def _checkLimits(self) -> None:
+        """
+        Each --default-X and --max-X passes what a request's C{limits.X}
+        passes, and each --default-X is at most its --max-X; with the local
+        executor, at most what this machine has, as a request's must be.
+        """
+        names = [
+            f"{kind}-{suffix}"
+            for suffix in _LIMIT_OPTIONS.values()
+            for kind in ("default", "max")
+        ]
+        for name in (*names, "max-io-bps"):
+            if self[name] is not None:
+                try:
+                    positiveInteger(self[name], f"--{name}")
+                except BadRequest as e:
+                    raise usage.UsageError(str(e)) from None
+        defaults, maxima = (
+            Limits(
+                **{
+                    field: self[f"{kind}-{suffix}"]
+                    for field, suffix in _LIMIT_OPTIONS.items()
+                }
+            )
+            for kind in ("default", "max")
+        )
+        for field, value, most in defaults.over(maxima):
+            suffix = _LIMIT_OPTIONS[field]
+            raise usage.UsageError(
+                f"--default-{suffix} {value} is over --max-{suffix} {most}"
+            )
+        if self["executor"] == "local":
+            for field, value, most in defaults.over(machineLimits()):
+                raise usage.UsageError(
+                    f"--default-{_LIMIT_OPTIONS[field]} {value} is more than this "
+                    f"machine has ({most}): a request's limits.{field} would be refused"
+                )
