@@ -1193,6 +1193,43 @@ class GlobalCheckCapTests(HostileAuthMixin, SynchronousTestCase):
         self.held.release()
         self.assertEqual(self.successResultOf(d).name, "rita")
 
+    def test_hangingUpFreesNoSlot(self) -> None:
+        """
+        A client that hangs up cancels its request, but not the bcrypt call
+        queued for it: the slot stays taken until that call has run (it was
+        given back at once, and guesses that hung up queued without end).
+        """
+        guesses = [self.guess(n) for n in range(self.CAP)]
+        for d in guesses:
+            d.cancel()
+        self.failureResultOf(self.guess(100), ServiceUnavailable)
+        self.assertEqual(len(self.held.held), self.CAP)
+        self.held.release()
+        d = self.guess(101, "rita-pass")
+        self.held.release()
+        self.assertEqual(self.successResultOf(d).name, "rita")
+
+    def test_busyAuditedOnceAMinutePerClient(self) -> None:
+        """
+        auth.busy lines are bounded like auth.throttled ones: the first,
+        then one a minute with the count refused (anyone could write one
+        line per request while the slots were taken).
+        """
+        path = self.mktemp()
+        self.authenticator._audit = AuditLog(path, self.clock)
+        for n in range(self.CAP):
+            self.guess(n)
+        for _ in range(1000):
+            self.guess(500)
+        self.clock.advance(61)
+        self.guess(500)
+
+        with open(path) as f:
+            busy = [json.loads(line) for line in f]
+        self.assertEqual([e["event"] for e in busy], ["auth.busy", "auth.busy"])
+        self.assertEqual([e["refused"] for e in busy], [1, 1000])
+        self.held.release()
+
     def test_tokensAndCertificatesNeedNoCheck(self) -> None:
         """With every check slot taken, a token and a certificate still pass."""
         for n in range(self.CAP):

@@ -594,6 +594,21 @@ class LookupTests(ManagerTestCase):
             sum(manager.recordBytes(r) for r in cache.values()),
         )
 
+    def test_recordBytesNotUnderNonAscii(self) -> None:
+        """
+        The estimate is not under what a record's strings take, whatever
+        their characters: it counted 2 bytes a character, and an astral one
+        takes 4 in a str and 12 in the record's JSON (7 times more: the
+        16 MiB bound held 114 MB).
+        """
+        import json
+        import sys
+
+        for text in ("x" * 8000, "\u00e9" * 8000, "\U0001f600" * 8000):
+            record = self.manager.record(self.storeEnded([text]))
+            real = sys.getsizeof(text) + len(json.dumps(text))
+            self.assertGreaterEqual(manager.recordBytes(record), real, text[:1])
+
     def test_outputUnknownJob(self) -> None:
         """output() of an unknown job raises NotFound."""
         self.assertRaises(NotFound, self.manager.output, str(uuid.uuid4()), "stdout")
@@ -805,6 +820,25 @@ class ShutdownTests(ManagerTestCase):
             self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
         )
         self.assertEqual(record.stopped_by, "alice")
+
+    def test_shutdownKeepsItsGraceForLeftovers(self) -> None:
+        """
+        The same for a job whose main process ended at the user's TERM
+        while what it left ignores it: its record has ended, its group has
+        not, and the shutdown waited out the user's hour for it.
+        """
+        record = self.manager.create(request(), owner="alice")
+        self.manager.stop(record.id, by="alice", how=StopRequest(grace=3600.0))
+        self.spawnedFor(record.id).kill(signal.SIGTERM)  # the group lives on
+        self.assertTrue(record.status.ended)
+        d = self.manager.shutdown()
+        self.reactor.advance(GRACE - 0.1)
+        self.assertNotIn(signal.SIGKILL, self.killer.signalsTo(record.pid or 0))
+        self.reactor.advance(0.1)
+        self.assertEqual(self.killer.signalsTo(record.pid or 0)[-1], signal.SIGKILL)
+        self.killer.groupGone(record.pid or 0)
+        self.reactor.advance(GRACE)
+        self.assertIsNone(self.successResultOf(d))
 
     def test_shutdownLeavesAShorterGrace(self) -> None:
         """A user's grace shorter than the server's stands."""

@@ -287,6 +287,24 @@ class ManagerQueueTests(SynchronousTestCase):
         self.assertIsNone(manager.record(held.id).pending_reason)
         self.assertEqual(manager._held, {})
 
+    def test_aHeldNoteGoesStale(self) -> None:
+        """
+        A job held once and not tried since (here: the queue paused) waits
+        for something else: it no longer says it is held.
+        """
+        manager = self.manager(maxRunning=1)
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        short = self.failingPool(manager, emfile)
+        first = manager.create(self.request(), "alice")
+        held = manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        manager._scheduler.paused = True
+        self.reactor.advance(3 * DISPATCH_RETRY)
+        reason = manager.record(held.id).pending_reason
+        assert reason is not None
+        self.assertTrue(reason.startswith("queued: position 1 of 1"), reason)
+
     def test_retriesAreNotSpawnFailures(self) -> None:
         """
         Each try of a held job counted in jobworker_spawn_failures_total

@@ -263,14 +263,18 @@ class LiveSecurityTests(TestCase):
 class AuditFileTests(SynchronousTestCase):
     """The audit log's file: private, and let go of at SIGHUP (logrotate)."""
 
-    def test_looseModeMadePrivate(self) -> None:
-        """An audit log others may read (made so by hand) is made 0600."""
+    def test_othersNeverRead(self) -> None:
+        """
+        An audit log others may read (made so by hand) is made theirs no
+        more; a group's read (logrotate's "create 0640 root adm") is left.
+        """
         path = self.mktemp()
         with open(path, "w"):
             pass
-        os.chmod(path, 0o644)
-        AuditLog(path, Clock()).close()
-        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        for before, after in ((0o644, 0o640), (0o606, 0o600), (0o640, 0o640)):
+            os.chmod(path, before)
+            AuditLog(path, Clock()).close()
+            self.assertEqual(os.stat(path).st_mode & 0o777, after, oct(before))
 
     def test_reopenedAtHangUp(self) -> None:
         """

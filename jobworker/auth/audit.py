@@ -35,16 +35,23 @@ class AuditLog:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode & 0o077:
-                os.fchmod(fd, 0o600)
-                self.log.warn(
-                    "audit log {path} was mode {mode}: made 0600",
-                    path=path,
-                    mode=f"{mode:04o}",
-                )
         except OSError:
             os.close(fd)
             raise
+        if mode & 0o007:
+            # Others never read it (a group may: logrotate's "create 0640
+            # root adm" is an operator's choice).
+            try:
+                os.fchmod(fd, mode & ~0o007)
+                done = f"made {mode & ~0o007:04o}"
+            except OSError as e:
+                done = f"left so: {e.strerror}"
+            self.log.warn(
+                "audit log {path} was mode {mode}: {done}",
+                path=path,
+                mode=f"{mode:04o}",
+                done=done,
+            )
         return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
     def reopen(self) -> None:

@@ -7,7 +7,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 from twisted.cred.checkers import ICredentialsChecker
@@ -33,6 +33,8 @@ from .users import UserDatabase, UserEntry
 ThreadRunner = Callable[..., "Deferred[Any]"]
 
 REALM = "jobworker"
+_T = TypeVar("_T")
+
 #: bcrypt reads at most 72 bytes; bcrypt 5 refuses longer passwords.
 MAX_PASSWORD_BYTES = 72
 
@@ -146,6 +148,10 @@ class BcryptChecker:
         self._users = users
         self._runInThread = runInThread
         self._cache = cache
+        #: bcrypt checks queued or running: counted until the thread's work
+        #: has ended, whether or not whoever asked is still waiting (a
+        #: client that hangs up cancels its request, not the queued call).
+        self.inFlight = 0
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         """Fire with the user name, or fail with L{UnauthorizedLogin}."""
@@ -166,9 +172,19 @@ class BcryptChecker:
         else:
             hashed, padding = self._users.dummyHash, ()
         generation = cache.generation if cache is not None else None
-        d: Deferred[bool] = self._runInThread(
-            _checkPassword, password, hashed, *padding
-        )
+        self.inFlight += 1
+        try:
+            work: Deferred[bool] = self._runInThread(
+                _checkPassword, password, hashed, *padding
+            )
+        except BaseException:
+            self.inFlight -= 1
+            raise
+        # The answer goes out on a Deferred of its own: cancelling it (the
+        # client hung up) leaves the check queued or running, and counted
+        # until it has ended.
+        d: Deferred[bool] = Deferred()
+        work.addBoth(self._checkEnded).addCallbacks(d.callback, d.errback)
 
         def verdict(ok: bool) -> bytes | tuple[()]:
             # The users file may have been reloaded while bcrypt ran: a
@@ -180,6 +196,10 @@ class BcryptChecker:
             raise UnauthorizedLogin()
 
         result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
+        return result
+
+    def _checkEnded(self, result: _T) -> _T:
+        self.inFlight -= 1
         return result
 
     def _stillHolds(self, name: str, entry: UserEntry) -> bool:
@@ -258,7 +278,6 @@ class Authenticator:
         #: Password checks (bcrypt) in flight at most, whoever asks: past
         #: it a check is refused at once (None: no bound).
         self.maxChecks = maxChecks
-        self._checking = 0
         self._basic = BasicCredentialFactory(REALM)
         self._onFailure = onFailure
         self._throttle = throttle
@@ -272,6 +291,7 @@ class Authenticator:
         # The portal's own cache of verified credentials: checked here first,
         # so a hit costs no Deferred chain at all.
         checker = portal.checkers.get(IUsernamePassword)
+        self._checker = checker if isinstance(checker, BcryptChecker) else None
         self._cache = checker._cache if isinstance(checker, BcryptChecker) else None
 
     @property
@@ -424,7 +444,6 @@ class Authenticator:
             return user
         self._admitCheck(name, client)
         self._beginCheck(name, client, counted=True)
-        self._checking += 1
         succeeded = False
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
@@ -442,7 +461,6 @@ class Authenticator:
         finally:
             # Whatever happened (a client that hangs up cancels the check),
             # anything but a success counts as a failure.
-            self._checking -= 1
             if self._throttle is not None:
                 self._throttle.finish(name, client, succeeded)
         return user
@@ -456,11 +474,22 @@ class Authenticator:
 
         @raise ServiceUnavailable: with Retry-After 1.
         """
-        if self.maxChecks is None or self._checking < self.maxChecks:
+        checker = self._checker
+        if self.maxChecks is None or checker is None:
             return
-        if self._audit is not None:
+        if checker.inFlight < self.maxChecks:
+            return
+        # Audited at most once a minute per client (as throttled attempts).
+        throttle = self._throttle
+        refused = throttle.refused(client, kind="busy") if throttle else 1
+        if self._audit is not None and refused is not None:
             self._audit.record(
-                "auth.busy", name, client, "refused", reason="password checks full"
+                "auth.busy",
+                name,
+                client,
+                "refused",
+                reason="password checks full",
+                refused=refused,
             )
         raise ServiceUnavailable(
             f"too many password checks in progress ({self.maxChecks}): retry in "

@@ -67,8 +67,9 @@ class LoginThrottle:
         self._entries: OrderedDict[tuple[str, ...], _Failures] = OrderedDict()
         #: (user, address) -> when the user last logged in from there.
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
-        #: client -> when its refusals were last reported, and those since.
-        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        #: (kind, client) -> when its refusals were last reported, and those
+        #: since.
+        self._refusals: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
 
     def _keys(self, user: str, address: str) -> tuple[tuple[str, ...], ...]:
         address = clientKey(address)
@@ -125,23 +126,27 @@ class LoginThrottle:
         """Seconds before this user may try again from this address (0: now)."""
         return self._wait(user, address, self._clock.seconds())
 
-    def refused(self, address: str, every: float = 60.0) -> int | None:
+    def refused(
+        self, address: str, every: float = 60.0, kind: str = "throttled"
+    ) -> int | None:
         """
-        Count an attempt from C{address} refused for its wait. Refusals are
-        reported (audited) at most once C{every} seconds per client, so a
-        client cannot write without end by being refused.
+        Count an attempt from C{address} refused (for its wait; C{kind}
+        says what refused it). Refusals are reported (audited) at most once
+        C{every} seconds per client and kind, so a client cannot write
+        without end by being refused. (A client's last refusals are reported
+        only if it is refused again after C{every} seconds.)
 
         @return: the refusals to report now (this one, and those not
             reported since the last report), or None: not yet.
         """
-        client = clientKey(address)
+        key = (kind, clientKey(address))
         now = self._clock.seconds()
-        last, count = self._refusals.pop(client, (None, 0))
+        last, count = self._refusals.pop(key, (None, 0))
         count += 1
         if last is not None and now - last < every:
-            self._refusals[client] = (last, count)
+            self._refusals[key] = (last, count)
             return None
-        self._refusals[client] = (now, 0)
+        self._refusals[key] = (now, 0)
         while len(self._refusals) > self._maxEntries:
             self._refusals.popitem(last=False)
         return count

@@ -67,7 +67,7 @@ class Admission:
     _runningBy: dict[str, int]
     _live: dict[str, LiveJob]
     _createBuckets: dict[str, tuple[float, float]]
-    _held: dict[str, str]
+    _held: dict[str, tuple[float, str]]
     _dispatchTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
@@ -411,10 +411,26 @@ class Admission:
         """
         self._metrics.startsDeferred.inc()
         self._held[jobId] = (
+            self._reactor.seconds(),
             f"held: the server cannot start it now ({why}); tried again every "
-            f"{DISPATCH_RETRY:g} s"
+            f"{DISPATCH_RETRY:g} s",
         )
         self._dispatchLater()
+
+    def _heldReason(self, jobId: str) -> str | None:
+        """
+        Why a queued job is held, if its last try was held back and there
+        was no try since: past the next one it waits for something else
+        (its turn, its user's limit), which the queue says.
+        """
+        held = self._held.get(jobId)
+        if held is None:
+            return None
+        when, why = held
+        if self._reactor.seconds() - when > 2 * DISPATCH_RETRY:
+            del self._held[jobId]
+            return None
+        return why
 
     def _dispatchLater(self) -> None:
         """Start queued jobs again in a while (one could not start now)."""

@@ -131,8 +131,8 @@ class JobManager(Admission):
         #: Final records the store could not take yet (disk full): the truth
         #: until it has them, written again every so often.
         self._unsaved: dict[str, JobRecord] = {}
-        #: Queued jobs the server could not start at their turn: why.
-        self._held: dict[str, str] = {}
+        #: Queued jobs the server could not start at their turn: when, and why.
+        self._held: dict[str, tuple[float, str]] = {}
         self._retryTimer: IDelayedCall | None = None
         self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
@@ -319,7 +319,7 @@ class JobManager(Admission):
         """A job's record, up to date (a queued job's with why it waits)."""
         record = self._storedOrLive(jobId)
         if jobId in self._scheduler.queue:
-            record.pending_reason = self._held.get(
+            record.pending_reason = self._heldReason(
                 jobId
             ) or self._scheduler.queue.reason(jobId)
         return record
@@ -639,6 +639,9 @@ class JobManager(Admission):
             try:
                 if os.write(fd, data) != len(data):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                # On disk before the records go: a power cut must not keep
+                # the deletion and lose the note of what is left to remove.
+                os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as e:
@@ -816,10 +819,24 @@ def recordBytes(record: JobRecord) -> int:
         *record.after,
         *record.after_ok,
     ]
-    size = RECORD_BYTES + sum(2 * len(text) + STRING_BYTES for text in shown)
+    size = RECORD_BYTES + sum(_shownBytes(text) for text in shown)
     for name, value in record.env.items():
-        size += len(name) + len(value) + 2 * STRING_BYTES
+        size += _heldBytes(name) + _heldBytes(value)
     return size
+
+
+def _heldBytes(text: str) -> int:
+    """A string's memory: a character is 1 byte if all are ASCII, else up to 4."""
+    return STRING_BYTES + (len(text) if text.isascii() else 4 * len(text))
+
+
+def _shownBytes(text: str) -> int:
+    """
+    A shown string's memory, and its copy in the record's JSON: a character
+    is 1 byte there if all are ASCII, else up to 12 (an astral one is two
+    escapes, as \\ud83d\\ude00).
+    """
+    return _heldBytes(text) + (len(text) if text.isascii() else 12 * len(text))
 
 
 def _oneStepATurn() -> Callable[[], bool]:

@@ -218,7 +218,9 @@ class JobStore:
         """
         if os.getpid() == self._pid:
             return
-        # (Its close holds no lock to lose: the parent has left.)
+        # (The parent, twistd's first process, waits for the daemon to
+        # start and never touches the store again: this close, the last
+        # one of this process, may checkpoint the WAL; that is all.)
         self._db.close()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)

@@ -6,6 +6,7 @@ users reload, retention.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..auth.users import UserDatabase, UsersFileError
 from ..jobs.manager import (
     JobManager,
 )
+from ..jobs.store import StoreError
 
 
 class ListeningService(Service):
@@ -62,6 +64,8 @@ class QuietSite(Site):
 class ManagerService(Service):
     """Stop every job, and wait for it, when the server shuts down."""
 
+    log = Logger()
+
     def __init__(
         self,
         manager: JobManager,
@@ -76,7 +80,13 @@ class ManagerService(Service):
     def privilegedStartService(self) -> None:
         # twistd becomes a daemon (forks) after the plugin made the service
         # and before it starts: what cannot pass a fork is opened again.
-        self.manager.afterFork()
+        try:
+            self.manager.afterFork()
+        except StoreError as e:
+            # (Its log is a file by now: the line goes there, and to stderr.)
+            self.log.critical("jobworker: error: {error}", error=str(e))
+            print(f"jobworker: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:

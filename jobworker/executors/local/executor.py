@@ -594,8 +594,7 @@ class LocalExecutor:
         """Stop every running job and wait until each is cleaned up."""
         waits: list[Deferred[None]] = []
         for job in jobs:
-            if not job.record.status.ended:
-                job.stopForShutdown()
+            job.stopForShutdown()
             waits.append(job.whenCleanedUp())
 
         def done(_: object) -> Deferred[None] | None:

@@ -309,7 +309,12 @@ class JobProcess:
         longer one (an hour of it held the shutdown, until the service
         manager killed the server).
         """
-        d = self.stop("server shutdown")
+        if self.record.status.ended:
+            # Only what it left is still being ended (maybe under a user's
+            # long grace): that end is hastened, nothing else changes.
+            d = self.whenEnded()
+        else:
+            d = self.stop("server shutdown")
         timer = self._killTimer
         if timer is not None and timer.getTime() - self._clock.seconds() > self._grace:
             timer.cancel()
