@@ -351,6 +351,35 @@ class JWAssertions:
         return err
 
 
+def selfSigned(name: Any, ca: bool = False) -> tuple[Any, Any]:
+    """
+    A self-signed EC P-256 certificate for C{name} (an C{x509.Name}), valid
+    from five minutes ago for a day; a CA's if C{ca}: (certificate, key).
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), True
+        )
+    return builder.sign(key, hashes.SHA256()), key
+
+
 def writePEM(path: str, data: bytes) -> None:
     """Write a certificate or key file made by a test."""
     with open(path, "wb") as f:

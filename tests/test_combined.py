@@ -72,6 +72,24 @@ def readAll(
     return got
 
 
+def assertResumesAtEveryByte(
+    testCase: Any, job: Job, chunks: list[tuple[int, bytes]]
+) -> None:
+    """
+    From any byte of C{job}'s combined output (C{chunks}, in order), the
+    rest follows with no gap and no repeat.
+    """
+    tagged = [(stream, byte) for stream, data in chunks for byte in data]
+    merged = bytes(byte for _, byte in tagged)
+    for cut in range(len(tagged) + 1):
+        position = (
+            sum(1 for stream, _ in tagged[:cut] if stream == 0),
+            sum(1 for stream, _ in tagged[:cut] if stream == 1),
+        )
+        rest = readAll(*job.stored(), position=position)
+        testCase.assertEqual(b"".join(d for _, d, _ in rest), merged[cut:], cut)
+
+
 def readerOf(
     job: Job,
     got: list[tuple[int, bytes]],
@@ -171,15 +189,7 @@ class CombinedReaderTests(SynchronousTestCase):
         job = Job(self.mktemp())
         job.write(CHUNKS)
         job.close()
-        tagged = [(stream, byte) for stream, data in CHUNKS for byte in data]
-        merged = bytes(byte for _, byte in tagged)
-        for cut in range(len(tagged) + 1):
-            position = (
-                sum(1 for stream, _ in tagged[:cut] if stream == 0),
-                sum(1 for stream, _ in tagged[:cut] if stream == 1),
-            )
-            rest = readAll(*job.stored(), position=position)
-            self.assertEqual(b"".join(d for _, d, _ in rest), merged[cut:], cut)
+        assertResumesAtEveryByte(self, job, [(s, d) for s, d in CHUNKS])
 
     def test_noOrderFile(self) -> None:
         """Without an order file (older jobs): all stdout, then all stderr."""

@@ -50,7 +50,7 @@ from jobworker.auth.tokens import TokenSigner
 from jobworker.auth.users import UserDatabase, UserEntry
 from jobworker.errors import ServiceUnavailable, TooManyRequests, Unauthorized
 
-from .support import LiveServer, basic
+from .support import LiveServer, basic, selfSigned
 
 KEY = b"k" * 32
 #: Where the attacker (and everyone else behind the same NAT) comes from.
@@ -115,28 +115,13 @@ def realCertificate(*attributes: tuple[str, str]) -> Any:
     A pyOpenSSL certificate (as the TLS layer hands over) whose subject is
     C{attributes}, in order: ("CN", "ada"), ("OU", "x"), ...
     """
-    import datetime
-
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
     from OpenSSL.crypto import X509
 
     oids = {"CN": NameOID.COMMON_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
     name = x509.Name([x509.NameAttribute(oids[k], v) for k, v in attributes])
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    certificate, _ = selfSigned(name)
     return X509.from_cryptography(certificate)
 
 

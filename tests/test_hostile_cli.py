@@ -8,7 +8,6 @@ writes a key through a planted file or link.
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import os
@@ -19,8 +18,7 @@ import uuid
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -53,6 +51,7 @@ from .support import (
     LiveServer,
     jwEnvironment,
     runJW,
+    selfSigned,
     sharedPath,
     writePEM,
 )
@@ -71,12 +70,14 @@ RTL = "\u202e"
 
 def plainEnvironment(testCase: TestCase, server: str, **extra: str) -> dict[str, str]:
     """
-    C{jw}'s environment with no CA configured anywhere: no C{JW_CA}, and an
-    empty config folder.
+    C{jw}'s environment with no CA configured anywhere: no C{JW_CA}, an
+    empty config folder, and an empty state folder (the CA of a server this
+    user ran with its default state dir would be trusted for localhost).
     """
     env = jwEnvironment(server, **extra)
     env.pop("JW_CA", None)
     env["XDG_CONFIG_HOME"] = os.path.abspath(testCase.mktemp())
+    env["XDG_STATE_HOME"] = os.path.abspath(testCase.mktemp())
     return env
 
 
@@ -218,19 +219,8 @@ class DevelopmentCAClientTests(TestCase):
 
 def ownCertificate(directory: str) -> tuple[str, str]:
     """A self-signed server certificate that is not the development one."""
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jobs.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    certificate, key = selfSigned(name)
     os.makedirs(directory, exist_ok=True)
     certPath = os.path.join(directory, "server.pem")
     keyPath = os.path.join(directory, "server.key")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import stat
@@ -10,8 +9,7 @@ from typing import Any
 
 import treq
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -24,7 +22,18 @@ from jobworker.auth.issuecert import main as issueMain
 from jobworker.certificates import keyPEM
 from jobworker.tls import TLSConfigError, TrustRootPolicy
 
-from .support import BIN, CA, CERT, CERTS, JW, KEY, LiveServer, basic, writePEM
+from .support import (
+    BIN,
+    CA,
+    CERT,
+    CERTS,
+    JW,
+    KEY,
+    LiveServer,
+    basic,
+    selfSigned,
+    writePEM,
+)
 
 CA_KEY = os.path.join(CERTS, "ca.key")
 CLIENTS = os.path.join(CERTS, "clients")
@@ -37,20 +46,8 @@ def clientCert(user: str) -> tuple[str, str]:
 
 def rogueCA(directory: str) -> tuple[str, str]:
     """A CA the server does not trust: (cert path, key path)."""
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rogue CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
+    certificate, key = selfSigned(name, ca=True)
     os.makedirs(directory, exist_ok=True)
     certPath = os.path.join(directory, "rogue-ca.pem")
     keyPath = os.path.join(directory, "rogue-ca.key")

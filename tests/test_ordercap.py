@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.jobs.order import OrderLog, decodeEntries
 
 from .support import LiveServer
-from .test_combined import Job, readAll, readerOf
+from .test_combined import Job, assertResumesAtEveryByte, readAll, readerOf
 
 #: Bytes each stream may take (so the order file too): 20 entries.
 CAP = 160
@@ -119,19 +119,8 @@ class OrderCapTests(SynchronousTestCase):
         job = Job(self.mktemp(), maxBytes=CAP)
         job.write(ALTERNATING)
         job.close()
-        tagged = [
-            (stream, byte)
-            for stream, data, _ in readAll(*job.stored())
-            for byte in data
-        ]
-        merged = bytes(byte for _, byte in tagged)
-        for cut in range(len(tagged) + 1):
-            position = (
-                sum(1 for stream, _ in tagged[:cut] if stream == 0),
-                sum(1 for stream, _ in tagged[:cut] if stream == 1),
-            )
-            rest = readAll(*job.stored(), position=position)
-            self.assertEqual(b"".join(d for _, d, _ in rest), merged[cut:], cut)
+        read = [(stream, data) for stream, data, _ in readAll(*job.stored())]
+        assertResumesAtEveryByte(self, job, read)
 
     def test_followersGetEveryByteOnce(self) -> None:
         """

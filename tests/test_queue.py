@@ -159,6 +159,21 @@ class ManagerQueueTests(SynchronousTestCase):
         self.patch(manager._store, "get", unreadable)
         return broken
 
+    def heldJob(self) -> tuple[Any, JobRecord, list[bool]]:
+        """
+        A manager running one job at a time, whose queued job's turn came
+        when no descriptor was free for its uid's lock (EMFILE): it is held.
+        The list: clear it to give descriptors back.
+        """
+        manager = self.manager(maxRunning=1)
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        short = self.failingPool(manager, emfile)
+        first = manager.create(self.request(), "alice")
+        held = manager.create(self.request(), "alice")
+        short.append(True)
+        self.end(manager, first.id)
+        return manager, held, short
+
     def failingPool(self, manager: Any, error: Exception) -> list[bool]:
         """The uid pool raises C{error} while the list is not empty."""
         acquire = manager._executor._identities.acquire
@@ -270,13 +285,7 @@ class ManagerQueueTests(SynchronousTestCase):
         waits, and that it is tried again (it said "position 1 of 1", as if
         nothing held it); once started, nothing.
         """
-        manager = self.manager(maxRunning=1)
-        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        short = self.failingPool(manager, emfile)
-        first = manager.create(self.request(), "alice")
-        held = manager.create(self.request(), "alice")
-        short.append(True)
-        self.end(manager, first.id)
+        manager, held, short = self.heldJob()
         reason = manager.record(held.id).pending_reason
         assert reason is not None
         self.assertTrue(reason.startswith("held: the server cannot start"), reason)
@@ -292,13 +301,7 @@ class ManagerQueueTests(SynchronousTestCase):
         A job held once and not tried since (here: the queue paused) waits
         for something else: it no longer says it is held.
         """
-        manager = self.manager(maxRunning=1)
-        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        short = self.failingPool(manager, emfile)
-        first = manager.create(self.request(), "alice")
-        held = manager.create(self.request(), "alice")
-        short.append(True)
-        self.end(manager, first.id)
+        manager, held, _ = self.heldJob()
         manager._scheduler.paused = True
         self.reactor.advance(3 * DISPATCH_RETRY)
         reason = manager.record(held.id).pending_reason
@@ -311,13 +314,7 @@ class ManagerQueueTests(SynchronousTestCase):
         (one a second), as did a 503: neither is a job that failed to start.
         They count in jobworker_starts_deferred_total.
         """
-        manager = self.manager(maxRunning=1)
-        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        short = self.failingPool(manager, emfile)
-        first = manager.create(self.request(), "alice")
-        manager.create(self.request(), "alice")
-        short.append(True)
-        self.end(manager, first.id)
+        manager, _, _ = self.heldJob()
         for _ in range(3):
             self.reactor.advance(DISPATCH_RETRY)
         text = manager._metrics.render().decode()
@@ -330,13 +327,7 @@ class ManagerQueueTests(SynchronousTestCase):
         tried again in a second) keeps its place: a job created meanwhile
         queues behind it (it started at once, ahead of older ones).
         """
-        manager = self.manager(maxRunning=1)
-        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
-        short = self.failingPool(manager, emfile)
-        first = manager.create(self.request(), "alice")
-        held = manager.create(self.request(), "alice")
-        short.append(True)
-        self.end(manager, first.id)
+        manager, held, short = self.heldJob()
         short.clear()
         newer = manager.create(self.request(), "bob")
         self.assertEqual(newer.status, JobStatus.PENDING)
