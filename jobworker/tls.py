@@ -78,6 +78,32 @@ def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:
     return [OpenSSLCertificate.from_cryptography(c) for c in certificates]
 
 
+def _onlyCAs(path: str, certificates: list[OpenSSLCertificate]) -> None:
+    """
+    Refuse a client CA file holding a certificate that is no CA (a
+    server's or a client's, given by mistake): no client certificate could
+    ever be verified by it.
+
+    @raise TLSConfigError: naming the file and the certificate's place.
+    """
+    for place, certificate in enumerate(certificates, 1):
+        try:
+            constraints = (
+                certificate.to_cryptography().extensions.get_extension_for_class(
+                    x509.BasicConstraints
+                )
+            )
+            isCA = constraints.value.ca
+        except x509.ExtensionNotFound:
+            isCA = False
+        if not isCA:
+            raise TLSConfigError(
+                f"{path}: certificate {place} is not a CA (no basicConstraints "
+                "CA:TRUE): --client-ca takes the CA that signs the clients' "
+                "certificates"
+            )
+
+
 def serverOptions(
     certPath: str,
     keyPath: str,
@@ -112,6 +138,7 @@ def serverOptions(
     clientCAs: list[Any] = []
     if clientCAPath is not None:
         clientCAs = _caCertificates(clientCAPath, "client CA certificate")
+        _onlyCAs(clientCAPath, clientCAs)
     elif requireClientCert:
         raise TLSConfigError("a required client certificate needs a client CA")
     return ssl.CertificateOptions(

@@ -208,3 +208,32 @@ class ServerBundleTests(TestCase):
         alice = writePair(directory, "alice", issue("alice", outsider, outsiderKey))
         with self.assertRaises(ResponseNeverReceived):
             await self.ask(server, alice)
+
+
+class ClientCALeafTests(TestCase):
+    """
+    A --client-ca file holding a certificate that is no CA (a server's, a
+    client's) was taken without a word, and no client certificate could
+    ever be verified by it: it is refused at start-up, naming the file.
+    """
+
+    def test_leafRefused(self) -> None:
+        from jobworker.tls import serverOptions
+
+        error = self.assertRaises(TLSConfigError, serverOptions, CERT, KEY, CERT)
+        self.assertIn(CERT, str(error))
+        self.assertIn("not a CA", str(error))
+
+    def test_bundleWithALeafRefused(self) -> None:
+        from jobworker.tls import serverOptions
+
+        bundle = self.mktemp()
+        with open(CA, "rb") as ca, open(CERT, "rb") as leaf:
+            writePEM(bundle, ca.read() + leaf.read())
+        error = self.assertRaises(TLSConfigError, serverOptions, CERT, KEY, bundle)
+        self.assertIn("certificate 2", str(error))
+
+    def test_caAccepted(self) -> None:
+        from jobworker.tls import serverOptions
+
+        serverOptions(CERT, KEY, CA)

@@ -289,6 +289,9 @@ class ManagerQueueTests(SynchronousTestCase):
         reason = manager.record(held.id).pending_reason
         assert reason is not None
         self.assertTrue(reason.startswith("held: the server cannot start"), reason)
+        # A list says the same as the job's own record.
+        [listed] = [r for r in manager.page()[0] if r.id == held.id]
+        self.assertEqual(listed.pending_reason, reason)
         self.assertIn(os.strerror(errno.EMFILE), reason)
         self.assertIn(f"tried again every {DISPATCH_RETRY:g} s", reason)
         short.clear()

@@ -26,6 +26,7 @@ from jobworker.jobs.validation import (
     JobRequest,
     parseJobId,
     parseJobRequest,
+    parseJSONObject,
 )
 
 
@@ -220,6 +221,27 @@ class ParseJobRequestTests(SynchronousTestCase):
     def test_emptyCwd(self) -> None:
         """An empty cwd is refused."""
         self.assertBad(body({"command": "true", "cwd": ""}), "cwd", "empty")
+
+
+class DuplicateKeyTests(SynchronousTestCase):
+    """
+    A body naming a key twice was taken with the last value: a stop's
+    {"signal": "TERM", "signal": "KILL"} was a KILL, read by a proxy or an
+    audit tool that keeps the first as a TERM. It is a 400 now, at any depth.
+    """
+
+    def test_refused(self) -> None:
+        for body in (
+            b'{"signal": "TERM", "signal": "KILL"}',
+            b'{"command": "true", "env": {"A": "1", "A": "2"}}',
+        ):
+            error = self.assertRaises(BadRequest, parseJSONObject, body)
+            self.assertIn("duplicate key", error.message)
+
+    def test_sameKeyInTwoObjects(self) -> None:
+        """The same key in two different objects is no duplicate."""
+        body = b'{"labels": {"a": "1"}, "limits": {"a": 2}, "a": 3}'
+        self.assertEqual(parseJSONObject(body)["a"], 3)
 
 
 class ParseJobIdTests(SynchronousTestCase):

@@ -409,7 +409,11 @@ class JobManager(Admission):
         return [
             live[r.id].snapshot()
             if r.id in live
-            else (_withReason(r, queue.reason(r.id)) if r.id in queue else r)
+            else (
+                _withReason(r, self._heldReason(r.id) or queue.reason(r.id))
+                if r.id in queue
+                else r
+            )
             for r in records
         ], following
 

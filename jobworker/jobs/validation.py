@@ -81,10 +81,26 @@ def _text(value: object, what: str, *, allowEmpty: bool = True) -> str:
     return value
 
 
+def _uniqueKeys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    A JSON object whose keys are all different: another reader (a proxy, an
+    audit tool) may keep the first of two where Python keeps the last.
+    (About 3 us more per request body.)
+    """
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return value
+
+
 def parseJSONObject(body: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object."""
+    """Decode a request body that must be one JSON object, no key twice."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, object_pairs_hook=_uniqueKeys)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
     except RecursionError:
