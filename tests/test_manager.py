@@ -599,12 +599,12 @@ class LookupTests(ManagerTestCase):
         The estimate is not under what a record's strings take, whatever
         their characters: it counted 2 bytes a character, and an astral one
         takes 4 in a str and 12 in the record's JSON (7 times more: the
-        16 MiB bound held 114 MB).
+        16 MiB bound held 114 MB), a control character 6 in the JSON.
         """
         import json
         import sys
 
-        for text in ("x" * 8000, "\u00e9" * 8000, "\U0001f600" * 8000):
+        for text in ("x" * 8000, "\u00e9" * 8000, "\U0001f600" * 8000, "\x01" * 8000):
             record = self.manager.record(self.storeEnded([text]))
             real = sys.getsizeof(text) + len(json.dumps(text))
             self.assertGreaterEqual(manager.recordBytes(record), real, text[:1])

@@ -208,6 +208,26 @@ class LiveSecurityTests(TestCase):
         for secret in ("hunter2-secret", "alice-pass", "bob-pass", "Basic "):
             self.assertNotIn(secret, text)
 
+    async def test_cleanNamesItsJobs(self) -> None:
+        """
+        DELETE /jobs is audited with the ids of the jobs it deleted (an
+        admin's wipe of everyone's jobs was one line with a count), and the
+        event is documented.
+        """
+        server = LiveServer(self)
+        jobs = [await server.createJob("true") for _ in range(3)]
+        for job in jobs:
+            await server.waitEnded(job["id"])
+        code, body = await server.json("DELETE", "/jobs?owner=alice", "ada")
+        self.assertEqual((code, body["deleted"]), (200, 3))
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            events = [json.loads(line) for line in f]
+        [clean] = [e for e in events if e["event"] == "job.clean"]
+        self.assertEqual(sorted(clean["jobs"]), sorted(job["id"] for job in jobs))
+        self.assertEqual((clean["user"], clean["deleted"]), ("ada", 3))
+        with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+            self.assertIn("`job.clean`", f.read())
+
     async def admittedAgain(self, server: LiveServer) -> None:
         """Once the server has seen them closed, the connections' slots come back."""
 

@@ -498,9 +498,14 @@ class JobManager(Admission):
         self._removeEnded(jobId)
 
     def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
+        """L{cleanIds}, counted: (how many were deleted, whether more are left)."""
+        deleted, more = self.cleanIds(selection, most)
+        return len(deleted), more
+
+    def cleanIds(self, selection: JobFilter, most: int) -> tuple[list[str], bool]:
         """
         Delete up to C{most} ended jobs that C{selection} picks, oldest
-        first: (how many were deleted, whether more are left). Their records
+        first: (the ids of those deleted, whether more are left). Their records
         go at once, in one transaction: no later request finds them, nor
         does a restart bring them back. Their output folders, the slow
         part, go L{DELETE_SLICE} a reactor turn from the next turn on.
@@ -520,7 +525,7 @@ class JobManager(Admission):
             else:
                 for jobId in doomed:
                     self._removeOutput(jobId)
-        return len(doomed), len(ids) > most
+        return doomed, len(ids) > most
 
     def _removeEnded(self, jobId: str) -> None:
         """
@@ -837,10 +842,11 @@ def _heldBytes(text: str) -> int:
 def _shownBytes(text: str) -> int:
     """
     A shown string's memory, and its copy in the record's JSON: a character
-    is 1 byte there if all are ASCII, else up to 12 (an astral one is two
-    escapes, as \\ud83d\\ude00).
+    is 1 byte there if all are printable ASCII, else up to 12 (a control
+    character is an escape of 6, \\u0001; an astral one two, \\ud83d\\ude00).
     """
-    return _heldBytes(text) + (len(text) if text.isascii() else 12 * len(text))
+    plain = text.isascii() and text.isprintable()
+    return _heldBytes(text) + (len(text) if plain else 12 * len(text))
 
 
 def _oneStepATurn() -> Callable[[], bool]:

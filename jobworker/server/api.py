@@ -310,13 +310,15 @@ class JobsAPI:
         age = parseAge(_arg(request, b"older_than_seconds"))
         if age is not None:
             selection = replace(selection, endedBefore=self._clock.seconds() - age)
-        deleted, more = self._manager.clean(selection, MAX_CLEAN)
+        ids, more = self._manager.cleanIds(selection, MAX_CLEAN)
+        deleted = len(ids)
         self._audit(
             request,
             "job.clean",
             user,
             "ok",
             deleted=deleted,
+            jobs=ids,
             owner=selection.owner,
             status=None if selection.status is None else selection.status.value,
         )
