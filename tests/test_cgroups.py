@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -182,3 +183,47 @@ class V1KillTests(SynchronousTestCase):
         self.assertEqual(written, ["FROZEN", "THAWED"])
         self.assertEqual(reads.count(state), cgroups.FREEZE_READS)
         self.assertEqual(child.wait(10), -signal.SIGKILL)
+
+
+class UnreadableMembersTests(SynchronousTestCase):
+    """
+    A cgroup whose members could not be read (no descriptor left: EMFILE)
+    was taken as empty: a stop signalled nothing and gave up its SIGKILL,
+    the job stayed RUNNING with its process alive, and the shutdown waited
+    for it for good. Unreadable is "maybe someone": never empty.
+    """
+
+    def setUp(self) -> None:
+        from jobworker.executors.local import cgroups
+
+        def noDescriptor(path: str) -> str:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        self.patch(cgroups, "_read", noDescriptor)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.groups = [
+            cgroups.V1Group({"freezer": folder}),
+            cgroups.V2Group(folder),
+        ]
+
+    def test_neverEmpty(self) -> None:
+        for group in self.groups:
+            self.assertFalse(group.empty(), group)
+
+    def test_signalsMaybeDelivered(self) -> None:
+        """signal() and kill() say something may be there (the stop goes on)."""
+        for group in self.groups:
+            self.assertTrue(group.signal(signal.SIGTERM), group)
+            self.assertTrue(group.kill(), group)
+
+    def test_goneIsEmpty(self) -> None:
+        """A cgroup removed already (ENOENT) is empty, as before."""
+        from jobworker.executors.local import cgroups
+
+        def gone(path: str) -> str:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+        self.patch(cgroups, "_read", gone)
+        for group in self.groups:
+            self.assertTrue(group.empty(), group)

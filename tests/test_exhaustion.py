@@ -366,3 +366,65 @@ class SeparateServerTests(SynchronousTestCase):
         health.close()
         samples.sort()
         return samples[int(len(samples) * 0.99) - 1], sizes
+
+
+#: The checkout this test runs from.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class DescriptorShareTests(SynchronousTestCase):
+    """L{descriptors}: half the limit for connections, half for jobs."""
+
+    def test_caps(self) -> None:
+        from jobworker.server import descriptors
+
+        self.assertEqual(descriptors.connectionCap(1024, soft=1024), 512 - 64)
+        self.assertEqual(descriptors.connectionCap(100, soft=1024), 100)
+        self.assertEqual(descriptors.jobsCap(None, soft=1024), 512 // 8)
+        self.assertEqual(descriptors.jobsCap(10, soft=1024), 10)
+        self.assertEqual(descriptors.jobsCap(None, soft=65536), 4096)
+
+    def test_raisedTowardsTheHardLimit(self) -> None:
+        """A server given 256 soft, 4,096 hard runs with 4,096."""
+        import subprocess
+        import sys
+
+        script = (
+            "import resource; from jobworker.server import descriptors; "
+            "print(descriptors.raiseSoftLimit(), "
+            "resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+        )
+        out = subprocess.run(
+            ["prlimit", "--nofile=256:4096", sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        ).stdout
+        self.assertEqual(out.split(), [b"(256,", b"4096)", b"4096"])
+
+
+class JobsDescriptorCapTests(TestCase):
+    """
+    A user's running jobs held every descriptor of the server (8 each:
+    pipes, output files, a pidfd, a uid lock): no one could connect, not
+    even an admin. Jobs past their half of the descriptor limit now wait
+    in the queue, and connections keep theirs.
+    """
+
+    timeout = 120
+
+    async def test_jobsQueueBeyondTheirHalf(self) -> None:
+        from .twistd import Twistd
+
+        server = await Twistd(self).start(prefix=("prlimit", "--nofile=256:256"))
+        self.assertIn("at most 16 jobs run at once", server.protocol.log())
+        jobs = [await server.createJob("sleep", "30", user="bob") for _ in range(17)]
+        self.assertEqual([job["status"] for job in jobs[:16]], ["RUNNING"] * 16)
+        self.assertEqual(jobs[16]["status"], "PENDING")
+        # Everyone else still gets in.
+        code, _ = await server.json("GET", "/jobs", "ada")
+        self.assertEqual(code, 200)
+        code, _ = await server.json("POST", f"/jobs/{jobs[0]['id']}/stop", "bob")
+        self.assertEqual(code, 200)
+        record = await server.waitEnded(jobs[0]["id"])
+        self.assertEqual(record["status"], "STOPPED")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
@@ -15,19 +14,6 @@ from ..peers import clientKey
 
 #: What refused a connection: the client's own cap, or the server's in all.
 CAPS = ("client", "server")
-
-
-def connectionCap(wanted: int) -> int:
-    """
-    The cap on connections in all: C{wanted}, but at most half the
-    server's descriptor limit (soft C{RLIMIT_NOFILE}), whose other half is
-    for the jobs' pipes, output files and the store. (A connection past
-    the limit is refused by the kernel's C{EMFILE}, and so is a job.)
-    """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft // 2))
 
 
 class KeptAlive(ProtocolWrapper):

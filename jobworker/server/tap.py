@@ -37,9 +37,9 @@ from ..jobs.placement import SlurmAllowances
 from ..jobs.policy import JobPolicy, JobReactor
 from ..jobs.store import JobStore, StoreError
 from ..metrics import Metrics
-from . import identitysetup, tlssetup
+from . import descriptors, identitysetup, tlssetup
 from .api import JobsAPI
-from .connections import ConnectionsPerClient, connectionCap
+from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
 from .identitysetup import probeSandbox
 from .options import (
@@ -85,6 +85,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
             "is no plaintext mode (twistd -n jobworker --tls)"
         )
+    _raiseDescriptors()
     _stateDir(config["state-dir"])
     tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
@@ -168,6 +169,38 @@ def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
     return cgroups
 
 
+def _raiseDescriptors() -> None:
+    """The soft descriptor limit as high as the hard one lets (65,536 at most)."""
+    before, after = descriptors.raiseSoftLimit()
+    if after != before:
+        log.info(
+            "descriptor limit (RLIMIT_NOFILE) raised from {before} to {after}",
+            before=before,
+            after=after,
+        )
+
+
+def _maxRunning(config: Options) -> int | None:
+    """
+    --max-running, but at most what the jobs' half of the server's
+    descriptors holds (local jobs: Slurm's hold none of the server's).
+    """
+    wanted = config["max-running"]
+    if config["executor"] == "slurm":
+        return wanted  # type: ignore[no-any-return]
+    most = descriptors.jobsCap(wanted)
+    if most is not None and (wanted is None or most < wanted):
+        log.info(
+            "at most {most} jobs run at once: {each} of the server's descriptors "
+            "each, in half of its limit ({soft}); more wait in the queue "
+            "(raise RLIMIT_NOFILE for more)",
+            most=most,
+            each=descriptors.PER_JOB,
+            soft=descriptors.softLimit(),
+        )
+    return most
+
+
 def _policy(config: Options, identities: Identities) -> JobPolicy:
     """The server-wide rules for jobs, from the options."""
     ioMax = config["max-io-bps"]
@@ -186,7 +219,7 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
         ),
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
-        maxRunning=config["max-running"],
+        maxRunning=_maxRunning(config),
         maxRunningPerUser=config["max-running-per-user"],
         createRate=config["create-rate"],
         identities=identities,
@@ -375,11 +408,13 @@ def _listen(
     endpoint = TCP4ServerEndpoint(
         reactor, config["port"], interface=config["interface"]
     )
-    total = connectionCap(config["max-connections"])
+    total = descriptors.connectionCap(config["max-connections"])
     if total < config["max-connections"]:
         log.warn(
-            "--max-connections {wanted} is more than half the descriptor limit: "
-            "at most {total} connections (raise RLIMIT_NOFILE for more)",
+            "--max-connections {wanted} is more than half the descriptor limit "
+            "(less {reserved} kept for the server's own files): at most {total} "
+            "connections (raise RLIMIT_NOFILE for more)",
+            reserved=descriptors.RESERVED,
             wanted=config["max-connections"],
             total=total,
         )

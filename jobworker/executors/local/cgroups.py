@@ -114,14 +114,27 @@ def _read(path: str) -> str:
     return b"".join(chunks).decode("ascii")
 
 
-def _pids(procs: str) -> list[int]:
+def _pids(procs: str) -> list[int] | None:
+    """
+    The pids in a C{cgroup.procs} file: none if the cgroup is gone, None
+    if it could not be read (no descriptor left, EMFILE): "maybe some",
+    never taken as empty (a stop then signalled nothing and gave up).
+    """
     try:
         return [int(line) for line in _read(procs).split()]
-    except OSError:
+    except FileNotFoundError:
         return []
+    except OSError:
+        return None
 
 
-def _signalAll(pids: list[int], signum: int) -> bool:
+def _signalAll(pids: list[int] | None, signum: int) -> bool:
+    """
+    Send C{signum} to each of C{pids}; whether anything may have been there
+    (True for unknown members, None: the caller tries again later).
+    """
+    if pids is None:
+        return True
     sent = False
     for pid in pids:
         try:
@@ -160,7 +173,7 @@ def _killFrozen(
     control: str,
     freeze: str,
     thaw: str,
-    members: Callable[[], list[int]],
+    members: Callable[[], list[int] | None],
     settle: Callable[[], None] | None = None,
 ) -> bool:
     """
@@ -257,7 +270,7 @@ class V1Group:
     def openProcs(self) -> list[int]:
         return _openProcs(self.paths.values())
 
-    def _members(self) -> list[int]:
+    def _members(self) -> list[int] | None:
         return _pids(f"{self.paths['freezer']}/cgroup.procs")
 
     def signal(self, signum: int) -> bool:
@@ -291,8 +304,8 @@ class V1Group:
         return all([_rmdir(path) for path in self.paths.values()])
 
     def empty(self) -> bool:
-        """True when no process is left in it."""
-        return not self._members()
+        """True when no process is left in it (unreadable: not empty)."""
+        return self._members() == []
 
 
 class CgroupsV1:
@@ -405,7 +418,7 @@ class V2Group:
     def openProcs(self) -> list[int]:
         return _openProcs([self.path])
 
-    def _members(self) -> list[int]:
+    def _members(self) -> list[int] | None:
         return _pids(os.path.join(self.path, "cgroup.procs"))
 
     def signal(self, signum: int) -> bool:
@@ -415,8 +428,11 @@ class V2Group:
         members = self._members()
         killFile = os.path.join(self.path, "cgroup.kill")
         if os.path.exists(killFile):
-            _write(killFile, "1")
-            return bool(members)
+            try:
+                _write(killFile, "1")
+            except CgroupError:
+                return True  # tried again (the stop's and the removal's)
+            return members != []
         freeze = os.path.join(self.path, "cgroup.freeze")
         return _killFrozen(freeze, "1", "0", self._members)
 
@@ -427,8 +443,8 @@ class V2Group:
         return _rmdir(self.path)
 
     def empty(self) -> bool:
-        """True when no process is left in it."""
-        return not self._members()
+        """True when no process is left in it (unreadable: not empty)."""
+        return self._members() == []
 
 
 class CgroupsV2:
@@ -482,7 +498,7 @@ class CgroupsV2:
         try:
             leaf = os.path.join(ownPath, "jobworker-server")
             os.makedirs(leaf, exist_ok=True)
-            for pid in _pids(os.path.join(ownPath, "cgroup.procs")):
+            for pid in _pids(os.path.join(ownPath, "cgroup.procs")) or []:
                 if selfPid is None or pid == selfPid:
                     _write(os.path.join(leaf, "cgroup.procs"), str(pid))
             base = os.path.join(ownPath, JOBS_FOLDER)
