@@ -1,7 +1,8 @@
 """
 X.509 building blocks (EC P-256, SHA-256) shared by the server's own CA
 (L{jobworker.server.selfcert}) and C{jobworker-issue-cert}
-(L{jobworker.auth.issuecert}).
+(L{jobworker.auth.issuecert}), and the CA test of the TLS settings and of
+C{jw login}.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+
+def isCA(certificate: x509.Certificate) -> bool:
+    """Whether C{certificate} says it is a CA (C{basicConstraints CA:TRUE})."""
+    try:
+        constraints = certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        )
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.value.ca
 
 
 def newKey() -> ec.EllipticCurvePrivateKey:

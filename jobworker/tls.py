@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from .certificates import isCA
 from .tlserrors import TLSConfigError
 
 if TYPE_CHECKING:
@@ -87,16 +88,7 @@ def _onlyCAs(path: str, certificates: list[OpenSSLCertificate]) -> None:
     @raise TLSConfigError: naming the file and the certificate's place.
     """
     for place, certificate in enumerate(certificates, 1):
-        try:
-            constraints = (
-                certificate.to_cryptography().extensions.get_extension_for_class(
-                    x509.BasicConstraints
-                )
-            )
-            isCA = constraints.value.ca
-        except x509.ExtensionNotFound:
-            isCA = False
-        if not isCA:
+        if not isCA(certificate.to_cryptography()):
             raise TLSConfigError(
                 f"{path}: certificate {place} is not a CA (no basicConstraints "
                 "CA:TRUE): --client-ca takes the CA that signs the clients' "

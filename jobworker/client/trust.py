@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
+from ..certificates import isCA
+
 #: Seconds to wait for a server's certificate chain.
 FETCH_TIMEOUT = 10.0
 
@@ -60,12 +62,7 @@ def fetchCA(server: str) -> bytes:
     if not chain:
         raise TrustError(f"{server} sent no certificate")
     last = chain[-1].to_cryptography()
-    try:
-        constraints = last.extensions.get_extension_for_class(x509.BasicConstraints)
-        isCA = constraints.value.ca
-    except x509.ExtensionNotFound:
-        isCA = False
-    if not isCA:
+    if not isCA(last):
         raise TrustError(
             f"{server} sends no CA certificate with its own: ask its operator "
             "for the CA file and pass it with --ca"
