@@ -55,6 +55,29 @@ def keyUsage(ca: bool) -> x509.KeyUsage:
     )
 
 
+def certificateBuilder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    publicKey: ec.EllipticCurvePublicKey,
+    days: float,
+) -> x509.CertificateBuilder:
+    """
+    A certificate for C{subject}'s C{publicKey}, issued by C{issuer}, with a
+    random serial, valid from five minutes ago (clocks differ a little) for
+    C{days}: its extensions and signature are the caller's.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(publicKey)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+
+
 def leafCertificate(
     commonName: str,
     issuer: x509.Certificate,
@@ -68,15 +91,9 @@ def leafCertificate(
     An end-entity certificate for C{commonName} (and C{names} as subject
     alternative names), for one extended C{usage}, signed by C{issuer}.
     """
-    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)]))
-        .issuer_name(issuer.subject)
-        .public_key(publicKey)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        certificateBuilder(subject, issuer.subject, publicKey, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(keyUsage(False), True)
         .add_extension(x509.ExtendedKeyUsage([usage]), False)

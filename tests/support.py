@@ -356,23 +356,13 @@ def selfSigned(name: Any, ca: bool = False) -> tuple[Any, Any]:
     A self-signed EC P-256 certificate for C{name} (an C{x509.Name}), valid
     from five minutes ago for a day; a CA's if C{ca}: (certificate, key).
     """
-    import datetime
-
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
+    from jobworker.certificates import certificateBuilder, newKey
+
+    key = newKey()
+    builder = certificateBuilder(name, name, key.public_key(), 1)
     if ca:
         builder = builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=None), True

@@ -57,6 +57,14 @@ class ManagerTestCase(SynchronousTestCase):
         self.manager = localJobManager(self.reactor, self.stateDir, GRACE, self.killer)
         self.addCleanup(self.manager.close)
 
+    def managerWith(self, **options: Any) -> manager.JobManager:
+        """Another manager on the same fakes, in a state dir of its own."""
+        manager = localJobManager(
+            self.reactor, os.path.abspath(self.mktemp()), GRACE, self.killer, **options
+        )
+        self.addCleanup(manager.close)
+        return manager
+
     def spawnedFor(self, jobId: str) -> SpawnedProcess:
         """The fake process of a job."""
         pid = self.manager.record(jobId).pid
@@ -373,14 +381,7 @@ class CreateFailureTests(ManagerTestCase):
                 return None
 
         cgroups = Refusing()
-        manager = localJobManager(
-            self.reactor,
-            os.path.abspath(self.mktemp()),
-            GRACE,
-            self.killer,
-            cgroups=cgroups,  # type: ignore[arg-type]
-        )
-        self.addCleanup(manager.close)
+        manager = self.managerWith(cgroups=cgroups)  # type: ignore[arg-type]
         self.assertRaises(ServiceUnavailable, manager.create, request(), "alice")
         self.assertEqual(manager.page()[0], [])
         cgroups.errno = errno.EACCES
@@ -391,14 +392,7 @@ class CreateFailureTests(ManagerTestCase):
     def test_aBusyServerTakesNoCreationToken(self) -> None:
         """A 503 of the server's (no process slot) does not count toward the
         user's --create-rate: only jobs it made do."""
-        manager = localJobManager(
-            self.reactor,
-            os.path.abspath(self.mktemp()),
-            GRACE,
-            self.killer,
-            policy=JobPolicy(createRate=1.0),
-        )
-        self.addCleanup(manager.close)
+        manager = self.managerWith(policy=JobPolicy(createRate=1.0))
         for _ in range(5):
             self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             self.assertRaises(ServiceUnavailable, manager.create, request(), "alice")
@@ -412,14 +406,7 @@ class CreateFailureTests(ManagerTestCase):
         process slot) stays queued, stored as queued, and starts at the next
         try. It was FAILED for good.
         """
-        manager = localJobManager(
-            self.reactor,
-            os.path.abspath(self.mktemp()),
-            GRACE,
-            self.killer,
-            policy=JobPolicy(maxRunning=1),
-        )
-        self.addCleanup(manager.close)
+        manager = self.managerWith(policy=JobPolicy(maxRunning=1))
         first = manager.create(request("sleep", "9"), "alice")
         queued = manager.create(request("true"), "alice")
         self.assertIs(queued.status, JobStatus.PENDING)

@@ -39,17 +39,16 @@ def raiseSoftLimit(most: int = MOST_DESCRIPTORS) -> tuple[int | None, int | None
     @return: the soft limit before and after (None: no limit).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    before = None if soft == resource.RLIM_INFINITY else soft
-    if before is None or before >= most:
-        return before, before
+    if soft == resource.RLIM_INFINITY:
+        return None, None
     target = most if hard == resource.RLIM_INFINITY else min(most, hard)
-    if target > before:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError):
-            return before, before
-        return before, target
-    return before, before
+    if target <= soft:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return soft, soft
+    return soft, target
 
 
 def connectionCap(wanted: int, soft: int | None = None) -> int:

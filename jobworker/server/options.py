@@ -315,7 +315,8 @@ class Options(usage.Options):
             "max-running",
             None,
             None,
-            "At most this many jobs run at once; more wait in the queue.",
+            "At most this many jobs run at once; more wait in the queue. Local "
+            "jobs: never more than half the descriptor limit holds, 8 each.",
             wholeNumber,
         ],
         [
@@ -390,7 +391,8 @@ class Options(usage.Options):
             MAX_CONNECTIONS,
             "Concurrent connections in all, whoever holds them; more are closed "
             "before the TLS handshake. At most half the server's descriptor "
-            "limit (RLIMIT_NOFILE): the rest are the jobs' pipes and files.",
+            "limit (RLIMIT_NOFILE) less 64: the other half is the running "
+            "jobs' pipes and files.",
             wholeNumber,
         ],
         [

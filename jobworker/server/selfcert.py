@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..certificates import keyPEM, keyUsage, leafCertificate, newKey
+from ..certificates import (
+    certificateBuilder,
+    keyPEM,
+    keyUsage,
+    leafCertificate,
+    newKey,
+)
 
 #: How long the CA and the server certificate are valid.
 CA_DAYS = 3650
@@ -66,18 +72,11 @@ def _names(hosts: list[str]) -> list[x509.GeneralName]:
 
 def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = newKey()
-    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"jobworker CA of {hostname}")]
     )
     ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        certificateBuilder(name, name, key.public_key(), CA_DAYS)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
         .add_extension(keyUsage(True), True)
         .add_extension(
