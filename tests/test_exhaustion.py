@@ -13,7 +13,7 @@ from typing import Any
 
 import treq
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
 from jobworker.executors.local.executor import localJobManager
@@ -428,3 +428,55 @@ class JobsDescriptorCapTests(TestCase):
         self.assertEqual(code, 200)
         record = await server.waitEnded(jobs[0]["id"])
         self.assertEqual(record["status"], "STOPPED")
+
+
+class JobsKeepTheDescriptorLimitTests(TestCase):
+    """
+    The server raises its own soft C{RLIMIT_NOFILE} (to hold connections
+    and jobs' pipes), but a job gets the soft limit the server was started
+    with: 65,536 breaks a job's C{select()} past descriptor 1,023 and makes
+    every "close all descriptors" loop 64 times longer (systemd keeps 1,024
+    soft for services' children for these reasons). The hard limit is left
+    as it is, so a job may still raise its own.
+    """
+
+    timeout = 120
+
+    async def assertJobLimits(self, *options: str) -> None:
+        from .twistd import Twistd
+
+        server = await Twistd(self).start(
+            *options, prefix=("prlimit", "--nofile=256:4096")
+        )
+        self.assertIn("raised from 256 to 4096", server.protocol.log())
+        job = await server.createJob("sh", "-c", "ulimit -Sn; ulimit -Hn; env")
+        record = await server.waitEnded(job["id"])
+        self.assertEqual(record["status"], "COMPLETED", record)
+        output = await server.logs(job["id"])
+        self.assertEqual(output.splitlines()[:2], [b"256", b"4096"])
+        # The limit comes through the root stages' environment, never the job's.
+        self.assertIn(b"PATH=", output)
+        self.assertNotIn(b"JOBWORKER", output)
+
+    async def test_spawner(self) -> None:
+        """The default: the launcher, forked by the spawner (root), or the
+        gate shell (not root)."""
+        await self.assertJobLimits()
+
+    async def test_launcherExec(self) -> None:
+        """The launcher, spawned by the server for each job."""
+        if os.getuid() != 0:
+            raise SkipTest("the launcher is for a root server only")
+        await self.assertJobLimits("--launcher=exec")
+
+    async def test_execChain(self) -> None:
+        """The exec chain (setsid, unshare, sh, setpriv, env)."""
+        if os.getuid() != 0:
+            raise SkipTest("the exec chain is for a root server only")
+        await self.assertJobLimits("--launcher=off")
+
+    async def test_unsandboxed(self) -> None:
+        """A job run as root (--allow-root-jobs): only the gate shell."""
+        if os.getuid() != 0:
+            raise SkipTest("--allow-root-jobs needs a root server")
+        await self.assertJobLimits("--allow-root-jobs")

@@ -42,6 +42,7 @@
  *  6. the request's working directory entered as the job;
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
+ * JOBWORKER_NOFILE=N in its own environment lowers the soft RLIMIT_NOFILE.
  * Exit status: 125 the set-up failed (nothing of the job ran), 126 a folder
  * could not be entered or the command could not be run, 127 the command was
  * not found; a message on stderr says which, except for a closed gate.
@@ -391,6 +392,18 @@ static void dieWithParent(int alive) {
     close(alive);
 }
 
+/* JOBWORKER_NOFILE of this program's environment (never the job's): the
+ * job's soft RLIMIT_NOFILE, the server's before it raised its own. */
+static void descriptorLimit(void) {
+    const char *text = getenv("JOBWORKER_NOFILE");
+    struct rlimit limit;
+    if (text == NULL || getrlimit(RLIMIT_NOFILE, &limit) != 0)
+        return;
+    limit.rlim_cur = number(text, limit.rlim_cur, "bad JOBWORKER_NOFILE");
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+        die(SETUP_FAILED, "setrlimit(RLIMIT_NOFILE)", NULL, errno);
+}
+
 /* One job, from OPTIONS on (argv[0] is this program): never returns. */
 static int launch(int argc, char **argv) {
     int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, mkdirFirst;
@@ -399,6 +412,7 @@ static int launch(int argc, char **argv) {
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
     if (argc < 10)
         usage("too few arguments (see the comment in launcher.c)", NULL);
+    descriptorLimit();
     const char *options = argv[1], *start = argv[2], *cwd = argv[6];
     for (const char *c = options; *c && strcmp(options, "-") != 0; c++) {
         if (*c == 'g') gate = 1;

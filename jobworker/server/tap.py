@@ -85,7 +85,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
             "is no plaintext mode (twistd -n jobworker --tls)"
         )
-    _raiseDescriptors()
+    jobDescriptors = _raiseDescriptors()
     _stateDir(config["state-dir"])
     tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
@@ -99,7 +99,16 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     def runInThread(f: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
 
-    manager = _manager(config, reactor, slurm, cgroups, policy, metrics, runInThread)
+    manager = _manager(
+        config,
+        reactor,
+        slurm,
+        cgroups,
+        policy,
+        metrics,
+        runInThread,
+        descriptorLimit=jobDescriptors,
+    )
 
     audit = _audit(config, reactor)
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
@@ -169,15 +178,23 @@ def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
     return cgroups
 
 
-def _raiseDescriptors() -> None:
-    """The soft descriptor limit as high as the hard one lets (65,536 at most)."""
+def _raiseDescriptors() -> int | None:
+    """
+    The soft descriptor limit as high as the hard one lets (65,536 at most).
+
+    @return: the soft limit jobs get (None: the server's own): the one the
+        server was started with, if it raised its own.
+    """
     before, after = descriptors.raiseSoftLimit()
-    if after != before:
-        log.info(
-            "descriptor limit (RLIMIT_NOFILE) raised from {before} to {after}",
-            before=before,
-            after=after,
-        )
+    if after == before:
+        return None
+    log.info(
+        "descriptor limit (RLIMIT_NOFILE) raised from {before} to {after}; "
+        "jobs keep {before}",
+        before=before,
+        after=after,
+    )
+    return before
 
 
 def _maxRunning(config: Options) -> int | None:
@@ -238,8 +255,13 @@ def _manager(
     policy: JobPolicy,
     metrics: Metrics,
     runInThread: Callable[..., Deferred[Any]] | None = None,
+    descriptorLimit: int | None = None,
 ) -> JobManager:
-    """The store (its lock first), the executor, the manager; recovered."""
+    """
+    The store (its lock first), the executor, the manager; recovered.
+    Local jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE}
+    (None: the server's).
+    """
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
     if slurm:
@@ -264,6 +286,7 @@ def _manager(
                 runInThread=runInThread,
                 pumps=pumps,
                 spawner=config["launcher"] == "auto",
+                descriptorLimit=descriptorLimit,
             )
             metrics.watchSpawner(lambda: local.spawnerStarts)
             probeSandbox(local, policy.identities)

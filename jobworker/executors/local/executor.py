@@ -44,11 +44,8 @@ from .process import (
 )
 from .pump import Pumps
 from .sandbox import (
-    GATE_KEEP_WORKDIR,
-    GATE_SCRIPT,
     ISOLATION,
     POSIX_SHELL,
-    ROOT_ENVIRONMENT,
     SETSID,
     UNSHARE,
     WORKDIR,
@@ -56,6 +53,8 @@ from .sandbox import (
     Sandbox,
     SpawnRefused,
     checkCommand,
+    gateScript,
+    rootEnvironment,
 )
 from .spawner import Spawner, SpawnerGone
 from .stdin import StdinFeed
@@ -207,7 +206,13 @@ class LocalExecutor:
         runInThread: RunInThread | None = None,
         pumps: Pumps | None = None,
         spawner: bool = False,
+        descriptorLimit: int | None = None,
     ) -> None:
+        """
+        @param descriptorLimit: the soft C{RLIMIT_NOFILE} every job starts
+            with (None: the server's own): the one the server was started
+            with, before it raised its own (L{descriptors.raiseSoftLimit}).
+        """
         if policy is None:
             policy = JobPolicy()
         self._reactor = reactor
@@ -224,6 +229,13 @@ class LocalExecutor:
         self._cgroups = cgroups
         self._policy = policy
         self._prefix = isolationPrefix(policy.isolate)
+        #: The gate shells of jobs that are not sandboxed, and the
+        #: environment of the root stages of those that are (the launcher
+        #: and the exec chain lower the limit from it: never the job's).
+        self._gates = {
+            keep: gateScript(keep, descriptorLimit) for keep in (False, True)
+        }
+        self._rootEnvironment = rootEnvironment(descriptorLimit)
         self._identities = policy.identities
         self._sandbox: Sandbox | None = None
         if self._identities.switching:
@@ -262,7 +274,7 @@ class LocalExecutor:
                 spawner.stop()
                 self._retiredStarts += spawner.started
             spawner = self._spawner = Spawner(
-                self._reactor, sandbox.launcher, ROOT_ENVIRONMENT
+                self._reactor, sandbox.launcher, self._rootEnvironment
             )
         return spawner
 
@@ -492,13 +504,12 @@ class LocalExecutor:
                 # The sandbox enters the working directory as the job, and
                 # the root stages never see the request's environment.
                 path = None
-                spawnEnv = ROOT_ENVIRONMENT
+                spawnEnv = self._rootEnvironment
             else:
-                gate = GATE_KEEP_WORKDIR if "PWD" in request.env else GATE_SCRIPT
                 argv = [
                     POSIX_SHELL,
                     "-c",
-                    gate,
+                    self._gates["PWD" in request.env],
                     "jobworker-gate",
                     SETSID,
                     *self._prefix,

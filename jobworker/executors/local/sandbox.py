@@ -61,10 +61,37 @@ GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
 #: The gate in front of a sandbox, which sets PWD itself.
 GATE_ONLY = GATE_KEEP_WORKDIR
 
+#: The variable of the root stages' environment (never the job's) that
+#: gives the job's soft RLIMIT_NOFILE: the launcher and the exec chain's
+#: sandbox shell lower the limit to it.
+DESCRIPTOR_LIMIT = "JOBWORKER_NOFILE"
+
+
+def gateScript(keepWorkdir: bool, descriptorLimit: int | None) -> str:
+    """
+    The gate of a job that is not sandboxed (its shell runs with the job's
+    environment): L{GATE_KEEP_WORKDIR} or L{GATE_SCRIPT}, lowering the soft
+    descriptor limit to C{descriptorLimit} first (None: as inherited).
+    """
+    gate = GATE_KEEP_WORKDIR if keepWorkdir else GATE_SCRIPT
+    if descriptorLimit is None:
+        return gate
+    return f"ulimit -Sn {descriptorLimit:d} || exit 125; {gate}"
+
+
+def rootEnvironment(descriptorLimit: int | None) -> dict[str, str]:
+    """L{ROOT_ENVIRONMENT}, with the job's descriptor limit if one is set."""
+    if descriptorLimit is None:
+        return ROOT_ENVIRONMENT
+    return {**ROOT_ENVIRONMENT, DESCRIPTOR_LIMIT: str(descriptorLimit)}
+
+
 #: Runs as root inside the job's new namespaces: mount the private folders
 #: (one C{mount -a} of a small fstab), enter the start folder, then exec
 #: setpriv and the command.
 SANDBOX = (
+    f'[ -z "${DESCRIPTOR_LIMIT}" ] || ulimit -Sn "${DESCRIPTOR_LIMIT}" || exit 125; '
+    f"unset {DESCRIPTOR_LIMIT}; "
     f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; '
     # The job's pipes are its own (who may open them again by path, as
     # /dev/stderr: their owner), as the launcher's 4c; not its /dev/null.
