@@ -1113,6 +1113,31 @@ class UnauthenticatedFloodTests(HostileAuthMixin, SynchronousTestCase):
         throttled = [e for e in self.events() if e["event"] == "auth.throttled"]
         self.assertEqual([e["refused"] for e in throttled], [1, 2000 - THRESHOLD])
 
+    def test_tokenFailureNamesItsUserOnlyWhenSigned(self) -> None:
+        """
+        An expired token of bob's was audited with C{user: ""}, so an
+        operator could not tell whose client kept sending it. A token whose
+        signature holds names its user; a forged one names no one (its
+        claims are the sender's words).
+        """
+        token, _ = self.signer.issue("bob", Role.DEVELOPER.value)
+        forged = self.signer.issue("alice", Role.DEVELOPER.value)[0][:-2] + "xx"
+        self.clock.advance(7200)
+        self.failureResultOf(self.auth(bearerHeader(token)), Unauthorized)
+        self.failureResultOf(self.auth(bearerHeader(forged)), Unauthorized)
+        failures = [
+            (e["user"], e["reason"])
+            for e in self.events()
+            if e["event"] == "auth.failure"
+        ]
+        self.assertEqual(
+            failures,
+            [
+                ("bob", "token: token expired"),
+                ("", "token: bad signature, or its user's password or role changed"),
+            ],
+        )
+
 
 class LongNameTests(HostileAuthMixin, SynchronousTestCase):
     """

@@ -336,24 +336,31 @@ class Authenticator:
         reason: str,
         message: str,
         counted: bool = False,
+        audited: str | None = None,
     ) -> Unauthorized:
         """
         Record a failed authentication and return the error to raise.
 
         @param counted: the throttle counts it already (a password check
             begun with L{LoginThrottle.begin}).
+        @param audited: the user the audit log names, if not C{name} (the
+            throttle's): a validly signed token's user.
         """
         client = clientAddress(request)
         if self._onFailure is not None:
             self._onFailure()
         if self._throttle is not None and not counted:
             self._throttle.failed(name, client)
+        if audited is None:
+            audited = name
         if self._audit is not None:
-            self._audit.record("auth.failure", name, client, "refused", reason=reason)
+            self._audit.record(
+                "auth.failure", audited, client, "refused", reason=reason
+            )
         else:
             self.log.info(
                 "authentication failed for {user!r} from {client}: {reason}",
-                user=name,
+                user=audited,
                 client=client,
                 reason=reason,
             )
@@ -523,8 +530,9 @@ class Authenticator:
         try:
             name, role = self._tokens.verify(token.decode("ascii"))
         except (InvalidToken, UnicodeDecodeError) as e:
-            # A bad token counts as a failed login, and a client throttled
-            # for them is refused without a word more in the audit log: they
+            # A bad token counts as a failed login (of no user's: an expired
+            # token must not lock its user out), and a client throttled for
+            # them is refused without a word more in the audit log: they
             # cost nothing to send, and each was a line.
             client = clientAddress(request)
             throttle = self._throttle
@@ -532,7 +540,11 @@ class Authenticator:
             if wait > 0:
                 raise self._throttled("", client, wait) from None
             raise self._refuse(
-                request, "", f"token: {e}", "invalid or expired token"
+                request,
+                "",
+                f"token: {e}",
+                "invalid or expired token",
+                audited=getattr(e, "user", ""),
             ) from None
         entry = self._realm._users.lookup(name)
         if entry is None or entry.user.role.value != role:

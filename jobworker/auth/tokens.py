@@ -24,6 +24,12 @@ MAX_TOKEN_CHARS = 1024
 class InvalidToken(Exception):
     """A token is malformed, forged, signed by another key or expired."""
 
+    def __init__(self, message: str, user: str = "") -> None:
+        super().__init__(message)
+        #: Whose it is, once its signature holds (expired, revoked): ""
+        #: before (a forged token's claims are the sender's words).
+        self.user = user
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -183,11 +189,11 @@ class TokenSigner:
             raise InvalidToken("bad signature, or its user's password or role changed")
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
-            raise InvalidToken("issued before its user was changed or removed")
+            raise InvalidToken("issued before its user was changed or removed", name)
         now = self._clock.seconds()
         if expires <= now:
-            raise InvalidToken("token expired")
+            raise InvalidToken("token expired", name)
         if now - issued > self.ttl:
             # Issued under a longer --token-ttl: the server's ttl now rules.
-            raise InvalidToken("token older than the server's --token-ttl")
+            raise InvalidToken("token older than the server's --token-ttl", name)
         return name, role
