@@ -1113,6 +1113,26 @@ class UnauthenticatedFloodTests(HostileAuthMixin, SynchronousTestCase):
         throttled = [e for e in self.events() if e["event"] == "auth.throttled"]
         self.assertEqual([e["refused"] for e in throttled], [1, 2000 - THRESHOLD])
 
+    def test_lastRefusalsReported(self) -> None:
+        """
+        A client that stopped after a burst of refused attempts: its last
+        minute of refusals was never audited (only a later refusal wrote
+        the count). The minute report writes what is overdue, once.
+        """
+        for _ in range(100):
+            self.auth(bearerHeader("jw1.x.y"))
+        self.authenticator.reportRefusals()
+        self.assertEqual(
+            [e["refused"] for e in self.events() if e["event"] == "auth.throttled"],
+            [1],
+        )
+        self.clock.advance(61)
+        self.authenticator.reportRefusals()
+        self.authenticator.reportRefusals()
+        throttled = [e for e in self.events() if e["event"] == "auth.throttled"]
+        self.assertEqual([e["refused"] for e in throttled], [1, 100 - THRESHOLD - 1])
+        self.assertEqual(throttled[1]["client"], throttled[0]["client"])
+
     def test_tokenFailureNamesItsUserOnlyWhenSigned(self) -> None:
         """
         An expired token of bob's was audited with C{user: ""}, so an

@@ -383,6 +383,23 @@ class Authenticator:
         if wait > 0:
             raise self._throttled(name, client, wait)
 
+    def reportRefusals(self) -> None:
+        """
+        Audit the refusals a client earned since its last C{auth.throttled}
+        or C{auth.busy} line, once it has not been refused for a minute
+        (call once a minute): they were written only if it was refused
+        again, so a burst's last minute went unreported.
+        """
+        if self._throttle is None:
+            return
+        for kind, client, refused in self._throttle.overdue():
+            if self._audit is None:
+                continue
+            fields: dict[str, Any] = {"refused": refused}
+            if kind == "busy":
+                fields["reason"] = "password checks full"
+            self._audit.record(f"auth.{kind}", "", client, "refused", **fields)
+
     def _throttled(self, name: str, client: str, wait: float) -> TooManyRequests:
         """
         The error for an attempt the throttle refuses (C{wait} seconds more);

@@ -134,7 +134,7 @@ class LoginThrottle:
         says what refused it). Refusals are reported (audited) at most once
         C{every} seconds per client and kind, so a client cannot write
         without end by being refused. (A client's last refusals are reported
-        only if it is refused again after C{every} seconds.)
+        by L{overdue}.)
 
         @return: the refusals to report now (this one, and those not
             reported since the last report), or None: not yet.
@@ -150,6 +150,22 @@ class LoginThrottle:
         while len(self._refusals) > self._maxEntries:
             self._refusals.popitem(last=False)
         return count
+
+    def overdue(self, every: float = 60.0) -> list[tuple[str, str, int]]:
+        """
+        The refusals not reported C{every} seconds after the last report
+        (a client that stopped being refused): (kind, client, count) each,
+        the client as L{clientKey} has it. Each is reported once; the
+        client's next refusal is reported at once.
+        """
+        now = self._clock.seconds()
+        due = []
+        for key, (last, count) in list(self._refusals.items()):
+            if now - last >= every:
+                del self._refusals[key]
+                if count:
+                    due.append((key[0], key[1], count))
+        return due
 
     def begin(self, user: str, address: str) -> float:
         """

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
@@ -132,6 +133,11 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             config["users"], authenticator, reactor, runInThread, audit.reopen
         )
     )
+    # A client's last minute of throttled or busy refusals, audited once it
+    # stopped being refused.
+    refusals = TimerService(60.0, authenticator.reportRefusals)
+    refusals.clock = reactor
+    root.addService(refusals)
     root.addService(ListeningService(port))
     return root
 
