@@ -374,7 +374,7 @@ class CreateFailureTests(ManagerTestCase):
             def __init__(self) -> None:
                 self.errno = errno.EMFILE
 
-            def create(self, jobId: str, limits: Any) -> Any:
+            def create(self, jobId: str, limits: Any, gid: int = 0) -> Any:
                 raise CgroupError(f"cannot open {jobId}: refused", self.errno)
 
             def find(self, jobId: str) -> None:

@@ -112,6 +112,88 @@ class NeighbourTests(TestCase):
             (await output(server, job["id"])).split(), [b"own-readable", b"done"]
         )
 
+    async def test_otherJobsCgroupsUnreadable(self) -> None:
+        """
+        A job cannot read another job's cgroup (its pids, memory use,
+        limits), though every role lists the job ids: each job's folder was
+        0755 in a folder anyone may enter. It reads its own.
+        """
+        server = LiveServer(self, *self.serverOptions)
+        if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
+            raise SkipTest("no cgroups here")
+        alice = await server.createJob("sleep", "30", user="alice")
+        script = (
+            "line=$(grep :freezer: /proc/self/cgroup || grep '^0::' /proc/self/cgroup);"
+            " own=${line#*:*:}; case $line in *freezer*) root=/sys/fs/cgroup/freezer;;"
+            " *) root=/sys/fs/cgroup;; esac;"
+            ' grep -qx "$$" "$root$own/cgroup.procs" && echo own-readable;'
+            ' cat "$root${own%/*}/$0/cgroup.procs" 2>/dev/null && echo READ;'
+            ' ls "$root${own%/*}/$0" >/dev/null 2>&1 && echo LISTED; echo done'
+        )
+        job = await server.createJob("sh", "-c", script, alice["id"], user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual(
+            (await output(server, job["id"])).split(), [b"own-readable", b"done"]
+        )
+        await server.json("POST", f"/jobs/{alice['id']}/stop", "alice")
+
+    async def test_signalsStayInTheJob(self) -> None:
+        """
+        A job cannot signal a process of another job that runs as the same
+        uid (a shared --run-as, or a dynamic uid reused by a setuid file
+        left behind): alice's job was stopped with SIGSTOP and killed. It
+        still signals its own processes.
+        """
+        if self.serverOptions:
+            raise SkipTest(
+                "the exec chain has no Landlock domain: a shared --run-as "
+                "signals (README)"
+            )
+        abi = landlockABI()
+        if abi < LANDLOCK_SCOPES:
+            raise SkipTest(
+                f"Landlock ABI {abi} here; scoping signals needs "
+                f"{LANDLOCK_SCOPES} (Linux 6.12, landlock in lsm=)"
+            )
+        server = LiveServer(self, "--run-as=nobody")
+        alice = await server.createJob("sleep", "30", user="alice")
+        script = (
+            'sleep 30 & kill "$!" && echo own-killed; '
+            'kill -STOP "$0" 2>/dev/null && echo STOPPED; '
+            'kill -0 "$0" 2>/dev/null && echo SIGNALLED; echo done'
+        )
+        job = await server.createJob("sh", "-c", script, str(alice["pid"]), user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual(
+            (await output(server, job["id"])).split(), [b"own-killed", b"done"]
+        )
+        with open(f"/proc/{alice['pid']}/stat") as f:
+            self.assertNotIn(") T ", f.read())
+        await server.json("POST", f"/jobs/{alice['id']}/stop", "alice")
+
+    async def test_noNewPrivilegesForDynamicIdentities(self) -> None:
+        """
+        A dynamic uid's job gains nothing from a setuid or file-capability
+        program: such a program left by an earlier holder of its uid ran as
+        that uid for the next one (another user's job). A mapped or shared
+        account keeps them (sudo, ping).
+        """
+        server = LiveServer(self, *self.serverOptions)
+        check = "grep NoNewPrivs /proc/self/status"
+        job = await server.createJob("sh", "-c", check, user="bob")
+        await server.waitEnded(job["id"])
+        self.assertEqual(
+            (await output(server, job["id"])).split(), [b"NoNewPrivs:", b"1"]
+        )
+        shared = LiveServer(self, "--run-as=nobody", *self.serverOptions)
+        job = await shared.createJob("sh", "-c", check, user="bob")
+        await shared.waitEnded(job["id"])
+        self.assertEqual(
+            (await output(shared, job["id"])).split(), [b"NoNewPrivs:", b"0"]
+        )
+
     async def test_pipesOpenByPath(self) -> None:
         """
         A job may write to /dev/stdout, /dev/stderr and /proc/self/fd/N (its

@@ -32,13 +32,15 @@
  *     kernel without keys (the kernel keeps a uid's user keyrings after
  *     its last process: a dynamic uid's jobs, one user's after another's,
  *     would share them). Installed as root, so no_new_privs stays off;
- *  4b. a Landlock domain scoping abstract unix sockets (ABI 6+, else shared):
- *     none made outside it (another job's) can be reached from the job;
+ *  4b. a Landlock domain scoping abstract unix sockets and signals (ABI 6+,
+ *     else shared): no socket or process outside it (another job's, even of
+ *     the same uid) can be reached or signalled from the job;
  *  4c. its pipes (fds 0-2, made as root) its own: /dev/stderr opens again;
  *  5. setgroups, setresgid, setresuid (never uid 0, gid 0 or group 0),
  *     each checked afterwards with getgroups, getresgid, getresuid, and no
- *     capability left (effective and permitted empty; no_new_privs
- *     untouched, as setpriv leaves it);
+ *     capability left (effective and permitted empty); with option k,
+ *     no_new_privs (a setuid file a dynamic uid's earlier holder left gives
+ *     nothing), else untouched, as setpriv leaves it;
  *  6. the request's working directory entered as the job;
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
@@ -53,7 +55,7 @@
  *   COMMAND [ARG]...
  * OPTIONS: "-", or letters: g (the gate on fd 3), e (the environment on the
  *   gate, after its line: NENV must then be 0; needs g), n (a network
- *   namespace), p (a PID namespace), k (no kernel keyrings: 4a).
+ *   namespace), p (a PID namespace), k (a dynamic uid: 4a and 5).
  * GROUPS: supplementary gids separated by commas, or "-" for none.
  * CWD: entered after the identity change; "" for none.
  * FLAGS: "-", or letters: s nosuid, d nodev, x noexec, m mkdir 0755 first.
@@ -237,9 +239,10 @@ static void ownSessionKeyring(void) {
 }
 
 /* 4b, as root. Landlock's calls: 444 create_ruleset (flag 1: the ABI), 446
- * restrict_self; its ruleset's third field (ABI 6), scoped, bit 0. */
+ * restrict_self; its ruleset's third field (ABI 6), scoped: bit 0 abstract
+ * unix sockets, bit 1 signals. */
 static void ownAbstractSockets(void) {
-    uint64_t ruleset[3] = {0, 0, 1};
+    uint64_t ruleset[3] = {0, 0, 3};
     if (syscall(444, NULL, (size_t)0, 1U) < 6)
         return;  /* no Landlock, not enabled, or too old: shared, as before */
     long fd = syscall(444, ruleset, sizeof ruleset, 0U);
@@ -479,6 +482,8 @@ static int launch(int argc, char **argv) {
     if (!keys)
         noKeyrings();
     becomeJob(uid, gid, count);
+    if (!keys && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        die(SETUP_FAILED, "prctl(PR_SET_NO_NEW_PRIVS)", NULL, errno);
     if (alive >= 0)
         dieWithParent(alive);
     if (*cwd && chdir(cwd) != 0)

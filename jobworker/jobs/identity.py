@@ -141,11 +141,14 @@ class Identity:
             if self.groups
             else ["--clear-groups"]
         )
+        # A dynamic uid gains nothing from a setuid file (an earlier holder
+        # of the uid, another user's job, may have left one behind).
         return [
             setprivPath,
             f"--reuid={self.uid}",
             f"--regid={self.gid}",
             *groups,
+            *(["--no-new-privs"] if self.dynamic else []),
             "--",
         ]
 

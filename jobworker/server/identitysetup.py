@@ -104,8 +104,9 @@ def _reclaim(pool: DynamicUids) -> None:
 CHAIN = (
     "the exec chain (setsid, unshare, sh, setpriv, env; its jobs keep the "
     "server's session keyring, a dynamic uid's jobs share its user "
-    "keyrings, and jobs share abstract unix sockets: only the launcher keeps "
-    "kernel keyrings and abstract sockets apart)"
+    "keyrings, and jobs of one uid may signal each other and share abstract "
+    "unix sockets: only the launcher keeps kernel keyrings, signals and "
+    "abstract sockets apart)"
 )
 
 
@@ -139,7 +140,7 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
     log.info(
         "sandboxed jobs start through the launcher {path} (compiled "
         "with {compiler}: one process{fork}, then the command; {how}); "
-        "abstract unix sockets: {sockets}",
+        "abstract unix sockets: {sockets}; signals: {signals}",
         path=path,
         compiler=compiler,
         sockets="each job's own (--isolate net)"
@@ -149,6 +150,10 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         else f"shared between jobs (Landlock ABI {abi}, "
         f"{launchers.LANDLOCK_SCOPES} needed: Linux 6.12, with landlock in "
         "lsm=); --isolate net keeps them apart",
+        signals=f"within each job (Landlock ABI {abi})"
+        if abi >= launchers.LANDLOCK_SCOPES
+        else "jobs of one uid may signal each other (Landlock ABI "
+        f"{abi}); --isolate pid keeps them apart",
         fork=", which forks PID 1 of the job's namespace"
         if "pid" in config["isolate"]
         else "",

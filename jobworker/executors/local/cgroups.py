@@ -71,8 +71,11 @@ class Cgroups(Protocol):
     version: int
     supported: frozenset[str]
 
-    def create(self, jobId: str, limits: Limits) -> JobCgroup:
-        """Make the cgroup of a job and apply its limits."""
+    def create(self, jobId: str, limits: Limits, gid: int = 0) -> JobCgroup:
+        """
+        Make the cgroup of a job and apply its limits: its folders root's
+        and the job's group's (C{gid}), 0750, so no other job reads them.
+        """
 
     def find(self, jobId: str) -> JobCgroup | None:
         """The cgroup an earlier run of the server made for a job, if any."""
@@ -160,9 +163,16 @@ def unlisted(base: str) -> None:
         log.warn("cgroup folder {path} left listable: {error}", path=base, error=str(e))
 
 
-def _mkdir(path: str) -> None:
+def _mkdir(path: str, gid: int = 0) -> None:
+    """
+    A job's cgroup folder, 0750 and group C{gid}'s: the job reads its own
+    (a JVM or Go runtime sizes itself by its limits), no other job reads
+    its pids, memory use or limits (every role lists the job ids).
+    """
     try:
-        os.mkdir(path)
+        os.mkdir(path, 0o750)
+        if gid:
+            os.chown(path, -1, gid)
     except FileExistsError:
         pass
     except OSError as e:
@@ -350,7 +360,7 @@ class CgroupsV1:
             bases[controller] = base
         return cls(bases, blockDevice(ioPath))
 
-    def create(self, jobId: str, limits: Limits) -> V1Group:
+    def create(self, jobId: str, limits: Limits, gid: int = 0) -> V1Group:
         # The freezer (for the whole-tree kill) always; the others only when
         # they hold a limit: each hierarchy costs a mkdir, a write and a rmdir.
         wanted = {"freezer"}
@@ -366,7 +376,7 @@ class CgroupsV1:
         group = V1Group(paths)
         try:
             for path in paths.values():
-                _mkdir(path)
+                _mkdir(path, gid)
             self._apply(paths, limits)
         except CgroupError:
             group.remove()
@@ -515,9 +525,9 @@ class CgroupsV2:
             return None
         return cls(base, frozenset(wanted), blockDevice(ioPath))
 
-    def create(self, jobId: str, limits: Limits) -> V2Group:
+    def create(self, jobId: str, limits: Limits, gid: int = 0) -> V2Group:
         path = os.path.join(self.base, jobId)
-        _mkdir(path)
+        _mkdir(path, gid)
         group = V2Group(path)
         try:
             self._apply(path, limits)

@@ -519,7 +519,7 @@ class LocalExecutor:
                 # the job's home, else the root folder.
                 path = request.cwd or _homeOrRoot(env)
             if self._cgroups is not None:
-                cgroup = job.cgroup = self._cgroups.create(jobId, limits)
+                cgroup = job.cgroup = self._cgroups.create(jobId, limits, identity.gid)
             protocol = JobProcessProtocol(job)
             spawner = self._spawnerOf(sandbox)
             if spawner is not None:

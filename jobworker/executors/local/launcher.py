@@ -37,14 +37,15 @@ _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
-#: The Landlock ABI that scopes abstract unix sockets (Linux 6.12).
+#: The Landlock ABI that scopes abstract unix sockets and signals (Linux 6.12).
 LANDLOCK_SCOPES = 6
 
 
 def landlockABI() -> int:
     """
     The kernel's Landlock ABI version (0: none, or not enabled). The
-    launcher scopes each job's abstract unix sockets from L{LANDLOCK_SCOPES}.
+    launcher scopes each job's abstract unix sockets and signals from
+    L{LANDLOCK_SCOPES}.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
