@@ -222,6 +222,15 @@ class ParseJobRequestTests(SynchronousTestCase):
         """An empty cwd is refused."""
         self.assertBad(body({"command": "true", "cwd": ""}), "cwd", "empty")
 
+    def test_relativeCwd(self) -> None:
+        """
+        A relative cwd is refused (it was taken from wherever the set-up
+        stood, and the job failed with 127, or 126); jw's user meant a
+        folder of their own machine, or of their home on the server.
+        """
+        for cwd in ("work", "./work", "~/work", "../tmp"):
+            self.assertBad(body({"command": "true", "cwd": cwd}), "cwd", "absolute")
+
 
 class DuplicateKeyTests(SynchronousTestCase):
     """

@@ -147,6 +147,10 @@ def parseJobRequest(body: bytes) -> JobRequest:
     cwd = obj.get("cwd")
     if cwd is not None:
         cwd = _text(cwd, "cwd", allowEmpty=False)
+        if not cwd.startswith("/"):
+            raise BadRequest(
+                f"cwd must be an absolute path on the server (got {cwd[:100]!r})"
+            )
     size = sum(
         len(text.encode("utf-8", "surrogatepass"))
         for text in (command, cwd or "", *args, *env, *env.values())
