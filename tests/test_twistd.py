@@ -67,8 +67,13 @@ class PluginTests(TestCase):
 class StartupErrorTests(TestCase):
     """Every start-up problem: a non-zero exit and one clear line, no traceback."""
 
-    def runTwistd(self, *options: str, tls: bool = True) -> tuple[str, str, int]:
-        """Run twistd jobworker, which must exit at once; (stdout, stderr, code)."""
+    def runTwistd(
+        self, *options: str, tls: bool = True, omit: tuple[str, ...] = ()
+    ) -> tuple[str, str, int]:
+        """
+        Run twistd jobworker, which must exit at once; (stdout, stderr,
+        code). C{omit}: default options not to give.
+        """
         workDir = os.path.abspath(self.mktemp())
         os.makedirs(workDir)
         argv = [TWISTD, "-n", "--pidfile=", "jobworker"]
@@ -81,7 +86,7 @@ class StartupErrorTests(TestCase):
             "--state-dir": os.path.join(workDir, "state"),
             "--dynamic-uids": FREE_UIDS,
         }
-        given = {option.split("=", 1)[0] for option in options}
+        given = {option.split("=", 1)[0] for option in options} | set(omit)
         argv += [f"{k}={v}" for k, v in defaults.items() if k not in given]
         argv += options
         result = runSync(*argv, cwd=workDir)
@@ -104,7 +109,17 @@ class StartupErrorTests(TestCase):
         Without --tls twistd jobworker refuses to start with one line saying
         --tls is required (not the whole help first).
         """
-        self.assertIn("--tls is required", self.refused(tls=False))
+        _, stderr, code = self.runTwistd(tls=False)
+        self.assertEqual(code, 2, stderr)
+        self.assertEqual(len(stderr.splitlines()), 1, stderr)
+        self.assertIn("--tls is required", stderr)
+
+    def test_certWithoutKeyIsAnOptionError(self) -> None:
+        """--cert without --key (a rule between options): exit status 2."""
+        _, stderr, code = self.runTwistd(omit=("--key",))
+        self.assertEqual(code, 2, stderr)
+        self.assertEqual(len(stderr.splitlines()), 1, stderr)
+        self.assertIn("--cert and --key go together", stderr)
 
     def test_badOptionValueOneLine(self) -> None:
         """

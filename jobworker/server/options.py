@@ -571,8 +571,16 @@ class Options(usage.Options):
             )
 
     def postOptions(self) -> None:
-        # A missing --tls is reported by makeService, with the other
-        # start-up problems.
+        # Rules between options are option errors too (exit status 2).
+        if not self["tls"]:
+            raise usage.UsageError(
+                "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
+                "is no plaintext mode (twistd -n jobworker --tls)"
+            )
+        if (self["cert"] is None) != (self["key"] is None):
+            raise usage.UsageError(
+                "--cert and --key go together: give both, or neither"
+            )
         if isinstance(self["token-ttl"], str):  # the default, shown as "12h"
             self["token-ttl"] = parseDuration(self["token-ttl"])
         if not 0 <= self["port"] <= 65535:

@@ -81,11 +81,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
     """The composition root: each part made by one builder, in order."""
-    if not config["tls"]:
-        fatal(
-            "--tls is required: jobworker only serves HTTPS (TLS 1.3), there "
-            "is no plaintext mode (twistd -n jobworker --tls)"
-        )
     jobDescriptors = _raiseDescriptors()
     _stateDir(config["state-dir"])
     tlsOptions = tlssetup.tlsOptions(config)
