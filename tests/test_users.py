@@ -256,3 +256,13 @@ class HashPasswordTests(SynchronousTestCase):
                 done.stderr, b"jobworker-hash-password: no password given\n"
             )
             self.assertEqual(done.stdout, b"")
+
+    def test_roleWithoutUserRefused(self) -> None:
+        """
+        --role without --user printed a bare hash, the role silently
+        dropped: a usage error (exit 2), before any password is read.
+        """
+        done = self.hashPassword(b"pass\n", "--role", "Admin")
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(b"--role needs --user", done.stderr)
+        self.assertEqual(done.stdout, b"")

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--user", help="print a whole name:role:hash line")
     parser.add_argument(
-        "--role", default=Role.DEVELOPER.value, choices=[r.value for r in Role]
+        "--role",
+        choices=[r.value for r in Role],
+        help="the line's role, with --user (default: Developer)",
     )
     parser.add_argument("--cost", type=int, default=12, help="bcrypt cost (10-16)")
     options = parser.parse_args(argv)
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cost must be between 10 and 16")
     if options.user is not None and not USER_NAME.fullmatch(options.user):
         parser.error("invalid user name")
+    if options.role is not None and options.user is None:
+        parser.error("--role needs --user (a bare hash has no role)")
+    if options.role is None:
+        options.role = Role.DEVELOPER.value
     try:
         if sys.stdin is None:  # closed: nothing to read a password from
             raise EOFError()
