@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
@@ -194,3 +195,50 @@ class DeadNetworkTests(TestCase):
         self.assertFalse(vanished.ended.called)
         follower = self.spawn(server, *raw, credentials)
         self.assertEqual(await follower.firstLine.addTimeout(30, reactor), b"200")
+
+
+class SilentListenerTests(TestCase):
+    """
+    A server that accepts connections but never answers the TLS handshake
+    (stopped with SIGSTOP, wedged, or another service on that port): the
+    kernel answers the TCP handshake and keepalive's probes, so nothing
+    failed, and `jw list` waited 5 minutes, `jw logs -f` for ever. A
+    handshake now has twice JW_KEEPALIVE seconds.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from twisted.internet.protocol import Factory, Protocol
+
+        self.port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(self.port.stopListening)
+        self.url = f"https://127.0.0.1:{self.port.getHost().port}"
+
+    async def assertGivesUp(self, *argv: str) -> None:
+        started = time.monotonic()
+        child = Child()
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, JW, [JW, *argv], env=jwEnvironment(self.url, JW_KEEPALIVE="1")
+        )
+        try:
+            await child.ended.addTimeout(40, reactor)
+        except DeferredTimeout:
+            transport.signalProcess("KILL")
+            await child.ended
+            self.fail(f"jw {' '.join(argv)} still waited after 40 s")
+        waited = time.monotonic() - started
+        message = child.err.decode().strip()
+        self.assertNotEqual(child.code, 0, message)
+        self.assertEqual(len(message.splitlines()), 1, message)
+        self.assertIn("TLS handshake", message)
+        self.assertIn("timed out", message)
+        self.assertLess(waited, 20)
+
+    async def test_shortCommand(self) -> None:
+        await self.assertGivesUp("list")
+
+    async def test_follow(self) -> None:
+        await self.assertGivesUp("logs", "-f", "0" * 8)

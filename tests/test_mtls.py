@@ -209,6 +209,46 @@ class MutualTLSTests(TestCase):
         self.assertIn("jobs", json.loads(out))
 
 
+class JwCertificateHintTests(TestCase):
+    """
+    jw said only "TLS handshake failed" when the server wanted a client
+    certificate and got none, or refused the one it got: nothing to act on.
+    """
+
+    async def jw(self, server: LiveServer, *argv: str, verb: str = "list") -> str:
+        env = {
+            "PATH": os.environ.get("PATH", "") + ":" + BIN,
+            "JW_SERVER": server.url,
+            "JW_CA": CA,
+            "JW_USER": "alice",
+            "JW_PASSWORD": "alice-pass",
+            "XDG_CONFIG_HOME": os.path.abspath(self.mktemp()),
+            "XDG_STATE_HOME": os.path.abspath(self.mktemp()),
+        }
+        out, err, code = await getProcessOutputAndValue(
+            JW, [*argv, *verb.split()], env=env, reactor=reactor
+        )
+        self.assertEqual(code, 1, (out, err))
+        lines = err.decode().strip().splitlines()
+        self.assertEqual(len(lines), 1, err)
+        return lines[0]
+
+    async def test_certificateRequired(self) -> None:
+        server = LiveServer(self, f"--client-ca={CA}", "--require-client-cert")
+        for verb in ("list", "stop 0123abcd"):  # jw's two clients
+            line = await self.jw(server, verb=verb)
+            self.assertIn("the server requires a client certificate", line)
+            self.assertIn("--cert", line)
+
+    async def test_certificateRefused(self) -> None:
+        server = LiveServer(self, f"--client-ca={CA}")
+        directory = self.mktemp()
+        rogueCert, rogueKey = rogueCA(directory)
+        cert, key = writePair(directory, "alice", issue("alice", rogueCert, rogueKey))
+        line = await self.jw(server, "--cert", cert, "--key", key)
+        self.assertIn("the server refused the client certificate", line)
+
+
 class IssueCertTests(SynchronousTestCase):
     """C{jobworker-issue-cert}."""
 

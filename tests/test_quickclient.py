@@ -418,3 +418,33 @@ class FollowTests(JWAssertions, TestCase):
         self.assertIn(f"jw status {jobId}".encode(), err)
         self.assertNotIn(b"Traceback", err)
         self.assertEqual(server.manager.record(jobId).status.value, "RUNNING")
+
+
+class FailureWordsTests(SynchronousTestCase):
+    """
+    What jw says of a connection that failed names what to do: the CA
+    file of a server run with another state dir, and the port jw dialled
+    when the URL names none (443, where jobworker's default is 8443).
+    """
+
+    def test_noPortNamed(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError as Refused
+
+        from jobworker.client.netfailures import describeConnectionFailure
+        from jobworker.client.quick import describe
+
+        for words in (
+            describe("https://host", ConnectionRefusedError()),
+            describeConnectionFailure("https://host", Refused()),
+        ):
+            self.assertIn("port 443", words)
+            self.assertIn("8443", words)
+        self.assertNotIn("443", describe("https://host:9000", ConnectionRefusedError()))
+
+    def test_notTrustedSaysWhereTheCAIs(self) -> None:
+        import ssl
+
+        from jobworker.client.quick import describe
+
+        error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        self.assertIn("tls/ca.pem", describe("https://host:8443", error))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal as _signal
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from . import config
@@ -187,6 +187,27 @@ class ApiCalls:
             "POST", f"/jobs/{segment(jobId)}/stop", body or None
         )
         return result
+
+
+#: What jw says of a server whose certificate its CA does not vouch for.
+NOT_TRUSTED = (
+    "the server's certificate is not trusted (check --ca / JW_CA; a jobworker "
+    "server's own CA is tls/ca.pem in its state dir)"
+)
+
+
+def unnamedPort(server: str) -> str:
+    """
+    A note for a connection failure when C{server}'s URL names no port
+    (jw dialled 443), else "".
+    """
+    try:
+        port = urlsplit(server).port
+    except ValueError:
+        return ""
+    if port is not None:
+        return ""
+    return " (port 443: the URL names none; jobworker's default is 8443)"
 
 
 def checkServer(server: str) -> None:

@@ -13,6 +13,9 @@ from twisted.internet.error import (
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from ..tlserrors import handshakeHint
+from .calls import NOT_TRUSTED, unnamedPort
+
 
 def isCancellation(error: BaseException) -> bool:
     """Whether C{error} wraps (as the agent's failures do) a cancellation."""
@@ -31,11 +34,11 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
     for error in inner:
         if isinstance(error, SSL.Error):
             text = str(error)
+            hint = handshakeHint(text)
+            if hint is not None:
+                return f"cannot connect to {server}: {hint}"
             if "certificate verify failed" in text:
-                return (
-                    f"cannot connect to {server}: the server's certificate is "
-                    "not trusted (check --ca / JW_CA)"
-                )
+                return f"cannot connect to {server}: {NOT_TRUSTED}"
             if "version" in text or "protocol" in text:
                 return f"cannot connect to {server}: TLS 1.3 handshake failed"
             return f"cannot connect to {server}: TLS handshake failed"
@@ -47,12 +50,12 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
         if isinstance(error, ConnectionRefusedError):
             return (
                 f"cannot connect to {server}: connection refused "
-                "(is the server running?)"
+                f"(is the server running?){unnamedPort(server)}"
             )
         if isinstance(error, DNSLookupError):
             return f"cannot connect to {server}: unknown host"
         if isinstance(error, TimeoutError):
-            return f"cannot connect to {server}: timed out"
+            return f"cannot connect to {server}: timed out{unnamedPort(server)}"
         if isinstance(error, ConnectError):
             return f"cannot connect to {server}: {error.osError or error}"
     return f"connection to {server} failed: {inner[0]}"

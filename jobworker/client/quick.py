@@ -25,9 +25,18 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..keepalive import keepAlive, parseSeconds
-from ..tlserrors import TLSConfigError
+from ..tlserrors import TLSConfigError, handshakeHint
 from .bodies import bodyPieces
-from .calls import ApiCalls, checkServer, errorFor, eventsRequest, logsPath, segment
+from .calls import (
+    NOT_TRUSTED,
+    ApiCalls,
+    checkServer,
+    errorFor,
+    eventsRequest,
+    logsPath,
+    segment,
+    unnamedPort,
+)
 from .config import ConfigError
 from .errors import ClientError
 from .workers import startThread
@@ -55,6 +64,14 @@ def keepAliveSeconds(environ: dict[str, str]) -> int:
         raise ConfigError(str(e)) from None
 
 
+class HandshakeTimeout(TimeoutError):
+    """The server took the connection but did not shake hands in time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no TLS handshake in {seconds:g} s")
+        self.seconds = seconds
+
+
 class KeptAliveConnection(http.client.HTTPSConnection):
     """
     An HTTPS connection whose socket has TCP keepalive (L{keepAlive}) from
@@ -62,10 +79,39 @@ class KeptAliveConnection(http.client.HTTPSConnection):
     soon as a silent one does, not after L{TIMEOUT}.
     """
 
-    def __init__(self, *args: Any, keepalive: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        context: ssl.SSLContext,
+        keepalive: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(host, port, context=context, **kwargs)
         self.keepalive = keepalive
+        self._tls = context
         self._create_connection = self._connectKeptAlive
+
+    def connect(self) -> None:
+        """
+        Connect, then shake hands within twice the keepalive: a server that
+        accepts but never answers (stopped, wedged, or another service on
+        the port) has the kernel answer for it, keepalive's probes
+        included, so nothing else would end the wait.
+
+        @raise HandshakeTimeout: no handshake in that time.
+        """
+        http.client.HTTPConnection.connect(self)
+        raw = self.sock
+        raw.settimeout(2 * self.keepalive)
+        try:
+            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+        except TimeoutError:
+            raw.close()
+            self.sock = None
+            raise HandshakeTimeout(2 * self.keepalive) from None
+        self.sock.settimeout(self.timeout)
 
     def _connectKeptAlive(
         self,
@@ -413,27 +459,35 @@ def tlsContext(
 def describe(server: str, error: OSError) -> str:
     """One line for a request that got no answer (as the Twisted client says)."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        if "match" in str(error.verify_message or "") or "Hostname" in str(error):
+        verifyMessage = getattr(error, "verify_message", None) or ""
+        if "match" in str(verifyMessage) or "Hostname" in str(error):
             return (
                 f"cannot connect to {server}: the server's certificate does not "
                 "match its host name"
             )
-        return (
-            f"cannot connect to {server}: the server's certificate is not "
-            "trusted (check --ca / JW_CA)"
-        )
+        return f"cannot connect to {server}: {NOT_TRUSTED}"
     if isinstance(error, ssl.SSLError):
+        hint = handshakeHint(str(error))
+        if hint is not None:
+            return f"cannot connect to {server}: {hint}"
         if "VERSION" in str(error) or "PROTOCOL" in str(error):
             return f"cannot connect to {server}: TLS 1.3 handshake failed"
         return f"cannot connect to {server}: TLS handshake failed"
     if isinstance(error, ConnectionRefusedError):
         return (
-            f"cannot connect to {server}: connection refused (is the server running?)"
+            f"cannot connect to {server}: connection refused (is the server "
+            f"running?){unnamedPort(server)}"
         )
     if isinstance(error, socket.gaierror):
         return f"cannot connect to {server}: unknown host"
+    if isinstance(error, HandshakeTimeout):
+        return (
+            f"cannot connect to {server}: the TLS handshake timed out (the "
+            f"port took the connection but nothing answered in {error.seconds:g} "
+            "s: a stopped or hung server, or another service on that port?)"
+        )
     if isinstance(error, TimeoutError):
-        return f"cannot connect to {server}: timed out"
+        return f"cannot connect to {server}: timed out{unnamedPort(server)}"
     return f"cannot connect to {server}: {error.strerror or error}"
 
 
