@@ -799,6 +799,37 @@ class CommandsTests(SynchronousTestCase):
             self.assertEqual(spawned.executable, SETPRIV)
         return spawned.args
 
+    def test_sbatchGetsTheServersFirstDescriptorLimit(self) -> None:
+        """
+        sbatch hands its soft limits to the job (Slurm's default
+        PropagateResourceLimits=ALL): a server that raised its own soft
+        RLIMIT_NOFILE gave every Slurm job 65,536. sbatch runs with the
+        limit the server was started with; squeue and scancel as they are.
+        """
+        commands = SlurmCommands(
+            self.reactor,  # type: ignore[arg-type]
+            env={"PATH": "/nonexistent"},
+            serverUid=1000,
+            descriptorLimit=1024,
+        )
+        submitted = Deferred.fromCoroutine(commands.submit(["--job-name=x"], ["s"]))
+        self.assertEqual(
+            self.lastArgv(b"7\n"),
+            [
+                "sh",
+                "-c",
+                'ulimit -Sn 1024 && exec "$@"',
+                "jobworker-sbatch",
+                "sbatch",
+                "--parsable",
+                "--job-name=x",
+                "s",
+            ],
+        )
+        self.assertEqual(self.successResultOf(submitted), "7")
+        Deferred.fromCoroutine(commands.cancel("7", "jobworker-x"))
+        self.assertEqual(self.lastArgv(), ["scancel", "--jobname=jobworker-x", "7"])
+
     def test_rootActsOnJobsAsTheOwner(self) -> None:
         """
         A root server runs sbatch and each scancel through setpriv as the

@@ -260,13 +260,13 @@ def _manager(
 ) -> JobManager:
     """
     The store (its lock first), the executor, the manager; recovered.
-    Local jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE}
-    (None: the server's).
+    Jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE} (None:
+    the server's); Slurm's through sbatch, which hands them its own.
     """
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
     if slurm:
-        executor = _slurmExecutor(config, reactor, policy)
+        executor = _slurmExecutor(config, reactor, policy, descriptorLimit)
     try:
         # The store's lock first: nothing may touch a state dir that another
         # server uses (its sandbox files, its jobs).
@@ -339,7 +339,10 @@ def warnIfOpen(stateDir: str) -> bool:
 
 
 def _slurmExecutor(
-    config: Options, reactor: JobReactor, policy: JobPolicy
+    config: Options,
+    reactor: JobReactor,
+    policy: JobPolicy,
+    descriptorLimit: int | None = None,
 ) -> SlurmExecutor:
     if shutil.which("sbatch") is None:
         fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
@@ -363,6 +366,7 @@ def _slurmExecutor(
                 ntasks=config["slurm-max-ntasks"],
                 exclusive=bool(config["slurm-allow-exclusive"]),
             ),
+            descriptorLimit=descriptorLimit,
         )
     except OSError as e:
         fatal(f"cannot use --slurm-output-dir: {e.strerror}")

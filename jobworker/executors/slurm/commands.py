@@ -92,7 +92,14 @@ class SlurmCommands:
         env: dict[str, str] | None = None,
         timeout: float = COMMAND_TIMEOUT,
         serverUid: int | None = None,
+        descriptorLimit: int | None = None,
     ) -> None:
+        """
+        @param descriptorLimit: the soft C{RLIMIT_NOFILE} sbatch runs with,
+            which it hands to the job (Slurm's C{PropagateResourceLimits});
+            None: the server's.
+        """
+        self._descriptorLimit = descriptorLimit
         self._reactor = reactor
         self._timeout = timeout
         self._serverUid = os.getuid() if serverUid is None else serverUid
@@ -148,12 +155,13 @@ class SlurmCommands:
         self, options: list[str], script: list[str], identity: Identity | None = None
     ) -> str:
         """C{sbatch --parsable}, as C{identity}: the new job's id."""
-        out = self._check(
-            "sbatch",
-            await self.run(
-                "sbatch", "--parsable", *options, *script, identity=identity
-            ),
-        )
+        argv = ["sbatch", "--parsable", *options, *script]
+        if self._descriptorLimit is not None:
+            # The limit the server was started with, not the one it raised
+            # its own to (sbatch hands the job its soft limits).
+            limit = f'ulimit -Sn {self._descriptorLimit:d} && exec "$@"'
+            argv = ["sh", "-c", limit, "jobworker-sbatch", *argv]
+        out = self._check("sbatch", await self.run(*argv, identity=identity))
         jobId = out.strip().split(";")[0]
         if not jobId.isdigit():
             raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")

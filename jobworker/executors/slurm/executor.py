@@ -79,6 +79,7 @@ class SlurmExecutor:
         commands: SlurmCommands | None = None,
         sharedAccount: bool = False,
         allowances: SlurmAllowances | None = None,
+        descriptorLimit: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._outputDir = outputDir
@@ -87,7 +88,11 @@ class SlurmExecutor:
         self._partition = partition
         self._account = account
         self._allowances = allowances if allowances is not None else SlurmAllowances()
-        self._commands = commands if commands is not None else SlurmCommands(reactor)
+        self._commands = (
+            commands
+            if commands is not None
+            else SlurmCommands(reactor, descriptorLimit=descriptorLimit)
+        )
         self._server = Identity.ofServer()
         self._accounts = SlurmAccounts(self._server, sharedAccount)
         self._stops = SlurmStops(
