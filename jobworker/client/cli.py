@@ -96,6 +96,10 @@ async def run(
     interrupts.setDefault(lambda name: command.cancel())
     try:
         return await command
+    except KeyboardInterrupt:
+        # Ctrl-C before the reactor runs and takes the signals over: at a
+        # prompt for the password (Session.open), as a quick verb's.
+        return interrupts.status
     except Exception as e:
         if interrupts.count and isinstance(e, CancelledError):
             return interrupts.status  # stopped on request: nothing more to say

@@ -165,10 +165,34 @@ class _CombinedFollower:
             self.end = data
 
     def _dropped(self, data: dict[str, Any]) -> None:
-        self._streams.say(
-            f"jw: {data.get('dropped')} bytes of the job's {data.get('stream')} "
-            "were dropped (the server's output cap)"
-        )
+        sayDropped(self._streams, data.get("stream"), data.get("dropped"))
+
+
+def sayDropped(streams: Streams, stream: object, dropped: object) -> None:
+    """
+    The one line that says output of the job's C{stream} was dropped at
+    the server's C{--max-log-bytes}: on every path that shows its output,
+    after that output (the exit status stays the job's).
+    """
+    streams.say(
+        f"jw: {dropped} bytes of the job's {stream} were dropped "
+        "(the server's output cap)"
+    )
+
+
+def sayTruncated(
+    job: dict[str, Any], streams: Streams, names: tuple[str, ...] = STREAMS
+) -> None:
+    """
+    L{sayDropped} for each of C{names} that the job's record (an ended
+    job's: its final counts) says lost bytes at the cap: for the paths that
+    read raw streams, whose bodies cannot say it (C{X-Output-Truncated} is
+    as of the request, before a follow's output).
+    """
+    for name in names:
+        dropped = job.get(f"{name}_dropped")
+        if dropped:
+            sayDropped(streams, name, dropped)
 
 
 async def followOutput(
@@ -182,9 +206,12 @@ async def followOutput(
     The job's stdout to ours and its stderr to ours: in the job's order
     (L{followCombined}) when both of ours go to one place (a terminal,
     C{2>&1}), where order shows; else each stream on its own, raw, which is
-    faster (no framing), and no one can tell the order apart.
+    faster (no framing), and no one can tell the order apart. Either way,
+    output dropped at the server's cap is said (L{sayDropped}) once the
+    job has ended.
 
-    @return: the job's final record if it came with the output, else None.
+    @return: the job's final record if it came with the output or was read
+        after it (raw streams: to say what was dropped), else None.
     """
     if not follow or streams.sharedDestination():
         return await followCombined(client, jobId, streams, follow, tail)
@@ -194,7 +221,39 @@ async def followOutput(
         return lambda each: followStream(each, jobId, name, write, tail=tail)
 
     await client.concurrently([reader("stdout"), reader("stderr")])
-    return None
+    # Both streams are at their end: the job has ended, and its record
+    # holds the final counts (the caller needs it anyway, for its end).
+    final: dict[str, Any] = await client.job(jobId)
+    sayTruncated(final, streams)
+    return final
+
+
+async def readStream(
+    client: Client,
+    jobId: str,
+    stream: str,
+    streams: Streams,
+    offset: int = 0,
+    tail: int | None = None,
+    follow: bool = False,
+) -> dict[str, Any]:
+    """
+    One stream of the job, raw, to our stdout (C{jw logs --stdout},
+    C{--stderr}, C{--offset}): to its end, or with C{follow} until the job
+    ends (L{followStream}); then, on stderr, what the server's cap dropped
+    of it (L{sayTruncated}).
+
+    @return: the job's record, read after the output (with C{follow}: its
+        final one).
+    """
+    write = streams.writer("stdout")
+    if follow:
+        await followStream(client, jobId, stream, write, offset, tail)
+    else:
+        await client.logs(jobId, write, stream, offset, tail=tail)
+    job: dict[str, Any] = await client.job(jobId)
+    sayTruncated(job, streams, (stream,))
+    return job
 
 
 async def followStream(

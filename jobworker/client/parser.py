@@ -42,7 +42,8 @@ examples:
   jw exec --name nightly -- ./build.sh
   jw list --status RUNNING         jw status 5c08db  (any unique id prefix)
   jw logs -f 5c08db                jw stop --kill 5c08db
-  jw clean --older-than 7d         delete your ended jobs older than a week
+  jw clean --older-than 7d         delete ended jobs older than a week: yours
+                                   (an Admin's: every user's, unless --owner)
 
 Settings: jw config --help. Every command: jw COMMAND --help.
 """
@@ -65,6 +66,38 @@ settings (flags override the environment, which overrides the config file):
     ca = "ca.pem"      # relative to the config file
     user = "alice"
 """
+
+#: A duration, as every flag of jw that takes one reads it (the units
+#: C{jw clean --older-than} always took; the server's duration options take
+#: them too): a number, then s, m, h or d (none: seconds).
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)([smhd]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_EXAMPLES = "90s, 30m, 12h, 7d"
+
+
+def _durationOf(text: str, noun: str) -> float:
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        # argparse puts "argument --flag: " before it.
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {noun} like {DURATION_EXAMPLES} or 600 (seconds)"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def duration(text: str) -> float:
+    """C{90s}, C{30m}, C{12h}, C{7d} or plain seconds (C{2.5}) -> seconds."""
+    return _durationOf(text, "a duration")
+
+
+def age(text: str) -> str:
+    """
+    An age (C{--older-than}), checked as a L{duration} is, kept as typed:
+    C{jw clean} reads it (L{parseAge<jobworker.client.verbs.parseAge>}).
+    """
+    _durationOf(text, "an age")
+    return text
+
 
 _INVALID_CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")
 
@@ -148,7 +181,7 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
             name,
             streams=streams,
             parents=parents,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
             **kwargs,
         )
 
@@ -182,7 +215,12 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "if --timeout passes first, 130 on Ctrl-C.",
         epilog="example: jw wait --timeout 600 $ID && echo passed",
     )
-    wait.add_argument("--timeout", type=float, help="give up after S seconds")
+    wait.add_argument(
+        "--timeout",
+        type=duration,
+        metavar="S",
+        help=f"give up after S seconds (or {DURATION_EXAMPLES})",
+    )
     wait.add_argument("id", metavar="ID")
     stop = command(
         "stop",
@@ -192,7 +230,12 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         epilog="example: jw stop --signal INT --grace 30 $ID",
     )
     stop.add_argument("--signal", "-s", metavar="NAME", help="first signal (TERM)")
-    stop.add_argument("--grace", type=float, metavar="S", help="seconds before KILL")
+    stop.add_argument(
+        "--grace",
+        type=duration,
+        metavar="S",
+        help=f"seconds before KILL (or {DURATION_EXAMPLES})",
+    )
     stop.add_argument("--kill", action="store_true", help="KILL at once")
     stop.add_argument("id", metavar="ID")
     remove = command(
@@ -205,13 +248,19 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
     clean = command(
         "clean",
         help="delete ended jobs in one request",
-        description="Delete your ended jobs (all users' for an Admin with "
-        "--owner), or those of one status, or older than a time.",
+        description="Delete your ended jobs; an Admin's: every user's ended "
+        "jobs, unless --owner names one user. With --status or --older-than, "
+        "only those of that status or ended longer ago. Nothing asks first.",
         epilog="example: jw clean --status COMPLETED --older-than 7d",
     )
     clean.add_argument("--status", type=str.upper, choices=STATUSES[2:])
     clean.add_argument("--owner", help="only this user's jobs")
-    clean.add_argument("--older-than", metavar="AGE", help="e.g. 90s, 30m, 12h, 7d")
+    clean.add_argument(
+        "--older-than",
+        type=age,
+        metavar="AGE",
+        help=f"e.g. {DURATION_EXAMPLES} (plain: seconds)",
+    )
     command(
         "login",
         json=False,
@@ -281,7 +330,12 @@ def _execOptions(command: Any) -> None:
     add("--label", "-l", action="append", default=[], metavar="K=V", help="a label")
     add("--env", "-e", action="append", default=[], metavar="K=V", help="a variable")
     add("--cwd", help="working directory of the job")
-    add("--timeout", type=float, metavar="S", help="stop it after S seconds")
+    add(
+        "--timeout",
+        type=duration,
+        metavar="S",
+        help=f"stop it after S seconds (or {DURATION_EXAMPLES})",
+    )
     add("--memory", metavar="SIZE", help="memory limit (512M, 2G)")
     add("--cpu", type=int, metavar="MILLICORES", help="CPU limit (1000 = 1 CPU)")
     add("--pids", type=int, metavar="N", help="process-count limit")
@@ -293,8 +347,51 @@ def _execOptions(command: Any) -> None:
     for name in SLURM_COUNTS:
         slurm.add_argument(f"--{name}", type=int, metavar="N", help=f"sbatch --{name}")
     slurm.add_argument("--exclusive", action="store_true", help="sbatch --exclusive")
-    add("command", metavar="COMMAND", nargs="?")
-    add("args", nargs=argparse.REMAINDER, metavar="ARG")
+    add(
+        "command",
+        metavar="COMMAND [ARG ...]",
+        nargs=argparse.REMAINDER,
+        action=_CommandWords,
+        help="what the job runs, each word as typed, a -- among them too "
+        "(one -- before COMMAND ends jw's options)",
+    )
+    execute.set_defaults(command=None, args=[])
+
+
+class _CommandWords(argparse.Action):
+    """
+    C{jw exec}'s command and its arguments: every word after jw's own
+    options, verbatim (C{jw exec grep -- -v f} runs C{grep -- -v f}), but
+    for one C{--} before the command, which ends jw's options (C{jw exec --
+    make test}). Sets C{command} (None: no command) and C{args}.
+
+    One positional taking the rest (C{REMAINDER}), not C{COMMAND} then the
+    rest: argparse drops the first C{--} of what it gives a positional that
+    is not the rest, so a C{--} right after the command word was lost.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        words = list(values or [])
+        if words[:1] == ["--"]:
+            words = words[1:]
+        namespace.command = words[0] if words else None
+        namespace.args = words[1:]
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written (no rewrapping); C{jw exec}'s usage ends in its
+    C{COMMAND [ARG ...]}, not in argparse's bare C{...} for the rest."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, _CommandWords):
+            return str(action.metavar)
+        return super()._format_args(action, default_metavar)
 
 
 def _logsOptions(command: Any) -> None:

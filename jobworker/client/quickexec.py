@@ -8,21 +8,29 @@ its own connection, while the main thread answers Ctrl-C and friends.
 from __future__ import annotations
 
 import argparse
+import time
 
+from .errors import ClientError
 from .follow import followOutput
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
-from .show import jsonLine
 from .streams import Streams
 from .verbs import (
+    STOP_DEADLINE,
+    STOP_PATIENCE,
     createExecJob,
+    execCreated,
     execEnded,
     execInterrupted,
     execOutput,
     feedStdin,
+    sayLeft,
+    sayNeverFed,
+    stopTaken,
     stopUnread,
+    stopWaitLine,
 )
-from .workers import Background
+from .workers import Background, Worker
 
 
 async def quickExec(
@@ -36,13 +44,16 @@ async def quickExec(
         # Nothing to wait for: an interrupt stops jw at once.
         job = await createExecJob(options, client, streams, interrupts)
         assert job is not None  # an interrupt is a KeyboardInterrupt here
-        streams.show(jsonLine(job) if options.json else job["id"] + "\n")
-        return 0
+        return execCreated(job, options, streams) or 0
     with Background(interrupts) as background:
         job = await createExecJob(options, client, streams, interrupts)
         if job is None:
             return interrupts.status
         jobId: str = job["id"]
+        if not options.follow:
+            status = execCreated(job, options, streams)
+            if status is not None:
+                return status
         if options.stdin:
             feeder = client.another()
 
@@ -58,23 +69,23 @@ async def quickExec(
                 ),
             )
         if not options.follow:
-            streams.show(jsonLine(job) if options.json else jobId + "\n")
             background.wait(lambda: feeding.done)
-            feeding.outcome()
-            return 0
-        detached: list[bool] = []
+            never = feeding.outcome()
+            return 0 if never is None else sayNeverFed(never, streams)
+        left: list[str] = []
+        stops: list[Worker] = []
 
         def stop(signal: str) -> None:
             stopper = client.another()
-            background.start(
-                lambda: drive(stopper.stop(jobId, signal)),
-                onError=lambda e: streams.say(f"jw: could not stop: {e}"),
+            stops.append(
+                background.start(
+                    lambda: drive(stopper.stop(jobId, signal)),
+                    onError=lambda e: streams.say(f"jw: could not stop: {e}"),
+                )
             )
 
         interrupts.handle(
-            execInterrupted(
-                options, jobId, streams, interrupts, lambda: detached.append(True), stop
-            )
+            execInterrupted(options, jobId, streams, interrupts, left.append, stop)
         )
         try:
             streams.say(f"jw: job {jobId} started")
@@ -84,11 +95,18 @@ async def quickExec(
             following = background.start(
                 lambda: drive(followOutput(follower, jobId, output))
             )
-            background.wait(lambda: following.done or bool(detached))
+            background.wait(lambda: following.done or bool(left))
         finally:
             interrupts.handle(None)
-        if detached:
-            return interrupts.status  # the follower is left to the exit
+        if left:
+            # The follower is left to the exit; the stop asked for is not,
+            # until the server has it.
+            if not options.detach_on_interrupt:
+                taken = stopTakenQuick(
+                    background, client, jobId, streams, interrupts, stops
+                )
+                sayLeft(left[0], jobId, streams, taken)
+            return interrupts.status
         try:
             end = following.outcome()
         except BrokenPipeError:
@@ -96,3 +114,59 @@ async def quickExec(
             raise
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)
+
+
+def stopTakenQuick(
+    background: Background,
+    client: QuickClient,
+    jobId: str,
+    streams: Streams,
+    interrupts: Interrupts,
+    stops: list[Worker],
+) -> bool:
+    """
+    Whether the stop the first interrupt asked for (its worker in
+    C{stops}) was answered, or the server shows it taken (L{stopTaken},
+    asked on a connection of its own), within L{STOP_DEADLINE}: the
+    process must not exit, taking the stop's worker with it, before its
+    request has reached the server. Interrupts meanwhile are ignored (the
+    wait is bounded); after L{STOP_PATIENCE} jw says what it waits for.
+    """
+
+    def answered() -> bool:
+        return any(w.done and not _failed(w) for w in stops)
+
+    if answered():
+        return True
+    checker = client.another()
+    deadline = time.monotonic() + STOP_DEADLINE
+    clockDeadline = checker.reactor.seconds() + STOP_DEADLINE
+
+    def failed() -> bool:
+        return any(w.done and _failed(w) for w in stops)
+
+    checking = background.start(
+        lambda: drive(stopTaken(checker, jobId, clockDeadline, failed))
+    )
+
+    def decided() -> bool:
+        return answered() or checking.done
+
+    interrupts.handle(lambda name: None)
+    try:
+        if not background.wait(decided, STOP_PATIENCE):
+            streams.say(stopWaitLine(jobId))
+            background.wait(decided, max(0.0, deadline - time.monotonic()))
+    finally:
+        interrupts.handle(None)
+    if answered():
+        return True
+    return checking.done and checking.error is None and bool(checking.outcome())
+
+
+def _failed(worker: Worker) -> bool:
+    """Did this stop fail (not: the job had ended already, a 409)?"""
+    error = worker.error
+    return error is not None and not (
+        isinstance(error, ClientError) and error.status == 409
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import getpass
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,24 +54,53 @@ def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, 
             "no terminal to ask for credentials: set JW_USER and JW_PASSWORD"
         ) from None
     try:
-        if not user:
-            os.write(fd, b"Username: ")
-            user = _readLine(fd).strip()
-        # getpass opens the terminal itself and turns echo off.
-        password = getpass.getpass(f"Password for {user}: ")
+        with _interruptible(fd):
+            if not user:
+                os.write(fd, b"Username: ")
+                user = _readLine(fd).strip()
+                if not user:  # Ctrl-D or Enter: no password for no one
+                    raise UsageFailure("no user name given")
+            # getpass opens the terminal itself and turns echo off.
+            try:
+                password = getpass.getpass(f"Password for {user}: ")
+            except EOFError:  # Ctrl-D
+                os.write(fd, b"\n")
+                raise UsageFailure("no password given") from None
     finally:
         os.close(fd)
-    if not user:
-        raise UsageFailure("no user name given")
     return user, password
 
 
+@contextmanager
+def _interruptible(fd: int) -> Iterator[None]:
+    """
+    Ctrl-C (a C{KeyboardInterrupt}) at a prompt on the terminal C{fd}: end
+    the prompt's line there, so that the shell's prompt starts its own. The
+    interrupt goes on: C{jw} exits 130, no traceback (L{jobworker.client.cli}).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            os.write(fd, b"\n")
+        except OSError:
+            pass
+        raise
+
+
 def _readLine(fd: int, limit: int = 1024) -> str:
-    """A line typed on the terminal C{fd} (without its newline)."""
+    """
+    A line typed on the terminal C{fd} (without its newline). Ended by
+    Ctrl-D rather than Enter, the line is ended on the terminal, so that
+    what comes next starts a line of its own.
+    """
     data = b""
     while len(data) < limit:
         chunk = os.read(fd, 1)
-        if not chunk or chunk == b"\n":
+        if not chunk:
+            os.write(fd, b"\n")
+            break
+        if chunk == b"\n":
             break
         data += chunk
     return data.decode("utf-8", "replace")
@@ -118,7 +148,8 @@ def trustOnFirstUse(
                 f"Trust this CA for {server}? [y/N] "
             ).encode(),
         )
-        answer = _readLine(fd).strip().lower()
+        with _interruptible(fd):
+            answer = _readLine(fd).strip().lower()
         if answer not in ("y", "yes"):
             raise UsageFailure(f"the CA of {server} was not trusted: nothing sent")
         try:

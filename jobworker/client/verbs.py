@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..units import parseSize
-from .calls import exitStatusOf
+from .calls import exitStatusOf, started
 from .errors import ClientError
 from .failures import BadArguments, UsageFailure
 from .interrupts import Interrupts
@@ -37,6 +37,13 @@ MIN_PREFIX = 6
 
 #: Seconds a stop may take before jw says what it is waiting for.
 STOP_PATIENCE = 1.0
+
+#: Seconds C{jw exec -f}, told to stop following (a second interrupt), may
+#: wait for the server to take the stop the first interrupt asked for.
+STOP_DEADLINE = 10.0
+
+#: The statuses of a job that has not ended.
+_LIVE = ("PENDING", "RUNNING")
 
 
 def pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -245,17 +252,17 @@ def execInterrupted(
     jobId: str,
     streams: Streams,
     interrupts: Interrupts,
-    leave: Callable[[], None],
+    leave: Callable[[str], None],
     stop: Callable[[str], None],
 ) -> Callable[[str], None]:
     """
     What an interrupt does while C{jw exec} follows its job: the first
     L{stop}s the job with the same signal (Ctrl-C: SIGINT, as a local
     command gets it; then KILL after the server's grace), and jw waits for
-    its end; a second stops following (the stop asked for is not taken
-    back); the first with
-    C{--detach-on-interrupt} L{leave}s the job running, saying how to come
-    back.
+    its end; a second L{leave}s (stops following; the stop asked for is not
+    taken back, and the caller makes sure the server has it, then says so:
+    L{stopTaken}); the first with C{--detach-on-interrupt} L{leave}s the job
+    running, saying how to come back. C{leave} is given the interrupt's name.
     """
 
     def interrupted(name: str) -> None:
@@ -264,14 +271,10 @@ def execInterrupted(
                 f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}, "
                 f"jw stop {jobId}"
             )
-            leave()
+            leave(name)
             return
         if interrupts.count > 1:
-            streams.say(
-                f"jw: {name}: no longer following job {jobId}; a stop was asked "
-                f"for (KILL after the server's grace): jw status {jobId}"
-            )
-            leave()
+            leave(name)
             return
         signal = name.removeprefix("SIG")  # every interrupt is a stop's signal
         streams.say(
@@ -280,6 +283,91 @@ def execInterrupted(
         stop(signal)
 
     return interrupted
+
+
+async def stopTaken(
+    client: AnyClient,
+    jobId: str,
+    deadline: float,
+    failed: Callable[[], bool],
+) -> bool:
+    """
+    Whether the server has taken a stop of the job (its record names who
+    stopped it, or it has ended), asked until C{deadline} (on the client's
+    clock), with a growing pause between the questions. C{failed()}: the
+    stop request failed, so once the server says the job is not being
+    stopped that is the answer. A stop's own answer comes only once the
+    job has ended, after the grace: this is how jw knows sooner that it
+    may leave.
+    """
+    pause = 0.05
+    while True:
+        try:
+            job = await client.job(jobId)
+        except ClientError as e:
+            if e.status == 404:
+                return True  # deleted: it had ended
+        else:
+            if job.get("stopped_by") is not None or job["status"] not in _LIVE:
+                return True
+            if failed():
+                return False
+        left = deadline - client.reactor.seconds()
+        if left <= 0:
+            return False
+        await client.pause(min(pause, left))
+        pause = min(pause * 2, 0.5)
+
+
+def sayLeft(name: str, jobId: str, streams: Streams, taken: bool) -> None:
+    """
+    C{jw exec -f} stops following after a second interrupt: the stop the
+    first asked for was C{taken} by the server, or may not have been.
+    """
+    if taken:
+        streams.say(
+            f"jw: {name}: no longer following job {jobId}; a stop was asked "
+            f"for (KILL after the server's grace): jw status {jobId}"
+        )
+    else:
+        streams.say(
+            f"jw: {name}: no longer following job {jobId}; the stop may not "
+            f"have reached the server, so the job may still be running: "
+            f"jw stop {jobId}"
+        )
+
+
+def neverStarted(job: dict[str, Any]) -> bool:
+    """Has the job ended without its process ever starting?"""
+    return job["status"] not in _LIVE and not started(job)
+
+
+def execCreated(
+    job: dict[str, Any], options: argparse.Namespace, streams: Streams
+) -> int | None:
+    """
+    C{jw exec} without C{-f}: show the job created (its id, or C{--json});
+    if it already ended without starting (a command not found), say why as
+    C{-f} does and return the status C{-f} exits with (127). None: it is
+    under way.
+    """
+    streams.show(jsonLine(job) if options.json else job["id"] + "\n")
+    if not neverStarted(job):
+        return None
+    if job["error"] and job["status"] == "FAILED" and job["exit_code"] is None:
+        streams.say(f"jw: job {job['id']}: {job['error']}")
+    else:
+        streams.say(f"jw: job {job['id']}: {outcome(job)}")
+    return exitStatusOf(job)
+
+
+def sayNeverFed(job: dict[str, Any], streams: Streams) -> int:
+    """
+    C{jw exec -i} waited for its job to start, to send it jw's stdin, but
+    it ended first: say so; the status C{-f} exits with for it (127).
+    """
+    streams.say(f"jw: job {job['id']} {outcome(job)}: its stdin was not sent")
+    return exitStatusOf(job)
 
 
 async def stopUnread(client: AnyClient, jobId: str, streams: Streams) -> None:
@@ -346,41 +434,52 @@ async def doExec(
     if job is None:
         return interrupts.status
     jobId = job["id"]
+
+    def read(size: int) -> Awaitable[bytes]:
+        return streams.readInput(client.reactor, size)
+
+    if not options.follow:
+        status = execCreated(job, options, streams)
+        if status is None and options.stdin:
+            never = await feedStdin(client, jobId, streams, read)
+            if never is not None:
+                status = sayNeverFed(never, streams)
+        return status or 0
     feeding = (
-        ensureDeferred(
-            feedStdin(
-                client, jobId, streams, lambda n: streams.readInput(client.reactor, n)
-            )
-        )
+        ensureDeferred(feedStdin(client, jobId, streams, read))
         if options.stdin
         else None
     )
-    if not options.follow:
-        streams.show(jsonLine(job) if options.json else jobId + "\n")
-        if feeding is not None:
-            await feeding
-        return 0
     streams.say(f"jw: job {jobId} started")
     following = ensureDeferred(
         followOutput(client, jobId, execOutput(options, streams))
     )
-    state = {"detached": False}
+    left: list[str] = []
+    stops: list[bool] = []  # each stop's answer: True, False if it failed
 
-    def leave() -> None:
-        state["detached"] = True
+    def leave(name: str) -> None:
+        left.append(name)
         following.cancel()
 
     def stop(signal: str) -> None:
+        def failed(f: Any) -> None:
+            stops.append(False)
+            streams.say(f"jw: could not stop: {f.value}")
+
         stopping = ensureDeferred(client.stop(jobId, signal))
-        stopping.addErrback(lambda f: streams.say(f"jw: could not stop: {f.value}"))
+        stopping.addCallbacks(lambda _: stops.append(True), failed)
 
     interrupts.handle(execInterrupted(options, jobId, streams, interrupts, leave, stop))
     try:
         end = await following
     except CancelledError:
-        if state["detached"]:
-            return interrupts.status
-        raise
+        if not left:
+            raise
+        if not options.detach_on_interrupt:
+            interrupts.handle(lambda name: None)  # the wait below is bounded
+            taken = await _stopTakenTwisted(client, jobId, streams, stops)
+            sayLeft(left[0], jobId, streams, taken)
+        return interrupts.status
     except BrokenPipeError:
         await stopUnread(client, jobId, streams)
         raise
@@ -393,6 +492,54 @@ async def doExec(
     return execEnded(final, options, streams, interrupts)
 
 
+async def _stopTakenTwisted(
+    client: JobworkerClient, jobId: str, streams: Streams, stops: list[bool]
+) -> bool:
+    """
+    L{stopTaken} on the reactor: whether the stop the first interrupt
+    asked for was answered, or the server shows it taken, within
+    L{STOP_DEADLINE}; after L{STOP_PATIENCE}, jw says what it waits for.
+    """
+    from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+    if any(stops):
+        return True
+    clock = client.reactor
+    decided: Deferred[bool] = Deferred()
+
+    def settle(taken: bool) -> None:
+        if not decided.called:
+            decided.callback(taken)
+
+    checking = ensureDeferred(
+        stopTaken(
+            client, jobId, clock.seconds() + STOP_DEADLINE, lambda: False in stops
+        )
+    )
+    checking.addCallbacks(settle, lambda f: settle(False))
+    timers = [
+        clock.callLater(STOP_PATIENCE, streams.say, stopWaitLine(jobId)),
+        clock.callLater(STOP_DEADLINE, settle, False),
+    ]
+    try:
+        return await decided
+    finally:
+        for timer in timers:
+            if timer.active():
+                timer.cancel()
+        if not checking.called:
+            checking.cancel()
+            checking.addErrback(lambda f: f.trap(CancelledError))
+
+
+def stopWaitLine(jobId: str) -> str:
+    """What jw says while it makes sure the server has a stop."""
+    return (
+        f"jw: making sure the server has the stop of job {jobId} "
+        f"(at most {STOP_DEADLINE:g} s)"
+    )
+
+
 #: Bytes per C{POST /jobs/ID/stdin} (under the server's smallest body cap).
 STDIN_CHUNK = 32 * 1024
 
@@ -402,22 +549,64 @@ async def feedStdin(
     jobId: str,
     streams: Streams,
     read: Callable[[int], Awaitable[bytes]],
-) -> None:
+) -> dict[str, Any] | None:
     """
     Send jw's stdin (C{read(size)}: its next bytes, b"" at its end) to the
     job, one chunk per request (each answered once the job's pipe can take
-    more), then end of file. A job that ended or closed its stdin first
-    just stops the feed, as a closed pipe would.
+    more), then end of file. A job still in the queue is waited for (the
+    server takes its stdin once it runs; jw says so once). A job that ended
+    or closed its stdin first just stops the feed, as a closed pipe would.
+
+    @return: the job if it ended without ever starting (nothing was sent),
+        else None.
     """
+    said = False
     try:
         while True:
             data = await read(STDIN_CHUNK)
-            await client.sendStdin(jobId, data, eof=not data)
+            while True:
+                try:
+                    await client.sendStdin(jobId, data, eof=not data)
+                    break
+                except ClientError as e:
+                    if e.status != 409:
+                        raise
+                    # 409: the job has ended, or closed its stdin, or has
+                    # not started yet (PENDING: its stdin is taken once it
+                    # runs).
+                    job = await client.job(jobId)
+                    if job["status"] == "PENDING" or _notStartedYet(e):
+                        if not said and job["status"] == "PENDING":
+                            said = True
+                            streams.say(
+                                f"jw: job {jobId} is waiting to start: its "
+                                "stdin will be sent once it starts"
+                            )
+                        job = await _untilStarted(client, job)
+                        if job["status"] == "RUNNING":
+                            continue  # send it again, now
+                    return job if neverStarted(job) else None
             if not data:
-                return
+                return None
     except ClientError as e:
-        if e.status != 409:  # 409: the job has ended, or closed its stdin
-            streams.say(f"jw: stdin: {e}")
+        streams.say(f"jw: stdin: {e}")
+        return None
+
+
+def _notStartedYet(error: ClientError) -> bool:
+    """Is this 409 the server's "has not started yet (PENDING)"?"""
+    body = error.body if isinstance(error.body, dict) else {}
+    return "(PENDING)" in str(body.get("error", ""))
+
+
+async def _untilStarted(client: AnyClient, job: dict[str, Any]) -> dict[str, Any]:
+    """C{job} (as last seen) once it is no longer PENDING: asked with backoff."""
+    pause = 0.1
+    while job["status"] == "PENDING":
+        await client.pause(pause)
+        pause = min(pause * 2, 1.0)
+        job = await client.job(job["id"])
+    return job
 
 
 async def doList(
@@ -528,21 +717,26 @@ async def doLogs(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    from .follow import followOutput, followStream
+    from .follow import followOutput, readStream
 
     jobId = await resolveId(client, options.id)
     _checkLogsOptions(options)
     if options.stdout or options.stderr or options.offset is not None:
         # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
         stream = "stderr" if options.stderr else "stdout"
-        write, offset = streams.writer("stdout"), options.offset or 0
-        if options.follow:
-            await followStream(client, jobId, stream, write, offset, options.tail)
-            final = await client.job(jobId)
-            sayStopped(final, streams)
-            return exitStatusOf(final)
-        await client.logs(jobId, write, stream, offset, tail=options.tail)
-        return 0
+        final = await readStream(
+            client,
+            jobId,
+            stream,
+            streams,
+            options.offset or 0,
+            options.tail,
+            options.follow,
+        )
+        if not options.follow:
+            return 0
+        sayStopped(final, streams)
+        return exitStatusOf(final)
     end = await followOutput(client, jobId, streams, options.follow, options.tail)
     if not options.follow:
         return 0

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,11 @@ class Worker:
         finally:
             self.done = True
             self._wake()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The work's exception, once L{done} (None: it succeeded)."""
+        return self._error
 
     def outcome(self) -> Any:
         """The work's result, or its exception raised (once L{done})."""
@@ -120,18 +126,23 @@ class Background:
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
 
-    def wait(self, until: Callable[[], bool]) -> None:
+    def wait(self, until: Callable[[], bool], timeout: float | None = None) -> bool:
         """
         Answer interrupts and workers' failures in this (the main) thread
-        until C{until()} is true; it is asked after each wake-up.
+        until C{until()} is true (it is asked after each wake-up), or
+        C{timeout} seconds have passed; whether C{until()} came true.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._interrupts.dispatch()
             for worker in self._workers:
                 worker.report()
             if until():
-                return
-            select.select([self._readFd], [], [])
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            select.select([self._readFd], [], [], left)
             try:
                 os.read(self._readFd, 4096)
             except BlockingIOError:
