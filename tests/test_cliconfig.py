@@ -204,6 +204,40 @@ class ConfigCommandTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual(len(out.strip()), 36)
 
+    async def test_configSaysWhichCredentialsAreUsed(self) -> None:
+        """
+        jw config said "login token = valid" with JW_TOKEN set (which is
+        used instead) and with JW_PASSWORD set (which wins over the saved
+        token): it now says which credentials a command would send, in the
+        order jw picks them.
+        """
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "XDG_CONFIG_HOME": os.path.abspath(self.mktemp()),
+            "JW_SERVER": "https://127.0.0.1:1",
+        }
+
+        async def credentials(**extra: str) -> str:
+            out, err, code = await getProcessOutputAndValue(
+                JW, ["config"], env={**env, **extra}
+            )
+            self.assertEqual(code, 0, err)
+            [line] = [
+                line for line in out.decode().splitlines() if line.startswith("sent")
+            ]
+            return line
+
+        self.assertIn("a prompt", await credentials())
+        self.assertIn("JW_TOKEN", await credentials(JW_TOKEN="jw1.x.y"))
+        self.assertIn(
+            "JW_USER/JW_PASSWORD (alice)",
+            await credentials(JW_USER="alice", JW_PASSWORD="p"),
+        )
+        self.assertIn(
+            "client certificate",
+            await credentials(JW_CERT="/c.pem", JW_KEY="/k.pem", JW_TOKEN="t"),
+        )
+
     async def test_tableShowsAge(self) -> None:
         """jw list shows an AGE column with relative times."""
         server = LiveServer(self)

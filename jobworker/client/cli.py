@@ -40,7 +40,7 @@ from .failures import (
 )
 from .interrupts import Interrupts
 from .parser import buildParser
-from .session import Connect, Session, trustOnFirstUse
+from .session import Connect, Session, givenPassword, trustOnFirstUse
 from .show import age
 from .streams import Streams
 from .verbs import VERBS, Verb, checkArguments
@@ -271,11 +271,32 @@ def showConfig(
         if key == "ca":
             value, origin = caInUse(settings, environ)
         lines.append(f"{key} = {value}    # {origin}")
+    token = None
     try:
         token, saved = loadToken(tokensFile, settings.server, time.time())
         login = "valid" if token else ("expired" if saved else "none")
     except ConfigError as e:  # the file others may read: say why it is unused
         login = f"refused: {e}"
     lines.append(f"login token = {login}    # {tokensFile}")
+    lines.append(f"sent = {_credentialsSent(settings, environ, token)}")
     streams.show("".join(line + "\n" for line in lines))
     return 0
+
+
+def _credentialsSent(
+    settings: Settings, environ: dict[str, str], token: str | None
+) -> str:
+    """
+    Which credentials a command sends, in the order L{Session.open} picks
+    them (never their values).
+    """
+    if settings.cert or settings.key:
+        return "the client certificate (cert, key)"
+    if environ.get("JW_TOKEN"):
+        return "JW_TOKEN (a bearer token)"
+    password = givenPassword(environ)
+    if token is not None and password is None:
+        return "the login token (jw login)"
+    if password is not None and settings.user:
+        return f"JW_USER/JW_PASSWORD ({settings.user})"
+    return "what a prompt asks for (user name and password)"
