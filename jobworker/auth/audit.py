@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,18 +26,26 @@ class AuditLog:
     def __init__(self, path: str | None, clock: IReactorTime) -> None:
         self._clock = clock
         self._path = path
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+        #: The file ends in the middle of a line (a write the disk cut
+        #: short): the next line starts with an end of line.
+        self._cut = False
         if path is not None:
-            self._file = self._open(path)
+            self._fd, self._cut = self._open(path)
 
-    def _open(self, path: str) -> IO[str]:
-        """The file at C{path}, for appending, made private if it was not."""
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _open(self, path: str) -> tuple[int, bool]:
+        """
+        The file at C{path}, for appending (made private if it was not),
+        and whether it ends in the middle of a line.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            status = os.fstat(fd)
+            cut = status.st_size > 0 and os.pread(fd, 1, status.st_size - 1) != b"\n"
         except OSError:
             os.close(fd)
             raise
+        mode = stat.S_IMODE(status.st_mode)
         if mode & 0o007:
             # Others never read it (a group may: logrotate's "create 0640
             # root adm" is an operator's choice).
@@ -52,7 +60,7 @@ class AuditLog:
                 mode=f"{mode:04o}",
                 done=done,
             )
-        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        return fd, cut
 
     def reopen(self) -> None:
         """
@@ -60,10 +68,10 @@ class AuditLog:
         the next lines go to a new file there. If that cannot be opened,
         the old file is kept.
         """
-        if self._path is None or self._file is None:
+        if self._path is None or self._fd is None:
             return
         try:
-            new = self._open(self._path)
+            new, cut = self._open(self._path)
         except OSError as e:
             self.log.error(
                 "cannot reopen the audit log {path}: {error}; still writing to "
@@ -72,8 +80,11 @@ class AuditLog:
                 error=e.strerror,
             )
             return
-        old, self._file = self._file, new
-        old.close()
+        old, self._fd, self._cut = self._fd, new, cut
+        try:
+            os.close(old)
+        except OSError:
+            pass  # (nothing is buffered: every line was written whole or not)
 
     def record(
         self, event: str, user: str | None, client: str, result: str, **fields: Any
@@ -87,11 +98,8 @@ class AuditLog:
             "result": result,
             **fields,
         }
-        if self._file is not None:
-            try:
-                self._file.write(json.dumps(entry, ensure_ascii=True) + "\n")
-            except OSError as e:
-                self.log.error("cannot write the audit log: {error}", error=e.strerror)
+        if self._fd is not None:
+            self._write(entry)
             return
         self.log.info(
             "audit {event} {result} user={user} client={client}",
@@ -102,8 +110,37 @@ class AuditLog:
             audit=entry,
         )
 
+    def _write(self, entry: dict[str, Any]) -> None:
+        """
+        One line, in one write(2) with nothing buffered. An event the file
+        does not take whole (a full disk) is written whole to the server's
+        log instead, and a line cut short is ended before the next one.
+        """
+        assert self._fd is not None
+        line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
+        data = b"\n" + line if self._cut else line
+        try:
+            written = os.write(self._fd, data)
+        except OSError as e:
+            written, error = 0, e.strerror
+        else:
+            if written == len(data):
+                self._cut = False
+                return
+            error = "the disk took part of the line"
+        if written:
+            self._cut = True
+        self.log.error(
+            "cannot write the audit log: {error}; the event: {audit}",
+            error=error,
+            audit=entry,
+        )
+
     def close(self) -> None:
         """Close the file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -146,9 +146,15 @@ class UsersReloadService(Service):
             self._previous = None
 
     def hangUp(self) -> Deferred[None]:
-        """SIGHUP: reopen the files logrotate moves (the audit log), reload."""
+        """
+        SIGHUP: reopen the files logrotate moves (the audit log), and reload
+        the users file whatever became of them (a revoked user must go).
+        """
         if self._reopen is not None:
-            self._reopen()
+            try:
+                self._reopen()
+            except Exception:
+                self.log.failure("SIGHUP: the audit log was not reopened")
         return self.reload()
 
     def reload(self) -> Deferred[None]:

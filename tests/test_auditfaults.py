@@ -1,0 +1,119 @@
+"""
+The audit log when its disk fails it (a fault round, each reproduced
+first): a SIGHUP whose reopen failed skipped the users file's reload, so a
+revoked user kept access; an event that could not be written was lost
+without a word; a line cut short by a full disk swallowed the next event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from jobworker.auth.audit import AuditLog
+from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
+from jobworker.server.services import UsersReloadService
+
+
+def lines(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        return f.read().split(b"\n")
+
+
+class AuditFaultTests(SynchronousTestCase):
+    def logged(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_hangUpReloadsWhenTheReopenFails(self) -> None:
+        """The users file is read again whatever became of the audit log."""
+        replaced: list[UserDatabase] = []
+
+        class Authenticator:
+            def replaceUsers(self, users: UserDatabase) -> None:
+                replaced.append(users)
+
+        def reopen() -> None:
+            raise OSError(28, "No space left on device")
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(DEVELOPMENT_USERS.splitlines()[1] + "\n")
+        service = UsersReloadService(
+            path,
+            Authenticator(),  # type: ignore[arg-type]
+            None,
+            reopen=reopen,
+        )
+        logged = self.logged()
+        service.hangUp()
+        self.assertEqual(len(replaced), 1)
+        self.assertTrue(
+            any("audit" in str(e.get("log_format", "")) for e in logged), logged
+        )
+        self.flushLoggedErrors()
+
+    def test_aCutLineDoesNotSwallowTheNext(self) -> None:
+        """A file ending mid-line (a write the disk cut short, before a
+        restart): the next event starts a line of its own."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'{"time": "2026-12-02T00:00:00Z", "event": "job.cr')
+        audit = AuditLog(path, Clock())
+        self.addCleanup(audit.close)
+        audit.record("job.stop", "alice", "127.0.0.1", "requested")
+        self.assertEqual(json.loads(lines(path)[1])["event"], "job.stop")
+
+    def test_fullDisk(self) -> None:
+        """
+        On a full file system: an event that cannot be written is in the
+        server's log, whole; a line written in part is ended before the
+        next event, once there is room again.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("mounts a small tmpfs: needs root (CI runs as root)")
+        mount = os.path.abspath(self.mktemp())
+        os.makedirs(mount)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", mount], check=True
+        )
+        self.addCleanup(subprocess.run, ["umount", mount], check=False)
+        path = os.path.join(mount, "audit.log")
+        audit = AuditLog(path, Clock())
+        self.addCleanup(audit.close)
+        audit.record("job.create", "alice", "127.0.0.1", "RUNNING", job="a" * 36)
+        filler = os.path.join(mount, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"x" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        logged = self.logged()
+        for n in range(40):  # past the end of the audit log's last page
+            audit.record("job.create", "alice", "127.0.0.1", "RUNNING", job=f"{n:036}")
+        lost = [e["audit"] for e in logged if "audit" in e]
+        self.assertTrue(lost, logged)
+        self.assertTrue(all(e["event"] == "job.create" for e in lost))
+        os.unlink(filler)
+        audit.record("job.stop", "alice", "127.0.0.1", "requested")
+        written = [line for line in lines(path) if line]
+        self.assertEqual(json.loads(written[-1])["event"], "job.stop")
+        whole = [
+            json.loads(line)["job"] for line in written[:-1] if line.endswith(b"}")
+        ]
+        # Every event is in the file or in the server's log (a cut one in
+        # both: the log has it whole).
+        for n in range(40):
+            job = f"{n:036}"
+            self.assertTrue(job in whole or any(e["job"] == job for e in lost), job)
