@@ -361,6 +361,19 @@ class InFlightThrottleTests(SynchronousTestCase):
         self.clock = Clock()
         self.throttle = LoginThrottle(self.clock, threshold=THRESHOLD, window=900)
 
+    def test_aClockSteppedBackOwesNothing(self) -> None:
+        """
+        A step of the system clock back by an hour, just after failures
+        from an address (loopback: every local client), kept every user new
+        to it out for the hour (Retry-After 3599; a fault round): a wait is
+        never longer than the throttle's own delay.
+        """
+        for _ in range(THRESHOLD):
+            self.throttle.failed("mallory", SHARED)
+        self.clock.advance(2)
+        self.clock.rightNow -= 3600
+        self.assertLessEqual(self.throttle.retryAfter("rita", SHARED), 1.0)
+
     def test_staleFailuresDoNotCountWithAttemptsInFlight(self) -> None:
         """
         Failures older than the window are forgotten even while an attempt

@@ -86,8 +86,10 @@ class LoginThrottle:
             return 0.0
         exponent = min(count - threshold, 30)
         delay = min(self._base * float(2**exponent), maximum)
-        # An attempt in flight is a failure happening now.
-        last = now if failures.pending else failures.last
+        # An attempt in flight is a failure happening now; a failure "in
+        # the future" (the clock stepped back) is one happening now too,
+        # never a wait as long as the step.
+        last = now if failures.pending else min(failures.last, now)
         return max(0.0, last + delay - now)
 
     def _isTrusted(self, user: str, address: str, now: float) -> bool:
