@@ -286,11 +286,8 @@ class StoreFailureTests(SynchronousTestCase):
         self.assertIsNone(self.store.get(jobId))
 
 
-class DiskReserveTests(SynchronousTestCase):
-    """
-    On a really full disk (a small tmpfs), the server keeps a reserve file
-    it gives up at shutdown to store the final records it could not.
-    """
+class SmallDisk(SynchronousTestCase):
+    """A state dir on a 3 MiB tmpfs, and a manager there."""
 
     def setUp(self) -> None:
         if os.getuid() != 0:
@@ -324,6 +321,13 @@ class DiskReserveTests(SynchronousTestCase):
             except OSError as e:
                 self.assertEqual(e.errno, errno.ENOSPC)
 
+
+class DiskReserveTests(SmallDisk):
+    """
+    On a really full disk (a small tmpfs), the server keeps a reserve file
+    it gives up at shutdown to store the final records it could not.
+    """
+
     def test_aStopOnAFullDiskSurvivesTheShutdown(self) -> None:
         """
         A queued job stopped while the disk is full, and the server stopped
@@ -345,6 +349,65 @@ class DiskReserveTests(SynchronousTestCase):
         again.recover()
         self.assertEqual(again.record(queued.id).status, JobStatus.STOPPED)
         self.assertEqual(len(self.reactor.spawned), 1)  # the sleep alone
+
+
+class FullDiskFreesItselfTests(SmallDisk):
+    """
+    A disk filled by job output: deleting a record needs room in the store
+    (a WAL frame), so retention and DELETE failed for ever on the very disk
+    they would have freed (a fault round). The reserve is given up for the
+    deletion, and made again once the output is gone.
+    """
+
+    def test_retentionFreesAFullDisk(self) -> None:
+        manager = self.manager()
+        self.addCleanup(manager.close)
+        jobs = []
+        for _ in range(3):
+            jobs.append(manager.create(JobRequest("true", [], {}, None), "alice"))
+            self.reactor.spawned[-1].exit(0)
+        folder = manager._executor.outputDir(jobs[0].id)
+        os.makedirs(folder, exist_ok=True)
+        ballast = os.path.join(folder, "ballast")
+        with open(ballast, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                self.assertEqual(e.errno, errno.ENOSPC)
+        self.reactor.advance(1)
+        self.assertEqual(self.successResultOf(manager.expire(0.5)), 3)
+        self.assertFalse(os.path.exists(ballast))
+        reserve = os.path.join(self.stateDir, "reserve")
+        self.assertEqual(os.path.getsize(reserve), 1 << 20)
+        self.flushLoggedErrors()
+
+
+class FullDiskStartTests(SmallDisk):
+    """
+    After a crash, on a full disk, the server refused to start: recovery's
+    records (running jobs closed FAILED) were fatal to write, so nothing
+    could be listed or deleted to make room (a fault round).
+    """
+
+    def test_recoveryOnAFullDisk(self) -> None:
+        crashed = self.manager()
+        job = crashed.create(JobRequest("sleep", ["600"], {}, None), "alice")
+        crashed._store._unlock()  # a crash: the record says RUNNING, the WAL stays
+        self.fill()
+        os.unlink(os.path.join(self.stateDir, "reserve"))  # and even that used up
+        self.fill()
+        again = self.manager()
+        self.addCleanup(again.close)
+        again.recover()
+        self.assertEqual(again.record(job.id).status, JobStatus.FAILED)
+        os.unlink(os.path.join(self.stateDir, "ballast"))
+        self.reactor.advance(60)
+        self.assertEqual(again._store.get(job.id).status, JobStatus.FAILED)
+        reserve = os.path.join(self.stateDir, "reserve")
+        self.assertEqual(os.path.getsize(reserve), 1 << 20)  # made again
+        self.flushLoggedErrors()
 
 
 class RealStoreErrorTests(SynchronousTestCase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 from collections import Counter, OrderedDict, deque
@@ -139,6 +140,8 @@ class JobManager(Admission):
         self._shuttingDown = False
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
         _checkWritable(self._jobsDir)
+        #: A deletion gave the reserve up (L{_withRoom}): make it again.
+        self._reserveGiven = False
         self._keepReserve()
         self._store = (
             store
@@ -179,8 +182,17 @@ class JobManager(Admission):
                 self._watch(job)
             closed = [record for record in unfinished if record.status.ended]
             for record in closed:
-                self._store.update(record)
+                # On a full disk: from the reserve, else kept in memory and
+                # written again (the server must start: deleting jobs is how
+                # the disk gets room).
+                try:
+                    self._withRoom(
+                        functools.partial(self._store.update, record), "to recover"
+                    )
+                except StoreError:
+                    self._storeOrKeep(record, f"closed {record.status.value}")
         self._requeue(queued)
+        self._reserveAgain()
         return closed
 
     # -- jobs ------------------------------------------------------------------
@@ -279,6 +291,7 @@ class JobManager(Admission):
             self._scheduleRetry()
         else:
             self._retryDelay = RETRY_FIRST
+            self._reserveAgain()
 
     def flushUnsaved(self) -> int:
         """Try to store every kept final record; return how many are left."""
@@ -516,7 +529,7 @@ class JobManager(Admission):
         doomed = ids[:most]
         if doomed:
             noted = self._noteUnswept(doomed)
-            self._store.deleteMany(doomed)
+            self._withRoom(lambda: self._store.deleteMany(doomed), "to delete jobs")
             for jobId in doomed:
                 self._forgetRecord(jobId)
                 self._stillCleaning(jobId)
@@ -525,6 +538,7 @@ class JobManager(Admission):
             else:
                 for jobId in doomed:
                     self._removeOutput(jobId)
+                self._reserveAgain()
         return doomed, len(ids) > most
 
     def _removeEnded(self, jobId: str) -> None:
@@ -550,9 +564,36 @@ class JobManager(Admission):
 
         @raise StoreError: the store refused (the job is still there).
         """
-        self._store.delete(jobId)
+        self._withRoom(lambda: self._store.delete(jobId), "to delete jobs")
         self._forgetRecord(jobId)
         self._removeOutput(jobId)
+        self._reserveAgain()
+
+    def _withRoom(self, write: Callable[[], None], why: str) -> None:
+        """
+        Run C{write}, a store write that must not wait for room: a deletion
+        (it needs a WAL frame too, and deleting is how a disk filled by
+        output frees itself: retention, DELETE), or recovery's records (the
+        server must start). On a full disk the reserve is given up for it
+        (C{why}); L{_reserveAgain} makes it again once there is room.
+
+        @raise StoreError: the store refused all the same.
+        """
+        try:
+            write()
+        except StoreError as e:
+            if "full" not in str(e) or not self._giveUpReserve(why):
+                raise
+            self._reserveGiven = True
+            write()
+
+    def _reserveAgain(self) -> None:
+        """The reserve, made again if L{_withRoom} gave it up (quietly: this
+        is tried again at every deletion and retention round until there
+        is room)."""
+        if self._reserveGiven and self._keepReserve(quiet=True):
+            self._reserveGiven = False
+            self.log.info("disk reserve {path} made again", path=self._reserve)
 
     def _forgetRecord(self, jobId: str) -> None:
         """The store has a job's record no more: neither has the memory."""
@@ -611,6 +652,7 @@ class JobManager(Admission):
                     result.raiseException()
             elif removed:
                 self.log.info("retention: removed {count} ended job(s)", count=removed)
+            self._reserveAgain()
             return removed
 
         return self._sliced(slices()).addBoth(over)
@@ -691,6 +733,7 @@ class JobManager(Admission):
             yield None
         self._sweeping = None
         self._forgetUnswept()
+        self._reserveAgain()
 
     def _sweepStopped(self, failure: Failure) -> None:
         self._sweeping = None
@@ -757,11 +800,14 @@ class JobManager(Admission):
         self.log.info("shutdown: {count} job(s) live", count=len(jobs))
         return self._executor.shutdown(jobs)
 
-    def _keepReserve(self) -> None:
-        """Allocate L{RESERVE_BYTES} in the state dir, if not there already."""
+    def _keepReserve(self, quiet: bool = False) -> bool:
+        """
+        Allocate L{RESERVE_BYTES} in the state dir, if not there already;
+        False if it could not be (said unless C{quiet}).
+        """
         try:
             if os.path.getsize(self._reserve) >= RESERVE_BYTES:
-                return
+                return True
         except OSError:
             pass
         try:
@@ -771,20 +817,27 @@ class JobManager(Admission):
             finally:
                 os.close(fd)
         except OSError as e:
-            self.log.warn(
-                "no disk reserve in {path}: {error}", path=self._reserve, error=str(e)
-            )
+            if not quiet:
+                self.log.warn(
+                    "no disk reserve in {path}: {error}",
+                    path=self._reserve,
+                    error=str(e),
+                )
+            return False
+        return True
 
-    def _giveUpReserve(self) -> bool:
-        """Free the reserve for the last writes; True if there was one."""
+    def _giveUpReserve(self, why: str | None = None) -> bool:
+        """
+        Free the reserve for the last writes (or C{why}: what for); True if
+        there was one.
+        """
         try:
             os.unlink(self._reserve)
         except OSError:
             return False
         self.log.warn(
-            "the disk is full: the reserve is given up to store {count} final "
-            "record(s)",
-            count=len(self._unsaved),
+            "the disk is full: the reserve is given up {why}",
+            why=why or f"to store {len(self._unsaved)} final record(s)",
         )
         return True
 
