@@ -154,3 +154,53 @@ class UnreadableOutputTests(TestCase):
                 if lines.get(b"event") == b"stderr":
                     stderr += len(json.loads(lines[b"data"])["text"])
             self.assertEqual(stderr, record["stderr_bytes"])
+
+
+class OutputFileSwappedTests(TestCase):
+    """
+    A job's folder is its own where it writes its output itself (Slurm's
+    shared --slurm-output-dir): it replaced its stdout with a symlink to a
+    root-only file, and the server (root) served that file's bytes (the
+    token key, the TLS key, /etc/shadow; a Slurm user's review). Output is
+    opened without following a symlink, and must be a regular file with
+    one link (a FIFO must not hang the reader either).
+    """
+
+    timeout = 30
+
+    async def swapped(self, make: Any) -> bytes:
+        server = LiveServer(self)
+        job = await server.createJob("echo", "hello")
+        await server.waitEnded(job["id"])
+        path = os.path.join(server.manager._executor.outputDir(job["id"]), "stdout")
+        os.unlink(path)
+        make(path)
+        try:
+            response = await server.request(
+                "GET", f"/jobs/{job['id']}/logs?stream=stdout", "alice"
+            )
+        except ResponseNeverReceived:
+            return b""  # output that cannot be read cuts the response
+        body = Collect()
+        response.deliverBody(body)
+        await body.ended
+        return body.data
+
+    async def test_symlink(self) -> None:
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "w") as f:
+            f.write("SECRET-SECRET")
+        os.chmod(secret, 0o600)
+        data = await self.swapped(lambda path: os.symlink(secret, path))
+        self.assertNotIn(b"SECRET", data)
+
+    async def test_hardLink(self) -> None:
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "w") as f:
+            f.write("SECRET-SECRET")
+        data = await self.swapped(lambda path: os.link(secret, path))
+        self.assertNotIn(b"SECRET", data)
+
+    async def test_fifo(self) -> None:
+        data = await self.swapped(os.mkfifo)
+        self.assertEqual(data, b"")

@@ -24,7 +24,14 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 
 from .order import _ENTRY, decodeEntries
-from .spool import READ_CHUNK, FileProducer, OutputSource, OutputUnreadable
+from .spool import (
+    READ_CHUNK,
+    FileProducer,
+    OutputSource,
+    OutputUnreadable,
+    openOutput,
+    outputSize,
+)
 from .validation import MAX_INT64, boundedInteger
 
 #: The streams by index, as entries and readers number them.
@@ -50,7 +57,7 @@ class StoredOrder:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self.size = os.stat(path).st_size
+            self.size = outputSize(path)
         except OSError:
             self.size = 0
 
@@ -143,7 +150,7 @@ class CombinedReader(FileProducer):
         try:
             if self._orderFd is None:
                 # Kept open: a job deleted while this is sent stays readable.
-                self._orderFd = os.open(self._order.path, os.O_RDONLY | os.O_CLOEXEC)
+                self._orderFd = openOutput(self._order.path)
             unread = self._orderSize() - self._orderRead
             data = os.pread(self._orderFd, min(unread, ORDER_CHUNK), self._orderRead)
         except OSError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -303,6 +304,35 @@ class OutputSpool:
 TAIL_STEP = 1 << 20
 
 
+def openOutput(path: str) -> int:
+    """
+    A job's output file (or order file), for reading: never through a
+    symlink, and only a regular file with one link. Where the job owns its
+    folder (Slurm's shared output folder, written by the job itself) it
+    could put a symlink or a hard link there to a file only root may read,
+    or a FIFO that would hang the reader, and the server, root, served it.
+
+    @raise OSError: it is none of the job's output (ELOOP for a symlink).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not the job's own output file", path)
+    return fd
+
+
+def outputSize(path: str) -> int:
+    """The size of a job's output file, as L{openOutput} would read it (a
+    symlink's own: nothing of its target's)."""
+    status = os.lstat(path)
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
+
+
 def tailOffset(path: str, size: int, lines: int, block: int = 64 * 1024) -> int:
     """
     The offset where the last C{lines} lines of the first C{size} bytes of a
@@ -338,7 +368,7 @@ def tailSteps(
         yield size
         return
     scanned = 0
-    with open(path, "rb") as f:
+    with os.fdopen(openOutput(path), "rb") as f:
         end = size
         # A final newline ends the last line; it does not start another.
         if size:
@@ -406,7 +436,7 @@ class StoredOutput:
         self.size = size
         if size:
             try:
-                there = os.stat(path).st_size
+                there = outputSize(path)
             except OSError:
                 there = 0
             if there < size:
@@ -474,7 +504,7 @@ class FileProducer:
                 # sent stays readable to the end. (A file not there yet is
                 # opened at its first read; a failure is reported there.)
                 with contextlib.suppress(OSError):
-                    self._fds[index] = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+                    self._fds[index] = openOutput(source.path)
         self._consumer.registerProducer(self, True)
         for spool, index in self._attached:
             spool.attach(self, index)
@@ -518,7 +548,7 @@ class FileProducer:
         try:
             fd = self._fds[index]
             if fd is None:
-                fd = self._fds[index] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._fds[index] = openOutput(path)
             data = os.pread(fd, length, offset)
         except OSError as e:
             self._fail(OutputUnreadable(e.errno, f"{e.strerror}: {path}"))

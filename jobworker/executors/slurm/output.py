@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.defer import Deferred, succeed
 
 from ...jobs.order import OrderLog
-from ...jobs.spool import Waiters
+from ...jobs.spool import Waiters, outputSize
 
 
 class SlurmOutput:
@@ -30,7 +28,7 @@ class SlurmOutput:
         if self._final is not None:
             return self._final
         try:
-            return os.stat(self.path).st_size
+            return outputSize(self.path)
         except OSError:
             return 0
 
