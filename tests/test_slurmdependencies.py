@@ -225,8 +225,11 @@ class HeldBySlurmTests(DependencyCase):
         final = self.manager.record(b.id)
         self.assertIs(final.status, JobStatus.FAILED)
         self.assertEqual(
-            final.error, "Slurm ended it CANCELLED (DependencyNeverSatisfied)"
+            final.error,
+            "never ran: Slurm ended it CANCELLED while queued "
+            "(DependencyNeverSatisfied)",
         )
+        self.assertIsNone(final.exit_code)
         self.assertIs(self.manager.record(a.id).status, JobStatus.RUNNING)
 
     def test_afterRunsWhateverTheEnd(self) -> None:

@@ -628,6 +628,28 @@ class ExecutorTests(SynchronousTestCase):
         self.assertEqual(self.commands.cancels, ["101"])
         self.assertEqual(self.commands.signals, [])
 
+    def test_aJobThatNeverRanHasNoExitCode(self) -> None:
+        """
+        A Slurm job stopped, or cancelled from outside, while still queued
+        was recorded with exit code 0 (Slurm's ExitCode 0:0), so `jw wait
+        ID && deploy` went on (a Slurm user's review). It never ran: no
+        exit code, and the record says so, as a local queued job's does.
+        """
+        record = self.submit("sleep", "100")
+        stopped = self.manager.stop(record.id, "alice")
+        self.poll({"101": state("CANCELLED", 0, 0)})
+        final = self.successResultOf(stopped)
+        self.assertIs(final.status, JobStatus.STOPPED)
+        self.assertIsNone(final.exit_code)
+        self.assertIsNone(final.started_at)
+        self.assertIn("never ran", final.error or "")
+        other = self.submit("sleep", "100")
+        self.poll({"102": state("CANCELLED", 0, 0)})
+        final = self.manager.record(other.id)
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertIsNone(final.exit_code)
+        self.assertIn("never ran", final.error or "")
+
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""
         record = self.submit("sleep", "100")

@@ -290,7 +290,13 @@ class SlurmJob:
         if record.started_at is None and state.state != "CANCELLED":
             # It ran between two polls (or never, if cancelled while queued).
             record.started_at = self._startedAt(state, None)
-        outcome = outcomeOf(state, self._stopRequested, record.timeout_seconds)
+        outcome = outcomeOf(
+            state,
+            self._stopRequested,
+            record.timeout_seconds,
+            # Only a cancel ends a job in Slurm's queue; any other end ran.
+            ran=record.started_at is not None or state.state != "CANCELLED",
+        )
         self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
 
     def lost(self, reason: str) -> None:

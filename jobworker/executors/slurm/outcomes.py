@@ -40,7 +40,10 @@ class Outcome:
 
 
 def outcomeOf(
-    state: SlurmState, stopRequested: bool, timeoutSeconds: float | None
+    state: SlurmState,
+    stopRequested: bool,
+    timeoutSeconds: float | None,
+    ran: bool = True,
 ) -> Outcome:
     """
     The ending of a job Slurm reports in a final state.
@@ -48,10 +51,23 @@ def outcomeOf(
     @param stopRequested: a user asked to stop it (then it is STOPPED,
         whatever Slurm's state).
     @param timeoutSeconds: the job's time limit as asked, for the message.
+    @param ran: it started (False: it ended in the queue, and Slurm's exit
+        code, 0:0, means nothing: there is none, as for a local job).
     """
     code = state.exitCode
     signal = signalName(state.signal) if state.signal else None
     reason = f" ({state.reason})" if state.reason not in ("", "None") else ""
+    if not ran:
+        if stopRequested:
+            return Outcome(
+                JobStatus.STOPPED, None, None, "never ran: stopped while queued"
+            )
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            None,
+            f"never ran: Slurm ended it {state.state} while queued{reason}",
+        )
     if stopRequested:
         return Outcome(JobStatus.STOPPED, code if not signal else None, signal)
     if state.state == "COMPLETED" and code == 0:
