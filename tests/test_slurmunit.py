@@ -852,6 +852,19 @@ class CommandsTests(SynchronousTestCase):
         Deferred.fromCoroutine(commands.cancel("7", "jobworker-x"))
         self.assertEqual(self.lastArgv(), ["scancel", "--jobname=jobworker-x", "7"])
 
+    def test_sbatchWithoutTheServersTimeFormat(self) -> None:
+        """
+        SLURM_TIME_FORMAT=%s (for the server's own squeue) reached every job
+        through sbatch --export=ALL: squeue and sacct in a job printed epoch
+        seconds (a Slurm user's review). Only the server's queries get it.
+        """
+        commands = self.commands(serverUid=1000)
+        Deferred.fromCoroutine(commands.submit(["--job-name=x"], ["s"]))
+        self.lastArgv(b"7\n")
+        self.assertNotIn("SLURM_TIME_FORMAT", self.reactor.spawned[-1].env)
+        Deferred.fromCoroutine(commands.states(["7"]))
+        self.assertEqual(self.reactor.spawned[-1].env["SLURM_TIME_FORMAT"], "%s")
+
     def test_rootActsOnJobsAsTheOwner(self) -> None:
         """
         A root server runs sbatch and each scancel through setpriv as the

@@ -107,7 +107,9 @@ class SlurmCommands:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             if "SLURM_CONF" in os.environ:
                 env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-        #: Times as epoch seconds in squeue's --format output.
+        #: sbatch's: --export=ALL hands it to the job, as is.
+        self._submitEnv = dict(env)
+        #: The queries': times as epoch seconds in squeue's --format output.
         self._env = {**env, "SLURM_TIME_FORMAT": "%s"}
 
     def becoming(self, identity: Identity | None) -> list[str]:
@@ -120,20 +122,24 @@ class SlurmCommands:
         return identity.setpriv(SETPRIV)
 
     async def run(
-        self, *argv: str, identity: Identity | None = None
+        self,
+        *argv: str,
+        identity: Identity | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[str, str, int]:
         """
-        Run one command, as C{identity} if given (see L{becoming}); (stdout,
-        stderr, exit code).
+        Run one command, as C{identity} if given (see L{becoming}), with
+        C{env} (the queries' by default); (stdout, stderr, exit code).
         """
-        executable = shutil.which(argv[0], path=self._env.get("PATH")) or argv[0]
+        env = self._env if env is None else env
+        executable = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
         args = list(argv)
         prefix = self.becoming(identity)
         if prefix:
             executable, args = prefix[0], [*prefix, executable, *argv[1:]]
         collect = _CommandOutput(self._reactor, self._timeout)
         try:
-            self._reactor.spawnProcess(collect, executable, args, env=self._env)
+            self._reactor.spawnProcess(collect, executable, args, env=env)
         except OSError as e:
             raise SlurmError(f"cannot run {argv[0]}: {e.strerror}") from None
         return await collect.done
@@ -161,7 +167,9 @@ class SlurmCommands:
             # its own to (sbatch hands the job its soft limits).
             limit = f'ulimit -Sn {self._descriptorLimit:d} && exec "$@"'
             argv = ["sh", "-c", limit, "jobworker-sbatch", *argv]
-        out = self._check("sbatch", await self.run(*argv, identity=identity))
+        out = self._check(
+            "sbatch", await self.run(*argv, identity=identity, env=self._submitEnv)
+        )
         jobId = out.strip().split(";")[0]
         if not jobId.isdigit():
             raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")
