@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -43,6 +44,12 @@ def loadOrCreateKey(path: str) -> bytes:
     """
     The signing key in C{path}, made (0600, 32 random bytes) if absent.
 
+    A new key is written to a temporary file in the same folder and
+    fsynced before it gets its name (a hard link, which never replaces a
+    key already there), then the folder is fsynced: a power cut never
+    leaves an empty or partial key under the name, which would keep the
+    server from starting.
+
     Replacing or deleting the file and restarting the server invalidates
     every token issued before.
 
@@ -50,26 +57,54 @@ def loadOrCreateKey(path: str) -> bytes:
     @raise ValueError: the file holds too short a key, or its group or
         others may use it.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-            if mode & 0o077:
-                # With it and a user's line of the users file, whoever read
-                # it could sign that user's tokens (ssh refuses such a key).
-                raise ValueError(
-                    f"{path}: permissions {mode:04o} are too open, others could "
-                    f"sign tokens with it: run chmod 600 {path}"
-                ) from None
-            key = f.read()
-        if len(key) < KEY_BYTES:
-            raise ValueError(f"{path} holds under {KEY_BYTES} bytes") from None
-        return key
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    if not os.path.lexists(path):
+        key = secrets.token_bytes(KEY_BYTES)
+        if _createDurably(path, key):
+            return key
+    # There already, or another start made it meanwhile: read it.
+    with open(path, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            # With it and a user's line of the users file, whoever read
+            # it could sign that user's tokens (ssh refuses such a key).
+            raise ValueError(
+                f"{path}: permissions {mode:04o} are too open, others could "
+                f"sign tokens with it: run chmod 600 {path}"
+            ) from None
+        key = f.read()
+    if len(key) < KEY_BYTES:
+        raise ValueError(f"{path} holds under {KEY_BYTES} bytes") from None
     return key
+
+
+def _createDurably(path: str, data: bytes) -> bool:
+    """
+    Make C{path} (0600) holding C{data}, durably: a temporary file beside
+    it (mkstemp: 0600 from the start), written and fsynced, hard-linked to
+    C{path}, then the folder fsynced. False, and nothing changed, if
+    C{path} exists already.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".new", dir=folder
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(temporary)
+    folderFd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(folderFd)
+    finally:
+        os.close(folderFd)
+    return True
 
 
 def fingerprint(token: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import bcrypt
@@ -11,6 +12,10 @@ import bcrypt
 from ..jobs.identity import Identity, IdentityError
 from .names import USER_NAME
 from .permissions import Role, User
+
+#: The biggest users file read (a line is under 200 bytes: some 80,000 users).
+MAX_USERS_FILE_BYTES = 16 * 1024 * 1024
+_TOO_BIG = "larger than 16 MiB, the most a users file may hold"
 
 _HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 
@@ -165,18 +170,66 @@ class UserDatabase:
     @classmethod
     def fromFile(cls, path: str) -> UserDatabase:
         """
-        Read a users file.
+        Read a users file: a regular file (or a symlink to one) of at most
+        L{MAX_USERS_FILE_BYTES}.
 
         @raise OSError: if it cannot be read.
-        @raise UsersFileError: if it cannot be parsed.
+        @raise UsersFileError: if it cannot be parsed, or is not a regular
+            file (a FIFO would block the reading thread, and with it the
+            shutdown; /dev/zero would fill the memory), or is too big.
+        @raise UnicodeDecodeError: if it is not UTF-8.
         """
-        with open(path, encoding="utf-8") as f:
-            return cls.fromText(f.read(), source=path)
+        return cls.fromText(_readUsersFile(path).decode("utf-8"), source=path)
 
     @classmethod
     def development(cls) -> UserDatabase:
         """The four public development users (see the README)."""
         return cls.fromText(DEVELOPMENT_USERS, source="development users")
+
+
+def _readUsersFile(path: str) -> bytes:
+    """
+    The bytes of the users file C{path}, refusing what is not a regular
+    file without waiting on it: the open does not block (O_NONBLOCK: a FIFO
+    opens at once with no writer), then fstat decides, and the read stops
+    past L{MAX_USERS_FILE_BYTES}. Symlinks are followed (operators use
+    them); what counts is what they lead to.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsersFileError(f"{path}: not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > MAX_USERS_FILE_BYTES:
+            raise UsersFileError(f"{path}: {_TOO_BIG}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_USERS_FILE_BYTES:
+            chunk = os.read(fd, MAX_USERS_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_USERS_FILE_BYTES:
+            # It grew while being read.
+            raise UsersFileError(f"{path}: {_TOO_BIG}")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return f"file type {stat.S_IFMT(mode):o}"
 
 
 def _account(text: str, where: str) -> Identity:

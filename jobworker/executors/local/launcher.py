@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,17 @@ def build(
             continue
         target = os.path.join(folder, f"launcher-{key}")
         if _trusted(target):
-            return target
+            if _plausibleELF(target):
+                return target
+            # Empty or cut short (a power cut before its blocks were
+            # written): it would fail with ENOEXEC for good. Again.
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                why = f"cannot replace {target}: {e.strerror or e}"
+                continue
         try:
             _compile(compiler, code, folder, target)
         except OSError as e:
@@ -155,6 +166,52 @@ def _trusted(path: str) -> bool:
     )
 
 
+#: The smallest launcher taken for whole (gcc -O2 makes some 32 KiB).
+MIN_LAUNCHER_BYTES = 4096
+
+
+def _plausibleELF(path: str) -> bool:
+    """
+    Whether C{path} looks like a whole ELF executable: the magic, a size
+    of at least L{MIN_LAUNCHER_BYTES}, and room for the program and section
+    header tables its header places (the linker puts the section headers
+    at the end of the file, so a file cut short misses them).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        header = os.pread(fd, 64, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if size < MIN_LAUNCHER_BYTES or header[:4] != b"\x7fELF" or len(header) < 52:
+        return False
+    order = {1: "<", 2: ">"}.get(header[5])
+    layout = {1: "HHIIIIIHHHHHH", 2: "HHIQQQIHHHHHH"}.get(header[4])
+    if order is None or layout is None:
+        return False
+    fields: tuple[int, ...] = struct.unpack_from(order + layout, header, 16)
+    phoff, shoff = fields[4], fields[5]
+    phentsize, phnum, shentsize, shnum = fields[8], fields[9], fields[10], fields[11]
+    return bool(
+        phnum > 0
+        and phoff + phnum * phentsize <= size
+        and shoff + shnum * shentsize <= size
+    )
+
+
+def _fsync(path: str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _compile(compiler: str, code: bytes, folder: str, target: str) -> None:
     work = tempfile.mkdtemp(prefix=".build-", dir=folder)
     try:
@@ -178,6 +235,10 @@ def _compile(compiler: str, code: bytes, folder: str, target: str) -> None:
             why = errors[0] if errors else f"exit status {result.returncode}"
             raise LauncherUnavailable(f"{compiler} failed: {why}")
         os.chmod(binary, 0o700)
+        # Durable before it has its name, and the name after: a power cut
+        # must not leave an empty launcher under it.
+        _fsync(binary)
         os.replace(binary, target)
+        _fsync(folder, os.O_DIRECTORY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
