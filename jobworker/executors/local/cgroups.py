@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Protocol
 
 from twisted.logger import Logger
@@ -34,6 +35,14 @@ class CgroupError(Exception):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class CgroupSetupError(CgroupError):
+    """
+    The server's own cgroup set-up failed when a job's cgroup was made (the
+    jobs' folder was removed and cannot be made again, say): no outcome of
+    the job, which is not started (a C{503}, or it stays queued).
+    """
 
 
 class JobCgroup(Protocol):
@@ -177,6 +186,31 @@ def _mkdir(path: str, gid: int = 0) -> None:
         pass
     except OSError as e:
         raise CgroupError(f"cannot create {path}: {e.strerror}", e.errno) from None
+
+
+def _makeJobFolder(path: str, gid: int, base: str, remake: Callable[[], None]) -> None:
+    """
+    L{_mkdir} of a job's folder in C{base}, the jobs' folder of a hierarchy.
+    Gone (a clean-up tool or a release agent removed it while no job ran),
+    C{base} is made again (C{remake}) and the mkdir tried once more.
+
+    @raise CgroupSetupError: it still cannot be made.
+    """
+    try:
+        _mkdir(path, gid)
+        return
+    except CgroupError as e:
+        if e.errno != errno.ENOENT:
+            raise CgroupSetupError(str(e), e.errno) from None
+    log.warn("the jobs' cgroup folder {path} was removed: made again", path=base)
+    try:
+        remake()
+        _mkdir(path, gid)
+    except (OSError, CgroupError) as e:
+        raise CgroupSetupError(
+            f"cannot make the jobs' cgroup folder {base} again: {e}",
+            getattr(e, "errno", None),
+        ) from None
 
 
 def _killFrozen(
@@ -375,13 +409,20 @@ class CgroupsV1:
         paths = {c: f"{base}/{jobId}" for c, base in self._bases.items() if c in wanted}
         group = V1Group(paths)
         try:
-            for path in paths.values():
-                _mkdir(path, gid)
+            for controller, path in paths.items():
+                base = self._bases[controller]
+                _makeJobFolder(path, gid, base, partial(self._remake, base))
             self._apply(paths, limits)
         except CgroupError:
             group.remove()
             raise
         return group
+
+    @staticmethod
+    def _remake(base: str) -> None:
+        """The jobs' folder of a hierarchy, again (as L{detect} made it)."""
+        os.makedirs(base, exist_ok=True)
+        unlisted(base)
 
     def _apply(self, paths: dict[str, str], limits: Limits) -> None:
         if limits.memory_bytes is not None:
@@ -471,6 +512,9 @@ class CgroupsV2:
     ) -> None:
         self.base = base
         self._ioDevice = ioDevice
+        #: What L{detect} wrote to C{cgroup.subtree_control} (written again
+        #: when the jobs' folder is made again).
+        self._enable = " ".join(f"+{c}" for c in self.WANTED if c in controllers)
         supported: set[str] = set()
         if "memory" in controllers:
             supported.add("memory_bytes")
@@ -527,7 +571,7 @@ class CgroupsV2:
 
     def create(self, jobId: str, limits: Limits, gid: int = 0) -> V2Group:
         path = os.path.join(self.base, jobId)
-        _mkdir(path, gid)
+        _makeJobFolder(path, gid, self.base, self._remake)
         group = V2Group(path)
         try:
             self._apply(path, limits)
@@ -535,6 +579,15 @@ class CgroupsV2:
             group.remove()
             raise
         return group
+
+    def _remake(self) -> None:
+        """The jobs' folder again, its controllers enabled (as L{detect})."""
+        os.makedirs(self.base, exist_ok=True)
+        unlisted(self.base)
+        if self._enable:
+            own = os.path.dirname(self.base)
+            _write(os.path.join(own, "cgroup.subtree_control"), self._enable)
+            _write(os.path.join(self.base, "cgroup.subtree_control"), self._enable)
 
     def _apply(self, path: str, limits: Limits) -> None:
         if limits.memory_bytes is not None:

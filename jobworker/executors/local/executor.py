@@ -32,7 +32,7 @@ from ...jobs.spool import OutputSpool
 from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
-from .cgroups import CgroupError, Cgroups, JobCgroup
+from .cgroups import CgroupError, Cgroups, CgroupSetupError, JobCgroup
 from .process import (
     SERVER_SHORT_OF,
     GroupNumbers,
@@ -120,6 +120,12 @@ def isolationPrefix(isolate: frozenset[str]) -> list[str]:
                 argv += ISOLATION[name]
         argv += ["--"]
     return argv
+
+
+#: Seconds after the shutdown's SIGKILL of its jobs (the stop grace after the
+#: shutdown began) that a spawner may take to report their ends, and to exit
+#: once its socket is closed, before it is taken for wedged and killed.
+SPAWNER_DEADLINE = 5.0
 
 
 def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
@@ -563,6 +569,15 @@ class LocalExecutor:
                     job.abort(f"cannot start: {e}")
         except SpawnRefused as e:
             job.failedToStart(str(e))
+        except CgroupSetupError as e:
+            # The server's own cgroup set-up, not the job: its path is the
+            # log's, never the user's.
+            self.log.error("job {job} not started: {error}", job=jobId, error=str(e))
+            job.withdraw()
+            raise CannotStartNow(
+                "the server cannot start a job now (its job cgroups cannot be "
+                "made); try again shortly"
+            ) from None
         except (CgroupError, OSError) as e:
             if serverShort(e):
                 job.withdraw()
@@ -602,11 +617,27 @@ class LocalExecutor:
         return []
 
     def shutdown(self, jobs: list[Any]) -> Deferred[None]:
-        """Stop every running job and wait until each is cleaned up."""
+        """
+        Stop every running job and wait until each is cleaned up. A spawner
+        that has not reported the end of a job L{SPAWNER_DEADLINE} seconds
+        after that job's SIGKILL (it is stopped, or stuck) is killed, and
+        its jobs end as killed (as when it dies): it holds the shutdown no
+        longer.
+        """
         waits: list[Deferred[None]] = []
+        pending: set[str] = set()
         for job in jobs:
             job.stopForShutdown()
-            waits.append(job.whenCleanedUp())
+            wait = job.whenCleanedUp()
+            jobId = job.record.id
+            pending.add(jobId)
+            wait.addBoth(_discarding(pending, jobId))
+            waits.append(wait)
+        overdue: IDelayedCall | None = None
+        if pending:
+            overdue = self._reactor.callLater(
+                self._grace + SPAWNER_DEADLINE, self._overdue, pending
+            )
 
         def done(_: object) -> Deferred[None] | None:
             # The last jobs' uids: their leftovers are killed once now (they
@@ -618,11 +649,59 @@ class LocalExecutor:
                 self._sweep()
                 self._stopSweeping()
             self._releasing.clear()
+            if overdue is not None and overdue.active():
+                overdue.cancel()
             if self._spawner is not None:
-                return self._spawner.stop()
+                return self._spawner.stop().addTimeout(
+                    SPAWNER_DEADLINE, self._reactor, onTimeoutCancel=self._unended
+                )
             return None
 
         return DeferredList(waits).addCallback(done)
+
+    def _overdue(self, pending: set[str]) -> None:
+        """
+        The shutdown's jobs were killed L{SPAWNER_DEADLINE} seconds ago and
+        the ends of C{pending} are not in: a spawner that still has
+        children it did not report is wedged, and killed.
+        """
+        spawner = self._spawner
+        generation = spawner.current if spawner is not None else None
+        unreported = spawner.wedged() if spawner is not None else 0
+        if unreported:
+            self.log.error(
+                "shutdown: the job spawner (pid {pid}) has not reported the end "
+                "of {count} job(s) {seconds:g}s after their SIGKILL (stopped, or "
+                "stuck): it is killed, and its jobs end as killed (their exit "
+                "status is lost)",
+                pid=generation.pid if generation is not None else None,
+                count=unreported,
+                seconds=SPAWNER_DEADLINE,
+            )
+        else:
+            self.log.warn(
+                "shutdown: still waiting for job(s) {jobs}: process(es) left "
+                "in their cgroups or groups after SIGKILL",
+                jobs=", ".join(sorted(pending)),
+            )
+
+    def _unended(self, result: object, timeout: float) -> None:
+        """The spawner did not exit after its socket was closed: go on."""
+        self.log.error(
+            "shutdown: the job spawner did not exit within {timeout:g}s; "
+            "the server exits without it",
+            timeout=timeout,
+        )
+
+
+def _discarding(pending: set[str], jobId: str) -> Callable[[object], object]:
+    """A callback that takes C{jobId} out of C{pending}, passing on its result."""
+
+    def discard(result: object) -> object:
+        pending.discard(jobId)
+        return result
+
+    return discard
 
 
 def localJobManager(

@@ -238,11 +238,22 @@ class EndsReader(FileDescriptor):
         data = readSome(self._fd, ENDED.size * 4096)
         if not isinstance(data, bytes):
             return data
+        self.doReadBytes(data)
+        return None
+
+    def drain(self) -> None:
+        """Take in every end report already in the pipe, without waiting."""
+        while True:
+            data = readSome(self._fd, ENDED.size * 4096)
+            if not isinstance(data, bytes):
+                return
+            self.doReadBytes(data)
+
+    def doReadBytes(self, data: bytes) -> None:
         data = self._partial + data
         whole = len(data) - len(data) % ENDED.size
         self._partial = data[whole:]
         self._generation.ended(ENDED.iter_unpack(data[:whole]))
-        return None
 
     def connectionLost(self, reason: Failure) -> None:
         FileDescriptor.connectionLost(self, reason)
@@ -511,16 +522,37 @@ class Generation:
             if pidfd >= 0:
                 os.close(pidfd)
 
-    def lost(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        """The spawner's own pid (None: it has ended)."""
+        return getattr(self.process, "pid", None)
+
+    def kill(self) -> None:
+        """
+        The spawner stopped reporting ends (SIGSTOPped, or stuck in the
+        kernel): SIGKILL it, take in the ends it did report, and kill the
+        children it still had, as when it dies (L{lost}): their ends come
+        from their pidfds, as killed.
+        """
+        try:
+            self.process.signalProcess("KILL")
+        except (error.ProcessExitedAlready, OSError):
+            pass
+        self.endsReader.drain()
+        self.lost(quiet=True)
+
+    def lost(self, quiet: bool = False) -> None:
         """
         The events pipe reached its end: the spawner is gone, and every end
         it reported has been taken in. The children left are orphans: they
         are killed (their exit statuses died with their parent).
+
+        @param quiet: the caller has said why (L{kill}).
         """
         self.close()
         live = [*self.live.values(), *(p for q in self._after.values() for p in q)]
         self.live, self._after = {}, {}
-        if live:
+        if live and not quiet:
             self.log.error(
                 "job spawner ended with {count} job(s) still running: "
                 "they are killed (their exit status is lost)",
@@ -654,6 +686,20 @@ class Spawner:
             return succeed(None)
         generation.close()
         return generation.protocol.whenEnded()
+
+    def wedged(self) -> int:
+        """
+        At shutdown, the spawner has not reported the ends of jobs killed
+        long ago (it is stopped, or stuck): L{Generation.kill} it. Returns
+        how many of its children were still unreported.
+        """
+        generation = self.current
+        if generation is None:
+            return 0
+        count = len(generation.live) + sum(len(q) for q in generation._after.values())
+        if count:
+            generation.kill()
+        return count
 
 
 def _rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
