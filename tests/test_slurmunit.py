@@ -643,12 +643,13 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIsNone(final.exit_code)
         self.assertIsNone(final.started_at)
         self.assertIn("never ran", final.error or "")
-        other = self.submit("sleep", "100")
-        self.poll({"102": state("CANCELLED", 0, 0)})
-        final = self.manager.record(other.id)
-        self.assertIs(final.status, JobStatus.FAILED)
-        self.assertIsNone(final.exit_code)
-        self.assertIn("never ran", final.error or "")
+        for n, ending in enumerate(("CANCELLED", "DEADLINE", "BOOT_FAIL")):
+            other = self.submit("sleep", "100")
+            self.poll({str(102 + n): state(ending, 0, 0)})
+            final = self.manager.record(other.id)
+            self.assertIs(final.status, JobStatus.FAILED)
+            self.assertIsNone(final.exit_code)
+            self.assertIn("never ran", final.error or "")
 
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""

@@ -19,7 +19,7 @@ from ...jobs.records import JobRecord, JobStatus
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .dependencies import NEVER_SATISFIED, DependencyVerdict
 from .documents import SlurmError, SlurmState
-from .outcomes import FINAL, QUEUED, outcomeOf
+from .outcomes import FINAL, QUEUE_ENDINGS, QUEUED, outcomeOf
 from .output import SlurmOutput
 from .submission import jobName
 
@@ -287,15 +287,14 @@ class SlurmJob:
         if record.node is None:
             record.node = state.node
         record.pending_reason = None
-        if record.started_at is None and state.state != "CANCELLED":
+        if record.started_at is None and state.state not in QUEUE_ENDINGS:
             # It ran between two polls (or never, if cancelled while queued).
             record.started_at = self._startedAt(state, None)
         outcome = outcomeOf(
             state,
             self._stopRequested,
             record.timeout_seconds,
-            # Only a cancel ends a job in Slurm's queue; any other end ran.
-            ran=record.started_at is not None or state.state != "CANCELLED",
+            ran=record.started_at is not None or state.state not in QUEUE_ENDINGS,
         )
         self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
 

@@ -39,6 +39,11 @@ class Outcome:
     error: str | None = None
 
 
+#: Slurm's final states that may end a job still in its queue (cancelled,
+#: its deadline passed, its node never booted); any other end ran.
+QUEUE_ENDINGS = frozenset({"CANCELLED", "DEADLINE", "BOOT_FAIL"})
+
+
 def outcomeOf(
     state: SlurmState,
     stopRequested: bool,
@@ -114,6 +119,7 @@ def outcomeOf(
             None,
             "exited with a non-zero code (Slurm's JSON does not say which)",
         )
+    # (Never exit code 0 for a FAILED job: Slurm's 0:0 says nothing here.)
     return Outcome(
-        JobStatus.FAILED, code, None, f"Slurm ended it {state.state}{reason}"
+        JobStatus.FAILED, code or None, None, f"Slurm ended it {state.state}{reason}"
     )
