@@ -6,7 +6,7 @@ import errno
 import os
 import signal
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.executors.local.cgroups import CgroupsV2, V2Group, ownCgroups
 from jobworker.jobs.limits import Limits
@@ -227,3 +227,24 @@ class UnreadableMembersTests(SynchronousTestCase):
         self.patch(cgroups, "_read", gone)
         for group in self.groups:
             self.assertTrue(group.empty(), group)
+
+
+class JobFolderModeTests(SynchronousTestCase):
+    """A job's cgroup folder is 0750, its group's, whatever the umask
+    (twistd's daemon mode sets 077: the job could not read its own limits)."""
+
+    def test_modeWhateverTheUmask(self) -> None:
+        import os
+
+        from jobworker.executors.local.cgroups import _mkdir
+
+        if os.getuid() != 0:
+            raise SkipTest("chown to another group needs root")
+        path = os.path.join(os.path.abspath(self.mktemp()))
+        old = os.umask(0o077)
+        try:
+            _mkdir(path, 70123)
+        finally:
+            os.umask(old)
+        status = os.stat(path)
+        self.assertEqual((status.st_mode & 0o777, status.st_gid), (0o750, 70123))

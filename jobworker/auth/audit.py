@@ -38,10 +38,18 @@ class AuditLog:
         The file at C{path}, for appending (made private if it was not),
         and whether it ends in the middle of a line.
         """
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(path, os.O_RDWR | flags, 0o600)
+        except PermissionError:  # (root squashed on NFS, say): no look back
+            fd = os.open(path, os.O_WRONLY | flags, 0o600)
         try:
             status = os.fstat(fd)
-            cut = status.st_size > 0 and os.pread(fd, 1, status.st_size - 1) != b"\n"
+            try:
+                last = os.pread(fd, 1, status.st_size - 1) if status.st_size else b"\n"
+            except OSError:
+                last = b"\n"
+            cut = last != b"\n"
         except OSError:
             os.close(fd)
             raise

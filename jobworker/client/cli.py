@@ -275,6 +275,8 @@ def showConfig(
     try:
         token, saved = loadToken(tokensFile, settings.server, time.time())
         login = "valid" if token else ("expired" if saved else "none")
+        # The one a command would send: the configured user's, if one is.
+        token, _ = loadToken(tokensFile, settings.server, time.time(), settings.user)
     except ConfigError as e:  # the file others may read: say why it is unused
         login = f"refused: {e}"
     lines.append(f"login token = {login}    # {tokensFile}")

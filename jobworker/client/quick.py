@@ -104,13 +104,15 @@ class KeptAliveConnection(http.client.HTTPSConnection):
         """
         http.client.HTTPConnection.connect(self)
         raw = self.sock
-        raw.settimeout(2 * self.keepalive)
+        # (Never longer than the connection's own timeout.)
+        deadline = min(2 * self.keepalive, TIMEOUT)
+        raw.settimeout(deadline)
         try:
             self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
         except TimeoutError:
             raw.close()
             self.sock = None
-            raise HandshakeTimeout(2 * self.keepalive) from None
+            raise HandshakeTimeout(deadline) from None
         self.sock.settimeout(self.timeout)
 
     def _connectKeptAlive(

@@ -182,6 +182,8 @@ def _mkdir(path: str, gid: int = 0) -> None:
         os.mkdir(path, 0o750)
         if gid:
             os.chown(path, -1, gid)
+            # Whatever the umask (twistd's daemon mode sets 077).
+            os.chmod(path, 0o750)
     except FileExistsError:
         pass
     except OSError as e:
