@@ -183,7 +183,7 @@ def _mkdir(path: str, gid: int = 0) -> None:
         if gid:
             os.chown(path, -1, gid)
             # Whatever the umask (twistd's daemon mode sets 077).
-            os.chmod(path, 0o750)
+            os.chmod(path, 0o750)  # noqa: S103 (its group: the job reads its own)
     except FileExistsError:
         pass
     except OSError as e:
