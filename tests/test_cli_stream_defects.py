@@ -55,6 +55,18 @@ class TruncationNoticeTests(JWAssertions, TestCase):
             "(the server's output cap)\n"
         ).encode()
 
+    async def bothCapped(self) -> tuple[LiveServer, str]:
+        """A server with the cap, and an ended job past it on both streams
+        (stdout by L{DROPPED} bytes, stderr by 5)."""
+        server = LiveServer(self, f"--max-log-bytes={CAP}")
+        jobId = await self.ended(
+            server,
+            "sh",
+            "-c",
+            f"head -c {WRITTEN} /dev/zero; head -c {CAP + 5} /dev/zero >&2",
+        )
+        return server, jobId
+
     async def ended(self, server: LiveServer, *command: str) -> str:
         """A job of C{command} that has ended: its id."""
         job = await server.createJob(*command)
@@ -102,13 +114,7 @@ class TruncationNoticeTests(JWAssertions, TestCase):
         C{jw logs --stdout ID > file}, C{--stderr}, with and without C{-f}:
         the notice, for that stream only.
         """
-        server = LiveServer(self, f"--max-log-bytes={CAP}")
-        jobId = await self.ended(
-            server,
-            "sh",
-            "-c",
-            f"head -c {WRITTEN} /dev/zero; head -c {CAP + 5} /dev/zero >&2",
-        )
+        server, jobId = await self.bothCapped()
         for flags, stream, dropped in (
             (("--stdout",), "stdout", DROPPED),
             (("--stdout", "-f"), "stdout", DROPPED),
@@ -124,13 +130,7 @@ class TruncationNoticeTests(JWAssertions, TestCase):
         L{readStream}, what C{jw logs --stdout/--stderr [-f]} needs: the
         stream's bytes, then the notice for that stream only; the record.
         """
-        server = LiveServer(self, f"--max-log-bytes={CAP}")
-        jobId = await self.ended(
-            server,
-            "sh",
-            "-c",
-            f"head -c {WRITTEN} /dev/zero; head -c {CAP + 5} /dev/zero >&2",
-        )
+        server, jobId = await self.bothCapped()
         client = JobworkerClient.connect(reactor, server.url, CA, "alice", "alice-pass")
         self.addCleanup(client.close)
         for stream, follow, dropped in (

@@ -28,6 +28,7 @@ from jobworker.executors.local import launcher
 from jobworker.server.services import UsersReloadService
 
 from .support import CERT, FREE_UIDS, KEY, ROOT, TWISTD
+from .test_launcher import CompilerCase
 
 #: How long a users file load may take before it counts as hung.
 PROMPT = 5.0
@@ -382,15 +383,11 @@ class TokenKeyTests(SynchronousTestCase):
 # -- #12: a cached launcher left empty or truncated --------------------------
 
 
-class LauncherCacheTests(SynchronousTestCase):
+class LauncherCacheTests(CompilerCase):
     """An implausible cached launcher is compiled again, not trusted."""
 
     def setUp(self) -> None:
-        try:
-            self.compiler = launcher.findCompiler()
-        except launcher.LauncherUnavailable as e:
-            raise SkipTest(str(e)) from None
-        self.cache = os.path.abspath(self.mktemp())
+        super().setUp()
         self.path = launcher.build([self.cache], self.compiler)
         with open(self.path, "rb") as f:
             self.good = f.read()

@@ -21,21 +21,12 @@ from jobworker.executors.local.cgroups import CgroupError, CgroupsV1, CgroupsV2
 from jobworker.jobs.limits import Limits
 
 from .support import LiveServer, processAlive, sleep
+from .test_cgroups import read, write
 from .twistd import Twistd
 
 #: The v1 controllers the server uses (CgroupsV1.CONTROLLERS).
 V1_CONTROLLERS = {"memory", "cpu", "pids", "blkio", "freezer"}
 ROOT = "/sys/fs/cgroup"
-
-
-def write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
 
 
 class JobsFolderRemadeTests(SynchronousTestCase):

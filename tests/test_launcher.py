@@ -77,8 +77,8 @@ def testIdentity(home: str | None = None) -> Identity:
 # -- building ---------------------------------------------------------------
 
 
-class BuildTests(SynchronousTestCase):
-    """Compiled once per source and compiler, atomically, root-only."""
+class CompilerCase(SynchronousTestCase):
+    """A C compiler (else skipped, saying why) and a cache folder of its own."""
 
     def setUp(self) -> None:
         try:
@@ -86,6 +86,10 @@ class BuildTests(SynchronousTestCase):
         except launcher.LauncherUnavailable as e:
             raise SkipTest(str(e)) from None
         self.cache = os.path.abspath(self.mktemp())
+
+
+class BuildTests(CompilerCase):
+    """Compiled once per source and compiler, atomically, root-only."""
 
     def test_theStopSignalsAgree(self) -> None:
         """The signals the launcher lets pass to a PID namespace's job are a

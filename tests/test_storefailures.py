@@ -312,8 +312,9 @@ class SmallDisk(SynchronousTestCase):
             policy=JobPolicy(maxRunning=1),
         )
 
-    def fill(self) -> None:
-        with open(os.path.join(self.stateDir, "ballast"), "wb") as f:
+    def fill(self, where: str | None = None) -> None:
+        """Write to C{where} (the state dir's C{ballast}) until the disk is full."""
+        with open(where or os.path.join(self.stateDir, "ballast"), "wb") as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)
@@ -369,13 +370,7 @@ class FullDiskFreesItselfTests(SmallDisk):
         folder = manager._executor.outputDir(jobs[0].id)
         os.makedirs(folder, exist_ok=True)
         ballast = os.path.join(folder, "ballast")
-        with open(ballast, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError as e:
-                self.assertEqual(e.errno, errno.ENOSPC)
+        self.fill(ballast)
         self.reactor.advance(1)
         self.assertEqual(self.successResultOf(manager.expire(0.5)), 3)
         self.assertFalse(os.path.exists(ballast))
