@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..units import parseSize
@@ -300,7 +300,7 @@ async def stopTaken(
     job has ended, after the grace: this is how jw knows sooner that it
     may leave.
     """
-    pause = 0.05
+    pauses = _doubling(0.05, 0.5)
     while True:
         try:
             job = await client.job(jobId)
@@ -315,8 +315,7 @@ async def stopTaken(
         left = deadline - client.reactor.seconds()
         if left <= 0:
             return False
-        await client.pause(min(pause, left))
-        pause = min(pause * 2, 0.5)
+        await client.pause(min(next(pauses), left))
 
 
 def sayLeft(name: str, jobId: str, streams: Streams, taken: bool) -> None:
@@ -601,12 +600,19 @@ def _notStartedYet(error: ClientError) -> bool:
 
 async def _untilStarted(client: AnyClient, job: dict[str, Any]) -> dict[str, Any]:
     """C{job} (as last seen) once it is no longer PENDING: asked with backoff."""
-    pause = 0.1
+    pauses = _doubling(0.1, 1.0)
     while job["status"] == "PENDING":
-        await client.pause(pause)
-        pause = min(pause * 2, 1.0)
+        await client.pause(next(pauses))
         job = await client.job(job["id"])
     return job
+
+
+def _doubling(first: float, most: float) -> Iterator[float]:
+    """Pauses between polls: C{first}, doubling up to C{most}."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 2, most)
 
 
 async def doList(
