@@ -176,12 +176,14 @@ class V1KillTests(SynchronousTestCase):
 
         self.patch(cgroups, "_read", freezing)
         self.patch(cgroups, "_write", recording)
-        self.patch(time, "sleep", noSleep)
+        sleeping = self.patch(time, "sleep", noSleep)
         reads: list[str] = []
         self.patch(cgroups, "_read", lambda path: reads.append(path) or freezing(path))
         self.assertTrue(cgroups.V1Group({"freezer": folder}).kill())
         self.assertEqual(written, ["FROZEN", "THAWED"])
         self.assertEqual(reads.count(state), cgroups.FREEZE_READS)
+        # (The test's own wait for the child sleeps: not the reactor's thread.)
+        sleeping.restore()
         self.assertEqual(child.wait(10), -signal.SIGKILL)
 
 
