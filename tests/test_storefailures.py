@@ -35,6 +35,9 @@ from jobworker.server.services import RetentionService
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import basic
 
+#: SQLite's name for a full disk's error.
+FULL = "SQLITE_FULL"
+
 
 class FullDiskStore(JobStore):
     """
@@ -47,7 +50,7 @@ class FullDiskStore(JobStore):
 
     def _fail(self) -> None:
         if self.full:
-            raise StoreError("cannot record job: database or disk is full")
+            raise StoreError("cannot record job: database or disk is full", FULL)
 
     def insert(self, record: Any) -> None:
         self._fail()
@@ -61,7 +64,7 @@ class FullDiskStore(JobStore):
         if self.full:
             # What the real delete raised before it was mapped: the store
             # must turn any sqlite3 error into a StoreError.
-            raise StoreError("cannot delete a job: database or disk is full")
+            raise StoreError("cannot delete a job: database or disk is full", FULL)
         super().delete(jobId)
 
     def get(self, jobId: str) -> Any:
@@ -524,3 +527,64 @@ class ReloadThreadTests(SynchronousTestCase):
         self.successResultOf(service.reload())
         self.assertEqual(ran, [UserDatabase.fromFile])
         self.assertEqual(len(replaced), 1)
+
+
+class StoreFailureWordingTests(SmallDisk):
+    """
+    A store that cannot be written says why: a read-only state dir (a
+    remount after I/O errors, a backup's snapshot mount) answered "is the
+    state dir's disk full?", which sent an operator looking for space that
+    was there (a fault round).
+    """
+
+    def apiOf(self, manager: Any) -> Any:
+        authenticator = Authenticator(
+            makePortal(UserDatabase.development(), syncRunner)
+        )
+        api = JobsAPI(manager, authenticator, self.reactor, Metrics())
+        http = StubTreq(api.resource())
+
+        def create() -> tuple[int, Any]:
+            headers = basic("alice")
+            headers[b"content-type"] = [b"application/json"]
+            response = self.successResultOf(
+                http.request(
+                    "POST",
+                    "https://x/jobs",
+                    data=json.dumps({"command": "true"}).encode(),
+                    headers=headers,
+                )
+            )
+            body = json.loads(self.successResultOf(response.content()))
+            http.flush()
+            return response.code, body
+
+        return create
+
+    def test_readOnlyStore(self) -> None:
+        manager = self.manager()
+        self.addCleanup(manager.close)
+        create = self.apiOf(manager)
+        code, body = create()
+        self.assertEqual(code, 201, body)
+        self.reactor.spawned[0].exit(0)
+        # SQLite's own read-only refusal (SQLITE_READONLY), from the real store.
+        manager._store._db.execute("PRAGMA query_only = ON")
+        code, body = create()
+        self.assertEqual(code, 503, body)
+        self.assertIn("read-only", body["error"])
+        self.assertNotIn("full", body["error"])
+        # Never run unrecorded: no "go" through its gate.
+        self.assertEqual(self.reactor.spawned[1].transport.gate, [])
+        manager._store._db.execute("PRAGMA query_only = OFF")
+        self.flushLoggedErrors()
+
+    def test_fullStateDir(self) -> None:
+        manager = self.manager()
+        self.addCleanup(manager.close)
+        create = self.apiOf(manager)
+        self.fill()
+        code, body = create()
+        self.assertEqual(code, 503, body)
+        self.assertIn("disk is full", body["error"])
+        self.flushLoggedErrors()

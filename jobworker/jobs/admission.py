@@ -161,7 +161,7 @@ class Admission:
             job.abort(str(e))
             self.log.error("{error}", error=str(e))
             raise ServiceUnavailable(
-                "the job could not be recorded (is the state dir's disk full?)"
+                f"the job could not be recorded: {e.reason}"
             ) from None
         job.recorded()
         if record.status.ended:
@@ -280,7 +280,7 @@ class Admission:
         except StoreError as e:
             self.log.error("{error}", error=str(e))
             raise ServiceUnavailable(
-                "the job could not be recorded (is the state dir's disk full?)"
+                f"the job could not be recorded: {e.reason}"
             ) from None
         if record.status.ended:
             self._metrics.jobEnded(record.status.value)

@@ -582,7 +582,7 @@ class JobManager(Admission):
         try:
             write()
         except StoreError as e:
-            if "full" not in str(e) or not self._giveUpReserve(why):
+            if not e.full or not self._giveUpReserve(why):
                 raise
             self._reserveGiven = True
             write()

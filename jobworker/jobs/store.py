@@ -53,7 +53,42 @@ class QueuedEntry:
 
 
 class StoreError(Exception):
-    """The store cannot be opened or used; the message says why."""
+    """
+    The store cannot be opened or used; the message says why.
+
+    @ivar errorName: SQLite's name for the error (C{SQLITE_FULL}), if it
+        came from SQLite.
+    """
+
+    def __init__(self, message: str, errorName: str | None = None) -> None:
+        super().__init__(message)
+        self.errorName = errorName
+
+    @classmethod
+    def of(cls, message: str, error: sqlite3.Error) -> StoreError:
+        """C{message}, then SQLite's own words, keeping its error's name."""
+        return cls(f"{message}: {error}", getattr(error, "sqlite_errorname", None))
+
+    @property
+    def full(self) -> bool:
+        """Did the disk refuse for want of room?"""
+        return self.errorName == "SQLITE_FULL"
+
+    @property
+    def reason(self) -> str:
+        """Why, in words an operator acts on (never a guess at "disk full")."""
+        name = self.errorName or ""
+        if name == "SQLITE_FULL":
+            return "the state dir's disk is full"
+        if name.startswith("SQLITE_READONLY"):
+            return "the store is read-only (a read-only mount or file?)"
+        if name.startswith("SQLITE_IOERR"):
+            return "the state dir's disk failed to read or write (I/O error)"
+        if name in DAMAGE:
+            return 'the store is damaged (see the README\'s "Durability")'
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return "the store is locked by another program"
+        return "the store refused"
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -72,7 +107,7 @@ def _mapped(what: str) -> Callable[[_F], _F]:
             try:
                 return method(self, *args, **kwargs)
             except sqlite3.Error as e:
-                raise StoreError(f"cannot {what}: {e}") from None
+                raise StoreError.of(f"cannot {what}", e) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -249,7 +284,7 @@ class JobStore:
         try:
             cursor = self._db.execute(INSERT, toRow(record))
         except sqlite3.Error as e:
-            raise StoreError(f"cannot record job {record.id}: {e}") from None
+            raise StoreError.of(f"cannot record job {record.id}", e) from None
         record.seq = cursor.lastrowid
 
     def update(self, record: JobRecord) -> None:
@@ -261,7 +296,7 @@ class JobStore:
         try:
             self._db.execute(UPDATE, (*toRow(record)[1:], record.id))
         except sqlite3.Error as e:
-            raise StoreError(f"cannot record job {record.id}: {e}") from None
+            raise StoreError.of(f"cannot record job {record.id}", e) from None
 
     @_mapped("read a job")
     def get(self, jobId: str) -> JobRecord | None:

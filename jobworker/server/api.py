@@ -197,9 +197,10 @@ class JobsAPI:
             path=request.path,
             error=str(failure.value),
         )
+        error = failure.value
+        assert isinstance(error, StoreError)
         unavailable = ServiceUnavailable(
-            "the job store cannot be used right now (is the state dir's disk "
-            "full?): try again"
+            f"the job store cannot be used right now ({error.reason}): try again"
         )
         return self._answer(request, unavailable)
 
