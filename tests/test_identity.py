@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from typing import Any
 
@@ -1050,3 +1051,22 @@ class RootGroupAccountTests(SynchronousTestCase):
         with self.assertRaises(IdentityError) as caught:
             Identity.ofAccount("jwtestgid0")
         self.assertIn("root's group", str(caught.exception))
+
+
+class LockFolderGoneTests(SynchronousTestCase):
+    """
+    The dynamic uids' lock folder removed while the server runs (an
+    operator's C{rm -rf /run/jobworker}, a cleaner of C{/run}): the next
+    job's uid was a 500 (C{FileNotFoundError}) for every job until a
+    restart (a fault round). The folder is made again.
+    """
+
+    def test_folderMadeAgain(self) -> None:
+        lockDir = self.mktemp()
+        pool = DynamicUids(70000, 70003, lockDir)
+        first = pool.acquire()
+        shutil.rmtree(lockDir)
+        second = pool.acquire()
+        self.assertNotEqual(first, second)
+        self.assertTrue(os.path.exists(os.path.join(lockDir, str(second))))
+        self.assertEqual(stat.S_IMODE(os.stat(lockDir).st_mode), 0o700)

@@ -360,3 +360,29 @@ class DaemonForkTests(SynchronousTestCase):
         self.addCleanup(store.close)
         for n in (1, 2):
             self.assertIsNotNone(store.get(makeRecord(n).id), n)
+
+
+class StoreLockTests(SynchronousTestCase):
+    """
+    The store's lock file unlinked by hand while a server runs let a second
+    server open the same store, which killed the first's running jobs as a
+    crash's leftovers (a fault round). The state dir itself is locked too:
+    a folder that holds the store cannot be removed.
+    """
+
+    def test_lockFileUnlinked(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        store = JobStore(os.path.join(path, "jobs.sqlite3"))
+        self.addCleanup(store.close)
+        os.unlink(os.path.join(path, "jobs.sqlite3.lock"))
+        error = self.assertRaises(
+            StoreError, JobStore, os.path.join(path, "jobs.sqlite3")
+        )
+        self.assertIn("another jobworker uses this state dir", str(error))
+
+    def test_closedStoreOpensAgain(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        JobStore(os.path.join(path, "jobs.sqlite3")).close()
+        JobStore(os.path.join(path, "jobs.sqlite3")).close()

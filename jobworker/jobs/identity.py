@@ -258,11 +258,16 @@ class DynamicUids:
         raise PoolExhausted(f"all {size} dynamic uids are in use")
 
     def _lock(self, uid: int) -> bool:
-        fd = os.open(
-            os.path.join(self._lockDir, str(uid)),
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o600,
-        )
+        path = os.path.join(self._lockDir, str(uid))
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            # The folder was removed under a running server (rm -rf of
+            # /run/jobworker, a cleaner of /run): made again, not a 500 for
+            # every job until a restart.
+            os.makedirs(self._lockDir, mode=0o700, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -132,7 +132,7 @@ class JobStore:
         self.path = path
         #: The process that opened it (see L{afterFork}).
         self._pid = os.getpid()
-        self._lock = self._exclusive(path + ".lock")
+        self._locks = self._exclusive(path)
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
             self._unlock()
@@ -158,28 +158,40 @@ class JobStore:
             raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
 
     @staticmethod
-    def _exclusive(lockPath: str) -> int:
+    def _exclusive(path: str) -> list[int]:
         """
-        Hold an exclusive lock for as long as the store is open: two servers
-        on one state dir would mark each other's jobs as crashed and kill them.
+        Hold exclusive locks for as long as the store is open: two servers
+        on one state dir would mark each other's jobs as crashed and kill
+        them. One on C{<path>.lock} (what earlier versions lock), one on the
+        folder that holds the store: a lock file unlinked by hand let a
+        second server in, and a folder with the store in it cannot be
+        removed.
         """
-        try:
-            fd = os.open(lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot create {lockPath}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(
-                f"{lockPath} is held: another jobworker uses this state dir"
-            ) from None
-        return fd
+        held: list[int] = []
+        for lockPath, flags in (
+            (path + ".lock", os.O_RDWR | os.O_CREAT),
+            (os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY),
+        ):
+            try:
+                fd = os.open(lockPath, flags | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                for fd in held:
+                    os.close(fd)
+                raise StoreError(f"cannot open {lockPath}: {e.strerror}") from None
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                for fd in held:
+                    os.close(fd)
+                raise StoreError(
+                    f"{lockPath} is held: another jobworker uses this state dir"
+                ) from None
+        return held
 
     def _unlock(self) -> None:
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
+        while self._locks:
+            os.close(self._locks.pop())
 
     def _prepare(self) -> None:
         # Reading the schema first makes SQLite reject a non-database file
