@@ -97,3 +97,10 @@ class PayloadTooLarge(JobworkerError):
     """The request body is over the limit."""
 
     code = 413
+
+
+class NoThread(ServiceUnavailable):
+    """
+    The server cannot start a thread for the work (its cgroup's C{pids.max},
+    the kernel's thread limit): nothing was done; try again shortly.
+    """

@@ -33,6 +33,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..errors import NoThread
 
 #: The newest output of each spool that always stays in the cache (new
 #: followers, C{tail=N}).
@@ -117,7 +120,7 @@ class DropBehind:
             return
         self._busy = True
         running = self._runInThread(self._adviseAndClose, own, start, end)
-        running.addCallbacks(self._advised, lambda f: self._failed(f.value))
+        running.addCallbacks(self._advised, lambda f: self._notRun(f, own))
         running.addBoth(self._idle)
 
     def _adviseAndClose(self, fd: int, start: int, end: int) -> int:
@@ -131,7 +134,7 @@ class DropBehind:
     def _advised(self, end: int) -> None:
         self.dropped = end
 
-    def _failed(self, error: BaseException) -> None:
+    def _failed(self, error: object) -> None:
         # Not a regular file system (a pipe, a FIFO): keep the cache.
         self.due = NEVER
         self.log.warn(
@@ -140,6 +143,14 @@ class DropBehind:
             path=self._path,
             error=getattr(error, "strerror", None) or repr(error),
         )
+
+    def _notRun(self, failure: Failure, fd: int) -> None:
+        if failure.check(NoThread):
+            # The call never ran (no thread to be had): its descriptor is
+            # still open, and the next chunk tries again.
+            os.close(fd)
+            return
+        self._failed(failure.value)
 
     def _idle(self, result: object) -> None:
         self._busy = False

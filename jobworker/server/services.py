@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from ..auth.authenticator import Authenticator
 from ..auth.users import UserDatabase, UsersFileError
+from ..errors import NoThread
 from ..jobs.manager import (
     JobManager,
 )
@@ -183,9 +184,14 @@ class UsersReloadService(Service):
 
     async def _reloadOnce(self, path: str) -> None:
         try:
+            users = None
             if self._runInThread is not None:
-                users = await self._runInThread(UserDatabase.fromFile, path)
-            else:
+                try:
+                    users = await self._runInThread(UserDatabase.fromFile, path)
+                except NoThread:
+                    # A revocation must not wait for a thread: read here.
+                    pass
+            if users is None:
                 users = UserDatabase.fromFile(path)
         except (OSError, UsersFileError, UnicodeDecodeError) as e:
             self.log.error(

@@ -15,7 +15,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -55,6 +54,7 @@ from .services import (
     UsersReloadService,
 )
 from .startup import StartupError, fatal
+from .threads import threadRunner
 from .tlssetup import isLoopback, where
 from .tlswrites import LargeWritesTLSFactory
 
@@ -92,8 +92,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     metrics = Metrics()
     threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
-    def runInThread(f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, threadPool, f, *args)  # type: ignore[arg-type]
+    runInThread = threadRunner(reactor, threadPool)
 
     manager = _manager(
         config,

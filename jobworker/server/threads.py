@@ -1,0 +1,38 @@
+"""The one way the server hands work to its thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ..errors import NoThread
+
+log = Logger()
+
+
+def threadRunner(reactor: Any, pool: ThreadPool) -> Callable[..., Deferred[Any]]:
+    """
+    C{runInThread(f, *args)}: C{f(*args)} in one of C{pool}'s threads, its
+    result on a Deferred.
+
+    A thread the pool cannot start (C{pids.max} reached in the server's
+    cgroup) was a C{RuntimeError} raised to the caller: a 500 for a
+    password check, an unhandled error for a users file reload, a
+    descriptor left open by the output's page release. It is now a failed
+    Deferred of L{NoThread} (a 503 with C{Retry-After}); the pool starts a
+    thread again once one can be had.
+    """
+
+    def runInThread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        try:
+            return deferToThreadPool(reactor, pool, f, *args)
+        except RuntimeError as e:
+            log.error("no thread for {call}: {error}", call=f.__name__, error=str(e))
+            return fail(NoThread("the server cannot start a thread now: try again"))
+
+    return runInThread
