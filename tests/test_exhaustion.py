@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.errors import BadRequest, TooManyRequests
 from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.local.sandbox import jobOomScore
 from jobworker.jobs.combined import CombinedReader, StoredOrder
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.order import encodeEntry
@@ -480,3 +482,72 @@ class JobsKeepTheDescriptorLimitTests(TestCase):
         if os.getuid() != 0:
             raise SkipTest("--allow-root-jobs needs a root server")
         await self.assertJobLimits("--allow-root-jobs")
+
+
+def canLowerOomScore() -> bool:
+    """Whether this process may start one with a negative oom_score_adj
+    (CAP_SYS_RESOURCE: some containers' root lacks it)."""
+    done = subprocess.run(
+        ["choom", "-n", "-500", "--", "true"], capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+class JobsAreNotBeyondTheOomKillerTests(TestCase):
+    """
+    A job inherited the server's C{oom_score_adj}: under systemd's
+    C{OOMScoreAdjust=-1000} (common for a service that must survive) every
+    job was immune to the OOM killer, its own cgroup's memory limit
+    included (a job over it hangs instead of being killed). Jobs now start
+    with 0 when the server's is below, or with C{--job-oom-score-adj}, in
+    each of the four start paths; never through the job's environment.
+    """
+
+    timeout = 120
+
+    async def assertJobScore(self, expected: int, *options: str) -> None:
+        from .twistd import Twistd
+
+        prefix: tuple[str, ...] = ()
+        if "--job-oom-score-adj=700" not in options:
+            if not canLowerOomScore():
+                raise SkipTest(
+                    "this machine's root may not lower an oom_score_adj "
+                    "(no CAP_SYS_RESOURCE): --job-oom-score-adj is tested instead"
+                )
+            prefix = ("choom", "-n", "-900", "--")
+        server = await Twistd(self).start(*options, prefix=prefix)
+        job = await server.createJob("sh", "-c", "cat /proc/self/oom_score_adj; env")
+        record = await server.waitEnded(job["id"])
+        self.assertEqual(record["status"], "COMPLETED", record)
+        output = await server.logs(job["id"])
+        self.assertEqual(output.splitlines()[0], str(expected).encode())
+        self.assertNotIn(b"JOBWORKER", output)
+
+    async def test_spawner(self) -> None:
+        await self.assertJobScore(700, "--job-oom-score-adj=700")
+
+    async def test_launcherExec(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("the launcher is for a root server only")
+        await self.assertJobScore(700, "--job-oom-score-adj=700", "--launcher=exec")
+
+    async def test_execChain(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("the exec chain is for a root server only")
+        await self.assertJobScore(700, "--job-oom-score-adj=700", "--launcher=off")
+
+    async def test_unsandboxed(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("--allow-root-jobs needs a root server")
+        await self.assertJobScore(700, "--job-oom-score-adj=700", "--allow-root-jobs")
+
+    async def test_protectedServer(self) -> None:
+        """The default, under a server at -900: jobs at 0."""
+        await self.assertJobScore(0)
+
+    def test_defaultScore(self) -> None:
+        self.assertEqual(jobOomScore(-1000), 0)
+        self.assertEqual(jobOomScore(-1), 0)
+        self.assertIsNone(jobOomScore(0))
+        self.assertIsNone(jobOomScore(300))

@@ -238,3 +238,12 @@ class OptionErrorTests(OptionsTestCase):
     def test_calledDirectlyStillRaises(self) -> None:
         """Without a parent (code calling it), a UsageError is raised as before."""
         self.assertRaises(usage.UsageError, parse, "--port=70000")
+
+
+class JobOomScoreTests(OptionsTestCase):
+    def test_range(self) -> None:
+        self.assertEqual(parse("--job-oom-score-adj=0")["job-oom-score-adj"], 0)
+        self.assertEqual(parse("--job-oom-score-adj=1000")["job-oom-score-adj"], 1000)
+        self.assertIsNone(parse()["job-oom-score-adj"])
+        for bad in ("-1", "1001", "-1000"):
+            self.assertIn("from 0 to 1000", self.refused(f"--job-oom-score-adj={bad}"))

@@ -44,7 +44,8 @@
  *  6. the request's working directory entered as the job;
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
- * JOBWORKER_NOFILE=N in its own environment lowers the soft RLIMIT_NOFILE.
+ * JOBWORKER_NOFILE=N in its own environment lowers the soft RLIMIT_NOFILE;
+ * JOBWORKER_OOM_SCORE_ADJ=N sets the job's oom_score_adj.
  * Exit status: 125 the set-up failed (nothing of the job ran), 126 a folder
  * could not be entered or the command could not be run, 127 the command was
  * not found; a message on stderr says which, except for a closed gate.
@@ -395,16 +396,22 @@ static void dieWithParent(int alive) {
     close(alive);
 }
 
-/* JOBWORKER_NOFILE of this program's environment (never the job's): the
- * job's soft RLIMIT_NOFILE, the server's before it raised its own. */
-static void descriptorLimit(void) {
+/* From this program's environment (never the job's): the job's soft
+ * RLIMIT_NOFILE (the server's before it raised its own), oom_score_adj. */
+static void inherited(void) {
     const char *text = getenv("JOBWORKER_NOFILE");
     struct rlimit limit;
-    if (text == NULL || getrlimit(RLIMIT_NOFILE, &limit) != 0)
+    if (text != NULL && getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        limit.rlim_cur = number(text, limit.rlim_cur, "bad JOBWORKER_NOFILE");
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+            die(SETUP_FAILED, "setrlimit(RLIMIT_NOFILE)", NULL, errno);
+    }
+    if ((text = getenv("JOBWORKER_OOM_SCORE_ADJ")) == NULL)
         return;
-    limit.rlim_cur = number(text, limit.rlim_cur, "bad JOBWORKER_NOFILE");
-    if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
-        die(SETUP_FAILED, "setrlimit(RLIMIT_NOFILE)", NULL, errno);
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, text, strlen(text)) < 0)
+        die(SETUP_FAILED, "/proc/self/oom_score_adj", NULL, errno);
+    close(fd);
 }
 
 /* One job, from OPTIONS on (argv[0] is this program): never returns. */
@@ -415,7 +422,7 @@ static int launch(int argc, char **argv) {
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
     if (argc < 10)
         usage("too few arguments (see the comment in launcher.c)", NULL);
-    descriptorLimit();
+    inherited();
     const char *options = argv[1], *start = argv[2], *cwd = argv[6];
     for (const char *c = options; *c && strcmp(options, "-") != 0; c++) {
         if (*c == 'g') gate = 1;

@@ -305,6 +305,17 @@ class Options(usage.Options):
             parseSize,
         ],
         [
+            "job-oom-score-adj",
+            None,
+            None,
+            "The oom_score_adj every local job starts with, 0 to 1000 (higher: "
+            "the OOM killer's first choice). Default: the server's own, or 0 "
+            "if the server's is below 0 (systemd's OOMScoreAdjust=-1000 would "
+            "make every job immune to the OOM killer, its cgroup's limit "
+            "included).",
+            wholeNumber,
+        ],
+        [
             "max-stdin-bytes",
             None,
             DEFAULT_MAX_STDIN,
@@ -669,6 +680,9 @@ class Options(usage.Options):
         for name in ("max-queued", "max-queued-per-user"):
             if not 0 <= self[name] <= 10_000_000:
                 raise usage.UsageError(f"--{name} must be from 0 to 10000000")
+        score = self["job-oom-score-adj"]
+        if score is not None and not 0 <= score <= 1000:
+            raise usage.UsageError("--job-oom-score-adj must be from 0 to 1000")
         if self["max-stdin-bytes"] < 1:
             raise usage.UsageError("--max-stdin-bytes must be at least 1")
         if self["tmp-size"] < 1 << 20:

@@ -27,6 +27,7 @@ from ..executors.local.cgroups import Cgroups
 from ..executors.local.cgroups import detect as detectCgroups
 from ..executors.local.executor import LocalExecutor
 from ..executors.local.pump import Pumps
+from ..executors.local.sandbox import jobOomScore
 from ..executors.slurm.executor import SlurmExecutor
 from ..jobs.identity import (
     Identities,
@@ -103,6 +104,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
         metrics,
         runInThread,
         descriptorLimit=jobDescriptors,
+        oomScore=_jobOomScore(config),
     )
 
     audit = _audit(config, reactor)
@@ -247,6 +249,25 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
     )
 
 
+def _jobOomScore(config: Options) -> int | None:
+    """The C{oom_score_adj} local jobs start with (None: the server's own)."""
+    if config["job-oom-score-adj"] is not None:
+        return int(config["job-oom-score-adj"])
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            own = int(f.read())
+    except (OSError, ValueError):
+        return None
+    score = jobOomScore(own)
+    if score is not None:
+        log.info(
+            "the server's oom_score_adj is {own}: jobs start with {score}",
+            own=own,
+            score=score,
+        )
+    return score
+
+
 def _manager(
     config: Options,
     reactor: JobReactor,
@@ -256,11 +277,14 @@ def _manager(
     metrics: Metrics,
     runInThread: Callable[..., Deferred[Any]] | None = None,
     descriptorLimit: int | None = None,
+    oomScore: int | None = None,
 ) -> JobManager:
     """
     The store (its lock first), the executor, the manager; recovered.
     Jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE} (None:
-    the server's); Slurm's through sbatch, which hands them its own.
+    the server's); Slurm's through sbatch, which hands them its own. Local
+    jobs start with C{oomScore} as their C{oom_score_adj} (None: the
+    server's); Slurm's get slurmd's choice.
     """
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
@@ -287,6 +311,7 @@ def _manager(
                 pumps=pumps,
                 spawner=config["launcher"] == "auto",
                 descriptorLimit=descriptorLimit,
+                oomScore=oomScore,
             )
             metrics.watchSpawner(lambda: local.spawnerStarts)
             probeSandbox(local, policy.identities)

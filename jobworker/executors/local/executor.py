@@ -49,12 +49,11 @@ from .sandbox import (
     SETSID,
     UNSHARE,
     WORKDIR,
+    Inherited,
     RunnableChecks,
     Sandbox,
     SpawnRefused,
     checkCommand,
-    gateScript,
-    rootEnvironment,
 )
 from .spawner import Spawner, SpawnerGone
 from .stdin import StdinFeed
@@ -213,11 +212,14 @@ class LocalExecutor:
         pumps: Pumps | None = None,
         spawner: bool = False,
         descriptorLimit: int | None = None,
+        oomScore: int | None = None,
     ) -> None:
         """
         @param descriptorLimit: the soft C{RLIMIT_NOFILE} every job starts
             with (None: the server's own): the one the server was started
             with, before it raised its own (L{descriptors.raiseSoftLimit}).
+        @param oomScore: the C{oom_score_adj} every job starts with (None:
+            the server's own).
         """
         if policy is None:
             policy = JobPolicy()
@@ -237,11 +239,11 @@ class LocalExecutor:
         self._prefix = isolationPrefix(policy.isolate)
         #: The gate shells of jobs that are not sandboxed, and the
         #: environment of the root stages of those that are (the launcher
-        #: and the exec chain lower the limit from it: never the job's).
-        self._gates = {
-            keep: gateScript(keep, descriptorLimit) for keep in (False, True)
-        }
-        self._rootEnvironment = rootEnvironment(descriptorLimit)
+        #: and the exec chain set the limit and score from it: never the
+        #: job's).
+        inherited = Inherited(descriptorLimit, oomScore)
+        self._gates = {keep: inherited.gate(keep) for keep in (False, True)}
+        self._rootEnvironment = inherited.rootEnvironment()
         self._identities = policy.identities
         self._sandbox: Sandbox | None = None
         if self._identities.switching:

@@ -21,6 +21,7 @@ import posixpath
 import shutil
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
 
@@ -61,29 +62,60 @@ GATE_KEEP_WORKDIR = 'read -r _ <&3 || exit 125; exec 3<&-; exec "$@"'
 #: The gate in front of a sandbox, which sets PWD itself.
 GATE_ONLY = GATE_KEEP_WORKDIR
 
-#: The variable of the root stages' environment (never the job's) that
-#: gives the job's soft RLIMIT_NOFILE: the launcher and the exec chain's
-#: sandbox shell lower the limit to it.
+#: The variables of the root stages' environment (never the job's) that
+#: give the job's soft RLIMIT_NOFILE and its oom_score_adj: the launcher and
+#: the exec chain's sandbox shell set them.
 DESCRIPTOR_LIMIT = "JOBWORKER_NOFILE"
+OOM_SCORE = "JOBWORKER_OOM_SCORE_ADJ"
 
 
-def gateScript(keepWorkdir: bool, descriptorLimit: int | None) -> str:
+@dataclass(frozen=True)
+class Inherited:
     """
-    The gate of a job that is not sandboxed (its shell runs with the job's
-    environment): L{GATE_KEEP_WORKDIR} or L{GATE_SCRIPT}, lowering the soft
-    descriptor limit to C{descriptorLimit} first (None: as inherited).
+    What a job would inherit from the server but gets as given here (None:
+    as inherited).
+
+    @ivar descriptorLimit: the soft C{RLIMIT_NOFILE} (the server raises its
+        own).
+    @ivar oomScore: the C{oom_score_adj} (a server run with
+        C{OOMScoreAdjust=-1000} would make every job immune to the OOM
+        killer, its own cgroup's limit included).
     """
-    gate = GATE_KEEP_WORKDIR if keepWorkdir else GATE_SCRIPT
-    if descriptorLimit is None:
+
+    descriptorLimit: int | None = None
+    oomScore: int | None = None
+
+    def gate(self, keepWorkdir: bool) -> str:
+        """
+        The gate of a job that is not sandboxed (its shell runs with the
+        job's environment): L{GATE_KEEP_WORKDIR} or L{GATE_SCRIPT}, after
+        setting what is given here.
+        """
+        gate = GATE_KEEP_WORKDIR if keepWorkdir else GATE_SCRIPT
+        if self.oomScore is not None:
+            score = f"echo {self.oomScore:d} >/proc/self/oom_score_adj"
+            gate = f"{score} || exit 125; {gate}"
+        if self.descriptorLimit is not None:
+            gate = f"ulimit -Sn {self.descriptorLimit:d} || exit 125; {gate}"
         return gate
-    return f"ulimit -Sn {descriptorLimit:d} || exit 125; {gate}"
+
+    def rootEnvironment(self) -> dict[str, str]:
+        """L{ROOT_ENVIRONMENT}, with what is given here."""
+        environment = dict(ROOT_ENVIRONMENT)
+        if self.descriptorLimit is not None:
+            environment[DESCRIPTOR_LIMIT] = str(self.descriptorLimit)
+        if self.oomScore is not None:
+            environment[OOM_SCORE] = str(self.oomScore)
+        return environment
 
 
-def rootEnvironment(descriptorLimit: int | None) -> dict[str, str]:
-    """L{ROOT_ENVIRONMENT}, with the job's descriptor limit if one is set."""
-    if descriptorLimit is None:
-        return ROOT_ENVIRONMENT
-    return {**ROOT_ENVIRONMENT, DESCRIPTOR_LIMIT: str(descriptorLimit)}
+def jobOomScore(own: int) -> int | None:
+    """
+    The C{oom_score_adj} jobs get by default, given the server's C{own}:
+    0 if the server's is below (a job never shares the server's protection
+    from the OOM killer), else the server's (None: as inherited).
+    """
+    return 0 if own < 0 else None
 
 
 #: Runs as root inside the job's new namespaces: mount the private folders
@@ -91,7 +123,9 @@ def rootEnvironment(descriptorLimit: int | None) -> dict[str, str]:
 #: setpriv and the command.
 SANDBOX = (
     f'[ -z "${DESCRIPTOR_LIMIT}" ] || ulimit -Sn "${DESCRIPTOR_LIMIT}" || exit 125; '
-    f"unset {DESCRIPTOR_LIMIT}; "
+    f'[ -z "${OOM_SCORE}" ] || echo "${OOM_SCORE}" >/proc/self/oom_score_adj '
+    "|| exit 125; "
+    f"unset {DESCRIPTOR_LIMIT} {OOM_SCORE}; "
     f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; '
     # The job's pipes are its own (who may open them again by path, as
     # /dev/stderr: their owner), as the launcher's 4c; not its /dev/null.
