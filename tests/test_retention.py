@@ -351,3 +351,27 @@ class RetentionServiceTests(SlicedDeletionTestCase):
         later = self.storeEnded(3, 2 * DAY)
         self.reactor.advance(service.interval)
         self.assertEqual(self.stored(later), [])
+
+
+class OrphanedOutputTests(SlicedDeletionTestCase):
+    """
+    A crash between a deleted record and the end of its folder's removal
+    (a retention slice, a single DELETE, a failed C{rmtree}) left a folder
+    that nothing removed, for good (a fault round). At start-up the jobs
+    folder is swept, a slice a turn: a folder no record names goes;
+    anything else stays.
+    """
+
+    def test_orphansRemovedAtStart(self) -> None:
+        kept = self.storeEnded(DELETE_SLICE + 3, DAY)
+        orphans = self.storeEnded(DELETE_SLICE + 5, DAY)
+        self.manager._store.deleteMany(orphans)  # the crash: folders left
+        other = os.path.join(self.stateDir, "jobs", "lost+found")
+        os.makedirs(other)
+        self.manager.close()
+        again = self.newManager()
+        again.recover()
+        self.reactor.turns()
+        self.assertEqual(self.withFolder(orphans), [])
+        self.assertEqual(self.withFolder(kept), kept)
+        self.assertTrue(os.path.isdir(other))

@@ -193,7 +193,55 @@ class JobManager(Admission):
                     self._storeOrKeep(record, f"closed {record.status.value}")
         self._requeue(queued)
         self._reserveAgain()
+        self._sweepOrphans()
         return closed
+
+    def _sweepOrphans(self) -> None:
+        """
+        At start-up: remove the output folders in the jobs folder that no
+        record names, a slice a turn. A crash inside a deletion (between
+        its record and the end of its folder's C{rmtree}) leaves one, and
+        nothing else would ever remove it. Only this state dir's own jobs
+        folder: never another server's output (Slurm's may be shared).
+        """
+        if os.path.dirname(self._executor.outputDir(_PROBE_ID)) != self._jobsDir:
+            return
+        swept = self._sliced(self._orphanSlices())
+        swept.addErrback(
+            lambda f: self.log.error(
+                "orphaned output folders: {error}; removed at the next start",
+                error=f.getErrorMessage(),
+            )
+        )
+
+    def _orphanSlices(self) -> Iterator[None]:
+        """L{_sweepOrphans}' slices: up to L{DELETE_SLICE} folders each."""
+        removed = 0
+
+        def sweep(batch: list[str]) -> None:
+            nonlocal removed
+            stored = self._store.existing(batch)
+            for jobId in batch:
+                if jobId not in stored and jobId not in self._live:
+                    self._removeOutput(jobId)
+                    removed += 1
+
+        batch: list[str] = []
+        with os.scandir(self._jobsDir) as entries:
+            for entry in entries:
+                if _isJobId(entry.name) and entry.is_dir(follow_symlinks=False):
+                    batch.append(entry.name)
+                if len(batch) == DELETE_SLICE:
+                    sweep(batch)
+                    batch = []
+                    yield None
+        sweep(batch)
+        if removed:
+            self.log.warn(
+                "removed the output folders of {count} job(s) without a record "
+                "(a deletion cut short by a crash)",
+                count=removed,
+            )
 
     # -- jobs ------------------------------------------------------------------
 
@@ -905,6 +953,10 @@ def _shownBytes(text: str) -> int:
 def _oneStepATurn() -> Callable[[], bool]:
     """The manager's L{Cooperator} runs one slice of one task per turn."""
     return lambda: True
+
+
+#: Any job id: the executor's output folder of it says where outputs are.
+_PROBE_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def _isJobId(text: str) -> bool:
