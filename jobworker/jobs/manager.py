@@ -176,21 +176,21 @@ class JobManager(Admission):
         """
         unfinished = self._store.running()
         queued = self._store.queued()
-        closed: list[JobRecord] = []
-        if unfinished:
-            for job in self._executor.recover(unfinished, RESTARTED):
-                self._watch(job)
-            closed = [record for record in unfinished if record.status.ended]
-            for record in closed:
-                # On a full disk: from the reserve, else kept in memory and
-                # written again (the server must start: deleting jobs is how
-                # the disk gets room).
-                try:
-                    self._withRoom(
-                        functools.partial(self._store.update, record), "to recover"
-                    )
-                except StoreError:
-                    self._storeOrKeep(record, f"closed {record.status.value}")
+        # Called even without unfinished jobs: the executor may have its
+        # own leftovers to see to (a local job's, ended inside its grace).
+        for job in self._executor.recover(unfinished, RESTARTED):
+            self._watch(job)
+        closed = [record for record in unfinished if record.status.ended]
+        for record in closed:
+            # On a full disk: from the reserve, else kept in memory and
+            # written again (the server must start: deleting jobs is how
+            # the disk gets room).
+            try:
+                self._withRoom(
+                    functools.partial(self._store.update, record), "to recover"
+                )
+            except StoreError:
+                self._storeOrKeep(record, f"closed {record.status.value}")
         self._requeue(queued)
         self._reserveAgain()
         self._sweepOrphans()

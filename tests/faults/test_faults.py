@@ -251,6 +251,54 @@ class CrashTests(SynchronousTestCase):
         self.crashDuringPosts("--cgroups=off", "--allow-root-jobs")
 
 
+class CrashInGraceTests(SynchronousTestCase):
+    """
+    SIGKILL of twistd inside an ended job's stop grace: the record is final
+    (its main process ended, its pipes closed), a leftover that ignores
+    SIGTERM waits for its SIGKILL. A restart used to leave it running for
+    good (a mapped account's or root's: nobody's to reclaim).
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        requireFaultRun()
+
+    def crashInGrace(self, *options: str) -> None:
+        token = f"400.{random.randrange(10**6):06d}"
+        state = os.path.realpath(self.mktemp())
+        server = Twistd(self, state, "--stop-grace=60", *options).start()
+        script = (
+            f"(trap '' TERM; exec sleep {token}) </dev/null >/dev/null 2>&1 & sleep 0.2"
+        )
+        answer = server.request(
+            "POST", "/jobs", body={"command": "sh", "args": ["-c", script]}
+        )
+        self.assertEqual(answer.status, 201, answer.body)
+        jobId = answer.json()["id"]
+
+        def ended() -> bool:
+            record = server.request("GET", f"/jobs/{jobId}").json()
+            return record["status"] == "COMPLETED"
+
+        waitUntil(ended, 20, "the job's end")
+        self.assertTrue(processesWith(token), "the leftover is in its grace")
+        server.signal(signal.SIGKILL)
+        assert server.process is not None
+        server.process.wait()
+        time.sleep(0.5)
+        self.assertTrue(processesWith(token), "the leftover outlived the server")
+        server.start()
+        waitUntil(lambda: not processesWith(token), 20, "recovery to kill it")
+        figures(f"sigkill in grace {' '.join(options) or 'defaults'}", killed=1)
+
+    def test_rootJobWithCgroups(self) -> None:
+        self.crashInGrace("--allow-root-jobs")
+
+    def test_rootJobWithoutCgroups(self) -> None:
+        self.crashInGrace("--allow-root-jobs", "--cgroups=off")
+
+
 class ShutdownTests(FaultTestCase):
     """SIGTERM with 16 followers attached."""
 

@@ -33,6 +33,7 @@ from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, CgroupSetupError, JobCgroup
+from .leftovers import LEFTOVERS, LeftoverJournal
 from .process import (
     SERVER_SHORT_OF,
     GroupNumbers,
@@ -269,6 +270,10 @@ class LocalExecutor:
         self._runnable = RunnableChecks(reactor)
         #: The process-group numbers of the live jobs.
         self._groups = GroupNumbers(pidReused)
+        #: Jobs ended with processes still to kill (L{LeftoverJournal}).
+        self._leftovers = LeftoverJournal(
+            os.path.join(os.path.dirname(jobsDir), LEFTOVERS)
+        )
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
@@ -483,6 +488,7 @@ class LocalExecutor:
             stdinFeed=StdinFeed(self._policy.maxStdinBytes) if request.stdin else None,
             pumps=self._pumps,
             groups=self._groups,
+            leftovers=self._leftovers,
         )
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env
@@ -592,17 +598,15 @@ class LocalExecutor:
         Jobs that were running when the server died: kill what is left of
         their sessions and cgroups, and close their records as FAILED
         (C{reason}). A local job cannot be re-attached: its pipes died with
-        the server, so none is returned.
+        the server, so none is returned. Jobs that had ended, but not their
+        leftovers (L{LeftoverJournal}), have those killed too.
         """
-        sessions = sessionMembers() if records else {}
+        noted = self._leftovers.read()
+        sessions = sessionMembers() if records or noted else {}
         for record in records:
-            pids = leftovers(record.pid, record.boot_id, record.proc_start, sessions)
-            killed = killAll(pids)
-            group = self._cgroups.find(record.id) if self._cgroups else None
-            if group is not None:
-                killed += int(group.kill())
-                if not removeSoon(group):
-                    self.log.warn("cgroup of job {job} not removed", job=record.id)
+            killed = self._killLeftovers(
+                record.id, record.pid, record.boot_id, record.proc_start, sessions
+            )
             for stream in ("stdout", "stderr"):
                 try:
                     size = os.path.getsize(self.outputPath(record.id, stream))
@@ -616,7 +620,35 @@ class LocalExecutor:
                 job=record.id,
                 killed=killed,
             )
+        for job in noted:
+            killed = self._killLeftovers(
+                job.jobId, job.pid, job.bootId, job.procStart, sessions
+            )
+            self.log.warn(
+                "job {job} had ended, but not its leftovers, when the worker "
+                "stopped: {killed} leftover process(es) killed",
+                job=job.jobId,
+                killed=killed,
+            )
+        self._leftovers.clear()
         return []
+
+    def _killLeftovers(
+        self,
+        jobId: str,
+        pid: int | None,
+        bootId: str | None,
+        procStart: int | None,
+        sessions: dict[int, list[int]],
+    ) -> int:
+        """Kill what is left of a job's session and cgroup; how many were."""
+        killed = killAll(leftovers(pid, bootId, procStart, sessions))
+        group = self._cgroups.find(jobId) if self._cgroups else None
+        if group is not None:
+            killed += int(group.kill())
+            if not removeSoon(group):
+                self.log.warn("cgroup of job {job} not removed", job=jobId)
+        return killed
 
     def shutdown(self, jobs: list[Any]) -> Deferred[None]:
         """

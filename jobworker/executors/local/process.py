@@ -20,6 +20,7 @@ from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
+from .leftovers import LeftoverJournal
 from .pipes import drainInLargeReads, writeAtOnce
 from .pump import Pumps
 from .sandbox import GO
@@ -133,10 +134,13 @@ class JobProcess:
         stdinFeed: StdinFeed | None = None,
         pumps: Pumps | None = None,
         groups: GroupNumbers | None = None,
+        leftovers: LeftoverJournal | None = None,
     ) -> None:
         """
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
+        @param leftovers: where a job that ends with processes left to kill
+            is noted until they are gone (None: nowhere).
         """
         self._clock = reactor
         self.record = record
@@ -171,6 +175,8 @@ class JobProcess:
         self._removeTries = 0
         self._ending = Ending(record)
         self._cleanWaiters: list[Deferred[None]] = []
+        self._leftovers = leftovers
+        self._noted = False
 
     # -- start ---------------------------------------------------------------
 
@@ -485,6 +491,11 @@ class JobProcess:
             self._cancelTimers("_killTimer")
         if self._killTimer is None:
             self._fireCleaned()
+        elif self._leftovers is not None:
+            # The record is final, its leftovers are not gone: a restart
+            # inside their grace must still kill them.
+            self._leftovers.note(record)
+            self._noted = True
 
     def _nothingLeft(self) -> bool:
         if self.cgroup is not None:
@@ -524,6 +535,10 @@ class JobProcess:
             return
         if self._groups is not None and self._pgid is not None:
             self._groups.release(self._pgid, self)
+        if self._noted:
+            assert self._leftovers is not None
+            self._leftovers.done(self.record.id)
+            self._noted = False
         waiters, self._cleanWaiters = self._cleanWaiters, []
         for d in waiters:
             d.callback(None)

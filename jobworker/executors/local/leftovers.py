@@ -1,0 +1,117 @@
+"""
+Jobs that ended with processes still to kill, noted on disk until they are
+gone.
+
+A job's record is final as soon as its main process has ended and its pipes
+are closed; what it left behind (a daemon that ignores SIGTERM, with its
+output sent elsewhere) gets the stop grace, then SIGKILL. A server that
+died inside that grace left those processes running for good: recovery
+looks at unfinished records only, and a mapped account's or root's
+processes are nobody's to reclaim. The journal names each such job (its
+leader's pid, boot and start time, as recovery needs them) until its
+leftovers are gone; at start-up the executor kills what it names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from ...errors import NotFound
+from ...jobs.records import JobRecord
+from ...jobs.validation import parseJobId
+
+log = Logger()
+
+#: The journal's file, in the state dir.
+LEFTOVERS = "leftovers"
+
+
+@dataclass(frozen=True)
+class Noted:
+    """A job noted in the journal: what recovery needs to find its leftovers."""
+
+    jobId: str
+    pid: int | None
+    bootId: str | None
+    procStart: int | None
+
+
+class LeftoverJournal:
+    """
+    The file C{path}, one line a noted job; emptied once none is left.
+    Nothing is written for a job that ends with nothing left (nearly all).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._noted: set[str] = set()
+
+    def note(self, record: JobRecord) -> None:
+        """C{record}'s job ended with processes left to kill."""
+        line = (
+            f"{record.id} {record.pid or 0} {record.boot_id or '-'} "
+            f"{record.proc_start or 0}\n"
+        ).encode("ascii", "replace")
+        try:
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warn(
+                "cannot note job {job}'s leftovers in {path}: {error}",
+                job=record.id,
+                path=self.path,
+                error=e.strerror,
+            )
+        self._noted.add(record.id)
+
+    def done(self, jobId: str) -> None:
+        """C{jobId}'s leftovers are gone; with none left noted, empty the file."""
+        self._noted.discard(jobId)
+        if not self._noted:
+            self.clear()
+
+    def clear(self) -> None:
+        """Forget every job noted."""
+        self._noted.clear()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
+
+    def read(self) -> list[Noted]:
+        """The jobs a previous run noted (lines it could not parse skipped)."""
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            log.error("cannot read {path}: {error}", path=self.path, error=str(e))
+            return []
+        found: dict[str, Noted] = {}
+        for line in lines:
+            fields = line.split()
+            if len(fields) != 4 or not all(f.isdigit() for f in fields[1::2]):
+                continue
+            jobId, pid, boot, start = fields
+            try:
+                parseJobId(jobId)
+            except NotFound:
+                continue
+            found[jobId] = Noted(
+                jobId,
+                int(pid) or None,
+                None if boot == "-" else boot,
+                int(start) or None,
+            )
+        return list(found.values())

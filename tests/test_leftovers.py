@@ -1,0 +1,84 @@
+"""
+A job's record is final once its main process has ended and its pipes are
+closed; what it left (a daemon ignoring SIGTERM, its output elsewhere) gets
+the stop grace, then SIGKILL. A server that died inside that grace left
+them running for good (a fault round): recovery looked at unfinished
+records only. Such jobs are noted in a journal until their leftovers are
+gone, and a restart kills what it names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.local.leftovers import LEFTOVERS, LeftoverJournal
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.recovery import currentBootId, processStartTime
+from jobworker.jobs.validation import JobRequest
+
+from .fakes import FakeProcessReactor, GroupKiller
+
+GRACE = 5.0
+
+
+class JournalTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stateDir = os.path.abspath(self.mktemp())
+        self.journal = os.path.join(self.stateDir, LEFTOVERS)
+
+    def manager(self, killer: GroupKiller, reactor: FakeProcessReactor) -> object:
+        manager = localJobManager(reactor, self.stateDir, GRACE, killer)
+        self.addCleanup(manager.close)
+        return manager
+
+    def test_notedUntilGone(self) -> None:
+        """Noted while its leftovers live, forgotten once they are gone; a
+        job that ends with nothing left is never written down."""
+        reactor, killer = FakeProcessReactor(), GroupKiller()
+        manager = self.manager(killer, reactor)
+        job = manager.create(JobRequest("true", [], {}, None), "alice")  # type: ignore[attr-defined]
+        spawned = reactor.spawned[-1]
+        spawned.exit(0)
+        self.assertEqual(manager.record(job.id).status, JobStatus.COMPLETED)  # type: ignore[attr-defined]
+        with open(self.journal) as f:
+            self.assertEqual(f.read().split()[0], job.id)
+        killer.groupGone(spawned.transport.pid)
+        reactor.advance(GRACE)
+        self.assertFalse(os.path.exists(self.journal))
+        killer.exists = False
+        manager.create(JobRequest("true", [], {}, None), "alice")  # type: ignore[attr-defined]
+        reactor.spawned[-1].exit(0)
+        self.assertFalse(os.path.exists(self.journal))
+
+    def test_restartKillsNotedLeftovers(self) -> None:
+        """A leftover noted by a server that died is killed at the restart."""
+        leftover = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        self.addCleanup(leftover.kill)
+        os.makedirs(self.stateDir)
+        LeftoverJournal(self.journal).note(
+            JobRecord(
+                id="7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1",
+                command="sh",
+                args=[],
+                owner="alice",
+                created_at=1.0,
+                pid=leftover.pid,
+                boot_id=currentBootId(),
+                proc_start=processStartTime(leftover.pid),
+            )
+        )
+        manager = self.manager(GroupKiller(), FakeProcessReactor())
+        manager.recover()  # type: ignore[attr-defined]
+        self.assertEqual(leftover.wait(10), -9)
+        self.assertFalse(os.path.exists(self.journal))
+        self.flushLoggedErrors()
+
+    def test_badLinesSkipped(self) -> None:
+        os.makedirs(self.stateDir)
+        with open(self.journal, "w") as f:
+            f.write("../../etc 1 - 0\nnot a line\n")
+        self.assertEqual(LeftoverJournal(self.journal).read(), [])
