@@ -7,6 +7,7 @@ truncated (#12). Real files, real processes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -482,3 +483,39 @@ class LauncherDurableTests(SynchronousTestCase):
         self.assertEqual(events[renames[0]][2], outcome["path"])
         self.assertIn(["fsync-file", source], events[: renames[0]])
         self.assertIn(["fsync-folder", cache], events[renames[0] :])
+
+
+class TokenKeyWithoutHardLinksTests(SynchronousTestCase):
+    """
+    A state dir on a file system without hard links (vfat, some FUSE file
+    systems: C{link(2)} fails with C{EPERM} or C{ENOTSUP}) could not get its
+    first token key, and the server would not start (a diff review). The
+    key is renamed into place there instead. (C{os.link} fails as those
+    file systems' does: no vfat can be mounted on every test machine.)
+    """
+
+    def test_renamedWhereNoLinks(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "token.key")
+
+        def noLinks(source: str, target: str) -> None:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        self.patch(os, "link", noLinks)
+        key = loadOrCreateKey(path)
+        self.assertGreaterEqual(len(key), KEY_BYTES)
+        self.assertEqual(os.listdir(folder), ["token.key"])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(loadOrCreateKey(path), key)
+
+    def test_otherLinkErrorsStillRaise(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+
+        def noRoom(source: str, target: str) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(os, "link", noRoom)
+        self.assertRaises(OSError, loadOrCreateKey, os.path.join(folder, "token.key"))
+        self.assertEqual(os.listdir(folder), [])

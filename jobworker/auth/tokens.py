@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import json
@@ -77,6 +78,10 @@ def loadOrCreateKey(path: str) -> bytes:
     return key
 
 
+#: What link(2) says on a file system without hard links.
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+
+
 def _createDurably(path: str, data: bytes) -> bool:
     """
     Make C{path} (0600) holding C{data}, durably: a temporary file beside
@@ -97,8 +102,15 @@ def _createDurably(path: str, data: bytes) -> bool:
             os.link(temporary, path)
         except FileExistsError:
             return False
+        except OSError as e:
+            # No hard links here (vfat, some FUSE file systems): a rename,
+            # which would replace a key made since the check just above.
+            if e.errno not in _NO_LINKS or os.path.lexists(path):
+                raise
+            os.rename(temporary, path)
     finally:
-        os.unlink(temporary)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
     folderFd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(folderFd)
