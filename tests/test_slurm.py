@@ -24,9 +24,12 @@ import time
 from typing import Any
 
 import treq
+from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS
+from jobworker.executors.slurm.commands import SlurmCommands
+from jobworker.executors.slurm.probe import OutputDirProbe
 
 from .support import ROOT, LiveServer, sleep
 
@@ -702,3 +705,57 @@ class SlurmTests(SlurmCase):
         _, still = await server.json("GET", f"/jobs/{bobs['id']}", "bob")
         self.assertEqual(still["status"], "RUNNING", still)
         subprocess.run(["scancel", alices["slurm_job_id"]], check=True)
+
+
+class ReviewTests(SlurmCase):
+    """A Slurm user's review (session 18), on the real cluster."""
+
+    async def test_stopSuspendedJob(self) -> None:
+        """
+        A job an operator suspended (scontrol suspend) is stopped: Slurm
+        refuses to signal a suspended job (scancel retries "Job is in
+        transitional state" past the command's deadline: it was a 503
+        "Slurm is unreachable" after 60 s), so it is cancelled. STOPPED.
+        """
+        server = self.server()
+        job = await server.createJob("sh", "-c", "echo up; sleep 300")
+        job = await self.waitFor(server, job["id"], ("RUNNING",))
+        await self.printed(job["id"], 1)
+        slurmJobId = job["slurm_job_id"]
+        subprocess.run(["scontrol", "suspend", slurmJobId], check=True)
+        self.addCleanup(subprocess.run, ["scancel", slurmJobId], check=False)
+        self.assertEqual(squeueJobs()[slurmJobId]["job_state"], "SUSPENDED")
+        code, final = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"grace_seconds": 30}
+        )
+        self.assertEqual(code, 200, final)
+        self.assertEqual((final["status"], final["stopped_by"]), ("STOPPED", "alice"))
+        self.assertEqual(squeueJobs()[slurmJobId]["job_state"], "CANCELLED")
+
+    async def test_outputDirWithSpaceAndPercent(self) -> None:
+        """
+        An output folder named with a space and C{%x}: sbatch reads C{%x}
+        in --output as the job's name (the node could not open that file,
+        and the job failed to launch). The job runs, its output where the
+        server reads it.
+        """
+        assert OUTPUT is not None, "run through slurm-ci/run-tests.sh"
+        self.outputDir = tempfile.mkdtemp(dir=OUTPUT, prefix="jobs 50%x ")
+        self.addCleanup(shutil.rmtree, self.outputDir, True)
+        server = self.server()
+        job = await server.createJob("sh", "-c", "echo out; echo err >&2")
+        final = await self.waitFor(server, job["id"], ("COMPLETED", "FAILED"))
+        self.assertEqual((final["status"], final["exit_code"]), ("COMPLETED", 0))
+        self.assertEqual(await self.output(server, job["id"], "stdout"), b"out\n")
+        self.assertEqual(await self.output(server, job["id"], "stderr"), b"err\n")
+        # The start-up probe's token file too (its shell line split the
+        # path at the space: "not shared").
+        probe = OutputDirProbe(
+            reactor,  # type: ignore[arg-type]
+            SlurmCommands(reactor),  # type: ignore[arg-type]
+            self.outputDir,
+            [],
+            interval=0.25,
+            patience=60.0,
+        )
+        self.assertIsNone(await probe.run())

@@ -47,7 +47,8 @@ EXPECTED = {
     "exit 3": (JobStatus.FAILED, 3, None),
     "SIGKILL": (JobStatus.FAILED, None, "SIGKILL"),
     "TIMEOUT": (JobStatus.FAILED, None, "SIGTERM"),
-    "OUT_OF_MEMORY": (JobStatus.FAILED, None, None),
+    # Slurm's own SIG_OOM (125) is no signal: the OOM killer's SIGKILL.
+    "OUT_OF_MEMORY": (JobStatus.FAILED, None, "SIGKILL"),
     "launch failure": (JobStatus.FAILED, None, None),
 }
 

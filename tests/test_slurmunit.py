@@ -171,6 +171,8 @@ class FakeCommands:
         #: What squeue --json says, when it differs from the poll's squeue.
         self.exitsSay: dict[str, SlurmState] | None = None
         self._last: dict[str, SlurmState] = {}
+        #: The jobs whose state a stop asked for (L{stateOf}).
+        self.lookedAt: list[str] = []
 
     def submit(
         self, options: list[str], script: list[str], identity: Identity | None = None
@@ -227,6 +229,11 @@ class FakeCommands:
         d: Deferred[None] = Deferred()
         self.pings.append(d)
         return d
+
+    async def stateOf(self, jobId: str) -> SlurmState | None:
+        """What Slurm says of the job now: what the last poll was told."""
+        self.lookedAt.append(jobId)
+        return self._last.get(jobId)
 
     async def signal(
         self, jobId: str, jobName: str, name: str, identity: Identity | None = None

@@ -187,6 +187,10 @@ class SlurmCommands:
         asked = ",".join(ids if len(ids) > 1 else ids * 2)
         return await self._states(f"--jobs={asked}")
 
+    async def stateOf(self, jobId: str) -> SlurmState | None:
+        """What Slurm says of the job C{jobId} now; None if it does not know it."""
+        return (await self.states([jobId])).get(jobId)
+
     async def byName(self, name: str) -> dict[str, SlurmState]:
         """The jobs named C{name} (one whose sbatch answer was lost)."""
         return await self._states(f"--name={name}")

@@ -5,6 +5,7 @@ script's copy in it), and each job's folder with its argv and env files.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from importlib import resources
@@ -26,8 +27,15 @@ def prepareOutputDir(top: str, serverUid: int) -> str:
     where they cannot).
 
     @return: the copy's path.
-    @raise OSError: the folder cannot be made or written.
+    @raise OSError: the folder cannot be made or written, or its path holds
+        a backslash (which Slurm drops from an --output path).
     """
+    if "\\" in top:
+        raise OSError(
+            errno.EINVAL,
+            f"{top} holds a backslash, which Slurm drops from the output "
+            "file names it is given (sbatch --output): choose a path without one",
+        )
     os.makedirs(top, mode=0o711, exist_ok=True)
     mode = stat.S_IMODE(os.stat(top).st_mode)
     if mode != 0o711:

@@ -19,7 +19,7 @@ from ...jobs.records import JobRecord, JobStatus
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .dependencies import NEVER_SATISFIED, DependencyVerdict
 from .documents import SlurmError, SlurmState
-from .outcomes import FINAL, QUEUE_ENDINGS, QUEUED, outcomeOf
+from .outcomes import FINAL, NEVER_STARTS, QUEUE_ENDINGS, QUEUED, outcomeOf
 from .output import SlurmOutput
 from .submission import jobName
 
@@ -187,6 +187,10 @@ class SlurmJob:
         record = self.record
         if state.state in QUEUED:
             reason = state.reason if state.reason not in ("", "None") else None
+            never = NEVER_STARTS.get(reason) if reason is not None else None
+            if never is not None and record.status is JobStatus.PENDING:
+                self._neverStarts(state.reason, never)
+                return
             if record.status is JobStatus.PENDING and reason != record.pending_reason:
                 record.pending_reason = reason
                 self._executor.save(record)
@@ -210,6 +214,28 @@ class SlurmJob:
             self._runningSince = now
         elif now - self._runningSince >= SECRETS_GRACE:
             self._removeSecrets()
+
+    def _neverStarts(self, reason: str, meaning: str) -> None:
+        """
+        Slurm accepted the job but will never start it (L{NEVER_STARTS}):
+        it ends FAILED with Slurm's reason, and is cancelled in Slurm.
+        """
+        record = self.record
+        self.log.warn(
+            "job {job}: Slurm will never start Slurm job {slurm} ({reason}), "
+            "cancelling it",
+            job=record.id,
+            slurm=record.slurm_job_id,
+            reason=reason,
+        )
+        self._stopRequested = True
+        self._executor.cancel(self)
+        record.pending_reason = None
+        self._finish(
+            JobStatus.FAILED,
+            error=f"never ran: Slurm will never start it ({reason}: {meaning}); "
+            "cancelled",
+        )
 
     def _startedAt(self, state: SlurmState, now: float | None) -> float | None:
         """

@@ -29,6 +29,18 @@ FINAL = frozenset(
 )
 
 
+#: Slurm's reasons for a queued job it will never start, with what each
+#: means: Slurm leaves such a job PENDING for good (only an administrator
+#: could change its account, QOS or partition). Any other reason passes.
+NEVER_STARTS = {
+    "InvalidAccount": "its account is invalid",
+    "InvalidQOS": "its QOS is invalid",
+    "AccountNotAllowed": "its account may not use its partition",
+    "QOSNotAllowed": "its QOS may not use its partition",
+    "BadConstraints": "its constraints cannot be satisfied",
+}
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a job ended, in jobworker's terms."""
@@ -87,7 +99,7 @@ def outcomeOf(
             JobStatus.FAILED, None, signal, "timed out (Slurm's time limit" + limit
         )
     if state.state == "OUT_OF_MEMORY":
-        return Outcome(JobStatus.FAILED, None, None, "out of memory (Slurm)")
+        return _outOfMemory(code, signal)
     if state.state == "NODE_FAIL":
         return Outcome(
             JobStatus.FAILED,
@@ -122,4 +134,36 @@ def outcomeOf(
     # (Never exit code 0 for a FAILED job: Slurm's 0:0 says nothing here.)
     return Outcome(
         JobStatus.FAILED, code or None, None, f"Slurm ended it {state.state}{reason}"
+    )
+
+
+def _outOfMemory(code: int | None, signal: str | None) -> Outcome:
+    """
+    An end Slurm calls OUT_OF_MEMORY. The kernel's OOM killer SIGKILLs, but
+    Slurm records its own status instead (SIG_OOM: raw 253, sacct's
+    C{0:125}; no wait status, so neither code nor signal here): the job is
+    recorded as a local job killed at its memory limit is, SIGKILL (C{jw
+    wait} exits 137, not 255 for an end it does not know). A code or signal
+    Slurm did give (a child was killed and the job exited its own way)
+    stands.
+    """
+    if signal:
+        return Outcome(
+            JobStatus.FAILED,
+            None,
+            signal,
+            f"out of memory (Slurm): killed by signal {signal}",
+        )
+    if code:
+        return Outcome(
+            JobStatus.FAILED,
+            code,
+            None,
+            f"out of memory (Slurm): exited with code {code}",
+        )
+    return Outcome(
+        JobStatus.FAILED,
+        None,
+        "SIGKILL",
+        "out of memory: killed at its memory limit (Slurm's OUT_OF_MEMORY)",
     )

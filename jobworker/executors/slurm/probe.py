@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import uuid
 
 from twisted.internet.task import deferLater
@@ -67,7 +68,8 @@ class OutputDirProbe:
                     "--no-requeue",
                     "--time=1",
                     *self._options,
-                    f"--wrap=echo {token} > {path}",
+                    # A shell line: the path quoted (it may hold a space).
+                    f"--wrap=echo {token} > {shlex.quote(path)}",
                 ],
                 [],
             )

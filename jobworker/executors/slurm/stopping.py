@@ -20,7 +20,7 @@ from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands
 from .documents import SlurmError
-from .job import SlurmJob
+from .job import SlurmJob, isOurs
 from .submission import jobName
 
 
@@ -55,7 +55,8 @@ class SlurmStops:
     async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
         """
         C{how.signal} (TERM) to every process of the job, KILL (scancel)
-        after the grace (C{how.grace}, else the server's).
+        after the grace (C{how.grace}, else the server's). A job still
+        queued, or one Slurm has suspended, is cancelled at once.
         """
         slurmJobId = job.record.slurm_job_id
         assert slurmJobId is not None
@@ -65,6 +66,20 @@ class SlurmStops:
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
                 return
             if how.signal == signal.SIGKILL:
+                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+                return
+            if await self._suspended(job, slurmJobId):
+                # Slurm signals no suspended job ("Job is in transitional
+                # state": scancel retries for about 95 s, past the command's
+                # deadline), and only an operator may resume it. A cancel it
+                # takes: it resumes the job, sends TERM, then KILL after its
+                # own KillWait (the stop's signal and grace cannot apply).
+                self.log.info(
+                    "job {job}: Slurm job {slurm} is suspended, cancelled "
+                    "(Slurm signals no suspended job)",
+                    job=job.record.id,
+                    slurm=slurmJobId,
+                )
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
                 return
             await self._commands.signal(
@@ -83,6 +98,15 @@ class SlurmStops:
         job.record.stop_requested_at = self._reactor.seconds()
         self._save(job.record)
         self.escalate(job, self._grace if how.grace is None else how.grace)
+
+    async def _suspended(self, job: SlurmJob, slurmJobId: str) -> bool:
+        """
+        Whether Slurm has the job suspended now (C{scontrol suspend}):
+        asked afresh, since an operator may have suspended it since the
+        last poll, or before a restart.
+        """
+        now = await self._commands.stateOf(slurmJobId)
+        return now is not None and now.state == "SUSPENDED" and isOurs(job.record, now)
 
     def escalate(self, job: SlurmJob, delay: float) -> None:
         """scancel the job after C{delay} seconds (the rest of the grace)."""

@@ -33,10 +33,11 @@ def sbatchOptions(
         f"--job-name={jobName(record.id)}",
         # For Slurm's administrators (one argv element: no shell splits it).
         f"--comment=jobworker user={record.owner} job={record.id}",
-        f"--output={stdout}",
+        f"--output={filenamePattern(stdout)}",
         # Slurm's own messages (slurmstepd's "*** JOB N CANCELLED ***");
         # the job's stderr is the wrapper's -E file.
-        f"--error={slurmLog}",
+        f"--error={filenamePattern(slurmLog)}",
+        # (No pattern: --chdir and the script's arguments are taken as is.)
         f"--chdir={directory}",
         "--export=ALL",
         # A requeued job would run again untracked, truncating its output.
@@ -59,6 +60,16 @@ def sbatchOptions(
         if slurm.exclusive:
             options.append("--exclusive")
     return options + placementOptions(partition, account)
+
+
+def filenamePattern(path: str) -> str:
+    """
+    C{path} as sbatch's --output and --error take it: a filename pattern,
+    where C{%x} is the job's name and C{%%} a C{%}. (A backslash would turn
+    the patterns off, and be dropped: L{folders.prepareOutputDir} refuses
+    one.)
+    """
+    return path.replace("%", "%%")
 
 
 def placementOptions(partition: str | None, account: str | None) -> list[str]:
