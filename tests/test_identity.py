@@ -657,6 +657,40 @@ def keyCalls(testCase: TestCase) -> None:
         raise SkipTest("the jobs' keyring script needs /usr/bin/python3")
 
 
+#: A job's script: io_setup(2) for one event, its answer an errno name or "ok".
+AIO = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+context = ctypes.c_ulong(0)
+got = libc.syscall(206, 1, ctypes.byref(context))
+print("ok" if got == 0 else errno.errorcode[ctypes.get_errno()])
+"""
+
+
+class AsyncIOTests(TestCase):
+    """
+    The kernel's async I/O contexts are one budget for the whole machine
+    (C{fs.aio-max-nr}, 65,536 events): one dynamic uid's job took all of it
+    with C{io_setup} in a loop, and every libaio user on the host (a
+    database, QEMU) and every other job got C{EAGAIN} while it lived
+    (attacker round 5). A dynamic uid's job gets C{ENOSYS} from
+    C{io_setup}, as from the key calls (programs fall back to threads).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def test_dynamicUidHasNoAsyncIO(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("/usr/bin/python3", "-c", AIO, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual((await output(server, job["id"])).strip(), b"ENOSYS")
+
+
 class KeyringTests(TestCase):
     """
     The kernel's keyrings are not namespaced: a uid's user keyrings outlive

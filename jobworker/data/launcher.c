@@ -27,11 +27,10 @@
  *  4. the start folder entered, as root;
  *  4a. a new session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING): it
  *     possesses nothing of the server's (a systemd service has a session
- *     keyring of its own); with option k, then, a seccomp filter that
- *     makes add_key, request_key and keyctl fail with ENOSYS, as on a
- *     kernel without keys (the kernel keeps a uid's user keyrings after
- *     its last process: a dynamic uid's jobs, one user's after another's,
- *     would share them). Installed as root, so no_new_privs stays off;
+ *     keyring of its own); with option k, a seccomp filter: add_key,
+ *     request_key, keyctl, io_setup fail with ENOSYS (a uid's user keyrings
+ *     outlive its last process; AIO is one machine-wide budget). Installed
+ *     as root, so no_new_privs stays off;
  *  4b. a Landlock domain scoping abstract unix sockets and signals (ABI 6+,
  *     else shared): no socket or process outside it (another job's, even of
  *     the same uid) can be reached or signalled from the job;
@@ -263,44 +262,45 @@ static void ownPipes(uid_t uid, gid_t gid) {
     }
 }
 
-/* The key management calls of each system call ABI this machine runs, by
- * seccomp's arch (x86_64 also runs x32, bit 30 of the number, and i386). */
+/* Those calls of each system call ABI this machine runs, by seccomp's arch
+ * (x86_64 also runs x32, bit 30 of the number, and i386). */
+#define CALLS 4
 static const struct {
-    uint32_t arch, calls[3];
+    uint32_t arch, calls[CALLS];
 } keyCalls[] = {
 #if defined(__x86_64__)
-    {AUDIT_ARCH_X86_64, {248, 249, 250}},
-    {AUDIT_ARCH_X86_64, {0x40000000 | 248, 0x40000000 | 249, 0x40000000 | 250}},
-    {AUDIT_ARCH_I386, {286, 287, 288}},
+    {AUDIT_ARCH_X86_64, {248, 249, 250, 206}},
+    {AUDIT_ARCH_X86_64, {0x40000000 | 248, 0x40000000 | 249, 0x40000000 | 250, 0x40000000 | 543}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245}},
 #elif defined(__aarch64__)
-    {AUDIT_ARCH_AARCH64, {217, 218, 219}},
-    {AUDIT_ARCH_ARM, {309, 310, 311}},
+    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0}},
+    {AUDIT_ARCH_ARM, {309, 310, 311, 243}},
 #elif defined(__i386__)
-    {AUDIT_ARCH_I386, {286, 287, 288}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245}},
 #else
 #define NO_KEY_FILTER 1
-    {0, {0, 0, 0}},
+    {0, {0, 0, 0, 0}},
 #endif
 };
 #define ABIS (sizeof keyCalls / sizeof keyCalls[0])
 
-/* Option k (4a): add_key, request_key and keyctl fail with ENOSYS from
- * here on, in every ABI. Per ABI: if the arch is its, load the number and
- * compare it with the three, then load the arch again for the next ABI. */
+/* Option k (4a): those calls fail with ENOSYS from here on, in every ABI.
+ * Per ABI: if the arch is its, load the number and compare it with each,
+ * then load the arch again for the next ABI. */
 static void noKeyrings(void) {
 #ifdef NO_KEY_FILTER
     die(SETUP_FAILED, "no keyring filter for this architecture", NULL, 0);
 #else
-    struct sock_filter program[3 + 6 * ABIS];
-    unsigned short at = 0, deny = (unsigned short)(1 + 6 * ABIS + 1);
+    struct sock_filter program[3 + (CALLS + 3) * ABIS];
+    unsigned short at = 0, deny = (unsigned short)(1 + (CALLS + 3) * ABIS + 1);
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     for (size_t abi = 0; abi < ABIS; abi++) {
         program[at++] = (struct sock_filter)BPF_JUMP(
-            BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].arch, 0, 5);
+            BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].arch, 0, CALLS + 2);
         program[at++] = (struct sock_filter)BPF_STMT(
             BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-        for (int call = 0; call < 3; call++, at++)
+        for (int call = 0; call < CALLS; call++, at++)
             program[at] = (struct sock_filter)BPF_JUMP(
                 BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].calls[call],
                 (unsigned char)(deny - at - 1), 0);
