@@ -23,6 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local.launcher import LANDLOCK_SCOPES, landlockABI
 from jobworker.executors.local.sandbox import (
+    MAX_PTYS,
     WORKDIR,
     RunnableChecks,
     Sandbox,
@@ -689,6 +690,50 @@ class AsyncIOTests(TestCase):
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
         self.assertEqual((await output(server, job["id"])).strip(), b"ENOSYS")
+
+
+#: A job's script: pseudo-terminals opened until the kernel refuses one.
+PTYS = """
+import os
+held = []
+try:
+    while len(held) < 5000:
+        held.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+except OSError as e:
+    print(len(held), sorted(os.listdir("/dev/pts"))[:2], flush=True)
+"""
+
+
+class PseudoTerminalTests(TestCase):
+    """
+    Jobs shared the host's C{/dev/pts}: one job opened C{/dev/ptmx} until
+    the kernel ran out (4,095 of C{kernel.pty.max}), and other jobs'
+    C{script}, and root's own ssh logins, got "out of pty devices" while it
+    lived (attacker round 5). A sandboxed job gets a devpts instance of its
+    own, of L{MAX_PTYS}: the host keeps C{kernel.pty.reserve} for itself.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        requireRoot()
+        if not os.path.exists("/usr/bin/python3"):
+            raise SkipTest("the pty script needs /usr/bin/python3")
+
+    async def assertOwnPtys(self, *options: str) -> None:
+        server = LiveServer(self, *options)
+        job = await server.createJob("/usr/bin/python3", "-c", PTYS, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        count, first = (await output(server, job["id"])).split(b" ", 1)
+        self.assertEqual(int(count), MAX_PTYS)
+        self.assertEqual(first.strip(), b"['0', '1']")  # its own, from 0
+
+    async def test_launcher(self) -> None:
+        await self.assertOwnPtys()
+
+    async def test_execChain(self) -> None:
+        await self.assertOwnPtys("--launcher=off")
 
 
 class KeyringTests(TestCase):

@@ -16,6 +16,7 @@ something exists where the job may not look.
 
 from __future__ import annotations
 
+import grp
 import os
 import posixpath
 import shutil
@@ -145,6 +146,21 @@ WORKDIR = "/tmp/job"  # noqa: S108 (inside the job's own tmpfs)
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # noqa: S108
 
 
+#: The most pseudo-terminals one sandboxed job may hold at once (its own
+#: devpts instance's C{max}).
+MAX_PTYS = 64
+
+
+def _ttyGroup() -> int:
+    """The C{tty} group, which owns terminals (5 where it has no entry)."""
+    try:
+        return grp.getgrnam("tty").gr_gid
+    except KeyError:
+        return 5
+
+
+TTY_GID = _ttyGroup()
+
 #: The launcher's mount FLAGS letter of each mount(8) option the sandbox uses.
 LAUNCHER_FLAGS = {"nosuid": "s", "nodev": "d", "noexec": "x", "X-mount.mkdir=0755": "m"}
 
@@ -259,6 +275,19 @@ class Sandbox:
             ("jobworker-tmp", folder, "tmpfs", "nosuid,nodev", f"mode=1777,{size}")
             for folder in self.folders
         ]
+        if os.path.isdir("/dev/pts"):
+            # Pseudo-terminals of its own (/dev/ptmx opens the devpts
+            # mounted beside it, Linux 4.7 on), at most MAX_PTYS: one job
+            # took all of the host's, ssh logins included.
+            found.append(
+                (
+                    "jobworker-devpts",
+                    "/dev/pts",
+                    "devpts",
+                    "nosuid,noexec",
+                    f"newinstance,gid={TTY_GID},mode=0620,ptmxmode=0666,max={MAX_PTYS}",
+                )
+            )
         if os.path.isdir("/dev/mqueue"):
             # The POSIX message queues of the job's own IPC namespace: no
             # queue left for the next job of this uid.
