@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.stopping import StopRequest
 
 from . import test_slurmunit as unit
 from .test_slurmunit import state
@@ -60,3 +61,32 @@ class StopAcrossRestartTests(SynchronousTestCase):
         self.restart()
         self.reactor.advance(0)
         self.assertEqual(self.commands.cancels, ["101"])
+
+    def test_stopsOwnGraceAfterRestart(self) -> None:
+        """
+        A stop's own grace (30 s here) held across a restart: the server's
+        --stop-grace was used instead, and the job was cancelled 27 s early.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.manager.stop(record.id, "alice", StopRequest(grace=30.0))
+        self.reactor.advance(2.0)
+        self.restart()
+        self.reactor.advance(27.9)
+        self.assertEqual(self.commands.cancels, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.commands.cancels, ["101"])
+
+    def test_stopsOwnSignalSentAgain(self) -> None:
+        """
+        A stop asked with INT whose signal may not have gone out (the server
+        died before storing when it did): the restart sends INT, not TERM.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        stored = self.manager.record(record.id)
+        stored.stopped_by, stored.stop_signal = "alice", "SIGINT"
+        self.manager._store.update(stored)
+        self.restart()
+        self.reactor.advance(0)
+        self.assertEqual(self.commands.signals, [("101", "INT")])

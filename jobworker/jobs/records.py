@@ -95,6 +95,11 @@ class JobRecord:
     #: Internal: when a stop was started (TERM sent), so that a restarted
     #: server goes on with the escalation (Slurm).
     stop_requested_at: float | None = None
+    #: Internal: how that stop was asked for, the signal it began with (its
+    #: name, C{SIGINT}) and its grace (None: the server's --stop-grace), so
+    #: that a restarted server goes on with that stop (Slurm).
+    stop_signal: str | None = None
+    stop_grace: float | None = None
     #: The Unix identity the job runs as: an account name, C{dynamic:<uid>},
     #: or the server's own user.
     run_as: str | None = None

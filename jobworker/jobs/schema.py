@@ -13,7 +13,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 COLUMNS = (
     "id",
@@ -53,10 +53,16 @@ COLUMNS = (
     "after_ok_ids",
     "queued",
     "queued_env",
+    "stop_signal",
+    "stop_grace",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
 SELECT = "SELECT seq, " + ", ".join(COLUMNS) + " FROM jobs"
+#: The same columns from any source that joins C{jobs} (C{seq} qualified).
+SELECT_FROM = "SELECT jobs.seq AS seq, " + ", ".join(COLUMNS) + " FROM "
+#: A new job's labels, one row each (L{_migrateTo7}).
+INSERT_LABEL = "INSERT INTO job_labels (key, value, seq) VALUES (?, ?, ?)"
 INSERT = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
@@ -144,6 +150,30 @@ def _migrateTo6(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_queued ON jobs (seq) WHERE queued = 1")
 
 
+def _migrateTo7(db: sqlite3.Connection) -> None:
+    # Labels indexed: a ?label= filter read every record's JSON on the
+    # reactor's thread (0.6 s at 300,000 jobs, every other request waiting).
+    db.execute(
+        """
+        CREATE TABLE job_labels (
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            seq INTEGER NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE,
+            PRIMARY KEY (key, value, seq)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX job_labels_seq ON job_labels (seq)")
+    db.execute(
+        "INSERT INTO job_labels (key, value, seq) "
+        "SELECT each.key, each.value, jobs.seq FROM jobs, json_each(jobs.labels) "
+        "AS each WHERE jobs.labels IS NOT NULL"
+    )
+    # A stop's own signal and grace survive a restart (Slurm).
+    db.execute("ALTER TABLE jobs ADD COLUMN stop_signal TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN stop_grace REAL")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
@@ -151,6 +181,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo4,
     _migrateTo5,
     _migrateTo6,
+    _migrateTo7,
 ]
 
 
@@ -193,6 +224,8 @@ def toRow(record: JobRecord) -> tuple[object, ...]:
         json.dumps(record.after_ok) if record.after_ok else None,
         int(record.queued),
         json.dumps(record.env) if record.queued else None,
+        record.stop_signal,
+        record.stop_grace,
     )
 
 
@@ -236,4 +269,6 @@ def fromRow(row: sqlite3.Row) -> JobRecord:
         after_ok=[] if row["after_ok_ids"] is None else json.loads(row["after_ok_ids"]),
         queued=bool(row["queued"]),
         env={} if row["queued_env"] is None else json.loads(row["queued_env"]),
+        stop_signal=row["stop_signal"],
+        stop_grace=row["stop_grace"],
     )

@@ -101,30 +101,45 @@ class JobFilter:
     #: Only jobs that ended before this time (bulk delete).
     endedBefore: float | None = None
 
-    def where(self) -> tuple[list[str], list[object]]:
-        """SQL conditions and their parameters (for L{JobStore})."""
+    def query(self) -> tuple[str, str, list[str], list[object]]:
+        """
+        For L{JobStore}: the source (C{jobs}, joined to the index of its
+        first label if it filters by labels), the column to order and page
+        by (C{seq}, or that index's), SQL conditions and their parameters.
+        A label drives the search through its index (key, value, seq): a
+        label matching no job, or every job, costs a page, never a scan of
+        every record's labels.
+        """
         where: list[str] = []
         params: list[object] = []
-        for column, value in (
+        source, order = "jobs", "jobs.seq"
+        for index, (key, value) in enumerate(self.labels):
+            if index == 0:
+                source = "job_labels AS first JOIN jobs ON jobs.seq = first.seq"
+                order = "first.seq"
+                where.append("first.key = ? AND first.value = ?")
+            else:
+                where.append(
+                    "EXISTS (SELECT 1 FROM job_labels AS other WHERE other.key = ? "
+                    "AND other.value = ? AND other.seq = jobs.seq)"
+                )
+            params.extend([key, value])
+        for column, wanted in (
             ("status", None if self.status is None else self.status.value),
             ("owner", self.owner),
             ("name", self.name),
         ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        for key, value in self.labels:
-            # Keys are checked (LABEL_KEY): safe inside the JSON path.
-            where.append(f"json_extract(labels, '$.\"{key}\"') = ?")
-            params.append(value)
+            if wanted is not None:
+                where.append(f"jobs.{column} = ?")
+                params.append(wanted)
         if self.idPrefix is not None:
             # Ids and prefixes are lowercase hex and "-", all before "~".
-            where.append("id >= ? AND id < ?")
+            where.append("jobs.id >= ? AND jobs.id < ?")
             params.extend([self.idPrefix, self.idPrefix + "~"])
         if self.endedBefore is not None:
-            where.append("ended_at IS NOT NULL AND ended_at < ?")
+            where.append("jobs.ended_at IS NOT NULL AND jobs.ended_at < ?")
             params.append(self.endedBefore)
-        return where, params
+        return source, order, where, params
 
 
 #: The filter that picks every job.

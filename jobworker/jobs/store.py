@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 from .records import JobRecord, JobStatus
 from .schema import (
     INSERT,
+    INSERT_LABEL,
     MIGRATIONS,
     SCHEMA_VERSION,
     SELECT,
+    SELECT_FROM,
     UPDATE,
     fromRow,
     toRow,
@@ -294,7 +296,16 @@ class JobStore:
         @raise StoreError: if it cannot be written (disk full, I/O error).
         """
         try:
-            cursor = self._db.execute(INSERT, toRow(record))
+            if not record.labels:
+                cursor = self._db.execute(INSERT, toRow(record))
+            else:
+                # The record and its labels' index rows, all or none.
+                with self._transaction():
+                    cursor = self._db.execute(INSERT, toRow(record))
+                    self._db.executemany(
+                        INSERT_LABEL,
+                        [(k, v, cursor.lastrowid) for k, v in record.labels.items()],
+                    )
         except sqlite3.Error as e:
             raise StoreError.of(f"cannot record job {record.id}", e) from None
         record.seq = cursor.lastrowid
@@ -333,14 +344,14 @@ class JobStore:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1 to {MAX_PAGE}")
-        where, params = selection.where()
+        source, order, where, params = selection.query()
         if before is not None:
-            where.append("seq < ?")
+            where.append(f"{order} < ?")
             params.append(before)
-        query = SELECT
+        query = SELECT_FROM + source
         if where:
             query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY seq DESC LIMIT ?"
+        query += f" ORDER BY {order} DESC LIMIT ?"
         params.append(limit + 1)
         rows = self._db.execute(query, params).fetchall()
         records = [fromRow(row) for row in rows[:limit]]
@@ -350,9 +361,12 @@ class JobStore:
     @_mapped("list ended jobs")
     def endedMatching(self, selection: JobFilter, limit: int) -> list[str]:
         """Ids of (at most C{limit}) ended jobs C{selection} picks, oldest first."""
-        where, params = selection.where()
-        where.append("ended_at IS NOT NULL")
-        query = f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        source, order, where, params = selection.query()
+        where.append("jobs.ended_at IS NOT NULL")
+        query = (
+            f"SELECT jobs.id FROM {source} WHERE {' AND '.join(where)} "
+            f"ORDER BY {order} LIMIT ?"
+        )
         rows = self._db.execute(query, [*params, limit]).fetchall()
         return [row["id"] for row in rows]
 

@@ -5,6 +5,7 @@ states as the poll reports them, its stop, and its end (once).
 
 from __future__ import annotations
 
+import signal
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -363,6 +364,9 @@ class SlurmJob:
             return ended
         self._stopRequested = True
         self.record.stopped_by = by
+        # Stored with the stop's time: a restart goes on with this stop.
+        self.record.stop_signal = signal.Signals(how.signal).name
+        self.record.stop_grace = how.grace
         if self.record.slurm_job_id is None:
             return ended  # cancelled as soon as sbatch answers
         result: Deferred[JobRecord] = Deferred()

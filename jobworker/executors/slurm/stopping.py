@@ -116,8 +116,15 @@ class SlurmStops:
         """After a restart: go on with a stop that was in progress."""
         record = job.record
         job.markStopping()
+        how = StopRequest(
+            signal.Signals[record.stop_signal]
+            if record.stop_signal
+            else signal.SIGTERM,
+            record.stop_grace,
+        )
         if record.stop_requested_at is not None:
-            left = record.stop_requested_at + self._grace - self._reactor.seconds()
+            grace = self._grace if how.grace is None else how.grace
+            left = record.stop_requested_at + grace - self._reactor.seconds()
             self.log.info(
                 "job {job}: stop by {user} in progress, scancel in {left:.1f}s",
                 job=record.id,
@@ -134,7 +141,7 @@ class SlurmStops:
                     error=failure.getErrorMessage(),
                 )
 
-            Deferred.fromCoroutine(self.terminate(job)).addErrback(failed)
+            Deferred.fromCoroutine(self.terminate(job, how)).addErrback(failed)
 
     def cancelByName(self, jobId: str, identity: Identity) -> None:
         async def cancel() -> None:
