@@ -196,6 +196,15 @@ NOT_TRUSTED = (
 )
 
 
+def handshakeTimedOut(server: str, seconds: float) -> str:
+    """What either client says of a TLS handshake that did not end in time."""
+    return (
+        f"cannot connect to {server}: the TLS handshake timed out (the "
+        f"port took the connection but nothing answered in {seconds:g} "
+        "s: a stopped or hung server, or another service on that port?)"
+    )
+
+
 def unnamedPort(server: str) -> str:
     """
     A note for a connection failure when C{server}'s URL names no port

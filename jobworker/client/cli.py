@@ -36,6 +36,7 @@ from .failures import (
     SavedLoginRefused,
     StartFailure,
     UsageFailure,
+    interrupted,
     report,
 )
 from .interrupts import Interrupts
@@ -87,8 +88,14 @@ async def run(
 
     if connect is None:
         from .http import JobworkerClient
+        from .quick import handshakeSeconds, keepAliveSeconds
 
-        connect = JobworkerClient.connect
+        try:
+            # The TLS handshake's deadline, as the quick client's.
+            seconds = handshakeSeconds(keepAliveSeconds(environ))
+        except ConfigError as e:
+            return report(e, streams)
+        connect = functools.partial(JobworkerClient.connect, handshakeDeadline=seconds)
     interrupts = interrupts or Interrupts()
     command = ensureDeferred(
         _commandLine(reactor, argv, environ, streams, connect, interrupts)
@@ -96,10 +103,11 @@ async def run(
     interrupts.setDefault(lambda name: command.cancel())
     try:
         return await command
-    except KeyboardInterrupt:
-        # Ctrl-C before the reactor runs and takes the signals over: at a
-        # prompt for the password (Session.open), as a quick verb's.
-        return interrupts.status
+    except KeyboardInterrupt as e:
+        # Ctrl-C (or SIGTERM, ...: PromptInterrupted) before the reactor
+        # runs and takes the signals over: at a prompt for the password
+        # (Session.open), as a quick verb's.
+        return interrupted(e, interrupts.status, streams)
     except Exception as e:
         if interrupts.count and isinstance(e, CancelledError):
             return interrupts.status  # stopped on request: nothing more to say
@@ -212,8 +220,8 @@ def quickRun(
                 options,
             )
         )
-    except KeyboardInterrupt:
-        return interrupts.status
+    except KeyboardInterrupt as e:
+        return interrupted(e, interrupts.status, streams)
     except Exception as e:
         return report(e, streams)
 

@@ -19,3 +19,11 @@ class ClientError(Exception):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+class HandshakeTimeout(TimeoutError):
+    """The server took the connection but did not shake hands in time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no TLS handshake in {seconds:g} s")
+        self.seconds = seconds

@@ -5,6 +5,7 @@ exit status and its one line on stderr (never a traceback).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 from ..tlserrors import TLSConfigError
@@ -18,8 +19,47 @@ EXIT_BROKEN_PIPE = 141
 #: Exit status of C{jw wait} when its timeout passes first (as timeout(1)).
 EXIT_TIMED_OUT = 124
 
+#: Exit status of C{jw stop} when the job had already ended: nothing was
+#: stopped, but nothing failed either (a script may take it as done).
+EXIT_ALREADY_ENDED = 3
+
 #: Exit status after an interrupt (Ctrl-C, SIGTERM, SIGHUP), as a shell's.
 EXIT_INTERRUPTED = 130
+
+
+class PromptInterrupted(KeyboardInterrupt):
+    """
+    A signal other than Ctrl-C's (SIGTERM, SIGHUP, SIGQUIT) at a prompt on
+    the terminal: C{jw} ends as Ctrl-C ends it there, with one line and the
+    status a shell gives a command that signal ended (L{status}).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    @property
+    def status(self) -> int:
+        """128 + the signal's number (143 for SIGTERM)."""
+        return 128 + signal.Signals[self.name].value
+
+    def line(self) -> str:
+        """What jw says of it."""
+        return f"jw: {self.name} at the prompt: nothing was sent"
+
+
+def interrupted(error: KeyboardInterrupt, status: int, streams: Streams) -> int:
+    """
+    The exit status of a command a C{KeyboardInterrupt} ended (C{status}:
+    the interrupts' own), and the line a L{PromptInterrupted} is said with.
+    """
+    if not isinstance(error, PromptInterrupted):
+        return status
+    try:
+        streams.say(error.line())
+    except OSError:
+        pass  # the terminal went away (SIGHUP): the status says it
+    return error.status
 
 
 class UsageFailure(Exception):
@@ -38,6 +78,18 @@ class StartFailure(Exception):
     The command could not begin (a bad setting, file or server URL, no
     terminal to ask for a password): nothing was sent; the message is one line.
     """
+
+
+class AlreadyEnded(Exception):
+    """
+    C{jw stop} of a job that had already ended (the server's 409): its
+    status, if the answer or a status request gave it.
+    """
+
+    def __init__(self, jobId: str, status: str | None) -> None:
+        how = f" ({status})" if status else ""
+        super().__init__(f"job {jobId} had already ended{how}: nothing to stop")
+        self.status = status
 
 
 class SavedLoginRefused(Exception):
@@ -68,6 +120,7 @@ FAILURES: tuple[
     (ConfigError, 2, lambda e: f"jw: {e}"),
     (TLSConfigError, 2, lambda e: f"jw: {e}"),
     (NoPrompt, 1, lambda e: None),  # completion never prompts
+    (AlreadyEnded, EXIT_ALREADY_ENDED, lambda e: f"jw: {e}"),
     (
         SavedLoginRefused,
         1,

@@ -78,13 +78,15 @@ async def followCombined(
     streams: Streams,
     follow: bool = True,
     tail: int | None = None,
+    onStatus: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """
     Copy the job's stdout to ours and its stderr to ours, in the order the
     job wrote them (the server's C{combined} stream, as binary frames; as
     events from a server without frames), until it ends (C{follow}) or to
     the end of what is there. If the connection breaks, resume after the
-    last byte received (no gap, no repeat).
+    last byte received (no gap, no repeat). C{onStatus}: told the job's
+    status as each answer comes (a queued job's, once it starts).
 
     @return: the job's record from the end, or None without one.
     """
@@ -112,6 +114,7 @@ async def followCombined(
                     tail,
                     lastEventId=reader.lastId,
                     frames=True,
+                    onStatus=onStatus,
                 )
                 return
             except ClientError as e:
@@ -120,7 +123,13 @@ async def followCombined(
                 reader.frames = False  # a server from before frames
         events = EventParser(reader.event)
         await client.events(
-            jobId, events.feed, "combined", follow, tail, lastEventId=reader.lastId
+            jobId,
+            events.feed,
+            "combined",
+            follow,
+            tail,
+            lastEventId=reader.lastId,
+            onStatus=onStatus,
         )
 
     await resuming(client, attempt, lambda: reader.lastId)
@@ -201,6 +210,7 @@ async def followOutput(
     streams: Streams,
     follow: bool = True,
     tail: int | None = None,
+    onStatus: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """
     The job's stdout to ours and its stderr to ours: in the job's order
@@ -208,19 +218,26 @@ async def followOutput(
     C{2>&1}), where order shows; else each stream on its own, raw, which is
     faster (no framing), and no one can tell the order apart. Either way,
     output dropped at the server's cap is said (L{sayDropped}) once the
-    job has ended.
+    job has ended. C{onStatus}: told the job's status as each answer (of
+    stdout's, when apart) comes: a job still in the queue is answered once
+    it starts.
 
     @return: the job's final record if it came with the output or was read
         after it (raw streams: to say what was dropped), else None.
     """
     if not follow or streams.sharedDestination():
-        return await followCombined(client, jobId, streams, follow, tail)
+        return await followCombined(client, jobId, streams, follow, tail, onStatus)
 
-    def reader(name: str) -> Callable[[Client], Awaitable[None]]:
+    def reader(
+        name: str, told: Callable[[str], None] | None = None
+    ) -> Callable[[Client], Awaitable[None]]:
         write = streams.writer(name)
-        return lambda each: followStream(each, jobId, name, write, tail=tail)
+        return lambda each: followStream(
+            each, jobId, name, write, tail=tail, onStatus=told
+        )
 
-    await client.concurrently([reader("stdout"), reader("stderr")])
+    # One of the two answers tells the status: each comes at the start.
+    await client.concurrently([reader("stdout", onStatus), reader("stderr")])
     # Both streams are at their end: the job has ended, and its record
     # holds the final counts (the caller needs it anyway, for its end).
     final: dict[str, Any] = await client.job(jobId)
@@ -263,10 +280,12 @@ async def followStream(
     write: Callable[[bytes], None],
     offset: int = 0,
     tail: int | None = None,
+    onStatus: Callable[[str], None] | None = None,
 ) -> None:
     """
     Copy one stream to C{write} (raw bytes) until the job ends; if the
     connection breaks, reconnect from the byte after the last one received.
+    C{onStatus}: told the job's status as each answer comes.
     """
     position = offset
 
@@ -284,7 +303,14 @@ async def followStream(
 
     async def attempt() -> None:
         await client.logs(
-            jobId, sink, stream, position, follow=True, tail=tail, onStart=started
+            jobId,
+            sink,
+            stream,
+            position,
+            follow=True,
+            tail=tail,
+            onStart=started,
+            onStatus=onStatus,
         )
 
     await resuming(client, attempt, lambda: position)

@@ -35,7 +35,9 @@ from .calls import (
     segment,
 )
 from .errors import ClientError
+from .handshake import HandshakeDeadlineEndpoints
 from .netfailures import describeConnectionFailure, isCancellation
+from .quick import KEEPALIVE, handshakeSeconds
 
 __all__ = ["ClientError", "JobworkerClient", "exitStatusOf"]
 
@@ -90,12 +92,15 @@ class JobworkerClient(ApiCalls):
         token: str | None = None,
         certPath: str | None = None,
         keyPath: str | None = None,
+        handshakeDeadline: float = handshakeSeconds(KEEPALIVE),
     ) -> JobworkerClient:
         """
         A client over real HTTPS: the server verified against the CA in
         C{caPath} (TLS 1.3), with the client certificate C{certPath} and
         C{keyPath} presented in the handshake if given (used when no
-        credentials are), and connections kept alive until L{close}.
+        credentials are), and connections kept alive until L{close}. A
+        handshake not done C{handshakeDeadline} seconds after its connection fails
+        the request (L{HandshakeDeadlineEndpoints}), as the quick client's.
 
         @raise ClientError: C{server} is not an C{https://} URL.
         @raise TLSConfigError: the CA or client certificate cannot be used.
@@ -103,7 +108,11 @@ class JobworkerClient(ApiCalls):
         checkServer(server)  # before any file is read
         pool = HTTPConnectionPool(reactor, persistent=True)
         policy = TrustRootPolicy(caPath, certPath, keyPath)
-        agent = Agent(reactor, contextFactory=policy, pool=pool)
+        agent = Agent.usingEndpointFactory(
+            reactor,
+            HandshakeDeadlineEndpoints(reactor, policy, handshakeDeadline),
+            pool=pool,
+        )
         return cls(
             HTTPClient(agent),
             server,
@@ -203,13 +212,16 @@ class JobworkerClient(ApiCalls):
         tail: int | None = None,
         lastEventId: str | None = None,
         frames: bool = False,
+        onStatus: Callable[[str], None] | None = None,
     ) -> None:
         """
         C{GET /jobs/ID/logs} as Server-Sent Events, or with C{frames} as
         binary frames (L{jobworker.framing}): hand the raw body to C{sink}
         (L{jobworker.client.events.EventParser} or
         L{jobworker.framing.FrameReader} reads it), resuming after
-        C{lastEventId} if given.
+        C{lastEventId} if given. C{onStatus}: told the job's status as the
+        answer came (C{X-Job-Status}; a followed job still in the queue is
+        answered once it starts).
         """
         path, given = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
         headers = {
@@ -219,6 +231,7 @@ class JobworkerClient(ApiCalls):
         response = await self._request(
             "GET", path, unbuffered=True, extraHeaders=headers
         )
+        _tellStatus(response, onStatus)
         await self._collect(response, sink)
 
     async def logs(
@@ -230,14 +243,17 @@ class JobworkerClient(ApiCalls):
         follow: bool = False,
         tail: int | None = None,
         onStart: Callable[[int], None] | None = None,
+        onStatus: Callable[[str], None] | None = None,
     ) -> None:
         """
         C{GET /jobs/ID/logs}: hand each chunk of output to C{sink}; tell
-        C{onStart} the offset the server starts from (C{X-Output-Offset}).
+        C{onStart} the offset the server starts from (C{X-Output-Offset}),
+        C{onStatus} the job's status as the answer came (C{X-Job-Status}).
         """
         response = await self._request(
             "GET", logsPath(jobId, stream, follow, offset, tail), unbuffered=True
         )
+        _tellStatus(response, onStatus)
         start = response.headers.getRawHeaders(b"x-output-offset", [b""])[0]
         if onStart is not None and start.isdigit():
             onStart(int(start))
@@ -267,3 +283,10 @@ class JobworkerClient(ApiCalls):
                 f"log stream from {self.server} broke off: "
                 f"{describeConnectionFailure(self.server, e)}"
             ) from None
+
+
+def _tellStatus(response: IResponse, onStatus: Callable[[str], None] | None) -> None:
+    """Tell C{onStatus}, if any, the job's status a log answer carries."""
+    status = response.headers.getRawHeaders(b"x-job-status", [b""])[0]
+    if onStatus is not None and status:
+        onStatus(status.decode("ascii", "replace"))

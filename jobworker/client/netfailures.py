@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from ..tlserrors import handshakeHint
-from .calls import NOT_TRUSTED, unnamedPort
+from .calls import NOT_TRUSTED, handshakeTimedOut, unnamedPort
+from .errors import HandshakeTimeout
 
 
 def isCancellation(error: BaseException) -> bool:
@@ -32,6 +33,8 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
     if isinstance(reason, ResponseFailed | ResponseNeverReceived):
         inner = [f.value for f in getattr(reason, "reasons", [])] or inner
     for error in inner:
+        if isinstance(error, HandshakeTimeout):
+            return handshakeTimedOut(server, error.seconds)
         if isinstance(error, SSL.Error):
             text = str(error)
             hint = handshakeHint(text)

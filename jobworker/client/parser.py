@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from .config import DEFAULT_SERVER
-from .failures import ArgumentsRefused, HelpShown
+from .failures import EXIT_ALREADY_ENDED, ArgumentsRefused, HelpShown
 from .streams import Streams
 
 #: The per-job Slurm options of C{jw exec} (the request's C{"slurm"}).
@@ -69,10 +69,10 @@ settings (flags override the environment, which overrides the config file):
 
 #: A duration, as every flag of jw that takes one reads it (the units
 #: C{jw clean --older-than} always took; the server's duration options take
-#: them too): a number, then s, m, h or d (none: seconds).
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)([smhd]?)\s*")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-DURATION_EXAMPLES = "90s, 30m, 12h, 7d"
+#: them too): a number, then s, m, h, d or w (none: seconds).
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)([smhdw]?)\s*")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_EXAMPLES = "90s, 30m, 12h, 7d, 2w"
 
 
 def _durationOf(text: str, noun: str) -> float:
@@ -82,11 +82,11 @@ def _durationOf(text: str, noun: str) -> float:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not {noun} like {DURATION_EXAMPLES} or 600 (seconds)"
         )
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def duration(text: str) -> float:
-    """C{90s}, C{30m}, C{12h}, C{7d} or plain seconds (C{2.5}) -> seconds."""
+    """C{90s}, C{30m}, C{12h}, C{7d}, C{2w} or plain seconds (C{2.5}) -> seconds."""
     return _durationOf(text, "a duration")
 
 
@@ -226,7 +226,9 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "stop",
         help="stop a job (TERM, then KILL after the grace)",
         description="Send the job's whole process tree SIGTERM (or --signal), "
-        "then SIGKILL after the grace period; print the record once it ended.",
+        "then SIGKILL after the grace period; print the record once it ended. "
+        f"Exit {EXIT_ALREADY_ENDED} if the job had already ended (nothing to "
+        "stop; --json still prints its record).",
         epilog="example: jw stop --signal INT --grace 30 $ID",
     )
     stop.add_argument("--signal", "-s", metavar="NAME", help="first signal (TERM)")

@@ -33,12 +33,13 @@ from .calls import (
     checkServer,
     errorFor,
     eventsRequest,
+    handshakeTimedOut,
     logsPath,
     segment,
     unnamedPort,
 )
 from .config import ConfigError
-from .errors import ClientError
+from .errors import ClientError, HandshakeTimeout
 from .workers import startThread
 
 T = TypeVar("T")
@@ -64,12 +65,13 @@ def keepAliveSeconds(environ: dict[str, str]) -> int:
         raise ConfigError(str(e)) from None
 
 
-class HandshakeTimeout(TimeoutError):
-    """The server took the connection but did not shake hands in time."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no TLS handshake in {seconds:g} s")
-        self.seconds = seconds
+def handshakeSeconds(keepalive: int) -> float:
+    """
+    How long a TLS handshake may take, for either client: twice the
+    keepalive (a server that takes the connection and never answers has
+    the kernel answer the probes for it), never longer than L{TIMEOUT}.
+    """
+    return min(2 * keepalive, TIMEOUT)
 
 
 class KeptAliveConnection(http.client.HTTPSConnection):
@@ -104,8 +106,7 @@ class KeptAliveConnection(http.client.HTTPSConnection):
         """
         http.client.HTTPConnection.connect(self)
         raw = self.sock
-        # (Never longer than the connection's own timeout.)
-        deadline = min(2 * self.keepalive, TIMEOUT)
+        deadline = handshakeSeconds(self.keepalive)
         raw.settimeout(deadline)
         try:
             self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
@@ -352,10 +353,12 @@ class QuickClient(ApiCalls):
         tail: int | None = None,
         lastEventId: str | None = None,
         frames: bool = False,
+        onStatus: Callable[[str], None] | None = None,
     ) -> None:
         """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
         path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
         response = self._send("GET", path, headers=headers, patient=follow)
+        _tellStatus(response, onStatus)
         self._collect(response, lambda piece: sink(bytes(piece)))
 
     async def logs(
@@ -367,6 +370,7 @@ class QuickClient(ApiCalls):
         follow: bool = False,
         tail: int | None = None,
         onStart: Callable[[int], None] | None = None,
+        onStatus: Callable[[str], None] | None = None,
     ) -> None:
         """
         As L{JobworkerClient.logs<jobworker.client.http.JobworkerClient>},
@@ -375,6 +379,7 @@ class QuickClient(ApiCalls):
         response = self._send(
             "GET", logsPath(jobId, stream, follow, offset, tail), patient=follow
         )
+        _tellStatus(response, onStatus)
         start = response.getheader("X-Output-Offset", "")
         if onStart is not None and start.isdigit():
             onStart(int(start))
@@ -413,6 +418,15 @@ class QuickClient(ApiCalls):
 
     async def close(self) -> None:
         self._connection.close()
+
+
+def _tellStatus(
+    response: http.client.HTTPResponse, onStatus: Callable[[str], None] | None
+) -> None:
+    """Tell C{onStatus}, if any, the job's status a log answer carries."""
+    status = response.getheader("X-Job-Status", "")
+    if onStatus is not None and status:
+        onStatus(status)
 
 
 def tlsContext(
@@ -483,11 +497,7 @@ def describe(server: str, error: OSError) -> str:
     if isinstance(error, socket.gaierror):
         return f"cannot connect to {server}: unknown host"
     if isinstance(error, HandshakeTimeout):
-        return (
-            f"cannot connect to {server}: the TLS handshake timed out (the "
-            f"port took the connection but nothing answered in {error.seconds:g} "
-            "s: a stopped or hung server, or another service on that port?)"
-        )
+        return handshakeTimedOut(server, error.seconds)
     if isinstance(error, TimeoutError):
         return f"cannot connect to {server}: timed out{unnamedPort(server)}"
     return f"cannot connect to {server}: {error.strerror or error}"

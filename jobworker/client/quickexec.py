@@ -26,6 +26,7 @@ from .verbs import (
     feedStdin,
     sayLeft,
     sayNeverFed,
+    sayStarting,
     stopTaken,
     stopUnread,
     stopWaitLine,
@@ -61,7 +62,11 @@ async def quickExec(
                 return streams.readInputNow(size)
 
             feeding = background.start(
-                lambda: drive(feedStdin(feeder, jobId, streams, read)),
+                lambda: drive(
+                    # With -f, whether the job waits in the queue is said
+                    # by sayStarting.
+                    feedStdin(feeder, jobId, streams, read, not options.follow)
+                ),
                 onError=(
                     (lambda e: streams.say(f"jw: stdin: {e}"))
                     if options.follow
@@ -88,12 +93,12 @@ async def quickExec(
             execInterrupted(options, jobId, streams, interrupts, left.append, stop)
         )
         try:
-            streams.say(f"jw: job {jobId} started")
+            started = sayStarting(job, streams)
             # Not the main thread's connection: it is closed at the exit,
             # maybe under a follower left behind.
             follower, output = client.another(), execOutput(options, streams)
             following = background.start(
-                lambda: drive(followOutput(follower, jobId, output))
+                lambda: drive(followOutput(follower, jobId, output, onStatus=started))
             )
             background.wait(lambda: following.done or bool(left))
         finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +24,8 @@ from .config import (
     trustedCA,
     trustedPath,
 )
-from .failures import NoPrompt, UsageFailure
+from .failures import NoPrompt, PromptInterrupted, UsageFailure
+from .interrupts import SIGNALS
 from .streams import Streams
 
 #: Builds the client for a server: L{JobworkerClient.connect}'s signature
@@ -71,13 +74,22 @@ def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, 
     return user, password
 
 
+#: The signals that end a prompt as Ctrl-C does (SIGINT is a
+#: C{KeyboardInterrupt} already); by default they would kill C{jw} in the
+#: middle of C{getpass}, the terminal's echo left off.
+PROMPT_SIGNALS = tuple(number for number in SIGNALS if number != signal.SIGINT)
+
+
 @contextmanager
 def _interruptible(fd: int) -> Iterator[None]:
     """
-    Ctrl-C (a C{KeyboardInterrupt}) at a prompt on the terminal C{fd}: end
-    the prompt's line there, so that the shell's prompt starts its own. The
-    interrupt goes on: C{jw} exits 130, no traceback (L{jobworker.client.cli}).
+    Ctrl-C (a C{KeyboardInterrupt}) at a prompt on the terminal C{fd}, or
+    one of L{PROMPT_SIGNALS} (a L{PromptInterrupted}): end the prompt's
+    line there, so that the shell's prompt starts its own; C{getpass} puts
+    the terminal back as it unwinds. The interrupt goes on: C{jw} exits 130
+    (128 + the signal's number), no traceback (L{jobworker.client.cli}).
     """
+    previous = _raiseAtSignals()
     try:
         yield
     except KeyboardInterrupt:
@@ -86,6 +98,23 @@ def _interruptible(fd: int) -> Iterator[None]:
         except OSError:
             pass
         raise
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _raiseAtSignals() -> dict[int, Any]:
+    """
+    Have L{PROMPT_SIGNALS} raise L{PromptInterrupted} (from the main thread
+    only: the one that prompts); the handlers they had, to put back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def onSignal(number: int, frame: Any) -> None:
+        raise PromptInterrupted(signal.Signals(number).name)
+
+    return {number: signal.signal(number, onSignal) for number in PROMPT_SIGNALS}
 
 
 def _readLine(fd: int, limit: int = 1024) -> str:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from ..units import parseSize
 from .calls import exitStatusOf, started
 from .errors import ClientError
-from .failures import BadArguments, UsageFailure
+from .failures import AlreadyEnded, BadArguments, UsageFailure
 from .interrupts import Interrupts
-from .parser import SLURM_COUNTS, SLURM_TEXTS
+from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
 
 if TYPE_CHECKING:
     from .http import JobworkerClient
@@ -58,12 +58,13 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def parseAge(text: str) -> float:
-    """C{90s}, C{30m}, C{12h}, C{7d} (or plain seconds) -> seconds."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    """C{90s}, C{30m}, C{12h}, C{7d}, C{2w} (or plain seconds) -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
     if not match:
-        raise BadArguments(f"--older-than: {text!r} is not an age like 90s, 12h, 7d")
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * scale
+        raise BadArguments(
+            f"--older-than: {text!r} is not an age like {DURATION_EXAMPLES}"
+        )
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def execRequest(options: argparse.Namespace) -> dict[str, Any]:
@@ -393,6 +394,33 @@ def sayStopped(final: dict[str, Any], streams: Streams) -> None:
         streams.say(f"jw: job {final['id']}: {outcome(final)}")
 
 
+def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
+    """
+    C{jw exec -f} names its job before anything else: that it started, or
+    that it waits in the queue (PENDING). For a queued job, the function
+    returned (told the job's status as the follow's answer comes: once it
+    starts) says when it starts; for one that runs already, it does nothing.
+    """
+    jobId = job["id"]
+    if job["status"] != "PENDING":
+        streams.say(f"jw: job {jobId} started")
+        return lambda status: None
+    streams.say(
+        f"jw: job {jobId} is queued (PENDING): its output follows once it starts"
+    )
+    waiting = [True]
+
+    def told(status: str) -> None:
+        # RUNNING, or COMPLETED by the time the answer came: it started.
+        # FAILED or STOPPED: it may never have run; its end says how.
+        if waiting and status != "PENDING":
+            waiting.clear()
+            if status in ("RUNNING", "COMPLETED"):
+                streams.say(f"jw: job {jobId} started")
+
+    return told
+
+
 def execOutput(options: argparse.Namespace, streams: Streams) -> Streams:
     """Where the followed job's output goes: with --json, all to stderr
     (stdout holds one JSON document)."""
@@ -444,14 +472,15 @@ async def doExec(
             if never is not None:
                 status = sayNeverFed(never, streams)
         return status or 0
+    started = sayStarting(job, streams)
     feeding = (
-        ensureDeferred(feedStdin(client, jobId, streams, read))
+        # Whether the job waits in the queue was said just now.
+        ensureDeferred(feedStdin(client, jobId, streams, read, sayWaiting=False))
         if options.stdin
         else None
     )
-    streams.say(f"jw: job {jobId} started")
     following = ensureDeferred(
-        followOutput(client, jobId, execOutput(options, streams))
+        followOutput(client, jobId, execOutput(options, streams), onStatus=started)
     )
     left: list[str] = []
     stops: list[bool] = []  # each stop's answer: True, False if it failed
@@ -548,18 +577,20 @@ async def feedStdin(
     jobId: str,
     streams: Streams,
     read: Callable[[int], Awaitable[bytes]],
+    sayWaiting: bool = True,
 ) -> dict[str, Any] | None:
     """
     Send jw's stdin (C{read(size)}: its next bytes, b"" at its end) to the
     job, one chunk per request (each answered once the job's pipe can take
     more), then end of file. A job still in the queue is waited for (the
-    server takes its stdin once it runs; jw says so once). A job that ended
-    or closed its stdin first just stops the feed, as a closed pipe would.
+    server takes its stdin once it runs; jw says so once, if C{sayWaiting}:
+    C{-f} said it already). A job that ended or closed its stdin first just
+    stops the feed, as a closed pipe would.
 
     @return: the job if it ended without ever starting (nothing was sent),
         else None.
     """
-    said = False
+    said = not sayWaiting
     try:
         while True:
             data = await read(STDIN_CHUNK)
@@ -598,9 +629,20 @@ def _notStartedYet(error: ClientError) -> bool:
     return "(PENDING)" in str(body.get("error", ""))
 
 
+#: The longest pause, in seconds, between two questions of C{jw exec -i}
+#: whether its queued job has started: a job may wait in the queue for
+#: hours, and each question is a request to the server.
+QUEUED_POLL_MOST = 10.0
+
+
 async def _untilStarted(client: AnyClient, job: dict[str, Any]) -> dict[str, Any]:
-    """C{job} (as last seen) once it is no longer PENDING: asked with backoff."""
-    pauses = _doubling(0.1, 1.0)
+    """
+    C{job} (as last seen) once it is no longer PENDING (it runs, or it
+    ended without running): asked after pauses that double up to
+    L{QUEUED_POLL_MOST}, so that its input is sent at most as long after its
+    start as it had waited (or that long), at a bounded cost.
+    """
+    pauses = _doubling(0.1, QUEUED_POLL_MOST)
     while job["status"] == "PENDING":
         await client.pause(next(pauses))
         job = await client.job(job["id"])
@@ -667,10 +709,38 @@ async def doStop(
     )
     try:
         job = await client.stop(jobId, signal, grace)
+    except ClientError as e:
+        if e.status != 409:
+            raise
+        refusal = e  # 409: the job had already ended
+    else:
+        return showJob(job, options, client, streams)
     finally:
         if later.active():
             later.cancel()
-    return showJob(job, options, client, streams)
+    ended = await _endedRecord(client, jobId, refusal)
+    if ended is not None and options.json:
+        streams.show(jsonLine(ended))
+    raise AlreadyEnded(jobId, None if ended is None else ended["status"])
+
+
+async def _endedRecord(
+    client: JobworkerClient, jobId: str, refusal: ClientError
+) -> dict[str, Any] | None:
+    """
+    The record of a job whose stop was refused as already ended (a 409):
+    the one the answer carries, else the one a status request gets; None
+    if neither says.
+    """
+    body = refusal.body if isinstance(refusal.body, dict) else {}
+    job = body.get("job")
+    if isinstance(job, dict) and isinstance(job.get("status"), str):
+        return job
+    try:
+        asked = await client.job(jobId)
+    except ClientError:
+        return None
+    return asked if isinstance(asked.get("status"), str) else None
 
 
 async def doRemove(
