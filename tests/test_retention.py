@@ -353,25 +353,67 @@ class RetentionServiceTests(SlicedDeletionTestCase):
         self.assertEqual(self.stored(later), [])
 
 
-class OrphanedOutputTests(SlicedDeletionTestCase):
+class CrashInsideADeletionTests(SlicedDeletionTestCase):
     """
     A crash between a deleted record and the end of its folder's removal
-    (a retention slice, a single DELETE, a failed C{rmtree}) left a folder
-    that nothing removed, for good (a fault round). At start-up the jobs
-    folder is swept, a slice a turn: a folder no record names goes;
-    anything else stays.
+    (a single DELETE, a retention slice) left a folder that nothing removed
+    (a fault round). The ids are noted in C{deleted-output} first; the next
+    start removes what is left. A folder no note names is never removed: a
+    first fix swept every folder without a record, and deleted the output
+    of every job a restored backup or a damaged WAL had lost (fault round
+    5).
     """
 
-    def test_orphansRemovedAtStart(self) -> None:
-        kept = self.storeEnded(DELETE_SLICE + 3, DAY)
-        orphans = self.storeEnded(DELETE_SLICE + 5, DAY)
-        self.manager._store.deleteMany(orphans)  # the crash: folders left
-        other = os.path.join(self.stateDir, "jobs", "lost+found")
-        os.makedirs(other)
+    def crashBeforeFolders(self) -> None:
+        """From now on the manager dies right after the records: neither the
+        folders nor the note go (the process is gone)."""
+        self.patch(self.manager, "_removeOutput", lambda jobId: None)
+        self.patch(self.manager, "_forgetUnswept", lambda: None)
+
+    def restart(self) -> JobManager:
         self.manager.close()
         again = self.newManager()
         again.recover()
         self.reactor.turns()
-        self.assertEqual(self.withFolder(orphans), [])
-        self.assertEqual(self.withFolder(kept), kept)
-        self.assertTrue(os.path.isdir(other))
+        return again
+
+    def test_singleDelete(self) -> None:
+        [jobId] = self.storeEnded(1, DAY)
+        self.crashBeforeFolders()
+        self.manager.delete(jobId)
+        self.assertEqual(self.withFolder([jobId]), [jobId])
+        self.restart()
+        self.assertEqual(self.withFolder([jobId]), [])
+
+    def test_retentionSlice(self) -> None:
+        old = self.storeEnded(DELETE_SLICE + 5, DAY)
+        self.crashBeforeFolders()
+        done = self.manager.expire(DAY / 2)
+        self.reactor.turns()
+        self.assertEqual(self.successResultOf(done), len(old))
+        self.assertEqual(len(self.withFolder(old)), len(old))
+        self.restart()
+        self.assertEqual(self.withFolder(old), [])
+
+    def test_unnotedFoldersKept(self) -> None:
+        """A folder whose record the store lost, and no note names, stays."""
+        lost = self.storeEnded(3, DAY)
+        kept = self.storeEnded(2, DAY)
+        self.manager._store.deleteMany(lost)  # as a restored backup would
+        self.restart()
+        self.assertEqual(self.withFolder(lost + kept), lost + kept)
+
+    def test_noteGoneOnceDone(self) -> None:
+        [jobId] = self.storeEnded(1, DAY)
+        self.manager.delete(jobId)
+        self.assertEqual(self.withFolder([jobId]), [])
+        note = os.path.join(self.stateDir, "deleted-output")
+        self.assertFalse(os.path.exists(note))
+
+    def test_fifoNoteDoesNotHangTheStart(self) -> None:
+        """A FIFO where the note is kept the server from ever starting."""
+        self.manager.close()
+        os.mkfifo(os.path.join(self.stateDir, "deleted-output"))
+        again = self.newManager()
+        again.recover()
+        self.flushLoggedErrors()

@@ -8,6 +8,7 @@ import os
 import shutil
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import islice
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -30,7 +31,7 @@ from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .scheduling import Scheduler
 from .selection import ANY_JOB, JobFilter
-from .spool import OutputSource, StoredOutput
+from .spool import OutputSource, StoredOutput, openOutput
 from .stopping import DEFAULT_STOP, StopRequest
 from .store import JobStore, StoreError
 from .validation import parseJobId
@@ -193,55 +194,7 @@ class JobManager(Admission):
                 self._storeOrKeep(record, f"closed {record.status.value}")
         self._requeue(queued)
         self._reserveAgain()
-        self._sweepOrphans()
         return closed
-
-    def _sweepOrphans(self) -> None:
-        """
-        At start-up: remove the output folders in the jobs folder that no
-        record names, a slice a turn. A crash inside a deletion (between
-        its record and the end of its folder's C{rmtree}) leaves one, and
-        nothing else would ever remove it. Only this state dir's own jobs
-        folder: never another server's output (Slurm's may be shared).
-        """
-        if os.path.dirname(self._executor.outputDir(_PROBE_ID)) != self._jobsDir:
-            return
-        swept = self._sliced(self._orphanSlices())
-        swept.addErrback(
-            lambda f: self.log.error(
-                "orphaned output folders: {error}; removed at the next start",
-                error=f.getErrorMessage(),
-            )
-        )
-
-    def _orphanSlices(self) -> Iterator[None]:
-        """L{_sweepOrphans}' slices: up to L{DELETE_SLICE} folders each."""
-        removed = 0
-
-        def sweep(batch: list[str]) -> None:
-            nonlocal removed
-            stored = self._store.existing(batch)
-            for jobId in batch:
-                if jobId not in stored and jobId not in self._live:
-                    self._removeOutput(jobId)
-                    removed += 1
-
-        batch: list[str] = []
-        with os.scandir(self._jobsDir) as entries:
-            for entry in entries:
-                if _isJobId(entry.name) and entry.is_dir(follow_symlinks=False):
-                    batch.append(entry.name)
-                if len(batch) == DELETE_SLICE:
-                    sweep(batch)
-                    batch = []
-                    yield None
-        sweep(batch)
-        if removed:
-            self.log.warn(
-                "removed the output folders of {count} job(s) without a record "
-                "(a deletion cut short by a crash)",
-                count=removed,
-            )
 
     # -- jobs ------------------------------------------------------------------
 
@@ -556,7 +509,8 @@ class JobManager(Admission):
         record = self.record(jobId)
         if not record.status.ended:
             raise Conflict("job is still running: stop it first", job=record.toJSON())
-        self._removeEnded(jobId)
+        with self._noted([jobId]):
+            self._removeEnded(jobId)
 
     def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
         """L{cleanIds}, counted: (how many were deleted, whether more are left)."""
@@ -676,9 +630,10 @@ class JobManager(Admission):
             nonlocal removed
             while True:
                 ids = self._store.endedBefore(cutoff, DELETE_SLICE)
-                for jobId in ids:
-                    self._removeEnded(jobId)
-                    removed += 1
+                with self._noted(ids):
+                    for jobId in ids:
+                        self._removeEnded(jobId)
+                        removed += 1
                 if len(ids) < DELETE_SLICE:
                     return
                 yield None
@@ -723,6 +678,23 @@ class JobManager(Admission):
         return done
 
     # -- output folders of deleted jobs ------------------------------------------
+
+    @contextmanager
+    def _noted(self, ids: list[str]) -> Iterator[None]:
+        """
+        While these jobs' records and folders go (at once, in this turn),
+        their ids are noted in L{DELETED_OUTPUT}: a crash between a record
+        and the end of its folder's removal leaves the note, and the next
+        start removes the folder (it stayed for good). Nothing else is
+        ever removed: a folder whose record the store lost (a restored
+        backup, a damaged WAL) is kept.
+        """
+        noted = bool(ids) and self._noteUnswept(ids)
+        try:
+            yield
+        finally:
+            if noted and not self._unswept and self._sweeping is None:
+                self._forgetUnswept()
 
     def _noteUnswept(self, ids: list[str]) -> bool:
         """
@@ -815,7 +787,10 @@ class JobManager(Admission):
         last run did not get to (L{_noteUnswept}), a slice a turn.
         """
         try:
-            with open(self._sweepJournal, encoding="ascii", errors="replace") as f:
+            # Not waiting on what is no regular file of ours (a FIFO there
+            # kept the server from ever starting).
+            fd = openOutput(self._sweepJournal)
+            with open(fd, encoding="ascii", errors="replace") as f:
                 noted = f.read().split()
         except FileNotFoundError:
             return
@@ -953,10 +928,6 @@ def _shownBytes(text: str) -> int:
 def _oneStepATurn() -> Callable[[], bool]:
     """The manager's L{Cooperator} runs one slice of one task per turn."""
     return lambda: True
-
-
-#: Any job id: the executor's output folder of it says where outputs are.
-_PROBE_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def _isJobId(text: str) -> bool:
