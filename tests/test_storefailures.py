@@ -588,3 +588,33 @@ class StoreFailureWordingTests(SmallDisk):
         self.assertEqual(code, 503, body)
         self.assertIn("disk is full", body["error"])
         self.flushLoggedErrors()
+
+
+class LockedStoreTests(SmallDisk):
+    """
+    Another program holding the store's write lock (a backup tool, the
+    sqlite3 shell in a transaction) froze the whole server: SQLite waited up
+    to 5 s for it on the reactor's thread, for each write, job ends
+    included; no request was served meanwhile (fault round 5). The store
+    waits for no lock: the write is refused at once, a request is a 503
+    that says why, and a job's end is kept in memory and written later.
+    """
+
+    def test_lockedStoreRefusesAtOnce(self) -> None:
+        manager = self.manager()
+        self.addCleanup(manager.close)
+        create = StoreFailureWordingTests.apiOf(self, manager)  # type: ignore[arg-type]
+        busy = manager._store._db.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.assertEqual(busy, 0)
+        other = sqlite3.connect(
+            os.path.join(self.stateDir, "jobs.sqlite3"), isolation_level=None
+        )
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        code, body = create()
+        self.assertEqual(code, 503, body)
+        self.assertIn("locked by another program", body["error"])
+        other.execute("ROLLBACK")
+        code, body = create()
+        self.assertEqual(code, 201, body)
+        self.flushLoggedErrors()

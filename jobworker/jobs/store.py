@@ -143,7 +143,10 @@ class JobStore:
             if not existed:
                 # SQLite gives its -wal and -shm files the mode of this one.
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None)
+            # No waiting for a lock another program holds (SQLite's default
+            # is 5 s, on the reactor's thread, for every write): refused at
+            # once, a 503 or a record kept in memory and written later.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=0)
         except (OSError, sqlite3.Error) as e:
             self._unlock()
             raise StoreError(f"cannot open {path}: {e}") from None
@@ -272,7 +275,7 @@ class JobStore:
         # one of this process, may checkpoint the WAL; that is all.)
         self._db.close()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
             self._db.row_factory = sqlite3.Row
             self._connected()
         except sqlite3.Error as e:
