@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -19,6 +20,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
 from jobworker.server.services import UsersReloadService
+
+from .support import ROOT
 
 
 def lines(path: str) -> list[bytes]:
@@ -117,3 +120,44 @@ class AuditFaultTests(SynchronousTestCase):
         for n in range(40):
             job = f"{n:036}"
             self.assertTrue(job in whole or any(e["job"] == job for e in lost), job)
+
+
+#: A process that writes 3,000 audit events to a FIFO nobody reads, then
+#: says how many reached the server's log instead.
+_FIFO_CHILD = """
+import sys
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from jobworker.auth.audit import AuditLog
+seen = []
+globalLogPublisher.addObserver(seen.append)
+audit = AuditLog(sys.argv[1], Clock())
+for n in range(3000):
+    audit.record("job.create", "alice", "127.0.0.1", "ok", job=str(n))
+print(sum(1 for e in seen if "audit" in e))
+"""
+
+
+class AuditPipeTests(SynchronousTestCase):
+    """
+    The audit log's path a FIFO (a log shipper's, which stalled, or one put
+    there by hand before a SIGHUP): the server blocked in write(2) once the
+    pipe's 64 KiB were full, for good, its shutdown included (fault round
+    5). The file is written without blocking: what the pipe does not take
+    goes whole to the server's log, as what a full disk refuses.
+    """
+
+    def test_fullPipeNeverBlocks(self) -> None:
+        fifo = os.path.abspath(self.mktemp())
+        os.mkfifo(fifo, 0o600)
+        done = subprocess.run(
+            [sys.executable, "-c", _FIFO_CHILD, fifo],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        toServerLog = int(done.stdout)
+        self.assertGreater(toServerLog, 0)
+        self.assertLess(toServerLog, 3000)

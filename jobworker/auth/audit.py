@@ -38,7 +38,10 @@ class AuditLog:
         The file at C{path}, for appending (made private if it was not),
         and whether it ends in the middle of a line.
         """
-        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        # Never blocking (a FIFO, a log shipper's, that nobody reads: the
+        # server hung in write(2) for good, its shutdown included): what
+        # the file does not take goes to the server's log (L{_write}).
+        flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(path, os.O_RDWR | flags, 0o600)
         except PermissionError:  # (root squashed on NFS, say): no look back
