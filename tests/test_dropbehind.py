@@ -422,3 +422,24 @@ class ServerTests(TestCase):
         # The kernel drops a page only once it is on disk: most, not all.
         self.assertLess(sum(older), len(older) // 2, f"{sum(older)} of {len(older)}")
         await server.stop()
+
+
+class PrivateFolderTests(SynchronousTestCase):
+    """
+    The jobs folder removed under a running server was made again 0755 by
+    the next job's output (C{os.makedirs} gives the folders above the leaf
+    the default mode), so every user could list the job ids in it (fault
+    round 5). Each folder made is 0700.
+    """
+
+    def test_everyFolderMadeIsPrivate(self) -> None:
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(top)
+        folder = os.path.join(top, "jobs", "7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1")
+        spool = OutputSpool(os.path.join(folder, "stdout"))
+        spool.write(b"x")
+        spool.close()
+        order = OrderLog(os.path.join(top, "other", "job", "order"))
+        order.switch(0, 0)
+        for path in (folder, os.path.dirname(folder), os.path.join(top, "other")):
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o700, path)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from .folders import privateFolder
+
 _ENTRY = struct.Struct(">Q")
 _STDERR_BIT = 1 << 63
 #: No cap: more than any file holds.
@@ -77,7 +79,7 @@ class OrderLog:
             return
         try:
             if self._fd is None:
-                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                privateFolder(os.path.dirname(self.path))
                 self._fd = os.open(
                     self.path,
                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .dropbehind import DropBehind
+from .folders import privateFolder
 from .order import OrderLog
 from .pacing import Pacer
 
@@ -149,7 +150,7 @@ class OutputSpool:
         if self._broken and time.monotonic() < self._reopenAt:
             return None
         try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            privateFolder(os.path.dirname(self.path))
             self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
             )
