@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.leftovers import LEFTOVERS, LeftoverJournal
+from jobworker.jobs.identity import DynamicUids
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.recovery import currentBootId, processStartTime
 from jobworker.jobs.validation import JobRequest
@@ -82,3 +84,69 @@ class JournalTests(SynchronousTestCase):
         with open(self.journal, "w") as f:
             f.write("../../etc 1 - 0\nnot a line\n")
         self.assertEqual(LeftoverJournal(self.journal).read(), [])
+
+
+class OutOfRangeTests(SynchronousTestCase):
+    """
+    A crashed job's process that left its session (setsid), without a
+    cgroup, as a dynamic uid the restarted server no longer hands out
+    (another --dynamic-uids): start-up reclaimed the range in force only,
+    and it ran on for good (fault round 5). Recovery kills the processes of
+    a recovered record's dynamic uid, unless a live server holds that uid.
+    """
+
+    def setUp(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("running a process as another uid needs root")
+
+    def escaped(self, uid: int) -> subprocess.Popen[bytes]:
+        """A process of C{uid} (each test its own: trial -j runs them at once)."""
+        process = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "sleep",
+                "600",
+            ],
+            start_new_session=True,
+        )
+        self.addCleanup(process.kill)
+        # Not before it is that uid (setpriv runs as root until it execs).
+        for _ in range(1000):
+            if os.stat(f"/proc/{process.pid}").st_uid == uid:
+                return process
+            time.sleep(0.01)
+        raise AssertionError("the escaped process never became its uid")
+
+    def recoverCrashed(self, uid: int) -> None:
+        stateDir = os.path.abspath(self.mktemp())
+        crashed = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
+        record = JobRecord(
+            id="7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1",
+            command="sh",
+            args=[],
+            owner="alice",
+            created_at=1.0,
+            run_as=f"dynamic:{uid}",
+        )
+        crashed._store.insert(record)
+        crashed._store._unlock()  # a crash: the record still says RUNNING
+        again = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
+        self.addCleanup(again.close)
+        again.recover()
+        self.flushLoggedErrors()
+
+    def test_killed(self) -> None:
+        process = self.escaped(74911)
+        self.recoverCrashed(74911)
+        self.assertEqual(process.wait(10), -9)
+
+    def test_liveServersUidSpared(self) -> None:
+        process = self.escaped(74912)
+        live = DynamicUids(74912, 74912)  # another server's job has it
+        self.assertEqual(live.acquire(), 74912)
+        self.addCleanup(live.release, 74912)
+        self.recoverCrashed(74912)
+        self.assertIsNone(process.poll())

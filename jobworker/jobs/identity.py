@@ -212,6 +212,14 @@ def rangeClashes(
     return found
 
 
+def dynamicUid(runAs: str | None) -> int | None:
+    """The uid of a record's C{run_as} if it is a dynamic one (C{dynamic:N})."""
+    if runAs is None or not runAs.startswith("dynamic:"):
+        return None
+    number = runAs.removeprefix("dynamic:")
+    return int(number) if number.isdigit() else None
+
+
 class PoolExhausted(Exception):
     """Every dynamic uid is held by a live job."""
 
@@ -283,6 +291,11 @@ class DynamicUids:
         fd = self._held.pop(uid, None)
         if fd is not None:
             os.close(fd)
+
+    @property
+    def lockDir(self) -> str:
+        """Where the uids' lock files are."""
+        return self._lockDir
 
     @property
     def uids(self) -> range:

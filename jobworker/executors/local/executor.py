@@ -13,7 +13,13 @@ from twisted.logger import Logger
 
 from ...errors import BadRequest, CannotStartNow, TooManyRequests
 from ...jobs.dropbehind import DropBehind, RunInThread
-from ...jobs.identity import Identity, PoolExhausted
+from ...jobs.identity import (
+    LOCK_DIR,
+    DynamicUids,
+    Identity,
+    PoolExhausted,
+    dynamicUid,
+)
 from ...jobs.limits import Limits
 from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
 from ...jobs.order import OrderLog
@@ -25,6 +31,7 @@ from ...jobs.recovery import (
     leftovers,
     pidReused,
     processesByUid,
+    processesOf,
     sessionMembers,
     spawnedAt,
 )
@@ -607,6 +614,7 @@ class LocalExecutor:
             killed = self._killLeftovers(
                 record.id, record.pid, record.boot_id, record.proc_start, sessions
             )
+            killed += self._killOutOfRange(record.run_as)
             for stream in ("stdout", "stderr"):
                 try:
                     size = os.path.getsize(self.outputPath(record.id, stream))
@@ -632,6 +640,32 @@ class LocalExecutor:
             )
         self._leftovers.clear()
         return []
+
+    def _killOutOfRange(self, runAs: str | None) -> int:
+        """
+        The processes of a crashed job's dynamic uid that this server no
+        longer hands out (restarted with another --dynamic-uids, or none),
+        killed unless a live server holds the uid: one that left the job's
+        session (setsid) without a cgroup ran on for good, since start-up
+        reclaims only the range in force. How many were signalled.
+        """
+        uid = dynamicUid(runAs)
+        pool = self._identities.pool
+        if uid is None or (pool is not None and uid in pool.uids):
+            return 0  # (in range: reclaimed at start-up)
+        pids = processesOf(uid)
+        if not pids:
+            return 0
+        lockDir = pool.lockDir if pool is not None else LOCK_DIR
+        try:
+            holder = DynamicUids(uid, uid, lockDir)
+            if not holder.reclaim({uid: pids}, killAll):
+                return 0  # a live server's job
+        except OSError as e:
+            self.log.warn("dynamic uid {uid} not reclaimed: {error}", uid=uid, error=e)
+            return 0
+        holder.release(uid)
+        return len(pids)
 
     def _killLeftovers(
         self,
