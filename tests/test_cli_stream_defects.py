@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import uuid
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.client.failures import ArgumentsRefused, HelpShown
 from jobworker.client.follow import readStream
@@ -403,3 +404,35 @@ class CleanHelpTests(SynchronousTestCase):
         self.assertIn("jw clean --older-than 7d", text)
         self.assertIn("an Admin's: every user's", text)
         self.assertNotIn("delete your ended jobs older than a week", text)
+
+
+class LostOutputNoticeTests(JWAssertions, TestCase):
+    """
+    Output the server could not write (its state dir's disk full:
+    C{output_lost}) was said nowhere: C{jw logs -f} exited 0 with what had
+    been written (fault round 5). It is said in one line, as the cap's.
+    """
+
+    timeout = 120
+
+    async def test_logsFollowSaysWhatWasLost(self) -> None:
+        if os.getuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "jwlost", state], check=True
+        )
+        self.addCleanup(subprocess.run, ["umount", "-l", state], check=False)
+        server = LiveServer(self, stateDir=state)
+        job = await server.createJob("head", "-c", str(8 << 20), "/dev/zero")
+        ended = await server.waitEnded(job["id"], 60)
+        self.assertGreater(ended["output_lost"], 0, ended)
+        _, err, code = await runJW(server.url, "logs", "-f", job["id"])
+        self.assertEqual(code, 0, err)
+        self.assertIn(
+            f"jw: {ended['output_lost']} bytes of the job's output could not be "
+            "written on the server".encode(),
+            err,
+        )
+        self.flushLoggedErrors()

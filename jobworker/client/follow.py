@@ -202,6 +202,21 @@ def sayTruncated(
         dropped = job.get(f"{name}_dropped")
         if dropped:
             sayDropped(streams, name, dropped)
+    sayLost(job, streams)
+
+
+def sayLost(job: dict[str, Any] | None, streams: Streams) -> None:
+    """
+    The one line that says the server could not write some of the job's
+    output (C{output_lost}: its disk full or failing): a follow ended with
+    exit 0 and said nothing of it.
+    """
+    lost = job.get("output_lost") if job else None
+    if lost:
+        streams.say(
+            f"jw: {lost} bytes of the job's output could not be written on the "
+            "server (its disk was full or failing): they are not in this output"
+        )
 
 
 async def followOutput(
@@ -226,7 +241,9 @@ async def followOutput(
         after it (raw streams: to say what was dropped), else None.
     """
     if not follow or streams.sharedDestination():
-        return await followCombined(client, jobId, streams, follow, tail, onStatus)
+        final = await followCombined(client, jobId, streams, follow, tail, onStatus)
+        sayLost(final, streams)
+        return final
 
     def reader(
         name: str, told: Callable[[str], None] | None = None
