@@ -15,11 +15,13 @@ import threading
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
+from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
 from jobworker.errors import NoThread
 from jobworker.executors.local.executor import localJobManager
@@ -31,6 +33,7 @@ from jobworker.server.threads import threadRunner
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import basic
+from .test_authcache import basicRequest
 
 
 class Refused(threading.Thread):
@@ -45,12 +48,7 @@ def starvedPool(case: SynchronousTestCase) -> ThreadPool:
     pool = ThreadPool(0, 2, "starved")
     pool.threadFactory = Refused
     pool.start()
-
-    def stop() -> None:
-        pool.threads.clear()  # none of them ever started
-        pool.stop()
-
-    case.addCleanup(stop)
+    case.addCleanup(pool.stop)  # (no thread it could not start left to join)
     return pool
 
 
@@ -85,6 +83,28 @@ class PasswordCheckTests(SynchronousTestCase):
         self.assertTrue(response.headers.getRawHeaders(b"retry-after"))
         [checker] = portal.checkers.values()
         self.assertEqual(checker.inFlight, 0)  # not counted against the cap
+        self.flushLoggedErrors()
+
+    def test_noThreadIsNoFailedLogin(self) -> None:
+        """
+        A client that retries after the 503's Retry-After is no more
+        throttled than before: the server's trouble is not its failure
+        (a review: each 503 counted as a bad password).
+        """
+        clock = Clock()
+        throttle = LoginThrottle(clock, threshold=2)
+        portal = makePortal(
+            UserDatabase.development(), threadRunner(clock, starvedPool(self))
+        )
+        authenticator = Authenticator(portal, throttle=throttle)
+        for _ in range(5):
+            self.failureResultOf(
+                ensureDeferred(
+                    authenticator.authenticate(basicRequest("alice", "alice-pass"))
+                ),
+                NoThread,
+            )
+        self.assertEqual(throttle.retryAfter("alice", "192.0.2.7"), 0)
         self.flushLoggedErrors()
 
 

@@ -468,7 +468,7 @@ class Authenticator:
             return user
         self._admitCheck(name, client)
         self._beginCheck(name, client, counted=True)
-        succeeded = False
+        succeeded: bool | None = False
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
             assert isinstance(avatar, User)
@@ -482,9 +482,14 @@ class Authenticator:
                 "invalid user name or password",
                 counted=True,
             ) from None
+        except ServiceUnavailable:
+            # The server's trouble (no thread for bcrypt), not the client's:
+            # its retry after Retry-After must not find itself throttled.
+            succeeded = None
+            raise
         finally:
-            # Whatever happened (a client that hangs up cancels the check),
-            # anything but a success counts as a failure.
+            # Whatever else happened (a client that hangs up cancels the
+            # check), anything but a success counts as a failure.
             if self._throttle is not None:
                 self._throttle.finish(name, client, succeeded)
         return user

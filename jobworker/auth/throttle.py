@@ -185,15 +185,18 @@ class LoginThrottle:
         self._evict()
         return 0.0
 
-    def finish(self, user: str, address: str, succeeded: bool) -> None:
-        """End a check L{begin} let go ahead: a success or a failure."""
+    def finish(self, user: str, address: str, succeeded: bool | None) -> None:
+        """
+        End a check L{begin} let go ahead: a success, a failure, or (None)
+        neither: the server could not run it (no thread), nothing counted.
+        """
         for key in self._keys(user, address):
             failures = self._entries.get(key)
             if failures is not None and failures.pending > 0:
                 failures.pending -= 1
         if succeeded:
             self.succeeded(user, address)
-        else:
+        elif succeeded is not None:
             self.failed(user, address)
 
     def failed(self, user: str, address: str) -> None:

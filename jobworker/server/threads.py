@@ -32,6 +32,9 @@ def threadRunner(reactor: Any, pool: ThreadPool) -> Callable[..., Deferred[Any]]
         try:
             return deferToThreadPool(reactor, pool, f, *args)
         except RuntimeError as e:
+            # The pool kept the thread it could not start: its stop would
+            # join it, and fail (the threads after it never joined).
+            pool.threads[:] = [t for t in pool.threads if t.ident is not None]
             log.error("no thread for {call}: {error}", call=f.__name__, error=str(e))
             return fail(NoThread("the server cannot start a thread now: try again"))
 
