@@ -241,9 +241,9 @@ async def followOutput(
         after it (raw streams: to say what was dropped), else None.
     """
     if not follow or streams.sharedDestination():
-        final = await followCombined(client, jobId, streams, follow, tail, onStatus)
-        sayLost(final, streams)
-        return final
+        ended = await followCombined(client, jobId, streams, follow, tail, onStatus)
+        sayLost(ended, streams)
+        return ended
 
     def reader(
         name: str, told: Callable[[str], None] | None = None
