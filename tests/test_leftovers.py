@@ -150,3 +150,37 @@ class OutOfRangeTests(SynchronousTestCase):
         self.addCleanup(live.release, 74912)
         self.recoverCrashed(74912)
         self.assertIsNone(process.poll())
+
+
+class JournalFileTests(SynchronousTestCase):
+    """The journal names only the jobs still noted, and never waits."""
+
+    def record(self, n: int) -> JobRecord:
+        return JobRecord(
+            id=f"7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a{n}",
+            command="sh",
+            args=[],
+            owner="alice",
+            created_at=1.0,
+            pid=100 + n,
+        )
+
+    def test_doneJobsLeaveTheFile(self) -> None:
+        """A line kept for a job long done (while another stayed noted) would
+        have a restart kill whatever session reused its pid (a review)."""
+        path = os.path.abspath(self.mktemp())
+        journal = LeftoverJournal(path)
+        journal.note(self.record(1))
+        journal.note(self.record(2))
+        journal.done(self.record(1).id)
+        self.assertEqual([n.jobId for n in journal.read()], [self.record(2).id])
+        journal.done(self.record(2).id)
+        self.assertFalse(os.path.exists(path))
+
+    def test_fifoNeverWaitedOn(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.mkfifo(path)
+        journal = LeftoverJournal(path)
+        journal.note(self.record(1))  # refused at once, with a warning
+        self.assertEqual(journal.read(), [])
+        self.flushLoggedErrors()

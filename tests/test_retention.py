@@ -417,3 +417,11 @@ class CrashInsideADeletionTests(SlicedDeletionTestCase):
         again = self.newManager()
         again.recover()
         self.flushLoggedErrors()
+
+    def test_fifoNoteDoesNotHangADelete(self) -> None:
+        """A FIFO where the note goes: a DELETE removes at once (it waited
+        for a reader for good, the server with it: a review)."""
+        [jobId] = self.storeEnded(1, DAY)
+        os.mkfifo(os.path.join(self.stateDir, "deleted-output"))
+        self.manager.delete(jobId)
+        self.assertEqual(self.withFolder([jobId]), [])

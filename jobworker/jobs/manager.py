@@ -26,6 +26,7 @@ from ..metrics import Metrics
 from .admission import Admission
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob
+from .folders import openJournal
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
@@ -689,30 +690,33 @@ class JobManager(Admission):
         ever removed: a folder whose record the store lost (a restored
         backup, a damaged WAL) is kept.
         """
-        noted = bool(ids) and self._noteUnswept(ids)
+        # Not fsynced: these folders go in this turn, and a process that
+        # dies keeps what it wrote (an fsync before each DELETE's answer).
+        noted = bool(ids) and self._noteUnswept(ids, durable=False)
         try:
             yield
         finally:
             if noted and not self._unswept and self._sweeping is None:
                 self._forgetUnswept()
 
-    def _noteUnswept(self, ids: list[str]) -> bool:
+    def _noteUnswept(self, ids: list[str], durable: bool = True) -> bool:
         """
         Note these jobs' output folders as still to be removed (in
         L{DELETED_OUTPUT}), before their records go: if this run stops
-        before it has removed them, the next one does. False if it cannot
-        be written (the disk is full): they are removed at once then.
+        before it has removed them, the next one does. C{durable}: fsynced
+        (a power cut must not keep the deletion and lose the note), for
+        the deletions whose folders go in later turns. False if it cannot
+        be written (the disk is full, no regular file there): they are
+        removed at once then.
         """
         data = "".join(f"{jobId}\n" for jobId in ids).encode("ascii")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(self._sweepJournal, flags, 0o600)
+            fd = openJournal(self._sweepJournal)
             try:
                 if os.write(fd, data) != len(data):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                # On disk before the records go: a power cut must not keep
-                # the deletion and lose the note of what is left to remove.
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as e:

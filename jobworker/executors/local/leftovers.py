@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from ...errors import NotFound
+from ...jobs.folders import openJournal
 from ...jobs.records import JobRecord
+from ...jobs.spool import openOutput
 from ...jobs.validation import parseJobId
 
 log = Logger()
@@ -47,7 +49,8 @@ class LeftoverJournal:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._noted: set[str] = set()
+        #: The jobs noted, each with its line.
+        self._noted: dict[str, bytes] = {}
 
     def note(self, record: JobRecord) -> None:
         """C{record}'s job ended with processes left to kill."""
@@ -55,10 +58,9 @@ class LeftoverJournal:
             f"{record.id} {record.pid or 0} {record.boot_id or '-'} "
             f"{record.proc_start or 0}\n"
         ).encode("ascii", "replace")
+        self._noted[record.id] = line
         try:
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            fd = openJournal(self.path)
             try:
                 os.write(fd, line)
             finally:
@@ -70,13 +72,32 @@ class LeftoverJournal:
                 path=self.path,
                 error=e.strerror,
             )
-        self._noted.add(record.id)
 
     def done(self, jobId: str) -> None:
-        """C{jobId}'s leftovers are gone; with none left noted, empty the file."""
-        self._noted.discard(jobId)
+        """
+        C{jobId}'s leftovers are gone: the file names only the jobs still
+        noted (a line kept for a job long done would have a restart kill
+        whatever session reused its pid), or is removed.
+        """
+        if self._noted.pop(jobId, None) is None:
+            return
         if not self._noted:
             self.clear()
+            return
+        temporary = self.path + ".new"
+        try:
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            try:
+                os.write(fd, b"".join(self._noted.values()))
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError as e:
+            log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
 
     def clear(self) -> None:
         """Forget every job noted."""
@@ -91,7 +112,7 @@ class LeftoverJournal:
     def read(self) -> list[Noted]:
         """The jobs a previous run noted (lines it could not parse skipped)."""
         try:
-            with open(self.path, encoding="ascii", errors="replace") as f:
+            with open(openOutput(self.path), encoding="ascii", errors="replace") as f:
                 lines = f.read().splitlines()
         except FileNotFoundError:
             return []

@@ -478,6 +478,16 @@ class JobProcess:
             )
         if record.output_lost and error is None:
             error = f"{record.output_lost} bytes of output could not be written to disk"
+        if self._killTimer is not None and self._nothingLeft():
+            # The leftovers went on SIGTERM: no SIGKILL for a group id that
+            # may be reused by now.
+            self._cancelTimers("_killTimer")
+        if self._killTimer is not None and self._leftovers is not None:
+            # Its leftovers are not gone: noted before its record is final
+            # (which recovery would pass over), so that a restart inside
+            # their grace still kills them.
+            self._leftovers.note(record)
+            self._noted = True
         self._ending.finish(
             status,
             self._clock.seconds(),
@@ -485,17 +495,8 @@ class JobProcess:
             signal=signalText,
             error=error,
         )
-        if self._killTimer is not None and self._nothingLeft():
-            # The leftovers went on SIGTERM: no SIGKILL for a group id that
-            # may be reused by now.
-            self._cancelTimers("_killTimer")
         if self._killTimer is None:
             self._fireCleaned()
-        elif self._leftovers is not None:
-            # The record is final, its leftovers are not gone: a restart
-            # inside their grace must still kill them.
-            self._leftovers.note(record)
-            self._noted = True
 
     def _nothingLeft(self) -> bool:
         if self.cgroup is not None:
