@@ -1155,3 +1155,8 @@ class LockFolderGoneTests(SynchronousTestCase):
         self.assertNotEqual(first, second)
         self.assertTrue(os.path.exists(os.path.join(lockDir, str(second))))
         self.assertEqual(stat.S_IMODE(os.stat(lockDir).st_mode), 0o700)
+        # Both held uids are locked again: another server gets neither.
+        other = DynamicUids(70000, 70003, lockDir)
+        taken = {other.acquire(), other.acquire()}
+        self.assertEqual(taken & {first, second}, set())
+        self.assertRaises(PoolExhausted, other.acquire)

@@ -273,8 +273,11 @@ class DynamicUids:
         except FileNotFoundError:
             # The folder was removed under a running server (rm -rf of
             # /run/jobworker, a cleaner of /run): made again, not a 500 for
-            # every job until a restart.
+            # every job until a restart; with the uids this server holds
+            # locked again in it (their files went with it: another server
+            # would have handed out, or killed, a running job's uid).
             os.makedirs(self._lockDir, mode=0o700, exist_ok=True)
+            self._lockHeldAgain()
             fd = os.open(path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -285,6 +288,22 @@ class DynamicUids:
             raise
         self._held[uid] = fd
         return True
+
+    def _lockHeldAgain(self) -> None:
+        """Lock each uid held in a new file (L{_lock}'s folder was remade)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        for uid, old in list(self._held.items()):
+            try:
+                fd = os.open(os.path.join(self._lockDir, str(uid)), flags, 0o600)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # another server took it first: nothing to do now
+            self._held[uid] = fd
+            os.close(old)
 
     def release(self, uid: int) -> None:
         """Give C{uid} back (only once nothing of its job is left)."""
