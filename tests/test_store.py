@@ -401,6 +401,17 @@ class LabelIndexTests(SynchronousTestCase):
         page, _ = self.store.page(selection)
         self.assertEqual([r.id for r in page], [makeRecord(9).id])
 
+    def test_ownerDrivesWithLabels(self) -> None:
+        """With an owner, the owner's index drives and labels are checked per
+        job: a label on every job, asked with an owner who has none, read
+        every index row of it (a review)."""
+        selection = JobFilter(owner="nobody", labels=(("team", "a"),))
+        [plan] = self.plans(lambda: self.store.page(selection))
+        self.assertIn("jobs_owner", plan)
+        self.assertEqual(self.store.page(selection)[0], [])
+        mine = JobFilter(owner="alice", labels=(("team", "b"), ("n", "3")))
+        self.assertEqual([r.id for r in self.store.page(mine)[0]], [makeRecord(3).id])
+
     def test_pagesInOrder(self) -> None:
         selection = JobFilter(labels=(("team", "a"),))
         first, cursor = self.store.page(selection, limit=7)

@@ -104,17 +104,21 @@ class JobFilter:
     def query(self) -> tuple[str, str, list[str], list[object]]:
         """
         For L{JobStore}: the source (C{jobs}, joined to the index of its
-        first label if it filters by labels), the column to order and page
-        by (C{seq}, or that index's), SQL conditions and their parameters.
-        A label drives the search through its index (key, value, seq): a
-        label matching no job, or every job, costs a page, never a scan of
-        every record's labels.
+        first label if it filters by labels and by no owner or name), the
+        column to order and page by (C{seq}, or that index's), SQL
+        conditions and their parameters. A label drives the search through
+        its index (key, value, seq): a label matching no job, or every job,
+        costs a page, never a scan of every record's labels.
         """
         where: list[str] = []
         params: list[object] = []
         source, order = "jobs", "jobs.seq"
+        # The first label drives the search, unless an owner or a name does
+        # (their indexes hold one user's or one name's jobs: a label common
+        # to every job, asked with an owner who has none, read them all).
+        drive = self.owner is None and self.name is None
         for index, (key, value) in enumerate(self.labels):
-            if index == 0:
+            if index == 0 and drive:
                 source = "job_labels AS first JOIN jobs ON jobs.seq = first.seq"
                 order = "first.seq"
                 where.append("first.key = ? AND first.value = ?")
