@@ -10,6 +10,7 @@ gone, and a restart kills what it names.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 
@@ -149,6 +150,15 @@ class OutOfRangeTests(SynchronousTestCase):
         self.assertEqual(live.acquire(), 74912)
         self.addCleanup(live.release, 74912)
         self.recoverCrashed(74912)
+        self.assertIsNone(process.poll())
+
+    def test_accountSpared(self) -> None:
+        """A uid that is an account now (the range moved away from it) is
+        not the crashed job's to kill: every process of that user was (a
+        review)."""
+        nobody = pwd.getpwnam("nobody").pw_uid
+        process = self.escaped(nobody)
+        self.recoverCrashed(nobody)
         self.assertIsNone(process.poll())
 
 

@@ -19,7 +19,10 @@ def privateFolder(path: str) -> None:
     except FileExistsError:
         return
     except FileNotFoundError:
-        privateFolder(os.path.dirname(path))
+        parent = os.path.dirname(path)
+        if parent in ("", path):
+            raise  # (a relative path from a working folder that is gone)
+        privateFolder(parent)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:

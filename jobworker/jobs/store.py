@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
@@ -169,8 +170,8 @@ class JobStore:
         on one state dir would mark each other's jobs as crashed and kill
         them. One on C{<path>.lock} (what earlier versions lock), one on the
         folder that holds the store: a lock file unlinked by hand let a
-        second server in, and a folder with the store in it cannot be
-        removed.
+        second server in, and a second server finds that folder as long as
+        the store is in it.
         """
         held: list[int] = []
         for lockPath, flags in (
@@ -186,9 +187,11 @@ class JobStore:
             held.append(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
                 for fd in held:
                     os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise StoreError(f"cannot lock {lockPath}: {e.strerror}") from None
                 raise StoreError(
                     f"{lockPath} is held: another jobworker uses this state dir"
                 ) from None

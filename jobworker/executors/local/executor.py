@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -653,6 +654,12 @@ class LocalExecutor:
         pool = self._identities.pool
         if uid is None or (pool is not None and uid in pool.uids):
             return 0  # (in range: reclaimed at start-up)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            pass
+        else:
+            return 0  # an account now (the range moved away from it): not ours
         pids = processesOf(uid)
         if not pids:
             return 0
@@ -664,6 +671,10 @@ class LocalExecutor:
         except OSError as e:
             self.log.warn("dynamic uid {uid} not reclaimed: {error}", uid=uid, error=e)
             return 0
+        for _ in range(100):  # the uid held until they are gone
+            if not processesOf(uid):
+                break
+            time.sleep(0.01)
         holder.release(uid)
         return len(pids)
 
