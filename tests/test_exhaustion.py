@@ -546,6 +546,35 @@ class JobsAreNotBeyondTheOomKillerTests(TestCase):
         """The default, under a server at -900: jobs at 0."""
         await self.assertJobScore(0)
 
+    def test_scoreTheServerMayNotSetRefused(self) -> None:
+        """
+        A score below the floor of the server's own (set by a privileged
+        hand: systemd's OOMScoreAdjust=), where the server may not lower it
+        (no CAP_SYS_RESOURCE), failed every job (exit 125): the server
+        refuses to start instead, saying why (a review). (No machine here
+        can set such a floor: the child's answer is given.)
+        """
+        from jobworker.server.options import Options
+        from jobworker.server.startup import StartupError
+        from jobworker.server.tap import _jobOomScore
+
+        options = Options()
+        options.parseOptions(["--tls", "--job-oom-score-adj=100"])
+        asked: list[int] = []
+
+        def refuses(score: int) -> bool:
+            asked.append(score)
+            return False
+
+        error = self.assertRaises(
+            StartupError, _jobOomScore, options, own=500, canSet=refuses
+        )
+        self.assertEqual(asked, [100])
+        self.assertIn("below the server's own oom_score_adj (500)", str(error))
+        self.assertEqual(_jobOomScore(options, own=500, canSet=lambda s: True), 100)
+        self.assertEqual(_jobOomScore(options, own=50, canSet=refuses), 100)
+        self.assertEqual(asked, [100])  # raising is never tried: always allowed
+
     def test_defaultScore(self) -> None:
         self.assertEqual(jobOomScore(-1000), 0)
         self.assertEqual(jobOomScore(-1), 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -249,14 +250,40 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
     )
 
 
-def _jobOomScore(config: Options) -> int | None:
-    """The C{oom_score_adj} local jobs start with (None: the server's own)."""
-    if config["job-oom-score-adj"] is not None:
-        return int(config["job-oom-score-adj"])
+def _ownOomScore() -> int | None:
+    """This process's C{oom_score_adj} (None: unknown)."""
     try:
         with open("/proc/self/oom_score_adj") as f:
-            own = int(f.read())
+            return int(f.read())
     except (OSError, ValueError):
+        return None
+
+
+def _jobOomScore(
+    config: Options,
+    own: int | None = None,
+    canSet: Callable[[int], bool] | None = None,
+) -> int | None:
+    """
+    The C{oom_score_adj} local jobs start with (None: the server's own,
+    C{own}: read if not given). One below the server's own is tried first,
+    in a child (C{canSet}): below the floor a privileged hand set (systemd's
+    C{OOMScoreAdjust=}), without C{CAP_SYS_RESOURCE}, it cannot be set, and
+    every job would fail to start (exit 125).
+    """
+    if own is None:
+        own = _ownOomScore()
+    if config["job-oom-score-adj"] is not None:
+        wanted = int(config["job-oom-score-adj"])
+        check = canSet or _canSetOomScore
+        if own is not None and wanted < own and not check(wanted):
+            fatal(
+                f"--job-oom-score-adj {wanted} is below the server's own "
+                f"oom_score_adj ({own}), and this server may not lower it that "
+                "far (no CAP_SYS_RESOURCE): give at least its floor"
+            )
+        return wanted
+    if own is None:
         return None
     score = jobOomScore(own)
     if score is not None:
@@ -266,6 +293,16 @@ def _jobOomScore(config: Options) -> int | None:
             score=score,
         )
     return score
+
+
+def _canSetOomScore(score: int) -> bool:
+    """Whether a child of this server may set its oom_score_adj to C{score}."""
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"echo {score:d} > /proc/self/oom_score_adj"],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
 
 
 def _manager(
