@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from jobworker.client.calls import exitStatusOf
 from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.executors.slurm.executor import SlurmExecutor
-from jobworker.executors.slurm.outcomes import outcomeOf
+from jobworker.executors.slurm.outcomes import NEVER_STARTS_AFTER, outcomeOf
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.stopping import StopRequest
@@ -163,8 +163,21 @@ class NeverRunsTests(SlurmCase):
     """
 
     def test_invalidAccountFails(self) -> None:
+        """
+        Once the reason has held NEVER_STARTS_AFTER seconds: an
+        administrator may fix an account or QOS meanwhile (a review: the
+        first poll that showed it cancelled the job).
+        """
         record = self.submit("true")
-        self.poll({"101": replace(state("PENDING"), reason="InvalidAccount")})
+        invalid = {"101": replace(state("PENDING"), reason="InvalidAccount")}
+        self.poll(invalid)
+        waiting = self.manager.record(record.id)
+        self.assertIs(waiting.status, JobStatus.PENDING)
+        self.assertEqual(waiting.pending_reason, "InvalidAccount")
+        self.reactor.advance(NEVER_STARTS_AFTER - 2)  # (a poll is 1 s more)
+        self.poll(invalid)
+        self.assertIs(self.manager.record(record.id).status, JobStatus.PENDING)
+        self.poll(invalid)
         final = self.manager.record(record.id)
         self.assertIs(final.status, JobStatus.FAILED)
         self.assertIn("InvalidAccount", final.error or "")
@@ -173,6 +186,17 @@ class NeverRunsTests(SlurmCase):
         self.assertIsNone(final.started_at)
         self.assertIsNone(final.pending_reason)
         self.assertEqual(self.commands.cancels, ["101"])
+
+    def test_fixedInTimeRuns(self) -> None:
+        """An account made valid within the time: the job waits on, then runs."""
+        record = self.submit("true")
+        self.poll({"101": replace(state("PENDING"), reason="InvalidAccount")})
+        self.reactor.advance(NEVER_STARTS_AFTER - 1)
+        self.poll({"101": replace(state("PENDING"), reason="Priority")})
+        self.reactor.advance(NEVER_STARTS_AFTER)
+        self.poll({"101": replace(state("PENDING"), reason="InvalidAccount")})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.PENDING)
+        self.assertEqual(self.commands.cancels, [])
 
     def test_waitingReasonsStillWait(self) -> None:
         """Reasons that pass (resources, a hold, a dependency) keep it queued."""

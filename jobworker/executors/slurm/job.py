@@ -20,7 +20,14 @@ from ...jobs.records import JobRecord, JobStatus
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .dependencies import NEVER_SATISFIED, DependencyVerdict
 from .documents import SlurmError, SlurmState
-from .outcomes import FINAL, NEVER_STARTS, QUEUE_ENDINGS, QUEUED, outcomeOf
+from .outcomes import (
+    FINAL,
+    NEVER_STARTS,
+    NEVER_STARTS_AFTER,
+    QUEUE_ENDINGS,
+    QUEUED,
+    outcomeOf,
+)
 from .output import SlurmOutput
 from .submission import jobName
 
@@ -100,6 +107,8 @@ class SlurmJob:
         self._acceptWaiters: list[Deferred[JobRecord]] = []
         self._ending = Ending(record)
         self._cleaned: Deferred[None] = Deferred()
+        #: Since when Slurm says it will never start it (L{NEVER_STARTS}).
+        self._neverSince: float | None = None
         self._stopRequested = False
         self._killCall: IDelayedCall | None = None
         #: Set at recovery when sbatch's answer was lost: the reason to give
@@ -189,9 +198,15 @@ class SlurmJob:
         if state.state in QUEUED:
             reason = state.reason if state.reason not in ("", "None") else None
             never = NEVER_STARTS.get(reason) if reason is not None else None
-            if never is not None and record.status is JobStatus.PENDING:
-                self._neverStarts(state.reason, never)
-                return
+            if never is None:
+                self._neverSince = None
+            elif record.status is JobStatus.PENDING:
+                now = self._executor.now()
+                if self._neverSince is None:
+                    self._neverSince = now
+                elif now - self._neverSince >= NEVER_STARTS_AFTER:
+                    self._neverStarts(state.reason, never)
+                    return
             if record.status is JobStatus.PENDING and reason != record.pending_reason:
                 record.pending_reason = reason
                 self._executor.save(record)

@@ -32,6 +32,7 @@ FINAL = frozenset(
 #: Slurm's reasons for a queued job it will never start, with what each
 #: means: Slurm leaves such a job PENDING for good (only an administrator
 #: could change its account, QOS or partition). Any other reason passes.
+#: One of them that holds L{NEVER_STARTS_AFTER} seconds ends the job.
 NEVER_STARTS = {
     "InvalidAccount": "its account is invalid",
     "InvalidQOS": "its QOS is invalid",
@@ -39,6 +40,9 @@ NEVER_STARTS = {
     "QOSNotAllowed": "its QOS may not use its partition",
     "BadConstraints": "its constraints cannot be satisfied",
 }
+#: How long such a reason must hold (an administrator may fix an account,
+#: a QOS or a node's features meanwhile) before the job is given up.
+NEVER_STARTS_AFTER = 600.0
 
 
 @dataclass(frozen=True)
