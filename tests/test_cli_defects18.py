@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import select
 import signal
 import socket
@@ -38,6 +37,7 @@ from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment, runJW
 from .test_cli_exec_defects import BOUND, readLine, startJW
 from .test_cli_memory import MemoryCLITestCase
 from .test_cli_stream_defects import parse
+from .test_prompt import onPty
 
 #: A pattern of a job id in jw's lines.
 ID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -346,12 +346,7 @@ def pressed(
     Run C{argv} on a pty; at C{prompt}, send it C{signum}. Its exit status,
     everything it showed, and whether the terminal echoes afterwards.
     """
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its terminal and stdio
-        try:
-            os.execve(argv[0], argv, env)  # noqa: S606 (jw itself, no shell)
-        finally:
-            os._exit(127)
+    pid, fd = onPty(argv, env)
     seen = b""
     sent = False
     status: int | None = None

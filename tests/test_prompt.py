@@ -17,6 +17,18 @@ from twisted.trial.unittest import TestCase
 from .support import CA, JW, LiveServer
 
 
+def onPty(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Start C{argv} with a new pty as its controlling terminal and stdio:
+    its pid, and our side of the pty."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal and stdio
+        try:
+            os.execve(argv[0], argv, env)  # noqa: S606 (jw itself, no shell)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
 def converse(
     argv: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]]
 ) -> tuple[int, bytes]:
@@ -24,12 +36,7 @@ def converse(
     Run C{argv} with a pty as its controlling terminal; on each expected
     prompt, type its answer. The exit status and everything it showed.
     """
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the pty is its terminal and stdio
-        try:
-            os.execve(argv[0], argv, env)  # noqa: S606 (jw itself, no shell)
-        finally:
-            os._exit(127)
+    pid, fd = onPty(argv, env)
     seen = b""
     pending = list(answers)
     deadline = time.monotonic() + 60
