@@ -20,6 +20,7 @@ from jobworker.client.calls import exitStatusOf
 from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.executors.slurm.outcomes import NEVER_STARTS_AFTER, outcomeOf
+from jobworker.executors.slurm.poll import IDLE_PING
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.stopping import StopRequest
@@ -249,3 +250,31 @@ class OutOfMemoryTests(SlurmCase):
         ending = outcomeOf(state("OUT_OF_MEMORY", 1, 0), False, None)
         self.assertEqual((ending.exitCode, ending.signal), (1, None))
         self.assertIn("out of memory", ending.error or "")
+
+
+class IdleHealthTests(SlurmCase):
+    """
+    An idle server (no Slurm job to poll) said /healthz "ok" while slurmctld
+    was down, until the next sbatch failed (the last Slurm review). It
+    pings every IDLE_PING seconds, jobs or not.
+    """
+
+    def test_idleServerFindsSlurmDown(self) -> None:
+        self.manager.recover()
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.commands.pings), 1)
+        self.commands.pings[-1].callback(None)
+        self.assertTrue(self.executor.health().up)
+        self.reactor.advance(IDLE_PING - 1)
+        self.assertEqual(len(self.commands.pings), 1)  # not at every poll
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.commands.pings), 2)
+        self.commands.pings[-1].errback(
+            SlurmError("scontrol ping: DOWN", unreachable=True)
+        )
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("DOWN", health.reason or "")
+        self.reactor.advance(1.0)  # down: pinged at every poll until it answers
+        self.commands.pings[-1].callback(None)
+        self.assertTrue(self.executor.health().up)

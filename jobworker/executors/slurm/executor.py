@@ -318,7 +318,10 @@ class SlurmExecutor:
         """
         Re-attach to the Slurm jobs of unfinished records (their state comes
         with the next poll); records without a Slurm job are closed FAILED.
+        The poll runs from now on, jobs or not (an idle one pings: see
+        L{SlurmPoll.refresh}).
         """
+        self._startPolling()
         attached = []
         for record in records:
             if record.executor == self.name:
@@ -367,6 +370,9 @@ class SlurmExecutor:
 
     def _track(self, job: SlurmJob) -> None:
         self._jobs[job.record.id] = job
+        self._startPolling()
+
+    def _startPolling(self) -> None:
         if not self._poll.running:
             self._poll.start(self._pollInterval, now=False)
             self._files.start(min(0.2, self._pollInterval), now=False)

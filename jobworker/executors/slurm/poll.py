@@ -17,6 +17,9 @@ from .job import SlurmJob, isOurs
 from .outcomes import FINAL
 from .submission import jobName
 
+#: How often an idle executor (no job to poll) asks whether slurmctld answers.
+IDLE_PING = 30.0
+
 
 class SlurmPoll:
     """
@@ -44,6 +47,8 @@ class SlurmPoll:
         self._now = now
         self._failed = failed
         self._polling = False
+        #: When a poll last asked Slurm anything (None: never).
+        self._asked: float | None = None
 
     async def lookUpQuietly(self, record: JobRecord) -> str | None:
         try:
@@ -63,8 +68,13 @@ class SlurmPoll:
             return
         submitted = [j for j in self._jobs.values() if j.record.slurm_job_id]
         searching = [j for j in self._jobs.values() if j.lookUpReason is not None]
+        now = self._now()
         if not submitted and not searching and not self._reach.down:
-            return
+            # Idle: a ping every IDLE_PING seconds, so /healthz says when
+            # slurmctld went away (it said "ok" until the next sbatch).
+            if self._asked is not None and now - self._asked < IDLE_PING:
+                return
+        self._asked = now
         self._polling = True
         try:
             states, exits, found = await self._ask(submitted, searching)
