@@ -252,6 +252,31 @@ class OutOfMemoryTests(SlurmCase):
         self.assertIn("out of memory", ending.error or "")
 
 
+class OutsideEndingTests(SynchronousTestCase):
+    """
+    A running job preempted by Slurm, or cancelled from outside jobworker
+    (an administrator's scancel), showed only "killed by signal SIGTERM":
+    nothing said who (the last Slurm review). The error says so; the
+    signal stays the record's.
+    """
+
+    def test_preempted(self) -> None:
+        ending = outcomeOf(state("PREEMPTED", 0, 15), False, None)
+        self.assertIs(ending.status, JobStatus.FAILED)
+        self.assertEqual(ending.signal, "SIGTERM")
+        self.assertIn("preempted by Slurm", ending.error or "")
+
+    def test_cancelledFromOutside(self) -> None:
+        ending = outcomeOf(state("CANCELLED", 0, 15), False, None)
+        self.assertIs(ending.status, JobStatus.FAILED)
+        self.assertEqual(ending.signal, "SIGTERM")
+        self.assertIn("cancelled in Slurm, not through jobworker", ending.error or "")
+
+    def test_ownStopStaysStopped(self) -> None:
+        ending = outcomeOf(state("CANCELLED", 0, 15), True, None)
+        self.assertIs(ending.status, JobStatus.STOPPED)
+
+
 class IdleHealthTests(SlurmCase):
     """
     An idle server (no Slurm job to poll) said /healthz "ok" while slurmctld

@@ -59,6 +59,13 @@ class Outcome:
 #: its deadline passed, its node never booted); any other end ran.
 QUEUE_ENDINGS = frozenset({"CANCELLED", "DEADLINE", "BOOT_FAIL"})
 
+#: Ends of a running job that Slurm, or someone in it, chose (a stop through
+#: jobworker is STOPPED instead), in words.
+OUTSIDE_ENDINGS = {
+    "PREEMPTED": "preempted by Slurm (a job of a higher priority took its place)",
+    "CANCELLED": "cancelled in Slurm, not through jobworker (scancel)",
+}
+
 
 def outcomeOf(
     state: SlurmState,
@@ -123,6 +130,16 @@ def outcomeOf(
             f"Slurm could not launch the job{reason}, status {state.invalidStatus}: "
             "the node could not start it (is --slurm-output-dir shared with "
             "the nodes, and writable there by the job's account?)",
+        )
+    who = OUTSIDE_ENDINGS.get(state.state)
+    if who is not None:
+        # Not the job's own doing: say whose (a signal alone said nothing).
+        killed = f": killed by signal {signal}" if signal else ""
+        return Outcome(
+            JobStatus.FAILED,
+            None if signal else (code or None),
+            signal,
+            f"{who}{reason}{killed}",
         )
     if signal:
         return Outcome(JobStatus.FAILED, None, signal, f"killed by signal {signal}")
