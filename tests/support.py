@@ -400,3 +400,35 @@ def twistdCommand(stateDir: str, *extra: str, stopGrace: str | None = "1") -> li
         *([f"--stop-grace={stopGrace}"] if stopGrace is not None else []),
         *extra,
     ]
+
+
+def smallTmpfs(testCase: Any, size: str) -> str:
+    """
+    A tmpfs of C{size} (C{"3m"}) mounted on a new folder of C{testCase},
+    unmounted at its cleanup: a real full disk. Skips unless root (CI is).
+    """
+    from twisted.trial.unittest import SkipTest
+
+    if os.getuid() != 0:
+        raise SkipTest("mounts a small tmpfs: needs root (CI runs as root)")
+    mount = os.path.abspath(testCase.mktemp())
+    os.makedirs(mount)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "jwtest", mount], check=True
+    )
+    testCase.addCleanup(subprocess.run, ["umount", "-l", mount], check=False)
+    return mount
+
+
+def pythonChild(
+    script: str, *argv: str, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """C{script} run by this Python in a process of its own, with this
+    checkout's jobworker (for what would hang or crash the test's own)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )

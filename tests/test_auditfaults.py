@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
 from jobworker.server.services import UsersReloadService
 
-from .support import ROOT
+from .support import pythonChild, smallTmpfs
 
 
 def lines(path: str) -> list[bytes]:
@@ -81,14 +79,7 @@ class AuditFaultTests(SynchronousTestCase):
         server's log, whole; a line written in part is ended before the
         next event, once there is room again.
         """
-        if os.getuid() != 0:
-            raise SkipTest("mounts a small tmpfs: needs root (CI runs as root)")
-        mount = os.path.abspath(self.mktemp())
-        os.makedirs(mount)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", mount], check=True
-        )
-        self.addCleanup(subprocess.run, ["umount", mount], check=False)
+        mount = smallTmpfs(self, "8k")
         path = os.path.join(mount, "audit.log")
         audit = AuditLog(path, Clock())
         self.addCleanup(audit.close)
@@ -150,13 +141,7 @@ class AuditPipeTests(SynchronousTestCase):
     def test_fullPipeNeverBlocks(self) -> None:
         fifo = os.path.abspath(self.mktemp())
         os.mkfifo(fifo, 0o600)
-        done = subprocess.run(
-            [sys.executable, "-c", _FIFO_CHILD, fifo],
-            capture_output=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "PYTHONPATH": ROOT},
-        )
+        done = pythonChild(_FIFO_CHILD, fifo)
         self.assertEqual(done.returncode, 0, done.stderr)
         toServerLog = int(done.stdout)
         self.assertGreater(toServerLog, 0)

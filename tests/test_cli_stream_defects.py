@@ -10,13 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import uuid
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.failures import ArgumentsRefused, HelpShown
 from jobworker.client.follow import readStream
@@ -24,7 +23,7 @@ from jobworker.client.http import JobworkerClient
 from jobworker.client.parser import buildParser
 from jobworker.client.streams import Streams
 
-from .support import CA, JW, JWAssertions, LiveServer, runJW
+from .support import CA, JW, JWAssertions, LiveServer, runJW, smallTmpfs
 from .test_prompt import converse
 
 #: What the server keeps of each stream in these tests, and what the job
@@ -416,14 +415,7 @@ class LostOutputNoticeTests(JWAssertions, TestCase):
     timeout = 120
 
     async def test_logsFollowSaysWhatWasLost(self) -> None:
-        if os.getuid() != 0:
-            raise SkipTest("mounting a small tmpfs needs root")
-        state = os.path.abspath(self.mktemp())
-        os.makedirs(state)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "jwlost", state], check=True
-        )
-        self.addCleanup(subprocess.run, ["umount", "-l", state], check=False)
+        state = smallTmpfs(self, "4m")
         server = LiveServer(self, stateDir=state)
         job = await server.createJob("head", "-c", str(8 << 20), "/dev/zero")
         ended = await server.waitEnded(job["id"], 60)

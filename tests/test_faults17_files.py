@@ -28,7 +28,7 @@ from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local import launcher
 from jobworker.server.services import UsersReloadService
 
-from .support import CERT, FREE_UIDS, KEY, ROOT, TWISTD
+from .support import CERT, FREE_UIDS, KEY, TWISTD, pythonChild
 from .test_launcher import CompilerCase
 
 #: How long a users file load may take before it counts as hung.
@@ -187,13 +187,7 @@ class UsersFileDeviceTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(DEVELOPMENT_USERS)
         try:
-            result = subprocess.run(
-                [sys.executable, "-c", _ZERO_CHILD, path],
-                capture_output=True,
-                timeout=60,
-                check=False,
-                env={**os.environ, "PYTHONPATH": ROOT},
-            )
+            result = pythonChild(_ZERO_CHILD, path)
         except subprocess.TimeoutExpired:
             self.fail("the reload of /dev/zero did not end")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -312,13 +306,7 @@ class TokenKeyTests(SynchronousTestCase):
         self.path = os.path.join(self.folder, "token.key")
 
     def child(self, mode: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [sys.executable, "-c", _KEY_CHILD, self.path, mode],
-            capture_output=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "PYTHONPATH": ROOT},
-        )
+        return pythonChild(_KEY_CHILD, self.path, mode)
 
     def test_createdPrivateNoTemporary(self) -> None:
         """32+ random bytes, 0600, alone in its folder, kept on a reload."""
@@ -467,13 +455,7 @@ class LauncherDurableTests(SynchronousTestCase):
         except launcher.LauncherUnavailable as e:
             raise SkipTest(str(e)) from None
         cache = os.path.abspath(self.mktemp())
-        result = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER_CHILD, cache],
-            capture_output=True,
-            timeout=180,
-            check=False,
-            env={**os.environ, "PYTHONPATH": ROOT},
-        )
+        result = pythonChild(_LAUNCHER_CHILD, cache, timeout=180)
         self.assertEqual(result.returncode, 0, result.stderr)
         outcome = json.loads(result.stdout)
         events = outcome["events"]

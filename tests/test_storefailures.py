@@ -12,12 +12,11 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
@@ -33,7 +32,7 @@ from jobworker.server.api import JobsAPI
 from jobworker.server.services import RetentionService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import basic
+from .support import basic, smallTmpfs
 
 #: SQLite's name for a full disk's error.
 FULL = "SQLITE_FULL"
@@ -293,18 +292,10 @@ class SmallDisk(SynchronousTestCase):
     """A state dir on a 3 MiB tmpfs, and a manager there."""
 
     def setUp(self) -> None:
-        if os.getuid() != 0:
-            raise SkipTest("mounting a small tmpfs needs root")
+        self.stateDir = smallTmpfs(self, "3m")
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
         self.killer = GroupKiller()
-        self.stateDir = os.path.abspath(self.mktemp())
-        os.makedirs(self.stateDir)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=3m", "jwreserve", self.stateDir],
-            check=True,
-        )
-        self.addCleanup(subprocess.run, ["umount", "-l", self.stateDir], check=False)
 
     def manager(self) -> Any:
         return localJobManager(
