@@ -266,10 +266,8 @@ class DynamicUids:
         raise PoolExhausted(f"all {size} dynamic uids are in use")
 
     def _lock(self, uid: int) -> bool:
-        path = os.path.join(self._lockDir, str(uid))
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = self._flock(uid)
         except FileNotFoundError:
             # The folder was removed under a running server (rm -rf of
             # /run/jobworker, a cleaner of /run): made again, not a 500 for
@@ -278,29 +276,36 @@ class DynamicUids:
             # would have handed out, or killed, a running job's uid).
             os.makedirs(self._lockDir, mode=0o700, exist_ok=True)
             self._lockHeldAgain()
-            fd = os.open(path, flags, 0o600)
+            fd = self._flock(uid)
+        if fd is None:
+            return False
+        self._held[uid] = fd
+        return True
+
+    def _flock(self, uid: int) -> int | None:
+        """C{uid}'s lock file, locked; None if another holds it."""
+        fd = os.open(
+            os.path.join(self._lockDir, str(uid)),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
+                return None
             raise
-        self._held[uid] = fd
-        return True
+        return fd
 
     def _lockHeldAgain(self) -> None:
         """Lock each uid held in a new file (L{_lock}'s folder was remade)."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         for uid, old in list(self._held.items()):
             try:
-                fd = os.open(os.path.join(self._lockDir, str(uid)), flags, 0o600)
+                fd = self._flock(uid)
             except OSError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
+            if fd is None:
                 continue  # another server took it first: nothing to do now
             self._held[uid] = fd
             os.close(old)
