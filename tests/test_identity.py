@@ -698,6 +698,62 @@ class AsyncIOTests(TestCase):
         self.assertEqual((await output(server, job["id"])).strip(), b"ENOSYS")
 
 
+#: A job's script: a user namespace asked for by clone(2), unshare(2) and
+#: clone3(2) (each answer an errno name or "ok"), then a thread and a child
+#: process, which must still work.
+USERNS = """
+import ctypes, errno, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NEWUSER, SIGCHLD = 0x10000000, 17
+def answer(got):
+    return "ok" if got >= 0 else errno.errorcode[ctypes.get_errno()]
+got = libc.syscall(56, NEWUSER | SIGCHLD, 0, 0, 0, 0)
+if got == 0:
+    os._exit(0)
+if got > 0:
+    os.waitpid(got, 0)
+print("clone", answer(got))
+print("unshare", answer(libc.syscall(272, NEWUSER)))
+print("clone3", answer(libc.syscall(435, 0, 0)))
+seen = []
+thread = threading.Thread(target=seen.append, args=("thread",))
+thread.start()
+thread.join()
+seen.append(subprocess.run(["true"]).returncode)
+print(*seen)
+"""
+
+
+class UserNamespaceTests(TestCase):
+    """
+    A job that may make a user namespace is root in it: it mounted a devpts
+    of its own there, past its job's cap of L{MAX_PTYS}, and took what the
+    host's C{kernel.pty.reserve} leaves (attacker round 5); every such
+    namespace is also kernel code that only root reached before. A dynamic
+    uid's job gets C{EPERM} for a new user namespace (C{unshare},
+    C{clone}), as where the kernel refuses them to unprivileged users, and
+    C{ENOSYS} for C{clone3}, whose flags a filter cannot read (the C
+    library then uses C{clone}), as Docker's default profile does; its
+    threads and children start as before.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def test_dynamicUidHasNoUserNamespace(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("/usr/bin/python3", "-c", USERNS, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual(
+            (await output(server, job["id"])).split(b"\n"),
+            [b"clone EPERM", b"unshare EPERM", b"clone3 ENOSYS", b"thread 0", b""],
+        )
+
+
 #: A job's script: pseudo-terminals opened until the kernel refuses one.
 PTYS = """
 import os

@@ -28,9 +28,11 @@
  *  4a. a new session keyring of its own (KEYCTL_JOIN_SESSION_KEYRING): it
  *     possesses nothing of the server's (a systemd service has a session
  *     keyring of its own); with option k, a seccomp filter: add_key,
- *     request_key, keyctl, io_setup fail with ENOSYS (a uid's user keyrings
- *     outlive its last process; AIO is one machine-wide budget). Installed
- *     as root, so no_new_privs stays off;
+ *     request_key, keyctl, io_setup, clone3 fail with ENOSYS, and a new
+ *     user namespace (clone, unshare) with EPERM (a uid's user keyrings
+ *     outlive its last process; AIO is one machine-wide budget; in a user
+ *     namespace of its own a job is root, and mounts past its caps).
+ *     Installed as root, so no_new_privs stays off;
  *  4b. a Landlock domain scoping abstract unix sockets and signals (ABI 6+,
  *     else shared): no socket or process outside it (another job's, even of
  *     the same uid) can be reached or signalled from the job;
@@ -263,36 +265,42 @@ static void ownPipes(uid_t uid, gid_t gid) {
 }
 
 /* Those calls of each system call ABI this machine runs, by seccomp's arch
- * (x86_64 also runs x32, bit 30 of the number, and i386). */
-#define CALLS 4
+ * (x86_64 also runs x32, bit 30 of the number, and i386): add_key,
+ * request_key, keyctl, io_setup and clone3 (ENOSYS), then clone and unshare
+ * (EPERM with CLONE_NEWUSER in their first argument's low word). */
+#define CALLS 7
+#define NO_SUCH_CALLS 5
+#define X32 0x40000000
 static const struct {
     uint32_t arch, calls[CALLS];
 } keyCalls[] = {
 #if defined(__x86_64__)
-    {AUDIT_ARCH_X86_64, {248, 249, 250, 206}},
-    {AUDIT_ARCH_X86_64, {0x40000000 | 248, 0x40000000 | 249, 0x40000000 | 250, 0x40000000 | 543}},
-    {AUDIT_ARCH_I386, {286, 287, 288, 245}},
+    {AUDIT_ARCH_X86_64, {248, 249, 250, 206, 435, 56, 272}},
+    {AUDIT_ARCH_X86_64, {X32 | 248, X32 | 249, X32 | 250, X32 | 543, X32 | 435, X32 | 56, X32 | 272}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310}},
 #elif defined(__aarch64__)
-    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0}},
-    {AUDIT_ARCH_ARM, {309, 310, 311, 243}},
+    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0, 435, 220, 97}},
+    {AUDIT_ARCH_ARM, {309, 310, 311, 243, 435, 120, 337}},
 #elif defined(__i386__)
-    {AUDIT_ARCH_I386, {286, 287, 288, 245}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310}},
 #else
 #define NO_KEY_FILTER 1
-    {0, {0, 0, 0, 0}},
+    {0, {0}},
 #endif
 };
 #define ABIS (sizeof keyCalls / sizeof keyCalls[0])
 
-/* Option k (4a): those calls fail with ENOSYS from here on, in every ABI.
- * Per ABI: if the arch is its, load the number and compare it with each,
- * then load the arch again for the next ABI. */
+/* Option k (4a): from here on, in every ABI, the key calls and io_setup fail
+ * with ENOSYS, and so does clone3 (a filter cannot read its flags; the C
+ * library then uses clone); a new user namespace is EPERM. Per ABI: if the
+ * arch is its, load the number and compare it with each, then load the arch
+ * again for the next ABI. (Little-endian: args[0]'s low word comes first.) */
 static void noKeyrings(void) {
 #ifdef NO_KEY_FILTER
     die(SETUP_FAILED, "no keyring filter for this architecture", NULL, 0);
 #else
-    struct sock_filter program[3 + (CALLS + 3) * ABIS];
-    unsigned short at = 0, deny = (unsigned short)(1 + (CALLS + 3) * ABIS + 1);
+    struct sock_filter program[7 + (CALLS + 3) * ABIS];
+    unsigned short at = 0, flags = (unsigned short)(1 + (CALLS + 3) * ABIS + 1);
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     for (size_t abi = 0; abi < ABIS; abi++) {
@@ -303,11 +311,18 @@ static void noKeyrings(void) {
         for (int call = 0; call < CALLS; call++, at++)
             program[at] = (struct sock_filter)BPF_JUMP(
                 BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].calls[call],
-                (unsigned char)(deny - at - 1), 0);
+                (unsigned char)(flags - at - 1 + (call < NO_SUCH_CALLS ? 4 : 0)), 0);
         program[at++] = (struct sock_filter)BPF_STMT(
             BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     }
     program[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[at++] = (struct sock_filter)BPF_STMT(  /* flags: clone, unshare */
+        BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    program[at++] = (struct sock_filter)BPF_JUMP(
+        BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER, 1, 0);
+    program[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[at++] = (struct sock_filter)BPF_STMT(
+        BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA));
     struct sock_fprog filter = {at, program};

@@ -104,9 +104,10 @@ def _reclaim(pool: DynamicUids) -> None:
 CHAIN = (
     "the exec chain (setsid, unshare, sh, setpriv, env; its jobs keep the "
     "server's session keyring, a dynamic uid's jobs share its user "
-    "keyrings, and jobs of one uid may signal each other and share abstract "
-    "unix sockets: only the launcher keeps kernel keyrings, signals and "
-    "abstract sockets apart)"
+    "keyrings, jobs of one uid may signal each other and share abstract "
+    "unix sockets, and jobs may make user namespaces: only the launcher "
+    "keeps kernel keyrings, signals and abstract sockets apart and refuses "
+    "a dynamic uid's job a user namespace)"
 )
 
 

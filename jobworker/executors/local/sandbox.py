@@ -403,10 +403,11 @@ class Sandbox:
         mounts = shared + _launcherMounts([self._workMount(identity)])
         # Gated, the environment comes on the gate (option e): a command
         # line is readable by every local user in /proc/<pid>/cmdline.
-        # A dynamic uid's jobs get no kernel keyrings and no new privileges
-        # (option k): the kernel keeps a uid's keyrings after its last
-        # process, a setuid file of the uid may be left behind, and the
-        # next job of that uid may be another user's.
+        # A dynamic uid's jobs get no kernel keyrings, no user namespace
+        # and no new privileges (option k): the kernel keeps a uid's
+        # keyrings after its last process, a setuid file of the uid may be
+        # left behind, the next job of that uid may be another user's, and
+        # in a user namespace of its own a job mounts past its caps.
         options = (
             ("ge" if gated else "")
             + ("n" if "net" in self._isolate else "")
