@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import time
 
 from twisted.internet.threads import deferToThread
@@ -23,6 +24,12 @@ def onPty(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its terminal and stdio
         try:
+            # As an interactive shell starts a command in the foreground:
+            # a test run started in the background (a non-interactive
+            # shell's "&") ignores SIGINT and SIGQUIT, and an ignored
+            # signal stays ignored across exec, so Ctrl-C would do nothing.
+            for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE):
+                signal.signal(number, signal.SIG_DFL)
             os.execve(argv[0], argv, env)  # noqa: S606 (jw itself, no shell)
         finally:
             os._exit(127)
@@ -57,6 +64,7 @@ def converse(
             if done:
                 os.close(fd)
                 return os.waitstatus_to_exitcode(status), seen
+    os.kill(pid, signal.SIGKILL)  # still there after a minute: a failure, not a hang
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), seen
