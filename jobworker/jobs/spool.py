@@ -363,7 +363,9 @@ def tailSteps(
 ) -> Iterator[int | None]:
     """
     The search of L{tailOffset}: yields None after each L{TAIL_STEP} bytes
-    scanned, then the offset.
+    scanned, then the offset. Newlines are counted a block at a time (in C:
+    a block of them is not a Python step each), and the block that holds
+    the answer is searched by halves.
     """
     if lines <= 0 or size == 0:
         yield size
@@ -381,15 +383,20 @@ def tailSteps(
             start = max(0, position - block)
             f.seek(start)
             chunk = f.read(position - start)
-            index = len(chunk)
-            while True:
-                index = chunk.rfind(b"\n", 0, index)
-                if index < 0:
-                    break
-                lines -= 1
-                if lines == 0:
-                    yield start + index + 1
-                    return
+            count = chunk.count(b"\n")
+            if count >= lines:
+                # The newline before the last C{lines}: after it, C{lines}
+                # of them are left; after the next byte, fewer.
+                low, high = 0, len(chunk)
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    if chunk.count(b"\n", middle) >= lines:
+                        low = middle
+                    else:
+                        high = middle
+                yield start + low + 1
+                return
+            lines -= count
             position = start
             scanned += len(chunk)
             if scanned >= TAIL_STEP:
