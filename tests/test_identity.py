@@ -160,8 +160,15 @@ class DynamicUidsTests(SynchronousTestCase):
         pool = DynamicUids(70000, 70001, self.lockDir)
         server = Identity(0, 0, (), "root", "/root", "/bin/sh", "root")
         mapped = Identity(1500, 1500, (27,), "carol", "/home/c", "/bin/sh", "carol")
-        identities = Identities(pool=pool, server=server)
+        looked: list[str] = []
+
+        def lookUp(name: str) -> Identity:
+            looked.append(name)
+            return mapped
+
+        identities = Identities(pool=pool, server=server, lookUp=lookUp)
         self.assertIs(identities.acquire(mapped), mapped)
+        self.assertEqual(looked, ["carol"])  # as it is now, by its name
         dynamic = identities.acquire(None)
         self.assertTrue(dynamic.dynamic)
         self.assertEqual(dynamic.label, f"dynamic:{dynamic.uid}")
@@ -169,8 +176,9 @@ class DynamicUidsTests(SynchronousTestCase):
         self.assertFalse(identities.sandboxed(server))
         identities.release(dynamic)
         self.assertEqual(len(pool), 0)
-        shared = Identities(shared=mapped, pool=pool, server=server)
+        shared = Identities(shared=mapped, pool=pool, server=server, lookUp=lookUp)
         self.assertIs(shared.acquire(None), mapped)
+        self.assertEqual(looked, ["carol", "carol"])
         self.assertIs(Identities(server=server).acquire(None), server)
 
 
@@ -662,6 +670,88 @@ def keyCalls(testCase: TestCase) -> None:
         raise SkipTest("the keyring script uses x86_64's system call numbers")
     if not os.path.exists("/usr/bin/python3"):
         raise SkipTest("the jobs' keyring script needs /usr/bin/python3")
+
+
+def makeAccount(testCase: TestCase, name: str, uid: int) -> None:
+    """A Unix account C{name} with uid and gid C{uid}, removed at cleanup."""
+    if shutil.which("useradd") is None:
+        raise SkipTest("no useradd to create the test accounts")
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["groupdel", name], capture_output=True)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--uid", str(uid), "--user-group", name],
+        check=True,
+        capture_output=True,
+    )
+    testCase.addCleanup(subprocess.run, ["userdel", name], capture_output=True)
+    testCase.addCleanup(subprocess.run, ["groupdel", name], capture_output=True)
+
+
+def aliceMappedTo(testCase: TestCase, account: str) -> str:
+    """The development users, alice mapped to C{account}: the file's path."""
+    path = os.path.abspath(testCase.mktemp())
+    with open(path, "w") as f:
+        for line in DEVELOPMENT_USERS.splitlines():
+            mapped = line.startswith("alice:")
+            f.write(line + (f":{account}" if mapped else "") + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+class ReusedAccountTests(TestCase):
+    """
+    A mapped account is looked up again for every job: its name is what the
+    users file maps to. It was looked up once, when the users file was
+    read: after C{userdel} of carol's account and C{useradd} of dave's with
+    the same uid, carol's jobs ran as dave and read his files, while the
+    record said carol's account (fault round 6).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        requireRoot()
+
+    async def test_accountGoneThenUidReused(self) -> None:
+        uid = 59871
+        makeAccount(self, "jwreused1", uid)
+        path = aliceMappedTo(self, "jwreused1")
+        server = LiveServer(self, f"--users={path}")
+        job = await server.createJob("id", "-un", user="alice")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual((ended["status"], ended["run_as"]), ("COMPLETED", "jwreused1"))
+        self.assertEqual((await output(server, job["id"])).strip(), b"jwreused1")
+
+        subprocess.run(["userdel", "jwreused1"], check=True, capture_output=True)
+        subprocess.run(["groupdel", "jwreused1"], capture_output=True)
+        makeAccount(self, "jwreused2", uid)
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "id", "args": ["-un"]}
+        )
+        self.assertEqual(code, 403, body)
+        self.assertIn("'jwreused1'", body["error"])
+        code, jobs = await server.json("GET", "/jobs", "ada")
+        self.assertEqual(len(jobs["jobs"]), 1, jobs)
+
+    async def test_queuedJobsAccountGone(self) -> None:
+        """A job queued while its account existed fails when its turn comes,
+        if the account is gone by then: it never runs as the uid's new
+        holder."""
+        uid = 59872
+        makeAccount(self, "jwreused3", uid)
+        path = aliceMappedTo(self, "jwreused3")
+        server = LiveServer(self, f"--users={path}", "--max-running-per-user=1")
+        first = await server.createJob("sleep", "1", user="alice")
+        queued = await server.createJob("id", "-un", user="alice")
+        self.assertEqual(queued["status"], "PENDING", queued)
+        subprocess.run(["userdel", "jwreused3"], check=True, capture_output=True)
+        subprocess.run(["groupdel", "jwreused3"], capture_output=True)
+        makeAccount(self, "jwreused4", uid)
+        await server.waitEnded(first["id"])
+        ended = await server.waitEnded(queued["id"])
+        self.assertEqual(ended["status"], "FAILED", ended)
+        self.assertIn("'jwreused3'", ended["error"])
+        self.assertEqual(await output(server, queued["id"]), b"")
 
 
 #: A job's script: io_setup(2) for one event, its answer an errno name or "ok".

@@ -962,7 +962,14 @@ class IdentityTests(SynchronousTestCase):
             grace=5.0,
             commands=self.commands,  # type: ignore[arg-type]
             sharedAccount=shared,
+            lookUp=self.lookUp,
         )
+
+    def lookUp(self, name: str) -> Identity:
+        """The user database of these tests: jwalice is L{mapped}."""
+        if name == "jwalice":
+            return self.mapped()
+        return Identity.ofAccount(name)
 
     def manager(self, executor: SlurmExecutor) -> JobManager:
         manager = JobManager(self.reactor, self.stateDir, executor)
@@ -1124,7 +1131,7 @@ class IdentityTests(SynchronousTestCase):
         record = manager.create(request("sleep", "9"), owner="alice", account=account)
         self.commands.submissions[0][2].callback("101")
         manager.close()
-        self.patch(Identity, "ofAccount", ofAccount)
+        self.patch(self, "lookUp", ofAccount)
         manager = self.manager(self.executor())
         manager.recover()
         self.reactor.advance(1.0)

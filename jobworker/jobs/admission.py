@@ -327,6 +327,12 @@ class Admission:
             # was left to take one.)
             self._holdBack(record.id, e.message)
             return False
+        except JobworkerError as e:
+            # Its account cannot be used now (removed since it was queued).
+            self._scheduler.fail(
+                waiting, f"cannot start: {e.message}", self._reactor.seconds()
+            )
+            return True
         request = JobRequest(
             command=record.command,
             args=list(record.args),

@@ -358,6 +358,8 @@ class Identities:
     shared: Identity | None = None
     pool: DynamicUids | None = None
     server: Identity = field(default_factory=Identity.ofServer)
+    #: An account's identity by its name, as it is now (tests give theirs).
+    lookUp: Callable[[str], Identity] = field(default=Identity.ofAccount)
 
     @property
     def switching(self) -> bool:
@@ -367,13 +369,18 @@ class Identities:
     def acquire(self, account: Identity | None) -> Identity:
         """
         The identity of a new job of a user mapped to C{account} (or not).
+        An account (mapped, or the shared one) is looked up again by its
+        name, as it is now: its uid could have gone to another account
+        (C{userdel}, then C{useradd}) since the users file was read, and
+        its groups could have changed.
 
         @raise PoolExhausted: a dynamic uid was needed and none is free.
+        @raise IdentityError: the account cannot be used now (gone, say).
         """
         if account is not None:
-            return account
+            return self.lookUp(account.name)
         if self.shared is not None:
-            return self.shared
+            return self.lookUp(self.shared.name)
         if self.pool is not None:
             return Identity.ofDynamicUid(self.pool.acquire())
         return self.server

@@ -12,12 +12,13 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.logger import Logger
 
-from ...errors import BadRequest, CannotStartNow, TooManyRequests
+from ...errors import BadRequest, CannotStartNow, Forbidden, TooManyRequests
 from ...jobs.dropbehind import DropBehind, RunInThread
 from ...jobs.identity import (
     LOCK_DIR,
     DynamicUids,
     Identity,
+    IdentityError,
     PoolExhausted,
     dynamicUid,
 )
@@ -318,11 +319,15 @@ class LocalExecutor:
         @raise TooManyRequests: it needs a dynamic uid and none is free.
         @raise CannotStartNow: the pool's lock cannot be taken now (no
             descriptor left).
+        @raise Forbidden: its account cannot be used now (removed since
+            the users file was read, say).
         """
         try:
             return self._identities.acquire(account)
         except PoolExhausted as e:
             raise TooManyRequests(str(e), retryAfter=1) from None
+        except IdentityError as e:
+            raise Forbidden(f"user {owner}'s jobs cannot run now: {e}") from None
         except OSError as e:
             if serverShort(e):
                 raise cannotStartNow(e) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.logger import Logger
 
 from ...errors import Forbidden
@@ -17,9 +19,19 @@ class SlurmAccounts:
 
     log = Logger()
 
-    def __init__(self, server: Identity, shared: bool) -> None:
+    def __init__(
+        self,
+        server: Identity,
+        shared: bool,
+        lookUp: Callable[[str], Identity] = Identity.ofAccount,
+    ) -> None:
+        """
+        @param lookUp: an account's identity by its name, as it is now
+            (L{Identity.ofAccount}; tests give accounts of their own).
+        """
         self.server = server
         self._shared = shared
+        self._lookUp = lookUp
 
     def announce(self) -> None:
         """Say, once at start-up, who Slurm jobs run as."""
@@ -50,10 +62,15 @@ class SlurmAccounts:
         account if the operator allowed sharing it.
 
         @raise Forbidden: the user has no mapped account and sharing is off
-            (dynamic identities do not exist on the compute nodes).
+            (dynamic identities do not exist on the compute nodes), or the
+            account cannot be used now (removed since the users file was
+            read: it is looked up again by name, as for a local job).
         """
         if account is not None:
-            return account
+            try:
+                return self._lookUp(account.name)
+            except IdentityError as e:
+                raise Forbidden(f"user {owner}'s jobs cannot run now: {e}") from None
         if self._shared:
             return self.server
         raise Forbidden(
@@ -69,7 +86,7 @@ class SlurmAccounts:
         if account is None or account == self.server.label:
             return self.server
         try:
-            return Identity.ofAccount(account)
+            return self._lookUp(account)
         except IdentityError as e:
             self.log.warn(
                 "job {job} runs as {account}, which cannot be used now "

@@ -62,6 +62,8 @@ class SlurmExecutor:
     @param sharedAccount: run the jobs of users without a mapped Unix
         account as the service account (the server's user), a shared
         identity (C{--slurm-shared-account}); without it they are refused.
+    @param lookUp: an account's identity by its name, as it is now: looked
+        up for every job, and for every act on a stored one.
     """
 
     log = Logger()
@@ -80,6 +82,7 @@ class SlurmExecutor:
         sharedAccount: bool = False,
         allowances: SlurmAllowances | None = None,
         descriptorLimit: int | None = None,
+        lookUp: Callable[[str], Identity] = Identity.ofAccount,
     ) -> None:
         self._reactor = reactor
         self._outputDir = outputDir
@@ -94,7 +97,7 @@ class SlurmExecutor:
             else SlurmCommands(reactor, descriptorLimit=descriptorLimit)
         )
         self._server = Identity.ofServer()
-        self._accounts = SlurmAccounts(self._server, sharedAccount)
+        self._accounts = SlurmAccounts(self._server, sharedAccount, lookUp)
         self._stops = SlurmStops(
             reactor, self._commands, grace, self._accounts, self.save
         )
