@@ -21,8 +21,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
+from jobworker.executors.local import sandbox
 from jobworker.executors.local.launcher import LANDLOCK_SCOPES, landlockABI
 from jobworker.executors.local.sandbox import (
+    MAX_PATH_CHECKS,
     MAX_PTYS,
     WORKDIR,
     RunnableChecks,
@@ -281,6 +283,36 @@ class RunnableAsIdentityTests(SynchronousTestCase):
                 command, {"PATH": "/usr/bin:/bin"}, cwd, self.identity, WORKDIR
             )
         return str(caught.exception)
+
+    def test_longPathChecksBounded(self) -> None:
+        """
+        A C{PATH} of thousands of entries made each start check walk each
+        one on the server's thread: 100 ms a request with C{/etc} 6,000
+        times, and one Developer held every other user's requests for
+        seconds (attacker round 6). Each folder is walked once, and at most
+        L{MAX_PATH_CHECKS} of them; past that the job's own C{execvp}
+        decides, as it does anyway.
+        """
+        walked: list[str] = []
+        runnable = sandbox._runnable
+
+        def counted(path: str, *args: Any) -> bool:
+            walked.append(path)
+            return runnable(path, *args)
+
+        self.patch(sandbox, "_runnable", counted)
+        same = ":".join(["/etc", "/etc/", "/./etc", "//etc"] * 1500)
+        with self.assertRaises(SpawnRefused):
+            checkRunnable("shadow", {"PATH": same}, None, self.identity, WORKDIR)
+        self.assertEqual(walked, ["/etc/shadow"])
+        del walked[:]
+        distinct = ":".join(f"/nonexistent{n}" for n in range(6000))
+        checkRunnable("true", {"PATH": distinct}, None, self.identity, WORKDIR)
+        self.assertEqual(len(walked), MAX_PATH_CHECKS)
+        del walked[:]
+        found = ":".join([*(f"/nonexistent{n}" for n in range(10)), "/usr/bin"])
+        checkRunnable("true", {"PATH": found}, None, self.identity, WORKDIR)
+        self.assertEqual(walked[-1], "/usr/bin/true")
 
     def test_existingAndMissingLookAlike(self) -> None:
         """Inside a folder the job cannot enter, present and absent read the same."""

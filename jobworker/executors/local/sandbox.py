@@ -555,6 +555,12 @@ class Permissions(Protocol):
     def mayExecute(self, st: os.stat_result) -> bool: ...
 
 
+#: How many C{PATH} folders a start check walks at most (each is a walk of
+#: its folders on the server's thread); past them the job's own C{execvp}
+#: decides, as it does anyway.
+MAX_PATH_CHECKS = 64
+
+
 def checkRunnable(
     command: str,
     env: dict[str, str],
@@ -591,13 +597,21 @@ def checkRunnable(
         if path is None or not _runnable(path, identity, hiddenFolders):
             raise SpawnRefused(f"cannot start: {command!r}: not found or not permitted")
         return
+    walked: set[str] = set()
     for entry in env.get("PATH", "").split(os.pathsep):
         if not entry.startswith("/"):  # (os.path.isabs)
             if known is None:
                 continue
             entry = os.path.join(known, entry)
-        # os.path.join(entry, command), without its checks: one per entry.
-        path = entry + command if entry.endswith("/") else f"{entry}/{command}"
+        # Each folder once (/etc, /etc/, //etc alike), and at most
+        # MAX_PATH_CHECKS of them: past those the job's execvp decides.
+        entry = "/" + os.path.normpath(entry).lstrip("/")
+        if entry in walked:
+            continue
+        if len(walked) == MAX_PATH_CHECKS:
+            return
+        walked.add(entry)
+        path = entry + command if entry == "/" else f"{entry}/{command}"
         if _runnable(path, identity, hiddenFolders):
             return
     raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
