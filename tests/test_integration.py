@@ -13,13 +13,14 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import treq
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
@@ -40,6 +41,7 @@ from .support import (
     processAlive,
     runSync,
     sharedPath,
+    sleep,
     startTime,
     waitUntil,
 )
@@ -444,6 +446,46 @@ class BulkAndSignalTests(TestCase):
                 "POST", f"/jobs/{stubborn['id']}/stop", "alice", bad
             )
             self.assertEqual(code, 400, (bad, body))
+
+    async def test_harderStopDuringALongGrace(self) -> None:
+        """
+        A stop with KILL, or with a grace that ends sooner, while a job is
+        being stopped with an hour's grace: the harder one holds (it was
+        dropped, the job ran the hour, and the audit log said KILL was sent:
+        fault round 6). The first stop's user stays the one who stopped it.
+        """
+        server = LiveServer(self, grace=60.0)
+        for second, who in (
+            ({"signal": "KILL"}, "ada"),
+            ({"grace_seconds": 1}, "alice"),
+        ):
+            ready = sharedPath(self)
+            stubborn = await server.createJob(
+                "sh", "-c", f'trap "" TERM; touch {ready}; while :; do sleep 0.1; done'
+            )
+            cleanUpGroup(self, stubborn["pid"])
+            await waitUntil(partial(os.path.exists, ready), what="the trap")
+            first = ensureDeferred(
+                server.json(
+                    "POST",
+                    f"/jobs/{stubborn['id']}/stop",
+                    "alice",
+                    {"grace_seconds": 3600},
+                )
+            )
+            while (await server.json("GET", f"/jobs/{stubborn['id']}"))[1][
+                "stopped_by"
+            ] is None:
+                await sleep(0.05)
+            code, job = await server.json(
+                "POST", f"/jobs/{stubborn['id']}/stop", who, second
+            )
+            self.assertEqual(
+                (code, job["status"], job["signal"], job["stopped_by"]),
+                (200, "STOPPED", "SIGKILL", "alice"),
+            )
+            code, job = await first
+            self.assertEqual((code, job["status"]), (200, "STOPPED"))
 
 
 class StdinMatrixTests(TestCase):

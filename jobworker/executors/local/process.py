@@ -306,7 +306,31 @@ class JobProcess:
                 signal=signal.Signals(how.signal).name,
             )
             self._terminate(how)
+        else:
+            self._hasten(how)
         return self.whenEnded()
+
+    def _hasten(self, how: StopRequest) -> None:
+        """
+        A stop while the job is being stopped: a harder one holds (KILL, or
+        a grace that ends before the first one's), else it waits for the
+        same end. The first stop's signal is not sent again.
+        """
+        if self._pgid is None or self._killSent:
+            return
+        if how.signal == signal.SIGKILL or how.grace == 0:
+            self._cancelTimers("_killTimer")
+            self._graceUsed = 0.0
+            self._kill()
+            return
+        timer = self._killTimer
+        if how.grace is None or timer is None:
+            return
+        left = timer.getTime() - self._clock.seconds()
+        if how.grace < left:
+            timer.cancel()
+            self._graceUsed -= left - how.grace
+            self._killTimer = self._clock.callLater(how.grace, self._kill)
 
     def stopForShutdown(self) -> Deferred[JobRecord]:
         """
