@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.server.selfcert import ensureServerCertificate
+from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
 
 from .support import JW, ROOT, LiveServer, jwEnvironment, runJW, waitUntil
 from .test_prompt import converse
@@ -77,6 +77,43 @@ class SelfCertTests(SynchronousTestCase):
         self.assertEqual(second.fingerprint, first.fingerprint)
         with open(second.cert, "rb") as f:
             self.assertNotEqual(f.read(), before)
+
+
+class HalfMadeCATests(SynchronousTestCase):
+    """
+    A first start on a full disk wrote C{ca.key}, then failed on
+    C{ca.pem}; once there was room, every start failed with "No such file
+    or directory", naming no file (fault round 6). A crash between the two
+    files left the same.
+    """
+
+    def test_certificateMadeAgainFromTheKey(self) -> None:
+        """The CA's certificate never existed, so no client trusts it: it
+        is made again, from the key that was written."""
+        folder = os.path.abspath(self.mktemp())
+        ensureServerCertificate(folder, HOSTS)
+        with open(os.path.join(folder, "ca.key"), "rb") as f:
+            key = f.read()
+        for name in ("ca.pem", "server.pem", "server.key"):
+            os.unlink(os.path.join(folder, name))
+        again = ensureServerCertificate(folder, HOSTS)
+        self.assertTrue(again.made)
+        with open(os.path.join(folder, "ca.key"), "rb") as f:
+            self.assertEqual(f.read(), key)
+        with open(again.ca, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(again.cert, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+        leaf.verify_directly_issued_by(ca)
+
+    def test_missingKeyNamed(self) -> None:
+        """A certificate without its key cannot sign: the error names the file."""
+        folder = os.path.abspath(self.mktemp())
+        ensureServerCertificate(folder, HOSTS)
+        os.unlink(os.path.join(folder, "ca.key"))
+        os.unlink(os.path.join(folder, "server.pem"))
+        error = self.assertRaises(SelfCertError, ensureServerCertificate, folder, HOSTS)
+        self.assertIn(os.path.join(folder, "ca.key"), str(error))
 
 
 class FirstRunTests(TestCase):

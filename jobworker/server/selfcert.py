@@ -70,8 +70,12 @@ def _names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def _makeCA(hostname: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = newKey()
+def _makeCA(
+    hostname: str, key: ec.EllipticCurvePrivateKey | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new CA certificate, of a new key or of C{key}."""
+    if key is None:
+        key = newKey()
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"jobworker CA of {hostname}")]
     )
@@ -141,6 +145,17 @@ def _current(
     return set(_names(hosts)) <= set(named.value)
 
 
+def _caKey(path: str) -> ec.EllipticCurvePrivateKey:
+    """The CA's key in C{path}.
+
+    @raise ValueError: it is not one."""
+    with open(path, "rb") as f:
+        loaded = serialization.load_pem_private_key(f.read(), None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} is not an elliptic-curve private key")
+    return loaded
+
+
 def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
     """
     The server's own CA and certificate for C{hosts} in C{folder}: made if
@@ -155,18 +170,20 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
     made = False
     try:
         os.makedirs(folder, mode=0o755, exist_ok=True)
-        if not os.path.exists(caPath) and not os.path.exists(caKeyPath):
-            ca, caKey = _makeCA(hosts[0])
-            _write(caKeyPath, keyPEM(caKey), 0o600)
+        if not os.path.exists(caPath):
+            # With the key alone, a start was cut short between the two
+            # files (a full disk, a crash): the certificate never existed,
+            # so no client trusts it. It is made again, of that key.
+            key = _caKey(caKeyPath) if os.path.exists(caKeyPath) else None
+            ca, caKey = _makeCA(hosts[0], key)
+            if key is None:
+                _write(caKeyPath, keyPEM(caKey), 0o600)
             _write(caPath, ca.public_bytes(serialization.Encoding.PEM), 0o644)
             made = True
         with open(caPath, "rb") as f:
             ca = x509.load_pem_x509_certificate(f.read())
-        with open(caKeyPath, "rb") as f:
-            loaded = serialization.load_pem_private_key(f.read(), None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or (
-            loaded.public_key() != ca.public_key()
-        ):
+        loaded = _caKey(caKeyPath)
+        if loaded.public_key() != ca.public_key():
             raise SelfCertError(f"{caKeyPath} is not the key of {caPath}")
         if not _current(certPath, keyPath, ca, hosts):
             leaf, key = _makeServer(ca, loaded, hosts)
@@ -176,8 +193,9 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
             _write(certPath, chain, 0o644)
             made = True
     except OSError as e:
+        what = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
         raise SelfCertError(
-            f"cannot make the server's certificate in {folder}: {e.strerror}"
+            f"cannot make the server's certificate in {folder}: {what}"
         ) from None
     except ValueError as e:
         raise SelfCertError(
