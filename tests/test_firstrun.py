@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
@@ -138,6 +139,29 @@ class FirstRunTests(TestCase):
         out, err, code = await runJW(server.url, "status", job["id"])
         self.assertEqual(code, 1)
         self.assertIn(b"not trusted", err)
+
+    async def test_startUpLineSaysWhetherJwFindsTheCA(self) -> None:
+        """
+        The start-up line said "jw on this machine finds it" for any state
+        dir, but jw looks only in its user's default one (new user round
+        6): with another, the line names C{--ca} and the file.
+        """
+        seen: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            text = formatEvent(event)
+            if text and text.startswith("TLS: the server's own"):
+                seen.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        xdg = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", {**os.environ, "XDG_STATE_HOME": xdg})
+        LiveServer(self, stateDir=os.path.join(xdg, "jobworker"), ownCertificate=True)
+        other = LiveServer(self, ownCertificate=True)
+        self.assertEqual(len(seen), 2, seen)
+        self.assertIn("jw run by this user on this machine finds it", seen[0])
+        self.assertIn(f"give jw --ca {other.ca} (or JW_CA)", seen[1])
 
     async def test_loginTrustsOnFirstUse(self) -> None:
         """

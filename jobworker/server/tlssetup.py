@@ -14,7 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
-from .options import Options
+from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
 from .startup import fatal
 
@@ -78,14 +78,23 @@ def _ownCertificate(config: Options) -> tuple[str, str]:
         own = ensureServerCertificate(folder, hosts)
     except SelfCertError as e:
         fatal(str(e))
+    # jw finds only the CA of the default state dir (its user's own).
+    found = os.path.realpath(config["state-dir"]) == os.path.realpath(defaultStateDir())
     log.info(
         "TLS: the server's own certificate for {hosts}, by its CA {ca} "
-        "(SHA-256 {fingerprint}){made}: jw on this machine finds it; elsewhere "
-        "give jw --ca with a copy, or trust it at jw login",
+        "(SHA-256 {fingerprint}){made}: {finding}",
         hosts=", ".join(hosts),
         ca=own.ca,
         fingerprint=own.fingerprint,
         made=" (made now)" if own.made else "",
+        finding=(
+            "jw run by this user on this machine finds it; elsewhere give jw "
+            "--ca with a copy, or trust it at jw login"
+            if found
+            else f"give jw --ca {own.ca} (or JW_CA), or a copy of it elsewhere, "
+            "or trust it at jw login: jw finds by itself only the CA of the "
+            "default state dir"
+        ),
     )
     return own.cert, own.key
 
