@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from dataclasses import replace
 from typing import Any
@@ -29,6 +30,7 @@ from jobworker.jobs.manager import JobManager
 from jobworker.jobs.placement import SlurmAllowances, SlurmRequest
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
@@ -1114,6 +1116,34 @@ class IdentityTests(SynchronousTestCase):
             self.commands.actors[1:],
             [("signal", "101", account), ("cancel", "101", account)],
         )
+
+    def test_harderSecondStop(self) -> None:
+        """
+        A KILL, or a grace that ends sooner, while a stop with an hour's
+        grace goes on: the scancel comes then, not at the hour's end (it
+        was dropped, as for a local job: fault round 6).
+        """
+        account = self.mapped()
+        manager = self.manager(self.executor())
+        for slurmId, second, wait in (
+            ("101", StopRequest(signal.SIGKILL), 0.0),
+            ("102", StopRequest(grace=2), 2.0),
+        ):
+            del self.commands.actors[:]
+            record = manager.create(
+                request("sleep", "9"), owner="alice", account=account
+            )
+            self.commands.submissions[-1][2].callback(slurmId)
+            self.reactor.advance(1.0)
+            self.commands.polls[-1].callback({slurmId: state("RUNNING")})
+            manager.stop(record.id, "alice", StopRequest(grace=3600))
+            self.assertEqual(self.commands.actors[-1], ("signal", slurmId, account))
+            manager.stop(record.id, "ada", second)
+            self.reactor.advance(wait)
+            self.assertEqual(self.commands.actors[-1], ("cancel", slurmId, account))
+            self.assertEqual(manager.record(record.id).stopped_by, "alice")
+            self.reactor.advance(1.0)
+            self.commands.polls[-1].callback({slurmId: state("CANCELLED")})
 
     def test_recoveredJobCancelledAsTheOwner(self) -> None:
         """

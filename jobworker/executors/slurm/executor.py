@@ -409,6 +409,10 @@ class SlurmExecutor:
         """See L{SlurmStops.cancel}."""
         self._stops.cancel(job)
 
+    def hasten(self, job: SlurmJob, how: StopRequest) -> None:
+        """See L{SlurmStops.hasten}."""
+        self._stops.hasten(job, how)
+
 
 def _neverSent(error: SlurmError) -> bool:
     """

@@ -376,6 +376,7 @@ class SlurmJob:
     def stop(self, by: str, how: StopRequest = DEFAULT_STOP) -> Deferred[JobRecord]:
         ended = self.whenEnded()
         if self._stopRequested:
+            self._executor.hasten(self, how)
             return ended
         self._stopRequested = True
         self.record.stopped_by = by
@@ -409,6 +410,11 @@ class SlurmJob:
         """The timer that cancels the job at the end of its stop's grace."""
         self.disarmKill()
         self._killCall = call
+
+    def killDue(self) -> float | None:
+        """When the stop's scancel is due (None: none is armed)."""
+        call = self._killCall
+        return call.getTime() if call is not None and call.active() else None
 
     def disarmKill(self) -> None:
         if self._killCall is not None and self._killCall.active():

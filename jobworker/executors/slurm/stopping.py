@@ -112,6 +112,24 @@ class SlurmStops:
         """scancel the job after C{delay} seconds (the rest of the grace)."""
         job.armKill(self._reactor.callLater(max(0.0, delay), lambda: self.cancel(job)))
 
+    def hasten(self, job: SlurmJob, how: StopRequest) -> None:
+        """
+        A stop while C{job} is being stopped: a harder one holds (KILL, or a
+        grace that ends before the first one's scancel), else it waits for
+        the same end. The new end is stored, for a restart to go on with.
+        """
+        due = job.killDue()
+        record = job.record
+        if due is None or record.stop_requested_at is None:
+            return  # not signalled yet, or its scancel is under way
+        now = self._reactor.seconds()
+        grace = 0.0 if how.signal == signal.SIGKILL else how.grace
+        if grace is None or now + grace >= due:
+            return
+        record.stop_grace = now + grace - record.stop_requested_at
+        self._save(record)
+        self.escalate(job, grace)
+
     def resume(self, job: SlurmJob) -> None:
         """After a restart: go on with a stop that was in progress."""
         record = job.record
