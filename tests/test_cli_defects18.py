@@ -384,10 +384,14 @@ class PromptTerminatedTests(TestCase):
     timeout = 120
 
     def environment(self) -> dict[str, str]:
+        """Before the password jw checks that it can reach the server: a
+        real one (no credentials are sent before the password)."""
         home = os.path.realpath(self.mktemp())
+        server = self.__dict__.get("server") or LiveServer(self)
+        self.server = server
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "JW_SERVER": "https://localhost:9",  # nothing is sent before it
+            "JW_SERVER": server.url,
             "JW_CA": CA,
             "JW_USER": "alice",
             "HOME": home,

@@ -176,12 +176,14 @@ class PromptInterruptTests(TestCase):
     timeout = 120
 
     def environment(self) -> dict[str, str]:
-        """No password, no saved login: jw asks on the terminal. Nothing is
-        sent before it has the password, so no server is needed."""
+        """No password, no saved login: jw asks on the terminal. Before the
+        password it checks that it can reach the server: a real one."""
         home = os.path.realpath(self.mktemp())
+        server = self.__dict__.get("server") or LiveServer(self)
+        self.server = server
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "JW_SERVER": "https://localhost:9",
+            "JW_SERVER": server.url,
             "JW_CA": CA,
             "HOME": home,
             "XDG_CONFIG_HOME": home,

@@ -24,9 +24,11 @@ from .config import (
     forgetToken,
     loadToken,
     resolve,
+    savedUser,
     tokensPath,
+    tokenUser,
 )
-from .errors import ClientError
+from .errors import ClientError, ServerUnreachable
 from .failures import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -43,7 +45,7 @@ from .interrupts import Interrupts
 from .parser import buildParser
 from .session import Connect, Session, givenPassword, trustOnFirstUse
 from .show import age
-from .streams import Streams
+from .streams import OutputFailed, Streams
 from .verbs import VERBS, Verb, checkArguments
 
 __all__ = [
@@ -167,6 +169,8 @@ async def _commandLine(
         if verb == "login":
             trustOnFirstUse(settings, environ, path)
         session = Session.open(reactor, verb, settings, environ, tokens, connect)
+    except ServerUnreachable:
+        raise  # a failed connection, as any request's (exit 1)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None
     try:
@@ -231,7 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     Entry point of the C{jw} console script: a short command on the
     standard library (L{quickRun}), else L{run} on the real reactor.
     """
-    streams = Streams()
+    streams, closed = Streams.standard()
+    if "stdout" in closed:
+        # Nothing to show results on (and a file opened later would take
+        # its place): refused before anything is done.
+        try:
+            streams.say("jw: stdout is closed: nothing was done (jw writes there)")
+        except OSError:
+            pass
+        raise SystemExit(1)
     environ = dict(os.environ)
     code = quickRun(argv, environ, streams)
     if code is not None:
@@ -262,6 +274,9 @@ def _flushQuietly(streams: Streams) -> None:
     except BrokenPipeError:
         streams.abandonOut()
         raise SystemExit(EXIT_BROKEN_PIPE) from None
+    except OSError as e:  # a full disk: said, as a write that failed earlier
+        streams.abandonOut()
+        raise SystemExit(report(OutputFailed("to stdout", e), streams)) from None
 
 
 def showConfig(
@@ -273,12 +288,6 @@ def showConfig(
 ) -> int:
     """Print the settings in force and their origins (no network, no secrets)."""
     lines = [f"config file: {path}" + ("" if os.path.exists(path) else " (absent)")]
-    for key in ("server", "ca", "user", "cert", "key"):
-        value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
-        origin = settings.origins[key]
-        if key == "ca":
-            value, origin = caInUse(settings, environ)
-        lines.append(f"{key} = {value}    # {origin}")
     token = None
     try:
         token, saved = loadToken(tokensFile, settings.server, time.time())
@@ -287,10 +296,55 @@ def showConfig(
         token, _ = loadToken(tokensFile, settings.server, time.time(), settings.user)
     except ConfigError as e:  # the file others may read: say why it is unused
         login = f"refused: {e}"
+    sent = _credentialsSent(settings, environ, token)
+    for key in ("server", "ca", "user", "cert", "key"):
+        value = getattr(settings, key) or ("(prompted)" if key == "user" else "(none)")
+        origin = settings.origins[key]
+        if key == "ca":
+            value, origin = caInUse(settings, environ)
+        elif key == "user" and not settings.user:
+            value, origin = _userSent(settings, environ, tokensFile, sent, value)
+        if key in ("ca", "cert", "key") and value != "(none)":
+            unreadable = _unreadable(value)
+            if unreadable is not None:
+                # Every command would fail on it: said here, where it is set.
+                origin += f" (cannot read it: {unreadable})"
+        lines.append(f"{key} = {value}    # {origin}")
     lines.append(f"login token = {login}    # {tokensFile}")
-    lines.append(f"sent = {_credentialsSent(settings, environ, token)}")
+    lines.append(f"sent = {sent}")
     streams.show("".join(line + "\n" for line in lines))
     return 0
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the file at C{path} cannot be read (None: it can)."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _userSent(
+    settings: Settings,
+    environ: dict[str, str],
+    tokensFile: str,
+    sent: str,
+    prompted: str,
+) -> tuple[str, str]:
+    """
+    The user (and whence) of the credentials L{_credentialsSent} names,
+    when none is configured: a token's, as it says, not a prompt's.
+    """
+    if sent.startswith("JW_TOKEN"):
+        user = tokenUser(environ["JW_TOKEN"])
+        return (user or "(the token's)"), "JW_TOKEN (as the token says)"
+    if sent.startswith("the login token"):
+        user = savedUser(tokensFile, settings.server)
+        return (user or "(the token's)"), "the login token (jw login)"
+    if sent.startswith("the client certificate"):
+        return "(the client certificate's)", "cert"
+    return prompted, settings.origins["user"]
 
 
 def _credentialsSent(

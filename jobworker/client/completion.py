@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .parser import STATUSES, VERBS
+from .parser import CLEAN_STATUSES, STATUSES, VERBS
 
 _VERBS = " ".join(VERBS)
 _STATUSES = " ".join(STATUSES)
+#: What C{jw clean --status} takes: ended jobs' statuses only.
+_ENDED = " ".join(CLEAN_STATUSES)
 _GLOBAL = "--server --ca --cert --key --help"
 #: Options per verb (a test checks them against the parser).
 OPTIONS = {
@@ -42,7 +44,10 @@ _jw() {{
         esac
     done
     case "$prev" in
-        --status) COMPREPLY=($(compgen -W "{_STATUSES}" -- "${{cur^^}}")); return ;;
+        --status)
+            local statuses="{_STATUSES}"
+            [ "$verb" = clean ] && statuses="{_ENDED}"
+            COMPREPLY=($(compgen -W "$statuses" -- "${{cur^^}}")); return ;;
         --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     esac
     if [ -z "$verb" ]; then
@@ -72,7 +77,12 @@ _jw() {{
         _files; return   # after --: the job's command and its files
     fi
     if [[ "$words[CURRENT-1]" == --status ]]; then
-        compadd -- {_STATUSES}; return
+        if (( ${{words[(I)clean]}} )); then
+            compadd -- {_ENDED}
+        else
+            compadd -- {_STATUSES}
+        fi
+        return
     fi
     if (( CURRENT == 2 )); then
         compadd -- {_VERBS}; return
@@ -92,7 +102,8 @@ FISH = f"""# jw completion for fish: jw completion fish | source
 complete -c jw -f
 complete -c jw -n __fish_use_subcommand -a "{_VERBS}"
 complete -c jw -l server -l ca -l cert -l key -r
-complete -c jw -n "__fish_seen_subcommand_from list clean" -l status -x -a "{_STATUSES}"
+complete -c jw -n "__fish_seen_subcommand_from list" -l status -x -a "{_STATUSES}"
+complete -c jw -n "__fish_seen_subcommand_from clean" -l status -x -a "{_ENDED}"
 complete -c jw -n "__fish_seen_subcommand_from {_ID_VERBS.replace("|", " ")}" \\
     -x -a "(jw _ids 2>/dev/null)"
 complete -c jw -n "__fish_seen_subcommand_from completion" -x -a "bash zsh fish"

@@ -284,6 +284,25 @@ def savedUser(path: str, server: str) -> str | None:
     return user if isinstance(user, str) else None
 
 
+def tokenUser(token: str) -> str | None:
+    """
+    The user a jobworker token says it was issued for, unverified (only
+    the server can verify it): to show, never to decide. None: not a
+    token jw can read.
+    """
+    import base64
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        )
+        user = claims["u"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None  # binascii.Error and JSON errors are ValueErrors
+    return user if isinstance(user, str) and user.isprintable() else None
+
+
 def saveToken(path: str, server: str, token: str, expires: float, user: str) -> None:
     """Keep a token for C{server} (file mode 0600, folder 0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

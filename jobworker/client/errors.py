@@ -27,3 +27,16 @@ class HandshakeTimeout(TimeoutError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no TLS handshake in {seconds:g} s")
         self.seconds = seconds
+
+
+class ServerUnreachable(ClientError):
+    """
+    A check of the connection, made before a prompt (L{probeServer
+    <jobworker.client.quick.probeServer>}), failed: nothing was asked or
+    sent. C{untrusted}: the handshake failed on the server's certificate,
+    which the CA in use does not vouch for.
+    """
+
+    def __init__(self, message: str, untrusted: bool = False) -> None:
+        super().__init__(message)
+        self.untrusted = untrusted

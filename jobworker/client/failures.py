@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..tlserrors import TLSConfigError
 from .config import ConfigError
 from .errors import ClientError
-from .streams import Streams
+from .streams import OutputFailed, Streams
 
 #: Exit status when our own stdout was closed under us (128 + SIGPIPE).
 EXIT_BROKEN_PIPE = 141
@@ -134,21 +134,23 @@ FAILURES: tuple[
     # Our reader went away (jw logs -f | head): stop quietly, as a
     # pipeline's writer does, with the SIGPIPE status.
     (BrokenPipeError, EXIT_BROKEN_PIPE, lambda e: None),
+    # Our stdout or stderr failed otherwise (a full disk): said, not a bug.
+    (OutputFailed, 1, lambda e: None if e.said else e.line()),  # type: ignore[attr-defined]
     (Exception, 1, lambda e: f"jw: unexpected error: {e!r}"),  # a bug
 )
 
 
 def report(error: Exception, streams: Streams) -> int:
     """Show C{error} as L{FAILURES} says; return its exit status."""
-    if isinstance(error, BrokenPipeError):
-        streams.abandonOut()
+    if isinstance(error, BrokenPipeError | OutputFailed):
+        streams.abandonOut()  # no flush at the exit fails again
     for kind, status, message in FAILURES:
         if isinstance(error, kind):
             line = message(error)
             if line is not None:
                 try:
                     streams.say(line)
-                except BrokenPipeError:
-                    pass  # stderr gone too: the status says it
+                except OSError:
+                    pass  # stderr gone or full too: the status says it
             return status
     raise error  # unreachable: the last row matches every Exception

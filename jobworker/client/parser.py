@@ -19,6 +19,8 @@ SLURM_COUNTS = ("nodes", "ntasks")
 
 #: The job states, for C{--status} (and completion).
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
+#: Those C{jw clean --status} takes: a job that has not ended is not cleaned.
+CLEAN_STATUSES = STATUSES[2:]
 
 #: The verbs, in the order help lists them (completion reads this too).
 VERBS = (
@@ -99,6 +101,15 @@ def age(text: str) -> str:
     return text
 
 
+def _isNumber(word: str) -> bool:
+    """A negative number (C{--priority -5}) is a value, not an option."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 _INVALID_CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")
 
 
@@ -106,8 +117,29 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser that writes to L{Streams} and raises, never exits."""
 
     def __init__(self, *args: Any, streams: Streams, **kwargs: Any) -> None:
+        # Whole option names only: "--serv" taken for --server silently
+        # would make every future option that shares a prefix a break.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._streams = streams
+        self._words: list[str] = []
+
+    def unknownOption(self, words: list[str]) -> str | None:
+        """
+        The first of C{words} (before a C{--}) that looks like an option
+        this parser does not take, with a did-you-mean; None if none.
+        """
+        for word in words:
+            if word == "--":
+                return None
+            name = word.split("=", 1)[0]
+            if word.startswith("-") and word != "-" and not _isNumber(word):
+                if name not in self._option_string_actions:
+                    known = [o for o in self._option_string_actions if o[:2] == "--"]
+                    close = difflib.get_close_matches(name, known, 1, 0.75)
+                    hint = f"; did you mean {close[0]}?" if close else ""
+                    return f"unknown option {name}{hint}"
+        return None
 
     def _print_message(self, message: str, file: Any = None) -> None:
         if message:
@@ -117,21 +149,44 @@ class _Parser(argparse.ArgumentParser):
         self, args: Any = None, namespace: Any = None
     ) -> argparse.Namespace:
         parsed: argparse.Namespace
+        self._words = list(args or [])
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             # Found by the top parser, but the verb's help is the one to read.
             verb = getattr(parsed, "verb", None)
             where = f"{self.prog} {verb}" if verb else self.prog
-            raise ArgumentsRefused(
-                f"jw: unrecognized arguments: {' '.join(extras)} (see {where} --help)"
-            )
+            owner = self._verbParser(verb) or self
+            unknown = owner.unknownOption(extras)
+            what = unknown or f"unrecognized arguments: {' '.join(extras)}"
+            raise ArgumentsRefused(f"jw: {what} (see {where} --help)")
         return parsed
+
+    def _verbParser(self, verb: str | None) -> _Parser | None:
+        """The parser of C{verb}'s own options, if it is one of ours."""
+        if verb is None or self._subparsers is None:
+            return None
+        for action in self._subparsers._group_actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found = action.choices.get(verb)
+                return found if isinstance(found, _Parser) else None
+        return None
 
     def error(self, message: str) -> NoReturn:
         # One line, as every other failure: no usage before it (the help
         # is one flag away, and says so).
         unknown = _INVALID_CHOICE.search(message)
         if unknown:
+            # "jw --sever URL list": the URL was taken for the command, but
+            # the mistake is the option before it.
+            words = self._words
+            before = (
+                words[: words.index(unknown.group(1))]
+                if unknown.group(1) in words
+                else []
+            )
+            option = self.unknownOption(before)
+            if option is not None:
+                raise ArgumentsRefused(f"jw: {option} (see jw --help)")
             close = difflib.get_close_matches(unknown.group(1), VERBS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ArgumentsRefused(
@@ -255,7 +310,7 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "only those of that status or ended longer ago. Nothing asks first.",
         epilog="example: jw clean --status COMPLETED --older-than 7d",
     )
-    clean.add_argument("--status", type=str.upper, choices=STATUSES[2:])
+    clean.add_argument("--status", type=str.upper, choices=CLEAN_STATUSES)
     clean.add_argument("--owner", help="only this user's jobs")
     clean.add_argument(
         "--older-than",

@@ -39,7 +39,7 @@ from .calls import (
     unnamedPort,
 )
 from .config import ConfigError
-from .errors import ClientError, HandshakeTimeout
+from .errors import ClientError, HandshakeTimeout, ServerUnreachable
 from .workers import startThread
 
 T = TypeVar("T")
@@ -470,6 +470,39 @@ def tlsContext(
                 "unencrypted key"
             ) from None
     return context
+
+
+#: Seconds the check of a connection before a prompt may take.
+PROBE_TIMEOUT = 30
+
+
+def probeServer(server: str, caPath: str, keepalive: int = KEEPALIVE) -> None:
+    """
+    Connect to C{server} and shake hands (its certificate verified against
+    the CA in C{caPath}, as every request's), then hang up: done before
+    jw asks for a password, so that no one types one for a server jw
+    cannot reach or does not trust.
+
+    @raise ServerUnreachable: no connection, or no verified handshake.
+    @raise TLSConfigError: the CA file cannot be used.
+    """
+    checkServer(server)
+    context = tlsContext(caPath)
+    parts = urlsplit(server)
+    connection = KeptAliveConnection(
+        parts.hostname or "",
+        parts.port or 443,
+        context=context,
+        timeout=PROBE_TIMEOUT,
+        keepalive=keepalive,
+    )
+    try:
+        connection.connect()
+    except OSError as e:
+        line = describe(server, e)
+        raise ServerUnreachable(line, line.endswith(NOT_TRUSTED)) from None
+    finally:
+        connection.close()
 
 
 def describe(server: str, error: OSError) -> str:

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from .errors import ClientError
 from .follow import followOutput
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
-from .streams import Streams
+from .streams import OutputFailed, Streams
 from .verbs import (
     STOP_DEADLINE,
     STOP_PATIENCE,
+    backlogCut,
     createExecJob,
     execCreated,
     execEnded,
     execInterrupted,
     execOutput,
     feedStdin,
+    sayBacklog,
     sayLeft,
     sayNeverFed,
     sayStarting,
@@ -100,9 +103,28 @@ async def quickExec(
             following = background.start(
                 lambda: drive(followOutput(follower, jobId, output, onStatus=started))
             )
-            background.wait(lambda: following.done or bool(left))
+            cut: list[tuple[dict[str, Any], int]] = []
+
+            def backlogLeft() -> bool:
+                """Once the stop asked for has ended the job: too much to show?"""
+                if cut or following.done:
+                    return bool(cut)
+                for worker in stops:
+                    if worker.done and worker.error is None:
+                        ended = worker.outcome()
+                        unshown = backlogCut(ended, output)
+                        if unshown is not None:
+                            cut.append((ended, unshown))
+                        return bool(cut)
+                return False
+
+            background.wait(lambda: following.done or bool(left) or backlogLeft())
         finally:
             interrupts.handle(None)
+        if cut and not left:
+            # The follower is left to the exit, printing nothing more.
+            sayBacklog(cut[0][1], jobId, streams)
+            return execEnded(cut[0][0], options, streams, interrupts)
         if left:
             # The follower is left to the exit; the stop asked for is not,
             # until the server has it.
@@ -116,6 +138,9 @@ async def quickExec(
             end = following.outcome()
         except BrokenPipeError:
             await stopUnread(client, jobId, streams)
+            raise
+        except OutputFailed as e:
+            await stopUnread(client, jobId, streams, e)
             raise
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)

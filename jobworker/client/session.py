@@ -24,6 +24,7 @@ from .config import (
     trustedCA,
     trustedPath,
 )
+from .errors import ServerUnreachable
 from .failures import NoPrompt, PromptInterrupted, UsageFailure
 from .interrupts import SIGNALS
 from .streams import Streams
@@ -42,8 +43,17 @@ def givenPassword(environ: dict[str, str]) -> str | None:
     return environ.get("JW_PASSWORD") or None
 
 
-def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, str]:
-    """C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt."""
+def credentials(
+    environ: dict[str, str],
+    user: str | None = None,
+    beforePrompt: Callable[[], None] = lambda: None,
+) -> tuple[str, str]:
+    """
+    C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt on
+    the terminal; the password is asked once C{beforePrompt()} (the check
+    that the server can be reached and is trusted,
+    L{probeServer<jobworker.client.quick.probeServer>}) passed.
+    """
     user = environ.get("JW_USER") or user
     password = givenPassword(environ)
     if user and password is not None:
@@ -63,6 +73,7 @@ def credentials(environ: dict[str, str], user: str | None = None) -> tuple[str, 
                 user = _readLine(fd).strip()
                 if not user:  # Ctrl-D or Enter: no password for no one
                     raise UsageFailure("no user name given")
+            beforePrompt()
             # getpass opens the terminal itself and turns echo off.
             try:
                 password = getpass.getpass(f"Password for {user}: ")
@@ -149,8 +160,20 @@ def trustOnFirstUse(
         return
     server = settings.server
     saved = trustedPath(os.path.dirname(configFile), server)
-    if os.path.isfile(saved) or urlsplit(server).hostname in DEV_CA_HOSTS:
+    if os.path.isfile(saved):
         return
+    if urlsplit(server).hostname in DEV_CA_HOSTS:
+        # The development CA, or this user's own server's, vouches for a
+        # server on this machine, but not for one started with another
+        # state dir (or by another user): that one is asked about too.
+        from .quick import probeServer
+
+        try:
+            probeServer(server, trustedCA(settings, environ))
+            return
+        except ServerUnreachable as e:
+            if not e.untrusted:
+                raise
     from .trust import TrustError, fetchCA, fingerprint, remember
 
     try:
@@ -238,7 +261,14 @@ class Session:
             raise NoPrompt()
         # An expired login is renewed for the user it was of.
         known = settings.user or (savedUser(tokensFile, server) if saved else None)
-        user, password = credentials(environ, known)
+
+        def reachable() -> None:
+            # No password asked for a server jw cannot reach or trust.
+            from .quick import probeServer
+
+            probeServer(server, ca)
+
+        user, password = credentials(environ, known, reachable)
         client = connect(reactor, server, ca, user, password)
         # An expired login is renewed with the password now given.
         return cls(client, server, tokensFile, renew=saved and token is None)

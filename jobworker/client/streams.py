@@ -10,7 +10,7 @@ import sys
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -30,7 +30,53 @@ def printable(text: str) -> str:
 
 def _stdoutToDevNull() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, 1)
+
+
+class OutputFailed(Exception):
+    """
+    A write to C{jw}'s stdout or stderr failed for another reason than a
+    reader gone (a full disk: ENOSPC, an I/O error): C{what} could not be
+    written, C{strerror} says why. C{said}: jw has said so already.
+    """
+
+    def __init__(self, what: str, error: OSError, said: bool = False) -> None:
+        self.what = what
+        self.strerror = error.strerror or str(error)
+        self.said = said
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """What jw says of it."""
+        return f"jw: cannot write {self.what}: {self.strerror}"
+
+
+def _closedStandardStreams() -> list[str]:
+    """
+    The names of the standard streams the process was started without
+    (C{jw <&-}, C{>&-}, C{2>&-}: Python made them None). Each one's file
+    descriptor is given /dev/null, so that no file or socket jw opens
+    later takes it (and job output or a password prompt goes there).
+    """
+    closed = []
+    for fd, name, mode in (
+        (0, "stdin", os.O_RDONLY),
+        (1, "stdout", os.O_WRONLY),
+        (2, "stderr", os.O_WRONLY),
+    ):
+        if getattr(sys, name) is not None:
+            continue
+        closed.append(name)
+        try:
+            os.fstat(fd)
+            continue  # taken already (by what Python opened): leave it
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, mode)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return closed
 
 
 @dataclass
@@ -52,15 +98,46 @@ class Streams:
     abandonOut: Callable[[], None] = _stdoutToDevNull
     inp: BinaryIO | None = field(default_factory=lambda: sys.stdin.buffer)
 
+    @classmethod
+    def standard(cls) -> tuple[Streams, list[str]]:
+        """
+        The process's own streams, and the names of those it was started
+        without (L{_closedStandardStreams}): a closed stdin is no input, a
+        closed stderr swallows jw's messages, a closed stdout is the
+        caller's to refuse.
+        """
+        closed = _closedStandardStreams()
+        devnull = open(os.devnull, "w")  # for the process's life
+        nowhere = cast(BinaryIO, devnull.buffer)
+        return (
+            cls(
+                out=nowhere if "stdout" in closed else sys.stdout.buffer,
+                err=nowhere if "stderr" in closed else sys.stderr.buffer,
+                messages=devnull if "stderr" in closed else sys.stderr,
+                inp=None if "stdin" in closed else sys.stdin.buffer,
+            ),
+            closed,
+        )
+
     def say(self, line: str) -> None:
         """One line on C{messages}, whatever a server or job put in it."""
         self.messages.write(printable(line) + "\n")
         self.messages.flush()
 
     def show(self, text: str) -> None:
-        """Text (lines, each ending in a newline) on C{out}."""
-        self.out.write(text.encode("utf-8"))
-        self.out.flush()
+        """
+        Text (lines, each ending in a newline) on C{out}.
+
+        @raise OutputFailed: it could not be written (a reader gone is a
+            C{BrokenPipeError}, as ever).
+        """
+        try:
+            self.out.write(text.encode("utf-8"))
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed("to stdout", e) from None
 
     def pipedInput(self) -> bool:
         """
@@ -145,7 +222,7 @@ class Streams:
                 target.write(data)
                 target.flush()
 
-            return write
+            return _failingAsOutput(write)
         target.flush()  # what was written before goes first
 
         def writeFd(data: bytes | memoryview) -> None:
@@ -153,4 +230,65 @@ class Streams:
             while written < len(data):  # a signal may cut a write short
                 written += os.write(fd, memoryview(data)[written:])
 
-        return writeFd
+        return _failingAsOutput(writeFd)
+
+
+def _failingAsOutput(
+    write: Callable[[bytes | memoryview], None],
+) -> Callable[[bytes | memoryview], None]:
+    """
+    C{write}, whose failures other than a reader gone (C{BrokenPipeError})
+    are an L{OutputFailed}: a full disk is not a bug, and not a broken
+    connection to the server either.
+    """
+
+    def writeOrSay(data: bytes | memoryview) -> None:
+        try:
+            write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed("the job's output", e) from None
+
+    return writeOrSay
+
+
+class GatedStreams(Streams):
+    """
+    L{Streams} whose job output (L{writer}) is counted, and can be shut
+    (L{shut}): what comes after is dropped, counted as not shown. Each
+    writer counts in a cell of its own (each is written from one thread).
+    """
+
+    def __init__(self, streams: Streams) -> None:
+        super().__init__(
+            streams.out,
+            streams.err,
+            streams.messages,
+            streams.abandonOut,
+            streams.inp,
+        )
+        self._shown: list[list[int]] = []
+        self.isShut = False
+
+    @property
+    def shown(self) -> int:
+        """Bytes of the job's output written so far."""
+        return sum(cell[0] for cell in self._shown)
+
+    def shut(self) -> None:
+        """Write no more job output (what comes is dropped)."""
+        self.isShut = True
+
+    def writer(self, stream: str) -> Callable[[bytes | memoryview], None]:
+        write = super().writer(stream)
+        cell = [0]
+        self._shown.append(cell)
+
+        def counted(data: bytes | memoryview) -> None:
+            if self.isShut:
+                return
+            write(data)
+            cell[0] += len(data)
+
+        return counted

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     #: Either client: the helpers of C{exec} serve both.
     AnyClient = JobworkerClient | QuickClient
 from .show import jobLines, jobTable, jsonLine, outcome
-from .streams import Streams
+from .streams import GatedStreams, OutputFailed, Streams
 
 Verb = Callable[[argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]]
 
@@ -149,6 +149,7 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
     @raise BadArguments: a flag's value or a combination that cannot be
         carried out, a missing command, an id that cannot be one.
     """
+    _checkText(options)
     for text in [getattr(options, "id", None), *getattr(options, "ids", [])]:
         if text is not None:
             checkId(text)
@@ -169,6 +170,56 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
         _stopSignal(options)
     elif verb == "wait" and options.timeout is not None and options.timeout < 0:
         raise BadArguments("--timeout must not be negative")
+
+
+#: Options that name files here, not text sent: any bytes do.
+_LOCAL_PATHS = frozenset({"ca", "cert", "key"})
+
+
+def _checkText(options: argparse.Namespace) -> None:
+    """
+    Every word jw would send is text: the server takes UTF-8 only, and a
+    word that is not (Latin-1 bytes typed, say) comes to Python as lone
+    surrogates, which jw refuses here, naming the word, not the server
+    later with an index the user has to work out.
+
+    @raise BadArguments: a word that is not valid UTF-8.
+    """
+    for key, value in vars(options).items():
+        if key in _LOCAL_PATHS:
+            continue
+        words = value if isinstance(value, list) else [value]
+        for index, word in enumerate(words, 1):
+            if not isinstance(word, str) or _isUtf8(word):
+                continue
+            if key == "command":
+                what = "the command"
+            elif key == "args":
+                what = f"argument {index} of the command"
+            elif key in ("id", "ids"):
+                what = "ID"
+            else:
+                what = "--" + key.replace("_", "-")
+            raise BadArguments(
+                f"{what} '{_shownBytes(word)}' is not valid UTF-8 (jw sends text only)"
+            )
+
+
+def _isUtf8(word: str) -> bool:
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shownBytes(word: str) -> str:
+    """C{word} as the bytes typed: those not UTF-8 as C{\\xe9}."""
+    try:
+        raw = word.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return word.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 _NO_COMMAND = "jw exec needs the command to run, after --: jw exec -- make test"
@@ -370,15 +421,25 @@ def sayNeverFed(job: dict[str, Any], streams: Streams) -> int:
     return exitStatusOf(job)
 
 
-async def stopUnread(client: AnyClient, jobId: str, streams: Streams) -> None:
+async def stopUnread(
+    client: AnyClient,
+    jobId: str,
+    streams: Streams,
+    failed: OutputFailed | None = None,
+) -> None:
     """
-    Our stdout was closed under C{jw exec -f} (C{| head}): stop the job,
-    as a remote command over ssh dies of SIGPIPE at its next write, rather
-    than leave it running unread. jw then exits with the SIGPIPE status.
+    Our stdout was closed under C{jw exec -f} (C{| head}), or could not be
+    written (C{failed}: a full disk): stop the job, as a remote command
+    over ssh dies of SIGPIPE at its next write, rather than leave it
+    running unread. jw then exits with the SIGPIPE status (or 1, the write
+    error said in this one line).
     """
+    why = "stdout closed" if failed is None else failed.line().removeprefix("jw: ")
     try:
-        streams.say(f"jw: stdout closed: stopping job {jobId}")
-    except BrokenPipeError:
+        streams.say(f"jw: {why}: stopping job {jobId}")
+        if failed is not None:
+            failed.said = True
+    except OSError:
         pass
     try:
         await client.stop(jobId)
@@ -421,12 +482,45 @@ def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
     return told
 
 
-def execOutput(options: argparse.Namespace, streams: Streams) -> Streams:
+def execOutput(options: argparse.Namespace, streams: Streams) -> GatedStreams:
     """Where the followed job's output goes: with --json, all to stderr
-    (stdout holds one JSON document)."""
+    (stdout holds one JSON document); counted, and shut if the backlog
+    after an interrupt is too long (L{backlogCut})."""
     if options.json:
-        return Streams(streams.err, streams.err, streams.messages, inp=None)
-    return streams
+        return GatedStreams(
+            Streams(streams.err, streams.err, streams.messages, inp=None)
+        )
+    return GatedStreams(streams)
+
+
+#: Bytes of a job's output that C{jw exec -f} still prints once the job
+#: that an interrupt stopped has ended: a quiet job's last words (what it
+#: said as it stopped) are shown; a loud job's backlog (up to the server's
+#: cap, a GiB, minutes on a terminal) is not.
+BACKLOG_SHOWN = 64 * 1024
+
+
+def backlogCut(ended: dict[str, Any], output: GatedStreams) -> int | None:
+    """
+    The job that the first interrupt stopped has ended as C{ended} (the
+    stop's answer): if more than L{BACKLOG_SHOWN} bytes of its output are
+    still to print, shut C{output} (nothing more is printed) and return
+    how many were not shown; else None (the rest is printed as it comes).
+    """
+    total = int(ended.get("stdout_bytes") or 0) + int(ended.get("stderr_bytes") or 0)
+    unshown = total - output.shown
+    if unshown <= BACKLOG_SHOWN:
+        return None
+    output.shut()
+    return unshown
+
+
+def sayBacklog(unshown: int, jobId: str, streams: Streams) -> None:
+    """The one line for the backlog L{backlogCut} did not print."""
+    streams.say(
+        f"jw: {unshown} bytes of the job's output were not shown (it had "
+        f"ended; jw stops printing once a job it stopped has): jw logs {jobId}"
+    )
 
 
 def execEnded(
@@ -479,11 +573,11 @@ async def doExec(
         if options.stdin
         else None
     )
-    following = ensureDeferred(
-        followOutput(client, jobId, execOutput(options, streams), onStatus=started)
-    )
+    output = execOutput(options, streams)
+    following = ensureDeferred(followOutput(client, jobId, output, onStatus=started))
     left: list[str] = []
     stops: list[bool] = []  # each stop's answer: True, False if it failed
+    cut: list[tuple[dict[str, Any], int]] = []  # the end, the bytes not shown
 
     def leave(name: str) -> None:
         left.append(name)
@@ -494,13 +588,23 @@ async def doExec(
             stops.append(False)
             streams.say(f"jw: could not stop: {f.value}")
 
+        def ended(record: dict[str, Any]) -> None:
+            stops.append(True)
+            unshown = None if following.called else backlogCut(record, output)
+            if unshown is not None:
+                cut.append((record, unshown))
+                following.cancel()
+
         stopping = ensureDeferred(client.stop(jobId, signal))
-        stopping.addCallbacks(lambda _: stops.append(True), failed)
+        stopping.addCallbacks(ended, failed)
 
     interrupts.handle(execInterrupted(options, jobId, streams, interrupts, leave, stop))
     try:
         end = await following
     except CancelledError:
+        if cut and not left:
+            sayBacklog(cut[0][1], jobId, streams)
+            return execEnded(cut[0][0], options, streams, interrupts)
         if not left:
             raise
         if not options.detach_on_interrupt:
@@ -510,6 +614,9 @@ async def doExec(
         return interrupts.status
     except BrokenPipeError:
         await stopUnread(client, jobId, streams)
+        raise
+    except OutputFailed as e:
+        await stopUnread(client, jobId, streams, e)
         raise
     finally:
         interrupts.handle(None)
