@@ -12,6 +12,11 @@ from twisted.logger import Logger
 
 from ..jobs.records import rfc3339
 
+#: How often L{AuditLog.recordSparsely} writes one event of one user, at most.
+SPARSE_EVERY = 60.0
+#: How many (event, user) pairs it remembers before it forgets the quiet ones.
+MAX_SPARSE = 10000
+
 
 class AuditLog:
     """
@@ -30,6 +35,9 @@ class AuditLog:
         #: The file ends in the middle of a line (a write the disk cut
         #: short): the next line starts with an end of line.
         self._cut = False
+        #: L{recordSparsely}'s (event, user): when last written, and how
+        #: many left out since.
+        self._sparse: dict[tuple[str, str | None], tuple[float, int]] = {}
         if path is not None:
             self._fd, self._cut = self._open(path)
 
@@ -96,6 +104,33 @@ class AuditLog:
             os.close(old)
         except OSError:
             pass  # (nothing is buffered: every line was written whole or not)
+
+    def recordSparsely(
+        self, event: str, user: str | None, client: str, result: str, **fields: Any
+    ) -> None:
+        """
+        L{record}, at most once every L{SPARSE_EVERY} seconds for one
+        C{event} of one C{user}: the next line written says how many were
+        left out in between (C{left_out}). For events a request that
+        changes nothing earns (a refusal): a loop of them wrote 2,000 lines
+        a second.
+        """
+        key = (event, user)
+        now = self._clock.seconds()
+        last, leftOut = self._sparse.get(key, (None, 0))
+        if last is not None and 0 <= now - last < SPARSE_EVERY:
+            self._sparse[key] = (last, leftOut + 1)
+            return
+        if len(self._sparse) >= MAX_SPARSE:
+            self._sparse = {
+                k: (when, n)
+                for k, (when, n) in self._sparse.items()
+                if n or 0 <= now - when < SPARSE_EVERY
+            }
+        self._sparse[key] = (now, 0)
+        if leftOut:
+            fields["left_out"] = leftOut
+        self.record(event, user, client, result, **fields)
 
     def record(
         self, event: str, user: str | None, client: str, result: str, **fields: Any

@@ -438,7 +438,7 @@ class Authenticator:
             user = self._fromToken(request, response.strip())
             if not allowToken:
                 if self._audit is not None:
-                    self._audit.record(
+                    self._audit.recordSparsely(
                         "access.denied",
                         user.name,
                         clientAddress(request),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -98,7 +99,15 @@ def guarded(
                 onlyParameters(_query(request), allowed)
                 return await handler(self, request, user, *args, **kwargs)
             except Forbidden as e:
-                self._audit(request, "access.denied", user, "refused", reason=e.message)
+                # Once a minute per user: a loop of refusals changes nothing.
+                if self._auditLog is not None:
+                    self._auditLog.recordSparsely(
+                        "access.denied",
+                        user.name,
+                        clientAddress(request),
+                        "refused",
+                        reason=e.message,
+                    )
                 raise
 
         functools.update_wrapper(wrapper, handler)
@@ -128,6 +137,11 @@ def challenge(request: IRequest) -> bytes:
 MAX_CLEAN = 1000
 
 
+#: Tokens a user may be issued: one a second, after a burst of ten.
+TOKEN_RATE = 1.0
+TOKEN_BURST = 10.0
+
+
 class JobsAPI:
     """
     The HTTP face of a L{JobManager}. Each handler authenticates, authorises
@@ -155,6 +169,8 @@ class JobsAPI:
         self._metrics = metrics
         self._logs = LogStreams(manager, clock, maxStreams, maxStreamsPerUser)
         self._dashboard = dashboard or Dashboard()
+        #: Per user: the tokens left to issue now, and when that was.
+        self._tokenBuckets: dict[str, tuple[float, float]] = {}
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """At shutdown: let every log response finish (L{LogStreams.drain})."""
@@ -172,6 +188,25 @@ class JobsAPI:
             self._auditLog.record(
                 event, user.name, clientAddress(request), result, **fields
             )
+
+    def _paceTokens(self, name: str) -> None:
+        """
+        A user is issued at most L{TOKEN_RATE} tokens a second, after a
+        burst of L{TOKEN_BURST}: each is an audit line, and a loop of
+        C{POST /tokens} wrote 2,000 a second.
+
+        @raise TooManyRequests: with the seconds until the next one.
+        """
+        now = self._clock.seconds()
+        tokens, last = self._tokenBuckets.get(name, (TOKEN_BURST, now))
+        tokens = min(TOKEN_BURST, tokens + max(0.0, now - last) * TOKEN_RATE)
+        if tokens < 1:
+            self._tokenBuckets[name] = (tokens, now)
+            raise TooManyRequests(
+                f"you are asking for tokens faster than {TOKEN_RATE:g} a second",
+                retryAfter=max(1, math.ceil((1 - tokens) / TOKEN_RATE)),
+            )
+        self._tokenBuckets[name] = (tokens - 1, now)
 
     # -- errors: the one mapping from domain errors to HTTP --------------------
 
@@ -313,16 +348,17 @@ class JobsAPI:
             selection = replace(selection, endedBefore=self._clock.seconds() - age)
         ids, more = self._manager.cleanIds(selection, MAX_CLEAN)
         deleted = len(ids)
-        self._audit(
-            request,
-            "job.clean",
-            user,
-            "ok",
-            deleted=deleted,
-            jobs=ids,
-            owner=selection.owner,
-            status=None if selection.status is None else selection.status.value,
-        )
+        if deleted:  # (a clean of nothing changes nothing: no line)
+            self._audit(
+                request,
+                "job.clean",
+                user,
+                "ok",
+                deleted=deleted,
+                jobs=ids,
+                owner=selection.owner,
+                status=None if selection.status is None else selection.status.value,
+            )
         return _json(request, {"deleted": deleted, "more": more})
 
     @app.route("/tokens", methods=["POST"])
@@ -332,6 +368,7 @@ class JobsAPI:
         signer = self._authenticator.tokens
         if signer is None:
             raise NotFound("tokens are not enabled")
+        self._paceTokens(user.name)
         token, expires = signer.issue(user.name, user.role.value)
         self._audit(
             request,
@@ -436,6 +473,8 @@ class JobsAPI:
         how = parseStopRequest(parseJSONObject(body) if body else {})
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
+        # A job that has ended is a 409 here, and no line: no stop was made.
+        stopping = self._manager.stop(record.id, user.name, how)
         self._audit(
             request,
             "job.stop",
@@ -445,7 +484,7 @@ class JobsAPI:
             signal=signal.Signals(how.signal).name,
             grace=how.grace,
         )
-        stopped = await self._manager.stop(record.id, user.name, how)
+        stopped = await stopping
         return _json(request, stopped.toJSON())
 
     @app.route("/jobs/<jobId>/stdin", methods=["POST"])

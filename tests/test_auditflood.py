@@ -1,0 +1,117 @@
+"""
+The audit log cannot be filled by requests that change nothing (attacker
+round 6b): a Reader's refused requests, tokens asked for in a loop, a clean
+that deletes nothing, and stops of jobs that had ended each wrote a line
+(2,000 lines a second from one connection, about 30 GB a day).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.auth.audit import AuditLog
+
+from .support import LiveServer
+
+
+def audit(server: LiveServer, event: str) -> list[dict[str, Any]]:
+    """The audit log's C{event} lines."""
+    with open(os.path.join(server.stateDir, "audit.log")) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    return [e for e in entries if e.get("event") == event]
+
+
+class AuditFloodTests(TestCase):
+    timeout = 60
+
+    async def test_stopOfAnEndedJobNotAudited(self) -> None:
+        """A stop refused with 409 (the job had ended) writes no line: it
+        wrote "requested", a stop that never was."""
+        server = LiveServer(self)
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        for _ in range(3):
+            code, _body = await server.json("POST", f"/jobs/{job['id']}/stop")
+            self.assertEqual(code, 409)
+        self.assertEqual(audit(server, "job.stop"), [])
+        running = await server.createJob("sleep", "30")
+        code, _body = await server.json("POST", f"/jobs/{running['id']}/stop")
+        self.assertEqual(code, 200)
+        [line] = audit(server, "job.stop")
+        self.assertEqual((line["job"], line["result"]), (running["id"], "requested"))
+
+    async def test_cleanOfNothingNotAudited(self) -> None:
+        server = LiveServer(self)
+        for _ in range(3):
+            code, body = await server.json("DELETE", "/jobs")
+            self.assertEqual((code, body["deleted"]), (200, 0))
+        self.assertEqual(audit(server, "job.clean"), [])
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        code, body = await server.json("DELETE", "/jobs")
+        self.assertEqual((code, body["deleted"]), (200, 1))
+        [line] = audit(server, "job.clean")
+        self.assertEqual(line["jobs"], [job["id"]])
+
+    async def test_refusalsOnceAMinute(self) -> None:
+        """
+        A Reader's refused requests: one line a minute per user (see
+        L{SparseTests}).
+        """
+        server = LiveServer(self)
+        for _ in range(50):
+            code, _body = await server.json(
+                "POST", "/jobs", "rita", {"command": "true"}
+            )
+            self.assertEqual(code, 403)
+        lines = audit(server, "access.denied")
+        self.assertEqual([line["user"] for line in lines], ["rita"])
+
+    async def test_tokensPaced(self) -> None:
+        """Tokens asked for in a loop: past a burst, 429 with Retry-After,
+        and no line; every token issued has its line."""
+        server = LiveServer(self)
+        codes = []
+        for _ in range(40):
+            response = await server.request("POST", "/tokens", "alice")
+            codes.append(response.code)
+            await response.text()
+        issued = codes.count(201)
+        self.assertGreater(issued, 0)
+        self.assertLess(issued, 40)
+        self.assertEqual(codes.count(429), 40 - issued)
+        self.assertEqual(len(audit(server, "token.issue")), issued)
+
+
+class SparseTests(SynchronousTestCase):
+    def test_onceAMinuteThenTheCount(self) -> None:
+        """One event of one user at most once a minute; the next line says
+        how many were left out; other users and events are apart."""
+        clock = Clock()
+        path = self.mktemp()
+        log = AuditLog(path, clock)
+        for _ in range(5):
+            log.recordSparsely("access.denied", "rita", "1.2.3.4", "refused")
+        log.recordSparsely("access.denied", "bob", "1.2.3.4", "refused")
+        log.recordSparsely("token.denied", "rita", "1.2.3.4", "refused")
+        clock.advance(59)
+        log.recordSparsely("access.denied", "rita", "1.2.3.4", "refused")
+        clock.advance(1)
+        log.recordSparsely("access.denied", "rita", "1.2.3.4", "refused", reason="x")
+        with open(path) as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(
+            [(e["event"], e["user"], e.get("left_out")) for e in lines],
+            [
+                ("access.denied", "rita", None),
+                ("access.denied", "bob", None),
+                ("token.denied", "rita", None),
+                ("access.denied", "rita", 5),
+            ],
+        )
+        self.assertEqual(lines[-1]["reason"], "x")
