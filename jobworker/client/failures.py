@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from ..tlserrors import TLSConfigError
 from .config import ConfigError
@@ -83,13 +84,16 @@ class StartFailure(Exception):
 class AlreadyEnded(Exception):
     """
     C{jw stop} of a job that had already ended (the server's 409): its
-    status, if the answer or a status request gave it.
+    status, and its C{record}, if the answer or a status request gave them.
     """
 
-    def __init__(self, jobId: str, status: str | None) -> None:
+    def __init__(
+        self, jobId: str, status: str | None, record: dict[str, Any] | None = None
+    ) -> None:
         how = f" ({status})" if status else ""
         super().__init__(f"job {jobId} had already ended{how}: nothing to stop")
         self.status = status
+        self.record = record
 
 
 class SavedLoginRefused(Exception):

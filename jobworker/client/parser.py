@@ -259,8 +259,15 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
     listing.add_argument(
         "--wide", "-w", action="store_true", help="whole ids and commands"
     )
-    status = command("status", help="show a job", epilog="example: jw status 5c08db")
-    status.add_argument("id", metavar="ID")
+    status = command(
+        "status",
+        help="show a job (or several)",
+        description="Show each job's record, in the order of the IDs (with "
+        "--json: one document, a list if more than one ID). Exit 1 if any ID "
+        "failed (not found, ambiguous: one line each, after the records).",
+        epilog="example: jw status 5c08db 9f2e41",
+    )
+    status.add_argument("ids", nargs="+", metavar="ID")
     _logsOptions(command)
     wait = command(
         "wait",
@@ -279,11 +286,14 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
     wait.add_argument("id", metavar="ID")
     stop = command(
         "stop",
-        help="stop a job (TERM, then KILL after the grace)",
-        description="Send the job's whole process tree SIGTERM (or --signal), "
-        "then SIGKILL after the grace period; print the record once it ended. "
-        f"Exit {EXIT_ALREADY_ENDED} if the job had already ended (nothing to "
-        "stop; --json still prints its record).",
+        help="stop jobs (TERM, then KILL after the grace)",
+        description="Send each job's whole process tree SIGTERM (or --signal), "
+        "then SIGKILL after the grace period; print the records once they "
+        "ended, in the order of the IDs (several are stopped at once; with "
+        "--json: one document, a list if more than one ID). "
+        f"Exit {EXIT_ALREADY_ENDED} if the job had already ended, or one of "
+        "them (nothing to stop; --json still prints its record); 1 if an ID "
+        "failed otherwise (one line each, after the records).",
         epilog="example: jw stop --signal INT --grace 30 $ID",
     )
     stop.add_argument("--signal", "-s", metavar="NAME", help="first signal (TERM)")
@@ -294,7 +304,7 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         help=f"seconds before KILL (or {DURATION_EXAMPLES})",
     )
     stop.add_argument("--kill", action="store_true", help="KILL at once")
-    stop.add_argument("id", metavar="ID")
+    stop.add_argument("ids", nargs="+", metavar="ID")
     remove = command(
         "rm",
         json=False,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..units import parseSize
 from .calls import exitStatusOf, started
 from .errors import ClientError
-from .failures import AlreadyEnded, BadArguments, UsageFailure
+from .failures import EXIT_ALREADY_ENDED, AlreadyEnded, BadArguments, UsageFailure
 from .interrupts import Interrupts
 from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
 
@@ -797,8 +797,17 @@ async def doStatus(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    job = await client.job(await resolveId(client, options.id))
-    return showJob(job, options, client, streams)
+    if len(options.ids) == 1:
+        job = await client.job(await resolveId(client, options.ids[0]))
+        return showJob(job, options, client, streams)
+
+    async def status(text: str) -> dict[str, Any]:
+        return await client.job(await resolveId(client, text))
+
+    # One after the other: this verb runs on the quick client, whose
+    # requests block (each is one short GET).
+    answers = [await _answer(text, status(text)) for text in options.ids]
+    return _showSeveral(answers, options, client, streams)
 
 
 async def doStop(
@@ -807,28 +816,113 @@ async def doStop(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    jobId = await resolveId(client, options.id)
+    from twisted.internet.defer import ensureDeferred, gatherResults
+
     signal, grace = _stopSignal(options)
+    if len(options.ids) == 1:
+        jobId = await resolveId(client, options.ids[0])
+        try:
+            job = await _stopJob(client, jobId, signal, grace, streams)
+        except AlreadyEnded as e:
+            if e.record is not None and options.json:
+                streams.show(jsonLine(e.record))
+            raise
+        return showJob(job, options, client, streams)
+
+    async def stop(text: str) -> dict[str, Any]:
+        jobId = await resolveId(client, text)
+        return await _stopJob(client, jobId, signal, grace, streams)
+
+    # All at once (one grace for all, not one after another), shown in the
+    # order of the arguments, not of the answers.
+    answers = await gatherResults(
+        [ensureDeferred(_answer(text, stop(text))) for text in options.ids]
+    )
+    return _showSeveral(answers, options, client, streams)
+
+
+async def _stopJob(
+    client: JobworkerClient,
+    jobId: str,
+    signal: str | None,
+    grace: float | None,
+    streams: Streams,
+) -> dict[str, Any]:
+    """
+    Stop the job; its record once it has ended. After L{STOP_PATIENCE},
+    jw says it waits for it.
+
+    @raise AlreadyEnded: the job had already ended (its record, if known).
+    """
     later = client.reactor.callLater(
         STOP_PATIENCE,
         streams.say,
         f"jw: waiting for job {jobId} to end (KILL follows after the grace)",
     )
     try:
-        job = await client.stop(jobId, signal, grace)
+        return await client.stop(jobId, signal, grace)
     except ClientError as e:
         if e.status != 409:
             raise
         refusal = e  # 409: the job had already ended
-    else:
-        return showJob(job, options, client, streams)
     finally:
         if later.active():
             later.cancel()
     ended = await _endedRecord(client, jobId, refusal)
-    if ended is not None and options.json:
-        streams.show(jsonLine(ended))
-    raise AlreadyEnded(jobId, None if ended is None else ended["status"])
+    raise AlreadyEnded(jobId, None if ended is None else ended["status"], ended)
+
+
+class _Answer(NamedTuple):
+    """
+    What one id of C{jw status ID...} or C{jw stop ID...} came to: the
+    job's C{record} (None if not known), the line that says why it failed
+    (None if it did not) and the exit status C{jw VERB ID} alone would have.
+    """
+
+    record: dict[str, Any] | None
+    failure: str | None
+    status: int
+
+
+async def _answer(text: str, record: Awaitable[dict[str, Any]]) -> _Answer:
+    """
+    The L{_Answer} of the id given as C{text}, whose C{record} is being
+    asked for: a failure is named by the id as given, as C{jw rm}'s.
+    """
+    try:
+        return _Answer(await record, None, 0)
+    except AlreadyEnded as e:
+        return _Answer(e.record, f"jw: {text}: {e}", EXIT_ALREADY_ENDED)
+    except (ClientError, UsageFailure) as e:
+        return _Answer(None, f"jw: {text}: {e}", 1)
+
+
+def _showSeveral(
+    answers: list[_Answer],
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+) -> int:
+    """
+    Several ids' answers, in the order of the ids, each as the verb on it
+    alone shows it: the records on stdout, a blank line between two (with
+    C{--json}: one list, which holds the records of jobs a stop found ended
+    too), then one line on stderr per id that failed.
+
+    @return: the exit status: 1 if an id failed (as C{jw rm}), else
+        L{EXIT_ALREADY_ENDED} if a stop found a job ended, else 0.
+    """
+    if options.json:
+        streams.show(jsonLine([a.record for a in answers if a.record is not None]))
+    else:
+        now = client.reactor.seconds()
+        shown = [a.record for a in answers if a.failure is None]
+        streams.show("\n".join(jobLines(job, now) for job in shown if job))
+    for answer in answers:
+        if answer.failure is not None:
+            streams.say(answer.failure)
+    statuses = {answer.status for answer in answers}
+    return 1 if 1 in statuses else max(statuses)
 
 
 async def _endedRecord(
