@@ -522,10 +522,10 @@ class SharedAddressTests(HostileAuthMixin, SynchronousTestCase):
     def auth(self, req: DummyRequest) -> Deferred[User]:
         return self.authenticate(self.authenticator, req)
 
-    def burst(self, times: int = 30, name: str = "nobody") -> None:
+    def burst(self, times: int = 30, name: str = "nobody", at: str = SHARED) -> None:
         """The attacker's failures from the shared address."""
         for n in range(times):
-            d = self.auth(request(SHARED, basicHeader(name, f"guess{n}")))
+            d = self.auth(request(at, basicHeader(name, f"guess{n}")))
             self.assertIsNotNone(self.failureResultOf(d))
 
     def test_validTokenNotBlocked(self) -> None:
@@ -561,6 +561,37 @@ class SharedAddressTests(HostileAuthMixin, SynchronousTestCase):
         self.burst()
         user = self.successResultOf(self.auth(request(SHARED, header)))
         self.assertEqual(user.name, "alice")
+
+    def test_trustedUsersFailureReadsAsEveryones(self) -> None:
+        """
+        From a throttled address, a name that had logged in there got to
+        the password check and a wrong password was 401, where every other
+        name, real or not, was 429: a local user listed the accounts in
+        use on the host (attacker round 6b). It is 429 too; the right
+        password still logs in.
+        """
+        header = basicHeader("alice", "alice-pass")
+        self.successResultOf(self.auth(request(SHARED, header)))
+        self.clock.advance(60)
+        self.burst()
+        for name in ("alice", "bob", "nobody"):
+            d = self.auth(request(SHARED, basicHeader(name, "wrong")))
+            self.failureResultOf(d, TooManyRequests)
+        self.assertEqual(
+            self.successResultOf(self.auth(request(SHARED, header))).name, "alice"
+        )
+
+    def test_unknownCertificateThrottled(self) -> None:
+        """
+        A client certificate of a name not (or no longer) in the users file
+        was refused with 401 however often, each a failed login and an
+        audit line: it is throttled as a bad token is (attacker round 6b).
+        A known user's certificate still works there.
+        """
+        self.burst(at=ELSEWHERE)
+        self.failureResultOf(self.withCertificate(("CN", "carol")), TooManyRequests)
+        user = self.successResultOf(self.withCertificate(("CN", "rita")))
+        self.assertEqual(user.name, "rita")
 
     def test_trustExpires(self) -> None:
         """A login from there longer ago than the trust window does not count."""

@@ -467,6 +467,14 @@ class Authenticator:
                 self._throttle.succeeded(name, client)
             return user
         self._admitCheck(name, client)
+        # Let in only because it logged in from here before: a failure of
+        # it must read as everyone else's (429), or the throttle would tell
+        # which names log in from this address.
+        exempted = (
+            self._throttle.retryAfterUntrusted(name, client)
+            if self._throttle is not None
+            else 0.0
+        )
         self._beginCheck(name, client, counted=True)
         succeeded: bool | None = False
         try:
@@ -475,13 +483,16 @@ class Authenticator:
             user = avatar
             succeeded = True
         except UnauthorizedLogin:
-            raise self._refuse(
+            refusal = self._refuse(
                 request,
                 name,
                 "bad password",
                 "invalid user name or password",
                 counted=True,
-            ) from None
+            )
+            if exempted > 0:
+                raise self._throttled(name, client, exempted) from None
+            raise refusal from None
         except ServiceUnavailable:
             # The server's trouble (no thread for bcrypt), not the client's:
             # its retry after Retry-After must not find itself throttled.
@@ -588,12 +599,22 @@ class Authenticator:
         certificate = peerCertificate() if peerCertificate is not None else None
         if certificate is None:
             return None
+        client = clientAddress(request)
         # The TLS layer verified it against --client-ca (purpose: client).
         names = [
             value.decode("utf-8", "replace")
             for key, value in certificate.get_subject().get_components()
             if key == b"CN"
         ]
+        entry = self._realm._users.lookup(names[0]) if len(names) == 1 else None
+        throttle = self._throttle
+        if entry is None and throttle is not None:
+            # Refused from a throttled client without a word more, as a bad
+            # token is: a removed user's certificate (no CRL) wrote a line
+            # and counted a failure at every request, however many.
+            wait = throttle.retryAfter("", client)
+            if wait > 0:
+                raise self._throttled("", client, wait)
         if len(names) != 1:
             # (pyOpenSSL's commonName is the first: CN=alice, CN=rita was
             # alice.) Which one is meant is anyone's guess: none is.
@@ -604,7 +625,6 @@ class Authenticator:
                 "the client certificate must have exactly one common name",
             )
         name = names[0]
-        entry = self._realm._users.lookup(name)
         if entry is None:
             raise self._refuse(
                 request,

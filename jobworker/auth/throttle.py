@@ -96,8 +96,10 @@ class LoginThrottle:
         since = self._trusted.get((user, clientKey(address)))
         return since is not None and now - since <= self._trustWindow
 
-    def _wait(self, user: str, address: str, now: float) -> float:
-        trusted = bool(user) and self._isTrusted(user, address, now)
+    def _wait(
+        self, user: str, address: str, now: float, trusting: bool = True
+    ) -> float:
+        trusted = trusting and bool(user) and self._isTrusted(user, address, now)
         wait = 0.0
         for key in self._keys(user, address):
             failures = self._entries.get(key)
@@ -127,6 +129,10 @@ class LoginThrottle:
     def retryAfter(self, user: str, address: str) -> float:
         """Seconds before this user may try again from this address (0: now)."""
         return self._wait(user, address, self._clock.seconds())
+
+    def retryAfterUntrusted(self, user: str, address: str) -> float:
+        """L{retryAfter} for a user who never logged in from this address."""
+        return self._wait(user, address, self._clock.seconds(), trusting=False)
 
     def refused(
         self, address: str, every: float = 60.0, kind: str = "throttled"
