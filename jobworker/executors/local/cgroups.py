@@ -317,12 +317,27 @@ class V1Group:
         return _openProcs(self.paths.values())
 
     def _members(self) -> list[int] | None:
-        return _pids(f"{self.paths['freezer']}/cgroup.procs")
+        freezer = self.paths.get("freezer")
+        if freezer is not None:
+            return _pids(f"{freezer}/cgroup.procs")
+        # A cgroup made in part (see CgroupsV1.find): each folder's.
+        members: set[int] = set()
+        for path in self.paths.values():
+            pids = _pids(f"{path}/cgroup.procs")
+            if pids is None:
+                return None
+            members.update(pids)
+        return sorted(members)
 
     def signal(self, signum: int) -> bool:
         return _signalAll(self._members(), signum)
 
     def kill(self) -> bool:
+        if "freezer" not in self.paths:
+            # Made in part, never joined (the freezer's folder is made
+            # last, and the job joins after its cgroup is made): nothing
+            # to freeze, and there should be nothing to kill.
+            return _signalAll(self._members(), signal.SIGKILL)
         # Freeze first, so nothing can fork while we kill, then thaw so the
         # pending SIGKILLs are delivered. v1 freezes asynchronously
         # (FREEZING, then FROZEN): the state is read a few times, never
@@ -451,9 +466,14 @@ class CgroupsV1:
                 _write(os.path.join(paths["blkio"], knob), f"{self._ioDevice} {value}")
 
     def find(self, jobId: str) -> JobCgroup | None:
+        """
+        Whatever folders of the job's cgroup exist, the freezer's or not: a
+        server killed while making them made only the first (L{create}
+        makes the freezer's last).
+        """
         paths = {c: os.path.join(base, jobId) for c, base in self._bases.items()}
         present = {c: path for c, path in paths.items() if os.path.isdir(path)}
-        return V1Group(present) if "freezer" in present else None
+        return V1Group(present) if present else None
 
 
 # -- v2 ----------------------------------------------------------------------

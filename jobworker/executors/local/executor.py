@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from ...errors import BadRequest, CannotStartNow, Forbidden, TooManyRequests
 from ...jobs.dropbehind import DropBehind, RunInThread
+from ...jobs.executor import ExecutorHealth
 from ...jobs.identity import (
     LOCK_DIR,
     DynamicUids,
@@ -43,6 +44,7 @@ from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, CgroupSetupError, JobCgroup
 from .leftovers import LEFTOVERS, LeftoverJournal
+from .madecgroups import MADE_CGROUPS, MadeCgroups
 from .process import (
     SERVER_SHORT_OF,
     GroupNumbers,
@@ -283,6 +285,10 @@ class LocalExecutor:
         self._leftovers = LeftoverJournal(
             os.path.join(os.path.dirname(jobsDir), LEFTOVERS)
         )
+        #: Jobs whose cgroup was made and is not yet removed (L{MadeCgroups}).
+        self._madeCgroups = MadeCgroups(
+            os.path.join(os.path.dirname(jobsDir), MADE_CGROUPS)
+        )
 
     def _spawnerOf(self, sandbox: Sandbox | None) -> Spawner | None:
         """
@@ -306,6 +312,16 @@ class LocalExecutor:
         died (and its jobs were killed) or was replaced."""
         current = self._spawner.started if self._spawner is not None else 0
         return self._retiredStarts + current
+
+    def health(self) -> ExecutorHealth:
+        """
+        Whether jobs can start now (C{/healthz}, C{/metrics}): not while the
+        spawner is silent (stopped, or it announced no standby when one was
+        needed); it is replaced once silent for long (L{Spawner.silence}).
+        """
+        spawner = self._spawner
+        why = spawner.silence() if spawner is not None else None
+        return ExecutorHealth(self.name, why is None, why)
 
     @property
     def sandbox(self) -> Sandbox | None:
@@ -546,6 +562,11 @@ class LocalExecutor:
                 # the job's home, else the root folder.
                 path = request.cwd or _homeOrRoot(env)
             if self._cgroups is not None:
+                # Noted first: a server killed before the store has the
+                # job's record leaves a cgroup no record names (recover).
+                made = self._madeCgroups
+                made.note(jobId)
+                job.whenCleanedUp().addCallback(lambda _: made.done(jobId))
                 cgroup = job.cgroup = self._cgroups.create(jobId, limits, identity.gid)
             protocol = JobProcessProtocol(job)
             spawner = self._spawnerOf(sandbox)
@@ -612,7 +633,9 @@ class LocalExecutor:
         their sessions and cgroups, and close their records as FAILED
         (C{reason}). A local job cannot be re-attached: its pipes died with
         the server, so none is returned. Jobs that had ended, but not their
-        leftovers (L{LeftoverJournal}), have those killed too.
+        leftovers (L{LeftoverJournal}), have those killed too, and so do
+        the cgroups of jobs with neither (L{MadeCgroups}: the server died
+        before the store had the record).
         """
         noted = self._leftovers.read()
         sessions = sessionMembers() if records or noted else {}
@@ -645,7 +668,35 @@ class LocalExecutor:
                 killed=killed,
             )
         self._leftovers.clear()
+        self._removeUnrecorded({r.id for r in records} | {j.jobId for j in noted})
         return []
+
+    def _removeUnrecorded(self, handled: set[str]) -> None:
+        """
+        The cgroups the last run made and did not remove, of jobs that
+        recovery did not see to above (C{handled}): the server died before
+        the store had their record. Killed (nothing should be in them: the
+        job waits behind its gate until it is recorded) and removed.
+        """
+        left = []
+        for jobId in self._madeCgroups.read():
+            group = self._cgroups.find(jobId) if self._cgroups else None
+            if jobId in handled or group is None:
+                continue
+            killed = group.kill()
+            if removeSoon(group):
+                self.log.warn(
+                    "job {job} had a cgroup but no record (the worker stopped "
+                    "before storing it): removed{killed}",
+                    job=jobId,
+                    killed=", the processes in it killed" if killed else "",
+                )
+            else:
+                self.log.warn("cgroup of job {job} not removed", job=jobId)
+                left.append(jobId)
+        self._madeCgroups.clear()
+        for jobId in left:  # tried again at the next start-up
+            self._madeCgroups.note(jobId)
 
     def _killOutOfRange(self, runAs: str | None) -> int:
         """

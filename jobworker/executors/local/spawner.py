@@ -33,7 +33,7 @@ from typing import Any
 from twisted.internet import error
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProcessProtocol
+from twisted.internet.interfaces import IDelayedCall, IProcessProtocol
 from twisted.internet.process import Process, ProcessReader, ProcessWriter, _BaseProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -62,8 +62,12 @@ MAX_REAP = 4096
 #: A request's largest size (launcher.c's MAX_REQUEST).
 MAX_REQUEST = 128 * 1024
 #: How long a spawn may wait for a standby not announced yet, seconds (the
-#: reactor waits with it: once per silence, see L{Generation.late}).
+#: reactor waits with it: once per silence, see L{Generation.late}; never
+#: for a spawner that is stopped, which cannot answer).
 ANNOUNCE_TIMEOUT = 2.0
+#: How long a spawner may stay silent (stopped, or no standby announced when
+#: one was needed) before it is killed and replaced, seconds.
+SILENCE_LIMIT = 10.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
 
@@ -390,7 +394,8 @@ class Generation:
             # recvmsg, no poll and no socket mode changes.
             self.receive(None, one=True)
             if not self.announced and not self.late:
-                self.receive(ANNOUNCE_TIMEOUT, one=True)
+                if not self.stopped():
+                    self.receive(ANNOUNCE_TIMEOUT, one=True)
                 self.late = not self.announced
             if not self.announced:
                 raise SpawnerGone("the job spawner did not answer")
@@ -527,6 +532,39 @@ class Generation:
         """The spawner's own pid (None: it has ended)."""
         return getattr(self.process, "pid", None)
 
+    def stopped(self) -> bool:
+        """
+        Is the spawner stopped (SIGSTOP, or a tracer's stop: state T or t
+        in C{/proc/PID/stat})? It cannot answer until it is continued.
+        """
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        # The state follows the command's closing parenthesis and a space.
+        state = stat.rfind(b")") + 2
+        return stat[state : state + 1] in (b"T", b"t")
+
+    def silent(self) -> str | None:
+        """
+        Why this spawner cannot take jobs now, in a few words (None: it can,
+        or it is closed): stopped, or no standby announced when a spawn
+        needed one (L{late}) and none since.
+        """
+        if self.late:
+            self.receive(None)  # an announcement since ends the silence
+        if self.socket is None:
+            return None  # (or EOF: it is gone, and the next job starts anew)
+        if self.stopped():
+            return "stopped"
+        if self.late:
+            return "no standby announced"
+        return None
+
     def kill(self) -> None:
         """
         The spawner stopped reporting ends (SIGSTOPped, or stuck in the
@@ -565,12 +603,14 @@ class Generation:
 class Spawner:
     """
     The server's side of the spawner: started at the first spawn, again
-    after it died; L{stop} at shutdown.
+    after it died or was silent too long (L{silence}); L{stop} at shutdown.
 
     @param launcher: the compiled launcher (C{launcher.c}).
     @param environment: the spawner's environment, which the launcher
         runs with until it sets the job's own.
     """
+
+    log = Logger()
 
     def __init__(
         self, reactor: Any, launcher: str, environment: dict[str, str]
@@ -582,6 +622,12 @@ class Spawner:
         self.current: Generation | None = None
         #: How many spawners were started (the first, then after deaths).
         self.started = 0
+        #: Seconds of silence after which a spawner is killed and replaced.
+        self.silenceLimit = SILENCE_LIMIT
+        #: The generation found silent, and since when (L{silence}).
+        self._silent: tuple[Generation, float] | None = None
+        #: A look at a silent spawner once its silence reaches the limit.
+        self._silenceCall: IDelayedCall | None = None
 
     def spawnProcess(
         self,
@@ -614,12 +660,17 @@ class Spawner:
         message = encodeArguments(args[1:])
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
+        if self._silent is not None:
+            self.silence()  # replaced if silent for too long
         generation = self.running()
         try:
             return self._spawnIn(generation, proto, message, stdin, join, reaped)
         except SpawnerGone:
             if generation.socket is not None:
-                raise  # alive but silent (stopped, starved): not replaced
+                # Alive but silent (stopped, starved): replaced only once
+                # silent for silenceLimit (see silence).
+                self.silence()
+                raise
         # It died before the reactor saw it (its socket ended under this
         # spawn): the job starts in a new one, rather than fail for a
         # spawner that is no more.
@@ -681,11 +732,75 @@ class Spawner:
         At shutdown, once every job has ended: the spawner exits (EOF on
         its socket). Fires once its process has ended.
         """
+        self._quiet()
         generation, self.current = self.current, None
         if generation is None:
             return succeed(None)
         generation.close()
         return generation.protocol.whenEnded()
+
+    def silence(self) -> str | None:
+        """
+        Why the spawner cannot take jobs now (None: it can, or none runs:
+        the next job starts one), for the executor's health. A spawner
+        silent for L{silenceLimit} seconds is killed here, its jobs ending
+        as when a spawner dies (L{Generation.kill}): the next job starts a
+        new one. Looked at again by a timer while it is silent, so that it
+        is replaced even if no job comes.
+        """
+        generation = self.current
+        why = generation.silent() if generation is not None else None
+        if generation is None or why is None:
+            if self._silent is not None:
+                self.log.info("the job spawner answers again")
+            self._quiet()
+            return None
+        now = self.reactor.seconds()
+        if self._silent is None or self._silent[0] is not generation:
+            self._quiet()
+            self._silent = (generation, now)
+            self.log.warn(
+                "the job spawner (pid {pid}) does not answer ({why}): new jobs "
+                "are refused; it is replaced if still silent in {limit:g}s",
+                pid=generation.pid,
+                why=why,
+                limit=self.silenceLimit,
+            )
+        since = self._silent[1]
+        if now - since >= self.silenceLimit:
+            self._replace(generation, why, now - since)
+            return None
+        if self._silenceCall is None:
+            self._silenceCall = self.reactor.callLater(
+                since + self.silenceLimit - now, self._lookAgain
+            )
+        return f"the job spawner does not answer ({why})"
+
+    def _lookAgain(self) -> None:
+        self._silenceCall = None
+        self.silence()
+
+    def _quiet(self) -> None:
+        """Forget a silence: none now, or the spawner is replaced or stopped."""
+        self._silent = None
+        if self._silenceCall is not None and self._silenceCall.active():
+            self._silenceCall.cancel()
+        self._silenceCall = None
+
+    def _replace(self, generation: Generation, why: str, seconds: float) -> None:
+        """Kill C{generation}, silent for C{seconds}: the next job starts anew."""
+        self._quiet()
+        count = len(generation.live) + sum(len(q) for q in generation._after.values())
+        self.log.error(
+            "the job spawner (pid {pid}) has not answered for {seconds:.0f}s "
+            "({why}): it is killed, and its {count} job(s) end as killed (their "
+            "exit status is lost); the next job starts a new spawner",
+            pid=generation.pid,
+            seconds=seconds,
+            why=why,
+            count=count,
+        )
+        generation.kill()
 
     def wedged(self) -> int:
         """

@@ -1,0 +1,124 @@
+"""
+Job cgroups made by this server, noted on disk until they are removed.
+
+A job's cgroup is made before the store has its record (the job starts
+behind its gate, in the cgroup, once the record is stored). A server killed
+in between left a cgroup no record names: recovery, which looks at records
+and at the leftovers journal, never removed it. The journal names the job
+before its cgroup is made, until the job is cleaned up (its cgroup
+removed); at start-up the executor removes the cgroup of every job it names
+that recovery does not see to otherwise.
+
+It names only what this server (its state dir) made: the jobs' cgroup
+folder may be shared with other servers (several in one cgroup, as a test
+suite runs them), whose jobs' folders are never this server's to remove.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.logger import Logger
+
+from ...errors import NotFound
+from ...jobs.folders import openJournal
+from ...jobs.spool import openOutput
+from ...jobs.validation import parseJobId
+
+log = Logger()
+
+#: The journal's file, in the state dir.
+MADE_CGROUPS = "job-cgroups"
+
+#: Lines of jobs done the file may hold beyond twice the jobs noted before
+#: it is written anew (appending is one write a job; done is free).
+SLACK = 1024
+
+
+class MadeCgroups:
+    """
+    The file C{path}, one line a job whose cgroup was (about to be) made;
+    removed whenever no job is noted, written anew when mostly done lines.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        #: The jobs noted and not done.
+        self._noted: set[str] = set()
+        #: Lines in the file (noted, and done since it was last written).
+        self._lines = 0
+
+    def note(self, jobId: str) -> None:
+        """C{jobId}'s cgroup is about to be made."""
+        self._noted.add(jobId)
+        self._lines += 1
+        try:
+            fd = openJournal(self.path)
+            try:
+                os.write(fd, f"{jobId}\n".encode("ascii", "replace"))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warn(
+                "cannot note job {job}'s cgroup in {path}: {error}",
+                job=jobId,
+                path=self.path,
+                error=e.strerror,
+            )
+
+    def done(self, jobId: str) -> None:
+        """C{jobId} is cleaned up: nothing of its cgroup is left."""
+        if jobId not in self._noted:
+            return
+        self._noted.discard(jobId)
+        if not self._noted:
+            self.clear()
+        elif self._lines > 2 * len(self._noted) + SLACK:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        temporary = self.path + ".new"
+        try:
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            try:
+                os.write(fd, "".join(f"{i}\n" for i in self._noted).encode("ascii"))
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError as e:
+            log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
+            return
+        self._lines = len(self._noted)
+
+    def clear(self) -> None:
+        """Forget every job noted."""
+        self._noted.clear()
+        self._lines = 0
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
+
+    def read(self) -> list[str]:
+        """The jobs a previous run noted and did not see done (bad lines skipped)."""
+        try:
+            with open(openOutput(self.path), encoding="ascii", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            log.error("cannot read {path}: {error}", path=self.path, error=str(e))
+            return []
+        found: dict[str, None] = {}
+        for line in lines:
+            try:
+                found[parseJobId(line.strip())] = None
+            except NotFound:
+                continue
+        return list(found)
