@@ -8,10 +8,12 @@ as root; each test also runs through the exec chain where it applies.
 from __future__ import annotations
 
 import os
+import pwd
 
 import treq
 from twisted.trial.unittest import SkipTest, TestCase
 
+from jobworker.auth.users import DEVELOPMENT_USERS
 from jobworker.executors.local.launcher import LANDLOCK_SCOPES, landlockABI
 
 from .support import LiveServer
@@ -49,6 +51,17 @@ try:
 except OSError as e:
     print("refused", errno.errorcode[e.errno])
 """
+
+
+#: bob's job: whether it reads its own cgroup, and the job's named by $0.
+READER = (
+    "line=$(grep :freezer: /proc/self/cgroup || grep '^0::' /proc/self/cgroup);"
+    " own=${line#*:*:}; case $line in *freezer*) root=/sys/fs/cgroup/freezer;;"
+    " *) root=/sys/fs/cgroup;; esac;"
+    ' grep -qx "$$" "$root$own/cgroup.procs" && echo own-readable;'
+    ' cat "$root${own%/*}/$0/cgroup.procs" 2>/dev/null && echo READ;'
+    ' ls "$root${own%/*}/$0" >/dev/null 2>&1 && echo LISTED; echo done'
+)
 
 
 class NeighbourTests(TestCase):
@@ -122,20 +135,39 @@ class NeighbourTests(TestCase):
         if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
             raise SkipTest("no cgroups here")
         alice = await server.createJob("sleep", "30", user="alice")
-        script = (
-            "line=$(grep :freezer: /proc/self/cgroup || grep '^0::' /proc/self/cgroup);"
-            " own=${line#*:*:}; case $line in *freezer*) root=/sys/fs/cgroup/freezer;;"
-            " *) root=/sys/fs/cgroup;; esac;"
-            ' grep -qx "$$" "$root$own/cgroup.procs" && echo own-readable;'
-            ' cat "$root${own%/*}/$0/cgroup.procs" 2>/dev/null && echo READ;'
-            ' ls "$root${own%/*}/$0" >/dev/null 2>&1 && echo LISTED; echo done'
-        )
-        job = await server.createJob("sh", "-c", script, alice["id"], user="bob")
+        job = await server.createJob("sh", "-c", READER, alice["id"], user="bob")
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
         self.assertEqual(
             (await output(server, job["id"])).split(), [b"own-readable", b"done"]
         )
+        await server.json("POST", f"/jobs/{alice['id']}/stop", "alice")
+
+    async def test_sharedPrimaryGroupReadsNoCgroup(self) -> None:
+        """
+        Two accounts with one primary group (a site's C{users}; here
+        C{nobody} and C{sync}, both in C{nogroup}): each job's cgroup folder
+        was its account's primary group's, so bob's job read alice's pids,
+        memory use and limits (attacker round 6). A group that is not the
+        account's own leaves the folder root's alone.
+        """
+        members = {e.pw_name for e in pwd.getpwall() if e.pw_gid == 65534}
+        if not {"nobody", "sync"} <= members:
+            raise SkipTest("needs the accounts nobody and sync in group 65534")
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            for line in DEVELOPMENT_USERS.splitlines():
+                account = {"alice": ":nobody", "bob": ":sync"}
+                f.write(line + account.get(line.split(":", 1)[0], "") + "\n")
+        os.chmod(path, 0o600)
+        server = LiveServer(self, f"--users={path}", *self.serverOptions)
+        if server.manager._executor._cgroups is None:  # type: ignore[attr-defined]
+            raise SkipTest("no cgroups here")
+        alice = await server.createJob("sleep", "30", user="alice")
+        job = await server.createJob("sh", "-c", READER, alice["id"], user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual((await output(server, job["id"])).split(), [b"done"])
         await server.json("POST", f"/jobs/{alice['id']}/stop", "alice")
 
     async def test_signalsStayInTheJob(self) -> None:

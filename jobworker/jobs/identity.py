@@ -346,6 +346,28 @@ class DynamicUids:
         return found
 
 
+def ownGroup(identity: Identity) -> int | None:
+    """
+    C{identity}'s primary group, if it is its own (a dynamic uid's, or an
+    account's that no other account has as its primary group or lists as a
+    member), else None. A job's cgroup folder is readable by its group: a
+    shared one (C{users}, a site-wide group) would let another account's
+    jobs read it. Only the accounts the user database lists are seen.
+    """
+    if identity.dynamic:
+        return identity.gid
+    try:
+        members = grp.getgrgid(identity.gid).gr_mem
+    except KeyError:
+        members = []
+    if any(member != identity.name for member in members):
+        return None
+    for entry in pwd.getpwall():
+        if entry.pw_gid == identity.gid and entry.pw_name != identity.name:
+            return None
+    return identity.gid
+
+
 @dataclass
 class Identities:
     """

@@ -22,6 +22,7 @@ from ...jobs.identity import (
     IdentityError,
     PoolExhausted,
     dynamicUid,
+    ownGroup,
 )
 from ...jobs.limits import Limits
 from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
@@ -567,7 +568,10 @@ class LocalExecutor:
                 made = self._madeCgroups
                 made.note(jobId)
                 job.whenCleanedUp().addCallback(lambda _: made.done(jobId))
-                cgroup = job.cgroup = self._cgroups.create(jobId, limits, identity.gid)
+                # Its folder is its group's only if that group is its own
+                # (a shared one would let other accounts' jobs read it).
+                group = ownGroup(identity) or 0
+                cgroup = job.cgroup = self._cgroups.create(jobId, limits, group)
             protocol = JobProcessProtocol(job)
             spawner = self._spawnerOf(sandbox)
             if spawner is not None:
