@@ -243,6 +243,37 @@ class SafetyTests(TestCase):
 
         await browser.run(scenario)
 
+    async def test_bidiControlsShownAsEscapes(self) -> None:
+        """
+        A command line and labels with right-to-left overrides (U+202E,
+        U+2066, U+2069) were shown as they are, so the browser reordered
+        them: a label cell read "owner=ops=maet ,alice" (attacker round
+        6b). Such characters are shown as escapes, as jw shows them.
+        """
+        server = await startTwistd(self)
+        job = await server.createJob(
+            "echo",
+            "safe\u202e\u2066txt.exe",
+            labels={"team": "\u202eops", "owner": "alice"},
+        )
+        await server.waitEnded(job["id"])
+        browser = await Browser.start(self)
+
+        def scenario(b: Browser) -> None:
+            b.login(server.url, "alice", PASSWORDS["alice"])
+            row = f'tr[data-id="{job["id"]}"]'
+            b.wait(lambda d: b.text(row) is not None)
+            text = b.text(row)
+            for raw in ("\u202e", "\u2066"):
+                self.assertNotIn(raw, text)
+            self.assertIn("safe\\u202e\\u2066txt.exe", text)
+            self.assertIn("team=\\u202eops", text)
+            b.driver.get(f"{server.url}/ui/#/jobs/{job['id']}")
+            b.wait(lambda d: "txt.exe" in (b.text("dl.record") or ""))
+            self.assertNotIn("\u202e", b.text("dl.record"))
+
+        await browser.run(scenario)
+
     async def test_cspBlocksInlineScript(self) -> None:
         """An inline script put in the page does not run; the console says why."""
         server = await startTwistd(self)

@@ -1,17 +1,32 @@
 // Small helpers for showing job data as text.
 
-/** An element with a class and text (never HTML). */
+// Characters that reorder or hide the text around them (bidi controls such
+// as U+202E, zero-width and other format characters) and control characters
+// but tab and newline: a label or argument made of them read as something
+// else ("owner=ops=maet ,alice").
+const HIDING =
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]/g;
+
+/** C{text} with the characters of HIDING as \uXXXX escapes, as jw shows them. */
+export function visible(text) {
+  return String(text).replace(
+    HIDING,
+    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"),
+  );
+}
+
+/** An element with a class and text (never HTML; hiding characters escaped). */
 export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (text !== undefined && text !== null) node.textContent = visible(text);
   return node;
 }
 
 /** The command line of a job, as one string (shown with textContent). */
 export function commandLine(job) {
   return [job.command, ...(job.args || [])]
-    .map((part) => (/^[\w@%+=:,./-]+$/.test(part) ? part : JSON.stringify(part)))
+    .map((part) => (/^[\w@%+=:,./-]+$/.test(part) ? part : visible(JSON.stringify(part))))
     .join(" ");
 }
 
