@@ -754,7 +754,9 @@ class ReusedAccountTests(TestCase):
         self.assertEqual((ended["status"], ended["run_as"]), ("COMPLETED", "jwreused1"))
         self.assertEqual((await output(server, job["id"])).strip(), b"jwreused1")
 
-        subprocess.run(["userdel", "jwreused1"], check=True, capture_output=True)
+        subprocess.run(
+            ["userdel", "--force", "jwreused1"], check=True, capture_output=True
+        )
         subprocess.run(["groupdel", "jwreused1"], capture_output=True)
         makeAccount(self, "jwreused2", uid)
         code, body = await server.json(
@@ -776,7 +778,9 @@ class ReusedAccountTests(TestCase):
         first = await server.createJob("sleep", "1", user="alice")
         queued = await server.createJob("id", "-un", user="alice")
         self.assertEqual(queued["status"], "PENDING", queued)
-        subprocess.run(["userdel", "jwreused3"], check=True, capture_output=True)
+        subprocess.run(
+            ["userdel", "--force", "jwreused3"], check=True, capture_output=True
+        )
         subprocess.run(["groupdel", "jwreused3"], capture_output=True)
         makeAccount(self, "jwreused4", uid)
         await server.waitEnded(first["id"])
