@@ -66,7 +66,7 @@ MAX_REQUEST = 128 * 1024
 #: for a spawner that is stopped, which cannot answer).
 ANNOUNCE_TIMEOUT = 2.0
 #: How long a spawner may stay silent (stopped, or no standby announced when
-#: one was needed) before it is killed and replaced, seconds.
+#: one was needed) before it is continued (SIGSTOP) or said to be, seconds.
 SILENCE_LIMIT = 10.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
@@ -532,22 +532,26 @@ class Generation:
         """The spawner's own pid (None: it has ended)."""
         return getattr(self.process, "pid", None)
 
+    def state(self) -> bytes:
+        """The spawner's state letter in C{/proc/PID/stat} (b"": gone)."""
+        pid = self.pid
+        if pid is None:
+            return b""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return b""
+        # The state follows the command's closing parenthesis and a space.
+        state = stat.rfind(b")") + 2
+        return stat[state : state + 1]
+
     def stopped(self) -> bool:
         """
         Is the spawner stopped (SIGSTOP, or a tracer's stop: state T or t
         in C{/proc/PID/stat})? It cannot answer until it is continued.
         """
-        pid = self.pid
-        if pid is None:
-            return False
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return False
-        # The state follows the command's closing parenthesis and a space.
-        state = stat.rfind(b")") + 2
-        return stat[state : state + 1] in (b"T", b"t")
+        return self.state() in (b"T", b"t")
 
     def silent(self) -> str | None:
         """
@@ -622,12 +626,14 @@ class Spawner:
         self.current: Generation | None = None
         #: How many spawners were started (the first, then after deaths).
         self.started = 0
-        #: Seconds of silence after which a spawner is killed and replaced.
+        #: Seconds of silence after which a stopped spawner is continued.
         self.silenceLimit = SILENCE_LIMIT
         #: The generation found silent, and since when (L{silence}).
         self._silent: tuple[Generation, float] | None = None
         #: A look at a silent spawner once its silence reaches the limit.
         self._silenceCall: IDelayedCall | None = None
+        #: The generation whose silence the log has told of (L{_revive}).
+        self._told: Generation | None = None
 
     def spawnProcess(
         self,
@@ -661,14 +667,14 @@ class Spawner:
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
         if self._silent is not None:
-            self.silence()  # replaced if silent for too long
+            self.silence()  # continued if stopped for too long
         generation = self.running()
         try:
             return self._spawnIn(generation, proto, message, stdin, join, reaped)
         except SpawnerGone:
             if generation.socket is not None:
-                # Alive but silent (stopped, starved): replaced only once
-                # silent for silenceLimit (see silence).
+                # Alive but silent (stopped, starved): never replaced (its
+                # jobs would die); continued if stopped (see silence).
                 self.silence()
                 raise
         # It died before the reactor saw it (its socket ended under this
@@ -743,10 +749,9 @@ class Spawner:
         """
         Why the spawner cannot take jobs now (None: it can, or none runs:
         the next job starts one), for the executor's health. A spawner
-        silent for L{silenceLimit} seconds is killed here, its jobs ending
-        as when a spawner dies (L{Generation.kill}): the next job starts a
-        new one. Looked at again by a timer while it is silent, so that it
-        is replaced even if no job comes.
+        stopped (SIGSTOP) for L{silenceLimit} seconds is continued here
+        (L{_revive}); looked at again by a timer while it is silent, so
+        that it is even if no job comes.
         """
         generation = self.current
         why = generation.silent() if generation is not None else None
@@ -761,15 +766,16 @@ class Spawner:
             self._silent = (generation, now)
             self.log.warn(
                 "the job spawner (pid {pid}) does not answer ({why}): new jobs "
-                "are refused; it is replaced if still silent in {limit:g}s",
+                "are refused; looked at again in {limit:g}s",
                 pid=generation.pid,
                 why=why,
                 limit=self.silenceLimit,
             )
         since = self._silent[1]
         if now - since >= self.silenceLimit:
-            self._replace(generation, why, now - since)
-            return None
+            self._revive(generation, why, now - since)
+            self._silent = (generation, now)  # looked at again in as long
+            return f"the job spawner does not answer ({why})"
         if self._silenceCall is None:
             self._silenceCall = self.reactor.callLater(
                 since + self.silenceLimit - now, self._lookAgain
@@ -781,26 +787,47 @@ class Spawner:
         self.silence()
 
     def _quiet(self) -> None:
-        """Forget a silence: none now, or the spawner is replaced or stopped."""
+        """Forget a silence: none now, or the spawner is gone or stopped."""
         self._silent = None
         if self._silenceCall is not None and self._silenceCall.active():
             self._silenceCall.cancel()
         self._silenceCall = None
 
-    def _replace(self, generation: Generation, why: str, seconds: float) -> None:
-        """Kill C{generation}, silent for C{seconds}: the next job starts anew."""
-        self._quiet()
-        count = len(generation.live) + sum(len(q) for q in generation._after.values())
+    def _revive(self, generation: Generation, why: str, seconds: float) -> None:
+        """
+        C{generation} has been silent for C{seconds}. Stopped by a signal
+        (state T: every job was refused for as long as it stayed so), it
+        is continued. Otherwise (a debugger's stop, or starved) it is left
+        as it is, said once: killing it would kill its running jobs.
+        """
+        if self._silenceCall is not None and self._silenceCall.active():
+            self._silenceCall.cancel()
+        self._silenceCall = self.reactor.callLater(self.silenceLimit, self._lookAgain)
+        pid = generation.pid
+        if pid is not None and generation.state() == b"T":
+            self.log.warn(
+                "the job spawner (pid {pid}) was stopped for {seconds:.0f}s, and "
+                "every new job refused: continued (SIGCONT)",
+                pid=pid,
+                seconds=seconds,
+            )
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+            return
+        if self._told is generation:
+            return
+        self._told = generation
         self.log.error(
             "the job spawner (pid {pid}) has not answered for {seconds:.0f}s "
-            "({why}): it is killed, and its {count} job(s) end as killed (their "
-            "exit status is lost); the next job starts a new spawner",
-            pid=generation.pid,
+            "({why}): new jobs are refused until it does; it is not killed, "
+            "since its running jobs would die with it (kill it to have it "
+            "replaced at the next job)",
+            pid=pid,
             seconds=seconds,
             why=why,
-            count=count,
         )
-        generation.kill()
 
     def wedged(self) -> int:
         """
