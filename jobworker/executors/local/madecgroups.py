@@ -38,7 +38,7 @@ SLACK = 1024
 class MadeCgroups:
     """
     The file C{path}, one line a job whose cgroup was (about to be) made;
-    removed whenever no job is noted, written anew when mostly done lines.
+    emptied whenever no job is noted, written anew when mostly done lines.
     """
 
     def __init__(self, path: str) -> None:
@@ -47,17 +47,18 @@ class MadeCgroups:
         self._noted: set[str] = set()
         #: Lines in the file (noted, and done since it was last written).
         self._lines = 0
+        #: The file, kept open (a job's start is one write: no open, close
+        #: or unlink on the start path); None until the first note.
+        self._fd: int | None = None
 
     def note(self, jobId: str) -> None:
         """C{jobId}'s cgroup is about to be made."""
         self._noted.add(jobId)
         self._lines += 1
         try:
-            fd = openJournal(self.path)
-            try:
-                os.write(fd, f"{jobId}\n".encode("ascii", "replace"))
-            finally:
-                os.close(fd)
+            if self._fd is None:
+                self._fd = openJournal(self.path)
+            os.write(self._fd, f"{jobId}\n".encode("ascii", "replace"))
         except OSError as e:
             log.warn(
                 "cannot note job {job}'s cgroup in {path}: {error}",
@@ -72,7 +73,7 @@ class MadeCgroups:
             return
         self._noted.discard(jobId)
         if not self._noted:
-            self.clear()
+            self.emptied()
         elif self._lines > 2 * len(self._noted) + SLACK:
             self._rewrite()
 
@@ -92,12 +93,30 @@ class MadeCgroups:
         except OSError as e:
             log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
             return
+        self._close()  # (the next note opens the new file)
         self._lines = len(self._noted)
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def emptied(self) -> None:
+        """No job is noted: the file is emptied (kept, and open)."""
+        self._lines = 0
+        if self._fd is None:
+            self.clear()
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as e:
+            log.warn("cannot empty {path}: {error}", path=self.path, error=e.strerror)
+
     def clear(self) -> None:
-        """Forget every job noted."""
+        """Forget every job noted, and remove the file."""
         self._noted.clear()
         self._lines = 0
+        self._close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
