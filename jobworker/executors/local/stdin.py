@@ -49,9 +49,18 @@ class StdinFeed:
         self._release()
 
     def stopProducing(self) -> None:
-        # The job closed its end of the pipe (or exited): nothing more goes in.
+        # The job closed its end of the pipe (or exited): nothing more goes
+        # in, and a write still waiting for room was not taken whole (it
+        # was answered 200 "written", for bytes the job never got).
         self.closed = True
-        self._release()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(
+                Conflict(
+                    "the job's stdin closed (it exited, or closed it) before it "
+                    "took all of this write"
+                )
+            )
 
     def _release(self) -> None:
         waiting, self._waiting = self._waiting, []
