@@ -27,6 +27,7 @@ from ..errors import (
     TooManyRequests,
 )
 from ..metrics import Metrics
+from .buckets import TokenBuckets
 from .executor import Executor, LiveJob
 from .identity import Identity, IdentityError
 from .limits import Limits
@@ -66,7 +67,7 @@ class Admission:
     _running: int
     _runningBy: dict[str, int]
     _live: dict[str, LiveJob]
-    _createBuckets: dict[str, tuple[float, float]]
+    _createBuckets: TokenBuckets | None
     _held: dict[str, tuple[float, str]]
     _dispatchTimer: IDelayedCall | None = None
 
@@ -463,28 +464,15 @@ class Admission:
 
         @raise TooManyRequests: with the seconds until the next token.
         """
-        rate = self._policy.createRate
-        if rate is None:
+        buckets = self._createBuckets
+        if buckets is None:
             return
-        burst = createBurst(rate)
-        now = self._reactor.seconds()
-        tokens, last = self._createBuckets.get(owner, (burst, now))
-        # A clock stepped back refills nothing (it owed no time).
-        tokens = min(burst, tokens + max(0.0, now - last) * rate)
-        if tokens < 1:
-            self._createBuckets[owner] = (tokens, now)
+        wait = buckets.take(owner, self._reactor.seconds())
+        if wait > 0:
             raise TooManyRequests(
-                f"you are creating jobs faster than {rate:g} a second",
-                retryAfter=max(1, math.ceil((1 - tokens) / rate)),
+                f"you are creating jobs faster than {buckets.rate:g} a second",
+                retryAfter=max(1, math.ceil(wait)),
             )
-        self._createBuckets[owner] = (tokens - 1, now)
-        if len(self._createBuckets) > 10000:
-            # Forget the users whose bucket is full again.
-            self._createBuckets = {
-                user: (t, when)
-                for user, (t, when) in self._createBuckets.items()
-                if t + (now - when) * rate < burst
-            }
 
     def _failedBefore(
         self, entry: QueuedEntry, unfinished: Callable[[str], bool]
@@ -501,11 +489,8 @@ class Admission:
 
     def _refundCreateToken(self, owner: str) -> None:
         """Give back the token a creation the server could not make took."""
-        rate = self._policy.createRate
-        bucket = self._createBuckets.get(owner)
-        if rate is not None and bucket is not None:
-            tokens, when = bucket
-            self._createBuckets[owner] = (min(createBurst(rate), tokens + 1), when)
+        if self._createBuckets is not None:
+            self._createBuckets.giveBack(owner)
 
     def _requeue(self, entries: list[QueuedEntry]) -> None:
         """After a restart: the queue as it was, in order, then start what may."""

@@ -23,13 +23,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 
+from .folders import openOutput
 from .order import _ENTRY, decodeEntries
 from .spool import (
     READ_CHUNK,
     FileProducer,
     OutputSource,
     OutputUnreadable,
-    openOutput,
     outputSize,
 )
 from .validation import MAX_INT64, boundedInteger

@@ -46,3 +46,51 @@ def openJournal(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def openOutput(path: str) -> int:
+    """
+    A job's output file (or order file), for reading: never through a
+    symlink, and only a regular file with one link. Where the job owns its
+    folder (Slurm's shared output folder, written by the job itself) it
+    could put a symlink or a hard link there to a file only root may read,
+    or a FIFO that would hang the reader, and the server, root, served it.
+
+    @raise OSError: it is none of the job's output (ELOOP for a symlink).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not the job's own output file", path)
+    return fd
+
+
+def journalLines(path: str) -> list[str]:
+    """
+    The lines of the journal C{path} (none if it is not there), read without
+    waiting on what is no regular file.
+
+    @raise OSError: it cannot be read.
+    """
+    try:
+        with open(openOutput(path), encoding="ascii", errors="replace") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def removeJournal(path: str) -> None:
+    """
+    Remove the journal C{path}, if it is there.
+
+    @raise OSError: it cannot be removed.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

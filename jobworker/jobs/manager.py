@@ -23,16 +23,17 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..metrics import Metrics
-from .admission import Admission
+from .admission import Admission, createBurst
+from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob
-from .folders import openJournal
+from .folders import openJournal, openOutput
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .scheduling import Scheduler
 from .selection import ANY_JOB, JobFilter
-from .spool import OutputSource, StoredOutput, openOutput
+from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
 from .store import JobStore, StoreError
 from .validation import parseJobId
@@ -105,8 +106,11 @@ class JobManager(Admission):
         self._policy = policy
         self._running = 0
         self._runningBy: Counter[str] = Counter()
-        #: Per user: (tokens, when last refilled) of the creation rate limit.
-        self._createBuckets: dict[str, tuple[float, float]] = {}
+        #: Per user: the creation rate limit (C{createRate}), if any.
+        rate = policy.createRate
+        self._createBuckets = (
+            TokenBuckets(rate, createBurst(rate)) if rate is not None else None
+        )
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._reserve = os.path.join(stateDir, "reserve")
         self._executor = executor

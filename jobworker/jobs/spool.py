@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .dropbehind import DropBehind
-from .folders import privateFolder
+from .folders import openOutput, privateFolder
 from .order import OrderLog
 from .pacing import Pacer
 
@@ -303,28 +303,6 @@ class OutputSpool:
 
 #: Bytes a tail search scans before it lets the reactor run other work.
 TAIL_STEP = 1 << 20
-
-
-def openOutput(path: str) -> int:
-    """
-    A job's output file (or order file), for reading: never through a
-    symlink, and only a regular file with one link. Where the job owns its
-    folder (Slurm's shared output folder, written by the job itself) it
-    could put a symlink or a hard link there to a file only root may read,
-    or a FIFO that would hang the reader, and the server, root, served it.
-
-    @raise OSError: it is none of the job's output (ELOOP for a symlink).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        status = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
-        os.close(fd)
-        raise OSError(errno.EPERM, "not the job's own output file", path)
-    return fd
 
 
 def outputSize(path: str) -> int:

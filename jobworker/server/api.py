@@ -35,6 +35,7 @@ from ..errors import (
     TooManyRequests,
     Unauthorized,
 )
+from ..jobs.buckets import TokenBuckets
 from ..jobs.manager import JobManager
 from ..jobs.queries import (
     onlyParameters,
@@ -169,8 +170,8 @@ class JobsAPI:
         self._metrics = metrics
         self._logs = LogStreams(manager, clock, maxStreams, maxStreamsPerUser)
         self._dashboard = dashboard or Dashboard()
-        #: Per user: the tokens left to issue now, and when that was.
-        self._tokenBuckets: dict[str, tuple[float, float]] = {}
+        #: Per user: the tokens (credentials) it may be issued now.
+        self._tokenBuckets = TokenBuckets(TOKEN_RATE, TOKEN_BURST)
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """At shutdown: let every log response finish (L{LogStreams.drain})."""
@@ -197,16 +198,12 @@ class JobsAPI:
 
         @raise TooManyRequests: with the seconds until the next one.
         """
-        now = self._clock.seconds()
-        tokens, last = self._tokenBuckets.get(name, (TOKEN_BURST, now))
-        tokens = min(TOKEN_BURST, tokens + max(0.0, now - last) * TOKEN_RATE)
-        if tokens < 1:
-            self._tokenBuckets[name] = (tokens, now)
+        wait = self._tokenBuckets.take(name, self._clock.seconds())
+        if wait > 0:
             raise TooManyRequests(
                 f"you are asking for tokens faster than {TOKEN_RATE:g} a second",
-                retryAfter=max(1, math.ceil((1 - tokens) / TOKEN_RATE)),
+                retryAfter=max(1, math.ceil(wait)),
             )
-        self._tokenBuckets[name] = (tokens - 1, now)
 
     # -- errors: the one mapping from domain errors to HTTP --------------------
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from ...errors import NotFound
-from ...jobs.folders import openJournal
+from ...jobs.folders import journalLines, openJournal, removeJournal
 from ...jobs.records import JobRecord
-from ...jobs.spool import openOutput
 from ...jobs.validation import parseJobId
 
 log = Logger()
@@ -103,19 +102,14 @@ class LeftoverJournal:
         """Forget every job noted."""
         self._noted.clear()
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            removeJournal(self.path)
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 
     def read(self) -> list[Noted]:
         """The jobs a previous run noted (lines it could not parse skipped)."""
         try:
-            with open(openOutput(self.path), encoding="ascii", errors="replace") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
+            lines = journalLines(self.path)
         except OSError as e:
             log.error("cannot read {path}: {error}", path=self.path, error=str(e))
             return []

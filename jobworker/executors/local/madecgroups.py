@@ -21,8 +21,7 @@ import os
 from twisted.logger import Logger
 
 from ...errors import NotFound
-from ...jobs.folders import openJournal
-from ...jobs.spool import openOutput
+from ...jobs.folders import journalLines, openJournal, removeJournal
 from ...jobs.validation import parseJobId
 
 log = Logger()
@@ -118,19 +117,14 @@ class MadeCgroups:
         self._lines = 0
         self._close()
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            removeJournal(self.path)
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 
     def read(self) -> list[str]:
         """The jobs a previous run noted and did not see done (bad lines skipped)."""
         try:
-            with open(openOutput(self.path), encoding="ascii", errors="replace") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
+            lines = journalLines(self.path)
         except OSError as e:
             log.error("cannot read {path}: {error}", path=self.path, error=str(e))
             return []
