@@ -19,6 +19,10 @@ from .errors import ClientError
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
 EXIT_CANNOT_START = 127
 
+#: The status of a request refused for now, to be asked again after its
+#: C{Retry-After} (a log stream past the server's cap, say).
+TOO_MANY = 429
+
 #: Exit status for a job that ran but whose end is not known (the server
 #: crashed under it), as ssh exits 255 when its connection is lost.
 EXIT_STATUS_LOST = 255
@@ -46,8 +50,11 @@ def started(job: dict[str, Any]) -> bool:
     return job.get("started_at") is not None or job.get("pid") is not None
 
 
-def errorFor(code: int, raw: bytes) -> ClientError:
-    """The L{ClientError} of an answer with status C{code} and body C{raw}."""
+def errorFor(code: int, raw: bytes, retryAfter: str | None = None) -> ClientError:
+    """
+    The L{ClientError} of an answer with status C{code}, body C{raw} and
+    C{Retry-After} header C{retryAfter} (seconds; a date is not used).
+    """
     body: Any = None
     try:
         body = json.loads(raw)
@@ -60,7 +67,13 @@ def errorFor(code: int, raw: bytes) -> ClientError:
         404: "not found",
         409: "conflict",
     }.get(code, f"server answered {code}")
-    return ClientError(f"{prefix}: {message}", code, body)
+    seconds = retryAfter.strip() if retryAfter else ""
+    return ClientError(
+        f"{prefix}: {message}",
+        code,
+        body,
+        float(seconds) if seconds.isdigit() else None,
+    )
 
 
 class ApiCalls:

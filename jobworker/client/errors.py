@@ -11,14 +11,21 @@ class ClientError(Exception):
 
     @ivar status: the HTTP status, or None if no response came.
     @ivar body: the decoded JSON error body, if any.
+    @ivar retryAfter: the seconds the server's C{Retry-After} asked for
+        (a 429, a 503), if it gave them.
     """
 
     def __init__(
-        self, message: str, status: int | None = None, body: Any = None
+        self,
+        message: str,
+        status: int | None = None,
+        body: Any = None,
+        retryAfter: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retryAfter = retryAfter
 
 
 class HandshakeTimeout(TimeoutError):

@@ -27,6 +27,12 @@ EXIT_ALREADY_ENDED = 3
 #: Exit status after an interrupt (Ctrl-C, SIGTERM, SIGHUP), as a shell's.
 EXIT_INTERRUPTED = 130
 
+#: Exit status of C{jw exec -f} that created its job but could not follow
+#: it (the server's log streams all taken): jw's own failure, the job runs
+#: on. 125, as C{timeout(1)} and C{docker run} exit when they themselves
+#: fail (126 and 127 stay the command's: it cannot run, it is not found).
+EXIT_NOT_FOLLOWED = 125
+
 
 class PromptInterrupted(KeyboardInterrupt):
     """
@@ -96,6 +102,25 @@ class AlreadyEnded(Exception):
         self.record = record
 
 
+class NotFollowed(Exception):
+    """
+    C{jw exec -f} created its job, but the server would not send its output
+    (its log streams all taken, 429, after jw asked again as long as a
+    follow resumes): the job runs on without jw. C{status}: the job's, if
+    known.
+    """
+
+    def __init__(self, jobId: str, why: str, status: str | None) -> None:
+        follow = f"jw logs -f {jobId} to follow it, jw stop {jobId} to stop it"
+        if status in ("PENDING", "RUNNING"):
+            now = f"it is still running: {follow}"
+        elif status is None:
+            now = f"it may still be running: {follow}"
+        else:
+            now = f"it has ended ({status}): jw logs -f {jobId} for its output"
+        super().__init__(f"cannot follow job {jobId} ({why}); {now}")
+
+
 class SavedLoginRefused(Exception):
     """The server refused the token C{jw login} kept (now forgotten)."""
 
@@ -125,6 +150,7 @@ FAILURES: tuple[
     (TLSConfigError, 2, lambda e: f"jw: {e}"),
     (NoPrompt, 1, lambda e: None),  # completion never prompts
     (AlreadyEnded, EXIT_ALREADY_ENDED, lambda e: f"jw: {e}"),
+    (NotFollowed, EXIT_NOT_FOLLOWED, lambda e: f"jw: {e}"),
     (
         SavedLoginRefused,
         1,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
-from .calls import exitStatusOf
+from .calls import TOO_MANY, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
@@ -39,6 +39,12 @@ FOLLOW_RETRIES = 10
 FOLLOW_PAUSE_MAX = 2.0
 RESUME_FOR = 12.0
 
+#: The statuses of a job that has not ended.
+_LIVE = ("PENDING", "RUNNING")
+
+#: Seconds each long poll of a job's end asks the server to wait at most.
+LONG_POLL = 60.0
+
 
 async def resuming(
     client: Client,
@@ -48,10 +54,11 @@ async def resuming(
     """
     Run C{attempt} until it completes; when the connection broke (no HTTP
     answer), run it again after a short, growing pause, up to
-    L{FOLLOW_RETRIES} times in a row and for L{RESUME_FOR} seconds. Each
-    attempt resumes where the last one left; one that got somewhere
-    (C{progress()} changed: a follow of days over a flaky link) starts a new
-    count.
+    L{FOLLOW_RETRIES} times in a row and for L{RESUME_FOR} seconds. A 429
+    (the server's log streams are all taken) is asked again the same way,
+    after the pause its C{Retry-After} asks for. Each attempt resumes where
+    the last one left; one that got somewhere (C{progress()} changed: a
+    follow of days over a flaky link) starts a new count.
     """
     failures = 0
     brokeAt: float | None = None
@@ -61,15 +68,16 @@ async def resuming(
             await attempt()
             return
         except ClientError as e:
-            if e.status is not None:
+            if e.status not in (None, TOO_MANY):
                 raise
             now = time.monotonic()
             if progress() != before or brokeAt is None:
                 failures, brokeAt = 0, now
             if failures >= FOLLOW_RETRIES or now - brokeAt >= RESUME_FOR:
                 raise
+            asked = min(e.retryAfter or 0.0, RESUME_FOR)
         failures += 1
-        await client.pause(min(0.2 * failures, FOLLOW_PAUSE_MAX))
+        await client.pause(max(min(0.2 * failures, FOLLOW_PAUSE_MAX), asked))
 
 
 async def followCombined(
@@ -254,12 +262,35 @@ async def followOutput(
         )
 
     # One of the two answers tells the status: each comes at the start.
-    await client.concurrently([reader("stdout", onStatus), reader("stderr")])
+    # The record of the job's end is asked for meanwhile, as it ends: a job
+    # deleted (or expired) while its streams are still read would have none
+    # after them.
+    end = _EndWatch(jobId)
+    await client.concurrently([reader("stdout", onStatus), reader("stderr"), end.watch])
     # Both streams are at their end: the job has ended, and its record
     # holds the final counts (the caller needs it anyway, for its end).
-    final: dict[str, Any] = await client.job(jobId)
+    final = end.record if end.record is not None else await client.job(jobId)
     sayTruncated(final, streams)
     return final
+
+
+class _EndWatch:
+    """
+    The record of a job's end, long-polled while its raw streams are read
+    (L{pollEnd}): what a follow of the two apart ends with, even if the
+    job is deleted before they are read to their end. None if it could not
+    be had (the follow reads it after the streams then, as it did).
+    """
+
+    def __init__(self, jobId: str) -> None:
+        self._jobId = jobId
+        self.record: dict[str, Any] | None = None
+
+    async def watch(self, client: Client) -> None:
+        try:
+            self.record = await pollEnd(client, self._jobId)
+        except ClientError:
+            pass  # the streams decide; the record is asked for after them
 
 
 async def readStream(
@@ -277,15 +308,23 @@ async def readStream(
     ends (L{followStream}); then, on stderr, what the server's cap dropped
     of it (L{sayTruncated}).
 
-    @return: the job's record, read after the output (with C{follow}: its
-        final one).
+    @return: the job's record: with C{follow}, its final one (long-polled
+        while the stream is read, L{_EndWatch}); else the one read before
+        the output (what is read is what there was then). Either way a job
+        deleted while its output is sent still has it.
     """
     write = streams.writer("stdout")
     if follow:
-        await followStream(client, jobId, stream, write, offset, tail)
+        end = _EndWatch(jobId)
+
+        async def read(each: Client) -> None:
+            await followStream(each, jobId, stream, write, offset, tail)
+
+        await client.concurrently([read, end.watch])
+        job = end.record if end.record is not None else await client.job(jobId)
     else:
+        job = await client.job(jobId)
         await client.logs(jobId, write, stream, offset, tail=tail)
-    job: dict[str, Any] = await client.job(jobId)
     sayTruncated(job, streams, (stream,))
     return job
 
@@ -333,27 +372,48 @@ async def followStream(
     await resuming(client, attempt, lambda: position)
 
 
-async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:
-    """Long-poll the job until it ends (or the timeout passes)."""
-    deadline = (
-        None if options.timeout is None else client.reactor.seconds() + options.timeout
-    )
+async def pollEnd(
+    client: Client, jobId: str, until: float | None = None
+) -> dict[str, Any] | None:
+    """
+    Long-poll the job until it ends: its final record; None if C{until}
+    (on the client's clock) passes first. A poll whose connection broke is
+    asked again as a follow resumes (L{resuming}).
+    """
     clock = client.reactor
-    while True:
-        remaining = 60.0 if deadline is None else deadline - clock.seconds()
-        wait = max(0.0, min(60.0, remaining))
+    job: dict[str, Any] = {}
+    wait = asked = 0.0
+
+    async def attempt() -> None:
+        nonlocal job, wait, asked
+        left = LONG_POLL if until is None else until - clock.seconds()
+        wait = max(0.0, min(LONG_POLL, left))
         asked = clock.seconds()
-        job = await client.job(options.id, wait=wait)
-        if job["status"] not in ("RUNNING", "PENDING"):
-            if options.json:
-                streams.show(jsonLine(job))
-            return exitStatusOf(job)
-        if deadline is not None and clock.seconds() >= deadline:
-            streams.say(f"jw: job {options.id} still running")
-            return EXIT_TIMED_OUT
+        job = await client.job(jobId, wait=wait)
+
+    while True:
+        await resuming(client, attempt)
+        if job["status"] not in _LIVE:
+            return job
+        if until is not None and clock.seconds() >= until:
+            return None
         # A server that answers "still running" before the wait is over
         # (an old one, or a record it cannot wait on) must not make this a
         # busy loop.
         early = min(wait, 1.0) - (clock.seconds() - asked)
         if early > 0:
             await client.pause(early)
+
+
+async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:
+    """Long-poll the job until it ends (or the timeout passes): its status."""
+    deadline = (
+        None if options.timeout is None else client.reactor.seconds() + options.timeout
+    )
+    job = await pollEnd(client, options.id, deadline)
+    if job is None:
+        streams.say(f"jw: job {options.id} still running")
+        return EXIT_TIMED_OUT
+    if options.json:
+        streams.show(jsonLine(job))
+    return exitStatusOf(job)

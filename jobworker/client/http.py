@@ -188,7 +188,12 @@ class JobworkerClient(ApiCalls):
         return response
 
     async def _raiseFor(self, response: IResponse) -> None:
-        raise errorFor(response.code, await treq.content(response))
+        retryAfter = response.headers.getRawHeaders(b"retry-after", [b""])[0]
+        raise errorFor(
+            response.code,
+            await treq.content(response),
+            retryAfter.decode("ascii", "replace"),
+        )
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
         response = await self._request(method, path, body)

@@ -313,7 +313,11 @@ class QuickClient(ApiCalls):
             if response.status >= 400:
                 if patient and self._connection.sock is not None:
                     self._connection.sock.settimeout(TIMEOUT)
-                raise errorFor(response.status, self._body(response))
+                raise errorFor(
+                    response.status,
+                    self._body(response),
+                    response.getheader("Retry-After"),
+                )
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -11,14 +11,16 @@ import argparse
 import time
 from typing import Any
 
+from .calls import TOO_MANY
 from .errors import ClientError
-from .follow import followOutput
+from .follow import followOutput, pollEnd
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
 from .streams import OutputFailed, Streams
 from .verbs import (
     STOP_DEADLINE,
     STOP_PATIENCE,
+    InputFeed,
     backlogCut,
     createExecJob,
     execCreated,
@@ -27,12 +29,13 @@ from .verbs import (
     execOutput,
     feedStdin,
     sayBacklog,
+    sayInputLeft,
     sayLeft,
-    sayNeverFed,
     sayStarting,
     stopTaken,
     stopUnread,
     stopWaitLine,
+    unfollowed,
 )
 from .workers import Background, Worker
 
@@ -64,11 +67,12 @@ async def quickExec(
             async def read(size: int) -> bytes:
                 return streams.readInputNow(size)
 
+            feed = InputFeed(read)
             feeding = background.start(
                 lambda: drive(
                     # With -f, whether the job waits in the queue is said
                     # by sayStarting.
-                    feedStdin(feeder, jobId, streams, read, not options.follow)
+                    feedStdin(feeder, jobId, streams, feed.read, not options.follow)
                 ),
                 onError=(
                     (lambda e: streams.say(f"jw: stdin: {e}"))
@@ -77,9 +81,20 @@ async def quickExec(
                 ),
             )
         if not options.follow:
-            background.wait(lambda: feeding.done)
-            never = feeding.outcome()
-            return 0 if never is None else sayNeverFed(never, streams)
+            # The job's end, long-polled meanwhile on a connection of its
+            # own: once it has come, a feed still waiting on jw's stdin
+            # (open, and nothing written) is left behind (InputFeed).
+            watcher = client.another()
+            ending = background.start(lambda: drive(pollEnd(watcher, jobId)))
+
+            def endedFirst() -> bool:
+                return ending.done and ending.error is None and not feed.atEnd
+
+            background.wait(lambda: feeding.done or endedFirst())
+            if not feeding.done:
+                return sayInputLeft(ending.outcome(), streams)
+            unsent = feeding.outcome()
+            return 0 if unsent is None else sayInputLeft(unsent, streams)
         left: list[str] = []
         stops: list[Worker] = []
 
@@ -142,6 +157,10 @@ async def quickExec(
         except OutputFailed as e:
             await stopUnread(client, jobId, streams, e)
             raise
+        except ClientError as e:
+            if e.status != TOO_MANY:
+                raise
+            raise await unfollowed(client, jobId, e) from None
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)
 

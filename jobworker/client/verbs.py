@@ -12,9 +12,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..units import parseSize
-from .calls import exitStatusOf, started
+from .calls import TOO_MANY, exitStatusOf, started
 from .errors import ClientError
-from .failures import EXIT_ALREADY_ENDED, AlreadyEnded, BadArguments, UsageFailure
+from .failures import (
+    EXIT_ALREADY_ENDED,
+    AlreadyEnded,
+    BadArguments,
+    NotFollowed,
+    UsageFailure,
+)
 from .interrupts import Interrupts
 from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
 
@@ -421,6 +427,56 @@ def sayNeverFed(job: dict[str, Any], streams: Streams) -> int:
     return exitStatusOf(job)
 
 
+def sayInputLeft(job: dict[str, Any], streams: Streams) -> int:
+    """
+    C{jw exec -i} without C{-f}: its job ended (as C{job}) while jw's stdin
+    had not: jw stops feeding it and says so; the status jw exits with (0
+    as C{jw exec} without C{-f}; 127, L{sayNeverFed}, if it never ran).
+    """
+    if neverStarted(job):
+        return sayNeverFed(job, streams)
+    streams.say(
+        f"jw: job {job['id']} {outcome(job)} before jw's stdin ended: "
+        "the rest of it was not sent"
+    )
+    return 0
+
+
+class InputFeed:
+    """
+    jw's stdin as L{feedStdin} reads it (C{read}), and whether it has read
+    it to its end: once the job has ended, a feed that has not is waiting on
+    jw's stdin (a terminal nobody types into, a pipe that stays open), and
+    C{jw exec -i} stops it (L{sayInputLeft}); one that has is only sending
+    the end of file, answered at once.
+    """
+
+    def __init__(self, read: Callable[[int], Awaitable[bytes]]) -> None:
+        self._read = read
+        self.atEnd = False
+
+    async def read(self, size: int) -> bytes:
+        data = await self._read(size)
+        if not data:
+            self.atEnd = True
+        return data
+
+
+async def unfollowed(
+    client: AnyClient, jobId: str, refusal: ClientError
+) -> NotFollowed:
+    """
+    The failure of C{jw exec -f} whose job the server would not let it
+    follow (C{refusal}: a 429 that outlasted jw's asking again), with the
+    job's status if a request gets it.
+    """
+    try:
+        status: str | None = (await client.job(jobId))["status"]
+    except ClientError:
+        status = None
+    return NotFollowed(jobId, str(refusal), status)
+
+
 async def stopUnread(
     client: AnyClient,
     jobId: str,
@@ -562,9 +618,7 @@ async def doExec(
     if not options.follow:
         status = execCreated(job, options, streams)
         if status is None and options.stdin:
-            never = await feedStdin(client, jobId, streams, read)
-            if never is not None:
-                status = sayNeverFed(never, streams)
+            status = await _feedWhileRunning(client, jobId, streams, read)
         return status or 0
     started = sayStarting(job, streams)
     feeding = (
@@ -618,6 +672,10 @@ async def doExec(
     except OutputFailed as e:
         await stopUnread(client, jobId, streams, e)
         raise
+    except ClientError as e:
+        if e.status != TOO_MANY:
+            raise
+        raise await unfollowed(client, jobId, e) from None
     finally:
         interrupts.handle(None)
         if feeding is not None and not feeding.called:
@@ -625,6 +683,52 @@ async def doExec(
             feeding.addErrback(lambda f: f.trap(CancelledError))
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)
+
+
+async def _feedWhileRunning(
+    client: JobworkerClient,
+    jobId: str,
+    streams: Streams,
+    read: Callable[[int], Awaitable[bytes]],
+) -> int | None:
+    """
+    C{jw exec -i} without C{-f}, on the reactor: L{feedStdin} until it is
+    done, or until the job has ended while jw's stdin has not
+    (L{InputFeed}, L{sayInputLeft}); the exit status if not 0.
+    """
+    from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+    from .follow import pollEnd
+
+    feed = InputFeed(read)
+    decided: Deferred[None] = Deferred()
+
+    def settle(result: Any) -> Any:
+        if not decided.called:
+            decided.callback(None)
+        return result
+
+    def ended(job: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not feed.atEnd:
+            settle(None)
+        return job
+
+    feeding = ensureDeferred(feedStdin(client, jobId, streams, feed.read))
+    feeding.addBoth(settle)
+    ending = ensureDeferred(pollEnd(client, jobId))
+    ending.addCallback(ended)
+    ending.addErrback(lambda f: f.trap(ClientError))  # the feed decides
+    await decided
+    if feeding.called:
+        ending.cancel()
+        ending.addErrback(lambda f: f.trap(CancelledError))
+        unsent = await feeding
+        return None if unsent is None else sayInputLeft(unsent, streams)
+    feeding.cancel()  # its read of jw's stdin waits on nothing now
+    feeding.addErrback(lambda f: f.trap(CancelledError))
+    record = await ending
+    assert record is not None  # pollEnd without a deadline ends with one
+    return sayInputLeft(record, streams)
 
 
 async def _stopTakenTwisted(
@@ -694,8 +798,9 @@ async def feedStdin(
     C{-f} said it already). A job that ended or closed its stdin first just
     stops the feed, as a closed pipe would.
 
-    @return: the job if it ended without ever starting (nothing was sent),
-        else None.
+    @return: the job if it ended without ever starting (nothing was sent)
+        or before it took input jw had read for it (L{sayInputLeft}), else
+        None.
     """
     said = not sayWaiting
     try:
@@ -722,7 +827,8 @@ async def feedStdin(
                         job = await _untilStarted(client, job)
                         if job["status"] == "RUNNING":
                             continue  # send it again, now
-                    return job if neverStarted(job) else None
+                    ended = job["status"] not in _LIVE
+                    return job if neverStarted(job) or (ended and data) else None
             if not data:
                 return None
     except ClientError as e:
