@@ -458,6 +458,7 @@ class BulkAndSignalTests(TestCase):
         for second, who in (
             ({"signal": "KILL"}, "ada"),
             ({"grace_seconds": 1}, "alice"),
+            ({}, "alice"),  # the server's grace (2 s here) ends sooner too
         ):
             ready = sharedPath(self)
             stubborn = await server.createJob(

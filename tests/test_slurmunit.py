@@ -1141,9 +1141,41 @@ class IdentityTests(SynchronousTestCase):
             manager.stop(record.id, "ada", second)
             self.reactor.advance(wait)
             self.assertEqual(self.commands.actors[-1], ("cancel", slurmId, account))
-            self.assertEqual(manager.record(record.id).stopped_by, "alice")
+            stored = manager.record(record.id)
+            self.assertEqual(stored.stopped_by, "alice")
+            self.assertEqual(stored.stop_grace, wait)  # for a restart
             self.reactor.advance(1.0)
             self.commands.polls[-1].callback({slurmId: state("CANCELLED")})
+
+    def test_harderStopWhileTheFirstIsSent(self) -> None:
+        """
+        A KILL that comes while Slurm has not yet answered the first stop's
+        signal (its scancel not armed yet) was dropped: the scancel waited
+        the first stop's hour (the review's finding). It comes once the
+        signal is answered.
+        """
+        account = self.mapped()
+        manager = self.manager(self.executor())
+        held: list[Deferred[None]] = []
+        signalled = self.commands.signal
+
+        async def slowSignal(*args: Any, **kwargs: Any) -> None:
+            answered: Deferred[None] = Deferred()
+            held.append(answered)
+            await answered
+            await signalled(*args, **kwargs)
+
+        self.patch(self.commands, "signal", slowSignal)
+        record = manager.create(request("sleep", "9"), owner="alice", account=account)
+        self.commands.submissions[-1][2].callback("101")
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        manager.stop(record.id, "alice", StopRequest(grace=3600))
+        manager.stop(record.id, "ada", StopRequest(signal.SIGKILL))
+        self.assertNotIn(("cancel", "101", account), self.commands.actors)
+        held[0].callback(None)
+        self.reactor.advance(0)
+        self.assertEqual(self.commands.actors[-1], ("cancel", "101", account))
 
     def test_recoveredJobCancelledAsTheOwner(self) -> None:
         """

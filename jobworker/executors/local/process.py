@@ -324,13 +324,14 @@ class JobProcess:
             self._kill()
             return
         timer = self._killTimer
-        if how.grace is None or timer is None:
+        if timer is None:
             return
+        grace = self._grace if how.grace is None else how.grace
         left = timer.getTime() - self._clock.seconds()
-        if how.grace < left:
+        if grace < left:
             timer.cancel()
-            self._graceUsed -= left - how.grace
-            self._killTimer = self._clock.callLater(how.grace, self._kill)
+            self._graceUsed -= left - grace
+            self._killTimer = self._clock.callLater(grace, self._kill)
 
     def stopForShutdown(self) -> Deferred[JobRecord]:
         """

@@ -66,7 +66,8 @@ MAX_REQUEST = 128 * 1024
 #: for a spawner that is stopped, which cannot answer).
 ANNOUNCE_TIMEOUT = 2.0
 #: How long a spawner may stay silent (stopped, or no standby announced when
-#: one was needed) before it is continued (SIGSTOP) or said to be, seconds.
+#: one was needed) before it is continued (stopped by a signal: SIGCONT) or
+#: its silence is logged (otherwise), seconds.
 SILENCE_LIMIT = 10.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
@@ -607,7 +608,8 @@ class Generation:
 class Spawner:
     """
     The server's side of the spawner: started at the first spawn, again
-    after it died or was silent too long (L{silence}); L{stop} at shutdown.
+    after it died; continued if stopped too long (L{silence}); L{stop} at
+    shutdown.
 
     @param launcher: the compiled launcher (C{launcher.c}).
     @param environment: the spawner's environment, which the launcher

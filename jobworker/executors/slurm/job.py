@@ -113,6 +113,9 @@ class SlurmJob:
         self._neverSince: float | None = None
         self._stopRequested = False
         self._killCall: IDelayedCall | None = None
+        #: When a harder stop that came before the first one's scancel was
+        #: armed wants it (reactor seconds; see SlurmStops.hasten).
+        self.hastenedTo: float | None = None
         #: Set at recovery when sbatch's answer was lost: the reason to give
         #: if no Slurm job of this job's name turns up.
         self.lookUpReason: str | None = None

@@ -95,9 +95,14 @@ class SlurmStops:
                 ) from None
             raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
         # Stored, so a restart goes on with the escalation (who and when).
-        job.record.stop_requested_at = self._reactor.seconds()
+        now = self._reactor.seconds()
+        grace = self._grace if how.grace is None else how.grace
+        if job.hastenedTo is not None and job.hastenedTo - now < grace:
+            # A harder stop came while Slurm took the signal (hasten).
+            grace = job.record.stop_grace = max(0.0, job.hastenedTo - now)
+        job.record.stop_requested_at = now
         self._save(job.record)
-        self.escalate(job, self._grace if how.grace is None else how.grace)
+        self.escalate(job, grace)
 
     async def _suspended(self, job: SlurmJob, slurmJobId: str) -> bool:
         """
@@ -118,13 +123,19 @@ class SlurmStops:
         grace that ends before the first one's scancel), else it waits for
         the same end. The new end is stored, for a restart to go on with.
         """
+        now = self._reactor.seconds()
+        grace = 0.0 if how.signal == signal.SIGKILL else how.grace
+        if grace is None:
+            grace = self._grace
         due = job.killDue()
         record = job.record
         if due is None or record.stop_requested_at is None:
-            return  # not signalled yet, or its scancel is under way
-        now = self._reactor.seconds()
-        grace = 0.0 if how.signal == signal.SIGKILL else how.grace
-        if grace is None or now + grace >= due:
+            # The first stop's signal is still on its way (its scancel is
+            # armed once Slurm answers: see terminate), or its scancel is.
+            if job.hastenedTo is None or now + grace < job.hastenedTo:
+                job.hastenedTo = now + grace
+            return
+        if now + grace >= due:
             return
         record.stop_grace = now + grace - record.stop_requested_at
         self._save(record)
