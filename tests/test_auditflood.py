@@ -11,12 +11,13 @@ import json
 import os
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.audit import AuditLog
 
-from .support import LiveServer
+from .support import LiveServer, sleep
 
 
 def audit(server: LiveServer, event: str) -> list[dict[str, Any]]:
@@ -44,6 +45,29 @@ class AuditFloodTests(TestCase):
         self.assertEqual(code, 200)
         [line] = audit(server, "job.stop")
         self.assertEqual((line["job"], line["result"]), (running["id"], "requested"))
+
+    async def test_repeatedStopsOfAStoppingJobSparse(self) -> None:
+        """A job already being stopped: stops of it again, one line a minute
+        (each wrote one, whether or not it hastened the end)."""
+        server = LiveServer(self, grace=30.0)
+        job = await server.createJob(
+            "sh", "-c", 'trap "" TERM; while :; do sleep 0.1; done'
+        )
+        stops = [
+            ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop"))
+            for _ in range(5)
+        ]
+        while (await server.json("GET", f"/jobs/{job['id']}"))[1]["stopped_by"] is None:
+            await sleep(0.05)
+        for _ in range(5):
+            ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop"))
+        code, _ = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
+        )
+        self.assertEqual(code, 200)
+        await gatherResults(stops)
+        lines = audit(server, "job.stop")
+        self.assertLessEqual(len(lines), 2, lines)
 
     async def test_cleanOfNothingNotAudited(self) -> None:
         server = LiveServer(self)
@@ -115,3 +139,27 @@ class SparseTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(lines[-1]["reason"], "x")
+
+    def test_perClientAndTheLastBurstCounted(self) -> None:
+        """
+        Another address of the same user has lines of its own (a stolen
+        token used elsewhere is seen); a burst that stops is counted within
+        a minute of its end by L{AuditLog.reportLeftOut}, not only at the
+        next refusal, which may never come.
+        """
+        clock = Clock()
+        path = self.mktemp()
+        log = AuditLog(path, clock)
+        for _ in range(3):
+            log.recordSparsely("access.denied", "rita", "1.2.3.4", "refused")
+        log.recordSparsely("access.denied", "rita", "5.6.7.8", "refused")
+        log.reportLeftOut()  # (too soon: nothing)
+        clock.advance(60)
+        log.reportLeftOut()
+        log.reportLeftOut()  # (once)
+        with open(path) as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(
+            [(e["client"], e.get("left_out")) for e in lines],
+            [("1.2.3.4", None), ("5.6.7.8", None), ("1.2.3.4", 2)],
+        )

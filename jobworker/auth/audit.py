@@ -14,7 +14,7 @@ from ..jobs.records import rfc3339
 
 #: How often L{AuditLog.recordSparsely} writes one event of one user, at most.
 SPARSE_EVERY = 60.0
-#: How many (event, user) pairs it remembers before it forgets the quiet ones.
+#: How many (event, user, client) it remembers before it forgets quiet ones.
 MAX_SPARSE = 10000
 
 
@@ -35,9 +35,9 @@ class AuditLog:
         #: The file ends in the middle of a line (a write the disk cut
         #: short): the next line starts with an end of line.
         self._cut = False
-        #: L{recordSparsely}'s (event, user): when last written, and how
-        #: many left out since.
-        self._sparse: dict[tuple[str, str | None], tuple[float, int]] = {}
+        #: L{recordSparsely}'s (event, user, client): when last written,
+        #: and how many left out since.
+        self._sparse: dict[tuple[str, str | None, str], tuple[float, int]] = {}
         if path is not None:
             self._fd, self._cut = self._open(path)
 
@@ -110,12 +110,13 @@ class AuditLog:
     ) -> None:
         """
         L{record}, at most once every L{SPARSE_EVERY} seconds for one
-        C{event} of one C{user}: the next line written says how many were
-        left out in between (C{left_out}). For events a request that
+        C{event} of one C{user} from one C{client}: the next line written
+        says how many were left out in between (C{left_out}), or
+        L{reportLeftOut}'s once they stopped. For events a request that
         changes nothing earns (a refusal): a loop of them wrote 2,000 lines
         a second.
         """
-        key = (event, user)
+        key = (event, user, client)
         now = self._clock.seconds()
         last, leftOut = self._sparse.get(key, (None, 0))
         if last is not None and 0 <= now - last < SPARSE_EVERY:
@@ -131,6 +132,19 @@ class AuditLog:
         if leftOut:
             fields["left_out"] = leftOut
         self.record(event, user, client, result, **fields)
+
+    def reportLeftOut(self) -> None:
+        """
+        A line for each event, user and client that had lines left out
+        (L{recordSparsely}) and none since for L{SPARSE_EVERY}: a burst that
+        stopped is counted too (call once a minute).
+        """
+        now = self._clock.seconds()
+        for key, (last, leftOut) in list(self._sparse.items()):
+            if leftOut and not 0 <= now - last < SPARSE_EVERY:
+                event, user, client = key
+                self._sparse[key] = (now, 0)
+                self.record(event, user, client, "refused", left_out=leftOut)
 
     def record(
         self, event: str, user: str | None, client: str, result: str, **fields: Any

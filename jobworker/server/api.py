@@ -471,16 +471,21 @@ class JobsAPI:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
         # A job that has ended is a 409 here, and no line: no stop was made.
+        # One already being stopped: one line a minute (a loop of stops of
+        # it wrote a line each, whether or not they hastened its end).
+        again = record.stopped_by is not None
         stopping = self._manager.stop(record.id, user.name, how)
-        self._audit(
-            request,
-            "job.stop",
-            user,
-            "requested",
-            job=record.id,
-            signal=signal.Signals(how.signal).name,
-            grace=how.grace,
-        )
+        if self._auditLog is not None:
+            write = self._auditLog.recordSparsely if again else self._auditLog.record
+            write(
+                "job.stop",
+                user.name,
+                clientAddress(request),
+                "requested",
+                job=record.id,
+                signal=signal.Signals(how.signal).name,
+                grace=how.grace,
+            )
         stopped = await stopping
         return _json(request, stopped.toJSON())
 

@@ -130,9 +130,14 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
             config["users"], authenticator, reactor, runInThread, audit.reopen
         )
     )
-    # A client's last minute of throttled or busy refusals, audited once it
-    # stopped being refused.
-    refusals = TimerService(60.0, authenticator.reportRefusals)
+
+    # A client's last minute of throttled or busy refusals, and of refused
+    # requests (access.denied), audited once it stopped being refused.
+    def reportRefusals() -> None:
+        authenticator.reportRefusals()
+        audit.reportLeftOut()
+
+    refusals = TimerService(60.0, reportRefusals)
     refusals.clock = reactor
     root.addService(refusals)
     root.addService(ListeningService(port))
