@@ -581,6 +581,32 @@ class SharedAddressTests(HostileAuthMixin, SynchronousTestCase):
             self.successResultOf(self.auth(request(SHARED, header))).name, "alice"
         )
 
+    def test_throttledAnswerTakesAsLongAsACheck(self) -> None:
+        """
+        A throttled name's 429 came at once, and a trusted name's (let in
+        to the password check) after bcrypt: the time told the names apart
+        as the 401 had (the review's point). A throttled attempt is
+        answered after about as long as checks take lately.
+        """
+        clock = self.clock
+
+        def slowly(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            clock.advance(0.25)  # bcrypt's time, on this clock
+            return maybeDeferred(f, *args)
+
+        self.authenticator = self.makeAuthenticator(self.users, slowly)
+        clock = self.clock
+        for n in range(30):
+            d = self.auth(request(SHARED, basicHeader("nobody", f"guess{n}")))
+            clock.advance(0.5)  # (a throttled answer waits now)
+            self.failureResultOf(d)
+        d = self.auth(request(SHARED, basicHeader("bob", "wrong")))
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.failureResultOf(d, TooManyRequests)
+
     def test_unknownCertificateThrottled(self) -> None:
         """
         A client certificate of a name not (or no longer) in the users file

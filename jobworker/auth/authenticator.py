@@ -16,6 +16,7 @@ from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
@@ -293,6 +294,9 @@ class Authenticator:
         checker = portal.checkers.get(IUsernamePassword)
         self._checker = checker if isinstance(checker, BcryptChecker) else None
         self._cache = checker._cache if isinstance(checker, BcryptChecker) else None
+        #: How long a password check takes, lately (seconds; a moving
+        #: average): a throttled attempt is answered after as long.
+        self._checkSeconds = 0.0
 
     @property
     def tokens(self) -> TokenSigner | None:
@@ -459,7 +463,11 @@ class Authenticator:
         client = clientAddress(request)
         # A throttled client is refused even the right password: otherwise
         # a correct guess would show through a lockout.
-        self._beginCheck(name, client, counted=False)
+        try:
+            self._beginCheck(name, client, counted=False)
+        except TooManyRequests:
+            await self._likeACheck()
+            raise
         user = self._remembered(credentials)
         if user is not None:
             # (No check runs: nothing to count as in flight.)
@@ -469,14 +477,21 @@ class Authenticator:
         self._admitCheck(name, client)
         # Let in only because it logged in from here before: a failure of
         # it must read as everyone else's (429), or the throttle would tell
-        # which names log in from this address.
+        # which names log in from this address. (Everyone else's 429 takes
+        # as long as a check: see _likeACheck.)
         exempted = (
             self._throttle.retryAfterUntrusted(name, client)
             if self._throttle is not None
             else 0.0
         )
-        self._beginCheck(name, client, counted=True)
+        try:
+            self._beginCheck(name, client, counted=True)
+        except TooManyRequests:
+            await self._likeACheck()
+            raise
         succeeded: bool | None = False
+        clock = self._throttle.clock if self._throttle is not None else None
+        began = clock.seconds() if clock is not None else 0.0
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
             assert isinstance(avatar, User)
@@ -503,7 +518,21 @@ class Authenticator:
             # check), anything but a success counts as a failure.
             if self._throttle is not None:
                 self._throttle.finish(name, client, succeeded)
+            if clock is not None and succeeded is not None:
+                took = max(0.0, clock.seconds() - began)
+                self._checkSeconds += (took - self._checkSeconds) / 8
         return user
+
+    async def _likeACheck(self) -> None:
+        """
+        Wait about as long as a password check takes: a throttled attempt
+        answered at once, beside a name let in for having logged in from
+        that address (its 429 comes after its check), told which names
+        those were.
+        """
+        clock = self._throttle.clock if self._throttle is not None else None
+        if clock is not None and self._checkSeconds > 0:
+            await deferLater(clock, self._checkSeconds, lambda: None)
 
     def _admitCheck(self, name: str, client: str) -> None:
         """

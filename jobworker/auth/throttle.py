@@ -126,6 +126,11 @@ class LoginThrottle:
         while len(self._entries) > self._maxEntries:
             self._entries.popitem(last=False)
 
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock the throttle counts time by."""
+        return self._clock
+
     def retryAfter(self, user: str, address: str) -> float:
         """Seconds before this user may try again from this address (0: now)."""
         return self._wait(user, address, self._clock.seconds())
