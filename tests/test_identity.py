@@ -181,6 +181,13 @@ class DynamicUidsTests(SynchronousTestCase):
         shared = Identities(shared=mapped, pool=pool, server=server, lookUp=lookUp)
         self.assertIs(shared.acquire(None), mapped)
         self.assertEqual(looked, ["carol", "carol"])
+        # An account made since the start-up check with a uid in the pool's
+        # range would share it with another user's dynamic job: refused.
+        inRange = Identity(70001, 70001, (), "carol", "/home/c", "/bin/sh", "carol")
+        clashing = Identities(pool=pool, server=server, lookUp=lambda name: inRange)
+        with self.assertRaises(IdentityError) as caught:
+            clashing.acquire(mapped)
+        self.assertIn("--dynamic-uids", str(caught.exception))
         self.assertIs(Identities(server=server).acquire(None), server)
 
 

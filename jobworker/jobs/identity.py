@@ -16,6 +16,7 @@ import fcntl
 import grp
 import os
 import pwd
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -356,16 +357,33 @@ def ownGroup(identity: Identity) -> int | None:
     """
     if identity.dynamic:
         return identity.gid
+    key = (identity.name, identity.gid)
+    now = time.monotonic()
+    known = _ownGroups.get(key)
+    if known is not None and 0 <= now - known[1] < OWN_GROUP_KEPT:
+        return known[0]
     try:
         members = grp.getgrgid(identity.gid).gr_mem
     except KeyError:
         members = []
+    found: int | None = identity.gid
     if any(member != identity.name for member in members):
-        return None
-    for entry in pwd.getpwall():
-        if entry.pw_gid == identity.gid and entry.pw_name != identity.name:
-            return None
-    return identity.gid
+        found = None
+    elif any(
+        entry.pw_gid == identity.gid and entry.pw_name != identity.name
+        for entry in pwd.getpwall()
+    ):
+        found = None
+    if len(_ownGroups) >= 4096:
+        _ownGroups.clear()
+    _ownGroups[key] = (found, now)
+    return found
+
+
+#: How long L{ownGroup}'s answer for an account is kept (seconds): it reads
+#: the whole user database, which a burst of jobs need not read each.
+OWN_GROUP_KEPT = 60.0
+_ownGroups: dict[tuple[str, int], tuple[int | None, float]] = {}
 
 
 @dataclass
@@ -399,10 +417,19 @@ class Identities:
         @raise PoolExhausted: a dynamic uid was needed and none is free.
         @raise IdentityError: the account cannot be used now (gone, say).
         """
-        if account is not None:
-            return self.lookUp(account.name)
-        if self.shared is not None:
-            return self.lookUp(self.shared.name)
+        if account is not None or self.shared is not None:
+            named = account if account is not None else self.shared
+            assert named is not None
+            found = self.lookUp(named.name)
+            pool = self.pool
+            if pool is not None and pool.first <= found.uid <= pool.last:
+                # (Refused at start-up too: made since, it would share a
+                # uid with another user's dynamic jobs.)
+                raise IdentityError(
+                    f"Unix account {found.name!r} has uid {found.uid}, in "
+                    f"--dynamic-uids ({pool.first}-{pool.last})"
+                )
+            return found
         if self.pool is not None:
             return Identity.ofDynamicUid(self.pool.acquire())
         return self.server
