@@ -311,7 +311,7 @@ class RunnableAsIdentityTests(SynchronousTestCase):
         same = ":".join(["/etc", "/etc/", "/./etc", "//etc"] * 1500)
         with self.assertRaises(SpawnRefused):
             checkRunnable("shadow", {"PATH": same}, None, self.identity, WORKDIR)
-        self.assertEqual(walked, ["/etc/shadow"])
+        self.assertEqual(walked, ["/etc/shadow"])  # (the first spelling)
         del walked[:]
         distinct = ":".join(f"/nonexistent{n}" for n in range(6000))
         checkRunnable("true", {"PATH": distinct}, None, self.identity, WORKDIR)

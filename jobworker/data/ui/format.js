@@ -4,15 +4,18 @@
 // as U+202E, zero-width and other format characters) and control characters
 // but tab and newline: a label or argument made of them read as something
 // else ("owner=ops=maet ,alice").
+// (Also the blank Hangul fillers, variation selectors and tag characters.)
 const HIDING =
-  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]/g;
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
 
-/** C{text} with the characters of HIDING as \uXXXX escapes, as jw shows them. */
+/** C{text} with the characters of HIDING as \uXXXX (\u{XXXXX}) escapes. */
 export function visible(text) {
-  return String(text).replace(
-    HIDING,
-    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"),
-  );
+  return String(text).replace(HIDING, (c) => {
+    const code = c.codePointAt(0);
+    return code > 0xffff
+      ? `\\u{${code.toString(16)}}`
+      : "\\u" + code.toString(16).padStart(4, "0");
+  });
 }
 
 /** An element with a class and text (never HTML; hiding characters escaped). */

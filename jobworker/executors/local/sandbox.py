@@ -605,13 +605,16 @@ def checkRunnable(
             entry = os.path.join(known, entry)
         # Each folder once (/etc, /etc/, //etc alike), and at most
         # MAX_PATH_CHECKS of them: past those the job's execvp decides.
-        entry = "/" + os.path.normpath(entry).lstrip("/")
-        if entry in walked:
+        # (The path walked is the entry as execvp takes it: ".." after a
+        # symlink is not what normpath makes of it.)
+        seen = "/" + os.path.normpath(entry).lstrip("/")
+        if seen in walked:
             continue
         if len(walked) == MAX_PATH_CHECKS:
             return
-        walked.add(entry)
-        path = entry + command if entry == "/" else f"{entry}/{command}"
+        walked.add(seen)
+        # os.path.join(entry, command), without its checks: one per entry.
+        path = entry + command if entry.endswith("/") else f"{entry}/{command}"
         if _runnable(path, identity, hiddenFolders):
             return
     raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
