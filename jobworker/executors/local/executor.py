@@ -685,7 +685,12 @@ class LocalExecutor:
         left = []
         for jobId in self._madeCgroups.read():
             group = self._cgroups.find(jobId) if self._cgroups else None
-            if jobId in handled or group is None:
+            if group is None:
+                continue
+            if jobId in handled:
+                # Recovery ends it; should its cgroup outlive this run, the
+                # next start-up still knows it.
+                left.append(jobId)
                 continue
             killed = group.kill()
             if removeSoon(group):
