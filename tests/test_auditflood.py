@@ -21,6 +21,7 @@ from jobworker.auth.audit import AuditLog
 from jobworker.server.api import TOKEN_BURST, TOKEN_RATE
 
 from .support import LiveServer, sleep
+from .test_identity import waitOutput
 
 
 def audit(server: LiveServer, event: str) -> list[dict[str, Any]]:
@@ -54,8 +55,9 @@ class AuditFloodTests(TestCase):
         (each wrote one, whether or not it hastened the end)."""
         server = LiveServer(self, grace=30.0)
         job = await server.createJob(
-            "sh", "-c", 'trap "" TERM; while :; do sleep 0.1; done'
+            "sh", "-c", 'trap "" TERM; echo ready; while :; do sleep 0.1; done'
         )
+        await waitOutput(server, job["id"], b"ready")  # (TERM ignored from now)
         stops = [
             ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop"))
             for _ in range(5)
@@ -63,7 +65,7 @@ class AuditFloodTests(TestCase):
         while (await server.json("GET", f"/jobs/{job['id']}"))[1]["stopped_by"] is None:
             await sleep(0.05)
         for _ in range(5):
-            ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop"))
+            stops.append(ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop")))
         code, _ = await server.json(
             "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
         )

@@ -454,7 +454,7 @@ class BulkAndSignalTests(TestCase):
         dropped, the job ran the hour, and the audit log said KILL was sent:
         fault round 6). The first stop's user stays the one who stopped it.
         """
-        server = LiveServer(self, grace=60.0)
+        server = LiveServer(self, grace=2.0)
         for second, who in (
             ({"signal": "KILL"}, "ada"),
             ({"grace_seconds": 1}, "alice"),
