@@ -318,7 +318,7 @@ class LocalExecutor:
         """
         Whether jobs can start now (C{/healthz}, C{/metrics}): not while the
         spawner is silent (stopped, or it announced no standby when one was
-        needed); it is replaced once silent for long (L{Spawner.silence}).
+        needed); one stopped for long is continued (L{Spawner.silence}).
         """
         spawner = self._spawner
         why = spawner.silence() if spawner is not None else None
