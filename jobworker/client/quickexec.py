@@ -11,7 +11,6 @@ import argparse
 import time
 from typing import Any
 
-from .calls import TOO_MANY
 from .errors import ClientError
 from .follow import followOutput, pollEnd
 from .interrupts import Interrupts
@@ -28,14 +27,13 @@ from .verbs import (
     execInterrupted,
     execOutput,
     feedStdin,
+    followFailed,
     sayBacklog,
     sayInputLeft,
     sayLeft,
     sayStarting,
     stopTaken,
-    stopUnread,
     stopWaitLine,
-    unfollowed,
 )
 from .workers import Background, Worker
 
@@ -151,16 +149,8 @@ async def quickExec(
             return interrupts.status
         try:
             end = following.outcome()
-        except BrokenPipeError:
-            await stopUnread(client, jobId, streams)
-            raise
-        except OutputFailed as e:
-            await stopUnread(client, jobId, streams, e)
-            raise
-        except ClientError as e:
-            if e.status != TOO_MANY:
-                raise
-            raise await unfollowed(client, jobId, e) from None
+        except (BrokenPipeError, OutputFailed, ClientError) as e:
+            await followFailed(client, jobId, streams, e)
     final = end if end is not None else await client.job(jobId)
     return execEnded(final, options, streams, interrupts)
 

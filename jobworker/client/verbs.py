@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..units import parseSize
 from .calls import TOO_MANY, exitStatusOf, started
@@ -477,6 +477,26 @@ async def unfollowed(
     return NotFollowed(jobId, str(refusal), status)
 
 
+async def followFailed(
+    client: AnyClient,
+    jobId: str,
+    streams: Streams,
+    error: BrokenPipeError | OutputFailed | ClientError,
+) -> NoReturn:
+    """
+    The follow of C{jw exec -f} failed with C{error}: raise what jw exits
+    with. Our stdout closed, or not writable: the job is stopped first
+    (L{stopUnread}); the log stream refused for good (429): L{unfollowed}.
+    """
+    if isinstance(error, BrokenPipeError):
+        await stopUnread(client, jobId, streams)
+    elif isinstance(error, OutputFailed):
+        await stopUnread(client, jobId, streams, error)
+    elif error.status == TOO_MANY:
+        raise await unfollowed(client, jobId, error) from None
+    raise error
+
+
 async def stopUnread(
     client: AnyClient,
     jobId: str,
@@ -666,16 +686,8 @@ async def doExec(
             taken = await _stopTakenTwisted(client, jobId, streams, stops)
             sayLeft(left[0], jobId, streams, taken)
         return interrupts.status
-    except BrokenPipeError:
-        await stopUnread(client, jobId, streams)
-        raise
-    except OutputFailed as e:
-        await stopUnread(client, jobId, streams, e)
-        raise
-    except ClientError as e:
-        if e.status != TOO_MANY:
-            raise
-        raise await unfollowed(client, jobId, e) from None
+    except (BrokenPipeError, OutputFailed, ClientError) as e:
+        await followFailed(client, jobId, streams, e)
     finally:
         interrupts.handle(None)
         if feeding is not None and not feeding.called:
