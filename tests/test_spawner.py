@@ -548,9 +548,15 @@ class DeadSpawnerTests(TestCase):
         generation = spawner.running()
         generation.receive(10.0)
         pid = generation.process.pid
+        ended: Deferred[None] = Deferred()
+        proto = ProcessProtocol()
+        proto.processEnded = lambda reason: ended.callback(None)  # type: ignore[method-assign]
+        # Cleanups run last first: continued, then its job's end (pipes and
+        # pidfd read to the end), then the spawner stopped.
+        self.addCleanup(lambda: ended)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
         os.kill(pid, signal.SIGSTOP)
-        spawner.spawnProcess(ProcessProtocol(), argv).closeChildFD(3)  # the standby
+        spawner.spawnProcess(proto, argv).closeChildFD(3)  # the standby
         with self.assertRaises(SpawnerGone):
             spawner.spawnProcess(ProcessProtocol(), argv)
         self.assertIs(spawner.current, generation)
