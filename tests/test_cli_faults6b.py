@@ -281,7 +281,17 @@ class TooManyRequestsRetriedTests(SynchronousTestCase):
         Two refusals with C{Retry-After: 1}, then the stream: the follow
         pauses a second each time and gets every byte (it failed at once).
         """
+        self.waitsOut(429)
 
+    def test_unavailableWaitedOutToo(self) -> None:
+        """
+        A 503 (no thread free for the password check, the job's output or
+        the store not readable now: each with C{Retry-After}) is waited out
+        as a 429 is; it ended the follow at once.
+        """
+        self.waitsOut(503)
+
+    def waitsOut(self, status: int) -> None:
         class Crowded:
             def __init__(self) -> None:
                 self.asked = 0
@@ -290,7 +300,7 @@ class TooManyRequestsRetriedTests(SynchronousTestCase):
             async def logs(self, jobId: str, sink: Any, *args: Any, **kw: Any) -> None:
                 self.asked += 1
                 if self.asked <= 2:
-                    refusal = ClientError("server answered 429: busy", 429)
+                    refusal = ClientError(f"server answered {status}", status)
                     refusal.retryAfter = 1.0  # type: ignore[attr-defined]
                     raise refusal
                 sink(b"all of it")

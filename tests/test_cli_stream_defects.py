@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.failures import ArgumentsRefused, HelpShown
-from jobworker.client.follow import readStream
+from jobworker.client.follow import readStream, sayDropped, sayLost
 from jobworker.client.http import JobworkerClient
 from jobworker.client.parser import buildParser
 from jobworker.client.streams import Streams
@@ -430,3 +430,28 @@ class LostOutputNoticeTests(JWAssertions, TestCase):
             err,
         )
         self.flushLoggedErrors()
+
+
+class ByteCountWordsTests(SynchronousTestCase):
+    """The one-line notices say "1 byte ... was", not "1 bytes ... were"."""
+
+    def said(self, say: Any) -> str:
+        messages = io.StringIO()
+        say(Streams(io.BytesIO(), io.BytesIO(), messages, inp=None))
+        return messages.getvalue()
+
+    def test_oneByteDropped(self) -> None:
+        self.assertEqual(
+            self.said(lambda streams: sayDropped(streams, "stdout", 1)),
+            "jw: 1 byte of the job's stdout was dropped (the server's output cap)\n",
+        )
+        self.assertIn(
+            "jw: 2 bytes of the job's stderr were dropped",
+            self.said(lambda streams: sayDropped(streams, "stderr", 2)),
+        )
+
+    def test_oneByteLost(self) -> None:
+        self.assertIn(
+            "jw: 1 byte of the job's output could not be written",
+            self.said(lambda streams: sayLost({"output_lost": 1}, streams)),
+        )

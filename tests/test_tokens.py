@@ -380,6 +380,29 @@ class LoginCLITests(TestCase):
         self.assertIn(b"run jw login", err)
         self.assertFalse(os.path.exists(self.tokensFile))
 
+    async def test_refusedTokenForgottenWithSeveralIds(self) -> None:
+        """
+        C{jw status/stop/rm ID ID} with a token the server refuses: the
+        token is forgotten with the hint, once, as for one id; it was taken
+        for each id's failure and kept.
+        """
+        os.makedirs(self.config)
+        first = await self.server.createJob("true")
+        second = await self.server.createJob("true")
+        for verb in ("status", "stop", "rm"):
+            _, err, code = await self.jw("login", password="bob-pass")
+            self.assertEqual(code, 0, err)
+            with open(self.tokensFile) as f:
+                tokens = json.load(f)
+            tokens[self.server.url]["token"] += "x"  # its signature fails
+            with open(self.tokensFile, "w") as f:
+                json.dump(tokens, f)
+            _out, err, code = await self.jw(verb, first["id"], second["id"])
+            self.assertEqual(code, 1, (verb, err))
+            self.assertEqual(err.count(b"run jw login"), 1, (verb, err))
+            self.assertNotIn(first["id"].encode(), err, verb)
+            self.assertFalse(os.path.exists(self.tokensFile), verb)
+
     async def test_expiredTokenAsksAgain(self) -> None:
         """An expired saved token is not sent: jw asks for the password."""
         os.makedirs(os.path.dirname(self.tokensFile))

@@ -23,6 +23,14 @@ EXIT_CANNOT_START = 127
 #: C{Retry-After} (a log stream past the server's cap, say).
 TOO_MANY = 429
 
+#: The status of a request the server cannot serve now (no thread free for
+#: a password check, a job's output or the store not readable): it comes
+#: with C{Retry-After} too.
+UNAVAILABLE = 503
+
+#: The statuses a follow asks again after their C{Retry-After}.
+ASK_AGAIN = (TOO_MANY, UNAVAILABLE)
+
 #: Exit status for a job that ran but whose end is not known (the server
 #: crashed under it), as ssh exits 255 when its connection is lost.
 EXIT_STATUS_LOST = 255

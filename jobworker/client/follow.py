@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
-from .calls import TOO_MANY, exitStatusOf
+from .calls import ASK_AGAIN, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
@@ -55,8 +55,9 @@ async def resuming(
     Run C{attempt} until it completes; when the connection broke (no HTTP
     answer), run it again after a short, growing pause, up to
     L{FOLLOW_RETRIES} times in a row and for L{RESUME_FOR} seconds. A 429
-    (the server's log streams are all taken) is asked again the same way,
-    after the pause its C{Retry-After} asks for. Each attempt resumes where
+    (the server's log streams are all taken) or a 503 (it cannot serve it
+    now) is asked again the same way, after the pause its C{Retry-After}
+    asks for. Each attempt resumes where
     the last one left; one that got somewhere (C{progress()} changed: a
     follow of days over a flaky link) starts a new count.
     """
@@ -68,7 +69,7 @@ async def resuming(
             await attempt()
             return
         except ClientError as e:
-            if e.status not in (None, TOO_MANY):
+            if e.status is not None and e.status not in ASK_AGAIN:
                 raise
             now = time.monotonic()
             if progress() != before or brokeAt is None:
@@ -192,9 +193,14 @@ def sayDropped(streams: Streams, stream: object, dropped: object) -> None:
     after that output (the exit status stays the job's).
     """
     streams.say(
-        f"jw: {dropped} bytes of the job's {stream} were dropped "
-        "(the server's output cap)"
+        f"jw: {bytesOf(dropped)} of the job's {stream} "
+        f"{'was' if dropped == 1 else 'were'} dropped (the server's output cap)"
     )
+
+
+def bytesOf(count: object) -> str:
+    """C{count} bytes in words: C{1 byte}, C{5 bytes}."""
+    return "1 byte" if count == 1 else f"{count} bytes"
 
 
 def sayTruncated(
@@ -222,7 +228,7 @@ def sayLost(job: dict[str, Any] | None, streams: Streams) -> None:
     lost = job.get("output_lost") if job else None
     if lost:
         streams.say(
-            f"jw: {lost} bytes of the job's output could not be written on the "
+            f"jw: {bytesOf(lost)} of the job's output could not be written on the "
             "server (its disk was full or failing): they are not in this output"
         )
 

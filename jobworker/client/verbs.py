@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..units import parseSize
-from .calls import TOO_MANY, exitStatusOf, started
+from .calls import ASK_AGAIN, exitStatusOf, started
 from .errors import ClientError
 from .failures import (
     EXIT_ALREADY_ENDED,
@@ -467,7 +467,7 @@ async def unfollowed(
 ) -> NotFollowed:
     """
     The failure of C{jw exec -f} whose job the server would not let it
-    follow (C{refusal}: a 429 that outlasted jw's asking again), with the
+    follow (C{refusal}: a 429 or 503 that outlasted jw's asking again), with the
     job's status if a request gets it.
     """
     try:
@@ -486,13 +486,13 @@ async def followFailed(
     """
     The follow of C{jw exec -f} failed with C{error}: raise what jw exits
     with. Our stdout closed, or not writable: the job is stopped first
-    (L{stopUnread}); the log stream refused for good (429): L{unfollowed}.
+    (L{stopUnread}); the log stream refused for good (429, 503): L{unfollowed}.
     """
     if isinstance(error, BrokenPipeError):
         await stopUnread(client, jobId, streams)
     elif isinstance(error, OutputFailed):
         await stopUnread(client, jobId, streams, error)
-    elif error.status == TOO_MANY:
+    elif error.status in ASK_AGAIN:
         raise await unfollowed(client, jobId, error) from None
     raise error
 
@@ -1000,6 +1000,8 @@ class _Answer(NamedTuple):
     record: dict[str, Any] | None
     failure: str | None
     status: int
+    #: The server refused the login itself (a 401): not this id's failure.
+    refused: ClientError | None = None
 
 
 async def _answer(text: str, record: Awaitable[dict[str, Any]]) -> _Answer:
@@ -1012,7 +1014,8 @@ async def _answer(text: str, record: Awaitable[dict[str, Any]]) -> _Answer:
     except AlreadyEnded as e:
         return _Answer(e.record, f"jw: {text}: {e}", EXIT_ALREADY_ENDED)
     except (ClientError, UsageFailure) as e:
-        return _Answer(None, f"jw: {text}: {e}", 1)
+        refused = e if isinstance(e, ClientError) and e.status == 401 else None
+        return _Answer(None, f"jw: {text}: {e}", 1, refused)
 
 
 def _showSeveral(
@@ -1029,7 +1032,10 @@ def _showSeveral(
 
     @return: the exit status: 1 if an id failed (as C{jw rm}), else
         L{EXIT_ALREADY_ENDED} if a stop found a job ended, else 0.
+    @raise ClientError: the login was refused (a 401), said once as for
+        one id (a saved token is forgotten), not as each id's failure.
     """
+    _loginRefused([answer.refused for answer in answers])
     if options.json:
         streams.show(jsonLine([a.record for a in answers if a.record is not None]))
     else:
@@ -1041,6 +1047,16 @@ def _showSeveral(
             streams.say(answer.failure)
     statuses = {answer.status for answer in answers}
     return 1 if 1 in statuses else max(statuses)
+
+
+def _loginRefused(refusals: list[ClientError | None]) -> None:
+    """
+    Raise the first of C{refusals} (the server refused the login: a
+    401), if any: the command's failure, as for one id, not each id's.
+    """
+    for refusal in refusals:
+        if refusal is not None:
+            raise refusal
 
 
 async def _endedRecord(
@@ -1070,18 +1086,21 @@ async def doRemove(
 ) -> int:
     from twisted.internet.defer import ensureDeferred, gatherResults
 
-    async def remove(text: str) -> str | None:
+    async def remove(text: str) -> str | ClientError | None:
         """Delete one job; why it could not be, if it could not."""
         try:
             await client.deleteJob(await resolveId(client, text))
-        except (ClientError, UsageFailure) as e:
+        except ClientError as e:
+            return e if e.status == 401 else f"jw: {text}: {e}"
+        except UsageFailure as e:
             return f"jw: {text}: {e}"
         return None
 
     # All at once, but each failure said in the order of the arguments,
     # not of the answers.
     results = await gatherResults([ensureDeferred(remove(t)) for t in options.ids])
-    failures = [line for line in results if line is not None]
+    _loginRefused([e for e in results if isinstance(e, ClientError)])
+    failures = [line for line in results if isinstance(line, str)]
     for line in failures:
         streams.say(line)
     return 1 if failures else 0
