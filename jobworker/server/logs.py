@@ -45,6 +45,18 @@ from .sse import EventStream, parseLastEventId
 #: before it is closed (time for its client's last request).
 LINGER = 0.3
 
+#: At shutdown, the log responses still sending are waited for while
+#: their bytes move: until none has sent a byte for this many seconds...
+DRAIN_QUIET = 5.0
+
+#: ... and this many seconds at most in all (a follower reading a backlog
+#: slowly, on a loaded machine, still gets it; a stalled one does not hold
+#: the shutdown; systemd's C{TimeoutStopSec} in docs/ is 60).
+DRAIN_LIMIT = 30.0
+
+#: How often the drain looks at the bytes sent.
+DRAIN_LOOK = 0.25
+
 
 class LogStreams:
     """
@@ -75,6 +87,8 @@ class LogStreams:
         self._streams: set[Deferred[None]] = set()
         #: The connection of each open log response (to close at shutdown).
         self._streamChannels: dict[Deferred[None], Any] = {}
+        #: Each open log response, by its end (what the drain watches).
+        self._streamRequests: dict[Deferred[None], IRequest] = {}
 
     def __len__(self) -> int:
         """How many log responses are open."""
@@ -334,6 +348,7 @@ class LogStreams:
         """Remember an open log response until it is finished or lost."""
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
         self._streams.add(finished)
+        self._streamRequests[finished] = request
         self._streamsBy[user] += 1
         channel = getattr(request, "channel", None)
         if channel is not None:
@@ -341,6 +356,7 @@ class LogStreams:
 
         def done(result: object) -> None:
             self._streams.discard(finished)
+            self._streamRequests.pop(finished, None)
             self._streamsBy[user] -= 1
             if self._streamsBy[user] <= 0:
                 del self._streamsBy[user]
@@ -362,8 +378,10 @@ class LogStreams:
         At shutdown, after the jobs ended: let every open log response send
         its last bytes and its end (chunked terminator, SSE C{end} event),
         then close its connection and wait until it is closed, so the bytes
-        have left the process before the reactor stops. Bounded by
-        C{timeout} seconds in all.
+        have left the process before the reactor stops. Responses still
+        sending are waited for while their bytes move (L{DRAIN_QUIET},
+        L{DRAIN_LIMIT}); the closing after them is bounded by C{timeout}
+        seconds.
         """
         channels = list(self._streamChannels.values())
         pending = list(self._streams)
@@ -374,6 +392,7 @@ class LogStreams:
     async def _drain(
         self, pending: list[Deferred[None]], channels: list[Any], timeout: float
     ) -> None:
+        await self._whileSending(pending)
         deadline = self._clock.seconds() + timeout
 
         async def bounded(waits: list[Deferred[Any]]) -> None:
@@ -383,7 +402,6 @@ class LogStreams:
             both = DeferredList(waits, consumeErrors=True)
             await both.addTimeout(left, self._clock).addErrback(lambda _: None)
 
-        await bounded(pending)
         # A client whose stream just ended may ask one more thing on the
         # same connection (jw asks for the job's final status): let each
         # connection fall quiet before closing it.
@@ -400,6 +418,41 @@ class LogStreams:
             closing.append(whenClosed())
             channel.loseConnection()
         await bounded(closing)
+
+    async def _whileSending(self, pending: list[Deferred[None]]) -> None:
+        """
+        Wait for the C{pending} log responses to finish while any of them
+        sends: until none has sent a byte for L{DRAIN_QUIET} seconds, or
+        for L{DRAIN_LIMIT} seconds in all. (A fixed 5 s cut a follower a
+        loaded machine had left megabytes behind: fault suite.)
+        """
+        now = started = movedAt = self._clock.seconds()
+        sent = self._sent(pending)
+        while not all(finished.called for finished in pending):
+            if now - movedAt >= DRAIN_QUIET or now - started >= DRAIN_LIMIT:
+                self.log.warn(
+                    "shutdown: {count} log response(s) not finished after "
+                    "{seconds:.1f}s (none sent a byte for {quiet:g}s, or "
+                    "{limit:g}s passed) are cut",
+                    quiet=DRAIN_QUIET,
+                    limit=DRAIN_LIMIT,
+                    count=sum(not finished.called for finished in pending),
+                    seconds=now - started,
+                )
+                return
+            await deferLater(self._clock, DRAIN_LOOK, lambda: None)
+            now, before, sent = self._clock.seconds(), sent, self._sent(pending)
+            if sent != before:
+                movedAt = now
+
+    def _sent(self, pending: list[Deferred[None]]) -> int:
+        """The bytes the C{pending} responses have sent so far, and how many
+        of them have finished (a finish is progress too)."""
+        total = 0
+        for finished in pending:
+            request = self._streamRequests.get(finished)
+            total += getattr(request, "sentLength", 0) if request else 1
+        return total
 
 
 def _format(request: IRequest) -> str:
