@@ -7,11 +7,21 @@ was answered 200 "written", for bytes the job never got.
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from twisted.internet.defer import ensureDeferred, gatherResults
-from twisted.trial.unittest import TestCase
+import treq
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    gatherResults,
+)
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from .support import LiveServer
+from jobworker.errors import TooManyRequests
+from jobworker.executors.local.stdin import StdinFeed
+
+from .support import LiveServer, sleep
 from .test_integration import call
 
 
@@ -45,3 +55,121 @@ class UnreadStdinTests(TestCase):
         self.assertTrue(
             any("before it took" in str(error) for error in refused), answers
         )
+
+
+class HeldStdinTests(TestCase):
+    """
+    Attacker round 8: a client that hung up on each stdin write while the
+    job did not read had every body kept in the server's memory (3,225
+    writes of 64 KiB in 20 s: 200 MiB more, held after the job ended).
+    """
+
+    timeout = 60
+
+    async def test_writeWhileOneWaitsRefused(self) -> None:
+        """
+        A job that never reads: writes until one waits for room; the next,
+        sent while it waits, is 429 at once and nothing of it is kept (it
+        was taken into the writer's buffer and waited too).
+        """
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "600", stdin=True)
+        path = f"/jobs/{job['id']}/stdin"
+
+        def write() -> Deferred[tuple[Any, bytes]]:
+            return ensureDeferred(
+                call(
+                    server,
+                    "POST",
+                    path,
+                    raw=b"x" * 60000,
+                    contentType=b"application/octet-stream",
+                )
+            )
+
+        # Writes of 60,000 bytes, each given 0.2 s to be answered: once one
+        # is not (the pipe and the writer's buffer are full), the next is
+        # refused at once. (A slow answer that was not waiting is taken for
+        # one: the next write is then answered 200, and the loop goes on.)
+        pending: list[Deferred[tuple[Any, bytes]]] = []
+        refused = None
+        for _ in range(12):
+            pending.append(write())
+            await sleep(0.2)
+            done = pending[-1]
+            if done.called and done.result[0].code == 429:
+                refused = done.result
+                break
+        self.assertIsNotNone(refused, "no write was refused")
+        response, body = refused  # type: ignore[misc]
+        self.assertIn("has not read the last write", json.loads(body)["error"])
+        self.assertTrue(response.headers.hasHeader(b"retry-after"))
+        waiting = [d for d in pending if not d.called]
+        self.assertEqual(len(waiting), 1, "one write waits, and only one")
+        stopped = await server.request("POST", f"/jobs/{job['id']}/stop")
+        await treq.content(stopped)
+        response, body = await waiting[0]
+        self.assertEqual(response.code, 409, body)
+        for d in pending[:-1]:
+            if d is not waiting[0]:
+                self.assertEqual((await d)[0].code, 200)
+
+
+class FeedTests(SynchronousTestCase):
+    """L{StdinFeed} alone, its pipe writer a fake."""
+
+    def setUp(self) -> None:
+        self.sent: list[bytes] = []
+        writer = Writer()
+        transport = Transport(writer, self.sent)
+        self.feed = StdinFeed(1 << 20)
+        self.feed.attach(transport)  # type: ignore[arg-type]
+        self.assertIs(writer.producer, self.feed)
+
+    def test_cancelledWaitForgotten(self) -> None:
+        """Waiting writes whose clients went away (Klein cancels them) are
+        forgotten: empty writes, each hung up on, piled up for as long as
+        the job did not read."""
+        self.successResultOf(self.feed.write(b"a"))
+        self.feed.pauseProducing()
+        for _ in range(100):
+            gone = self.feed.write(b"")
+            gone.cancel()
+            self.failureResultOf(gone, CancelledError)
+        self.assertEqual(self.feed._waiting, [])
+        later = self.feed.write(b"")
+        self.feed.resumeProducing()
+        self.successResultOf(later)
+
+    def test_bytesWhilePausedRefused(self) -> None:
+        """Bytes sent while the writer's buffer is over its mark are refused,
+        not kept; an end of file alone is taken."""
+        self.feed.pauseProducing()
+        with self.assertRaises(TooManyRequests):
+            self.feed.write(b"more")
+        self.assertEqual((self.sent, self.feed.written), ([], 0))
+        self.successResultOf(self.feed.write(b"", eof=True))
+        self.assertTrue(self.feed.closed)
+
+
+class Writer:
+    """A pipe writer: who produces for it."""
+
+    producer: object = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+
+class Transport:
+    """A process transport with a stdin pipe."""
+
+    def __init__(self, writer: Writer, sent: list[bytes]) -> None:
+        self.pipes = {0: writer}
+        self._sent = sent
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self._sent.append(data)
+
+    def closeStdin(self) -> None:
+        self._sent.append(b"<eof>")

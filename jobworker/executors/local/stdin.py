@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProcessTransport, IPushProducer
 from zope.interface import implementer
 
-from ...errors import Conflict, PayloadTooLarge
+from ...errors import Conflict, PayloadTooLarge, TooManyRequests
 
 
 @implementer(IPushProducer)
@@ -16,9 +16,11 @@ class StdinFeed:
     """
     The writing end of a job's stdin pipe (C{"stdin": true} jobs). Each
     L{write} hands bytes to the pipe's writer and fires once the writer's
-    buffer is below its mark again, so a client that waits for each answer
-    before sending more never makes the server hold more than one request's
-    bytes and the writer's buffer (64 KiB) per job.
+    buffer is below its mark again. A write that comes while the buffer is
+    over its mark is refused (429), whether the client waits for each
+    answer or not (it may have hung up on the one still waiting): the
+    server never holds more than one request's bytes and the writer's
+    buffer (64 KiB) per job.
 
     @ivar written: bytes accepted so far.
     @ivar closed: the pipe is closed (by L{close}, or the job closed its end).
@@ -82,6 +84,14 @@ class StdinFeed:
                 f"a job's stdin takes at most {self._maxBytes} bytes "
                 "(--max-stdin-bytes)"
             )
+        if data and self._paused:
+            # Taken, each body would stay in the writer's buffer until the
+            # job reads: a client hanging up on each answer filled the
+            # server's memory (attacker round 8).
+            raise TooManyRequests(
+                "the job has not read the last write to its stdin yet: send "
+                "more once that write is answered"
+            )
         if data:
             self._transport.writeToChild(0, data)
             self.written += len(data)
@@ -90,9 +100,15 @@ class StdinFeed:
             return succeed(None)
         if not self._paused:
             return succeed(None)
-        waiting: Deferred[None] = Deferred()
+        waiting: Deferred[None] = Deferred(self._forget)
         self._waiting.append(waiting)
         return waiting
+
+    def _forget(self, waiting: Deferred[None]) -> None:
+        """A waiting write's client went away: it is not answered later
+        (firing it again would raise out of the pipe's writer)."""
+        if waiting in self._waiting:
+            self._waiting.remove(waiting)
 
     def close(self) -> None:
         """End of file for the job (what is buffered is written first)."""
