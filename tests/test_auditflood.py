@@ -17,6 +17,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth import audit as auditModule
 from jobworker.auth.audit import AuditLog
 from jobworker.server.api import TOKEN_BURST, TOKEN_RATE
 
@@ -170,4 +171,59 @@ class SparseTests(SynchronousTestCase):
         self.assertEqual(
             [(e["client"], e.get("left_out")) for e in lines],
             [("1.2.3.4", None), ("5.6.7.8", None), ("1.2.3.4", 2)],
+        )
+
+    def lines(self, path: str) -> list[dict[str, Any]]:
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+
+    def test_clientsCountedAsTheThrottlesCountThem(self) -> None:
+        """
+        Attacker round 8: 200 refusals from 200 loopback addresses wrote 200
+        lines (any local process may use any of 127/8's addresses; a remote
+        client any of its IPv6 /64's). They are one client, as for the login
+        throttle: one line, the next one counts the rest.
+        """
+        clock = Clock()
+        path = self.mktemp()
+        log = AuditLog(path, clock)
+        for n in range(200):
+            log.recordSparsely("access.denied", "rita", f"127.1.0.{n % 250}", "x")
+        for n in range(10):
+            log.recordSparsely("access.denied", "rita", f"2001:db8::{n}", "x")
+        clock.advance(60)
+        log.reportLeftOut()
+        self.assertEqual(
+            [(e["client"], e.get("left_out")) for e in self.lines(path)],
+            [
+                ("127.1.0.0", None),
+                ("2001:db8::0", None),
+                ("127.1.0.199", 199),
+                ("2001:db8::9", 9),
+            ],
+        )
+
+    def test_boundedAndCountsKept(self) -> None:
+        """Past MAX_SPARSE keys the one written longest ago is forgotten,
+        one at a time (not the table rebuilt at each new key), and what it
+        had left out is written as it goes."""
+        self.patch(auditModule, "MAX_SPARSE", 3)
+        clock = Clock()
+        path = self.mktemp()
+        log = AuditLog(path, clock)
+        log.recordSparsely("access.denied", "u0", "1.2.3.4", "x")
+        log.recordSparsely("access.denied", "u0", "1.2.3.4", "x")  # left out
+        for n in range(1, 5):
+            log.recordSparsely("access.denied", f"u{n}", "1.2.3.4", "x")
+        self.assertEqual(len(log._sparse), 3)
+        self.assertEqual(
+            [(e["user"], e.get("left_out")) for e in self.lines(path)],
+            [
+                ("u0", None),
+                ("u1", None),
+                ("u2", None),
+                ("u0", 1),
+                ("u3", None),
+                ("u4", None),
+            ],
         )

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..jobs.records import rfc3339
+from ..peers import clientKey
 
 #: How often L{AuditLog.recordSparsely} writes one event of one user, at most.
 SPARSE_EVERY = 60.0
-#: How many (event, user, client) it remembers before it forgets quiet ones.
+#: How many (event, user, client) it remembers: past them, the one written
+#: longest ago is forgotten (its count written first, if it has one).
 MAX_SPARSE = 10000
 
 
@@ -35,9 +38,12 @@ class AuditLog:
         #: The file ends in the middle of a line (a write the disk cut
         #: short): the next line starts with an end of line.
         self._cut = False
-        #: L{recordSparsely}'s (event, user, client): when last written,
-        #: and how many left out since.
-        self._sparse: dict[tuple[str, str | None, str], tuple[float, int]] = {}
+        #: L{recordSparsely}'s (event, user, client as counted): when last
+        #: written, how many left out since, and the address last written;
+        #: the one written longest ago first.
+        self._sparse: OrderedDict[
+            tuple[str, str | None, str], tuple[float, int, str]
+        ] = OrderedDict()
         if path is not None:
             self._fd, self._cut = self._open(path)
 
@@ -110,25 +116,30 @@ class AuditLog:
     ) -> None:
         """
         L{record}, at most once every L{SPARSE_EVERY} seconds for one
-        C{event} of one C{user} from one C{client}: the next line written
+        C{event} of one C{user} from one client (as the throttles count
+        clients, L{clientKey}: all of loopback is one, an IPv6 client its
+        /64; 200 loopback addresses wrote 200 lines): the next line written
         says how many were left out in between (C{left_out}), or
         L{reportLeftOut}'s once they stopped. For events a request that
         changes nothing earns (a refusal): a loop of them wrote 2,000 lines
         a second.
         """
-        key = (event, user, client)
+        key = (event, user, clientKey(client))
         now = self._clock.seconds()
-        last, leftOut = self._sparse.get(key, (None, 0))
+        last, leftOut, _ = self._sparse.get(key, (None, 0, client))
         if last is not None and 0 <= now - last < SPARSE_EVERY:
-            self._sparse[key] = (last, leftOut + 1)
+            self._sparse[key] = (last, leftOut + 1, client)
             return
-        if len(self._sparse) >= MAX_SPARSE:
-            self._sparse = {
-                k: (when, n)
-                for k, (when, n) in self._sparse.items()
-                if n or 0 <= now - when < SPARSE_EVERY
-            }
-        self._sparse[key] = (now, 0)
+        self._sparse[key] = (now, 0, client)
+        self._sparse.move_to_end(key)
+        while len(self._sparse) > MAX_SPARSE:
+            (oldEvent, oldUser, _), (_, oldLeftOut, oldClient) = self._sparse.popitem(
+                last=False
+            )
+            if oldLeftOut:
+                self.record(
+                    oldEvent, oldUser, oldClient, "refused", left_out=oldLeftOut
+                )
         if leftOut:
             fields["left_out"] = leftOut
         self.record(event, user, client, result, **fields)
@@ -140,10 +151,11 @@ class AuditLog:
         stopped is counted too (call once a minute).
         """
         now = self._clock.seconds()
-        for key, (last, leftOut) in list(self._sparse.items()):
+        for key, (last, leftOut, client) in list(self._sparse.items()):
             if leftOut and not 0 <= now - last < SPARSE_EVERY:
-                event, user, client = key
-                self._sparse[key] = (now, 0)
+                event, user, _ = key
+                self._sparse[key] = (now, 0, client)
+                self._sparse.move_to_end(key)
                 self.record(event, user, client, "refused", left_out=leftOut)
 
     def record(
