@@ -356,14 +356,15 @@ class Sandbox:
         if self.usesLauncher:
             start = self._start(identity, cwd)
             return self._launcherArgv(identity, command, cwd, gated, env, start)
-        pidNamespace = "pid" in self._isolate
+        pidNamespace = self._pidNamespace(identity)
         argv: list[str] = []
         if gated and pidNamespace:
             argv += [POSIX_SHELL, "-c", GATE_ONLY, "jobworker-gate"]
         argv += [SETSID, UNSHARE]
-        for name in ("pid", "net"):
-            if name in self._isolate:
-                argv += ISOLATION[name]
+        if pidNamespace:
+            argv += ISOLATION["pid"]
+        if "net" in self._isolate:
+            argv += ISOLATION["net"]
         argv += ["--mount", "--ipc", "--"]
         script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
         start = self._start(identity, cwd)
@@ -385,6 +386,11 @@ class Sandbox:
         if cwd is not None:
             argv += [POSIX_SHELL, "-c", CHDIR, cwd]
         return argv + command
+
+    def _pidNamespace(self, identity: Identity) -> bool:
+        """Does a job of C{identity} get a PID namespace of its own?
+        (C{--isolate pid}; always for the shared C{--run-as} account.)"""
+        return "pid" in self._isolate or identity.ownPidNamespace
 
     def _launcherArgv(
         self,
@@ -411,7 +417,7 @@ class Sandbox:
         options = (
             ("ge" if gated else "")
             + ("n" if "net" in self._isolate else "")
-            + ("p" if "pid" in self._isolate else "")
+            + ("p" if self._pidNamespace(identity) else "")
             + ("k" if identity.dynamic else "")
         )
         groups = ",".join(str(g) for g in identity.groups) or "-"
