@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 from typing import Any
@@ -34,6 +35,7 @@ from jobworker.executors.local.sandbox import (
 )
 from jobworker.jobs.identity import (
     DYNAMIC_UIDS,
+    LOCK_DIR,
     DynamicUids,
     Identities,
     Identity,
@@ -42,7 +44,7 @@ from jobworker.jobs.identity import (
     parseRange,
     rangeClashes,
 )
-from jobworker.jobs.recovery import processesOf
+from jobworker.jobs.recovery import hasLiveParent, processesOf
 
 from .support import CERT, KEY, LiveServer, sharedPath, sleep
 from .test_pump import readCmdline
@@ -1308,6 +1310,76 @@ class ReclaimTests(SynchronousTestCase):
         self.assertEqual(killed, [[12, 13]])
         # Reclaimed uids are held until their processes are gone.
         self.assertNotIn(70005, [pool.acquire() for _ in range(8)])
+
+    def test_liveParentsJobKeptAside(self) -> None:
+        """
+        Fault round 7: a uid whose lock file a cleaner of /run removed
+        under a live server's running job was taken by a second server at
+        its start, and the job killed as a dead server's leftover. Its
+        processes have a live parent: held, never handed out, not killed.
+        """
+        lockDir = self.mktemp()
+        other = DynamicUids(70000, 70002, lockDir)
+        busy = other.acquire()
+        os.unlink(os.path.join(lockDir, str(busy)))
+        pool = DynamicUids(70000, 70002, lockDir)
+        killed: list[list[int]] = []
+        found = pool.reclaim(
+            {busy: [11], 70002: [12]},
+            killed.append,
+            lambda uid, pids: uid == busy,
+        )
+        self.assertEqual((found, killed, pool.keptAside), ([70002], [[12]], [busy]))
+        pool.release(70002)
+        self.assertEqual(
+            {pool.acquire(), pool.acquire()}, {70000, 70001, 70002} - {busy}
+        )
+
+    def test_liveParentSeenInProc(self) -> None:
+        """L{hasLiveParent} on real processes: a child of this (live) process
+        has one; one whose parent exited, reparented to init, has not."""
+        requireRoot()
+        uid = 71999
+        child = subprocess.Popen(["sleep", "30"], user=uid, group=uid)
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        started = subprocess.run(
+            ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+            user=uid,
+            group=uid,
+            capture_output=True,
+            check=True,
+        )
+        orphan = int(started.stdout)
+        self.addCleanup(os.kill, orphan, signal.SIGKILL)
+        self.assertTrue(hasLiveParent(uid, [child.pid]))
+        self.assertFalse(hasLiveParent(uid, [orphan]))
+        self.assertTrue(hasLiveParent(uid, [orphan, child.pid]))
+
+
+class LockFileRemovedTests(TestCase):
+    timeout = 60
+
+    async def test_secondServerLeavesTheJobAlone(self) -> None:
+        """
+        Fault round 7, end to end: server A runs a job as a dynamic uid, a
+        cleaner removes that uid's lock file, server B starts with the same
+        range: A's job runs on (B killed it, and A recorded it FAILED).
+        """
+        requireRoot()
+        first = LiveServer(self)
+        job = await first.createJob("sleep", "60")
+        uid = int(job["run_as"].split(":")[1])
+        for _ in range(200):  # past its set-up (as root), running as the uid
+            if job["pid"] in processesOf(uid):
+                break
+            await sleep(0.02)
+        os.unlink(os.path.join(LOCK_DIR, str(uid)))
+        LiveServer(self)
+        await sleep(0.5)
+        _, record = await first.json("GET", f"/jobs/{job['id']}")
+        self.assertEqual(record["status"], "RUNNING", record)
+        self.assertIn(job["pid"], processesOf(uid))
 
 
 class RootGroupAccountTests(SynchronousTestCase):

@@ -252,6 +252,9 @@ class DynamicUids:
         self._lockDir = lockDir
         self._held: dict[int, int] = {}
         self._next = first
+        #: Uids L{reclaim} found in use by a live job of no lock: held, never
+        #: handed out, never killed.
+        self.keptAside: list[int] = []
         os.makedirs(lockDir, mode=0o700, exist_ok=True)
 
     def __len__(self) -> int:
@@ -337,16 +340,25 @@ class DynamicUids:
         self,
         processes: dict[int, list[int]],
         kill: Callable[[list[int]], object],
+        liveParent: Callable[[int, list[int]], bool] = lambda uid, pids: False,
     ) -> list[int]:
         """
         At start-up, given the live C{processes} of the range by uid: the
         uids left by a server that died, that no live server holds. Each is
         held (so it is not handed out) and its processes are killed; the
         caller releases it once they are gone.
+
+        A uid whose lock no server holds but whose processes descend from a
+        live parent (C{liveParent}: another server's job, whose lock file
+        was removed under it by a cleaner of /run) is held for good and
+        nothing of it killed (L{keptAside}): it killed that server's job.
         """
         found: list[int] = []
         for uid, pids in processes.items():
             if uid not in self.uids or uid in self._held or not self._lock(uid):
+                continue
+            if liveParent(uid, pids):
+                self.keptAside.append(uid)
                 continue
             kill(pids)
             found.append(uid)

@@ -159,6 +159,41 @@ def processesByUid(uids: range | None = None) -> dict[int, list[int]]:
     return found
 
 
+#: The processes between a job and its server that are not the job's uid:
+#: the compiled launcher (the spawner, its copy as a PID namespace's first
+#: process) and the exec chain's C{unshare --fork}, by command name.
+_BETWEEN = ("launcher-", "unshare")
+
+
+def hasLiveParent(uid: int, pids: list[int]) -> bool:
+    """
+    Does one of C{pids} (processes of C{uid}) descend from a live process
+    other than init: up through C{uid}'s own processes and jobworker's
+    launchers, the first other ancestor is not PID 1 (a live server's job).
+    A dead server's leftovers were reparented to init. (A subreaper would
+    keep them: they are then left alone, never a live job killed.)
+    """
+    for pid in pids:
+        current = pid
+        for _ in range(64):
+            fields = _stat(current)
+            if fields is None:
+                break
+            parent = int(fields[1])
+            if parent <= 1:
+                break
+            try:
+                owner = os.stat(f"/proc/{parent}").st_uid
+                with open(f"/proc/{parent}/comm", "rb") as f:
+                    name = f.read().decode("ascii", "replace").strip()
+            except OSError:
+                break
+            if owner != uid and not name.startswith(_BETWEEN):
+                return True
+            current = parent
+    return False
+
+
 def processesOf(uid: int) -> list[int]:
     """Every live process whose (effective) user is C{uid}."""
     return processesByUid(range(uid, uid + 1)).get(uid, [])

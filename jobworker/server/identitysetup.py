@@ -22,7 +22,7 @@ from ..jobs.identity import (
     IdentityError,
     rangeClashes,
 )
-from ..jobs.recovery import killAll, processesByUid, processesOf
+from ..jobs.recovery import hasLiveParent, killAll, processesByUid, processesOf
 from .options import Options
 from .startup import fatal
 
@@ -87,7 +87,14 @@ def identities(config: Options, slurm: bool) -> Identities:
 
 def _reclaim(pool: DynamicUids) -> None:
     """Kill what a dead server's dynamic jobs left, then free their uids."""
-    found = pool.reclaim(processesByUid(pool.uids), killAll)
+    found = pool.reclaim(processesByUid(pool.uids), killAll, hasLiveParent)
+    for uid in pool.keptAside:
+        log.warn(
+            "dynamic uid {uid} is free of any lock, but its processes belong to "
+            "a live parent (another server's job, its lock file removed?): "
+            "left alone, and not used",
+            uid=uid,
+        )
     for uid in found:
         for _ in range(100):
             if not processesOf(uid):
