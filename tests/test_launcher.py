@@ -345,8 +345,19 @@ def run(
         (os.POSIX_SPAWN_DUP2, errWrite, 2),
         (os.POSIX_SPAWN_DUP2, reader, 3),
     ]
+    # Every signal this process ignores back to its default, as the server's
+    # spawnProcess does: a test run started with SIGINT ignored (a CI job
+    # in a shell's background) would otherwise pass that on to the chain's
+    # job, which the server never does.
+    ignored = [
+        signum
+        for signum in range(1, signal.NSIG)
+        if signal.getsignal(signum) == signal.SIG_IGN
+    ]
     try:
-        pid = os.posix_spawn(argv[0], argv, ROOT_ENVIRONMENT, file_actions=actions)
+        pid = os.posix_spawn(
+            argv[0], argv, ROOT_ENVIRONMENT, file_actions=actions, setsigdef=ignored
+        )
     finally:
         for fd in (reader, outWrite, errWrite):
             os.close(fd)

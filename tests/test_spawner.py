@@ -49,7 +49,7 @@ from jobworker.executors.local.spawner import (
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.recovery import processStartTime
 
-from .support import LiveServer, sleep
+from .support import LiveServer, sleep, waitUntil
 from .test_launcher import compiled, readState, requireRoot, testIdentity
 
 
@@ -556,6 +556,7 @@ class DeadSpawnerTests(TestCase):
         self.addCleanup(lambda: ended)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
         os.kill(pid, signal.SIGSTOP)
+        await waitUntil(lambda: readState(pid) == "T", what="the spawner's stop")
         spawner.spawnProcess(proto, argv).closeChildFD(3)  # the standby
         with self.assertRaises(SpawnerGone):
             spawner.spawnProcess(ProcessProtocol(), argv)
@@ -903,6 +904,9 @@ class ServerSpawnerTests(TestCase):
         pid = generation.process.pid
         os.kill(pid, signal.SIGSTOP)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
+        # The stop takes effect once the spawner is next scheduled: until
+        # then /proc says it runs, and a spawn rightly waits for it once.
+        await waitUntil(lambda: readState(pid) == "T", what="the spawner's stop")
         # The first may take the standby announced before the stop (its
         # end then waits for the spawner); the others find none: the server
         # cannot start them now, a 503 to try again (they were FAILED jobs).
