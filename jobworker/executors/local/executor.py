@@ -245,6 +245,8 @@ class LocalExecutor:
         self._pumps = pumps
         self._jobsDir = jobsDir
         self._grace = grace
+        #: Stores a live job's record when a stop is first asked (L{attach}).
+        self._saveStop: Callable[[JobRecord], None] | None = None
         self._signalGroupOf = signalGroupOf
         self._maxLogBytes = maxLogBytes
         self._cgroups = cgroups
@@ -406,7 +408,12 @@ class LocalExecutor:
         save: Callable[[JobRecord], None],
         find: Callable[[str], JobRecord | None],
     ) -> None:
-        """A local job's record changes only at its end: nothing to save."""
+        """
+        A local job's record changes before its end only when a stop is
+        first asked (C{stopped_by}): saved then, so that a crash in the
+        grace closes it C{STOPPED} (L{recover}).
+        """
+        self._saveStop = save
 
     def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
         """Never: a local job waiting on others waits in the manager's queue."""
@@ -520,6 +527,7 @@ class LocalExecutor:
             groups=self._groups,
             leftovers=self._leftovers,
         )
+        job.onStop = self._saveStop
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
         env = record.env
         cgroup = None
@@ -654,11 +662,16 @@ class LocalExecutor:
                 except OSError:
                     size = 0
                 setattr(record, f"{stream}_bytes", size)
-            record.finish(JobStatus.FAILED, self._reactor.seconds(), error=reason)
+            # A stop asked (stored at once) ends as a stop, however it ended.
+            status = (
+                JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
+            )
+            record.finish(status, self._reactor.seconds(), error=reason)
             self.log.warn(
-                "job {job} was running when the worker stopped: marked FAILED, "
+                "job {job} was running when the worker stopped: marked {status}, "
                 "{killed} leftover process(es) killed",
                 job=record.id,
+                status=status.value,
                 killed=killed,
             )
         for job in noted:

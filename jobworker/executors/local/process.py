@@ -177,6 +177,8 @@ class JobProcess:
         self._cleanWaiters: list[Deferred[None]] = []
         self._leftovers = leftovers
         self._noted = False
+        #: Told the record when a stop is first asked (to store it).
+        self.onStop: Callable[[JobRecord], None] | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -298,6 +300,11 @@ class JobProcess:
             return self.whenEnded()
         if self.record.stopped_by is None:
             self.record.stopped_by = by
+            self.record.stop_requested_at = self._clock.seconds()
+            if self.onStop is not None:
+                # Stored now: a crash in the grace then closes the job
+                # STOPPED, by whom, not FAILED (fault round 7).
+                self.onStop(self.record)
             self.log.info(
                 "stopping job {job} (pid {pid}) for {user} with {signal}",
                 job=self.record.id,
