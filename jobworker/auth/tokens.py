@@ -21,6 +21,11 @@ PREFIX = "jw1"
 KEY_BYTES = 32
 #: The longest token accepted: a bigger header is refused before any work.
 MAX_TOKEN_CHARS = 1024
+#: How far ahead of the server's now a token's issue time may be (seconds):
+#: a clock slewed back, or servers sharing a key a little apart. One issued
+#: further ahead (the clock was stepped forward, then back) is refused: it
+#: would live for the step and a ttl, and after a revocation.
+MAX_CLOCK_SKEW = 60.0
 
 
 class InvalidToken(Exception):
@@ -148,8 +153,12 @@ class TokenSigner:
         self._clock = clock
         self.ttl = ttl
         self._credentials: Callable[[str], bytes | None] = _unbound
-        #: user name -> when its tokens were revoked (kept for one ttl).
+        #: user name -> when its tokens were revoked (kept one ttl past it).
         self._revoked: dict[str, float] = {}
+        #: user name -> the latest issue time of theirs stamped or accepted
+        #: (one entry per user who logged in): ahead of now once the clock
+        #: was stepped back.
+        self._latestIssued: dict[str, float] = {}
 
     def bind(self, credentials: Callable[[str], bytes | None]) -> None:
         """
@@ -165,14 +174,27 @@ class TokenSigner:
         old credentials come back (a removed line put back, a password
         changed back). Remembered in memory for one token lifetime; the
         credentials in the mac are what holds across restarts.
+
+        "Until now" is the latest issue time of the user's this signer has
+        stamped or accepted if that is later (the clock was ahead, then
+        stepped back): a token issued then is older than the revocation,
+        though its issue time is not, and would work once the clock caught
+        up. (The user's new tokens are refused until then too: they have
+        Basic or a certificate meanwhile.)
         """
         now = self._clock.seconds()
+        until = max(now, self._latestIssued.get(name, now))
         self._revoked = {
             other: when
             for other, when in self._revoked.items()
             if when > now - self.ttl
         }
-        self._revoked[name] = now
+        self._latestIssued = {
+            other: when
+            for other, when in self._latestIssued.items()
+            if when > now - self.ttl
+        }
+        self._revoked[name] = until
 
     def _mac(self, payload: str, credentials: bytes) -> str:
         message = payload.encode("ascii") + b"." + credentials
@@ -196,14 +218,17 @@ class TokenSigner:
         credentials = self._credentials(name)
         if credentials is None:
             credentials = secrets.token_bytes(KEY_BYTES)
+        else:
+            self._latestIssued[name] = max(self._latestIssued.get(name, now), now)
         return f"{PREFIX}.{payload}.{self._mac(payload, credentials)}", expires
 
     def verify(self, token: str) -> tuple[str, str]:
         """
         The user name and role a valid token was issued for.
 
-        @raise InvalidToken: forged, another key's, malformed, expired, or
-            its user was removed or changed since.
+        @raise InvalidToken: forged, another key's, malformed, expired,
+            issued more than L{MAX_CLOCK_SKEW} ahead of now, or its user
+            was removed or changed since.
         """
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("token too long")
@@ -243,4 +268,13 @@ class TokenSigner:
         if now - issued > self.ttl:
             # Issued under a longer --token-ttl: the server's ttl now rules.
             raise InvalidToken("token older than the server's --token-ttl", name)
+        if issued - now > MAX_CLOCK_SKEW:
+            # Issued while the clock was ahead: refused, not counted from a
+            # time that has not come (it would outlive the ttl by the step).
+            # Its expiry needs no check of its own: a token verifies only
+            # while its issue time is within a ttl back and the skew ahead.
+            raise InvalidToken("token issued in the future (the clock was ahead)", name)
+        # Accepted: a revocation from now on must cover it (L{revoke}).
+        if issued > self._latestIssued.get(name, issued - 1):
+            self._latestIssued[name] = issued
         return name, role
