@@ -11,6 +11,12 @@ Run I{k} of the combined output is entry I{k}'s stream from its offset up
 to that stream's next entry (always I{k+2}: entries alternate), or to the
 stream's current size. Every byte of both files is in exactly one run, so a
 combined reader delivers every byte once, even from a partial order file.
+
+A damaged order file (cut by hand, a hole, entries lost) may leave bytes
+that no run covers: a reader sends them with the next run of their stream,
+or after the last entry, coarser order but no byte lost; and should it ever
+end short of what it was to send, it fails (the response is cut) rather
+than ending as though that were all.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from .folders import openOutput
 from .order import _ENTRY, decodeEntries
@@ -90,6 +97,8 @@ class CombinedReader(FileProducer):
     the consumer's back-pressure; with C{follow}, until both streams close.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         streams: tuple[OutputSource, OutputSource],
@@ -121,6 +130,10 @@ class CombinedReader(FileProducer):
         #: was then too (entries written since cover bytes past the sizes).
         self._orderLimit = order.size
         self._orderFd: int | None = None
+        #: The order file ended before its recorded size where it was last
+        #: read (cut by hand): read as exhausted there.
+        self._orderEnded = False
+        self._orderEndLogged = False
 
     def at(self, index: int) -> int:
         return self.position[index]
@@ -131,28 +144,37 @@ class CombinedReader(FileProducer):
 
     def _orderExhausted(self) -> bool:
         """Has every whole entry of the order file been read?"""
-        return self._orderSize() - self._orderRead < _ENTRY.size
+        return self._orderEnded or self._orderSize() - self._orderRead < _ENTRY.size
 
     def _readOrder(self) -> None:
-        if self._orderExhausted():
-            if not self._entries and (self._closed() or not self._follow):
-                # No order file, or not one whole entry (a Slurm job, a job
-                # from before it existed, a silent one, a file cut short):
-                # all of stdout, then all of stderr. Safe for a snapshot
-                # (sizes fixed at the start) or once both streams are
-                # closed; a follower of a live job waits for that.
-                self._entries = [(0, 0), (1, 0)]
-            return
-        if len(self._entries) - self._run > ORDER_LOOKAHEAD:
-            # Enough entries ahead: memory stays constant per reader, however
-            # long the order file grows.
-            return
+        if self._orderEnded and self._follow:
+            # A live job's order file cut by hand gets entries again at its
+            # next switch (past a hole): look again.
+            self._orderEnded = False
+        if not self._orderExhausted():
+            if len(self._entries) - self._run > ORDER_LOOKAHEAD:
+                # Enough entries ahead: memory stays constant per reader,
+                # however long the order file grows.
+                return
+            self._readEntries()
+            if not self._orderEnded:
+                return
+        if not self._entries and (self._closed() or not self._follow):
+            # No order file, or not one whole entry (a Slurm job, a job
+            # from before it existed, a silent one, a file cut short):
+            # all of stdout, then all of stderr. Safe for a snapshot
+            # (sizes fixed at the start) or once both streams are
+            # closed; a follower of a live job waits for that.
+            self._entries = [(0, 0), (1, 0)]
+
+    def _readEntries(self) -> None:
+        """Read the next entries of the order file (a chunk at most)."""
         try:
             if self._orderFd is None:
                 # Kept open: a job deleted while this is sent stays readable.
                 self._orderFd = openOutput(self._order.path)
-            unread = self._orderSize() - self._orderRead
-            data = os.pread(self._orderFd, min(unread, ORDER_CHUNK), self._orderRead)
+            wanted = min(self._orderSize() - self._orderRead, ORDER_CHUNK)
+            data = os.pread(self._orderFd, wanted, self._orderRead)
         except OSError as e:
             # Without the order the rest cannot be interleaved: a broken
             # end, not a clean one that leaves output out.
@@ -161,6 +183,22 @@ class CombinedReader(FileProducer):
         entries = decodeEntries(data)
         self._orderRead += len(entries) * _ENTRY.size
         self._entries.extend(entries)
+        if len(data) < wanted:
+            # Shorter than its recorded size (cut by hand while the job
+            # ran): no entry will come from past here, so the bytes none
+            # placed are sent after the others (L{_unrecorded}). Waiting
+            # for entries that never come ended the reader short of its
+            # sizes, and the response short of its Content-Length.
+            self._orderEnded = True
+            if not self._orderEndLogged:
+                self._orderEndLogged = True
+                self.log.warn(
+                    "{path} ends at {end}, short of the {size} bytes recorded: "
+                    "the output's order is coarser from there, no byte is lost",
+                    path=self._order.path,
+                    end=self._orderRead + len(data) - len(entries) * _ENTRY.size,
+                    size=self._orderSize(),
+                )
 
     def _close(self) -> bool:
         if self._orderFd is not None:
@@ -189,16 +227,21 @@ class CombinedReader(FileProducer):
                 if self._follow and not self._closed():
                     self._wait()
                     return
-                self._finish()
+                self._end()
                 return
-            stream, start = entries[k]
+            stream = entries[k][0]
             following = next(
                 (o for s, o in entries[k + 1 : k + 3] if s == stream), None
             )
             end = following if following is not None else self._size(stream)
             if not self._follow:
                 end = min(end, self._limits[stream])  # the sizes it announced
-            offset = max(self.position[stream], start)
+            # From where the stream was read to, not from the entry's start:
+            # in a sound order file they are one (a run ends where its
+            # stream's next begins), in a damaged one (cut, entries lost)
+            # bytes no entry places lie between, and are sent now, not
+            # skipped.
+            offset = self.position[stream]
             if offset < end:
                 source = self._streams[stream]
                 length = self._allowed(stream, min(READ_CHUNK, end - offset))
@@ -230,8 +273,28 @@ class CombinedReader(FileProducer):
                 self._wait()
                 return
             else:
-                self._finish()
+                self._end()
                 return
+
+    def _end(self) -> None:
+        """
+        Finish, once every byte there was to send is sent; else fail, so
+        the response is cut: ending it short of the sizes announced (its
+        Content-Length) left the client waiting for the rest.
+        """
+        short = [
+            f"{STREAMS[index]} at {self.position[index]} of {self._size(index)}"
+            for index in (0, 1)
+            if self.position[index] < self._size(index)
+        ]
+        if short:
+            self._fail(
+                OutputUnreadable(
+                    f"{self._order.path} places not every byte: {', '.join(short)}"
+                )
+            )
+            return
+        self._finish()
 
     def _unrecorded(self, stream: int) -> bool:
         """Has C{stream} bytes no order entry will place?"""

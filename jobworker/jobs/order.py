@@ -41,6 +41,12 @@ class OrderLog:
     bytes no entry places after those placed (L{jobworker.jobs.combined}),
     coarser order, never a lost or repeated byte, as when a write failed.
 
+    Each entry is written at L{size}, its own offset (pwrite), not
+    appended: should the file be cut by hand while the job runs, later
+    entries still land where they belong, past a hole that reads as entries
+    placing nothing (stdout at 0), not at its start as if they were the
+    first ones (a reader then skipped the output before them).
+
     @ivar last: the stream index of the latest switch, or None.
     @ivar size: bytes written to the file.
     @ivar full: True once a switch was left out for want of room.
@@ -81,11 +87,9 @@ class OrderLog:
             if self._fd is None:
                 privateFolder(os.path.dirname(self.path))
                 self._fd = os.open(
-                    self.path,
-                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                    0o600,
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600
                 )
-            self.size += os.write(self._fd, encodeEntry(stream, offset))
+            self.size += os.pwrite(self._fd, encodeEntry(stream, offset), self.size)
         except OSError as e:
             # Readers then see coarser runs, never lost or repeated bytes.
             self._broken = True
@@ -108,7 +112,7 @@ class OrderLog:
             )
 
     def close(self) -> None:
-        """Close the file (a later switch opens it again, to append)."""
+        """Close the file (a later switch opens it again, to write on)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
