@@ -278,6 +278,20 @@ class ParserTests(SynchronousTestCase):
         self.assertIn("--statuss", str(caught.exception))
         self.assertIn("did you mean --status?", str(caught.exception))
 
+    def test_unknownFlagBeforeVerb(self) -> None:
+        """A flag jw does not take, before the command: jw's own help is
+        the one to read (it said "see jw list --help", and matched it
+        against list's options)."""
+        with self.assertRaises(ArgumentsRefused) as caught:
+            parse("--jsonn", "list")
+        message = str(caught.exception)
+        self.assertIn("unknown option --jsonn", message)
+        self.assertIn("(see jw --help)", message)
+        with self.assertRaises(ArgumentsRefused) as caught:
+            parse("--serverr", "list", "--all")
+        self.assertIn("did you mean --server?", str(caught.exception))
+        self.assertIn("(see jw --help)", str(caught.exception))
+
     def test_noAbbreviations(self) -> None:
         for argv in (
             ("--serv", "https://localhost:1", "list"),

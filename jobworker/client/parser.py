@@ -152,10 +152,15 @@ class _Parser(argparse.ArgumentParser):
         self._words = list(args or [])
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            # Found by the top parser, but the verb's help is the one to read.
+            # Found by the top parser, but the verb's help is the one to read,
+            # unless the word came before the verb (one of jw's own options).
             verb = getattr(parsed, "verb", None)
-            where = f"{self.prog} {verb}" if verb else self.prog
-            owner = self._verbParser(verb) or self
+            words = self._words
+            beforeVerb = verb in words and extras[0] in words[: words.index(verb)]
+            if verb and not beforeVerb:
+                where, owner = f"{self.prog} {verb}", self._verbParser(verb) or self
+            else:
+                where, owner = self.prog, self
             unknown = owner.unknownOption(extras)
             what = unknown or f"unrecognized arguments: {' '.join(extras)}"
             raise ArgumentsRefused(f"jw: {what} (see {where} --help)")
