@@ -34,6 +34,7 @@ from .support import (
     sleep,
     twistdCommand,
 )
+from .test_identity import descendants
 
 BINARY = bytes(range(256)) * 4 + b"\x00\xff\xfe not utf-8 \xc3\x28"
 
@@ -141,6 +142,18 @@ def cleanUpProcesses(testCase: TestCase, *pids: int) -> None:
     testCase.addCleanup(kill)
 
 
+#: The command line of the job's leftover in L{CrashRecoveryTests}.
+SLEEPER = b"sleep\x00300\x00"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 class CrashRecoveryTests(TestCase):
     #: Server options of this variant of the tests.
     serverOptions: tuple[str, ...] = ()
@@ -175,6 +188,12 @@ class CrashRecoveryTests(TestCase):
         out, _, _ = await jw(port, "status", "--json", jobId)
         self.assertIn(b'"RUNNING"', out)
         leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
+        printed = grandchild
+        # Its pid as the host sees it: the job printed its own namespace's
+        # (the shared --run-as account's jobs each have a PID namespace).
+        grandchild = next(
+            pid for pid in [leader, *descendants(leader)] if _cmdline(pid) == SLEEPER
+        )
         cleanUpProcesses(self, leader, grandchild)
 
         server.kill()
@@ -191,7 +210,7 @@ class CrashRecoveryTests(TestCase):
         self.assertFalse(processAlive(grandchild))
         self.assertFalse(processAlive(leader))
         out, err, code = await jw(port, "logs", jobId)
-        self.assertEqual(int(out.strip()), grandchild)
+        self.assertEqual(int(out.strip()), printed)
         out, err, code = await jw(port, "status", "--json", doneId)
         self.assertIn(b'"COMPLETED"', out)
         out, err, code = await jw(port, "logs", doneId)
@@ -384,7 +403,10 @@ class RetentionTests(SynchronousTestCase):
         clock.advance(parseDuration("1d"))
         young = manager.create(request, "alice")
         self.assertEqual(old.status, JobStatus.FAILED)
-        service = RetentionService(manager, parseDuration("2d"), clock)
+        # The fake clock is the elapsed time too: time passes, no step.
+        service = RetentionService(
+            manager, parseDuration("2d"), clock, monotonic=clock.seconds
+        )
         service.startService()
         self.addCleanup(service.stopService)
         clock.advance(parseDuration("1d") + 1)

@@ -18,6 +18,11 @@ MAX_USERS_FILE_BYTES = 16 * 1024 * 1024
 _TOO_BIG = "larger than 16 MiB, the most a users file may hold"
 
 _HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+#: The costs bcrypt takes (C{bcrypt.gensalt} refuses others: a users file with
+#: C{$2b$03$} or C{$2b$99$} ended the start in a traceback, and a SIGHUP in
+#: silence, its old users kept).
+MIN_COST = 4
+MAX_COST = 31
 
 #: The development users seeded when no --users file is given. Their
 #: passwords are "<name>-pass"; they are public, so the server warns loudly.
@@ -114,9 +119,9 @@ class UserDatabase:
         C{#} comments are ignored. The optional fourth field is the Unix
         account the user's jobs run as.
 
-        @raise UsersFileError: on a malformed line, unknown role, bad hash,
-            duplicate name, or an account that does not exist, is root, or
-            that this server cannot switch to.
+        @raise UsersFileError: on a malformed line, unknown role, bad hash
+            (a cost bcrypt refuses too), duplicate name, or an account that
+            does not exist, is root, or that this server cannot switch to.
         """
         entries: list[UserEntry] = []
         seen: set[str] = set()
@@ -145,6 +150,11 @@ class UserDatabase:
             match = _HASH.match(hashText)
             if match is None:
                 raise UsersFileError(f"{where}: not a bcrypt hash")
+            if not MIN_COST <= int(match.group(1)) <= MAX_COST:
+                raise UsersFileError(
+                    f"{where}: bcrypt cost {match.group(1)} is not between "
+                    f"{MIN_COST:02d} and {MAX_COST}"
+                )
             seen.add(name)
             entries.append(
                 UserEntry(

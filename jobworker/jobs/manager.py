@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import shutil
+import stat
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -619,16 +620,17 @@ class JobManager(Admission):
                     error=e.strerror,
                 )
 
-    def expire(self, olderThan: float) -> Deferred[int]:
+    def expire(self, olderThan: float, now: float | None = None) -> Deferred[int]:
         """
-        Delete every job that ended more than C{olderThan} seconds ago,
-        L{DELETE_SLICE} now, as many each reactor turn after, each record
-        with its output (a stop between two turns leaves every job whole or
-        gone); fires with how many were deleted. A store error ends this
-        round (logged), and so do cancelling it and L{close}: the next
-        round goes on.
+        Delete every job that ended more than C{olderThan} seconds before
+        C{now} (default: the reactor's time; retention's own keeps a step of
+        the clock from deleting early), L{DELETE_SLICE} now, as many each
+        reactor turn after, each record with its output (a stop between two
+        turns leaves every job whole or gone); fires with how many were
+        deleted. A store error ends this round (logged), and so do
+        cancelling it and L{close}: the next round goes on.
         """
-        cutoff = self._reactor.seconds() - olderThan
+        cutoff = (self._reactor.seconds() if now is None else now) - olderThan
         removed = 0
 
         def slices() -> Iterator[None]:
@@ -834,25 +836,33 @@ class JobManager(Admission):
     def _keepReserve(self, quiet: bool = False) -> bool:
         """
         Allocate L{RESERVE_BYTES} in the state dir, if not there already;
-        False if it could not be (said unless C{quiet}).
+        False if it could not be (said in one line unless C{quiet}). Only
+        the server's own regular file is grown: never through a symlink
+        (one to any file made it 1 MiB of zeros: a fault round), nor a
+        hard link, nor waiting on a FIFO, as the state dir's journals.
         """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            if os.path.getsize(self._reserve) >= RESERVE_BYTES:
-                return True
-        except OSError:
-            pass
-        try:
-            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self._reserve, flags, 0o600)
             try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+                    raise OSError(errno.EPERM, "not a regular file of the server's own")
+                # (Allocated already, it costs nothing; a sparse one is none.)
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)
             finally:
                 os.close(fd)
         except OSError as e:
             if not quiet:
+                error = e.strerror
+                if e.errno == errno.ELOOP:
+                    error = "a symlink, not followed"
+                elif e.errno == errno.ENXIO:  # a FIFO no one reads, a socket
+                    error = "not a regular file"
                 self.log.warn(
                     "no disk reserve in {path}: {error}",
                     path=self._reserve,
-                    error=str(e),
+                    error=error,
                 )
             return False
         return True

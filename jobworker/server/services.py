@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -156,7 +157,10 @@ class UsersReloadService(Service):
                 self._reopen()
             except Exception:
                 self.log.failure("SIGHUP: the audit log was not reopened")
-        return self.reload()
+        # The signal handler drops this Deferred: what fails is said here.
+        return self.reload().addErrback(
+            lambda failure: self.log.failure("SIGHUP: the reload failed", failure)
+        )
 
     def reload(self) -> Deferred[None]:
         """Read the users file again; keep the old users if it is unusable."""
@@ -200,6 +204,16 @@ class UsersReloadService(Service):
                 error=str(e),
             )
             return
+        except Exception as e:
+            # Any other error too (bcrypt refused a cost the parser let by):
+            # uncaught, it failed a Deferred nobody held, and a removed Admin
+            # kept access with nothing in the log (a fault round).
+            self.log.failure(
+                "users file {path} not reloaded, keeping the old users: {error}",
+                path=path,
+                error=f"{type(e).__name__}: {e}",
+            )
+            return
         self._authenticator.replaceUsers(users)
         self.log.info(
             "users file {path} reloaded: {count} users",
@@ -208,18 +222,47 @@ class UsersReloadService(Service):
         )
 
 
+def elapsedSeconds() -> float:
+    """
+    Seconds from some fixed point, on a clock no step of the wall clock
+    moves: C{CLOCK_BOOTTIME}, which counts a suspend too (the wall clock
+    does, and so must what stands in for it), or C{time.monotonic}.
+    """
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
 class RetentionService(Service):
     """
     Every so often, delete the jobs that ended longer ago than C{retain}
     (a round deletes a slice of them per reactor turn: see
     L{JobManager.expire}).
+
+    A round counts back from the wall clock (the jobs' end times are wall
+    clock times), but never from later than the wall clock at the start
+    plus the time elapsed since on C{monotonic}: a step of the wall clock
+    forward (2 h for 2 s, under C{--retain 1h}) deleted every job that had
+    ended within the hour, at once (a fault round). A step back counts
+    from the wall clock, which is then the earlier: either way a step only
+    ever deletes less, or later, never more.
     """
 
     log = Logger()
 
-    def __init__(self, manager: JobManager, retain: float, clock: Any) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        retain: float,
+        clock: Any,
+        monotonic: Callable[[], float] = elapsedSeconds,
+    ) -> None:
         self._manager = manager
         self._retain = retain
+        self._clock = clock
+        self._monotonic = monotonic
+        #: The wall clock and C{monotonic} at the start (L{_now}).
+        self._started: tuple[float, float] | None = None
         self._loop = LoopingCall(self._expire)
         self._loop.clock = clock
         #: How often to look: often enough to keep the promise within 1%.
@@ -227,11 +270,21 @@ class RetentionService(Service):
         #: The round under way, if any.
         self._round: Deferred[Any] | None = None
 
+    def _now(self) -> float:
+        """The wall clock, or the start's plus the time elapsed if earlier."""
+        wall: float = self._clock.seconds()
+        if self._started is None:
+            return wall
+        wallThen, elapsedThen = self._started
+        return min(wall, wallThen + (self._monotonic() - elapsedThen))
+
     def _expire(self) -> Deferred[None]:
         # The LoopingCall waits for the round (many reactor turns), so two
         # never overlap. One bad round must not end the LoopingCall (and
         # retention with it).
-        expiring = self._round = maybeDeferred(self._manager.expire, self._retain)
+        expiring = self._round = maybeDeferred(
+            self._manager.expire, self._retain, self._now()
+        )
         return expiring.addCallbacks(self._roundOver, self._roundFailed)
 
     def _roundOver(self, removed: int) -> None:
@@ -243,6 +296,7 @@ class RetentionService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self._started = (self._clock.seconds(), self._monotonic())
         self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:

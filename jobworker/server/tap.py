@@ -82,9 +82,26 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
-    """The composition root: each part made by one builder, in order."""
+    """
+    The composition root: the state dir and its store's lock, then each
+    part made by one builder, in order.
+    """
     jobDescriptors = _raiseDescriptors()
     _stateDir(config["state-dir"])
+    store = _store(config["state-dir"])
+    try:
+        return _parts(config, reactor, store, jobDescriptors)
+    except BaseException:
+        # The lock goes with the failed start (in a test's process, the
+        # next server there would find it held).
+        store.close()
+        raise
+
+
+def _parts(
+    config: Options, reactor: JobReactor, store: JobStore, jobDescriptors: int | None
+) -> MultiService:
+    """Every part of the server but the store, and the service tree."""
     tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
     slurm = config["executor"] == "slurm"
@@ -99,6 +116,7 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     manager = _manager(
         config,
         reactor,
+        store,
         slurm,
         cgroups,
         policy,
@@ -163,6 +181,10 @@ def _users(config: Options) -> UserDatabase:
         fatal(f"cannot read users file {config['users']}: {e.strerror}")
     except (UsersFileError, UnicodeDecodeError) as e:
         fatal(f"bad users file: {e}")
+    except Exception as e:
+        # Whatever else refuses the file (bcrypt refused a cost the parser
+        # let by: a traceback was all the operator got) is one line too.
+        fatal(f"cannot load users file {config['users']}: {type(e).__name__}: {e}")
 
 
 def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
@@ -313,6 +335,7 @@ def _canSetOomScore(score: int) -> bool:
 def _manager(
     config: Options,
     reactor: JobReactor,
+    store: JobStore,
     slurm: bool,
     cgroups: Cgroups | None,
     policy: JobPolicy,
@@ -322,7 +345,7 @@ def _manager(
     oomScore: int | None = None,
 ) -> JobManager:
     """
-    The store (its lock first), the executor, the manager; recovered.
+    The executor and the manager, over C{store} (L{_store}); recovered.
     Jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE} (None:
     the server's); Slurm's through sbatch, which hands them its own. Local
     jobs start with C{oomScore} as their C{oom_score_adj} (None: the
@@ -333,9 +356,6 @@ def _manager(
     if slurm:
         executor = _slurmExecutor(config, reactor, policy, descriptorLimit)
     try:
-        # The store's lock first: nothing may touch a state dir that another
-        # server uses (its sandbox files, its jobs).
-        store = JobStore(os.path.join(stateDir, "jobs.sqlite3"))
         if executor is None:
             pumps = Pumps(reactor, config["output-threads"])  # type: ignore[arg-type]
             metrics.watchOutputThreads(
@@ -377,14 +397,29 @@ def _manager(
 
 def _stateDir(stateDir: str) -> None:
     """
-    The state dir, made 0700 before anything goes in it (the server's own
-    certificate folder is the first); an open one is named in a warning.
+    The state dir, made 0700 before anything goes in it (the store's lock
+    file is the first: L{_store}); an open one is named in a warning.
     """
     try:
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
         warnIfOpen(stateDir)
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
+
+
+def _store(stateDir: str) -> JobStore:
+    """
+    The job store, its lock held before anything else is written in the
+    state dir: a second server there is refused having changed nothing (it
+    rewrote the first one's own certificate and key, then was refused: a
+    fault round), nor touched its sandbox files or its jobs.
+    """
+    try:
+        return JobStore(os.path.join(stateDir, "jobs.sqlite3"))
+    except OSError as e:
+        fatal(f"cannot use state dir {stateDir}: {e.strerror}")
+    except StoreError as e:
+        fatal(f"cannot use state dir {stateDir}: {e}")
 
 
 def warnIfOpen(stateDir: str) -> bool:
