@@ -18,7 +18,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
@@ -46,11 +46,6 @@ class Identity:
         C{dynamic:<uid>}, or the server's own user.
     @ivar home: C{HOME} and the default working directory; None for a
         dynamic identity, whose home is its private working directory.
-    @ivar ownPidNamespace: each job of it gets a PID namespace of its own,
-        even without C{--isolate pid}: the shared C{--run-as} account, whose
-        jobs are different users' (the kernel lets one uid change another
-        process's limits, priority and CPU affinity by its pid: RLIMIT_CPU
-        at 1 s kills it; neither Landlock nor a signal check stops that).
     """
 
     uid: int
@@ -61,7 +56,6 @@ class Identity:
     shell: str
     label: str
     dynamic: bool = False
-    ownPidNamespace: bool = False
 
     @classmethod
     def ofAccount(cls, name: str) -> Identity:
@@ -447,8 +441,6 @@ class Identities:
                     f"Unix account {found.name!r} has uid {found.uid}, in "
                     f"--dynamic-uids ({pool.first}-{pool.last})"
                 )
-            if account is None:  # the --run-as account: every user's
-                return replace(found, ownPidNamespace=True)
             return found
         if self.pool is not None:
             return Identity.ofDynamicUid(self.pool.acquire())

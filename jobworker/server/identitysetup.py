@@ -51,9 +51,10 @@ def identities(config: Options, slurm: bool) -> Identities:
             fatal(f"--run-as: {e}")
         log.warn(
             "--run-as {user}: the jobs of every user without a mapped account "
-            "share the account {user}: they can read each other's files (each "
-            "job gets a PID namespace of its own: no job sees, signals or "
-            "changes the limits of another)",
+            "share the account {user}: they can read each other's files and, "
+            "without --isolate pid, change each other's limits (RLIMIT_CPU: a "
+            "kill), priority and CPU affinity, and (without the launcher's "
+            "Landlock) read each other's environment and signal each other",
             user=shared.label,
         )
         return Identities(shared=shared, server=server)

@@ -356,15 +356,14 @@ class Sandbox:
         if self.usesLauncher:
             start = self._start(identity, cwd)
             return self._launcherArgv(identity, command, cwd, gated, env, start)
-        pidNamespace = self._pidNamespace(identity)
+        pidNamespace = "pid" in self._isolate
         argv: list[str] = []
         if gated and pidNamespace:
             argv += [POSIX_SHELL, "-c", GATE_ONLY, "jobworker-gate"]
         argv += [SETSID, UNSHARE]
-        if pidNamespace:
-            argv += ISOLATION["pid"]
-        if "net" in self._isolate:
-            argv += ISOLATION["net"]
+        for name in ("pid", "net"):
+            if name in self._isolate:
+                argv += ISOLATION[name]
         argv += ["--mount", "--ipc", "--"]
         script = GATED_SANDBOX if gated and not pidNamespace else SANDBOX
         start = self._start(identity, cwd)
@@ -386,11 +385,6 @@ class Sandbox:
         if cwd is not None:
             argv += [POSIX_SHELL, "-c", CHDIR, cwd]
         return argv + command
-
-    def _pidNamespace(self, identity: Identity) -> bool:
-        """Does a job of C{identity} get a PID namespace of its own?
-        (C{--isolate pid}; always for the shared C{--run-as} account.)"""
-        return "pid" in self._isolate or identity.ownPidNamespace
 
     def _launcherArgv(
         self,
@@ -417,7 +411,7 @@ class Sandbox:
         options = (
             ("ge" if gated else "")
             + ("n" if "net" in self._isolate else "")
-            + ("p" if self._pidNamespace(identity) else "")
+            + ("p" if "pid" in self._isolate else "")
             + ("k" if identity.dynamic else "")
         )
         groups = ",".join(str(g) for g in identity.groups) or "-"
