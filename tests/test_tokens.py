@@ -33,6 +33,7 @@ from .test_api import (
     RoleMatrixTests,
     authHeaders,
 )
+from .test_auditflood import audit
 
 KEY = b"k" * 32
 
@@ -384,7 +385,8 @@ class LoginCLITests(TestCase):
         """
         C{jw status/stop/rm ID ID} with a token the server refuses: the
         token is forgotten with the hint, once, as for one id; it was taken
-        for each id's failure and kept.
+        for each id's failure and kept. And one request is refused, not one
+        per id (each counts against the address at the login throttle).
         """
         os.makedirs(self.config)
         first = await self.server.createJob("true")
@@ -397,7 +399,9 @@ class LoginCLITests(TestCase):
             tokens[self.server.url]["token"] += "x"  # its signature fails
             with open(self.tokensFile, "w") as f:
                 json.dump(tokens, f)
+            before = len(audit(self.server, "auth.failure"))
             _out, err, code = await self.jw(verb, first["id"], second["id"])
+            self.assertEqual(len(audit(self.server, "auth.failure")), before + 1, verb)
             self.assertEqual(code, 1, (verb, err))
             self.assertEqual(err.count(b"run jw login"), 1, (verb, err))
             self.assertNotIn(first["id"].encode(), err, verb)

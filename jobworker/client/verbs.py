@@ -923,8 +923,12 @@ async def doStatus(
         return await client.job(await resolveId(client, text))
 
     # One after the other: this verb runs on the quick client, whose
-    # requests block (each is one short GET).
-    answers = [await _answer(text, status(text)) for text in options.ids]
+    # requests block (each is one short GET); none after a refused login
+    # (each refusal counts against this address at the login throttle).
+    answers: list[_Answer] = []
+    for text in options.ids:
+        answers.append(await _answer(text, status(text)))
+        _loginRefused([answers[-1].refused])
     return _showSeveral(answers, options, client, streams)
 
 
@@ -951,6 +955,12 @@ async def doStop(
         jobId = await resolveId(client, text)
         return await _stopJob(client, jobId, signal, grace, streams)
 
+    async def look(text: str) -> dict[str, Any]:
+        return await client.job(await resolveId(client, text))
+
+    # A refused login (a saved token expired) is found by one short request
+    # first, not by one stop per id, each a refusal at the login throttle.
+    _loginRefused([(await _answer(options.ids[0], look(options.ids[0]))).refused])
     # All at once (one grace for all, not one after another), shown in the
     # order of the arguments, not of the answers.
     answers = await gatherResults(
@@ -1096,9 +1106,14 @@ async def doRemove(
             return f"jw: {text}: {e}"
         return None
 
-    # All at once, but each failure said in the order of the arguments,
-    # not of the answers.
-    results = await gatherResults([ensureDeferred(remove(t)) for t in options.ids])
+    # The first alone (a refused login is one refusal, not one per id at
+    # the login throttle), then the rest at once, each failure said in the
+    # order of the arguments, not of the answers.
+    first = await remove(options.ids[0])
+    if isinstance(first, ClientError):
+        raise first
+    rest = await gatherResults([ensureDeferred(remove(t)) for t in options.ids[1:]])
+    results = [first, *rest]
     _loginRefused([e for e in results if isinstance(e, ClientError)])
     failures = [line for line in results if isinstance(line, str)]
     for line in failures:
