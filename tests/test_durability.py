@@ -189,8 +189,8 @@ class CrashRecoveryTests(TestCase):
         self.assertIn(b'"RUNNING"', out)
         leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
         printed = grandchild
-        # Its pid as the host sees it: the job printed its own namespace's
-        # (the shared --run-as account's jobs each have a PID namespace).
+        # Its pid as the host sees it, found by its command line: what the
+        # job printed is its own PID namespace's under --isolate pid.
         grandchild = next(
             pid for pid in [leader, *descendants(leader)] if _cmdline(pid) == SLEEPER
         )
