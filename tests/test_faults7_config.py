@@ -30,7 +30,7 @@ from jobworker.server.services import RetentionService, UsersReloadService
 from jobworker.server.startup import StartupError
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CERT, FREE_UIDS, KEY, TWISTD, pythonChild, runSync
+from .support import CERT, FREE_UIDS, KEY, pythonChild, runSync, twistdCommand
 
 #: A valid hash of the development users (alice's), and the same with a cost
 #: the users file's pattern accepts but bcrypt refuses (it takes 04-31).
@@ -202,17 +202,7 @@ class UsersCostTwistdTests(SynchronousTestCase):
         with open(users, "w") as f:
             f.write(_users("99"))
         result = runSync(
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "jobworker",
-            "--tls",
-            "--port=0",
-            f"--cert={CERT}",
-            f"--key={KEY}",
-            f"--state-dir={os.path.join(folder, 'state')}",
-            f"--dynamic-uids={FREE_UIDS}",
-            f"--users={users}",
+            *twistdCommand(os.path.join(folder, "state"), f"--users={users}"),
             cwd=folder,
         )
         stderr = result.stderr.decode("utf-8", "replace")
