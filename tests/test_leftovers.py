@@ -13,12 +13,14 @@ import os
 import pwd
 import subprocess
 import time
+from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.leftovers import LEFTOVERS, LeftoverJournal
 from jobworker.jobs.identity import DynamicUids
+from jobworker.jobs.manager import JobManager
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.recovery import currentBootId, processStartTime
 from jobworker.jobs.validation import JobRequest
@@ -26,6 +28,30 @@ from jobworker.jobs.validation import JobRequest
 from .fakes import FakeProcessReactor, GroupKiller
 
 GRACE = 5.0
+
+
+def recoveredAfterCrash(testCase: TestCase, **fields: Any) -> JobManager:
+    """
+    A server (fake reactor) that crashed with a job still recorded RUNNING
+    (its record has C{fields} besides the usual), and the one started
+    after it on the same state dir, recovered.
+    """
+    stateDir = os.path.abspath(testCase.mktemp())
+    crashed = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
+    record = JobRecord(
+        id="7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1",
+        command="sh",
+        args=[],
+        owner="alice",
+        created_at=1.0,
+        **fields,
+    )
+    crashed._store.insert(record)
+    crashed._store._unlock()  # a crash: the record still says RUNNING
+    again = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
+    testCase.addCleanup(again.close)
+    again.recover()
+    return again
 
 
 class JournalTests(SynchronousTestCase):
@@ -122,21 +148,7 @@ class OutOfRangeTests(SynchronousTestCase):
         raise AssertionError("the escaped process never became its uid")
 
     def recoverCrashed(self, uid: int) -> None:
-        stateDir = os.path.abspath(self.mktemp())
-        crashed = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
-        record = JobRecord(
-            id="7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1",
-            command="sh",
-            args=[],
-            owner="alice",
-            created_at=1.0,
-            run_as=f"dynamic:{uid}",
-        )
-        crashed._store.insert(record)
-        crashed._store._unlock()  # a crash: the record still says RUNNING
-        again = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
-        self.addCleanup(again.close)
-        again.recover()
+        recoveredAfterCrash(self, run_as=f"dynamic:{uid}")
         self.flushLoggedErrors()
 
     def test_killed(self) -> None:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import treq
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.records import JobRecord, JobStatus
 
-from .fakes import FakeProcessReactor, GroupKiller
 from .support import LiveServer, waitUntil
-
-GRACE = 1.0
+from .test_leftovers import recoveredAfterCrash
 
 
 class StopStoredTests(TestCase):
@@ -50,22 +47,8 @@ class StopStoredTests(TestCase):
 
 class RecoveredStopTests(SynchronousTestCase):
     def recovered(self, stoppedBy: str | None) -> JobRecord:
-        stateDir = self.mktemp()
-        crashed = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
-        record = JobRecord(
-            id="5d0e8a9e-3c41-4f3a-9a57-2b1f0e6c7d10",
-            command="sh",
-            args=[],
-            owner="alice",
-            created_at=1.0,
-            stopped_by=stoppedBy,
-        )
-        crashed._store.insert(record)
-        crashed._store._unlock()  # a crash: the record still says RUNNING
-        again = localJobManager(FakeProcessReactor(), stateDir, GRACE, GroupKiller())
-        self.addCleanup(again.close)
-        again.recover()
-        return again.record(record.id)
+        manager = recoveredAfterCrash(self, stopped_by=stoppedBy)
+        return manager.record("7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1")
 
     def test_stoppedInItsGrace(self) -> None:
         record = self.recovered("alice")

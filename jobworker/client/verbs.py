@@ -916,18 +916,15 @@ async def doStatus(
     interrupts: Interrupts,
 ) -> int:
     if len(options.ids) == 1:
-        job = await client.job(await resolveId(client, options.ids[0]))
+        job = await _record(client, options.ids[0])
         return showJob(job, options, client, streams)
-
-    async def status(text: str) -> dict[str, Any]:
-        return await client.job(await resolveId(client, text))
 
     # One after the other: this verb runs on the quick client, whose
     # requests block (each is one short GET); none after a refused login
     # (each refusal counts against this address at the login throttle).
     answers: list[_Answer] = []
     for text in options.ids:
-        answers.append(await _answer(text, status(text)))
+        answers.append(await _answer(text, _record(client, text)))
         _loginRefused([answers[-1].refused])
     return _showSeveral(answers, options, client, streams)
 
@@ -955,18 +952,21 @@ async def doStop(
         jobId = await resolveId(client, text)
         return await _stopJob(client, jobId, signal, grace, streams)
 
-    async def look(text: str) -> dict[str, Any]:
-        return await client.job(await resolveId(client, text))
-
     # A refused login (a saved token expired) is found by one short request
     # first, not by one stop per id, each a refusal at the login throttle.
-    _loginRefused([(await _answer(options.ids[0], look(options.ids[0]))).refused])
+    first = await _answer(options.ids[0], _record(client, options.ids[0]))
+    _loginRefused([first.refused])
     # All at once (one grace for all, not one after another), shown in the
     # order of the arguments, not of the answers.
     answers = await gatherResults(
         [ensureDeferred(_answer(text, stop(text))) for text in options.ids]
     )
     return _showSeveral(answers, options, client, streams)
+
+
+async def _record(client: JobworkerClient, text: str) -> dict[str, Any]:
+    """The record of the job the id (or prefix) C{text} names."""
+    return await client.job(await resolveId(client, text))
 
 
 async def _stopJob(
