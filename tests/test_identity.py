@@ -8,6 +8,7 @@ account with --isolate pid).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import pwd
@@ -23,7 +24,6 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local import sandbox
-from jobworker.executors.local.launcher import LANDLOCK_SCOPES, landlockABI
 from jobworker.executors.local.sandbox import (
     MAX_PATH_CHECKS,
     MAX_PTYS,
@@ -81,13 +81,14 @@ def ensureAccounts() -> None:
         os.chmod(entry.pw_dir, 0o700)
 
 
-def mappedUsersFile(testCase: TestCase) -> str:
-    """The development users, alice and bob mapped to their accounts."""
+def mappedUsersFile(testCase: TestCase, one: str | None = None) -> str:
+    """The development users, alice and bob mapped to their accounts (or
+    both to the account C{one})."""
     lines = []
     for line in DEVELOPMENT_USERS.splitlines():
         name = line.split(":", 1)[0]
         if name in ACCOUNTS:
-            line += ":" + ACCOUNTS[name]
+            line += ":" + (one or ACCOUNTS[name])
         lines.append(line)
     path = os.path.abspath(testCase.mktemp())
     with open(path, "w") as f:
@@ -180,9 +181,16 @@ class DynamicUidsTests(SynchronousTestCase):
         self.assertFalse(identities.sandboxed(server))
         identities.release(dynamic)
         self.assertEqual(len(pool), 0)
+        self.assertFalse(mapped.ownPidNamespace)
         shared = Identities(shared=mapped, pool=pool, server=server, lookUp=lookUp)
-        self.assertIs(shared.acquire(None), mapped)
-        self.assertEqual(looked, ["carol", "carol"])
+        # The shared account's jobs are several users': each gets a PID
+        # namespace of its own (so does a mapped account of the same uid,
+        # and one the users file maps several users to).
+        alone = dataclasses.replace(mapped, ownPidNamespace=True)
+        self.assertEqual(shared.acquire(None), alone)
+        self.assertEqual(shared.acquire(mapped), alone)
+        self.assertEqual(identities.acquire(alone), alone)
+        self.assertEqual(looked, ["carol", "carol", "carol", "carol"])
         # An account made since the start-up check with a uid in the pool's
         # range would share it with another user's dynamic job: refused.
         inRange = Identity(70001, 70001, (), "carol", "/home/c", "/bin/sh", "carol")
@@ -213,6 +221,26 @@ class AccountTests(SynchronousTestCase):
         bob = users.lookup("bob")
         assert bob is not None
         self.assertIsNone(bob.user.account)
+        self.assertFalse(account.ownPidNamespace)
+
+    def test_accountOfSeveralUsersMarked(self) -> None:
+        """An account (by uid) that several lines map users to is marked:
+        its jobs get a PID namespace each; an account of one user is not."""
+        if os.getuid() != 0:
+            raise SkipTest("mapping to two accounts needs root")
+        lines = DEVELOPMENT_USERS.splitlines()
+        byName = {line.split(":", 1)[0]: line for line in lines}
+        users = UserDatabase.fromText(
+            f"{byName['alice']}:nobody\n"
+            f"{byName['bob']}:nobody\n"
+            f"{byName['ada']}:daemon\n"
+        )
+        marks = {}
+        for name in ("alice", "bob", "ada"):
+            entry = users.lookup(name)
+            assert entry is not None and entry.user.account is not None
+            marks[name] = entry.user.account.ownPidNamespace
+        self.assertEqual(marks, {"alice": True, "bob": True, "ada": False})
 
     def test_missingOrRootAccountRefused(self) -> None:
         """An account that does not exist, or root, is refused with its line."""
@@ -570,16 +598,14 @@ class IdentityModeTests(TestCase):
         victim = await server.createJob(
             "sh", "-c", VICTIM, env={"SECRET": "alice-db-password"}, user="alice"
         )
-        pidText, cwd = (
+        cwd = (
             (await waitOutput(server, victim["id"], b"ready"))
             .split(b"\n")[0]
-            .split(b" ", 1)
+            .split(b" ", 1)[1]
         )
-        # Her job's processes as the host sees them (under --isolate pid,
-        # the pid it prints is 1 of its own namespace, not a host pid).
+        # Her job's processes as the host sees them (in a PID namespace the
+        # pid it prints, pidText, is its namespace's, not a host pid).
         targets = {victim["pid"], *descendants(victim["pid"])}
-        if "--isolate=pid" not in options:
-            targets.add(int(pidText))
         usersFile = next(
             (o.split("=", 1)[1] for o in options if o.startswith("--users=")), None
         )
@@ -662,31 +688,91 @@ class IdentityModeTests(TestCase):
         _, _, record = await self.attack("--run-as=nobody", "--isolate=pid")
         self.assertEqual(record["run_as"], "nobody")
 
-    async def test_sharedAccountWithoutPidNamespaceIsNotIsolated(self) -> None:
+    def viaLauncher(self) -> bool:
+        return "--launcher=off" not in getattr(self, "serverOptions", ())
+
+    async def test_sharedAccountWithoutIsolatePid(self) -> None:
         """
-        What the README's threat model says of --run-as without --isolate
-        pid, seen by the same probe (so the probe can see an attack work):
-        jobs sharing a uid signal each other, and read each other's
-        environment, but for the launcher's Landlock domain of each job
-        (ABI 6 on: no ptrace access, so no /proc/PID/environ, and no
-        signal, across domains); and change each other's limits, priority
-        and CPU affinity whatever the launcher (attacker round 8).
+        --run-as without --isolate pid. Through the launcher each job of
+        the shared account gets a PID namespace of its own: nothing works
+        (bob's job set alice's RLIMIT_CPU to 1 s, a kill, her nice value
+        and CPU affinity before, which the kernel checks by uid alone:
+        attacker round 8). Through the exec chain (no such namespace: its
+        job would be PID 1, which a stop's SIGTERM does not reach), what
+        the README's threat model says, seen by the same probe (so the
+        probe can see an attack work): jobs sharing a uid signal each
+        other, read each other's environment, and change each other's
+        limits, priority and CPU affinity.
         """
+        if self.viaLauncher():
+            _, _, record = await self.attack("--run-as=nobody")
+            self.assertEqual(record["run_as"], "nobody")
+            return
         await self.attack("--run-as=nobody", safe=False)
-        domains = "--launcher=off" not in getattr(self, "serverOptions", ()) and (
-            landlockABI() >= LANDLOCK_SCOPES
-        )
-        if domains:
-            self.assertNotIn(b"GOT:environ", self.got)
-            self.assertNotIn(b"GOT:signal-0", self.got)
-        else:
-            self.assertIn(b"GOT:signal-0", self.got)
-            self.assertIn(b"GOT:environ", self.got)
-        # What neither Landlock nor a signal check stops (the kernel checks
-        # them by uid alone), as the threat model says: --isolate pid does
-        # (test_sharedAccountWithPidNamespace runs the same lines).
-        for line in (b"GOT:prlimit", b"GOT:renice", b"GOT:affinity"):
+        for line in (
+            b"GOT:signal-0",
+            b"GOT:environ",
+            b"GOT:prlimit",
+            b"GOT:renice",
+            b"GOT:affinity",
+        ):
             self.assertIn(line, self.got)
+
+    async def test_accountOfSeveralUsers(self) -> None:
+        """
+        alice and bob mapped to one account, without --isolate pid: as
+        the shared --run-as account, each job gets its own PID namespace
+        through the launcher; they share the account's files (its home,
+        their working folder), as the threat model says. The exec chain's
+        jobs also change each other's limits by uid.
+        """
+        ensureAccounts()
+        users = f"--users={mappedUsersFile(self, ACCOUNTS['alice'])}"
+        _, _, record = await self.attack(users, safe=False)
+        self.assertEqual(record["run_as"], ACCOUNTS["alice"])
+        if self.viaLauncher():
+            self.assertEqual(self.got, {b"GOT:workdir"})
+            self.assertEqual(record["status"], "RUNNING")
+        else:
+            self.assertIn(b"GOT:prlimit", self.got)
+
+
+class SharedAccountStopTests(TestCase):
+    """
+    A job of the shared --run-as account has a PID namespace of its own
+    (through the launcher), under the launcher's init: a stop's SIGTERM
+    reaches the command, with cgroups (each process signalled) or without
+    (the process group), and nothing of the job is left after it.
+    """
+
+    timeout = 60
+    serverOptions: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        requireRoot()
+
+    async def test_stopEndsItByTerm(self) -> None:
+        """Stopped by SIGTERM, not by the SIGKILL after a long grace (it
+        was, when the command was its namespace's PID 1)."""
+        server = LiveServer(self, "--run-as=nobody", grace=40.0)
+        job = await server.createJob("sh", "-c", "sleep 300 & echo up; sleep 300")
+        await waitOutput(server, job["id"], b"up")
+        tree = {job["pid"], *descendants(job["pid"])}
+        self.assertGreaterEqual(len(tree), 4)  # the launcher, init, sh, sleeps
+        code, _ = await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
+        self.assertEqual(code, 200)
+        ended = await server.waitEnded(job["id"], timeout=30.0)
+        self.assertEqual((ended["status"], ended["signal"]), ("STOPPED", "SIGTERM"))
+        uid = pwd.getpwnam("nobody").pw_uid
+        for _ in range(200):
+            if not tree & set(processesOf(uid)):
+                break
+            await sleep(0.02)
+        self.assertEqual(tree & set(processesOf(uid)), set())
+
+
+class SharedAccountStopNoCgroupsTests(SharedAccountStopTests):
+    serverOptions = ("--cgroups=off",)
 
 
 class IdentityModeChainTests(IdentityModeTests):

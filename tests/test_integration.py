@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
+from jobworker.auth.users import DEVELOPMENT_USERS
 from jobworker.jobs.spool import READ_CHUNK
 from jobworker.server.requests import MAX_BODY_BYTES
 from jobworker.tls import TrustRootPolicy
@@ -794,10 +795,21 @@ class StopWithoutCgroupsTests(StopTests):
     The same without cgroups (as root, with cgroups, this path never runs),
     and with jobs under a fixed account rather than a dynamic uid (whose
     leftovers are swept when the job is over): stop must reach every process
-    through the job's process group alone.
+    through the job's process group alone. The account is one user's (alice
+    mapped to nobody): the shared --run-as account's jobs, and those of an
+    account several users are mapped to, get a PID namespace each, whose
+    init's end kills what the job left.
     """
 
-    serverOptions = ("--cgroups=off", "--run-as=nobody")
+    serverOptions = ("--cgroups=off",)
+
+    def liveServer(self, grace: float) -> LiveServer:
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            for line in DEVELOPMENT_USERS.splitlines():
+                f.write(line + (":nobody\n" if line.startswith("alice:") else "\n"))
+        os.chmod(users, 0o600)
+        return LiveServer(self, f"--users={users}", grace=grace)
 
 
 class StopWithoutCgroupsDynamicTests(StopTests):

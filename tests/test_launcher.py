@@ -793,14 +793,17 @@ class PidNamespaceTests(TestCase):
         self.assertEqual((one.returncode, one.stderr), (0, b""))
         self.assertEqual(two.returncode, 0, two.stderr)
         lines = one.stdout.decode().splitlines()
-        self.assertEqual(lines[0], "pid 1")
-        # sh (1), ls and grep: nothing of the host.
+        # The launcher's init is PID 1, the job 2; through the chain the
+        # job is PID 1 itself.
+        self.assertEqual(lines[0], "pid 2")
+        # The init (1), sh (2), ls and grep: nothing of the host.
         self.assertTrue(all(int(p) < 10 for p in lines[1].split()), lines[1])
         self.assertEqual(lines[2], str(UID))
         self.assertEqual(lines[3:], ["K=v", "PATH=/usr/bin:/bin", f"PWD={WORKDIR}"])
         # The chain's PID 1 forks mount(8) first: its pids start further on.
         other = two.stdout.decode().splitlines()
-        self.assertEqual(other[:1] + other[2:], lines[:1] + lines[2:])
+        self.assertEqual(other[0], "pid 1")
+        self.assertEqual(other[2:], lines[2:])
         self.assertTrue(all(int(p) < 10 for p in other[1].split()), other[1])
         host = os.readlink("/proc/self/ns/pid")
         seen, _ = self.both(["readlink", "/proc/self/ns/pid"])
@@ -843,6 +846,35 @@ class PidNamespaceTests(TestCase):
             one, two = self.both(command)
             self.assertEqual((one.returncode, two.returncode), (code, code), command)
 
+    def test_orphansReaped(self) -> None:
+        """
+        The namespace's PID 1 is the launcher's init, which reaps what is
+        left to it: a grandchild orphaned in the namespace does not stay a
+        zombie while the job runs (the job, a program that never waits for
+        children it did not start, was PID 1 before and kept it).
+        """
+        script = (
+            "import os, subprocess, time\n"
+            "subprocess.run(['sh', '-c', 'sleep 0.1 &'])\n"
+            "time.sleep(1.5)\n"
+            "states = []\n"
+            "for p in os.listdir('/proc'):\n"
+            "    try:\n"
+            "        with open(f'/proc/{p}/stat') as f:\n"
+            "            states.append(f.read().rsplit(')', 1)[1].split()[0])\n"
+            "    except (OSError, IndexError):\n"
+            "        pass\n"
+            "print(os.getpid(), states.count('Z'))\n"
+        )
+        env = {"PATH": "/usr/bin:/bin"}
+        argv = self.viaLauncher.argv(
+            testIdentity(), ["python3", "-c", script], None, True, env
+        )
+        result = run(argv, self.viaLauncher.gate(testIdentity(), None, env))
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        pid, zombies = result.stdout.split()
+        self.assertEqual((pid, zombies), (b"2", b"0"))
+
     def start(self, command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
         """The launcher running C{command} (ungated); the job's host pid."""
         argv = self.viaLauncher.argv(testIdentity(), command, None, False, {})
@@ -856,25 +888,31 @@ class PidNamespaceTests(TestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            children = childrenOf(proc.pid)
-            if children and readComm(children[0]) == "sleep":
-                self.addCleanup(killQuietly, children[0])
-                return proc, children[0]
+            # The launcher's child is the namespace's init; the job its child.
+            for init in childrenOf(proc.pid):
+                for job in childrenOf(init):
+                    if readComm(job) == "sleep":
+                        self.addCleanup(killQuietly, job)
+                        return proc, job
             time.sleep(0.01)
         self.fail("the job did not start")
 
     def test_signalsReachTheJob(self) -> None:
         """
-        The launcher ignores SIGTERM (the job's stop signal is for the
-        job: PID 1 ignores it unless it handles it); a job killed by a
-        signal makes the launcher die of the same signal.
+        The launcher and the namespace's init ignore SIGTERM (a stop's
+        signal is for the job); the job, PID 2, dies of a default-action
+        SIGTERM (as PID 1 it ignored one it did not handle), and the
+        launcher then dies of the same signal; so for SIGKILL.
         """
-        proc, job = self.start(["sleep", "30"])
-        os.kill(proc.pid, 15)
-        time.sleep(0.2)
-        self.assertIsNone(proc.poll())
-        os.kill(job, 9)
-        self.assertEqual(proc.wait(10), -9)
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            proc, job = self.start(["sleep", "30"])
+            os.kill(proc.pid, signal.SIGTERM)
+            for init in childrenOf(proc.pid):
+                os.kill(init, signal.SIGTERM)
+            time.sleep(0.2)
+            self.assertIsNone(proc.poll())
+            os.kill(job, signum)
+            self.assertEqual(proc.wait(10), -signum)
 
     def test_theJobDiesWithTheLauncher(self) -> None:
         """SIGKILL of the launcher alone kills the job (no orphan)."""
@@ -995,9 +1033,11 @@ class ServerPidNamespaceTests(ServerLauncherTests):
     serverOptions = ("--isolate=pid",)
 
     async def test_stoppedWhole(self) -> None:
-        """A stop reaches the job as PID 1: a job that handles SIGTERM ends
-        by its handler; one that does not is killed after the grace, and
-        nothing of either is left."""
+        """A stop reaches the job under the namespace's init: a job that
+        handles SIGTERM ends by its handler; one that does not dies of it
+        (as it would without the namespace; it was PID 1 before, which a
+        default-action SIGTERM never reaches, and was killed after the
+        grace), and nothing of either is left."""
         server = LiveServer(self)
         handles = await server.createJob(
             "sh", "-c", "trap 'echo bye; exit 7' TERM; echo up; sleep 60 & wait"
@@ -1017,7 +1057,7 @@ class ServerPidNamespaceTests(ServerLauncherTests):
         first = await server.waitEnded(handles["id"])
         second = await server.waitEnded(ignores["id"])
         self.assertEqual((first["status"], first["exit_code"]), ("STOPPED", 7))
-        self.assertEqual((second["status"], second["signal"]), ("STOPPED", "SIGKILL"))
+        self.assertEqual((second["status"], second["signal"]), ("STOPPED", "SIGTERM"))
         for job in (first, second):
             self.assertFalse(os.path.exists(f"/proc/{job['pid']}"), job)
 

@@ -254,7 +254,8 @@ class IsolationTests(TestCase):
             raise SkipTest("util-linux unshare is not installed")
 
     async def test_pidNamespace(self) -> None:
-        """Under --isolate pid the job is PID 1 and cannot see or signal the server."""
+        """Under --isolate pid the job is PID 2 (under the launcher's init)
+        and cannot see or signal the server."""
         server = LiveServer(self, "--isolate=pid")
         job = await server.createJob(
             "sh",
@@ -265,7 +266,7 @@ class IsolationTests(TestCase):
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
         pid, seen, count = (await output(server, job["id"])).split()
-        self.assertEqual(pid, b"1")
+        self.assertEqual(pid, b"2")
         self.assertEqual(seen, b"unseen")
         self.assertLess(int(count), 5)
 

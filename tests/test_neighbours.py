@@ -257,10 +257,11 @@ class NeighbourChainTests(NeighbourTests):
 
 class IsolatedPidStopTests(TestCase):
     """
-    Under --isolate pid the launcher's first process waits for the job (PID
-    1 of its namespace) and ends as it does; a stop signals the whole group,
-    so that process must let every stop signal pass to the job, not die of
-    it (SIGKILL of the job then followed, at once: PR_SET_PDEATHSIG).
+    Under --isolate pid the launcher's first process waits for the
+    namespace's init (which waits for the job) and ends as the job does; a
+    stop signals the whole group, so that process must let every stop
+    signal pass to the job, not die of it (SIGKILL of the job then
+    followed, at once: PR_SET_PDEATHSIG).
     """
 
     timeout = 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import bcrypt
 
@@ -163,6 +163,7 @@ class UserDatabase:
             )
         if not entries:
             raise UsersFileError(f"{source}: no users defined")
+        entries = _sharedAccountsMarked(entries)
         # The highest cost, not the commonest: with one user at cost 12 and
         # the rest at 10, a dummy of cost 10 made that user's wrong passwords
         # four times slower than unknown names (issue 14, finding 7).
@@ -240,6 +241,30 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return f"file type {stat.S_IFMT(mode):o}"
+
+
+def _sharedAccountsMarked(entries: list[UserEntry]) -> list[UserEntry]:
+    """
+    C{entries}, with each account that several users are mapped to (by
+    uid) marked C{ownPidNamespace}: their jobs are different users'.
+    """
+    users: dict[int, int] = {}
+    for entry in entries:
+        if entry.user.account is not None:
+            uid = entry.user.account.uid
+            users[uid] = users.get(uid, 0) + 1
+    return [
+        entry
+        if entry.user.account is None or users[entry.user.account.uid] < 2
+        else replace(
+            entry,
+            user=replace(
+                entry.user,
+                account=replace(entry.user.account, ownPidNamespace=True),
+            ),
+        )
+        for entry in entries
+    ]
 
 
 def _account(text: str, where: str) -> Identity:

@@ -43,6 +43,10 @@
  *     no_new_privs (a setuid file a dynamic uid's earlier holder left gives
  *     nothing), else untouched, as setpriv leaves it;
  *  6. the request's working directory entered as the job;
+ *  6a. with option p, the process so far, PID 1 of the namespace, forks:
+ *     the child goes on, PID 2, and the parent stays as the namespace's
+ *     init (see forkJob): a stop's SIGTERM reaches the job, orphans are
+ *     reaped, and the job's wait status goes back to the first process;
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
  * JOBWORKER_NOFILE=N in its own environment lowers the soft RLIMIT_NOFILE;
@@ -362,27 +366,38 @@ static void becomeJob(uid_t uid, gid_t gid, size_t count) {
 
 /* After unshare(CLONE_NEWPID): fork. Returns in the child, PID 1 of the
  * new namespace, the read end of a pipe the parent holds (see
- * dieWithParent); the parent waits for it and exits as it did, as
- * unshare --fork --kill-child does. */
+ * dieWithParent), and in *report the write end of one it reads the job's
+ * wait status from (see forkJob); the parent waits for the child and
+ * exits as the job did, as unshare --fork --kill-child does. */
 static const int stopSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM};
-static int becomeInit(void) {
-    int alive[2];
-    if (pipe2(alive, O_CLOEXEC) != 0)
+static int becomeInit(int *report) {
+    int alive[2], job[2];
+    if (pipe2(alive, O_CLOEXEC) != 0 || pipe2(job, O_CLOEXEC) != 0)
         die(SETUP_FAILED, "pipe", NULL, errno);
     pid_t child = fork();
     if (child < 0)
         die(SETUP_FAILED, "fork", NULL, errno);
     if (child == 0) {
         close(alive[1]);
+        close(job[0]);
         for (size_t i = 0; i < sizeof stopSignals / sizeof *stopSignals; i++)
             signal(stopSignals[i], SIG_DFL);  /* ignored since launch() */
+        *report = job[1];
         return alive[0];
     }
     close(alive[0]);
-    int status;
+    close(job[1]);
+    int status, jobStatus;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR)
             die(SETUP_FAILED, "waitpid", NULL, errno);
+    /* The init's own status, unless it reported the job's: a PID 1 cannot
+     * die of a signal it sends itself, so it writes how the job ended. */
+    ssize_t got;
+    while ((got = read(job[0], &jobStatus, sizeof jobStatus)) < 0 && errno == EINTR)
+        ;
+    if (got == (ssize_t)sizeof jobStatus)
+        status = jobStatus;
     if (WIFEXITED(status))
         _exit(WEXITSTATUS(status));
     if (WIFSIGNALED(status)) {
@@ -397,6 +412,48 @@ static int becomeInit(void) {
         kill(getpid(), signum);
     }
     _exit(SETUP_FAILED);
+}
+
+/* As the job, PID 1 of its namespace: fork the command, PID 2, and stay
+ * as the namespace's init until it ends, as tini or docker run --init do.
+ * The kernel gives a PID 1 no signal it does not handle, so a stop's
+ * SIGTERM never reached a job that was PID 1 and did not handle it (it
+ * was killed after the grace); PID 2 gets it, from the cgroup or the
+ * process group, as without the namespace. The init also reaps what is
+ * orphaned in the namespace, which a job as PID 1 seldom does. It runs as
+ * the job already (identity, Landlock domain, seccomp filter): nothing of
+ * root is left in the namespace. Every signal stays blocked in it (a stop
+ * is for the job; SIGKILL ends the init, and with it the namespace). When
+ * the command ends, its wait status goes to REPORT (the launcher's first
+ * process exits as it did) and the init exits, which kills whatever is
+ * left in the namespace. Returns in the command's process. */
+static void forkJob(int report) {
+    sigset_t all, before;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &before);
+    pid_t job = fork();
+    if (job < 0)
+        die(SETUP_FAILED, "fork", NULL, errno);
+    if (job == 0) {
+        close(report);
+        sigprocmask(SIG_SETMASK, &before, NULL);
+        return;
+    }
+    /* The job's pipes are the job's: its stdin's writer sees EPIPE when
+     * the job closes it, and its output ends with the job's processes. */
+    for (int fd = 0; fd <= 2; fd++)
+        close(fd);
+    for (;;) {
+        int status;
+        pid_t ended = waitpid(-1, &status, __WALL);
+        if (ended == job) {
+            ssize_t sent = write(report, &status, sizeof status);
+            (void)sent;  /* else the first process takes the init's status */
+            _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        }
+        if (ended < 0 && errno != EINTR)
+            _exit(SETUP_FAILED);
+    }
 }
 
 /* As the job: be killed when the parent dies. Set after the identity
@@ -431,7 +488,8 @@ static void inherited(void) {
 
 /* One job, from OPTIONS on (argv[0] is this program): never returns. */
 static int launch(int argc, char **argv) {
-    int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, mkdirFirst;
+    int gate = 0, gateEnvironment = 0, pidNamespace = 0, alive = -1, report = -1;
+    int mkdirFirst;
     int keys = 1;
     int at = 7;
     unsigned long namespaces = CLONE_NEWNS | CLONE_NEWIPC;
@@ -485,7 +543,7 @@ static int launch(int argc, char **argv) {
     if (unshare((int)namespaces) != 0)
         die(SETUP_FAILED, "unshare", NULL, errno);
     if (pidNamespace)
-        alive = becomeInit();
+        alive = becomeInit(&report);
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
         die(SETUP_FAILED, "cannot make the mounts private", NULL, errno);
     for (int m = firstMount; m < firstMount + 5 * (int)mounts; m += 5) {
@@ -510,6 +568,8 @@ static int launch(int argc, char **argv) {
         dieWithParent(alive);
     if (*cwd && chdir(cwd) != 0)
         die(CANNOT_RUN, "cannot enter the working directory", cwd, errno);
+    if (report >= 0)
+        forkJob(report);
     environ = jobEnvironment;
     execvp(command[0], command);
     die(errno == ENOENT ? NOT_FOUND : CANNOT_RUN, "cannot run", command[0],

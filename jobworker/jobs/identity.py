@@ -18,7 +18,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
@@ -46,6 +46,13 @@ class Identity:
         C{dynamic:<uid>}, or the server's own user.
     @ivar home: C{HOME} and the default working directory; None for a
         dynamic identity, whose home is its private working directory.
+    @ivar ownPidNamespace: each job of it gets a PID namespace of its own
+        through the launcher, even without C{--isolate pid}: an account
+        whose jobs are several users' (C{--run-as}, or one mapped by
+        several users-file lines). The kernel lets a process change
+        another of its uid's limits, priority and CPU affinity by pid
+        (C{prlimit}: C{RLIMIT_CPU} at 1 s is a kill); neither Landlock nor
+        a signal check stops that, a PID namespace does.
     """
 
     uid: int
@@ -56,6 +63,7 @@ class Identity:
     shell: str
     label: str
     dynamic: bool = False
+    ownPidNamespace: bool = False
 
     @classmethod
     def ofAccount(cls, name: str) -> Identity:
@@ -441,6 +449,10 @@ class Identities:
                     f"Unix account {found.name!r} has uid {found.uid}, in "
                     f"--dynamic-uids ({pool.first}-{pool.last})"
                 )
+            shared = self.shared
+            if named.ownPidNamespace or (shared and found.uid == shared.uid):
+                # Several users' jobs run as this uid (see ownPidNamespace).
+                return replace(found, ownPidNamespace=True)
             return found
         if self.pool is not None:
             return Identity.ofDynamicUid(self.pool.acquire())

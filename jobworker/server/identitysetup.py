@@ -51,10 +51,11 @@ def identities(config: Options, slurm: bool) -> Identities:
             fatal(f"--run-as: {e}")
         log.warn(
             "--run-as {user}: the jobs of every user without a mapped account "
-            "share the account {user}: they can read each other's files and, "
-            "without --isolate pid, change each other's limits (RLIMIT_CPU: a "
-            "kill), priority and CPU affinity, and (without the launcher's "
-            "Landlock) read each other's environment and signal each other",
+            "share the account {user}: they can read each other's files; each "
+            "job gets a PID namespace of its own through the launcher (without "
+            "it and --isolate pid they can change each other's limits, "
+            "RLIMIT_CPU: a kill, priority and CPU affinity, and read each "
+            "other's environment and signal each other)",
             user=shared.label,
         )
         return Identities(shared=shared, server=server)
@@ -163,7 +164,7 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         if abi >= launchers.LANDLOCK_SCOPES
         else "jobs of one uid may signal each other (Landlock ABI "
         f"{abi}); --isolate pid keeps them apart",
-        fork=", which forks PID 1 of the job's namespace"
+        fork=", which forks the init of the job's namespace (PID 1; the job is 2)"
         if "pid" in config["isolate"]
         else "",
         how="spawned by the server for each job: --launcher exec"

@@ -408,10 +408,14 @@ class Sandbox:
         # keyrings after its last process, a setuid file of the uid may be
         # left behind, the next job of that uid may be another user's, and
         # in a user namespace of its own a job mounts past its caps.
+        # An account several users' jobs run as gets a PID namespace per
+        # job (Identity.ownPidNamespace; the exec chain, whose job would be
+        # its namespace's PID 1, which a stop's SIGTERM does not reach,
+        # gives it only under --isolate pid).
         options = (
             ("ge" if gated else "")
             + ("n" if "net" in self._isolate else "")
-            + ("p" if "pid" in self._isolate else "")
+            + ("p" if "pid" in self._isolate or identity.ownPidNamespace else "")
             + ("k" if identity.dynamic else "")
         )
         groups = ",".join(str(g) for g in identity.groups) or "-"
