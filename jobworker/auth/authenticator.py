@@ -316,6 +316,11 @@ class Authenticator:
         entry = self._realm._users.lookup(name)
         return None if entry is None else entry.credentials
 
+    def user(self, name: str) -> User | None:
+        """The user C{name} as the users file says now (None: no such user)."""
+        entry = self._realm._users.lookup(name)
+        return None if entry is None else entry.user
+
     def replaceUsers(self, users: UserDatabase) -> None:
         """
         Use a new users database (a reloaded users file): remembered

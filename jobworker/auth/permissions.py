@@ -88,3 +88,24 @@ def grants(user: User) -> dict[str, str]:
 def onlyOwnJobs(user: User, permission: Permission) -> bool:
     """Whether C{permission} covers only C{user}'s own jobs (or none)."""
     return PERMISSIONS[user.role].get(permission) is not Scope.ALL
+
+
+def mayStartQueued(user: User | None, owner: str, queuedAs: str | None) -> str | None:
+    """
+    Why a job that C{owner} queued, to run as the account C{queuedAs}
+    (None: unmapped), may not start now that the users file says C{user}
+    (None: no such user any more); None if it may. A user removed or
+    demoted since, or mapped to another account, does not start jobs
+    through the queue that they could not start now (attacker round 9).
+    """
+    if user is None:
+        return f"its owner {owner} is no longer a user of this server"
+    if Permission.CREATE not in PERMISSIONS[user.role]:
+        return f"its owner {owner} may no longer start jobs (now a {user.role.value})"
+    now = user.account.label if user.account is not None else None
+    if now != queuedAs:
+        return (
+            f"its owner {owner}'s Unix account changed since it was queued "
+            f"({queuedAs or 'none'}, now {now or 'none'})"
+        )
+    return None

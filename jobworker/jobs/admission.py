@@ -69,6 +69,7 @@ class Admission:
     _live: dict[str, LiveJob]
     _createBuckets: TokenBuckets | None
     _held: dict[str, tuple[float, str]]
+    _ownerCheck: Callable[[str, str | None], str | None] | None
     _dispatchTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
@@ -319,6 +320,15 @@ class Admission:
             )
             self._dispatchLater()
             return False
+        check = self._ownerCheck
+        why = check(record.owner, record.run_as) if check is not None else None
+        if why is not None:
+            # Queued before its owner was removed, demoted or mapped to
+            # another account: it starts only as a new request would.
+            self._scheduler.fail(
+                waiting, f"cannot start: {why}", self._reactor.seconds()
+            )
+            return True
         executor = self._executor
         try:
             identity = executor.identityFor(record.owner, waiting.account)

@@ -88,6 +88,10 @@ class JobManager(Admission):
         L{jobworker.executors.local.executor.localJobManager}).
     @param store: the job store (default: SQLite in C{stateDir}).
     @param policy: limits, timeouts, fairness, concurrency cap.
+    @param ownerCheck: asked when a queued job's turn comes, with its owner
+        and the account it was queued to run as (None: unmapped): why it
+        may not start now (its owner removed, demoted or mapped elsewhere
+        since), or None. Without one, queued jobs are not checked again.
     """
 
     log = Logger()
@@ -100,9 +104,11 @@ class JobManager(Admission):
         store: JobStore | None = None,
         policy: JobPolicy | None = None,
         metrics: Metrics | None = None,
+        ownerCheck: Callable[[str, str | None], str | None] | None = None,
     ) -> None:
         policy = policy if policy is not None else JobPolicy()
         self._reactor = reactor
+        self._ownerCheck = ownerCheck
         self._metrics = metrics if metrics is not None else Metrics()
         self._policy = policy
         self._running = 0

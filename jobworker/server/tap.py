@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from ..auth.audit import AuditLog
 from ..auth.authenticator import Authenticator, VerifiedCredentials, makePortal
+from ..auth.permissions import mayStartQueued
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenSigner, loadOrCreateKey
 from ..auth.users import UserDatabase, UsersFileError
@@ -113,6 +114,12 @@ def _parts(
 
     runInThread = threadRunner(reactor, threadPool)
 
+    audit = _audit(config, reactor)
+    authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
+
+    def ownerCheck(owner: str, queuedAs: str | None) -> str | None:
+        return mayStartQueued(authenticator.user(owner), owner, queuedAs)
+
     manager = _manager(
         config,
         reactor,
@@ -124,10 +131,8 @@ def _parts(
         runInThread,
         descriptorLimit=jobDescriptors,
         oomScore=_jobOomScore(config),
+        ownerCheck=ownerCheck,
     )
-
-    audit = _audit(config, reactor)
-    authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
     api = JobsAPI(
         manager,
         authenticator,
@@ -343,13 +348,15 @@ def _manager(
     runInThread: Callable[..., Deferred[Any]] | None = None,
     descriptorLimit: int | None = None,
     oomScore: int | None = None,
+    ownerCheck: Callable[[str, str | None], str | None] | None = None,
 ) -> JobManager:
     """
     The executor and the manager, over C{store} (L{_store}); recovered.
     Jobs start with C{descriptorLimit} as their soft C{RLIMIT_NOFILE} (None:
     the server's); Slurm's through sbatch, which hands them its own. Local
     jobs start with C{oomScore} as their C{oom_score_adj} (None: the
-    server's); Slurm's get slurmd's choice.
+    server's); Slurm's get slurmd's choice. A queued job's owner is
+    checked again at its turn by C{ownerCheck} (see L{JobManager}).
     """
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
@@ -379,7 +386,13 @@ def _manager(
             probeSandbox(local, policy.identities)
             executor = local
         manager = JobManager(
-            reactor, stateDir, executor, store=store, policy=policy, metrics=metrics
+            reactor,
+            stateDir,
+            executor,
+            store=store,
+            policy=policy,
+            metrics=metrics,
+            ownerCheck=ownerCheck,
         )
         manager.recover()
         log.info(
