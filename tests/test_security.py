@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from twisted.web.client import ResponseNeverReceived
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.metrics import Metrics
+from jobworker.server.api import AUDIT_COMMAND_CHARS
 from jobworker.server.connections import ConnectionsPerClient
 from jobworker.server.services import UsersReloadService
 
@@ -207,6 +209,30 @@ class LiveSecurityTests(TestCase):
         self.assertEqual(events[0]["job"], job["id"])
         for secret in ("hunter2-secret", "alice-pass", "bob-pass", "Basic "):
             self.assertNotIn(secret, text)
+
+    async def test_createAuditsABoundedCommand(self) -> None:
+        """
+        job.create names at most AUDIT_COMMAND_CHARS of the command, with
+        its length and SHA-256 when cut: a 32 KiB command that never runs
+        wrote 32 KiB of audit log per create (19 MB in 10 s: attacker
+        round 9). A short command is written whole, without them.
+        """
+        server = LiveServer(self)
+        long = "/nonexistent/" + "A" * 30000
+        code, _ = await server.json("POST", "/jobs", "alice", {"command": long})
+        self.assertEqual(code, 201)
+        await server.createJob("true")
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            text = f.read()
+        cut, whole = [json.loads(line) for line in text.splitlines()]
+        self.assertEqual(cut["command"], long[:AUDIT_COMMAND_CHARS])
+        self.assertEqual(cut["command_chars"], len(long))
+        self.assertEqual(
+            cut["command_sha256"], hashlib.sha256(long.encode()).hexdigest()
+        )
+        self.assertLess(len(text), 2 * AUDIT_COMMAND_CHARS + 1000)
+        self.assertEqual(whole["command"], "true")
+        self.assertNotIn("command_chars", whole)
 
     async def test_cleanNamesItsJobs(self) -> None:
         """

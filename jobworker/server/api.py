@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import signal
@@ -136,6 +137,27 @@ def challenge(request: IRequest) -> bytes:
 
 #: The most jobs one C{DELETE /jobs} deletes (C{"more": true} says to go on).
 MAX_CLEAN = 1000
+
+
+#: The most characters of a command C{job.create} audits (a request may
+#: hold 32 KiB of it, and a command that cannot run costs nothing else).
+AUDIT_COMMAND_CHARS = 256
+
+
+def auditedCommand(command: str) -> dict[str, object]:
+    """
+    A command as the audit log names it: whole if short, else its first
+    L{AUDIT_COMMAND_CHARS} characters, its length and its SHA-256.
+    """
+    if len(command) <= AUDIT_COMMAND_CHARS:
+        return {"command": command}
+    return {
+        "command": command[:AUDIT_COMMAND_CHARS],
+        "command_chars": len(command),
+        "command_sha256": hashlib.sha256(
+            command.encode("utf-8", "replace")
+        ).hexdigest(),
+    }
 
 
 #: Tokens a user may be issued: one a second, after a burst of ten.
@@ -288,7 +310,7 @@ class JobsAPI:
                 user,
                 result,
                 job=record.id,
-                command=record.command,
+                **auditedCommand(record.command),
                 args=len(record.args),
                 run_as=record.run_as,
                 **({"slurm": jobRequest.slurm.given()} if jobRequest.slurm else {}),
