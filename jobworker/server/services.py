@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -25,6 +25,8 @@ from ..jobs.manager import (
     JobManager,
 )
 from ..jobs.store import StoreError
+
+_T = TypeVar("_T")
 
 
 class ListeningService(Service):
@@ -63,6 +65,37 @@ class QuietSite(Site):
         pass
 
 
+#: What ends or reloads the server. During its shutdown each is logged and
+#: ignored: a HUP there (logrotate, a reload, a closed terminal) killed the
+#: server outright, its jobs left running and their records RUNNING, and a
+#: second TERM or an INT made Twisted's stop of a stopping reactor log a
+#: critical traceback (fault round 8).
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def ignoreDuringShutdown(reactor: Any, log: Logger) -> dict[int, Any]:
+    """
+    Log and ignore L{SHUTDOWN_SIGNALS} from now on; the handlers they had
+    (to put back once the shutdown is over: a test's process goes on).
+    Nothing is changed where signals cannot be handled (not the main thread).
+    """
+
+    def ignored(signum: int, frame: object) -> None:
+        reactor.callFromThread(
+            log.warn,
+            "{signal} during the shutdown: ignored, the shutdown goes on",
+            signal=signal.Signals(signum).name,
+        )
+
+    previous: dict[int, Any] = {}
+    try:
+        for signum in SHUTDOWN_SIGNALS:
+            previous[signum] = signal.signal(signum, ignored)
+    except ValueError:
+        pass
+    return previous
+
+
 class ManagerService(Service):
     """Stop every job, and wait for it, when the server shuts down."""
 
@@ -73,8 +106,10 @@ class ManagerService(Service):
         manager: JobManager,
         drain: Callable[[], Deferred[None]] | None = None,
         closing: Callable[[], object] | None = None,
+        reactor: Any = None,
     ) -> None:
         self.manager = manager
+        self._reactor = reactor
         self._drain = drain
         #: Called last (the audit log's close).
         self._closing = closing
@@ -93,7 +128,19 @@ class ManagerService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stop())
+        previous = (
+            {}
+            if self._reactor is None
+            else ignoreDuringShutdown(self._reactor, self.log)
+        )
+        return Deferred.fromCoroutine(self._stop()).addBoth(
+            lambda result: self._restore(previous, result)
+        )
+
+    def _restore(self, previous: dict[int, Any], result: _T) -> _T:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        return result
 
     async def _stop(self) -> None:
         await self.manager.shutdown()

@@ -145,7 +145,7 @@ def _parts(
     port = _listen(config, reactor, tlsOptions, _site(config, api, metrics))
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
-    root.addService(ManagerService(manager, api.drain, audit.close))
+    root.addService(ManagerService(manager, api.drain, audit.close, reactor))
     if config["retain"] is not None:
         root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(
