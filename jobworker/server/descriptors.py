@@ -23,6 +23,11 @@ RESERVED = 64
 #: a pidfd, its uid's lock, and one spare.
 PER_JOB = 8
 
+#: Descriptors a log stream holds besides its connection: a combined read's
+#: stdout, stderr and order file. Uncounted, one user's followers took the
+#: jobs' half, and another user's job lost its output (fault round 8).
+PER_STREAM = 3
+
 
 def softLimit() -> int | None:
     """The soft C{RLIMIT_NOFILE} (None: no limit)."""
@@ -51,16 +56,28 @@ def raiseSoftLimit(most: int = MOST_DESCRIPTORS) -> tuple[int | None, int | None
     return soft, target
 
 
-def connectionCap(wanted: int, soft: int | None = None) -> int:
+def connectionCap(wanted: int, soft: int | None = None, streams: int = 0) -> int:
     """
     The cap on connections in all: C{wanted}, but at most half the
     server's descriptor limit (soft C{RLIMIT_NOFILE}, or C{soft}), less
-    L{RESERVED}.
+    L{RESERVED} and the files of C{streams} log streams (L{PER_STREAM}).
     """
     soft = softLimit() if soft is None else soft
     if soft is None:
         return wanted
-    return max(1, min(wanted, soft // 2 - RESERVED))
+    return max(1, min(wanted, soft // 2 - RESERVED - PER_STREAM * streams))
+
+
+def logStreamsCap(wanted: int, soft: int | None = None) -> int:
+    """
+    The cap on log streams in all: C{wanted}, but at most what the
+    connections' half holds (see L{connectionCap}) at 1 + L{PER_STREAM}
+    descriptors each.
+    """
+    soft = softLimit() if soft is None else soft
+    if soft is None:
+        return wanted
+    return max(1, min(wanted, (soft // 2 - RESERVED) // (1 + PER_STREAM)))
 
 
 def jobsCap(wanted: int | None, soft: int | None = None) -> int | None:

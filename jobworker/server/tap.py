@@ -133,16 +133,18 @@ def _parts(
         oomScore=_jobOomScore(config),
         ownerCheck=ownerCheck,
     )
+    streams = _logStreams(config)
+    perUser = config["max-log-streams-per-user"]
     api = JobsAPI(
         manager,
         authenticator,
         reactor,
         metrics,
         audit,
-        config["max-log-streams"],
-        config["max-log-streams-per-user"],
+        streams,
+        perUser if perUser is None else min(streams, perUser),
     )
-    port = _listen(config, reactor, tlsOptions, _site(config, api, metrics))
+    port = _listen(config, reactor, tlsOptions, _site(config, api, metrics), streams)
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
     root.addService(ManagerService(manager, api.drain, audit.close, reactor))
@@ -542,21 +544,45 @@ def _site(config: Options, api: JobsAPI, metrics: Metrics) -> Site:
     return site
 
 
+def _logStreams(config: Options) -> int:
+    """
+    C{--max-log-streams}, lowered to what the connections' half of the
+    descriptor limit holds: a stream holds up to three files besides its
+    connection (L{descriptors.logStreamsCap}).
+    """
+    wanted = config["max-log-streams"]
+    total = descriptors.logStreamsCap(wanted)
+    if total < wanted:
+        log.warn(
+            "--max-log-streams {wanted} is more than the descriptor limit holds "
+            "(each stream {each} descriptors, in half the limit less {reserved}): "
+            "at most {total} log streams (raise RLIMIT_NOFILE for more)",
+            wanted=wanted,
+            each=1 + descriptors.PER_STREAM,
+            reserved=descriptors.RESERVED,
+            total=total,
+        )
+    return total
+
+
 def _listen(
-    config: Options, reactor: JobReactor, tlsOptions: Any, site: Site
+    config: Options, reactor: JobReactor, tlsOptions: Any, site: Site, streams: int
 ) -> IListeningPort:
     """Bind now, so a port in use is a start-up error."""
     # The connection cap sits outside TLS: a refused client costs no handshake.
     endpoint = TCP4ServerEndpoint(
         reactor, config["port"], interface=config["interface"]
     )
-    total = descriptors.connectionCap(config["max-connections"])
+    total = descriptors.connectionCap(config["max-connections"], streams=streams)
     if total < config["max-connections"]:
         log.warn(
             "--max-connections {wanted} is more than half the descriptor limit "
-            "(less {reserved} kept for the server's own files): at most {total} "
+            "holds (less {reserved} kept for the server's own files and "
+            "{files} for the files of {streams} log streams): at most {total} "
             "connections (raise RLIMIT_NOFILE for more)",
             reserved=descriptors.RESERVED,
+            files=descriptors.PER_STREAM * streams,
+            streams=streams,
             wanted=config["max-connections"],
             total=total,
         )
