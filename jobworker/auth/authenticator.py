@@ -22,11 +22,17 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from ..errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from ..errors import (
+    Forbidden,
+    JobworkerError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from .audit import AuditLog
-from .permissions import User
+from .permissions import Permission, User, authorize
 from .throttle import LoginThrottle
-from .tokens import InvalidToken, TokenSigner
+from .tokens import InvalidToken, TokenClaims, TokenSigner, fingerprint
 from .users import UserDatabase, UserEntry
 
 #: Runs a blocking callable off the reactor thread and returns a Deferred of
@@ -251,6 +257,60 @@ def replaceUsers(portal: Portal, users: UserDatabase) -> None:
             checker._cache.clear()
 
 
+class Grant:
+    """
+    What a long response (a log follower, which may stay for days) was let
+    in on, kept to be checked again while it runs: L{user}, L{permission}
+    on a job of L{owner}'s, and what they proved it with: a bearer token
+    (its claims, and when it L{expires}), or a password (its hash then),
+    or a certificate. Made by L{Authenticator.grant}; once L{watch}ed,
+    every users reload checks it again against the new users
+    (L{Authenticator.replaceUsers}) until it is L{release}d, and
+    L{withdraw} ends it from outside (its token expired).
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        user: str,
+        permission: Permission,
+        owner: str | None,
+        client: str,
+        fields: dict[str, Any],
+        token: TokenClaims | None = None,
+        expires: float | None = None,
+        passwordHash: bytes | None = None,
+    ) -> None:
+        self._authenticator = authenticator
+        self.user = user
+        self.permission = permission
+        self.owner = owner
+        #: The client's address, and what the audit line names (the job,
+        #: the token's fingerprint): never a secret.
+        self.client = client
+        self.fields = fields
+        self.token = token
+        #: When the token it came with stops working (epoch seconds); None
+        #: without a token.
+        self.expires = expires
+        self.passwordHash = passwordHash
+
+    def watch(self, lost: Callable[[JobworkerError], object]) -> None:
+        """
+        Check it again at each users reload; if it no longer holds, or is
+        L{withdraw}n, call C{lost} (once) with the error saying why.
+        """
+        self._authenticator._grants[self] = lost
+
+    def release(self) -> None:
+        """Stop watching it (its response has ended)."""
+        self._authenticator._grants.pop(self, None)
+
+    def withdraw(self, error: JobworkerError) -> None:
+        """End it now for C{error}'s reason: audited, and C{lost} told."""
+        self._authenticator._withdraw(self, error)
+
+
 class Authenticator:
     """
     Find out who a request comes from: C{Authorization: Basic} (bcrypt, or
@@ -297,6 +357,9 @@ class Authenticator:
         #: How long a password check takes, lately (seconds; a moving
         #: average): a throttled attempt is answered after as long.
         self._checkSeconds = 0.0
+        #: The L{Grant}s of the long responses running, and what to call
+        #: when one is withdrawn.
+        self._grants: dict[Grant, Callable[[JobworkerError], object]] = {}
 
     @property
     def tokens(self) -> TokenSigner | None:
@@ -326,17 +389,144 @@ class Authenticator:
         Use a new users database (a reloaded users file): remembered
         credentials are forgotten, and the tokens of users removed, or whose
         password or role changed, stop working for good (restoring the old
-        line does not revive them).
+        line does not revive them). Every watched L{Grant} that no longer
+        holds is withdrawn (audited C{access.revoked}; its response ends).
         """
         old = self._realm._users
         replaceUsers(self._portal, users)
-        if self._tokens is None:
-            return
-        for name in old.names():
-            before, after = old.lookup(name), users.lookup(name)
-            assert before is not None
-            if after is None or after.credentials != before.credentials:
-                self._tokens.revoke(name)
+        if self._tokens is not None:
+            for name in old.names():
+                before, after = old.lookup(name), users.lookup(name)
+                assert before is not None
+                if after is None or after.credentials != before.credentials:
+                    self._tokens.revoke(name)
+        # The long responses running (log followers) are held to the new
+        # users too: a user removed or demoted kept reading (attacker
+        # round 9).
+        for grant in list(self._grants):
+            error = self._standing(grant)
+            if error is not None:
+                self._withdraw(grant, error)
+
+    def grant(
+        self,
+        request: IRequest,
+        user: User,
+        permission: Permission,
+        owner: str | None = None,
+        job: str | None = None,
+    ) -> Grant:
+        """
+        What C{request}, authenticated as C{user} and authorised for
+        C{permission} on a job of C{owner}'s (C{job}), was let in on: a
+        L{Grant} to L{watch<Grant.watch>} while its response runs. Its
+        token's claims are read again (one HMAC, once per response).
+
+        @raise Unauthorized: its token no longer verifies.
+        """
+        fields: dict[str, Any] = {} if job is None else {"job": job}
+        header = request.getHeader(b"authorization")
+        scheme, _, response = (header or b"").partition(b" ")
+        if header is None:
+            # A client certificate: its user must stay in the users file.
+            return Grant(
+                self, user.name, permission, owner, clientAddress(request), fields
+            )
+        if scheme.lower() == b"bearer" and self._tokens is not None:
+            token = response.strip().decode("ascii", "replace")
+            try:
+                claims = self._tokens.claims(token)
+            except InvalidToken:
+                raise Unauthorized("invalid or expired token") from None
+            fields["token"] = fingerprint(token)
+            return Grant(
+                self,
+                user.name,
+                permission,
+                owner,
+                clientAddress(request),
+                fields,
+                token=claims,
+                expires=self._tokens.ends(claims),
+            )
+        # A password: it must stay the user's.
+        entry = self._realm._users.lookup(user.name)
+        return Grant(
+            self,
+            user.name,
+            permission,
+            owner,
+            clientAddress(request),
+            fields,
+            passwordHash=None if entry is None else entry.passwordHash,
+        )
+
+    def _standing(self, grant: Grant) -> JobworkerError | None:
+        """
+        Why C{grant} no longer holds under the users now, or None if it
+        does: its user is still one, with the same password if one let it
+        in, its token not revoked (nor expired), and the permission table
+        still lets the user's role do it.
+        """
+        entry = self._realm._users.lookup(grant.user)
+        if entry is None:
+            return Unauthorized(
+                f"access revoked: {grant.user} is no longer a user of this server"
+            )
+        if grant.token is not None:
+            if self._tokens is None:
+                return Unauthorized("access revoked: tokens are off")
+            try:
+                self._tokens.recheck(grant.token)
+            except InvalidToken as e:
+                return Unauthorized(f"access revoked (token): {e}")
+            if grant.token.role != entry.user.role.value:
+                return Unauthorized("access revoked: the token's role changed")
+        elif grant.passwordHash is not None and grant.passwordHash != (
+            entry.passwordHash
+        ):
+            return Unauthorized(
+                "access revoked: the password it was opened with is no longer "
+                f"{grant.user}'s"
+            )
+        try:
+            authorize(entry.user, grant.permission, grant.owner)
+        except Forbidden as e:
+            return Forbidden(f"access revoked: {e.message}")
+        return None
+
+    def _withdraw(self, grant: Grant, error: JobworkerError) -> None:
+        """End a watched C{grant}: audited, then its response told."""
+        lost = self._grants.pop(grant, None)
+        if lost is None:
+            return  # released, or withdrawn already
+        if self._audit is not None:
+            self._audit.record(
+                "access.revoked",
+                grant.user,
+                grant.client,
+                "ended",
+                reason=error.message,
+                permission=grant.permission.value,
+                **grant.fields,
+            )
+        else:
+            self.log.info(
+                "access of {user!r} from {client} revoked: {reason}",
+                user=grant.user,
+                client=grant.client,
+                reason=error.message,
+                permission=grant.permission.value,
+                **grant.fields,
+            )
+        try:
+            lost(error)
+        except Exception:
+            # One response that cannot be ended must not keep the others
+            # (or the rest of a reload) from being.
+            self.log.failure(
+                "the response of {user!r} could not be ended", user=grant.user
+            )
 
     def _refuse(
         self,

@@ -12,6 +12,7 @@ import secrets
 import stat
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -36,6 +37,18 @@ class InvalidToken(Exception):
         #: Whose it is, once its signature holds (expired, revoked): ""
         #: before (a forged token's claims are the sender's words).
         self.user = user
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a valid token says (L{TokenSigner.claims}); never a secret."""
+
+    #: Its user and the role it was issued for.
+    user: str
+    role: str
+    #: When it was issued and when it expires (epoch seconds).
+    issued: float
+    expires: int
 
 
 def _b64(data: bytes) -> str:
@@ -230,6 +243,15 @@ class TokenSigner:
             issued more than L{MAX_CLOCK_SKEW} ahead of now, or its user
             was removed or changed since.
         """
+        claims = self.claims(token)
+        return claims.user, claims.role
+
+    def claims(self, token: str) -> TokenClaims:
+        """
+        What a valid token says: L{verify}, with its issue time and expiry.
+
+        @raise InvalidToken: as L{verify}.
+        """
         if len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("token too long")
         prefix, _, rest = token.partition(".")
@@ -259,6 +281,24 @@ class TokenSigner:
             raise InvalidToken("no such user (removed?)")
         if not hmac.compare_digest(expected, mac):
             raise InvalidToken("bad signature, or its user's password or role changed")
+        accepted = TokenClaims(name, role, issued, expires)
+        self.recheck(accepted)
+        # Accepted: a revocation from now on must cover it (L{revoke}).
+        if issued > self._latestIssued.get(name, issued - 1):
+            self._latestIssued[name] = issued
+        return accepted
+
+    def recheck(self, claims: TokenClaims) -> None:
+        """
+        Check again a token whose signature held (L{claims}): its user's
+        tokens were not revoked since it was issued, and it still lives.
+        What a long response the token let in is held to (a log follower,
+        at each users reload): cheap, no HMAC.
+
+        @raise InvalidToken: revoked, expired, older than the ttl, or
+            issued more than L{MAX_CLOCK_SKEW} ahead of now.
+        """
+        name, issued, expires = claims.user, claims.issued, claims.expires
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
             raise InvalidToken("issued before its user was changed or removed", name)
@@ -274,7 +314,11 @@ class TokenSigner:
             # Its expiry needs no check of its own: a token verifies only
             # while its issue time is within a ttl back and the skew ahead.
             raise InvalidToken("token issued in the future (the clock was ahead)", name)
-        # Accepted: a revocation from now on must cover it (L{revoke}).
-        if issued > self._latestIssued.get(name, issued - 1):
-            self._latestIssued[name] = issued
-        return name, role
+
+    def ends(self, claims: TokenClaims) -> float:
+        """
+        When a token stops working (epoch seconds): its expiry, or a
+        C{ttl} after its issue if that is sooner (issued under a longer
+        C{--token-ttl}).
+        """
+        return min(float(claims.expires), claims.issued + self.ttl)

@@ -528,4 +528,9 @@ class JobsAPI:
     async def jobLogs(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.LOGS, owner=record.owner)
-        return await self._logs.serve(request, user, record)
+        # Held to it while it runs: a follower ends once a users reload takes
+        # the permission away, or its token expires (attacker round 9).
+        grant = self._authenticator.grant(
+            request, user, Permission.LOGS, record.owner, record.id
+        )
+        return await self._logs.serve(request, user, record, grant)

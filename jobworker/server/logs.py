@@ -7,16 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ..auth.authenticator import Grant
 from ..auth.permissions import User
 from ..errors import (
     BadRequest,
+    JobworkerError,
     ServiceUnavailable,
     TooManyRequests,
+    Unauthorized,
 )
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
@@ -39,7 +42,7 @@ from .frames import FrameStream
 from .requests import (
     _arg,
 )
-from .sse import EventStream, parseLastEventId
+from .sse import EventStream, frame, parseLastEventId
 
 #: At shutdown, how long a follower's connection must have been quiet
 #: before it is closed (time for its client's last request).
@@ -56,6 +59,29 @@ DRAIN_LIMIT = 30.0
 
 #: How often the drain looks at the bytes sent.
 DRAIN_LOOK = 0.25
+
+
+class _Revocable:
+    """
+    A log response let in on a L{Grant}: ended (L{LogStreams._revoke}) when
+    a users reload takes the grant away or the token it came with expires.
+    """
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+        #: The response's work (L{LogStreams._serve}): cancelled to end it.
+        self.work: Deferred[bytes] | None = None
+        #: Why it was ended, once it was.
+        self.revoked: JobworkerError | None = None
+        #: The end of its token's life, if it came with one.
+        self.expiry: IDelayedCall | None = None
+
+    def stop(self) -> None:
+        """Nothing more to watch: the grant released, the expiry off."""
+        self.grant.release()
+        if self.expiry is not None and self.expiry.active():
+            self.expiry.cancel()
+        self.expiry = None
 
 
 class LogStreams:
@@ -94,8 +120,20 @@ class LogStreams:
         """How many log responses are open."""
         return len(self._streams)
 
-    async def serve(self, request: IRequest, user: User, record: JobRecord) -> bytes:
-        """The logs route, once the user may read this job's logs."""
+    async def serve(
+        self,
+        request: IRequest,
+        user: User,
+        record: JobRecord,
+        grant: Grant | None = None,
+    ) -> bytes:
+        """
+        The logs route, once the user may read this job's logs. With the
+        C{grant} it was let in on, the response ends (L{_revoked}) once the
+        grant is withdrawn: a users reload removed its user, demoted them,
+        changed the password it came with or revoked its token; or its
+        token expired. Checked then only: the output's way out pays nothing.
+        """
         if len(self._streams) >= self._maxStreams:
             raise TooManyRequests(
                 f"{len(self._streams)} log streams are open, the most this server "
@@ -108,7 +146,39 @@ class LogStreams:
                 "most one user may",
                 retryAfter=1,
             )
-        self._track(request, user.name)
+        revocable = self._track(request, user.name, grant)
+        if revocable is None:
+            return await self._serve(request, record)
+        work = revocable.work = Deferred.fromCoroutine(self._serve(request, record))
+        try:
+            return await work
+        except CancelledError:
+            if revocable.revoked is None:
+                raise  # the client went away, or the server stops
+            return self._revoked(request, revocable.revoked)
+
+    def _revoked(self, request: IRequest, error: JobworkerError) -> bytes:
+        """
+        The end of a response whose grant was withdrawn (L{_revoke}). None
+        of it sent yet (a follower of a queued job): the C{error}, as any
+        request gets it. SSE: a C{revoked} event saying why (data: the
+        error's JSON), then the end. Frames: the end without the job's
+        C{x} frame, which a reader knows from the job's end. Raw: broken
+        off, as when the output cannot be read: an end would pass for the
+        whole output.
+        """
+        if not getattr(request, "startedWriting", True):
+            raise error
+        form = _format(request)
+        if form == "sse":
+            request.write(frame("revoked", error.body()))
+        elif form == "raw":
+            _cut(request)
+            raise CancelledError(error.message)
+        return b""
+
+    async def _serve(self, request: IRequest, record: JobRecord) -> bytes:
+        """L{serve}, the response tracked."""
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
         tail = parseTail(_arg(request, b"tail"))
@@ -339,13 +409,17 @@ class LogStreams:
             # end left is a broken one, so the client cannot take what it
             # got for the whole output.
             self.log.error("log response cut: {error}", error=e.strerror or str(e))
-            transport = getattr(getattr(request, "channel", None), "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            _cut(request)
             raise CancelledError("the output cannot be read") from e
 
-    def _track(self, request: IRequest, user: str) -> None:
-        """Remember an open log response until it is finished or lost."""
+    def _track(
+        self, request: IRequest, user: str, grant: Grant | None = None
+    ) -> _Revocable | None:
+        """
+        Remember an open log response until it is finished or lost; with
+        the C{grant} it was let in on, watch that (users reloads), and end
+        it when the token it came with expires: what L{serve} cancels then.
+        """
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
         self._streams.add(finished)
         self._streamRequests[finished] = request
@@ -353,8 +427,20 @@ class LogStreams:
         channel = getattr(request, "channel", None)
         if channel is not None:
             self._streamChannels[finished] = channel
+        revocable = None
+        if grant is not None:
+            watched = revocable = _Revocable(grant)
+            grant.watch(lambda error: self._revoke(watched, error))
+            if grant.expires is not None:
+                watched.expiry = self._clock.callLater(
+                    max(0.0, grant.expires - self._clock.seconds()),
+                    grant.withdraw,
+                    Unauthorized("access revoked: the token expired"),
+                )
 
         def done(result: object) -> None:
+            if revocable is not None:
+                revocable.stop()
             self._streams.discard(finished)
             self._streamRequests.pop(finished, None)
             self._streamsBy[user] -= 1
@@ -372,6 +458,26 @@ class LogStreams:
                 )
 
         finished.addBoth(done)
+        return revocable
+
+    def _revoke(self, revocable: _Revocable, error: JobworkerError) -> None:
+        """
+        C{revocable}'s grant was withdrawn (and audited): end its response,
+        wherever it is (waiting for a queued job's start, sending, waiting
+        for the job's end), as L{serve} says.
+        """
+        revocable.stop()
+        grant = revocable.grant
+        self.log.info(
+            "log response of {user} from {client} ended: {reason}",
+            user=grant.user,
+            client=grant.client,
+            reason=error.message,
+            job=grant.fields.get("job"),
+        )
+        revocable.revoked = error
+        if revocable.work is not None:
+            revocable.work.cancel()
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """
@@ -480,6 +586,13 @@ def _forget(final: Deferred[JobRecord] | JobRecord | None) -> None:
     if isinstance(final, Deferred) and not final.called:
         final.addErrback(lambda _: None)
         final.cancel()
+
+
+def _cut(request: IRequest) -> None:
+    """Break a response off: its connection aborted, nothing more sent."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
 
 
 def _headOnly(request: IRequest) -> bool:
