@@ -57,7 +57,7 @@ from .services import (
     UsersReloadService,
 )
 from .startup import StartupError, fatal
-from .threads import threadRunner
+from .threads import daemonRunner, threadRunner
 from .tlssetup import isLoopback, where
 from .tlswrites import LargeWritesTLSFactory
 
@@ -152,7 +152,11 @@ def _parts(
         root.addService(RetentionService(manager, config["retain"], reactor))
     root.addService(
         UsersReloadService(
-            config["users"], authenticator, reactor, runInThread, audit.reopen
+            config["users"],
+            authenticator,
+            reactor,
+            daemonRunner(reactor, "jobworker-users-reload"),
+            audit.reopen,
         )
     )
 
