@@ -59,7 +59,8 @@ async def resuming(
     now) is asked again the same way, after the pause its C{Retry-After}
     asks for. Each attempt resumes where
     the last one left; one that got somewhere (C{progress()} changed: a
-    follow of days over a flaky link) starts a new count.
+    follow of days over a flaky link; or its stream held a while,
+    L{_Answers}) starts a new count.
     """
     failures = 0
     brokeAt: float | None = None
@@ -81,6 +82,39 @@ async def resuming(
         await client.pause(max(min(0.2 * failures, FOLLOW_PAUSE_MAX), asked))
 
 
+class _Answers:
+    """
+    When the answers of a follow's attempts came (their C{onStatus}, which
+    each answer tells), for L{resuming}: an attempt whose stream broke off
+    L{RESUME_FOR} seconds or more after its answer had a stream that held,
+    and its break is a new one, even with nothing received (a quiet job's
+    follow, whose stalled stream is taken for broken once in a while: it
+    gave up at the second break, however long after the first). One cut
+    as soon as it is answered still counts, and ends the retries.
+    """
+
+    def __init__(self, onStatus: Callable[[str], None] | None = None) -> None:
+        self._onStatus = onStatus
+        self._answered: float | None = None
+        self._held = 0
+
+    def told(self, status: str) -> None:
+        """An answer came (C{onStatus})."""
+        self._answered = time.monotonic()
+        if self._onStatus is not None:
+            self._onStatus(status)
+
+    def held(self) -> int:
+        """
+        How many streams held (asked as an attempt starts, and as it
+        fails: C{resuming}'s progress).
+        """
+        answered, self._answered = self._answered, None
+        if answered is not None and time.monotonic() - answered >= RESUME_FOR:
+            self._held += 1
+        return self._held
+
+
 async def followCombined(
     client: Client,
     jobId: str,
@@ -100,6 +134,7 @@ async def followCombined(
     @return: the job's record from the end, or None without one.
     """
     reader = _CombinedFollower(streams)
+    answers = _Answers(onStatus)
 
     async def attempt() -> None:
         if reader.frames:
@@ -123,7 +158,7 @@ async def followCombined(
                     tail,
                     lastEventId=reader.lastId,
                     frames=True,
-                    onStatus=onStatus,
+                    onStatus=answers.told,
                 )
                 return
             except ClientError as e:
@@ -138,10 +173,10 @@ async def followCombined(
             follow,
             tail,
             lastEventId=reader.lastId,
-            onStatus=onStatus,
+            onStatus=answers.told,
         )
 
-    await resuming(client, attempt, lambda: reader.lastId)
+    await resuming(client, attempt, lambda: (reader.lastId, answers.held()))
     return reader.end
 
 
@@ -350,6 +385,7 @@ async def followStream(
     C{onStatus}: told the job's status as each answer comes.
     """
     position = offset
+    answers = _Answers(onStatus)
 
     def sink(data: bytes) -> None:
         nonlocal position
@@ -372,10 +408,10 @@ async def followStream(
             follow=True,
             tail=tail,
             onStart=started,
-            onStatus=onStatus,
+            onStatus=answers.told,
         )
 
-    await resuming(client, attempt, lambda: position)
+    await resuming(client, attempt, lambda: (position, answers.held()))
 
 
 async def pollEnd(

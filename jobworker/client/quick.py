@@ -19,6 +19,7 @@ import json
 import queue
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -53,6 +54,19 @@ TIMEOUT = 300
 #: and resumed, or given up, instead of waited on for ever. JW_KEEPALIVE.
 KEEPALIVE = 30
 
+#: Seconds between the heartbeats a server sends on an idle frames or SSE
+#: stream (C{jobworker.server.sse.HEARTBEAT}, not imported: it needs
+#: Twisted).
+HEARTBEAT = 15.0
+
+#: Seconds a heartbeat, or a long poll's answer, may come after it is due
+#: (a loaded server, a retransmission) before its stream is taken for
+#: stalled.
+LATE = 5.0
+
+#: The statuses of a job that has not ended.
+_LIVE = ("PENDING", "RUNNING")
+
 
 def keepAliveSeconds(environ: dict[str, str]) -> int:
     """C{JW_KEEPALIVE}, else L{KEEPALIVE}. @raise ConfigError: not seconds."""
@@ -72,6 +86,20 @@ def handshakeSeconds(keepalive: int) -> float:
     the kernel answer the probes for it), never longer than L{TIMEOUT}.
     """
     return min(2 * keepalive, TIMEOUT)
+
+
+def stallSeconds(keepalive: int) -> float:
+    """
+    How long a follow's stream may bring nothing before it is taken for
+    stalled, and resumed: the network or the server stopped without
+    closing anything (a proxy, a NAT or a middlebox that stops forwarding
+    while its kernel still acknowledges, keepalive's probes included; a
+    server stopped with SIGSTOP), which keepalive cannot notice. Twice the
+    keepalive, as a dead connection fails; never less than a heartbeat and
+    its lateness (L{HEARTBEAT} + L{LATE}: a stream that is alive is never
+    that quiet), never more than L{TIMEOUT}.
+    """
+    return min(max(2.0 * keepalive, HEARTBEAT + LATE), float(TIMEOUT))
 
 
 class KeptAliveConnection(http.client.HTTPSConnection):
@@ -147,6 +175,88 @@ class KeptAliveConnection(http.client.HTTPSConnection):
 #: record (16 KiB) per read, but nothing smaller is asked for.
 READ_SIZE = 256 * 1024
 
+#: Seconds between the looks of L{QuickClient.concurrently} at the raw
+#: streams its workers read (L{_Peers.look}).
+LOOK = 1.0
+
+
+class _RawRead:
+    """A raw log stream being read: its socket, when it last brought bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.last = time.monotonic()
+        #: Why it was broken off (L{_Peers}), if it was.
+        self.broken: str | None = None
+
+
+class _Peers:
+    """
+    The connections of one L{QuickClient.concurrently}: the raw streams of
+    a follow and the long poll of the job's end beside them. A raw stream
+    has no heartbeat (a quiet job's is silent for hours), so the long poll
+    is theirs: one that gets no answer in time (L{stalled}) breaks every
+    raw stream being read, which resume on new connections (or give up);
+    once it has the job's end (L{ended}), a raw stream still silent the
+    stall bound later is broken too (L{look}). Breaking one shuts its
+    socket down from this thread: the read blocked on it ends.
+    """
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self._lock = threading.Lock()
+        self._reads: set[_RawRead] = set()
+        self._endedAt: float | None = None
+
+    def reading(self, sock: socket.socket) -> _RawRead:
+        """A raw stream is read on C{sock} from now on."""
+        read = _RawRead(sock)
+        with self._lock:
+            self._reads.add(read)
+        return read
+
+    def done(self, read: _RawRead) -> None:
+        """C{read} ends: forgotten before its socket may be closed."""
+        with self._lock:
+            self._reads.discard(read)
+
+    def stalled(self, seconds: float) -> None:
+        """The long poll got no answer in C{seconds}: break every raw read."""
+        why = f"the long poll beside it got no answer in {seconds:g} s"
+        with self._lock:
+            for read in self._reads:
+                self._break(read, why)
+
+    def ended(self) -> None:
+        """The job has ended: its raw streams end soon, unless stalled."""
+        if self._endedAt is None:
+            self._endedAt = time.monotonic()
+
+    def look(self) -> None:
+        """Break the raw reads silent for the stall bound since the job ended."""
+        if self._endedAt is None:
+            return
+        now = time.monotonic()
+        why = (
+            f"nothing came for {self.stall:g} s, although the job had ended "
+            "(a stalled network or server?)"
+        )
+        with self._lock:
+            for read in self._reads:
+                if now - max(read.last, self._endedAt) >= self.stall:
+                    self._break(read, why)
+
+    def _break(self, read: _RawRead, why: str) -> None:
+        if read.broken is not None:
+            return
+        read.broken = why
+        try:
+            # The socket's own shutdown: SSLSocket.shutdown would drop the
+            # TLS state under the thread reading.
+            socket.socket.shutdown(read.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed by its end meanwhile
+
 
 class QuickClock:
     """The little of a reactor the short commands ask for: the time."""
@@ -185,6 +295,10 @@ class QuickClient(ApiCalls):
             timeout=TIMEOUT,
             keepalive=keepalive,
         )
+        #: How long a follow's answer or stream may bring nothing.
+        self._stall = stallSeconds(keepalive)
+        #: The connections this one works beside (L{concurrently}).
+        self._peers = _Peers(self._stall)
         self._headers: dict[str, str] = {}
         if user is not None and password is not None:
             import base64
@@ -237,13 +351,18 @@ class QuickClient(ApiCalls):
         all have ended. The first failure is raised as soon as it comes (the
         other threads, daemons, are left to the exit). Once all succeed,
         this client keeps one of their connections if it has none open, as
-        a pool would (a server shutting down still answers on it).
+        a pool would (a server shutting down still answers on it). Their
+        connections are peers (L{_Peers}): a long poll among them that gets
+        no answer in time breaks the raw streams the others read, and this
+        thread looks at those every L{LOOK} seconds meanwhile.
         """
         outcomes: queue.SimpleQueue[BaseException | QuickClient]
         outcomes = queue.SimpleQueue()
+        peers = _Peers(self._stall)
 
         def run(work: Callable[[QuickClient], Coroutine[Any, Any, None]]) -> None:
             client = self.another()
+            client._peers = peers
             try:
                 drive(work(client))
             except BaseException as e:  # raised in the waiting thread
@@ -256,7 +375,12 @@ class QuickClient(ApiCalls):
             startThread(run, work)
         done = []
         for _ in works:
-            outcome = outcomes.get()
+            while True:
+                try:
+                    outcome = outcomes.get(timeout=LOOK)
+                    break
+                except queue.Empty:
+                    peers.look()
             if isinstance(outcome, BaseException):
                 raise outcome
             done.append(outcome)
@@ -275,31 +399,52 @@ class QuickClient(ApiCalls):
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
         patient: bool = False,
+        within: float | None = None,
     ) -> http.client.HTTPResponse:
         """
         Send one request; its response, headers read, or a L{ClientError}
         for a failed connection or an error status. A GET over a kept-alive
         connection that the server has closed meanwhile is sent again once.
         C{patient}: the answer may take hours (a followed job still in the
-        queue answers when it starts), so no read timeout, only the
-        connection's.
+        queue answers when it starts): one that has not come in the stall
+        bound (L{stallSeconds}) is asked for again on a new connection,
+        whose handshake fails in twice the keepalive if the network or the
+        server stalled; nothing was received, so nothing is lost or
+        repeated. C{within}: the answer (a long poll's) is due in that many
+        seconds, else the request failed.
         """
         allHeaders = {**self._headers, **(headers or {})}
-        for attempt in (1, 2):
+        wait = self._stall if patient else within
+        retried = False
+        while True:
             reused = self._connection.sock is not None
+            sent = False
             try:
-                if patient:
+                if wait is not None:
                     if self._connection.sock is None:
                         self._connection.connect()
-                    self._connection.sock.settimeout(None)
+                    self._connection.sock.settimeout(wait)
                 self._connection.request(
                     method, self._prefix + path, body=data, headers=allHeaders
                 )
+                sent = True
                 response = self._connection.getresponse()
+            except TimeoutError as e:
+                self._connection.close()
+                if not sent or wait is None:
+                    raise ClientError(describe(self.server, e)) from None
+                if patient:
+                    continue  # no answer yet: asked again
+                self._peers.stalled(wait)
+                raise ClientError(
+                    f"{self.server} sent no answer in {wait:g} s (a stalled "
+                    "network or server?)"
+                ) from None
             except (ConnectionResetError, BrokenPipeError) as e:
                 # RemoteDisconnected is a ConnectionResetError.
                 self._connection.close()
-                if attempt == 1 and reused and method == "GET":
+                if not retried and reused and method == "GET":
+                    retried = True
                     continue
                 raise ClientError(describe(self.server, e)) from None
             except OSError as e:
@@ -311,7 +456,7 @@ class QuickClient(ApiCalls):
                     f"connection to {self.server} failed: {e!r}"
                 ) from None
             if response.status >= 400:
-                if patient and self._connection.sock is not None:
+                if wait is not None and self._connection.sock is not None:
                     self._connection.sock.settimeout(TIMEOUT)
                 raise errorFor(
                     response.status,
@@ -319,7 +464,6 @@ class QuickClient(ApiCalls):
                     response.getheader("Retry-After"),
                 )
             return response
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _body(self, response: http.client.HTTPResponse) -> bytes:
         try:
@@ -348,6 +492,29 @@ class QuickClient(ApiCalls):
         )
         self._body(response)
 
+    async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
+        """
+        C{GET /jobs/ID}; with C{wait}, a long poll of the job's end, asked
+        for at most the stall bound less L{LATE} (so that it is answered at
+        least that often) and failed if no answer comes by the stall bound:
+        beside a follow's raw streams, which have no heartbeat, it is
+        theirs (L{_Peers}).
+        """
+        if not wait:
+            return await super().job(jobId)
+        wait = min(wait, self._stall - LATE)
+        response = self._send(
+            "GET", f"/jobs/{segment(jobId)}?wait={wait:g}", within=wait + LATE
+        )
+        try:
+            job: dict[str, Any] = json.loads(self._body(response))
+        finally:
+            if self._connection.sock is not None:
+                self._connection.sock.settimeout(TIMEOUT)
+        if job.get("status") not in _LIVE:
+            self._peers.ended()
+        return job
+
     async def events(
         self,
         jobId: str,
@@ -359,11 +526,16 @@ class QuickClient(ApiCalls):
         frames: bool = False,
         onStatus: Callable[[str], None] | None = None,
     ) -> None:
-        """As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}."""
+        """
+        As L{JobworkerClient.events<jobworker.client.http.JobworkerClient>}.
+        The server sends a heartbeat every L{HEARTBEAT} seconds on these
+        streams: one that brings nothing for the stall bound
+        (L{stallSeconds}) has stalled, and fails as a broken one.
+        """
         path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
         response = self._send("GET", path, headers=headers, patient=follow)
         _tellStatus(response, onStatus)
-        self._collect(response, lambda piece: sink(bytes(piece)))
+        self._collect(response, lambda piece: sink(bytes(piece)), self._stall)
 
     async def logs(
         self,
@@ -379,6 +551,10 @@ class QuickClient(ApiCalls):
         """
         As L{JobworkerClient.logs<jobworker.client.http.JobworkerClient>},
         but C{sink} is handed views of a reused buffer (to write at once).
+        A raw stream has no heartbeat: followed, it may be silent for hours,
+        and only the long poll beside it (L{_Peers}) tells it stalled; else
+        it brings everything at once, and nothing for L{TIMEOUT} seconds
+        fails it.
         """
         response = self._send(
             "GET", logsPath(jobId, stream, follow, offset, tail), patient=follow
@@ -387,36 +563,61 @@ class QuickClient(ApiCalls):
         start = response.getheader("X-Output-Offset", "")
         if onStart is not None and start.isdigit():
             onStart(int(start))
-        self._collect(response, sink)
+        self._collect(response, sink, None if follow else TIMEOUT)
 
     def _collect(
-        self, response: http.client.HTTPResponse, sink: Callable[[memoryview], None]
+        self,
+        response: http.client.HTTPResponse,
+        sink: Callable[[memoryview], None],
+        quiet: float | None,
     ) -> None:
         """
         The body to C{sink} as it comes, each piece a view of one reused
-        buffer (valid during the call only), with no read timeout (a
-        followed job may say nothing for hours). A broken stream is a
+        buffer (valid during the call only). Nothing for C{quiet} seconds
+        fails it; with None (a followed raw stream: a job may say nothing
+        for hours), its L{_Peers} may break it off. A broken stream is a
         L{ClientError} with no status; a failing C{sink}, its own error.
         """
         sock = self._connection.sock
+        read = None
         if sock is not None:
-            sock.settimeout(None)
+            sock.settimeout(quiet)
+            if quiet is None:
+                read = self._peers.reading(sock)
         pieces = bodyPieces(response, bytearray(READ_SIZE))
         try:
             while True:
                 try:
                     piece = next(pieces, None)
                 except (OSError, ValueError, http.client.HTTPException) as e:
+                    if read is not None:
+                        self._peers.done(read)  # before its socket is closed
                     self._connection.close()
-                    why = describe(self.server, e) if isinstance(e, OSError) else e
+                    if read is not None and read.broken is not None:
+                        why: object = read.broken
+                    elif isinstance(e, TimeoutError):
+                        why = f"nothing came for {quiet:g} s (a stalled network?)"
+                    else:
+                        why = describe(self.server, e) if isinstance(e, OSError) else e
                     raise ClientError(
                         f"log stream from {self.server} broke off: {why}"
                     ) from None
                 if piece is None:
+                    if read is not None and read.broken is not None:
+                        # A body read to the connection's end: not all of it.
+                        self._peers.done(read)
+                        self._connection.close()
+                        raise ClientError(
+                            f"log stream from {self.server} broke off: {read.broken}"
+                        )
                     response.close()  # read to its end: the connection is free
                     return
+                if read is not None:
+                    read.last = time.monotonic()
                 sink(piece)
         finally:
+            if read is not None:
+                self._peers.done(read)
             if self._connection.sock is not None:
                 self._connection.sock.settimeout(TIMEOUT)
 
