@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import grp
 import json
 import os
 import pwd
@@ -16,6 +17,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import types
 from typing import Any
 
 import treq
@@ -24,6 +26,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local import sandbox
+from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.sandbox import (
     MAX_PATH_CHECKS,
     MAX_PTYS,
@@ -44,9 +47,12 @@ from jobworker.jobs.identity import (
     parseRange,
     rangeClashes,
 )
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.recovery import hasLiveParent, processesOf
 
+from .fakes import FakeProcessReactor
 from .support import CERT, KEY, LiveServer, sharedPath, sleep
+from .test_dropbehind import Threads, warnings
 from .test_pump import readCmdline
 
 #: Accounts the mapped-mode tests run alice's and bob's jobs as (also used
@@ -199,6 +205,387 @@ class DynamicUidsTests(SynchronousTestCase):
             clashing.acquire(mapped)
         self.assertIn("--dynamic-uids", str(caught.exception))
         self.assertIs(Identities(server=server).acquire(None), server)
+
+
+class Directory:
+    """
+    A fake user database that does not enumerate (SSSD's C{enumerate =
+    false}): L{getpwuid} and L{getgrgid} find its entries, C{getpwall} and
+    C{getgrall} never list them. C{asked} is every uid L{getpwuid} was asked
+    about; C{broken} makes both raise it.
+    """
+
+    def __init__(self) -> None:
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
+        self.asked: list[int] = []
+        self.broken: Exception | None = None
+
+    def getpwuid(self, uid: int) -> pwd.struct_passwd:
+        self.asked.append(uid)
+        if self.broken is not None:
+            raise self.broken
+        name = self.users.get(uid)
+        if name is None:
+            raise KeyError(f"getpwuid(): uid not found: {uid}")
+        return pwd.struct_passwd((name, "x", uid, uid, "", f"/home/{name}", "/bin/sh"))
+
+    def getgrgid(self, gid: int) -> grp.struct_group:
+        if self.broken is not None:
+            raise self.broken
+        name = self.groups.get(gid)
+        if name is None:
+            raise KeyError(f"getgrgid(): gid not found: {gid}")
+        return grp.struct_group((name, "x", gid, []))
+
+    def pool(self, first: int, last: int, lockDir: str) -> DynamicUids:
+        """A pool whose uids are looked up in this directory."""
+        return DynamicUids(
+            first, last, lockDir, getpwuid=self.getpwuid, getgrgid=self.getgrgid
+        )
+
+
+def skipped(events: list[dict[str, Any]]) -> list[int]:
+    """The uids of the warnings that a dynamic uid has an entry."""
+    return [e["uid"] for e in events if "entry" in e]
+
+
+class PrimaryGroupRangeTests(SynchronousTestCase):
+    """
+    Attack round 9: a passwd entry's primary gid in the --dynamic-uids range
+    (carol, uid 1500, gid 70005: typical of LDAP, where the group itself may
+    not be listed) gave her group to the job of dynamic:70005; neither the
+    start-up check nor the per-job one looked at it.
+    """
+
+    def test_primaryGroupNamed(self) -> None:
+        """A user's primary gid in the range is named; once with its group."""
+        found = rangeClashes(
+            100,
+            200,
+            users=[("carol", 1500), ("slurm", 150)],
+            groups=[("slurm", 150)],
+            primaryGroups=[("carol", 170), ("slurm", 150), ("root", 0)],
+        )
+        self.assertEqual(
+            found,
+            [
+                "user slurm (150)",
+                "group slurm (150)",
+                "user carol's primary group (170)",
+            ],
+        )
+
+    def test_primaryGroupOfTheUserDatabase(self) -> None:
+        """By default the primary gids are the passwd entries' own."""
+        carol = pwd.struct_passwd(
+            ("carol", "x", 1500, 70005, "", "/home/carol", "/bin/sh")
+        )
+        self.patch(pwd, "getpwall", lambda: [carol])
+        self.patch(grp, "getgrall", lambda: [])
+        self.assertEqual(
+            rangeClashes(70000, 79999), ["user carol's primary group (70005)"]
+        )
+
+    def accountWith(self, gid: int, groups: tuple[int, ...]) -> Identity:
+        """The identity of a job of carol, whose account has these groups."""
+        pool = DynamicUids(70000, 70009, self.mktemp())
+        server = Identity(0, 0, (), "root", "/root", "/bin/sh", "root")
+        carol = Identity(1500, gid, groups, "carol", "/home/c", "/bin/sh", "carol")
+        identities = Identities(pool=pool, server=server, lookUp=lambda name: carol)
+        return identities.acquire(carol)
+
+    def test_accountOfAGroupInTheRangeRefused(self) -> None:
+        """
+        A job of an account whose primary or supplementary group is in the
+        range is refused, as one whose uid is: it would share a group with
+        another user's dynamic job.
+        """
+        for gid, groups in ((70005, ()), (1500, (27, 70009)), (1500, (70000,))):
+            with self.assertRaises(IdentityError) as caught:
+                self.accountWith(gid, groups)
+            message = str(caught.exception)
+            self.assertIn("--dynamic-uids (70000-70009)", message)
+            self.assertIn(str(max(g for g in (gid, *groups) if g >= 70000)), message)
+
+    def test_groupsBesideTheRangeAccepted(self) -> None:
+        """Groups just outside the range are no clash."""
+        found = self.accountWith(69999, (27, 70010))
+        self.assertEqual((found.gid, found.groups), (69999, (27, 70010)))
+
+
+class DynamicUidLookupTests(SynchronousTestCase):
+    """
+    Attack round 9: the range was checked by enumeration only (C{getpwall},
+    C{getgrall}), which a network user database (SSSD's C{enumerate =
+    false}) does not fill, and the pool handed out the uid of a real user of
+    the site. A uid is now looked up (C{getpwuid}, C{getgrgid}) before it is
+    handed out, as systemd's C{DynamicUser=} does; one with an entry is
+    skipped, said once. (A pool not started with L{DynamicUids.verifyAhead}
+    looks each uid up as it hands it out: the server's start-up, tests.)
+    """
+
+    def test_uidOfAUserOrGroupSkipped(self) -> None:
+        directory = Directory()
+        directory.users[70000] = "erin"
+        directory.groups[70002] = "lab"
+        pool = directory.pool(70000, 70003, self.mktemp())
+        seen = warnings(self)
+        self.assertEqual([pool.acquire(), pool.acquire()], [70001, 70003])
+        self.assertRaises(PoolExhausted, pool.acquire)
+        pool.release(70001)
+        self.assertEqual(pool.acquire(), 70001)
+        self.assertEqual(skipped(seen), [70000, 70002], "each said once")
+        self.assertIn("erin", seen[0]["entry"])
+        self.assertIn("lab", seen[1]["entry"])
+
+    def test_accountOfTheRealUserDatabaseSkipped(self) -> None:
+        """
+        The real user database (NSS): a range holding only nobody's uid
+        hands out none, looked up as it is handed out or ahead of need.
+        """
+        try:
+            nobody = pwd.getpwnam("nobody").pw_uid
+        except KeyError:
+            raise SkipTest("no nobody account here") from None
+        pool = DynamicUids(nobody, nobody, self.mktemp())
+        self.assertRaises(PoolExhausted, pool.acquire)
+        ahead = DynamicUids(nobody, nobody, self.mktemp())
+        threads = Threads()
+        ahead.verifyAhead(Clock(), threads)
+        self.addCleanup(ahead.stopVerifying)
+        self.assertRaises(PoolExhausted, ahead.acquire)
+        while threads.pending:
+            threads.runNext()
+        self.assertRaises(PoolExhausted, ahead.acquire)
+
+
+class ProbeRangeTests(SynchronousTestCase):
+    def test_everyUidWithAnEntryRefused(self) -> None:
+        """
+        Every uid of the range has a user or group entry the start-up check
+        did not list (a network directory): the server refuses to start,
+        naming --dynamic-uids (the sandbox probe found no uid; it was a
+        traceback).
+        """
+        from jobworker.server.identitysetup import probeSandbox
+        from jobworker.server.startup import StartupError
+
+        directory = Directory()
+        directory.users.update({70000: "erin", 70001: "frank"})
+        pool = directory.pool(70000, 70001, self.mktemp())
+        executor: Any = types.SimpleNamespace(sandbox=object())  # a root server's
+        with self.assertRaises(StartupError) as caught:
+            probeSandbox(executor, Identities(pool=pool))
+        self.assertIn("--dynamic-uids", str(caught.exception))
+
+
+class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
+    """
+    In the server, dynamic uids are looked up in the reactor's thread pool
+    ahead of need (a network user database can block): a job start looks
+    nothing up, and a uid is handed out only if it was found free at most
+    C{verifiedFor} seconds before.
+    """
+
+    def setUp(self) -> None:
+        self.directory = Directory()
+        self.clock = Clock()
+        self.threads = Threads()
+
+    def started(self, ahead: int = 4, first: int = 70000) -> DynamicUids:
+        """A pool of ten uids, C{ahead} of them kept verified."""
+        pool = self.directory.pool(first, first + 9, self.mktemp())
+        pool.verifyAhead(self.clock, self.threads, ahead=ahead, verifiedFor=60.0)
+        self.addCleanup(pool.stopVerifying)
+        self.runThreads()
+        return pool
+
+    def runThreads(self) -> None:
+        while self.threads.pending:
+            self.threads.runNext()
+
+    def test_nothingLookedUpAsAJobStarts(self) -> None:
+        """
+        Uids are verified a batch at a time in a thread, the first as the
+        pool starts, the next once few are left: L{DynamicUids.acquire}
+        looks nothing up, and hands out no uid not verified yet (429, not a
+        guess).
+        """
+        pool = self.started()
+        self.assertEqual(self.directory.asked, [70000, 70001, 70002, 70003])
+        self.directory.asked.clear()
+        self.assertEqual([pool.acquire() for _ in range(3)], [70000, 70001, 70002])
+        self.assertEqual(self.directory.asked, [])
+        self.assertEqual(len(self.threads.pending), 1, "one batch at a time")
+        self.runThreads()
+        self.assertEqual(self.directory.asked, [70004, 70005])
+        self.assertEqual([pool.acquire() for _ in range(3)], [70003, 70004, 70005])
+        self.assertRaises(PoolExhausted, pool.acquire)  # 70006: not verified yet
+        self.runThreads()
+        self.assertEqual(pool.acquire(), 70006)
+
+    def test_firstJobsLookUpTheirOwn(self) -> None:
+        """
+        Jobs that come while the first batch is being looked up look their
+        uid up themselves; not once it is in.
+        """
+        self.directory.users[70004] = "erin"
+        pool = self.directory.pool(70000, 70009, self.mktemp())
+        pool.verifyAhead(self.clock, self.threads, ahead=4, verifiedFor=60.0)
+        self.addCleanup(pool.stopVerifying)
+        self.assertEqual(len(self.threads.pending), 1)
+        self.assertEqual(self.directory.asked, [])
+        self.assertEqual(pool.acquire(), 70005)  # (70000-70003: the batch's)
+        self.assertEqual(self.directory.asked, [70004, 70005])
+        self.runThreads()
+        self.directory.asked.clear()
+        self.assertEqual(pool.acquire(), 70000)
+        self.assertEqual(self.directory.asked, [])
+
+    def test_uidWithAnEntrySkipped(self) -> None:
+        """A uid the directory has a user or group of is never handed out."""
+        self.directory.users[70001] = "erin"
+        self.directory.groups[70004] = "lab"
+        seen = warnings(self)
+        pool = self.started()
+        handed = []
+        for _ in range(8):
+            self.runThreads()
+            handed.append(pool.acquire())
+        self.assertEqual(sorted(handed), [70000, 70002, 70003, *range(70005, 70010)])
+        self.assertRaises(PoolExhausted, pool.acquire)
+        for uid in handed:
+            pool.release(uid)
+        for _ in range(3):  # the range again, and again re-verified
+            self.clock.advance(60)
+            self.runThreads()
+        self.assertEqual(skipped(seen), [70001, 70004], "each said once")
+
+    def test_verifiedAtMostVerifiedForSecondsBefore(self) -> None:
+        """
+        A directory that stops answering (the thread pool's lookups wait):
+        uids verified 60 s ago or more are not handed out (429); once it
+        answers, one that became an account's meanwhile is not either.
+        """
+        pool = self.started()
+        self.clock.advance(59)
+        self.assertEqual(pool.acquire(), 70000)
+        self.clock.advance(1)
+        self.assertRaises(PoolExhausted, pool.acquire)
+        self.directory.users[70001] = "erin"
+        self.runThreads()
+        self.assertEqual(pool.acquire(), 70002)
+
+    def test_clockSetLooksUpAgainAtOnce(self) -> None:
+        """
+        The clock set an hour on (or back) before the next look-up of the
+        verified uids: none is handed out (429), and they are looked up at
+        once, not at the next round.
+        """
+        pool = self.started()
+        for step in (3600, -7200):
+            self.clock.rightNow += step
+            self.assertRaises(PoolExhausted, pool.acquire)
+            self.assertEqual(len(self.threads.pending), 1)
+            self.runThreads()
+        self.assertEqual(pool.acquire(), 70000)
+
+    def test_uidGivenBackVerifiedAgain(self) -> None:
+        """A pool of one uid: the uid given back is looked up again at once,
+        before it is handed out again."""
+        pool = self.directory.pool(70000, 70000, self.mktemp())
+        pool.verifyAhead(self.clock, self.threads, verifiedFor=60.0)
+        self.addCleanup(pool.stopVerifying)
+        self.runThreads()
+        self.assertEqual(pool.acquire(), 70000)
+        self.assertRaises(PoolExhausted, pool.acquire)
+        self.directory.asked.clear()
+        pool.release(70000)
+        self.runThreads()
+        self.assertEqual(self.directory.asked, [70000])
+        self.assertEqual(pool.acquire(), 70000)
+
+    def test_uidHandedOutWhileLookedUpAgainComesLast(self) -> None:
+        """A uid handed out while it was being looked up again is not kept
+        as verified: given back, it is the last to be reused."""
+        pool = self.started()
+        self.clock.advance(40)  # the verified uids are due again
+        self.assertEqual(len(self.threads.pending), 1)
+        self.assertEqual(pool.acquire(), 70000)
+        self.runThreads()
+        pool.release(70000)
+        self.assertEqual([pool.acquire() for _ in range(3)], [70001, 70002, 70003])
+        self.runThreads()
+        self.assertEqual(pool.acquire(), 70004)
+
+    def test_idleServerKeepsItsUidsVerified(self) -> None:
+        """After an hour without jobs, a uid is handed out at once: the pool
+        verified its uids again on its own, a few each time."""
+        pool = self.started()
+        for _ in range(180):
+            self.clock.advance(20)
+            self.runThreads()
+        self.assertLessEqual(len(self.directory.asked), 4 + 4 * 180)
+        self.assertEqual(pool.acquire(), 70000)
+
+    def test_allHeldIs429(self) -> None:
+        """Every uid held: L{PoolExhausted}, saying so."""
+        pool = self.started(ahead=64)
+        for _ in range(10):
+            pool.acquire()
+        with self.assertRaises(PoolExhausted) as caught:
+            pool.acquire()
+        self.assertIn("all 10 dynamic uids are in use", str(caught.exception))
+
+    def test_failedLookupsSaidAndTriedAgain(self) -> None:
+        """A batch whose lookups fail is said, and tried again later."""
+        pool = self.started(ahead=2)
+        seen = warnings(self)
+        self.directory.broken = OSError("directory unreachable")
+        pool.acquire()
+        pool.acquire()
+        self.runThreads()
+        self.assertIn("directory unreachable", seen[-1]["why"])
+        self.assertRaises(PoolExhausted, pool.acquire)
+        self.directory.broken = None
+        self.runThreads()
+        # (70002, whose lookup failed, comes again in its turn.)
+        self.assertEqual(pool.acquire(), 70003)
+
+    def test_stopVerifying(self) -> None:
+        """Once stopped, the pool schedules nothing."""
+        pool = self.started()
+        self.assertTrue(self.clock.getDelayedCalls())
+        pool.stopVerifying()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_executorStartsAndStopsIt(self) -> None:
+        """
+        The local executor given the server's thread pool has its pool's
+        uids verified there, and stops that when it shuts down.
+        """
+        pool = self.directory.pool(70000, 70099, self.mktemp())
+        reactor = FakeProcessReactor()
+        executor = LocalExecutor(
+            reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            policy=JobPolicy(identities=Identities(pool=pool)),
+            runInThread=self.threads,
+        )
+        # Nothing before the first job (a server made, never started).
+        self.assertEqual((reactor.getDelayedCalls(), self.threads.pending), ([], []))
+        executor.identityFor("alice", None)
+        self.runThreads()
+        self.directory.asked.clear()
+        for _ in range(40):
+            executor.identityFor("alice", None)
+        self.assertEqual(self.directory.asked, [])
+        self.assertTrue(self.threads.pending)
+        self.assertTrue(reactor.getDelayedCalls())
+        self.successResultOf(executor.shutdown([]))
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 class AccountTests(SynchronousTestCase):

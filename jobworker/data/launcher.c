@@ -414,19 +414,13 @@ static int becomeInit(int *report) {
     _exit(SETUP_FAILED);
 }
 
-/* As the job, PID 1 of its namespace: fork the command, PID 2, and stay
- * as the namespace's init until it ends, as tini or docker run --init do.
- * The kernel gives a PID 1 no signal it does not handle, so a stop's
- * SIGTERM never reached a job that was PID 1 and did not handle it (it
- * was killed after the grace); PID 2 gets it, from the cgroup or the
- * process group, as without the namespace. The init also reaps what is
- * orphaned in the namespace, which a job as PID 1 seldom does. It runs as
- * the job already (identity, Landlock domain, seccomp filter): nothing of
- * root is left in the namespace. Every signal stays blocked in it (a stop
- * is for the job; SIGKILL ends the init, and with it the namespace). When
- * the command ends, its wait status goes to REPORT (the launcher's first
- * process exits as it did) and the init exits, which kills whatever is
- * left in the namespace. Returns in the command's process. */
+/* As the job, PID 1 of its namespace: fork the command (PID 2) and stay
+ * as the namespace's init, as tini does. A PID 1 gets no signal it does
+ * not handle: a stop's SIGTERM reached such a job only as the SIGKILL
+ * after the grace. The init runs as the job (nothing of root is left),
+ * with every signal blocked, reaps orphans, and once the command ends
+ * writes its wait status to REPORT and exits (the namespace's rest is
+ * killed). Returns in the command's process. */
 static void forkJob(int report) {
     sigset_t all, before;
     sigfillset(&all);

@@ -6,7 +6,10 @@ The idea of dynamic identities is systemd's C{DynamicUser=}: a uid from a
 range no passwd or group entry uses, held by one live job at a time (a lock
 file per uid, shared by every jobworker server of the machine, so two servers
 never hand out the same uid), and given back only once nothing of the job is
-left.
+left. As systemd does, each uid is looked up in the user database
+(C{getpwuid}, C{getgrgid}) before it is handed out: a network directory
+that does not enumerate (SSSD's C{enumerate = false}) lists none of its
+users to the start-up check.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import pwd
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
@@ -31,6 +40,21 @@ DYNAMIC_UIDS = (70000, 79999)
 #: Where the per-uid lock files live: one folder for every server of the
 #: machine, on a tmpfs that a reboot empties.
 LOCK_DIR = "/run/jobworker/dynamic-uids"
+
+#: How long a dynamic uid found free in the user database (no C{getpwuid}
+#: nor C{getgrgid} entry) stays good to hand out, in seconds: a uid is
+#: handed out at most this long after its lookup began, the bound on how
+#: late a user or group given that id since is noticed. A started pool
+#: (L{DynamicUids.verifyAhead}) looks its verified uids up again every
+#: third of it.
+VERIFIED_FOR = 60.0
+
+#: How many dynamic uids a started pool keeps verified ahead of need; a
+#: batch is looked up (in the thread pool) once half of them are handed out.
+VERIFY_AHEAD = 64
+
+#: C{f(*args)} in the reactor's thread pool, its result on a Deferred.
+RunInThread = Callable[..., Deferred[Any]]
 
 
 class IdentityError(ValueError):
@@ -210,15 +234,50 @@ def rangeClashes(
     last: int,
     users: Iterable[tuple[str, int]] | None = None,
     groups: Iterable[tuple[str, int]] | None = None,
+    primaryGroups: Iterable[tuple[str, int]] | None = None,
 ) -> list[str]:
-    """The passwd and group entries whose id lies in C{first..last}."""
+    """
+    The passwd and group entries whose id lies in C{first..last}: a user's
+    uid (C{users}, by name), a group's gid (C{groups}) and a user's primary
+    gid (C{primaryGroups}, by the user's name; unless a group of that gid is
+    named already). Not given, C{users} and C{primaryGroups} are those of
+    the passwd entries (C{getpwall}), C{groups} the group entries'
+    (C{getgrall}).
+
+    Only what the user database enumerates is seen (a network one, SSSD's
+    C{enumerate = false}, lists nothing): L{DynamicUids} also looks each
+    uid up before it hands it out.
+    """
     if users is None:
-        users = ((e.pw_name, e.pw_uid) for e in pwd.getpwall())
+        entries = pwd.getpwall()
+        users = [(e.pw_name, e.pw_uid) for e in entries]
+        if primaryGroups is None:
+            primaryGroups = [(e.pw_name, e.pw_gid) for e in entries]
     if groups is None:
         groups = ((e.gr_name, e.gr_gid) for e in grp.getgrall())
     found = [f"user {n} ({i})" for n, i in users if first <= i <= last]
-    found += [f"group {n} ({i})" for n, i in groups if first <= i <= last]
+    named = [(n, i) for n, i in groups if first <= i <= last]
+    found += [f"group {n} ({i})" for n, i in named]
+    seen = {i for _, i in named}
+    found += [
+        f"user {n}'s primary group ({i})"
+        for n, i in primaryGroups or ()
+        if first <= i <= last and i not in seen
+    ]
     return found
+
+
+def inRange(identity: Identity, first: int, last: int) -> str | None:
+    """
+    What of C{identity} lies in C{first..last} (its uid, primary group or a
+    supplementary group), said; None if nothing does.
+    """
+    if first <= identity.uid <= last:
+        return f"uid {identity.uid}"
+    for gid in (identity.gid, *identity.groups):
+        if first <= gid <= last:
+            return f"group {gid}"
+    return None
 
 
 def dynamicUid(runAs: str | None) -> int | None:
@@ -241,41 +300,269 @@ class DynamicUids:
     while the job lives: a second server on the machine skips it, and the
     kernel drops the lock if this server dies. Uids are handed out in turn
     (not lowest first), so a uid just given back is the last to be reused.
+
+    A uid the user database has a user or group of (C{getpwuid},
+    C{getgrgid}: what enumeration does not list, too) is skipped, said once.
+    Until L{verifyAhead} each uid is looked up as it is handed out (the
+    server's start-up, tests); after, a few are looked up ahead of need in
+    the thread pool, and L{acquire} looks nothing up (but while the first
+    batch is being looked up).
     """
+
+    log = Logger()
 
     def __init__(
         self,
         first: int = DYNAMIC_UIDS[0],
         last: int = DYNAMIC_UIDS[1],
         lockDir: str = LOCK_DIR,
+        getpwuid: Callable[[int], pwd.struct_passwd] | None = None,
+        getgrgid: Callable[[int], grp.struct_group] | None = None,
     ) -> None:
+        """
+        @param getpwuid: the user database's users by uid (C{pwd.getpwuid}).
+        @param getgrgid: its groups by gid (C{grp.getgrgid}).
+        """
         self.first = first
         self.last = last
         self._lockDir = lockDir
+        self._getpwuid = getpwuid or pwd.getpwuid
+        self._getgrgid = getgrgid or grp.getgrgid
         self._held: dict[int, int] = {}
         self._next = first
         #: Uids L{reclaim} found in use by a live job of no lock: held, never
         #: handed out, never killed.
         self.keptAside: list[int] = []
+        #: Uids found with an entry in the user database (said once each).
+        self._named: set[int] = set()
+        #: Set by L{verifyAhead}: the uids found free, in turn, each with
+        #: when its lookup began; its clock; its thread runner (None once
+        #: stopped); how many it keeps; how long a lookup stays good.
+        self._ready: dict[int, float] = {}
+        self._clock: IReactorTime | None = None
+        self._runInThread: RunInThread | None = None
+        self._ahead = VERIFY_AHEAD
+        self._verifiedFor = VERIFIED_FOR
+        #: A batch is being looked up; one has come in; the verified uids
+        #: are due again.
+        self._checking = False
+        self._answered = False
+        self._reverifyDue = False
+        #: Uids looked up since the last found free (ends a chain of
+        #: batches that find only entries); the last batch failed.
+        self._fruitless = 0
+        self._failing = False
+        #: The next look-up of the verified uids.
+        self._tick: IDelayedCall | None = None
         os.makedirs(lockDir, mode=0o700, exist_ok=True)
 
     def __len__(self) -> int:
         """How many uids are held now."""
         return len(self._held)
 
+    @property
+    def size(self) -> int:
+        """How many uids the range holds."""
+        return self.last - self.first + 1
+
     def acquire(self) -> int:
         """
-        A uid no live job of any server holds.
+        A uid no live job of any server holds and no user or group has.
+        Once started (L{verifyAhead}): one looked up less than
+        C{verifiedFor} seconds ago, in the thread pool.
 
-        @raise PoolExhausted: all are held.
+        @raise PoolExhausted: none is free (once started: none verified
+            free yet).
         """
-        size = self.last - self.first + 1
-        for _ in range(size):
-            uid = self._next
-            self._next = uid + 1 if uid < self.last else self.first
-            if uid not in self._held and self._lock(uid):
+        if self._clock is None:
+            return self._acquireLookingUp()
+        return self._acquireVerified(self._clock.seconds())
+
+    def _acquireLookingUp(self) -> int:
+        """L{acquire}, each uid looked up here (not started)."""
+        for _ in range(self.size):
+            uid = self._advance()
+            if (
+                uid not in self._held
+                and self._free(uid, self._entryOf(uid))
+                and self._lock(uid)
+            ):
                 return uid
-        raise PoolExhausted(f"all {size} dynamic uids are in use")
+        raise self._exhausted()
+
+    def _acquireVerified(self, now: float) -> int:
+        """
+        L{acquire} from the uids verified free, first in turn first; one
+        verified too long ago (the directory is slow to answer, the clock
+        was set) is looked up again first.
+        """
+        found = None
+        gone = []
+        for uid, since in self._ready.items():
+            if not 0 <= now - since < self._verifiedFor:
+                self._reverifyDue = True
+                continue
+            gone.append(uid)
+            if uid not in self._held and self._lock(uid):
+                found = uid
+                break
+        for uid in gone:  # (held by another server: found again in turn)
+            del self._ready[uid]
+        self._verifyMore()
+        if found is None and self._checking and not self._answered:
+            # The first jobs, while the first batch is being looked up.
+            return self._acquireLookingUp()
+        if found is None:
+            raise self._exhausted()
+        return found
+
+    def _advance(self) -> int:
+        """The next uid in turn."""
+        uid = self._next
+        self._next = uid + 1 if uid < self.last else self.first
+        return uid
+
+    def _exhausted(self) -> PoolExhausted:
+        """What L{acquire} raises when it finds no uid: why, in numbers."""
+        if len(self._held) >= self.size:
+            return PoolExhausted(f"all {self.size} dynamic uids are in use")
+        return PoolExhausted(
+            f"no dynamic uid is free now ({len(self._held)} of {self.size} in "
+            f"use, {len(self._named)} with a user or group entry"
+            f"{', the others not verified yet' if self._clock else ''})"
+        )
+
+    def _entryOf(self, uid: int) -> str | None:
+        """The user or group of the user database that has id C{uid}."""
+        try:
+            return f"user {self._getpwuid(uid).pw_name}"
+        except KeyError:
+            pass
+        try:
+            return f"group {self._getgrgid(uid).gr_name}"
+        except KeyError:
+            return None
+
+    def _free(self, uid: int, entry: str | None) -> bool:
+        """Is C{uid}, whose entry is C{entry}, free? One that is not is said
+        (once)."""
+        if entry is None:
+            self._named.discard(uid)
+            return True
+        if uid not in self._named:
+            self._named.add(uid)
+            self.log.warn(
+                "dynamic uid {uid} is not used: the user database has {entry} "
+                "of that id (choose a --dynamic-uids range no user or group uses)",
+                uid=uid,
+                entry=entry,
+            )
+        return False
+
+    def verifyAhead(
+        self,
+        clock: IReactorTime,
+        runInThread: RunInThread,
+        ahead: int = VERIFY_AHEAD,
+        verifiedFor: float = VERIFIED_FOR,
+    ) -> None:
+        """
+        From now on, keep C{ahead} uids verified free, looked up in
+        C{runInThread}: the first batch now, another once half are handed
+        out; each again once half of C{verifiedFor} has passed (looked for
+        every third of it). A uid is handed out only within C{verifiedFor}
+        seconds of its lookup's start.
+        """
+        self._clock = clock
+        self._runInThread = runInThread
+        self._ahead = max(1, min(ahead, self.size))
+        self._verifiedFor = verifiedFor
+        self._tick = clock.callLater(verifiedFor / 3, self._reverify)
+        self._verifyMore()
+
+    def stopVerifying(self) -> None:
+        """Look nothing up any more (the server stops)."""
+        if self._tick is not None and self._tick.active():
+            self._tick.cancel()
+        self._tick = None
+        self._runInThread = None
+
+    def _reverify(self) -> None:
+        """Look the verified uids that are due up again (and top them up)."""
+        assert self._clock is not None
+        self._tick = self._clock.callLater(self._verifiedFor / 3, self._reverify)
+        self._reverifyDue = True
+        self._verifyMore()
+
+    def _verifyMore(self) -> None:
+        """
+        Look a batch up in a thread, one at a time: the verified uids due
+        again (if asked: L{_reverifyDue}), and new ones in turn to make
+        C{ahead} (if some are due, or half are handed out).
+        """
+        runInThread, clock = self._runInThread, self._clock
+        if runInThread is None or clock is None or self._checking:
+            return
+        since = clock.seconds()
+        again = self._due(since) if self._reverifyDue else []
+        self._reverifyDue = False
+        if not again and len(self._ready) > self._ahead // 2:
+            return
+        uids = again + self._candidates(self._ahead - len(self._ready))
+        if not uids:
+            return
+        self._checking = True
+        checked = maybeDeferred(runInThread, self._lookUp, uids)
+        checked.addCallbacks(self._verified, self._notVerified, callbackArgs=(since,))
+
+    def _due(self, now: float) -> list[int]:
+        """The verified uids looked up half of C{verifiedFor} ago or more."""
+        half = self._verifiedFor / 2
+        return [u for u, since in self._ready.items() if not 0 <= now - since < half]
+
+    def _candidates(self, count: int) -> list[int]:
+        """Up to C{count} uids in turn, neither held nor verified."""
+        found: list[int] = []
+        for _ in range(self.size if count > 0 else 0):
+            uid = self._advance()
+            if uid not in self._held and uid not in self._ready:
+                found.append(uid)
+                if len(found) == count:
+                    break
+        return found
+
+    def _lookUp(self, uids: list[int]) -> dict[int, str | None]:
+        """Each uid's entry in the user database (in a thread)."""
+        return {uid: self._entryOf(uid) for uid in uids}
+
+    def _verified(self, entries: dict[int, str | None], since: float) -> None:
+        """The batch looked up from C{since} is in: keep the free uids."""
+        self._checking = False
+        self._answered = True
+        if self._failing:
+            self._failing = False
+            self.log.info("dynamic uids: the user database answers again")
+        found = False
+        for uid, entry in entries.items():
+            if not self._free(uid, entry):
+                self._ready.pop(uid, None)
+            elif uid not in self._held:  # (handed out while looked up again)
+                self._ready[uid] = since
+                found = True
+        self._fruitless = 0 if found else self._fruitless + len(entries)
+        if self._reverifyDue or self._fruitless < self.size:
+            self._verifyMore()
+
+    def _notVerified(self, failure: Failure) -> None:
+        """The batch could not be looked up: said once; tried again later."""
+        self._checking = False
+        if not self._failing:
+            self._failing = True
+            self.log.warn(
+                "cannot look dynamic uids up in the user database: {why} "
+                "(none is handed out unless verified free)",
+                why=failure.getErrorMessage(),
+            )
 
     def _lock(self, uid: int) -> bool:
         try:
@@ -327,6 +614,7 @@ class DynamicUids:
         fd = self._held.pop(uid, None)
         if fd is not None:
             os.close(fd)
+        self._verifyMore()
 
     @property
     def lockDir(self) -> str:
@@ -435,18 +723,21 @@ class Identities:
         its groups could have changed.
 
         @raise PoolExhausted: a dynamic uid was needed and none is free.
-        @raise IdentityError: the account cannot be used now (gone, say).
+        @raise IdentityError: the account cannot be used now (gone, say, or
+            its uid or one of its groups in the dynamic uid range).
         """
         if account is not None or self.shared is not None:
             named = account if account is not None else self.shared
             assert named is not None
             found = self.lookUp(named.name)
             pool = self.pool
-            if pool is not None and pool.first <= found.uid <= pool.last:
-                # (Refused at start-up too: made since, it would share a
-                # uid with another user's dynamic jobs.)
+            clash = None if pool is None else inRange(found, pool.first, pool.last)
+            if pool is not None and clash is not None:
+                # (Refused at start-up too, if the user database lists it:
+                # it would share a uid or group with another user's
+                # dynamic jobs.)
                 raise IdentityError(
-                    f"Unix account {found.name!r} has uid {found.uid}, in "
+                    f"Unix account {found.name!r} has {clash}, in "
                     f"--dynamic-uids ({pool.first}-{pool.last})"
                 )
             shared = self.shared

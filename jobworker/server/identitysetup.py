@@ -20,6 +20,7 @@ from ..jobs.identity import (
     Identities,
     Identity,
     IdentityError,
+    PoolExhausted,
     rangeClashes,
 )
 from ..jobs.recovery import hasLiveParent, killAll, processesByUid, processesOf
@@ -80,7 +81,8 @@ def identities(config: Options, slurm: bool) -> Identities:
     _reclaim(pool)
     log.info(
         "jobs of users without a mapped account run as a dynamic uid of their "
-        "own ({first}-{last})",
+        "own ({first}-{last}; one a user or group of the user database has "
+        "is skipped)",
         first=first,
         last=last,
     )
@@ -186,7 +188,10 @@ def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
     if identities.shared is not None:
         probe = identities.shared
     elif identities.pool is not None:
-        probe = Identity.ofDynamicUid(identities.pool.acquire())
+        try:
+            probe = Identity.ofDynamicUid(identities.pool.acquire())
+        except PoolExhausted as e:
+            fatal(f"--dynamic-uids: {e}: choose a free range")
     else:
         return
     try:

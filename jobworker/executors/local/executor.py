@@ -44,6 +44,7 @@ from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
 from .cgroups import CgroupError, Cgroups, CgroupSetupError, JobCgroup
+from .launcher import KeptLauncher, LauncherGone
 from .leftovers import LEFTOVERS, LeftoverJournal
 from .madecgroups import MADE_CGROUPS, MadeCgroups
 from .process import (
@@ -165,15 +166,18 @@ def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
 
 def serverShort(error: BaseException) -> bool:
     """Does C{error} say the server, not the job, cannot start a process now?"""
-    return isinstance(error, SpawnerGone) or (
+    return isinstance(error, (SpawnerGone, LauncherGone)) or (
         getattr(error, "errno", None) in SERVER_SHORT_OF
     )
 
 
 def cannotStartNow(error: Exception) -> CannotStartNow:
-    """The 503 of a start the server cannot make now, saying why."""
+    """The 503 of a start the server cannot make now, saying why (a launcher
+    being built again: to try again in a second)."""
+    building = isinstance(error, LauncherGone) and error.building
     return CannotStartNow(
-        f"the server cannot start a job now ({spawnCause(error)}); try again shortly"
+        f"the server cannot start a job now ({spawnCause(error)}); try again shortly",
+        **({"retryAfter": 1} if building else {}),
     )
 
 
@@ -237,8 +241,9 @@ class LocalExecutor:
         if policy is None:
             policy = JobPolicy()
         self._reactor = reactor
-        #: Where the spools hand their pages back to the kernel (None: in
-        #: the reactor's thread, for tests).
+        #: Where the spools hand their pages back to the kernel, and the
+        #: dynamic uids are looked up (None: in the reactor's thread, for
+        #: tests).
         self._runInThread = runInThread
         #: The threads heavy output streams are read by (None: the reactor
         #: reads every stream, for tests).
@@ -260,7 +265,17 @@ class LocalExecutor:
         self._gates = {keep: inherited.gate(keep) for keep in (False, True)}
         self._rootEnvironment = inherited.rootEnvironment()
         self._identities = policy.identities
+        #: Where the dynamic uids are looked up from the first job on (the
+        #: user database, which a network directory can keep waiting):
+        #: ahead of the jobs that need one, never on the reactor's thread.
+        #: Not before, so a server made and never started (a refused
+        #: start-up) leaves nothing scheduled.
+        self._uidLookups = runInThread
         self._sandbox: Sandbox | None = None
+        #: The compiled launcher, looked at before each start of it.
+        self._launcher = (
+            KeptLauncher(launcher, runInThread) if launcher is not None else None
+        )
         if self._identities.switching:
             self._sandbox = Sandbox(
                 os.path.join(os.path.dirname(jobsDir), "sandbox"),
@@ -305,9 +320,30 @@ class LocalExecutor:
                 spawner.stop()
                 self._retiredStarts += spawner.started
             spawner = self._spawner = Spawner(
-                self._reactor, sandbox.launcher, self._rootEnvironment
+                self._reactor,
+                sandbox.launcher,
+                self._rootEnvironment,
+                ready=self._launcherReady,
             )
         return spawner
+
+    def _launcherTrouble(self) -> str | None:
+        """Why sandboxed jobs cannot start through the compiled launcher now
+        (None: they can, or they do not start through it)."""
+        sandbox, kept = self._sandbox, self._launcher
+        if sandbox is None or kept is None or sandbox.launcher != kept.path:
+            return None
+        return kept.trouble()
+
+    def _launcherReady(self) -> None:
+        """
+        @raise LauncherGone: jobs cannot start through the compiled launcher
+            now (L{KeptLauncher}: it is gone, and built again).
+        """
+        why = self._launcherTrouble()
+        if why is not None:
+            assert self._launcher is not None
+            raise LauncherGone(why, self._launcher.building)
 
     @property
     def spawnerStarts(self) -> int:
@@ -320,10 +356,14 @@ class LocalExecutor:
         """
         Whether jobs can start now (C{/healthz}, C{/metrics}): not while the
         spawner is silent (stopped, or it announced no standby when one was
-        needed); one stopped for long is continued (L{Spawner.silence}).
+        needed); one stopped for long is continued (L{Spawner.silence}). Nor
+        while the compiled launcher is gone (it is built again: no spawner,
+        nor job under C{--launcher exec}, could start from it).
         """
         spawner = self._spawner
         why = spawner.silence() if spawner is not None else None
+        if why is None:
+            why = self._launcherTrouble()
         return ExecutorHealth(self.name, why is None, why)
 
     @property
@@ -341,6 +381,10 @@ class LocalExecutor:
         @raise Forbidden: its account cannot be used now (removed since
             the users file was read, say).
         """
+        pool = self._identities.pool
+        if pool is not None and self._uidLookups is not None:
+            pool.verifyAhead(self._reactor, self._uidLookups)
+            self._uidLookups = None
         try:
             return self._identities.acquire(account)
         except PoolExhausted as e:
@@ -604,6 +648,8 @@ class LocalExecutor:
                 record.proc_start = spawned.startTicks
                 transport: IProcessTransport = spawned
             else:
+                if sandbox is not None and sandbox.launcher is not None:
+                    self._launcherReady()  # (one lstat)
                 before = bootTicks()
                 transport = self._reactor.spawnProcess(
                     protocol,
@@ -633,6 +679,12 @@ class LocalExecutor:
                 "made); try again shortly"
             ) from None
         except (CgroupError, OSError) as e:
+            if not serverShort(e) and sandbox is not None:
+                # Its launcher gone in the meantime is the server's reason.
+                why = self._launcherTrouble()
+                if why is not None:
+                    assert self._launcher is not None
+                    e = LauncherGone(why, self._launcher.building)
             if serverShort(e):
                 job.withdraw()
                 raise cannotStartNow(e) from None
@@ -806,6 +858,8 @@ class LocalExecutor:
                 self._sweep()
                 self._stopSweeping()
             self._releasing.clear()
+            if self._identities.pool is not None:
+                self._identities.pool.stopVerifying()
             if overdue is not None and overdue.active():
                 overdue.cancel()
             if self._spawner is not None:

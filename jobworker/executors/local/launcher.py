@@ -2,12 +2,14 @@
 The job launcher: C{jobworker/data/launcher.c}, one small C program that
 sets up a sandboxed job in one process (setsid, the gate, namespaces,
 mounts, identity, working directory) and execs its command; compiled here,
-at server start-up, into a root-only cache keyed by what was compiled.
+at server start-up, into a root-only cache keyed by what was compiled; and
+built again should it go from there while the server runs (L{KeptLauncher}).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import shutil
@@ -16,8 +18,15 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: The environment variable naming the C compiler (default: cc, else gcc).
 COMPILER_VARIABLE = "JW_LAUNCHER_CC"
@@ -32,6 +41,9 @@ FLAGS = ("-O2", "-Wall", "-Wextra")
 
 #: How long a compilation may take.
 COMPILE_TIMEOUT = 120.0
+
+#: Seconds between two tries to build again a launcher that could not be.
+REBUILD_INTERVAL = 10.0
 
 #: How os.fsencode encodes a str.
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -67,6 +79,32 @@ def encodeArguments(args: Sequence[str]) -> bytes:
 
 class LauncherUnavailable(Exception):
     """The launcher cannot be built or used here; the message says why."""
+
+
+class LauncherGone(OSError):
+    """
+    The compiled launcher is gone or changed while the server runs: the
+    server's trouble, not a job's (nothing can start through it until it
+    is built again, L{building} if under way).
+    """
+
+    def __init__(self, why: str, building: bool) -> None:
+        super().__init__(errno.ENOENT, why)
+        self.building = building
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What a launcher was compiled from, and where."""
+
+    code: bytes
+    compiler: str
+    folder: str
+
+
+#: What each launcher L{build} gave in this process was made from, by its
+#: path: to build it again should it go (L{KeptLauncher}).
+_recipes: dict[str, _Recipe] = {}
 
 
 def source() -> bytes:
@@ -120,6 +158,7 @@ def build(
             why = str(e)
             continue
         target = os.path.join(folder, f"launcher-{key}")
+        _recipes[target] = _Recipe(code, compiler, folder)
         if _trusted(target):
             if _plausibleELF(target):
                 return target
@@ -242,3 +281,124 @@ def _compile(compiler: str, code: bytes, folder: str, target: str) -> None:
         _fsync(folder, os.O_DIRECTORY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _fileIdentity(path: str) -> tuple[int, ...] | None:
+    """
+    What tells the file at C{path} from any other put there since: device,
+    inode, size, modification time, owner and mode (None: no such file).
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid, st.st_mode)
+
+
+def _buildAgain(path: str, recipe: _Recipe) -> tuple[int, ...]:
+    """
+    In a thread: the launcher at C{path} as L{build} makes it (taken as
+    another server left it if whole, else compiled); its identity.
+
+    @raise LauncherUnavailable: it cannot be built there.
+    """
+    made = build([recipe.folder], recipe.compiler, recipe.code)
+    seen = _fileIdentity(made)
+    if made != path or seen is None:  # (the same key: never another path)
+        raise LauncherUnavailable(f"{path} is gone again")
+    return seen
+
+
+class KeptLauncher:
+    """
+    The compiled launcher while the server runs. Its cache may be cleaned
+    under a running server (a cache cleaner, C{rm -rf /var/cache/*}): each
+    start of the launcher (a spawner, or each job under C{--launcher
+    exec}) first looks at it (L{trouble}: one C{lstat}). Found gone, or
+    not the file compiled (another inode, size, time, owner or mode), it is
+    built again (L{build}: from the same source and compiler, into the same
+    folder) in the server's thread pool, said once in the log, while jobs
+    are refused (the server's trouble, not theirs).
+
+    @param runInThread: runs a build in the server's thread pool (None: in
+        the caller's thread, for tests).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, path: str, runInThread: Callable[..., Deferred[Any]] | None = None
+    ) -> None:
+        self.path = path
+        self._runInThread = runInThread
+        #: The identity of the file compiled (or built again since).
+        self._seen = _fileIdentity(path)
+        #: A build again is under way.
+        self.building = False
+        #: Why the last build again failed, and when (time.monotonic).
+        self._failed: tuple[str, float] | None = None
+        #: The last failure the log was told of.
+        self._told: str | None = None
+
+    def trouble(self) -> str | None:
+        """
+        Why the launcher cannot be started now, in a few words for users
+        and /healthz, no path (None: it is the file compiled). Gone or
+        changed, it is built again (once at a time; after a failure, again
+        L{REBUILD_INTERVAL} seconds later; the log says why it failed).
+        """
+        seen = _fileIdentity(self.path)
+        if seen is not None and seen == self._seen:
+            return None
+        failed = self._failed
+        if not self.building and (
+            failed is None or time.monotonic() - failed[1] >= REBUILD_INTERVAL
+        ):
+            self._rebuild()
+        if self.building:
+            return "its job launcher is being built again"
+        if self._failed is not None:
+            return "its job launcher is gone, and cannot be built again now"
+        return None  # built again already (no thread)
+
+    def _rebuild(self) -> None:
+        recipe = _recipes.get(self.path)
+        if recipe is None:
+            self._fail("is gone, and was not built by this server")
+            return
+        self.building = True
+        if self._failed is None:  # (not a try again: said already)
+            self.log.warn(
+                "the job launcher {path} was removed or replaced while the "
+                "server ran: building it again; new jobs are refused until it is",
+                path=self.path,
+            )
+        if self._runInThread is None:
+            started = maybeDeferred(_buildAgain, self.path, recipe)
+        else:
+            started = self._runInThread(_buildAgain, self.path, recipe)
+        started.addCallbacks(self._built, self._notBuilt)
+
+    def _built(self, seen: tuple[int, ...]) -> None:
+        self.building = False
+        self._seen = seen
+        self._failed = self._told = None
+        self.log.info("the job launcher {path} is built again", path=self.path)
+
+    def _notBuilt(self, failure: Failure) -> None:
+        self.building = False
+        self._fail(f"cannot be built again: {failure.getErrorMessage()}")
+
+    def _fail(self, why: str) -> None:
+        """No launcher for now (C{why}): said once in the log, tried again
+        in L{REBUILD_INTERVAL} seconds."""
+        self._failed = (why, time.monotonic())
+        if why != self._told:
+            self._told = why
+            self.log.error(
+                "the job launcher {path} {why}: new jobs are refused until it "
+                "is built (tried again every {interval:g}s)",
+                path=self.path,
+                why=why,
+                interval=REBUILD_INTERVAL,
+            )

@@ -27,7 +27,7 @@ import signal
 import socket
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import error
@@ -39,6 +39,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ...jobs.recovery import TICKS_PER_SECOND, bootTicks
 from .launcher import encodeArguments
 from .pipes import readSome
 from .process import SERVER_SHORT_OF
@@ -71,6 +72,12 @@ ANNOUNCE_TIMEOUT = 2.0
 SILENCE_LIMIT = 10.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
+#: How long a standby may have waited, in clock ticks since its start,
+#: before its state is looked at when a job is handed to it (stopped
+#: meanwhile, it would hold the job): a tenth of a second. Standbys of
+#: jobs started close together are not looked at (a read of /proc, some
+#: 1% of a job's start).
+STANDBY_LOOK_TICKS = max(1, TICKS_PER_SECOND // 10)
 
 
 #: An announced standby's pidfd that did not come (no descriptor was free).
@@ -82,6 +89,18 @@ class SpawnerGone(OSError):
 
     def __init__(self, why: str = "the job spawner is not running") -> None:
         super().__init__(errno.ECHILD, why)
+
+
+def processState(pid: int) -> bytes:
+    """C{pid}'s state letter in C{/proc/PID/stat} (b"": gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return b""
+    # The state follows the command's closing parenthesis and a space.
+    state = stat.rfind(b")") + 2
+    return stat[state : state + 1]
 
 
 class SpawnedProcess(Process):
@@ -351,6 +370,8 @@ class Generation:
         self.late = False
         #: Ended pids whose 'R' could not be sent yet (a full socket).
         self._unreaped: list[int] = []
+        #: Standbys killed unused (held by a tracer): their ends are due.
+        self._givenUp: set[int] = set()
         # Its end calls lost().
         self.endsReader = EndsReader(reactor, readEnd, self)
         self.endsReader.startReading()  # type: ignore[no-untyped-call]
@@ -413,7 +434,40 @@ class Generation:
                     # Still no descriptor: it waits for the next spawn.
                     self.announced.appendleft((pid, startTicks, NO_PIDFD))
                 raise
+        if bootTicks() - startTicks > STANDBY_LOOK_TICKS:
+            # It has waited a while: it may have been stopped meanwhile.
+            if not self._standbyReady(pid, pidfd):
+                return self.standby()  # that one is given up: the next
         return pid, startTicks, pidfd
+
+    def _standbyReady(self, pid: int, pidfd: int) -> bool:
+        """
+        Can the standby C{pid}, which has waited a while, take a job? It
+        could have been stopped meanwhile, and would hold the job as long:
+        stopped by a signal (SIGSTOP: state T), it is continued (SIGCONT),
+        as a stopped spawner is; held by a tracer (t: SIGCONT does not end
+        that), it is given up (killed: it has no job; its end is due).
+        """
+        state = processState(pid)
+        if state not in (b"T", b"t"):
+            return True
+        given = state == b"t"
+        self.log.warn(
+            "the job spawner's standby (pid {pid}) is stopped{how}: {what}",
+            pid=pid,
+            how=" by a tracer" if given else "",
+            what="given up, the job goes to the next"
+            if given
+            else "continued (SIGCONT) for the next job",
+        )
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL if given else signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        if given:
+            self._givenUp.add(pid)
+            os.close(pidfd)
+        return not given
 
     def send(self, parts: list[bytes], fds: list[int]) -> None:
         """
@@ -516,6 +570,9 @@ class Generation:
                 if entry[2] >= 0:
                     os.close(entry[2])
                 return
+        if pid in self._givenUp:
+            self._givenUp.discard(pid)
+            return
         self.log.warn("job spawner: end of unknown pid {pid}", pid=pid)
 
     def close(self) -> None:
@@ -536,16 +593,7 @@ class Generation:
     def state(self) -> bytes:
         """The spawner's state letter in C{/proc/PID/stat} (b"": gone)."""
         pid = self.pid
-        if pid is None:
-            return b""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return b""
-        # The state follows the command's closing parenthesis and a space.
-        state = stat.rfind(b")") + 2
-        return stat[state : state + 1]
+        return b"" if pid is None else processState(pid)
 
     def stopped(self) -> bool:
         """
@@ -614,16 +662,23 @@ class Spawner:
     @param launcher: the compiled launcher (C{launcher.c}).
     @param environment: the spawner's environment, which the launcher
         runs with until it sets the job's own.
+    @param ready: called before a spawner is started; raises an C{OSError}
+        if the launcher cannot be started now (L{launcher.KeptLauncher}).
     """
 
     log = Logger()
 
     def __init__(
-        self, reactor: Any, launcher: str, environment: dict[str, str]
+        self,
+        reactor: Any,
+        launcher: str,
+        environment: dict[str, str],
+        ready: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.launcher = launcher
         self._environment = environment
+        self._ready = ready
         #: The spawner in use (None: none yet, or it is gone).
         self.current: Generation | None = None
         #: How many spawners were started (the first, then after deaths).
@@ -726,9 +781,16 @@ class Spawner:
         return SpawnedProcess(generation, pid, pidfd, startTicks, ends, proto)
 
     def running(self) -> Generation:
-        """The spawner in use; a new one if there is none, or it is gone."""
+        """
+        The spawner in use; a new one if there is none, or it is gone.
+
+        @raise OSError: a new one is needed, and its launcher cannot be
+            started now (see C{ready}).
+        """
         generation = self.current
         if generation is None or generation.socket is None:
+            if self._ready is not None:
+                self._ready()
             generation = self.current = Generation(
                 self.reactor, self.launcher, self._environment
             )
