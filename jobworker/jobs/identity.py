@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .recovery import processesOf
+
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
 #: rootless containers). Not systemd's own C{DynamicUser=} range (61184-65519):
@@ -292,6 +294,15 @@ class PoolExhausted(Exception):
     """Every dynamic uid is held by a live job."""
 
 
+class UidLocksFailing(OSError):
+    """
+    No dynamic uid could be had because their lock files cannot be made or
+    locked now (C{/run} out of space or inodes, C{ENOLCK}, C{EIO}): the
+    server's trouble, a 503. (It was a 500 with a traceback for each job,
+    each trying the next never-used uid: fault round 8.)
+    """
+
+
 class DynamicUids:
     """
     The dynamic uid range, each uid held by one live job at a time.
@@ -318,10 +329,13 @@ class DynamicUids:
         lockDir: str = LOCK_DIR,
         getpwuid: Callable[[int], pwd.struct_passwd] | None = None,
         getgrgid: Callable[[int], grp.struct_group] | None = None,
+        liveProcesses: Callable[[int], bool] | None = None,
     ) -> None:
         """
         @param getpwuid: the user database's users by uid (C{pwd.getpwuid}).
         @param getgrgid: its groups by gid (C{grp.getgrgid}).
+        @param liveProcesses: whether a uid has a live process (a scan of
+            C{/proc}), asked of a uid another server locked last.
         """
         self.first = first
         self.last = last
@@ -330,6 +344,15 @@ class DynamicUids:
         self._getgrgid = getgrgid or grp.getgrgid
         self._held: dict[int, int] = {}
         self._next = first
+        self._liveProcesses = liveProcesses or _hasProcesses
+        #: What a lock file holds once this server took it: its pid.
+        self._mark = b"%d\n" % os.getpid()
+        #: Uids skipped for another server's leftovers (said once each).
+        self._leftBehind: set[int] = set()
+        #: The last error of a lock file in this acquire (None: none), and
+        #: whether one was said since a lock last worked.
+        self._lockError: OSError | None = None
+        self._lockFailing = False
         #: Uids L{reclaim} found in use by a live job of no lock: held, never
         #: handed out, never killed.
         self.keptAside: list[int] = []
@@ -374,6 +397,7 @@ class DynamicUids:
         @raise PoolExhausted: none is free (once started: none verified
             free yet).
         """
+        self._lockError = None
         if self._clock is None:
             return self._acquireLookingUp()
         return self._acquireVerified(self._clock.seconds())
@@ -422,8 +446,14 @@ class DynamicUids:
         self._next = uid + 1 if uid < self.last else self.first
         return uid
 
-    def _exhausted(self) -> PoolExhausted:
+    def _exhausted(self) -> Exception:
         """What L{acquire} raises when it finds no uid: why, in numbers."""
+        error = self._lockError
+        if error is not None:
+            return UidLocksFailing(
+                error.errno,
+                f"no dynamic uid can be locked now ({error.strerror})",
+            )
         if len(self._held) >= self.size:
             return PoolExhausted(f"all {self.size} dynamic uids are in use")
         return PoolExhausted(
@@ -564,22 +594,79 @@ class DynamicUids:
                 why=failure.getErrorMessage(),
             )
 
-    def _lock(self, uid: int) -> bool:
+    def _lock(self, uid: int, leftovers: bool = True) -> bool:
+        """
+        Hold C{uid}'s lock; False if another server holds it, if its file
+        cannot be made or locked now (skipped, said once), or (unless not
+        C{leftovers}) if another server locked it last and processes of
+        it still run: that server died with its job running on (a crash),
+        and the uid is not handed out until its leftovers are gone.
+        """
         try:
-            fd = self._flock(uid)
-        except FileNotFoundError:
-            # The folder was removed under a running server (rm -rf of
-            # /run/jobworker, a cleaner of /run): made again, not a 500 for
-            # every job until a restart; with the uids this server holds
-            # locked again in it (their files went with it: another server
-            # would have handed out, or killed, a running job's uid).
-            os.makedirs(self._lockDir, mode=0o700, exist_ok=True)
-            self._lockHeldAgain()
-            fd = self._flock(uid)
+            try:
+                fd = self._flock(uid)
+            except FileNotFoundError:
+                # The folder was removed under a running server (rm -rf of
+                # /run/jobworker, a cleaner of /run): made again, not a 500
+                # for every job until a restart; with the uids this server
+                # holds locked again in it (their files went with it:
+                # another server would have handed out, or killed, a
+                # running job's uid).
+                os.makedirs(self._lockDir, mode=0o700, exist_ok=True)
+                self._lockHeldAgain()
+                fd = self._flock(uid)
+        except OSError as e:
+            self._lockError = e
+            if not self._lockFailing:
+                self._lockFailing = True
+                self.log.error(
+                    "dynamic uid {uid}: its lock file cannot be had ({error}): "
+                    "skipped, as is every uid whose lock file cannot be had",
+                    uid=uid,
+                    error=e.strerror or str(e),
+                )
+            return False
         if fd is None:
+            return False
+        self._lockFailing = False
+        if leftovers and self._othersLeftovers(uid, fd):
+            os.close(fd)
             return False
         self._held[uid] = fd
         return True
+
+    def _othersLeftovers(self, uid: int, fd: int) -> bool:
+        """
+        Did another server lock C{uid} last, and do processes of it still
+        run? Its lock file names the server that took it last (its pid,
+        written now if it is not this one's): a server that died let its
+        locks go, while its jobs ran on until its next start, and another
+        server handed such a uid to a new job beside them (fault round 8).
+        A file of this server, or a new one, costs one read.
+        """
+        try:
+            last = os.pread(fd, 32, 0)
+        except OSError:
+            return False
+        if last == self._mark:
+            return False
+        if last and self._liveProcesses(uid):
+            if uid not in self._leftBehind:
+                self._leftBehind.add(uid)
+                self.log.warn(
+                    "dynamic uid {uid} is not used: processes of it still run, "
+                    "left by the server (pid {pid}) that locked it last",
+                    uid=uid,
+                    pid=last.decode("ascii", "replace").strip(),
+                )
+            return True
+        self._leftBehind.discard(uid)
+        try:
+            os.pwrite(fd, self._mark, 0)
+            os.ftruncate(fd, len(self._mark))
+        except OSError:
+            pass  # (a full /run: the mark helps, it guarantees nothing)
+        return False
 
     def _flock(self, uid: int) -> int | None:
         """C{uid}'s lock file, locked; None if another holds it."""
@@ -645,7 +732,11 @@ class DynamicUids:
         """
         found: list[int] = []
         for uid, pids in processes.items():
-            if uid not in self.uids or uid in self._held or not self._lock(uid):
+            if (
+                uid not in self.uids
+                or uid in self._held
+                or not self._lock(uid, leftovers=False)
+            ):
                 continue
             if liveParent(uid, pids):
                 self.keptAside.append(uid)
@@ -653,6 +744,11 @@ class DynamicUids:
             kill(pids)
             found.append(uid)
         return found
+
+
+def _hasProcesses(uid: int) -> bool:
+    """Does C{uid} have a live process (one scan of /proc)?"""
+    return bool(processesOf(uid))
 
 
 def ownGroup(identity: Identity) -> int | None:

@@ -21,6 +21,7 @@ from ..jobs.identity import (
     Identity,
     IdentityError,
     PoolExhausted,
+    UidLocksFailing,
     rangeClashes,
 )
 from ..jobs.recovery import hasLiveParent, killAll, processesByUid, processesOf
@@ -192,6 +193,8 @@ def probeSandbox(executor: LocalExecutor, identities: Identities) -> None:
             probe = Identity.ofDynamicUid(identities.pool.acquire())
         except PoolExhausted as e:
             fatal(f"--dynamic-uids: {e}: choose a free range")
+        except UidLocksFailing as e:
+            fatal(f"--dynamic-uids: {e.strerror} (in {identities.pool.lockDir})")
     else:
         return
     try:

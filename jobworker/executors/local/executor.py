@@ -21,6 +21,7 @@ from ...jobs.identity import (
     Identity,
     IdentityError,
     PoolExhausted,
+    UidLocksFailing,
     dynamicUid,
     ownGroup,
 )
@@ -391,6 +392,10 @@ class LocalExecutor:
             raise TooManyRequests(str(e), retryAfter=1) from None
         except IdentityError as e:
             raise Forbidden(f"user {owner}'s jobs cannot run now: {e}") from None
+        except UidLocksFailing as e:
+            raise CannotStartNow(
+                f"the server cannot start a job now: {e.strerror}; try again shortly"
+            ) from None
         except OSError as e:
             if serverShort(e):
                 raise cannotStartNow(e) from None
