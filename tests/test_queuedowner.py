@@ -12,6 +12,7 @@ import pwd
 from typing import Any
 
 import bcrypt
+import treq
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.permissions import Role, User, mayStartQueued
@@ -159,3 +160,33 @@ class QueuedOwnerTests(TestCase):
         self.write(usersLine("alice", "Developer", "daemon"))
         again = LiveServer(self, f"--users={self.users}", stateDir=state)
         await self.assertRefused(again, second, "(nobody, now daemon)")
+
+    async def test_sharedAccountQueuedAcrossARestart(self) -> None:
+        """alice and bob mapped to one account: alice's job queued before a
+        restart starts, after it, in a PID namespace of its own, as every
+        job of that account does (the account looked up again by its name
+        lost that, and the job could prlimit bob's)."""
+        if os.getuid() != 0:
+            raise SkipTest("running jobs as accounts needs root")
+        pwd.getpwnam("nobody")
+        with open(self.users, "w") as f:
+            f.write(
+                self.admin
+                + usersLine("alice", "Developer", "nobody")
+                + usersLine("bob", "Developer", "nobody")
+            )
+        os.chmod(self.users, 0o600)
+        state = os.path.abspath(self.mktemp())
+        server = LiveServer(self, f"--users={self.users}", stateDir=state)
+        first = await self.create(server, {"command": "sleep", "args": ["300"]})
+        second = await self.create(
+            server,
+            {"command": "sh", "args": ["-c", "echo $$"], "after": [first["id"]]},
+        )
+        await server.stop()
+        again = LiveServer(self, f"--users={self.users}", stateDir=state)
+        ended = await again.waitEnded(second["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        response = await again.request("GET", f"/jobs/{second['id']}/logs", "ada")
+        text = await treq.content(response)
+        self.assertEqual(text, b"2\n")

@@ -38,6 +38,12 @@ from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
 from .validation import JobRequest
 
+#: Asked at a queued job's turn, with its owner and the account it was
+#: queued to run as (None: unmapped): why it may not start now (None: it
+#: may), and the owner's account as the users file has it now.
+OwnerCheck = Callable[[str, str | None], tuple[str | None, Identity | None]]
+
+
 #: Seconds before queued jobs are tried again after the store refused one.
 DISPATCH_RETRY = 1.0
 
@@ -69,7 +75,7 @@ class Admission:
     _live: dict[str, LiveJob]
     _createBuckets: TokenBuckets | None
     _held: dict[str, tuple[float, str]]
-    _ownerCheck: Callable[[str, str | None], str | None] | None
+    _ownerCheck: OwnerCheck | None
     _dispatchTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
@@ -320,18 +326,23 @@ class Admission:
             )
             self._dispatchLater()
             return False
+        account = waiting.account
         check = self._ownerCheck
-        why = check(record.owner, record.run_as) if check is not None else None
-        if why is not None:
-            # Queued before its owner was removed, demoted or mapped to
-            # another account: it starts only as a new request would.
-            self._scheduler.fail(
-                waiting, f"cannot start: {why}", self._reactor.seconds()
-            )
-            return True
+        if check is not None:
+            why, account = check(record.owner, record.run_as)
+            if why is not None:
+                # Queued before its owner was removed, demoted or mapped to
+                # another account: it starts only as a new request would.
+                self._scheduler.fail(
+                    waiting, f"cannot start: {why}", self._reactor.seconds()
+                )
+                return True
+            # (The account as the users file has it now: one that several
+            # users are mapped to gives each job a PID namespace, which an
+            # account looked up again by its name after a restart lost.)
         executor = self._executor
         try:
-            identity = executor.identityFor(record.owner, waiting.account)
+            identity = executor.identityFor(record.owner, account)
         except (TooManyRequests, CannotStartNow) as e:
             # A uid comes back once nothing of its last job is left: that
             # may be after the end that called this. (Or no descriptor

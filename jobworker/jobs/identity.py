@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .recovery import processesOf
+from .recovery import processesOf, processStartTime
 
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
@@ -345,8 +345,15 @@ class DynamicUids:
         self._held: dict[int, int] = {}
         self._next = first
         self._liveProcesses = liveProcesses or _hasProcesses
-        #: What a lock file holds once this server took it: its pid.
-        self._mark = b"%d\n" % os.getpid()
+        #: What a lock file holds once this server took it: its pid and
+        #: start time (clock ticks since boot: a pid may be reused).
+        pid = os.getpid()
+        self._mark = b"%d %d\n" % (pid, processStartTime(pid) or 0)
+        #: When this pool began (wall clock, as lock files' times), and the
+        #: uids L{reclaim} found running under another server's lock then:
+        #: what a server that was alive at this one's start may leave.
+        self._startedAt = time.time()
+        self._heldByOthersAtStart: set[int] = set()
         #: Uids skipped for another server's leftovers (said once each).
         self._leftBehind: set[int] = set()
         #: The last error of a lock file in this acquire (None: none), and
@@ -448,17 +455,18 @@ class DynamicUids:
 
     def _exhausted(self) -> Exception:
         """What L{acquire} raises when it finds no uid: why, in numbers."""
+        if len(self._held) >= self.size:
+            return PoolExhausted(f"all {self.size} dynamic uids are in use")
         error = self._lockError
         if error is not None:
             return UidLocksFailing(
                 error.errno,
                 f"no dynamic uid can be locked now ({error.strerror})",
             )
-        if len(self._held) >= self.size:
-            return PoolExhausted(f"all {self.size} dynamic uids are in use")
         return PoolExhausted(
             f"no dynamic uid is free now ({len(self._held)} of {self.size} in "
-            f"use, {len(self._named)} with a user or group entry"
+            f"use, {len(self._named)} with a user or group entry, "
+            f"{len(self._leftBehind)} with another server's leftovers"
             f"{', the others not verified yet' if self._clock else ''})"
         )
 
@@ -638,19 +646,24 @@ class DynamicUids:
     def _othersLeftovers(self, uid: int, fd: int) -> bool:
         """
         Did another server lock C{uid} last, and do processes of it still
-        run? Its lock file names the server that took it last (its pid,
-        written now if it is not this one's): a server that died let its
-        locks go, while its jobs ran on until its next start, and another
-        server handed such a uid to a new job beside them (fault round 8).
-        A file of this server, or a new one, costs one read.
+        run? Its lock file names the server that took it last (its pid and
+        start time, written now if it is not this one's): a server that
+        died let its locks go, while its jobs ran on until its next start,
+        and another server handed such a uid to a new job beside them
+        (fault round 8). A file of this server, or a new one, costs one
+        read. Processes are looked for (a scan of /proc) only if the server
+        named is gone and it may have died since this one started: it took
+        the lock since, or it held the uid, with processes, then. What a
+        server dead before left was killed at this one's start (L{reclaim}),
+        so a restart costs no scan per uid.
         """
         try:
-            last = os.pread(fd, 32, 0)
+            last = os.pread(fd, 64, 0)
         except OSError:
             return False
         if last == self._mark:
             return False
-        if last and self._liveProcesses(uid):
+        if last and self._mayHaveLeft(uid, fd, last) and self._liveProcesses(uid):
             if uid not in self._leftBehind:
                 self._leftBehind.add(uid)
                 self.log.warn(
@@ -683,6 +696,23 @@ class DynamicUids:
                 return None
             raise
         return fd
+
+    def _mayHaveLeft(self, uid: int, fd: int, mark: bytes) -> bool:
+        """May the server C{mark} names have left processes of C{uid} that
+        this one's start did not see? Not if it still runs (it gives a uid
+        back once nothing of its job is left)."""
+        try:
+            pid, started = (int(field) for field in mark.split())
+        except ValueError:
+            pid = started = 0
+        if pid > 0 and processStartTime(pid) == started:
+            return False  # alive: what it gave back is empty
+        if uid in self._heldByOthersAtStart:
+            return True
+        try:
+            return os.fstat(fd).st_mtime >= self._startedAt
+        except OSError:
+            return True
 
     def _lockHeldAgain(self) -> None:
         """Lock each uid held in a new file (L{_lock}'s folder was remade)."""
@@ -732,11 +762,12 @@ class DynamicUids:
         """
         found: list[int] = []
         for uid, pids in processes.items():
-            if (
-                uid not in self.uids
-                or uid in self._held
-                or not self._lock(uid, leftovers=False)
-            ):
+            if uid not in self.uids or uid in self._held:
+                continue
+            if not self._lock(uid, leftovers=False):
+                # A live server's job (or a lock file that cannot be had):
+                # what it leaves if that server dies is looked for.
+                self._heldByOthersAtStart.add(uid)
                 continue
             if liveParent(uid, pids):
                 self.keptAside.append(uid)

@@ -24,7 +24,7 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..metrics import Metrics
-from .admission import Admission, createBurst
+from .admission import Admission, OwnerCheck, createBurst
 from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob
@@ -91,7 +91,8 @@ class JobManager(Admission):
     @param ownerCheck: asked when a queued job's turn comes, with its owner
         and the account it was queued to run as (None: unmapped): why it
         may not start now (its owner removed, demoted or mapped elsewhere
-        since), or None. Without one, queued jobs are not checked again.
+        since), or None, and the owner's account now, which it then starts
+        as. Without one, queued jobs are not checked again.
     """
 
     log = Logger()
@@ -104,7 +105,7 @@ class JobManager(Admission):
         store: JobStore | None = None,
         policy: JobPolicy | None = None,
         metrics: Metrics | None = None,
-        ownerCheck: Callable[[str, str | None], str | None] | None = None,
+        ownerCheck: OwnerCheck | None = None,
     ) -> None:
         policy = policy if policy is not None else JobPolicy()
         self._reactor = reactor

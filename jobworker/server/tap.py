@@ -31,8 +31,10 @@ from ..executors.local.executor import LocalExecutor
 from ..executors.local.pump import Pumps
 from ..executors.local.sandbox import jobOomScore
 from ..executors.slurm.executor import SlurmExecutor
+from ..jobs.admission import OwnerCheck
 from ..jobs.identity import (
     Identities,
+    Identity,
 )
 from ..jobs.limits import Limits
 from ..jobs.manager import JobManager
@@ -117,8 +119,12 @@ def _parts(
     audit = _audit(config, reactor)
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
 
-    def ownerCheck(owner: str, queuedAs: str | None) -> str | None:
-        return mayStartQueued(authenticator.user(owner), owner, queuedAs)
+    def ownerCheck(
+        owner: str, queuedAs: str | None
+    ) -> tuple[str | None, Identity | None]:
+        user = authenticator.user(owner)
+        account = user.account if user is not None else None
+        return mayStartQueued(user, owner, queuedAs), account
 
     manager = _manager(
         config,
@@ -354,7 +360,7 @@ def _manager(
     runInThread: Callable[..., Deferred[Any]] | None = None,
     descriptorLimit: int | None = None,
     oomScore: int | None = None,
-    ownerCheck: Callable[[str, str | None], str | None] | None = None,
+    ownerCheck: OwnerCheck | None = None,
 ) -> JobManager:
     """
     The executor and the manager, over C{store} (L{_store}); recovered.
@@ -387,6 +393,7 @@ def _manager(
                 spawner=config["launcher"] == "auto",
                 descriptorLimit=descriptorLimit,
                 oomScore=oomScore,
+                lookUpInThread=daemonRunner(reactor, "jobworker-uid-lookups"),
             )
             metrics.watchSpawner(lambda: local.spawnerStarts)
             probeSandbox(local, policy.identities)

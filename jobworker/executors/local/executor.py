@@ -231,8 +231,12 @@ class LocalExecutor:
         spawner: bool = False,
         descriptorLimit: int | None = None,
         oomScore: int | None = None,
+        lookUpInThread: RunInThread | None = None,
     ) -> None:
         """
+        @param lookUpInThread: where the dynamic uids are looked up in the
+            user database (default: C{runInThread}): a daemon thread, which
+            no exit waits for, since a network directory may hang.
         @param descriptorLimit: the soft C{RLIMIT_NOFILE} every job starts
             with (None: the server's own): the one the server was started
             with, before it raised its own (L{descriptors.raiseSoftLimit}).
@@ -242,9 +246,8 @@ class LocalExecutor:
         if policy is None:
             policy = JobPolicy()
         self._reactor = reactor
-        #: Where the spools hand their pages back to the kernel, and the
-        #: dynamic uids are looked up (None: in the reactor's thread, for
-        #: tests).
+        #: Where the spools hand their pages back to the kernel (None: in
+        #: the reactor's thread, for tests).
         self._runInThread = runInThread
         #: The threads heavy output streams are read by (None: the reactor
         #: reads every stream, for tests).
@@ -271,7 +274,7 @@ class LocalExecutor:
         #: ahead of the jobs that need one, never on the reactor's thread.
         #: Not before, so a server made and never started (a refused
         #: start-up) leaves nothing scheduled.
-        self._uidLookups = runInThread
+        self._uidLookups = lookUpInThread or runInThread
         self._sandbox: Sandbox | None = None
         #: The compiled launcher, looked at before each start of it.
         self._launcher = (
