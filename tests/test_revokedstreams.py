@@ -410,15 +410,7 @@ class GrantTests(SynchronousTestCase):
         users = developmentUsers()
         self.authenticator.replaceUsers(users)
         self.assertEqual(self.lost, [])
-        ada = users.lookup("ada")
-        assert ada is not None
-        rehashed = UserDatabase(
-            [
-                UserEntry(ada.user, ada.passwordHash[:-1] + b"x"),
-                *(e for n in users.names() if (e := users.lookup(n)) and n != "ada"),
-            ],
-            users.dummyHash,
-        )
+        rehashed = adaRehashed(users)
         self.authenticator.replaceUsers(rehashed)
         [error] = self.lost
         self.assertIn("(token)", error.message)
@@ -429,15 +421,7 @@ class GrantTests(SynchronousTestCase):
         self.grant(authHeaders("ada")[b"authorization"][0])
         self.grant(None)
         users = developmentUsers()
-        ada = users.lookup("ada")
-        assert ada is not None
-        rehashed = UserDatabase(
-            [
-                UserEntry(ada.user, ada.passwordHash[:-1] + b"x"),
-                *(e for n in users.names() if (e := users.lookup(n)) and n != "ada"),
-            ],
-            users.dummyHash,
-        )
+        rehashed = adaRehashed(users)
         self.authenticator.replaceUsers(rehashed)
         [error] = self.lost
         self.assertIn("password", error.message)
@@ -630,3 +614,16 @@ class RevokedResponseTests(APITestCase):
         self.spawned(record).output(b"more")
         self.endJob(record)
         self.assertEqual(self.successResultOf(d).body, b"more")
+
+
+def adaRehashed(users: UserDatabase) -> UserDatabase:
+    """C{users}, with ada's password hash changed (her role kept)."""
+    ada = users.lookup("ada")
+    assert ada is not None
+    return UserDatabase(
+        [
+            UserEntry(ada.user, ada.passwordHash[:-1] + b"x"),
+            *(e for n in users.names() if (e := users.lookup(n)) and n != "ada"),
+        ],
+        users.dummyHash,
+    )

@@ -427,38 +427,23 @@ class Authenticator:
         fields: dict[str, Any] = {} if job is None else {"job": job}
         header = request.getHeader(b"authorization")
         scheme, _, response = (header or b"").partition(b" ")
+        held: dict[str, Any] = {}
         if header is None:
-            # A client certificate: its user must stay in the users file.
-            return Grant(
-                self, user.name, permission, owner, clientAddress(request), fields
-            )
-        if scheme.lower() == b"bearer" and self._tokens is not None:
+            pass  # A client certificate: its user must stay in the users file.
+        elif scheme.lower() == b"bearer" and self._tokens is not None:
             token = response.strip().decode("ascii", "replace")
             try:
                 claims = self._tokens.claims(token)
             except InvalidToken:
                 raise Unauthorized("invalid or expired token") from None
             fields["token"] = fingerprint(token)
-            return Grant(
-                self,
-                user.name,
-                permission,
-                owner,
-                clientAddress(request),
-                fields,
-                token=claims,
-                expires=self._tokens.ends(claims),
-            )
-        # A password: it must stay the user's.
-        entry = self._realm._users.lookup(user.name)
+            held = {"token": claims, "expires": self._tokens.ends(claims)}
+        else:
+            # A password: it must stay the user's.
+            entry = self._realm._users.lookup(user.name)
+            held = {"passwordHash": None if entry is None else entry.passwordHash}
         return Grant(
-            self,
-            user.name,
-            permission,
-            owner,
-            clientAddress(request),
-            fields,
-            passwordHash=None if entry is None else entry.passwordHash,
+            self, user.name, permission, owner, clientAddress(request), fields, **held
         )
 
     def _standing(self, grant: Grant) -> JobworkerError | None:
