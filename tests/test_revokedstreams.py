@@ -197,7 +197,7 @@ class RevokedStreamTests(TestCase):
         an SSE follower gets a C{revoked} event, then the end of the response
         (no C{end}: the job runs on).
         """
-        server = self.server("--token-ttl=3")
+        server = self.server("--token-ttl=6")  # (time to open the stream)
         job = await server.createJob("sh", "-c", TALKER)
         token = await self.token(server, "ada")
         received, done = await self.follow(
