@@ -114,9 +114,12 @@ class APITestCase(SynchronousTestCase):
         body: Any = None,
         raw: bytes | None = None,
         password: str | None = None,
+        headers: dict[bytes, Any] | None = None,
     ) -> Deferred[Response]:
-        """Send a request; a Deferred of the complete L{Response}."""
-        headers = self.credentials(user, password)
+        """Send a request; a Deferred of the complete L{Response}. C{headers}
+        stand instead of C{user}'s credentials."""
+        if headers is None:
+            headers = self.credentials(user, password)
         data = raw
         if body is not None:
             data = json.dumps(body).encode("utf-8")

@@ -38,7 +38,6 @@ from jobworker.tls import TrustRootPolicy
 
 from .support import PASSWORDS, LiveServer, basic, sleep, waitUntil
 from .test_api import (
-    BASE,
     DEVELOPMENT_USERS,
     APITestCase,
     Response,
@@ -537,18 +536,7 @@ class RevokedResponseTests(APITestCase):
         return {b"authorization": [f"Bearer {token}".encode("ascii")]}
 
     def follow(self, path: str, headers: dict[bytes, Any]) -> Deferred[Response]:
-        d = self.treq.request("GET", BASE + path, headers=headers)
-
-        def collect(response: Any) -> Deferred[Response]:
-            return self.treq.content(response).addCallback(
-                lambda content: Response(
-                    response.code, response.headers, response.length, content
-                )
-            )
-
-        d.addCallback(collect)
-        self.treq.flush()
-        return d
+        return self.send("GET", path, headers=headers)
 
     def test_sseAtTokenExpiry(self) -> None:
         """An SSE follower's token expires: a C{revoked} event, then the

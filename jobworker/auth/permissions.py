@@ -100,7 +100,9 @@ def mayStartQueued(user: User | None, owner: str, queuedAs: str | None) -> str |
     """
     if user is None:
         return f"its owner {owner} is no longer a user of this server"
-    if Permission.CREATE not in PERMISSIONS[user.role]:
+    try:
+        authorize(user, Permission.CREATE)
+    except Forbidden:
         return f"its owner {owner} may no longer start jobs (now a {user.role.value})"
     now = user.account.label if user.account is not None else None
     if now != queuedAs:

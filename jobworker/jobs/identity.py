@@ -670,7 +670,7 @@ class DynamicUids:
                     "dynamic uid {uid} is not used: processes of it still run, "
                     "left by the server (pid {pid}) that locked it last",
                     uid=uid,
-                    pid=last.decode("ascii", "replace").strip(),
+                    pid=last.split(b" ")[0].decode("ascii", "replace").strip(),
                 )
             return True
         self._leftBehind.discard(uid)
