@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import PYTHON, Cleanup, Server, Workers
+from common import PYTHON, ROOT, Cleanup, Server, Workers
 
 #: Server options as the start-rate scenario uses them (run.py).
 EXTRA = ("--max-connections-per-client=100000", "--create-rate=1000000")
@@ -84,6 +84,11 @@ def main() -> None:
         help="an extra twistd jobworker option (repeatable), e.g. --cgroups=off",
     )
     args = parser.parse_args()
+    # The server imports jobworker from this checkout, as run.py's do, not
+    # from whatever build of it the virtualenv holds.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     cleanup = Cleanup()
     workdir = cleanup.tempdir()
     out = args.out or os.path.join(

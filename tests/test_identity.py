@@ -492,8 +492,10 @@ class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
         self.assertEqual(pool.acquire(), 70000)
 
     def test_uidGivenBackVerifiedAgain(self) -> None:
-        """A pool of one uid: the uid given back is looked up again at once,
-        before it is handed out again."""
+        """A pool of one uid: the uid given back half of C{verifiedFor}
+        after its lookup began or later is looked up again at once, before
+        it is handed out again; one that became a user's meanwhile is not
+        handed out."""
         pool = self.directory.pool(70000, 70000, self.mktemp())
         pool.verifyAhead(self.clock, self.threads, verifiedFor=60.0)
         self.addCleanup(pool.stopVerifying)
@@ -501,10 +503,51 @@ class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
         self.assertEqual(pool.acquire(), 70000)
         self.assertRaises(PoolExhausted, pool.acquire)
         self.directory.asked.clear()
+        self.clock.advance(30)
         pool.release(70000)
         self.runThreads()
         self.assertEqual(self.directory.asked, [70000])
         self.assertEqual(pool.acquire(), 70000)
+        self.clock.advance(30)
+        self.directory.users[70000] = "erin"
+        pool.release(70000)
+        self.runThreads()
+        self.assertRaises(PoolExhausted, pool.acquire)
+
+    def test_uidComingRoundSoonNotLookedUpAgain(self) -> None:
+        """
+        A busy server: a uid that comes round again in its turn less than
+        half of C{verifiedFor} after its lookup began is handed out on that
+        lookup, not looked up once per job; never more than C{verifiedFor}
+        after it.
+        """
+        lookedUp: dict[int, float] = {}
+        getpwuid = self.directory.getpwuid
+
+        def noted(uid: int) -> pwd.struct_passwd:
+            lookedUp[uid] = self.clock.seconds()
+            return getpwuid(uid)
+
+        self.directory.getpwuid = noted  # type: ignore[method-assign]
+        pool = self.started(ahead=4)
+        for _ in range(3):  # the whole range three times, within 29 s
+            for _ in range(10):
+                self.runThreads()
+                pool.release(pool.acquire())
+            self.clock.advance(9)
+        self.runThreads()
+        self.assertEqual(sorted(self.directory.asked), list(range(70000, 70010)))
+        self.directory.asked.clear()
+        for _ in range(100):  # 300 s more, the range every 3 s
+            for _ in range(10):
+                self.runThreads()
+                uid = pool.acquire()
+                self.assertLess(self.clock.seconds() - lookedUp[uid], 60.0)
+                pool.release(uid)
+            self.clock.advance(3)
+        self.assertGreaterEqual(len(self.directory.asked), 10 * 300 // 60)
+        self.assertLessEqual(len(self.directory.asked), 10 * (300 // 30 + 2))
+        self.assertLessEqual(pool._lookedUp.keys(), set(range(70000, 70010)))
 
     def test_uidHandedOutWhileLookedUpAgainComesLast(self) -> None:
         """A uid handed out while it was being looked up again is not kept

@@ -369,6 +369,11 @@ class DynamicUids:
         #: when its lookup began; its clock; its thread runner (None once
         #: stopped); how many it keeps; how long a lookup stays good.
         self._ready: dict[int, float] = {}
+        #: The uids handed out from it, each with when its lookup began:
+        #: one that comes round again in its turn less than half of
+        #: C{verifiedFor} after is verified by that lookup still (a busy
+        #: server looks each uid up once per half of it, not once per job).
+        self._lookedUp: dict[int, float] = {}
         self._clock: IReactorTime | None = None
         self._runInThread: RunInThread | None = None
         self._ahead = VERIFY_AHEAD
@@ -436,6 +441,7 @@ class DynamicUids:
             gone.append(uid)
             if uid not in self._held and self._lock(uid):
                 found = uid
+                self._lookedUp[uid] = since
                 break
         for uid in gone:  # (held by another server: found again in turn)
             del self._ready[uid]
@@ -530,6 +536,10 @@ class DynamicUids:
         assert self._clock is not None
         self._tick = self._clock.callLater(self._verifiedFor / 3, self._reverify)
         self._reverifyDue = True
+        now, half = self._clock.seconds(), self._verifiedFor / 2
+        for uid, since in list(self._lookedUp.items()):
+            if not 0 <= now - since < half:
+                del self._lookedUp[uid]
         self._verifyMore()
 
     def _verifyMore(self) -> None:
@@ -546,7 +556,7 @@ class DynamicUids:
         self._reverifyDue = False
         if not again and len(self._ready) > self._ahead // 2:
             return
-        uids = again + self._candidates(self._ahead - len(self._ready))
+        uids = again + self._candidates(self._ahead - len(self._ready), since)
         if not uids:
             return
         self._checking = True
@@ -558,15 +568,26 @@ class DynamicUids:
         half = self._verifiedFor / 2
         return [u for u, since in self._ready.items() if not 0 <= now - since < half]
 
-    def _candidates(self, count: int) -> list[int]:
-        """Up to C{count} uids in turn, neither held nor verified."""
+    def _candidates(self, count: int, now: float) -> list[int]:
+        """
+        The next C{count} uids in turn, neither held nor verified: those
+        to look up. One whose last lookup began less than half of
+        C{verifiedFor} before C{now} is verified by it again, not looked up.
+        """
         found: list[int] = []
+        half = self._verifiedFor / 2
         for _ in range(self.size if count > 0 else 0):
             uid = self._advance()
-            if uid not in self._held and uid not in self._ready:
+            if uid in self._held or uid in self._ready:
+                continue
+            since = self._lookedUp.pop(uid, None)
+            if since is not None and 0 <= now - since < half:
+                self._ready[uid] = since
+                count -= 1
+            else:
                 found.append(uid)
-                if len(found) == count:
-                    break
+            if len(found) >= count:
+                break
         return found
 
     def _lookUp(self, uids: list[int]) -> dict[int, str | None]:
