@@ -800,6 +800,67 @@ class RunnableAsIdentityTests(SynchronousTestCase):
             ),
         )
 
+    def test_dotDotTellsNothing(self) -> None:
+        """
+        C{..} after a name in a folder the job cannot enter: the kernel
+        looks the name up there (and fails, as the job), so the check must
+        too. It tested the raw path's existence as root, then normalised
+        C{NAME/..} away: a command, C{PATH} entry or C{cwd} through an
+        existing folder was accepted (and the job failed, 126), through a
+        missing one refused, which told the folders of a 0700 home apart
+        (attacker round 10).
+        """
+        if os.getuid() != 0:
+            raise SkipTest("as another user the server itself could not look")
+        base = os.path.dirname(self.private)
+        up = os.path.relpath("/", base)
+        answers = []
+        for name in ("inner", "missing"):
+            through = os.path.join(self.private, name, "..", "..", up)
+            command = os.path.join(through, "bin", "sh")
+            answers.append(
+                [
+                    self.refusal(command).replace(command, "X"),
+                    self.refusal("true", cwd=through).replace(through, "X"),
+                ]
+            )
+            with self.assertRaises(SpawnRefused) as caught:
+                checkRunnable(
+                    "sh",
+                    {"PATH": os.path.join(through, "bin")},
+                    None,
+                    self.identity,
+                    WORKDIR,
+                )
+            answers[-1].append(str(caught.exception))
+        self.assertEqual(answers[0], answers[1])
+        self.assertIn("not found or not permitted", answers[0][0])
+        # Where the job can search, ".." is taken as the kernel takes it.
+        fine = os.path.join(self.public, "..", "public", "..", up, "bin", "sh")
+        checkRunnable(fine, {}, None, self.identity, WORKDIR)
+        checkRunnable("sh", {"PATH": os.path.dirname(fine)}, self.public, self.identity)
+
+    def test_symlinksFollowedAsTheJob(self) -> None:
+        """A link is followed as the kernel follows it: to what the job can
+        reach, it passes; into a folder it cannot enter, or round in a
+        loop, it is refused like a missing path."""
+        if os.getuid() != 0:
+            raise SkipTest("as another user the server itself could not look")
+        toSh = os.path.join(self.public, "sh")
+        os.symlink("/bin/sh", toSh)
+        checkRunnable(toSh, {}, None, self.identity, WORKDIR)
+        relative = os.path.join(self.public, "up")
+        os.symlink(os.path.relpath("/", self.public), relative)
+        checkRunnable(
+            os.path.join(relative, "bin", "sh"), {}, None, self.identity, WORKDIR
+        )
+        hidden = os.path.join(self.public, "secret")
+        os.symlink(self.secretTool, hidden)
+        loop = os.path.join(self.public, "loop")
+        os.symlink(loop, loop)
+        for command in (hidden, loop, os.path.join(loop, "sh")):
+            self.assertIn("not found or not permitted", self.refusal(command))
+
     def test_reachableAccepted(self) -> None:
         """What the identity can reach passes; the job's /tmp is its own."""
         checkRunnable("sh", {"PATH": "/usr/bin:/bin"}, self.public, self.identity)

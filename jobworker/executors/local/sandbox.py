@@ -610,8 +610,13 @@ def checkRunnable(
         # Each folder once (/etc, /etc/, //etc alike), and at most
         # MAX_PATH_CHECKS of them: past those the job's execvp decides.
         # (The path walked is the entry as execvp takes it: ".." after a
-        # symlink is not what normpath makes of it.)
-        seen = "/" + os.path.normpath(entry).lstrip("/")
+        # symlink, or after a name the job cannot look up, is not what
+        # normpath makes of it; such an entry is its own.)
+        seen = (
+            entry
+            if ".." in entry.split("/")
+            else "/" + os.path.normpath(entry).lstrip("/")
+        )
         if seen in walked:
             continue
         if len(walked) == MAX_PATH_CHECKS:
@@ -740,52 +745,94 @@ def _within(path: str, folders: tuple[str, ...]) -> bool:
     return any(path == f or path.startswith(f + "/") for f in folders)
 
 
-def _traversable(path: str, identity: Permissions) -> bool:
-    """Every folder from / down to C{path} (itself included) is searchable."""
-    folders = ["/"]
-    for part in path.split("/"):
-        if part:
-            folders.append(f"{folders[-1].rstrip('/')}/{part}")
-    for current in folders:
+#: How many symbolic links a start check's walk follows (the kernel's
+#: MAXSYMLINKS): past them, C{ELOOP} for the job too.
+MAX_LINKS = 40
+
+_DIRECTORY, _FILE_TYPE, _LINK = 0o040000, 0o170000, 0o120000
+
+
+def _walk(path: str, identity: Permissions, hidden: tuple[str, ...]) -> str | None:
+    """
+    Where C{path} (absolute) leads, walked as the kernel walks it for
+    C{identity}: one name at a time, each folder a name is looked up in
+    found searchable by it first (and not C{hidden}: the job's own); C{.}
+    and C{..} as they come; symbolic links followed. The real path reached,
+    or None where the job's walk would stop.
+
+    Nothing is looked up, as root, in a folder the identity cannot search:
+    a name there reads as missing, whether it exists or not. (The check
+    tested the raw path's existence as root, then walked its C{normpath},
+    where C{NAME/..} is gone: a command through an existing folder of a
+    0700 home was accepted, through a missing one refused (attacker round
+    10).)
+    """
+    if not path.startswith("/"):
+        return None
+    parts = path.split("/")
+    parts.reverse()  # (the next name last)
+    current = "/"
+    links = 0
+    while parts:
+        part = parts.pop()
+        if not part:
+            continue
         try:
             st = os.stat(current)
         except OSError:
-            return False
-        if (st.st_mode & 0o170000) != 0o040000 or not identity.mayTraverse(st):
-            return False
-    return True
-
-
-def _reachable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> str | None:
-    """The real path of C{path} if C{identity} can reach it, else None."""
-    path = os.path.normpath(path)
-    real = os.path.realpath(path)
-    if _within(path, hidden) or _within(real, hidden):
-        return None
-    for folder in {os.path.dirname(path), os.path.dirname(real)}:
-        if not _traversable(folder, identity):
             return None
-    return real
+        if (st.st_mode & _FILE_TYPE) != _DIRECTORY or not identity.mayTraverse(st):
+            return None
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        if _within(current, hidden):
+            return None  # (nothing of the server's is in the job's own)
+        found = os.path.join(current, part)
+        try:
+            st = os.lstat(found)
+        except OSError:
+            return None
+        if (st.st_mode & _FILE_TYPE) != _LINK:
+            current = found
+            continue
+        links += 1
+        try:
+            target = os.readlink(found)
+        except OSError:
+            return None
+        if links > MAX_LINKS or not target:
+            return None
+        if target.startswith("/"):
+            current = "/"
+        parts.extend(reversed(target.split("/")))
+    if path.endswith("/") and not os.path.isdir(current):
+        return None
+    return None if _within(current, hidden) else current
 
 
 def _reachableFolder(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
-    real = _reachable(path, identity, hidden)
-    return real is not None and _traversable(real, identity)
-
-
-def _runnable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
-    if not os.path.exists(path):
-        # Not there for root either: the walk below cannot find it. (Most
-        # of a PATH search's entries end here, at one stat.)
-        return False
-    real = _reachable(path, identity, hidden)
+    real = _walk(path, identity, hidden)
     if real is None:
         return False
     try:
         st = os.stat(real)
     except OSError:
         return False
-    return (st.st_mode & 0o170000) == 0o100000 and identity.mayExecute(st)
+    return (st.st_mode & _FILE_TYPE) == _DIRECTORY and identity.mayTraverse(st)
+
+
+def _runnable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
+    real = _walk(path, identity, hidden)
+    if real is None:
+        return False
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    return (st.st_mode & _FILE_TYPE) == 0o100000 and identity.mayExecute(st)
 
 
 def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
