@@ -17,13 +17,14 @@ Fault round 8, on the dynamic uids' lock files:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from jobworker.jobs.identity import DynamicUids, UidLocksFailing
+from jobworker.jobs.identity import DynamicUids, PoolExhausted, UidLocksFailing
 from jobworker.jobs.recovery import processesOf
 
 from .support import LiveServer, smallTmpfs
@@ -108,3 +109,47 @@ class LockFailureTests(SynchronousTestCase):
             pool.acquire()
         self.assertIsInstance(caught.exception, OSError)
         self.assertIn("No space left on device", str(caught.exception))
+
+
+class RemovedLockTests(SynchronousTestCase):
+    """
+    Fault round 9: the lock folder (or one lock file) removed while server
+    A's job runs as uid U, by a cleaner of /run, and made again or not:
+    server B made a new, empty lock file for U, locked it at once, and
+    handed U to another user's job beside A's. A lock file with no mark
+    has no history: U is handed out only if no process of it runs.
+    """
+
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        self.running: set[int] = set()
+
+    def pool(self) -> DynamicUids:
+        return DynamicUids(
+            75100, 75100, self.folder, liveProcesses=lambda uid: uid in self.running
+        )
+
+    def check(self, remove: object) -> None:
+        a, b = self.pool(), self.pool()
+        uid = a.acquire()
+        self.running.add(uid)  # A's job runs as it
+        self.assertRaises(PoolExhausted, b.acquire)
+        remove()
+        self.assertRaises(PoolExhausted, b.acquire)
+        # A's job ended: B may have it.
+        self.running.clear()
+        a.release(uid)
+        self.assertEqual(b.acquire(), uid)
+
+    def test_folderRemoved(self) -> None:
+        self.check(lambda: shutil.rmtree(self.folder))
+
+    def test_folderRemovedAndMadeAgain(self) -> None:
+        def remake() -> None:
+            shutil.rmtree(self.folder)
+            os.makedirs(self.folder, mode=0o700)
+
+        self.check(remake)
+
+    def test_lockFileRemoved(self) -> None:
+        self.check(lambda: os.unlink(os.path.join(self.folder, "75100")))

@@ -671,27 +671,39 @@ class DynamicUids:
         start time, written now if it is not this one's): a server that
         died let its locks go, while its jobs ran on until its next start,
         and another server handed such a uid to a new job beside them
-        (fault round 8). A file of this server, or a new one, costs one
-        read. Processes are looked for (a scan of /proc) only if the server
-        named is gone and it may have died since this one started: it took
-        the lock since, or it held the uid, with processes, then. What a
-        server dead before left was killed at this one's start (L{reclaim}),
-        so a restart costs no scan per uid.
+        (fault round 8). A file of this server costs one read. Processes
+        are looked for (a scan of /proc) if the file names no server (new,
+        or made again after it was removed under a server that held it:
+        fault round 9; a scan per uid's first use after a boot), or if the
+        server named is gone and it may have died since this one started:
+        it took the lock since, or it held the uid, with processes, then.
+        What a server dead before left was killed at this one's start
+        (L{reclaim}), so a restart costs no scan per uid.
         """
         try:
             last = os.pread(fd, 64, 0)
         except OSError:
-            return False
+            last = b""
         if last == self._mark:
             return False
-        if last and self._mayHaveLeft(uid, fd, last) and self._liveProcesses(uid):
+        # A file with no mark has no history: new since the machine booted,
+        # or made again after a cleaner of /run removed it (or its folder)
+        # under another live server's running job, whose lock went with it
+        # (fault round 9). Looked for once: taken, it has this one's mark.
+        if (not last or self._mayHaveLeft(uid, fd, last)) and self._liveProcesses(uid):
             if uid not in self._leftBehind:
                 self._leftBehind.add(uid)
                 self.log.warn(
-                    "dynamic uid {uid} is not used: processes of it still run, "
-                    "left by the server (pid {pid}) that locked it last",
+                    "dynamic uid {uid} is not used: processes of it still run, {whose}",
                     uid=uid,
-                    pid=last.split(b" ")[0].decode("ascii", "replace").strip(),
+                    whose=(
+                        "left by the server (pid {}) that locked it last".format(
+                            last.split(b" ")[0].decode("ascii", "replace").strip()
+                        )
+                        if last
+                        else "and its lock file was made anew (removed under a "
+                        "server that held it?)"
+                    ),
                 )
             return True
         self._leftBehind.discard(uid)
