@@ -22,6 +22,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from jobworker.jobs import store
+
 from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment, runJW, sharedPath
 
 UUID_LINE = re.compile(
@@ -316,6 +318,38 @@ class ListTests(CLITestCase):
         self.assertEqual(len(lines), 3, out)
         self.assertEqual(lines[0].split()[0], "ID", out)
         self.assertEqual(lines[2], "jw: 1 shown, more exist (--all: every one)")
+
+    async def test_shortPagesFilled(self) -> None:
+        """
+        Two filters: each page searches so many jobs at most and may come
+        short, even empty, with a cursor (attacker round 10). C{jw list}
+        fills its page from the next ones; C{--all} gets every match.
+        """
+        self.patch(store, "SEARCH_SPAN", 2)
+        server = LiveServer(self)
+        made = [
+            (await server.createJob("true", labels={"k": "v" if n % 3 else "w"}))["id"]
+            for n in range(12)
+        ]
+        wanted = [job for n, job in enumerate(made) if n % 3][::-1]
+        code, page = await server.json("GET", "/jobs?label=k=v&owner=alice&limit=5")
+        self.assertEqual(code, 200, page)
+        self.assertIsNotNone(page["next_cursor"])
+        self.assertLess(len(page["jobs"]), 5, "a page past its span came short")
+        env = jwEnvironment(server.url)
+        base = ["list", "--label", "k=v", "--owner", "alice", "--wide"]
+        out, err, code = await runProcess(JW, [*base, "--limit", "5"], env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            [line.split()[0] for line in out.decode().splitlines()[1:]], wanted[:5]
+        )
+        self.assertIn(b"5 shown, more exist", err)
+        out, err, code = await runProcess(JW, [*base, "--all"], env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            [line.split()[0] for line in out.decode().splitlines()[1:]], wanted
+        )
+        self.assertEqual(err, b"")
 
 
 class InputAndInterruptTests(CLITestCase):

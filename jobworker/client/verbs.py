@@ -897,7 +897,12 @@ async def doList(
         "limit": options.limit,
     }
     jobs, cursor = await client.listJobs(**filters)
-    while options.all and cursor is not None:
+    # A page of two filters or more searches so many jobs at most, and may
+    # come short (even empty) with a cursor: the page is filled from the
+    # next ones.
+    while cursor is not None and (options.all or len(jobs) < options.limit):
+        if not options.all:
+            filters["limit"] = options.limit - len(jobs)
         more, cursor = await client.listJobs(**filters, cursor=cursor)
         jobs.extend(more)
     if options.json:

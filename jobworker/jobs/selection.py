@@ -101,6 +101,21 @@ class JobFilter:
     #: Only jobs that ended before this time (bulk delete).
     endedBefore: float | None = None
 
+    @property
+    def conditions(self) -> int:
+        """How many filters it has (one leads a search; the rest are tested
+        job by job)."""
+        return len(self.labels) + sum(
+            value is not None
+            for value in (
+                self.status,
+                self.owner,
+                self.name,
+                self.idPrefix,
+                self.endedBefore,
+            )
+        )
+
     def query(self) -> tuple[str, str, list[str], list[object]]:
         """
         For L{JobStore}: the source (C{jobs}, joined to the index of its

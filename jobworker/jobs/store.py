@@ -30,6 +30,14 @@ from .selection import ANY_JOB, JobFilter
 #: Largest page a caller may ask for.
 MAX_PAGE = 1000
 
+#: How many job sequence numbers one page of a listing with two filters or
+#: more searches at most. One filter's index leads and the others are
+#: tested job by job: a combination matching nothing read every job of the
+#: leading index, 90-190 ms at 300,000 jobs on the reactor's thread, and
+#: any role could hold the server with it (attacker round 10). A page past
+#: that span ends with what it found (none, maybe) and a cursor below it.
+SEARCH_SPAN = 10_000
+
 
 # The sqlite3 module adapts every parameter that is not an exact int, float,
 # str or bytearray, None included: it looks for an adapter, fails (building
@@ -346,7 +354,9 @@ class JobStore:
 
         @return: the records and the sequence to pass as C{before} for the
             next page (None when this is the last page). Keyset paging: jobs
-            created meanwhile never shift a page.
+            created meanwhile never shift a page. With two filters or more
+            a page searches L{SEARCH_SPAN} jobs at most: it may hold fewer
+            than C{limit} records, even none, and a cursor all the same.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1 to {MAX_PAGE}")
@@ -354,6 +364,13 @@ class JobStore:
         if before is not None:
             where.append(f"{order} < ?")
             params.append(before)
+        floor = None
+        if selection.conditions > 1:
+            top = before if before is not None else self._newestSeq() + 1
+            if top > SEARCH_SPAN:
+                floor = top - SEARCH_SPAN
+                where.append(f"{order} >= ?")
+                params.append(floor)
         query = SELECT_FROM + source
         if where:
             query += " WHERE " + " AND ".join(where)
@@ -361,8 +378,19 @@ class JobStore:
         params.append(limit + 1)
         rows = self._db.execute(query, params).fetchall()
         records = [fromRow(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return records, (records[-1].seq if more and records else None)
+        if len(rows) > limit and records:
+            return records, records[-1].seq
+        if floor is not None and self._oldestSeq() < floor:
+            return records, floor  # (the span searched; older jobs remain)
+        return records, None
+
+    def _newestSeq(self) -> int:
+        """The newest job's sequence number (0: none)."""
+        return int(self._db.execute("SELECT max(seq) FROM jobs").fetchone()[0] or 0)
+
+    def _oldestSeq(self) -> int:
+        """The oldest job's sequence number (0: none)."""
+        return int(self._db.execute("SELECT min(seq) FROM jobs").fetchone()[0] or 0)
 
     @_mapped("list ended jobs")
     def endedMatching(self, selection: JobFilter, limit: int) -> list[str]:

@@ -121,7 +121,13 @@ export function jobsView(root, { filters = {}, onFilters }) {
     const focused = document.activeElement?.closest?.("tr")?.dataset.id;
     body.replaceChildren(...jobs.map(row));
     if (focused) body.querySelector(`tr[data-id="${CSS.escape(focused)}"] a`)?.focus();
-    message.textContent = jobs.length ? "" : "No jobs match.";
+    // A page of two filters or more searches so many jobs at most: it may
+    // come back empty with older jobs still to search.
+    message.textContent = jobs.length
+      ? ""
+      : next === null
+        ? "No jobs match."
+        : "None among the jobs searched so far: Older searches further back.";
     newer.disabled = cursors.length <= 1;
     older.disabled = next === null;
   }
