@@ -111,6 +111,11 @@ class RemovedLauncherTests(TestCase):
         self.assertTrue(os.path.isfile(path))
         spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
         os.kill(spawner.current.pid, signal.SIGKILL)
+        # (A job sent before the server has seen the spawner go can be handed
+        # to its standby as it dies, and end SIGKILL: not this test's case.)
+        await waitUntil(
+            lambda: spawner.current.socket is None, what="the spawner's death seen"
+        )
         await self.startsAgain(server)
         await self.assertOnlyCompleted(server, 2)
         told = [line for line in logs.lines if path in line]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobworker.server.services import UsersReloadService
+
 from .support import LiveServer, sleep
 from .test_slurm import SlurmCase, squeueJobs
 
@@ -128,6 +130,39 @@ class SlurmDependencyTests(SlurmCase):
             ("CANCELLED", "Dependency"),
         )
         self.assertEqual(await self.output(server, b["id"], "stdout"), b"")
+
+    async def test_removedOwnersWaitingJobNeverRuns(self) -> None:
+        """
+        B after A waits in Slurm's queue; alice is removed from the users
+        file (a reload): jobworker cancels B in Slurm and records it FAILED,
+        never started, as its own queue does (Slurm would have run it as
+        jwalice once A ended).
+        """
+        server = self.server()
+        a = await server.createJob("sh", "-c", "echo up; sleep 60")
+        b = await server.createJob("sh", "-c", "echo ran", after=[a["id"]])
+        await self.waitFor(server, a["id"], ("RUNNING",))  # (not refused)
+        waiting = await self.reason(server, b["id"])
+        self.assertEqual(waiting["status"], "PENDING", waiting)
+        with open(self.users, encoding="utf-8") as f:
+            lines = [line for line in f if not line.startswith("alice:")]
+        with open(self.users, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        [reload] = [s for s in server.service if isinstance(s, UsersReloadService)]
+        await reload.reload()
+        final = await self.waitFor(server, b["id"], ("FAILED", "COMPLETED", "STOPPED"))
+        self.assertEqual(final["status"], "FAILED", final)
+        self.assertEqual(
+            final["error"],
+            "cannot start: its owner alice is no longer a user of this server",
+        )
+        self.assertIsNone(final["started_at"])
+        self.assertEqual(squeueJobs()[b["slurm_job_id"]]["job_state"], "CANCELLED")
+        code, body = await server.json("POST", f"/jobs/{a['id']}/stop", "ada")
+        self.assertIn(code, (200, 202), body)
+        stopped = await self.waitFor(server, a["id"], ("STOPPED",))
+        self.assertEqual(stopped["status"], "STOPPED", stopped)
+        self.assertEqual(await self.output(server, b["id"], "stdout", "ada"), b"")
 
     async def test_capKeepsJobworkersQueueFirst(self) -> None:
         """

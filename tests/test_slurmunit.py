@@ -15,6 +15,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from jobworker.auth.permissions import Role, User, mayStartQueued
 from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.sandbox import SETPRIV
@@ -689,6 +690,114 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(manager.record(record.id).status, JobStatus.RUNNING)
         self.poll({"101": state("COMPLETED")})
         self.assertIs(manager.record(record.id).status, JobStatus.COMPLETED)
+
+
+class OwnersChangedTests(SynchronousTestCase):
+    """
+    A job waiting in Slurm's queue starts only as a new request of its
+    owner would, as one in jobworker's queue does (attacker round 9): at a
+    users reload, or a start, one whose owner was removed, demoted or
+    remapped since is cancelled in Slurm and ends FAILED, never started.
+    Slurm ran it, as the account of its submission.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        self.stateDir = os.path.abspath(self.mktemp())
+        self.executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(self.stateDir, "shared"),
+            grace=5.0,
+            pollInterval=1.0,
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+        self.users = {
+            "alice": User("alice", Role.DEVELOPER),
+            "bob": User("bob", Role.DEVELOPER),
+        }
+
+        def ownerCheck(
+            owner: str, madeAs: str | None
+        ) -> tuple[str | None, Identity | None]:
+            user = self.users.get(owner)
+            account = user.account if user is not None else None
+            return mayStartQueued(user, owner, madeAs), account
+
+        self.manager = JobManager(
+            self.reactor, self.stateDir, self.executor, ownerCheck=ownerCheck
+        )
+        self.addCleanup(self.manager.close)
+
+    def submit(self, owner: str) -> Any:
+        record = self.manager.create(request("true"), owner=owner)
+        accepted = ensureDeferred(self.manager.accepted(record))
+        d = self.commands.submissions[-1][2]
+        d.callback(str(100 + len(self.commands.submissions)))
+        self.successResultOf(accepted)
+        return record
+
+    def poll(self, states: dict[str, SlurmState]) -> None:
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback(states)
+
+    def test_removedOwnersWaitingJobCancelled(self) -> None:
+        waiting, raced, bobs = (
+            self.submit("alice"),
+            self.submit("alice"),
+            self.submit("bob"),
+        )
+        self.poll(
+            {"101": state("PENDING"), "102": state("PENDING"), "103": state("PENDING")}
+        )
+        self.manager.ownersChanged()  # the same users: a control
+        self.assertEqual(self.commands.cancels, [])
+        del self.users["alice"]
+        self.manager.ownersChanged()
+        self.assertEqual(sorted(self.commands.cancels), ["101", "102"])
+        # 102 started before the scancel reached it: it ends as it ends.
+        self.poll(
+            {
+                "101": state("CANCELLED"),
+                "102": state("RUNNING"),
+                "103": state("RUNNING"),
+            }
+        )
+        ended = self.manager.record(waiting.id)
+        self.assertIs(ended.status, JobStatus.FAILED)
+        self.assertEqual(
+            ended.error,
+            "cannot start: its owner alice is no longer a user of this server",
+        )
+        self.assertIsNone(ended.started_at)
+        self.assertIs(self.manager.record(raced.id).status, JobStatus.RUNNING)
+        self.assertIs(self.manager.record(bobs.id).status, JobStatus.RUNNING)
+
+    def test_demotedOrRemappedOwner(self) -> None:
+        demoted, remapped = self.submit("alice"), self.submit("bob")
+        self.users["alice"] = User("alice", Role.READER)
+        self.users["bob"] = User(
+            "bob",
+            Role.DEVELOPER,
+            Identity(1500, 1500, (), "games", "/", "/bin/sh", "games"),
+        )
+        self.manager.ownersChanged()
+        self.assertEqual(sorted(self.commands.cancels), ["101", "102"])
+        self.poll({"101": state("CANCELLED"), "102": state("CANCELLED")})
+        self.assertIn("may no longer start jobs", self.manager.record(demoted.id).error)
+        self.assertIn("(none, now games)", self.manager.record(remapped.id).error)
+
+    def test_refusedBeforeSbatchAnswered(self) -> None:
+        """Refused while sbatch has not answered: cancelled once it has."""
+        record = self.manager.create(request("true"), owner="alice")
+        del self.users["alice"]
+        self.manager.ownersChanged()
+        self.assertEqual(self.commands.cancels, [])
+        self.commands.submissions[-1][2].callback("101")
+        self.assertEqual(self.commands.cancels, ["101"])
+        self.poll({"101": state("CANCELLED")})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
 
 
 class PerJobOptionsTests(SynchronousTestCase):

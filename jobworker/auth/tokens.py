@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 PREFIX = "jw1"
 #: Size of a signing key, in bytes.
 KEY_BYTES = 32
+#: The most a key file may hold: more is no key (a file named by mistake).
+MAX_KEY_BYTES = 64 << 10
 #: The longest token accepted: a bigger header is refused before any work.
 MAX_TOKEN_CHARS = 1024
 #: How far ahead of the server's now a token's issue time may be (seconds):
@@ -72,16 +74,17 @@ def loadOrCreateKey(path: str) -> bytes:
     Replacing or deleting the file and restarting the server invalidates
     every token issued before.
 
-    @raise OSError: the file cannot be read or made.
-    @raise ValueError: the file holds too short a key, or its group or
-        others may use it.
+    @raise OSError: the file cannot be read or made, or is no regular
+        file.
+    @raise ValueError: the file holds too short a key (or over
+        L{MAX_KEY_BYTES}), or its group or others may use it.
     """
     if not os.path.lexists(path):
         key = secrets.token_bytes(KEY_BYTES)
         if _createDurably(path, key):
             return key
     # There already, or another start made it meanwhile: read it.
-    with open(path, "rb") as f:
+    with open(_openKey(path), "rb") as f:
         mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         if mode & 0o077:
             # With it and a user's line of the users file, whoever read
@@ -90,10 +93,31 @@ def loadOrCreateKey(path: str) -> bytes:
                 f"{path}: permissions {mode:04o} are too open, others could "
                 f"sign tokens with it: run chmod 600 {path}"
             ) from None
-        key = f.read()
+        key = f.read(MAX_KEY_BYTES + 1)
     if len(key) < KEY_BYTES:
         raise ValueError(f"{path} holds under {KEY_BYTES} bytes") from None
+    if len(key) > MAX_KEY_BYTES:
+        raise ValueError(f"{path} holds over {MAX_KEY_BYTES} bytes: no key") from None
     return key
+
+
+def _openKey(path: str) -> int:
+    """
+    The key file, open for reading: a regular file, never waited on (a FIFO
+    there hung the start-up in open(2) for good, before the log began).
+    A symlink is followed: the path is the operator's choice, and a secret
+    mounted by an orchestrator or a service manager is often one.
+
+    @raise OSError: it cannot be opened, or is no regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EPERM, "not a regular file", path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 #: What link(2) says on a file system without hard links.

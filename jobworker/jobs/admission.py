@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from .buckets import TokenBuckets
-from .executor import Executor, LiveJob
+from .executor import Executor, LiveJob, OwnerCheck
 from .identity import Identity, IdentityError
 from .limits import Limits
 from .policy import JobPolicy, JobReactor
@@ -37,12 +37,6 @@ from .records import JobRecord, JobStatus
 from .scheduling import Scheduler
 from .store import JobStore, QueuedEntry, StoreError
 from .validation import JobRequest
-
-#: Asked at a queued job's turn, with its owner and the account it was
-#: queued to run as (None: unmapped): why it may not start now (None: it
-#: may), and the owner's account as the users file has it now.
-OwnerCheck = Callable[[str, str | None], tuple[str | None, Identity | None]]
-
 
 #: Seconds before queued jobs are tried again after the store refused one.
 DISPATCH_RETRY = 1.0
@@ -283,6 +277,18 @@ class Admission:
             record.queued = False
             record.env = {}
             record.finish(JobStatus.FAILED, record.created_at, error=failedDependency)
+        # Which dependencies it waits on, read before the record is stored:
+        # a read that failed after it left a job the client was told had
+        # failed, stored and in no queue (a review).
+        unfinished = (
+            set()
+            if record.status.ended
+            else {
+                jobId
+                for jobId in (*request.after, *request.after_ok)
+                if not self.record(jobId).status.ended
+            }
+        )
         try:
             self._store.insert(record)
         except StoreError as e:
@@ -303,7 +309,7 @@ class Admission:
             jobIds(request.after),
             jobIds(request.after_ok),
         )
-        queue.add(entry, lambda jobId: not self.record(jobId).status.ended)
+        queue.add(entry, unfinished.__contains__)
         record.pending_reason = queue.reason(record.id)
         self.log.info(
             "job {job} of {user} queued: {reason}",

@@ -39,6 +39,12 @@ class ExecutorHealth:
     reason: str | None = None
 
 
+#: Asked at a queued job's turn, with its owner and the account it was
+#: queued to run as (None: unmapped): why it may not start now (None: it
+#: may), and the owner's account as the users file has it now.
+OwnerCheck = Callable[[str, str | None], tuple[str | None, Identity | None]]
+
+
 class LiveOutput(OutputSource, Protocol):
     """A stream of a job that has not ended (it may record output order)."""
 
@@ -121,6 +127,16 @@ class Executor(Protocol):
         How to store a live job's record when it changes before its end
         (C{save}), and how to read another job's record, None if there is
         none (C{find}: the Slurm executor reads a job's dependencies).
+        """
+
+    def ownersChanged(self, check: OwnerCheck) -> None:
+        """
+        The users file changed, or the server started: each job waiting in
+        this executor's own queue (Slurm's) starts only as a new request of
+        its owner would. C{check} (the manager's L{OwnerCheck}) says why not,
+        given its owner and the account it was made to run as (None: its
+        owner was mapped to none); such a job ends FAILED, never started.
+        The manager's own queue is checked at each job's turn.
         """
 
     def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:

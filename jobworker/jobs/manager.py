@@ -24,19 +24,20 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..metrics import Metrics
-from .admission import Admission, OwnerCheck, createBurst
+from .admission import Admission, createBurst
 from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
-from .executor import Executor, ExecutorHealth, LiveJob
+from .executor import Executor, ExecutorHealth, LiveJob, OwnerCheck
 from .folders import openJournal, openOutput
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
 from .scheduling import Scheduler
+from .schema import DamagedRecord
 from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
-from .store import JobStore, StoreError
+from .store import JobStore, RecordDamaged, StoreError
 from .validation import parseJobId
 
 #: Default cap on each stream of each job.
@@ -73,6 +74,9 @@ RETRY_MAX = 30.0
 #: shutdown when the disk is full, to store the final records it could not
 #: (a queued job stopped meanwhile would run again after the restart).
 RESERVE_BYTES = 1 << 20
+
+#: How many jobs with a damaged record the log names, once each.
+DAMAGED_NAMED = 1000
 
 
 class JobManager(Admission):
@@ -148,6 +152,8 @@ class JobManager(Admission):
         self._unsaved: dict[str, JobRecord] = {}
         #: Queued jobs the server could not start at their turn: when, and why.
         self._held: dict[str, tuple[float, str]] = {}
+        #: The jobs whose damaged records the log has named (L{_damaged}).
+        self._damagedNamed: set[str] = set()
         self._retryTimer: IDelayedCall | None = None
         self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
@@ -172,6 +178,7 @@ class JobManager(Admission):
             self._queuedEnded,
             self._stored,
             self._dispatchLater,
+            self._reactor.seconds,
         )
         self._metrics.watchQueue(self._scheduler.queue.owners)
 
@@ -180,6 +187,16 @@ class JobManager(Admission):
     def afterFork(self) -> None:
         """In a process forked since (twistd's daemon): the store connects again."""
         self._store.afterFork()
+
+    def ownersChanged(self) -> None:
+        """
+        The users file was read again (SIGHUP), or the server started: jobs
+        waiting in the executor's own queue (Slurm's) are checked against it
+        as the manager's queue checks each job at its turn (see
+        L{Executor.ownersChanged}).
+        """
+        if self._ownerCheck is not None:
+            self._executor.ownersChanged(self._ownerCheck)
 
     def recover(self) -> list[JobRecord]:
         """
@@ -190,12 +207,17 @@ class JobManager(Admission):
         """
         unfinished = self._store.running()
         queued = self._store.queued()
+        for record in unfinished:
+            if isinstance(record, DamagedRecord):
+                self._recoverDamaged(record)
         # Called even without unfinished jobs: the executor may have its
         # own leftovers to see to (a local job's, ended inside its grace).
         for job in self._executor.recover(unfinished, RESTARTED):
             self._watch(job)
         closed = [record for record in unfinished if record.status.ended]
         for record in closed:
+            if isinstance(record, DamagedRecord):
+                record.error = f"{record.error} ({record.note})"
             # On a full disk: from the reserve, else kept in memory and
             # written again (the server must start: deleting jobs is how
             # the disk gets room).
@@ -208,6 +230,50 @@ class JobManager(Admission):
         self._requeue(queued)
         self._reserveAgain()
         return closed
+
+    def _recoverDamaged(self, record: DamagedRecord) -> None:
+        """
+        A job that was unfinished at the last stop, whose record is damaged:
+        recovered as any other (what is left of it killed, or re-attached),
+        from what could be read; its record written back whole, without what
+        did not parse. (It stopped the start-up: a traceback, every time.)
+        """
+        self._damagedNamed.add(record.id)
+        self.log.error(
+            "job {job} (seq {seq}) was {status} at the last stop, and its stored "
+            "record is damaged ({problem}; it held {text}): recovered as far as "
+            "it could be read, and written back without that",
+            job=record.id,
+            seq=record.seq,
+            status=record.status.value,
+            problem=record.problem,
+            text=record.text or "nothing quoted",
+        )
+
+    def _damaged(self, record: DamagedRecord) -> None:
+        """
+        Name a job whose stored record is damaged in the log, once (it is
+        met again at every list crossing it).
+        """
+        named = self._damagedNamed
+        if record.id in named or len(named) > DAMAGED_NAMED:
+            return
+        named.add(record.id)
+        if len(named) > DAMAGED_NAMED:
+            self.log.error(
+                "over {count} jobs' stored records are damaged: no more are named",
+                count=DAMAGED_NAMED,
+            )
+            return
+        self.log.error(
+            "job {job} (seq {seq}): its stored record is damaged ({problem}; it "
+            "holds {text}): left out of lists, a 503 for its own requests; "
+            "DELETE /jobs/{job} removes it",
+            job=record.id,
+            seq=record.seq,
+            problem=record.problem,
+            text=record.text or "nothing quoted",
+        )
 
     # -- jobs ------------------------------------------------------------------
 
@@ -297,10 +363,21 @@ class JobManager(Admission):
             )
 
     def _retryUnsaved(self) -> None:
-        """Write the final records the store refused; again later if it still does."""
+        """
+        Write the final records the store refused; again later if it still
+        does. With none, while the store refuses writes (L{storeRefusal}),
+        try a write that changes nothing: nothing else may come to show
+        that it takes them again (a balancer sends no request to a server
+        its /healthz calls degraded).
+        """
         self._retryTimer = None
         self.flushUnsaved()
-        if self._unsaved:
+        if not self._unsaved and self._store.refusal is not None:
+            try:
+                self._store.probeWrite()
+            except StoreError:
+                pass  # (it is the store's refusal, which /healthz says)
+        if self._unsaved or self._store.refusal is not None:
             self._retryDelay = min(self._retryDelay * 2, RETRY_MAX)
             self._scheduleRetry()
         else:
@@ -321,7 +398,10 @@ class JobManager(Admission):
     def _countByStatus(self) -> dict[str, int]:
         counts = self._store.countByStatus()
         for jobId, record in list(self._unsaved.items()):
-            stored = self._store.get(jobId)
+            try:
+                stored = self._store.get(jobId)
+            except RecordDamaged as e:
+                stored = e.record  # (its status as far as it could be read)
             if stored is not None and stored.status is not record.status:
                 counts[stored.status.value] = counts.get(stored.status.value, 1) - 1
                 counts[record.status.value] = counts.get(record.status.value, 0) + 1
@@ -338,6 +418,20 @@ class JobManager(Admission):
         health: ExecutorHealth = check()
         return health
 
+    def storeRefusal(self) -> str | None:
+        """
+        Why the job store refuses writes now (its last write failed, and
+        none has succeeded since: disk full, failing, read-only, locked),
+        or None. Known from the writes made: this writes nothing. While it
+        refuses, a write is tried every so often (L{_retryUnsaved}), so
+        that it is known once the store takes them again.
+        """
+        refusal = self._store.refusal
+        if refusal is None:
+            return None
+        self._scheduleRetry()
+        return refusal.reason
+
     def _executorUp(self) -> tuple[str, bool]:
         health = self.health()
         return health.executor, health.up
@@ -351,10 +445,23 @@ class JobManager(Admission):
             ) or self._scheduler.queue.reason(jobId)
         return record
 
-    def _find(self, jobId: str) -> JobRecord | None:
-        """A job's current record; None if there is no such job."""
+    def recordOrDamaged(self, jobId: str) -> JobRecord:
+        """
+        L{record}, or what could be read of a damaged one (a
+        L{DamagedRecord}, never to be shown): its owner, to be allowed to
+        stop or delete it; its status, for the jobs that wait on it.
+
+        @raise NotFound: if there is none.
+        """
         try:
             return self.record(jobId)
+        except RecordDamaged as e:
+            return e.record
+
+    def _find(self, jobId: str) -> JobRecord | None:
+        """A job's current record (L{recordOrDamaged}); None if there is no such job."""
+        try:
+            return self.recordOrDamaged(jobId)
         except NotFound:
             return None
 
@@ -387,7 +494,11 @@ class JobManager(Admission):
         if cached is not None:
             self._endedRecords.move_to_end(jobId)
             return cached
-        record = self._store.get(jobId)
+        try:
+            record = self._store.get(jobId)
+        except RecordDamaged as e:
+            self._damaged(e.record)
+            raise
         if record is None:
             raise NotFound("no such job")
         if record.status.ended:
@@ -432,6 +543,8 @@ class JobManager(Admission):
             records = [unsaved.get(r.id, r) for r in records]
             if selection.status is not None:
                 records = [r for r in records if r.status is selection.status]
+        if any(type(r) is DamagedRecord for r in records):
+            records = self._withoutDamaged(records)
         queue = self._scheduler.queue
         return [
             live[r.id].snapshot()
@@ -443,6 +556,20 @@ class JobManager(Admission):
             )
             for r in records
         ], following
+
+    def _withoutDamaged(self, records: list[JobRecord]) -> list[JobRecord]:
+        """
+        C{records} but those whose stored record is damaged (a list crossing
+        one failed for good: a 500): each named in the log once. A live
+        job's is left, the live record shows instead.
+        """
+        kept = []
+        for record in records:
+            if isinstance(record, DamagedRecord) and record.id not in self._live:
+                self._damaged(record)
+            else:
+                kept.append(record)
+        return kept
 
     def whenEnded(self, jobId: str) -> Deferred[JobRecord]:
         """Fires with a job's record once it has ended (now, if it has)."""
@@ -515,13 +642,24 @@ class JobManager(Admission):
 
     def delete(self, jobId: str) -> None:
         """
-        Remove an ended job's record and output.
+        Remove an ended job's record and output; a damaged record's too,
+        unread (see L{JobStore.get}).
 
-        @raise Conflict: if the job is still running.
+        @raise Conflict: if the job is still running, or queued.
         """
-        record = self.record(jobId)
-        if not record.status.ended:
-            raise Conflict("job is still running: stop it first", job=record.toJSON())
+        try:
+            record = self.record(jobId)
+        except RecordDamaged:
+            # Its unreadable record is all there is of it here (a live job's
+            # is in memory) unless it is queued: removed by id, the one way.
+            if jobId in self._scheduler.queue:
+                raise Conflict("job is queued: stop it first") from None
+            self.log.warn("job {job}: its damaged record deleted", job=jobId)
+        else:
+            if not record.status.ended:
+                raise Conflict(
+                    "job is still running: stop it first", job=record.toJSON()
+                )
         with self._noted([jobId]):
             self._removeEnded(jobId)
 
@@ -614,6 +752,7 @@ class JobManager(Admission):
         """The store has a job's record no more: neither has the memory."""
         self._dropEnded(jobId)
         self._unsaved.pop(jobId, None)
+        self._damagedNamed.discard(jobId)
 
     def _removeOutput(self, jobId: str) -> None:
         """Remove a deleted job's output folder (already gone is fine)."""

@@ -119,12 +119,12 @@ class FairQueue:
         Queue a job. C{unfinished(id)} says whether one of its dependencies
         has yet to end (those that have are not waited on).
         """
-        jobId = waiting.jobId
-        self._entries[jobId] = waiting
-        self._count(waiting.owner, 1)
         dependencies = waiting.after | waiting.afterOk
         if dependencies:
+            # (First: should it raise, nothing of the job is queued.)
             waiting.waitingOn = {d for d in dependencies if unfinished(d)} or NO_JOBS
+        self._entries[waiting.jobId] = waiting
+        self._count(waiting.owner, 1)
         if waiting.waitingOn:
             for dependency in waiting.waitingOn:
                 self._waiters.setdefault(dependency, []).append(waiting)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from .executor import LiveJob
 from .queue import NO_JOBS, FairQueue, Waiting
 from .records import JobRecord, JobStatus
-from .store import StoreError
+from .store import RecordDamaged, StoreError
 
 #: What a queued job whose failure could not be recorded yet waits on.
 FAILING = "(its failure, to be recorded)"
@@ -34,6 +34,7 @@ class Scheduler:
     @param load: a queued job's record, from the store.
     @param later: call L{dispatch} again in a while (a job's record could
         not be read).
+    @param now: the time.
     """
 
     log = Logger()
@@ -46,9 +47,11 @@ class Scheduler:
         finished: Callable[[JobRecord], None],
         load: Callable[[str], JobRecord],
         later: Callable[[], None],
+        now: Callable[[], float],
     ) -> None:
         self.queue = FairQueue()
         self._later = later
+        self._now = now
         #: Jobs out of the queue to be failed, whose records could not be
         #: read yet: (entry, error, when).
         self._failing: list[tuple[Waiting, str, float]] = []
@@ -104,10 +107,10 @@ class Scheduler:
         """
         if jobId not in self.queue:
             return None
-        record = self._load(jobId)
+        record, damage = self._readable(jobId)
         self.queue.remove(jobId)
         record.stopped_by = by
-        self._end(record, JobStatus.STOPPED, when, "stopped while queued")
+        self._end(record, JobStatus.STOPPED, when, "stopped while queued" + damage)
         self.dispatch()
         return record
 
@@ -117,7 +120,7 @@ class Scheduler:
         at the next L{dispatch} if its record cannot be read now.
         """
         try:
-            record = self._load(waiting.jobId)
+            record, damage = self._readable(waiting.jobId)
         except StoreError:
             # Back in the queue, held (waiting on its own failure): it is
             # still there to stop, and to wait for, and never starts.
@@ -126,7 +129,31 @@ class Scheduler:
             self._failing.append((held, error, when))
             self._later()
             return
-        self._end(record, JobStatus.FAILED, when, error)
+        self._end(record, JobStatus.FAILED, when, error + damage)
+
+    def _readable(self, jobId: str) -> tuple[JobRecord, str]:
+        """
+        A queued job's record, to end it with, and what its error says
+        besides: nothing; or, if its record is damaged (L{RecordDamaged}),
+        what could be read of it (written back whole as it ends, what did
+        not parse empty) and a word on the damage.
+
+        @raise StoreError: its record cannot be read now.
+        """
+        try:
+            return self._load(jobId), ""
+        except RecordDamaged as e:
+            record = e.record
+        self.log.error(
+            "queued job {job} (seq {seq}): its stored record is damaged "
+            "({problem}; it held {text}): ended, written back without it",
+            job=jobId,
+            seq=record.seq,
+            problem=record.problem,
+            text=record.text or "nothing quoted",
+        )
+        record.status = JobStatus.PENDING  # (queued, whatever its row says)
+        return record, f" ({record.note})"
 
     def _end(
         self, record: JobRecord, status: JobStatus, when: float, error: str
@@ -166,6 +193,12 @@ class Scheduler:
                         break
                     try:
                         started = self._start(waiting)
+                    except RecordDamaged:
+                        # It can never start: failed now. (Put back first in
+                        # line, it came first again at every try, and every
+                        # job behind it waited for ever.)
+                        self.fail(waiting, "cannot start", self._now())
+                        continue
                     except Exception:
                         # A bug, or a failure nobody foresaw: the job stays
                         # queued (it was in no queue any more), tried again.

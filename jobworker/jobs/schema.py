@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .records import JobRecord, JobStatus
 
@@ -229,8 +230,112 @@ def toRow(record: JobRecord) -> tuple[object, ...]:
     )
 
 
+class DamagedRecord(JobRecord):
+    """
+    A job's record read from a row some column of which no longer parses (a
+    bit flipped on disk, a hand edit: SQLite's own checks pass): the columns
+    that parse, the others empty, and what was wrong. Never shown, never run:
+    the store refuses it (L{jobworker.jobs.store.RecordDamaged}) and lists
+    leave it out. It only closes a job that cannot go on, which writes its
+    row whole again.
+
+    @ivar problem: the damaged columns, and why each is wrong.
+    @ivar text: the damaged columns' text, cut short, for the log (a queued
+        job's environment, which may hold secrets, is not quoted).
+    """
+
+    problem: str = ""
+    text: str = ""
+
+    @property
+    def note(self) -> str:
+        """What the error of the job it closes says of it."""
+        return f"its stored record was damaged: {self.problem}"
+
+
+#: The columns that hold JSON: what each must hold, and its text when empty.
+JSON_COLUMNS: dict[str, tuple[type, str | None]] = {
+    "args": (list, "[]"),
+    "limits": (dict, None),
+    "labels": (dict, None),
+    "after_ids": (list, None),
+    "after_ok_ids": (list, None),
+    "queued_env": (dict, None),
+}
+
+#: At most this many characters of a damaged column's text are quoted.
+QUOTED = 80
+
+
 def fromRow(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
+    """
+    The record a row holds; a L{DamagedRecord} if a column does not parse
+    (one damaged row failed every page of the list that crossed it, and the
+    start-up if its job was running).
+    """
+    try:
+        record = _fromRow(row, JobRecord)
+    except (ValueError, TypeError):
+        return damagedRecord(row)
+    # (JSON of another shape, a list for a dict, failed later: a 500.)
+    if (
+        type(record.args) is list
+        and type(record.labels) is dict
+        and type(record.after) is list
+        and type(record.after_ok) is list
+        and type(record.env) is dict
+        and (record.limits is None or type(record.limits) is dict)
+    ):
+        return record
+    return damagedRecord(row)
+
+
+def damagedRecord(row: sqlite3.Row) -> DamagedRecord:
+    """
+    The L{DamagedRecord} of a row: each column that does not parse is
+    emptied, and named in its C{problem} and C{text} (the record written
+    back loses it: the log keeps it).
+    """
+    values = dict(zip(row.keys(), tuple(row), strict=True))
+    problems, texts = [], []
+    for column, (shape, empty) in JSON_COLUMNS.items():
+        text = values[column]
+        if text is None:
+            continue
+        try:
+            wrong = not isinstance(json.loads(text), shape)
+            why = f"not a JSON {'list' if shape is list else 'object'}"
+        except (ValueError, TypeError) as e:
+            wrong, why = True, str(e)
+        if wrong:
+            problems.append(f"{column}: {why}")
+            if column != "queued_env":
+                texts.append(f"{column} {_quoted(text)}")
+            values[column] = empty
+    try:
+        JobStatus(values["status"])
+    except ValueError:
+        problems.append("status: no status")
+        texts.append(f"status {_quoted(values['status'])}")
+        # What it was is not known: not running (a queued one ends at its
+        # turn, any other stays until a DELETE).
+        values["status"] = (
+            JobStatus.PENDING.value if values["queued"] else JobStatus.FAILED.value
+        )
+    record = _fromRow(values, DamagedRecord)
+    assert isinstance(record, DamagedRecord)
+    record.problem = "; ".join(problems)
+    record.text = ", ".join(texts)
+    return record
+
+
+def _quoted(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTED else text[: QUOTED - 3] + "..."
+
+
+def _fromRow(row: sqlite3.Row | Mapping[str, Any], kind: type[JobRecord]) -> JobRecord:
+    return kind(
         seq=row["seq"],
         id=row["id"],
         owner=row["owner"],

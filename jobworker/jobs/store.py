@@ -8,11 +8,13 @@ import functools
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..errors import ServiceUnavailable
 from .records import JobRecord, JobStatus
 from .schema import (
     INSERT,
@@ -22,6 +24,7 @@ from .schema import (
     SELECT,
     SELECT_FROM,
     UPDATE,
+    DamagedRecord,
     fromRow,
     toRow,
 )
@@ -102,27 +105,74 @@ class StoreError(Exception):
         return "the store refused"
 
 
+class RecordDamaged(ServiceUnavailable):
+    """
+    A job's record no longer parses (L{DamagedRecord}): it cannot be read,
+    now or later. A 503 that names the job, as every store error is; but no
+    L{StoreError}, which the server waits out (a queued job whose record
+    could not be read stayed first in line, tried every second for ever).
+
+    @ivar record: what could be read of it.
+    """
+
+    def __init__(self, record: DamagedRecord) -> None:
+        super().__init__(
+            f"the stored record of job {record.id} is damaged ({record.problem}): "
+            f"it cannot be shown; DELETE /jobs/{record.id} removes it"
+        )
+        self.record = record
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _mapped(what: str) -> Callable[[_F], _F]:
+def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     """
     Turn any SQLite error of the wrapped method into a L{StoreError}: any
     statement, a read or a C{DELETE} included, may fail with "database or
-    disk is full" or "database disk image is malformed".
+    disk is full" or "database disk image is malformed". A C{write}'s
+    outcome is the store's L{JobStore.refusal}.
     """
 
     def decorate(method: _F) -> _F:
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
             except sqlite3.Error as e:
-                raise StoreError.of(f"cannot {what}", e) from None
+                error = StoreError.of(f"cannot {what}", e)
+                if write:
+                    self._refusal = error
+                raise error from None
+            if write:
+                self._refusal = None
+            return result
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _refuseStrangeCompanions(path: str) -> None:
+    """
+    SQLite's C{-wal} and C{-shm} files beside the store, if there, must be
+    regular files: with a FIFO or a folder there the store opened, and then
+    refused every write for good ("disk I/O error", "read-only").
+
+    @raise StoreError: one is something else (a symlink included).
+    """
+    for companion in (path + "-wal", path + "-shm"):
+        try:
+            mode = os.lstat(companion).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StoreError(f"cannot use {companion}: {e.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise StoreError(
+                f"{companion} is not a regular file: SQLite cannot use it "
+                "(move it away; it is not the store's)"
+            )
 
 
 #: SQLite's errors that mean the file's content is damaged.
@@ -139,10 +189,15 @@ class JobStore:
     may lose the last transactions, never corrupt the file).
     """
 
+    #: The error of the last write, if it failed and none has succeeded
+    #: since (L{refusal}).
+    _refusal: StoreError | None = None
+
     def __init__(self, path: str) -> None:
         self.path = path
         #: The process that opened it (see L{afterFork}).
         self._pid = os.getpid()
+        _refuseStrangeCompanions(path)
         self._locks = self._exclusive(path)
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
@@ -321,7 +376,9 @@ class JobStore:
                         [(k, v, cursor.lastrowid) for k, v in record.labels.items()],
                     )
         except sqlite3.Error as e:
-            raise StoreError.of(f"cannot record job {record.id}", e) from None
+            self._refusal = error = StoreError.of(f"cannot record job {record.id}", e)
+            raise error from None
+        self._refusal = None
         record.seq = cursor.lastrowid
 
     def update(self, record: JobRecord) -> None:
@@ -333,13 +390,42 @@ class JobStore:
         try:
             self._db.execute(UPDATE, (*toRow(record)[1:], record.id))
         except sqlite3.Error as e:
-            raise StoreError.of(f"cannot record job {record.id}", e) from None
+            self._refusal = error = StoreError.of(f"cannot record job {record.id}", e)
+            raise error from None
+        self._refusal = None
+
+    @property
+    def refusal(self) -> StoreError | None:
+        """
+        Why the store refuses writes: the error of its last write, if that
+        failed and none has succeeded since (C{/healthz}); None if it takes
+        them. Known from the writes made, at no cost: see L{probeWrite}.
+        """
+        return self._refusal
+
+    @_mapped("write to the store", write=True)
+    def probeWrite(self) -> None:
+        """
+        Write what changes nothing (the schema version, again: a page in the
+        WAL all the same), to learn whether the store takes writes again
+        while it refuses them and no other write is made (L{refusal}).
+        """
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @_mapped("read a job")
     def get(self, jobId: str) -> JobRecord | None:
-        """The job with this id, or None."""
+        """
+        The job with this id, or None.
+
+        @raise RecordDamaged: its record does not parse.
+        """
         row = self._db.execute(SELECT + " WHERE id = ?", (jobId,)).fetchone()
-        return None if row is None else fromRow(row)
+        if row is None:
+            return None
+        record = fromRow(row)
+        if isinstance(record, DamagedRecord):
+            raise RecordDamaged(record)
+        return record
 
     @_mapped("list jobs")
     def page(
@@ -406,7 +492,10 @@ class JobStore:
 
     @_mapped("list running jobs")
     def running(self) -> list[JobRecord]:
-        """Every job recorded as RUNNING or PENDING (not finished), but queued ones."""
+        """
+        Every job recorded as RUNNING or PENDING (not finished), but queued
+        ones; a damaged one as its L{DamagedRecord}.
+        """
         rows = self._db.execute(
             SELECT + " WHERE status IN (?, ?) AND queued = 0 ORDER BY seq",
             (JobStatus.RUNNING.value, JobStatus.PENDING.value),
@@ -415,7 +504,11 @@ class JobStore:
 
     @_mapped("list queued jobs")
     def queued(self) -> list[QueuedEntry]:
-        """The jobs waiting in jobworker's queue, in order: only what it needs."""
+        """
+        The jobs waiting in jobworker's queue, in order: only what it needs.
+        A damaged list of jobs to wait for is none: the job's whole record
+        is read at its turn, and that fails it (its record is damaged).
+        """
         rows = self._db.execute(
             "SELECT id, owner, priority, seq, run_as, after_ids, after_ok_ids "
             "FROM jobs WHERE queued = 1 ORDER BY seq"
@@ -427,8 +520,8 @@ class JobStore:
                 row["priority"],
                 row["seq"],
                 row["run_as"],
-                json.loads(row["after_ids"]) if row["after_ids"] else [],
-                json.loads(row["after_ok_ids"]) if row["after_ok_ids"] else [],
+                _jobIds(row["after_ids"]),
+                _jobIds(row["after_ok_ids"]),
             )
             for row in rows
         ]
@@ -443,12 +536,12 @@ class JobStore:
         ).fetchall()
         return [row["id"] for row in rows]
 
-    @_mapped("delete a job")
+    @_mapped("delete a job", write=True)
     def delete(self, jobId: str) -> None:
-        """Remove a job's record."""
+        """Remove a job's record (read or not: a damaged one too)."""
         self._db.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
 
-    @_mapped("delete jobs")
+    @_mapped("delete jobs", write=True)
     def deleteMany(self, jobIds: list[str]) -> None:
         """Remove these jobs' records, all or none (one transaction)."""
         with self._transaction():
@@ -477,3 +570,16 @@ class JobStore:
     def count(self) -> int:
         """How many jobs are stored."""
         return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+def _jobIds(text: str | None) -> list[str]:
+    """A stored list of job ids; none if there is none, or it is damaged."""
+    if not text:
+        return []
+    try:
+        ids = json.loads(text)
+    except (ValueError, TypeError):
+        return []
+    if not isinstance(ids, list):
+        return []
+    return [jobId for jobId in ids if isinstance(jobId, str)]

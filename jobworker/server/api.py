@@ -447,19 +447,24 @@ class JobsAPI:
     @app.route("/healthz", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
         # No authentication and few details: fit for a load balancer's probe.
-        # An executor that cannot take jobs (Slurm unreachable) is "degraded".
+        # An executor that cannot take jobs (Slurm unreachable) is "degraded",
+        # and so is a store that refuses writes (every POST a 503: a full or
+        # failing disk answered "ok" here).
         onlyParameters(_query(request), frozenset())
         health = self._manager.health()
-        if health.up:
+        refusal = self._manager.storeRefusal()
+        if health.up and refusal is None:
             return _json(request, {"status": "ok"})
-        return _json(
-            request,
-            {
-                "status": "degraded",
-                "executor": health.executor,
-                "reason": health.reason,
-            },
-        )
+        body: dict[str, Any] = {"status": "degraded"}
+        reasons = []
+        if not health.up:
+            body["executor"] = health.executor
+            reasons.append(health.reason)
+        if refusal is not None:
+            body["store"] = refusal
+            reasons.append(f"the job store refuses writes: {refusal}")
+        body["reason"] = "; ".join(r for r in reasons if r) or None
+        return _json(request, body)
 
     @app.route("/jobs/<jobId>", methods=["GET"])
     @app.route("/jobs/<jobId>/status", methods=["GET"])
@@ -479,7 +484,8 @@ class JobsAPI:
     @guarded(Permission.DELETE)
     async def deleteJob(self, request: IRequest, user: User, jobId: str) -> bytes:
         _noBody(request)
-        record = self._manager.record(parseJobId(jobId))
+        # (A damaged record is deleted too: the one way to be rid of it.)
+        record = self._manager.recordOrDamaged(parseJobId(jobId))
         authorize(user, Permission.DELETE, owner=record.owner)
         self._manager.delete(record.id)
         self._audit(request, "job.delete", user, "ok", job=record.id)
@@ -490,7 +496,7 @@ class JobsAPI:
     async def stopJob(self, request: IRequest, user: User, jobId: str) -> bytes:
         body = _body(request)
         how = parseStopRequest(parseJSONObject(body) if body else {})
-        record = self._manager.record(parseJobId(jobId))
+        record = self._manager.recordOrDamaged(parseJobId(jobId))
         authorize(user, Permission.STOP, owner=record.owner)
         # A job that has ended is a 409 here, and no line: no stop was made.
         # One already being stopped: one line a minute (a loop of stops of

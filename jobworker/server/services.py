@@ -171,9 +171,13 @@ class UsersReloadService(Service):
         reactor: Any,
         runInThread: Callable[..., Deferred[Any]] | None = None,
         reopen: Callable[[], object] | None = None,
+        reloaded: Callable[[], object] | None = None,
     ) -> None:
         self._path = path
         self._reopen = reopen
+        #: Told once new users are in force (the jobs waiting in Slurm's
+        #: queue are checked against them).
+        self._reloaded = reloaded
         self._authenticator = authenticator
         self._reactor = reactor
         self._runInThread = runInThread
@@ -267,6 +271,8 @@ class UsersReloadService(Service):
             path=path,
             count=len(users),
         )
+        if self._reloaded is not None:
+            self._reloaded()
 
 
 def elapsedSeconds() -> float:

@@ -31,7 +31,7 @@ from ..executors.local.executor import LocalExecutor
 from ..executors.local.pump import Pumps
 from ..executors.local.sandbox import jobOomScore
 from ..executors.slurm.executor import SlurmExecutor
-from ..jobs.admission import OwnerCheck
+from ..jobs.executor import OwnerCheck
 from ..jobs.identity import (
     Identities,
     Identity,
@@ -163,6 +163,7 @@ def _parts(
             reactor,
             daemonRunner(reactor, "jobworker-users-reload"),
             audit.reopen,
+            manager.ownersChanged,
         )
     )
 
@@ -408,6 +409,9 @@ def _manager(
             ownerCheck=ownerCheck,
         )
         manager.recover()
+        # (Jobs waiting in Slurm's queue whose owner's access changed while
+        # the server was down.)
+        manager.ownersChanged()
         log.info(
             "job store {path}: schema v{version}, {count} jobs",
             path=store.path,

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from ...errors import BadRequest, CannotStartNow, Forbidden, TooManyRequests
 from ...jobs.dropbehind import DropBehind, RunInThread
-from ...jobs.executor import ExecutorHealth
+from ...jobs.executor import ExecutorHealth, OwnerCheck
 from ...jobs.identity import (
     LOCK_DIR,
     DynamicUids,
@@ -466,6 +466,10 @@ class LocalExecutor:
         grace closes it C{STOPPED} (L{recover}).
         """
         self._saveStop = save
+
+    def ownersChanged(self, check: OwnerCheck) -> None:
+        """Nothing waits here: the manager's queue holds local jobs, and
+        checks each at its turn."""
 
     def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
         """Never: a local job waiting on others waits in the manager's queue."""

@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ...errors import BadRequest, ServiceUnavailable
-from ...jobs.executor import ExecutorHealth
+from ...jobs.executor import ExecutorHealth, OwnerCheck
 from ...jobs.identity import Identity
 from ...jobs.limits import Limits
 from ...jobs.placement import SlurmAllowances
@@ -130,6 +130,26 @@ class SlurmExecutor:
         """
         self._save = save
         self._find = find
+
+    def ownersChanged(self, check: OwnerCheck) -> None:
+        """
+        Jobs still waiting in Slurm's queue start only as a new request of
+        their owner would (the rule of the manager's queue: attacker round
+        9): one whose owner was removed, demoted to Reader, or mapped to
+        another account since is cancelled in Slurm and ends FAILED, never
+        started. Slurm ran them as the account of their submission.
+        """
+        shared = self._server.label
+        for job in list(self._jobs.values()):
+            record = job.record
+            if record.status is not JobStatus.PENDING:
+                continue
+            madeAs = None if record.run_as in (None, shared) else record.run_as
+            why, account = check(record.owner, madeAs)
+            if why is not None and not (
+                madeAs is None and account is not None and account.label == shared
+            ):  # (mapped to the service account: the same account still)
+                job.refuseStart(f"cannot start: {why}")
 
     def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
         """Slurm holds the job (C{--dependency}): see L{HeldJobs.canHold}."""

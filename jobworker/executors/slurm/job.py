@@ -130,6 +130,8 @@ class SlurmJob:
         #: Slurm itself saw it end otherwise than COMPLETED: Slurm cancels
         #: the jobs held on it (afterok) without jobworker's help.
         self.failedInSlurm = False
+        #: Why its owner may no longer start it (L{refuseStart}).
+        self._refused: str | None = None
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -177,7 +179,7 @@ class SlurmJob:
         self.record.slurm_job_id = slurmJobId
         self._executor.save(self.record)
         self.settle(self.record)
-        if self._stopRequested or self._dependencyFailed:
+        if self._stopRequested or self._dependencyFailed or self._refused:
             self._executor.cancel(self)
 
     def refused(self, error: SlurmError) -> None:
@@ -298,6 +300,27 @@ class SlurmJob:
         )
         self._executor.cancel(self)
 
+    def refuseStart(self, why: str) -> None:
+        """
+        Its owner may no longer start it (L{SlurmExecutor.ownersChanged}):
+        cancel it in Slurm while it waits; it ends FAILED, saying C{why},
+        once Slurm says it was cancelled (one that started meanwhile ends
+        as it ends). Asked again at each reload, it is cancelled again (an
+        scancel that failed is tried once more).
+        """
+        record = self.record
+        if record.status is not JobStatus.PENDING or self._stopRequested:
+            return
+        if self._refused is None:
+            self.log.warn(
+                "job {job}: {why}; cancelling Slurm job {slurm}",
+                job=record.id,
+                why=why,
+                slurm=record.slurm_job_id,
+            )
+        self._refused = why
+        self._executor.cancel(self)  # (once sbatch answers, if it has not)
+
     def _cancelledForDependency(self, state: SlurmState) -> bool:
         """
         Whether Slurm ended it because an C{after_ok} failed
@@ -320,6 +343,14 @@ class SlurmJob:
     def _ended(self, state: SlurmState) -> None:
         record = self.record
         self.failedInSlurm = state.state != "COMPLETED"
+        if (
+            self._refused is not None
+            and record.started_at is None
+            and state.state in QUEUE_ENDINGS
+        ):
+            record.pending_reason = None
+            self._finish(JobStatus.FAILED, error=self._refused)
+            return
         if self._cancelledForDependency(state):
             # The same words as the manager's queue, naming the dependency.
             verdict = self._executor.failedDependency(record)
