@@ -146,6 +146,9 @@ class JobManager(Admission):
         #: task removing them, and where their ids are noted meanwhile.
         self._unswept: deque[str] = deque()
         self._sweeping: Deferred[Iterator[None]] | None = None
+        #: The sweep's next try after the store refused it, and its delay.
+        self._sweepTimer: IDelayedCall | None = None
+        self._sweepDelay = RETRY_FIRST
         self._sweepJournal = os.path.join(stateDir, DELETED_OUTPUT)
         #: Final records the store could not take yet (disk full): the truth
         #: until it has them, written again every so often.
@@ -187,6 +190,26 @@ class JobManager(Admission):
     def afterFork(self) -> None:
         """In a process forked since (twistd's daemon): the store connects again."""
         self._store.afterFork()
+
+    def holdQueue(self) -> None:
+        """
+        Start no queued job until L{start}: the server is being built, and
+        twistd may yet fork into a daemon. A job started before the fork
+        was the exiting process's: through the spawner it died with it (a
+        queued job FAILED by SIGKILL after each restart), through the exec
+        chain it ran unseen, its record RUNNING for good (a review).
+        """
+        self._scheduler.paused = True
+
+    def start(self) -> None:
+        """
+        The server runs (its service started, after any fork): start what
+        the queue holds, and check the jobs waiting in the executor's own
+        queue against the users file (L{ownersChanged}).
+        """
+        self._scheduler.paused = False
+        self._scheduler.dispatch()
+        self.ownersChanged()
 
     def ownersChanged(self) -> None:
         """
@@ -885,7 +908,12 @@ class JobManager(Admission):
     def _sweepLater(self, ids: list[str]) -> None:
         """Remove these deleted jobs' output folders, a slice a turn."""
         self._unswept.extend(ids)
-        if self._sweeping is None:
+        self._sweepOn()
+
+    def _sweepOn(self) -> None:
+        """Sweep what is left, unless a sweep (or its next try) is due."""
+        self._sweepTimer = None
+        if self._sweeping is None and self._unswept:
             self._sweeping = self._slices.coiterate(self._sweep())
             self._sweeping.addErrback(self._sweepStopped)
 
@@ -908,6 +936,7 @@ class JobManager(Admission):
                 break
             yield None
         self._sweeping = None
+        self._sweepDelay = RETRY_FIRST
         self._forgetUnswept()
         self._reserveAgain()
 
@@ -916,11 +945,21 @@ class JobManager(Admission):
         if failure.check(SchedulerStopped):
             return  # closed: the journal has the rest, for the next start
         if failure.check(StoreError):
+            # Tried again: nothing else would before the next DELETE /jobs
+            # or a restart, and the disk stayed full (a review).
+            delay, self._sweepDelay = (
+                self._sweepDelay,
+                min(self._sweepDelay * 2, RETRY_MAX),
+            )
             self.log.error(
-                "the output of {count} deleted job(s) is removed later: {error}",
+                "the output of {count} deleted job(s) is removed later (in "
+                "{delay} s): {error}",
                 count=len(self._unswept),
+                delay=delay,
                 error=failure.getErrorMessage(),
             )
+            if self._sweepTimer is None:
+                self._sweepTimer = self._reactor.callLater(delay, self._sweepOn)
             return
         self.log.failure("removing deleted jobs' output failed", failure)
 
@@ -1033,10 +1072,10 @@ class JobManager(Admission):
         # Deletions under way stop between two slices (the next start
         # removes the output folders noted).
         self._slices.stop()
-        for timer in (self._retryTimer, self._dispatchTimer):
+        for timer in (self._retryTimer, self._dispatchTimer, self._sweepTimer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._retryTimer = self._dispatchTimer = None
+        self._retryTimer = self._dispatchTimer = self._sweepTimer = None
         if self._unsaved and self.flushUnsaved() and self._giveUpReserve():
             self.flushUnsaved()
         if self._unsaved:

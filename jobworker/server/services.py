@@ -126,6 +126,12 @@ class ManagerService(Service):
             raise SystemExit(1) from None
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        # After twistd's fork into a daemon, the reactor running: the queue
+        # held while the server was built starts now.
+        self.manager.start()
+
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         previous = (

@@ -408,10 +408,10 @@ def _manager(
             metrics=metrics,
             ownerCheck=ownerCheck,
         )
+        # Nothing starts before the service does (L{ManagerService}): the
+        # queue is held while the jobs of the last run are recovered.
+        manager.holdQueue()
         manager.recover()
-        # (Jobs waiting in Slurm's queue whose owner's access changed while
-        # the server was down.)
-        manager.ownersChanged()
         log.info(
             "job store {path}: schema v{version}, {count} jobs",
             path=store.path,
