@@ -238,6 +238,7 @@ def spawnHostileJob(testCase: Any, firstUid: int, launcher: str | None = None) -
     if os.getuid() != 0:
         raise SkipTest("only a root server switches identities")
     forbidRealKill(testCase.patch)
+    noLiveUidProcesses(testCase.patch)
     reactor = FakeProcessReactor()
     pool = DynamicUids(firstUid, firstUid + 9, testCase.mktemp())
     manager = localJobManager(
@@ -255,3 +256,15 @@ def spawnHostileJob(testCase: Any, firstUid: int, launcher: str | None = None) -
     manager.create(JobRequest("true", [], HOSTILE_ENVIRONMENT, None), "bob")
     [spawned] = reactor.spawned
     return spawned
+
+
+def noLiveUidProcesses(patch: Any) -> None:
+    """
+    Dynamic uids' pools of unit tests (each with a lock folder of its own)
+    find no process of their uids: other tests' servers, running at once,
+    have jobs as uids of the same range, and a lock file with no mark has
+    them looked for (L{jobworker.jobs.identity.DynamicUids}).
+    """
+    from jobworker.jobs import identity
+
+    patch(identity, "_hasProcesses", lambda uid: False)

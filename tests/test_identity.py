@@ -50,7 +50,7 @@ from jobworker.jobs.identity import (
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.recovery import hasLiveParent, processesOf
 
-from .fakes import FakeProcessReactor
+from .fakes import FakeProcessReactor, noLiveUidProcesses
 from .support import CERT, KEY, LiveServer, sharedPath, sleep
 from .test_dropbehind import Threads, warnings
 from .test_pump import readCmdline
@@ -143,6 +143,7 @@ class RangeTests(SynchronousTestCase):
 
 class DynamicUidsTests(SynchronousTestCase):
     def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
         self.lockDir = self.mktemp()
 
     def test_twoServersNeverShareAUid(self) -> None:
@@ -258,6 +259,9 @@ class PrimaryGroupRangeTests(SynchronousTestCase):
     start-up check nor the per-job one looked at it.
     """
 
+    def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
+
     def test_primaryGroupNamed(self) -> None:
         """A user's primary gid in the range is named; once with its group."""
         found = rangeClashes(
@@ -325,6 +329,9 @@ class DynamicUidLookupTests(SynchronousTestCase):
     looks each uid up as it hands it out: the server's start-up, tests.)
     """
 
+    def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
+
     def test_uidOfAUserOrGroupSkipped(self) -> None:
         directory = Directory()
         directory.users[70000] = "erin"
@@ -389,6 +396,7 @@ class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
         self.directory = Directory()
         self.clock = Clock()
         self.threads = Threads()
@@ -1888,6 +1896,9 @@ class RootStagesEnvironmentTests(SynchronousTestCase):
 class ReclaimTests(SynchronousTestCase):
     """At start-up, what a dead server's dynamic jobs left is killed."""
 
+    def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
+
     def test_orphansKilledHeldOnesLeftAlone(self) -> None:
         lockDir = self.mktemp()
         other = DynamicUids(70000, 70009, lockDir)  # a live server
@@ -2002,6 +2013,9 @@ class LockFolderGoneTests(SynchronousTestCase):
     job's uid was a 500 (C{FileNotFoundError}) for every job until a
     restart (a fault round). The folder is made again.
     """
+
+    def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
 
     def test_folderMadeAgain(self) -> None:
         lockDir = self.mktemp()

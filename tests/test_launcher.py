@@ -36,6 +36,7 @@ from jobworker.executors.local.sandbox import (
 from jobworker.jobs.identity import DynamicUids, Identities, Identity
 from jobworker.jobs.stopping import STOP_SIGNALS
 
+from .fakes import noLiveUidProcesses
 from .support import LiveServer, sharedPath, sleep
 
 #: Ids of the jobs these tests start by hand (outside the servers' range).
@@ -1064,6 +1065,9 @@ class ServerPidNamespaceTests(ServerLauncherTests):
 
 class ProbeFallbackTests(SynchronousTestCase):
     """A launcher that fails the start-up probe gives way to the chain."""
+
+    def setUp(self) -> None:
+        noLiveUidProcesses(self.patch)
 
     def test_brokenLauncherReplaced(self) -> None:
         from jobworker.executors.local.executor import LocalExecutor

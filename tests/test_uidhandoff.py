@@ -27,6 +27,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from jobworker.jobs.identity import DynamicUids, PoolExhausted, UidLocksFailing
 from jobworker.jobs.recovery import processesOf
 
+from .fakes import noLiveUidProcesses
 from .support import LiveServer, smallTmpfs
 from .twistd import Twistd
 
@@ -93,6 +94,7 @@ class LockFailureTests(SynchronousTestCase):
         """/run out of inodes: the uids whose lock files exist are used,
         the others skipped; none lockable at all is L{UidLocksFailing}
         (an OSError: a 503), not an unhandled error."""
+        noLiveUidProcesses(self.patch)
         folder = smallTmpfs(self, "1m,nr_inodes=4")
         pool = DynamicUids(75000, 75009, folder)
         first = pool.acquire()

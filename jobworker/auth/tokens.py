@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
+from ..jobs.folders import openRegular
+
 #: Tokens start with this, so a reader (and a secret scanner) knows them.
 PREFIX = "jw1"
 #: Size of a signing key, in bytes.
@@ -110,14 +112,7 @@ def _openKey(path: str) -> int:
 
     @raise OSError: it cannot be opened, or is no regular file.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EPERM, "not a regular file", path)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+    return openRegular(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 #: What link(2) says on a file system without hard links.

@@ -38,7 +38,17 @@ def openJournal(path: str) -> int:
     @raise OSError: it cannot be opened, or is no regular file.
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW, 0o600)
+    return openRegular(path, flags | os.O_NOFOLLOW, 0o600)
+
+
+def openRegular(path: str, flags: int, mode: int = 0o600) -> int:
+    """
+    C{path} opened with C{flags} (and C{O_NONBLOCK}: a FIFO is never waited
+    on), if it is a regular file.
+
+    @raise OSError: it cannot be opened, or is no regular file.
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK, mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EPERM, "not a regular file", path)

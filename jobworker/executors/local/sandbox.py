@@ -813,26 +813,35 @@ def _walk(path: str, identity: Permissions, hidden: tuple[str, ...]) -> str | No
     return None if _within(current, hidden) else current
 
 
-def _reachableFolder(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
+def _reached(
+    path: str, identity: Permissions, hidden: tuple[str, ...]
+) -> os.stat_result | None:
+    """What C{path} leads to, if the identity can reach it (L{_walk})."""
     real = _walk(path, identity, hidden)
     if real is None:
-        return False
+        return None
     try:
-        st = os.stat(real)
+        return os.stat(real)
     except OSError:
-        return False
-    return (st.st_mode & _FILE_TYPE) == _DIRECTORY and identity.mayTraverse(st)
+        return None
+
+
+def _reachableFolder(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
+    st = _reached(path, identity, hidden)
+    return (
+        st is not None
+        and (st.st_mode & _FILE_TYPE) == _DIRECTORY
+        and identity.mayTraverse(st)
+    )
 
 
 def _runnable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
-    real = _walk(path, identity, hidden)
-    if real is None:
-        return False
-    try:
-        st = os.stat(real)
-    except OSError:
-        return False
-    return (st.st_mode & _FILE_TYPE) == 0o100000 and identity.mayExecute(st)
+    st = _reached(path, identity, hidden)
+    return (
+        st is not None
+        and (st.st_mode & _FILE_TYPE) == 0o100000
+        and identity.mayExecute(st)
+    )
 
 
 def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
