@@ -146,6 +146,30 @@ class DamagedRecordTests(SynchronousTestCase):
         self.assertEqual(call("GET", f"/jobs/{other}")[0], 200)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_wrongShapesInsideAre503(self) -> None:
+        """
+        JSON that parses, of the wrong shape inside (a number among the
+        args, a label's value an object, a limit no job has): a 500 with a
+        traceback, or a queue stalled at its turn (a review). Damaged too.
+        """
+        for column, value in (
+            ("args", '["x", 1]'),
+            ("labels", '{"a": {"b": 1}}'),
+            ("labels", '{"a": 1}'),
+            ("limits", '{"nope": 1}'),
+            ("limits", '{"pids": "many"}'),
+        ):
+            self.stateDir = os.path.abspath(self.mktemp())
+            os.makedirs(self.stateDir)
+            call, damaged, _ = self.restartedWithDamage(column, value)
+            code, body = call("GET", f"/jobs/{damaged}")
+            self.assertEqual(code, 503, (column, value, body))
+            self.assertIn(column, body["error"])
+            code, listed = call("GET", "/jobs")
+            self.assertEqual(code, 200, listed)
+            self.assertNotIn(damaged, [job["id"] for job in listed["jobs"]])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_listsLeaveTheDamagedOneOutNamingItOnce(self) -> None:
         """
         Every list crossing the damaged row was a 500: it is left out (the

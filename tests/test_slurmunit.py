@@ -799,6 +799,49 @@ class OwnersChangedTests(SynchronousTestCase):
         self.poll({"101": state("CANCELLED")})
         self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
 
+    def test_cancelledAgain(self) -> None:
+        """The scancel of a refused job failed (slurmctld out of reach): a
+        poll that finds it still queued a while after cancels it again (it
+        was left queued until the next reload, and Slurm ran it; a review)."""
+        waiting = self.submit("alice")
+        self.poll({"101": state("PENDING")})
+        del self.users["alice"]
+        self.manager.ownersChanged()
+        self.assertEqual(self.commands.cancels, ["101"])  # (lost, say)
+        self.poll({"101": state("PENDING")})
+        self.assertEqual(self.commands.cancels, ["101"], "not at once")
+        for _ in range(5):
+            self.poll({"101": state("PENDING")})
+        self.assertEqual(self.commands.cancels, ["101", "101"])
+        self.poll({"101": state("CANCELLED")})
+        self.assertIs(self.manager.record(waiting.id).status, JobStatus.FAILED)
+
+    def test_removedMappingToTheServiceAccount(self) -> None:
+        """
+        Without --slurm-shared-account, a user mapped to the service
+        account itself (run_as is the server's name): the mapping removed,
+        a new request of theirs is refused, and so is the job waiting in
+        Slurm (it read as unmapped, and was kept).
+        """
+        server = Identity(1600, 1600, (), "svc", "/", "/bin/sh", "svc")
+        self.executor._server = self.executor._accounts.server = server
+        self.executor._accounts._shared = False
+        self.executor._accounts._lookUp = lambda name: server
+        self.users["carol"] = User("carol", Role.DEVELOPER, server)
+        record = self.manager.create(request("true"), "carol", server)
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[-1][2].callback("101")
+        self.successResultOf(accepted)
+        self.assertEqual(record.run_as, "svc")
+        self.poll({"101": state("PENDING")})
+        self.manager.ownersChanged()  # still mapped: kept
+        self.assertEqual(self.commands.cancels, [])
+        self.users["carol"] = User("carol", Role.DEVELOPER)
+        self.manager.ownersChanged()
+        self.assertEqual(self.commands.cancels, ["101"])
+        self.poll({"101": state("CANCELLED")})
+        self.assertIn("no Unix account mapped", self.manager.record(record.id).error)
+
 
 class PerJobOptionsTests(SynchronousTestCase):
     """A job's own "slurm" choices: parsed, checked against the server's

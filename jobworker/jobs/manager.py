@@ -908,10 +908,11 @@ class JobManager(Admission):
     def _sweepLater(self, ids: list[str]) -> None:
         """Remove these deleted jobs' output folders, a slice a turn."""
         self._unswept.extend(ids)
-        self._sweepOn()
+        if self._sweepTimer is None:  # (else its next try sweeps them too)
+            self._sweepOn()
 
     def _sweepOn(self) -> None:
-        """Sweep what is left, unless a sweep (or its next try) is due."""
+        """Sweep what is left, unless a sweep is under way."""
         self._sweepTimer = None
         if self._sweeping is None and self._unswept:
             self._sweeping = self._slices.coiterate(self._sweep())

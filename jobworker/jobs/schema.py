@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
+from .limits import Limits
 from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
@@ -254,14 +256,17 @@ class DamagedRecord(JobRecord):
 
 
 #: The columns that hold JSON: what each must hold, and its text when empty.
-JSON_COLUMNS: dict[str, tuple[type, str | None]] = {
-    "args": (list, "[]"),
-    "limits": (dict, None),
-    "labels": (dict, None),
-    "after_ids": (list, None),
-    "after_ok_ids": (list, None),
-    "queued_env": (dict, None),
+JSON_COLUMNS: dict[str, tuple[Callable[[object], bool], str, str | None]] = {
+    "args": (lambda v: _texts(v), "a list of strings", "[]"),
+    "limits": (lambda v: _limitsMap(v), "an object of numbers", None),
+    "labels": (lambda v: _textMap(v), "an object of strings", None),
+    "after_ids": (lambda v: _texts(v), "a list of strings", None),
+    "after_ok_ids": (lambda v: _texts(v), "a list of strings", None),
+    "queued_env": (lambda v: _textMap(v), "an object of strings", None),
 }
+
+#: What a stored C{limits} object may hold.
+LIMITS = frozenset(field.name for field in fields(Limits))
 
 #: At most this many characters of a damaged column's text are quoted.
 QUOTED = 80
@@ -277,17 +282,34 @@ def fromRow(row: sqlite3.Row) -> JobRecord:
         record = _fromRow(row, JobRecord)
     except (ValueError, TypeError):
         return damagedRecord(row)
-    # (JSON of another shape, a list for a dict, failed later: a 500.)
+    # (JSON of another shape, a list for a dict, or a number among strings,
+    # failed later: a 500.)
     if (
-        type(record.args) is list
-        and type(record.labels) is dict
-        and type(record.after) is list
-        and type(record.after_ok) is list
-        and type(record.env) is dict
-        and (record.limits is None or type(record.limits) is dict)
+        _texts(record.args)
+        and _textMap(record.labels)
+        and _texts(record.after)
+        and _texts(record.after_ok)
+        and _textMap(record.env)
+        and (record.limits is None or _limitsMap(record.limits))
     ):
         return record
     return damagedRecord(row)
+
+
+def _texts(value: object) -> bool:
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def _textMap(value: object) -> bool:
+    return type(value) is dict and all(
+        type(k) is str and type(v) is str for k, v in value.items()
+    )
+
+
+def _limitsMap(value: object) -> bool:
+    return type(value) is dict and all(
+        k in LIMITS and (v is None or type(v) is int) for k, v in value.items()
+    )
 
 
 def damagedRecord(row: sqlite3.Row) -> DamagedRecord:
@@ -298,13 +320,13 @@ def damagedRecord(row: sqlite3.Row) -> DamagedRecord:
     """
     values = dict(zip(row.keys(), tuple(row), strict=True))
     problems, texts = [], []
-    for column, (shape, empty) in JSON_COLUMNS.items():
+    for column, (fits, shape, empty) in JSON_COLUMNS.items():
         text = values[column]
         if text is None:
             continue
         try:
-            wrong = not isinstance(json.loads(text), shape)
-            why = f"not a JSON {'list' if shape is list else 'object'}"
+            wrong = not fits(json.loads(text))
+            why = f"not a JSON {shape}"
         except (ValueError, TypeError) as e:
             wrong, why = True, str(e)
         if wrong:

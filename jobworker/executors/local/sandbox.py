@@ -586,8 +586,23 @@ def checkRunnable(
     if identity is None or identity.uid == 0:
         _checkAsRoot(command, env, cwd)
         return
-    hiddenFolders = tuple(hidden)
-    if cwd is not None and not _reachableFolder(cwd, identity, hiddenFolders):
+    try:
+        _checkAsIdentity(
+            command, env, cwd, _Walker(identity, tuple(hidden)), startFolder
+        )
+    except _Undecided:
+        pass  # (the job's own execvp decides, as it does anyway)
+
+
+def _checkAsIdentity(
+    command: str,
+    env: dict[str, str],
+    cwd: str | None,
+    walker: _Walker,
+    startFolder: str | None,
+) -> None:
+    """L{checkRunnable} as an identity other than root."""
+    if cwd is not None and not _reachableFolder(cwd, walker):
         raise SpawnRefused(
             f"cannot start: working directory {cwd!r}: not found or not permitted"
         )
@@ -598,7 +613,7 @@ def checkRunnable(
         path = command if os.path.isabs(command) else None
         if path is None and known is not None:
             path = os.path.join(known, command)
-        if path is None or not _runnable(path, identity, hiddenFolders):
+        if path is None or not _runnable(path, walker):
             raise SpawnRefused(f"cannot start: {command!r}: not found or not permitted")
         return
     walked: set[str] = set()
@@ -624,7 +639,7 @@ def checkRunnable(
         walked.add(seen)
         # os.path.join(entry, command), without its checks: one per entry.
         path = entry + command if entry.endswith("/") else f"{entry}/{command}"
-        if _runnable(path, identity, hiddenFolders):
+        if _runnable(path, walker):
             return
     raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
 
@@ -749,98 +764,133 @@ def _within(path: str, folders: tuple[str, ...]) -> bool:
 #: MAXSYMLINKS): past them, C{ELOOP} for the job too.
 MAX_LINKS = 40
 
+#: The longest path a walk takes (the kernel's PATH_MAX: C{ENAMETOOLONG}
+#: for the job too).
+MAX_PATH = 4096
+
+#: How many names one start check looks up at most, every C{PATH} folder
+#: and link together: past them the job's own C{execvp} decides. (A chain
+#: of links in a home and a C{PATH} of 64 entries made a check of 5 s on
+#: the server's thread: a review.)
+MAX_WALK_STEPS = 1024
+
 _DIRECTORY, _FILE_TYPE, _LINK = 0o040000, 0o170000, 0o120000
 
 
-def _walk(path: str, identity: Permissions, hidden: tuple[str, ...]) -> str | None:
+class _Undecided(Exception):
+    """The check cannot say (too long a walk, or through /proc, whose links
+    are the server's, not the job's): the job's own C{execvp} decides."""
+
+
+class _Walker:
     """
-    Where C{path} (absolute) leads, walked as the kernel walks it for
-    C{identity}: one name at a time, each folder a name is looked up in
-    found searchable by it first (and not C{hidden}: the job's own); C{.}
-    and C{..} as they come; symbolic links followed. The real path reached,
-    or None where the job's walk would stop.
-
-    Nothing is looked up, as root, in a folder the identity cannot search:
-    a name there reads as missing, whether it exists or not. (The check
-    tested the raw path's existence as root, then walked its C{normpath},
-    where C{NAME/..} is gone: a command through an existing folder of a
-    0700 home was accepted, through a missing one refused (attacker round
-    10).)
+    The walks of one start check, as C{identity}: the names looked up so
+    far (L{MAX_WALK_STEPS}), and what was stat'ed (each once a check).
     """
-    if not path.startswith("/"):
-        return None
-    parts = path.split("/")
-    parts.reverse()  # (the next name last)
-    current = "/"
-    links = 0
-    while parts:
-        part = parts.pop()
-        if not part:
-            continue
-        try:
-            st = os.stat(current)
-        except OSError:
+
+    def __init__(self, identity: Permissions, hidden: tuple[str, ...]) -> None:
+        self.identity = identity
+        self.hidden = hidden
+        self._steps = MAX_WALK_STEPS
+        self._stats: dict[tuple[str, bool], os.stat_result | None] = {}
+
+    def _stat(self, path: str, follow: bool = True) -> os.stat_result | None:
+        key = (path, follow)
+        if key not in self._stats:
+            try:
+                self._stats[key] = os.stat(path) if follow else os.lstat(path)
+            except OSError:
+                self._stats[key] = None
+        return self._stats[key]
+
+    def walk(self, path: str) -> str | None:
+        """
+        Where C{path} (absolute) leads, walked as the kernel walks it for
+        the identity: one name at a time, each folder a name is looked up
+        in found searchable by it first (and not C{hidden}: the job's own);
+        C{.} and C{..} as they come; symbolic links followed. The real path
+        reached, or None where the job's walk would stop.
+
+        Nothing is looked up, as root, in a folder the identity cannot
+        search: a name there reads as missing, whether it exists or not.
+        (The check tested the raw path's existence as root, then walked its
+        C{normpath}, where C{NAME/..} is gone: a command through an existing
+        folder of a 0700 home was accepted, through a missing one refused:
+        attacker round 10.)
+
+        @raise _Undecided: past L{MAX_WALK_STEPS}, or into C{/proc}.
+        """
+        if not path.startswith("/") or len(path.encode()) >= MAX_PATH:
             return None
-        if (st.st_mode & _FILE_TYPE) != _DIRECTORY or not identity.mayTraverse(st):
+        parts = path.split("/")
+        parts.reverse()  # (the next name last)
+        current = "/"
+        links = 0
+        while parts:
+            part = parts.pop()
+            if not part:
+                continue
+            self._steps -= 1
+            if self._steps < 0:
+                raise _Undecided()
+            st = self._stat(current)
+            if st is None:
+                return None
+            if (st.st_mode & _FILE_TYPE) != _DIRECTORY or not self.identity.mayTraverse(
+                st
+            ):
+                return None
+            if part == ".":
+                continue
+            if part == "..":
+                current = os.path.dirname(current)
+                continue
+            if _within(current, self.hidden):
+                return None  # (nothing of the server's is in the job's own)
+            found = os.path.join(current, part)
+            if found == "/proc":
+                raise _Undecided()  # (the job's /proc is its own)
+            st = self._stat(found, follow=False)
+            if st is None:
+                return None
+            if (st.st_mode & _FILE_TYPE) != _LINK:
+                current = found
+                continue
+            links += 1
+            try:
+                target = os.readlink(found)
+            except OSError:
+                return None
+            if links > MAX_LINKS or not target:
+                return None
+            if target.startswith("/"):
+                current = "/"
+            parts.extend(reversed(target.split("/")))
+        if path.endswith("/") and not os.path.isdir(current):
             return None
-        if part == ".":
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            continue
-        if _within(current, hidden):
-            return None  # (nothing of the server's is in the job's own)
-        found = os.path.join(current, part)
-        try:
-            st = os.lstat(found)
-        except OSError:
-            return None
-        if (st.st_mode & _FILE_TYPE) != _LINK:
-            current = found
-            continue
-        links += 1
-        try:
-            target = os.readlink(found)
-        except OSError:
-            return None
-        if links > MAX_LINKS or not target:
-            return None
-        if target.startswith("/"):
-            current = "/"
-        parts.extend(reversed(target.split("/")))
-    if path.endswith("/") and not os.path.isdir(current):
-        return None
-    return None if _within(current, hidden) else current
+        return None if _within(current, self.hidden) else current
+
+    def reached(self, path: str) -> os.stat_result | None:
+        """What C{path} leads to, if the identity can reach it."""
+        real = self.walk(path)
+        return None if real is None else self._stat(real)
 
 
-def _reached(
-    path: str, identity: Permissions, hidden: tuple[str, ...]
-) -> os.stat_result | None:
-    """What C{path} leads to, if the identity can reach it (L{_walk})."""
-    real = _walk(path, identity, hidden)
-    if real is None:
-        return None
-    try:
-        return os.stat(real)
-    except OSError:
-        return None
-
-
-def _reachableFolder(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
-    st = _reached(path, identity, hidden)
+def _reachableFolder(path: str, walker: _Walker) -> bool:
+    st = walker.reached(path)
     return (
         st is not None
         and (st.st_mode & _FILE_TYPE) == _DIRECTORY
-        and identity.mayTraverse(st)
+        and walker.identity.mayTraverse(st)
     )
 
 
-def _runnable(path: str, identity: Permissions, hidden: tuple[str, ...]) -> bool:
-    st = _reached(path, identity, hidden)
+def _runnable(path: str, walker: _Walker) -> bool:
+    st = walker.reached(path)
     return (
         st is not None
         and (st.st_mode & _FILE_TYPE) == 0o100000
-        and identity.mayExecute(st)
+        and walker.identity.mayExecute(st)
     )
 
 

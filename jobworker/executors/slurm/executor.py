@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ...errors import BadRequest, ServiceUnavailable
+from ...errors import BadRequest, JobworkerError, ServiceUnavailable
 from ...jobs.executor import ExecutorHealth, OwnerCheck
 from ...jobs.identity import Identity
 from ...jobs.limits import Limits
@@ -139,17 +139,36 @@ class SlurmExecutor:
         another account since is cancelled in Slurm and ends FAILED, never
         started. Slurm ran them as the account of their submission.
         """
-        shared = self._server.label
         for job in list(self._jobs.values()):
             record = job.record
-            if record.status is not JobStatus.PENDING:
-                continue
-            madeAs = None if record.run_as in (None, shared) else record.run_as
-            why, account = check(record.owner, madeAs)
-            if why is not None and not (
-                madeAs is None and account is not None and account.label == shared
-            ):  # (mapped to the service account: the same account still)
-                job.refuseStart(f"cannot start: {why}")
+            if record.status is JobStatus.PENDING:
+                why = self._mayStartNow(record, check)
+                if why is not None:
+                    job.refuseStart(f"cannot start: {why}")
+
+    def _mayStartNow(self, record: JobRecord, check: OwnerCheck) -> str | None:
+        """
+        Why a job waiting in Slurm's queue may not start now (None: it may):
+        its owner may not make jobs now (the manager's rule), or a new
+        request of theirs would run as another account, or as none.
+        """
+        shared = self._server.label
+        madeAs = None if record.run_as in (None, shared) else record.run_as
+        why, account = check(record.owner, madeAs)
+        if why is not None and not (
+            madeAs is None and account is not None and account.label == shared
+        ):  # (mapped to the service account: that account still)
+            return why
+        try:
+            now = self._accounts.identityFor(record.owner, account)
+        except JobworkerError as e:
+            return e.message  # (unmapped without sharing; an account gone)
+        if now.label != record.run_as:
+            return (
+                f"its owner {record.owner}'s Unix account changed since it was "
+                f"submitted ({record.run_as}, now {now.label})"
+            )
+        return None
 
     def holdsDependencies(self, unended: Sequence[JobRecord]) -> bool:
         """Slurm holds the job (C{--dependency}): see L{HeldJobs.canHold}."""

@@ -37,6 +37,10 @@ from .submission import jobName
 #: started the script (a prolog may run first).
 SECRETS_GRACE = 60.0
 
+#: Seconds after a job refused for its owner (L{SlurmJob.refuseStart}) was
+#: last cancelled that a poll finding it still queued cancels it again.
+RECANCEL_AFTER = 5.0
+
 #: Seconds Slurm's submit time of a job may lie from its record's creation
 #: and still be ours: sbatch may wait for slurmctld (up to the command
 #: timeout), and the two hosts' clocks may differ a little.
@@ -130,8 +134,10 @@ class SlurmJob:
         #: Slurm itself saw it end otherwise than COMPLETED: Slurm cancels
         #: the jobs held on it (afterok) without jobworker's help.
         self.failedInSlurm = False
-        #: Why its owner may no longer start it (L{refuseStart}).
+        #: Why its owner may no longer start it (L{refuseStart}), and when
+        #: it was last cancelled for that.
         self._refused: str | None = None
+        self._cancelledAt = 0.0
 
     def snapshot(self) -> JobRecord:
         record = self.record
@@ -217,6 +223,13 @@ class SlurmJob:
             if record.status is JobStatus.PENDING and reason != record.pending_reason:
                 record.pending_reason = reason
                 self._executor.save(record)
+            if self._refused is not None and record.status is JobStatus.PENDING:
+                # Still queued a while after it was refused: its scancel
+                # failed (slurmctld out of reach). Slurm would run it.
+                now = self._executor.now()
+                if now - self._cancelledAt >= RECANCEL_AFTER:
+                    self._cancelledAt = now
+                    self._executor.cancel(self)
             return
         if state.state in FINAL:
             self._ended(state)
@@ -305,8 +318,8 @@ class SlurmJob:
         Its owner may no longer start it (L{SlurmExecutor.ownersChanged}):
         cancel it in Slurm while it waits; it ends FAILED, saying C{why},
         once Slurm says it was cancelled (one that started meanwhile ends
-        as it ends). Asked again at each reload, it is cancelled again (an
-        scancel that failed is tried once more).
+        as it ends). Cancelled again at each poll that finds it still
+        queued (an scancel that failed: slurmctld out of reach).
         """
         record = self.record
         if record.status is not JobStatus.PENDING or self._stopRequested:
@@ -319,6 +332,7 @@ class SlurmJob:
                 slurm=record.slurm_job_id,
             )
         self._refused = why
+        self._cancelledAt = self._executor.now()
         self._executor.cancel(self)  # (once sbatch answers, if it has not)
 
     def _cancelledForDependency(self, state: SlurmState) -> bool:
