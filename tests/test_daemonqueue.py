@@ -38,11 +38,9 @@ class QueuedJobsOfARestartedDaemonTests(TestCase):
 
     options: tuple[str, ...] = ("--max-running=1",)
 
-    async def queueTwo(self) -> tuple[str, str, str, str]:
-        """A daemon with --max-running=1 runs one job, queues a second, and is
-        stopped (SIGTERM); (state dir, log, the running one, the queued one)."""
-        stateDir = sharedPath(self)
-        logPath = sharedPath(self)
+    async def daemon(self, stateDir: str, logPath: str) -> tuple[int, int]:
+        """A daemon on C{stateDir}, logging to C{logPath}: its port and pid."""
+        size = os.path.getsize(logPath) if os.path.exists(logPath) else 0
         pidPath = sharedPath(self)
         subprocess.run(
             daemonCommand(stateDir, logPath, pidPath, *self.options),
@@ -50,10 +48,18 @@ class QueuedJobsOfARestartedDaemonTests(TestCase):
             timeout=60,
             stdin=subprocess.DEVNULL,
         )
-        port = await listeningPort(logPath)
+        port = await listeningPort(logPath, after=size)
         with open(pidPath) as f:
             daemon = int(f.read())
         cleanUpProcesses(self, daemon)
+        return port, daemon
+
+    async def queueTwo(self) -> tuple[str, str, str, str]:
+        """A daemon with --max-running=1 runs one job, queues a second, and is
+        stopped (SIGTERM); (state dir, log, the running one, the queued one)."""
+        stateDir = sharedPath(self)
+        logPath = sharedPath(self)
+        port, daemon = await self.daemon(stateDir, logPath)
         out, err, code = await jw(port, "exec", "--", "sleep", "300")
         self.assertEqual(code, 0, err)
         running = out.strip().decode()
@@ -86,18 +92,7 @@ class QueuedJobsOfARestartedDaemonTests(TestCase):
     async def test_queuedJobAfterADaemonRestart(self) -> None:
         """Restarted as a daemon: the queued job runs and ends COMPLETED."""
         stateDir, logPath, _running, queued = await self.queueTwo()
-        size = os.path.getsize(logPath)
-        pidPath = sharedPath(self)
-        subprocess.run(
-            daemonCommand(stateDir, logPath, pidPath, *self.options),
-            check=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-        port = await listeningPort(logPath, after=size)
-        with open(pidPath) as f:
-            daemon = int(f.read())
-        cleanUpProcesses(self, daemon)
+        port, daemon = await self.daemon(stateDir, logPath)
         job = await self.waitEnded(port, queued, 15)
         self.addCleanup(self.stopDaemon, daemon)
         self.assertEqual(job["status"], "COMPLETED", job)

@@ -11,36 +11,21 @@ queue changes nothing when working out what a job waits on fails.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jobworker.executors.local.executor import localJobManager
-from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import FairQueue, Waiting
 from jobworker.jobs.store import StoreError
 from jobworker.jobs.validation import JobRequest
 
-from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from . import test_queue
 
 
 class EnqueueAfterAQueuedJobTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        forbidRealKill(self.patch)
-        self.reactor = FakeProcessReactor()
-        self.killer = GroupKiller()
-
-    def manager(self, **policy: Any) -> Any:
-        manager = localJobManager(
-            self.reactor,
-            os.path.abspath(self.mktemp()),
-            5.0,
-            self.killer,
-            policy=JobPolicy(**policy),
-        )
-        self.addCleanup(manager.close)
-        return manager
+    # (The manager's queue's own set-up, on the fake process reactor.)
+    setUp = test_queue.ManagerQueueTests.setUp
+    manager = test_queue.ManagerQueueTests.manager
 
     def request(self, **fields: Any) -> JobRequest:
         return dataclasses.replace(

@@ -88,15 +88,10 @@ class SweepAfterAStoreErrorTests(LocalJobs):
     sweep is tried again, later and later.
     """
 
-    def test_sweepGoesOnAfterAStoreError(self) -> None:
-        jobs = [self.create() for _ in range(3)]
-        for job in jobs:
-            self.end(job.id)
-        folders = [self.manager._executor.outputDir(job.id) for job in jobs]
-        for folder in folders:
-            os.makedirs(folder, exist_ok=True)
+    def refuseExisting(self, times: int) -> None:
+        """The store's next C{times} lookups of which records exist fail."""
         existing = self.manager._store.existing
-        failures = [True, True]
+        failures = [True] * times
 
         def flaky(ids: Any) -> Any:
             if failures:
@@ -105,6 +100,15 @@ class SweepAfterAStoreErrorTests(LocalJobs):
             return existing(ids)
 
         self.patch(self.manager._store, "existing", flaky)
+
+    def test_sweepGoesOnAfterAStoreError(self) -> None:
+        jobs = [self.create() for _ in range(3)]
+        for job in jobs:
+            self.end(job.id)
+        folders = [self.manager._executor.outputDir(job.id) for job in jobs]
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+        self.refuseExisting(2)
         deleted, _ = self.manager.cleanIds(ANY_JOB, 100)
         self.assertEqual(len(deleted), 3)
         self.reactor.advance(0)
@@ -121,16 +125,7 @@ class SweepAfterAStoreErrorTests(LocalJobs):
         jobs = [self.create() for _ in range(2)]
         for job in jobs:
             self.end(job.id)
-        existing = self.manager._store.existing
-        failures = [True]
-
-        def flaky(ids: Any) -> Any:
-            if failures:
-                failures.pop()
-                raise StoreError("cannot look jobs up: disk I/O error")
-            return existing(ids)
-
-        self.patch(self.manager._store, "existing", flaky)
+        self.refuseExisting(1)
         self.manager.cleanIds(JobFilter(idPrefix=jobs[0].id[:8]), 100)
         self.reactor.advance(0)
         self.manager.cleanIds(ANY_JOB, 100)

@@ -738,9 +738,7 @@ class OwnersChangedTests(SynchronousTestCase):
         self.successResultOf(accepted)
         return record
 
-    def poll(self, states: dict[str, SlurmState]) -> None:
-        self.reactor.advance(1.0)
-        self.commands.polls[-1].callback(states)
+    poll = ExecutorTests.poll
 
     def test_removedOwnersWaitingJobCancelled(self) -> None:
         waiting, raced, bobs = (
