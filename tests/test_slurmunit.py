@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.auth.permissions import Role, User, mayStartQueued
-from jobworker.errors import BadRequest, Forbidden, ServiceUnavailable
+from jobworker.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.sandbox import SETPRIV
 from jobworker.executors.slurm.accounts import SlurmAccounts
@@ -31,7 +31,7 @@ from jobworker.jobs.manager import JobManager
 from jobworker.jobs.placement import SlurmAllowances, SlurmRequest
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
-from jobworker.jobs.stopping import StopRequest
+from jobworker.jobs.stopping import DEFAULT_STOP, StopRequest
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
@@ -176,6 +176,8 @@ class FakeCommands:
         self._last: dict[str, SlurmState] = {}
         #: The jobs whose state a stop asked for (L{stateOf}).
         self.lookedAt: list[str] = []
+        #: What Slurm says now, when it has changed since the last poll.
+        self.nowSays: dict[str, SlurmState] | None = None
 
     def submit(
         self, options: list[str], script: list[str], identity: Identity | None = None
@@ -236,6 +238,8 @@ class FakeCommands:
     async def stateOf(self, jobId: str) -> SlurmState | None:
         """What Slurm says of the job now: what the last poll was told."""
         self.lookedAt.append(jobId)
+        if self.nowSays is not None:
+            return self.named(self.nowSays).get(jobId)
         return self._last.get(jobId)
 
     async def signal(
@@ -250,6 +254,9 @@ class FakeCommands:
     async def cancel(
         self, jobId: str, jobName: str, identity: Identity | None = None
     ) -> None:
+        if self.failNext is not None:
+            error, self.failNext = self.failNext, None
+            raise error
         self.cancels.append(jobId)
         self.actors.append(("cancel", jobId, identity))
 
@@ -667,6 +674,66 @@ class ExecutorTests(SynchronousTestCase):
         self.poll({"101": state("RUNNING")})
         self.commands.failNext = SlurmError("Unable to contact", unreachable=True)
         self.failureResultOf(self.manager.stop(record.id, "alice"), ServiceUnavailable)
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+
+    def stopAfterSlurmEndedIt(
+        self, how: StopRequest, error: str, now: dict[str, SlurmState]
+    ) -> Any:
+        """
+        Stop a running job whose Slurm job ended after the last poll (the
+        stop's scancel fails with C{error}; Slurm now says C{now}); the
+        next poll says C{now} too. The stop's 409, and the final record.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.commands.failNext = SlurmError(
+            f"scancel: Kill job error on job id 101: {error}"
+        )
+        self.commands.nowSays = now
+        stopped = self.manager.stop(record.id, "alice", how)
+        self.assertNoResult(stopped)
+        self.assertEqual(self.commands.lookedAt[-1], "101")
+        self.poll(now)
+        conflict = self.failureResultOf(stopped, Conflict).value
+        final = self.manager.record(record.id)
+        self.assertIn(f"already ended ({final.status.value})", str(conflict))
+        self.assertIsNone(final.stopped_by)
+        return final
+
+    def test_stopOfAJobSlurmCancelledMeanwhile(self) -> None:
+        """
+        Slurm ended the job after the last poll (an scancel from outside,
+        its time limit): the stop's scancel answered "already completing
+        or completed", and the stop was a 503 "cannot stop the Slurm job",
+        though nothing was left to stop. It is a 409 once the poll has the
+        end, as for any job that has ended, and the record tells how it
+        ended (not STOPPED).
+        """
+        final = self.stopAfterSlurmEndedIt(
+            DEFAULT_STOP,
+            "Job/step already completing or completed",
+            {"101": state("CANCELLED", 0, 15)},
+        )
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertIn("cancelled in Slurm", final.error or "")
+
+    def test_killOfAJobSlurmPurgedMeanwhile(self) -> None:
+        """The same for a KILL, Slurm having forgotten the job: "Invalid job id"."""
+        final = self.stopAfterSlurmEndedIt(
+            StopRequest(signal.SIGKILL), "Invalid job id specified", {}
+        )
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertIn("no longer knows", final.error or "")
+
+    def test_stopRefusedBySlurmStillFails(self) -> None:
+        """scancel refused while the job still runs in Slurm: a 503 at once."""
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.commands.failNext = SlurmError("scancel: Access/permission denied")
+        failure = self.failureResultOf(
+            self.manager.stop(record.id, "alice"), ServiceUnavailable
+        )
+        self.assertIn("permission denied", str(failure.value))
         self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
 
     def test_pollFailureKeepsJobs(self) -> None:

@@ -66,6 +66,10 @@ def isOurs(record: JobRecord, state: SlurmState) -> bool:
     return abs(state.submitTime - record.created_at) <= SUBMIT_SLACK
 
 
+class EndedInSlurm(Exception):
+    """A stop found the job ended in Slurm already: nothing to stop."""
+
+
 class SlurmHost(Protocol):
     """What a L{SlurmJob} asks of its executor."""
 
@@ -437,15 +441,31 @@ class SlurmJob:
             return ended  # cancelled as soon as sbatch answers
         result: Deferred[JobRecord] = Deferred()
         signalled = Deferred.fromCoroutine(self._executor.terminate(self, how))
+        endedFirst = False
 
         def failed(failure: Failure) -> None:
+            nonlocal endedFirst
             self._stopRequested = False
             self.record.stopped_by = None
-            if not result.called:
+            self.record.stop_signal = self.record.stop_grace = None
+            if failure.check(EndedInSlurm):
+                # Slurm ended it first: the poll records how, and the stop
+                # is then answered as one of a job that has ended.
+                endedFirst = True
+            elif not result.called:
                 result.errback(failure)
 
         def relay(record: JobRecord) -> None:
-            if not result.called:
+            if result.called:
+                return
+            if endedFirst:
+                result.errback(
+                    Conflict(
+                        f"job already ended ({record.status.value})",
+                        job=record.toJSON(),
+                    )
+                )
+            else:
                 result.callback(record)
 
         signalled.addErrback(failed)

@@ -20,7 +20,8 @@ from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .accounts import SlurmAccounts
 from .commands import SlurmCommands
 from .documents import SlurmError
-from .job import SlurmJob, isOurs
+from .job import EndedInSlurm, SlurmJob, isOurs
+from .outcomes import FINAL
 from .submission import jobName
 
 
@@ -93,6 +94,8 @@ class SlurmStops:
                 raise ServiceUnavailable(
                     f"Slurm is unreachable, try again later ({e})"
                 ) from None
+            if await self._endedInSlurm(job, slurmJobId):
+                raise EndedInSlurm() from None
             raise ServiceUnavailable(f"cannot stop the Slurm job: {e}") from None
         # Stored, so a restart goes on with the escalation (who and when).
         now = self._reactor.seconds()
@@ -103,6 +106,24 @@ class SlurmStops:
         job.record.stop_requested_at = now
         self._save(job.record)
         self.escalate(job, grace)
+
+    async def _endedInSlurm(self, job: SlurmJob, slurmJobId: str) -> bool:
+        """
+        After a refused scancel: has Slurm ended the job since the last
+        poll (or forgotten it, or given its number to another job)? Then
+        nothing is left to stop ("already completing or completed",
+        "Invalid job id"), and the poll records its end.
+        """
+        try:
+            now = await self._commands.stateOf(slurmJobId)
+        except SlurmError:
+            return False
+        return (
+            now is None
+            or not isOurs(job.record, now)
+            or now.state in FINAL
+            or now.state == "COMPLETING"
+        )
 
     async def _suspended(self, job: SlurmJob, slurmJobId: str) -> bool:
         """
