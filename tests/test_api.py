@@ -23,6 +23,7 @@ from jobworker.auth.authenticator import Authenticator, _checkPassword, makePort
 from jobworker.auth.tokens import TokenSigner
 from jobworker.auth.users import UserDatabase
 from jobworker.executors.local.executor import localJobManager
+from jobworker.jobs import store
 from jobworker.jobs.records import JobRecord
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.api import JobsAPI
@@ -748,7 +749,9 @@ class DeleteTests(APITestCase):
         # The bulk delete takes such a job too (it skipped it, saying no
         # more were left).
         response = self.call("DELETE", "/jobs?status=COMPLETED", "alice")
-        self.assertEqual(response.json(), {"deleted": 1, "more": False})
+        self.assertEqual(
+            response.json(), {"deleted": 1, "more": False, "next_cursor": None}
+        )
         for job in (record, other):
             for path in ("", "/status", "/logs"):
                 response = self.call("GET", f"/jobs/{job.id}{path}", "alice")
@@ -783,6 +786,33 @@ class DeleteTests(APITestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertEqual(response.json(), {"deleted": record.id})
+
+    def test_bulkDeleteGoesOnFromItsCursor(self) -> None:
+        """
+        One C{DELETE /jobs} searches L{store.SEARCH_SPAN} jobs at most (the
+        filters but one are tested job by job): it may delete none and say
+        where to go on from. Going on deletes every match, and nothing else.
+        """
+        self.patch(store, "SEARCH_SPAN", 4)
+        jobs = [self.createJob(owner="alice") for _ in range(10)]
+        for n, job in enumerate(jobs):
+            self.spawned(job).exit(1 if n in (1, 8) else 0)
+            self.killer.groupGone(job.pid or 0)
+        answers = []
+        cursor = ""
+        while cursor is not None:
+            query = "/jobs?status=FAILED" + (f"&cursor={cursor}" if cursor else "")
+            response = self.call("DELETE", query, "alice")
+            self.assertEqual(response.code, 200, response.body)
+            answers.append(response.json())
+            cursor = answers[-1]["next_cursor"]
+            self.assertEqual(answers[-1]["more"], cursor is not None)
+        self.assertEqual([a["deleted"] for a in answers], [1, 0, 1])
+        left = [job["id"] for job in self.call("GET", "/jobs", "alice").json()["jobs"]]
+        self.assertEqual(
+            sorted(left), sorted(j.id for n, j in enumerate(jobs) if n not in (1, 8))
+        )
+        self.assertError(self.call("DELETE", "/jobs?cursor=x", "alice"), 400)
 
     def test_deleteRunningConflict(self) -> None:
         """A running job cannot be deleted: 409."""

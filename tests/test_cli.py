@@ -351,6 +351,26 @@ class ListTests(CLITestCase):
         )
         self.assertEqual(err, b"")
 
+    async def test_cleanGoesOnPastTheSpan(self) -> None:
+        """
+        C{DELETE /jobs} searches so many jobs a request, and may delete none
+        and give a cursor: C{jw clean} goes on from it until none is left
+        (it stopped at the first request that deleted nothing).
+        """
+        self.patch(store, "SEARCH_SPAN", 2)
+        server = LiveServer(self)
+        made = [
+            (await server.createJob("false" if n in (0, 7) else "true"))["id"]
+            for n in range(8)
+        ]
+        for job in made:
+            await server.waitEnded(job)
+        env = jwEnvironment(server.url)
+        out, err, code = await runProcess(JW, ["clean", "--status", "FAILED"], env)
+        self.assertEqual((code, out), (0, b"deleted 2 ended jobs\n"), err)
+        code, page = await server.json("GET", "/jobs?owner=alice")
+        self.assertEqual(sorted(job["id"] for job in page["jobs"]), sorted(made[1:7]))
+
 
 class InputAndInterruptTests(CLITestCase):
     """Issue 17 over real TLS and real processes: stdin, and SIGINT to jw."""

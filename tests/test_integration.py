@@ -401,7 +401,9 @@ class BulkAndSignalTests(TestCase):
         self.assertEqual(code, 400, body)
         self.assertEqual(len(await remaining()), 4)
         code, body = await server.json("DELETE", "/jobs", "alice")
-        self.assertEqual((code, body), (200, {"deleted": 1, "more": False}))
+        self.assertEqual(
+            (code, body), (200, {"deleted": 1, "more": False, "next_cursor": None})
+        )
         self.assertEqual(await remaining(), {ended["bob"], ended["ada"], running["id"]})
         code, body = await server.json("DELETE", "/jobs?older_than_seconds=3600", "ada")
         self.assertEqual((code, body["deleted"]), (200, 0))

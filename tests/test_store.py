@@ -436,7 +436,7 @@ class LabelIndexTests(SynchronousTestCase):
         self.assertNotIn("SCAN jobs", plan)
         self.assertEqual(
             self.store.endedMatching(selection, 100),
-            [makeRecord(n).id for n in range(0, 30, 3)],
+            ([makeRecord(n).id for n in range(0, 30, 3)], None),
         )
 
     def test_deletedJobsLabelsGo(self) -> None:
@@ -568,6 +568,59 @@ class SearchSpanTests(SynchronousTestCase):
             )
             self.assertEqual(found, expected, selection)
             self.assertEqual(pages, 6, selection)  # 3,000 jobs, 500 a page
+
+    def test_bulkDeleteSpanBounded(self) -> None:
+        """
+        C{DELETE /jobs} with filters had the listing's shape, unbounded: its
+        owner (a Developer's own, always) leads, and the status and the end
+        were tested job by job through every job of that owner, on the
+        reactor's thread. A search covers L{store.SEARCH_SPAN} sequence
+        numbers at most, oldest first, and gives the cursor to go on from;
+        going on finds every match, in order.
+        """
+        for selection in (
+            JobFilter(owner="alice", status=JobStatus.FAILED),
+            JobFilter(owner="alice", endedBefore=1.0),
+            JobFilter(status=JobStatus.COMPLETED, endedBefore=1.0),
+        ):
+            bounded = self.deleteSteps(selection)
+            self.patch(store, "SEARCH_SPAN", 10**9)
+            whole = self.deleteSteps(selection)
+            self.patch(store, "SEARCH_SPAN", 500)
+            self.assertLess(bounded * 4, whole, selection)
+        failed = {7, 1200, 2999}
+        for n in failed:
+            record = makeRecord(n)
+            record.finish(JobStatus.FAILED, 3000.0, exit_code=1)
+            self.store.update(record)
+        found: list[str] = []
+        after: int | None = None
+        searches = 0
+        while True:
+            ids, after = self.store.endedMatching(
+                JobFilter(owner="alice", status=JobStatus.FAILED), 2, after
+            )
+            found.extend(ids)
+            searches += 1
+            if after is None:
+                break
+        self.assertEqual(found, [makeRecord(n).id for n in sorted(failed)])
+        self.assertEqual(searches, 6)  # 3,000 jobs, 500 a search
+
+    def deleteSteps(self, selection: JobFilter) -> int:
+        """The SQLite VM steps (in hundreds) a bulk delete's search takes."""
+        counted = [0]
+
+        def count() -> int:
+            counted[0] += 1
+            return 0
+
+        self.store._db.set_progress_handler(count, 100)
+        try:
+            self.store.endedMatching(selection, 10)
+        finally:
+            self.store._db.set_progress_handler(None, 100)
+        return counted[0]
 
     def test_fullPagesAsBefore(self) -> None:
         """A page the span fills ends as ever: at its last job; one filter

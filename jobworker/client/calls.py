@@ -164,14 +164,19 @@ class ApiCalls:
         status: str | None = None,
         owner: str | None = None,
         olderThan: float | None = None,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
-        """C{DELETE /jobs}: delete the ended jobs that match, in one request."""
+        """
+        C{DELETE /jobs}: delete the ended jobs that match, in one request
+        (from C{cursor}, the last one's C{next_cursor}).
+        """
         params = [
             (key, str(value))
             for key, value in (
                 ("status", status),
                 ("owner", owner),
                 ("older_than_seconds", None if olderThan is None else int(olderThan)),
+                ("cursor", cursor),
             )
             if value is not None
         ]

@@ -1133,11 +1133,13 @@ async def doClean(
     interrupts: Interrupts,
 ) -> int:
     olderThan = None if options.older_than is None else parseAge(options.older_than)
-    deleted, more = 0, True
-    while more:  # the server deletes a bounded batch per request
-        result = await client.clean(options.status, options.owner, olderThan)
+    deleted, cursor = 0, None
+    while True:  # the server deletes (and searches) a bounded batch a request
+        result = await client.clean(options.status, options.owner, olderThan, cursor)
         deleted += result["deleted"]
-        more = bool(result.get("more")) and result["deleted"] > 0
+        cursor = result.get("next_cursor")
+        if cursor is None and not (result.get("more") and result["deleted"]):
+            break  # (an older server gives no cursor: on while it deletes)
     if options.json:
         streams.show(jsonLine({"deleted": deleted}))
     else:

@@ -687,22 +687,26 @@ class JobManager(Admission):
             self._removeEnded(jobId)
 
     def clean(self, selection: JobFilter, most: int) -> tuple[int, bool]:
-        """L{cleanIds}, counted: (how many were deleted, whether more are left)."""
-        deleted, more = self.cleanIds(selection, most)
-        return len(deleted), more
+        """L{cleanIds}, counted: (how many were deleted, whether more may be left)."""
+        deleted, cursor = self.cleanIds(selection, most)
+        return len(deleted), cursor is not None
 
-    def cleanIds(self, selection: JobFilter, most: int) -> tuple[list[str], bool]:
+    def cleanIds(
+        self, selection: JobFilter, most: int, after: int | None = None
+    ) -> tuple[list[str], int | None]:
         """
         Delete up to C{most} ended jobs that C{selection} picks, oldest
-        first: (the ids of those deleted, whether more are left). Their records
-        go at once, in one transaction: no later request finds them, nor
-        does a restart bring them back. Their output folders, the slow
-        part, go L{DELETE_SLICE} a reactor turn from the next turn on.
+        first, past the cursor C{after}: (the ids of those deleted, the
+        cursor to go on from, None if none is left). One call searches so
+        many jobs at most (L{JobStore.endedMatching}): it may delete none
+        and give a cursor all the same. Their records go at once, in one
+        transaction: no later request finds them, nor does a restart bring
+        them back. Their output folders, the slow part, go
+        L{DELETE_SLICE} a reactor turn from the next turn on.
 
         @raise StoreError: the store refused (every job is still there).
         """
-        ids = self._store.endedMatching(selection, most + 1)
-        doomed = ids[:most]
+        doomed, cursor = self._store.endedMatching(selection, most, after)
         if doomed:
             noted = self._noteUnswept(doomed)
             self._withRoom(lambda: self._store.deleteMany(doomed), "to delete jobs")
@@ -715,7 +719,7 @@ class JobManager(Admission):
                 for jobId in doomed:
                     self._removeOutput(jobId)
                 self._reserveAgain()
-        return doomed, len(ids) > most
+        return doomed, cursor
 
     def _removeEnded(self, jobId: str) -> None:
         """

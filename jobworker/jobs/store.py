@@ -479,16 +479,36 @@ class JobStore:
         return int(self._db.execute("SELECT min(seq) FROM jobs").fetchone()[0] or 0)
 
     @_mapped("list ended jobs")
-    def endedMatching(self, selection: JobFilter, limit: int) -> list[str]:
-        """Ids of (at most C{limit}) ended jobs C{selection} picks, oldest first."""
+    def endedMatching(
+        self, selection: JobFilter, limit: int, after: int | None = None
+    ) -> tuple[list[str], int | None]:
+        """
+        Ids of (at most C{limit}) ended jobs C{selection} picks, oldest
+        first, newer than sequence C{after}; and the sequence to pass as
+        C{after} to go on (None: none is left). A search covers
+        L{SEARCH_SPAN} sequence numbers at most (the filters but one are
+        tested job by job, as a page's are): it may find fewer than
+        C{limit}, even none, and give a sequence to go on from all the same.
+        """
         source, order, where, params = selection.query()
         where.append("jobs.ended_at IS NOT NULL")
+        floor = after if after is not None else self._oldestSeq() - 1
+        where.append(f"{order} > ?")
+        params.append(floor)
+        ceiling = floor + SEARCH_SPAN
+        bounded = self._newestSeq() > ceiling
+        if bounded:
+            where.append(f"{order} <= ?")
+            params.append(ceiling)
         query = (
-            f"SELECT jobs.id FROM {source} WHERE {' AND '.join(where)} "
-            f"ORDER BY {order} LIMIT ?"
+            f"SELECT {order} AS seq, jobs.id FROM {source} "
+            f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
         )
-        rows = self._db.execute(query, [*params, limit]).fetchall()
-        return [row["id"] for row in rows]
+        rows = self._db.execute(query, [*params, limit + 1]).fetchall()
+        ids = [row["id"] for row in rows[:limit]]
+        if len(rows) > limit:
+            return ids, int(rows[limit - 1]["seq"])
+        return ids, ceiling if bounded else None
 
     @_mapped("list running jobs")
     def running(self) -> list[JobRecord]:

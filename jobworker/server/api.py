@@ -353,7 +353,7 @@ class JobsAPI:
         return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + cursor + b"}\n"
 
     @app.route("/jobs", methods=["DELETE"])
-    @guarded(Permission.DELETE, "status", "owner", "older_than_seconds")
+    @guarded(Permission.DELETE, "status", "owner", "older_than_seconds", "cursor")
     async def cleanJobs(self, request: IRequest, user: User) -> bytes:
         _noBody(request)
         selection = jobSelection(request)
@@ -365,7 +365,9 @@ class JobsAPI:
         age = parseAge(_arg(request, b"older_than_seconds"))
         if age is not None:
             selection = replace(selection, endedBefore=self._clock.seconds() - age)
-        ids, more = self._manager.cleanIds(selection, MAX_CLEAN)
+        ids, following = self._manager.cleanIds(
+            selection, MAX_CLEAN, parseCursor(_arg(request, b"cursor"))
+        )
         deleted = len(ids)
         if deleted:  # (a clean of nothing changes nothing: no line)
             self._audit(
@@ -378,7 +380,14 @@ class JobsAPI:
                 owner=selection.owner,
                 status=None if selection.status is None else selection.status.value,
             )
-        return _json(request, {"deleted": deleted, "more": more})
+        return _json(
+            request,
+            {
+                "deleted": deleted,
+                "more": following is not None,
+                "next_cursor": None if following is None else str(following),
+            },
+        )
 
     @app.route("/tokens", methods=["POST"])
     @guarded(Permission.TOKENS, tokens=False)
