@@ -21,6 +21,7 @@ from jobworker.executors.local.process import (
     GroupNumbers,
     JobProcess,
     JobProcessProtocol,
+    SpawnerLost,
     spawnError,
 )
 from jobworker.jobs.records import JobRecord, JobStatus
@@ -166,6 +167,27 @@ class ExitTests(JobProcessTestCase):
         self.assertIsNone(self.record.exit_code)
         self.assertEqual(self.record.error, "killed by signal SIGKILL")
         self.assertIsNone(self.record.stopped_by)
+
+    def test_spawnerLostAsItRan(self) -> None:
+        """The spawner died first (L{SpawnerLost}), the job past its gate:
+        killed as it ran, and said so."""
+        self.killer.exists = False
+        self.end(Failure(SpawnerLost(ran=True)))
+        self.assertIs(self.record.status, JobStatus.FAILED)
+        self.assertEqual((self.record.signal, self.record.exit_code), ("SIGKILL", None))
+        self.assertIn("the job spawner died while it ran", self.record.error or "")
+
+    def test_spawnerLostBehindTheGate(self) -> None:
+        """The spawner died first, the job still behind its gate: it never
+        ran (it said "killed by signal SIGKILL", as if it had)."""
+        self.killer.exists = False
+        self.end(Failure(SpawnerLost(ran=False)))
+        ended = self.record
+        self.assertIs(ended.status, JobStatus.FAILED)
+        self.assertEqual((ended.signal, ended.exit_code, ended.started_at), (None,) * 3)
+        self.assertEqual(
+            ended.error, "never ran: the job spawner died as it was being started"
+        )
 
     def test_exitTerminatesGroup(self) -> None:
         """When the main process exits, its group gets SIGTERM."""

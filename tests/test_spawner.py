@@ -45,6 +45,7 @@ from jobworker.executors.local.spawner import (
     START,
     Spawner,
     SpawnerGone,
+    SpawnerLost,
 )
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.recovery import processStartTime
@@ -590,6 +591,60 @@ class DeadSpawnerTests(TestCase):
         self.assertIsInstance(await ended, ProcessDone)
         self.assertEqual(b"".join(out).strip(), str(len(big)).encode())
 
+    async def test_spawnerDeathTellsWhetherTheJobRan(self) -> None:
+        """
+        The spawner killed under two children: one still behind its gate
+        (its line written, not yet read, as when the spawner dies between a
+        job's hand-over and the standby's read), one past it. Both are
+        killed and end as the spawner's loss (L{SpawnerLost}), and each end
+        says whether it had passed its gate: the first ran nothing of its
+        command (it ended "killed by SIGKILL" as if it had run).
+        """
+        path, sandbox = launcherSandbox(self)
+        spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
+        self.addCleanup(spawner.stop)
+
+        def start(script: str, opened: bool) -> tuple[Any, Deferred[Any], list[bytes]]:
+            argv, gate = sandbox.gatedStart(
+                testIdentity(), ["sh", "-c", script], None, {"PATH": "/usr/bin:/bin"}
+            )
+            ended: Deferred[Any] = Deferred()
+            out: list[bytes] = []
+            proto = ProcessProtocol()
+            proto.childDataReceived = lambda fd, data: out.append(data)  # type: ignore[method-assign]
+            proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+            process = spawner.spawnProcess(proto, argv, stdin=False)
+            if opened:
+                process.writeToChild(3, gate)
+                process.closeChildFD(3)
+            return process, ended, out
+
+        _, ranEnded, out = start("echo up; exec sleep 60", True)
+        await waitUntil(lambda: out == [b"up\n"], what="the first job's start")
+        # The second one's gate line is written only once the spawner is
+        # stopped: the child has it, unread, when the spawner dies.
+        pid = spawner.current.process.pid
+        behind, behindEnded, behindOut = start("echo ran", False)
+        await waitUntil(
+            lambda: readState(behind.pid) == "S", what="the second job's wait"
+        )
+        _, gate = sandbox.gatedStart(
+            testIdentity(), ["sh", "-c", "echo ran"], None, {"PATH": "/usr/bin:/bin"}
+        )
+        os.kill(pid, signal.SIGSTOP)
+        await waitUntil(lambda: readState(pid) == "T", what="the spawner's stop")
+        os.kill(behind.pid, signal.SIGSTOP)  # (it would read its gate at once)
+        await waitUntil(lambda: readState(behind.pid) == "T", what="the child's stop")
+        behind.writeToChild(3, gate)
+        behind.closeChildFD(3)
+        os.kill(pid, signal.SIGKILL)
+        ran, never = await ranEnded, await behindEnded
+        self.assertIsInstance(ran, SpawnerLost)
+        self.assertIsInstance(never, SpawnerLost)
+        self.assertEqual((ran.ran, never.ran), (True, False))
+        self.assertEqual((ran.signal, never.signal), (signal.SIGKILL, signal.SIGKILL))
+        self.assertEqual(behindOut, [])
+
 
 class GenerationTests(TestCase):
     """A spawner replaced before the old one's pipe has ended."""
@@ -870,6 +925,7 @@ class ServerSpawnerTests(TestCase):
         self.assertEqual(
             (ended["status"], ended["signal"]), ("FAILED", "SIGKILL"), ended
         )
+        self.assertIn("the job spawner died while it ran", ended["error"])
         self.assertTrue(_gone(job["pid"]))
         again = await server.createJob("sh", "-c", "echo again")
         done = await server.waitEnded(again["id"])

@@ -31,6 +31,19 @@ from .stdin import StdinFeed
 ABANDON_AFTER_KILL = 1.0
 
 
+class SpawnerLost(ProcessTerminated):
+    """
+    A child's end when the spawner that forked it died first: its status
+    went with its parent, and the server killed it (SIGKILL). C{ran}: it
+    had passed its gate (its command may have run); if not, nothing of the
+    command ran.
+    """
+
+    def __init__(self, ran: bool) -> None:
+        super().__init__(None, signal.SIGKILL, signal.SIGKILL)  # type: ignore[no-untyped-call]
+        self.ran = ran
+
+
 class JobProcessProtocol(ProcessProtocol):
     """Forward a child's bytes and exit to its L{JobProcess}: nothing more."""
 
@@ -492,6 +505,18 @@ class JobProcess:
         elif self._timedOut:
             status = JobStatus.FAILED
             error = f"timed out after {self._timeout:g} seconds"
+        elif isinstance(exit, SpawnerLost):
+            status = JobStatus.FAILED
+            if exit.ran:
+                error = (
+                    "killed (SIGKILL): the job spawner died while it ran, "
+                    "and its exit status with it"
+                )
+            else:
+                # Behind its gate: nothing of the command ran.
+                signalNumber = signalText = None
+                record.started_at = None
+                error = "never ran: the job spawner died as it was being started"
         elif (
             signalNumber == signal.SIGKILL
             and self.cgroup is not None

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import signal
 import socket
 import struct
+import termios
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,7 +44,7 @@ from twisted.python.failure import Failure
 from ...jobs.recovery import TICKS_PER_SECOND, bootTicks
 from .launcher import encodeArguments
 from .pipes import readSome
-from .process import SERVER_SHORT_OF
+from .process import SERVER_SHORT_OF, SpawnerLost
 
 #: An end record on the events pipe: pid, wait status.
 ENDED = struct.Struct("=ii")
@@ -119,8 +121,17 @@ class SpawnedProcess(Process):
         startTicks: int,
         ends: dict[int, int],
         proto: IProcessProtocol,
+        gateCheck: int | None = None,
     ) -> None:
         _BaseProcess.__init__(self, proto)
+        #: A read end of the gate's pipe, kept while the child lives: what
+        #: is left unread in it tells a child that never passed its gate
+        #: (L{passedGate}). Closed at the end.
+        self._gateCheck = gateCheck
+        #: The gate's line was written (its pipe or its writer has it).
+        self._gateWritten = False
+        #: Why it ended, when its spawner died first (L{orphaned}).
+        self._lost: SpawnerLost | None = None
         #: When the child started, in clock ticks since boot (as /proc's
         #: starttime, or the tick before): for crash recovery.
         self.startTicks = startTicks
@@ -161,6 +172,7 @@ class SpawnedProcess(Process):
         """
         gate = self._gate
         if childFD == 3 and gate is not None:
+            self._gateWritten = True
             try:
                 os.set_blocking(gate, False)
                 data = data[os.write(gate, data) :]
@@ -186,9 +198,36 @@ class SpawnedProcess(Process):
         if gate is not None:
             os.close(gate)
 
+    def passedGate(self) -> bool:
+        """
+        Has the child read its gate's line (and so may have run its
+        command)? Not if the line was never written, nor while some of it
+        is still in the pipe.
+        """
+        if not self._gateWritten:
+            return False
+        if self._gateCheck is None:
+            return True  # (cannot tell: it may have)
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._gateCheck, termios.FIONREAD, unread)
+        except OSError:
+            return True
+        return unread[0] == 0
+
     def processEnded(self, status: int) -> None:
         self._closeGate()
+        # First: a gate writer still holding some of a long line gets EPIPE
+        # once no read end is left (the child's went with it).
+        check, self._gateCheck = self._gateCheck, None
+        if check is not None:
+            os.close(check)
         Process.processEnded(self, status)
+
+    def _getReason(self, status: int) -> BaseException:
+        return (
+            self._lost if self._lost is not None else Process._getReason(self, status)
+        )
 
     def signalProcess(self, signalID: Any) -> None:
         """Signal the child through its pidfd: never a reused pid."""
@@ -220,6 +259,7 @@ class SpawnedProcess(Process):
             self._watch.stopReading()  # type: ignore[no-untyped-call]
             self._watch = None
         pidfd, self.pidfd = self.pidfd, None
+        self._lost = SpawnerLost(self.passedGate())
         self.processEnded(KILLED)
         if pidfd is not None:
             os.close(pidfd)
@@ -766,6 +806,8 @@ class Spawner:
             generation.send(
                 [START.pack(b"s" if reaped else b"S", pid), message], [*theirs, *join]
             )
+            # The gate's read end is kept (see SpawnedProcess.passedGate).
+            gateCheck = theirs.pop()
         except BaseException:
             if generation.socket is not None:
                 # The standby was not told: it waits for the next spawn.
@@ -778,7 +820,9 @@ class Spawner:
         finally:
             for fd in theirs:
                 os.close(fd)
-        return SpawnedProcess(generation, pid, pidfd, startTicks, ends, proto)
+        return SpawnedProcess(
+            generation, pid, pidfd, startTicks, ends, proto, gateCheck
+        )
 
     def running(self) -> Generation:
         """
