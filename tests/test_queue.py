@@ -469,6 +469,35 @@ class ManagerQueueTests(SynchronousTestCase):
         late = manager.create(self.request(after_ok=(first.id,)), "alice")
         self.assertEqual(late.status, JobStatus.FAILED)
 
+    def test_aLongChainFailsWhole(self) -> None:
+        """
+        A chain of after_ok jobs (each on the one before) whose head fails:
+        every link ends FAILED, and a job after the chain's end runs. The
+        failures went from link to link by recursion, three frames a link:
+        some 320 links overflowed the stack (attacker round 11), and the
+        jobs past that point were out of the queue but never ended:
+        PENDING for good, neither stoppable nor deletable, another user's
+        job hung on the chain included.
+        """
+        manager = self.manager()
+        head = manager.create(self.request(), "bob")
+        chain = [head]
+        for _ in range(1500):
+            chain.append(
+                manager.create(self.request(after_ok=(chain[-1].id,)), "alice")
+            )
+        sibling = manager.create(self.request(after_ok=(head.id,)), "bob")
+        cleanUp = manager.create(self.request(after=(chain[-1].id,)), "bob")
+        self.end(manager, head.id, 1)
+        statuses = {manager.record(job.id).status for job in chain[1:]}
+        self.assertEqual(statuses, {JobStatus.FAILED})
+        self.assertEqual(manager.record(sibling.id).status, JobStatus.FAILED)
+        self.assertEqual(manager.record(cleanUp.id).status, JobStatus.RUNNING)
+        self.assertEqual(
+            manager.record(chain[-1].id).error,
+            f"dependency {chain[-2].id} ended FAILED",
+        )
+
     def test_entriesWithoutDependenciesShareOneEmptySet(self) -> None:
         """
         100,000 queued jobs must fit in 64 MiB: an entry without

@@ -7,6 +7,7 @@ order itself is L{FairQueue}'s; starting a job is the manager's.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -66,6 +67,8 @@ class Scheduler:
         self._startWaiters: dict[str, list[Deferred[None]]] = {}
         self._dispatching = False
         self._again = False
+        #: Ends whose waiters are still to be freed or failed (L{jobEnded}).
+        self._endings: deque[tuple[JobRecord, float]] = deque()
         self.paused = False
 
     # -- waiting on queued jobs ------------------------------------------------
@@ -168,10 +171,39 @@ class Scheduler:
         self.jobEnded(record, when)
 
     def jobEnded(self, record: JobRecord, when: float) -> None:
-        """Any job ended: the jobs that waited on it may start, or fail."""
-        resolution = self.queue.ended(record)
-        for waiting, reason in resolution.failed:
-            self.fail(waiting, reason, when)
+        """
+        Any job ended: the jobs that waited on it may start, or fail. A
+        failed one's own end comes back here: it is taken in turn, not
+        within this call (a chain of after_ok jobs went one stack frame
+        deeper a link, and broke at some 320, leaving jobs out of the queue
+        but never ended: attacker round 11).
+        """
+        self._endings.append((record, when))
+        if len(self._endings) > 1:
+            return  # (this end's turn comes in the loop below, running)
+        while self._endings:
+            record, when = self._endings[0]
+            try:
+                self._resolve(record, when)
+            except Exception:
+                self.log.failure(
+                    "job {job}: the jobs that waited on it cannot be told",
+                    job=record.id,
+                )
+            finally:
+                self._endings.popleft()
+
+    def _resolve(self, record: JobRecord, when: float) -> None:
+        """Free or fail the jobs that waited on C{record}'s job, each alone."""
+        for waiting, reason in self.queue.ended(record).failed:
+            try:
+                self.fail(waiting, reason, when)
+            except Exception:
+                self.log.failure(
+                    "queued job {job}: cannot be failed ({reason})",
+                    job=waiting.jobId,
+                    reason=reason,
+                )
 
     # -- starting --------------------------------------------------------------
 
