@@ -40,8 +40,10 @@ class SettingsTests(SynchronousTestCase):
         }
         path = configPath(environ)
         local = resolve({"server": "https://localhost:8443"}, environ, path)
-        self.assertEqual(caInUse(local, environ)[0], DEV_CA)
-        self.assertIn("development CA", caInUse(local, environ)[1])
+        self.assertEqual(caInUse(local, environ)[0], "(none)")
+        self.assertIn(
+            "jw login --server https://localhost:8443", caInUse(local, environ)[1]
+        )
 
         made = os.path.join(stateDir(environ), "tls", "ca.pem")
         os.makedirs(os.path.dirname(made))

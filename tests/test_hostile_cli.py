@@ -147,15 +147,34 @@ class DevelopmentCAClientTests(TestCase):
         # One connection, hung up during the handshake: nothing was sent.
         self.assertEqual(counter.connections, 1)
 
-    async def test_loopbackNamesStillUseTheDevelopmentCA(self) -> None:
-        """localhost (and 127.0.0.1) work with no CA configured, as before."""
+    async def test_loopbackNamesNoLongerUseTheDevelopmentCA(self) -> None:
+        """
+        localhost and 127.0.0.1 with no CA configured (nor one this user's
+        server made): refused as any other host, in one line naming jw
+        login and --ca, nothing sent. The development CA's key is public:
+        a job listening on the server's port on ::1 (the server on
+        127.0.0.1 only; localhost is ::1 first on many systems), or on the
+        port while the server was down, showed the development certificate
+        and got the password of whoever ran jw login or jw list (attacker
+        round 11). jw login asks about such a server's CA instead, or says
+        to pass it.
+        """
         server = LiveServer(self)
         for host in ("localhost", "127.0.0.1"):
             env = plainEnvironment(self, f"https://{host}:{server.port}")
-            _out, err, code = await getProcessOutputAndValue(
+            out, err, code = await getProcessOutputAndValue(
                 JW, ["list"], env=env, reactor=reactor
             )
-            self.assertEqual(code, 0, (host, err))
+            self.assertEqual((code, out, err.count(b"\n")), (2, b"", 1), (host, err))
+            for name in (b"jw login", b"--ca"):
+                self.assertIn(name, err)
+            out, err, code = await getProcessOutputAndValue(
+                JW, ["login"], env=env, reactor=reactor
+            )
+            self.assertEqual((code, out, err.count(b"\n")), (2, b"", 1), (host, err))
+            # (The development server sends no CA with its certificate: jw
+            # says to get the CA file; another would be asked about.)
+            self.assertIn(b"--ca", err)
 
     async def test_explicitCAIsUsedForAnyHost(self) -> None:
         """
@@ -182,12 +201,17 @@ class DevelopmentCAClientTests(TestCase):
         def settingsFor(server: str, **environ: str) -> Settings:
             return resolve({"server": server}, environ, path)
 
-        for host in ("localhost", "LOCALHOST", "127.0.0.1", "[::1]"):
-            self.assertEqual(
-                clientconfig.trustedCA(settingsFor(f"https://{host}:8443"), home),
-                DEV_CA,
-            )
+        # Nor the development CA, even for loopback names: its key is public,
+        # and a job that takes the server's port on the other loopback
+        # (::1 where the server listens on 127.0.0.1), or the port while the
+        # server is down, showed a certificate it vouched for and got the
+        # password of every user whose jw had no CA of its own (attacker
+        # round 11). Such a server is asked about at jw login instead.
         for host in (
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "[::1]",
             "127.0.0.2",
             "localhost.",
             "example.com",
@@ -208,13 +232,14 @@ class DevelopmentCAClientTests(TestCase):
         self.assertEqual(clientconfig.trustedCA(flagged), DEV_CA)
 
     async def test_configShowsTheLimit(self) -> None:
-        """jw config says that the default CA is for loopback names only."""
+        """jw config says that no CA is known, and what to do."""
         env = plainEnvironment(self, "https://jobs.example.com:8443")
         out, err, code = await getProcessOutputAndValue(
             JW, ["config"], env=env, reactor=reactor
         )
         self.assertEqual(code, 0, err)
-        self.assertIn(b"localhost", out)
+        self.assertIn(b"ca = (none)", out)
+        self.assertIn(b"jw login --server https://jobs.example.com:8443", out)
 
 
 def ownCertificate(directory: str) -> tuple[str, str]:

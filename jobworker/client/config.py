@@ -15,8 +15,10 @@ DEFAULT_SERVER = "https://localhost:8443"
 DEV_CA = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "dev-ca.pem"
 )
-#: The only hosts the development CA is trusted for when no CA is configured:
-#: its key is public, so it vouches for no server anywhere else.
+#: The loopback names: for them, with no CA configured, the CA of this
+#: user's own server on this machine is trusted (L{localServerCA}). The
+#: development CA (L{DEV_CA}) is trusted only when given (C{--ca}): its key
+#: is public, so it vouches for whoever listens, even on loopback.
 DEV_CA_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 #: Keys a config file may hold, and the environment variable of each.
@@ -166,7 +168,11 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     The CA to verify C{settings.server} with: the one configured (flag,
     environment or file); else the one trusted for it at C{jw login}; else,
     for the loopback names in L{DEV_CA_HOSTS}, the CA of this user's server
-    on this machine if it made one, or the development CA.
+    on this machine if it made one. Never the development CA by default:
+    its key is public, and a job listening on the server's port on the
+    other loopback (::1 beside 127.0.0.1), or on the port while the server
+    was down, showed a certificate it vouched for and was sent passwords
+    (attacker round 11).
 
     @raise ConfigError: no CA configured for another host (the message says
         what to pass), or a server URL with no usable host.
@@ -195,17 +201,15 @@ def _chosenCA(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
     if os.path.isfile(saved):
         return saved, "default, trusted at jw login"
-    hosts = ", ".join(DEV_CA_HOSTS)
     if host in DEV_CA_HOSTS:
         local = localServerCA(environ)
         if local is not None:
             return local, "default, made by this user's server on this machine"
-        return settings.ca, f"default, the development CA: for {hosts} only"
     raise ConfigError(
-        f"no CA known for {settings.server} (the development CA is for {hosts} "
-        f"only): run jw login --server {settings.server} to see its CA's "
-        'fingerprint and trust it, or pass --ca FILE (JW_CA, or ca = "FILE" in '
-        "the config file)"
+        f"no CA known for {settings.server}: run jw login --server "
+        f"{settings.server} to see its CA's fingerprint and trust it, or pass "
+        '--ca FILE (JW_CA, or ca = "FILE" in the config file; the development '
+        "certificates' CA is certs/ca.pem)"
     )
 
 

@@ -55,8 +55,8 @@ settings (flags override the environment, which overrides the config file):
   --server / JW_SERVER / server      default https://localhost:8443
   --ca / JW_CA / ca                  default: the CA trusted at jw login;
                                      for localhost, 127.0.0.1 and ::1, else
-                                     the CA of this user's server here, else
-                                     the development CA (jw config: which)
+                                     the CA of this user's server here (jw
+                                     config: which; never the development CA)
   --cert, --key / JW_CERT, JW_KEY / cert, key
                                      a client certificate (no password asked)
   JW_USER / user, JW_PASSWORD        credentials (else a token saved by

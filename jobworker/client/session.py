@@ -19,6 +19,7 @@ from .config import (
     Settings,
     checkPrivate,
     loadToken,
+    localServerCA,
     savedUser,
     saveToken,
     trustedCA,
@@ -162,14 +163,16 @@ def trustOnFirstUse(
     saved = trustedPath(os.path.dirname(configFile), server)
     if os.path.isfile(saved):
         return
-    if urlsplit(server).hostname in DEV_CA_HOSTS:
-        # The development CA, or this user's own server's, vouches for a
-        # server on this machine, but not for one started with another
-        # state dir (or by another user): that one is asked about too.
+    local = localServerCA(environ)
+    if urlsplit(server).hostname in DEV_CA_HOSTS and local is not None:
+        # This user's own server's CA vouches for a server on this machine,
+        # but not for one started with another state dir (or by another
+        # user): that one is asked about too (as is any, when this user
+        # made none: the development CA vouches for nobody by default).
         from .quick import probeServer
 
         try:
-            probeServer(server, trustedCA(settings, environ))
+            probeServer(server, local)
             return
         except ServerUnreachable as e:
             if not e.untrusted:
