@@ -41,6 +41,54 @@ def openJournal(path: str) -> int:
     return openRegular(path, flags | os.O_NOFOLLOW, 0o600)
 
 
+def appendWhole(fd: int, data: bytes) -> None:
+    """
+    Append C{data} to the journal open as C{fd} (C{O_APPEND}, this server
+    its only writer) in one write, whole or not at all. A full disk gives a
+    short count, not ENOSPC: the part written is cut off again, so that no
+    partial line is left for the next note to be glued onto.
+
+    @raise OSError: it is not written whole (ENOSPC for a short count; the
+        part written stays only if the file cannot be cut back).
+    """
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    if written:
+        try:
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+        except OSError:
+            pass  # (the caller starts its next line on a fresh one)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def replaceJournal(path: str, data: bytes) -> None:
+    """
+    Write the journal C{path} anew: C{data} to C{path}.new, put in its
+    place only once written whole (a full disk gives a short count, not
+    ENOSPC, and a cut journal must not replace a good one).
+
+    @raise OSError: it is not replaced (C{path} is as it was, and
+        C{path}.new removed).
+    """
+    temporary = path + ".new"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = openRegular(temporary, flags, 0o600)
+    try:
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
 def openRegular(path: str, flags: int, mode: int = 0o600) -> int:
     """
     C{path} opened with C{flags} (and C{O_NONBLOCK}: a FIFO is never waited

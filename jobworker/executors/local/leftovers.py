@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from ...errors import NotFound
-from ...jobs.folders import journalLines, openJournal, removeJournal
+from ...jobs.folders import (
+    appendWhole,
+    journalLines,
+    openJournal,
+    removeJournal,
+    replaceJournal,
+)
 from ...jobs.records import JobRecord
 from ...jobs.validation import parseJobId
 
@@ -50,6 +56,9 @@ class LeftoverJournal:
         self.path = path
         #: The jobs noted, each with its line.
         self._noted: dict[str, bytes] = {}
+        #: A note failed: the file may end with part of its line, so the
+        #: next starts on a fresh one (an empty line is skipped).
+        self._cut = False
 
     def note(self, record: JobRecord) -> None:
         """C{record}'s job ended with processes left to kill."""
@@ -61,10 +70,12 @@ class LeftoverJournal:
         try:
             fd = openJournal(self.path)
             try:
-                os.write(fd, line)
+                appendWhole(fd, b"\n" + line if self._cut else line)
             finally:
                 os.close(fd)
+            self._cut = False
         except OSError as e:
+            self._cut = True
             log.warn(
                 "cannot note job {job}'s leftovers in {path}: {error}",
                 job=record.id,
@@ -83,26 +94,20 @@ class LeftoverJournal:
         if not self._noted:
             self.clear()
             return
-        temporary = self.path + ".new"
         try:
-            fd = os.open(
-                temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-            )
-            try:
-                os.write(fd, b"".join(self._noted.values()))
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+            replaceJournal(self.path, b"".join(self._noted.values()))
         except OSError as e:
+            # The file as it was: it still names this job too.
             log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
+            return
+        self._cut = False
 
     def clear(self) -> None:
         """Forget every job noted."""
         self._noted.clear()
         try:
             removeJournal(self.path)
+            self._cut = False
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 

@@ -21,7 +21,13 @@ import os
 from twisted.logger import Logger
 
 from ...errors import NotFound
-from ...jobs.folders import journalLines, openJournal, removeJournal
+from ...jobs.folders import (
+    appendWhole,
+    journalLines,
+    openJournal,
+    removeJournal,
+    replaceJournal,
+)
 from ...jobs.validation import parseJobId
 
 log = Logger()
@@ -49,16 +55,22 @@ class MadeCgroups:
         #: The file, kept open (a job's start is one write: no open, close
         #: or unlink on the start path); None until the first note.
         self._fd: int | None = None
+        #: A note failed: the file may end with part of its line, so the
+        #: next starts on a fresh one (an empty line is skipped).
+        self._cut = False
 
     def note(self, jobId: str) -> None:
         """C{jobId}'s cgroup is about to be made."""
         self._noted.add(jobId)
         self._lines += 1
+        line = f"{jobId}\n".encode("ascii", "replace")
         try:
             if self._fd is None:
                 self._fd = openJournal(self.path)
-            os.write(self._fd, f"{jobId}\n".encode("ascii", "replace"))
+            appendWhole(self._fd, b"\n" + line if self._cut else line)
+            self._cut = False
         except OSError as e:
+            self._cut = True
             log.warn(
                 "cannot note job {job}'s cgroup in {path}: {error}",
                 job=jobId,
@@ -77,23 +89,15 @@ class MadeCgroups:
             self._rewrite()
 
     def _rewrite(self) -> None:
-        temporary = self.path + ".new"
+        data = "".join(f"{i}\n" for i in self._noted).encode("ascii")
         try:
-            fd = os.open(
-                temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-            )
-            try:
-                os.write(fd, "".join(f"{i}\n" for i in self._noted).encode("ascii"))
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+            replaceJournal(self.path, data)
         except OSError as e:
             log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
             return
         self._close()  # (the next note opens the new file)
         self._lines = len(self._noted)
+        self._cut = False
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -108,6 +112,7 @@ class MadeCgroups:
             return
         try:
             os.ftruncate(self._fd, 0)
+            self._cut = False
         except OSError as e:
             log.warn("cannot empty {path}: {error}", path=self.path, error=e.strerror)
 
@@ -118,6 +123,7 @@ class MadeCgroups:
         self._close()
         try:
             removeJournal(self.path)
+            self._cut = False
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 

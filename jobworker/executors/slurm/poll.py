@@ -6,6 +6,7 @@ once per interval at a cost that grows with them, not with the cluster.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
@@ -19,6 +20,26 @@ from .submission import jobName
 
 #: How often an idle executor (no job to poll) asks whether slurmctld answers.
 IDLE_PING = 30.0
+
+#: How long a job squeue no longer knows is kept as it is while Slurm's
+#: accounting cannot be read (slurmdbd down), before it ends FAILED without
+#: its end rather than stay RUNNING for ever.
+ACCOUNTING_PATIENCE = 3600.0
+
+
+@dataclass
+class _Answers:
+    """What one poll learnt from Slurm (see L{SlurmPoll.refresh})."""
+
+    #: What squeue says of the jobs it knows, by Slurm id.
+    states: dict[str, SlurmState] = field(default_factory=dict)
+    #: The exit status of those that ended, and accounting's entry of those
+    #: squeue no longer knows, by Slurm id.
+    exits: dict[str, SlurmState] = field(default_factory=dict)
+    #: The Slurm id found for each job looked up by name, by jobworker id.
+    found: dict[str, str | None] = field(default_factory=dict)
+    #: The Slurm ids squeue no longer knows whose accounting could not be read.
+    unread: set[str] = field(default_factory=set)
 
 
 class SlurmPoll:
@@ -49,6 +70,12 @@ class SlurmPoll:
         self._polling = False
         #: When a poll last asked Slurm anything (None: never).
         self._asked: float | None = None
+        #: Why Slurm's accounting could not be read when last asked (None:
+        #: it answered, or was never asked).
+        self._accountingError: str | None = None
+        #: When accounting was first unreadable for each job squeue no
+        #: longer knows, by jobworker id (see L{ACCOUNTING_PATIENCE}).
+        self._unreadSince: dict[str, float] = {}
 
     async def lookUpQuietly(self, record: JobRecord) -> str | None:
         try:
@@ -77,7 +104,7 @@ class SlurmPoll:
         self._asked = now
         self._polling = True
         try:
-            states, exits, found = await self._ask(submitted, searching)
+            answers = await self._ask(submitted, searching)
         except SlurmError as e:
             self._failed(e)
             if not e.unreachable:
@@ -88,26 +115,34 @@ class SlurmPoll:
         self._reach.answered()
         now = self._now()
         for job in searching:
-            slurmJobId = found.get(job.record.id)
+            slurmJobId = answers.found.get(job.record.id)
             if slurmJobId is None:
                 job.lost(f"{job.lookUpReason} (before Slurm took the job)")
             else:
                 job.lookUpReason = None
                 job.submitted(slurmJobId)
+        unread: set[str] = set()  # jobworker ids
         for job in submitted:
+            if job.record.slurm_job_id in answers.unread:
+                unread.add(job.record.id)
             try:
-                self._update(job, states, exits, now)
+                self._update(job, answers, now)
             except Exception:
                 # One job's bad news must not stop the others' polling.
                 self.log.failure("updating job {job}", job=job.record.id)
+        self._unreadSince = {
+            jobId: since
+            for jobId, since in self._unreadSince.items()
+            if jobId in unread
+        }
 
     async def _ask(
         self, submitted: list[SlurmJob], searching: list[SlurmJob]
-    ) -> tuple[dict[str, SlurmState], dict[str, SlurmState], dict[str, str | None]]:
+    ) -> _Answers:
         """What one poll asks Slurm (see L{refresh})."""
         if not submitted and not searching:
             await self._commands.ping()
-            return {}, {}, {}
+            return _Answers()
         ids = [j.record.slurm_job_id for j in submitted if j.record.slurm_job_id]
         states = await self._commands.states(ids) if ids else {}
         ended = [
@@ -117,12 +152,17 @@ class SlurmPoll:
             and states[j.record.slurm_job_id].state in FINAL
             and isOurs(j.record, states[j.record.slurm_job_id])
         ]
-        exits = await self._exits(ended) if ended else {}
+        answers = _Answers(states, await self._exits(ended) if ended else {})
         gone = [i for i in ids if i not in states]
         if gone:
-            exits.update(await self._accounted(gone, submitted))
-        found = {j.record.id: await self._lookUp(j.record) for j in searching}
-        return states, exits, found
+            accounted = await self._accounted(gone, submitted)
+            if accounted is None:
+                answers.unread.update(gone)
+            else:
+                answers.exits.update(accounted)
+        for job in searching:
+            answers.found[job.record.id] = await self._lookUp(job.record)
+        return answers
 
     async def _exits(self, ended: list[str]) -> dict[str, SlurmState]:
         """
@@ -144,16 +184,32 @@ class SlurmPoll:
 
     async def _accounted(
         self, ids: list[str], jobs: list[SlurmJob]
-    ) -> dict[str, SlurmState]:
+    ) -> dict[str, SlurmState] | None:
         """
         What accounting says of the jobs squeue no longer knows (ended
         while the server was down, then purged): each one's own entry.
+        None if it could not be read (slurmdbd down, or any other failure):
+        those jobs are kept as they are, and asked about again at the next
+        poll, for they may well be in it (see L{_unaccounted}). A site that
+        keeps no accounting answers with no entry.
         """
         try:
             entries = await self._commands.accounting(ids)
         except SlurmError as e:
-            self.log.warn("cannot read Slurm's accounting: {error}", error=str(e))
-            return {}
+            if self._accountingError is None:
+                self.log.warn(
+                    "cannot read Slurm's accounting, so Slurm jobs {ids}, which "
+                    "squeue no longer knows, are kept as they are until it "
+                    "answers: {error}",
+                    ids=",".join(ids),
+                    error=str(e),
+                    unreachable=e.unreachable,
+                )
+            self._accountingError = str(e)
+            return None
+        if self._accountingError is not None:
+            self.log.info("Slurm's accounting answers again")
+            self._accountingError = None
         found = {}
         for job in jobs:
             slurmJobId = job.record.slurm_job_id or ""
@@ -162,17 +218,14 @@ class SlurmPoll:
                     found[slurmJobId] = entry
         return found
 
-    def _update(
-        self,
-        job: SlurmJob,
-        states: dict[str, SlurmState],
-        exits: dict[str, SlurmState],
-        now: float,
-    ) -> None:
+    def _update(self, job: SlurmJob, answers: _Answers, now: float) -> None:
         slurmJobId = job.record.slurm_job_id or ""
-        state = states.get(slurmJobId)
+        state = answers.states.get(slurmJobId)
+        exits = answers.exits
         if state is None and slurmJobId in exits:
             job.update(exits[slurmJobId], now)  # from accounting
+        elif state is None and slurmJobId in answers.unread:
+            self._unaccounted(job, now)
         elif state is None:
             job.lost(
                 f"Slurm no longer knows job {slurmJobId} "
@@ -197,6 +250,30 @@ class SlurmPoll:
                     return  # squeue's JSON does not confirm the end yet
                 state = state.withExit(exit)
             job.update(state, now)
+
+    def _unaccounted(self, job: SlurmJob, now: float) -> None:
+        """
+        A job squeue no longer knows, whose accounting could not be read:
+        kept as it is, but for L{ACCOUNTING_PATIENCE} at most.
+        """
+        since = self._unreadSince.setdefault(job.record.id, now)
+        if now - since < ACCOUNTING_PATIENCE:
+            return
+        slurmJobId = job.record.slurm_job_id
+        minutes = round(ACCOUNTING_PATIENCE / 60)
+        self.log.warn(
+            "Slurm job {slurm} (job {job}) ends FAILED without its end: squeue "
+            "no longer knows it, and accounting could not be read for {minutes} "
+            "minutes: {error}",
+            slurm=slurmJobId,
+            job=job.record.id,
+            minutes=minutes,
+            error=self._accountingError,
+        )
+        job.lost(
+            f"Slurm no longer knows job {slurmJobId}, and its accounting could "
+            f"not be read for {minutes} minutes ({self._accountingError})"
+        )
 
     # -- stopping --------------------------------------------------------------
 
