@@ -8,10 +8,13 @@ writes a key through a planted file or link.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
+import socket
+import ssl
 import stat
 import sys
 import uuid
@@ -25,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -252,6 +256,36 @@ def ownCertificate(directory: str) -> tuple[str, str]:
     writePEM(certPath, certificate.public_bytes(serialization.Encoding.PEM))
     writePEM(keyPath, keyPEM(key))
     return certPath, keyPath
+
+
+class BothLoopbacksTests(TestCase):
+    """
+    A server on 127.0.0.1 left [::1]:PORT free: any job could listen there,
+    and a client whose localhost is ::1 first (Debian's and Fedora's hosts
+    files, RFC 6724) reached the job instead (attacker round 11). It
+    listens on both loopbacks now, so the port is its own on each.
+    """
+
+    async def test_theOtherLoopbackIsTheServers(self) -> None:
+        server = LiveServer(self)
+
+        def healthz() -> bytes:
+            context = ssl.create_default_context(cafile=CA)
+            with socket.create_connection(("::1", server.port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="::1") as tls:
+                    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+                    return tls.recv(4096)
+
+        answer = await deferToThread(healthz)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+        squatter = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(squatter.close)
+        with self.assertRaises(OSError) as taken:
+            squatter.bind(("::1", server.port))
+        self.assertEqual(taken.exception.errno, errno.EADDRINUSE)
+        # Stopped with the server: the port is free again on both.
+        await server.stop()
+        squatter.bind(("::1", server.port))
 
 
 class DevelopmentSecretsServerTests(TestCase):

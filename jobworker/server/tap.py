@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -150,7 +151,9 @@ def _parts(
         streams,
         perUser if perUser is None else min(streams, perUser),
     )
-    port = _listen(config, reactor, tlsOptions, _site(config, api, metrics), streams)
+    port, alsoLoopback6 = _listen(
+        config, reactor, tlsOptions, _site(config, api, metrics), streams
+    )
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
     root.addService(ManagerService(manager, api.drain, audit.close, reactor))
@@ -177,6 +180,8 @@ def _parts(
     refusals.clock = reactor
     root.addService(refusals)
     root.addService(ListeningService(port))
+    if alsoLoopback6 is not None:
+        root.addService(ListeningService(alsoLoopback6))
     return root
 
 
@@ -580,10 +585,18 @@ def _logStreams(config: Options) -> int:
     return total
 
 
+#: The IPv4 interfaces that serve 127.0.0.1: the server listens on the same
+#: port on ::1 too (L{_listenOnLoopback6}).
+LOOPBACK4_SERVED = ("127.0.0.1", "0.0.0.0")  # noqa: S104 (a name to compare with)
+
+
 def _listen(
     config: Options, reactor: JobReactor, tlsOptions: Any, site: Site, streams: int
-) -> IListeningPort:
-    """Bind now, so a port in use is a start-up error."""
+) -> tuple[IListeningPort, IListeningPort | None]:
+    """
+    Bind now, so a port in use is a start-up error; on ::1 too, with the
+    same port, when 127.0.0.1 is served (L{_listenOnLoopback6}).
+    """
     # The connection cap sits outside TLS: a refused client costs no handshake.
     endpoint = TCP4ServerEndpoint(
         reactor, config["port"], interface=config["interface"]
@@ -601,28 +614,73 @@ def _listen(
             wanted=config["max-connections"],
             total=total,
         )
-    listening = endpoint.listen(
-        ConnectionsPerClient(
-            LargeWritesTLSFactory(tlsOptions, False, site),
-            config["max-connections-per-client"],
-            config["keepalive"],
-            total=total,
-            metrics=site.metrics,  # type: ignore[attr-defined]
-            clock=reactor,
-        )
+    factory = ConnectionsPerClient(
+        LargeWritesTLSFactory(tlsOptions, False, site),
+        config["max-connections-per-client"],
+        config["keepalive"],
+        total=total,
+        metrics=site.metrics,  # type: ignore[attr-defined]
+        clock=reactor,
     )
-    failures: list[Exception] = []
-    ports: list[IListeningPort] = []
-    listening.addCallbacks(ports.append, lambda f: failures.append(f.value))
-    if failures:
-        error = failures[0]
+    port, error = _bound(endpoint, factory)
+    if port is None:
         if isinstance(error, CannotListenError):
             fatal(
                 f"cannot listen on {config['interface']}:{config['port']}: "
                 f"{_reason(error)}"
             )
         fatal(f"cannot listen: {error}")
-    return ports[0]
+    if config["interface"] not in LOOPBACK4_SERVED:
+        return port, None
+    return port, _listenOnLoopback6(reactor, port.getHost().port, factory)  # type: ignore[attr-defined]
+
+
+def _bound(
+    endpoint: Any, factory: Any
+) -> tuple[IListeningPort | None, Exception | None]:
+    """C{endpoint} listening (a TCP endpoint answers at once), or why not."""
+    failures: list[Exception] = []
+    ports: list[IListeningPort] = []
+    endpoint.listen(factory).addCallbacks(
+        ports.append, lambda f: failures.append(f.value)
+    )
+    return (ports[0] if ports else None), (failures[0] if failures else None)
+
+
+def _listenOnLoopback6(
+    reactor: JobReactor, port: int, factory: Any
+) -> IListeningPort | None:
+    """
+    Listen on [::1]:C{port} too, with the same connection caps: a server on
+    127.0.0.1 alone left that address free, and any local process (another
+    user's job) could listen there and be the one reached by a client whose
+    C{localhost} is ::1 first (Debian's and Fedora's hosts files, RFC 6724),
+    with its passwords (attacker round 11). No IPv6 here: nobody else can
+    have it either. Taken already: said (a client reaching localhost
+    through ::1 reaches that process), and the server starts all the same.
+    """
+    listening, error = _bound(
+        TCP6ServerEndpoint(reactor, port, interface="::1"), factory
+    )
+    if listening is not None:
+        return listening
+    why = _reason(error) if isinstance(error, CannotListenError) else str(error)
+    socketError = getattr(error, "socketError", None)
+    if getattr(socketError, "errno", None) == errno.EADDRINUSE:
+        log.error(
+            "cannot listen on [::1]:{port} beside 127.0.0.1: {why}: another "
+            "process holds it, and clients whose localhost is ::1 reach that "
+            "process, not this server (find it: ss -ltnp 'sport = :{port}')",
+            port=port,
+            why=why,
+        )
+    else:
+        log.info(
+            "not listening on [::1]:{port} (no IPv6 loopback here: {why})",
+            port=port,
+            why=why,
+        )
+    return None
 
 
 def _reason(error: CannotListenError) -> str:
