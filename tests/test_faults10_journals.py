@@ -23,6 +23,8 @@ from jobworker.executors.local.leftovers import LeftoverJournal
 from jobworker.executors.local.madecgroups import SLACK, MadeCgroups
 from jobworker.jobs.records import JobRecord
 
+from .test_leftovers import journalRecord
+
 
 class ShortWrites:
     """
@@ -159,16 +161,7 @@ class LeftoverJournalShortWriteTests(Journals):
     """L{LeftoverJournal} on a full disk."""
 
     def record(self, n: int) -> JobRecord:
-        return JobRecord(
-            id=f"7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a{n}",
-            command="sh",
-            args=[],
-            owner="alice",
-            created_at=1.0,
-            pid=100 + n,
-            boot_id="b0" * 16,
-            proc_start=1000 + n,
-        )
+        return journalRecord(n, boot_id="b0" * 16, proc_start=1000 + n)
 
     def test_shortNoteThenLater(self) -> None:
         """A cut note is a failed note (logged, as an OSError is), and leaves

@@ -174,18 +174,24 @@ class OutOfRangeTests(SynchronousTestCase):
         self.assertIsNone(process.poll())
 
 
+def journalRecord(n: int, **fields: Any) -> JobRecord:
+    """Job C{n}'s record, as a journal notes it (pid 100 + C{n})."""
+    return JobRecord(
+        id=f"7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a{n}",
+        command="sh",
+        args=[],
+        owner="alice",
+        created_at=1.0,
+        pid=100 + n,
+        **fields,
+    )
+
+
 class JournalFileTests(SynchronousTestCase):
     """The journal names only the jobs still noted, and never waits."""
 
     def record(self, n: int) -> JobRecord:
-        return JobRecord(
-            id=f"7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a{n}",
-            command="sh",
-            args=[],
-            owner="alice",
-            created_at=1.0,
-            pid=100 + n,
-        )
+        return journalRecord(n)
 
     def test_doneJobsLeaveTheFile(self) -> None:
         """A line kept for a job long done (while another stayed noted) would

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -524,6 +525,10 @@ class SearchSpanTests(SynchronousTestCase):
 
     def steps(self, selection: JobFilter, before: int | None = None) -> int:
         """The SQLite VM steps (in hundreds) one page of C{selection} takes."""
+        return self.stepsOf(lambda: self.store.page(selection, limit=10, before=before))
+
+    def stepsOf(self, search: Callable[[], object]) -> int:
+        """The SQLite VM steps (in hundreds) C{search} takes."""
         counted = [0]
 
         def count() -> int:
@@ -532,7 +537,7 @@ class SearchSpanTests(SynchronousTestCase):
 
         self.store._db.set_progress_handler(count, 100)
         try:
-            self.store.page(selection, limit=10, before=before)
+            search()
         finally:
             self.store._db.set_progress_handler(None, 100)
         return counted[0]
@@ -609,18 +614,7 @@ class SearchSpanTests(SynchronousTestCase):
 
     def deleteSteps(self, selection: JobFilter) -> int:
         """The SQLite VM steps (in hundreds) a bulk delete's search takes."""
-        counted = [0]
-
-        def count() -> int:
-            counted[0] += 1
-            return 0
-
-        self.store._db.set_progress_handler(count, 100)
-        try:
-            self.store.endedMatching(selection, 10)
-        finally:
-            self.store._db.set_progress_handler(None, 100)
-        return counted[0]
+        return self.stepsOf(lambda: self.store.endedMatching(selection, 10))
 
     def test_fullPagesAsBefore(self) -> None:
         """A page the span fills ends as ever: at its last job; one filter
