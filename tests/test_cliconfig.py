@@ -11,7 +11,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.cli import COMPLETION, age
 from jobworker.client.config import (
-    DEV_CA,
     ConfigError,
     caInUse,
     checkServer,
@@ -95,7 +94,7 @@ class SettingsTests(SynchronousTestCase):
         defaults = resolve({}, {}, path + "-absent")
         self.assertEqual(
             (defaults.server, defaults.ca, defaults.user),
-            ("https://localhost:8443", DEV_CA, None),
+            ("https://localhost:8443", "", None),
         )
 
     def test_badFiles(self) -> None:

@@ -445,9 +445,9 @@ class DescriptorShareTests(SynchronousTestCase):
 
         self.assertEqual(descriptors.connectionCap(1024, soft=1024), 512 - 64)
         self.assertEqual(descriptors.connectionCap(100, soft=1024), 100)
-        self.assertEqual(descriptors.jobsCap(None, soft=1024), 512 // 8)
+        self.assertEqual(descriptors.jobsCap(None, soft=1024), 512 // 9)
         self.assertEqual(descriptors.jobsCap(10, soft=1024), 10)
-        self.assertEqual(descriptors.jobsCap(None, soft=65536), 4096)
+        self.assertEqual(descriptors.jobsCap(None, soft=65536), 32768 // 9)
 
     def test_raisedTowardsTheHardLimit(self) -> None:
         """A server given 256 soft, 4,096 hard runs with 4,096."""

@@ -15,6 +15,8 @@ from typing import Any
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from jobworker.errors import Conflict
+from jobworker.executors.slurm import job as slurmJob
 from jobworker.executors.slurm import poll as slurmPoll
 from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.jobs.records import JobStatus
@@ -139,6 +141,29 @@ class AccountingFailureTests(SynchronousTestCase):
         self.assertIs(self.manager.record(other.id).status, JobStatus.COMPLETED)
         self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
         self.assertTrue(self.executor.health().up)
+
+    def test_stopOfAForgottenJobAnswersSoon(self) -> None:
+        """
+        A stop of a job Slurm has forgotten ("Invalid job id") waits for
+        the poll to record its end, to answer 409 with it. While accounting
+        cannot be read, that is up to an hour: the stop answers 409 after
+        L{job.ENDED_ANSWER_AFTER} seconds all the same, saying its end is
+        not known yet; the job is recorded when accounting answers.
+        """
+        record = self.restartAfterPurge(*[REFUSED] * 100)
+        self.commands.failNext = SlurmError(
+            "scancel: Kill job error on job id 101: Invalid job id specified"
+        )
+        self.commands.nowSays = {}
+        stopped = self.manager.stop(record.id, "alice")
+        self.assertNoResult(stopped)
+        self.poll({})
+        self.assertNoResult(stopped)
+        self.reactor.advance(slurmJob.ENDED_ANSWER_AFTER)
+        conflict = self.failureResultOf(stopped, Conflict).value
+        self.assertIn("its end is not known yet", str(conflict))
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+        self.assertIsNone(self.manager.record(record.id).stopped_by)
 
     def test_unreadableForAnHour(self) -> None:
         """

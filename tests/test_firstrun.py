@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
 
-from .support import JW, ROOT, LiveServer, jwEnvironment, runJW, waitUntil
+from .support import CA, JW, ROOT, LiveServer, jwEnvironment, runJW, waitUntil
 from .test_prompt import converse
 
 HOSTS = ["testhost", "localhost", "127.0.0.1", "::1"]
@@ -193,6 +193,27 @@ class FirstRunTests(TestCase):
         self.assertIn(b"logged in to", seen)
         _out, err, code = await jwWith(env, "list")
         self.assertEqual(code, 0, err)
+
+    async def test_loginSaysItIsNotYourOwnServer(self) -> None:
+        """
+        A localhost server whose CA is not the one this user's own server
+        made: jw login asks, and says so (it was a plain question, whose "y"
+        then trusted that CA before this user's own for that port).
+        """
+        server = LiveServer(self, ownCertificate=True)
+        url = f"https://localhost:{server.port}"
+        config = os.path.realpath(self.mktemp())
+        env = jwEnvironment(url, XDG_CONFIG_HOME=config, HOME=config)
+        del env["JW_CA"]
+        env["XDG_STATE_HOME"] = os.path.realpath(self.mktemp())
+        mine = os.path.join(env["XDG_STATE_HOME"], "jobworker", "tls", "ca.pem")
+        os.makedirs(os.path.dirname(mine))
+        shutil.copyfile(CA, mine)  # (not the server's: that one is its own)
+        code, seen = await deferToThread(
+            converse, [JW, "login"], env, [(b"[y/N] ", b"n\n")]
+        )
+        self.assertNotEqual(code, 0, seen)
+        self.assertIn(b"NOT the CA of your own server", seen)
 
     async def test_wheelFromATemporaryFolder(self) -> None:
         """

@@ -591,6 +591,46 @@ class DeadSpawnerTests(TestCase):
         self.assertIsInstance(await ended, ProcessDone)
         self.assertEqual(b"".join(out).strip(), str(len(big)).encode())
 
+    async def test_noDescriptorLeftPerJob(self) -> None:
+        """
+        Each child's descriptors in the server (its pipes, pidfd, and the
+        gate's read end kept to tell whether it passed its gate) are all
+        closed once it has ended: ten jobs leave as many as one.
+        """
+        path, sandbox = launcherSandbox(self)
+        spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
+        self.addCleanup(spawner.stop)
+
+        async def run() -> None:
+            argv, gate = sandbox.gatedStart(
+                testIdentity(), ["true"], None, {"PATH": "/usr/bin:/bin"}
+            )
+            ended: Deferred[object] = Deferred()
+            proto = ProcessProtocol()
+            proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+            process = spawner.spawnProcess(proto, argv)
+            process.writeToChild(3, gate)
+            process.closeChildFD(3)
+            self.assertIsInstance(await ended, ProcessDone)
+
+        def descriptors() -> dict[str, str]:
+            folder = "/proc/self/fd"
+            found = {}
+            for fd in os.listdir(folder):
+                try:
+                    found[fd] = os.readlink(os.path.join(folder, fd))
+                except OSError:
+                    pass  # (listdir's own)
+            return found
+
+        await run()  # (the spawner and its sockets are there from now on)
+        await sleep(0.1)
+        before = descriptors()
+        for _ in range(10):
+            await run()
+        await sleep(0.1)
+        self.assertEqual(len(descriptors()), len(before), (before, descriptors()))
+
     async def test_spawnerDeathTellsWhetherTheJobRan(self) -> None:
         """
         The spawner killed under two children: one still behind its gate

@@ -84,7 +84,9 @@ class Settings:
     """The settings in force, and where each one came from."""
 
     server: str = DEFAULT_SERVER
-    ca: str = DEV_CA
+    #: Only one given (flag, environment, file) is used (L{trustedCA}): no
+    #: default, the development CA least of all.
+    ca: str = ""
     user: str | None = None
     cert: str | None = None
     key: str | None = None

@@ -164,6 +164,7 @@ def trustOnFirstUse(
     if os.path.isfile(saved):
         return
     local = localServerCA(environ)
+    notYours = ""
     if urlsplit(server).hostname in DEV_CA_HOSTS and local is not None:
         # This user's own server's CA vouches for a server on this machine,
         # but not for one started with another state dir (or by another
@@ -177,6 +178,10 @@ def trustOnFirstUse(
         except ServerUnreachable as e:
             if not e.untrusted:
                 raise
+        notYours = (
+            f"It is NOT the CA of your own server on this machine ({local}): "
+            "another user's server, or any process that took the port.\n"
+        )
     from .trust import TrustError, fetchCA, fingerprint, remember
 
     try:
@@ -198,6 +203,7 @@ def trustOnFirstUse(
             (
                 f"The CA of {server} has the SHA-256 fingerprint\n"
                 f"  {fingerprint(pem)}\n"
+                f"{notYours}"
                 "Compare it with the one its operator gives you (the server "
                 "logs it when it starts).\n"
                 f"Trust this CA for {server}? [y/N] "

@@ -1137,9 +1137,13 @@ async def doClean(
     while True:  # the server deletes (and searches) a bounded batch a request
         result = await client.clean(options.status, options.owner, olderThan, cursor)
         deleted += result["deleted"]
-        cursor = result.get("next_cursor")
-        if cursor is None and not (result.get("more") and result["deleted"]):
-            break  # (an older server gives no cursor: on while it deletes)
+        following = result.get("next_cursor")
+        if following is None:
+            if not (result.get("more") and result["deleted"]):
+                break  # (an older server gives no cursor: on while it deletes)
+        elif cursor is not None and not int(following) > int(cursor):
+            break  # (never the same search twice)
+        cursor = following
     if options.json:
         streams.show(jsonLine({"deleted": deleted}))
     else:

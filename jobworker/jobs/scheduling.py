@@ -67,8 +67,10 @@ class Scheduler:
         self._startWaiters: dict[str, list[Deferred[None]]] = {}
         self._dispatching = False
         self._again = False
-        #: Ends whose waiters are still to be freed or failed (L{jobEnded}).
+        #: Ends whose waiters are still to be freed or failed (L{jobEnded}),
+        #: and whether a call is taking them in now.
         self._endings: deque[tuple[JobRecord, float]] = deque()
+        self._resolving = False
         self.paused = False
 
     # -- waiting on queued jobs ------------------------------------------------
@@ -179,19 +181,21 @@ class Scheduler:
         but never ended: attacker round 11).
         """
         self._endings.append((record, when))
-        if len(self._endings) > 1:
+        if self._resolving:
             return  # (this end's turn comes in the loop below, running)
-        while self._endings:
-            record, when = self._endings[0]
-            try:
-                self._resolve(record, when)
-            except Exception:
-                self.log.failure(
-                    "job {job}: the jobs that waited on it cannot be told",
-                    job=record.id,
-                )
-            finally:
-                self._endings.popleft()
+        self._resolving = True
+        try:
+            while self._endings:
+                record, when = self._endings.popleft()
+                try:
+                    self._resolve(record, when)
+                except Exception:
+                    self.log.failure(
+                        "job {job}: the jobs that waited on it cannot be told",
+                        job=record.id,
+                    )
+        finally:
+            self._resolving = False
 
     def _resolve(self, record: JobRecord, when: float) -> None:
         """Free or fail the jobs that waited on C{record}'s job, each alone."""

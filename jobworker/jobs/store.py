@@ -490,6 +490,8 @@ class JobStore:
         tested job by job, as a page's are): it may find fewer than
         C{limit}, even none, and give a sequence to go on from all the same.
         """
+        if limit < 1:
+            raise ValueError("limit must be 1 or more")
         source, order, where, params = selection.query()
         where.append("jobs.ended_at IS NOT NULL")
         floor = after if after is not None else self._oldestSeq() - 1

@@ -19,9 +19,10 @@ MOST_DESCRIPTORS = 65536
 RESERVED = 64
 
 #: Descriptors a running job may hold in the server: its pipes (stdout,
-#: stderr, stdin and the gate's), its two output files and its order file,
-#: a pidfd, its uid's lock, and one spare.
-PER_JOB = 8
+#: stderr, stdin and the gate's, and the gate's read end that tells whether
+#: the job passed it, should its spawner die), its two output files and its
+#: order file, a pidfd, its uid's lock, and one spare.
+PER_JOB = 9
 
 #: Descriptors a log stream holds besides its connection: a combined read's
 #: stdout, stderr and order file. Uncounted, one user's followers took the

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -183,6 +184,9 @@ class SlurmExecutor:
 
     def now(self) -> float:
         return self._reactor.seconds()
+
+    def callLater(self, delay: float, f: Callable[[], None]) -> IDelayedCall:
+        return self._reactor.callLater(delay, f)
 
     def outputDir(self, jobId: str) -> str:
         return os.path.join(self._outputDir, jobId)

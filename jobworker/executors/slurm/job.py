@@ -6,6 +6,7 @@ states as the poll reports them, its stop, and its end (once).
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -46,6 +47,12 @@ RECANCEL_AFTER = 5.0
 #: timeout), and the two hosts' clocks may differ a little.
 SUBMIT_SLACK = 600.0
 
+#: Seconds a stop of a job Slurm had ended already (L{EndedInSlurm}) waits
+#: for a poll to record that end, to answer with it; past them (Slurm's
+#: accounting cannot be read: the poll keeps such a job as it is) it answers
+#: 409 all the same.
+ENDED_ANSWER_AFTER = 30.0
+
 #: Seconds a job Slurm cancelled for a failed C{after_ok} waits for that
 #: dependency's end to reach jobworker's records (squeue says COMPLETING
 #: while a cancelled job is cleaned up), to say which one failed. Past it,
@@ -76,6 +83,8 @@ class SlurmHost(Protocol):
     def save(self, record: JobRecord) -> None: ...
 
     def now(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable[[], None]) -> IDelayedCall: ...
 
     def outputPath(self, jobId: str, stream: str) -> str: ...
 
@@ -452,8 +461,20 @@ class SlurmJob:
                 # Slurm ended it first: the poll records how, and the stop
                 # is then answered as one of a job that has ended.
                 endedFirst = True
+                self._executor.callLater(ENDED_ANSWER_AFTER, unknownEnd)
             elif not result.called:
                 result.errback(failure)
+
+        def unknownEnd() -> None:
+            if not result.called:
+                result.errback(
+                    Conflict(
+                        "job already ended in Slurm: nothing to stop (its end "
+                        "is not known yet: it is recorded once Slurm's "
+                        "accounting answers)",
+                        job=self.record.toJSON(),
+                    )
+                )
 
         def relay(record: JobRecord) -> None:
             if result.called:
