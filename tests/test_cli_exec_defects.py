@@ -393,7 +393,9 @@ class CannotStartTests(TestCase):
                 "PATH or not permitted\n".encode(),
                 extra,
             )
-        followedId = followed.split()[2].decode()
+        # It never started: not said to have (it was, before the reason).
+        self.assertNotIn(b"started", followed)
+        followedId = followed.split()[2].decode().rstrip(":")
         self.assertEqual(
             followed.splitlines()[-1].decode(),
             f"jw: job {followedId}: cannot start: 'nosuchcmd': not found in "

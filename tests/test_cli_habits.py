@@ -146,6 +146,21 @@ class InterruptTests(MemoryCLITestCase):
         self.assertEqual(self.killer.calls, [])
         self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
 
+    def test_detachOnInterruptWithJSON(self) -> None:
+        """
+        --json with --detach-on-interrupt: the job left running is the one
+        JSON document on stdout (there was none: a script kept no id).
+        """
+        run, interrupts = self.interruptible(
+            "exec", "-f", "--json", "--detach-on-interrupt", "--", "sleep", "300"
+        )
+        interrupts.fire("SIGINT")
+        out, err, code = self.finish(run)
+        self.assertEqual(code, 130, err)
+        job = json.loads(out)
+        self.assertEqual(job["status"], "RUNNING")
+        self.assertIn(f"left job {job['id']} running".encode(), err)
+
     def test_logsFollowAndWaitStopQuietly(self) -> None:
         """jw logs -f and jw wait on Ctrl-C: no message, exit 130, job untouched."""
         jobId = self.execId("sleep", "300")

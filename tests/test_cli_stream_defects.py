@@ -378,7 +378,14 @@ class DurationTests(JWAssertions, TestCase):
         self.assertEqual(job["timeout_seconds"], 3600)
         out, err, code = await runJW(server.url, "wait", "--timeout", "1s", job["id"])
         self.assertEqual(code, 124, err)
-        self.assertIn(b"still running", err)
+        self.assertIn(b"has not ended (RUNNING)", err)
+        # --json: the job as it is, the one document on stdout (there was
+        # none: jw wait --json --timeout 60 ID | jq .status got nothing).
+        out, err, code = await runJW(
+            server.url, "wait", "--json", "--timeout", "1s", job["id"]
+        )
+        self.assertEqual(code, 124, err)
+        self.assertEqual(json.loads(out)["status"], "RUNNING")
         await runJW(server.url, "stop", "--kill", job["id"])
 
 

@@ -263,7 +263,7 @@ class LiveContractTests(TestCase):
         )
         out, err, code = await runJW(server.url, "wait", "--timeout", "0.2", job["id"])
         self.assertEqual(code, 124, err)
-        self.assertIn(b"still running", err)
+        self.assertIn(b"has not ended (RUNNING)", err)
         open(go, "w").close()
         out, err, code = await runJW(server.url, "wait", job["id"])
         self.assertEqual(code, 4, err)

@@ -454,7 +454,12 @@ async def waitFor(client: Client, options: argparse.Namespace, streams: Streams)
     )
     job = await pollEnd(client, options.id, deadline)
     if job is None:
-        streams.say(f"jw: job {options.id} still running")
+        # As it is now (PENDING or RUNNING): said, and the one document
+        # --json promises.
+        now = await client.job(options.id)
+        streams.say(f"jw: job {options.id} has not ended ({now['status']})")
+        if options.json:
+            streams.show(jsonLine(now))
         return EXIT_TIMED_OUT
     if options.json:
         streams.show(jsonLine(job))

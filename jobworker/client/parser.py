@@ -367,7 +367,8 @@ def _execOptions(command: Any) -> None:
         description="Start COMMAND with ARGs on the server (no shell) and print "
         "the job id. With --follow, stream its output in order and exit with "
         "its exit status (128+N if killed by signal N, 127 if it could not "
-        "start); Ctrl-C stops the job (a second Ctrl-C leaves it running).",
+        "start); Ctrl-C stops the job (a second Ctrl-C stops following, the "
+        "stop goes on; --detach-on-interrupt leaves the job running).",
         epilog="example: jw exec --env LEVEL=debug --cwd /srv -- ls -la",
     )
     add = execute.add_argument

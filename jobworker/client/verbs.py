@@ -7,6 +7,7 @@ in L{jobworker.client.failures} shows them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -540,7 +541,10 @@ def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
     """
     jobId = job["id"]
     if job["status"] != "PENDING":
-        streams.say(f"jw: job {jobId} started")
+        # FAILED at once, never started (cannot start, a failed after_ok):
+        # its end says why, and nothing said it started.
+        if job["status"] in ("RUNNING", "COMPLETED") or job.get("started_at"):
+            streams.say(f"jw: job {jobId} started")
         return lambda status: None
     streams.say(
         f"jw: job {jobId} is queued (PENDING): its output follows once it starts"
@@ -685,6 +689,11 @@ async def doExec(
             interrupts.handle(lambda name: None)  # the wait below is bounded
             taken = await _stopTakenTwisted(client, jobId, streams, stops)
             sayLeft(left[0], jobId, streams, taken)
+        elif options.json:
+            # The one document --json promises: the job left running.
+            interrupts.handle(lambda name: None)
+            with contextlib.suppress(ClientError):
+                streams.show(jsonLine(await client.job(jobId)))
         return interrupts.status
     except (BrokenPipeError, OutputFailed, ClientError) as e:
         await followFailed(client, jobId, streams, e)
