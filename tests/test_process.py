@@ -703,6 +703,29 @@ class AbandonTests(JobProcessTestCase):
         self.clock.advance(GRACE + ABANDON_AFTER_KILL)
         self.assertEqual(self.transport.lostConnection, 0)
 
+    def test_abandonedWhenOnlyALeaverHoldsThem(self) -> None:
+        """
+        Without a cgroup: the main process exited, its group is empty, and
+        a process that left its session (setsid) holds the pipes. Nothing
+        was signalled, so no SIGKILL came, and no abandon after it: the job
+        stayed RUNNING for good (no timeout, a stop never answered, the
+        shutdown waited; streams round 23). The pipes are abandoned a grace
+        and a second after the exit, as after a SIGKILL; a stop meanwhile
+        answers then; no SIGKILL is sent (the group's number may be reused).
+        """
+        self.killer.exists = False  # the group is empty
+        self.job.mainExited(processExit(0))
+        stopped = self.job.stop("ada")
+        self.clock.advance(GRACE + ABANDON_AFTER_KILL - 0.25)
+        self.assertEqual(self.transport.lostConnection, 0)
+        self.clock.advance(0.25)
+        self.assertEqual(self.transport.lostConnection, 1)
+        self.job.pipesClosed()
+        record = self.successResultOf(stopped)
+        self.assertIs(record.status, JobStatus.COMPLETED)  # (it exited 0 first)
+        self.assertNotIn(signal.SIGKILL, self.killer.signalsTo(PID))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_noAbandonAfterNaturalEnd(self) -> None:
         """A job that ended before the SIGKILL schedules no abandon timer."""
         self.end(processExit(0))

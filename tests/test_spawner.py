@@ -945,6 +945,30 @@ class ServerSpawnerTests(TestCase):
         response = await server.request("GET", f"/jobs/{left['id']}/logs")
         self.assertTrue(_gone(int(await treq.content(response))))
 
+    async def test_aLeaverHoldingThePipesWithoutCgroups(self) -> None:
+        """
+        Without cgroups, the main process exits and what it left called
+        setsid and holds the output pipes: its group is empty, nothing was
+        signalled, and the job stayed RUNNING for good (a stop never
+        answered, the shutdown waited; streams round 23). Its pipes are
+        abandoned a grace and a second after the exit: it ends.
+        """
+        server = LiveServer(self, "--cgroups=off", grace=1.0)
+        job = await self.running(
+            server,
+            "sh",
+            "-c",
+            "setsid sh -c 'trap \"\" TERM; exec sleep 60' & echo $!",
+        )
+        response = await server.request("GET", f"/jobs/{job['id']}/logs")
+        leaver = int(await treq.content(response))
+        self.addCleanup(os.kill, leaver, signal.SIGKILL)
+        started = time.monotonic()
+        ended = await server.waitEnded(job["id"], timeout=15)
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertFalse(_gone(leaver, within=0.1))  # (nothing reached it)
+
     async def test_execStartsJobsItself(self) -> None:
         """--launcher exec: the server spawns each job's launcher itself."""
         server = LiveServer(self, "--launcher=exec")

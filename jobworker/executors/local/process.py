@@ -385,6 +385,15 @@ class JobProcess:
             # Nothing is left to kill: never SIGKILL a group id that may be
             # reused once its last member is gone.
             self._cancelTimers("_killTimer")
+            if self._exit is not None and not self._pipesClosed:
+                # Yet the pipes are held open, by a process that left the
+                # session (no cgroup reaches it): read no more a grace and a
+                # second from now, as after a SIGKILL (with nothing signalled,
+                # the job stayed RUNNING for good: streams round 23).
+                if self._abandonTimer is None:
+                    self._abandonTimer = self._clock.callLater(
+                        grace + ABANDON_AFTER_KILL, self._abandonPipes
+                    )
         elif grace <= 0:
             self._cancelTimers("_killTimer")
             self._graceUsed = 0.0
