@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
@@ -11,6 +12,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.client.follow import _CombinedFollower
+from jobworker.client.streams import Streams
 from jobworker.framing import HEADER, FrameError, FrameParser, FrameReader
 from jobworker.jobs.combined import (
     RUNS_PER_TURN,
@@ -23,7 +26,7 @@ from jobworker.jobs.order import OrderLog, decodeEntries
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.server.frames import FrameStream
 
-from .support import LiveServer, basic, sharedPath, sleep
+from .support import LiveServer, basic, sharedPath, sleep, waitUntil
 from .test_contract import RecordingConsumer, bytesOf, parseEvents
 
 
@@ -672,6 +675,40 @@ class LiveFramesTests(TestCase):
             [f for f in frames if f[0] in (b"o", b"e")],
             [(b"e", b"e2\n"), (b"o", b"o3\n")],
         )
+
+    async def test_positionBeforeAnyOutput(self) -> None:
+        """
+        A frames follow says where it starts at once, before any output: a
+        follow cut before the job's first byte had nothing to resume from,
+        asked for its tail again, and lost what the job wrote meanwhile
+        (jw logs -f --tail 0: all of it; streams round 23). The client
+        resumes from the position frame itself.
+        """
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "echo one; sleep 30")
+
+        async def echoed() -> bool:
+            _, now = await server.json("GET", f"/jobs/{job['id']}")
+            return bool(now["stdout_bytes"] == 4)
+
+        await waitUntil(echoed, what="the job's first line")
+        response = await server.request(
+            "GET",
+            f"/jobs/{job['id']}/logs?stream=combined&format=frames&follow=true&tail=0",
+        )
+        parser = FrameParser()
+        frames: list[tuple[bytes, bytes]] = []
+        collected = treq.collect(
+            response, lambda data: frames.extend(parser.feed(data))
+        )
+        await waitUntil(lambda: frames, what="the first frame")
+        self.assertEqual(frames[0], (b"p", b'{"stdout":4,"stderr":0}'))
+        follower = _CombinedFollower(Streams(io.BytesIO(), io.BytesIO(), io.StringIO()))
+        follower.frame(b"p", frames[0][1])
+        self.assertEqual(follower.lastId, "combined:4:0")
+        await server.json("POST", f"/jobs/{job['id']}/stop", body={"signal": "KILL"})
+        await collected
+        self.assertEqual(frames[-1][0], b"x")
 
     async def test_framesOnlyCombined(self) -> None:
         """format=frames of one stream is a 400 with a message."""

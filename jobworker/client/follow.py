@@ -203,6 +203,9 @@ class _CombinedFollower:
         if tag == POSITION_TAG:
             start = json.loads(payload)
             self._position = [int(start["stdout"]), int(start["stderr"])]
+            # Resumed from here if cut before the next output (a tail asked
+            # again would skip what came meanwhile).
+            self.lastId = "combined:{}:{}".format(*self._position)
         elif tag == EVENT_TAGS["truncated"]:
             self._dropped(json.loads(payload))
         elif tag == EVENT_TAGS["end"]:

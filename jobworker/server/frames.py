@@ -28,6 +28,17 @@ class FrameStream(HeartbeatConsumer):
             raise ValueError("a frame stream takes output by output()")
         self._request.write(b"")
 
+    def startsAt(self, position: tuple[int, int] | list[int]) -> None:
+        """
+        Say at once where the output starts (C{position}: the offsets in
+        stdout and stderr), before any of it: a follow cut before the job's
+        next byte resumes from there (else it had nothing to resume from,
+        asked for its tail again, and lost what came meanwhile).
+        """
+        if not self._positioned:
+            self._positioned = True
+            self.send("position", {"stdout": position[0], "stderr": position[1]})
+
     def output(self, index: int, data: bytes, after: list[int]) -> None:
         """
         One run of stream C{index} (0 stdout, 1 stderr), which ends at the

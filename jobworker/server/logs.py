@@ -320,6 +320,10 @@ class LogStreams:
             if _headOnly(request):
                 return b""
             framed = FrameStream(consumer, self._clock)
+            if offset == 0:
+                # (With an offset in combined bytes, the start is known once
+                # the order file is read: said with the first output.)
+                framed.startsAt(position)
 
             def toFrames(index: int, data: bytes) -> None:
                 framed.output(index, data, reader.position)
