@@ -111,8 +111,11 @@ class LogStreams:
         )
         self._streamsBy: Counter[str] = Counter()
         self._streams: set[Deferred[None]] = set()
-        #: The connection of each open log response (to close at shutdown).
-        self._streamChannels: dict[Deferred[None], Any] = {}
+        #: The connection of each open log response (to close at shutdown),
+        #: by the response's end; and each connection whose log responses
+        #: ended, by itself, until it closes (one entry a connection: by
+        #: response, a keep-alive connection's grew 1 KiB a request).
+        self._streamChannels: dict[object, Any] = {}
         #: Each open log response, by its end (what the drain watches).
         self._streamRequests: dict[Deferred[None], IRequest] = {}
 
@@ -451,15 +454,16 @@ class LogStreams:
             if self._streamsBy[user] <= 0:
                 del self._streamsBy[user]
             whenClosed = getattr(channel, "whenClosed", None)
-            if result is not None or whenClosed is None:
-                # The client went away: nothing to close at shutdown.
-                self._streamChannels.pop(finished, None)
-            else:
-                # Its last bytes may still be on their way: keep it until
-                # its connection closes, so a shutdown can wait for them.
-                whenClosed().addCallback(
-                    lambda _: self._streamChannels.pop(finished, None)
-                )
+            self._streamChannels.pop(finished, None)
+            if result is None and whenClosed is not None:
+                if channel not in self._streamChannels:
+                    # Its last bytes may still be on their way: keep it until
+                    # its connection closes, so a shutdown can wait for them.
+                    self._streamChannels[channel] = channel
+                    whenClosed().addCallback(
+                        lambda _: self._streamChannels.pop(channel, None)
+                    )
+            # (else the client went away: nothing to close at shutdown)
 
         finished.addBoth(done)
         return revocable
@@ -493,7 +497,7 @@ class LogStreams:
         L{DRAIN_LIMIT}); the closing after them is bounded by C{timeout}
         seconds.
         """
-        channels = list(self._streamChannels.values())
+        channels = list({id(c): c for c in self._streamChannels.values()}.values())
         pending = list(self._streams)
         if not pending and not channels:
             return succeed(None)
