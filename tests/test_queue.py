@@ -109,6 +109,32 @@ class FairQueueTests(SynchronousTestCase):
         queue.ended(ended("b", JobStatus.COMPLETED))
         self.assertEqual(self.drain(queue), ["alice-1", "alice-3"])
 
+    def test_failingManyWaitersComparesNone(self) -> None:
+        """
+        2,000 jobs after_ok on "a", each also waiting on 63 other jobs: "a"
+        fails. Each failed job was taken out of its other jobs' waiter lists
+        by a linear search that compared entries field by field: a user's
+        queue within its caps held the reactor 8-30 s (attacker round 12).
+        The waiters are kept by job id: no entry is compared.
+        """
+        queue = FairQueue()
+        others = [f"other-{n}" for n in range(63)]
+        for seq in range(2000):
+            queue.add(waiting("alice", seq, afterOk={"a", *others}), lambda jobId: True)
+        compared = [0]
+        equal = Waiting.__eq__
+
+        def counting(self: Waiting, other: object) -> bool:
+            compared[0] += 1
+            return equal(self, other)
+
+        self.patch(Waiting, "__eq__", counting)
+        resolution = queue.ended(ended("a", JobStatus.FAILED))
+        self.assertEqual(len(resolution.failed), 2000)
+        self.assertEqual(len(queue), 0)
+        self.assertEqual(compared[0], 0)
+        self.assertEqual(queue._waiters, {})  # (no empty lists left behind)
+
     def test_removeAndPosition(self) -> None:
         """A stopped job leaves the queue; positions count the user's ready jobs."""
         queue = FairQueue()

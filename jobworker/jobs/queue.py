@@ -93,7 +93,7 @@ class FairQueue:
         #: Users with ready jobs, in turn order.
         self._turns: deque[str] = deque()
         #: For each job still running or queued, the jobs waiting on it.
-        self._waiters: dict[str, list[Waiting]] = {}
+        self._waiters: dict[str, dict[str, Waiting]] = {}
         self._byOwner: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -127,7 +127,7 @@ class FairQueue:
         self._count(waiting.owner, 1)
         if waiting.waitingOn:
             for dependency in waiting.waitingOn:
-                self._waiters.setdefault(dependency, []).append(waiting)
+                self._waiters.setdefault(dependency, {})[waiting.jobId] = waiting
         else:
             self._makeReady(waiting)
 
@@ -146,9 +146,14 @@ class FairQueue:
         self._count(waiting.owner, -1)
         if waiting.waitingOn:
             for dependency in waiting.waitingOn:
-                waiters = self._waiters.get(dependency, [])
-                if waiting in waiters:
-                    waiters.remove(waiting)
+                # By id: a search of the list compared entries field by
+                # field, and failing a user's queue held the reactor for
+                # seconds (attacker round 12).
+                waiters = self._waiters.get(dependency)
+                if waiters is not None:
+                    waiters.pop(jobId, None)
+                    if not waiters:
+                        del self._waiters[dependency]
         else:
             self._dropReady(waiting)
         return waiting
@@ -197,7 +202,7 @@ class FairQueue:
         """A job ended: free or fail the jobs that waited on it."""
         ready: list[Waiting] = []
         failed: list[tuple[Waiting, str]] = []
-        for waiting in self._waiters.pop(record.id, []):
+        for waiting in self._waiters.pop(record.id, {}).values():
             if waiting.jobId not in self._entries:
                 continue
             if (
