@@ -89,6 +89,25 @@ class WalkCostTests(SynchronousTestCase):
             checkRunnable("nothing", env, None, Other(), "/")
         self.assertLess(calls[0], 64 + 10)
 
+    def test_longNamesCutInTheRefusal(self) -> None:
+        """
+        A refusal quotes at most 200 characters of the command (or folder)
+        and says how long it was: a 30 KB command was stored twice in the
+        record of a job refused for it (as the command, and in its error),
+        and such records made every listing page twice as heavy (attacker
+        round 12).
+        """
+        command = "nothing-" + "x" * 30_000
+        with self.assertRaises(SpawnRefused) as refused:
+            checkRunnable(command, {"PATH": "/usr/bin"}, None, Other(), "/")
+        message = str(refused.exception)
+        self.assertLess(len(message), 400, message[:500])
+        self.assertIn(f"({len(command)} characters)", message)
+        self.assertIn("'nothing-xxx", message)
+        with self.assertRaises(SpawnRefused) as refused:
+            checkRunnable("nothing", {"PATH": "/usr/bin"}, None, Other(), "/")
+        self.assertIn("'nothing'", str(refused.exception))  # (short ones whole)
+
     def test_procUndecided(self) -> None:
         """/proc/self is the server, not the job: the check does not say."""
         checkRunnable("/proc/self/cwd/nothing", {}, None, Other(), "/")

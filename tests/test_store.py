@@ -616,6 +616,36 @@ class SearchSpanTests(SynchronousTestCase):
         """The SQLite VM steps (in hundreds) a bulk delete's search takes."""
         return self.stepsOf(lambda: self.store.endedMatching(selection, 10))
 
+    def test_pageStopsAtItsBytes(self) -> None:
+        """
+        A page of large records stops once C{maxBytes} of them are read, and
+        its cursor carries on from there: a page of 1,000 records of 60 KB
+        read and decoded them all, to send the 4 MiB the answer holds (70
+        of them), 70 ms a request for any Reader (attacker round 12).
+        """
+        big = JobStore(self.mktemp())
+        self.addCleanup(big.close)
+        for n in range(20):
+            record = makeRecord(n)
+            record.args = ["x" * 100_000]
+            big.insert(record)
+        decoded = [0]
+        fromRow = store.fromRow
+
+        def counting(row: Any) -> Any:
+            decoded[0] += 1
+            return fromRow(row)
+
+        self.patch(store, "fromRow", counting)
+        records, cursor = big.page(limit=20, maxBytes=300_000)
+        self.assertEqual(
+            [r.id for r in records], [makeRecord(n).id for n in (19, 18, 17)]
+        )
+        self.assertEqual(cursor, records[-1].seq)
+        self.assertEqual(decoded[0], 3)
+        rest, _ = big.page(limit=20, before=cursor)
+        self.assertEqual(len(rest), 17)
+
     def test_fullPagesAsBefore(self) -> None:
         """A page the span fills ends as ever: at its last job; one filter
         alone is never cut (its index holds only its jobs)."""

@@ -557,9 +557,10 @@ class JobManager(Admission):
         selection: JobFilter = ANY_JOB,
         limit: int = 100,
         before: int | None = None,
+        maxBytes: int | None = None,
     ) -> tuple[list[JobRecord], int | None]:
         """Jobs newest first (see L{JobStore.page}), running ones up to date."""
-        records, following = self._store.page(selection, limit, before)
+        records, following = self._store.page(selection, limit, before, maxBytes)
         live, unsaved = self._live, self._unsaved
         if unsaved:
             # The store is behind for these: answer with what is true.

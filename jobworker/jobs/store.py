@@ -433,10 +433,14 @@ class JobStore:
         selection: JobFilter = ANY_JOB,
         limit: int = 100,
         before: int | None = None,
+        maxBytes: int | None = None,
     ) -> tuple[list[JobRecord], int | None]:
         """
         Jobs newest first, at most C{limit}, older than sequence C{before},
-        those C{selection} picks.
+        those C{selection} picks; with C{maxBytes}, no more once that much
+        of their stored text is read (at least one), and the cursor goes on
+        after the last (a page of 1,000 large records was read whole to send
+        the 4 MiB an answer holds: attacker round 12).
 
         @return: the records and the sequence to pass as C{before} for the
             next page (None when this is the last page). Keyset paging: jobs
@@ -462,10 +466,17 @@ class JobStore:
             query += " WHERE " + " AND ".join(where)
         query += f" ORDER BY {order} DESC LIMIT ?"
         params.append(limit + 1)
-        rows = self._db.execute(query, params).fetchall()
-        records = [fromRow(row) for row in rows[:limit]]
-        if len(rows) > limit and records:
-            return records, records[-1].seq
+        rows = self._db.execute(query, params)
+        records: list[JobRecord] = []
+        read = 0
+        for row in rows:
+            if len(records) == limit:
+                return records, records[-1].seq  # (one more is there)
+            if maxBytes is not None and records and read > maxBytes:
+                return records, records[-1].seq
+            records.append(fromRow(row))
+            if maxBytes is not None:
+                read += sum(len(v) for v in tuple(row) if isinstance(v, str))
         if floor is not None and self._oldestSeq() < floor:
             return records, floor  # (the span searched; older jobs remain)
         return records, None

@@ -335,9 +335,11 @@ class JobsAPI:
             jobSelection(request),
             limit=parseLimit(_arg(request, b"limit")),
             before=parseCursor(_arg(request, b"cursor")),
+            maxBytes=MAX_LIST_BYTES,
         )
         # Bounded in bytes as well as in count: past MAX_LIST_BYTES the page
-        # ends early, and the cursor carries on from the last job in it.
+        # ends early (the store reads no more than about that much), and
+        # the cursor carries on from the last job in it.
         parts: list[bytes] = []
         size = 0
         for index, record in enumerate(records):

@@ -189,6 +189,19 @@ def jobEnvironment(env: dict[str, str], cwd: str | None, start: str) -> dict[str
     return assignments
 
 
+#: The most characters of a command or folder a refusal quotes: the error
+#: is stored in the job's record, listed and logged (a 30 KB command doubled
+#: every record of a refused job: attacker round 12).
+NAMED_CHARS = 200
+
+
+def _named(text: str) -> str:
+    """C{text} quoted for a refusal, cut at L{NAMED_CHARS} characters."""
+    if len(text) <= NAMED_CHARS:
+        return repr(text)
+    return f"{text[:NAMED_CHARS]!r}... ({len(text)} characters)"
+
+
 class SpawnRefused(Exception):
     """The command cannot be started; the message says why."""
 
@@ -604,7 +617,7 @@ def _checkAsIdentity(
     """L{checkRunnable} as an identity other than root."""
     if cwd is not None and not _reachableFolder(cwd, walker):
         raise SpawnRefused(
-            f"cannot start: working directory {cwd!r}: not found or not permitted"
+            f"cannot start: working directory {_named(cwd)}: not found or not permitted"
         )
     base = cwd if cwd is not None else startFolder
     # The private working directory is empty when the job starts.
@@ -614,7 +627,9 @@ def _checkAsIdentity(
         if path is None and known is not None:
             path = os.path.join(known, command)
         if path is None or not _runnable(path, walker):
-            raise SpawnRefused(f"cannot start: {command!r}: not found or not permitted")
+            raise SpawnRefused(
+                f"cannot start: {_named(command)}: not found or not permitted"
+            )
         return
     walked: set[str] = set()
     for entry in env.get("PATH", "").split(os.pathsep):
@@ -641,7 +656,9 @@ def _checkAsIdentity(
         path = entry + command if entry.endswith("/") else f"{entry}/{command}"
         if _runnable(path, walker):
             return
-    raise SpawnRefused(f"cannot start: {command!r}: not found in PATH or not permitted")
+    raise SpawnRefused(
+        f"cannot start: {_named(command)}: not found in PATH or not permitted"
+    )
 
 
 class _Owners:
@@ -899,24 +916,24 @@ def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
     if cwd is not None:
         if not os.path.isdir(cwd):
             raise SpawnRefused(
-                f"cannot start: working directory {cwd!r} does not exist"
+                f"cannot start: working directory {_named(cwd)} does not exist"
             )
         if not os.access(cwd, os.X_OK):
             raise SpawnRefused(
-                f"cannot start: working directory {cwd!r} is not accessible"
+                f"cannot start: working directory {_named(cwd)} is not accessible"
             )
     if "/" in command:
         path = os.path.join(base, command)
         if not os.path.exists(path):
-            raise SpawnRefused(f"cannot start: {command!r}: no such file")
+            raise SpawnRefused(f"cannot start: {_named(command)}: no such file")
         if os.path.isdir(path):
-            raise SpawnRefused(f"cannot start: {command!r} is a directory")
+            raise SpawnRefused(f"cannot start: {_named(command)} is a directory")
         if not os.access(path, os.X_OK):
-            raise SpawnRefused(f"cannot start: {command!r} is not executable")
+            raise SpawnRefused(f"cannot start: {_named(command)} is not executable")
         return
     search = env.get("PATH", "")
     if shutil.which(command, path=_absolutePath(search, base)) is None:
-        raise SpawnRefused(f"cannot start: {command!r} not found in PATH")
+        raise SpawnRefused(f"cannot start: {_named(command)} not found in PATH")
 
 
 def _absolutePath(search: str, base: str) -> str:
