@@ -470,9 +470,9 @@ class DescriptorShareTests(SynchronousTestCase):
 
 class JobsDescriptorCapTests(TestCase):
     """
-    A user's running jobs held every descriptor of the server (8 each:
-    pipes, output files, a pidfd, a uid lock): no one could connect, not
-    even an admin. Jobs past their half of the descriptor limit now wait
+    A user's running jobs held every descriptor of the server (9 each:
+    pipes, output files, a pidfd, a uid lock, the gate's read end): no one
+    could connect, not even an admin. Jobs past their half of the descriptor limit now wait
     in the queue, and connections keep theirs.
     """
 
@@ -482,10 +482,10 @@ class JobsDescriptorCapTests(TestCase):
         from .twistd import Twistd
 
         server = await Twistd(self).start(prefix=("prlimit", "--nofile=256:256"))
-        self.assertIn("at most 16 jobs run at once", server.protocol.log())
-        jobs = [await server.createJob("sleep", "30", user="bob") for _ in range(17)]
-        self.assertEqual([job["status"] for job in jobs[:16]], ["RUNNING"] * 16)
-        self.assertEqual(jobs[16]["status"], "PENDING")
+        self.assertIn("at most 14 jobs run at once", server.protocol.log())
+        jobs = [await server.createJob("sleep", "30", user="bob") for _ in range(15)]
+        self.assertEqual([job["status"] for job in jobs[:14]], ["RUNNING"] * 14)
+        self.assertEqual(jobs[14]["status"], "PENDING")
         # Everyone else still gets in.
         code, _ = await server.json("GET", "/jobs", "ada")
         self.assertEqual(code, 200)

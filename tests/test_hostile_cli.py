@@ -283,9 +283,13 @@ class BothLoopbacksTests(TestCase):
         with self.assertRaises(OSError) as taken:
             squatter.bind(("::1", server.port))
         self.assertEqual(taken.exception.errno, errno.EADDRINUSE)
-        # Stopped with the server: the port is free again on both.
+        # Stopped with the server: the port is free again on both (a
+        # closed connection may leave it in TIME_WAIT: SO_REUSEADDR).
         await server.stop()
-        squatter.bind(("::1", server.port))
+        again = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(again.close)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("::1", server.port))
 
 
 class DevelopmentSecretsServerTests(TestCase):
@@ -464,8 +468,8 @@ class JobDataEscapedTests(TestCase):
         self.assertIn(rb"not found: gone\x1b[2J\nFAKE", err)
         out, err, code = await runJW(url, "exec", "--follow", "--", "true")
         self.assertEqual(code, 127, err)
-        self.assertInert(err, 2)  # "job ... started", then why it did not
-        self.assertIn(rb"jw: job hostile\x1b[2K started", err)
+        self.assertInert(err, 1)  # why it did not start (it never did)
+        self.assertIn(rb"jw: job hostile\x1b[2K", err)
         self.assertIn(rb"cannot start\x1b]0;owned\x07", err)
         out, err, code = await runJW(url, "list")
         self.assertEqual(code, 0, err)
