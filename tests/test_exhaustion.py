@@ -472,7 +472,8 @@ class JobsDescriptorCapTests(TestCase):
     """
     A user's running jobs held every descriptor of the server (9 each:
     pipes, output files, a pidfd, a uid lock, the gate's read end): no one
-    could connect, not even an admin. Jobs past their half of the descriptor limit now wait
+    could connect, not even an admin. Jobs past their half of the
+    descriptor limit now wait
     in the queue, and connections keep theirs.
     """
 
