@@ -203,6 +203,16 @@ class HandDriven:
         return pid, status
 
 
+def recording() -> tuple[ProcessProtocol, Deferred[Any], list[bytes]]:
+    """A process protocol keeping its child's output, and its end's reason."""
+    ended: Deferred[Any] = Deferred()
+    out: list[bytes] = []
+    proto = ProcessProtocol()
+    proto.childDataReceived = lambda fd, data: out.append(data)  # type: ignore[method-assign]
+    proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+    return proto, ended, out
+
+
 class Job:
     """The pipes of one job handed to a standby: fds 0-3 as the server's."""
 
@@ -579,11 +589,7 @@ class DeadSpawnerTests(TestCase):
         self.assertGreater(len(gate), 65536)
         spawner = Spawner(reactor, path, ROOT_ENVIRONMENT)
         self.addCleanup(spawner.stop)
-        ended: Deferred[object] = Deferred()
-        out: list[bytes] = []
-        proto = ProcessProtocol()
-        proto.childDataReceived = lambda fd, data: out.append(data)  # type: ignore[method-assign]
-        proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+        proto, ended, out = recording()
         process = spawner.spawnProcess(proto, argv, stdin=False)
         process.writeToChild(3, gate)
         self.assertIn(3, process.pipes)  # the rest is with a writer
@@ -605,9 +611,7 @@ class DeadSpawnerTests(TestCase):
             argv, gate = sandbox.gatedStart(
                 testIdentity(), ["true"], None, {"PATH": "/usr/bin:/bin"}
             )
-            ended: Deferred[object] = Deferred()
-            proto = ProcessProtocol()
-            proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+            proto, ended, _ = recording()
             process = spawner.spawnProcess(proto, argv)
             process.writeToChild(3, gate)
             process.closeChildFD(3)
@@ -648,11 +652,7 @@ class DeadSpawnerTests(TestCase):
             argv, gate = sandbox.gatedStart(
                 testIdentity(), ["sh", "-c", script], None, {"PATH": "/usr/bin:/bin"}
             )
-            ended: Deferred[Any] = Deferred()
-            out: list[bytes] = []
-            proto = ProcessProtocol()
-            proto.childDataReceived = lambda fd, data: out.append(data)  # type: ignore[method-assign]
-            proto.processEnded = lambda reason: ended.callback(reason.value)  # type: ignore[method-assign]
+            proto, ended, out = recording()
             process = spawner.spawnProcess(proto, argv, stdin=False)
             if opened:
                 process.writeToChild(3, gate)
