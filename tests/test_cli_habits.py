@@ -825,6 +825,18 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual(outcome(job), "never ran: cannot start")
         self.assertEqual(exitStatusOf(job), 127)
 
+    def test_neverRanSaidOnce(self) -> None:
+        """
+        A server's error that already says the job never ran (the spawner
+        died as it was being started; Slurm ended it while queued) is not
+        told twice: it read "never ran: never ran: ...".
+        """
+        error = "never ran: the job spawner died as it was being started"
+        job = {**self.LOST, "started_at": None, "pid": None, "error": error}
+        self.assertEqual(outcome(job), error)
+        stopped = {**job, "stopped_by": "alice", "error": "never ran: stopped"}
+        self.assertEqual(outcome(stopped), "never ran (stopped by alice): stopped")
+
     def test_dependenciesReadAsAList(self) -> None:
         """after and after_ok read as ids, not as a Python list's repr."""
         job = {

@@ -110,10 +110,14 @@ def outcome(job: dict[str, Any]) -> str:
         text = "ended without an exit status"
     else:
         text = "never ran"
+    error = job.get("error") or ""
+    if error.startswith(text + ": "):
+        # The server's words already say it ("never ran: ..."): once.
+        error = error[len(text) + 2 :]
     if job.get("stopped_by"):
         text += f" (stopped by {job['stopped_by']})"
-    if job.get("error") and job["error"] != text:
-        text += f": {job['error']}"
+    if error and error != text:
+        text += f": {error}"
     return text
 
 
