@@ -25,6 +25,7 @@ from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseJob
 from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.executors.slurm.folders import WRAPPER
 from jobworker.executors.slurm.job import SECRETS_GRACE
+from jobworker.executors.slurm.outcomes import QUEUE_ENDINGS
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
@@ -266,8 +267,13 @@ class FakeCommands:
 
 
 def state(name: str, code: int = 0, signal: int = 0, jobName: str = "") -> SlurmState:
-    """A job's state; without C{jobName}, the poll gives it the job's own name."""
-    return SlurmState(name, "None", code, signal, "node7", None, jobName)
+    """
+    A job's state; without C{jobName}, the poll gives it the job's own name.
+    On node7, but for a queue ending (cancelled, past its deadline, its node
+    never booted), which Slurm reports without one when the job never ran.
+    """
+    node = None if name in QUEUE_ENDINGS else "node7"
+    return SlurmState(name, "None", code, signal, node, None, jobName)
 
 
 class ExecutorTests(SynchronousTestCase):
@@ -667,6 +673,37 @@ class ExecutorTests(SynchronousTestCase):
             self.assertIs(final.status, JobStatus.FAILED)
             self.assertIsNone(final.exit_code)
             self.assertIn("never ran", final.error or "")
+
+    def test_aJobThatRanBetweenPollsRan(self) -> None:
+        """
+        A job that started and was cancelled (or passed its deadline)
+        between two polls was recorded "never ran: Slurm ended it CANCELLED
+        while queued", with no start, because the poll never saw it
+        RUNNING. Slurm gives a job nodes only once it is allocated them: an
+        ending with a node ran, and reads as the end of a running job; one
+        without a node, and any C{BOOT_FAIL} (its node never booted), did
+        not.
+        """
+        record = self.submit("sleep", "100")
+        ran = replace(
+            state("CANCELLED", 0, 15), node="node7", startTime=record.created_at + 1
+        )
+        self.poll({"101": ran})
+        final = self.manager.record(record.id)
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertEqual(final.signal, "SIGTERM")
+        self.assertIn("cancelled in Slurm", final.error or "")
+        self.assertNotIn("never ran", final.error or "")
+        self.assertEqual(final.started_at, record.created_at + 1)
+        self.assertEqual(final.node, "node7")
+        other = self.submit("sleep", "100")
+        self.poll({"102": replace(state("DEADLINE", 0, 9), node="node7")})
+        self.assertNotIn("never ran", self.manager.record(other.id).error or "")
+        booted = self.submit("sleep", "100")
+        self.poll({"103": replace(state("BOOT_FAIL"), node="node7")})
+        final = self.manager.record(booted.id)
+        self.assertIn("never ran", final.error or "")
+        self.assertIsNone(final.started_at)
 
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""

@@ -25,9 +25,9 @@ from .outcomes import (
     FINAL,
     NEVER_STARTS,
     NEVER_STARTS_AFTER,
-    QUEUE_ENDINGS,
     QUEUED,
     outcomeOf,
+    ranIn,
 )
 from .output import SlurmOutput
 from .submission import jobName
@@ -370,11 +370,8 @@ class SlurmJob:
     def _ended(self, state: SlurmState) -> None:
         record = self.record
         self.failedInSlurm = state.state != "COMPLETED"
-        if (
-            self._refused is not None
-            and record.started_at is None
-            and state.state in QUEUE_ENDINGS
-        ):
+        ran = record.started_at is not None or ranIn(state)
+        if self._refused is not None and not ran:
             record.pending_reason = None
             self._finish(JobStatus.FAILED, error=self._refused)
             return
@@ -392,15 +389,10 @@ class SlurmJob:
         if record.node is None:
             record.node = state.node
         record.pending_reason = None
-        if record.started_at is None and state.state not in QUEUE_ENDINGS:
-            # It ran between two polls (or never, if cancelled while queued).
+        if record.started_at is None and ran:
+            # It ran between two polls (or never, if it ended in the queue).
             record.started_at = self._startedAt(state, None)
-        outcome = outcomeOf(
-            state,
-            self._stopRequested,
-            record.timeout_seconds,
-            ran=record.started_at is not None or state.state not in QUEUE_ENDINGS,
-        )
+        outcome = outcomeOf(state, self._stopRequested, record.timeout_seconds, ran=ran)
         self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
 
     def lost(self, reason: str) -> None:

@@ -59,6 +59,19 @@ class Outcome:
 #: its deadline passed, its node never booted); any other end ran.
 QUEUE_ENDINGS = frozenset({"CANCELLED", "DEADLINE", "BOOT_FAIL"})
 
+
+def ranIn(state: SlurmState) -> bool:
+    """
+    Whether a job Slurm reports in the final C{state} ran, when no poll saw
+    it running: it started and ended between two polls. Slurm gives a job
+    nodes only once it is allocated them, so a queue ending with a node ran
+    (a C{BOOT_FAIL}'s node never booted: it did not).
+    """
+    if state.state not in QUEUE_ENDINGS:
+        return True
+    return state.state != "BOOT_FAIL" and state.node is not None
+
+
 #: Ends of a running job that Slurm, or someone in it, chose (a stop through
 #: jobworker is STOPPED instead), in words.
 OUTSIDE_ENDINGS = {
