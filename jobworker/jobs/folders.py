@@ -62,6 +62,34 @@ def appendWhole(fd: int, data: bytes) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+class JournalTail:
+    """
+    The end of a journal appended to with L{appendWhole}: after an append
+    that failed the file may end with part of its line (it could not be cut
+    back), so the next starts on a fresh one (readers skip an empty line).
+    """
+
+    def __init__(self) -> None:
+        self.cut = False
+
+    def append(self, fd: int, line: bytes) -> None:
+        """
+        Append C{line} whole to the journal open as C{fd}.
+
+        @raise OSError: it is not written whole.
+        """
+        try:
+            appendWhole(fd, b"\n" + line if self.cut else line)
+        except OSError:
+            self.cut = True
+            raise
+        self.cut = False
+
+    def fresh(self) -> None:
+        """The journal was emptied, written anew or removed."""
+        self.cut = False
+
+
 def replaceJournal(path: str, data: bytes) -> None:
     """
     Write the journal C{path} anew: C{data} to C{path}.new, put in its

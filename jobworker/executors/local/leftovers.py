@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ...errors import NotFound
 from ...jobs.folders import (
-    appendWhole,
+    JournalTail,
     journalLines,
     openJournal,
     removeJournal,
@@ -56,9 +56,7 @@ class LeftoverJournal:
         self.path = path
         #: The jobs noted, each with its line.
         self._noted: dict[str, bytes] = {}
-        #: A note failed: the file may end with part of its line, so the
-        #: next starts on a fresh one (an empty line is skipped).
-        self._cut = False
+        self._tail = JournalTail()
 
     def note(self, record: JobRecord) -> None:
         """C{record}'s job ended with processes left to kill."""
@@ -70,12 +68,10 @@ class LeftoverJournal:
         try:
             fd = openJournal(self.path)
             try:
-                appendWhole(fd, b"\n" + line if self._cut else line)
+                self._tail.append(fd, line)
             finally:
                 os.close(fd)
-            self._cut = False
         except OSError as e:
-            self._cut = True
             log.warn(
                 "cannot note job {job}'s leftovers in {path}: {error}",
                 job=record.id,
@@ -100,14 +96,14 @@ class LeftoverJournal:
             # The file as it was: it still names this job too.
             log.warn("cannot rewrite {path}: {error}", path=self.path, error=e.strerror)
             return
-        self._cut = False
+        self._tail.fresh()
 
     def clear(self) -> None:
         """Forget every job noted."""
         self._noted.clear()
         try:
             removeJournal(self.path)
-            self._cut = False
+            self._tail.fresh()
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from ...errors import NotFound
 from ...jobs.folders import (
-    appendWhole,
+    JournalTail,
     journalLines,
     openJournal,
     removeJournal,
@@ -55,9 +55,7 @@ class MadeCgroups:
         #: The file, kept open (a job's start is one write: no open, close
         #: or unlink on the start path); None until the first note.
         self._fd: int | None = None
-        #: A note failed: the file may end with part of its line, so the
-        #: next starts on a fresh one (an empty line is skipped).
-        self._cut = False
+        self._tail = JournalTail()
 
     def note(self, jobId: str) -> None:
         """C{jobId}'s cgroup is about to be made."""
@@ -67,10 +65,8 @@ class MadeCgroups:
         try:
             if self._fd is None:
                 self._fd = openJournal(self.path)
-            appendWhole(self._fd, b"\n" + line if self._cut else line)
-            self._cut = False
+            self._tail.append(self._fd, line)
         except OSError as e:
-            self._cut = True
             log.warn(
                 "cannot note job {job}'s cgroup in {path}: {error}",
                 job=jobId,
@@ -97,7 +93,7 @@ class MadeCgroups:
             return
         self._close()  # (the next note opens the new file)
         self._lines = len(self._noted)
-        self._cut = False
+        self._tail.fresh()
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -112,7 +108,7 @@ class MadeCgroups:
             return
         try:
             os.ftruncate(self._fd, 0)
-            self._cut = False
+            self._tail.fresh()
         except OSError as e:
             log.warn("cannot empty {path}: {error}", path=self.path, error=e.strerror)
 
@@ -123,7 +119,7 @@ class MadeCgroups:
         self._close()
         try:
             removeJournal(self.path)
-            self._cut = False
+            self._tail.fresh()
         except OSError as e:
             log.warn("cannot remove {path}: {error}", path=self.path, error=e.strerror)
 
