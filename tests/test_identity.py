@@ -1566,6 +1566,34 @@ class KeyringTests(TestCase):
             b"search ENOSYS",
         )
 
+    async def test_noProcessInfoThroughAPidfd(self) -> None:
+        """
+        A dynamic uid's job, whose C{/proc} hides every process of another
+        uid, could still open a pidfd of any pid (no permission is needed)
+        and ask the kernel for its uid, gid and parent (C{PIDFD_GET_INFO},
+        kernels 6.13 and later): every process on the host, other users'
+        jobs, the spawner and the server among them, with its owner. The
+        ioctl is refused with C{ENOTTY}, as older kernels answer it.
+        """
+        script = (
+            "import errno, fcntl, os, struct, sys\n"
+            "fd = os.pidfd_open(int(sys.argv[1]))\n"
+            "info = bytearray(struct.pack('Q', 7) + bytes(56))\n"
+            "try:\n"
+            "    fcntl.ioctl(fd, 0xC040FF0B, info, True)\n"
+            "    print('answered: ruid', struct.unpack_from('I', info, 28)[0])\n"
+            "except OSError as e:\n"
+            "    print(errno.errorcode[e.errno])\n"
+        )
+        uid = 72710
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
+        job = await server.createJob(
+            "/usr/bin/python3", "-c", script, str(os.getpid()), user="bob"
+        )
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual((await output(server, job["id"])).strip(), b"ENOTTY")
+
     async def test_noJobHasTheServersSessionKeyring(self) -> None:
         """
         A key in the server's session keyring (a systemd service has one of

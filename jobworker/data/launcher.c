@@ -271,22 +271,31 @@ static void ownPipes(uid_t uid, gid_t gid) {
 /* Those calls of each system call ABI this machine runs, by seccomp's arch
  * (x86_64 also runs x32, bit 30 of the number, and i386): add_key,
  * request_key, keyctl, io_setup and clone3 (ENOSYS), then clone and unshare
- * (EPERM with CLONE_NEWUSER in their first argument's low word). */
-#define CALLS 7
+ * (EPERM with CLONE_NEWUSER in their first argument's low word), then ioctl
+ * (ENOTTY for PIDFD_GET_INFO, below). */
+#define CALLS 8
 #define NO_SUCH_CALLS 5
+#define IOCTL_CALL 7
+/* PIDFD_GET_INFO is _IOWR(0xFF, 11, struct pidfd_info), of any size (the
+ * struct grows; the kernel matches type and number only). Asked of any
+ * pid's pidfd, which any process may open, it tells the process's uids,
+ * gids and parent (kernel 6.13 and later): every process of the host,
+ * which the job's /proc (hidepid=invisible) hides. Refused as kernels
+ * before it refuse it. */
+#define PIDFD_INFO_TYPE_NR 0xFF0BU
 #define X32 0x40000000
 static const struct {
     uint32_t arch, calls[CALLS];
 } keyCalls[] = {
 #if defined(__x86_64__)
-    {AUDIT_ARCH_X86_64, {248, 249, 250, 206, 435, 56, 272}},
-    {AUDIT_ARCH_X86_64, {X32 | 248, X32 | 249, X32 | 250, X32 | 543, X32 | 435, X32 | 56, X32 | 272}},
-    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310}},
+    {AUDIT_ARCH_X86_64, {248, 249, 250, 206, 435, 56, 272, 16}},
+    {AUDIT_ARCH_X86_64, {X32 | 248, X32 | 249, X32 | 250, X32 | 543, X32 | 435, X32 | 56, X32 | 272, X32 | 514}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310, 54}},
 #elif defined(__aarch64__)
-    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0, 435, 220, 97}},
-    {AUDIT_ARCH_ARM, {309, 310, 311, 243, 435, 120, 337}},
+    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0, 435, 220, 97, 29}},
+    {AUDIT_ARCH_ARM, {309, 310, 311, 243, 435, 120, 337, 54}},
 #elif defined(__i386__)
-    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 120, 310, 54}},
 #else
 #define NO_KEY_FILTER 1
     {0, {0}},
@@ -296,14 +305,15 @@ static const struct {
 
 /* Option k (4a): from here on, in every ABI, the key calls and io_setup fail
  * with ENOSYS, and so does clone3 (a filter cannot read its flags; the C
- * library then uses clone); a new user namespace is EPERM. Per ABI: if the
+ * library then uses clone); a new user namespace is EPERM; an ioctl
+ * PIDFD_GET_INFO is ENOTTY. Per ABI: if the
  * arch is its, load the number and compare it with each, then load the arch
  * again for the next ABI. (Little-endian: args[0]'s low word comes first.) */
 static void noKeyrings(void) {
 #ifdef NO_KEY_FILTER
     die(SETUP_FAILED, "no keyring filter for this architecture", NULL, 0);
 #else
-    struct sock_filter program[7 + (CALLS + 3) * ABIS];
+    struct sock_filter program[12 + (CALLS + 3) * ABIS];
     unsigned short at = 0, flags = (unsigned short)(1 + (CALLS + 3) * ABIS + 1);
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
@@ -315,7 +325,9 @@ static void noKeyrings(void) {
         for (int call = 0; call < CALLS; call++, at++)
             program[at] = (struct sock_filter)BPF_JUMP(
                 BPF_JMP | BPF_JEQ | BPF_K, keyCalls[abi].calls[call],
-                (unsigned char)(flags - at - 1 + (call < NO_SUCH_CALLS ? 4 : 0)), 0);
+                (unsigned char)(flags - at - 1 + (call < NO_SUCH_CALLS ? 4
+                                                  : call == IOCTL_CALL ? 5 : 0)),
+                0);
         program[at++] = (struct sock_filter)BPF_STMT(
             BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     }
@@ -329,6 +341,14 @@ static void noKeyrings(void) {
         BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA));
+    program[at++] = (struct sock_filter)BPF_STMT(  /* ioctl: its request */
+        BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1]));
+    program[at++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFFU);
+    program[at++] = (struct sock_filter)BPF_JUMP(
+        BPF_JMP | BPF_JEQ | BPF_K, PIDFD_INFO_TYPE_NR, 1, 0);
+    program[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[at++] = (struct sock_filter)BPF_STMT(
+        BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOTTY & SECCOMP_RET_DATA));
     struct sock_fprog filter = {at, program};
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter) != 0)
         die(SETUP_FAILED, "cannot filter the keyring calls", NULL, errno);
