@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import sys
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.executors.local.pipes import HEAVY, QUIET_READ, drainInLargeReads
+from jobworker.executors.local.pipes import (
+    CAPPED_PACE,
+    HEAVY,
+    QUIET_READ,
+    PipeDrain,
+    drainInLargeReads,
+)
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -105,3 +113,87 @@ class PipeDrainTests(TestCase):
     def test_transportWithoutPipes(self) -> None:
         """A transport with no pipes (a test's fake) is left alone."""
         drainInLargeReads(object())
+
+
+class FakeReader:
+    """A process output reader over a real pipe, on a L{Clock}."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reactor = Clock()
+        self.reads: list[bytes] = []
+        self.reading = True
+        self.disconnected = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reads.append(data)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class Spool:
+    full = False
+
+
+class CappedStreamTests(SynchronousTestCase):
+    """
+    Output past its stream's cap is read and dropped: a job writing a few
+    bytes at a time (an attacker's 40 jobs of C{while :; do echo a; done},
+    each limited to 50 millicores) woke the server's reactor for each,
+    and cost it most of a CPU that no limit of the jobs' counted. Past the
+    cap, a small read pauses the stream for L{CAPPED_PACE}; a full read
+    (a heavy writer) does not.
+    """
+
+    def setUp(self) -> None:
+        r, self.w = os.pipe()
+        os.set_blocking(r, False)
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, self.w)
+        self.reader = FakeReader(r)
+        self.spool = Spool()
+        self.drain = PipeDrain(self.reader, None, self.spool)
+
+    def test_underTheCapEveryReadAtOnce(self) -> None:
+        for _ in range(3):
+            os.write(self.w, b"a\n")
+            self.drain()
+        self.assertEqual(self.reader.reads, [b"a\n"] * 3)
+        self.assertTrue(self.reader.reading)
+        self.assertEqual(self.reader.reactor.getDelayedCalls(), [])
+
+    def test_pastTheCapSmallReadsPaced(self) -> None:
+        self.spool.full = True
+        os.write(self.w, b"a\n")
+        self.drain()
+        self.assertFalse(self.reader.reading)
+        os.write(self.w, b"b\n" * 100)
+        self.reader.reactor.advance(CAPPED_PACE - 0.001)
+        self.assertFalse(self.reader.reading)
+        self.reader.reactor.advance(0.001)
+        self.assertTrue(self.reader.reading)
+        self.drain()  # what came meanwhile, in one read
+        self.assertEqual(self.reader.reads, [b"a\n", b"b\n" * 100])
+
+    def test_pastTheCapFullReadsNotPaced(self) -> None:
+        self.spool.full = True
+        os.write(self.w, b"x" * QUIET_READ)  # the default pipe, full
+        self.drain()
+        self.assertEqual(len(self.reader.reads[0]), QUIET_READ)
+        self.assertTrue(self.reader.reading)
+        self.assertEqual(self.reader.reactor.getDelayedCalls(), [])
+
+    def test_notResumedOnceDisconnected(self) -> None:
+        self.spool.full = True
+        os.write(self.w, b"a\n")
+        self.drain()
+        self.reader.disconnected = True
+        self.reader.reactor.advance(CAPPED_PACE)
+        self.assertFalse(self.reader.reading)

@@ -173,6 +173,11 @@ class OutputSpool:
             )
         return self._fd
 
+    @property
+    def full(self) -> bool:
+        """It has taken all its cap allows: what comes is dropped."""
+        return self._room == 0
+
     def write(self, data: bytes) -> None:
         """
         Append C{data}. Past the cap the rest is counted as dropped; on a disk

@@ -7,7 +7,7 @@ import fcntl
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
@@ -18,6 +18,16 @@ QUIET_READ = 64 * 1024
 #: A heavy stream's pipe capacity and read size. 1 MiB is Linux's default
 #: /proc/sys/fs/pipe-max-size, so the widening needs no privilege.
 HEAVY = 1 << 20
+#: Seconds a stream past its cap rests after a read that did not fill the
+#: read: what it writes meanwhile is read (and dropped) at once after.
+CAPPED_PACE = 0.05
+
+
+class Capped(Protocol):
+    """Where a stream's output goes: C{full} once it takes no more."""
+
+    @property
+    def full(self) -> bool: ...
 
 
 def readSome(fd: int, size: int) -> bytes | Exception | None:
@@ -47,15 +57,28 @@ class PipeDrain:
     read a whole pipe at a time. Only heavy writers pay for a large pipe
     (pipe pages are accounted per user; a quiet job keeps the default), and
     the job can write a whole pipe's worth while the reactor serves others.
+
+    Past its cap (C{spool.full}) a stream's bytes are read only to be
+    dropped: after a read that did not fill it, the stream rests
+    L{CAPPED_PACE} seconds, so a job writing a few bytes at a time wakes
+    the server at most 1 / L{CAPPED_PACE} times a second for it, not once
+    a write. A full read is followed by the next at once (a heavy writer
+    is not held back; it turns heavy as before).
     """
 
-    def __init__(self, reader: Any, heavy: Callable[[Any], bool] | None = None) -> None:
+    def __init__(
+        self,
+        reader: Any,
+        heavy: Callable[[Any], bool] | None = None,
+        spool: Capped | None = None,
+    ) -> None:
         self._reader = reader
         self._fd: int = reader.fileno()
         self._size = QUIET_READ
         #: Offered the reader once its stream turns heavy; True: a thread
         #: reads it from now on (L{pump}).
         self._heavy = heavy
+        self._spool = spool
 
     def __call__(self) -> object:
         data = readSome(self._fd, self._size)
@@ -65,11 +88,19 @@ class PipeDrain:
         if full and self._size < HEAVY:
             self._widen()
         self._reader.dataReceived(data)
-        if full and self._heavy is not None:
-            # Offered at each full read: a stream declined (every thread
-            # busy) or given back (quiet a while) is offered again.
-            self._heavy(self._reader)
+        if full:
+            if self._heavy is not None:
+                # Offered at each full read: a stream declined (every thread
+                # busy) or given back (quiet a while) is offered again.
+                self._heavy(self._reader)
+        elif self._spool is not None and self._spool.full:
+            self._reader.stopReading()
+            self._reader.reactor.callLater(CAPPED_PACE, self._resume)
         return None
+
+    def _resume(self) -> None:
+        if not self._reader.disconnected:
+            self._reader.startReading()
 
     def _widen(self) -> None:
         try:
@@ -80,13 +111,16 @@ class PipeDrain:
 
 
 def drainInLargeReads(
-    transport: object, heavy: Callable[[int, Any], bool] | None = None
+    transport: object,
+    heavy: Callable[[int, Any], bool] | None = None,
+    spools: dict[int, Capped] | None = None,
 ) -> None:
     """
     Give the output readers (fds 1 and 2) of a process transport made by
     C{reactor.spawnProcess} a L{PipeDrain}; C{heavy(fd, reader)} is offered
-    each reader whose stream turns heavy. A transport without pipes (a
-    test's fake) is left alone.
+    each reader whose stream turns heavy; C{spools}, by fd, where each
+    stream goes (paced past its cap). A transport without pipes (a test's
+    fake) is left alone.
     """
     pipes = getattr(transport, "pipes", {})
     for name in (1, 2):
@@ -95,7 +129,8 @@ def drainInLargeReads(
             # Twisted's ProcessReader reads in its doRead; the reactor calls
             # the instance's attribute, so this replaces only that method.
             offer = None if heavy is None else partial(heavy, name)
-            reader.doRead = PipeDrain(reader, offer)
+            spool = None if spools is None else spools.get(name)
+            reader.doRead = PipeDrain(reader, offer, spool)
 
 
 def writeAtOnce(transport: Any, childFD: int, data: bytes) -> None:

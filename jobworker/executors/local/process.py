@@ -58,7 +58,8 @@ class JobProcessProtocol(ProcessProtocol):
             self.transport.closeStdin()
         else:
             self._job.stdinFeed.attach(self.transport)
-        drainInLargeReads(self.transport, self._job.pump)
+        job = self._job
+        drainInLargeReads(self.transport, job.pump, {1: job.stdout, 2: job.stderr})
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
