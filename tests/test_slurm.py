@@ -732,6 +732,35 @@ class ReviewTests(SlurmCase):
         self.assertEqual((final["status"], final["stopped_by"]), ("STOPPED", "alice"))
         self.assertEqual(squeueJobs()[slurmJobId]["job_state"], "CANCELLED")
 
+    async def test_suspendedAndResumed(self) -> None:
+        """
+        A job Slurm suspended read as plain RUNNING: its record says
+        "suspended in Slurm" (pending_reason) until Slurm resumes it.
+        """
+        server = self.server()
+        job = await server.createJob("sh", "-c", "echo up; sleep 300")
+        job = await self.waitFor(server, job["id"], ("RUNNING",))
+        await self.printed(job["id"], 1)
+        slurmJobId = job["slurm_job_id"]
+        self.addCleanup(subprocess.run, ["scancel", slurmJobId], check=False)
+
+        async def reasonBecomes(wanted: str | None) -> dict[str, Any]:
+            """The record, once its pending_reason starts with C{wanted}."""
+            for _ in range(100):
+                _, seen = await server.json("GET", f"/jobs/{job['id']}", "alice")
+                reason = seen.get("pending_reason")
+                if reason == wanted or (wanted and (reason or "").startswith(wanted)):
+                    return seen
+                await sleep(0.2)
+            self.fail(f"pending_reason stayed {reason!r}, not {wanted!r}")
+
+        subprocess.run(["scontrol", "suspend", slurmJobId], check=True)
+        seen = await reasonBecomes("suspended in Slurm")
+        self.assertEqual(seen["status"], "RUNNING")
+        subprocess.run(["scontrol", "resume", slurmJobId], check=True)
+        seen = await reasonBecomes(None)
+        self.assertEqual(seen["status"], "RUNNING")
+
     async def test_outputDirWithSpaceAndPercent(self) -> None:
         """
         An output folder named with a space and C{%x}: sbatch reads C{%x}

@@ -309,6 +309,12 @@ class ExecutorTests(SynchronousTestCase):
         self.successResultOf(accepted)
         return record
 
+    def stored(self, jobId: str) -> Any:
+        """The job's record as the store has it."""
+        record = self.manager._store.get(jobId)
+        assert record is not None
+        return record
+
     def poll(self, states: dict[str, SlurmState]) -> None:
         self.reactor.advance(1.0)
         self.commands.polls[-1].callback(states)
@@ -704,6 +710,33 @@ class ExecutorTests(SynchronousTestCase):
         final = self.manager.record(booted.id)
         self.assertIn("never ran", final.error or "")
         self.assertIsNone(final.started_at)
+
+    def test_aSuspendedJobSaysSo(self) -> None:
+        """
+        A job Slurm suspended (C{scontrol suspend}, gang scheduling, a
+        preemption that suspends) read as plain RUNNING: a user saw it
+        running and making no progress. Its C{pending_reason} says it is
+        suspended, with Slurm's reason, until Slurm resumes it; the store
+        has it too.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.assertIsNone(self.manager.record(record.id).pending_reason)
+        self.poll({"101": replace(state("SUSPENDED"), reason="Preempted")})
+        suspended = self.manager.record(record.id)
+        self.assertIs(suspended.status, JobStatus.RUNNING)
+        self.assertEqual(suspended.pending_reason, "suspended in Slurm: Preempted")
+        self.assertEqual(
+            self.stored(record.id).pending_reason, "suspended in Slurm: Preempted"
+        )
+        self.poll({"101": state("RUNNING")})
+        self.assertIsNone(self.manager.record(record.id).pending_reason)
+        self.assertIsNone(self.stored(record.id).pending_reason)
+        other = self.submit("sleep", "100")
+        self.poll({"102": state("SUSPENDED")})
+        started = self.manager.record(other.id)
+        self.assertIs(started.status, JobStatus.RUNNING)
+        self.assertEqual(started.pending_reason, "suspended in Slurm")
 
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""

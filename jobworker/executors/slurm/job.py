@@ -259,6 +259,15 @@ class SlurmJob:
                 job=record.id,
                 node=state.node,
             )
+        suspended = None
+        if state.state == "SUSPENDED":
+            # It holds its node and makes no progress: say so (a RUNNING
+            # job's pending_reason is otherwise null).
+            why = f": {state.reason}" if state.reason not in ("", "None") else ""
+            suspended = f"suspended in Slurm{why}"
+        if record.pending_reason != suspended:
+            record.pending_reason = suspended
+            self._executor.save(record)
         if self._runningSince is None:
             self._runningSince = now
         elif now - self._runningSince >= SECRETS_GRACE:
