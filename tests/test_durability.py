@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.local.madecgroups import MADE_CGROUPS
 from jobworker.jobs import spool as spoolModule
 from jobworker.jobs.manager import RESTARTED
 from jobworker.jobs.records import JobStatus
@@ -215,6 +216,71 @@ class CrashRecoveryTests(TestCase):
         self.assertIn(b'"COMPLETED"', out)
         out, err, code = await jw(port, "logs", doneId)
         self.assertEqual(out, b"finished\n")
+
+
+class CopiedStateDirTests(TestCase):
+    #: Server options of this variant of the tests.
+    serverOptions: tuple[str, ...] = ()
+
+    async def test_aCopyLeavesTheLiveServersJobsAlone(self) -> None:
+        """
+        An operator copies a live server's state dir (C{cp -a}, or the
+        store alone with SQLite's backup) and starts a server on the copy,
+        to try a restore or an upgrade: the copy took the live server's
+        running jobs for its own crashed ones and killed them (their
+        sessions, and their cgroups by job id, which all servers share).
+        The live server's jobs are left alone, and the copy's records say
+        why they ended there.
+        """
+        live = sharedPath(self)
+        liveLog = sharedPath(self)
+        startTwistd(self, live, liveLog, *self.serverOptions)
+        port = await listeningPort(liveLog)
+        out, err, code = await jw(port, "exec", "--", "sh", "-c", "sleep 300")
+        self.assertEqual(code, 0, err)
+        jobId = out.strip().decode()
+        out, _, _ = await jw(port, "status", "--json", jobId)
+        leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
+        cleanUpProcesses(self, leader, *descendants(leader))
+        copy = sharedPath(self)
+        subprocess.run(["cp", "-a", live, copy], check=True)
+        with sqlite3.connect(os.path.join(live, "jobs.sqlite3")) as source:
+            with sqlite3.connect(os.path.join(copy, "jobs.sqlite3")) as target:
+                source.backup(target)
+        copyLog = sharedPath(self)
+        startTwistd(self, copy, copyLog, *self.serverOptions)
+        copyPort = await listeningPort(copyLog)
+        out, err, code = await jw(copyPort, "status", "--json", jobId)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"another live jobworker", out)
+        self.assertTrue(processAlive(leader), "the copy killed the live server's job")
+        out, _, _ = await jw(port, "status", "--json", jobId)
+        self.assertIn(b'"RUNNING"', out)
+        with open(copyLog, "rb") as f:
+            self.assertIn(b"left alone", f.read())
+        if os.path.exists(os.path.join(live, MADE_CGROUPS)):
+            # The journal of cgroups made, without the record (the store
+            # copied before the job was stored): the cgroup is left too.
+            bare = sharedPath(self)
+            subprocess.run(["cp", "-a", copy, bare], check=True)
+            with sqlite3.connect(os.path.join(bare, "jobs.sqlite3")) as store:
+                store.execute("DELETE FROM jobs WHERE id = ?", (jobId,))
+            with open(os.path.join(bare, MADE_CGROUPS), "w") as journal:
+                journal.write(f"{jobId}\n")
+            bareLog = sharedPath(self)
+            startTwistd(self, bare, bareLog, *self.serverOptions)
+            await listeningPort(bareLog)
+            self.assertTrue(processAlive(leader), "a copy's journal killed the job")
+            with open(bareLog, "rb") as f:
+                self.assertIn(b"holds processes of another live jobworker", f.read())
+        out, err, code = await jw(port, "stop", jobId)
+        self.assertEqual(code, 0, err)
+
+
+class CopiedStateDirWithoutCgroupsTests(CopiedStateDirTests):
+    """The same without cgroups, and with the exec chain (no spawner)."""
+
+    serverOptions = ("--cgroups=off", "--launcher=exec")
 
 
 class DaemonTests(TestCase):

@@ -12,6 +12,7 @@ from jobworker.jobs.recovery import (
     bootTicks,
     currentBootId,
     leftovers,
+    liveServerOf,
     pidReused,
     processStartTime,
     sessionMembers,
@@ -173,3 +174,40 @@ class SpawnedAtTests(SynchronousTestCase):
         actual = processStartTime(pid)
         assert actual is not None
         self.assertTrue(before <= actual <= after, (before, actual, after))
+
+
+class LiveServerOfTests(SynchronousTestCase):
+    """
+    L{liveServerOf}: a process whose parent is a live jobworker (its
+    command line names it) other than this process is another server's.
+    """
+
+    def child(self, *argv: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE)
+
+        def stop() -> None:
+            process.kill()
+            process.wait()
+
+        self.addCleanup(stop)
+        return process
+
+    def grandchild(self, parent: subprocess.Popen[bytes]) -> int:
+        """The pid the parent's script printed: its child's."""
+        assert parent.stdout is not None
+        return int(parent.stdout.readline())
+
+    def test_parentNamedJobworker(self) -> None:
+        server = self.child("sh", "-c", "sleep 30 & echo $!; wait", "jobworker")
+        job = self.grandchild(server)
+        self.addCleanup(os.kill, job, 9)
+        self.assertEqual(liveServerOf([job]), server.pid)
+        self.assertEqual(liveServerOf([missingPid(), job]), server.pid)
+
+    def test_otherParents(self) -> None:
+        """This process's own children, another program's, none."""
+        own = self.child("sleep", "30")
+        other = self.child("sh", "-c", "sleep 30 & echo $!; wait", "worker")
+        job = self.grandchild(other)
+        self.addCleanup(os.kill, job, 9)
+        self.assertIsNone(liveServerOf([own.pid, job, missingPid()]))

@@ -126,6 +126,64 @@ def leftovers(
     return list(sessions.get(pid, []))
 
 
+def _argv(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
+
+
+def liveServerOf(pids: list[int]) -> int | None:
+    """
+    The pid of a live jobworker, other than this server and its spawner,
+    that is the parent of one of C{pids} (a server, C{twistd ... jobworker
+    ...}, or its job spawner, C{launcher --spawner}): they are its jobs'
+    processes. After a crash a job's leader has no jobworker parent
+    (it went to init with the server and its spawner); a leader that still
+    has one belongs to a server that runs, on another state dir: this one
+    is a copy of its (a backup restored, an upgrade rehearsed), and its
+    records name that server's jobs. A job cannot make itself a process's
+    parent, so none can pass for one.
+    """
+    me = os.getpid()
+    for pid in pids:
+        parent = _parent(pid)
+        if parent is None or parent <= 1 or parent == me:
+            continue
+        argv = _argv(parent)
+        if argv[1:2] == [b"--spawner"]:
+            # A spawner counts while its server lives (one whose server was
+            # killed exits at once, but may not have yet).
+            server = _parent(parent)
+            if server is None or server == me or b"jobworker" not in _argv(server):
+                continue
+            return parent
+        if b"jobworker" in argv:
+            return parent
+    return None
+
+
+def liveServerOfLeader(
+    pid: int | None, bootId: str | None, procStart: int | None
+) -> int | None:
+    """
+    L{liveServerOf} the job's leader C{pid}, when it is provably the very
+    process recorded (same boot, its start time in the window recorded).
+    """
+    if pid is None or bootId is None or bootId != currentBootId():
+        return None
+    start = processStartTime(pid)
+    if start is None or procStart is None or not _startedThen(start, procStart):
+        return None
+    return liveServerOf([pid])
+
+
 def killAll(pids: list[int]) -> int:
     """SIGKILL each pid; return how many were signalled."""
     killed = 0

@@ -73,6 +73,9 @@ class JobCgroup(Protocol):
     def empty(self) -> bool:
         """True when no process is left in it."""
 
+    def members(self) -> list[int]:
+        """The processes in it now (none if they cannot be read)."""
+
 
 class Cgroups(Protocol):
     """A cgroup hierarchy the server may create job cgroups in."""
@@ -316,6 +319,9 @@ class V1Group:
     def openProcs(self) -> list[int]:
         return _openProcs(self.paths.values())
 
+    def members(self) -> list[int]:
+        return self._members() or []
+
     def _members(self) -> list[int] | None:
         freezer = self.paths.get("freezer")
         if freezer is not None:
@@ -490,6 +496,9 @@ class V2Group:
 
     def openProcs(self) -> list[int]:
         return _openProcs([self.path])
+
+    def members(self) -> list[int]:
+        return self._members() or []
 
     def _members(self) -> list[int] | None:
         return _pids(os.path.join(self.path, "cgroup.procs"))

@@ -34,6 +34,8 @@ from ...jobs.recovery import (
     bootTicks,
     killAll,
     leftovers,
+    liveServerOf,
+    liveServerOfLeader,
     pidReused,
     processesByUid,
     processesOf,
@@ -715,11 +717,31 @@ class LocalExecutor:
         """
         noted = self._leftovers.read()
         sessions = sessionMembers() if records or noted else {}
+        others: set[str] = set()
         for record in records:
-            killed = self._killLeftovers(
-                record.id, record.pid, record.boot_id, record.proc_start, sessions
-            )
-            killed += self._killOutOfRange(record.run_as)
+            error = reason
+            owner = liveServerOfLeader(record.pid, record.boot_id, record.proc_start)
+            if owner is not None:
+                # A copy of a live server's state dir: that server's job.
+                others.add(record.id)
+                killed = 0
+                error = (
+                    f"{reason}: not this server's, another live jobworker "
+                    f"(pid {owner}) runs it; left alone (a copy of its state dir?)"
+                )
+                self.log.warn(
+                    "job {job} is run by another live jobworker (pid {owner}): "
+                    "this state dir holds a copy of its records (a backup, or "
+                    "a copy of a live state dir); its processes and cgroup "
+                    "are left alone",
+                    job=record.id,
+                    owner=owner,
+                )
+            else:
+                killed = self._killLeftovers(
+                    record.id, record.pid, record.boot_id, record.proc_start, sessions
+                )
+                killed += self._killOutOfRange(record.run_as)
             for stream in ("stdout", "stderr"):
                 try:
                     size = os.path.getsize(self.outputPath(record.id, stream))
@@ -730,7 +752,7 @@ class LocalExecutor:
             status = (
                 JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
             )
-            record.finish(status, self._reactor.seconds(), error=reason)
+            record.finish(status, self._reactor.seconds(), error=error)
             self.log.warn(
                 "job {job} was running when the worker stopped: marked {status}, "
                 "{killed} leftover process(es) killed",
@@ -749,20 +771,35 @@ class LocalExecutor:
                 killed=killed,
             )
         self._leftovers.clear()
-        self._removeUnrecorded({r.id for r in records} | {j.jobId for j in noted})
+        handled = {r.id for r in records} | {j.jobId for j in noted}
+        self._removeUnrecorded(handled - others, others)
         return []
 
-    def _removeUnrecorded(self, handled: set[str]) -> None:
+    def _removeUnrecorded(self, handled: set[str], others: set[str]) -> None:
         """
         The cgroups the last run made and did not remove, of jobs that
         recovery did not see to above (C{handled}): the server died before
         the store had their record. Killed (nothing should be in them: the
-        job waits behind its gate until it is recorded) and removed.
+        job waits behind its gate until it is recorded) and removed; not
+        the cgroups of another live server's jobs (C{others}, or one whose
+        processes have a live jobworker parent: a copy of its journal).
         """
         left = []
         for jobId in self._madeCgroups.read():
             group = self._cgroups.find(jobId) if self._cgroups else None
             if group is None:
+                continue
+            if jobId in others:
+                continue
+            owner = liveServerOf(group.members())
+            if owner is not None:
+                self.log.warn(
+                    "the cgroup of job {job} holds processes of another live "
+                    "jobworker (pid {owner}): left alone (a copy of its state "
+                    "dir?)",
+                    job=jobId,
+                    owner=owner,
+                )
                 continue
             if jobId in handled:
                 # Recovery ends it; should its cgroup outlive this run, the
