@@ -8,6 +8,7 @@ works from a temporary folder.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import stat
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
@@ -78,6 +80,73 @@ class SelfCertTests(SynchronousTestCase):
         self.assertEqual(second.fingerprint, first.fingerprint)
         with open(second.cert, "rb") as f:
             self.assertNotEqual(f.read(), before)
+
+
+class RotatedCATests(SynchronousTestCase):
+    """
+    An operator's round: the server's own certificate was kept when no
+    client could verify it.
+    """
+
+    def test_newCANewLeaf(self) -> None:
+        """
+        C{ca.pem} and C{ca.key} removed (a CA rotated): a new CA was made,
+        of the same name, and the old server certificate kept (its issuer
+        compared by name only), which no client trusting the new CA could
+        verify. The leaf is made anew, signed by the new CA.
+        """
+        folder = os.path.abspath(self.mktemp())
+        first = ensureServerCertificate(folder, HOSTS)
+        for name in ("ca.pem", "ca.key"):
+            os.unlink(os.path.join(folder, name))
+        again = ensureServerCertificate(folder, HOSTS)
+        self.assertTrue(again.made)
+        self.assertNotEqual(again.fingerprint, first.fingerprint)
+        with open(again.ca, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        with open(again.cert, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+        leaf.verify_directly_issued_by(ca)
+
+    def test_notYetValidLeafMadeAnew(self) -> None:
+        """
+        A server certificate valid only from tomorrow (made while the
+        clock was ahead) was kept, and refused by every client: made anew.
+        """
+        folder = os.path.abspath(self.mktemp())
+        ensureServerCertificate(folder, HOSTS)
+        with open(os.path.join(folder, "ca.key"), "rb") as f:
+            caKey = serialization.load_pem_private_key(f.read(), None)
+        with open(os.path.join(folder, "server.key"), "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        certPath = os.path.join(folder, "server.pem")
+        with open(certPath, "rb") as f:
+            leaf, ca = x509.load_pem_x509_certificates(f.read())
+        tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(leaf.subject)
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(tomorrow)
+            .not_valid_after(tomorrow + datetime.timedelta(days=365))
+            .add_extension(
+                leaf.extensions.get_extension_for_class(
+                    x509.SubjectAlternativeName
+                ).value,
+                critical=False,
+            )
+        )
+        future = builder.sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
+        with open(certPath, "wb") as f:
+            f.write(future.public_bytes(serialization.Encoding.PEM))
+            f.write(ca.public_bytes(serialization.Encoding.PEM))
+        again = ensureServerCertificate(folder, HOSTS)
+        self.assertTrue(again.made)
+        with open(certPath, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+        self.assertLess(leaf.not_valid_before_utc, datetime.datetime.now(datetime.UTC))
 
 
 class HalfMadeCATests(SynchronousTestCase):

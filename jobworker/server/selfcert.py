@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -125,7 +126,10 @@ def _write(path: str, data: bytes, mode: int) -> None:
 def _current(
     certPath: str, keyPath: str, ca: x509.Certificate, hosts: list[str]
 ) -> bool:
-    """Whether the server certificate there is the CA's, names C{hosts}, lasts."""
+    """
+    Whether the server certificate there is the CA's (signed by it: a CA
+    made anew has the same name), names C{hosts}, is valid now and lasts.
+    """
     try:
         with open(certPath, "rb") as f:
             leaf = x509.load_pem_x509_certificates(f.read())[0]
@@ -135,8 +139,14 @@ def _current(
         return False
     if leaf.issuer != ca.subject or leaf.public_key() != key.public_key():
         return False
-    left = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-    if left < RENEW_BEFORE:
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_before_utc > now:
+        return False  # made while the clock was ahead: refused until then
+    if leaf.not_valid_after_utc - now < RENEW_BEFORE:
         return False
     try:
         named = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
