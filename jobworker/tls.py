@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,25 @@ def isDevelopmentCertificate(certPath: str) -> bool:
     except (OSError, ValueError):
         return False
     return publicKeySHA256(leaf) == DEVELOPMENT_SERVER_KEY_SHA256
+
+
+def validityProblem(certPath: str) -> str | None:
+    """
+    Why the first certificate in C{certPath} is not valid now, in words
+    ("expired on ...", "is not valid until ..."); None if it is (or cannot
+    be read: L{serverOptions} says why).
+    """
+    try:
+        with open(certPath, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+    except (OSError, ValueError):
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc < now:
+        return f"expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if leaf.not_valid_before_utc > now:
+        return f"is not valid until {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+    return None
 
 
 def _read(path: str, what: str) -> bytes:

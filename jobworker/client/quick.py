@@ -710,6 +710,11 @@ def probeServer(server: str, caPath: str, keepalive: int = KEEPALIVE) -> None:
         connection.close()
 
 
+#: OpenSSL's verify codes of a certificate out of its validity period:
+#: X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED.
+OUT_OF_DATE = (9, 10)
+
+
 def describe(server: str, error: OSError) -> str:
     """One line for a request that got no answer (as the Twisted client says)."""
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -718,6 +723,12 @@ def describe(server: str, error: OSError) -> str:
             return (
                 f"cannot connect to {server}: the server's certificate does not "
                 "match its host name"
+            )
+        if getattr(error, "verify_code", None) in OUT_OF_DATE:
+            return (
+                f"cannot connect to {server}: the server's certificate "
+                f"{str(verifyMessage).removeprefix('certificate ')} (it must be "
+                "renewed on the server, or a clock is wrong)"
             )
         return f"cannot connect to {server}: {NOT_TRUSTED}"
     if isinstance(error, ssl.SSLError):

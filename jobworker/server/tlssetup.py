@@ -13,7 +13,12 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from ..tls import TLSConfigError, isDevelopmentCertificate, serverOptions
+from ..tls import (
+    TLSConfigError,
+    isDevelopmentCertificate,
+    serverOptions,
+    validityProblem,
+)
 from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
 from .startup import fatal
@@ -51,6 +56,17 @@ def tlsOptions(config: Options) -> Any:
         )
     except TLSConfigError as e:
         fatal(str(e))
+    problem = validityProblem(cert)
+    if problem is not None:
+        # Served all the same (a clock may be wrong here, not on clients),
+        # but every client that checks it refuses the handshake.
+        log.error(
+            "the server's certificate {cert} {problem}: clients refuse it "
+            "(jw: 'certificate has expired'); give a valid --cert and --key "
+            "and restart, or check this machine's clock",
+            cert=cert,
+            problem=problem,
+        )
     # The development key and users are public: fine on loopback (with a
     # warning), never where another host can reach them.
     if isDevelopmentCertificate(cert):  # wherever it was copied to

@@ -1,0 +1,117 @@
+"""
+An operator's round: a server certificate out of its validity period was
+served without a word, and jw blamed the CA ("not trusted", check --ca)
+for what curl called "certificate has expired".
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.tls import validityProblem
+
+from .support import runJW, writePEM
+from .test_durability import listeningPort, sharedPath, startTwistd
+
+DAY = datetime.timedelta(days=1)
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def certified(folder: str, notBefore: datetime.datetime, days: int) -> dict[str, str]:
+    """
+    A CA and a server certificate for localhost by it, valid from
+    C{notBefore} for C{days}, written to C{folder}: their paths.
+    """
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("validity test CA"))
+        .issuer_name(_name("validity test CA"))
+        .public_key(caKey.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - 1000 * DAY)
+        .not_valid_after(now + 1000 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(caKey, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(notBefore)
+        .not_valid_after(notBefore + days * DAY)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+        .sign(caKey, hashes.SHA256())
+    )
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, name) for name in ("ca", "cert", "key")}
+    pem = serialization.Encoding.PEM
+    writePEM(paths["ca"], ca.public_bytes(pem))
+    writePEM(paths["cert"], leaf.public_bytes(pem))
+    writePEM(
+        paths["key"],
+        key.private_bytes(
+            pem,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return paths
+
+
+class ValidityProblemTests(SynchronousTestCase):
+    def test_expiredNotYetValidValid(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        folder = os.path.abspath(self.mktemp())
+        expired = certified(os.path.join(folder, "old"), now - 400 * DAY, 397)
+        self.assertRegex(validityProblem(expired["cert"]) or "", r"^expired on 20")
+        future = certified(os.path.join(folder, "new"), now + DAY, 397)
+        self.assertRegex(validityProblem(future["cert"]) or "", r"^is not valid until")
+        valid = certified(os.path.join(folder, "ok"), now - DAY, 397)
+        self.assertIsNone(validityProblem(valid["cert"]))
+        self.assertIsNone(validityProblem(os.path.join(folder, "missing.pem")))
+
+
+class ExpiredCertificateTests(TestCase):
+    async def test_saidByTheServerAndByJw(self) -> None:
+        """
+        The server's log says at start that its certificate has expired;
+        jw says so too, not that the CA is not trusted.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        paths = certified(os.path.abspath(self.mktemp()), now - 400 * DAY, 397)
+        logPath = sharedPath(self)
+        startTwistd(
+            self,
+            sharedPath(self),
+            logPath,
+            f"--cert={paths['cert']}",
+            f"--key={paths['key']}",
+        )
+        port = await listeningPort(logPath)
+        with open(logPath, "rb") as f:
+            self.assertIn(
+                b"certificate " + paths["cert"].encode() + b" expired on", f.read()
+            )
+        _, err, code = await runJW(
+            f"https://localhost:{port}", "list", JW_CA=paths["ca"]
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"the server's certificate has expired", err)
+        self.assertNotIn(b"not trusted", err)
