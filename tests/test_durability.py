@@ -319,6 +319,58 @@ class DaemonTests(TestCase):
         self.assertIn(b'"COMPLETED"', out)
 
 
+class DaemonUmaskTests(TestCase):
+    """
+    An operator's round: twistd without -n sets its umask to 077 when it
+    daemonizes, and jobs inherited it (files they made were 0600; under -n
+    0644). A job starts with the umask of whoever started the server, with
+    or without -n, however it is started.
+    """
+
+    #: Server options of this variant of the tests.
+    serverOptions: tuple[str, ...] = ()
+
+    async def test_jobsGetTheStartersUmask(self) -> None:
+        stateDir = sharedPath(self)
+        logPath = sharedPath(self)
+        pidPath = sharedPath(self)
+        command = twistdCommand(stateDir, *self.serverOptions)
+        command[1:3] = [f"--pidfile={pidPath}", f"--logfile={logPath}"]
+        subprocess.run(
+            command,
+            check=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: os.umask(0o027),
+        )
+        port = await listeningPort(logPath)
+        with open(pidPath) as f:
+            daemon = int(f.read())
+        cleanUpProcesses(self, daemon)
+        self.addCleanup(os.kill, daemon, signal.SIGTERM)
+        out, err, code = await jw(port, "exec", "-f", "--", "sh", "-c", "umask")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip(), b"0027")
+
+
+class DaemonUmaskExecChainTests(DaemonUmaskTests):
+    """The same through the exec chain (no launcher), without cgroups."""
+
+    serverOptions = ("--launcher=off", "--cgroups=off")
+
+
+class DaemonUmaskLauncherExecTests(DaemonUmaskTests):
+    """The same with the launcher spawned for each job (no spawner)."""
+
+    serverOptions = ("--launcher=exec",)
+
+
+class DaemonUmaskUnsandboxedTests(DaemonUmaskTests):
+    """The same for jobs that are not sandboxed (the gate shell alone)."""
+
+    serverOptions = ("--allow-root-jobs",)
+
+
 class CrashRecoveryWithoutCgroupsTests(CrashRecoveryTests):
     """
     The same without cgroups, and with jobs under a fixed account (not a

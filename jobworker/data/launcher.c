@@ -50,7 +50,8 @@
  *  7. execvp() of the command with exactly the environment given (its PATH
  *     searched, as env -i does).
  * JOBWORKER_NOFILE=N in its own environment lowers the soft RLIMIT_NOFILE;
- * JOBWORKER_OOM_SCORE_ADJ=N sets the job's oom_score_adj.
+ * JOBWORKER_OOM_SCORE_ADJ=N sets the job's oom_score_adj; JOBWORKER_UMASK=
+ * OCTAL its umask (right before the exec).
  * Exit status: 125 the set-up failed (nothing of the job ran), 126 a folder
  * could not be entered or the command could not be run, 127 the command was
  * not found; a message on stderr says which, except for a closed gate.
@@ -482,10 +483,24 @@ static void dieWithParent(int alive) {
     close(alive);
 }
 
+/* The job's umask (JOBWORKER_UMASK, octal), set right before the exec;
+ * -1: as inherited. */
+static long jobUmask = -1;
+
 /* From this program's environment (never the job's): the job's soft
- * RLIMIT_NOFILE (the server's before it raised its own), oom_score_adj. */
+ * RLIMIT_NOFILE (the server's before it raised its own), oom_score_adj,
+ * umask. */
 static void inherited(void) {
-    const char *text = getenv("JOBWORKER_NOFILE");
+    const char *text = getenv("JOBWORKER_UMASK");
+    if (text != NULL) {
+        char *end;
+        errno = 0;
+        jobUmask = strtol(text, &end, 8);
+        if (errno != 0 || end == text || *end != '\0' || jobUmask < 0 ||
+            jobUmask > 0777)
+            usage("bad JOBWORKER_UMASK", text);
+    }
+    text = getenv("JOBWORKER_NOFILE");
     struct rlimit limit;
     if (text != NULL && getrlimit(RLIMIT_NOFILE, &limit) == 0) {
         limit.rlim_cur = number(text, limit.rlim_cur, "bad JOBWORKER_NOFILE");
@@ -584,6 +599,8 @@ static int launch(int argc, char **argv) {
         die(CANNOT_RUN, "cannot enter the working directory", cwd, errno);
     if (report >= 0)
         forkJob(report);
+    if (jobUmask >= 0)
+        umask((mode_t)jobUmask);
     environ = jobEnvironment;
     execvp(command[0], command);
     die(errno == ENOENT ? NOT_FOUND : CANNOT_RUN, "cannot run", command[0],

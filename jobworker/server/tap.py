@@ -91,10 +91,14 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
     part made by one builder, in order.
     """
     jobDescriptors = _raiseDescriptors()
+    # Whoever started the server's: twistd sets its own to 077 later, as it
+    # daemonizes (without -n), and jobs would inherit that.
+    startersUmask = os.umask(0o077)
+    os.umask(startersUmask)
     _stateDir(config["state-dir"])
     store = _store(config["state-dir"])
     try:
-        return _parts(config, reactor, store, jobDescriptors)
+        return _parts(config, reactor, store, jobDescriptors, startersUmask)
     except BaseException:
         # The lock goes with the failed start (in a test's process, the
         # next server there would find it held).
@@ -103,9 +107,16 @@ def _build(config: Options, reactor: JobReactor) -> MultiService:
 
 
 def _parts(
-    config: Options, reactor: JobReactor, store: JobStore, jobDescriptors: int | None
+    config: Options,
+    reactor: JobReactor,
+    store: JobStore,
+    jobDescriptors: int | None,
+    startersUmask: int,
 ) -> MultiService:
-    """Every part of the server but the store, and the service tree."""
+    """
+    Every part of the server but the store, and the service tree; jobs
+    start with C{startersUmask}.
+    """
     tlsOptions = tlssetup.tlsOptions(config)
     users = _users(config)
     slurm = config["executor"] == "slurm"
@@ -139,6 +150,7 @@ def _parts(
         descriptorLimit=jobDescriptors,
         oomScore=_jobOomScore(config),
         ownerCheck=ownerCheck,
+        umask=startersUmask,
     )
     streams = _logStreams(config)
     perUser = config["max-log-streams-per-user"]
@@ -367,6 +379,7 @@ def _manager(
     descriptorLimit: int | None = None,
     oomScore: int | None = None,
     ownerCheck: OwnerCheck | None = None,
+    umask: int | None = None,
 ) -> JobManager:
     """
     The executor and the manager, over C{store} (L{_store}); recovered.
@@ -374,7 +387,8 @@ def _manager(
     the server's); Slurm's through sbatch, which hands them its own. Local
     jobs start with C{oomScore} as their C{oom_score_adj} (None: the
     server's); Slurm's get slurmd's choice. A queued job's owner is
-    checked again at its turn by C{ownerCheck} (see L{JobManager}).
+    checked again at its turn by C{ownerCheck} (see L{JobManager}). Local
+    jobs start with C{umask}.
     """
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
@@ -400,6 +414,7 @@ def _manager(
                 descriptorLimit=descriptorLimit,
                 oomScore=oomScore,
                 lookUpInThread=daemonRunner(reactor, "jobworker-uid-lookups"),
+                umask=umask,
             )
             metrics.watchSpawner(lambda: local.spawnerStarts)
             probeSandbox(local, policy.identities)

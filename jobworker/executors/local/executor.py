@@ -234,6 +234,7 @@ class LocalExecutor:
         descriptorLimit: int | None = None,
         oomScore: int | None = None,
         lookUpInThread: RunInThread | None = None,
+        umask: int | None = None,
     ) -> None:
         """
         @param lookUpInThread: where the dynamic uids are looked up in the
@@ -244,6 +245,8 @@ class LocalExecutor:
             with, before it raised its own (L{descriptors.raiseSoftLimit}).
         @param oomScore: the C{oom_score_adj} every job starts with (None:
             the server's own).
+        @param umask: the umask every job starts with (None: the server's
+            own, which twistd sets to 077 when it daemonizes).
         """
         if policy is None:
             policy = JobPolicy()
@@ -267,7 +270,7 @@ class LocalExecutor:
         #: environment of the root stages of those that are (the launcher
         #: and the exec chain set the limit and score from it: never the
         #: job's).
-        inherited = Inherited(descriptorLimit, oomScore)
+        inherited = Inherited(descriptorLimit, oomScore, umask)
         self._gates = {keep: inherited.gate(keep) for keep in (False, True)}
         self._rootEnvironment = inherited.rootEnvironment()
         self._identities = policy.identities

@@ -68,6 +68,8 @@ GATE_ONLY = GATE_KEEP_WORKDIR
 #: the exec chain's sandbox shell set them.
 DESCRIPTOR_LIMIT = "JOBWORKER_NOFILE"
 OOM_SCORE = "JOBWORKER_OOM_SCORE_ADJ"
+#: And the job's umask (octal), set last, right before the command.
+UMASK = "JOBWORKER_UMASK"
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,14 @@ class Inherited:
     @ivar oomScore: the C{oom_score_adj} (a server run with
         C{OOMScoreAdjust=-1000} would make every job immune to the OOM
         killer, its own cgroup's limit included).
+    @ivar umask: the umask (twistd without C{-n} sets its own to 077 as it
+        daemonizes: jobs got it, where under C{-n} they got the umask of
+        whoever started the server).
     """
 
     descriptorLimit: int | None = None
     oomScore: int | None = None
+    umask: int | None = None
 
     def gate(self, keepWorkdir: bool) -> str:
         """
@@ -93,6 +99,8 @@ class Inherited:
         setting what is given here.
         """
         gate = GATE_KEEP_WORKDIR if keepWorkdir else GATE_SCRIPT
+        if self.umask is not None:
+            gate = f"umask {self.umask:04o} || exit 125; {gate}"
         if self.oomScore is not None:
             score = f"echo {self.oomScore:d} >/proc/self/oom_score_adj"
             gate = f"{score} || exit 125; {gate}"
@@ -107,6 +115,8 @@ class Inherited:
             environment[DESCRIPTOR_LIMIT] = str(self.descriptorLimit)
         if self.oomScore is not None:
             environment[OOM_SCORE] = str(self.oomScore)
+        if self.umask is not None:
+            environment[UMASK] = f"{self.umask:04o}"
         return environment
 
 
@@ -126,12 +136,13 @@ SANDBOX = (
     f'[ -z "${DESCRIPTOR_LIMIT}" ] || ulimit -Sn "${DESCRIPTOR_LIMIT}" || exit 125; '
     f'[ -z "${OOM_SCORE}" ] || echo "${OOM_SCORE}" >/proc/self/oom_score_adj '
     "|| exit 125; "
-    f"unset {DESCRIPTOR_LIMIT} {OOM_SCORE}; "
+    f'u="${UMASK}"; unset {DESCRIPTOR_LIMIT} {OOM_SCORE} {UMASK}; '
     f'{MOUNT} -a -T "$0" || exit 125; cd "$1" || exit 126; unset OLDPWD; '
     # The job's pipes are its own (who may open them again by path, as
     # /dev/stderr: their owner), as the launcher's 4c; not its /dev/null.
     'p=; for f in 0 1 2; do [ -p /proc/self/fd/$f ] && p="$p /proc/self/fd/$f"; '
-    'done; [ -z "$p" ] || chown "$2" $p || exit 125; shift 2; exec "$@"'
+    'done; [ -z "$p" ] || chown "$2" $p || exit 125; '
+    '[ -z "$u" ] || umask "$u" || exit 125; shift 2; exec "$@"'
 )
 #: The same, behind the cgroup gate (no PID namespace: the pid never changes).
 GATED_SANDBOX = "read -r _ <&3 || exit 125; exec 3<&-; " + SANDBOX
