@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,7 +60,7 @@ from .services import (
     RetentionService,
     UsersReloadService,
 )
-from .startup import StartupError, fatal
+from .startup import StartupError, fatal, secretFile
 from .threads import daemonRunner, threadRunner
 from .tlssetup import isLoopback, where
 from .tlswrites import LargeWritesTLSFactory
@@ -210,6 +211,7 @@ def _users(config: Options) -> UserDatabase:
             "passwords are public: use --users FILE in production"
         )
         return UserDatabase.development()
+    secretFile(config["users"], "the users file (password hashes)")
     try:
         return UserDatabase.fromFile(config["users"])
     except OSError as e:
@@ -464,12 +466,22 @@ def _store(stateDir: str) -> JobStore:
     rewrote the first one's own certificate and key, then was refused: a
     fault round), nor touched its sandbox files or its jobs.
     """
+    path = os.path.join(stateDir, "jobs.sqlite3")
     try:
-        return JobStore(os.path.join(stateDir, "jobs.sqlite3"))
+        store = JobStore(path)
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
     except StoreError as e:
         fatal(f"cannot use state dir {stateDir}: {e}")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        # (SQLite gives its -wal and -shm files the store's mode.)
+        log.warn(
+            "job store {path} is open to other users (mode {mode}): chmod 600 it",
+            path=path,
+            mode=f"{mode:04o}",
+        )
+    return store
 
 
 def warnIfOpen(stateDir: str) -> bool:

@@ -21,7 +21,7 @@ from ..tls import (
 )
 from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
-from .startup import fatal
+from .startup import fatal, secretFile
 
 log = Logger(namespace="jobworker.server.tap")
 
@@ -56,6 +56,8 @@ def tlsOptions(config: Options) -> Any:
         )
     except TLSConfigError as e:
         fatal(str(e))
+    if not isDevelopmentCertificate(cert):  # (public, and said below)
+        secretFile(key, "the TLS private key")
     problem = validityProblem(cert)
     if problem is not None:
         # Served all the same (a clock may be wrong here, not on clients),
