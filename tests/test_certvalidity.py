@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.tls import validityProblem
 
-from .support import runJW, writePEM
+from .support import runJW, sleep, writePEM
 from .test_durability import listeningPort, sharedPath, startTwistd
 
 DAY = datetime.timedelta(days=1)
@@ -115,3 +116,67 @@ class ExpiredCertificateTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(b"the server's certificate has expired", err)
         self.assertNotIn(b"not trusted", err)
+
+
+class ReloadTests(TestCase):
+    async def test_renewedCertificateTakenOnSIGHUP(self) -> None:
+        """
+        The certificate and key were read at start only: putting a renewed
+        one in place took a restart, which stops every running local job.
+        A SIGHUP reads them again: connections made after it get the new
+        certificate; a job running meanwhile runs on. A reload that fails
+        (a key that does not match) keeps the certificate served.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        folder = os.path.abspath(self.mktemp())
+        first = certified(os.path.join(folder, "first"), now - DAY, 397)
+        second = certified(os.path.join(folder, "second"), now - DAY, 397)
+        served = {name: os.path.join(folder, name) for name in ("cert", "key")}
+        for name in ("cert", "key"):
+            with open(first[name], "rb") as f:
+                writePEM(served[name], f.read())
+            os.chmod(served[name], 0o600)
+        logPath = sharedPath(self)
+        server = startTwistd(
+            self,
+            sharedPath(self),
+            logPath,
+            f"--cert={served['cert']}",
+            f"--key={served['key']}",
+        )
+        port = await listeningPort(logPath)
+        url = f"https://localhost:{port}"
+        out, err, code = await runJW(
+            url, "exec", "--", "sleep", "300", JW_CA=first["ca"]
+        )
+        self.assertEqual(code, 0, err)
+        jobId = out.strip().decode()
+
+        async def reloaded(count: int) -> None:
+            for _ in range(200):
+                with open(logPath, "rb") as f:
+                    if f.read().count(b"TLS certificate") >= count:
+                        return
+                await sleep(0.05)
+            self.fail("no reload in the log")
+
+        # A key of another certificate: refused, the first one still served.
+        with open(second["key"], "rb") as f:
+            writePEM(served["key"], f.read())
+        server.send_signal(signal.SIGHUP)
+        await reloaded(1)
+        with open(logPath, "rb") as f:
+            self.assertIn(b"not reloaded", f.read())
+        _, err, code = await runJW(url, "list", JW_CA=first["ca"])
+        self.assertEqual(code, 0, err)
+        with open(second["cert"], "rb") as f:
+            writePEM(served["cert"], f.read())
+        server.send_signal(signal.SIGHUP)
+        await reloaded(2)
+        _, err, code = await runJW(url, "list", JW_CA=second["ca"])
+        self.assertEqual(code, 0, err)
+        _, err, code = await runJW(url, "list", JW_CA=first["ca"])
+        self.assertNotEqual(code, 0)
+        out, err, code = await runJW(url, "status", jobId, JW_CA=second["ca"])
+        self.assertIn(b"running", out)
+        await runJW(url, "stop", jobId, JW_CA=second["ca"])

@@ -160,8 +160,9 @@ class ManagerService(Service):
 
 class UsersReloadService(Service):
     """
-    On SIGHUP, reopen the audit log (logrotate moved it) and reload the
-    users file (a bad file keeps the old users). The
+    On SIGHUP, reopen the audit log (logrotate moved it), reload the TLS
+    certificate (C{reloadTLS}: a renewed one) and the users file (a bad
+    file keeps the old users). The
     file is read and parsed (bcrypt, account lookups) in a thread, never on
     the reactor; a storm of HUPs costs at most one reload running and one
     more queued. Without a users file a HUP is logged and ignored: it must
@@ -178,8 +179,10 @@ class UsersReloadService(Service):
         runInThread: Callable[..., Deferred[Any]] | None = None,
         reopen: Callable[[], object] | None = None,
         reloaded: Callable[[], object] | None = None,
+        reloadTLS: Callable[[], object] | None = None,
     ) -> None:
         self._path = path
+        self._reloadTLS = reloadTLS
         self._reopen = reopen
         #: Told once new users are in force (the jobs waiting in Slurm's
         #: queue are checked against them).
@@ -214,6 +217,11 @@ class UsersReloadService(Service):
                 self._reopen()
             except Exception:
                 self.log.failure("SIGHUP: the audit log was not reopened")
+        if self._reloadTLS is not None:
+            try:
+                self._reloadTLS()
+            except Exception:
+                self.log.failure("SIGHUP: the TLS certificate was not reloaded")
         # The signal handler drops this Deferred: what fails is said here.
         return self.reload().addErrback(
             lambda failure: self.log.failure("SIGHUP: the reload failed", failure)

@@ -180,6 +180,7 @@ def _parts(
             daemonRunner(reactor, "jobworker-users-reload"),
             audit.reopen,
             manager.ownersChanged,
+            tlsOptions.reload,
         )
     )
 

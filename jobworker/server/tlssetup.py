@@ -11,7 +11,9 @@ import os
 import socket
 from typing import Any
 
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..tls import (
     TLSConfigError,
@@ -21,7 +23,7 @@ from ..tls import (
 )
 from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
-from .startup import fatal, secretFile
+from .startup import StartupError, fatal, secretFile
 
 log = Logger(namespace="jobworker.server.tap")
 
@@ -36,11 +38,53 @@ def isLoopback(interface: str) -> bool:
         return False
 
 
-def tlsOptions(config: Options) -> Any:
+@implementer(IOpenSSLContextFactory)
+class ServedTLS:
     """
-    TLS 1.3 options; the development certificate only on loopback; without
-    C{--cert} and C{--key}, the server's own (made on first start).
+    The server's TLS options (L{tlsOptions}), made again from its files on
+    a reload (SIGHUP): connections made after it get the certificate then
+    in the files (a renewed one; the server's own is renewed if due), those
+    made before keep theirs. A reload that fails (a file missing, a key
+    that does not match its certificate) keeps what is served, and says
+    why.
     """
+
+    def __init__(self, config: Options) -> None:
+        self._config = config
+        self._options = _options(config)
+
+    def getContext(self) -> Any:
+        """The context of a new connection: the options in force."""
+        return self._options.getContext()
+
+    def reload(self) -> None:
+        try:
+            options = _options(self._config)
+            options.getContext()  # (the key given to OpenSSL now)
+        except Exception as e:
+            log.error(
+                "SIGHUP: TLS certificate not reloaded, the one served is kept: {error}",
+                error=str(e) if isinstance(e, StartupError) else repr(e),
+            )
+            return
+        self._options = options
+        log.info(
+            "SIGHUP: TLS certificate reloaded from {cert}: new connections get it",
+            cert=self._config["cert"] or "the state dir",
+        )
+
+
+def tlsOptions(config: Options) -> ServedTLS:
+    """
+    TLS 1.3 options, reloadable (L{ServedTLS}); the development certificate
+    only on loopback; without C{--cert} and C{--key}, the server's own (made
+    on first start).
+    """
+    return ServedTLS(config)
+
+
+def _options(config: Options) -> Any:
+    """L{tlsOptions}, once: C{CertificateOptions}, or a start-up error."""
     cert: str | None = config["cert"]
     key: str | None = config["key"]
     if cert is None and key is None:
