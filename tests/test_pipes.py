@@ -124,6 +124,7 @@ class FakeReader:
         self.reads: list[bytes] = []
         self.reading = True
         self.disconnected = False
+        self.disconnecting = False
 
     def fileno(self) -> int:
         return self.fd
@@ -195,5 +196,14 @@ class CappedStreamTests(SynchronousTestCase):
         os.write(self.w, b"a\n")
         self.drain()
         self.reader.disconnected = True
+        self.reader.reactor.advance(CAPPED_PACE)
+        self.assertFalse(self.reader.reading)
+
+    def test_notResumedOnceDisconnecting(self) -> None:
+        """Its connectionLost is on its way (loseConnection ran): no resume."""
+        self.spool.full = True
+        os.write(self.w, b"a\n")
+        self.drain()
+        self.reader.disconnecting = True
         self.reader.reactor.advance(CAPPED_PACE)
         self.assertFalse(self.reader.reading)

@@ -211,3 +211,15 @@ class LiveServerOfTests(SynchronousTestCase):
         job = self.grandchild(other)
         self.addCleanup(os.kill, job, 9)
         self.assertIsNone(liveServerOf([own.pid, job, missingPid()]))
+
+    def test_aParentAmongThePidsCountsNot(self) -> None:
+        """
+        The processes of a cgroup are a job's own, which may run any
+        command line (C{find / -name jobworker -exec ...}): a parent among
+        them is no server.
+        """
+        forged = self.child("sh", "-c", "sleep 30 & echo $!; wait", "jobworker")
+        job = self.grandchild(forged)
+        self.addCleanup(os.kill, job, 9)
+        self.assertIsNone(liveServerOf([forged.pid, job]))
+        self.assertEqual(liveServerOf([job]), forged.pid)

@@ -11,7 +11,7 @@ import subprocess
 from typing import Any
 
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS
 from jobworker.server.startup import StartupError, secretFile
@@ -40,6 +40,14 @@ class SecretFileTests(SynchronousTestCase):
                 f"may be written by other users (mode {mode:04o})", str(error)
             )
             self.assertIn(f"chmod go-w {self.path}", str(error))
+
+    def test_ownedByAnotherUserRefused(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("gives the file to another user: needs root (CI is)")
+        os.chmod(self.path, 0o600)
+        os.chown(self.path, 65534, -1)
+        error = self.assertRaises(StartupError, secretFile, self.path, "the key")
+        self.assertIn("is owned by uid 65534", str(error))
 
     def test_readableByOthersSaid(self) -> None:
         os.chmod(self.path, 0o644)

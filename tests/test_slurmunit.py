@@ -710,6 +710,14 @@ class ExecutorTests(SynchronousTestCase):
         final = self.manager.record(booted.id)
         self.assertIn("never ran", final.error or "")
         self.assertIsNone(final.started_at)
+        # Cancelled while its node booted (CONFIGURING at the last poll):
+        # allocated a node, never started.
+        booting = self.submit("sleep", "100")
+        self.poll({"104": state("CONFIGURING")})
+        self.poll({"104": replace(state("CANCELLED"), node="node7")})
+        final = self.manager.record(booting.id)
+        self.assertIn("never ran", final.error or "")
+        self.assertIsNone(final.started_at)
 
     def test_aSuspendedJobSaysSo(self) -> None:
         """
@@ -737,6 +745,12 @@ class ExecutorTests(SynchronousTestCase):
         started = self.manager.record(other.id)
         self.assertIs(started.status, JobStatus.RUNNING)
         self.assertEqual(started.pending_reason, "suspended in Slurm")
+        # Lost while suspended (its number another job's): no reason left.
+        self.poll({"102": state("COMPLETED", jobName="someone-elses")})
+        lost = self.manager.record(other.id)
+        self.assertIs(lost.status, JobStatus.FAILED)
+        self.assertIsNone(lost.pending_reason)
+        self.assertIsNone(self.stored(other.id).pending_reason)
 
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""

@@ -278,7 +278,8 @@ static void ownPipes(uid_t uid, gid_t gid) {
 #define NO_SUCH_CALLS 5
 #define IOCTL_CALL 7
 /* PIDFD_GET_INFO is _IOWR(0xFF, 11, struct pidfd_info), of any size (the
- * struct grows; the kernel matches type and number only). Asked of any
+ * struct grows; the kernel matches type and number, but its first
+ * versions (6.13) the number alone: there the filter falls short). Asked of any
  * pid's pidfd, which any process may open, it tells the process's uids,
  * gids and parent (kernel 6.13 and later): every process of the host,
  * which the job's /proc (hidepid=invisible) hides. Refused as kernels

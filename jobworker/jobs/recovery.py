@@ -139,29 +139,43 @@ def _parent(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
+def _ancestors() -> set[int]:
+    """This process and every process above it."""
+    found: set[int] = set()
+    pid: int | None = os.getpid()
+    while pid is not None and pid > 1 and pid not in found:
+        found.add(pid)
+        pid = _parent(pid)
+    return found
+
+
 def liveServerOf(pids: list[int]) -> int | None:
     """
     The pid of a live jobworker, other than this server and its spawner,
     that is the parent of one of C{pids} (a server, C{twistd ... jobworker
     ...}, or its job spawner, C{launcher --spawner}): they are its jobs'
-    processes. After a crash a job's leader has no jobworker parent
-    (it went to init with the server and its spawner); a leader that still
-    has one belongs to a server that runs, on another state dir: this one
-    is a copy of its (a backup restored, an upgrade rehearsed), and its
-    records name that server's jobs. A job cannot make itself a process's
-    parent, so none can pass for one.
+    processes. After a crash a job's leader has no jobworker parent (it
+    went to init, or to a subreaper above this server, with the server
+    and its spawner); a leader that still has one belongs to a server that
+    runs, on another state dir: this one is a copy of its (a backup
+    restored, an upgrade rehearsed), and its records name that server's
+    jobs. Only a parent outside C{pids} counts (a job's own processes may
+    run any command line; the parent of its leader is none of them), and
+    none of this server's ancestors (a subreaper that took in a crashed
+    server's jobs).
     """
-    me = os.getpid()
+    ours = _ancestors()
+    among = set(pids)
     for pid in pids:
         parent = _parent(pid)
-        if parent is None or parent <= 1 or parent == me:
+        if parent is None or parent <= 1 or parent in ours or parent in among:
             continue
         argv = _argv(parent)
         if argv[1:2] == [b"--spawner"]:
             # A spawner counts while its server lives (one whose server was
             # killed exits at once, but may not have yet).
             server = _parent(parent)
-            if server is None or server == me or b"jobworker" not in _argv(server):
+            if server is None or server in ours or b"jobworker" not in _argv(server):
                 continue
             return parent
         if b"jobworker" in argv:

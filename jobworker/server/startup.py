@@ -23,8 +23,9 @@ def fatal(message: str) -> NoReturn:
 def secretFile(path: str, what: str) -> None:
     """
     Refuse a file of secrets (a private key, the users file's password
-    hashes) that other users may write, as ssh refuses such a key: whoever
-    could write it could put a user or a key of theirs there. Warn if they
+    hashes) that other users may write, or that another user than root or
+    the server's owns, as ssh refuses such a key: whoever could write it
+    could put a user or a key of theirs there. Warn if they
     may read it. Nothing is changed; a file that cannot be examined, or is
     no regular file, is left to its reader to report.
     """
@@ -34,6 +35,11 @@ def secretFile(path: str, what: str) -> None:
         return
     if not stat.S_ISREG(status.st_mode):
         return  # (a device, a FIFO: its reader refuses it)
+    if status.st_uid not in (0, os.geteuid()):
+        fatal(
+            f"{what} {path} is owned by uid {status.st_uid}, who could rewrite "
+            f"it: give it to root or to the server's user (chown)"
+        )
     mode = stat.S_IMODE(status.st_mode)
     if mode & 0o022:
         fatal(

@@ -99,8 +99,9 @@ class PipeDrain:
         return None
 
     def _resume(self) -> None:
-        if not self._reader.disconnected:
-            self._reader.startReading()
+        reader = self._reader
+        if not (reader.disconnected or reader.disconnecting):
+            reader.startReading()
 
     def _widen(self) -> None:
         try:

@@ -128,6 +128,9 @@ class SlurmJob:
         self._cleaned: Deferred[None] = Deferred()
         #: Since when Slurm says it will never start it (L{NEVER_STARTS}).
         self._neverSince: float | None = None
+        #: The last poll saw it CONFIGURING (its nodes booting): a node in
+        #: its end then proves no start (L{outcomes.ranIn}).
+        self._configuring = False
         self._stopRequested = False
         self._killCall: IDelayedCall | None = None
         #: When a harder stop that came before the first one's scancel was
@@ -221,6 +224,8 @@ class SlurmJob:
     def update(self, state: SlurmState, now: float) -> None:
         """Take in what Slurm says of the job."""
         record = self.record
+        if state.state not in FINAL:
+            self._configuring = state.state == "CONFIGURING"
         if state.state in QUEUED:
             reason = state.reason if state.reason not in ("", "None") else None
             never = NEVER_STARTS.get(reason) if reason is not None else None
@@ -379,7 +384,7 @@ class SlurmJob:
     def _ended(self, state: SlurmState) -> None:
         record = self.record
         self.failedInSlurm = state.state != "COMPLETED"
-        ran = record.started_at is not None or ranIn(state)
+        ran = record.started_at is not None or (ranIn(state) and not self._configuring)
         if self._refused is not None and not ran:
             record.pending_reason = None
             self._finish(JobStatus.FAILED, error=self._refused)
@@ -418,6 +423,7 @@ class SlurmJob:
         record = self.record
         if record.status.ended:
             return
+        record.pending_reason = None  # (an ended job waits for nothing)
         self.disarmKill()
         self._removeSecrets()
         self.stdout.close()
