@@ -24,7 +24,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
+from jobworker.server.selfcert import (
+    SelfCertError,
+    ServerCertificate,
+    ensureServerCertificate,
+)
 
 from .support import CA, JW, ROOT, LiveServer, jwEnvironment, runJW, waitUntil
 from .test_prompt import converse
@@ -37,6 +41,15 @@ def jwWith(env: dict[str, str], *argv: str) -> Deferred[tuple[bytes, bytes, int]
     return getProcessOutputAndValue(  # type: ignore[no-any-return]
         JW, list(argv), env=env, reactor=reactor
     )
+
+
+def signedByItsCA(served: ServerCertificate) -> None:
+    """Raise unless the server certificate is signed by the CA beside it."""
+    with open(served.ca, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    with open(served.cert, "rb") as f:
+        leaf = x509.load_pem_x509_certificates(f.read())[0]
+    leaf.verify_directly_issued_by(ca)
 
 
 class SelfCertTests(SynchronousTestCase):
@@ -102,11 +115,7 @@ class RotatedCATests(SynchronousTestCase):
         again = ensureServerCertificate(folder, HOSTS)
         self.assertTrue(again.made)
         self.assertNotEqual(again.fingerprint, first.fingerprint)
-        with open(again.ca, "rb") as f:
-            ca = x509.load_pem_x509_certificate(f.read())
-        with open(again.cert, "rb") as f:
-            leaf = x509.load_pem_x509_certificates(f.read())[0]
-        leaf.verify_directly_issued_by(ca)
+        signedByItsCA(again)
 
     def test_notYetValidLeafMadeAnew(self) -> None:
         """
@@ -170,11 +179,7 @@ class HalfMadeCATests(SynchronousTestCase):
         self.assertTrue(again.made)
         with open(os.path.join(folder, "ca.key"), "rb") as f:
             self.assertEqual(f.read(), key)
-        with open(again.ca, "rb") as f:
-            ca = x509.load_pem_x509_certificate(f.read())
-        with open(again.cert, "rb") as f:
-            leaf = x509.load_pem_x509_certificates(f.read())[0]
-        leaf.verify_directly_issued_by(ca)
+        signedByItsCA(again)
 
     def test_missingKeyNamed(self) -> None:
         """A certificate without its key cannot sign: the error names the file."""

@@ -192,18 +192,16 @@ class CappedStreamTests(SynchronousTestCase):
         self.assertEqual(self.reader.reactor.getDelayedCalls(), [])
 
     def test_notResumedOnceDisconnected(self) -> None:
-        self.spool.full = True
-        os.write(self.w, b"a\n")
-        self.drain()
-        self.reader.disconnected = True
-        self.reader.reactor.advance(CAPPED_PACE)
-        self.assertFalse(self.reader.reading)
-
-    def test_notResumedOnceDisconnecting(self) -> None:
-        """Its connectionLost is on its way (loseConnection ran): no resume."""
-        self.spool.full = True
-        os.write(self.w, b"a\n")
-        self.drain()
-        self.reader.disconnecting = True
-        self.reader.reactor.advance(CAPPED_PACE)
-        self.assertFalse(self.reader.reading)
+        """
+        Its connection lost, or its connectionLost on its way (its
+        loseConnection ran): no resume.
+        """
+        for flag in ("disconnected", "disconnecting"):
+            self.spool.full = True
+            os.write(self.w, b"a\n")
+            self.drain()
+            setattr(self.reader, flag, True)
+            self.reader.reactor.advance(CAPPED_PACE)
+            self.assertFalse(self.reader.reading, flag)
+            setattr(self.reader, flag, False)
+            self.reader.startReading()
