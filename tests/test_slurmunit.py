@@ -1163,6 +1163,38 @@ class CommandsTests(SynchronousTestCase):
         Deferred.fromCoroutine(commands.cancel("7", "jobworker-x"))
         self.assertEqual(self.lastArgv(), ["scancel", "--jobname=jobworker-x", "7"])
 
+    def test_sbatchGetsTheStartersUmask(self) -> None:
+        """
+        sbatch hands its umask to the job (SLURM_UMASK): a daemonized server
+        (twistd sets its own to 077) gave every Slurm job 077. sbatch runs
+        with the umask of whoever started the server, as local jobs do.
+        """
+        commands = SlurmCommands(
+            self.reactor,  # type: ignore[arg-type]
+            env={"PATH": "/nonexistent"},
+            serverUid=1000,
+            descriptorLimit=1024,
+            umask=0o022,
+        )
+        Deferred.fromCoroutine(commands.submit(["--job-name=x"], ["s"]))
+        self.assertEqual(
+            self.lastArgv(b"7\n")[:4],
+            [
+                "sh",
+                "-c",
+                'umask 0022 && ulimit -Sn 1024 && exec "$@"',
+                "jobworker-sbatch",
+            ],
+        )
+        alone = SlurmCommands(
+            self.reactor,  # type: ignore[arg-type]
+            env={"PATH": "/nonexistent"},
+            serverUid=1000,
+            umask=0o002,
+        )
+        Deferred.fromCoroutine(alone.submit(["--job-name=x"], ["s"]))
+        self.assertEqual(self.lastArgv(b"8\n")[2], 'umask 0002 && exec "$@"')
+
     def test_sbatchWithoutTheServersTimeFormat(self) -> None:
         """
         SLURM_TIME_FORMAT=%s (for the server's own squeue) reached every job

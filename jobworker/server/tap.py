@@ -396,7 +396,7 @@ def _manager(
     stateDir = config["state-dir"]
     executor: SlurmExecutor | LocalExecutor | None = None
     if slurm:
-        executor = _slurmExecutor(config, reactor, policy, descriptorLimit)
+        executor = _slurmExecutor(config, reactor, policy, descriptorLimit, umask)
     try:
         if executor is None:
             pumps = Pumps(reactor, config["output-threads"])  # type: ignore[arg-type]
@@ -507,6 +507,7 @@ def _slurmExecutor(
     reactor: JobReactor,
     policy: JobPolicy,
     descriptorLimit: int | None = None,
+    umask: int | None = None,
 ) -> SlurmExecutor:
     if shutil.which("sbatch") is None:
         fatal("--executor slurm: sbatch is not on PATH (install Slurm's clients)")
@@ -531,6 +532,7 @@ def _slurmExecutor(
                 exclusive=bool(config["slurm-allow-exclusive"]),
             ),
             descriptorLimit=descriptorLimit,
+            umask=umask,
         )
     except OSError as e:
         fatal(f"cannot use --slurm-output-dir: {e.strerror}")

@@ -93,13 +93,17 @@ class SlurmCommands:
         timeout: float = COMMAND_TIMEOUT,
         serverUid: int | None = None,
         descriptorLimit: int | None = None,
+        umask: int | None = None,
     ) -> None:
         """
         @param descriptorLimit: the soft C{RLIMIT_NOFILE} sbatch runs with,
             which it hands to the job (Slurm's C{PropagateResourceLimits});
             None: the server's.
+        @param umask: the umask sbatch runs with, which it hands to the job
+            (C{SLURM_UMASK}); None: the server's (077 once twistd daemonized).
         """
         self._descriptorLimit = descriptorLimit
+        self._umask = umask
         self._reactor = reactor
         self._timeout = timeout
         self._serverUid = os.getuid() if serverUid is None else serverUid
@@ -162,11 +166,17 @@ class SlurmCommands:
     ) -> str:
         """C{sbatch --parsable}, as C{identity}: the new job's id."""
         argv = ["sbatch", "--parsable", *options, *script]
+        # The limit and umask the server was started with, not the ones it
+        # (or twistd, daemonizing) set its own to: sbatch hands them to the
+        # job.
+        settings = []
+        if self._umask is not None:
+            settings.append(f"umask {self._umask:04o}")
         if self._descriptorLimit is not None:
-            # The limit the server was started with, not the one it raised
-            # its own to (sbatch hands the job its soft limits).
-            limit = f'ulimit -Sn {self._descriptorLimit:d} && exec "$@"'
-            argv = ["sh", "-c", limit, "jobworker-sbatch", *argv]
+            settings.append(f"ulimit -Sn {self._descriptorLimit:d}")
+        if settings:
+            wrapper = " && ".join([*settings, 'exec "$@"'])
+            argv = ["sh", "-c", wrapper, "jobworker-sbatch", *argv]
         out = self._check(
             "sbatch", await self.run(*argv, identity=identity, env=self._submitEnv)
         )

@@ -84,6 +84,7 @@ class SlurmExecutor:
         allowances: SlurmAllowances | None = None,
         descriptorLimit: int | None = None,
         lookUp: Callable[[str], Identity] = Identity.ofAccount,
+        umask: int | None = None,
     ) -> None:
         self._reactor = reactor
         self._outputDir = outputDir
@@ -95,7 +96,7 @@ class SlurmExecutor:
         self._commands = (
             commands
             if commands is not None
-            else SlurmCommands(reactor, descriptorLimit=descriptorLimit)
+            else SlurmCommands(reactor, descriptorLimit=descriptorLimit, umask=umask)
         )
         self._server = Identity.ofServer()
         self._accounts = SlurmAccounts(self._server, sharedAccount, lookUp)
