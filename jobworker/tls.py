@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -50,9 +52,8 @@ def isDevelopmentCertificate(certPath: str) -> bool:
     copied to. False if the file cannot be read.
     """
     try:
-        with open(certPath, "rb") as f:
-            leaf = x509.load_pem_x509_certificates(f.read())[0]
-    except (OSError, ValueError):
+        leaf = x509.load_pem_x509_certificates(_read(certPath, "certificate"))[0]
+    except (TLSConfigError, ValueError):
         return False
     return publicKeySHA256(leaf) == DEVELOPMENT_SERVER_KEY_SHA256
 
@@ -64,9 +65,8 @@ def validityProblem(certPath: str) -> str | None:
     be read: L{serverOptions} says why).
     """
     try:
-        with open(certPath, "rb") as f:
-            leaf = x509.load_pem_x509_certificates(f.read())[0]
-    except (OSError, ValueError):
+        leaf = x509.load_pem_x509_certificates(_read(certPath, "certificate"))[0]
+    except (TLSConfigError, ValueError):
         return None
     now = datetime.datetime.now(datetime.UTC)
     if leaf.not_valid_after_utc < now:
@@ -76,12 +76,45 @@ def validityProblem(certPath: str) -> str | None:
     return None
 
 
+#: The most a certificate, key or CA file may hold (a CA bundle of a
+#: system's, some 200 KiB, fits): /dev/zero filled the memory.
+MAX_PEM_BYTES = 4 << 20
+#: The most certificates the server's chain may hold: a leaf and its
+#: intermediates (150 made every handshake fail).
+MAX_CHAIN = 10
+
+
 def _read(path: str, what: str) -> bytes:
+    """
+    The bytes of C{path}, a regular file (a symlink to one is followed) of
+    at most L{MAX_PEM_BYTES}: never waited on (a FIFO hung the server's
+    thread for good, a SIGHUP's reload included).
+
+    @raise TLSConfigError: it cannot be read, is no regular file, or is too
+        big.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as e:
         raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TLSConfigError(f"cannot read {what} {path}: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_PEM_BYTES:
+            chunk = os.read(fd, MAX_PEM_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_PEM_BYTES:
+        raise TLSConfigError(f"{what} {path} is over {MAX_PEM_BYTES >> 20} MiB")
+    return b"".join(chunks)
 
 
 def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:
@@ -145,6 +178,11 @@ def serverOptions(
         raise TLSConfigError(
             f"{keyPath} is not an unencrypted PEM private key"
         ) from None
+    if len(chain) > MAX_CHAIN:
+        raise TLSConfigError(
+            f"{certPath} holds {len(chain)} certificates: at most {MAX_CHAIN} "
+            "(the server's and its intermediates)"
+        )
     if chain[0].public_key() != key.public_key():
         raise TLSConfigError(f"{keyPath} does not match the certificate {certPath}")
     clientCAs: list[Any] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 
 from cryptography import x509
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.tls import validityProblem
+from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
+from jobworker.tls import MAX_CHAIN, TLSConfigError, serverOptions, validityProblem
 
 from .support import runJW, sleep, writePEM
 from .test_durability import listeningPort, sharedPath, startTwistd
@@ -179,4 +181,71 @@ class ReloadTests(TestCase):
         self.assertNotEqual(code, 0)
         out, err, code = await runJW(url, "status", jobId, JW_CA=second["ca"])
         self.assertIn(b"running", out)
+        # An expired certificate (of the same CA), then a FIFO at --key (it
+        # hung the server's thread for good): not reloaded, the second kept.
+        expired = certified(os.path.join(folder, "old"), now - 400 * DAY, 397)
+        for name in ("cert", "key"):
+            with open(expired[name], "rb") as f:
+                writePEM(served[name], f.read())
+        server.send_signal(signal.SIGHUP)
+        await reloaded(3)
+        os.unlink(served["key"])
+        os.mkfifo(served["key"], 0o600)
+        server.send_signal(signal.SIGHUP)
+        await reloaded(4)
+        with open(logPath, "rb") as f:
+            log = f.read()
+        self.assertEqual(log.count(b"TLS certificate not reloaded"), 3, log)
+        _, err, code = await runJW(url, "list", JW_CA=second["ca"])
+        self.assertEqual(code, 0, err)
         await runJW(url, "stop", jobId, JW_CA=second["ca"])
+
+
+class ReloadRefusalTests(SynchronousTestCase):
+    """
+    A fault round: what a reload (SIGHUP) put in place that no client could
+    use, or hung the server on.
+    """
+
+    def test_aFifoOrADeviceIsNoCertificate(self) -> None:
+        """A FIFO at --key hung the server's thread for good on a SIGHUP."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        fifo = os.path.join(folder, "key.pem")
+        os.mkfifo(fifo)
+        valid = certified(folder, datetime.datetime.now(datetime.UTC) - DAY, 397)
+        for path in (fifo, "/dev/zero"):
+            error = self.assertRaises(
+                TLSConfigError, serverOptions, valid["cert"], path
+            )
+            self.assertIn("not a regular file", str(error))
+
+    def test_aLongChainRefused(self) -> None:
+        """150 certificates in --cert made every handshake fail."""
+        folder = os.path.abspath(self.mktemp())
+        valid = certified(folder, datetime.datetime.now(datetime.UTC) - DAY, 397)
+        with open(valid["cert"], "rb") as f:
+            leaf = f.read()
+        with open(valid["ca"], "rb") as f:
+            ca = f.read()
+        writePEM(valid["cert"], leaf + ca * (MAX_CHAIN - 1))
+        serverOptions(valid["cert"], valid["key"])
+        writePEM(valid["cert"], leaf + ca * MAX_CHAIN)
+        error = self.assertRaises(
+            TLSConfigError, serverOptions, valid["cert"], valid["key"]
+        )
+        self.assertIn(f"holds {MAX_CHAIN + 1} certificates", str(error))
+
+    def test_noNewCAOnAReload(self) -> None:
+        """
+        The state dir's tls folder removed, a SIGHUP made a new CA, which
+        no client trusted, with an info line: a reload makes none.
+        """
+        folder = os.path.abspath(self.mktemp())
+        ensureServerCertificate(folder, ["localhost"])
+        shutil.rmtree(folder)
+        error = self.assertRaises(
+            SelfCertError, ensureServerCertificate, folder, ["localhost"], False
+        )
+        self.assertIn("is gone", str(error))
+        self.assertFalse(os.path.exists(folder))

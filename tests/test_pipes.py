@@ -184,12 +184,20 @@ class CappedStreamTests(SynchronousTestCase):
         self.assertEqual(self.reader.reads, [b"a\n", b"b\n" * 100])
 
     def test_pastTheCapFullReadsNotPaced(self) -> None:
+        """Nor offered to a thread, which would read it write by write."""
+        offered: list[Any] = []
+        self.drain = PipeDrain(self.reader, offered.append, self.spool)
         self.spool.full = True
         os.write(self.w, b"x" * QUIET_READ)  # the default pipe, full
         self.drain()
         self.assertEqual(len(self.reader.reads[0]), QUIET_READ)
         self.assertTrue(self.reader.reading)
         self.assertEqual(self.reader.reactor.getDelayedCalls(), [])
+        self.assertEqual(offered, [])
+        self.spool.full = False
+        os.write(self.w, b"x" * HEAVY)  # (the pipe was widened to it)
+        self.drain()
+        self.assertEqual(offered, [self.reader])
 
     def test_notResumedOnceDisconnected(self) -> None:
         """

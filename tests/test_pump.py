@@ -123,7 +123,7 @@ class Job(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()  # type: ignore[union-attr]
-        drainInLargeReads(self.transport, self.heavy)
+        drainInLargeReads(self.transport, self.heavy, dict(self.spools))
 
     def heavy(self, fd: int, reader: Any) -> bool:
         if self.pumps is None:
@@ -348,6 +348,33 @@ class PumpTests(TestCase):
         # The cap went back and forth with the stream: 3n kept, n dropped.
         self.assertEqual((spool.size, spool.dropped), (3 * n, n))
         self.assertEqual(digestOf(spool.path), expectedPieces(n, n, n))
+        self.assertEqual(pumpsLeft(), [])
+
+    async def test_pastItsCapSmallWritesGoBackToTheReactor(self) -> None:
+        """
+        A pumped stream past its cap, written a few bytes at a time, goes
+        back to the reactor (which paces it: L{pipes.PipeDrain}) however
+        long it stays busy: its thread read it write by write, and a tight
+        writer cost the server most of a CPU. What it wrote is counted.
+        """
+        n = 4 * HEAVY
+        pumps = Pumps(reactor, limit=1, idle=30.0)  # (never quiet long enough)
+        job = Job(self.spools(maxBytes=HEAVY), pumps)
+        go = os.path.join(self.folder, "go")
+        self.spawn(job, PACED, str(n), go, "3")
+        for _ in range(250):
+            if pumps.idled:
+                break
+            await sleep(0.02)
+        with open(go, "w"):
+            pass
+        await job.ended
+        self.assertEqual(job.taken[:1], [1])
+        self.assertGreaterEqual(pumps.idled, 1)
+        spool = job.spools[1]
+        self.assertEqual(spool.size, HEAVY)
+        self.assertGreaterEqual(spool.dropped, 2 * n - HEAVY)
+        self.assertEqual(digestOf(spool.path), expected(HEAVY))
         self.assertEqual(pumpsLeft(), [])
 
     async def test_thePumpGoesFirstWhenFollowed(self) -> None:

@@ -14,6 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS
+from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError, secretFile
 
 from .support import CERT, FREE_UIDS, KEY, TWISTD
@@ -93,3 +94,49 @@ class StartupTests(SynchronousTestCase):
         lines = [line for line in stderr.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, stderr)
         self.assertIn("may be written by other users (mode 0666)", lines[0])
+
+
+class Authenticator:
+    """Records each users database a reload installs."""
+
+    def __init__(self) -> None:
+        self.replaced: list[Any] = []
+
+    def replaceUsers(self, users: Any) -> None:
+        self.replaced.append(users)
+
+
+class UsersReloadTests(SynchronousTestCase):
+    def test_aReloadChecksAsAStartDoes(self) -> None:
+        """
+        A users file made writable by others (or given to another user)
+        after the start was reloaded on SIGHUP, a line of an Admin of
+        someone else's added to it: refused as at a start, the old users
+        kept.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(DEVELOPMENT_USERS)
+        os.chmod(path, 0o600)
+        authenticator = Authenticator()
+        service = UsersReloadService(path, authenticator, None)  # type: ignore[arg-type]
+        said: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.successResultOf(service.reload())
+        self.assertEqual(len(authenticator.replaced), 1)
+        os.chmod(path, 0o666)  # noqa: S103 (the mistake under test)
+        self.successResultOf(service.reload())
+        self.assertEqual(len(authenticator.replaced), 1)
+        self.assertTrue(
+            any("not reloaded" in line and "may be written" in line for line in said),
+            said,
+        )
+        os.chmod(path, 0o644)
+        self.successResultOf(service.reload())
+        self.assertEqual(len(authenticator.replaced), 2)
+        self.assertTrue(any("is readable by other users" in line for line in said))

@@ -166,10 +166,14 @@ def _caKey(path: str) -> ec.EllipticCurvePrivateKey:
     return loaded
 
 
-def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
+def ensureServerCertificate(
+    folder: str, hosts: list[str], makeCA: bool = True
+) -> ServerCertificate:
     """
     The server's own CA and certificate for C{hosts} in C{folder}: made if
     absent, the server certificate renewed if it is old or misses a host.
+    Without C{makeCA} (a reload), a CA that is gone is not made anew: every
+    client trusts the one it had.
 
     @raise SelfCertError: the folder or its files cannot be used.
     """
@@ -179,6 +183,11 @@ def ensureServerCertificate(folder: str, hosts: list[str]) -> ServerCertificate:
     keyPath = os.path.join(folder, "server.key")
     made = False
     try:
+        if not makeCA and not os.path.exists(caPath):
+            raise SelfCertError(
+                f"the server's CA {caPath} is gone: a new CA, which no client "
+                "trusts yet, is made only at a start"
+            )
         os.makedirs(folder, mode=0o755, exist_ok=True)
         if not os.path.exists(caPath):
             # With the key alone, a start was cut short between the two

@@ -25,6 +25,7 @@ from ..jobs.manager import (
     JobManager,
 )
 from ..jobs.store import StoreError
+from .startup import USERS_FILE, StartupError, secretFileProblem
 
 _T = TypeVar("_T")
 
@@ -253,16 +254,19 @@ class UsersReloadService(Service):
 
     async def _reloadOnce(self, path: str) -> None:
         try:
-            users = None
+            loaded = None
             if self._runInThread is not None:
                 try:
-                    users = await self._runInThread(UserDatabase.fromFile, path)
+                    loaded = await self._runInThread(_checkedUsers, path)
                 except NoThread:
                     # A revocation must not wait for a thread: read here.
                     pass
-            if users is None:
-                users = UserDatabase.fromFile(path)
-        except (OSError, UsersFileError, UnicodeDecodeError) as e:
+            if loaded is None:
+                loaded = _checkedUsers(path)
+            users, warning = loaded
+            if warning is not None:
+                self.log.warn("{problem}", problem=warning)
+        except (OSError, UsersFileError, UnicodeDecodeError, StartupError) as e:
             self.log.error(
                 "users file {path} not reloaded, keeping the old users: {error}",
                 path=path,
@@ -287,6 +291,15 @@ class UsersReloadService(Service):
         )
         if self._reloaded is not None:
             self._reloaded()
+
+
+def _checkedUsers(path: str) -> tuple[UserDatabase, str | None]:
+    """
+    The users file, refused as at a start if others may write it (or
+    another user owns it), with the warning to give if they may read it.
+    """
+    warning = secretFileProblem(path, USERS_FILE)
+    return UserDatabase.fromFile(path), warning
 
 
 def elapsedSeconds() -> float:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from typing import NoReturn
 
 from twisted.logger import Logger
 
 log = Logger(namespace="jobworker.server.tap")
+
+#: How L{secretFile} names the users file.
+USERS_FILE = "the users file (password hashes)"
 
 
 class StartupError(Exception):
@@ -21,36 +25,45 @@ def fatal(message: str) -> NoReturn:
 
 
 def secretFile(path: str, what: str) -> None:
+    """L{secretFileProblem}, its warning logged."""
+    warning = secretFileProblem(path, what)
+    if warning is not None:
+        log.warn("{problem}", problem=warning)
+
+
+def secretFileProblem(path: str, what: str) -> str | None:
     """
     Refuse a file of secrets (a private key, the users file's password
     hashes) that other users may write, or that another user than root or
     the server's owns, as ssh refuses such a key: whoever could write it
-    could put a user or a key of theirs there. Warn if they
-    may read it. Nothing is changed; a file that cannot be examined, or is
-    no regular file, is left to its reader to report.
+    could put a user or a key of theirs there. If they may read it, the
+    warning to give (None: none). Nothing is changed; a file that cannot be
+    examined, or is no regular file, is left to its reader to report.
+
+    @raise StartupError: it is refused.
     """
     try:
         status = os.stat(path)
     except OSError:
-        return
+        return None
     if not stat.S_ISREG(status.st_mode):
-        return  # (a device, a FIFO: its reader refuses it)
+        return None  # (a device, a FIFO: its reader refuses it)
+    shown = ascii(path)[1:-1]  # (a newline in it stays on the line)
+    quoted = shlex.quote(path)
     if status.st_uid not in (0, os.geteuid()):
         fatal(
-            f"{what} {path} is owned by uid {status.st_uid}, who could rewrite "
+            f"{what} {shown} is owned by uid {status.st_uid}, who could rewrite "
             f"it: give it to root or to the server's user (chown)"
         )
     mode = stat.S_IMODE(status.st_mode)
     if mode & 0o022:
         fatal(
-            f"{what} {path} may be written by other users (mode {mode:04o}): "
-            f"run chmod go-w {path}"
+            f"{what} {shown} may be written by other users (mode {mode:04o}): "
+            f"run chmod go-w {ascii(quoted)[1:-1]}"
         )
     if mode & 0o044:
-        log.warn(
-            "{what} {path} is readable by other users (mode {mode}): run "
-            "chmod 600 {path}",
-            what=what,
-            path=path,
-            mode=f"{mode:04o}",
+        return (
+            f"{what} {shown} is readable by other users (mode {mode:04o}): run "
+            f"chmod 600 {ascii(quoted)[1:-1]}"
         )
+    return None

@@ -60,7 +60,7 @@ from .services import (
     RetentionService,
     UsersReloadService,
 )
-from .startup import StartupError, fatal, secretFile
+from .startup import USERS_FILE, StartupError, fatal, secretFile
 from .threads import daemonRunner, threadRunner
 from .tlssetup import isLoopback, where
 from .tlswrites import LargeWritesTLSFactory
@@ -212,7 +212,7 @@ def _users(config: Options) -> UserDatabase:
             "passwords are public: use --users FILE in production"
         )
         return UserDatabase.development()
-    secretFile(config["users"], "the users file (password hashes)")
+    secretFile(config["users"], USERS_FILE)
     try:
         return UserDatabase.fromFile(config["users"])
     except OSError as e:

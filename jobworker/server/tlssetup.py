@@ -51,7 +51,7 @@ class ServedTLS:
 
     def __init__(self, config: Options) -> None:
         self._config = config
-        self._options = _options(config)
+        self._options = _options(config, reloading=False)
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
@@ -59,7 +59,7 @@ class ServedTLS:
 
     def reload(self) -> None:
         try:
-            options = _options(self._config)
+            options = _options(self._config, reloading=True)
             options.getContext()  # (the key given to OpenSSL now)
         except Exception as e:
             log.error(
@@ -83,12 +83,16 @@ def tlsOptions(config: Options) -> ServedTLS:
     return ServedTLS(config)
 
 
-def _options(config: Options) -> Any:
-    """L{tlsOptions}, once: C{CertificateOptions}, or a start-up error."""
+def _options(config: Options, reloading: bool) -> Any:
+    """
+    L{tlsOptions}, once: C{CertificateOptions}, or a start-up error. A
+    reload refuses what a start serves with an error line (a certificate
+    out of date: the one served may not be), and makes no new CA.
+    """
     cert: str | None = config["cert"]
     key: str | None = config["key"]
     if cert is None and key is None:
-        cert, key = _ownCertificate(config)
+        cert, key = _ownCertificate(config, makeCA=not reloading)
     elif cert is None or key is None:
         fatal("--cert and --key go together: give both, or neither")
     try:
@@ -103,6 +107,8 @@ def _options(config: Options) -> Any:
     if not isDevelopmentCertificate(cert):  # (public, and said below)
         secretFile(key, "the TLS private key")
     problem = validityProblem(cert)
+    if problem is not None and reloading:
+        fatal(f"the certificate {cert} {problem}")
     if problem is not None:
         # Served all the same (a clock may be wrong here, not on clients),
         # but every client that checks it refuses the handshake.
@@ -129,15 +135,18 @@ def _options(config: Options) -> Any:
     return tlsOptions
 
 
-def _ownCertificate(config: Options) -> tuple[str, str]:
-    """Use the server's own CA and certificate (made if absent): see selfcert."""
+def _ownCertificate(config: Options, makeCA: bool = True) -> tuple[str, str]:
+    """
+    Use the server's own CA and certificate (made if absent, the CA only if
+    C{makeCA}): see selfcert.
+    """
     hosts = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
     interface = config["interface"]
     if interface and not _isWildcard(interface) and interface not in hosts:
         hosts.append(interface)
     folder = os.path.join(config["state-dir"], "tls")
     try:
-        own = ensureServerCertificate(folder, hosts)
+        own = ensureServerCertificate(folder, hosts, makeCA)
     except SelfCertError as e:
         fatal(str(e))
     # jw finds only the CA of the default state dir (its user's own).

@@ -88,12 +88,14 @@ class PipeDrain:
         if full and self._size < HEAVY:
             self._widen()
         self._reader.dataReceived(data)
+        capped = self._spool is not None and self._spool.full
         if full:
-            if self._heavy is not None:
+            if self._heavy is not None and not capped:
                 # Offered at each full read: a stream declined (every thread
-                # busy) or given back (quiet a while) is offered again.
+                # busy) or given back (quiet a while) is offered again; not
+                # one past its cap (a thread would read it write by write).
                 self._heavy(self._reader)
-        elif self._spool is not None and self._spool.full:
+        elif capped:
             self._reader.stopReading()
             self._reader.reactor.callLater(CAPPED_PACE, self._resume)
         return None

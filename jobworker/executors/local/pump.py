@@ -199,6 +199,11 @@ class Pump:
                     break
                 if not moved:
                     break
+                if self._room == 0 and moved < READ:
+                    # Past its cap, in small writes: back to the reactor,
+                    # which paces it (a thread read it write by write).
+                    reason = None
+                    break
                 if self._read - self._announced >= ANNOUNCE:
                     self._announce()
                 if self.nice != nice:
