@@ -21,6 +21,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from .certificates import isCA
+from .jobs.folders import readAtMost
 from .tlserrors import TLSConfigError
 
 if TYPE_CHECKING:
@@ -100,21 +101,14 @@ def _read(path: str, what: str) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise TLSConfigError(f"cannot read {what} {path}: not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_PEM_BYTES:
-            chunk = os.read(fd, MAX_PEM_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = readAtMost(fd, MAX_PEM_BYTES)
     except OSError as e:
         raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if size > MAX_PEM_BYTES:
+    if len(data) > MAX_PEM_BYTES:
         raise TLSConfigError(f"{what} {path} is over {MAX_PEM_BYTES >> 20} MiB")
-    return b"".join(chunks)
+    return data
 
 
 def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:

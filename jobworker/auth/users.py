@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import bcrypt
 
+from ..jobs.folders import readAtMost
 from ..jobs.identity import Identity, IdentityError
 from .names import USER_NAME
 from .permissions import Role, User
@@ -213,18 +214,11 @@ def _readUsersFile(path: str) -> bytes:
             raise UsersFileError(f"{path}: not a regular file ({_kind(st.st_mode)})")
         if st.st_size > MAX_USERS_FILE_BYTES:
             raise UsersFileError(f"{path}: {_TOO_BIG}")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_USERS_FILE_BYTES:
-            chunk = os.read(fd, MAX_USERS_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_USERS_FILE_BYTES:
+        data = readAtMost(fd, MAX_USERS_FILE_BYTES)
+        if len(data) > MAX_USERS_FILE_BYTES:
             # It grew while being read.
             raise UsersFileError(f"{path}: {_TOO_BIG}")
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)
 

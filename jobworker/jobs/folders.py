@@ -134,6 +134,22 @@ def openRegular(path: str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+def readAtMost(fd: int, limit: int) -> bytes:
+    """
+    What C{fd} holds, read to its end or past C{limit} bytes: a result
+    longer than C{limit} means the file is too big (or grew while read).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def openOutput(path: str) -> int:
     """
     A job's output file (or order file), for reading: never through a
