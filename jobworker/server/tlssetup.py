@@ -44,8 +44,9 @@ class ServedTLS:
     The server's TLS options (L{tlsOptions}), made again from its files on
     a reload (SIGHUP): connections made after it get the certificate then
     in the files (a renewed one; the server's own is renewed if due), those
-    made before keep theirs. A reload that fails (a file missing, a key
-    that does not match its certificate) keeps what is served, and says
+    made before keep theirs. A reload that fails (a file missing or no
+    regular file, a key that does not match its certificate, a certificate
+    out of date, the server's own CA gone) keeps what is served, and says
     why.
     """
 
@@ -58,6 +59,7 @@ class ServedTLS:
         return self._options.getContext()
 
     def reload(self) -> None:
+        """Read the files again (SIGHUP); keep the options served on failure."""
         try:
             options = _options(self._config, reloading=True)
             options.getContext()  # (the key given to OpenSSL now)

@@ -63,7 +63,9 @@ class PipeDrain:
     L{CAPPED_PACE} seconds, so a job writing a few bytes at a time wakes
     the server at most 1 / L{CAPPED_PACE} times a second for it, not once
     a write. A full read is followed by the next at once (a heavy writer
-    is not held back; it turns heavy as before).
+    is not held back), but is not offered to a thread: one read a capped
+    stream of small writes write by write (L{pump} gives such a stream
+    back).
     """
 
     def __init__(
