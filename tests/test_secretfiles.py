@@ -50,6 +50,20 @@ class SecretFileTests(SynchronousTestCase):
         error = self.assertRaises(StartupError, secretFile, self.path, "the key")
         self.assertIn("is owned by uid 65534", str(error))
 
+    def test_inAFolderOthersMayWriteRefused(self) -> None:
+        """
+        Others may not write the file, but may replace it: its folder is
+        theirs to write (without the sticky bit of /tmp).
+        """
+        os.chmod(self.path, 0o600)
+        folder = os.path.dirname(self.path)
+        os.chmod(folder, 0o777)  # noqa: S103 (the mistake under test)
+        self.addCleanup(os.chmod, folder, 0o755)
+        error = self.assertRaises(StartupError, secretFile, self.path, "the key")
+        self.assertIn(f"is in {folder}, where other users may", str(error))
+        os.chmod(folder, 0o1777)  # noqa: S103 (as /tmp)
+        secretFile(self.path, "the key")
+
     def test_readableByOthersSaid(self) -> None:
         os.chmod(self.path, 0o644)
         secretFile(self.path, "the key")

@@ -61,9 +61,40 @@ def secretFileProblem(path: str, what: str) -> str | None:
             f"{what} {shown} may be written by other users (mode {mode:04o}): "
             f"run chmod go-w {ascii(quoted)[1:-1]}"
         )
+    folder = _openFolder(path)
+    if folder is not None:
+        fatal(
+            f"{what} {shown} is in {ascii(folder)[1:-1]}, where other users may "
+            "put a file of theirs in its place: run chmod go-w (or +t) on it"
+        )
     if mode & 0o044:
         return (
             f"{what} {shown} is readable by other users (mode {mode:04o}): run "
             f"chmod 600 {ascii(quoted)[1:-1]}"
         )
+    return None
+
+
+def _openFolder(path: str) -> str | None:
+    """
+    The first folder on the way to C{path} (as named, and where its
+    symlinks lead) that other users may write without the sticky bit, or
+    that another user than root or the server's owns; None if none.
+    """
+    seen: set[str] = set()
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        folder = os.path.dirname(start)
+        while folder not in seen:
+            seen.add(folder)
+            try:
+                status = os.stat(folder)
+            except OSError:
+                return None  # (the file's reader says why)
+            open_ = status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX
+            if open_ or status.st_uid not in (0, os.geteuid()):
+                return folder
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
     return None
