@@ -370,6 +370,16 @@ def selfSigned(name: Any, ca: bool = False) -> tuple[Any, Any]:
     return builder.sign(key, hashes.SHA256()), key
 
 
+class RecordingAuthenticator:
+    """Records each users database a reload (SIGHUP) installs."""
+
+    def __init__(self) -> None:
+        self.replaced: list[Any] = []
+
+    def replaceUsers(self, users: Any) -> None:
+        self.replaced.append(users)
+
+
 def writePEM(path: str, data: bytes) -> None:
     """Write a certificate or key file made by a test."""
     with open(path, "wb") as f:

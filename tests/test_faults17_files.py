@@ -28,21 +28,11 @@ from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase, UsersFileError
 from jobworker.executors.local import launcher
 from jobworker.server.services import UsersReloadService
 
-from .support import CERT, FREE_UIDS, KEY, TWISTD, pythonChild
+from .support import CERT, FREE_UIDS, KEY, TWISTD, RecordingAuthenticator, pythonChild
 from .test_launcher import CompilerCase
 
 #: How long a users file load may take before it counts as hung.
 PROMPT = 5.0
-
-
-class _Authenticator:
-    """Records each users database the reload installs."""
-
-    def __init__(self) -> None:
-        self.replaced: list[UserDatabase] = []
-
-    def replaceUsers(self, users: UserDatabase) -> None:
-        self.replaced.append(users)
 
 
 def _release(fifo: str) -> None:
@@ -72,7 +62,7 @@ class UsersFileKindTests(TestCase):
         self.pool = ThreadPool(minthreads=1, maxthreads=2, name="faults17")
         self.pool.start()
         self.addCleanup(self.pool.stop)
-        self.authenticator = _Authenticator()
+        self.authenticator = RecordingAuthenticator()
         self.service = UsersReloadService(
             self.path,
             self.authenticator,  # type: ignore[arg-type]

@@ -30,7 +30,15 @@ from jobworker.server.services import RetentionService, UsersReloadService
 from jobworker.server.startup import StartupError
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CERT, FREE_UIDS, KEY, pythonChild, runSync, twistdCommand
+from .support import (
+    CERT,
+    FREE_UIDS,
+    KEY,
+    RecordingAuthenticator,
+    pythonChild,
+    runSync,
+    twistdCommand,
+)
 
 #: A valid hash of the development users (alice's), and the same with a cost
 #: the users file's pattern accepts but bcrypt refuses (it takes 04-31).
@@ -121,14 +129,6 @@ class UsersCostTests(SynchronousTestCase):
         self.assertIn("Invalid rounds", str(error))
 
 
-class _Authenticator:
-    def __init__(self) -> None:
-        self.replaced: list[UserDatabase] = []
-
-    def replaceUsers(self, users: UserDatabase) -> None:
-        self.replaced.append(users)
-
-
 class UsersReloadErrorTests(SynchronousTestCase):
     """A SIGHUP reload that fails, however, says so and keeps the old users."""
 
@@ -136,7 +136,7 @@ class UsersReloadErrorTests(SynchronousTestCase):
         self.path = os.path.abspath(self.mktemp())
         with open(self.path, "w") as f:
             f.write(DEVELOPMENT_USERS)
-        self.authenticator = _Authenticator()
+        self.authenticator = RecordingAuthenticator()
         self.events = _Events(self)
 
     def service(self, runInThread: Any = None) -> UsersReloadService:

@@ -17,7 +17,7 @@ from jobworker.auth.users import DEVELOPMENT_USERS
 from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError, secretFile
 
-from .support import CERT, FREE_UIDS, KEY, TWISTD
+from .support import CERT, FREE_UIDS, KEY, TWISTD, RecordingAuthenticator
 
 
 class SecretFileTests(SynchronousTestCase):
@@ -110,16 +110,6 @@ class StartupTests(SynchronousTestCase):
         self.assertIn("may be written by other users (mode 0666)", lines[0])
 
 
-class Authenticator:
-    """Records each users database a reload installs."""
-
-    def __init__(self) -> None:
-        self.replaced: list[Any] = []
-
-    def replaceUsers(self, users: Any) -> None:
-        self.replaced.append(users)
-
-
 class UsersReloadTests(SynchronousTestCase):
     def test_aReloadChecksAsAStartDoes(self) -> None:
         """
@@ -132,7 +122,7 @@ class UsersReloadTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(DEVELOPMENT_USERS)
         os.chmod(path, 0o600)
-        authenticator = Authenticator()
+        authenticator = RecordingAuthenticator()
         service = UsersReloadService(path, authenticator, None)  # type: ignore[arg-type]
         said: list[str] = []
 

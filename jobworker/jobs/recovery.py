@@ -139,7 +139,7 @@ def _parent(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
-def _ancestors() -> set[int]:
+def ancestors() -> set[int]:
     """This process and every process above it."""
     found: set[int] = set()
     pid: int | None = os.getpid()
@@ -149,7 +149,7 @@ def _ancestors() -> set[int]:
     return found
 
 
-def liveServerOf(pids: list[int]) -> int | None:
+def liveServerOf(pids: list[int], ours: set[int] | None = None) -> int | None:
     """
     The pid of a live jobworker, other than this server and its spawner,
     that is the parent of one of C{pids} (a server, C{twistd ... jobworker
@@ -162,9 +162,11 @@ def liveServerOf(pids: list[int]) -> int | None:
     jobs. Only a parent outside C{pids} counts (a job's own processes may
     run any command line; the parent of its leader is none of them), and
     none of this server's ancestors (a subreaper that took in a crashed
-    server's jobs).
+    server's jobs: C{ours}, L{ancestors} read once by a caller that asks
+    about many).
     """
-    ours = _ancestors()
+    if ours is None:
+        ours = ancestors()
     among = set(pids)
     for pid in pids:
         parent = _parent(pid)
@@ -184,7 +186,10 @@ def liveServerOf(pids: list[int]) -> int | None:
 
 
 def liveServerOfLeader(
-    pid: int | None, bootId: str | None, procStart: int | None
+    pid: int | None,
+    bootId: str | None,
+    procStart: int | None,
+    ours: set[int] | None = None,
 ) -> int | None:
     """
     L{liveServerOf} the job's leader C{pid}, when it is provably the very
@@ -195,7 +200,7 @@ def liveServerOfLeader(
     start = processStartTime(pid)
     if start is None or procStart is None or not _startedThen(start, procStart):
         return None
-    return liveServerOf([pid])
+    return liveServerOf([pid], ours)
 
 
 def killAll(pids: list[int]) -> int:

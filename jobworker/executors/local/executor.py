@@ -31,6 +31,7 @@ from ...jobs.order import OrderLog
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
+    ancestors,
     bootTicks,
     killAll,
     leftovers,
@@ -721,9 +722,12 @@ class LocalExecutor:
         noted = self._leftovers.read()
         sessions = sessionMembers() if records or noted else {}
         others: set[str] = set()
+        ours = ancestors()
         for record in records:
             error = reason
-            owner = liveServerOfLeader(record.pid, record.boot_id, record.proc_start)
+            owner = liveServerOfLeader(
+                record.pid, record.boot_id, record.proc_start, ours
+            )
             if owner is not None:
                 # A copy of a live server's state dir: that server's job.
                 others.add(record.id)
@@ -775,10 +779,12 @@ class LocalExecutor:
             )
         self._leftovers.clear()
         handled = {r.id for r in records} | {j.jobId for j in noted}
-        self._removeUnrecorded(handled - others, others)
+        self._removeUnrecorded(handled - others, others, ours)
         return []
 
-    def _removeUnrecorded(self, handled: set[str], others: set[str]) -> None:
+    def _removeUnrecorded(
+        self, handled: set[str], others: set[str], ours: set[int]
+    ) -> None:
         """
         The cgroups the last run made and did not remove, of jobs that
         recovery did not see to above (C{handled}): the server died before
@@ -794,7 +800,7 @@ class LocalExecutor:
                 continue
             if jobId in others:
                 continue
-            owner = liveServerOf(group.members())
+            owner = liveServerOf(group.members(), ours)
             if owner is not None:
                 self.log.warn(
                     "the cgroup of job {job} holds processes of another live "
