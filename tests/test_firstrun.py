@@ -451,3 +451,28 @@ class OpenStateDirTests(SynchronousTestCase):
         os.chmod(folder, 0o700)
         self.assertFalse(warnIfOpen(folder))
         self.assertEqual(len([e for e in events if e.get("path") == folder]), 1)
+
+    def test_openStoreSaidAtStart(self) -> None:
+        """
+        A job store others may read (SQLite gives its -wal and -shm files
+        the store's mode) is named in a warning, an operator's round found
+        it taken without a word; a 0600 one is not.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from jobworker.server.tap import _store
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder, 0o700)
+        path = os.path.join(folder, "jobs.sqlite3")
+        _store(folder).close()
+        os.chmod(path, 0o644)
+        _store(folder).close()
+        said = [e for e in events if e.get("path") == path]
+        self.assertEqual([e["mode"] for e in said], ["0644"])
+        os.chmod(path, 0o600)
+        _store(folder).close()
+        self.assertEqual(len([e for e in events if e.get("path") == path]), 1)
