@@ -274,7 +274,7 @@ class PeersTests(TestCase):
         peers.look()  # the job has not ended: silence is fine
         reading.join(0.3)
         self.assertTrue(reading.is_alive())
-        peers.stalled(20.0)
+        peers.lost("got no answer in 20 s")
         reading.join(10)
         self.assertFalse(reading.is_alive())
         self.assertEqual(got, [b""])  # its end, as a broken stream's
@@ -302,6 +302,71 @@ class PeersTests(TestCase):
         self.assertEqual(got, [b"more"])
         for read in (quietRead, busyRead):
             peers.done(read)
+
+    def test_aLongPollWithNoHandshakeBreaksTheReads(self) -> None:
+        """
+        The long poll's handshake got no answer (the network stalled while
+        it made a new connection): as a long poll that got no answer, it
+        breaks the raw reads. It broke nothing: raced with the streams'
+        answers (CI, a loaded machine), jw waited for ever.
+        """
+        import ssl
+
+        from jobworker.client.errors import ClientError
+        from jobworker.client.quick import QuickClient, _Peers, drive
+
+        hole = socket.socket()
+        self.addCleanup(hole.close)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(1)  # taken by the kernel, never answered
+        client = QuickClient(
+            f"https://127.0.0.1:{hole.getsockname()[1]}",
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+            keepalive=1,
+        )
+        self.addCleanup(client._connection.close)
+        client._peers = peers = _Peers(20.0)
+        ours, _, reading, got = self.reader()
+        read = peers.reading(ours)
+        with self.assertRaises(ClientError):
+            drive(client.job("some-job", wait=60))
+        reading.join(10)
+        self.assertFalse(reading.is_alive())
+        self.assertEqual(got, [b""])
+        self.assertIn("handshake timed out", read.broken or "")
+        peers.done(read)
+
+    def test_watchedWhileTheLongPollFails(self) -> None:
+        """
+        A raw stream that starts (or resumes) after the long poll failed,
+        and before one is answered again, is watched: silent for the stall
+        bound since, it is broken. It was not: once the long poll had
+        given up, nothing told a stalled stream.
+        """
+        from jobworker.client.quick import _Peers
+
+        peers = _Peers(0.5)
+        peers.lost("no TLS handshake in 2 s")
+        quiet, _, quietReading, _ = self.reader()
+        quietRead = peers.reading(quiet)
+        peers.look()
+        self.assertIsNone(quietRead.broken)  # not yet the stall bound
+        time.sleep(0.6)
+        peers.look()
+        quietReading.join(10)
+        self.assertFalse(quietReading.is_alive())
+        self.assertIn("the long poll beside it has failed", quietRead.broken or "")
+        peers.done(quietRead)
+        # Answered again: the long poll watches them once more.
+        peers.answered()
+        later, _, laterReading, _ = self.reader()
+        laterRead = peers.reading(later)
+        time.sleep(0.6)
+        peers.look()
+        self.assertIsNone(laterRead.broken)
+        peers.lost("got no answer in 0.5 s")
+        laterReading.join(10)
+        peers.done(laterRead)
 
 
 class QuietResumeTests(TestCase):

@@ -157,10 +157,13 @@ class OutOfRangeTests(SynchronousTestCase):
         self.assertEqual(process.wait(10), -9)
 
     def test_liveServersUidSpared(self) -> None:
-        process = self.escaped(74912)
-        live = DynamicUids(74912, 74912)  # another server's job has it
+        # Another server's job has it: handed out first, then run (a uid
+        # with processes and a lock file new since the boot is not handed
+        # out: the test failed on a fresh machine in the other order).
+        live = DynamicUids(74912, 74912)
         self.assertEqual(live.acquire(), 74912)
         self.addCleanup(live.release, 74912)
+        process = self.escaped(74912)
         self.recoverCrashed(74912)
         self.assertIsNone(process.poll())
 

@@ -195,11 +195,13 @@ class _Peers:
     The connections of one L{QuickClient.concurrently}: the raw streams of
     a follow and the long poll of the job's end beside them. A raw stream
     has no heartbeat (a quiet job's is silent for hours), so the long poll
-    is theirs: one that gets no answer in time (L{stalled}) breaks every
-    raw stream being read, which resume on new connections (or give up);
-    once it has the job's end (L{ended}), a raw stream still silent the
-    stall bound later is broken too (L{look}). Breaking one shuts its
-    socket down from this thread: the read blocked on it ends.
+    is theirs: one that gets no answer in time, or no connection
+    (L{lost}), breaks every raw stream being read, which resume on new
+    connections (or give up). Until a long poll is answered again
+    (L{answered}), and once it has the job's end (L{ended}), a raw stream
+    still silent the stall bound later is broken too (L{look}): a long
+    poll that gave up would watch nothing. Breaking one shuts its socket
+    down from this thread: the read blocked on it ends.
     """
 
     def __init__(self, stall: float) -> None:
@@ -207,6 +209,8 @@ class _Peers:
         self._lock = threading.Lock()
         self._reads: set[_RawRead] = set()
         self._endedAt: float | None = None
+        #: Since when the long poll has failed, and none was answered.
+        self._failedAt: float | None = None
 
     def reading(self, sock: socket.socket) -> _RawRead:
         """A raw stream is read on C{sock} from now on."""
@@ -220,12 +224,22 @@ class _Peers:
         with self._lock:
             self._reads.discard(read)
 
-    def stalled(self, seconds: float) -> None:
-        """The long poll got no answer in C{seconds}: break every raw read."""
-        why = f"the long poll beside it got no answer in {seconds:g} s"
+    def lost(self, why: str, broken: bool = True) -> None:
+        """
+        The long poll failed (C{why}): with C{broken} (no answer, or no
+        connection), break every raw read; and until one is answered
+        again, watch them as after the job's end (L{look}).
+        """
         with self._lock:
-            for read in self._reads:
-                self._break(read, why)
+            if self._failedAt is None:
+                self._failedAt = time.monotonic()
+            if broken:
+                for read in self._reads:
+                    self._break(read, f"the long poll beside it {why}")
+
+    def answered(self) -> None:
+        """A long poll was answered: it watches the raw reads again."""
+        self._failedAt = None
 
     def ended(self) -> None:
         """The job has ended: its raw streams end soon, unless stalled."""
@@ -233,17 +247,23 @@ class _Peers:
             self._endedAt = time.monotonic()
 
     def look(self) -> None:
-        """Break the raw reads silent for the stall bound since the job ended."""
-        if self._endedAt is None:
-            return
+        """
+        Break the raw reads silent for the stall bound since the job ended,
+        or since the long poll failed (and none was answered).
+        """
+        since = self._endedAt
+        if since is not None:
+            why = "although the job had ended"
+        else:
+            since = self._failedAt
+            if since is None:
+                return
+            why = "and the long poll beside it has failed since"
         now = time.monotonic()
-        why = (
-            f"nothing came for {self.stall:g} s, although the job had ended "
-            "(a stalled network or server?)"
-        )
+        why = f"nothing came for {self.stall:g} s, {why} (a stalled network or server?)"
         with self._lock:
             for read in self._reads:
-                if now - max(read.last, self._endedAt) >= self.stall:
+                if now - max(read.last, since) >= self.stall:
                     self._break(read, why)
 
     def _break(self, read: _RawRead, why: str) -> None:
@@ -435,7 +455,6 @@ class QuickClient(ApiCalls):
                     raise ClientError(describe(self.server, e)) from None
                 if patient:
                     continue  # no answer yet: asked again
-                self._peers.stalled(wait)
                 raise ClientError(
                     f"{self.server} sent no answer in {wait:g} s (a stalled "
                     "network or server?)"
@@ -503,14 +522,20 @@ class QuickClient(ApiCalls):
         if not wait:
             return await super().job(jobId)
         wait = min(wait, self._stall - LATE)
-        response = self._send(
-            "GET", f"/jobs/{segment(jobId)}?wait={wait:g}", within=wait + LATE
-        )
         try:
+            response = self._send(
+                "GET", f"/jobs/{segment(jobId)}?wait={wait:g}", within=wait + LATE
+            )
             job: dict[str, Any] = json.loads(self._body(response))
+        except ClientError as e:
+            # No connection, no answer in time (its handshake's too): the
+            # raw streams beside it may have stalled as well.
+            self._peers.lost(f"failed: {e}", broken=e.status is None)
+            raise
         finally:
             if self._connection.sock is not None:
                 self._connection.sock.settimeout(TIMEOUT)
+        self._peers.answered()
         if job.get("status") not in _LIVE:
             self._peers.ended()
         return job
