@@ -148,6 +148,46 @@ class WaitResumesTests(TestCase):
         self.assertEqual(client.asked, FOLLOW_RETRIES + 1)
 
 
+class ClockStepTests(TestCase):
+    """
+    The wall clock stepped back (an NTP correction) during a long poll
+    answered "still running" early: the pause before the next poll is at
+    most a second. It was the size of the step (an hour's step, an
+    hour's sleep of C{jw wait}, and of the raw streams' guard).
+    """
+
+    def test_aStepBackPausesNoLonger(self) -> None:
+        from jobworker.client.follow import pollEnd
+
+        class SteppedBack:
+            class reactor:  # a clock, as the client's
+                now = 10_000.0
+
+                @classmethod
+                def seconds(cls) -> float:
+                    return cls.now
+
+            def __init__(self) -> None:
+                self.paused: list[float] = []
+                self.asked = 0
+
+            async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
+                self.asked += 1
+                if self.asked == 1:
+                    self.reactor.now -= 3600  # stepped back an hour
+                    return {"status": "RUNNING"}
+                return {"status": "COMPLETED"}
+
+            async def pause(self, seconds: float) -> None:
+                self.paused.append(seconds)
+
+        client = SteppedBack()
+        done = Deferred.fromCoroutine(pollEnd(client, "job"))  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(done), {"status": "COMPLETED"})
+        self.assertTrue(client.paused)
+        self.assertLessEqual(max(client.paused), 1.0)
+
+
 class DeletedWhileReadTests(JWAssertions, TestCase):
     """
     Finding 2: a job deleted while jw still reads its two streams apart

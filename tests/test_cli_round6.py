@@ -475,3 +475,40 @@ class LoginConnectsFirstTests(TestCase):
         self.assertIn(b"not trusted", seen)
         self.assertNotEqual(code, 0, seen)
         self.assertNotIn(json.dumps("alice-pass").encode(), seen)
+
+
+class RepeatedCursorTests(SynchronousTestCase):
+    """
+    A server (or a cache before it) that answers every page of C{jw list}
+    with the same C{next_cursor}: jw asks no page twice. It asked for
+    ever, as C{jw clean} does not.
+    """
+
+    def test_aCursorAskedOnce(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from jobworker.client.verbs import doList
+
+        class Replaying:
+            class reactor:
+                @staticmethod
+                def seconds() -> float:
+                    return 0.0
+
+            def __init__(self) -> None:
+                self.asked: list[object] = []
+
+            async def listJobs(self, **filters: Any) -> tuple[list[Any], str]:
+                self.asked.append(filters.get("cursor"))
+                if len(self.asked) > 10:
+                    raise AssertionError("asked for ever")
+                return [], "42"
+
+        for argv in (["list"], ["list", "--all"]):
+            client = Replaying()
+            streams = Streams(io.BytesIO(), io.BytesIO(), io.StringIO(), inp=None)
+            done = Deferred.fromCoroutine(
+                doList(parse(*argv), client, streams, None)  # type: ignore[arg-type]
+            )
+            self.assertEqual(self.successResultOf(done), 0)
+            self.assertEqual(client.asked, [None, "42"], argv)

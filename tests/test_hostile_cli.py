@@ -151,6 +151,26 @@ class DevelopmentCAClientTests(TestCase):
         # One connection, hung up during the handshake: nothing was sent.
         self.assertEqual(counter.connections, 1)
 
+    async def test_loginToASilentPortGivesUp(self) -> None:
+        """
+        jw login for a server whose CA jw does not know, on a port that
+        takes the connection and never answers (a stopped server, another
+        service): the handshake that fetches its CA gets twice
+        C{JW_KEEPALIVE}, as every command's, then one line, exit 2. It
+        waited for ever (its socket was made blocking for the handshake).
+        """
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.2", 0))
+        silent.listen(8)  # the kernel takes connections; nothing answers
+        env = plainEnvironment(
+            self, f"https://127.0.0.2:{silent.getsockname()[1]}", JW_KEEPALIVE="1"
+        )
+        ran = getProcessOutputAndValue(JW, ["login"], env=env, reactor=reactor)
+        out, err, code = await ran.addTimeout(30, reactor)
+        self.assertEqual((out, code, err.count(b"\n")), (b"", 2, 1), err)
+        self.assertIn(b"2 s", err)
+
     async def test_loopbackNamesNoLongerUseTheDevelopmentCA(self) -> None:
         """
         localhost and 127.0.0.1 with no CA configured (nor one this user's

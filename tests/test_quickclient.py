@@ -15,6 +15,7 @@ import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.protocols.portforward import (
     ProxyClient,
@@ -380,6 +381,74 @@ class FollowTests(JWAssertions, TestCase):
         jobId = err.split()[2].decode()
         self.assertIn(f"jw: stdout closed: stopping job {jobId}".encode(), err)
         self.assertNotIn(b"Traceback", err)
+        job = await server.waitEnded(jobId)
+        self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
+
+    async def test_stdinAfterTheServerClosedAnIdleConnection(self) -> None:
+        """
+        jw exec -i: a pause in jw's stdin longer than the server's idle
+        timeout (the feeder's kept-alive connection closed meanwhile): the
+        next chunk goes on a new connection. It went on the closed one,
+        failed, and the rest of stdin was lost (the job never got its end
+        of file: with -f, jw waited for ever).
+        """
+        server = LiveServer(self, "--idle-timeout=1")
+        process = subprocess.Popen(
+            [JW, "exec", "-i", "-f", "--", "sh", "-c", "cat; echo saw-eof"],
+            env=jwEnvironment(server.url),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(b"line1\n")
+        process.stdin.flush()
+        self.assertEqual(await deferToThread(process.stdout.readline), b"line1\n")
+        await deferLater(reactor, 2.5, lambda: None)  # type: ignore[arg-type]
+        process.stdin.write(b"line2\n")
+        process.stdin.close()
+        out = await deferToThread(process.stdout.read)
+        code = await deferToThread(process.wait, 60)
+        assert process.stderr is not None
+        err = process.stderr.read()
+        self.assertEqual(out, b"line2\nsaw-eof\n", err)
+        self.assertEqual(code, 0, err)
+
+    async def test_aClosedStdoutStopsTheJobAfterAnIdleWhile(self) -> None:
+        """
+        As L{test_aClosedStdoutStopsTheJob}, when jw's first connection
+        has been idle longer than the server's idle timeout: the stop
+        goes on a new one. It went on the closed one, failed ("could not
+        stop job"), and the job ran on, unread.
+        """
+        server = LiveServer(self, "--idle-timeout=1")
+        read, write = os.pipe()
+        process = subprocess.Popen(
+            [
+                JW,
+                "exec",
+                "-f",
+                "--",
+                "sh",
+                "-c",
+                "echo y; sleep 3; while :; do echo y; sleep 0.01; done",
+            ],
+            env=jwEnvironment(server.url),
+            stdin=subprocess.DEVNULL,
+            stdout=write,
+            stderr=subprocess.PIPE,
+        )
+        os.close(write)
+        self.addCleanup(process.kill)
+        with os.fdopen(read, "rb") as reader:
+            self.assertEqual(await deferToThread(reader.readline), b"y\n")
+        code = await deferToThread(process.wait, 60)
+        assert process.stderr is not None
+        err = process.stderr.read()
+        self.assertEqual(code, 141, err)
+        jobId = err.split()[2].decode()
+        self.assertNotIn(b"could not stop", err)
         job = await server.waitEnded(jobId)
         self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
 

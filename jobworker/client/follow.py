@@ -444,8 +444,8 @@ async def pollEnd(
             return None
         # A server that answers "still running" before the wait is over
         # (an old one, or a record it cannot wait on) must not make this a
-        # busy loop.
-        early = min(wait, 1.0) - (clock.seconds() - asked)
+        # busy loop. (A clock stepped back meanwhile: no longer than that.)
+        early = min(wait, 1.0) - max(0.0, clock.seconds() - asked)
         if early > 0:
             await client.pause(early)
 

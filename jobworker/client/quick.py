@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -438,6 +439,11 @@ class QuickClient(ApiCalls):
         retried = False
         while True:
             reused = self._connection.sock is not None
+            if reused and _dropped(self._connection.sock):
+                # Closed by the server while idle (its --idle-timeout): a
+                # request on it would fail, and a POST is not sent again.
+                self._connection.close()
+                reused = False
             sent = False
             try:
                 if wait is not None:
@@ -460,9 +466,10 @@ class QuickClient(ApiCalls):
                     "network or server?)"
                 ) from None
             except (ConnectionResetError, BrokenPipeError) as e:
-                # RemoteDisconnected is a ConnectionResetError.
+                # RemoteDisconnected is a ConnectionResetError. A request
+                # not all sent cannot have been acted on: sent again too.
                 self._connection.close()
-                if not retried and reused and method == "GET":
+                if not retried and reused and (method == "GET" or not sent):
                     retried = True
                     continue
                 raise ClientError(describe(self.server, e)) from None
@@ -648,6 +655,22 @@ class QuickClient(ApiCalls):
 
     async def close(self) -> None:
         self._connection.close()
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """
+    Has the other end closed (or written on) this idle kept-alive
+    connection? Nothing is due on it between requests, so anything to
+    read (its end, a TLS alert) says it cannot carry one more.
+    """
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poll = select.poll()
+    try:
+        poll.register(sock, select.POLLIN)
+        return bool(poll.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _tellStatus(

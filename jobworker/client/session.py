@@ -182,10 +182,11 @@ def trustOnFirstUse(
             f"It is NOT the CA of your own server on this machine ({local}): "
             "another user's server, or any process that took the port.\n"
         )
+    from .quick import handshakeSeconds, keepAliveSeconds
     from .trust import TrustError, fetchCA, fingerprint, remember
 
     try:
-        pem = fetchCA(server)
+        pem = fetchCA(server, handshakeSeconds(keepAliveSeconds(environ)))
     except TrustError as e:
         raise UsageFailure(
             f"{e} (to trust the server's CA; or pass --ca FILE, JW_CA)"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
+import time
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -17,7 +19,7 @@ from OpenSSL import SSL
 
 from ..certificates import isCA
 
-#: Seconds to wait for a server's certificate chain.
+#: Seconds a connection to a server may take to be made.
 FETCH_TIMEOUT = 10.0
 
 
@@ -31,13 +33,15 @@ def fingerprint(pem: bytes) -> str:
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
-def fetchCA(server: str) -> bytes:
+def fetchCA(server: str, seconds: float = FETCH_TIMEOUT) -> bytes:
     """
     The CA certificate (PEM) at the end of the chain C{server} presents,
     fetched WITHOUT verifying it: only to show its fingerprint for a person
-    to compare with the one the server's operator gives.
+    to compare with the one the server's operator gives. The connection
+    gets L{FETCH_TIMEOUT}, the handshake C{seconds}.
 
-    @raise TrustError: no connection, no TLS 1.3, or no CA in the chain.
+    @raise TrustError: no connection, no handshake in time, no TLS 1.3, or
+        no CA in the chain.
     """
     parts = urlsplit(server)
     host, port = parts.hostname or "", parts.port or 443
@@ -52,8 +56,7 @@ def fetchCA(server: str) -> bytes:
         connection = SSL.Connection(context, raw)
         connection.set_tlsext_host_name(host.encode("idna"))
         connection.set_connect_state()
-        raw.setblocking(True)
-        connection.do_handshake()
+        _handshake(connection, raw, seconds, server)
         chain = connection.get_peer_cert_chain() or []
     except (SSL.Error, OSError) as e:
         raise TrustError(f"TLS 1.3 handshake with {server} failed: {e}") from None
@@ -68,6 +71,36 @@ def fetchCA(server: str) -> bytes:
             "for the CA file and pass it with --ca"
         )
     return last.public_bytes(serialization.Encoding.PEM)
+
+
+def _handshake(
+    connection: SSL.Connection, raw: socket.socket, seconds: float, server: str
+) -> None:
+    """
+    Shake hands on C{raw} (not blocking) within C{seconds}: a port that
+    takes the connection and never answers (a stopped server, another
+    service) must not hold C{jw login} for ever.
+
+    @raise TrustError: no handshake in that time.
+    """
+    raw.setblocking(False)
+    deadline = time.monotonic() + seconds
+    poll = select.poll()
+    while True:
+        try:
+            connection.do_handshake()
+            return
+        except SSL.WantReadError:
+            poll.register(raw, select.POLLIN)
+        except SSL.WantWriteError:
+            poll.register(raw, select.POLLOUT)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poll.poll(left * 1000):
+            raise TrustError(
+                f"cannot connect to {server}: no TLS handshake in {seconds:g} s "
+                "(the port took the connection but nothing answered: a stopped "
+                "or hung server, or another service on that port?)"
+            )
 
 
 def remember(path: str, pem: bytes) -> None:

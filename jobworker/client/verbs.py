@@ -908,8 +908,14 @@ async def doList(
     jobs, cursor = await client.listJobs(**filters)
     # A page of two filters or more searches so many jobs at most, and may
     # come short (even empty) with a cursor: the page is filled from the
-    # next ones.
+    # next ones. Never the same page twice (a server, or a cache before
+    # it, that answers each with the same cursor).
+    asked: set[object] = set()
     while cursor is not None and (options.all or len(jobs) < options.limit):
+        if cursor in asked:
+            cursor = None
+            break
+        asked.add(cursor)
         if not options.all:
             filters["limit"] = options.limit - len(jobs)
         more, cursor = await client.listJobs(**filters, cursor=cursor)
