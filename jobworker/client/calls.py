@@ -84,6 +84,11 @@ def errorFor(code: int, raw: bytes, retryAfter: str | None = None) -> ClientErro
     )
 
 
+#: The longest grace a server gives a stop (its C{--stop-grace} and a
+#: request's C{grace_seconds}: L{jobworker.jobs.stopping.MAX_GRACE}).
+MAX_GRACE = 3600.0
+
+
 class ApiCalls:
     """
     The calls of the API that answer with one JSON document. How a request
@@ -94,8 +99,14 @@ class ApiCalls:
 
     server: str
 
-    async def _json(self, method: str, path: str, body: Any = None) -> Any:
-        """Send one request; its decoded JSON answer, or a L{ClientError}."""
+    async def _json(
+        self, method: str, path: str, body: Any = None, slow: float = 0.0
+    ) -> Any:
+        """
+        Send one request; its decoded JSON answer, or a L{ClientError}.
+        C{slow}: seconds the server may take to answer beyond a plain
+        request's bound (a long poll's wait, a stop's grace).
+        """
         raise NotImplementedError
 
     async def createToken(self) -> dict[str, Any]:
@@ -192,7 +203,7 @@ class ApiCalls:
         """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
         query = f"?wait={wait:g}" if wait else ""
         result: dict[str, Any] = await self._json(
-            "GET", f"/jobs/{segment(jobId)}{query}"
+            "GET", f"/jobs/{segment(jobId)}{query}", slow=wait
         )
         return result
 
@@ -210,7 +221,10 @@ class ApiCalls:
         if grace is not None:
             body["grace_seconds"] = grace
         result: dict[str, Any] = await self._json(
-            "POST", f"/jobs/{segment(jobId)}/stop", body or None
+            "POST",
+            f"/jobs/{segment(jobId)}/stop",
+            body or None,
+            slow=MAX_GRACE if grace is None else grace,
         )
         return result
 

@@ -90,14 +90,14 @@ async def run(
 
     if connect is None:
         from .http import JobworkerClient
-        from .quick import handshakeSeconds, keepAliveSeconds
+        from .quick import keepAliveSeconds
 
         try:
-            # The TLS handshake's deadline, as the quick client's.
-            seconds = handshakeSeconds(keepAliveSeconds(environ))
+            # Keepalive and the TLS handshake's deadline, as the quick client's.
+            keepalive = keepAliveSeconds(environ)
         except ConfigError as e:
             return report(e, streams)
-        connect = functools.partial(JobworkerClient.connect, handshakeDeadline=seconds)
+        connect = functools.partial(JobworkerClient.connect, keepalive=keepalive)
     interrupts = interrupts or Interrupts()
     command = ensureDeferred(
         _commandLine(reactor, argv, environ, streams, connect, interrupts)

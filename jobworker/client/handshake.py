@@ -3,11 +3,13 @@ The Twisted client's HTTPS connections, each given a deadline for its TLS
 handshake, as the quick client's are (L{jobworker.client.quick}): a server
 that takes the connection but never answers (stopped, wedged, or another
 service on the port) has the kernel answer for it, so nothing else would end
-the wait.
+the wait. Each has TCP keepalive too (L{keepAlive}), as the quick client's:
+a dead peer fails the request.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,7 +30,9 @@ from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+from ..keepalive import keepAlive
 from .errors import HandshakeTimeout
+from .quick import handshakeSeconds
 
 
 @implementer(IAgentEndpointFactory)
@@ -36,21 +40,22 @@ class HandshakeDeadlineEndpoints:
     """
     What an C{Agent} connects to (C{Agent.usingEndpointFactory}): as its
     own endpoints for C{https} (TCP, then TLS as C{policy} says), but a
-    handshake not done C{seconds} after the connection is aborted with
-    L{HandshakeTimeout}.
+    handshake not done L{handshakeSeconds} of C{keepalive} after the
+    connection is aborted with L{HandshakeTimeout}, and the connection has
+    TCP keepalive after C{keepalive} silent seconds.
     """
 
-    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, seconds: float) -> None:
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, keepalive: int) -> None:
         self._reactor = reactor
         self._policy = policy
-        self._seconds = seconds
+        self._keepalive = keepalive
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         if uri.scheme != b"https":
             raise ValueError(f"not an https URL: {uri.toBytes()!r}")
         creator = self._policy.creatorForNetloc(uri.host, uri.port)
         tcp = HostnameEndpoint(self._reactor, uri.host, uri.port)
-        return _DeadlineTLSEndpoint(tcp, creator, self._reactor, self._seconds)
+        return _DeadlineTLSEndpoint(tcp, creator, self._reactor, self._keepalive)
 
 
 @implementer(IStreamClientEndpoint)
@@ -62,16 +67,16 @@ class _DeadlineTLSEndpoint:
         tcp: IStreamClientEndpoint,
         creator: IOpenSSLClientConnectionCreator,
         reactor: IReactorTime,
-        seconds: float,
+        keepalive: int,
     ) -> None:
         self._tcp = tcp
         self._creator = creator
         self._reactor = reactor
-        self._seconds = seconds
+        self._keepalive = keepalive
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = _DeadlineTLSFactory(
-            self._creator, protocolFactory, self._reactor, self._seconds
+            self._creator, protocolFactory, self._reactor, self._keepalive
         )
         connecting: Deferred[Any] = self._tcp.connect(factory)
         return connecting.addCallback(lambda tls: tls.wrappedProtocol)
@@ -92,6 +97,10 @@ class _DeadlineTLS(BufferingTLSTransport):
         # (Not connectionMade: the TLS wrapper runs it twice.)
         factory = self.factory
         self._deadline = factory.reactor.callLater(factory.seconds, self._expired)
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket):
+            keepAlive(sock, factory.keepalive)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
@@ -123,7 +132,10 @@ class _DeadlineTLS(BufferingTLSTransport):
 
 
 class _DeadlineTLSFactory(TLSMemoryBIOFactory):
-    """Client TLS connections that give their handshake C{seconds}."""
+    """
+    Client TLS connections that give their handshake L{handshakeSeconds}
+    of C{keepalive}, with TCP keepalive after C{keepalive} seconds.
+    """
 
     protocol = _DeadlineTLS
 
@@ -132,8 +144,9 @@ class _DeadlineTLSFactory(TLSMemoryBIOFactory):
         creator: IOpenSSLClientConnectionCreator,
         wrappedFactory: IProtocolFactory,
         reactor: IReactorTime,
-        seconds: float,
+        keepalive: int,
     ) -> None:
         super().__init__(creator, True, wrappedFactory, reactor)
         self.reactor = reactor
-        self.seconds = seconds
+        self.keepalive = keepalive
+        self.seconds = handshakeSeconds(keepalive)

@@ -37,7 +37,7 @@ from .calls import (
 from .errors import ClientError
 from .handshake import HandshakeDeadlineEndpoints
 from .netfailures import describeConnectionFailure, isCancellation
-from .quick import KEEPALIVE, handshakeSeconds
+from .quick import KEEPALIVE, TIMEOUT
 
 __all__ = ["ClientError", "JobworkerClient", "exitStatusOf"]
 
@@ -92,15 +92,18 @@ class JobworkerClient(ApiCalls):
         token: str | None = None,
         certPath: str | None = None,
         keyPath: str | None = None,
-        handshakeDeadline: float = handshakeSeconds(KEEPALIVE),
+        keepalive: int = KEEPALIVE,
     ) -> JobworkerClient:
         """
         A client over real HTTPS: the server verified against the CA in
         C{caPath} (TLS 1.3), with the client certificate C{certPath} and
         C{keyPath} presented in the handshake if given (used when no
-        credentials are), and connections kept alive until L{close}. A
-        handshake not done C{handshakeDeadline} seconds after its connection fails
-        the request (L{HandshakeDeadlineEndpoints}), as the quick client's.
+        credentials are), and connections kept alive until L{close}. As
+        the quick client's: a handshake not done in twice C{keepalive}
+        seconds fails the request, and the connection has TCP keepalive
+        after C{keepalive} silent seconds (L{HandshakeDeadlineEndpoints});
+        an answer that does not come in L{TIMEOUT} seconds (more for a long
+        poll or a stop) fails it too.
 
         @raise ClientError: C{server} is not an C{https://} URL.
         @raise TLSConfigError: the CA or client certificate cannot be used.
@@ -110,7 +113,7 @@ class JobworkerClient(ApiCalls):
         policy = TrustRootPolicy(caPath, certPath, keyPath)
         agent = Agent.usingEndpointFactory(
             reactor,
-            HandshakeDeadlineEndpoints(reactor, policy, handshakeDeadline),
+            HandshakeDeadlineEndpoints(reactor, policy, keepalive),
             pool=pool,
         )
         return cls(
@@ -158,7 +161,14 @@ class JobworkerClient(ApiCalls):
         unbuffered: bool = False,
         extraHeaders: dict[bytes, list[bytes]] | None = None,
         raw: bytes | None = None,
+        within: float | None = None,
     ) -> IResponse:
+        """
+        Send one request; its response, headers read, or a L{ClientError}.
+        C{within}: the response is due in that many seconds, else the
+        request failed (a network or server that stalled without closing
+        anything: keepalive cannot tell).
+        """
         headers = dict(self._headers)
         headers.update(extraHeaders or {})
         kwargs: dict[str, Any] = {"unbuffered": unbuffered, "headers": headers}
@@ -173,16 +183,32 @@ class JobworkerClient(ApiCalls):
             # The server refuses a state change without it (no HTML form
             # can send it: the CSRF defence).
             headers[b"content-type"] = [b"application/json"]
+        requesting = self._http.request(method, self.server + path, **kwargs)
+        late: list[bool] = []
+        timer = None
+        if within is not None:
+
+            def expire() -> None:
+                late.append(True)
+                requesting.cancel()
+
+            timer = self.reactor.callLater(within, expire)
         try:
-            response: IResponse = await self._http.request(
-                method, self.server + path, **kwargs
-            )
-        except (ClientError, CancelledError):
-            raise  # CancelledError: the user interrupted jw
+            response: IResponse = await requesting
         except Exception as e:
+            if late:
+                raise ClientError(
+                    f"{self.server} sent no answer in {within:g} s (a stalled "
+                    "network or server?)"
+                ) from None
+            if isinstance(e, ClientError | CancelledError):
+                raise  # CancelledError: the user interrupted jw
             if isCancellation(e):
                 raise CancelledError() from None
             raise ClientError(describeConnectionFailure(self.server, e)) from None
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
         if response.code >= 400:
             await self._raiseFor(response)
         return response
@@ -195,8 +221,10 @@ class JobworkerClient(ApiCalls):
             retryAfter.decode("ascii", "replace"),
         )
 
-    async def _json(self, method: str, path: str, body: Any = None) -> Any:
-        response = await self._request(method, path, body)
+    async def _json(
+        self, method: str, path: str, body: Any = None, slow: float = 0.0
+    ) -> Any:
+        response = await self._request(method, path, body, within=TIMEOUT + slow)
         return json.loads(await treq.content(response))
 
     async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:

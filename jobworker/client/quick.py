@@ -499,14 +499,23 @@ class QuickClient(ApiCalls):
         except http.client.HTTPException as e:
             raise ClientError(f"connection to {self.server} failed: {e!r}") from None
 
-    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+    async def _json(
+        self, method: str, path: str, body: Any = None, slow: float = 0.0
+    ) -> Any:
         headers = {}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
         if body is not None or method in ("POST", "DELETE"):
             headers["Content-Type"] = "application/json"
-        return json.loads(self._body(self._send(method, path, data, headers)))
+        within = TIMEOUT + slow if slow else None
+        try:
+            return json.loads(
+                self._body(self._send(method, path, data, headers, within=within))
+            )
+        finally:
+            if within is not None and self._connection.sock is not None:
+                self._connection.sock.settimeout(TIMEOUT)
 
     async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
         """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
