@@ -207,6 +207,45 @@ class CuttingProxy(ProxyFactory):
         return f"https://localhost:{listening.getHost().port}"
 
 
+class _OutageServer(ProxyServer):
+    """A relayed connection: refused at once while its proxy is down."""
+
+    def connectionMade(self) -> None:
+        proxy = self.factory
+        assert isinstance(proxy, OutageProxy)
+        if proxy.down:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        proxy.open.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: object = None) -> None:
+        proxy = self.factory
+        assert isinstance(proxy, OutageProxy)
+        proxy.open.discard(self)
+        super().connectionLost(reason)  # type: ignore[arg-type]
+
+
+class OutageProxy(CuttingProxy):
+    """
+    A TCP relay to a server that can go down (L{outage}): every connection
+    cut, new ones refused, for a while; then a way through again.
+    """
+
+    protocol = _OutageServer
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port, after=1 << 62, cuts=0)
+        self.down = False
+        self.open: set[ProxyServer] = set()
+
+    def outage(self, seconds: float) -> None:
+        self.down = True
+        for link in list(self.open):
+            link.transport.abortConnection()  # type: ignore[attr-defined]
+        reactor.callLater(seconds, setattr, self, "down", False)  # type: ignore[attr-defined]
+
+
 class PrefixTests(TestCase):
     """A server URL's path is the API's prefix (a reverse proxy's)."""
 
@@ -414,6 +453,40 @@ class FollowTests(JWAssertions, TestCase):
         err = process.stderr.read()
         self.assertEqual(out, b"line2\nsaw-eof\n", err)
         self.assertEqual(code, 0, err)
+
+    async def test_stdinLeftOnceTheJobEndedAfterAnOutage(self) -> None:
+        """
+        jw exec -i (no -f), its stdin open with nothing written: an outage
+        longer than the long poll's resumptions (12 s) while the job runs,
+        then the way back; the job ends, and jw stops waiting on its stdin
+        and says so. It waited for ever: once the long poll had given up,
+        nothing watched the job's end.
+        """
+        server = LiveServer(self)
+        proxy = OutageProxy(server.port)
+        url = proxy.listen(self)
+        process = subprocess.Popen(
+            [JW, "exec", "-i", "--", "sleep", "18"],
+            env=jwEnvironment(url, JW_KEEPALIVE="1"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        assert process.stdout is not None and process.stderr is not None
+        jobId = (await deferToThread(process.stdout.readline)).decode().strip()
+        await deferLater(reactor, 1, lambda: None)  # type: ignore[arg-type]
+        proxy.outage(14)
+        try:
+            code = await deferToThread(process.wait, 50)
+        except subprocess.TimeoutExpired:
+            self.fail("jw still waits on its stdin 50 s after the outage")
+        err = process.stderr.read()
+        self.assertEqual(code, 0, err)
+        self.assertIn(
+            f"jw: job {jobId} exited with code 0 before jw's stdin ended".encode(),
+            err,
+        )
 
     async def test_aClosedStdoutStopsTheJobAfterAnIdleWhile(self) -> None:
         """

@@ -450,6 +450,32 @@ async def pollEnd(
             await client.pause(early)
 
 
+#: Seconds before a job's end is long-polled again, once a round of long
+#: polls gave up (L{watchEnd}).
+WATCH_AGAIN = 5.0
+
+
+async def watchEnd(client: Client, jobId: str) -> dict[str, Any]:
+    """
+    The job's final record, long-polled (L{pollEnd}) through an outage of
+    any length: a round whose resumptions all failed (no connection, no
+    answer, a 429 or 503) is begun again L{WATCH_AGAIN} seconds later, for
+    what waits on the job's end has nothing else to end its wait (C{jw
+    exec -i}'s stdin, open with nothing written). Another refusal (the job
+    deleted, the login refused) fails it.
+    """
+    while True:
+        try:
+            job = await pollEnd(client, jobId)
+        except ClientError as e:
+            if e.status is not None and e.status not in ASK_AGAIN:
+                raise
+            await client.pause(WATCH_AGAIN)
+            continue
+        assert job is not None  # (no deadline)
+        return job
+
+
 async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:
     """Long-poll the job until it ends (or the timeout passes): its status."""
     deadline = (

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .errors import ClientError
-from .follow import followOutput, pollEnd
+from .follow import followOutput, watchEnd
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
 from .streams import OutputFailed, Streams
@@ -80,10 +80,11 @@ async def quickExec(
             )
         if not options.follow:
             # The job's end, long-polled meanwhile on a connection of its
-            # own: once it has come, a feed still waiting on jw's stdin
-            # (open, and nothing written) is left behind (InputFeed).
+            # own, through any outage: once it has come, a feed still
+            # waiting on jw's stdin (open, and nothing written) is left
+            # behind (InputFeed).
             watcher = client.another()
-            ending = background.start(lambda: drive(pollEnd(watcher, jobId)))
+            ending = background.start(lambda: drive(watchEnd(watcher, jobId)))
 
             def endedFirst() -> bool:
                 return ending.done and ending.error is None and not feed.atEnd
