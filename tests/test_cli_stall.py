@@ -369,6 +369,65 @@ class PeersTests(TestCase):
         peers.done(laterRead)
 
 
+class TrailingReadTests(TestCase):
+    """
+    A raw stream whose own connection stalled while the long poll beside
+    it is answered (a middlebox that drops some flows, not others): the
+    answers say how much output the server holds, and a stream that
+    trails it, silent for the stall bound since an answer said so, is
+    broken off and resumed. It was not: the output was held back until
+    the job's end and the stall bound after it (a long job's, its whole
+    run).
+    """
+
+    def reader(self) -> tuple[socket.socket, threading.Thread]:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        reading = threading.Thread(target=ours.recv, args=(10,))
+        reading.start()
+        return ours, reading
+
+    def test_aReadThatTrailsTheServer(self) -> None:
+        from jobworker.client.quick import _Peers
+
+        peers = _Peers(0.5)
+        stalled, stalledReading = self.reader()
+        caughtUp, caughtUpReading = self.reader()
+        quiet, quietReading = self.reader()
+        behind = peers.reading(stalled, "stdout", 4)
+        level = peers.reading(caughtUp, "stdout", 10)
+        silent = peers.reading(quiet, "stderr", 0)
+        # Handing its bytes to a slow reader (a paused pager): not stalled.
+        busy = peers.reading(socket.socket(), "stdout", 0)
+        self.addCleanup(busy.sock.close)
+        busy.handing = True
+        peers.answered({"status": "RUNNING", "stdout_bytes": 10, "stderr_bytes": 0})
+        peers.look()
+        self.assertIsNone(behind.broken)  # not the stall bound yet
+        time.sleep(0.3)
+        # A later answer, more output: the bound counts from the first
+        # answer that had more than the read (a job that writes all the
+        # time moves it on at each answer).
+        peers.answered({"status": "RUNNING", "stdout_bytes": 20, "stderr_bytes": 0})
+        time.sleep(0.3)
+        level.last = time.monotonic()  # it brought bytes just now
+        level.position = 20
+        peers.look()
+        stalledReading.join(10)
+        self.assertFalse(stalledReading.is_alive())
+        self.assertIn("the server had more", behind.broken or "")
+        self.assertIsNone(level.broken)
+        self.assertIsNone(silent.broken)  # nothing more to bring
+        self.assertIsNone(busy.broken)
+        for read in (behind, level, silent, busy):
+            peers.done(read)
+        for sock in (caughtUp, quiet):
+            sock.shutdown(socket.SHUT_RDWR)
+        caughtUpReading.join(10)
+        quietReading.join(10)
+
+
 class QuietResumeTests(TestCase):
     """
     A follow of a quiet job (nothing received) whose stream held a while

@@ -182,11 +182,22 @@ LOOK = 1.0
 
 
 class _RawRead:
-    """A raw log stream being read: its socket, when it last brought bytes."""
+    """
+    A raw log stream being read: its socket, when it last brought bytes,
+    and which stream it is (C{stdout}, C{stderr}; None if not known) and
+    the offset of the next byte it brings.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, stream: str | None = None, position: int = 0
+    ) -> None:
         self.sock = sock
         self.last = time.monotonic()
+        self.stream = stream
+        self.position = position
+        #: Handing bytes over (to a reader that may be slow: a paused
+        #: pager): not waiting on the network, so never taken for stalled.
+        self.handing = False
         #: Why it was broken off (L{_Peers}), if it was.
         self.broken: str | None = None
 
@@ -201,9 +212,14 @@ class _Peers:
     connections (or give up). Until a long poll is answered again
     (L{answered}), and once it has the job's end (L{ended}), a raw stream
     still silent the stall bound later is broken too (L{look}): a long
-    poll that gave up would watch nothing. Breaking one shuts its socket
-    down from this thread: the read blocked on it ends.
+    poll that gave up would watch nothing. So is one that trails the
+    output the server held at an answer (its own connection stalled, the
+    long poll's not: a middlebox that drops some flows). Breaking one
+    shuts its socket down from this thread: the read blocked on it ends.
     """
+
+    #: The long poll's answers kept (the output each said the server held).
+    KEPT = 8
 
     def __init__(self, stall: float) -> None:
         self.stall = stall
@@ -212,10 +228,18 @@ class _Peers:
         self._endedAt: float | None = None
         #: Since when the long poll has failed, and none was answered.
         self._failedAt: float | None = None
+        #: The last answers: when each came, and the bytes of each stream
+        #: the server held then.
+        self._held: list[tuple[float, dict[str, int]]] = []
 
-    def reading(self, sock: socket.socket) -> _RawRead:
-        """A raw stream is read on C{sock} from now on."""
-        read = _RawRead(sock)
+    def reading(
+        self, sock: socket.socket, stream: str | None = None, position: int = 0
+    ) -> _RawRead:
+        """
+        A raw stream is read on C{sock} from now on: C{stream}'s, from
+        C{position} (the offset of the next byte it brings).
+        """
+        read = _RawRead(sock, stream, position)
         with self._lock:
             self._reads.add(read)
         return read
@@ -238,9 +262,24 @@ class _Peers:
                 for read in self._reads:
                     self._break(read, f"the long poll beside it {why}")
 
-    def answered(self) -> None:
-        """A long poll was answered: it watches the raw reads again."""
+    def answered(self, job: dict[str, Any] | None = None) -> None:
+        """
+        A long poll was answered (with C{job}, the record): it watches the
+        raw reads again; the bytes of output the server holds are kept,
+        and the job's end (L{ended}).
+        """
         self._failedAt = None
+        if job is None:
+            return
+        held = {
+            stream: count
+            for stream in ("stdout", "stderr")
+            if isinstance(count := job.get(f"{stream}_bytes"), int)
+        }
+        with self._lock:
+            self._held = [*self._held[-(self.KEPT - 1) :], (time.monotonic(), held)]
+        if job.get("status") not in _LIVE:
+            self.ended()
 
     def ended(self) -> None:
         """The job has ended: its raw streams end soon, unless stalled."""
@@ -250,22 +289,41 @@ class _Peers:
     def look(self) -> None:
         """
         Break the raw reads silent for the stall bound since the job ended,
-        or since the long poll failed (and none was answered).
+        since the long poll failed (and none was answered), or since an
+        answer said the server held more of their stream than they had.
         """
         since = self._endedAt
         if since is not None:
             why = "although the job had ended"
         else:
             since = self._failedAt
-            if since is None:
-                return
             why = "and the long poll beside it has failed since"
         now = time.monotonic()
-        why = f"nothing came for {self.stall:g} s, {why} (a stalled network or server?)"
         with self._lock:
             for read in self._reads:
-                if now - max(read.last, since) >= self.stall:
-                    self._break(read, why)
+                if read.handing:
+                    continue
+                if since is None:
+                    # The first answer that said there was more for it.
+                    at = next(
+                        (
+                            when
+                            for when, held in self._held
+                            if held.get(read.stream or "", 0) > read.position
+                        ),
+                        None,
+                    )
+                    if at is None:
+                        continue
+                    cause = "although the server had more of it"
+                else:
+                    at, cause = since, why
+                if now - max(read.last, at) >= self.stall:
+                    self._break(
+                        read,
+                        f"nothing came for {self.stall:g} s, {cause} (a stalled "
+                        "network or server?)",
+                    )
 
     def _break(self, read: _RawRead, why: str) -> None:
         if read.broken is not None:
@@ -551,9 +609,7 @@ class QuickClient(ApiCalls):
         finally:
             if self._connection.sock is not None:
                 self._connection.sock.settimeout(TIMEOUT)
-        self._peers.answered()
-        if job.get("status") not in _LIVE:
-            self._peers.ended()
+        self._peers.answered(job)
         return job
 
     async def events(
@@ -604,27 +660,38 @@ class QuickClient(ApiCalls):
         start = response.getheader("X-Output-Offset", "")
         if onStart is not None and start.isdigit():
             onStart(int(start))
-        self._collect(response, sink, None if follow else TIMEOUT)
+        # Where it begins, for its peers (a tail's start, if said).
+        position = int(start) if start.isdigit() else None if tail else offset
+        self._collect(
+            response,
+            sink,
+            None if follow else TIMEOUT,
+            None if position is None else stream,
+            position or 0,
+        )
 
     def _collect(
         self,
         response: http.client.HTTPResponse,
         sink: Callable[[memoryview], None],
         quiet: float | None,
+        stream: str | None = None,
+        position: int = 0,
     ) -> None:
         """
         The body to C{sink} as it comes, each piece a view of one reused
         buffer (valid during the call only). Nothing for C{quiet} seconds
         fails it; with None (a followed raw stream: a job may say nothing
-        for hours), its L{_Peers} may break it off. A broken stream is a
-        L{ClientError} with no status; a failing C{sink}, its own error.
+        for hours), its L{_Peers} may break it off (it is C{stream}'s,
+        from C{position}, if known). A broken stream is a L{ClientError}
+        with no status; a failing C{sink}, its own error.
         """
         sock = self._connection.sock
         read = None
         if sock is not None:
             sock.settimeout(quiet)
             if quiet is None:
-                read = self._peers.reading(sock)
+                read = self._peers.reading(sock, stream, position)
         pieces = bodyPieces(response, bytearray(READ_SIZE))
         try:
             while True:
@@ -653,9 +720,16 @@ class QuickClient(ApiCalls):
                         )
                     response.close()  # read to its end: the connection is free
                     return
-                if read is not None:
+                if read is None:
+                    sink(piece)
+                    continue
+                read.position += len(piece)
+                read.handing = True
+                try:
+                    sink(piece)
+                finally:
                     read.last = time.monotonic()
-                sink(piece)
+                    read.handing = False
         finally:
             if read is not None:
                 self._peers.done(read)
