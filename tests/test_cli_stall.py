@@ -11,6 +11,7 @@ and C{jw} as a child process through it.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import (
@@ -28,10 +30,15 @@ from twisted.internet.protocol import (
     ProcessProtocol,
     Protocol,
 )
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .support import JW, LiveServer, jwEnvironment, sleep
+from jobworker.tls import serverOptions
+
+from .support import CERT, JW, KEY, LiveServer, jwEnvironment, sleep
 
 #: jw's JW_KEEPALIVE here: handshakes give up after 2 s; a stream is taken
 #: for stalled after stallSeconds(1), 20 s (a heartbeat comes every 15).
@@ -426,6 +433,64 @@ class TrailingReadTests(TestCase):
             sock.shutdown(socket.SHUT_RDWR)
         caughtUpReading.join(10)
         quietReading.join(10)
+
+
+class FrozenBehindAFront(Resource):
+    """
+    A server behind a front that ends TLS (a reverse proxy): it answers
+    the job's record while the job is queued, and nothing more once a
+    follow is asked (stopped with SIGSTOP; the front still shakes hands).
+    """
+
+    isLeaf = True
+    JOB_ID = "0123abcd-0000-4000-8000-000000000000"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = False
+        self.asked: list[bytes] = []
+
+    def render(self, request: Request) -> Any:
+        self.asked.append(request.uri)
+        if self.frozen or b"/logs" in request.path or b"/events" in request.path:
+            self.frozen = True
+            return NOT_DONE_YET
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {"id": self.JOB_ID, "status": "PENDING", "owner": "alice"}
+        ).encode()
+
+
+class FrontTests(TestCase):
+    """
+    A follow of a queued job asks again on a new connection each time the
+    stall bound passes, whose handshake fails on a dead path; behind a
+    front that still shakes hands for a stopped server, it asked for ever.
+    Before it asks again, the job's record is asked for on the new
+    connection: no answer in the stall bound, and the follow has failed.
+    """
+
+    timeout = 200
+
+    async def test_aStoppedServerBehindAFront(self) -> None:
+        resource = FrozenBehindAFront()
+        endpoint = SSL4ServerEndpoint(
+            reactor, 0, serverOptions(CERT, KEY), interface="127.0.0.1"
+        )
+        port = await endpoint.listen(Site(resource))
+        self.addCleanup(port.stopListening)
+        url = f"https://localhost:{port.getHost().port}"
+        env = jwEnvironment(url, JW_KEEPALIVE="1")
+        started = time.monotonic()
+        _out, err, code = await getProcessOutputAndValue(
+            JW, ["logs", "-f", FrozenBehindAFront.JOB_ID], env=env, reactor=reactor
+        )
+        self.assertNotIn(code, (0, None), err)
+        self.assertNotIn(b"Traceback", err)
+        self.assertEqual(err.count(b"\n"), 1, err)
+        # Twice the stall bound an attempt, two attempts (RESUME_FOR), and
+        # a margin: it never ended.
+        self.assertLess(time.monotonic() - started, 150, err)
 
 
 class QuietResumeTests(TestCase):

@@ -477,23 +477,26 @@ class QuickClient(ApiCalls):
         path: str,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
-        patient: bool = False,
+        patient: str | None = None,
         within: float | None = None,
     ) -> http.client.HTTPResponse:
         """
         Send one request; its response, headers read, or a L{ClientError}
         for a failed connection or an error status. A GET over a kept-alive
         connection that the server has closed meanwhile is sent again once.
-        C{patient}: the answer may take hours (a followed job still in the
-        queue answers when it starts): one that has not come in the stall
-        bound (L{stallSeconds}) is asked for again on a new connection,
-        whose handshake fails in twice the keepalive if the network or the
-        server stalled; nothing was received, so nothing is lost or
-        repeated. C{within}: the answer (a long poll's) is due in that many
-        seconds, else the request failed.
+        C{patient} (the job's path): the answer may take hours (a followed
+        job still in the queue answers when it starts): one that has not
+        come in the stall bound (L{stallSeconds}) is asked for again on a
+        new connection, whose handshake fails in twice the keepalive if the
+        network or the server stalled; nothing was received, so nothing is
+        lost or repeated. Before it is, the job's record is asked for on
+        that connection, due in the stall bound: a front that ends TLS
+        shakes hands for a server stopped behind it. C{within}: the answer
+        (a long poll's) is due in that many seconds, else the request
+        failed.
         """
         allHeaders = {**self._headers, **(headers or {})}
-        wait = self._stall if patient else within
+        wait = self._stall if patient is not None else within
         retried = False
         while True:
             reused = self._connection.sock is not None
@@ -517,8 +520,10 @@ class QuickClient(ApiCalls):
                 self._connection.close()
                 if not sent or wait is None:
                     raise ClientError(describe(self.server, e)) from None
-                if patient:
-                    continue  # no answer yet: asked again
+                if patient is not None:
+                    # No answer yet: asked again, if the server answers.
+                    self._body(self._send("GET", patient, within=self._stall))
+                    continue
                 raise ClientError(
                     f"{self.server} sent no answer in {wait:g} s (a stalled "
                     "network or server?)"
@@ -630,7 +635,9 @@ class QuickClient(ApiCalls):
         (L{stallSeconds}) has stalled, and fails as a broken one.
         """
         path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
-        response = self._send("GET", path, headers=headers, patient=follow)
+        response = self._send(
+            "GET", path, headers=headers, patient=_patience(jobId, follow)
+        )
         _tellStatus(response, onStatus)
         self._collect(response, lambda piece: sink(bytes(piece)), self._stall)
 
@@ -654,7 +661,9 @@ class QuickClient(ApiCalls):
         fails it.
         """
         response = self._send(
-            "GET", logsPath(jobId, stream, follow, offset, tail), patient=follow
+            "GET",
+            logsPath(jobId, stream, follow, offset, tail),
+            patient=_patience(jobId, follow),
         )
         _tellStatus(response, onStatus)
         start = response.getheader("X-Output-Offset", "")
@@ -738,6 +747,11 @@ class QuickClient(ApiCalls):
 
     async def close(self) -> None:
         self._connection.close()
+
+
+def _patience(jobId: str, follow: bool) -> str | None:
+    """What a follow's L{QuickClient._send} asks before asking again."""
+    return f"/jobs/{segment(jobId)}" if follow else None
 
 
 def _dropped(sock: socket.socket) -> bool:
