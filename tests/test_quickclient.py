@@ -12,6 +12,7 @@ import signal
 import ssl
 import subprocess
 import sys
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -238,12 +239,23 @@ class OutageProxy(CuttingProxy):
         super().__init__(port, after=1 << 62, cuts=0)
         self.down = False
         self.open: set[ProxyServer] = set()
+        self._back: Any = None
+
+    def listen(self, testCase: TestCase) -> str:
+        testCase.addCleanup(self._cancel)
+        return super().listen(testCase)
+
+    def _cancel(self) -> None:
+        if self._back is not None and self._back.active():
+            self._back.cancel()
 
     def outage(self, seconds: float) -> None:
         self.down = True
         for link in list(self.open):
             link.transport.abortConnection()  # type: ignore[attr-defined]
-        reactor.callLater(seconds, setattr, self, "down", False)  # type: ignore[attr-defined]
+        self._back = reactor.callLater(  # type: ignore[attr-defined]
+            seconds, setattr, self, "down", False
+        )
 
 
 class PrefixTests(TestCase):
@@ -487,6 +499,40 @@ class FollowTests(JWAssertions, TestCase):
             f"jw: job {jobId} exited with code 0 before jw's stdin ended".encode(),
             err,
         )
+
+    async def test_stdinLeftOnceTheJobWasDeletedDuringAnOutage(self) -> None:
+        """
+        As L{test_stdinLeftOnceTheJobEndedAfterAnOutage}, the job ended and
+        deleted during the outage: jw says so in one line, non-zero, and
+        stops waiting on its stdin (it waited for ever: a watch refused,
+        404, was taken for one still running; a review).
+        """
+        server = LiveServer(self)
+        proxy = OutageProxy(server.port)
+        url = proxy.listen(self)
+        process = subprocess.Popen(
+            [JW, "exec", "-i", "--", "sleep", "3"],
+            env=jwEnvironment(url, JW_KEEPALIVE="1"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        assert process.stdout is not None and process.stderr is not None
+        jobId = (await deferToThread(process.stdout.readline)).decode().strip()
+        await deferLater(reactor, 1, lambda: None)  # type: ignore[arg-type]
+        proxy.outage(14)
+        await server.waitEnded(jobId)
+        code, _ = await server.json("DELETE", f"/jobs/{jobId}")
+        self.assertEqual(code, 200)
+        try:
+            code = await deferToThread(process.wait, 50)
+        except subprocess.TimeoutExpired:
+            self.fail("jw still waits on its stdin 50 s after the outage")
+        err = process.stderr.read()
+        self.assertNotIn(code, (0, None), err)
+        self.assertEqual(err.count(b"\n"), 1, err)
+        self.assertNotIn(b"Traceback", err)
 
     async def test_aClosedStdoutStopsTheJobAfterAnIdleWhile(self) -> None:
         """

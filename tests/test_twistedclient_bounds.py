@@ -35,14 +35,33 @@ class Silent(Protocol):
         pass
 
 
+class HalfAnswer(Protocol):
+    """Answers the first request's headers and part of its body, then stalls."""
+
+    #: The connections open (the test aborts them at its end).
+    open: list[Any] = []
+    answered = False
+
+    def connectionMade(self) -> None:
+        self.open.append(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answered and self.transport is not None:
+            self.answered = True
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b'content-length: 100\r\n\r\n{"id": '
+            )
+
+
 class BoundsTests(TestCase):
     timeout = 60
 
-    async def silentServer(self) -> int:
+    async def silentServer(self, protocol: type[Protocol] = Silent) -> int:
         endpoint = SSL4ServerEndpoint(
             reactor, 0, serverOptions(CERT, KEY), interface="127.0.0.1"
         )
-        port = await endpoint.listen(Factory.forProtocol(Silent))
+        port = await endpoint.listen(Factory.forProtocol(protocol))
         self.addCleanup(port.stopListening)
         return port.getHost().port  # type: ignore[no-any-return]
 
@@ -67,6 +86,24 @@ class BoundsTests(TestCase):
             await client.stop("0123abcd", grace=1)
         self.assertIn("sent no answer in 2 s", str(raised.exception))
         self.assertGreaterEqual(reactor.seconds() - began, 1.9)  # type: ignore[attr-defined]
+
+    async def test_aBodyThatNeverEnds(self) -> None:
+        """The answer's body is due within the bound too (a review)."""
+        self.patch(clienthttp, "TIMEOUT", 1)
+        port = await self.silentServer(HalfAnswer)
+
+        def abort() -> None:
+            for transport in HalfAnswer.open:
+                transport.abortConnection()
+
+        self.addCleanup(abort)
+        client = JobworkerClient.connect(
+            reactor, f"https://localhost:{port}", CA, "alice", "alice-pass"
+        )
+        self.addCleanup(client.close)
+        with self.assertRaises(ClientError) as raised:
+            await client.deleteJob("0123abcd")
+        self.assertIn("sent no answer in 1 s", str(raised.exception))
 
     def test_theLongestGraceIsTheServers(self) -> None:
         """A stop with the server's grace waits as long as it may take."""

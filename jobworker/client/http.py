@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import treq
 from treq.client import HTTPClient
@@ -40,6 +40,9 @@ from .netfailures import describeConnectionFailure, isCancellation
 from .quick import KEEPALIVE, TIMEOUT
 
 __all__ = ["ClientError", "JobworkerClient", "exitStatusOf"]
+
+
+T = TypeVar("T")
 
 
 class JobworkerClient(ApiCalls):
@@ -161,14 +164,8 @@ class JobworkerClient(ApiCalls):
         unbuffered: bool = False,
         extraHeaders: dict[bytes, list[bytes]] | None = None,
         raw: bytes | None = None,
-        within: float | None = None,
     ) -> IResponse:
-        """
-        Send one request; its response, headers read, or a L{ClientError}.
-        C{within}: the response is due in that many seconds, else the
-        request failed (a network or server that stalled without closing
-        anything: keepalive cannot tell).
-        """
+        """Send one request; its response, headers read, or a L{ClientError}."""
         headers = dict(self._headers)
         headers.update(extraHeaders or {})
         kwargs: dict[str, Any] = {"unbuffered": unbuffered, "headers": headers}
@@ -183,32 +180,16 @@ class JobworkerClient(ApiCalls):
             # The server refuses a state change without it (no HTML form
             # can send it: the CSRF defence).
             headers[b"content-type"] = [b"application/json"]
-        requesting = self._http.request(method, self.server + path, **kwargs)
-        late: list[bool] = []
-        timer = None
-        if within is not None:
-
-            def expire() -> None:
-                late.append(True)
-                requesting.cancel()
-
-            timer = self.reactor.callLater(within, expire)
         try:
-            response: IResponse = await requesting
+            response: IResponse = await self._http.request(
+                method, self.server + path, **kwargs
+            )
+        except (ClientError, CancelledError):
+            raise  # CancelledError: the user interrupted jw (or a deadline)
         except Exception as e:
-            if late:
-                raise ClientError(
-                    f"{self.server} sent no answer in {within:g} s (a stalled "
-                    "network or server?)"
-                ) from None
-            if isinstance(e, ClientError | CancelledError):
-                raise  # CancelledError: the user interrupted jw
             if isCancellation(e):
                 raise CancelledError() from None
             raise ClientError(describeConnectionFailure(self.server, e)) from None
-        finally:
-            if timer is not None and timer.active():
-                timer.cancel()
         if response.code >= 400:
             await self._raiseFor(response)
         return response
@@ -224,8 +205,38 @@ class JobworkerClient(ApiCalls):
     async def _json(
         self, method: str, path: str, body: Any = None, slow: float = 0.0
     ) -> Any:
-        response = await self._request(method, path, body, within=TIMEOUT + slow)
-        return json.loads(await treq.content(response))
+        async def answer() -> Any:
+            response = await self._request(method, path, body)
+            return json.loads(await treq.content(response))
+
+        return await self._within(TIMEOUT + slow, answer())
+
+    async def _within(self, seconds: float, work: Coroutine[Any, Any, T]) -> T:
+        """
+        C{work}'s result, due in C{seconds} (its answer's body too), else a
+        L{ClientError}: a network or server that stalled without closing
+        anything, which keepalive cannot tell.
+        """
+        running = ensureDeferred(work)
+        late: list[bool] = []
+
+        def expire() -> None:
+            late.append(True)
+            running.cancel()
+
+        timer = self.reactor.callLater(seconds, expire)
+        try:
+            return await running
+        except CancelledError:
+            if late:
+                raise ClientError(
+                    f"{self.server} sent no answer in {seconds:g} s (a stalled "
+                    "network or server?)"
+                ) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
         """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""

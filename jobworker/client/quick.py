@@ -518,14 +518,15 @@ class QuickClient(ApiCalls):
                 response = self._connection.getresponse()
             except TimeoutError as e:
                 self._connection.close()
-                if not sent or wait is None:
+                if not sent:
                     raise ClientError(describe(self.server, e)) from None
                 if patient is not None:
                     # No answer yet: asked again, if the server answers.
                     self._body(self._send("GET", patient, within=self._stall))
                     continue
                 raise ClientError(
-                    f"{self.server} sent no answer in {wait:g} s (a stalled "
+                    f"{self.server} sent no answer in "
+                    f"{TIMEOUT if wait is None else wait:g} s (a stalled "
                     "network or server?)"
                 ) from None
             except (ConnectionResetError, BrokenPipeError) as e:

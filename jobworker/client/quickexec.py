@@ -87,10 +87,13 @@ async def quickExec(
             ending = background.start(lambda: drive(watchEnd(watcher, jobId)))
 
             def endedFirst() -> bool:
-                return ending.done and ending.error is None and not feed.atEnd
+                # Or its watch was refused (the job deleted, the login
+                # refused): nothing else would end the wait on jw's stdin.
+                return ending.done and not feed.atEnd
 
             background.wait(lambda: feeding.done or endedFirst())
             if not feeding.done:
+                # (A refused watch's error, raised: said in one line.)
                 return sayInputLeft(ending.outcome(), streams)
             unsent = feeding.outcome()
             return 0 if unsent is None else sayInputLeft(unsent, streams)

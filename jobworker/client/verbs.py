@@ -913,8 +913,7 @@ async def doList(
     asked: set[object] = set()
     while cursor is not None and (options.all or len(jobs) < options.limit):
         if cursor in asked:
-            cursor = None
-            break
+            break  # (said: more exist, by the server's word)
         asked.add(cursor)
         if not options.all:
             filters["limit"] = options.limit - len(jobs)
