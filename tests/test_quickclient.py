@@ -398,24 +398,15 @@ class FollowTests(JWAssertions, TestCase):
                 self.assertEqual(result.stdout, seq(150000))
             self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started$")
 
-    async def test_aClosedStdoutStopsTheJob(self) -> None:
+    async def closedStdout(self, server: LiveServer, script: str) -> tuple[str, bytes]:
         """
-        jw exec -f ... | head: once our reader is gone, the job is stopped
-        and jw exits with the SIGPIPE status, as over ssh the remote command
-        dies at its next write; it ran on, unread, for ever.
+        C{jw exec -f -- sh -c script}, its stdout closed after the first
+        line: the job's id and jw's stderr, once jw exited with the
+        SIGPIPE status and the job was stopped by alice.
         """
-        server = LiveServer(self)
         read, write = os.pipe()
         process = subprocess.Popen(
-            [
-                JW,
-                "exec",
-                "-f",
-                "--",
-                "sh",
-                "-c",
-                "while :; do echo y; sleep 0.01; done",
-            ],
+            [JW, "exec", "-f", "--", "sh", "-c", script],
             env=jwEnvironment(server.url),
             stdin=subprocess.DEVNULL,
             stdout=write,
@@ -430,10 +421,22 @@ class FollowTests(JWAssertions, TestCase):
         err = process.stderr.read()
         self.assertEqual(code, 141, err)
         jobId = err.split()[2].decode()
-        self.assertIn(f"jw: stdout closed: stopping job {jobId}".encode(), err)
-        self.assertNotIn(b"Traceback", err)
         job = await server.waitEnded(jobId)
         self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
+        return jobId, err
+
+    async def test_aClosedStdoutStopsTheJob(self) -> None:
+        """
+        jw exec -f ... | head: once our reader is gone, the job is stopped
+        and jw exits with the SIGPIPE status, as over ssh the remote command
+        dies at its next write; it ran on, unread, for ever.
+        """
+        server = LiveServer(self)
+        jobId, err = await self.closedStdout(
+            server, "while :; do echo y; sleep 0.01; done"
+        )
+        self.assertIn(f"jw: stdout closed: stopping job {jobId}".encode(), err)
+        self.assertNotIn(b"Traceback", err)
 
     async def test_stdinAfterTheServerClosedAnIdleConnection(self) -> None:
         """
@@ -542,34 +545,10 @@ class FollowTests(JWAssertions, TestCase):
         stop job"), and the job ran on, unread.
         """
         server = LiveServer(self, "--idle-timeout=1")
-        read, write = os.pipe()
-        process = subprocess.Popen(
-            [
-                JW,
-                "exec",
-                "-f",
-                "--",
-                "sh",
-                "-c",
-                "echo y; sleep 3; while :; do echo y; sleep 0.01; done",
-            ],
-            env=jwEnvironment(server.url),
-            stdin=subprocess.DEVNULL,
-            stdout=write,
-            stderr=subprocess.PIPE,
+        _, err = await self.closedStdout(
+            server, "echo y; sleep 3; while :; do echo y; sleep 0.01; done"
         )
-        os.close(write)
-        self.addCleanup(process.kill)
-        with os.fdopen(read, "rb") as reader:
-            self.assertEqual(await deferToThread(reader.readline), b"y\n")
-        code = await deferToThread(process.wait, 60)
-        assert process.stderr is not None
-        err = process.stderr.read()
-        self.assertEqual(code, 141, err)
-        jobId = err.split()[2].decode()
         self.assertNotIn(b"could not stop", err)
-        job = await server.waitEnded(jobId)
-        self.assertEqual((job["status"], job["stopped_by"]), ("STOPPED", "alice"))
 
     async def test_interruptsStopThenDetach(self) -> None:
         """

@@ -65,18 +65,23 @@ class BoundsTests(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port  # type: ignore[no-any-return]
 
+    async def clientOf(self, protocol: type[Protocol]) -> JobworkerClient:
+        """A Twisted client of a C{protocol} server, its bound 1 s."""
+        self.patch(clienthttp, "TIMEOUT", 1)
+        port = await self.silentServer(protocol)
+        client = JobworkerClient.connect(
+            reactor, f"https://localhost:{port}", CA, "alice", "alice-pass"
+        )
+        self.addCleanup(client.close)
+        return client
+
     async def test_anAnswerThatNeverComes(self) -> None:
         """
         A request whose answer never comes fails in one line after the
         bound (L{clienthttp.TIMEOUT}, short here), as the quick client's;
         a stop's bound has the grace on top.
         """
-        self.patch(clienthttp, "TIMEOUT", 1)
-        port = await self.silentServer()
-        client = JobworkerClient.connect(
-            reactor, f"https://localhost:{port}", CA, "alice", "alice-pass"
-        )
-        self.addCleanup(client.close)
+        client = await self.clientOf(Silent)
         with self.assertRaises(ClientError) as raised:
             await client.deleteJob("0123abcd")
         self.assertIn("sent no answer in 1 s", str(raised.exception))
@@ -89,18 +94,13 @@ class BoundsTests(TestCase):
 
     async def test_aBodyThatNeverEnds(self) -> None:
         """The answer's body is due within the bound too (a review)."""
-        self.patch(clienthttp, "TIMEOUT", 1)
-        port = await self.silentServer(HalfAnswer)
+        client = await self.clientOf(HalfAnswer)
 
         def abort() -> None:
             for transport in HalfAnswer.open:
                 transport.abortConnection()
 
         self.addCleanup(abort)
-        client = JobworkerClient.connect(
-            reactor, f"https://localhost:{port}", CA, "alice", "alice-pass"
-        )
-        self.addCleanup(client.close)
         with self.assertRaises(ClientError) as raised:
             await client.deleteJob("0123abcd")
         self.assertIn("sent no answer in 1 s", str(raised.exception))
