@@ -469,19 +469,20 @@ class FollowTests(JWAssertions, TestCase):
         self.assertEqual(out, b"line2\nsaw-eof\n", err)
         self.assertEqual(code, 0, err)
 
-    async def test_stdinLeftOnceTheJobEndedAfterAnOutage(self) -> None:
+    async def stdinThroughAnOutage(
+        self, seconds: str, meanwhile: Any = None
+    ) -> tuple[str, int, bytes]:
         """
-        jw exec -i (no -f), its stdin open with nothing written: an outage
-        longer than the long poll's resumptions (12 s) while the job runs,
-        then the way back; the job ends, and jw stops waiting on its stdin
-        and says so. It waited for ever: once the long poll had given up,
-        nothing watched the job's end.
+        C{jw exec -i -- sleep seconds} through an L{OutageProxy}, its stdin
+        open with nothing written; a 14 s outage a second after it started
+        (C{meanwhile(server, jobId)} is awaited then): the job's id, jw's
+        exit status and its stderr.
         """
         server = LiveServer(self)
         proxy = OutageProxy(server.port)
         url = proxy.listen(self)
         process = subprocess.Popen(
-            [JW, "exec", "-i", "--", "sleep", "18"],
+            [JW, "exec", "-i", "--", "sleep", seconds],
             env=jwEnvironment(url, JW_KEEPALIVE="1"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -492,11 +493,23 @@ class FollowTests(JWAssertions, TestCase):
         jobId = (await deferToThread(process.stdout.readline)).decode().strip()
         await deferLater(reactor, 1, lambda: None)  # type: ignore[arg-type]
         proxy.outage(14)
+        if meanwhile is not None:
+            await meanwhile(server, jobId)
         try:
             code = await deferToThread(process.wait, 50)
         except subprocess.TimeoutExpired:
             self.fail("jw still waits on its stdin 50 s after the outage")
-        err = process.stderr.read()
+        return jobId, code, process.stderr.read()
+
+    async def test_stdinLeftOnceTheJobEndedAfterAnOutage(self) -> None:
+        """
+        jw exec -i (no -f), its stdin open with nothing written: an outage
+        longer than the long poll's resumptions (12 s) while the job runs,
+        then the way back; the job ends, and jw stops waiting on its stdin
+        and says so. It waited for ever: once the long poll had given up,
+        nothing watched the job's end.
+        """
+        jobId, code, err = await self.stdinThroughAnOutage("18")
         self.assertEqual(code, 0, err)
         self.assertIn(
             f"jw: job {jobId} exited with code 0 before jw's stdin ended".encode(),
@@ -510,29 +523,13 @@ class FollowTests(JWAssertions, TestCase):
         stops waiting on its stdin (it waited for ever: a watch refused,
         404, was taken for one still running; a review).
         """
-        server = LiveServer(self)
-        proxy = OutageProxy(server.port)
-        url = proxy.listen(self)
-        process = subprocess.Popen(
-            [JW, "exec", "-i", "--", "sleep", "3"],
-            env=jwEnvironment(url, JW_KEEPALIVE="1"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.addCleanup(process.kill)
-        assert process.stdout is not None and process.stderr is not None
-        jobId = (await deferToThread(process.stdout.readline)).decode().strip()
-        await deferLater(reactor, 1, lambda: None)  # type: ignore[arg-type]
-        proxy.outage(14)
-        await server.waitEnded(jobId)
-        code, _ = await server.json("DELETE", f"/jobs/{jobId}")
-        self.assertEqual(code, 200)
-        try:
-            code = await deferToThread(process.wait, 50)
-        except subprocess.TimeoutExpired:
-            self.fail("jw still waits on its stdin 50 s after the outage")
-        err = process.stderr.read()
+
+        async def delete(server: LiveServer, jobId: str) -> None:
+            await server.waitEnded(jobId)
+            code, _ = await server.json("DELETE", f"/jobs/{jobId}")
+            self.assertEqual(code, 200)
+
+        _, code, err = await self.stdinThroughAnOutage("3", delete)
         self.assertNotIn(code, (0, None), err)
         self.assertEqual(err.count(b"\n"), 1, err)
         self.assertNotIn(b"Traceback", err)
