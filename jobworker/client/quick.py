@@ -196,7 +196,8 @@ class _RawRead:
         self.stream = stream
         self.position = position
         #: Handing bytes over (to a reader that may be slow: a paused
-        #: pager): not waiting on the network, so never taken for stalled.
+        #: pager): not waiting on the network, so its silence is not taken
+        #: for a stall (a failed long poll still breaks it off).
         self.handing = False
         #: Why it was broken off (L{_Peers}), if it was.
         self.broken: str | None = None
