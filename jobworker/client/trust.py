@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from ..certificates import isCA
+from .calls import handshakeTimedOut
 
 #: Seconds a connection to a server may take to be made.
 FETCH_TIMEOUT = 10.0
@@ -96,11 +97,7 @@ def _handshake(
             poll.register(raw, select.POLLOUT)
         left = deadline - time.monotonic()
         if left <= 0 or not poll.poll(left * 1000):
-            raise TrustError(
-                f"cannot connect to {server}: no TLS handshake in {seconds:g} s "
-                "(the port took the connection but nothing answered: a stopped "
-                "or hung server, or another service on that port?)"
-            )
+            raise TrustError(handshakeTimedOut(server, seconds))
 
 
 def remember(path: str, pem: bytes) -> None:
