@@ -190,6 +190,31 @@ class RevokedStreamTests(TestCase):
         self.assertIn("token", line)
         self.assertIn("no longer a user", line["reason"])
 
+    async def test_removedUsersLongPoll(self) -> None:
+        """
+        ada long-polls alice's job (C{?wait=300}); the operator removes her
+        and sends SIGHUP: she is answered 401 at once, not the job's record
+        when it ends (or in 300 s), and it is audited.
+        """
+        server = self.server()
+        job = await server.createJob("sh", "-c", TALKER)
+        response = self.streams(server).request(
+            "GET", f"{server.url}/jobs/{job['id']}?wait=300", headers=basic("ada")
+        )
+        await sleep(0.5)
+        self.assertNoResult(response)
+        self.write(alice="Developer")
+        await self.hangUp()
+        answered = await response.addTimeout(10.0, reactor)
+        self.assertEqual(answered.code, 401)
+        body = await answered.json()
+        self.assertIn("ada is no longer a user", body["error"])
+        await self.running(server, job["id"])
+        [line] = self.audited(server, "ada")
+        self.assertEqual(line["result"], "ended")
+        self.assertEqual(line["job"], job["id"])
+        self.assertEqual(line["permission"], "jobs.get")
+
     async def test_tokenExpiry(self) -> None:
         """
         A stream opened with a token ends when the token does (--token-ttl):
@@ -615,3 +640,92 @@ def adaRehashed(users: UserDatabase) -> UserDatabase:
         ],
         users.dummyHash,
     )
+
+
+class RevokedWaitTests(APITestCase):
+    """
+    C{GET /jobs/ID?wait=N}, a long poll of up to 300 s, held to what it was
+    let in on as a log follower is: a users reload that takes its access
+    away, or its token's expiry, answers it with the refusal at once, not
+    with the record once the job ends.
+    """
+
+    def bearer(self, user: str = "ada") -> dict[bytes, Any]:
+        response = self.call("POST", "/tokens", user)
+        self.assertEqual(response.code, 201, response.body)
+        token = response.json()["token"]
+        return {b"authorization": [f"Bearer {token}".encode("ascii")]}
+
+    def waitFor(self, record: Any, headers: dict[bytes, Any]) -> Deferred[Response]:
+        d = self.send("GET", f"/jobs/{record.id}?wait=300", headers=headers)
+        self.assertNoResult(d)
+        return d
+
+    def test_removedUserAnsweredAtOnce(self) -> None:
+        """ada, removed while she waits on alice's job: a 401 at once,
+        audited; the job runs on."""
+        record = self.createJob(owner="alice")
+        d = self.waitFor(record, authHeaders("ada"))
+        self.authenticator.replaceUsers(developmentUsers(ada=None))
+        self.treq.flush()
+        body = self.assertError(self.successResultOf(d), 401)
+        self.assertIn("ada is no longer a user", body["error"])
+        self.assertEqual(self.manager.record(record.id).status.value, "RUNNING")
+        self.assertEqual(self.authenticator._grants, {})
+
+    def test_removedUserNotToldTheEnd(self) -> None:
+        """The job ending after the reload does not answer her with it."""
+        record = self.createJob(owner="alice")
+        d = self.waitFor(record, authHeaders("ada"))
+        self.authenticator.replaceUsers(developmentUsers(ada=None))
+        self.endJob(record)
+        self.treq.flush()
+        self.assertError(self.successResultOf(d), 401)
+
+    def test_passwordChanged(self) -> None:
+        """A wait let in on a password that is no longer ada's: 401."""
+        record = self.createJob(owner="alice")
+        d = self.waitFor(record, authHeaders("ada"))
+        self.authenticator.replaceUsers(adaRehashed(developmentUsers()))
+        self.treq.flush()
+        body = self.assertError(self.successResultOf(d), 401)
+        self.assertIn("password", body["error"])
+
+    def test_tokenExpiresDuringTheWait(self) -> None:
+        """A token that expires 100 s into a 300 s wait: 401 then."""
+        record = self.createJob(owner="alice")
+        headers = self.bearer()
+        self.reactor.advance(3500)
+        d = self.waitFor(record, headers)
+        self.reactor.advance(99)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.reactor.advance(1)
+        self.treq.flush()
+        body = self.assertError(self.successResultOf(d), 401)
+        self.assertIn("token expired", body["error"])
+
+    def test_unchangedUsersWaitOn(self) -> None:
+        """A reload that leaves ada as she was: her wait ends with the job,
+        and nothing of it is left watched."""
+        record = self.createJob(owner="alice")
+        d = self.waitFor(record, self.bearer())
+        self.authenticator.replaceUsers(developmentUsers())
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.endJob(record)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["status"], "COMPLETED")
+        self.assertEqual(self.authenticator._grants, {})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timedOutWaitReleased(self) -> None:
+        """A wait that times out leaves no grant watched."""
+        record = self.createJob(owner="alice")
+        d = self.waitFor(record, authHeaders("ada"))
+        self.reactor.advance(300)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).json()["status"], "RUNNING")
+        self.assertEqual(self.authenticator._grants, {})

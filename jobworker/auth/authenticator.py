@@ -15,7 +15,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.guard import BasicCredentialFactory
@@ -294,17 +294,33 @@ class Grant:
         #: without a token.
         self.expires = expires
         self.passwordHash = passwordHash
+        #: The withdrawal at the token's expiry, once L{watch}ed with a clock.
+        self._expiry: IDelayedCall | None = None
 
-    def watch(self, lost: Callable[[JobworkerError], object]) -> None:
+    def watch(
+        self,
+        lost: Callable[[JobworkerError], object],
+        clock: IReactorTime | None = None,
+    ) -> None:
         """
         Check it again at each users reload; if it no longer holds, or is
-        L{withdraw}n, call C{lost} (once) with the error saying why.
+        L{withdraw}n, call C{lost} (once) with the error saying why. With a
+        C{clock}, it is also withdrawn when its token L{expires}.
         """
         self._authenticator._grants[self] = lost
+        if clock is not None and self.expires is not None:
+            self._expiry = clock.callLater(
+                max(0.0, self.expires - clock.seconds()),
+                self.withdraw,
+                Unauthorized("access revoked: the token expired"),
+            )
 
     def release(self) -> None:
-        """Stop watching it (its response has ended)."""
+        """Stop watching it (its response has ended), its expiry too."""
         self._authenticator._grants.pop(self, None)
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
     def withdraw(self, error: JobworkerError) -> None:
         """End it now for C{error}'s reason: audited, and C{lost} told."""

@@ -46,7 +46,7 @@ from ..jobs.queries import (
     parseLimit,
     parseWait,
 )
-from ..jobs.records import rfc3339
+from ..jobs.records import JobRecord, rfc3339
 from ..jobs.stopping import parseStopRequest
 from ..jobs.store import StoreError
 from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
@@ -484,12 +484,39 @@ class JobsAPI:
         record = self._manager.record(parseJobId(jobId))
         wait = parseWait(_arg(request, b"wait"))
         if wait and not record.status.ended:
-            ended = self._manager.whenEnded(record.id)
-            try:
-                record = await ended.addTimeout(wait, self._clock)
-            except defer.TimeoutError:
-                record = self._manager.record(record.id)
+            record = await self._waitEnded(request, user, record, wait)
         return _recordJSON(request, record)
+
+    async def _waitEnded(
+        self, request: IRequest, user: User, record: JobRecord, wait: float
+    ) -> JobRecord:
+        """
+        The job's record once it ends, or as it is after C{wait} seconds;
+        held meanwhile to what the request was let in on, as a log follower
+        is: a users reload that takes the access away, or the expiry of
+        the token it came with, answers it at once with why (audited).
+        """
+        grant = self._authenticator.grant(
+            request, user, Permission.GET, None, record.id
+        )
+        ended = self._manager.whenEnded(record.id)
+        revoked: list[JobworkerError] = []
+
+        def lost(error: JobworkerError) -> None:
+            revoked.append(error)
+            ended.cancel()
+
+        grant.watch(lost, self._clock)
+        try:
+            return await ended.addTimeout(wait, self._clock)
+        except defer.TimeoutError:
+            return self._manager.record(record.id)
+        except CancelledError:
+            if revoked:
+                raise revoked[0] from None
+            raise
+        finally:
+            grant.release()
 
     @app.route("/jobs/<jobId>", methods=["DELETE"])
     @guarded(Permission.DELETE)

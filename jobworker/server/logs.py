@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -19,7 +19,6 @@ from ..errors import (
     JobworkerError,
     ServiceUnavailable,
     TooManyRequests,
-    Unauthorized,
 )
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
@@ -73,15 +72,10 @@ class _Revocable:
         self.work: Deferred[bytes] | None = None
         #: Why it was ended, once it was.
         self.revoked: JobworkerError | None = None
-        #: The end of its token's life, if it came with one.
-        self.expiry: IDelayedCall | None = None
 
     def stop(self) -> None:
-        """Nothing more to watch: the grant released, the expiry off."""
+        """Nothing more to watch: the grant released (its expiry off)."""
         self.grant.release()
-        if self.expiry is not None and self.expiry.active():
-            self.expiry.cancel()
-        self.expiry = None
 
 
 class LogStreams:
@@ -437,13 +431,7 @@ class LogStreams:
         revocable = None
         if grant is not None:
             watched = revocable = _Revocable(grant)
-            grant.watch(lambda error: self._revoke(watched, error))
-            if grant.expires is not None:
-                watched.expiry = self._clock.callLater(
-                    max(0.0, grant.expires - self._clock.seconds()),
-                    grant.withdraw,
-                    Unauthorized("access revoked: the token expired"),
-                )
+            grant.watch(lambda error: self._revoke(watched, error), self._clock)
 
         def done(result: object) -> None:
             if revocable is not None:
