@@ -491,6 +491,42 @@ class BulkAndSignalTests(TestCase):
             code, job = await first
             self.assertEqual((code, job["status"]), (200, "STOPPED"))
 
+    async def test_shorterGraceForLeftovers(self) -> None:
+        """
+        The same once the main process ended on the first stop's TERM
+        while what it left ignores TERM and holds the job's pipes: a second
+        stop with a grace of 1 s kills them then (the hour was waited out,
+        and the second stop with it).
+        """
+        server = LiveServer(self, grace=2.0)
+        ready = sharedPath(self)
+        job = await server.createJob(
+            "sh",
+            "-c",
+            f'(trap "" TERM; touch {ready}; exec sleep 600) & wait',
+        )
+        cleanUpGroup(self, job["pid"])
+        await waitUntil(partial(os.path.exists, ready), what="the trap")
+        first = ensureDeferred(
+            server.json(
+                "POST", f"/jobs/{job['id']}/stop", "alice", {"grace_seconds": 3600}
+            )
+        )
+        await sleep(1.0)  # the main process ends on the TERM; the pipes stay open
+        code, record = await server.json("GET", f"/jobs/{job['id']}")
+        self.assertEqual((code, record["status"]), (200, "RUNNING"))
+        second = ensureDeferred(
+            server.json(
+                "POST", f"/jobs/{job['id']}/stop", "alice", {"grace_seconds": 1}
+            )
+        )
+        code, record = await second.addTimeout(30, reactor)
+        self.assertEqual(
+            (code, record["status"], record["stopped_by"]), (200, "STOPPED", "alice")
+        )
+        code, record = await first
+        self.assertEqual((code, record["status"]), (200, "STOPPED"))
+
 
 class StdinMatrixTests(TestCase):
     """POST /jobs/{id}/stdin (issue 17): the owner and Admins, every byte in order."""

@@ -26,6 +26,7 @@ from jobworker.executors.local.process import (
 )
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.spool import OutputSpool
+from jobworker.jobs.stopping import StopRequest
 
 from .fakes import (
     FakeProcessTransport,
@@ -508,6 +509,38 @@ class StopTests(JobProcessTestCase):
         self.assertIs(self.successResultOf(stopped), self.record)
         self.assertIs(self.record.status, JobStatus.COMPLETED)
         self.assertEqual(self.record.exit_code, 0)
+
+    def test_shorterGraceWhileLeftoversHoldThePipes(self) -> None:
+        """
+        A user stopped a job with an hour's grace; its main process ended
+        on the TERM, what it left ignores TERM and holds the pipes (the job
+        is not over). A second stop with a grace of 5 s kills them 5 s on,
+        without a second TERM: it waited out the hour (jw's stop with it).
+        """
+        self.job.stop("alice", StopRequest(grace=3600.0))
+        self.job.mainExited(processKilled(signal.SIGTERM))
+        self.assertIs(self.record.status, JobStatus.RUNNING)
+        sent = self.killer.signalsTo(PID)
+        second = self.job.stop("alice", StopRequest(grace=5.0))
+        self.assertEqual(self.killer.signalsTo(PID), sent)
+        self.clock.advance(5.0)
+        self.assertEqual(self.killer.signalsTo(PID), [*sent, signal.SIGKILL])
+        self.killer.exists = False
+        self.job.pipesClosed()
+        self.assertIs(self.successResultOf(second).status, JobStatus.STOPPED)
+
+    def test_shorterGraceAfterTheMainExitOnItsOwn(self) -> None:
+        """
+        The main process ended on its own and its leftovers hold the pipes
+        (TERM sent to them, KILL due the server's grace on): a stop with a
+        shorter grace kills them then, and sends no second TERM.
+        """
+        self.job.mainExited(processExit(0))
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.job.stop("alice", StopRequest(grace=1.0))
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.clock.advance(1.0)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
 
     def test_timeoutAfterTheMainExitKeepsItsStatus(self) -> None:
         """

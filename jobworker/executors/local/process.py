@@ -309,8 +309,12 @@ class JobProcess:
         if self._exit is not None:
             # The main process ended on its own; only what it left in the
             # group is still being ended (its pipes held open). Its status
-            # stands: the stop only hastens that end.
-            self._terminate(how)
+            # stands: the stop only hastens that end. Its leftovers had
+            # their signal already, if a KILL is due: a shorter grace holds.
+            if self._killTimer is not None:
+                self._hasten(how)
+            else:
+                self._terminate(how)
             return self.whenEnded()
         if self.record.stopped_by is None:
             self.record.stopped_by = by
