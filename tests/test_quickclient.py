@@ -5,6 +5,7 @@ commands that run on it, checked over real TLS against a live server.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -467,6 +468,75 @@ class FollowTests(JWAssertions, TestCase):
         assert process.stderr is not None
         err = process.stderr.read()
         self.assertEqual(out, b"line2\nsaw-eof\n", err)
+        self.assertEqual(code, 0, err)
+
+    async def feedThrough(
+        self, payload: bytes, command: str, outage: float | None = None
+    ) -> tuple[bytes, int, bytes]:
+        """
+        C{jw exec -i -f -- sh -c command} through an L{OutageProxy}, with
+        C{JW_KEEPALIVE=1} (a stall bound of 20 s), fed C{payload}; an
+        C{outage} seconds long 2 s in, if given. jw's stdout, exit status
+        and stderr, or a failure if it does not end in 60 s.
+        """
+        server = LiveServer(self)
+        proxy = OutageProxy(server.port)
+        url = proxy.listen(self)
+        process = subprocess.Popen(
+            [JW, "exec", "-i", "-f", "--", "sh", "-c", command],
+            env=jwEnvironment(url, JW_KEEPALIVE="1"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
+
+        def feed() -> None:
+            assert process.stdin is not None
+            process.stdin.write(payload)
+            process.stdin.close()
+
+        feeding = deferToThread(feed)
+        if outage is not None:
+            await deferLater(reactor, 2, lambda: None)  # type: ignore[arg-type]
+            proxy.outage(outage)
+        try:
+            out = await deferToThread(process.stdout.read).addTimeout(60, reactor)
+        except defer.TimeoutError:
+            process.kill()  # its stdin's end never sent: the job waits for it
+            self.fail(f"no end in 60 s: {process.stderr.read()!r}")
+        code = await deferToThread(process.wait, 60)
+        await feeding
+        return out, code, process.stderr.read()
+
+    async def test_stdinThroughAnOutageWhileAWriteWaits(self) -> None:
+        """
+        jw exec -i -f into a job that reads its stdin only after 4 s: of
+        400,000 bytes one write waits for room when a 1 s outage cuts every
+        connection, that write's answer with them. jw sends it again at its
+        offset once the server answers, and the job gets every byte once.
+        The rest of stdin was dropped ("jw: stdin: ...": a POST is not sent
+        twice, for fear of feeding the job a chunk twice), and the job
+        waited for its end for ever.
+        """
+        payload = bytes(range(256)) * 1563
+        out, code, err = await self.feedThrough(payload, "sleep 4; sha256sum", 1)
+        self.assertEqual(out, f"{hashlib.sha256(payload).hexdigest()}  -\n".encode())
+        self.assertEqual(code, 0, err)
+
+    async def test_stdinToAJobThatReadsLate(self) -> None:
+        """
+        A job that reads its stdin only after 25 s: the write waiting for
+        room is not answered in jw's stall bound (20 s here), so jw asks
+        for the job, then sends it again at its offset; the server takes
+        none of it twice. (jw gave up on a write unanswered in 300 s, and
+        the rest of stdin was lost.)
+        """
+        payload = bytes(range(256)) * 1563
+        out, code, err = await self.feedThrough(payload, "sleep 25; sha256sum")
+        self.assertEqual(out, f"{hashlib.sha256(payload).hexdigest()}  -\n".encode())
         self.assertEqual(code, 0, err)
 
     async def stdinThroughAnOutage(

@@ -18,7 +18,7 @@ from twisted.internet.defer import (
 )
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker.errors import TooManyRequests
+from jobworker.errors import Conflict, TooManyRequests
 from jobworker.executors.local.stdin import StdinFeed
 
 from .support import LiveServer, sleep
@@ -150,6 +150,72 @@ class FeedTests(SynchronousTestCase):
         self.assertEqual((self.sent, self.feed.written), ([], 0))
         self.successResultOf(self.feed.write(b"", eof=True))
         self.assertTrue(self.feed.closed)
+
+
+class OffsetTests(SynchronousTestCase):
+    """
+    L{StdinFeed.write} at an C{offset}: a write whose answer was lost (its
+    connection broke, or no answer came in the client's time) can be sent
+    again, and the job's stdin gets each byte once.
+    """
+
+    def setUp(self) -> None:
+        self.sent: list[bytes] = []
+        self.feed = StdinFeed(1 << 20)
+        self.feed.attach(Transport(Writer(), self.sent))  # type: ignore[arg-type]
+
+    def test_inOrder(self) -> None:
+        """Writes at the offsets they follow on are taken whole."""
+        self.assertEqual(self.successResultOf(self.feed.write(b"abc", offset=0)), 3)
+        self.assertEqual(self.successResultOf(self.feed.write(b"de", offset=3)), 2)
+        self.assertEqual((self.sent, self.feed.written), ([b"abc", b"de"], 5))
+
+    def test_repeatedWriteNotTakenTwice(self) -> None:
+        """A write sent again (same offset, same bytes) takes nothing more,
+        and waits for room as the first did, without a 429."""
+        self.successResultOf(self.feed.write(b"abc", offset=0))
+        self.feed.pauseProducing()
+        again = self.feed.write(b"abc", offset=0)
+        self.assertNoResult(again)
+        self.feed.resumeProducing()
+        self.assertEqual(self.successResultOf(again), 0)
+        self.assertEqual((self.sent, self.feed.written), ([b"abc"], 3))
+
+    def test_overlapTakesTheRest(self) -> None:
+        """A write that begins inside what was taken gives only its rest."""
+        self.successResultOf(self.feed.write(b"abc", offset=0))
+        self.assertEqual(self.successResultOf(self.feed.write(b"cdef", offset=2)), 3)
+        self.assertEqual(self.sent, [b"abc", b"def"])
+
+    def test_gapRefused(self) -> None:
+        """A write past what was taken (bytes before it never came) is a
+        409, and nothing of it is taken."""
+        self.successResultOf(self.feed.write(b"abc", offset=0))
+        with self.assertRaises(Conflict) as caught:
+            self.feed.write(b"xyz", offset=5)
+        self.assertIn("offset 5", caught.exception.message)
+        self.assertEqual(self.feed.written, 3)
+
+    def test_repeatedEndOfFile(self) -> None:
+        """The write that closed stdin, sent again, is answered as taken;
+        another write after the end is still refused."""
+        self.successResultOf(self.feed.write(b"abc", eof=True, offset=0))
+        self.assertEqual(
+            self.successResultOf(self.feed.write(b"abc", eof=True, offset=0)), 0
+        )
+        with self.assertRaises(Conflict):
+            self.feed.write(b"d", offset=3)
+        with self.assertRaises(Conflict):
+            self.feed.write(b"", eof=True, offset=2)
+        self.assertEqual(self.sent, [b"abc", b"<eof>"])
+
+    def test_closedByTheJob(self) -> None:
+        """A repeated end of file after the job closed its stdin (not the
+        client's end of file) is refused."""
+        self.successResultOf(self.feed.write(b"abc", offset=0))
+        self.feed.stopProducing()
+        with self.assertRaises(Conflict):
+            self.feed.write(b"", eof=True, offset=3)
 
 
 class Writer:

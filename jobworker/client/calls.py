@@ -271,6 +271,15 @@ def segment(jobId: str) -> str:
     return quote(jobId, safe="")
 
 
+def stdinPath(jobId: str, eof: bool, offset: int | None) -> str:
+    """
+    The path of a write to a job's stdin; at C{offset} (where its bytes
+    begin in the job's stdin), one the server takes once if sent again.
+    """
+    path = f"/jobs/{segment(jobId)}/stdin?eof={str(eof).lower()}"
+    return path if offset is None else f"{path}&offset={offset}"
+
+
 def eventsRequest(
     jobId: str,
     stream: str,

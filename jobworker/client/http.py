@@ -32,7 +32,7 @@ from .calls import (
     eventsRequest,
     exitStatusOf,
     logsPath,
-    segment,
+    stdinPath,
 )
 from .errors import ClientError
 from .handshake import HandshakeDeadlineEndpoints
@@ -238,13 +238,14 @@ class JobworkerClient(ApiCalls):
             if timer.active():
                 timer.cancel()
 
-    async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
-        """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
-        response = await self._request(
-            "POST",
-            f"/jobs/{segment(jobId)}/stdin?eof={str(eof).lower()}",
-            raw=data,
-        )
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        """
+        C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if
+        C{eof}), at C{offset} in it if given (see L{stdinPath}).
+        """
+        response = await self._request("POST", stdinPath(jobId, eof, offset), raw=data)
         await treq.content(response)
 
     async def events(

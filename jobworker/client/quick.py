@@ -38,6 +38,7 @@ from .calls import (
     handshakeTimedOut,
     logsPath,
     segment,
+    stdinPath,
     unnamedPort,
 )
 from .config import ConfigError
@@ -582,13 +583,21 @@ class QuickClient(ApiCalls):
             if within is not None and self._connection.sock is not None:
                 self._connection.sock.settimeout(TIMEOUT)
 
-    async def sendStdin(self, jobId: str, data: bytes, eof: bool = False) -> None:
-        """C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if C{eof})."""
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        """
+        C{POST /jobs/ID/stdin}: bytes for the job's stdin (then EOF if
+        C{eof}). At an C{offset} the write may be sent again: one not
+        answered in the stall bound (the job does not read) is, once the
+        server answers for the job (C{_send}'s C{patient}).
+        """
         response = self._send(
             "POST",
-            f"/jobs/{segment(jobId)}/stdin?eof={str(eof).lower()}",
+            stdinPath(jobId, eof, offset),
             data,
             {"Content-Type": "application/octet-stream"},
+            patient=None if offset is None else f"/jobs/{segment(jobId)}",
         )
         self._body(response)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -814,22 +815,46 @@ async def feedStdin(
     """
     Send jw's stdin (C{read(size)}: its next bytes, b"" at its end) to the
     job, one chunk per request (each answered once the job's pipe can take
-    more), then end of file. A job still in the queue is waited for (the
-    server takes its stdin once it runs; jw says so once, if C{sayWaiting}:
-    C{-f} said it already). A job that ended or closed its stdin first just
-    stops the feed, as a closed pipe would.
+    more), then end of file. Each names its offset in the job's stdin, so
+    one whose answer was lost (its connection broke, or it was not answered
+    in the stall bound: the job does not read) is sent again, as a follow
+    resumes, and each byte reaches the job once (a server that does not
+    know offsets is fed as before). A job still in the queue is waited for
+    (the server takes its stdin once it runs; jw says so once, if
+    C{sayWaiting}: C{-f} said it already). A job that ended or closed its
+    stdin first just stops the feed, as a closed pipe would.
 
     @return: the job if it ended without ever starting (nothing was sent)
         or before it took input jw had read for it (L{sayInputLeft}), else
         None.
     """
+    from .follow import resuming
+
     said = not sayWaiting
+    offset: int | None = 0
+
+    async def send(data: bytes) -> None:
+        nonlocal offset
+        try:
+            await client.sendStdin(jobId, data, eof=not data, offset=offset)
+        except ClientError as e:
+            if offset is None or e.status != 400 or "'offset'" not in str(e):
+                raise
+            # A server older than offsets: each write as before, once.
+            offset = None
+            await client.sendStdin(jobId, data, eof=not data)
+
     try:
         while True:
             data = await read(STDIN_CHUNK)
             while True:
                 try:
-                    await client.sendStdin(jobId, data, eof=not data)
+                    if offset is None:
+                        await send(data)
+                    else:
+                        await resuming(client, functools.partial(send, data))
+                    if offset is not None:
+                        offset += len(data)
                     break
                 except ClientError as e:
                     if e.status != 409:

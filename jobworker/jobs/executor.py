@@ -86,7 +86,9 @@ class LiveJob(Protocol):
         fires once it has ended.
         """
 
-    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+    def writeStdin(
+        self, data: bytes, eof: bool, offset: int | None = None
+    ) -> Deferred[int]:
         """Feed the job's stdin (C{"stdin": true} jobs); see L{JobManager}."""
 
     def recorded(self) -> None:

@@ -626,10 +626,14 @@ class JobManager(Admission):
         self._metrics.stops.inc()
         return job.stop(by, how)
 
-    def writeStdin(self, jobId: str, data: bytes, eof: bool) -> Deferred[None]:
+    def writeStdin(
+        self, jobId: str, data: bytes, eof: bool, offset: int | None = None
+    ) -> Deferred[int]:
         """
-        Feed a running C{"stdin": true} job's stdin; fires once it can take
-        more (see L{StdinFeed<jobworker.executors.local.stdin.StdinFeed>}).
+        Feed a running C{"stdin": true} job's stdin, C{data} at C{offset} in
+        it if given; fires, with how many of its bytes were taken (none
+        twice), once it can take more (see
+        L{StdinFeed<jobworker.executors.local.stdin.StdinFeed>}).
 
         @raise Conflict: the job has ended, has not started yet, or was not
             started with stdin.
@@ -645,7 +649,7 @@ class JobManager(Admission):
             )
         if job is None or job.record.status.ended:
             raise Conflict(f"job already ended ({record.status.value})")
-        return job.writeStdin(data, eof)
+        return job.writeStdin(data, eof, offset)
 
     def order(self, jobId: str) -> OrderSource:
         """Where the order of a job's stdout and stderr chunks is recorded."""

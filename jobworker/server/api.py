@@ -44,6 +44,7 @@ from ..jobs.queries import (
     parseBool,
     parseCursor,
     parseLimit,
+    parseOffset,
     parseWait,
 )
 from ..jobs.records import JobRecord, rfc3339
@@ -556,16 +557,18 @@ class JobsAPI:
         return _json(request, stopped.toJSON())
 
     @app.route("/jobs/<jobId>/stdin", methods=["POST"])
-    @guarded(Permission.STDIN, "eof", bodyType=b"application/octet-stream")
+    @guarded(Permission.STDIN, "eof", "offset", bodyType=b"application/octet-stream")
     async def jobStdin(self, request: IRequest, user: User, jobId: str) -> bytes:
         record = self._manager.record(parseJobId(jobId))
         authorize(user, Permission.STDIN, owner=record.owner)
         eof = parseBool(_arg(request, b"eof"), "eof")
+        given = _arg(request, b"offset")
+        offset = None if given is None else parseOffset(given)
         data = _body(request)
-        await self._manager.writeStdin(record.id, data, eof)
+        written = await self._manager.writeStdin(record.id, data, eof, offset)
         if eof:
             self._audit(request, "job.stdin", user, "closed", job=record.id)
-        return _json(request, {"written": len(data), "closed": eof})
+        return _json(request, {"written": written, "closed": eof})
 
     @app.route("/jobs/<jobId>/logs", methods=["GET"])
     @guarded(Permission.LOGS, "stream", "offset", "tail", "follow", "format")

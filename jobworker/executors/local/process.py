@@ -207,15 +207,18 @@ class JobProcess:
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
 
-    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+    def writeStdin(
+        self, data: bytes, eof: bool, offset: int | None = None
+    ) -> Deferred[int]:
         """
-        Feed the job's stdin; fires once the pipe can take more.
+        Feed the job's stdin (L{StdinFeed.write}); fires, with the bytes
+        taken, once the pipe can take more.
 
         @raise Conflict: the job has no stdin feed, or it is closed.
         """
         if self.stdinFeed is None:
             raise Conflict('the job was not started with "stdin": true')
-        return self.stdinFeed.write(data, eof)
+        return self.stdinFeed.write(data, eof, offset)
 
     def pump(self, fd: int, reader: object) -> bool:
         """

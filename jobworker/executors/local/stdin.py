@@ -22,6 +22,11 @@ class StdinFeed:
     server never holds more than one request's bytes and the writer's
     buffer (64 KiB) per job.
 
+    A write may name the C{offset} in the job's stdin where its bytes
+    begin: one sent again (its answer was lost with its connection, or did
+    not come in the client's time) takes only what was not taken yet, so
+    each byte reaches the job once.
+
     @ivar written: bytes accepted so far.
     @ivar closed: the pipe is closed (by L{close}, or the job closed its end).
     """
@@ -33,6 +38,8 @@ class StdinFeed:
         self._waiting: list[Deferred[None]] = []
         self.written = 0
         self.closed = False
+        #: Closed by a write's end of file (not by the job), once it was.
+        self._ended = False
 
     def attach(self, transport: IProcessTransport) -> None:
         """The job's process exists: feed its stdin pipe, as its producer."""
@@ -69,14 +76,28 @@ class StdinFeed:
         for d in waiting:
             d.callback(None)
 
-    def write(self, data: bytes, eof: bool = False) -> Deferred[None]:
+    def write(
+        self, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> Deferred[int]:
         """
-        Send C{data} (then end of file if C{eof}); fires once the pipe can
-        take more.
+        Send C{data} (then end of file if C{eof}); fires, with how many of
+        its bytes were taken, once the pipe can take more. At an C{offset}
+        (where C{data} begins in the job's stdin), bytes taken before are
+        not taken again.
 
-        @raise Conflict: stdin was closed already.
+        @raise Conflict: stdin was closed already; the C{offset} is past
+            what was taken (bytes before it never came).
         @raise PayloadTooLarge: past the job's stdin cap.
         """
+        if offset is not None:
+            if offset > self.written:
+                raise Conflict(
+                    f"stdin offset {offset} is past the {self.written} bytes the "
+                    "job's stdin has taken: the bytes before it never came"
+                )
+            if self._ended and eof and offset + len(data) == self.written:
+                return succeed(0)  # the write that closed it, sent again
+            data = data[self.written - offset :]
         if self.closed or self._transport is None:
             raise Conflict("the job's stdin is closed")
         if self.written + len(data) > self._maxBytes:
@@ -97,14 +118,16 @@ class StdinFeed:
             self.written += len(data)
         if eof:
             self.close()
-            return succeed(None)
+            self._ended = True
+            return succeed(len(data))
         if not self._paused:
-            return succeed(None)
+            return succeed(len(data))
         waiting: Deferred[None] = Deferred(self._forget)
         self._waiting.append(waiting)
-        return waiting
+        taken = len(data)
+        return waiting.addCallback(lambda _: taken)
 
-    def _forget(self, waiting: Deferred[None]) -> None:
+    def _forget(self, waiting: Deferred[Any]) -> None:
         """A waiting write's client went away: it is not answered later
         (firing it again would raise out of the pipe's writer)."""
         if waiting in self._waiting:

@@ -519,7 +519,9 @@ class SlurmJob:
             self._killCall.cancel()
         self._killCall = None
 
-    def writeStdin(self, data: bytes, eof: bool) -> Deferred[None]:
+    def writeStdin(
+        self, data: bytes, eof: bool, offset: int | None = None
+    ) -> Deferred[int]:
         """Slurm jobs never take stdin from the API (refused at creation)."""
         raise Conflict('the job was not started with "stdin": true')
 
