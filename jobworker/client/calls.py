@@ -236,6 +236,20 @@ NOT_TRUSTED = (
 )
 
 
+#: OpenSSL's verify codes of a certificate out of its validity period
+#: (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED), in words.
+OUT_OF_DATE = {9: "is not yet valid", 10: "has expired"}
+
+
+def outOfDate(server: str, code: int) -> str:
+    """What either client says of a server certificate out of its dates."""
+    return (
+        f"cannot connect to {server}: the server's certificate "
+        f"{OUT_OF_DATE[code]} (it must be renewed on the server, or a clock is "
+        "wrong)"
+    )
+
+
 def handshakeTimedOut(server: str, seconds: float) -> str:
     """What either client says of a TLS handshake that did not end in time."""
     return (

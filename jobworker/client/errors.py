@@ -36,6 +36,18 @@ class HandshakeTimeout(TimeoutError):
         self.seconds = seconds
 
 
+class CertificateOutOfDate(Exception):
+    """
+    The Twisted client's handshake failed on the server's certificate
+    being out of its validity period (OpenSSL's verify result C{code}:
+    L{OUT_OF_DATE<jobworker.client.calls.OUT_OF_DATE>}), not on its CA.
+    """
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"certificate verify failed ({code})")
+        self.code = code
+
+
 class ServerUnreachable(ClientError):
     """
     A check of the connection, made before a prompt (L{probeServer

@@ -9,9 +9,11 @@ a dead peer fails the request.
 
 from __future__ import annotations
 
+import datetime
 import socket
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
@@ -31,7 +33,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..keepalive import keepAlive
-from .errors import HandshakeTimeout
+from .errors import CertificateOutOfDate, HandshakeTimeout
 from .quick import handshakeSeconds
 
 
@@ -110,6 +112,14 @@ class _DeadlineTLS(BufferingTLSTransport):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
+        failed: Failure | None = self._reason
+        if failed is not None and failed.check(SSL.Error):
+            # "certificate verify failed" says nothing of why: an expired
+            # certificate is no CA's fault (the quick client has OpenSSL's
+            # verify code; pyOpenSSL does not give it: the dates say it).
+            code = _outOfDate(self.getHandle())  # type: ignore[no-untyped-call]
+            if code is not None and "certificate verify failed" in str(failed.value):
+                self._reason = Failure(CertificateOutOfDate(code))
         super().connectionLost(reason)
 
     def _shaken(self) -> bool:
@@ -129,6 +139,27 @@ class _DeadlineTLS(BufferingTLSTransport):
             # fails with it (failVerification is the one way to give it).
             timedOut = Failure(HandshakeTimeout(self.factory.seconds))
             self.failVerification(timedOut)  # type: ignore[no-untyped-call]
+
+
+def _outOfDate(connection: SSL.Connection | None) -> int | None:
+    """
+    OpenSSL's verify code (L{OUT_OF_DATE}) for the server's certificate
+    out of its validity period now, or None: it is not, or none came.
+    """
+    if connection is None:
+        return None
+    # (get_peer_certificate is None once the verification failed; the
+    # chain the server sent, its own certificate first, is kept.)
+    chain = connection.get_peer_cert_chain(as_cryptography=True)
+    if not chain:
+        return None
+    certificate = chain[0]
+    now = datetime.datetime.now(datetime.UTC)
+    if now < certificate.not_valid_before_utc:
+        return 9
+    if now > certificate.not_valid_after_utc:
+        return 10
+    return None
 
 
 class _DeadlineTLSFactory(TLSMemoryBIOFactory):

@@ -31,12 +31,14 @@ from ..tlserrors import TLSConfigError, handshakeHint
 from .bodies import bodyPieces
 from .calls import (
     NOT_TRUSTED,
+    OUT_OF_DATE,
     ApiCalls,
     checkServer,
     errorFor,
     eventsRequest,
     handshakeTimedOut,
     logsPath,
+    outOfDate,
     segment,
     stdinPath,
     unnamedPort,
@@ -866,11 +868,6 @@ def probeServer(server: str, caPath: str, keepalive: int = KEEPALIVE) -> None:
         connection.close()
 
 
-#: OpenSSL's verify codes of a certificate out of its validity period:
-#: X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED.
-OUT_OF_DATE = (9, 10)
-
-
 def describe(server: str, error: OSError) -> str:
     """One line for a request that got no answer (as the Twisted client says)."""
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -880,12 +877,9 @@ def describe(server: str, error: OSError) -> str:
                 f"cannot connect to {server}: the server's certificate does not "
                 "match its host name"
             )
-        if getattr(error, "verify_code", None) in OUT_OF_DATE:
-            return (
-                f"cannot connect to {server}: the server's certificate "
-                f"{str(verifyMessage).removeprefix('certificate ')} (it must be "
-                "renewed on the server, or a clock is wrong)"
-            )
+        code = getattr(error, "verify_code", None)
+        if code in OUT_OF_DATE:
+            return outOfDate(server, code)
         return f"cannot connect to {server}: {NOT_TRUSTED}"
     if isinstance(error, ssl.SSLError):
         hint = handshakeHint(str(error))
