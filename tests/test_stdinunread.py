@@ -6,6 +6,7 @@ was answered 200 "written", for bytes the job never got.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -18,6 +19,9 @@ from twisted.internet.defer import (
 )
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.client.calls import errorFor
+from jobworker.client.streams import Streams
+from jobworker.client.verbs import feedStdin
 from jobworker.errors import Conflict, TooManyRequests
 from jobworker.executors.local.stdin import StdinFeed
 
@@ -239,3 +243,43 @@ class Transport:
 
     def closeStdin(self) -> None:
         self._sent.append(b"<eof>")
+
+
+class _OldServer:
+    """
+    A client of a server from before stdin offsets: a write that names
+    one is refused as the server refuses an unknown query parameter.
+    """
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[bytes, bool]] = []
+        self.refused = 0
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        if offset is not None:
+            self.refused += 1
+            raise errorFor(400, b'{"error": "unknown query parameter(s): \'offset\'"}')
+        self.taken.append((data, eof))
+
+
+class OldServerTests(SynchronousTestCase):
+    """jw's feed of a server that knows no stdin offsets: as before."""
+
+    def test_fedWithoutOffsets(self) -> None:
+        client = _OldServer()
+        chunks = [b"a" * 10, b"b" * 5, b""]
+
+        async def read(size: int) -> bytes:
+            return chunks.pop(0)
+
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        done = ensureDeferred(feedStdin(client, "job", streams, read))
+        self.assertIsNone(self.successResultOf(done))
+        self.assertEqual(
+            client.taken, [(b"a" * 10, False), (b"b" * 5, False), (b"", True)]
+        )
+        self.assertEqual(client.refused, 1)
+        self.assertEqual(err.getvalue(), b"")
