@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from OpenSSL.crypto import X509 as OpenSSLCertificate
+from OpenSSL.crypto import X509Store, X509StoreContext, X509StoreContextError
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
@@ -204,11 +205,52 @@ def trustRootFromFile(caPath: str) -> IOpenSSLTrustRoot:
 
     @raise TLSConfigError: the file cannot be read or holds no PEM certificate.
     """
-    certificates = _caCertificates(caPath, "CA certificate")
+    return _trustRoot(_caCertificates(caPath, "CA certificate"))
+
+
+def _trustRoot(certificates: list[OpenSSLCertificate]) -> IOpenSSLTrustRoot:
     root: IOpenSSLTrustRoot = ssl.trustRootFromCertificates(
         [ssl.Certificate(ca) for ca in certificates]
     )
     return root
+
+
+#: OpenSSL's verify codes of a certificate out of its validity period
+#: (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED).
+NOT_YET_VALID, HAS_EXPIRED = 9, 10
+
+
+def outOfDate(
+    authorities: list[OpenSSLCertificate],
+    chain: list[OpenSSLCertificate],
+    now: datetime.datetime,
+) -> int | None:
+    """
+    Why a server's C{chain} (its own certificate first) that failed
+    verification did, if only because its certificate is out of its
+    validity period at C{now}: L{NOT_YET_VALID} or L{HAS_EXPIRED}, when
+    the chain verifies against C{authorities} as of a moment inside that
+    period. None otherwise (another CA's certificate is "not trusted",
+    whatever its dates, as OpenSSL says first).
+    """
+    if not chain:
+        return None
+    leaf = chain[0].to_cryptography()
+    if now < leaf.not_valid_before_utc:
+        code = NOT_YET_VALID
+    elif now > leaf.not_valid_after_utc:
+        code = HAS_EXPIRED
+    else:
+        return None
+    store = X509Store()
+    for authority in authorities:
+        store.add_cert(authority)
+    store.set_time(leaf.not_valid_before_utc.replace(tzinfo=None))
+    try:
+        X509StoreContext(store, chain[0], chain[1:]).verify_certificate()
+    except X509StoreContextError:
+        return None
+    return code
 
 
 @implementer(IPolicyForHTTPS)
@@ -222,7 +264,8 @@ class TrustRootPolicy:
     def __init__(
         self, caPath: str, certPath: str | None = None, keyPath: str | None = None
     ) -> None:
-        self._trustRoot = trustRootFromFile(caPath)
+        self._authorities = _caCertificates(caPath, "CA certificate")
+        self._trustRoot = _trustRoot(self._authorities)
         self._clientCertificate: ssl.PrivateCertificate | None = None
         if certPath is not None or keyPath is not None:
             if certPath is None or keyPath is None:
@@ -238,6 +281,10 @@ class TrustRootPolicy:
                     f"{certPath} and {keyPath} are not a PEM certificate and "
                     "its unencrypted key"
                 ) from None
+
+    def outOfDate(self, chain: list[OpenSSLCertificate]) -> int | None:
+        """L{outOfDate} of a server's C{chain} that failed, by this CA file."""
+        return outOfDate(self._authorities, chain, datetime.datetime.now(datetime.UTC))
 
     def creatorForNetloc(
         self, hostname: bytes, port: int

@@ -15,10 +15,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL.crypto import X509 as OpenSSLCertificate
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.server.selfcert import SelfCertError, ensureServerCertificate
-from jobworker.tls import MAX_CHAIN, TLSConfigError, serverOptions, validityProblem
+from jobworker.tls import (
+    HAS_EXPIRED,
+    MAX_CHAIN,
+    NOT_YET_VALID,
+    TLSConfigError,
+    outOfDate,
+    serverOptions,
+    validityProblem,
+)
 
 from .support import runJW, sleep, writePEM
 from .test_durability import listeningPort, sharedPath, startTwistd
@@ -91,6 +100,49 @@ class ValidityProblemTests(SynchronousTestCase):
         valid = certified(os.path.join(folder, "ok"), now - DAY, 397)
         self.assertIsNone(validityProblem(valid["cert"]))
         self.assertIsNone(validityProblem(os.path.join(folder, "missing.pem")))
+
+
+def _load(path: str) -> OpenSSLCertificate:
+    with open(path, "rb") as f:
+        return OpenSSLCertificate.from_cryptography(
+            x509.load_pem_x509_certificate(f.read())
+        )
+
+
+class OutOfDateTests(SynchronousTestCase):
+    """
+    L{outOfDate}: what jw's Twisted client makes of a server certificate
+    that failed verification (pyOpenSSL gives no verify code).
+    """
+
+    def setUp(self) -> None:
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.folder = os.path.abspath(self.mktemp())
+
+    def judged(self, notBefore: datetime.datetime, sameCA: bool = True) -> int | None:
+        paths = certified(os.path.join(self.folder, "server"), notBefore, 397)
+        ca = paths["ca"]
+        if not sameCA:
+            ca = certified(os.path.join(self.folder, "other"), self.now, 1)["ca"]
+        return outOfDate([_load(ca)], [_load(paths["cert"])], self.now)
+
+    def test_expired(self) -> None:
+        self.assertEqual(self.judged(self.now - 400 * DAY), HAS_EXPIRED)
+
+    def test_notYetValid(self) -> None:
+        self.assertEqual(self.judged(self.now + DAY), NOT_YET_VALID)
+
+    def test_inItsDates(self) -> None:
+        """A certificate in its dates failed for another reason."""
+        self.assertIsNone(self.judged(self.now - DAY))
+
+    def test_expiredFromAnotherCA(self) -> None:
+        """
+        Expired, and by a CA the client does not trust: "not trusted", as
+        OpenSSL (and the quick client) says first, not "renew it" (it said
+        "expired" for what may be an impostor: a review).
+        """
+        self.assertIsNone(self.judged(self.now - 400 * DAY, sameCA=False))
 
 
 class ExpiredCertificateTests(TestCase):

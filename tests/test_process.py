@@ -759,6 +759,24 @@ class AbandonTests(JobProcessTestCase):
         self.assertNotIn(signal.SIGKILL, self.killer.signalsTo(PID))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_shorterGraceAbandonsSooner(self) -> None:
+        """
+        The same, with a stop whose grace is shorter than the server's:
+        the pipes are abandoned that grace and a second after it (a second
+        stop with a shorter grace was not heeded: a review).
+        """
+        self.killer.exists = False  # the group is empty
+        self.job.mainExited(processExit(0))
+        self.clock.advance(1.0)
+        stopped = self.job.stop("ada", StopRequest(grace=0.5))
+        self.clock.advance(0.5 + ABANDON_AFTER_KILL - 0.25)
+        self.assertEqual(self.transport.lostConnection, 0)
+        self.clock.advance(0.25)
+        self.assertEqual(self.transport.lostConnection, 1)
+        self.job.pipesClosed()
+        self.assertIs(self.successResultOf(stopped).status, JobStatus.COMPLETED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_noAbandonAfterNaturalEnd(self) -> None:
         """A job that ended before the SIGKILL schedules no abandon timer."""
         self.end(processExit(0))

@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.bodies import bodyPieces
 from jobworker.client.errors import ClientError
-from jobworker.client.quick import QuickClient, drive, tlsContext
+from jobworker.client.quick import TIMEOUT, QuickClient, drive, tlsContext
 from jobworker.tlserrors import TLSConfigError
 
 from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment
@@ -283,6 +283,33 @@ class PrefixTests(TestCase):
 
         self.assertEqual(await deferToThread(listed, server.url + "/"), 200)
         self.assertEqual(await deferToThread(listed, server.url + "/api/"), 404)
+
+
+class StdinTimeoutTests(TestCase):
+    async def test_connectionKeepsItsTimeout(self) -> None:
+        """
+        A write at an offset waits for its answer the stall bound, then
+        asks for the job and sends it again; once answered, its connection
+        keeps the usual TIMEOUT for the requests after it (it kept the
+        stall bound: a later request failed after 60 s, saying 300 s; a
+        review).
+        """
+        server = LiveServer(self)
+        job = await server.createJob("cat", stdin=True)
+
+        def timeouts() -> tuple[float | None, float | None]:
+            client = QuickClient(server.url, tlsContext(CA), "alice", "alice-pass")
+            try:
+                drive(client.sendStdin(job["id"], b"x", offset=0))
+                after = client._connection.sock.gettimeout()
+                drive(client.sendStdin(job["id"], b"", eof=True, offset=1))
+                return after, client._stall
+            finally:
+                drive(client.close())
+
+        after, stall = await deferToThread(timeouts)
+        self.assertEqual(after, TIMEOUT)
+        self.assertNotEqual(stall, TIMEOUT)
 
 
 class FollowTests(JWAssertions, TestCase):

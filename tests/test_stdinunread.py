@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import treq
@@ -20,6 +21,7 @@ from twisted.internet.defer import (
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.client.calls import errorFor
+from jobworker.client.errors import ClientError
 from jobworker.client.streams import Streams
 from jobworker.client.verbs import feedStdin
 from jobworker.errors import Conflict, TooManyRequests
@@ -283,3 +285,92 @@ class OldServerTests(SynchronousTestCase):
         )
         self.assertEqual(client.refused, 1)
         self.assertEqual(err.getvalue(), b"")
+
+
+class _Breaking:
+    """
+    A client whose writes fail as C{script} says, one entry per write: a
+    number of seconds the write holds before its connection breaks, or
+    None (taken). Time is C{clock}'s; C{pause} only moves it.
+    """
+
+    def __init__(self, clock: list[float], script: list[float | None]) -> None:
+        self._clock = clock
+        self._script = script
+        self.writes: list[tuple[bytes, int | None]] = []
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        self.writes.append((data, offset))
+        holds = self._script.pop(0) if self._script else None
+        if holds is not None:
+            self._clock[0] += holds
+            raise ClientError("connection reset")
+
+    async def pause(self, seconds: float) -> None:
+        self._clock[0] += seconds
+
+
+class _BrokenOldServer(_OldServer):
+    """An old server whose first write without an offset breaks after it
+    was taken (its answer lost)."""
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        await super().sendStdin(jobId, data, eof, offset)
+        if len(self.taken) == 1:
+            raise ClientError("connection reset")
+
+    async def pause(self, seconds: float) -> None:
+        pass
+
+
+class ResumedFeedTests(SynchronousTestCase):
+    """jw's feed of a job's stdin through broken connections (a review)."""
+
+    def feed(self, client: Any, chunks: list[bytes]) -> bytes:
+        """Feed C{chunks} (then the end); what jw said."""
+        clock = [1000.0]
+        self.patch(time, "monotonic", lambda: clock[0])
+        if isinstance(client, _Breaking):
+            client._clock = clock
+
+        async def read(size: int) -> bytes:
+            return chunks.pop(0)
+
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        self.assertIsNone(
+            self.successResultOf(
+                ensureDeferred(feedStdin(client, "job", streams, read))
+            )
+        )
+        return err.getvalue()
+
+    def test_breaksFarApartEachResumed(self) -> None:
+        """
+        A write the job leaves waiting: its connection breaks at once, then
+        again after 600 s (each time sent again, at its offset): the second
+        break is a new one, and the write goes on. It gave up (12 s since
+        the first break): the rest of stdin, and its end, were never sent.
+        """
+        client = _Breaking([0.0], [0.5, 600.0, None])
+        said = self.feed(client, [b"abc", b"de", b""])
+        self.assertEqual(said, b"")
+        self.assertEqual(
+            client.writes,
+            [(b"abc", 0), (b"abc", 0), (b"abc", 0), (b"de", 3), (b"", 5)],
+        )
+
+    def test_oldServerWriteNotSentTwice(self) -> None:
+        """
+        A server from before offsets, whose write's answer is lost: the
+        write is not sent again (it may have been taken: the job got it
+        twice), and the feed ends in one line.
+        """
+        client = _BrokenOldServer()
+        said = self.feed(client, [b"hello", b""])
+        self.assertEqual(client.taken, [(b"hello", False)])
+        self.assertIn(b"jw: stdin: connection reset", said)

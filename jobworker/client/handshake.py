@@ -9,8 +9,8 @@ a dead peer fails the request.
 
 from __future__ import annotations
 
-import datetime
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -36,6 +36,11 @@ from ..keepalive import keepAlive
 from .errors import CertificateOutOfDate, HandshakeTimeout
 from .quick import handshakeSeconds
 
+#: A policy's judgement of a server's certificate chain that failed its
+#: verification (L{jobworker.tls.TrustRootPolicy.outOfDate}): OpenSSL's
+#: verify code if it is trusted but out of its dates, else None.
+OutOfDate = Callable[[list[Any]], "int | None"]
+
 
 @implementer(IAgentEndpointFactory)
 class HandshakeDeadlineEndpoints:
@@ -57,7 +62,13 @@ class HandshakeDeadlineEndpoints:
             raise ValueError(f"not an https URL: {uri.toBytes()!r}")
         creator = self._policy.creatorForNetloc(uri.host, uri.port)
         tcp = HostnameEndpoint(self._reactor, uri.host, uri.port)
-        return _DeadlineTLSEndpoint(tcp, creator, self._reactor, self._keepalive)
+        return _DeadlineTLSEndpoint(
+            tcp,
+            creator,
+            self._reactor,
+            self._keepalive,
+            getattr(self._policy, "outOfDate", None),
+        )
 
 
 @implementer(IStreamClientEndpoint)
@@ -70,15 +81,21 @@ class _DeadlineTLSEndpoint:
         creator: IOpenSSLClientConnectionCreator,
         reactor: IReactorTime,
         keepalive: int,
+        outOfDate: OutOfDate | None = None,
     ) -> None:
         self._tcp = tcp
         self._creator = creator
         self._reactor = reactor
         self._keepalive = keepalive
+        self._outOfDate = outOfDate
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = _DeadlineTLSFactory(
-            self._creator, protocolFactory, self._reactor, self._keepalive
+            self._creator,
+            protocolFactory,
+            self._reactor,
+            self._keepalive,
+            self._outOfDate,
         )
         connecting: Deferred[Any] = self._tcp.connect(factory)
         return connecting.addCallback(lambda tls: tls.wrappedProtocol)
@@ -113,12 +130,22 @@ class _DeadlineTLS(BufferingTLSTransport):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
         failed: Failure | None = self._reason
-        if failed is not None and failed.check(SSL.Error):
-            # "certificate verify failed" says nothing of why: an expired
-            # certificate is no CA's fault (the quick client has OpenSSL's
-            # verify code; pyOpenSSL does not give it: the dates say it).
-            code = _outOfDate(self.getHandle())  # type: ignore[no-untyped-call]
-            if code is not None and "certificate verify failed" in str(failed.value):
+        judge = self.factory.outOfDate
+        if (
+            judge is not None
+            and failed is not None
+            and failed.check(SSL.Error)
+            and "certificate verify failed" in str(failed.value)
+        ):
+            # That says nothing of why: an expired certificate is no CA's
+            # fault (the quick client has OpenSSL's verify code; pyOpenSSL
+            # does not give it: the chain the server sent says it).
+            try:
+                connection = self.getHandle()  # type: ignore[no-untyped-call]
+                code = judge(connection.get_peer_cert_chain() or [])
+            except Exception:
+                code = None  # (the request fails all the same)
+            if code is not None:
                 self._reason = Failure(CertificateOutOfDate(code))
         super().connectionLost(reason)
 
@@ -141,31 +168,12 @@ class _DeadlineTLS(BufferingTLSTransport):
             self.failVerification(timedOut)  # type: ignore[no-untyped-call]
 
 
-def _outOfDate(connection: SSL.Connection | None) -> int | None:
-    """
-    OpenSSL's verify code (L{OUT_OF_DATE}) for the server's certificate
-    out of its validity period now, or None: it is not, or none came.
-    """
-    if connection is None:
-        return None
-    # (get_peer_certificate is None once the verification failed; the
-    # chain the server sent, its own certificate first, is kept.)
-    chain = connection.get_peer_cert_chain(as_cryptography=True)
-    if not chain:
-        return None
-    certificate = chain[0]
-    now = datetime.datetime.now(datetime.UTC)
-    if now < certificate.not_valid_before_utc:
-        return 9
-    if now > certificate.not_valid_after_utc:
-        return 10
-    return None
-
-
 class _DeadlineTLSFactory(TLSMemoryBIOFactory):
     """
     Client TLS connections that give their handshake L{handshakeSeconds}
-    of C{keepalive}, with TCP keepalive after C{keepalive} seconds.
+    of C{keepalive}, with TCP keepalive after C{keepalive} seconds; a
+    verification that failed is asked of C{outOfDate} (the policy's: the
+    server's chain, trusted but out of its dates?).
     """
 
     protocol = _DeadlineTLS
@@ -176,8 +184,10 @@ class _DeadlineTLSFactory(TLSMemoryBIOFactory):
         wrappedFactory: IProtocolFactory,
         reactor: IReactorTime,
         keepalive: int,
+        outOfDate: OutOfDate | None = None,
     ) -> None:
         super().__init__(creator, True, wrappedFactory, reactor)
         self.reactor = reactor
         self.keepalive = keepalive
         self.seconds = handshakeSeconds(keepalive)
+        self.outOfDate = outOfDate

@@ -594,14 +594,18 @@ class QuickClient(ApiCalls):
         answered in the stall bound (the job does not read) is, once the
         server answers for the job (C{_send}'s C{patient}).
         """
-        response = self._send(
-            "POST",
-            stdinPath(jobId, eof, offset),
-            data,
-            {"Content-Type": "application/octet-stream"},
-            patient=None if offset is None else f"/jobs/{segment(jobId)}",
-        )
-        self._body(response)
+        try:
+            response = self._send(
+                "POST",
+                stdinPath(jobId, eof, offset),
+                data,
+                {"Content-Type": "application/octet-stream"},
+                patient=None if offset is None else f"/jobs/{segment(jobId)}",
+            )
+            self._body(response)
+        finally:
+            if offset is not None and self._connection.sock is not None:
+                self._connection.sock.settimeout(TIMEOUT)
 
     async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
         """

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
@@ -828,33 +829,50 @@ async def feedStdin(
         or before it took input jw had read for it (L{sayInputLeft}), else
         None.
     """
-    from .follow import resuming
+    from .follow import RESUME_FOR, resuming
 
     said = not sayWaiting
     offset: int | None = 0
+    #: Attempts that failed after holding RESUME_FOR seconds or more (a
+    #: write the job left waiting for an hour, its link reset twice): each
+    #: failure after one is a new break for L{resuming}, not the same one.
+    held = 0
+
+    async def attempt(data: bytes, at: int) -> None:
+        nonlocal held
+        began = time.monotonic()
+        try:
+            await client.sendStdin(jobId, data, eof=not data, offset=at)
+        except ClientError:
+            if time.monotonic() - began >= RESUME_FOR:
+                held += 1
+            raise
 
     async def send(data: bytes) -> None:
         nonlocal offset
+        if offset is None:
+            await client.sendStdin(jobId, data, eof=not data)
+            return
         try:
-            await client.sendStdin(jobId, data, eof=not data, offset=offset)
+            await resuming(
+                client, functools.partial(attempt, data, offset), lambda: held
+            )
         except ClientError as e:
-            if offset is None or e.status != 400 or "'offset'" not in str(e):
+            if e.status != 400 or "'offset'" not in str(e):
                 raise
-            # A server older than offsets: each write as before, once.
+            # A server older than offsets: each write as before, once (not
+            # sent again: it could then be taken twice).
             offset = None
             await client.sendStdin(jobId, data, eof=not data)
+        else:
+            offset += len(data)
 
     try:
         while True:
             data = await read(STDIN_CHUNK)
             while True:
                 try:
-                    if offset is None:
-                        await send(data)
-                    else:
-                        await resuming(client, functools.partial(send, data))
-                    if offset is not None:
-                        offset += len(data)
+                    await send(data)
                     break
                 except ClientError as e:
                     if e.status != 409:

@@ -397,11 +397,14 @@ class JobProcess:
                 # Yet the pipes are held open, by a process that left the
                 # session (no cgroup reaches it): read no more a grace and a
                 # second from now, as after a SIGKILL (with nothing signalled,
-                # the job stayed RUNNING for good: streams round 23).
-                if self._abandonTimer is None:
-                    self._abandonTimer = self._clock.callLater(
-                        grace + ABANDON_AFTER_KILL, self._abandonPipes
-                    )
+                # the job stayed RUNNING for good: streams round 23). A
+                # later stop with a shorter grace brings that sooner.
+                due = grace + ABANDON_AFTER_KILL
+                timer = self._abandonTimer
+                if timer is None or timer.getTime() - self._clock.seconds() > due:
+                    if timer is not None:
+                        timer.cancel()
+                    self._abandonTimer = self._clock.callLater(due, self._abandonPipes)
         elif grace <= 0:
             self._cancelTimers("_killTimer")
             self._graceUsed = 0.0
@@ -449,6 +452,7 @@ class JobProcess:
                 grace=self._graceUsed,
             )
         if not self.record.status.ended:
+            self._cancelTimers("_abandonTimer")
             self._abandonTimer = self._clock.callLater(
                 ABANDON_AFTER_KILL, self._abandonPipes
             )
