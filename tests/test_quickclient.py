@@ -497,6 +497,27 @@ class FollowTests(JWAssertions, TestCase):
         self.assertEqual(out, b"line2\nsaw-eof\n", err)
         self.assertEqual(code, 0, err)
 
+    def jwThroughAProxy(
+        self, *argv: str
+    ) -> tuple[LiveServer, OutageProxy, subprocess.Popen[bytes]]:
+        """
+        A server, an L{OutageProxy} to it, and C{jw argv} running through
+        it with C{JW_KEEPALIVE=1}, its three streams pipes (killed at the
+        test's end).
+        """
+        server = LiveServer(self)
+        proxy = OutageProxy(server.port)
+        url = proxy.listen(self)
+        process = subprocess.Popen(
+            [JW, *argv],
+            env=jwEnvironment(url, JW_KEEPALIVE="1"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(process.kill)
+        return server, proxy, process
+
     async def feedThrough(
         self, payload: bytes, command: str, outage: float | None = None
     ) -> tuple[bytes, int, bytes]:
@@ -506,17 +527,9 @@ class FollowTests(JWAssertions, TestCase):
         C{outage} seconds long 2 s in, if given. jw's stdout, exit status
         and stderr, or a failure if it does not end in 60 s.
         """
-        server = LiveServer(self)
-        proxy = OutageProxy(server.port)
-        url = proxy.listen(self)
-        process = subprocess.Popen(
-            [JW, "exec", "-i", "-f", "--", "sh", "-c", command],
-            env=jwEnvironment(url, JW_KEEPALIVE="1"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        _, proxy, process = self.jwThroughAProxy(
+            "exec", "-i", "-f", "--", "sh", "-c", command
         )
-        self.addCleanup(process.kill)
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
 
@@ -575,17 +588,9 @@ class FollowTests(JWAssertions, TestCase):
         (C{meanwhile(server, jobId)} is awaited then): the job's id, jw's
         exit status and its stderr.
         """
-        server = LiveServer(self)
-        proxy = OutageProxy(server.port)
-        url = proxy.listen(self)
-        process = subprocess.Popen(
-            [JW, "exec", "-i", "--", "sleep", seconds],
-            env=jwEnvironment(url, JW_KEEPALIVE="1"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        server, proxy, process = self.jwThroughAProxy(
+            "exec", "-i", "--", "sleep", seconds
         )
-        self.addCleanup(process.kill)
         assert process.stdout is not None and process.stderr is not None
         jobId = (await deferToThread(process.stdout.readline)).decode().strip()
         await deferLater(reactor, 1, lambda: None)  # type: ignore[arg-type]

@@ -650,11 +650,7 @@ class RevokedWaitTests(APITestCase):
     with the record once the job ends.
     """
 
-    def bearer(self, user: str = "ada") -> dict[bytes, Any]:
-        response = self.call("POST", "/tokens", user)
-        self.assertEqual(response.code, 201, response.body)
-        token = response.json()["token"]
-        return {b"authorization": [f"Bearer {token}".encode("ascii")]}
+    bearer = RevokedResponseTests.bearer
 
     def waitFor(self, record: Any, headers: dict[bytes, Any]) -> Deferred[Response]:
         d = self.send("GET", f"/jobs/{record.id}?wait=300", headers=headers)
