@@ -7,6 +7,7 @@ job is deleted while it is sent still ends with the job's end.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -17,6 +18,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone, ResponseNeverReceived
+
+from jobworker.jobs import combined, spool
+from jobworker.jobs.folders import openOutput
 
 from .support import LiveServer
 from .test_identity import waitOutput
@@ -154,6 +158,54 @@ class UnreadableOutputTests(TestCase):
                 if lines.get(b"event") == b"stderr":
                     stderr += len(json.loads(lines[b"data"])["text"])
             self.assertEqual(stderr, record["stderr_bytes"])
+
+
+class DescriptorShortageTests(TestCase):
+    timeout = 60
+
+    async def test_shortOfDescriptorsAsksAgain(self) -> None:
+        """
+        The server has no descriptor left (EMFILE) as a log read opens the
+        job's files: a 503 with Retry-After before any header, in every
+        form, so a client asks again. It was 200, then the response broken
+        off (a note of an earlier session). Once descriptors are back, the
+        output is read.
+        """
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "echo hello; echo oops >&2")
+        await server.waitEnded(job["id"])
+        folder = os.path.join(server.stateDir, "jobs", job["id"])
+
+        def short(path: str) -> int:
+            if path.startswith(folder):
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return openOutput(path)
+
+        self.patch(spool, "openOutput", short)
+        self.patch(combined, "openOutput", short)
+        queries = (
+            "",
+            "?follow=true",
+            "?format=sse",
+            "?stream=combined",
+            "?stream=combined&format=frames",
+            "?stream=combined&format=sse",
+        )
+        for query in queries:
+            response = await server.request(
+                "GET", f"/jobs/{job['id']}/logs{query}", "alice"
+            )
+            self.assertEqual(response.code, 503, query)
+            self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+            error = json.loads(await response.content())["error"]
+            self.assertIn("Too many open files", error, query)
+        self.patch(spool, "openOutput", openOutput)
+        self.patch(combined, "openOutput", openOutput)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined", "alice"
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await response.content(), b"hello\noops\n")
 
 
 class OutputFileSwappedTests(TestCase):

@@ -37,6 +37,7 @@ from .spool import (
     FileProducer,
     OutputSource,
     OutputUnreadable,
+    openToSend,
     outputSize,
 )
 from .validation import MAX_INT64, boundedInteger
@@ -137,6 +138,12 @@ class CombinedReader(FileProducer):
 
     def at(self, index: int) -> int:
         return self.position[index]
+
+    def _openMore(self) -> None:
+        # The order file too (kept open: a job deleted while this is sent
+        # stays readable); a missing one is no order, as at its first read.
+        if self._orderFd is None:
+            self._orderFd = openToSend(self._order.path)
 
     def _orderSize(self) -> int:
         size = self._order.size

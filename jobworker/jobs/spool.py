@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -455,6 +454,26 @@ class OutputUnreadable(OSError):
     left): a log response must fail, not end as if that were all."""
 
 
+#: The errors of an open that say the server is short of something (file
+#: descriptors, its own or the system's; memory), not that the file is bad.
+SHORT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def openToSend(path: str) -> int | None:
+    """
+    L{openOutput}, for a reader before it sends: None if the file cannot
+    be opened for its own reasons (its first read fails then).
+
+    @raise OutputUnreadable: the server is short of descriptors or memory.
+    """
+    try:
+        return openOutput(path)
+    except OSError as e:
+        if e.errno in SHORT_OF:
+            raise OutputUnreadable(e.errno, f"{e.strerror}: {path}") from None
+        return None
+
+
 @implementer(IPushProducer)
 class FileProducer:
     """
@@ -486,16 +505,16 @@ class FileProducer:
         self.done: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
-        """Register with the consumer and start sending."""
+        """
+        Register with the consumer and start sending.
+
+        @raise OutputUnreadable: the server is short of descriptors (or
+            memory) to open the files with (L{SHORT_OF}), before anything
+            is sent: a request to ask again, not a response broken off.
+        """
         if self._done:
             return self.done
-        for index, source in enumerate(self._sources):
-            if source.size and self._fds[index] is None:
-                # Opened now, kept: a job deleted (or expired) while this is
-                # sent stays readable to the end. (A file not there yet is
-                # opened at its first read; a failure is reported there.)
-                with contextlib.suppress(OSError):
-                    self._fds[index] = openOutput(source.path)
+        self.open()
         self._consumer.registerProducer(self, True)
         for spool, index in self._attached:
             spool.attach(self, index)
@@ -512,6 +531,28 @@ class FileProducer:
     def _pump(self) -> None:
         """Send what there is; then L{_waitFor} more, or L{_finish}."""
         raise NotImplementedError
+
+    def open(self) -> None:
+        """
+        Open the files before anything is sent (L{start} does, if not done
+        already): kept open, a job deleted (or expired) while this is sent
+        stays readable to the end. A file not there yet is opened at its
+        first read, and a failure is reported there.
+
+        @raise OutputUnreadable: the server is short of descriptors (or
+            memory, L{SHORT_OF}); the reader is closed.
+        """
+        try:
+            for index, source in enumerate(self._sources):
+                if source.size and self._fds[index] is None:
+                    self._fds[index] = openToSend(source.path)
+            self._openMore()
+        except OutputUnreadable:
+            self._close()
+            raise
+
+    def _openMore(self) -> None:
+        """Open what else is read (with L{openToSend}) before anything is sent."""
 
     def at(self, index: int) -> int:
         """The next offset this reader reads in source C{index}."""

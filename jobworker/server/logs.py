@@ -31,6 +31,7 @@ from ..jobs.queries import (
 )
 from ..jobs.records import JobRecord, JobStatus
 from ..jobs.spool import (
+    SHORT_OF,
     FileProducer,
     OutputSource,
     OutputUnreadable,
@@ -317,10 +318,6 @@ class LogStreams:
             if _headOnly(request):
                 return b""
             framed = FrameStream(consumer, self._clock)
-            if offset == 0:
-                # (With an offset in combined bytes, the start is known once
-                # the order file is read: said with the first output.)
-                framed.startsAt(position)
 
             def toFrames(index: int, data: bytes) -> None:
                 framed.output(index, data, reader.position)
@@ -338,11 +335,18 @@ class LogStreams:
 
             events, sink = sse, toEvents
 
-        final = self._final(record, follow)
         reader = CombinedReader(
             streams, order, events, sink, position, follow, offset, self._clock
         )
+        final = self._final(record, follow)
         try:
+            if form == "frames" and offset == 0:
+                # (With an offset in combined bytes, the start is known once
+                # the order file is read: said with the first output.) Once
+                # the files are open: a server short of descriptors has sent
+                # nothing yet.
+                self._open(reader, request)
+                framed.startsAt(position)
             await self._send(reader, request)
             await self._endEvents(events, final, STREAMS)
         finally:
@@ -399,7 +403,27 @@ class LogStreams:
                 events.send("truncated", {"stream": stream, "dropped": dropped})
         events.send("end", record.toJSON())
 
+    def _open(self, reader: FileProducer, request: IRequest) -> None:
+        """
+        C{reader}'s files opened before anything is sent: a server short of
+        descriptors (or memory) for them answers 503, to ask again soon.
+        """
+        try:
+            reader.open()
+        except OutputUnreadable as e:
+            if e.errno not in SHORT_OF:
+                raise
+            self.log.error("log response refused: {error}", error=e.strerror)
+            # (The output's length, set for it, is not the error's.)
+            request.responseHeaders.removeHeader(b"content-length")
+            raise ServiceUnavailable(
+                f"the server cannot open the job's output now ({e.strerror}): "
+                "try again",
+                retryAfter=1,
+            ) from None
+
     async def _send(self, reader: FileProducer, request: IRequest) -> None:
+        self._open(reader, request)
         try:
             await reader.start()
         except CancelledError:
