@@ -362,6 +362,33 @@ class IdleStdinTests(TestCase):
 
     timeout = 120
 
+    async def test_followedJobEndsFirst(self) -> None:
+        """
+        The same with C{-f}, jw's stdin 20 MB the job never reads: jw
+        exits with the job's status and says that the rest of its stdin
+        was not sent. It said nothing (a new user's round: only the case
+        without C{-f} said so).
+        """
+        server = LiveServer(self)
+        big = self.mktemp()
+        with open(big, "wb") as f:
+            f.truncate(20_000_000)
+        with open(big, "rb") as stdin:
+            process = startJW(
+                server.url, "exec", "-i", "-f", "--", "sh", "-c", "exit 3", stdin=stdin
+            )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        code = await deferToThread(process.wait, BOUND)
+        err = process.stderr.read().decode()
+        self.assertEqual(code, 3, err)
+        [started, left] = err.splitlines()
+        jobId = started.split()[2]
+        self.assertEqual(
+            left,
+            f"jw: job {jobId} exited with code 3 before jw's stdin ended: "
+            "the rest of it was not sent",
+        )
+
     async def test_endsWithTheJob(self) -> None:
         """
         The job ends (3) while jw's stdin (a pipe nobody writes to) stays

@@ -28,6 +28,7 @@ from .verbs import (
     execOutput,
     feedStdin,
     followFailed,
+    neverStarted,
     sayBacklog,
     sayInputLeft,
     sayLeft,
@@ -156,7 +157,20 @@ async def quickExec(
         except (BrokenPipeError, OutputFailed, ClientError) as e:
             await followFailed(client, jobId, streams, e)
     final = end if end is not None else await client.job(jobId)
+    if options.stdin and inputLeft(feeding, feed) and not neverStarted(final):
+        sayInputLeft(final, streams)
     return execEnded(final, options, streams, interrupts)
+
+
+def inputLeft(feeding: Worker, feed: InputFeed) -> bool:
+    """
+    C{jw exec -i -f}, its job followed to its end: did the job end before
+    it was sent all of jw's stdin? Its feed ended on the job's end with
+    input not sent, or still waits on (or sends) jw's stdin.
+    """
+    if not feeding.done:
+        return not feed.atEnd
+    return feeding.error is None and feeding.outcome() is not None
 
 
 def stopTakenQuick(
