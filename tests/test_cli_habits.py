@@ -141,7 +141,8 @@ class InterruptTests(MemoryCLITestCase):
         _out, err, code = self.finish(run)
         self.assertEqual(code, 143)  # 128 + SIGTERM, as a shell's
         self.assertIn(
-            f"left job {jobId} running; again: jw logs -f {jobId}, ".encode(), err
+            f"left job {jobId} running (follow it again: jw logs -f {jobId}; ".encode(),
+            err,
         )
         self.assertEqual(self.killer.calls, [])
         self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
@@ -388,6 +389,23 @@ class ControlTests(MemoryCLITestCase):
         self.assertOneLineFailure(
             self.jw("stop", "--kill", "--signal", "INT", jobId), b"--kill"
         )
+
+    def test_stopSignalCheckedByJw(self) -> None:
+        """
+        A signal no stop may begin with is refused by jw, as its other
+        flags are (exit 2, the choices named), before anything is asked:
+        it was "server answered 400", exit 1 (a new user's round).
+        """
+        jobId = self.execId("sleep", "300")
+        out, err, code = self.jw("stop", "--signal", "FOO", jobId)
+        self.assertEqual(code, 2, err)
+        self.assertOneLineFailure((out, err, code), b"--signal", b"TERM, INT")
+        self.assertNotIn(b"server answered", err)
+        self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
+        parser = buildParser(Streams(inp=None))
+        for name in ("hup", "SIGUSR1", "Kill"):
+            options = parser.parse_args(["stop", "--signal", name, jobId])
+            self.assertEqual(options.signal, name)  # the server reads it
 
     def test_stopSaysWhatItWaitsFor(self) -> None:
         """A stop that takes more than a second says it is waiting."""

@@ -248,6 +248,10 @@ class DevelopmentCAClientTests(TestCase):
             message = str(raised.exception)
             self.assertNotIn("\n", message)
             self.assertIn("--ca", message)
+            # Where a server's own CA is (a new user followed the hint to
+            # the development CA, which the quick start's server does not
+            # use, and went in circles).
+            self.assertIn("tls/ca.pem in its state dir", message)
         mine = settingsFor("https://jobs.example.com:8443", JW_CA="/etc/ca.pem")
         self.assertEqual(clientconfig.trustedCA(mine), "/etc/ca.pem")
         flagged = resolve(

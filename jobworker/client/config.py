@@ -210,8 +210,12 @@ def _chosenCA(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     raise ConfigError(
         f"no CA known for {settings.server}: run jw login --server "
         f"{settings.server} to see its CA's fingerprint and trust it, or pass "
-        '--ca FILE (JW_CA, or ca = "FILE" in the config file; the development '
-        "certificates' CA is certs/ca.pem)"
+        '--ca FILE (JW_CA, or ca = "FILE" in the config file): a server '
+        "started with --tls made its own, tls/ca.pem in its state dir (by "
+        "default $XDG_STATE_HOME/jobworker, else ~/.local/state/jobworker, of "
+        "the user running it); certs/ca.pem "
+        "only for a server given the development certificates (--cert "
+        "certs/server.pem)"
     )
 
 

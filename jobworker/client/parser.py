@@ -92,6 +92,17 @@ def duration(text: str) -> float:
     return _durationOf(text, "a duration")
 
 
+def stopSignal(text: str) -> str:
+    """A signal a stop may begin with (the server's list), as typed."""
+    from ..jobs.stopping import STOP_SIGNALS  # (only when given: jw starts fast)
+
+    if text.upper().removeprefix("SIG") not in STOP_SIGNALS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one of {', '.join(STOP_SIGNALS)}"
+        )
+    return text
+
+
 def age(text: str) -> str:
     """
     An age (C{--older-than}), checked as a L{duration} is, kept as typed:
@@ -301,7 +312,13 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "failed otherwise (one line each, after the records).",
         epilog="example: jw stop --signal INT --grace 30 $ID",
     )
-    stop.add_argument("--signal", "-s", metavar="NAME", help="first signal (TERM)")
+    stop.add_argument(
+        "--signal",
+        "-s",
+        type=stopSignal,
+        metavar="NAME",
+        help="first signal (TERM; or INT, HUP, QUIT, USR1, USR2, ALRM, KILL)",
+    )
     stop.add_argument(
         "--grace",
         type=duration,

@@ -329,8 +329,8 @@ def execInterrupted(
     def interrupted(name: str) -> None:
         if options.detach_on_interrupt:
             streams.say(
-                f"jw: {name}: left job {jobId} running; again: jw logs -f {jobId}, "
-                f"jw stop {jobId}"
+                f"jw: {name}: left job {jobId} running (follow it again: jw "
+                f"logs -f {jobId}; stop it: jw stop {jobId})"
             )
             leave(name)
             return
