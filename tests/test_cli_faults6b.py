@@ -14,6 +14,8 @@ installed C{jw} against a live server:
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 from typing import Any
 
@@ -362,6 +364,27 @@ class IdleStdinTests(TestCase):
 
     timeout = 120
 
+    async def followedExit(self, stdin: Any, status: int) -> tuple[int, str]:
+        """
+        C{jw exec -i -f -- sh -c "exit STATUS"}, its stdin C{stdin}: jw's
+        exit status and stderr.
+        """
+        server = LiveServer(self)
+        process = startJW(
+            server.url,
+            "exec",
+            "-i",
+            "-f",
+            "--",
+            "sh",
+            "-c",
+            f"exit {status}",
+            stdin=stdin,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        code = await deferToThread(process.wait, BOUND)
+        return code, process.stderr.read().decode()
+
     async def test_followedJobEndsFirst(self) -> None:
         """
         The same with C{-f}, jw's stdin 20 MB the job never reads: jw
@@ -369,17 +392,11 @@ class IdleStdinTests(TestCase):
         was not sent. It said nothing (a new user's round: only the case
         without C{-f} said so).
         """
-        server = LiveServer(self)
         big = self.mktemp()
         with open(big, "wb") as f:
             f.truncate(20_000_000)
         with open(big, "rb") as stdin:
-            process = startJW(
-                server.url, "exec", "-i", "-f", "--", "sh", "-c", "exit 3", stdin=stdin
-            )
-        self.addCleanup(lambda: process.poll() is None and process.kill())
-        code = await deferToThread(process.wait, BOUND)
-        err = process.stderr.read().decode()
+            code, err = await self.followedExit(stdin, 3)
         self.assertEqual(code, 3, err)
         [started, left] = err.splitlines()
         jobId = started.split()[2]
@@ -388,6 +405,20 @@ class IdleStdinTests(TestCase):
             f"jw: job {jobId} exited with code 3 before jw's stdin ended: "
             "the rest of it was not sent",
         )
+
+    async def test_followedFromATerminal(self) -> None:
+        """
+        C{jw exec -i -f} at a terminal, nothing typed: the job ends, and
+        jw says nothing of stdin left (an interactive job ended by its own
+        command: nothing was left to send), and exits with its status.
+        """
+        main, terminal = pty.openpty()
+        self.addCleanup(os.close, main)
+        with os.fdopen(terminal, "rb", buffering=0) as stdin:
+            code, err = await self.followedExit(stdin, 4)
+        self.assertEqual(code, 4, err)
+        self.assertNotIn("stdin", err)
+        self.assertEqual(len(err.splitlines()), 1, err)  # "jw: job ID started"
 
     async def test_endsWithTheJob(self) -> None:
         """

@@ -157,19 +157,21 @@ async def quickExec(
         except (BrokenPipeError, OutputFailed, ClientError) as e:
             await followFailed(client, jobId, streams, e)
     final = end if end is not None else await client.job(jobId)
-    if options.stdin and inputLeft(feeding, feed) and not neverStarted(final):
+    if options.stdin and inputLeft(feeding, feed, streams) and not neverStarted(final):
         sayInputLeft(final, streams)
     return execEnded(final, options, streams, interrupts)
 
 
-def inputLeft(feeding: Worker, feed: InputFeed) -> bool:
+def inputLeft(feeding: Worker, feed: InputFeed, streams: Streams) -> bool:
     """
     C{jw exec -i -f}, its job followed to its end: did the job end before
     it was sent all of jw's stdin? Its feed ended on the job's end with
-    input not sent, or still waits on (or sends) jw's stdin.
+    input not sent, or still waits on (or sends) jw's stdin: a pipe or a
+    file, not a terminal (an interactive job ended with nothing typed
+    after it: nothing was left).
     """
     if not feeding.done:
-        return not feed.atEnd
+        return not feed.atEnd and not streams.inputIsTerminal()
     return feeding.error is None and feeding.outcome() is not None
 
 

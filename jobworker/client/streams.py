@@ -186,6 +186,11 @@ class Streams:
             return source.read(size)
         return os.read(fd, size)
 
+    def inputIsTerminal(self) -> bool:
+        """Whether C{inp} is a terminal (someone types, or not, into it)."""
+        fd = self._inputFd()
+        return fd is not None and os.isatty(fd)
+
     def _inputFd(self) -> int | None:
         try:
             return None if self.inp is None else self.inp.fileno()
