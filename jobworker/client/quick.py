@@ -550,14 +550,21 @@ class QuickClient(ApiCalls):
                     f"connection to {self.server} failed: {e!r}"
                 ) from None
             if response.status >= 400:
-                if wait is not None and self._connection.sock is not None:
-                    self._connection.sock.settimeout(TIMEOUT)
+                self._usualTimeout()
                 raise errorFor(
                     response.status,
                     self._body(response),
                     response.getheader("Retry-After"),
                 )
             return response
+
+    def _usualTimeout(self) -> None:
+        """
+        The connection (if open) back to L{TIMEOUT}, after a request that
+        waited otherwise (a long poll, a patient one, a stream).
+        """
+        if self._connection.sock is not None:
+            self._connection.sock.settimeout(TIMEOUT)
 
     def _body(self, response: http.client.HTTPResponse) -> bytes:
         try:
@@ -582,8 +589,7 @@ class QuickClient(ApiCalls):
                 self._body(self._send(method, path, data, headers, within=within))
             )
         finally:
-            if within is not None and self._connection.sock is not None:
-                self._connection.sock.settimeout(TIMEOUT)
+            self._usualTimeout()
 
     async def sendStdin(
         self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
@@ -604,8 +610,7 @@ class QuickClient(ApiCalls):
             )
             self._body(response)
         finally:
-            if offset is not None and self._connection.sock is not None:
-                self._connection.sock.settimeout(TIMEOUT)
+            self._usualTimeout()
 
     async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
         """
@@ -629,8 +634,7 @@ class QuickClient(ApiCalls):
             self._peers.lost(f"failed: {e}", broken=e.status is None)
             raise
         finally:
-            if self._connection.sock is not None:
-                self._connection.sock.settimeout(TIMEOUT)
+            self._usualTimeout()
         self._peers.answered(job)
         return job
 
@@ -759,8 +763,7 @@ class QuickClient(ApiCalls):
         finally:
             if read is not None:
                 self._peers.done(read)
-            if self._connection.sock is not None:
-                self._connection.sock.settimeout(TIMEOUT)
+            self._usualTimeout()
 
     async def close(self) -> None:
         self._connection.close()

@@ -142,8 +142,7 @@ class CombinedReader(FileProducer):
     def _openMore(self) -> None:
         # The order file too (kept open: a job deleted while this is sent
         # stays readable); a missing one is no order, as at its first read.
-        if self._orderFd is None:
-            self._orderFd = openToSend(self._order.path)
+        self._orderFd = openToSend(self._order.path)
 
     def _orderSize(self) -> int:
         size = self._order.size

@@ -500,6 +500,9 @@ class FileProducer:
             if isinstance(source, OutputSpool) and not source.closed
         ]
         self._done = False
+        #: L{open} was called (once is enough: a file it could not open
+        #: is opened at its first read).
+        self._opened = False
         self._paused = False
         self._waiting: Deferred[None] | None = None
         self.done: Deferred[None] = Deferred()
@@ -542,9 +545,12 @@ class FileProducer:
         @raise OutputUnreadable: the server is short of descriptors (or
             memory, L{SHORT_OF}); the reader is closed.
         """
+        if self._opened:
+            return
+        self._opened = True
         try:
             for index, source in enumerate(self._sources):
-                if source.size and self._fds[index] is None:
+                if source.size:
                     self._fds[index] = openToSend(source.path)
             self._openMore()
         except OutputUnreadable:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ...errors import Conflict
 from ...jobs.ending import Ending
 from ...jobs.records import JobRecord, JobStatus, signalName
-from ...jobs.spool import OutputSpool
+from ...jobs.spool import SHORT_OF, OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
 from .leftovers import LeftoverJournal
@@ -656,7 +656,7 @@ def signalGroup(pgid: int, signum: int) -> bool:
 
 #: A failed spawn with one of these says something of the server, not of
 #: the job: no descriptor left, no process slot, no memory.
-SERVER_SHORT_OF = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+SERVER_SHORT_OF = SHORT_OF | {errno.EAGAIN}
 
 
 def spawnError(exc: BaseException) -> str:
