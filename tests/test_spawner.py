@@ -43,6 +43,7 @@ from jobworker.executors.local.spawner import (
     ENDED,
     REAPED,
     START,
+    WATCH_INTERVAL,
     Spawner,
     SpawnerGone,
     SpawnerLost,
@@ -1063,6 +1064,64 @@ class ServerSpawnerTests(TestCase):
             await sleep(0.05)
         else:
             self.fail("no job started once the spawner went on")
+
+    def stopSpawner(self, server: LiveServer) -> Any:
+        """
+        SIGSTOP the server's spawner (continued at cleanup), with a silence
+        limit of 3 s; fires with the spawner once /proc says it is stopped.
+        """
+        spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
+        spawner.silenceLimit = 3.0
+        pid = spawner.current.process.pid
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGSTOP)
+        return waitUntil(
+            lambda: readState(pid) == "T" and spawner, what="the spawner's stop"
+        )
+
+    async def test_aStoppedSpawnerIsWatched(self) -> None:
+        """
+        A stopped spawner is noticed without anyone asking for the server's
+        health: a job is refused (503), not handed to its standby to wait in
+        its socket, and it is continued after its silence limit, so the end
+        of a job it forked is taken in. Both waited, before, until a
+        C{/healthz} (fault round 27: over four minutes).
+        """
+        server = LiveServer(self)
+        await self.running(server, "sh", "-c", "echo up")
+        sleeper = await self.running(server, "sh", "-c", "echo up; exec sleep 1")
+        spawner = await self.stopSpawner(server)
+        pid = spawner.current.process.pid
+        await sleep(WATCH_INTERVAL + 0.5)
+        response = await server.request("POST", "/jobs", body={"command": "true"})
+        body = json.loads(await treq.content(response))
+        self.assertEqual(response.code, 503, body)
+        self.assertIn("the job spawner did not answer", body["error"])
+        ended = await server.waitEnded(sleeper["id"], timeout=15)
+        self.assertEqual((ended["status"], ended["exit_code"]), ("COMPLETED", 0))
+        self.assertNotEqual(readState(pid), "T")
+        job = await server.createJob("true")
+        self.assertEqual((await server.waitEnded(job["id"]))["status"], "COMPLETED")
+
+    async def test_stopAfterAnUnreportedExit(self) -> None:
+        """
+        A job whose main process exited 0 on its own while its spawner was
+        stopped (its end not reported yet), then stopped: it keeps its own
+        outcome, COMPLETED, as after a reported exit (it was STOPPED).
+        """
+        server = LiveServer(self)
+        job = await self.running(server, "sh", "-c", "echo up; exec sleep 0.5")
+        await self.stopSpawner(server)
+        await waitUntil(
+            lambda: readState(int(job["pid"])) == "Z",  # type: ignore[call-overload]
+            what="the job's exit",
+        )
+        code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 200, stopped)
+        self.assertEqual(
+            (stopped["status"], stopped["exit_code"], stopped["stopped_by"]),
+            ("COMPLETED", 0, None),
+        )
 
     def limitSpawnerForks(self, server: LiveServer) -> str:
         """

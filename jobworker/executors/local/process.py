@@ -309,7 +309,7 @@ class JobProcess:
 
         @return: fires with the record once the job has ended.
         """
-        if self._exit is not None:
+        if self._exit is not None or self._exitedUnreported():
             # The main process ended on its own; only what it left in the
             # group is still being ended (its pipes held open). Its status
             # stands: the stop only hastens that end. Its leftovers had
@@ -337,6 +337,15 @@ class JobProcess:
         else:
             self._hasten(how)
         return self.whenEnded()
+
+    def _exitedUnreported(self) -> bool:
+        """
+        Has the main process ended, its end not reported yet? The spawner
+        reports it, and may be slow to (stopped: a stop that came meanwhile
+        made a job that had exited 0 on its own STOPPED, fault round 27).
+        """
+        exited = getattr(self._transport, "exited", None)
+        return exited is not None and self.record.stopped_by is None and exited()
 
     def _hasten(self, how: StopRequest) -> None:
         """

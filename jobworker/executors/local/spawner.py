@@ -24,6 +24,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import signal
 import socket
 import struct
@@ -72,6 +73,12 @@ ANNOUNCE_TIMEOUT = 2.0
 #: one was needed) before it is continued (stopped by a signal: SIGCONT) or
 #: its silence is logged (otherwise), seconds.
 SILENCE_LIMIT = 10.0
+#: How often the spawner in use is looked at while it runs, seconds: a
+#: stopped one is then refused jobs, and continued after L{SILENCE_LIMIT},
+#: even if no one asks for the server's health (a job handed to it waited
+#: in its socket, and the ends of its jobs, for as long as it stayed
+#: stopped: fault round 27). A read of /proc each time.
+WATCH_INTERVAL = 1.0
 #: The wait status of a process killed by SIGKILL.
 KILLED = signal.SIGKILL
 #: How long a standby may have waited, in clock ticks since its start,
@@ -160,6 +167,18 @@ class SpawnedProcess(Process):
                 self.proto.makeConnection(self)
         except BaseException:
             Generation.log.failure("spawned process: makeConnection failed")
+
+    def exited(self) -> bool:
+        """
+        Has the child ended, reported or not (its pidfd is readable)? Its
+        end comes from the spawner, which may be slow to say it (stopped).
+        """
+        pidfd = self.pidfd
+        if pidfd is None:
+            return self.status != -1
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def reapProcess(self) -> None:
         """The spawner reaps; its end report calls L{processEnded}."""
@@ -731,6 +750,8 @@ class Spawner:
         self._silenceCall: IDelayedCall | None = None
         #: The generation whose silence the log has told of (L{_revive}).
         self._told: Generation | None = None
+        #: The next look at the spawner in use (L{WATCH_INTERVAL}).
+        self._watchCall: IDelayedCall | None = None
 
     def spawnProcess(
         self,
@@ -763,8 +784,10 @@ class Spawner:
         message = encodeArguments(args[1:])
         if len(message) + START.size > MAX_REQUEST:
             raise OSError(errno.E2BIG, "the job's arguments are too long")
-        if self._silent is not None:
-            self.silence()  # continued if stopped for too long
+        if self._silent is not None and self.silence() is not None:
+            # (Continued if stopped for too long.) Handed to a standby, the
+            # job would wait in the silent spawner's socket.
+            raise SpawnerGone("the job spawner did not answer")
         generation = self.running()
         try:
             return self._spawnIn(generation, proto, message, stdin, join, reaped)
@@ -839,7 +862,19 @@ class Spawner:
                 self.reactor, self.launcher, self._environment
             )
             self.started += 1
+            if self._watchCall is None:
+                self._watchCall = self.reactor.callLater(WATCH_INTERVAL, self._watch)
         return generation
+
+    def _watch(self) -> None:
+        """Look at the spawner in use (L{silence}), again and again while
+        there is one."""
+        self._watchCall = None
+        generation = self.current
+        if generation is None or generation.socket is None:
+            return  # (the next spawner starts the watch again)
+        self.silence()
+        self._watchCall = self.reactor.callLater(WATCH_INTERVAL, self._watch)
 
     def stop(self) -> Deferred[None]:
         """
@@ -847,6 +882,9 @@ class Spawner:
         its socket). Fires once its process has ended.
         """
         self._quiet()
+        if self._watchCall is not None and self._watchCall.active():
+            self._watchCall.cancel()
+        self._watchCall = None
         generation, self.current = self.current, None
         if generation is None:
             return succeed(None)
