@@ -259,6 +259,20 @@ def handshakeTimedOut(server: str, seconds: float) -> str:
     )
 
 
+def handshakeCut(server: str) -> str:
+    """
+    What either client says of a connection the server closed before the
+    TLS handshake was done: a jobworker server does so past its connection
+    caps, its log says which (it was "TLS handshake failed").
+    """
+    return (
+        f"cannot connect to {server}: the server closed the connection during "
+        "the TLS handshake (a jobworker server does so past its connection "
+        "caps, --max-connections-per-client and --max-connections: too many "
+        "connections from this host? Its log says)"
+    )
+
+
 def unnamedPort(server: str) -> str:
     """
     A note for a connection failure when C{server}'s URL names no port

@@ -36,6 +36,13 @@ class HandshakeTimeout(TimeoutError):
         self.seconds = seconds
 
 
+class HandshakeCut(ConnectionError):
+    """The server closed the connection before the TLS handshake was done."""
+
+    def __init__(self) -> None:
+        super().__init__("the server closed the connection during the TLS handshake")
+
+
 class CertificateOutOfDate(Exception):
     """
     The Twisted client's handshake failed on the server's certificate

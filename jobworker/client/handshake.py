@@ -16,6 +16,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
@@ -33,7 +34,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..keepalive import keepAlive
-from .errors import CertificateOutOfDate, HandshakeTimeout
+from .errors import CertificateOutOfDate, HandshakeCut, HandshakeTimeout
 from .quick import handshakeSeconds
 
 #: A policy's judgement of a server's certificate chain that failed its
@@ -129,6 +130,15 @@ class _DeadlineTLS(BufferingTLSTransport):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
+        if (
+            self._reason is None
+            and reason.check(ConnectionDone, ConnectionLost)
+            and not reason.check(ConnectionAborted)  # (ours: cancelled)
+            and not self._shaken()
+        ):
+            # Closed by the server before it shook hands (a jobworker
+            # server past its connection caps): not a failed handshake.
+            self._reason = Failure(HandshakeCut())
         failed: Failure | None = self._reason
         judge = self.factory.outOfDate
         if (

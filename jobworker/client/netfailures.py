@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from ..tlserrors import handshakeHint
-from .calls import NOT_TRUSTED, handshakeTimedOut, outOfDate, unnamedPort
-from .errors import CertificateOutOfDate, HandshakeTimeout
+from .calls import NOT_TRUSTED, handshakeCut, handshakeTimedOut, outOfDate, unnamedPort
+from .errors import CertificateOutOfDate, HandshakeCut, HandshakeTimeout
 
 
 def isCancellation(error: BaseException) -> bool:
@@ -35,6 +35,8 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
     for error in inner:
         if isinstance(error, HandshakeTimeout):
             return handshakeTimedOut(server, error.seconds)
+        if isinstance(error, HandshakeCut):
+            return handshakeCut(server)
         if isinstance(error, CertificateOutOfDate):
             return outOfDate(server, error.code)
         if isinstance(error, SSL.Error):

@@ -36,6 +36,7 @@ from .calls import (
     checkServer,
     errorFor,
     eventsRequest,
+    handshakeCut,
     handshakeTimedOut,
     logsPath,
     outOfDate,
@@ -44,7 +45,7 @@ from .calls import (
     unnamedPort,
 )
 from .config import ConfigError
-from .errors import ClientError, HandshakeTimeout, ServerUnreachable
+from .errors import ClientError, HandshakeCut, HandshakeTimeout, ServerUnreachable
 from .workers import startThread
 
 T = TypeVar("T")
@@ -146,6 +147,11 @@ class KeptAliveConnection(http.client.HTTPSConnection):
             raw.close()
             self.sock = None
             raise HandshakeTimeout(deadline) from None
+        except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            # Closed by the server before it shook hands: not a failed one.
+            raw.close()
+            self.sock = None
+            raise HandshakeCut() from None
         self.sock.settimeout(self.timeout)
 
     def _connectKeptAlive(
@@ -877,6 +883,8 @@ def probeServer(server: str, caPath: str, keepalive: int = KEEPALIVE) -> None:
 
 def describe(server: str, error: OSError) -> str:
     """One line for a request that got no answer (as the Twisted client says)."""
+    if isinstance(error, HandshakeCut):
+        return handshakeCut(server)
     if isinstance(error, ssl.SSLCertVerificationError):
         verifyMessage = getattr(error, "verify_message", None) or ""
         if "match" in str(verifyMessage) or "Hostname" in str(error):

@@ -116,7 +116,10 @@ async def quickExec(
         try:
             started = sayStarting(job, streams)
             # Not the main thread's connection: it is closed at the exit,
-            # maybe under a follower left behind.
+            # maybe under a follower left behind. Nor is that one held idle
+            # meanwhile (it opens again if asked): a server counts it against
+            # its connection caps (fault round 27).
+            await client.close()
             follower, output = client.another(), execOutput(options, streams)
             following = background.start(
                 lambda: drive(followOutput(follower, jobId, output, onStatus=started))

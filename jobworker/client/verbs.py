@@ -495,7 +495,10 @@ async def followFailed(
         await stopUnread(client, jobId, streams)
     elif isinstance(error, OutputFailed):
         await stopUnread(client, jobId, streams, error)
-    elif error.status in ASK_AGAIN:
+    elif error.status in ASK_AGAIN or error.status is None:
+        # Refused for good, or no connection to follow it on (a network
+        # down for longer than a follow resumes, a server at its connection
+        # caps: it exited 1 without a word of the job, fault round 27).
         raise await unfollowed(client, jobId, error) from None
     raise error
 
