@@ -70,6 +70,10 @@ RESTARTED = "the worker restarted while the job ran"
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 
+#: Seconds between looks at the store's file (still at its path? see
+#: L{JobStore.relink<jobworker.jobs.store.JobStore.relink>}): a stat each.
+STORE_LOOK = 5.0
+
 #: Bytes the server keeps allocated in its state dir and gives up at
 #: shutdown when the disk is full, to store the final records it could not
 #: (a queued job stopped meanwhile would run again after the restart).
@@ -161,6 +165,10 @@ class JobManager(Admission):
         self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
         self._shuttingDown = False
+        #: The next look at the store's file (L{_lookAtStore}), and what
+        #: the last one found.
+        self._storeLook: IDelayedCall | None = None
+        self._storeFound: str | None = None
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
         _checkWritable(self._jobsDir)
         #: A deletion gave the reserve up (L{_withRoom}): make it again.
@@ -210,6 +218,21 @@ class JobManager(Admission):
         self._scheduler.paused = False
         self._scheduler.dispatch()
         self.ownersChanged()
+        if self._storeLook is None:
+            self._storeLook = self._reactor.callLater(STORE_LOOK, self._lookAtStore)
+
+    def _lookAtStore(self) -> None:
+        """Is the store's file still at its path? Said once if not as it was."""
+        self._storeLook = None
+        try:
+            found: str | None = self._store.relink()
+        except StoreError as e:
+            found = str(e)
+        if found is not None and found != self._storeFound:
+            self.log.error("{found}", found=found)
+        self._storeFound = found
+        if not self._shuttingDown:
+            self._storeLook = self._reactor.callLater(STORE_LOOK, self._lookAtStore)
 
     def ownersChanged(self) -> None:
         """
@@ -1082,10 +1105,12 @@ class JobManager(Admission):
         # Deletions under way stop between two slices (the next start
         # removes the output folders noted).
         self._slices.stop()
-        for timer in (self._retryTimer, self._dispatchTimer, self._sweepTimer):
+        timers = (self._retryTimer, self._dispatchTimer, self._sweepTimer)
+        for timer in (*timers, self._storeLook):
             if timer is not None and timer.active():
                 timer.cancel()
         self._retryTimer = self._dispatchTimer = self._sweepTimer = None
+        self._storeLook = None
         if self._unsaved and self.flushUnsaved() and self._giveUpReserve():
             self.flushUnsaved()
         if self._unsaved:

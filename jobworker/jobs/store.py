@@ -175,6 +175,12 @@ def _refuseStrangeCompanions(path: str) -> None:
             )
 
 
+def _fileOf(path: str) -> tuple[int, int]:
+    """The device and inode of the file at C{path}."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 #: SQLite's errors that mean the file's content is damaged.
 DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -215,6 +221,8 @@ class JobStore:
             self._unlock()
             raise StoreError(f"cannot open {path}: {e}") from None
         self._db.row_factory = sqlite3.Row
+        #: The file opened (device, inode): L{relink} compares the path's.
+        self._file = _fileOf(path)
         try:
             self._prepare()
         except StoreError:
@@ -347,6 +355,66 @@ class JobStore:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
         self._pid = os.getpid()
+
+    def relink(self) -> str | None:
+        """
+        Is the file the server opened still at the store's path? One
+        removed while the server ran (by hand, a cleanup script) went
+        unnoticed: every write went to the removed file, and the next start
+        found no store, and no job (fault round 27). It is written there
+        again from the open database (SQLite's backup: every job, as
+        committed), and the store goes on in it. A path that holds another
+        file now is left alone (someone put it there).
+
+        @return: what was found and done, in a line for the log; None if
+            the file is where it was (or the path cannot be looked at).
+        @raise StoreError: the file could not be written again.
+        """
+        try:
+            now = _fileOf(self.path)
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return None
+        if now == self._file:
+            return None
+        if now is not None:
+            return (
+                f"{self.path} is not the file the server opened (it was replaced "
+                "while the server ran): the server goes on with the one it "
+                "opened, removed from the folder, and a restart will read the "
+                "file that is there now"
+            )
+        restoring = self.path + ".restoring"
+        try:
+            if os.path.lexists(restoring):
+                os.unlink(restoring)
+            os.close(os.open(restoring, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            copy = sqlite3.connect(restoring, isolation_level=None)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            os.rename(restoring, self.path)
+        except (OSError, sqlite3.Error) as e:
+            if os.path.lexists(restoring):
+                os.unlink(restoring)
+            raise StoreError(
+                f"{self.path} was removed while the server ran, and cannot be "
+                f"written again: {e}"
+            ) from None
+        # The last connection's close checkpoints the removed file's WAL and
+        # removes it (and the -shm) by name: the copy starts without one.
+        self._db.close()
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._connected()
+        self._file = _fileOf(self.path)
+        return (
+            f"{self.path} was removed while the server ran: written again from "
+            "the open store, every job in it"
+        )
 
     def _connected(self) -> None:
         """The settings of each connection (WAL mode is the file's own)."""
