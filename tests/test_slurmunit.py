@@ -426,6 +426,39 @@ class ExecutorTests(SynchronousTestCase):
         self.poll({"101": other})
         self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
 
+    def test_submittedLongAfterItsRecord(self) -> None:
+        """
+        Submitted 20 minutes after its record was made (it waited in
+        jobworker's own queue, past a running cap): ours all the same. It
+        ended FAILED "never ran" while it ran in Slurm, untracked (Slurm
+        round 27: a window of 10 minutes both ways).
+        """
+        record = self.submit("true")
+        created = self.manager.record(record.id).created_at
+        ours = replace(
+            state("RUNNING", jobName=f"jobworker-{record.id}"),
+            submitTime=created + 1200,
+        )
+        self.poll({"101": ours})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+
+    def test_accountedLongAfterItsRecord(self) -> None:
+        """
+        Accounting's entry (the completion log's, whose submit time sacct
+        gives as the start's) 20 minutes after the record was made: ours,
+        its exit code kept (it ended FAILED "never ran").
+        """
+        record = self.submit("sh", "-c", "exit 7")
+        created = self.manager.record(record.id).created_at
+        ours = replace(
+            state("FAILED", 7, jobName=f"jobworker-{record.id}"),
+            submitTime=created + 1200,
+        )
+        self.commands.accounted["101"] = [ours]
+        self.poll({})
+        ended = self.manager.record(record.id)
+        self.assertEqual((ended.status, ended.exit_code), (JobStatus.FAILED, 7))
+
     def test_pollAsksOnlyAboutOurJobs(self) -> None:
         """One squeue for jobworker's jobs only; exit statuses only for ended ones."""
         self.submit("true")

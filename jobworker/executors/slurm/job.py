@@ -42,9 +42,11 @@ SECRETS_GRACE = 60.0
 #: last cancelled that a poll finding it still queued cancels it again.
 RECANCEL_AFTER = 5.0
 
-#: Seconds Slurm's submit time of a job may lie from its record's creation
-#: and still be ours: sbatch may wait for slurmctld (up to the command
-#: timeout), and the two hosts' clocks may differ a little.
+#: Seconds Slurm's submit time of a job may lie before its record's
+#: creation and still be ours: the two hosts' clocks may differ a little.
+#: Any time after is ours: sbatch may wait for slurmctld, the job for its
+#: turn in jobworker's own queue (a running cap, a dependency) for hours,
+#: and the completion log's entry gives its start for its submit time.
 SUBMIT_SLACK = 600.0
 
 #: Seconds a stop of a job Slurm had ended already (L{EndedInSlurm}) waits
@@ -63,14 +65,15 @@ DEPENDENCY_PATIENCE = 60.0
 def isOurs(record: JobRecord, state: SlurmState) -> bool:
     """
     Whether the Slurm job C{state} describes is C{record}'s: by name (and
-    submit time), never by number alone. Slurm numbers jobs again from its
-    first number once its state is lost, so another job may have the number.
+    submit time: not before the record), never by number alone. Slurm
+    numbers jobs again from its first number once its state is lost, so
+    another job may have the number.
     """
     if state.name != jobName(record.id):
         return False
     if state.submitTime is None:
         return True
-    return abs(state.submitTime - record.created_at) <= SUBMIT_SLACK
+    return state.submitTime >= record.created_at - SUBMIT_SLACK
 
 
 class EndedInSlurm(Exception):
