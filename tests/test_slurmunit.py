@@ -26,6 +26,7 @@ from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.executors.slurm.folders import WRAPPER
 from jobworker.executors.slurm.job import SECRETS_GRACE
 from jobworker.executors.slurm.outcomes import QUEUE_ENDINGS
+from jobworker.executors.slurm.stopping import CANCEL_RETRY
 from jobworker.jobs.identity import Identity
 from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import JobManager
@@ -682,6 +683,33 @@ class ExecutorTests(SynchronousTestCase):
         final = self.successResultOf(stopped)
         self.assertIs(final.status, JobStatus.STOPPED)
         self.assertEqual(final.stopped_by, "alice")
+
+    def test_failedScancelTriedAgain(self) -> None:
+        """
+        The scancel at the end of a stop's grace fails (slurmctld down):
+        it is sent again, until Slurm takes it, and a harder stop meanwhile
+        sends it at once. It was tried once: the job ran on, and the stop,
+        and a second one with --kill, waited for ever (Slurm round 27).
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        stopped = self.manager.stop(record.id, "alice")
+        self.commands.failNext = SlurmError("connect failure", unreachable=True)
+        self.reactor.advance(5.0)
+        self.assertEqual(self.commands.cancels, [])  # (it failed)
+        self.reactor.advance(CANCEL_RETRY)
+        self.assertEqual(self.commands.cancels, ["101"])
+        self.poll({"101": state("CANCELLED", 0, 9)})
+        self.assertIs(self.successResultOf(stopped).status, JobStatus.STOPPED)
+
+        again = self.submit("sleep", "100")
+        self.poll({"102": state("RUNNING")})
+        self.manager.stop(again.id, "alice")
+        self.commands.failNext = SlurmError("connect failure", unreachable=True)
+        self.reactor.advance(5.0)
+        self.manager.stop(again.id, "alice", StopRequest(signal.SIGKILL))
+        self.reactor.advance(0)
+        self.assertEqual(self.commands.cancels, ["101", "102"])
 
     def test_stopPendingCancels(self) -> None:
         """A queued job is cancelled at once (nothing to TERM)."""

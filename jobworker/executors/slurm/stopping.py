@@ -24,6 +24,10 @@ from .job import EndedInSlurm, SlurmJob, isOurs
 from .outcomes import FINAL
 from .submission import jobName
 
+#: Seconds before a stop's scancel that Slurm did not take (slurmctld down)
+#: is sent again, and again, until it is taken or the job ends.
+CANCEL_RETRY = 5.0
+
 
 class SlurmStops:
     """Stops and cancels of Slurm jobs, run as each job's owner."""
@@ -43,6 +47,8 @@ class SlurmStops:
         self._grace = grace
         self._accounts = accounts
         self._save = save
+        #: Jobs whose scancel failed and is being sent again (said once).
+        self._retrying: set[str] = set()
 
     def ownerOf(self, job: SlurmJob) -> Identity:
         """
@@ -217,8 +223,23 @@ class SlurmStops:
             try:
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
             except SlurmError as e:
-                self.log.warn(
-                    "scancel {slurm} failed: {error}", slurm=slurmJobId, error=str(e)
-                )
+                if job.record.status.ended or (
+                    not e.unreachable and await self._endedInSlurm(job, slurmJobId)
+                ):
+                    return  # nothing left to cancel (the poll records its end)
+                if job.record.id not in self._retrying:
+                    self._retrying.add(job.record.id)
+                    self.log.warn(
+                        "scancel {slurm} failed: {error}; sent again every "
+                        "{retry:g}s until Slurm takes it",
+                        slurm=slurmJobId,
+                        error=str(e),
+                        retry=CANCEL_RETRY,
+                    )
+                # Armed as the stop's scancel: a harder stop sends it sooner.
+                if not job.record.status.ended:
+                    self.escalate(job, CANCEL_RETRY)
+                return
+            self._retrying.discard(job.record.id)
 
         Deferred.fromCoroutine(cancel())
