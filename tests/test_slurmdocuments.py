@@ -21,6 +21,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.executors.slurm.documents import (
+    SlurmState,
     parseAccounting,
     parseJobs,
     parseStates,
@@ -255,6 +256,50 @@ class NodeFailTests(SynchronousTestCase):
         self.assertEqual(
             got.error, "its node n1 failed: Slurm ended it NODE_FAIL (NodeDown)"
         )
+
+
+class StoppedAndTimedOutTests(SynchronousTestCase):
+    """What Slurm's exit status says after a stop, and at a time limit (Slurm
+    round 27)."""
+
+    def state(self, name: str, code: int | None, signal: int = 0) -> SlurmState:
+        return SlurmState(name, "None", code, signal, "n1")
+
+    def test_stoppedWithoutAStatus(self) -> None:
+        """
+        Cancelled by a stop with 0:0 (its node stopped answering, and Slurm
+        gave up on it; or no status came): no exit code, since none is known.
+        It was recorded "exited with code 0", and `jw wait` exited 0, while
+        the job still ran on its node.
+        """
+        got = outcomeOf(self.state("CANCELLED", 0), True, None)
+        self.assertEqual(
+            (got.status, got.exitCode, got.signal), (JobStatus.STOPPED, None, None)
+        )
+
+    def test_stoppedWithItsOwnCode(self) -> None:
+        """A stopped job that exited with a code of its own keeps it; one
+        that a signal ended keeps that."""
+        got = outcomeOf(self.state("CANCELLED", 3), True, None)
+        self.assertEqual((got.status, got.exitCode), (JobStatus.STOPPED, 3))
+        got = outcomeOf(self.state("CANCELLED", 0, 15), True, None)
+        self.assertEqual((got.exitCode, got.signal), (None, "SIGTERM"))
+        got = outcomeOf(self.state("COMPLETED", 0), True, None)
+        self.assertEqual((got.status, got.exitCode), (JobStatus.STOPPED, 0))
+
+    def test_timedOutWithItsOwnCode(self) -> None:
+        """
+        At its time limit a job that caught TERM and exited 3 (TIMEOUT 3:0)
+        keeps its code, as a local job does (it had none: `jw wait` exited
+        255, which says the server crashed under it).
+        """
+        got = outcomeOf(self.state("TIMEOUT", 3), False, 60.0)
+        self.assertEqual(
+            (got.status, got.exitCode, got.signal), (JobStatus.FAILED, 3, None)
+        )
+        self.assertIn("timed out", got.error or "")
+        got = outcomeOf(self.state("TIMEOUT", 0, 15), False, 60.0)
+        self.assertEqual((got.exitCode, got.signal), (None, "SIGTERM"))
 
 
 class PollLinesTests(SynchronousTestCase):

@@ -110,6 +110,11 @@ def outcomeOf(
             f"never ran: Slurm ended it {state.state} while queued{reason}",
         )
     if stopRequested:
+        if state.state != "COMPLETED" and not signal and code == 0:
+            # Cancelled with 0:0: no status came (its node stopped
+            # answering and Slurm gave up on it, its processes maybe still
+            # running), not an exit 0 (`jw wait` exited 0: Slurm round 27).
+            code = None
         return Outcome(JobStatus.STOPPED, code if not signal else None, signal)
     if state.state == "COMPLETED" and code == 0:
         return Outcome(JobStatus.COMPLETED, 0)
@@ -119,8 +124,13 @@ def outcomeOf(
             if timeoutSeconds is not None
             else ")"
         )
+        # A code of its own (it caught TERM and exited 3: TIMEOUT 3:0) is
+        # kept, as a local job's; 0:0 says nothing here.
         return Outcome(
-            JobStatus.FAILED, None, signal, "timed out (Slurm's time limit" + limit
+            JobStatus.FAILED,
+            None if signal else (code or None),
+            signal,
+            "timed out (Slurm's time limit" + limit,
         )
     if state.state == "OUT_OF_MEMORY":
         return _outOfMemory(code, signal)
