@@ -263,6 +263,9 @@ class FakeCommands:
         self.actors.append(("cancel", jobId, identity))
 
     async def cancelByName(self, name: str, identity: Identity | None = None) -> None:
+        if self.failNext is not None:
+            error, self.failNext = self.failNext, None
+            raise error
         self.cancels.append(name)
         self.actors.append(("cancelByName", name, identity))
 
@@ -618,6 +621,27 @@ class ExecutorTests(SynchronousTestCase):
         failure = self.failureResultOf(accepted, ServiceUnavailable)
         self.assertIn("unreachable", str(failure.value))
         self.assertEqual(self.manager.page()[0], [])
+        self.assertEqual(self.commands.cancels, [f"jobworker-{record.id}"])
+
+    def test_cancelByNameTriedAgain(self) -> None:
+        """
+        The cancel by name of a job whose sbatch answer was lost fails too
+        (slurmctld stopped): it is sent again until Slurm takes it, so the
+        job, if slurmctld queues it late, never runs (it was tried once,
+        and a late job ran: Slurm round 27).
+        """
+        record = self.manager.create(request("true"), owner="alice")
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.commands.failNext = SlurmError("down", unreachable=True)
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
+        self.failureResultOf(accepted, ServiceUnavailable)
+        self.assertEqual(self.commands.cancels, [])
+        self.reactor.advance(CANCEL_RETRY)
+        self.assertEqual(self.commands.cancels, [f"jobworker-{record.id}"])
+        self.reactor.advance(CANCEL_RETRY * 10)
         self.assertEqual(self.commands.cancels, [f"jobworker-{record.id}"])
 
     def test_lostAnswerFoundByName(self) -> None:

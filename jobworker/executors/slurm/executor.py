@@ -406,6 +406,7 @@ class SlurmExecutor:
         for loop in (self._poll, self._files):
             if loop.running:
                 loop.stop()
+        self._stops.shutdown()
         for job in jobs:
             if isinstance(job, SlurmJob):
                 job.disarmKill()

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -49,6 +50,9 @@ class SlurmStops:
         self._save = save
         #: Jobs whose scancel failed and is being sent again (said once).
         self._retrying: set[str] = set()
+        #: Cancels by name to send again (L{cancelByName}), by job id.
+        self._byName: dict[str, IDelayedCall] = {}
+        self._closed = False
 
     def ownerOf(self, job: SlurmJob) -> Identity:
         """
@@ -199,18 +203,43 @@ class SlurmStops:
 
             Deferred.fromCoroutine(self.terminate(job, how)).addErrback(failed)
 
-    def cancelByName(self, jobId: str, identity: Identity) -> None:
+    def cancelByName(self, jobId: str, identity: Identity, again: bool = False) -> None:
+        """
+        scancel, by name, a job whose sbatch answer was lost, and that the
+        server said no to: slurmctld may queue it late. While slurmctld
+        cannot be reached, sent again every L{CANCEL_RETRY} seconds (until
+        L{shutdown}): tried once, a late job ran (Slurm round 27).
+        """
+        self._byName.pop(jobId, None)
+
         async def cancel() -> None:
             try:
                 await self._commands.cancelByName(jobName(jobId), identity)
             except SlurmError as e:
-                self.log.warn(
-                    "cannot cancel a possibly queued job {job}: {error}",
-                    job=jobId,
-                    error=str(e),
-                )
+                if not again:
+                    self.log.warn(
+                        "cannot cancel a possibly queued job {job}: {error}{more}",
+                        job=jobId,
+                        error=str(e),
+                        more=f"; sent again every {CANCEL_RETRY:g}s while "
+                        "slurmctld cannot be reached"
+                        if e.unreachable
+                        else "",
+                    )
+                if e.unreachable and not self._closed:
+                    self._byName[jobId] = self._reactor.callLater(
+                        CANCEL_RETRY, self.cancelByName, jobId, identity, True
+                    )
 
         Deferred.fromCoroutine(cancel())
+
+    def shutdown(self) -> None:
+        """The server stops: no cancel by name is sent again."""
+        self._closed = True
+        for call in self._byName.values():
+            if call.active():
+                call.cancel()
+        self._byName.clear()
 
     def cancel(self, job: SlurmJob) -> None:
         """scancel, in the background: the poll sees the job end."""
