@@ -415,6 +415,9 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(ended.status, JobStatus.FAILED)
         self.assertIn("Slurm no longer knows job 101", ended.error or "")
         self.assertIn("another job", ended.error or "")
+        # Which name it has now, and that it may be this job renamed.
+        self.assertIn("'someone-elses'", ended.error or "")
+        self.assertIn("renamed", ended.error or "")
         self.assertIsNone(ended.exit_code)
         self.assertEqual((self.commands.signals, self.commands.cancels), ([], []))
         self.assertEqual(self.commands.exitsAsked, [])
