@@ -31,15 +31,7 @@ class ConnectionCapTests(TestCase, JWAssertions):
         exits 125, as for a follow the server keeps refusing.
         """
         server = LiveServer(self, "--max-connections-per-client=1")
-        out, err, code = await runJW(
-            server.url,
-            "exec",
-            "-f",
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; sleep 2",
-        )
+        out, err, code = await runJW(server.url, "exec", "-f", "--", *SPLIT)
         self.assertEqual(code, 125, (out, err))
         lines = err.decode().splitlines()
         jobId = lines[0].split()[2]
@@ -58,15 +50,7 @@ class ConnectionCapTests(TestCase, JWAssertions):
         and then with "TLS handshake failed").
         """
         server = LiveServer(self, "--max-connections-per-client=3")
-        out, err, code = await runJW(
-            server.url,
-            "exec",
-            "-f",
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; sleep 2",
-        )
+        out, err, code = await runJW(server.url, "exec", "-f", "--", *SPLIT)
         self.assertEqual((code, out), (0, b"out\n"), err)
         self.assertIn(b"err\n", err)
 
