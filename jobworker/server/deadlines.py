@@ -59,6 +59,8 @@ class DeadlineChannel(HTTPChannel):
     #: A request is done, but its answer waits to be sent: the requests
     #: pipelined behind it wait too (L{requestDone}).
     _nextWaits = False
+    #: The next pipelined request's turn (L{_playNext}).
+    _nextCall: IDelayedCall | None = None
 
     _host: Any = None
 
@@ -79,41 +81,70 @@ class DeadlineChannel(HTTPChannel):
         return time.monotonic() - self._lastActive
 
     # Pipelined requests wait while answers cannot be sent. Twisted stops
-    # reading the connection then only between requests: a full transport
-    # while a request was handled left it read, and each finished request
-    # parsed the next one at once. A client that sent thousands of
-    # requests and read no answer had them all answered into the server's
-    # memory (attacker round 27: 3.8 GB from three connections).
+    # reading the connection then only if its transport filled between two
+    # requests; filled while a request was handled, the connection was read
+    # on, and each finished request parsed the next one at once. A client
+    # that sent thousands of requests and read no answer had them all
+    # answered into the server's memory (attacker round 27: 3.8 GB from
+    # three connections). Reading goes on while a request is handled (a
+    # follower that leaves is seen at once), what it brings is buffered.
 
-    def pauseProducing(self) -> None:
-        super().pauseProducing()  # type: ignore[no-untyped-call]
-        self._networkProducer.pauseProducing()
+    def rawDataReceived(self, data: bytes) -> None:
+        super().rawDataReceived(data)
+        # Twisted buffers at most _optimisticEagerReadSize behind the request
+        # being handled, but only while its answers can be sent: either way.
+        if (
+            self._handlingRequest
+            and self._waitingForTransport
+            and sum(map(len, self._dataBuffer)) > self._optimisticEagerReadSize
+        ):
+            self._networkProducer.pauseProducing()
 
     def requestDone(self, request: Any) -> None:
         self._lastActive = time.monotonic()
-        if not (self._waitingForTransport and self.persistent):
+        # Requests pipelined behind it: in this read still (Twisted parsed
+        # them in the same loop), or buffered meanwhile.
+        pipelined = self._buffer or self._dataBuffer
+        if not (self.persistent and (pipelined or self._waitingForTransport)):
             super().requestDone(request)  # type: ignore[no-untyped-call]
             return
-        # Twisted's requestDone, but the next request is parsed only once the
-        # answers are sent (L{resumeProducing}); meanwhile what the client
-        # sends is kept in order behind it (as while a request is handled),
-        # and the idle timeout runs.
+        # Twisted's requestDone, but the next request is parsed only once
+        # the answers before it are sent (L{resumeProducing}), and in a
+        # reactor turn of its own. Meanwhile what the client sends (the rest
+        # of this read included: the connection stays in raw mode, and TLS
+        # hands over each record of a read even when reading is paused) is
+        # kept in order behind it, and the idle timeout runs.
         if request is not self.requests[0]:
             raise TypeError(request)
         del self.requests[0]
         self._nextWaits = True
         if self._savedTimeOut:
             self.setTimeout(self._savedTimeOut)  # type: ignore[no-untyped-call]
+        if self._waitingForTransport:
+            self._networkProducer.pauseProducing()
+        else:
+            self._playSoon()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()  # type: ignore[no-untyped-call]
-        if self._nextWaits and not self._waitingForTransport:
-            self._nextWaits = False
-            self._handlingRequest = False
-            self._networkProducer.resumeProducing()
-            data = b"".join(self._dataBuffer)
-            self._dataBuffer = []
-            self.setLineMode(data)  # type: ignore[no-untyped-call]
+        if self._nextWaits:
+            self._playSoon()
+
+    def _playSoon(self) -> None:
+        if self._nextCall is None:
+            self._nextCall = self.callLater(0, self._playNext)  # type: ignore[no-untyped-call]
+
+    def _playNext(self) -> None:
+        """Parse the next pipelined request, if its turn has come."""
+        self._nextCall = None
+        if not self._nextWaits or self._closed or self._waitingForTransport:
+            return  # (L{resumeProducing} plays it)
+        self._nextWaits = False
+        self._handlingRequest = False
+        self._networkProducer.resumeProducing()
+        data = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        self.setLineMode(data)  # type: ignore[no-untyped-call]
 
     def whenClosed(self) -> Deferred[None]:
         """Fires once the connection is closed (its last byte written)."""
@@ -149,6 +180,9 @@ class DeadlineChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
+        if self._nextCall is not None and self._nextCall.active():
+            self._nextCall.cancel()
+        self._nextCall = None
         self._closed = True
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         waiters, self._closeWaiters = self._closeWaiters or [], None
