@@ -172,6 +172,9 @@ class FakeCommands:
         #: (command, job id or name, identity) of each command on one job.
         self.actors: list[tuple[str, str, Identity | None]] = []
         self.failNext: SlurmError | None = None
+        #: Every cancel fails so (counted), while set.
+        self.failCancels: SlurmError | None = None
+        self.cancelsRefused = 0
         self.failExits: SlurmError | None = None
         #: What squeue --json says, when it differs from the poll's squeue.
         self.exitsSay: dict[str, SlurmState] | None = None
@@ -259,6 +262,9 @@ class FakeCommands:
         if self.failNext is not None:
             error, self.failNext = self.failNext, None
             raise error
+        if self.failCancels is not None:
+            self.cancelsRefused += 1
+            raise self.failCancels
         self.cancels.append(jobId)
         self.actors.append(("cancel", jobId, identity))
 
@@ -415,9 +421,10 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIs(ended.status, JobStatus.FAILED)
         self.assertIn("Slurm no longer knows job 101", ended.error or "")
         self.assertIn("another job", ended.error or "")
-        # Which name it has now, and that it may be this job renamed.
-        self.assertIn("'someone-elses'", ended.error or "")
+        # That it may be this job renamed; not the other name (it may be
+        # another user's job: a review).
         self.assertIn("renamed", ended.error or "")
+        self.assertNotIn("someone-elses", ended.error or "")
         self.assertIsNone(ended.exit_code)
         self.assertEqual((self.commands.signals, self.commands.cancels), ([], []))
         self.assertEqual(self.commands.exitsAsked, [])
@@ -737,6 +744,35 @@ class ExecutorTests(SynchronousTestCase):
         self.manager.stop(again.id, "alice", StopRequest(signal.SIGKILL))
         self.reactor.advance(0)
         self.assertEqual(self.commands.cancels, ["101", "102"])
+
+    def test_refusedScancelGivenUp(self) -> None:
+        """
+        A scancel Slurm refuses for good (not unreachable: a permission,
+        say) is sent three times in all, then given up (a review: it was
+        sent, with a squeue, every 5 s for as long as the job ran).
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.manager.stop(record.id, "alice")
+        self.commands.failCancels = SlurmError("Access/permission denied")
+        self.reactor.advance(5.0)
+        for _ in range(10):
+            self.reactor.advance(CANCEL_RETRY)
+        self.assertEqual(self.commands.cancelsRefused, 3)
+
+    def test_noScancelAfterShutdown(self) -> None:
+        """
+        A scancel that fails once the server is shutting down is not armed
+        again (a restart goes on with the stop): no timer outlives it.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.manager.stop(record.id, "alice")
+        self.commands.failCancels = SlurmError("down", unreachable=True)
+        self.executor.shutdown([])
+        self.reactor.advance(5.0)
+        self.assertEqual(self.commands.cancelsRefused, 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_stopPendingCancels(self) -> None:
         """A queued job is cancelled at once (nothing to TERM)."""

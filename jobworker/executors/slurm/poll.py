@@ -241,8 +241,8 @@ class SlurmPoll:
             )
             job.lost(
                 f"Slurm no longer knows job {slurmJobId} (the number now belongs "
-                f"to another job, {state.name!r}: slurmctld lost its state, or "
-                "the job was renamed in Slurm, and is left to Slurm)"
+                "to a job of another name: slurmctld lost its state, or the job "
+                "was renamed in Slurm, and is left to Slurm)"
             )
         else:
             exit = exits.get(slurmJobId)

@@ -28,6 +28,9 @@ from .submission import jobName
 #: Seconds before a stop's scancel that Slurm did not take (slurmctld down)
 #: is sent again, and again, until it is taken or the job ends.
 CANCEL_RETRY = 5.0
+#: How many times a scancel Slurm refused otherwise (not unreachable: a
+#: permission refused, say) is sent in all.
+CANCEL_TRIES = 3
 
 
 class SlurmStops:
@@ -48,8 +51,9 @@ class SlurmStops:
         self._grace = grace
         self._accounts = accounts
         self._save = save
-        #: Jobs whose scancel failed and is being sent again (said once).
-        self._retrying: set[str] = set()
+        #: Jobs whose scancel failed and is being sent again (said once),
+        #: with how many times it was tried.
+        self._retrying: dict[str, int] = {}
         #: Cancels by name to send again (L{cancelByName}), by job id.
         self._byName: dict[str, IDelayedCall] = {}
         self._closed = False
@@ -210,7 +214,9 @@ class SlurmStops:
         cannot be reached, sent again every L{CANCEL_RETRY} seconds (until
         L{shutdown}): tried once, a late job ran (Slurm round 27).
         """
-        self._byName.pop(jobId, None)
+        waiting = self._byName.pop(jobId, None)
+        if waiting is not None and waiting.active():
+            waiting.cancel()
 
         async def cancel() -> None:
             try:
@@ -252,12 +258,29 @@ class SlurmStops:
             try:
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
             except SlurmError as e:
-                if job.record.status.ended or (
-                    not e.unreachable and await self._endedInSlurm(job, slurmJobId)
+                jobId = job.record.id
+                tries = self._retrying.get(jobId, 0) + 1
+                if (
+                    self._closed
+                    or job.record.status.ended
+                    or (not e.unreachable and await self._endedInSlurm(job, slurmJobId))
                 ):
-                    return  # nothing left to cancel (the poll records its end)
-                if job.record.id not in self._retrying:
-                    self._retrying.add(job.record.id)
+                    # Nothing left to cancel (the poll records its end), or
+                    # the server stops (a restart goes on with the stop).
+                    self._retrying.pop(jobId, None)
+                    return
+                if not e.unreachable and tries >= CANCEL_TRIES:
+                    self._retrying.pop(jobId, None)
+                    self.log.error(
+                        "scancel {slurm} (job {job}) refused {tries} times, given "
+                        "up: {error}",
+                        slurm=slurmJobId,
+                        job=jobId,
+                        tries=tries,
+                        error=str(e),
+                    )
+                    return
+                if jobId not in self._retrying:
                     self.log.warn(
                         "scancel {slurm} failed: {error}; sent again every "
                         "{retry:g}s until Slurm takes it",
@@ -265,10 +288,10 @@ class SlurmStops:
                         error=str(e),
                         retry=CANCEL_RETRY,
                     )
+                self._retrying[jobId] = tries
                 # Armed as the stop's scancel: a harder stop sends it sooner.
-                if not job.record.status.ended:
-                    self.escalate(job, CANCEL_RETRY)
+                self.escalate(job, CANCEL_RETRY)
                 return
-            self._retrying.discard(job.record.id)
+            self._retrying.pop(job.record.id, None)
 
         Deferred.fromCoroutine(cancel())
