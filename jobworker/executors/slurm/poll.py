@@ -241,7 +241,7 @@ class SlurmPoll:
             )
             job.lost(
                 f"Slurm no longer knows job {slurmJobId} (the number now belongs "
-                "to a job of another name: slurmctld lost its state, or the job "
+                "to another job, of another name: slurmctld lost its state, or the job "
                 "was renamed in Slurm, and is left to Slurm)"
             )
         else:
