@@ -64,6 +64,28 @@ class RelinkTests(SynchronousTestCase):
             [self.store.get(f"job-{n}") is not None for n in range(5)], [True] * 5
         )
 
+    def test_anotherReaderOfTheRemovedFile(self) -> None:
+        """
+        Another program holds the removed file open (its WAL and -shm then
+        stay, under the names the copy would use): they are moved aside,
+        and the copy opens without them, every job in it (a review).
+        """
+        for n in range(3):
+            self.store.insert(record(f"job-{n}"))
+        reader = sqlite3.connect(self.path)
+        self.addCleanup(reader.close)
+        reader.execute("SELECT count(*) FROM jobs").fetchone()
+        os.unlink(self.path)
+        found = self.store.relink() or ""
+        self.assertIn("moved aside", found)
+        self.assertTrue(os.path.exists(self.path + "-wal.removed-store"))
+        self.store.insert(record("job-3"))
+        self.store.close()
+        self.store = JobStore(self.path)
+        self.assertEqual(
+            [self.store.get(f"job-{n}") is not None for n in range(4)], [True] * 4
+        )
+
     def test_replacedLeftAlone(self) -> None:
         """Another file put at the path is not overwritten; it is said."""
         self.store.insert(record("job-0"))

@@ -73,6 +73,8 @@ RETRY_MAX = 30.0
 #: Seconds between looks at the store's file (still at its path? see
 #: L{JobStore.relink<jobworker.jobs.store.JobStore.relink>}): a stat each.
 STORE_LOOK = 5.0
+#: ... after a look that could not write the file again (a full disk).
+STORE_LOOK_FAILED = 60.0
 
 #: Bytes the server keeps allocated in its state dir and gives up at
 #: shutdown when the disk is full, to store the final records it could not
@@ -224,15 +226,21 @@ class JobManager(Admission):
     def _lookAtStore(self) -> None:
         """Is the store's file still at its path? Said once if not as it was."""
         self._storeLook = None
+        delay = STORE_LOOK
         try:
             found: str | None = self._store.relink()
         except StoreError as e:
             found = str(e)
+            delay = STORE_LOOK_FAILED  # (a full disk: not a copy each 5 s)
+        except Exception:
+            self.log.failure("looking at the store's file")
+            found = None
+        finally:
+            if not self._shuttingDown:
+                self._storeLook = self._reactor.callLater(delay, self._lookAtStore)
         if found is not None and found != self._storeFound:
             self.log.error("{found}", found=found)
         self._storeFound = found
-        if not self._shuttingDown:
-            self._storeLook = self._reactor.callLater(STORE_LOOK, self._lookAtStore)
 
     def ownersChanged(self) -> None:
         """

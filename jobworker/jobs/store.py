@@ -175,6 +175,15 @@ def _refuseStrangeCompanions(path: str) -> None:
             )
 
 
+def _syncFolder(path: str) -> None:
+    """fsync the folder that holds C{path} (a rename in it is durable)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fileOf(path: str) -> tuple[int, int]:
     """The device and inode of the file at C{path}."""
     status = os.stat(path)
@@ -198,6 +207,8 @@ class JobStore:
     #: The error of the last write, if it failed and none has succeeded
     #: since (L{refusal}).
     _refusal: StoreError | None = None
+    #: The file was written again (L{relink}) and is to be opened again.
+    _reconnect = False
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -370,6 +381,9 @@ class JobStore:
             the file is where it was (or the path cannot be looked at).
         @raise StoreError: the file could not be written again.
         """
+        if self._reconnect:
+            self._connectAgain()
+            return f"{self.path} is open again"
         try:
             now = _fileOf(self.path)
         except FileNotFoundError:
@@ -396,6 +410,7 @@ class JobStore:
             finally:
                 copy.close()
             os.rename(restoring, self.path)
+            _syncFolder(self.path)
         except (OSError, sqlite3.Error) as e:
             if os.path.lexists(restoring):
                 os.unlink(restoring)
@@ -405,16 +420,39 @@ class JobStore:
             ) from None
         # The last connection's close checkpoints the removed file's WAL and
         # removes it (and the -shm) by name: the copy starts without one.
+        # Left there (another program has the removed file open), they are
+        # the removed file's: moved aside, never read as the copy's.
         self._db.close()
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._connected()
-        self._file = _fileOf(self.path)
+        self._reconnect = True
+        aside = []
+        for companion in (self.path + "-wal", self.path + "-shm"):
+            if os.path.lexists(companion):
+                os.replace(companion, companion + ".removed-store")
+                aside.append(os.path.basename(companion))
+        self._connectAgain()
+        moved = f" ({', '.join(aside)} moved aside: .removed-store)" if aside else ""
         return (
             f"{self.path} was removed while the server ran: written again from "
-            "the open store, every job in it"
+            f"the open store, every job in it{moved}"
         )
+
+    def _connectAgain(self) -> None:
+        """
+        Open the store's file again (after L{relink}); until it opens,
+        every use of the store fails (a 503), and the next L{relink} tries.
+
+        @raise StoreError: it cannot be opened now.
+        """
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            db.row_factory = sqlite3.Row
+            self._db = db
+            db.execute("PRAGMA journal_mode = WAL")
+            self._connected()
+            self._file = _fileOf(self.path)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open {self.path} again: {e}") from None
+        self._reconnect = False
 
     def _connected(self) -> None:
         """The settings of each connection (WAL mode is the file's own)."""
