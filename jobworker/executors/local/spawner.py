@@ -750,7 +750,9 @@ class Spawner:
         self._silenceCall: IDelayedCall | None = None
         #: The generation whose silence the log has told of (L{_revive}).
         self._told: Generation | None = None
-        #: The next look at the spawner in use (L{WATCH_INTERVAL}).
+        #: Seconds between looks at the spawner in use (L{_watch}).
+        self.watchInterval = WATCH_INTERVAL
+        #: The next look at the spawner in use.
         self._watchCall: IDelayedCall | None = None
 
     def spawnProcess(
@@ -863,7 +865,9 @@ class Spawner:
             )
             self.started += 1
             if self._watchCall is None:
-                self._watchCall = self.reactor.callLater(WATCH_INTERVAL, self._watch)
+                self._watchCall = self.reactor.callLater(
+                    self.watchInterval, self._watch
+                )
         return generation
 
     def _watch(self) -> None:
@@ -874,7 +878,7 @@ class Spawner:
         if generation is None or generation.socket is None:
             return  # (the next spawner starts the watch again)
         self.silence()
-        self._watchCall = self.reactor.callLater(WATCH_INTERVAL, self._watch)
+        self._watchCall = self.reactor.callLater(self.watchInterval, self._watch)
 
     def stop(self) -> Deferred[None]:
         """
