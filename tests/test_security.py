@@ -268,6 +268,30 @@ class LiveSecurityTests(TestCase):
 
         await waitUntil(admitted, 5.0, "a connection to be admitted again")
 
+    async def test_answersNotStored(self) -> None:
+        """
+        A job's output (raw, combined, SSE), its record and a listing say
+        no cache may keep them: output may hold secrets, and a browser
+        logged in with a client certificate kept it on disk (raw and
+        combined answers said nothing; SSE said no-cache: attacker round 27).
+        """
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "echo DB_PASSWORD=hunter2")
+        await server.waitEnded(job["id"])
+        for path in (
+            f"/jobs/{job['id']}/logs",
+            f"/jobs/{job['id']}/logs?stream=stdout",
+            f"/jobs/{job['id']}/logs?format=sse",
+            f"/jobs/{job['id']}",
+            "/jobs",
+        ):
+            response = await server.request("GET", path, "alice")
+            await treq.content(response)
+            self.assertEqual(response.code, 200, path)
+            self.assertEqual(
+                response.headers.getRawHeaders(b"cache-control"), [b"no-store"], path
+            )
+
     async def test_connectionsPerClient(self) -> None:
         """Past the per-client cap, new connections are closed at once."""
         server = LiveServer(self, "--max-connections-per-client=2")

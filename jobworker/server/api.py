@@ -96,6 +96,10 @@ def guarded(
             self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
             user = await self._authenticator.authenticate(request, tokens)
+            # What an authenticated request is answered is no cache's to keep
+            # (a job's output may hold secrets; a browser with a client
+            # certificate kept it on disk: attacker round 27).
+            request.setHeader(b"cache-control", b"no-store")
             try:
                 refuseCrossSite(request, (bodyType,))
                 authorize(user, permission)

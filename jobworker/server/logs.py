@@ -233,7 +233,7 @@ class LogStreams:
     ) -> bytes:
         """The logs route as Server-Sent Events, ending with an C{end} event."""
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"cache-control", b"no-store")
         if _headOnly(request):
             return b""
         final = self._final(record, follow)
@@ -325,7 +325,7 @@ class LogStreams:
             events, sink = framed, toFrames
         else:
             request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-            request.setHeader(b"cache-control", b"no-cache")
+            request.setHeader(b"cache-control", b"no-store")
             if _headOnly(request):
                 return b""
             sse = EventStream(consumer, "combined", 0, self._clock)
