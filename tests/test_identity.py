@@ -433,6 +433,25 @@ class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
         self.runThreads()
         self.assertEqual(pool.acquire(), 70006)
 
+    def test_agesInTheServersTime(self) -> None:
+        """
+        The ages of the lookups are counted in the time given (the server's
+        monotonic clock), not the reactor's wall clock: a step of the wall
+        clock makes no uid look verified too long ago (or in the future).
+        """
+        steady = [0.0]
+        pool = self.directory.pool(70000, 70009, self.mktemp())
+        pool.verifyAhead(
+            self.clock, self.threads, ahead=4, verifiedFor=60.0, now=lambda: steady[0]
+        )
+        self.addCleanup(pool.stopVerifying)
+        self.runThreads()
+        self.clock.advance(3600.0)  # the wall clock steps an hour ahead
+        self.runThreads()
+        self.directory.asked.clear()
+        self.assertEqual(pool.acquire(), 70000)
+        self.assertEqual(self.directory.asked, [])
+
     def test_firstJobsLookUpTheirOwn(self) -> None:
         """
         Jobs that come while the first batch is being looked up look their
@@ -488,13 +507,18 @@ class DynamicUidsVerifiedAheadTests(SynchronousTestCase):
     def test_clockSetLooksUpAgainAtOnce(self) -> None:
         """
         The clock set an hour on (or back) before the next look-up of the
-        verified uids: none is handed out (429), and they are looked up at
-        once, not at the next round.
+        verified uids, none under way: none of them is handed out, they are
+        looked up again at once (not at the next round), and the job's uid
+        is looked up as it starts (a 429, before: fault round 27). In the
+        server the ages are counted on a clock no step moves.
         """
         pool = self.started()
         for step in (3600, -7200):
             self.clock.rightNow += step
-            self.assertRaises(PoolExhausted, pool.acquire)
+            self.directory.asked.clear()
+            uid = pool.acquire()
+            self.assertEqual(self.directory.asked[-1], uid)
+            pool.release(uid)
             self.assertEqual(len(self.threads.pending), 1)
             self.runThreads()
         self.assertEqual(pool.acquire(), 70000)

@@ -375,6 +375,8 @@ class DynamicUids:
         #: server looks each uid up once per half of it, not once per job).
         self._lookedUp: dict[int, float] = {}
         self._clock: IReactorTime | None = None
+        #: The time the lookups' ages are counted in (L{verifyAhead}).
+        self._now: Callable[[], float] = time.monotonic
         self._runInThread: RunInThread | None = None
         self._ahead = VERIFY_AHEAD
         self._verifiedFor = VERIFIED_FOR
@@ -412,7 +414,7 @@ class DynamicUids:
         self._lockError = None
         if self._clock is None:
             return self._acquireLookingUp()
-        return self._acquireVerified(self._clock.seconds())
+        return self._acquireVerified(self._now())
 
     def _acquireLookingUp(self) -> int:
         """L{acquire}, each uid looked up here (not started)."""
@@ -434,9 +436,11 @@ class DynamicUids:
         """
         found = None
         gone = []
+        stale = False
         for uid, since in self._ready.items():
             if not 0 <= now - since < self._verifiedFor:
                 self._reverifyDue = True
+                stale = True
                 continue
             gone.append(uid)
             if uid not in self._held and self._lock(uid):
@@ -445,9 +449,16 @@ class DynamicUids:
                 break
         for uid in gone:  # (held by another server: found again in turn)
             del self._ready[uid]
+        # Due again with nothing looking them up: the round that would have
+        # did not come (the reactor's timers are late after a step of the
+        # wall clock back). Not a directory that hangs (a round waits on it).
+        late = stale and not self._checking
         self._verifyMore()
-        if found is None and self._checking and not self._answered:
-            # The first jobs, while the first batch is being looked up.
+        if found is None and (late or (self._checking and not self._answered)):
+            # The first jobs, while the first batch is being looked up; or
+            # the round is late: looked up here (after a step back, the first
+            # job after each quiet minute got a 429 "no dynamic uid is free"
+            # with thousands free, for as long as the step: fault round 27).
             return self._acquireLookingUp()
         if found is None:
             raise self._exhausted()
@@ -509,6 +520,7 @@ class DynamicUids:
         runInThread: RunInThread,
         ahead: int = VERIFY_AHEAD,
         verifiedFor: float = VERIFIED_FOR,
+        now: Callable[[], float] | None = None,
     ) -> None:
         """
         From now on, keep C{ahead} uids verified free, looked up in
@@ -516,8 +528,15 @@ class DynamicUids:
         out; each again once half of C{verifiedFor} has passed (looked for
         every third of it). A uid is handed out only within C{verifiedFor}
         seconds of its lookup's start.
+
+        @param now: the time the lookups' ages are counted in (the server's:
+            C{time.monotonic}: a step of the wall clock made every uid look
+            verified too long ago, or in the future, and the next job got a
+            429 "no dynamic uid is free", fault round 27); C{clock}'s by
+            default.
         """
         self._clock = clock
+        self._now = now if now is not None else clock.seconds
         self._runInThread = runInThread
         self._ahead = max(1, min(ahead, self.size))
         self._verifiedFor = verifiedFor
@@ -536,7 +555,7 @@ class DynamicUids:
         assert self._clock is not None
         self._tick = self._clock.callLater(self._verifiedFor / 3, self._reverify)
         self._reverifyDue = True
-        now, half = self._clock.seconds(), self._verifiedFor / 2
+        now, half = self._now(), self._verifiedFor / 2
         for uid, since in list(self._lookedUp.items()):
             if not 0 <= now - since < half:
                 del self._lookedUp[uid]
@@ -551,7 +570,7 @@ class DynamicUids:
         runInThread, clock = self._runInThread, self._clock
         if runInThread is None or clock is None or self._checking:
             return
-        since = clock.seconds()
+        since = self._now()
         again = self._due(since) if self._reverifyDue else []
         self._reverifyDue = False
         if not again and len(self._ready) > self._ahead // 2:

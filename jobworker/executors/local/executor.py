@@ -393,7 +393,7 @@ class LocalExecutor:
         """
         pool = self._identities.pool
         if pool is not None and self._uidLookups is not None:
-            pool.verifyAhead(self._reactor, self._uidLookups)
+            pool.verifyAhead(self._reactor, self._uidLookups, now=time.monotonic)
             self._uidLookups = None
         try:
             return self._identities.acquire(account)
