@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -159,6 +160,47 @@ class AuthenticatorCacheTests(SynchronousTestCase):
         self.failureResultOf(self.authenticate("bob", "alice-pass"), Unauthorized)
         user = self.successResultOf(self.authenticate("bob", "bob-pass"))
         self.assertEqual(user.name, "bob")
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A users reload forgets the remembered credentials of the users whose
+    password changed (or who are gone), not the others': after a reload of
+    an unchanged file (logrotate, a certificate renewal), parallel correct
+    logins all went to bcrypt, and the checks in flight counted as failures
+    got some a 429 "too many failed logins" (fault round 27).
+    """
+
+    def test_unchangedUsersRemembered(self) -> None:
+        cache = VerifiedCredentials(Clock(), ttl=60.0)
+        runner = CountingRunner()
+        users = UserDatabase.development()
+        authenticator = Authenticator(makePortal(users, runner, cache))
+
+        def login(name: str) -> None:
+            self.successResultOf(
+                ensureDeferred(
+                    authenticator.authenticate(basicRequest(name, f"{name}-pass"))
+                )
+            )
+
+        login("alice")
+        login("bob")
+        self.assertEqual(runner.calls, 2)
+        bob = users.lookup("bob")
+        assert bob is not None
+        # bob's password hashed again (the same password, a new hash).
+        rehashed = replace(bob, passwordHash=bob.passwordHash.replace(b"$2b$", b"$2a$"))
+        entries = [users.lookup(name) for name in sorted(users.names())]
+        changed = UserDatabase(
+            [rehashed if e is bob else e for e in entries if e is not None],
+            users.dummyHash,
+        )
+        authenticator.replaceUsers(changed)
+        login("alice")  # remembered still
+        self.assertEqual(runner.calls, 2)
+        login("bob")  # his hash changed: checked again
+        self.assertEqual(runner.calls, 3)
 
 
 class ThrottledCacheTests(SynchronousTestCase):

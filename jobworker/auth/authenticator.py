@@ -89,7 +89,8 @@ class VerifiedCredentials:
         self._ttl = ttl
         self._maxEntries = maxEntries
         self._key = os.urandom(32)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        #: digest -> (when it expires, the user's name).
+        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         #: Bumped by L{clear}: a check begun before a users-file reload must
         #: not add its (old) verdict afterwards.
         self.generation = 0
@@ -102,10 +103,10 @@ class VerifiedCredentials:
 
     def __contains__(self, credentials: tuple[bytes, bytes]) -> bool:
         digest = self._digest(*credentials)
-        expires = self._entries.get(digest)
-        if expires is None:
+        entry = self._entries.get(digest)
+        if entry is None:
             return False
-        if expires <= self._clock.seconds():
+        if entry[0] <= self._clock.seconds():
             del self._entries[digest]
             return False
         return True
@@ -118,7 +119,7 @@ class VerifiedCredentials:
         if generation is not None and generation != self.generation:
             return
         digest = self._digest(name, password)
-        self._entries[digest] = self._clock.seconds() + self._ttl
+        self._entries[digest] = (self._clock.seconds() + self._ttl, name)
         self._entries.move_to_end(digest)
         while len(self._entries) > self._maxEntries:
             self._entries.popitem(last=False)
@@ -129,6 +130,16 @@ class VerifiedCredentials:
     def clear(self) -> None:
         """Forget everything (the users changed)."""
         self._entries.clear()
+        self.generation += 1
+
+    def keepOnly(self, names: set[bytes]) -> None:
+        """
+        Forget the credentials of every user but C{names} (a reload: those
+        whose password is unchanged). A check begun before is not kept.
+        """
+        for digest, (_, name) in list(self._entries.items()):
+            if name not in names:
+                del self._entries[digest]
         self.generation += 1
 
 
@@ -245,16 +256,26 @@ def makePortal(
 def replaceUsers(portal: Portal, users: UserDatabase) -> None:
     """
     Swap the user database of a portal made by L{makePortal} (a reloaded
-    users file); remembered credentials are forgotten.
+    users file); remembered credentials are forgotten, but those of users
+    whose password hash is the same (a reload of an unchanged file forgot
+    all: parallel correct logins then went to bcrypt, counted as failures
+    while in flight, and some got a 429: fault round 27).
     """
     realm = portal.realm
     assert isinstance(realm, UserRealm)
+    old = realm._users
     realm._users = users
+    unchanged = set()
+    for name in users.names():
+        before, after = old.lookup(name), users.lookup(name)
+        if before is not None and after is not None:
+            if before.passwordHash == after.passwordHash:
+                unchanged.add(name.encode("utf-8"))
     for checker in portal.checkers.values():
         assert isinstance(checker, BcryptChecker)
         checker._users = users
         if checker._cache is not None:
-            checker._cache.clear()
+            checker._cache.keepOnly(unchanged)
 
 
 class Grant:
@@ -403,7 +424,8 @@ class Authenticator:
     def replaceUsers(self, users: UserDatabase) -> None:
         """
         Use a new users database (a reloaded users file): remembered
-        credentials are forgotten, and the tokens of users removed, or whose
+        credentials are forgotten (but of users whose password hash is the
+        same), and the tokens of users removed, or whose
         password or role changed, stop working for good (restoring the old
         line does not revive them). Every watched L{Grant} that no longer
         holds is withdrawn (audited C{access.revoked}; its response ends).
