@@ -197,6 +197,31 @@ def serverOptions(
     )
 
 
+def clientAuthorities(path: str) -> X509Store:
+    """
+    An C{X509Store} of the client CAs in the PEM file C{path}: what a
+    client certificate presented before a reload is verified against again.
+
+    @raise TLSConfigError: the file cannot be read or holds no certificate.
+    """
+    store = X509Store()
+    for authority in _caCertificates(path, "client CA certificate"):
+        store.add_cert(authority)
+    return store
+
+
+def stillTrusted(
+    store: X509Store, certificate: OpenSSLCertificate, chain: list[OpenSSLCertificate]
+) -> bool:
+    """Does C{certificate} (with the peer's C{chain}) verify against C{store}
+    now, its dates included?"""
+    try:
+        X509StoreContext(store, certificate, chain or None).verify_certificate()
+    except X509StoreContextError:
+        return False
+    return True
+
+
 def trustRootFromFile(caPath: str) -> IOpenSSLTrustRoot:
     """
     Every certificate in the PEM file C{caPath} (a bundle: one CA or

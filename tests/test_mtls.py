@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import stat
+import time
 from typing import Any
 
 import treq
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -20,6 +23,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from jobworker.auth.issuecert import IssueError, issue
 from jobworker.auth.issuecert import main as issueMain
 from jobworker.certificates import keyPEM
+from jobworker.server.services import UsersReloadService
 from jobworker.tls import TLSConfigError, TrustRootPolicy
 
 from .support import (
@@ -286,3 +290,109 @@ class IssueCertTests(SynchronousTestCase):
         cert, _key = clientCert("alice")
         self.assertRaises(TLSConfigError, TrustRootPolicy, CA, cert, None)
         self.assertRaises(TLSConfigError, TrustRootPolicy, CA, cert, KEY)
+
+
+def shortLived(directory: str, user: str, seconds: float) -> tuple[str, str]:
+    """A client certificate of C{user} by the development CA that expires
+    C{seconds} from now: (cert path, key path)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from jobworker.certificates import newKey
+
+    with open(CA_KEY, "rb") as f:
+        caKey = serialization.load_pem_private_key(f.read(), None)
+    with open(CA, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    key = newKey()
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(seconds=seconds))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return writePair(
+        directory,
+        user,
+        (certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)),
+    )
+
+
+class KeptConnectionTests(TestCase):
+    """
+    A client certificate is held to its dates and to the client CAs at
+    every request, not only at the handshake: a connection kept busy went
+    on as its user after its certificate expired, or after its CA was
+    removed and the server reloaded, and minted tokens of a full
+    --token-ttl all the while (attacker round 27).
+    """
+
+    timeout = 60
+
+    def kept(self, pair: tuple[str, str]) -> HTTPClient:
+        """A client whose requests share one kept-alive connection."""
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 1
+        self.addCleanup(pool.closeCachedConnections)
+        policy = TrustRootPolicy(CA, *pair)
+        return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+    async def ask(
+        self, http: HTTPClient, server: LiveServer, method: str, path: str
+    ) -> tuple[int, Any]:
+        headers = {b"content-type": [b"application/json"]} if method == "POST" else {}
+        response = await http.request(method, server.url + path, headers=headers)
+        return response.code, json.loads(await treq.content(response))
+
+    async def test_expiredOnAKeptConnection(self) -> None:
+        """
+        Expired while its connection is kept: refused (401) at the next
+        request; a token minted before expires with the certificate.
+        """
+        server = LiveServer(self, f"--client-ca={CA}")
+        pair = shortLived(os.path.abspath(self.mktemp()), "alice", 4)
+        with open(pair[0], "rb") as f:
+            ends = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
+        http = self.kept(pair)
+        code, body = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        code, token = await self.ask(http, server, "POST", "/tokens")
+        self.assertEqual(code, 201, token)
+        expires = datetime.datetime.fromisoformat(token["expires_at"])
+        self.assertLessEqual(expires, ends)
+        await deferLater(reactor, ends.timestamp() - time.time() + 1.5)
+        code, body = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual(code, 401, body)
+        self.assertIn("expired", body["error"])
+
+    async def test_caRemovedOnAKeptConnection(self) -> None:
+        """
+        Its CA removed from --client-ca and the server reloaded (SIGHUP):
+        the kept connection is refused (401) at its next request.
+        """
+        directory = os.path.abspath(self.mktemp())
+        other, otherKey = rogueCA(directory)
+        bundle = os.path.join(directory, "bundle.pem")
+        with open(CA, "rb") as f:
+            ours = f.read()
+        with open(other, "rb") as f:
+            theirs = f.read()
+        writePEM(bundle, ours + theirs)
+        server = LiveServer(self, f"--client-ca={bundle}")
+        pair = writePair(directory, "alice", issue("alice", other, otherKey))
+        http = self.kept(pair)
+        code, body = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        writePEM(bundle, ours)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        code, body = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual(code, 401, body)
+        self.assertIn("not signed by a CA of --client-ca", body["error"])

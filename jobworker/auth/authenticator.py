@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 import os
@@ -301,8 +302,11 @@ class Grant:
         token: TokenClaims | None = None,
         expires: float | None = None,
         passwordHash: bytes | None = None,
+        certificate: tuple[Any, Any] | None = None,
     ) -> None:
         self._authenticator = authenticator
+        #: The connection and client certificate it came with, if it did.
+        self.certificate = certificate
         self.user = user
         self.permission = permission
         self.owner = owner
@@ -311,8 +315,8 @@ class Grant:
         self.client = client
         self.fields = fields
         self.token = token
-        #: When the token it came with stops working (epoch seconds); None
-        #: without a token.
+        #: When the token (or the client certificate) it came with stops
+        #: working (epoch seconds); None without either.
         self.expires = expires
         self.passwordHash = passwordHash
         #: The withdrawal at the token's expiry, once L{watch}ed with a clock.
@@ -333,7 +337,11 @@ class Grant:
             self._expiry = clock.callLater(
                 max(0.0, self.expires - clock.seconds()),
                 self.withdraw,
-                Unauthorized("access revoked: the token expired"),
+                Unauthorized(
+                    "access revoked: the "
+                    + ("token" if self.certificate is None else "client certificate")
+                    + " expired"
+                ),
             )
 
     def release(self) -> None:
@@ -397,6 +405,11 @@ class Authenticator:
         #: The L{Grant}s of the long responses running, and what to call
         #: when one is withdrawn.
         self._grants: dict[Grant, Callable[[JobworkerError], object]] = {}
+        #: Why a connection's client certificate no longer lets in (None:
+        #: it does), asked at each request that comes with one: the served
+        #: TLS's L{certificateProblem
+        #: <jobworker.server.tlssetup.ServedTLS.certificateProblem>}.
+        self.certificateProblem: Callable[[Any, Any], str | None] | None = None
 
     @property
     def tokens(self) -> TokenSigner | None:
@@ -441,6 +454,14 @@ class Authenticator:
         # The long responses running (log followers) are held to the new
         # users too: a user removed or demoted kept reading (attacker
         # round 9).
+        self.recheck()
+
+    def recheck(self) -> None:
+        """
+        Withdraw every watched L{Grant} that no longer holds: after a users
+        reload, and after a TLS one (a client CA removed: a follower let in
+        by its certificate read on, attacker round 27).
+        """
         for grant in list(self._grants):
             error = self._standing(grant)
             if error is not None:
@@ -467,7 +488,14 @@ class Authenticator:
         scheme, _, response = (header or b"").partition(b" ")
         held: dict[str, Any] = {}
         if header is None:
-            pass  # A client certificate: its user must stay in the users file.
+            # A client certificate: its user must stay in the users file, and
+            # it must still verify, in its dates and against the client CAs.
+            certified = peerCertificate(request)
+            if certified is not None:
+                held = {
+                    "certificate": certified,
+                    "expires": notAfter(certified[1]),
+                }
         elif scheme.lower() == b"bearer" and self._tokens is not None:
             token = response.strip().decode("ascii", "replace")
             try:
@@ -505,6 +533,10 @@ class Authenticator:
                 return Unauthorized(f"access revoked (token): {e}")
             if grant.token.role != entry.user.role.value:
                 return Unauthorized("access revoked: the token's role changed")
+        elif grant.certificate is not None and self.certificateProblem is not None:
+            problem = self.certificateProblem(*grant.certificate)
+            if problem is not None:
+                return Unauthorized(f"access revoked: the client certificate {problem}")
         elif grant.passwordHash is not None and grant.passwordHash != (
             entry.passwordHash
         ):
@@ -839,14 +871,23 @@ class Authenticator:
     def _fromCertificate(self, request: IRequest) -> User | None:
         if not self._certificates:
             return None
-        channel = getattr(request, "channel", None)
-        peerCertificate = getattr(
-            getattr(channel, "transport", None), "getPeerCertificate", None
-        )
-        certificate = peerCertificate() if peerCertificate is not None else None
-        if certificate is None:
+        certified = peerCertificate(request)
+        if certified is None:
             return None
+        transport, certificate = certified
         client = clientAddress(request)
+        problem = (
+            None
+            if self.certificateProblem is None
+            else self.certificateProblem(transport, certificate)
+        )
+        if problem is not None:
+            raise self._refuse(
+                request,
+                "",
+                f"client certificate that {problem}",
+                f"the client certificate {problem}",
+            )
         # The TLS layer verified it against --client-ca (purpose: client).
         names = [
             value.decode("utf-8", "replace")
@@ -880,6 +921,23 @@ class Authenticator:
                 "the client certificate's user is not in the users file",
             )
         return entry.user
+
+
+def peerCertificate(request: IRequest) -> tuple[Any, Any] | None:
+    """The TLS connection of C{request} and its client's certificate, if any."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    get = getattr(transport, "getPeerCertificate", None)
+    certificate = get() if get is not None else None
+    return None if certificate is None else (transport, certificate)
+
+
+def notAfter(certificate: Any) -> float | None:
+    """When C{certificate} expires (epoch seconds), if it says."""
+    stamp = certificate.get_notAfter()
+    if stamp is None:
+        return None
+    when = datetime.datetime.strptime(stamp.decode("ascii"), "%Y%m%d%H%M%SZ")
+    return when.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def clientAddress(request: IRequest) -> str:

@@ -232,13 +232,17 @@ class TokenSigner:
         message = payload.encode("ascii") + b"." + credentials
         return _b64(hmac.digest(self._key, message, "sha256"))
 
-    def issue(self, name: str, role: str) -> tuple[str, int]:
+    def issue(
+        self, name: str, role: str, until: float | None = None
+    ) -> tuple[str, int]:
         """
-        A new token for C{name} holding C{role}, and its expiry (epoch s).
-        For a name that is not a user, a token that never verifies.
+        A new token for C{name} holding C{role}, and its expiry (epoch s):
+        L{ttl} from now, or C{until} if sooner (the client certificate it
+        was asked with expires then: a token outlived it, attacker round
+        27). For a name that is not a user, a token that never verifies.
         """
         now = self._clock.seconds()
-        expires = int(now + self.ttl)
+        expires = int(now + self.ttl if until is None else min(now + self.ttl, until))
         claims = {
             "u": name,
             "r": role,

@@ -24,7 +24,13 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from ..auth.audit import AuditLog
-from ..auth.authenticator import REALM, Authenticator, clientAddress
+from ..auth.authenticator import (
+    REALM,
+    Authenticator,
+    clientAddress,
+    notAfter,
+    peerCertificate,
+)
 from ..auth.permissions import Permission, User, authorize, grants, onlyOwnJobs
 from ..auth.tokens import fingerprint
 from ..errors import (
@@ -404,7 +410,11 @@ class JobsAPI:
         if signer is None:
             raise NotFound("tokens are not enabled")
         self._paceTokens(user.name)
-        token, expires = signer.issue(user.name, user.role.value)
+        certified = (
+            None if request.getHeader(b"authorization") else peerCertificate(request)
+        )
+        until = None if certified is None else notAfter(certified[1])
+        token, expires = signer.issue(user.name, user.role.value, until)
         self._audit(
             request,
             "token.issue",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -131,6 +132,8 @@ def _parts(
 
     audit = _audit(config, reactor)
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
+    if config["client-ca"] is not None:
+        authenticator.certificateProblem = tlsOptions.certificateProblem
 
     def ownerCheck(
         owner: str, queuedAs: str | None
@@ -180,7 +183,7 @@ def _parts(
             daemonRunner(reactor, "jobworker-users-reload"),
             audit.reopen,
             manager.ownersChanged,
-            tlsOptions.reload,
+            functools.partial(_reloadTLS, tlsOptions, authenticator),
         )
     )
 
@@ -579,6 +582,13 @@ def _authenticator(
         certificates=config["client-ca"] is not None,
         maxChecks=config["max-password-checks"],
     )
+
+
+def _reloadTLS(served: tlssetup.ServedTLS, authenticator: Authenticator) -> None:
+    """SIGHUP: the TLS files read again, and the long responses a client
+    certificate let in checked against them (a client CA removed)."""
+    served.reload()
+    authenticator.recheck()
 
 
 def _site(config: Options, api: JobsAPI, metrics: Metrics) -> Site:

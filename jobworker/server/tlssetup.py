@@ -17,8 +17,10 @@ from zope.interface import implementer
 
 from ..tls import (
     TLSConfigError,
+    clientAuthorities,
     isDevelopmentCertificate,
     serverOptions,
+    stillTrusted,
     validityProblem,
 )
 from .options import Options, defaultStateDir
@@ -53,10 +55,37 @@ class ServedTLS:
     def __init__(self, config: Options) -> None:
         self._config = config
         self._options = _options(config, reloading=False)
+        #: The client CAs in force, as a store (made when first needed).
+        self._authorities: Any = None
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
         return self._options.getContext()
+
+    def certificateProblem(self, transport: Any, certificate: Any) -> str | None:
+        """
+        Why the client C{certificate} of the connection C{transport} no
+        longer lets in (None: it does): out of its dates now, or, presented
+        before a reload that changed the client CAs, signed by none of them
+        now. OpenSSL checked it at the handshake only: a connection kept
+        busy went on as its user after its certificate expired, or after
+        its CA was removed (attacker round 27).
+        """
+        if certificate.has_expired():
+            return "has expired"
+        handle = transport.getHandle()
+        context = self.getContext()
+        if handle.get_context() is context:
+            return None  # (verified at its handshake, against these CAs)
+        if getattr(transport, "_verifiedFor", None) is context:
+            return None
+        if self._authorities is None or self._authorities[0] is not context:
+            self._authorities = (context, clientAuthorities(self._config["client-ca"]))
+        chain = handle.get_peer_cert_chain() or []
+        if not stillTrusted(self._authorities[1], certificate, chain):
+            return "is not signed by a CA of --client-ca now"
+        transport._verifiedFor = context
+        return None
 
     def reload(self) -> None:
         """Read the files again (SIGHUP); keep the options served on failure."""
