@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -396,3 +396,32 @@ class KeptConnectionTests(TestCase):
         code, body = await self.ask(http, server, "GET", "/whoami")
         self.assertEqual(code, 401, body)
         self.assertIn("not signed by a CA of --client-ca", body["error"])
+
+    async def test_caRemovedEndsItsStream(self) -> None:
+        """
+        A log stream a certificate let in ends once a reload removed its CA
+        (it read on).
+        """
+        directory = os.path.abspath(self.mktemp())
+        other, otherKey = rogueCA(directory)
+        bundle = os.path.join(directory, "bundle.pem")
+        with open(CA, "rb") as f:
+            ours = f.read()
+        with open(other, "rb") as f:
+            theirs = f.read()
+        writePEM(bundle, ours + theirs)
+        server = LiveServer(self, f"--client-ca={bundle}")
+        job = await server.createJob("sh", "-c", "echo up; sleep 30")
+        self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
+        pair = writePair(directory, "alice", issue("alice", other, otherKey))
+        http = self.kept(pair)
+        response = await http.get(
+            server.url + f"/jobs/{job['id']}/logs?follow=true&stream=stdout"
+        )
+        self.assertEqual(response.code, 200)
+        body = treq.content(response)
+        writePEM(bundle, ours)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        ended = await body.addTimeout(10, reactor).addErrback(lambda f: f.type)
+        self.assertNotEqual(ended, defer.TimeoutError)
