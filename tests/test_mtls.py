@@ -372,10 +372,10 @@ class KeptConnectionTests(TestCase):
         self.assertEqual(code, 401, body)
         self.assertIn("expired", body["error"])
 
-    async def test_caRemovedOnAKeptConnection(self) -> None:
+    def secondCA(self) -> tuple[LiveServer, HTTPClient, Any]:
         """
-        Its CA removed from --client-ca and the server reloaded (SIGHUP):
-        the kept connection is refused (401) at its next request.
+        A server whose --client-ca is a bundle of two CAs; a kept client of
+        alice's certificate by the second; what removes that CA and reloads.
         """
         directory = os.path.abspath(self.mktemp())
         other, otherKey = rogueCA(directory)
@@ -383,16 +383,27 @@ class KeptConnectionTests(TestCase):
         with open(CA, "rb") as f:
             ours = f.read()
         with open(other, "rb") as f:
-            theirs = f.read()
-        writePEM(bundle, ours + theirs)
+            writePEM(bundle, ours + f.read())
         server = LiveServer(self, f"--client-ca={bundle}")
-        pair = writePair(directory, "alice", issue("alice", other, otherKey))
-        http = self.kept(pair)
+        http = self.kept(writePair(directory, "alice", issue("alice", other, otherKey)))
+
+        def removeCA() -> Any:
+            writePEM(bundle, ours)
+            services = server.service
+            reload = next(s for s in services if isinstance(s, UsersReloadService))
+            return reload.hangUp()
+
+        return server, http, removeCA
+
+    async def test_caRemovedOnAKeptConnection(self) -> None:
+        """
+        Its CA removed from --client-ca and the server reloaded (SIGHUP):
+        the kept connection is refused (401) at its next request.
+        """
+        server, http, removeCA = self.secondCA()
         code, body = await self.ask(http, server, "GET", "/whoami")
         self.assertEqual((code, body["user"]), (200, "alice"))
-        writePEM(bundle, ours)
-        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
-        await reload.hangUp()
+        await removeCA()
         code, body = await self.ask(http, server, "GET", "/whoami")
         self.assertEqual(code, 401, body)
         self.assertIn("not signed by a CA of --client-ca", body["error"])
@@ -402,26 +413,29 @@ class KeptConnectionTests(TestCase):
         A log stream a certificate let in ends once a reload removed its CA
         (it read on).
         """
-        directory = os.path.abspath(self.mktemp())
-        other, otherKey = rogueCA(directory)
-        bundle = os.path.join(directory, "bundle.pem")
-        with open(CA, "rb") as f:
-            ours = f.read()
-        with open(other, "rb") as f:
-            theirs = f.read()
-        writePEM(bundle, ours + theirs)
-        server = LiveServer(self, f"--client-ca={bundle}")
+        server, http, removeCA = self.secondCA()
         job = await server.createJob("sh", "-c", "echo up; sleep 30")
         self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
-        pair = writePair(directory, "alice", issue("alice", other, otherKey))
-        http = self.kept(pair)
         response = await http.get(
             server.url + f"/jobs/{job['id']}/logs?follow=true&stream=stdout"
         )
         self.assertEqual(response.code, 200)
         body = treq.content(response)
-        writePEM(bundle, ours)
-        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
-        await reload.hangUp()
+        await removeCA()
         ended = await body.addTimeout(10, reactor).addErrback(lambda f: f.type)
+        self.assertNotEqual(ended, defer.TimeoutError)
+
+    async def test_expiryEndsItsStream(self) -> None:
+        """A log stream a certificate let in ends when the certificate
+        expires (it read on)."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        job = await server.createJob("sh", "-c", "echo up; sleep 30")
+        self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
+        http = self.kept(shortLived(os.path.abspath(self.mktemp()), "alice", 3))
+        response = await http.get(
+            server.url + f"/jobs/{job['id']}/logs?follow=true&stream=stdout"
+        )
+        self.assertEqual(response.code, 200)
+        body = treq.content(response)
+        ended = await body.addTimeout(15, reactor).addErrback(lambda f: f.type)
         self.assertNotEqual(ended, defer.TimeoutError)
