@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from jobworker.server.deadlines import channelWithDeadlines
+from jobworker.server.deadlines import RELIED_ON, channelWithDeadlines
 
 from .support import LiveServer
 
@@ -37,6 +37,15 @@ class DeadlineChannelTests(SynchronousTestCase):
         self.channel = site.buildProtocol(None)  # type: ignore[no-untyped-call]
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
+
+    def test_twistedsPartsStillThere(self) -> None:
+        """
+        What the channel relies on in Twisted's HTTPChannel beyond its
+        public methods is still there (an upgrade that renamed one would
+        quietly break the pipelining and deadline paths).
+        """
+        for name in RELIED_ON:
+            self.assertTrue(hasattr(self.channel, name), name)
 
     def test_dribbledHeadersCut(self) -> None:
         """One header byte a second does not keep the connection: 408 at 10 s."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import math
 import os
@@ -933,11 +932,7 @@ def peerCertificate(request: IRequest) -> tuple[Any, Any] | None:
 
 def notAfter(certificate: Any) -> float | None:
     """When C{certificate} expires (epoch seconds), if it says."""
-    stamp = certificate.get_notAfter()
-    if stamp is None:
-        return None
-    when = datetime.datetime.strptime(stamp.decode("ascii"), "%Y%m%d%H%M%SZ")
-    return when.replace(tzinfo=datetime.UTC).timestamp()
+    return float(certificate.to_cryptography().not_valid_after_utc.timestamp())
 
 
 def clientAddress(request: IRequest) -> str:

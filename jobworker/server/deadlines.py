@@ -34,6 +34,30 @@ _MALFORMED_RESPONSE = _closingResponse(
 )
 
 
+#: What L{DeadlineChannel} relies on in Twisted's C{HTTPChannel} (and its
+#: C{LineReceiver}) beyond its public methods: a test checks they are
+#: still there, so that an upgrade of Twisted that renames one fails there
+#: rather than quietly in the pipelining and deadline paths.
+RELIED_ON = (
+    "_buffer",
+    "_dataBuffer",
+    "_handlingRequest",
+    "_waitingForTransport",
+    "_optimisticEagerReadSize",
+    "_networkProducer",
+    "_savedTimeOut",
+    "_receivedHeaderSize",
+    "_receivedHeaderCount",
+    "_respondToBadRequestAndDisconnect",
+    "_send100Continue",
+    "requests",
+    "persistent",
+    "totalHeadersSize",
+    "maxHeaders",
+    "length",
+)
+
+
 class DeadlineChannel(HTTPChannel):
     """
     An HTTP channel with whole-request deadlines, where Twisted's own timeout
