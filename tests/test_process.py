@@ -312,6 +312,70 @@ class ExitTests(JobProcessTestCase):
         self.assertEqual(self.record.error, "exited with code 2")
 
 
+class ClockStepEndTests(JobProcessTestCase):
+    """
+    A job that ends while the wall clock is stepped back: its end time is
+    not taken from the stepped clock (retention counted from it removed
+    the job early, and its record said it ended before it started: fault
+    round 27).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        #: The elapsed-time clock, which no step moves: the test moves it.
+        self.elapsed = 500.0
+        self.job = self.another(elapsed=lambda: self.elapsed)
+        self.protocol = JobProcessProtocol(self.job)
+        self.killer.exists = False
+
+    def passes(self, seconds: float) -> None:
+        """Real time passes: both clocks move."""
+        self.elapsed += seconds
+        self.clock.advance(seconds)
+
+    def test_endDuringAStepBack(self) -> None:
+        """
+        Started, ran 10 minutes, then the clock stepped back an hour and
+        the job ended a minute later: it ended 11 minutes after it started.
+        """
+        self.start()
+        self.passes(600)
+        self.clock.rightNow -= 3600  # the step back
+        self.passes(60)
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.record.ended_at, START + 660)
+        self.assertEqual(self.record.started_at, START)
+
+    def test_endAfterAStepForward(self) -> None:
+        """A step forward is the wall clock's to say (it may be the fix)."""
+        self.start()
+        self.passes(10)
+        self.clock.advance(3600)
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.record.ended_at, START + 3610)
+
+    def test_slewNotTakenForAStep(self) -> None:
+        """
+        A wall clock slewed behind the elapsed one (NTP slews at most
+        500 ppm) keeps its own end time.
+        """
+        self.start()
+        self.elapsed += 86400
+        self.clock.advance(86400 - 40)  # 463 ppm slower for a day
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.record.ended_at, START + 86400 - 40)
+
+    def test_neverBeforeItsStart(self) -> None:
+        """
+        With no elapsed time to go by, an end is still never before the
+        start.
+        """
+        self.start()
+        self.clock.rightNow -= 30
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.record.ended_at, START)
+
+
 class FinishOnceTests(JobProcessTestCase):
     """The record is finished exactly once, whatever the event order."""
 

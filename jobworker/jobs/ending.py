@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .records import JobRecord, JobStatus
+
+#: How far a job's end time may fall behind its start's wall time plus the
+#: time elapsed since (L{elapsedSeconds}) before it is taken for a step
+#: back of the wall clock: a second, plus a slew's most (NTP slews the
+#: clock by at most 500 ppm; twice that is allowed).
+STEP_SLACK = 1.0
+SLEW_MOST = 0.001
+
+
+def elapsedSeconds() -> float:
+    """
+    Seconds from some fixed point, on a clock no step of the wall clock
+    moves: C{CLOCK_BOOTTIME}, which counts a suspend too (the wall clock
+    does, and so must what stands in for it), or C{time.monotonic}.
+    """
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 class Ending:
@@ -19,9 +39,40 @@ class Ending:
 
     log = Logger()
 
-    def __init__(self, record: JobRecord) -> None:
+    def __init__(
+        self, record: JobRecord, elapsed: Callable[[], float] = elapsedSeconds
+    ) -> None:
+        """
+        @param elapsed: a clock no step of the wall clock moves, by which
+            an end time is checked against the start's (L{started}).
+        """
         self.record = record
         self._waiters: list[Deferred[JobRecord]] = []
+        self._elapsed = elapsed
+        #: The start's wall time and elapsed time (L{started}).
+        self._anchor: tuple[float, float] | None = None
+
+    def started(self, wall: float) -> None:
+        """The job started at C{wall}, by the wall clock, which is now."""
+        self._anchor = (wall, self._elapsed())
+
+    def _endTime(self, when: float) -> float:
+        """
+        C{when}, the wall clock at the end, unless a step back of that clock
+        since the start put it earlier than the start plus the time elapsed
+        since: then that (retention counts from the end time, and took the
+        job for older than it was). Never before the start.
+        """
+        if self._anchor is not None:
+            wall, then = self._anchor
+            since = self._elapsed() - then
+            steady = wall + since
+            if when < steady - STEP_SLACK - SLEW_MOST * since:
+                when = steady
+        started = self.record.started_at
+        if started is not None and when < started:
+            when = started
+        return when
 
     def whenEnded(self) -> Deferred[JobRecord]:
         """Fires with the record once the job has ended (now, if it has)."""
@@ -43,6 +94,7 @@ class Ending:
     ) -> None:
         """End the job: record, log (with C{context}), wake the waiters."""
         record = self.record
+        when = self._endTime(when)
         record.finish(status, when, exit_code=exit_code, signal=signal, error=error)
         # The text made here, once (a literal for the formatter: braces
         # doubled); the fields stay in the event for structured observers.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from twisted.web.server import Site
 from ..auth.authenticator import Authenticator
 from ..auth.users import UserDatabase, UsersFileError
 from ..errors import NoThread
+from ..jobs.ending import elapsedSeconds
 from ..jobs.manager import (
     JobManager,
 )
@@ -300,17 +300,6 @@ def _checkedUsers(path: str) -> tuple[UserDatabase, str | None]:
     """
     warning = secretFileProblem(path, USERS_FILE)
     return UserDatabase.fromFile(path), warning
-
-
-def elapsedSeconds() -> float:
-    """
-    Seconds from some fixed point, on a clock no step of the wall clock
-    moves: C{CLOCK_BOOTTIME}, which counts a suspend too (the wall clock
-    does, and so must what stands in for it), or C{time.monotonic}.
-    """
-    if hasattr(time, "CLOCK_BOOTTIME"):
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    return time.monotonic()
 
 
 class RetentionService(Service):

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...errors import Conflict
-from ...jobs.ending import Ending
+from ...jobs.ending import Ending, elapsedSeconds
 from ...jobs.records import JobRecord, JobStatus, signalName
 from ...jobs.spool import SHORT_OF, OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
@@ -149,8 +149,10 @@ class JobProcess:
         pumps: Pumps | None = None,
         groups: GroupNumbers | None = None,
         leftovers: LeftoverJournal | None = None,
+        elapsed: Callable[[], float] = elapsedSeconds,
     ) -> None:
         """
+        @param elapsed: a clock no step of the wall clock moves (L{Ending}).
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
         @param leftovers: where a job that ends with processes left to kill
@@ -187,7 +189,7 @@ class JobProcess:
         self._timeoutTimer: IDelayedCall | None = None
         self._removeTimer: IDelayedCall | None = None
         self._removeTries = 0
-        self._ending = Ending(record)
+        self._ending = Ending(record, elapsed)
         self._cleanWaiters: list[Deferred[None]] = []
         self._leftovers = leftovers
         self._noted = False
@@ -204,6 +206,7 @@ class JobProcess:
             self._groups.claim(transport.pid, self)
         self.record.pid = transport.pid
         self.record.started_at = self._clock.seconds()
+        self._ending.started(self.record.started_at)
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
 
