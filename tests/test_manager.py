@@ -20,7 +20,7 @@ from jobworker.executors.local.executor import (
 )
 from jobworker.executors.local.sandbox import GATE_SCRIPT, POSIX_SHELL, SETSID
 from jobworker.jobs import manager
-from jobworker.jobs.admission import DISPATCH_RETRY
+from jobworker.jobs.admission import DISPATCH_RETRY, SHUTDOWN_RETRY_AFTER
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
@@ -838,12 +838,17 @@ class ShutdownTests(ManagerTestCase):
         )
 
     def test_createAfterShutdown(self) -> None:
-        """create() after shutdown raises Conflict and spawns nothing."""
+        """
+        create() after shutdown raises ServiceUnavailable (a 503 with
+        Retry-After: a restart may follow; it was a 409, a conflict with no
+        word of when to try again) and spawns nothing.
+        """
         self.manager.shutdown()
         error = self.assertRaises(
-            Conflict, self.manager.create, request(), owner="alice"
+            ServiceUnavailable, self.manager.create, request(), owner="alice"
         )
-        self.assertEqual(error.code, 409)
+        self.assertEqual(error.code, 503)
+        self.assertEqual(error.retryAfter, SHUTDOWN_RETRY_AFTER)
         self.assertIn("shutting down", error.message)
         self.assertEqual(self.reactor.spawned, [])
         self.assertEqual(self.manager.page(), ([], None))

@@ -20,7 +20,6 @@ from twisted.logger import Logger
 from ..errors import (
     BadRequest,
     CannotStartNow,
-    Conflict,
     JobworkerError,
     NotFound,
     ServiceUnavailable,
@@ -40,6 +39,11 @@ from .validation import JobRequest
 
 #: Seconds before queued jobs are tried again after the store refused one.
 DISPATCH_RETRY = 1.0
+
+#: The C{Retry-After} of a job refused because the server is shutting down
+#: (a restart is the likely next thing: a supervisor's restart delay plus
+#: the stop grace of the jobs it is waiting for).
+SHUTDOWN_RETRY_AFTER = 10
 
 
 def createBurst(rate: float) -> float:
@@ -100,9 +104,12 @@ class Admission:
 
         @raise CannotStartNow: the server cannot start a process now (no
             descriptor or process slot): nothing is stored.
+        @raise ServiceUnavailable: the server is shutting down.
         """
         if self._shuttingDown:
-            raise Conflict("the server is shutting down")
+            raise ServiceUnavailable(
+                "the server is shutting down", retryAfter=SHUTDOWN_RETRY_AFTER
+            )
         self._takeCreateToken(owner)
         try:
             return self._admit(request, owner, account)
