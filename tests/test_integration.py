@@ -565,6 +565,34 @@ class StdinMatrixTests(TestCase):
         with open(out, "rb") as f:
             self.assertEqual(f.read(), b"alice\nada\n")
 
+    async def test_closingWriteSentAgainAuditedOnce(self) -> None:
+        """
+        The write that closed a job's stdin, sent again at its offset (a
+        client that lost the answer), is answered as taken and audited once:
+        a second C{job.stdin closed} line said it was closed twice.
+        """
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "cat >/dev/null; sleep 60", stdin=True)
+        for _ in range(2):
+            response, body = await call(
+                server,
+                "POST",
+                f"/jobs/{job['id']}/stdin?eof=true&offset=0",
+                raw=b"x",
+                contentType=b"application/octet-stream",
+            )
+            self.assertEqual(response.code, 200, body)
+        response, body = await call(server, "POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(response.code, 200, body)
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        closed = [
+            e
+            for e in entries
+            if e.get("event") == "job.stdin" and e.get("job") == job["id"]
+        ]
+        self.assertEqual(len(closed), 1, closed)
+
 
 class ErrorCodeTests(TestCase):
     """Each error status over the wire, always with a JSON body."""

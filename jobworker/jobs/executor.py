@@ -91,6 +91,10 @@ class LiveJob(Protocol):
     ) -> Deferred[int]:
         """Feed the job's stdin (C{"stdin": true} jobs); see L{JobManager}."""
 
+    @property
+    def stdinClosed(self) -> bool:
+        """Its stdin was fed and is closed (False: none, or still open)."""
+
     def recorded(self) -> None:
         """The store has the job's record: let it run (locally, it waits
         behind its gate until then)."""

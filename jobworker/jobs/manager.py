@@ -682,6 +682,11 @@ class JobManager(Admission):
             raise Conflict(f"job already ended ({record.status.value})")
         return job.writeStdin(data, eof, offset)
 
+    def stdinClosed(self, jobId: str) -> bool:
+        """Whether a live job's stdin was fed and closed (L{writeStdin})."""
+        job = self._live.get(jobId)
+        return job is not None and job.stdinClosed
+
     def order(self, jobId: str) -> OrderSource:
         """Where the order of a job's stdout and stderr chunks is recorded."""
         job = self._live.get(jobId)

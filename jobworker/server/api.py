@@ -579,8 +579,11 @@ class JobsAPI:
         given = _arg(request, b"offset")
         offset = None if given is None else parseOffset(given)
         data = _body(request)
+        # The write that closed it, sent again at its offset, is answered
+        # as taken: audited once, when it closed it.
+        wasClosed = self._manager.stdinClosed(record.id)
         written = await self._manager.writeStdin(record.id, data, eof, offset)
-        if eof:
+        if eof and not wasClosed:
             self._audit(request, "job.stdin", user, "closed", job=record.id)
         return _json(request, {"written": written, "closed": eof})
 

@@ -210,6 +210,11 @@ class JobProcess:
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
 
+    @property
+    def stdinClosed(self) -> bool:
+        """Its stdin was fed and is closed (by a write, or by the job)."""
+        return self.stdinFeed is not None and self.stdinFeed.closed
+
     def writeStdin(
         self, data: bytes, eof: bool, offset: int | None = None
     ) -> Deferred[int]:

@@ -528,6 +528,10 @@ class SlurmJob:
         """Slurm jobs never take stdin from the API (refused at creation)."""
         raise Conflict('the job was not started with "stdin": true')
 
+    @property
+    def stdinClosed(self) -> bool:
+        return False
+
     def recorded(self) -> None:
         """sbatch runs after the record is stored (same reactor turn)."""
 
