@@ -17,6 +17,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 import types
 from typing import Any
 
@@ -1665,7 +1666,8 @@ class DynamicIdentityTests(TestCase):
     timeout = 60
     #: The uid of the tests with a pool of one, outside the range other test
     #: servers take; each variant, which may run at the same time (trial
-    #: -j), has its own, and the tests use it plus 0, 50, 60 and 100: the
+    #: -j), has its own, and the tests use it plus 0, 50, 60, 70, 80 and
+    #: 100: the
     #: variants' are 300 apart (10 apart, 72510 + 60 was 72520 + 50).
     soleUid = 72500
 
@@ -1757,6 +1759,58 @@ class DynamicIdentityTests(TestCase):
         await waitOutput(server, job["id"], b"started")
         await server.stop()
         self.assertEqual(escapees(uid, 302), [], "a leftover outlived the server")
+
+    async def leftBehind(self, server: LiveServer, seconds: int) -> dict[str, Any]:
+        """
+        A job whose leftover left its session and ignores TERM, stopped
+        with an hour's grace: it has ended STOPPED on the TERM (its main
+        process went), and the leftover runs on.
+        """
+        job = await server.createJob("sh", "-c", escapee(seconds) + "; exec sleep 60")
+        await waitOutput(server, job["id"], b"started")
+        code, ended = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"grace_seconds": 3600}
+        )
+        self.assertEqual((code, ended["status"]), (200, "STOPPED"), ended)
+        uid = int(job["run_as"].removeprefix("dynamic:"))
+        self.assertNotEqual(escapees(uid, seconds), [])
+        return dict(job)
+
+    async def gone(self, uid: int, seconds: int, within: float) -> None:
+        """The leftovers of L{leftBehind} are gone within C{within} seconds."""
+        deadline = time.monotonic() + within
+        while escapees(uid, seconds):
+            if time.monotonic() > deadline:
+                self.fail(f"a leftover of an ended job lived over {within} s")
+            await sleep(0.1)
+
+    async def test_leftoversOfAnEndedJobGetTheServersGrace(self) -> None:
+        """
+        What a job stopped with an hour's grace left is killed the
+        server's grace (2 s) after the job ended, not the hour on, and
+        its uid comes back (attacker round 28: one user held every
+        dynamic uid for an hour, with no job running).
+        """
+        uid = self.soleUid + 70
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}")
+        await self.leftBehind(server, 303)
+        await self.gone(uid, 303, 10.0)
+
+    async def test_adminsKillReachesWhatAnEndedJobLeft(self) -> None:
+        """
+        The job ended, its leftover under its grace (the server's, 30 s
+        here): an Admin's KILL is still 409 (the job has ended), saying
+        so, and the leftover is killed at once (it was a 409 and nothing).
+        """
+        uid = self.soleUid + 80
+        server = LiveServer(self, f"--dynamic-uids={uid}-{uid}", grace=30.0)
+        job = await self.leftBehind(server, 304)
+        code, body = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "ada", {"signal": "KILL"}
+        )
+        self.assertEqual(code, 409, body)
+        self.assertIn("processes it left", body["error"])
+        await self.gone(uid, 304, 5.0)
 
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""

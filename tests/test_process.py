@@ -593,6 +593,43 @@ class StopTests(JobProcessTestCase):
         self.job.pipesClosed()
         self.assertIs(self.successResultOf(second).status, JobStatus.STOPPED)
 
+    def test_leftoversOfAnEndedJobGetTheServersGraceAtMost(self) -> None:
+        """
+        A stop with an hour's grace; the main process ends on the TERM and
+        the job ends (its pipes closed), what it left ignores TERM: those
+        leftovers are killed the server's grace after the end, not the
+        hour on. They held their dynamic uid for the hour, the job ended
+        (attacker round 28: one user held every uid).
+        """
+        self.job.stop("alice", StopRequest(grace=3600.0))
+        self.clock.advance(2.0)
+        self.end(processKilled(signal.SIGTERM))
+        self.assertIs(self.record.status, JobStatus.STOPPED)
+        cleaned = self.job.whenCleanedUp()
+        self.clock.advance(GRACE - 0.25)
+        self.assertNotIn(signal.SIGKILL, self.killer.signalsTo(PID))
+        self.clock.advance(0.25)
+        # (TERM at the stop, TERM to what is left at the main's exit, KILL.)
+        self.assertEqual(
+            self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGTERM, signal.SIGKILL]
+        )
+        self.assertIsNone(self.successResultOf(cleaned))
+
+    def test_harderStopAfterTheEndReachesLeftovers(self) -> None:
+        """
+        The job ended, its leftovers still under their grace: a KILL (an
+        Admin's C{--kill}) kills them at once (it was a 409 and nothing).
+        """
+        self.job.stop("alice")
+        self.end(processKilled(signal.SIGTERM))
+        self.assertIs(self.record.status, JobStatus.STOPPED)
+        sent = self.killer.signalsTo(PID)
+        self.assertNotIn(signal.SIGKILL, sent)
+        self.assertTrue(self.job.endLeftovers(StopRequest(signal=signal.SIGKILL)))
+        self.assertEqual(self.killer.signalsTo(PID), [*sent, signal.SIGKILL])
+        self.assertIsNone(self.successResultOf(self.job.whenCleanedUp()))
+        self.assertFalse(self.job.endLeftovers(StopRequest(signal=signal.SIGKILL)))
+
     def test_shorterGraceAfterTheMainExitOnItsOwn(self) -> None:
         """
         The main process ended on its own and its leftovers hold the pipes

@@ -237,6 +237,27 @@ class ManagerQueueTests(SynchronousTestCase):
         self.end(manager, second.id, 3)
         self.assertEqual(self.successResultOf(ended).exit_code, 3)
 
+    def test_leftoversHoldTheirSlot(self) -> None:
+        """
+        A job that ended leaving processes (a C{setsid} child ignoring
+        TERM) counts toward the running caps until they are gone: one user
+        kept any number of such processes with --max-running-per-user 1
+        (attacker round 28). Once the leftovers are killed, the next job
+        starts.
+        """
+        manager = self.manager(maxRunningPerUser=1, maxRunning=5)
+        first = manager.create(self.request(), "alice")
+        second = manager.create(self.request(), "alice")
+        self.assertEqual(second.status, JobStatus.PENDING)
+        [spawned] = self.reactor.spawned
+        spawned.exit(0)  # its group lives on: leftovers, under the grace
+        self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
+        self.assertEqual(manager.record(second.id).status, JobStatus.PENDING)
+        self.assertEqual(len(self.reactor.spawned), 1)
+        self.reactor.advance(5.0)  # the grace: KILL, and nothing is left
+        self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
     def test_afterOkAcrossARestart(self) -> None:
         """
         A job queued after_ok of a job the server's crash ended (recovery

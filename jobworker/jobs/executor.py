@@ -91,6 +91,13 @@ class LiveJob(Protocol):
     ) -> Deferred[int]:
         """Feed the job's stdin (C{"stdin": true} jobs); see L{JobManager}."""
 
+    def endLeftovers(self, how: StopRequest) -> bool:
+        """
+        A stop of the job once it has ended: what it left still running
+        under its grace gets a harder stop (KILL, a shorter grace), if this
+        is one. False if nothing of it is left to end.
+        """
+
     @property
     def stdinClosed(self) -> bool:
         """Its stdin was fed and is closed (False: none, or still open)."""

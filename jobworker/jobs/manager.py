@@ -333,16 +333,27 @@ class JobManager(Admission):
 
     def _watch(self, job: LiveJob) -> None:
         jobId = job.record.id
-        self._runningBy[job.record.owner] += 1
+        owner = job.record.owner
+        self._runningBy[owner] += 1
         self._running += 1
         self._live[jobId] = job
         job.whenEnded().addCallback(self._ended)
-        job.whenCleanedUp().addCallback(lambda _: self._forget(jobId))
+        job.whenCleanedUp().addCallback(lambda _: self._forget(jobId, owner))
 
-    def _forget(self, jobId: str) -> None:
-        """A job is over, leftovers and all."""
+    def _forget(self, jobId: str, owner: str) -> None:
+        """
+        A job is over, leftovers and all: its running slot is free. Not
+        before: processes a job left (a C{setsid} child ignoring TERM) run
+        on under their grace, and one user kept any number of them past
+        C{--max-running-per-user} (attacker round 28).
+        """
         self._live.pop(jobId, None)
         self._cleaning.pop(jobId, None)
+        self._running -= 1
+        self._runningBy[owner] -= 1
+        if self._runningBy[owner] <= 0:
+            del self._runningBy[owner]
+        self._scheduler.dispatch()
 
     async def accepted(self, record: JobRecord) -> JobRecord:
         """
@@ -370,10 +381,6 @@ class JobManager(Admission):
             self.log.error("{error}", error=str(e))
 
     def _ended(self, record: JobRecord) -> JobRecord:
-        self._running -= 1
-        self._runningBy[record.owner] -= 1
-        if self._runningBy[record.owner] <= 0:
-            del self._runningBy[record.owner]
         self._storeFinal(record)
         self._metrics.jobEnded(
             record.status.value, record.stdout_bytes, record.stderr_bytes
@@ -651,9 +658,20 @@ class JobManager(Admission):
         job = self._live.get(jobId)
         if job is None or job.record.status.ended:
             record = self.record(jobId)
-            raise Conflict(
-                f"job already ended ({record.status.value})", job=record.toJSON()
-            )
+            message = f"job already ended ({record.status.value})"
+            if job is not None and job.endLeftovers(how):
+                # Its leftovers are still being ended: a harder stop holds
+                # for them (an Admin's KILL was a 409 and nothing, while
+                # they ran on: attacker round 28).
+                self.log.info(
+                    "job {job}: the processes it left get {user}'s stop",
+                    job=jobId,
+                    user=by,
+                )
+                message += (
+                    ": the processes it left are being ended, this stop's way if harder"
+                )
+            raise Conflict(message, job=record.toJSON())
         self._metrics.stops.inc()
         return job.stop(by, how)
 

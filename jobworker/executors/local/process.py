@@ -391,12 +391,29 @@ class JobProcess:
             d = self.whenEnded()
         else:
             d = self.stop("server shutdown")
-        timer = self._killTimer
-        if timer is not None and timer.getTime() - self._clock.seconds() > self._grace:
-            timer.cancel()
-            self._graceUsed = self._grace
-            self._killTimer = self._clock.callLater(self._grace, self._kill)
+        self._graceAtMost(self._grace)
         return d
+
+    def _graceAtMost(self, grace: float) -> None:
+        """A pending SIGKILL comes at most C{grace} seconds from now."""
+        timer = self._killTimer
+        if timer is not None:
+            left = timer.getTime() - self._clock.seconds()
+            if left > grace:
+                timer.cancel()
+                self._graceUsed -= left - grace
+                self._killTimer = self._clock.callLater(grace, self._kill)
+
+    def endLeftovers(self, how: StopRequest) -> bool:
+        """
+        A stop of a job that has ended, whose leftovers are still under
+        their grace: a harder one (KILL, a shorter grace) holds for them.
+        False if nothing of it is left to end.
+        """
+        if not self.record.status.ended or self._killTimer is None:
+            return False
+        self._hasten(how)
+        return True
 
     def _terminate(self, how: StopRequest = DEFAULT_STOP) -> None:
         if self._pgid is None or self._killSent:
@@ -577,6 +594,12 @@ class JobProcess:
             # The leftovers went on SIGTERM: no SIGKILL for a group id that
             # may be reused by now.
             self._cancelTimers("_killTimer")
+        if self._killTimer is not None:
+            # What it left gets the server's grace from its end at most: a
+            # user's longer one (meant for the job to end well) let a job
+            # whose record had ended keep processes, and their dynamic uid,
+            # for the hour it asked (attacker round 28).
+            self._graceAtMost(self._grace)
         if self._killTimer is not None and self._leftovers is not None:
             # Its leftovers are not gone: noted before its record is final
             # (which recovery would pass over), so that a restart inside

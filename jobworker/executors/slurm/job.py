@@ -532,6 +532,10 @@ class SlurmJob:
     def stdinClosed(self) -> bool:
         return False
 
+    def endLeftovers(self, how: StopRequest) -> bool:
+        """Slurm ends what a job left (its cgroup on the node)."""
+        return False
+
     def recorded(self) -> None:
         """sbatch runs after the record is stored (same reactor turn)."""
 
