@@ -295,7 +295,9 @@ class SmallDisk(SynchronousTestCase):
         self.stateDir = smallTmpfs(self, "3m")
         forbidRealKill(self.patch)
         self.reactor = FakeProcessReactor()
-        self.killer = GroupKiller()
+        # A job's group is gone with its main process: no leftovers to hold
+        # a running slot for the grace.
+        self.killer = GroupKiller(exists=False)
 
     def manager(self) -> Any:
         return localJobManager(
@@ -315,6 +317,39 @@ class SmallDisk(SynchronousTestCase):
                     f.flush()
             except OSError as e:
                 self.assertEqual(e.errno, errno.ENOSPC)
+
+
+class InodesOutTests(SynchronousTestCase):
+    """A state dir whose file system has no inode left (a real tmpfs)."""
+
+    def test_startsWithNoInodeLeft(self) -> None:
+        """
+        The server starts on a state dir with room but no inode left (many
+        jobs' small files took them), so that retention or a DELETE can
+        free some: its start-up check that C{jobs/} is writable took the
+        ENOSPC of its probe file for a read-only folder, and every start
+        failed until a job folder was removed by hand (fault round 28).
+        """
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        stateDir = smallTmpfs(self, "3m,nr_inodes=64")
+
+        def start() -> Any:
+            manager = localJobManager(reactor, stateDir, 5.0, GroupKiller())
+            self.addCleanup(manager.close)
+            return manager
+
+        first = start()
+        job = first.create(JobRequest("true", [], {}, None), "alice")
+        first.close()
+        ballast = os.path.join(stateDir, "ballast")
+        os.mkdir(ballast)
+        with self.assertRaises(OSError) as raised:
+            for n in range(100):
+                os.close(os.open(os.path.join(ballast, str(n)), os.O_CREAT, 0o600))
+        self.assertEqual(raised.exception.errno, errno.ENOSPC)
+        again = start()
+        self.assertEqual([r.id for r in again.page()[0]], [job.id])
 
 
 class DiskReserveTests(SmallDisk):

@@ -131,6 +131,9 @@ class JobManager(Admission):
         )
         self._jobsDir = os.path.join(stateDir, "jobs")
         self._reserve = os.path.join(stateDir, "reserve")
+        #: An empty file beside it, holding one more inode for L{_withRoom}
+        #: (SQLite opens a store with two new files).
+        self._reserveInode = self._reserve + "-inode"
         self._executor = executor
         executor.attach(self._save, self._find)
         self._live: dict[str, LiveJob] = {}
@@ -172,10 +175,15 @@ class JobManager(Admission):
         self._storeLook: IDelayedCall | None = None
         self._storeFound: str | None = None
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
-        _checkWritable(self._jobsDir)
+        roomForFiles = _checkWritable(self._jobsDir)
         #: A deletion gave the reserve up (L{_withRoom}): make it again.
         self._reserveGiven = False
-        self._keepReserve()
+        if roomForFiles:
+            self._keepReserve()
+        elif self._giveUpReserve("to open the store (no inode left)"):
+            # SQLite makes its -wal and -shm files as it opens the store:
+            # with no inode left, the reserve's two (fault round 28).
+            self._reserveGiven = True
         self._store = (
             store
             if store is not None
@@ -1101,6 +1109,7 @@ class JobManager(Admission):
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)
             finally:
                 os.close(fd)
+            os.close(os.open(self._reserveInode, flags, 0o600))
         except OSError as e:
             if not quiet:
                 error = e.strerror
@@ -1125,6 +1134,10 @@ class JobManager(Admission):
             os.unlink(self._reserve)
         except OSError:
             return False
+        try:
+            os.unlink(self._reserveInode)
+        except OSError:
+            pass
         self.log.warn(
             "the disk is full: the reserve is given up {why}",
             why=why or f"to store {len(self._unsaved)} final record(s)",
@@ -1212,12 +1225,30 @@ def _withReason(record: JobRecord, reason: str | None) -> JobRecord:
     return record
 
 
-def _checkWritable(folder: str) -> None:
+def _checkWritable(folder: str) -> bool:
     """
+    Whether a file can be made in C{folder}: False if there is no room for
+    one (no inode left, or the quota's).
+
     @raise OSError: nothing can be created in C{folder} (a read-only mount):
         every job's output would be lost, so refuse at start-up instead.
     """
     probe = os.path.join(folder, f".writable-{os.getpid()}")
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Writable, but full (no inode left, or the quota's): the server
+        # starts, so that retention or a DELETE can free room (every start
+        # failed until a job folder was removed by hand: fault round 28).
+        Logger().warn(
+            "the jobs folder {folder} has no room for a new file ({error}): "
+            "jobs' output is lost until some is freed",
+            folder=folder,
+            error=e.strerror,
+        )
+        return False
     os.close(fd)
     os.unlink(probe)
+    return True
