@@ -243,3 +243,96 @@ class ThrottledCacheTests(SynchronousTestCase):
         self.assertTrue(
             all(entry.pending == 0 for entry in self.throttle._entries.values())
         )
+
+
+class HeldRunner:
+    """Holds each check (the bcrypt call) until the test lets it run."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def runAll(self) -> None:
+        held, self.held = self.held, []
+        for d, f, args in held:
+            d.callback(f(*args))
+
+
+class SharedCheckTests(SynchronousTestCase):
+    """
+    Concurrent logins with the same credentials share one password check:
+    after a restart (nothing remembered), a dozen clients of one user
+    logging in at once counted as a dozen checks in flight, each a failure
+    until it ended, and those past the throttle's threshold got a 429 "too
+    many failed logins" with no login failed (fault round 28).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.cache = VerifiedCredentials(self.clock, ttl=3600.0)
+        self.runner = HeldRunner()
+        self.throttle = LoginThrottle(self.clock, threshold=5)
+        self.authenticator = Authenticator(
+            makePortal(UserDatabase.development(), self.runner, self.cache),
+            throttle=self.throttle,
+        )
+
+    def authenticate(self, name: str, password: str) -> Deferred[User]:
+        return ensureDeferred(
+            self.authenticator.authenticate(basicRequest(name, password))
+        )
+
+    def test_concurrentCorrectLogins(self) -> None:
+        """Twelve at once: one bcrypt check, twelve logins, nothing counted."""
+        logins = [self.authenticate("alice", "alice-pass") for _ in range(12)]
+        self.assertEqual(len(self.runner.held), 1)
+        self.runner.runAll()
+        for d in logins:
+            self.assertEqual(self.successResultOf(d).name, "alice")
+        self.assertEqual(self.throttle.retryAfter("alice", "192.0.2.7"), 0.0)
+        self.assertTrue(
+            all(
+                entry.count == entry.pending == 0
+                for entry in self.throttle._entries.values()
+            )
+        )
+
+    def test_concurrentWrongPasswordCountsOnce(self) -> None:
+        """The same wrong password sent at once: refused, counted once."""
+        guesses = [self.authenticate("alice", "wrong") for _ in range(3)]
+        self.assertEqual(len(self.runner.held), 1)
+        self.runner.runAll()
+        for d in guesses:
+            self.failureResultOf(d, Unauthorized)
+        pair = self.throttle._entries[("pair", "alice", "192.0.2.7")]
+        self.assertEqual((pair.count, pair.pending), (1, 0))
+
+    def test_differentGuessesEachChecked(self) -> None:
+        """Different passwords are different checks, each counted: past
+        the threshold, refused at once."""
+        guesses = [self.authenticate("alice", f"guess{n}") for n in range(7)]
+        self.assertEqual(len(self.runner.held), 5)
+        for d in guesses[5:]:
+            self.failureResultOf(d, TooManyRequests)
+        self.runner.runAll()
+        for d in guesses[:5]:
+            self.failureResultOf(d, Unauthorized)
+
+    def test_aCancelledCheckLeavesTheOthersTheirOwn(self) -> None:
+        """
+        The client whose check the others wait for hangs up: they are not
+        refused for it; one of them checks, and all log in.
+        """
+        first = self.authenticate("alice", "alice-pass")
+        others = [self.authenticate("alice", "alice-pass") for _ in range(3)]
+        first.cancel()
+        self.failureResultOf(first)
+        self.runner.runAll()  # the first check ends, its verdict unheard
+        self.runner.runAll()  # the check one of the others made
+        for d in others:
+            self.assertEqual(self.successResultOf(d).name, "alice")

@@ -95,6 +95,10 @@ class VerifiedCredentials:
         #: not add its (old) verdict afterwards.
         self.generation = 0
 
+    def digest(self, name: bytes, password: bytes) -> bytes:
+        """The key these credentials are remembered by (never the password)."""
+        return self._digest(name, password)
+
     def _digest(self, name: bytes, password: bytes) -> bytes:
         message = len(name).to_bytes(4, "big") + name + password
         # Keyed BLAKE2b is a MAC (as HMAC-SHA256 is), computed without
@@ -401,6 +405,10 @@ class Authenticator:
         #: How long a password check takes, lately (seconds; a moving
         #: average): a throttled attempt is answered after as long.
         self._checkSeconds = 0.0
+        #: The password checks running (by L{VerifiedCredentials.digest} of
+        #: their credentials), each with the requests of the same
+        #: credentials waiting for its verdict (L{_awaitShared}).
+        self._checking: dict[bytes, list[Deferred[bool | None]]] = {}
         #: The L{Grant}s of the long responses running, and what to call
         #: when one is withdrawn.
         self._grants: dict[Grant, Callable[[JobworkerError], object]] = {}
@@ -723,6 +731,14 @@ class Authenticator:
             if self._throttle is not None:
                 self._throttle.succeeded(name, client)
             return user
+        key = None
+        if self._cache is not None:
+            key = self._cache.digest(
+                bytes(credentials.username), bytes(credentials.password)
+            )
+            user = await self._awaitShared(request, key, credentials, name, client)
+            if user is not None:
+                return user
         self._admitCheck(name, client)
         # Let in only because it logged in from here before: a failure of
         # it must read as everyone else's (429), or the throttle would tell
@@ -739,14 +755,20 @@ class Authenticator:
             await self._likeACheck()
             raise
         succeeded: bool | None = False
+        #: What the requests waiting on this check are told: True (right),
+        #: False (wrong), None (no verdict: they check for themselves).
+        verdict: bool | None = None
+        if key is not None:
+            self._checking[key] = []
         clock = self._throttle.clock if self._throttle is not None else None
         began = clock.seconds() if clock is not None else 0.0
         try:
             _, avatar, _ = await self._portal.login(credentials, None, IJobworkerUser)
             assert isinstance(avatar, User)
             user = avatar
-            succeeded = True
+            succeeded = verdict = True
         except UnauthorizedLogin:
+            verdict = False
             refusal = self._refuse(
                 request,
                 name,
@@ -770,7 +792,57 @@ class Authenticator:
             if clock is not None and succeeded is not None:
                 took = max(0.0, clock.seconds() - began)
                 self._checkSeconds += (took - self._checkSeconds) / 8
+            if key is not None:
+                for waiter in self._checking.pop(key, []):
+                    if not waiter.called:  # (its client hung up)
+                        waiter.callback(verdict)
         return user
+
+    async def _awaitShared(
+        self,
+        request: IRequest,
+        key: bytes,
+        credentials: Any,
+        name: str,
+        client: str,
+    ) -> User | None:
+        """
+        While a check of the same credentials runs (C{key}), wait for its
+        verdict rather than run another: concurrent logins of one user (a
+        dozen clients after a restart, nothing remembered) were as many
+        checks in flight, each counted as a failure until it ended, and
+        those past the throttle's threshold got a 429 "too many failed
+        logins" with no login failed (fault round 28). The same wrong
+        password is refused as the check refused it, counted once.
+
+        @return: the user (the check said right), or None: check them here
+            (no check runs, or the one waited for gave no verdict).
+        """
+        while key in self._checking:
+            waiter: Deferred[bool | None] = Deferred()
+            self._checking[key].append(waiter)
+            verdict = await waiter
+            if verdict:
+                user = self._remembered(credentials)
+                if user is None:
+                    return None  # (not kept: the users were reloaded meanwhile)
+                if self._throttle is not None:
+                    self._throttle.succeeded(name, client)
+                return user
+            if verdict is False:
+                refusal = self._refuse(
+                    request,
+                    name,
+                    "bad password",
+                    "invalid user name or password",
+                    counted=True,  # (by the check it waited for)
+                )
+                if self._throttle is not None:
+                    exempted = self._throttle.retryAfterUntrusted(name, client)
+                    if exempted > 0:
+                        raise self._throttled(name, client, exempted)
+                raise refusal
+        return None
 
     async def _likeACheck(self) -> None:
         """
