@@ -131,6 +131,24 @@ class InterruptTests(MemoryCLITestCase):
             self.assertEqual(code, 143, err)
             self.assertTrue(err.endswith(line), err)
 
+    def test_endWithoutAnExitStatusSaysSo(self) -> None:
+        """
+        A job that never ran (its after_ok dependency failed): jw wait and
+        jw logs -f say so in one line beside their exit status (127 came
+        with no word, as 255 did for a job the server's restart ended:
+        new user and fault rounds 28).
+        """
+        first = self.execId("false")
+        self.endJob(first, code=1)
+        out, _err, _code = self.jw("exec", "--after-ok", first, "--", "true")
+        jobId = out.decode("ascii").strip()
+        line = f"jw: job {jobId}: never ran".encode()
+        for argv in (("wait", jobId), ("logs", "-f", jobId)):
+            _out, err, code = self.jw(*argv)
+            self.assertEqual(code, 127, err)
+            self.assertTrue(err.startswith(line), err)
+            self.assertEqual(err.count(b"\n"), 1, err)
+
     def test_detachOnInterrupt(self) -> None:
         """--detach-on-interrupt: Ctrl-C leaves the job running, saying so."""
         run, interrupts = self.interruptible(

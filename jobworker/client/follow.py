@@ -19,7 +19,7 @@ from .calls import ASK_AGAIN, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT
-from .show import jsonLine
+from .show import endLine, jsonLine
 from .streams import Streams
 
 #: The streams by index, as frames number them.
@@ -490,6 +490,9 @@ async def waitFor(client: Client, options: argparse.Namespace, streams: Streams)
         if options.json:
             streams.show(jsonLine(now))
         return EXIT_TIMED_OUT
+    line = endLine(job)
+    if line is not None:
+        streams.say(line)
     if options.json:
         streams.show(jsonLine(job))
     return exitStatusOf(job)

@@ -121,6 +121,24 @@ def outcome(job: dict[str, Any]) -> str:
     return text
 
 
+def endLine(final: dict[str, Any]) -> str | None:
+    """
+    The line jw says beside the exit status of a job it followed or waited
+    for, where the status alone would not tell: one someone else stopped
+    (an Admin, the server's shutdown), or one that ended with no exit
+    status (255: the server restarted while it ran; it came with no word).
+    """
+    status = final["status"]
+    lost = (
+        status == "FAILED"
+        and final.get("exit_code") is None
+        and not final.get("signal")
+    )
+    if status == "STOPPED" or lost:
+        return f"jw: job {final['id']}: {outcome(final)}"
+    return None
+
+
 def _when(stamp: str | None, now: float) -> str:
     then = parseTime(stamp)
     if then is None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     #: Either client: the helpers of C{exec} serve both.
     AnyClient = JobworkerClient | QuickClient
-from .show import jobLines, jobTable, jsonLine, outcome
+from .show import endLine, jobLines, jobTable, jsonLine, outcome
 from .streams import GatedStreams, OutputFailed, Streams
 
 Verb = Callable[[argparse.Namespace, Any, Streams, Interrupts], Awaitable[int]]
@@ -532,9 +532,11 @@ async def stopUnread(
 
 def sayStopped(final: dict[str, Any], streams: Streams) -> None:
     """A followed job that someone else stopped (another client, the
-    server's shutdown): one line saying so, not a bare exit status."""
-    if final["status"] == "STOPPED":
-        streams.say(f"jw: job {final['id']}: {outcome(final)}")
+    server's shutdown), or that ended with no exit status: one line saying
+    so, not a bare exit status (L{endLine})."""
+    line = endLine(final)
+    if line is not None:
+        streams.say(line)
 
 
 def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
