@@ -814,6 +814,29 @@ class RunnableAsIdentityTests(SynchronousTestCase):
         checkRunnable("true", {"PATH": found}, None, self.identity, WORKDIR)
         self.assertEqual(walked[-1], "/usr/bin/true")
 
+    def test_thePrivateFoldersAreWorkingDirectories(self) -> None:
+        """
+        The job's private folders, and its working folder in one, exist in
+        every sandboxed job: a working directory there is taken (C{--cwd
+        /tmp}, even C{/tmp/job}, the default, were "not found or not
+        permitted": new user round 28). What is inside them is the job's
+        own, empty at its start: refused.
+        """
+        hidden = ("/tmp", "/var/tmp", "/dev/shm")
+        for cwd in ("/tmp", "/tmp/", WORKDIR, "/var/tmp", "/dev/shm", "/tmp/job/.."):
+            checkRunnable(
+                "true", {"PATH": "/usr/bin:/bin"}, cwd, self.identity, WORKDIR, hidden
+            )
+        with self.assertRaises(SpawnRefused):
+            checkRunnable(
+                "true",
+                {"PATH": "/usr/bin:/bin"},
+                "/tmp/elsewhere",
+                self.identity,
+                WORKDIR,
+                hidden,
+            )
+
     def test_existingAndMissingLookAlike(self) -> None:
         """Inside a folder the job cannot enter, present and absent read the same."""
         if os.getuid() != 0:
@@ -902,9 +925,10 @@ class RunnableAsIdentityTests(SynchronousTestCase):
             "not found or not permitted",
             self.refusal("./relative-in-a-fresh-workdir"),
         )
+        # (/tmp itself is the job's too: test_thePrivateFoldersAre...)
         with self.assertRaises(SpawnRefused):
             checkRunnable(
-                "/bin/sh", {}, "/tmp", self.identity, WORKDIR, hidden=["/tmp"]
+                "/bin/sh", {}, "/tmp/inside", self.identity, WORKDIR, hidden=["/tmp"]
             )
 
 
@@ -1820,6 +1844,19 @@ class DynamicIdentityTests(TestCase):
         if self.leftoversOutliveTheEnd:
             self.assertIn("processes it left", body["error"])
         await self.gone(uid, 304, 5.0)
+
+    async def test_privateFoldersAsWorkingDirectories(self) -> None:
+        """
+        C{"cwd": "/tmp"} (or C{/tmp/job}, C{/dev/shm}): the job starts
+        there, in its own (it was "not found or not permitted": new user
+        round 28).
+        """
+        server = LiveServer(self)
+        for cwd in ("/tmp", WORKDIR, "/dev/shm"):
+            job = await server.createJob("pwd", cwd=cwd)
+            ended = await server.waitEnded(job["id"])
+            self.assertEqual(ended["status"], "COMPLETED", ended)
+            self.assertEqual(await output(server, job["id"]), cwd.encode() + b"\n")
 
     async def test_poolExhaustedIs429(self) -> None:
         """Every uid held: 429 with Retry-After, nothing recorded."""

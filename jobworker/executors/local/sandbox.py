@@ -626,7 +626,11 @@ def _checkAsIdentity(
     startFolder: str | None,
 ) -> None:
     """L{checkRunnable} as an identity other than root."""
-    if cwd is not None and not _reachableFolder(cwd, walker):
+    if (
+        cwd is not None
+        and not _ownFolder(cwd, walker.hidden)
+        and not _reachableFolder(cwd, walker)
+    ):
         raise SpawnRefused(
             f"cannot start: working directory {_named(cwd)}: not found or not permitted"
         )
@@ -902,6 +906,18 @@ class _Walker:
         """What C{path} leads to, if the identity can reach it."""
         real = self.walk(path)
         return None if real is None else self._stat(real)
+
+
+def _ownFolder(path: str, hidden: tuple[str, ...]) -> bool:
+    """
+    Is C{path} one of the job's private folders (C{hidden}), or its
+    working folder in one? They exist in every sandboxed job, whatever the
+    server's own are (C{--cwd /tmp} was refused: new user round 28).
+    """
+    if not path.startswith("/"):
+        return False
+    path = os.path.normpath(path)
+    return path in hidden or (path == WORKDIR and _within(WORKDIR, hidden))
 
 
 def _reachableFolder(path: str, walker: _Walker) -> bool:
