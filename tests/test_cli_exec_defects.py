@@ -401,3 +401,41 @@ class CannotStartTests(TestCase):
             f"jw: job {followedId}: cannot start: 'nosuchcmd': not found in "
             "PATH or not permitted",
         )
+
+
+class InputRefusedTests(TestCase):
+    """
+    C{jw exec -i} whose input the server refuses (past C{--max-stdin-bytes}:
+    413): without C{-f} jw exited 0 and the job waited for the end of its
+    stdin for ever; with C{-f} jw followed it for ever (new user round 28).
+    jw closes the job's stdin, says so in one line, and exits non-zero.
+    """
+
+    async def refused(self, *args: str) -> tuple[LiveServer, bytes, bytes, int]:
+        server = LiveServer(self, "--max-stdin-bytes=100000", grace=GRACE)
+        process = startJW(
+            server.url, "exec", "-i", *args, "--", "wc", "-c", stdin=subprocess.PIPE
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        out, err = await deferToThread(process.communicate, b"x" * 300_000, BOUND)
+        return server, out, err, process.returncode
+
+    def assertSaid(self, err: bytes) -> None:
+        lines = err.decode().splitlines()
+        [line] = [each for each in lines if "413" in each]
+        self.assertRegex(
+            line, r"^jw: stdin: .*413.*: the job's stdin was closed after \d+ bytes$"
+        )
+
+    async def test_withoutFollow(self) -> None:
+        server, out, err, code = await self.refused()
+        self.assertEqual(code, 1, err)
+        self.assertSaid(err)
+        ended = await server.waitEnded(out.decode().split()[0])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+
+    async def test_followed(self) -> None:
+        _server, out, err, code = await self.refused("-f")
+        self.assertEqual(code, 1, err)
+        self.assertSaid(err)
+        self.assertLess(int(out.split()[-1]), 300_000)

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.client.calls import errorFor
 from jobworker.client.errors import ClientError
 from jobworker.client.streams import Streams
-from jobworker.client.verbs import feedStdin
+from jobworker.client.verbs import InputNotSent, feedStdin
 from jobworker.errors import Conflict, TooManyRequests
 from jobworker.executors.local.stdin import StdinFeed
 
@@ -371,6 +371,18 @@ class ResumedFeedTests(SynchronousTestCase):
         twice), and the feed ends in one line.
         """
         client = _BrokenOldServer()
-        said = self.feed(client, [b"hello", b""])
-        self.assertEqual(client.taken, [(b"hello", False)])
-        self.assertIn(b"jw: stdin: connection reset", said)
+        chunks = [b"hello", b""]
+
+        async def read(size: int) -> bytes:
+            return chunks.pop(0)
+
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        done = ensureDeferred(feedStdin(client, "job", streams, read))
+        refused = self.failureResultOf(done, InputNotSent).value
+        # Not sent again; the job's stdin closed so that it does not wait
+        # for the rest for ever (new user round 28).
+        self.assertEqual(client.taken, [(b"hello", False), (b"", True)])
+        self.assertEqual(
+            str(refused), "stdin: connection reset: the job's stdin was closed"
+        )

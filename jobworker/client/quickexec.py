@@ -20,6 +20,7 @@ from .verbs import (
     STOP_DEADLINE,
     STOP_PATIENCE,
     InputFeed,
+    InputNotSent,
     backlogCut,
     createExecJob,
     execCreated,
@@ -28,6 +29,7 @@ from .verbs import (
     execOutput,
     feedStdin,
     followFailed,
+    inputStatus,
     neverStarted,
     sayBacklog,
     sayInputLeft,
@@ -74,7 +76,13 @@ async def quickExec(
                     feedStdin(feeder, jobId, streams, feed.read, not options.follow)
                 ),
                 onError=(
-                    (lambda e: streams.say(f"jw: stdin: {e}"))
+                    (
+                        lambda e: streams.say(
+                            f"jw: {e}"
+                            if isinstance(e, InputNotSent)
+                            else f"jw: stdin: {e}"
+                        )
+                    )
                     if options.follow
                     else None
                 ),
@@ -162,7 +170,11 @@ async def quickExec(
     final = end if end is not None else await client.job(jobId)
     if options.stdin and inputLeft(feeding, feed, streams) and not neverStarted(final):
         sayInputLeft(final, streams)
-    return execEnded(final, options, streams, interrupts)
+    status = execEnded(final, options, streams, interrupts)
+    if options.stdin:
+        feedDone = feeding.done and isinstance(feeding.error, InputNotSent)
+        return inputStatus(status, feedDone)
+    return status
 
 
 def inputLeft(feeding: Worker, feed: InputFeed, streams: Streams) -> bool:

@@ -652,9 +652,18 @@ async def doExec(
             status = await _feedWhileRunning(client, jobId, streams, read)
         return status or 0
     started = sayStarting(job, streams)
+    refused: list[InputNotSent] = []
+
+    def inputRefused(failure: Any) -> None:
+        failure.trap(InputNotSent)
+        refused.append(failure.value)
+        streams.say(f"jw: {failure.value}")
+
     feeding = (
         # Whether the job waits in the queue was said just now.
-        ensureDeferred(feedStdin(client, jobId, streams, read, sayWaiting=False))
+        ensureDeferred(
+            feedStdin(client, jobId, streams, read, sayWaiting=False)
+        ).addErrback(inputRefused)
         if options.stdin
         else None
     )
@@ -710,7 +719,7 @@ async def doExec(
             feeding.cancel()  # the job ended (or we left): no more input
             feeding.addErrback(lambda f: f.trap(CancelledError))
     final = end if end is not None else await client.job(jobId)
-    return execEnded(final, options, streams, interrupts)
+    return inputStatus(execEnded(final, options, streams, interrupts), bool(refused))
 
 
 async def _feedWhileRunning(
@@ -901,8 +910,42 @@ async def feedStdin(
             if not data:
                 return None
     except ClientError as e:
-        streams.say(f"jw: stdin: {e}")
-        return None
+        raise await _inputRefused(client, jobId, offset, e) from None
+
+
+class InputNotSent(ClientError):
+    """
+    C{jw exec -i} could not send all of jw's stdin (the server refused it:
+    past C{--max-stdin-bytes}, or unreachable for longer than a follow
+    resumes): one line says so, and jw exits non-zero.
+    """
+
+
+async def _inputRefused(
+    client: AnyClient, jobId: str, offset: int | None, error: ClientError
+) -> InputNotSent:
+    """
+    The feed of the job's stdin failed with C{error} after C{offset} bytes
+    (None: not counted, an older server): its stdin is closed, so that the
+    job does not wait for the rest for ever (it did: jw exited 0, or
+    followed it for ever: new user round 28), if the server takes that.
+    """
+    try:
+        await client.sendStdin(jobId, b"", eof=True, offset=offset)
+    except ClientError:
+        left = f"the job's stdin is left open: jw stop {jobId} ends the job"
+    else:
+        after = "" if offset is None else f" after {offset} bytes"
+        left = f"the job's stdin was closed{after}"
+    return InputNotSent(f"stdin: {error}: {left}", error.status, error.body)
+
+
+def inputStatus(status: int, refused: bool) -> int:
+    """
+    The exit status of C{jw exec -i}: the job's (C{status}), but not 0 if
+    jw's stdin could not be sent whole (C{refused}).
+    """
+    return 1 if refused and status == 0 else status
 
 
 def _notStartedYet(error: ClientError) -> bool:
