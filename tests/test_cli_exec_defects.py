@@ -439,3 +439,42 @@ class InputRefusedTests(TestCase):
         self.assertEqual(code, 1, err)
         self.assertSaid(err)
         self.assertLess(int(out.split()[-1]), 300_000)
+
+
+class LeftWithJSONTests(TestCase):
+    """
+    C{jw exec -f --json} that stops following (C{--detach-on-interrupt} and
+    an interrupt, or a second interrupt) prints the one JSON document
+    C{--json} promises: the job as it is then. The real jw printed nothing
+    (only the in-memory path did: new user round 28).
+    """
+
+    async def leave(self, server: LiveServer, *args: str, twice: bool) -> Any:
+        process = startJW(server.url, "exec", "-f", "--json", *args, "--", *DEAF_TO_INT)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        started = await deferToThread(readLine, process.stderr)
+        self.assertRegex(started, rb"^jw: job [0-9a-f-]{36} started\n$")
+        # (With --json, the job's output goes to stderr.)
+        self.assertEqual(await deferToThread(readLine, process.stderr), b"ready\n")
+        process.send_signal(signal.SIGINT)
+        if twice:
+            await deferToThread(readLine, process.stderr)  # stopping job ...
+            process.send_signal(signal.SIGINT)
+        code = await deferToThread(process.wait, BOUND)
+        self.assertEqual(code, 130)
+        document = json.loads(process.stdout.read())
+        self.assertEqual(document["id"], started.split()[2].decode())
+        return document
+
+    async def test_detached(self) -> None:
+        server = LiveServer(self, grace=GRACE)
+        job = await self.leave(server, "--detach-on-interrupt", twice=False)
+        self.assertEqual(job["status"], "RUNNING")
+        await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
+        )
+
+    async def test_interruptedTwice(self) -> None:
+        server = LiveServer(self, grace=GRACE)
+        job = await self.leave(server, twice=True)
+        self.assertIn(job["status"], ("RUNNING", "STOPPED"))

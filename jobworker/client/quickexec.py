@@ -8,6 +8,7 @@ its own connection, while the main thread answers Ctrl-C and friends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from .errors import ClientError
 from .follow import followOutput, watchEnd
 from .interrupts import Interrupts
 from .quick import QuickClient, drive
+from .show import jsonLine
 from .streams import OutputFailed, Streams
 from .verbs import (
     STOP_DEADLINE,
@@ -162,6 +164,11 @@ async def quickExec(
                     background, client, jobId, streams, interrupts, stops
                 )
                 sayLeft(left[0], jobId, streams, taken)
+            if options.json:
+                # The one document --json promises: the job as it is now
+                # (the real jw printed none: new user round 28).
+                with contextlib.suppress(ClientError):
+                    streams.show(jsonLine(await client.job(jobId)))
             return interrupts.status
         try:
             end = following.outcome()

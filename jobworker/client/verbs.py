@@ -701,13 +701,12 @@ async def doExec(
             return execEnded(cut[0][0], options, streams, interrupts)
         if not left:
             raise
+        interrupts.handle(lambda name: None)  # the waits below are bounded
         if not options.detach_on_interrupt:
-            interrupts.handle(lambda name: None)  # the wait below is bounded
             taken = await _stopTakenTwisted(client, jobId, streams, stops)
             sayLeft(left[0], jobId, streams, taken)
-        elif options.json:
-            # The one document --json promises: the job left running.
-            interrupts.handle(lambda name: None)
+        if options.json:
+            # The one document --json promises: the job as it is now.
             with contextlib.suppress(ClientError):
                 streams.show(jsonLine(await client.job(jobId)))
         return interrupts.status
