@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
 
-from .support import JW, LiveServer, jwEnvironment, runJW
+from .support import JW, LiveServer, jwEnvironment, runJW, sleep
 
 #: The server's grace between a stop's first signal and KILL, here.
 GRACE = 2.0
@@ -478,3 +478,43 @@ class LeftWithJSONTests(TestCase):
         server = LiveServer(self, grace=GRACE)
         job = await self.leave(server, twice=True)
         self.assertIn(job["status"], ("RUNNING", "STOPPED"))
+
+
+class InterruptedInputTests(TestCase):
+    """
+    Ctrl-C on C{jw exec -i} without C{-f}, jw's stdin still open: the job
+    runs on (jw exec without -f leaves it, as ever), but its stdin is
+    closed, and jw says so with how to stop it. It exited 130 without a
+    word, and the job waited for the rest of its stdin for ever (new user
+    round 28).
+    """
+
+    async def test_interruptClosesTheJobsStdin(self) -> None:
+        server = LiveServer(self, grace=GRACE)
+        process = startJW(
+            server.url,
+            "exec",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "cat >/dev/null; echo stdin ended",
+            stdin=subprocess.PIPE,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        process.stdin.write(b"some input\n")
+        process.stdin.flush()
+        jobId = (await deferToThread(readLine, process.stdout)).decode().strip()
+        for _ in range(100):
+            if server.manager.record(jobId).status.value == "RUNNING":
+                break
+            await sleep(0.05)
+        await sleep(0.5)  # (the input on its way)
+        process.send_signal(signal.SIGINT)
+        code = await deferToThread(process.wait, BOUND)
+        err = process.stderr.read().decode()
+        self.assertEqual(code, 130, err)
+        self.assertIn(f"job {jobId} runs on, its stdin closed", err)
+        self.assertIn(f"jw stop {jobId}", err)
+        ended = await server.waitEnded(jobId)
+        self.assertEqual(ended["status"], "COMPLETED", ended)
