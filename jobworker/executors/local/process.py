@@ -559,7 +559,8 @@ class JobProcess:
             error = self._setupError
         elif self._timedOut:
             status = JobStatus.FAILED
-            error = f"timed out after {self._timeout:g} seconds"
+            unit = "second" if self._timeout == 1 else "seconds"
+            error = f"timed out after {self._timeout:g} {unit}"
         elif isinstance(exit, SpawnerLost):
             status = JobStatus.FAILED
             if exit.ran:
