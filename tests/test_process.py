@@ -630,6 +630,27 @@ class StopTests(JobProcessTestCase):
         self.assertIsNone(self.successResultOf(self.job.whenCleanedUp()))
         self.assertFalse(self.job.endLeftovers(StopRequest(signal=signal.SIGKILL)))
 
+    def test_mainExitStoredWhileLeftoversHoldThePipes(self) -> None:
+        """
+        The main process ended (exit 0), what it left holds the pipes: the
+        record, still RUNNING, is stored with that exit at once, so that a
+        crash in the leftovers' grace keeps it (fault round 28).
+        """
+        stored: list[tuple[JobStatus, int | None]] = []
+        self.job.onStop = lambda record: stored.append(
+            (record.status, record.exit_code)
+        )
+        self.job.mainExited(processExit(0))
+        self.assertEqual(stored, [(JobStatus.RUNNING, 0)])
+
+    def test_mainExitNotStoredWhenNothingIsLeft(self) -> None:
+        """A job whose group went with its main process: nothing extra stored."""
+        stored: list[JobRecord] = []
+        self.job.onStop = stored.append
+        self.killer.exists = False
+        self.job.mainExited(processExit(0))
+        self.assertEqual(stored, [])
+
     def test_shorterGraceAfterTheMainExitOnItsOwn(self) -> None:
         """
         The main process ended on its own and its leftovers hold the pipes

@@ -60,3 +60,45 @@ class RecoveredStopTests(SynchronousTestCase):
     def test_notStoppedStaysFailed(self) -> None:
         record = self.recovered(None)
         self.assertEqual(record.status, JobStatus.FAILED)
+
+
+class MainExitStoredTests(SynchronousTestCase):
+    """
+    A job whose main process ended while what it left held its output
+    pipes (the job RUNNING under their grace), and a crash then: its known
+    exit was lost, the job FAILED "the worker restarted while the job ran",
+    and a job after_ok of it never ran (fault round 28). The main process's
+    end is stored as it comes, and recovery closes the job with it.
+    """
+
+    def recovered(self, **fields: object) -> JobRecord:
+        manager = recoveredAfterCrash(self, **fields)
+        return manager.record("7c3b4e02-95a9-4d4a-9f0d-8d0c8fd3c2a1")
+
+    def test_exitZeroCompleted(self) -> None:
+        record = self.recovered(exit_code=0)
+        self.assertEqual(
+            (record.status, record.exit_code, record.error),
+            (JobStatus.COMPLETED, 0, None),
+        )
+
+    def test_exitCodeFailed(self) -> None:
+        record = self.recovered(exit_code=3)
+        self.assertEqual(
+            (record.status, record.exit_code, record.error),
+            (JobStatus.FAILED, 3, "exited with code 3"),
+        )
+
+    def test_killedFailed(self) -> None:
+        record = self.recovered(signal="SIGSEGV")
+        self.assertEqual(
+            (record.status, record.signal, record.error),
+            (JobStatus.FAILED, "SIGSEGV", "killed by signal SIGSEGV"),
+        )
+
+    def test_stoppedStaysStopped(self) -> None:
+        record = self.recovered(signal="SIGTERM", stopped_by="alice")
+        self.assertEqual(
+            (record.status, record.signal, record.stopped_by),
+            (JobStatus.STOPPED, "SIGTERM", "alice"),
+        )

@@ -709,6 +709,24 @@ class LocalExecutor:
             job.failedToStart(spawnError(e))
         return job
 
+    @staticmethod
+    def _recoveredEnd(
+        record: JobRecord,
+    ) -> tuple[JobStatus, int | None, str | None]:
+        """
+        How a job found RUNNING after a crash ends: its status, exit code
+        and signal. A stop asked (stored at once) ends as a stop, however it
+        ended; a main process whose end was stored (L{JobProcess.mainExited})
+        ends the job as it would have; else it FAILED, no status known.
+        """
+        exitCode, signal = record.exit_code, record.signal
+        if record.stopped_by is not None:
+            return JobStatus.STOPPED, exitCode, signal
+        if exitCode is None and signal is None:
+            return JobStatus.FAILED, None, None
+        status = JobStatus.COMPLETED if exitCode == 0 else JobStatus.FAILED
+        return status, exitCode, signal
+
     def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
         """
         Jobs that were running when the server died: kill what is left of
@@ -724,7 +742,7 @@ class LocalExecutor:
         others: set[str] = set()
         ours = ancestors()
         for record in records:
-            error = reason
+            error: str | None = reason
             owner = liveServerOfLeader(
                 record.pid, record.boot_id, record.proc_start, ours
             )
@@ -755,11 +773,26 @@ class LocalExecutor:
                 except OSError:
                     size = 0
                 setattr(record, f"{stream}_bytes", size)
-            # A stop asked (stored at once) ends as a stop, however it ended.
-            status = (
-                JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
+            status, exitCode, signal = self._recoveredEnd(record)
+            if exitCode is not None or signal is not None:
+                # Its main process had ended (stored then), what it left
+                # held the pipes: that end is its own (fault round 28).
+                error = (
+                    None
+                    if status is not JobStatus.FAILED
+                    else (
+                        f"killed by signal {signal}"
+                        if signal is not None
+                        else f"exited with code {exitCode}"
+                    )
+                )
+            record.finish(
+                status,
+                self._reactor.seconds(),
+                exit_code=exitCode,
+                signal=signal,
+                error=error,
             )
-            record.finish(status, self._reactor.seconds(), error=error)
             self.log.warn(
                 "job {job} was running when the worker stopped: marked {status}, "
                 "{killed} leftover process(es) killed",

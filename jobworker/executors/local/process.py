@@ -193,7 +193,8 @@ class JobProcess:
         self._cleanWaiters: list[Deferred[None]] = []
         self._leftovers = leftovers
         self._noted = False
-        #: Told the record when a stop is first asked (to store it).
+        #: Told the record when a stop is first asked, or the main process
+        #: ended with leftovers holding the pipes (to store it).
         self.onStop: Callable[[JobRecord], None] | None = None
 
     # -- start ---------------------------------------------------------------
@@ -512,6 +513,18 @@ class JobProcess:
         self._exit = reason
         self._terminate()
         self._maybeFinish()
+        if not self.record.status.ended and self._killTimer is not None:
+            # What it left holds the pipes, under its grace: the main
+            # process's end is stored now (still RUNNING), so that a crash
+            # meanwhile closes the job with it, not FAILED "restarted"
+            # (its after_ok dependents never ran: fault round 28).
+            exitCode, signalNumber = exitOf(reason.value)
+            self.record.exit_code = exitCode
+            self.record.signal = (
+                signalName(signalNumber) if signalNumber is not None else None
+            )
+            if self.onStop is not None:
+                self.onStop(self.record)
 
     def pipesClosed(self) -> None:
         """Every output pipe is closed (and the main process reaped)."""
@@ -543,13 +556,7 @@ class JobProcess:
         self.stderr.close()
         record = self.record
         self._count()
-        exitCode: int | None = None
-        signalNumber: int | None = None
-        if isinstance(exit, ProcessDone):
-            exitCode = 0
-        elif isinstance(exit, ProcessTerminated):
-            exitCode = exit.exitCode
-            signalNumber = exit.signal
+        exitCode, signalNumber = exitOf(exit)
         signalText = signalName(signalNumber) if signalNumber is not None else None
         error: str | None = None
         if record.stopped_by is not None:
@@ -678,6 +685,15 @@ class JobProcess:
             self.cgroup.kill()
         self._removeTimer = self._clock.callLater(0.05, self._fireCleaned)
         return False
+
+
+def exitOf(exit: BaseException | None) -> tuple[int | None, int | None]:
+    """A process's end (Twisted's reason): its exit code, its signal."""
+    if isinstance(exit, ProcessDone):
+        return 0, None
+    if isinstance(exit, ProcessTerminated):
+        return exit.exitCode, exit.signal
+    return None, None
 
 
 def signalGroup(pgid: int, signum: int) -> bool:
