@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.client.calls import errorFor
 from jobworker.client.errors import ClientError
 from jobworker.client.streams import Streams
-from jobworker.client.verbs import InputNotSent, feedStdin
+from jobworker.client.verbs import InputNotSent, feedStdin, sayInputLeft
 from jobworker.errors import Conflict, TooManyRequests
 from jobworker.executors.local.stdin import StdinFeed
 
@@ -385,4 +385,67 @@ class ResumedFeedTests(SynchronousTestCase):
         self.assertEqual(client.taken, [(b"hello", False), (b"", True)])
         self.assertEqual(
             str(refused), "stdin: connection reset: the job's stdin was closed"
+        )
+
+
+class _ClosedByTheJob:
+    """
+    A server whose job closed its stdin (every write is 409) and whose
+    record says RUNNING until a long poll of its end: C{final}, or still
+    RUNNING.
+    """
+
+    def __init__(self, final: dict[str, Any]) -> None:
+        self.final = final
+        self.waits: list[float] = []
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        raise errorFor(409, b'{"error": "the job\'s stdin is closed"}')
+
+    async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
+        self.waits.append(wait)
+        if wait:
+            return self.final
+        return {"id": jobId, "status": "RUNNING", "started_at": "x"}
+
+
+class ClosedByTheJobTests(SynchronousTestCase):
+    """
+    The job closed its stdin (or exited, its end not recorded yet) with
+    jw's stdin not all sent: the feed waits a moment for the job's end, to
+    say how it ended; jw said nothing (exit 0) when the record still said
+    RUNNING (new user round 28: 1 to 4 runs in 15).
+    """
+
+    def feed(self, final: dict[str, Any]) -> tuple[Any, _ClosedByTheJob]:
+        client = _ClosedByTheJob(final)
+        chunks = [b"y\n" * 100, b""]
+
+        async def read(size: int) -> bytes:
+            return chunks.pop(0)
+
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        done = ensureDeferred(feedStdin(client, "job", streams, read))
+        return self.successResultOf(done), client
+
+    def test_itsEndWaitedFor(self) -> None:
+        final = {"id": "job", "status": "COMPLETED", "started_at": "x", "exit_code": 0}
+        left, client = self.feed(final)
+        self.assertEqual(left, final)
+        self.assertGreater(client.waits[-1], 0)
+
+    def test_closedAndRunningOn(self) -> None:
+        running = {"id": "job", "status": "RUNNING", "started_at": "x"}
+        left, _client = self.feed(running)
+        self.assertEqual(left["status"], "RUNNING")
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        self.assertEqual(sayInputLeft(left, streams), 0)
+        self.assertEqual(
+            err.getvalue(),
+            b"jw: job job closed its stdin before jw's stdin ended: "
+            b"the rest of it was not sent\n",
         )

@@ -438,8 +438,9 @@ def sayInputLeft(job: dict[str, Any], streams: Streams) -> int:
     """
     if neverStarted(job):
         return sayNeverFed(job, streams)
+    how = "closed its stdin" if job["status"] in _LIVE else outcome(job)
     streams.say(
-        f"jw: job {job['id']} {outcome(job)} before jw's stdin ended: "
+        f"jw: job {job['id']} {how} before jw's stdin ended: "
         "the rest of it was not sent"
     )
     return 0
@@ -904,8 +905,13 @@ async def feedStdin(
                         job = await _untilStarted(client, job)
                         if job["status"] == "RUNNING":
                             continue  # send it again, now
-                    ended = job["status"] not in _LIVE
-                    return job if neverStarted(job) or (ended and data) else None
+                    if data and job["status"] == "RUNNING":
+                        # It closed its stdin, or exited and its end is
+                        # not recorded yet: a moment for that end, to say
+                        # how it ended (jw said nothing, the record still
+                        # RUNNING: new user round 28).
+                        job = await client.job(jobId, wait=CLOSED_END_WAIT)
+                    return job if neverStarted(job) or data else None
             if not data:
                 return None
     except ClientError as e:
@@ -945,6 +951,11 @@ def inputStatus(status: int, refused: bool) -> int:
     jw's stdin could not be sent whole (C{refused}).
     """
     return 1 if refused and status == 0 else status
+
+
+#: Seconds C{jw exec -i} waits for the end of a job that refused its input
+#: (its stdin closed) while its record still said RUNNING.
+CLOSED_END_WAIT = 1.0
 
 
 def _notStartedYet(error: ClientError) -> bool:
