@@ -332,3 +332,26 @@ class SingleIdVerbsTests(CLITestCase):
             result = await runJW(server.url, verb, *some)
             self.assertOneLineFailure(result, b"unrecognized arguments")
             self.assertEqual(result[2], 2)
+
+
+class NoServerTests(CLITestCase):
+    """
+    Several ids and no server to answer (none listening, a wrong CA): one
+    line, as for one id, exit 1; it was said again for each id (new user
+    round 28).
+    """
+
+    async def test_oneLineForAllIds(self) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        url = f"https://localhost:{port}"  # (nothing listens there now)
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for verb in ("status", "stop", "rm"):
+            out, err, code = await runJW(url, verb, *ids)
+            self.assertEqual(code, 1, (verb, err))
+            self.assertEqual(out, b"", verb)
+            self.assertEqual(err.count(b"\n"), 1, (verb, err))
+            self.assertNotIn(ids[0].encode(), err, verb)

@@ -1045,7 +1045,9 @@ async def doStatus(
     answers: list[_Answer] = []
     for text in options.ids:
         answers.append(await _answer(text, _record(client, text)))
-        _loginRefused([answers[-1].refused])
+        refused = answers[-1].refused
+        if refused is not None and (refused.status == 401 or len(answers) == 1):
+            raise refused
     return _showSeveral(answers, options, client, streams)
 
 
@@ -1130,7 +1132,8 @@ class _Answer(NamedTuple):
     record: dict[str, Any] | None
     failure: str | None
     status: int
-    #: The server refused the login itself (a 401): not this id's failure.
+    #: The server refused the login itself (a 401), or gave no answer: not
+    #: this id's failure (L{_notThisIds}).
     refused: ClientError | None = None
 
 
@@ -1144,8 +1147,18 @@ async def _answer(text: str, record: Awaitable[dict[str, Any]]) -> _Answer:
     except AlreadyEnded as e:
         return _Answer(e.record, f"jw: {text}: {e}", EXIT_ALREADY_ENDED)
     except (ClientError, UsageFailure) as e:
-        refused = e if isinstance(e, ClientError) and e.status == 401 else None
+        refused = e if isinstance(e, ClientError) and _notThisIds(e) else None
         return _Answer(None, f"jw: {text}: {e}", 1, refused)
+
+
+def _notThisIds(error: ClientError) -> bool:
+    """
+    Is C{error} the command's failure rather than one id's: the login
+    refused (a 401), or no answer at all (the server unreachable, its CA
+    wrong)? Said once, as for one id (it was said again for each id: new
+    user round 28).
+    """
+    return error.status in (401, None)
 
 
 def _showSeveral(
@@ -1165,7 +1178,10 @@ def _showSeveral(
     @raise ClientError: the login was refused (a 401), said once as for
         one id (a saved token is forgotten), not as each id's failure.
     """
-    _loginRefused([answer.refused for answer in answers])
+    refusals = [answer.refused for answer in answers if answer.refused is not None]
+    _loginRefused([e for e in refusals if e.status == 401])
+    if refusals and len(refusals) == len(answers):
+        raise refusals[0]  # (no answer for any: once)
     if options.json:
         streams.show(jsonLine([a.record for a in answers if a.record is not None]))
     else:
@@ -1221,7 +1237,7 @@ async def doRemove(
         try:
             await client.deleteJob(await resolveId(client, text))
         except ClientError as e:
-            return e if e.status == 401 else f"jw: {text}: {e}"
+            return e if _notThisIds(e) else f"jw: {text}: {e}"
         except UsageFailure as e:
             return f"jw: {text}: {e}"
         return None
