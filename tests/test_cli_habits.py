@@ -343,6 +343,9 @@ class FindingTests(MemoryCLITestCase):
         jobId = self.execId("sleep", "60")
         job = self.statusJSON(jobId[:6])
         self.assertEqual(job["id"], jobId)
+        # In capitals, the same (they were "not a job id": new user round 28).
+        for text in (jobId.upper(), jobId[:8].upper()):
+            self.assertEqual(self.statusJSON(text)["id"], jobId)
         self.assertOneLineFailure(self.jw("status", jobId[:5]), b"6 or more")
         # Two ids sharing a prefix: make one by hand in the store's order.
         other = self.execId("sleep", "60")

@@ -140,6 +140,7 @@ def checkId(text: str) -> None:
     @raise BadArguments: C{text} is neither a job id nor a prefix of one
         that may be looked up.
     """
+    text = text.lower()  # (a UUID in capitals is the same id)
     if _UUID.match(text):
         return
     if len(text) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f-]+", text):
@@ -259,7 +260,12 @@ def _stopSignal(options: argparse.Namespace) -> tuple[str | None, float | None]:
 
 
 async def resolveId(client: AnyClient, text: str) -> str:
-    """A whole job id for C{text}: itself, or the one job it is a prefix of."""
+    """
+    A whole job id for C{text}: itself, or the one job it is a prefix of;
+    in capitals, the same (the server's ids are in small letters: a prefix
+    in capitals was "not a job id": new user round 28).
+    """
+    text = text.lower()
     if _UUID.match(text):
         return text
     checkId(text)

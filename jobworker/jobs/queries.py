@@ -19,7 +19,7 @@ def parseOffset(text: str | None) -> int:
     if text is None:
         return 0
     if boundedInteger(text, 0, MAX_INT64) is None:
-        raise BadRequest("offset must be a non-negative integer")
+        raise BadRequest(f"offset must be a non-negative integer, at most {MAX_INT64}")
     return int(text)
 
 
