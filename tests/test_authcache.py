@@ -336,3 +336,34 @@ class SharedCheckTests(SynchronousTestCase):
         self.runner.runAll()  # the check one of the others made
         for d in others:
             self.assertEqual(self.successResultOf(d).name, "alice")
+
+
+class SharedCheckReloadTests(SynchronousTestCase):
+    """
+    The check others wait for is right, but its verdict is not kept (the
+    users were reloaded while it ran): one of the waiters checks again,
+    and the others wait for that one (each made a check of its own, and
+    each took the place of the last as the check to wait for).
+    """
+
+    def test_oneCheckAgain(self) -> None:
+        clock = Clock()
+        cache = VerifiedCredentials(clock, ttl=3600.0)
+        runner = HeldRunner()
+        authenticator = Authenticator(
+            makePortal(UserDatabase.development(), runner, cache),
+            throttle=LoginThrottle(clock, threshold=5),
+        )
+        logins = [
+            ensureDeferred(
+                authenticator.authenticate(basicRequest("alice", "alice-pass"))
+            )
+            for _ in range(4)
+        ]
+        self.assertEqual(len(runner.held), 1)
+        cache.clear()  # a reload while it runs: its verdict is not kept
+        runner.runAll()
+        self.assertEqual(len(runner.held), 1)  # one check again, not three
+        runner.runAll()
+        for d in logins:
+            self.assertEqual(self.successResultOf(d).name, "alice")

@@ -825,7 +825,9 @@ class Authenticator:
             if verdict:
                 user = self._remembered(credentials)
                 if user is None:
-                    return None  # (not kept: the users were reloaded meanwhile)
+                    # Not kept (the users were reloaded meanwhile): check
+                    # them, or wait for the one of the waiters who does.
+                    continue
                 if self._throttle is not None:
                     self._throttle.succeeded(name, client)
                 return user
