@@ -16,7 +16,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.users import UserDatabase
@@ -32,7 +32,7 @@ from jobworker.server.api import JobsAPI
 from jobworker.server.services import RetentionService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import basic, smallTmpfs
+from .support import LiveServer, basic, smallTmpfs
 
 #: SQLite's name for a full disk's error.
 FULL = "SQLITE_FULL"
@@ -350,6 +350,40 @@ class InodesOutTests(SynchronousTestCase):
         self.assertEqual(raised.exception.errno, errno.ENOSPC)
         again = start()
         self.assertEqual([r.id for r in again.page()[0]], [job.id])
+
+
+class InodesOutServerTests(TestCase):
+    """
+    The whole server (twistd's service, as it starts), on a state dir with
+    no inode left: the store opened before the manager, which gave the
+    reserve up only then (review of fault round 28).
+    """
+
+    timeout = 60
+
+    async def test_serverStartsWithNoInodeLeft(self) -> None:
+        mount = smallTmpfs(self, "4m,nr_inodes=200")
+        stateDir = os.path.join(mount, "state")
+        server = LiveServer(self, stateDir=stateDir)
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        await server.stop()
+        ballast = os.path.join(mount, "ballast")
+        os.mkdir(ballast)
+        with self.assertRaises(OSError) as raised:
+            for n in range(1000):
+                os.close(os.open(os.path.join(ballast, str(n)), os.O_CREAT, 0o600))
+        self.assertEqual(raised.exception.errno, errno.ENOSPC)
+        again = LiveServer(self, stateDir=stateDir)
+        code, listed = await again.json("GET", "/jobs", "alice")
+        self.assertEqual(code, 200, listed)
+        self.assertEqual([j["id"] for j in listed["jobs"]], [job["id"]])
+        # Room again: a deletion frees it, and the reserve is made again.
+        for n in range(50):
+            os.unlink(os.path.join(ballast, str(n)))
+        code, _ = await again.json("DELETE", f"/jobs/{job['id']}", "alice")
+        self.assertEqual(code, 200)
+        self.assertTrue(os.path.exists(os.path.join(stateDir, "reserve")))
 
 
 class DiskReserveTests(SmallDisk):

@@ -81,6 +81,10 @@ STORE_LOOK_FAILED = 60.0
 #: (a queued job stopped meanwhile would run again after the restart).
 RESERVE_BYTES = 1 << 20
 
+#: The reserve's file in the state dir, and the suffix of its inode's.
+RESERVE = "reserve"
+RESERVE_INODE = "-inode"
+
 #: How many jobs with a damaged record the log names, once each.
 DAMAGED_NAMED = 1000
 
@@ -130,10 +134,10 @@ class JobManager(Admission):
             TokenBuckets(rate, createBurst(rate)) if rate is not None else None
         )
         self._jobsDir = os.path.join(stateDir, "jobs")
-        self._reserve = os.path.join(stateDir, "reserve")
+        self._reserve = os.path.join(stateDir, RESERVE)
         #: An empty file beside it, holding one more inode for L{_withRoom}
         #: (SQLite opens a store with two new files).
-        self._reserveInode = self._reserve + "-inode"
+        self._reserveInode = self._reserve + RESERVE_INODE
         self._executor = executor
         executor.attach(self._save, self._find)
         self._live: dict[str, LiveJob] = {}
@@ -176,18 +180,20 @@ class JobManager(Admission):
         self._storeFound: str | None = None
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
         roomForFiles = _checkWritable(self._jobsDir)
-        #: A deletion gave the reserve up (L{_withRoom}): make it again.
-        self._reserveGiven = False
+        #: The reserve was given up (L{_withRoom}; or there is no room to
+        #: make it: at start-up with no inode left): make it again.
+        self._reserveGiven = not roomForFiles
         if roomForFiles:
             self._keepReserve()
-        elif self._giveUpReserve("to open the store (no inode left)"):
-            # SQLite makes its -wal and -shm files as it opens the store:
-            # with no inode left, the reserve's two (fault round 28).
-            self._reserveGiven = True
         self._store = (
             store
             if store is not None
-            else JobStore(os.path.join(stateDir, "jobs.sqlite3"))
+            else JobStore(
+                os.path.join(stateDir, "jobs.sqlite3"),
+                makeRoom=functools.partial(
+                    self._giveUpReserve, "to open the store (no inode left)"
+                ),
+            )
         )
         self._resumeSweep()
         self._metrics.watchJobs(self._countByStatus)
@@ -1130,14 +1136,8 @@ class JobManager(Admission):
         Free the reserve for the last writes (or C{why}: what for); True if
         there was one.
         """
-        try:
-            os.unlink(self._reserve)
-        except OSError:
+        if not giveUpReserve(os.path.dirname(self._reserve)):
             return False
-        try:
-            os.unlink(self._reserveInode)
-        except OSError:
-            pass
         self.log.warn(
             "the disk is full: the reserve is given up {why}",
             why=why or f"to store {len(self._unsaved)} final record(s)",
@@ -1223,6 +1223,26 @@ def _isJobId(text: str) -> bool:
 def _withReason(record: JobRecord, reason: str | None) -> JobRecord:
     record.pending_reason = reason
     return record
+
+
+def giveUpReserve(stateDir: str) -> bool:
+    """
+    Free the disk reserve of C{stateDir} (L{RESERVE_BYTES}, and an inode
+    beside it): True if it was there. SQLite makes two new files as it
+    opens a store, and a deletion needs room in its journal: on a full
+    disk, the reserve is what lets them (fault round 28: with no inode
+    left, no start).
+    """
+    reserve = os.path.join(stateDir, RESERVE)
+    try:
+        os.unlink(reserve)
+    except OSError:
+        return False
+    try:
+        os.unlink(reserve + RESERVE_INODE)
+    except OSError:
+        pass
+    return True
 
 
 def _checkWritable(folder: str) -> bool:

@@ -153,6 +153,22 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     return decorate
 
 
+def roomForAFile(folder: str) -> bool:
+    """
+    Whether a new file can be made in C{folder}: False only if there is no
+    room for one (no inode left, or the quota's); another error (a
+    read-only folder) is for what tries to write there to say.
+    """
+    probe = os.path.join(folder, f".room-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        return e.errno not in (errno.ENOSPC, errno.EDQUOT)
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
 def _refuseStrangeCompanions(path: str) -> None:
     """
     SQLite's C{-wal} and C{-shm} files beside the store, if there, must be
@@ -210,15 +226,38 @@ class JobStore:
     #: The file was written again (L{relink}) and is to be opened again.
     _reconnect = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, makeRoom: Callable[[], bool] | None = None) -> None:
+        """
+        @param makeRoom: called once if the store cannot be opened and its
+            folder has no room for a new file (no inode left: SQLite makes
+            its -wal and -shm as it opens): frees some (the disk reserve),
+            True if it did; the store is then opened again.
+        """
         self.path = path
         #: The process that opened it (see L{afterFork}).
         self._pid = os.getpid()
         _refuseStrangeCompanions(path)
         self._locks = self._exclusive(path)
+        try:
+            self._open(path)
+        except StoreError:
+            if (
+                makeRoom is None
+                or roomForAFile(os.path.dirname(os.path.abspath(path)))
+                or not makeRoom()
+            ):
+                self._unlock()
+                raise
+            try:
+                self._open(path)
+            except StoreError:
+                self._unlock()
+                raise
+
+    def _open(self, path: str) -> None:
+        """Open (and check) the store, its locks held; close it on failure."""
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
-            self._unlock()
             raise StoreError(f"{path} is not readable and writable")
         try:
             if not existed:
@@ -229,7 +268,6 @@ class JobStore:
             # once, a 503 or a record kept in memory and written later.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=0)
         except (OSError, sqlite3.Error) as e:
-            self._unlock()
             raise StoreError(f"cannot open {path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         #: The file opened (device, inode): L{relink} compares the path's.
@@ -238,11 +276,9 @@ class JobStore:
             self._prepare()
         except StoreError:
             self._db.close()
-            self._unlock()
             raise
         except sqlite3.DatabaseError as e:
             self._db.close()
-            self._unlock()
             raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
 
     @staticmethod

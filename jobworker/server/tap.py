@@ -40,10 +40,10 @@ from ..jobs.identity import (
     Identity,
 )
 from ..jobs.limits import Limits
-from ..jobs.manager import JobManager
+from ..jobs.manager import JobManager, giveUpReserve
 from ..jobs.placement import SlurmAllowances
 from ..jobs.policy import JobPolicy, JobReactor
-from ..jobs.store import JobStore, StoreError
+from ..jobs.store import JobStore, StoreError, roomForAFile
 from ..metrics import Metrics
 from . import descriptors, identitysetup, tlssetup
 from .api import JobsAPI
@@ -471,12 +471,31 @@ def _store(stateDir: str) -> JobStore:
     fault round), nor touched its sandbox files or its jobs.
     """
     path = os.path.join(stateDir, "jobs.sqlite3")
+
+    def makeRoom() -> bool:
+        # No inode left: SQLite makes its -wal and -shm as it opens the
+        # store (every start failed: fault round 28 and its review).
+        if not giveUpReserve(stateDir):
+            return False
+        log.warn(
+            "no room for a new file in {folder}: the disk reserve was given up "
+            "to open the store; it is made again once there is room",
+            folder=stateDir,
+        )
+        return True
+
     try:
-        store = JobStore(path)
+        store = JobStore(path, makeRoom=makeRoom)
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
     except StoreError as e:
-        fatal(f"cannot use state dir {stateDir}: {e}")
+        hint = ""
+        if not roomForAFile(stateDir):
+            hint = (
+                " (no room for a new file there, no inode left: remove an "
+                "ended job's folder under jobs/, or other files, to start)"
+            )
+        fatal(f"cannot use state dir {stateDir}: {e}{hint}")
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
         # (SQLite gives its -wal and -shm files the store's mode.)
