@@ -56,6 +56,14 @@ class Conflict(JobworkerError):
     code = 409
 
 
+class LeftoversStopped(Conflict):
+    """
+    A stop of a job that had ended (409, as any), which reached the
+    processes it left: a harder stop (KILL, a shorter grace) holds for
+    them. The API audits it as the stop it is.
+    """
+
+
 class TooManyRequests(JobworkerError):
     """A limit on concurrent work was reached; retry later (C{Retry-After})."""
 

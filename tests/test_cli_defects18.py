@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.client import failures, verbs
 from jobworker.client.errors import ClientError
@@ -148,6 +148,34 @@ class StopEndedTests(JWAssertions, TestCase):
         self.assertEqual(code, failures.EXIT_ALREADY_ENDED, err)
         self.assertEqual(json.loads(out)["status"], "COMPLETED")
         self.assertIn(b"had already ended (COMPLETED)", err)
+
+    async def test_saysItEndedWhatItLeftSooner(self) -> None:
+        """
+        A job that ended, what it left (a C{setsid} child ignoring TERM, on
+        a server with a long grace) still being ended: jw stop --kill says
+        it ended those sooner, not "nothing to stop", exit 3 still (review
+        of attacker round 28).
+        """
+        if os.getuid() != 0:
+            raise SkipTest(
+                "a leftover outside its session is the job's with cgroups: root"
+            )
+        server = LiveServer(self, grace=30.0)
+        job = await server.createJob(
+            "sh",
+            "-c",
+            "setsid sh -c 'trap \"\" TERM; exec sleep 305' </dev/null >/dev/null "
+            "2>&1 & sleep 0.2",
+        )
+        await server.waitEnded(job["id"])
+        result = await runJW(server.url, "stop", "--kill", job["id"])
+        line = self.assertOneLineFailure(result)
+        self.assertEqual(
+            line,
+            f"jw: job {job['id']} had already ended (COMPLETED): the processes "
+            "it left are ended sooner by this stop\n".encode(),
+        )
+        self.assertEqual(result[2], failures.EXIT_ALREADY_ENDED)
 
     def test_helpSaysTheStatus(self) -> None:
         """jw stop --help names the exit status."""

@@ -1841,8 +1841,18 @@ class DynamicIdentityTests(TestCase):
             "POST", f"/jobs/{job['id']}/stop", "ada", {"signal": "KILL"}
         )
         self.assertEqual(code, 409, body)
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            stops = [
+                e
+                for e in map(json.loads, f)
+                if e.get("event") == "job.stop" and e.get("user") == "ada"
+            ]
         if self.leftoversOutliveTheEnd:
             self.assertIn("processes it left", body["error"])
+            # Audited as the stop it is (review of attacker round 28).
+            self.assertEqual([e["result"] for e in stops], ["leftovers"], stops)
+        else:
+            self.assertEqual(stops, [])
         await self.gone(uid, 304, 5.0)
 
     async def test_privateFoldersAsWorkingDirectories(self) -> None:

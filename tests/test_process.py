@@ -625,6 +625,8 @@ class StopTests(JobProcessTestCase):
         self.assertIs(self.record.status, JobStatus.STOPPED)
         sent = self.killer.signalsTo(PID)
         self.assertNotIn(signal.SIGKILL, sent)
+        # No harder than what they are under: nothing held, and it says so.
+        self.assertFalse(self.job.endLeftovers(StopRequest()))
         self.assertTrue(self.job.endLeftovers(StopRequest(signal=signal.SIGKILL)))
         self.assertEqual(self.killer.signalsTo(PID), [*sent, signal.SIGKILL])
         self.assertIsNone(self.successResultOf(self.job.whenCleanedUp()))

@@ -94,10 +94,23 @@ class AlreadyEnded(Exception):
     """
 
     def __init__(
-        self, jobId: str, status: str | None, record: dict[str, Any] | None = None
+        self,
+        jobId: str,
+        status: str | None,
+        record: dict[str, Any] | None = None,
+        leftovers: bool = False,
     ) -> None:
+        """
+        @param leftovers: the stop reached what the job left, still being
+            ended (the server says so): it ended them sooner.
+        """
         how = f" ({status})" if status else ""
-        super().__init__(f"job {jobId} had already ended{how}: nothing to stop")
+        what = (
+            "the processes it left are ended sooner by this stop"
+            if leftovers
+            else "nothing to stop"
+        )
+        super().__init__(f"job {jobId} had already ended{how}: {what}")
         self.status = status
         self.record = record
 

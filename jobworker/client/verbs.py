@@ -1125,7 +1125,11 @@ async def _stopJob(
         if later.active():
             later.cancel()
     ended = await _endedRecord(client, jobId, refusal)
-    raise AlreadyEnded(jobId, None if ended is None else ended["status"], ended)
+    body = refusal.body if isinstance(refusal.body, dict) else {}
+    leftovers = "processes it left" in str(body.get("error", ""))
+    raise AlreadyEnded(
+        jobId, None if ended is None else ended["status"], ended, leftovers
+    )
 
 
 class _Answer(NamedTuple):

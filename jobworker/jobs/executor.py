@@ -95,7 +95,7 @@ class LiveJob(Protocol):
         """
         A stop of the job once it has ended: what it left still running
         under its grace gets a harder stop (KILL, a shorter grace), if this
-        is one. False if nothing of it is left to end.
+        is one. True if it did.
         """
 
     @property

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from ..errors import (
     Conflict,
+    LeftoversStopped,
     NotFound,
     ServiceUnavailable,
 )
@@ -677,13 +678,15 @@ class JobManager(Admission):
                 # Its leftovers are still being ended: a harder stop holds
                 # for them (an Admin's KILL was a 409 and nothing, while
                 # they ran on: attacker round 28).
+                self._metrics.stops.inc()
                 self.log.info(
                     "job {job}: the processes it left get {user}'s stop",
                     job=jobId,
                     user=by,
                 )
-                message += (
-                    ": the processes it left are being ended, this stop's way if harder"
+                raise LeftoversStopped(
+                    message + "; the processes it left are ended sooner by this stop",
+                    job=record.toJSON(),
                 )
             raise Conflict(message, job=record.toJSON())
         self._metrics.stops.inc()

@@ -37,6 +37,7 @@ from ..errors import (
     BadRequest,
     Forbidden,
     JobworkerError,
+    LeftoversStopped,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -54,7 +55,7 @@ from ..jobs.queries import (
     parseWait,
 )
 from ..jobs.records import JobRecord, rfc3339
-from ..jobs.stopping import parseStopRequest
+from ..jobs.stopping import StopRequest, parseStopRequest
 from ..jobs.store import StoreError
 from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
 from ..metrics import Metrics
@@ -555,20 +556,40 @@ class JobsAPI:
         # One already being stopped: one line a minute (a loop of stops of
         # it wrote a line each, whether or not they hastened its end).
         again = record.stopped_by is not None
-        stopping = self._manager.stop(record.id, user.name, how)
-        if self._auditLog is not None:
-            write = self._auditLog.recordSparsely if again else self._auditLog.record
-            write(
-                "job.stop",
-                user.name,
-                clientAddress(request),
-                "requested",
-                job=record.id,
-                signal=signal.Signals(how.signal).name,
-                grace=how.grace,
-            )
+        try:
+            stopping = self._manager.stop(record.id, user.name, how)
+        except LeftoversStopped:
+            # The job had ended, what it left had not: this stop ended them
+            # sooner, and is audited as the stop it is (review of attacker
+            # round 28).
+            self._auditStop(request, user, record.id, how, again, "leftovers")
+            raise
+        self._auditStop(request, user, record.id, how, again, "requested")
         stopped = await stopping
         return _json(request, stopped.toJSON())
+
+    def _auditStop(
+        self,
+        request: IRequest,
+        user: User,
+        jobId: str,
+        how: StopRequest,
+        again: bool,
+        result: str,
+    ) -> None:
+        """The C{job.stop} line (one a minute for a job already being stopped)."""
+        if self._auditLog is None:
+            return
+        write = self._auditLog.recordSparsely if again else self._auditLog.record
+        write(
+            "job.stop",
+            user.name,
+            clientAddress(request),
+            result,
+            job=jobId,
+            signal=signal.Signals(how.signal).name,
+            grace=how.grace,
+        )
 
     @app.route("/jobs/<jobId>/stdin", methods=["POST"])
     @guarded(Permission.STDIN, "eof", "offset", bodyType=b"application/octet-stream")

@@ -356,28 +356,31 @@ class JobProcess:
         exited = getattr(self._transport, "exited", None)
         return exited is not None and self.record.stopped_by is None and exited()
 
-    def _hasten(self, how: StopRequest) -> None:
+    def _hasten(self, how: StopRequest) -> bool:
         """
         A stop while the job is being stopped: a harder one holds (KILL, or
         a grace that ends before the first one's), else it waits for the
-        same end. The first stop's signal is not sent again.
+        same end. The first stop's signal is not sent again. True if it
+        held (the end came sooner).
         """
         if self._pgid is None or self._killSent:
-            return
+            return False
         if how.signal == signal.SIGKILL or how.grace == 0:
             self._cancelTimers("_killTimer")
             self._graceUsed = 0.0
             self._kill()
-            return
+            return True
         timer = self._killTimer
         if timer is None:
-            return
+            return False
         grace = self._grace if how.grace is None else how.grace
         left = timer.getTime() - self._clock.seconds()
         if grace < left:
             timer.cancel()
             self._graceUsed -= left - grace
             self._killTimer = self._clock.callLater(grace, self._kill)
+            return True
+        return False
 
     def stopForShutdown(self) -> Deferred[JobRecord]:
         """
@@ -409,12 +412,12 @@ class JobProcess:
         """
         A stop of a job that has ended, whose leftovers are still under
         their grace: a harder one (KILL, a shorter grace) holds for them.
-        False if nothing of it is left to end.
+        True if it did (False: nothing of it is left to end, or the stop
+        is no harder).
         """
         if not self.record.status.ended or self._killTimer is None:
             return False
-        self._hasten(how)
-        return True
+        return self._hasten(how)
 
     def _terminate(self, how: StopRequest = DEFAULT_STOP) -> None:
         if self._pgid is None or self._killSent:
