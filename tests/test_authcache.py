@@ -367,3 +367,41 @@ class SharedCheckReloadTests(SynchronousTestCase):
         runner.runAll()
         for d in logins:
             self.assertEqual(self.successResultOf(d).name, "alice")
+
+    def test_aLoginAfterAReloadChecksItself(self) -> None:
+        """
+        A login that comes after a users reload does not wait for a check
+        of the same credentials begun before it: that one is judged by the
+        old users (a password hashed again, the same: the later login got
+        401 with it; review of fault round 28).
+        """
+        clock = Clock()
+        cache = VerifiedCredentials(clock, ttl=3600.0)
+        runner = HeldRunner()
+        users = UserDatabase.development()
+        authenticator = Authenticator(
+            makePortal(users, runner, cache),
+            throttle=LoginThrottle(clock, threshold=5),
+        )
+        before = ensureDeferred(
+            authenticator.authenticate(basicRequest("alice", "alice-pass"))
+        )
+        alice = users.lookup("alice")
+        assert alice is not None
+        rehashed = replace(
+            alice, passwordHash=alice.passwordHash.replace(b"$2b$", b"$2a$")
+        )
+        entries = [users.lookup(name) for name in sorted(users.names())]
+        authenticator.replaceUsers(
+            UserDatabase(
+                [rehashed if e is alice else e for e in entries if e is not None],
+                users.dummyHash,
+            )
+        )
+        after = ensureDeferred(
+            authenticator.authenticate(basicRequest("alice", "alice-pass"))
+        )
+        self.assertEqual(len(runner.held), 2)  # its own check
+        runner.runAll()
+        self.failureResultOf(before, Unauthorized)  # (judged by the old hash)
+        self.assertEqual(self.successResultOf(after).name, "alice")

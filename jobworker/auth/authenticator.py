@@ -406,9 +406,10 @@ class Authenticator:
         #: average): a throttled attempt is answered after as long.
         self._checkSeconds = 0.0
         #: The password checks running (by L{VerifiedCredentials.digest} of
-        #: their credentials), each with the requests of the same
-        #: credentials waiting for its verdict (L{_awaitShared}).
-        self._checking: dict[bytes, list[Deferred[bool | None]]] = {}
+        #: their credentials, and the users' generation they came in), each
+        #: with the requests of the same credentials waiting for its verdict
+        #: (L{_awaitShared}).
+        self._checking: dict[tuple[bytes, int], list[Deferred[bool | None]]] = {}
         #: The L{Grant}s of the long responses running, and what to call
         #: when one is withdrawn.
         self._grants: dict[Grant, Callable[[JobworkerError], object]] = {}
@@ -733,8 +734,13 @@ class Authenticator:
             return user
         key = None
         if self._cache is not None:
-            key = self._cache.digest(
-                bytes(credentials.username), bytes(credentials.password)
+            # A request after a users reload waits for no check begun
+            # before it: that one is judged by the old users (review).
+            key = (
+                self._cache.digest(
+                    bytes(credentials.username), bytes(credentials.password)
+                ),
+                self._cache.generation,
             )
             user = await self._awaitShared(request, key, credentials, name, client)
             if user is not None:
@@ -801,7 +807,7 @@ class Authenticator:
     async def _awaitShared(
         self,
         request: IRequest,
-        key: bytes,
+        key: tuple[bytes, int],
         credentials: Any,
         name: str,
         client: str,
