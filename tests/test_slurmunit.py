@@ -391,6 +391,27 @@ class ExecutorTests(SynchronousTestCase):
         self.poll({"101": state("COMPLETED")})
         self.assertIs(self.manager.record(first.id).status, JobStatus.COMPLETED)
 
+    def test_endDuringAClockStepBack(self) -> None:
+        """
+        A Slurm job seen running, then ending while the wall clock is
+        stepped back an hour: its end is its start plus the time elapsed,
+        not the stepped-back time (a local job's was; a Slurm one's was
+        not: review of session 28).
+        """
+        elapsed = [500.0]
+        self.executor.elapsed = lambda: elapsed[0]  # type: ignore[method-assign]
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        seen = self.reactor.seconds()
+        elapsed[0] += 600
+        self.reactor.advance(600)
+        self.reactor.rightNow -= 3600  # the step back
+        self.poll({"101": state("COMPLETED")})
+        ended = self.manager.record(record.id)
+        self.assertIs(ended.status, JobStatus.COMPLETED)
+        assert ended.ended_at is not None
+        self.assertGreaterEqual(ended.ended_at, seen + 600)
+
     def test_finalStatesMapped(self) -> None:
         """TIMEOUT, OUT_OF_MEMORY, signals and purged jobs are FAILED with why."""
         jobs = [self.submit("true") for _ in range(4)]

@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ...errors import BadRequest, JobworkerError, ServiceUnavailable
+from ...jobs.ending import elapsedSeconds
 from ...jobs.executor import ExecutorHealth, OwnerCheck
 from ...jobs.identity import Identity
 from ...jobs.limits import Limits
@@ -69,6 +70,9 @@ class SlurmExecutor:
 
     log = Logger()
     name = "slurm"
+    #: A clock no step of the wall clock moves, by which a job's end time
+    #: is checked against its start's (L{Ending}); tests set their own.
+    elapsed: Callable[[], float] = staticmethod(elapsedSeconds)
 
     def __init__(
         self,

@@ -87,6 +87,8 @@ class SlurmHost(Protocol):
 
     def now(self) -> float: ...
 
+    def elapsed(self) -> float: ...
+
     def callLater(self, delay: float, f: Callable[[], None]) -> IDelayedCall: ...
 
     def outputPath(self, jobId: str, stream: str) -> str: ...
@@ -127,7 +129,7 @@ class SlurmJob:
         #: What sbatch said: the record, or a failure (Slurm unreachable).
         self._acceptance: JobRecord | Failure | None = None
         self._acceptWaiters: list[Deferred[JobRecord]] = []
-        self._ending = Ending(record)
+        self._ending = Ending(record, executor.elapsed)
         self._cleaned: Deferred[None] = Deferred()
         #: Since when Slurm says it will never start it (L{NEVER_STARTS}).
         self._neverSince: float | None = None
@@ -259,6 +261,9 @@ class SlurmJob:
             record.status = JobStatus.RUNNING
             record.pending_reason = None
             record.started_at = self._startedAt(state, now)
+            # Its end is stamped no earlier than now plus the time elapsed
+            # since (a step back of the clock meanwhile: L{Ending}).
+            self._ending.started(self._executor.now())
             record.node = state.node
             self._executor.save(record)
             self.log.info(
