@@ -823,7 +823,15 @@ class RunnableAsIdentityTests(SynchronousTestCase):
         own, empty at its start: refused.
         """
         hidden = ("/tmp", "/var/tmp", "/dev/shm")
-        for cwd in ("/tmp", "/tmp/", WORKDIR, "/var/tmp", "/dev/shm", "/tmp/job/.."):
+        for cwd in (
+            "/tmp",
+            "/tmp/",
+            "//tmp",
+            WORKDIR,
+            "/var/tmp",
+            "/dev/shm",
+            "/tmp/job/..",
+        ):
             checkRunnable(
                 "true", {"PATH": "/usr/bin:/bin"}, cwd, self.identity, WORKDIR, hidden
             )

@@ -916,7 +916,7 @@ def _ownFolder(path: str, hidden: tuple[str, ...]) -> bool:
     """
     if not path.startswith("/"):
         return False
-    path = os.path.normpath(path)
+    path = os.path.normpath("/" + path.lstrip("/"))  # (//tmp is /tmp)
     return path in hidden or (path == WORKDIR and _within(WORKDIR, hidden))
 
 
