@@ -449,3 +449,32 @@ class ClosedByTheJobTests(SynchronousTestCase):
             b"jw: job job closed its stdin before jw's stdin ended: "
             b"the rest of it was not sent\n",
         )
+
+
+class CloseWhileFullTests(TestCase):
+    """
+    The write that closes a job's stdin, sent while the pipe is full (the
+    job does not read yet): its bytes are written once the job reads, then
+    the end of file. The pipe was never closed (the writer, its producer
+    paused, resumed it instead of closing), and the job waited for input
+    for ever while the answer said closed (fault round 28b).
+    """
+
+    timeout = 60
+
+    async def test_closedOnceDrained(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "sleep 2; wc -c", stdin=True)
+        for eof in ("false", "false", "true"):
+            response, body = await call(
+                server,
+                "POST",
+                f"/jobs/{job['id']}/stdin?eof={eof}",
+                raw=b"\0" * 60_000,
+                contentType=b"application/octet-stream",
+            )
+            self.assertEqual(response.code, 200, body)
+        ended = await server.waitEnded(job["id"], timeout=30)
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        response = await server.request("GET", f"/jobs/{job['id']}/logs", "alice")
+        self.assertEqual((await treq.content(response)).split(), [b"180000"])

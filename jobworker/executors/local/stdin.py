@@ -137,5 +137,12 @@ class StdinFeed:
         """End of file for the job (what is buffered is written first)."""
         if not self.closed and self._transport is not None:
             self.closed = True
+            writer = getattr(self._transport, "pipes", {}).get(0)
+            unregister = getattr(writer, "unregisterProducer", None)
+            if unregister is not None and getattr(writer, "producer", None) is self:
+                # A writer whose buffer drains resumes a paused producer
+                # instead of closing: the pipe was never closed, and the job
+                # waited for input for ever (fault round 28b).
+                unregister()
             self._transport.closeStdin()
         self._release()
