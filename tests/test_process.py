@@ -645,12 +645,45 @@ class StopTests(JobProcessTestCase):
         self.job.mainExited(processExit(0))
         self.assertEqual(stored, [(JobStatus.RUNNING, 0)])
 
+    def test_timedOutMainExitStoredWithWhy(self) -> None:
+        """
+        A job that timed out, whose main process then ended with leftovers
+        holding the pipes: its end is stored with why it failed (fault
+        round 28b: recovered COMPLETED after a crash).
+        """
+        job = self.another(timeout=2.0)
+        stored: list[tuple[int | None, str | None, str | None]] = []
+        job.onStop = lambda record: stored.append(
+            (record.exit_code, record.signal, record.error)
+        )
+        JobProcessProtocol(job).makeConnection(self.transport)  # type: ignore[arg-type]
+        self.clock.advance(2.0)
+        job.mainExited(processKilled(signal.SIGTERM))
+        self.assertEqual(stored, [(None, "SIGTERM", "timed out after 2 seconds")])
+
+    def test_mainExitStoredWithoutACgroupAMomentOn(self) -> None:
+        """
+        No cgroup, and nothing left in the job's group to signal, yet its
+        pipes are held (a leftover left the session): the end is stored a
+        moment on if they still are (fault round 28b), not at once (most
+        jobs' pipes close a turn after their exit is reaped).
+        """
+        stored: list[int | None] = []
+        self.job.onStop = lambda record: stored.append(record.exit_code)
+        self.killer.exists = False
+        self.job.mainExited(processExit(0))
+        self.assertEqual(stored, [])
+        self.clock.advance(1.0)
+        self.assertEqual(stored, [0])
+
     def test_mainExitNotStoredWhenNothingIsLeft(self) -> None:
         """A job whose group went with its main process: nothing extra stored."""
         stored: list[JobRecord] = []
         self.job.onStop = stored.append
         self.killer.exists = False
         self.job.mainExited(processExit(0))
+        self.job.pipesClosed()
+        self.clock.advance(5.0)
         self.assertEqual(stored, [])
 
     def test_shorterGraceAfterTheMainExitOnItsOwn(self) -> None:

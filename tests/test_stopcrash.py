@@ -102,3 +102,15 @@ class MainExitStoredTests(SynchronousTestCase):
             (record.status, record.signal, record.stopped_by),
             (JobStatus.STOPPED, "SIGTERM", "alice"),
         )
+
+    def test_timedOutFailed(self) -> None:
+        """
+        Timed out: its main process ended (exit 0, say, on the timeout's
+        TERM), stored with why, and the crash came in the grace: FAILED
+        "timed out", not COMPLETED (its after_ok jobs ran: fault round 28b).
+        """
+        record = self.recovered(exit_code=0, error="timed out after 2 seconds")
+        self.assertEqual(
+            (record.status, record.exit_code, record.error),
+            (JobStatus.FAILED, 0, "timed out after 2 seconds"),
+        )

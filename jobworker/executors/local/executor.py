@@ -724,8 +724,8 @@ class LocalExecutor:
             return JobStatus.STOPPED, exitCode, signal
         if exitCode is None and signal is None:
             return JobStatus.FAILED, None, None
-        status = JobStatus.COMPLETED if exitCode == 0 else JobStatus.FAILED
-        return status, exitCode, signal
+        ok = exitCode == 0 and record.error is None
+        return (JobStatus.COMPLETED if ok else JobStatus.FAILED), exitCode, signal
 
     def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
         """
@@ -777,15 +777,15 @@ class LocalExecutor:
             if exitCode is not None or signal is not None:
                 # Its main process had ended (stored then), what it left
                 # held the pipes: that end is its own (fault round 28).
-                error = (
-                    None
-                    if status is not JobStatus.FAILED
-                    else (
+                # (Why it failed, stored with that end where the exit does
+                # not say: a timeout, its memory limit: fault round 28b.)
+                error = None
+                if status is JobStatus.FAILED:
+                    error = record.error or (
                         f"killed by signal {signal}"
                         if signal is not None
                         else f"exited with code {exitCode}"
                     )
-                )
             record.finish(
                 status,
                 self._reactor.seconds(),

@@ -30,6 +30,14 @@ from .stdin import StdinFeed
 #: open by a process that left the job's session.
 ABANDON_AFTER_KILL = 1.0
 
+#: Seconds after its main process's end that a job whose pipes are still
+#: held, with nothing to signal (no cgroup: its leftovers left the session),
+#: has that end stored (L{JobProcess._storeMainExit}).
+MAIN_EXIT_STORED_AFTER = 1.0
+
+#: Why a job killed at its memory limit failed.
+OOM_ERROR = "out of memory: killed at its memory limit"
+
 
 class SpawnerLost(ProcessTerminated):
     """
@@ -188,6 +196,7 @@ class JobProcess:
         self._abandonTimer: IDelayedCall | None = None
         self._timeoutTimer: IDelayedCall | None = None
         self._removeTimer: IDelayedCall | None = None
+        self._mainExitTimer: IDelayedCall | None = None
         self._removeTries = 0
         self._ending = Ending(record, elapsed)
         self._cleanWaiters: list[Deferred[None]] = []
@@ -516,18 +525,52 @@ class JobProcess:
         self._exit = reason
         self._terminate()
         self._maybeFinish()
-        if not self.record.status.ended and self._killTimer is not None:
-            # What it left holds the pipes, under its grace: the main
-            # process's end is stored now (still RUNNING), so that a crash
-            # meanwhile closes the job with it, not FAILED "restarted"
-            # (its after_ok dependents never ran: fault round 28).
-            exitCode, signalNumber = exitOf(reason.value)
-            self.record.exit_code = exitCode
-            self.record.signal = (
-                signalName(signalNumber) if signalNumber is not None else None
+        if self.record.status.ended:
+            return
+        if self._killTimer is not None:
+            self._storeMainExit()
+        elif self._abandonTimer is not None:
+            # Without a cgroup, what holds the pipes may have left the
+            # session (nothing to signal): stored if they are still held a
+            # moment on (not for every job whose pipes close a turn after
+            # its exit is reaped).
+            self._mainExitTimer = self._clock.callLater(
+                MAIN_EXIT_STORED_AFTER, self._storeMainExit
             )
-            if self.onStop is not None:
-                self.onStop(self.record)
+
+    def _storeMainExit(self) -> None:
+        """
+        What it left holds the pipes: the main process's end is stored now
+        (still RUNNING), so that a crash meanwhile closes the job as it
+        ended, not FAILED "restarted" (its after_ok dependents never ran:
+        fault round 28), and with why it failed where the exit does not
+        say (a timeout, its memory limit: fault round 28b).
+        """
+        self._mainExitTimer = None
+        assert self._exit is not None
+        exitCode, signalNumber = exitOf(self._exit.value)
+        record = self.record
+        record.exit_code = exitCode
+        record.signal = signalName(signalNumber) if signalNumber is not None else None
+        if self._setupError is not None:
+            record.error = self._setupError
+        elif self._timedOut:
+            record.error = self._timedOutError()
+        elif self._oomKilled(signalNumber):
+            record.error = OOM_ERROR
+        if self.onStop is not None:
+            self.onStop(record)
+
+    def _timedOutError(self) -> str:
+        unit = "second" if self._timeout == 1 else "seconds"
+        return f"timed out after {self._timeout:g} {unit}"
+
+    def _oomKilled(self, signalNumber: int | None) -> bool:
+        return (
+            signalNumber == signal.SIGKILL
+            and self.cgroup is not None
+            and self.cgroup.oomKilled()
+        )
 
     def pipesClosed(self) -> None:
         """Every output pipe is closed (and the main process reaped)."""
@@ -541,7 +584,13 @@ class JobProcess:
 
     #: Every timer a job process owns (buildbot's runprocess keeps them so):
     #: one list, one way to cancel them.
-    TIMERS = ("_killTimer", "_abandonTimer", "_timeoutTimer", "_removeTimer")
+    TIMERS = (
+        "_killTimer",
+        "_abandonTimer",
+        "_timeoutTimer",
+        "_removeTimer",
+        "_mainExitTimer",
+    )
 
     def _cancelTimers(self, *names: str) -> None:
         """Cancel the named timers (all of L{TIMERS} by default)."""
@@ -554,7 +603,7 @@ class JobProcess:
 
     def _finish(self, exit: BaseException) -> None:
         # The kill timer (leftovers) and the cgroup's removal outlive the end.
-        self._cancelTimers("_abandonTimer", "_timeoutTimer")
+        self._cancelTimers("_abandonTimer", "_timeoutTimer", "_mainExitTimer")
         self.stdout.close()
         self.stderr.close()
         record = self.record
@@ -569,8 +618,7 @@ class JobProcess:
             error = self._setupError
         elif self._timedOut:
             status = JobStatus.FAILED
-            unit = "second" if self._timeout == 1 else "seconds"
-            error = f"timed out after {self._timeout:g} {unit}"
+            error = self._timedOutError()
         elif isinstance(exit, SpawnerLost):
             status = JobStatus.FAILED
             if exit.ran:
@@ -583,13 +631,9 @@ class JobProcess:
                 signalNumber = signalText = None
                 record.started_at = None
                 error = "never ran: the job spawner died as it was being started"
-        elif (
-            signalNumber == signal.SIGKILL
-            and self.cgroup is not None
-            and self.cgroup.oomKilled()
-        ):
+        elif self._oomKilled(signalNumber):
             status = JobStatus.FAILED
-            error = "out of memory: killed at its memory limit"
+            error = OOM_ERROR
         elif exitCode == 0:
             status = JobStatus.COMPLETED
         else:
