@@ -25,6 +25,7 @@ from jobworker.errors import (
 )
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.admission import DISPATCH_RETRY
+from jobworker.jobs.manager import SLOT_SLACK
 from jobworker.jobs.identity import PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import NO_JOBS, FairQueue, Waiting
@@ -147,6 +148,47 @@ class FairQueueTests(SynchronousTestCase):
         self.assertEqual(self.drain(queue), ["alice-0", "alice-2"])
 
 
+class _StuckCgroup:
+    """A job's cgroup whose processes no KILL ends, until C{gone}."""
+
+    def __init__(self, owner: _StuckCgroups) -> None:
+        self._owner = owner
+
+    def openProcs(self) -> list[int]:
+        return []
+
+    def addProcess(self, pid: int) -> None:
+        pass
+
+    def signal(self, signum: int) -> bool:
+        return not self._owner.gone
+
+    def kill(self) -> bool:
+        return not self._owner.gone
+
+    def empty(self) -> bool:
+        return self._owner.gone
+
+    def remove(self) -> bool:
+        return self._owner.gone
+
+    def oomKilled(self) -> bool:
+        return False
+
+
+class _StuckCgroups:
+    version, supported = 1, frozenset({"memory"})
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def create(self, jobId: str, limits: Any, gid: int = 0) -> _StuckCgroup:
+        return _StuckCgroup(self)
+
+    def find(self, jobId: str) -> None:
+        return None
+
+
 class ManagerQueueTests(SynchronousTestCase):
     """The manager's queue, on the fake process reactor."""
 
@@ -257,6 +299,42 @@ class ManagerQueueTests(SynchronousTestCase):
         self.reactor.advance(5.0)  # the grace: KILL, and nothing is left
         self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
         self.assertEqual(len(self.reactor.spawned), 2)
+
+    def test_aSlotHeldPastItsBoundIsGivenBack(self) -> None:
+        """
+        What a job left never goes (a process in D state no KILL ends, a
+        cgroup that cannot be removed): its slot is given back the server's
+        grace plus SLOT_SLACK after the job ended, with a warning; the
+        queued job starts (it waited for ever: fault round 28b). Once it
+        is gone at last, nothing more is given back.
+        """
+        stuck = _StuckCgroups()
+        manager = localJobManager(
+            self.reactor,
+            os.path.abspath(self.mktemp()),
+            5.0,
+            self.killer,
+            policy=JobPolicy(maxRunningPerUser=1),
+            cgroups=stuck,  # type: ignore[arg-type]
+        )
+        self.addCleanup(manager.close)
+        first = manager.create(self.request(), "alice")
+        second = manager.create(self.request(), "alice")
+        [spawned] = self.reactor.spawned
+        spawned.exit(0)
+        self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
+        self.reactor.advance(5.0 + SLOT_SLACK - 1)
+        self.assertEqual(manager.record(second.id).status, JobStatus.PENDING)
+        self.reactor.advance(1.0)
+        self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
+        self.assertEqual(
+            (manager._running, dict(manager._runningBy)), (1, {"alice": 1})
+        )
+        stuck.gone = True
+        self.reactor.advance(1.0)
+        self.assertEqual(
+            (manager._running, dict(manager._runningBy)), (1, {"alice": 1})
+        )
 
     def test_afterOkAcrossARestart(self) -> None:
         """

@@ -117,6 +117,10 @@ class Executor(Protocol):
     def name(self) -> str:
         """C{local} or C{slurm}: recorded with each job."""
 
+    @property
+    def grace(self) -> float:
+        """The server's stop grace (C{--stop-grace}), in seconds."""
+
     def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """
         The identity a new job of C{owner} runs as, who is mapped to

@@ -82,6 +82,10 @@ STORE_LOOK_FAILED = 60.0
 #: (a queued job stopped meanwhile would run again after the restart).
 RESERVE_BYTES = 1 << 20
 
+#: Seconds past the server's stop grace that what an ended job left may
+#: hold its running slot (L{JobManager._giveBackOverdueSlots}).
+SLOT_SLACK = 30.0
+
 #: The reserve's file in the state dir, and the suffix of its inode's.
 RESERVE = "reserve"
 RESERVE_INODE = "-inode"
@@ -129,6 +133,12 @@ class JobManager(Admission):
         self._policy = policy
         self._running = 0
         self._runningBy: Counter[str] = Counter()
+        #: The running slots held: job id -> its owner (L{_releaseSlot}).
+        self._slots: dict[str, str] = {}
+        #: When the jobs that ended, their slots still held by what they
+        #: left, ended; and the next look for those held too long.
+        self._slotsEnded: dict[str, float] = {}
+        self._slotCheck: IDelayedCall | None = None
         #: Per user: the creation rate limit (C{createRate}), if any.
         rate = policy.createRate
         self._createBuckets = (
@@ -351,11 +361,12 @@ class JobManager(Admission):
         owner = job.record.owner
         self._runningBy[owner] += 1
         self._running += 1
+        self._slots[jobId] = owner
         self._live[jobId] = job
         job.whenEnded().addCallback(self._ended)
-        job.whenCleanedUp().addCallback(lambda _: self._forget(jobId, owner))
+        job.whenCleanedUp().addCallback(lambda _: self._forget(jobId))
 
-    def _forget(self, jobId: str, owner: str) -> None:
+    def _forget(self, jobId: str) -> None:
         """
         A job is over, leftovers and all: its running slot is free. Not
         before: processes a job left (a C{setsid} child ignoring TERM) run
@@ -364,11 +375,54 @@ class JobManager(Admission):
         """
         self._live.pop(jobId, None)
         self._cleaning.pop(jobId, None)
+        self._releaseSlot(jobId)
+
+    def _releaseSlot(self, jobId: str) -> None:
+        """Give a job's running slot back (once), and start what waits."""
+        owner = self._slots.pop(jobId, None)
+        self._slotsEnded.pop(jobId, None)
+        if owner is None:
+            return
         self._running -= 1
         self._runningBy[owner] -= 1
         if self._runningBy[owner] <= 0:
             del self._runningBy[owner]
         self._scheduler.dispatch()
+
+    def _slotBound(self) -> float:
+        """How long after its end a job's leftovers may hold its slot."""
+        return self._executor.grace + SLOT_SLACK
+
+    def _giveBackOverdueSlots(self) -> None:
+        """
+        Give back the slots of jobs whose leftovers outlived their bound: a
+        process in D state no KILL ends, a cgroup that cannot be removed
+        (its queued jobs waited for ever, the job COMPLETED: fault round
+        28b). Said once per job; the leftovers are still waited for.
+        """
+        self._slotCheck = None
+        now = self._reactor.seconds()
+        bound = self._slotBound()
+        soonest: float | None = None
+        for jobId, ended in list(self._slotsEnded.items()):
+            if jobId not in self._slots:
+                del self._slotsEnded[jobId]
+            elif now - ended >= bound:
+                self.log.warn(
+                    "job {job}: what it left is not gone {seconds:.0f} s after "
+                    "its end (a process no KILL ends, a cgroup that cannot be "
+                    "removed): its running slot is given back",
+                    job=jobId,
+                    seconds=now - ended,
+                )
+                self._releaseSlot(jobId)
+            else:
+                due = ended + bound - now
+                soonest = due if soonest is None else min(soonest, due)
+        if soonest is not None and not self._shuttingDown:
+            self._slotCheck = self._reactor.callLater(
+                soonest, self._giveBackOverdueSlots
+            )
 
     async def accepted(self, record: JobRecord) -> JobRecord:
         """
@@ -396,6 +450,13 @@ class JobManager(Admission):
             self.log.error("{error}", error=str(e))
 
     def _ended(self, record: JobRecord) -> JobRecord:
+        if record.id in self._slots:
+            # (Most jobs give it back in this turn, their group gone.)
+            self._slotsEnded[record.id] = self._reactor.seconds()
+            if self._slotCheck is None and not self._shuttingDown:
+                self._slotCheck = self._reactor.callLater(
+                    self._slotBound(), self._giveBackOverdueSlots
+                )
         self._storeFinal(record)
         self._metrics.jobEnded(
             record.status.value, record.stdout_bytes, record.stderr_bytes
@@ -1152,7 +1213,12 @@ class JobManager(Admission):
         # Deletions under way stop between two slices (the next start
         # removes the output folders noted).
         self._slices.stop()
-        timers = (self._retryTimer, self._dispatchTimer, self._sweepTimer)
+        timers = (
+            self._retryTimer,
+            self._dispatchTimer,
+            self._sweepTimer,
+            self._slotCheck,
+        )
         for timer in (*timers, self._storeLook):
             if timer is not None and timer.active():
                 timer.cancel()

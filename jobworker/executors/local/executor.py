@@ -381,6 +381,11 @@ class LocalExecutor:
         """The sandbox of jobs that do not run as root (None: not root)."""
         return self._sandbox
 
+    @property
+    def grace(self) -> float:
+        """The server's stop grace (C{--stop-grace}), in seconds."""
+        return self._grace
+
     def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """
         The identity a new job of a user mapped to C{account} runs as.

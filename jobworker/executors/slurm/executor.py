@@ -199,6 +199,11 @@ class SlurmExecutor:
     def outputPath(self, jobId: str, stream: str) -> str:
         return os.path.join(self._outputDir, jobId, stream)
 
+    @property
+    def grace(self) -> float:
+        """The server's stop grace (C{--stop-grace}), in seconds."""
+        return self._grace
+
     def identityFor(self, owner: str, account: Identity | None) -> Identity:
         """See L{SlurmAccounts.identityFor}."""
         return self._accounts.identityFor(owner, account)
