@@ -25,8 +25,8 @@ from jobworker.errors import (
 )
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.admission import DISPATCH_RETRY
-from jobworker.jobs.manager import SLOT_SLACK
 from jobworker.jobs.identity import PoolExhausted
+from jobworker.jobs.manager import SLOT_SLACK
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import NO_JOBS, FairQueue, Waiting
 from jobworker.jobs.records import JobRecord, JobStatus
