@@ -1115,6 +1115,9 @@ class ReloadDuringCheckTests(HostileAuthMixin, SynchronousTestCase):
         )
         self.authenticator.replaceUsers(self.changed("new-pass"))
         self.held.release()
+        # Checked again against the new hash (a reload that only hashed
+        # the same password again must not refuse it): refused there.
+        self.held.release()
         self.failureResultOf(d, Unauthorized)
 
     def test_unchangedUserStillLetIn(self) -> None:

@@ -208,13 +208,19 @@ class BcryptChecker:
         d: Deferred[bool] = Deferred()
         work.addBoth(self._checkEnded).addCallbacks(d.callback, d.errback)
 
-        def verdict(ok: bool) -> bytes | tuple[()]:
+        def verdict(ok: bool) -> Any:
             # The users file may have been reloaded while bcrypt ran: a
             # password is right only if it is still the user's.
-            if ok and entry is not None and self._stillHolds(name, entry):
-                if cache is not None:
-                    cache.add(nameBytes, password, generation)
-                return nameBytes
+            if ok and entry is not None:
+                if self._stillHolds(name, entry):
+                    if cache is not None:
+                        cache.add(nameBytes, password, generation)
+                    return nameBytes
+                # Its hash changed meanwhile (the same password hashed
+                # again, or another): checked against the new one, not
+                # refused (every login in flight at such a reload was a
+                # "bad password": fault round 28b).
+                return self.requestAvatarId(credentials)
             raise UnauthorizedLogin()
 
         result: Deferred[bytes | tuple[()]] = d.addCallback(verdict)
