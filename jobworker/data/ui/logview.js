@@ -58,11 +58,19 @@ class StreamText {
   }
 }
 
-/** The log element's content, appended chunk by chunk. */
+/**
+ * The log element's content, appended chunk by chunk: at most `maxParts`
+ * parts of at most `partChars` characters each (the oldest go), and one
+ * layout a frame to follow the end, however fast the chunks come (a job
+ * writing one stream grew one part without bound, and each chunk forced a
+ * layout of the whole log: attacker round 28b).
+ */
 export class LogView {
-  constructor(element, { maxParts = 4000 } = {}) {
+  constructor(element, { maxParts = 4000, partChars = 4096 } = {}) {
     this.element = element;
     this.maxParts = maxParts;
+    this.partChars = partChars;
+    this.scrolling = false;
     this.reset();
   }
 
@@ -71,6 +79,7 @@ export class LogView {
     this.streams = { stdout: new StreamText(), stderr: new StreamText() };
     this.last = null;
     this.lastStream = null;
+    this.lastChars = 0;
   }
 
   /** A chunk of `stream` ("stdout" or "stderr") output, as the server sent it. */
@@ -82,17 +91,36 @@ export class LogView {
       return;
     }
     if (!text) return;
-    const follow = this.atBottom();
-    if (this.last && this.lastStream === stream) {
+    // (A scroll to the end already due: still at the end, no layout asked.)
+    const follow = this.scrolling || this.atBottom();
+    if (
+      this.last &&
+      this.lastStream === stream &&
+      this.lastChars + text.length <= this.partChars
+    ) {
       this.last.append(text);
+      this.lastChars += text.length;
     } else {
       const part = document.createElement("span");
       part.className = stream;
       part.dataset.stream = stream;
       part.textContent = text;
       this.append(part, stream);
+      this.lastChars = text.length;
     }
-    if (follow) this.element.scrollTop = this.element.scrollHeight;
+    if (follow) this.scrollToEnd();
+  }
+
+  /** Follow the end, once a frame. */
+  scrollToEnd() {
+    if (this.scrolling) return;
+    this.scrolling = true;
+    const scroll = () => {
+      this.scrolling = false;
+      this.element.scrollTop = this.element.scrollHeight;
+    };
+    if (typeof requestAnimationFrame === "function") requestAnimationFrame(scroll);
+    else scroll();
   }
 
   /** A note inside the log (binary output, truncation), told apart from output. */
