@@ -25,6 +25,8 @@ from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.users import UserDatabase
 from jobworker.errors import TooManyRequests, Unauthorized
 
+from .test_hostile_auth import HeldRunner
+
 
 class CountingRunner:
     """Runs the callable synchronously and counts the calls (the bcrypt checks)."""
@@ -203,6 +205,24 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(runner.calls, 3)
 
 
+def throttled(testCase: Any, runner: Any, threshold: int) -> None:
+    """
+    An authenticator with a throttle of C{threshold} and a cache of verified
+    credentials, on a clock, whose bcrypt checks C{runner} runs: set as
+    C{testCase}'s C{clock}, C{cache}, C{runner}, C{throttle} and
+    C{authenticator}.
+    """
+    testCase.clock = Clock()
+    testCase.clock.advance(1_800_000_000)
+    testCase.cache = VerifiedCredentials(testCase.clock, ttl=3600.0)
+    testCase.runner = runner
+    testCase.throttle = LoginThrottle(testCase.clock, threshold=threshold)
+    testCase.authenticator = Authenticator(
+        makePortal(UserDatabase.development(), runner, testCase.cache),
+        throttle=testCase.throttle,
+    )
+
+
 class ThrottledCacheTests(SynchronousTestCase):
     """
     A remembered login skips bcrypt and the throttle's count of checks in
@@ -211,15 +231,7 @@ class ThrottledCacheTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        self.cache = VerifiedCredentials(self.clock, ttl=3600.0)
-        self.runner = CountingRunner()
-        self.throttle = LoginThrottle(self.clock, threshold=3)
-        self.authenticator = Authenticator(
-            makePortal(UserDatabase.development(), self.runner, self.cache),
-            throttle=self.throttle,
-        )
+        throttled(self, CountingRunner(), threshold=3)
 
     def authenticate(self, name: str, password: str) -> Deferred[User]:
         return ensureDeferred(
@@ -245,23 +257,6 @@ class ThrottledCacheTests(SynchronousTestCase):
         )
 
 
-class HeldRunner:
-    """Holds each check (the bcrypt call) until the test lets it run."""
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.held.append((d, f, args))
-        return d
-
-    def runAll(self) -> None:
-        held, self.held = self.held, []
-        for d, f, args in held:
-            d.callback(f(*args))
-
-
 class SharedCheckTests(SynchronousTestCase):
     """
     Concurrent logins with the same credentials share one password check:
@@ -272,15 +267,7 @@ class SharedCheckTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        self.cache = VerifiedCredentials(self.clock, ttl=3600.0)
-        self.runner = HeldRunner()
-        self.throttle = LoginThrottle(self.clock, threshold=5)
-        self.authenticator = Authenticator(
-            makePortal(UserDatabase.development(), self.runner, self.cache),
-            throttle=self.throttle,
-        )
+        throttled(self, HeldRunner(), threshold=5)
 
     def authenticate(self, name: str, password: str) -> Deferred[User]:
         return ensureDeferred(
@@ -291,7 +278,7 @@ class SharedCheckTests(SynchronousTestCase):
         """Twelve at once: one bcrypt check, twelve logins, nothing counted."""
         logins = [self.authenticate("alice", "alice-pass") for _ in range(12)]
         self.assertEqual(len(self.runner.held), 1)
-        self.runner.runAll()
+        self.runner.release()
         for d in logins:
             self.assertEqual(self.successResultOf(d).name, "alice")
         self.assertEqual(self.throttle.retryAfter("alice", "192.0.2.7"), 0.0)
@@ -306,7 +293,7 @@ class SharedCheckTests(SynchronousTestCase):
         """The same wrong password sent at once: refused, counted once."""
         guesses = [self.authenticate("alice", "wrong") for _ in range(3)]
         self.assertEqual(len(self.runner.held), 1)
-        self.runner.runAll()
+        self.runner.release()
         for d in guesses:
             self.failureResultOf(d, Unauthorized)
         pair = self.throttle._entries[("pair", "alice", "192.0.2.7")]
@@ -319,7 +306,7 @@ class SharedCheckTests(SynchronousTestCase):
         self.assertEqual(len(self.runner.held), 5)
         for d in guesses[5:]:
             self.failureResultOf(d, TooManyRequests)
-        self.runner.runAll()
+        self.runner.release()
         for d in guesses[:5]:
             self.failureResultOf(d, Unauthorized)
 
@@ -332,8 +319,8 @@ class SharedCheckTests(SynchronousTestCase):
         others = [self.authenticate("alice", "alice-pass") for _ in range(3)]
         first.cancel()
         self.failureResultOf(first)
-        self.runner.runAll()  # the first check ends, its verdict unheard
-        self.runner.runAll()  # the check one of the others made
+        self.runner.release()  # the first check ends, its verdict unheard
+        self.runner.release()  # the check one of the others made
         for d in others:
             self.assertEqual(self.successResultOf(d).name, "alice")
 
@@ -362,9 +349,9 @@ class SharedCheckReloadTests(SynchronousTestCase):
         ]
         self.assertEqual(len(runner.held), 1)
         cache.clear()  # a reload while it runs: its verdict is not kept
-        runner.runAll()
+        runner.release()
         self.assertEqual(len(runner.held), 1)  # one check again, not three
-        runner.runAll()
+        runner.release()
         for d in logins:
             self.assertEqual(self.successResultOf(d).name, "alice")
 
@@ -402,10 +389,10 @@ class SharedCheckReloadTests(SynchronousTestCase):
             authenticator.authenticate(basicRequest("alice", "alice-pass"))
         )
         self.assertEqual(len(runner.held), 2)  # its own check
-        runner.runAll()
+        runner.release()
         self.assertEqual(self.successResultOf(after).name, "alice")
         # The one begun before is checked again against the new hash (it
         # was refused, "bad password": fault round 28b).
         self.assertEqual(len(runner.held), 1)
-        runner.runAll()
+        runner.release()
         self.assertEqual(self.successResultOf(before).name, "alice")
