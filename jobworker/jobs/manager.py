@@ -381,6 +381,12 @@ class JobManager(Admission):
         """Give a job's running slot back (once), and start what waits."""
         owner = self._slots.pop(jobId, None)
         self._slotsEnded.pop(jobId, None)
+        check = self._slotCheck
+        if not self._slotsEnded and check is not None:
+            # (No slot waits for its bound: no look is due.)
+            self._slotCheck = None
+            if check.active():
+                check.cancel()
         if owner is None:
             return
         self._running -= 1
