@@ -38,7 +38,7 @@ from .schema import DamagedRecord
 from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
-from .store import JobStore, RecordDamaged, StoreError
+from .store import JobStore, RecordDamaged, StoreError, roomForAFile
 from .validation import parseJobId
 
 #: Default cap on each stream of each job.
@@ -1328,22 +1328,14 @@ def _checkWritable(folder: str) -> bool:
     @raise OSError: nothing can be created in C{folder} (a read-only mount):
         every job's output would be lost, so refuse at start-up instead.
     """
-    probe = os.path.join(folder, f".writable-{os.getpid()}")
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        # Writable, but full (no inode left, or the quota's): the server
-        # starts, so that retention or a DELETE can free room (every start
-        # failed until a job folder was removed by hand: fault round 28).
-        Logger().warn(
-            "the jobs folder {folder} has no room for a new file ({error}): "
-            "jobs' output is lost until some is freed",
-            folder=folder,
-            error=e.strerror,
-        )
-        return False
-    os.close(fd)
-    os.unlink(probe)
-    return True
+    if roomForAFile(folder, strict=True):
+        return True
+    # Writable, but full (no inode left, or the quota's): the server starts,
+    # so that retention or a DELETE can free room (every start failed until
+    # a job folder was removed by hand: fault round 28).
+    Logger().warn(
+        "the jobs folder {folder} has no room for a new file: jobs' output is "
+        "lost until some is freed",
+        folder=folder,
+    )
+    return False

@@ -153,17 +153,23 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     return decorate
 
 
-def roomForAFile(folder: str) -> bool:
+def roomForAFile(folder: str, strict: bool = False) -> bool:
     """
     Whether a new file can be made in C{folder}: False only if there is no
     room for one (no inode left, or the quota's); another error (a
     read-only folder) is for what tries to write there to say.
+
+    @raise OSError: that other error, if C{strict}.
     """
     probe = os.path.join(folder, f".room-{os.getpid()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        return e.errno not in (errno.ENOSPC, errno.EDQUOT)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return False
+        if strict:
+            raise
+        return True
     os.close(fd)
     os.unlink(probe)
     return True
