@@ -22,7 +22,7 @@ from jobworker.jobs.combined import (
     combinedId,
     parseCombinedId,
 )
-from jobworker.jobs.order import OrderLog, decodeEntries
+from jobworker.jobs.order import OrderLog, decodeEntries, encodeEntry
 from jobworker.jobs.spool import OutputSpool, StoredOutput
 from jobworker.server.frames import FrameStream
 
@@ -394,6 +394,159 @@ class DamagedOrderTests(SynchronousTestCase):
             clock.advance(0)
         self.assertEqual(sum(len(data) for _, data in got), announced)
         self.assertEqual(b"".join(data for _, data in got), b"oe" * RUNS_PER_TURN)
+
+
+def bigJob(folder: str, runs: int) -> tuple[Any, StoredOrder, bytes]:
+    """
+    A job whose C{runs} runs of one byte each alternate between the streams
+    (stdout "o", stderr "e"): its stored streams, its order, and its
+    combined output.
+    """
+    os.makedirs(folder)
+    half = runs // 2
+    for name, byte in (("stdout", b"o"), ("stderr", b"e")):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(byte * half)
+    with open(os.path.join(folder, "order"), "wb") as f:
+        f.write(b"".join(encodeEntry(n % 2, n // 2) for n in range(2 * half)))
+    streams = (
+        StoredOutput(os.path.join(folder, "stdout"), half),
+        StoredOutput(os.path.join(folder, "stderr"), half),
+    )
+    return streams, StoredOrder(os.path.join(folder, "order")), b"oe" * half
+
+
+class CountingClock(Clock):
+    """A L{Clock} that counts the calls asked of it (a reader's turns)."""
+
+    turns = 0
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:
+        self.turns += 1
+        return super().callLater(*args, **kwargs)
+
+
+def readFrom(
+    streams: Any,
+    order: Any,
+    position: tuple[int, int] = (0, 0),
+    skip: int = 0,
+    clock: Clock | None = None,
+) -> tuple[CombinedReader, list[bytes]]:
+    """A started reader from C{position} past C{skip} bytes, and what it sent."""
+    got: list[bytes] = []
+    reader = CombinedReader(
+        streams,
+        order,
+        RecordingConsumer(),  # type: ignore[arg-type]
+        lambda stream, data: got.append(data),
+        position,
+        skip=skip,
+        clock=clock,
+    )
+    reader.start()
+    return reader, got
+
+
+class StartPartWayTests(SynchronousTestCase):
+    """
+    A read that starts part-way (a resume by position, C{offset=}, C{tail=})
+    finds its first run by bisection of the order file: a walk from its
+    first entry took seconds of the server's loop for a job that switched
+    streams a million times (attacker round 28b).
+    """
+
+    def test_resumeNearTheEndOfAHugeOrder(self) -> None:
+        """
+        A resume near the end of a 300,000-run job sends the rest at once:
+        the reader did not walk (and yield every RUNS_PER_TURN runs) over
+        the runs already delivered.
+        """
+        streams, order, merged = bigJob(self.mktemp(), 300_000)
+        clock = Clock()
+        reader, got = readFrom(streams, order, (149_990, 149_990), clock=clock)
+        self.assertTrue(reader.done.called)  # the clock never moved
+        self.assertEqual(b"".join(got), merged[-20:])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_offsetIntoAHugeOrder(self) -> None:
+        """
+        The same with an offset in combined bytes (C{?offset=}): the reader
+        lets the reactor go on only for the runs it sends, never for those
+        it passes over.
+        """
+        streams, order, merged = bigJob(self.mktemp(), 300_000)
+        for skip in (299_977, 150_001, 300_000, 400_000):
+            clock = CountingClock()
+            reader, got = readFrom(streams, order, skip=skip, clock=clock)
+            while not reader.done.called:
+                clock.advance(0)
+            self.assertEqual(b"".join(got), merged[skip:], skip)
+            self.assertLessEqual(
+                # (Two steps a run sent: its bytes, then the next entry.)
+                clock.turns,
+                2 * max(0, 300_000 - skip) // RUNS_PER_TURN + 1,
+                skip,
+            )
+
+    def test_offsetAtEveryByte(self) -> None:
+        """
+        Past any number of combined bytes, the rest follows exactly (the
+        bisection's place is the walk's).
+        """
+        job = Job(self.mktemp())
+        chunks = [(n % 3 % 2, bytes([97 + n % 26]) * (1 + n % 4)) for n in range(40)]
+        job.write(chunks)
+        job.close()
+        merged = b"".join(data for _, data in chunks)
+        for skip in range(len(merged) + 2):
+            _, got = readFrom(*job.stored(), skip=skip)
+            self.assertEqual(b"".join(got), merged[skip:], skip)
+
+    def test_positionAtEveryByte(self) -> None:
+        """From any byte, by position, the rest follows exactly."""
+        job = Job(self.mktemp())
+        chunks = [(n % 3 % 2, bytes([65 + n % 26]) * (1 + n % 3)) for n in range(30)]
+        job.write(chunks)
+        job.close()
+        assertResumesAtEveryByte(self, job, chunks)
+
+    def test_positionsNotOneOfItsOwn(self) -> None:
+        """
+        Positions no read of this job ever gave (one stream far ahead of
+        the other) send what a walk sends: every byte of each stream past
+        its position, once.
+        """
+        job = Job(self.mktemp())
+        chunks = [(n % 2, bytes([65 + n % 26]) * 3) for n in range(20)]
+        job.write(chunks)
+        job.close()
+        for position in ((27, 0), (0, 27), (30, 3), (3, 30), (30, 30)):
+            _, got = readFrom(*job.stored(), position=position)
+            rest = b"".join(got)
+            expected = [
+                data[max(0, position[s] - 3 * (n // 2)) :]
+                for n, (s, data) in enumerate(chunks)
+            ]
+            self.assertEqual(rest, b"".join(expected), position)
+
+    def test_aHoleIsWalked(self) -> None:
+        """
+        An order file with a hole (cut while the job ran, written past the
+        cut) is not bisected: a read from any offset sends what a read from
+        the start sends past it.
+        """
+        streams, order, _ = bigJob(self.mktemp(), 4_000)
+        with open(order.path, "r+b") as f:
+            tail = f.read()[16_000:]
+            f.truncate(8_000)
+            f.seek(16_000)
+            f.write(tail)
+        whole = b"".join(readFrom(streams, order)[1])
+        self.assertEqual(len(whole), 4_000)
+        for skip in (0, 1, 999, 1_000, 1_001, 2_500, 3_999):
+            _, got = readFrom(streams, order, skip=skip)
+            self.assertEqual(b"".join(got), whole[skip:], skip)
 
 
 class LiveCombinedTests(TestCase):

@@ -90,6 +90,120 @@ def combinedId(position: list[int]) -> str:
     return f"combined:{position[0]}:{position[1]}"
 
 
+class Unsound(Exception):
+    """The order file is not as the server writes it, where it was read."""
+
+
+class OrderIndex:
+    """
+    The entries of an order file read where needed (C{pread}), to find
+    where a combined read starts (L{start}) in a few reads.
+
+    @ivar count: whole entries in the file's first C{size} bytes.
+    """
+
+    def __init__(self, fd: int, size: int, streamSize: Callable[[int], int]) -> None:
+        self._fd = fd
+        self.count = size // _ENTRY.size
+        self._streamSize = streamSize
+
+    def start(
+        self, position: list[int], skip: int
+    ) -> tuple[int, list[int], int] | None:
+        """
+        (the run to start at, the streams' offsets there, combined bytes
+        still to pass over) for a read from C{position} passing over C{skip}
+        combined bytes; None to walk from the first entry instead (an order
+        file too short to gain anything, or not sound where it was read).
+        """
+        if self.count < 3:
+            return None
+        try:
+            if os.lseek(self._fd, 0, os.SEEK_HOLE) < self.count * _ENTRY.size:
+                return None  # a hole: cut and written past (not the server's doing)
+            if position == [0, 0]:
+                return self._byCombinedOffset(skip)
+            return self._byPosition(position), list(position), skip
+        except Unsound:
+            return None
+
+    def _entries(self, first: int, count: int) -> list[tuple[int, int]]:
+        """Entries C{first} to C{first + count} (fewer at the end)."""
+        count = min(count, self.count - first)
+        data = os.pread(self._fd, count * _ENTRY.size, first * _ENTRY.size)
+        entries = decodeEntries(data)
+        if len(entries) < count:
+            raise Unsound()  # shorter than it was
+        return entries
+
+    def _runEnd(self, run: int) -> tuple[int, int]:
+        """(the stream of run C{run}, the offset where it ends)."""
+        entries = self._entries(run, 3)
+        stream = entries[0][0]
+        if len(entries) > 1 and entries[1][0] == stream:
+            raise Unsound()
+        if len(entries) > 2:
+            if entries[2][0] != stream or entries[2][1] < entries[0][1]:
+                raise Unsound()
+            return stream, entries[2][1]
+        return stream, self._streamSize(stream)
+
+    def _byPosition(self, position: list[int]) -> int:
+        """
+        The first run with bytes past C{position} (the last run, if none
+        has: a walk stops there too).
+        """
+        first = self.count - 1
+        for parity in (0, 1):
+            # Runs parity, parity + 2, ...: one stream's, in its order.
+            low, high = 0, (self.count - parity + 1) // 2
+            while low < high:
+                middle = (low + high) // 2
+                stream, end = self._runEnd(parity + 2 * middle)
+                if position[stream] >= end:
+                    low = middle + 1
+                else:
+                    high = middle
+            first = min(first, parity + 2 * low)
+        return first
+
+    def _before(self, run: int) -> tuple[int, list[int]]:
+        """
+        The combined bytes before run C{run}, and each stream's offset
+        there: its own entry's, and the other's next entry's (where the
+        other stream's run before it ends).
+        """
+        entries = self._entries(run, 2)
+        stream, offset = entries[0]
+        if len(entries) > 1:
+            other, otherOffset = entries[1]
+            if other == stream:
+                raise Unsound()
+        else:
+            other, otherOffset = 1 - stream, self._streamSize(1 - stream)
+        position = [0, 0]
+        position[stream], position[other] = offset, otherOffset
+        return offset + otherOffset, position
+
+    def _byCombinedOffset(self, skip: int) -> tuple[int, list[int], int]:
+        """The last run that starts at or before combined byte C{skip}."""
+        if self._before(0)[0] != 0:
+            raise Unsound()
+        low, high = 0, self.count - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._before(middle)[0] <= skip:
+                low = middle
+            else:
+                high = middle - 1
+        before, position = self._before(low)
+        stream, end = self._runEnd(low)
+        # Into the run itself: passed over by offset, not read and dropped.
+        into = min(skip - before, max(0, end - position[stream]))
+        position[stream] += into
+        return low, position, skip - before - into
+
+
 class CombinedReader(FileProducer):
     """
     Send both streams of a job, interleaved in arrival order, to
@@ -143,6 +257,8 @@ class CombinedReader(FileProducer):
         # The order file too (kept open: a job deleted while this is sent
         # stays readable); a missing one is no order, as at its first read.
         self._orderFd = openToSend(self._order.path)
+        if self._skip or self.position != [0, 0]:
+            self._seek()
 
     def _orderSize(self) -> int:
         size = self._order.size
@@ -172,6 +288,35 @@ class CombinedReader(FileProducer):
             # (sizes fixed at the start) or once both streams are
             # closed; a follower of a live job waits for that.
             self._entries = [(0, 0), (1, 0)]
+
+    def _seek(self) -> None:
+        """
+        Start at the first run not yet delivered, found by bisection of the
+        order file, not by a walk from its first entry: a read that starts
+        part-way (a resume by position, C{tail=}, C{offset=}) costs a few
+        reads of the order file however many times the job switched streams
+        (a walk over a million entries took seconds of the server's loop).
+
+        What is skipped is exactly what the walk would have passed over,
+        for an order file the server wrote: its entries alternate between
+        the streams, and each stream's offsets never decrease, so "this run
+        was delivered" holds for a stream's first runs and not after. An
+        order file that does not look so where the bisection reads it (a
+        hole, entries cut out by hand) is walked from its start, as before.
+        """
+        if self._orderFd is None:
+            return  # no order file (yet): nothing to pass over
+        try:
+            found = OrderIndex(self._orderFd, self._orderSize(), self._size).start(
+                self.position, self._skip
+            )
+        except OSError:
+            return  # the walk reads it, and says what is wrong
+        if found is not None:
+            run, position, skip = found
+            self._orderRead = run * _ENTRY.size
+            self.position = position
+            self._skip = skip
 
     def _readEntries(self) -> None:
         """Read the next entries of the order file (a chunk at most)."""
