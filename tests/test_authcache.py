@@ -301,14 +301,16 @@ class SharedCheckTests(SynchronousTestCase):
 
     def test_differentGuessesEachChecked(self) -> None:
         """Different passwords are different checks, each counted: past
-        the threshold, refused at once."""
+        the threshold, they wait for those in flight, and are refused once
+        those failed."""
         guesses = [self.authenticate("alice", f"guess{n}") for n in range(7)]
         self.assertEqual(len(self.runner.held), 5)
-        for d in guesses[5:]:
-            self.failureResultOf(d, TooManyRequests)
+        self.assertFalse(any(d.called for d in guesses))
         self.runner.release()
         for d in guesses[:5]:
             self.failureResultOf(d, Unauthorized)
+        for d in guesses[5:]:
+            self.failureResultOf(d, TooManyRequests)
 
     def test_aCancelledCheckLeavesTheOthersTheirOwn(self) -> None:
         """
@@ -323,6 +325,70 @@ class SharedCheckTests(SynchronousTestCase):
         self.runner.release()  # the check one of the others made
         for d in others:
             self.assertEqual(self.successResultOf(d).name, "alice")
+
+
+class DifferentUsersAtOnceTests(SynchronousTestCase):
+    """
+    Different users logging in at once from one address (after a restart:
+    nothing remembered, no address trusted) were refused "too many failed
+    logins" past the throttle's threshold of checks in flight, with none
+    failed (fault round 28, left open then). Held back by checks in flight
+    alone, a login waits for one to end.
+    """
+
+    def setUp(self) -> None:
+        throttled(self, HeldRunner(), threshold=2)
+
+    def authenticate(self, name: str, password: str) -> Deferred[User]:
+        return ensureDeferred(
+            self.authenticator.authenticate(basicRequest(name, password))
+        )
+
+    def test_everyoneLogsIn(self) -> None:
+        """Four users at once, two checks at a time: all four log in."""
+        names = ["alice", "bob", "rita", "ada"]
+        logins = [self.authenticate(name, f"{name}-pass") for name in names]
+        self.assertEqual(len(self.runner.held), 2)
+        self.assertFalse(any(d.called for d in logins))
+        self.runner.release()
+        self.assertEqual(len(self.runner.held), 2)
+        self.runner.release()
+        self.assertEqual([self.successResultOf(d).name for d in logins], names)
+        self.assertEqual(self.throttle._waiters, [])
+        self.assertTrue(
+            all(e.count == e.pending == 0 for e in self.throttle._entries.values())
+        )
+
+    def test_aWaiterThatHangsUpIsForgotten(self) -> None:
+        """A waiting client that hangs up leaves no waiter and no count."""
+        first = [self.authenticate(n, f"{n}-pass") for n in ("alice", "bob")]
+        waiting = self.authenticate("rita", "rita-pass")
+        waiting.cancel()
+        self.failureResultOf(waiting)
+        self.assertEqual(self.throttle._waiters, [])
+        self.runner.release()
+        for d in first:
+            self.successResultOf(d)
+        self.assertEqual(self.runner.held, [])
+
+    def test_waitersBounded(self) -> None:
+        """Past C{maxWaiting} of a client's waiting, the next is refused."""
+        self.throttle._maxWaiting = 1
+        logins = [self.authenticate(n, f"{n}-pass") for n in ("alice", "bob", "rita")]
+        self.failureResultOf(self.authenticate("ada", "ada-pass"), TooManyRequests)
+        self.runner.release()
+        self.runner.release()
+        for d in logins:
+            self.successResultOf(d)
+
+    def test_failuresStillRefuseAtOnce(self) -> None:
+        """Failures past the threshold refuse at once, as before."""
+        guesses = [self.authenticate("alice", f"guess{n}") for n in range(2)]
+        self.runner.release()
+        for d in guesses:
+            self.failureResultOf(d, Unauthorized)
+        self.failureResultOf(self.authenticate("bob", "bob-pass"), TooManyRequests)
+        self.assertEqual(self.runner.held, [])
 
 
 class SharedCheckReloadTests(SynchronousTestCase):

@@ -238,14 +238,18 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
 
     def test_concurrentGuessesCostAtMostThreshold(self) -> None:
         """
-        60 guesses in flight at once: only C{threshold} reach bcrypt, the
-        rest are 429 with Retry-After before any bcrypt; the 5 that ran are
-        401 once bcrypt answers, and the address stays throttled.
+        60 guesses in flight at once: only C{threshold} reach bcrypt; 32
+        more wait for those to end (held back by checks in flight alone),
+        the rest are 429 with Retry-After before any bcrypt; the 5 that ran
+        are 401 once bcrypt answers, those that waited 429, and the address
+        stays throttled.
         """
         results = [self.guess("rita", f"guess{n}") for n in range(60)]
         self.assertEqual(len(self.held.held), THRESHOLD)
         refused = [d for d in results if d.called]
-        self.assertEqual(len(refused), 60 - THRESHOLD)
+        self.assertEqual(len(refused), 60 - THRESHOLD - 32)
+        waiting = [d for d in results[THRESHOLD:] if not d.called]
+        self.assertEqual(len(waiting), 32)
         for d in refused:
             error = self.failureResultOf(d, TooManyRequests).value
             assert isinstance(error, TooManyRequests)
@@ -256,9 +260,10 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
                 f"too many failed logins: retry in {error.retryAfter} s",
             )
         self.held.release()
-        for d in results:
-            if d not in refused:
-                self.failureResultOf(d, Unauthorized)
+        for d in results[:THRESHOLD]:
+            self.failureResultOf(d, Unauthorized)
+        for d in waiting:
+            self.failureResultOf(d, TooManyRequests)
         self.assertEqual(self.failures, THRESHOLD)
         self.failureResultOf(self.guess("rita", "one-more"), TooManyRequests)
         self.assertEqual(self.held.held, [])
@@ -290,22 +295,26 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
         for n, address in enumerate(addresses):
             self.guess(f"user{n}", "guess", address)
         self.assertEqual(len(self.held.held), THRESHOLD)
-        for address in ("127.200.1.1", "::1", "::ffff:127.3.2.1"):
-            self.failureResultOf(self.guess("x", "y", address), TooManyRequests)
+        others = [
+            self.guess("x", "y", address)
+            for address in ("127.200.1.1", "::1", "::ffff:127.3.2.1")
+        ]
+        self.assertEqual(len(self.held.held), THRESHOLD)  # they wait
         self.held.release()
+        for d in others:
+            self.failureResultOf(d, TooManyRequests)
 
     def test_anIPv6NetworkIsOneClient(self) -> None:
         """An IPv6 client is its /64 (a site's smallest network): its other
         addresses are not new clients; another /64 is."""
         for n in range(THRESHOLD):
             self.guess(f"user{n}", "guess", f"2001:db8:1:2::{n + 1:x}")
-        self.failureResultOf(
-            self.guess("x", "y", "2001:db8:1:2:ffff::9"), TooManyRequests
-        )
+        same = self.guess("x", "y", "2001:db8:1:2:ffff::9")
         d = self.guess("rita", "rita-pass", "2001:db8:1:3::1")
         self.assertEqual(len(self.held.held), THRESHOLD + 1)
         self.held.release()
         self.assertEqual(self.successResultOf(d).name, "rita")
+        self.failureResultOf(same, TooManyRequests)
 
     def test_successesInFlightGiveTheirCountBack(self) -> None:
         """
@@ -316,14 +325,21 @@ class ThrottleRaceTests(HostileAuthMixin, SynchronousTestCase):
             self.guess(name, f"{name}-pass")
         self.guess("mallory", "x")
         self.guess("mallory", "y")
-        self.failureResultOf(self.guess("mallory", "z"), TooManyRequests)
+        z = self.guess("mallory", "z")  # waits for a check to end
+        self.assertEqual(len(self.held.held), THRESHOLD)
         self.held.release()
-        # Two failures remain: three more are allowed before the throttle.
-        for n in range(THRESHOLD - 2):
+        # Two failures remain: z's check is the third allowed before the
+        # throttle, and two more.
+        self.assertEqual(len(self.held.held), 1)
+        self.held.release()
+        self.failureResultOf(z, Unauthorized)
+        for n in range(THRESHOLD - 3):
             self.guess("mallory", f"again{n}")
-        self.assertEqual(len(self.held.held), THRESHOLD - 2)
-        self.failureResultOf(self.guess("mallory", "over"), TooManyRequests)
+        self.assertEqual(len(self.held.held), THRESHOLD - 3)
+        over = self.guess("mallory", "over")  # waits for them
+        self.assertEqual(len(self.held.held), THRESHOLD - 3)
         self.held.release()
+        self.failureResultOf(over, TooManyRequests)
 
     def test_abandonedAttemptCountsAsFailure(self) -> None:
         """

@@ -634,22 +634,33 @@ class Authenticator:
             )
         return Unauthorized(message)
 
-    def _beginCheck(self, name: str, client: str, counted: bool) -> None:
+    async def _beginCheck(self, name: str, client: str, counted: bool) -> None:
         """
         Before a password check for C{name}: refuse it if the throttle says
-        wait; else, if C{counted}, count it (as a failure until it ends).
+        wait for failures; wait while checks in flight alone hold it back;
+        then, if C{counted}, count it (as a failure until it ends).
 
-        @raise TooManyRequests: too many failures, or checks in flight.
+        @raise TooManyRequests: too many failures, or too many of the
+            client's attempts waiting for checks in flight.
         """
         throttle = self._throttle
         if throttle is None:
             return
-        if counted:
-            wait = throttle.begin(name, client)
-        else:
-            wait = throttle.retryAfter(name, client)
-        if wait > 0:
-            raise self._throttled(name, client, wait)
+        while True:
+            if counted:
+                wait = throttle.begin(name, client)
+            else:
+                wait = throttle.retryAfter(name, client)
+            if wait <= 0:
+                return
+            if not throttle.heldByChecksAlone(name, client):
+                raise self._throttled(name, client, wait)
+            if not counted:
+                return  # it waits where it is counted, if it still must
+            ended = throttle.whenACheckEnds(client)
+            if ended is None:
+                raise self._throttled(name, client, wait)
+            await ended
 
     def reportRefusals(self) -> None:
         """
@@ -728,7 +739,7 @@ class Authenticator:
         # A throttled client is refused even the right password: otherwise
         # a correct guess would show through a lockout.
         try:
-            self._beginCheck(name, client, counted=False)
+            await self._beginCheck(name, client, counted=False)
         except TooManyRequests:
             await self._likeACheck()
             raise
@@ -752,6 +763,11 @@ class Authenticator:
             if user is not None:
                 return user
         self._admitCheck(name, client)
+        try:
+            await self._beginCheck(name, client, counted=True)
+        except TooManyRequests:
+            await self._likeACheck()
+            raise
         # Let in only because it logged in from here before: a failure of
         # it must read as everyone else's (429), or the throttle would tell
         # which names log in from this address. (Everyone else's 429 takes
@@ -761,16 +777,16 @@ class Authenticator:
             if self._throttle is not None
             else 0.0
         )
-        try:
-            self._beginCheck(name, client, counted=True)
-        except TooManyRequests:
-            await self._likeACheck()
-            raise
         succeeded: bool | None = False
         #: What the requests waiting on this check are told: True (right),
         #: False (wrong), None (no verdict: they check for themselves).
         verdict: bool | None = None
-        if key is not None:
+        # (Another request of the same credentials may have begun its check
+        # while this one waited for its turn: then that one's waiters are
+        # its own.)
+        shared = key is not None and key not in self._checking
+        if shared:
+            assert key is not None
             self._checking[key] = []
         clock = self._throttle.clock if self._throttle is not None else None
         began = clock.seconds() if clock is not None else 0.0
@@ -804,7 +820,8 @@ class Authenticator:
             if clock is not None and succeeded is not None:
                 took = max(0.0, clock.seconds() - began)
                 self._checkSeconds += (took - self._checkSeconds) / 8
-            if key is not None:
+            if shared:
+                assert key is not None
                 for waiter in self._checking.pop(key, []):
                     if not waiter.called:  # (its client hung up)
                         waiter.callback(verdict)

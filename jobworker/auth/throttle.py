@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ..peers import clientKey
@@ -32,7 +33,11 @@ class LoginThrottle:
     A password check counts from the moment it begins (L{begin}), before
     bcrypt runs, until it is finished (L{finish}): checks in flight count
     as failures, so N concurrent guesses from one address get at most
-    C{threshold} bcrypt checks, and the rest are refused at once.
+    C{threshold} bcrypt checks at a time. An attempt held back by checks in
+    flight alone (not by failures) waits for one of them to end
+    (L{whenACheckEnds}), at most C{maxWaiting} of a client's at a time:
+    different users logging in at once from one address (a dozen after a
+    restart) were refused "too many failed logins" with none failed.
 
     Guessing one user's password from many addresses is throttled per user
     too, but gently (C{userThreshold} failures, delays up to C{userMaximum}
@@ -54,6 +59,7 @@ class LoginThrottle:
         userThreshold: int | None = None,
         userMaximum: float = 30.0,
         trustWindow: float = 30 * 86400.0,
+        maxWaiting: int = 32,
     ) -> None:
         self._clock = clock
         self._threshold = threshold
@@ -64,6 +70,9 @@ class LoginThrottle:
         self._userThreshold = userThreshold or 4 * threshold
         self._userMaximum = userMaximum
         self._trustWindow = trustWindow
+        self._maxWaiting = maxWaiting
+        #: Attempts waiting for a check in flight to end: (client, Deferred).
+        self._waiters: list[tuple[str, Deferred[None]]] = []
         self._entries: OrderedDict[tuple[str, ...], _Failures] = OrderedDict()
         #: (user, address) -> when the user last logged in from there.
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -77,11 +86,17 @@ class LoginThrottle:
             return (("address", address), ("pair", user, address))
         return (("address", address), ("pair", user, address), ("user", user))
 
-    def _delay(self, key: tuple[str, ...], failures: _Failures, now: float) -> float:
+    def _delay(
+        self,
+        key: tuple[str, ...],
+        failures: _Failures,
+        now: float,
+        pending: bool = True,
+    ) -> float:
         threshold, maximum = self._threshold, self._maximum
         if key[0] == "user":
             threshold, maximum = self._userThreshold, self._userMaximum
-        count = failures.count + failures.pending
+        count = failures.count + (failures.pending if pending else 0)
         if count < threshold:
             return 0.0
         exponent = min(count - threshold, 30)
@@ -89,7 +104,7 @@ class LoginThrottle:
         # An attempt in flight is a failure happening now; a failure "in
         # the future" (the clock stepped back) is one happening now too,
         # never a wait as long as the step.
-        last = now if failures.pending else min(failures.last, now)
+        last = now if pending and failures.pending else min(failures.last, now)
         return max(0.0, last + delay - now)
 
     def _isTrusted(self, user: str, address: str, now: float) -> bool:
@@ -97,7 +112,12 @@ class LoginThrottle:
         return since is not None and now - since <= self._trustWindow
 
     def _wait(
-        self, user: str, address: str, now: float, trusting: bool = True
+        self,
+        user: str,
+        address: str,
+        now: float,
+        trusting: bool = True,
+        pending: bool = True,
     ) -> float:
         trusted = trusting and bool(user) and self._isTrusted(user, address, now)
         wait = 0.0
@@ -112,7 +132,7 @@ class LoginThrottle:
                 failures.count = 0
             if trusted and key[0] != "pair":
                 continue
-            wait = max(wait, self._delay(key, failures, now))
+            wait = max(wait, self._delay(key, failures, now, pending))
         return wait
 
     def _entry(self, key: tuple[str, ...]) -> _Failures:
@@ -136,8 +156,43 @@ class LoginThrottle:
         return self._wait(user, address, self._clock.seconds())
 
     def retryAfterUntrusted(self, user: str, address: str) -> float:
-        """L{retryAfter} for a user who never logged in from this address."""
-        return self._wait(user, address, self._clock.seconds(), trusting=False)
+        """
+        L{retryAfter} for a user who never logged in from this address, for
+        its failures (checks in flight hold an attempt back, never refuse it).
+        """
+        return self._wait(
+            user, address, self._clock.seconds(), trusting=False, pending=False
+        )
+
+    def heldByChecksAlone(self, user: str, address: str) -> bool:
+        """
+        Would this attempt go ahead but for the checks in flight (those
+        waiting for it are not failures yet)?
+        """
+        return self._wait(user, address, self._clock.seconds(), pending=False) == 0
+
+    def whenACheckEnds(self, address: str) -> Deferred[None] | None:
+        """
+        A Deferred that fires when a check L{begin} let go ahead ends (any:
+        then ask again), for an attempt L{heldByChecksAlone}; None if
+        C{maxWaiting} of this client's already wait (refuse it).
+        """
+        client = clientKey(address)
+        if sum(1 for key, _ in self._waiters if key == client) >= self._maxWaiting:
+            return None
+
+        def cancel(d: Deferred[None]) -> None:
+            self._waiters.remove((client, d))
+
+        waiter: Deferred[None] = Deferred(cancel)
+        self._waiters.append((client, waiter))
+        return waiter
+
+    def _checkEnded(self) -> None:
+        """Let every attempt waiting for a check ask again."""
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            waiter.callback(None)
 
     def refused(
         self, address: str, every: float = 60.0, kind: str = "throttled"
@@ -209,6 +264,8 @@ class LoginThrottle:
             self.succeeded(user, address)
         elif succeeded is not None:
             self.failed(user, address)
+        if self._waiters:
+            self._checkEnded()
 
     def failed(self, user: str, address: str) -> None:
         """Count a failed login (one that L{begin} did not begin: see L{finish})."""
