@@ -359,6 +359,27 @@ class DifferentUsersAtOnceTests(SynchronousTestCase):
             all(e.count == e.pending == 0 for e in self.throttle._entries.values())
         )
 
+    def test_aUserWhoLoggedInFromThereWaitsToo(self) -> None:
+        """
+        A user who has logged in from the address waits as any other name
+        does: let through at once, its answer's time told which names log
+        in from there. Once failures (not checks) hold the address, it is
+        let through, as before.
+        """
+        first = self.authenticate("alice", "alice-pass")
+        self.runner.release()
+        self.successResultOf(first)
+        self.cache.clear()  # (a users reload, say: a check again)
+        guesses = [self.authenticate("mallory", f"guess{n}") for n in range(2)]
+        alice = self.authenticate("alice", "alice-pass")
+        self.assertEqual(len(self.runner.held), 2)  # alice waits
+        self.runner.release()
+        for d in guesses:
+            self.failureResultOf(d, Unauthorized)
+        self.assertEqual(len(self.runner.held), 1)  # failures now: let through
+        self.runner.release()
+        self.assertEqual(self.successResultOf(alice).name, "alice")
+
     def test_aWaiterThatHangsUpIsForgotten(self) -> None:
         """A waiting client that hangs up leaves no waiter and no count."""
         first = [self.authenticate(n, f"{n}-pass") for n in ("alice", "bob")]

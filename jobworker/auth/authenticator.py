@@ -646,21 +646,19 @@ class Authenticator:
         throttle = self._throttle
         if throttle is None:
             return
-        while True:
-            if counted:
-                wait = throttle.begin(name, client)
-            else:
-                wait = throttle.retryAfter(name, client)
-            if wait <= 0:
-                return
-            if not throttle.heldByChecksAlone(name, client):
-                raise self._throttled(name, client, wait)
+        while held := throttle.heldByChecksAlone(name, client):
             if not counted:
                 return  # it waits where it is counted, if it still must
             ended = throttle.whenACheckEnds(client)
             if ended is None:
-                raise self._throttled(name, client, wait)
+                raise self._throttled(name, client, held)
             await ended
+        if counted:
+            wait = throttle.begin(name, client)
+        else:
+            wait = throttle.retryAfter(name, client)
+        if wait > 0:
+            raise self._throttled(name, client, wait)
 
     def reportRefusals(self) -> None:
         """

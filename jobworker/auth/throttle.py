@@ -164,12 +164,18 @@ class LoginThrottle:
             user, address, self._clock.seconds(), trusting=False, pending=False
         )
 
-    def heldByChecksAlone(self, user: str, address: str) -> bool:
+    def heldByChecksAlone(self, user: str, address: str) -> float:
         """
-        Would this attempt go ahead but for the checks in flight (those
-        waiting for it are not failures yet)?
+        The wait of an attempt that would go ahead but for the checks in
+        flight (they are not failures yet), or 0. Counted as if the user had
+        never logged in from this address, so that a user who has waits
+        too: one let through at once beside everyone else waiting told, by
+        the time its answer took, which names log in from there.
         """
-        return self._wait(user, address, self._clock.seconds(), pending=False) == 0
+        now = self._clock.seconds()
+        if self._wait(user, address, now, trusting=False, pending=False) > 0:
+            return 0.0
+        return self._wait(user, address, now, trusting=False)
 
     def whenACheckEnds(self, address: str) -> Deferred[None] | None:
         """
