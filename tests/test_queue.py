@@ -300,6 +300,24 @@ class ManagerQueueTests(SynchronousTestCase):
         self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
         self.assertEqual(len(self.reactor.spawned), 2)
 
+    def test_deletingAJobEndsWhatItLeft(self) -> None:
+        """
+        A job deleted while what it left runs under its grace: what it left
+        is killed at once (no stop reaches it once the job is a 404: it ran
+        on for the grace, holding its user's slot), and the next job starts.
+        """
+        manager = self.manager(maxRunningPerUser=1, maxRunning=5)
+        first = manager.create(self.request(), "alice")
+        second = manager.create(self.request(), "alice")
+        [spawned] = self.reactor.spawned
+        spawned.exit(0)  # leftovers, under the grace
+        self.assertEqual(manager.record(first.id).status, JobStatus.COMPLETED)
+        self.assertEqual(manager.record(second.id).status, JobStatus.PENDING)
+        manager.delete(first.id)
+        self.assertEqual(self.killer.signalsTo(spawned.pid)[-1], signal.SIGKILL)
+        self.assertEqual(manager.record(second.id).status, JobStatus.RUNNING)
+        self.assertEqual(len(self.reactor.spawned), 2)
+
     def test_aSlotHeldPastItsBoundIsGivenBack(self) -> None:
         """
         What a job left never goes (a process in D state no KILL ends, a

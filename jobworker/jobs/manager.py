@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import stat
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -85,6 +86,9 @@ RESERVE_BYTES = 1 << 20
 #: Seconds past the server's stop grace that what an ended job left may
 #: hold its running slot (L{JobManager._giveBackOverdueSlots}).
 SLOT_SLACK = 30.0
+
+#: How what a deleted job left is ended (L{JobManager._stillCleaning}).
+KILL_NOW = StopRequest(signal.SIGKILL)
 
 #: The reserve's file in the state dir, and the suffix of its inode's.
 RESERVE = "reserve"
@@ -876,10 +880,18 @@ class JobManager(Admission):
         self._stillCleaning(jobId)
 
     def _stillCleaning(self, jobId: str) -> None:
-        """A deleted job is not found any more; its leftovers are waited for."""
+        """
+        A deleted job is not found any more; what it left is killed now,
+        and waited for (no stop reaches it once the job is a 404: it ran on
+        for its grace, holding its user's running slot).
+        """
         job = self._live.pop(jobId, None)
         if job is not None:
             self._cleaning[jobId] = job
+            if job.endLeftovers(KILL_NOW):
+                self.log.info(
+                    "job {job}: deleted; the processes it left are killed", job=jobId
+                )
 
     def _remove(self, jobId: str) -> None:
         """
