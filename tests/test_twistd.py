@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from .support import (
     groupMembers,
     rssKiB,
     runSync,
+    smallTmpfs,
 )
 from .twistd import Twistd
 
@@ -228,6 +230,25 @@ class StartupErrorTests(TestCase):
         stateDir = os.path.join(blocker, "state")
         line = self.refused(f"--state-dir={stateDir}")
         self.assertIn(stateDir, line)
+
+    def test_readOnlyJobsFolder(self) -> None:
+        """
+        A state dir whose C{jobs/} folder is a read-only mount (every job's
+        output would be lost) is refused at start-up, with one line naming
+        the state dir and why; nothing stored is touched.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        jobs = os.path.join(stateDir, "jobs")
+        os.makedirs(jobs, mode=0o700)
+        mount = smallTmpfs(self, "1m")
+        os.mkdir(os.path.join(mount, "kept"))
+        subprocess.run(["mount", "--bind", mount, jobs], check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", jobs], check=False)
+        subprocess.run(["mount", "-o", "remount,bind,ro", jobs], check=True)
+        line = self.refused(f"--state-dir={stateDir}")
+        self.assertIn(stateDir, line)
+        self.assertIn("Read-only file system", line)
+        self.assertEqual(os.listdir(jobs), ["kept"])
 
 
 class ShutdownTests(TestCase):
