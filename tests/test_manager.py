@@ -15,6 +15,8 @@ from jobworker.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequ
 from jobworker.executors.local.cgroups import CgroupError
 from jobworker.executors.local.executor import (
     DEFAULT_PATH,
+    SHUTDOWN_GIVES_UP_AFTER,
+    SPAWNER_DEADLINE,
     defaultEnvironment,
     localJobManager,
 )
@@ -783,6 +785,26 @@ class ShutdownTests(ManagerTestCase):
         self.assertEqual(
             self.killer.signalsTo(record.pid or 0), [signal.SIGTERM, signal.SIGKILL]
         )
+
+    def test_givesUpOnWhatNoKillEnds(self) -> None:
+        """
+        A job whose processes no KILL ends (in D state under an I/O limit)
+        held the shutdown for ever, until the service manager killed the
+        server (fault round 28b): it is waited for the grace, the spawner's
+        deadline and SHUTDOWN_GIVES_UP_AFTER seconds, then said and left
+        (the next start kills what is left); no timer is left behind.
+        """
+        stuck = self.manager.create(request(), owner="alice")
+        ended = self.manager.create(request(), owner="bob")
+        self.spawnedFor(ended.id).exit(0)  # leftovers, which will not go
+        d = self.manager.shutdown()
+        self.reactor.advance(GRACE + SPAWNER_DEADLINE)
+        self.assertEqual(self.killer.signalsTo(stuck.pid or 0)[-1], signal.SIGKILL)
+        self.reactor.advance(SHUTDOWN_GIVES_UP_AFTER - 1)
+        self.assertNoResult(d)
+        self.reactor.advance(1)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_keepsUserStopper(self) -> None:
         """A job already being stopped by a user keeps that stopper."""

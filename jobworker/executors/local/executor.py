@@ -144,6 +144,11 @@ def isolationPrefix(isolate: frozenset[str]) -> list[str]:
 #: once its socket is closed, before it is taken for wedged and killed.
 SPAWNER_DEADLINE = 5.0
 
+#: Seconds after that the shutdown waits no longer for processes no KILL
+#: ends (in D state under an I/O limit, say): the server exits, and its
+#: next start kills what is left (L{LocalExecutor._abandon}).
+SHUTDOWN_GIVES_UP_AFTER = 30.0
+
 
 def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
     """At start-up: remove a just-killed cgroup, waiting for its processes to go."""
@@ -931,6 +936,15 @@ class LocalExecutor:
         """
         waits: list[Deferred[None]] = []
         pending: set[str] = set()
+        #: Fires once every job is cleaned up, or the shutdown waited long
+        #: enough (L{SHUTDOWN_GIVES_UP_AFTER}).
+        finished: Deferred[None] = Deferred()
+        timers: list[IDelayedCall] = []
+
+        def finish(_: object = None) -> None:
+            if not finished.called:
+                finished.callback(None)
+
         for job in jobs:
             job.stopForShutdown()
             wait = job.whenCleanedUp()
@@ -938,10 +952,19 @@ class LocalExecutor:
             pending.add(jobId)
             wait.addBoth(_discarding(pending, jobId))
             waits.append(wait)
-        overdue: IDelayedCall | None = None
         if pending:
-            overdue = self._reactor.callLater(
-                self._grace + SPAWNER_DEADLINE, self._overdue, pending
+            timers.append(
+                self._reactor.callLater(
+                    self._grace + SPAWNER_DEADLINE, self._overdue, pending
+                )
+            )
+            timers.append(
+                self._reactor.callLater(
+                    self._grace + SPAWNER_DEADLINE + SHUTDOWN_GIVES_UP_AFTER,
+                    self._abandon,
+                    pending,
+                    finish,
+                )
             )
 
         def done(_: object) -> Deferred[None] | None:
@@ -956,15 +979,37 @@ class LocalExecutor:
             self._releasing.clear()
             if self._identities.pool is not None:
                 self._identities.pool.stopVerifying()
-            if overdue is not None and overdue.active():
-                overdue.cancel()
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
             if self._spawner is not None:
                 return self._spawner.stop().addTimeout(
                     SPAWNER_DEADLINE, self._reactor, onTimeoutCancel=self._unended
                 )
             return None
 
-        return DeferredList(waits).addCallback(done)
+        DeferredList(waits).addCallback(finish)
+        return finished.addCallback(done)
+
+    def _abandon(self, pending: set[str], finish: Callable[[], None]) -> None:
+        """
+        The shutdown has waited L{SHUTDOWN_GIVES_UP_AFTER} seconds more for
+        C{pending}'s processes, which no KILL ended (in D state: a process
+        under an I/O limit of 1 B/s held the shutdown for ever, until the
+        service manager killed the server: fault round 28b): it goes on
+        without them. Their records and uids are as a crash leaves them,
+        and the next start kills what is left (its journals say what).
+        """
+        if not pending:
+            return
+        self.log.error(
+            "shutdown: job(s) {jobs} still have processes {seconds:g}s after "
+            "their SIGKILL (in D state?): the server exits without them; its "
+            "next start kills what is left",
+            jobs=", ".join(sorted(pending)),
+            seconds=SPAWNER_DEADLINE + SHUTDOWN_GIVES_UP_AFTER,
+        )
+        finish()
 
     def _overdue(self, pending: set[str]) -> None:
         """
