@@ -842,6 +842,80 @@ class StopTests(JobProcessTestCase):
         self.assertEqual(job.record.stopped_by, "ada")
 
 
+class TimeoutThenStopTests(JobProcessTestCase):
+    """
+    A stop while a timeout is ending the job (its TERM sent, its grace
+    running) is a second stop: it was taken for the first (review round
+    29): its signal sent again, a shorter grace ignored, and the job ended
+    STOPPED by the user, not FAILED "timed out".
+    """
+
+    def timedOut(self) -> JobProcess:
+        job = self.another(timeout=10.0)
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        self.clock.advance(10)  # TERM sent, KILL due GRACE on
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        return job
+
+    def killedAtLast(self) -> None:
+        self.killer.exists = False
+        self.end(processKilled(signal.SIGKILL))
+
+    def test_aShorterGraceHolds(self) -> None:
+        job = self.timedOut()
+        job.stop("alice", StopRequest(grace=1.0))
+        self.clock.advance(1.0)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+
+    def test_itsSignalIsNotSentAgain(self) -> None:
+        job = self.timedOut()
+        job.stop("alice", StopRequest(signal=signal.SIGINT))
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+
+    def test_theJobStillTimedOut(self) -> None:
+        job = self.timedOut()
+        stopped = job.stop("alice")
+        self.clock.advance(GRACE)
+        self.killedAtLast()
+        self.assertEqual(
+            (self.record.status, self.record.stopped_by, self.record.error),
+            (JobStatus.FAILED, None, "timed out after 10 seconds"),
+        )
+        self.assertIs(self.successResultOf(stopped), self.record)
+
+    def test_aShutdownMeanwhileToo(self) -> None:
+        job = self.timedOut()
+        job.stopForShutdown()
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.clock.advance(GRACE)
+        self.killedAtLast()
+        self.assertEqual(
+            (self.record.status, self.record.stopped_by, self.record.error),
+            (JobStatus.FAILED, None, "timed out after 10 seconds"),
+        )
+
+    def test_aTimeoutDuringAUsersLongerGrace(self) -> None:
+        """
+        The other way round: a user's stop with an hour's grace, then the
+        timeout: no second TERM; the timeout bounds the run, so KILL comes
+        the server's grace on; the job stays the user's STOPPED.
+        """
+        job = self.another(timeout=10.0)
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        job.stop("alice", StopRequest(grace=3600.0))
+        self.clock.advance(10)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.clock.advance(GRACE)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+        self.killedAtLast()
+        self.assertEqual(
+            (self.record.status, self.record.stopped_by, self.record.error),
+            (JobStatus.STOPPED, "alice", None),
+        )
+
+
 class AbandonTests(JobProcessTestCase):
     """Pipes held open by an escaped process are abandoned after SIGKILL."""
 

@@ -294,6 +294,12 @@ class JobProcess:
         self._timeoutTimer = None
         # After the main process ended on its own, in time, what is left is
         # being ended already: no timeout of the job's.
+        if self.record.stopped_by is not None:
+            # A user's stop is ending it: the timeout bounds the run all the
+            # same (the server's grace at most from now), and the end stays
+            # the user's (its TERM was not sent again).
+            self._hasten(DEFAULT_STOP)
+            return
         if not self.record.status.ended and self._exit is None:
             self._timedOut = True
             self.log.info(
@@ -337,7 +343,7 @@ class JobProcess:
             else:
                 self._terminate(how)
             return self.whenEnded()
-        if self.record.stopped_by is None:
+        if self.record.stopped_by is None and not self._timedOut:
             self.record.stopped_by = by
             self.record.stop_requested_at = self._clock.seconds()
             if self.onStop is not None:
@@ -353,6 +359,10 @@ class JobProcess:
             )
             self._terminate(how)
         else:
+            # Being stopped already, by a user or its timeout (whose end,
+            # FAILED "timed out", stands: the stop was taken for the first,
+            # its signal sent again, its shorter grace ignored, and the job
+            # ended STOPPED: review round 29).
             self._hasten(how)
         return self.whenEnded()
 
