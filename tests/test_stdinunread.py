@@ -158,6 +158,42 @@ class FeedTests(SynchronousTestCase):
         self.assertTrue(self.feed.closed)
 
 
+class EndWhileAWriteWaitsTests(SynchronousTestCase):
+    """
+    An end of file while a write waits for the job to read: it was taken,
+    and its close answered the waiting write "written" for bytes still in
+    the server's buffer, which a job exiting without reading never got
+    (review round 29). It is refused as any write is then (429).
+    """
+
+    def setUp(self) -> None:
+        self.sent: list[bytes] = []
+        transport = Transport(Writer(), self.sent)
+        self.feed = StdinFeed(1 << 20)
+        self.feed.attach(transport)  # type: ignore[arg-type]
+        self.successResultOf(self.feed.write(b"a"))
+        self.feed.pauseProducing()  # the writer's buffer is over its mark
+        self.waiting = self.feed.write(b"")
+
+    def test_refused(self) -> None:
+        with self.assertRaises(TooManyRequests):
+            self.feed.write(b"", eof=True)
+        self.assertFalse(self.feed.closed)
+        self.assertNoResult(self.waiting)
+
+    def test_theWaitingWriteIsAnsweredByWhatBecomesOfIt(self) -> None:
+        with self.assertRaises(TooManyRequests):
+            self.feed.write(b"", eof=True)
+        self.feed.stopProducing()  # the job exits without reading
+        self.failureResultOf(self.waiting, Conflict)
+
+    def test_takenOnceTheWriteIsAnswered(self) -> None:
+        self.feed.resumeProducing()
+        self.successResultOf(self.waiting)
+        self.successResultOf(self.feed.write(b"", eof=True))
+        self.assertTrue(self.feed.closed)
+
+
 class OffsetTests(SynchronousTestCase):
     """
     L{StdinFeed.write} at an C{offset}: a write whose answer was lost (its

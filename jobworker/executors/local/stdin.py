@@ -105,10 +105,12 @@ class StdinFeed:
                 f"a job's stdin takes at most {self._maxBytes} bytes "
                 "(--max-stdin-bytes)"
             )
-        if data and self._paused:
+        if self._paused and (data or (eof and self._waiting)):
             # Taken, each body would stay in the writer's buffer until the
             # job reads: a client hanging up on each answer filled the
-            # server's memory (attacker round 8).
+            # server's memory (attacker round 8). An end of file while a
+            # write waits too: closing, it answered that write "written"
+            # for bytes the job may never read (review round 29).
             raise TooManyRequests(
                 "the job has not read the last write to its stdin yet: send "
                 "more once that write is answered"
