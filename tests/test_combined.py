@@ -872,3 +872,22 @@ class LiveFramesTests(TestCase):
         )
         self.assertEqual(code, 400)
         self.assertIn("stream=combined", body["error"])
+
+    async def test_framesOnlyCombinedOfAQueuedJob(self) -> None:
+        """
+        The same of a queued job: the 400 at once, not once the job starts
+        (it held a log stream's place until then: review round 29).
+        """
+        server = LiveServer(self)
+        # (Stopped only once the answer came: with the 400 after the start,
+        # the test times out.)
+        first = await server.createJob("sleep", "300")
+        queued = await server.createJob("true", after=[first["id"]])
+        self.assertEqual(queued["status"], "PENDING")
+        code, body = await server.json(
+            "GET",
+            f"/jobs/{queued['id']}/logs?stream=stdout&format=frames&follow=true",
+        )
+        self.assertEqual(code, 400)
+        self.assertIn("stream=combined", body["error"])
+        await server.json("POST", f"/jobs/{first['id']}/stop")
