@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -22,6 +24,7 @@ from jobworker.executors.local.process import (
     JobProcess,
     JobProcessProtocol,
     SpawnerLost,
+    endsByDefault,
     spawnError,
 )
 from jobworker.jobs.records import JobRecord, JobStatus
@@ -914,6 +917,105 @@ class TimeoutThenStopTests(JobProcessTestCase):
             (self.record.status, self.record.stopped_by, self.record.error),
             (JobStatus.STOPPED, "alice", None),
         )
+
+
+class StopAsItExitsTests(JobProcessTestCase):
+    """
+    A stop whose signal reaches the main process as it exits on its own
+    (the pidfd has not said so yet): its exit stands (review round 29: the
+    job ended STOPPED with exit 0 and no signal). Told by whether the
+    signal would have ended it by its default action.
+    """
+
+    def judged(self, endsBy: bool | None) -> JobProcess:
+        job = JobProcess(
+            self.clock,
+            self.record,
+            self.stdout,
+            self.stderr,
+            GRACE,
+            self.killer,
+            endsBy=lambda pid, signum: endsBy,
+        )
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        return job
+
+    def ended(self, reason: Any) -> tuple[JobStatus, str | None, int | None]:
+        self.killer.exists = False
+        self.end(reason)
+        return self.record.status, self.record.stopped_by, self.record.exit_code
+
+    def test_anExitTheSignalCouldNotHaveMadeStands(self) -> None:
+        self.judged(True).stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.COMPLETED, None, 0))
+        self.assertIsNone(self.record.stop_requested_at)
+
+    def test_aFailingExitStandsToo(self) -> None:
+        self.judged(True).stop("alice")
+        self.assertEqual(self.ended(processExit(3)), (JobStatus.FAILED, None, 3))
+
+    def test_killedByTheStopIsStopped(self) -> None:
+        self.judged(True).stop("alice")
+        self.assertEqual(
+            self.ended(processKilled(signal.SIGTERM)),
+            (JobStatus.STOPPED, "alice", None),
+        )
+
+    def test_aJobThatCaughtTheSignalIsStopped(self) -> None:
+        """It caught TERM, cleaned up and exited 0: the stop ended it."""
+        self.judged(False).stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.STOPPED, "alice", 0))
+
+    def test_notKnownIsStopped(self) -> None:
+        self.judged(None).stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.STOPPED, "alice", 0))
+
+
+class EndsByDefaultTests(SynchronousTestCase):
+    """L{endsByDefault} on real processes."""
+
+    def child(self, script: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            ["sh", "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        assert process.stdout is not None
+        self.assertEqual(process.stdout.readline(), b"ready\n")
+        return process
+
+    def slept(self, process: subprocess.Popen[bytes]) -> int:
+        """Its pid once it is C{sleep} (the shell may block signals a
+        moment around its exec)."""
+        for _ in range(500):
+            with open(f"/proc/{process.pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    return process.pid
+            time.sleep(0.01)
+        self.fail("the child never became sleep")
+
+    def test_defaultDisposition(self) -> None:
+        pid = self.slept(self.child("echo ready; exec sleep 60"))
+        self.assertIs(endsByDefault(pid, signal.SIGTERM), True)
+        self.assertIs(endsByDefault(pid, signal.SIGCHLD), False)
+
+    def test_ignored(self) -> None:
+        pid = self.slept(self.child('trap "" TERM; echo ready; exec sleep 60'))
+        self.assertIs(endsByDefault(pid, signal.SIGTERM), False)
+        self.assertIs(endsByDefault(pid, signal.SIGINT), True)
+        self.assertIs(endsByDefault(pid, signal.SIGKILL), True)
+
+    def test_caught(self) -> None:
+        process = self.child(
+            "trap 'exit 0' TERM; echo ready; while :; do sleep 1; done"
+        )
+        self.assertIs(endsByDefault(process.pid, signal.SIGTERM), False)
+
+    def test_gone(self) -> None:
+        process = subprocess.Popen(["true"])
+        process.wait()
+        self.assertIsNone(endsByDefault(process.pid, signal.SIGTERM))
 
 
 class AbandonTests(JobProcessTestCase):

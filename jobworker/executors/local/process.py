@@ -158,9 +158,12 @@ class JobProcess:
         groups: GroupNumbers | None = None,
         leftovers: LeftoverJournal | None = None,
         elapsed: Callable[[], float] = elapsedSeconds,
+        endsBy: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         """
         @param elapsed: a clock no step of the wall clock moves (L{Ending}).
+        @param endsBy: would a signal end a process by its default action
+            (L{endsByDefault}, the default)?
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
         @param leftovers: where a job that ends with processes left to kill
@@ -181,6 +184,10 @@ class JobProcess:
         #: The threads a heavy stream may be read by (None: the reactor).
         self._pumps = pumps
         self._timedOut = False
+        self._endsBy = endsByDefault if endsBy is None else endsBy
+        #: The first stop's signal would have ended the main process by its
+        #: default action (None: not known); see L{_stopMissed}.
+        self._stopWouldEnd: bool | None = None
         self._killSent = False
         self._setupError: str | None = None
         #: What L{recorded} writes on the gate (fd 3): the go line, and for
@@ -357,6 +364,8 @@ class JobProcess:
                 user=by,
                 signal=signal.Signals(how.signal).name,
             )
+            if self._pgid is not None:
+                self._stopWouldEnd = self._endsBy(self._pgid, how.signal)
             self._terminate(how)
         else:
             # Being stopped already, by a user or its timeout (whose end,
@@ -571,6 +580,18 @@ class JobProcess:
         if self.onStop is not None:
             self.onStop(record)
 
+    def _stopMissed(self, exitCode: int | None, signalNumber: int | None) -> bool:
+        """
+        Did the main process exit on its own, not by the stop? It ended
+        with an exit code, where the stop's signal would have ended it by
+        its default action (not caught, ignored or blocked when it was
+        sent): the signal came as it was exiting (pidfd had not said so
+        yet), and had no effect on it.
+        """
+        return (
+            self._stopWouldEnd is True and exitCode is not None and signalNumber is None
+        )
+
     def _timedOutError(self) -> str:
         unit = "second" if self._timeout == 1 else "seconds"
         return f"timed out after {self._timeout:g} {unit}"
@@ -621,6 +642,17 @@ class JobProcess:
         exitCode, signalNumber = exitOf(exit)
         signalText = signalName(signalNumber) if signalNumber is not None else None
         error: str | None = None
+        if record.stopped_by is not None and self._stopMissed(exitCode, signalNumber):
+            # It exited on its own as the stop came: its status stands
+            # (review round 29: STOPPED with exit 0 and no signal).
+            self.log.info(
+                "job {job}: its main process exited on its own as the stop "
+                "came (exit {code}): the stop had no effect on it",
+                job=record.id,
+                code=exitCode,
+            )
+            record.stopped_by = None
+            record.stop_requested_at = None
         if record.stopped_by is not None:
             status = JobStatus.STOPPED
         elif self._setupError is not None:
@@ -751,6 +783,35 @@ def exitOf(exit: BaseException | None) -> tuple[int | None, int | None]:
     if isinstance(exit, ProcessTerminated):
         return exit.exitCode, exit.signal
     return None, None
+
+
+def endsByDefault(pid: int, signum: int) -> bool | None:
+    """
+    Would C{signum} end C{pid} by its default action: not caught, ignored
+    nor blocked (C{/proc/PID/status}), and one whose default is to end a
+    process? None if not known (gone, unreadable).
+    """
+    if signum == signal.SIGKILL:
+        return True
+    if signum in (signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH):
+        return False  # ignored by default
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return None
+    bit = 1 << (signum - 1)
+    found = 0
+    for line in status.splitlines():
+        name, _, value = line.partition(b":")
+        if name in (b"SigBlk", b"SigIgn", b"SigCgt"):
+            found += 1
+            try:
+                if int(value.strip(), 16) & bit:
+                    return False
+            except ValueError:
+                return None
+    return True if found == 3 else None
 
 
 def signalGroup(pgid: int, signum: int) -> bool:
