@@ -439,17 +439,17 @@ class ListAndStatusTests(MemoryCLITestCase):
     def test_listEmpty(self) -> None:
         """jw list --json on a fresh server is an empty jobs list."""
         out = self.assertSucceeded(self.jw("list", "--json"))
-        self.assertEqual(json.loads(out), {"jobs": []})
+        self.assertEqual(json.loads(out), {"jobs": [], "next_cursor": None})
 
     def test_listJSONNewestFirst(self) -> None:
-        """jw list --json is {"jobs": [...]} with the newest job first."""
+        """jw list --json is the API's page, the newest job first."""
         ids = []
         for _ in range(3):
             ids.append(self.execId("true"))
             self.reactor.advance(1)
         out = self.assertSucceeded(self.jw("list", "--json"))
         body = json.loads(out)
-        self.assertEqual(list(body), ["jobs"])
+        self.assertEqual(list(body), ["jobs", "next_cursor"])
         self.assertEqual([job["id"] for job in body["jobs"]], ids[::-1])
         stamps = [job["created_at"] for job in body["jobs"]]
         self.assertEqual(stamps, sorted(stamps, reverse=True))

@@ -201,7 +201,10 @@ def quickRun(
         if args and args[0] == "_ids":
             return None
         options = buildParser(streams).parse_args(args)
-    except (HelpShown, ArgumentsRefused) as e:
+    except (HelpShown, ArgumentsRefused, BrokenPipeError, OutputFailed) as e:
+        # (The help and the version are written as the arguments are read:
+        # to a full disk or a reader gone they were a traceback: new user
+        # round 29.)
         return report(e, streams)
     if options.verb not in QUICK_VERBS:
         return None

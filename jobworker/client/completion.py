@@ -9,13 +9,23 @@ _STATUSES = " ".join(STATUSES)
 #: What C{jw clean --status} takes: ended jobs' statuses only.
 _ENDED = " ".join(CLEAN_STATUSES)
 _GLOBAL = "--server --ca --cert --key --help"
+#: The stop signals (jobworker.jobs.stopping.STOP_SIGNALS: a test checks;
+#: not imported, jw starts without the server's modules).
+_SIGNALS = "TERM INT HUP QUIT USR1 USR2 ALRM KILL"
+#: Options whose value is a number, a size or a name: nothing to offer (job
+#: ids were offered: new user round 29).
+_VALUES = (
+    "--name|--priority|--label|--env|--partition|--account|--qos|--gres|"
+    "--constraint|--nodes|--ntasks|--timeout|--memory|--cpu|--pids|--io-read|"
+    "--io-write|--owner|--limit|--cursor|--offset|--tail|--grace|--older-than"
+)
 #: Options per verb (a test checks them against the parser).
 OPTIONS = {
     "exec": "--follow --stdin --detach-on-interrupt --name --after --after-ok "
     "--priority --label --env --cwd --partition --account --qos --gres "
     "--constraint --nodes --ntasks --exclusive "
     "--timeout --memory --cpu --pids --io-read --io-write --json",
-    "list": "--status --owner --name --label --limit --all --wide --json",
+    "list": "--status --owner --name --label --limit --all --cursor --wide --json",
     "status": "--json",
     "logs": "--follow --stdout --stderr --offset --tail",
     "wait": "--timeout --json",
@@ -49,6 +59,10 @@ _jw() {{
             [ "$verb" = clean ] && statuses="{_ENDED}"
             COMPREPLY=($(compgen -W "$statuses" -- "${{cur^^}}")); return ;;
         --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --signal|-s) COMPREPLY=($(compgen -W "{_SIGNALS}" -- "${{cur^^}}")); return ;;
+        --after|--after-ok)
+            COMPREPLY=($(compgen -W "$(jw _ids 2>/dev/null)" -- "$cur")); return ;;
+        {_VALUES}) return ;;
     esac
     if [ -z "$verb" ]; then
         COMPREPLY=($(compgen -W "{_VERBS} {_GLOBAL} --version" -- "$cur"))
@@ -76,6 +90,11 @@ _jw() {{
     if (( ${{words[(I)--]}} && ${{words[(I)--]}} < CURRENT )); then
         _files; return   # after --: the job's command and its files
     fi
+    case "$words[CURRENT-1]" in
+        --signal|-s) compadd -- {_SIGNALS}; return ;;
+        --after|--after-ok) compadd -- $(jw _ids 2>/dev/null); return ;;
+        {_VALUES}) return ;;
+    esac
     if [[ "$words[CURRENT-1]" == --status ]]; then
         if (( ${{words[(I)clean]}} )); then
             compadd -- {_ENDED}
@@ -107,6 +126,9 @@ complete -c jw -n "__fish_seen_subcommand_from clean" -l status -x -a "{_ENDED}"
 complete -c jw -n "__fish_seen_subcommand_from {_ID_VERBS.replace("|", " ")}" \\
     -x -a "(jw _ids 2>/dev/null)"
 complete -c jw -n "__fish_seen_subcommand_from completion" -x -a "bash zsh fish"
+complete -c jw -n "__fish_seen_subcommand_from stop" -s s -l signal -x -a "{_SIGNALS}"
+complete -c jw -n "__fish_seen_subcommand_from exec" -l after -l after-ok -x \\
+    -a "(jw _ids 2>/dev/null)"
 complete -c jw -n "contains -- -- (commandline -opc)" -F
 {
     chr(10).join(

@@ -117,6 +117,14 @@ def resolve(
                 setattr(settings, key, value)
                 settings.origins[key] = origin
                 break
+    if "@" in urlsplit(settings.server).netloc:
+        # Not used (the credentials are JW_USER's), and said back in every
+        # message and by jw config, the password with it (new user round
+        # 29): refused, and not quoted.
+        raise ConfigError(
+            f"server ({settings.origins['server']}) must not hold credentials "
+            "(user:password@): give JW_USER and JW_PASSWORD, or jw login"
+        )
     return settings
 
 
@@ -149,6 +157,10 @@ def checkServer(server: str) -> str:
     """
     try:
         parts = urlsplit(server)
+        if "@" in parts.netloc:
+            raise ConfigError(
+                "server must not hold credentials (user:password@): give them apart"
+            )
         host, usable = parts.hostname, parts.scheme == "https"
         parts.port  # noqa: B018 (it checks the port: ValueError)
     except ValueError:

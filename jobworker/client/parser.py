@@ -208,6 +208,12 @@ class _Parser(argparse.ArgumentParser):
             raise ArgumentsRefused(
                 f"jw: unknown command {unknown.group(1)!r}{hint} (see jw --help)"
             )
+        if "required" in message and not any(w in VERBS for w in self._words):
+            # "jw --bogus": no command, because of the option, which is the
+            # mistake to name (new user round 29).
+            option = self.unknownOption(self._words)
+            if option is not None:
+                raise ArgumentsRefused(f"jw: {option} (see jw --help)")
         line = " ".join(message.split())
         raise ArgumentsRefused(f"jw: {line} (see {self.prog} --help)")
 
@@ -272,6 +278,10 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "--limit", type=int, default=100, help="jobs per page (1-1000, default 100)"
     )
     listing.add_argument("--all", action="store_true", help="every page, not just one")
+    listing.add_argument(
+        "--cursor",
+        help="start after this page (the next_cursor of a --json page)",
+    )
     listing.add_argument(
         "--wide", "-w", action="store_true", help="whole ids and commands"
     )

@@ -125,8 +125,9 @@ def endLine(final: dict[str, Any]) -> str | None:
     """
     The line jw says beside the exit status of a job it followed or waited
     for, where the status alone would not tell: one someone else stopped
-    (an Admin, the server's shutdown), or one that ended with no exit
-    status (255: the server restarted while it ran; it came with no word).
+    (an Admin, the server's shutdown), one that ended with no exit status
+    (255: the server restarted while it ran; it came with no word), or one
+    that failed for a reason its exit status does not say.
     """
     status = final["status"]
     lost = (
@@ -136,6 +137,13 @@ def endLine(final: dict[str, Any]) -> str | None:
     )
     if status == "STOPPED" or lost:
         return f"jw: job {final['id']}: {outcome(final)}"
+    error = final.get("error") or ""
+    if status == "FAILED" and error and not error.startswith("exited with code"):
+        # Why, where the exit status alone does not say: its timeout (a job
+        # that caught the TERM exits 143 all the same), its memory limit
+        # (137), a signal. Said by jw exec -f only, and not always (new
+        # user round 29).
+        return f"jw: job {final['id']}: {error}"
     return None
 
 

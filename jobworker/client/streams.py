@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import fcntl
 import os
+import select
 import stat
 import sys
 import termios
@@ -31,6 +32,35 @@ def printable(text: str) -> str:
 def _stdoutToDevNull() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
+
+
+def writeAll(out: BinaryIO, data: bytes) -> None:
+    """
+    Write all of C{data} to C{out}: a buffered stream may take part of it
+    and say so by its count, not by an error (a reader gone after the first
+    64 KiB; a non-blocking pipe another process left), and the rest was
+    lost without a word, exit status 0 (new user round 29). A stream that
+    cannot take more now is waited for.
+
+    @raise OSError: it could not be written (C{BrokenPipeError}: the
+        reader is gone).
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            written = out.write(view)
+        except BlockingIOError as e:
+            written = e.characters_written
+            _writable(out)
+        if written is None:  # (a raw non-blocking stream, full)
+            _writable(out)
+            continue
+        view = view[written:]
+
+
+def _writable(out: BinaryIO) -> None:
+    """Wait until C{out} can take more."""
+    select.select([], [out.fileno()], [])
 
 
 class OutputFailed(Exception):
@@ -132,7 +162,7 @@ class Streams:
             C{BrokenPipeError}, as ever).
         """
         try:
-            self.out.write(text.encode("utf-8"))
+            writeAll(self.out, text.encode("utf-8"))
             self.out.flush()
         except BrokenPipeError:
             raise

@@ -1012,7 +1012,7 @@ async def doList(
         "labels": pairs(options.label, "--label"),
         "limit": options.limit,
     }
-    jobs, cursor = await client.listJobs(**filters)
+    jobs, cursor = await client.listJobs(**filters, cursor=options.cursor)
     # A page of two filters or more searches so many jobs at most, and may
     # come short (even empty) with a cursor: the page is filled from the
     # next ones. Never the same page twice (a server, or a cache before
@@ -1027,7 +1027,10 @@ async def doList(
         more, cursor = await client.listJobs(**filters, cursor=cursor)
         jobs.extend(more)
     if options.json:
-        streams.show(jsonLine({"jobs": jobs}))
+        # As the API's page: next_cursor (null: no more) continues it with
+        # --cursor (a script could not tell a page cut short: new user
+        # round 29).
+        streams.show(jsonLine({"jobs": jobs, "next_cursor": cursor}))
     else:
         streams.show(jobTable(jobs, client.reactor.seconds(), options.wide))
     if cursor is not None:  # after the table (shown and flushed): 2>&1 reads so
