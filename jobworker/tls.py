@@ -39,6 +39,13 @@ DEVELOPMENT_SERVER_KEY_SHA256 = (
 )
 
 
+#: The SHA-256 of the development CA's public key (certs/ca.pem), whose
+#: private half (certs/ca.key) anyone can read.
+DEVELOPMENT_CA_KEY_SHA256 = (
+    "b1049f7ed6f1d5cc13301525a1cab4b7f481bae83f8b4a328d151fe0448b66e7"
+)
+
+
 def publicKeySHA256(certificate: x509.Certificate) -> str:
     """The SHA-256 (hex) of a certificate's public key, as DER SubjectPublicKeyInfo."""
     der = certificate.public_key().public_bytes(
@@ -58,6 +65,19 @@ def isDevelopmentCertificate(certPath: str) -> bool:
     except (TLSConfigError, ValueError):
         return False
     return publicKeySHA256(leaf) == DEVELOPMENT_SERVER_KEY_SHA256
+
+
+def holdsDevelopmentCA(path: str) -> bool:
+    """
+    Whether the PEM bundle C{path} holds the development CA (by its public
+    key: wherever it was copied to, under any name): anyone can sign a
+    client certificate with it, for any user. False if it cannot be read.
+    """
+    try:
+        certificates = x509.load_pem_x509_certificates(_read(path, "client CA"))
+    except (TLSConfigError, ValueError):
+        return False
+    return any(publicKeySHA256(c) == DEVELOPMENT_CA_KEY_SHA256 for c in certificates)
 
 
 def validityProblem(certPath: str) -> str | None:

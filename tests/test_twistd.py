@@ -12,6 +12,7 @@ import subprocess
 import time
 from typing import Any
 
+import bcrypt
 import treq
 from twisted.application.service import IServiceMaker
 from twisted.internet import reactor
@@ -22,6 +23,7 @@ from twisted.trial.unittest import TestCase
 from jobworker.server.options import Options
 
 from .support import (
+    CA,
     CERT,
     CERTS,
     FREE_UIDS,
@@ -230,6 +232,59 @@ class StartupErrorTests(TestCase):
         stateDir = os.path.join(blocker, "state")
         line = self.refused(f"--state-dir={stateDir}")
         self.assertIn(stateDir, line)
+
+    def usersFile(self) -> str:
+        """A users file of one user (not a development one), mode 0600."""
+        path = os.path.abspath(self.mktemp())
+        hashed = bcrypt.hashpw(b"opsadmin-pass", bcrypt.gensalt(4)).decode()
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(f"opsadmin:Admin:{hashed}\n")
+        return path
+
+    def test_developmentClientCAWithRealUsers(self) -> None:
+        """
+        The development CA (its key is public) as --client-ca, with a users
+        file: anyone could sign a certificate for any of its users, Admins
+        too (attacker round 29). Refused, under any name it was copied to.
+        """
+        copy = os.path.abspath(self.mktemp())
+        with open(CA, "rb") as f, open(copy, "wb") as out:
+            out.write(f.read())
+        for path in (CA, copy):
+            line = self.refused(f"--client-ca={path}", f"--users={self.usersFile()}")
+            self.assertIn("DEVELOPMENT CA", line)
+
+    def test_clientCAOthersMayWrite(self) -> None:
+        """A --client-ca file others may write: whoever does may add a CA of
+        theirs, and log in as anyone (attacker round 29)."""
+        path = os.path.abspath(self.mktemp())
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=own CA",
+                "-days",
+                "1",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-keyout",
+                path + ".key",
+                "-out",
+                path,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        os.chmod(path, 0o666)  # noqa: S103 (the defect itself)
+        line = self.refused(f"--client-ca={path}", f"--users={self.usersFile()}")
+        self.assertIn("may be written by other users", line)
 
     def test_readOnlyJobsFolder(self) -> None:
         """

@@ -18,6 +18,7 @@ from zope.interface import implementer
 from ..tls import (
     TLSConfigError,
     clientAuthorities,
+    holdsDevelopmentCA,
     isDevelopmentCertificate,
     serverOptions,
     stillTrusted,
@@ -25,7 +26,7 @@ from ..tls import (
 )
 from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
-from .startup import StartupError, fatal, secretFile
+from .startup import StartupError, fatal, secretFile, secretFileProblem
 
 log = Logger(namespace="jobworker.server.tap")
 
@@ -137,6 +138,8 @@ def _options(config: Options, reloading: bool) -> Any:
         fatal(str(e))
     if not isDevelopmentCertificate(cert):  # (public, and said below)
         secretFile(key, "the TLS private key")
+    if config["client-ca"] is not None:
+        _clientCA(config)
     problem = validityProblem(cert)
     if problem is not None and reloading:
         fatal(f"the certificate {cert} {problem}")
@@ -164,6 +167,35 @@ def _options(config: Options, reloading: bool) -> Any:
             "(certs/server.key is public): use --cert/--key in production"
         )
     return tlsOptions
+
+
+def _clientCA(config: Options) -> None:
+    """
+    The client CAs vouch for users: whoever may rewrite the file, or sign
+    with a CA in it, may log in as anyone. Refused when others may write it
+    (as the users file), and when it holds the development CA (its key,
+    certs/ca.key, is public) anywhere but on loopback with the development
+    users, whose passwords are public too (it was taken, off loopback and
+    with a real users file: anyone became any user, Admin too: attacker
+    round 29).
+    """
+    path = config["client-ca"]
+    secretFileProblem(
+        path, "the client CA file --client-ca"
+    )  # (its reading is no secret)
+    if not holdsDevelopmentCA(path):
+        return
+    if config["users"] is not None or not isLoopback(config["interface"]):
+        fatal(
+            f"--client-ca {ascii(path)[1:-1]} holds the DEVELOPMENT CA (its key, "
+            "certs/ca.key, is public: anyone may sign a certificate for any "
+            "user): it is only for the development users on loopback; give a "
+            "CA of your own"
+        )
+    log.warn(
+        "--client-ca holds the DEVELOPMENT CA (certs/ca.key is public): anyone "
+        "here may log in as any development user with a certificate"
+    )
 
 
 def _ownCertificate(config: Options, makeCA: bool = True) -> tuple[str, str]:
