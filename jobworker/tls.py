@@ -9,6 +9,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PublicFormat,
@@ -228,6 +229,52 @@ def clientAuthorities(path: str) -> X509Store:
     for authority in _caCertificates(path, "client CA certificate"):
         store.add_cert(authority)
     return store
+
+
+def clientCAKeys(path: str) -> dict[str, x509.Certificate]:
+    """
+    The CAs of the PEM bundle C{path}, by their public key's SHA-256.
+
+    @raise TLSConfigError: the file cannot be read or holds no certificate.
+    """
+    data = _read(path, "client CA certificate")
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TLSConfigError(f"{path} holds no PEM certificate") from None
+    return {publicKeySHA256(c): c for c in certificates}
+
+
+def issuingCA(
+    leaf: x509.Certificate,
+    chain: list[x509.Certificate],
+    authorities: dict[str, x509.Certificate],
+) -> str | None:
+    """
+    Which of C{authorities} (L{clientCAKeys}) C{leaf} chains to, directly
+    or through the certificates the peer sent (C{chain}): its key's SHA-256,
+    or None.
+    """
+    current = leaf
+    for _ in range(8):
+        for key, authority in authorities.items():
+            if _issued(authority, current):
+                return key
+        following = next(
+            (c for c in chain if c != current and _issued(c, current)), None
+        )
+        if following is None:
+            return None
+        current = following
+    return None
+
+
+def _issued(issuer: x509.Certificate, certificate: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def stillTrusted(

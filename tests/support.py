@@ -381,9 +381,11 @@ class RecordingAuthenticator:
 
 
 def writePEM(path: str, data: bytes) -> None:
-    """Write a certificate or key file made by a test."""
+    """Write a certificate or key file made by a test (others may not write
+    it, whatever the umask: the server refuses a --client-ca they may)."""
     with open(path, "wb") as f:
         f.write(data)
+    os.chmod(path, 0o644)
 
 
 def twistdCommand(stateDir: str, *extra: str, stopGrace: str | None = "1") -> list[str]:

@@ -425,6 +425,52 @@ class KeptConnectionTests(TestCase):
         ended = await body.addTimeout(10, reactor).addErrback(lambda f: f.type)
         self.assertNotEqual(ended, defer.TimeoutError)
 
+    async def bearer(
+        self, server: LiveServer, token: str, path: str = "/whoami"
+    ) -> Any:
+        return await server.request(
+            "GET", path, None, headers={b"authorization": [f"Bearer {token}".encode()]}
+        )
+
+    async def test_tokenOfARemovedCA(self) -> None:
+        """
+        A token issued for a certificate lives while its CA is trusted: once
+        a reload removed the CA (no CRL: the operator's one way to revoke),
+        the token is refused too (it worked on for its 12 h: attacker round
+        29). A token issued for a password is not touched.
+        """
+        server, http, removeCA = self.secondCA()
+        code, issued = await self.ask(http, server, "POST", "/tokens")
+        self.assertEqual(code, 201, issued)
+        _, byPassword = await server.json("POST", "/tokens")
+        for token in (issued["token"], byPassword["token"]):
+            self.assertEqual((await self.bearer(server, token)).code, 200)
+        await removeCA()
+        response = await self.bearer(server, issued["token"])
+        self.assertEqual(response.code, 401)
+        await treq.content(response)
+        response = await self.bearer(server, byPassword["token"])
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+
+    async def test_tokenOfARemovedCAEndsItsStream(self) -> None:
+        """A log stream such a token let in ends with the CA's removal."""
+        server, http, removeCA = self.secondCA()
+        code, issued = await self.ask(http, server, "POST", "/tokens")
+        self.assertEqual(code, 201, issued)
+        job = await server.createJob("sh", "-c", "echo up; sleep 30")
+        self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
+        response = await self.bearer(
+            server,
+            issued["token"],
+            f"/jobs/{job['id']}/logs?follow=true&stream=stdout",
+        )
+        self.assertEqual(response.code, 200)
+        body = treq.content(response)
+        await removeCA()
+        ended = await body.addTimeout(10, reactor).addErrback(lambda f: f.type)
+        self.assertNotEqual(ended, defer.TimeoutError)
+
     async def test_expiryEndsItsStream(self) -> None:
         """A log stream a certificate let in ends when the certificate
         expires (it read on)."""

@@ -424,6 +424,10 @@ class Authenticator:
         #: TLS's L{certificateProblem
         #: <jobworker.server.tlssetup.ServedTLS.certificateProblem>}.
         self.certificateProblem: Callable[[Any, Any], str | None] | None = None
+        #: TLS's L{certificateCA
+        #: <jobworker.server.tlssetup.ServedTLS.certificateCA>}: which client
+        #: CA a certificate chains to (a token issued for it lives with it).
+        self.certificateCA: Callable[[Any, Any], str | None] | None = None
 
     @property
     def tokens(self) -> TokenSigner | None:

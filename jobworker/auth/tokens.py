@@ -53,6 +53,9 @@ class TokenClaims:
     #: When it was issued and when it expires (epoch seconds).
     issued: float
     expires: int
+    #: The SHA-256 of the public key of the client CA whose certificate it
+    #: was issued for (L{TokenSigner.trustCAs}), or None.
+    ca: str | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -165,6 +168,10 @@ def _unbound(name: str) -> bytes:
     return b""
 
 
+def _noCAs() -> frozenset[str]:
+    return frozenset()
+
+
 class TokenSigner:
     """
     Issue and check bearer tokens for users.
@@ -185,6 +192,7 @@ class TokenSigner:
         self._clock = clock
         self.ttl = ttl
         self._credentials: Callable[[str], bytes | None] = _unbound
+        self._trustedCAs: Callable[[], frozenset[str]] = _noCAs
         #: user name -> when its tokens were revoked (kept one ttl past it).
         self._revoked: dict[str, float] = {}
         #: user name -> the latest issue time of theirs stamped or accepted
@@ -199,6 +207,16 @@ class TokenSigner:
         the same empty credentials.)
         """
         self._credentials = credentials
+
+    def trustCAs(self, trusted: Callable[[], frozenset[str]]) -> None:
+        """
+        A token issued for a client certificate lives while its CA is one of
+        C{trusted()} (the public keys' SHA-256 of the client CAs in force):
+        removing a CA from --client-ca (there is no CRL) refused its
+        certificates, but not the tokens they had been given (a dashboard
+        login is one: attacker round 29).
+        """
+        self._trustedCAs = trusted
 
     def revoke(self, name: str) -> None:
         """
@@ -233,13 +251,19 @@ class TokenSigner:
         return _b64(hmac.digest(self._key, message, "sha256"))
 
     def issue(
-        self, name: str, role: str, until: float | None = None
+        self,
+        name: str,
+        role: str,
+        until: float | None = None,
+        ca: str | None = None,
     ) -> tuple[str, int]:
         """
         A new token for C{name} holding C{role}, and its expiry (epoch s):
         L{ttl} from now, or C{until} if sooner (the client certificate it
         was asked with expires then: a token outlived it, attacker round
-        27). For a name that is not a user, a token that never verifies.
+        27); for a client certificate of the CA C{ca} (its key's SHA-256),
+        one that lives while that CA is trusted (L{trustCAs}). For a name
+        that is not a user, a token that never verifies.
         """
         now = self._clock.seconds()
         expires = int(now + self.ttl if until is None else min(now + self.ttl, until))
@@ -250,6 +274,8 @@ class TokenSigner:
             "e": expires,
             "n": _b64(os.urandom(9)),
         }
+        if ca is not None:
+            claims["c"] = ca
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         credentials = self._credentials(name)
         if credentials is None:
@@ -287,7 +313,8 @@ class TokenSigner:
             claims = json.loads(_unb64(payload))
             name, role = claims["u"], claims["r"]
             issued, expires = claims["i"], claims["e"]
-        except (ValueError, KeyError, TypeError):
+            ca = claims.get("c")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidToken("malformed token") from None
         if (
             not isinstance(name, str)
@@ -296,6 +323,7 @@ class TokenSigner:
             or isinstance(issued, bool)
             or not isinstance(expires, int)
             or isinstance(expires, bool)
+            or not (ca is None or isinstance(ca, str))
         ):
             raise InvalidToken("malformed token")
         credentials = self._credentials(name)
@@ -304,7 +332,7 @@ class TokenSigner:
             raise InvalidToken("no such user (removed?)")
         if not hmac.compare_digest(expected, mac):
             raise InvalidToken("bad signature, or its user's password or role changed")
-        accepted = TokenClaims(name, role, issued, expires)
+        accepted = TokenClaims(name, role, issued, expires, ca)
         self.recheck(accepted)
         # Accepted: a revocation from now on must cover it (L{revoke}).
         if issued > self._latestIssued.get(name, issued - 1):
@@ -325,6 +353,12 @@ class TokenSigner:
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
             raise InvalidToken("issued before its user was changed or removed", name)
+        if claims.ca is not None and claims.ca not in self._trustedCAs():
+            raise InvalidToken(
+                "the CA of the client certificate it was issued for is no longer "
+                "trusted (--client-ca)",
+                name,
+            )
         now = self._clock.seconds()
         if expires <= now:
             raise InvalidToken("token expired", name)

@@ -414,8 +414,20 @@ class JobsAPI:
         certified = (
             None if request.getHeader(b"authorization") else peerCertificate(request)
         )
-        until = None if certified is None else notAfter(certified[1])
-        token, expires = signer.issue(user.name, user.role.value, until)
+        until = ca = None
+        if certified is not None:
+            until = notAfter(certified[1])
+            # Tied to its CA: a CA removed from --client-ca (there is no
+            # CRL) refused the certificate, not its tokens (attacker round 29).
+            which = self._authenticator.certificateCA
+            if which is not None:
+                ca = which(*certified)
+                if ca is None:
+                    raise Forbidden(
+                        "the client certificate chains to no CA of --client-ca now: "
+                        "no token for it"
+                    )
+        token, expires = signer.issue(user.name, user.role.value, until, ca)
         self._audit(
             request,
             "token.issue",

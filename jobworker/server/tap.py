@@ -134,6 +134,9 @@ def _parts(
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
     if config["client-ca"] is not None:
         authenticator.certificateProblem = tlsOptions.certificateProblem
+        authenticator.certificateCA = tlsOptions.certificateCA
+    if authenticator.tokens is not None:
+        authenticator.tokens.trustCAs(tlsOptions.trustedCAs)
 
     def ownerCheck(
         owner: str, queuedAs: str | None

@@ -18,8 +18,10 @@ from zope.interface import implementer
 from ..tls import (
     TLSConfigError,
     clientAuthorities,
+    clientCAKeys,
     holdsDevelopmentCA,
     isDevelopmentCertificate,
+    issuingCA,
     serverOptions,
     stillTrusted,
     validityProblem,
@@ -80,13 +82,48 @@ class ServedTLS:
             return None  # (verified at its handshake, against these CAs)
         if getattr(transport, "_verifiedFor", None) is context:
             return None
-        if self._authorities is None or self._authorities[0] is not context:
-            self._authorities = (context, clientAuthorities(self._config["client-ca"]))
         chain = handle.get_peer_cert_chain() or []
-        if not stillTrusted(self._authorities[1], certificate, chain):
+        if not stillTrusted(self._clientCAs()[0], certificate, chain):
             return "is not signed by a CA of --client-ca now"
         transport._verifiedFor = context
         return None
+
+    def _clientCAs(self) -> tuple[Any, dict[str, Any], frozenset[str]]:
+        """
+        The client CAs in force: as a store, by their keys' SHA-256, and
+        those keys' SHA-256 alone (read once per reload).
+        """
+        context = self.getContext()
+        if self._authorities is None or self._authorities[0] is not context:
+            path = self._config["client-ca"]
+            keys = clientCAKeys(path)
+            self._authorities = (
+                context,
+                clientAuthorities(path),
+                keys,
+                frozenset(keys),
+            )
+        return self._authorities[1:]  # type: ignore[no-any-return]
+
+    def trustedCAs(self) -> frozenset[str]:
+        """The keys' SHA-256 of the client CAs in force (none: no --client-ca)."""
+        if self._config["client-ca"] is None:
+            return frozenset()
+        return self._clientCAs()[2]
+
+    def certificateCA(self, transport: Any, certificate: Any) -> str | None:
+        """
+        Which client CA in force the client C{certificate} (of the connection
+        C{transport}) chains to: its key's SHA-256, or None.
+        """
+        if self._config["client-ca"] is None:
+            return None
+        chain = transport.getHandle().get_peer_cert_chain() or []
+        return issuingCA(
+            certificate.to_cryptography(),
+            [c.to_cryptography() for c in chain],
+            self._clientCAs()[1],
+        )
 
     def reload(self) -> None:
         """Read the files again (SIGHUP); keep the options served on failure."""
@@ -180,11 +217,12 @@ def _clientCA(config: Options) -> None:
     round 29).
     """
     path = config["client-ca"]
-    secretFileProblem(
-        path, "the client CA file --client-ca"
-    )  # (its reading is no secret)
     if not holdsDevelopmentCA(path):
+        # (Read by anyone is no matter: only who may write it.)
+        secretFileProblem(path, "the client CA file --client-ca")
         return
+    # The development CA's key is public already: who may write the file
+    # is no matter (as for the development certificate's key).
     if config["users"] is not None or not isLoopback(config["interface"]):
         fatal(
             f"--client-ca {ascii(path)[1:-1]} holds the DEVELOPMENT CA (its key, "
