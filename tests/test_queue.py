@@ -30,6 +30,7 @@ from jobworker.jobs.manager import SLOT_SLACK
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.queue import NO_JOBS, FairQueue, Waiting
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.scheduling import FAIL_SLICE
 from jobworker.jobs.store import StoreError
 from jobworker.jobs.validation import JobRequest
 
@@ -632,6 +633,9 @@ class ManagerQueueTests(SynchronousTestCase):
         sibling = manager.create(self.request(after_ok=(head.id,)), "bob")
         cleanUp = manager.create(self.request(after=(chain[-1].id,)), "bob")
         self.end(manager, head.id, 1)
+        # (FAIL_SLICE a turn: the reactor runs between the slices.)
+        self.assertEqual(manager.record(chain[-1].id).status, JobStatus.PENDING)
+        self.reactor.advance(0)
         statuses = {manager.record(job.id).status for job in chain[1:]}
         self.assertEqual(statuses, {JobStatus.FAILED})
         self.assertEqual(manager.record(sibling.id).status, JobStatus.FAILED)
@@ -640,6 +644,38 @@ class ManagerQueueTests(SynchronousTestCase):
             manager.record(chain[-1].id).error,
             f"dependency {chain[-2].id} ended FAILED",
         )
+
+    def test_manyDependentsFailASliceATurn(self) -> None:
+        """
+        1,000 jobs queued after_ok on one job that fails: FAIL_SLICE of them
+        fail in its turn, the rest in the next turns (each is a store read
+        and write: 10,000 of them held every request for 2 s: attacker
+        round 29). Meanwhile they are queued, held: a stop still reaches
+        one, and none starts.
+        """
+        manager = self.manager()
+        head = manager.create(self.request(), "bob")
+        waiting = [
+            manager.create(self.request(after_ok=(head.id,)), "alice")
+            for _ in range(1000)
+        ]
+        self.end(manager, head.id, 1)
+
+        def failed() -> int:
+            return sum(
+                manager.record(job.id).status is JobStatus.FAILED for job in waiting
+            )
+
+        self.assertEqual(failed(), FAIL_SLICE)
+        last = waiting[-1]
+        self.assertEqual(manager.record(last.id).status, JobStatus.PENDING)
+        self.successResultOf(manager.stop(last.id, "alice"))
+        self.assertEqual(manager.record(last.id).status, JobStatus.STOPPED)
+        self.reactor.advance(0)  # (the fake runs every next turn in one go)
+        self.assertEqual(failed(), len(waiting) - 1)
+        self.assertEqual(manager.record(last.id).status, JobStatus.STOPPED)
+        self.assertEqual(len(self.reactor.spawned), 1)  # the head alone ran
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_entriesWithoutDependenciesShareOneEmptySet(self) -> None:
         """

@@ -75,6 +75,7 @@ class Admission:
     _held: dict[str, tuple[float, str]]
     _ownerCheck: OwnerCheck | None
     _dispatchTimer: IDelayedCall | None = None
+    _nextTurnTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
         raise NotImplementedError  # the manager's
@@ -480,6 +481,12 @@ class Admission:
             self._dispatchTimer = self._reactor.callLater(
                 DISPATCH_RETRY, self._scheduler.dispatch
             )
+
+    def _dispatchSoon(self) -> None:
+        """The queue's next slice of jobs to fail, at the reactor's next turn."""
+        timer = self._nextTurnTimer
+        if (timer is None or not timer.active()) and not self._shuttingDown:
+            self._nextTurnTimer = self._reactor.callLater(0, self._scheduler.nextTurn)
 
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""

@@ -221,6 +221,7 @@ class JobManager(Admission):
             self._stored,
             self._dispatchLater,
             self._reactor.seconds,
+            self._dispatchSoon,
         )
         self._metrics.watchQueue(self._scheduler.queue.owners)
 
@@ -1234,6 +1235,7 @@ class JobManager(Admission):
         timers = (
             self._retryTimer,
             self._dispatchTimer,
+            self._nextTurnTimer,
             self._sweepTimer,
             self._slotCheck,
         )
@@ -1241,6 +1243,7 @@ class JobManager(Admission):
             if timer is not None and timer.active():
                 timer.cancel()
         self._retryTimer = self._dispatchTimer = self._sweepTimer = None
+        self._nextTurnTimer = None
         self._storeLook = None
         if self._unsaved and self.flushUnsaved() and self._giveUpReserve():
             self.flushUnsaved()

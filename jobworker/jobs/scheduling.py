@@ -24,6 +24,12 @@ from .store import RecordDamaged, StoreError
 #: What a queued job whose failure could not be recorded yet waits on.
 FAILING = "(its failure, to be recorded)"
 
+#: Queued jobs failed in one reactor turn at most (a dependency failed):
+#: each is a store read and write, and 10,000 of them, queued after_ok on
+#: one job by one user, held every request for 2 s (attacker round 29).
+#: The rest wait in the queue, held, for the next turns (L{Scheduler.nextTurn}).
+FAIL_SLICE = 200
+
 
 class Scheduler:
     """
@@ -37,6 +43,8 @@ class Scheduler:
     @param load: a queued job's record, from the store.
     @param later: call L{dispatch} again in a while (a job's record could
         not be read).
+    @param soon: call L{nextTurn} at the reactor's next turn (None: as
+        C{later}).
     @param now: the time.
     """
 
@@ -51,9 +59,14 @@ class Scheduler:
         load: Callable[[str], JobRecord],
         later: Callable[[], None],
         now: Callable[[], float],
+        soon: Callable[[], None] | None = None,
     ) -> None:
         self.queue = FairQueue()
         self._later = later
+        self._soon = later if soon is None else soon
+        #: Queued jobs this turn may still fail (L{FAIL_SLICE}); given back
+        #: at the next turn (L{nextTurn}), asked for once it runs out.
+        self._failBudget = FAIL_SLICE
         self._now = now
         #: Jobs out of the queue to be failed, whose records could not be
         #: read yet: (entry, error, when).
@@ -129,14 +142,36 @@ class Scheduler:
         try:
             record, damage = self._readable(waiting.jobId)
         except StoreError:
-            # Back in the queue, held (waiting on its own failure): it is
-            # still there to stop, and to wait for, and never starts.
-            held = replace(waiting, after=waiting.after | {FAILING}, waitingOn=NO_JOBS)
-            self.queue.add(held, lambda jobId: jobId == FAILING)
-            self._failing.append((held, error, when))
+            self._hold(waiting, error, when)
             self._later()
             return
         self._end(record, JobStatus.FAILED, when, error + damage)
+
+    def _hold(self, waiting: Waiting, error: str, when: float) -> None:
+        """
+        Back in the queue, held (waiting on its own failure), to be failed
+        at a later L{dispatch}: it is still there to stop, and to wait for,
+        and never starts.
+        """
+        held = replace(waiting, after=waiting.after | {FAILING}, waitingOn=NO_JOBS)
+        self.queue.add(held, lambda jobId: jobId == FAILING)
+        self._failing.append((held, error, when))
+
+    def _failInTurn(self, waiting: Waiting, error: str, when: float) -> None:
+        """L{fail}, if this turn may fail one more; else held for a later one."""
+        if self._failBudget > 0:
+            self._failBudget -= 1
+            self.fail(waiting, error, when)
+            return
+        self._hold(waiting, error, when)
+        if self._failBudget == 0:
+            self._failBudget = -1  # (the next turn asked for, once)
+            self._soon()
+
+    def nextTurn(self) -> None:
+        """A new reactor turn: its queued jobs to fail, then L{dispatch}."""
+        self._failBudget = FAIL_SLICE
+        self.dispatch()
 
     def _readable(self, jobId: str) -> tuple[JobRecord, str]:
         """
@@ -201,7 +236,7 @@ class Scheduler:
         """Free or fail the jobs that waited on C{record}'s job, each alone."""
         for waiting, reason in self.queue.ended(record).failed:
             try:
-                self.fail(waiting, reason, when)
+                self._failInTurn(waiting, reason, when)
             except Exception:
                 self.log.failure(
                     "queued job {job}: cannot be failed ({reason})",
@@ -219,8 +254,16 @@ class Scheduler:
         self._dispatching = True
         try:
             failing, self._failing = self._failing, []
-            for entry, error, when in failing:
+            for index, (entry, error, when) in enumerate(failing):
+                if self._failBudget <= 0:
+                    # The rest at the next turns (they stay held meanwhile).
+                    self._failing.extend(failing[index:])
+                    if self._failBudget == 0:
+                        self._failBudget = -1
+                        self._soon()
+                    break
                 if self.queue.remove(entry.jobId) is not None:  # not stopped since
+                    self._failBudget -= 1
                     self.fail(entry, error, when)
             self._again = True
             while self._again:
