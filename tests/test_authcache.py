@@ -354,7 +354,7 @@ class DifferentUsersAtOnceTests(SynchronousTestCase):
         self.assertEqual(len(self.runner.held), 2)
         self.runner.release()
         self.assertEqual([self.successResultOf(d).name for d in logins], names)
-        self.assertEqual(self.throttle._waiters, [])
+        self.assertEqual((self.throttle._waiters, self.throttle._waitersOf), ({}, {}))
         self.assertTrue(
             all(e.count == e.pending == 0 for e in self.throttle._entries.values())
         )
@@ -386,7 +386,7 @@ class DifferentUsersAtOnceTests(SynchronousTestCase):
         waiting = self.authenticate("rita", "rita-pass")
         waiting.cancel()
         self.failureResultOf(waiting)
-        self.assertEqual(self.throttle._waiters, [])
+        self.assertEqual((self.throttle._waiters, self.throttle._waitersOf), ({}, {}))
         self.runner.release()
         for d in first:
             self.successResultOf(d)
@@ -410,6 +410,37 @@ class DifferentUsersAtOnceTests(SynchronousTestCase):
             self.failureResultOf(d, Unauthorized)
         self.failureResultOf(self.authenticate("bob", "bob-pass"), TooManyRequests)
         self.assertEqual(self.runner.held, [])
+
+
+class WaitersWokenTests(SynchronousTestCase):
+    """
+    A login waiting for checks in flight is woken by the end of a check of
+    its own client or user only (woken at every end, each looking through
+    all the others, it was quadratic in the waiters: review).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.throttle = LoginThrottle(self.clock, threshold=2)
+        for name in ("u0", "u1"):
+            self.assertEqual(self.throttle.begin(name, "192.0.2.1"), 0)
+        self.assertEqual(self.throttle.begin("x", "198.51.100.1"), 0)
+
+    def test_anotherClientsEndWakesNothing(self) -> None:
+        self.assertGreater(self.throttle.heldByChecksAlone("v", "192.0.2.1"), 0)
+        waiting = self.throttle.whenACheckEnds("v", "192.0.2.1")
+        assert waiting is not None
+        self.throttle.finish("x", "198.51.100.1", True)
+        self.assertNoResult(waiting)
+        self.throttle.finish("u0", "192.0.2.1", True)
+        self.successResultOf(waiting)
+        self.assertEqual(self.throttle.heldByChecksAlone("v", "192.0.2.1"), 0)
+
+    def test_theSameUsersEndWakesIt(self) -> None:
+        waiting = self.throttle.whenACheckEnds("x", "192.0.2.1")
+        assert waiting is not None
+        self.throttle.finish("x", "198.51.100.1", True)
+        self.successResultOf(waiting)
 
 
 class SharedCheckReloadTests(SynchronousTestCase):

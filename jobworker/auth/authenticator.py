@@ -653,7 +653,7 @@ class Authenticator:
         while held := throttle.heldByChecksAlone(name, client):
             if not counted:
                 return  # it waits where it is counted, if it still must
-            ended = throttle.whenACheckEnds(client)
+            ended = throttle.whenACheckEnds(name, client)
             if ended is None:
                 raise self._throttled(name, client, held)
             await ended

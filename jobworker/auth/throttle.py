@@ -71,8 +71,12 @@ class LoginThrottle:
         self._userMaximum = userMaximum
         self._trustWindow = trustWindow
         self._maxWaiting = maxWaiting
-        #: Attempts waiting for a check in flight to end: (client, Deferred).
-        self._waiters: list[tuple[str, Deferred[None]]] = []
+        #: Attempts waiting for a check in flight to end (L{whenACheckEnds}),
+        #: by client and by user: only a check of the same client or user
+        #: changes what holds them back (waking every one at every end, each
+        #: looking through all the others, was quadratic in the waiters).
+        self._waiters: dict[str, list[Deferred[None]]] = {}
+        self._waitersOf: dict[str, list[Deferred[None]]] = {}
         self._entries: OrderedDict[tuple[str, ...], _Failures] = OrderedDict()
         #: (user, address) -> when the user last logged in from there.
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -177,28 +181,44 @@ class LoginThrottle:
             return 0.0
         return self._wait(user, address, now, trusting=False)
 
-    def whenACheckEnds(self, address: str) -> Deferred[None] | None:
+    def whenACheckEnds(self, user: str, address: str) -> Deferred[None] | None:
         """
-        A Deferred that fires when a check L{begin} let go ahead ends (any:
-        then ask again), for an attempt L{heldByChecksAlone}; None if
-        C{maxWaiting} of this client's already wait (refuse it).
+        A Deferred that fires when a check L{begin} let go ahead for the
+        same client or user ends (then ask again), for an attempt
+        L{heldByChecksAlone}; None if C{maxWaiting} of this client's
+        already wait (refuse it).
         """
         client = clientKey(address)
-        if sum(1 for key, _ in self._waiters if key == client) >= self._maxWaiting:
+        mine = [d for d in self._waiters.get(client, ()) if not d.called]
+        if len(mine) >= self._maxWaiting:
             return None
 
         def cancel(d: Deferred[None]) -> None:
-            self._waiters.remove((client, d))
+            for waiters, key in ((self._waiters, client), (self._waitersOf, user)):
+                listed = waiters.get(key)
+                if listed is not None and d in listed:
+                    listed.remove(d)
+                    if not listed:
+                        del waiters[key]
 
         waiter: Deferred[None] = Deferred(cancel)
-        self._waiters.append((client, waiter))
+        mine.append(waiter)
+        self._waiters[client] = mine
+        if user:
+            theirs = self._waitersOf.setdefault(user, [])
+            if len(theirs) >= 2 * self._maxWaiting:
+                theirs[:] = [d for d in theirs if not d.called]
+            theirs.append(waiter)
         return waiter
 
-    def _checkEnded(self) -> None:
-        """Let every attempt waiting for a check ask again."""
-        waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
-            waiter.callback(None)
+    def _checkEnded(self, user: str, address: str) -> None:
+        """Let the attempts waiting on this client or user ask again."""
+        woken = self._waiters.pop(clientKey(address), [])
+        if user:
+            woken += self._waitersOf.pop(user, [])
+        for waiter in woken:
+            if not waiter.called:
+                waiter.callback(None)
 
     def refused(
         self, address: str, every: float = 60.0, kind: str = "throttled"
@@ -270,8 +290,8 @@ class LoginThrottle:
             self.succeeded(user, address)
         elif succeeded is not None:
             self.failed(user, address)
-        if self._waiters:
-            self._checkEnded()
+        if self._waiters or self._waitersOf:
+            self._checkEnded(user, address)
 
     def failed(self, user: str, address: str) -> None:
         """Count a failed login (one that L{begin} did not begin: see L{finish})."""
