@@ -24,6 +24,7 @@ from jobworker.executors.local.process import (
     JobProcess,
     JobProcessProtocol,
     SpawnerLost,
+    childExited,
     endsByDefault,
     spawnError,
 )
@@ -970,6 +971,56 @@ class StopAsItExitsTests(JobProcessTestCase):
     def test_notKnownIsStopped(self) -> None:
         self.judged(None).stop("alice")
         self.assertEqual(self.ended(processExit(0)), (JobStatus.STOPPED, "alice", 0))
+
+
+class TimeoutAsItEndsTests(JobProcessTestCase):
+    """
+    A job that ended in time, its end not read yet when its timeout came
+    (the server or the spawner stopped a while: the timer ran first at
+    SIGCONT): no timeout; its exit stands (it was FAILED "timed out", exit
+    0, and its after_ok jobs never ran: fault round 29).
+    """
+
+    def test_exitedUnreadNoTimeout(self) -> None:
+        job = self.another(timeout=6.0)
+        self.transport.exited = lambda: True  # type: ignore[attr-defined]
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        self.clock.advance(6.0)
+        self.assertEqual(self.killer.calls, [])
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(
+            (self.record.status, self.record.exit_code, self.record.error),
+            (JobStatus.COMPLETED, 0, None),
+        )
+
+    def test_stillRunningTimesOut(self) -> None:
+        """(Control: one that runs on is stopped by its timeout.)"""
+        job = self.another(timeout=6.0)
+        self.transport.exited = lambda: False  # type: ignore[attr-defined]
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        self.clock.advance(6.0)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+
+    def test_theServersOwnChild(self) -> None:
+        """
+        Without the spawner (its transport says nothing), the child is
+        asked without being reaped (C{waitid}, C{WNOWAIT}): its reaper
+        still gets its status.
+        """
+        process = subprocess.Popen(["true"])
+        self.addCleanup(process.wait)
+        for _ in range(500):
+            if childExited(process.pid):
+                break
+            time.sleep(0.01)
+        else:
+            self.fail("true never ended")
+        self.assertEqual(process.wait(), 0)
+        self.assertFalse(childExited(process.pid))  # reaped: no child now
+        self.assertFalse(childExited(PID))
 
 
 class EndsByDefaultTests(SynchronousTestCase):

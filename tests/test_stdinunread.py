@@ -363,6 +363,85 @@ class _BrokenOldServer(_OldServer):
         pass
 
 
+class _RestartingServer:
+    """
+    A server with a queued job whose stdin is refused (409, PENDING) until
+    it starts, and that answers nothing (restarting) to the first
+    C{outage} questions about the job.
+    """
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.asked = 0
+        self.taken: list[bytes] = []
+        self.status = "PENDING"
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
+    ) -> None:
+        if self.status == "PENDING":
+            raise ClientError(
+                "server answered 409",
+                409,
+                {"error": "the job has not started yet (PENDING)"},
+            )
+        self.taken.append(data)
+
+    async def job(self, jobId: str, **options: Any) -> dict[str, Any]:
+        self.asked += 1
+        if self.asked <= self.outage:
+            raise ClientError("cannot connect: connection refused")
+        if self.asked > self.outage + 1:
+            self.status = "RUNNING"
+        return {"id": jobId, "status": self.status}
+
+    async def pause(self, seconds: float) -> None:
+        pass
+
+
+class FeedThroughARestartTests(SynchronousTestCase):
+    """
+    jw exec -i -f of a queued job, the server restarting meanwhile (no
+    answer for a second): the feed goes on once it answers (it ended at the
+    first refused connection, and the job waited for its stdin for ever:
+    fault round 29).
+    """
+
+    def feed(self, client: Any) -> None:
+        chunks = [b"hello\n", b""]
+
+        async def read(size: int) -> bytes:
+            return chunks.pop(0)
+
+        err = io.BytesIO()
+        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+        self.assertIsNone(
+            self.successResultOf(
+                ensureDeferred(feedStdin(client, "job", streams, read, False))
+            )
+        )
+
+    def test_anOutageAsTheJobIsLookedUp(self) -> None:
+        client = _RestartingServer(outage=1)
+        self.feed(client)
+        self.assertEqual(client.taken, [b"hello\n", b""])
+
+    def test_anOutageWhileItIsQueued(self) -> None:
+        """Questions while it waits go on through an outage of any length."""
+        client = _RestartingServer(outage=0)
+        real = client.job
+
+        async def flaky(jobId: str, **options: Any) -> dict[str, Any]:
+            if 2 <= client.asked + 1 <= 40:
+                client.asked += 1
+                raise ClientError("cannot connect: connection refused")
+            return await real(jobId, **options)
+
+        client.job = flaky  # type: ignore[method-assign]
+        self.feed(client)
+        self.assertEqual(client.taken, [b"hello\n", b""])
+
+
 class ResumedFeedTests(SynchronousTestCase):
     """jw's feed of a job's stdin through broken connections (a review)."""
 

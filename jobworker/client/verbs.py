@@ -868,6 +868,18 @@ async def feedStdin(
                 held += 1
             raise
 
+    async def look(**options: Any) -> dict[str, Any]:
+        """The job's record, asked again through a broken connection as a
+        write is (a server restarting answered none for a second: the feed
+        ended, and the job waited for its stdin for ever: fault round 29)."""
+        found: dict[str, Any] = {}
+
+        async def once() -> None:
+            found.update(await client.job(jobId, **options))
+
+        await resuming(client, once)
+        return found
+
     async def send(data: bytes) -> None:
         nonlocal offset
         if offset is None:
@@ -900,7 +912,7 @@ async def feedStdin(
                     # 409: the job has ended, or closed its stdin, or has
                     # not started yet (PENDING: its stdin is taken once it
                     # runs).
-                    job = await client.job(jobId)
+                    job = await look()
                     if job["status"] == "PENDING" or _notStartedYet(e):
                         if not said and job["status"] == "PENDING":
                             said = True
@@ -916,7 +928,7 @@ async def feedStdin(
                         # not recorded yet: a moment for that end, to say
                         # how it ended (jw said nothing, the record still
                         # RUNNING: new user round 28).
-                        job = await client.job(jobId, wait=CLOSED_END_WAIT)
+                        job = await look(wait=CLOSED_END_WAIT)
                     return job if neverStarted(job) or data else None
             if not data:
                 return None
@@ -986,7 +998,14 @@ async def _untilStarted(client: AnyClient, job: dict[str, Any]) -> dict[str, Any
     pauses = _doubling(0.1, QUEUED_POLL_MOST)
     while job["status"] == "PENDING":
         await client.pause(next(pauses))
-        job = await client.job(job["id"])
+        try:
+            job = await client.job(job["id"])
+        except ClientError as e:
+            if e.status is not None and e.status not in ASK_AGAIN:
+                raise
+            # No answer (the server restarting), or asked to wait: a queued
+            # job is waited for through an outage of any length, as a
+            # follow waits for it (fault round 29).
     return job
 
 

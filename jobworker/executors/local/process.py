@@ -307,6 +307,15 @@ class JobProcess:
             # the user's (its TERM was not sent again).
             self._hasten(DEFAULT_STOP)
             return
+        if self._exit is None and self._exitedUnreported():
+            # It ended in time, its end not read yet (the server or the
+            # spawner was stalled: the timer came first at SIGCONT, and
+            # the job was FAILED "timed out", exit 0: fault round 29).
+            self.log.info(
+                "job {job}: its timeout came as its end, not read yet: no timeout",
+                job=self.record.id,
+            )
+            return
         if not self.record.status.ended and self._exit is None:
             self._timedOut = True
             self.log.info(
@@ -381,8 +390,13 @@ class JobProcess:
         reports it, and may be slow to (stopped: a stop that came meanwhile
         made a job that had exited 0 on its own STOPPED, fault round 27).
         """
+        if self.record.stopped_by is not None or self._transport is None:
+            return False
         exited = getattr(self._transport, "exited", None)
-        return exited is not None and self.record.stopped_by is None and exited()
+        if exited is not None:
+            return bool(exited())
+        # The server's own child (no spawner): asked without reaping it.
+        return self._pgid is not None and childExited(self._pgid)
 
     def _hasten(self, how: StopRequest) -> bool:
         """
@@ -783,6 +797,20 @@ def exitOf(exit: BaseException | None) -> tuple[int | None, int | None]:
     if isinstance(exit, ProcessTerminated):
         return exit.exitCode, exit.signal
     return None, None
+
+
+def childExited(pid: int) -> bool:
+    """
+    Has the child C{pid} ended, not reaped yet (C{waitid} with C{WNOWAIT}:
+    its reaper still gets it)? False if it runs, or is no child of ours.
+    """
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    except OSError:
+        return False
+    return info is not None
 
 
 def endsByDefault(pid: int, signum: int) -> bool | None:
