@@ -23,7 +23,7 @@ from jobworker.auth.authenticator import (
 from jobworker.auth.permissions import User
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.users import UserDatabase
-from jobworker.errors import TooManyRequests, Unauthorized
+from jobworker.errors import ServiceUnavailable, TooManyRequests, Unauthorized
 
 from .test_hostile_auth import HeldRunner
 
@@ -441,6 +441,50 @@ class WaitersWokenTests(SynchronousTestCase):
         assert waiting is not None
         self.throttle.finish("x", "198.51.100.1", True)
         self.successResultOf(waiting)
+
+
+class AdmittedAfterTheWaitTests(SynchronousTestCase):
+    """
+    A login that waited for checks in flight is held to
+    --max-password-checks when it goes on, not before it waited: admitted
+    then, each check's end let more in past the bound (review round 29).
+    """
+
+    def test_neverPastMaxChecks(self) -> None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        runner = HeldRunner()
+        throttle = LoginThrottle(clock, threshold=1, userThreshold=1)
+        authenticator = Authenticator(
+            makePortal(
+                UserDatabase.development(), runner, VerifiedCredentials(clock, 3600.0)
+            ),
+            throttle=throttle,
+            maxChecks=2,
+        )
+        checker = authenticator._checker
+        assert checker is not None
+
+        def login(name: str, password: str, address: str) -> Deferred[User]:
+            request = basicRequest(name, password)
+            request.client = IPv4Address("TCP", address, 4321)
+            return ensureDeferred(authenticator.authenticate(request))
+
+        first = login("alice", "alice-pass", "192.0.2.1")  # runs
+        waiters = [
+            login("bob", "bob-pass", "192.0.2.1"),  # waits: its address
+            login("alice", "guess", "192.0.2.2"),  # waits: its user
+        ]
+        login("rita", "rita-pass", "192.0.2.3")  # runs: 2 in flight
+        self.assertEqual(checker.inFlight, 2)
+        d, f, args = runner.held.pop(0)
+        d.callback(f(*args))  # the first ends: both waiters wake
+        self.successResultOf(first)
+        self.assertLessEqual(checker.inFlight, 2)
+        refused = [d for d in waiters if d.called]
+        self.assertEqual(len(refused), 1)
+        self.failureResultOf(refused[0], ServiceUnavailable)
+        runner.release()
 
 
 class SharedCheckReloadTests(SynchronousTestCase):

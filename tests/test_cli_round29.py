@@ -138,10 +138,20 @@ class CredentialsInTheURLTests(JWAssertions, SynchronousTestCase):
             resolve({"server": "https://bob:s3cret@127.0.0.1:1"}, {}, "/nonexistent")
         self.assertNotIn("s3cret", str(raised.exception))
         self.assertIn("--server", str(raised.exception))
-        for url in ("https://bob:s3cret@h:1", "http://bob:s3cret@h"):
+        for url in (
+            "https://bob:s3cret@h:1",
+            "http://bob:s3cret@h",
+            "https://bob:s3cr#et@h:1",  # (the "@" in the fragment)
+            "https://bob:s3cr?et@h:1",
+            "https://bob:s3cr/et@h:1",
+            "https://bob:1234#et@h",  # (host bob, port 1234, as parsed)
+        ):
             with self.assertRaises(ConfigError) as raised:
                 checkServer(url)
-            self.assertNotIn("s3cret", str(raised.exception))
+            self.assertNotIn("et@", str(raised.exception))
+            with self.assertRaises(ConfigError) as raised:
+                resolve({}, {"JW_SERVER": url}, "/nonexistent")
+            self.assertNotIn("et@", str(raised.exception))
 
     def test_jwSaysOneLine(self) -> None:
         for argv in (("list",), ("config",)):
@@ -200,6 +210,8 @@ class SmallSlipsTests(SynchronousTestCase):
     def test_valuesOfOptions(self) -> None:
         self.assertEqual(self.complete("stop", "--signal"), list(STOP_SIGNALS))
         self.assertEqual(self.complete("logs", "--tail"), [])
+        self.assertEqual(self.complete("exec", "-n"), [])
+        self.assertEqual(self.complete("exec", "-e"), [])
         self.assertEqual(self.complete("exec", "--after"), ["A1", "B2"])
         self.assertEqual(self.complete("exec", "--after-ok"), ["A1", "B2"])
         self.assertEqual(self.complete("stop"), ["A1", "B2"])  # (control)

@@ -646,9 +646,12 @@ class Authenticator:
 
         @raise TooManyRequests: too many failures, or too many of the
             client's attempts waiting for checks in flight.
+        @raise ServiceUnavailable: L{maxChecks} in flight (L{_admitCheck}).
         """
         throttle = self._throttle
         if throttle is None:
+            if counted:
+                self._admitCheck(name, client)
             return
         while held := throttle.heldByChecksAlone(name, client):
             if not counted:
@@ -658,6 +661,10 @@ class Authenticator:
                 raise self._throttled(name, client, held)
             await ended
         if counted:
+            # After any wait: the checks that let it go on are not counted
+            # in flight any more (admitted before it waited, it went past
+            # --max-password-checks: review round 29).
+            self._admitCheck(name, client)
             wait = throttle.begin(name, client)
         else:
             wait = throttle.retryAfter(name, client)
@@ -764,7 +771,6 @@ class Authenticator:
             user = await self._awaitShared(request, key, credentials, name, client)
             if user is not None:
                 return user
-        self._admitCheck(name, client)
         try:
             await self._beginCheck(name, client, counted=True)
         except TooManyRequests:

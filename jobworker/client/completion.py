@@ -15,7 +15,7 @@ _SIGNALS = "TERM INT HUP QUIT USR1 USR2 ALRM KILL"
 #: Options whose value is a number, a size or a name: nothing to offer (job
 #: ids were offered: new user round 29).
 _VALUES = (
-    "--name|--priority|--label|--env|--partition|--account|--qos|--gres|"
+    "-n|-l|-e|--name|--priority|--label|--env|--partition|--account|--qos|--gres|"
     "--constraint|--nodes|--ntasks|--timeout|--memory|--cpu|--pids|--io-read|"
     "--io-write|--owner|--limit|--cursor|--offset|--tail|--grace|--older-than"
 )

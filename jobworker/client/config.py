@@ -117,7 +117,7 @@ def resolve(
                 setattr(settings, key, value)
                 settings.origins[key] = origin
                 break
-    if "@" in urlsplit(settings.server).netloc:
+    if "@" in settings.server.partition("://")[2]:
         # Not used (the credentials are JW_USER's), and said back in every
         # message and by jw config, the password with it (new user round
         # 29): refused, and not quoted.
@@ -157,7 +157,10 @@ def checkServer(server: str) -> str:
     """
     try:
         parts = urlsplit(server)
-        if "@" in parts.netloc:
+        if "@" in server.partition("://")[2]:
+            # (Anywhere: a password with "#", "?" or "/" in it ends the host
+            # part early, and the "@" was in the fragment: the URL was then
+            # quoted whole, the password with it: review round 29.)
             raise ConfigError(
                 "server must not hold credentials (user:password@): give them apart"
             )

@@ -43,8 +43,7 @@ class Scheduler:
     @param load: a queued job's record, from the store.
     @param later: call L{dispatch} again in a while (a job's record could
         not be read).
-    @param soon: call L{nextTurn} at the reactor's next turn (None: as
-        C{later}).
+    @param soon: call L{nextTurn} at the reactor's next turn.
     @param now: the time.
     """
 
@@ -59,11 +58,11 @@ class Scheduler:
         load: Callable[[str], JobRecord],
         later: Callable[[], None],
         now: Callable[[], float],
-        soon: Callable[[], None] | None = None,
+        soon: Callable[[], None],
     ) -> None:
         self.queue = FairQueue()
         self._later = later
-        self._soon = later if soon is None else soon
+        self._soon = soon
         #: Queued jobs this turn may still fail (L{FAIL_SLICE}); given back
         #: at the next turn (L{nextTurn}), asked for once it runs out.
         self._failBudget = FAIL_SLICE
