@@ -929,15 +929,7 @@ class StopAsItExitsTests(JobProcessTestCase):
     """
 
     def judged(self, endsBy: bool | None) -> JobProcess:
-        job = JobProcess(
-            self.clock,
-            self.record,
-            self.stdout,
-            self.stderr,
-            GRACE,
-            self.killer,
-            endsBy=lambda pid, signum: endsBy,
-        )
+        job = self.another(endsBy=lambda pid, signum: endsBy)
         self.protocol = JobProcessProtocol(job)
         self.start()
         return job

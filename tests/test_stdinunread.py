@@ -363,6 +363,28 @@ class _BrokenOldServer(_OldServer):
         pass
 
 
+def fedWhole(
+    testCase: SynchronousTestCase,
+    client: Any,
+    chunks: list[bytes],
+    sayWaiting: bool = True,
+) -> bytes:
+    """Feed C{chunks} (the last b"": the end) to a job through C{client},
+    which must take them all; what jw said."""
+
+    async def read(size: int) -> bytes:
+        return chunks.pop(0)
+
+    err = io.BytesIO()
+    streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
+    testCase.assertIsNone(
+        testCase.successResultOf(
+            ensureDeferred(feedStdin(client, "job", streams, read, sayWaiting))
+        )
+    )
+    return err.getvalue()
+
+
 class _RestartingServer:
     """
     A server with a queued job whose stdin is refused (409, PENDING) until
@@ -408,18 +430,7 @@ class FeedThroughARestartTests(SynchronousTestCase):
     """
 
     def feed(self, client: Any) -> None:
-        chunks = [b"hello\n", b""]
-
-        async def read(size: int) -> bytes:
-            return chunks.pop(0)
-
-        err = io.BytesIO()
-        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
-        self.assertIsNone(
-            self.successResultOf(
-                ensureDeferred(feedStdin(client, "job", streams, read, False))
-            )
-        )
+        fedWhole(self, client, [b"hello\n", b""], sayWaiting=False)
 
     def test_anOutageAsTheJobIsLookedUp(self) -> None:
         client = _RestartingServer(outage=1)
@@ -452,17 +463,7 @@ class ResumedFeedTests(SynchronousTestCase):
         if isinstance(client, _Breaking):
             client._clock = clock
 
-        async def read(size: int) -> bytes:
-            return chunks.pop(0)
-
-        err = io.BytesIO()
-        streams = Streams(io.BytesIO(), err, io.TextIOWrapper(err, write_through=True))
-        self.assertIsNone(
-            self.successResultOf(
-                ensureDeferred(feedStdin(client, "job", streams, read))
-            )
-        )
-        return err.getvalue()
+        return fedWhole(self, client, chunks)
 
     def test_breaksFarApartEachResumed(self) -> None:
         """
