@@ -806,9 +806,7 @@ def childExited(pid: int) -> bool:
     """
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    except OSError:
+    except OSError:  # (ECHILD: no child of ours)
         return False
     return info is not None
 
