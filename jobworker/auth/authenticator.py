@@ -638,11 +638,27 @@ class Authenticator:
             )
         return Unauthorized(message)
 
-    async def _beginCheck(self, name: str, client: str, counted: bool) -> None:
+    def _notThrottled(self, name: str, client: str) -> None:
         """
-        Before a password check for C{name}: refuse it if the throttle says
-        wait for failures; wait while checks in flight alone hold it back;
-        then, if C{counted}, count it (as a failure until it ends).
+        Before anything of a Basic login (remembered or not: every such
+        request, one look): refuse it if the throttle says wait for failures
+        (a wait for checks in flight is where a check is counted).
+
+        @raise TooManyRequests: too many failures.
+        """
+        throttle = self._throttle
+        if throttle is None:
+            return
+        wait = throttle.retryAfter(name, client)
+        if wait > 0 and not throttle.heldByChecksAlone(name, client):
+            raise self._throttled(name, client, wait)
+
+    async def _beginCheck(self, name: str, client: str) -> None:
+        """
+        Before a password check for C{name}: wait while checks in flight
+        alone hold it back; refuse it if the throttle says wait for
+        failures, or L{maxChecks} are in flight; else count it (as a
+        failure until it ends).
 
         @raise TooManyRequests: too many failures, or too many of the
             client's attempts waiting for checks in flight.
@@ -650,24 +666,18 @@ class Authenticator:
         """
         throttle = self._throttle
         if throttle is None:
-            if counted:
-                self._admitCheck(name, client)
+            self._admitCheck(name, client)
             return
         while held := throttle.heldByChecksAlone(name, client):
-            if not counted:
-                return  # it waits where it is counted, if it still must
             ended = throttle.whenACheckEnds(name, client)
             if ended is None:
                 raise self._throttled(name, client, held)
             await ended
-        if counted:
-            # After any wait: the checks that let it go on are not counted
-            # in flight any more (admitted before it waited, it went past
-            # --max-password-checks: review round 29).
-            self._admitCheck(name, client)
-            wait = throttle.begin(name, client)
-        else:
-            wait = throttle.retryAfter(name, client)
+        # After any wait: the checks that let it go on are not counted in
+        # flight any more (admitted before it waited, it went past
+        # --max-password-checks: review round 29).
+        self._admitCheck(name, client)
+        wait = throttle.begin(name, client)
         if wait > 0:
             raise self._throttled(name, client, wait)
 
@@ -748,7 +758,7 @@ class Authenticator:
         # A throttled client is refused even the right password: otherwise
         # a correct guess would show through a lockout.
         try:
-            await self._beginCheck(name, client, counted=False)
+            self._notThrottled(name, client)
         except TooManyRequests:
             await self._likeACheck()
             raise
@@ -772,7 +782,7 @@ class Authenticator:
             if user is not None:
                 return user
         try:
-            await self._beginCheck(name, client, counted=True)
+            await self._beginCheck(name, client)
         except TooManyRequests:
             await self._likeACheck()
             raise
