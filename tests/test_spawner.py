@@ -491,8 +491,9 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_deafToStopSignals(self) -> None:
         """The spawner leads a session of its own (a terminal's ^C or a
-        signal to the server's group never reaches it) and ignores SIGINT,
-        SIGTERM and SIGHUP: only the server ends it, after its jobs."""
+        signal to the server's group never reaches it) and keeps SIGINT,
+        SIGTERM and SIGHUP blocked: only the server ends it, after its
+        jobs."""
         pid, _, _ = self.spawner.announced()
         self.assertEqual(os.getsid(self.spawner.pid), self.spawner.pid)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -501,6 +502,20 @@ class ProtocolTests(SynchronousTestCase):
         _, status, out, _ = self.runJob("echo still", pid)
         self.assertEqual((status, out), (0, b"still\n"))
         self.spawner.announced()  # and the next
+
+    def test_standbyTakesStopSignals(self) -> None:
+        """
+        A standby is not deaf: a stop's signal that comes before it took
+        its request (the job's cgroup empty, the server signals the
+        standby) ends it as it would end the job; it was ignored, and the
+        job ran to the grace's KILL (review round 30). The next is announced.
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            pid, _, _ = self.spawner.announced()
+            os.kill(pid, signum)
+            self.assertEqual(self.spawner.ended(), (pid, signum))
+            self.spawner.reap(pid)
+        self.spawner.announced()
 
     def test_eofEndsSpawnerAndStandby(self) -> None:
         """The server's end of the socket closed: the spawner exits, and so

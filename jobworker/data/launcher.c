@@ -678,6 +678,7 @@ static size_t waitingCount, waitingRoom;
 static int standbyPidfd = -1, standbySocket = -1;
 static unsigned char *reapNow;    /* by pidfd: a child of an 's' */
 static size_t reapNowRoom;
+static sigset_t deaf;             /* what the spawner keeps blocked */
 
 /* Room for the most descriptors one message carries (SCM_RIGHTS), aligned
  * for a cmsghdr. */
@@ -796,6 +797,8 @@ static ssize_t receiveWithFds(int sock, int flags, int *fds, int *count,
  * then one request, and the job. EOF first: the spawner is gone. */
 static void standbyMain(int sock) {
     int fds[MAX_FDS], count, truncated, argc = 1;
+    /* A stop signal sent since the fork (blocked) ends it, as the job. */
+    sigprocmask(SIG_UNBLOCK, &deaf, NULL);
     if (dup2(sock, 3) != 3 || syscall(SYS_close_range, 4, ~0U, 0) != 0)
         _exit(SETUP_FAILED);
     ssize_t got = receiveWithFds(3, 0, fds, &count, &truncated);
@@ -1063,10 +1066,10 @@ static int spawner(void) {
     struct epoll_event onSocket = {EPOLLIN, {.u64 = SOCKET_KEY}};
     struct epoll_event onPipe = {EPOLLOUT, {.u64 = PIPE_KEY}};
     int pipeWatched = 0;
-    /* A session of its own, deaf to the stop signals: a terminal's ^C or a
-     * SIGTERM to the server's group is for the server, which stops its
-     * jobs first and then closes fd 3. Children take the defaults back
-     * (takeDescriptors). */
+    /* A session of its own, deaf to the stop signals (blocked, below): a
+     * terminal's ^C or a SIGTERM to the server's group is for the server,
+     * which stops its jobs first and then closes fd 3. Children take the
+     * defaults back (standbyMain, takeDescriptors). */
     if (setsid() < 0 && getsid(0) != getpid())
         die(SETUP_FAILED, "spawner: setsid", NULL, errno);
     /* Killed when the server dies: it ends at the EOF of fd 3, which a
@@ -1075,9 +1078,17 @@ static int spawner(void) {
      * Not passed on: a fork's child starts without it. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
         die(SETUP_FAILED, "spawner: prctl(PR_SET_PDEATHSIG)", NULL, errno);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGTERM, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
+    /* Blocked, not ignored: a standby (a fork: nothing pending) keeps one
+     * sent to it before it took its request; ignored, a stop then waited
+     * out its grace for the KILL (review round 30). */
+    const int deafTo[] = {SIGINT, SIGTERM, SIGHUP};
+    sigemptyset(&deaf);
+    for (int i = 0; i < 3; i++)
+        sigaddset(&deaf, deafTo[i]);
+    if (sigprocmask(SIG_BLOCK, &deaf, NULL) != 0)
+        die(SETUP_FAILED, "spawner: sigprocmask", NULL, errno);
+    for (int i = 0; i < 3; i++)
+        signal(deafTo[i], SIG_DFL);  /* (not ignored, whatever the server's) */
     sigset_t child;
     sigemptyset(&child);
     sigaddset(&child, SIGCHLD);

@@ -51,6 +51,11 @@ LOCK_DIR = "/run/jobworker/dynamic-uids"
 #: third of it.
 VERIFIED_FOR = 60.0
 
+#: Seconds a round of lookups has been in flight within which a job that
+#: finds every verified uid too old looks its own up (the round began
+#: after a stall); a round older is taken for a directory that hangs.
+ROUND_JUST_BEGUN = 1.0
+
 #: How many dynamic uids a started pool keeps verified ahead of need; a
 #: batch is looked up (in the thread pool) once half of them are handed out.
 VERIFY_AHEAD = 64
@@ -380,9 +385,10 @@ class DynamicUids:
         self._runInThread: RunInThread | None = None
         self._ahead = VERIFY_AHEAD
         self._verifiedFor = VERIFIED_FOR
-        #: A batch is being looked up; one has come in; the verified uids
-        #: are due again.
+        #: A batch is being looked up (since when); one has come in; the
+        #: verified uids are due again.
         self._checking = False
+        self._roundBegan = 0.0
         self._answered = False
         self._reverifyDue = False
         #: Uids looked up since the last found free (ends a chain of
@@ -451,14 +457,20 @@ class DynamicUids:
             del self._ready[uid]
         # Due again with nothing looking them up: the round that would have
         # did not come (the reactor's timers are late after a step of the
-        # wall clock back). Not a directory that hangs (a round waits on it).
-        late = stale and not self._checking
+        # wall clock back); or the round looking them up began just now
+        # (after a stall of the server: SIGSTOP, a frozen VM). Not a
+        # directory that hangs (a round waits on it for longer).
         self._verifyMore()
+        late = stale and (
+            not self._checking or now - self._roundBegan < ROUND_JUST_BEGUN
+        )
         if found is None and (late or (self._checking and not self._answered)):
             # The first jobs, while the first batch is being looked up; or
             # the round is late: looked up here (after a step back, the first
             # job after each quiet minute got a 429 "no dynamic uid is free"
-            # with thousands free, for as long as the step: fault round 27).
+            # with thousands free, for as long as the step: fault round 27;
+            # after a stall, those while the round was in flight: review
+            # round 30).
             return self._acquireLookingUp()
         if found is None:
             raise self._exhausted()
@@ -579,6 +591,7 @@ class DynamicUids:
         if not uids:
             return
         self._checking = True
+        self._roundBegan = since
         checked = maybeDeferred(runInThread, self._lookUp, uids)
         checked.addCallbacks(self._verified, self._notVerified, callbackArgs=(since,))
 

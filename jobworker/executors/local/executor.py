@@ -149,6 +149,11 @@ SPAWNER_DEADLINE = 5.0
 #: next start kills what is left (L{LocalExecutor._abandon}).
 SHUTDOWN_GIVES_UP_AFTER = 30.0
 
+#: How many identities' default environments are kept (the last made):
+#: accounts' jobs find theirs; a dynamic uid comes round again only after
+#: the rest of its range, and its environment is made again then.
+ENVIRONMENTS_KEPT = 1024
+
 
 def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
     """At start-up: remove a just-killed cgroup, waiting for its processes to go."""
@@ -465,10 +470,17 @@ class LocalExecutor:
         self._sweepCall = None
 
     def environment(self, identity: Identity) -> dict[str, str]:
-        """What a job of C{identity} starts with, before the request's env."""
-        env = self._environments.get(identity)
+        """
+        What a job of C{identity} starts with, before the request's env:
+        kept for the last L{ENVIRONMENTS_KEPT} identities (one per dynamic
+        uid was kept for ever: 630 bytes each, up to the range's size).
+        """
+        environments = self._environments
+        env = environments.get(identity)
         if env is None:
-            env = self._environments[identity] = defaultEnvironment(identity)
+            if len(environments) >= ENVIRONMENTS_KEPT:
+                del environments[next(iter(environments))]  # (the oldest)
+            env = environments[identity] = defaultEnvironment(identity)
         return env
 
     def attach(

@@ -323,6 +323,8 @@ class JobProcess:
                 job=self.record.id,
                 timeout=self._timeout,
             )
+            if self._pgid is not None:
+                self._stopWouldEnd = self._endsBy(self._pgid, DEFAULT_STOP.signal)
             self._terminate()
 
     def snapshot(self) -> JobRecord:
@@ -587,7 +589,7 @@ class JobProcess:
         record.signal = signalName(signalNumber) if signalNumber is not None else None
         if self._setupError is not None:
             record.error = self._setupError
-        elif self._timedOut:
+        elif self._timedOut and not self._stopMissed(exitCode, signalNumber):
             record.error = self._timedOutError()
         elif self._oomKilled(signalNumber):
             record.error = OOM_ERROR
@@ -656,17 +658,22 @@ class JobProcess:
         exitCode, signalNumber = exitOf(exit)
         signalText = signalName(signalNumber) if signalNumber is not None else None
         error: str | None = None
-        if record.stopped_by is not None and self._stopMissed(exitCode, signalNumber):
-            # It exited on its own as the stop came: its status stands
-            # (review round 29: STOPPED with exit 0 and no signal).
+        if (record.stopped_by is not None or self._timedOut) and self._stopMissed(
+            exitCode, signalNumber
+        ):
+            # It exited on its own as the stop (or its timeout) came: its
+            # status stands (review round 29: STOPPED with exit 0 and no
+            # signal; review round 30: FAILED "timed out" with exit 0).
             self.log.info(
-                "job {job}: its main process exited on its own as the stop "
-                "came (exit {code}): the stop had no effect on it",
+                "job {job}: its main process exited on its own as the "
+                "{what} came (exit {code}): the {what} had no effect on it",
                 job=record.id,
+                what="timeout" if self._timedOut else "stop",
                 code=exitCode,
             )
             record.stopped_by = None
             record.stop_requested_at = None
+            self._timedOut = False
         if record.stopped_by is not None:
             status = JobStatus.STOPPED
         elif self._setupError is not None:
