@@ -8,7 +8,7 @@ import signal
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from jobworker.executors.local.cgroups import CgroupsV2, V2Group, ownCgroups
+from jobworker.executors.local.cgroups import CgroupsV2, V1Group, V2Group, ownCgroups
 from jobworker.jobs.limits import Limits
 
 
@@ -87,6 +87,42 @@ class FakeV2Tests(SynchronousTestCase):
         write(os.path.join(group.path, "cgroup.kill"), "")
         self.assertFalse(group.kill())
         self.assertEqual(read(os.path.join(group.path, "cgroup.kill")), "1")
+
+    def test_killLiftsTheIOLimits(self) -> None:
+        """
+        The kill lifts the job's I/O limits first: a process whose I/O is
+        queued at its limit sleeps where a KILL waits for that I/O
+        (attacker round 30). A group without them is left as it is.
+        """
+        self.v2._ioDevice = "8:0"
+        group = self.v2.create("job-5", Limits(io_read_bps=1))
+        write(os.path.join(group.path, "cgroup.procs"), "")
+        write(os.path.join(group.path, "cgroup.kill"), "")
+        group.kill()
+        self.assertEqual(
+            read(os.path.join(group.path, "io.max")),
+            "8:0 rbps=max wbps=max riops=max wiops=max",
+        )
+        plain = self.v2.create("job-6", Limits())
+        write(os.path.join(plain.path, "cgroup.procs"), "")
+        write(os.path.join(plain.path, "cgroup.kill"), "")
+        plain.kill()
+        self.assertFalse(os.path.exists(os.path.join(plain.path, "io.max")))
+
+    def test_v1KillLiftsTheIOLimits(self) -> None:
+        """The same in v1: each throttled device's limit written 0 (none)."""
+        blkio = os.path.abspath(self.mktemp())
+        os.makedirs(blkio)
+        write(os.path.join(blkio, "cgroup.procs"), "")
+        write(os.path.join(blkio, "blkio.throttle.read_bps_device"), "8:0 1\n")
+        write(os.path.join(blkio, "blkio.throttle.write_bps_device"), "")
+        V1Group({"blkio": blkio}).kill()
+        self.assertEqual(
+            read(os.path.join(blkio, "blkio.throttle.read_bps_device")), "8:0 0"
+        )
+        self.assertEqual(
+            read(os.path.join(blkio, "blkio.throttle.write_bps_device")), ""
+        )
 
     def test_signalEveryMember(self) -> None:
         """signal() reaches each pid listed in cgroup.procs (here: ourselves, 0)."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import treq
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -23,7 +25,7 @@ from jobworker.jobs.identity import Identity, PoolExhausted
 from jobworker.jobs.records import JobStatus
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
-from .support import sleep
+from .support import processAlive, sleep
 from .test_faults17_local import resume, spawnerOf
 from .test_identity import Directory, Threads
 from .test_process import PID, JobProcessTestCase
@@ -198,3 +200,66 @@ class UidsAfterAStallTests(SynchronousTestCase):
         self.directory.asked.clear()
         self.assertRaises(PoolExhausted, self.pool.acquire)
         self.assertEqual(self.directory.asked, [])
+
+
+#: A file of at least 1 MiB on the root file system's device (the one the
+#: server's I/O limits throttle), for a direct read under a tiny limit.
+def _bigFileOnRoot() -> str | None:
+    root = os.stat("/").st_dev
+    for path in ("/usr/bin/python3", os.path.realpath(sys.executable)):
+        try:
+            st = os.stat(os.path.realpath(path))
+        except OSError:
+            continue
+        if st.st_dev == root and st.st_size >= 1 << 20:
+            return os.path.realpath(path)
+    return None
+
+
+class ThrottledIOEndsTests(TestCase):
+    """
+    A job's own I/O limit held its processes in the kernel (D state, a
+    direct read queued at 1 byte a second), where no KILL reaches them: a
+    stop never answered, its leftovers held their dynamic uid for hours,
+    and a Developer could take every uid so (attacker round 30). The KILL
+    of a job's cgroup now lifts its I/O limits first.
+    """
+
+    async def test_stopOfAThrottledRead(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("needs root (cgroups)")
+        big = _bigFileOnRoot()
+        if big is None:
+            raise SkipTest("no file of 1 MiB on the root file system's device")
+        server = await Twistd(self).start("--stop-grace=1")
+        code, body = await server.json(
+            "POST",
+            "/jobs",
+            "alice",
+            {
+                "command": "dd",
+                "args": [
+                    f"if={big}",
+                    "of=/dev/null",
+                    "bs=1M",
+                    "count=1",
+                    "iflag=direct",
+                ],
+                "limits": {"io_read_bps": 4096},
+            },
+        )
+        if code == 400 and "io" in str(body):
+            raise SkipTest(f"no I/O limits here: {body}")
+        self.assertEqual(code, 201, body)
+        job = body
+        self.assertEqual(job["status"], "RUNNING", job)
+        await sleep(0.5)  # (its read queued at the throttle: D state)
+        started = time.monotonic()
+        code, record = await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
+        self.assertEqual(code, 200, record)
+        self.assertEqual(record["status"], "STOPPED", record)
+        self.assertLess(time.monotonic() - started, 30)
+        # Its process is gone, not in the kernel still (and its uid free).
+        await server.poll(
+            lambda: succeed(not processAlive(job["pid"])), 10, "its process's end"
+        )

@@ -93,6 +93,12 @@ class Cgroups(Protocol):
         """The cgroup an earlier run of the server made for a job, if any."""
 
 
+#: The v1 throttle files of a job's I/O limits, and v2's line of no limit.
+V1_READ_BPS = "blkio.throttle.read_bps_device"
+V1_WRITE_BPS = "blkio.throttle.write_bps_device"
+V2_UNLIMITED = "rbps=max wbps=max riops=max wiops=max"
+
+
 def _write(path: str, value: str) -> None:
     try:
         with open(path, "w", encoding="ascii") as f:
@@ -218,6 +224,27 @@ def _makeJobFolder(path: str, gid: int, base: str, remake: Callable[[], None]) -
         ) from None
 
 
+def _unthrottle(path: str, unlimited: str) -> None:
+    """
+    Lift the I/O limit each device's line of the throttle file C{path}
+    holds (C{unlimited} after its device: v1 C{0}, v2 C{rbps=max ...}), if
+    any: a process whose I/O is queued at a tiny limit sleeps in the
+    kernel (D state), where a KILL waits for that I/O, for hours at a few
+    bytes a second (attacker round 30). Not there, or not writable: left.
+    """
+    try:
+        text = _read(path)
+    except OSError:
+        return
+    for line in text.splitlines():
+        device = line.split(" ", 1)[0]
+        if device and line.split(" ", 1)[1:] != [unlimited]:
+            try:
+                _write(path, f"{device} {unlimited}")
+            except CgroupError:
+                pass
+
+
 def _killFrozen(
     control: str,
     freeze: str,
@@ -339,6 +366,10 @@ class V1Group:
         return _signalAll(self._members(), signum)
 
     def kill(self) -> bool:
+        blkio = self.paths.get("blkio")
+        if blkio is not None:
+            for knob in (V1_READ_BPS, V1_WRITE_BPS):
+                _unthrottle(os.path.join(blkio, knob), "0")
         if "freezer" not in self.paths:
             # Made in part, never joined (the freezer's folder is made
             # last, and the job joins after its cgroup is made): nothing
@@ -464,8 +495,8 @@ class CgroupsV1:
         if limits.pids is not None:
             _write(os.path.join(paths["pids"], "pids.max"), str(limits.pids))
         for name, knob in (
-            ("io_read_bps", "blkio.throttle.read_bps_device"),
-            ("io_write_bps", "blkio.throttle.write_bps_device"),
+            ("io_read_bps", V1_READ_BPS),
+            ("io_write_bps", V1_WRITE_BPS),
         ):
             value = getattr(limits, name)
             if value is not None:
@@ -507,6 +538,7 @@ class V2Group:
         return _signalAll(self._members(), signum)
 
     def kill(self) -> bool:
+        _unthrottle(os.path.join(self.path, "io.max"), V2_UNLIMITED)
         members = self._members()
         killFile = os.path.join(self.path, "cgroup.kill")
         if os.path.exists(killFile):
