@@ -14,6 +14,7 @@ import sys
 import time
 
 import treq
+from twisted.internet import reactor
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -21,11 +22,15 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from jobworker.executors.local import executor as executorModule
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.process import JobProcessProtocol
+from jobworker.jobs.combined import RUNS_PER_TURN, CombinedReader, TurnBudget
 from jobworker.jobs.identity import Identity, PoolExhausted
 from jobworker.jobs.records import JobStatus
+from jobworker.server import logoutput
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
 from .support import processAlive, sleep
+from .test_combined import Job, readerOf
+from .test_contract import RecordingConsumer
 from .test_faults17_local import resume, spawnerOf
 from .test_identity import Directory, Threads
 from .test_process import PID, JobProcessTestCase
@@ -263,3 +268,224 @@ class ThrottledIOEndsTests(TestCase):
         await server.poll(
             lambda: succeed(not processAlive(job["pid"])), 10, "its process's end"
         )
+
+
+class CombinedReadersShareATurnTests(SynchronousTestCase):
+    """
+    Combined readers of a job that switched streams at every byte: each
+    had its own L{RUNS_PER_TURN} runs a turn, each run a C{pread}; 40 of
+    them took 0.4-0.7 s of each turn of the reactor, and every other
+    user's request waited that long (attacker round 30).
+    """
+
+    def switchingJob(self, runs: int) -> Job:
+        job = Job(self.mktemp())
+        for _ in range(runs):
+            job.write([(0, b"o"), (1, b"e")])
+        job.close()
+        return job
+
+    def test_oneBudgetForAll(self) -> None:
+        """
+        However many readers, no more than L{RUNS_PER_TURN} runs are sent
+        in a turn; each gets its turn, and every byte.
+        """
+        job = self.switchingJob(3 * RUNS_PER_TURN)
+        clock = Clock()
+        budget = TurnBudget(clock)
+        sent: list[list[bytes]] = [[] for _ in range(10)]
+        readers = [
+            CombinedReader(
+                job.spools,
+                job.order,
+                RecordingConsumer(),  # type: ignore[arg-type]
+                lambda _, data, got=got: got.append(data),  # type: ignore[misc]
+                budget=budget,
+            )
+            for got in sent
+        ]
+        # The runs sent between two turns (the budget's refills).
+        between: list[int] = []
+        fill = budget._fill
+
+        def refill() -> None:
+            between.append(sum(len(got) for got in sent) - sum(between))
+            fill()
+
+        budget._fill = refill  # type: ignore[method-assign]
+        for reader in readers:
+            reader.start()
+        while not all(reader.done.called for reader in readers):
+            clock.advance(0)
+        self.assertGreater(len(between), 10)
+        self.assertLessEqual(max(between), RUNS_PER_TURN, between)
+        for got in sent:
+            self.assertEqual(b"".join(got), b"oe" * 3 * RUNS_PER_TURN)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_turnsInTurn(self) -> None:
+        """
+        A reader that spent the budget waits behind the others: in the
+        first turns each reader has one (none starves while another that
+        came first takes every turn).
+        """
+        job = self.switchingJob(4 * RUNS_PER_TURN)
+        clock = Clock()
+        budget = TurnBudget(clock)
+        sent: list[list[bytes]] = [[] for _ in range(3)]
+        readers = [
+            CombinedReader(
+                job.spools,
+                job.order,
+                RecordingConsumer(),  # type: ignore[arg-type]
+                lambda _, data, got=got: got.append(data),  # type: ignore[misc]
+                budget=budget,
+            )
+            for got in sent
+        ]
+        counts: list[list[int]] = []
+        fill = budget._fill
+
+        def refill() -> None:
+            counts.append([len(got) for got in sent])
+            fill()
+
+        budget._fill = refill  # type: ignore[method-assign]
+        for reader in readers:
+            reader.start()
+        while not all(reader.done.called for reader in readers):
+            clock.advance(0)
+        # (The first reader had the first turn as it started, and the next
+        # as it waited first.) By the fourth turn, each has sent.
+        self.assertTrue(all(counts[3]), counts[:5])
+        self.assertEqual(
+            [b"".join(got) for got in sent], [b"oe" * 4 * RUNS_PER_TURN] * 3
+        )
+
+    def test_shortRunsReadAhead(self) -> None:
+        """A run of a byte is not a pread of a byte: runs are read ahead."""
+        job = self.switchingJob(5000)
+        reads: list[int] = []
+        realRead = os.pread
+
+        def counting(fd: int, length: int, offset: int) -> bytes:
+            reads.append(length)
+            return realRead(fd, length, offset)
+
+        self.patch(os, "pread", counting)
+        got: list[tuple[int, bytes]] = []
+        reader = readerOf(job, got)
+        reader.start()
+        self.assertTrue(reader.done.called)
+        self.assertEqual(b"".join(data for _, data in got), b"oe" * 5000)
+        self.assertLess(len(reads), 100, "preads of output and order for 10,000 runs")
+
+
+class LogReaderThatDoesNotReadTests(TestCase):
+    """
+    twistd -n writes the server's log to its stdout (a pipe to journald,
+    say) from the reactor's thread: once its reader stopped reading and
+    the pipe was full, the server answered nothing, ended no job and did
+    not stop at SIGTERM until the reader read again (fault round 30).
+    """
+
+    async def test_answersWhileTheLogWaits(self) -> None:
+        server = await Twistd(self).start("--access-log=on")
+        transport = server.protocol.transport
+        assert transport is not None
+        transport.pauseProducing()  # the log's reader stops reading
+        try:
+            # An access line each: several times the pipe's 64 KiB.
+            for _ in range(1200):
+                response = await server.request("GET", "/healthz", None).addTimeout(
+                    15, reactor
+                )
+                await treq.content(response)
+                self.assertEqual(response.code, 200)
+            job = await server.createJob("true")
+            ended = await server.waitEnded(job["id"])
+            self.assertEqual(ended["status"], "COMPLETED")
+        finally:
+            transport.resumeProducing()
+        await server.poll(
+            lambda: succeed("GET /healthz" in server.protocol.log()[-2000:]),
+            30,
+            "the log written once read again",
+        )
+
+    async def test_stopsWhileTheLogWaits(self) -> None:
+        """SIGTERM while the log's reader reads nothing: the server exits."""
+        server = await Twistd(self).start("--access-log=on")
+        transport = server.protocol.transport
+        assert transport is not None
+        transport.pauseProducing()
+        try:
+            for _ in range(800):
+                response = await server.request("GET", "/healthz", None).addTimeout(
+                    15, reactor
+                )
+                await treq.content(response)
+            os.kill(server.pid, signal.SIGTERM)
+            await server.poll(
+                lambda: succeed(not processAlive(server.pid)), 20, "the server's exit"
+            )
+        finally:
+            transport.resumeProducing()
+        await server.stop()
+
+    async def test_lastLinesWritten(self) -> None:
+        """
+        twistd's last lines come after the reactor stopped, and it then
+        ends by its own SIGTERM (no exit handler runs): they are written.
+        """
+        server = await Twistd(self).start()
+        await server.stop()
+        self.assertIn("Server Shut Down.", server.protocol.log())
+
+    def test_linesDroppedPastTheBound(self) -> None:
+        """
+        Past L{MAX_PENDING} bytes waiting, lines are dropped, and the first
+        line taken after says how much was (where they were).
+        """
+        self.patch(logoutput, "MAX_PENDING", 100)
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        output = logoutput.UnblockedOutput(write)
+        self.addCleanup(os.close, write)
+        os.set_blocking(write, True)
+        # Fill the pipe so the thread's write waits: nothing is read yet.
+        filler = b"x" * 65536
+        blocker = os.dup(write)
+        os.set_blocking(blocker, False)
+        try:
+            while True:
+                os.write(blocker, filler)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(blocker)
+            os.set_blocking(write, True)  # (one description: theirs too)
+        for i in range(20):
+            self.assertEqual(output.write(f"line {i:02d} of twenty\n"), 18)
+        self.assertGreater(output.dropped, 0)
+        drained = b""
+        while len(drained) < 65536 * 16:
+            chunk = os.read(read, 65536)
+            drained += chunk
+            if b"line" in chunk:
+                break
+        output.write("after\n")
+        output.close()
+        os.set_blocking(read, False)
+        try:
+            while chunk := os.read(read, 65536):
+                drained += chunk
+        except BlockingIOError:
+            pass
+        text = drained.replace(b"x", b"").decode()
+        self.assertIn("line 00 of twenty\n", text)
+        self.assertNotIn("line 19 of twenty\n", text)
+        self.assertIn(
+            f"jobworker: {output.dropped} bytes of log lines were dropped here", text
+        )
+        self.assertTrue(text.endswith("them\nafter\n"), text)

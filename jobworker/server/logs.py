@@ -21,7 +21,13 @@ from ..errors import (
     TooManyRequests,
 )
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
-from ..jobs.combined import STREAMS, CombinedReader, combinedId, parseCombinedId
+from ..jobs.combined import (
+    STREAMS,
+    CombinedReader,
+    TurnBudget,
+    combinedId,
+    parseCombinedId,
+)
 from ..jobs.manager import JobManager
 from ..jobs.queries import (
     parseBool,
@@ -96,6 +102,8 @@ class LogStreams:
     ) -> None:
         self._manager = manager
         self._clock = clock
+        #: The runs every combined reader together sends in a turn.
+        self._turns = TurnBudget(clock)
         self._maxStreams = maxStreams
         #: One user may hold this many of the log streams (a quarter of them
         #: by default), so others can still follow their own jobs.
@@ -304,7 +312,7 @@ class LogStreams:
                     position,
                     follow,
                     offset,
-                    self._clock,
+                    budget=self._turns,
                 ),
                 request,
             )
@@ -339,7 +347,7 @@ class LogStreams:
             events, sink = sse, toEvents
 
         reader = CombinedReader(
-            streams, order, events, sink, position, follow, offset, self._clock
+            streams, order, events, sink, position, follow, offset, budget=self._turns
         )
         final = self._final(record, follow)
         try:

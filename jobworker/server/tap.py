@@ -50,6 +50,7 @@ from .api import JobsAPI
 from .connections import ConnectionsPerClient
 from .deadlines import channelWithDeadlines
 from .identitysetup import probeSandbox
+from .logoutput import unblockStandardOutput
 from .options import (
     Options,
 )
@@ -76,15 +77,21 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     Every start-up problem (unreadable files, bad users file, port in use)
     ends the process with one line on stderr.
     """
+    underTwistd = reactor is None
     if reactor is None:
         reactor = _globalReactor
     try:
-        return _build(config, reactor)
+        service = _build(config, reactor)
     except StartupError as e:
         # The one place a start-up problem is reported: one line on
         # stderr, exit status 1, no traceback.
         print(f"jobworker: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    if underTwistd:
+        # Where twistd -n sends the log (it starts after this returns):
+        # written by a thread, never waited for (fault round 30).
+        unblockStandardOutput(reactor)
+    return service
 
 
 def _build(config: Options, reactor: JobReactor) -> MultiService:
