@@ -8,6 +8,7 @@ server was stalled (its verified uids all too old).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.client.calls import exitStatusOf
 from jobworker.executors.local import executor as executorModule
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.process import JobProcessProtocol
@@ -28,7 +30,7 @@ from jobworker.jobs.records import JobStatus
 from jobworker.server import logoutput
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
-from .support import processAlive, sleep
+from .support import LiveServer, processAlive, runJW, sleep
 from .test_combined import Job, readerOf
 from .test_contract import RecordingConsumer
 from .test_faults17_local import resume, spawnerOf
@@ -489,3 +491,54 @@ class LogReaderThatDoesNotReadTests(TestCase):
             f"jobworker: {output.dropped} bytes of log lines were dropped here", text
         )
         self.assertTrue(text.endswith("them\nafter\n"), text)
+
+
+class NotCompletedIsNotZeroTests(TestCase):
+    """
+    A job that caught its timeout's TERM and exited 0 is FAILED "timed
+    out", its after_ok jobs never run: jw exec -f, jw wait and jw logs -f
+    exited 0 for it, and C{jw exec -f ... && deploy} deployed (new user
+    round 30).
+    """
+
+    def test_exitedZeroButNotCompleted(self) -> None:
+        for status in ("FAILED", "STOPPED"):
+            job = {"status": status, "exit_code": 0, "signal": None}
+            self.assertEqual(exitStatusOf(job), 1, status)
+        self.assertEqual(exitStatusOf({"status": "FAILED", "exit_code": 3}), 3)
+        self.assertEqual(exitStatusOf({"status": "COMPLETED", "exit_code": 0}), 0)
+
+    async def test_timedOutExitZero(self) -> None:
+        server = LiveServer(self)
+        script = "trap 'echo cleanup; exit 0' TERM; sleep 30 & wait"
+        out, err, code = await runJW(
+            server.url, "exec", "-f", "--timeout", "1", "--", "sh", "-c", script
+        )
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(b"cleanup", out)
+        self.assertIn(b"timed out after 1 second", err)
+        jobId = err.split(b"jw: job ", 1)[1].split()[0].decode()
+        out, err, code = await runJW(server.url, "wait", jobId)
+        self.assertEqual(code, 1, (out, err))
+
+
+class ListLabelGivenTwiceTests(TestCase):
+    """
+    C{jw list --label team=a --label team=b} kept the last value (the
+    team=b jobs); the API asks for both, and no job has both (new user
+    round 30).
+    """
+
+    async def test_bothAsked(self) -> None:
+        server = LiveServer(self)
+        await server.createJob("true", labels={"team": "a"})
+        await server.createJob("true", labels={"team": "b"})
+        out, err, code = await runJW(
+            server.url, "list", "--json", "--label", "team=a", "--label", "team=b"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["jobs"], [])
+        out, err, code = await runJW(server.url, "list", "--json", "--label", "team=b")
+        self.assertEqual(
+            [j["labels"] for j in json.loads(out)["jobs"]], [{"team": "b"}]
+        )

@@ -40,10 +40,14 @@ def exitStatusOf(job: dict[str, Any]) -> int:
     """
     The shell-style exit status of an ended job: its code, 128+signal, 127
     if it never started, L{EXIT_STATUS_LOST} if it ran but its end is not
-    known (the server's crash took it).
+    known (the server's crash took it). A job that did not complete is
+    never 0: one that exited 0 all the same (at its timeout's or a stop's
+    TERM, which it caught; its output not written) is 1 (it was 0, and
+    C{jw exec -f ... && deploy} deployed after a timeout: new user round 30).
     """
     if job.get("exit_code") is not None:
-        return int(job["exit_code"])
+        code = int(job["exit_code"])
+        return 1 if code == 0 and job.get("status") not in (None, "COMPLETED") else code
     name = job.get("signal")
     if name:
         try:
@@ -149,10 +153,14 @@ class ApiCalls:
         cursor: str | None = None,
         *,
         name: str | None = None,
-        labels: dict[str, str] | None = None,
+        labels: list[tuple[str, str]] | None = None,
         idPrefix: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """C{GET /jobs}: one page of jobs, newest first, and the next cursor."""
+        """
+        C{GET /jobs}: one page of jobs, newest first, and the next cursor.
+        C{labels}: (name, value) pairs each job must have (a name given
+        twice is asked twice: no job has both values).
+        """
         params = [
             (key, str(value))
             for key, value in (
@@ -165,7 +173,7 @@ class ApiCalls:
             )
             if value is not None
         ]
-        params.extend(("label", f"{k}={v}") for k, v in (labels or {}).items())
+        params.extend(("label", f"{k}={v}") for k, v in labels or ())
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
         result = await self._json("GET", path)
         return result["jobs"], result.get("next_cursor")

@@ -1028,7 +1028,9 @@ async def doList(
         "status": options.status,
         "owner": options.owner,
         "name": options.name,
-        "labels": pairs(options.label, "--label"),
+        # (Each as given: a name given twice is two filters, as the API
+        # has them, not the last value: new user round 30.)
+        "labels": [next(iter(pairs([p], "--label").items())) for p in options.label],
         "limit": options.limit,
     }
     jobs, cursor = await client.listJobs(**filters, cursor=options.cursor)
