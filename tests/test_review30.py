@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
+from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.client.calls import exitStatusOf
@@ -30,7 +33,7 @@ from jobworker.jobs.records import JobStatus
 from jobworker.server import logoutput
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
-from .support import LiveServer, processAlive, runJW, sleep
+from .support import JW, LiveServer, jwEnvironment, processAlive, runJW, sleep
 from .test_combined import Job, readerOf
 from .test_contract import RecordingConsumer
 from .test_faults17_local import resume, spawnerOf
@@ -542,3 +545,57 @@ class ListLabelGivenTwiceTests(TestCase):
         self.assertEqual(
             [j["labels"] for j in json.loads(out)["jobs"]], [{"team": "b"}]
         )
+
+
+class StdinThatCannotBeReadTests(TestCase):
+    """
+    C{jw exec -i} whose own stdin cannot be read: said "jw: stdin: ..." and
+    left the job waiting for the rest of its stdin for ever (with C{-f},
+    jw waited with it); a stdin left non-blocking ended the feed at its
+    first EAGAIN (new user round 30).
+    """
+
+    def jwExec(self, server: LiveServer, stdin: int, *args: str) -> Deferred[Any]:
+        def inThread() -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [JW, "exec", "-i", *args, "--", "cat"],
+                stdin=stdin,
+                capture_output=True,
+                env=jwEnvironment(server.url),
+                timeout=60,
+            )
+
+        return deferToThread(inThread)
+
+    async def test_unreadable(self) -> None:
+        """Opened for writing only (EBADF): the job's stdin closed, one line, 1."""
+        server = LiveServer(self)
+        for follow in (("-f",), ()):
+            fd = os.open(os.devnull, os.O_WRONLY)
+            try:
+                done = await self.jwExec(server, fd, *follow)
+            finally:
+                os.close(fd)
+            self.assertEqual(done.returncode, 1, done)
+            lines = done.stderr.decode().splitlines()
+            self.assertIn(
+                "jw: stdin: jw's stdin cannot be read (Bad file descriptor): the "
+                "job's stdin was closed after 0 bytes",
+                lines,
+            )
+            self.assertNotIn("Traceback", done.stderr.decode())
+        _code, listing = await server.json("GET", "/jobs", "alice")
+        self.assertEqual({job["status"] for job in listing["jobs"]}, {"COMPLETED"})
+
+    async def test_nonBlocking(self) -> None:
+        """A non-blocking pipe with nothing in it yet: waited on, all sent."""
+        server = LiveServer(self)
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        running = self.jwExec(server, read, "-f")
+        await sleep(1.0)  # (jw reads, nothing is there)
+        os.close(read)
+        os.write(write, b"hello\n")
+        os.close(write)
+        done = await running
+        self.assertEqual((done.returncode, done.stdout), (0, b"hello\n"), done)

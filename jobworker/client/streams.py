@@ -214,7 +214,14 @@ class Streams:
         fd = self._inputFd()
         if fd is None:
             return source.read(size)
-        return os.read(fd, size)
+        while True:
+            try:
+                return os.read(fd, size)
+            except BlockingIOError:
+                # A stdin left non-blocking (by whoever shares it): waited
+                # for here all the same (it ended the feed: new user round
+                # 30).
+                select.select([fd], [], [])
 
     def inputIsTerminal(self) -> bool:
         """Whether C{inp} is a terminal (someone types, or not, into it)."""

@@ -901,7 +901,15 @@ async def feedStdin(
 
     try:
         while True:
-            data = await read(STDIN_CHUNK)
+            try:
+                data = await read(STDIN_CHUNK)
+            except OSError as e:
+                # jw's own stdin cannot be read (closed: 0>&-, EBADF; a
+                # device's EIO): the feed ends as a refused one does (jw
+                # said "stdin: ..." and the job waited for the rest for
+                # ever: new user round 30).
+                why = ClientError(f"jw's stdin cannot be read ({e.strerror or e})")
+                raise await _inputRefused(client, jobId, offset, why) from None
             while True:
                 try:
                     await send(data)
@@ -932,6 +940,8 @@ async def feedStdin(
                     return job if neverStarted(job) or data else None
             if not data:
                 return None
+    except InputNotSent:
+        raise
     except ClientError as e:
         raise await _inputRefused(client, jobId, offset, e) from None
 
