@@ -30,6 +30,7 @@ from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.jobs.combined import RUNS_PER_TURN, CombinedReader, TurnBudget
 from jobworker.jobs.identity import Identity, PoolExhausted
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.stopping import MAX_GRACE
 from jobworker.server import logoutput
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
@@ -599,3 +600,41 @@ class StdinThatCannotBeReadTests(TestCase):
         os.close(write)
         done = await running
         self.assertEqual((done.returncode, done.stdout), (0, b"hello\n"), done)
+
+
+class GraceHelpTests(SynchronousTestCase):
+    """C{jw stop --help} offered "7d, 2w" for --grace; the server refuses
+    more than an hour (new user round 30)."""
+
+    def test_theServersMost(self) -> None:
+        done = subprocess.run(
+            [JW, "stop", "--help"],
+            capture_output=True,
+            env=jwEnvironment("https://localhost:1"),
+            timeout=60,
+            check=True,
+        )
+        text = " ".join(done.stdout.decode().split())
+        self.assertIn(f"seconds before KILL, at most {MAX_GRACE:g}", text)
+        self.assertNotIn("7d", text)
+
+
+class ConfigUserOfATokenTests(TestCase):
+    """
+    C{jw config} with JW_TOKEN and JW_USER both set named JW_USER's user;
+    the token goes first, and the jobs are its user's (new user round 30).
+    """
+
+    async def test_theTokensUser(self) -> None:
+        server = LiveServer(self)
+        code, body = await server.json("POST", "/tokens", "alice", {})
+        self.assertEqual(code, 201, body)
+        out, err, code = await runJW(
+            server.url, "config", user="bob", JW_TOKEN=body["token"]
+        )
+        self.assertEqual(code, 0, err)
+        lines = [" ".join(line.split()) for line in out.decode().splitlines()]
+        self.assertIn("user = alice # JW_TOKEN (as the token says)", lines)
+        out, err, code = await runJW(server.url, "config", user="bob")
+        lines = [" ".join(line.split()) for line in out.decode().splitlines()]
+        self.assertIn("user = bob # JW_USER", lines)

@@ -305,7 +305,9 @@ def showConfig(
         origin = settings.origins[key]
         if key == "ca":
             value, origin = caInUse(settings, environ)
-        elif key == "user" and not settings.user:
+        elif key == "user" and (not settings.user or not sent.startswith("JW_USER")):
+            # (A token or a certificate goes before JW_USER: its user is
+            # the one, not JW_USER's, which was shown: new user round 30.)
             value, origin = _userSent(settings, environ, tokensFile, sent, value)
         if key in ("ca", "cert", "key") and value != "(none)":
             unreadable = _unreadable(value)

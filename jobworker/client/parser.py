@@ -333,7 +333,7 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "--grace",
         type=duration,
         metavar="S",
-        help=f"seconds before KILL (or {DURATION_EXAMPLES})",
+        help="seconds before KILL, at most 3600 (or 90s, 30m, 1h)",
     )
     stop.add_argument("--kill", action="store_true", help="KILL at once")
     stop.add_argument("ids", nargs="+", metavar="ID")
