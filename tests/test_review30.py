@@ -38,7 +38,7 @@ from .support import JW, LiveServer, jwEnvironment, processAlive, runJW, sleep
 from .test_combined import Job, readerOf
 from .test_contract import RecordingConsumer
 from .test_faults17_local import resume, spawnerOf
-from .test_identity import Directory, Threads
+from .test_identity import Directory, Threads, waitOutput
 from .test_process import PID, JobProcessTestCase
 from .twistd import Twistd
 
@@ -638,3 +638,31 @@ class ConfigUserOfATokenTests(TestCase):
         out, err, code = await runJW(server.url, "config", user="bob")
         lines = [" ".join(line.split()) for line in out.decode().splitlines()]
         self.assertIn("user = bob # JW_USER", lines)
+
+
+class UnreadableBeforeAnythingSentTests(TestCase):
+    """
+    A job's output that cannot be read at the first read (a disk's EIO,
+    the file gone): the connection was cut with no answer at all, and jw
+    said it could not connect (fault round 30). Nothing sent yet: a 503
+    with the reason.
+    """
+
+    async def test_answered(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("sh", "-c", "echo hello; exec sleep 60")
+        await waitOutput(server, job["id"], b"hello")
+        path = os.path.join(server.manager._executor.outputDir(job["id"]), "stdout")
+        os.unlink(path)
+        for query in ("", "?stream=combined", "?format=sse", "?follow=true"):
+            response = await server.request(
+                "GET", f"/jobs/{job['id']}/logs{query}", "alice"
+            )
+            self.assertEqual(response.code, 503, query)
+            error = json.loads(await response.content())["error"]
+            self.assertIn("the job's output cannot be read now", error, query)
+        out, err, code = await runJW(server.url, "logs", job["id"])
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(b"cannot be read now", err)
+        self.assertNotIn(b"cannot connect", err)
+        await server.json("POST", f"/jobs/{job['id']}/stop", "alice")

@@ -522,10 +522,13 @@ class FileProducer:
         for spool, index in self._attached:
             spool.attach(self, index)
         try:
-            # Send the headers now: a follower learns the stream is open
-            # even before the job prints anything.
-            self._consumer.write(b"")
             self._pump()
+            if not self._done:
+                # Send the headers now: a follower learns the stream is
+                # open even before the job prints anything. (After the
+                # first read: one that fails before anything was sent is
+                # answered 503, not a connection cut: fault round 30.)
+                self._consumer.write(b"")
         except BaseException:
             self._close()
             raise
@@ -556,6 +559,39 @@ class FileProducer:
         except OutputUnreadable:
             self._close()
             raise
+
+    def checkReadable(self) -> None:
+        """
+        Read the first byte each source has to send (once L{open}ed):
+        one that cannot be read fails the request before anything is sent
+        (an answer, not a cut connection: fault round 30).
+
+        @raise OutputUnreadable: why; the reader is closed.
+        """
+        try:
+            self._checkReadable()
+        except OutputUnreadable:
+            self._close()
+            raise
+
+    def _checkReadable(self) -> None:
+        for index, source in enumerate(self._sources):
+            at = self.at(index)
+            if source.size <= at:
+                continue
+            try:
+                fd = self._fds[index]
+                if fd is None:
+                    fd = self._fds[index] = openOutput(source.path)
+                if not os.pread(fd, 1, at):
+                    raise OutputUnreadable(
+                        f"{source.path} ends at {at}, shorter than recorded"
+                    )
+            except OutputUnreadable:
+                raise
+            except OSError as e:
+                why = f"{e.strerror}: {source.path}"
+                raise OutputUnreadable(e.errno, why) from None
 
     def _openMore(self) -> None:
         """Open what else is read (with L{openToSend}) before anything is sent."""

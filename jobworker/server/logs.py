@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -432,6 +432,19 @@ class LogStreams:
                 "try again",
                 retryAfter=1,
             ) from None
+        try:
+            reader.checkReadable()
+        except OutputUnreadable as e:
+            # Nothing sent yet: an answer (the connection was cut, which jw
+            # took for a server down: fault round 30).
+            self._unreadable(request, e)
+
+    def _unreadable(self, request: IRequest, error: OutputUnreadable) -> NoReturn:
+        """A job's output that cannot be read, nothing sent yet: 503."""
+        why = error.strerror or str(error)
+        self.log.error("cannot read a job's output: {error}", error=why)
+        request.responseHeaders.removeHeader(b"content-length")
+        raise ServiceUnavailable(f"the job's output cannot be read now ({why})")
 
     async def _send(self, reader: FileProducer, request: IRequest) -> None:
         self._open(reader, request)
@@ -441,10 +454,13 @@ class LogStreams:
             reader.stopProducing()
             raise
         except OutputUnreadable as e:
+            why = e.strerror or str(e)
+            if not getattr(request, "startedWriting", True):
+                self._unreadable(request, e)
             # The headers (and maybe some bytes) are out: the only honest
             # end left is a broken one, so the client cannot take what it
             # got for the whole output.
-            self.log.error("log response cut: {error}", error=e.strerror or str(e))
+            self.log.error("log response cut: {error}", error=why)
             _cut(request)
             raise CancelledError("the output cannot be read") from e
 
