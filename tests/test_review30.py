@@ -23,6 +23,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.client import config
 from jobworker.client.calls import exitStatusOf
 from jobworker.executors.local import executor as executorModule
 from jobworker.executors.local.executor import LocalExecutor
@@ -666,3 +667,38 @@ class UnreadableBeforeAnythingSentTests(TestCase):
         self.assertIn(b"cannot be read now", err)
         self.assertNotIn(b"cannot connect", err)
         await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
+
+
+class LoginKeptByServerTests(SynchronousTestCase):
+    """
+    A login was kept by the server URL as typed: one made with a trailing
+    slash was not found without it (jw asked for the password again), and
+    jw logout said "not logged in", the token kept (new user round 30).
+    """
+
+    def test_sameServerHowEverTyped(self) -> None:
+        path = os.path.join(os.path.abspath(self.mktemp()), "tokens.json")
+        config.saveToken(path, "https://Vm:19303/", "tok", 2e9, "alice")
+        for typed in ("https://vm:19303", "HTTPS://VM:19303/", "https://vm:19303//"):
+            self.assertEqual(config.loadToken(path, typed, 1e9), ("tok", True), typed)
+            self.assertEqual(config.savedUser(path, typed), "alice")
+        self.assertEqual(config.loadToken(path, "https://vm:19304", 1e9), (None, False))
+        config.saveToken(path, "https://h", "t2", 2e9, "bob")
+        self.assertEqual(config.loadToken(path, "https://h:443/", 1e9), ("t2", True))
+        self.assertTrue(config.forgetToken(path, "https://vm:19303"))
+        self.assertEqual(
+            config.loadToken(path, "https://vm:19303/", 1e9), (None, False)
+        )
+
+    def test_keptByAnOlderJw(self) -> None:
+        """A login an older jw kept (by the URL as typed) is still found."""
+        path = os.path.join(os.path.abspath(self.mktemp()), "tokens.json")
+        os.makedirs(os.path.dirname(path), mode=0o700)
+        with open(path, "w") as f:
+            json.dump(
+                {"https://vm:1/": {"token": "old", "expires": 2e9, "user": "a"}}, f
+            )
+        os.chmod(path, 0o600)
+        self.assertEqual(config.loadToken(path, "https://vm:1/", 1e9), ("old", True))
+        self.assertTrue(config.forgetToken(path, "https://vm:1/"))
+        self.assertFalse(os.path.exists(path))

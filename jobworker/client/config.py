@@ -282,6 +282,32 @@ def _readTokens(path: str) -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
+def serverKey(server: str) -> str:
+    """
+    What a server's login is kept by: its URL, the case of its scheme and
+    host, its default port and a trailing C{/} not counted (a login made
+    with C{https://h:1/} was not found by C{https://h:1}, and C{jw logout}
+    said "not logged in": new user round 30).
+    """
+    try:
+        parts = urlsplit(server.strip())
+        port = parts.port
+    except ValueError:
+        return server
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if ":" in host:
+        host = f"[{host}]"
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def _entry(tokens: dict[str, dict[str, object]], server: str) -> object:
+    """The login kept for C{server} (by L{serverKey}; or as typed, by an
+    older jw)."""
+    entry = tokens.get(serverKey(server))
+    return entry if entry is not None else tokens.get(server)
+
+
 def loadToken(
     path: str, server: str, now: float, user: str | None = None
 ) -> tuple[str | None, bool]:
@@ -290,7 +316,7 @@ def loadToken(
     saved and unexpired, and whether one was saved at all (an expired login
     is renewed, not dropped).
     """
-    entry = _readTokens(path).get(server)
+    entry = _entry(_readTokens(path), server)
     if not isinstance(entry, dict):
         return None, False
     if user is not None and entry.get("user") != user:
@@ -304,7 +330,7 @@ def loadToken(
 
 def savedUser(path: str, server: str) -> str | None:
     """The user of the login kept for C{server}, if any."""
-    entry = _readTokens(path).get(server)
+    entry = _entry(_readTokens(path), server)
     user = entry.get("user") if isinstance(entry, dict) else None
     return user if isinstance(user, str) else None
 
@@ -332,14 +358,16 @@ def saveToken(path: str, server: str, token: str, expires: float, user: str) -> 
     """Keep a token for C{server} (file mode 0600, folder 0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tokens = _readTokens(path)
-    tokens[server] = {"token": token, "expires": expires, "user": user}
+    tokens.pop(server, None)  # (as an older jw kept it)
+    tokens[serverKey(server)] = {"token": token, "expires": expires, "user": user}
     _writeTokens(path, tokens)
 
 
 def forgetToken(path: str, server: str) -> bool:
     """Delete the token for C{server}; whether there was one."""
     tokens = _readTokens(path)
-    if tokens.pop(server, None) is None:
+    found = [tokens.pop(key, None) for key in {serverKey(server), server}]
+    if all(entry is None for entry in found):
         return False
     if tokens:
         _writeTokens(path, tokens)
