@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,10 +36,11 @@ from jobworker.jobs.stopping import MAX_GRACE
 from jobworker.server import logoutput
 
 from .fakes import FakeProcessReactor, noLiveUidProcesses, processExit, processKilled
-from .support import JW, LiveServer, jwEnvironment, processAlive, runJW, sleep
+from .support import CA, JW, LiveServer, jwEnvironment, processAlive, runJW, sleep
 from .test_combined import Job, readerOf
 from .test_contract import RecordingConsumer
 from .test_faults17_local import resume, spawnerOf
+from .test_firstrun import jwWith
 from .test_identity import Directory, Threads, waitOutput
 from .test_process import PID, JobProcessTestCase
 from .twistd import Twistd
@@ -702,3 +704,33 @@ class LoginKeptByServerTests(SynchronousTestCase):
         self.assertEqual(config.loadToken(path, "https://vm:1/", 1e9), ("old", True))
         self.assertTrue(config.forgetToken(path, "https://vm:1/"))
         self.assertFalse(os.path.exists(path))
+
+
+class TrustedAtLoginReplacedTests(TestCase):
+    """
+    The CA jw trusted for a server at jw login no longer signs its
+    certificate: jw said "not trusted (check --ca / JW_CA ...)", set
+    nowhere, and jw login failed the same way; nothing named the file to
+    delete (new user round 30).
+    """
+
+    async def test_theFileNamed(self) -> None:
+        server = LiveServer(self, "--interface=127.0.0.2", ownCertificate=True)
+        url = f"https://127.0.0.2:{server.port}"
+        home = os.path.realpath(self.mktemp())
+        env = jwEnvironment(url, XDG_CONFIG_HOME=home, HOME=home)
+        del env["JW_CA"]
+        trusted = os.path.join(
+            home, "jobworker", "trusted", f"127.0.0.2_{server.port}.pem"
+        )
+        os.makedirs(os.path.dirname(trusted))
+        shutil.copyfile(CA, trusted)  # (the development CA: not this server's)
+        for verb in ("list", "status"):
+            args = [verb] if verb == "list" else [verb, "0" * 8]
+            _out, err, code = await jwWith(env, *args)
+            self.assertEqual(code, 1, err)
+            self.assertIn(
+                f"not signed by the CA trusted for it at jw login ({trusted}): if "
+                "its CA was replaced, delete that file and run jw login again",
+                err.decode(),
+            )

@@ -243,6 +243,31 @@ NOT_TRUSTED = (
     "server's own CA is tls/ca.pem in its state dir)"
 )
 
+#: The file of the CA jw trusted for the server at C{jw login}, when that is
+#: the CA in use (set by the command line, L{trustedAtLogin}).
+_trustedAtLogin: list[str] = []
+
+
+def trustedAtLogin(path: str | None) -> None:
+    """The CA in use is the one trusted at C{jw login}, in C{path} (None: not)."""
+    _trustedAtLogin[:] = [] if path is None else [path]
+
+
+def notTrusted() -> str:
+    """
+    What jw says of a server whose certificate its CA does not vouch for:
+    with the CA trusted at C{jw login}, which file, and what to do (it
+    said "check --ca / JW_CA", set nowhere, and jw login failed the same
+    way: new user round 30).
+    """
+    if not _trustedAtLogin:
+        return NOT_TRUSTED
+    return (
+        "the server's certificate is not signed by the CA trusted for it at jw "
+        f"login ({_trustedAtLogin[0]}): if its CA was replaced, delete that file "
+        "and run jw login again; if not, something may be in between"
+    )
+
 
 #: OpenSSL's verify codes of a certificate out of its validity period
 #: (X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED), in words.

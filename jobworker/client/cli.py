@@ -14,8 +14,10 @@ import sys
 import time
 from typing import Any
 
+from .calls import trustedAtLogin
 from .completion import COMPLETION
 from .config import (
+    TRUSTED_AT_LOGIN,
     ConfigError,
     Settings,
     caInUse,
@@ -145,6 +147,8 @@ async def _commandLine(
         path,
     )
     tokens = tokensPath(environ)
+    ca, origin = caInUse(settings, environ)
+    trustedAtLogin(ca if origin == TRUSTED_AT_LOGIN else None)
     if verb == "config":
         return showConfig(settings, path, tokens, streams, environ)
     if verb == "logout":

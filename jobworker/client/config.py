@@ -197,6 +197,10 @@ def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:
     return _chosenCA(settings, os.environ.copy() if environ is None else environ)[0]
 
 
+#: L{caInUse}'s origin of the CA trusted for the server at C{jw login}.
+TRUSTED_AT_LOGIN = "default, trusted at jw login"
+
+
 def caInUse(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
     """
     The CA C{jw} verifies C{settings.server} with (L{trustedCA}), and whence
@@ -217,7 +221,7 @@ def _chosenCA(settings: Settings, environ: dict[str, str]) -> tuple[str, str]:
         return settings.ca, origin
     saved = trustedPath(os.path.dirname(configPath(environ)), settings.server)
     if os.path.isfile(saved):
-        return saved, "default, trusted at jw login"
+        return saved, TRUSTED_AT_LOGIN
     if host in DEV_CA_HOSTS:
         local = localServerCA(environ)
         if local is not None:

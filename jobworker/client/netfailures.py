@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from ..tlserrors import handshakeHint
-from .calls import NOT_TRUSTED, handshakeCut, handshakeTimedOut, outOfDate, unnamedPort
+from .calls import handshakeCut, handshakeTimedOut, notTrusted, outOfDate, unnamedPort
 from .errors import CertificateOutOfDate, HandshakeCut, HandshakeTimeout
 
 
@@ -45,7 +45,7 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
             if hint is not None:
                 return f"cannot connect to {server}: {hint}"
             if "certificate verify failed" in text:
-                return f"cannot connect to {server}: {NOT_TRUSTED}"
+                return f"cannot connect to {server}: {notTrusted()}"
             if "version" in text or "protocol" in text:
                 return f"cannot connect to {server}: TLS 1.3 handshake failed"
             return f"cannot connect to {server}: TLS handshake failed"

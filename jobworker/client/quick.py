@@ -30,7 +30,6 @@ from ..keepalive import keepAlive, parseSeconds
 from ..tlserrors import TLSConfigError, handshakeHint
 from .bodies import bodyPieces
 from .calls import (
-    NOT_TRUSTED,
     OUT_OF_DATE,
     ApiCalls,
     checkServer,
@@ -39,6 +38,7 @@ from .calls import (
     handshakeCut,
     handshakeTimedOut,
     logsPath,
+    notTrusted,
     outOfDate,
     segment,
     stdinPath,
@@ -876,7 +876,7 @@ def probeServer(server: str, caPath: str, keepalive: int = KEEPALIVE) -> None:
         connection.connect()
     except OSError as e:
         line = describe(server, e)
-        raise ServerUnreachable(line, line.endswith(NOT_TRUSTED)) from None
+        raise ServerUnreachable(line, line.endswith(notTrusted())) from None
     finally:
         connection.close()
 
@@ -895,7 +895,7 @@ def describe(server: str, error: OSError) -> str:
         code = getattr(error, "verify_code", None)
         if code in OUT_OF_DATE:
             return outOfDate(server, code)
-        return f"cannot connect to {server}: {NOT_TRUSTED}"
+        return f"cannot connect to {server}: {notTrusted()}"
     if isinstance(error, ssl.SSLError):
         hint = handshakeHint(str(error))
         if hint is not None:
