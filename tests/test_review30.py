@@ -230,6 +230,15 @@ def _bigFileOnRoot() -> str | None:
     return None
 
 
+def _state(pid: int) -> str | None:
+    """The state letter of C{pid} (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class ThrottledIOEndsTests(TestCase):
     """
     A job's own I/O limit held its processes in the kernel (D state, a
@@ -267,7 +276,10 @@ class ThrottledIOEndsTests(TestCase):
         self.assertEqual(code, 201, body)
         job = body
         self.assertEqual(job["status"], "RUNNING", job)
-        await sleep(0.5)  # (its read queued at the throttle: D state)
+        # Its read queued at the throttle: D state (before it, a stop ends it).
+        await server.poll(
+            lambda: succeed(_state(job["pid"]) == "D"), 20, "dd in D state"
+        )
         started = time.monotonic()
         code, record = await server.json("POST", f"/jobs/{job['id']}/stop", "alice")
         self.assertEqual(code, 200, record)
@@ -663,7 +675,11 @@ class UnreadableBeforeAnythingSentTests(TestCase):
             )
             self.assertEqual(response.code, 503, query)
             error = json.loads(await response.content())["error"]
-            self.assertIn("the job's output cannot be read now", error, query)
+            self.assertEqual(
+                error,
+                "the job's output cannot be read now (No such file or directory)",
+                query,
+            )
         out, err, code = await runJW(server.url, "logs", job["id"])
         self.assertEqual(code, 1, (out, err))
         self.assertIn(b"cannot be read now", err)

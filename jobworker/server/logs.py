@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -440,9 +441,15 @@ class LogStreams:
             self._unreadable(request, e)
 
     def _unreadable(self, request: IRequest, error: OutputUnreadable) -> NoReturn:
-        """A job's output that cannot be read, nothing sent yet: 503."""
-        why = error.strerror or str(error)
-        self.log.error("cannot read a job's output: {error}", error=why)
+        """
+        A job's output that cannot be read, nothing sent yet: 503, with the
+        reason (the log has the file; the client is not told the server's
+        paths: review round 30).
+        """
+        self.log.error(
+            "cannot read a job's output: {error}", error=error.strerror or str(error)
+        )
+        why = os.strerror(error.errno) if error.errno else "shorter than recorded"
         request.responseHeaders.removeHeader(b"content-length")
         raise ServiceUnavailable(f"the job's output cannot be read now ({why})")
 
