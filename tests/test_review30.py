@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -306,16 +307,19 @@ class CombinedReadersShareATurnTests(SynchronousTestCase):
         job.close()
         return job
 
-    def test_oneBudgetForAll(self) -> None:
+    def readAll(
+        self, runs: int, readers: int, eachTurn: Callable[[list[list[bytes]]], None]
+    ) -> list[list[bytes]]:
         """
-        However many readers, no more than L{RUNS_PER_TURN} runs are sent
-        in a turn; each gets its turn, and every byte.
+        C{readers} readers of one budget read a job of C{runs} switches to
+        the end (C{eachTurn} called with what each sent, as each turn
+        begins); what each sent.
         """
-        job = self.switchingJob(3 * RUNS_PER_TURN)
+        job = self.switchingJob(runs)
         clock = Clock()
         budget = TurnBudget(clock)
-        sent: list[list[bytes]] = [[] for _ in range(10)]
-        readers = [
+        sent: list[list[bytes]] = [[] for _ in range(readers)]
+        started = [
             CombinedReader(
                 job.spools,
                 job.order,
@@ -325,24 +329,35 @@ class CombinedReadersShareATurnTests(SynchronousTestCase):
             )
             for got in sent
         ]
-        # The runs sent between two turns (the budget's refills).
-        between: list[int] = []
         fill = budget._fill
 
         def refill() -> None:
-            between.append(sum(len(got) for got in sent) - sum(between))
+            eachTurn(sent)
             fill()
 
         budget._fill = refill  # type: ignore[method-assign]
-        for reader in readers:
+        for reader in started:
             reader.start()
-        while not all(reader.done.called for reader in readers):
+        while not all(reader.done.called for reader in started):
             clock.advance(0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        for got in sent:
+            self.assertEqual(b"".join(got), b"oe" * runs)
+        return sent
+
+    def test_oneBudgetForAll(self) -> None:
+        """
+        However many readers, no more than L{RUNS_PER_TURN} runs are sent
+        in a turn; each gets its turn, and every byte.
+        """
+        between: list[int] = []  # the runs sent between two turns
+
+        def turn(sent: list[list[bytes]]) -> None:
+            between.append(sum(len(got) for got in sent) - sum(between))
+
+        self.readAll(3 * RUNS_PER_TURN, 10, turn)
         self.assertGreater(len(between), 10)
         self.assertLessEqual(max(between), RUNS_PER_TURN, between)
-        for got in sent:
-            self.assertEqual(b"".join(got), b"oe" * 3 * RUNS_PER_TURN)
-        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_turnsInTurn(self) -> None:
         """
@@ -350,38 +365,13 @@ class CombinedReadersShareATurnTests(SynchronousTestCase):
         first turns each reader has one (none starves while another that
         came first takes every turn).
         """
-        job = self.switchingJob(4 * RUNS_PER_TURN)
-        clock = Clock()
-        budget = TurnBudget(clock)
-        sent: list[list[bytes]] = [[] for _ in range(3)]
-        readers = [
-            CombinedReader(
-                job.spools,
-                job.order,
-                RecordingConsumer(),  # type: ignore[arg-type]
-                lambda _, data, got=got: got.append(data),  # type: ignore[misc]
-                budget=budget,
-            )
-            for got in sent
-        ]
         counts: list[list[int]] = []
-        fill = budget._fill
-
-        def refill() -> None:
-            counts.append([len(got) for got in sent])
-            fill()
-
-        budget._fill = refill  # type: ignore[method-assign]
-        for reader in readers:
-            reader.start()
-        while not all(reader.done.called for reader in readers):
-            clock.advance(0)
+        self.readAll(
+            4 * RUNS_PER_TURN, 3, lambda sent: counts.append([len(g) for g in sent])
+        )
         # (The first reader had the first turn as it started, and the next
         # as it waited first.) By the fourth turn, each has sent.
         self.assertTrue(all(counts[3]), counts[:5])
-        self.assertEqual(
-            [b"".join(got) for got in sent], [b"oe" * 4 * RUNS_PER_TURN] * 3
-        )
 
     def test_shortRunsReadAhead(self) -> None:
         """A run of a byte is not a pread of a byte: runs are read ahead."""
