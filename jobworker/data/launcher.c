@@ -604,8 +604,12 @@ static int launch(int argc, char **argv) {
         umask((mode_t)jobUmask);
     environ = jobEnvironment;
     execvp(command[0], command);
-    die(errno == ENOENT ? NOT_FOUND : CANNOT_RUN, "cannot run", command[0],
-        errno);
+    int e = errno; /* ENOENT for a file that is there: its #! or loader */
+    die(e == ENOENT ? NOT_FOUND : CANNOT_RUN,
+        e == ENOENT && strchr(command[0], '/') && access(command[0], F_OK) == 0
+            ? "its #! interpreter or loader is missing: cannot run"
+            : "cannot run",
+        command[0], e);
     return CANNOT_RUN;
 }
 
