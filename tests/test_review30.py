@@ -450,6 +450,9 @@ class LogReaderThatDoesNotReadTests(TestCase):
         ends by its own SIGTERM (no exit handler runs): they are written.
         """
         server = await Twistd(self).start()
+        # Its "listening" line comes before the reactor runs, and with it
+        # twistd's SIGTERM handler: a request answered says both are there.
+        await treq.content(await server.request("GET", "/healthz", None))
         await server.stop()
         self.assertIn("Server Shut Down.", server.protocol.log())
 

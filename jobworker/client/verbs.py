@@ -55,15 +55,17 @@ STOP_DEADLINE = 10.0
 _LIVE = ("PENDING", "RUNNING")
 
 
+def pair(text: str, flag: str) -> tuple[str, str]:
+    """C{"K=V"} -> C{("K", "V")}."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise BadArguments(f"{flag} needs NAME=VALUE, not {text!r}")
+    return name, value
+
+
 def pairs(items: list[str], flag: str) -> dict[str, str]:
-    """C{["K=V", ...]} -> C{{"K": "V"}}."""
-    result: dict[str, str] = {}
-    for pair in items:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise BadArguments(f"{flag} needs NAME=VALUE, not {pair!r}")
-        result[name] = value
-    return result
+    """C{["K=V", ...]} -> C{{"K": "V"}} (the last of a name kept)."""
+    return dict(pair(each, flag) for each in items)
 
 
 def parseAge(text: str) -> float:
@@ -1040,7 +1042,7 @@ async def doList(
         "name": options.name,
         # (Each as given: a name given twice is two filters, as the API
         # has them, not the last value: new user round 30.)
-        "labels": [next(iter(pairs([p], "--label").items())) for p in options.label],
+        "labels": [pair(each, "--label") for each in options.label],
         "limit": options.limit,
     }
     jobs, cursor = await client.listJobs(**filters, cursor=options.cursor)
