@@ -828,9 +828,10 @@ class JobManager(Admission):
             self.log.warn("job {job}: its damaged record deleted", job=jobId)
         else:
             if not record.status.ended:
-                raise Conflict(
-                    "job is still running: stop it first", job=record.toJSON()
+                state = (
+                    "queued" if record.status is JobStatus.PENDING else "still running"
                 )
+                raise Conflict(f"job is {state}: stop it first", job=record.toJSON())
         with self._noted([jobId]):
             self._removeEnded(jobId)
 

@@ -197,6 +197,14 @@ class LogStreams:
         # round 29.)
         if form == "frames" and stream != "combined":
             raise BadRequest("format=frames is for stream=combined")
+        if stream == "combined" and tail is not None and offset:
+            # (Each stream's tail is no point of the combined output: the
+            # offset was counted from the tail's start: review round 31.)
+            raise BadRequest(
+                "tail and offset do not go together with stream=combined "
+                "(each stream's last lines are no point of the combined "
+                "output): give one of them"
+            )
         if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
@@ -294,7 +302,10 @@ class LogStreams:
         consumer = IConsumer(request)
         if form == "raw":
             request.setHeader(b"content-type", b"application/octet-stream")
-            request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
+            if tail is None:
+                # (A tail starts each stream at its own place: no offset
+                # of the combined output says where.)
+                request.setHeader(b"x-output-offset", str(offset).encode("ascii"))
             if not follow:
                 length = sum(
                     max(0, source.size - start)

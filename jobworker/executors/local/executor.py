@@ -637,6 +637,7 @@ class LocalExecutor:
                 argv, job.gateLine = sandbox.gatedStart(
                     identity, command, request.cwd, env
                 )
+                job.commandDepth = sandbox.commandDepth(identity)
                 # The sandbox enters the working directory as the job, and
                 # the root stages never see the request's environment.
                 path = None

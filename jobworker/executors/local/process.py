@@ -188,6 +188,10 @@ class JobProcess:
         #: The first stop's signal would have ended the main process by its
         #: default action (None: not known); see L{_stopMissed}.
         self._stopWouldEnd: bool | None = None
+        #: How many forks down from the process started the command runs:
+        #: under a PID namespace the launcher (its init, then the command)
+        #: or C{unshare --fork} waits for it (L{Sandbox.commandDepth}).
+        self.commandDepth = 0
         self._killSent = False
         self._setupError: str | None = None
         #: What L{recorded} writes on the gate (fd 3): the go line, and for
@@ -323,8 +327,7 @@ class JobProcess:
                 job=self.record.id,
                 timeout=self._timeout,
             )
-            if self._pgid is not None:
-                self._stopWouldEnd = self._endsBy(self._pgid, DEFAULT_STOP.signal)
+            self._stopWouldEnd = self._wouldEnd(DEFAULT_STOP.signal)
             self._terminate()
 
     def snapshot(self) -> JobRecord:
@@ -375,8 +378,7 @@ class JobProcess:
                 user=by,
                 signal=signal.Signals(how.signal).name,
             )
-            if self._pgid is not None:
-                self._stopWouldEnd = self._endsBy(self._pgid, how.signal)
+            self._stopWouldEnd = self._wouldEnd(how.signal)
             self._terminate(how)
         else:
             # Being stopped already, by a user or its timeout (whose end,
@@ -385,6 +387,18 @@ class JobProcess:
             # ended STOPPED: review round 29).
             self._hasten(how)
         return self.whenEnded()
+
+    def _wouldEnd(self, signum: int) -> bool | None:
+        """
+        Would C{signum} end the job's command by its default action (see
+        L{_stopMissed})? The command's, not the launcher's or
+        C{unshare}'s above it under a PID namespace, which ignore the stop
+        signals (review round 31); None if not known.
+        """
+        if self._pgid is None:
+            return None
+        command = commandOf(self._pgid, self.commandDepth)
+        return None if command is None else self._endsBy(command, signum)
 
     def _exitedUnreported(self) -> bool:
         """
@@ -818,33 +832,110 @@ def childExited(pid: int) -> bool:
     return info is not None
 
 
+#: C{rt_sigtimedwait}'s number, by machine (see L{_waitsForSignals}).
+SIGTIMEDWAIT = {"x86_64": b"128", "aarch64": b"137"}.get(os.uname().machine)
+
+
 def endsByDefault(pid: int, signum: int) -> bool | None:
     """
-    Would C{signum} end C{pid} by its default action: not caught, ignored
-    nor blocked (C{/proc/PID/status}), and one whose default is to end a
-    process? None if not known (gone, unreadable).
+    Would C{signum}, sent to process C{pid}, end it by its default action?
+    Not ignored nor caught (the process's), no thread traced, and a live
+    thread to take it that does not block it, none of the others waiting
+    for it in C{sigwait} (L{_waitsForSignals}). Every thread, not the
+    leader's alone: a leader that has exited (a zombie thread) still shows
+    the mask it had, while the thread that is left blocks the signal, or
+    waits for it, catches it and exits 0 (attacker round 31). A process
+    whose every thread has ended has ended: True (what it exited with is
+    its own). None if not known (gone, unreadable).
     """
     if signum == signal.SIGKILL:
         return True
     if signum in (signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH):
         return False  # ignored by default
+    bit = 1 << (signum - 1)
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    bit = 1 << (signum - 1)
-    found = 0
-    for line in status.splitlines():
+    live = takers = 0
+    for tid in threads:
+        task = f"/proc/{pid}/task/{tid}"
+        fields = _statusOf(task)
+        if fields is None:
+            continue  # (a thread that ended meanwhile)
+        try:
+            ignored, caught, blocked = (
+                int(fields[name], 16) for name in (b"SigIgn", b"SigCgt", b"SigBlk")
+            )
+        except (KeyError, ValueError):
+            return None
+        if (ignored | caught) & bit:
+            return False
+        if fields.get(b"TracerPid", b"0") != b"0":
+            return None  # (its tracer may take the signal away)
+        if fields.get(b"State", b"")[:1] in (b"Z", b"X"):
+            continue
+        live += 1
+        if not blocked & bit:
+            if _waitsForSignals(task):
+                return False  # (sigwait shows the signal unblocked)
+            takers += 1
+    if not live:
+        return True if threads else None
+    return takers > 0
+
+
+def _statusOf(task: str) -> dict[bytes, bytes] | None:
+    """A thread's C{/proc} status lines, by name (None: gone)."""
+    try:
+        with open(f"{task}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
         name, _, value = line.partition(b":")
-        if name in (b"SigBlk", b"SigIgn", b"SigCgt"):
-            found += 1
-            try:
-                if int(value.strip(), 16) & bit:
-                    return False
-            except ValueError:
-                return None
-    return True if found == 3 else None
+        fields[name] = value.strip()
+    return fields
+
+
+def _waitsForSignals(task: str) -> bool:
+    """
+    Is the thread in C{sigwait} (C{rt_sigtimedwait})? It unblocks the
+    signals it waits for while it waits, and takes them without their
+    default action: /proc shows them unblocked.
+    """
+    try:
+        with open(f"{task}/wchan", "rb") as f:
+            if f.read().startswith(b"do_sigtimedwait"):
+                return True
+    except OSError:
+        pass
+    if SIGTIMEDWAIT is None:
+        return False
+    try:
+        with open(f"{task}/syscall", "rb") as f:
+            return f.read().split(b" ", 1)[0] == SIGTIMEDWAIT
+    except OSError:
+        return False
+
+
+def commandOf(pid: int, depth: int) -> int | None:
+    """
+    The process C{depth} forks down from C{pid}, the first child at each
+    step (the launcher's init, then the command it forked first); None if
+    there is none now (not forked yet, or ended).
+    """
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+                children = f.read().split(None, 1)
+        except OSError:
+            return None
+        if not children:
+            return None
+        pid = int(children[0])
+    return pid
 
 
 def signalGroup(pgid: int, signum: int) -> bool:

@@ -275,6 +275,23 @@ class Sandbox:
         """Jobs start through the launcher (there is one)."""
         return self.launcher is not None
 
+    def pidNamespace(self, identity: Identity) -> bool:
+        """Does a job of C{identity} get a PID namespace of its own?"""
+        return "pid" in self._isolate or (
+            self.usesLauncher and identity.ownPidNamespace
+        )
+
+    def commandDepth(self, identity: Identity) -> int:
+        """
+        How many forks down from the process the server starts a job's
+        command runs: under a PID namespace, the launcher's init and then
+        the command (2), or C{unshare --fork}'s child (1); else 0 (the
+        same process, exec'd).
+        """
+        if not self.pidNamespace(identity):
+            return 0
+        return 2 if self.usesLauncher else 1
+
     def mounts(self, identity: Identity) -> list[tuple[str, str, str, str, str]]:
         """
         C{identity}'s private mounts, in order: source, target, type, the
@@ -439,7 +456,7 @@ class Sandbox:
         options = (
             ("ge" if gated else "")
             + ("n" if "net" in self._isolate else "")
-            + ("p" if "pid" in self._isolate or identity.ownPidNamespace else "")
+            + ("p" if self.pidNamespace(identity) else "")
             + ("k" if identity.dynamic else "")
         )
         groups = ",".join(str(g) for g in identity.groups) or "-"
