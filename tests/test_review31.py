@@ -372,3 +372,45 @@ class DeleteQueuedTests(TestCase):
             code, body = await server.json("DELETE", f"/jobs/{job['id']}")
             self.assertEqual(code, 409, body)
             self.assertEqual(body["error"], f"{said}: stop it first")
+
+
+#: A squeue or sacct that notes how many arguments it got, and answers none.
+FAKE_SLURM_TOOL = """#!/bin/sh
+echo "$(basename "$0") $#" >> "$(dirname "$0")/calls"
+for a in "$@"; do [ "$a" = --json ] && echo '{"jobs": []}'; done
+exit 0
+"""
+
+
+class ManySlurmJobsTests(TestCase):
+    """
+    Every live Slurm job's id went into one C{--jobs=} argument of squeue
+    (and sacct): past 128 KiB (about 14,600 jobs of 8-digit ids) it could
+    not be run, and every poll failed (Slurm round 31). Asked in chunks.
+    """
+
+    async def test_twentyThousandIds(self) -> None:
+        from twisted.internet import reactor
+
+        from jobworker.executors.slurm import commands as module
+        from jobworker.executors.slurm.commands import SlurmCommands
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        for name in ("squeue", "sacct"):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(FAKE_SLURM_TOOL)
+            os.chmod(os.path.join(folder, name), 0o755)  # noqa: S103
+        commands = SlurmCommands(reactor, env={"PATH": f"{folder}:/usr/bin:/bin"})
+        ids = [str(60_000_000 + n) for n in range(20_000)]
+        self.assertEqual(await commands.states(ids), {})
+        self.assertEqual(await commands.exits(ids), {})
+        self.assertEqual(await commands.accounting(ids), {})
+        with open(os.path.join(folder, "calls")) as f:
+            calls = f.read().split("\n")[:-1]
+        chunks = -(-len(ids) // module.IDS_PER_CALL)
+        self.assertEqual(
+            sorted(set(calls)),
+            ["sacct 6", "squeue 3", "squeue 4"],
+        )
+        self.assertEqual(len(calls), 3 * chunks)
