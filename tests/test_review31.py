@@ -414,3 +414,46 @@ class ManySlurmJobsTests(TestCase):
             ["sacct 6", "squeue 3", "squeue 4"],
         )
         self.assertEqual(len(calls), 3 * chunks)
+
+
+class UnorderedFollowTests(SynchronousTestCase):
+    """
+    A Slurm job keeps no order file: a combined follower of it (jw's on a
+    terminal, or with C{2>&1}) got nothing until both its files were
+    closed, at the job's end (Slurm round 31). Followed, each stream's
+    growth is sent as it is seen.
+    """
+
+    def follower(self, unordered: bool) -> tuple[list, tuple, object]:
+        from jobworker.jobs.combined import CombinedReader, StoredOrder
+        from jobworker.jobs.spool import OutputSpool
+
+        from .test_contract import RecordingConsumer
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        spools = tuple(
+            OutputSpool(os.path.join(folder, name)) for name in ("stdout", "stderr")
+        )
+        got: list[tuple[int, bytes]] = []
+        reader = CombinedReader(
+            spools,  # type: ignore[arg-type]
+            StoredOrder(os.path.join(folder, "order")),  # (never written)
+            RecordingConsumer(),  # type: ignore[arg-type]
+            lambda stream, data: got.append((stream, data)),
+            follow=True,
+            unordered=unordered,
+        )
+        reader.start()
+        return got, spools, reader
+
+    def test_growthSentAsSeen(self) -> None:
+        got, spools, reader = self.follower(unordered=True)
+        spools[0].write(b"tick 1\n")
+        self.assertEqual(got, [(0, b"tick 1\n")])
+        spools[1].write(b"warn\n")
+        spools[0].write(b"tick 2\n")
+        self.assertEqual(got[1:], [(1, b"warn\n"), (0, b"tick 2\n")])
+        for spool in spools:
+            spool.close()
+        self.assertTrue(reader.done.called)  # type: ignore[attr-defined]

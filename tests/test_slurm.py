@@ -25,6 +25,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
 from jobworker.auth.users import DEVELOPMENT_USERS
@@ -221,6 +222,33 @@ class SlurmCase(TestCase):
 
 
 class SlurmTests(SlurmCase):
+    async def test_combinedFollowedAsItGrows(self) -> None:
+        """
+        A combined follower (jw's on a terminal) gets a running job's
+        output as it grows: it got nothing until the job ended (a Slurm job
+        keeps no order file; Slurm round 31).
+        """
+        server = self.server()
+        job = await server.createJob(
+            "sh", "-c", "echo first; echo warn >&2; sleep 30; echo last"
+        )
+        await self.waitFor(server, job["id"], ("RUNNING",))
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined&follow=true"
+        )
+        self.assertEqual(response.code, 200)
+        got = bytearray()
+        done: Deferred[None] = treq.collect(response, got.extend)
+        for _ in range(150):
+            if b"first\n" in got and b"warn\n" in got:
+                break
+            await sleep(0.1)
+        self.assertFalse(done.called, bytes(got))  # (the job runs on)
+        self.assertEqual(sorted(bytes(got).splitlines()), [b"first", b"warn"])
+        code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertEqual(code, 200, stopped)
+        await done
+
     async def test_pendingRunningCompleted(self) -> None:
         """A job queued behind one holding every CPU: PENDING, RUNNING, COMPLETED."""
         server = self.server()

@@ -267,11 +267,15 @@ class CombinedReader(FileProducer):
         skip: int = 0,
         clock: IReactorTime | None = None,
         budget: TurnBudget | None = None,
+        unordered: bool = False,
     ) -> None:
         """
         @param budget: the server's L{TurnBudget}, which the reader's runs
             are taken from (a job that switched streams at every byte has
             a run per byte); with only a C{clock}, one of its own.
+        @param unordered: the job keeps no order file (a Slurm job):
+            followed, each stream's growth is sent as it is seen, not all
+            of it once both streams are closed (Slurm round 31).
         """
         super().__init__(consumer, streams)
         if budget is None and clock is not None:
@@ -284,6 +288,7 @@ class CombinedReader(FileProducer):
         self._sink = sink
         self.position = list(position)
         self._follow = follow
+        self._unordered = unordered
         #: Combined bytes still to pass over before sending (C{?offset=}).
         self._skip = skip
         self._entries: list[tuple[int, int]] = []
@@ -330,12 +335,16 @@ class CombinedReader(FileProducer):
             self._readEntries()
             if not self._orderEnded:
                 return
-        if not self._entries and (self._closed() or not self._follow):
+        if not self._entries and (
+            self._closed() or not self._follow or self._unordered
+        ):
             # No order file, or not one whole entry (a Slurm job, a job
             # from before it existed, a silent one, a file cut short):
             # all of stdout, then all of stderr. Safe for a snapshot
             # (sizes fixed at the start) or once both streams are
-            # closed; a follower of a live job waits for that.
+            # closed; a follower of a live job waits for that, unless
+            # its job keeps no order (then what each stream has past
+            # the other's run is placed as it is seen: _unrecorded).
             self._entries = [(0, 0), (1, 0)]
 
     def _seek(self) -> None:

@@ -294,6 +294,9 @@ class LogStreams:
                 await self._tail(streams[1], tail),
             )
         order = self._manager.order(record.id)
+        # A Slurm job keeps no order file: followed, its streams' growth is
+        # sent as it is seen (jw follows it so on a terminal).
+        unordered = record.executor == "slurm"
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-job-status", record.status.value.encode("ascii"))
         dropped = record.stdout_dropped + record.stderr_dropped
@@ -325,6 +328,7 @@ class LogStreams:
                     follow,
                     offset,
                     budget=self._turns,
+                    unordered=unordered,
                 ),
                 request,
             )
@@ -359,7 +363,15 @@ class LogStreams:
             events, sink = sse, toEvents
 
         reader = CombinedReader(
-            streams, order, events, sink, position, follow, offset, budget=self._turns
+            streams,
+            order,
+            events,
+            sink,
+            position,
+            follow,
+            offset,
+            budget=self._turns,
+            unordered=unordered,
         )
         final = self._final(record, follow)
         try:
