@@ -457,3 +457,36 @@ class UnorderedFollowTests(SynchronousTestCase):
         for spool in spools:
             spool.close()
         self.assertTrue(reader.done.called)  # type: ignore[attr-defined]
+
+
+class TimeoutInItsGraceAtACrashTests(TestCase):
+    """
+    A job's timeout fired, the job ignored its TERM, and the server died in
+    the grace: the restart closed it FAILED "the worker restarted while the
+    job ran", its timeout forgotten (fault round 31). The timeout is stored
+    as it fires, as a stop is.
+    """
+
+    async def test_timedOutAfterTheRestart(self) -> None:
+        server = await Twistd(self).start("--stop-grace=30")
+        job = await server.createJob(
+            "sh", "-c", "trap '' TERM; echo ready; sleep 60", timeout_seconds=1
+        )
+
+        async def timedOut() -> bool:
+            return f"job {job['id']} timed out" in server.protocol.log()
+
+        await server.poll(timedOut, 15, "the timeout")
+        _, during = await server.json("GET", f"/jobs/{job['id']}", "ada")
+        self.assertEqual(
+            (during["status"], during["error"]),
+            ("RUNNING", "timed out after 1 second"),
+            during,
+        )
+        os.kill(server.pid, signal.SIGKILL)
+        await server.protocol.whenEnded()
+        again = await Twistd(self, stateDir=server.stateDir).start()
+        code, record = await again.json("GET", f"/jobs/{job['id']}", "ada")
+        self.assertEqual(code, 200, record)
+        self.assertEqual(record["status"], "FAILED", record)
+        self.assertTrue(record["error"].startswith("timed out after 1 second"), record)

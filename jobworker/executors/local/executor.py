@@ -797,6 +797,16 @@ class LocalExecutor:
                     size = 0
                 setattr(record, f"{stream}_bytes", size)
             status, exitCode, signal = self._recoveredEnd(record)
+            if (
+                exitCode is None
+                and signal is None
+                and status is JobStatus.FAILED
+                and record.error is not None
+                and owner is None
+            ):
+                # Its timeout had fired (stored then: the only error a
+                # running job's record holds): that is why it failed.
+                error = f"{record.error} ({reason} in its stop grace)"
             if exitCode is not None or signal is not None:
                 # Its main process had ended (stored then), what it left
                 # held the pipes: that end is its own (fault round 28).

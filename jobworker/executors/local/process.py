@@ -322,6 +322,12 @@ class JobProcess:
             return
         if not self.record.status.ended and self._exit is None:
             self._timedOut = True
+            # Stored now, as a stop is: a crash in its grace then closes
+            # the job "timed out", not "restarted" (fault round 31). Its
+            # end sets the error again (none if it exited on its own).
+            self.record.error = self._timedOutError()
+            if self.onStop is not None:
+                self.onStop(self.record)
             self.log.info(
                 "job {job} timed out after {timeout}s: stopping it",
                 job=self.record.id,
@@ -601,6 +607,7 @@ class JobProcess:
         record = self.record
         record.exit_code = exitCode
         record.signal = signalName(signalNumber) if signalNumber is not None else None
+        record.error = None  # (the timeout's, stored as it fired, unless it held)
         if self._setupError is not None:
             record.error = self._setupError
         elif self._timedOut and not self._stopMissed(exitCode, signalNumber):
