@@ -369,6 +369,27 @@ class ClockStepEndTests(JobProcessTestCase):
         self.end(Failure(ProcessDone(0)))
         self.assertEqual(self.record.ended_at, START + 86400 - 40)
 
+    def test_endDuringASmallStepBack(self) -> None:
+        """
+        A step back of 3 s (under the slack a slew is given) past the
+        start: the end is the start plus the time elapsed, not the start
+        (a 1.5 s job read 0.0 s: fault round 31).
+        """
+        self.start()
+        self.passes(1.5)
+        self.clock.rightNow -= 3
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.record.ended_at, START + 1.5)
+
+    def test_neverStartedBeforeItWasCreated(self) -> None:
+        """A step back between its creation and its start: started as
+        created, not before (a queued job started 1.7 s before it was
+        created: fault round 31)."""
+        self.record.created_at = self.clock.seconds()
+        self.clock.rightNow -= 2
+        self.start()
+        self.assertEqual(self.record.started_at, self.record.created_at)
+
     def test_neverBeforeItsStart(self) -> None:
         """
         With no elapsed time to go by, an end is still never before the

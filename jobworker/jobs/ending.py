@@ -63,8 +63,10 @@ class Ending:
         C{when}, the wall clock at the end, unless a step back of that clock
         since the start put it earlier than the start plus the time elapsed
         since: then that (retention counts from the end time, and took the
-        job for older than it was). Never before the start.
+        job for older than it was). Never before the start (a smaller step
+        back past it: the start plus the time elapsed).
         """
+        steady = None
         if self._anchor is not None:
             wall, then = self._anchor
             since = self._elapsed() - then
@@ -73,7 +75,9 @@ class Ending:
                 when = steady
         started = self.record.started_at
         if started is not None and when < started:
-            when = started
+            # A step back smaller than the slack, past the start: the time
+            # elapsed since, not none (fault round 31).
+            when = started if steady is None else max(started, steady)
         return when
 
     def whenEnded(self) -> Deferred[JobRecord]:

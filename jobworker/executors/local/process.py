@@ -226,7 +226,8 @@ class JobProcess:
         if self._groups is not None and transport.pid is not None:
             self._groups.claim(transport.pid, self)
         self.record.pid = transport.pid
-        self.record.started_at = self._clock.seconds()
+        # Never before its creation (a step back of the clock meanwhile).
+        self.record.started_at = max(self._clock.seconds(), self.record.created_at)
         self._ending.started(self.record.started_at)
         if self._timeout is not None:
             self._timeoutTimer = self._clock.callLater(self._timeout, self._timesUp)
