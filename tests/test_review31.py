@@ -490,3 +490,27 @@ class TimeoutInItsGraceAtACrashTests(TestCase):
         self.assertEqual(code, 200, record)
         self.assertEqual(record["status"], "FAILED", record)
         self.assertTrue(record["error"].startswith("timed out after 1 second"), record)
+
+
+class CgroupsKeptForALaterStartTests(TestCase):
+    """
+    A job ran in a cgroup, the server crashed, and it started again
+    without cgroups (--cgroups off, or none usable): the journal of the
+    cgroups made was emptied, so no later start with cgroups killed what
+    was left in it or removed it (fault round 31). Kept for that start.
+    """
+
+    def test_keptWithoutCgroups(self) -> None:
+        from jobworker.executors.local.executor import MADE_CGROUPS, LocalExecutor
+        from jobworker.executors.local.madecgroups import MadeCgroups
+
+        from .fakes import FakeProcessReactor
+
+        jobsDir = os.path.join(os.path.abspath(self.mktemp()), "jobs")
+        os.makedirs(jobsDir)
+        journal = os.path.join(os.path.dirname(jobsDir), MADE_CGROUPS)
+        jobId = "0b5c7a4e-1d2f-4a3b-9c8d-7e6f5a4b3c2d"
+        MadeCgroups(journal).note(jobId)
+        executor = LocalExecutor(FakeProcessReactor(), jobsDir, 5.0)
+        executor.recover([], "restarted")
+        self.assertEqual(MadeCgroups(journal).read(), [jobId])

@@ -861,7 +861,14 @@ class LocalExecutor:
         """
         left = []
         for jobId in self._madeCgroups.read():
-            group = self._cgroups.find(jobId) if self._cgroups else None
+            if self._cgroups is None:
+                # Started without cgroups this time: a later start with
+                # them kills what is in it and removes it (it was
+                # forgotten, and a process that left the job's session
+                # ran on for good: fault round 31).
+                left.append(jobId)
+                continue
+            group = self._cgroups.find(jobId)
             if group is None:
                 continue
             if jobId in others:
@@ -884,8 +891,9 @@ class LocalExecutor:
             killed = group.kill()
             if removeSoon(group):
                 self.log.warn(
-                    "job {job} had a cgroup but no record (the worker stopped "
-                    "before storing it): removed{killed}",
+                    "job {job} had a cgroup left by an earlier run (its record "
+                    "never stored, or closed by a start without cgroups): "
+                    "removed{killed}",
                     job=jobId,
                     killed=", the processes in it killed" if killed else "",
                 )
