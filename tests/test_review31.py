@@ -514,3 +514,35 @@ class CgroupsKeptForALaterStartTests(TestCase):
         executor = LocalExecutor(FakeProcessReactor(), jobsDir, 5.0)
         executor.recover([], "restarted")
         self.assertEqual(MadeCgroups(journal).read(), [jobId])
+
+
+class SlurmEndTimeTests(SynchronousTestCase):
+    """Slurm's end time, read from squeue's JSON, reaches the poll's state."""
+
+    def test_readAndCarried(self) -> None:
+        import json
+
+        from jobworker.executors.slurm.documents import SlurmState, parseJobs
+
+        for times in (
+            {"start_time": 1000, "end_time": 1005},  # Slurm 22.05
+            {  # Slurm 23.02 on
+                "start_time": {"set": True, "number": 1000},
+                "end_time": {"set": True, "number": 1005},
+            },
+        ):
+            document = {
+                "jobs": [
+                    {
+                        "job_id": 7,
+                        "job_state": "COMPLETED",
+                        "exit_code": 0,
+                        "name": "jobworker-x",
+                        **times,
+                    }
+                ]
+            }
+            found = parseJobs(json.dumps(document))["7"]
+            self.assertEqual(found.endTime, 1005.0, times)
+            text = SlurmState("COMPLETED", "", None, 0, None)
+            self.assertEqual(text.withExit(found).endTime, 1005.0)

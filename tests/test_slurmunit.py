@@ -547,6 +547,27 @@ class ExecutorTests(SynchronousTestCase):
         assert running.started_at is not None
         self.assertGreaterEqual(running.started_at, created)
 
+    def test_endTimeIsSlurms(self) -> None:
+        """
+        A job that ended while the server was not polling (down, or
+        Slurm unreachable) ends when Slurm says it did, not at the poll
+        that saw it (a 5 s job read 40 s: Slurm round 31); never in the
+        future, nor before its start.
+        """
+        record = self.submit("sleep", "5")
+        created = self.manager.record(record.id).created_at
+        self.poll({"101": replace(state("RUNNING"), startTime=created + 1)})
+        self.reactor.advance(40.0)
+        self.poll({"101": replace(state("COMPLETED"), endTime=created + 6)})
+        final = self.manager.record(record.id)
+        self.assertIs(final.status, JobStatus.COMPLETED)
+        self.assertEqual((final.started_at, final.ended_at), (created + 1, created + 6))
+        future = self.submit("true")
+        self.poll({"102": replace(state("COMPLETED"), endTime=created + 9999)})
+        self.assertEqual(
+            self.manager.record(future.id).ended_at, self.reactor.seconds()
+        )
+
     def test_knownUnreachableRefusedAtOnce(self) -> None:
         """
         Once a poll found slurmctld unreachable, new jobs are 503 at once

@@ -68,16 +68,21 @@ class SlurmState:
     name: str = ""
     #: When Slurm accepted it (epoch seconds).
     submitTime: float | None = None
+    #: When it ended (epoch seconds), for an ended job, if Slurm says
+    #: (squeue's JSON; for a running job, Slurm's estimate: not read).
+    endTime: float | None = None
     #: Slurm's status when it is no wait status (a launch failure), else None.
     invalidStatus: int | None = None
 
     def withExit(self, other: SlurmState) -> SlurmState:
-        """This state, with the exit status of C{other} (a fuller document)."""
+        """This state, with the exit status (and end time) of C{other}, a
+        fuller document."""
         return replace(
             self,
             exitCode=other.exitCode,
             signal=other.signal,
             invalidStatus=other.invalidStatus,
+            endTime=other.endTime,
         )
 
 
@@ -183,6 +188,7 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
         times = job.get("time") if isinstance(job.get("time"), dict) else job
         started = _number(times.get("start_time", times.get("start")))
         submitted = _number(times.get("submit_time", times.get("submission")))
+        finished = _number(times.get("end_time", times.get("end")))
         ended = exitStatus(job.get("exit_code"), state)
         nodes = job.get("nodes")
         jobs[str(job.get("job_id"))] = SlurmState(
@@ -194,6 +200,7 @@ def parseJobs(text: str) -> dict[str, SlurmState]:
             startTime=float(started) if started else None,
             name=str(job.get("name") or ""),
             submitTime=float(submitted) if submitted else None,
+            endTime=float(finished) if finished else None,
             invalidStatus=ended.invalid,
         )
     return jobs

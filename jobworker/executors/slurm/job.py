@@ -415,7 +415,13 @@ class SlurmJob:
             # It ran between two polls (or never, if it ended in the queue).
             record.started_at = self._startedAt(state, None)
         outcome = outcomeOf(state, self._stopRequested, record.timeout_seconds, ran=ran)
-        self._finish(outcome.status, outcome.exitCode, outcome.signal, outcome.error)
+        self._finish(
+            outcome.status,
+            outcome.exitCode,
+            outcome.signal,
+            outcome.error,
+            when=state.endTime,
+        )
 
     def lost(self, reason: str) -> None:
         """Slurm no longer knows the job."""
@@ -427,7 +433,14 @@ class SlurmJob:
         exitCode: int | None = None,
         signal: str | None = None,
         error: str | None = None,
+        when: float | None = None,
     ) -> None:
+        """
+        End the record; at C{when} if Slurm said when it ended (a job that
+        ended while the server did not poll: it ended at the poll that saw
+        it, a 5 s job read 40 s: Slurm round 31), never later than now
+        (another host's clock), nor before its start (L{Ending}).
+        """
         record = self.record
         if record.status.ended:
             return
@@ -438,9 +451,10 @@ class SlurmJob:
         self.stderr.close()
         record.stdout_bytes = self.stdout.size
         record.stderr_bytes = self.stderr.size
+        now = self._executor.now()
         self._ending.finish(
             status,
-            self._executor.now(),
+            now if when is None else min(when, now),
             exit_code=exitCode,
             signal=signal,
             error=error,
