@@ -592,6 +592,26 @@ class ExecutorTests(SynchronousTestCase):
         self.manager.create(request("true"), owner="alice")
         self.assertEqual(len(self.commands.submissions), 2)
 
+    def test_failingPollReported(self) -> None:
+        """
+        A poll that fails for another reason than an unreachable slurmctld
+        (squeue cannot be run: its arguments too long) left /healthz "ok"
+        while no record moved (Slurm round 31): the executor says it is
+        not up, and why, until a poll succeeds; new jobs are still taken.
+        """
+        self.submit("true")
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].errback(
+            SlurmError("cannot run squeue: Argument list too long")
+        )
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("Argument list too long", health.reason or "")
+        self.manager.create(request("true"), owner="alice")
+        self.assertEqual(len(self.commands.submissions), 2)
+        self.poll({"101": state("COMPLETED")})
+        self.assertTrue(self.executor.health().up)
+
     def test_unreachableWithoutJobsPings(self) -> None:
         """With no job to poll, a ping finds out when Slurm is back."""
         record = self.manager.create(request("true"), owner="alice")

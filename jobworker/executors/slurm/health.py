@@ -22,6 +22,10 @@ class Reachability:
         self._reason: str | None = None
         #: A configuration problem found at start-up (the output folder).
         self.problem: str | None = None
+        #: Why the last poll of the jobs failed, Slurm reachable (squeue
+        #: could not be run, or answered what cannot be read): no record
+        #: moves meanwhile. None once a poll succeeds.
+        self._pollFailure: str | None = None
 
     @property
     def down(self) -> bool:
@@ -48,7 +52,19 @@ class Reachability:
             )
         self._reason = str(error)
 
+    def pollFailed(self, error: SlurmError) -> None:
+        """The poll of the jobs failed, for another reason than Slurm
+        unreachable (that is L{failed}'s)."""
+        self._pollFailure = f"the poll of Slurm's jobs fails: {error}"
+
+    def polled(self) -> None:
+        """A poll of the jobs succeeded."""
+        self._pollFailure = None
+
     def health(self) -> ExecutorHealth:
         if self.down:
             return ExecutorHealth("slurm", False, self._reason)
+        if self._pollFailure is not None:
+            # (Not down: new jobs are taken, sbatch may well work.)
+            return ExecutorHealth("slurm", False, self._pollFailure)
         return ExecutorHealth("slurm", self.problem is None, self.problem)

@@ -108,11 +108,13 @@ class SlurmPoll:
         except SlurmError as e:
             self._failed(e)
             if not e.unreachable:
+                self._reach.pollFailed(e)
                 self.log.warn("cannot refresh Slurm jobs, will retry: {e}", e=str(e))
             return
         finally:
             self._polling = False
         self._reach.answered()
+        self._reach.polled()
         now = self._now()
         for job in searching:
             slurmJobId = answers.found.get(job.record.id)
