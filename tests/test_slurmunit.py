@@ -592,6 +592,22 @@ class ExecutorTests(SynchronousTestCase):
         self.manager.create(request("true"), owner="alice")
         self.assertEqual(len(self.commands.submissions), 2)
 
+    def test_requeuedAfterItStartedEnds(self) -> None:
+        """
+        A running job requeued in Slurm (an administrator's scontrol
+        requeue): it read RUNNING while queued, and its second run failed
+        at once (its arguments are removed at the first start). It ends
+        FAILED, saying so, and is cancelled in Slurm: a job runs once.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+        self.poll({"101": replace(state("PENDING"), reason="BeginTime")})
+        final = self.manager.record(record.id)
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertIn("requeued in Slurm", final.error or "")
+        self.assertEqual(len(self.commands.cancels), 1)
+
     def test_failingPollReported(self) -> None:
         """
         A poll that fails for another reason than an unreachable slurmctld

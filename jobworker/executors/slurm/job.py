@@ -231,6 +231,10 @@ class SlurmJob:
         record = self.record
         if state.state not in FINAL:
             self._configuring = state.state == "CONFIGURING"
+        if state.state in QUEUED and state.state != "CONFIGURING":
+            if record.status is JobStatus.RUNNING:
+                self._requeued(state)
+                return
         if state.state in QUEUED:
             reason = state.reason if state.reason not in ("", "None") else None
             never = NEVER_STARTS.get(reason) if reason is not None else None
@@ -285,6 +289,32 @@ class SlurmJob:
             self._runningSince = now
         elif now - self._runningSince >= SECRETS_GRACE:
             self._removeSecrets()
+
+    def _requeued(self, state: SlurmState) -> None:
+        """
+        It ran and is queued again (an administrator's C{scontrol
+        requeue}; jobworker submits with C{--no-requeue}): it read RUNNING
+        while queued, and its next run would fail at once (the wrapper
+        removes its arguments at the first start: Slurm round 31). A job
+        runs once: it ends, and is cancelled in Slurm.
+        """
+        record = self.record
+        self.log.warn(
+            "job {job}: Slurm job {slurm} was requeued after it started "
+            "({state}), cancelling it",
+            job=record.id,
+            slurm=record.slurm_job_id,
+            state=state.state,
+        )
+        self._stopRequested = True
+        self._executor.cancel(self)
+        record.pending_reason = None
+        status = JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
+        self._finish(
+            status,
+            error=f"requeued in Slurm after it started ({state.state}); "
+            "jobworker runs a job once: cancelled",
+        )
 
     def _neverStarts(self, reason: str, meaning: str) -> None:
         """
