@@ -29,25 +29,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from jobworker.executors.local.process import endsByDefault
 
 from .support import LiveServer, sleep
+from .test_launcher import childrenOf, readComm
+from .test_launcher import readState as stateOf
 from .twistd import Twistd
-
-
-def childrenOf(pid: int) -> list[int]:
-    """The pids of C{pid}'s children, in the order they were forked."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(each) for each in f.read().split()]
-    except OSError:
-        return []
-
-
-def stateOf(pid: int) -> str:
-    """C{pid}'s state letter (C{R}, C{S}, C{T}, C{Z}...), C{""} if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
 
 
 def commandOf(pid: int, depth: int) -> int | None:
@@ -86,13 +70,8 @@ class ExitAsTheStopComesInAPidNamespaceTests(TestCase):
 
         async def command() -> int | None:
             found = commandOf(job["pid"], self.depth)
-            if found is not None and stateOf(found) and found != job["pid"]:
-                try:
-                    with open(f"/proc/{found}/comm") as f:
-                        if f.read().strip() == "sleep":
-                            return found
-                except OSError:
-                    pass
+            if found is not None and found != job["pid"] and readComm(found) == "sleep":
+                return found
             return None
 
         pid = await server.poll(command, 10, "the job's command, sleep")

@@ -298,21 +298,9 @@ class SlurmJob:
         removes its arguments at the first start: Slurm round 31). A job
         runs once: it ends, and is cancelled in Slurm.
         """
-        record = self.record
-        self.log.warn(
-            "job {job}: Slurm job {slurm} was requeued after it started "
-            "({state}), cancelling it",
-            job=record.id,
-            slurm=record.slurm_job_id,
-            state=state.state,
-        )
-        self._stopRequested = True
-        self._executor.cancel(self)
-        record.pending_reason = None
-        status = JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
-        self._finish(
-            status,
-            error=f"requeued in Slurm after it started ({state.state}); "
+        self._cancelAndEnd(
+            f"was requeued after it started ({state.state})",
+            f"requeued in Slurm after it started ({state.state}); "
             "jobworker runs a job once: cancelled",
         )
 
@@ -321,22 +309,26 @@ class SlurmJob:
         Slurm accepted the job but will never start it (L{NEVER_STARTS}):
         it ends FAILED with Slurm's reason, and is cancelled in Slurm.
         """
+        self._cancelAndEnd(
+            f"will never start ({reason})",
+            f"never ran: Slurm will never start it ({reason}: {meaning}); cancelled",
+        )
+
+    def _cancelAndEnd(self, why: str, error: str) -> None:
+        """Cancel it in Slurm and end it FAILED (STOPPED if a user stopped
+        it) with C{error}; the log says C{why}."""
         record = self.record
         self.log.warn(
-            "job {job}: Slurm will never start Slurm job {slurm} ({reason}), "
-            "cancelling it",
+            "job {job}: Slurm job {slurm} {why}, cancelling it",
             job=record.id,
             slurm=record.slurm_job_id,
-            reason=reason,
+            why=why,
         )
         self._stopRequested = True
         self._executor.cancel(self)
         record.pending_reason = None
-        self._finish(
-            JobStatus.FAILED,
-            error=f"never ran: Slurm will never start it ({reason}: {meaning}); "
-            "cancelled",
-        )
+        status = JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
+        self._finish(status, error=error)
 
     def _startedAt(self, state: SlurmState, now: float | None) -> float | None:
         """
