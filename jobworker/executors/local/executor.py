@@ -490,8 +490,10 @@ class LocalExecutor:
     ) -> None:
         """
         A local job's record changes before its end only when a stop is
-        first asked (C{stopped_by}): saved then, so that a crash in the
-        grace closes it C{STOPPED} (L{recover}).
+        first asked (C{stopped_by}), or its timeout fires (C{error}), and
+        when its main process ends before what it left: saved then, so
+        that a crash in the grace closes it as it would have ended
+        (L{recover}).
         """
         self._saveStop = save
 
