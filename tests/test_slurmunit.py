@@ -554,6 +554,9 @@ class ExecutorTests(SynchronousTestCase):
         that saw it (a 5 s job read 40 s: Slurm round 31); never in the
         future, nor before its start.
         """
+        # (The elapsed clock moves with the wall clock, as it does: an end
+        # long before the poll is no step back of the clock.)
+        self.executor.elapsed = self.reactor.seconds  # type: ignore[method-assign]
         record = self.submit("sleep", "5")
         created = self.manager.record(record.id).created_at
         self.poll({"101": replace(state("RUNNING"), startTime=created + 1)})
@@ -1845,6 +1848,24 @@ class UnreachableAPITests(APITestCase):
         self.addCleanup(self.manager.close)
         self.api = JobsAPI(self.manager, self.authenticator, self.reactor, self.metrics)
         self.treq = StubTreq(self.api.app.resource())
+
+    def test_combinedOffsetOfARunningJobRefused(self) -> None:
+        """
+        A Slurm job keeps no order of its two files: while it runs, a
+        combined follower gets them as they grow, and a later reader in
+        another order, so a combined offset of one read is no place in
+        the next (bytes lost and repeated on a resume: session review 31).
+        Refused until the job has ended; by stream positions it resumes.
+        """
+        created = self.send("POST", "/jobs", "alice", body={"command": "true"})
+        self.commands.submissions[0][2].callback("101")
+        self.treq.flush()
+        job = self.successResultOf(created).json()
+        for query in ("offset=3", "offset=3&follow=true", "offset=3&format=sse"):
+            refused = self.call(
+                "GET", f"/jobs/{job['id']}/logs?stream=combined&{query}", "alice"
+            )
+            self.assertIn("offset", self.assertError(refused, 400)["error"], query)
 
     def test_downIs503AtOnceAndDegraded(self) -> None:
         self.assertEqual(self.call("GET", "/healthz", None).json(), {"status": "ok"})

@@ -58,16 +58,18 @@ class Ending:
         """The job started at C{wall}, by the wall clock, which is now."""
         self._anchor = (wall, self._elapsed())
 
-    def _endTime(self, when: float) -> float:
+    def _endTime(self, when: float, told: bool = False) -> float:
         """
         C{when}, the wall clock at the end, unless a step back of that clock
         since the start put it earlier than the start plus the time elapsed
         since: then that (retention counts from the end time, and took the
         job for older than it was). Never before the start (a smaller step
-        back past it: the start plus the time elapsed).
+        back past it: the start plus the time elapsed). C{told}: C{when} is
+        not the clock's but what another told (Slurm's end time): only
+        never before the start.
         """
         steady = None
-        if self._anchor is not None:
+        if self._anchor is not None and not told:
             wall, then = self._anchor
             since = self._elapsed() - then
             steady = wall + since
@@ -96,11 +98,13 @@ class Ending:
         exit_code: int | None = None,
         signal: str | None = None,
         error: str | None = None,
+        told: bool = False,
         **context: Any,
     ) -> None:
-        """End the job: record, log (with C{context}), wake the waiters."""
+        """End the job: record, log (with C{context}), wake the waiters;
+        C{told}: see L{_endTime}."""
         record = self.record
-        when = self._endTime(when)
+        when = self._endTime(when, told)
         record.finish(status, when, exit_code=exit_code, signal=signal, error=error)
         # The text made here, once (a literal for the formatter: braces
         # doubled); the fields stay in the event for structured observers.

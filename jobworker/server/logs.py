@@ -205,6 +205,20 @@ class LogStreams:
                 "(each stream's last lines are no point of the combined "
                 "output): give one of them"
             )
+        if (
+            stream == "combined"
+            and offset
+            and record.executor == "slurm"
+            and not record.status.ended
+        ):
+            # (Its two files have no order: a live follower gets them as
+            # they grow, a later reader in another order, so an offset of
+            # one is no place in the next: session review 31.)
+            raise BadRequest(
+                "a Slurm job's combined output has no fixed order until it "
+                "ends: no offset with stream=combined (resume by each "
+                "stream's position: Last-Event-ID, or format=frames)"
+            )
         if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)

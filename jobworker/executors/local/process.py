@@ -844,53 +844,85 @@ def childExited(pid: int) -> bool:
 SIGTIMEDWAIT = {"x86_64": b"128", "aarch64": b"137"}.get(os.uname().machine)
 
 
+#: Threads L{endsByDefault} looks at, at most (on the reactor's thread: a
+#: job of 4,000 threads took 230 ms a stop); past them, not known.
+THREADS_LOOKED_AT = 256
+
+
 def endsByDefault(pid: int, signum: int) -> bool | None:
     """
     Would C{signum}, sent to process C{pid}, end it by its default action?
-    Not ignored nor caught (the process's), no thread traced, and a live
-    thread to take it that does not block it, none of the others waiting
-    for it in C{sigwait} (L{_waitsForSignals}). Every thread, not the
-    leader's alone: a leader that has exited (a zombie thread) still shows
-    the mask it had, while the thread that is left blocks the signal, or
-    waits for it, catches it and exits 0 (attacker round 31). A process
-    whose every thread has ended has ended: True (what it exited with is
-    its own). None if not known (gone, unreadable).
+    Not ignored nor caught (the process's), not traced, and a live thread
+    to take it that does not block it, none waiting for signals in
+    C{sigwait} (L{_waitsForSignals}). The kernel gives a signal sent to a
+    process to its leader thread if that one takes it: then that alone
+    decides (most jobs have one thread). Else every thread is looked at,
+    not the leader's mask alone: a leader that has exited (a zombie
+    thread) still shows the mask it had, while the thread left blocks the
+    signal, or waits for it, catches it and exits 0 (attacker round 31).
+    A process whose every thread has ended has ended: True (what it exited
+    with is its own). None if not known (gone, unreadable, too many
+    threads: L{THREADS_LOOKED_AT}). A thread in C{sigwait} for other
+    signals is taken as one that may take this one (no is the safe
+    answer: the stop's outcome stands).
     """
     if signum == signal.SIGKILL:
         return True
     if signum in (signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH):
         return False  # ignored by default
     bit = 1 << (signum - 1)
+    leader = _taker(f"/proc/{pid}/task/{pid}", bit)
+    if leader is True or leader is False or leader is None:
+        return leader
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    if len(threads) > THREADS_LOOKED_AT:
+        return None
     live = takers = 0
     for tid in threads:
-        task = f"/proc/{pid}/task/{tid}"
-        fields = _statusOf(task)
-        if fields is None:
-            continue  # (a thread that ended meanwhile)
-        try:
-            ignored, caught, blocked = (
-                int(fields[name], 16) for name in (b"SigIgn", b"SigCgt", b"SigBlk")
-            )
-        except (KeyError, ValueError):
-            return None
-        if (ignored | caught) & bit:
-            return False
-        if fields.get(b"TracerPid", b"0") != b"0":
-            return None  # (its tracer may take the signal away)
-        if fields.get(b"State", b"")[:1] in (b"Z", b"X"):
+        taker = _taker(f"/proc/{pid}/task/{tid}", bit)
+        if taker is None or taker is False:
+            return None if taker is None else False
+        if taker is _GONE:
             continue
         live += 1
-        if not blocked & bit:
-            if _waitsForSignals(task):
-                return False  # (sigwait shows the signal unblocked)
+        if taker is True:
             takers += 1
     if not live:
         return True if threads else None
     return takers > 0
+
+
+#: L{_taker}'s answers besides True (it takes the signal), False (the
+#: process ignores, catches or waits for it) and None (not known).
+_OTHERS = object()  # it blocks it: the others decide
+_GONE = object()  # the thread has ended
+
+
+def _taker(task: str, bit: int) -> object:
+    """What one thread says of the signal C{bit} (see L{_OTHERS})."""
+    fields = _statusOf(task)
+    if fields is None:
+        return _GONE
+    try:
+        ignored, caught, blocked = (
+            int(fields[name], 16) for name in (b"SigIgn", b"SigCgt", b"SigBlk")
+        )
+    except (KeyError, ValueError):
+        return None
+    if (ignored | caught) & bit:
+        return False
+    if fields.get(b"TracerPid", b"0") != b"0":
+        return None  # (its tracer may take the signal away)
+    if fields.get(b"State", b"")[:1] in (b"Z", b"X"):
+        return _GONE
+    if blocked & bit:
+        return _OTHERS
+    if _waitsForSignals(task):
+        return False  # (sigwait shows the signal unblocked)
+    return True
 
 
 def _statusOf(task: str) -> dict[bytes, bytes] | None:

@@ -477,6 +477,7 @@ class SlurmJob:
         self._ending.finish(
             status,
             now if when is None else min(when, now),
+            told=when is not None and when < now,
             exit_code=exitCode,
             signal=signal,
             error=error,
