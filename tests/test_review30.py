@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -489,13 +490,14 @@ class LogReaderThatDoesNotReadTests(TestCase):
             if b"line" in chunk:
                 break
         output.write("after\n")
+        # (Read until it comes, the thread's pace whatever the machine's
+        # load: close() waits 2 s at most, which a loaded CI exceeded.)
+        deadline = time.monotonic() + 30
+        while not drained.endswith(b"after\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read], [], [], 1.0)
+            if ready:
+                drained += os.read(read, 65536)
         output.close()
-        os.set_blocking(read, False)
-        try:
-            while chunk := os.read(read, 65536):
-                drained += chunk
-        except BlockingIOError:
-            pass
         text = drained.replace(b"x", b"").decode()
         self.assertIn("line 00 of twenty\n", text)
         self.assertNotIn("line 19 of twenty\n", text)
