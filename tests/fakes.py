@@ -267,4 +267,4 @@ def noLiveUidProcesses(patch: Any) -> None:
     """
     from jobworker.jobs import identity
 
-    patch(identity, "_hasProcesses", lambda uid: False)
+    patch(identity, "processesByUid", lambda uids=None: {})

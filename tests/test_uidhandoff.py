@@ -128,7 +128,7 @@ class RemovedLockTests(SynchronousTestCase):
 
     def pool(self) -> DynamicUids:
         return DynamicUids(
-            75100, 75100, self.folder, liveProcesses=lambda uid: uid in self.running
+            75100, 75100, self.folder, scan=lambda uids: self.running & set(uids)
         )
 
     def check(self, remove: object) -> None:

@@ -20,7 +20,7 @@ import grp
 import os
 import pwd
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .recovery import processesOf, processStartTime
+from .recovery import processesByUid, processStartTime
 
 #: Where per-job dynamic uids come from by default: in the 65536-524287 gap
 #: of systemd.io/UIDS-GIDS, below useradd's subordinate ranges (from 100000,
@@ -55,6 +55,15 @@ VERIFIED_FOR = 60.0
 #: finds every verified uid too old looks its own up (the round began
 #: after a stall); a round older is taken for a directory that hangs.
 ROUND_JUST_BEGUN = 1.0
+
+#: Seconds a scan of C{/proc} for the processes of the pool's range serves
+#: the uids met with a new lock file (no server used them since the boot):
+#: one scan for a burst of first uses, not one each (a C{stat} of every
+#: process of the machine, on the reactor's thread, per started job until
+#: every uid had been used once). A uid it found running is looked for
+#: afresh. The window this leaves: a lock file removed under another live
+#: server (fault round 9) whose job started as that uid since the scan.
+SCAN_REUSED_FOR = 1.0
 
 #: How many dynamic uids a started pool keeps verified ahead of need; a
 #: batch is looked up (in the thread pool) once half of them are handed out.
@@ -334,13 +343,14 @@ class DynamicUids:
         lockDir: str = LOCK_DIR,
         getpwuid: Callable[[int], pwd.struct_passwd] | None = None,
         getgrgid: Callable[[int], grp.struct_group] | None = None,
-        liveProcesses: Callable[[int], bool] | None = None,
+        scan: Callable[[range], Collection[int]] | None = None,
     ) -> None:
         """
         @param getpwuid: the user database's users by uid (C{pwd.getpwuid}).
         @param getgrgid: its groups by gid (C{grp.getgrgid}).
-        @param liveProcesses: whether a uid has a live process (a scan of
-            C{/proc}), asked of a uid another server locked last.
+        @param scan: the uids of a range that have a live process (a scan
+            of C{/proc}, L{processesByUid}), asked of a uid whose lock
+            file is new or another server's.
         """
         self.first = first
         self.last = last
@@ -349,7 +359,10 @@ class DynamicUids:
         self._getgrgid = getgrgid or grp.getgrgid
         self._held: dict[int, int] = {}
         self._next = first
-        self._liveProcesses = liveProcesses or _hasProcesses
+        self._scan = scan
+        #: The last scan of the range for new lock files (L{_runningNow}):
+        #: when, and the uids it found running; None before the first.
+        self._scanned: tuple[float, frozenset[int]] | None = None
         #: What a lock file holds once this server took it: its pid and
         #: start time (clock ticks since boot: a pid may be reused).
         pid = os.getpid()
@@ -722,7 +735,11 @@ class DynamicUids:
         # or made again after a cleaner of /run removed it (or its folder)
         # under another live server's running job, whose lock went with it
         # (fault round 9). Looked for once: taken, it has this one's mark.
-        if (not last or self._mayHaveLeft(uid, fd, last)) and self._liveProcesses(uid):
+        if (
+            self._runningNow(uid)
+            if not last
+            else self._mayHaveLeft(uid, fd, last) and self._running(uid)
+        ):
             if uid not in self._leftBehind:
                 self._leftBehind.add(uid)
                 self.log.warn(
@@ -762,10 +779,32 @@ class DynamicUids:
             raise
         return fd
 
+    def _runningNow(self, uid: int) -> bool:
+        """
+        Does a process of C{uid}, whose lock file is new, run? One scan of
+        the whole range serves every new file met within
+        L{SCAN_REUSED_FOR} (after a boot, each uid's first use); a uid it
+        found running is looked for afresh (its processes may have gone).
+        """
+        now = self._now()
+        scanned = self._scanned
+        if scanned is None or not 0 <= now - scanned[0] < SCAN_REUSED_FOR:
+            running = self._find(range(self.first, self.last + 1))
+            scanned = self._scanned = (now, frozenset(running))
+        return uid in scanned[1] and self._running(uid)
+
+    def _running(self, uid: int) -> bool:
+        """Does a process of C{uid} run (one scan of C{/proc})?"""
+        return bool(self._find(range(uid, uid + 1)))
+
+    def _find(self, uids: range) -> Collection[int]:
+        """The uids of C{uids} that have a live process."""
+        return (self._scan or processesByUid)(uids)
+
     def _mayHaveLeft(self, uid: int, fd: int, mark: bytes) -> bool:
         """May the server C{mark} names have left processes of C{uid} that
-        this one's start did not see? Not if it still runs (it gives a uid
-        back once nothing of its job is left)."""
+        this one's start did not see (looked for, one scan)? Not if it
+        still runs (it gives a uid back once nothing of its job is left)."""
         try:
             pid, started = (int(field) for field in mark.split())
         except ValueError:
@@ -840,11 +879,6 @@ class DynamicUids:
             kill(pids)
             found.append(uid)
         return found
-
-
-def _hasProcesses(uid: int) -> bool:
-    """Does C{uid} have a live process (one scan of /proc)?"""
-    return bool(processesOf(uid))
 
 
 def ownGroup(identity: Identity) -> int | None:
