@@ -12,16 +12,40 @@ scan of the whole range now serves the new lock files met within
 L{SCAN_REUSED_FOR}; a uid it found running is looked for afresh, and a lock
 file naming another server that may have died since this one started is
 looked for afresh, as before.
+
+The attacker's: on cgroup v1 a job with no CPU limit (the default) stayed
+in the server's own C{cpu} cgroup, so the kernel shared the CPUs among its
+processes one by one with the server's thread and every other user's job:
+400 busy loops, each in a session of its own (C{setsid}: the kernel's
+autogroups go by session), took a small job of alice's from 0.24 s to 25 s
+and her C{GET /jobs} from 18 ms to 300 ms. Each job now has a C{cpu} cgroup
+of its own, whatever its limits: it weighs one share against the server
+and each other job.
+
+The attacker's too: a request whose C{Host} header is not UTF-8 (no
+credentials needed) was answered by Klein, a C{text/html} 400 "Non-UTF-8
+encoding in URL.", with a traceback in the server's log for each; and a
+request for C{*} by twisted.web: C{OPTIONS *} a 200 with no credentials
+asked, others a 405 with no body. Each is a JSON 400 now.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import ssl
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.executors.local import cgroups
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
+
+from .support import LiveServer, sleep
+from .test_limits import output as outputOf
+from .test_limits import requireCgroups
 
 
 class FirstUseScanTests(SynchronousTestCase):
@@ -87,3 +111,78 @@ class FirstUseScanTests(SynchronousTestCase):
         self.running.add(75101)
         self.assertRaises(PoolExhausted, pool.acquire)
         self.assertEqual(self.scans[1:], [range(75101, 75102)])
+
+
+class OwnCpuCgroupTests(TestCase):
+    """A job with no CPU limit has a C{cpu} cgroup of its own (v1)."""
+
+    timeout = 60
+
+    async def test_cpuCgroupOwnWithoutLimit(self) -> None:
+        found = requireCgroups()
+        server = LiveServer(self, grace=1.0)
+        job = await server.createJob("sh", "-c", "cat /proc/self/cgroup; exec sleep 30")
+        text = b""
+        for _ in range(500):
+            text = await outputOf(server, job["id"])
+            if text.endswith(b"\n"):
+                break
+            await sleep(0.02)
+        lines = text.decode().splitlines()
+        if isinstance(found, cgroups.CgroupsV1):
+            [cpu] = [line for line in lines if "cpu" in line.split(":")[1].split(",")]
+        else:
+            [cpu] = [line for line in lines if line.startswith("0::")]
+        self.assertEqual(cpu.rsplit("/", 1)[-1], job["id"])
+        await server.json("POST", f"/jobs/{job['id']}/stop")
+
+
+def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send C{request} as it is over TLS 1.3; the answer's status, headers
+    (lower-cased names) and body, read until the server closes."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as conn:
+            conn.sendall(request)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines[1:])
+    )
+    return int(lines[0].split()[1]), headers, body
+
+
+class OddRequestTests(TestCase):
+    """Requests twisted.web or Klein answered themselves: JSON 400s now."""
+
+    timeout = 60
+
+    async def check(self, request: bytes, error: str) -> None:
+        server = LiveServer(self)
+        code, headers, body = await deferToThread(exchange, server.port, request)
+        self.assertEqual(
+            (code, headers.get("content-type")), (400, "application/json"), body
+        )
+        self.assertIn(error, json.loads(body)["error"])
+
+    async def test_hostNotUtf8(self) -> None:
+        """No traceback is logged (trial fails a test that logs one)."""
+        for path in (b"/healthz", b"/jobs", b"/ui/"):
+            await self.check(
+                b"GET %s HTTP/1.1\r\nHost: \xff\r\nConnection: close\r\n\r\n" % path,
+                "Host",
+            )
+
+    async def test_starTarget(self) -> None:
+        for method in (b"OPTIONS", b"GET", b"POST", b"DELETE"):
+            await self.check(
+                b"%s * HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n" % method,
+                "*",
+            )

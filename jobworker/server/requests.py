@@ -78,6 +78,20 @@ class BoundedRequest(Request):
         if metrics is not None:
             metrics.request(self.path, self.code, time.perf_counter() - self._began)
 
+    def _handleStar(self) -> None:
+        """
+        A request for C{*} (RFC 9112 3.2.4: a server-wide C{OPTIONS}): the
+        API has no such target, whatever the method. twisted.web answered
+        C{OPTIONS *} 200 with no credentials asked, and the others 405 with
+        no body (attack round 32).
+        """
+        body = _json(
+            self, {"error": "the request target * is not served: name a path"}, 400
+        )
+        self.setHeader(b"content-length", b"%d" % len(body))  # type: ignore[no-untyped-call]
+        self.write(body)  # type: ignore[no-untyped-call]
+        self.finish()
+
     def handleContentChunk(self, data: bytes) -> None:
         room = self.maxBodyBytes + 1 - self._bodyBytes
         if room > 0:
@@ -256,6 +270,11 @@ class _RequestGuard:
             path = b"/".join(request.postpath or []).decode("utf-8")
         except UnicodeDecodeError:
             return _json(request, {"error": "the path is not valid UTF-8"}, 400)
+        try:
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            # (Klein answered it in text/html, logging a traceback each time.)
+            return _json(request, {"error": "the Host header is not valid UTF-8"}, 400)
         method = bytes(request.method)
         if method != method.upper():
             allowed = sorted(self._allowedMethods("/" + path))

@@ -449,13 +449,15 @@ class CgroupsV1:
         return cls(bases, blockDevice(ioPath))
 
     def create(self, jobId: str, limits: Limits, gid: int = 0) -> V1Group:
-        # The freezer (for the whole-tree kill) always; the others only when
-        # they hold a limit: each hierarchy costs a mkdir, a write and a rmdir.
-        wanted = {"freezer"}
+        # The freezer (for the whole-tree kill) and cpu always; the others
+        # only when they hold a limit: each hierarchy costs a mkdir, a write
+        # and a rmdir. Outside a cpu cgroup of its own a job's processes
+        # weighed one each against the server's thread and other users'
+        # jobs: 400 busy loops in sessions of their own (the kernel's
+        # autogroups go by session) starved them (attack round 32).
+        wanted = {"freezer", "cpu"}
         if limits.memory_bytes is not None:
             wanted.add("memory")
-        if limits.cpu_millicores is not None:
-            wanted.add("cpu")
         if limits.pids is not None:
             wanted.add("pids")
         if limits.io_read_bps is not None or limits.io_write_bps is not None:
