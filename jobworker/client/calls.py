@@ -8,6 +8,7 @@ Nothing here imports Twisted.
 from __future__ import annotations
 
 import json
+import re
 import signal as _signal
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -62,10 +63,19 @@ def started(job: dict[str, Any]) -> bool:
     return job.get("started_at") is not None or job.get("pid") is not None
 
 
-def errorFor(code: int, raw: bytes, retryAfter: str | None = None) -> ClientError:
+#: A job's own path (C{/jobs/ID}, C{/jobs/ID/stop}, ...): its id.
+_JOB_PATH = re.compile(r"/jobs/([0-9a-f-]{36})(?:[/?]|\Z)")
+
+
+def errorFor(
+    code: int, raw: bytes, retryAfter: str | None = None, path: str | None = None
+) -> ClientError:
     """
     The L{ClientError} of an answer with status C{code}, body C{raw} and
-    C{Retry-After} header C{retryAfter} (seconds; a date is not used).
+    C{Retry-After} header C{retryAfter} (seconds; a date is not used), to a
+    request for C{path}: a job of its that is not found is named (a script
+    going through several ids read "no such job", not which: new user
+    round 32).
     """
     body: Any = None
     try:
@@ -73,6 +83,9 @@ def errorFor(code: int, raw: bytes, retryAfter: str | None = None) -> ClientErro
         message = str(body["error"])
     except (ValueError, KeyError, TypeError):
         message = raw.decode("utf-8", "replace").strip()[:200] or "no details"
+    named = _JOB_PATH.match(path or "")
+    if code == 404 and message == "no such job" and named is not None:
+        return ClientError(f"not found: no job {named.group(1)}", code, body)
     prefix = {
         401: "authentication failed",
         403: "forbidden",
@@ -91,6 +104,9 @@ def errorFor(code: int, raw: bytes, retryAfter: str | None = None) -> ClientErro
 #: The longest grace a server gives a stop (its C{--stop-grace} and a
 #: request's C{grace_seconds}: L{jobworker.jobs.stopping.MAX_GRACE}).
 MAX_GRACE = 3600.0
+
+#: The longest timeout a job may be given (L{jobworker.jobs.validation.MAX_TIMEOUT}).
+MAX_TIMEOUT = 366 * 86400
 
 
 class ApiCalls:
@@ -387,6 +403,8 @@ def logsPath(
         params["format"] = form
     if tail is not None and not resuming:
         params["tail"] = str(tail)
+        if offset:  # the tail's lines from there on only (jw logs --offset --tail)
+            params["offset"] = str(offset)
     elif offset is not None:
         params["offset"] = str(offset)
     return f"/jobs/{segment(jobId)}/logs?{urlencode(params)}"

@@ -156,8 +156,11 @@ async def _commandLine(
             forgotten = forgetToken(tokens, settings.server)
         except OSError as e:
             raise UsageFailure(f"cannot delete {tokens}: {e.strerror}") from None
+        # The server keeps no list of its tokens: one copied elsewhere
+        # works until it expires (said, new user round 32).
         streams.show(
-            f"logged out of {settings.server}\n"
+            f"logged out of {settings.server}: its token deleted here (a copy of "
+            "it stays valid until it expires; the server keeps no list)\n"
             if forgotten
             else f"not logged in to {settings.server}\n"
         )

@@ -191,15 +191,16 @@ class JobworkerClient(ApiCalls):
                 raise CancelledError() from None
             raise ClientError(describeConnectionFailure(self.server, e)) from None
         if response.code >= 400:
-            await self._raiseFor(response)
+            await self._raiseFor(response, path)
         return response
 
-    async def _raiseFor(self, response: IResponse) -> None:
+    async def _raiseFor(self, response: IResponse, path: str | None = None) -> None:
         retryAfter = response.headers.getRawHeaders(b"retry-after", [b""])[0]
         raise errorFor(
             response.code,
             await treq.content(response),
             retryAfter.decode("ascii", "replace"),
+            path,
         )
 
     async def _json(

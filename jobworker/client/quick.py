@@ -561,6 +561,7 @@ class QuickClient(ApiCalls):
                     response.status,
                     self._body(response),
                     response.getheader("Retry-After"),
+                    path,
                 )
             return response
 

@@ -127,6 +127,10 @@ class Streams:
     messages: TextIO = field(default_factory=lambda: sys.stderr)
     abandonOut: Callable[[], None] = _stdoutToDevNull
     inp: BinaryIO | None = field(default_factory=lambda: sys.stdin.buffer)
+    #: The last byte of job output written to a terminal (a newline at
+    #: first), in a cell that streams made from these share: jw's own line
+    #: after one that is not begins a line of its own.
+    lastOnTerminal: list[int] = field(default_factory=lambda: [10], init=False)
 
     @classmethod
     def standard(cls) -> tuple[Streams, list[str]]:
@@ -150,8 +154,18 @@ class Streams:
         )
 
     def say(self, line: str) -> None:
-        """One line on C{messages}, whatever a server or job put in it."""
-        self.messages.write(printable(line) + "\n")
+        """
+        One line on C{messages}, whatever a server or job put in it; on a
+        terminal where the job's output left a line unfinished, on a line
+        of its own (it read C{partialjw: job ... timed out}: new user
+        round 32).
+        """
+        text = printable(line) + "\n"
+        last = self.lastOnTerminal
+        if last[0] != 10 and _isTerminal(self.messages):
+            text = "\n" + text
+        last[0] = 10
+        self.messages.write(text)
         self.messages.flush()
 
     def show(self, text: str) -> None:
@@ -266,13 +280,24 @@ class Streams:
 
             return _failingAsOutput(write)
         target.flush()  # what was written before goes first
+        last = self.lastOnTerminal if os.isatty(fd) else None
 
         def writeFd(data: bytes | memoryview) -> None:
             written = os.write(fd, data)
             while written < len(data):  # a signal may cut a write short
                 written += os.write(fd, memoryview(data)[written:])
+            if last is not None and written:
+                last[0] = data[-1]
 
         return _failingAsOutput(writeFd)
+
+
+def _isTerminal(stream: Any) -> bool:
+    """Whether C{stream} is a terminal (an in-memory one is not)."""
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _failingAsOutput(
@@ -310,6 +335,7 @@ class GatedStreams(Streams):
             streams.abandonOut,
             streams.inp,
         )
+        self.lastOnTerminal = streams.lastOnTerminal
         self._shown: list[list[int]] = []
         self.isShut = False
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..units import parseSize
-from .calls import ASK_AGAIN, exitStatusOf, started
+from .calls import ASK_AGAIN, MAX_GRACE, MAX_TIMEOUT, exitStatusOf, started
 from .errors import ClientError
 from .failures import (
     EXIT_ALREADY_ENDED,
@@ -93,10 +93,15 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
                 limits[key] = parseSize(value)
             except ValueError as e:
                 raise BadArguments(f"--{flag.replace('_', '-')}: {e}") from None
-    if options.cpu is not None:
-        limits["cpu_millicores"] = options.cpu
-    if options.pids is not None:
-        limits["pids"] = options.pids
+    # The fixed ranges are checked here, naming the flag (the server's
+    # answer named the API's field: new user round 32); the --max-* a
+    # server sets, the server checks.
+    for flag, key in (("cpu", "cpu_millicores"), ("pids", "pids")):
+        value = getattr(options, flag)
+        if value is not None and value < 1:
+            raise BadArguments(f"--{flag} must be at least 1")
+        if value is not None:
+            limits[key] = value
     if limits:
         fields["limits"] = limits
     if options.env:
@@ -104,6 +109,10 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
     if options.cwd is not None:
         fields["cwd"] = options.cwd
     if options.timeout is not None:
+        if not 0 < options.timeout <= MAX_TIMEOUT:
+            raise BadArguments(
+                f"--timeout must be above 0 and at most {MAX_TIMEOUT // 86400}d"
+            )
         fields["timeout_seconds"] = options.timeout
     if options.name is not None:
         fields["name"] = options.name
@@ -145,10 +154,10 @@ def checkId(text: str) -> None:
     text = text.lower()  # (a UUID in capitals is the same id)
     if _UUID.match(text):
         return
-    if len(text) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f-]+", text):
+    if not MIN_PREFIX <= len(text) <= 36 or not re.fullmatch(r"[0-9a-f-]+", text):
         raise BadArguments(
             f"{text!r} is not a job id or a prefix of one "
-            f"({MIN_PREFIX} or more of its characters)"
+            f"({MIN_PREFIX} or more of its characters, 36 at most)"
         )
 
 
@@ -258,6 +267,8 @@ def _stopSignal(options: argparse.Namespace) -> tuple[str | None, float | None]:
         if signal not in (None, "KILL", "SIGKILL", "9") or grace not in (None, 0):
             raise BadArguments("--kill sends KILL at once: no --signal or --grace")
         signal, grace = "KILL", 0.0
+    if grace is not None and not 0 <= grace <= MAX_GRACE:
+        raise BadArguments(f"--grace must be from 0 to {MAX_GRACE:g} seconds (1h)")
     return signal, grace
 
 
@@ -583,9 +594,9 @@ def execOutput(options: argparse.Namespace, streams: Streams) -> GatedStreams:
     (stdout holds one JSON document); counted, and shut if the backlog
     after an interrupt is too long (L{backlogCut})."""
     if options.json:
-        return GatedStreams(
-            Streams(streams.err, streams.err, streams.messages, inp=None)
-        )
+        toErr = Streams(streams.err, streams.err, streams.messages, inp=None)
+        toErr.lastOnTerminal = streams.lastOnTerminal
+        return GatedStreams(toErr)
     return GatedStreams(streams)
 
 
@@ -1146,6 +1157,8 @@ async def _stopJob(
 
     @raise AlreadyEnded: the job had already ended (its record, if known).
     """
+    from twisted.internet.defer import CancelledError
+
     later = client.reactor.callLater(
         STOP_PATIENCE,
         streams.say,
@@ -1157,6 +1170,15 @@ async def _stopJob(
         if e.status != 409:
             raise
         refusal = e  # 409: the job had already ended
+    except (CancelledError, KeyboardInterrupt):
+        # An interrupt ends the wait, not the stop (it exited 130 in
+        # silence, as if called off: new user round 32).
+        if not later.active():
+            streams.say(
+                f"jw: no longer waiting; the stop of job {jobId} goes on "
+                f"(KILL after the grace): jw status {jobId}"
+            )
+        raise
     finally:
         if later.active():
             later.cancel()

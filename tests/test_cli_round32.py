@@ -1,0 +1,161 @@
+"""
+What the thirty-second session's new user found in jw: C{--offset} dropped
+when C{--tail} came with it, an id too long sent to the server, refusals
+worded in the API's field names, a job not found without its id, C{jw
+logout} saying more than it did, a Ctrl-C during C{jw stop} said nothing,
+and jw's own last line run onto the job's unfinished one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import signal
+import tempfile
+import termios
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.client.calls import MAX_GRACE, MAX_TIMEOUT
+from jobworker.client.streams import GatedStreams, Streams
+from jobworker.jobs import stopping, validation
+
+from . import test_cli_habits
+from .test_cli_memory import MemoryCLITestCase
+
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+
+class OffsetWithTailTests(MemoryCLITestCase):
+    """C{jw logs --offset 60 --tail 20}: the tail's lines from byte 60 on
+    (the API's answer); jw sent the tail alone and printed from byte 0."""
+
+    def test_offsetKeptWithTail(self) -> None:
+        jobId = self.execId("sh", "-c", "seq")
+        spawned = self.process(jobId)
+        spawned.output(b"".join(b"line %d\n" % n for n in range(1, 11)))
+        self.flush()
+        out = self.assertSucceeded(
+            self.jw("logs", "--offset", "60", "--tail", "20", jobId)
+        )
+        self.assertEqual(out, b" 9\nline 10\n")
+        out = self.assertSucceeded(
+            self.jw("logs", "--offset", "0", "--tail", "2", jobId)
+        )
+        self.assertEqual(out, b"line 9\nline 10\n")
+
+
+class LocalRefusalTests(MemoryCLITestCase):
+    """Refused before a login or a request, exit 2, naming the flag."""
+
+    def refused(self, *argv: str) -> bytes:
+        out, err, code = self.jw(*argv)
+        self.assertEqual((out, code), (b"", 2), err)
+        self.assertEqual(err.count(b"\n"), 1, err)
+        return err
+
+    def test_idTooLong(self) -> None:
+        err = self.refused("status", UNKNOWN + "0")
+        self.assertIn(b"is not a job id", err)
+        self.assertEqual(self.listedIds(), [])
+
+    def test_fixedRangesNamedByFlag(self) -> None:
+        for argv, expected in (
+            (("stop", "--grace", "3601", UNKNOWN), b"--grace must be from 0 to 3600"),
+            (("exec", "--timeout", "400d", "--", "true"), b"--timeout must be above 0"),
+            (("exec", "--cpu", "0", "--", "true"), b"--cpu must be at least 1"),
+            (("exec", "--pids", "0", "--", "true"), b"--pids must be at least 1"),
+        ):
+            self.assertIn(expected, self.refused(*argv), argv)
+        self.assertEqual(self.listedIds(), [])
+
+    def test_boundsAreTheServers(self) -> None:
+        self.assertEqual(MAX_GRACE, stopping.MAX_GRACE)
+        self.assertEqual(MAX_TIMEOUT, validation.MAX_TIMEOUT)
+
+    def test_boundsThemselvesTaken(self) -> None:
+        out = self.assertSucceeded(self.jw("exec", "--timeout", "366d", "--", "true"))
+        jobId = out.decode().strip()
+        self.assertEqual(self.statusJSON(jobId)["timeout_seconds"], MAX_TIMEOUT)
+
+
+class UnknownIdNamedTests(MemoryCLITestCase):
+    """A whole id that names no job: the message names it (a loop over
+    several ids read "not found: no such job")."""
+
+    def test_named(self) -> None:
+        for verb in ("status", "logs", "stop", "wait", "rm"):
+            out, err, code = self.jw(verb, UNKNOWN)
+            said = f"not found: no job {UNKNOWN}\n"
+            if verb == "rm":  # (each failure named by the argument as given)
+                said = f"{UNKNOWN}: {said}"
+            self.assertEqual((out, err, code), (b"", f"jw: {said}".encode(), 1), verb)
+
+
+class LogoutSaysTheTokenLivesOn(MemoryCLITestCase):
+    def test_logoutSays(self) -> None:
+        self.assertSucceeded(self.jw("login"))
+        out = self.assertSucceeded(self.jw("logout"))
+        self.assertIn(b"stays valid until it expires", out)
+
+
+class StopInterruptedTests(MemoryCLITestCase):
+    """Ctrl-C while C{jw stop} waits for the grace: one line says the stop
+    goes on (it exited 130 in silence, as if the stop were called off)."""
+
+    interruptible = test_cli_habits.InterruptTests.interruptible
+
+    def test_ctrlCSays(self) -> None:
+        jobId = self.execId("sleep", "300")
+        run, interrupts = self.interruptible("stop", "--grace", "30", jobId)
+        self.reactor.advance(2)
+        self.flush()
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130, err)
+        last = err.decode().splitlines()[-1]
+        self.assertIn("no longer waiting", last)
+        self.assertIn(f"the stop of job {jobId} goes on", last)
+        spawned = self.process(jobId)
+        self.assertIn((spawned.pid, signal.SIGTERM), self.killer.calls)
+
+
+class OwnLineAfterPartialOutputTests(SynchronousTestCase):
+    """jw's own line after job output that left a line unfinished on a
+    terminal: on a line of its own (it read C{partialjw: job ...}). A real
+    pseudo-terminal; output to a file or pipe is left as it is."""
+
+    def terminal(self) -> tuple[int, Streams]:
+        master, slave = pty.openpty()
+        attributes = termios.tcgetattr(slave)
+        attributes[1] &= ~termios.ONLCR  # (the bytes as written)
+        termios.tcsetattr(slave, termios.TCSANOW, attributes)
+        out = os.fdopen(os.dup(slave), "wb")
+        messages = os.fdopen(slave, "w")
+        self.addCleanup(out.close)
+        self.addCleanup(messages.close)
+        self.addCleanup(os.close, master)
+        return master, Streams(out, out, messages, inp=None)
+
+    def test_lineOfItsOwn(self) -> None:
+        master, streams = self.terminal()
+        gated = GatedStreams(streams)
+        gated.writer("stdout")(b"partial")
+        streams.say("jw: job 1: timed out")
+        gated.writer("stderr")(b"done\n")
+        gated.say("jw: job 2")
+        expected = b"partial\njw: job 1: timed out\ndone\njw: job 2\n"
+        got = b""
+        while len(got) < len(expected) and select.select([master], [], [], 10)[0]:
+            got += os.read(master, 1000)
+        self.assertEqual(got, expected)
+
+    def test_notOnAFile(self) -> None:
+        with tempfile.TemporaryFile() as out:
+            messages = io.StringIO()
+            streams = Streams(out, out, messages, inp=None)  # type: ignore[arg-type]
+            streams.writer("stdout")(b"partial")
+            streams.say("jw: x")
+            self.assertEqual(messages.getvalue(), "jw: x\n")
