@@ -31,6 +31,7 @@ asked, others a 405 with no body. Each is a JSON 400 now.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -43,7 +44,7 @@ from jobworker.executors.local import cgroups
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
 
-from .support import LiveServer, sleep
+from .support import PASSWORDS, LiveServer, sleep
 from .test_limits import output as outputOf
 from .test_limits import requireCgroups
 
@@ -158,8 +159,8 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-class OddRequestTests(TestCase):
-    """Requests twisted.web or Klein answered themselves: JSON 400s now."""
+class RawRequests(TestCase):
+    """Requests sent as they are, to a live server."""
 
     timeout = 60
 
@@ -170,6 +171,10 @@ class OddRequestTests(TestCase):
             (code, headers.get("content-type")), (400, "application/json"), body
         )
         self.assertIn(error, json.loads(body)["error"])
+
+
+class OddRequestTests(RawRequests):
+    """Requests twisted.web or Klein answered themselves: JSON 400s now."""
 
     async def test_hostNotUtf8(self) -> None:
         """No traceback is logged (trial fails a test that logs one)."""
@@ -186,3 +191,51 @@ class OddRequestTests(TestCase):
                 b"Connection: close\r\n\r\n" % method,
                 "*",
             )
+
+
+def basicLine(user: str) -> bytes:
+    token = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+    return f"Authorization: Basic {token}\r\n".encode()
+
+
+class HeaderTwiceTests(RawRequests):
+    """C{Authorization}, C{Content-Type} or C{Host} twice: a JSON 400."""
+
+    async def test_authorizationTwice(self) -> None:
+        await self.check(
+            b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n"
+            + basicLine("rita")
+            + basicLine("alice")
+            + b"Connection: close\r\n\r\n",
+            "Authorization",
+        )
+
+    async def test_contentTypeTwice(self) -> None:
+        body = b'{"command":"true"}'
+        await self.check(
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+            + basicLine("alice")
+            + b"Content-Type: text/plain\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body,
+            "Content-Type",
+        )
+
+    async def test_hostTwice(self) -> None:
+        await self.check(
+            b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nHost: evil\r\n"
+            + basicLine("alice")
+            + b"Connection: close\r\n\r\n",
+            "Host",
+        )
+
+    async def test_onceIsServed(self) -> None:
+        server = LiveServer(self)
+        code, _headers, body = await deferToThread(
+            exchange,
+            server.port,
+            b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n"
+            + basicLine("alice")
+            + b"Connection: close\r\n\r\n",
+        )
+        self.assertEqual(code, 200, body)

@@ -230,6 +230,14 @@ def _noBody(request: IRequest) -> None:
         raise BadRequest("this request takes no body (or {})")
 
 
+#: Headers the server decides by, which a request may give once only.
+_DECIDING_HEADERS = (
+    (b"authorization", "the Authorization header"),
+    (b"content-type", "the Content-Type header"),
+    (b"host", "the Host header"),
+)
+
+
 @implementer(IResource)
 class _RequestGuard:
     """
@@ -270,6 +278,13 @@ class _RequestGuard:
             path = b"/".join(request.postpath or []).decode("utf-8")
         except UnicodeDecodeError:
             return _json(request, {"error": "the path is not valid UTF-8"}, 400)
+        headers = request.requestHeaders
+        for name, said in _DECIDING_HEADERS:
+            if len(headers.getRawHeaders(name, ())) > 1:
+                # The last one was taken: a proxy that reads the first saw
+                # another user than the one served and audited (code
+                # review round 32).
+                return _json(request, {"error": f"{said} given twice"}, 400)
         try:
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
