@@ -4,6 +4,13 @@ when C{--tail} came with it, an id too long sent to the server, refusals
 worded in the API's field names, a job not found without its id, C{jw
 logout} saying more than it did, a Ctrl-C during C{jw stop} said nothing,
 and jw's own last line run onto the job's unfinished one.
+
+The code reviewer's: a C{JW_TOKEN} with a newline in it (pasted with one)
+and a C{JW_SERVER} whose host cannot be a host name were "jw: unexpected
+error: ValueError(...)", jw's words for its own bug, exit 1; and C{jw stop},
+C{rm} and C{login} could not reach a server named by an IPv6 literal
+(C{https://[::1]:8443}: "Codepoint U+003A ... not allowed"), which the
+other verbs reach.
 """
 
 from __future__ import annotations
@@ -13,17 +20,21 @@ import os
 import pty
 import select
 import signal
+import socket
+import subprocess
 import tempfile
 import termios
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.client.calls import MAX_GRACE, MAX_TIMEOUT
 from jobworker.client.streams import GatedStreams, Streams
 from jobworker.jobs import stopping, validation
 
 from . import test_cli_habits
+from .support import CA, JW, runJW
 from .test_cli_memory import MemoryCLITestCase
+from .twistd import Twistd
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -159,3 +170,57 @@ class OwnLineAfterPartialOutputTests(SynchronousTestCase):
             streams.writer("stdout")(b"partial")
             streams.say("jw: x")
             self.assertEqual(messages.getvalue(), "jw: x\n")
+
+
+class BadSettingsTests(SynchronousTestCase):
+    """Refused in one line, exit 2, before anything is sent."""
+
+    def jw(self, *argv: str, **environ: str) -> tuple[bytes, bytes, int]:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JW_")},
+            "XDG_CONFIG_HOME": os.path.abspath(self.mktemp()),
+            "JW_SERVER": "https://localhost:1",
+            "JW_CA": CA,
+            **environ,
+        }
+        done = subprocess.run(
+            [JW, *argv], env=env, capture_output=True, timeout=60, check=False
+        )
+        return done.stdout, done.stderr, done.returncode
+
+    def test_tokenWithNewline(self) -> None:
+        for verb in (("list",), ("exec", "--", "true"), ("stop", UNKNOWN)):
+            out, err, code = self.jw(*verb, JW_TOKEN="abc\ndef")
+            self.assertEqual((out, code), (b"", 2), (verb, err))
+            self.assertIn(b"JW_TOKEN", err)
+            self.assertEqual(err.count(b"\n"), 1, err)
+
+    def test_hostNotAName(self) -> None:
+        for verb in (("list",), ("exec", "--", "true"), ("stop", UNKNOWN)):
+            out, err, code = self.jw(*verb, JW_SERVER="https://\udcff", JW_TOKEN="t")
+            self.assertEqual((out, code), (b"", 2), (verb, err))
+            self.assertNotIn(b"unexpected", err)
+            self.assertEqual(err.count(b"\n"), 1, err)
+
+
+class IPv6LiteralTests(TestCase):
+    """C{jw stop}, C{rm} and C{login} (the verbs on Twisted's client) reach
+    a server named by an IPv6 literal, as the others do."""
+
+    timeout = 120
+
+    async def test_stopRemoveLogin(self) -> None:
+        if not socket.has_ipv6:
+            raise SkipTest("no IPv6 on this machine")
+        server = await Twistd(self).start()
+        url = f"https://[::1]:{server.port}"
+        job = await server.createJob("sleep", "60")
+        _out, err, code = await runJW(url, "stop", "--kill", job["id"])
+        self.assertEqual(code, 0, err)
+        _out, err, code = await runJW(url, "rm", job["id"])
+        self.assertEqual(code, 0, err)
+        home = os.path.abspath(self.mktemp())
+        _out, err, code = await runJW(url, "login", XDG_CONFIG_HOME=home)
+        self.assertEqual(code, 0, err)
+        _out, err, code = await runJW(url, "list", XDG_CONFIG_HOME=home, JW_PASSWORD="")
+        self.assertEqual(code, 0, err)

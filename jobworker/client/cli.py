@@ -22,6 +22,7 @@ from .config import (
     Settings,
     caInUse,
     checkServer,
+    checkToken,
     configPath,
     forgetToken,
     loadToken,
@@ -172,6 +173,7 @@ async def _commandLine(
     # by itself, or a server that is not an https:// URL.
     checkArguments(verb, options)
     checkServer(settings.server)
+    checkToken(environ)
     try:
         if verb == "login":
             trustOnFirstUse(settings, environ, path)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -177,7 +179,31 @@ def checkServer(server: str) -> str:
         raise ConfigError(
             f"server must be an https:// URL with no query or fragment, not {server!r}"
         )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            # (It failed later, as "unexpected error": code review round 32.)
+            raise ConfigError(
+                f"server's host {host!r} is not a host name (nor an address)"
+            ) from None
     return host
+
+
+def checkToken(environ: dict[str, str]) -> None:
+    """
+    @raise ConfigError: C{JW_TOKEN} holds a character no token has (a
+        newline pasted with it: it was "unexpected error", code review
+        round 32).
+    """
+    token = environ.get("JW_TOKEN")
+    if token and not re.fullmatch(r"[!-~]+", token):
+        raise ConfigError(
+            "JW_TOKEN holds a space, a control character or a non-ASCII one: "
+            "no token does (a newline pasted with it?)"
+        )
 
 
 def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import treq
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import (
     CancelledError,
@@ -43,6 +46,29 @@ __all__ = ["ClientError", "JobworkerClient", "exitStatusOf"]
 
 
 T = TypeVar("T")
+
+
+class _AsWritten(EncodedURL):
+    """
+    A URL treq sends as written: its C{to_uri} IDNA-encodes the host, and
+    refused an IPv6 literal's (C{https://[::1]:8443}: "Codepoint U+003A not
+    allowed"), so C{jw stop}, C{rm} and C{login} could not reach a server
+    the other verbs reach (code review round 32). Only for an IP literal:
+    a name keeps treq's encoding.
+    """
+
+    def to_uri(self) -> EncodedURL:
+        return self
+
+
+def _urlFor(text: str) -> str | EncodedURL:
+    """C{text} as treq should take it (L{_AsWritten} for an IP literal)."""
+    host = urlsplit(text).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return text
+    return _AsWritten.from_text(text)
 
 
 class JobworkerClient(ApiCalls):
@@ -182,7 +208,7 @@ class JobworkerClient(ApiCalls):
             headers[b"content-type"] = [b"application/json"]
         try:
             response: IResponse = await self._http.request(
-                method, self.server + path, **kwargs
+                method, _urlFor(self.server + path), **kwargs
             )
         except (ClientError, CancelledError):
             raise  # CancelledError: the user interrupted jw (or a deadline)
