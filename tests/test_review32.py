@@ -36,6 +36,9 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
+import time
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -43,6 +46,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.executors.local import cgroups
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
+from jobworker.jobs.store import JobStore, StoreError
 
 from .support import PASSWORDS, LiveServer, sleep
 from .test_limits import output as outputOf
@@ -239,3 +243,49 @@ class HeaderTwiceTests(RawRequests):
             + b"Connection: close\r\n\r\n",
         )
         self.assertEqual(code, 200, body)
+
+
+#: Holds POSIX write locks on the bytes given of a file until killed.
+LOCKER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
+print("locked", flush=True)
+signal.pause()
+"""
+
+
+class ReadMarksHeldTests(SynchronousTestCase):
+    """The WAL read marks held by another program: refused, not waited on."""
+
+    def test_refusedAtOnceWhileHeld(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        db = os.path.join(path, "jobs.sqlite3")
+        store = JobStore(db)
+        self.addCleanup(store.close)
+        self.assertIsNone(store.get("x"))
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, db + "-shm", "123", "5"],
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(locker.wait)
+        self.addCleanup(locker.kill)
+        assert locker.stdout is not None
+        self.assertEqual(locker.stdout.readline(), b"locked\n")
+        with self.assertRaises(StoreError) as first:
+            store.get("x")
+        self.assertEqual(
+            first.exception.reason, "the store is locked by another program"
+        )
+        began = time.monotonic()
+        for _ in range(3):
+            with self.assertRaises(StoreError) as again:
+                store.get("x")
+            self.assertEqual(
+                again.exception.reason, "the store is locked by another program"
+            )
+        self.assertLess(time.monotonic() - began, 2.0)
+        locker.kill()
+        locker.wait()
+        self.assertIsNone(store.get("x"))

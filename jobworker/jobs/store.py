@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import stat
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,7 +101,10 @@ class StoreError(Exception):
             return "the state dir's disk failed to read or write (I/O error)"
         if name in DAMAGE:
             return 'the store is damaged (see the README\'s "Durability")'
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        if (
+            name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+            or name == "SQLITE_PROTOCOL"
+        ):
             return "the store is locked by another program"
         return "the store refused"
 
@@ -137,10 +141,26 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     def decorate(method: _F) -> _F:
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._marksHeld:
+                if readMarksHeld(self.path + "-shm"):
+                    held = StoreError(
+                        f"cannot {what}: another program holds the store's WAL "
+                        "read marks (an sqlite3 stopped in a checkpoint?)",
+                        "SQLITE_PROTOCOL",
+                    )
+                    if write:
+                        self._refusal = held
+                    raise held
+                self._marksHeld = False
             try:
                 result = method(self, *args, **kwargs)
             except sqlite3.Error as e:
                 error = StoreError.of(f"cannot {what}", e)
+                if error.errorName == "SQLITE_PROTOCOL":
+                    # SQLite waited 10 s for a read mark on the server's
+                    # thread: the calls after it look at the locks first,
+                    # and are refused while they stay held (fault round 32).
+                    self._marksHeld = True
                 if write:
                     self._refusal = error
                 raise error from None
@@ -151,6 +171,33 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+#: The WAL index's lock bytes in the C{-shm} file (SQLite's
+#: C{WALINDEX_LOCK_OFFSET}, 120, and its 8 locks: write, checkpoint,
+#: recover, then the 5 read marks).
+_WAL_LOCKS = (120, 8)
+
+
+def readMarksHeld(shm: str) -> bool:
+    """
+    Does another process hold a write lock among the WAL index's locks of
+    C{shm} (a POSIX lock, as SQLite takes them; this process's own are not
+    seen)? One C{F_GETLK}; False if the file cannot be looked at.
+    """
+    try:
+        fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        start, length = _WAL_LOCKS
+        probe = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, start, length, 0)
+        found = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(struct.unpack("hhqqi4x", found)[0] != fcntl.F_UNLCK)
 
 
 def roomForAFile(folder: str, strict: bool = False) -> bool:
@@ -231,6 +278,9 @@ class JobStore:
     _refusal: StoreError | None = None
     #: The file was written again (L{relink}) and is to be opened again.
     _reconnect = False
+    #: SQLite last found the WAL read marks held by another program: the
+    #: locks are looked at before each call until they are let go.
+    _marksHeld = False
 
     def __init__(self, path: str, makeRoom: Callable[[], bool] | None = None) -> None:
         """
