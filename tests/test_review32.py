@@ -32,6 +32,7 @@ asked, others a 405 with no body. Each is a JSON 400 now.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import socket
@@ -43,7 +44,9 @@ import time
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local import cgroups
+from jobworker.executors.local.executor import START_TROUBLE_FOR
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
 from jobworker.jobs.store import JobStore, StoreError
@@ -51,6 +54,7 @@ from jobworker.jobs.store import JobStore, StoreError
 from .support import PASSWORDS, LiveServer, sleep
 from .test_limits import output as outputOf
 from .test_limits import requireCgroups
+from .test_manager import ManagerTestCase, request
 
 
 class FirstUseScanTests(SynchronousTestCase):
@@ -289,3 +293,35 @@ class ReadMarksHeldTests(SynchronousTestCase):
         locker.kill()
         locker.wait()
         self.assertIsNone(store.get("x"))
+
+
+class ServerShortHealthTests(ManagerTestCase):
+    """A start refused for the server's own reason is told by C{health()}."""
+
+    def test_degradedUntilAStartSucceeds(self) -> None:
+        self.assertTrue(self.manager.health().up)
+        self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self.assertRaises(ServiceUnavailable, self.manager.create, request(), "alice")
+        health = self.manager.health()
+        self.assertFalse(health.up)
+        assert health.reason is not None
+        self.assertIn("cannot start a job", health.reason)
+        self.assertIn(os.strerror(errno.EAGAIN), health.reason)
+        self.reactor.spawnError = None
+        self.manager.create(request(), "alice")
+        self.assertTrue(self.manager.health().up)
+
+    def test_degradedForAWhileAfterTheLast(self) -> None:
+        self.reactor.spawnError = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        self.assertRaises(ServiceUnavailable, self.manager.create, request(), "alice")
+        self.reactor.advance(START_TROUBLE_FOR - 1)
+        self.assertFalse(self.manager.health().up)
+        self.reactor.advance(1)
+        self.assertTrue(self.manager.health().up)
+
+    def test_jobsOwnFailureIsNoTrouble(self) -> None:
+        """A job that cannot start for its own reason (E2BIG) is no
+        trouble of the server's."""
+        self.reactor.spawnError = OSError(errno.E2BIG, os.strerror(errno.E2BIG))
+        self.manager.create(request(), "alice")
+        self.assertTrue(self.manager.health().up)

@@ -178,6 +178,14 @@ def defaultEnvironment(identity: Identity | None = None) -> dict[str, str]:
     }
 
 
+#: Seconds C{/healthz} says C{degraded} after a start refused for the
+#: server's own reason (no process slot, no descriptor), unless a start
+#: succeeds before: it said C{ok} while every C{POST /jobs} was a 503
+#: (fault round 32). Bounded: a balancer that takes the server out on
+#: C{degraded} sends it no job to succeed with.
+START_TROUBLE_FOR = 30.0
+
+
 def serverShort(error: BaseException) -> bool:
     """Does C{error} say the server, not the job, cannot start a process now?"""
     return isinstance(error, (SpawnerGone, LauncherGone)) or (
@@ -310,6 +318,9 @@ class LocalExecutor:
         self._spawner: Spawner | None = None
         #: Spawner processes started by spawners replaced since.
         self._retiredStarts = 0
+        #: The last start refused for the server's own reason, and when
+        #: (L{health}); None once one succeeded since.
+        self._startTrouble: tuple[float, str] | None = None
         #: Dynamic uids waiting for their last processes to die (no cgroups),
         #: and the sweep that looks for them all in one scan of /proc.
         self._releasing: dict[int, Identity] = {}
@@ -384,6 +395,12 @@ class LocalExecutor:
         why = spawner.silence() if spawner is not None else None
         if why is None:
             why = self._launcherTrouble()
+        trouble = self._startTrouble
+        if why is None and trouble is not None:
+            if 0 <= self._reactor.seconds() - trouble[0] < START_TROUBLE_FOR:
+                why = trouble[1]
+            else:
+                self._startTrouble = None
         return ExecutorHealth(self.name, why is None, why)
 
     @property
@@ -717,10 +734,12 @@ class LocalExecutor:
             # log's, never the user's.
             self.log.error("job {job} not started: {error}", job=jobId, error=str(e))
             job.withdraw()
-            raise CannotStartNow(
+            refused = CannotStartNow(
                 "the server cannot start a job now (its job cgroups cannot be "
                 "made); try again shortly"
-            ) from None
+            )
+            self._troubleStarting(refused)
+            raise refused from None
         except (CgroupError, OSError) as e:
             if not serverShort(e) and sandbox is not None:
                 # Its launcher gone in the meantime is the server's reason.
@@ -730,9 +749,17 @@ class LocalExecutor:
                     e = LauncherGone(why, self._launcher.building)
             if serverShort(e):
                 job.withdraw()
-                raise cannotStartNow(e) from None
+                refused = cannotStartNow(e)
+                self._troubleStarting(refused)
+                raise refused from None
             job.failedToStart(spawnError(e))
+        else:
+            self._startTrouble = None
         return job
+
+    def _troubleStarting(self, refused: CannotStartNow) -> None:
+        """A start was refused for the server's own reason (L{health})."""
+        self._startTrouble = (self._reactor.seconds(), refused.message)
 
     @staticmethod
     def _recoveredEnd(
