@@ -11,6 +11,10 @@ error: ValueError(...)", jw's words for its own bug, exit 1; and C{jw stop},
 C{rm} and C{login} could not reach a server named by an IPv6 literal
 (C{https://[::1]:8443}: "Codepoint U+003A ... not allowed"), which the
 other verbs reach.
+
+And the new user's smaller ones: C{jobworker-hash-password}'s refusals came
+with argparse's usage block (jw's are one line), and it had no way to give
+a users-file line's fourth field, the Unix account.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import io
 import os
 import pty
+import pwd
 import select
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import termios
 
@@ -224,3 +230,44 @@ class IPv6LiteralTests(TestCase):
         self.assertEqual(code, 0, err)
         _out, err, code = await runJW(url, "list", XDG_CONFIG_HOME=home, JW_PASSWORD="")
         self.assertEqual(code, 0, err)
+
+
+class HashPasswordLineTests(SynchronousTestCase):
+    def hashed(self, given: bytes, *argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "jobworker.auth.hashpw", "--cost", "10", *argv],
+            input=given,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+    def test_refusalsOneLine(self) -> None:
+        for argv in (
+            ("--cost", "3"),
+            ("--user", "a b"),
+            ("--role", "Admin"),
+            ("--bogus",),
+        ):
+            done = self.hashed(b"pw\n", *argv)
+            self.assertEqual(done.returncode, 2, argv)
+            self.assertEqual(done.stderr.count(b"\n"), 1, (argv, done.stderr))
+            self.assertTrue(done.stderr.startswith(b"jobworker-hash-password: "), argv)
+            self.assertNotIn(b"usage:", done.stderr)
+
+    def test_unixUser(self) -> None:
+        account = pwd.getpwuid(os.getuid()).pw_name
+        if os.getuid() == 0:
+            account = next(
+                (e.pw_name for e in pwd.getpwall() if e.pw_uid not in (0,)), ""
+            )
+        done = self.hashed(b"pw\n", "--user", "carol", "--unix-user", account)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        name, role, _hash, unix = done.stdout.decode().strip().split(":")
+        self.assertEqual((name, role, unix), ("carol", "Developer", account))
+        for bad in ("no-such-account-32", "root"):
+            done = self.hashed(b"pw\n", "--user", "carol", "--unix-user", bad)
+            self.assertEqual((done.returncode, done.stdout), (2, b""), bad)
+            self.assertEqual(done.stderr.count(b"\n"), 1, done.stderr)
+        done = self.hashed(b"pw\n", "--unix-user", account)
+        self.assertEqual(done.returncode, 2)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from typing import NoReturn
 
 import bcrypt
 
+from ..jobs.identity import Identity, IdentityError
 from .names import USER_NAME
 from .permissions import Role
 
@@ -15,12 +17,19 @@ from .permissions import Role
 LONGEST_LINE = 1024
 
 
+class _Parser(argparse.ArgumentParser):
+    """Its refusals in one line, as jw's (no usage block before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     Prompt twice for a password (or read one line from stdin when it is not a
     terminal) and print C{name:role:hash} (or the hash).
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jobworker-hash-password",
         description="Print a bcrypt hash for the users file (--users FILE).",
         epilog="example: jobworker-hash-password --user carol --role Developer "
@@ -32,8 +41,20 @@ def main(argv: list[str] | None = None) -> int:
         choices=[r.value for r in Role],
         help="the line's role, with --user (default: Developer)",
     )
+    parser.add_argument(
+        "--unix-user",
+        metavar="ACCOUNT",
+        help="the line's fourth field, with --user: the account its jobs run as",
+    )
     parser.add_argument("--cost", type=int, default=12, help="bcrypt cost (10-16)")
     options = parser.parse_args(argv)
+    if options.unix_user is not None:
+        if options.user is None:
+            parser.error("--unix-user needs --user (a bare hash has no account)")
+        try:
+            Identity.ofAccount(options.unix_user)
+        except IdentityError as e:
+            parser.error(str(e))
     if not 10 <= options.cost <= 16:
         parser.error("--cost must be between 10 and 16")
     if options.user is not None and not USER_NAME.fullmatch(options.user):
@@ -75,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     hashed = bcrypt.hashpw(encoded, bcrypt.gensalt(options.cost)).decode("ascii")
-    print(f"{options.user}:{options.role}:{hashed}" if options.user else hashed)
+    account = f":{options.unix_user}" if options.unix_user is not None else ""
+    print(
+        f"{options.user}:{options.role}:{hashed}{account}" if options.user else hashed
+    )
     return 0
 
 
