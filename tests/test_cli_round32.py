@@ -34,6 +34,8 @@ import termios
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.client.calls import MAX_GRACE, MAX_TIMEOUT
+from jobworker.client.failures import ArgumentsRefused
+from jobworker.client.parser import buildParser
 from jobworker.client.streams import GatedStreams, Streams
 from jobworker.jobs import stopping, validation
 
@@ -271,3 +273,16 @@ class HashPasswordLineTests(SynchronousTestCase):
             self.assertEqual(done.stderr.count(b"\n"), 1, done.stderr)
         done = self.hashed(b"pw\n", "--unix-user", account)
         self.assertEqual(done.returncode, 2)
+
+
+class VerbOptionFirstTests(SynchronousTestCase):
+    """C{jw --json list}: the option is the verb's, and jw says so."""
+
+    def test_said(self) -> None:
+        streams = Streams(io.BytesIO(), io.BytesIO(), io.StringIO(), inp=None)  # type: ignore[arg-type]
+        with self.assertRaises(ArgumentsRefused) as caught:
+            buildParser(streams).parse_args(["--json", "list"])
+        self.assertIn("--json is an option of jw list: after it", str(caught.exception))
+        with self.assertRaises(ArgumentsRefused) as caught:
+            buildParser(streams).parse_args(["--bogus", "list"])
+        self.assertIn("unknown option --bogus", str(caught.exception))

@@ -173,6 +173,12 @@ class _Parser(argparse.ArgumentParser):
             else:
                 where, owner = self.prog, self
             unknown = owner.unknownOption(extras)
+            ofVerb = self._verbParser(verb) if beforeVerb else None
+            name = extras[0].split("=", 1)[0]
+            if ofVerb is not None and name in ofVerb._option_string_actions:
+                # (jw --json list: "unknown option --json", new user round 32.)
+                unknown = f"{name} is an option of {self.prog} {verb}: after it"
+                where = f"{self.prog} {verb}"
             what = unknown or f"unrecognized arguments: {' '.join(extras)}"
             raise ArgumentsRefused(f"jw: {what} (see {where} --help)")
         return parsed
