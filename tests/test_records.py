@@ -98,11 +98,12 @@ class FinishTests(SynchronousTestCase):
     def test_secondFinishChangesNothing(self) -> None:
         """The refused second finish() leaves the first outcome intact."""
         record = makeRecord()
-        record.finish(JobStatus.COMPLETED, 2.0, exit_code=0)
+        ended = record.created_at + 2.0
+        record.finish(JobStatus.COMPLETED, ended, exit_code=0)
         with self.assertRaises(RuntimeError):
-            record.finish(JobStatus.FAILED, 3.0, exit_code=1, error="boom")
+            record.finish(JobStatus.FAILED, ended + 1.0, exit_code=1, error="boom")
         self.assertIs(record.status, JobStatus.COMPLETED)
-        self.assertEqual(record.ended_at, 2.0)
+        self.assertEqual(record.ended_at, ended)
         self.assertEqual(record.exit_code, 0)
         self.assertIsNone(record.error)
 

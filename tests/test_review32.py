@@ -32,25 +32,45 @@ asked, others a 405 with no body. Each is a JSON 400 now.
 from __future__ import annotations
 
 import base64
+import copy
 import errno
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local import cgroups
-from jobworker.executors.local.executor import START_TROUBLE_FOR
+from jobworker.executors.local.executor import (
+    START_TROUBLE_FOR,
+    LocalExecutor,
+    localJobManager,
+)
+from jobworker.executors.local.process import JobProcess, JobProcessProtocol
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
+from jobworker.jobs.policy import JobPolicy
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.spool import OutputSpool
 from jobworker.jobs.store import JobStore, StoreError
 
+from .fakes import (
+    FakeProcessReactor,
+    FakeProcessTransport,
+    GroupKiller,
+    forbidRealKill,
+    processExit,
+    processKilled,
+)
 from .support import PASSWORDS, LiveServer, sleep
 from .test_limits import output as outputOf
 from .test_limits import requireCgroups
@@ -325,3 +345,114 @@ class ServerShortHealthTests(ManagerTestCase):
         self.reactor.spawnError = OSError(errno.E2BIG, os.strerror(errno.E2BIG))
         self.manager.create(request(), "alice")
         self.assertTrue(self.manager.health().up)
+
+
+T0 = 1_700_000_000.0
+HOUR = 3600.0
+
+
+class StepBackEndTests(SynchronousTestCase):
+    """No end before the start, nor before the creation."""
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.killer = GroupKiller()
+        self.stateDir = os.path.abspath(self.mktemp())
+
+    def manager(self, reactor: FakeProcessReactor, **policy: Any) -> Any:
+        return localJobManager(
+            reactor, self.stateDir, 5.0, self.killer, policy=JobPolicy(**policy)
+        )
+
+    def test_recoveredNotBeforeItsStart(self) -> None:
+        first = self.manager(FakeProcessReactor(T0))
+        first.start()
+        record = first.create(request("sleep", "9"), "alice")
+        self.assertIs(record.status, JobStatus.RUNNING)
+        first._store.close()  # SIGKILLed: nothing more written
+        again = self.manager(FakeProcessReactor(T0 - HOUR))
+        self.addCleanup(again.close)
+        [closed] = again.recover()
+        self.assertIs(closed.status, JobStatus.FAILED)
+        self.assertGreaterEqual(closed.ended_at, record.started_at)
+
+    def test_queuedStopNotBeforeItsCreation(self) -> None:
+        reactor = FakeProcessReactor(T0)
+        manager = self.manager(reactor, maxRunning=1)
+        self.addCleanup(manager.close)
+        manager.start()
+        manager.create(request("sleep", "9"), "alice")
+        queued = manager.create(request("sleep", "9"), "alice")
+        self.assertIs(queued.status, JobStatus.PENDING)
+        reactor.rightNow -= HOUR
+        stopped = self.successResultOf(manager.stop(queued.id, "alice"))
+        self.assertGreaterEqual(stopped.ended_at, stopped.created_at)
+
+
+class JobProcessCase(SynchronousTestCase):
+    """One L{JobProcess} on a clock and a fake transport."""
+
+    def job(self, timeout: float | None = None, endsBy: Any = None) -> JobProcess:
+        forbidRealKill(self.patch)
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.killer = GroupKiller()
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.record = JobRecord(
+            id="0b5f6c1e-3d0a-4c8e-9a43-1f0e2d3c4b5a",
+            command="sh",
+            args=["-c", "x"],
+            owner="alice",
+            created_at=T0,
+        )
+        job = JobProcess(
+            self.clock,
+            self.record,
+            OutputSpool(os.path.join(folder, "o")),
+            OutputSpool(os.path.join(folder, "e")),
+            5.0,
+            self.killer,
+            timeout=timeout,
+            **({"endsBy": endsBy} if endsBy is not None else {}),
+        )
+        self.protocol = JobProcessProtocol(job)
+        self.protocol.makeConnection(FakeProcessTransport(5_100_123))  # type: ignore[arg-type]
+        return job
+
+
+class StopMissedThenCrashTests(JobProcessCase):
+    def test_liveAndRecoveredAgree(self) -> None:
+        job = self.job(endsBy=lambda pid, signum: True)  # TERM would end it
+        saved: list[JobRecord] = []
+        job.onStop = lambda record: saved.append(copy.deepcopy(record))
+        job.stop("alice")
+        # It exited 0 on its own as the TERM came; a leftover holds the pipes.
+        self.protocol.processExited(processExit(0))
+        self.clock.advance(10)  # (its end is stored a moment on)
+        stored = saved[-1]
+        self.assertIs(stored.status, JobStatus.RUNNING)
+        recovered = LocalExecutor._recoveredEnd(stored)
+        self.killer.exists = False
+        self.protocol.processEnded(processExit(0))
+        live = (self.record.status, self.record.exit_code)
+        self.assertEqual(live, (JobStatus.COMPLETED, 0))
+        self.assertEqual((recovered[0], recovered[1]), live)
+
+
+class LongTimeoutTextTests(JobProcessCase):
+    def timedOut(self, timeout: float) -> str | None:
+        self.job(timeout=timeout)
+        self.clock.advance(timeout)
+        self.clock.advance(5.0)
+        self.killer.exists = False
+        self.protocol.processExited(processKilled(signal.SIGKILL))
+        self.protocol.processEnded(processKilled(signal.SIGKILL))
+        self.assertIs(self.record.status, JobStatus.FAILED)
+        return self.record.error
+
+    def test_whole(self) -> None:
+        self.assertEqual(self.timedOut(1234567), "timed out after 1234567 seconds")
+
+    def test_fraction(self) -> None:
+        self.assertEqual(self.timedOut(0.25), "timed out after 0.25 seconds")

@@ -141,9 +141,9 @@ class StoreTests(SynchronousTestCase):
             record = makeRecord(n)
             self.store.insert(record)
             if n < 2:
-                record.finish(JobStatus.COMPLETED, 100.0 * (n + 1), exit_code=0)
+                record.finish(JobStatus.COMPLETED, 1100.0 * (n + 1), exit_code=0)
                 self.store.update(record)
-        self.assertEqual(self.store.endedBefore(150.0), [makeRecord(0).id])
+        self.assertEqual(self.store.endedBefore(1500.0), [makeRecord(0).id])
         self.assertEqual(
             self.store.endedBefore(1e9), [makeRecord(0).id, makeRecord(1).id]
         )

@@ -138,7 +138,12 @@ class JobRecord:
         if not status.ended:
             raise ValueError("finish() needs a final status")
         self.status = status
-        self.ended_at = when
+        # Never before its start, nor its creation: a step back of the wall
+        # clock met by an end that no clamp of its own saw (crash recovery,
+        # a queued job stopped: code review round 32); retention counts
+        # from the end.
+        began = self.started_at if self.started_at is not None else self.created_at
+        self.ended_at = max(when, began)
         self.exit_code = exit_code
         self.signal = signal
         self.error = error

@@ -609,6 +609,12 @@ class JobProcess:
         record.exit_code = exitCode
         record.signal = signalName(signalNumber) if signalNumber is not None else None
         record.error = None  # (the timeout's, stored as it fired, unless it held)
+        if record.stopped_by is not None and self._stopMissed(exitCode, signalNumber):
+            # It exited on its own as the stop came: no stop of it, as
+            # _finish will say (stored with it, a crash in the grace made
+            # it STOPPED: code review round 32).
+            record.stopped_by = None
+            record.stop_requested_at = None
         if self._setupError is not None:
             record.error = self._setupError
         elif self._timedOut and not self._stopMissed(exitCode, signalNumber):
@@ -632,7 +638,7 @@ class JobProcess:
 
     def _timedOutError(self) -> str:
         unit = "second" if self._timeout == 1 else "seconds"
-        return f"timed out after {self._timeout:g} {unit}"
+        return f"timed out after {self._timeout:.15g} {unit}"
 
     def _oomKilled(self, signalNumber: int | None) -> bool:
         return (

@@ -120,7 +120,7 @@ def outcomeOf(
         return Outcome(JobStatus.COMPLETED, 0)
     if state.state == "TIMEOUT":
         limit = (
-            f": {timeoutSeconds:g} s, rounded up to whole minutes)"
+            f": {timeoutSeconds:.15g} s, rounded up to whole minutes)"
             if timeoutSeconds is not None
             else ")"
         )
