@@ -44,7 +44,6 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -60,12 +59,10 @@ from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
-from jobworker.jobs.spool import OutputSpool
 from jobworker.jobs.store import JobStore, StoreError
 
 from .fakes import (
     FakeProcessReactor,
-    FakeProcessTransport,
     GroupKiller,
     forbidRealKill,
     processExit,
@@ -75,6 +72,7 @@ from .support import PASSWORDS, LiveServer, sleep
 from .test_limits import output as outputOf
 from .test_limits import requireCgroups
 from .test_manager import ManagerTestCase, request
+from .test_process import JobProcessTestCase
 
 
 class FirstUseScanTests(SynchronousTestCase):
@@ -389,41 +387,19 @@ class StepBackEndTests(SynchronousTestCase):
         self.assertGreaterEqual(stopped.ended_at, stopped.created_at)
 
 
-class JobProcessCase(SynchronousTestCase):
-    """One L{JobProcess} on a clock and a fake transport."""
+class JobProcessCase(JobProcessTestCase):
+    """test_process's case, its job made with options."""
 
-    def job(self, timeout: float | None = None, endsBy: Any = None) -> JobProcess:
-        forbidRealKill(self.patch)
-        self.clock = Clock()
-        self.clock.advance(T0)
-        self.killer = GroupKiller()
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        self.record = JobRecord(
-            id="0b5f6c1e-3d0a-4c8e-9a43-1f0e2d3c4b5a",
-            command="sh",
-            args=["-c", "x"],
-            owner="alice",
-            created_at=T0,
-        )
-        job = JobProcess(
-            self.clock,
-            self.record,
-            OutputSpool(os.path.join(folder, "o")),
-            OutputSpool(os.path.join(folder, "e")),
-            5.0,
-            self.killer,
-            timeout=timeout,
-            **({"endsBy": endsBy} if endsBy is not None else {}),
-        )
+    def jobWith(self, **options: Any) -> JobProcess:
+        job = self.another(**options)
         self.protocol = JobProcessProtocol(job)
-        self.protocol.makeConnection(FakeProcessTransport(5_100_123))  # type: ignore[arg-type]
+        self.protocol.makeConnection(self.transport)  # type: ignore[arg-type]
         return job
 
 
 class StopMissedThenCrashTests(JobProcessCase):
     def test_liveAndRecoveredAgree(self) -> None:
-        job = self.job(endsBy=lambda pid, signum: True)  # TERM would end it
+        job = self.jobWith(endsBy=lambda pid, signum: True)  # TERM would end it
         saved: list[JobRecord] = []
         job.onStop = lambda record: saved.append(copy.deepcopy(record))
         job.stop("alice")
@@ -442,7 +418,7 @@ class StopMissedThenCrashTests(JobProcessCase):
 
 class LongTimeoutTextTests(JobProcessCase):
     def timedOut(self, timeout: float) -> str | None:
-        self.job(timeout=timeout)
+        self.jobWith(timeout=timeout)
         self.clock.advance(timeout)
         self.clock.advance(5.0)
         self.killer.exists = False
