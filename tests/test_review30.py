@@ -489,7 +489,15 @@ class LogReaderThatDoesNotReadTests(TestCase):
             drained += chunk
             if b"line" in chunk:
                 break
-        output.write("after\n")
+        # Taken once what waits is written: the thread may not have taken
+        # its last write's bytes off its list yet (a loaded CI), and the
+        # line was dropped with them (and then never came).
+        for _ in range(3000):
+            before = output.dropped
+            output.write("after\n")
+            if output.dropped == before:
+                break
+            time.sleep(0.01)
         # (Read until it comes, the thread's pace whatever the machine's
         # load: close() waits 2 s at most, which a loaded CI exceeded.)
         deadline = time.monotonic() + 30

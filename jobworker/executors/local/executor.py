@@ -750,7 +750,10 @@ class LocalExecutor:
             if serverShort(e):
                 job.withdraw()
                 refused = cannotStartNow(e)
-                self._troubleStarting(refused)
+                if not isinstance(e, (SpawnerGone, LauncherGone)):
+                    # (Those say so while they last: the spawner's silence,
+                    # the launcher being built again.)
+                    self._troubleStarting(refused)
                 raise refused from None
             job.failedToStart(spawnError(e))
         else:
