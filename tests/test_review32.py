@@ -42,6 +42,7 @@ import ssl
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -55,10 +56,12 @@ from jobworker.executors.local.executor import (
     localJobManager,
 )
 from jobworker.executors.local.process import JobProcess, JobProcessProtocol
+from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, StoreError
 
 from .fakes import (
@@ -73,6 +76,8 @@ from .test_limits import output as outputOf
 from .test_limits import requireCgroups
 from .test_manager import ManagerTestCase, request
 from .test_process import JobProcessTestCase
+from .test_slurmdefects18 import SlurmCase
+from .test_slurmunit import state
 
 
 class FirstUseScanTests(SynchronousTestCase):
@@ -432,3 +437,48 @@ class LongTimeoutTextTests(JobProcessCase):
 
     def test_fraction(self) -> None:
         self.assertEqual(self.timedOut(0.25), "timed out after 0.25 seconds")
+
+
+class SlurmHiccupTests(SlurmCase):
+    def test_completedWithoutItsCodeIsCompleted(self) -> None:
+        record = self.submit("true")
+        self.poll({"101": state("RUNNING")})
+        self.commands.failExits = SlurmError("squeue: Resource temporarily unavailable")
+        self.poll({"101": replace(state("COMPLETED"), exitCode=None)})
+        final = self.manager.record(record.id)
+        self.assertEqual(
+            (final.status, final.exit_code, final.error),
+            (JobStatus.COMPLETED, 0, None),
+        )
+
+    def test_failedWithoutItsCodeStaysFailed(self) -> None:
+        record = self.submit("false")
+        self.poll({"101": state("RUNNING")})
+        self.commands.failExits = SlurmError("squeue: Resource temporarily unavailable")
+        self.poll({"101": replace(state("FAILED"), exitCode=None)})
+        final = self.manager.record(record.id)
+        self.assertEqual((final.status, final.exit_code), (JobStatus.FAILED, None))
+
+    def test_stopSentWhileSqueueFails(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+
+        async def failing(jobId: str) -> SlurmState | None:
+            raise SlurmError("squeue: Resource temporarily unavailable")
+
+        self.commands.stateOf = failing  # type: ignore[method-assign]
+        stopped = self.manager.stop(record.id, "alice", StopRequest(grace=30.0))
+        self.assertNoResult(stopped)
+        self.assertEqual(self.commands.signals, [("101", "TERM")])
+
+    def test_stopRefusedWhileSlurmUnreachable(self) -> None:
+        """Unreachable is a 503 still (nothing could be sent)."""
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+
+        async def unreachable(jobId: str) -> SlurmState | None:
+            raise SlurmError("squeue: Unable to contact slurm controller", True)
+
+        self.commands.stateOf = unreachable  # type: ignore[method-assign]
+        self.failureResultOf(self.manager.stop(record.id, "alice"), ServiceUnavailable)
+        self.assertEqual(self.commands.signals, [])

@@ -116,7 +116,11 @@ def outcomeOf(
             # running), not an exit 0 (`jw wait` exited 0: Slurm round 27).
             code = None
         return Outcome(JobStatus.STOPPED, code if not signal else None, signal)
-    if state.state == "COMPLETED" and code == 0:
+    if state.state == "COMPLETED" and code in (0, None) and not signal:
+        # Slurm's COMPLETED is every process ended with exit code 0: so with
+        # no exit status read (squeue --json failed as the job ended, the
+        # plain poll did not), not FAILED "Slurm ended it COMPLETED", for
+        # good, its after_ok jobs failed with it (Slurm round 32).
         return Outcome(JobStatus.COMPLETED, 0)
     if state.state == "TIMEOUT":
         limit = (

@@ -145,7 +145,15 @@ class SlurmStops:
         asked afresh, since an operator may have suspended it since the
         last poll, or before a restart.
         """
-        now = await self._commands.stateOf(slurmJobId)
+        try:
+            now = await self._commands.stateOf(slurmJobId)
+        except SlurmError as e:
+            if e.unreachable:
+                raise
+            # squeue failed, slurmctld answering: the signal is sent all the
+            # same (the stop was a 503, nothing sent: Slurm round 32); a
+            # suspended job's refusal of it is then the stop's answer.
+            return False
         return now is not None and now.state == "SUSPENDED" and isOurs(job.record, now)
 
     def escalate(self, job: SlurmJob, delay: float) -> None:
