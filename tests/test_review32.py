@@ -61,6 +61,7 @@ from jobworker.jobs import identity
 from jobworker.jobs.identity import DynamicUids, PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, StoreError
 
@@ -78,6 +79,7 @@ from .test_manager import ManagerTestCase, request
 from .test_process import JobProcessTestCase
 from .test_slurmdefects18 import SlurmCase
 from .test_slurmunit import state
+from .test_store import makeRecord
 
 
 class FirstUseScanTests(SynchronousTestCase):
@@ -291,7 +293,8 @@ class ReadMarksHeldTests(SynchronousTestCase):
         db = os.path.join(path, "jobs.sqlite3")
         store = JobStore(db)
         self.addCleanup(store.close)
-        self.assertIsNone(store.get("x"))
+        record = makeRecord(1)
+        store.insert(record)
         locker = subprocess.Popen(
             [sys.executable, "-c", LOCKER, db + "-shm", "123", "5"],
             stdout=subprocess.PIPE,
@@ -306,16 +309,26 @@ class ReadMarksHeldTests(SynchronousTestCase):
             first.exception.reason, "the store is locked by another program"
         )
         began = time.monotonic()
-        for _ in range(3):
+        record.exit_code = 0
+        # Reads and writes alike (a job's record made, a job's end).
+        for call, argument in (
+            (store.get, "x"),
+            (store.update, record),
+            (store.insert, makeRecord(2)),
+            (store.page, ANY_JOB),
+        ):
             with self.assertRaises(StoreError) as again:
-                store.get("x")
+                call(argument)  # type: ignore[operator]
             self.assertEqual(
                 again.exception.reason, "the store is locked by another program"
             )
         self.assertLess(time.monotonic() - began, 2.0)
+        self.assertIsNotNone(store.refusal)
         locker.kill()
         locker.wait()
         self.assertIsNone(store.get("x"))
+        store.update(record)
+        self.assertIsNone(store.refusal)
 
 
 class ServerShortHealthTests(ManagerTestCase):

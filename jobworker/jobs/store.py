@@ -141,26 +141,11 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     def decorate(method: _F) -> _F:
         @functools.wraps(method)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if self._marksHeld:
-                if readMarksHeld(self.path + "-shm"):
-                    held = StoreError(
-                        f"cannot {what}: another program holds the store's WAL "
-                        "read marks (an sqlite3 stopped in a checkpoint?)",
-                        "SQLITE_PROTOCOL",
-                    )
-                    if write:
-                        self._refusal = held
-                    raise held
-                self._marksHeld = False
+            self._refuseWhileMarksHeld(what, write)
             try:
                 result = method(self, *args, **kwargs)
             except sqlite3.Error as e:
-                error = StoreError.of(f"cannot {what}", e)
-                if error.errorName == "SQLITE_PROTOCOL":
-                    # SQLite waited 10 s for a read mark on the server's
-                    # thread: the calls after it look at the locks first,
-                    # and are refused while they stay held (fault round 32).
-                    self._marksHeld = True
+                error = self._failed(f"cannot {what}", e)
                 if write:
                     self._refusal = error
                 raise error from None
@@ -173,17 +158,19 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
     return decorate
 
 
-#: The WAL index's lock bytes in the C{-shm} file (SQLite's
-#: C{WALINDEX_LOCK_OFFSET}, 120, and its 8 locks: write, checkpoint,
-#: recover, then the 5 read marks).
-_WAL_LOCKS = (120, 8)
+#: The WAL index's lock bytes in the C{-shm} file a reader waits on: of
+#: SQLite's 8 from C{WALINDEX_LOCK_OFFSET} (120: write, checkpoint,
+#: recover, then the 5 read marks), the recovery's and the read marks'
+#: (another program's write or checkpoint does not hold a reader up).
+_WAL_LOCKS = (122, 6)
 
 
 def readMarksHeld(shm: str) -> bool:
     """
     Does another process hold a write lock among the WAL index's locks of
-    C{shm} (a POSIX lock, as SQLite takes them; this process's own are not
-    seen)? One C{F_GETLK}; False if the file cannot be looked at.
+    C{shm} that hold a reader up (a POSIX lock, as SQLite takes them; this
+    process's own are not seen)? One C{F_GETLK}; False if the file cannot
+    be looked at.
     """
     try:
         fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
@@ -556,12 +543,44 @@ class JobStore:
         self._db.close()
         self._unlock()
 
+    def _refuseWhileMarksHeld(self, what: str, write: bool) -> None:
+        """
+        After SQLite found the WAL read marks held by another program (it
+        waited 10 s for them on the server's thread, then said
+        C{SQLITE_PROTOCOL}), each call looks at those locks first (one
+        C{fcntl}) and is refused at once while they stay held (every call
+        waited 10 s: fault round 32).
+
+        @raise StoreError: they are still held.
+        """
+        if not self._marksHeld:
+            return
+        if readMarksHeld(self.path + "-shm"):
+            held = StoreError(
+                f"cannot {what}: another program holds the store's WAL read "
+                "marks (an sqlite3 stopped in a recovery or a checkpoint?)",
+                "SQLITE_PROTOCOL",
+            )
+            if write:
+                self._refusal = held
+            raise held
+        self._marksHeld = False
+
+    def _failed(self, message: str, error: sqlite3.Error) -> StoreError:
+        """The L{StoreError} of C{error}, noting a read mark held
+        (L{_refuseWhileMarksHeld})."""
+        failure = StoreError.of(message, error)
+        if failure.errorName == "SQLITE_PROTOCOL":
+            self._marksHeld = True
+        return failure
+
     def insert(self, record: JobRecord) -> None:
         """
         Add a new job; sets C{record.seq}.
 
         @raise StoreError: if it cannot be written (disk full, I/O error).
         """
+        self._refuseWhileMarksHeld(f"record job {record.id}", True)
         try:
             if not record.labels:
                 cursor = self._db.execute(INSERT, toRow(record))
@@ -574,7 +593,7 @@ class JobStore:
                         [(k, v, cursor.lastrowid) for k, v in record.labels.items()],
                     )
         except sqlite3.Error as e:
-            self._refusal = error = StoreError.of(f"cannot record job {record.id}", e)
+            self._refusal = error = self._failed(f"cannot record job {record.id}", e)
             raise error from None
         self._refusal = None
         record.seq = cursor.lastrowid
@@ -585,10 +604,11 @@ class JobStore:
 
         @raise StoreError: if it cannot be written (disk full, I/O error).
         """
+        self._refuseWhileMarksHeld(f"record job {record.id}", True)
         try:
             self._db.execute(UPDATE, (*toRow(record)[1:], record.id))
         except sqlite3.Error as e:
-            self._refusal = error = StoreError.of(f"cannot record job {record.id}", e)
+            self._refusal = error = self._failed(f"cannot record job {record.id}", e)
             raise error from None
         self._refusal = None
 
