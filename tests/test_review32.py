@@ -217,6 +217,17 @@ class OddRequestTests(RawRequests):
                 "Host",
             )
 
+    async def test_hostNotAName(self) -> None:
+        """UTF-8, but no host name (an empty label, one of 64 characters):
+        werkzeug's BadHost, a 500 in HTML with a traceback logged (the
+        session's review); a JSON 400 now."""
+        for host in (b"a..b", b"..:1", b"x" * 64 + b".example"):
+            await self.check(
+                b"GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                % host,
+                "Host",
+            )
+
     async def test_starTarget(self) -> None:
         for method in (b"OPTIONS", b"GET", b"POST", b"DELETE"):
             await self.check(

@@ -286,10 +286,15 @@ class _RequestGuard:
                 # review round 32).
                 return _json(request, {"error": f"{said} given twice"}, 400)
         try:
-            request.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            # (Klein answered it in text/html, logging a traceback each time.)
-            return _json(request, {"error": "the Host header is not valid UTF-8"}, 400)
+            # As the routing will take it (werkzeug: the name, IDNA-encoded).
+            host = request.getRequestHostname().decode("utf-8")
+            host.partition(":")[0].encode("idna")
+        except UnicodeError:
+            # (Klein answered one not UTF-8 in HTML, and werkzeug one that is
+            # no host name, a..b, with a 500: each logged a traceback.)
+            return _json(
+                request, {"error": "the Host header is not a host name in UTF-8"}, 400
+            )
         method = bytes(request.method)
         if method != method.upper():
             allowed = sorted(self._allowedMethods("/" + path))
