@@ -46,7 +46,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local import cgroups
@@ -58,7 +58,7 @@ from jobworker.executors.local.executor import (
 from jobworker.executors.local.process import JobProcess, JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.jobs import identity
-from jobworker.jobs.identity import DynamicUids, PoolExhausted
+from jobworker.jobs.identity import DynamicUids, Identities, PoolExhausted
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import ANY_JOB
@@ -69,6 +69,7 @@ from .fakes import (
     FakeProcessReactor,
     GroupKiller,
     forbidRealKill,
+    noLiveUidProcesses,
     processExit,
     processKilled,
 )
@@ -365,6 +366,29 @@ class ServerShortHealthTests(ManagerTestCase):
         self.assertFalse(self.manager.health().up)
         self.reactor.advance(1)
         self.assertTrue(self.manager.health().up)
+
+    def test_stepBackKeepsIt(self) -> None:
+        """A step of the wall clock back does not end the window at once."""
+        self.reactor.spawnError = OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self.assertRaises(ServiceUnavailable, self.manager.create, request(), "alice")
+        self.reactor.rightNow -= 5.0
+        self.assertFalse(self.manager.health().up)
+
+    def test_noDescriptorForTheUidLock(self) -> None:
+        """A root server's job needs its dynamic uid's lock file first: no
+        descriptor for it is the server's trouble too."""
+        if os.getuid() != 0:
+            raise SkipTest("dynamic uids need root")
+        noLiveUidProcesses(self.patch)
+        pool = DynamicUids(75300, 75309, self.mktemp())
+        manager = self.managerWith(policy=JobPolicy(identities=Identities(pool=pool)))
+
+        def noDescriptor(uid: int) -> int | None:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        self.patch(pool, "_flock", noDescriptor)
+        self.assertRaises(ServiceUnavailable, manager.create, request(), "bob")
+        self.assertFalse(manager.health().up)
 
     def test_jobsOwnFailureIsNoTrouble(self) -> None:
         """A job that cannot start for its own reason (E2BIG) is no

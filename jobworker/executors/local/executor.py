@@ -397,7 +397,10 @@ class LocalExecutor:
             why = self._launcherTrouble()
         trouble = self._startTrouble
         if why is None and trouble is not None:
-            if 0 <= self._reactor.seconds() - trouble[0] < START_TROUBLE_FOR:
+            now = self._reactor.seconds()
+            if now < trouble[0]:  # (a step back of the clock: from now on)
+                trouble = self._startTrouble = (now, trouble[1])
+            if now - trouble[0] < START_TROUBLE_FOR:
                 why = trouble[1]
             else:
                 self._startTrouble = None
@@ -434,12 +437,16 @@ class LocalExecutor:
         except IdentityError as e:
             raise Forbidden(f"user {owner}'s jobs cannot run now: {e}") from None
         except UidLocksFailing as e:
-            raise CannotStartNow(
+            refused = CannotStartNow(
                 f"the server cannot start a job now: {e.strerror}; try again shortly"
-            ) from None
+            )
+            self._troubleStarting(refused)
+            raise refused from None
         except OSError as e:
             if serverShort(e):
-                raise cannotStartNow(e) from None
+                refused = cannotStartNow(e)
+                self._troubleStarting(refused)
+                raise refused from None
             raise
 
     def release(self, identity: Identity) -> None:
