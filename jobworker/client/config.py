@@ -183,9 +183,16 @@ def checkServer(server: str) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         try:
-            host.encode("idna")
+            named = (
+                re.fullmatch(r"[a-z0-9._-]+", host) is not None
+                if host.isascii()
+                else bool(host.encode("idna"))
+            )
         except UnicodeError:
-            # (It failed later, as "unexpected error": code review round 32.)
+            named = False
+        if not named:
+            # (It failed later, as "unexpected error": code review round 32;
+            # a space or a % in it too: the session's review.)
             raise ConfigError(
                 f"server's host {host!r} is not a host name (nor an address)"
             ) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -52,9 +51,11 @@ class _AsWritten(EncodedURL):
     """
     A URL treq sends as written: its C{to_uri} IDNA-encodes the host, and
     refused an IPv6 literal's (C{https://[::1]:8443}: "Codepoint U+003A not
-    allowed"), so C{jw stop}, C{rm} and C{login} could not reach a server
-    the other verbs reach (code review round 32). Only for an IP literal:
-    a name keeps treq's encoding.
+    allowed"), and a name with an C{_} (C{web_1}, a compose service's), so
+    C{jw stop}, C{rm} and C{login} could not reach a server the other verbs
+    reach (code review round 32, the session's review). Only for an IP
+    literal or a name in ASCII (nothing to encode): another keeps treq's
+    encoding.
     """
 
     def to_uri(self) -> EncodedURL:
@@ -62,11 +63,10 @@ class _AsWritten(EncodedURL):
 
 
 def _urlFor(text: str) -> str | EncodedURL:
-    """C{text} as treq should take it (L{_AsWritten} for an IP literal)."""
+    """C{text} as treq should take it (L{_AsWritten} for an IP literal or
+    a name in ASCII)."""
     host = urlsplit(text).hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if not host.isascii():
         return text
     return _AsWritten.from_text(text)
 
@@ -212,6 +212,15 @@ class JobworkerClient(ApiCalls):
             )
         except (ClientError, CancelledError):
             raise  # CancelledError: the user interrupted jw (or a deadline)
+        except UnicodeError as e:
+            # Twisted's TLS host check takes IDNA 2008 names only: one with
+            # an "_" (a compose service's, web_1) is refused before any
+            # connection; the stdlib's, of the other commands, takes it.
+            raise ClientError(
+                f"cannot reach {self.server} with this command: its TLS host "
+                f"check refuses the host's name ({e}); name the server by "
+                "its address, or by a name without it"
+            ) from None
         except Exception as e:
             if isCancellation(e):
                 raise CancelledError() from None

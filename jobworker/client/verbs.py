@@ -1172,12 +1172,12 @@ async def _stopJob(
         refusal = e  # 409: the job had already ended
     except (CancelledError, KeyboardInterrupt):
         # An interrupt ends the wait, not the stop (it exited 130 in
-        # silence, as if called off: new user round 32).
-        if not later.active():
-            streams.say(
-                f"jw: no longer waiting; the stop of job {jobId} goes on "
-                f"(KILL after the grace): jw status {jobId}"
-            )
+        # silence, as if called off: new user round 32), in its first
+        # second too (the session's review).
+        streams.say(
+            f"jw: no longer waiting; the stop of job {jobId} goes on "
+            f"(KILL after the grace): jw status {jobId}"
+        )
         raise
     finally:
         if later.active():
