@@ -530,3 +530,36 @@ class SlurmHiccupTests(SlurmCase):
         self.commands.stateOf = unreachable  # type: ignore[method-assign]
         self.failureResultOf(self.manager.stop(record.id, "alice"), ServiceUnavailable)
         self.assertEqual(self.commands.signals, [])
+
+
+class ContentEncodingTests(RawRequests):
+    """A body sent with a C{Content-Encoding} (gzip) was read as plain JSON
+    (the code review's unverified item, checked): a 415 now, before
+    anything is read of it."""
+
+    async def test_gzipRefused(self) -> None:
+        body = b'{"command":"true"}'
+        server = LiveServer(self)
+        code, headers, answer = await deferToThread(
+            exchange,
+            server.port,
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+            + basicLine("alice")
+            + b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body,
+        )
+        self.assertEqual((code, headers.get("content-type")), (415, "application/json"))
+        self.assertIn("Content-Encoding", json.loads(answer)["error"])
+        self.assertEqual(server.manager.page()[0], [])
+
+    async def test_identityTaken(self) -> None:
+        server = LiveServer(self)
+        code, _headers, answer = await deferToThread(
+            exchange,
+            server.port,
+            b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n"
+            + basicLine("alice")
+            + b"Content-Encoding: identity\r\nConnection: close\r\n\r\n",
+        )
+        self.assertEqual(code, 200, answer)

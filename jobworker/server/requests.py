@@ -285,6 +285,14 @@ class _RequestGuard:
                 # another user than the one served and audited (code
                 # review round 32).
                 return _json(request, {"error": f"{said} given twice"}, 400)
+        for coding in headers.getRawHeaders(b"content-encoding", ()):
+            if coding.strip().lower() not in (b"", b"identity"):
+                # (A gzip body was read as it came, as plain JSON.)
+                return _json(
+                    request,
+                    {"error": "no Content-Encoding is taken: send the body plain"},
+                    415,
+                )
         try:
             # As the routing will take it (werkzeug: the name, IDNA-encoded).
             host = request.getRequestHostname().decode("utf-8")
