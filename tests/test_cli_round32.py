@@ -303,3 +303,21 @@ class VerbOptionFirstTests(SynchronousTestCase):
         with self.assertRaises(ArgumentsRefused) as caught:
             buildParser(streams).parse_args(["--bogus", "list"])
         self.assertIn("unknown option --bogus", str(caught.exception))
+
+
+class CorruptTokensFileTests(MemoryCLITestCase):
+    """A tokens file that is not JSON was read as empty: C{jw logout} said
+    "not logged in", a login's token went unread, silently. It is refused
+    in one line, exit 2, naming it."""
+
+    def test_refusedNamed(self) -> None:
+        self.assertSucceeded(self.jw("login"))
+        path = os.path.join(self.configHome, "jobworker", "tokens.json")
+        self.assertTrue(os.path.exists(path))
+        with open(path, "w") as f:
+            f.write("{not json")
+        for argv in (("logout",), ("list",)):
+            out, err, code = self.jw(*argv)
+            self.assertEqual((out, code), (b"", 2), (argv, err))
+            self.assertIn(path.encode(), err)
+            self.assertEqual(err.count(b"\n"), 1, err)

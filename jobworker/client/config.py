@@ -314,9 +314,18 @@ def _readTokens(path: str) -> dict[str, dict[str, object]]:
         with open(path, encoding="utf-8") as f:
             _refuseShared(path, os.fstat(f.fileno()).st_mode)
             data = json.load(f)
-    except (OSError, ValueError):
+    except OSError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        # (Read as empty, it was said of nothing: jw logout said "not logged
+        # in", a login went unread: new user round 32.)
+        raise ConfigError(
+            f"{path} is not a jw tokens file (not a JSON object): move it "
+            "away, then jw login"
+        )
+    return data
 
 
 def serverKey(server: str) -> str:
