@@ -203,7 +203,7 @@ class BadSettingsTests(SynchronousTestCase):
             self.assertEqual(err.count(b"\n"), 1, err)
 
     def test_hostNotAName(self) -> None:
-        for host in ("\udcff", "a b", "ex%41mple"):
+        for host in ("\udcff", "a b", "ex%41mple", "a..b", "x" * 64 + ".example"):
             for verb in (("list",), ("exec", "--", "true"), ("stop", UNKNOWN)):
                 out, err, code = self.jw(
                     *verb, JW_SERVER=f"https://{host}:8443", JW_TOKEN="t"
@@ -321,3 +321,9 @@ class CorruptTokensFileTests(MemoryCLITestCase):
             self.assertEqual((out, code), (b"", 2), (argv, err))
             self.assertIn(path.encode(), err)
             self.assertEqual(err.count(b"\n"), 1, err)
+        # A login writes it anew, its token kept (it was lost, after the
+        # password had gone: late review 32).
+        self.assertSucceeded(self.jw("login"))
+        self.assertSucceeded(self.jw("list"))
+        with open(path) as f:
+            self.assertIn("token", f.read())

@@ -183,10 +183,8 @@ def checkServer(server: str) -> str:
         ipaddress.ip_address(host)
     except ValueError:
         try:
-            named = (
-                re.fullmatch(r"[a-z0-9._-]+", host) is not None
-                if host.isascii()
-                else bool(host.encode("idna"))
+            named = bool(host.encode("idna")) and (
+                not host.isascii() or re.fullmatch(r"[a-z0-9._-]+", host) is not None
             )
         except UnicodeError:
             named = False
@@ -403,7 +401,12 @@ def tokenUser(token: str) -> str | None:
 def saveToken(path: str, server: str, token: str, expires: float, user: str) -> None:
     """Keep a token for C{server} (file mode 0600, folder 0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tokens = _readTokens(path)
+    try:
+        tokens = _readTokens(path)
+    except ConfigError:
+        # Not JSON (or shared: refused before the password went, checkPrivate):
+        # written anew, the token just got kept (it was lost: late review 32).
+        tokens = {}
     tokens.pop(server, None)  # (as an older jw kept it)
     tokens[serverKey(server)] = {"token": token, "expires": expires, "user": user}
     _writeTokens(path, tokens)
