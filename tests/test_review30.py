@@ -604,7 +604,10 @@ class StdinThatCannotBeReadTests(TestCase):
             )
             self.assertNotIn("Traceback", done.stderr.decode())
         _code, listing = await server.json("GET", "/jobs", "alice")
-        self.assertEqual({job["status"] for job in listing["jobs"]}, {"COMPLETED"})
+        # Each ends once its closed stdin is seen (without -f, jw does not
+        # wait for that: a loaded CI listed one RUNNING still).
+        ended = [await server.waitEnded(job["id"]) for job in listing["jobs"]]
+        self.assertEqual({job["status"] for job in ended}, {"COMPLETED"})
 
     async def test_nonBlocking(self) -> None:
         """A non-blocking pipe with nothing in it yet: waited on, all sent."""
