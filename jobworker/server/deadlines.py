@@ -29,6 +29,12 @@ _TIMEOUT_RESPONSE = _closingResponse(
 _TOO_LONG_RESPONSE = _closingResponse(
     b"431 Request Header Fields Too Large", "request line or header too long"
 )
+#: What a connection whose body was refused as too large still reads (and
+#: throws away) before it is closed, and for how long at most: a client
+#: still sending it reads the 413 rather than a reset connection.
+LINGER_BYTES = 1 << 20
+LINGER_SECONDS = 2.0
+
 _MALFORMED_RESPONSE = _closingResponse(
     b"400 Bad Request", "malformed HTTP request (request line, headers or chunks)"
 )
@@ -49,7 +55,6 @@ RELIED_ON = (
     "_receivedHeaderSize",
     "_receivedHeaderCount",
     "_respondToBadRequestAndDisconnect",
-    "_send100Continue",
     "requests",
     "persistent",
     "totalHeadersSize",
@@ -182,7 +187,13 @@ class DeadlineChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
-            return  # answered and closing: nothing more is read
+            # Answered and closing: nothing more is parsed; what comes is
+            # read (thrown away) a little while (L{_refuse}).
+            if self._lingerLeft >= 0:
+                self._lingerLeft -= len(data)
+                if self._lingerLeft < 0:
+                    self._endLinger()
+            return
         self._lastActive = time.monotonic()
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
@@ -192,6 +203,14 @@ class DeadlineChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._cancelDeadline()
+        limit = getattr(self.requests[-1], "maxBodyBytes", None)
+        if limit is not None and self.length is not None and self.length > limit:
+            # Known over the cap: answered now, not once all of it has
+            # been read, decrypted and thrown away (attacker round 33); a
+            # client that asked first (C{Expect: 100-continue}) is told so
+            # at once (RFC 9110 10.1.1), not invited to send it.
+            self.refuseBody(limit)
+            return
         if self.length != 0:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
                 self.bodyTimeout, self._tooSlow, "body"
@@ -199,6 +218,8 @@ class DeadlineChannel(HTTPChannel):
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
 
     def allContentReceived(self) -> None:
+        if self._refused:
+            return  # (the end of a chunked body refused on its way)
         self._cancelDeadline()
         super().allContentReceived()  # type: ignore[no-untyped-call]
 
@@ -231,28 +252,48 @@ class DeadlineChannel(HTTPChannel):
         else:
             self._refuse(_MALFORMED_RESPONSE)
 
-    def _send100Continue(self) -> None:
-        # A client that asks before sending a body too large for any route
-        # is told so at once (RFC 9110 10.1.1), not invited to send it all
-        # to be read and thrown away.
-        limit = getattr(self.requests[-1], "maxBodyBytes", None)
-        if limit is not None and self.length is not None and self.length > limit:
+    def refuseBody(self, limit: int) -> None:
+        """Answer 413: the request's body is over C{limit} bytes."""
+        if not self._refused:
             self._refuse(
                 _closingResponse(
                     b"413 Request Entity Too Large", f"request body over {limit} bytes"
                 )
             )
-            return
-        super()._send100Continue()  # type: ignore[no-untyped-call]
+
+    #: What a refused connection may still read (L{LINGER_BYTES}), -1 once
+    #: it is aborted.
+    _lingerLeft = -1
 
     def _refuse(self, response: bytes) -> None:
-        """Answer with C{response} and close; read nothing more."""
+        """
+        Answer with C{response} and close; parse nothing more.
+
+        A closing TLS connection reads on until the client's C{close_notify}
+        (and a client that sends on never sends it), each record decrypted:
+        until the idle timeout, a minute. What it still reads is thrown
+        away, up to L{LINGER_BYTES} or for L{LINGER_SECONDS}, so that a
+        client still sending a body reads its answer rather than a reset;
+        then the connection is aborted (attacker round 33).
+        """
         self._refused = True
         self._cancelDeadline()
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         if self.transport is not None:
             self.transport.write(response)
             self.loseConnection()  # type: ignore[no-untyped-call]
+            self._lingerLeft = LINGER_BYTES
+            self._deadline = self.callLater(  # type: ignore[no-untyped-call]
+                LINGER_SECONDS, self._endLinger
+            )
+
+    def _endLinger(self) -> None:
+        self._lingerLeft = -1
+        self._cancelDeadline()
+        if not self._closed and self.transport is not None:
+            # (Every transport the server runs on has it: TCP, TLS and the
+            # wrappers between; ITransport does not name it.)
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _cancelDeadline(self) -> None:
         if self._deadline is not None:

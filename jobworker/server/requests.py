@@ -98,6 +98,13 @@ class BoundedRequest(Request):
             chunk = data[:room]
             self._bodyBytes += len(chunk)
             super().handleContentChunk(chunk)  # type: ignore[no-untyped-call]
+        if self._bodyBytes > self.maxBodyBytes:
+            # A chunked body past the cap: answered now, not once all of
+            # it has come (attacker round 33; a Content-Length over it is
+            # answered at the headers).
+            refuse = getattr(self.channel, "refuseBody", None)
+            if refuse is not None:
+                refuse(self.maxBodyBytes)
 
 
 def boundedRequestClass(maxBodyBytes: int) -> type[BoundedRequest]:
