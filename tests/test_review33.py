@@ -17,12 +17,19 @@ C{close_notify}.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import sqlite3
 import ssl
+import subprocess
+import sys
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.store import JobStore, StoreError
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 
 from . import test_wire
@@ -199,3 +206,210 @@ class BodyOverTheCapLiveTests(TestCase):
         )
         self.assertIn(b" 413 ", line)
         self.assertLess(sent, 16 << 20)
+
+
+def storeRecord(jobId: str) -> JobRecord:
+    return JobRecord(
+        id=jobId,
+        owner="alice",
+        command="true",
+        args=[],
+        status=JobStatus.COMPLETED,
+        created_at=1.0,
+        exit_code=0,
+    )
+
+
+def jobsInFileAlone(path: str, into: str) -> int:
+    """How many jobs a copy of the store's file alone holds (what a crash
+    leaves when its WAL is gone)."""
+    shutil.copyfile(path, into)
+    db = sqlite3.connect(into)
+    try:
+        return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    finally:
+        db.close()
+
+
+class WalRemovedTests(SynchronousTestCase):
+    """
+    The store's C{-wal} removed while the server ran (a cleanup of
+    C{*-wal}): nothing noticed, every commit went on into the removed file,
+    and a crash lost every job since the last checkpoint: on a young store,
+    all (fault round 33).
+    """
+
+    def setUp(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.path = os.path.join(folder, "jobs.sqlite3")
+        self.copy = os.path.join(folder, "copy.sqlite3")
+        self.store = JobStore(self.path)
+        self.addCleanup(lambda: self.store.close())
+
+    def test_inPlace(self) -> None:
+        self.store.insert(storeRecord("job-0"))
+        self.assertIsNone(self.store.relink())
+        self.assertIsNone(self.store.relink())
+
+    def test_removedCheckpointed(self) -> None:
+        for n in range(3):
+            self.store.insert(storeRecord(f"job-{n}"))
+        os.unlink(self.path + "-wal")
+        for n in range(3, 6):
+            self.store.insert(storeRecord(f"job-{n}"))
+        found = self.store.relink() or ""
+        self.assertIn("-wal was removed", found)
+        self.assertEqual(jobsInFileAlone(self.path, self.copy), 6)
+        # A WAL of its own again, and the store goes on in it.
+        self.assertTrue(os.path.exists(self.path + "-wal"))
+        self.assertIsNone(self.store.relink())
+        self.store.insert(storeRecord("job-6"))
+        self.store.close()
+        self.store = JobStore(self.path)
+        self.assertEqual(
+            [self.store.get(f"job-{n}") is not None for n in range(7)], [True] * 7
+        )
+
+    def test_replacedMovedAside(self) -> None:
+        """A file put at the WAL's path is never read as the store's."""
+        self.store.insert(storeRecord("job-0"))
+        os.unlink(self.path + "-wal")
+        with open(self.path + "-wal", "wb") as f:
+            f.write(b"not a WAL" * 100)
+        found = self.store.relink() or ""
+        self.assertIn("moved aside", found)
+        with open(self.path + "-wal.replaced", "rb") as f:
+            self.assertEqual(f.read(), b"not a WAL" * 100)
+        self.assertEqual(jobsInFileAlone(self.path, self.copy), 1)
+
+
+_CRASH = """
+import os, sys
+from jobworker.jobs.store import JobStore
+from tests.test_review33 import storeRecord
+store = JobStore(sys.argv[1])
+for n in range(3):
+    store.insert(storeRecord(f"job-{n}"))
+os._exit(0)
+"""
+
+
+class OrphanWalTests(SynchronousTestCase):
+    """
+    A store's file emptied or removed after a crash, beside the WAL that
+    held its jobs: the server started with "0 jobs" and SQLite deleted the
+    WAL, the jobs lost for good (fault round 33). Refused; nothing touched.
+    """
+
+    def crashed(self) -> str:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "jobs.sqlite3")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        subprocess.run([sys.executable, "-c", _CRASH, path], check=True, env=env)
+        self.assertGreater(os.path.getsize(path + "-wal"), 32)
+        return path
+
+    def check(self, path: str, said: str) -> None:
+        wal = os.path.getsize(path + "-wal")
+        with self.assertRaises(StoreError) as caught:
+            JobStore(path)
+        self.assertIn(said, str(caught.exception))
+        self.assertIn("-wal holds", str(caught.exception))
+        self.assertEqual(os.path.getsize(path + "-wal"), wal)
+
+    def test_emptied(self) -> None:
+        path = self.crashed()
+        os.truncate(path, 0)
+        self.check(path, "is empty")
+        self.assertEqual(os.path.getsize(path), 0)
+
+    def test_removed(self) -> None:
+        path = self.crashed()
+        os.unlink(path)
+        self.check(path, "is missing")
+        self.assertFalse(os.path.exists(path))
+
+    def test_crashedStoreOpens(self) -> None:
+        """The WAL beside its store is read as ever: every job is there."""
+        path = self.crashed()
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        self.assertEqual(
+            [store.get(f"job-{n}") is not None for n in range(3)], [True] * 3
+        )
+
+
+def sqliteError(name: str, text: str) -> sqlite3.Error:
+    """An error as SQLite's module raises it, with its error's name."""
+    error = sqlite3.DatabaseError(text)
+    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    return error
+
+
+class _FailingDb:
+    """A connection whose statements fail with the errors given, in turn
+    (what a disk that failed a write does to SQLite: fault round 33)."""
+
+    def __init__(self, real: sqlite3.Connection, errors: list[sqlite3.Error]) -> None:
+        self.real = real
+        self.errors = errors
+
+    def execute(self, *args: object) -> object:
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.real.execute(*args)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+class IoErrorNotDamageTests(SynchronousTestCase):
+    """
+    After a write failed with an I/O error, SQLite reads the pages it left
+    as damage ("database disk image is malformed"): every 503 and /healthz
+    said "the store is damaged (see Durability)" of a sound store on a
+    failing disk (fault round 33). An I/O error it stays, until a write
+    succeeds.
+    """
+
+    def setUp(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.store = JobStore(os.path.join(folder, "jobs.sqlite3"))
+        self.addCleanup(lambda: self.store.close())
+        self.real = self.store._db
+
+    def failWith(self, *errors: sqlite3.Error) -> None:
+        self.store._db = _FailingDb(self.real, list(errors))  # type: ignore[assignment]
+
+    def test_damageAfterIoError(self) -> None:
+        malformed = "database disk image is malformed"
+        self.failWith(
+            sqliteError("SQLITE_IOERR_WRITE", "disk I/O error"),
+            sqliteError("SQLITE_CORRUPT", malformed),
+            sqliteError("SQLITE_CORRUPT", malformed),
+        )
+        reasons = []
+        for call in (
+            lambda: self.store.insert(storeRecord("job-0")),
+            lambda: self.store.get("job-0"),
+            lambda: self.store.insert(storeRecord("job-1")),
+        ):
+            with self.assertRaises(StoreError) as caught:
+                call()
+            reasons.append(caught.exception.reason)
+        self.assertEqual(reasons, [reasons[0]] * 3)
+        self.assertIn("I/O error", reasons[0])
+
+    def test_damageAfterAWriteSucceeded(self) -> None:
+        """Once a write went through, damage is damage again."""
+        self.failWith(sqliteError("SQLITE_IOERR_WRITE", "disk I/O error"))
+        with self.assertRaises(StoreError):
+            self.store.insert(storeRecord("job-0"))
+        self.store.insert(storeRecord("job-1"))
+        self.failWith(sqliteError("SQLITE_CORRUPT", "database disk image is malformed"))
+        with self.assertRaises(StoreError) as caught:
+            self.store.get("job-1")
+        self.assertIn("damaged", caught.exception.reason)

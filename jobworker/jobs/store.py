@@ -151,6 +151,7 @@ def _mapped(what: str, write: bool = False) -> Callable[[_F], _F]:
                 raise error from None
             if write:
                 self._refusal = None
+                self._ioFailed = False
             return result
 
         return wrapper  # type: ignore[return-value]
@@ -240,6 +241,35 @@ def _syncFolder(path: str) -> None:
         os.close(fd)
 
 
+#: The size of a WAL's header: a WAL larger holds frames (records).
+WAL_HEADER_BYTES = 32
+
+
+def _refuseOrphanWal(path: str, existed: bool) -> None:
+    """
+    A store's file missing or empty beside a WAL that holds frames (the
+    jobs committed since the last checkpoint, after a crash: all of them on
+    a young store): SQLite takes the store for a new one and deletes the
+    WAL at its first read, and the jobs were lost for good with a start
+    that said "0 jobs" (fault round 33). Refused: nothing is touched.
+
+    @raise StoreError: so.
+    """
+    wal = path + "-wal"
+    try:
+        walBytes = os.stat(wal).st_size
+    except OSError:
+        return
+    if walBytes <= WAL_HEADER_BYTES or (existed and os.path.getsize(path) > 0):
+        return
+    state = "empty" if existed else "missing"
+    raise StoreError(
+        f"{path} is {state}, but {wal} holds {walBytes} bytes of its jobs: "
+        f"restore {os.path.basename(path)} from a copy, or move "
+        f"{os.path.basename(wal)} aside to start afresh (nothing was changed)"
+    )
+
+
 def _fileOf(path: str) -> tuple[int, int]:
     """The device and inode of the file at C{path}."""
     status = os.stat(path)
@@ -302,6 +332,7 @@ class JobStore:
         existed = os.path.exists(path)
         if existed and not os.access(path, os.R_OK | os.W_OK):
             raise StoreError(f"{path} is not readable and writable")
+        _refuseOrphanWal(path, existed)
         try:
             if not existed:
                 # SQLite gives its -wal and -shm files the mode of this one.
@@ -323,6 +354,7 @@ class JobStore:
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
+        self._walRelink()  # (notes the WAL: L{relink} compares its path's)
 
     @staticmethod
     def _exclusive(path: str) -> list[int]:
@@ -470,7 +502,7 @@ class JobStore:
         except OSError:
             return None
         if now == self._file:
-            return None
+            return self._walRelink()
         if now is not None:
             return (
                 f"{self.path} is not the file the server opened (it was replaced "
@@ -515,6 +547,59 @@ class JobStore:
             f"the open store, every job in it{moved}"
         )
 
+    def _walRelink(self) -> str | None:
+        """
+        Is the store's WAL still at its path? One removed while the server
+        ran (a cleanup of C{*-wal} files) went unnoticed: every commit went
+        on into the removed file, and a crash lost every job since the last
+        checkpoint, on a young store every job (fault round 33). The WAL is
+        checkpointed into the store's file (every job, as committed), a file
+        put at its path is moved aside (C{.replaced}: never read as this
+        store's), and the store is opened again, with a WAL of its own.
+
+        @return: what was found and done, in a line for the log; None if
+            the WAL is where it was.
+        @raise StoreError: it could not be checkpointed or opened again.
+        """
+        wal = self.path + "-wal"
+        try:
+            now: tuple[int, int] | None = _fileOf(wal)
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return None
+        if self._wal is None or now == self._wal:
+            self._wal = now
+            return None
+        try:
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StoreError(
+                f"{wal} was removed while the server ran, and the jobs it held "
+                f"cannot be written to {self.path}: {e}"
+            ) from None
+        if busy:
+            raise StoreError(
+                f"{wal} was removed while the server ran, and the jobs it held "
+                f"cannot be written to {self.path} now (another reader): tried again"
+            )
+        moved = ""
+        if now is not None:
+            os.replace(wal, wal + ".replaced")
+            moved = (
+                f" (the file put there moved aside: {os.path.basename(wal)}.replaced)"
+            )
+        self._db.close()
+        self._reconnect = True
+        self._connectAgain()
+        return (
+            f"{wal} was removed while the server ran: every job it held written "
+            f"to {self.path}, and a new one made{moved}"
+        )
+
+    #: The WAL seen beside the store (device, inode; None before it is).
+    _wal: tuple[int, int] | None = None
+
     def _connectAgain(self) -> None:
         """
         Open the store's file again (after L{relink}); until it opens,
@@ -529,6 +614,8 @@ class JobStore:
             db.execute("PRAGMA journal_mode = WAL")
             self._connected()
             self._file = _fileOf(self.path)
+            self._wal = None
+            self._walRelink()  # (notes the new one)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
         self._reconnect = False
@@ -570,9 +657,23 @@ class JobStore:
         """The L{StoreError} of C{error}, noting a read mark held
         (L{_refuseWhileMarksHeld})."""
         failure = StoreError.of(message, error)
-        if failure.errorName == "SQLITE_PROTOCOL":
+        name = failure.errorName or ""
+        if name == "SQLITE_PROTOCOL":
             self._marksHeld = True
+        elif name.startswith("SQLITE_IOERR"):
+            self._ioFailed = True
+        elif name in DAMAGE and self._ioFailed:
+            # SQLite reads the pages a failed write left behind as damage
+            # ("malformed"): the disk failed, the store may be whole (fault
+            # round 33: an operator was sent to rebuild a sound store).
+            failure = StoreError(
+                f"{message}: {error} (after an I/O error of the disk)",
+                "SQLITE_IOERR",
+            )
         return failure
+
+    #: An I/O error was met, and no write has succeeded since (L{_failed}).
+    _ioFailed = False
 
     def insert(self, record: JobRecord) -> None:
         """
@@ -596,6 +697,7 @@ class JobStore:
             self._refusal = error = self._failed(f"cannot record job {record.id}", e)
             raise error from None
         self._refusal = None
+        self._ioFailed = False
         record.seq = cursor.lastrowid
 
     def update(self, record: JobRecord) -> None:
@@ -611,6 +713,7 @@ class JobStore:
             self._refusal = error = self._failed(f"cannot record job {record.id}", e)
             raise error from None
         self._refusal = None
+        self._ioFailed = False
 
     @property
     def refusal(self) -> StoreError | None:
