@@ -25,10 +25,13 @@ import ssl
 import subprocess
 import sys
 
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.throttle import LoginThrottle
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.spool import OutputSpool, SpoolReader
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 
@@ -413,3 +416,100 @@ class IoErrorNotDamageTests(SynchronousTestCase):
         with self.assertRaises(StoreError) as caught:
             self.store.get("job-1")
         self.assertIn("damaged", caught.exception.reason)
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.producer: object = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class PacerStepBackTests(SynchronousTestCase):
+    """
+    The pacer timed its window on the reactor's clock, the wall clock:
+    stepped back, the window never rolled over and its bytes grew past
+    L{PRESSING}, so a job writing 20 kB/s was paced as one writing at full
+    speed and its followers got a 64th of its output (review round 33).
+    (A reader already waiting in line waits for a timer, which the step
+    delays as it does every timer of the reactor: the README says so.)
+    """
+
+    def follow(self, stepBack: float) -> tuple[int, int]:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        path = os.path.join(os.path.abspath(self.mktemp()), "stdout")
+        spool = OutputSpool(path, clock=clock)
+        consumer = _Consumer()
+        reader = SpoolReader(spool, consumer, 0, follow=True)
+        reader.start()
+        spool.write(b"started\n")  # (a line before the step)
+        clock.advance(0.005)
+        # The wall clock steps back (NTP "makestep", an operator's date -s).
+        clock.rightNow -= stepBack
+        # The job prints a 100-byte line every 5 ms, for 60 s (20 kB/s):
+        # far below the pacer's PRESSING (25 MB/s).
+        for _ in range(12_000):
+            spool.write(b"x" * 99 + b"\n")
+            clock.advance(0.005)
+        # Still running, a line each 5 ms: what has the follower seen?
+        written = spool.size
+        self.addCleanup(spool.close)
+        return written, len(consumer.data)
+
+    def test_noStep(self) -> None:
+        """Without a clock step the follower gets everything at once."""
+        written, sent = self.follow(0)
+        self.assertEqual(sent, written)
+
+    def test_stepBack(self) -> None:
+        """After a step back of an hour, the follower gets all of it too
+        (it got under a quarter: review round 33)."""
+        written, sent = self.follow(3600)
+        self.assertEqual((written, sent), (written, written))
+
+
+class RefusalsReportedAfterStepBackTests(SynchronousTestCase):
+    """Refused logins were not reported while a wall clock stepped back
+    was catching up (C{now - last} negative: never C{>= every}; review
+    round 33)."""
+
+    def test_stepBack(self) -> None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        throttle = LoginThrottle(clock)
+        self.assertEqual(throttle.refused("203.0.113.7"), 1)  # reported at once
+        clock.rightNow -= 3600  # the wall clock steps back an hour
+        reported = []
+        overdue = []
+        # Ten minutes of refused guesses, one a second; the server asks for
+        # overdue reports every second too.
+        for _ in range(600):
+            clock.advance(1)
+            count = throttle.refused("203.0.113.7")
+            if count is not None:
+                reported.append(count)
+            overdue += throttle.overdue()
+        # One report a minute at most (every=60): about ten in ten minutes.
+        self.assertGreaterEqual(len(reported) + len(overdue), 9, (reported, overdue))
+
+    def test_noStep(self) -> None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        throttle = LoginThrottle(clock)
+        self.assertEqual(throttle.refused("203.0.113.7"), 1)
+        reported = []
+        for _ in range(600):
+            clock.advance(1)
+            count = throttle.refused("203.0.113.7")
+            if count is not None:
+                reported.append(count)
+        self.assertGreaterEqual(len(reported), 9, reported)

@@ -237,7 +237,9 @@ class LoginThrottle:
         now = self._clock.seconds()
         last, count = self._refusals.pop(key, (None, 0))
         count += 1
-        if last is not None and now - last < every:
+        # (A wall clock stepped back: reported, not held until it is
+        # caught up again; review round 33.)
+        if last is not None and 0 <= now - last < every:
             self._refusals[key] = (last, count)
             return None
         self._refusals[key] = (now, 0)
@@ -255,7 +257,7 @@ class LoginThrottle:
         now = self._clock.seconds()
         due = []
         for key, (last, count) in list(self._refusals.items()):
-            if now - last >= every:
+            if not 0 <= now - last < every:
                 del self._refusals[key]
                 if count:
                     due.append((key[0], key[1], count))

@@ -57,16 +57,19 @@ class Pacer:
         """Whether the job writes fast enough to be paced for (L{PRESSING})."""
         return (
             self._lastWrite is not None
-            and self._clock.seconds() - self._lastWrite < QUIET
+            and 0 <= self._clock.seconds() - self._lastWrite < QUIET
             and (self._heavyBefore or self._windowBytes >= PRESSING)
         )
 
     def wrote(self, size: int) -> None:
         """The spool took C{size} bytes from the job."""
         now = self._lastWrite = self._clock.seconds()
-        if now - self._windowStart >= QUIET:
+        # (A wall clock stepped back rolls the window too: it grew for ever,
+        # and a job writing 20 kB/s was paced as pressing; review round 33.)
+        if not 0 <= now - self._windowStart < QUIET:
             self._heavyBefore = (
-                self._windowBytes >= PRESSING and now - self._windowStart < 2 * QUIET
+                self._windowBytes >= PRESSING
+                and 0 <= now - self._windowStart < 2 * QUIET
             )
             self._windowStart = now
             self._windowBytes = 0
