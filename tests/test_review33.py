@@ -24,18 +24,23 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.throttle import LoginThrottle
+from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.spool import OutputSpool, SpoolReader
 from jobworker.jobs.store import JobStore, StoreError
+from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 
 from . import test_wire
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import LiveServer
 from .test_review32 import RawRequests, basicLine, exchange
 from .test_wire import ALICE, parse
@@ -513,3 +518,53 @@ class RefusalsReportedAfterStepBackTests(SynchronousTestCase):
             if count is not None:
                 reported.append(count)
         self.assertGreaterEqual(len(reported), 9, reported)
+
+
+class UnsavedInFilteredListTests(SynchronousTestCase):
+    """
+    A job that ended while the store refused its final record (a full
+    disk) was listed COMPLETED by C{GET /jobs}, but by neither
+    C{?status=RUNNING} (the stored record, its live status filtered out)
+    nor C{?status=COMPLETED} (not stored so): review round 33.
+    """
+
+    def test_endedJobListedByItsStatus(self) -> None:
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        killer = GroupKiller()
+        manager = localJobManager(reactor, os.path.abspath(self.mktemp()), 5.0, killer)
+        self.addCleanup(manager.close)
+        older = manager.create(
+            JobRequest(command="/bin/true", args=[], env={}, cwd=None), "alice"
+        )
+        record = manager.create(
+            JobRequest(command="/bin/true", args=[], env={}, cwd=None), "alice"
+        )
+        newer = manager.create(
+            JobRequest(command="/bin/true", args=[], env={}, cwd=None), "bob"
+        )
+
+        def refuse(r: JobRecord) -> None:
+            raise StoreError("database or disk is full", "SQLITE_FULL")
+
+        self.patch(manager._store, "update", refuse)
+        spawned = reactor.spawned[1]
+        killer.groupGone(spawned.pid)
+        spawned.exit(0)
+        self.assertEqual(manager.record(record.id).status, JobStatus.COMPLETED)
+
+        def listed(**how: Any) -> list[str]:
+            return [r.id for r in manager.page(JobFilter(**how))[0]]
+
+        self.assertEqual(listed(status=JobStatus.RUNNING), [newer.id, older.id])
+        self.assertEqual(listed(status=JobStatus.COMPLETED), [record.id])
+        self.assertEqual(listed(status=JobStatus.COMPLETED, owner="bob"), [])
+        # In the page its place in the sequence falls in, and no other.
+        self.assertEqual(
+            [r.id for r in manager.page(JobFilter(status=JobStatus.COMPLETED), 1)[0]],
+            [record.id],
+        )
+        self.assertEqual(
+            manager.page(JobFilter(status=JobStatus.COMPLETED), before=record.seq)[0],
+            [],
+        )

@@ -691,7 +691,12 @@ class JobManager(Admission):
             # The store is behind for these: answer with what is true.
             records = [unsaved.get(r.id, r) for r in records]
             if selection.status is not None:
-                records = [r for r in records if r.status is selection.status]
+                records = self._unsavedByStatus(
+                    [r for r in records if r.status is selection.status],
+                    selection,
+                    before,
+                    following,
+                )
         if any(type(r) is DamagedRecord for r in records):
             records = self._withoutDamaged(records)
         queue = self._scheduler.queue
@@ -705,6 +710,34 @@ class JobManager(Admission):
             )
             for r in records
         ], following
+
+    def _unsavedByStatus(
+        self,
+        records: list[JobRecord],
+        selection: JobFilter,
+        before: int | None,
+        following: int | None,
+    ) -> list[JobRecord]:
+        """
+        C{records} (a page the store found by status), and the jobs of the
+        page's span whose new status, not yet stored, the filter picks:
+        a job that ended while the disk was full was in neither
+        C{?status=RUNNING} (stored) nor C{?status=COMPLETED} (not stored)
+        though C{GET /jobs} listed it COMPLETED (review round 33).
+        """
+        found = {r.id for r in records}
+        more = [
+            r
+            for r in self._unsaved.values()
+            if r.id not in found
+            and r.seq is not None
+            and (before is None or r.seq < before)
+            and (following is None or r.seq >= following)
+            and selection.picks(r)
+        ]
+        if not more:
+            return records
+        return sorted(records + more, key=lambda r: r.seq or 0, reverse=True)
 
     def _withoutDamaged(self, records: list[JobRecord]) -> list[JobRecord]:
         """

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BadRequest
-from .records import JobStatus
+from .records import JobRecord, JobStatus
 
 #: A job name: a word a person types (letters, digits, C{._:@+-}), 1-128.
 NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}\Z")
@@ -113,6 +113,20 @@ class JobFilter:
                 self.name,
                 self.idPrefix,
                 self.endedBefore,
+            )
+        )
+
+    def picks(self, record: JobRecord) -> bool:
+        """Whether this filter picks C{record}, as the store's query would."""
+        return (
+            (self.status is None or record.status is self.status)
+            and (self.owner is None or record.owner == self.owner)
+            and (self.name is None or record.name == self.name)
+            and all(record.labels.get(key) == value for key, value in self.labels)
+            and (self.idPrefix is None or record.id.startswith(self.idPrefix))
+            and (
+                self.endedBefore is None
+                or (record.ended_at is not None and record.ended_at < self.endedBefore)
             )
         )
 
