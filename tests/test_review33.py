@@ -31,6 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.throttle import LoginThrottle
+from jobworker.client.show import outcome
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
@@ -568,3 +569,29 @@ class UnsavedInFilteredListTests(SynchronousTestCase):
             manager.page(JobFilter(status=JobStatus.COMPLETED), before=record.seq)[0],
             [],
         )
+
+
+class SignalSaidOnceTests(SynchronousTestCase):
+    """jw said a job's signal twice: "killed by SIGSEGV: killed by signal
+    SIGSEGV", and of one cancelled in Slurm "killed by SIGTERM: cancelled
+    in Slurm, not through jobworker (scancel): killed by signal SIGTERM"
+    (Slurm user round 33)."""
+
+    def test_once(self) -> None:
+        job = {"status": "FAILED", "exit_code": None, "started_at": 1.0}
+        for signal, error, said in (
+            ("SIGSEGV", "killed by signal SIGSEGV", "killed by SIGSEGV"),
+            (
+                "SIGTERM",
+                "cancelled in Slurm, not through jobworker (scancel): "
+                "killed by signal SIGTERM",
+                "killed by SIGTERM: cancelled in Slurm, not through jobworker "
+                "(scancel)",
+            ),
+            (
+                "SIGKILL",
+                "timed out after 5 seconds",
+                "killed by SIGKILL: timed out after 5 seconds",
+            ),
+        ):
+            self.assertEqual(outcome({**job, "signal": signal, "error": error}), said)

@@ -111,6 +111,14 @@ def outcome(job: dict[str, Any]) -> str:
     else:
         text = "never ran"
     error = job.get("error") or ""
+    if job.get("signal"):
+        # The server's words for it ("killed by signal SIGSEGV", or after
+        # whose doing it was): once (Slurm user round 33).
+        said = f"killed by signal {job['signal']}"
+        if error == said:
+            error = ""
+        elif error.endswith(": " + said):
+            error = error[: -len(said) - 2]
     if error.startswith(text + ": "):
         # The server's words already say it ("never ran: ..."): once.
         error = error[len(text) + 2 :]
