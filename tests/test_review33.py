@@ -40,6 +40,8 @@ from jobworker.jobs.store import JobStore, StoreError
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 
+from . import test_faults10_sacct as sacctFaults
+from . import test_slurmunit as slurmUnit
 from . import test_wire
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import LiveServer
@@ -595,3 +597,29 @@ class SignalSaidOnceTests(SynchronousTestCase):
             ),
         ):
             self.assertEqual(outcome({**job, "signal": signal, "error": error}), said)
+
+
+class AccountingUnreadHealthTests(SynchronousTestCase):
+    """
+    Slurm's accounting unreadable (no C{sacct}): jobs squeue no longer
+    knows stay as they were, for up to an hour, by design; but C{/healthz}
+    said ok meanwhile (Slurm user round 33). Degraded now, with why; ok
+    again once accounting answers.
+    """
+
+    setUp = slurmUnit.ExecutorTests.setUp
+    makeManager = slurmUnit.ExecutorTests.makeManager
+    submit = slurmUnit.ExecutorTests.submit
+    poll = slurmUnit.ExecutorTests.poll
+    restartAfterPurge = sacctFaults.AccountingFailureTests.restartAfterPurge
+
+    def test_degradedWhileUnread(self) -> None:
+        record = self.restartAfterPurge(sacctFaults.GARBLED)
+        self.poll({})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("accounting cannot be read", health.reason or "")
+        self.poll({})
+        self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
+        self.assertTrue(self.executor.health().up, self.executor.health())

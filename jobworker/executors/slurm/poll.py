@@ -114,7 +114,18 @@ class SlurmPoll:
         finally:
             self._polling = False
         self._reach.answered()
-        self._reach.polled()
+        if answers.unread and self._accountingError is not None:
+            # Jobs squeue no longer knows stay as they were until accounting
+            # answers (up to ACCOUNTING_PATIENCE): /healthz says so (it said
+            # ok, jobs long ended shown running; Slurm user round 33).
+            self._reach.pollFailed(
+                SlurmError(
+                    f"Slurm's accounting cannot be read, {len(answers.unread)} "
+                    f"ended jobs are shown as they were: {self._accountingError}"
+                )
+            )
+        else:
+            self._reach.polled()
         now = self._now()
         for job in searching:
             slurmJobId = answers.found.get(job.record.id)
