@@ -33,9 +33,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.client.show import outcome
 from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.slurm.output import SlurmOutput
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
-from jobworker.jobs.spool import OutputSpool, SpoolReader
+from jobworker.jobs.spool import OutputSpool, SpoolReader, openOutput
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
@@ -623,3 +624,23 @@ class AccountingUnreadHealthTests(SynchronousTestCase):
         self.poll({})
         self.assertIs(self.manager.record(record.id).status, JobStatus.FAILED)
         self.assertTrue(self.executor.health().up, self.executor.health())
+
+
+class SlurmOutputRemovedTests(SynchronousTestCase):
+    """A Slurm job's output file removed while it ran read as empty: its
+    record said 0 bytes, and a later read was empty, as if that were all
+    (Slurm user round 33). The size seen stays; a read of it fails."""
+
+    def test_sizeSeenStays(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "stdout")
+        with open(path, "wb") as f:
+            f.write(b"before after 1\n")
+        output = SlurmOutput(path)
+        self.assertEqual(output.size, 15)
+        os.unlink(path)
+        self.assertEqual(output.size, 15)
+        output.close()
+        self.assertEqual(output.size, 15)
+        self.assertRaises(OSError, openOutput, path)

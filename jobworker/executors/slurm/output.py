@@ -23,14 +23,21 @@ class SlurmOutput:
         self._final: int | None = None
         self._waiters = Waiters()
 
+    #: The largest size read from the file: a file removed while the job
+    #: runs (the job's own account may) read as empty, its record's bytes
+    #: 0 and a later read empty too, as if that were all (Slurm user round
+    #: 33). What was seen stays; a read of it after the removal fails.
+    _seen = 0
+
     @property
     def size(self) -> int:
         if self._final is not None:
             return self._final
         try:
-            return outputSize(self.path)
+            self._seen = max(self._seen, outputSize(self.path))
         except OSError:
-            return 0
+            pass
+        return self._seen
 
     @property
     def waiting(self) -> bool:
