@@ -24,6 +24,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -40,10 +41,11 @@ from jobworker.jobs.spool import OutputSpool, SpoolReader, openOutput
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
+from jobworker.server.logs import DRAIN_LOOK, LogStreams
 
+from . import test_drain, test_wire
 from . import test_faults10_sacct as sacctFaults
 from . import test_slurmunit as slurmUnit
-from . import test_wire
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import LiveServer
 from .test_review32 import RawRequests, basicLine, exchange
@@ -644,3 +646,58 @@ class SlurmOutputRemovedTests(SynchronousTestCase):
         output.close()
         self.assertEqual(output.size, 15)
         self.assertRaises(OSError, openOutput, path)
+
+
+class _Transport:
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+class _Response(test_drain.Response):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel = _Channel()
+
+
+class _Jobs:
+    """What the drain asks of the manager: each job's status."""
+
+    def __init__(self, statuses: dict[str, JobStatus]) -> None:
+        self.statuses = statuses
+
+    def record(self, jobId: str) -> Any:
+        return replace(storeRecord(jobId), status=self.statuses[jobId])
+
+
+class DrainOfJobsThatOutliveTests(SynchronousTestCase):
+    """
+    At shutdown a follower of a job that runs on (a Slurm job's: the
+    server leaves them to Slurm) was waited for, though nothing of it is
+    sent any more: 5 s of quiet, then 5 s of closing, the state dir locked
+    all along (a restart refused), against 2 s without it (Slurm user round
+    33). It is cut at once; a follower of an ended job is waited for.
+    """
+
+    def test_cutAtOnce(self) -> None:
+        clock = Clock()
+        jobs = _Jobs({"slurm-job": JobStatus.RUNNING, "ended": JobStatus.STOPPED})
+        streams = LogStreams(manager=jobs, clock=clock)  # type: ignore[arg-type]
+        outliving, ended = _Response(), _Response()
+        streams._track(outliving, "alice", None, "slurm-job")  # type: ignore[arg-type]
+        streams._track(ended, "alice", None, "ended")  # type: ignore[arg-type]
+        drained = streams.drain()
+        self.assertTrue(outliving.channel.transport.aborted)
+        self.assertFalse(ended.channel.transport.aborted)
+        outliving.finish()
+        clock.advance(DRAIN_LOOK)
+        self.assertNoResult(drained)  # (the ended job's follower)
+        ended.finish()
+        clock.advance(DRAIN_LOOK)
+        self.successResultOf(drained)

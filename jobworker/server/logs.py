@@ -120,6 +120,8 @@ class LogStreams:
         #: ended, by itself, until it closes (one entry a connection: by
         #: response, a keep-alive connection's grew 1 KiB a request).
         self._streamChannels: dict[object, Any] = {}
+        #: The job of each open log response (L{_outlives}).
+        self._streamJobs: dict[Deferred[None], str] = {}
         #: Each open log response, by its end (what the drain watches).
         self._streamRequests: dict[Deferred[None], IRequest] = {}
 
@@ -153,7 +155,7 @@ class LogStreams:
                 "most one user may",
                 retryAfter=1,
             )
-        revocable = self._track(request, user.name, grant)
+        revocable = self._track(request, user.name, grant, record.id)
         if revocable is None:
             return await self._serve(request, record)
         work = revocable.work = Deferred.fromCoroutine(self._serve(request, record))
@@ -509,7 +511,11 @@ class LogStreams:
             raise CancelledError("the output cannot be read") from e
 
     def _track(
-        self, request: IRequest, user: str, grant: Grant | None = None
+        self,
+        request: IRequest,
+        user: str,
+        grant: Grant | None = None,
+        jobId: str | None = None,
     ) -> _Revocable | None:
         """
         Remember an open log response until it is finished or lost; with
@@ -519,6 +525,8 @@ class LogStreams:
         finished: Deferred[None] = request.notifyFinish()  # type: ignore[attr-defined]
         self._streams.add(finished)
         self._streamRequests[finished] = request
+        if jobId is not None:
+            self._streamJobs[finished] = jobId
         self._streamsBy[user] += 1
         channel = getattr(request, "channel", None)
         if channel is not None:
@@ -533,6 +541,7 @@ class LogStreams:
                 revocable.stop()
             self._streams.discard(finished)
             self._streamRequests.pop(finished, None)
+            self._streamJobs.pop(finished, None)
             self._streamsBy[user] -= 1
             if self._streamsBy[user] <= 0:
                 del self._streamsBy[user]
@@ -580,11 +589,37 @@ class LogStreams:
         L{DRAIN_LIMIT}); the closing after them is bounded by C{timeout}
         seconds.
         """
+        outliving = [f for f in self._streams if self._outlives(f)]
+        if outliving:
+            # Their jobs run on (Slurm's), and nothing of them is sent any
+            # more: cut at once, their clients resume against the next
+            # server (each held the shutdown, and the state dir, for the
+            # whole drain: Slurm user round 33).
+            self.log.info(
+                "shutdown: {count} log response(s) of jobs that outlive the "
+                "server cut (their clients resume from where they are)",
+                count=len(outliving),
+            )
+            for finished in outliving:
+                request = self._streamRequests.get(finished)
+                if request is not None:
+                    _cut(request)
         channels = list({id(c): c for c in self._streamChannels.values()}.values())
-        pending = list(self._streams)
+        pending = [f for f in self._streams if f not in outliving]
         if not pending and not channels:
             return succeed(None)
         return Deferred.fromCoroutine(self._drain(pending, channels, timeout))
+
+    def _outlives(self, finished: Deferred[None]) -> bool:
+        """Whether the job of the log response C{finished} runs on after
+        the server's jobs were ended at shutdown (a Slurm job does)."""
+        jobId = self._streamJobs.get(finished)
+        if jobId is None:
+            return False
+        try:
+            return not self._manager.record(jobId).status.ended
+        except Exception:
+            return False
 
     async def _drain(
         self, pending: list[Deferred[None]], channels: list[Any], timeout: float
