@@ -154,12 +154,17 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker.client.failures",
                 "jobworker.client.interrupts",
                 "jobworker.client.parser",
+                "jobworker.client.pemfiles",
                 "jobworker.client.session",
                 "jobworker.client.show",
                 "jobworker.client.streams",
                 "jobworker.client.verbs",
                 # The frame format: pure, shared with the server's writer.
                 "jobworker.framing",
+                # A bounded read of a file (the CA's, as the server reads
+                # its own): stdlib only, shared with the server.
+                "jobworker.jobs",
+                "jobworker.jobs.folders",
                 "jobworker.tlserrors",
                 "jobworker.units",
             },

@@ -108,6 +108,9 @@ MAX_GRACE = 3600.0
 #: The longest timeout a job may be given (L{jobworker.jobs.validation.MAX_TIMEOUT}).
 MAX_TIMEOUT = 366 * 86400
 
+#: The most lines a tail may ask for (L{jobworker.jobs.queries.MAX_TAIL}).
+MAX_TAIL = 1_000_000
+
 
 class ApiCalls:
     """

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from ..tlserrors import TLSConfigError
 from .calls import trustedAtLogin
 from .completion import COMPLETION
 from .config import (
@@ -46,6 +47,7 @@ from .failures import (
 )
 from .interrupts import Interrupts
 from .parser import buildParser
+from .pemfiles import readPEM
 from .session import Connect, Session, givenPassword, trustOnFirstUse
 from .show import age
 from .streams import OutputFailed, Streams
@@ -319,7 +321,7 @@ def showConfig(
             # the one, not JW_USER's, which was shown: new user round 30.)
             value, origin = _userSent(settings, environ, tokensFile, sent, value)
         if key in ("ca", "cert", "key") and value != "(none)":
-            unreadable = _unreadable(value)
+            unreadable = _unreadable(value, key)
             if unreadable is not None:
                 # Every command would fail on it: said here, where it is set.
                 origin += f" (cannot read it: {unreadable})"
@@ -330,13 +332,17 @@ def showConfig(
     return 0
 
 
-def _unreadable(path: str) -> str | None:
-    """Why the file at C{path} cannot be read (None: it can)."""
+def _unreadable(path: str, key: str) -> str | None:
+    """
+    Why the file at C{path} cannot be read (None: it can), as every command
+    reads it (L{readPEM}: a FIFO was waited on here, for good).
+    """
     try:
-        with open(path, "rb"):
-            return None
-    except OSError as e:
-        return e.strerror or str(e)
+        readPEM(path, key)
+    except TLSConfigError as e:
+        # (The reason alone: the line names the file already.)
+        return str(e).removeprefix(f"cannot read {key} {path}: ")
+    return None
 
 
 def _userSent(

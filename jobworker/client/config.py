@@ -168,6 +168,10 @@ def checkServer(server: str) -> str:
             )
         host, usable = parts.hostname, parts.scheme == "https"
         parts.port  # noqa: B018 (it checks the port: ValueError)
+        if parts.netloc.endswith(":"):
+            # An empty port: urlsplit reads no port (443), Twisted's client
+            # refused it (new user round 33): refused alike, here.
+            usable = False
     except ValueError:
         host, usable = None, False
     if not usable or not host:

@@ -123,8 +123,16 @@ class NotFollowed(Exception):
     known.
     """
 
-    def __init__(self, jobId: str, why: str, status: str | None) -> None:
+    def __init__(
+        self, jobId: str, why: str, status: str | None, relogin: bool = False
+    ) -> None:
+        """
+        @param relogin: the login was refused under the follow (its token
+            expired): a new one comes first.
+        """
         follow = f"jw logs -f {jobId} to follow it, jw stop {jobId} to stop it"
+        if relogin:
+            follow = f"jw login, then {follow}"
         if status in ("PENDING", "RUNNING"):
             now = f"it is still running: {follow}"
         elif status is None:
@@ -132,6 +140,20 @@ class NotFollowed(Exception):
         else:
             now = f"it has ended ({status}): jw logs -f {jobId} for its output"
         super().__init__(f"cannot follow job {jobId} ({why}); {now}")
+
+
+def loginLapsed(jobId: str, error: ClientError, status: str | None) -> Exception:
+    """
+    What a follow (C{jw exec -f}, C{jw logs -f}, C{jw wait}) ends with when
+    C{error} came in its middle (C{status}: the job's, as the last answer
+    told; None: no answer came yet). A 401 then is a login that lapsed
+    under it (a token's hour, or 12, ran out): the job runs on without jw,
+    said with the way back to it (it exited 1 with "run jw login" alone,
+    as a job's own exit 1 reads: new user round 33). Else C{error} itself.
+    """
+    if error.status != 401 or status is None:
+        return error
+    return NotFollowed(jobId, str(error), status, relogin=True)
 
 
 class SavedLoginRefused(Exception):

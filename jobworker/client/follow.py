@@ -18,7 +18,7 @@ from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
 from .calls import ASK_AGAIN, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
-from .failures import EXIT_TIMED_OUT
+from .failures import EXIT_TIMED_OUT, loginLapsed
 from .show import endLine, jsonLine
 from .streams import Streams
 
@@ -345,6 +345,7 @@ async def readStream(
     offset: int = 0,
     tail: int | None = None,
     follow: bool = False,
+    onStatus: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """
     One stream of the job, raw, to our stdout (C{jw logs --stdout},
@@ -356,13 +357,14 @@ async def readStream(
         while the stream is read, L{_EndWatch}); else the one read before
         the output (what is read is what there was then). Either way a job
         deleted while its output is sent still has it.
+    @param onStatus: told the job's status as each answer of a follow comes.
     """
     write = streams.writer("stdout")
     if follow:
         end = _EndWatch(jobId)
 
         async def read(each: Client) -> None:
-            await followStream(each, jobId, stream, write, offset, tail)
+            await followStream(each, jobId, stream, write, offset, tail, onStatus)
 
         await client.concurrently([read, end.watch])
         job = end.record if end.record is not None else await client.job(jobId)
@@ -418,12 +420,16 @@ async def followStream(
 
 
 async def pollEnd(
-    client: Client, jobId: str, until: float | None = None
+    client: Client,
+    jobId: str,
+    until: float | None = None,
+    onStatus: Callable[[str], None] | None = None,
 ) -> dict[str, Any] | None:
     """
     Long-poll the job until it ends: its final record; None if C{until}
     (on the client's clock) passes first. A poll whose connection broke is
-    asked again as a follow resumes (L{resuming}).
+    asked again as a follow resumes (L{resuming}). C{onStatus}: told the
+    job's status as each answer comes.
     """
     clock = client.reactor
     job: dict[str, Any] = {}
@@ -435,6 +441,8 @@ async def pollEnd(
         wait = max(0.0, min(LONG_POLL, left))
         asked = clock.seconds()
         job = await client.job(jobId, wait=wait)
+        if onStatus is not None:
+            onStatus(job["status"])
 
     while True:
         await resuming(client, attempt)
@@ -481,7 +489,11 @@ async def waitFor(client: Client, options: argparse.Namespace, streams: Streams)
     deadline = (
         None if options.timeout is None else client.reactor.seconds() + options.timeout
     )
-    job = await pollEnd(client, options.id, deadline)
+    told: list[str] = []
+    try:
+        job = await pollEnd(client, options.id, deadline, told.append)
+    except ClientError as e:
+        raise loginLapsed(options.id, e, told[-1] if told else None) from None
     if job is None:
         # As it is now (PENDING or RUNNING): said, and the one document
         # --json promises.

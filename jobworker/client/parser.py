@@ -274,9 +274,11 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         help="list jobs, newest first",
         epilog="example: jw list --status FAILED --owner alice --all",
     )
-    listing.add_argument("--status", type=str.upper, choices=STATUSES)
-    listing.add_argument("--owner", help="only this user's jobs")
-    listing.add_argument("--name", help="only jobs of this name")
+    # (Each filter is taken once: collected, so that a second is refused,
+    # by checkArguments, not silently kept in the first's place.)
+    listing.add_argument("--status", type=str.upper, choices=STATUSES, action="append")
+    listing.add_argument("--owner", help="only this user's jobs", action="append")
+    listing.add_argument("--name", help="only jobs of this name", action="append")
     listing.add_argument(
         "--label", action="append", default=[], metavar="K=V", help="with this label"
     )
@@ -358,8 +360,10 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         "only those of that status or ended longer ago. Nothing asks first.",
         epilog="example: jw clean --status COMPLETED --older-than 7d",
     )
-    clean.add_argument("--status", type=str.upper, choices=CLEAN_STATUSES)
-    clean.add_argument("--owner", help="only this user's jobs")
+    clean.add_argument(
+        "--status", type=str.upper, choices=CLEAN_STATUSES, action="append"
+    )
+    clean.add_argument("--owner", help="only this user's jobs", action="append")
     clean.add_argument(
         "--older-than",
         type=age,

@@ -46,6 +46,7 @@ from .calls import (
 )
 from .config import ConfigError
 from .errors import ClientError, HandshakeCut, HandshakeTimeout, ServerUnreachable
+from .pemfiles import readPEM
 from .workers import startThread
 
 T = TypeVar("T")
@@ -815,14 +816,8 @@ def tlsContext(
 
     @raise TLSConfigError: a file that cannot be read or used.
     """
-    try:
-        with open(caPath, "rb") as f:
-            # PEM is ASCII; text around it need not be (a comment, say).
-            ca = f.read().decode("ascii", "ignore")
-    except OSError as e:
-        raise TLSConfigError(
-            f"cannot read CA certificate {caPath}: {e.strerror}"
-        ) from None
+    # PEM is ASCII; text around it need not be (a comment, say).
+    ca = readPEM(caPath, "CA certificate").decode("ascii", "ignore")
     # Not create_default_context(): it would trust the system's CAs too
     # (and reading them costs ~20 ms). PROTOCOL_TLS_CLIENT checks the
     # certificate and the host name.
@@ -835,6 +830,10 @@ def tlsContext(
     if certPath is not None or keyPath is not None:
         if certPath is None or keyPath is None:
             raise TLSConfigError("a client certificate needs both --cert and --key")
+        # ssl reads them by name, unbounded, and waits on a FIFO: each is
+        # checked as the CA is first (the Twisted client's reads them so).
+        readPEM(certPath, "client certificate")
+        readPEM(keyPath, "client key")
         try:
             context.load_cert_chain(certPath, keyPath)
         except OSError as e:

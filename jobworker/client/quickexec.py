@@ -30,6 +30,7 @@ from .verbs import (
     execInterrupted,
     execOutput,
     feedStdin,
+    followedEnd,
     followFailed,
     inputStatus,
     neverStarted,
@@ -184,7 +185,7 @@ async def quickExec(
             end = following.outcome()
         except (BrokenPipeError, OutputFailed, ClientError) as e:
             await followFailed(client, jobId, streams, e)
-    final = end if end is not None else await client.job(jobId)
+    final = await followedEnd(client, jobId, end)
     if options.stdin and inputLeft(feeding, feed, streams) and not neverStarted(final):
         sayInputLeft(final, streams)
     status = execEnded(final, options, streams, interrupts)

@@ -11,11 +11,18 @@ import contextlib
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
 from ..units import parseSize
-from .calls import ASK_AGAIN, MAX_GRACE, MAX_TIMEOUT, exitStatusOf, started
+from .calls import (
+    ASK_AGAIN,
+    MAX_GRACE,
+    MAX_TAIL,
+    MAX_TIMEOUT,
+    exitStatusOf,
+    started,
+)
 from .errors import ClientError
 from .failures import (
     EXIT_ALREADY_ENDED,
@@ -23,6 +30,7 @@ from .failures import (
     BadArguments,
     NotFollowed,
     UsageFailure,
+    loginLapsed,
 )
 from .interrupts import Interrupts
 from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
@@ -44,8 +52,17 @@ _UUID = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 #: The shortest id prefix jw looks up.
 MIN_PREFIX = 6
 
+T = TypeVar("T")
+
 #: Seconds a stop may take before jw says what it is waiting for.
 STOP_PATIENCE = 1.0
+
+#: Ids of one C{jw stop ID...} or C{jw rm ID...} in flight at once, each on
+#: a connection of its own (a stop's until its job has ended): well under a
+#: server's --max-connections-per-client (64 by default). All at once, the
+#: ids past the cap failed (Slurm user round 33); TERM-deaf jobs now take a
+#: grace per this many.
+IDS_AT_ONCE = 16
 
 #: Seconds C{jw exec -f}, told to stop following (a second interrupt), may
 #: wait for the server to take the stop the first interrupt asked for.
@@ -93,15 +110,18 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
                 limits[key] = parseSize(value)
             except ValueError as e:
                 raise BadArguments(f"--{flag.replace('_', '-')}: {e}") from None
+            _checkCount(flag, limits[key])
     # The fixed ranges are checked here, naming the flag (the server's
-    # answer named the API's field: new user round 32); the --max-* a
-    # server sets, the server checks.
+    # answer named the API's field: new user rounds 32 and 33); the --max-*
+    # a server sets, the server checks.
     for flag, key in (("cpu", "cpu_millicores"), ("pids", "pids")):
         value = getattr(options, flag)
-        if value is not None and value < 1:
-            raise BadArguments(f"--{flag} must be at least 1")
         if value is not None:
+            _checkCount(flag, value)
             limits[key] = value
+    for name in SLURM_COUNTS:
+        if getattr(options, name) is not None:
+            _checkCount(name, getattr(options, name))
     if limits:
         fields["limits"] = limits
     if options.env:
@@ -134,6 +154,22 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+#: The most a limit or a count may be, on every server (its placement
+#: rule: a positive integer up to 2**62).
+MAX_COUNT = 1 << 62
+
+
+def _checkCount(flag: str, value: int) -> None:
+    """
+    @raise BadArguments: C{value} is outside what every server takes for
+        C{--flag}: 1 to L{MAX_COUNT}.
+    """
+    if value < 1:
+        raise BadArguments(f"--{flag.replace('_', '-')} must be at least 1")
+    if value > MAX_COUNT:
+        raise BadArguments(f"--{flag.replace('_', '-')} must be at most 2**62")
+
+
 def showJob(
     job: dict[str, Any],
     options: argparse.Namespace,
@@ -154,7 +190,10 @@ def checkId(text: str) -> None:
     text = text.lower()  # (a UUID in capitals is the same id)
     if _UUID.match(text):
         return
-    if not MIN_PREFIX <= len(text) <= 36 or not re.fullmatch(r"[0-9a-f-]+", text):
+    # (The server's rule: a hex digit first; "-abcdef" was its 400.)
+    if not MIN_PREFIX <= len(text) <= 36 or not re.fullmatch(
+        r"[0-9a-f][0-9a-f-]*", text
+    ):
         raise BadArguments(
             f"{text!r} is not a job id or a prefix of one "
             f"({MIN_PREFIX} or more of its characters, 36 at most)"
@@ -180,7 +219,9 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
         execRequest(options)
         for text in [*options.after, *options.after_ok]:
             checkId(text)
-    elif verb == "list":
+    if verb in ("list", "clean"):
+        _oneFilterEach(verb, options)
+    if verb == "list":
         _checkLimit(options.limit)
         pairs(options.label, "--label")
     elif verb == "clean" and options.older_than is not None:
@@ -191,6 +232,26 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
         _stopSignal(options)
     elif verb == "wait" and options.timeout is not None and options.timeout < 0:
         raise BadArguments("--timeout must not be negative")
+
+
+#: The filters of C{jw list} and C{jw clean}: each taken once.
+_FILTERS = ("status", "owner", "name")
+
+
+def _oneFilterEach(verb: str, options: argparse.Namespace) -> None:
+    """
+    Each filter given as its one value (the parser collects them): a
+    second is refused, as the API refuses it, not silently kept in the
+    first's place (new user round 33).
+
+    @raise BadArguments: a filter given more than once.
+    """
+    for key in _FILTERS:
+        given = getattr(options, key, None)
+        if isinstance(given, list):
+            if len(given) > 1:
+                raise BadArguments(f"--{key} given twice: jw {verb} takes one")
+            setattr(options, key, given[0])
 
 
 #: Options that name files here, not text sent: any bytes do.
@@ -256,8 +317,8 @@ def _checkLogsOptions(options: argparse.Namespace) -> None:
         raise BadArguments("--stdout and --stderr: choose one (or neither: both)")
     if options.offset is not None and options.offset < 0:
         raise BadArguments("--offset must not be negative")
-    if options.tail is not None and options.tail < 0:
-        raise BadArguments("--tail must not be negative")
+    if options.tail is not None and not 0 <= options.tail <= MAX_TAIL:
+        raise BadArguments(f"--tail must be from 0 to {MAX_TAIL}")
 
 
 def _stopSignal(options: argparse.Namespace) -> tuple[str | None, float | None]:
@@ -509,7 +570,8 @@ async def followFailed(
     """
     The follow of C{jw exec -f} failed with C{error}: raise what jw exits
     with. Our stdout closed, or not writable: the job is stopped first
-    (L{stopUnread}); the log stream refused for good (429, 503): L{unfollowed}.
+    (L{stopUnread}); the log stream refused for good (429, 503): L{unfollowed};
+    the login refused (401): L{loginLapsed}.
     """
     if isinstance(error, BrokenPipeError):
         await stopUnread(client, jobId, streams)
@@ -520,7 +582,28 @@ async def followFailed(
         # down for longer than a follow resumes, a server at its connection
         # caps: it exited 1 without a word of the job, fault round 27).
         raise await unfollowed(client, jobId, error) from None
+    elif error.status == 401:
+        # The login lapsed under the follow (the job was live when its
+        # stream broke: a job that ends ends its stream instead).
+        raise loginLapsed(jobId, error, "RUNNING") from None
     raise error
+
+
+async def followedEnd(
+    client: AnyClient, jobId: str, end: dict[str, Any] | None
+) -> dict[str, Any]:
+    """
+    The final record of a followed job: C{end}, the one its follow ended
+    with, else read now. A 401 then is a login that lapsed as the follow
+    was cut (the server ends a follow as its token expires; the job was
+    live at its last answer): L{loginLapsed}.
+    """
+    if end is not None:
+        return end
+    try:
+        return await client.job(jobId)
+    except ClientError as e:
+        raise loginLapsed(jobId, e, "RUNNING") from None
 
 
 async def stopUnread(
@@ -737,7 +820,7 @@ async def doExec(
         if feeding is not None and not feeding.called:
             feeding.cancel()  # the job ended (or we left): no more input
             feeding.addErrback(lambda f: f.trap(CancelledError))
-    final = end if end is not None else await client.job(jobId)
+    final = await followedEnd(client, jobId, end)
     return inputStatus(execEnded(final, options, streams, interrupts), bool(refused))
 
 
@@ -1110,8 +1193,6 @@ async def doStop(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    from twisted.internet.defer import ensureDeferred, gatherResults
-
     signal, grace = _stopSignal(options)
     if len(options.ids) == 1:
         jobId = await resolveId(client, options.ids[0])
@@ -1131,12 +1212,25 @@ async def doStop(
     # first, not by one stop per id, each a refusal at the login throttle.
     first = await _answer(options.ids[0], _record(client, options.ids[0]))
     _loginRefused([first.refused])
-    # All at once (one grace for all, not one after another), shown in the
-    # order of the arguments, not of the answers.
-    answers = await gatherResults(
-        [ensureDeferred(_answer(text, stop(text))) for text in options.ids]
-    )
+    # Several at once (one grace for them, not one after another), shown
+    # in the order of the arguments, not of the answers.
+    answers = await _eachId(lambda text: _answer(text, stop(text)), options.ids)
     return _showSeveral(answers, options, client, streams)
+
+
+async def _eachId(
+    work: Callable[[str], Coroutine[Any, Any, T]], texts: list[str]
+) -> list[T]:
+    """
+    C{work} of each id, L{IDS_AT_ONCE} at a time: the results in the order
+    of C{texts}. C{work} catches its own failures (each id's is said).
+    """
+    from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+
+    slots = DeferredSemaphore(IDS_AT_ONCE)
+    return await gatherResults(
+        [slots.run(lambda t: ensureDeferred(work(t)), text) for text in texts]
+    )
 
 
 async def _record(client: JobworkerClient, text: str) -> dict[str, Any]:
@@ -1298,31 +1392,31 @@ async def doRemove(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    from twisted.internet.defer import ensureDeferred, gatherResults
 
-    async def remove(text: str) -> str | ClientError | None:
+    async def remove(text: str) -> _Answer:
         """Delete one job; why it could not be, if it could not."""
-        try:
-            await client.deleteJob(await resolveId(client, text))
-        except ClientError as e:
-            return e if _notThisIds(e) else f"jw: {text}: {e}"
-        except UsageFailure as e:
-            return f"jw: {text}: {e}"
-        return None
+        return await _answer(text, _removed(client, text))
 
     # The first alone (a refused login is one refusal, not one per id at
-    # the login throttle), then the rest at once, each failure said in the
-    # order of the arguments, not of the answers.
+    # the login throttle), then the rest a few at a time, each failure said
+    # in the order of the arguments, not of the answers: an id without an
+    # answer too (it was one line for all, naming none: Slurm user round 33).
     first = await remove(options.ids[0])
-    if isinstance(first, ClientError):
-        raise first
-    rest = await gatherResults([ensureDeferred(remove(t)) for t in options.ids[1:]])
-    results = [first, *rest]
-    _loginRefused([e for e in results if isinstance(e, ClientError)])
-    failures = [line for line in results if isinstance(line, str)]
+    if first.refused is not None:
+        raise first.refused
+    answers = [first, *await _eachId(remove, options.ids[1:])]
+    refusals = [a.refused for a in answers if a.refused is not None]
+    _loginRefused([e for e in refusals if e.status == 401])
+    failures = [a.failure for a in answers if a.failure is not None]
     for line in failures:
         streams.say(line)
     return 1 if failures else 0
+
+
+async def _removed(client: JobworkerClient, text: str) -> dict[str, Any]:
+    """Delete the job the id (or prefix) C{text} names."""
+    await client.deleteJob(await resolveId(client, text))
+    return {}
 
 
 async def doClean(
@@ -1360,26 +1454,35 @@ async def doLogs(
 
     jobId = await resolveId(client, options.id)
     _checkLogsOptions(options)
-    if options.stdout or options.stderr or options.offset is not None:
-        # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
-        stream = "stderr" if options.stderr else "stdout"
-        final = await readStream(
-            client,
-            jobId,
-            stream,
-            streams,
-            options.offset or 0,
-            options.tail,
-            options.follow,
+    told: list[str] = []  # the job's status, as each answer tells it
+    try:
+        if options.stdout or options.stderr or options.offset is not None:
+            # One stream, raw, to stdout (jw logs --stderr ID > errors.txt).
+            stream = "stderr" if options.stderr else "stdout"
+            final = await readStream(
+                client,
+                jobId,
+                stream,
+                streams,
+                options.offset or 0,
+                options.tail,
+                options.follow,
+                told.append,
+            )
+            if not options.follow:
+                return 0
+            sayStopped(final, streams)
+            return exitStatusOf(final)
+        end = await followOutput(
+            client, jobId, streams, options.follow, options.tail, told.append
         )
+    except ClientError as e:
         if not options.follow:
-            return 0
-        sayStopped(final, streams)
-        return exitStatusOf(final)
-    end = await followOutput(client, jobId, streams, options.follow, options.tail)
+            raise
+        raise loginLapsed(jobId, e, told[-1] if told else None) from None
     if not options.follow:
         return 0
-    final = end if end is not None else await client.job(jobId)
+    final = await followedEnd(client, jobId, end)
     sayStopped(final, streams)
     return exitStatusOf(final)
 

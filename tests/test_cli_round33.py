@@ -1,0 +1,395 @@
+"""
+What the thirty-third session's new user and Slurm user found in jw.
+
+The new user's: a C{--ca} (C{JW_CA}) of C{/dev/zero} filled the memory and a
+FIFO hung C{jw list} (the verbs on the standard library's client read it
+whole; C{jw stop} read it as the server does); a follow that outlived its
+login token exited 1 without a word of the job running on; C{--memory 0},
+C{--nodes 0}, C{--tail 1000001} and an id starting with C{-} were refused by
+the server, in the API's words; C{https://host:} was taken for port 443; a
+repeated C{jw list} filter kept only its last; C{jw config} did not show
+C{JW_KEEPALIVE}; C{jw logs --tail N} said "the last N lines" of what are
+each stream's; C{jobworker-hash-password} took Ctrl-C and Ctrl-D for "no
+password given".
+
+The Slurm user's: C{jw stop} and C{jw rm} of some hundreds of ids opened a
+connection per id at once, past the server's C{--max-connections-per-client},
+and C{jw rm} did not say which failed; C{jw stop} of a job whose end is not
+known yet said it "had already ended (RUNNING)".
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from typing import Any
+
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker import tls
+from jobworker.client.failures import EXIT_NOT_FOLLOWED
+from jobworker.client.http import JobworkerClient
+from jobworker.jobs import queries
+
+from .support import CA, CERTS, JW, LiveServer, runJW
+from .test_cli_memory import MemoryCLITestCase
+
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+#: Every verb that reads the CA file, with the arguments it needs.
+VERBS_READING_CA = (
+    ("list",),
+    ("status", UNKNOWN),
+    ("exec", "--", "true"),
+    ("logs", UNKNOWN),
+    ("wait", UNKNOWN),
+    ("clean",),
+    ("stop", UNKNOWN),
+    ("rm", UNKNOWN),
+)
+
+
+def _boundedMemory() -> None:
+    # A jw that reads /dev/zero whole stops at a MemoryError, not at the
+    # machine's OOM killer (it took 24 GB: new user round 33).
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+class SubprocessJW:
+    """The installed C{jw}, its environment without the tester's C{JW_*}."""
+
+    mktemp: Any
+    fail: Any
+
+    def jw(
+        self, *argv: str, timeout: float = 15, **environ: str
+    ) -> tuple[bytes, bytes, int]:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("JW_")},
+            "XDG_CONFIG_HOME": os.path.abspath(self.mktemp()),
+            "JW_SERVER": "https://localhost:1",
+            "JW_CA": CA,
+            "JW_TOKEN": "t",
+            **environ,
+        }
+        try:
+            done = subprocess.run(
+                [JW, *argv],
+                env=env,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                preexec_fn=_boundedMemory,
+            )
+        except subprocess.TimeoutExpired:
+            self.fail(f"jw {' '.join(argv)} still running after {timeout}s")
+        return done.stdout, done.stderr, done.returncode
+
+
+class PEMFilesBoundedTests(SubprocessJW, SynchronousTestCase):
+    """
+    A CA, certificate or key file is read as the server reads its own: a
+    regular file (or a link to one) of at most 4 MiB, never waited on;
+    anything else is refused in one line, exit 2, alike by every verb.
+    """
+
+    def refused(self, argv: tuple[str, ...], said: bytes, **environ: str) -> None:
+        out, err, code = self.jw(*argv, **environ)
+        self.assertEqual((out, code), (b"", 2), (argv, err))
+        self.assertEqual(err.count(b"\n"), 1, (argv, err))
+        self.assertIn(said, err, argv)
+
+    def fifo(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.mkfifo(path)
+        return path
+
+    def test_fifoCA(self) -> None:
+        path = self.fifo()
+        said = f"jw: cannot read CA certificate {path}: not a regular file".encode()
+        for argv in VERBS_READING_CA:
+            self.refused(argv, said, JW_CA=path)
+        self.refused(("list", "--ca", path), said)
+
+    def test_deviceCA(self) -> None:
+        said = b"jw: cannot read CA certificate /dev/zero: not a regular file"
+        for argv in VERBS_READING_CA:
+            self.refused(argv, said, JW_CA="/dev/zero")
+
+    def test_tooBig(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(CA, "rb") as f:
+            pem = f.read()
+        with open(path, "wb") as f:
+            f.write(pem + b"#" * tls.MAX_PEM_BYTES)
+        said = f"jw: CA certificate {path} is over 4 MiB".encode()
+        for argv in (("list",), ("stop", UNKNOWN)):
+            self.refused(argv, said, JW_CA=path)
+
+    def test_clientCertificateAndKey(self) -> None:
+        path = self.fifo()
+        clients = os.path.join(CERTS, "clients")
+        cert, key = (
+            os.path.join(clients, "alice.pem"),
+            os.path.join(clients, "alice.key"),
+        )
+        for argv in (("list",), ("stop", UNKNOWN)):
+            self.refused(
+                argv,
+                f"cannot read client certificate {path}: not a regular file".encode(),
+                JW_CERT=path,
+                JW_KEY=key,
+            )
+            self.refused(
+                argv,
+                f"cannot read client key {path}: not a regular file".encode(),
+                JW_CERT=cert,
+                JW_KEY=path,
+            )
+
+    def test_configSays(self) -> None:
+        """C{jw config} says why the file is unusable, and is not hung on it."""
+        path = self.fifo()
+        out, err, code = self.jw("config", JW_CA=path)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"(cannot read it: not a regular file)", out)
+
+    def test_boundIsTheServers(self) -> None:
+        from jobworker.client import pemfiles  # (new this round)
+
+        self.assertEqual(pemfiles.MAX_PEM_BYTES, tls.MAX_PEM_BYTES)
+
+
+class FollowOutlivesLoginTests(MemoryCLITestCase):
+    """
+    A follow whose login token expires under it (the server ends its log
+    responses and long polls then): exit 125, one line saying that the job
+    runs on and how to get back to it, not exit 1 and "run jw login" alone
+    (new user round 33).
+    """
+
+    def token(self) -> dict[str, str]:
+        """The environment of a jw run on a token of an hour (as CI's)."""
+        code, body = self.apiJSON("POST", "/tokens", "alice")
+        self.assertEqual(code, 201, body)
+        return {"JW_TOKEN": body["token"], "JW_USER": "", "JW_PASSWORD": ""}
+
+    def expire(self) -> None:
+        """The token's hour passes (its long polls and streams answered)."""
+        for _ in range(80):
+            self.reactor.advance(50)
+            self.flush()
+
+    def outlived(self, *argv: str, jobId: str) -> None:
+        run = self.start(*argv, **self.token())
+        assert run.done is not None
+        self.assertNoResult(run.done)
+        self.expire()
+        _out, err, code = self.finish(run)
+        last = err.decode().splitlines()[-1]
+        self.assertEqual(code, EXIT_NOT_FOLLOWED, err)
+        self.assertTrue(last.startswith(f"jw: cannot follow job {jobId} ("), last)
+        self.assertIn("expired", last)
+        self.assertIn(
+            f"it is still running: jw login, then jw logs -f {jobId} to follow "
+            f"it, jw stop {jobId} to stop it",
+            last,
+        )
+        self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
+
+    def test_execFollowed(self) -> None:
+        run = self.start("exec", "-f", "--", "sleep", "9999", **self.token())
+        assert run.done is not None
+        self.assertNoResult(run.done)
+        [jobId] = self.listedIds()
+        self.expire()
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, EXIT_NOT_FOLLOWED, err)
+        last = err.decode().splitlines()[-1]
+        self.assertIn(
+            f"it is still running: jw login, then jw logs -f {jobId} to follow "
+            f"it, jw stop {jobId} to stop it",
+            last,
+        )
+        self.assertIn("expired", last)
+
+    def test_wait(self) -> None:
+        jobId = self.execId("sleep", "9999")
+        self.outlived("wait", jobId, jobId=jobId)
+
+    def test_logsFollowed(self) -> None:
+        jobId = self.execId("sleep", "9999")
+        self.outlived("logs", "-f", jobId, jobId=jobId)
+
+    def test_logsFollowedOneStream(self) -> None:
+        jobId = self.execId("sleep", "9999")
+        self.outlived("logs", "-f", "--stderr", jobId, jobId=jobId)
+
+    def test_refusedAtOnceStillSaysLogin(self) -> None:
+        """A token refused before any answer: a refusal, exit 1, as it was."""
+        jobId = self.execId("sleep", "9999")
+        environ = self.token()
+        self.reactor.advance(3601)
+        for argv in (("wait", jobId), ("logs", "-f", jobId)):
+            out, err, code = self.jw(*argv, **environ)
+            self.assertEqual((out, code), (b"", 1), err)
+            self.assertIn(b"authentication failed", err)
+            self.assertNotIn(b"cannot follow", err)
+
+
+class ManyIdsLiveTests(TestCase):
+    """
+    C{jw stop} and C{jw rm} of more ids than the server's
+    C{--max-connections-per-client}: a few at a time, all stopped and all
+    deleted (one connection per id at once: the ids past the cap failed,
+    and C{jw rm} said one line that named none: Slurm user round 33).
+    """
+
+    timeout = 180
+
+    async def test_stopAndRemoveAll(self) -> None:
+        server = LiveServer(self, "--max-connections-per-client=24")
+        ids = [(await server.createJob("sleep", "60"))["id"] for _ in range(50)]
+        _out, err, code = await runJW(server.url, "stop", "--json", *ids)
+        self.assertEqual(code, 0, err)
+        for jobId in ids:
+            job = await server.waitEnded(jobId)
+            self.assertEqual(job["status"], "STOPPED", job)
+        _out, err, code = await runJW(server.url, "rm", *ids)
+        self.assertEqual((code, err), (0, b""))
+        status, body = await server.json("GET", "/jobs?limit=100")
+        self.assertEqual((status, body["jobs"]), (200, []))
+
+
+class RefusingSome:
+    """An HTTP client over another whose requests naming some ids get no
+    connection (a server at its connection cap for them)."""
+
+    def __init__(self, http: Any, refused: set[str]) -> None:
+        self._http = http
+        self._refused = refused
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        if any(jobId in str(url) for jobId in self._refused):
+            return fail(ConnectionRefusedError())
+        return self._http.request(method, url, **kwargs)
+
+
+class ManyIdsEachNamedTests(MemoryCLITestCase):
+    """Each id that failed is named, in the order of the arguments."""
+
+    def connectRefusing(self, refused: set[str]) -> Any:
+        def connect(*args: Any, **kwargs: Any) -> JobworkerClient:
+            client = self.connect(*args, **kwargs)
+            client._http = RefusingSome(self.http, refused)  # type: ignore[assignment]
+            return client
+
+        return connect
+
+    def test_named(self) -> None:
+        ids = [self.execId("true") for _ in range(6)]
+        for jobId in ids:
+            self.endJob(jobId)
+        refused = {ids[4], ids[2]}
+        for verb in ("stop", "rm"):
+            _out, err, code = self.jw(verb, *ids, connect=self.connectRefusing(refused))
+            self.assertEqual(code, 1, err)
+            lines = [
+                line for line in err.decode().splitlines() if "cannot connect" in line
+            ]
+            self.assertEqual(len(lines), 2, err)
+            for line, jobId in zip(lines, (ids[2], ids[4]), strict=True):
+                self.assertTrue(line.startswith(f"jw: {jobId}: cannot connect"), line)
+        self.assertEqual(sorted(self.listedIds()), sorted(refused))
+
+    def test_noneReachedSaidOnce(self) -> None:
+        ids = [self.execId("sleep", "60") for _ in range(3)]
+        for verb in ("stop", "rm"):
+            result = self.jw(verb, *ids, connect=self.connectRefusing(set(ids)))
+            self.assertOneLineFailure(result, b"cannot connect")
+
+
+class FixedRangesTests(MemoryCLITestCase):
+    """
+    The ranges fixed for every server, checked before anything is sent:
+    one line naming the flag, exit 2 (they were the server's 400s, in the
+    API's field names, exit 1: new user round 33).
+    """
+
+    def refused(self, *argv: str) -> bytes:
+        out, err, code = self.jw(*argv)
+        self.assertEqual((out, code), (b"", 2), (argv, err))
+        self.assertEqual(err.count(b"\n"), 1, err)
+        return err
+
+    def test_sizesAndCounts(self) -> None:
+        for flag in ("--memory", "--io-read", "--io-write", "--nodes", "--ntasks"):
+            err = self.refused("exec", flag, "0", "--", "true")
+            self.assertIn(f"jw: {flag} must be at least 1".encode(), err)
+        for flag in ("--memory", "--io-read", "--io-write"):
+            err = self.refused("exec", flag, str((1 << 62) + 1), "--", "true")
+            self.assertIn(f"jw: {flag} must be at most".encode(), err)
+        self.assertEqual(self.listedIds(), [])
+
+    def test_tail(self) -> None:
+        from jobworker.client.calls import MAX_TAIL  # (new this round)
+
+        self.assertEqual(MAX_TAIL, queries.MAX_TAIL)
+        jobId = self.execId("true")
+        err = self.refused("logs", "--tail", str(MAX_TAIL + 1), jobId)
+        self.assertIn(b"jw: --tail must be from 0 to 1000000", err)
+        self.assertSucceeded(self.jw("logs", "--tail", str(MAX_TAIL), jobId))
+
+    def test_idStartingWithDash(self) -> None:
+        for verb in ("status", "stop", "rm", "logs", "wait"):
+            for text in ("-abcdef", "------"):
+                err = self.refused(verb, "--", text)
+                self.assertIn(f"'{text}' is not a job id".encode(), err)
+
+
+class ServerEmptyPortTests(SubprocessJW, SynchronousTestCase):
+    """C{https://host:}: refused by every verb as C{https://host:99999} is
+    (most went to port 443, C{jw stop} said "port must not be empty")."""
+
+    def test_refused(self) -> None:
+        for server in ("https://127.0.0.1:", "https://localhost:/"):
+            for argv in (("list",), ("stop", UNKNOWN), ("config",)):
+                out, err, code = self.jw(*argv, JW_SERVER=server)
+                if argv == ("config",):
+                    continue  # (it shows the settings, whatever they are)
+                self.assertEqual((out, code), (b"", 2), (server, argv, err))
+                self.assertEqual(err.count(b"\n"), 1, err)
+                self.assertIn(b"server must be an https:// URL", err)
+
+
+class RepeatedFilterTests(MemoryCLITestCase):
+    """A filter given twice is refused, one line, exit 2 (the last one
+    was kept, silently)."""
+
+    def test_refused(self) -> None:
+        jobId = self.execId("sleep", "60")
+        for verb, flag, value in (
+            ("list", "--status", "RUNNING"),
+            ("list", "--name", "a"),
+            ("list", "--owner", "alice"),
+            ("clean", "--status", "COMPLETED"),
+            ("clean", "--owner", "alice"),
+        ):
+            out, err, code = self.jw(verb, flag, value, flag, value)
+            self.assertEqual((out, code), (b"", 2), (verb, flag, err))
+            self.assertEqual(
+                err, f"jw: {flag} given twice: jw {verb} takes one\n".encode()
+            )
+        self.assertEqual(self.listedIds(), [jobId])
+
+    def test_onceStillTaken(self) -> None:
+        jobId = self.execId("sleep", "60")
+        out = self.assertSucceeded(
+            self.jw("list", "--status", "RUNNING", "--owner", "alice", "--json")
+        )
+        self.assertIn(jobId.encode(), out)
+        out = self.assertSucceeded(self.jw("list", "--status", "PENDING", "--json"))
+        self.assertNotIn(jobId.encode(), out)
