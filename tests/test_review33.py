@@ -24,6 +24,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -163,6 +164,19 @@ class BodyOverTheCapTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         self.reactor.advance(0.2)
         self.assertTrue(transport.disconnected)
+
+    def test_counted(self) -> None:
+        """A 413 answered at the headers is counted in the metrics, as one
+        of a body read to its end was (session review 33)."""
+        raw = self.request(
+            b"POST", b"/jobs", b"Authorization: " + ALICE, b"Content-Length: 100000000"
+        )
+        for _ in range(3):
+            self.exchange(raw)
+        text = self.site.metrics.render().decode()
+        self.assertIn(
+            'jobworker_http_requests_total{code="413",route="/jobs"} 3.0', text
+        )
 
     def test_underTheCapServed(self) -> None:
         body = b'{"command": "true"}'
@@ -701,3 +715,61 @@ class DrainOfJobsThatOutliveTests(SynchronousTestCase):
         ended.finish()
         clock.advance(DRAIN_LOOK)
         self.successResultOf(drained)
+
+
+def pipelinedThenRefused(port: int, jobId: str, rate: float) -> tuple[int, bytes]:
+    """A log GET, then a POST over the cap, pipelined on one connection;
+    the answers read at C{rate} bytes a second: the log's bytes, and what
+    came after them."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    auth = basicLine("alice")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with context.wrap_socket(raw) as conn:
+            conn.sendall(
+                b"GET /jobs/%s/logs HTTP/1.1\r\nHost: localhost\r\n%s\r\n"
+                % (jobId.encode(), auth)
+                + b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+                + auth
+                + b"Content-Type: application/json\r\nContent-Length: 999999\r\n\r\n"
+            )
+            got = b""
+            started = time.monotonic()
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+                ahead = len(got) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+    _head, _, rest = got.partition(b"\r\n\r\n")
+    return rest.count(b"x"), rest
+
+
+class PipelinedBeforeARefusalTests(TestCase):
+    """
+    A log response pipelined before a refused request lost its end: the
+    abort after the refusal's linger dropped what the kernel still held to
+    send (a 20 MB log read at 2-4 MB/s stopped at 19 MB: session review
+    33). The abort waits for what was written to leave.
+    """
+
+    timeout = 120
+
+    async def test_wholeResponseThenTheRefusal(self) -> None:
+        server = LiveServer(self)
+        size = 4_000_000
+        job = await server.createJob(
+            "python3", "-c", f"import sys; sys.stdout.write('x' * {size})"
+        )
+        await server.waitEnded(job["id"])
+        xs, rest = await deferToThread(
+            pipelinedThenRefused, server.port, job["id"], 500_000.0
+        )
+        self.assertEqual(xs, size)
+        self.assertIn(b" 413 ", rest)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 import time
 from typing import Any
 
@@ -34,6 +37,10 @@ _TOO_LONG_RESPONSE = _closingResponse(
 #: still sending it reads the 413 rather than a reset connection.
 LINGER_BYTES = 1 << 20
 LINGER_SECONDS = 2.0
+#: Then, while what was written to it has not left (L{unsent}), it is
+#: looked at again this often, this long at most.
+LINGER_LOOK = 0.25
+LINGER_MOST = 60.0
 
 _MALFORMED_RESPONSE = _closingResponse(
     b"400 Bad Request", "malformed HTTP request (request line, headers or chunks)"
@@ -193,6 +200,9 @@ class DeadlineChannel(HTTPChannel):
                 self._lingerLeft -= len(data)
                 if self._lingerLeft < 0:
                     self._endLinger()
+            else:
+                # (Reading stopped, resumed by Twisted's flow control.)
+                self._networkProducer.pauseProducing()
             return
         self._lastActive = time.monotonic()
         if self._deadline is None and not self._handlingRequest:
@@ -253,13 +263,20 @@ class DeadlineChannel(HTTPChannel):
             self._refuse(_MALFORMED_RESPONSE)
 
     def refuseBody(self, limit: int) -> None:
-        """Answer 413: the request's body is over C{limit} bytes."""
-        if not self._refused:
-            self._refuse(
-                _closingResponse(
-                    b"413 Request Entity Too Large", f"request body over {limit} bytes"
-                )
+        """Answer 413: the request's body is over C{limit} bytes (counted
+        in the site's metrics, as the 413 of a body read to its end was:
+        session review 33)."""
+        if self._refused:
+            return
+        self._refuse(
+            _closingResponse(
+                b"413 Request Entity Too Large", f"request body over {limit} bytes"
             )
+        )
+        metrics = getattr(getattr(self, "site", None), "metrics", None)
+        path = getattr(self, "_path", None)  # (the request line's, as parsed)
+        if metrics is not None and isinstance(path, bytes):
+            metrics.request(path, 413, 0.0)
 
     #: What a refused connection may still read (L{LINGER_BYTES}), -1 once
     #: it is aborted.
@@ -287,13 +304,32 @@ class DeadlineChannel(HTTPChannel):
                 LINGER_SECONDS, self._endLinger
             )
 
+    #: How many times L{_endLinger} looked.
+    _lingerLooks = 0
+
     def _endLinger(self) -> None:
+        """
+        The linger is over: abort the connection, once what was written
+        to it has left (an abort drops it: a log response pipelined before
+        the refused request lost its last megabyte, the kernel's send
+        queue; session review 33). Until then reading stops (nothing more
+        is decrypted), and the channel looks again every L{LINGER_LOOK}
+        seconds, for L{LINGER_MOST} at most.
+        """
         self._lingerLeft = -1
         self._cancelDeadline()
-        if not self._closed and self.transport is not None:
-            # (Every transport the server runs on has it: TCP, TLS and the
-            # wrappers between; ITransport does not name it.)
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        if self._closed or self.transport is None:
+            return
+        self._lingerLooks += 1
+        if self._lingerLooks * LINGER_LOOK < LINGER_MOST and unsent(self.transport):
+            self._networkProducer.pauseProducing()
+            self._deadline = self.callLater(  # type: ignore[no-untyped-call]
+                LINGER_LOOK, self._endLinger
+            )
+            return
+        # (Every transport the server runs on has it: TCP, TLS and the
+        # wrappers between; ITransport does not name it.)
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _cancelDeadline(self) -> None:
         if self._deadline is not None:
@@ -310,6 +346,33 @@ class DeadlineChannel(HTTPChannel):
             part=part,
         )
         self._refuse(_TIMEOUT_RESPONSE)
+
+
+def unsent(transport: Any) -> int:
+    """
+    The bytes written to C{transport} that have not reached the client's
+    side yet: in Twisted's buffers, down to the TCP transport, and in the
+    kernel's send queue (not yet acknowledged: C{TIOCOUTQ}).
+    """
+    total = 0
+    layer = transport
+    for _ in range(8):  # (TLS, the connection's wrapper, TCP)
+        if layer is None:
+            break
+        buffered = getattr(layer, "dataBuffer", None)
+        if isinstance(buffered, bytes):
+            total += len(buffered) - getattr(layer, "offset", 0)
+            total += getattr(layer, "_tempDataLen", 0)
+        sock = getattr(layer, "socket", None)
+        if sock is not None:
+            try:
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+                total += struct.unpack("i", queued)[0]
+            except (OSError, ValueError):
+                pass
+            break
+        layer = getattr(layer, "transport", None)
+    return total
 
 
 def _ignore(data: bytes) -> None:
