@@ -20,22 +20,30 @@ known yet said it "had already ended (RUNNING)".
 
 from __future__ import annotations
 
+import getpass
+import io
+import json
 import os
 import resource
 import subprocess
+import sys
 from typing import Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker import tls
-from jobworker.client.failures import EXIT_NOT_FOLLOWED
+from jobworker.auth import hashpw
+from jobworker.client import cli
+from jobworker.client.calls import errorFor
+from jobworker.client.failures import EXIT_ALREADY_ENDED, EXIT_NOT_FOLLOWED
 from jobworker.client.http import JobworkerClient
+from jobworker.client.interrupts import Interrupts
 from jobworker.jobs import queries
 
 from .support import CA, CERTS, JW, LiveServer, runJW
-from .test_cli_memory import MemoryCLITestCase
+from .test_cli_memory import MemoryCLITestCase, Run
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -393,3 +401,291 @@ class RepeatedFilterTests(MemoryCLITestCase):
         self.assertIn(jobId.encode(), out)
         out = self.assertSucceeded(self.jw("list", "--status", "PENDING", "--json"))
         self.assertNotIn(jobId.encode(), out)
+
+
+#: The server's 409 for a stop of a Slurm job that ended before the stop,
+#: its end not known yet (executors/slurm/job.py).
+END_UNKNOWN = (
+    "job already ended in Slurm: nothing to stop (its end is not known yet: "
+    "it is recorded once Slurm's accounting answers)"
+)
+
+
+class StopOfUnknownEndTests(MemoryCLITestCase):
+    """
+    C{jw stop} answered 409 with a record that is not final (a Slurm job
+    that ended, its end not read yet: RUNNING): the server's reason, exit
+    3, not "had already ended (RUNNING)" (Slurm user round 33).
+    """
+
+    def endUnknown(self, record: dict[str, Any]) -> Any:
+        """A connect whose stop of the job is the server's 409 for it."""
+
+        def connect(*args: Any, **kwargs: Any) -> JobworkerClient:
+            client = self.connect(*args, **kwargs)
+
+            async def stop(jobId: str, *more: Any) -> dict[str, Any]:
+                body = json.dumps({"error": END_UNKNOWN, "job": record}).encode()
+                raise errorFor(409, body, path=f"/jobs/{jobId}/stop")
+
+            client.stop = stop  # type: ignore[method-assign]
+            return client
+
+        return connect
+
+    def test_serversReason(self) -> None:
+        jobId = self.execId("sleep", "60")
+        record = self.statusJSON(jobId)
+        self.assertEqual(record["status"], "RUNNING")
+        out, err, code = self.jw("stop", jobId, connect=self.endUnknown(record))
+        self.assertEqual((out, code), (b"", EXIT_ALREADY_ENDED), err)
+        self.assertEqual(err, f"jw: job {jobId}: {END_UNKNOWN}\n".encode())
+
+    def test_json(self) -> None:
+        jobId = self.execId("sleep", "60")
+        record = self.statusJSON(jobId)
+        out, err, code = self.jw(
+            "stop", "--json", jobId, connect=self.endUnknown(record)
+        )
+        self.assertEqual(code, EXIT_ALREADY_ENDED, err)
+        self.assertEqual(json.loads(out)["id"], jobId)
+        self.assertEqual(err, f"jw: job {jobId}: {END_UNKNOWN}\n".encode())
+
+    def test_severalIds(self) -> None:
+        jobId = self.execId("sleep", "60")
+        record = self.statusJSON(jobId)
+        _out, err, code = self.jw("stop", jobId, jobId, connect=self.endUnknown(record))
+        self.assertEqual(code, EXIT_ALREADY_ENDED, err)
+        self.assertEqual(
+            err.decode().splitlines(), [f"jw: {jobId}: job {jobId}: {END_UNKNOWN}"] * 2
+        )
+
+    def test_finalStillSaysItsStatus(self) -> None:
+        """A final record: "had already ended (STATUS)", as before."""
+        jobId = self.execId("true")
+        self.endJob(jobId)
+        record = self.statusJSON(jobId)
+        out, err, code = self.jw("stop", jobId, connect=self.endUnknown(record))
+        self.assertEqual((out, code), (b"", EXIT_ALREADY_ENDED), err)
+        self.assertEqual(
+            err,
+            f"jw: job {jobId} had already ended (COMPLETED): nothing to "
+            "stop\n".encode(),
+        )
+
+
+class KeepAliveShownTests(SubprocessJW, SynchronousTestCase):
+    """
+    C{jw config} shows C{keepalive} and whence; a bad C{JW_KEEPALIVE} is
+    shown on its line, the rest shown too, then exit 2 (it exited 2 showing
+    nothing); C{jw config --help} lists it (new user round 33).
+    """
+
+    def keepalive(self, out: bytes) -> str:
+        [line] = [
+            line for line in out.decode().splitlines() if line.startswith("keepalive")
+        ]
+        return line
+
+    def test_default(self) -> None:
+        out, err, code = self.jw("config")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.keepalive(out), "keepalive = 30    # default")
+
+    def test_given(self) -> None:
+        out, err, code = self.jw("config", JW_KEEPALIVE="45")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.keepalive(out), "keepalive = 45    # JW_KEEPALIVE")
+
+    def test_bad(self) -> None:
+        out, err, code = self.jw("config", JW_KEEPALIVE="0")
+        self.assertEqual(code, 2, (out, err))
+        self.assertEqual(
+            self.keepalive(out),
+            "keepalive = 0    # JW_KEEPALIVE (refused: must be whole seconds "
+            "from 1 to 32767)",
+        )
+        for key in ("server", "ca", "user", "login token", "sent"):
+            self.assertIn(f"\n{key} = ".encode(), out)
+        self.assertEqual(
+            err, b"jw: JW_KEEPALIVE must be whole seconds from 1 to 32767: '0'\n"
+        )
+
+    def test_otherVerbsStillRefuse(self) -> None:
+        out, err, code = self.jw("list", JW_KEEPALIVE="0")
+        self.assertEqual((out, code), (b"", 2), err)
+        self.assertEqual(
+            err, b"jw: JW_KEEPALIVE must be whole seconds from 1 to 32767: '0'\n"
+        )
+
+    def test_help(self) -> None:
+        out, err, code = self.jw("config", "--help")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"JW_KEEPALIVE", out)
+
+
+class TailOfCombinedTests(MemoryCLITestCase):
+    """
+    C{jw logs --tail N} (both streams, no C{-f}): the last N lines of the
+    output as jw shows it, as C{tail -n} (it was N of each stream: up to
+    2N; new user round 33).
+    """
+
+    def interleaved(self) -> str:
+        jobId = self.execId("sh", "-c", "echo o1; echo e1 >&2; echo o2; echo e2 >&2")
+        spawned = self.process(jobId)
+        for write, line in (
+            (spawned.output, b"o1\n"),
+            (spawned.errors, b"e1\n"),
+            (spawned.output, b"o2\n"),
+            (spawned.errors, b"e2\n"),
+        ):
+            write(line)
+            self.reactor.advance(0.2)
+            self.flush()
+        self.endJob(jobId)
+        return jobId
+
+    def test_lastLines(self) -> None:
+        jobId = self.interleaved()
+        for tail, shown in (
+            ("0", (b"", b"")),
+            ("1", (b"", b"e2\n")),
+            ("2", (b"o2\n", b"e2\n")),
+            ("3", (b"o2\n", b"e1\ne2\n")),
+            ("4", (b"o1\no2\n", b"e1\ne2\n")),
+            ("9", (b"o1\no2\n", b"e1\ne2\n")),
+        ):
+            self.assertEqual(self.jw("logs", "--tail", tail, jobId), (*shown, 0), tail)
+
+    def test_unfinishedLine(self) -> None:
+        """A last line without its newline counts, as tail -n counts it."""
+        jobId = self.execId("sh", "-c", "echo o1; printf e1 >&2")
+        spawned = self.process(jobId)
+        spawned.output(b"o1\n")
+        self.reactor.advance(0.2)
+        self.flush()
+        spawned.errors(b"e1")
+        self.endJob(jobId)
+        self.assertEqual(self.jw("logs", "--tail", "1", jobId), (b"", b"e1", 0))
+
+    def test_lastLinesOf(self) -> None:
+        from jobworker.client.follow import LastLines  # (new this round)
+
+        crossed = [(0, b"a"), (1, b"x\n"), (0, b"b\n"), (1, b"y\n")]
+        for pieces, count, kept in (
+            # A line of one stream across the other's lines: it begins first.
+            (crossed, 2, [b"", b"x\ny\n"]),
+            (crossed, 3, [b"ab\n", b"x\ny\n"]),
+            ([(0, b"a\nb\nc\n")], 2, [b"b\nc\n", b""]),
+            ([(0, b"a\nb"), (0, b"c\n")], 1, [b"bc\n", b""]),
+            ([], 3, [b"", b""]),
+        ):
+            shown = [io.BytesIO(), io.BytesIO()]
+            last = LastLines(count)
+            for index, data in pieces:
+                last.add(index, data)
+            last.release([shown[0].write, shown[1].write])
+            self.assertEqual([f.getvalue() for f in shown], kept, (pieces, count))
+
+    def test_helpSays(self) -> None:
+        out = self.assertSucceeded(self.jw("logs", "--help"))
+        self.assertIn(b"the last N lines of the output", b" ".join(out.split()))
+
+
+class HashPasswordPromptTests(SynchronousTestCase):
+    """
+    C{jobworker-hash-password} at its prompt: Ctrl-C exits 130 after a
+    newline, Ctrl-D is one line, exit 2, as jw's (both were "no password
+    given", exit 1); an invalid user name is refused with the rule.
+    """
+
+    def prompted(self, answer: type[BaseException]) -> tuple[int, str, str]:
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        def getpassRaising(prompt: str = "") -> str:
+            raise answer()
+
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(getpass, "getpass", getpassRaising)
+        self.patch(sys, "stdin", Terminal())
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        code = hashpw.main(["--user", "carol", "--cost", "10"])
+        return code, out.getvalue(), err.getvalue()
+
+    def test_ctrlC(self) -> None:
+        self.assertEqual(self.prompted(KeyboardInterrupt), (130, "", "\n"))
+
+    def test_ctrlD(self) -> None:
+        code, out, err = self.prompted(EOFError)
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertEqual(
+            err, "\njobworker-hash-password: no password given (end of input)\n"
+        )
+
+    def test_userNameRule(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobworker.auth.hashpw", "--user", "dörä"],
+            input=b"pw\n",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual((done.returncode, done.stdout), (2, b""), done.stderr)
+        self.assertEqual(
+            done.stderr.decode(),
+            "jobworker-hash-password: invalid user name 'dörä': 1 to 64 ASCII "
+            "letters, digits or ._@- (the first a letter or digit) (see --help)\n",
+        )
+
+
+class DetachQueuedTests(MemoryCLITestCase):
+    """
+    C{jw exec -f --detach-on-interrupt} of a job still queued: "left job
+    ID queued", not "running" (new user round 33).
+    """
+
+    def interruptible(self, *argv: str) -> tuple[Run, Interrupts]:
+        interrupts = Interrupts()
+        run = Run()
+        run.done = ensureDeferred(
+            cli.run(
+                self.reactor,
+                list(argv),
+                self.environ(),
+                run.streams,
+                self.connect,
+                interrupts,
+            )
+        )
+        self.flush()
+        return run, interrupts
+
+    def test_queued(self) -> None:
+        first = self.execId("sleep", "60")
+        run, interrupts = self.interruptible(
+            "exec", "-f", "--detach-on-interrupt", "--after", first, "--", "true"
+        )
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130, err)
+        [jobId] = [i for i in self.listedIds() if i != first]
+        self.assertEqual(self.statusJSON(jobId)["status"], "PENDING")
+        self.assertIn(
+            f"jw: SIGINT: left job {jobId} queued (follow it again: jw logs -f "
+            f"{jobId}; stop it: jw stop {jobId})".encode(),
+            err,
+        )
+        self.assertNotIn(b"running", err)
+
+    def test_runningStillSaysRunning(self) -> None:
+        run, interrupts = self.interruptible(
+            "exec", "-f", "--detach-on-interrupt", "--", "sleep", "60"
+        )
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        self.assertEqual(code, 130, err)
+        self.assertIn(b" running (follow it again", err)

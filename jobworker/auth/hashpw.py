@@ -16,6 +16,10 @@ from .permissions import Role
 #: The longest line read from a pipe (a password is at most 72 bytes).
 LONGEST_LINE = 1024
 
+#: L{USER_NAME} in words (it said "invalid user name (see --help)", and the
+#: help said nothing of names: new user round 33).
+USER_NAME_RULE = "1 to 64 ASCII letters, digits or ._@- (the first a letter or digit)"
+
 
 class _Parser(argparse.ArgumentParser):
     """Its refusals in one line, as jw's (no usage block before it)."""
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 10 <= options.cost <= 16:
         parser.error("--cost must be between 10 and 16")
     if options.user is not None and not USER_NAME.fullmatch(options.user):
-        parser.error("invalid user name")
+        parser.error(f"invalid user name {options.user!r}: {USER_NAME_RULE}")
     if options.role is not None and options.user is None:
         parser.error("--role needs --user (a bare hash has no role)")
     if options.role is None:
@@ -67,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdin is None:  # closed: nothing to read a password from
             raise EOFError()
         if sys.stdin.isatty():
-            password = getpass.getpass("Password: ")
-            if getpass.getpass("Again: ") != password:
+            try:
+                password = getpass.getpass("Password: ")
+                again = getpass.getpass("Again: ")
+            except EOFError:  # Ctrl-D: one line, as jw's (both were exit 1)
+                print(
+                    "\njobworker-hash-password: no password given (end of input)",
+                    file=sys.stderr,
+                )
+                return 2
+            if again != password:
                 print("jobworker-hash-password: passwords differ", file=sys.stderr)
                 return 1
             encoded = password.encode("utf-8")
@@ -83,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             if not encoded:
                 raise EOFError()
             encoded.decode("utf-8")
-    except (EOFError, KeyboardInterrupt):
+    except KeyboardInterrupt:  # Ctrl-C: after a newline, 128 + SIGINT, as jw's
+        print(file=sys.stderr)
+        return 130
+    except EOFError:
         print("jobworker-hash-password: no password given", file=sys.stderr)
         return 1
     except UnicodeDecodeError:

@@ -219,13 +219,14 @@ def quickRun(
         return report(e, streams)
     if options.verb not in QUICK_VERBS:
         return None
-    from .quick import QuickClient, QuickClock, drive, keepAliveSeconds
+    from .quick import KEEPALIVE, QuickClient, QuickClock, drive, keepAliveSeconds
     from .quickexec import quickExec
 
     interrupts = Interrupts()
     try:
         interrupts.installWithoutReactor()
-        keepalive = keepAliveSeconds(environ)
+        # (jw config shows a bad one among the rest: it showed nothing.)
+        keepalive = KEEPALIVE if options.verb == "config" else keepAliveSeconds(environ)
         return drive(
             _commandLine(
                 QuickClock(),
@@ -326,10 +327,34 @@ def showConfig(
                 # Every command would fail on it: said here, where it is set.
                 origin += f" (cannot read it: {unreadable})"
         lines.append(f"{key} = {value}    # {origin}")
+    keepalive, refused = _keepAliveShown(environ)
+    lines.append(keepalive)
     lines.append(f"login token = {login}    # {tokensFile}")
     lines.append(f"sent = {sent}")
     streams.show("".join(line + "\n" for line in lines))
+    if refused is not None:
+        # Every other command refuses it before anything: so does this,
+        # once everything is shown.
+        return report(refused, streams)
     return 0
+
+
+def _keepAliveShown(environ: dict[str, str]) -> tuple[str, ConfigError | None]:
+    """
+    C{jw config}'s C{keepalive} line (C{JW_KEEPALIVE}, else the default),
+    and why the setting is refused, if it is.
+    """
+    from ..keepalive import MOST
+    from .quick import keepAliveSeconds
+
+    text = environ.get("JW_KEEPALIVE")
+    try:
+        seconds = keepAliveSeconds(environ)
+    except ConfigError as e:
+        shown = text if text and text.isprintable() else repr(text)
+        why = f"refused: must be whole seconds from 1 to {MOST}"
+        return f"keepalive = {shown}    # JW_KEEPALIVE ({why})", e
+    return f"keepalive = {seconds}    # {'JW_KEEPALIVE' if text else 'default'}", None
 
 
 def _unreadable(path: str, key: str) -> str | None:

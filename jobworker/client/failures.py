@@ -99,10 +99,15 @@ class AlreadyEnded(Exception):
         status: str | None,
         record: dict[str, Any] | None = None,
         leftovers: bool = False,
+        reason: str | None = None,
     ) -> None:
         """
         @param leftovers: the stop reached what the job left, still being
             ended (the server says so): it ended them sooner.
+        @param reason: the server's own words, said instead of the status
+            when the record is not final (a Slurm job ended before its stop,
+            its end not read yet: "had already ended (RUNNING)" said the
+            opposite of itself: Slurm user round 33).
         """
         how = f" ({status})" if status else ""
         what = (
@@ -110,7 +115,10 @@ class AlreadyEnded(Exception):
             if leftovers
             else "nothing to stop"
         )
-        super().__init__(f"job {jobId} had already ended{how}: {what}")
+        if reason:
+            super().__init__(f"job {jobId}: {reason}")
+        else:
+            super().__init__(f"job {jobId} had already ended{how}: {what}")
         self.status = status
         self.record = record
 

@@ -9,9 +9,11 @@ the two raw streams are read by two threads (C{client.concurrently}).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
@@ -129,11 +131,14 @@ async def followCombined(
     events from a server without frames), until it ends (C{follow}) or to
     the end of what is there. If the connection breaks, resume after the
     last byte received (no gap, no repeat). C{onStatus}: told the job's
-    status as each answer comes (a queued job's, once it starts).
+    status as each answer comes (a queued job's, once it starts). A
+    C{tail} not followed is the last C{tail} lines of the two streams
+    together, as C{tail -n} of what jw shows (L{LastLines}): the server
+    starts each stream at its own last C{tail} lines, which hold them.
 
     @return: the job's record from the end, or None without one.
     """
-    reader = _CombinedFollower(streams)
+    reader = _CombinedFollower(streams, None if follow else tail)
     answers = _Answers(onStatus)
 
     async def attempt() -> None:
@@ -177,15 +182,82 @@ async def followCombined(
         )
 
     await resuming(client, attempt, lambda: (reader.lastId, answers.held()))
+    reader.release()
     return reader.end
 
 
-class _CombinedFollower:
-    """Where a combined follow is: what it wrote of each stream, the end."""
+class LastLines:
+    """
+    The last C{count} lines of a job's two streams together, held until
+    L{release}: the lines kept are those that begin last (a line of one
+    stream may be written in pieces between the other's lines), each
+    stream's from the start of its first line kept. A last line without
+    its newline counts, as C{tail -n} counts it. What cannot be kept any
+    more is let go as it comes.
+    """
 
-    def __init__(self, streams: Streams) -> None:
+    def __init__(self, count: int) -> None:
+        self._count = count
+        #: (stream index, bytes), the first numbered L{_first}.
+        self._pieces: deque[tuple[int, bytes]] = deque()
+        self._first = 0
+        #: Where the lines kept begin: (piece number, offset, stream index).
+        self._starts: deque[tuple[int, int, int]] = deque()
+        #: Does each stream's next byte begin a line?
+        self._atStart = [True, True]
+
+    def add(self, index: int, data: bytes | memoryview) -> None:
+        """The next C{data} of stream C{index} (0: stdout, 1: stderr)."""
+        data = bytes(data)
+        if not data:
+            return
+        number = self._first + len(self._pieces)
+        self._pieces.append((index, data))
+        if self._atStart[index]:
+            self._starts.append((number, 0, index))
+        end = data.find(b"\n")
+        while 0 <= end < len(data) - 1:
+            self._starts.append((number, end + 1, index))
+            end = data.find(b"\n", end + 1)
+        self._atStart[index] = data.endswith(b"\n")
+        while len(self._starts) > self._count:
+            self._starts.popleft()
+        # Pieces before the first line kept are no longer needed.
+        keepFrom = self._starts[0][0] if self._starts else number + 1
+        while self._first < keepFrom:
+            self._pieces.popleft()
+            self._first += 1
+
+    def release(self, writers: Sequence[Callable[[bytes], object]]) -> None:
+        """Write the lines kept, each stream's to its writer, in order."""
+        cuts: dict[int, tuple[int, int]] = {}
+        for number, offset, index in self._starts:
+            cuts.setdefault(index, (number, offset))
+        for number, (index, data) in enumerate(self._pieces, self._first):
+            cut = cuts.get(index)
+            if cut is None or number < cut[0]:
+                continue
+            writers[index](data[cut[1] :] if number == cut[0] else data)
+        self._pieces.clear()
+        self._starts.clear()
+
+
+class _CombinedFollower:
+    """
+    Where a combined follow is: what it wrote of each stream, the end. With
+    C{tail}, the output is held and only its last C{tail} lines written at
+    the end (L{release}), after them what was said of it.
+    """
+
+    def __init__(self, streams: Streams, tail: int | None = None) -> None:
         self._streams = streams
-        self._writers = [streams.writer(name) for name in STREAMS]
+        self._shown = [streams.writer(name) for name in STREAMS]
+        self._writers = self._shown
+        self._last: LastLines | None = None
+        self._held: list[dict[str, Any]] = []
+        if tail is not None:
+            self._last = LastLines(tail)
+            self._writers = [functools.partial(self._last.add, i) for i in (0, 1)]
         self.frames = True
         #: The id to resume after (None: nothing received yet).
         self.lastId: str | None = None
@@ -221,7 +293,19 @@ class _CombinedFollower:
             self.end = data
 
     def _dropped(self, data: dict[str, Any]) -> None:
+        if self._last is not None:
+            self._held.append(data)  # said after the output held
+            return
         sayDropped(self._streams, data.get("stream"), data.get("dropped"))
+
+    def release(self) -> None:
+        """The output held (a tail's last lines), then what was said of it."""
+        if self._last is None:
+            return
+        self._last.release(self._shown)
+        self._last = None
+        for data in self._held:
+            self._dropped(data)
 
 
 def sayDropped(streams: Streams, stream: object, dropped: object) -> None:

@@ -63,6 +63,8 @@ settings (flags override the environment, which overrides the config file):
                                      jw login, else prompted on the terminal)
   JW_TOKEN                           a bearer token to use (CI: from POST
                                      /tokens); no password, nothing saved
+  JW_KEEPALIVE                       seconds of silence before TCP keepalive
+                                     probes (1-32767, default 30)
   config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
     server = "https://jobs.example.com:8443"
     ca = "ca.pem"      # relative to the config file
@@ -524,5 +526,12 @@ def _logsOptions(command: Any) -> None:
         help="start at this byte of stdout (of stderr with --stderr): that "
         "one stream, raw",
     )
-    logs.add_argument("--tail", type=int, help="start at the last N lines")
+    logs.add_argument(
+        "--tail",
+        type=int,
+        metavar="N",
+        help="only the last N lines of the output (with --stdout, --stderr or "
+        "--offset: of that stream; with --follow: each stream's last N, then "
+        "what comes)",
+    )
     logs.add_argument("id", metavar="ID")

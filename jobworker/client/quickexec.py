@@ -23,6 +23,7 @@ from .verbs import (
     STOP_PATIENCE,
     InputFeed,
     InputNotSent,
+    StatusHeard,
     backlogCut,
     createExecJob,
     execCreated,
@@ -121,6 +122,7 @@ async def quickExec(
             return 0 if unsent is None else sayInputLeft(unsent, streams)
         left: list[str] = []
         stops: list[Worker] = []
+        started = StatusHeard(job)
 
         def stop(signal: str) -> None:
             stopper = client.another()
@@ -132,10 +134,12 @@ async def quickExec(
             )
 
         interrupts.handle(
-            execInterrupted(options, jobId, streams, interrupts, left.append, stop)
+            execInterrupted(
+                options, jobId, streams, interrupts, left.append, stop, started
+            )
         )
         try:
-            started = sayStarting(job, streams)
+            started.then = sayStarting(job, streams)
             # Not the main thread's connection: it is closed at the exit,
             # maybe under a follower left behind. Nor is that one held idle
             # meanwhile (it opens again if asked): a server counts it against

@@ -388,6 +388,21 @@ async def createExecJob(
     return job
 
 
+class StatusHeard:
+    """
+    The status of a job being followed as jw last heard it: its record's,
+    then each answer's (told as C{onStatus}), each passed on to L{then}.
+    """
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.status: str = job["status"]
+        self.then: Callable[[str], None] = lambda status: None
+
+    def __call__(self, status: str) -> None:
+        self.status = status
+        self.then(status)
+
+
 def execInterrupted(
     options: argparse.Namespace,
     jobId: str,
@@ -395,6 +410,7 @@ def execInterrupted(
     interrupts: Interrupts,
     leave: Callable[[str], None],
     stop: Callable[[str], None],
+    heard: StatusHeard,
 ) -> Callable[[str], None]:
     """
     What an interrupt does while C{jw exec} follows its job: the first
@@ -403,13 +419,16 @@ def execInterrupted(
     its end; a second L{leave}s (stops following; the stop asked for is not
     taken back, and the caller makes sure the server has it, then says so:
     L{stopTaken}); the first with C{--detach-on-interrupt} L{leave}s the job
-    running, saying how to come back. C{leave} is given the interrupt's name.
+    running, saying how to come back (or queued, as C{heard} last said: a
+    queued job was said "running": new user round 33). C{leave} is given
+    the interrupt's name.
     """
 
     def interrupted(name: str) -> None:
         if options.detach_on_interrupt:
+            left = "queued" if heard.status == "PENDING" else "running"
             streams.say(
-                f"jw: {name}: left job {jobId} running (follow it again: jw "
+                f"jw: {name}: left job {jobId} {left} (follow it again: jw "
                 f"logs -f {jobId}; stop it: jw stop {jobId})"
             )
             leave(name)
@@ -754,7 +773,8 @@ async def doExec(
         if status is None and options.stdin:
             status = await _feedWhileRunning(client, jobId, streams, read)
         return status or 0
-    started = sayStarting(job, streams)
+    started = StatusHeard(job)
+    started.then = sayStarting(job, streams)
     refused: list[InputNotSent] = []
 
     def inputRefused(failure: Any) -> None:
@@ -795,7 +815,9 @@ async def doExec(
         stopping = ensureDeferred(client.stop(jobId, signal))
         stopping.addCallbacks(ended, failed)
 
-    interrupts.handle(execInterrupted(options, jobId, streams, interrupts, leave, stop))
+    interrupts.handle(
+        execInterrupted(options, jobId, streams, interrupts, leave, stop, started)
+    )
     try:
         end = await following
     except CancelledError:
@@ -1278,10 +1300,12 @@ async def _stopJob(
             later.cancel()
     ended = await _endedRecord(client, jobId, refusal)
     body = refusal.body if isinstance(refusal.body, dict) else {}
-    leftovers = "processes it left" in str(body.get("error", ""))
-    raise AlreadyEnded(
-        jobId, None if ended is None else ended["status"], ended, leftovers
-    )
+    error = str(body.get("error", ""))
+    status = None if ended is None else ended["status"]
+    # A record not final (its end not known yet): the server's words say
+    # what it is, its status would not.
+    reason = error if status in ("PENDING", "RUNNING") and error else None
+    raise AlreadyEnded(jobId, status, ended, "processes it left" in error, reason)
 
 
 class _Answer(NamedTuple):
