@@ -589,6 +589,38 @@ class UnsavedInFilteredListTests(SynchronousTestCase):
             [],
         )
 
+    def test_limitKept(self) -> None:
+        """Those added keep the page's limit, and the next page goes on
+        after its last (it held every one: session review 33)."""
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        killer = GroupKiller()
+        manager = localJobManager(reactor, os.path.abspath(self.mktemp()), 5.0, killer)
+        self.addCleanup(manager.close)
+        request = JobRequest(command="/bin/true", args=[], env={}, cwd=None)
+        jobs = [manager.create(request, "alice") for _ in range(4)]
+        killer.groupGone(reactor.spawned[0].pid)
+        reactor.spawned[0].exit(0)
+
+        def refuse(r: JobRecord) -> None:
+            raise StoreError("database or disk is full", "SQLITE_FULL")
+
+        self.patch(manager._store, "update", refuse)
+        for spawned in reactor.spawned[1:]:
+            killer.groupGone(spawned.pid)
+            spawned.exit(0)
+        seen: list[str] = []
+        cursor = None
+        for _ in range(6):
+            page, cursor = manager.page(
+                JobFilter(status=JobStatus.COMPLETED), 1, before=cursor
+            )
+            self.assertLessEqual(len(page), 1)
+            seen += [r.id for r in page]
+            if cursor is None:
+                break
+        self.assertEqual(seen, [j.id for j in reversed(jobs)])
+
 
 class SignalSaidOnceTests(SynchronousTestCase):
     """jw said a job's signal twice: "killed by SIGSEGV: killed by signal

@@ -691,9 +691,10 @@ class JobManager(Admission):
             # The store is behind for these: answer with what is true.
             records = [unsaved.get(r.id, r) for r in records]
             if selection.status is not None:
-                records = self._unsavedByStatus(
+                records, following = self._unsavedByStatus(
                     [r for r in records if r.status is selection.status],
                     selection,
+                    limit,
                     before,
                     following,
                 )
@@ -715,15 +716,18 @@ class JobManager(Admission):
         self,
         records: list[JobRecord],
         selection: JobFilter,
+        limit: int,
         before: int | None,
         following: int | None,
-    ) -> list[JobRecord]:
+    ) -> tuple[list[JobRecord], int | None]:
         """
         C{records} (a page the store found by status), and the jobs of the
         page's span whose new status, not yet stored, the filter picks:
         a job that ended while the disk was full was in neither
         C{?status=RUNNING} (stored) nor C{?status=COMPLETED} (not stored)
-        though C{GET /jobs} listed it COMPLETED (review round 33).
+        though C{GET /jobs} listed it COMPLETED (review round 33). At most
+        C{limit} of them (the next page goes on after the last); the
+        cursor to the next page.
         """
         found = {r.id for r in records}
         more = [
@@ -736,8 +740,13 @@ class JobManager(Admission):
             and selection.picks(r)
         ]
         if not more:
-            return records
-        return sorted(records + more, key=lambda r: r.seq or 0, reverse=True)
+            return records, following
+        records = sorted(records + more, key=lambda r: r.seq or 0, reverse=True)
+        if len(records) > limit:
+            # (It held more than the limit: session review 33.)
+            records = records[:limit]
+            following = records[-1].seq
+        return records, following
 
     def _withoutDamaged(self, records: list[JobRecord]) -> list[JobRecord]:
         """
