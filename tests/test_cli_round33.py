@@ -25,6 +25,7 @@ import io
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -40,8 +41,10 @@ from jobworker.client.calls import errorFor
 from jobworker.client.failures import EXIT_ALREADY_ENDED, EXIT_NOT_FOLLOWED
 from jobworker.client.http import JobworkerClient
 from jobworker.client.interrupts import Interrupts
+from jobworker.client.verbs import IDS_AT_ONCE
 from jobworker.jobs import queries
 
+from . import test_cli_habits
 from .support import CA, CERTS, JW, LiveServer, runJW
 from .test_cli_memory import MemoryCLITestCase, Run
 
@@ -689,3 +692,37 @@ class DetachQueuedTests(MemoryCLITestCase):
         _out, err, code = self.finish(run)
         self.assertEqual(code, 130, err)
         self.assertIn(b" running (follow it again", err)
+
+
+class ManyIdsInterruptedTests(MemoryCLITestCase):
+    """
+    Ctrl-C while C{jw stop} of more ids than go at once (L{IDS_AT_ONCE})
+    waits: the ids whose turn had not come were never stopped and never
+    named, and jw said C{unexpected error: FirstError[...]}, a traceback
+    for each id, exit 1 (session review 33). Each is named now, and jw
+    exits 130.
+    """
+
+    interruptible = test_cli_habits.InterruptTests.interruptible
+
+    def test_everyIdNamed(self) -> None:
+        ids = [self.execId("sleep", "300") for _ in range(IDS_AT_ONCE + 4)]
+        run, interrupts = self.interruptible("stop", "--grace", "30", *ids)
+        self.flush()
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        text = err.decode()
+        self.assertEqual(code, 130, text)
+        self.assertNotIn("unexpected", text)
+        self.assertNotIn("Traceback", text)
+        lines = text.splitlines()
+        for jobId in ids:
+            said = [line for line in lines if jobId in line]
+            self.assertEqual(len(said), 1, (jobId, text))
+            signalled = (self.process(jobId).pid, signal.SIGTERM) in self.killer.calls
+            if signalled:
+                self.assertIn("goes on", said[0])
+            else:
+                self.assertIn("not stopped (interrupted before its turn)", said[0])
+        notStopped = [line for line in lines if "not stopped" in line]
+        self.assertEqual(len(notStopped), 4, text)

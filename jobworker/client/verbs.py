@@ -1236,23 +1236,82 @@ async def doStop(
     _loginRefused([first.refused])
     # Several at once (one grace for them, not one after another), shown
     # in the order of the arguments, not of the answers.
-    answers = await _eachId(lambda text: _answer(text, stop(text)), options.ids)
+    answers = await _eachId(
+        lambda text: _answer(text, stop(text)),
+        options.ids,
+        lambda text: streams.say(
+            f"jw: {text}: not stopped (interrupted before its turn)"
+        ),
+    )
     return _showSeveral(answers, options, client, streams)
 
 
 async def _eachId(
-    work: Callable[[str], Coroutine[Any, Any, T]], texts: list[str]
+    work: Callable[[str], Coroutine[Any, Any, T]],
+    texts: list[str],
+    notAsked: Callable[[str], None],
 ) -> list[T]:
     """
     C{work} of each id, L{IDS_AT_ONCE} at a time: the results in the order
     of C{texts}. C{work} catches its own failures (each id's is said).
+    Interrupted (cancelled), the ids whose turn had not come are each told
+    to C{notAsked} (they were left unsaid, and their jobs running: session
+    review 33), and the interrupt goes on, one C{CancelledError} (it was
+    a C{FirstError} reported as unexpected, a traceback for each id).
     """
-    from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResults
+    from twisted.internet.defer import (
+        CancelledError,
+        Deferred,
+        DeferredSemaphore,
+        FirstError,
+        ensureDeferred,
+        gatherResults,
+    )
+    from twisted.python.failure import Failure
 
     slots = DeferredSemaphore(IDS_AT_ONCE)
-    return await gatherResults(
-        [slots.run(lambda t: ensureDeferred(work(t)), text) for text in texts]
-    )
+    begun: set[int] = set()
+    interrupted: list[bool] = []
+
+    def begin(index: int) -> Any:
+        if interrupted:
+            # (A slot freed by a cancelled turn: no new one begins, its
+            # request would be cut before it is sent.)
+            raise CancelledError()
+        begun.add(index)
+        return ensureDeferred(work(texts[index]))
+
+    turns = [slots.run(begin, index) for index in range(len(texts))]
+    gathered = gatherResults(turns, consumeErrors=True)
+
+    def cancel(_: Deferred[list[T]]) -> None:
+        interrupted.append(True)
+        gathered.cancel()
+
+    watched: Deferred[list[T]] = Deferred(cancel)
+
+    def relay(result: Any) -> None:
+        if not watched.called:
+            if isinstance(result, Failure):
+                watched.errback(result)
+            else:
+                watched.callback(result)
+
+    gathered.addBoth(relay)
+    try:
+        return await watched
+    except FirstError as e:
+        if not e.subFailure.check(CancelledError):
+            e.subFailure.raiseException()
+    except CancelledError:
+        pass
+    for turn in turns:
+        turn.addErrback(lambda f: None)
+        turn.cancel()
+    for index, text in enumerate(texts):
+        if index not in begun:
+            notAsked(text)
+    raise CancelledError()
 
 
 async def _record(client: JobworkerClient, text: str) -> dict[str, Any]:
@@ -1428,7 +1487,16 @@ async def doRemove(
     first = await remove(options.ids[0])
     if first.refused is not None:
         raise first.refused
-    answers = [first, *await _eachId(remove, options.ids[1:])]
+    answers = [
+        first,
+        *await _eachId(
+            remove,
+            options.ids[1:],
+            lambda text: streams.say(
+                f"jw: {text}: not deleted (interrupted before its turn)"
+            ),
+        ),
+    ]
     refusals = [a.refused for a in answers if a.refused is not None]
     _loginRefused([e for e in refusals if e.status == 401])
     failures = [a.failure for a in answers if a.failure is not None]
