@@ -810,7 +810,7 @@ class SlurmFlagTests(MemoryCLITestCase):
         result = self.jw(
             "exec", "--partition", "debug", "--nodes", "2", "--exclusive", "--", "true"
         )
-        self.assertOneLineFailure(result, b"Slurm executor")
+        self.assertOneLineFailure(result, b"jobs run in Slurm")
         self.assertEqual(
             seen[0]["slurm"], {"partition": "debug", "nodes": 2, "exclusive": True}
         )

@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.auth.throttle import LoginThrottle
-from jobworker.client.show import outcome
+from jobworker.client.show import jobLines, outcome
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.slurm.output import SlurmOutput
 from jobworker.jobs.records import JobRecord, JobStatus
@@ -805,3 +805,24 @@ class PipelinedBeforeARefusalTests(TestCase):
         )
         self.assertEqual(xs, size)
         self.assertIn(b" 413 ", rest)
+
+
+class WholeSecondsShownTests(SynchronousTestCase):
+    """C{jw status} showed C{timeout_seconds: 3600.0} where every message
+    of jw says 3600 (new user round 33)."""
+
+    def test_timeout(self) -> None:
+        job = {
+            "id": "1" * 8,
+            "status": "RUNNING",
+            "command": "sleep",
+            "args": ["1"],
+            "owner": "alice",
+            "timeout_seconds": 3600.0,
+        }
+        lines = jobLines(job, 0.0).splitlines()
+        self.assertIn(
+            "timeout_seconds: 3600", [" ".join(line.split()) for line in lines]
+        )
+        job["timeout_seconds"] = 0.25
+        self.assertIn("0.25", jobLines(job, 0.0))

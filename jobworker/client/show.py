@@ -178,6 +178,9 @@ def _value(key: str, value: Any, now: float) -> str:
         return ", ".join(str(item) for item in value)  # after, after_ok
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    if isinstance(value, float):
+        # As jw's messages say it: 3600, not 3600.0 (new user round 33).
+        return f"{value:.15g}"
     return str(value)
 
 

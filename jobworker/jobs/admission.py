@@ -129,7 +129,9 @@ class Admission:
         timeout = request.timeout or self._policy.defaultTimeout
         if request.slurm is not None and executor.name != "slurm":
             raise BadRequest(
-                '"slurm" options need the Slurm executor (--executor slurm)'
+                '"slurm" options are for a server whose jobs run in Slurm (one '
+                "started with --executor slurm); this one runs them on its own "
+                "machine"
             )
         dependencies = self._dependencies(request)
         failedDependency = next(

@@ -32,8 +32,8 @@ def parseName(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not NAME.match(value):
         raise BadRequest(
-            "name must be 1 to 128 letters, digits or ._:@+- (starting with a "
-            "letter or digit)"
+            "name must be 1 to 128 ASCII letters, digits or ._:@+- (starting "
+            "with a letter or digit)"
         )
     return value
 
