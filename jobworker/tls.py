@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
-import stat
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -23,7 +21,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from .certificates import isCA
-from .jobs.folders import readAtMost
+from .pemfiles import readPEM
 from .tlserrors import TLSConfigError
 
 if TYPE_CHECKING:
@@ -62,7 +60,7 @@ def isDevelopmentCertificate(certPath: str) -> bool:
     copied to. False if the file cannot be read.
     """
     try:
-        leaf = x509.load_pem_x509_certificates(_read(certPath, "certificate"))[0]
+        leaf = x509.load_pem_x509_certificates(readPEM(certPath, "certificate"))[0]
     except (TLSConfigError, ValueError):
         return False
     return publicKeySHA256(leaf) == DEVELOPMENT_SERVER_KEY_SHA256
@@ -75,7 +73,7 @@ def holdsDevelopmentCA(path: str) -> bool:
     client certificate with it, for any user. False if it cannot be read.
     """
     try:
-        certificates = x509.load_pem_x509_certificates(_read(path, "client CA"))
+        certificates = x509.load_pem_x509_certificates(readPEM(path, "client CA"))
     except (TLSConfigError, ValueError):
         return False
     return any(publicKeySHA256(c) == DEVELOPMENT_CA_KEY_SHA256 for c in certificates)
@@ -88,7 +86,7 @@ def validityProblem(certPath: str) -> str | None:
     be read: L{serverOptions} says why).
     """
     try:
-        leaf = x509.load_pem_x509_certificates(_read(certPath, "certificate"))[0]
+        leaf = x509.load_pem_x509_certificates(readPEM(certPath, "certificate"))[0]
     except (TLSConfigError, ValueError):
         return None
     now = datetime.datetime.now(datetime.UTC)
@@ -99,38 +97,9 @@ def validityProblem(certPath: str) -> str | None:
     return None
 
 
-#: The most a certificate, key or CA file may hold (a CA bundle of a
-#: system's, some 200 KiB, fits): /dev/zero filled the memory.
-MAX_PEM_BYTES = 4 << 20
 #: The most certificates the server's chain may hold: a leaf and its
 #: intermediates (150 made every handshake fail).
 MAX_CHAIN = 10
-
-
-def _read(path: str, what: str) -> bytes:
-    """
-    The bytes of C{path}, a regular file (a symlink to one is followed) of
-    at most L{MAX_PEM_BYTES}: never waited on (a FIFO hung the server's
-    thread for good, a SIGHUP's reload included).
-
-    @raise TLSConfigError: it cannot be read, is no regular file, or is too
-        big.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as e:
-        raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TLSConfigError(f"cannot read {what} {path}: not a regular file")
-        data = readAtMost(fd, MAX_PEM_BYTES)
-    except OSError as e:
-        raise TLSConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_PEM_BYTES:
-        raise TLSConfigError(f"{what} {path} is over {MAX_PEM_BYTES >> 20} MiB")
-    return data
 
 
 def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:
@@ -140,7 +109,7 @@ def _caCertificates(path: str, what: str) -> list[OpenSSLCertificate]:
 
     @raise TLSConfigError: the file cannot be read or holds no PEM certificate.
     """
-    data = _read(path, what)
+    data = readPEM(path, what)
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -182,8 +151,8 @@ def serverOptions(
     @raise TLSConfigError: if a file is missing, unreadable or not PEM, or the
         key does not match the certificate.
     """
-    certData = _read(certPath, "certificate")
-    keyData = _read(keyPath, "private key")
+    certData = readPEM(certPath, "certificate")
+    keyData = readPEM(keyPath, "private key")
     try:
         chain = x509.load_pem_x509_certificates(certData)
     except ValueError:
@@ -237,7 +206,7 @@ def clientCAKeys(path: str) -> dict[str, x509.Certificate]:
 
     @raise TLSConfigError: the file cannot be read or holds no certificate.
     """
-    data = _read(path, "client CA certificate")
+    data = readPEM(path, "client CA certificate")
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -362,8 +331,8 @@ class TrustRootPolicy:
         if certPath is not None or keyPath is not None:
             if certPath is None or keyPath is None:
                 raise TLSConfigError("a client certificate needs both --cert and --key")
-            certData = _read(certPath, "client certificate")
-            keyData = _read(keyPath, "client key")
+            certData = readPEM(certPath, "client certificate")
+            keyData = readPEM(keyPath, "client key")
             try:
                 self._clientCertificate = ssl.PrivateCertificate.loadPEM(
                     certData + b"\n" + keyData

@@ -34,7 +34,7 @@ from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jobworker import tls
+from jobworker import pemfiles, tls
 from jobworker.auth import hashpw
 from jobworker.client import cli
 from jobworker.client.calls import errorFor
@@ -135,7 +135,7 @@ class PEMFilesBoundedTests(SubprocessJW, SynchronousTestCase):
         with open(CA, "rb") as f:
             pem = f.read()
         with open(path, "wb") as f:
-            f.write(pem + b"#" * tls.MAX_PEM_BYTES)
+            f.write(pem + b"#" * pemfiles.MAX_PEM_BYTES)
         said = f"jw: CA certificate {path} is over 4 MiB".encode()
         for argv in (("list",), ("stop", UNKNOWN)):
             self.refused(argv, said, JW_CA=path)
@@ -169,9 +169,8 @@ class PEMFilesBoundedTests(SubprocessJW, SynchronousTestCase):
         self.assertIn(b"(cannot read it: not a regular file)", out)
 
     def test_boundIsTheServers(self) -> None:
-        from jobworker.client import pemfiles  # (new this round)
-
-        self.assertEqual(pemfiles.MAX_PEM_BYTES, tls.MAX_PEM_BYTES)
+        """One reader, the server's and jw's."""
+        self.assertIs(tls.readPEM, pemfiles.readPEM)
 
 
 class FollowOutlivesLoginTests(MemoryCLITestCase):

@@ -154,7 +154,6 @@ class SettingsTests(SynchronousTestCase):
                 "jobworker.client.failures",
                 "jobworker.client.interrupts",
                 "jobworker.client.parser",
-                "jobworker.client.pemfiles",
                 "jobworker.client.session",
                 "jobworker.client.show",
                 "jobworker.client.streams",
@@ -165,6 +164,7 @@ class SettingsTests(SynchronousTestCase):
                 # its own): stdlib only, shared with the server.
                 "jobworker.jobs",
                 "jobworker.jobs.folders",
+                "jobworker.pemfiles",
                 "jobworker.tlserrors",
                 "jobworker.units",
             },

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from ..pemfiles import readPEM
 from ..tlserrors import TLSConfigError
 from .calls import trustedAtLogin
 from .completion import COMPLETION
@@ -47,7 +48,6 @@ from .failures import (
 )
 from .interrupts import Interrupts
 from .parser import buildParser
-from .pemfiles import readPEM
 from .session import Connect, Session, givenPassword, trustOnFirstUse
 from .show import age
 from .streams import OutputFailed, Streams

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..keepalive import keepAlive, parseSeconds
+from ..pemfiles import readPEM
 from ..tlserrors import TLSConfigError, handshakeHint
 from .bodies import bodyPieces
 from .calls import (
@@ -46,7 +47,6 @@ from .calls import (
 )
 from .config import ConfigError
 from .errors import ClientError, HandshakeCut, HandshakeTimeout, ServerUnreachable
-from .pemfiles import readPEM
 from .workers import startThread
 
 T = TypeVar("T")

@@ -1,7 +1,8 @@
 """
-The CA, certificate and key files jw is given, read as the server reads its
-own (L{jobworker.tls}): a regular file of at most L{MAX_PEM_BYTES}, never
-waited on. Without OpenSSL: the short commands start without it.
+Certificate, key and CA files, read as neither side may be hung or flooded
+by one: a regular file of at most L{MAX_PEM_BYTES}, never waited on (the
+server's and jw's alike). Without OpenSSL: jw's short commands start
+without it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import os
 import stat
 
-from ..jobs.folders import readAtMost
-from ..tlserrors import TLSConfigError
+from .jobs.folders import readAtMost
+from .tlserrors import TLSConfigError
 
-#: The most a certificate, key or CA file may hold: C{jobworker.tls}'s bound
-#: (a test checks they agree). C{/dev/zero} as C{--ca} filled the memory.
+#: The most a certificate, key or CA file may hold (a CA bundle of a
+#: system's, some 200 KiB, fits): /dev/zero filled the memory (the server's,
+#: and jw's as C{--ca}).
 MAX_PEM_BYTES = 4 << 20
 
 
@@ -21,7 +23,8 @@ def readPEM(path: str, what: str) -> bytes:
     """
     The bytes of C{path}, a regular file (a symlink to one is followed) of
     at most L{MAX_PEM_BYTES}: a FIFO (C{--ca <(...)}, or a typo naming one)
-    is not waited on, a device not read.
+    is not waited on (one hung the server's thread for good, a SIGHUP's
+    reload included), a device not read.
 
     @param what: what the file is, as the message names it ("CA certificate").
     @raise TLSConfigError: it cannot be read, is no regular file, or is too
