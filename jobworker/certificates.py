@@ -83,7 +83,7 @@ def leafCertificate(
     issuer: x509.Certificate,
     issuerKey: ec.EllipticCurvePrivateKey,
     publicKey: ec.EllipticCurvePublicKey,
-    days: int,
+    days: float,
     usage: x509.ObjectIdentifier,
     names: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:

@@ -16,6 +16,8 @@ C{close_notify}.
 
 from __future__ import annotations
 
+import datetime
+import http.client
 import json
 import os
 import shutil
@@ -28,11 +30,16 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.issuecert import IssueError, issue
 from jobworker.auth.throttle import LoginThrottle
+from jobworker.certificates import keyPEM, newKey
 from jobworker.client.show import jobLines, outcome
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.slurm.output import SlurmOutput
@@ -44,11 +51,11 @@ from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 from jobworker.server.logs import DRAIN_LOOK, LogStreams
 
-from . import test_drain, test_wire
+from . import test_drain, test_mtls, test_wire
 from . import test_faults10_sacct as sacctFaults
 from . import test_slurmunit as slurmUnit
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import LiveServer
+from .support import CA, LiveServer, selfSigned
 from .test_review32 import RawRequests, basicLine, exchange
 from .test_wire import ALICE, parse
 
@@ -826,3 +833,136 @@ class WholeSecondsShownTests(SynchronousTestCase):
         )
         job["timeout_seconds"] = 0.25
         self.assertIn("0.25", jobLines(job, 0.0))
+
+
+def intermediateChain(directory: str, user: str, seconds: float) -> tuple[str, str]:
+    """A client certificate of C{user} (valid a day) by an intermediate CA
+    that expires in C{seconds}, itself by the tests' CA: the chain's file
+    (leaf, then intermediate) and the key's."""
+    with open(test_mtls.CA_KEY, "rb") as f:
+        rootKey = serialization.load_pem_private_key(f.read(), None)
+    with open(CA, "rb") as f:
+        root = x509.load_pem_x509_certificate(f.read())
+    now = datetime.datetime.now(datetime.UTC)
+    middleKey = newKey()
+    middle = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "middle")]))
+        .issuer_name(root.subject)
+        .public_key(middleKey.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(seconds=seconds))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .sign(rootKey, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    key = newKey()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .issuer_name(middle.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(middleKey, hashes.SHA256())
+    )
+    os.makedirs(directory, exist_ok=True)
+    chain = os.path.join(directory, f"{user}-chain.pem")
+    with open(chain, "wb") as f:
+        f.write(leaf.public_bytes(serialization.Encoding.PEM))
+        f.write(middle.public_bytes(serialization.Encoding.PEM))
+    keyPath = os.path.join(directory, f"{user}.key")
+    with open(keyPath, "wb") as f:
+        f.write(keyPEM(key))
+    return chain, keyPath
+
+
+def keptConnection(port: int, chain: tuple[str, str], wait: float) -> list[Any]:
+    """On one kept connection with the client certificate C{chain}: whoami,
+    a token; then, C{wait} seconds later, whoami again. The answers (status
+    and document)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(CA)
+    context.load_cert_chain(*chain)
+    connection = http.client.HTTPSConnection(
+        "localhost", port, context=context, timeout=30
+    )
+    answers = []
+
+    def ask(method: str, path: str) -> None:
+        headers = {"Content-Type": "application/json"} if method == "POST" else {}
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        answers.append((response.status, json.loads(response.read())))
+
+    try:
+        ask("GET", "/whoami")
+        ask("POST", "/tokens")
+        time.sleep(wait)
+        ask("GET", "/whoami")
+    finally:
+        connection.close()
+    return answers
+
+
+class ChainExpiryTests(TestCase):
+    """
+    A client certificate was held to its own dates at every request, not
+    to those of the CAs above it: once its intermediate (or the root) had
+    expired, a connection kept busy went on as its user, minted tokens
+    that outlived the intermediate, and a log follower read on (attacker
+    round 33). The chain's earliest end counts now.
+    """
+
+    timeout = 60
+
+    async def test_intermediateExpired(self) -> None:
+        server = LiveServer(self, f"--client-ca={CA}")
+        chain = intermediateChain(os.path.abspath(self.mktemp()), "alice", 5)
+        with open(chain[0], "rb") as f:
+            middleEnds = x509.load_pem_x509_certificates(f.read())[
+                1
+            ].not_valid_after_utc
+        wait = middleEnds.timestamp() - time.time() + 1.5
+        answers = await deferToThread(keptConnection, server.port, chain, wait)
+        self.assertEqual(answers[0][0], 200, answers)
+        self.assertEqual(answers[1][0], 201, answers)
+        expires = datetime.datetime.fromisoformat(answers[1][1]["expires_at"])
+        self.assertLessEqual(expires, middleEnds)
+        self.assertEqual(answers[2][0], 401, answers)
+        self.assertIn("expired", answers[2][1]["error"])
+
+
+class IssuedWithinItsCATests(SynchronousTestCase):
+    """
+    C{jobworker-issue-cert} gave a certificate a year by a CA that ends
+    sooner (it stops at the CA's end all the same: a later date promised
+    what the server will not keep), and signed with a C{--ca} that is no
+    CA (attacker round 33).
+    """
+
+    def test_notPastItsCA(self) -> None:
+        caPath, caKeyPath = test_mtls.rogueCA(os.path.abspath(self.mktemp()))
+        with open(caPath, "rb") as f:
+            caEnds = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
+        certificate, _key = issue("alice", caPath, caKeyPath, 365)
+        ends = x509.load_pem_x509_certificate(certificate).not_valid_after_utc
+        self.assertLessEqual(ends, caEnds)
+
+    def test_notACA(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")])
+        leaf, key = selfSigned(name, ca=False)
+        certPath = os.path.join(folder, "leaf.pem")
+        keyPath = os.path.join(folder, "leaf.key")
+        with open(certPath, "wb") as f:
+            f.write(leaf.public_bytes(serialization.Encoding.PEM))
+        with open(keyPath, "wb") as f:
+            f.write(keyPEM(key))
+        with self.assertRaises(IssueError) as caught:
+            issue("alice", certPath, keyPath)
+        self.assertIn("not a CA certificate", str(caught.exception))

@@ -512,7 +512,7 @@ class Authenticator:
             if certified is not None:
                 held = {
                     "certificate": certified,
-                    "expires": notAfter(certified[1]),
+                    "expires": chainEnds(*certified),
                 }
         elif scheme.lower() == b"bearer" and self._tokens is not None:
             token = response.strip().decode("ascii", "replace")
@@ -1054,6 +1054,34 @@ def peerCertificate(request: IRequest) -> tuple[Any, Any] | None:
 def notAfter(certificate: Any) -> float | None:
     """When C{certificate} expires (epoch seconds), if it says."""
     return float(certificate.to_cryptography().not_valid_after_utc.timestamp())
+
+
+def chainEnds(transport: Any, certificate: Any) -> float | None:
+    """
+    When the client C{certificate} of the TLS connection C{transport}
+    stops letting in (epoch seconds): the earliest end of the chain its
+    handshake verified, the CAs above it included. Its own end alone let
+    a kept connection go on as its user after its intermediate or root
+    had expired, mint tokens that outlived them, and read on (attacker
+    round 33). Worked out once a connection.
+    """
+    ends = getattr(transport, "_chainEnds", None)
+    if ends is not None:
+        return float(ends)
+    chain = None
+    handle = getattr(transport, "getHandle", None)
+    if handle is not None:
+        try:
+            chain = handle().get_verified_chain()
+        except Exception:
+            chain = None
+    found = [notAfter(c) for c in (chain or [certificate])]
+    ends = min((e for e in found if e is not None), default=None)
+    try:
+        transport._chainEnds = ends
+    except AttributeError:
+        pass
+    return ends
 
 
 def clientAddress(request: IRequest) -> str:

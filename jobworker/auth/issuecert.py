@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 
@@ -10,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..certificates import keyPEM, leafCertificate, newKey
+from ..certificates import isCA, keyPEM, leafCertificate, newKey
 from .names import USER_NAME
 
 USAGE_EXAMPLE = """\
@@ -59,13 +60,22 @@ def issue(
             "letters, digits, '.', '_', '@' or '-', the first a letter or digit)"
         )
     ca, caKey = _load(caPath, caKeyPath)
+    if not isCA(ca):
+        # (It signed "client certificates" the server would never take:
+        # attacker round 33.)
+        raise IssueError(f"{caPath} is not a CA certificate (no CA:TRUE)")
+    # Not past the CA's own end: the certificate would stop at it all the
+    # same, later than its dates say (attacker round 33).
+    left = ca.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    if left.total_seconds() <= 0:
+        raise IssueError(f"{caPath} has expired ({ca.not_valid_after_utc:%Y-%m-%d})")
     key = newKey()
     certificate = leafCertificate(
         name,
         ca,
         caKey,  # type: ignore[arg-type]
         key.public_key(),
-        days,
+        min(float(days), left.total_seconds() / 86400),
         ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     return certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)
@@ -119,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ca", required=True, help="CA certificate (PEM)")
     parser.add_argument("--ca-key", required=True, help="CA private key (PEM)")
     parser.add_argument("--out-dir", default=".", help="where to write (default .)")
-    parser.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=365,
+        help="validity (default 365; never past the CA's own end)",
+    )
     options = parser.parse_args(argv)
     if not 1 <= options.days <= 3650:
         print("jobworker-issue-cert: --days must be 1..3650", file=sys.stderr)
@@ -138,4 +153,5 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         print(f"jobworker-issue-cert: cannot write: {e.strerror}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"wrote {certPath} and {keyPath}")
+    ends = x509.load_pem_x509_certificate(certificate).not_valid_after_utc
+    print(f"wrote {certPath} and {keyPath} (valid until {ends:%Y-%m-%d %H:%M} UTC)")

@@ -27,8 +27,8 @@ from ..auth.audit import AuditLog
 from ..auth.authenticator import (
     REALM,
     Authenticator,
+    chainEnds,
     clientAddress,
-    notAfter,
     peerCertificate,
 )
 from ..auth.permissions import Permission, User, authorize, grants, onlyOwnJobs
@@ -416,7 +416,7 @@ class JobsAPI:
         )
         until = ca = None
         if certified is not None:
-            until = notAfter(certified[1])
+            until = chainEnds(*certified)
             # Tied to its CA: a CA removed from --client-ca (there is no
             # CRL) refused the certificate, not its tokens (attacker round 29).
             which = self._authenticator.certificateCA

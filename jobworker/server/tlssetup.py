@@ -9,12 +9,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import time
 from typing import Any
 
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..auth.authenticator import chainEnds
 from ..tls import (
     TLSConfigError,
     clientAuthorities,
@@ -74,7 +76,9 @@ class ServedTLS:
         busy went on as its user after its certificate expired, or after
         its CA was removed (attacker round 27).
         """
-        if certificate.has_expired():
+        ends = chainEnds(transport, certificate)
+        if certificate.has_expired() or (ends is not None and ends <= time.time()):
+            # (Its own end, or that of a CA above it: attacker round 33.)
             return "has expired"
         handle = transport.getHandle()
         context = self.getContext()
