@@ -248,14 +248,17 @@ def _issued(issuer: x509.Certificate, certificate: x509.Certificate) -> bool:
 
 def stillTrusted(
     store: X509Store, certificate: OpenSSLCertificate, chain: list[OpenSSLCertificate]
-) -> bool:
-    """Does C{certificate} (with the peer's C{chain}) verify against C{store}
-    now, its dates included?"""
+) -> list[OpenSSLCertificate] | None:
+    """The chain C{certificate} (with the peer's C{chain}) verifies by
+    against C{store} now, its dates included (the certificate first, the
+    trusted CA last); None if it does not verify."""
     try:
-        X509StoreContext(store, certificate, chain or None).verify_certificate()
+        verified: list[OpenSSLCertificate] = X509StoreContext(
+            store, certificate, chain or None
+        ).get_verified_chain()
     except X509StoreContextError:
-        return False
-    return True
+        return None
+    return verified
 
 
 def trustRootFromFile(caPath: str) -> IOpenSSLTrustRoot:

@@ -725,3 +725,25 @@ class ManyIdsInterruptedTests(MemoryCLITestCase):
                 self.assertIn("not stopped (interrupted before its turn)", said[0])
         notStopped = [line for line in lines if "not stopped" in line]
         self.assertEqual(len(notStopped), 4, text)
+
+    def test_answeredIdsNamed(self) -> None:
+        """Ids answered before the interrupt (a job that had ended, an id
+        of no job) are named too (they were dropped: late review 33)."""
+        done = self.execId("true")
+        self.endJob(done)
+        missing = "0123abcd-0000-4000-8000-000000000000"
+        running = [self.execId("sleep", "300") for _ in range(IDS_AT_ONCE + 2)]
+        ids = [running[0], done, missing, *running[1:]]
+        run, interrupts = self.interruptible("stop", "--grace", "30", *ids)
+        self.flush()
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        text = err.decode()
+        self.assertEqual(code, 130, text)
+        lines = text.splitlines()
+        for jobId in ids:
+            self.assertEqual(
+                len([line for line in lines if jobId in line]), 1, (jobId, text)
+            )
+        [ended] = [line for line in lines if done in line]
+        self.assertIn("already ended", ended)

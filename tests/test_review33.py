@@ -50,6 +50,7 @@ from jobworker.jobs.store import JobStore, StoreError
 from jobworker.jobs.validation import JobRequest
 from jobworker.server.deadlines import LINGER_BYTES, LINGER_SECONDS
 from jobworker.server.logs import DRAIN_LOOK, LogStreams
+from jobworker.server.services import UsersReloadService
 
 from . import test_drain, test_mtls, test_wire
 from . import test_faults10_sacct as sacctFaults
@@ -966,3 +967,113 @@ class IssuedWithinItsCATests(SynchronousTestCase):
         with self.assertRaises(IssueError) as caught:
             issue("alice", certPath, keyPath)
         self.assertIn("not a CA certificate", str(caught.exception))
+
+
+_ROOT_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewed root")])
+
+
+def _root(key: Any, seconds: float) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_ROOT_NAME)
+        .issuer_name(_ROOT_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(seconds=seconds))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _leafOf(rootKey: Any, user: str) -> tuple[x509.Certificate, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    key = newKey()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .issuer_name(_ROOT_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(rootKey, hashes.SHA256())
+    )
+    return leaf, key
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _connection(port: int, chain: tuple[str, str]) -> http.client.HTTPSConnection:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(CA)
+    context.load_cert_chain(*chain)
+    return http.client.HTTPSConnection("localhost", port, context=context, timeout=30)
+
+
+def _ask(
+    connection: http.client.HTTPSConnection, method: str, path: str
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    connection.request(method, path, headers=headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+class RenewedRootTests(TestCase):
+    """
+    The client CA (a root) is renewed (same key and name, a later end) and
+    the server reloaded (SIGHUP) before the old copy ends. A connection
+    kept from before the reload is still held to the OLD copy's end (the
+    chain's end is cached on the transport at its first request), though
+    the server re-verified it against the renewed root: 401 "has expired"
+    at the old root's end; a new connection with the same certificate is
+    200 (late review 33: the cache of the chain's end outlived the reload).
+    """
+
+    timeout = 60
+
+    async def test_keptConnectionAfterRenewal(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        rootKey = newKey()
+        old, renewed = _root(rootKey, 8), _root(rootKey, 86400)
+        caPath = os.path.join(folder, "clientca.pem")
+        with open(caPath, "wb") as f:
+            f.write(_pem(old))
+        leaf, key = _leafOf(rootKey, "alice")
+        chain = (os.path.join(folder, "alice.pem"), os.path.join(folder, "alice.key"))
+        with open(chain[0], "wb") as f:
+            f.write(_pem(leaf))
+        with open(chain[1], "wb") as f:
+            f.write(keyPEM(key))
+        server = LiveServer(self, f"--client-ca={caPath}")
+        kept = _connection(server.port, chain)
+        self.addCleanup(kept.close)
+        answers = [await deferToThread(_ask, kept, "GET", "/whoami")]
+        # The renewal, and the reload (SIGHUP's TLS part).
+        with open(caPath + ".new", "wb") as f:
+            f.write(_pem(renewed))
+        os.rename(caPath + ".new", caPath)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        answers.append(await deferToThread(_ask, kept, "GET", "/whoami"))
+        answers.append(await deferToThread(_ask, kept, "POST", "/tokens"))
+        wait = old.not_valid_after_utc.timestamp() - time.time() + 1.5
+        await deferToThread(time.sleep, max(0.0, wait))
+        answers.append(await deferToThread(_ask, kept, "GET", "/whoami"))
+        fresh = _connection(server.port, chain)
+        self.addCleanup(fresh.close)
+        answers.append(await deferToThread(_ask, fresh, "GET", "/whoami"))
+        self.assertEqual([a[0] for a in answers], [200, 200, 201, 200, 200], answers)
+        expires = datetime.datetime.fromisoformat(answers[2][1]["expires_at"])
+        self.assertGreater(expires, old.not_valid_after_utc)

@@ -1060,10 +1060,13 @@ def chainEnds(transport: Any, certificate: Any) -> float | None:
     """
     When the client C{certificate} of the TLS connection C{transport}
     stops letting in (epoch seconds): the earliest end of the chain its
-    handshake verified, the CAs above it included. Its own end alone let
-    a kept connection go on as its user after its intermediate or root
-    had expired, mint tokens that outlived them, and read on (attacker
-    round 33). Worked out once a connection.
+    handshake verified, the CAs above it included, or the one it was
+    verified by again after a reload changed the client CAs (a renewed
+    root: L{ServedTLS.certificateProblem
+    <jobworker.server.tlssetup.ServedTLS.certificateProblem>}). Its own end
+    alone let a kept connection go on as its user after its intermediate or
+    root had expired, mint tokens that outlived them, and read on (attacker
+    round 33). Worked out once a connection (and once a reload).
     """
     ends = getattr(transport, "_chainEnds", None)
     if ends is not None:
@@ -1075,13 +1078,18 @@ def chainEnds(transport: Any, certificate: Any) -> float | None:
             chain = handle().get_verified_chain()
         except Exception:
             chain = None
-    found = [notAfter(c) for c in (chain or [certificate])]
-    ends = min((e for e in found if e is not None), default=None)
+    ends = earliestEnd(chain or [certificate])
     try:
         transport._chainEnds = ends
     except AttributeError:
         pass
     return ends
+
+
+def earliestEnd(chain: list[Any]) -> float | None:
+    """The earliest end of the certificates of C{chain} (epoch seconds)."""
+    found = [notAfter(c) for c in chain]
+    return min((e for e in found if e is not None), default=None)
 
 
 def clientAddress(request: IRequest) -> str:

@@ -1242,6 +1242,7 @@ async def doStop(
         lambda text: streams.say(
             f"jw: {text}: not stopped (interrupted before its turn)"
         ),
+        lambda text, answer: streams.say(_interruptedAnswer(text, answer)),
     )
     return _showSeveral(answers, options, client, streams)
 
@@ -1250,14 +1251,18 @@ async def _eachId(
     work: Callable[[str], Coroutine[Any, Any, T]],
     texts: list[str],
     notAsked: Callable[[str], None],
+    answered: Callable[[str, T], None],
 ) -> list[T]:
     """
     C{work} of each id, L{IDS_AT_ONCE} at a time: the results in the order
     of C{texts}. C{work} catches its own failures (each id's is said).
-    Interrupted (cancelled), the ids whose turn had not come are each told
-    to C{notAsked} (they were left unsaid, and their jobs running: session
-    review 33), and the interrupt goes on, one C{CancelledError} (it was
-    a C{FirstError} reported as unexpected, a traceback for each id).
+    Interrupted (cancelled), in the order of C{texts}, the ids answered
+    already are told to C{answered} with their results, and those whose
+    turn had not come to C{notAsked} (they were left unsaid, and their
+    jobs running: session review 33; the answered ones too: late review
+    33); those under way say so themselves. Then the interrupt goes on,
+    one C{CancelledError} (it was a C{FirstError} reported as unexpected,
+    a traceback for each id).
     """
     from twisted.internet.defer import (
         CancelledError,
@@ -1271,6 +1276,7 @@ async def _eachId(
 
     slots = DeferredSemaphore(IDS_AT_ONCE)
     begun: set[int] = set()
+    finished: dict[int, T] = {}
     interrupted: list[bool] = []
 
     def begin(index: int) -> Any:
@@ -1279,7 +1285,12 @@ async def _eachId(
             # request would be cut before it is sent.)
             raise CancelledError()
         begun.add(index)
-        return ensureDeferred(work(texts[index]))
+
+        def keep(result: T) -> T:
+            finished[index] = result
+            return result
+
+        return ensureDeferred(work(texts[index])).addCallback(keep)
 
     turns = [slots.run(begin, index) for index in range(len(texts))]
     gathered = gatherResults(turns, consumeErrors=True)
@@ -1309,9 +1320,19 @@ async def _eachId(
         turn.addErrback(lambda f: None)
         turn.cancel()
     for index, text in enumerate(texts):
-        if index not in begun:
+        if index in finished:
+            answered(text, finished[index])
+        elif index not in begun:
             notAsked(text)
     raise CancelledError()
+
+
+def _interruptedAnswer(text: str, answer: _Answer) -> str:
+    """What C{jw stop ID...}, interrupted, says of an id answered already."""
+    if answer.failure is not None:
+        return answer.failure
+    status = (answer.record or {}).get("status", "?")
+    return f"jw: {text}: stopped, ended {status}"
 
 
 async def _record(client: JobworkerClient, text: str) -> dict[str, Any]:
@@ -1495,6 +1516,7 @@ async def doRemove(
             lambda text: streams.say(
                 f"jw: {text}: not deleted (interrupted before its turn)"
             ),
+            lambda text, answer: streams.say(answer.failure or f"jw: {text}: deleted"),
         ),
     ]
     refusals = [a.refused for a in answers if a.refused is not None]

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..auth.authenticator import chainEnds
+from ..auth.authenticator import chainEnds, earliestEnd
 from ..tls import (
     TLSConfigError,
     clientAuthorities,
@@ -46,6 +46,11 @@ def isLoopback(interface: str) -> bool:
 
 
 @implementer(IOpenSSLContextFactory)
+def _over(ends: float | None) -> bool:
+    """Whether the time C{ends} (epoch seconds; None: never) has passed."""
+    return ends is not None and ends <= time.time()
+
+
 class ServedTLS:
     """
     The server's TLS options (L{tlsOptions}), made again from its files on
@@ -76,20 +81,29 @@ class ServedTLS:
         busy went on as its user after its certificate expired, or after
         its CA was removed (attacker round 27).
         """
-        ends = chainEnds(transport, certificate)
-        if certificate.has_expired() or (ends is not None and ends <= time.time()):
-            # (Its own end, or that of a CA above it: attacker round 33.)
+        if certificate.has_expired():
             return "has expired"
         handle = transport.getHandle()
         context = self.getContext()
-        if handle.get_context() is context:
-            return None  # (verified at its handshake, against these CAs)
-        if getattr(transport, "_verifiedFor", None) is context:
-            return None
-        chain = handle.get_peer_cert_chain() or []
-        if not stillTrusted(self._clientCAs()[0], certificate, chain):
-            return "is not signed by a CA of --client-ca now"
-        transport._verifiedFor = context
+        if (
+            handle.get_context() is not context
+            and getattr(transport, "_verifiedFor", None) is not context
+        ):
+            # Presented before a reload that changed the client CAs: by
+            # them now, and held to the end of the chain it verifies by
+            # now (a renewed root's: the old one's end cut it: late review
+            # 33), not the one of its handshake.
+            chain = handle.get_peer_cert_chain() or []
+            verified = stillTrusted(self._clientCAs()[0], certificate, chain)
+            if verified is None:
+                if _over(chainEnds(transport, certificate)):
+                    return "has expired"
+                return "is not signed by a CA of --client-ca now"
+            transport._verifiedFor = context
+            transport._chainEnds = earliestEnd(verified)
+        if _over(chainEnds(transport, certificate)):
+            # (A CA above it has expired: attacker round 33.)
+            return "has expired"
         return None
 
     def _clientCAs(self) -> tuple[Any, dict[str, Any], frozenset[str]]:
