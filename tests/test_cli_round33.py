@@ -30,7 +30,7 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -747,3 +747,42 @@ class ManyIdsInterruptedTests(MemoryCLITestCase):
             )
         [ended] = [line for line in lines if done in line]
         self.assertIn("already ended", ended)
+
+
+class RemoveInterruptedTests(MemoryCLITestCase):
+    """
+    jw rm A B C, interrupted while C's DELETE is under way (A and B deleted
+    already): A, answered before the others began, was never named, nor C
+    (late review 33). Each id is one line, A's first.
+    """
+
+    interruptible = test_cli_habits.InterruptTests.interruptible
+
+    def test_firstIdNamed(self) -> None:
+        ids = []
+        for _ in range(3):
+            jobId = self.execId("true")
+            self.endJob(jobId)
+            ids.append(jobId)
+        real = JobworkerClient.deleteJob
+
+        def deleteJob(client: JobworkerClient, jobId: str) -> object:
+            if jobId == ids[2]:
+                return Deferred()  # under way until cancelled
+            return real(client, jobId)
+
+        self.patch(JobworkerClient, "deleteJob", deleteJob)
+        run, interrupts = self.interruptible("rm", *ids)
+        self.flush()
+        interrupts.fire("SIGINT")
+        _out, err, code = self.finish(run)
+        text = err.decode()
+        for jobId in ids[:2]:
+            code_, _ = self.apiJSON("GET", f"/jobs/{jobId}")
+            self.assertEqual(code_, 404)  # both were deleted
+        self.assertEqual(code, 130, text)
+        lines = text.splitlines()
+        for jobId in ids:
+            said = [line for line in lines if jobId in line]
+            self.assertEqual(len(said), 1, (jobId, text))
+        self.assertIn(ids[0], lines[0], text)

@@ -1497,9 +1497,24 @@ async def doRemove(
     interrupts: Interrupts,
 ) -> int:
 
+    from twisted.internet.defer import CancelledError
+
+    #: Interrupted: the first id's line, said before any other (it was
+    #: never said: late review 33).
+    firstLine: list[str] = []
+
+    def say(line: str) -> None:
+        while firstLine:
+            streams.say(firstLine.pop())
+        streams.say(line)
+
     async def remove(text: str) -> _Answer:
         """Delete one job; why it could not be, if it could not."""
-        return await _answer(text, _removed(client, text))
+        try:
+            return await _answer(text, _removed(client, text))
+        except CancelledError:
+            say(f"jw: {text}: interrupted (it may be deleted: jw status {text})")
+            raise
 
     # The first alone (a refused login is one refusal, not one per id at
     # the login throttle), then the rest a few at a time, each failure said
@@ -1508,17 +1523,20 @@ async def doRemove(
     first = await remove(options.ids[0])
     if first.refused is not None:
         raise first.refused
-    answers = [
-        first,
-        *await _eachId(
+    firstLine.append(first.failure or f"jw: {options.ids[0]}: deleted")
+    try:
+        rest = await _eachId(
             remove,
             options.ids[1:],
-            lambda text: streams.say(
-                f"jw: {text}: not deleted (interrupted before its turn)"
-            ),
-            lambda text, answer: streams.say(answer.failure or f"jw: {text}: deleted"),
-        ),
-    ]
+            lambda text: say(f"jw: {text}: not deleted (interrupted before its turn)"),
+            lambda text, answer: say(answer.failure or f"jw: {text}: deleted"),
+        )
+    except CancelledError:
+        while firstLine:
+            streams.say(firstLine.pop())
+        raise
+    firstLine.clear()
+    answers = [first, *rest]
     refusals = [a.refused for a in answers if a.refused is not None]
     _loginRefused([e for e in refusals if e.status == 401])
     failures = [a.failure for a in answers if a.failure is not None]

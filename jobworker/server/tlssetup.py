@@ -45,12 +45,12 @@ def isLoopback(interface: str) -> bool:
         return False
 
 
-@implementer(IOpenSSLContextFactory)
 def _over(ends: float | None) -> bool:
     """Whether the time C{ends} (epoch seconds; None: never) has passed."""
     return ends is not None and ends <= time.time()
 
 
+@implementer(IOpenSSLContextFactory)
 class ServedTLS:
     """
     The server's TLS options (L{tlsOptions}), made again from its files on
@@ -102,8 +102,14 @@ class ServedTLS:
             transport._verifiedFor = context
             transport._chainEnds = earliestEnd(verified)
         if _over(chainEnds(transport, certificate)):
-            # (A CA above it has expired: attacker round 33.)
-            return "has expired"
+            # A CA above it has expired (attacker round 33), unless it
+            # verifies now by another copy of it in --client-ca (a renewed
+            # root beside the old one: late review 33).
+            chain = handle.get_peer_cert_chain() or []
+            verified = stillTrusted(self._clientCAs()[0], certificate, chain)
+            if verified is None or _over(earliestEnd(verified)):
+                return "has expired"
+            transport._chainEnds = earliestEnd(verified)
         return None
 
     def _clientCAs(self) -> tuple[Any, dict[str, Any], frozenset[str]]:
