@@ -30,23 +30,21 @@ import subprocess
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker import pemfiles, tls
 from jobworker.auth import hashpw
-from jobworker.client import cli
 from jobworker.client.calls import errorFor
 from jobworker.client.failures import EXIT_ALREADY_ENDED, EXIT_NOT_FOLLOWED
 from jobworker.client.http import JobworkerClient
-from jobworker.client.interrupts import Interrupts
 from jobworker.client.verbs import IDS_AT_ONCE
 from jobworker.jobs import queries
 
 from . import test_cli_habits
 from .support import CA, CERTS, JW, LiveServer, runJW
-from .test_cli_memory import MemoryCLITestCase, Run
+from .test_cli_memory import MemoryCLITestCase
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -650,21 +648,7 @@ class DetachQueuedTests(MemoryCLITestCase):
     ID queued", not "running" (new user round 33).
     """
 
-    def interruptible(self, *argv: str) -> tuple[Run, Interrupts]:
-        interrupts = Interrupts()
-        run = Run()
-        run.done = ensureDeferred(
-            cli.run(
-                self.reactor,
-                list(argv),
-                self.environ(),
-                run.streams,
-                self.connect,
-                interrupts,
-            )
-        )
-        self.flush()
-        return run, interrupts
+    interruptible = test_cli_habits.InterruptTests.interruptible
 
     def test_queued(self) -> None:
         first = self.execId("sleep", "60")
@@ -704,14 +688,20 @@ class ManyIdsInterruptedTests(MemoryCLITestCase):
 
     interruptible = test_cli_habits.InterruptTests.interruptible
 
-    def test_everyIdNamed(self) -> None:
-        ids = [self.execId("sleep", "300") for _ in range(IDS_AT_ONCE + 4)]
+    def stopInterrupted(self, ids: list[str]) -> str:
+        """C{jw stop --grace 30 IDS}, Ctrl-C once it waits: what it said
+        (it exits 130)."""
         run, interrupts = self.interruptible("stop", "--grace", "30", *ids)
         self.flush()
         interrupts.fire("SIGINT")
         _out, err, code = self.finish(run)
         text = err.decode()
         self.assertEqual(code, 130, text)
+        return text
+
+    def test_everyIdNamed(self) -> None:
+        ids = [self.execId("sleep", "300") for _ in range(IDS_AT_ONCE + 4)]
+        text = self.stopInterrupted(ids)
         self.assertNotIn("unexpected", text)
         self.assertNotIn("Traceback", text)
         lines = text.splitlines()
@@ -734,12 +724,7 @@ class ManyIdsInterruptedTests(MemoryCLITestCase):
         missing = "0123abcd-0000-4000-8000-000000000000"
         running = [self.execId("sleep", "300") for _ in range(IDS_AT_ONCE + 2)]
         ids = [running[0], done, missing, *running[1:]]
-        run, interrupts = self.interruptible("stop", "--grace", "30", *ids)
-        self.flush()
-        interrupts.fire("SIGINT")
-        _out, err, code = self.finish(run)
-        text = err.decode()
-        self.assertEqual(code, 130, text)
+        text = self.stopInterrupted(ids)
         lines = text.splitlines()
         for jobId in ids:
             self.assertEqual(

@@ -1029,6 +1029,51 @@ def _ask(
     return response.status, json.loads(response.read())
 
 
+class _RenewedRoot:
+    """
+    A client CA root that ends in 8 s and its renewal (same key and name,
+    ends in a day), C{--client-ca} holding the C{copies} given ("old",
+    "renewed", in order); alice's certificate by that key; a server; and
+    what a client with it is answered.
+    """
+
+    def __init__(self, test: TestCase, *copies: str) -> None:
+        folder = os.path.abspath(test.mktemp())
+        os.makedirs(folder)
+        rootKey = newKey()
+        self.old, self.renewed = _root(rootKey, 8), _root(rootKey, 86400)
+        self.caPath = os.path.join(folder, "clientca.pem")
+        self.holding(*copies)
+        leaf, key = _leafOf(rootKey, "alice")
+        self.chain = (
+            os.path.join(folder, "alice.pem"),
+            os.path.join(folder, "alice.key"),
+        )
+        with open(self.chain[0], "wb") as f:
+            f.write(_pem(leaf))
+        with open(self.chain[1], "wb") as f:
+            f.write(keyPEM(key))
+        self.server = LiveServer(test, f"--client-ca={self.caPath}")
+        self.test = test
+
+    def holding(self, *copies: str) -> None:
+        """The --client-ca file holds these copies now (replaced at once)."""
+        with open(self.caPath + ".new", "wb") as f:
+            for copy in copies:
+                f.write(_pem(self.old if copy == "old" else self.renewed))
+        os.rename(self.caPath + ".new", self.caPath)
+
+    def connection(self) -> http.client.HTTPSConnection:
+        """A kept connection with alice's certificate."""
+        connection = _connection(self.server.port, self.chain)
+        self.test.addCleanup(connection.close)
+        return connection
+
+    async def pastTheOldEnd(self) -> None:
+        wait = self.old.not_valid_after_utc.timestamp() - time.time() + 1.5
+        await deferToThread(time.sleep, max(0.0, wait))
+
+
 class RenewedRootTests(TestCase):
     """
     The client CA (a root) is renewed (same key and name, a later end) and
@@ -1043,40 +1088,23 @@ class RenewedRootTests(TestCase):
     timeout = 60
 
     async def test_keptConnectionAfterRenewal(self) -> None:
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        rootKey = newKey()
-        old, renewed = _root(rootKey, 8), _root(rootKey, 86400)
-        caPath = os.path.join(folder, "clientca.pem")
-        with open(caPath, "wb") as f:
-            f.write(_pem(old))
-        leaf, key = _leafOf(rootKey, "alice")
-        chain = (os.path.join(folder, "alice.pem"), os.path.join(folder, "alice.key"))
-        with open(chain[0], "wb") as f:
-            f.write(_pem(leaf))
-        with open(chain[1], "wb") as f:
-            f.write(keyPEM(key))
-        server = LiveServer(self, f"--client-ca={caPath}")
-        kept = _connection(server.port, chain)
-        self.addCleanup(kept.close)
+        roots = _RenewedRoot(self, "old")
+        kept = roots.connection()
         answers = [await deferToThread(_ask, kept, "GET", "/whoami")]
         # The renewal, and the reload (SIGHUP's TLS part).
-        with open(caPath + ".new", "wb") as f:
-            f.write(_pem(renewed))
-        os.rename(caPath + ".new", caPath)
-        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        roots.holding("renewed")
+        services = roots.server.service
+        reload = next(s for s in services if isinstance(s, UsersReloadService))
         await reload.hangUp()
         answers.append(await deferToThread(_ask, kept, "GET", "/whoami"))
         answers.append(await deferToThread(_ask, kept, "POST", "/tokens"))
-        wait = old.not_valid_after_utc.timestamp() - time.time() + 1.5
-        await deferToThread(time.sleep, max(0.0, wait))
+        await roots.pastTheOldEnd()
         answers.append(await deferToThread(_ask, kept, "GET", "/whoami"))
-        fresh = _connection(server.port, chain)
-        self.addCleanup(fresh.close)
+        fresh = roots.connection()
         answers.append(await deferToThread(_ask, fresh, "GET", "/whoami"))
         self.assertEqual([a[0] for a in answers], [200, 200, 201, 200, 200], answers)
         expires = datetime.datetime.fromisoformat(answers[2][1]["expires_at"])
-        self.assertGreater(expires, old.not_valid_after_utc)
+        self.assertGreater(expires, roots.old.not_valid_after_utc)
 
 
 class BundleOfOldAndRenewedRootTests(TestCase):
@@ -1091,39 +1119,22 @@ class BundleOfOldAndRenewedRootTests(TestCase):
 
     timeout = 60
 
-    async def check(self, order: str) -> None:
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        rootKey = newKey()
-        old, renewed = _root(rootKey, 8), _root(rootKey, 86400)
-        caPath = os.path.join(folder, "clientca.pem")
-        with open(caPath, "wb") as f:
-            for copy in [old, renewed] if order == "old-first" else [renewed, old]:
-                f.write(_pem(copy))
-        leaf, key = _leafOf(rootKey, "alice")
-        chain = (os.path.join(folder, "alice.pem"), os.path.join(folder, "alice.key"))
-        with open(chain[0], "wb") as f:
-            f.write(_pem(leaf))
-        with open(chain[1], "wb") as f:
-            f.write(keyPEM(key))
-        server = LiveServer(self, f"--client-ca={caPath}")
-        kept = _connection(server.port, chain)
-        self.addCleanup(kept.close)
+    async def check(self, *copies: str) -> None:
+        roots = _RenewedRoot(self, *copies)
+        kept = roots.connection()
         answers = [await deferToThread(_ask, kept, "GET", "/whoami")]
         answers.append(await deferToThread(_ask, kept, "POST", "/tokens"))
-        wait = old.not_valid_after_utc.timestamp() - time.time() + 1.5
-        await deferToThread(time.sleep, max(0.0, wait))
+        await roots.pastTheOldEnd()
         answers.append(await deferToThread(_ask, kept, "GET", "/whoami"))
-        fresh = _connection(server.port, chain)
-        self.addCleanup(fresh.close)
+        fresh = roots.connection()
         answers.append(await deferToThread(_ask, fresh, "GET", "/whoami"))
         self.assertEqual([a[0] for a in answers], [200, 201, 200, 200], answers)
 
     async def test_oldFirst(self) -> None:
-        await self.check("old-first")
+        await self.check("old", "renewed")
 
     async def test_renewedFirst(self) -> None:
-        await self.check("renewed-first")
+        await self.check("renewed", "old")
 
 
 class ServedTLSDeclaresItsInterfaceTests(SynchronousTestCase):

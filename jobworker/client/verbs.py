@@ -1272,7 +1272,8 @@ async def _eachId(
         ensureDeferred,
         gatherResults,
     )
-    from twisted.python.failure import Failure
+
+    from ..relay import relay
 
     slots = DeferredSemaphore(IDS_AT_ONCE)
     begun: set[int] = set()
@@ -1300,15 +1301,7 @@ async def _eachId(
         gathered.cancel()
 
     watched: Deferred[list[T]] = Deferred(cancel)
-
-    def relay(result: Any) -> None:
-        if not watched.called:
-            if isinstance(result, Failure):
-                watched.errback(result)
-            else:
-                watched.callback(result)
-
-    gathered.addBoth(relay)
+    relay(gathered, watched)
     try:
         return await watched
     except FirstError as e:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from ..relay import relay
 from .executor import LiveJob
 from .queue import NO_JOBS, FairQueue, Waiting
 from .records import JobRecord, JobStatus
@@ -108,7 +107,7 @@ class Scheduler:
         for started in self._startWaiters.pop(jobId, []):
             started.callback(None)
         for ended in self._endWaiters.pop(jobId, []):
-            _relay(job.whenEnded(), ended)
+            relay(job.whenEnded(), ended)
 
     def _ended(self, record: JobRecord) -> None:
         for started in self._startWaiters.pop(record.id, []):
@@ -292,21 +291,3 @@ class Scheduler:
                         break
         finally:
             self._dispatching = False
-
-
-def _relay(source: Deferred[JobRecord], waiter: Deferred[JobRecord]) -> None:
-    """
-    C{source}'s outcome to C{waiter}, unless C{waiter} is done already: a
-    C{?wait=} that timed out (cancelled) after its queued job started got
-    the job's end later all the same, and an C{AlreadyCalledError} was
-    logged (chainDeferred; a review).
-    """
-
-    def relayed(result: Any) -> None:
-        if not waiter.called:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-
-    source.addBoth(relayed)
