@@ -142,6 +142,12 @@ class BodyOverTheCapTests(SynchronousTestCase):
         channel.dataReceived(chunked[1500:])
         self.assertEqual(self.manager.page()[0], [])
         self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        # Nor when all of it comes in one read (the decoder reaches its end
+        # in the read that passed the cap).
+        transport, channel = self.exchange(raw + chunked)
+        self.assertEqual(parse(transport.value())[0], 413, transport.value())
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertEqual(self.manager.page()[0], [])
 
     def test_lingersThenAborts(self) -> None:
         """
@@ -909,6 +915,32 @@ def keptConnection(port: int, chain: tuple[str, str], wait: float) -> list[Any]:
     return answers
 
 
+def followUntilEnd(port: int, chain: tuple[str, str], jobId: str) -> bool:
+    """Follow the job's stdout with the client certificate C{chain}: True
+    once the stream ended (within 20 s)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(CA)
+    context.load_cert_chain(*chain)
+    connection = http.client.HTTPSConnection(
+        "localhost", port, context=context, timeout=20
+    )
+    try:
+        connection.request("GET", f"/jobs/{jobId}/logs?follow=true&stream=stdout")
+        response = connection.getresponse()
+        if response.status != 200:
+            return False
+        try:
+            while response.read1(65536):
+                pass
+        except (OSError, http.client.HTTPException):
+            pass  # (cut: ended too)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        connection.close()
+
+
 class ChainExpiryTests(TestCase):
     """
     A client certificate was held to its own dates at every request, not
@@ -935,6 +967,18 @@ class ChainExpiryTests(TestCase):
         self.assertLessEqual(expires, middleEnds)
         self.assertEqual(answers[2][0], 401, answers)
         self.assertIn("expired", answers[2][1]["error"])
+
+    async def test_followerEndsWithTheChain(self) -> None:
+        """A log stream the certificate let in ends at its intermediate's
+        end (it read on)."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        job = await server.createJob("sh", "-c", "echo up; sleep 30")
+        self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
+        chain = intermediateChain(os.path.abspath(self.mktemp()), "alice", 3)
+        started = time.monotonic()
+        ended = await deferToThread(followUntilEnd, server.port, chain, job["id"])
+        self.assertTrue(ended, "the stream was still open after 20 s")
+        self.assertLess(time.monotonic() - started, 20)
 
 
 class IssuedWithinItsCATests(SynchronousTestCase):
