@@ -30,6 +30,7 @@ from .buckets import TokenBuckets
 from .executor import Executor, LiveJob, OwnerCheck
 from .identity import Identity, IdentityError
 from .limits import Limits
+from .placement import SlurmRequest
 from .policy import JobPolicy, JobReactor
 from .queue import Waiting, dependencyFailure, jobIds
 from .records import JobRecord, JobStatus
@@ -208,6 +209,7 @@ class Admission:
             priority=request.priority,
             after=list(request.after),
             after_ok=list(request.after_ok),
+            slurm={} if request.slurm is None else request.slurm.given(),
         )
 
     def _dependencies(self, request: JobRequest) -> list[JobRecord]:
@@ -381,10 +383,18 @@ class Admission:
             name=record.name,
             labels=dict(record.labels),
             stdin=record.stdin,
+            slurm=SlurmRequest.fromGiven(record.slurm) if record.slurm else None,
         )
         now = self._reactor.seconds()
         try:
             executor.checkRequest(request, identity)
+        except ServiceUnavailable as e:
+            # The server's trouble, not the job's (Slurm out of reach): it
+            # waits for its next try. (It was FAILED "try again later", to
+            # nobody: its client had its 201 long before; code review 34.)
+            executor.release(identity)
+            self._holdBack(record.id, e.message)
+            return False
         except JobworkerError as e:
             executor.release(identity)
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)

@@ -139,6 +139,8 @@ class JobManager(Admission):
         self._runningBy: Counter[str] = Counter()
         #: The running slots held: job id -> its owner (L{_releaseSlot}).
         self._slots: dict[str, str] = {}
+        #: Jobs answered 503 and forgotten before their end (L{accepted}).
+        self._withdrawn: set[str] = set()
         #: When the jobs that ended, their slots still held by what they
         #: left, ended; and the next look for those held too long.
         self._slotsEnded: dict[str, float] = {}
@@ -449,6 +451,8 @@ class JobManager(Admission):
         try:
             return await job.whenAccepted()
         except ServiceUnavailable:
+            if not record.status.ended:
+                self._withdrawn.add(record.id)
             self._live.pop(record.id, None)
             self._remove(record.id)
             raise
@@ -468,10 +472,15 @@ class JobManager(Admission):
                 self._slotCheck = self._reactor.callLater(
                     self._slotBound(), self._giveBackOverdueSlots
                 )
-        self._storeFinal(record)
-        self._metrics.jobEnded(
-            record.status.value, record.stdout_bytes, record.stderr_bytes
-        )
+        if record.id in self._withdrawn:
+            # Answered 503 and forgotten (L{accepted}): no end to store or
+            # count. The jobs queued after it fail, naming it.
+            self._withdrawn.discard(record.id)
+        else:
+            self._storeFinal(record)
+            self._metrics.jobEnded(
+                record.status.value, record.stdout_bytes, record.stderr_bytes
+            )
         self._scheduler.jobEnded(record, self._reactor.seconds())
         self._scheduler.dispatch()
         return record

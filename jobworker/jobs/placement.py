@@ -6,6 +6,7 @@ and what the server allows: pure, raising L{BadRequest}.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -53,6 +54,29 @@ class SlurmRequest:
             for f in fields(self)
             if getattr(self, f.name) not in (None, False)
         }
+
+    @classmethod
+    def fromGiven(cls, given: Mapping[str, str | int | bool]) -> SlurmRequest:
+        """The request whose L{given} fields are C{given} (a stored record's)."""
+
+        def text(name: str) -> str | None:
+            value = given.get(name)
+            return value if isinstance(value, str) else None
+
+        def count(name: str) -> int | None:
+            value = given.get(name)
+            return value if type(value) is int else None
+
+        return cls(
+            partition=text("partition"),
+            account=text("account"),
+            qos=text("qos"),
+            gres=text("gres"),
+            constraint=text("constraint"),
+            nodes=count("nodes"),
+            ntasks=count("ntasks"),
+            exclusive=given.get("exclusive") is True,
+        )
 
 
 @dataclass(frozen=True)

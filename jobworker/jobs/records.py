@@ -114,6 +114,9 @@ class JobRecord:
     after: list[str] = field(default_factory=list)
     after_ok: list[str] = field(default_factory=list)
     queued: bool = False
+    #: Internal: where in the Slurm cluster it asked to run (the given
+    #: fields of its C{"slurm"}), submitted with it when its turn comes.
+    slurm: dict[str, str | int | bool] = field(default_factory=dict)
     #: Internal: set by the manager on an ended record read back from the
     #: store, which never changes again; the API then keeps its encoded JSON.
     final: bool = field(default=False, init=False, repr=False, compare=False)

@@ -12,11 +12,12 @@ from dataclasses import fields
 from typing import Any
 
 from .limits import Limits
+from .placement import SlurmRequest
 from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 COLUMNS = (
     "id",
@@ -58,6 +59,7 @@ COLUMNS = (
     "queued_env",
     "stop_signal",
     "stop_grace",
+    "slurm",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -177,6 +179,13 @@ def _migrateTo7(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN stop_grace REAL")
 
 
+def _migrateTo8(db: sqlite3.Connection) -> None:
+    # A job's "slurm" placement (JSON): a job that waits in jobworker's own
+    # queue is submitted with it at its turn (code review round 34: it went
+    # to the default partition, without its nodes or GPUs).
+    db.execute("ALTER TABLE jobs ADD COLUMN slurm TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
@@ -185,6 +194,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo5,
     _migrateTo6,
     _migrateTo7,
+    _migrateTo8,
 ]
 
 
@@ -229,6 +239,7 @@ def toRow(record: JobRecord) -> tuple[object, ...]:
         json.dumps(record.env) if record.queued else None,
         record.stop_signal,
         record.stop_grace,
+        json.dumps(record.slurm) if record.slurm else None,
     )
 
 
@@ -263,10 +274,20 @@ JSON_COLUMNS: dict[str, tuple[Callable[[object], bool], str, str | None]] = {
     "after_ids": (lambda v: _texts(v), "a list of strings", None),
     "after_ok_ids": (lambda v: _texts(v), "a list of strings", None),
     "queued_env": (lambda v: _textMap(v), "an object of strings", None),
+    "slurm": (lambda v: _placement(v), "an object of Slurm options", None),
 }
 
 #: What a stored C{limits} object may hold.
 LIMITS = frozenset(field.name for field in fields(Limits))
+
+#: What a stored C{slurm} object may hold: each field's type.
+PLACEMENT: dict[str, type] = {
+    **{name: str for name in ("partition", "account", "qos", "gres", "constraint")},
+    "nodes": int,
+    "ntasks": int,
+    "exclusive": bool,
+}
+assert set(PLACEMENT) == {field.name for field in fields(SlurmRequest)}
 
 #: At most this many characters of a damaged column's text are quoted.
 QUOTED = 80
@@ -291,6 +312,7 @@ def fromRow(row: sqlite3.Row) -> JobRecord:
         and _texts(record.after_ok)
         and _textMap(record.env)
         and (record.limits is None or _limitsMap(record.limits))
+        and _placement(record.slurm)
     ):
         return record
     return damagedRecord(row)
@@ -310,6 +332,16 @@ def _limitsMap(value: object) -> bool:
     return type(value) is dict and all(
         k in LIMITS and (v is None or type(v) is int) for k, v in value.items()
     )
+
+
+def _placement(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for k, v in value.items():
+        kind = PLACEMENT.get(k)
+        if kind is None or type(v) is not kind:
+            return False
+    return True
 
 
 def damagedRecord(row: sqlite3.Row) -> DamagedRecord:
@@ -398,4 +430,5 @@ def _fromRow(row: sqlite3.Row | Mapping[str, Any], kind: type[JobRecord]) -> Job
         env={} if row["queued_env"] is None else json.loads(row["queued_env"]),
         stop_signal=row["stop_signal"],
         stop_grace=row["stop_grace"],
+        slurm={} if row["slurm"] is None else json.loads(row["slurm"]),
     )

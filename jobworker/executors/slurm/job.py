@@ -212,7 +212,10 @@ class SlurmJob:
     def refused(self, error: SlurmError) -> None:
         """sbatch said no: a job that cannot start (FAILED), or 503."""
         if error.unreachable:
-            self._finish(JobStatus.FAILED, error=f"Slurm is unreachable: {error}")
+            # Settled first: a job answered 503 is forgotten before its end
+            # is taken in (it was counted an ended FAILED job, and its end
+            # stored: code review round 34). One that nobody waits for (it
+            # started from jobworker's queue) ends FAILED.
             self.settle(
                 Failure(
                     ServiceUnavailable(
@@ -220,6 +223,7 @@ class SlurmJob:
                     )
                 )
             )
+            self._finish(JobStatus.FAILED, error=f"Slurm is unreachable: {error}")
             return
         self._finish(JobStatus.FAILED, error=f"Slurm refused the job: {error}")
         self.settle(self.record)

@@ -1,0 +1,259 @@
+"""
+Defects found by the review rounds of the thirty-fourth session, each
+reproduced here first (the test failed against the code before its fix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from jobworker.errors import ServiceUnavailable
+from jobworker.executors.slurm.documents import SlurmError
+from jobworker.executors.slurm.executor import SlurmExecutor
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.placement import SlurmAllowances
+from jobworker.jobs.policy import JobPolicy
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.store import JobStore, RecordDamaged
+from jobworker.jobs.validation import parseJobRequest
+from jobworker.metrics import Metrics
+from tests.fakes import FakeProcessReactor
+from tests.test_slurmunit import FakeCommands, state
+
+#: A placement every allowance below lets through, and its sbatch options.
+PLACEMENT = {
+    "partition": "gpu",
+    "account": "chem",
+    "qos": "high",
+    "gres": "gpu:a100:2",
+    "constraint": "intel&ib",
+    "nodes": 2,
+    "ntasks": 4,
+    "exclusive": True,
+}
+PLACED = (
+    "--partition=gpu",
+    "--account=chem",
+    "--qos=high",
+    "--gres=gpu:a100:2",
+    "--constraint=intel&ib",
+    "--nodes=2",
+    "--ntasks=4",
+    "--exclusive",
+)
+ALLOWED = SlurmAllowances(
+    partition=frozenset({"gpu"}),
+    account=frozenset({"chem"}),
+    qos=frozenset({"high"}),
+    gres=frozenset({"gpu:a100:2"}),
+    constraint=frozenset({"intel&ib"}),
+    nodes=2,
+    ntasks=4,
+    exclusive=True,
+)
+
+
+class _SlurmQueue(SynchronousTestCase):
+    """A Slurm executor answered by the test, behind a running cap."""
+
+    maxRunning = 1
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.commands = FakeCommands()
+        self.stateDir = os.path.abspath(self.mktemp())
+        self.metrics = Metrics()
+        self.manager: JobManager | None = None
+        self.manager = self.managerWith()
+
+    def managerWith(self, allowances: SlurmAllowances = ALLOWED) -> JobManager:
+        executor = SlurmExecutor(
+            self.reactor,
+            os.path.join(self.stateDir, "shared"),
+            grace=5.0,
+            partition="debug",
+            account="physics",
+            pollInterval=1.0,
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+            allowances=allowances,
+        )
+        manager = JobManager(
+            self.reactor,
+            self.stateDir,
+            executor,
+            policy=JobPolicy(maxRunning=self.maxRunning),
+            metrics=Metrics() if self.manager else self.metrics,
+        )
+        manager.start()
+        self.addCleanup(manager.close)
+        return manager
+
+    def restart(self, allowances: SlurmAllowances = ALLOWED) -> None:
+        assert self.manager is not None
+        self.successResultOf(self.manager.shutdown())
+        self.manager.close()
+        self.manager = self.managerWith(allowances)
+        self.manager.recover()
+
+    def create(self, owner: str = "alice", **extra: Any) -> Any:
+        body = json.dumps({"command": "true", **extra}).encode()
+        return self.manager.create(parseJobRequest(body), owner=owner)
+
+    def running(self, slurmId: str) -> Any:
+        """A job created, taken by sbatch as C{slurmId}."""
+        record = self.create()
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[-1][2].callback(slurmId)
+        self.successResultOf(accepted)
+        return record
+
+    def unreachable(self, submission: int) -> None:
+        """sbatch number C{submission} cannot reach slurmctld, nor its look-up."""
+        self.commands.submissions[submission][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
+
+
+class QueuedSlurmPlacementTests(_SlurmQueue):
+    """
+    Code review round 34: a Slurm job that waited in jobworker's queue (a
+    running cap) was submitted at its turn without its "slurm" placement:
+    the default partition and account, one node, no GPUs.
+    """
+
+    def test_placementKeptThroughTheQueue(self) -> None:
+        self.running("101")
+        queued = self.create(slurm=PLACEMENT)
+        self.assertTrue(queued.queued)
+        self.assertEqual(len(self.commands.submissions), 1)
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("COMPLETED")})
+        self.assertEqual(len(self.commands.submissions), 2)
+        options = self.commands.submissions[-1][0]
+        self.assertEqual([o for o in PLACED if o not in options], [], options)
+        self.assertNotIn("--partition=debug", options)
+
+    def test_placementKeptAcrossARestart(self) -> None:
+        """Queued when the server stops: the next one submits it placed."""
+        self.running("101")
+        queued = self.create(slurm=PLACEMENT)
+        self.restart()
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("COMPLETED")})
+        options = self.commands.submissions[-1][0]
+        self.assertIn(f"--job-name=jobworker-{queued.id}", options)
+        self.assertEqual([o for o in PLACED if o not in options], [], options)
+
+    def test_allowancesCheckedAtItsTurn(self) -> None:
+        """
+        The allowances are checked again when its turn comes (a restart
+        with fewer of them): refused then, as a new request would be.
+        """
+        self.running("101")
+        queued = self.create(slurm=PLACEMENT)
+        self.restart(SlurmAllowances())
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("COMPLETED")})
+        record = self.manager.record(queued.id)
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertIn("partition", record.error or "")
+        self.assertEqual(len(self.commands.submissions), 1)
+
+    def test_storedAsJSON(self) -> None:
+        """The placement's column holds what was given, nothing else."""
+        queued = self.create(slurm={"partition": "gpu", "nodes": 2})
+        db = sqlite3.connect(os.path.join(self.stateDir, "jobs.sqlite3"))
+        self.addCleanup(db.close)
+        (text,) = db.execute("SELECT slurm FROM jobs WHERE id = ?", (queued.id,))
+        self.assertEqual(json.loads(text[0]), {"partition": "gpu", "nodes": 2})
+        plain = self.create()
+        (text,) = db.execute("SELECT slurm FROM jobs WHERE id = ?", (plain.id,))
+        self.assertIsNone(text[0])
+
+    def test_damagedPlacementNotRun(self) -> None:
+        """A placement column of another shape is a damaged record."""
+        queued = self.create(slurm={"partition": "gpu"})
+        self.manager.close()
+        path = os.path.join(self.stateDir, "jobs.sqlite3")
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        for wrong in ('{"partition": 7}', '{"nodes": true}', '{"queue": "x"}', "[]"):
+            with db:
+                db.execute("UPDATE jobs SET slurm = ? WHERE id = ?", (wrong, queued.id))
+            store = JobStore(path)
+            try:
+                with self.assertRaises(RecordDamaged) as caught:
+                    store.get(queued.id)
+            finally:
+                store.close()
+            self.assertIn("slurm", caught.exception.record.problem)
+
+
+class QueuedTurnWhileUnreachableTests(_SlurmQueue):
+    """
+    Code review round 34: a queued job whose turn came while Slurm was
+    known to be out of reach was FAILED for good ("try again later", said
+    to nobody: its client had its 201 long before).
+    """
+
+    maxRunning = 2
+
+    def test_heldNotFailed(self) -> None:
+        self.running("101")
+        second = self.create()
+        refused = ensureDeferred(self.manager.accepted(second))
+        third = self.create(owner="bob")
+        self.assertTrue(third.queued)
+        self.unreachable(1)
+        self.failureResultOf(refused, ServiceUnavailable)
+        record = self.manager.record(third.id)
+        self.assertIs(record.status, JobStatus.PENDING, record.error)
+        self.assertIn("unreachable", record.pending_reason or "")
+        # Slurm answers again: it is submitted at its next try.
+        submitted = len(self.commands.submissions)
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        self.reactor.advance(60.0)
+        self.assertGreater(len(self.commands.submissions), submitted)
+
+
+class RefusedNotCountedTests(_SlurmQueue):
+    """
+    Code review round 34: a new Slurm job answered 503 (Slurm out of reach)
+    and forgotten was counted as an ended FAILED job in the metrics.
+    """
+
+    def test_forgottenJobNotCounted(self) -> None:
+        record = self.create()
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.unreachable(0)
+        self.failureResultOf(accepted, ServiceUnavailable)
+        self.assertEqual(self.manager.page()[0], [])
+        ended = [
+            line
+            for line in self.metrics.render().decode().splitlines()
+            if line.startswith("jobworker_jobs_ended_total")
+        ]
+        self.assertEqual(ended, [])
+
+    def test_jobsAfterItFail(self) -> None:
+        """
+        A job queued after_ok on it (it was listed PENDING while sbatch
+        ran) is not left waiting for ever: it fails, naming why.
+        """
+        record = self.create()
+        accepted = ensureDeferred(self.manager.accepted(record))
+        after = self.create(after_ok=[record.id])
+        self.unreachable(0)
+        self.failureResultOf(accepted, ServiceUnavailable)
+        waiting = self.manager.record(after.id)
+        self.assertIs(waiting.status, JobStatus.FAILED)
+        self.assertIn(record.id, waiting.error or "")
