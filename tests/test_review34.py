@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
 from jobworker.executors.slurm.documents import SlurmError
@@ -24,6 +24,8 @@ from jobworker.jobs.store import JobStore, RecordDamaged
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
 from tests.fakes import FakeProcessReactor
+from tests.support import LiveServer, sleep
+from tests.test_identity import aliceMappedTo, keyCalls, makeAccount, output
 from tests.test_slurmunit import FakeCommands, state
 
 #: A placement every allowance below lets through, and its sbatch options.
@@ -257,3 +259,84 @@ class RefusedNotCountedTests(_SlurmQueue):
         waiting = self.manager.record(after.id)
         self.assertIs(waiting.status, JobStatus.FAILED)
         self.assertIn(record.id, waiting.error or "")
+
+
+#: A job's script: children made with clone(CLONE_PARENT) (children of the
+#: job's parent), which exit at once; the answer, an errno name or "made N".
+STRANGERS = """
+import ctypes, errno, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+PARENT, SIGCHLD = 0x8000, 17
+made = 0
+for _ in range(20):
+    got = libc.syscall(56, PARENT | SIGCHLD, 0, 0, 0, 0)
+    if got == 0:
+        os._exit(0)
+    if got < 0:
+        print(errno.errorcode[ctypes.get_errno()], flush=True)
+        break
+    made += 1
+else:
+    print("made", made, flush=True)
+time.sleep(0.5)
+"""
+
+
+def zombiesOf(uid: int) -> list[int]:
+    """The pids of the zombies of the machine whose uid is C{uid}."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if (
+            fields.get("State", "").strip().startswith("Z")
+            and int(fields.get("Uid", "-1").split()[0]) == uid
+        ):
+            found.append(int(name))
+    return found
+
+
+class CloneParentTests(TestCase):
+    """
+    Attacker round 34: a job's children made with C{clone(CLONE_PARENT)}
+    are the children of the job's parent, the long-lived spawner, which
+    waited only for those it forked: they stayed zombies until the server
+    stopped, past the job's end, its stop and its pids limit (63 a job
+    under C{"pids": 64}; enough ended jobs take every pid of the machine).
+    The spawner now reaps every child it did not fork as it ends, and a
+    dynamic uid's job gets C{EPERM} for C{CLONE_PARENT}, as for
+    C{CLONE_NEWUSER}.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def test_accountsStrangersReaped(self) -> None:
+        uid = 64991
+        makeAccount(self, "jwstranger", uid)
+        server = LiveServer(self, f"--users={aliceMappedTo(self, 'jwstranger')}")
+        job = await server.createJob("/usr/bin/python3", "-c", STRANGERS, user="alice")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual((await output(server, job["id"])).strip(), b"made 20")
+        for _ in range(100):
+            if not zombiesOf(uid):
+                break
+            await sleep(0.1)
+        self.assertEqual(zombiesOf(uid), [])
+
+    async def test_dynamicUidRefused(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("/usr/bin/python3", "-c", STRANGERS, user="bob")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        self.assertEqual((await output(server, job["id"])).strip(), b"EPERM")

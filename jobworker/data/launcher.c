@@ -272,7 +272,9 @@ static void ownPipes(uid_t uid, gid_t gid) {
 /* Those calls of each system call ABI this machine runs, by seccomp's arch
  * (x86_64 also runs x32, bit 30 of the number, and i386): add_key,
  * request_key, keyctl, io_setup and clone3 (ENOSYS), then clone and unshare
- * (EPERM with CLONE_NEWUSER in their first argument's low word), then ioctl
+ * (EPERM with CLONE_NEWUSER or CLONE_PARENT in their first argument's low
+ * word: a child made with CLONE_PARENT is the spawner's, which it did not
+ * fork), then ioctl
  * (ENOTTY for PIDFD_GET_INFO, below). */
 #define CALLS 8
 #define NO_SUCH_CALLS 5
@@ -307,7 +309,8 @@ static const struct {
 
 /* Option k (4a): from here on, in every ABI, the key calls and io_setup fail
  * with ENOSYS, and so does clone3 (a filter cannot read its flags; the C
- * library then uses clone); a new user namespace is EPERM; an ioctl
+ * library then uses clone); a new user namespace is EPERM, and so is a
+ * child of the caller's parent (CLONE_PARENT); an ioctl
  * PIDFD_GET_INFO is ENOTTY. Per ABI: if the
  * arch is its, load the number and compare it with each, then load the arch
  * again for the next ABI. (Little-endian: args[0]'s low word comes first.) */
@@ -337,7 +340,7 @@ static void noKeyrings(void) {
     program[at++] = (struct sock_filter)BPF_STMT(  /* flags: clone, unshare */
         BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
     program[at++] = (struct sock_filter)BPF_JUMP(
-        BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER, 1, 0);
+        BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER | CLONE_PARENT, 1, 0);
     program[at++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     program[at++] = (struct sock_filter)BPF_STMT(
         BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
@@ -683,6 +686,13 @@ static int standbyPidfd = -1, standbySocket = -1;
 static unsigned char *reapNow;    /* by pidfd: a child of an 's' */
 static size_t reapNowRoom;
 static sigset_t deaf;             /* what the spawner keeps blocked */
+/* The pids of the children the spawner forked and has not reaped, a bit
+ * each (pids are below 2^22, the kernel's PID_MAX_LIMIT). Any other child
+ * (a job's clone(CLONE_PARENT): the spawner is the job's parent) is reaped
+ * as soon as it ends: they stayed zombies until the server stopped, past
+ * the job's end and its pids limit (attacker round 34). */
+#define PID_BITS (1U << 22)
+static unsigned char *forked;
 
 /* Room for the most descriptors one message carries (SCM_RIGHTS), aligned
  * for a cmsghdr. */
@@ -876,6 +886,8 @@ static int makeStandby(void) {
             close(pidfd);
         return error;
     }
+    if ((uint32_t)child < PID_BITS)
+        forked[child >> 3] |= (unsigned char)(1U << (child & 7));
     standbyPid = child;
     standbyPidfd = pidfd;
     standbySocket = pair[0];
@@ -942,6 +954,41 @@ static void start(ssize_t got, const int *fds, int count) {
     replaceStandby();
 }
 
+/* A child of the spawner's own is reaped. */
+static void notForked(pid_t pid) {
+    if ((uint32_t)pid < PID_BITS)
+        forked[pid >> 3] &= (unsigned char)~(1U << (pid & 7));
+}
+
+/* Reap child pid if the spawner did not fork it (and it has ended). */
+static void reapStranger(pid_t pid) {
+    if (pid <= 0 || (uint32_t)pid >= PID_BITS || forked[pid >> 3] & (1U << (pid & 7)))
+        return;
+    while (waitpid(pid, NULL, WNOHANG | __WALL) < 0 && errno == EINTR)
+        ;
+}
+
+/* Reap the ended children the spawner did not fork: the one a SIGCHLD
+ * names, then those a look at the first waitable child finds (SIGCHLDs
+ * sent together come as one; a clone child may send none), until it is
+ * one of the spawner's own (its end waits for the server) or none. */
+static void reapStrangers(pid_t named) {
+    reapStranger(named);
+    for (int i = 0; i < 1024; i++) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) != 0) {
+            if (errno == EINTR)
+                continue;
+            return;  /* ECHILD: no child at all */
+        }
+        pid_t pid = info.si_pid;
+        if (pid <= 0 || ((uint32_t)pid < PID_BITS && forked[pid >> 3] & (1U << (pid & 7))))
+            return;
+        reapStranger(pid);
+    }
+}
+
 /* 'R': reap the ended children the server has taken in. */
 static void reap(ssize_t got) {
     for (ssize_t at = 1; at + (ssize_t)sizeof(int32_t) <= got; at += (ssize_t)sizeof(int32_t)) {
@@ -951,6 +998,7 @@ static void reap(ssize_t got) {
             die(SETUP_FAILED, "spawner: a bad pid to reap", NULL, 0);
         while (waitpid(pid, NULL, WNOHANG) < 0 && errno == EINTR)
             ;
+        notForked(pid);
     }
 }
 
@@ -1021,8 +1069,10 @@ static void childEnded(int pidfd) {
     ended[endedCount++] = (int32_t)info.si_pid;
     ended[endedCount++] = (int32_t)(status | (now ? REAPED : 0));
     epoll_ctl(watched, EPOLL_CTL_DEL, pidfd, NULL);
-    if (now)
+    if (now) {
         reapNow[pidfd] = 0;
+        notForked(info.si_pid);
+    }
     close(pidfd);
     if (pidfd == standbyPidfd) {
         /* The standby died waiting: reported like a job's end (a start
@@ -1033,11 +1083,14 @@ static void childEnded(int pidfd) {
     }
 }
 
-/* SIGCHLD: try the pidfds that were not waitable yet again. */
+/* SIGCHLD: reap the children the spawner did not fork; try the pidfds
+ * that were not waitable yet again. */
 static void childSignalled(int signals) {
     struct signalfd_siginfo info;
+    pid_t named = 0;
     while (read(signals, &info, sizeof info) > 0)
-        ;
+        named = (pid_t)info.ssi_pid;
+    reapStrangers(named);
     size_t count = waitingCount;
     waitingCount = 0;
     for (size_t i = 0; i < count; i++)
@@ -1111,6 +1164,9 @@ static int spawner(void) {
     if (watched < 0 || epoll_ctl(watched, EPOLL_CTL_ADD, 3, &onSocket) != 0 ||
         epoll_ctl(watched, EPOLL_CTL_ADD, signals, &onSignal) != 0)
         die(SETUP_FAILED, "spawner: epoll", NULL, errno);
+    forked = calloc(PID_BITS / 8, 1);
+    if (forked == NULL)
+        die(SETUP_FAILED, "spawner: out of memory", NULL, 0);
     replaceStandby();
     for (;;) {
         int n = epoll_wait(watched, events, 64, -1);
