@@ -75,7 +75,9 @@ class LeftoversTests(SynchronousTestCase):
     def test_leaderGone(self) -> None:
         """
         With the leader gone, what is left of its session (whose id is the
-        leader's pid, and cannot be reused while a member lives) is returned.
+        leader's pid) is returned; with the job's uid given, only what runs
+        as it (another's session may have the number now: fault round 34,
+        L{tests.test_review34.SessionTakenOverTests}).
         """
         gone = missingPid()
         sessions = {gone: [5001, 5002]}

@@ -7,25 +7,41 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import ProcessDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
+from jobworker.executors.local.leftovers import LeftoverJournal
+from jobworker.executors.local.process import GroupNumbers, JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.placement import SlurmAllowances
 from jobworker.jobs.policy import JobPolicy
-from jobworker.jobs.records import JobStatus
+from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.recovery import (
+    currentBootId,
+    groupTakenOver,
+    leftovers,
+    processStartTime,
+    sessionMembers,
+)
 from jobworker.jobs.store import JobStore, RecordDamaged
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
 from tests.fakes import FakeProcessReactor
 from tests.support import LiveServer, sleep
 from tests.test_identity import aliceMappedTo, keyCalls, makeAccount, output
+from tests.test_process import GRACE, PID, JobProcessTestCase
+from tests.test_recovery import missingPid
 from tests.test_slurmunit import FakeCommands, state
 
 #: A placement every allowance below lets through, and its sbatch options.
@@ -340,3 +356,141 @@ class CloneParentTests(TestCase):
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
         self.assertEqual((await output(server, job["id"])).strip(), b"EPERM")
+
+
+#: A daemon started the usual way: a child makes a session of its own,
+#: forks the daemon and leaves; the daemon's pid and session id are printed.
+DAEMON = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        sys.stdout.write(f"{os.getpid()} {os.getsid(0)}\\n")
+        sys.stdout.flush()
+        os.close(1)
+        time.sleep(60)
+        os._exit(0)
+    os._exit(0)
+os.wait()
+"""
+
+#: A uid no process of this machine runs as (a dynamic uid's kind).
+OTHER_UID = 79993
+
+
+def daemonSession(testCase: SynchronousTestCase) -> tuple[int, int]:
+    """A live daemon whose session's leader is gone: (its pid, the session)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DAEMON],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=True,
+    )
+    pid, session = (int(n) for n in done.stdout.split())
+    testCase.addCleanup(killQuietly, pid)
+    assert processStartTime(session) is None  # (its leader left)
+    return pid, session
+
+
+def killQuietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class SessionTakenOverTests(SynchronousTestCase):
+    """
+    Fault round 34: once a job's processes were all gone, its leader's pid
+    could be taken by a daemon's session leader, which left; the daemon
+    stayed in a session (and group) of the job's number with no process of
+    that pid. Crash recovery then killed it as the job's leftover (a root
+    daemon, the job a dynamic uid's); without cgroups, so did the SIGKILL at
+    the end of a grace. Only what runs as the job's uid is the job's.
+    """
+
+    def test_recoveryLeavesAnotherUidsSession(self) -> None:
+        daemon, session = daemonSession(self)
+        bootId = currentBootId()
+        sessions = sessionMembers()
+        self.assertIn(daemon, sessions[session])
+        self.assertEqual(leftovers(session, bootId, 12345, sessions, OTHER_UID), [])
+        # Its own uid's: killed, as before.
+        self.assertEqual(
+            leftovers(session, bootId, 12345, sessions, os.getuid()), [daemon]
+        )
+
+    def test_groupTakenOver(self) -> None:
+        _, session = daemonSession(self)
+        self.assertTrue(groupTakenOver(session, OTHER_UID))
+        self.assertFalse(groupTakenOver(session, os.getuid()))
+        self.assertFalse(groupTakenOver(missingPid(), OTHER_UID))
+
+    def test_journalKeepsTheUid(self) -> None:
+        """The leftovers' journal notes the job's uid; an older line has none."""
+        path = self.mktemp()
+        journal = LeftoverJournal(path)
+        record = JobRecord(
+            id="5d1c6a2e-0f3b-4b7d-8e21-9c4a7f0b3d16",
+            command="sh",
+            args=[],
+            owner="bob",
+            created_at=1.0,
+            pid=4321,
+            boot_id="b",
+            proc_start=99,
+            run_as=f"dynamic:{OTHER_UID}",
+        )
+        journal.note(record)
+        self.assertEqual([n.uid for n in LeftoverJournal(path).read()], [OTHER_UID])
+        with open(path, "w") as f:
+            f.write(f"{record.id} 4321 b 99\n")
+        self.assertEqual(
+            [(n.pid, n.uid) for n in LeftoverJournal(path).read()], [(4321, None)]
+        )
+
+
+class GroupTakenOverInGraceTests(JobProcessTestCase):
+    """
+    Fault round 34, live: without a cgroup, what a job left ended in its
+    grace, and a daemon's session took its group's number: the SIGKILL at
+    the grace's end went to the daemon. The number is asked about first.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.asked: list[tuple[int, int]] = []
+        self.takenOver = True
+        self.groups = GroupNumbers(None, self.isTakenOver)
+        self.job = self.another(groups=self.groups, uid=OTHER_UID)
+        self.protocol = JobProcessProtocol(self.job)
+        self.start()
+
+    def isTakenOver(self, pgid: int, uid: int) -> bool:
+        self.asked.append((pgid, uid))
+        return self.takenOver
+
+    def test_notKilled(self) -> None:
+        self.end(Failure(ProcessDone(0)))
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.assertEqual(self.asked, [])  # (not at the job's end)
+        self.clock.advance(GRACE)
+        self.assertEqual(self.asked, [(PID, OTHER_UID)])
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM])
+        self.successResultOf(self.job.whenCleanedUp())
+        self.flushLoggedErrors()
+
+    def test_stillItsOwn(self) -> None:
+        self.takenOver = False
+        self.end(Failure(ProcessDone(0)))
+        self.clock.advance(GRACE)
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+
+    def test_leaderAliveNotAsked(self) -> None:
+        """A stop of a live leader: its pid holds the number, nothing asked."""
+        self.job.stop("ada")
+        self.clock.advance(GRACE)
+        self.assertEqual(self.asked, [])
+        self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])

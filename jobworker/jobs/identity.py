@@ -304,6 +304,23 @@ def dynamicUid(runAs: str | None) -> int | None:
     return int(number) if number.isdigit() else None
 
 
+def runAsUid(runAs: str | None) -> int | None:
+    """
+    The uid a record's C{run_as} names: a dynamic one's number, an
+    account's (the server's own user's too) as the user database has it
+    now; None when not known (none, or an account gone since).
+    """
+    dynamic = dynamicUid(runAs)
+    if dynamic is not None or runAs is None:
+        return dynamic
+    if runAs.isdigit():
+        return int(runAs)  # (the server's own uid, which has no name)
+    try:
+        return pwd.getpwnam(runAs).pw_uid
+    except KeyError:
+        return None
+
+
 class PoolExhausted(Exception):
     """Every dynamic uid is held by a live job."""
 

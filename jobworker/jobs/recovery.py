@@ -83,6 +83,39 @@ def sessionMembers() -> dict[int, list[int]]:
     return sessions
 
 
+def realUid(pid: int) -> int | None:
+    """The real uid of C{pid}, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def groupTakenOver(pgid: int, uid: int) -> bool:
+    """
+    Does a live process of group C{pgid} run as another uid than C{uid}?
+    Once a job's leader is gone, its group's number is taken over when the
+    group empties: a new process may get the number as its pid, make a
+    session (and group) of it and leave (a double-forked daemon), and no
+    process then has that pid while the group lives on (fault round 34).
+    A scan of every process: asked only of a group whose leader is gone.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat(entry)
+        if fields is None or fields[0] == "Z" or int(fields[2]) != pgid:
+            continue
+        owner = realUid(int(entry))
+        if owner is not None and owner != uid:
+            return True
+    return False
+
+
 def _startedThen(start: int, procStart: int) -> bool:
     """Is a process that started at C{start} the one recorded at C{procStart}?"""
     return procStart <= start <= procStart + START_SLACK
@@ -108,6 +141,7 @@ def leftovers(
     bootId: str | None,
     procStart: int | None,
     sessions: dict[int, list[int]],
+    uid: int | None = None,
 ) -> list[int]:
     """
     The processes still alive in the session a job's leader C{pid} created.
@@ -116,14 +150,20 @@ def leftovers(
     the leader either gone or still the very process we started (its start
     time in the window recorded, L{spawnedAt}: no other process can have
     had its pid within a tick of it, while it held that pid), so a reused
-    pid is never signalled.
+    pid is never signalled. With the leader gone, only the members that run
+    as the job's C{uid} (when known): once the session emptied, its number
+    could be another's (a daemon's session whose leader left: it was
+    killed, fault round 34).
     """
     if pid is None or bootId is None or bootId != currentBootId():
         return []
     start = processStartTime(pid)
     if start is not None and (procStart is None or not _startedThen(start, procStart)):
         return []
-    return list(sessions.get(pid, []))
+    members = list(sessions.get(pid, []))
+    if start is None and uid is not None:
+        members = [member for member in members if realUid(member) == uid]
+    return members
 
 
 def _argv(pid: int) -> list[bytes]:

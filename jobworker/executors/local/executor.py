@@ -24,6 +24,7 @@ from ...jobs.identity import (
     UidLocksFailing,
     dynamicUid,
     ownGroup,
+    runAsUid,
 )
 from ...jobs.limits import Limits
 from ...jobs.manager import DEFAULT_MAX_LOG_BYTES, JobManager
@@ -33,6 +34,7 @@ from ...jobs.records import JobRecord, JobStatus
 from ...jobs.recovery import (
     ancestors,
     bootTicks,
+    groupTakenOver,
     killAll,
     leftovers,
     liveServerOf,
@@ -329,7 +331,7 @@ class LocalExecutor:
         #: Whether a command can be started: asked before each job's fork.
         self._runnable = RunnableChecks(reactor)
         #: The process-group numbers of the live jobs.
-        self._groups = GroupNumbers(pidReused)
+        self._groups = GroupNumbers(pidReused, groupTakenOver)
         #: Jobs ended with processes still to kill (L{LeftoverJournal}).
         self._leftovers = LeftoverJournal(
             os.path.join(os.path.dirname(jobsDir), LEFTOVERS)
@@ -636,6 +638,7 @@ class LocalExecutor:
             pumps=self._pumps,
             groups=self._groups,
             leftovers=self._leftovers,
+            uid=identity.uid,
         )
         job.onStop = self._saveStop
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))
@@ -826,7 +829,12 @@ class LocalExecutor:
                 )
             else:
                 killed = self._killLeftovers(
-                    record.id, record.pid, record.boot_id, record.proc_start, sessions
+                    record.id,
+                    record.pid,
+                    record.boot_id,
+                    record.proc_start,
+                    sessions,
+                    runAsUid(record.run_as),
                 )
                 killed += self._killOutOfRange(record.run_as)
             for stream in ("stdout", "stderr"):
@@ -874,7 +882,7 @@ class LocalExecutor:
             )
         for job in noted:
             killed = self._killLeftovers(
-                job.jobId, job.pid, job.bootId, job.procStart, sessions
+                job.jobId, job.pid, job.bootId, job.procStart, sessions, job.uid
             )
             self.log.warn(
                 "job {job} had ended, but not its leftovers, when the worker "
@@ -986,9 +994,14 @@ class LocalExecutor:
         bootId: str | None,
         procStart: int | None,
         sessions: dict[int, list[int]],
+        uid: int | None,
     ) -> int:
-        """Kill what is left of a job's session and cgroup; how many were."""
-        killed = killAll(leftovers(pid, bootId, procStart, sessions))
+        """
+        Kill what is left of a job's session and cgroup; how many were. Of
+        a session whose leader is gone, only what runs as the job's C{uid}
+        (L{leftovers}).
+        """
+        killed = killAll(leftovers(pid, bootId, procStart, sessions, uid))
         group = self._cgroups.find(jobId) if self._cgroups else None
         if group is not None:
             killed += int(group.kill())

@@ -27,6 +27,7 @@ from ...jobs.folders import (
     removeJournal,
     replaceJournal,
 )
+from ...jobs.identity import runAsUid
 from ...jobs.records import JobRecord
 from ...jobs.validation import parseJobId
 
@@ -44,6 +45,8 @@ class Noted:
     pid: int | None
     bootId: str | None
     procStart: int | None
+    #: The uid it ran as (None: not known, or noted by an older server).
+    uid: int | None = None
 
 
 class LeftoverJournal:
@@ -60,9 +63,10 @@ class LeftoverJournal:
 
     def note(self, record: JobRecord) -> None:
         """C{record}'s job ended with processes left to kill."""
+        uid = runAsUid(record.run_as)
         line = (
             f"{record.id} {record.pid or 0} {record.boot_id or '-'} "
-            f"{record.proc_start or 0}\n"
+            f"{record.proc_start or 0} {'-' if uid is None else uid}\n"
         ).encode("ascii", "replace")
         self._noted[record.id] = line
         try:
@@ -117,9 +121,13 @@ class LeftoverJournal:
         found: dict[str, Noted] = {}
         for line in lines:
             fields = line.split()
-            if len(fields) != 4 or not all(f.isdigit() for f in fields[1::2]):
+            if len(fields) == 4:
+                fields.append("-")  # (noted by an older server: no uid)
+            if len(fields) != 5 or not all(f.isdigit() for f in fields[1:4:2]):
                 continue
-            jobId, pid, boot, start = fields
+            jobId, pid, boot, start, uid = fields
+            if uid != "-" and not uid.isdigit():
+                continue
             try:
                 parseJobId(jobId)
             except NotFound:
@@ -129,5 +137,6 @@ class LeftoverJournal:
                 int(pid) or None,
                 None if boot == "-" else boot,
                 int(start) or None,
+                None if uid == "-" else int(uid),
             )
         return list(found.values())

@@ -96,15 +96,26 @@ class GroupNumbers:
     L{JobProcess} claims its number when it starts and signals by number
     only while it holds it.
 
+    Nor once a process of another uid is in the group after the leader was
+    reaped (L{takenOver}): the group emptied, and a new process got the
+    number as its pid, made a session of it and left (a double-forked
+    daemon), so that no process has the pid while the group lives on.
+
     @param pidReused: C{(pid, start)}: is that pid now another process than
         the one started then (C{jobs.recovery.pidReused})? None: not asked.
+    @param takenOver: C{(pgid, uid)}: does a process of another uid than
+        C{uid} run in group C{pgid} (C{jobs.recovery.groupTakenOver})? None:
+        not asked.
     """
 
     def __init__(
-        self, pidReused: Callable[[int, int | None], bool] | None = None
+        self,
+        pidReused: Callable[[int, int | None], bool] | None = None,
+        takenOver: Callable[[int, int], bool] | None = None,
     ) -> None:
         self._owners: dict[int, JobProcess] = {}
         self._pidReused = pidReused
+        self._takenOver = takenOver
 
     def claim(self, pgid: int, job: JobProcess) -> None:
         """C{job}'s leader has pid C{pgid}: the number is C{job}'s now."""
@@ -120,6 +131,21 @@ class GroupNumbers:
         return self._pidReused is None or not self._pidReused(
             pgid, job.record.proc_start
         )
+
+    def takenOver(self, pgid: int, job: JobProcess, uid: int) -> bool:
+        """
+        Is C{pgid}, C{job}'s group whose leader is gone, another's now (a
+        process of another uid than C{uid}, the job's, in it)? Then it is
+        released. A scan of every process: asked only before a SIGKILL at
+        the end of a grace (its group had all that time to empty), not at
+        each job's end.
+        """
+        if self._takenOver is None or self._owners.get(pgid) is not job:
+            return False
+        if not self._takenOver(pgid, uid):
+            return False
+        del self._owners[pgid]
+        return True
 
     def release(self, pgid: int, job: JobProcess) -> None:
         """C{job} is done with C{pgid} (unless a later job has it)."""
@@ -157,6 +183,7 @@ class JobProcess:
         pumps: Pumps | None = None,
         groups: GroupNumbers | None = None,
         leftovers: LeftoverJournal | None = None,
+        uid: int | None = None,
         elapsed: Callable[[], float] = elapsedSeconds,
         endsBy: Callable[[int, int], bool | None] | None = None,
     ) -> None:
@@ -168,7 +195,10 @@ class JobProcess:
             job's number is taken as its own until it is cleaned up).
         @param leftovers: where a job that ends with processes left to kill
             is noted until they are gone (None: nowhere).
+        @param uid: the uid it runs as (None: not known), by which a group
+            number taken over by another's session is told (L{GroupNumbers}).
         """
+        self._uid = uid
         self._clock = reactor
         self.record = record
         self.stdout = stdout
@@ -547,6 +577,23 @@ class JobProcess:
     def _kill(self) -> None:
         self._killTimer = None
         self._killSent = True
+        groups, pgid = self._groups, self._pgid
+        if (
+            self.cgroup is None
+            and self._exit is not None
+            and groups is not None
+            and pgid is not None
+            and self._uid is not None
+            and groups.takenOver(pgid, self, self._uid)
+        ):
+            # Its leftovers ended in the grace, and a daemon's session took
+            # the number over: killed (fault round 34).
+            self.log.warn(
+                "job {job}: process group {pgid} is another user's now (what "
+                "the job left ended in its grace): not killed",
+                job=self.record.id,
+                pgid=pgid,
+            )
         if self._signal(signal.SIGKILL):
             self.log.info(
                 "job {job}: process group {pgid} killed after {grace}s grace",
