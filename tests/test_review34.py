@@ -15,10 +15,12 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ProcessDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
+from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.leftovers import LeftoverJournal
 from jobworker.executors.local.process import GroupNumbers, JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
@@ -494,3 +496,66 @@ class GroupTakenOverInGraceTests(JobProcessTestCase):
         self.clock.advance(GRACE)
         self.assertEqual(self.asked, [])
         self.assertEqual(self.killer.signalsTo(PID), [signal.SIGTERM, signal.SIGKILL])
+
+
+class _FoundCgroup:
+    """A crashed job's cgroup, found: killed and removed (here: noted)."""
+
+    def __init__(self) -> None:
+        self.killed = 0
+
+    def kill(self) -> bool:
+        self.killed += 1
+        return False
+
+    def remove(self) -> bool:
+        return True
+
+
+class _Stub:
+    """What L{LocalExecutor._killLeftovers} reads of its executor."""
+
+    def __init__(self, group: _FoundCgroup | None) -> None:
+        self._cgroups = self
+        self.group = group
+        self.log = Logger()
+
+    def find(self, jobId: str) -> _FoundCgroup | None:
+        return self.group
+
+
+class CgroupHoldsItAllTests(SynchronousTestCase):
+    """
+    Fault round 34, a root job: its uid cannot tell its leftovers from a
+    root daemon that took its session's number. A job with a cgroup found
+    at recovery, its leader gone, is killed through its cgroup alone.
+    """
+
+    def test_sessionLeftToTheCgroup(self) -> None:
+        daemon, session = daemonSession(self)
+        group = _FoundCgroup()
+        killed = LocalExecutor._killLeftovers(
+            _Stub(group),  # type: ignore[arg-type]
+            "job",
+            session,
+            currentBootId(),
+            12345,
+            sessionMembers(),
+            os.getuid(),
+        )
+        self.assertEqual((killed, group.killed), (0, 1))
+        self.assertIsNotNone(processStartTime(daemon))
+
+    def test_noCgroupSessionAsBefore(self) -> None:
+        """Without one, its uid's session members are its leftovers."""
+        _, session = daemonSession(self)
+        killed = LocalExecutor._killLeftovers(
+            _Stub(None),  # type: ignore[arg-type]
+            "job",
+            session,
+            currentBootId(),
+            12345,
+            sessionMembers(),
+            os.getuid(),
+        )
+        self.assertEqual(killed, 1)

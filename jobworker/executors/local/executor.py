@@ -42,6 +42,7 @@ from ...jobs.recovery import (
     pidReused,
     processesByUid,
     processesOf,
+    processStartTime,
     sessionMembers,
     spawnedAt,
 )
@@ -1001,8 +1002,13 @@ class LocalExecutor:
         a session whose leader is gone, only what runs as the job's C{uid}
         (L{leftovers}).
         """
-        killed = killAll(leftovers(pid, bootId, procStart, sessions, uid))
         group = self._cgroups.find(jobId) if self._cgroups else None
+        if group is None or (pid is not None and processStartTime(pid) is not None):
+            killed = killAll(leftovers(pid, bootId, procStart, sessions, uid))
+        else:
+            # Its leader gone: its cgroup holds all that is its own; the
+            # session's number may be another's (L{leftovers}).
+            killed = 0
         if group is not None:
             killed += int(group.kill())
             if not removeSoon(group):
