@@ -559,3 +559,52 @@ class CgroupHoldsItAllTests(SynchronousTestCase):
             os.getuid(),
         )
         self.assertEqual(killed, 1)
+
+
+#: A squeue that hangs (munged gone), with a child that holds its stderr;
+#: it writes both pids where the test reads them.
+HUNG_SQUEUE = """#!/bin/sh
+sleep 300 &
+echo "$$ $!" > "$(dirname "$0")/pids"
+sleep 300
+"""
+
+
+class HungSqueueTests(TestCase):
+    """
+    Slurm round 34: a squeue that hung was killed with the sieve at the
+    command's deadline only in part: the sieve died, its squeue (and what
+    that squeue started) held the server's stderr pipe, and the poll waited
+    for it, and so did every later one (no job's state moved, /healthz ok).
+    The deadline kills the sieve's group, and stops waiting for its pipes.
+    """
+
+    timeout = 60
+
+    async def test_deadlineEndsTheCall(self) -> None:
+        from twisted.internet import reactor
+
+        from jobworker.executors.slurm.commands import SlurmCommands
+        from jobworker.executors.slurm.documents import SlurmError
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "squeue"), "w") as f:
+            f.write(HUNG_SQUEUE)
+        os.chmod(os.path.join(folder, "squeue"), 0o755)  # noqa: S103
+        env = {"PATH": f"{folder}:/usr/bin:/bin"}
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        commands = SlurmCommands(reactor, env=env, timeout=2.0)
+        with self.assertRaises(SlurmError) as caught:
+            await commands.exits(["101"])
+        self.assertIn("timed out", str(caught.exception))
+        with open(os.path.join(folder, "pids")) as f:
+            pids = [int(n) for n in f.read().split()]
+        for pid in pids:
+            self.addCleanup(killQuietly, pid)
+        for _ in range(100):
+            if all(processStartTime(pid) is None for pid in pids):
+                break
+            await sleep(0.05)
+        self.assertEqual([p for p in pids if processStartTime(p) is not None], [])

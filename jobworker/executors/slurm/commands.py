@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
 import uuid
 
@@ -57,9 +58,20 @@ class _CommandOutput(ProcessProtocol):
     def _expire(self) -> None:
         self._timer = None
         self._expired = True
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
+            pid = getattr(transport, "pid", None)
+            if pid:
+                # Its group too (the sieve makes one, for the squeue it
+                # runs): unreaped, the command's pid is no other group's.
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessExitedAlready, OSError):
-                self.transport.signalProcess("KILL")
+                transport.signalProcess("KILL")
+            # Whatever else holds its pipes (a child it left: the sieve's
+            # squeue held stderr, and every later poll waited for it: Slurm
+            # round 34), it is done once it is reaped.
+            transport.loseConnection()
 
     def outReceived(self, data: bytes) -> None:
         self.out.append(data)

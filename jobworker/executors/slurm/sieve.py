@@ -13,7 +13,9 @@ through.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
@@ -34,6 +36,10 @@ def main(argv: list[str]) -> int:
         return 2
     split = argv.index("--")
     ids, command = set(argv[:split]), argv[split + 1 :]
+    # A group of its own: the server's deadline kills it and the command
+    # together (a squeue that hung kept the server's pipe: Slurm round 34).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     done = subprocess.run(command, stdout=subprocess.PIPE, check=False)
     if done.returncode != 0:
         sys.stdout.buffer.write(done.stdout)
