@@ -44,6 +44,7 @@ from tests.support import LiveServer, sleep
 from tests.test_identity import aliceMappedTo, keyCalls, makeAccount, output
 from tests.test_process import GRACE, PID, JobProcessTestCase
 from tests.test_recovery import missingPid
+from tests.test_slurmdependencies import DependencyCase
 from tests.test_slurmunit import FakeCommands, state
 
 #: A placement every allowance below lets through, and its sbatch options.
@@ -608,3 +609,56 @@ class HungSqueueTests(TestCase):
                 break
             await sleep(0.05)
         self.assertEqual([p for p in pids if processStartTime(p) is not None], [])
+
+
+class DependencyUnseenSinceRestartTests(DependencyCase):
+    """
+    Slurm round 34: after a restart, before the first poll, a new job
+    after_ok a job that had failed (and been purged from Slurm) while the
+    server was down was handed to Slurm with the purged id, which Slurm
+    takes as met: it ran. A dependency is given to Slurm only while Slurm's
+    queue has it (sbatch just took it, or the last poll listed it);
+    otherwise jobworker's queue holds the new job.
+    """
+
+    def test_unseenDependencyWaitsInTheQueue(self) -> None:
+        a = self.create("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.restart()
+        b = self.create("echo", "b", after_ok=(a.id,))
+        self.assertEqual(len(self.commands.submissions), 1)
+        self.assertTrue(self.manager.record(b.id).queued)
+        # The first poll: Slurm has forgotten it, accounting says it failed.
+        self.commands.accounted["101"] = [state("FAILED", 1)]
+        self.poll({})
+        self.assertIs(self.manager.record(a.id).status, JobStatus.FAILED)
+        seen = self.manager.record(b.id)
+        self.assertIs(seen.status, JobStatus.FAILED)
+        self.assertEqual(seen.error, f"dependency {a.id} ended FAILED")
+        self.assertEqual(len(self.commands.submissions), 1)
+
+    def test_seenDependencyHeldBySlurm(self) -> None:
+        """Once a poll has seen it in Slurm's queue, Slurm holds as before."""
+        a = self.create("sleep", "100")
+        self.restart()
+        self.poll({"101": state("RUNNING")})
+        self.create("echo", "b", after_ok=(a.id,))
+        self.assertEqual(len(self.commands.submissions), 2)
+        self.assertEqual(
+            self.dependency(1),
+            ["--dependency=afterok:101", "--kill-on-invalid-dep=yes"],
+        )
+
+    def test_goneFromTheQueue(self) -> None:
+        """A dependency squeue no longer lists (accounting unread): held here."""
+        a = self.create("sleep", "100")
+
+        async def unread(ids: list[str]) -> Any:
+            raise SlurmError("sacct: slurmdbd down")
+
+        self.patch(self.commands, "accounting", unread)
+        self.poll({})
+        self.assertIs(self.manager.record(a.id).status, JobStatus.PENDING)
+        b = self.create("echo", "b", after_ok=(a.id,))
+        self.assertEqual(len(self.commands.submissions), 1)
+        self.assertTrue(self.manager.record(b.id).queued)

@@ -35,12 +35,15 @@ class HeldJobs:
         """
         Whether Slurm can hold a job until C{unended} end: each is a live
         Slurm job whose Slurm id is known (not one whose sbatch has yet to
-        answer).
+        answer) and that Slurm's queue has (L{SlurmJob.inQueue}: not one
+        re-attached after a restart that no poll has seen yet, nor one
+        squeue no longer lists): Slurm takes an id it does not know as met.
         """
-        return all(
-            record.id in self._jobs and record.slurm_job_id is not None
-            for record in unended
-        )
+        for record in unended:
+            job = self._jobs.get(record.id)
+            if job is None or record.slurm_job_id is None or not job.inQueue:
+                return False
+        return True
 
     def slurmIds(self, jobIds: Sequence[str]) -> list[str]:
         """

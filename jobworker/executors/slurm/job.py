@@ -144,6 +144,12 @@ class SlurmJob:
         #: Set at recovery when sbatch's answer was lost: the reason to give
         #: if no Slurm job of this job's name turns up.
         self.lookUpReason: str | None = None
+        #: Slurm's queue has it, as this job's, unended: sbatch took it,
+        #: or the last poll's squeue listed it so. Only then may a new job
+        #: be handed to Slurm to wait for it (an id Slurm has purged counts
+        #: as met: an after_ok job ran though its dependency had failed
+        #: while the server was down, Slurm round 34).
+        self.inQueue = False
         #: When this server first saw the job running (see L{SECRETS_GRACE}).
         self._runningSince: float | None = None
         self._secretsRemoved = False
@@ -204,6 +210,7 @@ class SlurmJob:
 
     def submitted(self, slurmJobId: str) -> None:
         self.record.slurm_job_id = slurmJobId
+        self.inQueue = True
         self._executor.save(self.record)
         self.settle(self.record)
         if self._stopRequested or self._dependencyFailed or self._refused:

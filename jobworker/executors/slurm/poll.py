@@ -234,6 +234,11 @@ class SlurmPoll:
     def _update(self, job: SlurmJob, answers: _Answers, now: float) -> None:
         slurmJobId = job.record.slurm_job_id or ""
         state = answers.states.get(slurmJobId)
+        job.inQueue = (
+            state is not None
+            and state.state not in FINAL
+            and isOurs(job.record, state)
+        )
         exits = answers.exits
         if state is None and slurmJobId in exits:
             job.update(exits[slurmJobId], now)  # from accounting
