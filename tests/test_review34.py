@@ -7,22 +7,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
+import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.leftovers import LeftoverJournal
 from jobworker.executors.local.process import GroupNumbers, JobProcessProtocol
+from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.jobs.manager import JobManager
@@ -662,3 +666,146 @@ class DependencyUnseenSinceRestartTests(DependencyCase):
         b = self.create("echo", "b", after_ok=(a.id,))
         self.assertEqual(len(self.commands.submissions), 1)
         self.assertTrue(self.manager.record(b.id).queued)
+
+
+#: A job's script: a write to stdout from a page of FILE not in memory, read
+#: in at the job's own I/O limit, once the server comes to read its pipe.
+PIPE_HOLD = """
+import fcntl, mmap, os, struct, sys, termios
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+pages = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+pages.madvise(mmap.MADV_RANDOM)
+for _ in range(100000):
+    os.write(1, b"x")
+    queued = struct.unpack("i", fcntl.ioctl(1, termios.FIONREAD, b"\\0" * 4))[0]
+    if queued:
+        break
+os.write(1, memoryview(pages)[16 << 20 : (16 << 20) + 4096])
+"""
+
+
+class StallWatchTests(SynchronousTestCase):
+    """L{StallWatch.look}: a read held long, the reactor in the kernel."""
+
+    def setUp(self) -> None:
+        self.now = 100.0
+        self.waiting = True
+        self.killed: list[float] = []
+        self.watch = StallWatch(
+            waiting=lambda tid: self.waiting, now=lambda: self.now, watching=False
+        )
+        self.slot = self.watch.slot(1)
+
+    def reading(self) -> None:
+        self.slot.reads += 1
+        self.slot.stalled = self.killed.append
+
+    def test_oneLongRead(self) -> None:
+        self.reading()
+        self.watch.look()
+        self.now += 0.75
+        self.watch.look()
+        self.assertEqual(self.killed, [])
+        self.now += 0.25
+        self.watch.look()
+        self.assertEqual(self.killed, [1.0])
+        self.now += 1
+        self.watch.look()  # (once: it is being killed)
+        self.assertEqual(self.killed, [1.0])
+
+    def test_manyShortReads(self) -> None:
+        for _ in range(10):
+            self.reading()
+            self.watch.look()
+            self.now += 0.5
+        self.assertEqual(self.killed, [])
+
+    def test_reactorNotInTheKernel(self) -> None:
+        """Slow but running (the machine busy): not the job's doing."""
+        self.waiting = False
+        self.reading()
+        self.watch.look()
+        self.now += 5
+        self.watch.look()
+        self.assertEqual(self.killed, [])
+
+    def test_noRead(self) -> None:
+        self.watch.look()
+        self.now += 5
+        self.watch.look()
+        self.assertEqual(self.killed, [])
+
+    def test_eachThreadAlone(self) -> None:
+        """A pump thread's long read, the reactor's short ones: the pump's job."""
+        pump = self.watch.slot(2)
+        held: list[float] = []
+        pump.reads += 1
+        pump.stalled = held.append
+        for _ in range(5):
+            self.reading()
+            self.watch.look()
+            self.now += 0.5
+        self.assertEqual((self.killed, held), ([], [1.0]))
+        self.watch.drop(pump)
+        self.watch.look()
+
+
+class PipeHeldTests(TestCase):
+    """
+    Attacker round 34: a job wrote to its stdout from a page of a file not
+    in memory, under its own io_read_bps of 1: the copy's page fault held
+    the pipe's lock for an hour, and the server's read of that pipe waited
+    in the kernel, every request with it (no stop could reach the job).
+    The job is killed once the reactor has waited on it for a second, and
+    ends FAILED saying why; the server answers again.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def test_holderKilled(self) -> None:
+        server = LiveServer(self)
+        # (Not in /tmp nor /var/tmp: a job has its own.)
+        folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
+        self.addCleanup(shutil.rmtree, folder, True)
+        os.chmod(folder, 0o755)  # noqa: S103
+        path = os.path.join(folder, "pages")
+        with open(path, "wb") as f:
+            f.write(os.urandom(32 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(path, 0o644)
+        # The job's own reads are as slow (its interpreter's files too):
+        # those in memory first, by the same script run here.
+        subprocess.run(
+            ["/usr/bin/python3", "-c", PIPE_HOLD, path],
+            stdout=subprocess.PIPE,
+            check=True,
+            timeout=30,
+        )
+        code, job = await server.json(
+            "POST",
+            "/jobs",
+            "alice",
+            {
+                "command": "/usr/bin/python3",
+                "args": ["-c", PIPE_HOLD, path],
+                "limits": {"io_read_bps": 1},
+            },
+        )
+        if code == 400 and "io_read_bps" in job.get("error", ""):
+            raise SkipTest(f"no I/O limits here: {job['error']}")
+        self.assertEqual(code, 201, job)
+        ended = await server.waitEnded(job["id"], timeout=30)
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=stderr", "ada"
+        )
+        stderr = await treq.content(response)
+        self.assertEqual(ended["status"], "FAILED", (ended, stderr))
+        self.assertIn("held its output or input pipe's lock", ended["error"], stderr)
+        code, health = await server.json("GET", "/healthz", "ada")
+        self.assertEqual(code, 200, health)

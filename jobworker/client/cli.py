@@ -139,7 +139,7 @@ async def _commandLine(
     if parsed is not None:
         verb, options = parsed.verb, parsed
     elif argv and argv[0] == "_ids":  # completion's helper, not a verb to show
-        verb, options = "_ids", argparse.Namespace()
+        verb, options = "_ids", idsOptions(argv[1:])
     else:
         options = buildParser(streams).parse_args(argv)
         verb = options.verb
@@ -197,6 +197,30 @@ async def _commandLine(
         raise
     finally:
         await session.client.close()
+
+
+#: The options of the line being completed that C{jw _ids} takes: the
+#: connection's (the ids of JW_SERVER's server were offered for the line's
+#: --server: new user round 34).
+IDS_OPTIONS = ("server", "ca", "cert", "key")
+
+
+def idsOptions(argv: list[str]) -> argparse.Namespace:
+    """
+    C{jw _ids}'s options: C{--server}, C{--ca}, C{--cert}, C{--key} (as
+    C{--flag VALUE} or C{--flag=VALUE}) among C{argv}, the words of the
+    line being completed; any other word is passed over, and nothing is
+    said of it (completion is never an error).
+    """
+    given: dict[str, str | None] = dict.fromkeys(IDS_OPTIONS)
+    words = iter(argv)
+    for word in words:
+        flag, equals, value = word.partition("=")
+        if flag.startswith("--") and flag[2:] in IDS_OPTIONS:
+            if not equals:
+                value = next(words, "")
+            given[flag[2:]] = value or None
+    return argparse.Namespace(**given)
 
 
 def quickRun(
@@ -307,6 +331,14 @@ def showConfig(
     try:
         token, saved = loadToken(tokensFile, settings.server, time.time())
         login = "valid" if token else ("expired" if saved else "none")
+        owner = savedUser(tokensFile, settings.server) if saved else None
+        if owner is not None:
+            # Whose: another user's is not used (new user round 34).
+            login += f" ({owner}'s" + (
+                f": not used for {settings.user})"
+                if settings.user and settings.user != owner
+                else ")"
+            )
         # The one a command would send: the configured user's, if one is.
         token, _ = loadToken(tokensFile, settings.server, time.time(), settings.user)
     except ConfigError as e:  # the file others may read: say why it is unused

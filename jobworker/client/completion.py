@@ -43,14 +43,30 @@ _CASES = "\n".join(
 BASH = f"""# jw completion for bash: source <(jw completion bash)
 _jw() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
-    local verb="" i
+    local verb="" i w words=() given=()
+    # bash splits the line at : and = too (COMP_WORDBREAKS): the words
+    # before the one completed, put together again (https://h:1, --ca=F).
     for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${{COMP_WORDS[i]}}" in
+        w=${{COMP_WORDS[i]}}
+        while ((i + 1 < COMP_CWORD)) &&
+            [[ ${{COMP_WORDS[i+1]}} == [:=] || $w == *[:=] ]]; do
+            ((i++)); w+=${{COMP_WORDS[i]}}
+        done
+        words+=("$w")
+    done
+    for ((i = 0; i < ${{#words[@]}}; i++)); do
+        case "${{words[i]}}" in
             --) # after --: the job's command and its files
                 COMPREPLY=($(compgen -c -f -- "$cur")); return ;;
-            --server|--ca|--cert|--key) ((i++)) ;;
+            --server|--ca|--cert|--key)
+                # (the ids are those of this server, as this line reaches it)
+                w=${{words[i+1]}}
+                [[ $w == "~/"* ]] && w=$HOME/${{w:2}}
+                ((i + 1 < ${{#words[@]}})) && given+=("${{words[i]}}" "$w")
+                ((i++)) ;;
+            --server=*|--ca=*|--cert=*|--key=*) given+=("${{words[i]}}") ;;
             -*) ;;
-            *) [ -z "$verb" ] && verb=${{COMP_WORDS[i]}} ;;
+            *) [ -z "$verb" ] && verb=${{words[i]}} ;;
         esac
     done
     case "$prev" in
@@ -61,7 +77,8 @@ _jw() {{
         --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --signal|-s) COMPREPLY=($(compgen -W "{_SIGNALS}" -- "${{cur^^}}")); return ;;
         --after|--after-ok)
-            COMPREPLY=($(compgen -W "$(jw _ids 2>/dev/null)" -- "$cur")); return ;;
+            COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" \\
+                -- "$cur")); return ;;
         {_VALUES}) return ;;
     esac
     if [ -z "$verb" ]; then
@@ -77,7 +94,7 @@ _jw() {{
     elif [ "$verb" = completion ]; then
         COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
     elif [[ "$verb" =~ ^({_ID_VERBS})$ ]]; then
-        COMPREPLY=($(compgen -W "$(jw _ids 2>/dev/null)" -- "$cur"))
+        COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" -- "$cur"))
     fi
 }}
 complete -F _jw jw
@@ -86,31 +103,47 @@ complete -F _jw jw
 ZSH = f"""#compdef jw
 # jw completion for zsh: source <(jw completion zsh)
 _jw() {{
-    local -a words_after
+    local -a words_after given
+    local verb="" i w
     if (( ${{words[(I)--]}} && ${{words[(I)--]}} < CURRENT )); then
         _files; return   # after --: the job's command and its files
     fi
+    for ((i = 2; i < CURRENT; i++)); do
+        case "$words[i]" in
+            --server|--ca|--cert|--key)
+                # (the ids are those of this server, as this line reaches it)
+                w=${{words[i+1]}}
+                [[ $w == "~/"* ]] && w=$HOME/${{w:2}}
+                (( i + 1 < CURRENT )) && given+=("$words[i]" "$w")
+                ((i++)) ;;
+            --server=*|--ca=*|--cert=*|--key=*) given+=("$words[i]") ;;
+            -*) ;;
+            *) [[ -z $verb ]] && verb=$words[i] ;;
+        esac
+    done
     case "$words[CURRENT-1]" in
         --signal|-s) compadd -- {_SIGNALS}; return ;;
-        --after|--after-ok) compadd -- $(jw _ids 2>/dev/null); return ;;
-        {_VALUES}) return ;;
+        --after|--after-ok) compadd -- $(jw _ids $given 2>/dev/null); return ;;
+        --ca|--cert|--key) _files; return ;;
+        --server|{_VALUES}) return ;;
     esac
     if [[ "$words[CURRENT-1]" == --status ]]; then
-        if (( ${{words[(I)clean]}} )); then
+        if [[ $verb == clean ]]; then
             compadd -- {_ENDED}
         else
             compadd -- {_STATUSES}
         fi
         return
     fi
-    if (( CURRENT == 2 )); then
+    if [[ -z $verb ]]; then
         compadd -- {_VERBS}; return
     fi
-    case "$words[2]" in
-        {_ID_VERBS}) [[ "$PREFIX" == -* ]] || compadd -- $(jw _ids 2>/dev/null) ;;
+    case "$verb" in
+        {_ID_VERBS}) [[ "$PREFIX" == -* ]] ||
+            compadd -- $(jw _ids $given 2>/dev/null) ;;
         completion) compadd -- bash zsh fish ;;
     esac
-    case "$words[2]" in
+    case "$verb" in
 {chr(10).join(f"        {v}) compadd -- {o} {_GLOBAL} ;;" for v, o in OPTIONS.items())}
     esac
 }}
@@ -118,17 +151,37 @@ compdef _jw jw
 """
 
 FISH = f"""# jw completion for fish: jw completion fish | source
+# The ids of the server this line reaches (its --server, --ca, --cert, --key).
+function __jw_ids
+    set -l words (commandline -opc)
+    set -l given
+    set -l i 2
+    while test $i -le (count $words)
+        switch $words[$i]
+            case --server --ca --cert --key
+                if test $i -lt (count $words)
+                    set -l value $words[(math $i + 1)]
+                    set -a given $words[$i] (string replace -r '^~/' "$HOME/" -- $value)
+                end
+                set i (math $i + 1)
+            case '--server=*' '--ca=*' '--cert=*' '--key=*'
+                set -a given $words[$i]
+        end
+        set i (math $i + 1)
+    end
+    jw _ids $given 2>/dev/null
+end
 complete -c jw -f
 complete -c jw -n __fish_use_subcommand -a "{_VERBS}"
 complete -c jw -l server -l ca -l cert -l key -r
 complete -c jw -n "__fish_seen_subcommand_from list" -l status -x -a "{_STATUSES}"
 complete -c jw -n "__fish_seen_subcommand_from clean" -l status -x -a "{_ENDED}"
 complete -c jw -n "__fish_seen_subcommand_from {_ID_VERBS.replace("|", " ")}" \\
-    -x -a "(jw _ids 2>/dev/null)"
+    -x -a "(__jw_ids)"
 complete -c jw -n "__fish_seen_subcommand_from completion" -x -a "bash zsh fish"
 complete -c jw -n "__fish_seen_subcommand_from stop" -s s -l signal -x -a "{_SIGNALS}"
 complete -c jw -n "__fish_seen_subcommand_from exec" -l after -l after-ok -x \\
-    -a "(jw _ids 2>/dev/null)"
+    -a "(__jw_ids)"
 complete -c jw -n "contains -- -- (commandline -opc)" -F
 {
     chr(10).join(

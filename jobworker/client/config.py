@@ -192,6 +192,12 @@ def checkServer(server: str) -> str:
             )
         except UnicodeError:
             named = False
+        if named and _isNumber(host):
+            # Digits only (2130706433, an old way to write 127.0.0.1): no
+            # name, and Twisted's TLS host check took it for an address,
+            # its check of names then raised on the reactor: jw stop, rm
+            # and login printed tracebacks and hung (new user round 34).
+            named = False
         if not named:
             # (It failed later, as "unexpected error": code review round 32;
             # a space or a % in it too: the session's review.)
@@ -199,6 +205,15 @@ def checkServer(server: str) -> str:
                 f"server's host {host!r} is not a host name (nor an address)"
             ) from None
     return host
+
+
+def _isNumber(host: str) -> bool:
+    """Does C{int()} read C{host} (as the TLS host check tells an address)?"""
+    try:
+        int(host)
+    except ValueError:
+        return False
+    return True
 
 
 def checkToken(environ: dict[str, str]) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
+from service_identity.hazmat import DNS_ID
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -34,7 +36,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..keepalive import keepAlive
-from .errors import CertificateOutOfDate, HandshakeCut, HandshakeTimeout
+from .errors import CertificateOutOfDate, ClientError, HandshakeCut, HandshakeTimeout
 from .quick import handshakeSeconds
 
 #: A policy's judgement of a server's certificate chain that failed its
@@ -62,6 +64,7 @@ class HandshakeDeadlineEndpoints:
         if uri.scheme != b"https":
             raise ValueError(f"not an https URL: {uri.toBytes()!r}")
         creator = self._policy.creatorForNetloc(uri.host, uri.port)
+        _checkableHost(uri.host.decode("ascii"))
         tcp = HostnameEndpoint(self._reactor, uri.host, uri.port)
         return _DeadlineTLSEndpoint(
             tcp,
@@ -70,6 +73,29 @@ class HandshakeDeadlineEndpoints:
             self._keepalive,
             getattr(self._policy, "outOfDate", None),
         )
+
+
+def _checkableHost(host: str) -> None:
+    """
+    Refuse a C{host} that Twisted's TLS host check would take for a name
+    and L{service_identity} refuse as one (digits only, as C{2130706433}):
+    that check raises on the reactor as the connection is made, and the
+    request was never answered (jw hung, after two tracebacks: new user
+    round 34). C{checkServer} refuses such hosts first; this is the
+    backstop of every request.
+
+    @raise ClientError: such a host.
+    """
+    if isIPAddress(host) or isIPv6Address(host):
+        return
+    try:
+        DNS_ID(host)
+    except ValueError:
+        raise ClientError(
+            f"cannot reach a server named {host!r}: the TLS host check "
+            "takes it for neither a host name nor an address; name the "
+            "server by a host name, or by its address (1.2.3.4)"
+        ) from None
 
 
 @implementer(IStreamClientEndpoint)

@@ -438,7 +438,12 @@ def _execOptions(command: Any) -> None:
         metavar="ID",
         help="start after ID COMPLETED (else fail without running)",
     )
-    add("--priority", type=int, metavar="N", help="queue priority (-100..100, 0)")
+    add(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="queue priority (-100..100, 0; above 0: Admins only)",
+    )
     add("--label", "-l", action="append", default=[], metavar="K=V", help="a label")
     add("--env", "-e", action="append", default=[], metavar="K=V", help="a variable")
     add("--cwd", help="working directory of the job")

@@ -48,12 +48,14 @@ def credentials(
     environ: dict[str, str],
     user: str | None = None,
     beforePrompt: Callable[[], None] = lambda: None,
+    skipped: str = "",
 ) -> tuple[str, str]:
     """
     C{JW_USER} (or the configured user)/C{JW_PASSWORD}, else a prompt on
     the terminal; the password is asked once C{beforePrompt()} (the check
     that the server can be reached and is trusted,
     L{probeServer<jobworker.client.quick.probeServer>}) passed.
+    C{skipped}: why a login kept is not used (said with no terminal).
     """
     user = environ.get("JW_USER") or user
     password = givenPassword(environ)
@@ -64,9 +66,16 @@ def credentials(
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        raise UsageFailure(
-            "no terminal to ask for credentials: set JW_USER and JW_PASSWORD"
-        ) from None
+        # With the user known, the password alone is missing (it said "set
+        # JW_USER and JW_PASSWORD", JW_USER set, another's login kept: new
+        # user round 34).
+        need = (
+            f"set JW_PASSWORD for {user} (JW_USER and JW_PASSWORD for another "
+            f"user), or jw login as {user}{skipped}"
+            if user
+            else "set JW_USER and JW_PASSWORD"
+        )
+        raise UsageFailure(f"no terminal to ask for credentials: {need}") from None
     try:
         with _interruptible(fd):
             if not user:
@@ -278,7 +287,16 @@ class Session:
 
             probeServer(server, ca)
 
-        user, password = credentials(environ, known, reachable)
+        owner = None
+        if verb != "login" and not saved:
+            # (Read already, by loadToken: jw login reads it when it saves.)
+            owner = savedUser(tokensFile, server)
+        skipped = (
+            f" (the login kept for {server} is {owner}'s, not {known}'s)"
+            if owner is not None and known is not None and owner != known
+            else ""
+        )
+        user, password = credentials(environ, known, reachable, skipped)
         client = connect(reactor, server, ca, user, password)
         # An expired login is renewed with the password now given.
         return cls(client, server, tokensFile, renew=saved and token is None)

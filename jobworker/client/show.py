@@ -93,7 +93,46 @@ def duration(job: dict[str, Any], now: float) -> str:
 
 def commandLine(job: dict[str, Any]) -> str:
     """The command as a shell would need it typed (quoted), printable."""
-    return printable(shlex.join([job["command"], *job["args"]]))
+    return printable(
+        " ".join(shellWord(word) for word in [job["command"], *job["args"]])
+    )
+
+
+#: The escapes of bash's C{$'...'} by a letter: those Python shows too
+#: (the others as C{\\xHH}, as in jw's other lines).
+_LETTERS = {
+    "\t": "\\t",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\\": "\\\\",
+    "'": "\\'",
+}
+
+
+def shellWord(word: str) -> str:
+    """
+    C{word} as bash needs it typed: as C{shlex.quote} does, unless it has a
+    character that is not printable (a newline, an escape, a direction
+    mark): then in bash's C{$'...'}, each such character as its escape.
+    (Shown as Python escapes in C{'...'}, C{printf $'a\\nb'} and C{printf
+    'a\\nb'} looked alike: new user round 34.)
+    """
+    if word.isprintable():
+        return shlex.quote(word)
+    return "$'" + "".join(_escaped(c) for c in word) + "'"
+
+
+def _escaped(c: str) -> str:
+    if c in _LETTERS:
+        return _LETTERS[c]
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def outcome(job: dict[str, Any]) -> str:

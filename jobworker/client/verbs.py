@@ -85,14 +85,29 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     return dict(pair(each, flag) for each in items)
 
 
+#: The oldest C{--older-than}, as the API takes it (C{older_than_seconds}:
+#: 0 to 100 years; a test checks it against the server's).
+MAX_AGE = 100 * 366 * 86400
+
+
 def parseAge(text: str) -> float:
-    """C{90s}, C{30m}, C{12h}, C{7d}, C{2w} (or plain seconds) -> seconds."""
+    """
+    C{90s}, C{30m}, C{12h}, C{7d}, C{2w} (or plain seconds) -> seconds.
+
+    @raise BadArguments: not an age, or over L{MAX_AGE} (it was the
+        server's 400, in the API's words, exit 1: new user round 34).
+    """
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
     if not match:
         raise BadArguments(
             f"--older-than: {text!r} is not an age like {DURATION_EXAMPLES}"
         )
-    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if not seconds <= MAX_AGE:  # (inf too: 400 digits)
+        raise BadArguments(
+            f"--older-than must be at most 100 years ({MAX_AGE // 86400}d)"
+        )
+    return seconds
 
 
 def execRequest(options: argparse.Namespace) -> dict[str, Any]:

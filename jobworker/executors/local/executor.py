@@ -77,6 +77,7 @@ from .sandbox import (
     checkCommand,
 )
 from .spawner import Spawner, SpawnerGone
+from .stalls import WATCH, StallWatch
 from .stdin import StdinFeed
 
 __all__ = ["ISOLATION", "SETSID", "SpawnRefused"]
@@ -257,8 +258,11 @@ class LocalExecutor:
         oomScore: int | None = None,
         lookUpInThread: RunInThread | None = None,
         umask: int | None = None,
+        stallWatch: StallWatch | None = WATCH,
     ) -> None:
         """
+        @param stallWatch: watches the reactor's reads of the jobs' pipes,
+            and kills a job that holds one (L{StallWatch}; None: none).
         @param lookUpInThread: where the dynamic uids are looked up in the
             user database (default: C{runInThread}): a daemon thread, which
             no exit waits for, since a network directory may hang.
@@ -333,6 +337,8 @@ class LocalExecutor:
         self._runnable = RunnableChecks(reactor)
         #: The process-group numbers of the live jobs.
         self._groups = GroupNumbers(pidReused, groupTakenOver)
+        #: Watches the reactor's reads of the jobs' pipes (L{StallWatch}).
+        self._stallWatch = stallWatch
         #: Jobs ended with processes still to kill (L{LeftoverJournal}).
         self._leftovers = LeftoverJournal(
             os.path.join(os.path.dirname(jobsDir), LEFTOVERS)
@@ -640,6 +646,7 @@ class LocalExecutor:
             groups=self._groups,
             leftovers=self._leftovers,
             uid=identity.uid,
+            stallWatch=self._stallWatch,
         )
         job.onStop = self._saveStop
         job.whenCleanedUp().addCallback(lambda _: self.release(identity))

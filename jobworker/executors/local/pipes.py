@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
+from .stalls import Slot, StallWatch
+
 #: F_SETPIPE_SZ (Linux), absent from older Pythons' fcntl module.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: What one read of a quiet stream asks for: the default pipe's capacity.
@@ -73,8 +75,17 @@ class PipeDrain:
         reader: Any,
         heavy: Callable[[Any], bool] | None = None,
         spool: Capped | None = None,
+        watch: Slot | None = None,
+        stalled: Callable[[float], None] | None = None,
     ) -> None:
+        """
+        @param watch: where each read is shown while it is in progress (the
+            reactor thread's L{Slot}), with C{stalled}, what kills the job if
+            it holds the pipe's lock; None: not watched.
+        """
         self._reader = reader
+        self._watch = watch if stalled is not None else None
+        self._stalled = stalled
         self._fd: int = reader.fileno()
         self._size = QUIET_READ
         #: Offered the reader once its stream turns heavy; True: a thread
@@ -83,7 +94,16 @@ class PipeDrain:
         self._spool = spool
 
     def __call__(self) -> object:
-        data = readSome(self._fd, self._size)
+        watch = self._watch
+        if watch is None:
+            data = readSome(self._fd, self._size)
+        else:
+            watch.reads += 1
+            watch.stalled = self._stalled
+            try:
+                data = readSome(self._fd, self._size)
+            finally:
+                watch.stalled = None
         if not isinstance(data, bytes):
             return data
         full = len(data) == self._size
@@ -119,15 +139,19 @@ def drainInLargeReads(
     transport: object,
     heavy: Callable[[int, Any], bool] | None = None,
     spools: dict[int, Capped] | None = None,
+    watch: StallWatch | None = None,
+    stalled: Callable[[float], None] | None = None,
 ) -> None:
     """
     Give the output readers (fds 1 and 2) of a process transport made by
     C{reactor.spawnProcess} a L{PipeDrain}; C{heavy(fd, reader)} is offered
     each reader whose stream turns heavy; C{spools}, by fd, where each
-    stream goes (paced past its cap). A transport without pipes (a test's
-    fake) is left alone.
+    stream goes (paced past its cap); C{watch} sees each read, C{stalled}
+    kills the job that holds one (L{StallWatch}). Writes to its stdin are
+    watched alike. A transport without pipes (a test's fake) is left alone.
     """
     pipes = getattr(transport, "pipes", {})
+    slot = watch.slot() if pipes and watch is not None and stalled else None
     for name in (1, 2):
         reader = pipes.get(name)
         if reader is not None:
@@ -135,7 +159,24 @@ def drainInLargeReads(
             # the instance's attribute, so this replaces only that method.
             offer = None if heavy is None else partial(heavy, name)
             spool = None if spools is None else spools.get(name)
-            reader.doRead = PipeDrain(reader, offer, spool)
+            reader.doRead = PipeDrain(reader, offer, spool, slot, stalled)
+    writer = pipes.get(0)
+    if writer is not None and slot is not None and stalled is not None:
+        writer.doWrite = partial(_watchedWrite, writer.doWrite, slot, stalled)
+
+
+def _watchedWrite(
+    doWrite: Callable[[], object],
+    watch: Slot,
+    stalled: Callable[[float], None],
+) -> object:
+    """A stdin writer's C{doWrite}, shown to the watch while it runs."""
+    watch.reads += 1
+    watch.stalled = stalled
+    try:
+        return doWrite()
+    finally:
+        watch.stalled = None
 
 
 def writeAtOnce(transport: Any, childFD: int, data: bytes) -> None:

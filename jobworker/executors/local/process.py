@@ -24,6 +24,7 @@ from .leftovers import LeftoverJournal
 from .pipes import drainInLargeReads, writeAtOnce
 from .pump import Pumps
 from .sandbox import GO
+from .stalls import StallWatch
 from .stdin import StdinFeed
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
@@ -67,7 +68,13 @@ class JobProcessProtocol(ProcessProtocol):
         else:
             self._job.stdinFeed.attach(self.transport)
         job = self._job
-        drainInLargeReads(self.transport, job.pump, {1: job.stdout, 2: job.stderr})
+        drainInLargeReads(
+            self.transport,
+            job.pump,
+            {1: job.stdout, 2: job.stderr},
+            job.stallWatch,
+            job.killStalled,
+        )
         self._job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
@@ -184,6 +191,7 @@ class JobProcess:
         groups: GroupNumbers | None = None,
         leftovers: LeftoverJournal | None = None,
         uid: int | None = None,
+        stallWatch: StallWatch | None = None,
         elapsed: Callable[[], float] = elapsedSeconds,
         endsBy: Callable[[int, int], bool | None] | None = None,
     ) -> None:
@@ -197,8 +205,14 @@ class JobProcess:
             is noted until they are gone (None: nowhere).
         @param uid: the uid it runs as (None: not known), by which a group
             number taken over by another's session is told (L{GroupNumbers}).
+        @param stallWatch: sees the reactor's reads of its pipes, and kills
+            it if it holds one (L{killStalled}); None: not watched.
         """
         self._uid = uid
+        self.stallWatch = stallWatch
+        #: Seconds the reactor waited on its pipe's lock before it was
+        #: killed for it (L{killStalled}); None: it was not.
+        self._stalledFor: float | None = None
         self._clock = reactor
         self.record = record
         self.stdout = stdout
@@ -287,7 +301,12 @@ class JobProcess:
         """
         if self._pumps is None:
             return False
-        return self._pumps.take(reader, self.stdout if fd == 1 else self.stderr)
+        return self._pumps.take(
+            reader,
+            self.stdout if fd == 1 else self.stderr,
+            self.killStalled if self.stallWatch is not None else None,
+            self.stallWatch,
+        )
 
     def recorded(self) -> None:
         """
@@ -609,6 +628,23 @@ class JobProcess:
         else:
             self._fireCleaned()
 
+    def killStalled(self, held: float) -> None:
+        """
+        The reactor's thread has waited C{held} seconds in the kernel for
+        the lock of one of this job's pipes, which the job holds (L{stalls}):
+        SIGKILL to every process of it, now, from the watch's thread (the
+        reactor's cannot run). Its end says why.
+        """
+        self._stalledFor = held
+        pgid = self._pgid
+        try:
+            if self.cgroup is not None:
+                self.cgroup.kill()
+            elif pgid is not None and (self._exit is None or self._holdsGroup()):
+                os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
     def _abandonPipes(self) -> None:
         # Something outside the group (it called setsid) holds our pipes:
         # stop reading them so the job can end.
@@ -754,6 +790,14 @@ class JobProcess:
         elif self._setupError is not None:
             status = JobStatus.FAILED
             error = self._setupError
+        elif self._stalledFor is not None:
+            status = JobStatus.FAILED
+            error = (
+                f"killed (SIGKILL): it held its output or input pipe's lock for "
+                f"{self._stalledFor:.1f} s, and the server's thread waited for it "
+                "(a write from memory that was slow to read in: its own I/O limit, "
+                "or a filesystem that hangs)"
+            )
         elif self._timedOut:
             status = JobStatus.FAILED
             error = self._timedOutError()

@@ -235,9 +235,7 @@ class SlurmPoll:
         slurmJobId = job.record.slurm_job_id or ""
         state = answers.states.get(slurmJobId)
         job.inQueue = (
-            state is not None
-            and state.state not in FINAL
-            and isOurs(job.record, state)
+            state is not None and state.state not in FINAL and isOurs(job.record, state)
         )
         exits = answers.exits
         if state is None and slurmJobId in exits:

@@ -1,0 +1,143 @@
+"""
+The reactor's reads of jobs' pipes, watched for a job that holds one.
+
+A read of a pipe, non-blocking or not, waits for the pipe's lock, which the
+writer holds while it copies from its own memory: a job that writes from a
+page of a file not in memory, under its own C{io_read_bps} limit (or from a
+filesystem that hangs), holds the lock in that page fault for as long as
+its read takes, an hour at a few bytes a second. The server's thread waited
+in the kernel all that time (D state), and every request with it: no stop,
+not even an Admin's, could reach the job (attacker round 34). A thread of
+its own looks at the read in progress every L{LOOK_EVERY} seconds; one that
+has kept the reactor's thread in the kernel for L{STALL_SECONDS} has its job
+killed (every process of it, its I/O limit lifted first), which ends the
+fault, the lock, and the wait. The job ends FAILED, saying why.
+
+Each read costs two attribute stores and an increment (L{StallWatch.reads}).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+#: Seconds a read of a job's pipe may keep the reactor's thread waiting in
+#: the kernel before the job is killed. A pipe's lock is held for the copy
+#: of one write (microseconds; milliseconds for a page read from a disk).
+STALL_SECONDS = 1.0
+
+#: How often the watch looks, in seconds.
+LOOK_EVERY = 0.25
+
+
+def inKernelWait(threadId: int) -> bool:
+    """Is the thread C{threadId} of this process waiting in the kernel (D)?"""
+    try:
+        with open(f"/proc/self/task/{threadId}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 :][:1] == b"D"
+
+
+class Slot:
+    """
+    One thread's read (or write) of a job's pipe in progress: set and
+    cleared around each by its reader (L{jobworker.executors.local.pipes.
+    PipeDrain} on the reactor's thread, L{jobworker.executors.local.pump.
+    Pump} on its own).
+
+    @ivar stalled: while a read is in progress, what kills its job (called
+        from the watch's thread with the seconds it held); None between.
+    @ivar reads: how many began (one long read told from many short ones).
+    """
+
+    __slots__ = ("reads", "seen", "since", "stalled", "threadId")
+
+    def __init__(self, threadId: int) -> None:
+        self.threadId = threadId
+        self.stalled: Callable[[float], None] | None = None
+        self.reads = 0
+        self.seen: tuple[Callable[[float], None], int] | None = None
+        self.since = 0.0
+
+
+class StallWatch:
+    """The threads that read jobs' pipes (L{Slot}s), and the one watching them."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        stallSeconds: float = STALL_SECONDS,
+        lookEvery: float = LOOK_EVERY,
+        waiting: Callable[[int], bool] = inKernelWait,
+        now: Callable[[], float] = time.monotonic,
+        watching: bool = True,
+    ) -> None:
+        """
+        @param waiting: is the thread of that (native) id waiting in the kernel?
+        @param watching: start a thread to look (False: a test calls L{look}).
+        """
+        self._watching = watching
+        self._stallSeconds = stallSeconds
+        self._lookEvery = lookEvery
+        self._waiting = waiting
+        self._now = now
+        self._slots: dict[int, Slot] = {}
+        self._thread: threading.Thread | None = None
+
+    def slot(self, threadId: int | None = None) -> Slot:
+        """
+        The calling thread's slot (C{threadId}'s), made at its first call;
+        the watch starts with the first.
+        """
+        if threadId is None:
+            threadId = threading.get_native_id()
+        slot = self._slots.get(threadId)
+        if slot is None:
+            slot = self._slots[threadId] = Slot(threadId)
+            if self._thread is None and self._watching:
+                self._thread = threading.Thread(
+                    target=self._run, name="jobworker pipe-stall watch", daemon=True
+                )
+                self._thread.start()
+        return slot
+
+    def drop(self, slot: Slot) -> None:
+        """A thread done with pipes (a pump's, ending)."""
+        if self._slots.get(slot.threadId) is slot:
+            del self._slots[slot.threadId]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._lookEvery)
+            try:
+                self.look()
+            except Exception:
+                self.log.failure("the pipe-stall watch")
+
+    def look(self) -> None:
+        """One look at each thread's read in progress (the watch's thread)."""
+        now = self._now()
+        for slot in list(self._slots.values()):
+            stalled, reads = slot.stalled, slot.reads
+            if stalled is None:
+                slot.seen = None
+                continue
+            if slot.seen != (stalled, reads):
+                slot.seen = (stalled, reads)
+                slot.since = now
+                continue
+            held = now - slot.since
+            if held >= self._stallSeconds and self._waiting(slot.threadId):
+                slot.seen = None
+                stalled(held)
+
+
+#: The process's watch (started by the first job's pipes, for the process's
+#: life: one thread, a look every L{LOOK_EVERY} seconds).
+WATCH = StallWatch()
