@@ -106,15 +106,16 @@ class BuildTests(CompilerCase):
 
     def test_warningFree(self) -> None:
         """The shipped source compiles with -Wall -Wextra -Werror -pedantic,
-        and stays small (under 1,220 lines; 260 before the environment moved
+        and stays small (under 1,260 lines; 260 before the environment moved
         to the gate, 283 before the PID namespace, 370 before the
         spawner, 890 before the keyrings, 971 before Landlock and the pipes,
         997 before the jobs' descriptor limit, 1,016 before the OOM score
         and io_setup, 1,023 before the user namespaces, 1,098 before the
         pidfd filter and the umask, 1,147 before naming a missing #!
-        interpreter, 1,151 before reaping the children it did not fork)."""
+        interpreter, 1,151 before reaping the children it did not fork, 1,207
+        before passing on a stop that came while a PID namespace was made)."""
         text = launcher.source()
-        self.assertLess(text.count(b"\n"), 1220)
+        self.assertLess(text.count(b"\n"), 1260)
         path = os.path.join(self.mktemp())
         with open(path, "wb") as f:
             f.write(text)

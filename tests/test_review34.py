@@ -809,3 +809,49 @@ class PipeHeldTests(TestCase):
         self.assertIn("held its output or input pipe's lock", ended["error"], stderr)
         code, health = await server.json("GET", "/healthz", "ada")
         self.assertEqual(code, 200, health)
+
+
+#: A job that handles TERM: it says so and exits 0.
+TRAPS_TERM = (
+    "trap 'echo got-TERM; exit 0' TERM; echo started; while :; do sleep 0.05; done"
+)
+
+
+class StopAsThePidNamespaceIsMadeTests(TestCase):
+    """
+    Code review round 34: under C{--isolate pid}, a stop that came while the
+    launcher was making the namespace was ignored there and lost: the
+    command ran, never got its TERM, and was killed at the end of the grace
+    (up to an hour). And one that handled the TERM, set up just after the
+    stop was judged, exited 0 and ended COMPLETED (its after_ok jobs ran).
+    The launcher blocks the stop signals and passes them on to the command
+    once it is forked; a process that has not run the command yet is no
+    judge of whether the stop ends it.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def stopAtOnce(self, server: LiveServer, *argv: str) -> dict[str, Any]:
+        job = await server.createJob(*argv, user="alice")
+        code, body = await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"grace_seconds": 60}
+        )
+        self.assertIn(code, (200, 202), body)
+        return await server.waitEnded(job["id"], timeout=30)
+
+    async def test_stopNeverLost(self) -> None:
+        server = LiveServer(self, "--isolate=pid")
+        for _ in range(12):
+            ended = await self.stopAtOnce(server, "sleep", "30")
+            self.assertEqual(
+                (ended["status"], ended["signal"]), ("STOPPED", "SIGTERM"), ended
+            )
+
+    async def test_handledStopIsAStop(self) -> None:
+        server = LiveServer(self, "--isolate=pid")
+        for _ in range(12):
+            ended = await self.stopAtOnce(server, "sh", "-c", TRAPS_TERM)
+            self.assertEqual(ended["status"], "STOPPED", ended)

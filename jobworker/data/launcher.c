@@ -395,6 +395,25 @@ static void becomeJob(uid_t uid, gid_t gid, size_t count) {
  * wait status from (see forkJob); the parent waits for the child and
  * exits as the job did, as unshare --fork --kill-child does. */
 static const int stopSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM};
+#define STOPS (sizeof stopSignals / sizeof *stopSignals)
+
+static void blockStops(void) {
+    sigset_t stops;
+    sigemptyset(&stops);
+    for (size_t i = 0; i < STOPS; i++)
+        sigaddset(&stops, stopSignals[i]);
+    if (sigprocmask(SIG_BLOCK, &stops, NULL) != 0)
+        die(SETUP_FAILED, "sigprocmask", NULL, errno);
+}
+
+/* The stop signals pending here (blocked), sent to pid: a stop that came
+ * before that child was forked is its. */
+static void passStops(const sigset_t *pending, pid_t pid) {
+    for (size_t i = 0; i < STOPS; i++)
+        if (sigismember(pending, stopSignals[i]))
+            kill(pid, stopSignals[i]);
+}
+
 static int becomeInit(int *report) {
     int alive[2], job[2];
     if (pipe2(alive, O_CLOEXEC) != 0 || pipe2(job, O_CLOEXEC) != 0)
@@ -405,13 +424,14 @@ static int becomeInit(int *report) {
     if (child == 0) {
         close(alive[1]);
         close(job[0]);
-        for (size_t i = 0; i < sizeof stopSignals / sizeof *stopSignals; i++)
-            signal(stopSignals[i], SIG_DFL);  /* ignored since launch() */
-        *report = job[1];
+        *report = job[1];  /* (the stop signals still blocked: forkJob) */
         return alive[0];
     }
     close(alive[0]);
     close(job[1]);
+    sigset_t pending;
+    if (sigpending(&pending) == 0)
+        passStops(&pending, child);  /* pending there until forkJob */
     int status, jobStatus;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR)
@@ -447,9 +467,13 @@ static int becomeInit(int *report) {
  * writes its wait status to REPORT and exits (the namespace's rest is
  * killed). Returns in the command's process. */
 static void forkJob(int report) {
-    sigset_t all, before;
+    sigset_t all, before, pending;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &before);
+    for (size_t i = 0; i < STOPS; i++)
+        sigdelset(&before, stopSignals[i]);  /* blocked since launch() */
+    if (sigpending(&pending) != 0)
+        sigemptyset(&pending);
     pid_t job = fork();
     if (job < 0)
         die(SETUP_FAILED, "fork", NULL, errno);
@@ -458,6 +482,7 @@ static void forkJob(int report) {
         sigprocmask(SIG_SETMASK, &before, NULL);
         return;
     }
+    passStops(&pending, job);  /* a stop while the namespace was made */
     /* The job's pipes are the job's: its stdin's writer sees EPIPE when
      * the job closes it, and its output ends with the job's processes. */
     for (int fd = 0; fd <= 2; fd++)
@@ -540,10 +565,12 @@ static int launch(int argc, char **argv) {
     }
     /* With a PID namespace, a stop's signal is for the job, PID 1, which
      * gets it only if it handles it; this process waits and ends as the job
-     * does. Ignored from here on (a stop while the namespace is being made
-     * is not the job's end); SIGKILL of the group ends everything. */
-    for (size_t i = 0; pidNamespace && i < sizeof stopSignals / sizeof *stopSignals; i++)
-        signal(stopSignals[i], SIG_IGN);
+     * does. Blocked from here on, and passed on to the command once it is
+     * forked (becomeInit, forkJob): ignored, a stop while the namespace was
+     * being made was lost, and the job ran its grace out (code review 34).
+     * SIGKILL of the group ends everything. */
+    if (pidNamespace)
+        blockStops();
     if (*options == '\0' || *start != '/' || (gateEnvironment && !gate))
         usage("bad OPTIONS or START", NULL);
     uid_t uid = (uid_t)number(argv[3], MAX_ID, "bad UID");

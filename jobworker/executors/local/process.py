@@ -436,6 +436,11 @@ class JobProcess:
             )
             self._stopWouldEnd = self._wouldEnd(how.signal)
             self._terminate(how)
+            if self._stopWouldEnd and self._wouldEnd(how.signal) is False:
+                # It set up a handler between the look and the signal (a
+                # shell's trap as it starts): the signal is its to handle,
+                # its exit 0 the stop's doing (code review 34).
+                self._stopWouldEnd = False
         else:
             # Being stopped already, by a user or its timeout (whose end,
             # FAILED "timed out", stands: the stop was taken for the first,
@@ -454,7 +459,15 @@ class JobProcess:
         if self._pgid is None:
             return None
         command = commandOf(self._pgid, self.commandDepth)
-        return None if command is None else self._endsBy(command, signum)
+        if command is None:
+            return None
+        if self.commandDepth and samePrograms(command, self._pgid):
+            # Not the command yet: the launcher's init has forked it, and it
+            # has not run it (its signals are the launcher's; a handler the
+            # command sets up comes after: its exit 0 on the stop's TERM was
+            # taken for an end of its own, COMPLETED: code review 34).
+            return None
+        return self._endsBy(command, signum)
 
     def _exitedUnreported(self) -> bool:
         """
@@ -1073,6 +1086,14 @@ def commandOf(pid: int, depth: int) -> int | None:
             return None
         pid = int(children[0])
     return pid
+
+
+def samePrograms(pid: int, other: int) -> bool:
+    """Do C{pid} and C{other} run the same program file (True if unknown)?"""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{other}/exe")
+    except OSError:
+        return True
 
 
 def signalGroup(pgid: int, signum: int) -> bool:
