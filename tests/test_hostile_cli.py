@@ -433,7 +433,7 @@ class JobDataEscapedTests(TestCase):
         out, err, code = await runJW(server.url, "list", "--wide", user="ada")
         self.assertEqual(code, 0, err)
         self.assertInert(out, 2)
-        self.assertIn(rb"'true\u202e' '\x1b]0;owned\x07\x1b[2J' 'x\nFAKE ROW'", out)
+        self.assertIn(rb"$'true\u202e' $'\x1b]0;owned\x07\x1b[2J' $'x\nFAKE ROW'", out)
 
     async def test_statusEscapes(self) -> None:
         """jw status shows every field's escapes as text."""
@@ -443,7 +443,7 @@ class JobDataEscapedTests(TestCase):
         out, err, code = await runJW(server.url, "status", job["id"], user="ada")
         self.assertEqual(code, 0, err)
         self.assertInert(out, len(re.findall(rb"(?m)^[a-z_]+: ", out)))
-        self.assertRegex(out, rb"command: +'true\\u202e'")
+        self.assertRegex(out, rb"command: +\$'true\\u202e'")
         self.assertRegex(out, rb"cwd: +/no/such\\x1b\]0;owned\\x07\\x1b\[2J\n")
 
     async def test_stopEscapes(self) -> None:

@@ -855,3 +855,25 @@ class StopAsThePidNamespaceIsMadeTests(TestCase):
         for _ in range(12):
             ended = await self.stopAtOnce(server, "sh", "-c", TRAPS_TERM)
             self.assertEqual(ended["status"], "STOPPED", ended)
+
+
+class NewUserServerWordsTests(SynchronousTestCase):
+    """New user round 34: two of the server's own words."""
+
+    def test_assignmentAsACommand(self) -> None:
+        """C{jw exec -- FOO=1 env}, an ssh habit: the way to set one is said."""
+        from jobworker.executors.local.sandbox import checkCommand
+
+        why = checkCommand("FOO=1")
+        self.assertIsNotNone(why)
+        self.assertIn("--env NAME=VALUE", why or "")
+        self.assertIn("'FOO=1'", why or "")
+        self.assertIsNone(checkCommand("env"))
+
+    def test_descriptorsPerJobInHelp(self) -> None:
+        """--max-running's help said 8 descriptors a job; the code counts 9."""
+        from jobworker.server.descriptors import PER_JOB
+        from jobworker.server.options import Options
+
+        [help] = [o[3] for o in Options.optParameters if o[0] == "max-running"]
+        self.assertIn(f"{PER_JOB} each", help)

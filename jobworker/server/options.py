@@ -31,6 +31,7 @@ from ..jobs.policy import (
 from ..jobs.validation import MAX_TIMEOUT
 from ..keepalive import MOST as MOST_KEEPALIVE
 from ..units import parseSize
+from .descriptors import PER_JOB
 
 #: Connections in all, by default (--max-connections).
 MAX_CONNECTIONS = 1024
@@ -327,7 +328,8 @@ class Options(usage.Options):
             None,
             None,
             "At most this many jobs run at once; more wait in the queue. Local "
-            "jobs: never more than half the descriptor limit holds, 8 each.",
+            "jobs: never more than half the descriptor limit holds, "
+            f"{PER_JOB} each.",
             wholeNumber,
         ],
         [

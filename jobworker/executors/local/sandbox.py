@@ -223,7 +223,12 @@ def checkCommand(command: str) -> str | None:
     name containing C{=} for a variable to set.
     """
     if "=" in command:
-        return "a command whose name contains '=' cannot be run as another user"
+        # (jw exec -- FOO=1 env: a shell's habit; jw runs no shell.)
+        return (
+            f"a command whose name contains '=' cannot be run as another user "
+            f'({command!r}: to set a variable, give it in "env" (jw exec '
+            "--env NAME=VALUE); the command is run as is, no shell reads it)"
+        )
     return None
 
 
