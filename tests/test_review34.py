@@ -40,6 +40,7 @@ from jobworker.jobs.recovery import (
     processStartTime,
     sessionMembers,
 )
+from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, RecordDamaged
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
@@ -48,6 +49,7 @@ from tests.support import LiveServer, sleep
 from tests.test_identity import aliceMappedTo, keyCalls, makeAccount, output
 from tests.test_process import GRACE, PID, JobProcessTestCase
 from tests.test_recovery import missingPid
+from tests.test_slurmdefects18 import SlurmCase
 from tests.test_slurmdependencies import DependencyCase
 from tests.test_slurmunit import FakeCommands, state
 
@@ -877,3 +879,29 @@ class NewUserServerWordsTests(SynchronousTestCase):
 
         [help] = [o[3] for o in Options.optParameters if o[0] == "max-running"]
         self.assertIn(f"{PER_JOB} each", help)
+
+
+class StopOfAJobJustStartedTests(SlurmCase):
+    """
+    Slurm round 34: a job Slurm had started, the last poll still seeing it
+    queued (PENDING here), was stopped with a plain scancel: no --signal,
+    no grace, though jw said "KILL follows after the grace". Slurm is asked
+    afresh: a job that runs gets the stop's signal and grace.
+    """
+
+    def test_runningGetsTheStopsSignal(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("PENDING")})
+        self.commands.nowSays = {"101": state("RUNNING")}
+        self.manager.stop(
+            record.id, "alice", StopRequest(signal=signal.SIGUSR1, grace=30.0)
+        )
+        self.assertEqual(self.commands.signals, [("101", "USR1")])
+        self.assertEqual(self.commands.cancels, [])
+
+    def test_queuedCancelled(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("PENDING")})
+        self.manager.stop(record.id, "alice", StopRequest(grace=30.0))
+        self.assertEqual(self.commands.signals, [])
+        self.assertEqual(self.commands.cancels, ["101"])

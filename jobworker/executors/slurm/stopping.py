@@ -22,7 +22,7 @@ from .accounts import SlurmAccounts
 from .commands import SlurmCommands
 from .documents import SlurmError
 from .job import EndedInSlurm, SlurmJob, isOurs
-from .outcomes import FINAL
+from .outcomes import FINAL, QUEUED
 from .submission import jobName
 
 #: Seconds before a stop's scancel that Slurm did not take (slurmctld down)
@@ -77,7 +77,9 @@ class SlurmStops:
         assert slurmJobId is not None
         owner = self.ownerOf(job)
         try:
-            if job.record.status is JobStatus.PENDING:
+            if job.record.status is JobStatus.PENDING and not await self._runsYet(
+                job, slurmJobId
+            ):
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
                 return
             if how.signal == signal.SIGKILL:
@@ -120,6 +122,24 @@ class SlurmStops:
         job.record.stop_requested_at = now
         self._save(job.record)
         self.escalate(job, grace)
+
+    async def _runsYet(self, job: SlurmJob, slurmJobId: str) -> bool:
+        """
+        Does Slurm run a job the last poll saw queued? It may have started
+        since: then the stop's signal and grace are its, as for a job seen
+        running (a plain cancel gave it neither: Slurm round 34). Not known
+        (Slurm not answering): cancelled, as a queued job.
+        """
+        try:
+            now = await self._commands.stateOf(slurmJobId)
+        except SlurmError:
+            return False
+        return (
+            now is not None
+            and isOurs(job.record, now)
+            and now.state not in QUEUED
+            and now.state not in FINAL
+        )
 
     async def _endedInSlurm(self, job: SlurmJob, slurmJobId: str) -> bool:
         """
