@@ -905,3 +905,48 @@ class StopOfAJobJustStartedTests(SlurmCase):
         self.manager.stop(record.id, "alice", StopRequest(grace=30.0))
         self.assertEqual(self.commands.signals, [])
         self.assertEqual(self.commands.cancels, ["101"])
+
+
+#: A site's sbatch wrapper: a banner, then sbatch's own answer.
+BANNER_SBATCH = """#!/bin/sh
+echo "Welcome to the cluster. Jobs are accounted to your group."
+echo "4242;cluster1"
+"""
+
+
+class SbatchBannerTests(TestCase):
+    """
+    Slurm round 34: an sbatch that printed a line before the job id (a
+    site's wrapper) was "Slurm refused the job", FAILED, while Slurm ran
+    the job. The id is its last line that is one; an answer with none is
+    looked up by name before it is said no to (and cancelled by name).
+    """
+
+    async def test_idAfterABanner(self) -> None:
+        from twisted.internet import reactor
+
+        from jobworker.executors.slurm.commands import SlurmCommands
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "sbatch"), "w") as f:
+            f.write(BANNER_SBATCH)
+        os.chmod(os.path.join(folder, "sbatch"), 0o755)  # noqa: S103
+        commands = SlurmCommands(reactor, env={"PATH": f"{folder}:/usr/bin:/bin"})
+        self.assertEqual(await commands.submit([], ["/bin/true"]), "4242")
+
+
+class UnreadSbatchAnswerTests(_SlurmQueue):
+    maxRunning = 10
+
+    def test_lookedUpByName(self) -> None:
+        record = self.create()
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[-1][2].errback(
+            SlurmError("sbatch: unexpected answer 'Welcome'", unread=True)
+        )
+        self.assertEqual(len(self.commands.lookUps), 1)
+        self.commands.lookUps[-1].callback(
+            {"77": state("PENDING", jobName=f"jobworker-{record.id}")}
+        )
+        self.assertEqual(self.successResultOf(accepted).slurm_job_id, "77")

@@ -203,10 +203,16 @@ class SlurmCommands:
         out = self._check(
             "sbatch", await self.run(*argv, identity=identity, env=self._submitEnv)
         )
-        jobId = out.strip().split(";")[0]
-        if not jobId.isdigit():
-            raise SlurmError(f"sbatch: unexpected answer {out.strip()[:100]!r}")
-        return jobId
+        # Its last line that is an id ("42", or "42;cluster"): a site's
+        # sbatch wrapper may print a banner first (every job was FAILED
+        # "Slurm refused the job", Slurm ran it: Slurm round 34).
+        for line in reversed(out.strip().splitlines()):
+            jobId = line.strip().split(";")[0]
+            if jobId.isdigit():
+                return jobId
+        raise SlurmError(
+            f"sbatch: unexpected answer {out.strip()[:100]!r}", unread=True
+        )
 
     async def states(self, ids: list[str]) -> dict[str, SlurmState]:
         """

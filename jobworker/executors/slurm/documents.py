@@ -44,11 +44,18 @@ _LAST_SIGNAL = 31
 
 
 class SlurmError(Exception):
-    """A Slurm command failed; C{unreachable} if slurmctld could not be reached."""
+    """
+    A Slurm command failed; C{unreachable} if slurmctld could not be
+    reached; C{unread} if it may have done what it was asked but its answer
+    could not be read (an sbatch that printed no job id).
+    """
 
-    def __init__(self, message: str, unreachable: bool = False) -> None:
+    def __init__(
+        self, message: str, unreachable: bool = False, unread: bool = False
+    ) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.unread = unread
 
 
 @dataclass(frozen=True)

@@ -350,16 +350,18 @@ class SlurmExecutor:
         except SlurmError as e:
             self._unreachable(e)
             found = None
-            if e.unreachable and not _neverSent(e):
+            mayBeQueued = (e.unreachable and not _neverSent(e)) or e.unread
+            if mayBeQueued:
                 # sbatch may have queued the job and then lost the answer
-                # (a timeout): look before saying no, and make sure a job
-                # we say no to never runs.
+                # (a timeout), or said it in words we cannot read: look
+                # before saying no, and make sure a job we say no to never
+                # runs.
                 found = await self._poller.lookUpQuietly(record)
             if found is None:
                 self.log.warn(
                     "sbatch refused job {job}: {error}", job=record.id, error=str(e)
                 )
-                if e.unreachable and not _neverSent(e):
+                if mayBeQueued:
                     self._stops.cancelByName(record.id, identity)
                 job.refused(e)
                 return
