@@ -1089,11 +1089,15 @@ def commandOf(pid: int, depth: int) -> int | None:
 
 
 def samePrograms(pid: int, other: int) -> bool:
-    """Do C{pid} and C{other} run the same program file (True if unknown)?"""
+    """
+    Do C{pid} and C{other} run the same program file? False if it cannot be
+    told (one has ended: a zombie has no C{exe}, and L{endsByDefault} knows
+    what its end means).
+    """
     try:
         return os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{other}/exe")
     except OSError:
-        return True
+        return False
 
 
 def signalGroup(pgid: int, signum: int) -> bool:
