@@ -16,7 +16,7 @@ import tempfile
 from typing import Any
 
 import treq
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +27,7 @@ from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.leftovers import LeftoverJournal
 from jobworker.executors.local.process import GroupNumbers, JobProcessProtocol
 from jobworker.executors.local.stalls import StallWatch
-from jobworker.executors.slurm.documents import SlurmError
+from jobworker.executors.slurm.documents import SlurmError, SlurmState
 from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.jobs.manager import JobManager
 from jobworker.jobs.placement import SlurmAllowances
@@ -44,6 +44,7 @@ from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, RecordDamaged
 from jobworker.jobs.validation import parseJobRequest
 from jobworker.metrics import Metrics
+from tests import test_slurmunit as unit
 from tests.fakes import FakeProcessReactor
 from tests.support import LiveServer, sleep
 from tests.test_identity import aliceMappedTo, keyCalls, makeAccount, output
@@ -950,3 +951,46 @@ class UnreadSbatchAnswerTests(_SlurmQueue):
             {"77": state("PENDING", jobName=f"jobworker-{record.id}")}
         )
         self.assertEqual(self.successResultOf(accepted).slurm_job_id, "77")
+
+
+class HungAccountingTests(SynchronousTestCase):
+    """
+    Slurm round 34: accounting (sacct) was asked within each poll and
+    waited for: one that hung (slurmdbd gone: its 60 s deadline) held every
+    other job's state back by that long at each poll ("echo hi" read
+    PENDING 92 s after it ended). Accounting is asked apart; the poll goes
+    on, and takes its answer in once it comes.
+    """
+
+    setUp = unit.ExecutorTests.setUp
+    makeManager = unit.ExecutorTests.makeManager
+    submit = unit.ExecutorTests.submit
+    poll = unit.ExecutorTests.poll
+
+    def test_otherJobsNotHeldBack(self) -> None:
+        purged = self.submit("false")
+        self.poll({"101": state("RUNNING")})
+        asked: list[Deferred[dict[str, list[SlurmState]]]] = []
+
+        def accounting(ids: list[str]) -> Deferred[dict[str, list[SlurmState]]]:
+            d: Deferred[dict[str, list[SlurmState]]] = Deferred()
+            asked.append(d)
+            return d
+
+        self.patch(self.commands, "accounting", accounting)
+        other = self.submit("true")
+        # 101 is gone from squeue: accounting is asked, and hangs.
+        self.poll({"102": state("RUNNING")})
+        self.assertEqual(len(asked), 1)
+        self.assertIs(self.manager.record(other.id).status, JobStatus.RUNNING)
+        self.poll({"102": state("COMPLETED")})
+        self.assertIs(self.manager.record(other.id).status, JobStatus.COMPLETED)
+        self.assertEqual(len(asked), 1)  # (not asked again while in flight)
+        self.assertIs(self.manager.record(purged.id).status, JobStatus.RUNNING)
+        # It answers: the next poll takes it in.
+        asked[0].callback(
+            {"101": [state("FAILED", 3, jobName=f"jobworker-{purged.id}")]}
+        )
+        self.poll({})
+        final = self.manager.record(purged.id)
+        self.assertEqual((final.status, final.exit_code), (JobStatus.FAILED, 3))

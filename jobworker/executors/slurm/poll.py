@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ...jobs.records import JobRecord
 from .commands import SlurmCommands
@@ -76,6 +78,13 @@ class SlurmPoll:
         #: When accounting was first unreadable for each job squeue no
         #: longer knows, by jobworker id (see L{ACCOUNTING_PATIENCE}).
         self._unreadSince: dict[str, float] = {}
+        #: An accounting call in flight (L{_askAccounting}), and the answer
+        #: of the last one, not taken in by a poll yet: the Slurm ids it
+        #: was asked about, and what it said (None: it could not be read).
+        self._accounting: Deferred[None] | None = None
+        self._accountedNow: (
+            tuple[frozenset[str], dict[str, SlurmState] | None] | None
+        ) = None
 
     async def lookUpQuietly(self, record: JobRecord) -> str | None:
         try:
@@ -168,14 +177,47 @@ class SlurmPoll:
         answers = _Answers(states, await self._exits(ended) if ended else {})
         gone = [i for i in ids if i not in states]
         if gone:
-            accounted = await self._accounted(gone, submitted)
-            if accounted is None:
-                answers.unread.update(gone)
-            else:
-                answers.exits.update(accounted)
+            # Asked apart, not waited for: a sacct that hangs (slurmdbd
+            # gone) held every other job's state back by its 60 s deadline
+            # at each poll (Slurm round 34). Its answer is taken in by the
+            # poll that finds it (this one, if it came at once); till then
+            # those jobs are kept as they are.
+            self._askAccounting(gone, submitted)
+            covered, accounted = self._accountedNow or (frozenset(), None)
+            self._accountedNow = None
+            for slurmJobId in gone:
+                if slurmJobId not in covered or accounted is None:
+                    answers.unread.add(slurmJobId)
+                elif slurmJobId in accounted:
+                    answers.exits[slurmJobId] = accounted[slurmJobId]
         for job in searching:
             answers.found[job.record.id] = await self._lookUp(job.record)
         return answers
+
+    def _askAccounting(self, gone: list[str], jobs: list[SlurmJob]) -> None:
+        """
+        Ask accounting about C{gone} (L{_accounted}), unless a call is in
+        flight or an answer waits to be taken in.
+        """
+        if self._accounting is not None or self._accountedNow is not None:
+            return
+        covered = frozenset(gone)
+
+        def answered(result: dict[str, SlurmState] | None) -> None:
+            self._accounting = None
+            self._accountedNow = (covered, result)
+
+        def failed(failure: Failure) -> None:
+            self._accounting = None
+            self.log.failure("asking Slurm's accounting", failure)
+
+        self._accounting = (
+            ensureDeferred(self._accounted(gone, jobs))
+            .addCallback(answered)
+            .addErrback(failed)
+        )
+        if self._accounting.called:
+            self._accounting = None
 
     async def _exits(self, ended: list[str]) -> dict[str, SlurmState]:
         """
