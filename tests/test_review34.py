@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import treq
@@ -994,3 +995,111 @@ class HungAccountingTests(SynchronousTestCase):
         self.poll({})
         final = self.manager.record(purged.id)
         self.assertEqual((final.status, final.exit_code), (JobStatus.FAILED, 3))
+
+
+#: Children made with clone(CLONE_PARENT) that all exit at time argv[1].
+TOGETHER = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+PARENT, SIGCHLD = 0x8000, 17
+at = float(sys.argv[1])
+for _ in range(40):
+    got = libc.syscall(56, PARENT | SIGCHLD, 0, 0, 0, 0)
+    if got == 0:
+        time.sleep(max(0, at - time.time()))
+        os._exit(0)
+print("made", flush=True)
+time.sleep(60)
+"""
+
+
+class StrangersBehindAnUnreapedEndTests(TestCase):
+    """
+    Session review 34: while an earlier job's end waited for the server's
+    'R' (the reactor busy for a second), strangers whose SIGCHLDs came as
+    one were not reaped: the look stopped at that job's zombie, and none
+    was taken again. The spawner now reaps every child /proc lists that it
+    did not fork, at each SIGCHLD and each 'R'.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        keyCalls(self)
+
+    async def test_reapedOnceTheEarlierEndIsTakenIn(self) -> None:
+        uid = 64996
+        makeAccount(self, "jwtogether", uid)
+        server = LiveServer(self, f"--users={aliceMappedTo(self, 'jwtogether')}")
+        first = await server.createJob("sleep", "1", user="bob")
+        at = time.time() + 1.5
+        await server.createJob(
+            "/usr/bin/python3", "-c", TOGETHER, f"{at}", user="alice"
+        )
+        await sleep(0.8)
+        time.sleep(1.5)  # (the reactor busy as both end: a slow request)
+        await server.waitEnded(first["id"])
+        for _ in range(60):
+            if not zombiesOf(uid):
+                break
+            await sleep(0.1)
+        self.assertEqual(zombiesOf(uid), [])
+
+
+#: Steady output, 8 MiB a second in 64 KiB writes, for 8 s.
+STEADY = """
+import os, time
+chunk = b"x" * 65536
+end = time.monotonic() + 8
+while time.monotonic() < end:
+    os.write(1, chunk)
+    time.sleep(1 / 128)
+print("done", flush=True)
+"""
+
+
+class FrozenSpoolTests(TestCase):
+    """
+    Session review 34: the pipe-stall watch killed a job that did nothing
+    wrong when the server's own spool filesystem stalled (frozen for 2 s,
+    as a snapshot agent does): its output thread waited in the kernel to
+    write the spool. Only a wait for a pipe, on the reactor's thread,
+    counts; an output thread serves one job's stream, and is not watched.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        keyCalls(self)
+        for tool in ("mkfs.ext4", "fsfreeze", "truncate"):
+            if shutil.which(tool) is None:
+                raise SkipTest(f"no {tool} to make a filesystem to freeze")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        image = os.path.join(folder, "spool.img")
+        self.mount = os.path.join(folder, "mnt")
+        os.makedirs(self.mount)
+        subprocess.run(["truncate", "-s", "512M", image], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+        mounted = subprocess.run(
+            ["mount", "-o", "loop", image, self.mount], capture_output=True
+        )
+        if mounted.returncode != 0:
+            raise SkipTest(f"no loop mount here: {mounted.stderr.decode().strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mount])
+        self.addCleanup(
+            subprocess.run, ["fsfreeze", "-u", self.mount], capture_output=True
+        )
+
+    async def test_frozenSpoolNotTheJobsFault(self) -> None:
+        state = os.path.join(self.mount, "state")
+        server = LiveServer(self, "--max-log-bytes=1073741824", stateDir=state)
+        self.addCleanup(shutil.rmtree, state, True)
+        job = await server.createJob("/usr/bin/python3", "-c", STEADY, user="alice")
+        await sleep(2.0)
+        subprocess.Popen(
+            ["sh", "-c", f"fsfreeze -f {self.mount}; sleep 2; fsfreeze -u {self.mount}"]
+        )
+        ended = await server.waitEnded(job["id"], timeout=40)
+        self.assertEqual(ended["status"], "COMPLETED", ended)

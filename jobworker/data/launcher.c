@@ -996,11 +996,35 @@ static void reapStranger(pid_t pid) {
 }
 
 /* Reap the ended children the spawner did not fork: the one a SIGCHLD
- * names, then those a look at the first waitable child finds (SIGCHLDs
- * sent together come as one; a clone child may send none), until it is
- * one of the spawner's own (its end waits for the server) or none. */
+ * names, then every child /proc lists that it did not fork (SIGCHLDs sent
+ * together come as one). Without that list (a kernel without
+ * CONFIG_PROC_CHILDREN): those a look at the first waitable child finds,
+ * until it is one of the spawner's own (its end waits for the server's
+ * 'R', which looks again) or none. */
 static void reapStrangers(pid_t named) {
     reapStranger(named);
+    char path[64], chunk[4096];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    int list = open(path, O_RDONLY | O_CLOEXEC);
+    if (list >= 0) {
+        long pid = 0;
+        ssize_t got;
+        while ((got = read(list, chunk, sizeof chunk)) > 0 ||
+               (got < 0 && errno == EINTR))
+            for (ssize_t i = 0; i < got; i++) {
+                if (chunk[i] >= '0' && chunk[i] <= '9') {
+                    pid = pid * 10 + (chunk[i] - '0');
+                    if (pid >= (long)PID_BITS)
+                        pid = 0;  /* (no pid; read on) */
+                } else {
+                    reapStranger((pid_t)pid);
+                    pid = 0;
+                }
+            }
+        reapStranger((pid_t)pid);
+        close(list);
+        return;
+    }
     for (int i = 0; i < 1024; i++) {
         siginfo_t info;
         memset(&info, 0, sizeof info);
@@ -1027,6 +1051,7 @@ static void reap(ssize_t got) {
             ;
         notForked(pid);
     }
+    reapStrangers(0);  /* (the fallback stopped at one of these) */
 }
 
 /* One message from the server. 0 on EOF. */

@@ -301,12 +301,7 @@ class JobProcess:
         """
         if self._pumps is None:
             return False
-        return self._pumps.take(
-            reader,
-            self.stdout if fd == 1 else self.stderr,
-            self.killStalled if self.stallWatch is not None else None,
-            self.stallWatch,
-        )
+        return self._pumps.take(reader, self.stdout if fd == 1 else self.stderr)
 
     def recorded(self) -> None:
         """

@@ -39,7 +39,6 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
 
 from ...jobs.spool import Handover, OutputSpool
-from .stalls import Slot, StallWatch
 
 #: Streams pumped at once, server-wide: one thread each.
 MAX_PUMPS = 4
@@ -75,19 +74,10 @@ class Pumps:
         self.started = 0
         self.idled = 0
 
-    def take(
-        self,
-        reader: Any,
-        spool: OutputSpool,
-        stalled: Callable[[float], None] | None = None,
-        watch: StallWatch | None = None,
-    ) -> bool:
+    def take(self, reader: Any, spool: OutputSpool) -> bool:
         """
         Pump C{reader} (a process's output reader) into C{spool} if a
         thread is free and the spool can hand its file over; True if so.
-        C{watch} sees its reads, and C{stalled} kills the job if it holds
-        the pipe (L{StallWatch}: a pump held so stalls the streams it
-        would take next, and the job's own).
         """
         if self.running >= self.limit:
             return False
@@ -96,16 +86,7 @@ class Pumps:
             return False
         # Handing over changes nothing in the spool until the thread runs.
         try:
-            pump = Pump(
-                self._reactor,
-                reader,
-                spool,
-                handover,
-                self._ended,
-                self.idle,
-                watch if stalled is not None else None,
-                stalled,
-            )
+            pump = Pump(self._reactor, reader, spool, handover, self._ended, self.idle)
         except OSError:  # no descriptor for its wake-up pipe
             os.close(handover.fd)
             return False
@@ -131,14 +112,8 @@ class Pump:
         handover: Handover,
         ended: Callable[[bool], None],
         idle: float = IDLE,
-        watch: StallWatch | None = None,
-        stalled: Callable[[float], None] | None = None,
     ) -> None:
         self._reactor = reactor
-        self._watch = watch
-        self._stalled = stalled
-        #: The thread's L{Slot} in C{watch} while it runs (None: unwatched).
-        self._slot: Slot | None = None
         self._reader = reader
         self._spool = spool
         self._pipe: int = reader.fileno()
@@ -203,8 +178,6 @@ class Pump:
 
     def _run(self) -> None:
         reason: Exception | None = CONNECTION_DONE
-        if self._watch is not None:
-            self._slot = self._watch.slot()
         try:
             # (A thread starts at its creator's nice value: the reactor's.)
             base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -236,8 +209,6 @@ class Pump:
                 if self.nice != nice:
                     nice = _prioritise(base, self.nice)
         finally:
-            if self._watch is not None and self._slot is not None:
-                self._watch.drop(self._slot)
             try:
                 os.close(self._out)
             except OSError:  # NFS, FUSE: the bytes were counted as written
@@ -253,18 +224,6 @@ class Pump:
 
         @raise OSError: the pipe's: EAGAIN when it is empty.
         """
-        slot = self._slot
-        if slot is None:
-            return self._moveSome()
-        slot.reads += 1
-        slot.stalled = self._stalled
-        try:
-            return self._moveSome()
-        finally:
-            slot.stalled = None
-
-    def _moveSome(self) -> int:
-        """L{_move}, unwatched."""
         room = self._room
         if room and self._splicing:
             try:

@@ -9,9 +9,11 @@ its read takes, an hour at a few bytes a second. The server's thread waited
 in the kernel all that time (D state), and every request with it: no stop,
 not even an Admin's, could reach the job (attacker round 34). A thread of
 its own looks at the read in progress every L{LOOK_EVERY} seconds; one that
-has kept the reactor's thread in the kernel for L{STALL_SECONDS} has its job
-killed (every process of it, its I/O limit lifted first), which ends the
-fault, the lock, and the wait. The job ends FAILED, saying why.
+has kept the reactor's thread waiting in the kernel for a pipe (L{inKernelWait})
+for L{STALL_SECONDS} has its job killed (every process of it, its I/O limit
+lifted first), which ends the fault, the lock, and the wait. The job ends
+FAILED, saying why. (An output thread, L{jobworker.executors.local.pump},
+serves one job's stream: not watched.)
 
 Each read costs two attribute stores and an increment (L{StallWatch.reads}).
 """
@@ -34,13 +36,24 @@ LOOK_EVERY = 0.25
 
 
 def inKernelWait(threadId: int) -> bool:
-    """Is the thread C{threadId} of this process waiting in the kernel (D)?"""
+    """
+    Is the thread C{threadId} of this process waiting in the kernel (D) for
+    a pipe (its C{wchan}: C{anon_pipe_read}, C{pipe_write}...)? Not for
+    memory, nor the server's own disk (its spool frozen for a snapshot: a
+    job that writes to it is not holding anything; session review 34). A
+    kernel that does not say where (C{wchan} C{0}): D is enough.
+    """
+    task = f"/proc/self/task/{threadId}"
     try:
-        with open(f"/proc/self/task/{threadId}/stat", "rb") as f:
+        with open(f"{task}/stat", "rb") as f:
             data = f.read()
+        if data[data.rindex(b")") + 2 :][:1] != b"D":
+            return False
+        with open(f"{task}/wchan", "rb") as f:
+            where = f.read().strip()
     except OSError:
         return False
-    return data[data.rindex(b")") + 2 :][:1] == b"D"
+    return b"pipe" in where or where in (b"", b"0")
 
 
 class Slot:
