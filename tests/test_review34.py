@@ -570,6 +570,18 @@ class CgroupHoldsItAllTests(SynchronousTestCase):
         self.assertEqual(killed, 1)
 
 
+def fakeSlurmTool(
+    testCase: TestCase, name: str, script: str
+) -> tuple[str, dict[str, str]]:
+    """A folder with Slurm's tool C{name} as C{script}, and a PATH with it first."""
+    folder = os.path.abspath(testCase.mktemp())
+    os.makedirs(folder)
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(script)
+    os.chmod(os.path.join(folder, name), 0o755)  # noqa: S103
+    return folder, {"PATH": f"{folder}:/usr/bin:/bin"}
+
+
 #: A squeue that hangs (munged gone), with a child that holds its stderr;
 #: it writes both pids where the test reads them.
 HUNG_SQUEUE = """#!/bin/sh
@@ -596,12 +608,7 @@ class HungSqueueTests(TestCase):
         from jobworker.executors.slurm.commands import SlurmCommands
         from jobworker.executors.slurm.documents import SlurmError
 
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        with open(os.path.join(folder, "squeue"), "w") as f:
-            f.write(HUNG_SQUEUE)
-        os.chmod(os.path.join(folder, "squeue"), 0o755)  # noqa: S103
-        env = {"PATH": f"{folder}:/usr/bin:/bin"}
+        folder, env = fakeSlurmTool(self, "squeue", HUNG_SQUEUE)
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         commands = SlurmCommands(reactor, env=env, timeout=2.0)
@@ -929,12 +936,8 @@ class SbatchBannerTests(TestCase):
 
         from jobworker.executors.slurm.commands import SlurmCommands
 
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        with open(os.path.join(folder, "sbatch"), "w") as f:
-            f.write(BANNER_SBATCH)
-        os.chmod(os.path.join(folder, "sbatch"), 0o755)  # noqa: S103
-        commands = SlurmCommands(reactor, env={"PATH": f"{folder}:/usr/bin:/bin"})
+        _, env = fakeSlurmTool(self, "sbatch", BANNER_SBATCH)
+        commands = SlurmCommands(reactor, env=env)
         self.assertEqual(await commands.submit([], ["/bin/true"]), "4242")
 
 
