@@ -310,6 +310,12 @@ time.sleep(0.5)
 """
 
 
+def aliceAs(testCase: TestCase, account: str, uid: int) -> LiveServer:
+    """A live server whose alice runs her jobs as a new account (no filter)."""
+    makeAccount(testCase, account, uid)
+    return LiveServer(testCase, f"--users={aliceMappedTo(testCase, account)}")
+
+
 def zombiesOf(uid: int) -> list[int]:
     """The pids of the zombies of the machine whose uid is C{uid}."""
     found = []
@@ -349,8 +355,7 @@ class CloneParentTests(TestCase):
 
     async def test_accountsStrangersReaped(self) -> None:
         uid = 64991
-        makeAccount(self, "jwstranger", uid)
-        server = LiveServer(self, f"--users={aliceMappedTo(self, 'jwstranger')}")
+        server = aliceAs(self, "jwstranger", uid)
         job = await server.createJob("/usr/bin/python3", "-c", STRANGERS, user="alice")
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
@@ -1033,8 +1038,7 @@ class StrangersBehindAnUnreapedEndTests(TestCase):
 
     async def test_reapedOnceTheEarlierEndIsTakenIn(self) -> None:
         uid = 64996
-        makeAccount(self, "jwtogether", uid)
-        server = LiveServer(self, f"--users={aliceMappedTo(self, 'jwtogether')}")
+        server = aliceAs(self, "jwtogether", uid)
         first = await server.createJob("sleep", "1", user="bob")
         at = time.time() + 1.5
         await server.createJob(
