@@ -913,6 +913,17 @@ class StopOfAJobJustStartedTests(SlurmCase):
         self.assertEqual(self.commands.signals, [("101", "USR1")])
         self.assertEqual(self.commands.cancels, [])
 
+    def test_killAsksNothing(self) -> None:
+        """
+        A KILL is a cancel either way: no squeue first, which may hang for
+        its 60 s deadline (late review 34).
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("PENDING")})
+        self.manager.stop(record.id, "alice", StopRequest(signal=signal.SIGKILL))
+        self.assertEqual(self.commands.cancels, ["101"])
+        self.assertEqual(self.commands.lookedAt, [])
+
     def test_queuedCancelled(self) -> None:
         record = self.submit("sleep", "100")
         self.poll({"101": state("PENDING")})

@@ -176,6 +176,8 @@ class SlurmPoll:
         ]
         answers = _Answers(states, await self._exits(ended) if ended else {})
         gone = [i for i in ids if i not in states]
+        if not gone:
+            self._accountedNow = None  # (an answer nobody needs now: stale)
         if gone:
             # Asked apart, not waited for: a sacct that hangs (slurmdbd
             # gone) held every other job's state back by its 60 s deadline

@@ -77,12 +77,12 @@ class SlurmStops:
         assert slurmJobId is not None
         owner = self.ownerOf(job)
         try:
-            if job.record.status is JobStatus.PENDING and not await self._runsYet(
-                job, slurmJobId
+            if how.signal == signal.SIGKILL or (
+                job.record.status is JobStatus.PENDING
+                and not await self._runsYet(job, slurmJobId)
             ):
-                await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
-                return
-            if how.signal == signal.SIGKILL:
+                # (A KILL is a cancel either way: no squeue asked first, which
+                # may hang: late review 34.)
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
                 return
             if await self._suspended(job, slurmJobId):
