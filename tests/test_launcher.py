@@ -819,20 +819,23 @@ class PidNamespaceTests(TestCase):
         self.assertNotEqual(seen.stdout.decode().strip(), host)
 
     def test_jobKeepsDefaultSignals(self) -> None:
-        """The launcher ignores SIGTERM and SIGINT from its start (a stop
-        is for the job); the job does not inherit that: neither is in its
-        ignored set, as with the chain."""
-        one, two = self.both(["grep", "^SigIgn:", "/proc/self/status"])
+        """The launcher blocks SIGTERM and SIGINT from its start (a stop
+        is for the job, passed on to it); the job does not inherit that:
+        neither is in its ignored nor its blocked set, as with the chain."""
+        one, two = self.both(["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"])
         for result in (one, two):
             self.assertEqual(result.returncode, 0, result.stderr)
-            ignored = int(result.stdout.split()[1], 16)
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.assertFalse(ignored & (1 << (signum - 1)), result.stdout)
+            for line in result.stdout.splitlines():
+                masked = int(line.split()[1], 16)
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    self.assertFalse(masked & (1 << (signum - 1)), result.stdout)
 
     def test_aStopDuringTheSetUpIsForTheJob(self) -> None:
         """A SIGTERM that reaches the launcher before it has made the
-        namespace (here: at the gate) does not end it, as one after does
-        not: the job then runs (a stop's SIGKILL would end both)."""
+        namespace (here: at the gate) does not end the launcher: it is the
+        job's, passed on to the command once it is forked, which ends by it
+        (it was ignored and lost: the command ran its grace out, code
+        review 34)."""
         env = {"PATH": "/usr/bin:/bin"}
         argv = self.viaLauncher.argv(testIdentity(), ["echo", "ran"], None, True, env)
         result = run(
@@ -841,7 +844,7 @@ class PidNamespaceTests(TestCase):
             wait=0.2,
             beforeGate=lambda pid: os.kill(pid, signal.SIGTERM),
         )
-        self.assertEqual((result.returncode, result.stdout), (0, b"ran\n"))
+        self.assertEqual((result.returncode, result.stdout), (-signal.SIGTERM, b""))
 
     def test_exitStatus(self) -> None:
         """The launcher exits with the job's status; set-up and exec
