@@ -68,8 +68,8 @@ class Slot:
     """
     One thread's read (or write) of a job's pipe in progress: set and
     cleared around each by its reader (L{jobworker.executors.local.pipes.
-    PipeDrain} on the reactor's thread, L{jobworker.executors.local.pump.
-    Pump} on its own).
+    PipeDrain}, and the stdin writer, on the reactor's thread: the only
+    thread watched now).
 
     @ivar stalled: while a read is in progress, what kills its job (called
         from the watch's thread with the seconds it held); None between.
@@ -129,7 +129,7 @@ class StallWatch:
         return slot
 
     def drop(self, slot: Slot) -> None:
-        """A thread done with pipes (a pump's, ending)."""
+        """A thread done with pipes."""
         if self._slots.get(slot.threadId) is slot:
             del self._slots[slot.threadId]
 
