@@ -316,6 +316,15 @@ def aliceAs(testCase: TestCase, account: str, uid: int) -> LiveServer:
     return LiveServer(testCase, f"--users={aliceMappedTo(testCase, account)}")
 
 
+async def zombiesLeft(uid: int, seconds: float = 10.0) -> list[int]:
+    """The zombies of C{uid} once none is left, or C{seconds} have passed."""
+    for _ in range(int(seconds * 10)):
+        if not zombiesOf(uid):
+            break
+        await sleep(0.1)
+    return zombiesOf(uid)
+
+
 def zombiesOf(uid: int) -> list[int]:
     """The pids of the zombies of the machine whose uid is C{uid}."""
     found = []
@@ -360,11 +369,7 @@ class CloneParentTests(TestCase):
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED", ended)
         self.assertEqual((await output(server, job["id"])).strip(), b"made 20")
-        for _ in range(100):
-            if not zombiesOf(uid):
-                break
-            await sleep(0.1)
-        self.assertEqual(zombiesOf(uid), [])
+        self.assertEqual(await zombiesLeft(uid), [])
 
     async def test_dynamicUidRefused(self) -> None:
         server = LiveServer(self)
@@ -1058,11 +1063,7 @@ class StrangersBehindAnUnreapedEndTests(TestCase):
         await sleep(0.8)
         time.sleep(1.5)  # (the reactor busy as both end: a slow request)
         await server.waitEnded(first["id"])
-        for _ in range(60):
-            if not zombiesOf(uid):
-                break
-            await sleep(0.1)
-        self.assertEqual(zombiesOf(uid), [])
+        self.assertEqual(await zombiesLeft(uid), [])
 
 
 #: Steady output, 8 MiB a second in 64 KiB writes, for 8 s.
