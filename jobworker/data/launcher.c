@@ -468,21 +468,36 @@ static int becomeInit(int *report) {
  * killed). Returns in the command's process. */
 static void forkJob(int report) {
     sigset_t all, before, pending;
+    int passed[2];
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &before);
     for (size_t i = 0; i < STOPS; i++)
         sigdelset(&before, stopSignals[i]);  /* blocked since launch() */
-    if (sigpending(&pending) != 0)
-        sigemptyset(&pending);
+    if (pipe2(passed, O_CLOEXEC) != 0)
+        die(SETUP_FAILED, "pipe", NULL, errno);
     pid_t job = fork();
     if (job < 0)
         die(SETUP_FAILED, "fork", NULL, errno);
     if (job == 0) {
+        char nothing;
         close(report);
+        close(passed[1]);
+        /* The stops blocked until the init has passed its own on: one
+         * that reached the group after the fork is here too, and the two
+         * merge (a blocked signal is pending once). */
+        while (read(passed[0], &nothing, 1) < 0 && errno == EINTR)
+            ;
+        close(passed[0]);
         sigprocmask(SIG_SETMASK, &before, NULL);
         return;
     }
-    passStops(&pending, job);  /* a stop while the namespace was made */
+    close(passed[0]);
+    /* Looked at after the fork: a stop that came between a look before it
+     * and the fork stayed pending here for good (a fork's child starts
+     * with none), and the command ran its grace out (session review 34). */
+    if (sigpending(&pending) == 0)
+        passStops(&pending, job);  /* a stop while the namespace was made */
+    close(passed[1]);
     /* The job's pipes are the job's: its stdin's writer sees EPIPE when
      * the job closes it, and its output ends with the job's processes. */
     for (int fd = 0; fd <= 2; fd++)
