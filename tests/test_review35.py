@@ -9,12 +9,20 @@ import os
 import signal
 import subprocess
 
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.errors import NotFound, ServiceUnavailable
 from jobworker.executors.local import launcher
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
+from jobworker.executors.slurm.documents import SlurmError
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.store import StoreError
 
+from . import test_slurmunit
 from .test_launcher import compiled, requireRoot, run, testIdentity
+from .test_manager import request
+from .test_slurmunit import state
 
 #: A shim loaded into the launcher (C{LD_PRELOAD}): the namespace's init
 #: (pid 1) sends its process group a SIGTERM right before it forks the
@@ -81,3 +89,85 @@ class StopRightBeforeTheCommandForkTests(TestCase):
         self.assertEqual(
             (result.returncode, result.stdout), (-signal.SIGTERM, b""), result.stderr
         )
+
+
+class SlurmCase(SynchronousTestCase):
+    """test_slurmunit's executor set-up (fake reactor and Slurm commands, a
+    real store), without its tests."""
+
+    setUp = test_slurmunit.ExecutorTests.setUp
+    makeManager = test_slurmunit.ExecutorTests.makeManager
+    submit = test_slurmunit.ExecutorTests.submit
+    stored = test_slurmunit.ExecutorTests.stored
+    poll = test_slurmunit.ExecutorTests.poll
+
+
+class WithdrawnJobKeptByTheStoreTests(SlurmCase):
+    """
+    Code review 35: a Slurm job answered 503 (sbatch could not reach
+    slurmctld) is forgotten, record and all; if the store refused to delete
+    its record just then, the record said PENDING for good: its end was not
+    stored (a withdrawn job's never is), it was in no queue and not live, a
+    stop was a 409 "already ended (PENDING)", a DELETE a 409 "stop it
+    first", until a restart. It ends FAILED now, stored, and deletable.
+    """
+
+    def test_endsFailedWhenItCannotBeForgotten(self) -> None:
+        record = self.manager.create(request("true"), owner="alice")
+        accepted = ensureDeferred(self.manager.accepted(record))
+        store = self.manager._store
+        realDelete = store.delete
+
+        def failingDelete(jobId: str) -> None:
+            raise StoreError("cannot delete a job: disk I/O error", "SQLITE_IOERR")
+
+        store.delete = failingDelete  # type: ignore[method-assign]
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
+        failure = self.failureResultOf(accepted, ServiceUnavailable)
+        self.assertIn("Slurm is unreachable", failure.value.message)
+        store.delete = realDelete  # type: ignore[method-assign]
+        now = self.manager.record(record.id)
+        self.assertIs(now.status, JobStatus.FAILED)
+        self.assertIn("Slurm is unreachable", now.error or "")
+        self.assertIs(self.stored(record.id).status, JobStatus.FAILED)
+        self.manager.delete(record.id)
+        self.assertRaises(NotFound, self.manager.record, record.id)
+
+    def test_forgottenWhenTheStoreDeletes(self) -> None:
+        """As before when the store takes the deletion: no trace, no end
+        counted."""
+        record = self.manager.create(request("true"), owner="alice")
+        accepted = ensureDeferred(self.manager.accepted(record))
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.commands.lookUps[-1].errback(SlurmError("down", unreachable=True))
+        self.failureResultOf(accepted, ServiceUnavailable)
+        self.assertRaises(NotFound, self.manager.record, record.id)
+        self.assertIsNone(self.manager._store.get(record.id))
+
+
+class ScancelRetryForgottenTests(SlurmCase):
+    """
+    Code review 35: a job whose scancel at the end of its grace failed (Slurm
+    out of reach) and which then ended on its own stayed in the stops'
+    retry table for the server's life (its end disarmed the retry, whose own
+    call was the only one to forget it): one entry per such job.
+    """
+
+    def test_retryForgottenAtTheEnd(self) -> None:
+        stops = self.executor._stops
+        for n in range(3):
+            record = self.submit("sleep", "100")
+            slurmId = str(101 + n)
+            self.poll({slurmId: state("RUNNING")})
+            stopped = self.manager.stop(record.id, "alice")
+            self.commands.failNext = SlurmError("connect failure", unreachable=True)
+            self.reactor.advance(5.0)  # the grace ends: its scancel fails
+            self.assertIn(record.id, stops._retrying)
+            self.poll({slurmId: state("CANCELLED", 0, 15)})
+            self.assertTrue(self.successResultOf(stopped).status.ended)
+        self.assertEqual(stops._retrying, {})

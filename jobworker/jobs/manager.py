@@ -450,11 +450,27 @@ class JobManager(Admission):
             return record
         try:
             return await job.whenAccepted()
-        except ServiceUnavailable:
-            if not record.status.ended:
+        except ServiceUnavailable as unavailable:
+            withdrawn = not record.status.ended
+            if withdrawn:
                 self._withdrawn.add(record.id)
+            try:
+                self._remove(record.id)
+            except StoreError as e:
+                # Not forgotten, then: it ends FAILED as it would have if
+                # nobody waited for its answer (withdrawn, its end was not
+                # stored, and its record said PENDING for good, in no queue,
+                # neither stoppable nor deletable: code review 35).
+                if withdrawn:
+                    self._withdrawn.discard(record.id)
+                self.log.error(
+                    "job {job}: Slurm could not take it, and its record cannot "
+                    "be removed ({error}): it ends FAILED",
+                    job=record.id,
+                    error=str(e),
+                )
+                raise unavailable from None
             self._live.pop(record.id, None)
-            self._remove(record.id)
             raise
 
     def _save(self, record: JobRecord) -> None:

@@ -440,6 +440,7 @@ class SlurmExecutor:
         """C{job} ended: forget it; if it failed, so do the jobs held on it."""
         self._jobs.pop(job.record.id, None)
         self._held.ended(job)
+        self._stops.ended(job)
 
     def _unreachable(self, error: SlurmError) -> None:
         """A command failed: if slurmctld was out of reach, poll until it is back."""

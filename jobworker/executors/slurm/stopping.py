@@ -176,6 +176,15 @@ class SlurmStops:
             return False
         return now is not None and now.state == "SUSPENDED" and isOurs(job.record, now)
 
+    def ended(self, job: SlurmJob) -> None:
+        """
+        C{job} ended: its scancel is sent no more (its end disarmed the
+        retry, whose own call was the only one to forget it: an entry per
+        job whose scancel failed once stayed for the server's life, code
+        review 35).
+        """
+        self._retrying.pop(job.record.id, None)
+
     def escalate(self, job: SlurmJob, delay: float) -> None:
         """scancel the job after C{delay} seconds (the rest of the grace)."""
         job.armKill(self._reactor.callLater(max(0.0, delay), lambda: self.cancel(job)))
