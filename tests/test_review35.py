@@ -5,10 +5,12 @@ test that failed against the code before its fix.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 
+import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -20,6 +22,7 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
 
 from . import test_slurmunit
+from .support import LiveServer
 from .test_launcher import compiled, requireRoot, run, testIdentity
 from .test_manager import request
 from .test_slurmunit import state
@@ -171,3 +174,61 @@ class ScancelRetryForgottenTests(SlurmCase):
             self.poll({slurmId: state("CANCELLED", 0, 15)})
             self.assertTrue(self.successResultOf(stopped).status.ended)
         self.assertEqual(stops._retrying, {})
+
+
+class StdinClosedWhileQueuedTests(TestCase):
+    """
+    New user round 35: Ctrl-C on C{jw exec -i} of a queued job said "its
+    stdin closed", but the server refused the close (409, PENDING): once
+    started, the job waited for ever on a stdin nobody would close. An
+    empty write with C{?eof=true} to a queued job is taken now (audited
+    once) and its stdin is closed as it starts; bytes are still refused.
+    """
+
+    timeout = 60
+
+    async def test_closedAtItsStart(self) -> None:
+        server = LiveServer(self, "--max-running=1")
+        first = await server.createJob("sleep", "1")
+        queued = await server.createJob("cat", stdin=True)
+        self.assertEqual(queued["status"], "PENDING")
+        path = f"/jobs/{queued['id']}/stdin"
+        headers = {b"content-type": [b"application/octet-stream"]}
+        response = await server.request(
+            "POST", path + "?eof=true", raw=b"x", headers=headers
+        )
+        self.assertEqual(response.code, 409)
+        body = json.loads(await treq.content(response))
+        self.assertIn("empty write with ?eof=true", body["error"])
+        for _ in range(2):  # sent again (a lost answer): taken again
+            response = await server.request(
+                "POST", path + "?eof=true", raw=b"", headers=headers
+            )
+            answer = json.loads(await treq.content(response))
+            self.assertEqual(
+                (response.code, answer), (200, {"written": 0, "closed": True})
+            )
+        await server.waitEnded(first["id"])
+        ended = await server.waitEnded(queued["id"])
+        self.assertEqual((ended["status"], ended["exit_code"]), ("COMPLETED", 0))
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            closes = [
+                line for line in f if '"job.stdin"' in line and queued["id"] in line
+            ]
+        self.assertEqual(len(closes), 1, closes)
+
+    async def test_forgottenIfStoppedWhileQueued(self) -> None:
+        server = LiveServer(self, "--max-running=1")
+        await server.createJob("sleep", "30")
+        queued = await server.createJob("cat", stdin=True)
+        response = await server.request(
+            "POST",
+            f"/jobs/{queued['id']}/stdin?eof=true",
+            raw=b"",
+            headers={b"content-type": [b"application/octet-stream"]},
+        )
+        self.assertEqual(response.code, 200)
+        await treq.content(response)
+        code, _ = await server.json("POST", f"/jobs/{queued['id']}/stop")
+        self.assertEqual(code, 200)
+        self.assertNotIn(queued["id"], server.manager._stdinClosedEarly)

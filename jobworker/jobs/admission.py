@@ -16,6 +16,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import (
     BadRequest,
@@ -74,6 +75,7 @@ class Admission:
     _live: dict[str, LiveJob]
     _createBuckets: TokenBuckets | None
     _held: dict[str, tuple[float, str]]
+    _stdinClosedEarly: set[str]
     _ownerCheck: OwnerCheck | None
     _dispatchTimer: IDelayedCall | None = None
     _nextTurnTimer: IDelayedCall | None = None
@@ -177,6 +179,8 @@ class Admission:
                 f"the job could not be recorded: {e.reason}"
             ) from None
         job.recorded()
+        if record.id in self._stdinClosedEarly and not record.status.ended:
+            self._closeStdinAtStart(job)
         if record.status.ended:
             self._metrics.spawnFailures.inc()
             self._metrics.jobEnded(record.status.value)
@@ -446,6 +450,8 @@ class Admission:
             job.abort(str(e))
             self.log.error("{error}", error=str(e))
         job.recorded()
+        if record.id in self._stdinClosedEarly and not record.status.ended:
+            self._closeStdinAtStart(job)
         if record.status.ended:
             self._metrics.spawnFailures.inc()
             self._scheduler.started(record.id, job)
@@ -500,9 +506,26 @@ class Admission:
         if (timer is None or not timer.active()) and not self._shuttingDown:
             self._nextTurnTimer = self._reactor.callLater(0, self._scheduler.nextTurn)
 
+    def _closeStdinAtStart(self, job: LiveJob) -> None:
+        """A queued job whose stdin was closed before its start: closed now."""
+        jobId = job.record.id
+        self._stdinClosedEarly.discard(jobId)
+        closing = job.writeStdin(b"", True, 0)
+
+        def failed(failure: Failure) -> None:
+            self.log.error(
+                "job {job}: its stdin, closed before it started, cannot be "
+                "closed: {error}",
+                job=jobId,
+                error=failure.getErrorMessage(),
+            )
+
+        closing.addErrback(failed)
+
     def _queuedEnded(self, record: JobRecord) -> None:
         """A queued job ended without running: store it, count it."""
         self._held.pop(record.id, None)
+        self._stdinClosedEarly.discard(record.id)
         self._storeFinal(record)
         self._metrics.jobEnded(record.status.value)
 

@@ -185,6 +185,9 @@ class JobManager(Admission):
         self._unsaved: dict[str, JobRecord] = {}
         #: Queued jobs the server could not start at their turn: when, and why.
         self._held: dict[str, tuple[float, str]] = {}
+        #: Queued C{"stdin": true} jobs whose stdin was closed before they
+        #: started (L{writeStdin}): closed at their start.
+        self._stdinClosedEarly: set[str] = set()
         #: The jobs whose damaged records the log has named (L{_damaged}).
         self._damagedNamed: set[str] = set()
         self._retryTimer: IDelayedCall | None = None
@@ -849,15 +852,26 @@ class JobManager(Admission):
             raise Conflict('the job was not started with "stdin": true')
         job = self._live.get(jobId)
         if record.status is JobStatus.PENDING:
+            if eof and not data and not offset:
+                # Closed before it starts (jw's Ctrl-C while it waits its
+                # turn): closed at its start. It was a 409, and the job,
+                # once started, waited on a stdin nobody would ever close
+                # (new user round 35).
+                self._stdinClosedEarly.add(jobId)
+                return succeed(0)
             raise Conflict(
-                "job has not started yet (PENDING): send its stdin once it runs"
+                "job has not started yet (PENDING): send its stdin once it "
+                "runs (an empty write with ?eof=true closes it now)"
             )
         if job is None or job.record.status.ended:
             raise Conflict(f"job already ended ({record.status.value})")
         return job.writeStdin(data, eof, offset)
 
     def stdinClosed(self, jobId: str) -> bool:
-        """Whether a live job's stdin was fed and closed (L{writeStdin})."""
+        """Whether a job's stdin was fed and closed (L{writeStdin}); a queued
+        job's, closed before its start."""
+        if jobId in self._stdinClosedEarly:
+            return True
         job = self._live.get(jobId)
         return job is not None and job.stdinClosed
 
@@ -1002,6 +1016,7 @@ class JobManager(Admission):
     def _forgetRecord(self, jobId: str) -> None:
         """The store has a job's record no more: neither has the memory."""
         self._dropEnded(jobId)
+        self._stdinClosedEarly.discard(jobId)
         self._unsaved.pop(jobId, None)
         self._damagedNamed.discard(jobId)
 
