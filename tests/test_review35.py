@@ -232,3 +232,31 @@ class StdinClosedWhileQueuedTests(TestCase):
         code, _ = await server.json("POST", f"/jobs/{queued['id']}/stop")
         self.assertEqual(code, 200)
         self.assertNotIn(queued["id"], server.manager._stdinClosedEarly)
+
+
+class NoShellHintTests(TestCase):
+    """
+    New user round 35: C{jw exec -- 'echo hi | tr a-z A-Z'} (ssh's habit)
+    said only "not found in PATH". A command not found whose name holds
+    what a shell would read says that no shell runs it, and how to ask for
+    one; another name not found is refused as before.
+    """
+
+    timeout = 60
+
+    async def refusal(self, server: LiveServer, command: str) -> str:
+        code, body = await server.json("POST", "/jobs", "alice", {"command": command})
+        if code == 201:
+            body = await server.waitEnded(body["id"])
+        return str(body.get("error"))
+
+    async def test_hintForAShellLine(self) -> None:
+        server = LiveServer(self)
+        for command in ("echo hi | tr a-z A-Z", "ls *.txt", "./x; y", "a>b"):
+            error = await self.refusal(server, command)
+            self.assertIn("not found", error)
+            self.assertIn("no shell reads it", error)
+            self.assertIn("sh -c", error)
+        error = await self.refusal(server, "no-such-command-jw35")
+        self.assertIn("not found in PATH", error)
+        self.assertNotIn("shell", error)

@@ -217,6 +217,27 @@ class SpawnRefused(Exception):
     """The command cannot be started; the message says why."""
 
 
+#: Characters a shell would have read in a command line: a command whose
+#: name has one was most likely meant for a shell (C{ssh host 'a | b'}).
+SHELL_CHARACTERS = frozenset(" \t\n|;&<>$`()*?'\"")
+
+
+def _notFound(command: str, where: str) -> SpawnRefused:
+    """
+    C{command} was not found (C{where}: how it was looked for), with a word
+    on the shell jobworker does not run when its name looks like a shell's
+    command line (new user round 35: C{jw exec -- 'a | b'} said only "not
+    found").
+    """
+    message = f"cannot start: {_named(command)}: {where}"
+    if not SHELL_CHARACTERS.isdisjoint(command):
+        message += (
+            " (the command is run as is, no shell reads it: for a shell's "
+            "command line, jw exec -- sh -c '...')"
+        )
+    return SpawnRefused(message)
+
+
 def checkCommand(command: str) -> str | None:
     """
     Why C{command} cannot run in the sandbox, or None: C{env} would take a
@@ -664,9 +685,7 @@ def _checkAsIdentity(
         if path is None and known is not None:
             path = os.path.join(known, command)
         if path is None or not _runnable(path, walker):
-            raise SpawnRefused(
-                f"cannot start: {_named(command)}: not found or not permitted"
-            )
+            raise _notFound(command, "not found or not permitted")
         return
     walked: set[str] = set()
     for entry in env.get("PATH", "").split(os.pathsep):
@@ -693,9 +712,7 @@ def _checkAsIdentity(
         path = entry + command if entry.endswith("/") else f"{entry}/{command}"
         if _runnable(path, walker):
             return
-    raise SpawnRefused(
-        f"cannot start: {_named(command)}: not found in PATH or not permitted"
-    )
+    raise _notFound(command, "not found in PATH or not permitted")
 
 
 class _Owners:
@@ -974,7 +991,7 @@ def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
     if "/" in command:
         path = os.path.join(base, command)
         if not os.path.exists(path):
-            raise SpawnRefused(f"cannot start: {_named(command)}: no such file")
+            raise _notFound(command, "no such file")
         if os.path.isdir(path):
             raise SpawnRefused(f"cannot start: {_named(command)} is a directory")
         if not os.access(path, os.X_OK):
@@ -982,7 +999,7 @@ def _checkAsRoot(command: str, env: dict[str, str], cwd: str | None) -> None:
         return
     search = env.get("PATH", "")
     if shutil.which(command, path=_absolutePath(search, base)) is None:
-        raise SpawnRefused(f"cannot start: {_named(command)} not found in PATH")
+        raise _notFound(command, "not found in PATH")
 
 
 def _absolutePath(search: str, base: str) -> str:
