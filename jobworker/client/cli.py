@@ -28,6 +28,7 @@ from .config import (
     configPath,
     forgetToken,
     loadToken,
+    readConfig,
     resolve,
     savedUser,
     tokensPath,
@@ -99,7 +100,7 @@ async def run(
 
         try:
             # Keepalive and the TLS handshake's deadline, as the quick client's.
-            keepalive = keepAliveSeconds(environ)
+            keepalive = keepAliveSeconds(environ, configPath(environ))
         except ConfigError as e:
             return report(e, streams)
         connect = functools.partial(JobworkerClient.connect, keepalive=keepalive)
@@ -143,17 +144,31 @@ async def _commandLine(
     else:
         options = buildParser(streams).parse_args(argv)
         verb = options.verb
+    if verb == "completion":
+        # No setting is used: a bad config file stopped it too, and
+        # `source <(jw completion bash)` then broke every shell (new user
+        # round 35).
+        streams.show(COMPLETION[options.shell])
+        return 0
     path = configPath(environ)
+    refused = None
+    if verb == "config":
+        # A config file that is refused is shown on its line, the other
+        # lines without it, then said (it showed nothing: new user round 35).
+        try:
+            readConfig(path)
+        except ConfigError as e:
+            refused = e
     settings = resolve(
         {key: getattr(options, key, None) for key in ("server", "ca", "cert", "key")},
         environ,
-        path,
+        path if refused is None else None,
     )
     tokens = tokensPath(environ)
     ca, origin = caInUse(settings, environ)
     trustedAtLogin(ca if origin == TRUSTED_AT_LOGIN else None)
     if verb == "config":
-        return showConfig(settings, path, tokens, streams, environ)
+        return showConfig(settings, path, tokens, streams, environ, refused)
     if verb == "logout":
         try:
             forgotten = forgetToken(tokens, settings.server)
@@ -167,9 +182,6 @@ async def _commandLine(
             if forgotten
             else f"not logged in to {settings.server}\n"
         )
-        return 0
-    if verb == "completion":
-        streams.show(COMPLETION[options.shell])
         return 0
     # Nothing is sent (no login either) for a command line that is wrong
     # by itself, or a server that is not an https:// URL.
@@ -249,8 +261,13 @@ def quickRun(
     interrupts = Interrupts()
     try:
         interrupts.installWithoutReactor()
-        # (jw config shows a bad one among the rest: it showed nothing.)
-        keepalive = KEEPALIVE if options.verb == "config" else keepAliveSeconds(environ)
+        # (jw config shows a bad one among the rest: it showed nothing;
+        # jw completion uses none.)
+        keepalive = (
+            KEEPALIVE
+            if options.verb in ("config", "completion")
+            else keepAliveSeconds(environ, configPath(environ))
+        )
         return drive(
             _commandLine(
                 QuickClock(),
@@ -324,9 +341,18 @@ def showConfig(
     tokensFile: str,
     streams: Streams,
     environ: dict[str, str],
+    refused: ConfigError | None = None,
 ) -> int:
-    """Print the settings in force and their origins (no network, no secrets)."""
-    lines = [f"config file: {path}" + ("" if os.path.exists(path) else " (absent)")]
+    """
+    Print the settings in force and their origins (no network, no secrets).
+    A config file that is C{refused} is said on its line (the others shown
+    without it), then in one line, exit 2, as every other verb refuses it.
+    """
+    if refused is not None:
+        why = str(refused).removeprefix(f"{path}: ")
+        lines = [f"config file: {path} (refused: {why})"]
+    else:
+        lines = [f"config file: {path}" + ("" if os.path.exists(path) else " (absent)")]
     token = None
     try:
         token, saved = loadToken(tokensFile, settings.server, time.time())
@@ -359,34 +385,41 @@ def showConfig(
                 # Every command would fail on it: said here, where it is set.
                 origin += f" (cannot read it: {unreadable})"
         lines.append(f"{key} = {value}    # {origin}")
-    keepalive, refused = _keepAliveShown(environ)
+    keepalive, badKeepAlive = _keepAliveShown(
+        environ, path if refused is None else None
+    )
     lines.append(keepalive)
     lines.append(f"login token = {login}    # {tokensFile}")
     lines.append(f"sent = {sent}")
     streams.show("".join(line + "\n" for line in lines))
-    if refused is not None:
-        # Every other command refuses it before anything: so does this,
-        # once everything is shown.
-        return report(refused, streams)
-    return 0
+    # Every other command refuses them before anything: so does this, once
+    # everything is shown.
+    status = 0
+    for error in (refused, badKeepAlive):
+        if error is not None:
+            status = report(error, streams)
+    return status
 
 
-def _keepAliveShown(environ: dict[str, str]) -> tuple[str, ConfigError | None]:
+def _keepAliveShown(
+    environ: dict[str, str], path: str | None
+) -> tuple[str, ConfigError | None]:
     """
-    C{jw config}'s C{keepalive} line (C{JW_KEEPALIVE}, else the default),
-    and why the setting is refused, if it is.
+    C{jw config}'s C{keepalive} line (C{JW_KEEPALIVE}, else the config
+    file's at C{path}, else the default), and why the setting is refused,
+    if it is.
     """
     from ..keepalive import MOST
-    from .quick import keepAliveSeconds
+    from .quick import keepAliveSetting
 
     text = environ.get("JW_KEEPALIVE")
     try:
-        seconds = keepAliveSeconds(environ)
+        seconds, origin = keepAliveSetting(environ, path)
     except ConfigError as e:
         shown = text if text and text.isprintable() else repr(text)
         why = f"refused: must be whole seconds from 1 to {MOST}"
         return f"keepalive = {shown}    # JW_KEEPALIVE ({why})", e
-    return f"keepalive = {seconds}    # {'JW_KEEPALIVE' if text else 'default'}", None
+    return f"keepalive = {seconds}    # {origin}", None
 
 
 def _unreadable(path: str, key: str) -> str | None:

@@ -33,6 +33,11 @@ OPTIONS = {
     "rm": "",
     "clean": "--status --owner --older-than --json",
     "completion": "",
+    # (They take only the connection's options: they offered none, new
+    # user round 35.)
+    "login": "",
+    "logout": "",
+    "config": "",
 }
 _ID_VERBS = "status|logs|wait|stop|rm"
 _CASES = "\n".join(
@@ -75,6 +80,9 @@ _jw() {{
             [ "$verb" = clean ] && statuses="{_ENDED}"
             COMPREPLY=($(compgen -W "$statuses" -- "${{cur^^}}")); return ;;
         --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        # (A URL: verbs, or the ids of a server, were offered: new user
+        # round 35.)
+        --server) return ;;
         --signal|-s) COMPREPLY=($(compgen -W "{_SIGNALS}" -- "${{cur^^}}")); return ;;
         --after|--after-ok)
             COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" \\
@@ -124,7 +132,7 @@ _jw() {{
     case "$words[CURRENT-1]" in
         --signal|-s) compadd -- {_SIGNALS}; return ;;
         --after|--after-ok) compadd -- $(jw _ids $given 2>/dev/null); return ;;
-        --ca|--cert|--key) _files; return ;;
+        --ca|--cert|--key|--cwd) _files; return ;;
         --server|{_VALUES}) return ;;
     esac
     if [[ "$words[CURRENT-1]" == --status ]]; then

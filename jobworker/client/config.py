@@ -33,6 +33,10 @@ KEYS = {
 }
 #: Keys holding file paths: relative to the config file that names them.
 PATH_KEYS = ("ca", "cert", "key")
+#: Keys a config file may hold beyond L{KEYS}, and the environment variable
+#: of each: every setting C{jw config} shows is one (its C{keepalive = 30}
+#: line, copied into the file, stopped every verb: new user round 35).
+OTHER_KEYS = {"keepalive": "JW_KEEPALIVE"}
 
 
 class ConfigError(Exception):
@@ -47,12 +51,16 @@ def configPath(environ: dict[str, str]) -> str:
     return os.path.join(base, "jobworker", "config.toml")
 
 
-def readConfig(path: str) -> dict[str, str]:
+def readConfig(path: str | None) -> dict[str, str]:
     """
-    The settings in a config file (none if it does not exist).
+    The settings in a config file (none if it does not exist, or C{path}
+    is None), each as text.
 
-    @raise ConfigError: unreadable, not TOML, unknown keys or non-string values.
+    @raise ConfigError: unreadable, not TOML, unknown keys, non-string
+        values, or a C{keepalive} that is not whole seconds from 1 to 32767.
     """
+    if path is None:
+        return {}
     try:
         with open(path, "rb") as f:
             import tomllib  # only when there is a file: jw starts faster
@@ -64,12 +72,15 @@ def readConfig(path: str) -> dict[str, str]:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError is one
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    unknown = sorted(set(values) - set(KEYS))
+    known = {**KEYS, **OTHER_KEYS}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
             f"{path}: unknown setting(s) {', '.join(unknown)} "
-            f"(known: {', '.join(KEYS)})"
+            f"(known: {', '.join(known)})"
         )
+    if "keepalive" in values:
+        values["keepalive"] = _keepAlive(values["keepalive"], path)
     for key, value in values.items():
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: {key} must be a non-empty string")
@@ -79,6 +90,22 @@ def readConfig(path: str) -> dict[str, str]:
                 os.path.dirname(path), os.path.expanduser(values[key])
             )
     return values
+
+
+def _keepAlive(value: object, path: str) -> str:
+    """
+    A config file's C{keepalive}: whole seconds, as a number (as C{jw
+    config} shows it) or as text.
+
+    @raise ConfigError: anything else, or out of range.
+    """
+    from ..keepalive import parseSeconds
+
+    text = str(value) if isinstance(value, (int, str)) else ""
+    try:
+        return str(parseSeconds(text, f"{path}: keepalive"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -96,9 +123,12 @@ class Settings:
 
 
 def resolve(
-    flags: dict[str, str | None], environ: dict[str, str], path: str
+    flags: dict[str, str | None], environ: dict[str, str], path: str | None
 ) -> Settings:
-    """Flags override the environment, which overrides the file and defaults."""
+    """
+    Flags override the environment, which overrides the file (none if
+    C{path} is None) and defaults.
+    """
     fileValues = readConfig(path)
     settings = Settings(
         origins={
@@ -113,7 +143,7 @@ def resolve(
         for value, origin in (
             (flags.get(key), f"--{key}"),
             (environ.get(variable), variable),
-            (fileValues.get(key), path),
+            (fileValues.get(key), path or ""),
         ):
             if value:
                 setattr(settings, key, value)

@@ -63,7 +63,7 @@ settings (flags override the environment, which overrides the config file):
                                      jw login, else prompted on the terminal)
   JW_TOKEN                           a bearer token to use (CI: from POST
                                      /tokens); no password, nothing saved
-  JW_KEEPALIVE                       seconds of silence before TCP keepalive
+  JW_KEEPALIVE / keepalive           seconds of silence before TCP keepalive
                                      probes (1-32767, default 30)
   config file: $XDG_CONFIG_HOME/jobworker/config.toml (~/.config/...), e.g.
     server = "https://jobs.example.com:8443"

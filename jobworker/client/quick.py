@@ -45,7 +45,7 @@ from .calls import (
     stdinPath,
     unnamedPort,
 )
-from .config import ConfigError
+from .config import ConfigError, readConfig
 from .errors import ClientError, HandshakeCut, HandshakeTimeout, ServerUnreachable
 from .workers import startThread
 
@@ -74,13 +74,27 @@ LATE = 5.0
 _LIVE = ("PENDING", "RUNNING")
 
 
-def keepAliveSeconds(environ: dict[str, str]) -> int:
-    """C{JW_KEEPALIVE}, else L{KEEPALIVE}. @raise ConfigError: not seconds."""
+def keepAliveSeconds(environ: dict[str, str], path: str | None = None) -> int:
+    """
+    C{JW_KEEPALIVE}, else the C{keepalive} of the config file at C{path}
+    (if given), else L{KEEPALIVE}.
+
+    @raise ConfigError: not seconds, or a config file that is refused.
+    """
+    return keepAliveSetting(environ, path)[0]
+
+
+def keepAliveSetting(environ: dict[str, str], path: str | None) -> tuple[int, str]:
+    """L{keepAliveSeconds}, and where it comes from (as C{jw config} says)."""
     text = environ.get("JW_KEEPALIVE")
     if not text:
-        return KEEPALIVE
+        configured = readConfig(path).get("keepalive")
+        if configured is not None:
+            assert path is not None
+            return int(configured), path
+        return KEEPALIVE, "default"
     try:
-        return parseSeconds(text, "JW_KEEPALIVE")
+        return parseSeconds(text, "JW_KEEPALIVE"), "JW_KEEPALIVE"
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

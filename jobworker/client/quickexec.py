@@ -25,6 +25,7 @@ from .verbs import (
     InputNotSent,
     StatusHeard,
     backlogCut,
+    closeInput,
     createExecJob,
     execCreated,
     execEnded,
@@ -179,6 +180,12 @@ async def quickExec(
                     background, client, jobId, streams, interrupts, stops
                 )
                 sayLeft(left[0], jobId, streams, taken)
+            elif options.stdin:
+                # Left running: its stdin closed, as without -f (it was left
+                # open, the job waiting on it for ever: new user round 35).
+                await closeInput(
+                    client.another(), jobId, left[0], streams, detached=True
+                )
             if options.json:
                 # The one document --json promises: the job as it is now
                 # (the real jw printed none: new user round 28).
@@ -197,48 +204,6 @@ async def quickExec(
         feedDone = feeding.done and isinstance(feeding.error, InputNotSent)
         return inputStatus(status, feedDone)
     return status
-
-
-async def closeInput(
-    client: QuickClient, jobId: str, name: str, streams: Streams
-) -> None:
-    """
-    C{jw exec -i} without C{-f} interrupted (C{name}) while it sends jw's
-    stdin: the job runs on (jw exec leaves it, as without C{-i}), but its
-    stdin is closed, so that it does not wait for the rest for ever (it
-    did, and jw said nothing: new user round 28). A write of the feed the
-    job has not taken yet holds the close back (429) a moment.
-    """
-    for _ in range(CLOSE_TRIES):
-        try:
-            await client.sendStdin(jobId, b"", eof=True)
-        except ClientError as e:
-            if e.status == 429:
-                await client.pause(CLOSE_PAUSE)
-                continue
-            if e.status == 409:  # closed (or ended) already
-                break
-            streams.say(
-                f"jw: {name}: job {jobId} runs on, its stdin left open ({e}): "
-                f"jw stop {jobId} ends it"
-            )
-            return
-        break
-    else:
-        streams.say(
-            f"jw: {name}: job {jobId} runs on, its stdin left open (it does not "
-            f"read it): jw stop {jobId} ends it"
-        )
-        return
-    streams.say(
-        f"jw: {name}: job {jobId} runs on, its stdin closed (jw stop {jobId} ends it)"
-    )
-
-
-#: How often, and how far apart (seconds), L{closeInput} asks again while a
-#: write the job has not taken holds the close back.
-CLOSE_TRIES = 10
-CLOSE_PAUSE = 0.3
 
 
 def inputLeft(feeding: Worker, feed: InputFeed, streams: Streams) -> bool:

@@ -28,6 +28,7 @@ from .config import (
 from .errors import ServerUnreachable
 from .failures import NoPrompt, PromptInterrupted, UsageFailure
 from .interrupts import SIGNALS
+from .show import when
 from .streams import Streams
 
 #: Builds the client for a server: L{JobworkerClient.connect}'s signature
@@ -195,7 +196,7 @@ def trustOnFirstUse(
     from .trust import TrustError, fetchCA, fingerprint, remember
 
     try:
-        pem = fetchCA(server, handshakeSeconds(keepAliveSeconds(environ)))
+        pem = fetchCA(server, handshakeSeconds(keepAliveSeconds(environ, configFile)))
     except TrustError as e:
         raise UsageFailure(
             f"{e} (to trust the server's CA; or pass --ca FILE, JW_CA)"
@@ -315,7 +316,8 @@ class Session:
             raise UsageFailure(
                 f"cannot save the token in {self.tokensFile}: {e.strerror}"
             ) from None
-        streams.say(
-            f"logged in to {self.server} as {result['user']} until "
-            f"{result['expires_at']}"
-        )
+        # Local, as every other time jw shows (it was the API's UTC
+        # text: new user round 35).
+        now = self.client.reactor.seconds()
+        until = when(str(result["expires_at"]), now) or result["expires_at"]
+        streams.say(f"logged in to {self.server} as {result['user']} until {until}")

@@ -75,11 +75,16 @@ def age(stamp: str, now: float) -> str:
     then = parseTime(stamp)
     if then is None:
         return "?"
-    seconds = max(0, int(now - then))
+    return _shortly(now - then)
+
+
+def _shortly(seconds: float) -> str:
+    """C{42s}, C{5m}, C{3h}, C{2d} (whole units, rounded down; 0s at least)."""
+    whole = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+        if whole >= size:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
 
 
 def duration(job: dict[str, Any], now: float) -> str:
@@ -194,17 +199,24 @@ def endLine(final: dict[str, Any]) -> str | None:
     return None
 
 
-def _when(stamp: str | None, now: float) -> str:
+def when(stamp: str | None, now: float) -> str:
+    """
+    An RFC 3339 time of the API as jw shows every time: local, C{2026-12-04
+    20:00:59 UTC (1s ago)}, or C{(in 12h)} for one still to come (empty if
+    absent or unreadable).
+    """
     then = parseTime(stamp)
     if then is None:
         return ""
     local = datetime.fromtimestamp(then, UTC).astimezone()
-    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({age(stamp or '', now)} ago)"
+    if then > now:
+        return f"{local:%Y-%m-%d %H:%M:%S %Z} (in {_shortly(then - now)})"
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({_shortly(now - then)} ago)"
 
 
 def _value(key: str, value: Any, now: float) -> str:
     if key.endswith("_at"):
-        return _when(value, now)
+        return when(value, now)
     if key == "args":
         return shlex.join(value)
     if key == "limits":

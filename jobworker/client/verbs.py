@@ -110,6 +110,77 @@ def parseAge(text: str) -> float:
     return seconds
 
 
+# The rules every server applies to a job's name, labels and cwd, and to a
+# user name, checked by jw before anything is sent, naming the flag (they
+# were the server's 400, in the API's words, exit 1: new user round 35).
+# Copied from the server's (jobworker.jobs.selection, jobworker.auth.names,
+# jobworker.jobs.validation): jw imports none of its modules. A test checks
+# that the two agree.
+
+#: A job name (C{selection.NAME}).
+JOB_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}\Z")
+#: A label key (C{selection.LABEL_KEY}).
+LABEL_KEY = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+#: The most labels a job may carry, and label filters a listing may have
+#: (C{selection.MAX_LABELS}); the longest label value.
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 256
+#: A label value: no control characters (C0, DEL, C1), at most 256
+#: (C{selection.LABEL_VALUE}; a lone surrogate jw refuses before, as text
+#: that is not UTF-8).
+LABEL_VALUE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{0,256}\Z")
+#: A user name (C{auth.names.USER_NAME}).
+USER_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+
+
+def checkName(name: str, flag: str = "--name") -> None:
+    """@raise BadArguments: C{name} is not a job name."""
+    if not JOB_NAME.match(name):
+        raise BadArguments(
+            f"{flag} must be 1 to 128 ASCII letters, digits or ._:@+- (starting "
+            f"with a letter or digit), not {name!r}"
+        )
+
+
+def checkLabels(labels: list[tuple[str, str]], filters: bool = False) -> None:
+    """
+    C{labels}, a job's (at most L{MAX_LABELS} names) or a listing's
+    filters (C{filters}: at most L{MAX_LABELS} of them).
+
+    @raise BadArguments: too many, or a name or value that breaks its rule.
+    """
+    count = len(labels) if filters else len({key for key, _ in labels})
+    if count > MAX_LABELS:
+        what = "--label filters" if filters else "labels (--label)"
+        raise BadArguments(f"at most {MAX_LABELS} {what}, not {count}")
+    for key, value in labels:
+        if not LABEL_KEY.match(key):
+            raise BadArguments(
+                f"--label name {key!r} must be 1 to 63 ASCII letters, digits or "
+                "._/- (starting with a letter or digit)"
+            )
+        if not LABEL_VALUE.match(value):
+            raise BadArguments(
+                f"--label {key}: its value must be at most {MAX_LABEL_VALUE} "
+                "characters, none a control character"
+            )
+
+
+def checkCwd(cwd: str) -> None:
+    """@raise BadArguments: C{cwd} is not an absolute path."""
+    if not cwd.startswith("/"):
+        raise BadArguments(f"--cwd must be an absolute path on the server, not {cwd!r}")
+
+
+def checkOwner(owner: str) -> None:
+    """@raise BadArguments: C{owner} is not a user name."""
+    if not USER_NAME.match(owner):
+        raise BadArguments(
+            "--owner must be a user name: 1 to 64 ASCII letters, digits or ._@- "
+            f"(the first a letter or digit), not {owner!r}"
+        )
+
+
 def execRequest(options: argparse.Namespace) -> dict[str, Any]:
     """The request body of C{jw exec} beyond the command (the server checks it)."""
     fields: dict[str, Any] = {}
@@ -142,6 +213,7 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
     if options.env:
         fields["env"] = pairs(options.env, "--env")
     if options.cwd is not None:
+        checkCwd(options.cwd)
         fields["cwd"] = options.cwd
     if options.timeout is not None:
         if not 0 < options.timeout <= MAX_TIMEOUT:
@@ -150,9 +222,12 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
             )
         fields["timeout_seconds"] = options.timeout
     if options.name is not None:
+        checkName(options.name)
         fields["name"] = options.name
     if options.label:
-        fields["labels"] = pairs(options.label, "--label")
+        labels = [pair(each, "--label") for each in options.label]
+        checkLabels(labels)
+        fields["labels"] = dict(labels)
     if options.stdin:
         fields["stdin"] = True
     if options.priority is not None:
@@ -236,9 +311,13 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
             checkId(text)
     if verb in ("list", "clean"):
         _oneFilterEach(verb, options)
+    if verb in ("list", "clean") and options.owner is not None:
+        checkOwner(options.owner)
     if verb == "list":
         _checkLimit(options.limit)
-        pairs(options.label, "--label")
+        checkLabels([pair(each, "--label") for each in options.label], filters=True)
+        if options.name is not None:
+            checkName(options.name)
     elif verb == "clean" and options.older_than is not None:
         parseAge(options.older_than)
     elif verb == "logs":
@@ -491,6 +570,60 @@ async def stopTaken(
         if left <= 0:
             return False
         await client.pause(min(next(pauses), left))
+
+
+async def closeInput(
+    client: AnyClient,
+    jobId: str,
+    name: str,
+    streams: Streams,
+    detached: bool = False,
+) -> None:
+    """
+    C{jw exec -i} interrupted (C{name}) while it sends jw's stdin, and the
+    job left to run on: without C{-f} (jw exec leaves it, as without
+    C{-i}), or with C{-f --detach-on-interrupt} (C{detached}: the line
+    saying so is out already). Its stdin is closed, so that it does not
+    wait for the rest for ever (it did, and jw said nothing: new user
+    rounds 28 and 35), and jw says so; a job still queued has it closed
+    at its start. A write of the feed the job has not taken yet holds the
+    close back (429) a moment.
+    """
+    said = await _closedInput(client, jobId)
+    lead = f"job {jobId}'s stdin" if detached else f"job {jobId} runs on, its stdin"
+    streams.say(f"jw: {name}: {lead} {said}")
+
+
+async def _closedInput(client: AnyClient, jobId: str) -> str:
+    """Close job C{jobId}'s stdin; what became of it, in words."""
+    for _ in range(CLOSE_TRIES):
+        try:
+            await client.sendStdin(jobId, b"", eof=True)
+        except ClientError as e:
+            if e.status == 429:
+                await client.pause(CLOSE_PAUSE)
+                continue
+            if e.status == 409 and _notStartedYet(e):
+                # A server older than round 35's takes no close of a
+                # queued job's stdin (jw said "closed": new user round 35).
+                return (
+                    "left open: the job is queued, and this server cannot "
+                    "close its stdin before it starts; once started, it "
+                    f"waits on it: jw stop {jobId} ends it"
+                )
+            if e.status == 409:  # closed (or ended) already
+                break
+            return f"left open ({e}): jw stop {jobId} ends it"
+        break
+    else:
+        return f"left open (the job does not read it): jw stop {jobId} ends it"
+    return f"closed (jw stop {jobId} ends it)"
+
+
+#: How often, and how far apart (seconds), L{closeInput} asks again while a
+#: write the job has not taken holds the close back.
+CLOSE_TRIES = 10
+CLOSE_PAUSE = 0.3
 
 
 def sayLeft(name: str, jobId: str, streams: Streams, taken: bool) -> None:
@@ -845,6 +978,12 @@ async def doExec(
         if not options.detach_on_interrupt:
             taken = await _stopTakenTwisted(client, jobId, streams, stops)
             sayLeft(left[0], jobId, streams, taken)
+        elif feeding is not None:
+            # Left running: its stdin closed (new user round 35).
+            if not feeding.called:
+                feeding.cancel()
+                feeding.addErrback(lambda f: f.trap(CancelledError))
+            await closeInput(client, jobId, left[0], streams, detached=True)
         if options.json:
             # The one document --json promises: the job as it is now.
             with contextlib.suppress(ClientError):
