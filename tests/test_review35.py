@@ -5,6 +5,7 @@ test that failed against the code before its fix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -15,8 +16,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import NotFound, ServiceUnavailable
-from jobworker.executors.local import launcher
+from jobworker.executors.local import launcher, pipes
+from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
+from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
@@ -25,6 +28,7 @@ from . import test_slurmunit
 from .support import LiveServer
 from .test_launcher import compiled, requireRoot, run, testIdentity
 from .test_manager import request
+from .test_pipes import FakeReader
 from .test_slurmunit import state
 
 #: A shim loaded into the launcher (C{LD_PRELOAD}): the namespace's init
@@ -260,3 +264,38 @@ class NoShellHintTests(TestCase):
         error = await self.refusal(server, "no-such-command-jw35")
         self.assertIn("not found in PATH", error)
         self.assertNotIn("shell", error)
+
+
+class PipeWideningWatchedTests(SynchronousTestCase):
+    """
+    Attacker round 35: a quiet stream's first full read is followed by the
+    pipe's resize (C{F_SETPIPE_SZ}), which takes the pipe's lock as a read
+    does; it ran after the read's watch was cleared, so a job that held the
+    lock in a throttled page fault froze the reactor there, unseen by the
+    stall watch (every request, every stop, until root lifted the throttle).
+    The resize is watched as the read is.
+    """
+
+    def test_resizeInsideTheWatch(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        watch = StallWatch(waiting=lambda tid: False, now=lambda: 0.0, watching=False)
+        slot = watch.slot(1)
+        killer: list[float] = []
+        drain = PipeDrain(FakeReader(r), None, None, slot, killer.append)
+        seen: list[object] = []
+        real = pipes.fcntl.fcntl
+
+        def resize(fd: int, command: int, arg: int) -> int:
+            if command == pipes.F_SETPIPE_SZ:
+                seen.append(slot.stalled)
+            return real(fd, command, arg)
+
+        self.patch(pipes.fcntl, "fcntl", resize)
+        os.write(w, b"x" * QUIET_READ)
+        drain()
+        self.assertEqual(seen, [killer.append])
+        self.assertIsNone(slot.stalled)
+        self.assertEqual(real(r, getattr(fcntl, "F_GETPIPE_SZ", 1032)), HEAVY)

@@ -95,20 +95,19 @@ class PipeDrain:
 
     def __call__(self) -> object:
         watch = self._watch
+        size = self._size
         if watch is None:
-            data = readSome(self._fd, self._size)
+            data = self._read(size)
         else:
             watch.reads += 1
             watch.stalled = self._stalled
             try:
-                data = readSome(self._fd, self._size)
+                data = self._read(size)
             finally:
                 watch.stalled = None
         if not isinstance(data, bytes):
             return data
-        full = len(data) == self._size
-        if full and self._size < HEAVY:
-            self._widen()
+        full = len(data) == size
         self._reader.dataReceived(data)
         capped = self._spool is not None and self._spool.full
         if full:
@@ -126,6 +125,18 @@ class PipeDrain:
         reader = self._reader
         if not (reader.disconnected or reader.disconnecting):
             reader.startReading()
+
+    def _read(self, size: int) -> object:
+        """
+        Read up to C{size} bytes; a full read of a quiet stream widens its
+        pipe (L{_widen}), within the same watched call: the resize takes
+        the pipe's lock as a read does, and a job holding it in a page
+        fault held the reactor there unseen (attacker round 35).
+        """
+        data = readSome(self._fd, size)
+        if size < HEAVY and isinstance(data, bytes) and len(data) == size:
+            self._widen()
+        return data
 
     def _widen(self) -> None:
         try:
