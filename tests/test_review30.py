@@ -256,7 +256,8 @@ class ThrottledIOEndsTests(TestCase):
         big = _bigFileOnRoot()
         if big is None:
             raise SkipTest("no file of 1 MiB on the root file system's device")
-        server = await Twistd(self).start("--stop-grace=1")
+        # (Its 4,096 bytes/s are under the default --min-io-bps: allowed here.)
+        server = await Twistd(self).start("--stop-grace=1", "--min-io-bps=1")
         code, body = await server.json(
             "POST",
             "/jobs",

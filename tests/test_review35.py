@@ -10,9 +10,11 @@ import json
 import os
 import signal
 import subprocess
+from typing import Any
 
 import treq
 from twisted.internet.defer import ensureDeferred
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import NotFound, ServiceUnavailable
@@ -21,8 +23,10 @@ from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
+from jobworker.jobs.limits import MIN_IO_BPS
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
+from jobworker.server.options import Options
 
 from . import test_slurmunit
 from .support import LiveServer
@@ -299,3 +303,50 @@ class PipeWideningWatchedTests(SynchronousTestCase):
         self.assertEqual(seen, [killer.append])
         self.assertIsNone(slot.stalled)
         self.assertEqual(real(r, getattr(fcntl, "F_GETPIPE_SZ", 1032)), HEAVY)
+
+
+class IoRateFloorTests(TestCase):
+    """
+    Attacker round 35: a job limited to C{io_read_bps} 1 read one page of a
+    file everyone reads (C{/etc/passwd}, a library) after evicting it: the
+    page stayed locked for its whole throttled read, and every process on
+    the machine that touched it waited (root's C{id -un 1}, another user's
+    job). A disk rate under C{--min-io-bps} (1 MiB/s by default) is refused.
+    """
+
+    timeout = 60
+
+    async def create(self, server: LiveServer, limits: dict[str, int]) -> Any:
+        return await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "limits": limits}
+        )
+
+    async def test_underTheFloorRefused(self) -> None:
+        server = LiveServer(self)
+        for name in ("io_read_bps", "io_write_bps"):
+            code, body = await self.create(server, {name: 1})
+            self.assertEqual(code, 400, body)
+            self.assertIn(
+                f"limits.{name} 1 is under this server's minimum", body["error"]
+            )
+            self.assertIn("--min-io-bps", body["error"])
+        code, body = await self.create(server, {"io_read_bps": MIN_IO_BPS - 1})
+        self.assertEqual(code, 400, body)
+        code, body = await self.create(server, {"io_read_bps": MIN_IO_BPS})
+        self.assertNotIn("minimum", str(body))
+
+    async def test_floorSetByTheOperator(self) -> None:
+        server = LiveServer(self, "--min-io-bps=4096")
+        code, body = await self.create(server, {"io_write_bps": 4095})
+        self.assertEqual(code, 400, body)
+        code, body = await self.create(server, {"io_write_bps": 4096})
+        self.assertNotIn("minimum", str(body))
+
+    def test_floorOverTheCeilingRefused(self) -> None:
+        options = Options()
+        error = self.assertRaises(
+            UsageError,
+            options.parseOptions,
+            ["--tls", "--max-io-bps=1M", "--min-io-bps=2M"],
+        )
+        self.assertIn("--min-io-bps 2097152 is over --max-io-bps 1048576", str(error))

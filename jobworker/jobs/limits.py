@@ -46,6 +46,17 @@ class Limits:
         )
 
 
+#: Default of C{--min-io-bps}: the lowest disk rate a job may be limited to.
+#: A read throttled far below it holds the pages it reads locked while it
+#: waits, for every process that touches them (one job at 1 byte/s held a
+#: page of /etc/passwd, and every user lookup on the machine with it; its
+#: own pipe's lock, in a page fault, held the server: attacker round 35).
+#: At 1 MiB/s a default 128 KiB read-ahead waits an eighth of a second.
+MIN_IO_BPS = 1 << 20
+
+#: The limits that are disk rates (L{MIN_IO_BPS}).
+IO_RATES = ("io_read_bps", "io_write_bps")
+
 #: The limits' names, in their order (the fields of L{Limits}: looked up
 #: once, not per job).
 NAMES: tuple[str, ...] = tuple(field.name for field in fields(Limits))

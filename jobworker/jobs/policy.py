@@ -8,7 +8,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from ..errors import BadRequest
 from .identity import Identities
-from .limits import Limits
+from .limits import IO_RATES, MIN_IO_BPS, Limits
 
 #: Default size of each private tmpfs of a sandboxed job (--tmp-size).
 DEFAULT_TMP_SIZE = 1 << 30
@@ -35,6 +35,9 @@ class JobPolicy:
 
     defaults: Limits = field(default_factory=Limits)
     maxima: Limits = field(default_factory=Limits)
+    #: The lowest disk rate (C{io_read_bps}, C{io_write_bps}) a job may ask
+    #: for (C{--min-io-bps}).
+    minIoBps: int = MIN_IO_BPS
     defaultTimeout: float | None = None
     isolate: frozenset[str] = frozenset()
     maxRunning: int | None = None
@@ -61,8 +64,20 @@ class JobPolicy:
         return self.maxRunning is not None or self.maxRunningPerUser is not None
 
     def checkMaxima(self, requested: Limits) -> None:
-        """@raise BadRequest: a requested limit over the server's maximum."""
+        """
+        @raise BadRequest: a requested limit over the server's maximum, or
+            a disk rate under its minimum (L{MIN_IO_BPS}).
+        """
         for name, value, maximum in requested.over(self.maxima):
             raise BadRequest(
                 f"limits.{name} {value} is over this server's maximum {maximum}"
             )
+        for name in IO_RATES:
+            value = getattr(requested, name)
+            if value is not None and value < self.minIoBps:
+                raise BadRequest(
+                    f"limits.{name} {value} is under this server's minimum "
+                    f"{self.minIoBps} (--min-io-bps): a read throttled slower "
+                    "holds the pages it reads locked for every process on the "
+                    "machine"
+                )

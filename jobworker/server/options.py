@@ -19,7 +19,7 @@ from ..jobs.identity import (
     DYNAMIC_UIDS,
     parseRange,
 )
-from ..jobs.limits import Limits
+from ..jobs.limits import MIN_IO_BPS, Limits
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
 from ..jobs.placement import positiveInteger
 from ..jobs.policy import (
@@ -256,6 +256,15 @@ class Options(usage.Options):
             None,
             None,
             "Largest disk read/write limit (bytes/s).",
+            parseSize,
+        ],
+        [
+            "min-io-bps",
+            None,
+            MIN_IO_BPS,
+            "Smallest disk read/write limit (bytes/s) a job may ask for: a "
+            "read throttled slower holds the pages it reads locked for every "
+            "process on the machine.",
             parseSize,
         ],
         [
@@ -707,12 +716,17 @@ class Options(usage.Options):
             for suffix in _LIMIT_OPTIONS.values()
             for kind in ("default", "max")
         ]
-        for name in (*names, "max-io-bps"):
+        for name in (*names, "max-io-bps", "min-io-bps"):
             if self[name] is not None:
                 try:
                     positiveInteger(self[name], f"--{name}")
                 except BadRequest as e:
                     raise usage.UsageError(str(e)) from None
+        most = self["max-io-bps"]
+        if most is not None and self["min-io-bps"] > most:
+            raise usage.UsageError(
+                f"--min-io-bps {self['min-io-bps']} is over --max-io-bps {most}"
+            )
         defaults, maxima = (
             Limits(
                 **{

@@ -315,6 +315,7 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
             io_read_bps=ioMax,
             io_write_bps=ioMax,
         ),
+        minIoBps=config["min-io-bps"],
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
         maxRunning=_maxRunning(config),
