@@ -456,8 +456,15 @@ def _execOptions(command: Any) -> None:
     add("--memory", metavar="SIZE", help="memory limit (512M, 2G)")
     add("--cpu", type=int, metavar="MILLICORES", help="CPU limit (1000 = 1 CPU)")
     add("--pids", type=int, metavar="N", help="process-count limit")
-    add("--io-read", metavar="SIZE", help="read bytes per second (disk)")
-    add("--io-write", metavar="SIZE", help="write bytes per second (disk)")
+    add(
+        "--io-read",
+        metavar="SIZE",
+        help="read bytes per second (disk; at least the server's --min-io-bps, 1M "
+        "by default)",
+    )
+    add(
+        "--io-write", metavar="SIZE", help="write bytes per second (disk; as --io-read)"
+    )
     slurm = execute.add_argument_group("Slurm (--executor slurm; the server allows)")
     for name in SLURM_TEXTS:
         slurm.add_argument(f"--{name}", metavar="NAME", help=f"sbatch --{name}")
