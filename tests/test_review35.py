@@ -17,6 +17,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.users import UserDatabase
 from jobworker.errors import NotFound, ServiceUnavailable
 from jobworker.executors.local import launcher, pipes
 from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
@@ -30,6 +31,14 @@ from jobworker.server.options import Options
 
 from . import test_slurmunit
 from .support import LiveServer
+from .test_hostile_auth import (
+    SHARED,
+    USERS_TEXT,
+    HeldRunner,
+    HostileAuthMixin,
+    basicHeader,
+)
+from .test_hostile_auth import request as authRequest
 from .test_launcher import compiled, requireRoot, run, testIdentity
 from .test_manager import request
 from .test_pipes import FakeReader
@@ -350,3 +359,31 @@ class IoRateFloorTests(TestCase):
             ["--tls", "--max-io-bps=1M", "--min-io-bps=2M"],
         )
         self.assertIn("--min-io-bps 2097152 is over --max-io-bps 1048576", str(error))
+
+
+class ThrottleWaitersForgottenTests(HostileAuthMixin, SynchronousTestCase):
+    """
+    Code review 35: an attempt held back by the checks in flight waits on
+    its client's list and on its user name's; woken through the client's
+    (and then refused, 429), it stayed in its name's list for good: one
+    entry per name an unauthenticated client tried, without bound. A woken
+    attempt leaves both lists.
+    """
+
+    def setUp(self) -> None:
+        self.held = HeldRunner()
+        self.authenticator = self.makeAuthenticator(
+            UserDatabase.fromText(USERS_TEXT), self.held
+        )
+
+    def test_namesNotKept(self) -> None:
+        for cycle in range(10):
+            for n in range(40):
+                self.authenticate(
+                    self.authenticator,
+                    authRequest(SHARED, basicHeader(f"nobody-{cycle}-{n}", "guess")),
+                )
+            self.held.release()  # the checks fail; the waiters wake
+            self.clock.advance(301)
+        self.assertEqual(self.throttle._waitersOf, {})
+        self.assertEqual(self.throttle._waiters, {})

@@ -201,7 +201,15 @@ class LoginThrottle:
                     if not listed:
                         del waiters[key]
 
+        def woken(result: None) -> None:
+            # Out of both lists once it fires: woken through its client's,
+            # it stayed in its user name's, one entry per name an
+            # unauthenticated client tried, for good (code review 35).
+            cancel(waiter)
+            return result
+
         waiter: Deferred[None] = Deferred(cancel)
+        waiter.addCallback(woken)
         mine.append(waiter)
         self._waiters[client] = mine
         if user:
