@@ -13,10 +13,12 @@ import subprocess
 from typing import Any
 
 import treq
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import UserDatabase
 from jobworker.errors import NotFound, ServiceUnavailable
 from jobworker.executors.local import launcher, pipes
@@ -30,7 +32,7 @@ from jobworker.jobs.store import StoreError
 from jobworker.server.options import Options
 
 from . import test_slurmunit
-from .support import LiveServer
+from .support import LiveServer, waitUntil
 from .test_hostile_auth import (
     SHARED,
     USERS_TEXT,
@@ -387,3 +389,62 @@ class ThrottleWaitersForgottenTests(HostileAuthMixin, SynchronousTestCase):
             self.clock.advance(301)
         self.assertEqual(self.throttle._waitersOf, {})
         self.assertEqual(self.throttle._waiters, {})
+
+
+class RestopsAuditedPerJobTests(SynchronousTestCase):
+    """
+    Code review 35: the once-a-minute lines of stops of jobs already being
+    stopped were counted per user and client, whatever the job: an Admin's
+    KILL of a second job had no line naming it, and the line that counted
+    the left-out ones said "refused", the job unnamed. Each job is counted
+    apart, and that line names the job and the result.
+    """
+
+    def lines(self, path: str) -> list[dict[str, Any]]:
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+
+    def test_eachJobItsOwnLines(self) -> None:
+        clock = Clock()
+        path = self.mktemp()
+        log = AuditLog(path, clock)
+        for job in ("A", "B"):
+            log.recordSparsely("job.stop", "ada", "1.2.3.4", "requested", job=job)
+        log.recordSparsely("job.stop", "ada", "1.2.3.4", "requested", job="B")
+        clock.advance(61)
+        log.reportLeftOut()
+        self.assertEqual(
+            [(e["job"], e["result"], e.get("left_out")) for e in self.lines(path)],
+            [("A", "requested", None), ("B", "requested", None), ("B", "requested", 1)],
+        )
+
+
+class TimedOutJobRestopsTests(TestCase):
+    """
+    Code review 35: a job its timeout was stopping is being stopped, but
+    each stop of it wrote a full audit line (its C{stopped_by} is unset):
+    ten stops, ten lines. One a minute, as for a job a user is stopping.
+    """
+
+    timeout = 60
+
+    async def test_onceAMinute(self) -> None:
+        server = LiveServer(self, grace=2)
+        job = await server.createJob(
+            "sh", "-c", "trap '' TERM; sleep 30", timeout_seconds=0.3
+        )
+        await waitUntil(
+            lambda: server.manager.record(job["id"]).error is not None,
+            what="the timeout",
+        )
+        # (Each answers once the job has ended, at the grace's end.)
+        answers = await gatherResults(
+            [
+                ensureDeferred(server.json("POST", f"/jobs/{job['id']}/stop"))
+                for _ in range(5)
+            ]
+        )
+        self.assertEqual([code for code, _ in answers], [200] * 5)
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            stops = [line for line in f if '"job.stop"' in line and job["id"] in line]
+        self.assertEqual(len(stops), 1, stops)

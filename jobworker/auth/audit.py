@@ -38,11 +38,11 @@ class AuditLog:
         #: The file ends in the middle of a line (a write the disk cut
         #: short): the next line starts with an end of line.
         self._cut = False
-        #: L{recordSparsely}'s (event, user, client as counted): when last
-        #: written, how many left out since, and the address last written;
-        #: the one written longest ago first.
+        #: L{recordSparsely}'s (event, user, client as counted, job): when
+        #: last written, how many left out since, and the address and result
+        #: last written; the one written longest ago first.
         self._sparse: OrderedDict[
-            tuple[str, str | None, str], tuple[float, int, str]
+            tuple[str, str | None, str, str | None], tuple[float, int, str, str]
         ] = OrderedDict()
         if path is not None:
             self._fd, self._cut = self._open(path)
@@ -121,25 +121,28 @@ class AuditLog:
         /64; 200 loopback addresses wrote 200 lines): the next line written
         says how many were left out in between (C{left_out}), or
         L{reportLeftOut}'s once they stopped. For events a request that
-        changes nothing earns (a refusal): a loop of them wrote 2,000 lines
-        a second.
+        changes nothing earns (a refusal, a stop of a job already being
+        stopped): a loop of them wrote 2,000 lines a second. An event about
+        a job (a C{job} field) is counted for that job alone, and the line
+        that says how many were left out names it and the result written
+        (an Admin's KILL of another job was merged with the first's, and
+        summed up as "refused", the job unnamed: code review 35).
         """
-        key = (event, user, clientKey(client))
+        job = fields.get("job")
+        key = (event, user, clientKey(client), job)
         now = self._clock.seconds()
-        last, leftOut, _ = self._sparse.get(key, (None, 0, client))
+        last, leftOut, _, _ = self._sparse.get(key, (None, 0, client, result))
         if last is not None and 0 <= now - last < SPARSE_EVERY:
-            self._sparse[key] = (last, leftOut + 1, client)
+            self._sparse[key] = (last, leftOut + 1, client, result)
             return
-        self._sparse[key] = (now, 0, client)
+        self._sparse[key] = (now, 0, client, result)
         self._sparse.move_to_end(key)
         while len(self._sparse) > MAX_SPARSE:
-            (oldEvent, oldUser, _), (_, oldLeftOut, oldClient) = self._sparse.popitem(
+            old, (_, oldLeftOut, oldClient, oldResult) = self._sparse.popitem(
                 last=False
             )
             if oldLeftOut:
-                self.record(
-                    oldEvent, oldUser, oldClient, "refused", left_out=oldLeftOut
-                )
+                self._recordLeftOut(old, oldClient, oldResult, oldLeftOut)
         if leftOut:
             fields["left_out"] = leftOut
         self.record(event, user, client, result, **fields)
@@ -151,12 +154,26 @@ class AuditLog:
         stopped is counted too (call once a minute).
         """
         now = self._clock.seconds()
-        for key, (last, leftOut, client) in list(self._sparse.items()):
+        for key, (last, leftOut, client, result) in list(self._sparse.items()):
             if leftOut and not 0 <= now - last < SPARSE_EVERY:
-                event, user, _ = key
-                self._sparse[key] = (now, 0, client)
+                self._sparse[key] = (now, 0, client, result)
                 self._sparse.move_to_end(key)
-                self.record(event, user, client, "refused", left_out=leftOut)
+                self._recordLeftOut(key, client, result, leftOut)
+
+    def _recordLeftOut(
+        self,
+        key: tuple[str, str | None, str, str | None],
+        client: str,
+        result: str,
+        leftOut: int,
+    ) -> None:
+        """The line of the C{leftOut} lines of C{key} left out (the last of
+        them from C{client}, with C{result})."""
+        event, user, _, job = key
+        fields: dict[str, Any] = {"left_out": leftOut}
+        if job is not None:
+            fields["job"] = job
+        self.record(event, user, client, result, **fields)
 
     def record(
         self, event: str, user: str | None, client: str, result: str, **fields: Any

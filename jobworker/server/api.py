@@ -567,7 +567,12 @@ class JobsAPI:
         # A job that has ended is a 409 here, and no line: no stop was made.
         # One already being stopped: one line a minute (a loop of stops of
         # it wrote a line each, whether or not they hastened its end).
-        again = record.stopped_by is not None
+        # (Its timeout's stop counts: it stores the job's error as it fires,
+        # and each stop of a timed-out job was a line of its own: code
+        # review 35.)
+        again = record.stopped_by is not None or (
+            not record.status.ended and record.error is not None
+        )
         try:
             stopping = self._manager.stop(record.id, user.name, how)
         except LeftoversStopped:
