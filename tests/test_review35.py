@@ -8,13 +8,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import treq
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -448,3 +451,88 @@ class TimedOutJobRestopsTests(TestCase):
         with open(os.path.join(server.stateDir, "audit.log")) as f:
             stops = [line for line in f if '"job.stop"' in line and job["id"] in line]
         self.assertEqual(len(stops), 1, stops)
+
+
+#: Sends what the channel refuses before any route: headers that never end
+#: (408), a request line that is no HTTP (400), a header line too long
+#: (431), a body over the cap (413).
+RAW_REFUSALS = r"""
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=ca)
+for raw in (
+    b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n",
+):
+    plain = socket.create_connection(("127.0.0.1", port))
+    with context.wrap_socket(plain, server_hostname="localhost") as s:
+        s.sendall(raw)
+        s.settimeout(20)
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        print(answer.split(b"\r\n", 1)[0].decode())
+"""
+
+
+class RefusedRequestsCountedTests(TestCase):
+    """
+    Code review 35: the 408, 431 and 400 the channel answers before any
+    route (headers that never end, a line too long, a request that is no
+    HTTP) were not counted in C{jobworker_http_requests_total}: a flood of
+    them left no trace there. Counted now, route C{other}.
+    """
+
+    timeout = 60
+
+    async def counts(self, server: LiveServer) -> dict[tuple[str, str], float]:
+        response = await server.request("GET", "/metrics", "ada")
+        text = (await treq.content(response)).decode()
+        found = {}
+        for line in text.splitlines():
+            match = re.match(
+                r'jobworker_http_requests_total\{code="(\d+)",route="([^"]+)"\} (\S+)',
+                line,
+            ) or re.match(
+                r'jobworker_http_requests_total\{route="([^"]+)",code="(\d+)"\} (\S+)',
+                line,
+            )
+            if match:
+                a, b, value = match.groups()
+                route, code = (b, a) if a.isdigit() else (a, b)
+                found[(route, code)] = float(value)
+        return found
+
+    async def test_counted(self) -> None:
+        server = LiveServer(self, "--header-timeout=1")
+        before = await self.counts(server)
+        result = await deferToThread(
+            subprocess.run,
+            [sys.executable, "-c", RAW_REFUSALS, str(server.port), server.ca],
+            capture_output=True,
+            timeout=40,
+            check=False,
+        )
+        self.assertEqual(
+            result.stdout.decode().split("\n")[:4],
+            [
+                "HTTP/1.1 408 Request Timeout",
+                "HTTP/1.1 400 Bad Request",
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "HTTP/1.1 413 Request Entity Too Large",
+            ],
+            result.stderr,
+        )
+        after = await self.counts(server)
+        for key in (
+            ("other", "408"),
+            ("other", "400"),
+            ("other", "431"),
+            ("/jobs", "413"),
+        ):
+            self.assertEqual(after.get(key, 0) - before.get(key, 0), 1, (key, after))

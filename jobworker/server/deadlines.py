@@ -268,23 +268,24 @@ class DeadlineChannel(HTTPChannel):
         session review 33)."""
         if self._refused:
             return
+        path = getattr(self, "_path", None)  # (the request line's, as parsed)
         self._refuse(
             _closingResponse(
                 b"413 Request Entity Too Large", f"request body over {limit} bytes"
-            )
+            ),
+            path if isinstance(path, bytes) else b"",
         )
-        metrics = getattr(getattr(self, "site", None), "metrics", None)
-        path = getattr(self, "_path", None)  # (the request line's, as parsed)
-        if metrics is not None and isinstance(path, bytes):
-            metrics.request(path, 413, 0.0)
 
     #: What a refused connection may still read (L{LINGER_BYTES}), -1 once
     #: it is aborted.
     _lingerLeft = -1
 
-    def _refuse(self, response: bytes) -> None:
+    def _refuse(self, response: bytes, path: bytes = b"") -> None:
         """
-        Answer with C{response} and close; parse nothing more.
+        Answer with C{response} and close; parse nothing more. Counted in
+        the site's metrics as a request to C{path} (none: route C{other};
+        the 408, 431 and 400 of a request never handed to a route were not
+        counted, and a flood of them left no trace there: code review 35).
 
         A closing TLS connection reads on until the client's C{close_notify}
         (and a client that sends on never sends it), each record decrypted:
@@ -295,6 +296,9 @@ class DeadlineChannel(HTTPChannel):
         """
         self._refused = True
         self._cancelDeadline()
+        metrics = getattr(getattr(self, "site", None), "metrics", None)
+        if metrics is not None:
+            metrics.request(path, int(response[9:12]), 0.0)
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         if self.transport is not None:
             self.transport.write(response)
