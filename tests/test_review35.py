@@ -29,6 +29,7 @@ from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
+from jobworker.executors.slurm.job import STATUS_PATIENCE
 from jobworker.jobs.limits import MIN_IO_BPS
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
@@ -536,3 +537,43 @@ class RefusedRequestsCountedTests(TestCase):
             ("/jobs", "413"),
         ):
             self.assertEqual(after.get(key, 0) - before.get(key, 0), 1, (key, after))
+
+
+class StoppedSlurmJobStatusTests(SlurmCase):
+    """
+    Slurm user round 35: a stopped job whose TERM took a while to end its
+    batch step was read CANCELLED 0:0 at the poll after the cancel at the
+    grace's end, the step's own status (killed by SIGTERM) only a poll
+    later: it ended STOPPED without a status (`jw wait` 255, not 143). A
+    stopped job Slurm says ended without a status waits a while
+    (L{STATUS_PATIENCE}) for it; past that, none came.
+    """
+
+    def stopped(self) -> tuple[Any, Any]:
+        record = self.submit("sleep", "300")
+        self.poll({"101": state("RUNNING")})
+        stopping = self.manager.stop(record.id, "alice")
+        self.reactor.advance(5.0)  # the grace ends: scancel
+        return record, stopping
+
+    def test_theStepsStatusTaken(self) -> None:
+        record, stopping = self.stopped()
+        self.poll({"101": state("CANCELLED")})  # 0:0: the cancel, read first
+        self.assertNoResult(stopping)
+        self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+        self.poll({"101": state("CANCELLED", 0, 15)})
+        ended = self.successResultOf(stopping)
+        self.assertEqual(
+            (ended.status, ended.exit_code, ended.signal),
+            (JobStatus.STOPPED, None, "SIGTERM"),
+        )
+
+    def test_noneCame(self) -> None:
+        _, stopping = self.stopped()
+        for _ in range(int(STATUS_PATIENCE) + 1):
+            self.poll({"101": state("CANCELLED")})
+        ended = self.successResultOf(stopping)
+        self.assertEqual(
+            (ended.status, ended.exit_code, ended.signal),
+            (JobStatus.STOPPED, None, None),
+        )

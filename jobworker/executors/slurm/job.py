@@ -61,6 +61,14 @@ ENDED_ANSWER_AFTER = 30.0
 #: it ends with Slurm's own words.
 DEPENDENCY_PATIENCE = 60.0
 
+#: Seconds a stopped job that Slurm says ended without a status (CANCELLED
+#: 0:0) waits for its batch step's own: the cancel at the end of its grace
+#: is read first, the step's status (killed by its TERM) a poll or two
+#: later; taken at once, the job ended with no status, its TERM lost (`jw
+#: wait` exited 255, not 143: Slurm round 35). Past them, none came (its
+#: node stopped answering).
+STATUS_PATIENCE = 10.0
+
 
 def isOurs(record: JobRecord, state: SlurmState) -> bool:
     """
@@ -158,6 +166,9 @@ class SlurmJob:
         self._dependencyFailed = False
         #: When Slurm was first seen to have cancelled it for a dependency.
         self._cancelledSince: float | None = None
+        #: When Slurm was first seen to have ended it stopped, without a
+        #: status (L{STATUS_PATIENCE}).
+        self._statuslessSince: float | None = None
         #: Slurm itself saw it end otherwise than COMPLETED: Slurm cancels
         #: the jobs held on it (afterok) without jobworker's help.
         self.failedInSlurm = False
@@ -422,6 +433,18 @@ class SlurmJob:
             self._cancelledSince = now
         return now - self._cancelledSince < DEPENDENCY_PATIENCE
 
+    def _awaitsStatus(self, state: SlurmState) -> bool:
+        """
+        Whether this stopped job, which Slurm says ended without a status,
+        waits on for its batch step's (L{STATUS_PATIENCE}).
+        """
+        if state.state == "COMPLETED" or state.signal or state.exitCode:
+            return False
+        now = self._executor.now()
+        if self._statuslessSince is None:
+            self._statuslessSince = now
+        return now - self._statuslessSince < STATUS_PATIENCE
+
     def _ended(self, state: SlurmState) -> None:
         record = self.record
         self.failedInSlurm = state.state != "COMPLETED"
@@ -441,6 +464,8 @@ class SlurmJob:
                 # A later poll brings that dependency's end (jobworker
                 # cancelled this job for a stop: that stop will end it).
                 return
+        if ran and self._stopRequested and self._awaitsStatus(state):
+            return
         if record.node is None:
             record.node = state.node
         record.pending_reason = None
