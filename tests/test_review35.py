@@ -25,12 +25,13 @@ from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import UserDatabase
 from jobworker.errors import NotFound, ServiceUnavailable
 from jobworker.executors.local import launcher, pipes
+from jobworker.executors.local.cgroups import blockDevice, readAhead
 from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
 from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, privateFolders
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.executors.slurm.job import STATUS_PATIENCE
-from jobworker.jobs.limits import MIN_IO_BPS
+from jobworker.jobs.limits import MIN_IO_BPS, ioRateFloor
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
 from jobworker.server.options import Options
@@ -326,7 +327,10 @@ class IoRateFloorTests(TestCase):
     file everyone reads (C{/etc/passwd}, a library) after evicting it: the
     page stayed locked for its whole throttled read, and every process on
     the machine that touched it waited (root's C{id -un 1}, another user's
-    job). A disk rate under C{--min-io-bps} (1 MiB/s by default) is refused.
+    job). A disk rate under C{--min-io-bps} is refused: by default four
+    read-ahead windows of the limited disk a second, and 1 MiB/s at least
+    (a window's pages are locked until all of it is read: at 1 MiB/s, an 8
+    MiB read-ahead held them 5-8 s, the fix's review).
     """
 
     timeout = 60
@@ -338,17 +342,24 @@ class IoRateFloorTests(TestCase):
 
     async def test_underTheFloorRefused(self) -> None:
         server = LiveServer(self)
+        floor = ioRateFloor(readAhead(blockDevice("/")))
+        self.assertGreaterEqual(floor, MIN_IO_BPS)
         for name in ("io_read_bps", "io_write_bps"):
-            code, body = await self.create(server, {name: 1})
+            code, body = await self.create(server, {name: floor - 1})
             self.assertEqual(code, 400, body)
+            said = body["error"]
             self.assertIn(
-                f"limits.{name} 1 is under this server's minimum", body["error"]
+                f"limits.{name} {floor - 1} is under this server's minimum {floor}",
+                said,
             )
-            self.assertIn("--min-io-bps", body["error"])
-        code, body = await self.create(server, {"io_read_bps": MIN_IO_BPS - 1})
-        self.assertEqual(code, 400, body)
-        code, body = await self.create(server, {"io_read_bps": MIN_IO_BPS})
+            self.assertIn("--min-io-bps", said)
+        code, body = await self.create(server, {"io_read_bps": floor})
         self.assertNotIn("minimum", str(body))
+
+    def test_floorByReadAhead(self) -> None:
+        self.assertEqual(ioRateFloor(None), MIN_IO_BPS)
+        self.assertEqual(ioRateFloor(128 << 10), MIN_IO_BPS)
+        self.assertEqual(ioRateFloor(8 << 20), 32 << 20)
 
     async def test_floorSetByTheOperator(self) -> None:
         server = LiveServer(self, "--min-io-bps=4096")

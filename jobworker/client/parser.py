@@ -459,8 +459,8 @@ def _execOptions(command: Any) -> None:
     add(
         "--io-read",
         metavar="SIZE",
-        help="read bytes per second (disk; at least the server's --min-io-bps, 1M "
-        "by default)",
+        help="read bytes per second (disk; at least the server's --min-io-bps, "
+        "1M or more)",
     )
     add(
         "--io-write", metavar="SIZE", help="write bytes per second (disk; as --io-read)"

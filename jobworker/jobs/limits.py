@@ -46,13 +46,29 @@ class Limits:
         )
 
 
-#: Default of C{--min-io-bps}: the lowest disk rate a job may be limited to.
-#: A read throttled far below it holds the pages it reads locked while it
-#: waits, for every process that touches them (one job at 1 byte/s held a
-#: page of /etc/passwd, and every user lookup on the machine with it; its
-#: own pipe's lock, in a page fault, held the server: attacker round 35).
-#: At 1 MiB/s a default 128 KiB read-ahead waits an eighth of a second.
+#: The least of C{--min-io-bps}'s default: the lowest disk rate a job may
+#: be limited to. A read throttled far below it holds the pages it reads
+#: locked while it waits, for every process that touches them (one job at 1
+#: byte/s held a page of /etc/passwd, and every user lookup on the machine
+#: with it; its own pipe's lock, in a page fault, held the server: attacker
+#: round 35).
 MIN_IO_BPS = 1 << 20
+
+#: How many of its device's read-ahead windows a throttled job must be let
+#: read a second (L{ioRateFloor}): a window's pages are locked until the
+#: whole window is read, a quarter of a second at most then (a 1 MiB/s floor
+#: held them 5-8 s behind an 8 MiB read-ahead: attacker round 35).
+WINDOWS_PER_SECOND = 4
+
+
+def ioRateFloor(readAhead: int | None) -> int:
+    """
+    The default lowest disk rate (bytes/s) for a device that reads
+    C{readAhead} bytes ahead (None: not known): L{WINDOWS_PER_SECOND}
+    windows a second, and at least L{MIN_IO_BPS}.
+    """
+    return max(MIN_IO_BPS, WINDOWS_PER_SECOND * (readAhead or 0))
+
 
 #: The limits that are disk rates (L{MIN_IO_BPS}).
 IO_RATES = ("io_read_bps", "io_write_bps")

@@ -19,7 +19,7 @@ from ..jobs.identity import (
     DYNAMIC_UIDS,
     parseRange,
 )
-from ..jobs.limits import MIN_IO_BPS, Limits
+from ..jobs.limits import Limits
 from ..jobs.manager import DEFAULT_MAX_LOG_BYTES
 from ..jobs.placement import positiveInteger
 from ..jobs.policy import (
@@ -261,10 +261,11 @@ class Options(usage.Options):
         [
             "min-io-bps",
             None,
-            MIN_IO_BPS,
+            None,
             "Smallest disk read/write limit (bytes/s) a job may ask for: a "
             "read throttled slower holds the pages it reads locked for every "
-            "process on the machine.",
+            "process on the machine [default: 4 read-ahead windows of the "
+            "disk a second, 1M at least].",
             parseSize,
         ],
         [
@@ -722,8 +723,8 @@ class Options(usage.Options):
                     positiveInteger(self[name], f"--{name}")
                 except BadRequest as e:
                     raise usage.UsageError(str(e)) from None
-        most = self["max-io-bps"]
-        if most is not None and self["min-io-bps"] > most:
+        most, least = self["max-io-bps"], self["min-io-bps"]
+        if most is not None and least is not None and least > most:
             raise usage.UsageError(
                 f"--min-io-bps {self['min-io-bps']} is over --max-io-bps {most}"
             )

@@ -28,7 +28,7 @@ from ..auth.permissions import mayStartQueued
 from ..auth.throttle import LoginThrottle
 from ..auth.tokens import TokenSigner, loadOrCreateKey
 from ..auth.users import UserDatabase, UsersFileError
-from ..executors.local.cgroups import Cgroups
+from ..executors.local.cgroups import Cgroups, readAhead
 from ..executors.local.cgroups import detect as detectCgroups
 from ..executors.local.executor import LocalExecutor
 from ..executors.local.pump import Pumps
@@ -39,7 +39,7 @@ from ..jobs.identity import (
     Identities,
     Identity,
 )
-from ..jobs.limits import Limits
+from ..jobs.limits import WINDOWS_PER_SECOND, Limits, ioRateFloor
 from ..jobs.manager import JobManager, giveUpReserve
 from ..jobs.placement import SlurmAllowances
 from ..jobs.policy import JobPolicy, JobReactor
@@ -131,7 +131,7 @@ def _parts(
     slurm = config["executor"] == "slurm"
     cgroups = _cgroups(config, slurm)
     identities = identitysetup.identities(config, slurm)
-    policy = _policy(config, identities)
+    policy = _policy(config, identities, cgroups)
     metrics = Metrics()
     threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
@@ -299,9 +299,26 @@ def _maxRunning(config: Options) -> int | None:
     return most
 
 
-def _policy(config: Options, identities: Identities) -> JobPolicy:
+def _policy(
+    config: Options, identities: Identities, cgroups: Cgroups | None = None
+) -> JobPolicy:
     """The server-wide rules for jobs, from the options."""
     ioMax = config["max-io-bps"]
+    ioMin = config["min-io-bps"]
+    if ioMin is None:
+        device = None if cgroups is None else cgroups.ioDevice
+        ahead = readAhead(device)
+        ioMin = ioRateFloor(ahead)
+        if cgroups is not None and "io_read_bps" in cgroups.supported:
+            log.info(
+                "disk rates (io_read_bps, io_write_bps) at least {floor} bytes/s "
+                "(--min-io-bps: {windows} read-ahead windows of {ahead} KiB a "
+                "second on {device}, 1 MiB/s at least)",
+                floor=ioMin,
+                windows=WINDOWS_PER_SECOND,
+                ahead=(ahead or 0) // 1024,
+                device=device,
+            )
     return JobPolicy(
         defaults=Limits(
             memory_bytes=config["default-memory"],
@@ -315,7 +332,7 @@ def _policy(config: Options, identities: Identities) -> JobPolicy:
             io_read_bps=ioMax,
             io_write_bps=ioMax,
         ),
-        minIoBps=config["min-io-bps"],
+        minIoBps=ioMin,
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
         maxRunning=_maxRunning(config),

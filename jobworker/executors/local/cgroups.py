@@ -82,6 +82,8 @@ class Cgroups(Protocol):
 
     version: int
     supported: frozenset[str]
+    #: The device (C{major:minor}) the jobs' disk rates are limited on.
+    ioDevice: str | None
 
     def create(self, jobId: str, limits: Limits, gid: int = 0) -> JobCgroup:
         """
@@ -294,6 +296,17 @@ def _counter(path: str, key: str) -> int:
     return 0
 
 
+def readAhead(device: str | None) -> int | None:
+    """How many bytes the kernel reads ahead on C{device} (C{major:minor}),
+    or None (no device, or not said)."""
+    if device is None:
+        return None
+    try:
+        return int(_read(f"/sys/dev/block/{device}/queue/read_ahead_kb")) * 1024
+    except (OSError, ValueError):
+        return None
+
+
 def blockDevice(path: str) -> str | None:
     """C{major:minor} of the block device holding C{path}, or None (no device)."""
     try:
@@ -417,7 +430,7 @@ class CgroupsV1:
 
     def __init__(self, bases: dict[str, str], ioDevice: str | None) -> None:
         self._bases = bases
-        self._ioDevice = ioDevice
+        self._ioDevice = self.ioDevice = ioDevice
         supported = {"memory_bytes", "cpu_millicores", "pids"}
         if ioDevice is not None:
             supported |= {"io_read_bps", "io_write_bps"}
@@ -576,7 +589,7 @@ class CgroupsV2:
         self, base: str, controllers: frozenset[str], ioDevice: str | None
     ) -> None:
         self.base = base
-        self._ioDevice = ioDevice
+        self._ioDevice = self.ioDevice = ioDevice
         #: What L{detect} wrote to C{cgroup.subtree_control} (written again
         #: when the jobs' folder is made again).
         self._enable = " ".join(f"+{c}" for c in self.WANTED if c in controllers)
