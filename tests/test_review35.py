@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import treq
@@ -19,11 +20,11 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import UserDatabase
-from jobworker.errors import NotFound, ServiceUnavailable
+from jobworker.errors import BadRequest, NotFound, ServiceUnavailable
 from jobworker.executors.local import launcher, pipes
 from jobworker.executors.local.cgroups import blockDevice, readAhead
 from jobworker.executors.local.pipes import HEAVY, QUIET_READ, PipeDrain
@@ -31,9 +32,11 @@ from jobworker.executors.local.sandbox import ROOT_ENVIRONMENT, Sandbox, private
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.executors.slurm.job import STATUS_PATIENCE
-from jobworker.jobs.limits import MIN_IO_BPS, ioRateFloor
+from jobworker.jobs.identity import Identities
+from jobworker.jobs.limits import MIN_IO_BPS, Limits, ioRateFloor
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import StoreError
+from jobworker.server import tap
 from jobworker.server.options import Options
 
 from . import test_slurmunit
@@ -588,3 +591,116 @@ class StoppedSlurmJobStatusTests(SlurmCase):
             (ended.status, ended.exit_code, ended.signal),
             (JobStatus.STOPPED, None, None),
         )
+
+
+#: A chunked POST whose first chunk passes the body cap (413), followed in
+#: the same write by a chunk-size line that is no number (malformed).
+CHUNKED_THEN_BAD = r"""
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=ca)
+big = 70000
+raw = (b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+       b"Content-Type: application/json\r\n\r\n"
+       + b"%x\r\n" % big + b"a" * big + b"\r\nzz\r\n")
+plain = socket.create_connection(("127.0.0.1", port))
+with context.wrap_socket(plain, server_hostname="localhost") as s:
+    s.sendall(raw)
+    s.settimeout(20)
+    answer = b""
+    try:
+        while chunk := s.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+for line in answer.split(b"\r\n"):
+    if line.startswith(b"HTTP/1.1"):
+        print(line.decode())
+"""
+
+
+class OneRefusalOneAnswerTests(RefusedRequestsCountedTests):
+    """
+    Session review 35: after a 413 of a chunked body, Twisted's parser went
+    on with the rest of the same read; a malformed chunk there was refused
+    again: a second answer written, and, since refusals are counted, a
+    second count (C{other}, 400). One refusal, one answer, one count.
+    """
+
+    async def test_counted(self) -> None:
+        server = LiveServer(self, "--max-body-bytes=65536")
+        before = await self.counts(server)
+        result = await deferToThread(
+            subprocess.run,
+            [sys.executable, "-c", CHUNKED_THEN_BAD, str(server.port), server.ca],
+            capture_output=True,
+            timeout=40,
+            check=False,
+        )
+        self.assertEqual(
+            result.stdout.decode().split("\n")[:-1],
+            ["HTTP/1.1 413 Request Entity Too Large"],
+            result.stderr,
+        )
+        after = await self.counts(server)
+        changed = {
+            key: after[key] - before.get(key, 0)
+            for key in after
+            if after[key] != before.get(key, 0) and key[0] != "/metrics"
+        }
+        self.assertEqual(changed, {("/jobs", "413"): 1})
+
+
+class QueuedUnderTheFloorTests(TestCase):
+    """
+    Session review 35: a job queued at a disk rate the server's floor now
+    refuses (queued before the floor, or before the operator raised it)
+    started under it, its cgroup throttled to 1 byte/s. Its limits are
+    checked against the server's bounds at its turn: FAILED, saying why.
+    """
+
+    timeout = 90
+
+    async def test_failedAtItsTurn(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        old = LiveServer(self, "--min-io-bps=1", "--max-running=1", stateDir=state)
+        await old.createJob("sleep", "30")
+        queued = await old.createJob("sleep", "30", limits={"io_read_bps": 1})
+        if queued["status"] != "PENDING":
+            raise SkipTest(f"no disk-rate limits here: {queued}")
+        await old.stop()
+        new = LiveServer(self, "--max-running=1", stateDir=state)
+        ended = await new.waitEnded(queued["id"])
+        self.assertEqual(ended["status"], "FAILED", ended)
+        self.assertIn(
+            "cannot start: limits.io_read_bps 1 is under this server's minimum",
+            ended["error"],
+        )
+
+
+class FloorAfterAvailabilityTests(SlurmCase):
+    """
+    Session review 35: a server that cannot limit disk rates (Slurm, no
+    cgroups) named the floor for a rate under it, then refused one above it
+    as not available: the first refusal sent the user the wrong way. The
+    floor is checked once the rates are known to be available.
+    """
+
+    def test_slurmSaysNotAvailable(self) -> None:
+        for rate in (1, 2 << 20):
+            error = self.assertRaises(
+                BadRequest,
+                self.manager.create,
+                replace(request("true"), limits=Limits(io_read_bps=rate)),
+                owner="alice",
+            )
+            self.assertIn("not available with the Slurm executor", error.message)
+
+    def test_floorCappedAtTheMaximum(self) -> None:
+        """--max-io-bps under the computed floor: the floor is that maximum
+        (every rate was refused, under the floor or over the maximum)."""
+        options = Options()
+        options.parseOptions(["--tls", "--max-io-bps=4096"])
+        policy = tap._policy(options, Identities())
+        self.assertEqual(policy.minIoBps, 4096)
+        policy.checkFloor(Limits(io_read_bps=4096))

@@ -364,6 +364,18 @@ class Admission:
             # account looked up again by its name after a restart lost.)
         executor = self._executor
         try:
+            # Its limits within the server's bounds as they are now (the
+            # disk-rate floor raised since it was queued: a job queued at 1
+            # byte/s started at 1 byte/s, session review 35).
+            limits = Limits(**(record.limits or {}))
+            self._policy.checkMaxima(limits)
+            self._policy.checkFloor(limits)
+        except BadRequest as e:
+            self._scheduler.fail(
+                waiting, f"cannot start: {e.message}", self._reactor.seconds()
+            )
+            return True
+        try:
             identity = executor.identityFor(record.owner, account)
         except (TooManyRequests, CannotStartNow) as e:
             # A uid comes back once nothing of its last job is left: that

@@ -64,14 +64,18 @@ class JobPolicy:
         return self.maxRunning is not None or self.maxRunningPerUser is not None
 
     def checkMaxima(self, requested: Limits) -> None:
-        """
-        @raise BadRequest: a requested limit over the server's maximum, or
-            a disk rate under its minimum (L{MIN_IO_BPS}).
-        """
+        """@raise BadRequest: a requested limit over the server's maximum."""
         for name, value, maximum in requested.over(self.maxima):
             raise BadRequest(
                 f"limits.{name} {value} is over this server's maximum {maximum}"
             )
+
+    def checkFloor(self, requested: Limits) -> None:
+        """
+        @raise BadRequest: a requested disk rate under the server's minimum
+            (C{--min-io-bps}; checked once the rates are known to be
+            available here, so that the refusal names the real reason).
+        """
         for name in IO_RATES:
             value = getattr(requested, name)
             if value is not None and value < self.minIoBps:

@@ -294,6 +294,11 @@ class DeadlineChannel(HTTPChannel):
         client still sending a body reads its answer rather than a reset;
         then the connection is aborted (attacker round 33).
         """
+        if self._refused:
+            # (Twisted's parser goes on with the rest of a read after a
+            # refusal: a malformed chunk after a body over the cap was a
+            # second answer, and a second count: session review 35.)
+            return
         self._refused = True
         self._cancelDeadline()
         metrics = getattr(getattr(self, "site", None), "metrics", None)

@@ -309,6 +309,19 @@ def _policy(
         device = None if cgroups is None else cgroups.ioDevice
         ahead = readAhead(device)
         ioMin = ioRateFloor(ahead)
+        if ioMax is not None and ioMin > ioMax:
+            # (Else every disk rate was refused, under the floor or over
+            # the maximum, and nothing said why: session review 35.)
+            log.warn(
+                "--max-io-bps {most} is under the disk-rate floor {floor} (four "
+                "read-ahead windows a second): a job may ask for {most} bytes/s "
+                "only, and a read throttled so holds the pages it reads locked "
+                "for every process up to {seconds:.1f} s",
+                most=ioMax,
+                floor=ioMin,
+                seconds=(ahead or 0) / ioMax,
+            )
+            ioMin = ioMax
         if cgroups is not None and "io_read_bps" in cgroups.supported:
             log.info(
                 "disk rates (io_read_bps, io_write_bps) at least {floor} bytes/s "

@@ -601,6 +601,7 @@ class LocalExecutor:
             raise BadRequest(
                 f"limit(s) {', '.join(unsupported)} not available on this server"
             )
+        self._policy.checkFloor(requested)
         merged = requested.withDefaults(self._policy.defaults)
         return Limits(
             **{
