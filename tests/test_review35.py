@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import treq
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
@@ -495,6 +495,20 @@ for raw in (
 """
 
 
+def rawClient(
+    script: str, server: LiveServer
+) -> Deferred[subprocess.CompletedProcess[bytes]]:
+    """Run C{script} (a raw TLS client: port, CA) against C{server}, in a
+    thread: the server runs on this process's reactor."""
+    return deferToThread(
+        subprocess.run,
+        [sys.executable, "-c", script, str(server.port), server.ca],
+        capture_output=True,
+        timeout=40,
+        check=False,
+    )
+
+
 class RefusedRequestsCountedTests(TestCase):
     """
     Code review 35: the 408, 431 and 400 the channel answers before any
@@ -526,13 +540,7 @@ class RefusedRequestsCountedTests(TestCase):
     async def test_counted(self) -> None:
         server = LiveServer(self, "--header-timeout=1")
         before = await self.counts(server)
-        result = await deferToThread(
-            subprocess.run,
-            [sys.executable, "-c", RAW_REFUSALS, str(server.port), server.ca],
-            capture_output=True,
-            timeout=40,
-            check=False,
-        )
+        result = await rawClient(RAW_REFUSALS, server)
         self.assertEqual(
             result.stdout.decode().split("\n")[:4],
             [
@@ -630,13 +638,7 @@ class OneRefusalOneAnswerTests(RefusedRequestsCountedTests):
     async def test_counted(self) -> None:
         server = LiveServer(self, "--max-body-bytes=65536")
         before = await self.counts(server)
-        result = await deferToThread(
-            subprocess.run,
-            [sys.executable, "-c", CHUNKED_THEN_BAD, str(server.port), server.ca],
-            capture_output=True,
-            timeout=40,
-            check=False,
-        )
+        result = await rawClient(CHUNKED_THEN_BAD, server)
         self.assertEqual(
             result.stdout.decode().split("\n")[:-1],
             ["HTTP/1.1 413 Request Entity Too Large"],
