@@ -256,8 +256,11 @@ class ThrottledIOEndsTests(TestCase):
         big = _bigFileOnRoot()
         if big is None:
             raise SkipTest("no file of 1 MiB on the root file system's device")
-        # (Its 4,096 bytes/s are under the default --min-io-bps: allowed here.)
-        server = await Twistd(self).start("--stop-grace=1", "--min-io-bps=1")
+        # (A read rate, and its 4,096 bytes/s under the default
+        # --min-io-bps: allowed here.)
+        server = await Twistd(self).start(
+            "--stop-grace=1", "--min-io-bps=1", "--allow-io-read-bps"
+        )
         code, body = await server.json(
             "POST",
             "/jobs",

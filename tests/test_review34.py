@@ -789,9 +789,9 @@ class PipeHeldTests(TestCase):
         keyCalls(self)
 
     async def test_holderKilled(self) -> None:
-        # (A rate of 1 byte/s is under the default --min-io-bps: allowed
-        # here, the stall watch's case.)
-        server = LiveServer(self, "--min-io-bps=1")
+        # (A read rate, and 1 byte/s under the default --min-io-bps:
+        # allowed here, the stall watch's case.)
+        server = LiveServer(self, "--min-io-bps=1", "--allow-io-read-bps")
         # (Not in /tmp nor /var/tmp: a job has its own.)
         folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
         self.addCleanup(shutil.rmtree, folder, True)

@@ -364,12 +364,12 @@ class Admission:
             # account looked up again by its name after a restart lost.)
         executor = self._executor
         try:
-            # Its limits within the server's bounds as they are now (the
-            # disk-rate floor raised since it was queued: a job queued at 1
-            # byte/s started at 1 byte/s, session review 35).
-            limits = Limits(**(record.limits or {}))
-            self._policy.checkMaxima(limits)
-            self._policy.checkFloor(limits)
+            # Its disk rates within the server's rules as they are now (the
+            # floor raised, or read rates refused, since it was queued: a job
+            # queued at 1 byte/s started at 1 byte/s, session review 35).
+            # (Not the maxima: what it holds may be the defaults of its
+            # time, not what it asked for: late review 35.)
+            self._policy.checkFloor(Limits(**(record.limits or {})))
         except BadRequest as e:
             self._scheduler.fail(
                 waiting, f"cannot start: {e.message}", self._reactor.seconds()

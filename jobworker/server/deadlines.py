@@ -348,6 +348,11 @@ class DeadlineChannel(HTTPChannel):
 
     def _tooSlow(self, part: str) -> None:
         self._deadline = None
+        if part == "headers" and not self.requests and not self._buffer:
+            # Only the blank line Twisted lets a client send after a request
+            # (no request begun, no line under way): idle, not a 408, nor a
+            # request counted (late review 35).
+            return
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info(
             "closed a connection from {client}: request {part} not received in time",

@@ -156,6 +156,14 @@ class Options(usage.Options):
             "server's user). Dangerous: any Developer then owns the machine.",
         ],
         [
+            "allow-io-read-bps",
+            None,
+            "Let jobs ask for a disk read rate (limits.io_read_bps). Dangerous "
+            "where job owners do not trust each other: a throttled read holds "
+            "the pages it reads, and those of every read it queued, for every "
+            "process on the machine, for as long as its queue lasts.",
+        ],
+        [
             "slurm-shared-account",
             None,
             "With --executor slurm: run the jobs of users without a mapped Unix "

@@ -305,32 +305,29 @@ def _policy(
     """The server-wide rules for jobs, from the options."""
     ioMax = config["max-io-bps"]
     ioMin = config["min-io-bps"]
+    rates = cgroups is not None and "io_write_bps" in cgroups.supported
     if ioMin is None:
         device = None if cgroups is None else cgroups.ioDevice
         ahead = readAhead(device)
         ioMin = ioRateFloor(ahead)
+        how = (
+            f"{WINDOWS_PER_SECOND} read-ahead windows of {(ahead or 0) // 1024} "
+            f"KiB a second on {device}, 1 MiB/s at least"
+        )
         if ioMax is not None and ioMin > ioMax:
             # (Else every disk rate was refused, under the floor or over
             # the maximum, and nothing said why: session review 35.)
-            log.warn(
-                "--max-io-bps {most} is under the disk-rate floor {floor} (four "
-                "read-ahead windows a second): a job may ask for {most} bytes/s "
-                "only, and a read throttled so holds the pages it reads locked "
-                "for every process up to {seconds:.1f} s",
-                most=ioMax,
-                floor=ioMin,
-                seconds=(ahead or 0) / ioMax,
-            )
+            how = f"--max-io-bps, under {ioMin}: {how}"
             ioMin = ioMax
-        if cgroups is not None and "io_read_bps" in cgroups.supported:
+        if rates:
             log.info(
-                "disk rates (io_read_bps, io_write_bps) at least {floor} bytes/s "
-                "(--min-io-bps: {windows} read-ahead windows of {ahead} KiB a "
-                "second on {device}, 1 MiB/s at least)",
+                "disk rates at least {floor} bytes/s (--min-io-bps: {how}); read "
+                "rates {read}",
                 floor=ioMin,
-                windows=WINDOWS_PER_SECOND,
-                ahead=(ahead or 0) // 1024,
-                device=device,
+                how=how,
+                read="allowed (--allow-io-read-bps)"
+                if config["allow-io-read-bps"]
+                else "not allowed (--allow-io-read-bps)",
             )
     return JobPolicy(
         defaults=Limits(
@@ -346,6 +343,7 @@ def _policy(
             io_write_bps=ioMax,
         ),
         minIoBps=ioMin,
+        allowIoRead=bool(config["allow-io-read-bps"]),
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
         maxRunning=_maxRunning(config),
