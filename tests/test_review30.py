@@ -259,7 +259,7 @@ class ThrottledIOEndsTests(TestCase):
         # (A read rate, and its 4,096 bytes/s under the default
         # --min-io-bps: allowed here.)
         server = await Twistd(self).start(
-            "--stop-grace=1", "--min-io-bps=1", "--allow-io-read-bps"
+            "--stop-grace=1", "--min-io-bps=1", "--allow-io-bps"
         )
         code, body = await server.json(
             "POST",

@@ -791,7 +791,7 @@ class PipeHeldTests(TestCase):
     async def test_holderKilled(self) -> None:
         # (A read rate, and 1 byte/s under the default --min-io-bps:
         # allowed here, the stall watch's case.)
-        server = LiveServer(self, "--min-io-bps=1", "--allow-io-read-bps")
+        server = LiveServer(self, "--min-io-bps=1", "--allow-io-bps")
         # (Not in /tmp nor /var/tmp: a job has its own.)
         folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
         self.addCleanup(shutil.rmtree, folder, True)

@@ -459,13 +459,13 @@ def _execOptions(command: Any) -> None:
     add(
         "--io-read",
         metavar="SIZE",
-        help="read bytes per second (disk; only where the server allows it: "
-        "--allow-io-read-bps; at least its --min-io-bps)",
+        help="read bytes per second (disk; only where the server allows disk "
+        "rates: --allow-io-bps; at least its --min-io-bps)",
     )
     add(
         "--io-write",
         metavar="SIZE",
-        help="write bytes per second (disk; at least the server's --min-io-bps)",
+        help="write bytes per second (disk; as --io-read)",
     )
     slurm = execute.add_argument_group("Slurm (--executor slurm; the server allows)")
     for name in SLURM_TEXTS:

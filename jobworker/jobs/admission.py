@@ -365,11 +365,16 @@ class Admission:
         executor = self._executor
         try:
             # Its disk rates within the server's rules as they are now (the
-            # floor raised, or read rates refused, since it was queued: a job
-            # queued at 1 byte/s started at 1 byte/s, session review 35).
-            # (Not the maxima: what it holds may be the defaults of its
-            # time, not what it asked for: late review 35.)
-            self._policy.checkFloor(Limits(**(record.limits or {})))
+            # floor or maximum changed, or rates refused, since it was
+            # queued: a job queued at 1 byte/s started at 1 byte/s, session
+            # review 35). Not its other limits: they may be the defaults
+            # of its time, not what it asked for (late review 35).
+            stored = Limits(**(record.limits or {}))
+            rates = Limits(
+                io_read_bps=stored.io_read_bps, io_write_bps=stored.io_write_bps
+            )
+            self._policy.checkMaxima(rates)
+            self._policy.checkFloor(rates)
         except BadRequest as e:
             self._scheduler.fail(
                 waiting, f"cannot start: {e.message}", self._reactor.seconds()

@@ -58,8 +58,8 @@ MIN_IO_BPS = 1 << 20
 #: read a second (L{ioRateFloor}): a window's pages are locked until the
 #: whole window is read, a quarter of a second for one window then (a 1
 #: MiB/s floor held them 5-8 s behind an 8 MiB read-ahead: attacker round
-#: 35). What a job queues ahead of a page waits too, without bound: read
-#: rates are allowed only by the operator (C{--allow-io-read-bps}).
+#: 35). What a job queues ahead of a page waits too, without bound: disk
+#: rates are allowed only by the operator (C{--allow-io-bps}).
 WINDOWS_PER_SECOND = 4
 
 

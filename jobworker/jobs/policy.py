@@ -38,10 +38,11 @@ class JobPolicy:
     #: The lowest disk rate (C{io_read_bps}, C{io_write_bps}) a job may ask
     #: for (C{--min-io-bps}).
     minIoBps: int = MIN_IO_BPS
-    #: Whether jobs may ask for C{io_read_bps} (C{--allow-io-read-bps}):
-    #: a throttled read holds the pages it reads, and every read queued
-    #: behind it, for every process on the machine, without bound.
-    allowIoRead: bool = False
+    #: Whether jobs may ask for disk rates (C{--allow-io-bps}): a throttled
+    #: read holds the pages it reads, and every read queued behind it, for
+    #: every process on the machine; a throttled write holds every C{sync}
+    #: of its filesystem; both without bound.
+    allowIo: bool = False
     defaultTimeout: float | None = None
     isolate: frozenset[str] = frozenset()
     maxRunning: int | None = None
@@ -77,21 +78,24 @@ class JobPolicy:
     def checkFloor(self, requested: Limits) -> None:
         """
         @raise BadRequest: a requested disk rate under the server's minimum
-            (C{--min-io-bps}), or a read rate where none is allowed (checked
-            once the rates are known to be available here, so that the
-            refusal names the real reason).
+            (C{--min-io-bps}), or any where none is allowed (checked once
+            the rates are known to be available here, so that the refusal
+            names the real reason).
         """
-        if requested.io_read_bps is not None and not self.allowIoRead:
-            # A job that asked the kernel to read ahead a lot, then a page
-            # of a file everyone reads, held the page behind all of it: 3 s
-            # at 32 MiB/s for 96 MiB queued, and no floor bounds what it
-            # may queue (late review 35).
-            raise BadRequest(
-                "limits.io_read_bps is not allowed on this server: a throttled "
-                "read holds the pages it reads, and those of every read queued "
-                "behind it, for every process on the machine (an operator may "
-                "allow it: --allow-io-read-bps)"
-            )
+        for name in IO_RATES:
+            if getattr(requested, name) is not None and not self.allowIo:
+                # A job that had the kernel read ahead a lot, then a page of
+                # a file everyone reads, held the page behind all of it (3 s
+                # at 32 MiB/s for 96 MiB queued); one writing 192 MiB at the
+                # floor held root's sync 4.5 s; no floor bounds either (late
+                # reviews 35).
+                raise BadRequest(
+                    f"limits.{name} is not allowed on this server: a throttled "
+                    "read holds the pages it reads, and those of every read "
+                    "queued behind it, for every process on the machine, and a "
+                    "throttled write every sync of its filesystem (an operator "
+                    "may allow disk rates: --allow-io-bps)"
+                )
         for name in IO_RATES:
             value = getattr(requested, name)
             if value is not None and value < self.minIoBps:

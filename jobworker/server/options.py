@@ -156,12 +156,13 @@ class Options(usage.Options):
             "server's user). Dangerous: any Developer then owns the machine.",
         ],
         [
-            "allow-io-read-bps",
+            "allow-io-bps",
             None,
-            "Let jobs ask for a disk read rate (limits.io_read_bps). Dangerous "
-            "where job owners do not trust each other: a throttled read holds "
-            "the pages it reads, and those of every read it queued, for every "
-            "process on the machine, for as long as its queue lasts.",
+            "Let jobs ask for disk rates (limits.io_read_bps, io_write_bps). "
+            "Dangerous where job owners do not trust each other: a throttled "
+            "read holds the pages it reads, and those of every read it queued, "
+            "for every process on the machine; a throttled write holds every "
+            "sync of its filesystem; each for as long as its queue lasts.",
         ],
         [
             "slurm-shared-account",

@@ -305,7 +305,7 @@ def _policy(
     """The server-wide rules for jobs, from the options."""
     ioMax = config["max-io-bps"]
     ioMin = config["min-io-bps"]
-    rates = cgroups is not None and "io_write_bps" in cgroups.supported
+    how = "as given"
     if ioMin is None:
         device = None if cgroups is None else cgroups.ioDevice
         ahead = readAhead(device)
@@ -319,15 +319,18 @@ def _policy(
             # the maximum, and nothing said why: session review 35.)
             how = f"--max-io-bps, under {ioMin}: {how}"
             ioMin = ioMax
-        if rates:
-            log.info(
-                "disk rates at least {floor} bytes/s (--min-io-bps: {how}); read "
-                "rates {read}",
+    if cgroups is not None and "io_write_bps" in cgroups.supported:
+        if config["allow-io-bps"]:
+            log.warn(
+                "disk rates allowed (--allow-io-bps), at least {floor} bytes/s "
+                "(--min-io-bps: {how}): a job's throttled reads hold pages "
+                "every process may need, its throttled writes every sync",
                 floor=ioMin,
                 how=how,
-                read="allowed (--allow-io-read-bps)"
-                if config["allow-io-read-bps"]
-                else "not allowed (--allow-io-read-bps)",
+            )
+        else:
+            log.info(
+                "disk rates (io_read_bps, io_write_bps) not allowed (--allow-io-bps)"
             )
     return JobPolicy(
         defaults=Limits(
@@ -343,7 +346,7 @@ def _policy(
             io_write_bps=ioMax,
         ),
         minIoBps=ioMin,
-        allowIoRead=bool(config["allow-io-read-bps"]),
+        allowIo=bool(config["allow-io-bps"]),
         defaultTimeout=config["default-timeout"],
         isolate=config["isolate"],
         maxRunning=_maxRunning(config),
