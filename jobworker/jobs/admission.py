@@ -179,8 +179,6 @@ class Admission:
                 f"the job could not be recorded: {e.reason}"
             ) from None
         job.recorded()
-        if record.id in self._stdinClosedEarly and not record.status.ended:
-            self._closeStdinAtStart(job)
         if record.status.ended:
             self._metrics.spawnFailures.inc()
             self._metrics.jobEnded(record.status.value)
