@@ -221,7 +221,7 @@ class StdinClosedWhileQueuedTests(TestCase):
 
     async def test_closedAtItsStart(self) -> None:
         server = LiveServer(self, "--max-running=1")
-        first = await server.createJob("sleep", "1")
+        first = await server.createJob("sleep", "30")
         queued = await server.createJob("cat", stdin=True)
         self.assertEqual(queued["status"], "PENDING")
         path = f"/jobs/{queued['id']}/stdin"
@@ -240,7 +240,8 @@ class StdinClosedWhileQueuedTests(TestCase):
             self.assertEqual(
                 (response.code, answer), (200, {"written": 0, "closed": True})
             )
-        await server.waitEnded(first["id"])
+        code, _ = await server.json("POST", f"/jobs/{first['id']}/stop")
+        self.assertEqual(code, 200)  # (its turn comes)
         ended = await server.waitEnded(queued["id"])
         self.assertEqual((ended["status"], ended["exit_code"]), ("COMPLETED", 0))
         with open(os.path.join(server.stateDir, "audit.log")) as f:
@@ -466,7 +467,7 @@ class TimedOutJobRestopsTests(TestCase):
     timeout = 60
 
     async def test_onceAMinute(self) -> None:
-        server = LiveServer(self, grace=2)
+        server = LiveServer(self, grace=5)
         job = await server.createJob(
             "sh", "-c", "trap '' TERM; sleep 30", timeout_seconds=0.3
         )
