@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from jobworker.client.completion import COMPLETION
 from jobworker.executors.local.sandbox import privateFolders
 from jobworker.server.options import Options
 from jobworker.server.services import ListeningService, ManagerService
@@ -95,6 +96,19 @@ class ApiClient:
         response = await self.request(method, path, user, body)
         content = await treq.content(response)
         return response.code, json.loads(content)
+
+    async def sendStdin(
+        self, jobId: str, data: bytes, eof: bool = True, user: str = "alice"
+    ) -> tuple[int, Any]:
+        """Write C{data} (then end of file) to a job's stdin: (status, body)."""
+        response = await self.request(
+            "POST",
+            f"/jobs/{jobId}/stdin?eof={'true' if eof else 'false'}",
+            user,
+            raw=data,
+            headers={b"content-type": [b"application/octet-stream"]},
+        )
+        return response.code, json.loads(await treq.content(response))
 
     async def createJob(
         self, command: str, *args: str, user: str = "alice", **extra: Any
@@ -177,6 +191,30 @@ class LiveServer(ApiClient):
         if not self.service.running:
             return None
         return self.service.stopService()  # type: ignore[no-any-return]
+
+
+def bashOffers(
+    *words: str, jw: str = "", env: dict[str, str] | None = None
+) -> list[str]:
+    """
+    What jw's bash completion offers after C{words} (COMP_WORDS as given),
+    with C{jw}, if given, the shell function that stands in for C{jw} (its
+    C{jw _ids}).
+    """
+    script = (
+        COMPLETION["bash"]
+        + (f"\n{jw}\n" if jw else "")
+        + 'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _jw; '
+        + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "jw", *words],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        env=env,
+    )
+    return done.stdout.decode().split()
 
 
 def sleep(seconds: float) -> Deferred[None]:

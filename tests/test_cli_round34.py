@@ -33,7 +33,7 @@ from jobworker.errors import BadRequest
 from jobworker.jobs import queries
 from jobworker.tls import TrustRootPolicy
 
-from .support import CA, JW
+from .support import CA, JW, bashOffers
 from .test_cli_memory import MemoryCLITestCase
 from .test_cli_round33 import UNKNOWN, SubprocessJW
 
@@ -301,20 +301,11 @@ class CompletionOfTheLinesServerTests(MemoryCLITestCase):
     def bash(self, *words: str) -> list[str]:
         """What bash offers after C{WORDS} (COMP_WORDS as given): its
         C{jw _ids} prints the arguments it was given."""
-        script = (
-            COMPLETION["bash"]
-            + '\njw() { [ "$1" = _ids ] && shift && (IFS=,; echo "[$*]"); }\n'
-            + 'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _jw; '
-            + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
-        )
-        done = subprocess.run(
-            ["bash", "-c", script, "jw", *words],
-            capture_output=True,
-            check=True,
-            timeout=30,
+        return bashOffers(
+            *words,
+            jw='jw() { [ "$1" = _ids ] && shift && (IFS=,; echo "[$*]"); }',
             env={**os.environ, "HOME": "/home/u"},
         )
-        return done.stdout.decode().split()
 
     def test_bashPassesThemOn(self) -> None:
         # As bash splits the line: at ":" and at "=".

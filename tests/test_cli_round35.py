@@ -36,7 +36,7 @@ from jobworker.jobs import selection
 from jobworker.jobs.queries import parseOwner
 from jobworker.jobs.validation import parseJobRequest
 
-from .support import LiveServer
+from .support import LiveServer, bashOffers
 from .test_cli_exec_defects import BOUND, GRACE, readLine, startJW
 from .test_cli_memory import MemoryCLITestCase, Run
 from .test_cli_round33 import SubprocessJW
@@ -428,19 +428,7 @@ class CompletionTests(SynchronousTestCase):
     """
 
     def bash(self, *words: str) -> list[str]:
-        script = (
-            COMPLETION["bash"]
-            + '\njw() { [ "$1" = _ids ] && echo id1 id2; }\n'
-            + 'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _jw; '
-            + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
-        )
-        done = subprocess.run(
-            ["bash", "-c", script, "jw", *words],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        return done.stdout.decode().split()
+        return bashOffers(*words, jw='jw() { [ "$1" = _ids ] && echo id1 id2; }')
 
     def test_serverValue(self) -> None:
         self.assertEqual(self.bash("jw", "--server", ""), [])

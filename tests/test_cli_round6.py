@@ -34,6 +34,7 @@ from .support import (
     JW,
     JWAssertions,
     LiveServer,
+    bashOffers,
     jwEnvironment,
     sleep,
     waitUntil,
@@ -315,18 +316,7 @@ class CompletionTests(SynchronousTestCase):
     """Item 6: C{clean --status} completes only what clean accepts."""
 
     def bashCompletes(self, *words: str) -> list[str]:
-        script = (
-            COMPLETION["bash"]
-            + 'COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _jw; '
-            + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
-        )
-        done = subprocess.run(
-            ["bash", "-c", script, "jw", *words],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        return done.stdout.decode().split()
+        return bashOffers(*words)
 
     def test_bash(self) -> None:
         self.assertEqual(

@@ -224,22 +224,12 @@ class StdinClosedWhileQueuedTests(TestCase):
         first = await server.createJob("sleep", "30")
         queued = await server.createJob("cat", stdin=True)
         self.assertEqual(queued["status"], "PENDING")
-        path = f"/jobs/{queued['id']}/stdin"
-        headers = {b"content-type": [b"application/octet-stream"]}
-        response = await server.request(
-            "POST", path + "?eof=true", raw=b"x", headers=headers
-        )
-        self.assertEqual(response.code, 409)
-        body = json.loads(await treq.content(response))
+        code, body = await server.sendStdin(queued["id"], b"x")
+        self.assertEqual(code, 409)
         self.assertIn("empty write with ?eof=true", body["error"])
         for _ in range(2):  # sent again (a lost answer): taken again
-            response = await server.request(
-                "POST", path + "?eof=true", raw=b"", headers=headers
-            )
-            answer = json.loads(await treq.content(response))
-            self.assertEqual(
-                (response.code, answer), (200, {"written": 0, "closed": True})
-            )
+            answer = await server.sendStdin(queued["id"], b"")
+            self.assertEqual(answer, (200, {"written": 0, "closed": True}))
         code, _ = await server.json("POST", f"/jobs/{first['id']}/stop")
         self.assertEqual(code, 200)  # (its turn comes)
         ended = await server.waitEnded(queued["id"])
@@ -254,14 +244,8 @@ class StdinClosedWhileQueuedTests(TestCase):
         server = LiveServer(self, "--max-running=1")
         await server.createJob("sleep", "30")
         queued = await server.createJob("cat", stdin=True)
-        response = await server.request(
-            "POST",
-            f"/jobs/{queued['id']}/stdin?eof=true",
-            raw=b"",
-            headers={b"content-type": [b"application/octet-stream"]},
-        )
-        self.assertEqual(response.code, 200)
-        await treq.content(response)
+        code, _ = await server.sendStdin(queued["id"], b"")
+        self.assertEqual(code, 200)
         code, _ = await server.json("POST", f"/jobs/{queued['id']}/stop")
         self.assertEqual(code, 200)
         self.assertNotIn(queued["id"], server.manager._stdinClosedEarly)
@@ -492,15 +476,22 @@ class TimedOutJobRestopsTests(TestCase):
 #: (408), a request line that is no HTTP (400), a header line too long
 #: (431), a body over the cap (413).
 RAW_REFUSALS = r"""
-import socket, ssl, sys
-port, ca = int(sys.argv[1]), sys.argv[2]
-context = ssl.create_default_context(cafile=ca)
 for raw in (
     b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n",
     b"GARBAGE\r\n\r\n",
     b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
     b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n",
 ):
+    print(send(raw).split(b"\r\n", 1)[0].decode())
+"""
+
+#: What L{rawClient}'s scripts start with: C{send(raw)}, the whole answer
+#: to C{raw} sent on a TLS connection of its own to the server.
+RAW_CLIENT = r"""
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context(cafile=ca)
+def send(raw):
     plain = socket.create_connection(("127.0.0.1", port))
     with context.wrap_socket(plain, server_hostname="localhost") as s:
         s.sendall(raw)
@@ -511,18 +502,18 @@ for raw in (
                 answer += chunk
         except OSError:
             pass
-        print(answer.split(b"\r\n", 1)[0].decode())
+    return answer
 """
 
 
 def rawClient(
     script: str, server: LiveServer
 ) -> Deferred[subprocess.CompletedProcess[bytes]]:
-    """Run C{script} (a raw TLS client: port, CA) against C{server}, in a
-    thread: the server runs on this process's reactor."""
+    """Run C{script} (a raw TLS client, after L{RAW_CLIENT}) against
+    C{server}, in a thread: the server runs on this process's reactor."""
     return deferToThread(
         subprocess.run,
-        [sys.executable, "-c", script, str(server.port), server.ca],
+        [sys.executable, "-c", RAW_CLIENT + script, str(server.port), server.ca],
         capture_output=True,
         timeout=40,
         check=False,
@@ -624,24 +615,11 @@ class StoppedSlurmJobStatusTests(SlurmCase):
 #: A chunked POST whose first chunk passes the body cap (413), followed in
 #: the same write by a chunk-size line that is no number (malformed).
 CHUNKED_THEN_BAD = r"""
-import socket, ssl, sys
-port, ca = int(sys.argv[1]), sys.argv[2]
-context = ssl.create_default_context(cafile=ca)
 big = 70000
 raw = (b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
        b"Content-Type: application/json\r\n\r\n"
        + b"%x\r\n" % big + b"a" * big + b"\r\nzz\r\n")
-plain = socket.create_connection(("127.0.0.1", port))
-with context.wrap_socket(plain, server_hostname="localhost") as s:
-    s.sendall(raw)
-    s.settimeout(20)
-    answer = b""
-    try:
-        while chunk := s.recv(65536):
-            answer += chunk
-    except OSError:
-        pass
-for line in answer.split(b"\r\n"):
+for line in send(raw).split(b"\r\n"):
     if line.startswith(b"HTTP/1.1"):
         print(line.decode())
 """

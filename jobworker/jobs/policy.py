@@ -83,7 +83,10 @@ class JobPolicy:
             names the real reason).
         """
         for name in IO_RATES:
-            if getattr(requested, name) is not None and not self.allowIo:
+            value = getattr(requested, name)
+            if value is None:
+                continue
+            if not self.allowIo:
                 # A job that had the kernel read ahead a lot, then a page of
                 # a file everyone reads, held the page behind all of it (3 s
                 # at 32 MiB/s for 96 MiB queued); one writing 192 MiB at the
@@ -96,9 +99,7 @@ class JobPolicy:
                     "throttled write every sync of its filesystem (an operator "
                     "may allow disk rates: --allow-io-bps)"
                 )
-        for name in IO_RATES:
-            value = getattr(requested, name)
-            if value is not None and value < self.minIoBps:
+            if value < self.minIoBps:
                 raise BadRequest(
                     f"limits.{name} {value} is under this server's minimum "
                     f"{self.minIoBps} (--min-io-bps): a read throttled slower "
