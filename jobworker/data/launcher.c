@@ -414,13 +414,43 @@ static void passStops(const sigset_t *pending, pid_t pid) {
             kill(pid, stopSignals[i]);
 }
 
-static int becomeInit(int *report) {
-    int alive[2], job[2];
-    if (pipe2(alive, O_CLOEXEC) != 0 || pipe2(job, O_CLOEXEC) != 0)
+/* fork(), the stop signals blocked: the child returns only once the parent
+ * has passed it the stops pending on the parent, looked at after the fork
+ * (a stop that came between a look before it and the fork stayed pending
+ * on the parent for good: a fork's child starts with none pending; one
+ * that reaches the group after the fork is the child's too, and the two
+ * merge, a blocked signal being pending once). */
+static pid_t forkPassingStops(void) {
+    int passed[2];
+    if (pipe2(passed, O_CLOEXEC) != 0)
         die(SETUP_FAILED, "pipe", NULL, errno);
     pid_t child = fork();
     if (child < 0)
         die(SETUP_FAILED, "fork", NULL, errno);
+    if (child == 0) {
+        char nothing;
+        close(passed[1]);
+        while (read(passed[0], &nothing, 1) < 0 && errno == EINTR)
+            ;
+        close(passed[0]);
+        return 0;
+    }
+    close(passed[0]);
+    sigset_t pending;
+    if (sigpending(&pending) == 0)
+        passStops(&pending, child);
+    close(passed[1]);
+    return child;
+}
+
+static int becomeInit(int *report) {
+    int alive[2], job[2];
+    if (pipe2(alive, O_CLOEXEC) != 0 || pipe2(job, O_CLOEXEC) != 0)
+        die(SETUP_FAILED, "pipe", NULL, errno);
+    /* (The init's look at its own stops, at forkJob, came before this
+     * process had passed it a stop that came during the set-up, now and
+     * then: the command ran, the stop lost; CI at 88ea0f4.) */
+    pid_t child = forkPassingStops();
     if (child == 0) {
         close(alive[1]);
         close(job[0]);
@@ -429,9 +459,6 @@ static int becomeInit(int *report) {
     }
     close(alive[0]);
     close(job[1]);
-    sigset_t pending;
-    if (sigpending(&pending) == 0)
-        passStops(&pending, child);  /* pending there until forkJob */
     int status, jobStatus;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR)
@@ -467,37 +494,19 @@ static int becomeInit(int *report) {
  * writes its wait status to REPORT and exits (the namespace's rest is
  * killed). Returns in the command's process. */
 static void forkJob(int report) {
-    sigset_t all, before, pending;
-    int passed[2];
+    sigset_t all, before;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &before);
     for (size_t i = 0; i < STOPS; i++)
         sigdelset(&before, stopSignals[i]);  /* blocked since launch() */
-    if (pipe2(passed, O_CLOEXEC) != 0)
-        die(SETUP_FAILED, "pipe", NULL, errno);
-    pid_t job = fork();
-    if (job < 0)
-        die(SETUP_FAILED, "fork", NULL, errno);
+    /* A stop while the namespace was made is the command's (a look before
+     * the fork lost one that came just before it: session review 34). */
+    pid_t job = forkPassingStops();
     if (job == 0) {
-        char nothing;
         close(report);
-        close(passed[1]);
-        /* The stops blocked until the init has passed its own on: one
-         * that reached the group after the fork is here too, and the two
-         * merge (a blocked signal is pending once). */
-        while (read(passed[0], &nothing, 1) < 0 && errno == EINTR)
-            ;
-        close(passed[0]);
         sigprocmask(SIG_SETMASK, &before, NULL);
         return;
     }
-    close(passed[0]);
-    /* Looked at after the fork: a stop that came between a look before it
-     * and the fork stayed pending here for good (a fork's child starts
-     * with none), and the command ran its grace out (session review 34). */
-    if (sigpending(&pending) == 0)
-        passStops(&pending, job);  /* a stop while the namespace was made */
-    close(passed[1]);
     /* The job's pipes are the job's: its stdin's writer sees EPIPE when
      * the job closes it, and its output ends with the job's processes. */
     for (int fd = 0; fd <= 2; fd++)
