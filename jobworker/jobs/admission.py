@@ -287,6 +287,7 @@ class Admission:
         record.run_as = account.label if account is not None else None
         record.status = JobStatus.PENDING
         record.queued = True
+        record.asked_limits = dict(request.limits.given())
         if failedDependency is not None:
             record.queued = False
             record.env = {}
@@ -333,6 +334,32 @@ class Admission:
         )
         return record
 
+    def _limitsAtItsTurn(self, record: JobRecord) -> Limits:
+        """
+        The limits a queued job starts with: those it asked for, the
+        server's defaults (as they are now) filling the rest, each within
+        the server's bounds as they are now. (The record held the limits of
+        the server that queued it: a job queued without cgroups ran without
+        limits on a server restarted with them, one over a maximum lowered
+        since ran over it; late review 35.)
+
+        @raise BadRequest: what it asked for is refused now.
+        """
+        asked = record.asked_limits
+        if asked is not None or record.limits is None:
+            # (No limits stored, none kept: queued where no limit could be
+            # asked for, without cgroups.)
+            return self._executor.limitsFor(Limits(**(asked or {})))
+        # Queued by a server that did not keep what it asked for (schema 8):
+        # its disk rates checked against the server's rules as they are now
+        # (a job queued at 1 byte/s started at 1 byte/s, session review
+        # 35), not its other limits, which may be the defaults of its time.
+        stored = Limits(**record.limits)
+        rates = Limits(io_read_bps=stored.io_read_bps, io_write_bps=stored.io_write_bps)
+        self._policy.checkMaxima(rates)
+        self._policy.checkFloor(rates)
+        return stored
+
     def _startQueued(self, waiting: Waiting) -> bool:
         """
         Start a queued job now; False to keep it queued, and try again in a
@@ -362,17 +389,7 @@ class Admission:
             # account looked up again by its name after a restart lost.)
         executor = self._executor
         try:
-            # Its disk rates within the server's rules as they are now (the
-            # floor or maximum changed, or rates refused, since it was
-            # queued: a job queued at 1 byte/s started at 1 byte/s, session
-            # review 35). Not its other limits: they may be the defaults
-            # of its time, not what it asked for (late review 35).
-            stored = Limits(**(record.limits or {}))
-            rates = Limits(
-                io_read_bps=stored.io_read_bps, io_write_bps=stored.io_write_bps
-            )
-            self._policy.checkMaxima(rates)
-            self._policy.checkFloor(rates)
+            limits = self._limitsAtItsTurn(record)
         except BadRequest as e:
             self._scheduler.fail(
                 waiting, f"cannot start: {e.message}", self._reactor.seconds()
@@ -397,7 +414,7 @@ class Admission:
             args=list(record.args),
             env=dict(record.env),
             cwd=record.cwd,
-            limits=Limits(**(record.limits or {})),
+            limits=limits,
             timeout=record.timeout_seconds,
             name=record.name,
             labels=dict(record.labels),
@@ -418,16 +435,17 @@ class Admission:
             executor.release(identity)
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
             return True
-        queuedAs = (record.env, record.run_as)
+        queuedAs = (record.env, record.run_as, record.limits)
 
         def requeue() -> None:
             # (The record may be the one kept in memory: see _storeOrKeep.)
-            record.env, record.run_as = queuedAs
+            record.env, record.run_as, record.limits = queuedAs
             record.status = JobStatus.PENDING
             record.queued = True
 
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
+        record.limits = executor.recordedLimits(limits)
         record.status = JobStatus.RUNNING
         record.queued = False
         record.pending_reason = None

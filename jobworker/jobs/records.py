@@ -114,6 +114,10 @@ class JobRecord:
     after: list[str] = field(default_factory=list)
     after_ok: list[str] = field(default_factory=list)
     queued: bool = False
+    #: Internal: the limits a queued job asked for (the given ones, before
+    #: the defaults), stored while it waits: its turn fills in the defaults
+    #: and checks the maxima of the server as it is then (late review 35).
+    asked_limits: dict[str, int | None] | None = None
     #: Internal: where in the Slurm cluster it asked to run (the given
     #: fields of its C{"slurm"}), submitted with it when its turn comes.
     slurm: dict[str, str | int | bool] = field(default_factory=dict)

@@ -17,7 +17,7 @@ from .records import JobRecord, JobStatus
 
 #: The schema version this code writes. Each entry of L{MIGRATIONS} takes a
 #: database from version C{i} to C{i + 1}; version 0 is an empty file.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 COLUMNS = (
     "id",
@@ -60,6 +60,7 @@ COLUMNS = (
     "stop_signal",
     "stop_grace",
     "slurm",
+    "queued_limits",
 )
 # The statements are built once from the constant column list above; every
 # value goes through a ? parameter.
@@ -186,6 +187,14 @@ def _migrateTo8(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN slurm TEXT")
 
 
+def _migrateTo9(db: sqlite3.Connection) -> None:
+    # The limits a queued job asked for (JSON), before the defaults of the
+    # server that queued it: its turn fills them in as the server is then
+    # (late review 35: a job queued without cgroups ran without limits on a
+    # server restarted with them).
+    db.execute("ALTER TABLE jobs ADD COLUMN queued_limits TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo1,
     _migrateTo2,
@@ -195,6 +204,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrateTo6,
     _migrateTo7,
     _migrateTo8,
+    _migrateTo9,
 ]
 
 
@@ -240,6 +250,11 @@ def toRow(record: JobRecord) -> tuple[object, ...]:
         record.stop_signal,
         record.stop_grace,
         json.dumps(record.slurm) if record.slurm else None,
+        (
+            json.dumps(record.asked_limits)
+            if record.queued and record.asked_limits is not None
+            else None
+        ),
     )
 
 
@@ -274,6 +289,7 @@ JSON_COLUMNS: dict[str, tuple[Callable[[object], bool], str, str | None]] = {
     "after_ids": (lambda v: _texts(v), "a list of strings", None),
     "after_ok_ids": (lambda v: _texts(v), "a list of strings", None),
     "queued_env": (lambda v: _textMap(v), "an object of strings", None),
+    "queued_limits": (lambda v: _limitsMap(v), "an object of numbers", None),
     "slurm": (lambda v: _placement(v), "an object of Slurm options", None),
 }
 
@@ -312,6 +328,7 @@ def fromRow(row: sqlite3.Row) -> JobRecord:
         and _texts(record.after_ok)
         and _textMap(record.env)
         and (record.limits is None or _limitsMap(record.limits))
+        and (record.asked_limits is None or _limitsMap(record.asked_limits))
         and _placement(record.slurm)
     ):
         return record
@@ -431,4 +448,7 @@ def _fromRow(row: sqlite3.Row | Mapping[str, Any], kind: type[JobRecord]) -> Job
         stop_signal=row["stop_signal"],
         stop_grace=row["stop_grace"],
         slurm={} if row["slurm"] is None else json.loads(row["slurm"]),
+        asked_limits=(
+            None if row["queued_limits"] is None else json.loads(row["queued_limits"])
+        ),
     )

@@ -1,0 +1,170 @@
+"""
+Defects found in the thirty-sixth session's rounds and reviews, each with a
+test that failed against the code before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from jobworker.jobs.records import JobStatus
+from jobworker.jobs.store import JobStore
+
+from .support import LiveServer
+from .test_store import makeRecord
+
+MiB = 1 << 20
+
+
+def memoryLimitOf(pid: int) -> int | None:
+    """The memory limit of the cgroup v1 process C{pid} is in (None: not
+    found)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.split(":", 2)[2].strip() for line in f if ":memory:" in line]
+        with open(f"/sys/fs/cgroup/memory{paths[0]}/memory.limit_in_bytes") as f:
+            return int(f.read())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class QueuedLimitsAtTheTurnTests(TestCase):
+    """
+    Late review 35: a queued job's record held the limits of its time, the
+    server's defaults filled in, and those were what it started with after a
+    restart: a job queued on a server without cgroups (limits None) ran
+    without any on one with them, and one that asked for a limit over the
+    maximum set since started over it. The limits it asked for are kept
+    while it waits; its turn fills in the defaults and checks the maxima of
+    the server as it is then.
+    """
+
+    timeout = 120
+
+    async def queued(self, *options: str, **limits: int) -> tuple[str, str]:
+        """A job queued (C{sleep 30}) behind another on a server of
+        C{options}, which is then stopped: its id and its state folder."""
+        state = os.path.abspath(self.mktemp())
+        old = LiveServer(self, "--max-running=1", *options, stateDir=state)
+        await old.createJob("sleep", "30")
+        queued = await old.createJob("sleep", "30", limits=limits)
+        self.assertEqual(queued["status"], "PENDING", queued)
+        await old.stop()
+        return queued["id"], state
+
+    async def started(self, jobId: str, state: str, *options: str) -> dict[str, Any]:
+        """The job once it has left the queue, on a server of C{options}."""
+        new = LiveServer(self, "--max-running=1", *options, stateDir=state)
+        self.server = new
+        for _ in range(400):
+            _, job = await new.json("GET", f"/jobs/{jobId}", "ada")
+            if job["status"] != "PENDING":
+                if job["status"] == "RUNNING":
+                    self.addCleanup(new.json, "POST", f"/jobs/{jobId}/stop", "ada")
+                return job  # type: ignore[no-any-return]
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"job {jobId} still queued: {job}")
+
+    def requireCgroups(self, job: dict[str, Any]) -> None:
+        if not (job.get("limits") or {}).get("memory_bytes"):
+            raise SkipTest(f"no memory cgroups here: {job}")
+
+    async def test_queuedWithoutCgroupsGetsTheDefaults(self) -> None:
+        jobId, state = await self.queued("--cgroups=off")
+        job = await self.started(
+            jobId, state, "--default-memory=256M", "--max-memory=256M"
+        )
+        fresh = await self.server.createJob("true")
+        self.requireCgroups(fresh)
+        self.assertEqual(job["status"], "RUNNING", job)
+        self.assertEqual(job["limits"]["memory_bytes"], 256 * MiB, job)
+        limit = memoryLimitOf(job["pid"])
+        if limit is not None:
+            self.assertEqual(limit, 256 * MiB)
+
+    async def test_defaultsOfItsTurn(self) -> None:
+        jobId, state = await self.queued("--default-memory=512M", "--max-memory=1G")
+        job = await self.started(
+            jobId, state, "--default-memory=128M", "--max-memory=256M"
+        )
+        self.requireCgroups(job)
+        self.assertEqual(job["status"], "RUNNING", job)
+        self.assertEqual(job["limits"]["memory_bytes"], 128 * MiB, job)
+
+    async def test_askedOverTheMaximumOfItsTurn(self) -> None:
+        jobId, state = await self.queued("--max-memory=1G", memory_bytes=512 * MiB)
+        job = await self.started(jobId, state, "--max-memory=256M")
+        self.assertEqual(job["status"], "FAILED", job)
+        self.assertIn(
+            "cannot start: limits.memory_bytes 536870912 is over this server's maximum",
+            job["error"],
+        )
+
+    async def test_askedWhereNoCgroupsNow(self) -> None:
+        jobId, state = await self.queued(memory_bytes=256 * MiB)
+        job = await self.started(jobId, state, "--cgroups=off")
+        self.assertEqual(job["status"], "FAILED", job)
+        self.assertIn("no usable cgroups", job["error"])
+
+    async def test_askedForNoneWhereNoCgroupsNow(self) -> None:
+        jobId, state = await self.queued("--default-memory=256M")
+        job = await self.started(jobId, state, "--cgroups=off")
+        self.assertEqual(job["status"], "RUNNING", job)
+        self.assertIsNone(job["limits"])
+
+
+class AskedLimitsStoredTests(SynchronousTestCase):
+    """The limits a queued job asked for are stored while it waits, and only
+    then."""
+
+    def test_keptWhileQueued(self) -> None:
+        store = JobStore(self.mktemp())
+        self.addCleanup(store.close)
+        record = makeRecord(1)
+        record.status = JobStatus.PENDING
+        record.queued = True
+        record.asked_limits = {"memory_bytes": 5 * MiB}
+        store.insert(record)
+        again = store.get(record.id)
+        assert again is not None
+        self.assertEqual(again.asked_limits, {"memory_bytes": 5 * MiB})
+        record.queued = False
+        record.status = JobStatus.RUNNING
+        store.update(record)
+        again = store.get(record.id)
+        assert again is not None
+        self.assertIsNone(again.asked_limits)
+
+
+class QueuedBeforeAskedLimitsKeptTests(TestCase):
+    """A job queued by a server that did not keep the limits it asked for
+    (schema 8) has its stored disk rates checked at its turn, as before."""
+
+    timeout = 90
+
+    async def test_ratesStillChecked(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        old = LiveServer(
+            self, "--min-io-bps=1", "--allow-io-bps", "--max-running=1", stateDir=state
+        )
+        await old.createJob("sleep", "30")
+        queued = await old.createJob("true", limits={"io_write_bps": 1})
+        if queued["status"] != "PENDING":
+            raise SkipTest(f"no disk-rate limits here: {queued}")
+        await old.stop()
+        db = sqlite3.connect(os.path.join(state, "jobs.sqlite3"))
+        with db:
+            db.execute("UPDATE jobs SET queued_limits = NULL")
+        db.close()
+        new = LiveServer(self, "--max-running=1", "--allow-io-bps", stateDir=state)
+        ended = await new.waitEnded(queued["id"])
+        self.assertEqual(ended["status"], "FAILED", ended)
+        self.assertIn(
+            "limits.io_write_bps 1 is under this server's minimum", ended["error"]
+        )
