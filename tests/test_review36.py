@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.jobs.identity import runAsUid
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore
 
 from .support import LiveServer
+from .test_launcher import requireRoot
 from .test_store import makeRecord
 
 MiB = 1 << 20
@@ -168,3 +171,27 @@ class QueuedBeforeAskedLimitsKeptTests(TestCase):
         self.assertIn(
             "limits.io_write_bps 1 is under this server's minimum", ended["error"]
         )
+
+
+class AllDigitAccountNameTests(SynchronousTestCase):
+    """
+    Code review round 36: a user mapped to a Unix account whose name is all
+    digits: a record's C{run_as} (the name) was read as a uid number, so
+    crash recovery looked for the job's leftovers as another uid (its own
+    escaped the kill; another uid's could have been killed).
+    """
+
+    def test_nameBeforeNumber(self) -> None:
+        requireRoot()
+        name, uid = "47474", 47999
+        made = subprocess.run(
+            ["useradd", "--badname", "-M", "-u", str(uid), "-s", "/bin/sh", name],
+            capture_output=True,
+            text=True,
+        )
+        if made.returncode != 0:
+            raise SkipTest(f"cannot make an all-digit account: {made.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["userdel", name], capture_output=True)
+        self.assertEqual(runAsUid(name), uid)
+        # A number no account is named: the server's own uid without a name.
+        self.assertEqual(runAsUid("47998"), 47998)

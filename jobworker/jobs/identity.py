@@ -313,12 +313,14 @@ def runAsUid(runAs: str | None) -> int | None:
     dynamic = dynamicUid(runAs)
     if dynamic is not None or runAs is None:
         return dynamic
-    if runAs.isdigit():
-        return int(runAs)  # (the server's own uid, which has no name)
     try:
         return pwd.getpwnam(runAs).pw_uid
     except KeyError:
-        return None
+        # The server's own uid, which has no name, is its number. Only
+        # then: an account may be named by digits (code review 36: its
+        # name read as a uid, crash recovery looked for another uid's
+        # processes).
+        return int(runAs) if runAs.isdigit() else None
 
 
 class PoolExhausted(Exception):
