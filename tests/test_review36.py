@@ -14,12 +14,15 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.jobs.identity import runAsUid
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore
 
+from .fakes import processExit
 from .support import LiveServer
 from .test_launcher import requireRoot
+from .test_process import PID, JobProcessTestCase
 from .test_store import makeRecord
 
 MiB = 1 << 20
@@ -195,3 +198,68 @@ class AllDigitAccountNameTests(SynchronousTestCase):
         self.assertEqual(runAsUid(name), uid)
         # A number no account is named: the server's own uid without a name.
         self.assertEqual(runAsUid("47998"), 47998)
+
+
+class StaleLookBeforeTheStopTests(JobProcessTestCase):
+    """
+    CI at 88ea0f4 (1 run of 12): under C{--isolate pid}, a job that traps
+    TERM and exits 0 ended COMPLETED on a stop. The look at its handlers
+    came before its trap was set; the server's thread then waited (a loaded
+    machine) while the shell set it, took the signal and exited 0, all
+    before the look after the signal, which found nothing (the init had
+    reaped it): the exit was taken for its own. A command seen alive
+    without a handler before the signal and gone after is not known; only
+    one seen ended before it is sure to have ended on its own.
+    """
+
+    def judged(self, alive: bool, *answers: bool | None, **options: Any) -> list[int]:
+        """A job whose looks answer C{answers} in turn (the command alive
+        before the signal or not); the pids looked at."""
+        looks = iter(answers)
+        looked: list[int] = []
+
+        def endsBy(pid: int, signum: int) -> bool | None:
+            looked.append(pid)
+            return next(looks)
+
+        job = self.another(endsBy=endsBy, ended=lambda pid: not alive, **options)
+        self.job = job
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        return looked
+
+    def ended(self, reason: Any) -> tuple[JobStatus, str | None, int | None]:
+        self.killer.exists = False
+        self.end(reason)
+        return self.record.status, self.record.stopped_by, self.record.exit_code
+
+    def test_goneAfterTheSignalNotKnown(self) -> None:
+        self.judged(True, True, None)
+        self.job.stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.STOPPED, "alice", 0))
+
+    def test_aHandlerAfterTheSignal(self) -> None:
+        self.judged(True, True, False)
+        self.job.stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.STOPPED, "alice", 0))
+
+    def test_stillWithoutOneAfterTheSignal(self) -> None:
+        """Exiting on its own as the signal came (review round 29)."""
+        looked = self.judged(True, True, True)
+        self.job.stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.COMPLETED, None, 0))
+        self.assertEqual(looked, [PID, PID])
+
+    def test_endedBeforeTheSignalIsItsOwn(self) -> None:
+        looked = self.judged(False, True)
+        self.job.stop("alice")
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.COMPLETED, None, 0))
+        self.assertEqual(looked, [PID])
+
+    def test_timeoutToo(self) -> None:
+        """The timeout's stop is judged the same way (it looked once)."""
+        self.judged(True, True, None, timeout=6.0)
+        self.clock.advance(6.0)
+        status, _, code = self.ended(processExit(0))
+        self.assertEqual((status, code), (JobStatus.FAILED, 0))
+        self.assertIn("timed out", self.record.error or "")

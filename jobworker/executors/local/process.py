@@ -194,11 +194,13 @@ class JobProcess:
         stallWatch: StallWatch | None = None,
         elapsed: Callable[[], float] = elapsedSeconds,
         endsBy: Callable[[int, int], bool | None] | None = None,
+        ended: Callable[[int], bool] | None = None,
     ) -> None:
         """
         @param elapsed: a clock no step of the wall clock moves (L{Ending}).
         @param endsBy: would a signal end a process by its default action
             (L{endsByDefault}, the default)?
+        @param ended: has a process ended (L{hasEnded}, the default)?
         @param groups: the group numbers of the executor's jobs (None: this
             job's number is taken as its own until it is cleaned up).
         @param leftovers: where a job that ends with processes left to kill
@@ -229,6 +231,7 @@ class JobProcess:
         self._pumps = pumps
         self._timedOut = False
         self._endsBy = endsByDefault if endsBy is None else endsBy
+        self._ended = hasEnded if ended is None else ended
         #: The first stop's signal would have ended the main process by its
         #: default action (None: not known); see L{_stopMissed}.
         self._stopWouldEnd: bool | None = None
@@ -378,8 +381,7 @@ class JobProcess:
                 job=self.record.id,
                 timeout=self._timeout,
             )
-            self._stopWouldEnd = self._wouldEnd(DEFAULT_STOP.signal)
-            self._terminate()
+            self._judgedTerminate(DEFAULT_STOP)
 
     def snapshot(self) -> JobRecord:
         """The record, with the output counters brought up to date."""
@@ -429,13 +431,7 @@ class JobProcess:
                 user=by,
                 signal=signal.Signals(how.signal).name,
             )
-            self._stopWouldEnd = self._wouldEnd(how.signal)
-            self._terminate(how)
-            if self._stopWouldEnd and self._wouldEnd(how.signal) is False:
-                # It set up a handler between the look and the signal (a
-                # shell's trap as it starts): the signal is its to handle,
-                # its exit 0 the stop's doing (code review 34).
-                self._stopWouldEnd = False
+            self._judgedTerminate(how)
         else:
             # Being stopped already, by a user or its timeout (whose end,
             # FAILED "timed out", stands: the stop was taken for the first,
@@ -443,6 +439,37 @@ class JobProcess:
             # ended STOPPED: review round 29).
             self._hasten(how)
         return self.whenEnded()
+
+    def _judgedTerminate(self, how: StopRequest) -> None:
+        """
+        Send the stop's signal (L{_terminate}), judging by a look at the
+        command on each side of it whether the signal would end it by its
+        default action (L{_stopMissed}). The look before is not enough: it
+        may be stale when the signal is sent. A command seen without a
+        handler before and with one after set it up between the two (a
+        shell's trap as it starts): the signal is its to handle, its exit 0
+        the stop's doing (code review 34). One seen alive without a handler
+        before and gone after is not known: the server's thread may have
+        waited between the looks (a loaded machine) while the command set
+        up its handler, took the signal and exited 0, which was taken for
+        an end of its own, COMPLETED (CI at 88ea0f4). Only one seen ended
+        before the signal is sure to have ended on its own.
+        """
+        signum = how.signal
+        before = self._stopWouldEnd = self._wouldEnd(signum)
+        endedBefore = before is True and self._commandEnded()
+        self._terminate(how)
+        if before is True and not endedBefore:
+            after = self._wouldEnd(signum)
+            if after is not True:
+                self._stopWouldEnd = after
+
+    def _commandEnded(self) -> bool:
+        """Has the job's command ended (or is it not there)?"""
+        if self._pgid is None:
+            return True
+        command = commandOf(self._pgid, self.commandDepth)
+        return command is None or self._ended(command)
 
     def _wouldEnd(self, signum: int) -> bool | None:
         """
@@ -947,6 +974,28 @@ def childExited(pid: int) -> bool:
 
 #: C{rt_sigtimedwait}'s number, by machine (see L{_waitsForSignals}).
 SIGTIMEDWAIT = {"x86_64": b"128", "aarch64": b"137"}.get(os.uname().machine)
+
+
+def hasEnded(pid: int) -> bool:
+    """
+    Has process C{pid} ended: gone, or every thread a zombie (a leader that
+    has exited is one while other threads run on)? Past
+    L{THREADS_LOOKED_AT} threads, not known: False.
+    """
+    if not _ended(f"/proc/{pid}/task/{pid}"):
+        return False
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    if len(threads) > THREADS_LOOKED_AT:
+        return False
+    return all(_ended(f"/proc/{pid}/task/{tid}") for tid in threads)
+
+
+def _ended(task: str) -> bool:
+    fields = _statusOf(task)
+    return fields is None or fields.get(b"State", b"")[:1] in (b"Z", b"X")
 
 
 #: Threads L{endsByDefault} looks at, at most (on the reactor's thread: a
