@@ -74,6 +74,7 @@ from .requests import (
     jobSelection,
     refuseCrossSite,
 )
+from .turns import Turns
 from .ui import Dashboard
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
@@ -206,6 +207,8 @@ class JobsAPI:
         self._dashboard = dashboard or Dashboard()
         #: Per user: the tokens (credentials) it may be issued now.
         self._tokenBuckets = TokenBuckets(TOKEN_RATE, TOKEN_BURST)
+        #: Pages of the job list (and of a bulk delete) take turns.
+        self._turns = Turns(clock)
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """At shutdown: let every log response finish (L{LogStreams.drain})."""
@@ -343,11 +346,12 @@ class JobsAPI:
     @app.route("/jobs", methods=["GET"])
     @guarded(Permission.GET, *FILTERS, "limit", "cursor")
     async def listJobs(self, request: IRequest, user: User) -> bytes:
+        selection = jobSelection(request)
+        limit = parseLimit(_arg(request, b"limit"))
+        before = parseCursor(_arg(request, b"cursor"))
+        await self._turns.take()
         records, following = self._manager.page(
-            jobSelection(request),
-            limit=parseLimit(_arg(request, b"limit")),
-            before=parseCursor(_arg(request, b"cursor")),
-            maxBytes=MAX_LIST_BYTES,
+            selection, limit=limit, before=before, maxBytes=MAX_LIST_BYTES
         )
         # Bounded in bytes as well as in count: past MAX_LIST_BYTES the page
         # ends early (the store reads no more than about that much), and
@@ -377,11 +381,11 @@ class JobsAPI:
             selection = replace(selection, owner=user.name)
         authorize(user, Permission.DELETE, owner=selection.owner)
         age = parseAge(_arg(request, b"older_than_seconds"))
+        cursor = parseCursor(_arg(request, b"cursor"))
+        await self._turns.take()
         if age is not None:
             selection = replace(selection, endedBefore=self._clock.seconds() - age)
-        ids, following = self._manager.cleanIds(
-            selection, MAX_CLEAN, parseCursor(_arg(request, b"cursor"))
-        )
+        ids, following = self._manager.cleanIds(selection, MAX_CLEAN, cursor)
         deleted = len(ids)
         if deleted:  # (a clean of nothing changes nothing: no line)
             self._audit(
