@@ -137,6 +137,10 @@ class APITestCase(SynchronousTestCase):
 
         d.addCallback(collect)
         self.treq.flush()
+        if len(self.api._turns):
+            # A page waits for its turn (Turns): the reactor's next calls.
+            self.reactor.advance(0)
+            self.treq.flush()
         return d
 
     def credentials(self, user: str | None, password: str | None) -> dict[bytes, Any]:

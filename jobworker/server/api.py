@@ -211,7 +211,9 @@ class JobsAPI:
         self._turns = Turns(clock)
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
-        """At shutdown: let every log response finish (L{LogStreams.drain})."""
+        """At shutdown: let every log response finish (L{LogStreams.drain}),
+        and every page waiting for its turn run."""
+        self._turns.close()
         return self._logs.drain(timeout)
 
     def resource(self) -> IResource:

@@ -17,10 +17,11 @@ class Turns:
     but requests that arrive together, one a connection, were all served in
     one turn: 60 listings of 1,000 jobs held every other client 3 s, a
     Reader's burst, again and again (attacker round 36). A step waits for
-    its turn (L{take}): the first at once, each next one after the reactor
-    has polled its connections again (a C{callLater(0)} made by a call runs
-    in the next turn), so a burst costs the others one step at a time,
-    never the sum.
+    its turn (L{take}): the first at once, each next one in a reactor call
+    of its own (a C{callLater(0)} made by a call runs after the next poll
+    of the connections), so a burst costs the others one step at a time
+    (two at its start: the first runs in a poll, the second in the calls
+    right after it), never the sum.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -29,6 +30,7 @@ class Turns:
         #: The call that gives the next turn; None while no step has run
         #: since the last turn began.
         self._next: IDelayedCall | None = None
+        self._closed = False
 
     def take(self) -> Deferred[None]:
         """
@@ -36,18 +38,22 @@ class Turns:
         this turn, else in a later turn, in the order asked. Cancelling it
         (the client went away) leaves the line.
         """
-        if self._next is None:
-            # Run now, from a connection's read most likely: the reactor's
-            # calls come next, before its poll, so the next turn is the one
-            # after that.
-            self._next = self._clock.callLater(0, self._hop)
+        if self._closed:
             return succeed(None)
-        d: Deferred[None] = Deferred(self._line.remove)
+        if self._next is None:
+            self._next = self._clock.callLater(0, self._turn)
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._leave)
         self._line.append(d)
         return d
 
-    def _hop(self) -> None:
-        self._next = self._clock.callLater(0, self._turn)
+    def _leave(self, d: Deferred[None]) -> None:
+        self._line.remove(d)
+        if not self._line and self._next is not None and self._next.active():
+            # (Nothing left to give a turn to: no call stays behind, as
+            # when every client of a burst went away.)
+            self._next.cancel()
+            self._next = None
 
     def _turn(self) -> None:
         if not self._line:
@@ -55,6 +61,19 @@ class Turns:
             return
         self._next = self._clock.callLater(0, self._turn)
         self._line.popleft().callback(None)
+
+    def close(self) -> None:
+        """
+        The server stops: every step waiting runs now, and any later one at
+        once (no call of this stays behind the server).
+        """
+        self._closed = True
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        line, self._line = self._line, deque()
+        for d in line:
+            d.callback(None)
 
     def __len__(self) -> int:
         """How many steps wait for their turn."""

@@ -145,6 +145,10 @@ class SlurmJob:
         #: its end then proves no start (L{outcomes.ranIn}).
         self._configuring = False
         self._stopRequested = False
+        #: The first stop's answer while it is to come, and the later stops
+        #: that share it.
+        self._stopAnswer: Deferred[JobRecord] | None = None
+        self._stopSharers: list[Deferred[JobRecord]] = []
         self._killCall: IDelayedCall | None = None
         #: When a harder stop that came before the first one's scancel was
         #: armed wants it (reactor seconds; see SlurmStops.hasten).
@@ -528,7 +532,16 @@ class SlurmJob:
         ended = self.whenEnded()
         if self._stopRequested:
             self._executor.hasten(self, how)
-            return ended
+            answer = self._stopAnswer
+            if answer is None:
+                return ended
+            # The first stop's signal may still be on its way to Slurm:
+            # this one has its answer (it waited for an end nobody would
+            # bring when the first failed, the job running on: Slurm round
+            # 36).
+            shared: Deferred[JobRecord] = Deferred()
+            self._stopSharers.append(shared)
+            return shared
         self._stopRequested = True
         self.record.stopped_by = by
         # Stored with the stop's time: a restart goes on with this stop.
@@ -537,6 +550,19 @@ class SlurmJob:
         if self.record.slurm_job_id is None:
             return ended  # cancelled as soon as sbatch answers
         result: Deferred[JobRecord] = Deferred()
+        self._stopAnswer = result
+        sharers = self._stopSharers = []
+
+        def share(outcome: JobRecord | Failure) -> JobRecord | Failure:
+            self._stopAnswer = None
+            for d in sharers:
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+            sharers.clear()
+            return outcome
+
         signalled = Deferred.fromCoroutine(self._executor.terminate(self, how))
         endedFirst = False
 
@@ -545,6 +571,9 @@ class SlurmJob:
             self._stopRequested = False
             self.record.stopped_by = None
             self.record.stop_signal = self.record.stop_grace = None
+            # Nor the harder end a later stop asked for meanwhile: kept, it
+            # made the next stop's scancel come at once (Slurm round 36).
+            self.hastenedTo = None
             if failure.check(EndedInSlurm):
                 # Slurm ended it first: the poll records how, and the stop
                 # is then answered as one of a job that has ended.
@@ -579,6 +608,7 @@ class SlurmJob:
 
         signalled.addErrback(failed)
         ended.addCallback(relay)
+        result.addBoth(share)
         return result
 
     def markStopping(self) -> None:
