@@ -23,6 +23,7 @@ from .config import (
     ConfigError,
     Settings,
     caInUse,
+    checkCredentialsText,
     checkServer,
     checkToken,
     configPath,
@@ -52,7 +53,7 @@ from .parser import buildParser
 from .session import Connect, Session, givenPassword, trustOnFirstUse
 from .show import age
 from .streams import OutputFailed, Streams
-from .verbs import VERBS, Verb, checkArguments
+from .verbs import VERBS, InputNotSent, Verb, checkArguments
 
 __all__ = [
     "COMPLETION",
@@ -188,6 +189,7 @@ async def _commandLine(
     checkArguments(verb, options)
     checkServer(settings.server)
     checkToken(environ)
+    checkCredentialsText(settings, environ)
     try:
         if verb == "login":
             trustOnFirstUse(settings, environ, path)
@@ -205,6 +207,10 @@ async def _commandLine(
     except ClientError as e:
         if e.status == 401 and session.token:
             forgetToken(tokens, settings.server)
+            if isinstance(e, InputNotSent):
+                # What became of the job's stdin, first: the job waits on
+                # it (it went unsaid: new user round 36).
+                streams.say(f"jw: {e}")
             raise SavedLoginRefused() from None
         raise
     finally:
@@ -291,6 +297,16 @@ def main(argv: list[str] | None = None) -> None:
     Entry point of the C{jw} console script: a short command on the
     standard library (L{quickRun}), else L{run} on the real reactor.
     """
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before jw's own handlers are in place (as it imports what
+        # the verb needs): exit 130, quietly. It was a traceback (new user
+        # round 36).
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _main(argv: list[str] | None) -> None:
     streams, closed = Streams.standard()
     if "stdout" in closed:
         # Nothing to show results on (and a file opened later would take
@@ -314,13 +330,23 @@ def main(argv: list[str] | None = None) -> None:
         reactor.callWhenRunning(interrupts.install, reactor)
         return ensureDeferred(
             run(reactor, argv, environ, streams, interrupts=interrupts)
-        ).addCallback(_exit)
+        ).addCallbacks(_exit, _interruptedEarly)
 
     react(_start)
 
 
 def _exit(code: int) -> None:
     raise SystemExit(code)
+
+
+def _interruptedEarly(failure: Any) -> None:
+    """
+    Ctrl-C while L{run} imports what it needs, the reactor's handlers not
+    in place yet: exit 130, quietly (it was Twisted's "main function
+    encountered error" and a traceback, exit 1: new user round 36).
+    """
+    failure.trap(KeyboardInterrupt)
+    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _flushQuietly(streams: Streams) -> None:

@@ -99,9 +99,16 @@ def _keepAlive(value: object, path: str) -> str:
 
     @raise ConfigError: anything else, or out of range.
     """
-    from ..keepalive import parseSeconds
+    from ..keepalive import MOST, parseSeconds
 
-    text = str(value) if isinstance(value, (int, str)) else ""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        # Shown as given (30.0, [30], true): it was shown as '' (new user
+        # round 36).
+        given = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ConfigError(
+            f"{path}: keepalive must be whole seconds from 1 to {MOST}: {given}"
+        )
+    text = str(value)
     try:
         return str(parseSeconds(text, f"{path}: keepalive"))
     except ValueError as e:
@@ -258,6 +265,25 @@ def checkToken(environ: dict[str, str]) -> None:
             "JW_TOKEN holds a space, a control character or a non-ASCII one: "
             "no token does (a newline pasted with it?)"
         )
+
+
+def checkCredentialsText(settings: Settings, environ: dict[str, str]) -> None:
+    """
+    @raise ConfigError: the user name or C{JW_PASSWORD} holds bytes that
+        are not UTF-8 (a Latin-1 terminal): jw sends text only (it was
+        Python's codec message: new user round 36).
+    """
+    origin = settings.origins.get("user", "")
+    for name, value in (
+        ("JW_USER" if origin == "JW_USER" else f"{origin}: user", settings.user),
+        ("JW_PASSWORD", environ.get("JW_PASSWORD")),
+    ):
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{name} is not valid UTF-8 (jw sends text only)"
+            ) from None
 
 
 def trustedCA(settings: Settings, environ: dict[str, str] | None = None) -> str:

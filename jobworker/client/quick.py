@@ -585,8 +585,12 @@ class QuickClient(ApiCalls):
         The connection (if open) back to L{TIMEOUT}, after a request that
         waited otherwise (a long poll, a patient one, a stream).
         """
-        if self._connection.sock is not None:
-            self._connection.sock.settimeout(TIMEOUT)
+        sock = self._connection.sock
+        # A handshake interrupted (Ctrl-C) leaves a socket already detached
+        # (fd -1): its EBADF took the interrupt's place, "unexpected error",
+        # exit 1 (new user round 36).
+        if sock is not None and sock.fileno() != -1:
+            sock.settimeout(TIMEOUT)
 
     def _body(self, response: http.client.HTTPResponse) -> bytes:
         try:
@@ -789,6 +793,21 @@ class QuickClient(ApiCalls):
 
     async def close(self) -> None:
         self._connection.close()
+
+    def opened(self) -> None:
+        """
+        Open the connection now (its handshake done), if it is not: the
+        next request is then sent at once. A failure is a request's.
+        """
+        sock = self._connection.sock
+        if sock is not None and not _dropped(sock):
+            return
+        self._connection.close()
+        try:
+            self._connection.connect()
+        except OSError as e:
+            self._connection.close()
+            raise ClientError(describe(self.server, e)) from None
 
 
 def _patience(jobId: str, follow: bool) -> str | None:

@@ -54,10 +54,7 @@ async def quickExec(
 ) -> int:
     """C{jw exec}, as L{doExec<jobworker.client.verbs.doExec>} does it."""
     if not (options.follow or options.stdin):
-        # Nothing to wait for: an interrupt stops jw at once.
-        job = await createExecJob(options, client, streams, interrupts)
-        assert job is not None  # an interrupt is a KeyboardInterrupt here
-        return execCreated(job, options, streams) or 0
+        return await _execCreated(options, client, streams, interrupts)
     with Background(interrupts) as background:
         job = await createExecJob(options, client, streams, interrupts)
         if job is None:
@@ -117,8 +114,19 @@ async def quickExec(
                 await closeInput(client.another(), jobId, interrupted[0], streams)
                 return interrupts.status
             if not feeding.done:
-                # (A refused watch's error, raised: said in one line.)
-                return sayInputLeft(ending.outcome(), streams)
+                try:
+                    final = ending.outcome()
+                except ClientError as e:
+                    # The watch refused (the job deleted, the login
+                    # refused): the feed is left, the job's stdin open,
+                    # and said (it was not: new user round 36).
+                    raise InputNotSent(
+                        f"job {jobId}: {e}: its stdin is left open: jw stop "
+                        f"{jobId} ends the job",
+                        e.status,
+                        e.body,
+                    ) from None
+                return sayInputLeft(final, streams)
             unsent = feeding.outcome()
             return 0 if unsent is None else sayInputLeft(unsent, streams)
         left: list[str] = []
@@ -204,6 +212,41 @@ async def quickExec(
         feedDone = feeding.done and isinstance(feeding.error, InputNotSent)
         return inputStatus(status, feedDone)
     return status
+
+
+async def _execCreated(
+    options: argparse.Namespace,
+    client: QuickClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    """
+    C{jw exec} without C{-f} or C{-i}. An interrupt stops jw at once until
+    the job's request is sent (nothing is created); after, jw waits for the
+    answer, shows the job's id and says that it runs on (jw exited saying
+    nothing, the job running: new user round 36).
+    """
+
+    async def sending() -> None:
+        client.opened()  # (its handshake: Ctrl-C there still stops jw)
+        interrupts.queueing = True
+
+    try:
+        job = await createExecJob(options, client, streams, interrupts, sending)
+    finally:
+        interrupts.queueing = False
+        interrupts.dispatch()  # counted: no handler here
+    assert job is not None  # (no -f)
+    status = execCreated(job, options, streams)
+    if not interrupts.count:
+        return status or 0
+    if status is None:
+        jobId = job["id"]
+        streams.say(
+            f"jw: {interrupts.first}: job {jobId} was created and runs on "
+            f"(jw stop {jobId} ends it)"
+        )
+    return interrupts.status
 
 
 def inputLeft(feeding: Worker, feed: InputFeed, streams: Streams) -> bool:

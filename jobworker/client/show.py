@@ -87,6 +87,19 @@ def _shortly(seconds: float) -> str:
     return f"{whole}s"
 
 
+def _soon(seconds: float) -> str:
+    """
+    A time to come as L{_shortly} says it, rounded to the nearest unit: a
+    login of 12 hours, less the moment its request took, is C{12h} (it
+    was C{11h}: new user round 36).
+    """
+    for unit, size, most in (("s", 1, 60), ("m", 60, 60), ("h", 3600, 24)):
+        count = round(seconds / size)
+        if count < most:
+            return f"{max(0, count)}{unit}"
+    return f"{round(seconds / 86400)}d"
+
+
 def duration(job: dict[str, Any], now: float) -> str:
     """How long the job ran (so far, if it runs); empty if it never started."""
     start = parseTime(job.get("started_at"))
@@ -210,7 +223,7 @@ def when(stamp: str | None, now: float) -> str:
         return ""
     local = datetime.fromtimestamp(then, UTC).astimezone()
     if then > now:
-        return f"{local:%Y-%m-%d %H:%M:%S %Z} (in {_shortly(then - now)})"
+        return f"{local:%Y-%m-%d %H:%M:%S %Z} (in {_soon(then - now)})"
     return f"{local:%Y-%m-%d %H:%M:%S %Z} ({_shortly(now - then)} ago)"
 
 

@@ -176,7 +176,7 @@ class Streams:
             C{BrokenPipeError}, as ever).
         """
         try:
-            writeAll(self.out, text.encode("utf-8"))
+            writeAll(self.out, _encoded(text))
             self.out.flush()
         except BrokenPipeError:
             raise
@@ -360,3 +360,16 @@ class GatedStreams(Streams):
             cell[0] += len(data)
 
         return counted
+
+
+def _encoded(text: str) -> bytes:
+    """
+    C{text} as UTF-8; bytes that are not (a setting's, decoded with
+    surrogateescape: a Latin-1 file name) as they were. C{jw config}
+    failed on them, "unexpected error" (new user round 36). Any other lone
+    surrogate (from JSON) is escaped.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")

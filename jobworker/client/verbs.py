@@ -451,11 +451,12 @@ async def createExecJob(
     client: AnyClient,
     streams: Streams,
     interrupts: Interrupts,
+    sending: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any] | None:
     """
     The job C{jw exec} asks for, created; None if an interrupt came while
     it was being created (it was stopped at once: the exit status is
-    L{EXIT_INTERRUPTED}).
+    L{EXIT_INTERRUPTED}). C{sending()} is awaited just before the request.
     """
     if not options.command:
         raise BadArguments(_NO_COMMAND)
@@ -470,14 +471,19 @@ async def createExecJob(
         # Ctrl-C while the job is being created: stop it once it exists.
         interrupts.handle(early.append)
     try:
+        if sending is not None:
+            await sending()
         job: dict[str, Any] = await client.createJob(
             options.command, options.args, fields=fields
         )
     finally:
         interrupts.handle(None)
     if early:
-        streams.say(f"jw: {early[0]}: stopping job {job['id']}")
-        await client.stop(job["id"])
+        # With the signal jw got, as every later one (it was TERM: new user
+        # round 36).
+        signal = early[0].removeprefix("SIG")
+        streams.say(f"jw: {early[0]}: stopping job {job['id']} with {signal}")
+        await client.stop(job["id"], signal)
         return None
     return job
 
