@@ -5,7 +5,9 @@ test that failed against the code before its fix.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -28,12 +30,13 @@ from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.jobs.identity import runAsUid
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.stopping import StopRequest
-from jobworker.jobs.store import JobStore
+from jobworker.jobs.store import JobStore, StoreError
 from jobworker.server.turns import Turns
 
 from .fakes import processExit
-from .support import LiveServer
+from .support import LiveServer, smallTmpfs
 from .test_launcher import requireRoot
 from .test_process import PID, JobProcessTestCase
 from .test_review35 import SlurmCase
@@ -495,3 +498,126 @@ class SecondStopWhileTheFirstIsSentTests(SlurmCase):
         self.poll({"101": state("CANCELLED", 0, 15)})
         self.assertIs(self.successResultOf(second).status, JobStatus.STOPPED)
         self.assertIs(self.successResultOf(first).status, JobStatus.STOPPED)
+
+
+def fillDisk(path: str) -> None:
+    """Write C{path} until its file system is full (unbuffered)."""
+    with open(path, "wb", 0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+
+
+def storeAlone(path: str, where: str) -> tuple[str, int]:
+    """
+    The store's file alone (no WAL: what a crash leaves when the WAL was
+    removed), copied to C{where}: its integrity check and its jobs.
+    """
+    shutil.copyfile(path, where)
+    db = sqlite3.connect(where)
+    try:
+        check = db.execute("PRAGMA integrity_check").fetchone()[0]
+        tables = db.execute("SELECT name FROM sqlite_master").fetchall()
+        jobs = -1
+        if ("jobs",) in tables:
+            jobs = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        return str(e), -1
+    finally:
+        db.close()
+    return check, jobs
+
+
+class WalRemovedOnAFullDiskTests(SynchronousTestCase):
+    """
+    Fault round 36: the store's WAL removed while the disk was full. It was
+    checkpointed into the store's own file, which the full disk cut short,
+    the only whole copy being the removed WAL: a crash then left a store no
+    server would open ("database disk image is malformed"), every job lost.
+    The store is written anew beside (and renamed over) its file, which is
+    never half written; meanwhile nothing is checkpointed into it.
+    """
+
+    def test_fileNeverHalfWritten(self) -> None:
+        disk = smallTmpfs(self, "3m")
+        path = os.path.join(disk, "jobs.sqlite3")
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        for n in range(60):
+            record = makeRecord(n)
+            record.args = ["x" * 4000]
+            store.insert(record)
+        self.assertGreater(os.path.getsize(path + "-wal"), 200_000)
+        aside = os.path.abspath(self.mktemp())
+        self.assertEqual(storeAlone(path, aside)[0], "ok")
+        fillDisk(os.path.join(disk, "ballast"))
+        os.unlink(path + "-wal")
+        self.assertRaises(StoreError, store.relink)
+        # A crash now: the store's file alone opens (the jobs since its last
+        # checkpoint lost with the removed WAL, as the crash took them).
+        self.assertEqual(storeAlone(path, aside)[0], "ok")
+        self.assertEqual(os.listdir(disk).count("jobs.sqlite3.restoring"), 0)
+        os.unlink(os.path.join(disk, "ballast"))
+        self.assertIsNotNone(store.relink())
+        self.assertEqual(storeAlone(path, aside), ("ok", 60))
+        self.assertEqual(len(store.page(JobFilter(), limit=100)[0]), 60)
+
+
+class StoreRemovedBeforeACleanStopTests(TestCase):
+    """
+    Fault round 36: the store's file removed, then a clean stop within the
+    5 s before the server looked: nothing wrote it again, and the next
+    start refused to open the jobs ("jobs.sqlite3 is missing, but its -wal
+    holds..."). The stop writes it again; and while the file cannot be
+    written again, /healthz says so (it said "ok").
+    """
+
+    timeout = 60
+
+    async def test_writtenAgainAtTheStop(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        old = LiveServer(self, stateDir=state)
+        ids = [(await old.createJob("true"))["id"] for _ in range(3)]
+        for jobId in ids:
+            await old.waitEnded(jobId)
+        os.unlink(os.path.join(state, "jobs.sqlite3"))
+        await old.stop()
+        new = LiveServer(self, stateDir=state)
+        code, body = await new.json("GET", "/jobs", "ada")
+        self.assertEqual(code, 200, body)
+        self.assertEqual({job["id"] for job in body["jobs"]}, set(ids))
+
+    async def test_healthSaysSo(self) -> None:
+        server = LiveServer(self)
+        store = server.manager._store
+        real = store.relink
+
+        def refused() -> str | None:
+            raise StoreError(
+                "jobs.sqlite3 was removed while the server ran, and cannot be "
+                "written again: database or disk is full"
+            )
+
+        store.relink = refused  # type: ignore[method-assign]
+        self.addCleanup(setattr, store, "relink", real)
+        manager = server.manager
+
+        def look() -> None:
+            # (At once, as the timer would: the timer's call is its own.)
+            call = manager._storeLook
+            if call is not None and call.active():
+                call.cancel()
+            manager._lookAtStore()
+
+        look()
+        code, body = await server.json("GET", "/healthz", None)
+        self.assertEqual((code, body["status"]), (200, "degraded"), body)
+        self.assertIn("does not hold every job", body["reason"])
+        self.assertIn("cannot be written again", body["store"])
+        store.relink = real  # type: ignore[method-assign]
+        look()
+        code, body = await server.json("GET", "/healthz", None)
+        self.assertEqual(body, {"status": "ok"})

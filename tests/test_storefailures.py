@@ -115,9 +115,12 @@ class StoreFailureTests(SynchronousTestCase):
         if body is not None:
             data = json.dumps(body).encode()
         headers[b"content-type"] = [b"application/json"]
-        response = self.successResultOf(
-            self.http.request(method, "https://x" + path, data=data, headers=headers)
-        )
+        sent = self.http.request(method, "https://x" + path, data=data, headers=headers)
+        if len(self.api._turns):
+            # A page waits for its turn (Turns): the reactor's next calls.
+            self.reactor.advance(0)
+            self.http.flush()
+        response = self.successResultOf(sent)
         content = self.successResultOf(response.content())
         self.http.flush()
         if response.headers.getRawHeaders(b"content-type") == [b"text/plain"]:

@@ -198,6 +198,9 @@ class JobManager(Admission):
         #: the last one found.
         self._storeLook: IDelayedCall | None = None
         self._storeFound: str | None = None
+        #: Why the store's file at its path does not hold every job (removed,
+        #: its WAL removed, and not written again yet), or None.
+        self._storeAtRisk: str | None = None
         os.makedirs(self._jobsDir, mode=0o700, exist_ok=True)
         roomForFiles = _checkWritable(self._jobsDir)
         #: The reserve was given up (L{_withRoom}; or there is no room to
@@ -263,9 +266,10 @@ class JobManager(Admission):
         self._storeLook = None
         delay = STORE_LOOK
         try:
-            found: str | None = self._store.relink()
+            found: str | None = self._relinkStore()
+            self._storeAtRisk = None
         except StoreError as e:
-            found = str(e)
+            found = self._storeAtRisk = str(e)
             delay = STORE_LOOK_FAILED  # (a full disk: not a copy each 5 s)
         except Exception:
             self.log.failure("looking at the store's file")
@@ -276,6 +280,27 @@ class JobManager(Admission):
         if found is not None and found != self._storeFound:
             self.log.error("{found}", found=found)
         self._storeFound = found
+
+    def _relinkStore(self) -> str | None:
+        """
+        L{JobStore.relink}, with the disk's reserve given up for it if it
+        cannot be written for want of room.
+        """
+        try:
+            return self._store.relink()
+        except StoreError:
+            if not self._giveUpReserve("to write the job store's file again"):
+                raise
+        return self._store.relink()
+
+    def storeAtRisk(self) -> str | None:
+        """
+        Why the store's file does not hold every job now (it, or its WAL,
+        was removed while the server ran, and it could not be written again
+        yet: a crash now loses jobs), or None. /healthz said "ok" meanwhile
+        (fault round 36).
+        """
+        return self._storeAtRisk
 
     def ownersChanged(self) -> None:
         """
@@ -1338,6 +1363,19 @@ class JobManager(Admission):
                     job=jobId,
                     record=record.toJSON(),
                 )
+        # The last chance to write the store's file again if it (or its
+        # WAL) was removed since the last look: a clean stop in those 5 s
+        # left no store at the path, every job lost (fault round 36).
+        try:
+            found = self._relinkStore()
+        except StoreError as e:
+            self.log.error(
+                "the job store could not be written again as the server stops: {error}",
+                error=str(e),
+            )
+        else:
+            if found is not None:
+                self.log.error("{found}", found=found)
         self._store.close()
 
 

@@ -510,10 +510,37 @@ class JobStore:
                 "opened, removed from the folder, and a restart will read the "
                 "file that is there now"
             )
-        restoring = self.path + ".restoring"
         try:
-            if os.path.lexists(restoring):
-                os.unlink(restoring)
+            aside = self._writeAgain()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(
+                f"{self.path} was removed while the server ran, and cannot be "
+                f"written again: {e}"
+            ) from None
+        moved = f" ({', '.join(aside)} moved aside: .removed-store)" if aside else ""
+        return (
+            f"{self.path} was removed while the server ran: written again from "
+            f"the open store, every job in it{moved}"
+        )
+
+    def _writeAgain(self) -> list[str]:
+        """
+        Write the store anew at its path from the open database (SQLite's
+        backup: every job, as committed), beside it first, then renamed
+        over it: the file at the path is never half written. The store
+        goes on in the new file.
+
+        @return: the companions (C{-wal}, C{-shm}) left at the path that
+            were moved aside (C{.removed-store}).
+        @raise OSError, sqlite3.Error: it could not be written (nothing at
+            the path changed).
+        """
+        restoring = self.path + ".restoring"
+        leftovers = (restoring, restoring + "-journal")
+        try:
+            for leftover in leftovers:
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
             os.close(os.open(restoring, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             copy = sqlite3.connect(restoring, isolation_level=None)
             try:
@@ -522,17 +549,17 @@ class JobStore:
                 copy.close()
             os.rename(restoring, self.path)
             _syncFolder(self.path)
-        except (OSError, sqlite3.Error) as e:
-            if os.path.lexists(restoring):
-                os.unlink(restoring)
-            raise StoreError(
-                f"{self.path} was removed while the server ran, and cannot be "
-                f"written again: {e}"
-            ) from None
-        # The last connection's close checkpoints the removed file's WAL and
+        except (OSError, sqlite3.Error):
+            # (The copy's own journal too: one was left, fault round 36.)
+            for leftover in leftovers:
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
+            raise
+        # The last connection's close checkpoints the old file's WAL and
         # removes it (and the -shm) by name: the copy starts without one.
-        # Left there (another program has the removed file open), they are
-        # the removed file's: moved aside, never read as the copy's.
+        # Left there (another program has the old file open, or put a file
+        # there), they are the old file's: moved aside, never read as the
+        # copy's.
         self._db.close()
         self._reconnect = True
         aside = []
@@ -541,11 +568,7 @@ class JobStore:
                 os.replace(companion, companion + ".removed-store")
                 aside.append(os.path.basename(companion))
         self._connectAgain()
-        moved = f" ({', '.join(aside)} moved aside: .removed-store)" if aside else ""
-        return (
-            f"{self.path} was removed while the server ran: written again from "
-            f"the open store, every job in it{moved}"
-        )
+        return aside
 
     def _walRelink(self) -> str | None:
         """
@@ -572,29 +595,27 @@ class JobStore:
             self._wal = now
             return None
         try:
-            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error as e:
+            # Never checkpointed into the store's file: one cut short (a
+            # full disk) while the only whole copy is the removed WAL left,
+            # after a crash, a store no server opens, every job lost (fault
+            # round 36). The store is written anew beside it instead.
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+            moved = ""
+            if now is not None:
+                os.replace(wal, wal + ".replaced")
+                moved = (
+                    f" (the file put there moved aside: "
+                    f"{os.path.basename(wal)}.replaced)"
+                )
+            self._writeAgain()
+        except (OSError, sqlite3.Error) as e:
             raise StoreError(
                 f"{wal} was removed while the server ran, and the jobs it held "
                 f"cannot be written to {self.path}: {e}"
             ) from None
-        if busy:
-            raise StoreError(
-                f"{wal} was removed while the server ran, and the jobs it held "
-                f"cannot be written to {self.path} now (another reader): tried again"
-            )
-        moved = ""
-        if now is not None:
-            os.replace(wal, wal + ".replaced")
-            moved = (
-                f" (the file put there moved aside: {os.path.basename(wal)}.replaced)"
-            )
-        self._db.close()
-        self._reconnect = True
-        self._connectAgain()
         return (
             f"{wal} was removed while the server ran: every job it held written "
-            f"to {self.path}, and a new one made{moved}"
+            f"to {self.path} anew, and a new one made{moved}"
         )
 
     #: The WAL seen beside the store (device, inode; None before it is).

@@ -498,7 +498,8 @@ class JobsAPI:
         onlyParameters(_query(request), frozenset())
         health = self._manager.health()
         refusal = self._manager.storeRefusal()
-        if health.up and refusal is None:
+        risk = self._manager.storeAtRisk()
+        if health.up and refusal is None and risk is None:
             return _json(request, {"status": "ok"})
         body: dict[str, Any] = {"status": "degraded"}
         reasons = []
@@ -508,6 +509,9 @@ class JobsAPI:
         if refusal is not None:
             body["store"] = refusal
             reasons.append(f"the job store refuses writes: {refusal}")
+        if risk is not None:
+            body.setdefault("store", risk)
+            reasons.append(f"the job store's file does not hold every job: {risk}")
         body["reason"] = "; ".join(r for r in reasons if r) or None
         return _json(request, body)
 
