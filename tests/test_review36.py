@@ -621,3 +621,27 @@ class StoreRemovedBeforeACleanStopTests(TestCase):
         look()
         code, body = await server.json("GET", "/healthz", None)
         self.assertEqual(body, {"status": "ok"})
+
+
+class RecoveredOutputSizeTests(SynchronousTestCase):
+    """
+    Fault round 36: crash recovery counted the size of whatever was at a
+    job's output path: a folder there made C{stdout_bytes} 4096, while its
+    log served nothing. It counts what the log serves (a regular file's
+    bytes, else none).
+    """
+
+    def test_folderCountsNothing(self) -> None:
+        from jobworker.executors.local.executor import LocalExecutor
+
+        from .fakes import FakeProcessReactor
+
+        jobsDir = os.path.join(os.path.abspath(self.mktemp()), "jobs")
+        record = makeRecord(7)
+        record.pid = None
+        executor = LocalExecutor(FakeProcessReactor(), jobsDir, 5.0)
+        os.makedirs(os.path.join(jobsDir, record.id, "stdout"))
+        with open(os.path.join(jobsDir, record.id, "stderr"), "wb") as f:
+            f.write(b"12345")
+        executor.recover([record], "restarted")
+        self.assertEqual((record.stdout_bytes, record.stderr_bytes), (0, 5))

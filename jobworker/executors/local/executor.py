@@ -46,7 +46,7 @@ from ...jobs.recovery import (
     sessionMembers,
     spawnedAt,
 )
-from ...jobs.spool import OutputSpool
+from ...jobs.spool import OutputSpool, outputSize
 from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
@@ -848,7 +848,9 @@ class LocalExecutor:
                 killed += self._killOutOfRange(record.run_as)
             for stream in ("stdout", "stderr"):
                 try:
-                    size = os.path.getsize(self.outputPath(record.id, stream))
+                    # What its log serves (a folder there counted 4096:
+                    # fault round 36).
+                    size = outputSize(self.outputPath(record.id, stream))
                 except OSError:
                     size = 0
                 setattr(record, f"{stream}_bytes", size)
