@@ -645,3 +645,62 @@ class RecoveredOutputSizeTests(SynchronousTestCase):
             f.write(b"12345")
         executor.recover([record], "restarted")
         self.assertEqual((record.stdout_bytes, record.stderr_bytes), (0, 5))
+
+
+class HeldGroup:
+    """A job's cgroup whose processes go only after L{heldFor} removals."""
+
+    def __init__(self, heldFor: int) -> None:
+        self.heldFor = heldFor
+        self.kills = 0
+
+    def kill(self) -> bool:
+        self.kills += 1
+        return True
+
+    def remove(self) -> bool:
+        self.heldFor -= 1
+        return self.heldFor < 0
+
+
+class HeldCgroups:
+    version, supported, ioDevice = 1, frozenset({"memory"}), None
+
+    def __init__(self, group: HeldGroup) -> None:
+        self.group = group
+
+    def find(self, jobId: str) -> HeldGroup:
+        return self.group
+
+
+class CgroupRemovedOnceItCanBeTests(SynchronousTestCase):
+    """
+    Fault round 36: a crashed job's process held in the kernel (a frozen
+    file system) across the restart kept its cgroup, and its journal line,
+    for the new server's whole life. It is tried again every 30 s, and
+    forgotten once removed.
+    """
+
+    def test_triedAgain(self) -> None:
+        from jobworker.executors.local.executor import MADE_CGROUPS, LocalExecutor
+
+        from .fakes import FakeProcessReactor
+
+        jobsDir = os.path.join(os.path.abspath(self.mktemp()), "jobs")
+        os.makedirs(jobsDir)
+        reactor = FakeProcessReactor()
+        group = HeldGroup(heldFor=100)  # (the start-up tries 100 times)
+        executor = LocalExecutor(
+            reactor,
+            jobsDir,
+            5.0,
+            cgroups=HeldCgroups(group),  # type: ignore[arg-type]
+        )
+        executor._madeCgroups.note("j")
+        executor._killLeftovers("j", None, None, None, {}, None)
+        journal = os.path.join(os.path.dirname(jobsDir), MADE_CGROUPS)
+        self.assertIn("j", open(journal).read())
+        reactor.advance(30)
+        self.assertNotIn("j", open(journal).read())
+        self.assertEqual(group.kills, 2)
+        self.assertEqual(reactor.getDelayedCalls(), [])

@@ -159,6 +159,11 @@ SHUTDOWN_GIVES_UP_AFTER = 30.0
 ENVIRONMENTS_KEPT = 1024
 
 
+#: Seconds between two tries to remove a cgroup recovery could not (a
+#: process of it held in the kernel, as by a frozen file system).
+REMOVE_AGAIN_AFTER = 30.0
+
+
 def removeSoon(group: JobCgroup, tries: int = 100) -> bool:
     """At start-up: remove a just-killed cgroup, waiting for its processes to go."""
     for _ in range(tries):
@@ -1022,8 +1027,29 @@ class LocalExecutor:
         if group is not None:
             killed += int(group.kill())
             if not removeSoon(group):
-                self.log.warn("cgroup of job {job} not removed", job=jobId)
+                self.log.warn(
+                    "cgroup of job {job} not removed: tried again every {every}s",
+                    job=jobId,
+                    every=REMOVE_AGAIN_AFTER,
+                )
+                self._reactor.callLater(
+                    REMOVE_AGAIN_AFTER, self._removeLater, jobId, group
+                )
         return killed
+
+    def _removeLater(self, jobId: str, group: JobCgroup) -> None:
+        """
+        A crashed job's cgroup recovery could not remove (a process of it
+        held in the kernel, as in a frozen file system): killed and removed
+        once it can be, and forgotten then (it stayed, and its journal
+        line, for the server's life: fault round 36).
+        """
+        group.kill()
+        if not group.remove():
+            self._reactor.callLater(REMOVE_AGAIN_AFTER, self._removeLater, jobId, group)
+            return
+        self._madeCgroups.done(jobId)
+        self.log.info("cgroup of job {job} removed at last", job=jobId)
 
     def shutdown(self, jobs: list[Any]) -> Deferred[None]:
         """
