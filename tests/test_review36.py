@@ -28,7 +28,11 @@ from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local import process
 from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
+from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.jobs.identity import runAsUid
+from jobworker.jobs.limits import Limits
+from jobworker.jobs.manager import JobManager
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.stopping import StopRequest
@@ -704,3 +708,110 @@ class CgroupRemovedOnceItCanBeTests(SynchronousTestCase):
         self.assertNotIn("j", open(journal).read())
         self.assertEqual(group.kills, 2)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class SharedStopCancelledTests(SlurmCase):
+    """
+    Session review 36: later stops of a Slurm job shared the first stop's
+    Deferred; the first client going away (Klein cancels its handler's
+    Deferred) cancelled the others' answers too (over HTTP, a 200 with an
+    empty body). Each stop has a Deferred of its own.
+    """
+
+    def test_firstClientGoneSecondKeepsWaiting(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        first = self.manager.stop(record.id, "alice")
+        self.assertEqual(self.commands.signals[-1], ("101", "TERM"))
+        second = self.manager.stop(record.id, "ada", StopRequest(signal.SIGKILL))
+        self.assertNoResult(second)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertNoResult(second)
+        self.poll({"101": state("CANCELLED", 0, 15)})
+        self.assertIs(self.successResultOf(second).status, JobStatus.STOPPED)
+
+
+class KillNotJudgedByTheLookAfterTests(StaleLookBeforeTheStopTests):
+    """
+    Session review 36: no handler takes a KILL: an exit 0 as an Admin's
+    KILL came is the job's own end, whatever the look after the signal
+    finds (the command reaped already). The look after made it STOPPED.
+    """
+
+    def test_killThenExit0(self) -> None:
+        looked = self.judged(True, True, None)
+        self.job.stop("ada", StopRequest(signal.SIGKILL))
+        self.assertEqual(self.ended(processExit(0)), (JobStatus.COMPLETED, None, 0))
+        self.assertEqual(looked, [PID])
+
+
+class ResumedStopFailedTests(SlurmCase):
+    """
+    Session review 36: a stop resumed after a restart (its TERM not known
+    to have gone out) whose signal failed (Slurm out of reach) was only
+    logged: the job stayed "being stopped", and every later stop, a KILL
+    too, sent nothing and waited for an end nobody brought.
+    """
+
+    def test_laterStopSendsSomething(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        # The stop as stored before its signal's answer (what a crash then
+        # leaves): stopped_by set, stop_requested_at not.
+        self.successResultOf(self.manager.shutdown())
+        stored = self.stored(record.id)
+        stored.stopped_by = "alice"
+        stored.stop_signal = "SIGTERM"
+        self.manager._store.update(stored)
+        self.manager.close()
+        # The restart: Slurm out of reach as the stop is resumed.
+        commands = self.commands
+        realSignal = commands.signal
+
+        async def unreachable(*args: Any, **kwargs: Any) -> None:
+            raise SlurmError("Unable to contact slurm controller", unreachable=True)
+
+        commands.signal = unreachable  # type: ignore[method-assign]
+        executor = SlurmExecutor(
+            self.reactor,
+            self.outputDir,
+            grace=5.0,
+            policy=JobPolicy(maxima=Limits(memory_bytes=1 << 30)),
+            partition="debug",
+            account="physics",
+            pollInterval=1.0,
+            commands=commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+        )
+        manager = JobManager(self.reactor, self.stateDir, executor)
+        self.addCleanup(manager.close)
+        manager.recover()
+        self.flushLoggedErrors()
+        # Slurm is back.
+        signals: list[tuple[str, str]] = []
+
+        async def signalled(slurmId: str, name: str, sig: str, owner: Any) -> None:
+            signals.append((slurmId, sig))
+
+        commands.signal = realSignal  # type: ignore[method-assign]
+        self.reactor.advance(1.0)
+        if commands.polls:
+            commands.polls[-1].callback({"101": state("RUNNING")})
+        self.assertIs(
+            manager.record(record.id).status,
+            JobStatus.RUNNING,
+            manager.record(record.id).error,
+        )
+        stopping = manager.stop(record.id, "bob")
+        self.reactor.advance(30.0)
+        for d in commands.polls:
+            if not d.called:
+                d.callback({"101": state("RUNNING")})
+        # Expected: bob's stop signals the job (or is answered); observed:
+        # nothing sent, no scancel, the stop waits while the job runs on.
+        self.assertTrue(
+            commands.signals or commands.cancels or stopping.called,
+            f"signals={commands.signals} cancels={commands.cancels} "
+            f"answered={stopping.called} status={manager.record(record.id).status}",
+        )

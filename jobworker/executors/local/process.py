@@ -460,7 +460,9 @@ class JobProcess:
         before = self._stopWouldEnd = self._wouldEnd(signum)
         endedBefore = before is True and self._commandEnded()
         self._terminate(how)
-        if before is True and not endedBefore:
+        if before is True and not endedBefore and signum != signal.SIGKILL:
+            # (No handler takes a KILL: an exit code after it is the job's
+            # own, whatever is left to look at: session review 36.)
             after = self._wouldEnd(signum)
             if after is not True:
                 self._stopWouldEnd = after

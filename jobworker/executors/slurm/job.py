@@ -532,16 +532,13 @@ class SlurmJob:
         ended = self.whenEnded()
         if self._stopRequested:
             self._executor.hasten(self, how)
-            answer = self._stopAnswer
-            if answer is None:
+            if self._stopAnswer is None:
                 return ended
             # The first stop's signal may still be on its way to Slurm:
             # this one has its answer (it waited for an end nobody would
             # bring when the first failed, the job running on: Slurm round
             # 36).
-            shared: Deferred[JobRecord] = Deferred()
-            self._stopSharers.append(shared)
-            return shared
+            return self._shareStopAnswer()
         self._stopRequested = True
         self.record.stopped_by = by
         # Stored with the stop's time: a restart goes on with this stop.
@@ -549,31 +546,32 @@ class SlurmJob:
         self.record.stop_grace = how.grace
         if self.record.slurm_job_id is None:
             return ended  # cancelled as soon as sbatch answers
+        # The stop's answer, which every stop of the job until it comes
+        # shares, each through a Deferred of its own (one cancelled, its
+        # client gone, leaves the others': session review 36).
         result: Deferred[JobRecord] = Deferred()
         self._stopAnswer = result
         sharers = self._stopSharers = []
+        mine = self._shareStopAnswer()  # (before anything may answer)
 
-        def share(outcome: JobRecord | Failure) -> JobRecord | Failure:
-            self._stopAnswer = None
+        def share(outcome: JobRecord | Failure) -> None:
+            if self._stopAnswer is result:
+                self._stopAnswer = None
             for d in sharers:
+                if d.called:
+                    continue  # (cancelled)
                 if isinstance(outcome, Failure):
                     d.errback(outcome)
                 else:
                     d.callback(outcome)
             sharers.clear()
-            return outcome
 
         signalled = Deferred.fromCoroutine(self._executor.terminate(self, how))
         endedFirst = False
 
         def failed(failure: Failure) -> None:
             nonlocal endedFirst
-            self._stopRequested = False
-            self.record.stopped_by = None
-            self.record.stop_signal = self.record.stop_grace = None
-            # Nor the harder end a later stop asked for meanwhile: kept, it
-            # made the next stop's scancel come at once (Slurm round 36).
-            self.hastenedTo = None
+            self.stopFailed()
             if failure.check(EndedInSlurm):
                 # Slurm ended it first: the poll records how, and the stop
                 # is then answered as one of a job that has ended.
@@ -609,7 +607,25 @@ class SlurmJob:
         signalled.addErrback(failed)
         ended.addCallback(relay)
         result.addBoth(share)
-        return result
+        return mine
+
+    def _shareStopAnswer(self) -> Deferred[JobRecord]:
+        """A Deferred of its own of the stop's answer (L{stop})."""
+        mine: Deferred[JobRecord] = Deferred()
+        self._stopSharers.append(mine)
+        return mine
+
+    def stopFailed(self) -> None:
+        """
+        Its stop's signal could not be sent: it is not being stopped (a
+        later stop sends its own), nor by whom, nor how.
+        """
+        self._stopRequested = False
+        self.record.stopped_by = None
+        self.record.stop_signal = self.record.stop_grace = None
+        # Nor the harder end a later stop asked for meanwhile: kept, it
+        # made the next stop's scancel come at once (Slurm round 36).
+        self.hastenedTo = None
 
     def markStopping(self) -> None:
         """A stop was in progress when the server last stopped (see recover)."""

@@ -241,6 +241,12 @@ class SlurmStops:
                     job=record.id,
                     error=failure.getErrorMessage(),
                 )
+                # Not being stopped, then: a later stop sends its own (each
+                # one waited for an end nobody brought, sending nothing:
+                # session review 36).
+                if not record.status.ended:
+                    job.stopFailed()
+                    self._save(record)
 
             Deferred.fromCoroutine(self.terminate(job, how)).addErrback(failed)
 
