@@ -134,6 +134,27 @@ class ExecInterruptedWhileCreatedTests(TestCase):
             code, job = await server.json("GET", f"/jobs/{jobId}")
             self.assertEqual((code, job["status"]), (200, "RUNNING"))
 
+    async def test_secondInterruptEndsAtOnce(self) -> None:
+        """
+        A second interrupt while the answer is awaited ends jw at once
+        (it was held, every signal but KILL, until the answer came or the
+        request's 300 s ran out: session review 36).
+        """
+        server = LiveServer(self, grace=GRACE)
+        held = _HeldCreation(self, server)
+        process = startJW(server.url, "exec", "--", "sleep", "60")
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        await held.arrived
+        process.send_signal(signal.SIGINT)
+        await sleep(0.5)
+        self.assertIsNone(process.poll())  # (the first waits for the answer)
+        process.send_signal(signal.SIGTERM)
+        exited = await deferToThread(process.wait, BOUND)
+        err = process.stderr.read().decode()
+        self.assertEqual(exited, 130, err)
+        self.assertIn("interrupted again", err)
+        self.assertIn("jw list shows it", err)
+
     async def test_followedStoppedWithTheSignalGot(self) -> None:
         server = LiveServer(self, grace=GRACE)
         jobId, _out, err, exited = await self.interrupted(

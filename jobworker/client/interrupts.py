@@ -29,6 +29,10 @@ class Interrupts:
         self._queued: list[str] = []
         #: Whether signals wait for L{dispatch} (L{installWithoutReactor}).
         self.queueing = False
+        #: Whether, while L{queueing}, one signal waits at most: the next
+        #: stops the command at once (a user who insists is not made to
+        #: wait out a request's timeout: session review 36).
+        self.queueOne = False
 
     def _count(self, name: str) -> None:
         self.count += 1
@@ -90,10 +94,14 @@ class Interrupts:
 
         def onSignal(number: int, frame: Any) -> None:
             name = signal.Signals(number).name
-            if not self.queueing:
-                self._count(name)
-                raise KeyboardInterrupt(name)
-            self._queued.append(name)
+            if self.queueing and not (self.queueOne and self._queued):
+                self._queued.append(name)
+                return
+            for queued in self._queued:  # (came first)
+                self._count(queued)
+            self._queued.clear()
+            self._count(name)
+            raise KeyboardInterrupt(name)
 
         for number in SIGNALS:
             signal.signal(number, onSignal)

@@ -229,12 +229,22 @@ async def _execCreated(
 
     async def sending() -> None:
         client.opened()  # (its handshake: Ctrl-C there still stops jw)
-        interrupts.queueing = True
+        interrupts.queueing = interrupts.queueOne = True
 
     try:
         job = await createExecJob(options, client, streams, interrupts, sending)
+    except KeyboardInterrupt:
+        if not interrupts.queueOne:
+            raise  # (before the request: nothing was created)
+        # A second interrupt: jw stops waiting for the answer at once (it
+        # waited out the request's timeout: session review 36).
+        streams.say(
+            "jw: interrupted again: no answer waited for; the job may have "
+            "been created and run on (jw list shows it)"
+        )
+        return interrupts.status
     finally:
-        interrupts.queueing = False
+        interrupts.queueing = interrupts.queueOne = False
         interrupts.dispatch()  # counted: no handler here
     assert job is not None  # (no -f)
     status = execCreated(job, options, streams)
