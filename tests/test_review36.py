@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import shutil
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import (
     CancelledError,
@@ -814,4 +816,73 @@ class ResumedStopFailedTests(SlurmCase):
             commands.signals or commands.cancels or stopping.called,
             f"signals={commands.signals} cancels={commands.cancels} "
             f"answered={stopping.called} status={manager.record(record.id).status}",
+        )
+
+
+#: A job's script: splice, tee and vmsplice on a pipe, and userfaultfd (each
+#: answer an errno name or "ok"); then a plain copy, which must still work.
+PIPE_LOCKS = """
+import ctypes, errno, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def answer(call):
+    try:
+        call()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+r, w = os.pipe()
+r2, w2 = os.pipe()
+a, b = socket.socketpair()
+os.write(w, b"x")
+print("splice", answer(lambda: os.splice(r, b.fileno(), 1)))
+print("tee", answer(lambda: libc.syscall(276, r, w2, 1, 0) >= 0
+      or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "tee"))))
+buf = ctypes.create_string_buffer(b"y")
+iov = (ctypes.c_void_p * 2)(ctypes.cast(buf, ctypes.c_void_p), 1)
+print("vmsplice", answer(lambda: libc.syscall(278, w2, iov, 1, 0) >= 0
+      or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "vmsplice"))))
+print("userfaultfd", answer(lambda: libc.syscall(323, 0) >= 0
+      or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "userfaultfd"))))
+print("read", os.read(r, 1).decode())
+"""
+
+
+class PipeLocksRefusedTests(TestCase):
+    """
+    Attacker round 36b: a job held its own pipe's lock with splice(2)
+    between the pipe and an idle (or full) socket: the server's close of
+    its stdin froze the whole server until the job was killed by hand, and
+    each such job's stdout held the server's thread a second. A dynamic
+    uid's job gets ENOSYS from splice, tee, vmsplice and userfaultfd (a
+    fault in a page moved into a pipe holds its lock too); programs fall
+    back to read and write.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if platform.machine() != "x86_64":
+            raise SkipTest(
+                f"the script's call numbers are x86_64's, not {platform.machine()}'s"
+            )
+        requireRoot()
+
+    async def test_refused(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("/usr/bin/python3", "-c", PIPE_LOCKS, user="bob")
+        ended = await server.waitEnded(job["id"])
+        response = await server.request("GET", f"/jobs/{job['id']}/logs", "ada")
+        text = (await treq.content(response)).decode()
+        self.assertEqual(ended["status"], "COMPLETED", (ended, text))
+        self.assertEqual(
+            text.split("\n"),
+            [
+                "splice ENOSYS",
+                "tee ENOSYS",
+                "vmsplice ENOSYS",
+                "userfaultfd ENOSYS",
+                "read x",
+                "",
+            ],
         )
