@@ -131,6 +131,7 @@ class SlurmCase(SynchronousTestCase):
     real store), without its tests."""
 
     setUp = test_slurmunit.ExecutorTests.setUp
+    makeExecutor = test_slurmunit.ExecutorTests.makeExecutor
     makeManager = test_slurmunit.ExecutorTests.makeManager
     submit = test_slurmunit.ExecutorTests.submit
     stored = test_slurmunit.ExecutorTests.stored

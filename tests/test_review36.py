@@ -30,11 +30,7 @@ from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local import process
 from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
-from jobworker.executors.slurm.executor import SlurmExecutor
 from jobworker.jobs.identity import runAsUid
-from jobworker.jobs.limits import Limits
-from jobworker.jobs.manager import JobManager
-from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.stopping import StopRequest
@@ -775,19 +771,8 @@ class ResumedStopFailedTests(SlurmCase):
             raise SlurmError("Unable to contact slurm controller", unreachable=True)
 
         commands.signal = unreachable  # type: ignore[method-assign]
-        executor = SlurmExecutor(
-            self.reactor,
-            self.outputDir,
-            grace=5.0,
-            policy=JobPolicy(maxima=Limits(memory_bytes=1 << 30)),
-            partition="debug",
-            account="physics",
-            pollInterval=1.0,
-            commands=commands,  # type: ignore[arg-type]
-            sharedAccount=True,
-        )
-        manager = JobManager(self.reactor, self.stateDir, executor)
-        self.addCleanup(manager.close)
+        self.executor = self.makeExecutor()
+        manager = self.makeManager()
         manager.recover()
         self.flushLoggedErrors()
         # Slurm is back.

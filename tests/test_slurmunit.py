@@ -292,7 +292,12 @@ class ExecutorTests(SynchronousTestCase):
         self.commands = FakeCommands()
         self.stateDir = os.path.abspath(self.mktemp())
         self.outputDir = os.path.join(self.stateDir, "shared")
-        self.executor = SlurmExecutor(
+        self.executor = self.makeExecutor()
+        self.manager = self.makeManager()
+
+    def makeExecutor(self) -> SlurmExecutor:
+        """An executor on the fake reactor and commands (a restart's too)."""
+        return SlurmExecutor(
             self.reactor,
             self.outputDir,
             grace=5.0,
@@ -303,7 +308,6 @@ class ExecutorTests(SynchronousTestCase):
             commands=self.commands,  # type: ignore[arg-type]
             sharedAccount=True,
         )
-        self.manager = self.makeManager()
 
     def makeManager(self) -> JobManager:
         manager = JobManager(self.reactor, self.stateDir, self.executor)

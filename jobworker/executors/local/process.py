@@ -987,13 +987,24 @@ def hasEnded(pid: int) -> bool:
     """
     if not _ended(f"/proc/{pid}/task/{pid}"):
         return False
+    threads = _threadsToLookAt(pid)
+    if threads is None:
+        return False
+    return all(_ended(f"/proc/{pid}/task/{tid}") for tid in threads)
+
+
+def _threadsToLookAt(pid: int) -> list[str] | None:
+    """
+    The threads of C{pid} to look at one by one (none: it is gone); None
+    if not known: more than L{THREADS_LOOKED_AT}, or past L{threadLooks}.
+    """
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return True
+        return []
     if len(threads) > THREADS_LOOKED_AT or not threadLooks.take(len(threads)):
-        return False
-    return all(_ended(f"/proc/{pid}/task/{tid}") for tid in threads)
+        return None
+    return threads
 
 
 def _ended(task: str) -> bool:
@@ -1064,11 +1075,8 @@ def endsByDefault(pid: int, signum: int) -> bool | None:
     leader = _taker(f"/proc/{pid}/task/{pid}", bit)
     if leader is True or leader is False or leader is None:
         return leader
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    if len(threads) > THREADS_LOOKED_AT or not threadLooks.take(len(threads)):
+    threads = _threadsToLookAt(pid)
+    if threads is None:
         return None
     live = takers = 0
     for tid in threads:
