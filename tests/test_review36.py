@@ -26,7 +26,7 @@ from twisted.internet.defer import (
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from jobworker.errors import ServiceUnavailable
+from jobworker.errors import BadRequest, ServiceUnavailable
 from jobworker.executors.local import process
 from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
@@ -35,6 +35,7 @@ from jobworker.jobs.records import JobRecord, JobStatus
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, StoreError
+from jobworker.jobs.validation import parseJSONObject
 from jobworker.server.turns import Turns
 
 from .fakes import processExit
@@ -871,3 +872,21 @@ class PipeLocksRefusedTests(TestCase):
                 "",
             ],
         )
+
+
+class JSONInUTF8OnlyTests(SynchronousTestCase):
+    """
+    Code review 36: a request body in UTF-16 or UTF-32 (no BOM) was taken:
+    given bytes, C{json.loads} guesses the encoding, and the job ran what a
+    proxy or a log reading the body as UTF-8 (JSON's one encoding) saw
+    otherwise. Only UTF-8 is JSON here: a 400.
+    """
+
+    def test_otherEncodingsRefused(self) -> None:
+        text = '{"command": "true"}'
+        for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            error = self.assertRaises(
+                BadRequest, parseJSONObject, text.encode(encoding)
+            )
+            self.assertIn("not valid JSON", error.message)
+        self.assertEqual(parseJSONObject(text.encode()), {"command": "true"})

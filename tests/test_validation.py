@@ -90,8 +90,9 @@ class ParseJobRequestTests(SynchronousTestCase):
         raw bytes: it would make every listing that shows the job invalid
         for a strict JSON parser (and no label filter could find it)."""
         self.assertBad(b'{"command": "x", "labels": {"k": "a\\ud800"}}', "label 'k'")
+        # (As raw bytes it is not UTF-8: the body is not JSON, code review 36.)
         self.assertBad(
-            b'{"command": "x", "labels": {"k": "a\xed\xa0\x80"}}', "label 'k'"
+            b'{"command": "x", "labels": {"k": "a\xed\xa0\x80"}}', "not valid JSON"
         )
         # Characters outside the BMP, as a surrogate pair, are text.
         pair = b'{"command": "x", "labels": {"k": "\\ud83d\\ude00"}}'
