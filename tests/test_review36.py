@@ -31,7 +31,9 @@ from jobworker.executors.local import process
 from jobworker.executors.local.process import JobProcessProtocol
 from jobworker.executors.slurm.documents import SlurmError
 from jobworker.jobs.identity import runAsUid
+from jobworker.jobs.queue import Waiting
 from jobworker.jobs.records import JobRecord, JobStatus
+from jobworker.jobs.scheduling import Scheduler
 from jobworker.jobs.selection import JobFilter
 from jobworker.jobs.stopping import StopRequest
 from jobworker.jobs.store import JobStore, StoreError
@@ -830,6 +832,10 @@ print("vmsplice", answer(lambda: libc.syscall(278, w2, iov, 1, 0) >= 0
       or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "vmsplice"))))
 print("userfaultfd", answer(lambda: libc.syscall(323, 0) >= 0
       or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "userfaultfd"))))
+print("sendfile", answer(lambda: os.sendfile(b.fileno(), r, None, 1)))
+params = ctypes.create_string_buffer(120)
+print("io_uring_setup", answer(lambda: libc.syscall(425, 4, params) >= 0
+      or (_ for _ in ()).throw(OSError(ctypes.get_errno(), "io_uring_setup"))))
 print("read", os.read(r, 1).decode())
 """
 
@@ -868,6 +874,8 @@ class PipeLocksRefusedTests(TestCase):
                 "tee ENOSYS",
                 "vmsplice ENOSYS",
                 "userfaultfd ENOSYS",
+                "sendfile ENOSYS",
+                "io_uring_setup ENOSYS",
                 "read x",
                 "",
             ],
@@ -890,3 +898,35 @@ class JSONInUTF8OnlyTests(SynchronousTestCase):
             )
             self.assertIn("not valid JSON", error.message)
         self.assertEqual(parseJSONObject(text.encode()), {"command": "true"})
+
+
+class OneOwnersRefusalHoldsNoOtherTests(SynchronousTestCase):
+    """
+    Code review 36: a queued job that could not start for the server's
+    reason (no dynamic uid free) stopped the whole pass: another user's
+    job, which needed no uid, waited a retry (1 s) for each user so held,
+    a running slot free. The pass goes on with the other users.
+    """
+
+    def test_othersStart(self) -> None:
+        tried: list[str] = []
+
+        def start(waiting: Waiting) -> bool:
+            tried.append(waiting.jobId)
+            return waiting.owner == "bob"  # (alice and ada: no uid free)
+
+        scheduler = Scheduler(
+            start=start,
+            mayStartMore=lambda: True,
+            mayStart=lambda owner: True,
+            finished=lambda record: None,
+            load=lambda jobId: makeRecord(0),
+            later=lambda: None,
+            now=lambda: 0.0,
+            soon=lambda: None,
+        )
+        for seq, owner in enumerate(("alice", "ada", "bob")):
+            scheduler.queue.add(Waiting(owner, owner, 0, seq), lambda jobId: False)
+        scheduler.dispatch()
+        self.assertEqual(sorted(tried), ["ada", "alice", "bob"])
+        self.assertEqual(len(scheduler.queue), 2)  # (alice's and ada's, held)

@@ -292,7 +292,8 @@ class ExecutorTests(SynchronousTestCase):
         self.commands = FakeCommands()
         self.stateDir = os.path.abspath(self.mktemp())
         self.outputDir = os.path.join(self.stateDir, "shared")
-        self.executor = self.makeExecutor()
+        # (Named on the class: other test classes borrow this setUp.)
+        self.executor = ExecutorTests.makeExecutor(self)  # type: ignore[arg-type]
         self.manager = self.makeManager()
 
     def makeExecutor(self) -> SlurmExecutor:

@@ -271,18 +271,19 @@ static void ownPipes(uid_t uid, gid_t gid) {
 
 /* Those calls of each system call ABI this machine runs, by seccomp's arch
  * (x86_64 also runs x32, bit 30 of the number, and i386): add_key,
- * request_key, keyctl, io_setup, clone3, splice, tee, vmsplice and
- * userfaultfd (ENOSYS: a splice between the job's pipe and an idle socket,
- * or a fault in a page it moves, holds the pipe's lock, and the server's
- * read, write or close of that pipe waited on it: attacker round 36),
- * then clone and unshare
+ * request_key, keyctl, io_setup, clone3, splice, tee, vmsplice,
+ * userfaultfd, sendfile (and sendfile64) and io_uring's three (ENOSYS: a
+ * splice or sendfile between the job's pipe and an idle socket, io_uring's
+ * own splice, or a fault in a page moved into a pipe, holds the pipe's
+ * lock, and the server's read, write or close of that pipe waited on it:
+ * attacker round 36, the verifier of its fix), then clone and unshare
  * (EPERM with CLONE_NEWUSER or CLONE_PARENT in their first argument's low
  * word: a child made with CLONE_PARENT is the spawner's, which it did not
  * fork), then ioctl
  * (ENOTTY for PIDFD_GET_INFO, below). */
-#define CALLS 12
-#define NO_SUCH_CALLS 9
-#define IOCTL_CALL 11
+#define CALLS 17
+#define NO_SUCH_CALLS 14
+#define IOCTL_CALL 16
 /* PIDFD_GET_INFO is _IOWR(0xFF, 11, struct pidfd_info), of any size (the
  * struct grows; the kernel matches type and number, but its first
  * versions (6.13) the number alone: there the filter falls short). Asked of any
@@ -296,16 +297,23 @@ static const struct {
     uint32_t arch, calls[CALLS];
 } keyCalls[] = {
 #if defined(__x86_64__)
-    {AUDIT_ARCH_X86_64, {248, 249, 250, 206, 435, 275, 276, 278, 323, 56, 272, 16}},
+    /* (A 64-bit ABI has one sendfile: named twice, for sendfile64's place.) */
+    {AUDIT_ARCH_X86_64, {248, 249, 250, 206, 435, 275, 276, 278, 323, 40, 40,
+                         425, 426, 427, 56, 272, 16}},
     {AUDIT_ARCH_X86_64, {X32 | 248, X32 | 249, X32 | 250, X32 | 543, X32 | 435,
-                         X32 | 275, X32 | 276, X32 | 532, X32 | 323, X32 | 56,
+                         X32 | 275, X32 | 276, X32 | 532, X32 | 323, X32 | 40,
+                         X32 | 40, X32 | 425, X32 | 426, X32 | 427, X32 | 56,
                          X32 | 272, X32 | 514}},
-    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 313, 315, 316, 374, 120, 310, 54}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 313, 315, 316, 374, 187, 239,
+                       425, 426, 427, 120, 310, 54}},
 #elif defined(__aarch64__)
-    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0, 435, 76, 77, 75, 282, 220, 97, 29}},
-    {AUDIT_ARCH_ARM, {309, 310, 311, 243, 435, 340, 342, 343, 388, 120, 337, 54}},
+    {AUDIT_ARCH_AARCH64, {217, 218, 219, 0, 435, 76, 77, 75, 282, 71, 71,
+                          425, 426, 427, 220, 97, 29}},
+    {AUDIT_ARCH_ARM, {309, 310, 311, 243, 435, 340, 342, 343, 388, 187, 239,
+                      425, 426, 427, 120, 337, 54}},
 #elif defined(__i386__)
-    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 313, 315, 316, 374, 120, 310, 54}},
+    {AUDIT_ARCH_I386, {286, 287, 288, 245, 435, 313, 315, 316, 374, 187, 239,
+                       425, 426, 427, 120, 310, 54}},
 #else
 #define NO_KEY_FILTER 1
     {0, {0}},

@@ -264,10 +264,20 @@ class Scheduler:
                     self._failBudget -= 1
                     self.fail(entry, error, when)
             self._again = True
+            #: Users whose next job could not start in this pass (the
+            #: server's reason: no dynamic uid free, the store refusing):
+            #: their jobs wait for the next pass, the others' go on (one
+            #: such user held every other user's job back a retry, a slot
+            #: free: code review 36).
+            refused: set[str] = set()
+
+            def mayStart(owner: str) -> bool:
+                return owner not in refused and self._mayStart(owner)
+
             while self._again:
                 self._again = False
                 while not self.paused and self._mayStartMore():
-                    waiting = self.queue.next(self._mayStart)
+                    waiting = self.queue.next(mayStart)
                     if waiting is None:
                         break
                     try:
@@ -288,6 +298,6 @@ class Scheduler:
                         self._later()
                     if not started:
                         self.queue.add(waiting, lambda jobId: False)
-                        break
+                        refused.add(waiting.owner)
         finally:
             self._dispatching = False
