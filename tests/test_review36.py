@@ -320,6 +320,20 @@ class TurnsTests(SynchronousTestCase):
         turns.take().addCallback(lambda _: ran.append("e"))
         self.assertEqual(ran[-1], "e")
 
+    def test_usersTakeTurns(self) -> None:
+        """A user's step waits for one of another's burst at most."""
+        clock = TurnClock()
+        turns = Turns(clock)
+        ran: list[str] = []
+        for n in range(4):
+            turns.take("rita").addCallback(lambda _, n=n: ran.append(f"rita{n}"))
+        turns.take("alice").addCallback(lambda _: ran.append("alice"))
+        turns.take("rita").addCallback(lambda _: ran.append("rita4"))
+        for _ in range(5):
+            clock.turn()
+        self.assertEqual(ran, ["rita0", "rita1", "alice", "rita2", "rita3", "rita4"])
+        self.assertEqual(len(turns), 0)
+
     def test_closedRunsEveryStep(self) -> None:
         clock = TurnClock()
         turns = Turns(clock)

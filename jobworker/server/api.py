@@ -351,7 +351,7 @@ class JobsAPI:
         selection = jobSelection(request)
         limit = parseLimit(_arg(request, b"limit"))
         before = parseCursor(_arg(request, b"cursor"))
-        await self._turns.take()
+        await self._turns.take(user.name)
         records, following = self._manager.page(
             selection, limit=limit, before=before, maxBytes=MAX_LIST_BYTES
         )
@@ -384,7 +384,7 @@ class JobsAPI:
         authorize(user, Permission.DELETE, owner=selection.owner)
         age = parseAge(_arg(request, b"older_than_seconds"))
         cursor = parseCursor(_arg(request, b"cursor"))
-        await self._turns.take()
+        await self._turns.take(user.name)
         if age is not None:
             selection = replace(selection, endedBefore=self._clock.seconds() - age)
         ids, following = self._manager.cleanIds(selection, MAX_CLEAN, cursor)
