@@ -35,7 +35,7 @@ from .placement import SlurmRequest
 from .policy import JobPolicy, JobReactor
 from .queue import Waiting, dependencyFailure, jobIds
 from .records import JobRecord, JobStatus
-from .scheduling import Scheduler
+from .scheduling import NO_UID, NoUid, Scheduler
 from .store import JobStore, QueuedEntry, StoreError
 from .validation import JobRequest
 
@@ -360,7 +360,7 @@ class Admission:
         self._policy.checkFloor(rates)
         return stored
 
-    def _startQueued(self, waiting: Waiting) -> bool:
+    def _startQueued(self, waiting: Waiting) -> bool | NoUid:
         """
         Start a queued job now; False to keep it queued, and try again in a
         while (no identity free, the store unreadable, no process to be had).
@@ -402,7 +402,8 @@ class Admission:
             # may be after the end that called this. (Or no descriptor
             # was left to take one.)
             self._holdBack(record.id, e.message)
-            return False
+            # (No uid free: a job of a mapped account may start meanwhile.)
+            return NO_UID if isinstance(e, TooManyRequests) else False
         except JobworkerError as e:
             # Its account cannot be used now (removed since it was queued).
             self._scheduler.fail(

@@ -180,11 +180,16 @@ class FairQueue:
         """Is a job ready that C{mayStart(user)} would let start now?"""
         return any(mayStart(owner) for owner in self._turns)
 
-    def next(self, mayStart: Callable[[str], bool]) -> Waiting | None:
+    def next(
+        self,
+        mayStart: Callable[[str], bool],
+        accept: Callable[[Waiting], bool] | None = None,
+    ) -> Waiting | None:
         """
         Take the next job to start: the users with a ready job in turn,
-        skipping those C{mayStart(user)} refuses (at their running limit);
-        within the user, by priority then age. None: nothing may start.
+        skipping those C{mayStart(user)} refuses (at their running limit),
+        and those whose next job C{accept} refuses; within the user, by
+        priority then age. None: nothing may start.
         """
         for _ in range(len(self._turns)):
             owner = self._turns[0]
@@ -192,6 +197,8 @@ class FairQueue:
             if not mayStart(owner):
                 continue
             jobId = self._ready[owner][0][2]
+            if accept is not None and not accept(self._entries[jobId]):
+                continue
             waiting = self._entries.pop(jobId)
             self._count(owner, -1)
             self._dropReady(waiting)

@@ -20,6 +20,20 @@ from .queue import NO_JOBS, FairQueue, Waiting
 from .records import JobRecord, JobStatus
 from .store import RecordDamaged, StoreError
 
+
+class NoUid:
+    """
+    What a queued job's start answers when it needs a dynamic uid and none
+    is free (L{NO_UID}): false, as a start refused for the server's reason,
+    but other users' jobs of mapped accounts may start (L{Scheduler.dispatch}).
+    """
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NO_UID = NoUid()
+
 #: What a queued job whose failure could not be recorded yet waits on.
 FAILING = "(its failure, to be recorded)"
 
@@ -50,7 +64,7 @@ class Scheduler:
 
     def __init__(
         self,
-        start: Callable[[Waiting], bool],
+        start: Callable[[Waiting], bool | NoUid],
         mayStartMore: Callable[[], bool],
         mayStart: Callable[[str], bool],
         finished: Callable[[JobRecord], None],
@@ -264,20 +278,25 @@ class Scheduler:
                     self._failBudget -= 1
                     self.fail(entry, error, when)
             self._again = True
-            #: Users whose next job could not start in this pass (the
-            #: server's reason: no dynamic uid free, the store refusing):
-            #: their jobs wait for the next pass, the others' go on (one
-            #: such user held every other user's job back a retry, a slot
-            #: free: code review 36).
+            #: Once a job could not have a dynamic uid (none free) in this
+            #: pass, only jobs of mapped accounts, which need none, may
+            #: start in it, each user's once: one such job held every
+            #: other user's back a retry, a slot free (code review 36). Any
+            #: other refusal is the whole server's (the store, no process
+            #: slot, Slurm): the pass ends, as it did.
             refused: set[str] = set()
+            noUid = False
 
             def mayStart(owner: str) -> bool:
                 return owner not in refused and self._mayStart(owner)
 
+            def needsNone(waiting: Waiting) -> bool:
+                return not noUid or waiting.account is not None
+
             while self._again:
                 self._again = False
                 while not self.paused and self._mayStartMore():
-                    waiting = self.queue.next(mayStart)
+                    waiting = self.queue.next(mayStart, needsNone)
                     if waiting is None:
                         break
                     try:
@@ -296,8 +315,12 @@ class Scheduler:
                         )
                         started = False
                         self._later()
-                    if not started:
+                    if started is NO_UID:
                         self.queue.add(waiting, lambda jobId: False)
                         refused.add(waiting.owner)
+                        noUid = True
+                    elif not started:
+                        self.queue.add(waiting, lambda jobId: False)
+                        break
         finally:
             self._dispatching = False
