@@ -810,20 +810,35 @@ class PipeHeldTests(TestCase):
             check=True,
             timeout=30,
         )
-        code, job = await server.json(
-            "POST",
-            "/jobs",
-            "alice",
-            {
-                "command": "/usr/bin/python3",
-                "args": ["-c", PIPE_HOLD, path],
-                "limits": {"io_read_bps": 1},
-            },
-        )
-        if code == 400 and "io_read_bps" in job.get("error", ""):
-            raise SkipTest(f"no I/O limits here: {job['error']}")
-        self.assertEqual(code, 201, job)
-        ended = await server.waitEnded(job["id"], timeout=30)
+        for _ in range(3):
+            code, job = await server.json(
+                "POST",
+                "/jobs",
+                "alice",
+                {
+                    "command": "/usr/bin/python3",
+                    "args": ["-c", PIPE_HOLD, path],
+                    "limits": {"io_read_bps": 1},
+                },
+            )
+            if code == 400 and "io_read_bps" in job.get("error", ""):
+                raise SkipTest(f"no I/O limits here: {job['error']}")
+            self.assertEqual(code, 201, job)
+            try:
+                ended = await server.waitEnded(job["id"], timeout=15)
+                break
+            except AssertionError:
+                # The job's own race, not the server's: the server read
+                # what was queued between the job's look and its held
+                # write, then had nothing to read while the write held
+                # the lock (no read of it waited: nothing to kill; CI at
+                # aace195). Tried again; a server that never kills such
+                # a job fails each try.
+                await server.json(
+                    "POST", f"/jobs/{job['id']}/stop", "ada", {"signal": "KILL"}
+                )
+        else:
+            self.fail("the job that held its pipe was never killed in 3 tries")
         response = await server.request(
             "GET", f"/jobs/{job['id']}/logs?stream=stderr", "ada"
         )
