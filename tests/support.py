@@ -452,6 +452,17 @@ def twistdCommand(stateDir: str, *extra: str, stopGrace: str | None = "1") -> li
     ]
 
 
+def giveTurns(api: Any, clock: Any, flush: Callable[[], None]) -> None:
+    """
+    A page of an API on a frozen clock waiting for its turn (L{Turns}: a
+    second list request of a test) is given it: the reactor's next calls
+    run, as a running reactor's would, and the stub client is flushed.
+    """
+    if len(api._turns):
+        clock.advance(0)
+        flush()
+
+
 def smallTmpfs(testCase: Any, size: str) -> str:
     """
     A tmpfs of C{size} (C{"3m"}) mounted on a new folder of C{testCase},

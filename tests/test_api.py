@@ -34,6 +34,7 @@ from jobworker.server.requests import (
 )
 
 from .fakes import FakeProcessReactor, GroupKiller, SpawnedProcess, forbidRealKill
+from .support import giveTurns
 
 BASE = "https://jobworker.test"
 GRACE = 5.0
@@ -137,10 +138,7 @@ class APITestCase(SynchronousTestCase):
 
         d.addCallback(collect)
         self.treq.flush()
-        if len(self.api._turns):
-            # A page waits for its turn (Turns): the reactor's next calls.
-            self.reactor.advance(0)
-            self.treq.flush()
+        giveTurns(self.api, self.reactor, self.treq.flush)
         return d
 
     def credentials(self, user: str | None, password: str | None) -> dict[bytes, Any]:

@@ -31,7 +31,7 @@ from jobworker.metrics import Metrics
 from jobworker.server.api import JobsAPI
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import basic
+from .support import basic, giveTurns
 
 #: What the fault round wrote over a job's args: the same length, one
 #: character changed, no longer JSON.
@@ -101,10 +101,7 @@ class DamagedRecordTests(SynchronousTestCase):
             headers = basic(user)
             headers[b"content-type"] = [b"application/json"]
             sent = http.request(method, "https://x" + path, headers=headers)
-            if len(api._turns):
-                # A page waits for its turn (Turns): the reactor's next calls.
-                self.reactor.advance(0)
-                http.flush()
+            giveTurns(api, self.reactor, http.flush)
             response = self.successResultOf(sent)
             content = self.successResultOf(response.content())
             http.flush()

@@ -43,7 +43,7 @@ from jobworker.server.turns import Turns
 from .fakes import processExit
 from .support import LiveServer, smallTmpfs
 from .test_launcher import requireRoot
-from .test_process import PID, JobProcessTestCase
+from .test_process import PID, JobProcessTestCase, StopAsItExitsTests
 from .test_review35 import SlurmCase
 from .test_slurmunit import state
 from .test_store import makeRecord
@@ -251,10 +251,7 @@ class StaleLookBeforeTheStopTests(JobProcessTestCase):
         self.start()
         return looked
 
-    def ended(self, reason: Any) -> tuple[JobStatus, str | None, int | None]:
-        self.killer.exists = False
-        self.end(reason)
-        return self.record.status, self.record.stopped_by, self.record.exit_code
+    ended = StopAsItExitsTests.ended
 
     def test_goneAfterTheSignalNotKnown(self) -> None:
         self.judged(True, True, None)

@@ -32,7 +32,7 @@ from jobworker.server.api import JobsAPI
 from jobworker.server.services import RetentionService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import LiveServer, basic, smallTmpfs
+from .support import LiveServer, basic, giveTurns, smallTmpfs
 
 #: SQLite's name for a full disk's error.
 FULL = "SQLITE_FULL"
@@ -116,10 +116,7 @@ class StoreFailureTests(SynchronousTestCase):
             data = json.dumps(body).encode()
         headers[b"content-type"] = [b"application/json"]
         sent = self.http.request(method, "https://x" + path, data=data, headers=headers)
-        if len(self.api._turns):
-            # A page waits for its turn (Turns): the reactor's next calls.
-            self.reactor.advance(0)
-            self.http.flush()
+        giveTurns(self.api, self.reactor, self.http.flush)
         response = self.successResultOf(sent)
         content = self.successResultOf(response.content())
         self.http.flush()
