@@ -473,6 +473,7 @@ static int becomeInit(int *report) {
     }
     close(alive[0]);
     close(job[1]);
+    close(0); /* the job's stdin is its own: closed there, no writer waits (review 37) */
     int status, jobStatus;
     while (waitpid(child, &status, 0) < 0)
         if (errno != EINTR)

@@ -446,6 +446,10 @@ class CombinedReader(FileProducer):
             end = following if following is not None else self._size(stream)
             if not self._follow:
                 end = min(end, self._limits[stream])  # the sizes it announced
+            elif self._streams[stream].closed:
+                # Not past an ended stream's end: its file cut short (a
+                # power cut), the next entry lies past it (fault round 37).
+                end = min(end, self._streams[stream].size)
             # From where the stream was read to, not from the entry's start:
             # in a sound order file they are one (a run ends where its
             # stream's next begins), in a damaged one (cut, entries lost)

@@ -740,7 +740,7 @@ class JobProcess:
             record.error = self._setupError
         elif self._timedOut and not self._stopMissed(exitCode, signalNumber):
             record.error = self._timedOutError()
-        elif self._oomKilled(signalNumber):
+        elif self._oomKilled(signalNumber, exitCode):
             record.error = OOM_ERROR
         if self.onStop is not None:
             self.onStop(record)
@@ -761,12 +761,13 @@ class JobProcess:
         unit = "second" if self._timeout == 1 else "seconds"
         return f"timed out after {self._timeout:.15g} {unit}"
 
-    def _oomKilled(self, signalNumber: int | None) -> bool:
-        return (
-            signalNumber == signal.SIGKILL
-            and self.cgroup is not None
-            and self.cgroup.oomKilled()
-        )
+    def _oomKilled(self, signalNumber: int | None, exitCode: int | None) -> bool:
+        # (The exec chain's C{unshare --fork} reports a command killed by
+        # a signal as its exit status 1: code review 37.)
+        killed = signalNumber == signal.SIGKILL
+        if self.commandDepth == 1 and exitCode == 1:
+            killed = True
+        return killed and self.cgroup is not None and self.cgroup.oomKilled()
 
     def pipesClosed(self) -> None:
         """Every output pipe is closed (and the main process reaped)."""
@@ -851,7 +852,7 @@ class JobProcess:
                 signalNumber = signalText = None
                 record.started_at = None
                 error = "never ran: the job spawner died as it was being started"
-        elif self._oomKilled(signalNumber):
+        elif self._oomKilled(signalNumber, exitCode):
             status = JobStatus.FAILED
             error = OOM_ERROR
         elif exitCode == 0:
@@ -1112,6 +1113,8 @@ def _taker(task: str, bit: int) -> object:
         return None
     if (ignored | caught) & bit:
         return False
+    if fields.get(b"NSpid", b"").split()[-1:] == [b"1"]:
+        return False  # a PID namespace's init: the kernel drops it (review 37)
     if fields.get(b"TracerPid", b"0") != b"0":
         return None  # (its tracer may take the signal away)
     if fields.get(b"State", b"")[:1] in (b"Z", b"X"):
