@@ -5,14 +5,21 @@ a test that failed against the code before its fix.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import treq
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.static import Data
 
 from jobworker.jobs.combined import CombinedReader
 from jobworker.jobs.spool import StoredOutput
+from jobworker.server.deadlines import channelWithDeadlines
 
 from .support import LiveServer, sleep
 from .test_combined import bigJob
@@ -157,3 +164,195 @@ class FollowedOutputCutShortTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(followed.done))
         self.assertEqual(b"".join(got), b"".join(expected))
         self.assertEqual(b"".join(got), b"oe" * 60 + b"e" * 40)
+
+
+class _Slow(Resource):
+    """Answers GET only when told (a request in progress); POST at once."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def render_POST(self, request: Any) -> bytes:
+        return b"posted"
+
+
+class DribbledRecordsTests(SynchronousTestCase):
+    """
+    Attacker round 37: bytes sent one a TLS record cost the server's thread
+    the square of their number. Behind a request in progress (a Reader's
+    long poll), Twisted summed every record kept at each new one (16 KiB of
+    them: 2.2 s a connection, C{/healthz} held 15.9 s by ten); a header
+    line's records were each appended to the whole line and the line
+    searched again (no credentials; up to C{--max-header-bytes}, 1 MiB);
+    a chunked body's trailer, up to 64 KiB that no cap counted, was
+    searched again at each record. The records behind a request are kept in
+    one growing buffer, a line's until its end comes (or it passes the
+    cap), and a trailer over 1 KiB is refused.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slow = _Slow()
+        root = Resource()
+        root.putChild(b"ok", Data(b"fine", "text/plain"))
+        root.putChild(b"slow", self.slow)
+        site = Site(root, reactor=self.clock)  # type: ignore[no-untyped-call]
+        site.protocol = channelWithDeadlines(10.0, 30.0, 4096)  # type: ignore[method-assign, assignment]
+        self.channel = site.buildProtocol(None)  # type: ignore[no-untyped-call]
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def dribble(self, data: bytes) -> None:
+        for i in range(len(data)):
+            self.channel.dataReceived(data[i : i + 1])
+
+    def test_behindARequestInProgress(self) -> None:
+        self.channel.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(len(self.slow.waiting), 1)
+        pad = b"a" * 3000
+        self.dribble(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + b"\r\n\r\n")
+        self.assertLessEqual(len(self.channel._dataBuffer), 2)
+        request = self.slow.waiting.pop()
+        request.write(b"slow done")
+        request.finish()
+        self.clock.advance(0)
+        answers = self.transport.value()
+        self.assertIn(b"slow done", answers)
+        self.assertTrue(answers.endswith(b"fine"), answers[-200:])
+
+    def test_bufferedBehindARequestStillBounded(self) -> None:
+        """Past 16 KiB behind a request in progress, reading pauses."""
+        self.channel.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.transport.producerState, "producing")
+        self.channel.dataReceived(b"x" * 10_000)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.channel.dataReceived(b"x" * 10_000)
+        self.assertEqual(self.transport.producerState, "paused")
+
+    def test_aLineDribbled(self) -> None:
+        self.channel.dataReceived(b"GET /ok HTTP/1.1\r\nX-Pad: ")
+        self.dribble(b"a" * 3000)
+        self.assertLess(len(self.channel._buffer), 100)
+        self.dribble(b"\r\nHost: x\r\n\r\n")
+        self.assertTrue(self.transport.value().endswith(b"fine"))
+
+    def test_aLineDribbledPastTheCap(self) -> None:
+        self.channel.dataReceived(b"GET /ok HTTP/1.1\r\nX-Pad: ")
+        self.dribble(b"a" * 4100)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 431 "))
+
+    def test_trailerCapped(self) -> None:
+        self.channel.dataReceived(
+            b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\na\r\n0\r\nX-Trailer: "
+        )
+        self.assertEqual(self.transport.value(), b"")
+        self.dribble(b"t" * 1100)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 400 "))
+
+    def test_smallTrailerTaken(self) -> None:
+        self.channel.dataReceived(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\na\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+        self.assertTrue(self.transport.value().endswith(b"posted"))
+
+
+class LongHostRefusedFirstTests(TestCase):
+    """
+    Attacker round 37: a Host of 8,000 non-ASCII letters was IDNA-encoded
+    before it was refused, 21 ms of the server's thread a request, no
+    credentials needed. One longer than a host name can be is refused
+    first.
+    """
+
+    timeout = 60
+
+    async def test_longHost(self) -> None:
+        server = LiveServer(self)
+        for host in ("é" * 8000, "a" * 400):
+            response = await server.request(
+                "GET", "/healthz", None, headers={b"host": [host.encode()]}
+            )
+            body = json.loads(await treq.content(response))
+            self.assertEqual(
+                (response.code, body),
+                (400, {"error": "the Host header is longer than a host name can be"}),
+            )
+        code, _ = await server.json("GET", "/healthz", None)
+        self.assertEqual(code, 200)
+
+
+#: A job whose output switches stream 1,200 times, a millisecond apart (more
+#: than an order file of 4 KiB holds: 512), then says "done" and waits.
+SWITCHING = """
+import os, time
+for i in range(600):
+    os.write(1, b"o%03d" % i)
+    time.sleep(0.001)
+    os.write(2, b"e%03d" % i)
+    time.sleep(0.001)
+os.write(1, b"done")
+time.sleep(30)
+"""
+
+
+class CombinedOffsetWithoutAFullOrderTests(TestCase):
+    """
+    Output review 37: once a running job's order file left a switch out
+    (full at its cap, or a write failed), a live reader places the bytes no
+    entry places as it sees them and a later one otherwise: a raw combined
+    read resumed by C{offset=} repeated some bytes and lost others. Refused
+    then, as for a running Slurm job; resuming by each stream's position
+    (frames, C{Last-Event-ID}) is exact.
+    """
+
+    timeout = 60
+
+    async def test_offsetRefusedOnceTheOrderIsCoarse(self) -> None:
+        server = LiveServer(self, "--max-log-bytes=4096")
+        job = await server.createJob("/usr/bin/python3", "-c", SWITCHING)
+        path = f"/jobs/{job['id']}/logs?stream=combined&offset=10"
+        for _ in range(100):
+            response = await server.request("GET", f"/jobs/{job['id']}/logs", "alice")
+            if b"done" in await treq.content(response):
+                break
+            await sleep(0.1)
+        response = await server.request("GET", path, "alice")
+        body = await treq.content(response)
+        self.assertEqual(response.code, 400, body[:200])
+        self.assertIn("no offset with stream=combined", json.loads(body)["error"])
+        await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
+        )
+        await server.waitEnded(job["id"])
+        response = await server.request("GET", path, "alice")
+        self.assertEqual(response.code, 200)  # (ended: one order for every reader)
+        await treq.content(response)
+
+    async def test_offsetTakenWhileTheOrderIsWhole(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob(
+            "/bin/sh", "-c", "echo o; echo e >&2; echo done; sleep 30"
+        )
+        for _ in range(100):
+            response = await server.request("GET", f"/jobs/{job['id']}/logs", "alice")
+            if b"done" in await treq.content(response):
+                break
+            await sleep(0.1)
+        logs = f"/jobs/{job['id']}/logs?stream=combined"
+        whole = await treq.content(await server.request("GET", logs, "alice"))
+        response = await server.request("GET", logs + "&offset=2", "alice")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await treq.content(response), whole[2:])
+        await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
+        )
+        await server.waitEnded(job["id"])

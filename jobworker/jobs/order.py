@@ -100,6 +100,12 @@ class OrderLog:
                 error=os.strerror(e.errno or errno.EIO),
             )
 
+    @property
+    def coarse(self) -> bool:
+        """A switch was left out (the file full, or a write failed): bytes
+        no entry places are placed by each reader as it sees them."""
+        return self.full or self._broken
+
     def _leftOut(self) -> None:
         """A switch was not recorded: if for want of room, say so once."""
         if not self.full and not self._broken:

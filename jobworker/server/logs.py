@@ -221,6 +221,21 @@ class LogStreams:
                 "ends: no offset with stream=combined (resume by each "
                 "stream's position: Last-Event-ID, or format=frames)"
             )
+        if (
+            stream == "combined"
+            and offset
+            and not record.status.ended
+            and getattr(self._manager.order(record.id), "coarse", False)
+        ):
+            # (Past a switch its order file left out, a live reader places
+            # what no entry does as it sees it, a later one otherwise: an
+            # offset of one was no place in the next: output review 37.)
+            raise BadRequest(
+                "this job's combined output has no fixed order until it ends "
+                "(its order file is full, or could not be written): no offset "
+                "with stream=combined (resume by each stream's position: "
+                "Last-Event-ID, or format=frames)"
+            )
         if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
