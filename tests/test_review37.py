@@ -356,3 +356,24 @@ class CombinedOffsetWithoutAFullOrderTests(TestCase):
             "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
         )
         await server.waitEnded(job["id"])
+
+
+class NoShellHintForATildeTests(TestCase):
+    """
+    New user round 37: C{jw exec -- '~/bin/deploy.sh'} (ssh's habit: its
+    shell expands the C{~}) was refused "not found" with no word that no
+    shell reads the command; a C{~} inside a name is no shell's.
+    """
+
+    timeout = 60
+
+    async def test_tildeFirst(self) -> None:
+        server = LiveServer(self)
+        for command, hinted in (("~/bin/deploy-jw37.sh", True), ("a~b-jw37", False)):
+            code, body = await server.json(
+                "POST", "/jobs", "alice", {"command": command}
+            )
+            if code == 201:
+                body = await server.waitEnded(body["id"])
+            self.assertIn("not found", body["error"])
+            self.assertEqual("no shell reads it" in body["error"], hinted, body)

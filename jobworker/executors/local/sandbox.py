@@ -230,7 +230,8 @@ def _notFound(command: str, where: str) -> SpawnRefused:
     found").
     """
     message = f"cannot start: {_named(command)}: {where}"
-    if not SHELL_CHARACTERS.isdisjoint(command):
+    # (A first "~" is a shell's too: ~/bin/x, new user round 37.)
+    if not SHELL_CHARACTERS.isdisjoint(command) or command.startswith("~"):
         message += (
             " (the command is run as is, no shell reads it: for a shell's "
             "command line, jw exec -- sh -c '...')"
