@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Any
 
 import treq
@@ -17,14 +18,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
+from jobworker.executors.slurm.documents import SlurmState, parseAccounting
+from jobworker.executors.slurm.outcomes import outcomeOf, ranIn
 from jobworker.jobs.combined import CombinedReader
+from jobworker.jobs.records import JobStatus
 from jobworker.jobs.spool import StoredOutput
+from jobworker.jobs.stopping import StopRequest
 from jobworker.server.deadlines import channelWithDeadlines
 
 from .support import LiveServer, sleep
 from .test_combined import bigJob
 from .test_contract import RecordingConsumer
 from .test_launcher import requireRoot
+from .test_review35 import SlurmCase
+from .test_slurmunit import state
 
 MiB = 1 << 20
 
@@ -377,3 +384,67 @@ class NoShellHintForATildeTests(TestCase):
                 body = await server.waitEnded(body["id"])
             self.assertIn("not found", body["error"])
             self.assertEqual("no shell reads it" in body["error"], hinted, body)
+
+
+class CompletionLogNoNodeTests(SynchronousTestCase):
+    """
+    Slurm round 37: the job completion log (C{sacct -c}, what a cluster
+    without slurmdbd keeps) writes a job that never ran with the node
+    C{(null)}: a queued job cancelled and purged while the server was down
+    read as run, cancelled from outside, with a start time and the node
+    "(null)"; an C{--after-ok} job Slurm cancelled for its dependency, too.
+    """
+
+    def test_nullIsNoNode(self) -> None:
+        fields = ["140", "CANCELLED by 0", "0:0", "(null)", "1796027633", "1796027630"]
+        job = parseAccounting("TK".join([*fields, "jobworker-q"]) + "\n", "TK")["140"][
+            0
+        ]
+        self.assertIsNone(job.node)
+        self.assertFalse(ranIn(job))
+        outcome = outcomeOf(job, False, None, ran=ranIn(job))
+        self.assertEqual(
+            outcome.error, "never ran: Slurm ended it CANCELLED while queued"
+        )
+
+
+class NodeFailKeepsTheStatusTests(SynchronousTestCase):
+    """
+    Slurm round 37: a job ended NODE_FAIL lost the exit status Slurm kept
+    (9:0, 0:15): no code, no signal, C{jw wait} exited 255. Kept, as at a
+    time limit or a preemption.
+    """
+
+    def test_kept(self) -> None:
+        for code, number, expected in ((9, 0, (9, None)), (0, 15, (None, "SIGTERM"))):
+            node = SlurmState("NODE_FAIL", "NodeDown", code, number, "n1", None, "j")
+            got = outcomeOf(node, False, None)
+            self.assertEqual(
+                (got.status, got.exitCode, got.signal), (JobStatus.FAILED, *expected)
+            )
+            self.assertIn("its node n1 failed", got.error or "")
+
+
+class SlurmCancelStoredTests(SlurmCase):
+    """
+    Slurm round 37: a stop sent as a cancel (a KILL, a queued job's stop, a
+    suspended job's) was not stored: a restart before Slurm ended the job
+    (KillWait and clean-up: seconds) read it as cancelled from outside,
+    FAILED, C{stopped_by} lost. Stored once the cancel is sent.
+    """
+
+    def test_killStored(self) -> None:
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.manager.stop(record.id, "alice", StopRequest(signal.SIGKILL))
+        self.reactor.advance(0)
+        self.assertEqual(self.commands.cancels, ["101"])
+        stored = self.stored(record.id)
+        self.assertEqual((stored.stopped_by, stored.stop_signal), ("alice", "SIGKILL"))
+
+    def test_queuedStopStored(self) -> None:
+        record = self.submit("sleep", "100")
+        self.manager.stop(record.id, "alice")
+        self.reactor.advance(0)
+        self.assertEqual(self.commands.cancels, ["101"])
+        self.assertEqual(self.stored(record.id).stopped_by, "alice")

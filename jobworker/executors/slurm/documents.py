@@ -274,7 +274,9 @@ def parseAccounting(text: str, token: str) -> dict[str, list[SlurmState]]:
                 reason="",
                 exitCode=status.code,
                 signal=status.signal,
-                node=nodes if nodes not in ("", "None assigned") else None,
+                # (slurmdbd's words for none; the completion log's "(null)":
+                # Slurm round 37.)
+                node=nodes if nodes not in ("", "None assigned", "(null)") else None,
                 startTime=_epoch(start),
                 name=name,
                 submitTime=_epoch(submit),

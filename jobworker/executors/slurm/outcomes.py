@@ -139,10 +139,11 @@ def outcomeOf(
     if state.state == "OUT_OF_MEMORY":
         return _outOfMemory(code, signal)
     if state.state == "NODE_FAIL":
+        # (The status Slurm kept, 9:0 or 0:15, is kept: Slurm round 37.)
         return Outcome(
             JobStatus.FAILED,
-            None,
-            None,
+            None if signal else (code or None),
+            signal,
             f"its node {state.node or '(unknown)'} failed: Slurm ended it "
             f"NODE_FAIL{reason}",
         )

@@ -84,6 +84,7 @@ class SlurmStops:
                 # (A KILL is a cancel either way: no squeue asked first, which
                 # may hang: late review 34.)
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+                self._save(job.record)  # (the stop, for a restart: Slurm round 37)
                 return
             if await self._suspended(job, slurmJobId):
                 # Slurm signals no suspended job ("Job is in transitional
@@ -98,6 +99,7 @@ class SlurmStops:
                     slurm=slurmJobId,
                 )
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
+                self._save(job.record)  # (the stop, for a restart: Slurm round 37)
                 return
             await self._commands.signal(
                 slurmJobId,
