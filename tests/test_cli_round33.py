@@ -574,8 +574,9 @@ class TailOfCombinedTests(MemoryCLITestCase):
 
         crossed = [(0, b"a"), (1, b"x\n"), (0, b"b\n"), (1, b"y\n")]
         for pieces, count, kept in (
-            # A line of one stream across the other's lines: it begins first.
-            (crossed, 2, [b"", b"x\ny\n"]),
+            # A line of one stream cut by the other's ends where it is shown
+            # to end: tail -n of what jw shows (new user round 37).
+            (crossed, 2, [b"b\n", b"y\n"]),
             (crossed, 3, [b"ab\n", b"x\ny\n"]),
             ([(0, b"a\nb\nc\n")], 2, [b"b\nc\n", b""]),
             ([(0, b"a\nb"), (0, b"c\n")], 1, [b"bc\n", b""]),

@@ -69,7 +69,11 @@ class QueuedInputInterruptedTests(TestCase):
         exited = await deferToThread(process.wait, BOUND)
         err = process.stderr.read().decode()
         self.assertEqual(exited, 130, err)
-        self.assertIn(f"jw: SIGINT: job {jobId} runs on, its stdin closed", err)
+        self.assertIn(
+            f"jw: SIGINT: job {jobId} is left queued, its stdin to be closed as it "
+            "starts",
+            err,
+        )
         await server.json(
             "POST", f"/jobs/{blocker['id']}/stop", "alice", {"signal": "KILL"}
         )

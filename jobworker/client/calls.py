@@ -101,6 +101,85 @@ def errorFor(
     )
 
 
+def requestBody(body: Any) -> bytes:
+    """
+    A request's JSON body, in UTF-8 as it is: escaped (C{\\u00e9}), a
+    command line in letters other than ASCII was up to three times its
+    size, and within the server's 32 KiB of job data got its 64 KiB body
+    cap's 413 (new user round 37). Every word is UTF-8 (L{checkArguments
+    <jobworker.client.verbs.checkArguments>} refuses others).
+    """
+    return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+#: What each answer of the API holds, by the call: the keys a jobworker
+#: server's answer always has, and their JSON types.
+Shape = dict[str, type | tuple[type, ...]]
+JOB_SHAPE: Shape = {"id": str, "status": str}
+LIST_SHAPE: Shape = {"jobs": list}
+TOKEN_SHAPE: Shape = {"token": str, "expires_at": str, "user": str}
+DELETED_SHAPE: Shape = {"deleted": str}
+CLEANED_SHAPE: Shape = {"deleted": int}
+
+
+def notJobworker(server: str, code: int, contentType: str, what: str) -> ClientError:
+    """
+    The error of an answer no jobworker server gives (C{what} it was): the
+    URL names another service (a wrong port, a reverse proxy's or a
+    captive portal's page). It was "unexpected error: JSONDecodeError", or
+    for C{jw rm} exit 0 (new user round 37).
+    """
+    # (Cut short: another service's header; jw's line escapes its controls.)
+    given = contentType.split(";")[0].strip()[:80] or "no Content-Type"
+    return ClientError(
+        f"{server} did not answer as a jobworker server (HTTP {code}, "
+        f"{given}, {what}): is it the right URL?",
+        code,
+    )
+
+
+def jsonAnswer(
+    server: str, code: int, contentType: str, raw: bytes, shape: Shape | None = None
+) -> Any:
+    """
+    The decoded answer C{raw} (status C{code}) of a call that answers with
+    one JSON object: C{shape}'s keys in it, of their types.
+
+    @raise ClientError: not a JSON object, or not of that shape: not a
+        jobworker server's answer (L{notJobworker}).
+    """
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise notJobworker(server, code, contentType, "not JSON") from None
+    if not isinstance(value, dict):
+        raise notJobworker(server, code, contentType, "not a JSON object")
+    for key, kind in (shape or {}).items():
+        if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool):
+            raise notJobworker(server, code, contentType, f"no {key!r} in it")
+    return value
+
+
+def streamType(frames: bool) -> str:
+    """The media type of a log answer as frames (C{frames}), else as events."""
+    return FRAMES_TYPE if frames else "text/event-stream"
+
+
+def checkStreamType(server: str, code: int, contentType: str, expected: str) -> None:
+    """
+    A log answer (status C{code}) is of the C{expected} media type, if it
+    names one (a frame stream, events): another service's page was read
+    as frames ("a frame of 1701604463 bytes": new user round 37). (A raw
+    stream's bytes are anything: each path that reads one reads the job's
+    record too, which another service's answer is not.)
+
+    @raise ClientError: it names another (L{notJobworker}).
+    """
+    given = contentType.split(";")[0].strip().lower()
+    if given and given != expected:
+        raise notJobworker(server, code, contentType, f"not {expected}")
+
+
 #: The longest grace a server gives a stop (its C{--stop-grace} and a
 #: request's C{grace_seconds}: L{jobworker.jobs.stopping.MAX_GRACE}).
 MAX_GRACE = 3600.0
@@ -123,18 +202,24 @@ class ApiCalls:
     server: str
 
     async def _json(
-        self, method: str, path: str, body: Any = None, slow: float = 0.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        slow: float = 0.0,
+        shape: Shape | None = None,
     ) -> Any:
         """
-        Send one request; its decoded JSON answer, or a L{ClientError}.
-        C{slow}: seconds the server may take to answer beyond a plain
-        request's bound (a long poll's wait, a stop's grace).
+        Send one request; its decoded JSON answer (an object of C{shape}:
+        L{jsonAnswer}), or a L{ClientError}. C{slow}: seconds the server
+        may take to answer beyond a plain request's bound (a long poll's
+        wait, a stop's grace).
         """
         raise NotImplementedError
 
     async def createToken(self) -> dict[str, Any]:
         """C{POST /tokens}: a bearer token for this user, and its expiry."""
-        result: dict[str, Any] = await self._json("POST", "/tokens")
+        result: dict[str, Any] = await self._json("POST", "/tokens", shape=TOKEN_SHAPE)
         return result
 
     async def createJob(
@@ -161,7 +246,9 @@ class ApiCalls:
             body["timeout_seconds"] = timeout
         if limits:
             body["limits"] = limits
-        result: dict[str, Any] = await self._json("POST", "/jobs", body)
+        result: dict[str, Any] = await self._json(
+            "POST", "/jobs", body, shape=JOB_SHAPE
+        )
         return result
 
     async def listJobs(
@@ -194,7 +281,7 @@ class ApiCalls:
         ]
         params.extend(("label", f"{k}={v}") for k, v in labels or ())
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result = await self._json("GET", path)
+        result = await self._json("GET", path, shape=LIST_SHAPE)
         return result["jobs"], result.get("next_cursor")
 
     async def clean(
@@ -219,18 +306,18 @@ class ApiCalls:
             if value is not None
         ]
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result: dict[str, Any] = await self._json("DELETE", path)
+        result: dict[str, Any] = await self._json("DELETE", path, shape=CLEANED_SHAPE)
         return result
 
     async def deleteJob(self, jobId: str) -> None:
         """C{DELETE /jobs/ID}: remove an ended job and its output."""
-        await self._json("DELETE", f"/jobs/{segment(jobId)}")
+        await self._json("DELETE", f"/jobs/{segment(jobId)}", shape=DELETED_SHAPE)
 
     async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
         """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
         query = f"?wait={wait:g}" if wait else ""
         result: dict[str, Any] = await self._json(
-            "GET", f"/jobs/{segment(jobId)}{query}", slow=wait
+            "GET", f"/jobs/{segment(jobId)}{query}", slow=wait, shape=JOB_SHAPE
         )
         return result
 
@@ -252,6 +339,7 @@ class ApiCalls:
             f"/jobs/{segment(jobId)}/stop",
             body or None,
             slow=MAX_GRACE if grace is None else grace,
+            shape=JOB_SHAPE,
         )
         return result
 

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 DEFAULT_SERVER = "https://localhost:8443"
@@ -443,8 +444,31 @@ def loadToken(
     token, expires = entry.get("token"), entry.get("expires")
     if not isinstance(token, str) or not isinstance(expires, int | float):
         return None, True
-    # A minute's margin: a token about to expire is renewed now.
-    return (token if expires - 60 > now else None), True
+    # A token about to expire is renewed now.
+    return (token if expires - renewalMargin(token) > now else None), True
+
+
+#: Seconds before its expiry a saved token is renewed, at most.
+RENEWAL_MARGIN = 60.0
+
+
+def renewalMargin(token: str) -> float:
+    """
+    How long before its expiry a saved token is renewed: L{RENEWAL_MARGIN},
+    or a quarter of its life if that is less (the minute always was: a
+    login to a server whose tokens live a minute or less, C{--token-ttl},
+    was never used: new user round 37).
+    """
+    claims = _tokenClaims(token)
+    issued, expires = claims.get("i"), claims.get("e")
+    if not _isTime(issued) or not _isTime(expires):
+        return RENEWAL_MARGIN
+    return max(0.0, min(RENEWAL_MARGIN, (float(expires) - float(issued)) / 4))
+
+
+def _isTime(value: object) -> TypeGuard[int | float]:
+    """Is C{value} a time a token's claims hold (seconds)?"""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def savedUser(path: str, server: str) -> str | None:
@@ -460,6 +484,12 @@ def tokenUser(token: str) -> str | None:
     the server can verify it): to show, never to decide. None: not a
     token jw can read.
     """
+    user = _tokenClaims(token).get("u")
+    return user if isinstance(user, str) and user.isprintable() else None
+
+
+def _tokenClaims(token: str) -> dict[str, Any]:
+    """What a jobworker token says, unverified; {} if jw cannot read it."""
     import base64
 
     try:
@@ -467,10 +497,9 @@ def tokenUser(token: str) -> str | None:
         claims = json.loads(
             base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         )
-        user = claims["u"]
-    except (IndexError, ValueError, KeyError, TypeError):
-        return None  # binascii.Error and JSON errors are ValueErrors
-    return user if isinstance(user, str) and user.isprintable() else None
+    except (IndexError, ValueError, TypeError):
+        return {}  # binascii.Error and JSON errors are ValueErrors
+    return claims if isinstance(claims, dict) else {}
 
 
 def saveToken(path: str, server: str, token: str, expires: float, user: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
-from .calls import ASK_AGAIN, exitStatusOf
+from .calls import ASK_AGAIN, MAX_TAIL, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT, loginLapsed
@@ -134,12 +134,15 @@ async def followCombined(
     status as each answer comes (a queued job's, once it starts). A
     C{tail} not followed is the last C{tail} lines of the two streams
     together, as C{tail -n} of what jw shows (L{LastLines}): the server
-    starts each stream at its own last C{tail} lines, which hold them.
+    starts each stream at its own last lines, one more than C{tail}
+    (L{serverTail}), which hold them.
 
     @return: the job's record from the end, or None without one.
     """
     reader = _CombinedFollower(streams, None if follow else tail)
     answers = _Answers(onStatus)
+    if not follow:
+        tail = serverTail(tail)
 
     async def attempt() -> None:
         if reader.frames:
@@ -189,11 +192,18 @@ async def followCombined(
 class LastLines:
     """
     The last C{count} lines of a job's two streams together, held until
-    L{release}: the lines kept are those that begin last (a line of one
-    stream may be written in pieces between the other's lines), each
-    stream's from the start of its first line kept. A last line without
-    its newline counts, as C{tail -n} counts it. What cannot be kept any
-    more is let go as it comes.
+    L{release}: the last lines of what jw shows, as C{tail -n} of it. A
+    line begins at the start and after each newline of either stream, in
+    the order shown: a line of one stream cut by the other's output ends
+    where it is shown to end (stdout's C{Downloading...} then stderr's
+    C{warning}, then stdout's C{done}: its last line is C{done}; it was
+    C{warning}, stdout's line taken to begin first: new user round 37). A
+    last line without its newline counts, as C{tail -n} counts it. What
+    cannot be kept any more is let go as it comes.
+
+    The server's tail of the two (L{serverTail}) starts each stream at one
+    line more than C{count} of its own: so the lines kept begin after the
+    first byte of both streams, where what jw sees is all there was.
     """
 
     def __init__(self, count: int) -> None:
@@ -201,10 +211,10 @@ class LastLines:
         #: (stream index, bytes), the first numbered L{_first}.
         self._pieces: deque[tuple[int, bytes]] = deque()
         self._first = 0
-        #: Where the lines kept begin: (piece number, offset, stream index).
-        self._starts: deque[tuple[int, int, int]] = deque()
-        #: Does each stream's next byte begin a line?
-        self._atStart = [True, True]
+        #: Where the lines kept begin: (piece number, offset).
+        self._starts: deque[tuple[int, int]] = deque()
+        #: Does the next byte, of either stream, begin a line?
+        self._atStart = True
 
     def add(self, index: int, data: bytes | memoryview) -> None:
         """The next C{data} of stream C{index} (0: stdout, 1: stderr)."""
@@ -213,13 +223,13 @@ class LastLines:
             return
         number = self._first + len(self._pieces)
         self._pieces.append((index, data))
-        if self._atStart[index]:
-            self._starts.append((number, 0, index))
+        if self._atStart:
+            self._starts.append((number, 0))
         end = data.find(b"\n")
         while 0 <= end < len(data) - 1:
-            self._starts.append((number, end + 1, index))
+            self._starts.append((number, end + 1))
             end = data.find(b"\n", end + 1)
-        self._atStart[index] = data.endswith(b"\n")
+        self._atStart = data.endswith(b"\n")
         while len(self._starts) > self._count:
             self._starts.popleft()
         # Pieces before the first line kept are no longer needed.
@@ -230,16 +240,26 @@ class LastLines:
 
     def release(self, writers: Sequence[Callable[[bytes], object]]) -> None:
         """Write the lines kept, each stream's to its writer, in order."""
-        cuts: dict[int, tuple[int, int]] = {}
-        for number, offset, index in self._starts:
-            cuts.setdefault(index, (number, offset))
+        first, offset = self._starts[0] if self._starts else (self._first, 0)
         for number, (index, data) in enumerate(self._pieces, self._first):
-            cut = cuts.get(index)
-            if cut is None or number < cut[0]:
-                continue
-            writers[index](data[cut[1] :] if number == cut[0] else data)
+            if number >= first:
+                writers[index](data[offset:] if number == first else data)
         self._pieces.clear()
         self._starts.clear()
+
+
+def serverTail(count: int | None) -> int | None:
+    """
+    The lines of each stream to ask the server for, for the last C{count}
+    lines of the two together (L{LastLines}): one more than C{count}. The
+    server starts each stream at its own last lines; a line of one stream
+    begun before the other's first byte sent may have begun after a line
+    of the other not sent (C{xyz} on stdout, then C{e1} and C{e2} on
+    stderr: the last line is C{e2}, and stdout's tail of 1 began the
+    output with C{xyz}). With one line more of each, the last C{count}
+    begin after the first byte of both.
+    """
+    return None if count is None else min(count + 1, MAX_TAIL)
 
 
 class _CombinedFollower:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -29,12 +28,17 @@ from twisted.web.iweb import IResponse
 from ..tls import TrustRootPolicy
 from .calls import (
     ApiCalls,
+    Shape,
     checkServer,
+    checkStreamType,
     errorFor,
     eventsRequest,
     exitStatusOf,
+    jsonAnswer,
     logsPath,
+    requestBody,
     stdinPath,
+    streamType,
 )
 from .errors import ClientError
 from .handshake import HandshakeDeadlineEndpoints
@@ -198,7 +202,7 @@ class JobworkerClient(ApiCalls):
         if self._auth is not None:
             kwargs["auth"] = self._auth
         if body is not None:
-            kwargs["data"] = json.dumps(body).encode("utf-8")
+            kwargs["data"] = requestBody(body)
         if raw is not None:
             kwargs["data"] = raw
             headers[b"content-type"] = [b"application/octet-stream"]
@@ -239,13 +243,25 @@ class JobworkerClient(ApiCalls):
         )
 
     async def _json(
-        self, method: str, path: str, body: Any = None, slow: float = 0.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        slow: float = 0.0,
+        shape: Shape | None = None,
     ) -> Any:
         async def answer() -> Any:
             response = await self._request(method, path, body)
-            return json.loads(await treq.content(response))
+            raw = await treq.content(response)
+            return jsonAnswer(
+                self.server, response.code, _contentType(response), raw, shape
+            )
 
         return await self._within(TIMEOUT + slow, answer())
+
+    def _checkStream(self, response: IResponse, expected: str) -> None:
+        """L{checkStreamType} of a log answer."""
+        checkStreamType(self.server, response.code, _contentType(response), expected)
 
     async def _within(self, seconds: float, work: Coroutine[Any, Any, T]) -> T:
         """
@@ -312,6 +328,7 @@ class JobworkerClient(ApiCalls):
         response = await self._request(
             "GET", path, unbuffered=True, extraHeaders=headers
         )
+        self._checkStream(response, streamType(frames))
         _tellStatus(response, onStatus)
         await self._collect(response, sink)
 
@@ -364,6 +381,12 @@ class JobworkerClient(ApiCalls):
                 f"log stream from {self.server} broke off: "
                 f"{describeConnectionFailure(self.server, e)}"
             ) from None
+
+
+def _contentType(response: IResponse) -> str:
+    """The answer's C{Content-Type}, or ""."""
+    given: bytes = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    return given.decode("latin-1")
 
 
 def _tellStatus(response: IResponse, onStatus: Callable[[str], None] | None) -> None:

@@ -38,6 +38,33 @@ VERBS = (
     "completion",
 )
 
+#: The verbs other tools (ssh, docker, kubectl, a shell) use for jw's:
+#: suggested for them (C{jw ls} was steered to C{logs}, C{jw kill} to
+#: nothing: new user round 37).
+SYNONYMS = {
+    "ls": "list",
+    "ps": "list",
+    "kill": "stop",
+    "run": "exec",
+    "start": "exec",
+    "delete": "rm",
+    "remove": "rm",
+    "tail": "logs",
+    "cat": "logs",
+    "log": "logs",
+    "show": "status",
+    "inspect": "status",
+}
+
+
+def suggestedVerb(typed: str) -> str | None:
+    """The verb jw suggests for an unknown C{typed} one, if any."""
+    if typed in SYNONYMS:
+        return SYNONYMS[typed]
+    close = difflib.get_close_matches(typed, VERBS, n=1)
+    return close[0] if close else None
+
+
 EXAMPLES = """\
 examples:
   jw exec -f -- make test          run, stream output, exit with its status
@@ -211,8 +238,8 @@ class _Parser(argparse.ArgumentParser):
             option = self.unknownOption(before)
             if option is not None:
                 raise ArgumentsRefused(f"jw: {option} (see jw --help)")
-            close = difflib.get_close_matches(unknown.group(1), VERBS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = suggestedVerb(unknown.group(1))
+            hint = f"; did you mean {close!r}?" if close else ""
             raise ArgumentsRefused(
                 f"jw: unknown command {unknown.group(1)!r}{hint} (see jw --help)"
             )

@@ -15,7 +15,6 @@ L{QuickClient.logs}) blocks too; what must run at once runs in threads
 from __future__ import annotations
 
 import http.client
-import json
 import queue
 import select
 import socket
@@ -31,18 +30,24 @@ from ..pemfiles import readPEM
 from ..tlserrors import TLSConfigError, handshakeHint
 from .bodies import bodyPieces
 from .calls import (
+    JOB_SHAPE,
     OUT_OF_DATE,
     ApiCalls,
+    Shape,
     checkServer,
+    checkStreamType,
     errorFor,
     eventsRequest,
     handshakeCut,
     handshakeTimedOut,
+    jsonAnswer,
     logsPath,
     notTrusted,
     outOfDate,
+    requestBody,
     segment,
     stdinPath,
+    streamType,
     unnamedPort,
 )
 from .config import ConfigError, readConfig
@@ -601,21 +606,41 @@ class QuickClient(ApiCalls):
             raise ClientError(f"connection to {self.server} failed: {e!r}") from None
 
     async def _json(
-        self, method: str, path: str, body: Any = None, slow: float = 0.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        slow: float = 0.0,
+        shape: Shape | None = None,
     ) -> Any:
         headers = {}
         data = None
         if body is not None:
-            data = json.dumps(body).encode("utf-8")
+            data = requestBody(body)
         if body is not None or method in ("POST", "DELETE"):
             headers["Content-Type"] = "application/json"
         within = TIMEOUT + slow if slow else None
         try:
-            return json.loads(
-                self._body(self._send(method, path, data, headers, within=within))
+            return self._answer(
+                self._send(method, path, data, headers, within=within), shape
             )
         finally:
             self._usualTimeout()
+
+    def _answer(self, response: http.client.HTTPResponse, shape: Shape | None) -> Any:
+        """The JSON object C{response} holds, of C{shape} (L{jsonAnswer})."""
+        raw = self._body(response)
+        contentType = response.getheader("Content-Type", "")
+        return jsonAnswer(self.server, response.status, contentType, raw, shape)
+
+    def _checkStream(self, response: http.client.HTTPResponse, expected: str) -> None:
+        """L{checkStreamType} of a log answer."""
+        contentType = response.getheader("Content-Type", "")
+        try:
+            checkStreamType(self.server, response.status, contentType, expected)
+        except ClientError:
+            self._connection.close()  # its body unread
+            raise
 
     async def sendStdin(
         self, jobId: str, data: bytes, eof: bool = False, offset: int | None = None
@@ -653,7 +678,7 @@ class QuickClient(ApiCalls):
             response = self._send(
                 "GET", f"/jobs/{segment(jobId)}?wait={wait:g}", within=wait + LATE
             )
-            job: dict[str, Any] = json.loads(self._body(response))
+            job: dict[str, Any] = self._answer(response, JOB_SHAPE)
         except ClientError as e:
             # No connection, no answer in time (its handshake's too): the
             # raw streams beside it may have stalled as well.
@@ -685,6 +710,7 @@ class QuickClient(ApiCalls):
         response = self._send(
             "GET", path, headers=headers, patient=_patience(jobId, follow)
         )
+        self._checkStream(response, streamType(frames))
         _tellStatus(response, onStatus)
         self._collect(response, lambda piece: sink(bytes(piece)), self._stall)
 

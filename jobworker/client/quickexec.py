@@ -111,7 +111,13 @@ async def quickExec(
             finally:
                 interrupts.handle(None)
             if interrupted and not feeding.done:
-                await closeInput(client.another(), jobId, interrupted[0], streams)
+                await closeInput(
+                    client.another(),
+                    jobId,
+                    interrupted[0],
+                    streams,
+                    taken=feed.taken,
+                )
                 return interrupts.status
             if not feeding.done:
                 try:

@@ -131,6 +131,12 @@ MAX_LABEL_VALUE = 256
 LABEL_VALUE = re.compile(r"\A[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{0,256}\Z")
 #: A user name (C{auth.names.USER_NAME}).
 USER_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+#: The most args and env variables a job may have, and bytes (UTF-8) its
+#: command, args, env and cwd may hold together (C{validation.MAX_ARGS},
+#: C{MAX_ENV}, C{MAX_JOB_DATA}).
+MAX_ARGS = 4096
+MAX_ENV = 1024
+MAX_JOB_DATA = 32 * 1024
 
 
 def checkName(name: str, flag: str = "--name") -> None:
@@ -170,6 +176,32 @@ def checkCwd(cwd: str) -> None:
     """@raise BadArguments: C{cwd} is not an absolute path."""
     if not cwd.startswith("/"):
         raise BadArguments(f"--cwd must be an absolute path on the server, not {cwd!r}")
+
+
+def checkCommandLine(
+    command: str, args: list[str], env: dict[str, str], cwd: str | None
+) -> None:
+    """
+    A job's command line within what every server takes: L{MAX_ARGS} args,
+    L{MAX_ENV} env variables, L{MAX_JOB_DATA} bytes in all (it was the
+    server's 400, or past its 64 KiB body cap its bare 413, exit 1: new
+    user round 37).
+
+    @raise BadArguments: over one of them.
+    """
+    if len(args) > MAX_ARGS:
+        raise BadArguments(f"at most {MAX_ARGS} args to the command, not {len(args)}")
+    if len(env) > MAX_ENV:
+        raise BadArguments(f"at most {MAX_ENV} --env variables, not {len(env)}")
+    size = sum(
+        len(text.encode("utf-8", "surrogatepass"))
+        for text in (command, cwd or "", *args, *env, *env.values())
+    )
+    if size > MAX_JOB_DATA:
+        raise BadArguments(
+            f"the command, its args, --env and --cwd hold {size} bytes "
+            f"together, over the {MAX_JOB_DATA} a job may have"
+        )
 
 
 def checkOwner(owner: str) -> None:
@@ -228,6 +260,9 @@ def execRequest(options: argparse.Namespace) -> dict[str, Any]:
         labels = [pair(each, "--label") for each in options.label]
         checkLabels(labels)
         fields["labels"] = dict(labels)
+    checkCommandLine(
+        options.command or "", options.args, fields.get("env", {}), options.cwd
+    )
     if options.stdin:
         fields["stdin"] = True
     if options.priority is not None:
@@ -584,6 +619,7 @@ async def closeInput(
     name: str,
     streams: Streams,
     detached: bool = False,
+    taken: int = 0,
 ) -> None:
     """
     C{jw exec -i} interrupted (C{name}) while it sends jw's stdin, and the
@@ -592,16 +628,44 @@ async def closeInput(
     saying so is out already). Its stdin is closed, so that it does not
     wait for the rest for ever (it did, and jw said nothing: new user
     rounds 28 and 35), and jw says so; a job still queued has it closed
-    at its start. A write of the feed the job has not taken yet holds the
-    close back (429) a moment.
+    at its start, and jw says that it is left queued, and that the
+    C{taken} bytes it read of its stdin were not sent (it said the job
+    "runs on", and nothing of them: new user round 37). A write of the
+    feed the job has not taken yet holds the close back (429) a moment.
     """
-    said = await _closedInput(client, jobId)
-    lead = f"job {jobId}'s stdin" if detached else f"job {jobId} runs on, its stdin"
-    streams.say(f"jw: {name}: {lead} {said}")
+    said, accepted = await _closedInput(client, jobId)
+    if detached:
+        streams.say(f"jw: {name}: job {jobId}'s stdin {said}")
+    elif accepted and await _queued(client, jobId):
+        unsent = ""
+        if taken:
+            count = "1 byte" if taken == 1 else f"{taken} bytes"
+            unsent = (
+                f"; the {count} jw read of its stdin "
+                f"{'was' if taken == 1 else 'were'} not sent"
+            )
+        streams.say(
+            f"jw: {name}: job {jobId} is left queued, its stdin to be closed as "
+            f"it starts{unsent} (jw stop {jobId} takes it off the queue)"
+        )
+    else:
+        streams.say(f"jw: {name}: job {jobId} runs on, its stdin {said}")
 
 
-async def _closedInput(client: AnyClient, jobId: str) -> str:
-    """Close job C{jobId}'s stdin; what became of it, in words."""
+async def _queued(client: AnyClient, jobId: str) -> bool:
+    """Is the job still queued (PENDING)? Not if jw cannot tell."""
+    try:
+        job = await client.job(jobId)
+    except ClientError:
+        return False
+    return bool(job["status"] == "PENDING")
+
+
+async def _closedInput(client: AnyClient, jobId: str) -> tuple[str, bool]:
+    """
+    Close job C{jobId}'s stdin; what became of it, in words, and whether
+    the server took the close (a queued job's stdin is closed as it starts).
+    """
     for _ in range(CLOSE_TRIES):
         try:
             await client.sendStdin(jobId, b"", eof=True)
@@ -616,14 +680,12 @@ async def _closedInput(client: AnyClient, jobId: str) -> str:
                     "left open: the job is queued, and this server cannot "
                     "close its stdin before it starts; once started, it "
                     f"waits on it: jw stop {jobId} ends it"
-                )
+                ), False
             if e.status == 409:  # closed (or ended) already
-                break
-            return f"left open ({e}): jw stop {jobId} ends it"
-        break
-    else:
-        return f"left open (the job does not read it): jw stop {jobId} ends it"
-    return f"closed (jw stop {jobId} ends it)"
+                return f"closed (jw stop {jobId} ends it)", False
+            return f"left open ({e}): jw stop {jobId} ends it", False
+        return f"closed (jw stop {jobId} ends it)", True
+    return f"left open (the job does not read it): jw stop {jobId} ends it", False
 
 
 #: How often, and how far apart (seconds), L{closeInput} asks again while a
@@ -705,15 +767,18 @@ class InputFeed:
     it to its end: once the job has ended, a feed that has not is waiting on
     jw's stdin (a terminal nobody types into, a pipe that stays open), and
     C{jw exec -i} stops it (L{sayInputLeft}); one that has is only sending
-    the end of file, answered at once.
+    the end of file, answered at once. C{taken}: the bytes read (none of
+    them sent to a job still queued).
     """
 
     def __init__(self, read: Callable[[int], Awaitable[bytes]]) -> None:
         self._read = read
         self.atEnd = False
+        self.taken = 0
 
     async def read(self, size: int) -> bytes:
         data = await self._read(size)
+        self.taken += len(data)
         if not data:
             self.atEnd = True
         return data
@@ -790,9 +855,14 @@ async def stopUnread(
     written (C{failed}: a full disk): stop the job, as a remote command
     over ssh dies of SIGPIPE at its next write, rather than leave it
     running unread. jw then exits with the SIGPIPE status (or 1, the write
-    error said in this one line).
+    error said in this one line). A job that has ended already is not
+    stopped, and a closed stdout is then quiet, as over ssh (jw said
+    "stopping job" of a job that had completed, at every C{| head}: new
+    user round 37).
     """
     why = "stdout closed" if failed is None else failed.line().removeprefix("jw: ")
+    if not await _stillLive(client, jobId):
+        return  # (a failed write is said as jw exits)
     try:
         streams.say(f"jw: {why}: stopping job {jobId}")
         if failed is not None:
@@ -804,6 +874,18 @@ async def stopUnread(
     except ClientError as e:
         if e.status != 409:  # 409: it ended meanwhile
             streams.say(f"jw: could not stop job {jobId}: {e}")
+
+
+async def _stillLive(client: AnyClient, jobId: str) -> bool:
+    """
+    Has the job not ended (or cannot jw tell: then it is taken for live,
+    and stopped)?
+    """
+    try:
+        job = await client.job(jobId)
+    except ClientError:
+        return True
+    return job["status"] in _LIVE
 
 
 def sayStopped(final: dict[str, Any], streams: Streams) -> None:
