@@ -24,11 +24,15 @@ from jobworker.jobs.combined import CombinedReader
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.spool import StoredOutput
 from jobworker.jobs.stopping import StopRequest
+from jobworker.server import tap
 from jobworker.server.deadlines import channelWithDeadlines
+from jobworker.server.options import Options
+from jobworker.server.startup import StartupError
 
 from .support import LiveServer, sleep
 from .test_combined import bigJob
 from .test_contract import RecordingConsumer
+from .test_faults7_config import CERT, KEY
 from .test_launcher import requireRoot
 from .test_review35 import SlurmCase
 from .test_slurmunit import state
@@ -448,3 +452,28 @@ class SlurmCancelStoredTests(SlurmCase):
         self.reactor.advance(0)
         self.assertEqual(self.commands.cancels, ["101"])
         self.assertEqual(self.stored(record.id).stopped_by, "alice")
+
+
+class DefaultLimitsWithoutCgroupsTests(SynchronousTestCase):
+    """
+    Operator round 37: with cgroups off (C{--cgroups off}, or none here),
+    C{--default-memory}, C{--default-pids} and C{--default-cpu} were taken
+    and not applied: a job held 150 MiB under a 64M default, its record's
+    limits null. The server refuses to start, naming them.
+    """
+
+    def options(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(["--tls", f"--cert={CERT}", f"--key={KEY}", *argv])
+        return options
+
+    def test_refused(self) -> None:
+        options = self.options(
+            "--cgroups=off", "--default-memory=64M", "--default-pids=16"
+        )
+        error = self.assertRaises(StartupError, tap._cgroups, options, False)
+        self.assertIn("--default-memory, --default-pids", str(error))
+        self.assertIn("cgroups are off", str(error))
+
+    def test_withoutDefaults(self) -> None:
+        self.assertIsNone(tap._cgroups(self.options("--cgroups=off"), False))

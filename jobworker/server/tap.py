@@ -243,6 +243,8 @@ def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
     cgroups = None
     if config["cgroups"] == "auto" and not slurm:
         cgroups = detectCgroups()
+    if not slurm:
+        _defaultsApplied(config, cgroups)
     if slurm:
         log.info("executor: Slurm (sbatch/squeue/scancel)")
     elif cgroups is None:
@@ -257,6 +259,35 @@ def _cgroups(config: Options, slurm: bool) -> Cgroups | None:
             limits=", ".join(sorted(cgroups.supported)),
         )
     return cgroups
+
+
+#: The default limits a local job gets, by the limit each sets.
+DEFAULT_LIMITS = {
+    "default-memory": "memory_bytes",
+    "default-cpu": "cpu_millicores",
+    "default-pids": "pids",
+}
+
+
+def _defaultsApplied(config: Options, cgroups: Cgroups | None) -> None:
+    """
+    Refuse to start with a default limit no job would get: with cgroups
+    off, or without the controller, they were taken and not applied (a job
+    held 150 MiB under a 64M default, its limits null: operator round 37).
+    """
+    supported = frozenset() if cgroups is None else cgroups.supported
+    unapplied = [
+        f"--{option}"
+        for option, limit in DEFAULT_LIMITS.items()
+        if config[option] is not None and limit not in supported
+    ]
+    if unapplied:
+        why = (
+            "per-job cgroups are off (--cgroups off, or none usable here)"
+            if cgroups is None
+            else f"this machine's cgroups take only {', '.join(sorted(supported))}"
+        )
+        fatal(f"{', '.join(unapplied)} cannot be applied: {why}")
 
 
 def _raiseDescriptors() -> int | None:
