@@ -13,6 +13,7 @@ from typing import Any
 import treq
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -477,3 +478,40 @@ class DefaultLimitsWithoutCgroupsTests(SynchronousTestCase):
 
     def test_withoutDefaults(self) -> None:
         self.assertIsNone(tap._cgroups(self.options("--cgroups=off"), False))
+
+
+class OperatorOptionsTests(SynchronousTestCase):
+    """
+    Operator round 37: Slurm's options were taken without a word by the
+    local executor (a forgotten C{--executor slurm} ran every job on this
+    host); C{--slurm-max-nodes} over 1048576 was refused as "must be at
+    least 1"; C{--tmp-size} had no bound (178 PiB for every job's tmpfs).
+    """
+
+    def refused(self, *argv: str) -> str:
+        options = Options()
+        error = self.assertRaises(
+            UsageError,
+            options.parseOptions,
+            ["--tls", f"--cert={CERT}", f"--key={KEY}", *argv],
+        )
+        return str(error)
+
+    def test_slurmOptionsNeedSlurm(self) -> None:
+        for argv in ("--slurm-poll=5", "--slurm-partition=gpu", "--slurm-max-nodes=4"):
+            name = argv.split("=")[0]
+            self.assertEqual(self.refused(argv), f"{name} needs --executor slurm")
+
+    def test_maxNodesRange(self) -> None:
+        message = self.refused(
+            "--executor=slurm",
+            f"--slurm-output-dir={self.mktemp()}",
+            "--slurm-max-nodes=99999999",
+        )
+        self.assertEqual(message, "--slurm-max-nodes must be from 1 to 1048576")
+
+    def test_tmpSizeBounded(self) -> None:
+        self.assertIn(
+            "over this machine's memory",
+            self.refused("--tmp-size=99999999999999999999999"),
+        )

@@ -680,9 +680,13 @@ class Options(usage.Options):
                 raise usage.UsageError("--slurm-poll must be 0.1..60 seconds")
             for name in ("slurm-max-nodes", "slurm-max-ntasks"):
                 if not 1 <= self[name] <= 1 << 20:
-                    raise usage.UsageError(f"--{name} must be at least 1")
-        elif self["slurm-shared-account"]:
-            raise usage.UsageError("--slurm-shared-account needs --executor slurm")
+                    raise usage.UsageError(f"--{name} must be from 1 to {1 << 20}")
+        else:
+            # (Taken without a word, a forgotten --executor slurm ran every
+            # job on this host: operator round 37.)
+            for name, value in sorted(self.items()):
+                if name.startswith("slurm-") and value != self.defaults.get(name):
+                    raise usage.UsageError(f"--{name} needs --executor slurm")
         if self["require-client-cert"] and self["client-ca"] is None:
             raise usage.UsageError("--require-client-cert needs --client-ca")
         if not 1024 <= self["max-header-bytes"] <= 1 << 20:
@@ -708,6 +712,14 @@ class Options(usage.Options):
             raise usage.UsageError("--max-stdin-bytes must be at least 1")
         if self["tmp-size"] < 1 << 20:
             raise usage.UsageError("--tmp-size must be at least 1M")
+        memory = machineLimits().memory_bytes
+        if memory is not None and self["tmp-size"] > memory:
+            # (A tmpfs takes the machine's memory: 178 PiB was taken as
+            # given, for every job: operator round 37.)
+            raise usage.UsageError(
+                f"--tmp-size {self['tmp-size']} is over this machine's memory "
+                f"({memory} bytes)"
+            )
         if not 0 <= self["output-threads"] <= 256:
             raise usage.UsageError("--output-threads must be from 0 to 256")
         if self["max-log-bytes"] < 0:
