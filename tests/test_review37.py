@@ -13,6 +13,7 @@ from typing import Any
 import treq
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -515,3 +516,21 @@ class OperatorOptionsTests(SynchronousTestCase):
             "over this machine's memory",
             self.refused("--tmp-size=99999999999999999999999"),
         )
+
+
+class NewStateDirSaidTests(SynchronousTestCase):
+    """
+    Operator round 37: a C{--state-dir} that did not exist was made, parents
+    and all, without a word: a mistyped one started an empty server, its
+    jobs seemingly gone. Its making is logged; an existing one's is not.
+    """
+
+    def test_said(self) -> None:
+        path = os.path.join(os.path.abspath(self.mktemp()), "a", "state")
+        with capturedLogs() as events:
+            tap._stateDir(path)
+            tap._stateDir(path)
+        said = [e for e in events if "made: a new, empty one" in e["log_format"]]
+        self.assertEqual(len(said), 1)
+        self.assertEqual(said[0]["path"], path)
+        self.assertTrue(os.path.isdir(path))

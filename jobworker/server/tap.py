@@ -530,6 +530,10 @@ def _stateDir(stateDir: str) -> None:
     file is the first: L{_store}); an open one is named in a warning.
     """
     try:
+        if not os.path.isdir(stateDir):
+            # (Made silently, a mistyped --state-dir started an empty
+            # server, every job seemingly gone: operator round 37.)
+            log.warn("state dir {path} made: a new, empty one", path=stateDir)
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
         warnIfOpen(stateDir)
     except OSError as e:
