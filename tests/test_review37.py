@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import treq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -534,3 +535,25 @@ class NewStateDirSaidTests(SynchronousTestCase):
         self.assertEqual(len(said), 1)
         self.assertEqual(said[0]["path"], path)
         self.assertTrue(os.path.isdir(path))
+
+
+class QueuedLongPollAtShutdownTests(TestCase):
+    """
+    Operator round 37: at shutdown a long poll (C{GET /jobs/ID?wait=N}) on a
+    queued job got no answer at all ("Empty reply from server"): its job
+    stays queued for the next start, and nothing ended its wait. It is
+    answered with the job as it is, as at the end of its wait.
+    """
+
+    timeout = 60
+
+    async def test_answered(self) -> None:
+        server = LiveServer(self, "--max-running=1")
+        await server.createJob("sleep", "30")
+        queued = await server.createJob("true")
+        polled = ensureDeferred(server.json("GET", f"/jobs/{queued['id']}?wait=30"))
+        await sleep(0.5)
+        self.assertFalse(polled.called)
+        await server.stop()
+        code, body = await polled
+        self.assertEqual((code, body["status"]), (200, "PENDING"))

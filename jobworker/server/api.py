@@ -209,11 +209,20 @@ class JobsAPI:
         self._tokenBuckets = TokenBuckets(TOKEN_RATE, TOKEN_BURST)
         #: Pages of the job list (and of a bulk delete) take turns.
         self._turns = Turns(clock)
+        #: The long polls waiting for a job's end (L{_waitEnded}), ended at
+        #: L{drain}.
+        self._waits: set[Deferred[JobRecord]] = set()
+        self._draining = False
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
         """At shutdown: let every log response finish (L{LogStreams.drain}),
-        and every page waiting for its turn run."""
+        and every page waiting for its turn run. A long poll is answered
+        with its job as it is: a queued job's stays queued, and its wait
+        was cut with no answer (operator round 37)."""
         self._turns.close()
+        self._draining = True
+        for waiting in list(self._waits):
+            waiting.cancel()
         return self._logs.drain(timeout)
 
     def resource(self) -> IResource:
@@ -545,6 +554,7 @@ class JobsAPI:
             ended.cancel()
 
         grant.watch(lost, self._clock)
+        self._waits.add(ended)
         try:
             return await ended.addTimeout(wait, self._clock)
         except defer.TimeoutError:
@@ -552,8 +562,11 @@ class JobsAPI:
         except CancelledError:
             if revoked:
                 raise revoked[0] from None
+            if self._draining:
+                return self._manager.record(record.id)
             raise
         finally:
+            self._waits.discard(ended)
             grant.release()
 
     @app.route("/jobs/<jobId>", methods=["DELETE"])
