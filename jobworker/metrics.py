@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .jobs.records import JobStatus
+
 #: Route labels: request paths with the job id folded, so labels stay few.
 _ROUTES = [
     (re.compile(r"^/jobs$"), "/jobs"),
@@ -33,6 +35,10 @@ def routeLabel(path: bytes) -> str:
     return "other"
 
 
+#: The statuses a job may have.
+STATUSES = tuple(status.value for status in JobStatus)
+
+
 class _JobCounts(Collector):
     """Jobs by status, counted when scraped (from the store and the live table)."""
 
@@ -49,7 +55,11 @@ class _JobCounts(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
-        for status, count in sorted(self._counts().items()):
+        # Every status, none at 0: a series that vanished left a graph a
+        # gap and an "== 0" alert no data (operator round 37).
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(self._counts())
+        for status, count in sorted(counts.items()):
             family.add_metric([status], count)
         yield family
 
@@ -82,6 +92,9 @@ class _QueueLength(Collector):
 
     def __init__(self, byUser: Callable[[], dict[str, int]]) -> None:
         self._byUser = byUser
+        #: The users whose queue was seen: read 0 once it is empty (the
+        #: series vanished: operator round 37). As many as users queue.
+        self._seen: set[str] = set()
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(
@@ -95,8 +108,10 @@ class _QueueLength(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
-        for user, count in sorted(self._byUser().items()):
-            family.add_metric([user], count)
+        counts = self._byUser()
+        self._seen.update(counts)
+        for user in sorted(self._seen):
+            family.add_metric([user], counts.get(user, 0))
         yield family
 
 

@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import treq
+from prometheus_client import generate_latest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -27,6 +28,7 @@ from jobworker.jobs.combined import CombinedReader
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.spool import StoredOutput
 from jobworker.jobs.stopping import StopRequest
+from jobworker.metrics import Metrics
 from jobworker.server import tap
 from jobworker.server.deadlines import channelWithDeadlines
 from jobworker.server.options import Options
@@ -557,3 +559,29 @@ class QueuedLongPollAtShutdownTests(TestCase):
         await server.stop()
         code, body = await polled
         self.assertEqual((code, body["status"]), (200, "PENDING"))
+
+
+class MetricsSeriesKeptAtZeroTests(SynchronousTestCase):
+    """
+    Operator round 37: C{jobworker_jobs{status}} and
+    C{jobworker_queued_jobs{user}} series vanished when their count went to
+    none, instead of reading 0: a graph had a gap, an C{== 0} alert rule no
+    data. Every status is exported; a user's queue, once seen, reads 0.
+    """
+
+    def test_zeros(self) -> None:
+        metrics = Metrics()
+        counts = {"RUNNING": 2}
+        queued = {"alice": 3}
+        metrics.watchJobs(lambda: dict(counts))
+        metrics.watchQueue(lambda: dict(queued))
+        text = generate_latest(metrics.registry).decode()
+        self.assertIn('jobworker_jobs{status="RUNNING"} 2.0', text)
+        self.assertIn('jobworker_jobs{status="PENDING"} 0.0', text)
+        self.assertIn('jobworker_queued_jobs{user="alice"} 3.0', text)
+        counts.clear()
+        queued.clear()
+        text = generate_latest(metrics.registry).decode()
+        for status in ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED"):
+            self.assertIn(f'jobworker_jobs{{status="{status}"}} 0.0', text)
+        self.assertIn('jobworker_queued_jobs{user="alice"} 0.0', text)
