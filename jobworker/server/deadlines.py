@@ -47,13 +47,14 @@ _MALFORMED_RESPONSE = _closingResponse(
 )
 
 
+#: The bytes of a chunked body's trailer taken (Twisted's: 64 KiB): it is
+#: searched again at each record, and thrown away.
+TRAILER_BYTES = 1024
+
 #: What L{DeadlineChannel} relies on in Twisted's C{HTTPChannel} (and its
 #: C{LineReceiver}) beyond its public methods: a test checks they are
 #: still there, so that an upgrade of Twisted that renames one fails there
 #: rather than quietly in the pipelining and deadline paths.
-#: The bytes of a chunked body's trailer taken (Twisted's: 64 KiB).
-TRAILER_BYTES = 1024
-
 RELIED_ON = (
     "_buffer",
     "_transferDecoder",
@@ -231,15 +232,33 @@ class DeadlineChannel(HTTPChannel):
             # over the cap): Twisted appended each to the whole line and
             # searched it again, the square of a line dribbled a byte a
             # record (attacker round 37; no credentials needed).
+            # Only a CRLF ends a line here (a bare LF did not: records of
+            # "\n" each had the whole line searched again: session review
+            # 37), and each byte is looked at once.
             partial = self._partialLine
-            if b"\n" not in data:
-                partial += data
-                if len(partial) <= self.MAX_LENGTH:
-                    return
-            if partial:
-                data = bytes(partial + data)
-                self._partialLine = bytearray()
+            start = len(partial)
+            partial += data
+            if not self._lineEnds(start) and (
+                len(partial) + len(self._buffer) <= self.MAX_LENGTH
+            ):
+                self.resetTimeout()  # type: ignore[no-untyped-call]
+                return
+            data = bytes(partial)
+            self._partialLine = bytearray()
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _lineEnds(self, start: int) -> bool:
+        """Does a CRLF end in L{_partialLine} past C{start} (its CR
+        maybe the last byte before it, in Twisted's buffer)?"""
+        partial = self._partialLine
+        end = partial.find(b"\n", start)
+        while end >= 0:
+            if end and partial[end - 1] == 0x0D:
+                return True
+            if not end and self._buffer.endswith(b"\r"):
+                return True
+            end = partial.find(b"\n", end + 1)
+        return False
 
     def allHeadersReceived(self) -> None:
         self._cancelDeadline()

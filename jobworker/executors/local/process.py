@@ -39,6 +39,13 @@ MAIN_EXIT_STORED_AFTER = 1.0
 
 #: Why a job killed at its memory limit failed.
 OOM_ERROR = "out of memory: killed at its memory limit"
+#: The same, where the end says no more than an exit status 1: the exec
+#: chain's C{unshare --fork} reports its command killed by a signal so, and
+#: a command may exit 1 itself after one of its processes was killed.
+OOM_MAYBE_ERROR = (
+    "out of memory: a process was killed at its memory limit (the command's "
+    "exit status 1 does not say whether it was)"
+)
 
 
 class SpawnerLost(ProcessTerminated):
@@ -741,7 +748,7 @@ class JobProcess:
         elif self._timedOut and not self._stopMissed(exitCode, signalNumber):
             record.error = self._timedOutError()
         elif self._oomKilled(signalNumber, exitCode):
-            record.error = OOM_ERROR
+            record.error = self._oomError(signalNumber)
         if self.onStop is not None:
             self.onStop(record)
 
@@ -768,6 +775,10 @@ class JobProcess:
         if self.commandDepth == 1 and exitCode == 1:
             killed = True
         return killed and self.cgroup is not None and self.cgroup.oomKilled()
+
+    def _oomError(self, signalNumber: int | None) -> str:
+        # (An exit status 1 says less than a KILL: session review 37.)
+        return OOM_ERROR if signalNumber == signal.SIGKILL else OOM_MAYBE_ERROR
 
     def pipesClosed(self) -> None:
         """Every output pipe is closed (and the main process reaped)."""
@@ -854,7 +865,7 @@ class JobProcess:
                 error = "never ran: the job spawner died as it was being started"
         elif self._oomKilled(signalNumber, exitCode):
             status = JobStatus.FAILED
-            error = OOM_ERROR
+            error = self._oomError(signalNumber)
         elif exitCode == 0:
             status = JobStatus.COMPLETED
         else:
@@ -1113,12 +1124,12 @@ def _taker(task: str, bit: int) -> object:
         return None
     if (ignored | caught) & bit:
         return False
-    if fields.get(b"NSpid", b"").split()[-1:] == [b"1"]:
-        return False  # a PID namespace's init: the kernel drops it (review 37)
     if fields.get(b"TracerPid", b"0") != b"0":
         return None  # (its tracer may take the signal away)
     if fields.get(b"State", b"")[:1] in (b"Z", b"X"):
         return _GONE
+    if fields.get(b"NSpid", b"").split()[-1:] == [b"1"]:
+        return False  # a PID namespace's init: the kernel drops it (review 37)
     if blocked & bit:
         return _OTHERS
     if _waitsForSignals(task):

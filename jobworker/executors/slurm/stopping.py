@@ -84,7 +84,7 @@ class SlurmStops:
                 # (A KILL is a cancel either way: no squeue asked first, which
                 # may hang: late review 34.)
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
-                self._save(job.record)  # (the stop, for a restart: Slurm round 37)
+                self._cancelSent(job)
                 return
             if await self._suspended(job, slurmJobId):
                 # Slurm signals no suspended job ("Job is in transitional
@@ -99,7 +99,7 @@ class SlurmStops:
                     slurm=slurmJobId,
                 )
                 await self._commands.cancel(slurmJobId, jobName(job.record.id), owner)
-                self._save(job.record)  # (the stop, for a restart: Slurm round 37)
+                self._cancelSent(job)
                 return
             await self._commands.signal(
                 slurmJobId,
@@ -124,6 +124,19 @@ class SlurmStops:
         job.record.stop_requested_at = now
         self._save(job.record)
         self.escalate(job, grace)
+
+    def _cancelSent(self, job: SlurmJob) -> None:
+        """
+        A stop's cancel went out: stored as a stop at its end (no grace),
+        so a restart before Slurm ended the job goes on with it, not a
+        cancel from outside, FAILED, C{stopped_by} lost (Slurm round 37; a
+        resumed stop that sent the cancel again was refused, the job ended,
+        and forgotten: session review 37).
+        """
+        record = job.record
+        record.stop_requested_at = self._reactor.seconds()
+        record.stop_grace = 0.0
+        self._save(record)
 
     async def _runsYet(self, job: SlurmJob, slurmJobId: str) -> bool:
         """
