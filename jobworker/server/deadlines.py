@@ -236,15 +236,16 @@ class DeadlineChannel(HTTPChannel):
             # "\n" each had the whole line searched again: session review
             # 37), and each byte is looked at once.
             partial = self._partialLine
-            start = len(partial)
-            partial += data
-            if not self._lineEnds(start) and (
-                len(partial) + len(self._buffer) <= self.MAX_LENGTH
-            ):
-                self.resetTimeout()  # type: ignore[no-untyped-call]
-                return
-            data = bytes(partial)
-            self._partialLine = bytearray()
+            if partial or b"\r\n" not in data:  # (else: a whole request, say)
+                start = len(partial)
+                partial += data
+                if not self._lineEnds(start) and (
+                    len(partial) + len(self._buffer) <= self.MAX_LENGTH
+                ):
+                    self.resetTimeout()  # type: ignore[no-untyped-call]
+                    return
+                data = bytes(partial)
+                self._partialLine = bytearray()
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def _lineEnds(self, start: int) -> bool:
