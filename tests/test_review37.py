@@ -5,12 +5,18 @@ a test that failed against the code before its fix.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import generate_latest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
@@ -23,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
+from jobworker.certificates import keyPEM, newKey
 from jobworker.executors.local.process import OOM_ERROR, OOM_MAYBE_ERROR
 from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseAccounting
 from jobworker.executors.slurm.outcomes import outcomeOf, ranIn
@@ -37,11 +44,18 @@ from jobworker.server.options import Options
 from jobworker.server.startup import StartupError
 
 from . import test_slurmunit
-from .support import LiveServer, sleep
+from .support import CA, LiveServer, sleep
 from .test_combined import bigJob
 from .test_contract import RecordingConsumer
 from .test_faults7_config import CERT, KEY
 from .test_launcher import requireRoot
+from .test_mtls import (
+    CA_KEY,
+    KeptConnectionTests,
+    MutualTLSTests,
+    shortLived,
+    writePair,
+)
 from .test_review35 import SlurmCase
 from .test_slurmunit import state
 
@@ -667,3 +681,83 @@ class MetricsSeriesKeptAtZeroTests(SynchronousTestCase):
         for status in ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED"):
             self.assertIn(f'jobworker_jobs{{status="{status}"}} 0.0', text)
         self.assertIn('jobworker_queued_jobs{user="alice"} 0.0', text)
+
+
+def bmpStringCertificate(directory: str, name: str) -> tuple[str, str]:
+    """A client certificate by the development CA whose common name is
+    C{name} as a BMPString (UTF-16BE): (cert path, key path)."""
+    with open(CA_KEY, "rb") as f:
+        caKey = serialization.load_pem_private_key(f.read(), None)
+    with open(CA, "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    key = newKey()
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, name, _type=_ASN1Type.BMPString)]
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return writePair(
+        directory,
+        "bmp",
+        (certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)),
+    )
+
+
+class CommonNameDecodedTests(TestCase):
+    """
+    Auth review 37: a certificate's common name was read as its raw bytes
+    in UTF-8: a BMPString (UTF-16BE) "\\u7269\\u7461", whose bytes spell
+    "rita", logged in as rita. The name is decoded as its type says.
+    """
+
+    timeout = 60
+    client = MutualTLSTests.client
+    ask = MutualTLSTests.ask
+
+    async def test_bmpStringNotAnotherUser(self) -> None:
+        server = LiveServer(self, f"--client-ca={CA}")
+        pair = bmpStringCertificate(self.mktemp(), "\u7269\u7461")
+        code, body = await self.ask(server, pair, path="/jobs")
+        self.assertEqual(code, 401, body)
+        pair = bmpStringCertificate(self.mktemp(), "alice")
+        code, body = await self.ask(server, pair, path="/jobs")
+        self.assertEqual(code, 200, body)
+
+
+class RefusedCertificateAuditedByNameTests(TestCase):
+    """
+    Auth review 37: a verified certificate refused for its expiry (or its
+    CA removed) was audited as user "": the name it bears is known, as a
+    refused token's is.
+    """
+
+    timeout = 60
+    kept = KeptConnectionTests.kept
+    ask = KeptConnectionTests.ask
+
+    async def test_expiredNamed(self) -> None:
+        server = LiveServer(self, f"--client-ca={CA}")
+        pair = shortLived(os.path.abspath(self.mktemp()), "alice", 3)
+        with open(pair[0], "rb") as f:
+            ends = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
+        http = self.kept(pair)
+        code, _ = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual(code, 200)
+        await sleep(ends.timestamp() - time.time() + 1.5)
+        code, _ = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual(code, 401)
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            lines = [json.loads(line) for line in f]
+        failures = [e for e in lines if e.get("event") == "auth.failure"]
+        self.assertEqual([e["user"] for e in failures], ["alice"], failures)

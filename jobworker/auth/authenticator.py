@@ -1001,19 +1001,25 @@ class Authenticator:
             if self.certificateProblem is None
             else self.certificateProblem(transport, certificate)
         )
+        # The TLS layer verified it against --client-ca (purpose: client).
+        # The name as its string type says (pyOpenSSL's commonName, through
+        # OpenSSL's UTF-8): the components are the raw bytes, and a
+        # BMPString's spelled another user's name in UTF-8 (review 37).
+        subject = certificate.get_subject()
+        try:
+            name = subject.commonName or ""
+        except Exception:  # (OpenSSL could not make it UTF-8: no user's)
+            name = ""
+        names = [name] * sum(key == b"CN" for key, _ in subject.get_components())
         if problem is not None:
+            # (Audited with the name it bears: it was "": review 37.)
             raise self._refuse(
                 request,
                 "",
                 f"client certificate that {problem}",
                 f"the client certificate {problem}",
+                audited=names[0] if len(names) == 1 else "",
             )
-        # The TLS layer verified it against --client-ca (purpose: client).
-        names = [
-            value.decode("utf-8", "replace")
-            for key, value in certificate.get_subject().get_components()
-            if key == b"CN"
-        ]
         entry = self._realm._users.lookup(names[0]) if len(names) == 1 else None
         throttle = self._throttle
         if entry is None and throttle is not None:
