@@ -45,6 +45,7 @@ from jobworker.server.startup import StartupError
 
 from . import test_slurmunit
 from .support import CA, LiveServer, sleep
+from .test_auditflood import audit as auditLines
 from .test_combined import bigJob
 from .test_contract import RecordingConsumer
 from .test_faults7_config import CERT, KEY
@@ -761,3 +762,31 @@ class RefusedCertificateAuditedByNameTests(TestCase):
             lines = [json.loads(line) for line in f]
         failures = [e for e in lines if e.get("event") == "auth.failure"]
         self.assertEqual([e["user"] for e in failures], ["alice"], failures)
+
+
+class DeniedAccessNamesTheJobTests(TestCase):
+    """
+    Auth review 37: an C{access.denied} line named neither the job nor the
+    permission refused (README: "each with ... the job"). They are named;
+    refusals of other jobs within the minute are still one line's count (a
+    job id in a refused request is the sender's word: one line each would
+    be a flood).
+    """
+
+    timeout = 60
+
+    async def test_named(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "30")
+        for jobId in (job["id"], "00000000-0000-4000-8000-000000000000"):
+            code, _ = await server.json("POST", f"/jobs/{jobId}/stop", "rita")
+            self.assertEqual(code, 403)
+        lines = auditLines(server, "access.denied")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(
+            (lines[0]["job"], lines[0]["permission"]), (job["id"], "jobs.stop")
+        )
+        await server.json(
+            "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
+        )
+        await server.waitEnded(job["id"])

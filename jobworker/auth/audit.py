@@ -112,7 +112,13 @@ class AuditLog:
             pass  # (nothing is buffered: every line was written whole or not)
 
     def recordSparsely(
-        self, event: str, user: str | None, client: str, result: str, **fields: Any
+        self,
+        event: str,
+        user: str | None,
+        client: str,
+        result: str,
+        perJob: bool = True,
+        **fields: Any,
     ) -> None:
         """
         L{record}, at most once every L{SPARSE_EVERY} seconds for one
@@ -126,9 +132,11 @@ class AuditLog:
         a job (a C{job} field) is counted for that job alone, and the line
         that says how many were left out names it and the result written
         (an Admin's KILL of another job was merged with the first's, and
-        summed up as "refused", the job unnamed: code review 35).
+        summed up as "refused", the job unnamed: code review 35); not
+        C{perJob}, the job is named but not counted apart (a refusal, whose
+        job ids are the sender's words: one each would be a line each).
         """
-        job = fields.get("job")
+        job = fields.get("job") if perJob else None
         key = (event, user, clientKey(client), job)
         now = self._clock.seconds()
         last, leftOut, _, _ = self._sparse.get(key, (None, 0, client, result))

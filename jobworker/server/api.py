@@ -116,12 +116,18 @@ def guarded(
             except Forbidden as e:
                 # Once a minute per user: a loop of refusals changes nothing.
                 if self._auditLog is not None:
+                    # (Naming the job and the permission: the lines said
+                    # neither: auth review 37.)
+                    jobId = kwargs.get("jobId")
                     self._auditLog.recordSparsely(
                         "access.denied",
                         user.name,
                         clientAddress(request),
                         "refused",
+                        perJob=False,
                         reason=e.message,
+                        permission=permission.value,
+                        **({"job": jobId} if isinstance(jobId, str) else {}),
                     )
                 raise
 
