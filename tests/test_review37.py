@@ -29,7 +29,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
-from jobworker.certificates import keyPEM, newKey
+from jobworker.certificates import (
+    certificateBuilder,
+    keyPEM,
+    keyUsage,
+    leafCertificate,
+    newKey,
+)
 from jobworker.executors.local.process import OOM_ERROR, OOM_MAYBE_ERROR
 from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseAccounting
 from jobworker.executors.slurm.outcomes import outcomeOf, ranIn
@@ -41,10 +47,11 @@ from jobworker.metrics import Metrics
 from jobworker.server import tap
 from jobworker.server.deadlines import channelWithDeadlines
 from jobworker.server.options import Options
+from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
 
 from . import test_slurmunit
-from .support import CA, LiveServer, sleep
+from .support import CA, LiveServer, sleep, writePEM
 from .test_auditflood import audit as auditLines
 from .test_combined import bigJob
 from .test_contract import RecordingConsumer
@@ -790,3 +797,82 @@ class DeniedAccessNamesTheJobTests(TestCase):
             "POST", f"/jobs/{job['id']}/stop", "alice", {"signal": "KILL"}
         )
         await server.waitEnded(job["id"])
+
+
+class TokenTiedToTheVerifiedRootTests(TestCase):
+    """
+    Auth review 37: a client certificate's token was tied to the first CA of
+    C{--client-ca} up its chain, an intermediate: with the root removed
+    from the bundle and the server reloaded, the certificate was refused
+    in the handshake, and its token went on creating jobs. It is tied to
+    the root the handshake verified it by.
+    """
+
+    timeout = 60
+    kept = KeptConnectionTests.kept
+
+    def chain(self, directory: str) -> tuple[str, bytes, bytes, tuple[str, str]]:
+        """A root, an intermediate, bob's certificate by the intermediate:
+        (the bundle's path, the intermediate's PEM, the root's, bob's pair
+        with the intermediate in his chain)."""
+
+        def name(text: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+        rootKey = newKey()
+        root = (
+            certificateBuilder(name("root R"), name("root R"), rootKey.public_key(), 30)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(keyUsage(True), True)
+            .sign(rootKey, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        middleKey = newKey()
+        middle = (
+            certificateBuilder(
+                name("intermediate I"), root.subject, middleKey.public_key(), 30
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+            .add_extension(keyUsage(True), True)
+            .sign(rootKey, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        bobKey = newKey()
+        bob = leafCertificate(
+            "bob",
+            middle,
+            middleKey,
+            bobKey.public_key(),
+            30,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        os.makedirs(directory)
+        pem = serialization.Encoding.PEM
+        bundle = os.path.join(directory, "bundle.pem")
+        writePEM(bundle, middle.public_bytes(pem) + root.public_bytes(pem))
+        pair = writePair(
+            directory,
+            "bob",
+            (bob.public_bytes(pem) + middle.public_bytes(pem), keyPEM(bobKey)),
+        )
+        return bundle, middle.public_bytes(pem), root.public_bytes(pem), pair
+
+    async def test_rootRemoved(self) -> None:
+        bundle, middle, _root, pair = self.chain(os.path.abspath(self.mktemp()))
+        server = LiveServer(self, f"--client-ca={bundle}")
+        http = self.kept(pair)
+        response = await http.request(
+            "POST",
+            server.url + "/tokens",
+            headers={b"content-type": [b"application/json"]},
+        )
+        token = json.loads(await treq.content(response))["token"]
+        self.assertEqual(response.code, 201)
+        writePEM(bundle, middle)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        response = await server.http.request(
+            "GET",
+            server.url + "/whoami",
+            headers={b"authorization": [f"Bearer {token}".encode()]},
+        )
+        await treq.content(response)
+        self.assertEqual(response.code, 401)

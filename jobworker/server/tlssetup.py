@@ -24,6 +24,7 @@ from ..tls import (
     holdsDevelopmentCA,
     isDevelopmentCertificate,
     issuingCA,
+    publicKeySHA256,
     serverOptions,
     stillTrusted,
     validityProblem,
@@ -142,11 +143,21 @@ class ServedTLS:
         """
         if self._config["client-ca"] is None:
             return None
-        chain = transport.getHandle().get_peer_cert_chain() or []
+        handle = transport.getHandle()
+        authorities = self._clientCAs()[1]
+        # The root the handshake verified it by: tied to an intermediate of
+        # the bundle, a token outlived the root's removal, which refused
+        # the certificate itself (auth review 37).
+        verified = handle.get_verified_chain() or []
+        if verified:
+            anchor = publicKeySHA256(verified[-1].to_cryptography())
+            if anchor in authorities:
+                return anchor
+        chain = handle.get_peer_cert_chain() or []
         return issuingCA(
             certificate.to_cryptography(),
             [c.to_cryptography() for c in chain],
-            self._clientCAs()[1],
+            authorities,
         )
 
     def reload(self) -> None:
