@@ -8,7 +8,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -23,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -36,7 +39,9 @@ from jobworker.certificates import (
     leafCertificate,
     newKey,
 )
+from jobworker.executors.local.pipes import drainInLargeReads
 from jobworker.executors.local.process import OOM_ERROR, OOM_MAYBE_ERROR
+from jobworker.executors.local.stalls import Slot, StallWatch
 from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseAccounting
 from jobworker.executors.slurm.outcomes import outcomeOf, ranIn
 from jobworker.jobs.combined import CombinedReader
@@ -876,3 +881,118 @@ class TokenTiedToTheVerifiedRootTests(TestCase):
         )
         await treq.content(response)
         self.assertEqual(response.code, 401)
+
+
+class _ClosingTransport:
+    """A process transport's pipes and close, as drainInLargeReads sees them."""
+
+    def __init__(self, seen: list[object], slot: Slot) -> None:
+        self.pipes = {0: self}  # (its stdin's writer: a doWrite)
+        self._seen = seen
+        self._slot = slot
+
+    def doWrite(self) -> None:
+        pass
+
+    def childConnectionLost(self, childFD: int, reason: object) -> None:
+        self._seen.append((childFD, self._slot.stalled))
+
+
+class PipeCloseWatchedTests(SynchronousTestCase):
+    """
+    Attacker round 37 (the job's side): a job held its stdin pipe's lock in
+    a read whose copy faulted slowly (its memory map kept busy by another
+    of its threads' C{mprotect}s, no disk rate needed), and the server's
+    close of that pipe, on the reactor's thread, waited with it: 13.8 s of
+    C{/healthz} for 2 GiB, unseen by the stall watch, which watched reads
+    and writes only. Twisted's close of a pipe's end is watched too.
+    """
+
+    def test_closeInsideTheWatch(self) -> None:
+        watch = StallWatch(waiting=lambda tid: False, now=lambda: 0.0, watching=False)
+        slot = watch.slot()  # (this thread's, as the drain's)
+        killer: list[float] = []
+        seen: list[object] = []
+        transport = _ClosingTransport(seen, slot)
+        drainInLargeReads(transport, watch=watch, stalled=killer.append)
+        transport.childConnectionLost(0, None)
+        self.assertEqual(seen, [(0, killer.append)])
+        self.assertIsNone(slot.stalled)
+
+
+#: A job's script: says "ready", then reads its stdin into a page of FILE
+#: not in memory (a private map): the copy's fault, at the job's own I/O
+#: limit, holds the pipe's lock.
+STDIN_HOLD = """
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+prot = mmap.PROT_READ | mmap.PROT_WRITE
+pages = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=prot)
+pages.madvise(mmap.MADV_RANDOM)
+os.write(1, b"ready\\n")
+os.readv(0, [memoryview(pages)[16 << 20 : (16 << 20) + 4096]])
+"""
+
+
+class StdinCloseHeldTests(TestCase):
+    """
+    Attacker round 37, for real: a job reads its stdin into a page read in
+    at its own C{io_read_bps} of 1, holding the pipe's lock; the close of
+    its stdin (an end of file sent) waited with it on the reactor's
+    thread, every request too. The job is killed once the close has waited
+    a second, and ends FAILED saying why; the server answers again.
+    """
+
+    timeout = 60
+
+    async def test_holderKilled(self) -> None:
+        requireRoot()
+        server = LiveServer(self, "--min-io-bps=1", "--allow-io-bps")
+        folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
+        self.addCleanup(shutil.rmtree, folder, True)
+        os.chmod(folder, 0o755)  # noqa: S103
+        path = os.path.join(folder, "pages")
+        with open(path, "wb") as f:
+            f.write(os.urandom(32 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(path, 0o644)
+        # (The interpreter's own files in memory first: the job's reads of
+        # them are as slow.)
+        subprocess.run(
+            ["/usr/bin/python3", "-c", STDIN_HOLD, path],
+            input=b"x",
+            stdout=subprocess.PIPE,
+            check=True,
+            timeout=30,
+        )
+        code, job = await server.json(
+            "POST",
+            "/jobs",
+            "alice",
+            {
+                "command": "/usr/bin/python3",
+                "args": ["-c", STDIN_HOLD, path],
+                "limits": {"io_read_bps": 1},
+                "stdin": True,
+            },
+        )
+        if code == 400 and "io_read_bps" in job.get("error", ""):
+            raise SkipTest(f"no I/O limits here: {job['error']}")
+        self.assertEqual(code, 201, job)
+        for _ in range(100):
+            response = await server.request("GET", f"/jobs/{job['id']}/logs", "alice")
+            if b"ready" in await treq.content(response):
+                break
+            await sleep(0.1)
+        code, _ = await server.sendStdin(job["id"], b"x", eof=False)
+        self.assertEqual(code, 200)
+        await sleep(0.5)
+        await server.sendStdin(job["id"], b"", eof=True)
+        ended = await server.waitEnded(job["id"], timeout=15)
+        self.assertEqual(ended["status"], "FAILED", ended)
+        self.assertIn("held its output or input pipe's lock", ended["error"])
+        code, health = await server.json("GET", "/healthz", "ada")
+        self.assertEqual(code, 200, health)

@@ -174,20 +174,32 @@ def drainInLargeReads(
     writer = pipes.get(0)
     if writer is not None and slot is not None and stalled is not None:
         writer.doWrite = partial(_watchedWrite, writer.doWrite, slot, stalled)
+    lost = getattr(transport, "childConnectionLost", None)
+    if lost is not None and slot is not None and stalled is not None:
+        # Twisted closes a pipe's end there (its readers' and writers' end,
+        # C{closeStdin}'s), and a close takes the pipe's lock: a job that
+        # held its stdin's in a slow page fault of its read froze the
+        # reactor at the close, unseen (attacker round 37).
+        transport.childConnectionLost = partial(  # type: ignore[attr-defined]
+            _watchedWrite, lost, slot, stalled
+        )
 
 
 def _watchedWrite(
-    doWrite: Callable[[], object],
+    doWrite: Callable[..., object],
     watch: Slot,
     stalled: Callable[[float], None],
+    *args: object,
 ) -> object:
-    """A stdin writer's C{doWrite}, shown to the watch while it runs."""
+    """A stdin writer's C{doWrite} (or a pipe's close), shown to the watch
+    while it runs."""
+    previous = watch.stalled  # (a close from within a watched read)
     watch.reads += 1
     watch.stalled = stalled
     try:
-        return doWrite()
+        return doWrite(*args)
     finally:
-        watch.stalled = None
+        watch.stalled = previous
 
 
 def writeAtOnce(transport: Any, childFD: int, data: bytes) -> None:

@@ -845,8 +845,8 @@ class JobProcess:
             error = (
                 f"killed (SIGKILL): it held its output or input pipe's lock for "
                 f"{self._stalledFor:.1f} s, and the server's thread waited for it "
-                "(a write from memory that was slow to read in: its own I/O limit, "
-                "or a filesystem that hangs)"
+                "(a write or read of its own from memory slow to reach: its own "
+                "I/O limit, a filesystem that hangs, or its memory map kept busy)"
             )
         elif self._timedOut:
             status = JobStatus.FAILED
