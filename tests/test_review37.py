@@ -699,15 +699,22 @@ class MetricsSeriesKeptAtZeroTests(SynchronousTestCase):
 def bmpStringCertificate(directory: str, name: str) -> tuple[str, str]:
     """A client certificate by the development CA whose common name is
     C{name} as a BMPString (UTF-16BE): (cert path, key path)."""
+    return certificateOf(
+        directory,
+        x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, name, _type=_ASN1Type.BMPString)]
+        ),
+    )
+
+
+def certificateOf(directory: str, subject: x509.Name) -> tuple[str, str]:
+    """A client certificate of C{subject} by the development CA."""
     with open(CA_KEY, "rb") as f:
         caKey = serialization.load_pem_private_key(f.read(), None)
     with open(CA, "rb") as f:
         ca = x509.load_pem_x509_certificate(f.read())
     key = newKey()
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, name, _type=_ASN1Type.BMPString)]
-    )
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -746,6 +753,16 @@ class CommonNameDecodedTests(TestCase):
         pair = bmpStringCertificate(self.mktemp(), "alice")
         code, body = await self.ask(server, pair, path="/jobs")
         self.assertEqual(code, 200, body)
+
+    async def test_twoNamesAudited(self) -> None:
+        """Late review 37: each name as it is (the first was said twice)."""
+        server = LiveServer(self, f"--client-ca={CA}")
+        names = [x509.NameAttribute(NameOID.COMMON_NAME, n) for n in ("alice", "rita")]
+        pair = certificateOf(self.mktemp(), x509.Name(names))
+        code, body = await self.ask(server, pair, path="/jobs")
+        self.assertEqual(code, 401, body)
+        failures = auditLines(server, "auth.failure")
+        self.assertEqual([e["user"] for e in failures], ["alice,rita"])
 
 
 class RefusedCertificateAuditedByNameTests(TestCase):
@@ -860,8 +877,14 @@ class TokenTiedToTheVerifiedRootTests(TestCase):
         )
         return bundle, middle.public_bytes(pem), root.public_bytes(pem), pair
 
-    async def test_rootRemoved(self) -> None:
-        bundle, middle, _root, pair = self.chain(os.path.abspath(self.mktemp()))
+    async def removed(self, keep: str, leafAlone: bool = False) -> None:
+        """bob's token, then the bundle left with only C{keep} ("middle" or
+        "root") and the server reloaded: the token is refused."""
+        bundle, middle, root, pair = self.chain(os.path.abspath(self.mktemp()))
+        if leafAlone:  # (bob sends his certificate without the intermediate)
+            with open(pair[0], "rb") as f:
+                leaf = x509.load_pem_x509_certificates(f.read())[0]
+            writePEM(pair[0], leaf.public_bytes(serialization.Encoding.PEM))
         server = LiveServer(self, f"--client-ca={bundle}")
         http = self.kept(pair)
         response = await http.request(
@@ -871,7 +894,7 @@ class TokenTiedToTheVerifiedRootTests(TestCase):
         )
         token = json.loads(await treq.content(response))["token"]
         self.assertEqual(response.code, 201)
-        writePEM(bundle, middle)
+        writePEM(bundle, middle if keep == "middle" else root)
         reload = next(s for s in server.service if isinstance(s, UsersReloadService))
         await reload.hangUp()
         response = await server.http.request(
@@ -881,6 +904,14 @@ class TokenTiedToTheVerifiedRootTests(TestCase):
         )
         await treq.content(response)
         self.assertEqual(response.code, 401)
+
+    def test_rootRemoved(self) -> object:
+        return self.removed("middle")
+
+    def test_intermediateRemoved(self) -> object:
+        """Late review 37: tied to the root alone, a token outlived the
+        removal of the intermediate its certificate was verified through."""
+        return self.removed("root", leafAlone=True)
 
 
 class _ClosingTransport:

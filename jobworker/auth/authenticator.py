@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import bcrypt
+from cryptography.x509.oid import NameOID
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
@@ -363,6 +364,20 @@ class Grant:
     def withdraw(self, error: JobworkerError) -> None:
         """End it now for C{error}'s reason: audited, and C{lost} told."""
         self._authenticator._withdraw(self, error)
+
+
+def commonNames(certificate: Any) -> list[str]:
+    """
+    The common names of a (pyOpenSSL) certificate's subject, decoded as
+    their string types say; one that is no text is "" (no user's).
+    """
+    try:
+        attributes = certificate.to_cryptography().subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
+    except ValueError:
+        return [""]
+    return [a.value if isinstance(a.value, str) else "" for a in attributes]
 
 
 class Authenticator:
@@ -1002,15 +1017,10 @@ class Authenticator:
             else self.certificateProblem(transport, certificate)
         )
         # The TLS layer verified it against --client-ca (purpose: client).
-        # The name as its string type says (pyOpenSSL's commonName, through
-        # OpenSSL's UTF-8): the components are the raw bytes, and a
-        # BMPString's spelled another user's name in UTF-8 (review 37).
-        subject = certificate.get_subject()
-        try:
-            name = subject.commonName or ""
-        except Exception:  # (OpenSSL could not make it UTF-8: no user's)
-            name = ""
-        names = [name] * sum(key == b"CN" for key, _ in subject.get_components())
+        # Each name as its string type says (pyOpenSSL's components are the
+        # raw bytes: a BMPString's spelled another user's name in UTF-8:
+        # auth review 37).
+        names = commonNames(certificate)
         if problem is not None:
             # (Audited with the name it bears: it was "": review 37.)
             raise self._refuse(

@@ -353,7 +353,9 @@ class TokenSigner:
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
             raise InvalidToken("issued before its user was changed or removed", name)
-        if claims.ca is not None and claims.ca not in self._trustedCAs():
+        if claims.ca is not None and not self._trustedCAs().issuperset(
+            claims.ca.split(",")  # (every CA of its chain: review 37)
+        ):
             raise InvalidToken(
                 "the CA of the client certificate it was issued for is no longer "
                 "trusted (--client-ca)",

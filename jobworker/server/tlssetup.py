@@ -35,6 +35,10 @@ from .startup import StartupError, fatal, secretFile, secretFileProblem
 
 log = Logger(namespace="jobworker.server.tap")
 
+#: The CAs of a client certificate's chain its token names, at most (each
+#: 65 characters of a token's 1,024).
+MAX_CHAIN_CAS = 5
+
 
 def isLoopback(interface: str) -> bool:
     """Whether listening on C{interface} serves this host only."""
@@ -145,14 +149,16 @@ class ServedTLS:
             return None
         handle = transport.getHandle()
         authorities = self._clientCAs()[1]
-        # The root the handshake verified it by: tied to an intermediate of
-        # the bundle, a token outlived the root's removal, which refused
-        # the certificate itself (auth review 37).
+        # Every CA of the bundle the handshake verified it through, the root
+        # too: tied to the first up the chain, an intermediate, a token
+        # outlived the root's removal, which refused the certificate itself
+        # (auth review 37); tied to the root alone, the intermediate's
+        # (late review 37). Listed by commas, the nearest the root kept.
         verified = handle.get_verified_chain() or []
-        if verified:
-            anchor = publicKeySHA256(verified[-1].to_cryptography())
-            if anchor in authorities:
-                return anchor
+        keys = [publicKeySHA256(c.to_cryptography()) for c in verified[1:]]
+        kept = [key for key in keys if key in authorities]
+        if kept:
+            return ",".join(kept[-MAX_CHAIN_CAS:])
         chain = handle.get_peer_cert_chain() or []
         return issuingCA(
             certificate.to_cryptography(),
