@@ -87,27 +87,9 @@ def request(
     if authorization is not None:
         result.requestHeaders.setRawHeaders(b"authorization", [authorization])
     if certificateUser is not None:
-        certificate = _Certificate(certificateUser)
+        certificate = realCertificate(("CN", certificateUser))
         result.channel = _Channel(_Transport(certificate))  # type: ignore[attr-defined]
     return result
-
-
-class _Subject:
-    def __init__(self, commonName: str) -> None:
-        self.commonName = commonName
-
-    def get_components(self) -> list[tuple[bytes, bytes]]:
-        return [(b"CN", self.commonName.encode())]
-
-
-class _Certificate:
-    """What the TLS layer hands over for a verified client certificate."""
-
-    def __init__(self, commonName: str) -> None:
-        self._subject = _Subject(commonName)
-
-    def get_subject(self) -> _Subject:
-        return self._subject
 
 
 def realCertificate(*attributes: tuple[str, str]) -> Any:
