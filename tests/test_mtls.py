@@ -295,6 +295,15 @@ class IssueCertTests(SynchronousTestCase):
 def shortLived(directory: str, user: str, seconds: float) -> tuple[str, str]:
     """A client certificate of C{user} by the development CA that expires
     C{seconds} from now: (cert path, key path)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)])
+    return certificateOf(directory, user, subject, seconds)
+
+
+def certificateOf(
+    directory: str, name: str, subject: x509.Name, seconds: float = 3600.0
+) -> tuple[str, str]:
+    """A client certificate of C{subject} by the development CA that expires
+    C{seconds} from now, written as C{name}.pem and .key: their paths."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -308,7 +317,7 @@ def shortLived(directory: str, user: str, seconds: float) -> tuple[str, str]:
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .subject_name(subject)
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -320,7 +329,7 @@ def shortLived(directory: str, user: str, seconds: float) -> tuple[str, str]:
     )
     return writePair(
         directory,
-        user,
+        name,
         (certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)),
     )
 

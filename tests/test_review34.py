@@ -707,6 +707,33 @@ os.write(1, memoryview(pages)[16 << 20 : (16 << 20) + 4096])
 """
 
 
+def pageFile(testCase: Any, script: str, stdin: bytes = b"") -> str:
+    """
+    A 32 MiB file a job C{script} reads pages of at its own C{io_read_bps}
+    (in /var/lib: not in /tmp nor /var/tmp, a job has its own), removed at
+    C{testCase}'s cleanup. The job's own reads are as slow (its
+    interpreter's files too): those in memory first, by the same script run
+    here (given C{stdin}).
+    """
+    folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
+    testCase.addCleanup(shutil.rmtree, folder, True)
+    os.chmod(folder, 0o755)  # noqa: S103
+    path = os.path.join(folder, "pages")
+    with open(path, "wb") as f:
+        f.write(os.urandom(32 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
+    subprocess.run(
+        ["/usr/bin/python3", "-c", script, path],
+        input=stdin,
+        stdout=subprocess.PIPE,
+        check=True,
+        timeout=30,
+    )
+    return path
+
+
 class StallWatchTests(SynchronousTestCase):
     """L{StallWatch.look}: a read held long, the reactor in the kernel."""
 
@@ -792,24 +819,7 @@ class PipeHeldTests(TestCase):
         # (A read rate, and 1 byte/s under the default --min-io-bps:
         # allowed here, the stall watch's case.)
         server = LiveServer(self, "--min-io-bps=1", "--allow-io-bps")
-        # (Not in /tmp nor /var/tmp: a job has its own.)
-        folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
-        self.addCleanup(shutil.rmtree, folder, True)
-        os.chmod(folder, 0o755)  # noqa: S103
-        path = os.path.join(folder, "pages")
-        with open(path, "wb") as f:
-            f.write(os.urandom(32 << 20))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(path, 0o644)
-        # The job's own reads are as slow (its interpreter's files too):
-        # those in memory first, by the same script run here.
-        subprocess.run(
-            ["/usr/bin/python3", "-c", PIPE_HOLD, path],
-            stdout=subprocess.PIPE,
-            check=True,
-            timeout=30,
-        )
+        path = pageFile(self, PIPE_HOLD)
         for _ in range(3):
             code, job = await server.json(
                 "POST",

@@ -5,13 +5,9 @@ a test that failed against the code before its fix.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from typing import Any
 
@@ -63,12 +59,13 @@ from .test_contract import RecordingConsumer
 from .test_faults7_config import CERT, KEY
 from .test_launcher import requireRoot
 from .test_mtls import (
-    CA_KEY,
     KeptConnectionTests,
     MutualTLSTests,
+    certificateOf,
     shortLived,
     writePair,
 )
+from .test_review34 import pageFile
 from .test_review35 import SlurmCase
 from .test_slurmunit import state
 
@@ -701,36 +698,10 @@ def bmpStringCertificate(directory: str, name: str) -> tuple[str, str]:
     C{name} as a BMPString (UTF-16BE): (cert path, key path)."""
     return certificateOf(
         directory,
+        "bmp",
         x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, name, _type=_ASN1Type.BMPString)]
         ),
-    )
-
-
-def certificateOf(directory: str, subject: x509.Name) -> tuple[str, str]:
-    """A client certificate of C{subject} by the development CA."""
-    with open(CA_KEY, "rb") as f:
-        caKey = serialization.load_pem_private_key(f.read(), None)
-    with open(CA, "rb") as f:
-        ca = x509.load_pem_x509_certificate(f.read())
-    key = newKey()
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return writePair(
-        directory,
-        "bmp",
-        (certificate.public_bytes(serialization.Encoding.PEM), keyPEM(key)),
     )
 
 
@@ -758,7 +729,7 @@ class CommonNameDecodedTests(TestCase):
         """Late review 37: each name as it is (the first was said twice)."""
         server = LiveServer(self, f"--client-ca={CA}")
         names = [x509.NameAttribute(NameOID.COMMON_NAME, n) for n in ("alice", "rita")]
-        pair = certificateOf(self.mktemp(), x509.Name(names))
+        pair = certificateOf(self.mktemp(), "two", x509.Name(names))
         code, body = await self.ask(server, pair, path="/jobs")
         self.assertEqual(code, 401, body)
         failures = auditLines(server, "auth.failure")
@@ -981,24 +952,7 @@ class StdinCloseHeldTests(TestCase):
     async def test_holderKilled(self) -> None:
         requireRoot()
         server = LiveServer(self, "--min-io-bps=1", "--allow-io-bps")
-        folder = tempfile.mkdtemp(prefix="jobworker-test-", dir="/var/lib")
-        self.addCleanup(shutil.rmtree, folder, True)
-        os.chmod(folder, 0o755)  # noqa: S103
-        path = os.path.join(folder, "pages")
-        with open(path, "wb") as f:
-            f.write(os.urandom(32 << 20))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(path, 0o644)
-        # (The interpreter's own files in memory first: the job's reads of
-        # them are as slow.)
-        subprocess.run(
-            ["/usr/bin/python3", "-c", STDIN_HOLD, path],
-            input=b"x",
-            stdout=subprocess.PIPE,
-            check=True,
-            timeout=30,
-        )
+        path = pageFile(self, STDIN_HOLD, b"x")
         code, job = await server.json(
             "POST",
             "/jobs",
