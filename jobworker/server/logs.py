@@ -207,35 +207,14 @@ class LogStreams:
                 "(each stream's last lines are no point of the combined "
                 "output): give one of them"
             )
-        if (
-            stream == "combined"
-            and offset
-            and record.executor == "slurm"
-            and not record.status.ended
-        ):
-            # (Its two files have no order: a live follower gets them as
-            # they grow, a later reader in another order, so an offset of
-            # one is no place in the next: session review 31.)
-            raise BadRequest(
-                "a Slurm job's combined output has no fixed order until it "
-                "ends: no offset with stream=combined (resume by each "
-                "stream's position: Last-Event-ID, or format=frames)"
-            )
-        if (
-            stream == "combined"
-            and offset
-            and not record.status.ended
-            and getattr(self._manager.order(record.id), "coarse", False)
-        ):
-            # (Past a switch its order file left out, a live reader places
-            # what no entry does as it sees it, a later one otherwise: an
-            # offset of one was no place in the next: output review 37.)
-            raise BadRequest(
-                "this job's combined output has no fixed order until it ends "
-                "(its order file is full, or could not be written): no offset "
-                "with stream=combined (resume by each stream's position: "
-                "Last-Event-ID, or format=frames)"
-            )
+        if stream == "combined" and offset and not record.status.ended:
+            why = _unorderedWhy(record, self._manager.order(record.id))
+            if why is not None:
+                raise BadRequest(
+                    f"{why} has no fixed order until it ends: no offset with "
+                    "stream=combined (resume by each stream's position: "
+                    "Last-Event-ID, or format=frames)"
+                )
         if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
@@ -734,6 +713,27 @@ def _cut(request: IRequest) -> None:
     transport = getattr(getattr(request, "channel", None), "transport", None)
     if transport is not None:
         transport.abortConnection()
+
+
+def _unorderedWhy(record: JobRecord, order: object) -> str | None:
+    """
+    What keeps a running job's combined output from a fixed order, said as
+    the subject of a refusal, or None when its order is fixed.
+
+    A Slurm job keeps no order file: a live follower gets its two files as
+    they grow, a later reader in another order (session review 31). Past a
+    switch its order file left out (full, or a write failed), a live reader
+    places what no entry does as it sees it, a later one otherwise (output
+    review 37). Either way an offset of one reader is no place in the next.
+    """
+    if record.executor == "slurm":
+        return "a Slurm job's combined output"
+    if getattr(order, "coarse", False):
+        return (
+            "this job's combined output (its order file is full, or could "
+            "not be written)"
+        )
+    return None
 
 
 def _headOnly(request: IRequest) -> bool:
