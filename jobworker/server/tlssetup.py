@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..auth.authenticator import chainEnds, earliestEnd
+from ..errors import Forbidden
 from ..tls import (
     TLSConfigError,
     clientAuthorities,
@@ -144,6 +145,9 @@ class ServedTLS:
         """
         Which client CA in force the client C{certificate} (of the connection
         C{transport}) chains to: its key's SHA-256, or None.
+
+        @raise Forbidden: it was verified through more CAs of the bundle
+            than a token names (L{MAX_CHAIN_CAS}).
         """
         if self._config["client-ca"] is None:
             return None
@@ -153,12 +157,20 @@ class ServedTLS:
         # too: tied to the first up the chain, an intermediate, a token
         # outlived the root's removal, which refused the certificate itself
         # (auth review 37); tied to the root alone, the intermediate's
-        # (late review 37). Listed by commas, the nearest the root kept.
+        # (late review 37). Listed by commas; past MAX_CHAIN_CAS none: kept
+        # to the nearest the root, a token outlived the removal of the
+        # lowest, which refused the certificate (session 38).
         verified = handle.get_verified_chain() or []
         keys = [publicKeySHA256(c.to_cryptography()) for c in verified[1:]]
         kept = [key for key in keys if key in authorities]
+        if len(kept) > MAX_CHAIN_CAS:
+            raise Forbidden(
+                f"the client certificate was verified through {len(kept)} CAs of "
+                f"--client-ca, more than a token can name ({MAX_CHAIN_CAS}): no "
+                "token for it (use the certificate)"
+            )
         if kept:
-            return ",".join(kept[-MAX_CHAIN_CAS:])
+            return ",".join(kept)
         chain = handle.get_peer_cert_chain() or []
         return issuingCA(
             certificate.to_cryptography(),

@@ -1,0 +1,151 @@
+"""
+Defects found in the thirty-eighth session's rounds, each reproduced here
+before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.certificates import (
+    certificateBuilder,
+    keyPEM,
+    keyUsage,
+    leafCertificate,
+    newKey,
+)
+from jobworker.server import tap
+from jobworker.server.options import Options
+from jobworker.server.services import UsersReloadService
+from jobworker.server.startup import StartupError
+from jobworker.server.tlssetup import MAX_CHAIN_CAS
+
+from . import test_mtls
+from .support import LiveServer, writePEM
+from .test_faults7_config import CERT, KEY
+from .test_mtls import writePair
+
+
+def deepChain(directory: str, cas: int) -> tuple[str, list[bytes], tuple[str, str]]:
+    """
+    A root and C{cas} - 1 intermediates under it, bob's certificate by the
+    lowest: (the bundle's path, holding them all; their PEMs, the lowest
+    first; bob's pair, his certificate alone).
+    """
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    key = newKey()
+    issuer = (
+        certificateBuilder(name("root"), name("root"), key.public_key(), 30)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(keyUsage(True), True)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    pem = serialization.Encoding.PEM
+    chain = [issuer.public_bytes(pem)]
+    for level in range(1, cas):
+        lowerKey = newKey()
+        issuer = (
+            certificateBuilder(
+                name(f"intermediate {level}"), issuer.subject, lowerKey.public_key(), 30
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(keyUsage(True), True)
+            .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        key = lowerKey
+        chain.insert(0, issuer.public_bytes(pem))
+    bobKey = newKey()
+    bob = leafCertificate(
+        "bob", issuer, key, bobKey.public_key(), 30, ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    os.makedirs(directory)
+    bundle = os.path.join(directory, "bundle.pem")
+    writePEM(bundle, b"".join(chain))
+    pair = writePair(directory, "bob", (bob.public_bytes(pem), keyPEM(bobKey)))
+    return bundle, chain, pair
+
+
+class DeepChainTokenTests(TestCase):
+    """
+    Session 38: a client certificate's token named at most five CAs of the
+    bundle its chain was verified through, the five nearest the root: with
+    a deeper chain, the lowest intermediate removed from C{--client-ca}
+    refused the certificate, and its token went on. A certificate verified
+    through more CAs than a token names gets no token; one through as many
+    gets one, which the removal of the lowest refuses.
+    """
+
+    timeout = 60
+    kept = test_mtls.KeptConnectionTests.kept
+
+    async def token(self, cas: int) -> tuple[LiveServer, int, dict, str, list[bytes]]:
+        """A server trusting a chain of C{cas} CAs, and bob's ask for a
+        token with his certificate: (server, code, answer, bundle, chain)."""
+        bundle, chain, pair = deepChain(os.path.abspath(self.mktemp()), cas)
+        server = LiveServer(self, f"--client-ca={bundle}")
+        response = await self.kept(pair).request(
+            "POST",
+            server.url + "/tokens",
+            headers={b"content-type": [b"application/json"]},
+        )
+        answer = json.loads(await treq.content(response))
+        return server, response.code, answer, bundle, chain
+
+    async def test_tooDeepRefused(self) -> None:
+        _, code, answer, _, _ = await self.token(MAX_CHAIN_CAS + 2)
+        self.assertEqual(code, 403, answer)
+        self.assertIn(f"more than a token can name ({MAX_CHAIN_CAS})", answer["error"])
+
+    async def test_lowestRemoved(self) -> None:
+        server, code, answer, bundle, chain = await self.token(MAX_CHAIN_CAS)
+        self.assertEqual(code, 201, answer)
+        writePEM(bundle, b"".join(chain[1:]))
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        response = await server.http.request(
+            "GET",
+            server.url + "/whoami",
+            headers={b"authorization": [f"Bearer {answer['token']}".encode()]},
+        )
+        await treq.content(response)
+        self.assertEqual(response.code, 401)
+
+
+class DefaultLimitWithoutItsControllerTests(SynchronousTestCase):
+    """
+    The operator round 37's refusal, its other branch: cgroups in use but
+    without the controller a default limit needs (no C{pids} controller
+    mounted, say): the server refuses to start, naming the option and what
+    the machine's cgroups take.
+    """
+
+    def test_refused(self) -> None:
+        options = Options()
+        options.parseOptions(
+            ["--tls", f"--cert={CERT}", f"--key={KEY}", "--default-pids=16"]
+        )
+        cgroups = SimpleNamespace(
+            supported=frozenset({"memory_bytes", "cpu_millicores"})
+        )
+        error = self.assertRaises(StartupError, tap._defaultsApplied, options, cgroups)
+        self.assertIn("--default-pids cannot be applied", str(error))
+        self.assertIn("take only cpu_millicores, memory_bytes", str(error))
+
+    def test_applied(self) -> None:
+        options = Options()
+        options.parseOptions(
+            ["--tls", f"--cert={CERT}", f"--key={KEY}", "--default-memory=64M"]
+        )
+        cgroups = SimpleNamespace(supported=frozenset({"memory_bytes"}))
+        self.assertIsNone(tap._defaultsApplied(options, cgroups))  # type: ignore[func-returns-value]
