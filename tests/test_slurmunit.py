@@ -15,6 +15,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from jobworker.auth.audit import AuditLog
 from jobworker.auth.permissions import Role, User, mayStartQueued
 from jobworker.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable
 from jobworker.executors.local.executor import localJobManager
@@ -1853,6 +1854,36 @@ class UnreachableAPITests(APITestCase):
         self.addCleanup(self.manager.close)
         self.api = JobsAPI(self.manager, self.authenticator, self.reactor, self.metrics)
         self.treq = StubTreq(self.api.app.resource())
+
+    def test_failedStopAudited(self) -> None:
+        """
+        Known since stop 54: a stop that failed (C{scancel} could not reach
+        slurmctld: 503) was audited C{requested} and nothing more, as if
+        made. Its failure is audited too (session 38).
+        """
+        path = os.path.abspath(self.mktemp())
+        self.api = JobsAPI(
+            self.manager,
+            self.authenticator,
+            self.reactor,
+            self.metrics,
+            audit=AuditLog(path, self.reactor),
+        )
+        self.treq = StubTreq(self.api.app.resource())
+        created = self.send("POST", "/jobs", "alice", body={"command": "sleep"})
+        self.commands.submissions[0][2].callback("101")
+        self.treq.flush()
+        job = self.successResultOf(created).json()
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback({"101": state("RUNNING")})
+        self.commands.failNext = SlurmError("Unable to contact", unreachable=True)
+        refused = self.call("POST", f"/jobs/{job['id']}/stop", "alice")
+        self.assertIn("Slurm is unreachable", self.assertError(refused, 503)["error"])
+        with open(path) as f:
+            stops = [e for e in map(json.loads, f) if e["event"] == "job.stop"]
+        self.assertEqual([e["result"] for e in stops], ["requested", "failed"], stops)
+        self.assertIn("Slurm is unreachable", stops[-1]["error"])
+        self.assertEqual(stops[-1]["job"], job["id"])
 
     def test_combinedOffsetOfARunningJobRefused(self) -> None:
         """

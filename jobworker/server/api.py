@@ -611,7 +611,13 @@ class JobsAPI:
             self._auditStop(request, user, record.id, how, again, "leftovers")
             raise
         self._auditStop(request, user, record.id, how, again, "requested")
-        stopped = await stopping
+        try:
+            stopped = await stopping
+        except ServiceUnavailable as e:
+            # (Audited "requested" alone, it read as made: known since
+            # stop 54.)
+            self._auditStop(request, user, record.id, how, False, "failed", e.message)
+            raise
         return _json(request, stopped.toJSON())
 
     def _auditStop(
@@ -622,11 +628,14 @@ class JobsAPI:
         how: StopRequest,
         again: bool,
         result: str,
+        error: str | None = None,
     ) -> None:
-        """The C{job.stop} line (one a minute for a job already being stopped)."""
+        """The C{job.stop} line (one a minute for a job already being stopped;
+        with C{error}, why it failed)."""
         if self._auditLog is None:
             return
         write = self._auditLog.recordSparsely if again else self._auditLog.record
+        extra = {} if error is None else {"error": error}
         write(
             "job.stop",
             user.name,
@@ -635,6 +644,7 @@ class JobsAPI:
             job=jobId,
             signal=signal.Signals(how.signal).name,
             grace=how.grace,
+            **extra,
         )
 
     @app.route("/jobs/<jobId>/stdin", methods=["POST"])
