@@ -635,7 +635,7 @@ class JobsAPI:
         if self._auditLog is None:
             return
         write = self._auditLog.recordSparsely if again else self._auditLog.record
-        extra = {} if error is None else {"error": error}
+        extra: dict[str, Any] = {} if error is None else {"error": error}
         write(
             "job.stop",
             user.name,
