@@ -56,7 +56,7 @@ from . import test_drain, test_mtls, test_wire
 from . import test_faults10_sacct as sacctFaults
 from . import test_slurmunit as slurmUnit
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CA, LiveServer, selfSigned
+from .support import CA, LiveServer, selfSigned, writePEM
 from .test_review32 import RawRequests, basicLine, exchange
 from .test_wire import ALICE, parse
 
@@ -952,9 +952,21 @@ class ChainExpiryTests(TestCase):
 
     timeout = 60
 
+    def served(self, chain: tuple[str, str]) -> LiveServer:
+        """A server whose --client-ca holds the root and C{chain}'s
+        intermediate (a CA the client sends is never trusted for it:
+        attacker round 38)."""
+        with open(chain[0], "rb") as f:
+            middle = x509.load_pem_x509_certificates(f.read())[1]
+        bundle = os.path.abspath(self.mktemp())
+        with open(CA, "rb") as f:
+            root = f.read()
+        writePEM(bundle, root + middle.public_bytes(serialization.Encoding.PEM))
+        return LiveServer(self, f"--client-ca={bundle}")
+
     async def test_intermediateExpired(self) -> None:
-        server = LiveServer(self, f"--client-ca={CA}")
         chain = intermediateChain(os.path.abspath(self.mktemp()), "alice", 5)
+        server = self.served(chain)
         with open(chain[0], "rb") as f:
             middleEnds = x509.load_pem_x509_certificates(f.read())[
                 1
@@ -971,10 +983,10 @@ class ChainExpiryTests(TestCase):
     async def test_followerEndsWithTheChain(self) -> None:
         """A log stream the certificate let in ends at its intermediate's
         end (it read on)."""
-        server = LiveServer(self, f"--client-ca={CA}")
+        chain = intermediateChain(os.path.abspath(self.mktemp()), "alice", 3)
+        server = self.served(chain)
         job = await server.createJob("sh", "-c", "echo up; sleep 30")
         self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
-        chain = intermediateChain(os.path.abspath(self.mktemp()), "alice", 3)
         started = time.monotonic()
         ended = await deferToThread(followUntilEnd, server.port, chain, job["id"])
         self.assertTrue(ended, "the stream was still open after 20 s")

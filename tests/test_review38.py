@@ -5,14 +5,18 @@ before its fix.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 from types import SimpleNamespace
+from typing import Any
 
 import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.certificates import (
@@ -28,8 +32,8 @@ from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
 from jobworker.server.tlssetup import MAX_CHAIN_CAS
 
-from . import test_mtls
-from .support import LiveServer, writePEM
+from . import test_mtls, test_review37
+from .support import CA, LiveServer, writePEM
 from .test_faults7_config import CERT, KEY
 from .test_mtls import writePair
 
@@ -149,3 +153,60 @@ class DefaultLimitWithoutItsControllerTests(SynchronousTestCase):
         )
         cgroups = SimpleNamespace(supported=frozenset({"memory_bytes"}))
         self.assertIsNone(tap._defaultsApplied(options, cgroups))  # type: ignore[func-returns-value]
+
+
+class IntermediateSentByTheClientTests(TestCase):
+    """
+    Attacker round 38: removing an intermediate CA from C{--client-ca}
+    (the root kept, as other intermediates hang from it) did not revoke
+    what it issued: a client that sent the intermediate itself verified
+    up to the root, was let in, and minted a token tied to the root alone.
+    A chain is trusted only through CAs of the bundle: a CA the client
+    sends is never trusted for being sent.
+    """
+
+    timeout = 60
+    chain = test_review37.TokenTiedToTheVerifiedRootTests.chain
+
+    async def ask(self, server: LiveServer, pair: tuple[str, str], path: str) -> Any:
+        """A new connection of C{pair}'s, sending the chain of its file
+        (leaf and intermediate; jw sends the leaf alone): (code, answer)
+        of C{path} (POST for /tokens)."""
+
+        def asked() -> tuple[int, Any]:
+            context = ssl.create_default_context(cafile=CA)
+            context.load_cert_chain(*pair)
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", server.port, context=context, timeout=10
+            )
+            try:
+                connection.request("POST" if path == "/tokens" else "GET", path)
+                response = connection.getresponse()
+                return response.status, json.loads(response.read())
+            finally:
+                connection.close()
+
+        return await deferToThread(asked)
+
+    async def test_removedIntermediateSent(self) -> None:
+        bundle, _, root, pair = self.chain(os.path.abspath(self.mktemp()))
+        server = LiveServer(self, f"--client-ca={bundle}")
+        code, answer = await self.ask(server, pair, "/whoami")
+        self.assertEqual((code, answer["user"]), (200, "bob"))
+        writePEM(bundle, root)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reload.hangUp()
+        for path in ("/whoami", "/tokens"):
+            code, answer = await self.ask(server, pair, path)
+            self.assertEqual(code, 401, (path, answer))
+            self.assertIn("not in --client-ca", answer["error"])
+
+    async def test_rootAloneFromTheStart(self) -> None:
+        """A bundle of the root alone trusts no intermediate a client sends
+        (README: list every CA of the chain)."""
+        bundle, _, root, pair = self.chain(os.path.abspath(self.mktemp()))
+        writePEM(bundle, root)
+        server = LiveServer(self, f"--client-ca={bundle}")
+        code, answer = await self.ask(server, pair, "/whoami")
+        self.assertEqual(code, 401, answer)
+        self.assertIn("not in --client-ca", answer["error"])

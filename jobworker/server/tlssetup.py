@@ -83,30 +83,42 @@ class ServedTLS:
         Why the client C{certificate} of the connection C{transport} no
         longer lets in (None: it does): out of its dates now, or, presented
         before a reload that changed the client CAs, signed by none of them
-        now. OpenSSL checked it at the handshake only: a connection kept
-        busy went on as its user after its certificate expired, or after
-        its CA was removed (attacker round 27).
+        now, or verified through a CA not in them (one the client sent).
+        OpenSSL checked it at the handshake only: a connection kept busy
+        went on as its user after its certificate expired, or after its CA
+        was removed (attacker round 27).
         """
         if certificate.has_expired():
             return "has expired"
         handle = transport.getHandle()
         context = self.getContext()
-        if (
-            handle.get_context() is not context
-            and getattr(transport, "_verifiedFor", None) is not context
-        ):
-            # Presented before a reload that changed the client CAs: by
-            # them now, and held to the end of the chain it verifies by
-            # now (a renewed root's: the old one's end cut it: late review
-            # 33), not the one of its handshake.
-            chain = handle.get_peer_cert_chain() or []
-            verified = stillTrusted(self._clientCAs()[0], certificate, chain)
-            if verified is None:
-                if _over(chainEnds(transport, certificate)):
-                    return "has expired"
-                return "is not signed by a CA of --client-ca now"
+        if getattr(transport, "_verifiedFor", None) is not context:
+            if handle.get_context() is context:
+                verified = handle.get_verified_chain() or []
+            else:
+                # Presented before a reload that changed the client CAs: by
+                # them now, and held to the end of the chain it verifies by
+                # now (a renewed root's: the old one's end cut it: late
+                # review 33), not the one of its handshake.
+                chain = handle.get_peer_cert_chain() or []
+                verified = stillTrusted(self._clientCAs()[0], certificate, chain)
+                if verified is None:
+                    if _over(chainEnds(transport, certificate)):
+                        return "has expired"
+                    return "is not signed by a CA of --client-ca now"
+                transport._chainEnds = earliestEnd(verified)
+            # Through CAs of the bundle only, once a connection and reload:
+            # OpenSSL takes the intermediates a client sends, and one an
+            # operator removed to revoke what it issued let in a client
+            # that sent it (attacker round 38).
+            foreign = self._foreignCA(verified)
+            if foreign is not None:
+                return (
+                    f"was verified through a CA not in --client-ca ({foreign}, "
+                    "sent by the client: list every CA of its chain in "
+                    "--client-ca)"
+                )
             transport._verifiedFor = context
-            transport._chainEnds = earliestEnd(verified)
         if _over(chainEnds(transport, certificate)):
             # A CA above it has expired (attacker round 33), unless it
             # verifies now by another copy of it in --client-ca (a renewed
@@ -116,6 +128,19 @@ class ServedTLS:
             if verified is None or _over(earliestEnd(verified)):
                 return "has expired"
             transport._chainEnds = earliestEnd(verified)
+        return None
+
+    def _foreignCA(self, verified: list[Any]) -> str | None:
+        """
+        The subject of the first CA of a C{verified} chain (leaf first) that
+        is not in C{--client-ca}, or None: a chain verifies through the
+        bundle's CAs alone.
+        """
+        keys = self._clientCAs()[2]
+        for authority in verified[1:]:
+            certificate = authority.to_cryptography()
+            if publicKeySHA256(certificate) not in keys:
+                return str(certificate.subject.rfc4514_string())[:200]
         return None
 
     def _clientCAs(self) -> tuple[Any, dict[str, Any], frozenset[str]]:
@@ -163,6 +188,8 @@ class ServedTLS:
         verified = handle.get_verified_chain() or []
         keys = [publicKeySHA256(c.to_cryptography()) for c in verified[1:]]
         kept = [key for key in keys if key in authorities]
+        if len(kept) < len(keys):
+            return None  # (through a CA the client sent: certificateProblem)
         if len(kept) > MAX_CHAIN_CAS:
             raise Forbidden(
                 f"the client certificate was verified through {len(kept)} CAs of "
