@@ -5,6 +5,7 @@ before its fix.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -26,15 +27,17 @@ from jobworker.certificates import (
     leafCertificate,
     newKey,
 )
+from jobworker.jobs.records import JobStatus
 from jobworker.server import tap
 from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
 from jobworker.server.tlssetup import MAX_CHAIN_CAS
 
-from . import test_mtls, test_review37
+from . import test_mtls, test_queue, test_review37
 from .support import CA, LiveServer, writePEM
 from .test_faults7_config import CERT, KEY
+from .test_launcher import requireRoot
 from .test_mtls import writePair
 
 
@@ -210,3 +213,62 @@ class IntermediateSentByTheClientTests(TestCase):
         code, answer = await self.ask(server, pair, "/whoami")
         self.assertEqual(code, 401, answer)
         self.assertIn("not in --client-ca", answer["error"])
+
+
+class QueuedRequestCheckedAtOnceTests(TestCase):
+    """
+    Code review 38: a request refused at once when it could start (a
+    sandboxed job's C{LD_PRELOAD}, a command named with C{=}) was taken,
+    201 PENDING, when it had to wait (C{--max-running}, a dependency), and
+    ended FAILED "cannot start" at its turn, its C{after_ok} jobs too. It
+    is the same 400 either way.
+    """
+
+    timeout = 60
+
+    async def test_refusedWhileQueued(self) -> None:
+        requireRoot()
+        server = LiveServer(self, "--max-running=1")
+        blocker = await server.createJob("sleep", "30")
+        self.addCleanup(server.json, "POST", f"/jobs/{blocker['id']}/stop")
+        for body in (
+            {"command": "true", "env": {"LD_PRELOAD": "/x.so"}},
+            {"command": "FOO=1"},
+            {
+                "command": "true",
+                "env": {"LD_PRELOAD": "/x.so"},
+                "after": [blocker["id"]],
+            },
+        ):
+            code, answer = await server.json("POST", "/jobs", "alice", body)
+            self.assertEqual(code, 400, (body, answer))
+        code, jobs = await server.json("GET", "/jobs?status=PENDING", "alice")
+        self.assertEqual(jobs["jobs"], [], jobs)
+
+
+class QueuedTimeoutSettledAtItsTurnTests(SynchronousTestCase):
+    """
+    Code review 38: a queued job kept the C{--default-timeout} of the server
+    that queued it: one queued before a restart that set a default ran
+    without a timeout (its limits are settled at its turn since late review
+    35; its timeout was not). A job that asked for none gets the default of
+    its turn; one that asked for one keeps it.
+    """
+
+    setUp = test_queue.ManagerQueueTests.setUp
+    manager = test_queue.ManagerQueueTests.manager
+    end = test_queue.ManagerQueueTests.end
+    request = test_queue.ManagerQueueTests.request
+
+    def test_defaultOfItsTurn(self) -> None:
+        manager = self.manager(maxRunning=1)
+        first = manager.create(self.request(), "alice")
+        defaulted = manager.create(self.request(), "alice")
+        asked = manager.create(self.request(timeout=60.0), "alice")
+        # (The server restarted with --default-timeout 2s.)
+        manager._policy = dataclasses.replace(manager._policy, defaultTimeout=2.0)
+        self.end(manager, first.id)
+        self.assertEqual(manager.record(defaulted.id).status, JobStatus.RUNNING)
+        self.assertEqual(manager.record(defaulted.id).timeout_seconds, 2.0)
+        self.end(manager, defaulted.id)
+        self.assertEqual(manager.record(asked.id).timeout_seconds, 60.0)

@@ -150,8 +150,11 @@ class Admission:
         unended = [d for d in dependencies if not d.status.ended]
         waits = bool(unended) and not self._executorHolds(unended)
         if failedDependency is not None or waits or not self._mayStartNow(owner):
+            executor.checkQueued(request, account)
+            # (Its timeout as asked: one it did not ask for is the default
+            # of its turn, as its limits are: code review 38.)
             return self._enqueue(
-                request, owner, account, limits, timeout, failedDependency
+                request, owner, account, limits, request.timeout, failedDependency
             )
         identity = executor.identityFor(owner, account)
         try:
@@ -416,7 +419,7 @@ class Admission:
             env=dict(record.env),
             cwd=record.cwd,
             limits=limits,
-            timeout=record.timeout_seconds,
+            timeout=record.timeout_seconds or self._policy.defaultTimeout,
             name=record.name,
             labels=dict(record.labels),
             stdin=record.stdin,
@@ -436,17 +439,18 @@ class Admission:
             executor.release(identity)
             self._scheduler.fail(waiting, f"cannot start: {e.message}", now)
             return True
-        queuedAs = (record.env, record.run_as, record.limits)
+        queuedAs = (record.env, record.run_as, record.limits, record.timeout_seconds)
 
         def requeue() -> None:
             # (The record may be the one kept in memory: see _storeOrKeep.)
-            record.env, record.run_as, record.limits = queuedAs
+            record.env, record.run_as, record.limits, record.timeout_seconds = queuedAs
             record.status = JobStatus.PENDING
             record.queued = True
 
         record.env = {**executor.environment(identity), **request.env}
         record.run_as = identity.label
         record.limits = executor.recordedLimits(limits)
+        record.timeout_seconds = request.timeout
         record.status = JobStatus.RUNNING
         record.queued = False
         record.pending_reason = None

@@ -175,6 +175,15 @@ class Executor(Protocol):
         """Refuse (L{BadRequest}) what this executor cannot run safely as
         C{identity}."""
 
+    def checkQueued(self, request: JobRequest, account: Identity | None) -> None:
+        """
+        L{checkRequest} of a job that waits in jobworker's queue, before it
+        has an identity: as the one a user mapped to C{account} would get
+        now (checked again at its turn). A request refused when it could
+        start was taken when it had to wait, and failed at its turn: code
+        review 38.
+        """
+
     def limitsFor(self, requested: Limits) -> Limits:
         """The limits a job gets (L{BadRequest} past the maxima)."""
 

@@ -1002,3 +1002,15 @@ class Identities:
     def sandboxed(self, identity: Identity) -> bool:
         """Does a job of C{identity} get the private /proc, /tmp and namespaces?"""
         return self.switching and identity.uid != 0
+
+    def wouldSandbox(self, account: Identity | None) -> bool:
+        """
+        L{sandboxed} of the identity L{acquire} would give a job of a user
+        mapped to C{account} now (as the users file read it), none taken.
+        """
+        named = account if account is not None else self.shared
+        if named is not None:
+            return self.sandboxed(named)
+        if self.pool is not None:
+            return self.switching  # (a dynamic uid is never 0)
+        return self.sandboxed(self.server)

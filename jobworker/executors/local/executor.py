@@ -569,7 +569,15 @@ class LocalExecutor:
         @raise BadRequest: loader variables in the env of a job that starts
             through root's wrappers but does not run as root.
         """
-        if self._identities.sandboxed(identity):
+        self._check(request, self._identities.sandboxed(identity))
+
+    def checkQueued(self, request: JobRequest, account: Identity | None) -> None:
+        """L{checkRequest}, as the identity L{identityFor} would give now."""
+        self._check(request, self._identities.wouldSandbox(account))
+
+    def _check(self, request: JobRequest, sandboxed: bool) -> None:
+        """L{checkRequest} of a job that is C{sandboxed} or not."""
+        if sandboxed:
             why = checkCommand(request.command)
             if why is not None:
                 raise BadRequest(why)

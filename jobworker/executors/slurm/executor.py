@@ -227,14 +227,21 @@ class SlurmExecutor:
         @raise ServiceUnavailable: the last Slurm command could not reach
             slurmctld.
         """
-        if request.slurm is not None:
-            self._allowances.check(request.slurm)
-        if request.stdin:
-            raise BadRequest('"stdin": true is not supported by the Slurm executor')
+        self.checkQueued(request, None)
         if self._reach.down:
             raise ServiceUnavailable(
                 f"Slurm is unreachable, try again later ({self._reach.reason})"
             )
+
+    def checkQueued(self, request: JobRequest, account: Identity | None) -> None:
+        """
+        L{checkRequest} but Slurm's reach (a job that waits in jobworker's
+        queue may wait for it too): the allowances, no stdin.
+        """
+        if request.slurm is not None:
+            self._allowances.check(request.slurm)
+        if request.stdin:
+            raise BadRequest('"stdin": true is not supported by the Slurm executor')
 
     def probe(self, patience: float = 300.0) -> Deferred[None]:
         """
