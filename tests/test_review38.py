@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.certificates import (
     certificateBuilder,
@@ -272,3 +272,51 @@ class QueuedTimeoutSettledAtItsTurnTests(SynchronousTestCase):
         self.assertEqual(manager.record(defaulted.id).timeout_seconds, 2.0)
         self.end(manager, defaulted.id)
         self.assertEqual(manager.record(asked.id).timeout_seconds, 60.0)
+
+
+#: A job's script: tries to read the totals of the jobs' cgroup folder, the
+#: parent of its own, in each hierarchy it is in (v1 and v2 names).
+CGROUP_TOTALS = """
+import os
+for line in open("/proc/self/cgroup"):
+    _, controllers, path = line.rstrip("\\n").split(":", 2)
+    folder = os.path.join("/sys/fs/cgroup", controllers, path.lstrip("/"), "..")
+    if not controllers:
+        folder = os.path.join("/sys/fs/cgroup", path.lstrip("/"), "..")
+    for name in ("memory.usage_in_bytes", "memory.current", "memory.stat",
+                 "pids.current", "cgroup.procs"):
+        try:
+            with open(os.path.join(folder, name)) as f:
+                print("read", controllers, name, f.read(40).split()[:1])
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            print("denied", controllers, name)
+"""
+
+
+class CgroupTotalsHiddenTests(TestCase):
+    """
+    Attacker round 38 (from inside a job): the jobs' cgroup folder is 0711,
+    but its own files were the kernel's 0644: a job read the totals of
+    every running job there (memory use, C{memory.stat}, the process
+    count, v2's C{cgroup.procs}), and by taking its own off, another's.
+    The folder's own files are root's alone.
+    """
+
+    timeout = 60
+
+    async def test_totalsUnreadable(self) -> None:
+        requireRoot()
+        server = LiveServer(self, "--default-memory=256M", "--default-pids=64")
+        job = await server.createJob("/usr/bin/python3", "-c", CGROUP_TOTALS)
+        ended = await server.waitEnded(job["id"])
+        response = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?stream=combined"
+        )
+        output = (await treq.content(response)).decode()
+        if ended["limits"] is None or ("denied" not in output and "read" not in output):
+            raise SkipTest(f"no job cgroups here: {ended}, {output!r}")
+        self.assertEqual(ended["status"], "COMPLETED", (ended, output))
+        self.assertNotIn("read", output)
+        self.assertIn("denied", output)

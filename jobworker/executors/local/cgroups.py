@@ -176,11 +176,24 @@ def unlisted(base: str) -> None:
     (another user's, a dynamic uid) learns none of them, as /proc shows it
     no process of another uid. A job's own is found by its path, in
     /proc/self/cgroup.
+
+    Its own files too are root's alone: they hold the totals of every
+    running job (memory use, C{memory.stat}, the process count), from which
+    a job took its own to learn another's (attacker round 38). (Call it once
+    the controllers a hierarchy enables have made their files.)
     """
     try:
         os.chmod(base, 0o711)  # noqa: S103 (search, never list: see above)
+        with os.scandir(base) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    os.chmod(entry.path, 0o600)
     except OSError as e:
-        log.warn("cgroup folder {path} left listable: {error}", path=base, error=str(e))
+        log.warn(
+            "cgroup folder {path} left listable or its totals readable: {error}",
+            path=base,
+            error=str(e),
+        )
 
 
 def _mkdir(path: str, gid: int = 0) -> None:
@@ -635,11 +648,11 @@ class CgroupsV2:
                     _write(os.path.join(leaf, "cgroup.procs"), str(pid))
             base = os.path.join(ownPath, JOBS_FOLDER)
             os.makedirs(base, exist_ok=True)
-            unlisted(base)
             enable = " ".join(f"+{c}" for c in wanted)
             if enable:
                 _write(os.path.join(ownPath, "cgroup.subtree_control"), enable)
                 _write(os.path.join(base, "cgroup.subtree_control"), enable)
+            unlisted(base)
         except (OSError, CgroupError) as e:
             log.warn(
                 "cgroup v2 unusable at {path}: {error}", path=ownPath, error=str(e)
@@ -661,11 +674,11 @@ class CgroupsV2:
     def _remake(self) -> None:
         """The jobs' folder again, its controllers enabled (as L{detect})."""
         os.makedirs(self.base, exist_ok=True)
-        unlisted(self.base)
         if self._enable:
             own = os.path.dirname(self.base)
             _write(os.path.join(own, "cgroup.subtree_control"), self._enable)
             _write(os.path.join(self.base, "cgroup.subtree_control"), self._enable)
+        unlisted(self.base)
 
     def _apply(self, path: str, limits: Limits) -> None:
         if limits.memory_bytes is not None:
