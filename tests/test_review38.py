@@ -10,6 +10,8 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +30,7 @@ from jobworker.certificates import (
     newKey,
 )
 from jobworker.jobs.records import JobStatus
+from jobworker.jobs.store import JobStore
 from jobworker.server import tap
 from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
@@ -320,3 +323,64 @@ class CgroupTotalsHiddenTests(TestCase):
         self.assertEqual(ended["status"], "COMPLETED", (ended, output))
         self.assertNotIn("read", output)
         self.assertIn("denied", output)
+
+
+#: A server's store, its -shm removed and an outside TRUNCATE checkpoint run
+#: (a backup tool's), then the server's look (L{JobStore.relink}) and more
+#: jobs, then a crash; argv: the store's path, "look" or "no-look".
+_SHM_CRASH = """
+import os, sqlite3, sys
+from jobworker.jobs.store import JobStore
+from tests.test_review33 import storeRecord
+path, look = sys.argv[1], sys.argv[2] == "look"
+store = JobStore(path)
+for n in range(10):
+    store.insert(storeRecord(f"job-{n}"))
+os.unlink(path + "-shm")
+for n in range(10, 15):
+    store.insert(storeRecord(f"job-{n}"))
+outside = sqlite3.connect(path)
+print(outside.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+outside.close()
+for n in range(15, 20):
+    store.insert(storeRecord(f"job-{n}"))
+if look:
+    print(store.relink())
+for n in range(20, 25):
+    store.insert(storeRecord(f"job-{n}"))
+os._exit(0)
+"""
+
+
+class ShmRemovedTests(SynchronousTestCase):
+    """
+    Fault round 38: the store's C{-shm} removed while the server ran went
+    unnoticed (its C{-wal}'s removal is noticed since fault round 33): the
+    WAL's locks live there, so a backup tool's C{wal_checkpoint(TRUNCATE)}
+    saw no reader nor writer and cut the WAL under the server, which wrote
+    on past the cut, behind no header; a crash lost every job since. The
+    server's look at its files notices it and writes the store anew, as
+    for a removed WAL.
+    """
+
+    def crashed(self, look: str) -> tuple[JobStore, str]:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "jobs.sqlite3")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        said = subprocess.run(
+            [sys.executable, "-c", _SHM_CRASH, path, look],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        return store, said
+
+    def test_everyJobAfterTheLook(self) -> None:
+        store, said = self.crashed("look")
+        self.assertIn("-shm was removed", said)
+        found = [n for n in range(25) if store.get(f"job-{n}") is not None]
+        self.assertEqual(found, list(range(25)), said)

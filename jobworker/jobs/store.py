@@ -580,20 +580,31 @@ class JobStore:
         put at its path is moved aside (C{.replaced}: never read as this
         store's), and the store is opened again, with a WAL of its own.
 
+        So too for its C{-shm}, where the WAL's locks and index live: with
+        it removed, another program (a backup tool's C{wal_checkpoint
+        (TRUNCATE)}) saw no reader nor writer and cut the WAL under the
+        server, which wrote on past the cut, behind no header: a crash lost
+        every job since (fault round 38). The server's connection still
+        reads them all, and writes the store anew from them.
+
         @return: what was found and done, in a line for the log; None if
-            the WAL is where it was.
+            the WAL and its C{-shm} are where they were.
         @raise StoreError: it could not be checkpointed or opened again.
         """
-        wal = self.path + "-wal"
-        try:
-            now: tuple[int, int] | None = _fileOf(wal)
-        except FileNotFoundError:
-            now = None
-        except OSError:
+        seen: dict[str, tuple[int, int] | None] = {}
+        for companion in (self.path + "-wal", self.path + "-shm"):
+            try:
+                seen[companion] = _fileOf(companion)
+            except FileNotFoundError:
+                seen[companion] = None
+            except OSError:
+                return None
+        noted = self._companions or {}
+        changed = [c for c in seen if noted.get(c) not in (None, seen[c])]
+        if not changed:
+            self._companions = seen  # (one not there before is noted)
             return None
-        if self._wal is None or now == self._wal:
-            self._wal = now
-            return None
+        gone = changed[0]
         try:
             # Never checkpointed into the store's file: one cut short (a
             # full disk) while the only whole copy is the removed WAL left,
@@ -601,25 +612,26 @@ class JobStore:
             # round 36). The store is written anew beside it instead.
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
             moved = ""
-            if now is not None:
-                os.replace(wal, wal + ".replaced")
+            if seen[gone] is not None and gone.endswith("-wal"):
+                os.replace(gone, gone + ".replaced")
                 moved = (
                     f" (the file put there moved aside: "
-                    f"{os.path.basename(wal)}.replaced)"
+                    f"{os.path.basename(gone)}.replaced)"
                 )
             self._writeAgain()
         except (OSError, sqlite3.Error) as e:
             raise StoreError(
-                f"{wal} was removed while the server ran, and the jobs it held "
+                f"{gone} was removed while the server ran, and the jobs it held "
                 f"cannot be written to {self.path}: {e}"
             ) from None
         return (
-            f"{wal} was removed while the server ran: every job it held written "
-            f"to {self.path} anew, and a new one made{moved}"
+            f"{gone} was removed while the server ran: every job written to "
+            f"{self.path} anew, and a new {gone.rsplit('-', 1)[1]} made{moved}"
         )
 
-    #: The WAL seen beside the store (device, inode; None before it is).
-    _wal: tuple[int, int] | None = None
+    #: The WAL and C{-shm} seen beside the store (device, inode, by path;
+    #: None before they are).
+    _companions: dict[str, tuple[int, int] | None] | None = None
 
     def _connectAgain(self) -> None:
         """
@@ -635,8 +647,8 @@ class JobStore:
             db.execute("PRAGMA journal_mode = WAL")
             self._connected()
             self._file = _fileOf(self.path)
-            self._wal = None
-            self._walRelink()  # (notes the new one)
+            self._companions = None
+            self._walRelink()  # (notes the new ones)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
         self._reconnect = False
