@@ -740,9 +740,16 @@ class StallWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.now = 100.0
         self.waiting = True
+        #: The threads found waiting (None: every one, while C{waiting}).
+        self.waitingThreads: set[int] | None = None
         self.killed: list[float] = []
         self.watch = StallWatch(
-            waiting=lambda tid: self.waiting, now=lambda: self.now, watching=False
+            waiting=lambda tid: (
+                self.waiting
+                and (self.waitingThreads is None or tid in self.waitingThreads)
+            ),
+            now=lambda: self.now,
+            watching=False,
         )
         self.slot = self.watch.slot(1)
 
@@ -764,10 +771,13 @@ class StallWatchTests(SynchronousTestCase):
         self.assertEqual(self.killed, [1.0])
 
     def test_manyShortReads(self) -> None:
-        for _ in range(10):
+        """Found waiting by a look now and then (a copy's moment): never
+        as many as a second's worth within 10 s (attacker round 38)."""
+        for n in range(40):
             self.reading()
+            self.waiting = n % 4 == 0
             self.watch.look()
-            self.now += 0.5
+            self.now += 1.0
         self.assertEqual(self.killed, [])
 
     def test_reactorNotInTheKernel(self) -> None:
@@ -791,6 +801,7 @@ class StallWatchTests(SynchronousTestCase):
         held: list[float] = []
         pump.reads += 1
         pump.stalled = held.append
+        self.waitingThreads = {2}
         for _ in range(5):
             self.reading()
             self.watch.look()

@@ -29,6 +29,7 @@ from jobworker.certificates import (
     leafCertificate,
     newKey,
 )
+from jobworker.executors.local.stalls import LOOK_EVERY, WINDOW_SECONDS, StallWatch
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore
 from jobworker.server import tap
@@ -384,3 +385,44 @@ class ShmRemovedTests(SynchronousTestCase):
         self.assertIn("-shm was removed", said)
         found = [n for n in range(25) if store.get(f"job-{n}") is not None]
         self.assertEqual(found, list(range(25)), said)
+
+
+class RepeatedShortHoldsTests(SynchronousTestCase):
+    """
+    Attacker round 38 (from inside a job): a job kept each hold of its
+    stdin pipe's lock (a read into memory slow to fault in) under the stall
+    watch's second, and held the reactor's thread 4 s of every 10, every
+    request with it, never killed: the watch timed each read alone. Each
+    look that finds the thread waiting for a job's pipe counts against the
+    job; a second's worth within 10 s kills it.
+    """
+
+    def setUp(self) -> None:
+        self.now = 100.0
+        self.killed: list[float] = []
+        self.watch = StallWatch(
+            waiting=lambda tid: True, now=lambda: self.now, watching=False
+        )
+        self.slot = self.watch.slot(1)
+
+    def hold(self) -> None:
+        """A new short hold of the job's pipe, found by the next look."""
+        self.slot.reads += 1
+        self.slot.stalled = self.killed.append
+        self.watch.look()
+        self.now += 0.4
+
+    def test_addedUp(self) -> None:
+        for _ in range(3):
+            self.hold()
+        self.assertEqual(self.killed, [])
+        self.hold()
+        self.assertEqual(self.killed, [4 * LOOK_EVERY])
+
+    def test_withinItsWindow(self) -> None:
+        """Holds further apart than the window do not add up."""
+        for _ in range(3):
+            self.hold()
+            self.now += WINDOW_SECONDS / 3
+        self.hold()
+        self.assertEqual(self.killed, [])

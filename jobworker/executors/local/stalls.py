@@ -11,7 +11,8 @@ not even an Admin's, could reach the job (attacker round 34). A thread of
 its own looks at the read in progress every L{LOOK_EVERY} seconds; one that
 has kept the reactor's thread waiting in the kernel for a pipe (L{inKernelWait})
 for L{STALL_SECONDS} has its job killed (every process of it, its I/O limit
-lifted first), which ends the fault, the lock, and the wait. The job ends
+lifted first), which ends the fault, the lock, and the wait; so too one
+whose shorter holds add up to as much within L{WINDOW_SECONDS}. The job ends
 FAILED, saying why. (An output thread, L{jobworker.executors.local.pump},
 serves one job's stream: not watched.)
 
@@ -33,6 +34,15 @@ STALL_SECONDS = 1.0
 
 #: How often the watch looks, in seconds.
 LOOK_EVERY = 0.25
+
+#: Over how many seconds a job's holds add up (L{StallWatch.look}): a job
+#: that kept each under L{STALL_SECONDS} held the reactor's thread again and
+#: again, 4 s of every 10, unkilled (attacker round 38). Each look that finds
+#: the thread waiting for one of its pipes counts L{LOOK_EVERY} seconds
+#: against it; L{STALL_SECONDS} of them within this many seconds kill it. A
+#: job that holds its pipe's lock for a copy alone (microseconds) is found so
+#: by a look once in a great while.
+WINDOW_SECONDS = 10.0
 
 
 def inKernelWait(threadId: int) -> bool:
@@ -110,6 +120,9 @@ class StallWatch:
         self._now = now
         self._slots: dict[int, Slot] = {}
         self._thread: threading.Thread | None = None
+        #: Per job (its kill): when looks found the thread waiting for its
+        #: pipes, within the last L{WINDOW_SECONDS} (the watch's thread's).
+        self._found: dict[Callable[[float], None], list[float]] = {}
 
     def slot(self, threadId: int | None = None) -> Slot:
         """
@@ -144,6 +157,11 @@ class StallWatch:
     def look(self) -> None:
         """One look at each thread's read in progress (the watch's thread)."""
         now = self._now()
+        since = now - WINDOW_SECONDS
+        for job, found in list(self._found.items()):
+            found[:] = [t for t in found if t > since]
+            if not found:
+                del self._found[job]
         for slot in list(self._slots.values()):
             stalled, reads = slot.stalled, slot.reads
             if stalled is None:
@@ -152,10 +170,14 @@ class StallWatch:
             if slot.seen != (stalled, reads):
                 slot.seen = (stalled, reads)
                 slot.since = now
+            if not self._waiting(slot.threadId):
                 continue
-            held = now - slot.since
-            if held >= self._stallSeconds and self._waiting(slot.threadId):
+            found = self._found.setdefault(stalled, [])
+            found.append(now)
+            held = max(now - slot.since, len(found) * self._lookEvery)
+            if held >= self._stallSeconds:
                 slot.seen = None
+                del self._found[stalled]
                 stalled(held)
 
 
