@@ -125,7 +125,7 @@ class UsersCostTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--tls", f"--cert={CERT}", f"--key={KEY}", "--users=u"])
         error = self.assertRaises(StartupError, tap._users, options)
-        self.assertIn("users file u", str(error))
+        self.assertIn(f"users file {os.path.abspath('u')}", str(error))
         self.assertIn("Invalid rounds", str(error))
 
 

@@ -426,3 +426,30 @@ class RepeatedShortHoldsTests(SynchronousTestCase):
             self.now += WINDOW_SECONDS / 3
         self.hold()
         self.assertEqual(self.killed, [])
+
+
+class RelativePathsMadeAbsoluteTests(SynchronousTestCase):
+    """
+    Operator round 38: twistd's own C{--rundir} (C{-d}) changes the working
+    folder after the service is built; a relative C{--state-dir}, C{--users},
+    C{--cert}... then named other files: output and the store (taken for
+    removed by its look, and written "again") went under the new folder,
+    and a SIGHUP could not read the users file (a removed user kept his
+    access). Every path option is made absolute as it is parsed.
+    """
+
+    def test_absolute(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(folder)
+        names = ("state-dir", "users", "client-ca", "audit-log", "token-key")
+        options = Options()
+        options.parseOptions(
+            ["--tls", "--cert=c.pem", "--key=k.pem"]
+            + [f"--{name}=x/{name}" for name in names]
+        )
+        for name in names:
+            self.assertEqual(options[name], os.path.join(folder, "x", name))
+        self.assertEqual(options["cert"], os.path.join(folder, "c.pem"))
+        self.assertEqual(options["key"], os.path.join(folder, "k.pem"))

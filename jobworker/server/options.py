@@ -129,6 +129,19 @@ def _naming(parameter: list[Any]) -> list[Any]:
 _LIMIT_OPTIONS = {"memory_bytes": "memory", "cpu_millicores": "cpu", "pids": "pids"}
 
 
+#: The options that name a file or folder: made absolute as they are parsed.
+PATH_OPTIONS = (
+    "state-dir",
+    "users",
+    "cert",
+    "key",
+    "client-ca",
+    "audit-log",
+    "token-key",
+    "slurm-output-dir",
+)
+
+
 class Options(usage.Options):
     """C{twistd jobworker} options."""
 
@@ -726,6 +739,13 @@ class Options(usage.Options):
             raise usage.UsageError("--max-log-bytes must not be negative")
         if self["state-dir"] is None:
             self["state-dir"] = defaultStateDir()
+        for name in PATH_OPTIONS:
+            # (twistd's own --rundir changes the working folder once the
+            # service is built: a relative path named another file then,
+            # the store "written again" there, the users file unread at a
+            # SIGHUP: operator round 38.)
+            if self[name] is not None:
+                self[name] = os.path.abspath(self[name])
 
     def _checkLimits(self) -> None:
         """
