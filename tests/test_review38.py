@@ -9,6 +9,7 @@ import dataclasses
 import http.client
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -32,14 +34,14 @@ from jobworker.certificates import (
 from jobworker.executors.local.stalls import LOOK_EVERY, WINDOW_SECONDS, StallWatch
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore
-from jobworker.server import tap
+from jobworker.server import services, tap
 from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
 from jobworker.server.tlssetup import MAX_CHAIN_CAS
 
 from . import test_mtls, test_queue, test_review37
-from .support import CA, LiveServer, writePEM
+from .support import CA, LiveServer, sleep, writePEM
 from .test_faults7_config import CERT, KEY
 from .test_launcher import requireRoot
 from .test_mtls import writePair
@@ -453,3 +455,44 @@ class RelativePathsMadeAbsoluteTests(SynchronousTestCase):
             self.assertEqual(options[name], os.path.join(folder, "x", name))
         self.assertEqual(options["cert"], os.path.join(folder, "c.pem"))
         self.assertEqual(options["key"], os.path.join(folder, "k.pem"))
+
+
+class SignalsOfAServiceManagerTests(TestCase):
+    """
+    Operator round 38: under a service manager (the log to stdout, no
+    C{--logfile}) twistd handles no SIGUSR1, which README gave for the log's
+    rotation: its default action ended the server and every job it ran. A
+    SIGHUP (C{systemctl reload}, logrotate) that came while the server was
+    being built ended it too, exit 129, without a word.
+    """
+
+    timeout = 90
+
+    async def test_usr1WithoutALogFile(self) -> None:
+        from .twistd import Twistd
+
+        server = await Twistd(self).start()
+        job = await server.createJob("sleep", "30")
+        os.kill(server.pid, signal.SIGUSR1)
+        for _ in range(100):
+            if "nothing to rotate" in server.protocol.log() or server.protocol.ended:
+                break
+            await sleep(0.05)
+        self.assertFalse(server.protocol.ended, server.protocol.log())
+        self.assertIn("nothing to rotate", server.protocol.log())
+        code, running = await server.json("GET", f"/jobs/{job['id']}")
+        self.assertEqual((code, running["status"]), (200, "RUNNING"))
+
+    def test_hangUpWhileBuilt(self) -> None:
+        before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.addCleanup(signal.signal, signal.SIGHUP, before)
+        services.holdHangUps()
+        os.kill(os.getpid(), signal.SIGHUP)  # (the server's build goes on)
+        clock = Clock()
+        reload = services.UsersReloadService(None, None, clock)  # type: ignore[arg-type]
+        handled: list[bool] = []
+        reload.hangUp = lambda: handled.append(True)  # type: ignore[method-assign,assignment,return-value]
+        reload.startService()
+        self.addCleanup(reload.stopService)
+        clock.advance(0)
+        self.assertEqual(handled, [True])

@@ -159,6 +159,41 @@ class ManagerService(Service):
             self._closing()
 
 
+#: SIGHUPs that came while the server was being built (the store's check,
+#: recovery, a launcher's build: a second or more), kept for
+#: L{UsersReloadService} to handle once it starts (L{holdHangUps}).
+_earlyHangUps: list[int] = []
+
+
+def holdHangUps() -> None:
+    """
+    From the start of the server's build until L{UsersReloadService} starts,
+    a SIGHUP is kept, not the end of the server: its default action ended
+    it (exit 129, no word in the log) when a C{systemctl reload} or a
+    logrotate came as it started (operator round 38).
+    """
+    if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGHUP, lambda *_: _earlyHangUps.append(1))
+
+
+def quietUsr1(reactor: Any) -> None:
+    """
+    Without a C{--logfile} (the log to stdout, under a service manager),
+    twistd handles no SIGUSR1, and its default action ended the server and
+    every job it ran (README said to rotate the log with it): it is said
+    and ignored then (operator round 38). Call it once twistd's logging
+    has started (it handles SIGUSR1 when it writes a file).
+    """
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+        signal.signal(
+            signal.SIGUSR1,
+            lambda *_: reactor.callFromThread(
+                Logger().info,
+                "SIGUSR1: the log goes to stdout (no --logfile): nothing to rotate",
+            ),
+        )
+
+
 class UsersReloadService(Service):
     """
     On SIGHUP, reopen the audit log (logrotate moved it), reload the TLS
@@ -201,6 +236,11 @@ class UsersReloadService(Service):
             signal.SIGHUP,
             lambda *_: self._reactor.callFromThread(self.hangUp),
         )
+        if _earlyHangUps:
+            # (One came while the server was being built: done now.)
+            _earlyHangUps.clear()
+            self.log.info("SIGHUP came during start-up: handled now")
+            self._reactor.callLater(0, self.hangUp)
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]

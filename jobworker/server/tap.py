@@ -61,6 +61,8 @@ from .services import (
     QuietSite,
     RetentionService,
     UsersReloadService,
+    holdHangUps,
+    quietUsr1,
 )
 from .startup import USERS_FILE, StartupError, fatal, secretFile
 from .threads import daemonRunner, threadRunner
@@ -80,6 +82,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     underTwistd = reactor is None
     if reactor is None:
         reactor = _globalReactor
+        holdHangUps()
+        # (After twistd's logging has started, which handles SIGUSR1 when
+        # it writes a file.)
+        reactor.callWhenRunning(quietUsr1, reactor)
     try:
         service = _build(config, reactor)
     except StartupError as e:
