@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.certificates import (
@@ -496,3 +497,21 @@ class SignalsOfAServiceManagerTests(TestCase):
         self.addCleanup(reload.stopService)
         clock.advance(0)
         self.assertEqual(handled, [True])
+
+
+class TimeoutFloorsTests(SynchronousTestCase):
+    """
+    Operator round 38: C{--idle-timeout=1e-9} started a server that closed
+    every connection before its handshake; C{--token-ttl=1e-9} one whose
+    tokens were expired at their first use. Under a second is refused.
+    """
+
+    def test_refused(self) -> None:
+        for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
+            options = Options()
+            error = self.assertRaises(
+                UsageError,
+                options.parseOptions,
+                ["--tls", f"--cert={CERT}", f"--key={KEY}", f"--{name}=1e-9"],
+            )
+            self.assertIn(f"--{name} must be from 1", str(error))

@@ -664,9 +664,12 @@ class Options(usage.Options):
                 f"--keepalive must be whole seconds from 1 to {MOST_KEEPALIVE}"
             )
         for name in ("idle-timeout", "header-timeout", "body-timeout", "token-ttl"):
-            if not 0 < self[name] <= MAX_TIMEOUT:
+            # (1e-9 was taken: a server that closed every connection before
+            # its handshake, tokens expired at their first use: operator
+            # round 38.)
+            if not 1 <= self[name] <= MAX_TIMEOUT:
                 raise usage.UsageError(
-                    f"--{name} must be positive (at most {MAX_TIMEOUT} seconds)"
+                    f"--{name} must be from 1 to {MAX_TIMEOUT} seconds"
                 )
         if self["executor"] not in ("local", "slurm"):
             raise usage.UsageError("--executor must be local or slurm")
