@@ -170,6 +170,40 @@ def serverOptions(
         )
     if chain[0].public_key() != key.public_key():
         raise TLSConfigError(f"{keyPath} does not match the certificate {certPath}")
+    return _certificateOptions(
+        key, chain[0], chain[1:], clientCAPath, requireClientCert
+    )
+
+
+def withClientCAs(
+    served: ssl.CertificateOptions,
+    clientCAPath: str | None,
+    requireClientCert: bool = False,
+) -> ssl.CertificateOptions:
+    """
+    The options C{served}, their certificate and key, with the client CAs
+    of C{clientCAPath} now: a reload whose certificate failed still applies
+    a CA's removal, the one way to revoke certificates (operator round 38).
+
+    @raise TLSConfigError: as L{serverOptions}, of the client CA file.
+    """
+    return _certificateOptions(
+        served.privateKey,
+        served.certificate,
+        served.extraCertChain,
+        clientCAPath,
+        requireClientCert,
+    )
+
+
+def _certificateOptions(
+    key: Any,
+    certificate: Any,
+    extraChain: Any,
+    clientCAPath: str | None,
+    requireClientCert: bool,
+) -> ssl.CertificateOptions:
+    """L{serverOptions} of a loaded key and certificate (and its chain)."""
     clientCAs: list[Any] = []
     if clientCAPath is not None:
         clientCAs = _caCertificates(clientCAPath, "client CA certificate")
@@ -177,9 +211,9 @@ def serverOptions(
     elif requireClientCert:
         raise TLSConfigError("a required client certificate needs a client CA")
     return ssl.CertificateOptions(
-        privateKey=key,  # type: ignore[arg-type]
-        certificate=chain[0],  # type: ignore[arg-type]
-        extraCertChain=chain[1:],  # type: ignore[arg-type]
+        privateKey=key,
+        certificate=certificate,
+        extraCertChain=extraChain,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
         verify=bool(clientCAs),
         caCerts=clientCAs or None,

@@ -20,8 +20,10 @@ import treq
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -42,10 +44,9 @@ from jobworker.server.startup import StartupError
 from jobworker.server.tlssetup import MAX_CHAIN_CAS
 
 from . import test_mtls, test_queue, test_review37
-from .support import CA, LiveServer, sleep, writePEM
-from .test_faults7_config import CERT, KEY
+from .support import CA, CERT, KEY, LiveServer, sleep, writePEM
 from .test_launcher import requireRoot
-from .test_mtls import writePair
+from .test_mtls import issue, writePair
 
 
 def deepChain(directory: str, cas: int) -> tuple[str, list[bytes], tuple[str, str]]:
@@ -515,3 +516,54 @@ class TimeoutFloorsTests(SynchronousTestCase):
                 ["--tls", f"--cert={CERT}", f"--key={KEY}", f"--{name}=1e-9"],
             )
             self.assertIn(f"--{name} must be from 1", str(error))
+
+
+class ClientCARemovedWhileTheCertificateFailsTests(TestCase):
+    """
+    Operator round 38: a SIGHUP that removed a CA from C{--client-ca} and
+    could not reload the server's certificate (its key replaced, the new
+    certificate not yet written) kept the old options whole: the removed
+    CA's certificates and tokens went on, and the log named the certificate
+    alone. The client CAs are reloaded with the certificate served.
+    """
+
+    timeout = 60
+    kept = test_mtls.KeptConnectionTests.kept
+    ask = test_mtls.KeptConnectionTests.ask
+    bearer = test_mtls.KeptConnectionTests.bearer
+
+    async def test_removalApplied(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        other, otherKey = test_mtls.rogueCA(directory)
+        bundle = os.path.join(directory, "bundle.pem")
+        with open(CA, "rb") as f:
+            ours = f.read()
+        with open(other, "rb") as f:
+            writePEM(bundle, ours + f.read())
+        cert, key = (os.path.join(directory, name) for name in ("s.pem", "s.key"))
+        for source, copy in ((CERT, cert), (KEY, key)):
+            with open(source, "rb") as f:
+                writePEM(copy, f.read())
+        server = LiveServer(
+            self, f"--client-ca={bundle}", f"--cert={cert}", f"--key={key}"
+        )
+        pair = writePair(directory, "alice", issue("alice", other, otherKey))
+        code, issued = await self.ask(self.kept(pair), server, "POST", "/tokens")
+        self.assertEqual(code, 201, issued)
+        writePEM(bundle, ours)
+        writePEM(key, keyPEM(newKey()))  # (a renewal half done)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        with capturedLogs() as events:
+            await reload.hangUp()
+        said = " ".join(formatEvent(e) for e in events)
+        self.assertIn("TLS certificate not reloaded", said)
+        self.assertIn("client CAs reloaded", said)
+        response = await self.bearer(server, issued["token"])
+        await treq.content(response)
+        self.assertEqual(response.code, 401)
+        failure = await ensureDeferred(
+            self.ask(self.kept(pair), server, "GET", "/whoami")
+        ).addErrback(lambda f: f.value)
+        self.assertIsInstance(failure, Exception, failure)  # (the handshake)
+        code, whoami = await server.json("GET", "/whoami")  # (still served)
+        self.assertEqual((code, whoami["user"]), (200, "alice"))

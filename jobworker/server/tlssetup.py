@@ -29,6 +29,7 @@ from ..tls import (
     serverOptions,
     stillTrusted,
     validityProblem,
+    withClientCAs,
 )
 from .options import Options, defaultStateDir
 from .selfcert import SelfCertError, ensureServerCertificate
@@ -215,11 +216,45 @@ class ServedTLS:
                 "SIGHUP: TLS certificate not reloaded, the one served is kept: {error}",
                 error=str(e) if isinstance(e, StartupError) else repr(e),
             )
+            self._reloadClientCAs()
             return
         self._options = options
         log.info(
             "SIGHUP: TLS certificate reloaded from {cert}: new connections get it",
             cert=self._config["cert"] or "the state dir",
+        )
+
+    def _reloadClientCAs(self) -> None:
+        """
+        The certificate served, with the client CAs of C{--client-ca} now:
+        one removed there stayed trusted, its certificates and tokens in
+        use, when the same SIGHUP could not reload the certificate (a
+        renewal half written), and the log named the certificate alone
+        (operator round 38).
+        """
+        path = self._config["client-ca"]
+        if path is None:
+            return
+        try:
+            _clientCA(self._config)
+            options = withClientCAs(
+                self._options, path, bool(self._config["require-client-cert"])
+            )
+            options.getContext()
+        except Exception as e:
+            log.error(
+                "SIGHUP: the client CAs of {path} were not reloaded either: "
+                "certificates of a CA removed there are still accepted: {error}",
+                path=path,
+                error=str(e)
+                if isinstance(e, (StartupError, TLSConfigError))
+                else repr(e),
+            )
+            return
+        self._options = options
+        log.info(
+            "SIGHUP: client CAs reloaded from {path}, with the certificate served",
+            path=path,
         )
 
 
