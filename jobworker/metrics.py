@@ -19,7 +19,7 @@ _ROUTES = [
     (re.compile(r"^/jobs/[^/]+/(status|stop|logs|stdin)$"), None),
     (re.compile(r"^/(healthz|metrics|openapi\.json|tokens|whoami)$"), None),
     # The dashboard's files, one label for all (a name is anything asked).
-    (re.compile(r"^/ui(/.*)?$"), "/ui/"),
+    (re.compile(r"^(/ui(/.*)?|/)$"), "/ui/"),
 ]
 
 

@@ -13,7 +13,7 @@ from .support import LiveServer
 
 #: The routes that need no credentials (so document no 401): the health
 #: probe and the dashboard's static files.
-PUBLIC = {"/healthz", "/ui", "/ui/", "/ui/{file}"}
+PUBLIC = {"/healthz", "/", "/ui", "/ui/", "/ui/{file}"}
 
 
 def servedRoutes() -> set[tuple[str, str]]:

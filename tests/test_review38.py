@@ -567,3 +567,24 @@ class ClientCARemovedWhileTheCertificateFailsTests(TestCase):
         self.assertIsInstance(failure, Exception, failure)  # (the handshake)
         code, whoami = await server.json("GET", "/whoami")  # (still served)
         self.assertEqual((code, whoami["user"]), (200, "alice"))
+
+
+class DashboardAddressTests(TestCase):
+    """
+    New user round 38: the address the start-up log names
+    (C{https://host:port}), opened in a browser, was a JSON 404; and
+    C{/ui/jobs?limit=100} (jw's list, given the dashboard's address as its
+    server) was "unknown query parameter 'limit'", not a 404.
+    """
+
+    async def test_rootLeadsToTheDashboard(self) -> None:
+        server = LiveServer(self)
+        response = await server.http.get(server.url + "/", allow_redirects=False)
+        await treq.content(response)
+        self.assertEqual(response.code, 308)
+        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/"])
+
+    async def test_noSuchFileFirst(self) -> None:
+        server = LiveServer(self)
+        code, answer = await server.json("GET", "/ui/jobs?limit=100", None)
+        self.assertEqual(code, 404, answer)

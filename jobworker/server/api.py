@@ -487,6 +487,12 @@ class JobsAPI:
             {"user": user.name, "role": user.role.value, "permissions": grants(user)},
         )
 
+    @app.route("/", methods=["GET"])
+    async def root(self, request: IRequest) -> bytes:
+        # The address the start-up log names, opened in a browser: the
+        # dashboard (it was a JSON 404: new user round 38).
+        return await self.dashboardFolder(request)
+
     @app.route("/ui", methods=["GET"])
     async def dashboardFolder(self, request: IRequest) -> bytes:
         # The address a person types: on to the page, whose files are /ui/*.

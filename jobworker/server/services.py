@@ -46,7 +46,8 @@ class ListeningService(Service):
         address = self._port.getHost()
         host = str(getattr(address, "host", "?"))
         self.log.info(
-            "jobworker listening on https://{host}:{port}",
+            "jobworker listening on https://{host}:{port} (its web dashboard: "
+            "https://{host}:{port}/ui/)",
             host=f"[{host}]" if ":" in host else host,  # an IPv6 address
             port=getattr(address, "port", "?"),
         )

@@ -64,10 +64,13 @@ class Dashboard:
         @raise BadRequest: a query string (the page routes by its fragment).
         """
         # (The security headers: set by the routes, and the request guard.)
-        onlyParameters(_query(request), frozenset())
         found = self._files.get(name)
         if found is None:
+            # (Before the query's check: /ui/jobs?limit=100, jw's list with
+            # the dashboard's address as its server, was "unknown query
+            # parameter 'limit'": new user round 38.)
             raise NotFound("no such file of the dashboard")
+        onlyParameters(_query(request), frozenset())
         request.setHeader(b"etag", found.etag)
         if request.getHeader(b"if-none-match") == found.etag:
             request.setResponseCode(304)
