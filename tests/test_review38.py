@@ -588,3 +588,70 @@ class DashboardAddressTests(TestCase):
         server = LiveServer(self)
         code, answer = await server.json("GET", "/ui/jobs?limit=100", None)
         self.assertEqual(code, 404, answer)
+
+
+#: A server's store whose -wal another program cuts short in place: jobs,
+#: the look, more jobs, the cut, more jobs, the look again, then a crash
+#: ("crash") or a clean close ("close"); argv: the store's path, the end.
+_WAL_CUT = """
+import os, sys
+from jobworker.jobs.store import JobStore, StoreError
+from tests.test_review33 import storeRecord
+path, end = sys.argv[1], sys.argv[2]
+store = JobStore(path)
+for n in range(10):
+    store.insert(storeRecord(f"job-{n}"))
+store.relink()
+for n in range(10, 15):
+    store.insert(storeRecord(f"job-{n}"))
+os.truncate(path + "-wal", 0)
+for n in range(15, 20):
+    store.insert(storeRecord(f"job-{n}"))
+try:
+    print(store.relink())
+except StoreError as e:
+    print("refused:", e)
+if end == "crash":
+    os._exit(0)
+store.close()
+"""
+
+
+class WalCutShortTests(SynchronousTestCase):
+    """
+    Fault round 38: the store's C{-wal} cut short in place (C{truncate -s
+    0}, a backup's copy over it: same inode) was never noticed: a crash lost
+    every job the WAL held, on a young store every one, and a clean stop
+    checkpointed the cut WAL's zeros into the store, which no server opened
+    again. The look checkpoints the WAL into the store every 5 s, notices a
+    cut (said, the store at risk), and checkpoints it no more: the store
+    opens after either end, with the jobs up to the last look.
+    """
+
+    def ended(self, end: str) -> tuple[JobStore, str]:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "jobs.sqlite3")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        said = subprocess.run(
+            [sys.executable, "-c", _WAL_CUT, path, end],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        return store, said
+
+    def check(self, end: str) -> None:
+        store, said = self.ended(end)
+        self.assertIn("was cut short", said)
+        found = [n for n in range(20) if store.get(f"job-{n}") is not None]
+        self.assertEqual(found[:10], list(range(10)), said)
+
+    def test_crash(self) -> None:
+        self.check("crash")
+
+    def test_cleanClose(self) -> None:
+        self.check("close")

@@ -7,6 +7,7 @@ import fcntl
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import struct
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from twisted.logger import Logger
 
 from ..errors import ServiceUnavailable
 from .records import JobRecord, JobStatus
@@ -52,6 +55,13 @@ SEARCH_SPAN = 10_000
 # for None, and a C call: no Python frame per NULL).
 _NONE_TO_NONE: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NONE.get)
+
+
+log = Logger(namespace="jobworker.jobs.store")
+
+#: The first bytes of a WAL file (its checksums' byte order: 0x377F0682 or
+#: 0x377F0683).
+WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 
 @dataclass(frozen=True)
@@ -477,6 +487,9 @@ class JobStore:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
         self._pid = os.getpid()
+        # (Its WAL and -shm as they are now: noted afresh at the next look.)
+        self._companions = None
+        self._walSize = None
 
     def relink(self) -> str | None:
         """
@@ -603,6 +616,7 @@ class JobStore:
         changed = [c for c in seen if noted.get(c) not in (None, seen[c])]
         if not changed:
             self._companions = seen  # (one not there before is noted)
+            self._walCutOrCheckpointed()
             return None
         gone = changed[0]
         try:
@@ -633,6 +647,58 @@ class JobStore:
     #: None before they are).
     _companions: dict[str, tuple[int, int] | None] | None = None
 
+    #: The WAL's size at the last look (None: not looked at yet), and
+    #: whether it began with a WAL's header then.
+    _walSize: int | None = None
+    _walWhole = False
+
+    #: Why the WAL cannot be trusted (cut short in place), once found.
+    _walCut: str | None = None
+
+    def _walCutOrCheckpointed(self) -> None:
+        """
+        At each look (every 5 s), the WAL in place: checkpointed into the
+        store's file, so that it holds every job but those of the last
+        seconds; unless it was cut short in place (C{truncate -s 0}, a
+        backup's copy over it: the same inode, which the look compared
+        alone), which SQLite never does to this server's WAL (no size limit,
+        no TRUNCATE checkpoint of its own): it is checkpointed no more (its
+        zeros would be), at the look nor at the close (L{close}), and the
+        store is at risk until a restart. A crash lost every job the WAL
+        held, a young store's every one; a clean stop left a store no
+        server opened (fault round 38).
+
+        @raise StoreError: it was cut short (now or before).
+        """
+        if self._walCut is None:
+            wal = self.path + "-wal"
+            try:
+                with open(wal, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    head = f.read(4)
+            except OSError:
+                return
+            whole = size >= 32 and head in WAL_MAGIC
+            if self._walSize is not None and (
+                size < self._walSize or (self._walWhole and not whole)
+            ):
+                self._db.execute("PRAGMA wal_autocheckpoint = 0")
+                self._walCut = (
+                    f"{wal} was cut short while the server ran (another program "
+                    "truncated or wrote over it): it is not checkpointed into "
+                    f"{self.path} any more, which holds the jobs up to a few "
+                    "seconds before; restart the server (the jobs since are "
+                    "lost)"
+                )
+            else:
+                self._walSize, self._walWhole = size, whole
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # (busy, or the disk: the next look tries again)
+                return
+        raise StoreError(self._walCut)
+
     def _connectAgain(self) -> None:
         """
         Open the store's file again (after L{relink}); until it opens,
@@ -648,6 +714,7 @@ class JobStore:
             self._connected()
             self._file = _fileOf(self.path)
             self._companions = None
+            self._walSize = None
             self._walRelink()  # (notes the new ones)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
@@ -660,8 +727,33 @@ class JobStore:
 
     def close(self) -> None:
         """Close the database and let another server have the state dir."""
-        self._db.close()
+        if self._walCut is not None:
+            self._closeWithoutCheckpoint()
+        else:
+            self._db.close()
         self._unlock()
+
+    def _closeWithoutCheckpoint(self) -> None:
+        """
+        Close, keeping the store's file as it is: SQLite's close would
+        checkpoint a WAL cut short (L{_walCutOrCheckpointed}) into it. A copy
+        of it is put back over it once the connection is closed, and the
+        WAL moved aside (C{.cut}).
+        """
+        kept = self.path + ".restoring"
+        try:
+            shutil.copyfile(self.path, kept)
+            os.replace(self.path + "-wal", self.path + "-wal.cut")
+        except OSError as e:
+            log.error("the store's file is not kept from a cut WAL: {e}", e=e)
+            self._db.close()
+            return
+        self._db.close()
+        try:
+            os.replace(kept, self.path)
+            _syncFolder(self.path)
+        except OSError as e:
+            log.error("the store's file is not kept from a cut WAL: {e}", e=e)
 
     def _refuseWhileMarksHeld(self, what: str, write: bool) -> None:
         """
