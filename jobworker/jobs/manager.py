@@ -39,7 +39,7 @@ from .schema import DamagedRecord
 from .selection import ANY_JOB, JobFilter
 from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
-from .store import JobStore, RecordDamaged, StoreError, roomForAFile
+from .store import JobStore, RecordDamaged, StoreError, WalCut, roomForAFile
 from .validation import parseJobId
 
 #: Default cap on each stream of each job.
@@ -288,6 +288,8 @@ class JobManager(Admission):
         """
         try:
             return self._store.relink()
+        except WalCut:
+            raise
         except StoreError:
             if not self._giveUpReserve("to write the job store's file again"):
                 raise

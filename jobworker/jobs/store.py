@@ -119,6 +119,11 @@ class StoreError(Exception):
         return "the store refused"
 
 
+class WalCut(StoreError):
+    """The store's WAL was cut short in place (L{JobStore.relink}): no
+    room made on the disk mends it."""
+
+
 class RecordDamaged(ServiceUnavailable):
     """
     A job's record no longer parses (L{DamagedRecord}): it cannot be read,
@@ -697,7 +702,7 @@ class JobStore:
                 except sqlite3.Error:
                     pass  # (busy, or the disk: the next look tries again)
                 return
-        raise StoreError(self._walCut)
+        raise WalCut(self._walCut)
 
     def _connectAgain(self) -> None:
         """
