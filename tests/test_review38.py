@@ -330,6 +330,30 @@ class CgroupTotalsHiddenTests(TestCase):
         self.assertIn("denied", output)
 
 
+def storeAfter(
+    case: SynchronousTestCase, script: str, end: str
+) -> tuple[JobStore, str]:
+    """
+    The store a child process left, running C{script} with a new store's
+    path and C{end} (it crashes, or closes the store): the store opened
+    again, and what the child printed.
+    """
+    folder = os.path.abspath(case.mktemp())
+    os.makedirs(folder)
+    path = os.path.join(folder, "jobs.sqlite3")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    said = subprocess.run(
+        [sys.executable, "-c", script, path, end],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    store = JobStore(path)
+    case.addCleanup(store.close)
+    return store, said
+
+
 #: A server's store, its -shm removed and an outside TRUNCATE checkpoint run
 #: (a backup tool's), then the server's look (L{JobStore.relink}) and more
 #: jobs, then a crash; argv: the store's path, "look" or "no-look".
@@ -368,24 +392,8 @@ class ShmRemovedTests(SynchronousTestCase):
     for a removed WAL.
     """
 
-    def crashed(self, look: str) -> tuple[JobStore, str]:
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "jobs.sqlite3")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        said = subprocess.run(
-            [sys.executable, "-c", _SHM_CRASH, path, look],
-            check=True,
-            env=env,
-            capture_output=True,
-            text=True,
-        ).stdout
-        store = JobStore(path)
-        self.addCleanup(store.close)
-        return store, said
-
     def test_everyJobAfterTheLook(self) -> None:
-        store, said = self.crashed("look")
+        store, said = storeAfter(self, _SHM_CRASH, "look")
         self.assertIn("-shm was removed", said)
         found = [n for n in range(25) if store.get(f"job-{n}") is not None]
         self.assertEqual(found, list(range(25)), said)
@@ -628,24 +636,8 @@ class WalCutShortTests(SynchronousTestCase):
     opens after either end, with the jobs up to the last look.
     """
 
-    def ended(self, end: str) -> tuple[JobStore, str]:
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "jobs.sqlite3")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        said = subprocess.run(
-            [sys.executable, "-c", _WAL_CUT, path, end],
-            check=True,
-            env=env,
-            capture_output=True,
-            text=True,
-        ).stdout
-        store = JobStore(path)
-        self.addCleanup(store.close)
-        return store, said
-
     def check(self, end: str) -> None:
-        store, said = self.ended(end)
+        store, said = storeAfter(self, _WAL_CUT, end)
         self.assertIn("was cut short", said)
         found = [n for n in range(20) if store.get(f"job-{n}") is not None]
         self.assertEqual(found[:10], list(range(10)), said)
