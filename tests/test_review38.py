@@ -34,7 +34,12 @@ from jobworker.certificates import (
     leafCertificate,
     newKey,
 )
-from jobworker.executors.local.stalls import LOOK_EVERY, WINDOW_SECONDS, StallWatch
+from jobworker.executors.local.stalls import (
+    LOOK_EVERY,
+    UNSAID,
+    WINDOW_SECONDS,
+    StallWatch,
+)
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore
 from jobworker.server import services, tap
@@ -430,6 +435,20 @@ class RepeatedShortHoldsTests(SynchronousTestCase):
         self.assertEqual(self.killed, [])
         self.hold()
         self.assertEqual(self.killed, [4 * LOOK_EVERY])
+
+    def test_unsaidNotAddedUp(self) -> None:
+        """A kernel that does not say where the thread waits: D alone is no
+        pipe's hold to add up (a fault of the server's own memory), though
+        one long hold still kills (session review 38)."""
+        self.watch._waiting = lambda tid: UNSAID
+        for _ in range(10):
+            self.hold()
+        self.assertEqual(self.killed, [])
+        self.slot.reads += 1
+        for _ in range(5):
+            self.watch.look()
+            self.now += 0.25
+        self.assertEqual(self.killed, [1.0])
 
     def test_withinItsWindow(self) -> None:
         """Holds further apart than the window do not add up."""

@@ -45,13 +45,19 @@ LOOK_EVERY = 0.25
 WINDOW_SECONDS = 10.0
 
 
-def inKernelWait(threadId: int) -> bool:
+#: What L{inKernelWait} says of a thread in D whose kernel does not say
+#: where it waits (truthy: enough for one long hold, not to add up short
+#: ones, which a fault of the server's own memory could make).
+UNSAID = "unsaid"
+
+
+def inKernelWait(threadId: int) -> bool | str:
     """
     Is the thread C{threadId} of this process waiting in the kernel (D) for
     a pipe (its C{wchan}: C{anon_pipe_read}, C{pipe_write}...)? Not for
     memory, nor the server's own disk (its spool frozen for a snapshot: a
     job that writes to it is not holding anything; session review 34). A
-    kernel that does not say where (C{wchan} C{0}): D is enough.
+    kernel that does not say where (C{wchan} C{0}): D is enough (L{UNSAID}).
     """
     task = f"/proc/self/task/{threadId}"
 
@@ -69,7 +75,7 @@ def inKernelWait(threadId: int) -> bool:
             return True
         # "0": a kernel that does not say, or a thread that woke between
         # the two reads (late review 34): D still, then.
-        return where in (b"", b"0") and waiting()
+        return UNSAID if where in (b"", b"0") and waiting() else False
     except OSError:
         return False
 
@@ -105,7 +111,7 @@ class StallWatch:
         self,
         stallSeconds: float = STALL_SECONDS,
         lookEvery: float = LOOK_EVERY,
-        waiting: Callable[[int], bool] = inKernelWait,
+        waiting: Callable[[int], bool | str] = inKernelWait,
         now: Callable[[], float] = time.monotonic,
         watching: bool = True,
     ) -> None:
@@ -170,10 +176,12 @@ class StallWatch:
             if slot.seen != (stalled, reads):
                 slot.seen = (stalled, reads)
                 slot.since = now
-            if not self._waiting(slot.threadId):
+            waiting = self._waiting(slot.threadId)
+            if not waiting:
                 continue
             found = self._found.setdefault(stalled, [])
-            found.append(now)
+            if waiting is True:  # (a pipe named: L{UNSAID} adds nothing up)
+                found.append(now)
             held = max(now - slot.since, len(found) * self._lookEvery)
             if held >= self._stallSeconds:
                 slot.seen = None
