@@ -34,6 +34,7 @@ from jobworker.certificates import (
     leafCertificate,
     newKey,
 )
+from jobworker.errors import ServiceUnavailable
 from jobworker.executors.local.stalls import (
     LOOK_EVERY,
     UNSAID,
@@ -41,7 +42,7 @@ from jobworker.executors.local.stalls import (
     StallWatch,
 )
 from jobworker.jobs.records import JobStatus
-from jobworker.jobs.store import JobStore
+from jobworker.jobs.store import JobStore, StoreError
 from jobworker.server import services, tap
 from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
@@ -364,7 +365,8 @@ def storeAfter(
 #: jobs, then a crash; argv: the store's path, "look" or "no-look".
 _SHM_CRASH = """
 import os, sqlite3, sys
-from jobworker.jobs.store import JobStore
+from jobworker.errors import ServiceUnavailable
+from jobworker.jobs.store import JobStore, StoreError
 from tests.test_review33 import storeRecord
 path, look = sys.argv[1], sys.argv[2] == "look"
 store = JobStore(path)
@@ -666,3 +668,30 @@ class WalCutShortTests(SynchronousTestCase):
 
     def test_cleanClose(self) -> None:
         self.check("close")
+
+
+class CreateTokenGivenBackTests(SynchronousTestCase):
+    """
+    Known since stop 54 (unverified then): a creation the store refused
+    (503, "the job could not be recorded": a full disk) took one of its
+    user's creation tokens (C{--create-rate}) all the same, so his retry
+    was a 429. The server's trouble is not counted against the user, as a
+    start it could not make is not.
+    """
+
+    setUp = test_queue.ManagerQueueTests.setUp
+    manager = test_queue.ManagerQueueTests.manager
+    request = test_queue.ManagerQueueTests.request
+
+    def test_refunded(self) -> None:
+        manager = self.manager(createRate=0.5)  # (a burst of one)
+        store = manager._store
+        insert = store.insert
+
+        def full(record: object) -> None:
+            raise StoreError("cannot store a job: database or disk is full")
+
+        store.insert = full
+        self.assertRaises(ServiceUnavailable, manager.create, self.request(), "alice")
+        store.insert = insert
+        self.assertEqual(manager.create(self.request(), "alice").owner, "alice")

@@ -117,9 +117,12 @@ class Admission:
         self._takeCreateToken(owner)
         try:
             return self._admit(request, owner, account)
-        except CannotStartNow:
-            # The server's trouble: the user's try is not counted.
-            self._metrics.startsDeferred.inc()
+        except ServiceUnavailable as e:
+            # The server's trouble (no process to be had, a store that
+            # cannot record the job, Slurm out of reach): the user's try is
+            # not counted (a store's refusal took a token: stop 54's note).
+            if isinstance(e, CannotStartNow):
+                self._metrics.startsDeferred.inc()
             self._refundCreateToken(owner)
             raise
 
