@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from . import test_mtls, test_queue, test_review37
 from .support import CA, CERT, KEY, LiveServer, sleep, writePEM
 from .test_launcher import requireRoot
 from .test_mtls import issue, writePair
+from .test_review33 import storeRecord
 
 
 def deepChain(directory: str, cas: int) -> tuple[str, list[bytes], tuple[str, str]]:
@@ -695,3 +697,34 @@ class CreateTokenGivenBackTests(SynchronousTestCase):
         self.assertRaises(ServiceUnavailable, manager.create, self.request(), "alice")
         store.insert = insert
         self.assertEqual(manager.create(self.request(), "alice").owner, "alice")
+
+
+class OutsideTruncateCheckpointTests(SynchronousTestCase):
+    """
+    Session review 38: a backup tool's C{wal_checkpoint(TRUNCATE)}, sound
+    through the C{-shm} the server shares, empties the WAL; the look took
+    it for a WAL cut short, said the store was at risk, and at the stop put
+    the store's file back as it was before, every job since lost. A WAL
+    begun again has its header: not a cut.
+    """
+
+    def test_notACut(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "jobs.sqlite3")
+        store = JobStore(path)
+        for n in range(5):
+            store.insert(storeRecord(f"job-{n}"))
+        self.assertIsNone(store.relink())
+        outside = sqlite3.connect(path)
+        outside.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        outside.close()
+        self.assertIsNone(store.relink())
+        for n in range(5, 10):
+            store.insert(storeRecord(f"job-{n}"))
+        self.assertIsNone(store.relink())
+        store.close()
+        store = JobStore(path)
+        self.addCleanup(store.close)
+        found = [n for n in range(10) if store.get(f"job-{n}") is not None]
+        self.assertEqual(found, list(range(10)))

@@ -494,7 +494,7 @@ class JobStore:
         self._pid = os.getpid()
         # (Its WAL and -shm as they are now: noted afresh at the next look.)
         self._companions = None
-        self._walSize = None
+        self._walWhole = False
 
     def relink(self) -> str | None:
         """
@@ -652,9 +652,7 @@ class JobStore:
     #: None before they are).
     _companions: dict[str, tuple[int, int] | None] | None = None
 
-    #: The WAL's size at the last look (None: not looked at yet), and
-    #: whether it began with a WAL's header then.
-    _walSize: int | None = None
+    #: Whether the WAL began with a WAL's header at the last look.
     _walWhole = False
 
     #: Why the WAL cannot be trusted (cut short in place), once found.
@@ -664,12 +662,12 @@ class JobStore:
         """
         At each look (every 5 s), the WAL in place: checkpointed into the
         store's file, so that it holds every job but those of the last
-        seconds; unless it was cut short in place (C{truncate -s 0}, a
-        backup's copy over it: the same inode, which the look compared
-        alone), which SQLite never does to this server's WAL (no size limit,
-        no TRUNCATE checkpoint of its own): it is checkpointed no more (its
-        zeros would be), at the look nor at the close (L{close}), and the
-        store is at risk until a restart. A crash lost every job the WAL
+        seconds; unless it was cut short in place (C{truncate -s 0}: the
+        same inode, which the look compared alone), and written on past the
+        cut, its header gone (SQLite begins a WAL emptied by a checkpoint
+        again with one): it is checkpointed no more (its zeros would be), at
+        the look nor at the close (L{close}), and the store is at risk until
+        a restart. A crash lost every job the WAL
         held, a young store's every one; a clean stop left a store no
         server opened (fault round 38).
 
@@ -684,9 +682,14 @@ class JobStore:
             except OSError:
                 return
             whole = size >= 32 and head in WAL_MAGIC
-            if self._walSize is not None and (
-                size < self._walSize or (self._walWhole and not whole)
-            ):
+            if size < 32:
+                # Emptied: by another program's TRUNCATE checkpoint through
+                # the -shm (sound: a backup tool's; session review 38), or
+                # cut short in place. The next write tells: a WAL begun
+                # again has its header, one cut is written on past a hole,
+                # headless. Nothing to checkpoint meanwhile.
+                return
+            if self._walWhole and not whole:
                 self._db.execute("PRAGMA wal_autocheckpoint = 0")
                 self._walCut = (
                     f"{wal} was cut short while the server ran (another program "
@@ -696,7 +699,7 @@ class JobStore:
                     "lost)"
                 )
             else:
-                self._walSize, self._walWhole = size, whole
+                self._walWhole = whole
                 try:
                     self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
@@ -719,7 +722,7 @@ class JobStore:
             self._connected()
             self._file = _fileOf(self.path)
             self._companions = None
-            self._walSize = None
+            self._walWhole = False
             self._walRelink()  # (notes the new ones)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
