@@ -71,7 +71,9 @@ class ServedTLS:
 
     def __init__(self, config: Options) -> None:
         self._config = config
-        self._options = _options(config, reloading=False)
+        self._options = _throughTheBundleOnly(
+            _options(config, reloading=False), config["client-ca"]
+        )
         #: The client CAs in force, as a store (made when first needed).
         self._authorities: Any = None
 
@@ -211,6 +213,7 @@ class ServedTLS:
         try:
             options = _options(self._config, reloading=True)
             options.getContext()  # (the key given to OpenSSL now)
+            options = _throughTheBundleOnly(options, self._config["client-ca"])
         except Exception as e:
             log.error(
                 "SIGHUP: TLS certificate not reloaded, the one served is kept: {error}",
@@ -240,7 +243,7 @@ class ServedTLS:
             options = withClientCAs(
                 self._options, path, bool(self._config["require-client-cert"])
             )
-            options.getContext()
+            options = _throughTheBundleOnly(options, path)
         except Exception as e:
             log.error(
                 "SIGHUP: the client CAs of {path} were not reloaded either: "
@@ -256,6 +259,36 @@ class ServedTLS:
             "SIGHUP: client CAs reloaded from {path}, with the certificate served",
             path=path,
         )
+
+
+def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> Any:
+    """
+    The C{options}, whose handshake refuses a client chain through a CA
+    that is not in C{clientCAPath}: OpenSSL takes the intermediates a client
+    sends, and one an operator removed to revoke what it issued let its
+    holder through the handshake (under C{--require-client-cert}, then in
+    with a password: session review 38). (L{ServedTLS.certificateProblem}
+    holds a connection made before a reload to the bundle of now.)
+    """
+    if clientCAPath is None:
+        return options
+    keys = frozenset(clientCAKeys(clientCAPath))
+    context = options.getContext()
+
+    def verify(
+        connection: Any, certificate: Any, error: int, depth: int, ok: int
+    ) -> bool:
+        if not ok:
+            return False
+        if depth == 0:
+            return True
+        try:
+            return publicKeySHA256(certificate.to_cryptography()) in keys
+        except Exception:
+            return False
+
+    context.set_verify(context.get_verify_mode(), verify)
+    return options
 
 
 def tlsOptions(config: Options) -> ServedTLS:
