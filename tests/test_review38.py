@@ -495,6 +495,27 @@ class RepeatedShortHoldsTests(SynchronousTestCase):
             self.now += 0.25
         self.assertEqual(self.killed, [1.0])
 
+    def test_aUsersJobsTakingTurns(self) -> None:
+        """Session review 38: five jobs of one user, each found holding its
+        pipe in turn, none a second's worth: their owner's holds add up."""
+        killed: list[int] = []
+
+        class Job:
+            def __init__(self, n: int) -> None:
+                self.n = n
+                self.record = SimpleNamespace(owner="mallory")
+
+            def killStalled(self, held: float) -> None:
+                killed.append(self.n)
+
+        jobs = [Job(n) for n in range(5)]
+        for look in range(4):
+            self.slot.reads += 1
+            self.slot.stalled = jobs[look % 5].killStalled
+            self.watch.look()
+            self.now += 0.4
+        self.assertEqual(killed, [3])
+
     def test_withinItsWindow(self) -> None:
         """Holds further apart than the window do not add up."""
         for _ in range(3):

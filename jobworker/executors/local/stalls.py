@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -126,9 +127,12 @@ class StallWatch:
         self._now = now
         self._slots: dict[int, Slot] = {}
         self._thread: threading.Thread | None = None
-        #: Per job (its kill): when looks found the thread waiting for its
-        #: pipes, within the last L{WINDOW_SECONDS} (the watch's thread's).
+        #: Per job (its kill), and per owner: when looks found the thread
+        #: waiting for its pipes, within the last L{WINDOW_SECONDS} (the
+        #: watch's thread's). A user's jobs taking turns held the reactor as
+        #: one job had, none of them killed (session review 38).
         self._found: dict[Callable[[float], None], list[float]] = {}
+        self._foundByOwner: dict[str, list[float]] = {}
 
     def slot(self, threadId: int | None = None) -> Slot:
         """
@@ -164,10 +168,8 @@ class StallWatch:
         """One look at each thread's read in progress (the watch's thread)."""
         now = self._now()
         since = now - WINDOW_SECONDS
-        for job, found in list(self._found.items()):
-            found[:] = [t for t in found if t > since]
-            if not found:
-                del self._found[job]
+        _forget(self._found, since)
+        _forget(self._foundByOwner, since)
         for slot in list(self._slots.values()):
             stalled, reads = slot.stalled, slot.reads
             if stalled is None:
@@ -180,13 +182,33 @@ class StallWatch:
             if not waiting:
                 continue
             found = self._found.setdefault(stalled, [])
+            owner = _ownerOf(stalled)
+            byOwner = [] if owner is None else self._foundByOwner.setdefault(owner, [])
             if waiting is True:  # (a pipe named: L{UNSAID} adds nothing up)
                 found.append(now)
-            held = max(now - slot.since, len(found) * self._lookEvery)
+                byOwner.append(now)
+            held = max(
+                now - slot.since, max(len(found), len(byOwner)) * self._lookEvery
+            )
             if held >= self._stallSeconds:
                 slot.seen = None
                 del self._found[stalled]
                 stalled(held)
+
+
+def _forget(found: dict[Any, list[float]], since: float) -> None:
+    """Drop the times of C{found} before C{since}, and the keys left none."""
+    for key, times in list(found.items()):
+        times[:] = [t for t in times if t > since]
+        if not times:
+            del found[key]
+
+
+def _ownerOf(stalled: Callable[[float], None]) -> str | None:
+    """The owner of the job C{stalled} kills (its C{killStalled}), if known."""
+    record = getattr(getattr(stalled, "__self__", None), "record", None)
+    owner = getattr(record, "owner", None)
+    return owner if isinstance(owner, str) else None
 
 
 #: The process's watch (started by the first job's pipes, for the process's
