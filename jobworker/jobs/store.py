@@ -369,7 +369,7 @@ class JobStore:
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StoreError(f"{path} is not a usable jobworker store: {e}") from None
-        self._walRelink()  # (notes the WAL: L{relink} compares its path's)
+        self._walRelink(look=False)  # (notes the WAL: L{relink} compares)
 
     @staticmethod
     def _exclusive(path: str) -> list[int]:
@@ -520,7 +520,7 @@ class JobStore:
         except OSError:
             return None
         if now == self._file:
-            return self._walRelink()
+            return self._walRelink(look=True)
         if now is not None:
             return (
                 f"{self.path} is not the file the server opened (it was replaced "
@@ -588,7 +588,7 @@ class JobStore:
         self._connectAgain()
         return aside
 
-    def _walRelink(self) -> str | None:
+    def _walRelink(self, look: bool) -> str | None:
         """
         Is the store's WAL still at its path? One removed while the server
         ran (a cleanup of C{*-wal} files) went unnoticed: every commit went
@@ -605,6 +605,8 @@ class JobStore:
         every job since (fault round 38). The server's connection still
         reads them all, and writes the store anew from them.
 
+        @param look: the look's (L{relink}): the WAL is checkpointed too
+            (L{_walCutOrCheckpointed}); not as the store is opened.
         @return: what was found and done, in a line for the log; None if
             the WAL and its C{-shm} are where they were.
         @raise StoreError: it could not be checkpointed or opened again.
@@ -621,7 +623,8 @@ class JobStore:
         changed = [c for c in seen if noted.get(c) not in (None, seen[c])]
         if not changed:
             self._companions = seen  # (one not there before is noted)
-            self._walCutOrCheckpointed()
+            if look:
+                self._walCutOrCheckpointed()
             return None
         gone = changed[0]
         try:
@@ -723,7 +726,7 @@ class JobStore:
             self._file = _fileOf(self.path)
             self._companions = None
             self._walWhole = False
-            self._walRelink()  # (notes the new ones)
+            self._walRelink(look=False)  # (notes the new ones)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open {self.path} again: {e}") from None
         self._reconnect = False
