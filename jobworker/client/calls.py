@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from ..framing import CONTENT_TYPE as FRAMES_TYPE
 from . import config
-from .errors import ClientError
+from .errors import ClientError, NoAPIThere
 
 #: What a job's end looks like in an exit status, for C{jw exec --follow}.
 EXIT_CANNOT_START = 127
@@ -68,14 +68,19 @@ _JOB_PATH = re.compile(r"/jobs/([0-9a-f-]{36})(?:[/?]|\Z)")
 
 
 def errorFor(
-    code: int, raw: bytes, retryAfter: str | None = None, path: str | None = None
+    code: int,
+    raw: bytes,
+    retryAfter: str | None = None,
+    path: str | None = None,
+    server: str | None = None,
 ) -> ClientError:
     """
     The L{ClientError} of an answer with status C{code}, body C{raw} and
     C{Retry-After} header C{retryAfter} (seconds; a date is not used), to a
     request for C{path}: a job of its that is not found is named (a script
     going through several ids read "no such job", not which: new user
-    round 32).
+    round 32). A routing error of a jobworker server is said to be one of
+    C{server}'s URL (L{noAPIThere}).
     """
     body: Any = None
     try:
@@ -83,6 +88,8 @@ def errorFor(
         message = str(body["error"])
     except (ValueError, KeyError, TypeError):
         message = raw.decode("utf-8", "replace").strip()[:200] or "no details"
+    if server is not None and isinstance(body, dict) and _routingError(code, message):
+        return noAPIThere(server, code, message, body)
     named = _JOB_PATH.match(path or "")
     if code == 404 and message == "no such job" and named is not None:
         return ClientError(f"not found: no job {named.group(1)}", code, body)
@@ -98,6 +105,35 @@ def errorFor(
         code,
         body,
         float(seconds) if seconds.isdigit() else None,
+    )
+
+
+def _routingError(code: int, message: str) -> bool:
+    """
+    Is this a jobworker server's answer to a path it has no route for (or
+    not for that method)? jw sends only its API's paths and methods: only
+    a wrong URL gets one.
+    """
+    return (code == 404 and message == "no such route") or (
+        code == 405 and message.startswith("method not allowed")
+    )
+
+
+def noAPIThere(server: str, code: int, message: str, body: Any = None) -> ClientError:
+    """
+    The error of a routing error's answer: C{server}'s path has no
+    jobworker API, and where it is. It was "not found: no such route" of a
+    job that exists, "server answered 405" (the dashboard's URL given as
+    the server: new user round 38).
+    """
+    parts = urlsplit(server)
+    root = f"{parts.scheme}://{parts.netloc}"
+    return NoAPIThere(
+        f"no jobworker API at {server} (the server answered {code}: {message}): "
+        f"is it the right URL? A jobworker server's API is at its root ({root}); "
+        "/ui/ is its web dashboard",
+        code,
+        body,
     )
 
 
@@ -189,6 +225,10 @@ MAX_TIMEOUT = 366 * 86400
 
 #: The most lines a tail may ask for (L{jobworker.jobs.queries.MAX_TAIL}).
 MAX_TAIL = 1_000_000
+
+#: The largest offset in a job's output a request may name
+#: (L{jobworker.jobs.validation.MAX_INT64}).
+MAX_OFFSET = (1 << 63) - 1
 
 
 class ApiCalls:

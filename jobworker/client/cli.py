@@ -110,6 +110,7 @@ async def run(
         _commandLine(reactor, argv, environ, streams, connect, interrupts)
     )
     interrupts.setDefault(lambda name: command.cancel())
+    late = _completionDeadline(reactor, argv, command)
     try:
         return await command
     except KeyboardInterrupt as e:
@@ -120,7 +121,31 @@ async def run(
     except Exception as e:
         if interrupts.count and isinstance(e, CancelledError):
             return interrupts.status  # stopped on request: nothing more to say
+        if late is not None and not late.active():
+            return 1  # completion gave up: nothing to say (its stderr is unread)
         return report(e, streams)
+    finally:
+        if late is not None and late.active():
+            late.cancel()
+
+
+#: Seconds C{jw _ids} (a TAB on a job id) waits in all, connection,
+#: handshake and answer: the user's shell waits with it.
+IDS_DEADLINE = 2.0
+
+
+def _completionDeadline(reactor: Any, argv: list[str] | None, command: Any) -> Any:
+    """
+    For C{jw _ids}, the call that cancels C{command} after L{IDS_DEADLINE}
+    seconds; else None. It waited up to 2 x JW_KEEPALIVE (a minute) for a
+    server that took the connection but never answered, the shell frozen
+    meanwhile, for a convenience that then offered nothing (new user round
+    38).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "_ids":
+        return None
+    return reactor.callLater(IDS_DEADLINE, command.cancel)
 
 
 async def _commandLine(

@@ -221,6 +221,7 @@ def checkServer(server: str) -> str:
         raise ConfigError(
             f"server must be an https:// URL with no query or fragment, not {server!r}"
         )
+    _notTheDashboard(server, parts.path)
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -243,6 +244,22 @@ def checkServer(server: str) -> str:
                 f"server's host {host!r} is not a host name (nor an address)"
             ) from None
     return host
+
+
+def _notTheDashboard(server: str, path: str) -> None:
+    """
+    Refuse the web dashboard's URL (a path ending in C{/ui}), the one a
+    browser user has: every verb failed on it with another error, C{jw
+    list} with one about a query parameter jw sent (new user round 38).
+
+    @raise ConfigError: it is.
+    """
+    trimmed = path.rstrip("/")
+    if trimmed.endswith("/ui"):
+        api = server.rstrip("/")[: -len("/ui")]
+        raise ConfigError(
+            f"{server} is the web dashboard's URL, not the API's: the API is at {api}"
+        )
 
 
 def _isNumber(host: str) -> bool:

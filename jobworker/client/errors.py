@@ -28,6 +28,14 @@ class ClientError(Exception):
         self.retryAfter = retryAfter
 
 
+class NoAPIThere(ClientError):
+    """
+    The server answered a routing error (no such route, method not
+    allowed): the URL's path has no jobworker API. The command's failure,
+    not one id's.
+    """
+
+
 class HandshakeTimeout(TimeoutError):
     """The server took the connection but did not shake hands in time."""
 

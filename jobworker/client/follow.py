@@ -134,15 +134,47 @@ async def followCombined(
     status as each answer comes (a queued job's, once it starts). A
     C{tail} not followed is the last C{tail} lines of the two streams
     together, as C{tail -n} of what jw shows (L{LastLines}): the server
-    starts each stream at its own last lines, one more than C{tail}
+    starts each stream at its own last C{tail} lines, which hold them
+    unless a line of one stream began before the other's sent
+    (L{LastLines.whole}); then it is asked again, one line more of each
     (L{serverTail}), which hold them.
 
     @return: the job's record from the end, or None without one.
     """
+    if follow or tail is None:
+        reader = await _readCombined(client, jobId, streams, follow, tail, onStatus)
+    else:
+        # Each stream's last lines first, the one more only if needed: it
+        # was asked for always, and a line of hundreds of MB (a progress
+        # bar drawn with \r) was downloaded and held to print "done" (new
+        # user round 38).
+        reader = await _readCombined(client, jobId, streams, False, tail, onStatus)
+        if not reader.whole():
+            reader = await _readCombined(
+                client, jobId, streams, False, tail, onStatus, serverTail(tail)
+            )
+    reader.release()
+    return reader.end
+
+
+async def _readCombined(
+    client: Client,
+    jobId: str,
+    streams: Streams,
+    follow: bool,
+    tail: int | None,
+    onStatus: Callable[[str], None] | None,
+    asked: int | None = None,
+) -> _CombinedFollower:
+    """
+    The combined stream of L{followCombined} read to its end: its reader.
+    Not followed, the output is held for the last C{tail} lines; the server
+    is asked for C{asked} lines of each stream (C{tail} by default).
+    """
     reader = _CombinedFollower(streams, None if follow else tail)
     answers = _Answers(onStatus)
-    if not follow:
-        tail = serverTail(tail)
+    if asked is None:
+        asked = tail
 
     async def attempt() -> None:
         if reader.frames:
@@ -163,7 +195,7 @@ async def followCombined(
                     feed,
                     "combined",
                     follow,
-                    tail,
+                    asked,
                     lastEventId=reader.lastId,
                     frames=True,
                     onStatus=answers.told,
@@ -179,14 +211,13 @@ async def followCombined(
             events.feed,
             "combined",
             follow,
-            tail,
+            asked,
             lastEventId=reader.lastId,
             onStatus=answers.told,
         )
 
     await resuming(client, attempt, lambda: (reader.lastId, answers.held()))
-    reader.release()
-    return reader.end
+    return reader
 
 
 class LastLines:
@@ -201,9 +232,11 @@ class LastLines:
     last line without its newline counts, as C{tail -n} counts it. What
     cannot be kept any more is let go as it comes.
 
-    The server's tail of the two (L{serverTail}) starts each stream at one
-    line more than C{count} of its own: so the lines kept begin after the
-    first byte of both streams, where what jw sees is all there was.
+    The server's tail of the two starts each stream at its own last lines:
+    what jw sees is all there was from where both streams have begun (each
+    at its first byte sent), and the lines kept are the last ones if they
+    begin there or after (L{whole}). One line more of each (L{serverTail})
+    always holds them.
     """
 
     def __init__(self, count: int) -> None:
@@ -215,6 +248,19 @@ class LastLines:
         self._starts: deque[tuple[int, int]] = deque()
         #: Does the next byte, of either stream, begin a line?
         self._atStart = True
+        #: The streams whose bytes before those sent were left out, and
+        #: none of whose bytes came yet (None: not known, L{startsAt}).
+        self._unseen: set[int] | None = None
+        #: Did the server leave out any stream's first bytes?
+        self._cut = False
+        #: Where the last of those streams began: all was sent from there.
+        self._allSent = (0, 0)
+
+    def startsAt(self, offsets: Sequence[int]) -> None:
+        """Where in each stream the bytes sent begin (the server's position)."""
+        if self._unseen is None:
+            self._unseen = {index for index, at in enumerate(offsets) if at > 0}
+            self._cut = bool(self._unseen)
 
     def add(self, index: int, data: bytes | memoryview) -> None:
         """The next C{data} of stream C{index} (0: stdout, 1: stderr)."""
@@ -223,6 +269,9 @@ class LastLines:
             return
         number = self._first + len(self._pieces)
         self._pieces.append((index, data))
+        if self._unseen and index in self._unseen:
+            self._unseen.discard(index)
+            self._allSent = (number, 0)
         if self._atStart:
             self._starts.append((number, 0))
         end = data.find(b"\n")
@@ -238,6 +287,20 @@ class LastLines:
             self._pieces.popleft()
             self._first += 1
 
+    def whole(self) -> bool:
+        """
+        Are the lines kept surely the last C{count}? Yes if nothing was
+        left out, or if they begin where all was sent from (each stream
+        begun) or after: a line begins there only after a newline (of the
+        stream before it, sent, or of the one left out before its tail).
+        Not known without the server's position (an older one's events).
+        """
+        if self._count == 0 or (self._unseen is not None and not self._cut):
+            return True
+        if self._unseen is None or self._unseen:
+            return False
+        return len(self._starts) == self._count and self._starts[0] >= self._allSent
+
     def release(self, writers: Sequence[Callable[[bytes], object]]) -> None:
         """Write the lines kept, each stream's to its writer, in order."""
         first, offset = self._starts[0] if self._starts else (self._first, 0)
@@ -251,7 +314,8 @@ class LastLines:
 def serverTail(count: int | None) -> int | None:
     """
     The lines of each stream to ask the server for, for the last C{count}
-    lines of the two together (L{LastLines}): one more than C{count}. The
+    lines of the two together when its last C{count} of each did not
+    surely hold them (L{LastLines.whole}): one more than C{count}. The
     server starts each stream at its own last lines; a line of one stream
     begun before the other's first byte sent may have begun after a line
     of the other not sent (C{xyz} on stdout, then C{e1} and C{e2} on
@@ -295,6 +359,8 @@ class _CombinedFollower:
         if tag == POSITION_TAG:
             start = json.loads(payload)
             self._position = [int(start["stdout"]), int(start["stderr"])]
+            if self._last is not None:
+                self._last.startsAt(self._position)  # (the first one only)
             # Resumed from here if cut before the next output (a tail asked
             # again would skip what came meanwhile).
             self.lastId = "combined:{}:{}".format(*self._position)
@@ -317,6 +383,10 @@ class _CombinedFollower:
             self._held.append(data)  # said after the output held
             return
         sayDropped(self._streams, data.get("stream"), data.get("dropped"))
+
+    def whole(self) -> bool:
+        """Is the output held surely a tail's last lines (L{LastLines.whole})?"""
+        return self._last is None or self._last.whole()
 
     def release(self) -> None:
         """The output held (a tail's last lines), then what was said of it."""

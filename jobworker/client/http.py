@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import treq
-from hyperlink import EncodedURL
+from hyperlink import EncodedURL, URLParseError
 from treq.client import HTTPClient
 from twisted.internet.defer import (
     CancelledError,
@@ -225,6 +225,15 @@ class JobworkerClient(ApiCalls):
                 f"check refuses the host's name ({e}); name the server by "
                 "its address, or by a name without it"
             ) from None
+        except URLParseError:
+            # Twisted's URL parser takes no IPv6 zone (fe80::1%eth0); the
+            # stdlib's, of the other commands, takes it. It was said with a
+            # Python repr in the line (new user round 38).
+            raise ClientError(
+                f"cannot reach {self.server} with this command: its URL parser "
+                "refuses the host (an IPv6 zone, %...?); name the server by a host "
+                "name or an address without a zone"
+            ) from None
         except Exception as e:
             if isCancellation(e):
                 raise CancelledError() from None
@@ -240,6 +249,7 @@ class JobworkerClient(ApiCalls):
             await treq.content(response),
             retryAfter.decode("ascii", "replace"),
             path,
+            server=self.server,
         )
 
     async def _json(

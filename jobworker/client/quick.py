@@ -582,6 +582,7 @@ class QuickClient(ApiCalls):
                     self._body(response),
                     response.getheader("Retry-After"),
                     path,
+                    server=self.server,
                 )
             return response
 

@@ -18,12 +18,13 @@ from ..units import parseSize
 from .calls import (
     ASK_AGAIN,
     MAX_GRACE,
+    MAX_OFFSET,
     MAX_TAIL,
     MAX_TIMEOUT,
     exitStatusOf,
     started,
 )
-from .errors import ClientError
+from .errors import ClientError, NoAPIThere
 from .failures import (
     EXIT_ALREADY_ENDED,
     AlreadyEnded,
@@ -446,6 +447,9 @@ def _checkLogsOptions(options: argparse.Namespace) -> None:
         raise BadArguments("--stdout and --stderr: choose one (or neither: both)")
     if options.offset is not None and options.offset < 0:
         raise BadArguments("--offset must not be negative")
+    if options.offset is not None and options.offset > MAX_OFFSET:
+        # (It went to the server for its 400: new user round 38.)
+        raise BadArguments(f"--offset must be at most {MAX_OFFSET}")
     if options.tail is not None and not 0 <= options.tail <= MAX_TAIL:
         raise BadArguments(f"--tail must be from 0 to {MAX_TAIL}")
 
@@ -1657,9 +1661,10 @@ def _notThisIds(error: ClientError) -> bool:
     Is C{error} the command's failure rather than one id's: the login
     refused (a 401), or no answer at all (the server unreachable, its CA
     wrong)? Said once, as for one id (it was said again for each id: new
-    user round 28).
+    user round 28). Or the URL's path has no jobworker API (said once,
+    not as each id's "not found": new user round 38).
     """
-    return error.status in (401, None)
+    return error.status in (401, None) or isinstance(error, NoAPIThere)
 
 
 def _showSeveral(
