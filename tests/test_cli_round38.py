@@ -20,6 +20,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -29,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.client import calls
 from jobworker.client.calls import errorFor
 from jobworker.client.follow import LastLines
+from jobworker.client.streams import Streams
 from jobworker.jobs import validation
 
 from .support import CERT, JW, KEY, JWAssertions, LiveServer, jwEnvironment
@@ -427,3 +429,38 @@ class OffsetRangeTests(SubprocessJW, JWAssertions, SynchronousTestCase):
 
     def test_agreesWithTheServer(self) -> None:
         self.assertEqual(calls.MAX_OFFSET, validation.MAX_INT64)
+
+
+class NonBlockingOutputTests(SynchronousTestCase):
+    """
+    Output review 38: jw's job output written to a stdout another process
+    left non-blocking (a pipe, a terminal) with a slow reader stopped at
+    the first full buffer: "cannot write the job's output: Resource
+    temporarily unavailable", exit 1, the rest never shown (11 KB of 1.3
+    MB on a terminal). It waits for room, as jw's own lines do (new user
+    round 29's C{writeAll}).
+    """
+
+    def test_everyByte(self) -> None:
+        readEnd, writeEnd = os.pipe()
+        os.set_blocking(writeEnd, False)
+        out = os.fdopen(writeEnd, "wb")
+        self.addCleanup(out.close)
+        received = bytearray()
+
+        def slowReader() -> None:
+            with os.fdopen(readEnd, "rb", buffering=0) as reading:
+                while chunk := reading.read(4096):
+                    received.extend(chunk)
+                    time.sleep(0.001)
+
+        reader = threading.Thread(target=slowReader)
+        reader.start()
+        write = Streams(out=out, err=io.BytesIO()).writer("stdout")
+        data = bytes(range(256)) * 4096  # (1 MiB: many pipe buffers)
+        try:
+            write(data)
+        finally:
+            out.close()
+            reader.join(30)
+        self.assertEqual(bytes(received), data)

@@ -283,9 +283,17 @@ class Streams:
         last = self.lastOnTerminal if os.isatty(fd) else None
 
         def writeFd(data: bytes | memoryview) -> None:
-            written = os.write(fd, data)
-            while written < len(data):  # a signal may cut a write short
-                written += os.write(fd, memoryview(data)[written:])
+            view = memoryview(data)
+            written = 0
+            while written < len(view):  # (a signal may cut a write short)
+                try:
+                    written += os.write(fd, view[written:])
+                except BlockingIOError:
+                    # A descriptor another process left non-blocking, its
+                    # reader slow: waited for, as writeAll does (it ended
+                    # jw's output, "Resource temporarily unavailable":
+                    # output review 38).
+                    select.select([], [fd], [])
             if last is not None and written:
                 last[0] = data[-1]
 
