@@ -638,9 +638,10 @@ class ErrorCodeTests(TestCase):
                 self.assertTrue(isJSONError(response, body), body)
 
     async def test_unknownRouteIs404(self) -> None:
-        """A path that is no route is a 404 JSON error."""
+        """A path that is no route is a 404 JSON error. (C{/} leads to the
+        dashboard: new user round 38.)"""
         server = LiveServer(self)
-        for path in ("/", "/nope", "/jobs/x/y/z"):
+        for path in ("/nope", "/ui/x/y", "/jobs/x/y/z"):
             response, body = await call(server, "GET", path)
             self.assertEqual(response.code, 404, path)
             self.assertTrue(isJSONError(response, body), body)
