@@ -790,3 +790,18 @@ class OutsideTruncateCheckpointTests(SynchronousTestCase):
         self.addCleanup(store.close)
         found = [n for n in range(10) if store.get(f"job-{n}") is not None]
         self.assertEqual(found, list(range(10)))
+
+
+class EmptyPathOptionTests(SynchronousTestCase):
+    """
+    Session review 38: an empty C{--audit-log=} (or C{--token-key=}) meant
+    the default file; made absolute, it named the working folder, and the
+    start was refused ("Is a directory"). It is kept empty.
+    """
+
+    def test_keptEmpty(self) -> None:
+        options = Options()
+        options.parseOptions(
+            ["--tls", f"--cert={CERT}", f"--key={KEY}", "--audit-log=", "--token-key="]
+        )
+        self.assertEqual((options["audit-log"], options["token-key"]), ("", ""))

@@ -622,7 +622,9 @@ class JobsAPI:
         except ServiceUnavailable as e:
             # (Audited "requested" alone, it read as made: known since
             # stop 54.)
-            self._auditStop(request, user, record.id, how, False, "failed", e.message)
+            # (One a minute of a job: a loop of stops of an unreachable
+            # Slurm wrote two lines each: session review 38.)
+            self._auditStop(request, user, record.id, how, True, "failed", e.message)
             raise
         return _json(request, stopped.toJSON())
 

@@ -747,7 +747,7 @@ class Options(usage.Options):
             # service is built: a relative path named another file then,
             # the store "written again" there, the users file unread at a
             # SIGHUP: operator round 38.)
-            if self[name] is not None:
+            if self[name]:  # (an empty one means the default: kept so)
                 self[name] = os.path.abspath(self[name])
 
     def _checkLimits(self) -> None:
