@@ -13,6 +13,6 @@ def parseSize(text: str) -> int:
     value = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
     number = value[: len(value) - len(unit)]
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):  # ("²" is a digit to Python)
         raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
     return int(number) * _SIZE_UNITS[unit]

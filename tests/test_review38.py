@@ -43,6 +43,7 @@ from jobworker.executors.local.stalls import (
     WINDOW_SECONDS,
     StallWatch,
 )
+from jobworker.jobs.identity import parseRange
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
 from jobworker.server import services, tap
@@ -50,6 +51,7 @@ from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
 from jobworker.server.tlssetup import MAX_CHAIN_CAS
+from jobworker.units import parseSize
 
 from . import test_mtls, test_queue, test_review37
 from .support import CA, CERT, KEY, LiveServer, sleep, writePEM
@@ -805,3 +807,19 @@ class EmptyPathOptionTests(SynchronousTestCase):
             ["--tls", f"--cert={CERT}", f"--key={KEY}", "--audit-log=", "--token-key="]
         )
         self.assertEqual((options["audit-log"], options["token-key"]), ("", ""))
+
+
+class SizeOfOtherDigitsTests(SynchronousTestCase):
+    """
+    Operator round 38: C{--max-log-bytes=²} was "invalid literal for int()
+    with base 10" (Python's words: "²" is a digit to C{str.isdigit}).
+    """
+
+    def test_notASize(self) -> None:
+        for text in ("²", "²M", "١٢"):
+            error = self.assertRaises(ValueError, parseSize, text)
+            self.assertIn("not a size", str(error))
+
+    def test_notARange(self) -> None:
+        error = self.assertRaises(ValueError, parseRange, "²-³")
+        self.assertIn("not a uid range", str(error))

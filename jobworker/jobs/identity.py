@@ -228,6 +228,12 @@ def _isDir(st: os.stat_result) -> bool:
     return (st.st_mode & 0o170000) == 0o040000
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only ("²" is a digit to C{str.isdigit}, not to C{int}:
+    operator round 38)."""
+    return text.isascii() and text.isdigit()
+
+
 def parseRange(text: str) -> tuple[int, int]:
     """C{"70000-79999"} -> C{(70000, 79999)}.
 
@@ -235,7 +241,7 @@ def parseRange(text: str) -> tuple[int, int]:
         or one that holds 65534 (nobody).
     """
     first, sep, last = text.partition("-")
-    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+    if not sep or not _decimal(first.strip()) or not _decimal(last.strip()):
         raise ValueError(f"not a uid range: {text!r} (e.g. 70000-79999)")
     low, high = int(first), int(last)
     if not 1000 <= low <= high < 2**31 - 1:
