@@ -71,11 +71,13 @@ class ServedTLS:
 
     def __init__(self, config: Options) -> None:
         self._config = config
-        self._options = _throughTheBundleOnly(
+        #: The options served, and the client CAs in force: (the options'
+        #: context, a store, the keys' SHA-256 by key and alone), read as
+        #: they are put in force, not when first needed (an edit of the file
+        #: without a SIGHUP took effect in part: operator round 38).
+        self._options, self._authorities = _throughTheBundleOnly(
             _options(config, reloading=False), config["client-ca"]
         )
-        #: The client CAs in force, as a store (made when first needed).
-        self._authorities: Any = None
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
@@ -213,7 +215,9 @@ class ServedTLS:
         try:
             options = _options(self._config, reloading=True)
             options.getContext()  # (the key given to OpenSSL now)
-            options = _throughTheBundleOnly(options, self._config["client-ca"])
+            options, authorities = _throughTheBundleOnly(
+                options, self._config["client-ca"]
+            )
         except Exception as e:
             log.error(
                 "SIGHUP: TLS certificate not reloaded, the one served is kept: {error}",
@@ -221,7 +225,7 @@ class ServedTLS:
             )
             self._reloadClientCAs()
             return
-        self._options = options
+        self._options, self._authorities = options, authorities
         log.info(
             "SIGHUP: TLS certificate reloaded from {cert}: new connections get it",
             cert=self._config["cert"] or "the state dir",
@@ -243,7 +247,7 @@ class ServedTLS:
             options = withClientCAs(
                 self._options, path, bool(self._config["require-client-cert"])
             )
-            options = _throughTheBundleOnly(options, path)
+            options, authorities = _throughTheBundleOnly(options, path)
         except Exception as e:
             log.error(
                 "SIGHUP: the client CAs of {path} were not reloaded either: "
@@ -254,14 +258,14 @@ class ServedTLS:
                 else repr(e),
             )
             return
-        self._options = options
+        self._options, self._authorities = options, authorities
         log.info(
             "SIGHUP: client CAs reloaded from {path}, with the certificate served",
             path=path,
         )
 
 
-def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> Any:
+def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> tuple[Any, Any]:
     """
     The C{options}, whose handshake refuses a client chain through a CA
     that is not in C{clientCAPath}: OpenSSL takes the intermediates a client
@@ -269,11 +273,15 @@ def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> Any:
     holder through the handshake (under C{--require-client-cert}, then in
     with a password: session review 38). (L{ServedTLS.certificateProblem}
     holds a connection made before a reload to the bundle of now.)
+
+    @return: the options, and their client CAs (L{ServedTLS._authorities}).
     """
     if clientCAPath is None:
-        return options
-    keys = frozenset(clientCAKeys(clientCAPath))
+        return options, None
     context = options.getContext()
+    byKey = clientCAKeys(clientCAPath)
+    keys = frozenset(byKey)
+    authorities = (context, clientAuthorities(clientCAPath), byKey, keys)
 
     def verify(
         connection: Any, certificate: Any, error: int, depth: int, ok: int
@@ -288,7 +296,7 @@ def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> Any:
             return False
 
     context.set_verify(context.get_verify_mode(), verify)
-    return options
+    return options, authorities
 
 
 def tlsOptions(config: Options) -> ServedTLS:
