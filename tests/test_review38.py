@@ -823,3 +823,30 @@ class SizeOfOtherDigitsTests(SynchronousTestCase):
     def test_notARange(self) -> None:
         error = self.assertRaises(ValueError, parseRange, "²-³")
         self.assertIn("not a uid range", str(error))
+
+
+class ClientCAsReadWhenInForceTests(TestCase):
+    """
+    Operator round 38: the client CAs' keys were read from C{--client-ca}
+    when first needed, not with the TLS options they go with: an edit of
+    the file without a SIGHUP took effect in part (the handshake by the old
+    file, the request's check by the new one). They are read together.
+    """
+
+    timeout = 60
+    kept = test_mtls.KeptConnectionTests.kept
+    ask = test_mtls.KeptConnectionTests.ask
+
+    async def test_editWithoutAReload(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        other, otherKey = test_mtls.rogueCA(directory)
+        bundle = os.path.join(directory, "bundle.pem")
+        with open(CA, "rb") as f:
+            ours = f.read()
+        with open(other, "rb") as f:
+            writePEM(bundle, ours + f.read())
+        server = LiveServer(self, f"--client-ca={bundle}")
+        writePEM(bundle, ours)  # (no SIGHUP: not in force)
+        pair = writePair(directory, "alice", issue("alice", other, otherKey))
+        code, body = await self.ask(self.kept(pair), server, "GET", "/whoami")
+        self.assertEqual((code, body.get("user")), (200, "alice"), body)
