@@ -46,7 +46,7 @@ from jobworker.executors.local.stalls import (
 from jobworker.jobs.identity import parseRange
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
-from jobworker.server import services, tap
+from jobworker.server import services, tap, tlssetup
 from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
 from jobworker.server.startup import StartupError
@@ -232,10 +232,15 @@ class IntermediateSentByTheClientTests(TestCase):
         bundle, _, root, pair = self.chain(os.path.abspath(self.mktemp()))
         writePEM(bundle, root)
         server = LiveServer(self, f"--client-ca={bundle}", "--require-client-cert")
-        refused = await ensureDeferred(self.ask(server, pair, "/whoami")).addErrback(
-            lambda f: f.value
-        )
+        tlssetup._refusedSaid.clear()
+        with capturedLogs() as events:
+            refused = await ensureDeferred(
+                self.ask(server, pair, "/whoami")
+            ).addErrback(lambda f: f.value)
         self.assertIsInstance(refused, ssl.SSLError, refused)
+        said = " ".join(formatEvent(e) for e in events)
+        self.assertIn("refused in the handshake", said)
+        self.assertIn("CN=intermediate I", said)
 
     async def test_keptConnectionAfterTheRemoval(self) -> None:
         """A connection made while the intermediate was in the bundle: its
@@ -850,3 +855,41 @@ class ClientCAsReadWhenInForceTests(TestCase):
         pair = writePair(directory, "alice", issue("alice", other, otherKey))
         code, body = await self.ask(self.kept(pair), server, "GET", "/whoami")
         self.assertEqual((code, body.get("user")), (200, "alice"), body)
+
+
+#: A store with ten jobs, closed; opened again (a server's start), its WAL
+#: cut before the first look, which comes after more jobs; then a crash.
+_EARLY_CUT = """
+import os, sys
+from jobworker.jobs.store import JobStore, StoreError
+from tests.test_review33 import storeRecord
+path = sys.argv[1]
+store = JobStore(path)
+for n in range(10):
+    store.insert(storeRecord(f"job-{n}"))
+store.close()
+store = JobStore(path)
+for n in range(10, 300):
+    store.insert(storeRecord(f"job-{n}"))
+os.truncate(path + "-wal", 0)
+store.insert(storeRecord("job-300"))
+try:
+    print(store.relink())
+except StoreError as e:
+    print("refused:", e)
+os._exit(0)
+"""
+
+
+class WalCutBeforeTheFirstLookTests(SynchronousTestCase):
+    """
+    Verifier 38: a WAL cut in the server's first 5 s, before its first
+    look, had its zeros checkpointed into the store by that look: every
+    job lost, the older ones too, and the store no server opened. A WAL
+    with no header is never checkpointed.
+    """
+
+    def test_olderJobsKept(self) -> None:
+        store, said = storeAfter(self, _EARLY_CUT, "crash")
+        found = [n for n in range(20) if store.get(f"job-{n}") is not None]
+        self.assertEqual(found[:10], list(range(10)), said)

@@ -623,8 +623,7 @@ class JobStore:
         changed = [c for c in seen if noted.get(c) not in (None, seen[c])]
         if not changed:
             self._companions = seen  # (one not there before is noted)
-            if look:
-                self._walCutOrCheckpointed()
+            self._walCutOrCheckpointed(checkpoint=look)
             return None
         gone = changed[0]
         try:
@@ -661,7 +660,7 @@ class JobStore:
     #: Why the WAL cannot be trusted (cut short in place), once found.
     _walCut: str | None = None
 
-    def _walCutOrCheckpointed(self) -> None:
+    def _walCutOrCheckpointed(self, checkpoint: bool) -> None:
         """
         At each look (every 5 s), the WAL in place: checkpointed into the
         store's file, so that it holds every job but those of the last
@@ -674,7 +673,14 @@ class JobStore:
         held, a young store's every one; a clean stop left a store no
         server opened (fault round 38).
 
-        @raise StoreError: it was cut short (now or before).
+        A WAL with no header is never checkpointed: one cut before the
+        first look (in the server's first 5 s) had its zeros checkpointed
+        into the store, every job lost (verifier 38); one left headless by
+        a crash is SQLite's to ignore, until a write begins it again.
+
+        @param checkpoint: checkpoint it too (the look's, not the store's
+            opening: L{_walRelink}).
+        @raise WalCut: it was cut short (now or before).
         """
         if self._walCut is None:
             wal = self.path + "-wal"
@@ -692,7 +698,7 @@ class JobStore:
                 # again has its header, one cut is written on past a hole,
                 # headless. Nothing to checkpoint meanwhile.
                 return
-            if self._walWhole and not whole:
+            if self._walWhole and not whole:  # (SQLite never does that)
                 self._db.execute("PRAGMA wal_autocheckpoint = 0")
                 self._walCut = (
                     f"{wal} was cut short while the server ran (another program "
@@ -703,10 +709,11 @@ class JobStore:
                 )
             else:
                 self._walWhole = whole
-                try:
-                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # (busy, or the disk: the next look tries again)
+                if whole and checkpoint:
+                    try:
+                        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass  # (busy, or the disk: the next look tries again)
                 return
         raise WalCut(self._walCut)
 
@@ -753,7 +760,7 @@ class JobStore:
         """
         kept = self.path + ".restoring"
         try:
-            shutil.copyfile(self.path, kept)
+            shutil.copy2(self.path, kept)  # (its mode too: 0600)
             os.replace(self.path + "-wal", self.path + "-wal.cut")
         except OSError as e:
             log.error("the store's file is not kept from a cut WAL: {e}", e=e)

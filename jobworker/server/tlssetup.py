@@ -291,12 +291,40 @@ def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> tuple[Any, 
         if depth == 0:
             return True
         try:
-            return publicKeySHA256(certificate.to_cryptography()) in keys
+            authority = certificate.to_cryptography()
+            trusted = publicKeySHA256(authority) in keys
         except Exception:
-            return False
+            return False  # (a CA it cannot read is none of the bundle's)
+        if not trusted:
+            _saySparsely(authority.subject.rfc4514_string()[:200])
+        return trusted
 
     context.set_verify(context.get_verify_mode(), verify)
     return options, authorities
+
+
+#: When each CA a handshake refused was last said (L{_saySparsely}).
+_refusedSaid: dict[str, float] = {}
+
+
+def _saySparsely(subject: str) -> None:
+    """
+    Say, once a minute a CA, that a handshake was refused for a chain
+    through C{subject}, a CA not in --client-ca: the client gets OpenSSL's
+    "internal error" alert alone, and the server said nothing (verifier 38).
+    """
+    now = time.monotonic()
+    if now - _refusedSaid.get(subject, -60.0) < 60.0:
+        return
+    if len(_refusedSaid) > 100:
+        _refusedSaid.clear()
+    _refusedSaid[subject] = now
+    log.warn(
+        "a client certificate was refused in the handshake: its chain goes "
+        "through {ca}, which is not in --client-ca (sent by the client: "
+        "removed from the bundle?)",
+        ca=subject,
+    )
 
 
 def tlsOptions(config: Options) -> ServedTLS:
