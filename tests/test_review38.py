@@ -740,6 +740,11 @@ class WalCutShortTests(SynchronousTestCase):
     def test_cleanClose(self) -> None:
         self.check("close")
 
+    def test_modeKept(self) -> None:
+        """The store's file put back is 0600 as it was (verifier 38: 0644)."""
+        store, said = storeAfter(self, _WAL_CUT, "close")
+        self.assertEqual(os.stat(store.path).st_mode & 0o777, 0o600, said)
+
 
 class CreateTokenGivenBackTests(SynchronousTestCase):
     """
