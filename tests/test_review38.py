@@ -43,6 +43,7 @@ from jobworker.executors.local.stalls import (
     WINDOW_SECONDS,
     StallWatch,
 )
+from jobworker.jobs.folders import removeTree
 from jobworker.jobs.identity import parseRange
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.store import JobStore, StoreError
@@ -898,3 +899,68 @@ class WalCutBeforeTheFirstLookTests(SynchronousTestCase):
         store, said = storeAfter(self, _EARLY_CUT, "crash")
         found = [n for n in range(20) if store.get(f"job-{n}") is not None]
         self.assertEqual(found[:10], list(range(10)), said)
+
+
+def deepFolder(top: str, depth: int) -> None:
+    """Folders C{depth} deep in C{top}, a file in each (made by descriptor:
+    no path is that long)."""
+    folder = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=folder)
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=folder))
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+    finally:
+        os.close(folder)
+
+
+class DeepOutputFolderTests(SynchronousTestCase):
+    """
+    Slurm user round 38: a Slurm job's output folder is its account's, and
+    a job nested 1,500 folders in it: removing it raised C{RecursionError}
+    (C{shutil.rmtree} recurses), not an C{OSError}: C{jw rm} was a 500 with
+    the record gone and the folder left, and C{jw clean} stopped at it, for
+    every user, at every round. A folder is removed without recursion,
+    never through a symbolic link.
+    """
+
+    setUp = test_queue.ManagerQueueTests.setUp
+    manager = test_queue.ManagerQueueTests.manager
+    request = test_queue.ManagerQueueTests.request
+    end = test_queue.ManagerQueueTests.end
+
+    def test_deepRemoved(self) -> None:
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(top)
+        deepFolder(top, 3000)
+        removeTree(top)
+        self.assertFalse(os.path.lexists(top))
+
+    def test_linksNotFollowed(self) -> None:
+        top = os.path.abspath(self.mktemp())
+        outside = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(top, "a"))
+        os.makedirs(outside)
+        with open(os.path.join(outside, "keep"), "w") as f:
+            f.write("x")
+        os.symlink(outside, os.path.join(top, "a", "link"))
+        os.symlink(os.path.join(outside, "keep"), os.path.join(top, "file"))
+        removeTree(top)
+        self.assertFalse(os.path.lexists(top))
+        self.assertTrue(os.path.exists(os.path.join(outside, "keep")))
+
+    def test_goneIsFine(self) -> None:
+        removeTree(os.path.abspath(self.mktemp()))
+
+    def test_deleteOfADeepFolder(self) -> None:
+        """Through the manager's delete: the record and the folder gone."""
+        manager = self.manager()
+        record = manager.create(self.request(), "alice")
+        self.end(manager, record.id)
+        folder = manager._executor.outputDir(record.id)
+        os.makedirs(folder, exist_ok=True)
+        deepFolder(folder, 1500)
+        manager.delete(record.id)
+        self.assertFalse(os.path.lexists(folder))

@@ -196,3 +196,79 @@ def removeJournal(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: How a folder of a tree being removed is opened: never through a link.
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def removeTree(path: str) -> None:
+    """
+    Remove the folder C{path} and everything in it (already gone is fine),
+    as C{shutil.rmtree} does, but without recursion: a job's own output
+    folder (a Slurm job's is its account's) held 1,500 folders one in the
+    other, and C{rmtree}'s C{RecursionError} was a 500 of C{DELETE}, and
+    stopped every later clean-up at it (Slurm user round 38). Each folder
+    is opened by its parent's descriptor, never through a symbolic link,
+    and left by C{..} only if that is the folder it came from: two
+    descriptors open at a time, whatever the depth.
+
+    @raise OSError: something in it could not be removed (or a folder was
+        moved while it was being removed).
+    """
+    try:
+        fd = os.open(path, _FOLDER)
+    except FileNotFoundError:
+        return
+    # Each folder on the way down: (its name in its parent, its identity,
+    # the folders in it still to remove).
+    frames: list[tuple[str, tuple[int, int], list[str]]] = []
+    try:
+        frames.append(("", _identity(fd), _emptied(fd)))
+        while frames:
+            name, _, pending = frames[-1]
+            if pending:
+                child = pending.pop()
+                try:
+                    inner = os.open(child, _FOLDER, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    os.unlink(child, dir_fd=fd)  # (no folder now: a link)
+                    continue
+                os.close(fd)
+                fd = inner
+                frames.append((child, _identity(fd), _emptied(fd)))
+                continue
+            frames.pop()
+            if not frames:
+                break
+            parent = os.open("..", _FOLDER, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if _identity(fd) != frames[-1][1]:
+                raise OSError(errno.ESTALE, f"a folder in {path} was moved meanwhile")
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    """A folder's device and inode."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _emptied(fd: int) -> list[str]:
+    """Remove what the folder C{fd} holds but folders; their names."""
+    folders = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return folders

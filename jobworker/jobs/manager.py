@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import shutil
 import signal
 import stat
 from collections import Counter, OrderedDict, deque
@@ -30,7 +29,7 @@ from .admission import Admission, createBurst
 from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
 from .executor import Executor, ExecutorHealth, LiveJob, OwnerCheck
-from .folders import openJournal, openOutput
+from .folders import openJournal, openOutput, removeTree
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
@@ -1050,7 +1049,7 @@ class JobManager(Admission):
     def _removeOutput(self, jobId: str) -> None:
         """Remove a deleted job's output folder (already gone is fine)."""
         try:
-            shutil.rmtree(self._executor.outputDir(jobId))
+            removeTree(self._executor.outputDir(jobId))
         except OSError as e:
             if e.errno != errno.ENOENT:
                 self.log.error(
