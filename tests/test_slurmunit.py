@@ -617,6 +617,24 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIn("requeued in Slurm", final.error or "")
         self.assertEqual(len(self.commands.cancels), 1)
 
+    def test_specialExitEnds(self) -> None:
+        """
+        Slurm user round 38: a job Slurm holds in SPECIAL_EXIT (it exited
+        with a code of the site's RequeueExitHold, or an administrator's
+        requeuehold) read RUNNING for ever, its stop a 503 after a minute.
+        It is a requeue: it ends FAILED with its exit code, and is
+        cancelled in Slurm.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        held = replace(state("SPECIAL_EXIT"), reason="JobHeldUser", exitCode=42)
+        self.poll({"101": held})
+        final = self.manager.record(record.id)
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertEqual(final.exit_code, 42)
+        self.assertIn("SPECIAL_EXIT", final.error or "")
+        self.assertEqual(len(self.commands.cancels), 1)
+
     def test_failingPollReported(self) -> None:
         """
         A poll that fails for another reason than an unreachable slurmctld

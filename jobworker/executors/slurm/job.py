@@ -328,6 +328,8 @@ class SlurmJob:
             f"was requeued after it started ({state.state})",
             f"requeued in Slurm after it started ({state.state}); "
             "jobworker runs a job once: cancelled",
+            # (The code it exited with, when Slurm held it for that code.)
+            exitCode=state.exitCode if state.state == "SPECIAL_EXIT" else None,
         )
 
     def _neverStarts(self, reason: str, meaning: str) -> None:
@@ -340,7 +342,7 @@ class SlurmJob:
             f"never ran: Slurm will never start it ({reason}: {meaning}); cancelled",
         )
 
-    def _cancelAndEnd(self, why: str, error: str) -> None:
+    def _cancelAndEnd(self, why: str, error: str, exitCode: int | None = None) -> None:
         """Cancel it in Slurm and end it FAILED (STOPPED if a user stopped
         it) with C{error}; the log says C{why}."""
         record = self.record
@@ -354,7 +356,7 @@ class SlurmJob:
         self._executor.cancel(self)
         record.pending_reason = None
         status = JobStatus.FAILED if record.stopped_by is None else JobStatus.STOPPED
-        self._finish(status, error=error)
+        self._finish(status, exitCode=exitCode, error=error)
 
     def _startedAt(self, state: SlurmState, now: float | None) -> float | None:
         """

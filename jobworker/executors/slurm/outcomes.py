@@ -12,7 +12,18 @@ from .documents import SlurmState
 
 #: Slurm states in which the job is queued, running, or finished.
 QUEUED = frozenset(
-    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+    {
+        "PENDING",
+        "CONFIGURING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "RESV_DEL_HOLD",
+        # Held requeues: a code of the site's RequeueExitHold, an
+        # administrator's requeuehold (it read RUNNING for ever: Slurm user
+        # round 38), a federation's.
+        "SPECIAL_EXIT",
+        "REQUEUE_FED",
+    }
 )
 FINAL = frozenset(
     {
