@@ -635,6 +635,22 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIn("SPECIAL_EXIT", final.error or "")
         self.assertEqual(len(self.commands.cancels), 1)
 
+    def test_suspendedEndsWhenSeen(self) -> None:
+        """
+        Slurm user round 38: a suspended job cancelled (a stop, an scancel)
+        has Slurm's EndTime of its suspension: it read ended before anyone
+        stopped it. It ends when the poll sees it.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        suspendedAt = self.reactor.seconds()
+        self.poll({"101": state("SUSPENDED")})
+        self.reactor.advance(20)
+        self.poll({"101": replace(state("CANCELLED", signal=15), endTime=suspendedAt)})
+        final = self.manager.record(record.id)
+        self.assertTrue(final.status.ended)
+        self.assertGreaterEqual(final.ended_at, suspendedAt + 20)
+
     def test_failingPollReported(self) -> None:
         """
         A poll that fails for another reason than an unreachable slurmctld

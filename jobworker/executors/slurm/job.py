@@ -453,6 +453,10 @@ class SlurmJob:
 
     def _ended(self, state: SlurmState) -> None:
         record = self.record
+        # Slurm's EndTime of a suspended job cancelled is its suspension's:
+        # it read ended before anyone stopped it (Slurm user round 38). It
+        # ends when the poll sees it, then.
+        suspended = (record.pending_reason or "").startswith("suspended in Slurm")
         self.failedInSlurm = state.state != "COMPLETED"
         ran = record.started_at is not None or (ranIn(state) and not self._configuring)
         if self._refused is not None and not ran:
@@ -484,7 +488,7 @@ class SlurmJob:
             outcome.exitCode,
             outcome.signal,
             outcome.error,
-            when=state.endTime,
+            when=None if suspended else state.endTime,
         )
 
     def lost(self, reason: str) -> None:
