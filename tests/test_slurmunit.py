@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from jobworker.auth.permissions import Role, User, mayStartQueued
 from jobworker.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.sandbox import SETPRIV
+from jobworker.executors.slurm import executor as executorModule
 from jobworker.executors.slurm.accounts import SlurmAccounts
 from jobworker.executors.slurm.commands import SlurmCommands
 from jobworker.executors.slurm.documents import SlurmError, SlurmState, parseJobs
@@ -650,6 +652,24 @@ class ExecutorTests(SynchronousTestCase):
         final = self.manager.record(record.id)
         self.assertTrue(final.status.ended)
         self.assertGreaterEqual(final.ended_at, suspendedAt + 20)
+
+    def test_ownFolderUnwritableSaidSo(self) -> None:
+        """
+        Slurm user round 38: a job whose files the server could not write
+        (--slurm-output-dir full) ended "Slurm refused the job": Slurm was
+        never asked.
+        """
+
+        def full(*args: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(executorModule, "makeJobFolder", full)
+        record = self.manager.create(request("true"), owner="alice")
+        final = self.manager.record(record.id)
+        self.assertIs(final.status, JobStatus.FAILED)
+        self.assertNotIn("Slurm refused", final.error or "")
+        self.assertIn("jobworker cannot write the job's files", final.error or "")
+        self.assertIn("No space left on device", final.error or "")
 
     def test_failingPollReported(self) -> None:
         """

@@ -331,7 +331,10 @@ class SlurmExecutor:
                 },
             )
         except OSError as e:
-            job.refused(SlurmError(f"cannot write to {directory}: {e.strerror}"))
+            job.unwritable(
+                f"jobworker cannot write the job's files to {directory} "
+                f"(--slurm-output-dir): {e.strerror}"
+            )
             return
         options = sbatchOptions(
             record,

@@ -250,6 +250,15 @@ class SlurmJob:
         self._finish(JobStatus.FAILED, error=f"Slurm refused the job: {error}")
         self.settle(self.record)
 
+    def unwritable(self, why: str) -> None:
+        """
+        The server could not write the job's files (C{--slurm-output-dir}
+        full, read-only): it cannot start, and Slurm was never asked (it
+        read "Slurm refused the job": Slurm user round 38).
+        """
+        self._finish(JobStatus.FAILED, error=f"cannot start: {why}")
+        self.settle(self.record)
+
     # -- state -----------------------------------------------------------------
 
     def update(self, state: SlurmState, now: float) -> None:
