@@ -619,6 +619,20 @@ class TimeoutFloorsTests(SynchronousTestCase):
             self.assertIn(f"--{name} must be from 1", str(error))
 
 
+def twoCABundle(directory: str) -> tuple[str, bytes, str, str]:
+    """
+    A bundle of the test CA and a CA of its own in C{directory}: (its
+    path, the test CA's PEM, the other CA's certificate and key paths).
+    """
+    other, otherKey = test_mtls.rogueCA(directory)
+    bundle = os.path.join(directory, "bundle.pem")
+    with open(CA, "rb") as f:
+        ours = f.read()
+    with open(other, "rb") as f:
+        writePEM(bundle, ours + f.read())
+    return bundle, ours, other, otherKey
+
+
 class ClientCARemovedWhileTheCertificateFailsTests(TestCase):
     """
     Operator round 38: a SIGHUP that removed a CA from C{--client-ca} and
@@ -635,12 +649,7 @@ class ClientCARemovedWhileTheCertificateFailsTests(TestCase):
 
     async def test_removalApplied(self) -> None:
         directory = os.path.abspath(self.mktemp())
-        other, otherKey = test_mtls.rogueCA(directory)
-        bundle = os.path.join(directory, "bundle.pem")
-        with open(CA, "rb") as f:
-            ours = f.read()
-        with open(other, "rb") as f:
-            writePEM(bundle, ours + f.read())
+        bundle, ours, other, otherKey = twoCABundle(directory)
         cert, key = (os.path.join(directory, name) for name in ("s.pem", "s.key"))
         for source, copy in ((CERT, cert), (KEY, key)):
             with open(source, "rb") as f:
@@ -850,12 +859,7 @@ class ClientCAsReadWhenInForceTests(TestCase):
 
     async def test_editWithoutAReload(self) -> None:
         directory = os.path.abspath(self.mktemp())
-        other, otherKey = test_mtls.rogueCA(directory)
-        bundle = os.path.join(directory, "bundle.pem")
-        with open(CA, "rb") as f:
-            ours = f.read()
-        with open(other, "rb") as f:
-            writePEM(bundle, ours + f.read())
+        bundle, ours, other, otherKey = twoCABundle(directory)
         server = LiveServer(self, f"--client-ca={bundle}")
         writePEM(bundle, ours)  # (no SIGHUP: not in force)
         pair = writePair(directory, "alice", issue("alice", other, otherKey))
