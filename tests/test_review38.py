@@ -523,6 +523,12 @@ class RepeatedShortHoldsTests(SynchronousTestCase):
             self.watch.look()
             self.now += 0.4
         self.assertEqual(killed, [3])
+        # Counted afresh after a kill: the next one found is not killed at
+        # once (nor the one killed, again, at each look while it dies).
+        self.slot.reads += 1
+        self.slot.stalled = jobs[4].killStalled
+        self.watch.look()
+        self.assertEqual(killed, [3])
 
     def test_withinItsWindow(self) -> None:
         """Holds further apart than the window do not add up."""

@@ -192,7 +192,11 @@ class StallWatch:
             )
             if held >= self._stallSeconds:
                 slot.seen = None
+                # (Counted afresh: a job still in the kernel after its kill
+                # is not killed again at each look.)
                 del self._found[stalled]
+                if owner is not None:
+                    del self._foundByOwner[owner]
                 stalled(held)
 
 
