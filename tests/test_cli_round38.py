@@ -33,6 +33,7 @@ from jobworker.client.follow import LastLines
 from jobworker.client.streams import Streams
 from jobworker.jobs import validation
 
+from . import test_cli_round37
 from .support import CERT, JW, KEY, JWAssertions, LiveServer, jwEnvironment
 from .test_cli_exec_defects import BOUND, GRACE
 from .test_cli_memory import SERVER, MemoryCLITestCase
@@ -246,15 +247,7 @@ class TailCostTests(MemoryCLITestCase):
 
     LONG = 300_000
 
-    def written(self, *pieces: tuple[int, bytes]) -> str:
-        jobId = self.execId("sh", "-c", "true")
-        spawned = self.process(jobId)
-        for index, data in pieces:
-            (spawned.output, spawned.errors)[index](data)
-            self.reactor.advance(0.2)
-            self.flush()
-        self.endJob(jobId)
-        return jobId
+    written = test_cli_round37.TailAcrossStreamsTests.written
 
     def counted(self, *argv: str) -> tuple[tuple[bytes, bytes, int], list[int]]:
         """C{jw ARGV}'s result, and the bytes of each log answer it read."""
