@@ -37,11 +37,13 @@ from jobworker.certificates import (
     newKey,
 )
 from jobworker.errors import ServiceUnavailable
+from jobworker.executors.local.process import JobProcess
 from jobworker.executors.local.stalls import (
     LOOK_EVERY,
     UNSAID,
     WINDOW_SECONDS,
     StallWatch,
+    abortFuseOf,
 )
 from jobworker.jobs.folders import removeTree
 from jobworker.jobs.identity import parseRange
@@ -974,3 +976,80 @@ class DeepOutputFolderTests(SynchronousTestCase):
         deepFolder(folder, 1500)
         manager.delete(record.id)
         self.assertFalse(os.path.lexists(folder))
+
+
+#: A job's mount table: FUSE file systems it made (one as a root of its own
+#: user namespace), one the host has (another uid's), the host's others.
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/root rw
+40 22 0:45 / /tmp/job/m rw,nosuid,nodev - fuse /dev/fuse rw,user_id=72001,group_id=72001
+41 22 0:46 / /home/o/m rw,nosuid - fuse.sshfs host: rw,user_id=1000,group_id=1000
+42 22 0:47 / /tmp/job/n rw,nosuid,nodev - fuse.mine src rw,user_id=72001,group_id=72001
+43 22 0:48 / /tmp/job/fusemnt rw,nosuid,nodev - fuse jw rw,user_id=0,group_id=0
+44 22 8:2 / /mnt rw - fuseblk /dev/sdb1 rw,user_id=72001,group_id=0
+"""
+
+#: The server's own mount table: the host's.
+SERVERS_MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/root rw
+41 22 0:46 / /home/o/m rw,nosuid - fuse.sshfs host: rw,user_id=1000,group_id=1000
+"""
+
+
+class FuseAbortedTests(SynchronousTestCase):
+    """
+    Attacker round 38 from inside a job: a job read its stdin into a page
+    of a FUSE file its own thread never serves; the kill did not end that
+    wait, and the server's write to that stdin waited in the kernel for
+    good. Found holding the lock still after its kill, the job's uid's FUSE
+    connections are aborted; nobody else's, never root's.
+    """
+
+    def tables(self) -> tuple[str, str]:
+        proc = os.path.abspath(self.mktemp())
+        connections = os.path.abspath(self.mktemp())
+        for pid, table in (("1234", MOUNTINFO), ("self", SERVERS_MOUNTINFO)):
+            os.makedirs(os.path.join(proc, pid))
+            with open(os.path.join(proc, pid, "mountinfo"), "w") as f:
+                f.write(table)
+        for connection in (45, 46, 47, 48):
+            os.makedirs(os.path.join(connections, str(connection)))
+            open(os.path.join(connections, str(connection), "abort"), "w").close()
+        return proc, connections
+
+    def aborted(self, connections: str) -> list[str]:
+        found = []
+        for connection in sorted(os.listdir(connections)):
+            with open(os.path.join(connections, connection, "abort")) as f:
+                if f.read() == "1":
+                    found.append(connection)
+        return found
+
+    def test_theJobsOwn(self) -> None:
+        proc, connections = self.tables()
+        said = abortFuseOf([1234, 999], proc=proc, connections=connections)
+        self.assertEqual(said, [45, 47, 48])
+        self.assertEqual(self.aborted(connections), ["45", "47", "48"])
+
+    def test_neverTheServers(self) -> None:
+        """A FUSE file system the server's table has too is the host's."""
+        proc, connections = self.tables()
+        said = abortFuseOf([1234], proc=proc, connections=connections)
+        self.assertNotIn(46, said)
+        self.assertNotIn("46", self.aborted(connections))
+
+    def test_atTheSecondKill(self) -> None:
+        """The first kill alone; found holding still, its FUSE aborted."""
+        calls: list[int] = []
+        job = SimpleNamespace(
+            _stalledFor=None,
+            _uid=72001,
+            _pgid=None,
+            _exit=None,
+            cgroup=SimpleNamespace(kill=lambda: True),
+            _abortFuse=calls.append,
+        )
+        JobProcess.killStalled(job, 1.0)  # type: ignore[arg-type]
+        self.assertEqual(calls, [])
+        JobProcess.killStalled(job, 1.0)  # type: ignore[arg-type]
+        self.assertEqual(calls, [72001])

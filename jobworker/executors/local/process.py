@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from ...errors import Conflict
 from ...jobs.ending import Ending, elapsedSeconds
 from ...jobs.records import JobRecord, JobStatus, signalName
+from ...jobs.recovery import processesByUid
 from ...jobs.spool import SHORT_OF, OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from .cgroups import JobCgroup
@@ -25,7 +26,7 @@ from .leftovers import LeftoverJournal
 from .pipes import drainInLargeReads, writeAtOnce
 from .pump import Pumps
 from .sandbox import GO
-from .stalls import StallWatch
+from .stalls import StallWatch, abortFuseOf, mountFuseControl
 from .stdin import StdinFeed
 
 #: Extra time after the group's SIGKILL before we stop waiting for pipes held
@@ -678,9 +679,16 @@ class JobProcess:
         The reactor's thread has waited C{held} seconds in the kernel for
         the lock of one of this job's pipes, which the job holds (L{stalls}):
         SIGKILL to every process of it, now, from the watch's thread (the
-        reactor's cannot run). Its end says why.
+        reactor's cannot run). Its end says why. Called again (the watch
+        found it holding the lock still, a second after its kill: a wait no
+        kill ends, as for a page of a FUSE file its own thread serves), the
+        FUSE connections its uid mounted are aborted too (attacker round 38
+        from inside a job).
         """
+        again = self._stalledFor is not None
         self._stalledFor = held
+        if again and self._uid:
+            self._abortFuse(self._uid)
         pgid = self._pgid
         try:
             if self.cgroup is not None:
@@ -689,6 +697,24 @@ class JobProcess:
                 os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+
+    def _abortFuse(self, uid: int) -> None:
+        """L{abortFuseOf} the processes of C{uid} (the watch's thread): its
+        jobs' (a dynamic uid's is its job's; a mapped account's may be its
+        other jobs' too, whose FUSE file systems are theirs)."""
+        try:
+            pids = processesByUid(range(uid, uid + 1)).get(uid, [])
+            mountFuseControl()
+            aborted = abortFuseOf(pids)
+        except OSError:
+            return
+        if aborted:
+            self.log.warn(
+                "job {job}: held its pipe's lock past its kill: the FUSE "
+                "connection(s) {aborted} it made aborted",
+                job=self.record.id,
+                aborted=aborted,
+            )
 
     def _abandonPipes(self) -> None:
         # Something outside the group (it called setsid) holds our pipes:

@@ -21,6 +21,8 @@ Each read costs two attribute stores and an increment (L{StallWatch.reads}).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -218,3 +220,83 @@ def _ownerOf(stalled: Callable[[float], None]) -> str | None:
 #: The process's watch (started by the first job's pipes, for the process's
 #: life: one thread, a look every L{LOOK_EVERY} seconds).
 WATCH = StallWatch()
+
+
+#: Where the kernel lists FUSE connections (C{fusectl}, mounted by systemd).
+FUSE_CONNECTIONS = "/sys/fs/fuse/connections"
+
+
+def abortFuseOf(
+    pids: list[int],
+    proc: str = "/proc",
+    connections: str = FUSE_CONNECTIONS,
+) -> list[int]:
+    """
+    Abort the FUSE connections a job made, as the mount tables of its
+    processes C{pids} show them: those the server's own table does not
+    have (made in the job's own mount namespace; by a root of its own user
+    namespace under the exec chain, "user_id=0"). A job that read into a
+    page of a FUSE file its own thread never serves held its pipe's lock
+    past its kill, and the server's write
+    waited in the kernel for good (attacker round 38 from inside a job):
+    aborting ends the page's wait, and the lock's. The server's own (the
+    host's: lxcfs, a user's sshfs) are never touched.
+
+    @return: the connections aborted.
+    """
+    ours = set(_fuseMounts(f"{proc}/self/mountinfo"))
+    aborted: list[int] = []
+    for pid in pids:
+        for connection in _fuseMounts(f"{proc}/{pid}/mountinfo"):
+            if connection in ours or connection in aborted:
+                continue
+            try:
+                with open(f"{connections}/{connection}/abort", "w") as f:
+                    f.write("1")
+            except OSError:
+                continue
+            aborted.append(connection)
+    return aborted
+
+
+def _fuseMounts(path: str) -> list[int]:
+    """
+    The FUSE file systems of the mount table C{path} (a C{mountinfo}): each
+    one's connection (its anonymous device's number).
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            table = f.read()
+    except OSError:
+        return []
+    found = []
+    for line in table.splitlines():
+        fields, _, rest = line.partition(" - ")
+        kind = rest.partition(" ")[0]
+        parts = fields.split()
+        if len(parts) < 3 or kind.split(".")[0] != "fuse":
+            continue  # (fuseblk: a block device's, root's to mount)
+        major, _, minor = parts[2].partition(":")
+        if major != "0" or not (minor.isascii() and minor.isdigit()):
+            continue  # (a FUSE file system's device is an anonymous one)
+        found.append(int(minor))
+    return found
+
+
+def mountFuseControl(connections: str = FUSE_CONNECTIONS) -> None:
+    """
+    Mount C{fusectl} at C{connections} if it is not (systemd mounts it; a
+    container or a bare init may not): L{abortFuseOf} writes there. Root's
+    alone; a failure leaves it as it was.
+    """
+    if not os.path.isdir(connections) or os.path.ismount(connections):
+        return
+    try:
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", connections],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
