@@ -437,6 +437,7 @@ if look:
     print(store.relink())
 for n in range(20, 25):
     store.insert(storeRecord(f"job-{n}"))
+sys.stdout.flush()  # (os._exit writes out no buffer)
 os._exit(0)
 """
 
@@ -730,6 +731,7 @@ try:
 except StoreError as e:
     print("refused:", e)
 if end == "crash":
+    sys.stdout.flush()  # (os._exit writes out no buffer)
     os._exit(0)
 store.close()
 """
@@ -895,6 +897,7 @@ try:
     print(store.relink())
 except StoreError as e:
     print("refused:", e)
+sys.stdout.flush()  # (os._exit writes out no buffer)
 os._exit(0)
 """
 
