@@ -33,6 +33,7 @@ from .folders import openJournal, openOutput, removeTree
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
+from .removal import AsideRemoval
 from .scheduling import Scheduler
 from .schema import DamagedRecord
 from .selection import ANY_JOB, JobFilter
@@ -128,6 +129,7 @@ class JobManager(Admission):
         policy: JobPolicy | None = None,
         metrics: Metrics | None = None,
         ownerCheck: OwnerCheck | None = None,
+        outputRemoval: AsideRemoval | None = None,
     ) -> None:
         policy = policy if policy is not None else JobPolicy()
         self._reactor = reactor
@@ -179,6 +181,11 @@ class JobManager(Admission):
         self._sweepTimer: IDelayedCall | None = None
         self._sweepDelay = RETRY_FIRST
         self._sweepJournal = os.path.join(stateDir, DELETED_OUTPUT)
+        #: Removes deleted jobs' output folders off the reactor's thread
+        #: (None: here and now, as a test's manager does).
+        self._outputRemoval = outputRemoval
+        if outputRemoval is not None:
+            outputRemoval.removed = self._reserveAgain
         #: Final records the store could not take yet (disk full): the truth
         #: until it has them, written again every so often.
         self._unsaved: dict[str, JobRecord] = {}
@@ -257,6 +264,14 @@ class JobManager(Admission):
         self._scheduler.paused = False
         self._scheduler.dispatch()
         self.ownersChanged()
+        if self._outputRemoval is not None:
+            folder = os.path.dirname(self._executor.outputDir("-"))
+            left = self._outputRemoval.sweep(folder)
+            if left:
+                self.log.info(
+                    "{count} deleted output folders left by the last run: removing",
+                    count=left,
+                )
         if self._storeLook is None:
             self._storeLook = self._reactor.callLater(STORE_LOOK, self._lookAtStore)
 
@@ -1048,8 +1063,12 @@ class JobManager(Admission):
 
     def _removeOutput(self, jobId: str) -> None:
         """Remove a deleted job's output folder (already gone is fine)."""
+        path = self._executor.outputDir(jobId)
         try:
-            removeTree(self._executor.outputDir(jobId))
+            if self._outputRemoval is not None:
+                self._outputRemoval.remove(path)
+            else:
+                removeTree(path)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 self.log.error(

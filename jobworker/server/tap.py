@@ -43,6 +43,7 @@ from ..jobs.limits import WINDOWS_PER_SECOND, Limits, ioRateFloor
 from ..jobs.manager import JobManager, giveUpReserve
 from ..jobs.placement import SlurmAllowances
 from ..jobs.policy import JobPolicy, JobReactor
+from ..jobs.removal import AsideRemoval
 from ..jobs.store import JobStore, StoreError, roomForAFile
 from ..metrics import Metrics
 from . import descriptors, identitysetup, tlssetup
@@ -512,6 +513,7 @@ def _manager(
             policy=policy,
             metrics=metrics,
             ownerCheck=ownerCheck,
+            outputRemoval=AsideRemoval(reactor),
         )
         # Nothing starts before the service does (L{ManagerService}): the
         # queue is held while the jobs of the last run are recovered.

@@ -46,6 +46,7 @@ from ...jobs.recovery import (
     sessionMembers,
     spawnedAt,
 )
+from ...jobs.removal import AsideRemoval
 from ...jobs.spool import OutputSpool, outputSize
 from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
@@ -1199,6 +1200,7 @@ def localJobManager(
     cgroups: Cgroups | None = None,
     policy: JobPolicy | None = None,
     metrics: Metrics | None = None,
+    outputRemoval: AsideRemoval | None = None,
 ) -> JobManager:
     """A L{JobManager} over a L{LocalExecutor} in C{stateDir}/jobs."""
     executor = LocalExecutor(
@@ -1210,7 +1212,9 @@ def localJobManager(
         cgroups,
         policy,
     )
-    return JobManager(reactor, stateDir, executor, store, policy, metrics)
+    return JobManager(
+        reactor, stateDir, executor, store, policy, metrics, outputRemoval=outputRemoval
+    )
 
 
 def _homeOrRoot(env: dict[str, str]) -> str:
