@@ -10,15 +10,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+import treq
+from twisted.internet.defer import ensureDeferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
 from jobworker.jobs import removal
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.removal import ASIDE, AsideRemoval
 
-from . import test_queue
+from . import test_mtls, test_queue
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .test_auditflood import audit
 
 
 class ThreadCalls:
@@ -155,3 +158,40 @@ class OutputRemovedAsideTests(SynchronousTestCase):
         manager.delete(record.id)
         self.assertEqual(self.removedOn, ["MainThread"])
         self.assertEqual(os.listdir(os.path.dirname(folder)), [])
+
+
+class RevokedCertificateOnAKeptConnectionTests(TestCase):
+    """
+    Attacker round 39: a client certificate that stopped letting in while
+    its connection was kept (its CA removed from C{--client-ca}, or its
+    end passed) was refused at each request with a line of the audit log,
+    never throttled, the connection kept: 5,000 lines (1 MB) in 3 s of one
+    connection, a GB an hour. The connection is closed once the first
+    refusal is answered, and the refusal audited once a minute.
+    """
+
+    timeout = 60
+    secondCA = test_mtls.KeptConnectionTests.secondCA
+    kept = test_mtls.KeptConnectionTests.kept
+    ask = test_mtls.KeptConnectionTests.ask
+
+    async def test_closedAndAuditedOnce(self) -> None:
+        server, http, removeCA = self.secondCA()
+        code, body = await self.ask(http, server, "GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        await removeCA()
+        response = await http.get(server.url + "/whoami")
+        await treq.content(response)
+        self.assertEqual(response.code, 401)
+        # The next request needs a new connection, whose handshake the
+        # server refuses: the kept one is closed.
+        failure = await ensureDeferred(
+            self.ask(http, server, "GET", "/whoami")
+        ).addErrback(lambda f: f.value)
+        self.assertIsInstance(failure, Exception, repr(failure))
+        [line] = [
+            line
+            for line in audit(server, "auth.failure")
+            if "not signed by a CA" in line.get("reason", "")
+        ]
+        self.assertEqual(line["user"], "alice")
