@@ -6,22 +6,30 @@ ones), each reproduced here before its fix.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import treq
 from twisted.internet.defer import ensureDeferred
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.local.stalls import abortFuseOf
 from jobworker.jobs import removal
 from jobworker.jobs.policy import JobPolicy
+from jobworker.jobs.recovery import groupTakenOver, processesOf, sessionMembers
 from jobworker.jobs.removal import ASIDE, AsideRemoval
 
-from . import test_mtls, test_queue
+from . import test_identity, test_mtls, test_queue, test_review38
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .support import LiveServer
 from .test_auditflood import audit
+from .test_review31 import THREAD_EXIT
 
 
 class ThreadCalls:
@@ -73,12 +81,14 @@ class OutputRemovedAsideTests(SynchronousTestCase):
         self.removal = AsideRemoval(self.threadCalls)
         #: Each removal waits for this before it starts, and says when done.
         self.go = threading.Event()
+        self.begun = threading.Event()
         self.done = threading.Semaphore(0)
         self.removedOn: list[str] = []
         real = removal.removeTree
 
         def held(path: str) -> None:
             self.removedOn.append(threading.current_thread().name)
+            self.begun.set()
             if threading.current_thread() is not threading.main_thread():
                 self.assertTrue(self.go.wait(30))
             try:
@@ -122,6 +132,7 @@ class OutputRemovedAsideTests(SynchronousTestCase):
         # while the reactor's thread goes on.
         self.assertFalse(os.path.lexists(folder))
         self.assertEqual(len(os.listdir(os.path.join(aside, "sub"))), 100)
+        self.assertTrue(self.begun.wait(30))
         self.assertEqual(self.removedOn, ["jobworker-output-removal"])
 
         self.finished()
@@ -195,3 +206,121 @@ class RevokedCertificateOnAKeptConnectionTests(TestCase):
             if "not signed by a CA" in line.get("reason", "")
         ]
         self.assertEqual(line["user"], "alice")
+
+
+#: A job's leftover: it leaves the job's session, says its pid, lets go of
+#: the job's pipes, and ends its first thread (C{SYS_exit}) while another
+#: sleeps on: C{/proc/PID/stat} reads C{Z} as it runs.
+LEADER_ENDS = f"""
+import ctypes, os, threading, time
+if os.fork() == 0:
+    os.setsid()
+    threading.Thread(target=time.sleep, args=(120,)).start()
+    os.write(1, b"%d\\n" % os.getpid())
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    ctypes.CDLL(None).syscall({THREAD_EXIT}, 0)
+time.sleep(1)
+"""
+
+
+def threadsRunning(pid: int) -> bool:
+    """Does a thread of C{pid} run (not a zombie's)?"""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def requireThreadExit() -> None:
+    if THREAD_EXIT is None:
+        raise SkipTest(f"SYS_exit's number is not known on {os.uname().machine}")
+
+
+class LeaderThreadEndedTests(SynchronousTestCase):
+    """
+    Attacker round 39 from inside a job: a process whose first thread
+    ended with C{SYS_exit} reads C{Z} in C{/proc/PID/stat} while its other
+    threads run on. Every scan for what a uid or a job left took it for
+    gone: without cgroups, its dynamic uid went to another user's job while
+    it ran (it lowered that job's C{RLIMIT_CPU}: killed after 1 s), and a
+    restart's recovery left it; the FUSE abort of round 38 found none of
+    its tables. Looked at thread by thread.
+    """
+
+    def started(self) -> int:
+        requireThreadExit()
+        child = subprocess.Popen(
+            [sys.executable, "-c", LEADER_ENDS], stdout=subprocess.PIPE
+        )
+        self.addCleanup(child.wait)
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+        self.addCleanup(os.kill, pid, signal.SIGKILL)
+        for _ in range(200):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        else:
+            self.fail("its first thread never ended")
+        self.assertTrue(threadsRunning(pid))
+        return pid
+
+    def test_foundByUid(self) -> None:
+        pid = self.started()
+        self.assertIn(pid, processesOf(os.geteuid()))
+
+    def test_foundBySession(self) -> None:
+        pid = self.started()
+        self.assertIn(pid, sessionMembers().get(pid, []))
+
+    def test_holdsItsGroup(self) -> None:
+        pid = self.started()
+        self.assertTrue(groupTakenOver(pid, os.geteuid() + 1))
+
+    def test_fuseTablesOfItsThreads(self) -> None:
+        """Its first thread has no mount table now: its others are read."""
+        proc, connections = test_review38.FuseAbortedTests.tables(self)  # type: ignore[arg-type]
+        os.makedirs(os.path.join(proc, "1300", "task", "1300"))
+        os.makedirs(os.path.join(proc, "1300", "task", "1301"))
+        os.rename(
+            os.path.join(proc, "1234", "mountinfo"),
+            os.path.join(proc, "1300", "task", "1301", "mountinfo"),
+        )
+        said = abortFuseOf([1300], proc=proc, connections=connections)
+        self.assertEqual(said, [45, 47, 48])
+
+
+class LeaderThreadEndedLeftoverTests(TestCase):
+    """
+    The same through a server without cgroups and a pool of one uid: the
+    leftover is gone before its uid is handed out again.
+    """
+
+    timeout = 60
+    afterTheFirst = test_identity.DynamicIdentityTests.afterTheFirst
+
+    async def test_goneBeforeTheUidIsReused(self) -> None:
+        test_identity.requireRoot()
+        requireThreadExit()
+        uid = 74390
+        server = LiveServer(self, "--cgroups=off", f"--dynamic-uids={uid}-{uid}")
+        first = await server.createJob("python3", "-c", LEADER_ENDS)
+        await server.waitEnded(first["id"])
+        pid = int(await test_identity.output(server, first["id"]))
+        self.addCleanup(subprocess.run, ["kill", "-9", str(pid)], check=False)
+        second = await self.afterTheFirst(server, first, {"command": "true"})
+        self.assertEqual(second["run_as"], f"dynamic:{uid}")
+        self.assertFalse(threadsRunning(pid), "the uid was handed out again")
+        await server.waitEnded(second["id"])

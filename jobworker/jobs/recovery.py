@@ -42,6 +42,31 @@ def _stat(pid: int | str) -> list[str] | None:
     return data[data.rindex(b")") + 2 :].decode("ascii").split()
 
 
+def _alive(pid: int | str, fields: list[str] | None) -> bool:
+    """
+    Is the process C{pid} (its C{/proc/PID/stat} C{fields}) alive? Its
+    state is its first thread's: one that ended with C{SYS_exit} reads
+    C{Z} while the process's other threads go on, and such a process was
+    taken for gone by every scan for what a uid or a job left (its dynamic
+    uid handed to another user's job while it ran; attacker round 39 from
+    inside a job). A zombie's other threads, if any, are looked at.
+    """
+    if fields is None:
+        return False
+    if fields[0] not in ("Z", "X"):
+        return True
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for thread in threads:
+        if thread != str(pid):
+            state = _stat(f"{pid}/task/{thread}")
+            if state is not None and state[0] not in ("Z", "X"):
+                return True
+    return False
+
+
 def processStartTime(pid: int) -> int | None:
     """Start time of C{pid} in clock ticks since boot, or None if it is gone."""
     fields = _stat(pid)
@@ -77,8 +102,9 @@ def sessionMembers() -> dict[int, list[int]]:
         if not entry.isdigit():
             continue
         fields = _stat(entry)
-        if fields is None or fields[0] == "Z":
+        if not _alive(entry, fields):
             continue
+        assert fields is not None
         sessions.setdefault(int(fields[3]), []).append(int(entry))
     return sessions
 
@@ -108,7 +134,7 @@ def groupTakenOver(pgid: int, uid: int) -> bool:
         if not entry.isdigit():
             continue
         fields = _stat(entry)
-        if fields is None or fields[0] == "Z" or int(fields[2]) != pgid:
+        if fields is None or int(fields[2]) != pgid or not _alive(entry, fields):
             continue
         owner = realUid(int(entry))
         if owner is not None and owner != uid:
@@ -270,8 +296,7 @@ def processesByUid(uids: range | None = None) -> dict[int, list[int]]:
             continue
         if uids is not None and uid not in uids:
             continue
-        fields = _stat(entry)
-        if fields is not None and fields[0] != "Z":
+        if _alive(entry, _stat(entry)):
             found.setdefault(uid, []).append(int(entry))
     return found
 

@@ -247,7 +247,8 @@ def abortFuseOf(
     ours = set(_fuseMounts(f"{proc}/self/mountinfo"))
     aborted: list[int] = []
     for pid in pids:
-        for connection in _fuseMounts(f"{proc}/{pid}/mountinfo"):
+        found = {c for table in _tablesOf(proc, pid) for c in _fuseMounts(table)}
+        for connection in sorted(found):
             if connection in ours or connection in aborted:
                 continue
             try:
@@ -257,6 +258,25 @@ def abortFuseOf(
                 continue
             aborted.append(connection)
     return aborted
+
+
+#: Threads of one process whose mount tables L{abortFuseOf} reads, at most.
+TABLES_READ = 64
+
+
+def _tablesOf(proc: str, pid: int) -> list[str]:
+    """
+    The mount tables of C{pid}: each of its threads' (up to L{TABLES_READ}).
+    A process whose first thread ended (C{SYS_exit}) has no table of its
+    own any more, while its other threads wait in the FUSE page (attacker
+    round 39 from inside a job); and a thread may have a mount namespace
+    of its own.
+    """
+    try:
+        threads = sorted(os.listdir(f"{proc}/{pid}/task"))[:TABLES_READ]
+    except OSError:
+        return [f"{proc}/{pid}/mountinfo"]
+    return [f"{proc}/{pid}/task/{thread}/mountinfo" for thread in threads]
 
 
 def _fuseMounts(path: str) -> list[int]:
