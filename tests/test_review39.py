@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
@@ -24,10 +27,11 @@ from jobworker.jobs import removal
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.recovery import groupTakenOver, processesOf, sessionMembers
 from jobworker.jobs.removal import ASIDE, AsideRemoval
+from jobworker.server import connections
 
 from . import test_identity, test_mtls, test_queue, test_review38
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import LiveServer
+from .support import CA, LiveServer, sleep
 from .test_auditflood import audit
 from .test_review31 import THREAD_EXIT
 
@@ -324,3 +328,75 @@ class LeaderThreadEndedLeftoverTests(TestCase):
         self.assertEqual(second["run_as"], f"dynamic:{uid}")
         self.assertFalse(threadsRunning(pid), "the uid was handed out again")
         await server.waitEnded(second["id"])
+
+
+def silentFor(port: int, seconds: float, handshake: bool = False) -> bytes | None:
+    """
+    Connect and say nothing (after a TLS handshake, if C{handshake}); what
+    the connection reads within C{seconds}: C{b""} once the server closed
+    it, None if it kept it.
+    """
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        if handshake:
+            context = ssl.create_default_context(cafile=CA)
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        sock.settimeout(seconds)
+        try:
+            return sock.recv(1)
+        except TimeoutError:
+            return None
+        except (ssl.SSLError, ConnectionResetError):
+            return b""
+    finally:
+        sock.close()
+
+
+class SilentConnectionsTests(TestCase):
+    """
+    Attacker round 39: a connection that sent nothing (no TLS handshake,
+    or no request after it) was kept for the idle timeout, a minute:
+    --header-timeout ran from a request's first byte. Bare connects from
+    17 addresses held every connection the server takes, and every other
+    client was refused, tokens and certificates included. The first
+    request's headers are due within --header-timeout of the accept; at
+    the server's cap a new connection takes the place of the one idle
+    longest.
+    """
+
+    timeout = 60
+
+    async def test_silentSocketClosed(self) -> None:
+        server = LiveServer(self, "--header-timeout=1")
+        self.assertEqual(await deferToThread(silentFor, server.port, 10.0), b"")
+
+    async def test_silentAfterTheHandshakeClosed(self) -> None:
+        server = LiveServer(self, "--header-timeout=1")
+        closed = await deferToThread(silentFor, server.port, 10.0, True)
+        self.assertEqual(closed, b"")
+
+    async def test_idleGivesWayAtTheCap(self) -> None:
+        """Two slots held by silent sockets: a request gets one of them; a
+        request in progress (a follower) is never the one closed."""
+        self.patch(connections, "EVICT_IDLE", 0.2)
+        server = LiveServer(
+            self, "--max-connections=2", "--max-connections-per-client=64"
+        )
+        job = await server.createJob("sh", "-c", "echo up; sleep 30")
+        self.addCleanup(server.json, "POST", f"/jobs/{job['id']}/stop")
+        await server.http.get(server.url + "/whoami")  # (the pool's closed)
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        follower = await server.request(
+            "GET", f"/jobs/{job['id']}/logs?follow=true&stream=stdout"
+        )
+        self.assertEqual(follower.code, 200)
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(silent.close)
+        await sleep(0.5)
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        silent.settimeout(5)
+        self.assertEqual(await deferToThread(silent.recv, 1), b"")
+        code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
+        self.assertIn(code, (200, 202), stopped)
+        self.assertEqual(await treq.content(follower), b"up\n")

@@ -15,6 +15,11 @@ from ..peers import clientKey
 #: What refused a connection: the client's own cap, or the server's in all.
 CAPS = ("client", "server")
 
+#: At the server's cap, a new connection takes the place of the one idle
+#: longest, if it has been idle this long (seconds): no request in
+#: progress, no answer being sent.
+EVICT_IDLE = 5.0
+
 
 class KeptAlive(ProtocolWrapper):
     """The outermost protocol of a connection: turns on its TCP keepalive."""
@@ -76,6 +81,8 @@ class ConnectionsPerClient(WrappingFactory):
         self._clock = clock
         #: Per cap: when a refusal was last logged, and those since.
         self._quiet: dict[str, tuple[float, int]] = {}
+        #: Connections closed to make room, not yet gone.
+        self._evicted: set[ProtocolWrapper] = set()
 
     def buildProtocol(  # type: ignore[override]
         self, addr: IAddress | None
@@ -86,9 +93,17 @@ class ConnectionsPerClient(WrappingFactory):
         if count >= self._limit:
             self._refused("client", address, host, count)
             return None
-        if self._total is not None and len(self._hosts) >= self._total:
-            self._refused("server", address, host, len(self._hosts))
-            return None
+        held = len(self._hosts) - len(self._evicted)
+        if self._total is not None and held >= self._total:
+            # Connections kept idle (a client's kept-alive pool, or one that
+            # never says a word: attacker round 39) give way to a new one.
+            idlest = self._idlest()
+            if idlest is None:
+                self._refused("server", address, host, held)
+                return None
+            self._evicted.add(idlest)
+            if idlest.transport is not None:
+                idlest.transport.abortConnection()  # type: ignore[attr-defined]
         protocol: ProtocolWrapper | None = super().buildProtocol(addr)
         if protocol is not None:
             self._counts[host] = count + 1
@@ -118,8 +133,21 @@ class ConnectionsPerClient(WrappingFactory):
             cap=cap,
         )
 
+    def _idlest(self) -> ProtocolWrapper | None:
+        """The connection idle longest, if for L{EVICT_IDLE} at least."""
+        found, longest = None, EVICT_IDLE
+        for wrapper in self._hosts:
+            if wrapper in self._evicted:
+                continue
+            channel = _channelOf(wrapper)
+            idle = channel.idleFor() if channel is not None else 0.0
+            if idle >= longest:
+                found, longest = wrapper, idle
+        return found
+
     def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
         super().unregisterProtocol(protocol)  # type: ignore[no-untyped-call]
+        self._evicted.discard(protocol)
         host = self._hosts.pop(protocol, None)
         if host is not None:
             remaining = self._counts[host] - 1
@@ -127,3 +155,13 @@ class ConnectionsPerClient(WrappingFactory):
                 self._counts[host] = remaining
             else:
                 del self._counts[host]
+
+
+def _channelOf(wrapper: Any) -> Any:
+    """The HTTP channel inside a connection's wrappers (TLS), if found."""
+    layer = wrapper
+    for _ in range(4):
+        layer = getattr(layer, "wrappedProtocol", None)
+        if layer is None or hasattr(layer, "idleFor"):
+            return layer
+    return None

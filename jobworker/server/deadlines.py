@@ -82,7 +82,8 @@ class DeadlineChannel(HTTPChannel):
     is an idle timer that every byte restarts (a client sending one byte a
     second would hold the connection forever).
 
-    From a request's first byte, its headers must arrive within
+    From a request's first byte (the first request's: from the accept,
+    its TLS handshake included), its headers must arrive within
     C{headerTimeout} seconds; from the end of the headers, its body within
     C{bodyTimeout}. A late client gets a 408 and the connection is closed.
     The request line and headers together are capped at C{totalHeadersSize}
@@ -111,6 +112,20 @@ class DeadlineChannel(HTTPChannel):
         #: The pieces of a request or header line whose end has not come
         #: (L{dataReceived}).
         self._partialLine = bytearray()
+
+    #: Whether the client has sent anything of a request yet.
+    _spoken = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self._lastActive = time.monotonic()
+        # From the accept on (the TLS handshake included), not from a first
+        # byte that may never come: sockets that sent nothing were each
+        # kept for the idle timeout's minute, and 17 addresses held every
+        # connection the server takes (attacker round 39).
+        self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
+            self.headerTimeout, self._tooSlow, "headers"
+        )
 
     def getHost(self) -> Any:
         """The local address, asked of the socket once: Twisted asks for it
@@ -223,6 +238,7 @@ class DeadlineChannel(HTTPChannel):
                 self._networkProducer.pauseProducing()
             return
         self._lastActive = time.monotonic()
+        self._spoken = True
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
                 self.headerTimeout, self._tooSlow, "headers"
@@ -405,9 +421,13 @@ class DeadlineChannel(HTTPChannel):
         self._deadline = None
         underWay = self._buffer or self._partialLine
         if part == "headers" and not self.requests and not underWay:
-            # Only the blank line Twisted lets a client send after a request
-            # (no request begun, no line under way): idle, not a 408, nor a
-            # request counted (late review 35).
+            if not self._spoken and self.transport is not None:
+                # Nothing at all since the accept (no handshake, or no
+                # request after it): closed, no answer, no line.
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+            # Else only the blank line Twisted lets a client send after a
+            # request (no request begun, no line under way): idle, not a
+            # 408, nor a request counted (late review 35).
             return
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info(
