@@ -5,6 +5,7 @@ ones), each reproduced here before its fix.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from jobworker.jobs import removal
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.recovery import groupTakenOver, processesOf, sessionMembers
 from jobworker.jobs.removal import ASIDE, AsideRemoval
-from jobworker.server import connections
+from jobworker.server import connections, unread
 
 from . import test_identity, test_mtls, test_queue, test_review38
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
@@ -400,3 +401,70 @@ class SilentConnectionsTests(TestCase):
         code, stopped = await server.json("POST", f"/jobs/{job['id']}/stop")
         self.assertIn(code, (200, 202), stopped)
         self.assertEqual(await treq.content(follower), b"up\n")
+
+
+def unreadAnswers(port: int, count: int, authorization: str) -> list[bytes]:
+    """
+    C{count} TLS connections, each asking for the list of jobs and reading
+    its status line only (a small receive buffer: the rest stays with the
+    server); their status lines. The connections are kept open.
+    """
+    context = ssl.create_default_context(cafile=CA)
+    lines, kept = [], []
+    for _ in range(count):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", port))
+        sock = context.wrap_socket(raw, server_hostname="localhost")
+        sock.sendall(
+            b"GET /jobs?limit=1000 HTTP/1.1\r\nHost: localhost\r\n"
+            b"Authorization: " + authorization.encode() + b"\r\n\r\n"
+        )
+        sock.settimeout(10)
+        lines.append(sock.recv(12))
+        kept.append(sock)
+        time.sleep(0.2)  # (the rest of its answer written meanwhile)
+    unreadAnswers.kept = kept  # type: ignore[attr-defined]
+    return lines
+
+
+class UnreadListPagesTests(TestCase):
+    """
+    Attacker round 39: a Reader who asked for a page of jobs (up to 4 MiB)
+    and never read it held it in the server's memory for 75 s, and asked
+    again on another connection: 400 connections held 1.7 GB. A user's
+    large answers their clients have not read are bounded: past the bound,
+    a large one is a 429 until they are read.
+    """
+
+    timeout = 60
+
+    async def test_boundedPerUser(self) -> None:
+        self.patch(unread, "UNREAD_PER_USER", 300 << 10)
+        self.patch(unread, "COUNTED", 16 << 10)
+        server = LiveServer(self)
+        for n in range(12):
+            await server.createJob("true", f"{n}" + "x" * 8000)
+        code, page = await server.json("GET", "/jobs?limit=1000")
+        self.assertEqual(code, 200)
+        self.assertEqual(len(page["jobs"]), 12)
+        token = "Basic " + base64.b64encode(b"alice:alice-pass").decode()
+        lines = await deferToThread(unreadAnswers, server.port, 8, token)
+        kept = unreadAnswers.kept  # type: ignore[attr-defined]
+        self.addCleanup(lambda: [s.close() for s in kept])
+        self.assertEqual(lines[0], b"HTTP/1.1 200")
+        self.assertIn(b"HTTP/1.1 429", lines)
+        # Small answers go on; a large one waits for the unread ones.
+        code, body = await server.json("GET", "/jobs?limit=1")
+        self.assertEqual(code, 200, body)
+        code, body = await server.json("GET", "/jobs?limit=1000")
+        self.assertEqual(code, 429, body)
+        self.assertIn("not read", body["error"])
+        for sock in kept:
+            sock.close()
+        for _ in range(100):
+            code, body = await server.json("GET", "/jobs?limit=1000")
+            if code == 200:
+                break
+            await sleep(0.1)
+        self.assertEqual(code, 200, body)

@@ -76,6 +76,7 @@ from .requests import (
 )
 from .turns import Turns
 from .ui import Dashboard
+from .unread import UnreadAnswers
 
 #: The API's OpenAPI 3.1 document, kept in the package and served as is.
 OPENAPI = resources.files("jobworker").joinpath("data/openapi.json").read_bytes()
@@ -215,6 +216,7 @@ class JobsAPI:
         self._tokenBuckets = TokenBuckets(TOKEN_RATE, TOKEN_BURST)
         #: Pages of the job list (and of a bulk delete) take turns.
         self._turns = Turns(clock)
+        self._unread = UnreadAnswers()
         #: The long polls waiting for a job's end (L{_waitEnded}), ended at
         #: L{drain}.
         self._waits: set[Deferred[JobRecord]] = set()
@@ -383,9 +385,11 @@ class JobsAPI:
             parts.append(encoded)
             size += len(encoded) + 1
         cursor = b"null" if following is None else b'"%d"' % following
+        body = b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + cursor + b"}\n"
+        self._unread.admit(user.name, getattr(request, "channel", None), len(body))
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
-        return b'{"jobs":[' + b",".join(parts) + b'],"next_cursor":' + cursor + b"}\n"
+        return body
 
     @app.route("/jobs", methods=["DELETE"])
     @guarded(Permission.DELETE, "status", "owner", "older_than_seconds", "cursor")
