@@ -6,28 +6,41 @@ Run schemathesis against a live jobworker server, authenticated as each role.
 Starts ``twistd jobworker`` on a free loopback port (TLS, development users,
 jobs isolated and run as dynamic uids with a short default timeout, so fuzzed
 commands can do no harm), runs ``schemathesis run`` with every check for
-alice (Developer), rita (Reader) and ada (Admin), stops the server, and exits
-non-zero if schemathesis found anything (a 5xx, a response that violates the
-document, a schema-valid request refused or an invalid one accepted).
+alice and bob (Developers), rita (Reader) and ada (Admin) with their passwords,
+then with valid data for alice's bearer token and for bob's client
+certificate, stops the server, and exits non-zero if schemathesis found
+anything (a 5xx, a response that violates the document, a schema-valid
+request refused or an invalid one accepted). The document's links (from a
+created job to its other operations) let the stateful phase reach a real
+job's stop, stdin, logs and deletion.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
+import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CERTS = os.path.join(ROOT, "certs")
-USERS = (("alice", "alice-pass"), ("rita", "rita-pass"), ("ada", "ada-pass"))
+USERS = (
+    ("alice", "alice-pass"),
+    ("bob", "bob-pass"),
+    ("rita", "rita-pass"),
+    ("ada", "ada-pass"),
+)
 #: Valid data through every phase; invalid data through the deterministic
 #: coverage phase only. (Random negative fuzzing "removes" the Authorization
 #: header that --auth then adds back, and flags the accepted request.)
@@ -49,6 +62,7 @@ def startServer(stateDir: str, log: str) -> tuple[subprocess.Popen[bytes], int]:
         f"--cert={CERTS}/server.pem",
         f"--key={CERTS}/server.key",
         f"--state-dir={stateDir}",
+        f"--client-ca={CERTS}/ca.pem",
         "--stop-grace=1",
         "--default-timeout=5",
         "--max-running=50",
@@ -80,6 +94,23 @@ def startServer(stateDir: str, log: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("contract: the server did not start")
 
 
+def bearerToken(port: int, user: str, password: str) -> str:
+    """A token of C{user}'s, from C{POST /tokens}."""
+    context = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(
+        f"https://localhost:{port}/tokens",
+        data=b"{}",
+        method="POST",
+        headers={
+            "Authorization": f"Basic {credentials}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, context=context, timeout=30) as answer:  # noqa: S310 (https, ours)
+        return str(json.load(answer)["token"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--examples", type=int, default=25)
@@ -93,7 +124,34 @@ def main() -> int:
     server, port = startServer(os.path.join(work, "state"), log)
     failures = 0
     try:
-        for (user, password), (mode, phases) in itertools.product(USERS, RUNS):
+        runs: list[tuple[str, str, str, list[str]]] = [
+            (user, mode, phases, ["--auth", f"{user}:{password}"])
+            for (user, password), (mode, phases) in itertools.product(USERS, RUNS)
+        ]
+        # Valid data only: negative fuzzing removes the credentials' header
+        # and flags the request accepted all the same.
+        positive = RUNS[0]
+        token = bearerToken(port, "alice", "alice-pass")
+        runs.append(
+            ("alice's token", *positive, ["-H", f"Authorization: Bearer {token}"])
+        )
+        runs.append(
+            (
+                "bob's certificate",
+                *positive,
+                [
+                    "--request-cert",
+                    os.path.join(CERTS, "clients", "bob.pem"),
+                    "--request-cert-key",
+                    os.path.join(CERTS, "clients", "bob.key"),
+                    # (A request without its Authorization header is bob's
+                    # all the same: the certificate is the connection's.)
+                    "--exclude-checks",
+                    "ignored_auth",
+                ],
+            )
+        )
+        for user, mode, phases, credentials in runs:
             print(f"== schemathesis as {user}: {mode} data, {phases}", flush=True)
             result = subprocess.run(
                 [
@@ -106,8 +164,7 @@ def main() -> int:
                     f"https://localhost:{port}",
                     "--tls-verify",
                     os.path.join(CERTS, "ca.pem"),
-                    "--auth",
-                    f"{user}:{password}",
+                    *credentials,
                     "--checks",
                     "all",
                     "--max-examples",
@@ -130,8 +187,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(work, ignore_errors=True)
-    runs = len(USERS) * len(RUNS)
-    print(f"contract: {runs - failures} of {runs} runs passed")
+    print(f"contract: {len(runs) - failures} of {len(runs)} runs passed")
     return 1 if failures else 0
 
 

@@ -42,6 +42,8 @@ class Forbidden(JobworkerError):
     """The user is known but lacks the permission for this action."""
 
     code = 403
+    #: The permission refused, if one was (the audit log names it).
+    permission: str | None = None
 
 
 class NotFound(JobworkerError):

@@ -6,11 +6,26 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .jobs.records import JobStatus
+
+#: What C{generate_latest} writes: the text format 0.0.4, whatever the
+#: installed prometheus_client's latest is (0.22 and later say 1.0.0:
+#: the header followed the library, the document did not: contract round 39).
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+# No C{*_created} series beside each counter and histogram (a gauge each,
+# doubling the series, named nowhere: contract round 39).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Route labels: request paths with the job id folded, so labels stay few.
 _ROUTES = [

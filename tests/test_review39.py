@@ -6,6 +6,7 @@ ones), each reproduced here before its fix.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -468,3 +469,94 @@ class UnreadListPagesTests(TestCase):
                 break
             await sleep(0.1)
         self.assertEqual(code, 200, body)
+
+
+class ContractRoundTests(TestCase):
+    """
+    Contract round 39: where the document, the audit log, /metrics and the
+    server disagreed.
+    """
+
+    timeout = 60
+
+    async def test_integralPriority(self) -> None:
+        """C{-1.0} is the integer -1 (JSON has one number type), as a
+        limit's C{64.0} is 64: it was a 400."""
+        server = LiveServer(self)
+        job = await server.createJob("true", priority=-1.0)
+        self.assertEqual(job["priority"], -1)
+        code, body = await server.json(
+            "POST", "/jobs", "alice", {"command": "true", "priority": -1.5}
+        )
+        self.assertEqual(code, 400, body)
+
+    async def test_refusedPermissionAudited(self) -> None:
+        """A Developer's priority raise names jobs.prioritize (it named the
+        route's jobs.create); a token's POST /tokens names tokens.create."""
+        server = LiveServer(self)
+        code, body = await server.json(
+            "POST", "/jobs", "bob", {"command": "true", "priority": 5}
+        )
+        self.assertEqual(code, 403, body)
+        code, issued = await server.json("POST", "/tokens", "ada")
+        self.assertEqual(code, 201, issued)
+        response = await server.request(
+            "POST",
+            "/tokens",
+            None,
+            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
+        )
+        await treq.content(response)
+        self.assertEqual(response.code, 403)
+        lines = audit(server, "access.denied")
+        self.assertEqual(
+            [(line["user"], line.get("permission")) for line in lines],
+            [("bob", "jobs.prioritize"), ("ada", "tokens.create")],
+        )
+
+    async def test_cleanNamesItsAge(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        await sleep(1.1)
+        code, body = await server.json("DELETE", "/jobs?older_than_seconds=1")
+        self.assertEqual((code, body["deleted"]), (200, 1), body)
+        [line] = audit(server, "job.clean")
+        self.assertEqual(line["older_than_seconds"], 1)
+
+    async def test_metricsAsDocumented(self) -> None:
+        """The text format 0.0.4, as the document says and as it is
+        written (the header followed the library: 1.0.0); no C{_created}
+        series (named nowhere)."""
+        server = LiveServer(self)
+        response = await server.request("GET", "/metrics", "ada")
+        text = (await treq.content(response)).decode()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/plain; version=0.0.4; charset=utf-8"],
+        )
+        self.assertIn("jobworker_", text)
+        self.assertNotIn("_created", text)
+
+    def test_createdJobLinks(self) -> None:
+        """A created job links to its other operations (the contract run's
+        stateful phase reached stop and stdin with random ids only)."""
+        with open(
+            os.path.join(
+                os.path.dirname(removal.__file__), "..", "data", "openapi.json"
+            )
+        ) as f:
+            document = json.load(f)
+        links = document["paths"]["/jobs"]["post"]["responses"]["201"]["links"]
+        self.assertEqual(
+            {link["operationId"] for link in links.values()},
+            {"getJob", "getJobStatus", "stopJob", "writeStdin", "jobLogs", "deleteJob"},
+        )
+        operations = {
+            operation["operationId"]
+            for methods in document["paths"].values()
+            for operation in methods.values()
+        }
+        for link in links.values():
+            self.assertIn(link["operationId"], operations)

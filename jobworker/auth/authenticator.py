@@ -759,6 +759,7 @@ class Authenticator:
                         clientAddress(request),
                         "refused",
                         reason="a token cannot issue tokens",
+                        permission=Permission.TOKENS.value,
                     )
                 raise Forbidden(
                     "a token cannot issue tokens: use a password or certificate"

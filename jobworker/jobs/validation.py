@@ -190,6 +190,8 @@ MAX_DEPENDENCIES = 64
 
 
 def _priority(value: object) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1 << 53:
+        value = int(value)  # (-1.0 is the integer -1, as a limit's 64.0 is 64)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest("priority must be an integer")
     if not MIN_PRIORITY <= value <= MAX_PRIORITY:

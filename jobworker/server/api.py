@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any, Concatenate, ParamSpec
 
 from klein import Klein
-from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -58,7 +57,7 @@ from ..jobs.records import JobRecord, rfc3339
 from ..jobs.stopping import StopRequest, parseStopRequest
 from ..jobs.store import StoreError
 from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
-from ..metrics import Metrics
+from ..metrics import METRICS_TYPE, Metrics
 from .logs import LogStreams
 from .requests import (
     FILTERS,
@@ -127,7 +126,7 @@ def guarded(
                         "refused",
                         perJob=False,
                         reason=e.message,
-                        permission=permission.value,
+                        permission=e.permission or permission.value,
                         **({"job": jobId} if isinstance(jobId, str) else {}),
                     )
                 raise
@@ -418,6 +417,7 @@ class JobsAPI:
                 jobs=ids,
                 owner=selection.owner,
                 status=None if selection.status is None else selection.status.value,
+                older_than_seconds=age,
             )
         return _json(
             request,
@@ -479,7 +479,7 @@ class JobsAPI:
     async def metrics(self, request: IRequest, user: User) -> bytes:
         if self._metrics is None:
             raise NotFound("metrics are not enabled")
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"content-type", METRICS_TYPE)
         return self._metrics.render()
 
     @app.route("/whoami", methods=["GET"])
