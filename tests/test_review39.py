@@ -20,20 +20,23 @@ from typing import Any
 
 import treq
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.stalls import abortFuseOf
 from jobworker.jobs import removal
+from jobworker.jobs import spool as spool_module
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.recovery import groupTakenOver, processesOf, sessionMembers
 from jobworker.jobs.removal import ASIDE, AsideRemoval
+from jobworker.jobs.spool import OutputSpool, OutputTrouble
 from jobworker.server import connections, unread
 
 from . import test_identity, test_mtls, test_queue, test_review38
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CA, LiveServer, sleep
+from .support import CA, LiveServer, sleep, smallTmpfs
 from .test_auditflood import audit
 from .test_review31 import THREAD_EXIT
 
@@ -560,3 +563,56 @@ class ContractRoundTests(TestCase):
         }
         for link in links.values():
             self.assertIn(link["operationId"], operations)
+
+
+class OutputLostSaidTests(TestCase):
+    """
+    Fault round 39: with the state dir's disk full, running jobs lost their
+    output (counted, logged once a job) while C{/healthz} said C{ok}, until
+    a store write happened to fail too. A job's output that could not be
+    written keeps it degraded for 30 s, with why.
+    """
+
+    timeout = 60
+
+    def test_toldOfFailedWritesOnly(self) -> None:
+        clock = Clock()
+        trouble = OutputTrouble(clock)
+        path = os.path.abspath(self.mktemp())
+        spool = OutputSpool(path, clock=clock, trouble=trouble)
+        spool.write(b"kept\n")
+        self.assertIsNone(trouble.recent())
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.close(spool._fd)  # type: ignore[arg-type]
+        spool._fd = full
+        self.addCleanup(spool.close)
+        spool.write(b"lost\n")
+        self.assertEqual(spool.lost, 5)
+        self.assertEqual(
+            trouble.recent(), "job output is being lost: No space left on device"
+        )
+        clock.advance(spool_module.OUTPUT_TROUBLE_FOR - 1)
+        self.assertIsNotNone(trouble.recent())
+        clock.advance(1)
+        self.assertIsNone(trouble.recent())
+
+    async def test_fullStateDir(self) -> None:
+        self.patch(spool_module, "OUTPUT_TROUBLE_FOR", 2.0)
+        disk = smallTmpfs(self, "12m")
+        server = LiveServer(self, stateDir=os.path.join(disk, "state"))
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual((code, health["status"]), (200, "ok"), health)
+        job = await server.createJob("sh", "-c", "head -c 30000000 /dev/zero; sleep 1")
+        ended = await server.waitEnded(job["id"])
+        self.assertGreater(ended["output_lost"], 0, ended)
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual(health["status"], "degraded", health)
+        self.assertIn("job output is being lost", health["reason"])
+        code, body = await server.json("DELETE", f"/jobs/{job['id']}")
+        self.assertEqual(code, 200, body)
+        for _ in range(100):
+            code, health = await server.json("GET", "/healthz", None)
+            if health["status"] == "ok":
+                break
+            await sleep(0.1)
+        self.assertEqual(health["status"], "ok", health)

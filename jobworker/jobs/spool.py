@@ -66,6 +66,41 @@ class Handover:
     room: int
 
 
+#: How long a failed write of a job's output keeps C{/healthz} degraded.
+OUTPUT_TROUBLE_FOR = 30.0
+
+
+class OutputTrouble:
+    """
+    When a job's output last could not be written (disk full, I/O error),
+    and why: C{/healthz} said C{ok} while running jobs lost their output to
+    a full state dir, until a store write happened to fail too (fault
+    round 39). Told on the failures alone: nothing on the writes' way.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._last: tuple[float, str] | None = None
+
+    def failed(self, error: str) -> None:
+        """A write of output failed with C{error}, now."""
+        self._last = (self._clock.seconds(), error)
+
+    def recent(self) -> str | None:
+        """Why output was lost within L{OUTPUT_TROUBLE_FOR} seconds, if it was."""
+        last = self._last
+        if last is None:
+            return None
+        now = self._clock.seconds()
+        if 0 <= now - last[0] < OUTPUT_TROUBLE_FOR:
+            return f"job output is being lost: {last[1]}"
+        if now < last[0]:  # (a step back of the clock: from now on)
+            self._last = (now, last[1])
+            return f"job output is being lost: {last[1]}"
+        self._last = None
+        return None
+
+
 class OutputSpool:
     """
     One output stream of one job, appended to a file as it arrives.
@@ -91,8 +126,11 @@ class OutputSpool:
         order: OrderLog | None = None,
         index: int = 0,
         dropBehind: DropBehind | None = None,
+        trouble: OutputTrouble | None = None,
     ) -> None:
         self.path = path
+        #: Told of each write that fails (L{OutputTrouble}).
+        self._trouble = trouble
         #: Where switches between this job's streams are recorded, and this
         #: stream's number there (0 stdout, 1 stderr). It takes no more than
         #: the stream may: a job's output, order and all, stays within three
@@ -202,6 +240,8 @@ class OutputSpool:
         fd = self._fd
         if fd is None and (self.closed or (fd := self._open()) is None):
             self.lost += len(data)
+            if self._trouble is not None and not self.closed:
+                self._trouble.failed("its file cannot be created")
             return
         view = memoryview(data)
         try:
@@ -210,8 +250,11 @@ class OutputSpool:
                 self.size += written
                 view = view[written:]
         except OSError as e:
+            error = os.strerror(e.errno or errno.EIO)
             if not self.lost:
-                self._losing(os.strerror(e.errno or errno.EIO))
+                self._losing(error)
+            if self._trouble is not None:
+                self._trouble.failed(error)
             self.lost += len(view)
         self._grown(fd)
 
@@ -258,8 +301,11 @@ class OutputSpool:
         """
         if self.closed:
             return
-        if lost and not self.lost:
-            self._losing(error or os.strerror(errno.EIO))
+        if lost > self.lost:
+            if not self.lost:
+                self._losing(error or os.strerror(errno.EIO))
+            if self._trouble is not None:
+                self._trouble.failed(error or os.strerror(errno.EIO))
         self.dropped, self.lost = dropped, lost
         if size == self.size or self._fd is None:
             return

@@ -47,7 +47,7 @@ from ...jobs.recovery import (
     spawnedAt,
 )
 from ...jobs.removal import AsideRemoval
-from ...jobs.spool import OutputSpool, outputSize
+from ...jobs.spool import OutputSpool, OutputTrouble, outputSize
 from ...jobs.store import JobStore
 from ...jobs.validation import JobRequest
 from ...metrics import Metrics
@@ -331,6 +331,8 @@ class LocalExecutor:
         self._spawner: Spawner | None = None
         #: Spawner processes started by spawners replaced since.
         self._retiredStarts = 0
+        #: When a job's output last could not be written (L{health}).
+        self._outputTrouble = OutputTrouble(reactor)
         #: The last start refused for the server's own reason, and when
         #: (L{health}); None once one succeeded since.
         self._startTrouble: tuple[float, str] | None = None
@@ -404,7 +406,9 @@ class LocalExecutor:
         spawner is silent (stopped, or it announced no standby when one was
         needed); one stopped for long is continued (L{Spawner.silence}). Nor
         while the compiled launcher is gone (it is built again: no spawner,
-        nor job under C{--launcher exec}, could start from it).
+        nor job under C{--launcher exec}, could start from it). Nor within
+        L{OUTPUT_TROUBLE_FOR<jobworker.jobs.spool.OUTPUT_TROUBLE_FOR>}
+        seconds of a job's output that could not be written.
         """
         spawner = self._spawner
         why = spawner.silence() if spawner is not None else None
@@ -419,6 +423,8 @@ class LocalExecutor:
                 why = trouble[1]
             else:
                 self._startTrouble = None
+        if why is None:
+            why = self._outputTrouble.recent()
         return ExecutorHealth(self.name, why is None, why)
 
     @property
@@ -558,6 +564,7 @@ class LocalExecutor:
             order,
             index,
             DropBehind(path, self._runInThread),
+            self._outputTrouble,
         )
 
     def outputPath(self, jobId: str, stream: str) -> str:
