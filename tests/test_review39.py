@@ -22,6 +22,7 @@ import treq
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import localJobManager
@@ -616,3 +617,25 @@ class OutputLostSaidTests(TestCase):
                 break
             await sleep(0.1)
         self.assertEqual(health["status"], "ok", health)
+
+
+class SpawnerNamedWithoutCgroupsTests(TestCase):
+    """
+    Code review 39: under C{--cgroups off} the start-up line said jobs were
+    spawned by the server for each job; the spawner forks them, cgroups or
+    not (as README says).
+    """
+
+    def test_theSpawnerNamed(self) -> None:
+        test_identity.requireRoot()
+        with capturedLogs() as events:
+            LiveServer(self, "--cgroups=off")
+        [line] = [
+            formatEvent(e)
+            for e in events
+            if "sandboxed jobs start through" in (formatEvent(e) or "")
+        ]
+        self.assertIn(
+            "forked ahead of each job by a long-lived copy, the spawner", line
+        )
+        self.assertNotIn("spawned by the server", line)

@@ -172,8 +172,9 @@ def chooseLauncher(config: Options, identities: Identities) -> str | None:
         else "",
         how="spawned by the server for each job: --launcher exec"
         if config["launcher"] == "exec"
-        else "with cgroups, forked ahead of each job by a long-lived copy, "
-        "the spawner; without, spawned by the server for each job",
+        # (With cgroups or without: the line said jobs without were spawned
+        # by the server, the spawner forks them too: review 39.)
+        else "forked ahead of each job by a long-lived copy, the spawner",
     )
     return path
 
