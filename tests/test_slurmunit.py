@@ -670,6 +670,12 @@ class ExecutorTests(SynchronousTestCase):
         self.assertNotIn("Slurm refused", final.error or "")
         self.assertIn("jobworker cannot write the job's files", final.error or "")
         self.assertIn("No space left on device", final.error or "")
+        # /healthz says so for 30 s (it said ok: Slurm user round 38).
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("--slurm-output-dir", health.reason or "")
+        self.reactor.advance(30)
+        self.assertTrue(self.executor.health().up, self.executor.health())
 
     def test_failingPollReported(self) -> None:
         """

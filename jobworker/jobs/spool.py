@@ -86,17 +86,17 @@ class OutputTrouble:
         """A write of output failed with C{error}, now."""
         self._last = (self._clock.seconds(), error)
 
-    def recent(self) -> str | None:
-        """Why output was lost within L{OUTPUT_TROUBLE_FOR} seconds, if it was."""
+    def recent(self, prefix: str = "job output is being lost: ") -> str | None:
+        """Why output was lost within L{OUTPUT_TROUBLE_FOR} seconds, if it
+        was (after C{prefix})."""
         last = self._last
         if last is None:
             return None
         now = self._clock.seconds()
-        if 0 <= now - last[0] < OUTPUT_TROUBLE_FOR:
-            return f"job output is being lost: {last[1]}"
         if now < last[0]:  # (a step back of the clock: from now on)
-            self._last = (now, last[1])
-            return f"job output is being lost: {last[1]}"
+            last = self._last = (now, last[1])
+        if now - last[0] < OUTPUT_TROUBLE_FOR:
+            return prefix + last[1]
         self._last = None
         return None
 

@@ -37,6 +37,7 @@ from ...jobs.limits import Limits
 from ...jobs.placement import SlurmAllowances
 from ...jobs.policy import JobPolicy, JobReactor
 from ...jobs.records import JobRecord, JobStatus
+from ...jobs.spool import OutputTrouble
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
 from ...jobs.validation import JobRequest
 from ..local.executor import defaultEnvironment
@@ -91,6 +92,8 @@ class SlurmExecutor:
         umask: int | None = None,
     ) -> None:
         self._reactor = reactor
+        #: When the job folders could not last be written (L{health}).
+        self._outputTrouble = OutputTrouble(reactor)
         self._outputDir = outputDir
         self._grace = grace
         self._policy = policy if policy is not None else JobPolicy()
@@ -265,8 +268,18 @@ class SlurmExecutor:
         return Deferred.fromCoroutine(run())
 
     def health(self) -> ExecutorHealth:
-        """Whether Slurm answered the last command (C{/healthz}, C{/metrics})."""
-        return self._reach.health()
+        """
+        Whether Slurm answered the last command (C{/healthz}, C{/metrics});
+        and whether the server could write a job's folder in
+        C{--slurm-output-dir} within the last 30 s (a full one failed every
+        job, and C{/healthz} said C{ok}: Slurm user round 38).
+        """
+        health = self._reach.health()
+        if health.up:
+            trouble = self._outputTrouble.recent(prefix="")
+            if trouble is not None:
+                return ExecutorHealth("slurm", False, trouble)
+        return health
 
     def limitsFor(self, requested: Limits) -> Limits:
         """Memory and CPU map to Slurm's --mem and --cpus-per-task."""
@@ -331,10 +344,12 @@ class SlurmExecutor:
                 },
             )
         except OSError as e:
-            job.unwritable(
+            why = (
                 f"jobworker cannot write the job's files to {directory} "
                 f"(--slurm-output-dir): {e.strerror}"
             )
+            self._outputTrouble.failed(why)
+            job.unwritable(why)
             return
         options = sbatchOptions(
             record,
