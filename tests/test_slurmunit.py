@@ -1023,6 +1023,21 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIsNone(lost.pending_reason)
         self.assertIsNone(self.stored(other.id).pending_reason)
 
+    def test_aStoppedJobSaysSo(self) -> None:
+        """
+        A job sent SIGSTOP through Slurm (C{scancel --signal=STOP}: Slurm's
+        STOPPED, its allocation kept) read RUNNING with no word (Slurm user
+        round 38): its C{pending_reason} says so until it runs again.
+        """
+        record = self.submit("sleep", "100")
+        self.poll({"101": state("RUNNING")})
+        self.poll({"101": state("STOPPED")})
+        stopped = self.manager.record(record.id)
+        self.assertIs(stopped.status, JobStatus.RUNNING)
+        self.assertIn("stopped in Slurm (SIGSTOP)", stopped.pending_reason or "")
+        self.poll({"101": state("RUNNING")})
+        self.assertIsNone(self.manager.record(record.id).pending_reason)
+
     def test_stopWhileSlurmDown(self) -> None:
         """scancel cannot reach slurmctld: the stop fails with 503."""
         record = self.submit("sleep", "100")

@@ -317,6 +317,10 @@ class SlurmJob:
             # job's pending_reason is otherwise null).
             why = f": {state.reason}" if state.reason not in ("", "None") else ""
             suspended = f"suspended in Slurm{why}"
+        elif state.state == "STOPPED":
+            # (scancel --signal=STOP: it holds its allocation, stopped; it
+            # read RUNNING with no word: Slurm user round 38.)
+            suspended = "stopped in Slurm (SIGSTOP): it holds its nodes, no progress"
         if record.pending_reason != suspended:
             record.pending_reason = suspended
             self._executor.save(record)
