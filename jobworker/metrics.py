@@ -234,7 +234,8 @@ class Metrics:
         self.connectionsRefused = Counter(
             "jobworker_connections_refused",
             "Connections closed at once, by the cap that refused them "
-            "(client: --max-connections-per-client; server: --max-connections)",
+            "(client: --max-connections-per-client; server: --max-connections); "
+            "idle: kept connections closed at --max-connections to make room",
             ["cap"],
             registry=r,
         )

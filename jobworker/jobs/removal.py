@@ -98,15 +98,15 @@ class AsideRemoval:
             path = self._queue.get()
             try:
                 removeTree(path)
-            except OSError as e:
+            except Exception as e:  # (any: the thread must go on: review 39)
                 self._reactor.callFromThread(self._failed, path, e)
             else:
                 self._reactor.callFromThread(self.removed)
 
-    def _failed(self, path: str, e: OSError) -> None:
+    def _failed(self, path: str, e: Exception) -> None:
         """Say what could not be removed (the next start tries again)."""
         self.log.error(
             "cannot remove deleted output {path}: {error}",
             path=path,
-            error=e.strerror or str(e),
+            error=getattr(e, "strerror", None) or repr(e),
         )

@@ -113,8 +113,8 @@ class DeadlineChannel(HTTPChannel):
         #: (L{dataReceived}).
         self._partialLine = bytearray()
 
-    #: Whether the client has sent anything of a request yet.
-    _spoken = False
+    #: Whether a request of this connection has been answered.
+    _served = False
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -140,6 +140,30 @@ class DeadlineChannel(HTTPChannel):
         if self._closed:
             return float("inf")
         if self._handlingRequest and not self._nextWaits:
+            return 0.0
+        return time.monotonic() - self._lastActive
+
+    def evictableFor(self) -> float:
+        """
+        Seconds this connection has been idle and may be closed to make
+        room for another (L{ConnectionsPerClient
+        <jobworker.server.connections.ConnectionsPerClient>}): 0 while a
+        request is under way (its headers or body arriving: a pause inside
+        a body is within C{--body-timeout}), handled, or its answer not yet
+        taken by the client (L{unsent}: a slow reader's page was cut,
+        session review 39).
+        """
+        if self._closed:
+            return float("inf")
+        if (
+            self.requests
+            or self._handlingRequest
+            or self._partialLine
+            or self._buffer
+            or not self.line_mode
+            or self.transport is None
+            or unsent(self.transport)
+        ):
             return 0.0
         return time.monotonic() - self._lastActive
 
@@ -171,6 +195,7 @@ class DeadlineChannel(HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         self._lastActive = time.monotonic()
+        self._served = True
         # Requests pipelined behind it: in this read still (Twisted parsed
         # them in the same loop), or buffered meanwhile.
         pipelined = self._buffer or self._dataBuffer
@@ -238,7 +263,6 @@ class DeadlineChannel(HTTPChannel):
                 self._networkProducer.pauseProducing()
             return
         self._lastActive = time.monotonic()
-        self._spoken = True
         if self._deadline is None and not self._handlingRequest:
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
                 self.headerTimeout, self._tooSlow, "headers"
@@ -421,9 +445,10 @@ class DeadlineChannel(HTTPChannel):
         self._deadline = None
         underWay = self._buffer or self._partialLine
         if part == "headers" and not self.requests and not underWay:
-            if not self._spoken and self.transport is not None:
-                # Nothing at all since the accept (no handshake, or no
-                # request after it): closed, no answer, no line.
+            if not self._served and self.transport is not None:
+                # No request since the accept (no handshake, nothing after
+                # it, or only blank lines: session review 39): closed, no
+                # answer, no line.
                 self.transport.abortConnection()  # type: ignore[attr-defined]
             # Else only the blank line Twisted lets a client send after a
             # request (no request begun, no line under way): idle, not a
