@@ -126,12 +126,17 @@ class OutputRemovedAsideTests(SynchronousTestCase):
         self.go.set()
         self.assertTrue(self.done.acquire(timeout=30))
 
-    def test_deleteLeavesTheRemovalToAThread(self) -> None:
+    def endedJob(self, files: int) -> tuple[Any, Any, str]:
+        """A manager, an ended job of it, and its output folder of C{files}."""
         manager = self.manager()
         record = manager.create(test_queue.ManagerQueueTests.request(self), "alice")
         test_queue.ManagerQueueTests.end(self, manager, record.id)
         folder = manager._executor.outputDir(record.id)
-        filledFolder(folder, 200)
+        filledFolder(folder, files)
+        return manager, record, folder
+
+    def test_deleteLeavesTheRemovalToAThread(self) -> None:
+        manager, record, folder = self.endedJob(200)
         aside = os.path.join(os.path.dirname(folder), ASIDE + record.id)
         reserveAgain: list[bool] = []
         self.patch(manager, "_reserveAgain", lambda: reserveAgain.append(True))
@@ -166,11 +171,7 @@ class OutputRemovedAsideTests(SynchronousTestCase):
 
     def test_noThreadRemovedHere(self) -> None:
         """A thread that cannot be started (C{pids.max}): removed here, now."""
-        manager = self.manager()
-        record = manager.create(test_queue.ManagerQueueTests.request(self), "alice")
-        test_queue.ManagerQueueTests.end(self, manager, record.id)
-        folder = manager._executor.outputDir(record.id)
-        filledFolder(folder, 20)
+        manager, record, folder = self.endedJob(20)
 
         def noThread(thread: threading.Thread) -> None:
             raise RuntimeError("can't start new thread")
