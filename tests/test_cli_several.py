@@ -330,7 +330,7 @@ class SingleIdVerbsTests(CLITestCase):
         some: Any = [str(uuid.uuid4()), str(uuid.uuid4())]
         for verb in ("logs", "wait"):
             result = await runJW(server.url, verb, *some)
-            self.assertOneLineFailure(result, b"unrecognized arguments")
+            self.assertOneLineFailure(result, b"takes one ID")
             self.assertEqual(result[2], 2)
 
 

@@ -241,6 +241,19 @@ class ApiCalls:
 
     server: str
 
+    #: What renews the login kept when the server refuses its token under
+    #: a follow (L{Renewal<jobworker.client.session.Renewal>}); None: not
+    #: renewed (a password, a certificate, C{JW_TOKEN}).
+    renewal: Any = None
+
+    def bearer(self) -> str | None:
+        """The bearer token sent now, if one is."""
+        raise NotImplementedError
+
+    def useToken(self, token: str) -> None:
+        """Send the bearer C{token} from now on (a renewed login's)."""
+        raise NotImplementedError
+
     async def _json(
         self,
         method: str,
@@ -450,6 +463,43 @@ def handshakeCut(server: str) -> str:
         "the TLS handshake (a jobworker server does so past its connection "
         "caps, --max-connections-per-client and --max-connections: too many "
         "connections from this host? Its log says)"
+    )
+
+
+#: Seconds the second look at a port that did not answer in TLS takes at most.
+NOT_TLS_PROBE = 2.0
+
+
+def notTLS(server: str, reason: str) -> str | None:
+    """
+    What either client says of a handshake whose answer was no TLS at all
+    (OpenSSL's C{wrong version number}: a plain-HTTP port, an ssh one):
+    the port is asked once more, in plain HTTP, and one that answers so is
+    said to (it was "TLS 1.3 handshake failed": new user round 39). None:
+    C{reason} is another failure.
+    """
+    if "wrong version number" not in reason.lower():
+        return None
+    import socket
+
+    parts = urlsplit(server)
+    first = b""
+    try:
+        with socket.create_connection(
+            (parts.hostname or "", parts.port or 443), timeout=NOT_TLS_PROBE
+        ) as probe:
+            probe.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+            first = probe.recv(5)
+    except OSError:
+        pass
+    if first == b"HTTP/":
+        return (
+            f"cannot connect to {server}: the server there answered in plain "
+            "HTTP, not TLS: is it the right port?"
+        )
+    return (
+        f"cannot connect to {server}: the server there does not speak TLS: is "
+        "it the right port?"
     )
 
 

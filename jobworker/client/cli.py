@@ -218,11 +218,14 @@ async def _commandLine(
     try:
         if verb == "login":
             trustOnFirstUse(settings, environ, path)
-        session = Session.open(reactor, verb, settings, environ, tokens, connect)
+        session = Session.open(
+            reactor, verb, settings, environ, tokens, connect, follows(verb, options)
+        )
     except ServerUnreachable:
         raise  # a failed connection, as any request's (exit 1)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None
+    session.renewUnderFollows(streams)
     try:
         if verb == "login" or session.renew:
             await session.login(streams)
@@ -240,6 +243,13 @@ async def _commandLine(
         raise
     finally:
         await session.client.close()
+
+
+def follows(verb: str, options: argparse.Namespace) -> bool:
+    """Does the command follow a job to its end (and may outlive a token)?"""
+    return verb == "wait" or (
+        verb in ("exec", "logs") and bool(getattr(options, "follow", False))
+    )
 
 
 #: The options of the line being completed that C{jw _ids} takes: the

@@ -483,6 +483,18 @@ def renewalMargin(token: str) -> float:
     return max(0.0, min(RENEWAL_MARGIN, (float(expires) - float(issued)) / 4))
 
 
+def lateInLife(token: str, now: float) -> bool:
+    """
+    Has the token less than a quarter of its life left (its claims say;
+    False if jw cannot read them)? A follow renews it first, if it can.
+    """
+    claims = _tokenClaims(token)
+    issued, expires = claims.get("i"), claims.get("e")
+    if not _isTime(issued) or not _isTime(expires):
+        return False
+    return float(expires) - now < (float(expires) - float(issued)) / 4
+
+
 def _isTime(value: object) -> TypeGuard[int | float]:
     """Is C{value} a time a token's claims hold (seconds)?"""
     return isinstance(value, int | float) and not isinstance(value, bool)

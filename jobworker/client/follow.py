@@ -62,26 +62,63 @@ async def resuming(
     asks for. Each attempt resumes where
     the last one left; one that got somewhere (C{progress()} changed: a
     follow of days over a flaky link; or its stream held a while,
-    L{_Answers}) starts a new count.
+    L{_Answers}) starts a new count. A 401 (the token of the login kept
+    expired under it) is asked again at once if the login was renewed
+    (C{client.renewal}), up to L{RENEWALS} times in a row.
     """
-    failures = 0
+    failures = renewals = 0
     brokeAt: float | None = None
     while True:
         before = progress()
+        renewal = getattr(client, "renewal", None)
+        sentWith = None if renewal is None else client.bearer()
         try:
             await attempt()
             return
         except ClientError as e:
+            moved = progress() != before
+            if moved:
+                renewals = 0
+            if e.status == UNAUTHORIZED and renewal is not None and renewals < RENEWALS:
+                renewals += 1
+                if await renewal.renew(client, sentWith):
+                    continue  # at once, from where it was
             if e.status is not None and e.status not in ASK_AGAIN:
                 raise
             now = time.monotonic()
-            if progress() != before or brokeAt is None:
+            if moved or brokeAt is None:
                 failures, brokeAt = 0, now
             if failures >= FOLLOW_RETRIES or now - brokeAt >= RESUME_FOR:
                 raise
             asked = min(e.retryAfter or 0.0, RESUME_FOR)
         failures += 1
         await client.pause(max(min(0.2 * failures, FOLLOW_PAUSE_MAX), asked))
+
+
+#: The status of a request whose credentials the server refused.
+UNAUTHORIZED = 401
+
+#: How many times in a row (nothing received between) a follow renews the
+#: login kept, refused under it (L{Renewal<jobworker.client.session.Renewal>}),
+#: before it gives up.
+RENEWALS = 2
+
+
+async def renewing(client: Client, call: Callable[[], Awaitable[Any]]) -> Any:
+    """
+    C{call()}'s answer, a request of a follow's: asked again once if the
+    server refused the login kept (a 401) and it was renewed (L{resuming}).
+    """
+    renewal = getattr(client, "renewal", None)
+    sentWith = None if renewal is None else client.bearer()
+    try:
+        return await call()
+    except ClientError as e:
+        if e.status != UNAUTHORIZED or renewal is None:
+            raise
+        if not await renewal.renew(client, sentWith):
+            raise
+    return await call()
 
 
 class _Answers:
@@ -177,6 +214,15 @@ async def _readCombined(
         asked = tail
 
     async def attempt() -> None:
+        await stream()
+        if follow and reader.end is None and await _live(client, jobId):
+            # Ended with no end by a server that withdrew its grant (the
+            # token expired, the user changed): cut, and resumed (a 401,
+            # then, is a login to renew). It was read as the job's end, the
+            # job still running: exit 255 (new user round 39).
+            raise ClientError("the output stream ended before the job")
+
+    async def stream() -> None:
         if reader.frames:
             parser = FrameReader()
 
@@ -218,6 +264,12 @@ async def _readCombined(
 
     await resuming(client, attempt, lambda: (reader.lastId, answers.held()))
     return reader
+
+
+async def _live(client: Client, jobId: str) -> bool:
+    """Has the job not ended yet (its record says)?"""
+    job = await client.job(jobId)
+    return job.get("status") in _LIVE
 
 
 class LastLines:
@@ -487,7 +539,11 @@ async def followOutput(
     await client.concurrently([reader("stdout", onStatus), reader("stderr"), end.watch])
     # Both streams are at their end: the job has ended, and its record
     # holds the final counts (the caller needs it anyway, for its end).
-    final = end.record if end.record is not None else await client.job(jobId)
+    final = (
+        end.record
+        if end.record is not None
+        else await renewing(client, lambda: client.job(jobId))
+    )
     sayTruncated(final, streams)
     return final
 
@@ -541,7 +597,11 @@ async def readStream(
             await followStream(each, jobId, stream, write, offset, tail, onStatus)
 
         await client.concurrently([read, end.watch])
-        job = end.record if end.record is not None else await client.job(jobId)
+        job = (
+            end.record
+            if end.record is not None
+            else await renewing(client, lambda: client.job(jobId))
+        )
     else:
         job = await client.job(jobId)
         await client.logs(jobId, write, stream, offset, tail=tail)

@@ -159,6 +159,14 @@ class JobworkerClient(ApiCalls):
             pool=pool,
         )
 
+    def bearer(self) -> str | None:
+        sent = self._headers.get(b"authorization", [b""])[0]
+        return sent[7:].decode("ascii") if sent.startswith(b"Bearer ") else None
+
+    def useToken(self, token: str) -> None:
+        self._auth = None
+        self._headers[b"authorization"] = [b"Bearer " + token.encode("ascii")]
+
     def another(self) -> JobworkerClient:
         """A client for work at the same time: this one (its pool has room)."""
         return self

@@ -14,7 +14,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
 from ..tlserrors import handshakeHint
-from .calls import handshakeCut, handshakeTimedOut, notTrusted, outOfDate, unnamedPort
+from .calls import (
+    handshakeCut,
+    handshakeTimedOut,
+    notTLS,
+    notTrusted,
+    outOfDate,
+    unnamedPort,
+)
 from .errors import CertificateOutOfDate, HandshakeCut, HandshakeTimeout
 
 
@@ -46,6 +53,9 @@ def describeConnectionFailure(server: str, reason: BaseException) -> str:
                 return f"cannot connect to {server}: {hint}"
             if "certificate verify failed" in text:
                 return f"cannot connect to {server}: {notTrusted()}"
+            plain = notTLS(server, text)
+            if plain is not None:
+                return plain
             if "version" in text or "protocol" in text:
                 return f"cannot connect to {server}: TLS 1.3 handshake failed"
             return f"cannot connect to {server}: TLS handshake failed"

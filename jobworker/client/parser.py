@@ -181,6 +181,17 @@ class _Parser(argparse.ArgumentParser):
                     return f"unknown option {name}{hint}"
         return None
 
+    def secondId(self, extras: list[str]) -> str | None:
+        """
+        What is wrong with C{extras}, words left over by a verb that takes
+        one ID: a second one (it was "unrecognized arguments": new user
+        round 39). None: another mistake.
+        """
+        positionals = [a for a in self._actions if not a.option_strings]
+        if [a.dest for a in positionals] != ["id"] or positionals[0].nargs:
+            return None
+        return f"{self.prog} takes one ID: {extras[0]!r} is a second one"
+
     def _print_message(self, message: str, file: Any = None) -> None:
         if message:
             self._streams.show(message)
@@ -189,7 +200,8 @@ class _Parser(argparse.ArgumentParser):
         self, args: Any = None, namespace: Any = None
     ) -> argparse.Namespace:
         parsed: argparse.Namespace
-        self._words = list(args or [])
+        args = _helpVerb(list(args or []))
+        self._words = args
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             # Found by the top parser, but the verb's help is the one to read,
@@ -208,7 +220,11 @@ class _Parser(argparse.ArgumentParser):
                 # (jw --json list: "unknown option --json", new user round 32.)
                 unknown = f"{name} is an option of {self.prog} {verb}: after it"
                 where = f"{self.prog} {verb}"
-            what = unknown or f"unrecognized arguments: {' '.join(extras)}"
+            what = (
+                unknown
+                or owner.secondId(extras)
+                or f"unrecognized arguments: {' '.join(extras)}"
+            )
             raise ArgumentsRefused(f"jw: {what} (see {where} --help)")
         return parsed
 
@@ -256,6 +272,16 @@ class _Parser(argparse.ArgumentParser):
         if status == 0:
             raise HelpShown()
         raise ArgumentsRefused((message or "").rstrip("\n"))
+
+
+def _helpVerb(words: list[str]) -> list[str]:
+    """
+    C{jw help} as C{jw --help}, C{jw help VERB} as C{jw VERB --help}, as
+    git's and docker's (it was an unknown command: new user round 39).
+    """
+    if words[:1] != ["help"]:
+        return words
+    return [*words[1:2], "--help"]
 
 
 def _globalOptions(streams: Streams) -> argparse.ArgumentParser:

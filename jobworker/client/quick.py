@@ -42,6 +42,7 @@ from .calls import (
     handshakeTimedOut,
     jsonAnswer,
     logsPath,
+    notTLS,
     notTrusted,
     outOfDate,
     requestBody,
@@ -444,8 +445,17 @@ class QuickClient(ApiCalls):
         twin = QuickClient(
             self.server, self._context, keepalive=self._connection.keepalive
         )
-        twin._headers = dict(self._headers)
+        # The same dict: a login renewed by one of them is every one's.
+        twin._headers = self._headers
+        twin.renewal = self.renewal
         return twin
+
+    def bearer(self) -> str | None:
+        sent = self._headers.get("Authorization", "")
+        return sent[7:] if sent.startswith("Bearer ") else None
+
+    def useToken(self, token: str) -> None:
+        self._headers["Authorization"] = f"Bearer {token}"
 
     async def pause(self, seconds: float) -> None:
         """Wait C{seconds} (this thread sleeps)."""
@@ -960,6 +970,9 @@ def describe(server: str, error: OSError) -> str:
         hint = handshakeHint(str(error))
         if hint is not None:
             return f"cannot connect to {server}: {hint}"
+        plain = notTLS(server, str(error))
+        if plain is not None:
+            return plain
         if "VERSION" in str(error) or "PROTOCOL" in str(error):
             return f"cannot connect to {server}: TLS 1.3 handshake failed"
         return f"cannot connect to {server}: TLS handshake failed"

@@ -18,6 +18,7 @@ from .config import (
     DEV_CA_HOSTS,
     Settings,
     checkPrivate,
+    lateInLife,
     loadToken,
     localServerCA,
     savedUser,
@@ -25,7 +26,7 @@ from .config import (
     trustedCA,
     trustedPath,
 )
-from .errors import ServerUnreachable
+from .errors import ClientError, ServerUnreachable
 from .failures import NoPrompt, PromptInterrupted, UsageFailure
 from .interrupts import SIGNALS
 from .show import when
@@ -94,6 +95,15 @@ def credentials(
     finally:
         os.close(fd)
     return user, password
+
+
+def _hasTerminal() -> bool:
+    """Can jw ask for a password on a terminal?"""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
 
 
 #: The signals that end a prompt as Ctrl-C does (SIGINT is a
@@ -246,6 +256,10 @@ class Session:
     tokensFile: str
     token: str | None = None
     renew: bool = False
+    #: Given a call made before the password is asked for on the terminal,
+    #: a client with the user's password (asked for, or C{JW_PASSWORD}):
+    #: the login kept renewed (L{Renewal}). None: not renewed so.
+    relogin: Callable[[Callable[[], None]], Any] | None = None
 
     @classmethod
     def open(
@@ -256,8 +270,14 @@ class Session:
         environ: dict[str, str],
         tokensFile: str,
         connect: Connect,
+        follows: bool = False,
     ) -> Session:
-        """Choose the credentials and build the client (may prompt)."""
+        """
+        Choose the credentials and build the client (may prompt). A
+        command that C{follows} a job renews, on a terminal, a login kept
+        with less than a quarter of its life left (L{lateInLife}): one
+        that expired under a follow cut it (new user round 39).
+        """
         server, ca = settings.server, trustedCA(settings, environ)
         if settings.cert or settings.key:
             client = connect(
@@ -274,9 +294,26 @@ class Session:
         else:
             token, saved = loadToken(tokensFile, server, time.time(), settings.user)
         password = givenPassword(environ)
+        if (
+            token is not None
+            and password is None
+            and follows
+            and lateInLife(token, time.time())
+            and _hasTerminal()
+        ):
+            token = None  # renewed now, as an expired one
         if token is not None and password is None:
             client = connect(reactor, server, ca, token=token)
-            return cls(client, server, tokensFile, token=token)
+
+            def relogin(beforePrompt: Callable[[], None]) -> Any:
+                user, password = credentials(
+                    environ,
+                    settings.user or savedUser(tokensFile, server),
+                    beforePrompt,
+                )
+                return connect(reactor, server, ca, user, password)
+
+            return cls(client, server, tokensFile, token=token, relogin=relogin)
         if verb == "_ids" and password is None:
             raise NoPrompt()
         # An expired login is renewed for the user it was of.
@@ -299,12 +336,21 @@ class Session:
         )
         user, password = credentials(environ, known, reachable, skipped)
         client = connect(reactor, server, ca, user, password)
-        # An expired login is renewed with the password now given.
-        return cls(client, server, tokensFile, renew=saved and token is None)
+        # An expired login is renewed with the password now typed; not
+        # with JW_PASSWORD's, which is what is sent (a plain verb said
+        # "logged in" and kept a token no one asked for: new user round 39).
+        renew = saved and token is None and givenPassword(environ) is None
+        return cls(client, server, tokensFile, renew=renew)
 
     async def login(self, streams: Streams) -> None:
         """Get a token with the credentials in use and keep it."""
-        result = await self.client.createToken()
+        self.keep(await self.client.createToken(), streams)
+
+    def keep(self, result: dict[str, Any], streams: Streams) -> str:
+        """
+        Save the token of C{result} (C{POST /tokens}'s answer) and say so:
+        the token.
+        """
         expires = datetime.fromisoformat(
             str(result["expires_at"]).replace("Z", "+00:00")
         ).timestamp()
@@ -321,3 +367,88 @@ class Session:
         now = self.client.reactor.seconds()
         until = when(str(result["expires_at"]), now) or result["expires_at"]
         streams.say(f"logged in to {self.server} as {result['user']} until {until}")
+        return str(result["token"])
+
+    def renewUnderFollows(self, streams: Streams) -> None:
+        """
+        Let a follow renew the login kept, if this run uses one, when the
+        server refuses its token (L{Renewal}).
+        """
+        if self.token is not None and self.relogin is not None:
+            self.client.renewal = Renewal(self, streams)
+
+
+class Renewal:
+    """
+    Renews the login kept when the server refuses its token in the middle
+    of a follow (it expired: the server ends a follow's stream then): the
+    password is asked for on the terminal (or is C{JW_PASSWORD}), the new
+    login kept, and the follow resumes where it was. A follow was cut
+    there, exit 125, even on a terminal (new user round 39). Renewed once
+    for all the follow's connections (their threads, L{another}); once it
+    could not be (no terminal, the password refused), never asked again.
+    """
+
+    def __init__(self, session: Session, streams: Streams) -> None:
+        self._session = session
+        self._streams = streams
+        self._lock = threading.Lock()
+        self._busy = False
+        self._failed = False
+        #: The token every connection is to send.
+        self.token = session.token
+
+    async def renew(self, client: Any, sentWith: str | None) -> bool:
+        """
+        C{client}'s request sent with the token C{sentWith} was refused
+        (401): may it be sent again (with a login renewed, by this call or
+        another)?
+        """
+        while True:
+            with self._lock:
+                if not self._busy:
+                    if self.token is not None and self.token != sentWith:
+                        client.useToken(self.token)  # renewed meanwhile
+                        return True
+                    if self._failed:
+                        return False
+                    self._busy = True
+                    break
+            await client.pause(0.1)  # another connection is renewing it
+        token = None
+        try:
+            token = await self._login()
+        finally:
+            with self._lock:
+                self._busy = False
+                self._failed = token is None
+                if token is not None:
+                    self.token = token
+        if token is None:
+            return False
+        client.useToken(token)
+        return True
+
+    async def _login(self) -> str | None:
+        """A new login, kept; None if it could not be had."""
+        session, streams = self._session, self._streams
+        assert session.relogin is not None
+
+        def why() -> None:
+            streams.say(
+                f"jw: your login to {session.server} expired during the follow: "
+                "give the password to renew it (it resumes where it was)"
+            )
+
+        try:
+            login = session.relogin(why)
+        except UsageFailure:
+            return None  # no terminal, no password given
+        try:
+            result = await login.createToken()
+        except ClientError as e:
+            streams.say(f"jw: {e}")  # the password refused, say
+            return None
+        finally:
+            await login.close()
+        return session.keep(result, streams)

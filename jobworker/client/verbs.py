@@ -512,11 +512,12 @@ async def createExecJob(
     try:
         if sending is not None:
             await sending()
-        job: dict[str, Any] = await client.createJob(
-            options.command, options.args, fields=fields
-        )
+        created = await _createPaced(client, options, fields, streams, early)
     finally:
         interrupts.handle(None)
+    if created is None:
+        return None  # interrupted while waiting to ask again: nothing created
+    job: dict[str, Any] = created
     if early:
         # With the signal jw got, as every later one (it was TERM: new user
         # round 36).
@@ -525,6 +526,70 @@ async def createExecJob(
         await client.stop(job["id"], signal)
         return None
     return job
+
+
+#: How often C{jw exec} asks again for a job the server's create rate
+#: refused (nothing created), and for how many seconds at most in all.
+CREATE_RETRIES = 5
+CREATE_WAIT = 12.0
+
+
+def _rateRefused(error: ClientError) -> bool:
+    """Was the job refused by the server's create rate (nothing created)?"""
+    return error.status == 429 and "creating jobs faster than" in str(error)
+
+
+def _retryHint(error: ClientError) -> ClientError:
+    """C{error}, saying when to retry if it came with a C{Retry-After}."""
+    if error.retryAfter is None or "retry in" in str(error):
+        return error
+    return ClientError(
+        f"{error}: retry in {error.retryAfter:g} s",
+        error.status,
+        error.body,
+        error.retryAfter,
+    )
+
+
+async def _createPaced(
+    client: AnyClient,
+    options: argparse.Namespace,
+    fields: dict[str, Any],
+    streams: Streams,
+    interrupted: list[str],
+) -> dict[str, Any] | None:
+    """
+    The job created; a 429 of the server's create rate (nothing created)
+    asked again after its C{Retry-After}, said on stderr, up to
+    L{CREATE_RETRIES} times and L{CREATE_WAIT} seconds in all (it exited 1
+    at once: a parallel submission lost jobs: new user round 39). None: an
+    interrupt came while waiting (in C{interrupted}).
+    """
+    waited = 0.0
+    for tries in range(CREATE_RETRIES + 1):
+        try:
+            job: dict[str, Any] = await client.createJob(
+                options.command, options.args, fields=fields
+            )
+            return job
+        except ClientError as e:
+            wait = e.retryAfter or 1.0
+            if (
+                not _rateRefused(e)
+                or tries == CREATE_RETRIES
+                or waited + wait > CREATE_WAIT
+            ):
+                raise _retryHint(e) from None
+            reason = str(e).removeprefix("server answered 429: ")
+            streams.say(
+                f"jw: the server refused the job for now ({reason}): nothing was "
+                f"created; asking again in {wait:g} s"
+            )
+        await client.pause(wait)
+        waited += wait
+        if interrupted:
+            return None
+    raise AssertionError("unreachable")  # the last try raised
 
 
 class StatusHeard:
@@ -840,10 +905,13 @@ async def followedEnd(
     was cut (the server ends a follow as its token expires; the job was
     live at its last answer): L{loginLapsed}.
     """
+    from .follow import renewing
+
     if end is not None:
         return end
     try:
-        return await client.job(jobId)
+        job: dict[str, Any] = await renewing(client, lambda: client.job(jobId))
+        return job
     except ClientError as e:
         raise loginLapsed(jobId, e, "RUNNING") from None
 
