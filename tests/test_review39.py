@@ -768,6 +768,9 @@ class FakeChannel:
         self.looks += 1
         return self.idle
 
+    def spareable(self, after: float) -> bool:
+        return False
+
 
 class EvictionLooksTests(SynchronousTestCase):
     """
@@ -831,3 +834,57 @@ class RemovalThreadGoesOnTests(SynchronousTestCase):
             self.assertEqual(calls.runAll(), 2)
         said = [e for e in events if "cannot remove" in (formatEvent(e) or "")]
         self.assertEqual(len(said), 1)
+
+
+class NothingToLoseGivesWayTests(TestCase):
+    """
+    The verifier of round 39: no connection was ever idle 5 s when bare
+    connects were renewed every 4 s, or when a body came a byte every 2 s
+    with no credentials (held for --body-timeout): every slot was held,
+    and every other client refused. At the cap, a connection with nothing
+    to lose gives way, of the client that holds the most: one that never
+    sent a request, or one whose body comes with no credentials (it can
+    only be refused). A body with credentials is never cut.
+    """
+
+    timeout = 60
+
+    async def test_uncredentialedBodyAndSilentSocket(self) -> None:
+        self.patch(connections, "EVICT_SILENT", 0.3)
+        server = LiveServer(
+            self, "--max-connections=3", "--max-connections-per-client=64"
+        )
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        credentials = base64.b64encode(b"alice:alice-pass")
+        poster = await deferToThread(tlsTo, server.port)
+        self.addCleanup(poster.close)
+        poster.sendall(
+            b"POST /tokens HTTP/1.1\r\nHost: localhost\r\n"
+            b"Authorization: Basic " + credentials + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+        )
+        anonymous = await deferToThread(tlsTo, server.port)
+        self.addCleanup(anonymous.close)
+        anonymous.sendall(
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(silent.close)
+        pool = server.http._agent._pool  # type: ignore[attr-defined]
+        await sleep(0.6)
+        # The oldest with nothing to lose: the body with no credentials.
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        self.assertTrue(await deferToThread(closedWithin, anonymous, 5.0))
+        await pool.closeCachedConnections()
+        another = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(another.close)
+        await sleep(0.6)
+        # Then the socket that never sent a request.
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        self.assertTrue(await deferToThread(closedWithin, silent, 5.0))
+        poster.sendall(b"}")
+        answer = await deferToThread(poster.recv, 12)
+        self.assertEqual(answer, b"HTTP/1.1 201")

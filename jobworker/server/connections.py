@@ -22,6 +22,11 @@ CAPS = ("client", "server", "idle")
 EVICT_IDLE = 5.0
 #: After a look for such a connection found none, the next in so many seconds.
 EVICT_LOOK_AGAIN = 1.0
+#: Else a connection open this long with nothing to lose (no request yet,
+#: or a body coming with no credentials) gives way, of the client that
+#: holds the most (L{DeadlineChannel.spareable
+#: <jobworker.server.deadlines.DeadlineChannel.spareable>}).
+EVICT_SILENT = 1.0
 
 
 class KeptAlive(ProtocolWrapper):
@@ -155,15 +160,25 @@ class ConnectionsPerClient(WrappingFactory):
         last = self._foundNoneAt
         if now is not None and last is not None and 0 <= now - last < EVICT_LOOK_AGAIN:
             return None
-        for wrapper in self._hosts:  # (oldest first)
+        silent, most = None, 0
+        for wrapper, host in self._hosts.items():  # (oldest first)
             if wrapper in self._evicted:
                 continue
             channel = _channelOf(wrapper)
-            if channel is not None and channel.evictableFor() >= EVICT_IDLE:
+            if channel is None:
+                continue
+            idle = channel.evictableFor()
+            if idle >= EVICT_IDLE:
                 self._foundNoneAt = None
                 return wrapper
-        self._foundNoneAt = now
-        return None
+            held = self._counts.get(host, 0)
+            if held > most and channel.spareable(EVICT_SILENT):
+                silent, most = wrapper, held
+        # None idle that long: one with nothing to lose (no request yet, or
+        # a body with no credentials), of the client holding the most.
+        if silent is None:
+            self._foundNoneAt = now
+        return silent
 
     def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
         super().unregisterProtocol(protocol)  # type: ignore[no-untyped-call]

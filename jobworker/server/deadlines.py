@@ -118,7 +118,7 @@ class DeadlineChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
-        self._lastActive = time.monotonic()
+        self._lastActive = self._acceptedAt = time.monotonic()
         # From the accept on (the TLS handshake included), not from a first
         # byte that may never come: sockets that sent nothing were each
         # kept for the idle timeout's minute, and 17 addresses held every
@@ -142,6 +142,32 @@ class DeadlineChannel(HTTPChannel):
         if self._handlingRequest and not self._nextWaits:
             return 0.0
         return time.monotonic() - self._lastActive
+
+    _acceptedAt = 0.0
+
+    def spareable(self, after: float) -> bool:
+        """
+        Has this connection, open C{after} seconds at least, nothing to
+        lose if it is closed to make room: no request answered yet and
+        none under way (bare connects, renewed before they were ever idle
+        long, held every slot), or a request whose body comes with no
+        credentials, which can only be refused (one byte of it every 2 s
+        held the connection for C{--body-timeout}: the verifier of round
+        39)? Nothing unsent either way.
+        """
+        if self._closed or self.transport is None:
+            return True
+        if time.monotonic() - self._acceptedAt < after or unsent(self.transport):
+            return False
+        if not self.requests:
+            return not (self._served or self._partialLine or self._buffer)
+        request = self.requests[-1]
+        if self._handlingRequest or self.line_mode:
+            return False  # (handled, or its headers still coming)
+        if request.requestHeaders.hasHeader(b"authorization"):
+            return False
+        peer = getattr(self.transport, "getPeerCertificate", None)
+        return peer is None or peer() is None
 
     def evictableFor(self) -> float:
         """
