@@ -275,6 +275,11 @@ class ApiCalls:
         result: dict[str, Any] = await self._json("POST", "/tokens", shape=TOKEN_SHAPE)
         return result
 
+    async def whoami(self) -> dict[str, Any]:
+        """C{GET /whoami}: who the credentials sent are (and may do)."""
+        result: dict[str, Any] = await self._json("GET", "/whoami", shape={"user": str})
+        return result
+
     async def createJob(
         self,
         command: str,

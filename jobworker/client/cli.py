@@ -227,8 +227,9 @@ async def _commandLine(
         raise StartFailure(str(e)) from None
     session.renewUnderFollows(streams)
     try:
-        if verb == "login" or session.renew:
-            await session.login(streams)
+        # A password typed at the prompt is asked again if refused (a typo
+        # ended the command: new user round 39).
+        await session.confirm(streams, verb == "login" or session.renew)
         if verb == "login":
             return 0
         return await verbs[verb](options, session.client, streams, interrupts)

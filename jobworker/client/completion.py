@@ -19,6 +19,12 @@ _VALUES = (
     "--constraint|--nodes|--ntasks|--timeout|--memory|--cpu|--pids|--io-read|"
     "--io-write|--owner|--limit|--cursor|--offset|--tail|--grace|--older-than"
 )
+#: Every option that takes a value (the next word): that word is neither
+#: the verb nor C{jw exec}'s COMMAND.
+_TAKES = (
+    "--server|--ca|--cert|--key|--cwd|--after|--after-ok|--status|--signal|-s|"
+    + _VALUES
+)
 #: Options per verb (a test checks them against the parser).
 OPTIONS = {
     "exec": "--follow --stdin --detach-on-interrupt --name --after --after-ok "
@@ -48,7 +54,7 @@ _CASES = "\n".join(
 BASH = f"""# jw completion for bash: source <(jw completion bash)
 _jw() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
-    local verb="" i w words=() given=()
+    local verb="" i w words=() given=() command=""
     # bash splits the line at : and = too (COMP_WORDBREAKS): the words
     # before the one completed, put together again (https://h:1, --ca=F).
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -70,10 +76,20 @@ _jw() {{
                 ((i + 1 < ${{#words[@]}})) && given+=("${{words[i]}}" "$w")
                 ((i++)) ;;
             --server=*|--ca=*|--cert=*|--key=*) given+=("${{words[i]}}") ;;
+            {_TAKES}) ((i++)) ;;  # (its value: not the verb, nor the command)
             -*) ;;
-            *) [ -z "$verb" ] && verb=${{words[i]}} ;;
+            *)
+                if [ -z "$verb" ]; then
+                    verb=${{words[i]}}
+                elif [ "$verb" = exec ]; then
+                    command=${{words[i]}}; break  # what follows is the job's
+                fi ;;
         esac
     done
+    if [ -n "$command" ]; then
+        # The job's words, after its COMMAND (jw's flags were offered)
+        COMPREPLY=($(compgen -f -- "$cur")); return
+    fi
     case "$prev" in
         --status)
             local statuses="{_STATUSES}"
@@ -99,6 +115,8 @@ _jw() {{
     esac
     if [[ "$cur" == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    elif [ "$verb" = exec ]; then  # the job's COMMAND
+        COMPREPLY=($(compgen -c -f -- "$cur"))
     elif [ "$verb" = completion ]; then
         COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
     elif [[ "$verb" =~ ^({_ID_VERBS})$ ]]; then
@@ -113,8 +131,11 @@ ZSH = f"""#compdef jw
 _jw() {{
     local -a words_after given
     local verb="" i w
-    if (( ${{words[(I)--]}} && ${{words[(I)--]}} < CURRENT )); then
-        _files; return   # after --: the job's command and its files
+    local dashes=${{words[(i)--]}}
+    if (( dashes < CURRENT )); then
+        # after --: the job's command, then its files
+        if (( dashes + 1 == CURRENT )); then _command_names -e; else _files; fi
+        return
     fi
     for ((i = 2; i < CURRENT; i++)); do
         case "$words[i]" in
@@ -125,8 +146,14 @@ _jw() {{
                 (( i + 1 < CURRENT )) && given+=("$words[i]" "$w")
                 ((i++)) ;;
             --server=*|--ca=*|--cert=*|--key=*) given+=("$words[i]") ;;
+            {_TAKES}) ((i++)) ;;  # (its value: not the verb, nor the command)
             -*) ;;
-            *) [[ -z $verb ]] && verb=$words[i] ;;
+            *)
+                if [[ -z $verb ]]; then
+                    verb=$words[i]
+                elif [[ $verb == exec ]]; then
+                    _files; return  # after the job's COMMAND: its words
+                fi ;;
         esac
     done
     case "$words[CURRENT-1]" in
@@ -150,6 +177,7 @@ _jw() {{
         {_ID_VERBS}) [[ "$PREFIX" == -* ]] ||
             compadd -- $(jw _ids $given 2>/dev/null) ;;
         completion) compadd -- bash zsh fish ;;
+        exec) [[ "$PREFIX" == -* ]] || {{ _command_names -e; return }} ;;
     esac
     case "$verb" in
 {chr(10).join(f"        {v}) compadd -- {o} {_GLOBAL} ;;" for v, o in OPTIONS.items())}
@@ -158,7 +186,89 @@ _jw() {{
 compdef _jw jw
 """
 
+#: The options that take a file as their value (the other values: none).
+_FILES = ("--ca", "--cert", "--key", "--cwd")
+
+
+def _fishOptions(verb: str, options: str) -> list[str]:
+    """
+    The fish C{complete} lines of C{verb}'s C{options}: those that take no
+    value, those whose value is a file (-r -F), and those whose value jw
+    has nothing to offer for (-x: job ids were offered as C{--tail}'s).
+    Those with values of their own (statuses, signals, ids) have lines
+    of their own.
+    """
+    own = ("--status", "--signal", "--after", "--after-ok")
+    takes = _TAKES.split("|")
+    kinds: dict[str, list[str]] = {"": [], " -r -F": [], " -x": []}
+    for option in options.split():
+        if option in own:
+            continue
+        kind = " -r -F" if option in _FILES else " -x" if option in takes else ""
+        kinds[kind].append(f"-l {option[2:]}")
+    return [
+        f'complete -c jw -n "__jw_subcommand_from {verb}" {" ".join(flags)}{kind}'
+        for kind, flags in kinds.items()
+        if flags
+    ]
+
+
 FISH = f"""# jw completion for fish: jw completion fish | source
+# jw's verb on the line ("none": not yet), or "JOB" once the words are the
+# job's: after --, or after jw exec's COMMAND (its "status" is no verb).
+function __jw_verb
+    set -l words (commandline -opc)
+    set -l verb none
+    set -l i 2
+    while test $i -le (count $words)
+        set -l w $words[$i]
+        if test "$w" = --
+            echo JOB; return
+        else if contains -- $w {_TAKES.replace("|", " ")}
+            set i (math $i + 1)  # (its value: not the verb, nor the command)
+        else if not string match -q -- '-*' $w
+            if test $verb = none
+                set verb $w
+            else if test $verb = exec
+                echo JOB; return
+            end
+        end
+        set i (math $i + 1)
+    end
+    echo $verb
+end
+function __jw_subcommand_from
+    contains -- (__jw_verb) $argv
+end
+# The job's command line so far (its COMMAND on), and the word completed.
+function __jw_job
+    set -l words (commandline -opc)
+    set -l verb none
+    set -l i 2
+    while test $i -le (count $words)
+        set -l w $words[$i]
+        if test "$w" = --
+            set i (math $i + 1); break
+        else if contains -- $w {_TAKES.replace("|", " ")}
+            set i (math $i + 1)
+        else if not string match -q -- '-*' $w
+            if test $verb = none
+                set verb $w
+            else
+                break
+            end
+        end
+        set i (math $i + 1)
+    end
+    if test $i -le (count $words)
+        printf '%s\n' $words[$i..-1]
+    end
+    commandline -ct
+end
+# Is the word completed jw exec's COMMAND (not an option)?
+function __jw_command
+    __jw_subcommand_from exec; and not string match -q -- '-*' (commandline -ct)
+end
 # The ids of the server this line reaches (its --server, --ca, --cert, --key).
 function __jw_ids
     set -l words (commandline -opc)
@@ -180,25 +290,21 @@ function __jw_ids
     jw _ids $given 2>/dev/null
 end
 complete -c jw -f
-complete -c jw -n __fish_use_subcommand -a "{_VERBS}"
-complete -c jw -l server -l ca -l cert -l key -r
-complete -c jw -n "__fish_seen_subcommand_from list" -l status -x -a "{_STATUSES}"
-complete -c jw -n "__fish_seen_subcommand_from clean" -l status -x -a "{_ENDED}"
-complete -c jw -n "__fish_seen_subcommand_from {_ID_VERBS.replace("|", " ")}" \\
-    -x -a "(__jw_ids)"
-complete -c jw -n "__fish_seen_subcommand_from completion" -x -a "bash zsh fish"
-complete -c jw -n "__fish_seen_subcommand_from stop" -s s -l signal -x -a "{_SIGNALS}"
-complete -c jw -n "__fish_seen_subcommand_from exec" -l after -l after-ok -x \\
+complete -c jw -n "__jw_subcommand_from none" -a "{_VERBS}"
+complete -c jw -n "not __jw_subcommand_from JOB" -l server -x
+complete -c jw -n "not __jw_subcommand_from JOB" -l ca -l cert -l key -r -F
+complete -c jw -n "__jw_subcommand_from list" -l status -x -a "{_STATUSES}"
+complete -c jw -n "__jw_subcommand_from clean" -l status -x -a "{_ENDED}"
+complete -c jw -n "__jw_subcommand_from {_ID_VERBS.replace("|", " ")}" -x \\
     -a "(__jw_ids)"
-complete -c jw -n "contains -- -- (commandline -opc)" -F
-{
-    chr(10).join(
-        f'complete -c jw -n "__fish_seen_subcommand_from {v}" '
-        + " ".join(f"-l {o[2:]}" for o in opts.split())
-        for v, opts in OPTIONS.items()
-        if opts
-    )
-}
+complete -c jw -n "__jw_subcommand_from completion" -x -a "bash zsh fish"
+complete -c jw -n "__jw_subcommand_from stop" -s s -l signal -x -a "{_SIGNALS}"
+complete -c jw -n "__jw_subcommand_from exec" -l after -l after-ok -x -a "(__jw_ids)"
+complete -c jw -n "__jw_subcommand_from exec" -s n -s l -s e -x
+# The job's command, then its words (as the command completes them).
+complete -c jw -n "__jw_subcommand_from JOB; or __jw_command" -x \\
+    -a "(__fish_complete_subcommand --commandline (__jw_job))"
+{chr(10).join(line for v, o in OPTIONS.items() for line in _fishOptions(v, o))}
 """
 
 COMPLETION = {"bash": BASH, "zsh": ZSH, "fish": FISH}

@@ -132,15 +132,30 @@ class NotFollowed(Exception):
     """
 
     def __init__(
-        self, jobId: str, why: str, status: str | None, relogin: bool = False
+        self,
+        jobId: str,
+        why: str,
+        status: str | None,
+        relogin: bool = False,
+        refused: bool = False,
     ) -> None:
         """
         @param relogin: the login was refused under the follow (its token
             expired): a new one comes first.
+        @param refused: the user name and password were refused under the
+            follow (the user removed, or the password changed, on the
+            server): a login cannot help (it said "jw login", to one who
+            gives JW_USER/JW_PASSWORD: new user round 39).
         """
         follow = f"jw logs -f {jobId} to follow it, jw stop {jobId} to stop it"
         if relogin:
             follow = f"jw login, then {follow}"
+        elif refused:
+            follow = (
+                "the server no longer takes your user name or password (the "
+                "user removed, or the password changed, there): with ones it "
+                f"takes, {follow}"
+            )
         if status in ("PENDING", "RUNNING"):
             now = f"it is still running: {follow}"
         elif status is None:
@@ -150,7 +165,9 @@ class NotFollowed(Exception):
         super().__init__(f"cannot follow job {jobId} ({why}); {now}")
 
 
-def loginLapsed(jobId: str, error: ClientError, status: str | None) -> Exception:
+def loginLapsed(
+    jobId: str, error: ClientError, status: str | None, byToken: bool = True
+) -> Exception:
     """
     What a follow (C{jw exec -f}, C{jw logs -f}, C{jw wait}) ends with when
     C{error} came in its middle (C{status}: the job's, as the last answer
@@ -158,10 +175,23 @@ def loginLapsed(jobId: str, error: ClientError, status: str | None) -> Exception
     under it (a token's hour, or 12, ran out): the job runs on without jw,
     said with the way back to it (it exited 1 with "run jw login" alone,
     as a job's own exit 1 reads: new user round 33). Else C{error} itself.
+    C{byToken}: the credential refused was a token (a login to renew);
+    else a user name and password, or a certificate, that a login cannot
+    mend.
     """
     if error.status != 401 or status is None:
         return error
-    return NotFollowed(jobId, str(error), status, relogin=True)
+    return NotFollowed(jobId, str(error), status, relogin=byToken, refused=not byToken)
+
+
+def sentToken(client: Any) -> bool:
+    """
+    Does C{client} send a token (a login that a new one may replace), not
+    a user name and password or a certificate? (L{loginLapsed}'s
+    C{byToken}.)
+    """
+    bearer = getattr(client, "bearer", None)
+    return bearer is None or bearer() is not None
 
 
 class SavedLoginRefused(Exception):

@@ -20,7 +20,7 @@ from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
 from .calls import ASK_AGAIN, MAX_TAIL, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
-from .failures import EXIT_TIMED_OUT, loginLapsed
+from .failures import EXIT_TIMED_OUT, loginLapsed, sentToken
 from .show import endLine, jsonLine
 from .streams import Streams
 
@@ -727,7 +727,9 @@ async def waitFor(client: Client, options: argparse.Namespace, streams: Streams)
     try:
         job = await pollEnd(client, options.id, deadline, told.append)
     except ClientError as e:
-        raise loginLapsed(options.id, e, told[-1] if told else None) from None
+        raise loginLapsed(
+            options.id, e, told[-1] if told else None, sentToken(client)
+        ) from None
     if job is None:
         # As it is now (PENDING or RUNNING): said, and the one document
         # --json promises.

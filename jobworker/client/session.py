@@ -32,6 +32,12 @@ from .interrupts import SIGNALS
 from .show import when
 from .streams import Streams
 
+#: How many times in all a password typed at jw's prompt is asked for when
+#: the server refuses it (401), as ssh and sudo ask (it was once: a typo
+#: ended the command, new user round 39). A password given in
+#: C{JW_PASSWORD} is never asked for.
+PASSWORD_TRIES = 3
+
 #: Builds the client for a server: L{JobworkerClient.connect}'s signature
 #: (reactor, server, CA path, user, password, *, token, certPath, keyPath);
 #: tests pass one over C{StubTreq}.
@@ -260,6 +266,9 @@ class Session:
     #: a client with the user's password (asked for, or C{JW_PASSWORD}):
     #: the login kept renewed (L{Renewal}). None: not renewed so.
     relogin: Callable[[Callable[[], None]], Any] | None = None
+    #: With a password typed at the prompt: asks for it again, a client
+    #: with the new one (L{confirm}). None: not asked again.
+    reask: Callable[[], Any] | None = None
 
     @classmethod
     def open(
@@ -340,7 +349,39 @@ class Session:
         # with JW_PASSWORD's, which is what is sent (a plain verb said
         # "logged in" and kept a token no one asked for: new user round 39).
         renew = saved and token is None and givenPassword(environ) is None
-        return cls(client, server, tokensFile, renew=renew)
+        reask = None
+        if givenPassword(environ) is None:  # typed at the prompt
+
+            def reask() -> Any:
+                _, again = credentials(environ, user)
+                return connect(reactor, server, ca, user, again)
+
+        return cls(client, server, tokensFile, renew=renew, reask=reask)
+
+    async def confirm(self, streams: Streams, login: bool) -> None:
+        """
+        Log in (C{login}: C{jw login}, or an expired login renewed), or,
+        with a password typed at the prompt, check it; a password the
+        server refuses (401) is asked for again, up to L{PASSWORD_TRIES}
+        times in all. Any other refusal (the login throttle's 429) ends it.
+        """
+        tries = 1
+        while True:
+            try:
+                if login:
+                    await self.login(streams)
+                elif self.reask is not None:
+                    await self.client.whoami()
+                return
+            except ClientError as e:
+                if e.status == 404 and not login:
+                    return  # (a server with no /whoami: the verb tells)
+                if e.status != 401 or self.reask is None or tries >= PASSWORD_TRIES:
+                    raise
+                streams.say(f"jw: {e}: try again")
+            await self.client.close()
+            self.client = self.reask()
+            tries += 1
 
     async def login(self, streams: Streams) -> None:
         """Get a token with the credentials in use and keep it."""
@@ -440,15 +481,21 @@ class Renewal:
                 "give the password to renew it (it resumes where it was)"
             )
 
-        try:
-            login = session.relogin(why)
-        except UsageFailure:
-            return None  # no terminal, no password given
-        try:
-            result = await login.createToken()
-        except ClientError as e:
-            streams.say(f"jw: {e}")  # the password refused, say
-            return None
-        finally:
-            await login.close()
-        return session.keep(result, streams)
+        for tries in range(1, PASSWORD_TRIES + 1):
+            try:
+                login = session.relogin(why if tries == 1 else lambda: None)
+            except UsageFailure:
+                return None  # no terminal, no password given
+            try:
+                result = await login.createToken()
+            except ClientError as e:
+                if e.status == 401 and tries < PASSWORD_TRIES:
+                    # A typo: asked again, as at a command's start.
+                    streams.say(f"jw: {e}: try again")
+                    continue
+                streams.say(f"jw: {e}")  # the password refused, say
+                return None
+            finally:
+                await login.close()
+            return session.keep(result, streams)
+        return None

@@ -32,6 +32,7 @@ from .failures import (
     NotFollowed,
     UsageFailure,
     loginLapsed,
+    sentToken,
 )
 from .interrupts import Interrupts
 from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
@@ -892,7 +893,7 @@ async def followFailed(
     elif error.status == 401:
         # The login lapsed under the follow (the job was live when its
         # stream broke: a job that ends ends its stream instead).
-        raise loginLapsed(jobId, error, "RUNNING") from None
+        raise loginLapsed(jobId, error, "RUNNING", sentToken(client)) from None
     raise error
 
 
@@ -913,7 +914,7 @@ async def followedEnd(
         job: dict[str, Any] = await renewing(client, lambda: client.job(jobId))
         return job
     except ClientError as e:
-        raise loginLapsed(jobId, e, "RUNNING") from None
+        raise loginLapsed(jobId, e, "RUNNING", sentToken(client)) from None
 
 
 async def stopUnread(
@@ -1919,7 +1920,9 @@ async def doLogs(
     except ClientError as e:
         if not options.follow:
             raise
-        raise loginLapsed(jobId, e, told[-1] if told else None) from None
+        raise loginLapsed(
+            jobId, e, told[-1] if told else None, sentToken(client)
+        ) from None
     if not options.follow:
         return 0
     final = await followedEnd(client, jobId, end)
