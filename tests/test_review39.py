@@ -328,6 +328,33 @@ class LeaderThreadEndedTests(SynchronousTestCase):
         self.assertEqual(said, [45, 47, 48])
 
 
+class DetachedFuseTests(SynchronousTestCase):
+    """
+    Attacker round 39b from inside a job: a FUSE file system the job
+    detached (C{umount2(MNT_DETACH)}) after mapping a file of it is in no
+    mount table while its connection lives: the abort found nothing, and
+    the server's write to the job's stdin waited in the kernel for good.
+    The devices of the files the job maps are its connections too.
+    """
+
+    def test_mappedDeviceAborted(self) -> None:
+        proc, connections = test_review38.FuseAbortedTests.tables(self)  # type: ignore[arg-type]
+        os.makedirs(os.path.join(proc, "1400", "task", "1400"))
+        os.makedirs(os.path.join(proc, "1400", "task", "1401"))
+        with open(os.path.join(proc, "1400", "task", "1401", "maps"), "w") as f:
+            f.write(
+                "55d0c0a00000-55d0c0a21000 r--p 00000000 08:01 1311 /usr/bin/python3\n"
+                "7f00c0000000-7f00c0021000 rw-p 00000000 00:00 0\n"
+                "7f00c1000000-7f00c1001000 rw-s 00000000 00:2f 7 /m/f (deleted)\n"
+                "7f00c2000000-7f00c2001000 rw-s 00000000 00:2e 9 /host/f\n"
+                "7f00c3000000-7f00c3001000 rw-s 00000000 00:31 4 /tmp/x\n"
+            )
+        said = abortFuseOf([1400], proc=proc, connections=connections)
+        # 0x2f: the job's own; 0x2e (46) the host's, never; 0x31: no FUSE
+        # connection (a tmpfs, say): nothing to abort.
+        self.assertEqual(said, [47])
+
+
 class LeaderThreadEndedLeftoverTests(TestCase):
     """
     The same through a server without cgroups and a pool of one uid: the

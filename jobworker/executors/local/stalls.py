@@ -247,7 +247,13 @@ def abortFuseOf(
     ours = set(_fuseMounts(f"{proc}/self/mountinfo"))
     aborted: list[int] = []
     for pid in pids:
-        found = {c for table in _tablesOf(proc, pid) for c in _fuseMounts(table)}
+        tables = _tablesOf(proc, pid)
+        found = {c for table in tables for c in _fuseMounts(table)}
+        # (A file system detached, umount2 MNT_DETACH, is in no mount table
+        # while its pages are mapped: attacker round 39b. Those a job maps
+        # name their device; one that is no FUSE connection has no folder
+        # to abort, and the host's are in the server's table.)
+        found |= _mappedDevices([t[: -len("mountinfo")] + "maps" for t in tables])
         for connection in sorted(found):
             if connection in ours or connection in aborted:
                 continue
@@ -277,6 +283,37 @@ def _tablesOf(proc: str, pid: int) -> list[str]:
     except OSError:
         return [f"{proc}/{pid}/mountinfo"]
     return [f"{proc}/{pid}/task/{thread}/mountinfo" for thread in threads]
+
+
+def _mappedDevices(maps: list[str]) -> set[int]:
+    """
+    The anonymous devices (their minor numbers) of the files mapped in
+    the first of the memory maps C{maps} that can be read (a process's
+    threads share one; its first thread's is empty once it ended). Read
+    from the maps alone: nothing asks the file systems (a stat of a FUSE
+    file waits on its server: the job).
+    """
+    for path in maps:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        if not lines:
+            continue
+        found = set()
+        for line in lines:
+            parts = line.split(maxsplit=5)
+            if len(parts) < 5 or parts[4] == "0":
+                continue  # (anonymous memory: no file)
+            major, _, minor = parts[3].partition(":")
+            try:
+                if int(major, 16) == 0:
+                    found.add(int(minor, 16))
+            except ValueError:
+                continue
+        return found
+    return set()
 
 
 def _fuseMounts(path: str) -> list[int]:
