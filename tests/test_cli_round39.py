@@ -68,11 +68,12 @@ _TICKS = "echo first; sleep 11; echo second; exit 3"
 
 class RenewedUnderAFollowTests(TestCase):
     """
-    The saved login's token expires under C{jw exec -f} (the server ends
+    The saved login's token expires under C{jw logs -f} (the server ends
     the stream, and refuses the token as the follow resumes): on a
     terminal, jw asks for the password, keeps the new login and resumes
-    where it was, exiting with the job's status (it exited 125 and left
-    the job unfollowed: new user round 39).
+    where it was (it exited 125 and left the job unfollowed: new user
+    round 39). Not under C{jw exec -f}, whose prompt raced the stdin it
+    forwards (jw security round 39): it says how to go on, exit 125.
     """
 
     timeout = 120
@@ -101,21 +102,47 @@ class RenewedUnderAFollowTests(TestCase):
     async def test_combined(self) -> None:
         """Output in order on the terminal (one combined stream)."""
         code, seen, _ = await self._followed(
-            ["exec", JW, "exec", "-f", "--", "sh", "-c", repr(_TICKS)]
+            [f"ID=$({JW} exec -- sh -c {_TICKS!r}) &&", "exec", JW, "logs", "-f", "$ID"]
         )
-        self.assertEqual(code, 3, seen)
+        self.assertEqual(code, 3, seen)  # (the job's: jw logs -f exits so)
         self.assertEqual(seen.count(b"first"), 1, seen)  # resumed, not repeated
         self.assertIn(b"second", seen)
         self.assertNotIn(b"cannot follow", seen)
 
     async def test_raw(self) -> None:
-        """stdout to a file, stderr on the terminal: the two raw streams."""
+        """stdout to a file: its raw stream."""
         code, seen, written = await self._followed(
-            ["exec", JW, "exec", "-f", "--", "sh", "-c", repr(_TICKS), ">OUT"]
+            [
+                f"ID=$({JW} exec -- sh -c {_TICKS!r}) &&",
+                "exec",
+                JW,
+                "logs",
+                "-f",
+                "--stdout",
+                "$ID",
+                ">OUT",
+            ]
         )
         self.assertEqual(code, 3, seen)
         self.assertEqual(written, "first\nsecond\n")
         self.assertNotIn(b"cannot follow", seen)
+
+    async def test_execFollowSaysHow(self) -> None:
+        """Under jw exec -f (-i: jw's stdin the job's), no prompt races
+        the stdin it forwards: exit 125, how to go on said."""
+        server = LiveServer(self, "--token-ttl=8", grace=GRACE)
+        home = os.path.realpath(self.mktemp())
+        environ = _environment(server, home)
+        await deferToThread(_login, environ)
+        code, seen = await deferToThread(
+            converse,
+            ["/bin/sh", "-c", f"exec {JW} exec -i -f -- sh -c {_TICKS!r}"],
+            environ,
+            [],
+        )
+        self.assertEqual(code, 125, seen)
+        self.assertNotIn(b"Password", seen)
+        self.assertIn(b"jw login, then jw logs -f", seen)
 
     async def test_noTerminal(self) -> None:
         """

@@ -6,6 +6,7 @@ ones), each reproduced here before its fix.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -25,6 +26,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.client.streams import Streams
+from jobworker.client.verbs import doIds
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.stalls import abortFuseOf
 from jobworker.jobs import removal
@@ -915,3 +918,25 @@ class NothingToLoseGivesWayTests(TestCase):
         poster.sendall(b"}")
         answer = await deferToThread(poster.recv, 12)
         self.assertEqual(answer, b"HTTP/1.1 201")
+
+
+class CompletionIdsTests(SynchronousTestCase):
+    """
+    jw security round 39: bash's C{compgen -W} expands the words jw's
+    C{_ids} prints, and a server's "id" of C{$(id)} ran as the user at a
+    TAB. Only ids of a job id's form are printed.
+    """
+
+    def test_onlyJobIds(self) -> None:
+        good = "3f2c1a9e-0b1d-4c5e-8f7a-9b0c1d2e3f4a"
+
+        class Listing:
+            async def listJobs(self, limit: int) -> tuple[list[Any], None]:
+                return [{"id": "$(touch /tmp/owned)"}, {"id": good}, {"id": 7}], None
+
+        out = io.BytesIO()
+        streams = Streams(out=out, err=io.BytesIO(), inp=None)
+        code = self.successResultOf(
+            ensureDeferred(doIds(None, Listing(), streams, None))  # type: ignore[arg-type]
+        )
+        self.assertEqual((code, out.getvalue()), (0, good.encode() + b"\n"))

@@ -225,7 +225,11 @@ async def _commandLine(
         raise  # a failed connection, as any request's (exit 1)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None
-    session.renewUnderFollows(streams)
+    if verb in ("logs", "wait"):
+        # Not under jw exec -f: its prompt, in a thread of its own, raced
+        # the stdin it forwards (-i: the password went to the job), and a
+        # Ctrl-C there left the terminal's echo off (jw security round 39).
+        session.renewUnderFollows(streams)
     try:
         # A password typed at the prompt is asked again if refused (a typo
         # ended the command: new user round 39).

@@ -1948,10 +1948,26 @@ async def doIds(
     streams: Streams,
     interrupts: Interrupts,
 ) -> int:
-    """The hidden C{jw _ids} of the completion scripts: recent job ids."""
+    """
+    The hidden C{jw _ids} of the completion scripts: recent job ids, only
+    those in a job id's form. bash's C{compgen -W} expands the words it is
+    given: an "id" of C{$(id)} from a server ran as the user at a TAB
+    (jw security round 39).
+    """
     jobs, _ = await client.listJobs(limit=200)
-    streams.show("".join(f"{job['id']}\n" for job in jobs))
+    ids = [job.get("id") for job in jobs if isinstance(job, dict)]
+    streams.show(
+        "".join(
+            f"{jobId}\n"
+            for jobId in ids
+            if isinstance(jobId, str) and _JOB_ID.fullmatch(jobId)
+        )
+    )
     return 0
+
+
+#: A job id's form (a UUID's, lower case), as the server makes them.
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 #: The verbs that talk to the server, by name.
