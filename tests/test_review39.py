@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.auth.users import UserDatabase
 from jobworker.client.streams import Streams
 from jobworker.client.verbs import doIds
 from jobworker.executors.local.executor import localJobManager
@@ -940,3 +941,28 @@ class CompletionIdsTests(SynchronousTestCase):
             ensureDeferred(doIds(None, Listing(), streams, None))  # type: ignore[arg-type]
         )
         self.assertEqual((code, out.getvalue()), (0, good.encode() + b"\n"))
+
+
+class UsersFileLinesTests(SynchronousTestCase):
+    """
+    Operator round 39: the users file's lines also ended at a form feed,
+    NEL or U+2028: a line commented out with one in it was a live Admin
+    (and grep '^mallory' found nothing). A line ends at a newline alone; a
+    byte-order mark is taken away.
+    """
+
+    HASH = "$2b$04$" + "a" * 53
+
+    def test_commentedOutStaysOut(self) -> None:
+        for separator in ("\f", "\x85", "\u2028", "\v", "\x1c"):
+            text = (
+                f"alice:Developer:{self.HASH}\n"
+                f"# old{separator}mallory:Admin:{self.HASH}\n"
+            )
+            users = UserDatabase.fromText(text)
+            self.assertIsNone(users.lookup("mallory"), repr(separator))
+            self.assertIsNotNone(users.lookup("alice"))
+
+    def test_byteOrderMark(self) -> None:
+        users = UserDatabase.fromText(f"\ufeffalice:Developer:{self.HASH}\r\n")
+        self.assertIsNotNone(users.lookup("alice"))

@@ -127,7 +127,12 @@ class UserDatabase:
         entries: list[UserEntry] = []
         seen: set[str] = set()
         roles = {role.value: role for role in Role}
-        for number, raw in enumerate(text.splitlines(), 1):
+        # Lines end at a newline alone: str.splitlines also ended them at a
+        # form feed, NEL or U+2028, and a line "commented out" with one of
+        # those in it was a live user that grep '^name' did not find
+        # (operator round 39). A byte-order mark is no part of a name.
+        lines = text.removeprefix("\ufeff").split("\n")
+        for number, raw in enumerate(lines, 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
