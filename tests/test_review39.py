@@ -39,7 +39,7 @@ from jobworker.jobs.removal import ASIDE, AsideRemoval
 from jobworker.jobs.spool import OutputSpool, OutputTrouble
 from jobworker.server import connections, unread
 
-from . import test_identity, test_mtls, test_queue, test_review38
+from . import test_identity, test_mtls, test_queue, test_review38, test_twistd
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CA, LiveServer, sleep, smallTmpfs
 from .test_auditflood import audit
@@ -966,3 +966,45 @@ class UsersFileLinesTests(SynchronousTestCase):
     def test_byteOrderMark(self) -> None:
         users = UserDatabase.fromText(f"\ufeffalice:Developer:{self.HASH}\r\n")
         self.assertIsNotNone(users.lookup("alice"))
+
+
+class StateOfAnotherUserTests(SynchronousTestCase):
+    """
+    Operator round 39: a state dir, a store or a token key owned by
+    another user than root or the server's was used without a word: its
+    owner edited a queued job's command and account in the store, and it
+    ran as that account at the next start (the users file and the keys of
+    TLS were refused so already). Refused, in one line.
+    """
+
+    runTwistd = test_twistd.StartupErrorTests.runTwistd
+    refused = test_twistd.StartupErrorTests.refused
+
+    def setUp(self) -> None:
+        test_identity.requireRoot()
+
+    def test_stateDir(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state, mode=0o700)
+        os.chown(state, 65534, 65534)
+        line = self.refused(f"--state-dir={state}")
+        self.assertIn("owned by uid 65534", line)
+        self.assertEqual(os.listdir(state), [])
+
+    def test_store(self) -> None:
+        state = os.path.abspath(self.mktemp())
+        os.makedirs(state, mode=0o700)
+        store = os.path.join(state, "jobs.sqlite3")
+        open(store, "w").close()
+        os.chown(store, 65534, 65534)
+        self.assertIn("owned by uid 65534", self.refused(f"--state-dir={state}"))
+
+    def test_tokenKey(self) -> None:
+        key = os.path.join(os.path.abspath(self.mktemp()), "token.key")
+        os.makedirs(os.path.dirname(key), mode=0o700)
+        with open(key, "wb") as f:
+            f.write(os.urandom(32))
+        os.chmod(key, 0o600)
+        os.chown(key, 65534, 65534)
+        line = self.refused(f"--token-key={key}")
+        self.assertIn("owned by uid 65534", line)

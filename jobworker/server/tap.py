@@ -543,6 +543,8 @@ def _stateDir(stateDir: str) -> None:
             # server, every job seemingly gone: operator round 37.)
             log.warn("state dir {path} made: a new, empty one", path=stateDir)
         os.makedirs(stateDir, mode=0o700, exist_ok=True)
+        for path in (stateDir, os.path.join(stateDir, "jobs.sqlite3")):
+            refuseOthers(path)
         warnIfOpen(stateDir)
     except OSError as e:
         fatal(f"cannot use state dir {stateDir}: {e.strerror}")
@@ -590,6 +592,26 @@ def _store(stateDir: str) -> JobStore:
             mode=f"{mode:04o}",
         )
     return store
+
+
+def refuseOthers(path: str) -> None:
+    """
+    Refuse the state dir, or its store, owned by another user than root or
+    the server's: whoever owns them decides what the jobs run and as whom
+    (a queued job's command and account edited in the store ran as that
+    account at the next start, not a word said: operator round 39), as the
+    users file and the keys are refused.
+    """
+    try:
+        owner = os.stat(path).st_uid
+    except FileNotFoundError:
+        return
+    if owner not in (0, os.geteuid()):
+        fatal(
+            f"{ascii(path)[1:-1]} is owned by uid {owner}, who could change what "
+            "jobs run and as whom: give it to root or to the server's user "
+            "(chown -R)"
+        )
 
 
 def warnIfOpen(stateDir: str) -> bool:
@@ -670,6 +692,9 @@ def _authenticator(
 ) -> Authenticator:
     """Basic (bcrypt in threads), tokens (signed with the key), certificates."""
     keyPath = config["token-key"] or os.path.join(config["state-dir"], "token.key")
+    # (Its owner, not its mode alone: whoever may write it mints any user's
+    # tokens: operator round 39.)
+    secretFile(keyPath, "the token key")
     try:
         tokenKey = loadOrCreateKey(keyPath)
     except OSError as e:
