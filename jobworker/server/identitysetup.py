@@ -40,7 +40,9 @@ def identities(config: Options, slurm: bool) -> Identities:
         log.warn(
             "the server runs as {user}, not root: every user's jobs run as "
             "{user} and share that identity (each can read the others' "
-            "environment and signal them)",
+            "environment and signal them) with the server itself: a job can "
+            "read the token key and the users file, and so act as any user, "
+            "Admin included; run it so only for users trusted as {user}",
             user=server.label,
         )
         return Identities(server=server)
