@@ -1023,6 +1023,20 @@ class ExecutorTests(SynchronousTestCase):
         self.assertIsNone(lost.pending_reason)
         self.assertIsNone(self.stored(other.id).pending_reason)
 
+    def test_wrapperCopiedAgain(self) -> None:
+        """
+        The job wrapper removed from --slurm-output-dir (a purge of the
+        shared folder): every job was "Slurm refused the job" until a
+        restart (Slurm user round 39b). It is copied there again.
+        """
+        wrapper = os.path.join(self.outputDir, "slurm-exec.sh")
+        os.remove(wrapper)
+        record = self.submit("true")
+        self.assertTrue(os.path.isfile(wrapper))
+        _, script, _ = self.commands.submissions[-1]
+        self.assertEqual(script[0], wrapper)
+        self.assertIs(self.manager.record(record.id).status, JobStatus.PENDING)
+
     def test_aStoppedJobSaysSo(self) -> None:
         """
         A job sent SIGSTOP through Slurm (C{scancel --signal=STOP}: Slurm's

@@ -335,6 +335,14 @@ class SlurmExecutor:
         argvFile = os.path.join(directory, "argv")
         envFile = os.path.join(directory, "env")
         try:
+            if not os.path.exists(self._wrapper):
+                # Removed under the server (a purge of the shared folder):
+                # every job was "Slurm refused the job" until a restart
+                # copied it again (Slurm user round 39b).
+                self._wrapper = prepareOutputDir(self._outputDir, self._server.uid)
+                self.log.warn(
+                    "{path} was removed: copied there again", path=self._wrapper
+                )
             makeJobFolder(
                 directory,
                 self._accounts.folderOwner(identity),
