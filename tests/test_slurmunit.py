@@ -1059,6 +1059,19 @@ class ExecutorTests(SynchronousTestCase):
         self.commands.failNext = SlurmError("Unable to contact", unreachable=True)
         self.failureResultOf(self.manager.stop(record.id, "alice"), ServiceUnavailable)
         self.assertIs(self.manager.record(record.id).status, JobStatus.RUNNING)
+        # Known to be out of reach (a poll found it so): the next stop is
+        # refused at once, no scancel waiting for Slurm's own timeout
+        # (9-28 s: Slurm user round 39b).
+        self.reactor.advance(1.0)
+        unreachable = SlurmError("Unable to contact", unreachable=True)
+        self.commands.polls[-1].errback(unreachable)
+        self.assertFalse(self.executor.health().up)
+        asked = (list(self.commands.signals), list(self.commands.cancels))
+        failure = self.failureResultOf(
+            self.manager.stop(record.id, "alice"), ServiceUnavailable
+        )
+        self.assertIn("Slurm is unreachable", failure.getErrorMessage())
+        self.assertEqual((self.commands.signals, self.commands.cancels), asked)
 
     def stopAfterSlurmEndedIt(
         self, how: StopRequest, error: str, now: dict[str, SlurmState]

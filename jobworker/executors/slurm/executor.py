@@ -490,8 +490,17 @@ class SlurmExecutor:
     async def terminate(self, job: SlurmJob, how: StopRequest = DEFAULT_STOP) -> None:
         """
         See L{SlurmStops.terminate}; once the stop is under way, the jobs
-        held on this one (C{after_ok}) are cancelled.
+        held on this one (C{after_ok}) are cancelled. While Slurm is known
+        to be unreachable, refused at once (each stop waited for Slurm's own
+        timeout, 9-28 s, for the same 503: Slurm user round 39b); the polls
+        find it back.
+
+        @raise ServiceUnavailable: Slurm is unreachable.
         """
+        if self._reach.down:
+            raise ServiceUnavailable(
+                f"Slurm is unreachable, try again later ({self._reach.reason})"
+            )
         await self._stops.terminate(job, how)
         self._held.stopping(job)
 
