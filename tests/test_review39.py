@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import select
 import signal
 import socket
 import ssl
@@ -34,7 +35,12 @@ from jobworker.executors.local.stalls import abortFuseOf
 from jobworker.jobs import removal
 from jobworker.jobs import spool as spool_module
 from jobworker.jobs.policy import JobPolicy
-from jobworker.jobs.recovery import groupTakenOver, processesOf, sessionMembers
+from jobworker.jobs.recovery import (
+    groupTakenOver,
+    killUid,
+    processesOf,
+    sessionMembers,
+)
 from jobworker.jobs.removal import ASIDE, AsideRemoval
 from jobworker.jobs.spool import OutputSpool, OutputTrouble
 from jobworker.server import connections, unread
@@ -1008,3 +1014,70 @@ class StateOfAnotherUserTests(SynchronousTestCase):
         os.chown(key, 65534, 65534)
         line = self.refused(f"--token-key={key}")
         self.assertIn("owned by uid 65534", line)
+
+
+#: A process that forks its successor and exits, over and over (a pid
+#: listed is gone when looked at, its successor made after the listing),
+#: each holding the pipe it was given (argv[1]): its end comes once none
+#: is left.
+HOPPER = """
+import os, sys
+os.write(int(sys.argv[1]), b"up")
+while True:
+    if os.fork():
+        os._exit(0)
+"""
+
+
+def pipeEnds(fd: int, seconds: float) -> bool:
+    """Does the pipe C{fd} reach its end (every writer gone) in time?"""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready and os.read(fd, 4096) == b"":
+            return True
+    return False
+
+
+class HopperKilledByUidTests(SynchronousTestCase):
+    """
+    Attacker round 39b from inside a job: without cgroups, a leftover
+    forking successors as its job ended escaped the uid's scans of /proc
+    (each pid gone when looked at), and its dynamic uid went to another
+    user's job (5 runs of 5). Every process of the uid is killed at once
+    (kill(-1) as the uid) before the scan.
+    """
+
+    def test_allAtOnce(self) -> None:
+        test_identity.requireRoot()
+        requireThreadExit()  # (a machine whose system call numbers are known)
+        uid = 74392
+        self.addCleanup(killUid, uid)
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        hopper = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                HOPPER,
+                str(writeEnd),
+            ],
+            pass_fds=(writeEnd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(writeEnd)
+        self.addCleanup(hopper.wait)
+        self.assertEqual(os.read(readEnd, 2), b"up")
+        self.assertFalse(pipeEnds(readEnd, 0.3))  # (hopping)
+        self.assertTrue(killUid(uid))
+        self.assertEqual(os.getresuid(), (0, 0, 0))  # (this thread root again)
+        self.assertTrue(pipeEnds(readEnd, 5.0))
+
+    def test_notRoot(self) -> None:
+        self.assertFalse(killUid(0))

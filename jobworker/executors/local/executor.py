@@ -36,6 +36,7 @@ from ...jobs.recovery import (
     bootTicks,
     groupTakenOver,
     killAll,
+    killUid,
     leftovers,
     liveServerOf,
     liveServerOfLeader,
@@ -492,6 +493,8 @@ class LocalExecutor:
         pending = self._releasing
         if not pending:
             return
+        for uid in pending:
+            killUid(uid)  # (what the scan below would miss: a process hopping)
         try:
             left = processesByUid(range(min(pending), max(pending) + 1))
         except OSError as e:  # no descriptor for /proc: every uid stays held
