@@ -45,10 +45,18 @@ from jobworker.jobs.removal import ASIDE, AsideRemoval
 from jobworker.jobs.spool import OutputSpool, OutputTrouble
 from jobworker.server import connections, unread
 
-from . import test_identity, test_mtls, test_queue, test_review38, test_twistd
+from . import (
+    test_cli_round6,
+    test_identity,
+    test_mtls,
+    test_queue,
+    test_review38,
+    test_twistd,
+)
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CA, LiveServer, sleep, smallTmpfs
+from .support import CA, CERT, JW, LiveServer, sleep, smallTmpfs, writePEM
 from .test_auditflood import audit
+from .test_prompt import converse
 from .test_review31 import THREAD_EXIT
 
 
@@ -1081,3 +1089,28 @@ class HopperKilledByUidTests(SynchronousTestCase):
 
     def test_notRoot(self) -> None:
         self.assertFalse(killUid(0))
+
+
+class DevelopmentCAWarnedTests(TestCase):
+    """
+    jw security round 39: jw login's trust on first use showed the public
+    development CA's fingerprint like any other: kept, anyone with its
+    published key could pose as the server (and take the password next).
+    It says what that CA is.
+    """
+
+    timeout = 120
+
+    async def test_warned(self) -> None:
+        # A server whose chain is its certificate and the development CA.
+        chain = os.path.abspath(self.mktemp())
+        with open(CERT, "rb") as cert, open(CA, "rb") as ca:
+            writePEM(chain, cert.read() + ca.read())
+        server = LiveServer(self, f"--cert={chain}")
+        env = test_cli_round6.isolated(self, JW_SERVER=server.url)
+        code, seen = await deferToThread(
+            converse, [JW, "login"], env, [(b"[y/N] ", b"n\n")]
+        )
+        self.assertIn(b"public development CA", seen)
+        self.assertLess(seen.index(b"public development CA"), seen.index(b"[y/N]"))
+        self.assertNotEqual(code, 0, seen)

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import (
+    DEV_CA,
     DEV_CA_HOSTS,
     Settings,
     checkPrivate,
@@ -173,6 +174,17 @@ def _readLine(fd: int, limit: int = 1024) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _isDevelopmentCA(pem: bytes) -> bool:
+    """Is C{pem} jobworker's public development CA (L{DEV_CA})?"""
+    from .trust import fingerprint
+
+    try:
+        with open(DEV_CA, "rb") as f:
+            return fingerprint(f.read()) == fingerprint(pem)
+    except (OSError, ValueError):
+        return False
+
+
 def trustOnFirstUse(
     settings: Settings, environ: dict[str, str], configFile: str
 ) -> None:
@@ -217,6 +229,15 @@ def trustOnFirstUse(
         raise UsageFailure(
             f"{e} (to trust the server's CA; or pass --ca FILE, JW_CA)"
         ) from None
+    if _isDevelopmentCA(pem):
+        # Its key is in the repository: trusted, anyone could pose as this
+        # server (and take the password next), and nothing said so but a
+        # fingerprint (jw security round 39).
+        notYours += (
+            "WARNING: this is jobworker's public development CA: its private "
+            "key is published with jobworker, so anyone can pose as this "
+            "server with it. Trust it only for a test server you started.\n"
+        )
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
