@@ -723,6 +723,18 @@ def tlsTo(port: int, rcvbuf: int | None = None) -> ssl.SSLSocket:
     return sock
 
 
+def halfPosted(port: int, credentials: bytes) -> ssl.SSLSocket:
+    """A POST /tokens of C{credentials} (Basic) whose body's last byte is
+    still to come."""
+    sock = tlsTo(port)
+    sock.sendall(
+        b"POST /tokens HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Basic " + credentials + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+    )
+    return sock
+
+
 def readAll(sock: ssl.SSLSocket, end: bytes | None = None) -> bytes:
     """What the connection brings until it is closed, or brings C{end}
     (past what a chunked answer may add), or 20 s pass."""
@@ -766,13 +778,8 @@ class EvictionSparesWorkInProgressTests(TestCase):
         )
         head = await deferToThread(reader.recv, 12)
         self.assertEqual(head, b"HTTP/1.1 200")
-        poster = await deferToThread(tlsTo, server.port)
+        poster = await deferToThread(halfPosted, server.port, credentials)
         self.addCleanup(poster.close)
-        poster.sendall(
-            b"POST /tokens HTTP/1.1\r\nHost: localhost\r\n"
-            b"Authorization: Basic " + credentials + b"\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
-        )
         silent = socket.create_connection(("127.0.0.1", server.port))
         self.addCleanup(silent.close)
         await sleep(0.8)
@@ -901,13 +908,8 @@ class NothingToLoseGivesWayTests(TestCase):
         )
         await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
         credentials = base64.b64encode(b"alice:alice-pass")
-        poster = await deferToThread(tlsTo, server.port)
+        poster = await deferToThread(halfPosted, server.port, credentials)
         self.addCleanup(poster.close)
-        poster.sendall(
-            b"POST /tokens HTTP/1.1\r\nHost: localhost\r\n"
-            b"Authorization: Basic " + credentials + b"\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
-        )
         anonymous = await deferToThread(tlsTo, server.port)
         self.addCleanup(anonymous.close)
         anonymous.sendall(
