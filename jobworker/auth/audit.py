@@ -87,14 +87,16 @@ class AuditLog:
             )
         return fd, cut
 
-    def reopen(self) -> None:
+    def reopen(self) -> str | None:
         """
         Open the file again by its name (SIGHUP, after logrotate moved it):
         the next lines go to a new file there. If that cannot be opened,
         the old file is kept.
+
+        @return: why it could not be opened, or None.
         """
         if self._path is None or self._fd is None:
-            return
+            return None
         try:
             new, cut = self._open(self._path)
         except OSError as e:
@@ -104,12 +106,13 @@ class AuditLog:
                 path=self._path,
                 error=e.strerror,
             )
-            return
+            return f"cannot open {self._path}: {e.strerror}"
         old, self._fd, self._cut = self._fd, new, cut
         try:
             os.close(old)
         except OSError:
             pass  # (nothing is buffered: every line was written whole or not)
+        return None
 
     def recordSparsely(
         self,

@@ -59,6 +59,7 @@ from ..jobs.store import StoreError
 from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
 from ..metrics import METRICS_TYPE, Metrics
 from .logs import LogStreams
+from .reloads import Reloads
 from .requests import (
     FILTERS,
     MAX_LIST_BYTES,
@@ -203,8 +204,11 @@ class JobsAPI:
         maxStreams: int = 1000,
         maxStreamsPerUser: int | None = None,
         dashboard: Dashboard | None = None,
+        reloads: Reloads | None = None,
     ) -> None:
         self._manager = manager
+        #: What the last SIGHUP made of the files it reads again.
+        self._reloads = reloads if reloads is not None else Reloads()
         self._auditLog = audit
         self._authenticator = authenticator
         self._clock = clock
@@ -524,7 +528,8 @@ class JobsAPI:
         health = self._manager.health()
         refusal = self._manager.storeRefusal()
         risk = self._manager.storeAtRisk()
-        if health.up and refusal is None and risk is None:
+        unreloaded = self._reloads.refused()
+        if health.up and refusal is None and risk is None and unreloaded is None:
             return _json(request, {"status": "ok"})
         body: dict[str, Any] = {"status": "degraded"}
         reasons = []
@@ -537,6 +542,9 @@ class JobsAPI:
         if risk is not None:
             body.setdefault("store", risk)
             reasons.append(f"the job store's file does not hold every job: {risk}")
+        if unreloaded is not None:
+            body["reload"] = unreloaded
+            reasons.append(unreloaded)
         body["reason"] = "; ".join(r for r in reasons if r) or None
         return _json(request, body)
 

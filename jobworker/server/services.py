@@ -25,6 +25,7 @@ from ..jobs.manager import (
     JobManager,
 )
 from ..jobs.store import StoreError
+from .reloads import Reloads
 from .startup import USERS_FILE, StartupError, secretFileProblem
 
 _T = TypeVar("_T")
@@ -217,8 +218,11 @@ class UsersReloadService(Service):
         reopen: Callable[[], object] | None = None,
         reloaded: Callable[[], object] | None = None,
         reloadTLS: Callable[[], object] | None = None,
+        reloads: Reloads | None = None,
     ) -> None:
         self._path = path
+        #: Told what each reload made of the files (L{Reloads}).
+        self._reloads = reloads if reloads is not None else Reloads()
         self._reloadTLS = reloadTLS
         self._reopen = reopen
         #: Told once new users are in force (the jobs waiting in Slurm's
@@ -256,9 +260,14 @@ class UsersReloadService(Service):
         """
         if self._reopen is not None:
             try:
-                self._reopen()
-            except Exception:
+                problem = self._reopen()
+            except Exception as e:
                 self.log.failure("SIGHUP: the audit log was not reopened")
+                problem = repr(e)
+            if isinstance(problem, str):
+                self._reloads.failed("audit_log", problem)
+            else:
+                self._reloads.succeeded("audit_log")
         if self._reloadTLS is not None:
             try:
                 self._reloadTLS()
@@ -313,6 +322,7 @@ class UsersReloadService(Service):
                 path=path,
                 error=str(e),
             )
+            self._reloads.failed("users", str(e))
             return
         except Exception as e:
             # Any other error too (bcrypt refused a cost the parser let by):
@@ -323,8 +333,10 @@ class UsersReloadService(Service):
                 path=path,
                 error=f"{type(e).__name__}: {e}",
             )
+            self._reloads.failed("users", f"{type(e).__name__}: {e}")
             return
         self._authenticator.replaceUsers(users)
+        self._reloads.succeeded("users")
         self.log.info(
             "users file {path} reloaded: {count} users",
             path=path,

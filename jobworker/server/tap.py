@@ -55,6 +55,7 @@ from .logoutput import unblockStandardOutput
 from .options import (
     Options,
 )
+from .reloads import Reloads
 from .requests import boundedRequestClass
 from .services import (
     ListeningService,
@@ -133,13 +134,15 @@ def _parts(
     Every part of the server but the store, and the service tree; jobs
     start with C{startersUmask}.
     """
-    tlsOptions = tlssetup.tlsOptions(config)
+    reloads = Reloads()
+    tlsOptions = tlssetup.tlsOptions(config, reloads)
     users = _users(config)
     slurm = config["executor"] == "slurm"
     cgroups = _cgroups(config, slurm)
     identities = identitysetup.identities(config, slurm)
     policy = _policy(config, identities, cgroups)
     metrics = Metrics()
+    metrics.registry.register(reloads)
     threadPool = reactor.getThreadPool()  # type: ignore[attr-defined]
 
     runInThread = threadRunner(reactor, threadPool)
@@ -183,6 +186,7 @@ def _parts(
         audit,
         streams,
         perUser if perUser is None else min(streams, perUser),
+        reloads=reloads,
     )
     port, alsoLoopback6 = _listen(
         config, reactor, tlsOptions, _site(config, api, metrics), streams
@@ -201,6 +205,7 @@ def _parts(
             audit.reopen,
             manager.ownersChanged,
             functools.partial(_reloadTLS, tlsOptions, authenticator),
+            reloads,
         )
     )
 

@@ -32,6 +32,7 @@ from ..tls import (
     withClientCAs,
 )
 from .options import Options, defaultStateDir
+from .reloads import Reloads
 from .selfcert import SelfCertError, ensureServerCertificate
 from .startup import StartupError, fatal, secretFile, secretFileProblem
 
@@ -69,8 +70,10 @@ class ServedTLS:
     why.
     """
 
-    def __init__(self, config: Options) -> None:
+    def __init__(self, config: Options, reloads: Reloads | None = None) -> None:
         self._config = config
+        #: Told what each reload made of the files (L{Reloads}).
+        self._reloads = reloads if reloads is not None else Reloads()
         #: The options served, and the client CAs in force: (the options'
         #: context, a store, the keys' SHA-256 by key and alone), read as
         #: they are put in force, not when first needed (an edit of the file
@@ -78,6 +81,7 @@ class ServedTLS:
         self._options, self._authorities = _throughTheBundleOnly(
             _options(config, reloading=False), config["client-ca"]
         )
+        self._reloads.certificateEnds = _ends(self._options)
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
@@ -219,13 +223,19 @@ class ServedTLS:
                 options, self._config["client-ca"]
             )
         except Exception as e:
+            error = str(e) if isinstance(e, StartupError) else repr(e)
             log.error(
                 "SIGHUP: TLS certificate not reloaded, the one served is kept: {error}",
-                error=str(e) if isinstance(e, StartupError) else repr(e),
+                error=error,
             )
+            self._reloads.failed("certificate", error)
             self._reloadClientCAs()
             return
         self._options, self._authorities = options, authorities
+        self._reloads.certificateEnds = _ends(options)
+        self._reloads.succeeded("certificate")
+        if self._config["client-ca"] is not None:
+            self._reloads.succeeded("client_ca")
         log.info(
             "SIGHUP: TLS certificate reloaded from {cert}: new connections get it",
             cert=self._config["cert"] or "the state dir",
@@ -249,16 +259,17 @@ class ServedTLS:
             )
             options, authorities = _throughTheBundleOnly(options, path)
         except Exception as e:
+            error = str(e) if isinstance(e, (StartupError, TLSConfigError)) else repr(e)
             log.error(
                 "SIGHUP: the client CAs of {path} were not reloaded either: "
                 "certificates of a CA removed there are still accepted: {error}",
                 path=path,
-                error=str(e)
-                if isinstance(e, (StartupError, TLSConfigError))
-                else repr(e),
+                error=error,
             )
+            self._reloads.failed("client_ca", error)
             return
         self._options, self._authorities = options, authorities
+        self._reloads.succeeded("client_ca")
         log.info(
             "SIGHUP: client CAs reloaded from {path}, with the certificate served",
             path=path,
@@ -327,13 +338,23 @@ def _saySparsely(subject: str) -> None:
     )
 
 
-def tlsOptions(config: Options) -> ServedTLS:
+def tlsOptions(config: Options, reloads: Reloads | None = None) -> ServedTLS:
     """
-    TLS 1.3 options, reloadable (L{ServedTLS}); the development certificate
-    only on loopback; without C{--cert} and C{--key}, the server's own (made
-    on first start).
+    TLS 1.3 options, reloadable (L{ServedTLS}, telling C{reloads}); the
+    development certificate only on loopback; without C{--cert} and
+    C{--key}, the server's own (made on first start).
     """
-    return ServedTLS(config)
+    return ServedTLS(config, reloads)
+
+
+def _ends(options: Any) -> float | None:
+    """When the certificate C{options} serve ends (epoch seconds)."""
+    certificate = getattr(options, "certificate", None)
+    if certificate is None:
+        return None
+    if hasattr(certificate, "to_cryptography"):  # (pyOpenSSL's X509)
+        certificate = certificate.to_cryptography()
+    return float(certificate.not_valid_after_utc.timestamp())
 
 
 def _options(config: Options, reloading: bool) -> Any:

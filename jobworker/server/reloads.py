@@ -1,0 +1,98 @@
+"""
+What the last SIGHUP made of each file the server reads again: a reload
+that was refused keeps the old users, certificate or client CAs in force,
+and says so in C{/healthz} and C{/metrics} until one succeeds (it was in
+the log alone: a removed user kept access with the probe and every metric
+unchanged: operator round 39). The served certificate's end is a metric
+too, for an alert before clients refuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: The files a SIGHUP reads again, by their label.
+FILES = ("users", "certificate", "client_ca", "audit_log")
+
+#: Each, in words (the reason of C{/healthz}).
+_NAMES = {
+    "users": "the users file",
+    "certificate": "the TLS certificate",
+    "client_ca": "the client CA file",
+    "audit_log": "the audit log",
+}
+
+
+class Reloads(Collector):
+    """
+    The outcome of each file's last reload, and how many of each there
+    were; a collector of C{/metrics} (C{jobworker_reload_failed},
+    C{jobworker_reloads_total}, C{jobworker_certificate_expiry_timestamp_seconds}).
+    """
+
+    def __init__(self) -> None:
+        #: Why each file's last reload was refused (absent: it was not).
+        self._refused: dict[str, str] = {}
+        self._counts: dict[tuple[str, str], int] = {
+            (name, result): 0 for name in FILES for result in ("ok", "failed")
+        }
+        #: When the served certificate ends (epoch seconds), if known.
+        self.certificateEnds: float | None = None
+
+    def succeeded(self, name: str) -> None:
+        """C{name}'s reload is in force."""
+        self._refused.pop(name, None)
+        self._counts[name, "ok"] += 1
+
+    def failed(self, name: str, why: str) -> None:
+        """C{name}'s reload was refused, for C{why}: the old one stays."""
+        self._refused[name] = why
+        self._counts[name, "failed"] += 1
+
+    def refused(self) -> str | None:
+        """The files whose last reload was refused, and why, in words."""
+        if not self._refused:
+            return None
+        return "; ".join(
+            f"{_NAMES[name]} was not reloaded (the one before is in force): {why}"
+            for name, why in sorted(self._refused.items())
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        failed, total, ends = self._families()
+        for name in FILES:
+            failed.add_metric([name], 1 if name in self._refused else 0)
+            for result in ("ok", "failed"):
+                total.add_metric([name, result], self._counts[name, result])
+        yield failed
+        yield total
+        if self.certificateEnds is not None:
+            ends.add_metric([], self.certificateEnds)
+            yield ends
+
+    def _families(
+        self,
+    ) -> tuple[GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "jobworker_reload_failed",
+                "Whether the last SIGHUP reload of a file was refused (1: the "
+                "one before is still in force), by file",
+                labels=["file"],
+            ),
+            CounterMetricFamily(
+                "jobworker_reloads",
+                "SIGHUP reloads of each file, by result",
+                labels=["file", "result"],
+            ),
+            GaugeMetricFamily(
+                "jobworker_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate served ends (Unix time)",
+            ),
+        )
