@@ -815,4 +815,4 @@ class ReviewTests(SlurmCase):
             interval=0.25,
             patience=60.0,
         )
-        self.assertIsNone(await probe.run())
+        self.assertEqual(await probe.run(), (True, None))

@@ -1934,6 +1934,117 @@ class ProbeTests(SynchronousTestCase):
         self.assertIn("is not shared with the nodes", health.reason or "")
         self.assertIn("node7", health.reason or "")
 
+    def test_unreachableAtStartTriedAgain(self) -> None:
+        """
+        slurmctld down when the server started: the probe was never sent
+        again, and a folder not shared read ok for good (Slurm user round
+        39). It is sent again until it concludes.
+        """
+        self.executor.probe()
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.assertTrue(self.executor.health().up)
+        self.reactor.advance(executorModule.PROBE_RETRY - 1)
+        self.assertEqual(len(self.commands.submissions), 1)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.commands.submissions), 2)
+        self.commands.submissions[1][2].callback("501")
+        self.reactor.advance(1.0)
+        self.commands.polls[-1].callback(
+            {"501": state("COMPLETED", jobName="jobworker-output-dir-probe")}
+        )
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("is not shared with the nodes", health.reason or "")
+        # Checked again later: mended meanwhile, ok.
+        self.reactor.advance(executorModule.PROBE_RECHECK)
+        self.assertEqual(len(self.commands.submissions), 3)
+
+    def test_ownOptionsRefused(self) -> None:
+        """
+        Slurm refused the probe sent with the server's --slurm-partition
+        (every job naming none was refused, /healthz ok: Slurm user round
+        39): degraded, saying which options, until a probe passes.
+        """
+        self.executor.probe()
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: error: invalid partition specified: debug")
+        )
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("--partition=debug", health.reason or "")
+        self.assertIn("invalid partition", health.reason or "")
+        self.reactor.advance(executorModule.PROBE_RECHECK)
+        self.assertEqual(len(self.commands.submissions), 1 + 1)
+        self.commands.submissions = self.commands.submissions[1:]
+        self.probeEnds(nodeWrites=True, slurmId="502")
+        self.assertTrue(self.executor.health().up)
+
+    def probeEnds(self, nodeWrites: bool, slurmId: str) -> None:
+        """The probe submitted first in C{self.commands} ends."""
+        options, _, submitted = self.commands.submissions[0]
+        [wrap] = [o for o in options if o.startswith("--wrap=")]
+        _, token, _, path = wrap.removeprefix("--wrap=").split(" ")
+        submitted.callback(slurmId)
+        self.reactor.advance(1.0)
+        if nodeWrites:
+            with open(path, "w") as f:
+                f.write(token + "\n")
+        self.commands.polls[-1].callback(
+            {slurmId: state("COMPLETED", jobName="jobworker-output-dir-probe")}
+        )
+
+    def test_jobRefusedProbesSoon(self) -> None:
+        """
+        A partition removed after the start: a job refused that named no
+        partition of its own brings the probe back soon; one that named
+        its own does not (an attacker's jobs say nothing of the server's).
+        """
+        self.executor = SlurmExecutor(
+            self.reactor,
+            self.outputDir,
+            grace=5.0,
+            partition="debug",
+            commands=self.commands,  # type: ignore[arg-type]
+            sharedAccount=True,
+            allowances=SlurmAllowances(partition=frozenset(["debug", "gpu"])),
+        )
+        self.probe(nodeWrites=True)
+        stateDir = os.path.abspath(self.mktemp())
+        manager = JobManager(self.reactor, stateDir, self.executor)
+        self.addCleanup(manager.close)
+        own = replace(request("true"), slurm=SlurmRequest(partition="gpu"))
+        manager.create(own, owner="bob")
+        self.commands.submissions[-1][2].errback(SlurmError("sbatch: Invalid qos"))
+        self.reactor.advance(executorModule.PROBE_SOON)
+        self.assertEqual(len(self.commands.submissions), 2)
+        manager.create(request("true"), owner="bob")
+        self.commands.submissions[-1][2].errback(
+            SlurmError("sbatch: error: invalid partition specified: debug")
+        )
+        self.reactor.advance(executorModule.PROBE_SOON - 1)
+        self.assertEqual(len(self.commands.submissions), 3)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.commands.submissions), 4)
+        self.assertIn(
+            "--job-name=jobworker-output-dir-probe", self.commands.submissions[-1][0]
+        )
+        self.commands.submissions[-1][2].errback(
+            SlurmError("sbatch: error: invalid partition specified: debug")
+        )
+        self.assertIn("--partition=debug", self.executor.health().reason or "")
+
+    def test_noProbeAfterShutdown(self) -> None:
+        """A probe due is not sent once the executor shut down."""
+        self.executor.probe()
+        self.commands.submissions[0][2].errback(
+            SlurmError("sbatch: Unable to contact slurm controller", unreachable=True)
+        )
+        self.executor.shutdown([])
+        self.reactor.advance(executorModule.PROBE_RECHECK)
+        self.assertEqual(len(self.commands.submissions), 1)
+
 
 class UnreachableAPITests(APITestCase):
     """Slurm known down, through the HTTP API: 503 at once, degraded health."""

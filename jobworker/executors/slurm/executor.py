@@ -54,6 +54,14 @@ from .probe import OutputDirProbe
 from .stopping import SlurmStops
 from .submission import batchScript, placementOptions, sbatchOptions
 
+#: Seconds before a probe that could not conclude is sent again.
+PROBE_RETRY = 60.0
+#: Seconds before a probe that found a problem is sent again (mended?).
+PROBE_RECHECK = 300.0
+#: Seconds after Slurm refused a job sent with the server's options alone
+#: before the probe looks whether it refuses those (at most one at a time).
+PROBE_SOON = 60.0
+
 
 class SlurmExecutor:
     """
@@ -125,6 +133,10 @@ class SlurmExecutor:
         self._files.clock = reactor
         self._wrapper = prepareOutputDir(outputDir, self._server.uid)
         self._accounts.announce()
+        #: Whether the probe runs (L{probe} was called), and again when.
+        self._probing = False
+        self._probeRunning = False
+        self._probeCall: IDelayedCall | None = None
 
     # -- the manager's side ----------------------------------------------------
 
@@ -249,9 +261,21 @@ class SlurmExecutor:
     def probe(self, patience: float = 300.0) -> Deferred[None]:
         """
         Check, with a tiny probe job, that the nodes write where this server
-        reads (C{--slurm-output-dir}); if not, the executor reports itself
-        degraded (C{/healthz}) with the reason, and says so in the log.
+        reads (C{--slurm-output-dir}) and that Slurm takes a job on the
+        server's own partition and account; if not, the executor reports
+        itself degraded (C{/healthz}) with the reason, and says so in the
+        log. A probe that could not conclude (Slurm out of reach, the
+        probe queued too long) is sent again after L{PROBE_RETRY} seconds,
+        one that found a problem after L{PROBE_RECHECK}, and one comes
+        sooner after Slurm refuses a job sent with the server's options:
+        it ran once, at start-up (slurmctld down then, or a partition
+        removed later: every job failed with C{/healthz} C{ok}, Slurm user
+        round 39).
         """
+        self._probing = True
+        if self._probeCall is not None and self._probeCall.active():
+            self._probeCall.cancel()
+        self._probeCall = None
         options = placementOptions(self._partition, self._account)
         probe = OutputDirProbe(
             self._reactor,
@@ -263,9 +287,55 @@ class SlurmExecutor:
         )
 
         async def run() -> None:
-            self._reach.problem = await probe.run()
+            self._probeRunning = True
+            try:
+                concluded, problem = await probe.run()
+            finally:
+                self._probeRunning = False
+            if concluded:
+                self._reach.problem = problem
+            if not self._probing:
+                return
+            if not concluded:
+                self._probeAgain(PROBE_RETRY, patience)
+            elif problem is not None:
+                self._probeAgain(PROBE_RECHECK, patience)
 
         return Deferred.fromCoroutine(run())
+
+    def _probeAgain(self, delay: float, patience: float = 300.0) -> None:
+        """The probe, again in C{delay} seconds (or sooner: kept)."""
+        if not self._probing or self._probeRunning:
+            return
+        call = self._probeCall
+        if call is not None and call.active():
+            if call.getTime() - self._reactor.seconds() <= delay:
+                return
+            call.cancel()
+
+        def again() -> None:
+            self._probeCall = None
+            self.probe(patience).addErrback(
+                lambda failure: self.log.failure(
+                    "the --slurm-output-dir probe", failure
+                )
+            )
+
+        self._probeCall = self._reactor.callLater(delay, again)
+
+    def _refusedAsServer(self, request: JobRequest) -> None:
+        """
+        Slurm refused a job that named no partition or account of its own:
+        the probe, sent with the server's options alone, soon tells whether
+        Slurm refuses those (a job's own refusal, a limit it asked, is
+        no concern of C{/healthz}: an attacker's jobs do not make it say
+        C{degraded}).
+        """
+        placement = request.slurm
+        if placement is None or (
+            placement.partition is None and placement.account is None
+        ):
+            self._probeAgain(PROBE_SOON)
 
     def health(self) -> ExecutorHealth:
         """
@@ -396,6 +466,8 @@ class SlurmExecutor:
                 )
                 if mayBeQueued:
                     self._stops.cancelByName(record.id, identity)
+                if not e.unreachable:
+                    self._refusedAsServer(request)
                 job.refused(e)
                 return
             slurmJobId = found
@@ -450,6 +522,9 @@ class SlurmExecutor:
         for loop in (self._poll, self._files):
             if loop.running:
                 loop.stop()
+        self._probing = False
+        if self._probeCall is not None and self._probeCall.active():
+            self._probeCall.cancel()
         self._stops.shutdown()
         for job in jobs:
             if isinstance(job, SlurmJob):

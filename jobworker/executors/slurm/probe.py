@@ -50,12 +50,13 @@ class OutputDirProbe:
         self._interval = interval
         self._patience = patience
 
-    async def run(self) -> str | None:
+    async def run(self) -> tuple[bool, str | None]:
         """
         Probe once.
 
-        @return: None if the folder is shared (or the probe could not say:
-            logged), else what is wrong.
+        @return: whether the probe could conclude (Slurm could not be
+            reached, or the probe job did not end in time: logged, and
+            not), and what is wrong (None: the folder is shared).
         """
         token = uuid.uuid4().hex
         path = os.path.join(self._outputDir, f".probe-{token}")
@@ -74,8 +75,23 @@ class OutputDirProbe:
                 [],
             )
         except SlurmError as e:
-            self.log.warn("--slurm-output-dir not checked: {error}", error=str(e))
-            return None
+            if e.unreachable:
+                self.log.warn(
+                    "--slurm-output-dir not checked yet: {error}", error=str(e)
+                )
+                return False, None
+            # Refused over the options every job gets that names no
+            # partition or account of its own (a --slurm-partition Slurm
+            # does not know): each such job was "Slurm refused the job",
+            # /healthz ok (Slurm user round 39).
+            problem = (
+                "Slurm refuses a job sent with the server's own options "
+                f"({' '.join(self._options) or 'no partition or account'}): "
+                f"{e}; jobs that name no partition or account of their own "
+                "are refused too"
+            )
+            self.log.error("{problem}", problem=problem)
+            return True, problem
         waited = 0.0
         while waited < self._patience:
             await deferLater(self._reactor, self._interval, lambda: None)
@@ -85,7 +101,9 @@ class OutputDirProbe:
             except SlurmError:
                 continue
             if state is not None and state.state in FINAL:
-                return self._conclude(path, token, slurmJobId, state.state, state.node)
+                return True, self._conclude(
+                    path, token, slurmJobId, state.state, state.node
+                )
         self.log.warn(
             "--slurm-output-dir not checked: the probe job {slurm} did not "
             "end in {patience:g} s (queued?); cancelled",
@@ -94,7 +112,7 @@ class OutputDirProbe:
         )
         with contextlib.suppress(SlurmError):
             await self._commands.cancel(slurmJobId, PROBE_NAME)
-        return None
+        return False, None
 
     def _conclude(
         self, path: str, token: str, slurmJobId: str, state: str, node: str | None
