@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from typing import Any
 
 import bcrypt
 import treq
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
+from jobworker.jobs.manager import REMOVAL_RETRY_FIRST
+from jobworker.jobs.selection import ANY_JOB
 from jobworker.server.services import UsersReloadService
 
 from .support import CERT, KEY, LiveServer, basic, sharedPath
+from .test_retention import DAY, SlicedDeletionTestCase
 
 
 def _usersLine(name: str, role: str) -> str:
@@ -102,3 +106,60 @@ class RefusedReloadSaidTests(TestCase):
         shutil.copy(CERT, self.cert)
         await self.reload.hangUp()
         self.assertEqual(await self.health(), {"status": "ok"})
+
+
+class UnremovableFolderTriedAgainTests(SlicedDeletionTestCase):
+    """
+    A deleted job whose output folder could not be removed (a read-only
+    file system, a busy mount) kept it for good: logged once, its id
+    forgotten (Slurm user round 39). It is noted and tried again later,
+    at a growing interval, and after a restart.
+    """
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("a bind mount (the busy folder) needs root")
+        super().setUp()
+
+    def busy(self, jobId: str) -> None:
+        """The job's folder, a mount point: neither renamed nor removed."""
+        folder = self.folder(jobId)
+        subprocess.run(["mount", "--bind", folder, folder], check=True)
+        self.addCleanup(self.unmount, folder)
+
+    def unmount(self, folder: str) -> None:
+        subprocess.run(["umount", folder], check=False, capture_output=True)
+
+    def test_deleteTriedAgain(self) -> None:
+        [jobId] = self.storeEnded(1, DAY)
+        self.busy(jobId)
+        self.manager.delete(jobId)
+        self.assertEqual(self.stored([jobId]), [])
+        self.assertEqual(self.withFolder([jobId]), [jobId])
+        journal = os.path.join(self.stateDir, "deleted-output")
+        with open(journal) as f:
+            self.assertIn(jobId, f.read().split())
+        # Still busy at the first try: tried again at twice the interval.
+        self.reactor.advance(REMOVAL_RETRY_FIRST)
+        self.reactor.turns()
+        self.assertEqual(self.withFolder([jobId]), [jobId])
+        self.unmount(self.folder(jobId))
+        self.reactor.advance(REMOVAL_RETRY_FIRST)
+        self.reactor.turns()
+        self.assertEqual(self.withFolder([jobId]), [jobId])
+        self.reactor.advance(REMOVAL_RETRY_FIRST)
+        self.reactor.turns()
+        self.assertEqual(self.withFolder([jobId]), [])
+        self.assertFalse(os.path.exists(journal))
+
+    def test_afterARestart(self) -> None:
+        ids = self.storeEnded(2, DAY)
+        self.busy(ids[0])
+        self.assertEqual(self.manager.clean(ANY_JOB, 10), (2, False))
+        self.reactor.turns()
+        self.assertEqual(self.withFolder(ids), ids[:1])
+        self.manager.close()
+        self.unmount(self.folder(ids[0]))
+        self.manager = self.newManager()
+        self.reactor.turns()
+        self.assertEqual(self.withFolder(ids), [])

@@ -71,6 +71,11 @@ RESTARTED = "the worker restarted while the job ran"
 #: full), doubling up to the maximum.
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
+#: Seconds before a deleted job's output folder that could not be removed
+#: (a read-only file system, a busy mount) is tried again, doubling up to
+#: the maximum: it was kept for good, its job gone (Slurm user round 39).
+REMOVAL_RETRY_FIRST = 60.0
+REMOVAL_RETRY_MAX = 3600.0
 
 #: Seconds between looks at the store's file (still at its path? see
 #: L{JobStore.relink<jobworker.jobs.store.JobStore.relink>}): a stat each.
@@ -179,6 +184,8 @@ class JobManager(Admission):
         self._sweeping: Deferred[Iterator[None]] | None = None
         #: The sweep's next try after the store refused it, and its delay.
         self._sweepTimer: IDelayedCall | None = None
+        #: Seconds before the next try of folders that could not be removed.
+        self._removalDelay = REMOVAL_RETRY_FIRST
         self._sweepDelay = RETRY_FIRST
         self._sweepJournal = os.path.join(stateDir, DELETED_OUTPUT)
         #: Removes deleted jobs' output folders off the reactor's thread
@@ -987,8 +994,9 @@ class JobManager(Admission):
             if noted:
                 self._sweepLater(doomed)
             else:
-                for jobId in doomed:
-                    self._removeOutput(jobId)
+                self._removeLater(
+                    [jobId for jobId in doomed if not self._removeOutput(jobId)]
+                )
                 self._reserveAgain()
         return doomed, cursor
 
@@ -1025,7 +1033,8 @@ class JobManager(Admission):
         """
         self._withRoom(lambda: self._store.delete(jobId), "to delete jobs")
         self._forgetRecord(jobId)
-        self._removeOutput(jobId)
+        if not self._removeOutput(jobId):
+            self._removeLater([jobId])
         self._reserveAgain()
 
     def _withRoom(self, write: Callable[[], None], why: str) -> None:
@@ -1061,8 +1070,11 @@ class JobManager(Admission):
         self._unsaved.pop(jobId, None)
         self._damagedNamed.discard(jobId)
 
-    def _removeOutput(self, jobId: str) -> None:
-        """Remove a deleted job's output folder (already gone is fine)."""
+    def _removeOutput(self, jobId: str) -> bool:
+        """
+        Remove a deleted job's output folder (already gone is fine);
+        whether it is gone (or handed to the removal thread).
+        """
         path = self._executor.outputDir(jobId)
         try:
             if self._outputRemoval is not None:
@@ -1072,10 +1084,29 @@ class JobManager(Admission):
         except OSError as e:
             if e.errno != errno.ENOENT:
                 self.log.error(
-                    "cannot remove output of job {job}: {error}",
+                    "cannot remove output of job {job}: {error}; tried again later",
                     job=jobId,
                     error=e.strerror,
                 )
+                return False
+        return True
+
+    def _removeLater(self, ids: list[str]) -> None:
+        """
+        These deleted jobs' folders could not be removed: noted (a restart
+        tries them too) and tried again after L{REMOVAL_RETRY_FIRST}
+        seconds, doubling up to L{REMOVAL_RETRY_MAX}.
+        """
+        if not ids:
+            return
+        self._noteUnswept(ids, durable=False)
+        self._unswept.extend(ids)
+        if self._sweepTimer is None and self._sweeping is None:
+            delay, self._removalDelay = (
+                self._removalDelay,
+                min(self._removalDelay * 2, REMOVAL_RETRY_MAX),
+            )
+            self._sweepTimer = self._reactor.callLater(delay, self._sweepOn)
 
     def expire(self, olderThan: float, now: float | None = None) -> Deferred[int]:
         """
@@ -1213,12 +1244,13 @@ class JobManager(Admission):
         it: it stays whole).
         """
         unswept = self._unswept
+        failed = []
         while True:
             batch = list(islice(unswept, DELETE_SLICE))
             stored = self._store.existing(batch)
             for jobId in batch:
-                if jobId not in stored:
-                    self._removeOutput(jobId)
+                if jobId not in stored and not self._removeOutput(jobId):
+                    failed.append(jobId)
             for _ in batch:
                 unswept.popleft()
             if not unswept:
@@ -1227,6 +1259,10 @@ class JobManager(Admission):
         self._sweeping = None
         self._sweepDelay = RETRY_FIRST
         self._forgetUnswept()
+        if failed:
+            self._removeLater(failed)
+        else:
+            self._removalDelay = REMOVAL_RETRY_FIRST
         self._reserveAgain()
 
     def _sweepStopped(self, failure: Failure) -> None:
