@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from typing import Any
 
 import bcrypt
 import treq
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.executors.local.spawner import REAP_AGAIN, Generation
 from jobworker.jobs.manager import REMOVAL_RETRY_FIRST
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.server.services import UsersReloadService
@@ -163,3 +167,40 @@ class UnremovableFolderTriedAgainTests(SlicedDeletionTestCase):
         self.manager = self.newManager()
         self.reactor.turns()
         self.assertEqual(self.withFolder(ids), [])
+
+
+class ReapsHeldBackAskedAgainTests(SynchronousTestCase):
+    """
+    A reap message the spawner's full socket refused (EAGAIN) waited for
+    the next job's end: with none, the children stayed zombies, holding
+    their pids and cgroups (code review, round 39). It is sent again
+    shortly.
+    """
+
+    def test_sentAgain(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        filled = 0
+        while True:
+            try:
+                ours.send(b"x" * 512)
+            except BlockingIOError:
+                break
+            filled += 1
+        generation = Generation.__new__(Generation)
+        generation.reactor = Clock()
+        generation.socket = ours
+        generation._unreaped = []
+        generation._reapCall = None
+        generation._reap([101, 102])
+        self.assertEqual(generation._unreaped, [101, 102])
+        for _ in range(filled):
+            theirs.recv(4096)
+        theirs.setblocking(False)
+        self.assertRaises(BlockingIOError, theirs.recv, 4096)
+        generation.reactor.advance(REAP_AGAIN)
+        self.assertEqual(theirs.recv(4096), b"R" + struct.pack("=2i", 101, 102))
+        self.assertEqual(generation._unreaped, [])
+        self.assertEqual(generation.reactor.getDelayedCalls(), [])
