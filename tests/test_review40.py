@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import threading
 from typing import Any
 
 import bcrypt
@@ -18,11 +20,16 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.spawner import REAP_AGAIN, Generation
-from jobworker.jobs.manager import REMOVAL_RETRY_FIRST
+from jobworker.executors.local.stalls import StallWatch
+from jobworker.jobs.manager import REMOVAL_RETRY_FIRST, JobManager
+from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
+from jobworker.jobs.validation import JobRequest
 from jobworker.server.services import UsersReloadService
 
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CERT, KEY, LiveServer, basic, sharedPath
 from .test_retention import DAY, SlicedDeletionTestCase
 
@@ -204,3 +211,112 @@ class ReapsHeldBackAskedAgainTests(SynchronousTestCase):
         self.assertEqual(theirs.recv(4096), b"R" + struct.pack("=2i", 101, 102))
         self.assertEqual(generation._unreaped, [])
         self.assertEqual(generation.reactor.getDelayedCalls(), [])
+
+
+class _Reader:
+    """A pipe reader of a fake transport (its fd, a number only)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+class _SwallowingReactor(FakeProcessReactor):
+    """spawnProcess as Twisted's Process does it: an error of the
+    protocol's makeConnection is logged, not raised. C{closeStdinError}:
+    what the transport's C{closeStdin} raises."""
+
+    swallowed: BaseException | None = None
+    closeStdinError: BaseException | None = None
+
+    def spawnProcess(self, processProtocol: Any, *args: Any, **kwargs: Any) -> Any:
+        real = processProtocol.makeConnection
+
+        def connect(transport: Any) -> None:
+            transport.pipes = {1: _Reader(1001), 2: _Reader(1002)}
+            error = self.closeStdinError
+            if error is not None:
+
+                def closeStdin() -> None:
+                    raise error
+
+                transport.closeStdin = closeStdin
+            try:
+                real(transport)
+            except BaseException as e:
+                self.swallowed = e
+
+        processProtocol.makeConnection = connect
+        return super().spawnProcess(processProtocol, *args, **kwargs)
+
+
+class HalfMadeJobTests(SynchronousTestCase):
+    """
+    The pipe-stall watch's thread could not start at the first job (the
+    server's pids limit): the error left the job's connectionMade before
+    the job knew its process, and the spawn swallowed it: a job never run,
+    never timed out, whose stop never answered, its slot and uid held; and
+    the watch was never tried again (code review round 40).
+    """
+
+    def setUp(self) -> None:
+        forbidRealKill(self.patch)
+        self.reactor = _SwallowingReactor()
+        self.watch = StallWatch(watching=True)
+        self.starts = 0
+
+        def cannotStart(thread: threading.Thread) -> None:
+            self.starts += 1
+            raise RuntimeError("can't start new thread")
+
+        self.patch(threading.Thread, "start", cannotStart)
+        state = os.path.abspath(self.mktemp())
+        self.killer = GroupKiller()
+        executor = LocalExecutor(
+            self.reactor,
+            os.path.join(state, "jobs"),
+            5.0,
+            self.killer,
+            stallWatch=self.watch,
+        )
+        self.manager = JobManager(self.reactor, state, executor)
+        self.addCleanup(self.manager.close)
+
+    def create(self) -> Any:
+        return self.manager.create(
+            JobRequest(command="sleep", args=["9"], env={}, cwd=None, timeout=10.0),
+            "alice",
+        )
+
+    def test_runsAndTheWatchIsTriedAgain(self) -> None:
+        """The job runs (the watch is off meanwhile), and the next job's
+        pipes try the watch's thread again."""
+        job = self.create()
+        [spawned] = self.reactor.spawned
+        self.assertIsNone(self.reactor.swallowed)
+        self.assertEqual(spawned.transport.gate, [b"go\n"])
+        self.assertEqual(self.manager.record(job.id).pid, spawned.pid)
+        self.assertEqual(self.starts, 1)
+        self.create()
+        self.assertEqual(self.starts, 2)
+        self.reactor.advance(10.0)  # its timeout is armed
+        self.assertIn(signal.SIGTERM, self.killer.signalsTo(spawned.pid))
+
+    def test_pipesNotSetUpEndsFailed(self) -> None:
+        """Whatever else leaves connectionMade: made whole, killed behind
+        its gate, FAILED saying why; a stop answers."""
+        self.reactor.closeStdinError = OSError(9, "Bad file descriptor")
+        job = self.create()
+        [spawned] = self.reactor.spawned
+        self.assertIsNone(self.reactor.swallowed)
+        self.assertEqual(spawned.transport.gate, [])
+        self.assertIn(3, spawned.transport.closedChildFDs)
+        self.assertIn(signal.SIGKILL, spawned.transport.signals)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        spawned.kill()
+        record = self.manager.record(job.id)
+        self.assertIs(record.status, JobStatus.FAILED)
+        self.assertIn("cannot start", record.error or "")
+        self.assertIn("Bad file descriptor", record.error or "")

@@ -204,8 +204,8 @@ class Executor(Protocol):
     def recover(self, records: list[JobRecord], reason: str) -> Sequence[LiveJob]:
         """
         At start-up, jobs the store says were not finished: re-attach to the
-        ones still alive (returned) and close the others' records (FAILED,
-        C{reason}).
+        ones still alive (returned) and close the others' records (as a
+        stored stop or exit says, else FAILED with C{reason}).
         """
 
     def shutdown(self, jobs: list[LiveJob]) -> Deferred[None]:

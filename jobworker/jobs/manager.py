@@ -338,9 +338,11 @@ class JobManager(Admission):
     def recover(self) -> list[JobRecord]:
         """
         At start-up: hand the jobs the store says were not finished to the
-        executor, which re-attaches to live ones (Slurm) or closes them as
-        FAILED after killing what is left of them (local). Returns the
-        records it closed.
+        executor, which re-attaches to live ones (Slurm) or closes them
+        after killing what is left of them (local): as they would have
+        ended where the store has it (a stored stop: STOPPED; a stored exit
+        of the main process: COMPLETED or FAILED by it), else FAILED.
+        Returns the records it closed.
         """
         unfinished = self._store.running()
         queued = self._store.queued()

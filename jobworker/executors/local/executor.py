@@ -828,10 +828,12 @@ class LocalExecutor:
     def recover(self, records: list[JobRecord], reason: str) -> list[JobProcess]:
         """
         Jobs that were running when the server died: kill what is left of
-        their sessions and cgroups, and close their records as FAILED
-        (C{reason}). A local job cannot be re-attached: its pipes died with
-        the server, so none is returned. Jobs that had ended, but not their
-        leftovers (L{LeftoverJournal}), have those killed too, and so do
+        their sessions and cgroups, and close their records: STOPPED for
+        a stop the store has, COMPLETED or FAILED by a stored exit of the
+        main process, else FAILED (C{reason}). A local job cannot be
+        re-attached: its pipes died with the server, so none is returned.
+        Jobs that had ended, but not their leftovers (L{LeftoverJournal}),
+        have those killed too, and so do
         the cgroups of jobs with neither (L{MadeCgroups}: the server died
         before the store had the record).
         """

@@ -72,19 +72,29 @@ class JobProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        if self._job.stdinFeed is None:
-            self.transport.closeStdin()
-        else:
-            self._job.stdinFeed.attach(self.transport)
         job = self._job
-        drainInLargeReads(
-            self.transport,
-            job.pump,
-            {1: job.stdout, 2: job.stderr},
-            job.stallWatch,
-            job.killStalled,
-        )
-        self._job.started(self.transport)
+        try:
+            if job.stdinFeed is None:
+                self.transport.closeStdin()
+            else:
+                job.stdinFeed.attach(self.transport)
+            drainInLargeReads(
+                self.transport,
+                job.pump,
+                {1: job.stdout, 2: job.stderr},
+                job.stallWatch,
+                job.killStalled,
+            )
+        except Exception as e:
+            # Made whole, then killed behind its gate: it ends FAILED. The
+            # spawn swallowed the error, and the job was left half-made
+            # (no pid, never run, no timeout, its stop never answered, its
+            # slot and uid held: code review round 40).
+            job.log.failure("job {job}: its pipes were not set up", job=job.record.id)
+            job.started(self.transport)
+            job.abort(f"cannot start: the server could not set up its pipes: {e}")
+            return
+        job.started(self.transport)
 
     def outReceived(self, data: bytes) -> None:
         self._stdout(data)

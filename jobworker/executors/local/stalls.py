@@ -139,18 +139,31 @@ class StallWatch:
     def slot(self, threadId: int | None = None) -> Slot:
         """
         The calling thread's slot (C{threadId}'s), made at its first call;
-        the watch starts with the first.
+        the watch starts with the first (or the next, if its thread could
+        not start).
         """
         if threadId is None:
             threadId = threading.get_native_id()
         slot = self._slots.get(threadId)
         if slot is None:
             slot = self._slots[threadId] = Slot(threadId)
-            if self._thread is None and self._watching:
-                self._thread = threading.Thread(
-                    target=self._run, name="jobworker pipe-stall watch", daemon=True
+        if self._thread is None and self._watching:
+            thread = threading.Thread(
+                target=self._run, name="jobworker pipe-stall watch", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as e:
+                # (The server's pids limit: the next job tries again; it
+                # was never tried again, the watch off for good: code
+                # review round 40.)
+                self.log.error(
+                    "the pipe-stall watch could not start ({error}): tried "
+                    "again with the next job",
+                    error=str(e),
                 )
-                self._thread.start()
+            else:
+                self._thread = thread
         return slot
 
     def drop(self, slot: Slot) -> None:
