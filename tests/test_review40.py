@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker.executors.local.executor import LocalExecutor
+from jobworker.executors.local.process import SIGTIMEDWAIT, _taker
 from jobworker.executors.local.spawner import REAP_AGAIN, Generation
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.jobs.manager import REMOVAL_RETRY_FIRST, JobManager
@@ -320,3 +321,55 @@ class HalfMadeJobTests(SynchronousTestCase):
         self.assertIs(record.status, JobStatus.FAILED)
         self.assertIn("cannot start", record.error or "")
         self.assertIn("Bad file descriptor", record.error or "")
+
+
+class NoExecLockReadTests(SynchronousTestCase):
+    """
+    A stop's look at whether TERM ends a job read each thread's
+    C{/proc/.../wchan} and C{syscall}, which wait for the process's exec lock: a job
+    holding it for seconds at each of its own execs froze the server at
+    every stop of it (attacker round 40 from inside a job). They are read
+    only for a thread asleep, C{syscall} only with no C{wchan} shown. (A
+    thread's files here: the C{syscall} file says "in rt_sigtimedwait", so
+    a read of it shows in the answer.)
+    """
+
+    def task(self, state: str, wchan: str) -> str:
+        task = os.path.abspath(self.mktemp())
+        os.makedirs(task)
+        with open(os.path.join(task, "status"), "w") as f:
+            f.write(
+                f"Name:\tjob\nState:\t{state} (x)\nTracerPid:\t0\nNSpid:\t42\n"
+                "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+                "SigCgt:\t0000000000000000\n"
+            )
+        with open(os.path.join(task, "wchan"), "w") as f:
+            f.write(wchan)
+        with open(os.path.join(task, "syscall"), "w") as f:
+            f.write(f"{SIGTIMEDWAIT.decode()} 0x0 0x0\n")
+        return task
+
+    def setUp(self) -> None:
+        if SIGTIMEDWAIT is None:
+            raise SkipTest(f"no rt_sigtimedwait number known on {os.uname().machine}")
+
+    def takes(self, state: str, wchan: str) -> object:
+        return _taker(self.task(state, wchan), 1 << (signal.SIGTERM - 1))
+
+    def test_runningOrInExec(self) -> None:
+        """Running, or in an uninterruptible wait (an exec): neither its
+        wchan nor its syscall read (either waits for the exec lock)."""
+        self.assertIs(self.takes("R", "0"), True)
+        self.assertIs(self.takes("D", "0"), True)
+        self.assertIs(self.takes("D", "do_sigtimedwait.isra.0"), True)
+
+    def test_asleepElsewhere(self) -> None:
+        """Asleep where its wchan says (not sigwait): not read."""
+        self.assertIs(self.takes("S", "hrtimer_nanosleep"), True)
+
+    def test_sigwaitSaid(self) -> None:
+        self.assertIs(self.takes("S", "do_sigtimedwait.isra.0"), False)
+
+    def test_hiddenWchanAsleep(self) -> None:
+        """A kernel that shows no wchan: read for a thread asleep."""
+        self.assertIs(self.takes("S", "0"), False)

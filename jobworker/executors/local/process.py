@@ -1168,7 +1168,7 @@ def _taker(task: str, bit: int) -> object:
         return False  # a PID namespace's init: the kernel drops it (review 37)
     if blocked & bit:
         return _OTHERS
-    if _waitsForSignals(task):
+    if _waitsForSignals(task, fields.get(b"State", b"")[:1]):
         return False  # (sigwait shows the signal unblocked)
     return True
 
@@ -1187,19 +1187,31 @@ def _statusOf(task: str) -> dict[bytes, bytes] | None:
     return fields
 
 
-def _waitsForSignals(task: str) -> bool:
+def _waitsForSignals(task: str, state: bytes) -> bool:
     """
     Is the thread in C{sigwait} (C{rt_sigtimedwait})? It unblocks the
     signals it waits for while it waits, and takes them without their
     default action: /proc shows them unblocked.
+
+    Only a thread asleep (C{state} C{S}, as one in C{sigwait} is) is
+    looked at further: its C{wchan}, and if that shows nothing (a kernel
+    that hides it) its C{syscall}. Both reads wait for the process's exec
+    lock, which a job held for seconds at each of its own execs (an exec
+    closing 20,000 descriptors of a file with 12,000 locks of a child's):
+    every stop of it froze the server that long (attacker round 40 from
+    inside a job). A thread in an exec runs or waits uninterruptibly,
+    never in C{S}.
     """
+    if state != b"S":
+        return False
     try:
         with open(f"{task}/wchan", "rb") as f:
-            if f.read().startswith(b"do_sigtimedwait"):
-                return True
+            wchan = f.read().strip()
     except OSError:
-        pass
-    if SIGTIMEDWAIT is None:
+        wchan = b""
+    if wchan.startswith(b"do_sigtimedwait"):
+        return True
+    if wchan not in (b"", b"0") or SIGTIMEDWAIT is None:
         return False
     try:
         with open(f"{task}/syscall", "rb") as f:
