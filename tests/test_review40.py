@@ -32,6 +32,7 @@ from jobworker.server.services import UsersReloadService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CERT, KEY, LiveServer, basic, sharedPath
+from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
 
 
@@ -373,3 +374,39 @@ class NoExecLockReadTests(SynchronousTestCase):
     def test_hiddenWchanAsleep(self) -> None:
         """A kernel that shows no wchan: read for a thread asleep."""
         self.assertIs(self.takes("S", "0"), False)
+
+
+class ChildKilledAtMemoryLimitTests(TestCase):
+    """
+    The memory limit killed a process of the job that was not its main
+    one (a compiler under make, a command of a script): the job read
+    "exited with code 2", or COMPLETED with its output cut, and nothing
+    said the limit was the cause (operator round 40). Its end says so.
+    """
+
+    def setUp(self) -> None:
+        requireCgroups()
+
+    async def ended(self, script: str) -> dict[str, Any]:
+        server = LiveServer(self)
+        job = await server.createJob(
+            "sh", "-c", script, limits={"memory_bytes": 48 << 20}
+        )
+        ended: dict[str, Any] = await server.waitEnded(job["id"])
+        return ended
+
+    async def test_failed(self) -> None:
+        ended = await self.ended("python3 -c 'x = bytearray(512 << 20)' || exit 2")
+        self.assertEqual((ended["status"], ended["exit_code"]), ("FAILED", 2))
+        self.assertIn("exited with code 2", ended["error"])
+        self.assertIn("killed at its memory limit", ended["error"])
+
+    async def test_completed(self) -> None:
+        ended = await self.ended("python3 -c 'x = bytearray(512 << 20)'; exit 0")
+        self.assertEqual((ended["status"], ended["exit_code"]), ("COMPLETED", 0))
+        self.assertIn("killed at its memory limit", ended["error"])
+
+    async def test_noneKilled(self) -> None:
+        """A job the limit did not touch says nothing of it."""
+        ended = await self.ended("exit 3")
+        self.assertEqual(ended["error"], "exited with code 3")

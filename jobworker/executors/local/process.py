@@ -43,6 +43,12 @@ OOM_ERROR = "out of memory: killed at its memory limit"
 #: The same, where the end says no more than an exit status 1: the exec
 #: chain's C{unshare --fork} reports its command killed by a signal so, and
 #: a command may exit 1 itself after one of its processes was killed.
+#: Added to a job's end when the memory limit killed one of its processes
+#: other than the main one.
+CHILD_OOM_NOTE = (
+    "out of memory: a process of the job was killed at its memory limit "
+    "(memory_bytes; files in its private /tmp count too)"
+)
 OOM_MAYBE_ERROR = (
     "out of memory: a process was killed at its memory limit (the command's "
     "exit status 1 does not say whether it was)"
@@ -812,6 +818,21 @@ class JobProcess:
             killed = True
         return killed and self.cgroup is not None and self.cgroup.oomKilled()
 
+    def _childOomKilled(self) -> bool:
+        """
+        Did the memory limit kill a process of the job other than its main
+        one? (A compiler under make, a command of a script: the job read
+        "exited with code 2", or COMPLETED, its output cut, with no word of
+        the limit: operator round 40.) Only a job with a memory limit has
+        its cgroup's count read (one small read at its end).
+        """
+        limits = self.record.limits or {}
+        return (
+            limits.get("memory_bytes") is not None
+            and self.cgroup is not None
+            and self.cgroup.oomKilled()
+        )
+
     def _oomError(self, signalNumber: int | None) -> str:
         # (An exit status 1 says less than a KILL: session review 37.)
         return OOM_ERROR if signalNumber == signal.SIGKILL else OOM_MAYBE_ERROR
@@ -904,6 +925,8 @@ class JobProcess:
             error = self._oomError(signalNumber)
         elif exitCode == 0:
             status = JobStatus.COMPLETED
+            if self._childOomKilled():
+                error = CHILD_OOM_NOTE
         else:
             status = JobStatus.FAILED
             error = (
@@ -911,6 +934,8 @@ class JobProcess:
                 if signalText is not None
                 else f"exited with code {exitCode}"
             )
+            if self._childOomKilled():
+                error = f"{error}: {CHILD_OOM_NOTE}"
         if record.output_lost and error is None:
             error = f"{record.output_lost} bytes of output could not be written to disk"
         if self._killTimer is not None and self._nothingLeft():
