@@ -20,8 +20,9 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker.client.show import endLine
 from jobworker.executors.local.executor import LocalExecutor
-from jobworker.executors.local.process import SIGTIMEDWAIT, _taker
+from jobworker.executors.local.process import CHILD_OOM_NOTE, SIGTIMEDWAIT, _taker
 from jobworker.executors.local.spawner import REAP_AGAIN, Generation
 from jobworker.executors.local.stalls import StallWatch
 from jobworker.jobs.manager import REMOVAL_RETRY_FIRST, JobManager
@@ -410,3 +411,26 @@ class ChildKilledAtMemoryLimitTests(TestCase):
         """A job the limit did not touch says nothing of it."""
         ended = await self.ended("exit 3")
         self.assertEqual(ended["error"], "exited with code 3")
+
+
+class EndLineSaysTheMemoryLimitTests(SynchronousTestCase):
+    """jw exec -f says the memory limit's note beside the exit status."""
+
+    def final(self, status: str, code: int, error: str | None) -> dict[str, Any]:
+        return {"id": "j1", "status": status, "exit_code": code, "error": error}
+
+    def test_failedByItsExit(self) -> None:
+        error = f"exited with code 2: {CHILD_OOM_NOTE}"
+        self.assertEqual(
+            endLine(self.final("FAILED", 2, error)), f"jw: job j1: {error}"
+        )
+
+    def test_completed(self) -> None:
+        self.assertEqual(
+            endLine(self.final("COMPLETED", 0, CHILD_OOM_NOTE)),
+            f"jw: job j1: {CHILD_OOM_NOTE}",
+        )
+
+    def test_exitAloneNotSaid(self) -> None:
+        self.assertIsNone(endLine(self.final("FAILED", 2, "exited with code 2")))
+        self.assertIsNone(endLine(self.final("COMPLETED", 0, None)))

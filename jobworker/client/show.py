@@ -203,11 +203,14 @@ def endLine(final: dict[str, Any]) -> str | None:
     if status == "STOPPED" or lost:
         return f"jw: job {final['id']}: {outcome(final)}"
     error = final.get("error") or ""
-    if status == "FAILED" and error and not error.startswith("exited with code"):
+    unsaid = not error.startswith("exited with code") or "memory limit" in error
+    if error and (status == "COMPLETED" or (status == "FAILED" and unsaid)):
         # Why, where the exit status alone does not say: its timeout (a job
         # that caught the TERM exits 143 all the same), its memory limit
-        # (137), a signal. Said by jw exec -f only, and not always (new
-        # user round 29).
+        # (137, or a process of the job other than its main one: operator
+        # round 40), a signal; on a job that completed, what went wrong all
+        # the same (output lost). Said by jw exec -f only, and not always
+        # (new user round 29).
         return f"jw: job {final['id']}: {error}"
     return None
 
