@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -16,6 +17,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .jobs.records import JobStatus
 
 #: What C{generate_latest} writes: the text format 0.0.4, whatever the
@@ -48,6 +50,19 @@ def routeLabel(path: bytes) -> str:
                 return label
             return re.sub(r"^/jobs/[^/]+/", "/jobs/{id}/", text)
     return "other"
+
+
+#: Method labels: those the API or a client may use; any other is C{other}
+#: (a label per method sent would let a client make series without end).
+_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+
+
+def methodLabel(method: bytes | None) -> str:
+    """C{b"POST"} -> C{POST}; an unknown or missing method -> C{other}."""
+    if method is None:
+        return "other"
+    text = method.decode("ascii", "replace")
+    return text if text in _METHODS else "other"
 
 
 #: The statuses a job may have.
@@ -214,12 +229,15 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter(
-            "jobworker_http_requests", "HTTP requests", ["route", "code"], registry=r
+            "jobworker_http_requests",
+            "HTTP requests",
+            ["route", "method", "code"],
+            registry=r,
         )
         self.latency = Histogram(
             "jobworker_http_request_seconds",
             "HTTP request handling time (to the last byte; follows included)",
-            ["route"],
+            ["route", "method"],
             registry=r,
         )
         self.pendingSeconds = Histogram(
@@ -231,6 +249,25 @@ class Metrics:
         self.authFailures = Counter(
             "jobworker_auth_failures", "Failed authentications", registry=r
         )
+        self.authThrottled = Counter(
+            "jobworker_auth_throttled",
+            "Authentications refused by the login throttle before any check "
+            "(429: too many failed logins from the client or for the user)",
+            registry=r,
+        )
+        self.auditFailures = Counter(
+            "jobworker_audit_write_failures",
+            "Audit events that could not be written to the audit log (they "
+            "went to the server's log instead)",
+            registry=r,
+        )
+        self.startSeconds = Histogram(
+            "jobworker_job_start_seconds",
+            "Time from a job's creation to its start (its process running), "
+            "queued jobs included",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 60, 900, 3600),
+            registry=r,
+        )
         self.connectionsRefused = Counter(
             "jobworker_connections_refused",
             "Connections closed at once, by the cap that refused them "
@@ -239,7 +276,14 @@ class Metrics:
             ["cap"],
             registry=r,
         )
-        self._requestChildren: dict[tuple[str, int], tuple[Any, Any]] = {}
+        build = Gauge(
+            "jobworker_build_info",
+            "The running server's version (1; the version in its label)",
+            ["version"],
+            registry=r,
+        )
+        build.labels(__version__).set(1)
+        self._requestChildren: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._endChildren: dict[str, tuple[Any, Any, Any]] = {}
 
     def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
@@ -262,17 +306,22 @@ class Metrics:
         """Report C{starts()} (job spawners started) at every scrape."""
         self.registry.register(_SpawnerStarts(starts))
 
-    def request(self, path: bytes, code: int, seconds: float) -> None:
-        """Count one finished request."""
+    def request(
+        self, path: bytes, code: int, seconds: float, method: bytes | None = None
+    ) -> None:
+        """Count one finished request (by route, method and code: a create,
+        a list and a bulk delete were one C{/jobs} series: operator round
+        40)."""
         route = routeLabel(path)
-        key = (route, code)
+        verb = methodLabel(method)
+        key = (route, verb, code)
         children = self._requestChildren.get(key)
         if children is None:
-            # labels() costs more than the count: looked up once per pair
-            # (routes and codes are few).
+            # labels() costs more than the count: looked up once per triple
+            # (routes, methods and codes are few).
             children = self._requestChildren[key] = (
-                self.requests.labels(route, str(code)),
-                self.latency.labels(route),
+                self.requests.labels(route, verb, str(code)),
+                self.latency.labels(route, verb),
             )
         children[0].inc()
         children[1].observe(seconds)

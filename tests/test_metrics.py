@@ -57,12 +57,13 @@ class LiveMetricsTests(TestCase):
             'jobworker_jobs{status="FAILED"} 1.0',
             'jobworker_output_bytes_total{stream="stdout"} 6.0',
             "jobworker_auth_failures_total 1.0",
-            'jobworker_http_requests_total{code="401",route="/jobs"} 1.0',
-            'jobworker_http_requests_total{code="201",route="/jobs"} 2.0',
+            'jobworker_http_requests_total{code="401",method="GET",route="/jobs"} 1.0',
+            'jobworker_http_requests_total{code="201",method="POST",route="/jobs"} 2.0',
         ):
             self.assertIn(line, text)
         self.assertIn(
-            'jobworker_http_request_seconds_bucket{le="+Inf",route="/jobs"}', text
+            'jobworker_http_request_seconds_bucket{le="+Inf",method="POST",route="/jobs"}',
+            text,
         )
         for user, code in (("rita", 403), ("alice", 403), (None, 401)):
             response = await server.request("GET", "/metrics", user)

@@ -189,7 +189,8 @@ class BodyOverTheCapTests(SynchronousTestCase):
             self.exchange(raw)
         text = self.site.metrics.render().decode()
         self.assertIn(
-            'jobworker_http_requests_total{code="413",route="/jobs"} 3.0', text
+            'jobworker_http_requests_total{code="413",method="POST",route="/jobs"} 3.0',
+            text,
         )
 
     def test_underTheCapServed(self) -> None:

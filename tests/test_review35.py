@@ -537,16 +537,13 @@ class RefusedRequestsCountedTests(TestCase):
         found = {}
         for line in text.splitlines():
             match = re.match(
-                r'jobworker_http_requests_total\{code="(\d+)",route="([^"]+)"\} (\S+)',
-                line,
-            ) or re.match(
-                r'jobworker_http_requests_total\{route="([^"]+)",code="(\d+)"\} (\S+)',
+                r'jobworker_http_requests_total\{code="(\d+)",method="[^"]+",'
+                r'route="([^"]+)"\} (\S+)',
                 line,
             )
             if match:
-                a, b, value = match.groups()
-                route, code = (b, a) if a.isdigit() else (a, b)
-                found[(route, code)] = float(value)
+                code, route, value = match.groups()
+                found[(route, code)] = found.get((route, code), 0.0) + float(value)
         return found
 
     async def test_counted(self) -> None:

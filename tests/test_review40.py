@@ -20,6 +20,7 @@ import treq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from jobworker import __version__
 from jobworker.client.show import endLine
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.process import CHILD_OOM_NOTE, SIGTIMEDWAIT, _taker
@@ -29,10 +30,11 @@ from jobworker.jobs.manager import REMOVAL_RETRY_FIRST, JobManager
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
+from jobworker.metrics import methodLabel
 from jobworker.server.services import UsersReloadService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CERT, KEY, LiveServer, basic, sharedPath
+from .support import CERT, KEY, LiveServer, basic, sharedPath, smallTmpfs
 from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
 
@@ -434,3 +436,92 @@ class EndLineSaysTheMemoryLimitTests(SynchronousTestCase):
     def test_exitAloneNotSaid(self) -> None:
         self.assertIsNone(endLine(self.final("FAILED", 2, "exited with code 2")))
         self.assertIsNone(endLine(self.final("COMPLETED", 0, None)))
+
+
+class OperatorMetricsTests(TestCase):
+    """
+    What a dashboard could not tell (operator round 40): a create from a
+    list (one C{/jobs} series), a job's start latency (only queued ones
+    were measured), throttled logins (the failures' count stopped at the
+    throttle's threshold), audit events lost (the log alone said so, and
+    C{/healthz} said C{ok}), the running version.
+    """
+
+    async def test_seriesAndHealth(self) -> None:
+        mount = smallTmpfs(self, "16k")
+        server = LiveServer(
+            self, "--login-failures=2", f"--audit-log={mount}/audit.log"
+        )
+        job = await server.createJob("true")
+        await server.waitEnded(job["id"])
+        # (A token: the throttle below holds every password of this client.)
+        code, issued = await server.json("POST", "/tokens", "ada")
+        self.assertEqual(code, 201)
+        bearer = {b"authorization": [f"Bearer {issued['token']}".encode()]}
+        codes = []
+        for _ in range(4):
+            response = await server.http.get(
+                server.url + "/jobs", headers=basic("alice", "wrong")
+            )
+            await treq.content(response)
+            codes.append(response.code)
+        self.assertEqual(codes, [401, 401, 429, 429])
+        self.assertEqual(await self.health(server), {"status": "ok"})
+        # The audit log's disk fills: its events are lost, and said so.
+        fd = os.open(os.path.join(mount, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"x" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        # (Lines go on filling the audit log's last page: then none fit.)
+        for _ in range(40):
+            response = await server.http.post(
+                server.url + "/jobs", json={"command": "true"}, headers=bearer
+            )
+            self.assertEqual(response.code, 201)
+            await treq.content(response)
+            if (await self.health(server))["status"] != "ok":
+                break
+        body = await self.health(server)
+        self.assertEqual(body["status"], "degraded")
+        self.assertIn("audit events are not being written", body["audit"])
+        response = await server.http.get(server.url + "/metrics", headers=bearer)
+        text = (await treq.content(response)).decode()
+        for line in (
+            'jobworker_http_requests_total{code="429",method="GET",route="/jobs"} 2.0',
+            "jobworker_auth_failures_total 2.0",
+            "jobworker_auth_throttled_total 2.0",
+            f'jobworker_build_info{{version="{__version__}"}} 1.0',
+        ):
+            self.assertIn(line, text)
+        for series, least in (
+            ("jobworker_audit_write_failures_total", 1),
+            (
+                'jobworker_http_requests_total{code="201",method="POST",route="/jobs"}',
+                2,
+            ),
+            ("jobworker_job_start_seconds_count", 2),
+        ):
+            [value] = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith(series + " ")
+            ]
+            self.assertGreaterEqual(value, least, series)
+
+    async def health(self, server: LiveServer) -> dict[str, Any]:
+        response = await server.http.get(server.url + "/healthz")
+        body: dict[str, Any] = json.loads(await treq.content(response))
+        return body
+
+
+class MethodLabelTests(SynchronousTestCase):
+    def test_folded(self) -> None:
+        """Methods are labels only when known: any other is one C{other}
+        (a label per method sent makes series without end)."""
+        self.assertEqual(methodLabel(b"DELETE"), "DELETE")
+        self.assertEqual(methodLabel(b"BREW"), "other")
+        self.assertEqual(methodLabel(None), "other")

@@ -6,12 +6,14 @@ import json
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..jobs.records import rfc3339
+from ..jobs.spool import OutputTrouble
 from ..peers import clientKey
 
 #: How often L{AuditLog.recordSparsely} writes one event of one user, at most.
@@ -44,6 +46,12 @@ class AuditLog:
         self._sparse: OrderedDict[
             tuple[str, str | None, str, str | None], tuple[float, int, str, str]
         ] = OrderedDict()
+        #: When an event last could not be written, and why (C{/healthz}
+        #: says so for 30 s; it said C{ok} while every event went to the
+        #: server's log alone: operator round 40).
+        self.trouble = OutputTrouble(clock)
+        #: Told each event that could not be written (the metric).
+        self.failed: Callable[[], object] = lambda: None
         if path is not None:
             self._fd, self._cut = self._open(path)
 
@@ -230,11 +238,17 @@ class AuditLog:
             error = "the disk took part of the line"
         if written:
             self._cut = True
+        self.trouble.failed(error or "write failed")
+        self.failed()
         self.log.error(
             "cannot write the audit log: {error}; the event: {audit}",
             error=error,
             audit=entry,
         )
+
+    def troubled(self) -> str | None:
+        """Why events could not be written within the last 30 s, if so."""
+        return self.trouble.recent(prefix="audit events are not being written: ")
 
     def close(self) -> None:
         """Close the file."""

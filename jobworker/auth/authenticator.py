@@ -410,6 +410,11 @@ class Authenticator:
         self.maxChecks = maxChecks
         self._basic = BasicCredentialFactory(REALM)
         self._onFailure = onFailure
+        #: Told each attempt the throttle refuses (no check made): the
+        #: failures' count stopped at the throttle's threshold, and a
+        #: brute-force alert on it saw the first few alone (operator
+        #: round 40).
+        self.onThrottled: Callable[[], object] = lambda: None
         self._throttle = throttle
         self._audit = audit
         self._certificates = certificates
@@ -721,6 +726,7 @@ class Authenticator:
         audited at most once a minute per client, with the count refused.
         """
         assert self._throttle is not None
+        self.onThrottled()
         refused = self._throttle.refused(client)
         if self._audit is not None and refused is not None:
             self._audit.record(

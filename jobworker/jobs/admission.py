@@ -190,8 +190,17 @@ class Admission:
             self._metrics.jobEnded(record.status.value)
         else:
             self._metrics.jobsStarted.inc()
+            self._observeStart(record)
             self._watch(job)
         return record
+
+    def _observeStart(self, record: JobRecord) -> None:
+        """A job's creation to its start, in C{jobworker_job_start_seconds}
+        (none measured a job started at once: operator round 40)."""
+        if record.started_at is not None:
+            self._metrics.startSeconds.observe(
+                max(0.0, record.started_at - record.created_at)
+            )
 
     def _newRecord(
         self,
@@ -500,6 +509,7 @@ class Admission:
             self._scheduler.jobEnded(record, now)
         else:
             self._metrics.jobsStarted.inc()
+            self._observeStart(record)
             self._watch(job)
             self._scheduler.started(record.id, job)
         return True

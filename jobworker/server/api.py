@@ -529,7 +529,14 @@ class JobsAPI:
         refusal = self._manager.storeRefusal()
         risk = self._manager.storeAtRisk()
         unreloaded = self._reloads.refused()
-        if health.up and refusal is None and risk is None and unreloaded is None:
+        unaudited = self._auditLog.troubled() if self._auditLog is not None else None
+        if (
+            health.up
+            and refusal is None
+            and risk is None
+            and unreloaded is None
+            and unaudited is None
+        ):
             return _json(request, {"status": "ok"})
         body: dict[str, Any] = {"status": "degraded"}
         reasons = []
@@ -545,6 +552,9 @@ class JobsAPI:
         if unreloaded is not None:
             body["reload"] = unreloaded
             reasons.append(unreloaded)
+        if unaudited is not None:
+            body["audit"] = unaudited
+            reasons.append(unaudited)
         body["reason"] = "; ".join(r for r in reasons if r) or None
         return _json(request, body)
 

@@ -390,18 +390,22 @@ class DeadlineChannel(HTTPChannel):
         if self._refused:
             return
         path = getattr(self, "_path", None)  # (the request line's, as parsed)
+        method = getattr(self, "_command", None)
         self._refuse(
             _closingResponse(
                 b"413 Request Entity Too Large", f"request body over {limit} bytes"
             ),
             path if isinstance(path, bytes) else b"",
+            method if isinstance(method, bytes) else None,
         )
 
     #: What a refused connection may still read (L{LINGER_BYTES}), -1 once
     #: it is aborted.
     _lingerLeft = -1
 
-    def _refuse(self, response: bytes, path: bytes = b"") -> None:
+    def _refuse(
+        self, response: bytes, path: bytes = b"", method: bytes | None = None
+    ) -> None:
         """
         Answer with C{response} and close; parse nothing more. Counted in
         the site's metrics as a request to C{path} (none: route C{other};
@@ -424,7 +428,7 @@ class DeadlineChannel(HTTPChannel):
         self._cancelDeadline()
         metrics = getattr(getattr(self, "site", None), "metrics", None)
         if metrics is not None:
-            metrics.request(path, int(response[9:12]), 0.0)
+            metrics.request(path, int(response[9:12]), 0.0, method)
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         if self.transport is not None:
             self.transport.write(response)

@@ -76,7 +76,9 @@ class BoundedRequest(Request):
         # twisted.web sets self.site when it processes the request.
         metrics = getattr(getattr(self, "site", None), "metrics", None)
         if metrics is not None:
-            metrics.request(self.path, self.code, time.perf_counter() - self._began)
+            metrics.request(
+                self.path, self.code, time.perf_counter() - self._began, self.method
+            )
 
     def _handleStar(self) -> None:
         """

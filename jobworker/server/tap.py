@@ -148,7 +148,9 @@ def _parts(
     runInThread = threadRunner(reactor, threadPool)
 
     audit = _audit(config, reactor)
+    audit.failed = metrics.auditFailures.inc
     authenticator = _authenticator(config, reactor, users, runInThread, metrics, audit)
+    authenticator.onThrottled = metrics.authThrottled.inc
     if config["client-ca"] is not None:
         authenticator.certificateProblem = tlsOptions.certificateProblem
         authenticator.certificateCA = tlsOptions.certificateCA
