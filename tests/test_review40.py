@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -31,10 +32,11 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
+from jobworker.server.options import Options
 from jobworker.server.services import UsersReloadService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CERT, KEY, LiveServer, basic, sharedPath, smallTmpfs
+from .support import CERT, KEY, ROOT, LiveServer, basic, sharedPath, smallTmpfs
 from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
 
@@ -525,3 +527,24 @@ class MethodLabelTests(SynchronousTestCase):
         self.assertEqual(methodLabel(b"DELETE"), "DELETE")
         self.assertEqual(methodLabel(b"BREW"), "other")
         self.assertEqual(methodLabel(None), "other")
+
+
+class ExampleUnitTests(SynchronousTestCase):
+    """
+    docs/jobworker.service set no TasksMax (systemd's default, one ceiling
+    for every job's processes and the server's threads) nor
+    --max-running-per-user, which README tells operators to set (operator
+    round 40); its options are the server's.
+    """
+
+    def test_unit(self) -> None:
+        with open(os.path.join(ROOT, "docs", "jobworker.service")) as f:
+            text = f.read()
+        self.assertIn("\nTasksMax=infinity\n", text)
+        line = text.split("ExecStart=", 1)[1].split("\nExecReload", 1)[0]
+        words = shlex.split(line.replace("\\\n", " "))
+        self.assertEqual(
+            words[:5], [words[0], "--nodaemon", "--pidfile=", "jobworker", "--tls"]
+        )
+        self.assertIn("--max-running-per-user", words)
+        Options().parseOptions(words[4:])
