@@ -22,18 +22,19 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jobworker import __version__
+from jobworker.auth.audit import AuditLog
 from jobworker.client.show import endLine
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.process import CHILD_OOM_NOTE, SIGTIMEDWAIT, _taker
 from jobworker.executors.local.spawner import REAP_AGAIN, Generation
 from jobworker.executors.local.stalls import StallWatch
-from jobworker.jobs.manager import REMOVAL_RETRY_FIRST, JobManager
+from jobworker.jobs.manager import DELETE_SLICE, REMOVAL_RETRY_FIRST, JobManager
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
 from jobworker.server.options import Options
-from jobworker.server.services import UsersReloadService
+from jobworker.server.services import RetentionService, UsersReloadService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CERT, KEY, ROOT, LiveServer, basic, sharedPath, smallTmpfs
@@ -548,3 +549,31 @@ class ExampleUnitTests(SynchronousTestCase):
         )
         self.assertIn("--max-running-per-user", words)
         Options().parseOptions(words[4:])
+
+
+class RetentionAuditedTests(SlicedDeletionTestCase):
+    """
+    Retention deleted jobs with a count in the server's log alone: no id,
+    no audit line, where a user's DELETE /jobs of the same jobs is
+    audited with every id (operator round 40). One C{job.expire} line a
+    slice.
+    """
+
+    def test_linePerSlice(self) -> None:
+        old = self.storeEnded(DELETE_SLICE + 3, 2 * DAY)
+        kept = self.storeEnded(2, 0.0)
+        path = os.path.abspath(self.mktemp())
+        audit = AuditLog(path, self.reactor)
+        self.addCleanup(audit.close)
+        service = RetentionService(self.manager, DAY, self.reactor, audit=audit)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.reactor.turns()
+        with open(path) as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual([e["event"] for e in lines], ["job.expire"] * 2)
+        self.assertEqual([e["deleted"] for e in lines], [DELETE_SLICE, 3])
+        self.assertEqual(sorted(lines[0]["jobs"] + lines[1]["jobs"]), sorted(old))
+        self.assertEqual(lines[0]["retain_seconds"], DAY)
+        self.assertEqual((lines[0]["user"], lines[0]["client"]), (None, "server"))
+        self.assertEqual(self.stored(kept), kept)

@@ -1110,7 +1110,12 @@ class JobManager(Admission):
             )
             self._sweepTimer = self._reactor.callLater(delay, self._sweepOn)
 
-    def expire(self, olderThan: float, now: float | None = None) -> Deferred[int]:
+    def expire(
+        self,
+        olderThan: float,
+        now: float | None = None,
+        expired: Callable[[list[str]], object] | None = None,
+    ) -> Deferred[int]:
         """
         Delete every job that ended more than C{olderThan} seconds before
         C{now} (default: the reactor's time; retention's own keeps a step of
@@ -1118,7 +1123,9 @@ class JobManager(Admission):
         reactor turn after, each record with its output (a stop between two
         turns leaves every job whole or gone); fires with how many were
         deleted. A store error ends this round (logged), and so do
-        cancelling it and L{close}: the next round goes on.
+        cancelling it and L{close}: the next round goes on. C{expired} is
+        told the ids of each slice's jobs deleted (the audit log's: only a
+        count was logged, no id anywhere: operator round 40).
         """
         cutoff = (self._reactor.seconds() if now is None else now) - olderThan
         removed = 0
@@ -1127,10 +1134,16 @@ class JobManager(Admission):
             nonlocal removed
             while True:
                 ids = self._store.endedBefore(cutoff, DELETE_SLICE)
-                with self._noted(ids):
-                    for jobId in ids:
-                        self._removeEnded(jobId)
-                        removed += 1
+                gone: list[str] = []
+                try:
+                    with self._noted(ids):
+                        for jobId in ids:
+                            self._removeEnded(jobId)
+                            gone.append(jobId)
+                            removed += 1
+                finally:
+                    if gone and expired is not None:
+                        expired(gone)
                 if len(ids) < DELETE_SLICE:
                     return
                 yield None

@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ..auth.audit import AuditLog
 from ..auth.authenticator import Authenticator
 from ..auth.users import UserDatabase, UsersFileError
 from ..errors import NoThread
@@ -378,9 +379,12 @@ class RetentionService(Service):
         retain: float,
         clock: Any,
         monotonic: Callable[[], float] = elapsedSeconds,
+        audit: AuditLog | None = None,
     ) -> None:
         self._manager = manager
         self._retain = retain
+        #: Told the jobs each slice deletes (C{job.expire}).
+        self._audit = audit
         self._clock = clock
         self._monotonic = monotonic
         #: The wall clock and C{monotonic} at the start (L{_now}).
@@ -405,9 +409,22 @@ class RetentionService(Service):
         # never overlap. One bad round must not end the LoopingCall (and
         # retention with it).
         expiring = self._round = maybeDeferred(
-            self._manager.expire, self._retain, self._now()
+            self._manager.expire, self._retain, self._now(), self._expired
         )
         return expiring.addCallbacks(self._roundOver, self._roundFailed)
+
+    def _expired(self, ids: list[str]) -> None:
+        """One C{job.expire} line for a slice of jobs retention deleted."""
+        if self._audit is not None:
+            self._audit.record(
+                "job.expire",
+                None,
+                "server",
+                "ok",
+                deleted=len(ids),
+                jobs=ids,
+                retain_seconds=self._retain,
+            )
 
     def _roundOver(self, removed: int) -> None:
         self._round = None

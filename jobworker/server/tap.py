@@ -197,7 +197,9 @@ def _parts(
     # Services stop in reverse order: the port closes first, then jobs stop.
     root.addService(ManagerService(manager, api.drain, audit.close, reactor))
     if config["retain"] is not None:
-        root.addService(RetentionService(manager, config["retain"], reactor))
+        root.addService(
+            RetentionService(manager, config["retain"], reactor, audit=audit)
+        )
     root.addService(
         UsersReloadService(
             config["users"],
