@@ -38,6 +38,7 @@ from jobworker.server.services import RetentionService, UsersReloadService
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CERT, KEY, ROOT, LiveServer, basic, sharedPath, smallTmpfs
+from .test_auditflood import audit
 from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
 
@@ -577,3 +578,26 @@ class RetentionAuditedTests(SlicedDeletionTestCase):
         self.assertEqual(lines[0]["retain_seconds"], DAY)
         self.assertEqual((lines[0]["user"], lines[0]["client"]), (None, "server"))
         self.assertEqual(self.stored(kept), kept)
+
+
+class OthersOutputReadAuditedTests(TestCase):
+    """
+    An Admin's read of another user's output (it may hold secrets) left no
+    trace: the access log does not name users, the audit log had nothing
+    (operator round 40). A C{job.read} line, once a minute of a reader,
+    client and job; a user's reads of their own output are not lines.
+    """
+
+    async def test_read(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("echo", "SECRET=hunter2")
+        await server.waitEnded(job["id"])
+        for user in ("alice", "ada", "ada"):
+            response = await server.request("GET", f"/jobs/{job['id']}/logs", user)
+            self.assertEqual(response.code, 200)
+            self.assertEqual(await treq.content(response), b"SECRET=hunter2\n")
+        [line] = audit(server, "job.read")
+        self.assertEqual(
+            (line["user"], line["job"], line["owner"], line["result"]),
+            ("ada", job["id"], "alice", "ok"),
+        )
