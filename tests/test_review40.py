@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import threading
@@ -18,8 +19,10 @@ from typing import Any
 
 import bcrypt
 import treq
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.client import ResponseFailed
 
 from jobworker import __version__
 from jobworker.auth.audit import AuditLog
@@ -601,3 +604,52 @@ class OthersOutputReadAuditedTests(TestCase):
             (line["user"], line["job"], line["owner"], line["result"]),
             ("ada", job["id"], "alice", "ok"),
         )
+
+
+class TokenKeyReloadedTests(TestCase):
+    """
+    A new token key took a restart, which stopped every running job
+    (operator round 40): a SIGHUP reads it again. Tokens signed with the
+    key before are refused from then on, a log follower let in by one
+    included; a key refused (open to others) keeps the one in force.
+    """
+
+    async def test_replaced(self) -> None:
+        server = LiveServer(self)
+        reload = next(s for s in server.service if isinstance(s, UsersReloadService))
+        code, issued = await server.json("POST", "/tokens", "alice")
+        self.assertEqual(code, 201)
+        bearer = {b"authorization": [f"Bearer {issued['token']}".encode()]}
+
+        async def whoami() -> int:
+            response = await server.http.get(server.url + "/whoami", headers=bearer)
+            await treq.content(response)
+            return int(response.code)
+
+        job = await server.createJob("sleep", "30")
+        follower = await server.http.get(
+            server.url + f"/jobs/{job['id']}/logs?follow=true", headers=bearer
+        )
+        self.assertEqual(follower.code, 200)
+        followed = treq.content(follower)
+        self.assertEqual(await whoami(), 200)
+        await reload.hangUp()
+        self.assertEqual(await whoami(), 200)  # (the same key: nothing changes)
+        path = os.path.join(server.stateDir, "token.key")
+        os.unlink(path)
+        await reload.hangUp()
+        self.assertEqual(await whoami(), 401)
+        # Ended (a raw response broken off), not left to its job's end.
+        await self.assertFailure(followed.addTimeout(10.0, reactor), ResponseFailed)
+        code, again = await server.json("POST", "/tokens", "alice")
+        self.assertEqual(code, 201)
+        bearer = {b"authorization": [f"Bearer {again['token']}".encode()]}
+        self.assertEqual(await whoami(), 200)
+        # A key others may write is refused: the one in force stays.
+        os.chmod(path, 0o600 | stat.S_IWOTH)  # noqa: S103 (the refusal tried)
+        await reload.hangUp()
+        self.assertEqual(await whoami(), 200)
+        response = await server.http.get(server.url + "/healthz")
+        body = json.loads(await treq.content(response))
+        self.assertIn("the token key was not reloaded", body["reload"])
+        os.chmod(path, 0o600)

@@ -56,6 +56,8 @@ class TokenClaims:
     #: The SHA-256 of the public key of the client CA whose certificate it
     #: was issued for (L{TokenSigner.trustCAs}), or None.
     ca: str | None = None
+    #: The signer's key it verified under (L{TokenSigner.replaceKey}).
+    key: int = 0
 
 
 def _b64(data: bytes) -> str:
@@ -189,6 +191,8 @@ class TokenSigner:
 
     def __init__(self, key: bytes, clock: IReactorTime, ttl: float) -> None:
         self._key = key
+        #: How many times the key was replaced (L{replaceKey}).
+        self._keyNumber = 0
         self._clock = clock
         self.ttl = ttl
         self._credentials: Callable[[str], bytes | None] = _unbound
@@ -245,6 +249,19 @@ class TokenSigner:
             if when > now - self.ttl
         }
         self._revoked[name] = until
+
+    def replaceKey(self, key: bytes) -> bool:
+        """
+        Sign and verify with C{key} from now on (a SIGHUP after the key
+        file was replaced: it took a restart, which stopped every running
+        job: operator round 40); every token signed with the one before is
+        refused, held responses included (L{recheck}). Whether it changed.
+        """
+        if hmac.compare_digest(key, self._key):
+            return False
+        self._key = key
+        self._keyNumber += 1
+        return True
 
     def _mac(self, payload: str, credentials: bytes) -> str:
         message = payload.encode("ascii") + b"." + credentials
@@ -332,7 +349,7 @@ class TokenSigner:
             raise InvalidToken("no such user (removed?)")
         if not hmac.compare_digest(expected, mac):
             raise InvalidToken("bad signature, or its user's password or role changed")
-        accepted = TokenClaims(name, role, issued, expires, ca)
+        accepted = TokenClaims(name, role, issued, expires, ca, self._keyNumber)
         self.recheck(accepted)
         # Accepted: a revocation from now on must cover it (L{revoke}).
         if issued > self._latestIssued.get(name, issued - 1):
@@ -350,6 +367,8 @@ class TokenSigner:
             issued more than L{MAX_CLOCK_SKEW} ahead of now.
         """
         name, issued, expires = claims.user, claims.issued, claims.expires
+        if claims.key != self._keyNumber:
+            raise InvalidToken("signed with a token key replaced since", name)
         revoked = self._revoked.get(name)
         if revoked is not None and issued <= revoked:
             raise InvalidToken("issued before its user was changed or removed", name)

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: The files a SIGHUP reads again, by their label.
-FILES = ("users", "certificate", "client_ca", "audit_log")
+FILES = ("users", "certificate", "client_ca", "audit_log", "token_key")
 
 #: Each, in words (the reason of C{/healthz}).
 _NAMES = {
@@ -23,6 +23,7 @@ _NAMES = {
     "certificate": "the TLS certificate",
     "client_ca": "the client CA file",
     "audit_log": "the audit log",
+    "token_key": "the token key",
 }
 
 

@@ -208,7 +208,9 @@ def _parts(
             daemonRunner(reactor, "jobworker-users-reload"),
             audit.reopen,
             manager.ownersChanged,
-            functools.partial(_reloadTLS, tlsOptions, authenticator),
+            functools.partial(
+                _reloadTLS, tlsOptions, authenticator, _tokenKeyPath(config), reloads
+            ),
             reloads,
         )
     )
@@ -700,7 +702,7 @@ def _authenticator(
     audit: AuditLog,
 ) -> Authenticator:
     """Basic (bcrypt in threads), tokens (signed with the key), certificates."""
-    keyPath = config["token-key"] or os.path.join(config["state-dir"], "token.key")
+    keyPath = _tokenKeyPath(config)
     # (Its owner, not its mode alone: whoever may write it mints any user's
     # tokens: operator round 39.)
     secretFile(keyPath, "the token key")
@@ -722,11 +724,50 @@ def _authenticator(
     )
 
 
-def _reloadTLS(served: tlssetup.ServedTLS, authenticator: Authenticator) -> None:
-    """SIGHUP: the TLS files read again, and the long responses a client
-    certificate let in checked against them (a client CA removed)."""
+def _tokenKeyPath(config: Options) -> str:
+    return str(config["token-key"] or os.path.join(config["state-dir"], "token.key"))
+
+
+def _reloadTLS(
+    served: tlssetup.ServedTLS,
+    authenticator: Authenticator,
+    keyPath: str | None = None,
+    reloads: Reloads | None = None,
+) -> None:
+    """SIGHUP: the TLS files and the token key read again, and the long
+    responses a client certificate or a token let in checked against them
+    (a client CA removed, a key replaced)."""
     served.reload()
+    if keyPath is not None and authenticator.tokens is not None:
+        _reloadTokenKey(keyPath, authenticator.tokens, reloads or Reloads())
     authenticator.recheck()
+
+
+def _reloadTokenKey(path: str, signer: TokenSigner, reloads: Reloads) -> None:
+    """
+    The token key read again, checked as at a start (made anew if it was
+    removed); one refused keeps the key in force, and says so.
+    """
+    try:
+        secretFile(path, "the token key")  # (StartupError: refused)
+        key = loadOrCreateKey(path)
+    except (OSError, ValueError, StartupError) as e:
+        error = getattr(e, "strerror", None) or str(e)
+        log.error(
+            "SIGHUP: the token key {path} was not reloaded, the one before is "
+            "in force: {error}",
+            path=path,
+            error=error,
+        )
+        reloads.failed("token_key", error)
+        return
+    if signer.replaceKey(key):
+        log.warn(
+            "SIGHUP: token key {path} replaced: every token signed with the one "
+            "before is refused",
+            path=path,
+        )
+    reloads.succeeded("token_key")
 
 
 def _site(config: Options, api: JobsAPI, metrics: Metrics) -> Site:
