@@ -16,3 +16,15 @@ def parseSize(text: str) -> int:
     if not (number.isascii() and number.isdigit()):  # ("²" is a digit to Python)
         raise ValueError(f"not a size: {text!r} (e.g. 1G, 512M, 65536)")
     return int(number) * _SIZE_UNITS[unit]
+
+
+def sizeText(size: int) -> str:
+    """Bytes as people write them: C{104857600} -> C{100M} (the largest
+    unit that divides it; else C{1.5G}-like, one decimal)."""
+    for unit in ("T", "G", "M", "K"):
+        scale = _SIZE_UNITS[unit]
+        if size >= scale:
+            if size % scale == 0:
+                return f"{size // scale}{unit}"
+            return f"{size / scale:.1f}{unit}"
+    return str(size)

@@ -27,17 +27,21 @@ from twisted.web.client import ResponseFailed
 from jobworker import __version__
 from jobworker.auth.audit import AuditLog
 from jobworker.client.show import endLine
+from jobworker.errors import BadRequest
 from jobworker.executors.local.executor import LocalExecutor
 from jobworker.executors.local.process import CHILD_OOM_NOTE, SIGTIMEDWAIT, _taker
 from jobworker.executors.local.spawner import REAP_AGAIN, Generation
 from jobworker.executors.local.stalls import StallWatch
+from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import DELETE_SLICE, REMOVAL_RETRY_FIRST, JobManager
+from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
 from jobworker.server.options import Options
 from jobworker.server.services import RetentionService, UsersReloadService
+from jobworker.units import sizeText
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CERT, KEY, ROOT, LiveServer, basic, sharedPath, smallTmpfs
@@ -653,3 +657,25 @@ class TokenKeyReloadedTests(TestCase):
         body = json.loads(await treq.content(response))
         self.assertIn("the token key was not reloaded", body["reload"])
         os.chmod(path, 0o600)
+
+
+class LimitsOverSaidInSizesTests(SynchronousTestCase):
+    """A memory limit over the server's maximum was said in bytes alone
+    (jw's --memory 1G read 1073741824: new user round 40)."""
+
+    def test_memory(self) -> None:
+        policy = JobPolicy(maxima=Limits(memory_bytes=100 << 20))
+        error = self.assertRaises(
+            BadRequest, policy.checkMaxima, Limits(memory_bytes=1 << 30)
+        )
+        self.assertEqual(
+            error.message,
+            "limits.memory_bytes 1073741824 is over this server's maximum "
+            "104857600 (1G over 100M)",
+        )
+
+    def test_sizeText(self) -> None:
+        self.assertEqual(
+            [sizeText(n) for n in (512, 1024, 3 << 29, 100 << 20, 1 << 40)],
+            ["512", "1K", "1.5G", "100M", "1T"],
+        )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from ..errors import BadRequest
+from ..units import sizeText
 from .identity import Identities
 from .limits import IO_RATES, MIN_IO_BPS, Limits
 
@@ -71,8 +72,13 @@ class JobPolicy:
     def checkMaxima(self, requested: Limits) -> None:
         """@raise BadRequest: a requested limit over the server's maximum."""
         for name, value, maximum in requested.over(self.maxima):
+            said = ""
+            if name == "memory_bytes" or name.endswith("_bps"):
+                # (In bytes alone, a 1G asked read 1073741824: new user
+                # round 40.)
+                said = f" ({sizeText(value)} over {sizeText(maximum)})"
             raise BadRequest(
-                f"limits.{name} {value} is over this server's maximum {maximum}"
+                f"limits.{name} {value} is over this server's maximum {maximum}{said}"
             )
 
     def checkFloor(self, requested: Limits) -> None:
