@@ -21,6 +21,7 @@ import bcrypt
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import ResponseFailed
 
@@ -39,15 +40,26 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
+from jobworker.server import connections
 from jobworker.server.options import Options
 from jobworker.server.services import RetentionService, UsersReloadService
 from jobworker.units import sizeText
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import CERT, KEY, ROOT, LiveServer, basic, sharedPath, smallTmpfs
+from .support import (
+    CERT,
+    KEY,
+    ROOT,
+    LiveServer,
+    basic,
+    sharedPath,
+    sleep,
+    smallTmpfs,
+)
 from .test_auditflood import audit
 from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
+from .test_review39 import closedWithin, readAll, tlsTo
 
 
 def _usersLine(name: str, role: str) -> str:
@@ -679,3 +691,39 @@ class LimitsOverSaidInSizesTests(SynchronousTestCase):
             [sizeText(n) for n in (512, 1024, 3 << 29, 100 << 20, 1 << 40)],
             ["512", "1K", "1.5G", "100M", "1T"],
         )
+
+
+class UnauthenticatedGiveWayTests(TestCase):
+    """
+    Attacker round 40: with no account, connections that asked
+    C{GET /healthz} every 3.5 s (never idle 5 s, and served once), or
+    sent their headers slowly (each request within --header-timeout),
+    held every slot: the eviction spared them, and every user was
+    refused. At the cap, a connection none of whose requests was
+    authenticated gives way (but one whose credentialed body is coming).
+    """
+
+    timeout = 60
+
+    async def test_servedAndSlowHeaders(self) -> None:
+        self.patch(connections, "EVICT_SILENT", 0.3)
+        server = LiveServer(
+            self, "--max-connections=3", "--max-connections-per-client=64"
+        )
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        prober = await deferToThread(tlsTo, server.port)
+        self.addCleanup(prober.close)
+        prober.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = await deferToThread(readAll, prober, b"}")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        slow = []
+        for _ in range(2):
+            sock = await deferToThread(tlsTo, server.port)
+            self.addCleanup(sock.close)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+            slow.append(sock)
+        await sleep(0.6)
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        # The oldest of the client holding the most: the one served.
+        self.assertTrue(await deferToThread(closedWithin, prober, 5.0))

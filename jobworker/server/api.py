@@ -58,6 +58,7 @@ from ..jobs.stopping import StopRequest, parseStopRequest
 from ..jobs.store import StoreError
 from ..jobs.validation import parseJobId, parseJobRequest, parseJSONObject
 from ..metrics import METRICS_TYPE, Metrics
+from .deadlines import markAuthenticated
 from .logs import LogStreams
 from .reloads import Reloads
 from .requests import (
@@ -105,6 +106,7 @@ def guarded(
             self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
             user = await self._authenticator.authenticate(request, tokens)
+            markAuthenticated(request)
             # What an authenticated request is answered is no cache's to keep
             # (a job's output may hold secrets; a browser with a client
             # certificate kept it on disk: attacker round 27).

@@ -115,6 +115,9 @@ class DeadlineChannel(HTTPChannel):
 
     #: Whether a request of this connection has been answered.
     _served = False
+    #: Whether a request of this connection has been authenticated (its
+    #: credentials checked and taken: L{markAuthenticated}).
+    authenticated = False
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -148,16 +151,32 @@ class DeadlineChannel(HTTPChannel):
     def spareable(self, after: float) -> bool:
         """
         Has this connection, open C{after} seconds at least, nothing to
-        lose if it is closed to make room: no request answered yet and
-        none under way (bare connects, renewed before they were ever idle
-        long, held every slot), or a request whose body comes with no
+        lose if it is closed to make room: no request of it authenticated
+        yet, and none being checked; or no request answered yet and none
+        under way (bare connects, renewed before they were ever idle long,
+        held every slot), or a request whose body comes with no
         credentials, which can only be refused (one byte of it every 2 s
         held the connection for C{--body-timeout}: the verifier of round
-        39)? Nothing unsent either way.
+        39), nothing unsent.
         """
         if self._closed or self.transport is None:
             return True
-        if time.monotonic() - self._acceptedAt < after or unsent(self.transport):
+        if time.monotonic() - self._acceptedAt < after:
+            return False
+        if not self.authenticated:
+            # Never a request authenticated: nothing of a user's to lose
+            # (a GET /healthz every 3.5 s, or headers sent slowly, each
+            # request within --header-timeout, held every slot with no
+            # account: attacker round 40), but a request with credentials
+            # whose body is on its way or that is being checked (a client
+            # sends its headers at once; a body may take its time).
+            if self.line_mode or not self.requests:
+                return True
+            return not (
+                self.requests[-1].requestHeaders.hasHeader(b"authorization")
+                or self._certified()
+            )
+        if unsent(self.transport):
             return False
         if not self.requests:
             return not (self._served or self._partialLine or self._buffer)
@@ -166,8 +185,12 @@ class DeadlineChannel(HTTPChannel):
             return False  # (handled, or its headers still coming)
         if request.requestHeaders.hasHeader(b"authorization"):
             return False
+        return not self._certified()
+
+    def _certified(self) -> bool:
+        """Did the client present a (verified) certificate?"""
         peer = getattr(self.transport, "getPeerCertificate", None)
-        return peer is None or peer() is None
+        return peer is not None and peer() is not None
 
     def evictableFor(self) -> float:
         """
@@ -541,3 +564,11 @@ def channelWithDeadlines(
             "MAX_LENGTH": maxHeaderBytes,
         },
     )
+
+
+def markAuthenticated(request: Any) -> None:
+    """C{request}'s credentials were taken: its connection is a user's
+    (L{DeadlineChannel.spareable})."""
+    channel = getattr(request, "channel", None)
+    if channel is not None:
+        channel.authenticated = True
