@@ -20,6 +20,7 @@ from typing import Any
 import bcrypt
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -727,3 +728,32 @@ class UnauthenticatedGiveWayTests(TestCase):
         self.assertEqual((code, body["user"]), (200, "alice"))
         # The oldest of the client holding the most: the one served.
         self.assertTrue(await deferToThread(closedWithin, prober, 5.0))
+
+
+class LongPollsCappedTests(TestCase):
+    """
+    Attacker round 40: a Reader's long polls (C{?wait=300} on anyone's
+    running job), one a connection, were never capped: they held every
+    connection the server takes. They count with the user's log streams
+    against --max-log-streams-per-user.
+    """
+
+    async def test_capped(self) -> None:
+        server = LiveServer(self, "--max-log-streams-per-user=2")
+        job = await server.createJob("sleep", "30")
+        path = f"/jobs/{job['id']}?wait=30"
+        polls = [ensureDeferred(server.json("GET", path, "rita")) for _ in range(2)]
+        follow = await server.request("GET", f"/jobs/{job['id']}/logs?follow=1")
+        self.assertEqual(follow.code, 200)
+        await sleep(0.3)
+        code, body = await server.json("GET", path, "rita")
+        self.assertEqual(code, 429)
+        self.assertIn("log streams and long polls", body["error"])
+        # Another user's are their own (alice holds one log stream).
+        code, _ = await server.json("GET", f"/jobs/{job['id']}?wait=0.1", "alice")
+        self.assertEqual(code, 200)
+        await server.json("POST", f"/jobs/{job['id']}/stop")
+        for poll in polls:
+            code, ended = await poll
+            self.assertEqual((code, ended["status"]), (200, "STOPPED"))
+        await treq.content(follow)

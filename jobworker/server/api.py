@@ -579,31 +579,32 @@ class JobsAPI:
         is: a users reload that takes the access away, or the expiry of
         the token it came with, answers it at once with why (audited).
         """
-        grant = self._authenticator.grant(
-            request, user, Permission.GET, None, record.id
-        )
-        ended = self._manager.whenEnded(record.id)
-        revoked: list[JobworkerError] = []
+        with self._logs.holding(user.name):
+            grant = self._authenticator.grant(
+                request, user, Permission.GET, None, record.id
+            )
+            ended = self._manager.whenEnded(record.id)
+            revoked: list[JobworkerError] = []
 
-        def lost(error: JobworkerError) -> None:
-            revoked.append(error)
-            ended.cancel()
+            def lost(error: JobworkerError) -> None:
+                revoked.append(error)
+                ended.cancel()
 
-        grant.watch(lost, self._clock)
-        self._waits.add(ended)
-        try:
-            return await ended.addTimeout(wait, self._clock)
-        except defer.TimeoutError:
-            return self._manager.record(record.id)
-        except CancelledError:
-            if revoked:
-                raise revoked[0] from None
-            if self._draining:
+            grant.watch(lost, self._clock)
+            self._waits.add(ended)
+            try:
+                return await ended.addTimeout(wait, self._clock)
+            except defer.TimeoutError:
                 return self._manager.record(record.id)
-            raise
-        finally:
-            self._waits.discard(ended)
-            grant.release()
+            except CancelledError:
+                if revoked:
+                    raise revoked[0] from None
+                if self._draining:
+                    return self._manager.record(record.id)
+                raise
+            finally:
+                self._waits.discard(ended)
+                grant.release()
 
     @app.route("/jobs/<jobId>", methods=["DELETE"])
     @guarded(Permission.DELETE)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -149,12 +150,7 @@ class LogStreams:
                 "allows",
                 retryAfter=1,
             )
-        if self._streamsBy[user.name] >= self._maxStreamsPerUser:
-            raise TooManyRequests(
-                f"you have {self._streamsBy[user.name]} log streams open, the "
-                "most one user may",
-                retryAfter=1,
-            )
+        self._mayHoldOneMore(user.name)
         revocable = self._track(request, user.name, grant, record.id)
         if revocable is None:
             return await self._serve(request, record)
@@ -165,6 +161,39 @@ class LogStreams:
             if revocable.revoked is None:
                 raise  # the client went away, or the server stops
             return self._revoked(request, revocable.revoked)
+
+    def _mayHoldOneMore(self, user: str) -> None:
+        """
+        @raise TooManyRequests: C{user} holds as many long responses (log
+            streams, and long polls: L{holding}) as one user may.
+        """
+        held = self._streamsBy[user]
+        if held >= self._maxStreamsPerUser:
+            raise TooManyRequests(
+                f"you have {held} log streams and long polls (?wait=) open, the "
+                "most one user may",
+                retryAfter=1,
+            )
+
+    @contextmanager
+    def holding(self, user: str) -> Iterator[None]:
+        """
+        While it lasts, a long poll (C{GET /jobs/ID?wait=}) of C{user}'s
+        counts as one of the long responses one user may hold, with their
+        log streams: a Reader's long polls on any running job, one a
+        connection, held every connection the server takes (attacker round
+        40).
+
+        @raise TooManyRequests: at the cap (L{_mayHoldOneMore}).
+        """
+        self._mayHoldOneMore(user)
+        self._streamsBy[user] += 1
+        try:
+            yield
+        finally:
+            self._streamsBy[user] -= 1
+            if self._streamsBy[user] <= 0:
+                del self._streamsBy[user]
 
     def _revoked(self, request: IRequest, error: JobworkerError) -> bytes:
         """
