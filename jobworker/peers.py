@@ -46,3 +46,21 @@ def _ipv6Key(host: str) -> str:
     if address.is_link_local:
         return host  # fe80::/64 is every link's: the address (and scope) itself
     return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+def networkKey(host: str) -> str | None:
+    """
+    The wider network an IPv6 client's /64 is in, its /48 (a site's usual
+    allocation: whoever has one has 65,536 /64s), for the limits that must
+    not be reset by moving to the next /64; None for any other address.
+    """
+    key = clientKey(host)
+    if "/" not in key:
+        return None
+    return _ipv6Network(key)
+
+
+@lru_cache(maxsize=4096)
+def _ipv6Network(key: str) -> str:
+    network = ipaddress.IPv6Network(key, strict=False)
+    return str(network.supernet(new_prefix=48))

@@ -28,6 +28,7 @@ from twisted.web.client import ResponseFailed
 
 from jobworker import __version__
 from jobworker.auth.audit import AuditLog
+from jobworker.auth.throttle import NETWORK_FACTOR, LoginThrottle
 from jobworker.client.show import endLine
 from jobworker.errors import BadRequest
 from jobworker.executors.local.executor import LocalExecutor
@@ -41,6 +42,7 @@ from jobworker.jobs.records import JobStatus
 from jobworker.jobs.selection import ANY_JOB
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
+from jobworker.peers import networkKey
 from jobworker.server import connections
 from jobworker.server.options import Options
 from jobworker.server.services import RetentionService, UsersReloadService
@@ -757,3 +759,34 @@ class LongPollsCappedTests(TestCase):
             code, ended = await poll
             self.assertEqual((code, ended["status"]), (200, "STOPPED"))
         await treq.content(follow)
+
+
+class IPv6NetworkThrottledTests(SynchronousTestCase):
+    """
+    Attacker round 40: a new /64 every 4 guesses (under the threshold of
+    5), random user names, kept every password check busy: both CPUs on
+    bcrypt, a user's first login 503 or 6-9 s. An IPv6 client's /48 is
+    throttled too, past eight times the threshold.
+    """
+
+    def test_movingOnDoesNotHelp(self) -> None:
+        clock = Clock()
+        throttle = LoginThrottle(clock, threshold=5)
+        guesses = 0
+        for net in range(100):
+            for n in range(4):
+                address = f"2001:db8:0:{net:x}::{n + 1}"
+                if throttle.retryAfter(f"user{guesses}", address) > 0:
+                    break
+                throttle.failed(f"user{guesses}", address)
+                guesses += 1
+            else:
+                continue
+            break
+        self.assertEqual(guesses, 5 * NETWORK_FACTOR)
+        # Another /48 is its own; so is IPv4.
+        self.assertEqual(throttle.retryAfter("x", "2001:db8:1::1"), 0)
+        self.assertEqual(throttle.retryAfter("x", "192.0.2.1"), 0)
+        self.assertEqual(networkKey("2001:db8:0:ff::1"), "2001:db8::/48")
+        self.assertIsNone(networkKey("192.0.2.1"))
+        self.assertIsNone(networkKey("::1"))

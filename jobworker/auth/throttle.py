@@ -1,7 +1,8 @@
 """
 Failed-login throttling, per client address, per (user, address) and per
 user; an address counts as its client (L{clientKey}: all of loopback is one,
-an IPv6 address is its /64).
+an IPv6 address is its /64), and an IPv6 client's /48 is throttled too, past
+L{NETWORK_FACTOR} times the failures.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from ..peers import clientKey
+from ..peers import clientKey, networkKey
+
+#: An IPv6 client's /48 is throttled past this many times the failures
+#: one address (its /64) may have.
+NETWORK_FACTOR = 8
 
 
 @dataclass
@@ -85,10 +90,21 @@ class LoginThrottle:
         self._refusals: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
 
     def _keys(self, user: str, address: str) -> tuple[tuple[str, ...], ...]:
+        network = networkKey(address)
         address = clientKey(address)
-        if not user:
-            return (("address", address), ("pair", user, address))
-        return (("address", address), ("pair", user, address), ("user", user))
+        keys: tuple[tuple[str, ...], ...] = (
+            ("address", address),
+            ("pair", user, address),
+        )
+        if user:
+            keys += (("user", user),)
+        if network is not None:
+            # An IPv6 client's /48 too, more gently: a new /64 every 4
+            # guesses (a /56 holds 256 of them), with random user names,
+            # kept every password check busy and both CPUs on bcrypt
+            # (attacker round 40).
+            keys += (("network", network),)
+        return keys
 
     def _delay(
         self,
@@ -100,6 +116,11 @@ class LoginThrottle:
         threshold, maximum = self._threshold, self._maximum
         if key[0] == "user":
             threshold, maximum = self._userThreshold, self._userMaximum
+        elif key[0] == "network":
+            # (Its failures alone: its checks in flight hold back only
+            # attempts of their own client or user, which their ends wake.)
+            threshold = self._threshold * NETWORK_FACTOR
+            pending = False
         count = failures.count + (failures.pending if pending else 0)
         if count < threshold:
             return 0.0
