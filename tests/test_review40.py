@@ -5,12 +5,15 @@ ones, each reproduced here before it was mended.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import shlex
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import struct
 import subprocess
@@ -790,3 +793,52 @@ class IPv6NetworkThrottledTests(SynchronousTestCase):
         self.assertEqual(networkKey("2001:db8:0:ff::1"), "2001:db8::/48")
         self.assertIsNone(networkKey("192.0.2.1"))
         self.assertIsNone(networkKey("::1"))
+
+
+def _keyUpdates(sock: ssl.SSLSocket, count: int) -> None:
+    """Send C{count} TLS 1.3 KeyUpdate records on C{sock} (OpenSSL's own
+    calls, through CPython's SSL object: C{SSL *} after its head)."""
+    libssl = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+    libssl.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    libssl.SSL_do_handshake.argtypes = [ctypes.c_void_p]
+    libssl.SSL_version.argtypes = [ctypes.c_void_p]
+    pointer = ctypes.c_void_p.from_address(id(sock._sslobj) + 24).value  # type: ignore[attr-defined]
+    if libssl.SSL_version(pointer) != 0x0304:
+        raise SkipTest("CPython's SSL object is not laid out as this test knows")
+    for _ in range(count):
+        libssl.SSL_key_update(pointer, 0)
+        if libssl.SSL_do_handshake(pointer) != 1:
+            return  # (the server closed it)
+
+
+class KeyUpdateFloodTests(TestCase):
+    """
+    Attacker round 40: TLS 1.3 KeyUpdate records carry no data, so no HTTP
+    limit sees them: 3,000 a read took the reactor 35 ms, and a few
+    connections of them stalled every request for seconds. A connection
+    whose TLS input brings far more than its plaintext is closed.
+    """
+
+    timeout = 60
+
+    async def test_closed(self) -> None:
+        server = LiveServer(self)
+        sock = await deferToThread(tlsTo, server.port)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = await deferToThread(readAll, sock, b"}")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        await deferToThread(_keyUpdates, sock, 6000)
+        await sleep(0.5)
+
+        def asked() -> bytes:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                return readAll(sock, b"}")
+            except OSError:
+                return b""
+
+        self.assertEqual(await deferToThread(asked), b"")
+        # An ordinary client on a connection of its own is served.
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
