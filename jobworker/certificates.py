@@ -60,11 +60,12 @@ def certificateBuilder(
     issuer: x509.Name,
     publicKey: ec.EllipticCurvePublicKey,
     days: float,
+    backdate: datetime.timedelta = datetime.timedelta(minutes=5),
 ) -> x509.CertificateBuilder:
     """
     A certificate for C{subject}'s C{publicKey}, issued by C{issuer}, with a
-    random serial, valid from five minutes ago (clocks differ a little) for
-    C{days}: its extensions and signature are the caller's.
+    random serial, valid from C{backdate} ago (five minutes: clocks differ a
+    little) for C{days}: its extensions and signature are the caller's.
     """
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -73,7 +74,7 @@ def certificateBuilder(
         .issuer_name(issuer)
         .public_key(publicKey)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - backdate)
         .not_valid_after(now + datetime.timedelta(days=days))
     )
 

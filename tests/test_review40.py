@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import datetime
 import json
 import os
 import shlex
@@ -22,10 +23,13 @@ from typing import Any
 
 import bcrypt
 import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import ResponseFailed
 
@@ -48,6 +52,7 @@ from jobworker.metrics import methodLabel
 from jobworker.peers import networkKey
 from jobworker.server import connections
 from jobworker.server.options import Options
+from jobworker.server.selfcert import ensureServerCertificate
 from jobworker.server.services import RetentionService, UsersReloadService
 from jobworker.units import sizeText
 
@@ -842,3 +847,70 @@ class KeyUpdateFloodTests(TestCase):
         # An ordinary client on a connection of its own is served.
         code, body = await server.json("GET", "/whoami")
         self.assertEqual((code, body["user"]), (200, "alice"))
+
+
+class OwnCAOutOfItsDatesTests(TestCase):
+    """
+    Fault round 40: a CA made while the clock was ahead (three hours) was
+    "not yet valid" to every client for hours once the clock was right, one
+    made years back expired for good; renewing the leaf at a SIGHUP or a
+    restart did not help, and nothing said so. A new CA starts two days
+    back; one out of its dates is an error line and C{/healthz} says so.
+    """
+
+    def test_backdated(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        own = ensureServerCertificate(folder, ["localhost"])
+        with open(own.ca, "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+        now = datetime.datetime.now(datetime.UTC)
+        self.assertLess(ca.not_valid_before_utc, now - datetime.timedelta(days=1))
+        self.assertIsNone(own.caProblem)
+
+    async def test_saidSo(self) -> None:
+        stateDir = os.path.abspath(self.mktemp())
+        folder = os.path.join(stateDir, "tls")
+        own = ensureServerCertificate(folder, ["localhost"])
+        with open(own.ca, "rb") as f:
+            old = x509.load_pem_x509_certificate(f.read())
+        with open(os.path.join(folder, "ca.key"), "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
+        ahead = (
+            x509.CertificateBuilder()
+            .subject_name(old.subject)
+            .issuer_name(old.subject)
+            .public_key(old.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(later)
+            .not_valid_after(later + datetime.timedelta(days=3650))
+        )
+        for extension in old.extensions:
+            ahead = ahead.add_extension(extension.value, extension.critical)
+        made = ahead.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        with open(own.ca, "wb") as f:
+            f.write(made.public_bytes(serialization.Encoding.PEM))
+        errors: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(errors.append)
+        self.addCleanup(globalLogPublisher.removeObserver, errors.append)
+        server = LiveServer(self, stateDir=stateDir, ownCertificate=True)
+        said = [e for e in errors if "the server's own CA" in str(e.get("problem"))]
+        self.assertEqual(len(said), 1)
+        self.assertIn("is not valid until", said[0]["problem"])
+        # (Asked unverified: every client that checks refuses the CA.)
+        answer = await deferToThread(_unverifiedHealth, server.port)
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(body["status"], "degraded")
+        self.assertIn("the server's own CA is not valid until", body["reload"])
+
+
+def _unverifiedHealth(port: int) -> bytes:
+    """GET /healthz through TLS that checks no certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.settimeout(20)
+            sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return readAll(sock)

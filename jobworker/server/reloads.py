@@ -42,6 +42,8 @@ class Reloads(Collector):
         }
         #: When the served certificate ends (epoch seconds), if known.
         self.certificateEnds: float | None = None
+        #: Why every client refuses the server's own CA now, if it does.
+        self.caProblem: str | None = None
 
     def succeeded(self, name: str) -> None:
         """C{name}'s reload is in force."""
@@ -54,13 +56,15 @@ class Reloads(Collector):
         self._counts[name, "failed"] += 1
 
     def refused(self) -> str | None:
-        """The files whose last reload was refused, and why, in words."""
-        if not self._refused:
-            return None
-        return "; ".join(
+        """The files whose last reload was refused, and why, in words; and
+        the server's own CA out of its dates."""
+        said = [
             f"{_NAMES[name]} was not reloaded (the one before is in force): {why}"
             for name, why in sorted(self._refused.items())
-        )
+        ]
+        if self.caProblem is not None:
+            said.append(self.caProblem)
+        return "; ".join(said) or None
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield from self._families()

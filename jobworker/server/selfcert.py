@@ -35,6 +35,8 @@ from ..certificates import (
 
 #: How long the CA and the server certificate are valid.
 CA_DAYS = 3650
+#: How far back the CA's validity starts (L{_makeCA}).
+CA_BACKDATE = datetime.timedelta(days=2)
 SERVER_DAYS = 397
 #: A server certificate with less than this left is made anew at start.
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -53,6 +55,28 @@ class ServerCertificate:
     ca: str
     fingerprint: str
     made: bool
+    #: Why every client refuses the CA now (L{caProblem}), if it does.
+    caProblem: str | None = None
+
+
+def caProblem(ca: x509.Certificate) -> str | None:
+    """
+    Why the server's own CA C{ca} is out of its dates now, in words, with
+    what to do: no renewal of the leaf it signs helps (fault round 40).
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    if ca.not_valid_before_utc > now:
+        when = f"is not valid until {ca.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+    elif ca.not_valid_after_utc < now:
+        when = f"expired on {ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    else:
+        return None
+    return (
+        f"the server's own CA {when}: every client refuses it (the clock was "
+        "wrong when it was made, or is wrong now); if this machine's clock is "
+        "right, remove ca.pem and ca.key of the state dir's tls folder and "
+        "restart: a new CA is made, which clients must trust again (jw login)"
+    )
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
@@ -81,7 +105,12 @@ def _makeCA(
         [x509.NameAttribute(NameOID.COMMON_NAME, f"jobworker CA of {hostname}")]
     )
     ca = (
-        certificateBuilder(name, name, key.public_key(), CA_DAYS)
+        # Valid from two days back: made while the clock was ahead (an RTC
+        # in local time, NTP not synced yet at boot), a CA five minutes
+        # back was "not yet valid" to every client for hours once the
+        # clock was right, and no renewal of the leaf helped (fault round
+        # 40). (A CA's start before its making gives nothing away.)
+        certificateBuilder(name, name, key.public_key(), CA_DAYS, backdate=CA_BACKDATE)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
         .add_extension(keyUsage(True), True)
         .add_extension(
@@ -220,4 +249,6 @@ def ensureServerCertificate(
         raise SelfCertError(
             f"cannot use the certificate files in {folder}: {e}"
         ) from None
-    return ServerCertificate(certPath, keyPath, caPath, fingerprint(ca), made)
+    return ServerCertificate(
+        certPath, keyPath, caPath, fingerprint(ca), made, caProblem(ca)
+    )

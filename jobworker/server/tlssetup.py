@@ -12,6 +12,7 @@ import socket
 import time
 from typing import Any
 
+from cryptography import x509
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -33,7 +34,7 @@ from ..tls import (
 )
 from .options import Options, defaultStateDir
 from .reloads import Reloads
-from .selfcert import SelfCertError, ensureServerCertificate
+from .selfcert import SelfCertError, caProblem, ensureServerCertificate
 from .startup import StartupError, fatal, secretFile, secretFileProblem
 
 log = Logger(namespace="jobworker.server.tap")
@@ -82,6 +83,7 @@ class ServedTLS:
             _options(config, reloading=False), config["client-ca"]
         )
         self._reloads.certificateEnds = _ends(self._options)
+        self._reloads.caProblem = _ownCAProblem(config)
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
@@ -233,6 +235,7 @@ class ServedTLS:
             return
         self._options, self._authorities = options, authorities
         self._reloads.certificateEnds = _ends(options)
+        self._reloads.caProblem = _ownCAProblem(self._config)
         self._reloads.succeeded("certificate")
         if self._config["client-ca"] is not None:
             self._reloads.succeeded("client_ca")
@@ -347,6 +350,19 @@ def tlsOptions(config: Options, reloads: Reloads | None = None) -> ServedTLS:
     return ServedTLS(config, reloads)
 
 
+def _ownCAProblem(config: Options) -> str | None:
+    """Why clients refuse the server's own CA now (L{caProblem}), if they
+    do; None with C{--cert} (the operator's own CA)."""
+    if config["cert"] is not None:
+        return None
+    try:
+        with open(os.path.join(config["state-dir"], "tls", "ca.pem"), "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return None
+    return caProblem(ca)
+
+
 def _ends(options: Any) -> float | None:
     """When the certificate C{options} serve ends (epoch seconds)."""
     certificate = getattr(options, "certificate", None)
@@ -455,6 +471,8 @@ def _ownCertificate(config: Options, makeCA: bool = True) -> tuple[str, str]:
         own = ensureServerCertificate(folder, hosts, makeCA)
     except SelfCertError as e:
         fatal(str(e))
+    if own.caProblem is not None:
+        log.error("{problem}", problem=own.caProblem)
     # jw finds only the CA of the default state dir (its user's own).
     found = os.path.realpath(config["state-dir"]) == os.path.realpath(defaultStateDir())
     log.info(
