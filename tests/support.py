@@ -481,6 +481,19 @@ def smallTmpfs(testCase: Any, size: str) -> str:
     return mount
 
 
+def fillDisk(folder: str) -> None:
+    """Fill the file system of C{folder} (a small tmpfs: L{smallTmpfs}) with
+    a file of its own, to the last byte it takes."""
+    fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 512):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def pythonChild(
     script: str, *argv: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:

@@ -19,7 +19,7 @@ from jobworker.auth.audit import AuditLog
 from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
 from jobworker.server.services import UsersReloadService
 
-from .support import pythonChild, smallTmpfs
+from .support import fillDisk, pythonChild, smallTmpfs
 
 
 def lines(path: str) -> list[bytes]:
@@ -84,22 +84,14 @@ class AuditFaultTests(SynchronousTestCase):
         audit = AuditLog(path, Clock())
         self.addCleanup(audit.close)
         audit.record("job.create", "alice", "127.0.0.1", "RUNNING", job="a" * 36)
-        filler = os.path.join(mount, "filler")
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"x" * 512):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fillDisk(mount)
         logged = self.logged()
         for n in range(40):  # past the end of the audit log's last page
             audit.record("job.create", "alice", "127.0.0.1", "RUNNING", job=f"{n:036}")
         lost = [e["audit"] for e in logged if "audit" in e]
         self.assertTrue(lost, logged)
         self.assertTrue(all(e["event"] == "job.create" for e in lost))
-        os.unlink(filler)
+        os.unlink(os.path.join(mount, "filler"))
         audit.record("job.stop", "alice", "127.0.0.1", "requested")
         written = [line for line in lines(path) if line]
         self.assertEqual(json.loads(written[-1])["event"], "job.stop")

@@ -63,6 +63,7 @@ from .support import (
     ROOT,
     LiveServer,
     basic,
+    fillDisk,
     sharedPath,
     sleep,
     smallTmpfs,
@@ -502,14 +503,7 @@ class OperatorMetricsTests(TestCase):
         self.assertEqual(codes, [401, 401, 429, 429])
         self.assertEqual(await self.health(server), {"status": "ok"})
         # The audit log's disk fills: its events are lost, and said so.
-        fd = os.open(os.path.join(mount, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"x" * 512):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fillDisk(mount)
         # (Lines go on filling the audit log's last page: then none fit.)
         for _ in range(40):
             response = await server.http.post(

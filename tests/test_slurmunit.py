@@ -1888,13 +1888,18 @@ class ProbeTests(SynchronousTestCase):
         self.reactor = FakeProcessReactor()
         self.commands = FakeCommands()
         self.outputDir = os.path.abspath(self.mktemp())
-        self.executor = SlurmExecutor(
+        self.executor = self.probed()
+
+    def probed(self, allowances: SlurmAllowances | None = None) -> SlurmExecutor:
+        """An executor on the server's partition C{debug}."""
+        return SlurmExecutor(
             self.reactor,
             self.outputDir,
             grace=5.0,
             partition="debug",
             commands=self.commands,  # type: ignore[arg-type]
             sharedAccount=True,
+            allowances=allowances,
         )
 
     def probe(self, nodeWrites: bool) -> None:
@@ -2001,14 +2006,8 @@ class ProbeTests(SynchronousTestCase):
         partition of its own brings the probe back soon; one that named
         its own does not (an attacker's jobs say nothing of the server's).
         """
-        self.executor = SlurmExecutor(
-            self.reactor,
-            self.outputDir,
-            grace=5.0,
-            partition="debug",
-            commands=self.commands,  # type: ignore[arg-type]
-            sharedAccount=True,
-            allowances=SlurmAllowances(partition=frozenset(["debug", "gpu"])),
+        self.executor = self.probed(
+            SlurmAllowances(partition=frozenset(["debug", "gpu"]))
         )
         self.probe(nodeWrites=True)
         stateDir = os.path.abspath(self.mktemp())
