@@ -481,6 +481,15 @@ def smallTmpfs(testCase: Any, size: str) -> str:
     return mount
 
 
+def keptLoginEnvironment(url: str, home: str, **extra: str) -> dict[str, str]:
+    """L{jwEnvironment} for alice with no password given: her config and
+    kept login (C{jw login}) in C{home}."""
+    env = jwEnvironment(url, HOME=home, XDG_CONFIG_HOME=home)
+    del env["JW_PASSWORD"]
+    env.update(extra)
+    return env
+
+
 def fillDisk(folder: str) -> None:
     """Fill the file system of C{folder} (a small tmpfs: L{smallTmpfs}) with
     a file of its own, to the last byte it takes."""

@@ -33,7 +33,14 @@ from jobworker.client import failures, verbs
 from jobworker.client.errors import ClientError
 from jobworker.client.verbs import parseAge
 
-from .support import CA, JW, JWAssertions, LiveServer, jwEnvironment, runJW
+from .support import (
+    JW,
+    JWAssertions,
+    LiveServer,
+    jwEnvironment,
+    keptLoginEnvironment,
+    runJW,
+)
 from .test_cli_exec_defects import BOUND, readLine, startJW
 from .test_cli_memory import MemoryCLITestCase
 from .test_cli_stream_defects import parse
@@ -416,19 +423,7 @@ class PromptTerminatedTests(TestCase):
         home = os.path.realpath(self.mktemp())
         server = self.__dict__.get("server") or LiveServer(self)
         self.server = server
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "JW_SERVER": server.url,
-            "JW_CA": CA,
-            "JW_USER": "alice",
-            "HOME": home,
-            "XDG_CONFIG_HOME": home,
-            **(
-                {"PYTHONPATH": os.environ["PYTHONPATH"]}
-                if "PYTHONPATH" in os.environ
-                else {}
-            ),
-        }
+        return keptLoginEnvironment(server.url, home)
 
     async def test_sigtermAtThePasswordPrompt(self) -> None:
         someId = str(uuid.uuid4())

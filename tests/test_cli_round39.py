@@ -20,27 +20,21 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from .support import CA, JW, PASSWORDS, LiveServer, jwEnvironment, runJW
+from .support import (
+    JW,
+    PASSWORDS,
+    LiveServer,
+    jwEnvironment,
+    keptLoginEnvironment,
+    runJW,
+)
 from .test_cli_exec_defects import BOUND, GRACE
 from .test_prompt import converse
 
 
 def _environment(server: LiveServer, home: str, **extra: str) -> dict[str, str]:
     """jw's environment: alice's kept login in C{home}, no password given."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "JW_SERVER": server.url,
-        "JW_CA": CA,
-        "JW_USER": "alice",
-        "HOME": home,
-        "XDG_CONFIG_HOME": home,
-        **(
-            {"PYTHONPATH": os.environ["PYTHONPATH"]}
-            if "PYTHONPATH" in os.environ
-            else {}
-        ),
-        **extra,
-    }
+    return keptLoginEnvironment(server.url, home, **extra)
 
 
 def _login(environ: dict[str, str]) -> None:
