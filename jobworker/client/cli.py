@@ -359,7 +359,10 @@ def _main(argv: list[str] | None) -> None:
     environ = dict(os.environ)
     code = quickRun(argv, environ, streams)
     if code is not None:
-        _flushQuietly(streams)
+        try:
+            _flushQuietly(streams)
+        finally:
+            _flushMessages(streams)
         raise SystemExit(code)
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
@@ -387,6 +390,26 @@ def _interruptedEarly(failure: Any) -> None:
     """
     failure.trap(KeyboardInterrupt)
     raise SystemExit(EXIT_INTERRUPTED)
+
+
+def _flushMessages(streams: Streams) -> None:
+    """
+    Flush jw's messages at exit. If their reader has gone too (C{jw exec -f
+    ... 2>&1 | grep -m1 ready}: "stdout closed: stopping job" could not be
+    written), what is left of them goes to /dev/null: Python's own flush
+    at the exit failed, and made the exit status 120, not SIGPIPE's (new
+    user round 40).
+    """
+    try:
+        streams.messages.flush()
+    except OSError:
+        try:
+            fd = streams.messages.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def _flushQuietly(streams: Streams) -> None:

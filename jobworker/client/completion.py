@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from .parser import CLEAN_STATUSES, STATUSES, VERBS
 
-_VERBS = " ".join(VERBS)
+#: The verbs C{jw help} takes (its own word, C{help}, is not one).
+_TOPICS = " ".join(VERBS)
+#: The words offered as the verb: C{help} too (it was offered in no shell:
+#: new user round 40).
+_VERBS = f"{_TOPICS} help"
 _STATUSES = " ".join(STATUSES)
 #: What C{jw clean --status} takes: ended jobs' statuses only.
 _ENDED = " ".join(CLEAN_STATUSES)
@@ -83,6 +87,8 @@ _jw() {{
                     verb=${{words[i]}}
                 elif [ "$verb" = exec ]; then
                     command=${{words[i]}}; break  # what follows is the job's
+                elif [ "$verb" = help ]; then
+                    return  # (jw help VERB: nothing follows)
                 fi ;;
         esac
     done
@@ -119,6 +125,8 @@ _jw() {{
         COMPREPLY=($(compgen -c -f -- "$cur"))
     elif [ "$verb" = completion ]; then
         COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur"))
+    elif [ "$verb" = help ]; then  # jw help VERB
+        COMPREPLY=($(compgen -W "{_TOPICS}" -- "$cur"))
     elif [[ "$verb" =~ ^({_ID_VERBS})$ ]]; then
         COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" -- "$cur"))
     fi
@@ -153,6 +161,8 @@ _jw() {{
                     verb=$words[i]
                 elif [[ $verb == exec ]]; then
                     _files; return  # after the job's COMMAND: its words
+                elif [[ $verb == help ]]; then
+                    return  # (jw help VERB: nothing follows)
                 fi ;;
         esac
     done
@@ -177,6 +187,7 @@ _jw() {{
         {_ID_VERBS}) [[ "$PREFIX" == -* ]] ||
             compadd -- $(jw _ids $given 2>/dev/null) ;;
         completion) compadd -- bash zsh fish ;;
+        help) [[ "$PREFIX" == -* ]] || compadd -- {_TOPICS} ;;
         exec) [[ "$PREFIX" == -* ]] || {{ _command_names -e; return }} ;;
     esac
     case "$verb" in
@@ -215,7 +226,8 @@ def _fishOptions(verb: str, options: str) -> list[str]:
 
 FISH = f"""# jw completion for fish: jw completion fish | source
 # jw's verb on the line ("none": not yet), or "JOB" once the words are the
-# job's: after --, or after jw exec's COMMAND (its "status" is no verb).
+# job's: after --, or after jw exec's COMMAND (its "status" is no verb);
+# "HELPED" after jw help's VERB.
 function __jw_verb
     set -l words (commandline -opc)
     set -l verb none
@@ -231,6 +243,8 @@ function __jw_verb
                 set verb $w
             else if test $verb = exec
                 echo JOB; return
+            else if test $verb = help
+                set verb HELPED
             end
         end
         set i (math $i + 1)
@@ -291,8 +305,13 @@ function __jw_ids
 end
 complete -c jw -f
 complete -c jw -n "__jw_subcommand_from none" -a "{_VERBS}"
-complete -c jw -n "not __jw_subcommand_from JOB" -l server -x
-complete -c jw -n "not __jw_subcommand_from JOB" -l ca -l cert -l key -r -F
+complete -c jw -n "__jw_subcommand_from help" -a "{_TOPICS}"
+# Where bash offers them (none after jw help, as none after exec's COMMAND;
+# fish offered no --help at all: new user round 40).
+complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l server -x
+complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l ca -l cert -l key -r -F
+complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l help
+complete -c jw -n "__jw_subcommand_from none" -l version
 complete -c jw -n "__jw_subcommand_from list" -l status -x -a "{_STATUSES}"
 complete -c jw -n "__jw_subcommand_from clean" -l status -x -a "{_ENDED}"
 complete -c jw -n "__jw_subcommand_from {_ID_VERBS.replace("|", " ")}" -x \\

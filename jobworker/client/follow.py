@@ -21,6 +21,7 @@ from .calls import ASK_AGAIN, MAX_TAIL, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
 from .failures import EXIT_TIMED_OUT, loginLapsed, sentToken
+from .readergone import watchedOutput
 from .show import endLine, jsonLine
 from .streams import Streams
 
@@ -518,6 +519,8 @@ async def followOutput(
     @return: the job's final record if it came with the output or was read
         after it (raw streams: to say what was dropped), else None.
     """
+    if follow:
+        watchReader(client, streams)
     if not follow or streams.sharedDestination():
         ended = await followCombined(client, jobId, streams, follow, tail, onStatus)
         sayLost(ended, streams)
@@ -546,6 +549,20 @@ async def followOutput(
     )
     sayTruncated(final, streams)
     return final
+
+
+def watchReader(client: Client, streams: Streams) -> None:
+    """
+    A follow to our stdout, a pipe or a socket, ends as soon as its reader
+    has gone (C{| grep -m1 ready}), as C{tail -f} does, not at the job's
+    next write, hours later maybe (new user round 40): the client's
+    C{watchReader}, where it has one (the standard library's: the one jw
+    follows on).
+    """
+    watch = getattr(client, "watchReader", None)
+    fd = streams.outputFd()
+    if watch is not None and fd is not None and watchedOutput(fd):
+        watch(fd)
 
 
 class _EndWatch:
@@ -591,6 +608,7 @@ async def readStream(
     """
     write = streams.writer("stdout")
     if follow:
+        watchReader(client, streams)
         end = _EndWatch(jobId)
 
         async def read(each: Client) -> None:

@@ -53,6 +53,7 @@ from .calls import (
 )
 from .config import ConfigError, readConfig
 from .errors import ClientError, HandshakeCut, HandshakeTimeout, ServerUnreachable
+from .readergone import ReaderWatch, readerGone
 from .workers import startThread
 
 T = TypeVar("T")
@@ -410,6 +411,8 @@ class QuickClient(ApiCalls):
         #: The connections this one works beside (L{concurrently}).
         self._peers = _Peers(self._stall)
         self._headers: dict[str, str] = {}
+        #: The watch of our stdout's reader (L{watchReader}), if any.
+        self.readerWatch: ReaderWatch | None = None
         if user is not None and password is not None:
             import base64
 
@@ -448,7 +451,19 @@ class QuickClient(ApiCalls):
         # The same dict: a login renewed by one of them is every one's.
         twin._headers = self._headers
         twin.renewal = self.renewal
+        twin.readerWatch = self.readerWatch
         return twin
+
+    def watchReader(self, fd: int | None) -> None:
+        """
+        Follow with C{fd}, our stdout (a pipe or a socket; None: nothing to
+        watch), watched for its reader's going (L{ReaderWatch}): a follow
+        read then fails at once as a write to it would (C{jw logs -f ID |
+        grep -m1 ready} waited for the job's next write: new user round
+        40). This client's twins (L{another}) share the watch.
+        """
+        if fd is not None and self.readerWatch is None:
+            self.readerWatch = ReaderWatch(fd)
 
     def bearer(self) -> str | None:
         sent = self._headers.get("Authorization", "")
@@ -777,12 +792,15 @@ class QuickClient(ApiCalls):
         fails it; with None (a followed raw stream: a job may say nothing
         for hours), its L{_Peers} may break it off (it is C{stream}'s,
         from C{position}, if known). A broken stream is a L{ClientError}
-        with no status; a failing C{sink}, its own error.
+        with no status; a failing C{sink}, its own error. Broken off as our
+        stdout's reader has gone (L{watchReader}), it is a
+        C{BrokenPipeError}, as a write to it.
         """
         sock = self._connection.sock
-        read = None
+        read = watch = None
         if sock is not None:
             sock.settimeout(quiet)
+            watch = self._watchReading(sock)
             if quiet is None:
                 read = self._peers.reading(sock, stream, position)
         pieces = bodyPieces(response, bytearray(READ_SIZE))
@@ -793,7 +811,10 @@ class QuickClient(ApiCalls):
                 except (OSError, ValueError, http.client.HTTPException) as e:
                     if read is not None:
                         self._peers.done(read)  # before its socket is closed
+                    self._readerDone(watch, sock)
                     self._connection.close()
+                    if watch is not None and watch.gone:
+                        raise readerGone() from None
                     if read is not None and read.broken is not None:
                         why: object = read.broken
                     elif isinstance(e, TimeoutError):
@@ -804,6 +825,11 @@ class QuickClient(ApiCalls):
                         f"log stream from {self.server} broke off: {why}"
                     ) from None
                 if piece is None:
+                    if watch is not None and watch.gone:
+                        # (A body read to the end its shutdown made.)
+                        self._readerDone(watch, sock)
+                        self._connection.close()
+                        raise readerGone()
                     if read is not None and read.broken is not None:
                         # A body read to the connection's end: not all of it.
                         self._peers.done(read)
@@ -826,7 +852,31 @@ class QuickClient(ApiCalls):
         finally:
             if read is not None:
                 self._peers.done(read)
+            self._readerDone(watch, sock)
             self._usualTimeout()
+
+    def _watchReading(self, sock: socket.socket) -> ReaderWatch | None:
+        """
+        The watch of our stdout's reader (L{watchReader}), if any, told
+        that a follow's stream is read on C{sock}.
+
+        @raise BrokenPipeError: the reader has gone already (the
+            connection is closed, its body unread).
+        """
+        watch = self.readerWatch
+        if watch is not None:
+            try:
+                watch.reading(sock)
+            except BrokenPipeError:
+                self._connection.close()
+                raise
+        return watch
+
+    @staticmethod
+    def _readerDone(watch: ReaderWatch | None, sock: socket.socket | None) -> None:
+        """C{sock} is read no more: forgotten by C{watch}, if any."""
+        if watch is not None and sock is not None:
+            watch.done(sock)
 
     async def close(self) -> None:
         self._connection.close()

@@ -127,10 +127,11 @@ class Streams:
     messages: TextIO = field(default_factory=lambda: sys.stderr)
     abandonOut: Callable[[], None] = _stdoutToDevNull
     inp: BinaryIO | None = field(default_factory=lambda: sys.stdin.buffer)
-    #: The last byte of job output written to a terminal (a newline at
-    #: first), in a cell that streams made from these share: jw's own line
-    #: after one that is not begins a line of its own.
-    lastOnTerminal: list[int] = field(default_factory=lambda: [10], init=False)
+    #: The last byte of job output written where jw's own lines show too
+    #: (L{_showsMessages}; a newline at first), in a cell that streams made
+    #: from these share: jw's own line after one that is not begins a line
+    #: of its own.
+    lastShown: list[int] = field(default_factory=lambda: [10], init=False)
 
     @classmethod
     def standard(cls) -> tuple[Streams, list[str]]:
@@ -155,14 +156,16 @@ class Streams:
 
     def say(self, line: str) -> None:
         """
-        One line on C{messages}, whatever a server or job put in it; on a
-        terminal where the job's output left a line unfinished, on a line
-        of its own (it read C{partialjw: job ... timed out}: new user
-        round 32).
+        One line on C{messages}, whatever a server or job put in it; where
+        the job's output left a line unfinished, on a line of its own: on a
+        terminal (it read C{partialjw: job ... timed out}: new user round
+        32), and in the file or pipe the output shares with it (C{> log
+        2>&1}, C{2>&1 | tee log}: new user round 40). Only a writer whose
+        output shows with these lines keeps the last byte (L{writer}).
         """
         text = printable(line) + "\n"
-        last = self.lastOnTerminal
-        if last[0] != 10 and _isTerminal(self.messages):
+        last = self.lastShown
+        if last[0] != 10:
             text = "\n" + text
         last[0] = 10
         self.messages.write(text)
@@ -183,28 +186,63 @@ class Streams:
         except OSError as e:
             raise OutputFailed("to stdout", e) from None
 
-    def pipedInput(self) -> bool:
+    def strayInput(self) -> bool:
         """
-        Whether C{inp} is a pipe or file with bytes waiting (data a user may
-        think goes to the job). Never reads it.
+        Whether jw's stdin holds data a user may think goes to the job, who
+        is to be told it does not (C{jw exec} without C{-i}). Never reads
+        it.
+
+        C{echo data | jw exec -- cat} and C{jw exec -- sort < file} are
+        told: the data was handed to jw, and the user expects the job to
+        get it. In C{while read x; do jw exec ...; done < list} (or C{cmd
+        | while read ...}) what waits is the rest of the list, which the
+        loop reads, not the job: jw rightly leaves it, and the warning on
+        every pass but the last was noise that only C{</dev/null} on each
+        call silenced (new user round 40). So:
+
+          - a regular file, only if it is whole (at its first byte, and
+            not empty): a loop's C{read} has moved it;
+          - a pipe with bytes waiting, unless the process that started jw
+            has it as its own stdin: a loop's shell reads it (a shell that
+            hands jw data has its own stdin, the terminal, apart; the
+            parent of a simple C{< file} holds it in dash, hence the
+            offset for files).
+
+        Neither "only on a terminal" (a terminal has nothing waiting) nor
+        "once" (each call of a loop is a new jw) would tell these apart.
         """
         if self.inp is None:
             return False
-        try:
-            fd = self.inp.fileno()
-        except (AttributeError, OSError, ValueError):
+        fd = self._inputFd()
+        if fd is None:
             return bool(getattr(self.inp, "getvalue", lambda: b"")())
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISREG(mode):
-                return os.fstat(fd).st_size > os.lseek(fd, 0, os.SEEK_CUR)
+                return os.lseek(fd, 0, os.SEEK_CUR) == 0 < os.fstat(fd).st_size
             if not stat.S_ISFIFO(mode):
                 return False
             waiting = array.array("i", [0])
             fcntl.ioctl(fd, termios.FIONREAD, waiting)
-            return waiting[0] > 0
         except OSError:
             return False
+        return waiting[0] > 0 and not self._parentReads()
+
+    def _parentReads(self) -> bool:
+        """
+        Whether jw's parent process has jw's stdin (the same device and
+        inode) as its own stdin: it reads it (a loop). Not known (an
+        in-memory stdin, no /proc, another user's parent): no.
+        """
+        fd = self._inputFd()
+        parent = os.getppid()
+        if fd is None or parent <= 1:
+            return False
+        try:
+            ours, theirs = os.fstat(fd), os.stat(f"/proc/{parent}/fd/0")
+        except OSError:
+            return False
+        return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
     def readInput(self, reactor: Any, size: int) -> Deferred[bytes]:
         """
@@ -242,6 +280,13 @@ class Streams:
         fd = self._inputFd()
         return fd is not None and os.isatty(fd)
 
+    def outputFd(self) -> int | None:
+        """C{out}'s file descriptor (None: an in-memory stream)."""
+        try:
+            return self.out.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
     def _inputFd(self) -> int | None:
         try:
             return None if self.inp is None else self.inp.fileno()
@@ -262,6 +307,22 @@ class Streams:
             return True
         return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
 
+    def _showsMessages(self, fd: int) -> bool:
+        """
+        Whether job output written to C{fd} shows where jw's own lines
+        (C{messages}) do: the same file, pipe or terminal (its device and
+        inode: C{> log 2>&1}, C{2>&1 | tee log}), or two terminals (as new
+        user round 32 had it). In-memory messages show apart.
+        """
+        try:
+            other = self.messages.fileno()
+            if os.isatty(fd) and os.isatty(other):
+                return True
+            one, two = os.fstat(fd), os.fstat(other)
+        except (AttributeError, OSError, ValueError):
+            return False
+        return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
     def writer(self, stream: str) -> Callable[[bytes | memoryview], None]:
         """
         Write job output of C{stream} (C{stdout}/C{stderr}) as it comes:
@@ -280,7 +341,7 @@ class Streams:
 
             return _failingAsOutput(write)
         target.flush()  # what was written before goes first
-        last = self.lastOnTerminal if os.isatty(fd) else None
+        last = self.lastShown if self._showsMessages(fd) else None
 
         def writeFd(data: bytes | memoryview) -> None:
             view = memoryview(data)
@@ -298,14 +359,6 @@ class Streams:
                 last[0] = data[-1]
 
         return _failingAsOutput(writeFd)
-
-
-def _isTerminal(stream: Any) -> bool:
-    """Whether C{stream} is a terminal (an in-memory one is not)."""
-    try:
-        return os.isatty(stream.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _failingAsOutput(
@@ -343,7 +396,7 @@ class GatedStreams(Streams):
             streams.abandonOut,
             streams.inp,
         )
-        self.lastOnTerminal = streams.lastOnTerminal
+        self.lastShown = streams.lastShown
         self._shown: list[list[int]] = []
         self.isShut = False
 

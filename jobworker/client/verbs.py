@@ -504,7 +504,7 @@ async def createExecJob(
     for flag in ("after", "after_ok"):
         if getattr(options, flag):
             fields[flag] = [await resolveId(client, i) for i in getattr(options, flag)]
-    if not options.stdin and streams.pipedInput():
+    if not options.stdin and streams.strayInput():
         streams.say("jw: the job's stdin is closed: jw's stdin is not sent (use -i)")
     early: list[str] = []
     if options.follow and not options.detach_on_interrupt:
@@ -1006,7 +1006,7 @@ def execOutput(options: argparse.Namespace, streams: Streams) -> GatedStreams:
     after an interrupt is too long (L{backlogCut})."""
     if options.json:
         toErr = Streams(streams.err, streams.err, streams.messages, inp=None)
-        toErr.lastOnTerminal = streams.lastOnTerminal
+        toErr.lastShown = streams.lastShown
         return GatedStreams(toErr)
     return GatedStreams(streams)
 
