@@ -815,7 +815,7 @@ class KeyUpdateFloodTests(TestCase):
     Attacker round 40: TLS 1.3 KeyUpdate records carry no data, so no HTTP
     limit sees them: 3,000 a read took the reactor 35 ms, and a few
     connections of them stalled every request for seconds. A connection
-    whose TLS input brings far more than its plaintext is closed.
+    past 64 of them (and one a minute of its age) is closed.
     """
 
     timeout = 60
@@ -841,6 +841,27 @@ class KeyUpdateFloodTests(TestCase):
         # An ordinary client on a connection of its own is served.
         code, body = await server.json("GET", "/whoami")
         self.assertEqual((code, body["user"]), (200, "alice"))
+
+    async def test_shortRequestsServed(self) -> None:
+        """
+        Session review 40: a first bound on TLS bytes beside the plaintext
+        counted each short request's record framing, and cut a keep-alive
+        client after 3,658 probes (the request that crossed it acted on,
+        its answer lost). Records that carry data are never counted.
+        """
+        server = LiveServer(self)
+        sock = await deferToThread(tlsTo, server.port)
+        self.addCleanup(sock.close)
+
+        def probes() -> int:
+            answered = 0
+            for _ in range(4000):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if readAll(sock, b"}").startswith(b"HTTP/1.1 200"):
+                    answered += 1
+            return answered
+
+        self.assertEqual(await deferToThread(probes), 4000)
 
 
 class OwnCAOutOfItsDatesTests(TestCase):

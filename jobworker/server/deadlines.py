@@ -115,9 +115,6 @@ class DeadlineChannel(HTTPChannel):
 
     #: Whether a request of this connection has been answered.
     _served = False
-    #: Bytes received (plaintext: the TLS layer's bound on what it takes
-    #: besides, L{tlswrites.LargeWritesTLSProtocol}).
-    received = 0
     #: Whether a request of this connection has been authenticated (its
     #: credentials checked and taken: L{markAuthenticated}).
     authenticated = False
@@ -303,7 +300,6 @@ class DeadlineChannel(HTTPChannel):
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
         if self._refused:
             # Answered and closing: nothing more is parsed; what comes is
             # read (thrown away) a little while (L{_refuse}).

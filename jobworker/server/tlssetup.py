@@ -36,6 +36,7 @@ from .options import Options, defaultStateDir
 from .reloads import Reloads
 from .selfcert import SelfCertError, caProblem, ensureServerCertificate
 from .startup import StartupError, fatal, secretFile, secretFileProblem
+from .tlswrites import countHandshakes
 
 log = Logger(namespace="jobworker.server.tap")
 
@@ -279,6 +280,13 @@ class ServedTLS:
         )
 
 
+def _handshakesCounted(options: Any) -> Any:
+    """C{options}, whose connections count their handshakes (KeyUpdates:
+    L{countHandshakes})."""
+    options.getContext().set_info_callback(countHandshakes)
+    return options
+
+
 def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> tuple[Any, Any]:
     """
     The C{options}, whose handshake refuses a client chain through a CA
@@ -288,8 +296,11 @@ def _throughTheBundleOnly(options: Any, clientCAPath: str | None) -> tuple[Any, 
     with a password: session review 38). (L{ServedTLS.certificateProblem}
     holds a connection made before a reload to the bundle of now.)
 
+    Their connections count their handshakes, too (L{_handshakesCounted}).
+
     @return: the options, and their client CAs (L{ServedTLS._authorities}).
     """
+    _handshakesCounted(options)
     if clientCAPath is None:
         return options, None
     context = options.getContext()

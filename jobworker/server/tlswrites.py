@@ -13,7 +13,10 @@ Twisted's own.
 
 from __future__ import annotations
 
-from OpenSSL.SSL import Error, WantReadError
+import time
+from typing import Any
+
+from OpenSSL.SSL import SSL_CB_ACCEPT_EXIT, Error, WantReadError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -28,9 +31,24 @@ PIECE = 1 << 18
 #: for their headers and tags.
 DRAIN = PIECE + (1 << 16)
 
-#: The most TLS input a connection may bring beyond the plaintext it
-#: delivers (and an eighth of that): L{LargeWritesTLSProtocol._boundOverhead}.
-OVERHEAD_MOST = 1 << 16
+#: Handshake messages a connection may begin besides its handshake (its
+#: KeyUpdates), and one more a minute of its age (L{LargeWritesTLSProtocol.
+#: _tooManyHandshakes}).
+HANDSHAKES_MOST = 64
+
+
+def countHandshakes(connection: Any, where: int, ret: int) -> None:
+    """
+    OpenSSL's info callback of the server's contexts: tell the connection's
+    protocol each time its handshake's state machine is left (its handshake,
+    and each TLS 1.3 message after it: a KeyUpdate runs it again). Called
+    on handshakes and alerts, never on application data.
+    """
+    if where == SSL_CB_ACCEPT_EXIT:
+        ran = getattr(connection.get_app_data(), "handshakeRan", None)
+        if ran is not None:
+            ran()
+
 
 #: The most small writes held (L{LargeWritesTLSProtocol}), in bytes: past
 #: it they are sent, so that a transport that fills says so (pipelined
@@ -65,11 +83,20 @@ class LargeWritesTLSProtocol(TLSMemoryBIOProtocol):
     #: Their size.
     _heldBytes = 0
 
-    #: TLS bytes received.
-    _tlsIn = 0
+    #: Handshakes run on this connection (its first, and each message
+    #: after it: a KeyUpdate, L{countHandshakes}), and when it was made.
+    _handshakes = 0
+    _madeAt: float | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self._madeAt = time.monotonic()
+        TLSMemoryBIOProtocol.makeConnection(self, transport)
+
+    def handshakeRan(self) -> None:
+        """OpenSSL ran a handshake, or a message after it (L{countHandshakes})."""
+        self._handshakes += 1
 
     def dataReceived(self, bytes: bytes) -> None:
-        self._tlsIn += len(bytes)
         if self._held is not None:  # (re-entered: still held)
             TLSMemoryBIOProtocol.dataReceived(self, bytes)
             return
@@ -79,30 +106,34 @@ class LargeWritesTLSProtocol(TLSMemoryBIOProtocol):
             TLSMemoryBIOProtocol.dataReceived(self, bytes)
         finally:
             self._release()
-        self._boundOverhead()
+        if self._handshakes > HANDSHAKES_MOST:
+            self._tooManyHandshakes()
 
-    def _boundOverhead(self) -> None:
+    def _tooManyHandshakes(self) -> None:
         """
-        Abort a connection whose TLS input brings far more than the
-        plaintext it delivers (L{OVERHEAD_MOST}, and an eighth of the
-        plaintext): records that carry no data (KeyUpdates, 3,000 in a
-        64 KiB read, 35 ms of the reactor each read) reach no HTTP limit,
-        and a few connections of them stalled every request for seconds
-        (attacker round 40). A client's records cost 22 bytes of 16 KiB,
-        its handshake a few KiB.
+        Abort a connection past L{HANDSHAKES_MOST} handshake messages after
+        its first (and one more a minute of its age): TLS 1.3 KeyUpdates
+        carry no data and reach no HTTP limit; 3,000 in a 64 KiB read took
+        the reactor 35 ms, and a few connections of them stalled every
+        request for seconds (attacker round 40). Counted by OpenSSL's own
+        callback: a count of bytes beside the plaintext cut ordinary
+        clients, whose short requests' record framing added up (session
+        review 40).
         """
-        plain = getattr(self.wrappedProtocol, "received", None)
-        if not isinstance(plain, int) or self._aborted:
+        if self._aborted:
             return
-        if self._tlsIn - plain > OVERHEAD_MOST + (plain >> 3):
-            peer = self.transport.getPeer() if self.transport is not None else None
-            log.warn(
-                "closed a connection from {client}: {overhead} bytes of TLS "
-                "records that carried no data (KeyUpdates?)",
-                client=getattr(peer, "host", "?"),
-                overhead=self._tlsIn - plain,
-            )
-            self.abortConnection()
+        age = time.monotonic() - (self._madeAt or time.monotonic())
+        if self._handshakes <= HANDSHAKES_MOST + age / 60:
+            return
+        peer = self.transport.getPeer() if self.transport is not None else None
+        log.warn(
+            "closed a connection from {client}: {count} TLS handshake messages "
+            "(KeyUpdates) in {age:.0f} s",
+            client=getattr(peer, "host", "?"),
+            count=self._handshakes,
+            age=age,
+        )
+        self.abortConnection()
 
     def _release(self) -> None:
         """Send the held writes, as one; write at once from now on."""
