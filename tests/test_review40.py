@@ -52,6 +52,7 @@ from jobworker.metrics import methodLabel
 from jobworker.peers import networkKey
 from jobworker.server import connections
 from jobworker.server.options import Options
+from jobworker.server.reloads import Reloads
 from jobworker.server.selfcert import ensureServerCertificate
 from jobworker.server.services import RetentionService, UsersReloadService
 from jobworker.units import sizeText
@@ -929,3 +930,25 @@ def _unverifiedHealth(port: int) -> bytes:
             sock.settimeout(20)
             sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             return readAll(sock)
+
+
+class OwnCADatesAskedEachTimeTests(TestCase):
+    """Session review 40: the CA's dates were judged at the start (and a
+    SIGHUP) alone: a CA that came into its dates (the clock set right) left
+    /healthz degraded, one that expired left it ok. Judged at each ask."""
+
+    async def test_expiresWhileServing(self) -> None:
+        reloads = Reloads()
+        now = datetime.datetime.now(datetime.UTC)
+        reloads.caDates = (
+            now - datetime.timedelta(days=1),
+            now + datetime.timedelta(seconds=0.3),
+        )
+        self.assertIsNone(reloads.refused())
+        await sleep(0.5)
+        self.assertIn("the server's own CA expired on", reloads.refused() or "")
+        reloads.caDates = (
+            now - datetime.timedelta(days=1),
+            now + datetime.timedelta(days=1),
+        )
+        self.assertIsNone(reloads.refused())

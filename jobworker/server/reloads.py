@@ -10,9 +10,12 @@ too, for an alert before clients refuse it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .selfcert import datesProblem
 
 #: The files a SIGHUP reads again, by their label.
 FILES = ("users", "certificate", "client_ca", "audit_log", "token_key")
@@ -42,8 +45,8 @@ class Reloads(Collector):
         }
         #: When the served certificate ends (epoch seconds), if known.
         self.certificateEnds: float | None = None
-        #: Why every client refuses the server's own CA now, if it does.
-        self.caProblem: str | None = None
+        #: When the server's own CA is valid, if it serves one (L{caProblem}).
+        self.caDates: tuple[datetime, datetime] | None = None
 
     def succeeded(self, name: str) -> None:
         """C{name}'s reload is in force."""
@@ -62,9 +65,16 @@ class Reloads(Collector):
             f"{_NAMES[name]} was not reloaded (the one before is in force): {why}"
             for name, why in sorted(self._refused.items())
         ]
-        if self.caProblem is not None:
-            said.append(self.caProblem)
+        problem = self.caProblem()
+        if problem is not None:
+            said.append(problem)
         return "; ".join(said) or None
+
+    def caProblem(self) -> str | None:
+        """Why every client refuses the server's own CA now, if it does."""
+        if self.caDates is None:
+            return None
+        return datesProblem(*self.caDates)
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield from self._families()

@@ -64,11 +64,16 @@ def caProblem(ca: x509.Certificate) -> str | None:
     Why the server's own CA C{ca} is out of its dates now, in words, with
     what to do: no renewal of the leaf it signs helps (fault round 40).
     """
+    return datesProblem(ca.not_valid_before_utc, ca.not_valid_after_utc)
+
+
+def datesProblem(start: datetime.datetime, end: datetime.datetime) -> str | None:
+    """L{caProblem} of a CA valid from C{start} to C{end}, now."""
     now = datetime.datetime.now(datetime.UTC)
-    if ca.not_valid_before_utc > now:
-        when = f"is not valid until {ca.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
-    elif ca.not_valid_after_utc < now:
-        when = f"expired on {ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if start > now:
+        when = f"is not valid until {start:%Y-%m-%d %H:%M:%S} UTC"
+    elif end < now:
+        when = f"expired on {end:%Y-%m-%d %H:%M:%S} UTC"
     else:
         return None
     return (

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import time
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -34,7 +35,7 @@ from ..tls import (
 )
 from .options import Options, defaultStateDir
 from .reloads import Reloads
-from .selfcert import SelfCertError, caProblem, ensureServerCertificate
+from .selfcert import SelfCertError, ensureServerCertificate
 from .startup import StartupError, fatal, secretFile, secretFileProblem
 from .tlswrites import countHandshakes
 
@@ -84,7 +85,7 @@ class ServedTLS:
             _options(config, reloading=False), config["client-ca"]
         )
         self._reloads.certificateEnds = _ends(self._options)
-        self._reloads.caProblem = _ownCAProblem(config)
+        self._reloads.caDates = _ownCADates(config)
 
     def getContext(self) -> Any:
         """The context of a new connection: the options in force."""
@@ -236,7 +237,7 @@ class ServedTLS:
             return
         self._options, self._authorities = options, authorities
         self._reloads.certificateEnds = _ends(options)
-        self._reloads.caProblem = _ownCAProblem(self._config)
+        self._reloads.caDates = _ownCADates(self._config)
         self._reloads.succeeded("certificate")
         if self._config["client-ca"] is not None:
             self._reloads.succeeded("client_ca")
@@ -361,9 +362,11 @@ def tlsOptions(config: Options, reloads: Reloads | None = None) -> ServedTLS:
     return ServedTLS(config, reloads)
 
 
-def _ownCAProblem(config: Options) -> str | None:
-    """Why clients refuse the server's own CA now (L{caProblem}), if they
-    do; None with C{--cert} (the operator's own CA)."""
+def _ownCADates(config: Options) -> tuple[datetime, datetime] | None:
+    """When the server's own CA is valid (L{Reloads.caProblem} is asked at
+    each C{/healthz}: a CA that came into its dates, or went out of them,
+    while the server ran was said as it was at the start: session review
+    40); None with C{--cert} (the operator's own CA)."""
     if config["cert"] is not None:
         return None
     try:
@@ -371,7 +374,7 @@ def _ownCAProblem(config: Options) -> str | None:
             ca = x509.load_pem_x509_certificate(f.read())
     except (OSError, ValueError):
         return None
-    return caProblem(ca)
+    return ca.not_valid_before_utc, ca.not_valid_after_utc
 
 
 def _ends(options: Any) -> float | None:
