@@ -46,7 +46,7 @@ from jobworker.jobs.limits import Limits
 from jobworker.jobs.manager import DELETE_SLICE, REMOVAL_RETRY_FIRST, JobManager
 from jobworker.jobs.policy import JobPolicy
 from jobworker.jobs.records import JobStatus
-from jobworker.jobs.selection import ANY_JOB
+from jobworker.jobs.selection import ANY_JOB, JobFilter
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import methodLabel
 from jobworker.peers import networkKey
@@ -202,6 +202,26 @@ class UnremovableFolderTriedAgainTests(SlicedDeletionTestCase):
         self.reactor.advance(REMOVAL_RETRY_FIRST)
         self.reactor.turns()
         self.assertEqual(self.withFolder([jobId]), [])
+        self.assertFalse(os.path.exists(journal))
+
+    def test_cleansGoOnMeanwhile(self) -> None:
+        """Session review 40: the retry shared the sweep's timer, and every
+        DELETE /jobs meanwhile left its folders until it fired."""
+        [stuck] = self.storeEnded(1, DAY)
+        self.busy(stuck)
+        self.manager.delete(stuck)
+        others = self.storeEnded(3, DAY, owner="bob")
+        self.assertEqual(self.manager.clean(JobFilter(owner="bob"), 10), (3, False))
+        self.reactor.turns()
+        self.assertEqual(self.withFolder(others), [])
+        self.assertEqual(self.withFolder([stuck]), [stuck])
+        journal = os.path.join(self.stateDir, "deleted-output")
+        with open(journal) as f:
+            self.assertEqual(f.read().split(), [stuck])
+        self.unmount(self.folder(stuck))
+        self.reactor.advance(REMOVAL_RETRY_FIRST)
+        self.reactor.turns()
+        self.assertEqual(self.withFolder([stuck]), [])
         self.assertFalse(os.path.exists(journal))
 
     def test_afterARestart(self) -> None:

@@ -184,7 +184,10 @@ class JobManager(Admission):
         self._sweeping: Deferred[Iterator[None]] | None = None
         #: The sweep's next try after the store refused it, and its delay.
         self._sweepTimer: IDelayedCall | None = None
-        #: Seconds before the next try of folders that could not be removed.
+        #: Deleted jobs whose folders could not be removed, and when, and
+        #: in how many seconds next time, they are tried again.
+        self._stuck: list[str] = []
+        self._removalTimer: IDelayedCall | None = None
         self._removalDelay = REMOVAL_RETRY_FIRST
         self._sweepDelay = RETRY_FIRST
         self._sweepJournal = os.path.join(stateDir, DELETED_OUTPUT)
@@ -1102,13 +1105,22 @@ class JobManager(Admission):
         if not ids:
             return
         self._noteUnswept(ids, durable=False)
-        self._unswept.extend(ids)
-        if self._sweepTimer is None and self._sweeping is None:
+        self._stuck.extend(ids)
+        if self._removalTimer is None:
+            # (A timer of their own: on the sweep's, every DELETE /jobs
+            # meanwhile left its folders until it fired, an hour at most:
+            # session review 40.)
             delay, self._removalDelay = (
                 self._removalDelay,
                 min(self._removalDelay * 2, REMOVAL_RETRY_MAX),
             )
-            self._sweepTimer = self._reactor.callLater(delay, self._sweepOn)
+            self._removalTimer = self._reactor.callLater(delay, self._tryStuck)
+
+    def _tryStuck(self) -> None:
+        """The folders that could not be removed, tried again."""
+        self._removalTimer = None
+        stuck, self._stuck = self._stuck, []
+        self._sweepLater(stuck)
 
     def expire(
         self,
@@ -1205,7 +1217,12 @@ class JobManager(Admission):
         try:
             yield
         finally:
-            if noted and not self._unswept and self._sweeping is None:
+            if (
+                noted
+                and not self._unswept
+                and not self._stuck
+                and self._sweeping is None
+            ):
                 self._forgetUnswept()
 
     def _noteUnswept(self, ids: list[str], durable: bool = True) -> bool:
@@ -1274,9 +1291,12 @@ class JobManager(Admission):
         self._sweeping = None
         self._sweepDelay = RETRY_FIRST
         self._forgetUnswept()
+        if self._stuck:
+            # (Still to be tried again: noted again, for a restart.)
+            self._noteUnswept(self._stuck, durable=False)
         if failed:
             self._removeLater(failed)
-        else:
+        elif not self._stuck:
             self._removalDelay = REMOVAL_RETRY_FIRST
         self._reserveAgain()
 
@@ -1416,12 +1436,14 @@ class JobManager(Admission):
             self._dispatchTimer,
             self._nextTurnTimer,
             self._sweepTimer,
+            self._removalTimer,
             self._slotCheck,
         )
         for timer in (*timers, self._storeLook):
             if timer is not None and timer.active():
                 timer.cancel()
         self._retryTimer = self._dispatchTimer = self._sweepTimer = None
+        self._removalTimer = None
         self._nextTurnTimer = None
         self._storeLook = None
         if self._unsaved and self.flushUnsaved() and self._giveUpReserve():
