@@ -906,6 +906,9 @@ class NothingToLoseGivesWayTests(TestCase):
         server = LiveServer(
             self, "--max-connections=3", "--max-connections-per-client=64"
         )
+        # (Credentials bcrypt took: a body with made-up ones gives way too,
+        # attacker round 40, second wave.)
+        await server.json("GET", "/whoami")
         await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
         credentials = base64.b64encode(b"alice:alice-pass")
         poster = await deferToThread(halfPosted, server.port, credentials)

@@ -5,6 +5,7 @@ ones, each reproduced here before it was mended.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import datetime
@@ -72,7 +73,7 @@ from .support import (
 from .test_auditflood import audit
 from .test_limits import requireCgroups
 from .test_retention import DAY, SlicedDeletionTestCase
-from .test_review39 import closedWithin, readAll, tlsTo
+from .test_review39 import closedWithin, halfPosted, readAll, tlsTo
 
 
 def _usersLine(name: str, role: str) -> str:
@@ -753,6 +754,34 @@ class UnauthenticatedGiveWayTests(TestCase):
         self.assertEqual((code, body["user"]), (200, "alice"))
         # The oldest of the client holding the most: the one served.
         self.assertTrue(await deferToThread(closedWithin, prober, 5.0))
+
+    async def test_madeUpCredentials(self) -> None:
+        """
+        Attacker round 40, second wave: a made-up Authorization header (its
+        body a byte every 4 s) was taken for a user's, and held the slot.
+        A body whose credentials do not look good gives way.
+        """
+        self.patch(connections, "EVICT_SILENT", 0.3)
+        server = LiveServer(
+            self, "--max-connections=3", "--max-connections-per-client=64"
+        )
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        made = [
+            await deferToThread(halfPosted, server.port, value)
+            for value in (base64.b64encode(b"mallory:guess"), b"x")
+        ]
+        bearer = await deferToThread(tlsTo, server.port)
+        bearer.sendall(
+            b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+            b"Authorization: Bearer jw1.made.up\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+        )
+        for sock in (*made, bearer):
+            self.addCleanup(sock.close)
+        await sleep(0.6)
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        self.assertTrue(await deferToThread(closedWithin, made[0], 5.0))
 
 
 class LongPollsCappedTests(TestCase):

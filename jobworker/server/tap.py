@@ -190,9 +190,9 @@ def _parts(
         perUser if perUser is None else min(streams, perUser),
         reloads=reloads,
     )
-    port, alsoLoopback6 = _listen(
-        config, reactor, tlsOptions, _site(config, api, metrics), streams
-    )
+    site = _site(config, api, metrics)
+    site.vouches = authenticator.vouches  # type: ignore[attr-defined]
+    port, alsoLoopback6 = _listen(config, reactor, tlsOptions, site, streams)
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
     root.addService(ManagerService(manager, api.drain, audit.close, reactor))
