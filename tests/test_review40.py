@@ -843,6 +843,48 @@ class IPv6NetworkThrottledTests(SynchronousTestCase):
         self.assertIsNone(networkKey("192.0.2.1"))
         self.assertIsNone(networkKey("::1"))
 
+    def test_siteMistypesForgotten(self) -> None:
+        """
+        Session review 40: a campus /48's own mistyped passwords, one every
+        10 minutes from its users' /64s, were never forgotten; past 40 a
+        newcomer's right password was refused 240 s. They leak away.
+        """
+        clock = Clock()
+        clock.advance(1_000_000)
+        throttle = LoginThrottle(clock)
+        for i in range(50):
+            address = f"2001:db8:0:{i + 1:x}::10"
+            self.assertEqual(throttle.begin(f"user{i}", address), 0.0)
+            throttle.finish(f"user{i}", address, False)
+            clock.advance(600)
+        self.assertEqual(throttle.retryAfter("newcomer", "2001:db8:0:ffff::10"), 0)
+
+    def test_guessesHeldTrustedUsersServed(self) -> None:
+        """
+        Attacker round 40, second wave: a new /64 every 4 guesses, each as
+        soon as it may, for an hour: its bcrypt checks are held to about one
+        in 20 s (the /48's leak), and a user who logged in from their /64
+        before is never refused (the /48's refusals are of untrusted logins
+        alone, as a NAT'd IPv4 site's are, for 30 s at most).
+        """
+        clock = Clock()
+        clock.advance(1_000_000)
+        throttle = LoginThrottle(clock)
+        throttle.succeeded("carol", "2001:db8:0:77::5")
+        guesses = refused = 0
+        for _ in range(3600):
+            attacker = f"2001:db8:0:{guesses // 4 + 256:x}::1"
+            if throttle.retryAfter("x", attacker) == 0:
+                throttle.begin(f"x{guesses}", attacker)
+                throttle.finish(f"x{guesses}", attacker, False)
+                guesses += 1
+            if throttle.retryAfter("carol", "2001:db8:0:77::5"):
+                refused += 1
+            self.assertLessEqual(throttle.retryAfter("dave", "2001:db8:0:78::5"), 30)
+            clock.advance(1)
+        self.assertLess(guesses, 300)
+        self.assertEqual(refused, 0)
+
 
 def _keyUpdates(sock: ssl.SSLSocket, count: int) -> None:
     """Send C{count} TLS 1.3 KeyUpdate records on C{sock} (OpenSSL's own

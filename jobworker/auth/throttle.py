@@ -22,7 +22,7 @@ NETWORK_FACTOR = 8
 
 @dataclass
 class _Failures:
-    count: int = 0
+    count: float = 0
     last: float = 0.0
     #: Attempts begun (their bcrypt check running) and not yet finished.
     pending: int = 0
@@ -117,14 +117,19 @@ class LoginThrottle:
         if key[0] == "user":
             threshold, maximum = self._userThreshold, self._userMaximum
         elif key[0] == "network":
-            # (Its failures alone: its checks in flight hold back only
-            # attempts of their own client or user, which their ends wake.)
+            # Its failures alone (its checks in flight hold back only
+            # attempts of their own client or user, which their ends wake),
+            # leaking away, and the gentle user's maximum: a /64 of the
+            # /48, or the site's own mistyped passwords, kept every login
+            # of it refused (session review 40).
             threshold = self._threshold * NETWORK_FACTOR
+            maximum = self._userMaximum
             pending = False
-        count = failures.count + (failures.pending if pending else 0)
+        count = self._counted(key, failures, now)
+        count += failures.pending if pending else 0
         if count < threshold:
             return 0.0
-        exponent = min(count - threshold, 30)
+        exponent = min(int(count - threshold), 30)
         delay = min(self._base * float(2**exponent), maximum)
         # An attempt in flight is a failure happening now; a failure "in
         # the future" (the clock stepped back) is one happening now too,
@@ -331,9 +336,21 @@ class LoginThrottle:
             failures = self._entry(key)
             if now - failures.last > self._window:
                 failures.count = 0
-            failures.count += 1
+            failures.count = self._counted(key, failures, now) + 1
             failures.last = now
         self._evict()
+
+    def _counted(self, key: tuple[str, ...], failures: _Failures, now: float) -> float:
+        """
+        The failures C{key} has now: as counted, but a /48's (the network
+        key's), which leak away, one in the window's share of its threshold
+        (22.5 s at the defaults): a site's mistypes, one every few minutes,
+        never add up to it.
+        """
+        if key[0] != "network":
+            return failures.count
+        leak = self._window / (self._threshold * NETWORK_FACTOR)
+        return max(0.0, failures.count - max(0.0, now - failures.last) / leak)
 
     def succeeded(self, user: str, address: str) -> None:
         """
