@@ -648,6 +648,19 @@ class OthersOutputReadAuditedTests(TestCase):
             ("ada", job["id"], "alice", "ok"),
         )
 
+    async def test_refusedNotRead(self) -> None:
+        """Session review 40: a read refused for its parameters (400) was a
+        read "ok", and took the minute's line."""
+        server = LiveServer(self)
+        job = await server.createJob("echo", "SECRET=hunter2")
+        await server.waitEnded(job["id"])
+        code, _ = await server.json("GET", f"/jobs/{job['id']}/logs?stream=nope", "ada")
+        self.assertEqual(code, 400)
+        self.assertEqual(audit(server, "job.read"), [])
+        response = await server.request("GET", f"/jobs/{job['id']}/logs", "ada")
+        await treq.content(response)
+        self.assertEqual(len(audit(server, "job.read")), 1)
+
 
 class TokenKeyReloadedTests(TestCase):
     """

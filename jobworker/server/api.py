@@ -707,11 +707,14 @@ class JobsAPI:
         grant = self._authenticator.grant(
             request, user, Permission.LOGS, record.owner, record.id
         )
+        checked = None
         if user.name != record.owner and self._auditLog is not None:
             # Another user's output (an Admin's read) is audited: who read
             # whose; once a minute of a reader, client and job (the output
-            # may hold secrets, and no trace was left: operator round 40).
-            self._auditLog.recordSparsely(
+            # may hold secrets, and no trace was left: operator round 40),
+            # once its parameters are checked (session review 40).
+            checked = functools.partial(
+                self._auditLog.recordSparsely,
                 "job.read",
                 user.name,
                 clientAddress(request),
@@ -719,4 +722,4 @@ class JobsAPI:
                 job=record.id,
                 owner=record.owner,
             )
-        return await self._logs.serve(request, user, record, grant)
+        return await self._logs.serve(request, user, record, grant, checked)

@@ -136,9 +136,12 @@ class LogStreams:
         user: User,
         record: JobRecord,
         grant: Grant | None = None,
+        checked: Callable[[], object] | None = None,
     ) -> bytes:
         """
-        The logs route, once the user may read this job's logs. With the
+        The logs route, once the user may read this job's logs; C{checked}
+        is told once the request's parameters are (a read refused was
+        audited as made: session review 40). With the
         C{grant} it was let in on, the response ends (L{_revoked}) once the
         grant is withdrawn: a users reload removed its user, demoted them,
         changed the password it came with or revoked its token; or its
@@ -153,8 +156,10 @@ class LogStreams:
         self._mayHoldOneMore(user.name)
         revocable = self._track(request, user.name, grant, record.id)
         if revocable is None:
-            return await self._serve(request, record)
-        work = revocable.work = Deferred.fromCoroutine(self._serve(request, record))
+            return await self._serve(request, record, checked)
+        work = revocable.work = Deferred.fromCoroutine(
+            self._serve(request, record, checked)
+        )
         try:
             return await work
         except CancelledError:
@@ -215,7 +220,12 @@ class LogStreams:
             raise CancelledError(error.message)
         return b""
 
-    async def _serve(self, request: IRequest, record: JobRecord) -> bytes:
+    async def _serve(
+        self,
+        request: IRequest,
+        record: JobRecord,
+        checked: Callable[[], object] | None = None,
+    ) -> bytes:
         """L{serve}, the response tracked."""
         stream = parseStream(_arg(request, b"stream"))
         offset = parseOffset(_arg(request, b"offset"))
@@ -244,6 +254,8 @@ class LogStreams:
                     "stream=combined (resume by each stream's position: "
                     "Last-Event-ID, or format=frames)"
                 )
+        if checked is not None:
+            checked()
         if follow and record.status is JobStatus.PENDING and not _headOnly(request):
             # A queued job has no output yet: follow it from its start.
             await self._manager.whenStarted(record.id)
