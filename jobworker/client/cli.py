@@ -167,6 +167,10 @@ async def _commandLine(
         verb, options = parsed.verb, parsed
     elif argv and argv[0] == "_ids":  # completion's helper, not a verb to show
         verb, options = "_ids", idsOptions(argv[1:])
+        # The verb whose ids are completed, as the scripts say (in the
+        # environment: the arguments are the line's options; new user
+        # round 40).
+        options.completed = environ.get(IDS_VERB) or None
     else:
         options = buildParser(streams).parse_args(argv)
         verb = options.verb
@@ -256,6 +260,10 @@ def follows(verb: str, options: argparse.Namespace) -> bool:
         verb in ("exec", "logs") and bool(getattr(options, "follow", False))
     )
 
+
+#: The variable in which the completion scripts tell C{jw _ids} the verb
+#: whose ids are completed (L{jobworker.client.verbs.doIds}).
+IDS_VERB = "JW_IDS_VERB"
 
 #: The options of the line being completed that C{jw _ids} takes: the
 #: connection's (the ids of JW_SERVER's server were offered for the line's

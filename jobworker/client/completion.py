@@ -49,6 +49,9 @@ OPTIONS = {
     "logout": "",
     "config": "",
 }
+#: The verbs whose word is a job id. Each script tells C{jw _ids} the verb
+#: (C{JW_IDS_VERB}): it offers the ids that verb can use (every user's
+#: newest 200 were offered for any verb: new user round 40).
 _ID_VERBS = "status|logs|wait|stop|rm"
 _CASES = "\n".join(
     f'        {verb}) opts="{options} {_GLOBAL}" ;;'
@@ -107,8 +110,8 @@ _jw() {{
         --server) return ;;
         --signal|-s) COMPREPLY=($(compgen -W "{_SIGNALS}" -- "${{cur^^}}")); return ;;
         --after|--after-ok)
-            COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" \\
-                -- "$cur")); return ;;
+            COMPREPLY=($(compgen -W "$(JW_IDS_VERB=$verb \\
+                jw _ids "${{given[@]}}" 2>/dev/null)" -- "$cur")); return ;;
         {_VALUES}) return ;;
     esac
     if [ -z "$verb" ]; then
@@ -128,7 +131,8 @@ _jw() {{
     elif [ "$verb" = help ]; then  # jw help VERB
         COMPREPLY=($(compgen -W "{_TOPICS}" -- "$cur"))
     elif [[ "$verb" =~ ^({_ID_VERBS})$ ]]; then
-        COMPREPLY=($(compgen -W "$(jw _ids "${{given[@]}}" 2>/dev/null)" -- "$cur"))
+        COMPREPLY=($(compgen -W "$(JW_IDS_VERB=$verb \\
+            jw _ids "${{given[@]}}" 2>/dev/null)" -- "$cur"))
     fi
 }}
 complete -F _jw jw
@@ -168,7 +172,8 @@ _jw() {{
     done
     case "$words[CURRENT-1]" in
         --signal|-s) compadd -- {_SIGNALS}; return ;;
-        --after|--after-ok) compadd -- $(jw _ids $given 2>/dev/null); return ;;
+        --after|--after-ok)
+            compadd -- $(JW_IDS_VERB=$verb jw _ids $given 2>/dev/null); return ;;
         --ca|--cert|--key|--cwd) _files; return ;;
         --server|{_VALUES}) return ;;
     esac
@@ -185,7 +190,7 @@ _jw() {{
     fi
     case "$verb" in
         {_ID_VERBS}) [[ "$PREFIX" == -* ]] ||
-            compadd -- $(jw _ids $given 2>/dev/null) ;;
+            compadd -- $(JW_IDS_VERB=$verb jw _ids $given 2>/dev/null) ;;
         completion) compadd -- bash zsh fish ;;
         help) [[ "$PREFIX" == -* ]] || compadd -- {_TOPICS} ;;
         exec) [[ "$PREFIX" == -* ]] || {{ _command_names -e; return }} ;;
@@ -301,6 +306,8 @@ function __jw_ids
         end
         set i (math $i + 1)
     end
+    # (The verb, for the ids it can use: new user round 40.)
+    set -lx JW_IDS_VERB (__jw_verb)
     jw _ids $given 2>/dev/null
 end
 complete -c jw -f

@@ -15,6 +15,7 @@ L{QuickClient.logs}) blocks too; what must run at once runs in threads
 from __future__ import annotations
 
 import http.client
+import io
 import queue
 import select
 import socket
@@ -59,7 +60,8 @@ from .workers import startThread
 T = TypeVar("T")
 
 #: Seconds a request may wait for its connection or its answer (a long
-#: poll asks for up to 60).
+#: poll asks for up to 60); also the deadline of a request/response answer
+#: as a whole (L{Due}).
 TIMEOUT = 300
 
 #: Seconds a connection may be silent before its peer is probed (TCP
@@ -129,6 +131,90 @@ def stallSeconds(keepalive: int) -> float:
     return min(max(2.0 * keepalive, HEARTBEAT + LATE), float(TIMEOUT))
 
 
+class Due:
+    """
+    When the answer of a request/response call is due whole: its headers
+    and its body, within C{seconds} of the request (fault round 40). Its
+    reads each waited up to L{TIMEOUT} for the next bytes: a server (or a
+    middlebox) that sent a byte every few seconds held C{jw status} for as
+    long as it went on. L{TIMEOUT} for the whole answer, as the Twisted
+    client's (C{JobworkerClient._within}): a JSON answer of the API is
+    small (a job's record is a few KiB, a list's page 4 MiB at most), so
+    a network that carries it at all carries it in far less, and one that
+    has not in five minutes has stalled, or is held by a peer that drips.
+    A follow (C{logs -f}, C{exec -f}, C{wait}), whose answer may come in
+    hours and whose stream lasts as long as its job, has none: it keeps
+    its own bounds (the stall bound, the long poll beside it). Nor has a
+    log's body (L{lift}).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end: float | None = time.monotonic() + seconds
+        #: Bytes of the answer come so far (headers included).
+        self.received = 0
+
+    def lift(self) -> None:
+        """
+        No deadline from now on: a log's body, which may be gigabytes
+        (C{jw logs ID} of a chatty job over a slow link), is read as long
+        as it keeps coming, each read bounded on its own.
+        """
+        self.end = None
+
+    def bound(self, sock: socket.socket) -> None:
+        """
+        Before a read on C{sock}: its timeout is what is left.
+
+        @raise TimeoutError: nothing is left.
+        """
+        if self.end is None:
+            return
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer is late")
+        sock.settimeout(left)
+
+
+class _DueReader(io.RawIOBase):
+    """
+    The raw bytes of an answer that is L{Due}: each read of C{sock} waits
+    at most what is left. It reads through the socket's own file (as
+    C{HTTPResponse}'s), which keeps the socket open for the answer's
+    body after its connection lets go of it (C{Connection: close}).
+    """
+
+    def __init__(self, sock: socket.socket, due: Due) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._due = due
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._due.bound(self._sock)
+        count = self._raw.readinto(buffer)
+        self._due.received += count or 0
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DueResponse(http.client.HTTPResponse):
+    """An C{HTTPResponse} read within its L{Due}, if it has one."""
+
+    def __init__(self, sock: socket.socket, *args: Any, due: Due | None, **kwargs: Any):
+        super().__init__(sock, *args, **kwargs)
+        if due is not None:
+            self.fp.close()
+            self.fp = io.BufferedReader(_DueReader(sock, due))
+
+
 class KeptAliveConnection(http.client.HTTPSConnection):
     """
     An HTTPS connection whose socket has TCP keepalive (L{keepAlive}) from
@@ -149,6 +235,14 @@ class KeptAliveConnection(http.client.HTTPSConnection):
         self.keepalive = keepalive
         self._tls = context
         self._create_connection = self._connectKeptAlive
+        #: When the answer of the request in flight is due, if it is.
+        self.due: Due | None = None
+
+    def response_class(  # type: ignore[override]
+        self, sock: socket.socket, *args: Any, **kwargs: Any
+    ) -> http.client.HTTPResponse:
+        """The answer of the request in flight, read within its L{due}."""
+        return _DueResponse(sock, *args, due=self.due, **kwargs)
 
     def connect(self) -> None:
         """
@@ -534,6 +628,7 @@ class QuickClient(ApiCalls):
         headers: dict[str, str] | None = None,
         patient: str | None = None,
         within: float | None = None,
+        due: float | None = None,
     ) -> http.client.HTTPResponse:
         """
         Send one request; its response, headers read, or a L{ClientError}
@@ -548,12 +643,17 @@ class QuickClient(ApiCalls):
         that connection, due in the stall bound: a front that ends TLS
         shakes hands for a server stopped behind it. C{within}: the answer
         (a long poll's) is due in that many seconds, else the request
-        failed.
+        failed. C{due}: the answer is due whole (L{Due}: its headers, and
+        its body read through the response) that many seconds after the
+        request, or it fails (fault round 40: a server that sent a byte
+        every few seconds held C{jw status} as long as it went on).
         """
         allHeaders = {**self._headers, **(headers or {})}
         wait = self._stall if patient is not None else within
+        deadline = None if due is None or patient is not None else Due(due)
         retried = False
         while True:
+            self._connection.due = deadline
             reused = self._connection.sock is not None
             if reused and _dropped(self._connection.sock):
                 # Closed by the server while idle (its --idle-timeout): a
@@ -579,10 +679,15 @@ class QuickClient(ApiCalls):
                     # No answer yet: asked again, if the server answers.
                     self._body(self._send("GET", patient, within=self._stall))
                     continue
+                if deadline is not None and deadline.received:
+                    # (Its headers came in part: a byte every few seconds.)
+                    raise ClientError(
+                        midAnswer(self.server, deadline.seconds)
+                    ) from None
                 raise ClientError(
                     f"{self.server} sent no answer in "
-                    f"{TIMEOUT if wait is None else wait:g} s (a stalled "
-                    "network or server?)"
+                    f"{_waited(deadline, wait):g} s (a stalled network or "
+                    "server?)"
                 ) from None
             except (ConnectionResetError, BrokenPipeError) as e:
                 # RemoteDisconnected is a ConnectionResetError. A request
@@ -624,11 +729,29 @@ class QuickClient(ApiCalls):
             sock.settimeout(TIMEOUT)
 
     def _body(self, response: http.client.HTTPResponse) -> bytes:
+        """
+        The body of C{response}, read to its end. A read that times out is
+        said as what it is: the server answered, then stopped (fault round
+        40: it was "cannot connect ...: timed out", as if no connection
+        was made).
+        """
         try:
             return response.read()
+        except TimeoutError:
+            deadline = self._connection.due
+            sock = self._connection.sock
+            quiet = sock.gettimeout() if sock is not None else None
+            self._connection.close()
+            if deadline is not None and deadline.end is not None:
+                line = midAnswer(self.server, deadline.seconds)
+            else:
+                line = midAnswer(self.server, quiet or TIMEOUT, whole=False)
+            raise ClientError(line) from None
         except OSError as e:
+            self._connection.close()
             raise ClientError(describe(self.server, e)) from None
         except http.client.HTTPException as e:
+            self._connection.close()
             raise ClientError(f"connection to {self.server} failed: {e!r}") from None
 
     async def _json(
@@ -648,7 +771,10 @@ class QuickClient(ApiCalls):
         within = TIMEOUT + slow if slow else None
         try:
             return self._answer(
-                self._send(method, path, data, headers, within=within), shape
+                self._send(
+                    method, path, data, headers, within=within, due=TIMEOUT + slow
+                ),
+                shape,
             )
         finally:
             self._usualTimeout()
@@ -734,8 +860,13 @@ class QuickClient(ApiCalls):
         """
         path, headers = eventsRequest(jobId, stream, follow, tail, lastEventId, frames)
         response = self._send(
-            "GET", path, headers=headers, patient=_patience(jobId, follow)
+            "GET",
+            path,
+            headers=headers,
+            patient=_patience(jobId, follow),
+            due=TIMEOUT,
         )
+        self._liftDue()
         self._checkStream(response, streamType(frames))
         _tellStatus(response, onStatus)
         self._collect(response, lambda piece: sink(bytes(piece)), self._stall)
@@ -757,13 +888,16 @@ class QuickClient(ApiCalls):
         A raw stream has no heartbeat: followed, it may be silent for hours,
         and only the long poll beside it (L{_Peers}) tells it stalled; else
         it brings everything at once, and nothing for L{TIMEOUT} seconds
-        fails it.
+        fails it; its headers are due in L{TIMEOUT} (L{Due}), not its body
+        (L{_liftDue}).
         """
         response = self._send(
             "GET",
             logsPath(jobId, stream, follow, offset, tail),
             patient=_patience(jobId, follow),
+            due=TIMEOUT,
         )
+        self._liftDue()
         _tellStatus(response, onStatus)
         start = response.getheader("X-Output-Offset", "")
         if onStart is not None and start.isdigit():
@@ -777,6 +911,15 @@ class QuickClient(ApiCalls):
             None if position is None else stream,
             position or 0,
         )
+
+    def _liftDue(self) -> None:
+        """
+        A stream's headers came in time (a follow's have no deadline): its
+        body is read as long as it keeps coming, each read bounded on its
+        own (L{Due.lift}).
+        """
+        if self._connection.due is not None:
+            self._connection.due.lift()
 
     def _collect(
         self,
@@ -895,6 +1038,29 @@ class QuickClient(ApiCalls):
         except OSError as e:
             self._connection.close()
             raise ClientError(describe(self.server, e)) from None
+
+
+def midAnswer(server: str, seconds: float, whole: bool = True) -> str:
+    """
+    One line for an answer that began to come, then stopped: with
+    C{whole}, it was not all there C{seconds} after the request (L{Due});
+    else nothing more came for C{seconds}. It was "cannot connect to
+    SERVER: timed out", as if no connection was made (fault round 40).
+    """
+    if whole:
+        why = f"the rest of its answer did not come within {seconds:g} s of the request"
+    else:
+        why = f"nothing more came for {seconds:g} s"
+    return (
+        f"{server} stopped answering mid-answer: {why} (a stalled network or server?)"
+    )
+
+
+def _waited(deadline: Due | None, wait: float | None) -> float:
+    """How long a request waited for an answer that did not come."""
+    if deadline is not None:
+        return deadline.seconds
+    return TIMEOUT if wait is None else wait
 
 
 def _patience(jobId: str, follow: bool) -> str | None:

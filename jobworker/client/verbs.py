@@ -1952,9 +1952,11 @@ async def doIds(
     The hidden C{jw _ids} of the completion scripts: recent job ids, only
     those in a job id's form. bash's C{compgen -W} expands the words it is
     given: an "id" of C{$(id)} from a server ran as the user at a TAB
-    (jw security round 39).
+    (jw security round 39). Those the verb completed (C{options.completed},
+    from C{JW_IDS_VERB}) can use, if the scripts said which
+    (L{_completable}).
     """
-    jobs, _ = await client.listJobs(limit=200)
+    jobs = await _completable(client, getattr(options, "completed", None))
     ids = [job.get("id") for job in jobs if isinstance(job, dict)]
     streams.show(
         "".join(
@@ -1964,6 +1966,74 @@ async def doIds(
         )
     )
     return 0
+
+
+#: How many job ids completion offers (per status asked for).
+IDS_LIMIT = 200
+
+#: The permission (C{GET /whoami}'s name) a verb's job ids are used with;
+#: the others only look (C{jobs.get}).
+IDS_PERMISSIONS = {"stop": "jobs.stop", "rm": "jobs.delete", "logs": "jobs.logs"}
+
+
+async def _completable(client: JobworkerClient, verb: str | None) -> list[Any]:
+    """
+    The jobs whose ids completion offers for C{verb} (None: not said, by
+    an older script or C{exec --after}: the newest L{IDS_LIMIT} of all,
+    as before). Every user's newest were offered for any verb, ended jobs
+    to C{stop}, running ones to C{rm}, another Developer's to both, and
+    one's own fell out of them on a busy server (new user round 40). So,
+    for C{stop}, only the jobs not ended (a request per status); for
+    C{rm}, only the ended ones; for the others, any; and only the user's
+    own (L{_idsOwner}). All of it within completion's 2 s
+    (C{cli.IDS_DEADLINE}).
+    """
+    if verb is None:
+        jobs, _ = await client.listJobs(limit=IDS_LIMIT)
+        return jobs
+    mayUse, owner = await _idsOwner(client, verb)
+    if not mayUse:
+        return []
+    if verb == "stop":
+        found: list[Any] = []
+        for status in _LIVE:
+            jobs, _ = await client.listJobs(status, owner, IDS_LIMIT)
+            found.extend(jobs)
+        return found
+    jobs, _ = await client.listJobs(owner=owner, limit=IDS_LIMIT)
+    if verb == "rm":
+        return [job for job in jobs if _ended(job)]
+    return jobs
+
+
+async def _idsOwner(client: JobworkerClient, verb: str) -> tuple[bool, str | None]:
+    """
+    Whether completion offers any job for C{verb} (the role has its
+    permission, L{IDS_PERMISSIONS}), and whose (None: every user's), as
+    C{GET /whoami} says: the user's own, if their role is limited to
+    their own jobs in anything (a Developer); every user's if it is not
+    (an Admin's, or a Reader's, who has none). A server with no
+    C{/whoami} (404): every user's, as before.
+    """
+    try:
+        me = await client.whoami()
+    except ClientError as e:
+        if e.status == 404:
+            return True, None
+        raise
+    user = me.get("user")
+    permissions = me.get("permissions")
+    if not isinstance(permissions, dict):
+        return True, user if isinstance(user, str) else None
+    if IDS_PERMISSIONS.get(verb, "jobs.get") not in permissions:
+        return False, None
+    own = "own" in permissions.values() and isinstance(user, str)
+    return True, user if own else None
+
+
+def _ended(job: Any) -> bool:
+    """Whether C{job} (a listed record) has ended."""
+    return isinstance(job, dict) and job.get("status") not in (*_LIVE, None)
 
 
 #: A job id's form (a UUID's, lower case), as the server makes them.
