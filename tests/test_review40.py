@@ -1056,3 +1056,49 @@ class OwnCADatesAskedEachTimeTests(TestCase):
             now + datetime.timedelta(days=1),
         )
         self.assertIsNone(reloads.refused())
+
+
+class ConnectionsPerUserTests(TestCase):
+    """
+    The verifier of round 40: one Reader's GET /whoami every 3.5 s on
+    each of 1,024 connections held every one (authenticated, never idle
+    5 s). One user's requests hold --max-connections-per-user connections
+    at most; a request on another is a 429, its connection one that gives
+    way at --max-connections.
+    """
+
+    timeout = 60
+
+    async def test_capped(self) -> None:
+        server = LiveServer(self, "--max-connections-per-user=2")
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        credentials = base64.b64encode(b"rita:rita-pass")
+
+        def whoami(sock: ssl.SSLSocket) -> bytes:
+            sock.sendall(
+                b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n"
+                b"Authorization: Basic " + credentials + b"\r\n\r\n"
+            )
+            answer = b""
+            while not answer.endswith(b"\r\n0\r\n\r\n"):  # (chunked: its end)
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answer += piece
+            return answer[:12]
+
+        socks = []
+        for _ in range(3):
+            sock = await deferToThread(tlsTo, server.port)
+            self.addCleanup(sock.close)
+            socks.append(sock)
+        answers = [await deferToThread(whoami, sock) for sock in socks]
+        self.assertEqual(answers, [b"HTTP/1.1 200"] * 2 + [b"HTTP/1.1 429"])
+        # Again on a connection it holds: served; once one closed, a new one.
+        self.assertEqual(await deferToThread(whoami, socks[0]), b"HTTP/1.1 200")
+        socks[1].close()
+        await sleep(0.3)
+        self.assertEqual(await deferToThread(whoami, socks[2]), b"HTTP/1.1 200")
+        # Another user's are their own.
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))

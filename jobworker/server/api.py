@@ -106,7 +106,7 @@ def guarded(
             self: JobsAPI, request: IRequest, /, *args: P.args, **kwargs: P.kwargs
         ) -> Any:
             user = await self._authenticator.authenticate(request, tokens)
-            markAuthenticated(request)
+            markAuthenticated(request, user.name)
             # What an authenticated request is answered is no cache's to keep
             # (a job's output may hold secrets; a browser with a client
             # certificate kept it on disk: attacker round 27).

@@ -441,6 +441,17 @@ class Options(usage.Options):
             wholeNumber,
         ],
         [
+            "max-connections-per-user",
+            None,
+            None,
+            "Concurrent connections one user's requests may hold (default: a "
+            "quarter of --max-connections, and no fewer than "
+            "--max-connections-per-client); past it a request on another "
+            "connection is refused (429), and that connection gives way at "
+            "--max-connections.",
+            wholeNumber,
+        ],
+        [
             "max-password-checks",
             None,
             32,
@@ -654,6 +665,7 @@ class Options(usage.Options):
             "login-failures",
             "max-connections-per-client",
             "max-connections",
+            "max-connections-per-user",
             "max-password-checks",
             "max-log-streams",
         ):

@@ -49,7 +49,7 @@ from ..metrics import Metrics
 from . import descriptors, identitysetup, tlssetup
 from .api import JobsAPI
 from .connections import ConnectionsPerClient
-from .deadlines import channelWithDeadlines
+from .deadlines import ConnectionsPerUser, channelWithDeadlines
 from .identitysetup import probeSandbox
 from .logoutput import unblockStandardOutput
 from .options import (
@@ -192,6 +192,13 @@ def _parts(
     )
     site = _site(config, api, metrics)
     site.vouches = authenticator.vouches  # type: ignore[attr-defined]
+    perUser = config["max-connections-per-user"]
+    total = config["max-connections"]
+    site.connectionsPerUser = ConnectionsPerUser(  # type: ignore[attr-defined]
+        perUser
+        if perUser is not None
+        else max(min(total, config["max-connections-per-client"]), total // 4)
+    )
     port, alsoLoopback6 = _listen(config, reactor, tlsOptions, site, streams)
     root = MultiService()
     # Services stop in reverse order: the port closes first, then jobs stop.
