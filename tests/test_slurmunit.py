@@ -1966,73 +1966,59 @@ class ProbeTests(SynchronousTestCase):
         self.reactor.advance(executorModule.PROBE_RECHECK)
         self.assertEqual(len(self.commands.submissions), 3)
 
-    def test_ownOptionsRefused(self) -> None:
+    def test_probeRefusedOnlySaid(self) -> None:
         """
-        Slurm refused the probe sent with the server's --slurm-partition
-        (every job naming none was refused, /healthz ok: Slurm user round
-        39): degraded, saying which options, until a probe passes.
+        Slurm user round 40: the probe is root's, and a cluster that refuses
+        root's jobs (DisableRootJobs) refused it whatever the options: taken
+        for the server's own options refused, /healthz was degraded for good
+        while every user's job ran. A refused probe is logged, nothing more.
         """
         self.executor.probe()
         self.commands.submissions[0][2].errback(
-            SlurmError("sbatch: error: invalid partition specified: debug")
+            SlurmError("sbatch: error: Batch job submission failed: Invalid user id")
         )
-        health = self.executor.health()
-        self.assertFalse(health.up)
-        self.assertIn("--partition=debug", health.reason or "")
-        self.assertIn("invalid partition", health.reason or "")
-        self.reactor.advance(executorModule.PROBE_RECHECK)
-        self.assertEqual(len(self.commands.submissions), 1 + 1)
-        self.commands.submissions = self.commands.submissions[1:]
-        self.probeEnds(nodeWrites=True, slurmId="502")
         self.assertTrue(self.executor.health().up)
+        self.reactor.advance(executorModule.PROBE_RECHECK)
+        self.assertEqual(len(self.commands.submissions), 1)
 
-    def probeEnds(self, nodeWrites: bool, slurmId: str) -> None:
-        """The probe submitted first in C{self.commands} ends."""
-        options, _, submitted = self.commands.submissions[0]
-        [wrap] = [o for o in options if o.startswith("--wrap=")]
-        _, token, _, path = wrap.removeprefix("--wrap=").split(" ")
-        submitted.callback(slurmId)
-        self.reactor.advance(1.0)
-        if nodeWrites:
-            with open(path, "w") as f:
-                f.write(token + "\n")
-        self.commands.polls[-1].callback(
-            {slurmId: state("COMPLETED", jobName="jobworker-output-dir-probe")}
-        )
-
-    def test_jobRefusedProbesSoon(self) -> None:
+    def test_serverPartitionRefused(self) -> None:
         """
-        A partition removed after the start: a job refused that named no
-        partition of its own brings the probe back soon; one that named
-        its own does not (an attacker's jobs say nothing of the server's).
+        Slurm user round 39: a --slurm-partition Slurm refuses (a typo, a
+        partition removed) failed every job naming none of its own, with
+        /healthz ok. A job so refused for its partition says so, until one
+        is taken or PLACEMENT_REFUSED_FOR passes; a job refused for its own
+        partition, or for another reason, says nothing.
         """
         self.executor = self.probed(
             SlurmAllowances(partition=frozenset(["debug", "gpu"]))
         )
-        self.probe(nodeWrites=True)
         stateDir = os.path.abspath(self.mktemp())
         manager = JobManager(self.reactor, stateDir, self.executor)
         self.addCleanup(manager.close)
+        invalid = SlurmError(
+            "sbatch: error: Batch job submission failed: Invalid partition name "
+            "specified"
+        )
         own = replace(request("true"), slurm=SlurmRequest(partition="gpu"))
         manager.create(own, owner="bob")
-        self.commands.submissions[-1][2].errback(SlurmError("sbatch: Invalid qos"))
-        self.reactor.advance(executorModule.PROBE_SOON)
-        self.assertEqual(len(self.commands.submissions), 2)
+        self.commands.submissions[-1][2].errback(invalid)
         manager.create(request("true"), owner="bob")
-        self.commands.submissions[-1][2].errback(
-            SlurmError("sbatch: error: invalid partition specified: debug")
-        )
-        self.reactor.advance(executorModule.PROBE_SOON - 1)
-        self.assertEqual(len(self.commands.submissions), 3)
-        self.reactor.advance(1)
-        self.assertEqual(len(self.commands.submissions), 4)
-        self.assertIn(
-            "--job-name=jobworker-output-dir-probe", self.commands.submissions[-1][0]
-        )
-        self.commands.submissions[-1][2].errback(
-            SlurmError("sbatch: error: invalid partition specified: debug")
-        )
-        self.assertIn("--partition=debug", self.executor.health().reason or "")
+        self.commands.submissions[-1][2].errback(SlurmError("sbatch: Invalid qos"))
+        self.assertTrue(self.executor.health().up)
+        manager.create(request("true"), owner="bob")
+        self.commands.submissions[-1][2].errback(invalid)
+        health = self.executor.health()
+        self.assertFalse(health.up)
+        self.assertIn("--partition=debug", health.reason or "")
+        self.assertIn("Invalid partition name", health.reason or "")
+        manager.create(request("true"), owner="bob")
+        self.commands.submissions[-1][2].callback("600")
+        self.assertTrue(self.executor.health().up)
+        manager.create(request("true"), owner="bob")
+        self.commands.submissions[-1][2].errback(invalid)
+        self.assertFalse(self.executor.health().up)
+        self.reactor.advance(executorModule.PLACEMENT_REFUSED_FOR)
+        self.assertTrue(self.executor.health().up)
 
     def test_noProbeAfterShutdown(self) -> None:
         """A probe due is not sent once the executor shut down."""

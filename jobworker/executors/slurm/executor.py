@@ -58,9 +58,9 @@ from .submission import batchScript, placementOptions, sbatchOptions
 PROBE_RETRY = 60.0
 #: Seconds before a probe that found a problem is sent again (mended?).
 PROBE_RECHECK = 300.0
-#: Seconds after Slurm refused a job sent with the server's options alone
-#: before the probe looks whether it refuses those (at most one at a time).
-PROBE_SOON = 60.0
+#: Seconds C{/healthz} says the server's own partition was refused, after
+#: the last job that named none of its own was (unless one is taken).
+PLACEMENT_REFUSED_FOR = 600.0
 
 
 class SlurmExecutor:
@@ -137,6 +137,9 @@ class SlurmExecutor:
         self._probing = False
         self._probeRunning = False
         self._probeCall: IDelayedCall | None = None
+        #: When a job the server placed was last refused for its partition,
+        #: and why (L{_refusedAsServer}).
+        self._placementRefused: tuple[float, str] | None = None
 
     # -- the manager's side ----------------------------------------------------
 
@@ -261,16 +264,14 @@ class SlurmExecutor:
     def probe(self, patience: float = 300.0) -> Deferred[None]:
         """
         Check, with a tiny probe job, that the nodes write where this server
-        reads (C{--slurm-output-dir}) and that Slurm takes a job on the
-        server's own partition and account; if not, the executor reports
-        itself degraded (C{/healthz}) with the reason, and says so in the
-        log. A probe that could not conclude (Slurm out of reach, the
-        probe queued too long) is sent again after L{PROBE_RETRY} seconds,
-        one that found a problem after L{PROBE_RECHECK}, and one comes
-        sooner after Slurm refuses a job sent with the server's options:
-        it ran once, at start-up (slurmctld down then, or a partition
-        removed later: every job failed with C{/healthz} C{ok}, Slurm user
-        round 39).
+        reads (C{--slurm-output-dir}); if not, the executor reports itself
+        degraded (C{/healthz}) with the reason, and says so in the log (a
+        probe Slurm refuses is only logged: it is root's, L{OutputDirProbe}).
+        A probe that could not conclude (Slurm out of reach, the probe
+        queued too long) is sent again after L{PROBE_RETRY} seconds,
+        one that found a problem after L{PROBE_RECHECK}: it ran once, at
+        start-up (slurmctld down then: the folder unshared, and C{/healthz}
+        C{ok}, Slurm user round 39).
         """
         self._probing = True
         if self._probeCall is not None and self._probeCall.active():
@@ -323,19 +324,44 @@ class SlurmExecutor:
 
         self._probeCall = self._reactor.callLater(delay, again)
 
-    def _refusedAsServer(self, request: JobRequest) -> None:
-        """
-        Slurm refused a job that named no partition or account of its own:
-        the probe, sent with the server's options alone, soon tells whether
-        Slurm refuses those (a job's own refusal, a limit it asked, is
-        no concern of C{/healthz}: an attacker's jobs do not make it say
-        C{degraded}).
-        """
+    def _placedByServer(self, request: JobRequest) -> bool:
+        """Does C{request} go where the server's own options send it?"""
         placement = request.slurm
-        if placement is None or (
-            placement.partition is None and placement.account is None
+        return placement is None or placement.partition is None
+
+    def _refusedAsServer(self, request: JobRequest, error: SlurmError) -> None:
+        """
+        Slurm refused a job that named no partition of its own, for its
+        partition: the server's (C{--slurm-partition}, or Slurm's default),
+        a partition removed or a typo, refuses every such job, and
+        C{/healthz} said C{ok} (Slurm user round 39). Said for
+        L{PLACEMENT_REFUSED_FOR} seconds, or until such a job is taken. (A
+        job's own refusal, a limit it asked, is no concern of C{/healthz}:
+        an attacker's jobs do not make it say C{degraded}.)
+        """
+        text = str(error).lower()
+        if not self._placedByServer(request) or not (
+            "invalid partition" in text
+            or ("partition" in text and "not available" in text)
         ):
-            self._probeAgain(PROBE_SOON)
+            return
+        options = placementOptions(self._partition, self._account)
+        self._placementRefused = (
+            self._reactor.seconds(),
+            "Slurm refuses jobs sent with the server's own options "
+            f"({' '.join(options) or 'no partition: its default'}): {error}; "
+            "jobs that name no partition of their own are refused",
+        )
+
+    def _placementProblem(self) -> str | None:
+        """Why jobs placed by the server are refused, if they lately were."""
+        refused = self._placementRefused
+        if refused is None:
+            return None
+        if not 0 <= self._reactor.seconds() - refused[0] < PLACEMENT_REFUSED_FOR:
+            self._placementRefused = None
+            return None
+        return refused[1]
 
     def health(self) -> ExecutorHealth:
         """
@@ -347,6 +373,8 @@ class SlurmExecutor:
         health = self._reach.health()
         if health.up:
             trouble = self._outputTrouble.recent(prefix="")
+            if trouble is None:
+                trouble = self._placementProblem()
             if trouble is not None:
                 return ExecutorHealth("slurm", False, trouble)
         return health
@@ -467,11 +495,13 @@ class SlurmExecutor:
                 if mayBeQueued:
                     self._stops.cancelByName(record.id, identity)
                 if not e.unreachable:
-                    self._refusedAsServer(request)
+                    self._refusedAsServer(request, e)
                 job.refused(e)
                 return
             slurmJobId = found
         self._reach.answered()
+        if self._placedByServer(request):
+            self._placementRefused = None
         self.log.info(
             "job {job} queued as Slurm job {slurm}", job=record.id, slurm=slurmJobId
         )

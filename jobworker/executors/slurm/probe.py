@@ -80,18 +80,18 @@ class OutputDirProbe:
                     "--slurm-output-dir not checked yet: {error}", error=str(e)
                 )
                 return False, None
-            # Refused over the options every job gets that names no
-            # partition or account of its own (a --slurm-partition Slurm
-            # does not know): each such job was "Slurm refused the job",
-            # /healthz ok (Slurm user round 39).
-            problem = (
-                "Slurm refuses a job sent with the server's own options "
-                f"({' '.join(self._options) or 'no partition or account'}): "
-                f"{e}; jobs that name no partition or account of their own "
-                "are refused too"
+            # Sent as root: a cluster that refuses root's jobs
+            # (DisableRootJobs) refuses it whatever the options, and said so
+            # the server's own options were refused, degraded for good
+            # while every user's job ran (Slurm user round 40). A user's
+            # job refused over them says so instead (the executor's).
+            self.log.warn(
+                "--slurm-output-dir not checked: Slurm refused the probe job, "
+                "sent as root with the server's own options ({options}): {error}",
+                options=" ".join(self._options) or "no partition or account",
+                error=str(e),
             )
-            self.log.error("{problem}", problem=problem)
-            return True, problem
+            return True, None
         waited = 0.0
         while waited < self._patience:
             await deferLater(self._reactor, self._interval, lambda: None)
