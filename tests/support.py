@@ -6,6 +6,7 @@ import base64
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,30 @@ def bashOffers(
         env=env,
     )
     return done.stdout.decode().split()
+
+
+def fishOffers(line: str, cwd: str | None = None) -> list[str]:
+    """
+    What jw's fish completion offers for C{line}, with a C{jw} whose C{jw
+    _ids} prints C{id1} and C{id2}; skipped where there is no fish.
+    """
+    if shutil.which("fish") is None:
+        from twisted.trial.unittest import SkipTest
+
+        raise SkipTest("no fish")
+    script = (
+        COMPLETION["fish"]
+        + '\nfunction jw; test "$argv[1]" = _ids; and echo id1\\nid2; end\n'
+        + 'complete -C "$argv[1]"\n'
+    )
+    done = subprocess.run(
+        ["fish", "--no-config", "-c", script, line],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        cwd=cwd,
+    )
+    return [entry.split("\t")[0] for entry in done.stdout.decode().splitlines()]
 
 
 def sleep(seconds: float) -> Deferred[None]:

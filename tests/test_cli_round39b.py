@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.auth.users import UserDatabase
 from jobworker.client.completion import COMPLETION
 
-from .support import JW, LiveServer, bashOffers, jwEnvironment
+from .support import JW, LiveServer, bashOffers, fishOffers, jwEnvironment
 from .test_cli_exec_defects import BOUND
 from .test_prompt import onPty
 
@@ -209,21 +209,7 @@ class CompletionTests(SynchronousTestCase):
         self.assertEqual(self.bash("jw", "stop", ""), ["id1", "id2"])
 
     def fish(self, line: str) -> list[str]:
-        if shutil.which("fish") is None:
-            self.skipTest("no fish")
-        script = (
-            COMPLETION["fish"]
-            + '\nfunction jw; test "$argv[1]" = _ids; and echo id1\\nid2; end\n'
-            + 'complete -C "$argv[1]"\n'
-        )
-        done = subprocess.run(
-            ["fish", "--no-config", "-c", script, line],
-            capture_output=True,
-            check=True,
-            timeout=30,
-            cwd=self.folder,
-        )
-        return [entry.split("\t")[0] for entry in done.stdout.decode().splitlines()]
+        return fishOffers(line, cwd=self.folder)
 
     def test_fishValues(self) -> None:
         self.assertEqual(self.fish("jw status --server "), [])

@@ -25,7 +25,7 @@ from jobworker.client.parser import VERBS
 from jobworker.client.readergone import ReaderWatch, watchedOutput
 from jobworker.client.streams import GatedStreams, Streams
 
-from .support import JW, LiveServer, bashOffers, jwEnvironment
+from .support import JW, LiveServer, bashOffers, fishOffers, jwEnvironment
 from .test_cli_exec_defects import BOUND
 
 #: A job that says it is ready, then nothing for longer than any test
@@ -264,20 +264,7 @@ class HelpCompletionTests(SynchronousTestCase):
     """
 
     def fish(self, line: str) -> list[str]:
-        if shutil.which("fish") is None:
-            self.skipTest("no fish")
-        script = (
-            COMPLETION["fish"]
-            + '\nfunction jw; test "$argv[1]" = _ids; and echo id1\\nid2; end\n'
-            + 'complete -C "$argv[1]"\n'
-        )
-        done = subprocess.run(
-            ["fish", "--no-config", "-c", script, line],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        return [entry.split("\t")[0] for entry in done.stdout.decode().splitlines()]
+        return fishOffers(line)
 
     def zsh(self, *words: str) -> list[str]:
         """What zsh's C{_jw} hands compadd with C{words} on the line."""
