@@ -6,7 +6,6 @@ import fcntl
 import struct
 import termios
 import time
-from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -16,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
 
-from ..errors import TooManyRequests
+from .peruser import PerUser
 
 
 def _closingResponse(status: bytes, message: str) -> bytes:
@@ -383,9 +382,9 @@ class DeadlineChannel(HTTPChannel):
         self._cancelDeadline()
         super().allContentReceived()  # type: ignore[no-untyped-call]
 
-    #: The L{ConnectionsPerUser} this connection is counted in, and as
+    #: The L{connectionsPerUser} this connection is counted in, and as
     #: whose (L{markAuthenticated}).
-    _countedFor: tuple[ConnectionsPerUser, str] | None = None
+    _countedFor: tuple[PerUser, str] | None = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         counted, self._countedFor = self._countedFor, None
@@ -579,7 +578,7 @@ def channelWithDeadlines(
     )
 
 
-class ConnectionsPerUser:
+def connectionsPerUser(limit: int) -> PerUser:
     """
     The connections each user's requests hold (L{markAuthenticated}), at
     most C{limit} a user: one Reader's C{GET /whoami} every 3.5 s on each
@@ -587,38 +586,16 @@ class ConnectionsPerUser:
     40). A connection past it is refused its request, and stays one that
     gives way at --max-connections (none of its requests authenticated).
     """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._held: Counter[str] = Counter()
-
-    def take(self, user: str) -> None:
-        """
-        One more connection of C{user}'s.
-
-        @raise TooManyRequests: C{user} holds L{limit} already.
-        """
-        held = self._held[user]
-        if held >= self.limit:
-            raise TooManyRequests(
-                f"you hold {held} connections, the most one user may: use "
-                "fewer (a kept-alive one takes many requests)",
-                retryAfter=1,
-            )
-        self._held[user] = held + 1
-
-    def release(self, user: str) -> None:
-        """One of C{user}'s connections closed."""
-        self._held[user] -= 1
-        if self._held[user] <= 0:
-            del self._held[user]
+    return PerUser(
+        limit, "connections", "use fewer (a kept-alive one takes many requests)"
+    )
 
 
 def markAuthenticated(request: Any, user: str) -> None:
     """
     C{request}'s credentials were taken, C{user}'s: its connection is a
     user's (L{DeadlineChannel.spareable}), counted as theirs by the site's
-    L{ConnectionsPerUser} (if it has one) until it closes.
+    L{connectionsPerUser} (if it has one) until it closes.
 
     @raise TooManyRequests: the user holds as many as one user may.
     """

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -47,6 +46,7 @@ from ..jobs.spool import (
     tailOffsetSoon,
 )
 from .frames import FrameStream
+from .peruser import PerUser
 from .requests import (
     _arg,
 )
@@ -109,12 +109,12 @@ class LogStreams:
         self._maxStreams = maxStreams
         #: One user may hold this many of the log streams (a quarter of them
         #: by default), so others can still follow their own jobs.
-        self._maxStreamsPerUser = (
+        self._streamsBy = PerUser(
             maxStreamsPerUser
             if maxStreamsPerUser is not None
-            else max(1, maxStreams // 4)
+            else max(1, maxStreams // 4),
+            "log streams and long polls (?wait=) open",
         )
-        self._streamsBy: Counter[str] = Counter()
         self._streams: set[Deferred[None]] = set()
         #: The connection of each open log response (to close at shutdown),
         #: by the response's end; and each connection whose log responses
@@ -153,7 +153,7 @@ class LogStreams:
                 "allows",
                 retryAfter=1,
             )
-        self._mayHoldOneMore(user.name)
+        self._streamsBy.check(user.name)
         revocable = self._track(request, user.name, grant, record.id)
         if revocable is None:
             return await self._serve(request, record, checked)
@@ -167,21 +167,7 @@ class LogStreams:
                 raise  # the client went away, or the server stops
             return self._revoked(request, revocable.revoked)
 
-    def _mayHoldOneMore(self, user: str) -> None:
-        """
-        @raise TooManyRequests: C{user} holds as many long responses (log
-            streams, and long polls: L{holding}) as one user may.
-        """
-        held = self._streamsBy[user]
-        if held >= self._maxStreamsPerUser:
-            raise TooManyRequests(
-                f"you have {held} log streams and long polls (?wait=) open, the "
-                "most one user may",
-                retryAfter=1,
-            )
-
-    @contextmanager
-    def holding(self, user: str) -> Iterator[None]:
+    def holding(self, user: str) -> AbstractContextManager[None]:
         """
         While it lasts, a long poll (C{GET /jobs/ID?wait=}) of C{user}'s
         counts as one of the long responses one user may hold, with their
@@ -189,16 +175,9 @@ class LogStreams:
         connection, held every connection the server takes (attacker round
         40).
 
-        @raise TooManyRequests: at the cap (L{_mayHoldOneMore}).
+        @raise TooManyRequests: at the cap.
         """
-        self._mayHoldOneMore(user)
-        self._streamsBy[user] += 1
-        try:
-            yield
-        finally:
-            self._streamsBy[user] -= 1
-            if self._streamsBy[user] <= 0:
-                del self._streamsBy[user]
+        return self._streamsBy.holding(user)
 
     def _revoked(self, request: IRequest, error: JobworkerError) -> bytes:
         """
@@ -562,7 +541,7 @@ class LogStreams:
         self._streamRequests[finished] = request
         if jobId is not None:
             self._streamJobs[finished] = jobId
-        self._streamsBy[user] += 1
+        self._streamsBy.add(user)
         channel = getattr(request, "channel", None)
         if channel is not None:
             self._streamChannels[finished] = channel
@@ -577,9 +556,7 @@ class LogStreams:
             self._streams.discard(finished)
             self._streamRequests.pop(finished, None)
             self._streamJobs.pop(finished, None)
-            self._streamsBy[user] -= 1
-            if self._streamsBy[user] <= 0:
-                del self._streamsBy[user]
+            self._streamsBy.release(user)
             whenClosed = getattr(channel, "whenClosed", None)
             self._streamChannels.pop(finished, None)
             if result is None and whenClosed is not None:

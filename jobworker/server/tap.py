@@ -49,7 +49,7 @@ from ..metrics import Metrics
 from . import descriptors, identitysetup, tlssetup
 from .api import JobsAPI
 from .connections import ConnectionsPerClient
-from .deadlines import ConnectionsPerUser, channelWithDeadlines
+from .deadlines import channelWithDeadlines, connectionsPerUser
 from .identitysetup import probeSandbox
 from .logoutput import unblockStandardOutput
 from .options import (
@@ -194,7 +194,7 @@ def _parts(
     site.vouches = authenticator.vouches  # type: ignore[attr-defined]
     perUser = config["max-connections-per-user"]
     total = config["max-connections"]
-    site.connectionsPerUser = ConnectionsPerUser(  # type: ignore[attr-defined]
+    site.connectionsPerUser = connectionsPerUser(  # type: ignore[attr-defined]
         perUser
         if perUser is not None
         else max(min(total, config["max-connections-per-client"]), total // 4)
