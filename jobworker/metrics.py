@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .jobs.records import JobStatus
+from .jobs.records import JobRecord, JobStatus, memoryKilled
 
 #: What C{generate_latest} writes: the text format 0.0.4, whatever the
 #: installed prometheus_client's latest is (0.22 and later say 1.0.0:
@@ -200,6 +201,55 @@ class _SpawnerStarts(Collector):
         yield family
 
 
+class _StateFolder(Collector):
+    """
+    Whether the job store refuses writes, and the room left where it and the
+    jobs' output are kept, asked when scraped (what /healthz says, in
+    series an alert can follow before it comes to that).
+    """
+
+    def __init__(self, refusing: Callable[[], bool], folder: str) -> None:
+        self._refusing = refusing
+        self._folder = folder
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(
+                "jobworker_store_refusing_writes",
+                "1 while the job store refuses writes (its last write failed: "
+                "disk full, failing, read-only; new jobs are refused), else 0",
+            ),
+            GaugeMetricFamily(
+                "jobworker_state_dir_free_bytes",
+                "Bytes free to the server in the file system of its state "
+                "directory (the store and the jobs' output)",
+            ),
+            GaugeMetricFamily(
+                "jobworker_state_dir_free_inodes",
+                "Inodes free to the server in the file system of its state "
+                "directory (each job's output takes a few)",
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        refusing, freeBytes, freeInodes = self._families()
+        refusing.add_metric([], 1 if self._refusing() else 0)
+        yield refusing
+        try:
+            room = os.statvfs(self._folder)
+        except OSError:
+            # (Not there, or not readable now: no reading, rather than a 0
+            # that would say it is full.)
+            return
+        freeBytes.add_metric([], room.f_bavail * room.f_frsize)
+        freeInodes.add_metric([], room.f_favail)
+        yield freeBytes
+        yield freeInodes
+
+
 class Metrics:
     """The server's metrics, in a registry of its own (no global state)."""
 
@@ -226,6 +276,25 @@ class Metrics:
             "jobworker_output_bytes",
             "Output bytes stored, by stream (counted when a job ends)",
             ["stream"],
+            registry=r,
+        )
+        self.outputDropped = Counter(
+            "jobworker_output_dropped_bytes",
+            "Output bytes discarded past a job's --max-log-bytes, by stream "
+            "(counted when a job ends)",
+            ["stream"],
+            registry=r,
+        )
+        self.outputLost = Counter(
+            "jobworker_output_lost_bytes",
+            "Output bytes that could not be written to disk (disk full, I/O "
+            "error; counted when a job ends)",
+            registry=r,
+        )
+        self.memoryKilled = Counter(
+            "jobworker_jobs_memory_killed",
+            "Jobs a process of which was killed at its memory limit "
+            "(memory_bytes), whatever their end",
             registry=r,
         )
         self.requests = Counter(
@@ -285,10 +354,21 @@ class Metrics:
         build.labels(__version__).set(1)
         self._requestChildren: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._endChildren: dict[str, tuple[Any, Any, Any]] = {}
+        self._dropped = (
+            self.outputDropped.labels("stdout"),
+            self.outputDropped.labels("stderr"),
+        )
 
     def watchJobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Report C{counts()} (jobs by status) at every scrape."""
         self.registry.register(_JobCounts(counts))
+
+    def watchStateFolder(self, refusing: Callable[[], bool], folder: str) -> None:
+        """
+        Report C{refusing()} (the store refuses writes) and the room left in
+        C{folder}'s file system at every scrape.
+        """
+        self.registry.register(_StateFolder(refusing, folder))
 
     def watchQueue(self, byUser: Callable[[], dict[str, int]]) -> None:
         """Report C{byUser()} (queued jobs per user) at every scrape."""
@@ -340,6 +420,21 @@ class Metrics:
             children[1].inc(stdoutBytes)
         if stderrBytes:
             children[2].inc(stderrBytes)
+
+    def jobRecordEnded(self, record: JobRecord) -> None:
+        """
+        Count one ended job by its record: as L{jobEnded}, and the output it
+        lost or had dropped, and whether its memory limit killed a process.
+        """
+        self.jobEnded(record.status.value, record.stdout_bytes, record.stderr_bytes)
+        if record.stdout_dropped:
+            self._dropped[0].inc(record.stdout_dropped)
+        if record.stderr_dropped:
+            self._dropped[1].inc(record.stderr_dropped)
+        if record.output_lost:
+            self.outputLost.inc(record.output_lost)
+        if memoryKilled(record.error):
+            self.memoryKilled.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

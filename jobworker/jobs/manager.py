@@ -237,6 +237,9 @@ class JobManager(Admission):
         self._resumeSweep()
         self._metrics.watchJobs(self._countByStatus)
         self._metrics.watchExecutor(self._executorUp)
+        self._metrics.watchStateFolder(
+            lambda: self.storeRefusal() is not None, stateDir
+        )
         self._scheduler = Scheduler(
             self._startQueued,
             self._mayStartMore,
@@ -550,9 +553,7 @@ class JobManager(Admission):
             self._withdrawn.discard(record.id)
         else:
             self._storeFinal(record)
-            self._metrics.jobEnded(
-                record.status.value, record.stdout_bytes, record.stderr_bytes
-            )
+            self._metrics.jobRecordEnded(record)
         self._scheduler.jobEnded(record, self._reactor.seconds())
         self._scheduler.dispatch()
         return record

@@ -35,6 +35,19 @@ def rfc3339(when: float | None) -> str | None:
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: How a job's error begins when its memory limit killed its main process
+#: (local or Slurm); after the error of its end, it follows a colon when the
+#: limit killed another of its processes (L{memoryKilled}).
+OUT_OF_MEMORY = "out of memory"
+
+
+def memoryKilled(error: str | None) -> bool:
+    """Whether a job's error says its memory limit killed a process of it."""
+    return error is not None and (
+        error.startswith(OUT_OF_MEMORY) or f": {OUT_OF_MEMORY}: " in error
+    )
+
+
 def signalName(number: int) -> str:
     """C{9} -> C{"SIGKILL"}; unknown numbers become C{"SIG<n>"}."""
     try:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from ...errors import Conflict
 from ...jobs.ending import Ending, elapsedSeconds
-from ...jobs.records import JobRecord, JobStatus, signalName
+from ...jobs.records import OUT_OF_MEMORY, JobRecord, JobStatus, signalName
 from ...jobs.recovery import processesByUid
 from ...jobs.spool import SHORT_OF, OutputSpool
 from ...jobs.stopping import DEFAULT_STOP, StopRequest
@@ -39,18 +39,18 @@ ABANDON_AFTER_KILL = 1.0
 MAIN_EXIT_STORED_AFTER = 1.0
 
 #: Why a job killed at its memory limit failed.
-OOM_ERROR = "out of memory: killed at its memory limit"
-#: The same, where the end says no more than an exit status 1: the exec
-#: chain's C{unshare --fork} reports its command killed by a signal so, and
-#: a command may exit 1 itself after one of its processes was killed.
+OOM_ERROR = f"{OUT_OF_MEMORY}: killed at its memory limit"
 #: Added to a job's end when the memory limit killed one of its processes
 #: other than the main one.
 CHILD_OOM_NOTE = (
-    "out of memory: a process of the job was killed at its memory limit "
+    f"{OUT_OF_MEMORY}: a process of the job was killed at its memory limit "
     "(memory_bytes; files in its private /tmp count too)"
 )
+#: Why a job failed where the end says no more than an exit status 1: the
+#: exec chain's C{unshare --fork} reports its command killed by a signal so,
+#: and a command may exit 1 itself after one of its processes was killed.
 OOM_MAYBE_ERROR = (
-    "out of memory: a process was killed at its memory limit (the command's "
+    f"{OUT_OF_MEMORY}: a process was killed at its memory limit (the command's "
     "exit status 1 does not say whether it was)"
 )
 

@@ -1,0 +1,202 @@
+"""
+Defects found by the forty-first session's rounds and the notes of the last
+ones, each reproduced here before it was mended.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+import treq
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jobworker.errors import JobworkerError
+from jobworker.executors.local.executor import localJobManager
+from jobworker.executors.local.process import (
+    CHILD_OOM_NOTE,
+    OOM_ERROR,
+    OOM_MAYBE_ERROR,
+)
+from jobworker.jobs.manager import RETRY_FIRST
+from jobworker.jobs.records import JobRecord, JobStatus, memoryKilled
+from jobworker.jobs.store import JobStore
+from jobworker.jobs.validation import JobRequest
+from jobworker.metrics import Metrics
+
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from .support import LiveServer
+from .test_limits import requireCgroups
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """The series of metric C{name} in exposition C{text}: labels -> value."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            found[series[len(name) :]] = float(value)
+    return found
+
+
+class MemoryKilledSaidTests(SynchronousTestCase):
+    """Which job errors say the memory limit killed a process of the job."""
+
+    def test_errors(self) -> None:
+        for error in (
+            OOM_ERROR,
+            OOM_MAYBE_ERROR,
+            CHILD_OOM_NOTE,
+            f"exited with code 2: {CHILD_OOM_NOTE}",
+            f"killed by signal SIGTERM: {CHILD_OOM_NOTE}",
+            "out of memory (Slurm): exited with code 1",
+        ):
+            self.assertTrue(memoryKilled(error), error)
+        for error in (
+            None,
+            "exited with code 1",
+            # (A command's name is the user's: a job named so is no kill.)
+            "command not found: out of memory",
+        ):
+            self.assertFalse(memoryKilled(error), error)
+
+
+class OperatorSeriesTests(SynchronousTestCase):
+    """
+    What an alert could not follow (operator round 40, left then): jobs the
+    memory limit killed, output dropped past --max-log-bytes or lost to the
+    disk, the room left in the state directory, a store refusing writes
+    (/healthz alone said it).
+    """
+
+    def record(self, **fields: Any) -> JobRecord:
+        return JobRecord(
+            id="j1", command="true", args=[], owner="alice", created_at=0.0, **fields
+        )
+
+    def test_endedJobs(self) -> None:
+        metrics = Metrics()
+        metrics.jobRecordEnded(
+            self.record(
+                status=JobStatus.COMPLETED,
+                stdout_bytes=10,
+                stdout_dropped=5,
+                stderr_dropped=7,
+                output_lost=3,
+                error=CHILD_OOM_NOTE,
+            )
+        )
+        metrics.jobRecordEnded(
+            self.record(status=JobStatus.FAILED, error="exited with code 1")
+        )
+        text = metrics.render().decode()
+        self.assertEqual(
+            samples(text, "jobworker_output_dropped_bytes_total"),
+            {'{stream="stdout"}': 5.0, '{stream="stderr"}': 7.0},
+        )
+        self.assertEqual(samples(text, "jobworker_output_lost_bytes_total"), {"": 3.0})
+        self.assertEqual(samples(text, "jobworker_jobs_memory_killed_total"), {"": 1.0})
+        self.assertEqual(
+            samples(text, "jobworker_jobs_ended_total"),
+            {'{status="COMPLETED"}': 1.0, '{status="FAILED"}': 1.0},
+        )
+
+    def test_stateFolder(self) -> None:
+        folder = self.mktemp()
+        os.mkdir(folder)
+        refusing = [False]
+        metrics = Metrics()
+        metrics.watchStateFolder(lambda: refusing[0], folder)
+        text = metrics.render().decode()
+        self.assertEqual(samples(text, "jobworker_store_refusing_writes"), {"": 0.0})
+        room = os.statvfs(folder)
+        [free] = samples(text, "jobworker_state_dir_free_bytes").values()
+        # (Other writers on this machine move it a little between reads.)
+        self.assertAlmostEqual(free, room.f_bavail * room.f_frsize, delta=256 << 20)
+        [inodes] = samples(text, "jobworker_state_dir_free_inodes").values()
+        self.assertGreater(inodes, 0)
+        refusing[0] = True
+        text = metrics.render().decode()
+        self.assertEqual(samples(text, "jobworker_store_refusing_writes"), {"": 1.0})
+        # A folder gone: no reading of its room (a 0 would say it is full).
+        os.rmdir(folder)
+        text = metrics.render().decode()
+        self.assertEqual(samples(text, "jobworker_state_dir_free_bytes"), {})
+        self.assertEqual(samples(text, "jobworker_store_refusing_writes"), {"": 1.0})
+
+
+class OperatorSeriesLiveTests(TestCase):
+    """The same series from a running server's jobs."""
+
+    async def metrics(self, server: LiveServer) -> str:
+        code, issued = await server.json("POST", "/tokens", "ada")
+        self.assertEqual(code, 201)
+        response = await server.http.get(
+            server.url + "/metrics",
+            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
+        )
+        self.assertEqual(response.code, 200)
+        return (await treq.content(response)).decode()
+
+    async def test_droppedOutput(self) -> None:
+        server = LiveServer(self, "--max-log-bytes=4096")
+        job = await server.createJob("sh", "-c", "head -c 10000 /dev/zero; echo x >&2")
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
+        text = await self.metrics(server)
+        self.assertEqual(
+            samples(text, "jobworker_output_dropped_bytes_total"),
+            {'{stream="stdout"}': 10000.0 - 4096, '{stream="stderr"}': 0.0},
+        )
+        self.assertEqual(samples(text, "jobworker_jobs_memory_killed_total"), {"": 0.0})
+        self.assertEqual(samples(text, "jobworker_store_refusing_writes"), {"": 0.0})
+        [free] = samples(text, "jobworker_state_dir_free_bytes").values()
+        self.assertGreater(free, 0)
+
+    async def test_memoryKilled(self) -> None:
+        requireCgroups()
+        server = LiveServer(self)
+        job = await server.createJob(
+            "python3",
+            "-c",
+            "x = bytearray(512 << 20)",
+            limits={"memory_bytes": 48 << 20},
+        )
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "FAILED")
+        text = await self.metrics(server)
+        self.assertEqual(samples(text, "jobworker_jobs_memory_killed_total"), {"": 1.0})
+
+
+class StoreRefusingSeriesTests(SynchronousTestCase):
+    """C{jobworker_store_refusing_writes} follows a real store another
+    program locks, then lets go (what /healthz says: fault round 9)."""
+
+    def test_lockedThenFree(self) -> None:
+        forbidRealKill(self.patch)
+        reactor = FakeProcessReactor()
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        path = os.path.join(stateDir, "jobs.sqlite3")
+        metrics = Metrics()
+        manager = localJobManager(
+            reactor, stateDir, 5.0, GroupKiller(), store=JobStore(path), metrics=metrics
+        )
+        self.addCleanup(manager.close)
+
+        def refusing() -> dict[str, float]:
+            return samples(metrics.render().decode(), "jobworker_store_refusing_writes")
+
+        self.assertEqual(refusing(), {"": 0.0})
+        other = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        self.assertRaises(
+            JobworkerError, manager.create, JobRequest("true", [], {}, None), "alice"
+        )
+        self.assertEqual(refusing(), {"": 1.0})
+        other.execute("ROLLBACK")
+        reactor.advance(RETRY_FIRST * 3)
+        self.assertEqual(refusing(), {"": 0.0})
+        self.flushLoggedErrors()
