@@ -47,6 +47,11 @@ DISPATCH_RETRY = 1.0
 #: the stop grace of the jobs it is waiting for).
 SHUTDOWN_RETRY_AFTER = 10
 
+#: The C{Retry-After} of a job refused past a queue cap (--max-queued, or the
+#: user's): room comes only once a queued job starts or is removed, not in a
+#: second (jw said "retry in 1 s": operator round 40).
+QUEUE_FULL_RETRY_AFTER = 10
+
 
 def createBurst(rate: float) -> float:
     """The most jobs one user may create at once under C{--create-rate}."""
@@ -288,14 +293,17 @@ class Admission:
         if failedDependency is None:
             if len(queue) >= policy.maxQueued:
                 raise TooManyRequests(
-                    f"{len(queue)} jobs are queued, the most this server allows",
-                    retryAfter=1,
+                    f"{len(queue)} jobs are queued, the most this server allows "
+                    "(--max-queued): one more may wait once a queued job starts "
+                    "or is removed",
+                    retryAfter=QUEUE_FULL_RETRY_AFTER,
                 )
             if queue.queuedBy(owner) >= policy.maxQueuedPerUser:
                 raise TooManyRequests(
                     f"you have {queue.queuedBy(owner)} jobs queued, the most one "
-                    "user may",
-                    retryAfter=1,
+                    "user may (--max-queued-per-user): one more may wait once "
+                    "one of them starts or is removed",
+                    retryAfter=QUEUE_FULL_RETRY_AFTER,
                 )
         record = self._newRecord(request, owner, limits, timeout)
         record.env = dict(request.env)
