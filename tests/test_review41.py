@@ -10,6 +10,7 @@ import sqlite3
 from typing import Any
 
 import treq
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jobworker.errors import JobworkerError
@@ -21,6 +22,7 @@ from jobworker.executors.local.process import (
 )
 from jobworker.jobs.manager import RETRY_FIRST
 from jobworker.jobs.records import JobRecord, JobStatus, memoryKilled
+from jobworker.jobs.schema import MIGRATIONS, SCHEMA_VERSION
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
@@ -200,3 +202,63 @@ class StoreRefusingSeriesTests(SynchronousTestCase):
         reactor.advance(RETRY_FIRST * 3)
         self.assertEqual(refusing(), {"": 0.0})
         self.flushLoggedErrors()
+
+
+class MigrationSaidTests(SynchronousTestCase):
+    """
+    An upgrade migrated the store and nothing said so: the older server
+    then refused the file, and the log did not say why (operator round 40).
+    """
+
+    def opened(self, version: int, path: str) -> list[str]:
+        db = sqlite3.connect(path, isolation_level=None)
+        for migrate in MIGRATIONS[:version]:
+            migrate(db)
+        db.execute(f"PRAGMA user_version = {version}")
+        db.close()
+        said: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "jobworker.jobs.store":
+                said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        try:
+            JobStore(path).close()
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        return said
+
+    def test_migrated(self) -> None:
+        path = self.mktemp()
+        said = self.opened(SCHEMA_VERSION - 2, path)
+        self.assertEqual(
+            [line for line in said if "migrated" in line],
+            [
+                f"{path}: the job store was migrated from "
+                f"schema version {SCHEMA_VERSION - 2} to {SCHEMA_VERSION}; an "
+                "older jobworker cannot open it now (a copy made before the "
+                "upgrade can)"
+            ],
+        )
+
+    def test_newOrCurrent(self) -> None:
+        """A new store, or one of this version, is not said migrated."""
+        self.assertEqual(
+            [
+                line
+                for line in self.opened(SCHEMA_VERSION, self.mktemp())
+                if "migrated" in line
+            ],
+            [],
+        )
+        path = self.mktemp()
+        said: list[str] = []
+        globalLogPublisher.addObserver(said.append)
+        try:
+            JobStore(path).close()
+        finally:
+            globalLogPublisher.removeObserver(said.append)
+        self.assertEqual(
+            [e for e in said if "migrated" in str(e.get("log_format"))], []
+        )

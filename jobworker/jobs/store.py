@@ -448,6 +448,18 @@ class JobStore:
             with self._transaction():
                 MIGRATIONS[target - 1](self._db)
                 self._db.execute(f"PRAGMA user_version = {target}")
+        if 0 < version < SCHEMA_VERSION:
+            # (An upgrade changed the file for good: said, so that whoever
+            # goes back knows why the older server refuses it: operator
+            # round 40.)
+            log.info(
+                "{path}: the job store was migrated from schema version "
+                "{old} to {new}; an older jobworker cannot open it now (a copy "
+                "made before the upgrade can)",
+                path=self.path,
+                old=version,
+                new=SCHEMA_VERSION,
+            )
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
