@@ -345,6 +345,14 @@ class Metrics:
             ["cap"],
             registry=r,
         )
+        #: 1 while an Admin's C{POST /drain} holds (the manager sets its
+        #: function).
+        self.draining = Gauge(
+            "jobworker_draining",
+            "1 while the server drains (an Admin's POST /drain: no new job is "
+            "taken nor queued job started), else 0",
+            registry=r,
+        )
         build = Gauge(
             "jobworker_build_info",
             "The running server's version (1; the version in its label)",

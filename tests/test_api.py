@@ -226,15 +226,22 @@ class RoleMatrixTests(APITestCase):
             None: 401,
         },
         "POST /tokens": {"alice": 201, "bob": 201, "rita": 201, "ada": 201, None: 401},
+        # (In this order: ada's POST drains the server, her DELETE ends it.)
+        "GET /drain": {"alice": 403, "bob": 403, "rita": 403, "ada": 200, None: 401},
+        "POST /drain": {"alice": 403, "bob": 403, "rita": 403, "ada": 200, None: 401},
+        "DELETE /drain": {"alice": 403, "bob": 403, "rita": 403, "ada": 200, None: 401},
     }
 
     def attempt(self, route: str, user: str | None) -> Response:
         """Do C{route} as C{user} on a fresh job of alice's."""
         method, template = route.split(" ")
-        record = self.createJob(owner="alice")
-        if method == "DELETE":
-            self.endJob(record)
-        path = template.format(id=record.id)
+        if "{id}" not in template:
+            path = template
+        else:
+            record = self.createJob(owner="alice")
+            if method == "DELETE":
+                self.endJob(record)
+            path = template.format(id=record.id)
         body = {"command": "true"} if route == "POST /jobs" else None
         d = self.send(method, path, user, body=body)
         if route == "POST /jobs/{id}/stop" and self.killer.signalsTo(record.pid or 0):

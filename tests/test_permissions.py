@@ -29,8 +29,8 @@ NEVER: frozenset[str] = frozenset()
 #: permission, the ownership cases that are allowed. Reader: jobs.get on all
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs,
 #: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every
-#: job, jobs.prioritize (a priority above the default) and metrics.read
-#: (GET /metrics), which no other role has. Every role may
+#: job, jobs.prioritize (a priority above the default), metrics.read
+#: (GET /metrics) and server.drain (/drain), which no other role has. Every role may
 #: get itself a token (tokens.create).
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
     Role.READER: {
@@ -43,6 +43,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.PRIORITIZE: NEVER,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
+        Permission.DRAIN: NEVER,
     },
     Role.DEVELOPER: {
         Permission.GET: ALL_CASES,
@@ -54,6 +55,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.PRIORITIZE: NEVER,
         Permission.METRICS: NEVER,
         Permission.TOKENS: ALL_CASES,
+        Permission.DRAIN: NEVER,
     },
     Role.ADMIN: {
         Permission.GET: ALL_CASES,
@@ -65,6 +67,7 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.PRIORITIZE: ALL_CASES,
         Permission.METRICS: ALL_CASES,
         Permission.TOKENS: ALL_CASES,
+        Permission.DRAIN: ALL_CASES,
     },
 }
 
@@ -104,6 +107,7 @@ class PermissionTableTests(SynchronousTestCase):
                 "jobs.prioritize",
                 "metrics.read",
                 "tokens.create",
+                "server.drain",
             },
         )
         self.assertEqual({r.value for r in Role}, {"Reader", "Developer", "Admin"})
@@ -137,6 +141,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.PRIORITIZE: Scope.ALL,
                     Permission.METRICS: Scope.ALL,
                     Permission.TOKENS: Scope.ALL,
+                    Permission.DRAIN: Scope.ALL,
                 },
             },
         )

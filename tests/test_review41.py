@@ -5,9 +5,11 @@ ones, each reproduced here before it was mended.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from typing import Any
+from unittest import mock
 
 import treq
 from twisted.logger import formatEvent, globalLogPublisher
@@ -262,3 +264,123 @@ class MigrationSaidTests(SynchronousTestCase):
         self.assertEqual(
             [e for e in said if "migrated" in str(e.get("log_format"))], []
         )
+
+
+class DrainTests(TestCase):
+    """
+    An upgrade stopped every running job (a restart does), and nothing let
+    an operator wait for them to end first: no drain mode (operator round
+    40, left then). An Admin's C{POST /drain} takes no new job and starts
+    no queued one while the running ones go on; C{GET /drain?wait=N} answers
+    once none runs; C{DELETE /drain} ends it.
+    """
+
+    def audit(self, server: LiveServer) -> list[tuple[str, str, str]]:
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        return [
+            (e["event"], e["user"], e["result"])
+            for e in entries
+            if e["event"].startswith("server.")
+        ]
+
+    async def test_drain(self) -> None:
+        server = LiveServer(self, "--max-running=1")
+        code, state = await server.json("GET", "/drain", "ada")
+        self.assertEqual(
+            (code, state),
+            (
+                200,
+                {
+                    "draining": False,
+                    "since": None,
+                    "by": None,
+                    "running": 0,
+                    "queued": 0,
+                },
+            ),
+        )
+        running = await server.createJob(
+            "sh", "-c", "read line; echo $line", stdin=True
+        )
+        queued = await server.createJob("true")
+        self.assertEqual(queued["status"], "PENDING")
+        code, state = await server.json("POST", "/drain", "ada")
+        self.assertEqual(code, 200, state)
+        self.assertEqual(
+            (state["draining"], state["by"], state["running"], state["queued"]),
+            (True, "ada", 1, 1),
+        )
+        since = state["since"]
+        self.assertTrue(since.endswith("Z"), since)
+        # Again: the first drain's name and time stay.
+        code, again = await server.json("POST", "/drain", "ada")
+        self.assertEqual((code, again["since"]), (200, since))
+        # No new job.
+        response = await server.request("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"60"])
+        body = json.loads(await treq.content(response))
+        self.assertIn("the server is draining", body["error"])
+        # Said where a balancer looks, and in the metrics.
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual(health["status"], "degraded")
+        self.assertEqual(
+            health["drain"], "draining: no new job is taken; 1 running, 1 queued"
+        )
+        code, issued = await server.json("POST", "/tokens", "ada")
+        response = await server.http.get(
+            server.url + "/metrics",
+            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
+        )
+        text = (await treq.content(response)).decode()
+        self.assertEqual(samples(text, "jobworker_draining"), {"": 1.0})
+        # A wait that ends before the job does answers as it is then.
+        code, state = await server.json("GET", "/drain?wait=0.2", "ada")
+        self.assertEqual((code, state["running"]), (200, 1))
+        # The running job goes on; a wait is answered once it ends, and the
+        # queued one has not started.
+        waiting = server.json("GET", "/drain?wait=30", "ada")
+        self.assertEqual(
+            await server.sendStdin(running["id"], b"on\n"), (200, mock.ANY)
+        )
+        code, state = await waiting
+        self.assertEqual(
+            (code, state["draining"], state["running"], state["queued"]),
+            (200, True, 0, 1),
+        )
+        ended = await server.waitEnded(running["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
+        code, job = await server.json("GET", f"/jobs/{queued['id']}", "ada")
+        self.assertEqual(job["status"], "PENDING")
+        # Ended: the queued job starts, new ones are taken.
+        code, state = await server.json("DELETE", "/drain", "ada")
+        self.assertEqual((code, state["draining"], state["since"]), (200, False, None))
+        self.assertEqual((await server.waitEnded(queued["id"]))["status"], "COMPLETED")
+        await server.createJob("true")
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual(health, {"status": "ok"})
+        self.assertEqual(
+            self.audit(server),
+            [
+                ("server.drain", "ada", "started"),
+                ("server.drain", "ada", "already"),
+                ("server.resume", "ada", "ended"),
+            ],
+        )
+
+    async def test_onlyAdmins(self) -> None:
+        server = LiveServer(self)
+        for method in ("GET", "POST", "DELETE"):
+            for user in ("alice", "bob", "rita"):
+                code, body = await server.json(method, "/drain", user)
+                self.assertEqual(code, 403, (method, user, body))
+                self.assertIn("server.drain", body["error"])
+            code, body = await server.json(method, "/drain", None)
+            self.assertEqual(code, 401, (method, body))
+        code, state = await server.json("GET", "/drain", "ada")
+        self.assertFalse(state["draining"])
+        code, body = await server.json("GET", "/drain?wait=x", "ada")
+        self.assertEqual(code, 400, body)
+        code, body = await server.json("GET", "/drain?other=1", "ada")
+        self.assertEqual(code, 400, body)

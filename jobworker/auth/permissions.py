@@ -21,6 +21,7 @@ class Permission(enum.Enum):
     PRIORITIZE = "jobs.prioritize"
     METRICS = "metrics.read"
     TOKENS = "tokens.create"
+    DRAIN = "server.drain"
 
 
 class Scope(enum.Enum):

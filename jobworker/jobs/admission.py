@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from .buckets import TokenBuckets
+from .draining import DRAIN_RETRY_AFTER, Draining
 from .executor import Executor, LiveJob, OwnerCheck
 from .identity import Identity, IdentityError
 from .limits import Limits
@@ -75,6 +76,7 @@ class Admission:
     _scheduler: Scheduler
     _bootId: str | None
     _shuttingDown: bool
+    _drain: Draining
     _running: int
     _runningBy: dict[str, int]
     _live: dict[str, LiveJob]
@@ -113,11 +115,18 @@ class Admission:
 
         @raise CannotStartNow: the server cannot start a process now (no
             descriptor or process slot): nothing is stored.
-        @raise ServiceUnavailable: the server is shutting down.
+        @raise ServiceUnavailable: the server is shutting down, or drains.
         """
         if self._shuttingDown:
             raise ServiceUnavailable(
                 "the server is shutting down", retryAfter=SHUTDOWN_RETRY_AFTER
+            )
+        if self._drain.on:
+            raise ServiceUnavailable(
+                "the server is draining (an Admin's POST /drain: it is to be "
+                "restarted once its running jobs end): it takes no new job "
+                "until the drain ends",
+                retryAfter=DRAIN_RETRY_AFTER,
             )
         self._takeCreateToken(owner)
         try:
@@ -258,7 +267,11 @@ class Admission:
 
     def _mayStartMore(self) -> bool:
         cap = self._policy.maxRunning
-        return not self._shuttingDown and (cap is None or self._running < cap)
+        return (
+            not self._shuttingDown
+            and not self._drain.on
+            and (cap is None or self._running < cap)
+        )
 
     def _mayStart(self, owner: str) -> bool:
         cap = self._policy.maxRunningPerUser

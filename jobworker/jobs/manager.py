@@ -28,6 +28,7 @@ from ..metrics import Metrics
 from .admission import Admission, createBurst
 from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
+from .draining import Draining
 from .executor import Executor, ExecutorHealth, LiveJob, OwnerCheck
 from .folders import openJournal, openOutput, removeTree
 from .policy import JobPolicy, JobReactor
@@ -210,6 +211,9 @@ class JobManager(Admission):
         self._retryDelay = RETRY_FIRST
         self._bootId = currentBootId()
         self._shuttingDown = False
+        #: Whether an Admin asked the server to drain (L{drain}).
+        self._drain = Draining()
+        self._metrics.draining.set_function(lambda: 1 if self._drain.on else 0)
         #: The next look at the store's file (L{_lookAtStore}), and what
         #: the last one found.
         self._storeLook: IDelayedCall | None = None
@@ -287,6 +291,40 @@ class JobManager(Admission):
                 )
         if self._storeLook is None:
             self._storeLook = self._reactor.callLater(STORE_LOOK, self._lookAtStore)
+
+    # -- draining ---------------------------------------------------------------
+
+    def drain(self, by: str) -> bool:
+        """
+        Take no new job and start no queued one until L{resume} (or a
+        restart): the running ones go on to their end. False if the server
+        drains already.
+        """
+        return self._drain.start(by, self._reactor.seconds(), self._running)
+
+    def resume(self, by: str) -> bool:
+        """End a drain: queued jobs start again. False if none was on."""
+        if not self._drain.end(by):
+            return False
+        self._scheduler.dispatch()
+        return True
+
+    def draining(self) -> dict[str, object]:
+        """
+        The drain as C{GET /drain} tells it: whether it is on, since when
+        (Unix time) and whose, and how many jobs run and wait.
+        """
+        return {
+            "draining": self._drain.on,
+            "since": self._drain.since,
+            "by": self._drain.by,
+            "running": self._running,
+            "queued": len(self._scheduler.queue),
+        }
+
+    def whenDrained(self) -> Deferred[None]:
+        """Fires once no job runs while the server drains, or it drains no more."""
+        return self._drain.whenDrained(self._running)
 
     def _lookAtStore(self) -> None:
         """Is the store's file still at its path? Said once if not as it was."""
@@ -459,6 +497,7 @@ class JobManager(Admission):
         self._runningBy[owner] -= 1
         if self._runningBy[owner] <= 0:
             del self._runningBy[owner]
+        self._drain.slotFreed(self._running)
         self._scheduler.dispatch()
 
     def _slotBound(self) -> float:

@@ -222,9 +222,9 @@ class JobsAPI:
         #: Pages of the job list (and of a bulk delete) take turns.
         self._turns = Turns(clock)
         self._unread = UnreadAnswers()
-        #: The long polls waiting for a job's end (L{_waitEnded}), ended at
-        #: L{drain}.
-        self._waits: set[Deferred[JobRecord]] = set()
+        #: The long polls waiting for a job's end (L{_waitEnded}) or for a
+        #: drain's running jobs (L{drainState}), ended at L{drain}.
+        self._waits: set[Deferred[JobRecord] | Deferred[None]] = set()
         self._draining = False
 
     def drain(self, timeout: float = 5.0) -> Deferred[None]:
@@ -497,6 +497,47 @@ class JobsAPI:
             {"user": user.name, "role": user.role.value, "permissions": grants(user)},
         )
 
+    @app.route("/drain", methods=["GET"])
+    @guarded(Permission.DRAIN, "wait")
+    async def drainState(self, request: IRequest, user: User) -> bytes:
+        # ?wait=N: answered once no job runs (or the drain ends), or after N
+        # seconds as it is then (jw drain --wait).
+        wait = parseWait(_arg(request, b"wait"))
+        if wait and self._manager.draining()["draining"]:
+            with self._logs.holding(user.name):
+                drained = self._manager.whenDrained()
+                self._waits.add(drained)
+                try:
+                    await drained.addTimeout(wait, self._clock)
+                except (defer.TimeoutError, CancelledError):
+                    pass
+                finally:
+                    self._waits.discard(drained)
+        return self._drainAnswer(request)
+
+    @app.route("/drain", methods=["POST"])
+    @guarded(Permission.DRAIN)
+    async def startDrain(self, request: IRequest, user: User) -> bytes:
+        _noBody(request)
+        started = self._manager.drain(user.name)
+        self._audit(request, "server.drain", user, "started" if started else "already")
+        return self._drainAnswer(request)
+
+    @app.route("/drain", methods=["DELETE"])
+    @guarded(Permission.DRAIN)
+    async def endDrain(self, request: IRequest, user: User) -> bytes:
+        _noBody(request)
+        ended = self._manager.resume(user.name)
+        self._audit(request, "server.resume", user, "ended" if ended else "none")
+        return self._drainAnswer(request)
+
+    def _drainAnswer(self, request: IRequest) -> bytes:
+        state = self._manager.draining()
+        since = state["since"]
+        if isinstance(since, float):
+            state["since"] = rfc3339(since)
+        return _json(request, state)
+
     @app.route("/", methods=["GET"])
     async def root(self, request: IRequest) -> bytes:
         # The address the start-up log names, opened in a browser: the
@@ -532,12 +573,14 @@ class JobsAPI:
         risk = self._manager.storeAtRisk()
         unreloaded = self._reloads.refused()
         unaudited = self._auditLog.troubled() if self._auditLog is not None else None
+        drain = self._manager.draining()
         if (
             health.up
             and refusal is None
             and risk is None
             and unreloaded is None
             and unaudited is None
+            and not drain["draining"]
         ):
             return _json(request, {"status": "ok"})
         body: dict[str, Any] = {"status": "degraded"}
@@ -557,6 +600,13 @@ class JobsAPI:
         if unaudited is not None:
             body["audit"] = unaudited
             reasons.append(unaudited)
+        if drain["draining"]:
+            # (A balancer takes it out: it takes no new job.)
+            body["drain"] = said = (
+                f"draining: no new job is taken; {drain['running']} running, "
+                f"{drain['queued']} queued"
+            )
+            reasons.append(said)
         body["reason"] = "; ".join(r for r in reasons if r) or None
         return _json(request, body)
 
