@@ -5,6 +5,7 @@ ones, each reproduced here before it was mended.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -12,9 +13,11 @@ from typing import Any
 from unittest import mock
 
 import treq
+from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jobworker.auth.authenticator import Authenticator
 from jobworker.errors import JobworkerError
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.process import (
@@ -28,10 +31,12 @@ from jobworker.jobs.schema import MIGRATIONS, SCHEMA_VERSION
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
+from jobworker.server import connections
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import LiveServer
+from .support import LiveServer, sleep
 from .test_limits import requireCgroups
+from .test_review39 import closedWithin, readAll, tlsTo
 
 
 def samples(text: str, name: str) -> dict[str, float]:
@@ -384,3 +389,59 @@ class DrainTests(TestCase):
         self.assertEqual(code, 400, body)
         code, body = await server.json("GET", "/drain?other=1", "ada")
         self.assertEqual(code, 400, body)
+
+
+class ThrottledRefusalGivesWayTests(TestCase):
+    """
+    Code review 41: a client the login throttle holds is answered 429 only
+    after about as long as a password check (so that the refusal tells
+    nothing); meanwhile its request was "being checked", and its
+    connection was spared at --max-connections. Eight connections looping
+    made-up Basic credentials held every slot of such a server, no account
+    needed. A request whose refusal is decided gives way.
+    """
+
+    timeout = 60
+
+    async def test_givesWay(self) -> None:
+        self.patch(connections, "EVICT_SILENT", 0.3)
+
+        likeACheck = Authenticator._likeACheck
+
+        async def likeALongCheck(self: Authenticator, *args: Any) -> None:
+            # (As a check of 20 s would take: the refusals held for long.)
+            await likeACheck(self, *args)
+            await sleep(20)
+
+        self.patch(Authenticator, "_likeACheck", likeALongCheck)
+        server = LiveServer(
+            self,
+            "--max-connections=3",
+            "--max-connections-per-client=64",
+            "--login-failures=2",
+        )
+        code, issued = await server.json("POST", "/tokens", "alice")
+        self.assertEqual(code, 201)
+        bearer = {b"authorization": [f"Bearer {issued['token']}".encode()]}
+        guess = b"Authorization: Basic " + base64.b64encode(b"mallory:guess")
+        request = b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n" + guess + b"\r\n\r\n"
+        for _ in range(2):
+            sock = await deferToThread(tlsTo, server.port)
+            self.addCleanup(sock.close)
+            sock.sendall(request)
+            answer = await deferToThread(readAll, sock, b"}")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 401"), answer)
+            sock.close()
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        held = []
+        for _ in range(3):
+            sock = await deferToThread(tlsTo, server.port)
+            self.addCleanup(sock.close)
+            sock.sendall(request)
+            held.append(sock)
+        await sleep(0.6)
+        response = await server.http.get(server.url + "/whoami", headers=bearer)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(await treq.content(response))["user"], "alice")
+        closed = [await deferToThread(closedWithin, sock, 0.2) for sock in held]
+        self.assertIn(True, closed)

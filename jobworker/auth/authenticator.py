@@ -812,7 +812,7 @@ class Authenticator:
         try:
             self._notThrottled(name, client)
         except TooManyRequests:
-            await self._likeACheck()
+            await self._likeACheck(request)
             raise
         user = self._remembered(credentials)
         if user is not None:
@@ -836,7 +836,7 @@ class Authenticator:
         try:
             await self._beginCheck(name, client)
         except TooManyRequests:
-            await self._likeACheck()
+            await self._likeACheck(request)
             raise
         # Let in only because it logged in from here before: a failure of
         # it must read as everyone else's (429), or the throttle would tell
@@ -945,13 +945,20 @@ class Authenticator:
                 raise refusal
         return None
 
-    async def _likeACheck(self) -> None:
+    async def _likeACheck(self, request: IRequest) -> None:
         """
         Wait about as long as a password check takes: a throttled attempt
         answered at once, beside a name let in for having logged in from
         that address (its 429 comes after its check), told which names
         those were.
+
+        Its refusal is decided: C{request} is marked so (C{refusalDecided}),
+        and its connection gives way at --max-connections as one with
+        nothing to lose would (it was spared as "being checked": eight
+        connections looping made-up credentials held every slot: code
+        review 41).
         """
+        request.refusalDecided = True  # type: ignore[attr-defined]
         clock = self._throttle.clock if self._throttle is not None else None
         if clock is not None and self._checkSeconds > 0:
             await deferLater(clock, self._checkSeconds, lambda: None)

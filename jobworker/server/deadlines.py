@@ -175,7 +175,10 @@ class DeadlineChannel(HTTPChannel):
             if self.line_mode or not self.requests:
                 return True
             if self._handlingRequest:
-                return False  # (its credentials being checked)
+                # (Its credentials being checked; but a refusal only
+                # delayed as long as a check, L{Authenticator._likeACheck},
+                # has nothing to lose: code review 41.)
+                return getattr(self.requests[-1], "refusalDecided", False) is True
             # A body on its way: spared if its credentials look good (a
             # made-up header, a byte of body every 4 s, held every slot:
             # attacker round 40, second wave).
