@@ -8,11 +8,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import sqlite3
+import ssl
 from typing import Any
 from unittest import mock
 
 import treq
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -34,8 +38,9 @@ from jobworker.metrics import Metrics
 from jobworker.server import connections
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
-from .support import LiveServer, sleep
+from .support import CA, LiveServer, sleep
 from .test_limits import requireCgroups
+from .test_mtls import certificateOf
 from .test_review39 import closedWithin, readAll, tlsTo
 
 
@@ -443,5 +448,86 @@ class ThrottledRefusalGivesWayTests(TestCase):
         response = await server.http.get(server.url + "/whoami", headers=bearer)
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(await treq.content(response))["user"], "alice")
+        closed = [await deferToThread(closedWithin, sock, 0.2) for sock in held]
+        self.assertIn(True, closed)
+
+
+def bodyOnItsWay(
+    port: int, authorization: bytes | None, certificate: tuple[str, str] | None = None
+) -> ssl.SSLSocket:
+    """A POST /jobs whose headers are in and whose body's rest is to come."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    context = ssl.create_default_context(cafile=CA)
+    if certificate is not None:
+        context.load_cert_chain(*certificate)
+    sock = context.wrap_socket(raw, server_hostname="localhost")
+    sock.settimeout(20)
+    head = b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+    if authorization is not None:
+        head += b"Authorization: " + authorization + b"\r\n"
+    sock.sendall(
+        head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    return sock
+
+
+class VouchedBodiesCountedTests(TestCase):
+    """
+    Attacker round 41: a body on its way whose credentials look good (a
+    valid token) was spared at --max-connections, and counted against
+    --max-connections-per-user only once a handler ran, after the body:
+    one Reader's slow bodies held every slot. And a client certificate
+    vouched whatever its name: one of no user (a removed user's: there is
+    no CRL) held every slot the same. Such a body is the named user's
+    connection from its headers on (a 429 past the cap), and a
+    certificate vouches only for a user of the users file.
+    """
+
+    timeout = 60
+
+    async def test_tokenBodiesCapped(self) -> None:
+        self.patch(connections, "EVICT_SILENT", 0.3)
+        server = LiveServer(
+            self,
+            "--max-connections=3",
+            "--max-connections-per-client=64",
+            "--max-connections-per-user=1",
+        )
+        code, issued = await server.json("POST", "/tokens", "rita")
+        self.assertEqual(code, 201)
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        token = f"Bearer {issued['token']}".encode()
+        held = []
+        for _ in range(3):
+            sock = await deferToThread(bodyOnItsWay, server.port, token)
+            self.addCleanup(sock.close)
+            held.append(sock)
+        await sleep(0.6)
+        answers = [await deferToThread(readAll, sock, b"}") for sock in held[1:]]
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
+        for answer in answers:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 429"), answer)
+            self.assertIn(b"the most one user may", answer)
+
+    async def test_unknownCertificate(self) -> None:
+        self.patch(connections, "EVICT_SILENT", 0.3)
+        server = LiveServer(
+            self,
+            "--max-connections=3",
+            "--max-connections-per-client=64",
+            f"--client-ca={CA}",
+        )
+        await server.http._agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nobody")])
+        nobody = certificateOf(self.mktemp(), "nobody", subject)
+        held = []
+        for _ in range(3):
+            sock = await deferToThread(bodyOnItsWay, server.port, None, nobody)
+            self.addCleanup(sock.close)
+            held.append(sock)
+        await sleep(0.6)
+        code, body = await server.json("GET", "/whoami")
+        self.assertEqual((code, body["user"]), (200, "alice"))
         closed = [await deferToThread(closedWithin, sock, 0.2) for sock in held]
         self.assertIn(True, closed)

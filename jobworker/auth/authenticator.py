@@ -737,33 +737,51 @@ class Authenticator:
             f"too many failed logins: retry in {seconds} s", retryAfter=seconds
         )
 
-    def vouches(self, request: IRequest) -> bool:
+    def vouches(self, request: IRequest) -> str | None:
         """
-        Do C{request}'s credentials look good now, its body not yet read: a
-        valid token (one HMAC), Basic credentials bcrypt took within the
-        cache's life, or a client certificate the handshake verified? No
-        check is made that would cost more, and nothing is counted: a made
-        up C{Authorization} on a body sent a byte every 4 s held a
-        connection slot, with no account (attacker round 40, second wave).
+        Whose are C{request}'s credentials, if they look good now, its body
+        not yet read: a valid token's user (one HMAC), Basic credentials
+        bcrypt took within the cache's life, or a client certificate the
+        handshake verified of a user of the users file? None if they do
+        not. No check is made that would cost more, and nothing is counted:
+        a made up C{Authorization} on a body sent a byte every 4 s held a
+        connection slot, with no account (attacker round 40, second wave);
+        a certificate of no user did too (attacker round 41).
         """
         header = request.getHeader(b"authorization")
         if header is None:
-            return peerCertificate(request) is not None
+            return self._certifiedName(request)
         scheme, _, response = header.partition(b" ")
         scheme = scheme.lower()
         if scheme == b"bearer" and self._tokens is not None:
             try:
-                self._tokens.claims(response.strip().decode("ascii"))
+                return self._tokens.claims(response.strip().decode("ascii")).user
             except (InvalidToken, UnicodeDecodeError):
-                return False
-            return True
+                return None
         if scheme != b"basic":
-            return False
+            return None
         try:
             credentials = self._basic.decode(response.strip(), request)
         except LoginFailed:
-            return False
-        return self._remembered(credentials) is not None
+            return None
+        user = self._remembered(credentials)
+        return None if user is None else user.name
+
+    def _certifiedName(self, request: IRequest) -> str | None:
+        """The user of the client certificate of C{request}'s connection, if
+        the server takes certificates, it has no problem now (its dates,
+        its CA) and its one common name is a user's; else None."""
+        if not self._certificates:
+            return None
+        certified = peerCertificate(request)
+        if certified is None:
+            return None
+        if self.certificateProblem is not None and self.certificateProblem(*certified):
+            return None
+        names = commonNames(certified[1])
+        if len(names) != 1 or self._realm._users.lookup(names[0]) is None:
+            return None
+        return names[0]
 
     async def authenticate(self, request: IRequest, allowToken: bool = True) -> User:
         """

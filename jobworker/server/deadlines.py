@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import struct
 import termios
 import time
@@ -15,16 +16,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
 
+from ..errors import TooManyRequests
 from .peruser import PerUser
 
 
-def _closingResponse(status: bytes, message: str) -> bytes:
-    body = b'{"error":"' + message.encode("ascii") + b'"}\n'
+def _closingResponse(status: bytes, message: str, headers: bytes = b"") -> bytes:
+    body = json.dumps({"error": message}, separators=(",", ":")).encode() + b"\n"
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"content-type: application/json\r\n"
         b"connection: close\r\n"
-        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
+        + headers
+        + b"content-length: "
+        + str(len(body)).encode("ascii")
+        + b"\r\n\r\n"
+        + body
     )
 
 
@@ -161,8 +167,8 @@ class DeadlineChannel(HTTPChannel):
         held the connection for C{--body-timeout}: the verifier of round
         39), nothing unsent.
         """
-        if self._closed or self.transport is None:
-            return True
+        if self._closed or self.transport is None or self._refused:
+            return True  # (gone, or answered and closing: L{_refuse})
         if time.monotonic() - self._acceptedAt < after:
             return False
         if not self.authenticated:
@@ -183,7 +189,7 @@ class DeadlineChannel(HTTPChannel):
             # made-up header, a byte of body every 4 s, held every slot:
             # attacker round 40, second wave).
             vouches = getattr(getattr(self, "site", None), "vouches", None)
-            return vouches is None or not vouches(self.requests[-1])
+            return vouches is None or vouches(self.requests[-1]) is None
         if unsent(self.transport):
             return False
         if not self.requests:
@@ -374,10 +380,41 @@ class DeadlineChannel(HTTPChannel):
             self.refuseBody(limit)
             return
         if self.length != 0:
+            if not self.authenticated and not self._countVouched():
+                return
             self._deadline = self.callLater(  # type: ignore[no-untyped-call, call-arg]
                 self.bodyTimeout, self._tooSlow, "body"
             )
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def _countVouched(self) -> bool:
+        """
+        A body is coming whose credentials look good (L{spareable} spares
+        it): the connection is the named user's from now, counted against
+        --max-connections-per-user, not once a handler runs after the body
+        (one Reader's slow bodies held every slot: attacker round 41). False
+        if that user holds as many as one may: answered 429, closed.
+        """
+        vouches = getattr(getattr(self, "site", None), "vouches", None)
+        name = vouches(self.requests[-1]) if vouches is not None else None
+        if name is None:
+            return True
+        try:
+            markAuthenticated(self.requests[-1], name)
+        except TooManyRequests as e:
+            path = getattr(self, "_path", None)
+            method = getattr(self, "_command", None)
+            self._refuse(
+                _closingResponse(
+                    b"429 Too Many Requests",
+                    e.message,
+                    b"retry-after: %d\r\n" % e.retryAfter,
+                ),
+                path if isinstance(path, bytes) else b"",
+                method if isinstance(method, bytes) else None,
+            )
+            return False
+        return True
 
     def allContentReceived(self) -> None:
         if self._refused:
