@@ -14,15 +14,23 @@ import ssl
 from typing import Any
 from unittest import mock
 
+import bcrypt
 import treq
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.test.requesthelper import DummyRequest
 
-from jobworker.auth.authenticator import Authenticator
-from jobworker.errors import JobworkerError
+from jobworker.auth.authenticator import Authenticator, makePortal
+from jobworker.auth.throttle import LoginThrottle
+from jobworker.auth.tokens import TokenSigner
+from jobworker.auth.users import UserDatabase
+from jobworker.errors import JobworkerError, TooManyRequests, Unauthorized
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.process import (
     CHILD_OOM_NOTE,
@@ -531,3 +539,53 @@ class VouchedBodiesCountedTests(TestCase):
         self.assertEqual((code, body["user"]), (200, "alice"))
         closed = [await deferToThread(closedWithin, sock, 0.2) for sock in held]
         self.assertIn(True, closed)
+
+
+class MadeUpTokensNotGuessesTests(SynchronousTestCase):
+    """
+    Attacker round 41: made-up bearer tokens (one HMAC each, no bcrypt)
+    from a new /64 every time counted as failed logins of the /48: one as
+    soon as the /48's delay ended kept it held, and every untrusted
+    password login of the /48 was refused (17 of 17), no password guessed.
+    A refused token or certificate is no password guess: the /48 does not
+    count it (its own /64, as before).
+    """
+
+    def test_madeUpTokens(self) -> None:
+        clock = Clock()
+        clock.advance(1_000_000)
+        throttle = LoginThrottle(clock)
+        users = UserDatabase.fromText(
+            "bob:Developer:"
+            + bcrypt.hashpw(b"bob-pass", bcrypt.gensalt(4)).decode("ascii")
+            + "\n"
+        )
+        authenticator = Authenticator(
+            makePortal(users, lambda f, *a: maybeDeferred(f, *a)),
+            throttle=throttle,
+            tokens=TokenSigner(b"k" * 32, clock, 3600.0),
+        )
+
+        def attempt(address: str, authorization: bytes) -> Any:
+            request = DummyRequest([b"whoami"])
+            request.client = IPv6Address("TCP", address, 4321)
+            request.requestHeaders.setRawHeaders(b"authorization", [authorization])
+            return ensureDeferred(authenticator.authenticate(request))
+
+        for n in range(200):
+            d = attempt(f"2001:db8:0:{n + 1:x}::1", b"Bearer jw1.made.up")
+            self.failureResultOf(d, Unauthorized, TooManyRequests)
+            clock.advance(0.05)
+        # Bob, his right password, from a /64 of the /48 he never used.
+        bob = b"Basic " + base64.b64encode(b"bob:bob-pass")
+        user = self.successResultOf(attempt("2001:db8:0:ffff::1", bob))
+        self.assertEqual(user.name, "bob")
+
+    def test_passwordGuessesStillCounted(self) -> None:
+        """Wrong passwords from the /48's /64s still hold it (round 40)."""
+        clock = Clock()
+        clock.advance(1_000_000)
+        throttle = LoginThrottle(clock)
+        for n in range(60):
+            throttle.failed(f"x{n}", f"2001:db8:0:{n // 4 + 1:x}::1")
+        self.assertGreater(throttle.retryAfter("bob", "2001:db8:0:ffff::1"), 0)

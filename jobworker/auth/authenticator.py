@@ -630,12 +630,15 @@ class Authenticator:
         counted: bool = False,
         audited: str | None = None,
         sparse: bool = False,
+        guess: bool = False,
     ) -> Unauthorized:
         """
         Record a failed authentication and return the error to raise.
 
         @param counted: the throttle counts it already (a password check
             begun with L{LoginThrottle.begin}).
+        @param guess: a password's failure (else a token's or a
+            certificate's: see L{LoginThrottle.failed}).
         @param audited: the user the audit log names, if not C{name} (the
             throttle's): a validly signed token's user.
         @param sparse: audited once a minute of that user and client (the
@@ -645,7 +648,7 @@ class Authenticator:
         if self._onFailure is not None:
             self._onFailure()
         if self._throttle is not None and not counted:
-            self._throttle.failed(name, client)
+            self._throttle.failed(name, client, guess)
         if audited is None:
             audited = name
         if self._audit is not None:

@@ -89,8 +89,10 @@ class LoginThrottle:
         #: since.
         self._refusals: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
 
-    def _keys(self, user: str, address: str) -> tuple[tuple[str, ...], ...]:
-        network = networkKey(address)
+    def _keys(
+        self, user: str, address: str, guess: bool = True
+    ) -> tuple[tuple[str, ...], ...]:
+        network = networkKey(address) if guess else None
         address = clientKey(address)
         keys: tuple[tuple[str, ...], ...] = (
             ("address", address),
@@ -329,10 +331,18 @@ class LoginThrottle:
         if self._waiters or self._waitersOf:
             self._checkEnded(user, address)
 
-    def failed(self, user: str, address: str) -> None:
-        """Count a failed login (one that L{begin} did not begin: see L{finish})."""
+    def failed(self, user: str, address: str, guess: bool = True) -> None:
+        """
+        Count a failed login (one that L{begin} did not begin: see L{finish}).
+
+        @param guess: it was a password's (a token or a certificate refused,
+            one HMAC or nothing to check, is no guess: an IPv6 client's /48
+            does not count it, or made-up tokens from a new /64 each kept
+            every untrusted password login of the /48 refused: attacker
+            round 41).
+        """
         now = self._clock.seconds()
-        for key in self._keys(user, address):
+        for key in self._keys(user, address, guess):
             failures = self._entry(key)
             if now - failures.last > self._window:
                 failures.count = 0
