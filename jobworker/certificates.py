@@ -87,14 +87,16 @@ def leafCertificate(
     days: float,
     usage: x509.ObjectIdentifier,
     names: list[x509.GeneralName] | None = None,
+    backdate: datetime.timedelta = datetime.timedelta(minutes=5),
 ) -> x509.Certificate:
     """
     An end-entity certificate for C{commonName} (and C{names} as subject
-    alternative names), for one extended C{usage}, signed by C{issuer}.
+    alternative names), for one extended C{usage}, signed by C{issuer},
+    valid from C{backdate} ago (L{certificateBuilder}).
     """
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, commonName)])
     builder = (
-        certificateBuilder(subject, issuer.subject, publicKey, days)
+        certificateBuilder(subject, issuer.subject, publicKey, days, backdate)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(keyUsage(False), True)
         .add_extension(x509.ExtendedKeyUsage([usage]), False)

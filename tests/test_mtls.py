@@ -300,10 +300,16 @@ def shortLived(directory: str, user: str, seconds: float) -> tuple[str, str]:
 
 
 def certificateOf(
-    directory: str, name: str, subject: x509.Name, seconds: float = 3600.0
+    directory: str,
+    name: str,
+    subject: x509.Name,
+    seconds: float = 3600.0,
+    notBefore: float = -60.0,
 ) -> tuple[str, str]:
     """A client certificate of C{subject} by the development CA that expires
-    C{seconds} from now, written as C{name}.pem and .key: their paths."""
+    C{seconds} from now, valid from C{notBefore} seconds from now (a minute
+    back), written as C{name}.pem and .key: their paths. For C{localhost}
+    and client and server use."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -321,10 +327,16 @@ def certificateOf(
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_before(now + datetime.timedelta(seconds=notBefore))
         .not_valid_after(now + datetime.timedelta(seconds=seconds))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            False,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
         .sign(caKey, hashes.SHA256())  # type: ignore[arg-type]
     )
     return writePair(

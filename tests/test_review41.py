@@ -6,6 +6,7 @@ ones, each reproduced here before it was mended.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import socket
@@ -44,6 +45,7 @@ from jobworker.jobs.store import JobStore
 from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
 from jobworker.server import connections
+from jobworker.server.selfcert import ensureServerCertificate
 
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
 from .support import CA, LiveServer, sleep
@@ -589,3 +591,46 @@ class MadeUpTokensNotGuessesTests(SynchronousTestCase):
         for n in range(60):
             throttle.failed(f"x{n}", f"2001:db8:0:{n // 4 + 1:x}::1")
         self.assertGreater(throttle.retryAfter("bob", "2001:db8:0:ffff::1"), 0)
+
+
+class ServedCertificateDatesTests(TestCase):
+    """
+    Fault round 41: the server certificate the server's own CA signs
+    started five minutes back: made while the clock was ten minutes
+    ahead, every client refused it once the clock was right, and
+    C{/healthz} said "ok" to a probe that does not check certificates. It
+    starts two days back, as the CA; one served out of its dates makes
+    C{/healthz} degraded.
+    """
+
+    def test_leafBackdated(self) -> None:
+        own = ensureServerCertificate(os.path.abspath(self.mktemp()), ["localhost"])
+        with open(own.cert, "rb") as f:
+            leaf = x509.load_pem_x509_certificate(f.read())
+        now = datetime.datetime.now(datetime.UTC)
+        self.assertLess(leaf.not_valid_before_utc, now - datetime.timedelta(days=1))
+
+    async def test_notYetValidSaid(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        cert, key = certificateOf(folder, "ahead", subject, notBefore=3600.0)
+        server = LiveServer(self, f"--cert={cert}", f"--key={key}")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def probe() -> dict[str, Any]:
+            # (As a balancer's probe that checks no certificate.)
+            with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                with context.wrap_socket(raw) as sock:
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answer = readAll(sock, b"}")
+            body = answer.split(b"\r\n\r\n", 1)[1]
+            if b"\r\n" in body.strip():  # (chunked)
+                body = body.split(b"\r\n")[1]
+            result: dict[str, Any] = json.loads(body)
+            return result
+
+        health = await deferToThread(probe)
+        self.assertEqual(health["status"], "degraded")
+        self.assertIn("the TLS certificate served is not valid until", health["reload"])

@@ -15,7 +15,7 @@ from datetime import datetime
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .selfcert import datesProblem
+from .selfcert import datesProblem, outOfDates
 
 #: The files a SIGHUP reads again, by their label.
 FILES = ("users", "certificate", "client_ca", "audit_log", "token_key")
@@ -43,8 +43,8 @@ class Reloads(Collector):
         self._counts: dict[tuple[str, str], int] = {
             (name, result): 0 for name in FILES for result in ("ok", "failed")
         }
-        #: When the served certificate ends (epoch seconds), if known.
-        self.certificateEnds: float | None = None
+        #: When the served certificate is valid, if known.
+        self.certificateDates: tuple[datetime, datetime] | None = None
         #: When the server's own CA is valid, if it serves one (L{caProblem}).
         self.caDates: tuple[datetime, datetime] | None = None
 
@@ -65,10 +65,28 @@ class Reloads(Collector):
             f"{_NAMES[name]} was not reloaded (the one before is in force): {why}"
             for name, why in sorted(self._refused.items())
         ]
-        problem = self.caProblem()
-        if problem is not None:
-            said.append(problem)
+        for problem in (self.caProblem(), self.certificateProblem()):
+            if problem is not None:
+                said.append(problem)
         return "; ".join(said) or None
+
+    def certificateProblem(self) -> str | None:
+        """
+        Why every client refuses the served certificate now, if it does: it
+        is not valid yet (made while the clock was ahead: a probe that does
+        not check certificates was told "ok" while every client was
+        refused, fault round 41) or has expired.
+        """
+        if self.certificateDates is None:
+            return None
+        when = outOfDates(*self.certificateDates)
+        if when is None:
+            return None
+        return (
+            f"the TLS certificate served {when}: every client refuses it (the "
+            "clock was wrong when it was made, or is wrong now); a SIGHUP "
+            "reloads it (the server's own is made anew)"
+        )
 
     def caProblem(self) -> str | None:
         """Why every client refuses the server's own CA now, if it does."""
@@ -87,8 +105,8 @@ class Reloads(Collector):
                 total.add_metric([name, result], self._counts[name, result])
         yield failed
         yield total
-        if self.certificateEnds is not None:
-            ends.add_metric([], self.certificateEnds)
+        if self.certificateDates is not None:
+            ends.add_metric([], self.certificateDates[1].timestamp())
             yield ends
 
     def _families(

@@ -35,7 +35,8 @@ from ..certificates import (
 
 #: How long the CA and the server certificate are valid.
 CA_DAYS = 3650
-#: How far back the CA's validity starts (L{_makeCA}).
+#: How far back the validity of the CA and of the server certificate it
+#: signs starts (L{_makeCA}, L{_makeServer}).
 CA_BACKDATE = datetime.timedelta(days=2)
 SERVER_DAYS = 397
 #: A server certificate with less than this left is made anew at start.
@@ -67,14 +68,21 @@ def caProblem(ca: x509.Certificate) -> str | None:
     return datesProblem(ca.not_valid_before_utc, ca.not_valid_after_utc)
 
 
-def datesProblem(start: datetime.datetime, end: datetime.datetime) -> str | None:
-    """L{caProblem} of a CA valid from C{start} to C{end}, now."""
+def outOfDates(start: datetime.datetime, end: datetime.datetime) -> str | None:
+    """How a certificate valid from C{start} to C{end} is out of its dates
+    now ("is not valid until ...", "expired on ..."), or None."""
     now = datetime.datetime.now(datetime.UTC)
     if start > now:
-        when = f"is not valid until {start:%Y-%m-%d %H:%M:%S} UTC"
-    elif end < now:
-        when = f"expired on {end:%Y-%m-%d %H:%M:%S} UTC"
-    else:
+        return f"is not valid until {start:%Y-%m-%d %H:%M:%S} UTC"
+    if end < now:
+        return f"expired on {end:%Y-%m-%d %H:%M:%S} UTC"
+    return None
+
+
+def datesProblem(start: datetime.datetime, end: datetime.datetime) -> str | None:
+    """L{caProblem} of a CA valid from C{start} to C{end}, now."""
+    when = outOfDates(start, end)
+    if when is None:
         return None
     return (
         f"the server's own CA {when}: every client refuses it (the clock was "
@@ -130,6 +138,9 @@ def _makeServer(
     ca: x509.Certificate, caKey: ec.EllipticCurvePrivateKey, hosts: list[str]
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = newKey()
+    # From two days back, as the CA (L{_makeCA}): made while the clock was
+    # ahead, it was "not yet valid" to every client once the clock was set
+    # right (fault round 41).
     certificate = leafCertificate(
         hosts[0],
         ca,
@@ -138,6 +149,7 @@ def _makeServer(
         SERVER_DAYS,
         ExtendedKeyUsageOID.SERVER_AUTH,
         _names(hosts),
+        backdate=CA_BACKDATE,
     )
     return certificate, key
 

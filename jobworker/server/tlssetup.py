@@ -84,7 +84,7 @@ class ServedTLS:
         self._options, self._authorities = _throughTheBundleOnly(
             _options(config, reloading=False), config["client-ca"]
         )
-        self._reloads.certificateEnds = _ends(self._options)
+        self._reloads.certificateDates = _dates(self._options)
         self._reloads.caDates = _ownCADates(config)
 
     def getContext(self) -> Any:
@@ -236,7 +236,7 @@ class ServedTLS:
             self._reloadClientCAs()
             return
         self._options, self._authorities = options, authorities
-        self._reloads.certificateEnds = _ends(options)
+        self._reloads.certificateDates = _dates(options)
         self._reloads.caDates = _ownCADates(self._config)
         self._reloads.succeeded("certificate")
         if self._config["client-ca"] is not None:
@@ -377,14 +377,14 @@ def _ownCADates(config: Options) -> tuple[datetime, datetime] | None:
     return ca.not_valid_before_utc, ca.not_valid_after_utc
 
 
-def _ends(options: Any) -> float | None:
-    """When the certificate C{options} serve ends (epoch seconds)."""
+def _dates(options: Any) -> tuple[datetime, datetime] | None:
+    """When the certificate C{options} serve is valid."""
     certificate = getattr(options, "certificate", None)
     if certificate is None:
         return None
     if hasattr(certificate, "to_cryptography"):  # (pyOpenSSL's X509)
         certificate = certificate.to_cryptography()
-    return float(certificate.not_valid_after_utc.timestamp())
+    return certificate.not_valid_before_utc, certificate.not_valid_after_utc
 
 
 def _options(config: Options, reloading: bool) -> Any:
