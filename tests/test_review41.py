@@ -9,6 +9,7 @@ import base64
 import datetime
 import json
 import os
+import signal
 import socket
 import sqlite3
 import ssl
@@ -37,6 +38,8 @@ from jobworker.executors.local.process import (
     CHILD_OOM_NOTE,
     OOM_ERROR,
     OOM_MAYBE_ERROR,
+    STOP_MISSED_WITHIN,
+    JobProcessProtocol,
 )
 from jobworker.jobs.manager import RETRY_FIRST
 from jobworker.jobs.records import JobRecord, JobStatus, memoryKilled
@@ -47,7 +50,8 @@ from jobworker.metrics import Metrics
 from jobworker.server import connections
 from jobworker.server.selfcert import ensureServerCertificate
 
-from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill
+from . import test_process
+from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill, processExit
 from .support import CA, LiveServer, sleep
 from .test_limits import requireCgroups
 from .test_mtls import certificateOf
@@ -634,3 +638,56 @@ class ServedCertificateDatesTests(TestCase):
         health = await deferToThread(probe)
         self.assertEqual(health["status"], "degraded")
         self.assertIn("the TLS certificate served is not valid until", health["reload"])
+
+
+class StopIgnoredForAnInstantTests(test_process.JobProcessTestCase):
+    """
+    Attacker from inside a job, round 41: a command that ignored TERM for
+    the instant the stop's (or its timeout's) signal came, then took its
+    default back and exited 0 seconds later, was taken for one that exited
+    on its own as the stop came (the looks on each side of the signal saw
+    TERM fatal): COMPLETED, the stop or timeout unsaid, its after_ok
+    dependents run. An end read more than L{STOP_MISSED_WITHIN} after the
+    signal is the stop's.
+    """
+
+    def test_stopped(self) -> None:
+        job = self.another(endsBy=lambda pid, signum: True)
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        job.stop("alice")
+        self.clock.advance(STOP_MISSED_WITHIN + 0.5)
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(
+            (self.record.status, self.record.stopped_by, self.record.exit_code),
+            (JobStatus.STOPPED, "alice", 0),
+        )
+
+    def test_timedOut(self) -> None:
+        job = self.another(timeout=1.0, endsBy=lambda pid, signum: True)
+        self.transport.exited = lambda: False
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        self.clock.advance(1.0)
+        self.assertEqual(self.killer.signalsTo(test_process.PID), [signal.SIGTERM])
+        self.clock.advance(STOP_MISSED_WITHIN + 0.5)
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(
+            (self.record.status, self.record.error),
+            (JobStatus.FAILED, "timed out after 1 second"),
+        )
+
+    def test_anEndAsTheSignalCameStands(self) -> None:
+        """(Control: read at once, it is still its own end.)"""
+        job = self.another(endsBy=lambda pid, signum: True)
+        self.protocol = JobProcessProtocol(job)
+        self.start()
+        job.stop("alice")
+        self.clock.advance(0.05)
+        self.killer.exists = False
+        self.end(processExit(0))
+        self.assertEqual(
+            (self.record.status, self.record.stopped_by), (JobStatus.COMPLETED, None)
+        )

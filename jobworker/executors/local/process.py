@@ -38,6 +38,14 @@ ABANDON_AFTER_KILL = 1.0
 #: has that end stored (L{JobProcess._storeMainExit}).
 MAIN_EXIT_STORED_AFTER = 1.0
 
+#: At most how long after a stop's signal the main process's end may come
+#: for it to be taken as an end of its own, the signal come as it was
+#: exiting (L{JobProcess._stopMissed}): a command that ignored the signal
+#: for the instant it came, then took its default back and exited 0 seconds
+#: later, ended COMPLETED, its stop or timeout unsaid (attacker from inside
+#: a job, round 41).
+STOP_MISSED_WITHIN = 1.0
+
 #: Why a job killed at its memory limit failed.
 OOM_ERROR = f"{OUT_OF_MEMORY}: killed at its memory limit"
 #: Added to a job's end when the memory limit killed one of its processes
@@ -260,6 +268,10 @@ class JobProcess:
         #: The first stop's signal would have ended the main process by its
         #: default action (None: not known); see L{_stopMissed}.
         self._stopWouldEnd: bool | None = None
+        #: When the first stop's signal was sent, and when the main
+        #: process's end was read (L{_stopMissed}).
+        self._stopSentAt: float | None = None
+        self._exitedAt: float | None = None
         #: How many forks down from the process started the command runs:
         #: under a PID namespace the launcher (its init, then the command)
         #: or C{unshare --fork} waits for it (L{Sandbox.commandDepth}).
@@ -483,6 +495,7 @@ class JobProcess:
         signum = how.signal
         before = self._stopWouldEnd = self._wouldEnd(signum)
         endedBefore = before is True and self._commandEnded()
+        self._stopSentAt = self._clock.seconds()
         self._terminate(how)
         if before is True and not endedBefore and signum != signal.SIGKILL:
             # (No handler takes a KILL: an exit code after it is the job's
@@ -749,6 +762,7 @@ class JobProcess:
     def mainExited(self, reason: Failure) -> None:
         """The main process was reaped; terminate what it left in its group."""
         self._exit = reason
+        self._exitedAt = self._clock.seconds()
         self._terminate()
         self._maybeFinish()
         if self.record.status.ended:
@@ -800,10 +814,16 @@ class JobProcess:
         with an exit code, where the stop's signal would have ended it by
         its default action (not caught, ignored or blocked when it was
         sent): the signal came as it was exiting (pidfd had not said so
-        yet), and had no effect on it.
+        yet), and had no effect on it; so its end was read soon after the
+        signal, within L{STOP_MISSED_WITHIN} (one that came later ignored
+        the signal for the instant it came: the stop's doing).
         """
+        sent, exited = self._stopSentAt, self._exitedAt
         return (
-            self._stopWouldEnd is True and exitCode is not None and signalNumber is None
+            self._stopWouldEnd is True
+            and exitCode is not None
+            and signalNumber is None
+            and (sent is None or exited is None or exited - sent <= STOP_MISSED_WITHIN)
         )
 
     def _timedOutError(self) -> str:
