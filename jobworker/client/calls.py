@@ -156,6 +156,13 @@ LIST_SHAPE: Shape = {"jobs": list}
 TOKEN_SHAPE: Shape = {"token": str, "expires_at": str, "user": str}
 DELETED_SHAPE: Shape = {"deleted": str}
 CLEANED_SHAPE: Shape = {"deleted": int}
+#: C{GET}, C{POST} and C{DELETE /drain} (its C{draining}, a bool, is read
+#: apart: a shape's types take no bool).
+DRAIN_SHAPE: Shape = {"running": int, "queued": int}
+
+#: The longest C{GET /drain?wait=} a server takes
+#: (L{jobworker.jobs.queries.MAX_WAIT}: not imported, jw starts without it).
+MAX_DRAIN_WAIT = 300.0
 
 
 def notJobworker(server: str, code: int, contentType: str, what: str) -> ClientError:
@@ -377,6 +384,28 @@ class ApiCalls:
         result: dict[str, Any] = await self._json(
             "GET", f"/jobs/{segment(jobId)}{query}", slow=wait, shape=JOB_SHAPE
         )
+        return result
+
+    async def drainState(self, wait: float = 0) -> dict[str, Any]:
+        """
+        C{GET /drain}: whether the server drains (since when, whose) and
+        how many jobs run and wait; waiting up to C{wait} seconds (at most
+        L{MAX_DRAIN_WAIT}) for none to run while it drains.
+        """
+        query = f"?wait={wait:g}" if wait else ""
+        result: dict[str, Any] = await self._json(
+            "GET", f"/drain{query}", slow=wait, shape=DRAIN_SHAPE
+        )
+        return result
+
+    async def startDrain(self) -> dict[str, Any]:
+        """C{POST /drain}: take no new job, start no queued one (Admins)."""
+        result: dict[str, Any] = await self._json("POST", "/drain", shape=DRAIN_SHAPE)
+        return result
+
+    async def endDrain(self) -> dict[str, Any]:
+        """C{DELETE /drain}: end the drain; queued jobs start again (Admins)."""
+        result: dict[str, Any] = await self._json("DELETE", "/drain", shape=DRAIN_SHAPE)
         return result
 
     async def stop(

@@ -70,7 +70,7 @@ __all__ = [
 #: (L{jobworker.client.quick}), no reactor: the short ones, and those that
 #: follow output or wait (L{jobworker.client.quickexec}, threads).
 QUICK_VERBS = frozenset(
-    {"status", "list", "clean", "config", "logout", "completion"}
+    {"status", "list", "clean", "drain", "config", "logout", "completion"}
     | {"exec", "logs", "wait"}
 )
 
@@ -229,7 +229,7 @@ async def _commandLine(
         raise  # a failed connection, as any request's (exit 1)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None
-    if verb in ("logs", "wait"):
+    if verb in ("logs", "wait") or (verb == "drain" and options.wait):
         # Not under jw exec -f: its prompt, in a thread of its own, raced
         # the stdin it forwards (-i: the password went to the job), and a
         # Ctrl-C there left the terminal's echo off (jw security round 39).
@@ -255,9 +255,14 @@ async def _commandLine(
 
 
 def follows(verb: str, options: argparse.Namespace) -> bool:
-    """Does the command follow a job to its end (and may outlive a token)?"""
-    return verb == "wait" or (
-        verb in ("exec", "logs") and bool(getattr(options, "follow", False))
+    """
+    Does the command follow a job to its end, or the drain to no job
+    running (C{jw drain --wait}), and may outlive a token?
+    """
+    return (
+        verb == "wait"
+        or (verb in ("exec", "logs") and bool(getattr(options, "follow", False)))
+        or (verb == "drain" and bool(getattr(options, "wait", False)))
     )
 
 

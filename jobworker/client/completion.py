@@ -42,6 +42,7 @@ OPTIONS = {
     "stop": "--signal --grace --kill --json",
     "rm": "",
     "clean": "--status --owner --older-than --json",
+    "drain": "--wait --status --end --json",
     "completion": "",
     # (They take only the connection's options: they offered none, new
     # user round 35.)
@@ -49,6 +50,9 @@ OPTIONS = {
     "logout": "",
     "config": "",
 }
+#: Options that take no value for a verb, though another verb's of that
+#: name takes one (C{jw drain --status}; C{jw list --status STATUS}).
+_BARE = {"drain": ("--status",)}
 #: The verbs whose word is a job id. Each script tells C{jw _ids} the verb
 #: (C{JW_IDS_VERB}): it offers the ids that verb can use (every user's
 #: newest 200 were offered for any verb: new user round 40).
@@ -101,9 +105,12 @@ _jw() {{
     fi
     case "$prev" in
         --status)
-            local statuses="{_STATUSES}"
-            [ "$verb" = clean ] && statuses="{_ENDED}"
-            COMPREPLY=($(compgen -W "$statuses" -- "${{cur^^}}")); return ;;
+            # (jw drain --status takes none: on to its options)
+            if [ "$verb" != drain ]; then
+                local statuses="{_STATUSES}"
+                [ "$verb" = clean ] && statuses="{_ENDED}"
+                COMPREPLY=($(compgen -W "$statuses" -- "${{cur^^}}")); return
+            fi ;;
         --ca|--cert|--key|--cwd) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         # (A URL: verbs, or the ids of a server, were offered: new user
         # round 35.)
@@ -177,7 +184,7 @@ _jw() {{
         --ca|--cert|--key|--cwd) _files; return ;;
         --server|{_VALUES}) return ;;
     esac
-    if [[ "$words[CURRENT-1]" == --status ]]; then
+    if [[ "$words[CURRENT-1]" == --status && $verb != drain ]]; then
         if [[ $verb == clean ]]; then
             compadd -- {_ENDED}
         else
@@ -216,11 +223,17 @@ def _fishOptions(verb: str, options: str) -> list[str]:
     """
     own = ("--status", "--signal", "--after", "--after-ok")
     takes = _TAKES.split("|")
+    bare = _BARE.get(verb, ())
     kinds: dict[str, list[str]] = {"": [], " -r -F": [], " -x": []}
     for option in options.split():
-        if option in own:
+        if option in own and option not in bare:
             continue
-        kind = " -r -F" if option in _FILES else " -x" if option in takes else ""
+        if option in _FILES:
+            kind = " -r -F"
+        elif option in takes and option not in bare:
+            kind = " -x"
+        else:
+            kind = ""
         kinds[kind].append(f"-l {option[2:]}")
     return [
         f'complete -c jw -n "__jw_subcommand_from {verb}" {" ".join(flags)}{kind}'

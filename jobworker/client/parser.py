@@ -32,6 +32,7 @@ VERBS = (
     "stop",
     "rm",
     "clean",
+    "drain",
     "login",
     "logout",
     "config",
@@ -424,6 +425,27 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         type=age,
         metavar="AGE",
         help=f"e.g. {DURATION_EXAMPLES} (plain: seconds)",
+    )
+    drain = command(
+        "drain",
+        help="take no new job, let the running ones end (Admins)",
+        description="Drain the server (POST /drain): it takes no new job and "
+        "starts no queued one, while the running ones go on to their end; then "
+        "it may be restarted without stopping any (queued jobs stay queued, "
+        "for the restarted server). Print the drain's state. --wait waits "
+        "until no job runs (exit 1 if the drain is ended meanwhile; Ctrl-C "
+        "stops waiting, exit 130: the drain goes on). A restart, or --end, "
+        "ends the drain. Admins only.",
+        epilog="example: jw drain --wait && sudo systemctl restart jobworker",
+    )
+    drain.add_argument(
+        "--wait", action="store_true", help="drain, then wait until no job runs"
+    )
+    drain.add_argument(
+        "--status", action="store_true", help="only show the drain (change nothing)"
+    )
+    drain.add_argument(
+        "--end", action="store_true", help="end the drain: queued jobs start again"
     )
     command(
         "login",

@@ -363,6 +363,10 @@ def checkArguments(verb: str, options: argparse.Namespace) -> None:
         _stopSignal(options)
     elif verb == "wait" and options.timeout is not None and options.timeout < 0:
         raise BadArguments("--timeout must not be negative")
+    elif verb == "drain":
+        from .drain import checkDrainOptions
+
+        checkDrainOptions(options)
 
 
 #: The filters of C{jw list} and C{jw clean}: each taken once.
@@ -1942,6 +1946,17 @@ async def doWait(
     return await waitFor(client, options, streams)
 
 
+async def doDrain(
+    options: argparse.Namespace,
+    client: JobworkerClient,
+    streams: Streams,
+    interrupts: Interrupts,
+) -> int:
+    from .drain import doDrain as drain
+
+    return await drain(options, client, streams, interrupts)
+
+
 async def doIds(
     options: argparse.Namespace,
     client: JobworkerClient,
@@ -2050,5 +2065,6 @@ VERBS: dict[str, Verb] = {
     "clean": doClean,
     "logs": doLogs,
     "wait": doWait,
+    "drain": doDrain,
     "_ids": doIds,
 }
