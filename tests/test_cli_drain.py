@@ -251,7 +251,14 @@ class DrainCLITests(TestCase, JWAssertions):
         out = self.assertSucceeded(await self.jw(server, "drain", "--status", "--json"))
         self.assertEqual(
             json.loads(out),
-            {"draining": False, "since": None, "by": None, "running": 1, "queued": 0},
+            {
+                "draining": False,
+                "since": None,
+                "by": None,
+                "reason": None,
+                "running": 1,
+                "queued": 0,
+            },
         )
         out = self.assertSucceeded(await self.jw(server, "drain", "--json"))
         state = json.loads(out)
@@ -270,7 +277,14 @@ class DrainCLITests(TestCase, JWAssertions):
         out = self.assertSucceeded(await self.jw(server, "drain", "--end", "--json"))
         self.assertEqual(
             json.loads(out),
-            {"draining": False, "since": None, "by": None, "running": 0, "queued": 0},
+            {
+                "draining": False,
+                "since": None,
+                "by": None,
+                "reason": None,
+                "running": 0,
+                "queued": 0,
+            },
         )
 
     async def test_oneOfThem(self) -> None:

@@ -234,11 +234,16 @@ class CopiedStateDirTests(TestCase):
         """
         live = sharedPath(self)
         liveLog = sharedPath(self)
-        startTwistd(self, live, liveLog, *self.serverOptions)
+        startTwistd(self, live, liveLog, *self.serverOptions, "--max-running=1")
         port = await listeningPort(liveLog)
         out, err, code = await jw(port, "exec", "--", "sh", "-c", "sleep 300")
         self.assertEqual(code, 0, err)
         jobId = out.strip().decode()
+        # Queued behind it: the live server's to run, not the copy's (it
+        # ran on both: operator round 41).
+        out, err, code = await jw(port, "exec", "--", "true")
+        self.assertEqual(code, 0, err)
+        queuedId = out.strip().decode()
         out, _, _ = await jw(port, "status", "--json", jobId)
         leader = int(re.search(rb'"pid": (\d+)', out).group(1))  # type: ignore[union-attr]
         cleanUpProcesses(self, leader, *descendants(leader))
@@ -257,7 +262,11 @@ class CopiedStateDirTests(TestCase):
         out, _, _ = await jw(port, "status", "--json", jobId)
         self.assertIn(b'"RUNNING"', out)
         with open(copyLog, "rb") as f:
-            self.assertIn(b"left alone", f.read())
+            said = f.read()
+        self.assertIn(b"left alone", said)
+        self.assertIn(b"its queued jobs are not started here", said)
+        out, err, code = await jw(copyPort, "status", "--json", queuedId)
+        self.assertIn(b'"PENDING"', out, err)
         if os.path.exists(os.path.join(live, MADE_CGROUPS)):
             # The journal of cgroups made, without the record (the store
             # copied before the job was stored): the cgroup is left too.

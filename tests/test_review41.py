@@ -319,6 +319,7 @@ class DrainTests(TestCase):
                     "draining": False,
                     "since": None,
                     "by": None,
+                    "reason": None,
                     "running": 0,
                     "queued": 0,
                 },
@@ -691,3 +692,28 @@ class StopIgnoredForAnInstantTests(test_process.JobProcessTestCase):
         self.assertEqual(
             (self.record.status, self.record.stopped_by), (JobStatus.COMPLETED, None)
         )
+
+
+class StartedDrainingTests(TestCase):
+    """
+    Operator round 41: nothing let a server start without starting its
+    queued jobs (a restored backup tried beside the live server ran them a
+    second time). C{--drain} starts it draining.
+    """
+
+    async def test_drainOption(self) -> None:
+        server = LiveServer(self, "--drain")
+        code, state = await server.json("GET", "/drain", "ada")
+        self.assertEqual(
+            (code, state["draining"], state["by"], state["reason"]),
+            (200, True, "jobworker", "the server was started with --drain"),
+        )
+        code, body = await server.json("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(code, 503, body)
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual(health["status"], "degraded")
+        self.assertIn("the server was started with --drain", health["drain"])
+        code, state = await server.json("DELETE", "/drain", "ada")
+        self.assertEqual((code, state["draining"], state["reason"]), (200, False, None))
+        job = await server.createJob("true")
+        self.assertEqual((await server.waitEnded(job["id"]))["status"], "COMPLETED")

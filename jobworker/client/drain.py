@@ -44,7 +44,9 @@ def _since(state: dict[str, Any], now: float) -> str:
         parts.append(f"since {since}")
     by = state.get("by")
     if isinstance(by, str) and by:
-        parts.append(f"by {printable(by)}")
+        reason = state.get("reason")
+        why = f" ({printable(reason)})" if isinstance(reason, str) and reason else ""
+        parts.append(f"by {printable(by)}{why}")
     return ", ".join(parts)
 
 

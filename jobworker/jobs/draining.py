@@ -25,9 +25,11 @@ class Draining:
     log = Logger()
 
     def __init__(self) -> None:
-        #: Who asked for the drain, and when (None: not draining).
+        #: Who asked for the drain, when, and why if not an Admin's
+        #: request (None: not draining).
         self.by: str | None = None
         self.since: float | None = None
+        self.reason: str | None = None
         self._waiting: list[Deferred[None]] = []
 
     @property
@@ -35,18 +37,22 @@ class Draining:
         """Whether the server drains now."""
         return self.since is not None
 
-    def start(self, by: str, when: float, running: int) -> bool:
+    def start(
+        self, by: str, when: float, running: int, reason: str | None = None
+    ) -> bool:
         """
-        Drain from now (C{running} jobs still hold their slots); False if
+        Drain from now (C{running} jobs still hold their slots), at the
+        request of C{by}, for C{reason} if not an Admin's request; False if
         it drains already (the first request's name and time are kept).
         """
         if self.since is not None:
             return False
-        self.by, self.since = by, when
+        self.by, self.since, self.reason = by, when, reason
         self.log.info(
-            "draining at the request of {user}: no new job is taken nor queued "
-            "job started; {running} jobs still running",
+            "draining at the request of {user}{why}: no new job is taken nor "
+            "queued job started; {running} jobs still running",
             user=by,
+            why=f" ({reason})" if reason else "",
             running=running,
         )
         if running == 0:
@@ -57,7 +63,7 @@ class Draining:
         """Drain no more; False if it did not drain. Waiters are answered."""
         if self.since is None:
             return False
-        self.by = self.since = None
+        self.by = self.since = self.reason = None
         self.log.info("draining ended at the request of {user}", user=by)
         self._answer()
         return True

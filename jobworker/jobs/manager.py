@@ -294,13 +294,13 @@ class JobManager(Admission):
 
     # -- draining ---------------------------------------------------------------
 
-    def drain(self, by: str) -> bool:
+    def drain(self, by: str, reason: str | None = None) -> bool:
         """
         Take no new job and start no queued one until L{resume} (or a
         restart): the running ones go on to their end. False if the server
-        drains already.
+        drains already. C{reason}: why, if not an Admin's request.
         """
-        return self._drain.start(by, self._reactor.seconds(), self._running)
+        return self._drain.start(by, self._reactor.seconds(), self._running, reason)
 
     def resume(self, by: str) -> bool:
         """End a drain: queued jobs start again. False if none was on."""
@@ -318,6 +318,7 @@ class JobManager(Admission):
             "draining": self._drain.on,
             "since": self._drain.since,
             "by": self._drain.by,
+            "reason": self._drain.reason,
             "running": self._running,
             "queued": len(self._scheduler.queue),
         }
@@ -397,6 +398,22 @@ class JobManager(Admission):
         # own leftovers to see to (a local job's, ended inside its grace).
         for job in self._executor.recover(unfinished, RESTARTED):
             self._watch(job)
+        live = getattr(self._executor, "copyOf", None)
+        if live is not None:
+            # The state dir is a copy of a live server's (a backup restored
+            # beside it, a move rehearsed): its queued jobs are that
+            # server's, and ran a second time here (operator round 41).
+            self.log.error(
+                "this state dir is a copy of the one of a live jobworker (pid "
+                "{pid}): its queued jobs are not started here (the server "
+                "drains); DELETE /drain (jw drain --end) if they are this "
+                "server's to run",
+                pid=live,
+            )
+            self.drain(
+                "jobworker",
+                f"this state dir is a copy of a live jobworker's (pid {live})",
+            )
         closed = [record for record in unfinished if record.status.ended]
         for record in closed:
             if isinstance(record, DamagedRecord):

@@ -602,8 +602,9 @@ class JobsAPI:
             reasons.append(unaudited)
         if drain["draining"]:
             # (A balancer takes it out: it takes no new job.)
+            why = f" ({drain['reason']})" if drain["reason"] else ""
             body["drain"] = said = (
-                f"draining: no new job is taken; {drain['running']} running, "
+                f"draining{why}: no new job is taken; {drain['running']} running, "
                 f"{drain['queued']} queued"
             )
             reasons.append(said)

@@ -157,6 +157,14 @@ class Options(usage.Options):
             "Serve HTTPS with TLS 1.3 (required: there is no plaintext mode).",
         ],
         [
+            "drain",
+            None,
+            "Start draining: take no new job and start no queued one until an "
+            "Admin's DELETE /drain (jw drain --end). For a restored backup or a "
+            "moved state dir tried out beside the live server: its queued jobs "
+            "would run a second time.",
+        ],
+        [
             "require-client-cert",
             None,
             "Refuse, in the TLS handshake, clients without a certificate "

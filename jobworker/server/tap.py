@@ -536,6 +536,8 @@ def _manager(
         # Nothing starts before the service does (L{ManagerService}): the
         # queue is held while the jobs of the last run are recovered.
         manager.holdQueue()
+        if config["drain"]:
+            manager.drain("jobworker", "the server was started with --drain")
         manager.recover()
         log.info(
             "job store {path}: schema v{version}, {count} jobs",

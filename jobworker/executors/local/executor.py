@@ -348,6 +348,10 @@ class LocalExecutor:
         self._groups = GroupNumbers(pidReused, groupTakenOver)
         #: Watches the reactor's reads of the jobs' pipes (L{StallWatch}).
         self._stallWatch = stallWatch
+        #: The pid of a live jobworker whose state dir this one is a copy
+        #: of, as L{recover} found (its records' processes are that
+        #: server's); None if none was found.
+        self.copyOf: int | None = None
         #: Jobs ended with processes still to kill (L{LeftoverJournal}).
         self._leftovers = LeftoverJournal(
             os.path.join(os.path.dirname(jobsDir), LEFTOVERS)
@@ -848,6 +852,7 @@ class LocalExecutor:
             )
             if owner is not None:
                 # A copy of a live server's state dir: that server's job.
+                self.copyOf = owner
                 others.add(record.id)
                 killed = 0
                 error = (
