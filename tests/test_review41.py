@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import time
 from typing import Any
 from unittest import mock
 
@@ -717,3 +718,45 @@ class StartedDrainingTests(TestCase):
         self.assertEqual((code, state["draining"], state["reason"]), (200, False, None))
         job = await server.createJob("true")
         self.assertEqual((await server.waitEnded(job["id"]))["status"], "COMPLETED")
+
+
+class LeftRequestsCountedTests(TestCase):
+    """
+    Code review 41: a long poll (C{?wait=}) whose client left was never
+    counted in C{jobworker_http_requests_total} nor its latency (only a
+    finished answer was). Counted as C{499}, once.
+    """
+
+    async def test_leftLongPoll(self) -> None:
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "30")
+        credentials = base64.b64encode(b"alice:alice-pass")
+
+        def leftPoll() -> None:
+            sock = tlsTo(server.port)
+            sock.sendall(
+                f"GET /jobs/{job['id']}?wait=20 HTTP/1.1\r\n".encode()
+                + b"Host: localhost\r\nAuthorization: Basic "
+                + credentials
+                + b"\r\n\r\n"
+            )
+            time.sleep(0.5)
+            sock.close()
+
+        await deferToThread(leftPoll)
+        series = '{code="499",method="GET",route="/jobs/{id}"}'
+        _, issued = await server.json("POST", "/tokens", "ada")
+        for _ in range(100):
+            response = await server.http.get(
+                server.url + "/metrics",
+                headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
+            )
+            text = (await treq.content(response)).decode()
+            counted = samples(text, "jobworker_http_requests_total").get(series)
+            if counted is not None:
+                break
+            await sleep(0.05)
+        self.assertEqual(counted, 1.0)
+        latency = samples(text, "jobworker_http_request_seconds_count")
+        self.assertEqual(latency['{method="GET",route="/jobs/{id}"}'], 1.0)
+        await server.json("POST", f"/jobs/{job['id']}/stop")

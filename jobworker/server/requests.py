@@ -50,6 +50,10 @@ def dashboardHeaders(request: IRequest) -> None:
         request.setHeader(header, value)
 
 
+#: The code a request is counted with in the metrics when its client went
+#: before its answer was finished (nginx's "client closed request").
+CLIENT_GONE = 499
+
 #: The largest request body accepted.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -71,13 +75,34 @@ class BoundedRequest(Request):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._began = time.perf_counter()
 
+    #: Whether it was counted in the site's metrics (once: L{finish}, or
+    #: L{connectionLost} before it).
+    _counted = False
+
     def finish(self) -> None:
         super().finish()  # type: ignore[no-untyped-call]
+        self._count(self.code)
+
+    def connectionLost(self, reason: Any) -> None:
+        """
+        The client went before the answer was finished: counted all the
+        same, as C{499} (nginx's "client closed request"): a long poll left
+        (C{jw wait} interrupted), or a login whose client hung up in its
+        password check, was never counted at all (code review 41).
+        """
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if not self.finished:
+            self._count(CLIENT_GONE)
+
+    def _count(self, code: int) -> None:
+        if self._counted:
+            return
+        self._counted = True
         # twisted.web sets self.site when it processes the request.
         metrics = getattr(getattr(self, "site", None), "metrics", None)
         if metrics is not None:
             metrics.request(
-                self.path, self.code, time.perf_counter() - self._began, self.method
+                self.path, code, time.perf_counter() - self._began, self.method
             )
 
     def _handleStar(self) -> None:
