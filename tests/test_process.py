@@ -1043,12 +1043,23 @@ class TimeoutAsItEndsTests(JobProcessTestCase):
         self.assertFalse(childExited(PID))
 
 
+def _defaultInterrupts() -> None:
+    for number in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 class EndsByDefaultTests(SynchronousTestCase):
     """L{endsByDefault} on real processes."""
 
     def child(self, script: str) -> subprocess.Popen[bytes]:
+        # (INT and QUIT as a terminal's shell has them: a suite started in
+        # the background of a non-interactive shell ignores them, and its
+        # children inherit that, which no trap can undo.)
         process = subprocess.Popen(
-            ["sh", "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+            ["sh", "-c", script],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_defaultInterrupts,
         )
         self.addCleanup(process.wait)
         self.addCleanup(process.kill)
