@@ -760,3 +760,30 @@ class LeftRequestsCountedTests(TestCase):
         latency = samples(text, "jobworker_http_request_seconds_count")
         self.assertEqual(latency['{method="GET",route="/jobs/{id}"}'], 1.0)
         await server.json("POST", f"/jobs/{job['id']}/stop")
+
+
+class LeftoversGoneSlotFreedTests(TestCase):
+    """
+    A job that left a process (C{sleep 60 &}), which went on the TERM of
+    the job's end, held its running slot (and its uid, and the shutdown)
+    to the end of its grace: a minute with --stop-grace 60 (found timing
+    the suite, session 41). It is done with once nothing of it is left.
+    """
+
+    serverOptions: tuple[str, ...] = ()
+
+    async def test_slotFreed(self) -> None:
+        server = LiveServer(self, "--max-running=1", grace=60)
+        left = await server.createJob("sh", "-c", "sleep 60 & echo $!")
+        ended = await server.waitEnded(left["id"])
+        self.assertEqual(ended["status"], "COMPLETED", ended)
+        after = await server.createJob("true")
+        # (Queued behind the slot the leftover held: it runs once it is
+        # given back, long before the grace's minute.)
+        self.assertEqual(
+            (await server.waitEnded(after["id"], timeout=10))["status"], "COMPLETED"
+        )
+
+
+class LeftoversGoneSlotFreedWithoutCgroupsTests(LeftoversGoneSlotFreedTests):
+    serverOptions = ("--cgroups=off",)

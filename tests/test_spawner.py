@@ -962,6 +962,12 @@ class ServerSpawnerTests(TestCase):
         self.assertEqual(ended["status"], "COMPLETED", ended)
         response = await server.request("GET", f"/jobs/{left['id']}/logs")
         self.assertTrue(_gone(int(await treq.content(response))))
+        deadline = time.monotonic() + 10
+        while left["id"] in server.manager._live:  # type: ignore[attr-defined]
+            # (Its leftover went on the TERM of its end: done with then,
+            # not at the end of its grace, a minute here.)
+            self.assertLess(time.monotonic(), deadline, "kept to the end of the grace")
+            await sleep(0.05)
 
     async def test_aLeaverHoldingThePipesWithoutCgroups(self) -> None:
         """

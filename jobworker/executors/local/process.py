@@ -33,6 +33,14 @@ from .stdin import StdinFeed
 #: open by a process that left the job's session.
 ABANDON_AFTER_KILL = 1.0
 
+#: After a job's end, what it left (on the TERM of its end) is looked for
+#: first this long on, then at twice the last wait, up to L{LEFT_LOOK_MOST}:
+#: once none is left, the job is done with (its slot, its uid given back),
+#: not at the end of its grace (a job that left a C{sleep &} held its slot
+#: ten seconds, or the grace asked for, though its leftover went at once).
+LEFT_LOOK_FIRST = 0.05
+LEFT_LOOK_MOST = 1.0
+
 #: Seconds after its main process's end that a job whose pipes are still
 #: held, with nothing to signal (no cgroup: its leftovers left the session),
 #: has that end stored (L{JobProcess._storeMainExit}).
@@ -292,6 +300,7 @@ class JobProcess:
         self._timeoutTimer: IDelayedCall | None = None
         self._removeTimer: IDelayedCall | None = None
         self._mainExitTimer: IDelayedCall | None = None
+        self._leftTimer: IDelayedCall | None = None
         self._removeTries = 0
         self._ending = Ending(record, elapsed)
         self._cleanWaiters: list[Deferred[None]] = []
@@ -671,6 +680,7 @@ class JobProcess:
     def _kill(self) -> None:
         self._killTimer = None
         self._killSent = True
+        self._cancelTimers("_leftTimer")
         groups, pgid = self._groups, self._pgid
         if (
             self.cgroup is None
@@ -875,6 +885,7 @@ class JobProcess:
         "_timeoutTimer",
         "_removeTimer",
         "_mainExitTimer",
+        "_leftTimer",
     )
 
     def _cancelTimers(self, *names: str) -> None:
@@ -983,6 +994,26 @@ class JobProcess:
         )
         if self._killTimer is None:
             self._fireCleaned()
+        else:
+            self._leftTimer = self._clock.callLater(
+                LEFT_LOOK_FIRST, self._lookForLeftovers, LEFT_LOOK_FIRST
+            )
+
+    def _lookForLeftovers(self, waited: float) -> None:
+        """
+        Is anything of the ended job left, its grace still running? Once
+        nothing is, it is done with now (no SIGKILL: the group id may be
+        reused by then); else looked for again later (L{LEFT_LOOK_FIRST}).
+        """
+        self._leftTimer = None
+        if self._killTimer is None:
+            return  # (killed at its grace's end, or stopped harder)
+        if self._nothingLeft():
+            self._cancelTimers("_killTimer")
+            self._fireCleaned()
+            return
+        wait = min(2 * waited, LEFT_LOOK_MOST)
+        self._leftTimer = self._clock.callLater(wait, self._lookForLeftovers, wait)
 
     def _nothingLeft(self) -> bool:
         if self.cgroup is not None:
@@ -1018,6 +1049,7 @@ class JobProcess:
         return d
 
     def _fireCleaned(self) -> None:
+        self._cancelTimers("_leftTimer")
         if self.cgroup is not None and not self._removeCgroup():
             return
         if self._groups is not None and self._pgid is not None:
