@@ -787,3 +787,37 @@ class LeftoversGoneSlotFreedTests(TestCase):
 
 class LeftoversGoneSlotFreedWithoutCgroupsTests(LeftoversGoneSlotFreedTests):
     serverOptions = ("--cgroups=off",)
+
+
+class EndsSaidWithWhyTests(TestCase):
+    """
+    Operator round 41: the server's log said a job "ended FAILED (exit
+    None, signal None)" and never why (a command not found, a timeout, the
+    memory limit: in the store alone, gone with the job); a queued job that
+    ended without running (its dependency failed) had no line at all; a
+    queued job's line read "queued: queued: ...".
+    """
+
+    async def test_said(self) -> None:
+        said: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            text = formatEvent(event)
+            if text:
+                said.append(text)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        server = LiveServer(self)
+        missing = await server.createJob("no-such-command-41")
+        await server.waitEnded(missing["id"])
+        first = await server.createJob("sh", "-c", "exit 3")
+        after = await server.createJob("true", after_ok=[first["id"]])
+        self.assertEqual((await server.waitEnded(after["id"]))["status"], "FAILED")
+        [line] = [s for s in said if f"job {missing['id']} ended FAILED" in s]
+        self.assertIn("not found", line)
+        [line] = [s for s in said if f"queued job {after['id']}" in s]
+        self.assertIn("ended FAILED without running: ", line)
+        self.assertIn(first["id"], line)
+        self.assertEqual([s for s in said if "queued: queued:" in s], [])
+        self.assertNotEqual([s for s in said if f"job {after['id']} of alice" in s], [])

@@ -362,8 +362,10 @@ class Admission:
         )
         queue.add(entry, unfinished.__contains__)
         record.pending_reason = queue.reason(record.id)
+        # (Its reason begins "queued: ..." as a rule: the line read
+        # "queued: queued: ...", operator round 41.)
         self.log.info(
-            "job {job} of {user} queued: {reason}",
+            "job {job} of {user} {reason}",
             job=record.id,
             user=owner,
             reason=record.pending_reason,
@@ -595,11 +597,19 @@ class Admission:
         closing.addErrback(failed)
 
     def _queuedEnded(self, record: JobRecord) -> None:
-        """A queued job ended without running: store it, count it."""
+        """A queued job ended without running: store it, count it, say it
+        (the log said nothing: operator round 41)."""
         self._held.pop(record.id, None)
         self._stdinClosedEarly.discard(record.id)
         self._storeFinal(record)
         self._metrics.jobEnded(record.status.value)
+        self.log.info(
+            "queued job {job} of {user} ended {status} without running: {error}",
+            job=record.id,
+            user=record.owner,
+            status=record.status.value,
+            error=record.error or "no reason given",
+        )
 
     def whenStarted(self, jobId: str) -> Deferred[None]:
         """Fires once a job has started (at once unless it is queued)."""

@@ -110,8 +110,12 @@ class Ending:
         # doubled); the fields stay in the event for structured observers.
         # Twisted's formatter would parse the format and look up each field
         # at every job's end.
+        # With why, where the job's record says (a command not found, a
+        # timeout, the memory limit): the log said the exit alone, and the
+        # reason was in the store, gone with the job (operator round 41).
         text = (
             f"job {record.id} ended {status.value} (exit {exit_code}, signal {signal})"
+            + (f": {error}" if error else "")
         )
         self.log.info(
             text.replace("{", "{{").replace("}", "}}"),
