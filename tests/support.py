@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from jobworker.auth.users import UserDatabase
 from jobworker.client.completion import COMPLETION
 from jobworker.executors.local.sandbox import privateFolders
 from jobworker.server.options import Options
@@ -438,9 +439,11 @@ class RecordingAuthenticator:
 
     def __init__(self) -> None:
         self.replaced: list[Any] = []
+        self.users = UserDatabase.development()
 
     def replaceUsers(self, users: Any) -> None:
         self.replaced.append(users)
+        self.users = users
 
 
 def writePEM(path: str, data: bytes) -> None:

@@ -39,6 +39,8 @@ class AuditFaultTests(SynchronousTestCase):
         replaced: list[UserDatabase] = []
 
         class Authenticator:
+            users = UserDatabase.development()
+
             def replaceUsers(self, users: UserDatabase) -> None:
                 replaced.append(users)
 

@@ -155,6 +155,9 @@ replaced, events, failures = [], [], []
 globalLogPublisher.addObserver(lambda e: events.append(formatEvent(e)))
 
 class Authenticator:
+    from jobworker.auth.users import UserDatabase
+    users = UserDatabase.development()
+
     def replaceUsers(self, users):
         replaced.append(len(users))
 

@@ -21,6 +21,7 @@ import bcrypt
 import treq
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from twisted.internet import reactor
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -29,10 +30,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from jobworker.auth.audit import AuditLog
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.throttle import LoginThrottle
 from jobworker.auth.tokens import TokenSigner
-from jobworker.auth.users import UserDatabase
+from jobworker.auth.users import DEVELOPMENT_USERS, UserDatabase
 from jobworker.errors import JobworkerError, TooManyRequests, Unauthorized
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.process import (
@@ -50,10 +52,11 @@ from jobworker.jobs.validation import JobRequest
 from jobworker.metrics import Metrics
 from jobworker.server import connections
 from jobworker.server.selfcert import ensureServerCertificate
+from jobworker.server.services import UsersReloadService
 
 from . import test_process
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill, processExit
-from .support import CA, LiveServer, sleep
+from .support import CA, LiveServer, RecordingAuthenticator, sleep
 from .test_limits import requireCgroups
 from .test_mtls import certificateOf
 from .test_review39 import closedWithin, readAll, tlsTo
@@ -821,3 +824,69 @@ class EndsSaidWithWhyTests(TestCase):
         self.assertIn(first["id"], line)
         self.assertEqual([s for s in said if "queued: queued:" in s], [])
         self.assertNotEqual([s for s in said if f"job {after['id']} of alice" in s], [])
+
+
+class UsersReloadChangesSaidTests(TestCase):
+    """
+    Operator round 41: a reload that removed or demoted a user said only
+    "reloaded: N users", and the audit log nothing. Who was added, removed,
+    given another role, password or account is said in the log line and in
+    a C{users.reload} audit event.
+    """
+
+    async def test_said(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "users")
+        lines = dict(
+            line.split(":", 1) for line in DEVELOPMENT_USERS.splitlines() if line
+        )
+
+        def write(text: dict[str, str]) -> None:
+            with open(path, "w") as f:
+                f.write("".join(f"{name}:{rest}\n" for name, rest in text.items()))
+            os.chmod(path, 0o600)
+
+        write(lines)
+        audit = AuditLog(os.path.join(folder, "audit.log"), Clock())
+        self.addCleanup(audit.close)
+        authenticator = RecordingAuthenticator()
+        authenticator.users = UserDatabase.fromFile(path)
+        service = UsersReloadService(
+            path,
+            authenticator,
+            reactor,
+            audit=audit,  # type: ignore[arg-type]
+        )
+        said: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        await service.reload()
+        changed = dict(lines)
+        del changed["bob"]
+        changed["rita"] = changed["rita"].replace("Reader:", "Developer:", 1)
+        role = changed["ada"].split(":", 1)[0]
+        changed["ada"] = f"{role}:" + bcrypt.hashpw(b"new", bcrypt.gensalt(4)).decode()
+        changed["carol"] = changed["alice"]
+        write(changed)
+        await service.reload()
+        [first, second] = [s for s in said if "reloaded:" in s]
+        self.assertTrue(first.endswith("reloaded: 4 users, none changed"), first)
+        self.assertTrue(
+            second.endswith(
+                "reloaded: 4 users (added: carol; removed: bob; role: rita: "
+                "Reader -> Developer; password: ada)"
+            ),
+            second,
+        )
+        with open(os.path.join(folder, "audit.log")) as f:
+            [entry] = [json.loads(line) for line in f]
+        self.assertEqual(
+            (entry["event"], entry["added"], entry["removed"], entry["role"]),
+            ("users.reload", ["carol"], ["bob"], ["rita: Reader -> Developer"]),
+        )
+        self.assertEqual(entry["password"], ["ada"])

@@ -472,6 +472,11 @@ class Authenticator:
         entry = self._realm._users.lookup(name)
         return None if entry is None else entry.user
 
+    @property
+    def users(self) -> UserDatabase:
+        """The users in force (the users file as last read)."""
+        return self._realm._users
+
     def replaceUsers(self, users: UserDatabase) -> None:
         """
         Use a new users database (a reloaded users file): remembered

@@ -113,6 +113,37 @@ class UserDatabase:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def changesFrom(self, old: UserDatabase) -> dict[str, list[str]]:
+        """
+        What a reload made of the users of C{old} (a removed or demoted
+        user left no trace but the count: operator round 41): the names
+        C{added} and C{removed}, C{role} changes (C{"rita: Developer ->
+        Reader"}), C{password} changes (a new hash: their tokens end) and
+        C{account} changes (C{"bob: bob -> svc"}); empty lists left out.
+        """
+        changes: dict[str, list[str]] = {
+            "added": sorted(set(self._entries) - set(old._entries)),
+            "removed": sorted(set(old._entries) - set(self._entries)),
+            "role": [],
+            "password": [],
+            "account": [],
+        }
+        for name in sorted(set(self._entries) & set(old._entries)):
+            now, before = self._entries[name], old._entries[name]
+            if now.user.role is not before.user.role:
+                changes["role"].append(
+                    f"{name}: {before.user.role.value} -> {now.user.role.value}"
+                )
+            if now.passwordHash != before.passwordHash:
+                changes["password"].append(name)
+            was, isNow = before.user.account, now.user.account
+            if (was and was.label) != (isNow and isNow.label):
+                changes["account"].append(
+                    f"{name}: {was.label if was else '-'} -> "
+                    f"{isNow.label if isNow else '-'}"
+                )
+        return {kind: names for kind, names in changes.items() if names}
+
     @classmethod
     def fromText(cls, text: str, source: str = "users file") -> UserDatabase:
         """

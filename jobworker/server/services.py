@@ -220,8 +220,11 @@ class UsersReloadService(Service):
         reloaded: Callable[[], object] | None = None,
         reloadTLS: Callable[[], object] | None = None,
         reloads: Reloads | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._path = path
+        #: Told what each reload changed (C{users.reload}).
+        self._audit = audit
         #: Told what each reload made of the files (L{Reloads}).
         self._reloads = reloads if reloads is not None else Reloads()
         self._reloadTLS = reloadTLS
@@ -336,13 +339,24 @@ class UsersReloadService(Service):
             )
             self._reloads.failed("users", f"{type(e).__name__}: {e}")
             return
+        # (What it changes, if the users before are known: an authenticator
+        # stand-in of a test may not say.)
+        before = getattr(self._authenticator, "users", None)
+        changes = users.changesFrom(before) if isinstance(before, UserDatabase) else {}
         self._authenticator.replaceUsers(users)
         self._reloads.succeeded("users")
+        said = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in changes.items()
+        )
         self.log.info(
-            "users file {path} reloaded: {count} users",
+            "users file {path} reloaded: {count} users{changed}",
             path=path,
             count=len(users),
+            changed=f" ({said})" if said else ", none changed",
+            changes=changes,
         )
+        if self._audit is not None and changes:
+            self._audit.record("users.reload", None, "server", "ok", **changes)
         if self._reloaded is not None:
             self._reloaded()
 

@@ -219,6 +219,7 @@ def _parts(
                 _reloadTLS, tlsOptions, authenticator, _tokenKeyPath(config), reloads
             ),
             reloads,
+            audit,
         )
     )
 
