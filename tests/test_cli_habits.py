@@ -787,7 +787,18 @@ class HelpAgreesWithREADMETests(MemoryCLITestCase):
                 self.assertIn(flag.encode(), out, (name, flag))
         self.assertEqual(
             set(documented),
-            {"exec", "list", "status", "logs", "wait", "stop", "rm", "clean", "login"},
+            {
+                "exec",
+                "list",
+                "status",
+                "logs",
+                "wait",
+                "stop",
+                "rm",
+                "clean",
+                "drain",
+                "login",
+            },
         )
 
 

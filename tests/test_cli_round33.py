@@ -201,9 +201,11 @@ class FollowOutlivesLoginTests(MemoryCLITestCase):
         self.assertEqual(code, EXIT_NOT_FOLLOWED, err)
         self.assertTrue(last.startswith(f"jw: cannot follow job {jobId} ("), last)
         self.assertIn("expired", last)
+        # (JW_TOKEN's to renew, not a login: new user round 41.)
+        self.assertIn("it is still running: JW_TOKEN was refused (it expired at ", last)
         self.assertIn(
-            f"it is still running: jw login, then jw logs -f {jobId} to follow "
-            f"it, jw stop {jobId} to stop it",
+            f"set a new one, then jw logs -f {jobId} to follow it, jw stop {jobId} "
+            "to stop it",
             last,
         )
         self.assertEqual(self.statusJSON(jobId)["status"], "RUNNING")
@@ -217,9 +219,11 @@ class FollowOutlivesLoginTests(MemoryCLITestCase):
         _out, err, code = self.finish(run)
         self.assertEqual(code, EXIT_NOT_FOLLOWED, err)
         last = err.decode().splitlines()[-1]
+        # (JW_TOKEN's to renew, not a login: new user round 41.)
+        self.assertIn("it is still running: JW_TOKEN was refused (it expired at ", last)
         self.assertIn(
-            f"it is still running: jw login, then jw logs -f {jobId} to follow "
-            f"it, jw stop {jobId} to stop it",
+            f"set a new one, then jw logs -f {jobId} to follow it, jw stop {jobId} "
+            "to stop it",
             last,
         )
         self.assertIn("expired", last)

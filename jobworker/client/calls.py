@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal as _signal
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -238,20 +239,51 @@ MAX_TAIL = 1_000_000
 MAX_OFFSET = (1 << 63) - 1
 
 
+#: How often in all a request/response call is asked when the server
+#: answers 503 with a short C{Retry-After} (L{ApiCalls._ask}), the
+#: longest C{Retry-After} waited, and the seconds it may be asked for.
+BUSY_TRIES = 3
+BUSY_WAIT = 5.0
+BUSY_FOR = 30.0
+
+
+def _mayAskAgain(method: str, path: str) -> bool:
+    """
+    May a request the server answered 503 be sent again? A 503 did
+    nothing: a C{GET} or a C{DELETE} may be sent twice anyway; a C{POST
+    /jobs} refused so created no job (the API says so); a C{POST
+    /tokens} issued none; a stop asked twice is one stop, a drain begun
+    twice one drain. (A write to a job's stdin is not made here.)
+    """
+    if method in ("GET", "DELETE"):
+        return True
+    bare = path.split("?", 1)[0]
+    return bare in ("/jobs", "/tokens", "/drain") or (
+        bare.startswith("/jobs/") and bare.endswith("/stop")
+    )
+
+
 class ApiCalls:
     """
     The calls of the API that answer with one JSON document. How a request
-    travels is a subclass's L{_json}.
+    travels is a subclass's L{_json}; a short 503 is asked again
+    (L{_ask}).
 
     @ivar server: base URL, C{https://host:port}.
+    @ivar reactor: its clock (C{seconds}).
     """
 
     server: str
+    reactor: Any
 
     #: What renews the login kept when the server refuses its token under
     #: a follow (L{Renewal<jobworker.client.session.Renewal>}); None: not
     #: renewed (a password, a certificate, C{JW_TOKEN}).
     renewal: Any = None
+
+    #: Is the token sent C{JW_TOKEN}'s (given, not kept by C{jw login})?
+    #: It, not a login, is what to renew when the server refuses it.
+    givenToken: bool = False
 
     def bearer(self) -> str | None:
         """The bearer token sent now, if one is."""
@@ -259,6 +291,10 @@ class ApiCalls:
 
     def useToken(self, token: str) -> None:
         """Send the bearer C{token} from now on (a renewed login's)."""
+        raise NotImplementedError
+
+    def pause(self, seconds: float) -> Awaitable[None]:
+        """Wait C{seconds}."""
         raise NotImplementedError
 
     async def _json(
@@ -277,14 +313,58 @@ class ApiCalls:
         """
         raise NotImplementedError
 
+    async def _ask(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        slow: float = 0.0,
+        shape: Shape | None = None,
+    ) -> Any:
+        """
+        L{_json}'s answer. A 503 whose C{Retry-After} is short (at most
+        L{BUSY_WAIT}: the server cannot serve it now, "too many password
+        checks in progress: retry in 1 s") is asked again after it,
+        quietly, up to L{BUSY_TRIES} times in all and for L{BUSY_FOR}
+        seconds, as a follow asks again: it ended C{jw list}, C{jw status}
+        and C{jw exec} with exit 1, and a CI fan-out had to wrap each call
+        in a loop of its own (new user round 41). Only a request that may
+        be sent again (L{_mayAskAgain}); a 503 did nothing on the server.
+        Said, once given up, with how often it was asked.
+        """
+        began = self.reactor.seconds()
+        tries = 1
+        while True:
+            try:
+                return await self._json(method, path, body, slow, shape)
+            except ClientError as e:
+                wait = e.retryAfter
+                if (
+                    e.status != UNAVAILABLE
+                    or wait is None
+                    or wait > BUSY_WAIT
+                    or not _mayAskAgain(method, path)
+                ):
+                    raise
+                if tries >= BUSY_TRIES or (
+                    self.reactor.seconds() - began + wait > BUSY_FOR
+                ):
+                    if tries == 1:
+                        raise
+                    raise ClientError(
+                        f"{e} (asked {tries} times)", e.status, e.body, e.retryAfter
+                    ) from None
+            await self.pause(wait)
+            tries += 1
+
     async def createToken(self) -> dict[str, Any]:
         """C{POST /tokens}: a bearer token for this user, and its expiry."""
-        result: dict[str, Any] = await self._json("POST", "/tokens", shape=TOKEN_SHAPE)
+        result: dict[str, Any] = await self._ask("POST", "/tokens", shape=TOKEN_SHAPE)
         return result
 
     async def whoami(self) -> dict[str, Any]:
         """C{GET /whoami}: who the credentials sent are (and may do)."""
-        result: dict[str, Any] = await self._json("GET", "/whoami", shape={"user": str})
+        result: dict[str, Any] = await self._ask("GET", "/whoami", shape={"user": str})
         return result
 
     async def createJob(
@@ -311,9 +391,7 @@ class ApiCalls:
             body["timeout_seconds"] = timeout
         if limits:
             body["limits"] = limits
-        result: dict[str, Any] = await self._json(
-            "POST", "/jobs", body, shape=JOB_SHAPE
-        )
+        result: dict[str, Any] = await self._ask("POST", "/jobs", body, shape=JOB_SHAPE)
         return result
 
     async def listJobs(
@@ -346,7 +424,7 @@ class ApiCalls:
         ]
         params.extend(("label", f"{k}={v}") for k, v in labels or ())
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result = await self._json("GET", path, shape=LIST_SHAPE)
+        result = await self._ask("GET", path, shape=LIST_SHAPE)
         return result["jobs"], result.get("next_cursor")
 
     async def clean(
@@ -371,17 +449,17 @@ class ApiCalls:
             if value is not None
         ]
         path = "/jobs" + (f"?{urlencode(params)}" if params else "")
-        result: dict[str, Any] = await self._json("DELETE", path, shape=CLEANED_SHAPE)
+        result: dict[str, Any] = await self._ask("DELETE", path, shape=CLEANED_SHAPE)
         return result
 
     async def deleteJob(self, jobId: str) -> None:
         """C{DELETE /jobs/ID}: remove an ended job and its output."""
-        await self._json("DELETE", f"/jobs/{segment(jobId)}", shape=DELETED_SHAPE)
+        await self._ask("DELETE", f"/jobs/{segment(jobId)}", shape=DELETED_SHAPE)
 
     async def job(self, jobId: str, wait: float = 0) -> dict[str, Any]:
         """C{GET /jobs/ID}, waiting up to C{wait} seconds for the job to end."""
         query = f"?wait={wait:g}" if wait else ""
-        result: dict[str, Any] = await self._json(
+        result: dict[str, Any] = await self._ask(
             "GET", f"/jobs/{segment(jobId)}{query}", slow=wait, shape=JOB_SHAPE
         )
         return result
@@ -393,19 +471,19 @@ class ApiCalls:
         L{MAX_DRAIN_WAIT}) for none to run while it drains.
         """
         query = f"?wait={wait:g}" if wait else ""
-        result: dict[str, Any] = await self._json(
+        result: dict[str, Any] = await self._ask(
             "GET", f"/drain{query}", slow=wait, shape=DRAIN_SHAPE
         )
         return result
 
     async def startDrain(self) -> dict[str, Any]:
         """C{POST /drain}: take no new job, start no queued one (Admins)."""
-        result: dict[str, Any] = await self._json("POST", "/drain", shape=DRAIN_SHAPE)
+        result: dict[str, Any] = await self._ask("POST", "/drain", shape=DRAIN_SHAPE)
         return result
 
     async def endDrain(self) -> dict[str, Any]:
         """C{DELETE /drain}: end the drain; queued jobs start again (Admins)."""
-        result: dict[str, Any] = await self._json("DELETE", "/drain", shape=DRAIN_SHAPE)
+        result: dict[str, Any] = await self._ask("DELETE", "/drain", shape=DRAIN_SHAPE)
         return result
 
     async def stop(
@@ -421,7 +499,7 @@ class ApiCalls:
             body["signal"] = signal
         if grace is not None:
             body["grace_seconds"] = grace
-        result: dict[str, Any] = await self._json(
+        result: dict[str, Any] = await self._ask(
             "POST",
             f"/jobs/{segment(jobId)}/stop",
             body or None,

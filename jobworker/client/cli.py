@@ -32,6 +32,7 @@ from .config import (
     readConfig,
     resolve,
     savedUser,
+    tokenExpiry,
     tokensPath,
     tokenUser,
 )
@@ -41,17 +42,20 @@ from .failures import (
     EXIT_INTERRUPTED,
     EXIT_TIMED_OUT,
     ArgumentsRefused,
+    GivenTokenExpired,
     HelpShown,
     SavedLoginRefused,
     StartFailure,
     UsageFailure,
+    clientNow,
+    givenTokenRefused,
     interrupted,
     report,
 )
 from .interrupts import Interrupts
 from .parser import buildParser
 from .session import Connect, Session, givenPassword, trustOnFirstUse
-from .show import age
+from .show import age, moment
 from .streams import OutputFailed, Streams
 from .verbs import VERBS, InputNotSent, Verb, checkArguments
 
@@ -174,6 +178,8 @@ async def _commandLine(
     else:
         options = buildParser(streams).parse_args(argv)
         verb = options.verb
+    # jw -q: its informational lines not said (new user round 41).
+    streams.quiet = bool(getattr(options, "quiet", False))
     if verb == "completion":
         # No setting is used: a bad config file stopped it too, and
         # `source <(jw completion bash)` then broke every shell (new user
@@ -225,8 +231,8 @@ async def _commandLine(
         session = Session.open(
             reactor, verb, settings, environ, tokens, connect, follows(verb, options)
         )
-    except ServerUnreachable:
-        raise  # a failed connection, as any request's (exit 1)
+    except (ServerUnreachable, GivenTokenExpired):
+        raise  # a failed connection, an expired JW_TOKEN: as any request's (exit 1)
     except (UsageFailure, ClientError, ValueError) as e:
         raise StartFailure(str(e)) from None
     if verb in ("logs", "wait") or (verb == "drain" and options.wait):
@@ -249,6 +255,13 @@ async def _commandLine(
                 # it (it went unsaid: new user round 36).
                 streams.say(f"jw: {e}")
             raise SavedLoginRefused() from None
+        if e.status == 401 and getattr(session.client, "givenToken", False):
+            # JW_TOKEN is what to renew: no message named it (new user
+            # round 41).
+            renew = givenTokenRefused(
+                session.client.bearer(), clientNow(session.client)
+            )
+            raise ClientError(f"{e}; {renew}", e.status, e.body) from None
         raise
     finally:
         await session.client.close()
@@ -569,6 +582,14 @@ def _credentialsSent(
     if settings.cert or settings.key:
         return "the client certificate (cert, key)"
     if environ.get("JW_TOKEN"):
+        # One that has expired is not sent (new user round 41).
+        now = time.time()
+        expires = tokenExpiry(environ["JW_TOKEN"])
+        if expires is not None and expires <= now:
+            return (
+                f"JW_TOKEN (a bearer token; expired at {moment(expires, now)}: "
+                "not sent, set a new one)"
+            )
         return "JW_TOKEN (a bearer token)"
     password = givenPassword(environ)
     if token is not None and password is None:

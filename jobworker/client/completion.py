@@ -122,7 +122,7 @@ _jw() {{
         {_VALUES}) return ;;
     esac
     if [ -z "$verb" ]; then
-        COMPREPLY=($(compgen -W "{_VERBS} {_GLOBAL} --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "{_VERBS} {_GLOBAL} --version --quiet" -- "$cur"))
         return
     fi
     local opts=""
@@ -332,6 +332,7 @@ complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l server -x
 complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l ca -l cert -l key -r -F
 complete -c jw -n "not __jw_subcommand_from JOB help HELPED" -l help
 complete -c jw -n "__jw_subcommand_from none" -l version
+complete -c jw -n "__jw_subcommand_from none" -s q -l quiet
 complete -c jw -n "__jw_subcommand_from list" -l status -x -a "{_STATUSES}"
 complete -c jw -n "__jw_subcommand_from clean" -l status -x -a "{_ENDED}"
 complete -c jw -n "__jw_subcommand_from {_ID_VERBS.replace("|", " ")}" -x \\

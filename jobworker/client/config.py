@@ -67,7 +67,10 @@ def readConfig(path: str | None) -> dict[str, str]:
             import tomllib  # only when there is a file: jw starts faster
 
             values = tomllib.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
+        # No file there, or no folder (HOME=/dev/null, XDG_CONFIG_HOME=/dev/null:
+        # CI's "no user config", a service account's home): none. Every
+        # command stopped, exit 2, "Not a directory" (new user round 41).
         return {}
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
@@ -515,6 +518,17 @@ def tokenUser(token: str) -> str | None:
     """
     user = _tokenClaims(token).get("u")
     return user if isinstance(user, str) and user.isprintable() else None
+
+
+def tokenExpiry(token: str) -> float | None:
+    """
+    When a jobworker token says it expires (seconds since the epoch),
+    unverified (only the server can verify it): to show, and to keep jw
+    from sending one that has visibly expired. None: not a token jw can
+    read.
+    """
+    expires = _tokenClaims(token).get("e")
+    return float(expires) if _isTime(expires) else None
 
 
 def _tokenClaims(token: str) -> dict[str, Any]:

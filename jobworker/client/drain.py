@@ -154,14 +154,14 @@ async def _untilDrained(
 
     try:
         if state.get("draining") is True and shown:
-            streams.say(_waitingLine(state))
+            streams.tell(_waitingLine(state))
         while state.get("draining") is True and state["running"]:
             await resuming(client, attempt)
             if state.get("draining") is not True or not state["running"]:
                 break
             if state["running"] != shown:
                 shown = state["running"]
-                streams.say(_waitingLine(state))
+                streams.tell(_waitingLine(state))
             # A server that answers before the wait is over, jobs still
             # running, must not make this a busy loop.
             early = min(wait, 1.0) - max(0.0, clock.seconds() - asked)

@@ -6,12 +6,14 @@ exit status and its one line on stderr (never a traceback).
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..tlserrors import TLSConfigError
-from .config import ConfigError
+from .config import ConfigError, tokenExpiry
 from .errors import ClientError
+from .show import moment
 from .streams import OutputFailed, Streams
 
 #: Exit status when our own stdout was closed under us (128 + SIGPIPE).
@@ -71,6 +73,15 @@ def interrupted(error: KeyboardInterrupt, status: int, streams: Streams) -> int:
 
 class UsageFailure(Exception):
     """The command cannot be carried out as given; the message is one line."""
+
+
+class GivenTokenExpired(UsageFailure):
+    """
+    C{JW_TOKEN}'s claims say it has expired: it is not sent (sent, it
+    counted as a failed login at the server's throttle: new user round
+    41). Exit 1, as the server's refusal of it was: a login refused at the
+    first request.
+    """
 
 
 class BadArguments(UsageFailure):
@@ -138,6 +149,7 @@ class NotFollowed(Exception):
         status: str | None,
         relogin: bool = False,
         refused: bool = False,
+        renew: str | None = None,
     ) -> None:
         """
         @param relogin: the login was refused under the follow (its token
@@ -146,9 +158,14 @@ class NotFollowed(Exception):
             follow (the user removed, or the password changed, on the
             server): a login cannot help (it said "jw login", to one who
             gives JW_USER/JW_PASSWORD: new user round 39).
+        @param renew: what to renew first, said as it is: the C{JW_TOKEN}
+            refused under the follow (L{givenTokenRefused}); a login cannot
+            help while it is set (it said "jw login": new user round 41).
         """
         follow = f"jw logs -f {jobId} to follow it, jw stop {jobId} to stop it"
-        if relogin:
+        if renew is not None:
+            follow = f"{renew}, then {follow}"
+        elif relogin:
             follow = f"jw login, then {follow}"
         elif refused:
             follow = (
@@ -166,7 +183,7 @@ class NotFollowed(Exception):
 
 
 def loginLapsed(
-    jobId: str, error: ClientError, status: str | None, byToken: bool = True
+    jobId: str, error: ClientError, status: str | None, client: Any
 ) -> Exception:
     """
     What a follow (C{jw exec -f}, C{jw logs -f}, C{jw wait}) ends with when
@@ -175,23 +192,47 @@ def loginLapsed(
     under it (a token's hour, or 12, ran out): the job runs on without jw,
     said with the way back to it (it exited 1 with "run jw login" alone,
     as a job's own exit 1 reads: new user round 33). Else C{error} itself.
-    C{byToken}: the credential refused was a token (a login to renew);
+    C{client}'s credentials say which way back (L{sentToken}): a token a
+    new login replaces; C{JW_TOKEN}, to set anew (L{givenTokenRefused});
     else a user name and password, or a certificate, that a login cannot
     mend.
     """
     if error.status != 401 or status is None:
         return error
+    if getattr(client, "givenToken", False):
+        renew = givenTokenRefused(client.bearer(), clientNow(client))
+        return NotFollowed(jobId, str(error), status, renew=renew)
+    byToken = sentToken(client)
     return NotFollowed(jobId, str(error), status, relogin=byToken, refused=not byToken)
 
 
 def sentToken(client: Any) -> bool:
     """
     Does C{client} send a token (a login that a new one may replace), not
-    a user name and password or a certificate? (L{loginLapsed}'s
-    C{byToken}.)
+    a user name and password or a certificate? (L{loginLapsed}'s way
+    back.)
     """
     bearer = getattr(client, "bearer", None)
     return bearer is None or bearer() is not None
+
+
+def clientNow(client: Any) -> float:
+    """The time on C{client}'s clock (its reactor's), else this host's."""
+    clock = getattr(client, "reactor", None)
+    return float(clock.seconds()) if clock is not None else time.time()
+
+
+def givenTokenRefused(token: str | None, now: float) -> str:
+    """
+    What jw says of the C{JW_TOKEN} the server refused: it is what to
+    renew (a login jw keeps is not used while it is set), and, if its
+    claims say so, when it expired.
+    """
+    expires = None if token is None else tokenExpiry(token)
+    if expires is not None and expires <= now:
+        when = moment(expires, now)
+        return f"JW_TOKEN was refused (it expired at {when}): set a new one"
+    return "JW_TOKEN was refused: set a new one"
 
 
 class SavedLoginRefused(Exception):

@@ -20,7 +20,7 @@ from ..framing import EVENT_TAGS, OUTPUT_TAGS, POSITION_TAG, FrameReader
 from .calls import ASK_AGAIN, MAX_TAIL, exitStatusOf
 from .errors import ClientError
 from .events import EventParser, outputBytes
-from .failures import EXIT_TIMED_OUT, loginLapsed, sentToken
+from .failures import EXIT_TIMED_OUT, loginLapsed
 from .readergone import watchedOutput
 from .show import endLine, jsonLine
 from .streams import Streams
@@ -737,17 +737,24 @@ async def watchEnd(client: Client, jobId: str) -> dict[str, Any]:
 
 
 async def waitFor(client: Client, options: argparse.Namespace, streams: Streams) -> int:
-    """Long-poll the job until it ends (or the timeout passes): its status."""
+    """
+    Long-poll the job until it ends (or the timeout passes): its status.
+    Its status is asked for first, with no wait (a poll that ends at once,
+    resumed as any): the long poll's first answer comes only as the job
+    ends, and a login that ran out before it (a 401) was said as itself,
+    exit 1, the job's status not known, where C{jw logs -f} and C{jw exec
+    -f} say it is still running, exit 125 (new user round 41).
+    """
     deadline = (
         None if options.timeout is None else client.reactor.seconds() + options.timeout
     )
     told: list[str] = []
     try:
-        job = await pollEnd(client, options.id, deadline, told.append)
+        job = await pollEnd(client, options.id, client.reactor.seconds(), told.append)
+        if job is None:
+            job = await pollEnd(client, options.id, deadline, told.append)
     except ClientError as e:
-        raise loginLapsed(
-            options.id, e, told[-1] if told else None, sentToken(client)
-        ) from None
+        raise loginLapsed(options.id, e, told[-1] if told else None, client) from None
     if job is None:
         # As it is now (PENDING or RUNNING): said, and the one document
         # --json promises.

@@ -221,6 +221,15 @@ class _Parser(argparse.ArgumentParser):
                 # (jw --json list: "unknown option --json", new user round 32.)
                 unknown = f"{name} is an option of {self.prog} {verb}: after it"
                 where = f"{self.prog} {verb}"
+            elif (
+                verb
+                and not beforeVerb
+                and name in self._option_string_actions
+                and name not in owner._option_string_actions
+            ):
+                # (jw exec -q: jw's own, before the command.)
+                unknown = f"{name} is an option of {self.prog}: before {verb}"
+                where = self.prog
             what = (
                 unknown
                 or owner.secondId(extras)
@@ -308,6 +317,15 @@ def buildParser(streams: Streams) -> argparse.ArgumentParser:
         parents=[shared],
     )
     parser.add_argument("--version", action="version", version=f"jw {__version__}")
+    # jw's own, before the command (jw -q exec ...), as git's -C; cron
+    # mails any output, and 2>/dev/null hid the errors too (new user round
+    # 41).
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only errors and warnings on stderr (cron)",
+    )
     asJSON = _Parser(add_help=False, streams=streams)
     asJSON.add_argument(
         "--json", action="store_true", help="print the API's JSON (one document)"

@@ -545,6 +545,7 @@ class QuickClient(ApiCalls):
         # The same dict: a login renewed by one of them is every one's.
         twin._headers = self._headers
         twin.renewal = self.renewal
+        twin.givenToken = self.givenToken
         twin.readerWatch = self.readerWatch
         return twin
 

@@ -24,13 +24,14 @@ from .config import (
     localServerCA,
     savedUser,
     saveToken,
+    tokenExpiry,
     trustedCA,
     trustedPath,
 )
 from .errors import ClientError, ServerUnreachable
-from .failures import NoPrompt, PromptInterrupted, UsageFailure
+from .failures import GivenTokenExpired, NoPrompt, PromptInterrupted, UsageFailure
 from .interrupts import SIGNALS
-from .show import when
+from .show import moment, when
 from .streams import Streams
 
 #: How many times in all a password typed at jw's prompt is asked for when
@@ -51,6 +52,23 @@ def givenPassword(environ: dict[str, str]) -> str | None:
     C{JW_*} variable (no password is empty, so it was never meant to be sent).
     """
     return environ.get("JW_PASSWORD") or None
+
+
+def givenTokenExpired(token: str, now: float) -> str | None:
+    """
+    What jw says of a C{JW_TOKEN} whose claims say it has expired, instead
+    of sending it; None if they do not. Sent, it was refused, and counted
+    as a failed login at the server's throttle: a cron job's sixth run
+    was its 429, "too many failed logins", the expiry no longer said, and
+    the host's password logins held back (new user round 41).
+    """
+    expires = tokenExpiry(token)
+    if expires is None or expires > now:
+        return None
+    return (
+        f"authentication failed: JW_TOKEN expired at {moment(expires, now)}: "
+        "set a new one (POST /tokens gives one); it was not sent"
+    )
 
 
 def credentials(
@@ -316,7 +334,12 @@ class Session:
             return cls(client, server, tokensFile)
         if environ.get("JW_TOKEN") and verb != "login":
             # A token given outright (CI): used as is, never saved or forgotten.
-            client = connect(reactor, server, ca, token=environ["JW_TOKEN"])
+            given = environ["JW_TOKEN"]
+            expired = givenTokenExpired(given, reactor.seconds())
+            if expired is not None:
+                raise GivenTokenExpired(expired)
+            client = connect(reactor, server, ca, token=given)
+            client.givenToken = True
             return cls(client, server, tokensFile)
         token, saved = None, False
         if verb == "login":
@@ -428,7 +451,7 @@ class Session:
         # text: new user round 35).
         now = self.client.reactor.seconds()
         until = when(str(result["expires_at"]), now) or result["expires_at"]
-        streams.say(f"logged in to {self.server} as {result['user']} until {until}")
+        streams.tell(f"logged in to {self.server} as {result['user']} until {until}")
         return str(result["token"])
 
     def renewUnderFollows(self, streams: Streams) -> None:

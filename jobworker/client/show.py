@@ -224,6 +224,14 @@ def when(stamp: str | None, now: float) -> str:
     then = parseTime(stamp)
     if then is None:
         return ""
+    return moment(then, now)
+
+
+def moment(then: float, now: float) -> str:
+    """
+    The time C{then} (seconds since the epoch) as L{when} shows it: local,
+    with how long ago or from now.
+    """
     local = datetime.fromtimestamp(then, UTC).astimezone()
     if then > now:
         return f"{local:%Y-%m-%d %H:%M:%S %Z} (in {_soon(then - now)})"

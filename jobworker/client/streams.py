@@ -132,6 +132,9 @@ class Streams:
     #: from these share: jw's own line after one that is not begins a line
     #: of its own.
     lastShown: list[int] = field(default_factory=lambda: [10], init=False)
+    #: C{jw -q}: jw's informational lines (L{tell}) are not said; its
+    #: errors and warnings are (L{say}).
+    quiet: bool = field(default=False, init=False)
 
     @classmethod
     def standard(cls) -> tuple[Streams, list[str]]:
@@ -170,6 +173,17 @@ class Streams:
         last[0] = 10
         self.messages.write(text)
         self.messages.flush()
+
+    def tell(self, line: str) -> None:
+        """
+        One informational line (L{say}): what jw is doing or did, that a
+        run which succeeds needs not say ("job ID started", "N shown, more
+        exist", a wait's progress). Not said with C{jw -q}: cron mails any
+        output, and C{2>/dev/null} hid jw's errors with them (new user
+        round 41).
+        """
+        if not self.quiet:
+            self.say(line)
 
     def show(self, text: str) -> None:
         """
@@ -397,6 +411,7 @@ class GatedStreams(Streams):
             streams.inp,
         )
         self.lastShown = streams.lastShown
+        self.quiet = streams.quiet
         self._shown: list[list[int]] = []
         self.isShut = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -32,7 +33,6 @@ from .failures import (
     NotFollowed,
     UsageFailure,
     loginLapsed,
-    sentToken,
 )
 from .interrupts import Interrupts
 from .parser import DURATION_EXAMPLES, DURATION_UNITS, SLURM_COUNTS, SLURM_TEXTS
@@ -395,19 +395,30 @@ _LOCAL_PATHS = frozenset({"ca", "cert", "key"})
 
 def _checkText(options: argparse.Namespace) -> None:
     """
-    Every word jw would send is text: the server takes UTF-8 only, and a
-    word that is not (Latin-1 bytes typed, say) comes to Python as lone
-    surrogates, which jw refuses here, naming the word, not the server
+    Every word jw would send is text, and is sent as the bytes jw was
+    given: the server takes UTF-8 only, and a word that is not (Latin-1
+    bytes typed, say) is refused here, naming the word, not the server
     later with an index the user has to work out.
+
+    Python decodes the command line by the locale's charset: under one
+    that is not UTF-8 (C{en_US.ISO-8859-1}, glibc's plain C{en_US}, cron's
+    C{LANG=en_US} on older hosts) each byte was a character of its own,
+    and each word was sent re-encoded: a UTF-8 word reached the job
+    double-encoded, a Latin-1 byte was sent as UTF-8, not refused (new
+    user round 41). So each word is taken back to its bytes
+    (L{_givenText}) and replaced, in C{options}, by the text they are.
 
     @raise BadArguments: a word that is not valid UTF-8.
     """
-    for key, value in vars(options).items():
+    for key, value in list(vars(options).items()):
         if key in _LOCAL_PATHS:
             continue
         words = value if isinstance(value, list) else [value]
+        texts = []
         for index, word in enumerate(words, 1):
-            if not isinstance(word, str) or _isUtf8(word):
+            text = _givenText(word) if isinstance(word, str) else word
+            if text is not None or word is None:
+                texts.append(text)
                 continue
             if key == "command":
                 what = "the command"
@@ -420,20 +431,36 @@ def _checkText(options: argparse.Namespace) -> None:
             raise BadArguments(
                 f"{what} '{_shownBytes(word)}' is not valid UTF-8 (jw sends text only)"
             )
+        if texts != words:
+            setattr(options, key, texts if isinstance(value, list) else texts[0])
 
 
-def _isUtf8(word: str) -> bool:
+def _givenBytes(word: str) -> bytes:
+    """
+    The bytes C{word} was given as on the command line, whatever the
+    locale's charset (C{os.fsencode} undoes Python's decoding of argv). A
+    word that did not come from bytes (text handed to jw in the process,
+    with characters the charset has not): its UTF-8, lone surrogates as
+    the bytes they stand for.
+    """
     try:
-        word.encode("utf-8")
+        return os.fsencode(word)
     except UnicodeEncodeError:
-        return False
-    return True
+        return word.encode("utf-8", "surrogateescape")
+
+
+def _givenText(word: str) -> str | None:
+    """C{word}'s bytes as given (L{_givenBytes}) as text; None: not UTF-8."""
+    try:
+        return _givenBytes(word).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return None
 
 
 def _shownBytes(word: str) -> str:
     """C{word} as the bytes typed: those not UTF-8 as C{\\xe9}."""
     try:
-        raw = word.encode("utf-8", "surrogateescape")
+        raw = _givenBytes(word)
     except UnicodeEncodeError:
         return word.encode("utf-8", "backslashreplace").decode("ascii", "replace")
     return raw.decode("utf-8", "backslashreplace")
@@ -586,7 +613,7 @@ async def _createPaced(
             ):
                 raise _retryHint(e) from None
             reason = str(e).removeprefix("server answered 429: ")
-            streams.say(
+            streams.tell(
                 f"jw: the server refused the job for now ({reason}): nothing was "
                 f"created; asking again in {wait:g} s"
             )
@@ -897,7 +924,7 @@ async def followFailed(
     elif error.status == 401:
         # The login lapsed under the follow (the job was live when its
         # stream broke: a job that ends ends its stream instead).
-        raise loginLapsed(jobId, error, "RUNNING", sentToken(client)) from None
+        raise loginLapsed(jobId, error, "RUNNING", client) from None
     raise error
 
 
@@ -918,7 +945,7 @@ async def followedEnd(
         job: dict[str, Any] = await renewing(client, lambda: client.job(jobId))
         return job
     except ClientError as e:
-        raise loginLapsed(jobId, e, "RUNNING", sentToken(client)) from None
+        raise loginLapsed(jobId, e, "RUNNING", client) from None
 
 
 async def stopUnread(
@@ -986,9 +1013,9 @@ def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
         # FAILED at once, never started (cannot start, a failed after_ok):
         # its end says why, and nothing said it started.
         if job["status"] in ("RUNNING", "COMPLETED") or job.get("started_at"):
-            streams.say(f"jw: job {jobId} started")
+            streams.tell(f"jw: job {jobId} started")
         return lambda status: None
-    streams.say(
+    streams.tell(
         f"jw: job {jobId} is queued (PENDING): its output follows once it starts"
     )
     waiting = [True]
@@ -999,7 +1026,7 @@ def sayStarting(job: dict[str, Any], streams: Streams) -> Callable[[str], None]:
         if waiting and status != "PENDING":
             waiting.clear()
             if status in ("RUNNING", "COMPLETED"):
-                streams.say(f"jw: job {jobId} started")
+                streams.tell(f"jw: job {jobId} started")
 
     return told
 
@@ -1011,6 +1038,7 @@ def execOutput(options: argparse.Namespace, streams: Streams) -> GatedStreams:
     if options.json:
         toErr = Streams(streams.err, streams.err, streams.messages, inp=None)
         toErr.lastShown = streams.lastShown
+        toErr.quiet = streams.quiet
         return GatedStreams(toErr)
     return GatedStreams(streams)
 
@@ -1361,7 +1389,7 @@ async def feedStdin(
                     if job["status"] == "PENDING" or _notStartedYet(e):
                         if not said and job["status"] == "PENDING":
                             said = True
-                            streams.say(
+                            streams.tell(
                                 f"jw: job {jobId} is waiting to start: its "
                                 "stdin will be sent once it starts"
                             )
@@ -1502,7 +1530,7 @@ async def doList(
     else:
         streams.show(jobTable(jobs, client.reactor.seconds(), options.wide))
     if cursor is not None:  # after the table (shown and flushed): 2>&1 reads so
-        streams.say(f"jw: {len(jobs)} shown, more exist (--all: every one)")
+        streams.tell(f"jw: {len(jobs)} shown, more exist (--all: every one)")
     return 0
 
 
@@ -1669,7 +1697,7 @@ async def _stopJob(
 
     later = client.reactor.callLater(
         STOP_PATIENCE,
-        streams.say,
+        streams.tell,
         f"jw: waiting for job {jobId} to end (KILL follows after the grace)",
     )
     try:
@@ -1924,9 +1952,7 @@ async def doLogs(
     except ClientError as e:
         if not options.follow:
             raise
-        raise loginLapsed(
-            jobId, e, told[-1] if told else None, sentToken(client)
-        ) from None
+        raise loginLapsed(jobId, e, told[-1] if told else None, client) from None
     if not options.follow:
         return 0
     final = await followedEnd(client, jobId, end)
