@@ -30,8 +30,9 @@ NEVER: frozenset[str] = frozenset()
 #: jobs. Developer: jobs.get on all, jobs.create, and jobs.stop, jobs.logs,
 #: jobs.delete and jobs.stdin on their own jobs only. Admin: everything on every
 #: job, jobs.prioritize (a priority above the default), metrics.read
-#: (GET /metrics) and server.drain (/drain), which no other role has. Every role may
-#: get itself a token (tokens.create).
+#: (GET /metrics) and server.drain (/drain), which no other role has but
+#: Monitor its metrics.read, alone. Every role may get itself a token
+#: (tokens.create) but Monitor.
 SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
     Role.READER: {
         Permission.GET: ALL_CASES,
@@ -68,6 +69,18 @@ SPEC: dict[Role, dict[Permission, frozenset[str]]] = {
         Permission.METRICS: ALL_CASES,
         Permission.TOKENS: ALL_CASES,
         Permission.DRAIN: ALL_CASES,
+    },
+    Role.MONITOR: {
+        Permission.GET: NEVER,
+        Permission.CREATE: NEVER,
+        Permission.STOP: NEVER,
+        Permission.LOGS: NEVER,
+        Permission.DELETE: NEVER,
+        Permission.STDIN: NEVER,
+        Permission.PRIORITIZE: NEVER,
+        Permission.METRICS: ALL_CASES,
+        Permission.TOKENS: NEVER,
+        Permission.DRAIN: NEVER,
     },
 }
 
@@ -110,7 +123,9 @@ class PermissionTableTests(SynchronousTestCase):
                 "server.drain",
             },
         )
-        self.assertEqual({r.value for r in Role}, {"Reader", "Developer", "Admin"})
+        self.assertEqual(
+            {r.value for r in Role}, {"Reader", "Developer", "Admin", "Monitor"}
+        )
 
     def test_everyRoleHasAnEntry(self) -> None:
         """Every role appears in the table."""
@@ -143,6 +158,7 @@ class PermissionTableTests(SynchronousTestCase):
                     Permission.TOKENS: Scope.ALL,
                     Permission.DRAIN: Scope.ALL,
                 },
+                Role.MONITOR: {Permission.METRICS: Scope.ALL},
             },
         )
 

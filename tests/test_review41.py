@@ -890,3 +890,51 @@ class UsersReloadChangesSaidTests(TestCase):
             ("users.reload", ["carol"], ["bob"], ["rita: Reader -> Developer"]),
         )
         self.assertEqual(entry["password"], ["ada"])
+
+
+class MonitorRoleTests(TestCase):
+    """
+    Operator round 41: only an Admin could read C{/metrics}, so a scraper's
+    credentials could run commands, stop any job and read every user's
+    output. A Monitor reads the metrics and nothing else.
+    """
+
+    async def test_metricsOnly(self) -> None:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        users = os.path.join(folder, "users")
+        hashed = bcrypt.hashpw(b"prom-pass", bcrypt.gensalt(4)).decode()
+        with open(users, "w") as f:
+            f.write(DEVELOPMENT_USERS + f"prom:Monitor:{hashed}\n")
+        os.chmod(users, 0o600)
+        server = LiveServer(self, f"--users={users}")
+        job = await server.createJob("sleep", "30")
+        prom = {b"authorization": [b"Basic " + base64.b64encode(b"prom:prom-pass")]}
+
+        async def asked(method: str, path: str, body: Any = None) -> int:
+            response = await server.http.request(
+                method,
+                server.url + path,
+                headers={**prom, b"content-type": [b"application/json"]},
+                data=None if body is None else json.dumps(body).encode(),
+            )
+            await treq.content(response)
+            return int(response.code)
+
+        self.assertEqual(await asked("GET", "/metrics"), 200)
+        for method, path, body in (
+            ("GET", "/jobs", None),
+            ("GET", f"/jobs/{job['id']}", None),
+            ("GET", f"/jobs/{job['id']}/logs", None),
+            ("POST", "/jobs", {"command": "true"}),
+            ("POST", f"/jobs/{job['id']}/stop", None),
+            ("POST", "/tokens", None),
+            ("GET", "/drain", None),
+            ("GET", "/whoami", None),
+        ):
+            self.assertEqual(await asked(method, path, body), 403, (method, path))
+        self.assertEqual(
+            (await server.json("GET", f"/jobs/{job['id']}", "ada"))[1]["status"],
+            "RUNNING",
+        )
+        await server.json("POST", f"/jobs/{job['id']}/stop")

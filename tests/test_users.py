@@ -84,7 +84,7 @@ class FromTextTests(SynchronousTestCase):
         error = self.assertRaises(
             UsersFileError, UserDatabase.fromText, f"bob:admin:{HASH4}"
         )
-        self.assertIn("Admin, Developer, Reader", str(error))
+        self.assertIn("Admin, Developer, Monitor, Reader", str(error))
 
     def test_badHash(self) -> None:
         """Something that is not a bcrypt hash is refused."""

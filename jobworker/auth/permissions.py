@@ -37,6 +37,10 @@ class Role(enum.Enum):
     READER = "Reader"
     DEVELOPER = "Developer"
     ADMIN = "Admin"
+    #: Reads C{/metrics} and nothing else: a scraper's credentials were an
+    #: Admin's, that could run commands and read every job's output
+    #: (operator round 41).
+    MONITOR = "Monitor"
 
 
 #: The permission table. A permission absent from a role is denied.
@@ -55,6 +59,7 @@ PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.TOKENS: Scope.ALL,
     },
     Role.ADMIN: {permission: Scope.ALL for permission in Permission},
+    Role.MONITOR: {Permission.METRICS: Scope.ALL},
 }
 
 
