@@ -938,3 +938,32 @@ class MonitorRoleTests(TestCase):
             "RUNNING",
         )
         await server.json("POST", f"/jobs/{job['id']}/stop")
+
+
+class QueuedStartAuditedTests(TestCase):
+    """
+    Operator round 41: a queued job's C{job.create} line says C{run_as}
+    null (it has no identity yet), and nothing else outside the store said
+    which identity it ran as: gone with the record at --retain. Its start
+    is a C{job.start} audit line, and a log line, with its C{run_as}.
+    """
+
+    async def test_audited(self) -> None:
+        server = LiveServer(self, "--max-running=1")
+        first = await server.createJob("sleep", "0.3")
+        queued = await server.createJob("true")
+        self.assertEqual(queued["status"], "PENDING")
+        ended = await server.waitEnded(queued["id"])
+        self.assertEqual(ended["status"], "COMPLETED")
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        [start] = [e for e in entries if e["event"] == "job.start"]
+        self.assertEqual(
+            (start["job"], start["user"], start["client"], start["run_as"]),
+            (queued["id"], "alice", "server", ended["run_as"]),
+        )
+        self.assertIsNotNone(ended["run_as"])
+        self.assertGreater(start["waited_seconds"], 0)
+        self.assertNotIn(
+            first["id"], [e.get("job") for e in entries if e["event"] == "job.start"]
+        )

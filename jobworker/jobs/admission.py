@@ -85,6 +85,9 @@ class Admission:
     _stdinClosedEarly: set[str]
     _ownerCheck: OwnerCheck | None
     _dispatchTimer: IDelayedCall | None = None
+    #: Told each queued job that starts, and how long it waited (the audit
+    #: log's C{job.start}).
+    queuedStarted: Callable[[JobRecord, float], object] | None = None
     _nextTurnTimer: IDelayedCall | None = None
 
     def record(self, jobId: str) -> JobRecord:
@@ -535,6 +538,19 @@ class Admission:
             self._observeStart(record)
             self._watch(job)
             self._scheduler.started(record.id, job)
+            # Who it runs as, known only now: its job.create line said
+            # none, and once --retain removed the record nothing tied the
+            # uid to the job (operator round 41).
+            waited = max(0.0, now - record.created_at)
+            self.log.info(
+                "queued job {job} of {user} started as {run_as} after {waited:.1f} s",
+                job=record.id,
+                user=record.owner,
+                run_as=record.run_as,
+                waited=waited,
+            )
+            if self.queuedStarted is not None:
+                self.queuedStarted(record, waited)
         return True
 
     def _holdBack(self, jobId: str, why: str) -> None:

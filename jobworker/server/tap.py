@@ -178,6 +178,15 @@ def _parts(
         ownerCheck=ownerCheck,
         umask=startersUmask,
     )
+    manager.queuedStarted = lambda record, waited: audit.record(
+        "job.start",
+        record.owner,
+        "server",
+        "started",
+        job=record.id,
+        run_as=record.run_as,
+        waited_seconds=round(waited, 3),
+    )
     streams = _logStreams(config)
     perUser = config["max-log-streams-per-user"]
     api = JobsAPI(
