@@ -27,7 +27,7 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from jobworker.auth.audit import AuditLog
@@ -54,7 +54,7 @@ from jobworker.server import connections
 from jobworker.server.selfcert import ensureServerCertificate
 from jobworker.server.services import UsersReloadService
 
-from . import test_process
+from . import test_identity, test_process
 from .fakes import FakeProcessReactor, GroupKiller, forbidRealKill, processExit
 from .support import CA, LiveServer, RecordingAuthenticator, sleep
 from .test_limits import requireCgroups
@@ -967,3 +967,33 @@ class QueuedStartAuditedTests(TestCase):
         self.assertNotIn(
             first["id"], [e.get("job") for e in entries if e["event"] == "job.start"]
         )
+
+
+class SpawnerDeathSaidTests(TestCase):
+    """
+    Operator round 41: the job spawner killed (the OOM killer, an
+    operator's kill) took its running jobs with it, and C{/healthz} said
+    "ok" (the log alone told). It says so for a while.
+    """
+
+    async def test_said(self) -> None:
+        test_identity.requireRoot()
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "30")
+        spawner = server.manager._executor._spawner  # type: ignore[attr-defined]
+        if spawner is None or spawner.current is None:
+            raise SkipTest("this server starts jobs without the spawner")
+        os.kill(spawner.current.pid, signal.SIGKILL)
+        ended = await server.waitEnded(job["id"])
+        self.assertEqual(ended["status"], "FAILED")
+        code, health = await server.json("GET", "/healthz", None)
+        self.assertEqual(
+            (code, health["status"], health.get("executor")),
+            (200, "degraded", "local"),
+        )
+        self.assertIn(
+            "the job spawner died: its 1 running job(s) were killed", health["reason"]
+        )
+        # A new one takes jobs meanwhile.
+        again = await server.createJob("true")
+        self.assertEqual((await server.waitEnded(again["id"]))["status"], "COMPLETED")

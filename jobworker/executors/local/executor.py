@@ -417,6 +417,15 @@ class LocalExecutor:
         """
         spawner = self._spawner
         why = spawner.silence() if spawner is not None else None
+        if why is None and spawner is not None and spawner.lost is not None:
+            # Its running jobs died with it: said a while (it said "ok",
+            # and only the server's log told: operator round 41).
+            since, count = spawner.lost
+            if 0 <= self._reactor.seconds() - since < START_TROUBLE_FOR:
+                why = (
+                    f"the job spawner died: its {count} running job(s) were "
+                    "killed (a new one takes jobs)"
+                )
         if why is None:
             why = self._launcherTrouble()
         trouble = self._startTrouble

@@ -389,6 +389,9 @@ class Generation:
         self, reactor: Any, launcher: str, environment: dict[str, str]
     ) -> None:
         self.reactor = reactor
+        #: Told how many running jobs were killed when this spawner died
+        #: on its own (L{lost}; not when the server stopped it).
+        self.onLost: Callable[[int], object] | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             ours.setblocking(False)
@@ -732,6 +735,8 @@ class Generation:
                 "they are killed (their exit status is lost)",
                 count=len(live),
             )
+            if self.onLost is not None:
+                self.onLost(len(live))
         for process in live:
             process.orphaned()
 
@@ -778,6 +783,9 @@ class Spawner:
         self.watchInterval = WATCH_INTERVAL
         #: The next look at the spawner in use.
         self._watchCall: IDelayedCall | None = None
+        #: When a spawner last died on its own with jobs running, and how
+        #: many it took (L{Generation.lost}); None: never.
+        self.lost: tuple[float, int] | None = None
 
     def spawnProcess(
         self,
@@ -887,6 +895,7 @@ class Spawner:
             generation = self.current = Generation(
                 self.reactor, self.launcher, self._environment
             )
+            generation.onLost = self._lostJobs
             self.started += 1
             if self._watchCall is None:
                 self._watchCall = self.reactor.callLater(
@@ -918,6 +927,9 @@ class Spawner:
             return succeed(None)
         generation.close()
         return generation.protocol.whenEnded()
+
+    def _lostJobs(self, count: int) -> None:
+        self.lost = (self.reactor.seconds(), count)
 
     def silence(self) -> str | None:
         """
