@@ -268,6 +268,15 @@ class Metrics:
             "job's 503; a queued job kept queued, counted at each try)",
             registry=r,
         )
+        self.refused = Counter(
+            "jobworker_jobs_refused",
+            "New jobs refused by a limit or state of the server, by reason: "
+            "queue_full (--max-queued), user_queue_full "
+            "(--max-queued-per-user), create_rate (--create-rate), draining, "
+            "shutting_down",
+            ["reason"],
+            registry=r,
+        )
         self.stops = Counter("jobworker_job_stops", "Stop requests", registry=r)
         self.jobsEnded = Counter(
             "jobworker_jobs_ended", "Jobs that ended, by status", ["status"], registry=r

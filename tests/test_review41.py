@@ -997,3 +997,33 @@ class SpawnerDeathSaidTests(TestCase):
         # A new one takes jobs meanwhile.
         again = await server.createJob("true")
         self.assertEqual((await server.waitEnded(again["id"]))["status"], "COMPLETED")
+
+
+class RefusalsCountedTests(TestCase):
+    """
+    Operator round 41: a full queue, a user's full queue and the creation
+    rate were all one 429 of C{POST /jobs} in the metrics, with no line in
+    the log: which limit to raise was anyone's guess. Counted by reason.
+    """
+
+    async def test_counted(self) -> None:
+        server = LiveServer(self, "--max-running=1", "--max-queued=1")
+        first = await server.createJob("sleep", "30")
+        await server.createJob("true")
+        code, _ = await server.json("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(code, 429)
+        await server.json("POST", "/drain", "ada")
+        code, _ = await server.json("POST", "/jobs", body={"command": "true"})
+        self.assertEqual(code, 503)
+        _, issued = await server.json("POST", "/tokens", "ada")
+        response = await server.http.get(
+            server.url + "/metrics",
+            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
+        )
+        text = (await treq.content(response)).decode()
+        self.assertEqual(
+            samples(text, "jobworker_jobs_refused_total"),
+            {'{reason="queue_full"}': 1.0, '{reason="draining"}': 1.0},
+        )
+        await server.json("DELETE", "/drain", "ada")
+        await server.json("POST", f"/jobs/{first['id']}/stop")

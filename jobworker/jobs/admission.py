@@ -121,10 +121,12 @@ class Admission:
         @raise ServiceUnavailable: the server is shutting down, or drains.
         """
         if self._shuttingDown:
+            self._refused("shutting_down")
             raise ServiceUnavailable(
                 "the server is shutting down", retryAfter=SHUTDOWN_RETRY_AFTER
             )
         if self._drain.on:
+            self._refused("draining")
             raise ServiceUnavailable(
                 "the server is draining (an Admin's POST /drain: it is to be "
                 "restarted once its running jobs end): it takes no new job "
@@ -308,6 +310,7 @@ class Admission:
         policy = self._policy
         if failedDependency is None:
             if len(queue) >= policy.maxQueued:
+                self._refused("queue_full")
                 raise TooManyRequests(
                     f"{len(queue)} jobs are queued, the most this server allows "
                     "(--max-queued): one more may wait once a queued job starts "
@@ -315,6 +318,7 @@ class Admission:
                     retryAfter=QUEUE_FULL_RETRY_AFTER,
                 )
             if queue.queuedBy(owner) >= policy.maxQueuedPerUser:
+                self._refused("user_queue_full")
                 raise TooManyRequests(
                     f"you have {queue.queuedBy(owner)} jobs queued, the most one "
                     "user may (--max-queued-per-user): one more may wait once "
@@ -627,6 +631,11 @@ class Admission:
             error=record.error or "no reason given",
         )
 
+    def _refused(self, reason: str) -> None:
+        """A new job refused, for C{reason}: counted (they were all one
+        C{429} or C{503} of C{POST /jobs}: operator round 41)."""
+        self._metrics.refused.labels(reason).inc()
+
     def whenStarted(self, jobId: str) -> Deferred[None]:
         """Fires once a job has started (at once unless it is queued)."""
         return self._scheduler.whenStarted(jobId)
@@ -643,6 +652,7 @@ class Admission:
             return
         wait = buckets.take(owner, self._reactor.seconds())
         if wait > 0:
+            self._refused("create_rate")
             raise TooManyRequests(
                 f"you are creating jobs faster than {buckets.rate:g} a second",
                 retryAfter=max(1, math.ceil(wait)),
