@@ -1,3 +1,3 @@
 """jobworker: run Linux processes remotely over an authenticated HTTPS API."""
 
-__version__ = "0.1.0"
+__version__ = "0.41.0"
