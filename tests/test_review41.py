@@ -814,9 +814,15 @@ class EndsSaidWithWhyTests(TestCase):
         server = LiveServer(self)
         missing = await server.createJob("no-such-command-41")
         await server.waitEnded(missing["id"])
-        first = await server.createJob("sh", "-c", "exit 3")
+        # (Queued while the first runs; and one made after its end fails
+        # at once, said too.)
+        first = await server.createJob("sh", "-c", "sleep 0.5; exit 3")
         after = await server.createJob("true", after_ok=[first["id"]])
         self.assertEqual((await server.waitEnded(after["id"]))["status"], "FAILED")
+        late = await server.createJob("true", after_ok=[first["id"]])
+        self.assertEqual(late["status"], "FAILED")
+        [line] = [s for s in said if f"job {late['id']} of alice ended FAILED" in s]
+        self.assertIn("without running: ", line)
         [line] = [s for s in said if f"job {missing['id']} ended FAILED" in s]
         self.assertIn("not found", line)
         [line] = [s for s in said if f"queued job {after['id']}" in s]

@@ -356,6 +356,13 @@ class Admission:
             ) from None
         if record.status.ended:
             self._metrics.jobEnded(record.status.value)
+            self.log.info(
+                "job {job} of {user} ended {status} without running: {error}",
+                job=record.id,
+                user=owner,
+                status=record.status.value,
+                error=record.error,
+            )
             return record
         assert record.seq is not None
         entry = Waiting(
