@@ -72,6 +72,21 @@ def samples(text: str, name: str) -> dict[str, float]:
     return found
 
 
+async def metricsText(server: LiveServer, token: str | None = None) -> str:
+    """C{GET /metrics} of C{server}, as ada (with her C{token}, if given:
+    tokens are issued one a second after a burst)."""
+    if token is None:
+        code, issued = await server.json("POST", "/tokens", "ada")
+        assert code == 201, issued
+        token = issued["token"]
+    response = await server.http.get(
+        server.url + "/metrics",
+        headers={b"authorization": [f"Bearer {token}".encode()]},
+    )
+    assert response.code == 200, response.code
+    return (await treq.content(response)).decode()
+
+
 class MemoryKilledSaidTests(SynchronousTestCase):
     """Which job errors say the memory limit killed a process of the job."""
 
@@ -161,22 +176,12 @@ class OperatorSeriesTests(SynchronousTestCase):
 class OperatorSeriesLiveTests(TestCase):
     """The same series from a running server's jobs."""
 
-    async def metrics(self, server: LiveServer) -> str:
-        code, issued = await server.json("POST", "/tokens", "ada")
-        self.assertEqual(code, 201)
-        response = await server.http.get(
-            server.url + "/metrics",
-            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
-        )
-        self.assertEqual(response.code, 200)
-        return (await treq.content(response)).decode()
-
     async def test_droppedOutput(self) -> None:
         server = LiveServer(self, "--max-log-bytes=4096")
         job = await server.createJob("sh", "-c", "head -c 10000 /dev/zero; echo x >&2")
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "COMPLETED")
-        text = await self.metrics(server)
+        text = await metricsText(server)
         self.assertEqual(
             samples(text, "jobworker_output_dropped_bytes_total"),
             {'{stream="stdout"}': 10000.0 - 4096, '{stream="stderr"}': 0.0},
@@ -197,7 +202,7 @@ class OperatorSeriesLiveTests(TestCase):
         )
         ended = await server.waitEnded(job["id"])
         self.assertEqual(ended["status"], "FAILED")
-        text = await self.metrics(server)
+        text = await metricsText(server)
         self.assertEqual(samples(text, "jobworker_jobs_memory_killed_total"), {"": 1.0})
 
 
@@ -357,12 +362,7 @@ class DrainTests(TestCase):
         self.assertEqual(
             health["drain"], "draining: no new job is taken; 1 running, 1 queued"
         )
-        code, issued = await server.json("POST", "/tokens", "ada")
-        response = await server.http.get(
-            server.url + "/metrics",
-            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
-        )
-        text = (await treq.content(response)).decode()
+        text = await metricsText(server)
         self.assertEqual(samples(text, "jobworker_draining"), {"": 1.0})
         # A wait that ends before the job does answers as it is then.
         code, state = await server.json("GET", "/drain?wait=0.2", "ada")
@@ -750,11 +750,7 @@ class LeftRequestsCountedTests(TestCase):
         series = '{code="499",method="GET",route="/jobs/{id}"}'
         _, issued = await server.json("POST", "/tokens", "ada")
         for _ in range(100):
-            response = await server.http.get(
-                server.url + "/metrics",
-                headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
-            )
-            text = (await treq.content(response)).decode()
+            text = await metricsText(server, issued["token"])
             counted = samples(text, "jobworker_http_requests_total").get(series)
             if counted is not None:
                 break
@@ -1021,12 +1017,7 @@ class RefusalsCountedTests(TestCase):
         await server.json("POST", "/drain", "ada")
         code, _ = await server.json("POST", "/jobs", body={"command": "true"})
         self.assertEqual(code, 503)
-        _, issued = await server.json("POST", "/tokens", "ada")
-        response = await server.http.get(
-            server.url + "/metrics",
-            headers={b"authorization": [f"Bearer {issued['token']}".encode()]},
-        )
-        text = (await treq.content(response)).decode()
+        text = await metricsText(server)
         self.assertEqual(
             samples(text, "jobworker_jobs_refused_total"),
             {'{reason="queue_full"}': 1.0, '{reason="draining"}': 1.0},
