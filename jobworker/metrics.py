@@ -35,7 +35,7 @@ _ROUTES = [
     (re.compile(r"^/jobs$"), "/jobs"),
     (re.compile(r"^/jobs/[^/]+$"), "/jobs/{id}"),
     (re.compile(r"^/jobs/[^/]+/(status|stop|logs|stdin)$"), None),
-    (re.compile(r"^/(healthz|metrics|openapi\.json|tokens|whoami)$"), None),
+    (re.compile(r"^/(healthz|metrics|openapi\.json|tokens|whoami|drain)$"), None),
     # The dashboard's files, one label for all (a name is anything asked).
     (re.compile(r"^(/ui(/.*)?|/)$"), "/ui/"),
 ]
@@ -68,6 +68,16 @@ def methodLabel(method: bytes | None) -> str:
 
 #: The statuses a job may have.
 STATUSES = tuple(status.value for status in JobStatus)
+
+
+#: Why a new job may be refused (C{jobworker_jobs_refused_total{reason}}).
+REFUSAL_REASONS = (
+    "queue_full",
+    "user_queue_full",
+    "create_rate",
+    "draining",
+    "shutting_down",
+)
 
 
 class _JobCounts(Collector):
@@ -362,6 +372,8 @@ class Metrics:
             "taken nor queued job started), else 0",
             registry=r,
         )
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)  # (0 from the start: alerts see the first)
         build = Gauge(
             "jobworker_build_info",
             "The running server's version (1; the version in its label)",

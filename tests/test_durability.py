@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jobworker.executors.local.executor import localJobManager
 from jobworker.executors.local.madecgroups import MADE_CGROUPS
 from jobworker.jobs import spool as spoolModule
-from jobworker.jobs.manager import RESTARTED
+from jobworker.jobs.manager import COPY_MARK, RESTARTED
 from jobworker.jobs.records import JobStatus
 from jobworker.jobs.recovery import processStartTime
 from jobworker.jobs.spool import OutputSpool
@@ -267,6 +267,9 @@ class CopiedStateDirTests(TestCase):
         self.assertIn(b"its queued jobs are not started here", said)
         out, err, code = await jw(copyPort, "status", "--json", queuedId)
         self.assertIn(b'"PENDING"', out, err)
+        # Noted for its next starts (session review 41: the records that
+        # told it were closed, and a restart ran the queued job).
+        self.assertTrue(os.path.exists(os.path.join(copy, COPY_MARK)))
         if os.path.exists(os.path.join(live, MADE_CGROUPS)):
             # The journal of cgroups made, without the record (the store
             # copied before the job was stored): the cgroup is left too.

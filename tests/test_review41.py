@@ -44,7 +44,7 @@ from jobworker.executors.local.process import (
     STOP_MISSED_WITHIN,
     JobProcessProtocol,
 )
-from jobworker.jobs.manager import RETRY_FIRST
+from jobworker.jobs.manager import COPY_MARK, RETRY_FIRST
 from jobworker.jobs.records import JobRecord, JobStatus, memoryKilled
 from jobworker.jobs.schema import MIGRATIONS, SCHEMA_VERSION
 from jobworker.jobs.store import JobStore
@@ -721,6 +721,47 @@ class StartedDrainingTests(TestCase):
         self.assertEqual((code, state["draining"], state["reason"]), (200, False, None))
         job = await server.createJob("true")
         self.assertEqual((await server.waitEnded(job["id"]))["status"], "COMPLETED")
+        # Audited as an Admin's drain is (the log showed a resume of no
+        # drain: session review 41).
+        with open(os.path.join(server.stateDir, "audit.log")) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        self.assertEqual(
+            [
+                (e["event"], e["user"], e["result"], e.get("reason"))
+                for e in entries
+                if e["event"].startswith("server.")
+            ],
+            [
+                (
+                    "server.drain",
+                    None,
+                    "started",
+                    "the server was started with --drain",
+                ),
+                ("server.resume", "ada", "ended", None),
+            ],
+        )
+
+    async def test_copyNotedDrainsEachStart(self) -> None:
+        """
+        Session review 41: a copy of a live server's state dir drained at
+        its first start alone; that start closed the records that told it,
+        and the next ran the live server's queued jobs. The mark stays in
+        the state dir until an Admin ends the drain.
+        """
+        stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(stateDir)
+        with open(os.path.join(stateDir, COPY_MARK), "w") as f:
+            f.write("this state dir is a copy of a live jobworker's (pid 1)\n")
+        server = LiveServer(self, "--drain", stateDir=stateDir)
+        _, state = await server.json("GET", "/drain", "ada")
+        self.assertEqual(
+            state["reason"],
+            "the server was started with --drain; this state dir is a copy of a "
+            "live jobworker's (pid 1)",
+        )
+        await server.json("DELETE", "/drain", "ada")
+        self.assertFalse(os.path.exists(os.path.join(stateDir, COPY_MARK)))
 
 
 class LeftRequestsCountedTests(TestCase):
@@ -1020,7 +1061,101 @@ class RefusalsCountedTests(TestCase):
         text = await metricsText(server)
         self.assertEqual(
             samples(text, "jobworker_jobs_refused_total"),
-            {'{reason="queue_full"}': 1.0, '{reason="draining"}': 1.0},
+            {
+                '{reason="queue_full"}': 1.0,
+                '{reason="user_queue_full"}': 0.0,
+                '{reason="create_rate"}': 0.0,
+                '{reason="draining"}': 1.0,
+                '{reason="shutting_down"}': 0.0,
+            },
         )
         await server.json("DELETE", "/drain", "ada")
         await server.json("POST", f"/jobs/{first['id']}/stop")
+
+
+class SessionReview41Tests(TestCase):
+    """The session review's other findings on this session's changes."""
+
+    async def test_leftFollowCounted(self) -> None:
+        """A follow whose client left was counted 200 (its producer is
+        stopped, and the request finished, before it is told): 499."""
+        server = LiveServer(self)
+        job = await server.createJob("sleep", "30")
+        credentials = base64.b64encode(b"alice:alice-pass")
+
+        def leftFollow() -> None:
+            sock = tlsTo(server.port)
+            sock.sendall(
+                f"GET /jobs/{job['id']}/logs?follow=true HTTP/1.1\r\n".encode()
+                + b"Host: localhost\r\nAuthorization: Basic "
+                + credentials
+                + b"\r\n\r\n"
+            )
+            sock.recv(12)
+            time.sleep(0.3)
+            sock.close()
+
+        await deferToThread(leftFollow)
+        _, issued = await server.json("POST", "/tokens", "ada")
+        series = '{code="499",method="GET",route="/jobs/{id}/logs"}'
+        for _ in range(100):
+            text = await metricsText(server, issued["token"])
+            if series in samples(text, "jobworker_http_requests_total"):
+                break
+            await sleep(0.05)
+        counted = samples(text, "jobworker_http_requests_total")
+        self.assertEqual(counted.get(series), 1.0, counted)
+        self.assertNotIn('{code="200",method="GET",route="/jobs/{id}/logs"}', counted)
+        await server.json("POST", f"/jobs/{job['id']}/stop")
+
+    async def test_drainRouteAndRefusalSeries(self) -> None:
+        """/drain had the route label C{other}; the refusals' series came
+        only with the first refusal (an alert missed it)."""
+        server = LiveServer(self)
+        await server.json("GET", "/drain", "ada")
+        text = await metricsText(server)
+        self.assertEqual(
+            samples(text, "jobworker_http_requests_total").get(
+                '{code="200",method="GET",route="/drain"}'
+            ),
+            1.0,
+        )
+        self.assertEqual(
+            samples(text, "jobworker_jobs_refused_total"),
+            {
+                f'{{reason="{reason}"}}': 0.0
+                for reason in (
+                    "queue_full",
+                    "user_queue_full",
+                    "create_rate",
+                    "draining",
+                    "shutting_down",
+                )
+            },
+        )
+
+    async def test_drainWaitRevoked(self) -> None:
+        """A users reload that demotes the Admin waiting on GET /drain?wait=
+        answers the wait at once, 401 (it ran its whole wait)."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        users = os.path.join(folder, "users")
+        with open(users, "w") as f:
+            f.write(DEVELOPMENT_USERS)
+        os.chmod(users, 0o600)
+        server = LiveServer(self, f"--users={users}")
+        job = await server.createJob("sleep", "30")
+        await server.json("POST", "/drain", "ada")
+        started = time.monotonic()
+        waiting = ensureDeferred(server.json("GET", "/drain?wait=20", "ada"))
+        await sleep(0.3)
+        with open(users, "w") as f:
+            f.write(DEVELOPMENT_USERS.replace("ada:Admin:", "ada:Reader:"))
+        reloader = next(s for s in server.service if isinstance(s, UsersReloadService))
+        await reloader.reload()
+        code, body = await waiting
+        self.assertEqual(code, 403, body)
+        self.assertIn("access revoked", body["error"])
+        self.assertLess(time.monotonic() - started, 10)
+        server.manager.resume("test")
+        await server.json("POST", f"/jobs/{job['id']}/stop")

@@ -59,6 +59,11 @@ class Draining:
             self.drained()
         return True
 
+    def alsoBecause(self, reason: str) -> None:
+        """A drain on (C{--drain}) has another reason too (a copy's)."""
+        if self.since is not None:
+            self.reason = f"{self.reason}; {reason}" if self.reason else reason
+
     def end(self, by: str) -> bool:
         """Drain no more; False if it did not drain. Waiters are answered."""
         if self.since is None:

@@ -30,7 +30,13 @@ from .buckets import TokenBuckets
 from .combined import OrderSource, StoredOrder
 from .draining import Draining
 from .executor import Executor, ExecutorHealth, LiveJob, OwnerCheck
-from .folders import openJournal, openOutput, removeTree
+from .folders import (
+    appendWhole,
+    openJournal,
+    openOutput,
+    openRegular,
+    removeTree,
+)
 from .policy import JobPolicy, JobReactor
 from .records import JobRecord, JobStatus
 from .recovery import currentBootId
@@ -42,6 +48,9 @@ from .spool import OutputSource, StoredOutput
 from .stopping import DEFAULT_STOP, StopRequest
 from .store import JobStore, RecordDamaged, StoreError, WalCut, roomForAFile
 from .validation import parseJobId
+
+#: The file, in the state dir, that says it is a copy of a live server's.
+COPY_MARK = "copy-of-a-live-server"
 
 #: Default cap on each stream of each job.
 DEFAULT_MAX_LOG_BYTES = 1 << 30
@@ -213,6 +222,9 @@ class JobManager(Admission):
         self._shuttingDown = False
         #: Whether an Admin asked the server to drain (L{drain}).
         self._drain = Draining()
+        #: Noted once the state dir is found a copy of a live server's: a
+        #: drain at every start until an Admin ends one (L{recover}).
+        self._copyMark = os.path.join(stateDir, COPY_MARK)
         self._metrics.draining.set_function(lambda: 1 if self._drain.on else 0)
         #: The next look at the store's file (L{_lookAtStore}), and what
         #: the last one found.
@@ -306,8 +318,57 @@ class JobManager(Admission):
         """End a drain: queued jobs start again. False if none was on."""
         if not self._drain.end(by):
             return False
+        self._forgetCopy()
         self._scheduler.dispatch()
         return True
+
+    def _noteCopy(self, why: str) -> None:
+        """Note in the state dir that it is a copy of a live server's."""
+        try:
+            fd = openJournal(self._copyMark)
+            try:
+                appendWhole(fd, why.encode("utf-8") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.error(
+                "the copy's mark {path} could not be written ({error}): the next "
+                "start may run the live server's queued jobs",
+                path=self._copyMark,
+                error=e.strerror or str(e),
+            )
+
+    def _copyNoted(self) -> str | None:
+        """Why the state dir was found a copy at an earlier start, if it was."""
+        try:
+            # (As the journals are: never waiting on what is no regular file.)
+            fd = openRegular(self._copyMark, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"this state dir may be a copy (its mark unreadable: {e})"
+        try:
+            text = os.read(fd, 1000).decode("utf-8", "replace").strip()
+        except OSError as e:
+            text = f"this state dir may be a copy (its mark unreadable: {e})"
+        finally:
+            os.close(fd)
+        return text or "this state dir is a copy"
+
+    def _forgetCopy(self) -> None:
+        """An Admin ended the drain: the copy's mark goes."""
+        try:
+            os.unlink(self._copyMark)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self.log.error(
+                "the copy's mark {path} could not be removed ({error}): the "
+                "next start drains again",
+                path=self._copyMark,
+                error=e.strerror or str(e),
+            )
 
     def draining(self) -> dict[str, object]:
         """
@@ -399,21 +460,32 @@ class JobManager(Admission):
         for job in self._executor.recover(unfinished, RESTARTED):
             self._watch(job)
         live = getattr(self._executor, "copyOf", None)
+        copied = None
         if live is not None:
             # The state dir is a copy of a live server's (a backup restored
             # beside it, a move rehearsed): its queued jobs are that
             # server's, and ran a second time here (operator round 41).
+            # Noted in the state dir: the records that told it are closed
+            # now, and the next start found nothing (session review 41).
+            copied = f"this state dir is a copy of a live jobworker's (pid {live})"
             self.log.error(
                 "this state dir is a copy of the one of a live jobworker (pid "
                 "{pid}): its queued jobs are not started here (the server "
-                "drains); DELETE /drain (jw drain --end) if they are this "
-                "server's to run",
+                "drains, at each start until an Admin's DELETE /drain); DELETE "
+                "/drain (jw drain --end) if they are this server's to run",
                 pid=live,
             )
-            self.drain(
-                "jobworker",
-                f"this state dir is a copy of a live jobworker's (pid {live})",
-            )
+            self._noteCopy(copied)
+        else:
+            copied = self._copyNoted()
+            if copied is not None:
+                self.log.error(
+                    "{why} (found at an earlier start): its queued jobs are not "
+                    "started here until an Admin's DELETE /drain",
+                    why=copied,
+                )
+        if copied is not None and not self.drain("jobworker", copied):
+            self._drain.alsoBecause(copied)
         closed = [record for record in unfinished if record.status.ended]
         for record in closed:
             if isinstance(record, DamagedRecord):

@@ -505,14 +505,27 @@ class JobsAPI:
         wait = parseWait(_arg(request, b"wait"))
         if wait and self._manager.draining()["draining"]:
             with self._logs.holding(user.name):
+                # Held to what it was let in on, as a job's long poll is: a
+                # users reload that takes the Admin's role away answers it
+                # at once (it ran its whole wait: session review 41).
+                grant = self._authenticator.grant(request, user, Permission.DRAIN)
                 drained = self._manager.whenDrained()
+                revoked: list[JobworkerError] = []
+
+                def lost(error: JobworkerError) -> None:
+                    revoked.append(error)
+                    drained.cancel()
+
+                grant.watch(lost, self._clock)
                 self._waits.add(drained)
                 try:
                     await drained.addTimeout(wait, self._clock)
                 except (defer.TimeoutError, CancelledError):
-                    pass
+                    if revoked:
+                        raise revoked[0] from None
                 finally:
                     self._waits.discard(drained)
+                    grant.release()
         return self._drainAnswer(request)
 
     @app.route("/drain", methods=["POST"])

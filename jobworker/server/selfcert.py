@@ -38,7 +38,10 @@ CA_DAYS = 3650
 #: How far back the validity of the CA and of the server certificate it
 #: signs starts (L{_makeCA}, L{_makeServer}).
 CA_BACKDATE = datetime.timedelta(days=2)
-SERVER_DAYS = 397
+#: How long the server certificate lasts from its making: 397 days of
+#: validity in all, its two backdated days (L{CA_BACKDATE}) included (what
+#: browsers take of a certificate at most, 398 days).
+SERVER_DAYS = 397 - CA_BACKDATE.days
 #: A server certificate with less than this left is made anew at start.
 RENEW_BEFORE = datetime.timedelta(days=30)
 

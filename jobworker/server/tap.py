@@ -178,6 +178,12 @@ def _parts(
         ownerCheck=ownerCheck,
         umask=startersUmask,
     )
+    drain = manager.draining()
+    if drain["draining"]:
+        # (--drain, or a copy of a live server's state dir: audited as an
+        # Admin's is, or the log showed a resume of no drain: session
+        # review 41.)
+        audit.record("server.drain", None, "server", "started", reason=drain["reason"])
     manager.queuedStarted = lambda record, waited: audit.record(
         "job.start",
         record.owner,
