@@ -30,6 +30,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from jobworker import __version__
 from jobworker.auth.audit import AuditLog
 from jobworker.auth.authenticator import Authenticator, makePortal
 from jobworker.auth.throttle import LoginThrottle
@@ -1159,3 +1160,20 @@ class SessionReview41Tests(TestCase):
         self.assertLess(time.monotonic() - started, 10)
         server.manager.resume("test")
         await server.json("POST", f"/jobs/{job['id']}/stop")
+
+
+class VersionSaidTests(TestCase):
+    """Operator round 41: no line said which build runs (its version
+    was 0.1.0 whatever ran). The start says it."""
+
+    def test_said(self) -> None:
+        said: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        LiveServer(self)
+        self.assertIn(f"jobworker {__version__} starting", said)
+        self.assertNotEqual(__version__, "0.1.0")

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from .. import __version__
 from ..auth.audit import AuditLog
 from ..auth.authenticator import Authenticator, VerifiedCredentials, makePortal
 from ..auth.permissions import mayStartQueued
@@ -88,6 +89,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         # (After twistd's logging has started, which handles SIGUSR1 when
         # it writes a file.)
         reactor.callWhenRunning(quietUsr1, reactor)
+    # (Which build runs: every start read the same, operator round 41.)
+    log.info("jobworker {version} starting", version=__version__)
     try:
         service = _build(config, reactor)
     except StartupError as e:
