@@ -88,6 +88,39 @@ async def metricsText(server: LiveServer, token: str | None = None) -> str:
     return (await treq.content(response)).decode()
 
 
+async def leftThenCounted(
+    server: LiveServer, path: str, series: str, answered: bool
+) -> str:
+    """
+    C{GET path} as alice on a connection of its own, left (closed) after
+    its answer began (C{answered}) or before; then the metrics once
+    C{jobworker_http_requests_total} has C{series} (or after 5 s).
+    """
+    credentials = base64.b64encode(b"alice:alice-pass")
+
+    def left() -> None:
+        sock = tlsTo(server.port)
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\n".encode()
+            + b"Host: localhost\r\nAuthorization: Basic "
+            + credentials
+            + b"\r\n\r\n"
+        )
+        if answered:
+            sock.recv(12)
+        time.sleep(0.3 if answered else 0.5)
+        sock.close()
+
+    await deferToThread(left)
+    _, issued = await server.json("POST", "/tokens", "ada")
+    for _ in range(100):
+        text = await metricsText(server, issued["token"])
+        if series in samples(text, "jobworker_http_requests_total"):
+            break
+        await sleep(0.05)
+    return text
+
+
 class MemoryKilledSaidTests(SynchronousTestCase):
     """Which job errors say the memory limit killed a process of the job."""
 
@@ -775,28 +808,11 @@ class LeftRequestsCountedTests(TestCase):
     async def test_leftLongPoll(self) -> None:
         server = LiveServer(self)
         job = await server.createJob("sleep", "30")
-        credentials = base64.b64encode(b"alice:alice-pass")
-
-        def leftPoll() -> None:
-            sock = tlsTo(server.port)
-            sock.sendall(
-                f"GET /jobs/{job['id']}?wait=20 HTTP/1.1\r\n".encode()
-                + b"Host: localhost\r\nAuthorization: Basic "
-                + credentials
-                + b"\r\n\r\n"
-            )
-            time.sleep(0.5)
-            sock.close()
-
-        await deferToThread(leftPoll)
         series = '{code="499",method="GET",route="/jobs/{id}"}'
-        _, issued = await server.json("POST", "/tokens", "ada")
-        for _ in range(100):
-            text = await metricsText(server, issued["token"])
-            counted = samples(text, "jobworker_http_requests_total").get(series)
-            if counted is not None:
-                break
-            await sleep(0.05)
+        text = await leftThenCounted(
+            server, f"/jobs/{job['id']}?wait=20", series, answered=False
+        )
+        counted = samples(text, "jobworker_http_requests_total").get(series)
         self.assertEqual(counted, 1.0)
         latency = samples(text, "jobworker_http_request_seconds_count")
         self.assertEqual(latency['{method="GET",route="/jobs/{id}"}'], 1.0)
@@ -1082,28 +1098,10 @@ class SessionReview41Tests(TestCase):
         stopped, and the request finished, before it is told): 499."""
         server = LiveServer(self)
         job = await server.createJob("sleep", "30")
-        credentials = base64.b64encode(b"alice:alice-pass")
-
-        def leftFollow() -> None:
-            sock = tlsTo(server.port)
-            sock.sendall(
-                f"GET /jobs/{job['id']}/logs?follow=true HTTP/1.1\r\n".encode()
-                + b"Host: localhost\r\nAuthorization: Basic "
-                + credentials
-                + b"\r\n\r\n"
-            )
-            sock.recv(12)
-            time.sleep(0.3)
-            sock.close()
-
-        await deferToThread(leftFollow)
-        _, issued = await server.json("POST", "/tokens", "ada")
         series = '{code="499",method="GET",route="/jobs/{id}/logs"}'
-        for _ in range(100):
-            text = await metricsText(server, issued["token"])
-            if series in samples(text, "jobworker_http_requests_total"):
-                break
-            await sleep(0.05)
+        text = await leftThenCounted(
+            server, f"/jobs/{job['id']}/logs?follow=true", series, answered=True
+        )
         counted = samples(text, "jobworker_http_requests_total")
         self.assertEqual(counted.get(series), 1.0, counted)
         self.assertNotIn('{code="200",method="GET",route="/jobs/{id}/logs"}', counted)
